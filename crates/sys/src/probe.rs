@@ -1,0 +1,1 @@
+//! Kernel feature probes (filled in).
