@@ -1,1 +1,213 @@
-fn main() {}
+//! `lpm`: Live Partition Mobility for Linux, the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lpm", version, about = "Live Partition Mobility for Linux")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Probe every kernel feature lpm relies on; fail naming what is missing.
+    Check,
+    /// Checkpoint the process tree rooted at PID into an image directory.
+    Checkpoint {
+        /// Root of the tree.
+        #[arg(long)]
+        pid: i32,
+        /// Image directory (created if missing).
+        #[arg(long)]
+        images: PathBuf,
+        /// Let the tree continue after the dump instead of killing it.
+        #[arg(long)]
+        leave_running: bool,
+    },
+    /// Restore a tree from an image directory.
+    Restore {
+        /// Image directory.
+        #[arg(long)]
+        images: PathBuf,
+        /// Exit once the tree runs, printing the root pid.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Inspect images.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Run the demo: a real program checkpointed and restored.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Print an image in readable form.
+    Show {
+        /// Image directory.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("LPM_LOG")).with_writer(std::io::stderr).init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lpm: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Check => check(),
+        Cmd::Checkpoint { pid, images, leave_running } => {
+            let opts = lpm_engine::CheckpointOptions { leave_running };
+            let s = lpm_engine::checkpoint(pid, &images, &opts).with_context(|| format!("checkpoint of pid {pid}"))?;
+            eprintln!(
+                "checkpointed {} processes, {} threads: {} pages ({} MiB) and {} zero pages in {:.1} ms (frozen {:.1} ms)",
+                s.processes,
+                s.threads,
+                s.pages,
+                s.pages * 4096 >> 20,
+                s.zero_pages,
+                s.total.as_secs_f64() * 1e3,
+                s.frozen.as_secs_f64() * 1e3
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore { images, detach } => {
+            let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions::default())
+                .with_context(|| format!("restore from {}", images.display()))?;
+            eprintln!(
+                "restored {} processes, {} threads in {:.1} ms",
+                r.processes,
+                r.threads,
+                r.elapsed.as_secs_f64() * 1e3
+            );
+            if detach {
+                println!("{}", r.root_pid);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status = lpm_sys::misc::wait_exit(r.root_pid).context("wait for the restored root")?;
+            Ok(exit_code(status))
+        }
+        Cmd::Image { cmd: ImageCmd::Show { dir } } => {
+            let t = lpm_image::read_tree(&dir)?;
+            print!("{}", lpm_image::render(&t));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo => demo(),
+    }
+}
+
+fn exit_code(status: i32) -> ExitCode {
+    if libc::WIFEXITED(status) {
+        ExitCode::from(libc::WEXITSTATUS(status) as u8)
+    } else {
+        ExitCode::from(128 + libc::WTERMSIG(status) as u8)
+    }
+}
+
+fn check() -> Result<ExitCode> {
+    let mut missing = Vec::new();
+    for f in lpm_sys::probe::probe_all() {
+        match &f.result {
+            Ok(detail) => println!("ok       {:26} {detail}", f.name),
+            Err(why) => {
+                println!("MISSING  {:26} {why} (needed for {})", f.name, f.needed_for);
+                missing.push(f.name);
+            }
+        }
+    }
+    if missing.is_empty() {
+        println!("every kernel feature lpm needs is present");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("missing kernel features: {}", missing.join(", "))
+    }
+}
+
+/// The demo: a Python program with state in memory and a log it appends
+/// to, checkpointed, killed and restored; its output shows it went on.
+fn demo() -> Result<ExitCode> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let dir = std::env::temp_dir().join(format!("lpm-demo-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let res = demo_in(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
+fn demo_in(dir: &std::path::Path) -> Result<ExitCode> {
+    lpm_sys::misc::set_child_subreaper()?;
+    let log = dir.join("counter.log");
+    let script = r#"
+import sys, time, hashlib
+data = bytearray(64 << 20)
+for i in range(0, len(data), 4096): data[i] = i // 4096 % 251
+digest = hashlib.sha256(data).hexdigest()
+n = 0
+with open(sys.argv[1], "a", buffering=1) as log:
+    while True:
+        n += 1
+        ok = hashlib.sha256(data).hexdigest() == digest if n % 50 == 0 else True
+        log.write(f"tick {n} memory {'intact' if ok else 'CORRUPT'}\n")
+        time.sleep(0.02)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .context("start python3")?;
+    let pid = child.id() as i32;
+    let images = dir.join("images");
+    let result = (|| -> Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        println!("== a Python program (pid {pid}) holds 64 MiB and counts into {}", log.display());
+        let last = |n: usize| -> String {
+            let s = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        println!("{}", last(2));
+        let s = lpm_engine::checkpoint(pid, &images, &lpm_engine::CheckpointOptions::default())?;
+        let _ = child.wait();
+        println!(
+            "== checkpointed and killed: {} pages saved, {} zero pages, frozen {:.1} ms",
+            s.pages,
+            s.zero_pages,
+            s.frozen.as_secs_f64() * 1e3
+        );
+        let before = std::fs::read_to_string(&log)?.lines().count();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let still = std::fs::read_to_string(&log)?.lines().count();
+        println!("== while it is down the log stays at {before} lines ({still} after 0.5 s)");
+        let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions::default())?;
+        println!("== restored as pid {} in {:.1} ms", r.root_pid, r.elapsed.as_secs_f64() * 1e3);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        println!("{}", last(3));
+        let after = std::fs::read_to_string(&log)?.lines().count();
+        lpm_sys::misc::kill(r.root_pid, libc::SIGKILL);
+        let _ = lpm_sys::misc::wait_exit(r.root_pid);
+        if after <= still || std::fs::read_to_string(&log)?.contains("CORRUPT") {
+            bail!("the restored program did not continue intact");
+        }
+        println!("== it went on counting from where it stopped, memory intact");
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result.map(|_| ExitCode::SUCCESS)
+}

@@ -1,1 +1,107 @@
-//! placeholder
+//! Checkpoint and restore of Linux process trees.
+//!
+//! [`checkpoint`] freezes a tree with ptrace, records everything visible
+//! from outside (/proc, ptrace regsets, process_vm_readv) and runs syscalls
+//! inside the stopped tasks for the little that is visible only from inside.
+//! [`restore`] rebuilds the tree from outside: puppets created with clone3
+//! and set_tid are reshaped by remote syscalls into the recorded tasks. Each
+//! kind of kernel resource has its module holding both directions.
+
+mod cpu;
+mod dump;
+mod files;
+mod mem;
+pub mod proc;
+mod restore;
+mod task;
+
+use std::path::PathBuf;
+
+pub use dump::{checkpoint, CheckpointOptions, CheckpointStats};
+pub use restore::{restore, RestoreOptions, Restored};
+
+/// Errors of the engine; each names the task and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A resource the engine cannot checkpoint; nothing was harmed.
+    #[error("pid {pid}: unsupported {kind}: {what}")]
+    Unsupported {
+        /// The process.
+        pid: i32,
+        /// The kind of resource (file descriptor, memory area, ...).
+        kind: &'static str,
+        /// Which one (fd number and target, address range and name).
+        what: String,
+    },
+    /// The process cannot be checkpointed at all.
+    #[error("pid {pid}: {why}")]
+    BadTarget {
+        /// The pid given.
+        pid: i32,
+        /// Why.
+        why: String,
+    },
+    /// A /proc file could not be read.
+    #[error("read {path}")]
+    Proc {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A /proc file did not parse.
+    #[error("cannot parse {what}")]
+    Parse {
+        /// The file.
+        what: String,
+    },
+    /// A kernel call failed at a named step.
+    #[error("pid {pid}: {step}")]
+    Step {
+        /// The task.
+        pid: i32,
+        /// The step.
+        step: String,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
+    /// An I/O error on a named object.
+    #[error("{what}")]
+    Io {
+        /// What was being done, on which object.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image is unreadable or corrupt.
+    #[error(transparent)]
+    Image(#[from] lpm_image::ImageError),
+    /// The image cannot be restored on this host.
+    #[error("cannot restore here: {0}")]
+    Incompatible(String),
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Attaches a step and a pid to a kernel-seam error.
+pub(crate) trait StepExt<T> {
+    fn step(self, pid: i32, step: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> StepExt<T> for std::result::Result<T, lpm_sys::Error> {
+    fn step(self, pid: i32, step: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| EngineError::Step { pid, step: step(), source })
+    }
+}
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Io { what, source }
+}
+
+/// Size of a page.
+pub(crate) const PAGE: u64 = lpm_image::PAGE_SIZE;

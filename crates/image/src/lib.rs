@@ -1,1 +1,521 @@
-//! placeholder
+//! The lpm checkpoint image: the model of a process tree and its on-disk
+//! encoding.
+//!
+//! An image is a directory. `tree.img` holds the [`TreeImage`] (everything
+//! but page contents); each address space's pages live in a pages file of
+//! their own, referenced by name from the tree. Every file starts with a
+//! fixed 32-byte [`Header`] that can be read without decoding the body:
+//! magic, format version, file kind, body length and checksum. The tree body
+//! is protobuf; a pages body is raw page data whose runs carry their own
+//! XXH3 checksums in the tree. docs/image-format.md is the specification.
+
+mod model;
+mod show;
+
+pub use model::*;
+pub use show::render;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+/// First eight bytes of every image file.
+pub const MAGIC: [u8; 8] = *b"LPMIMAGE";
+/// The format version this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The oldest format version this build reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 32;
+/// Name of the tree file inside an image directory.
+pub const TREE_FILE: &str = "tree.img";
+/// Size of a page on x86_64.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Errors reading or writing images.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// An I/O call on an image file failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not start with the lpm magic.
+    #[error("{path} is not an lpm image (bad magic)")]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file's format version is outside what this build reads.
+    #[error("{path} has image format version {version}; this lpm reads versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION}")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        version: u32,
+    },
+    /// The file holds another kind of body than expected.
+    #[error("{path} holds a {found:?} body where a {expected:?} body was expected")]
+    WrongKind {
+        /// The file.
+        path: PathBuf,
+        /// Expected kind.
+        expected: BodyKind,
+        /// Kind found (raw value).
+        found: u32,
+    },
+    /// The file is shorter than its header says.
+    #[error("{path} is truncated: {what} needs {needed} bytes, {available} present")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Which part.
+        what: String,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes present.
+        available: u64,
+    },
+    /// Data does not match its checksum.
+    #[error("{path}: checksum mismatch in {what}")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// Which part.
+        what: String,
+    },
+    /// The protobuf body did not decode.
+    #[error("{path}: body does not decode")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: prost::DecodeError,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+/// The kind of body that follows a header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BodyKind {
+    /// A protobuf [`TreeImage`].
+    Tree = 1,
+    /// Raw page data.
+    Pages = 2,
+}
+
+/// The fixed header of every image file (little endian).
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 8 | magic `LPMIMAGE` |
+/// | 8 | 4 | format version |
+/// | 12 | 4 | body kind |
+/// | 16 | 8 | body length in bytes |
+/// | 24 | 8 | XXH3-64 of the body (0 for pages: runs carry their own) |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Format version.
+    pub version: u32,
+    /// Raw body kind.
+    pub kind: u32,
+    /// Body length.
+    pub body_len: u64,
+    /// Body checksum.
+    pub checksum: u64,
+}
+
+impl Header {
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&self.kind.to_le_bytes());
+        b[16..24].copy_from_slice(&self.body_len.to_le_bytes());
+        b[24..32].copy_from_slice(&self.checksum.to_le_bytes());
+        b
+    }
+
+    /// Decodes and validates a header read from `path`.
+    pub fn decode(b: &[u8], path: &Path, expected: BodyKind) -> Result<Header> {
+        if b.len() < HEADER_LEN {
+            return Err(ImageError::Truncated {
+                path: path.into(),
+                what: "header".into(),
+                needed: HEADER_LEN as u64,
+                available: b.len() as u64,
+            });
+        }
+        if b[..8] != MAGIC {
+            return Err(ImageError::BadMagic { path: path.into() });
+        }
+        let word = |r: std::ops::Range<usize>| {
+            let mut a = [0u8; 8];
+            a[..r.len()].copy_from_slice(&b[r]);
+            u64::from_le_bytes(a)
+        };
+        let h = Header {
+            version: word(8..12) as u32,
+            kind: word(12..16) as u32,
+            body_len: word(16..24),
+            checksum: word(24..32),
+        };
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&h.version) {
+            return Err(ImageError::UnsupportedVersion {
+                path: path.into(),
+                version: h.version,
+            });
+        }
+        if h.kind != expected as u32 {
+            return Err(ImageError::WrongKind {
+                path: path.into(),
+                expected,
+                found: h.kind,
+            });
+        }
+        Ok(h)
+    }
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        op,
+        path: path.into(),
+        source,
+    }
+}
+
+/// XXH3-64 as used by every checksum in the format.
+pub fn checksum(data: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(data)
+}
+
+/// Writes `tree` to `dir/tree.img` atomically (temporary file, then rename),
+/// so a crash never leaves a half-written tree that looks complete.
+pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<()> {
+    let body = tree.encode_to_vec();
+    let header = Header {
+        version: FORMAT_VERSION,
+        kind: BodyKind::Tree as u32,
+        body_len: body.len() as u64,
+        checksum: checksum(&body),
+    };
+    let path = dir.join(TREE_FILE);
+    let tmp = dir.join(format!("{TREE_FILE}.tmp"));
+    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(&header.encode()).map_err(io("write", &tmp))?;
+    f.write_all(&body).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    Ok(())
+}
+
+/// Reads and verifies `dir/tree.img`.
+pub fn read_tree(dir: &Path) -> Result<TreeImage> {
+    let path = dir.join(TREE_FILE);
+    let mut bytes = Vec::new();
+    File::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io("read", &path))?;
+    decode_tree(&bytes, &path)
+}
+
+/// Decodes a whole tree file held in memory; `path` names it in errors.
+pub fn decode_tree(bytes: &[u8], path: &Path) -> Result<TreeImage> {
+    let h = Header::decode(bytes, path, BodyKind::Tree)?;
+    let body = &bytes[HEADER_LEN..];
+    if (body.len() as u64) < h.body_len {
+        return Err(ImageError::Truncated {
+            path: path.into(),
+            what: "tree body".into(),
+            needed: h.body_len,
+            available: body.len() as u64,
+        });
+    }
+    let body = &body[..h.body_len as usize];
+    if checksum(body) != h.checksum {
+        return Err(ImageError::Checksum {
+            path: path.into(),
+            what: "tree body".into(),
+        });
+    }
+    TreeImage::decode(body).map_err(|source| ImageError::Decode {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Appends page runs to a pages file.
+pub struct PagesWriter {
+    file: File,
+    path: PathBuf,
+    name: String,
+    len: u64,
+}
+
+impl PagesWriter {
+    /// Creates `dir/name` with a header whose length is filled in by
+    /// [`PagesWriter::finish`].
+    pub fn create(dir: &Path, name: &str) -> Result<PagesWriter> {
+        let path = dir.join(name);
+        let mut file = File::create(&path).map_err(io("create", &path))?;
+        let h = Header {
+            version: FORMAT_VERSION,
+            kind: BodyKind::Pages as u32,
+            body_len: 0,
+            checksum: 0,
+        };
+        file.write_all(&h.encode()).map_err(io("write", &path))?;
+        Ok(PagesWriter {
+            file,
+            path,
+            name: name.into(),
+            len: 0,
+        })
+    }
+
+    /// The file's name inside the image directory.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Appends one run of pages starting at `vaddr`; `data` is a whole
+    /// number of pages.
+    pub fn append(&mut self, vaddr: u64, data: &[u8]) -> Result<PageRun> {
+        debug_assert_eq!(data.len() as u64 % PAGE_SIZE, 0);
+        self.file.write_all(data).map_err(io("write", &self.path))?;
+        let run = PageRun {
+            vaddr,
+            npages: data.len() as u64 / PAGE_SIZE,
+            offset: self.len,
+            xxh3: checksum(data),
+            zero: false,
+        };
+        self.len += data.len() as u64;
+        Ok(run)
+    }
+
+    /// Writes the final body length into the header.
+    pub fn finish(self) -> Result<()> {
+        let h = Header {
+            version: FORMAT_VERSION,
+            kind: BodyKind::Pages as u32,
+            body_len: self.len,
+            checksum: 0,
+        };
+        self.file
+            .write_all_at(&h.encode(), 0)
+            .map_err(io("write", &self.path))?;
+        Ok(())
+    }
+}
+
+/// Reads page runs back from a pages file.
+pub struct PagesReader {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl PagesReader {
+    /// Opens `dir/name` and validates its header and length.
+    pub fn open(dir: &Path, name: &str) -> Result<PagesReader> {
+        let path = dir.join(name);
+        let file = File::open(&path).map_err(io("open", &path))?;
+        let mut hb = [0u8; HEADER_LEN];
+        let n = file.read_at(&mut hb, 0).map_err(io("read", &path))?;
+        let h = Header::decode(&hb[..n], &path, BodyKind::Pages)?;
+        let actual = file.metadata().map_err(io("stat", &path))?.len();
+        if actual < HEADER_LEN as u64 + h.body_len {
+            return Err(ImageError::Truncated {
+                path,
+                what: "pages body".into(),
+                needed: h.body_len,
+                available: actual.saturating_sub(HEADER_LEN as u64),
+            });
+        }
+        Ok(PagesReader {
+            file,
+            path,
+            len: h.body_len,
+        })
+    }
+
+    /// The underlying file, for zero-copy use (mmap) by the caller.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// File offset of the body's first byte.
+    pub fn body_offset(&self) -> u64 {
+        HEADER_LEN as u64
+    }
+
+    /// Checks that `run` lies inside the body.
+    pub fn check_bounds(&self, run: &PageRun) -> Result<()> {
+        let end = run
+            .npages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|l| l.checked_add(run.offset));
+        match end {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(ImageError::Truncated {
+                path: self.path.clone(),
+                what: format!("page run at {:#x}", run.vaddr),
+                needed: run.offset.saturating_add(run.npages.saturating_mul(PAGE_SIZE)),
+                available: self.len,
+            }),
+        }
+    }
+
+    /// Verifies a run's checksum against data the caller read or mapped.
+    pub fn verify(&self, run: &PageRun, data: &[u8]) -> Result<()> {
+        if checksum(data) != run.xxh3 {
+            return Err(ImageError::Checksum {
+                path: self.path.clone(),
+                what: format!("page run at {:#x} ({} pages)", run.vaddr, run.npages),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads and verifies one run into `buf` (resized to fit).
+    pub fn read_run(&self, run: &PageRun, buf: &mut Vec<u8>) -> Result<()> {
+        self.check_bounds(run)?;
+        buf.resize((run.npages * PAGE_SIZE) as usize, 0);
+        self.file
+            .read_exact_at(buf, HEADER_LEN as u64 + run.offset)
+            .map_err(io("read", &self.path))?;
+        self.verify(run, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let d = std::env::temp_dir().join(format!("lpm-image-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn sample() -> TreeImage {
+        TreeImage {
+            writer: "test".into(),
+            root_pid: 42,
+            processes: vec![Process {
+                pid: 42,
+                threads: vec![Thread {
+                    tid: 42,
+                    gpregs: vec![7; 216],
+                    ..Default::default()
+                }],
+                mm: Some(Mm {
+                    vmas: vec![Vma {
+                        start: 0x1000,
+                        end: 0x3000,
+                        prot: 3,
+                        kind: VmaKind::AnonPrivate as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tree_round_trip() {
+        let d = tmpdir("rt");
+        let t = sample();
+        write_tree(&d, &t).unwrap();
+        assert_eq!(read_tree(&d).unwrap(), t);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let mut bytes = Header {
+            version: FORMAT_VERSION,
+            kind: BodyKind::Tree as u32,
+            body_len: 0,
+            checksum: 0,
+        }
+        .encode()
+        .to_vec();
+        let body = sample().encode_to_vec();
+        bytes[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes[24..32].copy_from_slice(&checksum(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let p = Path::new("tree.img");
+        decode_tree(&bytes, p).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x20;
+            assert!(decode_tree(&b, p).is_err(), "flip at byte {i} accepted");
+        }
+        for n in 0..bytes.len() {
+            assert!(decode_tree(&bytes[..n], p).is_err(), "truncation to {n} accepted");
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let h = Header {
+            version: FORMAT_VERSION + 1,
+            kind: BodyKind::Tree as u32,
+            body_len: 0,
+            checksum: 0,
+        };
+        let e = Header::decode(&h.encode(), Path::new("x"), BodyKind::Tree).unwrap_err();
+        assert!(e.to_string().contains("format version 2"), "{e}");
+    }
+
+    #[test]
+    fn pages_round_trip_and_corruption() {
+        let d = tmpdir("pages");
+        let mut w = PagesWriter::create(&d, "pages-1.img").unwrap();
+        let a = vec![1u8; 8192];
+        let b = vec![2u8; 4096];
+        let ra = w.append(0x10000, &a).unwrap();
+        let rb = w.append(0x20000, &b).unwrap();
+        w.finish().unwrap();
+        let r = PagesReader::open(&d, "pages-1.img").unwrap();
+        let mut buf = Vec::new();
+        r.read_run(&ra, &mut buf).unwrap();
+        assert_eq!(buf, a);
+        r.read_run(&rb, &mut buf).unwrap();
+        assert_eq!(buf, b);
+        let bad = PageRun { xxh3: rb.xxh3 ^ 1, ..rb.clone() };
+        assert!(matches!(r.read_run(&bad, &mut buf), Err(ImageError::Checksum { .. })));
+        let beyond = PageRun { offset: 8192, npages: 2, ..rb };
+        assert!(matches!(r.read_run(&beyond, &mut buf), Err(ImageError::Truncated { .. })));
+        // A file cut short is refused at open.
+        let p = d.join("pages-1.img");
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(HEADER_LEN as u64 + 4096).unwrap();
+        assert!(matches!(PagesReader::open(&d, "pages-1.img"), Err(ImageError::Truncated { .. })));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

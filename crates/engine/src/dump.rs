@@ -1,0 +1,351 @@
+//! Checkpoint: stop a tree, record it, then kill it or let it go on.
+//!
+//! Order matters for "nothing is harmed": every task is seized and stopped
+//! first, everything is read and written to the image while they are
+//! stopped, and only once the image is complete and synced are the tasks
+//! killed. Any failure before that puts every register back and detaches,
+//! so the tree continues as if nothing happened.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lpm_image::{Namespaces, Process, TreeImage};
+use lpm_sys::ptrace::{self, Regs, Stop};
+use lpm_sys::remote::{fixup_restart, Remote};
+
+use crate::files::FileTable;
+use crate::mem::ShmemTable;
+use crate::proc::{self, Stat, Status};
+use crate::task::Scratch;
+use crate::{cpu, files, io_err, mem, task, EngineError, Result, StepExt};
+
+/// How to checkpoint.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointOptions {
+    /// Let the tree continue after the dump instead of killing it.
+    pub leave_running: bool,
+}
+
+/// What a checkpoint did.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointStats {
+    /// Processes dumped.
+    pub processes: usize,
+    /// Threads dumped.
+    pub threads: usize,
+    /// Pages saved with data.
+    pub pages: u64,
+    /// Zero pages recorded without data.
+    pub zero_pages: u64,
+    /// Time the tree was stopped.
+    pub frozen: Duration,
+    /// Total time.
+    pub total: Duration,
+}
+
+/// A seized thread and the registers it had.
+struct Seized {
+    pid: i32,
+    tid: i32,
+    regs: Regs,
+    sigmask: u64,
+}
+
+/// All seized threads; on drop (error paths) every one is put back as it
+/// was and detached.
+struct Frozen {
+    threads: Vec<Seized>,
+    done: bool,
+}
+
+impl Frozen {
+    fn release(&mut self) {
+        for s in &self.threads {
+            let mut regs = s.regs;
+            fixup_restart(&mut regs);
+            let _ = ptrace::set_regs(s.tid, &regs);
+            let _ = ptrace::set_sigmask(s.tid, s.sigmask);
+            let _ = ptrace::detach(s.tid, 0);
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.done {
+            self.release();
+        }
+    }
+}
+
+fn check_target(pid: i32) -> Result<()> {
+    let bad = |why: &str| EngineError::BadTarget { pid, why: why.into() };
+    let st = Stat::read(pid).map_err(|_| bad("no such process"))?;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    if st.num(9) & PF_KTHREAD != 0 {
+        return Err(bad("is a kernel thread"));
+    }
+    let me = std::process::id() as i32;
+    let mut p = me;
+    while p > 1 {
+        if p == pid {
+            return Err(bad("is lpm itself or one of its ancestors"));
+        }
+        p = Stat::read(p).map(|s| s.num(4) as i32).unwrap_or(0);
+    }
+    Ok(())
+}
+
+/// Seizes and stops every thread of the tree, re-listing until no new task
+/// appears (a task may fork or spawn a thread while we attach).
+fn freeze(root: i32) -> Result<(Frozen, Vec<i32>)> {
+    let mut frozen = Frozen { threads: Vec::new(), done: false };
+    let mut known: HashMap<i32, ()> = HashMap::new();
+    let mut order = Vec::new();
+    loop {
+        let mut new = 0;
+        let mut queue = vec![root];
+        let mut procs = Vec::new();
+        while let Some(pid) = queue.pop() {
+            procs.push(pid);
+            queue.extend(proc::children(pid)?);
+        }
+        for &pid in &procs {
+            if Stat::read(pid)?.state() == 'Z' {
+                return Err(EngineError::Unsupported { pid, kind: "process state", what: "zombie".into() });
+            }
+            for tid in proc::threads(pid)? {
+                if known.insert(tid, ()).is_some() {
+                    continue;
+                }
+                new += 1;
+                ptrace::seize(tid, ptrace::OPTIONS).step(tid, || "seize".into())?;
+                ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+                loop {
+                    match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
+                        Stop::Event(ptrace::EVENT_STOP, _) => break,
+                        // A signal arriving before the stop: hand it back
+                        // and keep waiting for the interrupt.
+                        Stop::Signal(sig) => ptrace::cont(tid, sig).step(tid, || "re-deliver signal".into())?,
+                        Stop::Event(_, _) | Stop::Syscall => ptrace::cont(tid, 0).step(tid, || "continue".into())?,
+                        Stop::Exited(_) | Stop::Killed(_) => {
+                            return Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
+                        }
+                    }
+                }
+                let regs = ptrace::get_regs(tid).step(tid, || "read registers".into())?;
+                let sigmask = ptrace::get_sigmask(tid).step(tid, || "read sigmask".into())?;
+                frozen.threads.push(Seized { pid, tid, regs, sigmask });
+            }
+            if !order.contains(&pid) {
+                order.push(pid);
+            }
+        }
+        if new == 0 {
+            return Ok((frozen, order));
+        }
+    }
+}
+
+/// Finds a `syscall` instruction in the task's vDSO.
+fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
+    let v = maps
+        .iter()
+        .find(|e| e.path == "[vdso]")
+        .ok_or_else(|| EngineError::Unsupported { pid, kind: "memory layout", what: "no [vdso] to run syscalls from".into() })?;
+    let mut b = vec![0u8; (v.end - v.start) as usize];
+    lpm_sys::ptrace::read_mem(pid, v.start, &mut b).step(pid, || "read vdso".into())?;
+    b.windows(2)
+        .position(|w| w == [0x0f, 0x05])
+        .map(|i| v.start + i as u64)
+        .ok_or_else(|| EngineError::Unsupported { pid, kind: "memory layout", what: "no syscall instruction in [vdso]".into() })
+}
+
+/// The last pid of an NSpid-style list: the id inside the innermost
+/// namespace, which is the tree's own when its root owns a pid namespace.
+fn inner(st: &Status, key: &str) -> u32 {
+    st.nums(key).last().copied().unwrap_or(0)
+}
+
+fn namespaces(root: i32) -> Result<Option<Namespaces>> {
+    let mut flags = 0u64;
+    // Namespaces are compared with lpm's own: a tree restored by this lpm
+    // starts in them.
+    let me = std::process::id() as i32;
+    for (name, flag) in [
+        ("pid", libc::CLONE_NEWPID),
+        ("mnt", libc::CLONE_NEWNS),
+        ("net", libc::CLONE_NEWNET),
+        ("uts", libc::CLONE_NEWUTS),
+        ("ipc", libc::CLONE_NEWIPC),
+    ] {
+        let mine = proc::link(root, &format!("ns/{name}"))?;
+        let theirs = proc::link(me, &format!("ns/{name}"))?;
+        if mine != theirs {
+            flags |= flag as u64;
+        }
+    }
+    if flags == 0 {
+        return Ok(None);
+    }
+    let mut ns = Namespaces { clone_flags: flags, ..Default::default() };
+    if flags & libc::CLONE_NEWPID as u64 != 0 && inner(&Status::read(root)?, "NSpid") != 1 {
+        return Err(EngineError::Unsupported { pid: root, kind: "namespace", what: "pid namespace it is not the first process of".into() });
+    }
+    if flags & libc::CLONE_NEWNET as u64 != 0 {
+        let dev = proc::read(root, "net/dev")?;
+        if let Some(other) = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).find(|n| *n != "lo") {
+            return Err(EngineError::Unsupported { pid: root, kind: "network namespace", what: format!("interface {other}") });
+        }
+    }
+    if flags & libc::CLONE_NEWNS as u64 != 0 {
+        let host: Vec<_> = proc::mounts(me)?.into_iter().map(|m| (m.0, m.2)).collect();
+        for (point, _dev, fstype) in proc::mounts(root)? {
+            if point == "/proc" && fstype == "proc" {
+                ns.mount_proc = true;
+            } else if !host.contains(&(point.clone(), fstype.clone())) {
+                return Err(EngineError::Unsupported { pid: root, kind: "mount", what: format!("{fstype} at {point}") });
+            }
+        }
+    }
+    if flags & libc::CLONE_NEWUTS as u64 != 0 {
+        let (h, d) = uts_names(root)?;
+        ns.hostname = h;
+        ns.domainname = d;
+    }
+    Ok(Some(ns))
+}
+
+/// Reads host and domain name inside the task's uts namespace, from a
+/// short-lived thread that joins it (uts membership is per thread).
+fn uts_names(pid: i32) -> Result<(String, String)> {
+    let path = format!("/proc/{pid}/ns/uts");
+    let f = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&f),
+                Some(rustix::thread::LinkNameSpaceType::HostNameAndNISDomainName),
+            )
+            .map_err(|e| io_err(format!("setns {path}"))(e.into()))?;
+            let h = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(io_err("read hostname"))?;
+            let d = std::fs::read_to_string("/proc/sys/kernel/domainname").map_err(io_err("read domainname"))?;
+            Ok((h.trim().to_string(), d.trim().to_string()))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(EngineError::Incompatible("uts reader thread panicked".into())))
+    })
+}
+
+/// Checkpoints the tree rooted at `root` into `dir`.
+pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<CheckpointStats> {
+    let t0 = Instant::now();
+    check_target(root)?;
+    std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
+    let ns = namespaces(root)?;
+    let (mut frozen, order) = freeze(root)?;
+    let frozen_at = Instant::now();
+    let mut tree = TreeImage {
+        writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
+        created_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        namespaces: ns,
+        ..Default::default()
+    };
+    let mut files = FileTable::default();
+    let mut shm = ShmemTable::default();
+    let mut ns_pid: HashMap<i32, u32> = HashMap::new();
+    for &pid in &order {
+        ns_pid.insert(pid, inner(&Status::read(pid)?, "NSpid"));
+    }
+    for &pid in &order {
+        let p = dump_process(pid, &frozen, &ns_pid, dir, &mut files, &mut shm)?;
+        tree.processes.push(p);
+    }
+    let first = frozen.threads.first().map(|s| s.tid).unwrap_or(root);
+    tree.cpu = Some(cpu::host(&ptrace::get_xstate(first).step(first, || "read xstate".into())?));
+    tree.root_pid = ns_pid[&root];
+    tree.files = files.files;
+    tree.pipes = files.pipes.into_values().collect();
+    tree.shmems = shm.saved.into_values().collect();
+    lpm_image::write_tree(dir, &tree)?;
+    let mut stats = CheckpointStats {
+        processes: tree.processes.len(),
+        threads: frozen.threads.len(),
+        ..Default::default()
+    };
+    for m in tree.processes.iter().filter_map(|p| p.mm.as_ref()).map(|m| &m.pages).chain(tree.shmems.iter().map(|s| &s.pages)) {
+        for r in m {
+            if r.zero {
+                stats.zero_pages += r.npages
+            } else {
+                stats.pages += r.npages
+            }
+        }
+    }
+    if opts.leave_running {
+        frozen.release();
+    } else {
+        for &pid in &order {
+            lpm_sys::misc::kill(pid, libc::SIGKILL);
+        }
+        frozen.done = true;
+    }
+    stats.frozen = frozen_at.elapsed();
+    stats.total = t0.elapsed();
+    Ok(stats)
+}
+
+fn dump_process(pid: i32, frozen: &Frozen, ns_pid: &HashMap<i32, u32>, dir: &Path, files: &mut FileTable, shm: &mut ShmemTable) -> Result<Process> {
+    let st = Status::read(pid)?;
+    let stat = Stat::read(pid)?;
+    let maps = proc::smaps(pid)?;
+    let threads: Vec<&Seized> = frozen.threads.iter().filter(|s| s.pid == pid).collect();
+    let leader = threads
+        .iter()
+        .find(|s| s.tid == pid)
+        .ok_or_else(|| EngineError::BadTarget { pid, why: "thread-group leader has exited".into() })?;
+    let ip = syscall_ip(pid, &maps)?;
+    let mut p = Process {
+        pid: ns_pid[&pid],
+        ppid: ns_pid.get(&(stat.num(4) as i32)).copied().unwrap_or(0),
+        pgid: inner(&st, "NSpgid"),
+        sid: inner(&st, "NSsid"),
+        host_pid: pid as u32,
+        ..Default::default()
+    };
+    p.fds = files::dump(pid, files)?;
+    p.mm = Some(mem::dump(pid, &maps, dir, shm)?);
+    // Remote calls run with every signal blocked, so none is delivered (or
+    // lost) while we borrow the threads; the masks are put back on release.
+    for s in &threads {
+        ptrace::set_sigmask(s.tid, !0).step(s.tid, || "block signals".into())?;
+    }
+    let mut lr = Remote::new(pid, ip, leader.regs);
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let addr = lr.call(libc::SYS_mmap, &[0, 4096, prot, flags, u64::MAX, 0]).step(pid, || "remote mmap scratch".into())?;
+    let s = Scratch { addr, len: 4096 };
+    let res = (|| -> Result<()> {
+        task::dump_process(pid, &mut lr, s, &mut p)?;
+        lr.call(libc::SYS_brk, &[0]).step(pid, || "remote brk".into()).map(|brk| {
+            if let Some(l) = p.mm.as_mut().and_then(|m| m.layout.as_mut()) {
+                l.brk = brk;
+            }
+        })?;
+        for t in &threads {
+            let mut regs = t.regs;
+            fixup_restart(&mut regs);
+            let mut r = Remote::new(t.tid, ip, t.regs);
+            let mut th = task::dump_thread(pid, t.tid, 0, &regs, &mut r, s)?;
+            th.tid = inner(&Status::read_task(pid, t.tid)?, "NSpid");
+            th.sigmask = t.sigmask;
+            p.threads.push(th);
+        }
+        Ok(())
+    })();
+    lr.call(libc::SYS_munmap, &[addr, 4096]).step(pid, || "remote munmap scratch".into())?;
+    res?;
+    Ok(p)
+}

@@ -1,0 +1,505 @@
+//! Memory: the areas of an address space and their pages.
+//!
+//! Dump classifies every area from /proc/PID/smaps, refusing kinds it
+//! cannot reproduce, and saves only pages that exist: PAGEMAP_SCAN tells
+//! which are present or swapped, which are still the file's own page cache
+//! (not saved: the file has them) and which are the shared zero page
+//! (recorded without data). Restore empties a puppet's address space, moves
+//! its vDSO to the recorded place, maps every area at its address, fills
+//! pages with process_vm_writev from the mapped pages file, then sets the
+//! final protections and the mm layout (PR_SET_MM_MAP).
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use lpm_image::{Mm, MmLayout, PageRun, PagesReader, PagesWriter, ShmemImage, Vma, VmaKind};
+use lpm_sys::misc::{Mapping, PrctlMmMap};
+use lpm_sys::pagemap::{Pagemap, Query, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+use lpm_sys::ptrace;
+use lpm_sys::remote::Remote;
+
+use crate::proc::{self, MapEntry};
+use crate::task::{put, put_path, Scratch};
+use crate::{io_err, EngineError, Result, StepExt, PAGE};
+
+/// Bytes read from a task per process_vm_readv call while dumping.
+const CHUNK: usize = 8 << 20;
+
+const MADVICE: [(&str, i32); 5] = [
+    ("hg", libc::MADV_HUGEPAGE),
+    ("nh", libc::MADV_NOHUGEPAGE),
+    ("dc", libc::MADV_DONTFORK),
+    ("wf", libc::MADV_WIPEONFORK),
+    ("dd", libc::MADV_DONTDUMP),
+];
+
+/// Classifies one area, or says why it cannot be checkpointed.
+pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
+    let unsupported = |why: &str| EngineError::Unsupported {
+        pid,
+        kind: "memory area",
+        what: format!("{:#x}-{:#x} {} {:?}: {why}", e.start, e.end, e.perms, e.path),
+    };
+    let special = e.path.starts_with('[') && !e.path.starts_with("[anon:") && !matches!(e.path.as_str(), "[heap]" | "[stack]");
+    for (flag, why) in [("ht", "hugetlbfs"), ("io", "I/O memory"), ("pf", "PFN mapping")] {
+        if e.has(flag) && !special {
+            return Err(unsupported(why));
+        }
+    }
+    let mut flags = if e.shared() { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+    if e.has("gd") {
+        flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    let kind = match e.path.as_str() {
+        "[vdso]" => VmaKind::Vdso,
+        "[vvar]" => VmaKind::Vvar,
+        "[vvar_vclock]" => VmaKind::VvarVclock,
+        "[vsyscall]" => VmaKind::Vsyscall,
+        "" | "[heap]" | "[stack]" if !e.shared() => VmaKind::AnonPrivate,
+        p if p.starts_with("[anon:") && !e.shared() => VmaKind::AnonPrivate,
+        "/dev/zero (deleted)" | "" if e.shared() => VmaKind::AnonShared,
+        p if p.starts_with("/memfd:") && e.shared() => VmaKind::AnonShared,
+        p if p.starts_with("/dev/zero") && !e.shared() => VmaKind::AnonPrivate,
+        p if p.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
+        p if p.starts_with('/') => {
+            if p.ends_with(" (deleted)") {
+                return Err(unsupported("mapping of a deleted file"));
+            }
+            let md = std::fs::metadata(p).map_err(|err| unsupported(&format!("backing file unreachable: {err}")))?;
+            if !md.file_type().is_file() {
+                return Err(unsupported("mapping of a device or special file"));
+            }
+            if md.ino() != e.inode {
+                return Err(unsupported("backing file was replaced since it was mapped"));
+            }
+            if e.shared() {
+                VmaKind::FileShared
+            } else {
+                VmaKind::FilePrivate
+            }
+        }
+        _ => return Err(unsupported("unknown special mapping")),
+    };
+    Ok(Vma {
+        start: e.start,
+        end: e.end,
+        prot: e.prot(),
+        flags,
+        kind: kind as i32,
+        path: e.path.clone(),
+        pgoff: e.offset,
+        shmem_id: if kind == VmaKind::AnonShared { e.inode } else { 0 },
+        madvise: MADVICE.iter().filter(|(f, _)| e.has(f)).map(|(_, a)| *a as u32).collect(),
+        dev: ((e.major as u64) << 32) | e.minor as u64,
+        inode: e.inode,
+    })
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    let (pre, words, post) = {
+        // SAFETY: reinterpreting initialized bytes as u64 words is sound; align_to
+        // puts any unaligned bytes in pre/post.
+        unsafe { page.align_to::<u64>() }
+    };
+    pre.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
+}
+
+/// Splits `data` (pages from `vaddr`) into zero and non-zero runs; the
+/// non-zero ones go to `w`.
+fn emit(vaddr: u64, data: &[u8], w: &mut PagesWriter, runs: &mut Vec<PageRun>) -> lpm_image::Result<()> {
+    let mut i = 0;
+    let n = data.len() / PAGE as usize;
+    while i < n {
+        let zero = is_zero(&data[i * PAGE as usize..(i + 1) * PAGE as usize]);
+        let mut j = i + 1;
+        while j < n && is_zero(&data[j * PAGE as usize..(j + 1) * PAGE as usize]) == zero {
+            j += 1;
+        }
+        let addr = vaddr + i as u64 * PAGE;
+        let run = if zero {
+            PageRun { vaddr: addr, npages: (j - i) as u64, zero: true, ..Default::default() }
+        } else {
+            w.append(addr, &data[i * PAGE as usize..j * PAGE as usize])?
+        };
+        push_run(runs, run);
+        i = j;
+    }
+    Ok(())
+}
+
+/// Appends a run, merging zero runs that touch (data runs keep their own
+/// checksums, so they stay apart).
+fn push_run(runs: &mut Vec<PageRun>, run: PageRun) {
+    if let Some(last) = runs.last_mut() {
+        if last.zero && run.zero && last.vaddr + last.npages * PAGE == run.vaddr {
+            last.npages += run.npages;
+            return;
+        }
+    }
+    runs.push(run);
+}
+
+/// Shared anonymous objects already saved, by identity.
+#[derive(Default)]
+pub struct ShmemTable {
+    /// Saved objects.
+    pub saved: HashMap<u64, ShmemImage>,
+}
+
+fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<()> {
+    if table.saved.contains_key(&v.shmem_id) {
+        return Ok(());
+    }
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+    let f = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
+    let size = f.metadata().map_err(io_err(format!("stat {path}")))?.len();
+    let name = format!("shmem-{}.img", v.shmem_id);
+    let mut w = PagesWriter::create(dir, &name)?;
+    let mut runs = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut off = 0u64;
+    use std::os::fd::AsRawFd;
+    while off < size {
+        // SAFETY: lseek on a descriptor we own.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), off as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) }.max(data) as u64;
+        let mut at = data as u64;
+        while at < hole.min(size) {
+            let len = ((hole.min(size) - at) as usize).min(CHUNK);
+            f.read_exact_at(&mut buf[..len], at).map_err(io_err(format!("read {path}")))?;
+            emit(at, &buf[..len], &mut w, &mut runs)?;
+            at += len as u64;
+        }
+        off = hole;
+    }
+    w.finish()?;
+    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name });
+    Ok(())
+}
+
+/// Dumps the address space of stopped process `pid` (areas as read before
+/// any scratch was mapped) into `dir`.
+pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) -> Result<Mm> {
+    let vmas: Vec<Vma> = entries.iter().map(|e| classify(pid, e)).collect::<Result<_>>()?;
+    let name = format!("pages-{pid}.img");
+    let mut w = PagesWriter::create(dir, &name)?;
+    let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(io_err(format!("open /proc/{pid}/mem")))?;
+    let mut runs = Vec::new();
+    let mut regions = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    for v in &vmas {
+        let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
+        if kind == VmaKind::AnonShared {
+            save_shmem(pid, v, dir, table)?;
+        }
+        if !matches!(kind, VmaKind::AnonPrivate | VmaKind::FilePrivate) {
+            continue;
+        }
+        regions.clear();
+        let q = Query {
+            flags: 0,
+            category_mask: 0,
+            anyof_mask: (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) as u64,
+            return_mask: (PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO) as u64,
+        };
+        pm.scan(v.start, v.end, q, &mut regions).step(pid, || format!("scan pages of {:#x}-{:#x}", v.start, v.end))?;
+        for r in &regions {
+            if r.categories & PAGE_IS_FILE as u64 != 0 {
+                continue;
+            }
+            if r.categories & PAGE_IS_PFNZERO as u64 != 0 {
+                push_run(&mut runs, PageRun { vaddr: r.start, npages: (r.end - r.start) / PAGE, zero: true, ..Default::default() });
+                continue;
+            }
+            let mut at = r.start;
+            while at < r.end {
+                let len = ((r.end - at) as usize).min(CHUNK);
+                if v.prot & libc::PROT_READ as u32 != 0 {
+                    ptrace::read_mem(pid, at, &mut buf[..len]).step(pid, || format!("read pages at {at:#x}"))?;
+                } else {
+                    // Unreadable areas are read through /proc/PID/mem, which
+                    // may override protections.
+                    mem.read_exact_at(&mut buf[..len], at).map_err(io_err(format!("read /proc/{pid}/mem at {at:#x}")))?;
+                }
+                emit(at, &buf[..len], &mut w, &mut runs)?;
+                at += len as u64;
+            }
+        }
+    }
+    w.finish()?;
+    let st = proc::Stat::read(pid)?;
+    Ok(Mm {
+        vmas,
+        pages: runs,
+        pages_file: name,
+        layout: Some(MmLayout {
+            start_code: st.num(26),
+            end_code: st.num(27),
+            start_stack: st.num(28),
+            start_data: st.num(45),
+            end_data: st.num(46),
+            start_brk: st.num(47),
+            brk: 0,
+            arg_start: st.num(48),
+            arg_end: st.num(49),
+            env_start: st.num(50),
+            env_end: st.num(51),
+        }),
+        auxv: proc::read_bytes(pid, "auxv")?,
+        exe: proc::link(pid, "exe")?,
+    })
+}
+
+/// Shared anonymous objects recreated by the restorer, mapped in lpm so
+/// puppets can open them through /proc/LPM/map_files.
+pub struct ShmemObjects {
+    objects: HashMap<u64, Mapping>,
+}
+
+impl ShmemObjects {
+    /// Recreates and fills every object of the image.
+    pub fn create(dir: &Path, shmems: &[ShmemImage]) -> Result<ShmemObjects> {
+        let mut objects = HashMap::new();
+        let mut buf = Vec::new();
+        for s in shmems {
+            let mut m = Mapping::anonymous(s.size as usize, true).step(0, || format!("create shared memory {}", s.id))?;
+            let r = PagesReader::open(dir, &s.pages_file)?;
+            for run in s.pages.iter().filter(|r| !r.zero) {
+                r.read_run(run, &mut buf)?;
+                let at = run.vaddr as usize;
+                let dst = m.as_mut_slice().get_mut(at..at + buf.len()).ok_or_else(|| {
+                    EngineError::Incompatible(format!("shared memory {}: page run at {at:#x} beyond its size", s.id))
+                })?;
+                dst.copy_from_slice(&buf);
+            }
+            objects.insert(s.id, m);
+        }
+        Ok(ShmemObjects { objects })
+    }
+
+    fn path(&self, id: u64) -> Option<String> {
+        let m = self.objects.get(&id)?;
+        let len = m.as_slice().len() as u64;
+        let len = len.div_ceil(PAGE) * PAGE;
+        Some(format!("/proc/{}/map_files/{:x}-{:x}", std::process::id(), m.addr(), m.addr() + len))
+    }
+}
+
+fn kind(v: &Vma) -> VmaKind {
+    VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid)
+}
+
+fn special_name(k: VmaKind) -> Option<&'static str> {
+    match k {
+        VmaKind::Vdso => Some("[vdso]"),
+        VmaKind::Vvar => Some("[vvar]"),
+        VmaKind::VvarVclock => Some("[vvar_vclock]"),
+        _ => None,
+    }
+}
+
+/// Everything the memory restore of one puppet needs to know.
+pub struct RestoreCtx<'a> {
+    /// Host pid of the puppet.
+    pub pid: i32,
+    /// Image directory.
+    pub dir: &'a Path,
+    /// Trampoline address (kept mapped).
+    pub trampoline: u64,
+    /// A free area where the special mappings can pass through.
+    pub parking: u64,
+    /// Shared memory objects.
+    pub shmem: &'a ShmemObjects,
+}
+
+/// Replaces the puppet's address space with `mm`.
+pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()> {
+    let pid = c.pid;
+    // The puppet inherited the restorer's rseq registration, whose area is
+    // about to disappear: the kernel would kill the task writing to it.
+    let rs = ptrace::get_rseq(pid).step(pid, || "read puppet rseq".into())?;
+    if rs.rseq_abi_pointer != 0 {
+        r.call(libc::SYS_rseq, &[rs.rseq_abi_pointer, rs.rseq_abi_size as u64, 1, rs.signature as u64])
+            .step(pid, || "remote rseq unregister".into())?;
+    }
+    let current = proc::maps(pid)?;
+    let mut specials: HashMap<String, (u64, u64)> = HashMap::new();
+    for e in &current {
+        if e.start == c.trampoline || e.path == "[vsyscall]" {
+            continue;
+        }
+        if matches!(e.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]") {
+            specials.insert(e.path.clone(), (e.start, e.end));
+            continue;
+        }
+        r.call(libc::SYS_munmap, &[e.start, e.end - e.start]).step(pid, || format!("remote munmap {:#x}-{:#x}", e.start, e.end))?;
+    }
+    restore_specials(c, r, mm, &specials)?;
+    let mut fds: HashMap<(String, bool), u64> = HashMap::new();
+    for v in &mm.vmas {
+        let k = kind(v);
+        if special_name(k).is_some() || k == VmaKind::Vsyscall {
+            continue;
+        }
+        let len = v.end - v.start;
+        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let fixed = (libc::MAP_FIXED_NOREPLACE as u32 | v.flags) as u64;
+        let what = || format!("remote mmap {:#x}-{:#x} {:?} {}", v.start, v.end, k, v.path);
+        match k {
+            VmaKind::AnonPrivate => {
+                r.call(libc::SYS_mmap, &[v.start, len, rw, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0]).step(pid, what)?;
+            }
+            VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared => {
+                let shared = k != VmaKind::FilePrivate;
+                let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
+                let path = if k == VmaKind::AnonShared {
+                    c.shmem.path(v.shmem_id).ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
+                } else {
+                    v.path.clone()
+                };
+                let fd = match fds.get(&(path.clone(), writable)) {
+                    Some(fd) => *fd,
+                    None => {
+                        let addr = put_path(pid, s, 0, &path)?;
+                        let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+                        let fd = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0]).step(pid, || format!("remote open {path}"))?;
+                        fds.insert((path.clone(), writable), fd);
+                        fd
+                    }
+                };
+                let prot = if shared { v.prot as u64 } else { rw };
+                r.call(libc::SYS_mmap, &[v.start, len, prot, fixed, fd, v.pgoff]).step(pid, what)?;
+            }
+            _ => return Err(EngineError::Incompatible(format!("memory area {:#x}-{:#x} of unknown kind {}", v.start, v.end, v.kind))),
+        }
+    }
+    for fd in fds.values() {
+        r.call(libc::SYS_close, &[*fd]).step(pid, || "remote close".into())?;
+    }
+    fill(c, mm)?;
+    for v in &mm.vmas {
+        let k = kind(v);
+        if matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate) && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+            r.call(libc::SYS_mprotect, &[v.start, v.end - v.start, v.prot as u64])
+                .step(pid, || format!("remote mprotect {:#x}-{:#x}", v.start, v.end))?;
+        }
+        for a in &v.madvise {
+            r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || format!("remote madvise {a} {:#x}", v.start))?;
+        }
+    }
+    set_layout(c, r, s, mm)
+}
+
+/// Moves the puppet's vDSO areas to where the image had them. They pass
+/// through a parking area first so that no move lands on another special.
+fn restore_specials(c: &RestoreCtx, r: &mut Remote, mm: &Mm, current: &HashMap<String, (u64, u64)>) -> Result<()> {
+    let pid = c.pid;
+    let mut parked = Vec::new();
+    let mut at = c.parking;
+    for (name, (start, end)) in current {
+        let len = end - start;
+        r.call(libc::SYS_mremap, &[*start, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, at])
+            .step(pid, || format!("remote mremap {name} to parking"))?;
+        parked.push((name.as_str(), at, len));
+        at += len;
+    }
+    for (name, addr, len) in parked {
+        let wanted = mm.vmas.iter().find(|v| special_name(kind(v)) == Some(name));
+        match wanted {
+            Some(v) if v.end - v.start == len => {
+                r.call(libc::SYS_mremap, &[addr, len, len, (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64, v.start])
+                    .step(pid, || format!("remote mremap {name} to {:#x}", v.start))?;
+            }
+            Some(v) => {
+                return Err(EngineError::Incompatible(format!(
+                    "{name} is {} bytes in the image but {len} bytes on this kernel",
+                    v.end - v.start
+                )))
+            }
+            None => {
+                r.call(libc::SYS_munmap, &[addr, len]).step(pid, || format!("remote munmap {name}"))?;
+            }
+        }
+    }
+    for v in &mm.vmas {
+        if let Some(name) = special_name(kind(v)) {
+            if !current.contains_key(name) {
+                return Err(EngineError::Incompatible(format!("the image has {name} but this kernel does not provide it")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies saved pages into the puppet from the mapped pages file.
+fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
+    let reader = PagesReader::open(c.dir, &mm.pages_file)?;
+    let file_len = reader.file().metadata().map_err(io_err(format!("stat {}", mm.pages_file)))?.len();
+    let map = Mapping::file(reader.file().as_fd(), 0, file_len as usize).step(c.pid, || format!("map {}", mm.pages_file))?;
+    let body = &map.as_slice()[reader.body_offset() as usize..];
+    let zeros = vec![0u8; CHUNK];
+    for run in &mm.pages {
+        let private_file = mm
+            .vmas
+            .iter()
+            .any(|v| v.start <= run.vaddr && run.vaddr < v.end && kind(v) == VmaKind::FilePrivate);
+        if run.zero {
+            // Fresh anonymous memory is already zero; a private file page
+            // that became zero must be written over the file's content.
+            if private_file {
+                let mut at = run.vaddr;
+                let end = run.vaddr + run.npages * PAGE;
+                while at < end {
+                    let len = ((end - at) as usize).min(CHUNK);
+                    ptrace::write_mem(c.pid, at, &zeros[..len]).step(c.pid, || format!("write zero pages at {at:#x}"))?;
+                    at += len as u64;
+                }
+            }
+            continue;
+        }
+        reader.check_bounds(run)?;
+        let data = &body[run.offset as usize..(run.offset + run.npages * PAGE) as usize];
+        reader.verify(run, data)?;
+        ptrace::write_mem(c.pid, run.vaddr, data).step(c.pid, || format!("write {} pages at {:#x}", run.npages, run.vaddr))?;
+    }
+    Ok(())
+}
+
+/// PR_SET_MM_MAP: code, data, brk, stack, argv, env, auxv and exe.
+fn set_layout(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()> {
+    let pid = c.pid;
+    let Some(l) = &mm.layout else { return Ok(()) };
+    let auxv = put(pid, s, 12288, &mm.auxv)?;
+    let path = put_path(pid, s, 0, &mm.exe)?;
+    let exe_fd = r
+        .call(libc::SYS_openat, &[libc::AT_FDCWD as u64, path, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0])
+        .step(pid, || format!("remote open exe {}", mm.exe))?;
+    let map = PrctlMmMap {
+        start_code: l.start_code,
+        end_code: l.end_code,
+        start_data: l.start_data,
+        end_data: l.end_data,
+        start_brk: l.start_brk,
+        brk: l.brk.max(l.start_brk),
+        start_stack: l.start_stack,
+        arg_start: l.arg_start,
+        arg_end: l.arg_end,
+        env_start: l.env_start,
+        env_end: l.env_end,
+        auxv,
+        auxv_size: mm.auxv.len() as u32,
+        exe_fd: exe_fd as u32,
+    };
+    let addr = put(pid, s, 8192, &map.to_bytes())?;
+    r.call(libc::SYS_prctl, &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, addr, lpm_sys::misc::PRCTL_MM_MAP_SIZE as u64])
+        .step(pid, || "remote PR_SET_MM_MAP".into())?;
+    r.call(libc::SYS_close, &[exe_fd]).step(pid, || "remote close exe".into())?;
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! Restore: rebuild a tree from its image, from outside, in named stages.
+//!
+//! Each stage's barrier has a reason:
+//! 1. `check`: refuse what cannot be honoured (format, CPU, taken pids)
+//!    before anything is created.
+//! 2. `prepare`: open every file and recreate shared memory in the
+//!    restorer, so every puppet cloned afterwards inherits them.
+//! 3. `spawn_tree`: create all processes (root by clone3 with set_tid,
+//!    the rest by remote clone3 in their parent) before any address space
+//!    is replaced, since children are cloned through the trampoline, and
+//!    sessions are set as processes are born (setsid must precede children).
+//! 4. `groups`: process groups once every group leader exists.
+//! 5. `shape`: per process memory, descriptors, namespaces' contents and
+//!    process state; threads are cloned last, into the finished mm.
+//! 6. `creds`: credentials last, as they may drop the rights of the steps above.
+//! 7. `finish`: registers and signal masks, trampoline unmapped, detach all
+//!    at once so the tree starts running together.
+//!
+//! A failure at any stage kills every puppet: nothing is left behind.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lpm_image::{Process, TreeImage};
+use lpm_sys::ptrace::{self, Stop};
+use lpm_sys::puppet::{self, CloneArgs, SCRATCH_OFFSET, TRAMPOLINE_LEN};
+use lpm_sys::remote::Remote;
+
+use crate::files::{self, OpenFiles};
+use crate::mem::{self, ShmemObjects};
+use crate::task::{self, put, Scratch};
+use crate::{cpu, proc, EngineError, Result, StepExt};
+
+/// How to restore.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {}
+
+/// A restored, running tree.
+#[derive(Clone, Debug)]
+pub struct Restored {
+    /// Host pid of the root.
+    pub root_pid: i32,
+    /// Processes restored.
+    pub processes: usize,
+    /// Threads restored.
+    pub threads: usize,
+    /// Time from start to running.
+    pub elapsed: Duration,
+}
+
+/// Room for the special mappings to pass through, after the trampoline.
+const PARKING: u64 = 1 << 20;
+
+/// A puppet being shaped.
+struct Puppet {
+    host: i32,
+    base: ptrace::Regs,
+    /// Host tids of its threads, in image order (leader first).
+    tids: Vec<i32>,
+}
+
+/// Every puppet created so far; on drop (error paths) all are killed.
+struct Puppets {
+    by_pid: HashMap<u32, Puppet>,
+    order: Vec<u32>,
+    armed: bool,
+}
+
+impl Drop for Puppets {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for p in self.by_pid.values() {
+            lpm_sys::misc::kill(p.host, libc::SIGKILL);
+        }
+        while lpm_sys::misc::reap_any().is_some() {}
+    }
+}
+
+struct Ctx<'a> {
+    tree: &'a TreeImage,
+    dir: &'a Path,
+    trampoline: u64,
+}
+
+impl Ctx<'_> {
+    fn scratch(&self) -> Scratch {
+        Scratch { addr: self.trampoline + SCRATCH_OFFSET, len: TRAMPOLINE_LEN - SCRATCH_OFFSET }
+    }
+
+    fn remote(&self, tid: i32, base: ptrace::Regs) -> Remote {
+        Remote::new(tid, self.trampoline, base)
+    }
+}
+
+/// Restores the image in `dir`; returns once the tree runs.
+pub fn restore(dir: &Path, _opts: &RestoreOptions) -> Result<Restored> {
+    let t0 = Instant::now();
+    let tree = lpm_image::read_tree(dir)?;
+    check(&tree)?;
+    lpm_sys::misc::set_child_subreaper().step(0, || "become child subreaper".into())?;
+    let open = files::open_all(&tree)?;
+    let shmem = ShmemObjects::create(dir, &tree.shmems)?;
+    let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)? };
+    let mut puppets = spawn_tree(&ctx)?;
+    if let Some(c) = &tree.cpu {
+        // The root puppet's XSAVE area shows what this CPU and kernel hold.
+        let host = puppets.by_pid[&tree.root_pid].host;
+        cpu::check(c, &cpu::host(&ptrace::get_xstate(host).step(host, || "read xstate".into())?))?;
+    }
+    groups(&ctx, &puppets)?;
+    for p in &tree.processes {
+        shape(&ctx, &mut puppets, p, &open, &shmem)?;
+    }
+    if let Some(ns) = &tree.namespaces {
+        namespaces(&ctx, &puppets, ns)?;
+    }
+    for p in &tree.processes {
+        let pp = &puppets.by_pid[&p.pid];
+        task::restore_creds(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), p)?;
+    }
+    finish(&ctx, &puppets)?;
+    puppets.armed = false;
+    Ok(Restored {
+        root_pid: puppets.by_pid[&tree.root_pid].host,
+        processes: tree.processes.len(),
+        threads: tree.processes.iter().map(|p| p.threads.len()).sum(),
+        elapsed: t0.elapsed(),
+    })
+}
+
+fn new_pidns(tree: &TreeImage) -> bool {
+    tree.namespaces.as_ref().is_some_and(|n| n.clone_flags & libc::CLONE_NEWPID as u64 != 0)
+}
+
+/// Stage 1: refuse an image this host cannot honour.
+fn check(tree: &TreeImage) -> Result<()> {
+    if tree.processes.is_empty() || tree.processes.iter().all(|p| p.pid != tree.root_pid) {
+        return Err(EngineError::Incompatible("the image has no root process".into()));
+    }
+    if !new_pidns(tree) {
+        for p in &tree.processes {
+            for t in &p.threads {
+                if Path::new(&format!("/proc/{}", t.tid)).exists() {
+                    let who = proc::read(t.tid as i32, "comm").unwrap_or_default();
+                    return Err(EngineError::Incompatible(format!("pid {} is taken (by {})", t.tid, who.trim())));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Picks an address free in every image address space and in ours (each
+/// puppet starts as a copy of ours) for the trampoline and parking area.
+fn choose_trampoline(tree: &TreeImage) -> Result<u64> {
+    let mut used: Vec<(u64, u64)> = proc::maps(std::process::id() as i32)?.iter().map(|e| (e.start, e.end)).collect();
+    for p in &tree.processes {
+        if let Some(mm) = &p.mm {
+            used.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
+        }
+    }
+    used.sort_unstable();
+    let need = TRAMPOLINE_LEN + PARKING + (2 << 20);
+    let mut best = None;
+    let mut prev_end = 1u64 << 32;
+    for &(s, e) in used.iter().chain(std::iter::once(&(0x7fff_f000_0000u64, 0x7fff_f000_0000u64))) {
+        if s > prev_end && s - prev_end >= need && s <= 0x7fff_f000_0000 {
+            best = Some((s - need + (1 << 20)) & !0xfff);
+        }
+        prev_end = prev_end.max(e);
+    }
+    best.ok_or_else(|| EngineError::Incompatible("no free address range for the restore trampoline".into()))
+}
+
+fn wait_new_stop(tid: i32) -> Result<()> {
+    loop {
+        match ptrace::wait(tid).step(tid, || "wait for new task to stop".into())?.1 {
+            Stop::Event(ptrace::EVENT_STOP, _) | Stop::Signal(libc::SIGSTOP) => return Ok(()),
+            Stop::Exited(_) | Stop::Killed(_) => {
+                return Err(EngineError::Incompatible(format!("new task {tid} died before it could be shaped")))
+            }
+            _ => ptrace::cont(tid, 0).step(tid, || "continue new task".into())?,
+        }
+    }
+}
+
+/// Stage 3: every process, parents first, with sessions.
+fn spawn_tree(ctx: &Ctx) -> Result<Puppets> {
+    let tree = ctx.tree;
+    let root = tree.processes.iter().find(|p| p.pid == tree.root_pid).expect("checked");
+    let ns_flags = tree.namespaces.as_ref().map(|n| n.clone_flags).unwrap_or(0);
+    let set_tid: Vec<i32> = if new_pidns(tree) { vec![] } else { vec![root.pid as i32] };
+    let host = puppet::spawn_root(ns_flags, &set_tid, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
+    let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true };
+    let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
+    ptrace::set_sigmask(host, !0).step(host, || "block signals".into())?;
+    puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
+    puppets.order.push(root.pid);
+    // The root inherits the restorer's session unless it led its own.
+    if root.sid == root.pid {
+        ctx.remote(host, base).call(libc::SYS_setsid, &[]).step(host, || "remote setsid".into())?;
+    }
+    let s = ctx.scratch();
+    for p in tree.processes.iter().filter(|p| p.pid != tree.root_pid) {
+        let parent = puppets
+            .by_pid
+            .get(&p.ppid)
+            .ok_or_else(|| EngineError::Incompatible(format!("process {} has parent {} that is not restored before it", p.pid, p.ppid)))?;
+        let (phost, pbase) = (parent.host, parent.base);
+        let tid_addr = put(phost, s, 512, &(p.pid as i32).to_le_bytes())?;
+        let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
+        let a = put(phost, s, 0, &args.to_bytes())?;
+        let mut r = ctx.remote(phost, pbase);
+        r.call(libc::SYS_clone3, &[a, 88]).step(phost, || format!("remote clone3 for pid {}", p.pid))?;
+        let child = r
+            .events
+            .iter()
+            .find(|(ev, _)| *ev == libc::PTRACE_EVENT_FORK)
+            .map(|(_, m)| *m as i32)
+            .ok_or_else(|| EngineError::Incompatible(format!("clone3 of pid {} reported no fork event", p.pid)))?;
+        wait_new_stop(child)?;
+        let base = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
+        puppets.by_pid.insert(p.pid, Puppet { host: child, base, tids: vec![child] });
+        puppets.order.push(p.pid);
+        if p.sid == p.pid {
+            ctx.remote(child, base).call(libc::SYS_setsid, &[]).step(child, || format!("remote setsid in pid {}", p.pid))?;
+        }
+    }
+    Ok(puppets)
+}
+
+/// Stage 4: process groups, leaders first.
+fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
+    let procs = &ctx.tree.processes;
+    let in_tree = |pid: u32| procs.iter().any(|p| p.pid == pid);
+    let leaders = procs.iter().filter(|p| p.pgid == p.pid && p.sid != p.pid);
+    let members = procs.iter().filter(|p| p.pgid != p.pid && in_tree(p.pgid));
+    for p in leaders.chain(members) {
+        let pp = &puppets.by_pid[&p.pid];
+        let pgid = if p.pgid == p.pid { 0 } else { p.pgid as u64 };
+        ctx.remote(pp.host, pp.base)
+            .call(libc::SYS_setpgid, &[0, pgid])
+            .step(pp.host, || format!("remote setpgid({}) in pid {}", p.pgid, p.pid))?;
+    }
+    Ok(())
+}
+
+/// Stage 5: memory, descriptors, process state and threads of one process.
+fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem: &ShmemObjects) -> Result<()> {
+    let s = ctx.scratch();
+    let (host, base) = {
+        let pp = &puppets.by_pid[&p.pid];
+        (pp.host, pp.base)
+    };
+    let mut r = ctx.remote(host, base);
+    if let Some(mm) = &p.mm {
+        let mc = mem::RestoreCtx { pid: host, dir: ctx.dir, trampoline: ctx.trampoline, parking: ctx.trampoline + TRAMPOLINE_LEN, shmem };
+        mem::restore(&mc, &mut r, s, mm)?;
+    }
+    files::restore(host, &mut r, &p.fds, open)?;
+    task::restore_process(host, &mut r, s, p)?;
+    const THREAD: u64 = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let mut tids = vec![host];
+    for t in p.threads.iter().skip(1) {
+        let tid_addr = put(host, s, 512, &(t.tid as i32).to_le_bytes())?;
+        let args = CloneArgs { flags: THREAD, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
+        let a = put(host, s, 0, &args.to_bytes())?;
+        r.call(libc::SYS_clone3, &[a, 88]).step(host, || format!("remote clone3 for thread {}", t.tid))?;
+        let new = r
+            .events
+            .iter()
+            .find(|(ev, _)| *ev == libc::PTRACE_EVENT_CLONE)
+            .map(|(_, m)| *m as i32)
+            .ok_or_else(|| EngineError::Incompatible(format!("clone3 of thread {} reported no clone event", t.tid)))?;
+        wait_new_stop(new)?;
+        tids.push(new);
+    }
+    for (t, &tid) in p.threads.iter().zip(&tids) {
+        task::restore_thread(host, p.pid, tid, &mut ctx.remote(tid, base), s, t)?;
+    }
+    puppets.by_pid.get_mut(&p.pid).expect("spawned").tids = tids;
+    Ok(())
+}
+
+/// Namespace contents owned by the root: names and the private /proc.
+fn namespaces(ctx: &Ctx, puppets: &Puppets, ns: &lpm_image::Namespaces) -> Result<()> {
+    let root = &puppets.by_pid[&ctx.tree.root_pid];
+    let (host, s) = (root.host, ctx.scratch());
+    let mut r = ctx.remote(host, root.base);
+    if ns.clone_flags & libc::CLONE_NEWUTS as u64 != 0 {
+        let a = put(host, s, 0, ns.hostname.as_bytes())?;
+        r.call(libc::SYS_sethostname, &[a, ns.hostname.len() as u64]).step(host, || "remote sethostname".into())?;
+        let a = put(host, s, 0, ns.domainname.as_bytes())?;
+        r.call(libc::SYS_setdomainname, &[a, ns.domainname.len() as u64]).step(host, || "remote setdomainname".into())?;
+    }
+    if ns.mount_proc {
+        let root_path = task::put_path(host, s, 0, "/")?;
+        r.call(libc::SYS_mount, &[0, root_path, 0, (libc::MS_REC | libc::MS_PRIVATE) as u64, 0])
+            .step(host, || "remote mount --make-rprivate /".into())?;
+        let src = task::put_path(host, s, 0, "proc")?;
+        let target = task::put_path(host, s, 64, "/proc")?;
+        let flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u64;
+        r.call(libc::SYS_mount, &[src, target, src, flags, 0]).step(host, || "remote mount proc on /proc".into())?;
+    }
+    Ok(())
+}
+
+/// Stage 7: final registers, trampoline gone, everyone detached together.
+fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
+    for p in &ctx.tree.processes {
+        let pp = &puppets.by_pid[&p.pid];
+        let mut r = ctx.remote(pp.host, pp.base);
+        if p.pid == ctx.tree.root_pid {
+            r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, 0]).step(pp.host, || "remote clear pdeathsig".into())?;
+        }
+        // The trampoline goes last, from itself: the call returns to a
+        // syscall-exit stop, and the registers set below take over.
+        r.call(libc::SYS_munmap, &[ctx.trampoline, TRAMPOLINE_LEN]).step(pp.host, || "remote munmap trampoline".into())?;
+        for (t, &tid) in p.threads.iter().zip(&pp.tids) {
+            let regs = ptrace::regs_from_bytes(&t.gpregs)
+                .ok_or_else(|| EngineError::Incompatible(format!("thread {} has {} bytes of registers", t.tid, t.gpregs.len())))?;
+            ptrace::set_xstate(tid, &t.xstate).step(tid, || "write xstate".into())?;
+            ptrace::set_regs(tid, &regs).step(tid, || "write registers".into())?;
+            ptrace::set_sigmask(tid, t.sigmask).step(tid, || "write sigmask".into())?;
+        }
+    }
+    for pid in &puppets.order {
+        for &tid in &puppets.by_pid[pid].tids {
+            ptrace::detach(tid, 0).step(tid, || "detach".into())?;
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,230 @@
+//! Per-task state: registers, signals, credentials, limits, and the rest of
+//! what a process or thread carries besides memory and files. Dump reads it
+//! through ptrace, /proc and remote syscalls; restore sets it by remote
+//! syscalls in the puppet.
+
+use lpm_image::{Creds, Itimer, Process, Rlimit, Rseq, SigAction, SigAltStack, Thread};
+use lpm_sys::ptrace;
+use lpm_sys::remote::Remote;
+
+use crate::proc::{self, Status};
+use crate::{EngineError, Result, StepExt};
+
+/// Signals whose disposition cannot be read or changed.
+fn settable(sig: u32) -> bool {
+    sig != libc::SIGKILL as u32 && sig != libc::SIGSTOP as u32
+}
+
+/// Scratch memory inside a tracee for remote syscalls' in/out arguments.
+#[derive(Clone, Copy, Debug)]
+pub struct Scratch {
+    /// Address in the tracee.
+    pub addr: u64,
+    /// Bytes available.
+    pub len: u64,
+}
+
+/// Reads `len` bytes a remote syscall wrote at scratch+off.
+fn scratch_read(pid: i32, s: Scratch, off: u64, len: usize) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; len];
+    ptrace::read_mem(pid, s.addr + off, &mut b).step(pid, || "read scratch".into())?;
+    Ok(b)
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+}
+
+/// Dumps one thread (stopped, seized); `regs` are its registers already
+/// fixed up for syscall restart.
+pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut Remote, s: Scratch) -> Result<Thread> {
+    let xstate = ptrace::get_xstate(tid).step(tid, || "read xstate".into())?;
+    let sigmask = ptrace::get_sigmask(tid).step(tid, || "read sigmask".into())?;
+    let pending = ptrace::peek_siginfo(tid, false).step(tid, || "read pending signals".into())?;
+    let rseq = ptrace::get_rseq(tid).step(tid, || "read rseq".into())?;
+    let (robust_list, robust_list_len) = lpm_sys::misc::get_robust_list(tid).step(tid, || "get_robust_list".into())?;
+    r.call(libc::SYS_sigaltstack, &[0, s.addr]).step(tid, || "remote sigaltstack".into())?;
+    let ss = scratch_read(pid, s, 0, 24)?;
+    r.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, s.addr]).step(tid, || "remote PR_GET_TID_ADDRESS".into())?;
+    let tid_addr = scratch_read(pid, s, 0, 8)?;
+    let comm = proc::read(pid, &format!("task/{tid}/comm"))?.trim_end_matches('\n').to_string();
+    Ok(Thread {
+        tid: ns_tid,
+        gpregs: ptrace::regs_to_bytes(regs),
+        xstate,
+        sigmask,
+        pending,
+        clear_child_tid: u64_at(&tid_addr, 0),
+        robust_list,
+        robust_list_len,
+        sigaltstack: Some(SigAltStack {
+            sp: u64_at(&ss, 0),
+            flags: (u64_at(&ss, 1) & 0xffff_ffff) as u32,
+            size: u64_at(&ss, 2),
+        }),
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq {
+            addr: rseq.rseq_abi_pointer,
+            len: rseq.rseq_abi_size,
+            sig: rseq.signature,
+        }),
+        comm,
+        host_tid: tid as u32,
+    })
+}
+
+/// Dumps process-wide task state into `p` through the leader's remote.
+pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Result<()> {
+    let st = Status::read(pid)?;
+    let caps = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"].iter().map(|k| st.hex(k)).collect();
+    p.creds = Some(Creds {
+        uids: st.nums("Uid"),
+        gids: st.nums("Gid"),
+        groups: st.nums("Groups"),
+        caps,
+        securebits: 0,
+    });
+    p.umask = st.oct("Umask");
+    p.rlimits = proc::parse_limits(&proc::read(pid, "limits")?)
+        .into_iter()
+        .map(|(resource, soft, hard)| Rlimit { resource, soft, hard })
+        .collect();
+    p.cwd = proc::link(pid, "cwd")?;
+    p.root = proc::link(pid, "root")?;
+    p.personality = u32::from_str_radix(proc::read(pid, "personality")?.trim(), 16).unwrap_or(0);
+    p.shared_pending = ptrace::peek_siginfo(pid, true).step(pid, || "read shared pending signals".into())?;
+    for sig in 1..=64u32 {
+        if !settable(sig) {
+            continue;
+        }
+        r.call(libc::SYS_rt_sigaction, &[sig as u64, 0, s.addr, 8]).step(pid, || format!("remote rt_sigaction({sig})"))?;
+        let a = scratch_read(pid, s, 0, 32)?;
+        let act = SigAction {
+            signo: sig,
+            handler: u64_at(&a, 0),
+            flags: u64_at(&a, 1),
+            restorer: u64_at(&a, 2),
+            mask: u64_at(&a, 3),
+        };
+        if act.handler != 0 || act.flags != 0 || act.mask != 0 {
+            p.sigactions.push(act);
+        }
+    }
+    for which in 0..3u32 {
+        r.call(libc::SYS_getitimer, &[which as u64, s.addr]).step(pid, || format!("remote getitimer({which})"))?;
+        let t = scratch_read(pid, s, 0, 32)?;
+        let us = |i: usize| u64_at(&t, i) * 1_000_000 + u64_at(&t, i + 1);
+        if us(0) != 0 || us(2) != 0 {
+            p.itimers.push(Itimer { which, interval_us: us(0), value_us: us(2) });
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` into the puppet's scratch at `off`; returns its address.
+pub fn put(pid: i32, s: Scratch, off: u64, data: &[u8]) -> Result<u64> {
+    if off + data.len() as u64 > s.len {
+        return Err(EngineError::Incompatible(format!("{} bytes do not fit the restore scratch area", data.len())));
+    }
+    ptrace::write_mem(pid, s.addr + off, data).step(pid, || "write scratch".into())?;
+    Ok(s.addr + off)
+}
+
+/// Writes a NUL-terminated path into scratch; returns its address.
+pub fn put_path(pid: i32, s: Scratch, off: u64, path: &str) -> Result<u64> {
+    if path.len() >= 4096 {
+        return Err(EngineError::Incompatible(format!("path longer than PATH_MAX: {path:.80}...")));
+    }
+    let mut b = path.as_bytes().to_vec();
+    b.push(0);
+    put(pid, s, off, &b)
+}
+
+/// Restores process-wide state except credentials (set last, since they
+/// may take away the rights the other steps need).
+pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
+    let ns_pid = p.pid as u64;
+    for sig in 1..=64u32 {
+        if !settable(sig) {
+            continue;
+        }
+        let a = p.sigactions.iter().find(|a| a.signo == sig).cloned().unwrap_or_default();
+        let mut b = Vec::with_capacity(32);
+        for w in [a.handler, a.flags, a.restorer, a.mask] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        let addr = put(pid, s, 0, &b)?;
+        r.call(libc::SYS_rt_sigaction, &[sig as u64, addr, 0, 8]).step(pid, || format!("remote rt_sigaction({sig})"))?;
+    }
+    for it in &p.itimers {
+        let mut b = Vec::new();
+        for w in [it.interval_us / 1_000_000, it.interval_us % 1_000_000, it.value_us / 1_000_000, it.value_us % 1_000_000] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        let addr = put(pid, s, 0, &b)?;
+        r.call(libc::SYS_setitimer, &[it.which as u64, addr, 0]).step(pid, || format!("remote setitimer({})", it.which))?;
+    }
+    let addr = put_path(pid, s, 0, &p.cwd)?;
+    r.call(libc::SYS_chdir, &[addr]).step(pid, || format!("remote chdir({})", p.cwd))?;
+    if p.root != "/" {
+        let addr = put_path(pid, s, 0, &p.root)?;
+        r.call(libc::SYS_chroot, &[addr]).step(pid, || format!("remote chroot({})", p.root))?;
+    }
+    r.call(libc::SYS_umask, &[p.umask as u64]).step(pid, || "remote umask".into())?;
+    r.call(libc::SYS_personality, &[p.personality as u64]).step(pid, || "remote personality".into())?;
+    for l in &p.rlimits {
+        let mut b = l.soft.to_le_bytes().to_vec();
+        b.extend_from_slice(&l.hard.to_le_bytes());
+        let addr = put(pid, s, 0, &b)?;
+        r.call(libc::SYS_prlimit64, &[0, l.resource as u64, addr, 0])
+            .step(pid, || format!("remote prlimit(resource {}, soft {}, hard {})", l.resource, l.soft, l.hard))?;
+    }
+    for (i, sig) in p.shared_pending.iter().enumerate() {
+        let signo = u32::from_le_bytes(sig[..4].try_into().unwrap_or_default());
+        let addr = put(pid, s, 0, sig)?;
+        r.call(libc::SYS_rt_sigqueueinfo, &[ns_pid, signo as u64, addr])
+            .step(pid, || format!("remote rt_sigqueueinfo (shared signal {i}: {signo})"))?;
+    }
+    Ok(())
+}
+
+/// Sets credentials: groups, then gids, then uids (after which a non-root
+/// task can no longer change its gids).
+pub fn restore_creds(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
+    let Some(c) = &p.creds else { return Ok(()) };
+    if c.uids.len() < 3 || c.gids.len() < 3 {
+        return Err(EngineError::Incompatible(format!("pid {pid}: credentials in the image are incomplete")));
+    }
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    let addr = put(pid, s, 0, &groups)?;
+    r.call(libc::SYS_setgroups, &[c.groups.len() as u64, addr]).step(pid, || "remote setgroups".into())?;
+    r.call(libc::SYS_setresgid, &[c.gids[0] as u64, c.gids[1] as u64, c.gids[2] as u64]).step(pid, || "remote setresgid".into())?;
+    r.call(libc::SYS_setresuid, &[c.uids[0] as u64, c.uids[1] as u64, c.uids[2] as u64]).step(pid, || "remote setresuid".into())?;
+    Ok(())
+}
+
+/// Restores a thread's state that only the thread itself can set.
+pub fn restore_thread(pid: i32, ns_pid: u32, tid: i32, r: &mut Remote, s: Scratch, t: &Thread) -> Result<()> {
+    if let Some(q) = &t.rseq {
+        r.call(libc::SYS_rseq, &[q.addr, q.len as u64, 0, q.sig as u64]).step(tid, || format!("remote rseq register at {:#x}", q.addr))?;
+    }
+    if t.robust_list != 0 {
+        r.call(libc::SYS_set_robust_list, &[t.robust_list, t.robust_list_len]).step(tid, || "remote set_robust_list".into())?;
+    }
+    r.call(libc::SYS_set_tid_address, &[t.clear_child_tid]).step(tid, || "remote set_tid_address".into())?;
+    if let Some(ss) = &t.sigaltstack {
+        let mut b = ss.sp.to_le_bytes().to_vec();
+        b.extend_from_slice(&(ss.flags as u64 & !(libc::SS_ONSTACK as u64)).to_le_bytes());
+        b.extend_from_slice(&ss.size.to_le_bytes());
+        let addr = put(pid, s, 0, &b)?;
+        r.call(libc::SYS_sigaltstack, &[addr, 0]).step(tid, || "remote sigaltstack".into())?;
+    }
+    let addr = put_path(pid, s, 0, &t.comm)?;
+    r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr]).step(tid, || "remote PR_SET_NAME".into())?;
+    for (i, sig) in t.pending.iter().enumerate() {
+        let signo = u32::from_le_bytes(sig[..4].try_into().unwrap_or_default());
+        let addr = put(pid, s, 0, sig)?;
+        r.call(libc::SYS_rt_tgsigqueueinfo, &[ns_pid as u64, t.tid as u64, signo as u64, addr])
+            .step(tid, || format!("remote rt_tgsigqueueinfo (signal {i}: {signo})"))?;
+    }
+    Ok(())
+}

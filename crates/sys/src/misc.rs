@@ -1,0 +1,242 @@
+//! Small kernel calls that the ecosystem crates lack.
+
+use std::io;
+
+use crate::{cvt, Error, Result};
+
+/// Reads a thread's robust futex list head and length.
+pub fn get_robust_list(tid: i32) -> Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: the kernel writes one pointer and one size_t to our locals.
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut usize) };
+    cvt(r).map_err(|e| Error::sys("get_robust_list", tid, e))?;
+    Ok((head, len as u64))
+}
+
+/// Makes the calling process a child subreaper, so orphans of the trees it
+/// restores are reparented to it (and reaped) instead of to pid 1.
+pub fn set_child_subreaper() -> Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }).map_err(|e| Error::sys("prctl subreaper", 0, e))?;
+    Ok(())
+}
+
+/// The kernel's `struct prctl_mm_map`, for a remote PR_SET_MM_MAP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrctlMmMap {
+    /// start_code.
+    pub start_code: u64,
+    /// end_code.
+    pub end_code: u64,
+    /// start_data.
+    pub start_data: u64,
+    /// end_data.
+    pub end_data: u64,
+    /// start_brk.
+    pub start_brk: u64,
+    /// brk.
+    pub brk: u64,
+    /// start_stack.
+    pub start_stack: u64,
+    /// arg_start.
+    pub arg_start: u64,
+    /// arg_end.
+    pub arg_end: u64,
+    /// env_start.
+    pub env_start: u64,
+    /// env_end.
+    pub env_end: u64,
+    /// Address of the auxv copy in the tracee.
+    pub auxv: u64,
+    /// Bytes of auxv.
+    pub auxv_size: u32,
+    /// Executable's fd in the tracee, or u32::MAX to leave it.
+    pub exe_fd: u32,
+}
+
+/// Size of `struct prctl_mm_map` on x86_64.
+pub const PRCTL_MM_MAP_SIZE: usize = 104;
+
+impl PrctlMmMap {
+    /// The struct as the kernel lays it out.
+    pub fn to_bytes(&self) -> [u8; PRCTL_MM_MAP_SIZE] {
+        let words = [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+            self.auxv,
+        ];
+        let mut b = [0u8; PRCTL_MM_MAP_SIZE];
+        for (i, w) in words.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        b[96..100].copy_from_slice(&self.auxv_size.to_le_bytes());
+        b[100..104].copy_from_slice(&self.exe_fd.to_le_bytes());
+        b
+    }
+}
+
+/// An anonymous mapping owned by lpm itself (shared memory it prepares for
+/// puppets to open through /proc/PID/map_files, or page buffers).
+pub struct Mapping {
+    addr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of anonymous memory, shared (MAP_SHARED, so other
+    /// processes can map the same object) or private.
+    pub fn anonymous(len: usize, shared: bool) -> Result<Mapping> {
+        let flags = libc::MAP_ANONYMOUS | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::sys("mmap", 0, io::Error::last_os_error()));
+        }
+        Ok(Mapping { addr: p.cast(), len: len.max(1) })
+    }
+
+    /// Maps `len` bytes of `fd` at `offset` read-only, for zero-copy reads.
+    pub fn file(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: usize) -> Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh read-only private mapping of a file we hold open.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ, libc::MAP_PRIVATE, fd.as_raw_fd(), offset as libc::off_t)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::sys("mmap file", 0, io::Error::last_os_error()));
+        }
+        Ok(Mapping { addr: p.cast(), len: len.max(1) })
+    }
+
+    /// Start address in lpm's address space.
+    pub fn addr(&self) -> u64 {
+        self.addr as u64
+    }
+
+    /// The memory.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: addr..addr+len is mapped readable for our lifetime.
+        unsafe { std::slice::from_raw_parts(self.addr, self.len) }
+    }
+
+    /// The memory, writable (anonymous mappings only).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: anonymous mappings are mapped read-write for our lifetime
+        // and we hold the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.addr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what we mapped.
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// Duplicates bytes buffered in pipe `from` into pipe `to` without
+/// consuming them (tee(2)); returns the bytes copied (0 when empty).
+pub fn tee(from: i32, to: i32, len: usize) -> Result<usize> {
+    // SAFETY: tee takes two descriptors and flags, no pointers.
+    let n = unsafe { libc::tee(from, to, len, libc::SPLICE_F_NONBLOCK) };
+    match cvt(n as i64) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
+        Err(e) => Err(Error::sys("tee", 0, e)),
+    }
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are the same open file
+/// description (kcmp KCMP_FILE).
+pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1 as u64, fd2 as u64) };
+    cvt(r).map_err(|e| Error::sys("kcmp", pid1, e))?;
+    Ok(r == 0)
+}
+
+/// Moves `fd` to the lowest free number at or above `min` (F_DUPFD), closing
+/// the original.
+pub fn move_fd_above(fd: std::os::fd::OwnedFd, min: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: F_DUPFD returns a new descriptor we then own.
+    let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, min) }).map_err(|e| Error::sys("fcntl F_DUPFD", 0, e))?;
+    // SAFETY: n is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(n) })
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (no privilege
+/// needed), so a restore can hold every file of a tree open at once.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit on our own process with valid pointers.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        r.rlim_cur
+    }
+}
+
+/// Pipe capacity (F_GETPIPE_SZ).
+pub fn pipe_size(fd: i32) -> Result<u32> {
+    // SAFETY: fcntl on a descriptor with no pointer arguments.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) }).map(|n| n as u32).map_err(|e| Error::sys("fcntl F_GETPIPE_SZ", 0, e))
+}
+
+/// Sets pipe capacity (F_SETPIPE_SZ).
+pub fn set_pipe_size(fd: i32, size: u32) -> Result<()> {
+    // SAFETY: fcntl on a descriptor with no pointer arguments.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as libc::c_int) }).map_err(|e| Error::sys("fcntl F_SETPIPE_SZ", 0, e))?;
+    Ok(())
+}
+
+/// Sets file status flags (F_SETFL).
+pub fn set_fl(fd: i32, flags: i32) -> Result<()> {
+    // SAFETY: fcntl on a descriptor with no pointer arguments.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map_err(|e| Error::sys("fcntl F_SETFL", 0, e))?;
+    Ok(())
+}
+
+/// Sends `sig` to `pid` (errors ignored: used on cleanup paths).
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill takes integers only.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Reaps any exited child without blocking; returns its pid.
+pub fn reap_any() -> Option<i32> {
+    // SAFETY: waitpid with a null status pointer.
+    let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+    (r > 0).then_some(r)
+}
+
+/// Waits for child `pid` to exit; returns its wait status.
+pub fn wait_exit(pid: i32) -> Result<i32> {
+    let mut st = 0;
+    loop {
+        // SAFETY: st is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r == pid {
+            return Ok(st);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(Error::sys("waitpid", pid, e));
+        }
+    }
+}

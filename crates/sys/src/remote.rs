@@ -1,0 +1,119 @@
+//! Remote syscalls: making a ptrace-stopped thread execute a system call of
+//! our choosing, for the state that is visible or settable only from inside
+//! (signal actions, sigaltstack, brk, mmap at exact addresses, ...).
+//!
+//! The thread is pointed at a `syscall` instruction with the call's number
+//! and arguments loaded, run to syscall entry and then to syscall exit
+//! (PTRACE_SYSCALL twice), and its result read from rax. The caller restores
+//! the thread's registers when done. orig_rax is set to -1 so that the
+//! kernel's syscall-restart logic never rewrites our registers when the
+//! thread was stopped inside an interrupted syscall.
+
+use crate::ptrace::{self, Regs, Stop};
+use crate::{Error, Result};
+
+/// A thread we can run syscalls in.
+pub struct Remote {
+    tid: i32,
+    syscall_ip: u64,
+    base: Regs,
+    /// PTRACE_EVENT stops seen during the last call: (event, message).
+    pub events: Vec<(i32, u64)>,
+}
+
+impl Remote {
+    /// Prepares to inject into `tid`, which is stopped under our ptrace;
+    /// `syscall_ip` is the address of a `syscall` instruction (0f 05)
+    /// mapped executable in its address space; `base` the registers to
+    /// start each call from (usually the thread's current ones).
+    pub fn new(tid: i32, syscall_ip: u64, base: Regs) -> Remote {
+        Remote {
+            tid,
+            syscall_ip,
+            base,
+            events: Vec::new(),
+        }
+    }
+
+    /// The thread.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// Runs syscall `nr`; returns the raw result (negative errno on failure).
+    pub fn raw(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
+        let mut r = self.base;
+        r.rip = self.syscall_ip;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        let slots = [&mut r.rdi, &mut r.rsi, &mut r.rdx, &mut r.r10, &mut r.r8, &mut r.r9];
+        for (slot, a) in slots.into_iter().zip(args.iter().copied().chain(std::iter::repeat(0))) {
+            *slot = a;
+        }
+        ptrace::set_regs(self.tid, &r)?;
+        self.events.clear();
+        ptrace::syscall(self.tid, 0)?;
+        self.expect_syscall_stop(nr)?;
+        ptrace::syscall(self.tid, 0)?;
+        loop {
+            match ptrace::wait(self.tid)?.1 {
+                Stop::Syscall => break,
+                Stop::Event(ev, _) => {
+                    // Fork and clone events arrive between entry and exit.
+                    let msg = ptrace::event_msg(self.tid)?;
+                    self.events.push((ev, msg));
+                    ptrace::syscall(self.tid, 0)?;
+                }
+                other => return Err(Error::UnexpectedStop { tid: self.tid, during: nr, stop: format!("{other:?}") }),
+            }
+        }
+        Ok(ptrace::get_regs(self.tid)?.rax as i64)
+    }
+
+    fn expect_syscall_stop(&mut self, nr: i64) -> Result<()> {
+        match ptrace::wait(self.tid)?.1 {
+            Stop::Syscall => Ok(()),
+            other => Err(Error::UnexpectedStop { tid: self.tid, during: nr, stop: format!("{other:?}") }),
+        }
+    }
+
+    /// Runs syscall `nr`; a negative result becomes [`Error::Remote`].
+    pub fn call(&mut self, nr: i64, args: &[u64]) -> Result<u64> {
+        let r = self.raw(nr, args)?;
+        if (-4095..0).contains(&r) {
+            return Err(Error::Remote { tid: self.tid, nr, errno: -r as i32 });
+        }
+        Ok(r as u64)
+    }
+
+    /// Puts back the registers the thread had before (or any others).
+    pub fn set_final_regs(&self, regs: &Regs) -> Result<()> {
+        ptrace::set_regs(self.tid, regs)
+    }
+}
+
+/// Rewrites registers of a thread stopped inside an interrupted syscall so
+/// that, once resumed, it re-executes the syscall, as the kernel would have
+/// on its way back to user space. Needed because a restored thread (or one
+/// resumed from a syscall-exit stop) no longer passes through that path.
+pub fn fixup_restart(regs: &mut Regs) {
+    const ERESTARTSYS: i64 = -512;
+    const ERESTARTNOINTR: i64 = -513;
+    const ERESTARTNOHAND: i64 = -514;
+    const ERESTART_RESTARTBLOCK: i64 = -516;
+    if (regs.orig_rax as i64) < 0 {
+        return;
+    }
+    match regs.rax as i64 {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            regs.rax = regs.orig_rax;
+            regs.rip -= 2;
+        }
+        ERESTART_RESTARTBLOCK => {
+            regs.rax = libc::SYS_restart_syscall as u64;
+            regs.rip -= 2;
+        }
+        _ => {}
+    }
+    regs.orig_rax = u64::MAX;
+}
