@@ -78,7 +78,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 s.processes,
                 s.threads,
                 s.pages,
-                s.pages * 4096 >> 20,
+                (s.pages * 4096) >> 20,
                 s.zero_pages,
                 s.total.as_secs_f64() * 1e3,
                 s.frozen.as_secs_f64() * 1e3
@@ -88,12 +88,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Restore { images, detach } => {
             let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions::default())
                 .with_context(|| format!("restore from {}", images.display()))?;
-            eprintln!(
-                "restored {} processes, {} threads in {:.1} ms",
-                r.processes,
-                r.threads,
-                r.elapsed.as_secs_f64() * 1e3
-            );
+            eprintln!("restored {} processes, {} threads in {:.1} ms", r.processes, r.threads, r.elapsed.as_secs_f64() * 1e3);
             if detach {
                 println!("{}", r.root_pid);
                 return Ok(ExitCode::SUCCESS);

@@ -10,14 +10,13 @@ use crate::{EngineError, Result};
 pub fn host(xstate: &[u8]) -> CpuInfo {
     let flags = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("flags")).map(|l| l.split(':').nth(1).unwrap_or("").split_whitespace().map(String::from).collect()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").split_whitespace().map(String::from).collect())
+        })
         .unwrap_or_default();
-    CpuInfo {
-        arch: std::env::consts::ARCH.into(),
-        xcr0: lpm_sys::ptrace::xstate_xcr0(xstate),
-        xstate_size: xstate.len() as u32,
-        flags,
-    }
+    CpuInfo { arch: std::env::consts::ARCH.into(), xcr0: lpm_sys::ptrace::xstate_xcr0(xstate), xstate_size: xstate.len() as u32, flags }
 }
 
 /// Refuses an image whose CPU state this host cannot hold.

@@ -151,16 +151,18 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>)> {
 
 /// Finds a `syscall` instruction in the task's vDSO.
 fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
-    let v = maps
-        .iter()
-        .find(|e| e.path == "[vdso]")
-        .ok_or_else(|| EngineError::Unsupported { pid, kind: "memory layout", what: "no [vdso] to run syscalls from".into() })?;
+    let v = maps.iter().find(|e| e.path == "[vdso]").ok_or_else(|| EngineError::Unsupported {
+        pid,
+        kind: "memory layout",
+        what: "no [vdso] to run syscalls from".into(),
+    })?;
     let mut b = vec![0u8; (v.end - v.start) as usize];
     lpm_sys::ptrace::read_mem(pid, v.start, &mut b).step(pid, || "read vdso".into())?;
-    b.windows(2)
-        .position(|w| w == [0x0f, 0x05])
-        .map(|i| v.start + i as u64)
-        .ok_or_else(|| EngineError::Unsupported { pid, kind: "memory layout", what: "no syscall instruction in [vdso]".into() })
+    b.windows(2).position(|w| w == [0x0f, 0x05]).map(|i| v.start + i as u64).ok_or_else(|| EngineError::Unsupported {
+        pid,
+        kind: "memory layout",
+        what: "no syscall instruction in [vdso]".into(),
+    })
 }
 
 /// The last pid of an NSpid-style list: the id inside the innermost
@@ -270,11 +272,7 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     tree.pipes = files.pipes.into_values().collect();
     tree.shmems = shm.saved.into_values().collect();
     lpm_image::write_tree(dir, &tree)?;
-    let mut stats = CheckpointStats {
-        processes: tree.processes.len(),
-        threads: frozen.threads.len(),
-        ..Default::default()
-    };
+    let mut stats = CheckpointStats { processes: tree.processes.len(), threads: frozen.threads.len(), ..Default::default() };
     for m in tree.processes.iter().filter_map(|p| p.mm.as_ref()).map(|m| &m.pages).chain(tree.shmems.iter().map(|s| &s.pages)) {
         for r in m {
             if r.zero {
@@ -297,7 +295,14 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     Ok(stats)
 }
 
-fn dump_process(pid: i32, frozen: &Frozen, ns_pid: &HashMap<i32, u32>, dir: &Path, files: &mut FileTable, shm: &mut ShmemTable) -> Result<Process> {
+fn dump_process(
+    pid: i32,
+    frozen: &Frozen,
+    ns_pid: &HashMap<i32, u32>,
+    dir: &Path,
+    files: &mut FileTable,
+    shm: &mut ShmemTable,
+) -> Result<Process> {
     let st = Status::read(pid)?;
     let stat = Stat::read(pid)?;
     let maps = proc::smaps(pid)?;

@@ -118,7 +118,10 @@ pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
         let key = (st.dev(), st.ino());
         let mut id = None;
         for (i, &(opid, ofd, dev, ino)) in table.owners.iter().enumerate() {
-            if (dev, ino) == key && table.files[i].flags == f.flags && misc::same_file(pid, fd, opid, ofd).step(pid, || format!("kcmp fd {fd}"))? {
+            if (dev, ino) == key
+                && table.files[i].flags == f.flags
+                && misc::same_file(pid, fd, opid, ofd).step(pid, || format!("kcmp fd {fd}"))?
+            {
                 id = Some(table.files[i].id);
                 break;
             }
@@ -205,7 +208,12 @@ pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
                 if kind == FileKind::CharDevice {
                     let st = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(io_err(format!("stat {}", f.path)))?;
                     if st.rdev() != f.rdev {
-                        return Err(EngineError::Incompatible(format!("{} is device {:#x} here, {:#x} in the image", f.path, st.rdev(), f.rdev)));
+                        return Err(EngineError::Incompatible(format!(
+                            "{} is device {:#x} here, {:#x} in the image",
+                            f.path,
+                            st.rdev(),
+                            f.rdev
+                        )));
                     }
                 } else {
                     seek(&fd, f.pos, &f.path)?;
@@ -218,13 +226,13 @@ pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
                 fd
             }
             FileKind::Pipe => {
-                if !anon.contains_key(&f.pipe_id) {
+                if let std::collections::hash_map::Entry::Vacant(e) = anon.entry(f.pipe_id) {
                     let (r, w) = std::io::pipe().map_err(io_err("pipe"))?;
                     let (r, w): (OwnedFd, OwnedFd) = (r.into(), w.into());
                     if let Some(p) = pipes.get(&f.pipe_id) {
                         fill_pipe(&w, p)?;
                     }
-                    anon.insert(f.pipe_id, (r, w));
+                    e.insert((r, w));
                 }
                 let (r, w) = &anon[&f.pipe_id];
                 let end = if f.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY { r } else { w };
@@ -270,9 +278,13 @@ pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result
     const SYS_CLOSE_RANGE: i64 = 436;
     r.call(SYS_CLOSE_RANGE, &[0, open.base as u64 - 1, 0]).step(pid, || "remote close_range below base".into())?;
     for fd in fds {
-        let src = open.by_id.get(&fd.file_id).ok_or_else(|| EngineError::Incompatible(format!("fd {} refers to missing file {}", fd.fd, fd.file_id)))?;
+        let src = open
+            .by_id
+            .get(&fd.file_id)
+            .ok_or_else(|| EngineError::Incompatible(format!("fd {} refers to missing file {}", fd.fd, fd.file_id)))?;
         let flags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
-        r.call(libc::SYS_dup3, &[src.as_raw_fd() as u64, fd.fd as u64, flags as u64]).step(pid, || format!("remote dup3 to fd {}", fd.fd))?;
+        r.call(libc::SYS_dup3, &[src.as_raw_fd() as u64, fd.fd as u64, flags as u64])
+            .step(pid, || format!("remote dup3 to fd {}", fd.fd))?;
     }
     r.call(SYS_CLOSE_RANGE, &[open.base as u64, u32::MAX as u64, 0]).step(pid, || "remote close_range above base".into())?;
     Ok(())

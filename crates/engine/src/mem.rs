@@ -274,9 +274,10 @@ impl ShmemObjects {
             for run in s.pages.iter().filter(|r| !r.zero) {
                 r.read_run(run, &mut buf)?;
                 let at = run.vaddr as usize;
-                let dst = m.as_mut_slice().get_mut(at..at + buf.len()).ok_or_else(|| {
-                    EngineError::Incompatible(format!("shared memory {}: page run at {at:#x} beyond its size", s.id))
-                })?;
+                let dst = m
+                    .as_mut_slice()
+                    .get_mut(at..at + buf.len())
+                    .ok_or_else(|| EngineError::Incompatible(format!("shared memory {}: page run at {at:#x} beyond its size", s.id)))?;
                 dst.copy_from_slice(&buf);
             }
             objects.insert(s.id, m);
@@ -360,7 +361,9 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()
                 let shared = k != VmaKind::FilePrivate;
                 let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
                 let path = if k == VmaKind::AnonShared {
-                    c.shmem.path(v.shmem_id).ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
+                    c.shmem
+                        .path(v.shmem_id)
+                        .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
                 } else {
                     v.path.clone()
                 };
@@ -369,7 +372,9 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()
                     None => {
                         let addr = put_path(pid, s, 0, &path)?;
                         let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
-                        let fd = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0]).step(pid, || format!("remote open {path}"))?;
+                        let fd = r
+                            .call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0])
+                            .step(pid, || format!("remote open {path}"))?;
                         fds.insert((path.clone(), writable), fd);
                         fd
                     }
@@ -446,10 +451,7 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let body = &map.as_slice()[reader.body_offset() as usize..];
     let zeros = vec![0u8; CHUNK];
     for run in &mm.pages {
-        let private_file = mm
-            .vmas
-            .iter()
-            .any(|v| v.start <= run.vaddr && run.vaddr < v.end && kind(v) == VmaKind::FilePrivate);
+        let private_file = mm.vmas.iter().any(|v| v.start <= run.vaddr && run.vaddr < v.end && kind(v) == VmaKind::FilePrivate);
         if run.zero {
             // Fresh anonymous memory is already zero; a private file page
             // that became zero must be written over the file's content.

@@ -20,9 +20,7 @@ pub fn read_bytes(pid: i32, rel: &str) -> Result<Vec<u8>> {
 /// Reads a /proc symlink.
 pub fn link(pid: i32, rel: &str) -> Result<String> {
     let path = PathBuf::from(format!("/proc/{pid}/{rel}"));
-    std::fs::read_link(&path)
-        .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|source| EngineError::Proc { path, source })
+    std::fs::read_link(&path).map(|p| p.to_string_lossy().into_owned()).map_err(|source| EngineError::Proc { path, source })
 }
 
 /// Thread ids of a process, leader first.
@@ -99,12 +97,7 @@ impl Status {
 
     /// Parses the text of a status file.
     pub fn parse(s: &str) -> Status {
-        Status(
-            s.lines()
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-                .collect(),
-        )
+        Status(s.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.to_string(), v.trim().to_string())).collect())
     }
 
     /// A raw value.

@@ -262,12 +262,8 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
     }
     files::restore(host, &mut r, &p.fds, open)?;
     task::restore_process(host, &mut r, s, p)?;
-    const THREAD: u64 = (libc::CLONE_VM
-        | libc::CLONE_FS
-        | libc::CLONE_FILES
-        | libc::CLONE_SIGHAND
-        | libc::CLONE_THREAD
-        | libc::CLONE_SYSVSEM) as u64;
+    const THREAD: u64 =
+        (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
     let mut tids = vec![host];
     for t in p.threads.iter().skip(1) {
         let tid_addr = put(host, s, 512, &(t.tid as i32).to_le_bytes())?;
@@ -303,11 +299,11 @@ fn namespaces(ctx: &Ctx, puppets: &Puppets, ns: &lpm_image::Namespaces) -> Resul
     }
     if ns.mount_proc {
         let root_path = task::put_path(host, s, 0, "/")?;
-        r.call(libc::SYS_mount, &[0, root_path, 0, (libc::MS_REC | libc::MS_PRIVATE) as u64, 0])
+        r.call(libc::SYS_mount, &[0, root_path, 0, libc::MS_REC | libc::MS_PRIVATE, 0])
             .step(host, || "remote mount --make-rprivate /".into())?;
         let src = task::put_path(host, s, 0, "proc")?;
         let target = task::put_path(host, s, 64, "/proc")?;
-        let flags = (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as u64;
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         r.call(libc::SYS_mount, &[src, target, src, flags, 0]).step(host, || "remote mount proc on /proc".into())?;
     }
     Ok(())
@@ -339,4 +335,3 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
     }
     Ok(())
 }
-

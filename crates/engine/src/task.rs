@@ -57,16 +57,8 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
         clear_child_tid: u64_at(&tid_addr, 0),
         robust_list,
         robust_list_len,
-        sigaltstack: Some(SigAltStack {
-            sp: u64_at(&ss, 0),
-            flags: (u64_at(&ss, 1) & 0xffff_ffff) as u32,
-            size: u64_at(&ss, 2),
-        }),
-        rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq {
-            addr: rseq.rseq_abi_pointer,
-            len: rseq.rseq_abi_size,
-            sig: rseq.signature,
-        }),
+        sigaltstack: Some(SigAltStack { sp: u64_at(&ss, 0), flags: (u64_at(&ss, 1) & 0xffff_ffff) as u32, size: u64_at(&ss, 2) }),
+        rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq { addr: rseq.rseq_abi_pointer, len: rseq.rseq_abi_size, sig: rseq.signature }),
         comm,
         host_tid: tid as u32,
     })
@@ -76,18 +68,10 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
 pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Result<()> {
     let st = Status::read(pid)?;
     let caps = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"].iter().map(|k| st.hex(k)).collect();
-    p.creds = Some(Creds {
-        uids: st.nums("Uid"),
-        gids: st.nums("Gid"),
-        groups: st.nums("Groups"),
-        caps,
-        securebits: 0,
-    });
+    p.creds = Some(Creds { uids: st.nums("Uid"), gids: st.nums("Gid"), groups: st.nums("Groups"), caps, securebits: 0 });
     p.umask = st.oct("Umask");
-    p.rlimits = proc::parse_limits(&proc::read(pid, "limits")?)
-        .into_iter()
-        .map(|(resource, soft, hard)| Rlimit { resource, soft, hard })
-        .collect();
+    p.rlimits =
+        proc::parse_limits(&proc::read(pid, "limits")?).into_iter().map(|(resource, soft, hard)| Rlimit { resource, soft, hard }).collect();
     p.cwd = proc::link(pid, "cwd")?;
     p.root = proc::link(pid, "root")?;
     p.personality = u32::from_str_radix(proc::read(pid, "personality")?.trim(), 16).unwrap_or(0);
@@ -98,13 +82,7 @@ pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Re
         }
         r.call(libc::SYS_rt_sigaction, &[sig as u64, 0, s.addr, 8]).step(pid, || format!("remote rt_sigaction({sig})"))?;
         let a = scratch_read(pid, s, 0, 32)?;
-        let act = SigAction {
-            signo: sig,
-            handler: u64_at(&a, 0),
-            flags: u64_at(&a, 1),
-            restorer: u64_at(&a, 2),
-            mask: u64_at(&a, 3),
-        };
+        let act = SigAction { signo: sig, handler: u64_at(&a, 0), flags: u64_at(&a, 1), restorer: u64_at(&a, 2), mask: u64_at(&a, 3) };
         if act.handler != 0 || act.flags != 0 || act.mask != 0 {
             p.sigactions.push(act);
         }

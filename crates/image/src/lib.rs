@@ -168,35 +168,19 @@ impl Header {
             a[..r.len()].copy_from_slice(&b[r]);
             u64::from_le_bytes(a)
         };
-        let h = Header {
-            version: word(8..12) as u32,
-            kind: word(12..16) as u32,
-            body_len: word(16..24),
-            checksum: word(24..32),
-        };
+        let h = Header { version: word(8..12) as u32, kind: word(12..16) as u32, body_len: word(16..24), checksum: word(24..32) };
         if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&h.version) {
-            return Err(ImageError::UnsupportedVersion {
-                path: path.into(),
-                version: h.version,
-            });
+            return Err(ImageError::UnsupportedVersion { path: path.into(), version: h.version });
         }
         if h.kind != expected as u32 {
-            return Err(ImageError::WrongKind {
-                path: path.into(),
-                expected,
-                found: h.kind,
-            });
+            return Err(ImageError::WrongKind { path: path.into(), expected, found: h.kind });
         }
         Ok(h)
     }
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
-    move |source| ImageError::Io {
-        op,
-        path: path.into(),
-        source,
-    }
+    move |source| ImageError::Io { op, path: path.into(), source }
 }
 
 /// XXH3-64 as used by every checksum in the format.
@@ -208,12 +192,7 @@ pub fn checksum(data: &[u8]) -> u64 {
 /// so a crash never leaves a half-written tree that looks complete.
 pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<()> {
     let body = tree.encode_to_vec();
-    let header = Header {
-        version: FORMAT_VERSION,
-        kind: BodyKind::Tree as u32,
-        body_len: body.len() as u64,
-        checksum: checksum(&body),
-    };
+    let header = Header { version: FORMAT_VERSION, kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(&body) };
     let path = dir.join(TREE_FILE);
     let tmp = dir.join(format!("{TREE_FILE}.tmp"));
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
@@ -228,9 +207,7 @@ pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<()> {
 pub fn read_tree(dir: &Path) -> Result<TreeImage> {
     let path = dir.join(TREE_FILE);
     let mut bytes = Vec::new();
-    File::open(&path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io("read", &path))?;
+    File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io("read", &path))?;
     decode_tree(&bytes, &path)
 }
 
@@ -248,15 +225,9 @@ pub fn decode_tree(bytes: &[u8], path: &Path) -> Result<TreeImage> {
     }
     let body = &body[..h.body_len as usize];
     if checksum(body) != h.checksum {
-        return Err(ImageError::Checksum {
-            path: path.into(),
-            what: "tree body".into(),
-        });
+        return Err(ImageError::Checksum { path: path.into(), what: "tree body".into() });
     }
-    TreeImage::decode(body).map_err(|source| ImageError::Decode {
-        path: path.into(),
-        source,
-    })
+    TreeImage::decode(body).map_err(|source| ImageError::Decode { path: path.into(), source })
 }
 
 /// Appends page runs to a pages file.
@@ -273,19 +244,9 @@ impl PagesWriter {
     pub fn create(dir: &Path, name: &str) -> Result<PagesWriter> {
         let path = dir.join(name);
         let mut file = File::create(&path).map_err(io("create", &path))?;
-        let h = Header {
-            version: FORMAT_VERSION,
-            kind: BodyKind::Pages as u32,
-            body_len: 0,
-            checksum: 0,
-        };
+        let h = Header { version: FORMAT_VERSION, kind: BodyKind::Pages as u32, body_len: 0, checksum: 0 };
         file.write_all(&h.encode()).map_err(io("write", &path))?;
-        Ok(PagesWriter {
-            file,
-            path,
-            name: name.into(),
-            len: 0,
-        })
+        Ok(PagesWriter { file, path, name: name.into(), len: 0 })
     }
 
     /// The file's name inside the image directory.
@@ -298,28 +259,15 @@ impl PagesWriter {
     pub fn append(&mut self, vaddr: u64, data: &[u8]) -> Result<PageRun> {
         debug_assert_eq!(data.len() as u64 % PAGE_SIZE, 0);
         self.file.write_all(data).map_err(io("write", &self.path))?;
-        let run = PageRun {
-            vaddr,
-            npages: data.len() as u64 / PAGE_SIZE,
-            offset: self.len,
-            xxh3: checksum(data),
-            zero: false,
-        };
+        let run = PageRun { vaddr, npages: data.len() as u64 / PAGE_SIZE, offset: self.len, xxh3: checksum(data), zero: false };
         self.len += data.len() as u64;
         Ok(run)
     }
 
     /// Writes the final body length into the header.
     pub fn finish(self) -> Result<()> {
-        let h = Header {
-            version: FORMAT_VERSION,
-            kind: BodyKind::Pages as u32,
-            body_len: self.len,
-            checksum: 0,
-        };
-        self.file
-            .write_all_at(&h.encode(), 0)
-            .map_err(io("write", &self.path))?;
+        let h = Header { version: FORMAT_VERSION, kind: BodyKind::Pages as u32, body_len: self.len, checksum: 0 };
+        self.file.write_all_at(&h.encode(), 0).map_err(io("write", &self.path))?;
         Ok(())
     }
 }
@@ -348,11 +296,7 @@ impl PagesReader {
                 available: actual.saturating_sub(HEADER_LEN as u64),
             });
         }
-        Ok(PagesReader {
-            file,
-            path,
-            len: h.body_len,
-        })
+        Ok(PagesReader { file, path, len: h.body_len })
     }
 
     /// The underlying file, for zero-copy use (mmap) by the caller.
@@ -367,10 +311,7 @@ impl PagesReader {
 
     /// Checks that `run` lies inside the body.
     pub fn check_bounds(&self, run: &PageRun) -> Result<()> {
-        let end = run
-            .npages
-            .checked_mul(PAGE_SIZE)
-            .and_then(|l| l.checked_add(run.offset));
+        let end = run.npages.checked_mul(PAGE_SIZE).and_then(|l| l.checked_add(run.offset));
         match end {
             Some(end) if end <= self.len => Ok(()),
             _ => Err(ImageError::Truncated {
@@ -397,9 +338,7 @@ impl PagesReader {
     pub fn read_run(&self, run: &PageRun, buf: &mut Vec<u8>) -> Result<()> {
         self.check_bounds(run)?;
         buf.resize((run.npages * PAGE_SIZE) as usize, 0);
-        self.file
-            .read_exact_at(buf, HEADER_LEN as u64 + run.offset)
-            .map_err(io("read", &self.path))?;
+        self.file.read_exact_at(buf, HEADER_LEN as u64 + run.offset).map_err(io("read", &self.path))?;
         self.verify(run, buf)
     }
 }
@@ -409,10 +348,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let d = std::env::temp_dir().join(format!("lpm-image-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -424,19 +360,9 @@ mod tests {
             root_pid: 42,
             processes: vec![Process {
                 pid: 42,
-                threads: vec![Thread {
-                    tid: 42,
-                    gpregs: vec![7; 216],
-                    ..Default::default()
-                }],
+                threads: vec![Thread { tid: 42, gpregs: vec![7; 216], ..Default::default() }],
                 mm: Some(Mm {
-                    vmas: vec![Vma {
-                        start: 0x1000,
-                        end: 0x3000,
-                        prot: 3,
-                        kind: VmaKind::AnonPrivate as i32,
-                        ..Default::default()
-                    }],
+                    vmas: vec![Vma { start: 0x1000, end: 0x3000, prot: 3, kind: VmaKind::AnonPrivate as i32, ..Default::default() }],
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -456,14 +382,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_refused() {
-        let mut bytes = Header {
-            version: FORMAT_VERSION,
-            kind: BodyKind::Tree as u32,
-            body_len: 0,
-            checksum: 0,
-        }
-        .encode()
-        .to_vec();
+        let mut bytes = Header { version: FORMAT_VERSION, kind: BodyKind::Tree as u32, body_len: 0, checksum: 0 }.encode().to_vec();
         let body = sample().encode_to_vec();
         bytes[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
         bytes[24..32].copy_from_slice(&checksum(&body).to_le_bytes());
@@ -482,12 +401,7 @@ mod tests {
 
     #[test]
     fn unknown_version_is_named() {
-        let h = Header {
-            version: FORMAT_VERSION + 1,
-            kind: BodyKind::Tree as u32,
-            body_len: 0,
-            checksum: 0,
-        };
+        let h = Header { version: FORMAT_VERSION + 1, kind: BodyKind::Tree as u32, body_len: 0, checksum: 0 };
         let e = Header::decode(&h.encode(), Path::new("x"), BodyKind::Tree).unwrap_err();
         assert!(e.to_string().contains("format version 2"), "{e}");
     }

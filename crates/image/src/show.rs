@@ -12,10 +12,7 @@ const FS_BASE: usize = 21;
 const GS_BASE: usize = 22;
 
 fn reg(gpregs: &[u8], word: usize) -> u64 {
-    gpregs
-        .get(word * 8..word * 8 + 8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-        .unwrap_or(0)
+    gpregs.get(word * 8..word * 8 + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())).unwrap_or(0)
 }
 
 fn prot(p: u32) -> String {
@@ -28,14 +25,7 @@ pub fn render(t: &TreeImage) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "image written by {} at {} ms", t.writer, t.created_unix_ms);
     if let Some(c) = &t.cpu {
-        let _ = writeln!(
-            o,
-            "cpu: {} xcr0={:#x} xstate_size={} flags={}",
-            c.arch,
-            c.xcr0,
-            c.xstate_size,
-            c.flags.len()
-        );
+        let _ = writeln!(o, "cpu: {} xcr0={:#x} xstate_size={} flags={}", c.arch, c.xcr0, c.xstate_size, c.flags.len());
     }
     if let Some(ns) = &t.namespaces {
         let _ = writeln!(
@@ -52,11 +42,7 @@ pub fn render(t: &TreeImage) -> String {
             p.pid, p.host_pid, p.ppid, p.pgid, p.sid, p.cwd, p.root, p.umask, p.personality
         );
         if let Some(c) = &p.creds {
-            let _ = writeln!(
-                o,
-                "  creds uids {:?} gids {:?} groups {:?} caps {:x?}",
-                c.uids, c.gids, c.groups, c.caps
-            );
+            let _ = writeln!(o, "  creds uids {:?} gids {:?} groups {:?} caps {:x?}", c.uids, c.gids, c.groups, c.caps);
         }
         for th in &p.threads {
             let _ = writeln!(
@@ -82,11 +68,7 @@ pub fn render(t: &TreeImage) -> String {
             }
         }
         for a in &p.sigactions {
-            let _ = writeln!(
-                o,
-                "  signal {:2} handler={:#x} flags={:#x} mask={:#x}",
-                a.signo, a.handler, a.flags, a.mask
-            );
+            let _ = writeln!(o, "  signal {:2} handler={:#x} flags={:#x} mask={:#x}", a.signo, a.handler, a.flags, a.mask);
         }
         if !p.shared_pending.is_empty() {
             let _ = writeln!(o, "  {} signals pending for the process", p.shared_pending.len());
@@ -126,17 +108,22 @@ pub fn render(t: &TreeImage) -> String {
                 let _ = writeln!(
                     o,
                     "    code {:#x}-{:#x} data {:#x}-{:#x} brk {:#x}-{:#x} stack {:#x} args {:#x}-{:#x} env {:#x}-{:#x}",
-                    l.start_code, l.end_code, l.start_data, l.end_data, l.start_brk, l.brk, l.start_stack, l.arg_start, l.arg_end, l.env_start, l.env_end
+                    l.start_code,
+                    l.end_code,
+                    l.start_data,
+                    l.end_data,
+                    l.start_brk,
+                    l.brk,
+                    l.start_stack,
+                    l.arg_start,
+                    l.arg_end,
+                    l.env_start,
+                    l.env_end
                 );
             }
             for v in &mm.vmas {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("kind {}", v.kind));
-                let pages: u64 = mm
-                    .pages
-                    .iter()
-                    .filter(|r| !r.zero && r.vaddr >= v.start && r.vaddr < v.end)
-                    .map(|r| r.npages)
-                    .sum();
+                let pages: u64 = mm.pages.iter().filter(|r| !r.zero && r.vaddr >= v.start && r.vaddr < v.end).map(|r| r.npages).sum();
                 let _ = writeln!(
                     o,
                     "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={} {}",

@@ -10,8 +10,8 @@ use linux_raw_sys::general::{page_region, pm_scan_arg};
 use crate::{Error, Result};
 
 pub use linux_raw_sys::general::{
-    PAGE_IS_FILE, PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN,
-    PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING,
+    PAGE_IS_FILE, PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
+    PM_SCAN_WP_MATCHING,
 };
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`, absent from the crates.

@@ -60,21 +60,12 @@ pub fn probe_all() -> Vec<Feature> {
         probe_process_vm(),
     ];
     let zipped = FEATURES.iter().zip(results);
-    zipped
-        .map(|(&(name, needed_for), result)| Feature {
-            name,
-            needed_for,
-            result,
-        })
-        .collect()
+    zipped.map(|(&(name, needed_for), result)| Feature { name, needed_for, result }).collect()
 }
 
 /// Name and use of each feature, in the order of the results in `probe_all`.
 const FEATURES: [(&str, &str); 10] = [
-    (
-        "ptrace seize, regsets",
-        "dumping registers, xstate, sigmask, rseq",
-    ),
+    ("ptrace seize, regsets", "dumping registers, xstate, sigmask, rseq"),
     ("pidfd_getfd", "dumping the open files of a task"),
     ("clone3 set_tid", "restoring tasks with their original pids"),
     ("userfaultfd wp-async", "tracking dirty memory in pre-copy"),
@@ -132,10 +123,7 @@ macro_rules! ensure {
 /// SAFETY comment says why `data` suits the request.
 macro_rules! ptrace {
     ($req:ident, $pid:expr, $addr:expr, $data:expr) => {
-        cvt(
-            libc::ptrace(pt::$req, $pid, $addr as usize, $data),
-            stringify!($req),
-        )
+        cvt(libc::ptrace(pt::$req, $pid, $addr as usize, $data), stringify!($req))
     };
 }
 
@@ -143,10 +131,7 @@ macro_rules! ptrace {
 /// SAFETY comment says why `arg` suits the request.
 macro_rules! ioctl {
     ($fd:expr, $req:ident, $arg:expr) => {
-        cvt(
-            libc::ioctl($fd.as_raw_fd(), $req as c_ulong, ptr($arg)),
-            stringify!($req),
-        )
+        cvt(libc::ioctl($fd.as_raw_fd(), $req as c_ulong, ptr($arg)), stringify!($req))
     };
 }
 
@@ -155,9 +140,7 @@ fn ptr<T>(v: &mut T) -> *mut c_void {
 }
 
 fn nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A child that is killed and reaped when dropped, so that no probe leaves a
@@ -322,9 +305,7 @@ fn probe_ptrace() -> Probe {
         0 => "not registered".to_string(),
         at => format!("{} bytes at {at:#x}", rseq.rseq_abi_size),
     };
-    Ok(format!(
-        "xstate {size} bytes, XCR0 {xcr0:#x}, sigmask {mask:#x}, rseq {rseq}"
-    ))
+    Ok(format!("xstate {size} bytes, XCR0 {xcr0:#x}, sigmask {mask:#x}, rseq {rseq}"))
 }
 
 fn probe_pidfd() -> Probe {
@@ -336,14 +317,12 @@ fn probe_pidfd() -> Probe {
     drop(mark_wr);
     let pid = rustix::process::Pid::from_raw(child.pid).ok_or("fork returned pid 0")?;
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).ctx("pidfd_open")?;
-    let taken = rustix::process::pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty())
-        .ctx(format_args!("pidfd_getfd fd {fd} of pid {pid:?}"))?;
+    let taken =
+        rustix::process::pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()).ctx(format_args!("pidfd_getfd fd {fd} of pid {pid:?}"))?;
     rustix::io::write(&taken, b"x").ctx("write to the fd taken")?;
     match read_byte(mark_rd.as_fd())? {
         Some(b'x') => Ok(format!("took fd {fd} from pid {}", child.pid)),
-        got => Err(format!(
-            "the fd taken is not the child's pipe: read {got:?}"
-        )),
+        got => Err(format!("the fd taken is not the child's pipe: read {got:?}")),
     }
 }
 
@@ -407,11 +386,7 @@ fn userfaultfd() -> Res<OwnedFd> {
 
 fn uffd_api(fd: BorrowedFd<'_>, features: u64) -> Res<u64> {
     let api = g::UFFD_API.into();
-    let mut api = g::uffdio_api {
-        api,
-        features,
-        ioctls: 0,
-    };
+    let mut api = g::uffdio_api { api, features, ioctls: 0 };
     // SAFETY: UFFDIO_API takes a struct uffdio_api.
     unsafe { ioctl!(fd, UFFDIO_API, &mut api)? };
     Ok(api.features)
@@ -449,11 +424,7 @@ fn write_protect(map: &Mapping) -> Res<(OwnedFd, String)> {
     let (start, len) = (map.addr as u64, map.len as u64);
     let range = g::uffdio_range { start, len };
     let mode = g::UFFDIO_REGISTER_MODE_WP.into();
-    let mut reg = g::uffdio_register {
-        range,
-        mode,
-        ioctls: 0,
-    };
+    let mut reg = g::uffdio_register { range, mode, ioctls: 0 };
     // SAFETY: UFFDIO_REGISTER takes a struct uffdio_register.
     unsafe { ioctl!(uffd, UFFDIO_REGISTER, &mut reg)? };
     let can_wp = reg.ioctls & (1 << g::_UFFDIO_WRITEPROTECT) != 0;
@@ -463,10 +434,7 @@ fn write_protect(map: &Mapping) -> Res<(OwnedFd, String)> {
     // SAFETY: UFFDIO_WRITEPROTECT takes a struct uffdio_writeprotect.
     unsafe { ioctl!(uffd, UFFDIO_WRITEPROTECT, &mut wp)? };
     let shmem = if shmem != 0 { "with" } else { "without" };
-    Ok((
-        uffd,
-        format!("features {have:#x}, {shmem} hugetlbfs/shmem wp"),
-    ))
+    Ok((uffd, format!("features {have:#x}, {shmem} hugetlbfs/shmem wp")))
 }
 
 /// Writes page 1 of the write-protected `map` and checks that PAGEMAP_SCAN
@@ -487,11 +455,7 @@ fn scan_after_write(map: &Mapping, page: usize) -> Probe {
 }
 
 fn pagemap_scan(pagemap: BorrowedFd<'_>, map: &Mapping) -> Res<Vec<page_region>> {
-    let empty = page_region {
-        start: 0,
-        end: 0,
-        categories: 0,
-    };
+    let empty = page_region { start: 0, end: 0, categories: 0 };
     let mut regions = [empty; 8];
     let (start, end) = (map.addr as u64, map.addr as u64 + map.len as u64);
     let written = g::PAGE_IS_WRITTEN.into();
@@ -518,11 +482,7 @@ fn pagemap_scan(pagemap: BorrowedFd<'_>, map: &Mapping) -> Res<Vec<page_region>>
 }
 
 fn probe_mm_map() -> Probe {
-    let (opt, sub, zero) = (
-        pr::PR_SET_MM as c_int,
-        pr::PR_SET_MM_MAP_SIZE as c_ulong,
-        0 as c_ulong,
-    );
+    let (opt, sub, zero) = (pr::PR_SET_MM as c_int, pr::PR_SET_MM_MAP_SIZE as c_ulong, 0 as c_ulong);
     let mut size = 0u32;
     // SAFETY: PR_SET_MM_MAP_SIZE only stores an unsigned int through arg3.
     let r = unsafe { libc::prctl(opt, sub, &mut size as *mut u32, zero, zero) };
@@ -544,9 +504,7 @@ fn cgroup2_from_mountinfo(text: &str) -> Option<PathBuf> {
         let (mut out, b) = (Vec::new(), left.split(' ').nth(4)?.as_bytes());
         let mut i = 0;
         while i < b.len() {
-            let octal = b
-                .get(i + 1..i + 4)
-                .and_then(|o| std::str::from_utf8(o).ok());
+            let octal = b.get(i + 1..i + 4).and_then(|o| std::str::from_utf8(o).ok());
             match (b[i], octal.and_then(|o| u8::from_str_radix(o, 8).ok())) {
                 (b'\\', Some(c)) => (out.push(c), i += 4),
                 (c, _) => (out.push(c), i += 1),
@@ -615,11 +573,7 @@ fn probe_freezer() -> Probe {
     cg.wait_event("frozen 1")?;
     cg.write("cgroup.freeze", "0")?;
     cg.wait_event("frozen 0")?;
-    Ok(format!(
-        "froze and thawed pid {} in {}",
-        child.pid,
-        cg.0.display()
-    ))
+    Ok(format!("froze and thawed pid {} in {}", child.pid, cg.0.display()))
 }
 
 /// Only for u32 and structs of integers, for which any bit pattern is valid.
@@ -658,17 +612,14 @@ fn probe_tcp_repair() -> Probe {
     let mut server = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
             Err(e) => return Err(e).ctx("accept"),
         }
     };
     let (c, s) = (client.as_fd(), server.as_fd());
     // Nothing was sent: the client's next sequence is the server's next expected one.
     let snd = queue_seq(c, net::TCP_SEND_QUEUE as u32)?;
-    let win: net::tcp_repair_window =
-        tcp_getsockopt(c, net::TCP_REPAIR_WINDOW, "TCP_REPAIR_WINDOW")?;
+    let win: net::tcp_repair_window = tcp_getsockopt(c, net::TCP_REPAIR_WINDOW, "TCP_REPAIR_WINDOW")?;
     let rcv = queue_seq(s, net::TCP_RECV_QUEUE as u32)?;
     tcp_setsockopt(c, net::TCP_REPAIR, net::TCP_REPAIR_OFF, "TCP_REPAIR off")?;
     tcp_setsockopt(s, net::TCP_REPAIR, net::TCP_REPAIR_OFF, "TCP_REPAIR off")?;
@@ -680,18 +631,11 @@ fn probe_tcp_repair() -> Probe {
     server.read_exact(&mut got).ctx("read after repair")?;
     ensure!(&got == b"ok"; "read {got:?} after repair");
     let (snd_wnd, rcv_wnd) = (win.snd_wnd, win.rcv_wnd);
-    Ok(format!(
-        "seq {snd:#x} matches the peer, snd_wnd {snd_wnd}, rcv_wnd {rcv_wnd}"
-    ))
+    Ok(format!("seq {snd:#x} matches the peer, snd_wnd {snd_wnd}, rcv_wnd {rcv_wnd}"))
 }
 
-const NAMESPACES: [(u32, &str); 5] = [
-    (g::CLONE_NEWPID, "pid"),
-    (g::CLONE_NEWNS, "mnt"),
-    (g::CLONE_NEWNET, "net"),
-    (g::CLONE_NEWUTS, "uts"),
-    (g::CLONE_NEWIPC, "ipc"),
-];
+const NAMESPACES: [(u32, &str); 5] =
+    [(g::CLONE_NEWPID, "pid"), (g::CLONE_NEWNS, "mnt"), (g::CLONE_NEWNET, "net"), (g::CLONE_NEWUTS, "uts"), (g::CLONE_NEWIPC, "ipc")];
 
 fn sleep_forever() -> c_int {
     loop {
@@ -706,8 +650,7 @@ fn sleep_forever() -> c_int {
 fn probe_ns(flags: u32) -> Res<()> {
     let names = NAMESPACES.iter().filter(|(f, _)| flags & f != 0);
     // SAFETY: sleep_forever is async-signal-safe.
-    let child = unsafe { clone3_child(&clone_args(flags, None), sleep_forever) }
-        .ctx(format_args!("clone3 {flags:#x}"))?;
+    let child = unsafe { clone3_child(&clone_args(flags, None), sleep_forever) }.ctx(format_args!("clone3 {flags:#x}"))?;
     for (_, name) in names {
         let mine = fs::read_link(format!("/proc/thread-self/ns/{name}")).ctx("readlink")?;
         let theirs = fs::read_link(format!("/proc/{}/ns/{name}", child.pid)).ctx("readlink")?;
@@ -771,18 +714,9 @@ mod tests {
         let pure = "30 24 0:26 / /sys/fs/cgroup rw shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
         let escaped = "30 24 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
         let v1 = "27 25 0:24 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n";
-        let cases = [
-            (hybrid, Some("/sys/fs/cgroup/unified")),
-            (pure, Some("/sys/fs/cgroup")),
-            (escaped, Some("/mnt/my cg")),
-            (v1, None),
-        ];
+        let cases = [(hybrid, Some("/sys/fs/cgroup/unified")), (pure, Some("/sys/fs/cgroup")), (escaped, Some("/mnt/my cg")), (v1, None)];
         for (text, want) in cases {
-            assert_eq!(
-                cgroup2_from_mountinfo(text),
-                want.map(PathBuf::from),
-                "{text}"
-            );
+            assert_eq!(cgroup2_from_mountinfo(text), want.map(PathBuf::from), "{text}");
         }
     }
 
@@ -792,20 +726,14 @@ mod tests {
         for f in &features {
             eprintln!("{:<24} {:?}", f.name, f.result);
         }
-        let missing: Vec<String> = features
-            .iter()
-            .filter_map(|f| f.result.as_ref().err().map(|e| format!("{}: {e}", f.name)))
-            .collect();
+        let missing: Vec<String> = features.iter().filter_map(|f| f.result.as_ref().err().map(|e| format!("{}: {e}", f.name))).collect();
         assert!(missing.is_empty(), "missing kernel features: {missing:#?}");
 
         // Children hang off the thread that forked them, so other tests'
         // children cannot show up here.
         let tid = rustix::thread::gettid().as_raw_nonzero();
         let children = fs::read_to_string(format!("/proc/self/task/{tid}/children")).unwrap();
-        assert!(
-            children.trim().is_empty(),
-            "children left behind: {children}"
-        );
+        assert!(children.trim().is_empty(), "children left behind: {children}");
 
         let prefix = cgroup_prefix();
         let left: Vec<_> = fs::read_dir(cgroup2_mount().unwrap())

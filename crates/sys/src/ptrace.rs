@@ -20,10 +20,7 @@ const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
 const NT_X86_XSTATE: usize = 0x202;
 /// Options lpm sets on every tracee: syscall stops marked with 0x80, and
 /// new threads and children of an injected clone traced from birth.
-pub const OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
-    | libc::PTRACE_O_TRACECLONE
-    | libc::PTRACE_O_TRACEFORK
-    | libc::PTRACE_O_TRACEVFORK;
+pub const OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACEVFORK;
 
 fn req(r: u32) -> libc::c_uint {
     r as libc::c_uint
@@ -32,8 +29,7 @@ fn req(r: u32) -> libc::c_uint {
 /// Attaches to `tid` without stopping it.
 pub fn seize(tid: i32, options: i32) -> Result<()> {
     // SAFETY: PTRACE_SEIZE takes no pointers; data carries the options.
-    cvt(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, options as libc::c_long) })
-        .map_err(|e| Error::sys("ptrace seize", tid, e))?;
+    cvt(unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, 0, options as libc::c_long) }).map_err(|e| Error::sys("ptrace seize", tid, e))?;
     Ok(())
 }
 
@@ -48,32 +44,28 @@ pub fn set_options(tid: i32, options: i32) -> Result<()> {
 /// Asks a seized tracee to stop; the stop is reported through waitpid.
 pub fn interrupt(tid: i32) -> Result<()> {
     // SAFETY: no pointers are passed.
-    cvt(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) })
-        .map_err(|e| Error::sys("ptrace interrupt", tid, e))?;
+    cvt(unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) }).map_err(|e| Error::sys("ptrace interrupt", tid, e))?;
     Ok(())
 }
 
 /// Detaches, delivering `sig` (0 for none).
 pub fn detach(tid: i32, sig: i32) -> Result<()> {
     // SAFETY: no pointers are passed.
-    cvt(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, sig as libc::c_long) })
-        .map_err(|e| Error::sys("ptrace detach", tid, e))?;
+    cvt(unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, sig as libc::c_long) }).map_err(|e| Error::sys("ptrace detach", tid, e))?;
     Ok(())
 }
 
 /// Resumes until the next syscall entry or exit.
 pub fn syscall(tid: i32, sig: i32) -> Result<()> {
     // SAFETY: no pointers are passed.
-    cvt(unsafe { libc::ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as libc::c_long) })
-        .map_err(|e| Error::sys("ptrace syscall", tid, e))?;
+    cvt(unsafe { libc::ptrace(libc::PTRACE_SYSCALL, tid, 0, sig as libc::c_long) }).map_err(|e| Error::sys("ptrace syscall", tid, e))?;
     Ok(())
 }
 
 /// Resumes the tracee.
 pub fn cont(tid: i32, sig: i32) -> Result<()> {
     // SAFETY: no pointers are passed.
-    cvt(unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig as libc::c_long) })
-        .map_err(|e| Error::sys("ptrace cont", tid, e))?;
+    cvt(unsafe { libc::ptrace(libc::PTRACE_CONT, tid, 0, sig as libc::c_long) }).map_err(|e| Error::sys("ptrace cont", tid, e))?;
     Ok(())
 }
 
@@ -88,10 +80,7 @@ pub fn event_msg(tid: i32) -> Result<u64> {
 }
 
 fn getregset(tid: i32, nt: usize, buf: &mut [u8]) -> io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: iov describes `buf`, which outlives the call; the kernel
     // writes at most iov_len bytes and shrinks iov_len to what it wrote.
     cvt(unsafe { libc::ptrace(libc::PTRACE_GETREGSET, tid, nt, &mut iov as *mut libc::iovec) })?;
@@ -99,10 +88,7 @@ fn getregset(tid: i32, nt: usize, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn setregset(tid: i32, nt: usize, buf: &[u8]) -> io::Result<()> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: iov describes `buf`; the kernel only reads it.
     cvt(unsafe { libc::ptrace(libc::PTRACE_SETREGSET, tid, nt, &mut iov as *mut libc::iovec) })?;
     Ok(())
@@ -113,16 +99,14 @@ pub fn get_regs(tid: i32) -> Result<Regs> {
     // SAFETY: user_regs_struct is plain integers; all-zero is valid.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
     // SAFETY: the kernel writes one user_regs_struct into `regs`.
-    cvt(unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs as *mut Regs) })
-        .map_err(|e| Error::sys("ptrace getregs", tid, e))?;
+    cvt(unsafe { libc::ptrace(libc::PTRACE_GETREGS, tid, 0, &mut regs as *mut Regs) }).map_err(|e| Error::sys("ptrace getregs", tid, e))?;
     Ok(regs)
 }
 
 /// Writes the general-purpose registers.
 pub fn set_regs(tid: i32, regs: &Regs) -> Result<()> {
     // SAFETY: the kernel reads one user_regs_struct from `regs`.
-    cvt(unsafe { libc::ptrace(libc::PTRACE_SETREGS, tid, 0, regs as *const Regs) })
-        .map_err(|e| Error::sys("ptrace setregs", tid, e))?;
+    cvt(unsafe { libc::ptrace(libc::PTRACE_SETREGS, tid, 0, regs as *const Regs) }).map_err(|e| Error::sys("ptrace setregs", tid, e))?;
     Ok(())
 }
 
@@ -161,10 +145,7 @@ pub fn set_xstate(tid: i32, xstate: &[u8]) -> Result<()> {
 /// XCR0 as Linux records it in the software-reserved bytes of an XSAVE
 /// area read through ptrace.
 pub fn xstate_xcr0(xstate: &[u8]) -> u64 {
-    xstate
-        .get(464..472)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-        .unwrap_or(0)
+    xstate.get(464..472).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())).unwrap_or(0)
 }
 
 /// Reads the blocked-signal mask.
@@ -198,11 +179,7 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 128 * 32];
     loop {
-        let args = PeekSiginfoArgs {
-            off: out.len() as u64,
-            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
-            nr: 32,
-        };
+        let args = PeekSiginfoArgs { off: out.len() as u64, flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 }, nr: 32 };
         // SAFETY: args is a valid ptrace_peeksiginfo_args; buf holds room
         // for `nr` siginfos of 128 bytes.
         let n = cvt(unsafe { libc::ptrace(req(PTRACE_PEEKSIGINFO), tid, &args as *const PeekSiginfoArgs, buf.as_mut_ptr()) })
@@ -234,15 +211,8 @@ pub struct RseqConfig {
 pub fn get_rseq(tid: i32) -> Result<RseqConfig> {
     let mut c = RseqConfig::default();
     // SAFETY: the kernel writes at most `addr` bytes into `c`.
-    cvt(unsafe {
-        libc::ptrace(
-            req(PTRACE_GET_RSEQ_CONFIGURATION),
-            tid,
-            std::mem::size_of::<RseqConfig>(),
-            &mut c as *mut RseqConfig,
-        )
-    })
-    .map_err(|e| Error::sys("ptrace get rseq configuration", tid, e))?;
+    cvt(unsafe { libc::ptrace(req(PTRACE_GET_RSEQ_CONFIGURATION), tid, std::mem::size_of::<RseqConfig>(), &mut c as *mut RseqConfig) })
+        .map_err(|e| Error::sys("ptrace get rseq configuration", tid, e))?;
     Ok(c)
 }
 
@@ -299,14 +269,8 @@ pub fn decode_status(status: i32) -> Stop {
 
 /// Reads `len` bytes of tracee memory at `addr` with process_vm_readv.
 pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: local describes `buf`; remote memory is only read by the kernel.
     let n = cvt(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as i64)
         .map_err(|e| Error::mem("process_vm_readv", pid, addr, e))?;
@@ -318,14 +282,8 @@ pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
 
 /// Writes `data` into tracee memory at `addr` with process_vm_writev.
 pub fn write_mem(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    let local = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: data.len(),
-    };
+    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: data.len() };
     // SAFETY: local describes `data`, which the kernel only reads.
     let n = cvt(unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) } as i64)
         .map_err(|e| Error::mem("process_vm_writev", pid, addr, e))?;

@@ -108,12 +108,10 @@ pub fn spawn_root(ns_flags: u64, set_tid: &[i32], trampoline: u64) -> Result<i32
             std::io::Error::from_raw_os_error(if n == 1 { b[0] as i32 } else { libc::ECHILD }),
         ));
     }
-    let r = ptrace::seize(pid, ptrace::OPTIONS)
-        .and_then(|_| ptrace::interrupt(pid))
-        .and_then(|_| match ptrace::wait(pid)?.1 {
-            ptrace::Stop::Event(ptrace::EVENT_STOP, _) => Ok(()),
-            other => Err(Error::UnexpectedStop { tid: pid, during: -1, stop: format!("{other:?}") }),
-        });
+    let r = ptrace::seize(pid, ptrace::OPTIONS).and_then(|_| ptrace::interrupt(pid)).and_then(|_| match ptrace::wait(pid)?.1 {
+        ptrace::Stop::Event(ptrace::EVENT_STOP, _) => Ok(()),
+        other => Err(Error::UnexpectedStop { tid: pid, during: -1, stop: format!("{other:?}") }),
+    });
     if let Err(e) = r {
         reap(pid);
         return Err(e);

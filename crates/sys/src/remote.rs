@@ -27,12 +27,7 @@ impl Remote {
     /// mapped executable in its address space; `base` the registers to
     /// start each call from (usually the thread's current ones).
     pub fn new(tid: i32, syscall_ip: u64, base: Regs) -> Remote {
-        Remote {
-            tid,
-            syscall_ip,
-            base,
-            events: Vec::new(),
-        }
+        Remote { tid, syscall_ip, base, events: Vec::new() }
     }
 
     /// The thread.

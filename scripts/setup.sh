@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a fresh Debian machine.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+need=()
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v python3 >/dev/null || need+=(python3)
+command -v unshare >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
