@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -45,6 +47,18 @@ enum Cmd {
     },
     /// Run the demo: a real program checkpointed and restored.
     Demo,
+    /// Measure checkpoint and restore speed on real processes.
+    Bench {
+        /// Repetitions of each measurement (the median is printed).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Touched memory of the memory benchmark, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Threads of the thread benchmark.
+        #[arg(long, default_value_t = 1000)]
+        threads: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,6 +116,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo(),
+        Cmd::Bench { runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
     }
 }
 

@@ -288,6 +288,12 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
         for &pid in &order {
             lpm_sys::misc::kill(pid, libc::SIGKILL);
         }
+        // A traced thread that dies stays a zombie until its tracer waits
+        // for it, and its process cannot be reaped before: collect the
+        // non-leaders, then the leaders' exit notifications.
+        for s in frozen.threads.iter().filter(|s| s.tid != s.pid).chain(frozen.threads.iter().filter(|s| s.tid == s.pid)) {
+            let _ = ptrace::wait(s.tid);
+        }
         frozen.done = true;
     }
     stats.frozen = frozen_at.elapsed();
