@@ -75,7 +75,15 @@ impl Drop for Puppets {
         for p in self.by_pid.values() {
             lpm_sys::misc::kill(p.host, libc::SIGKILL);
         }
-        while lpm_sys::misc::reap_any().is_some() {}
+        // Dead puppets come back to us (their tracer, and as subreaper
+        // their reaper) one by one: collect them until none is left, so a
+        // failed restore leaves no zombie holding a pid.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && self.by_pid.values().any(|p| Path::new(&format!("/proc/{}", p.host)).exists()) {
+            if lpm_sys::misc::reap_any().is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
 

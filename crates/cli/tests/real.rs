@@ -1,0 +1,298 @@
+//! Real programs checkpointed and restored through the `lpm` binary, state
+//! checked from outside; and bad input refused with the tree untouched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LPM: &str = env!("CARGO_BIN_EXE_lpm");
+
+/// A per-test scratch directory and the pids to kill when the test ends,
+/// however it ends.
+struct Scene {
+    dir: PathBuf,
+    pids: Vec<i32>,
+}
+
+impl Scene {
+    fn new(tag: &str) -> Scene {
+        // SAFETY: prctl with integer arguments; orphans of restored trees
+        // come to this test process, which reaps them.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("lpm-real-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scene { dir, pids: Vec::new() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn cc(&self, name: &str, src: &str) -> PathBuf {
+        let c = self.path(&format!("{name}.c"));
+        std::fs::write(&c, src).unwrap();
+        let bin = self.path(name);
+        let st = Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&bin).arg(&c).arg("-lm").status().expect("gcc");
+        assert!(st.success(), "gcc failed for {name}");
+        bin
+    }
+
+    fn spawn(&mut self, cmd: &mut Command) -> i32 {
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+        let pid = child.id() as i32;
+        std::mem::forget(child);
+        self.pids.push(pid);
+        pid
+    }
+
+    fn checkpoint(&self, pid: i32, images: &Path, leave_running: bool) {
+        let mut c = Command::new(LPM);
+        c.args(["checkpoint", "--pid", &pid.to_string(), "--images"]).arg(images);
+        if leave_running {
+            c.arg("--leave-running");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
+        if !leave_running {
+            reap(pid);
+        }
+    }
+
+    fn restore(&mut self, images: &Path) -> i32 {
+        let out = Command::new(LPM).args(["restore", "--detach", "--images"]).arg(images).output().unwrap();
+        assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+        let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("restore prints the root pid");
+        self.pids.push(pid);
+        pid
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        for &p in &self.pids {
+            // SAFETY: killing processes this test started or restored.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        // SAFETY: reaping whatever children and orphans are left.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits for a killed child (or orphan) to be gone, so its pid is free.
+fn reap(pid: i32) {
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        // SAFETY: waitpid on our own child or adopted orphan.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        assert!(t.elapsed() < Duration::from_secs(10), "pid {pid} did not go away");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn lines(p: &Path) -> Vec<u64> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+}
+
+fn wait_lines(p: &Path, n: usize) {
+    let t = Instant::now();
+    while lines(p).len() < n {
+        assert!(t.elapsed() < Duration::from_secs(20), "{} never reached {n} lines", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const COUNTER: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    size_t len = 32 << 20;
+    unsigned char *p = malloc(len);
+    for (size_t i = 0; i < len; i++) p[i] = (unsigned char)(i * 7 + 3);
+    FILE *f = fopen(argv[1], "a");
+    setvbuf(f, 0, _IOLBF, 0);
+    for (long n = 1;; n++) {
+        unsigned long sum = 0;
+        for (size_t i = 0; i < len; i += 4096) sum += p[i] == (unsigned char)(i * 7 + 3);
+        fprintf(f, "%ld %s\n", n, sum == len / 4096 ? "ok" : "CORRUPT");
+        usleep(20000);
+    }
+}
+"#;
+
+/// The log of a counter restored three times in a row (the restored tree
+/// checkpointed again each time) is continuous and its memory intact.
+#[test]
+fn counter_survives_three_checkpoint_restore_cycles() {
+    let mut s = Scene::new("counter");
+    let bin = s.cc("counter", COUNTER);
+    let log = s.path("log");
+    let mut pid = s.spawn(Command::new(&bin).arg(&log));
+    for round in 0..3 {
+        wait_lines(&log, 5 * (round + 1));
+        let images = s.path(&format!("img{round}"));
+        s.checkpoint(pid, &images, false);
+        let frozen = lines(&log).len();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(lines(&log).len(), frozen, "the program ran on after a checkpoint that kills");
+        let restored = s.restore(&images);
+        assert_eq!(restored, pid, "restore must keep the pid");
+        pid = restored;
+    }
+    wait_lines(&log, 25);
+    let n = lines(&log);
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "log not continuous: {n:?}");
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("CORRUPT"));
+}
+
+/// With --leave-running the original goes on, and its images restore too.
+#[test]
+fn leave_running_then_restore_from_the_images() {
+    let mut s = Scene::new("leave");
+    let bin = s.cc("counter", COUNTER);
+    let log = s.path("log");
+    let pid = s.spawn(Command::new(&bin).arg(&log));
+    wait_lines(&log, 3);
+    let images = s.path("img");
+    s.checkpoint(pid, &images, true);
+    let at = lines(&log).len();
+    wait_lines(&log, at + 5);
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid);
+    let before = lines(&log).len();
+    let r = s.restore(&images);
+    assert_eq!(r, pid);
+    wait_lines(&log, before + 5);
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("CORRUPT"));
+}
+
+const THREADS: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#define N 64
+static long count[N], total;
+static double acc[N];
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static void *work(void *a) {
+    long i = (long)a;
+    double x = i + 0.5;
+    for (;;) {
+        pthread_mutex_lock(&m); total++; pthread_mutex_unlock(&m);
+        count[i]++;
+        x = x * 1.000001 + 0.25; if (x > 1e6) x = i + 0.5;
+        acc[i] = x;
+        usleep(2000);
+    }
+}
+int main(int argc, char **argv) {
+    pthread_t t;
+    for (long i = 0; i < N; i++) pthread_create(&t, 0, work, (void *)i);
+    for (long n = 1;; n++) {
+        usleep(100000);
+        long sum = 0; int bad = 0;
+        pthread_mutex_lock(&m);
+        for (int i = 0; i < N; i++) { sum += count[i]; if (acc[i] < i) bad = 1; }
+        FILE *f = fopen(argv[1], "a");
+        fprintf(f, "%ld %ld %ld %s\n", n, total, sum, bad ? "BAD" : "ok");
+        fclose(f);
+        pthread_mutex_unlock(&m);
+    }
+}
+"#;
+
+/// 64 threads under a mutex keep counting after a restore, all of them.
+#[test]
+fn sixty_four_threads_keep_counting() {
+    let mut s = Scene::new("threads");
+    let bin = s.cc("threads", THREADS);
+    let log = s.path("log");
+    let pid = s.spawn(Command::new(&bin).arg(&log));
+    wait_lines(&log, 3);
+    let images = s.path("img");
+    s.checkpoint(pid, &images, false);
+    let before = std::fs::read_to_string(&log).unwrap();
+    let r = s.restore(&images);
+    assert_eq!(std::fs::read_dir(format!("/proc/{r}/task")).unwrap().count(), 65);
+    wait_lines(&log, lines(&log).len() + 5);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("BAD"), "{text}");
+    let last: Vec<u64> = text.lines().last().unwrap().split_whitespace().skip(1).take(2).map(|w| w.parse().unwrap()).collect();
+    let then: Vec<u64> = before.lines().last().unwrap().split_whitespace().skip(1).take(2).map(|w| w.parse().unwrap()).collect();
+    assert!(last[0] > then[0] && last[0] == last[1], "counters did not go on consistently: {then:?} -> {last:?}");
+}
+
+fn lpm(args: &[&str]) -> (bool, String) {
+    let out = Command::new(LPM).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Corrupt, truncated and missing images are refused by name, and bad pids
+/// are refused without touching anything.
+#[test]
+fn bad_input_is_refused_clearly() {
+    let mut s = Scene::new("bad");
+    let bin = s.cc("counter", COUNTER);
+    let log = s.path("log");
+    let pid = s.spawn(Command::new(&bin).arg(&log));
+    wait_lines(&log, 2);
+    let images = s.path("img");
+    s.checkpoint(pid, &images, true);
+    let tree = images.join("tree.img");
+    let good = std::fs::read(&tree).unwrap();
+    let img = images.to_str().unwrap();
+
+    let (ok, err) = lpm(&["restore", "--images", img]);
+    assert!(!ok && err.contains(&format!("pid {pid} is taken")), "{err}");
+
+    std::fs::write(&tree, &good[..good.len() / 2]).unwrap();
+    let (ok, err) = lpm(&["restore", "--images", img]);
+    assert!(!ok && err.contains("truncated"), "{err}");
+
+    let mut flipped = good.clone();
+    let at = flipped.len() - 10;
+    flipped[at] ^= 0x40;
+    std::fs::write(&tree, &flipped).unwrap();
+    let (ok, err) = lpm(&["restore", "--images", img]);
+    assert!(!ok && err.contains("checksum"), "{err}");
+
+    std::fs::remove_file(&tree).unwrap();
+    let (ok, err) = lpm(&["restore", "--images", img]);
+    assert!(!ok && err.contains("tree.img"), "{err}");
+
+    std::fs::write(&tree, &good).unwrap();
+    let pages = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().contains("pages-")).unwrap();
+    let mut data = std::fs::read(&pages).unwrap();
+    let at = data.len() - 100;
+    data[at] ^= 1;
+    std::fs::write(&pages, &data).unwrap();
+    // SAFETY: killing our own child so the pid is free for the attempt.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    reap(pid);
+    let (ok, err) = lpm(&["restore", "--images", img]);
+    assert!(!ok && err.contains("checksum mismatch in page run"), "{err}");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "a failed restore left pid {pid} behind");
+
+    let (ok, err) = lpm(&["checkpoint", "--pid", "999999", "--images", s.path("x").to_str().unwrap()]);
+    assert!(!ok && err.contains("no such process"), "{err}");
+    let (ok, err) = lpm(&["checkpoint", "--pid", "2", "--images", s.path("y").to_str().unwrap()]);
+    assert!(!ok && err.contains("kernel thread"), "{err}");
+}
+
+/// A socket is refused at checkpoint, by fd and kind, and the process runs on.
+#[test]
+fn unsupported_resource_is_refused_and_process_untouched() {
+    let mut s = Scene::new("unsup");
+    let log = s.path("log");
+    let script = "import socket,sys,time\ns=socket.socket()\nf=open(sys.argv[1],'a',buffering=1)\nn=0\nwhile True:\n n+=1\n f.write(f'{n}\\n')\n time.sleep(0.02)\n";
+    let pid = s.spawn(Command::new("python3").args(["-c", script]).arg(&log));
+    wait_lines(&log, 3);
+    let (ok, err) = lpm(&["checkpoint", "--pid", &pid.to_string(), "--images", s.path("img").to_str().unwrap()]);
+    assert!(!ok && err.contains("unsupported file descriptor") && err.contains("socket"), "{err}");
+    let at = lines(&log).len();
+    wait_lines(&log, at + 3);
+}
