@@ -296,3 +296,36 @@ fn unsupported_resource_is_refused_and_process_untouched() {
     let at = lines(&log).len();
     wait_lines(&log, at + 3);
 }
+
+/// A tree started by `unshare --fork --pid --mount-proc --net --uts --ipc`:
+/// its init is checkpointed and restored into fresh namespaces, where it is
+/// pid 1 again with its host name, and goes on counting.
+#[test]
+fn unshare_namespace_tree_is_restored_into_new_namespaces() {
+    let mut s = Scene::new("ns");
+    let log = s.path("log");
+    let script = format!(
+        "hostname lpm-ns-test; n=0; while true; do n=$((n+1)); echo \"$n $$ $(hostname) $(readlink /proc/self/ns/pid)\" >> {}; sleep 0.05; done",
+        log.display()
+    );
+    let unshare =
+        s.spawn(Command::new("unshare").args(["--fork", "--pid", "--mount-proc", "--net", "--uts", "--ipc", "sh", "-c", &script]));
+    wait_lines(&log, 3);
+    let init: i32 = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap().trim().parse().unwrap();
+    let images = s.path("img");
+    s.checkpoint(init, &images, false);
+    reap(unshare);
+    let before = lines(&log).len();
+    // Inside its own pid namespace only the namespace's pids are kept;
+    // the host pid is new.
+    s.restore(&images);
+    wait_lines(&log, before + 5);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let n = lines(&log);
+    assert!(n.windows(2).all(|w| w[1] == w[0] + 1), "log not continuous: {n:?}");
+    let last: Vec<&str> = text.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!(last[1], "1", "restored shell is not pid 1 of its namespace: {text}");
+    assert_eq!(last[2], "lpm-ns-test");
+    let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    assert_ne!(last[3], host_ns.to_string_lossy(), "restored tree shares the host pid namespace");
+}

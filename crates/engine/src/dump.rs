@@ -121,15 +121,23 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>)> {
                     continue;
                 }
                 new += 1;
-                ptrace::seize(tid, ptrace::OPTIONS).step(tid, || "seize".into())?;
+                // No fork or clone tracing: new tasks are found by the
+                // re-listing, and no event stop can swallow the interrupt.
+                ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD).step(tid, || "seize".into())?;
                 ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
                 loop {
                     match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
                         Stop::Event(ptrace::EVENT_STOP, _) => break,
-                        // A signal arriving before the stop: hand it back
-                        // and keep waiting for the interrupt.
-                        Stop::Signal(sig) => ptrace::cont(tid, sig).step(tid, || "re-deliver signal".into())?,
-                        Stop::Event(_, _) | Stop::Syscall => ptrace::cont(tid, 0).step(tid, || "continue".into())?,
+                        // A signal arriving first takes the interrupt's
+                        // place: hand the signal back and ask again.
+                        Stop::Signal(sig) => {
+                            ptrace::cont(tid, sig).step(tid, || "re-deliver signal".into())?;
+                            ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+                        }
+                        Stop::Event(_, _) | Stop::Syscall => {
+                            ptrace::cont(tid, 0).step(tid, || "continue".into())?;
+                            ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+                        }
                         Stop::Exited(_) | Stop::Killed(_) => {
                             return Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
                         }
@@ -291,8 +299,13 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
         // A traced thread that dies stays a zombie until its tracer waits
         // for it, and its process cannot be reaped before: collect the
         // non-leaders, then the leaders' exit notifications.
-        for s in frozen.threads.iter().filter(|s| s.tid != s.pid).chain(frozen.threads.iter().filter(|s| s.tid == s.pid)) {
-            let _ = ptrace::wait(s.tid);
+        let mut left: Vec<i32> = frozen.threads.iter().map(|s| s.tid).collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !left.is_empty() && Instant::now() < deadline {
+            left.retain(|&tid| !ptrace::try_reap(tid));
+            if !left.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         frozen.done = true;
     }

@@ -248,6 +248,15 @@ pub fn wait(tid: i32) -> Result<(i32, Stop)> {
     Ok((pid, decode_status(status)))
 }
 
+/// Collects an exit notification of `tid` without blocking; true once the
+/// thread is gone (reported, or no longer ours to wait for).
+pub fn try_reap(tid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer.
+    let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+    (r == tid && (libc::WIFEXITED(status) || libc::WIFSIGNALED(status))) || r < 0
+}
+
 /// Decodes a waitpid status of a tracee.
 pub fn decode_status(status: i32) -> Stop {
     if libc::WIFEXITED(status) {
