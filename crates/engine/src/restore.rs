@@ -195,6 +195,24 @@ fn wait_new_stop(tid: i32) -> Result<()> {
     }
 }
 
+/// Runs clone3 in a puppet for a new task with id `tid` in the puppet's pid
+/// namespace; returns the new task's host id once it has stopped.
+fn remote_clone3(r: &mut Remote, s: Scratch, mut args: CloneArgs, tid: u32, event: i32) -> Result<i32> {
+    let host = r.tid();
+    args.set_tid = put(host, s, 512, &(tid as i32).to_le_bytes())?;
+    args.set_tid_size = 1;
+    let a = put(host, s, 0, &args.to_bytes())?;
+    r.call(libc::SYS_clone3, &[a, 88]).step(host, || format!("remote clone3 for task {tid}"))?;
+    let new = r
+        .events
+        .iter()
+        .find(|(ev, _)| *ev == event)
+        .map(|(_, m)| *m as i32)
+        .ok_or_else(|| EngineError::Incompatible(format!("clone3 of task {tid} reported no fork or clone event")))?;
+    wait_new_stop(new)?;
+    Ok(new)
+}
+
 /// Stage 3: every process, parents first, with sessions.
 fn spawn_tree(ctx: &Ctx) -> Result<Puppets> {
     let tree = ctx.tree;
@@ -217,19 +235,8 @@ fn spawn_tree(ctx: &Ctx) -> Result<Puppets> {
             .by_pid
             .get(&p.ppid)
             .ok_or_else(|| EngineError::Incompatible(format!("process {} has parent {} that is not restored before it", p.pid, p.ppid)))?;
-        let (phost, pbase) = (parent.host, parent.base);
-        let tid_addr = put(phost, s, 512, &(p.pid as i32).to_le_bytes())?;
-        let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
-        let a = put(phost, s, 0, &args.to_bytes())?;
-        let mut r = ctx.remote(phost, pbase);
-        r.call(libc::SYS_clone3, &[a, 88]).step(phost, || format!("remote clone3 for pid {}", p.pid))?;
-        let child = r
-            .events
-            .iter()
-            .find(|(ev, _)| *ev == libc::PTRACE_EVENT_FORK)
-            .map(|(_, m)| *m as i32)
-            .ok_or_else(|| EngineError::Incompatible(format!("clone3 of pid {} reported no fork event", p.pid)))?;
-        wait_new_stop(child)?;
+        let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        let child = remote_clone3(&mut ctx.remote(parent.host, parent.base), s, args, p.pid, libc::PTRACE_EVENT_FORK)?;
         let base = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
         puppets.by_pid.insert(p.pid, Puppet { host: child, base, tids: vec![child] });
         puppets.order.push(p.pid);
@@ -274,17 +281,8 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
         (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
     let mut tids = vec![host];
     for t in p.threads.iter().skip(1) {
-        let tid_addr = put(host, s, 512, &(t.tid as i32).to_le_bytes())?;
-        let args = CloneArgs { flags: THREAD, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
-        let a = put(host, s, 0, &args.to_bytes())?;
-        r.call(libc::SYS_clone3, &[a, 88]).step(host, || format!("remote clone3 for thread {}", t.tid))?;
-        let new = r
-            .events
-            .iter()
-            .find(|(ev, _)| *ev == libc::PTRACE_EVENT_CLONE)
-            .map(|(_, m)| *m as i32)
-            .ok_or_else(|| EngineError::Incompatible(format!("clone3 of thread {} reported no clone event", t.tid)))?;
-        wait_new_stop(new)?;
+        let args = CloneArgs { flags: THREAD, ..Default::default() };
+        let new = remote_clone3(&mut r, s, args, t.tid, libc::PTRACE_EVENT_CLONE)?;
         tids.push(new);
     }
     for (t, &tid) in p.threads.iter().zip(&tids) {
