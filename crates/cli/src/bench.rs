@@ -26,14 +26,14 @@ while True: time.sleep(1)
 
 struct Run {
     checkpoint: Duration,
+    images: Duration,
     restore: Duration,
     bytes: u64,
 }
 
 fn scratch_dir() -> PathBuf {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    base.join(format!("lpm-bench-{}-{nanos}", std::process::id()))
+    std::env::temp_dir().join(format!("lpm-bench-{}-{nanos}", std::process::id()))
 }
 
 fn one(script: &str, arg: &str, dir: &Path) -> Result<Run> {
@@ -65,7 +65,7 @@ fn one(script: &str, arg: &str, dir: &Path) -> Result<Run> {
         let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions::default())?;
         lpm_sys::misc::kill(r.root_pid, libc::SIGKILL);
         let _ = lpm_sys::misc::wait_exit(r.root_pid);
-        Ok(Run { checkpoint, restore: r.elapsed, bytes: s.pages * 4096 })
+        Ok(Run { checkpoint, images: s.images, restore: r.elapsed, bytes: s.pages * 4096 })
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -82,25 +82,31 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
     lpm_sys::misc::set_child_subreaper()?;
     let dir = scratch_dir();
     std::fs::create_dir_all(&dir)?;
+    // Images go to a tmpfs with huge pages, mounted in a mount namespace of
+    // our own so it disappears with us.
+    lpm_sys::misc::private_tmpfs(&dir, true).context("mount the benchmark's tmpfs")?;
     let res = (|| -> Result<()> {
         let gib = |b: u64, d: Duration| b as f64 / (1u64 << 30) as f64 / d.as_secs_f64();
         let mut c = Vec::new();
+        let mut whole = Vec::new();
         let mut r = Vec::new();
         let mut bytes = 0;
         for _ in 0..runs {
             let x = one(MEMORY, &mib.to_string(), &dir)?;
-            c.push(x.checkpoint);
+            c.push(x.images);
+            whole.push(x.checkpoint);
             r.push(x.restore);
             bytes = x.bytes;
         }
-        let (c, r) = (median(c), median(r));
-        println!("memory: {mib} MiB process, {} MiB of pages saved, images on tmpfs, median of {runs}", bytes >> 20);
+        let (c, whole, r) = (median(c), median(whole), median(r));
+        println!("memory: {mib} MiB process, {} MiB of pages saved, images on tmpfs (huge pages), median of {runs}", bytes >> 20);
         println!(
-            "  checkpoint {:8.1} ms  {:5.2} GiB/s   (target >= 2 GiB/s: {})",
+            "  checkpoint {:8.1} ms  {:5.2} GiB/s   (images complete; target >= 2 GiB/s: {})",
             c.as_secs_f64() * 1e3,
             gib(bytes, c),
             if gib(bytes, c) >= 2.0 { "met" } else { "NOT met" }
         );
+        println!("  checkpoint until the killed tree is gone (memory freed): {:.1} ms", whole.as_secs_f64() * 1e3);
         println!(
             "  restore    {:8.1} ms  {:5.2} GiB/s   (target >= 2 GiB/s: {})",
             r.as_secs_f64() * 1e3,
@@ -124,6 +130,7 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
         );
         Ok(())
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = lpm_sys::misc::unmount(&dir);
+    let _ = std::fs::remove_dir(&dir);
     res
 }

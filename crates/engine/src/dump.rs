@@ -40,6 +40,8 @@ pub struct CheckpointStats {
     pub zero_pages: u64,
     /// Time the tree was stopped.
     pub frozen: Duration,
+    /// Time from the start until the images were complete and synced.
+    pub images: Duration,
     /// Total time.
     pub total: Duration,
 }
@@ -280,7 +282,8 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     tree.pipes = files.pipes.into_values().collect();
     tree.shmems = shm.saved.into_values().collect();
     lpm_image::write_tree(dir, &tree)?;
-    let mut stats = CheckpointStats { processes: tree.processes.len(), threads: frozen.threads.len(), ..Default::default() };
+    let mut stats =
+        CheckpointStats { processes: tree.processes.len(), threads: frozen.threads.len(), images: t0.elapsed(), ..Default::default() };
     for m in tree.processes.iter().filter_map(|p| p.mm.as_ref()).map(|m| &m.pages).chain(tree.shmems.iter().map(|s| &s.pages)) {
         for r in m {
             if r.zero {

@@ -183,17 +183,129 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
     Ok(())
 }
 
+/// Pages to save: `len` bytes at `vaddr`, stored at `off` in the body.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    vaddr: u64,
+    len: u64,
+    off: u64,
+    readable: bool,
+}
+
+/// Largest piece one worker copies at a time.
+const PIECE: u64 = 32 << 20;
+
+/// How many threads copy pages: one per core, at most four.
+fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4)
+}
+
+/// Splits `pieces` (contiguous in the body, in order) into `n` groups of
+/// about equal bytes; returns index ranges.
+fn groups(pieces: &[Piece], n: usize) -> Vec<std::ops::Range<usize>> {
+    let total: u64 = pieces.iter().map(|p| p.len).sum();
+    let per = total.div_ceil(n.max(1) as u64).max(1);
+    let mut out = Vec::new();
+    let (mut start, mut acc) = (0, 0);
+    for (i, p) in pieces.iter().enumerate() {
+        acc += p.len;
+        if acc >= per * (out.len() as u64 + 1) {
+            out.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < pieces.len() {
+        out.push(start..pieces.len());
+    }
+    out
+}
+
+/// Copies every piece from the task into `body` (one worker thread per
+/// core, each with its own part of the body), splitting each into zero
+/// and data runs; the runs come back in address order.
+fn save_pieces(pid: i32, pieces: &[Piece], body: &mut [u8]) -> Result<Vec<PageRun>> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(io_err(format!("open /proc/{pid}/mem")))?;
+    let mut parts = Vec::new();
+    let mut rest = body;
+    let mut at = 0u64;
+    for g in groups(pieces, workers()) {
+        let end = pieces[g.end - 1].off + pieces[g.end - 1].len;
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut((end - at) as usize);
+        parts.push((g, part, at));
+        rest = tail;
+        at = end;
+    }
+    let results: Vec<Result<Vec<PageRun>>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|(g, part, base)| {
+                let mem = &mem;
+                sc.spawn(move || -> Result<Vec<PageRun>> {
+                    let mut runs = Vec::new();
+                    for p in &pieces[g] {
+                        let buf = &mut part[(p.off - base) as usize..(p.off - base + p.len) as usize];
+                        lpm_sys::misc::populate_write(buf);
+                        if p.readable {
+                            ptrace::read_mem(pid, p.vaddr, buf).step(pid, || format!("read pages at {:#x}", p.vaddr))?;
+                        } else {
+                            // Unreadable areas are read through /proc/PID/mem,
+                            // which may override protections.
+                            mem.read_exact_at(buf, p.vaddr).map_err(io_err(format!("read /proc/{pid}/mem at {:#x}", p.vaddr)))?;
+                        }
+                        split_runs(p, buf, &mut runs);
+                    }
+                    Ok(runs)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Incompatible("page copy worker panicked".into()))))
+            .collect()
+    });
+    let mut runs = Vec::new();
+    for r in results {
+        for run in r? {
+            push_run(&mut runs, run);
+        }
+    }
+    Ok(runs)
+}
+
+/// Splits a copied piece into zero runs (no data) and data runs (with
+/// checksums over their bytes in place).
+fn split_runs(p: &Piece, data: &[u8], runs: &mut Vec<PageRun>) {
+    let pg = PAGE as usize;
+    let n = data.len() / pg;
+    let mut i = 0;
+    while i < n {
+        let zero = is_zero(&data[i * pg..(i + 1) * pg]);
+        let mut j = i + 1;
+        while j < n && is_zero(&data[j * pg..(j + 1) * pg]) == zero {
+            j += 1;
+        }
+        let vaddr = p.vaddr + (i * pg) as u64;
+        let npages = (j - i) as u64;
+        let run = if zero {
+            PageRun { vaddr, npages, zero: true, ..Default::default() }
+        } else {
+            let bytes = &data[i * pg..j * pg];
+            PageRun { vaddr, npages, offset: p.off + (i * pg) as u64, xxh3: lpm_image::checksum(bytes), zero: false }
+        };
+        push_run(runs, run);
+        i = j;
+    }
+}
+
 /// Dumps the address space of stopped process `pid` (areas as read before
 /// any scratch was mapped) into `dir`.
 pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) -> Result<Mm> {
     let vmas: Vec<Vma> = entries.iter().map(|e| classify(pid, e)).collect::<Result<_>>()?;
-    let name = format!("pages-{pid}.img");
-    let mut w = PagesWriter::create(dir, &name)?;
     let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(io_err(format!("open /proc/{pid}/mem")))?;
-    let mut runs = Vec::new();
+    let mut zero_runs = Vec::new();
+    let mut pieces = Vec::new();
     let mut regions = Vec::new();
-    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
     for v in &vmas {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
         if kind == VmaKind::AnonShared {
@@ -215,29 +327,43 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) 
                 continue;
             }
             if r.categories & PAGE_IS_PFNZERO as u64 != 0 {
-                push_run(&mut runs, PageRun { vaddr: r.start, npages: (r.end - r.start) / PAGE, zero: true, ..Default::default() });
+                zero_runs.push(PageRun { vaddr: r.start, npages: (r.end - r.start) / PAGE, zero: true, ..Default::default() });
                 continue;
             }
             let mut at = r.start;
             while at < r.end {
-                let len = ((r.end - at) as usize).min(CHUNK);
-                if v.prot & libc::PROT_READ as u32 != 0 {
-                    ptrace::read_mem(pid, at, &mut buf[..len]).step(pid, || format!("read pages at {at:#x}"))?;
-                } else {
-                    // Unreadable areas are read through /proc/PID/mem, which
-                    // may override protections.
-                    mem.read_exact_at(&mut buf[..len], at).map_err(io_err(format!("read /proc/{pid}/mem at {at:#x}")))?;
-                }
-                emit(at, &buf[..len], &mut w, &mut runs)?;
-                at += len as u64;
+                let len = (r.end - at).min(PIECE);
+                pieces.push(Piece { vaddr: at, len, off: total, readable: v.prot & libc::PROT_READ as u32 != 0 });
+                total += len;
+                at += len;
             }
         }
     }
-    w.finish()?;
+    let name = format!("pages-{pid}.img");
+    let path = dir.join(&name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io_err(format!("create {}", path.display())))?;
+    let flen = lpm_image::PAGES_BODY_OFFSET + total;
+    file.set_len(flen).map_err(io_err(format!("size {}", path.display())))?;
+    let mut map = Mapping::file_shared(file.as_fd(), flen as usize).step(pid, || format!("map {}", path.display()))?;
+    let body = &mut map.as_mut_slice()[lpm_image::PAGES_BODY_OFFSET as usize..];
+    let mut runs = save_pieces(pid, &pieces, body)?;
+    map.as_mut_slice()[..lpm_image::HEADER_LEN].copy_from_slice(&PagesWriter::header(total));
+    runs.extend(zero_runs);
+    runs.sort_by_key(|r| r.vaddr);
+    let mut merged = Vec::with_capacity(runs.len());
+    for r in runs {
+        push_run(&mut merged, r);
+    }
     let st = proc::Stat::read(pid)?;
     Ok(Mm {
         vmas,
-        pages: runs,
+        pages: merged,
         pages_file: name,
         layout: Some(MmLayout {
             start_code: st.num(26),
@@ -443,35 +569,58 @@ fn restore_specials(c: &RestoreCtx, r: &mut Remote, mm: &Mm, current: &HashMap<S
     Ok(())
 }
 
-/// Copies saved pages into the puppet from the mapped pages file.
+/// Copies saved pages into the puppet from the mapped pages file, one
+/// worker per core, each verifying the checksums of its runs.
 fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let reader = PagesReader::open(c.dir, &mm.pages_file)?;
     let file_len = reader.file().metadata().map_err(io_err(format!("stat {}", mm.pages_file)))?.len();
     let map = Mapping::file(reader.file().as_fd(), 0, file_len as usize).step(c.pid, || format!("map {}", mm.pages_file))?;
     let body = &map.as_slice()[reader.body_offset() as usize..];
     let zeros = vec![0u8; CHUNK];
+    let mut data = Vec::new();
     for run in &mm.pages {
-        let private_file = mm.vmas.iter().any(|v| v.start <= run.vaddr && run.vaddr < v.end && kind(v) == VmaKind::FilePrivate);
-        if run.zero {
-            // Fresh anonymous memory is already zero; a private file page
-            // that became zero must be written over the file's content.
-            if private_file {
-                let mut at = run.vaddr;
-                let end = run.vaddr + run.npages * PAGE;
-                while at < end {
-                    let len = ((end - at) as usize).min(CHUNK);
-                    ptrace::write_mem(c.pid, at, &zeros[..len]).step(c.pid, || format!("write zero pages at {at:#x}"))?;
-                    at += len as u64;
-                }
-            }
+        if !run.zero {
+            reader.check_bounds(run)?;
+            data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, readable: true });
             continue;
         }
-        reader.check_bounds(run)?;
-        let data = &body[run.offset as usize..(run.offset + run.npages * PAGE) as usize];
-        reader.verify(run, data)?;
-        ptrace::write_mem(c.pid, run.vaddr, data).step(c.pid, || format!("write {} pages at {:#x}", run.npages, run.vaddr))?;
+        // Fresh anonymous memory is already zero; a private file page that
+        // became zero must be written over the file's content.
+        let private_file = mm.vmas.iter().any(|v| v.start <= run.vaddr && run.vaddr < v.end && kind(v) == VmaKind::FilePrivate);
+        if private_file {
+            let mut at = run.vaddr;
+            let end = run.vaddr + run.npages * PAGE;
+            while at < end {
+                let len = ((end - at) as usize).min(CHUNK);
+                ptrace::write_mem(c.pid, at, &zeros[..len]).step(c.pid, || format!("write zero pages at {at:#x}"))?;
+                at += len as u64;
+            }
+        }
     }
-    Ok(())
+    let by_run: HashMap<u64, &PageRun> = mm.pages.iter().filter(|r| !r.zero).map(|r| (r.vaddr, r)).collect();
+    let results: Vec<Result<()>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = groups(&data, workers())
+            .into_iter()
+            .map(|g| {
+                let (data, reader, by_run) = (&data, &reader, &by_run);
+                sc.spawn(move || -> Result<()> {
+                    for p in &data[g] {
+                        let bytes = &body[p.off as usize..(p.off + p.len) as usize];
+                        lpm_sys::misc::populate_read(bytes);
+                        reader.verify(by_run[&p.vaddr], bytes)?;
+                        ptrace::write_mem(c.pid, p.vaddr, bytes)
+                            .step(c.pid, || format!("write {} pages at {:#x}", p.len / PAGE, p.vaddr))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(EngineError::Incompatible("page fill worker panicked".into()))))
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 /// PR_SET_MM_MAP: code, data, brk, stack, argv, env, auxv and exe.

@@ -30,6 +30,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 32;
+/// Offset of a pages file's body: the header is padded to a page so that
+/// page data is page-aligned in the file and can be mapped and copied
+/// page by page.
+pub const PAGES_BODY_OFFSET: u64 = 4096;
 /// Name of the tree file inside an image directory.
 pub const TREE_FILE: &str = "tree.img";
 /// Size of a page on x86_64.
@@ -126,6 +130,8 @@ pub enum BodyKind {
 /// | 12 | 4 | body kind |
 /// | 16 | 8 | body length in bytes |
 /// | 24 | 8 | XXH3-64 of the body (0 for pages: runs carry their own) |
+///
+/// A pages body starts at [`PAGES_BODY_OFFSET`], the header padded with zeros.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     /// Format version.
@@ -245,7 +251,9 @@ impl PagesWriter {
         let path = dir.join(name);
         let mut file = File::create(&path).map_err(io("create", &path))?;
         let h = Header { version: FORMAT_VERSION, kind: BodyKind::Pages as u32, body_len: 0, checksum: 0 };
-        file.write_all(&h.encode()).map_err(io("write", &path))?;
+        let mut first = vec![0u8; PAGES_BODY_OFFSET as usize];
+        first[..HEADER_LEN].copy_from_slice(&h.encode());
+        file.write_all(&first).map_err(io("write", &path))?;
         Ok(PagesWriter { file, path, name: name.into(), len: 0 })
     }
 
@@ -262,6 +270,12 @@ impl PagesWriter {
         let run = PageRun { vaddr, npages: data.len() as u64 / PAGE_SIZE, offset: self.len, xxh3: checksum(data), zero: false };
         self.len += data.len() as u64;
         Ok(run)
+    }
+
+    /// The header of a pages file whose body is `body_len` bytes, for
+    /// writers that fill the file through a mapping.
+    pub fn header(body_len: u64) -> [u8; HEADER_LEN] {
+        Header { version: FORMAT_VERSION, kind: BodyKind::Pages as u32, body_len, checksum: 0 }.encode()
     }
 
     /// Writes the final body length into the header.
@@ -288,12 +302,12 @@ impl PagesReader {
         let n = file.read_at(&mut hb, 0).map_err(io("read", &path))?;
         let h = Header::decode(&hb[..n], &path, BodyKind::Pages)?;
         let actual = file.metadata().map_err(io("stat", &path))?.len();
-        if actual < HEADER_LEN as u64 + h.body_len {
+        if actual < PAGES_BODY_OFFSET + h.body_len {
             return Err(ImageError::Truncated {
                 path,
                 what: "pages body".into(),
                 needed: h.body_len,
-                available: actual.saturating_sub(HEADER_LEN as u64),
+                available: actual.saturating_sub(PAGES_BODY_OFFSET),
             });
         }
         Ok(PagesReader { file, path, len: h.body_len })
@@ -306,7 +320,7 @@ impl PagesReader {
 
     /// File offset of the body's first byte.
     pub fn body_offset(&self) -> u64 {
-        HEADER_LEN as u64
+        PAGES_BODY_OFFSET
     }
 
     /// Checks that `run` lies inside the body.
@@ -338,7 +352,7 @@ impl PagesReader {
     pub fn read_run(&self, run: &PageRun, buf: &mut Vec<u8>) -> Result<()> {
         self.check_bounds(run)?;
         buf.resize((run.npages * PAGE_SIZE) as usize, 0);
-        self.file.read_exact_at(buf, HEADER_LEN as u64 + run.offset).map_err(io("read", &self.path))?;
+        self.file.read_exact_at(buf, PAGES_BODY_OFFSET + run.offset).map_err(io("read", &self.path))?;
         self.verify(run, buf)
     }
 }
@@ -428,7 +442,7 @@ mod tests {
         // A file cut short is refused at open.
         let p = d.join("pages-1.img");
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        f.set_len(HEADER_LEN as u64 + 4096).unwrap();
+        f.set_len(PAGES_BODY_OFFSET + 4096).unwrap();
         assert!(matches!(PagesReader::open(&d, "pages-1.img"), Err(ImageError::Truncated { .. })));
         std::fs::remove_dir_all(d).unwrap();
     }

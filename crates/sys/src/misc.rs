@@ -94,6 +94,8 @@ pub struct Mapping {
 
 // SAFETY: the mapping is plain memory owned by this value.
 unsafe impl Send for Mapping {}
+// SAFETY: shared references only read; writing needs `&mut self`.
+unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of anonymous memory, shared (MAP_SHARED, so other
@@ -121,6 +123,20 @@ impl Mapping {
         Ok(Mapping { addr: p.cast(), len: len.max(1) })
     }
 
+    /// Maps `len` bytes of `fd` from offset 0 shared and writable, to fill
+    /// a file (an image on tmpfs) by copying straight into its pages.
+    pub fn file_shared(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of a file we hold open read-write.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::sys("mmap file shared", 0, io::Error::last_os_error()));
+        }
+        Ok(Mapping { addr: p.cast(), len: len.max(1) })
+    }
+
     /// Start address in lpm's address space.
     pub fn addr(&self) -> u64 {
         self.addr as u64
@@ -132,9 +148,9 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts(self.addr, self.len) }
     }
 
-    /// The memory, writable (anonymous mappings only).
+    /// The memory, writable (anonymous and shared file mappings).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: anonymous mappings are mapped read-write for our lifetime
+        // SAFETY: writable mappings are mapped read-write for our lifetime
         // and we hold the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.addr, self.len) }
     }
@@ -239,4 +255,56 @@ pub fn wait_exit(pid: i32) -> Result<i32> {
             return Err(Error::sys("waitpid", pid, e));
         }
     }
+}
+
+/// Faults in the pages of `buf` for writing in one call
+/// (MADV_POPULATE_WRITE): much cheaper than a fault per page in the middle
+/// of a copy. Failure only means the copy faults them in itself.
+pub fn populate_write(buf: &mut [u8]) {
+    const MADV_POPULATE_WRITE: i32 = 23;
+    let start = buf.as_ptr() as usize;
+    let aligned = start & !4095;
+    // SAFETY: advice on pages that back `buf`, which we may write; the
+    // kernel does not change their contents.
+    unsafe { libc::madvise(aligned as *mut libc::c_void, buf.len() + (start - aligned), MADV_POPULATE_WRITE) };
+}
+
+/// Faults in the pages of `buf` for reading (MADV_POPULATE_READ).
+pub fn populate_read(buf: &[u8]) {
+    const MADV_POPULATE_READ: i32 = 22;
+    let start = buf.as_ptr() as usize;
+    let aligned = start & !4095;
+    // SAFETY: advice on pages that back `buf`; contents are unchanged.
+    unsafe { libc::madvise(aligned as *mut libc::c_void, buf.len() + (start - aligned), MADV_POPULATE_READ) };
+}
+
+/// Moves the calling (single-threaded) process into a private mount
+/// namespace and mounts a tmpfs at `path` there, with transparent huge
+/// pages when `huge`; the mount vanishes with the process, whatever way it
+/// ends.
+pub fn private_tmpfs(path: &std::path::Path, huge: bool) -> Result<()> {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).map_err(|_| Error::sys("mount path", 0, io::Error::from_raw_os_error(libc::EINVAL)));
+    let target = c(&path.to_string_lossy())?;
+    let (fstype, root) = (c("tmpfs")?, c("/")?);
+    let opts = c(if huge { "huge=always,mode=0700" } else { "mode=0700" })?;
+    // SAFETY: unshare and mount with valid NUL-terminated strings; they
+    // change only this process's view of mounts.
+    unsafe {
+        cvt(libc::unshare(libc::CLONE_NEWNS)).map_err(|e| Error::sys("unshare mount namespace", 0, e))?;
+        cvt(libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))
+            .map_err(|e| Error::sys("make mounts private", 0, e))?;
+        cvt(libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr().cast()))
+            .map_err(|e| Error::sys("mount tmpfs", 0, e))?;
+    }
+    Ok(())
+}
+
+/// Detaches the mount at `path` (umount2 MNT_DETACH).
+pub fn unmount(path: &std::path::Path) -> Result<()> {
+    let target = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|_| Error::sys("umount path", 0, io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: umount2 with a valid NUL-terminated path.
+    cvt(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map_err(|e| Error::sys("umount", 0, e))?;
+    Ok(())
 }
