@@ -88,14 +88,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = lpm_engine::CheckpointOptions { leave_running };
             let s = lpm_engine::checkpoint(pid, &images, &opts).with_context(|| format!("checkpoint of pid {pid}"))?;
             eprintln!(
-                "checkpointed {} processes, {} threads: {} pages ({} MiB) and {} zero pages in {:.1} ms (frozen {:.1} ms)",
+                "checkpointed {} processes, {} threads: {} pages ({} MiB) and {} zero pages in {:.1} ms (frozen {:.1} ms{})",
                 s.processes,
                 s.threads,
                 s.pages,
                 (s.pages * 4096) >> 20,
                 s.zero_pages,
                 s.total.as_secs_f64() * 1e3,
-                s.frozen.as_secs_f64() * 1e3
+                s.frozen.as_secs_f64() * 1e3,
+                if s.cgroup_frozen { ", by the cgroup freezer" } else { "" }
             );
             Ok(ExitCode::SUCCESS)
         }

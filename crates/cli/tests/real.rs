@@ -329,3 +329,47 @@ fn unshare_namespace_tree_is_restored_into_new_namespaces() {
     let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
     assert_ne!(last[3], host_ns.to_string_lossy(), "restored tree shares the host pid namespace");
 }
+
+/// A cgroup v2 directory made for one test, removed when it ends.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for p in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                // SAFETY: killing processes this test put in its cgroup.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+                reap(p);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A tree alone in its own cgroup is stopped by the cgroup v2 freezer, left
+/// thawed afterwards, and goes on.
+#[test]
+fn tree_in_own_cgroup_is_frozen_by_the_cgroup_freezer() {
+    let mut s = Scene::new("cgroup");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = lpm_sys::probe::cgroup2_from_mountinfo(&mountinfo).expect("cgroup2 is not mounted: the freezer test needs it");
+    let cg = Cgroup(mount.join(s.dir.file_name().unwrap()));
+    std::fs::create_dir(&cg.0).unwrap();
+    let bin = s.cc("counter", COUNTER);
+    let log = s.path("log");
+    let procs = cg.0.join("cgroup.procs");
+    let script = format!("echo $$ > {}; exec {} {}", procs.display(), bin.display(), log.display());
+    let pid = s.spawn(Command::new("sh").args(["-c", &script]));
+    wait_lines(&log, 3);
+    let out = Command::new(LPM)
+        .args(["checkpoint", "--leave-running", "--pid", &pid.to_string(), "--images"])
+        .arg(s.path("img"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("by the cgroup freezer"), "{err}");
+    assert_eq!(std::fs::read_to_string(cg.0.join("cgroup.freeze")).unwrap().trim(), "0", "cgroup left frozen");
+    let at = lines(&log).len();
+    wait_lines(&log, at + 3);
+}

@@ -42,6 +42,9 @@ pub struct CheckpointStats {
     pub frozen: Duration,
     /// Time from the start until the images were complete and synced.
     pub images: Duration,
+    /// The tree was stopped through its cgroup's freezer (else by ptrace
+    /// alone).
+    pub cgroup_frozen: bool,
     /// Total time.
     pub total: Duration,
 }
@@ -100,62 +103,155 @@ fn check_target(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// Seizes and stops every thread of the tree, re-listing until no new task
-/// appears (a task may fork or spawn a thread while we attach).
-fn freeze(root: i32) -> Result<(Frozen, Vec<i32>)> {
+/// Waits until a seized, interrupted thread reports its interrupt stop.
+fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
+    loop {
+        match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
+            Stop::Event(ptrace::EVENT_STOP, _) => return Ok(()),
+            // A signal arriving first takes the interrupt's place: hand the
+            // signal back and ask again.
+            Stop::Signal(sig) => {
+                ptrace::cont(tid, sig).step(tid, || "re-deliver signal".into())?;
+                ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+            }
+            Stop::Event(_, _) | Stop::Syscall => {
+                ptrace::cont(tid, 0).step(tid, || "continue".into())?;
+                ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+            }
+            Stop::Exited(_) | Stop::Killed(_) => {
+                return Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
+            }
+        }
+    }
+}
+
+/// The processes of the tree, parents before children.
+fn list_tree(root: i32) -> Result<Vec<i32>> {
+    let mut queue = vec![root];
+    let mut procs = Vec::new();
+    while let Some(pid) = queue.pop() {
+        procs.push(pid);
+        queue.extend(proc::children(pid)?);
+    }
+    Ok(procs)
+}
+
+/// The tree's cgroup v2 directory, when the tree is alone in a cgroup of
+/// its own (not lpm's): then the cgroup freezer stops it atomically, with
+/// no race against forks.
+fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<std::path::PathBuf>> {
+    let Some(mount) = lpm_sys::probe::cgroup2_from_mountinfo(&proc::read(std::process::id() as i32, "mountinfo")?) else {
+        return Ok(None);
+    };
+    let v2 = |pid: i32| -> Result<Option<String>> {
+        Ok(proc::read(pid, "cgroup")?.lines().find_map(|l| l.strip_prefix("0::").map(String::from)))
+    };
+    let Some(path) = v2(root)? else { return Ok(None) };
+    if path == "/" || Some(&path) == v2(std::process::id() as i32)?.as_ref() {
+        return Ok(None);
+    }
+    let dir = mount.join(path.trim_start_matches('/'));
+    let members = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(io_err(format!("read {}/cgroup.procs", dir.display())))?;
+    let mut members: Vec<i32> = members.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let mut mine = procs.to_vec();
+    members.sort_unstable();
+    mine.sort_unstable();
+    Ok((members == mine).then_some(dir))
+}
+
+/// Sets cgroup.freeze and waits for cgroup.events to agree.
+fn cgroup_freeze(dir: &Path, on: bool) -> Result<()> {
+    let f = dir.join("cgroup.freeze");
+    std::fs::write(&f, if on { "1" } else { "0" }).map_err(io_err(format!("write {}", f.display())))?;
+    if !on {
+        return Ok(());
+    }
+    let ev = dir.join("cgroup.events");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = std::fs::read_to_string(&ev).map_err(io_err(format!("read {}", ev.display())))?;
+        if s.lines().any(|l| l == "frozen 1") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = std::fs::write(&f, "0");
+            return Err(EngineError::BadTarget { pid: 0, why: format!("cgroup {} did not freeze within 5 s", dir.display()) });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Seizes and stops every thread of the tree.
+///
+/// A tree alone in its cgroup is frozen by the cgroup freezer first: every
+/// thread is seized and interrupted while frozen, then the cgroup is thawed
+/// and each thread traps into its ptrace stop before it can run. Otherwise
+/// threads are seized one by one, re-listing until no new task appears (a
+/// task may fork or spawn a thread while we attach).
+fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, bool)> {
     let mut frozen = Frozen { threads: Vec::new(), done: false };
     let mut known: HashMap<i32, ()> = HashMap::new();
     let mut order = Vec::new();
-    loop {
-        let mut new = 0;
-        let mut queue = vec![root];
-        let mut procs = Vec::new();
-        while let Some(pid) = queue.pop() {
-            procs.push(pid);
-            queue.extend(proc::children(pid)?);
-        }
-        for &pid in &procs {
-            if Stat::read(pid)?.state() == 'Z' {
-                return Err(EngineError::Unsupported { pid, kind: "process state", what: "zombie".into() });
-            }
-            for tid in proc::threads(pid)? {
-                if known.insert(tid, ()).is_some() {
-                    continue;
+    let cgroup = own_cgroup(root, &list_tree(root)?)?;
+    if let Some(cg) = &cgroup {
+        cgroup_freeze(cg, true)?;
+    }
+    let mut pending = Vec::new();
+    let res = (|| -> Result<()> {
+        loop {
+            let mut new = 0;
+            for pid in list_tree(root)? {
+                if Stat::read(pid)?.state() == 'Z' {
+                    return Err(EngineError::Unsupported { pid, kind: "process state", what: "zombie".into() });
                 }
-                new += 1;
-                // No fork or clone tracing: new tasks are found by the
-                // re-listing, and no event stop can swallow the interrupt.
-                ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD).step(tid, || "seize".into())?;
-                ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
-                loop {
-                    match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
-                        Stop::Event(ptrace::EVENT_STOP, _) => break,
-                        // A signal arriving first takes the interrupt's
-                        // place: hand the signal back and ask again.
-                        Stop::Signal(sig) => {
-                            ptrace::cont(tid, sig).step(tid, || "re-deliver signal".into())?;
-                            ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
-                        }
-                        Stop::Event(_, _) | Stop::Syscall => {
-                            ptrace::cont(tid, 0).step(tid, || "continue".into())?;
-                            ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
-                        }
-                        Stop::Exited(_) | Stop::Killed(_) => {
-                            return Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
-                        }
+                for tid in proc::threads(pid)? {
+                    if known.insert(tid, ()).is_some() {
+                        continue;
+                    }
+                    new += 1;
+                    // No fork or clone tracing: new tasks are found by the
+                    // re-listing, and no event stop can swallow the interrupt.
+                    ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD).step(tid, || "seize".into())?;
+                    ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+                    pending.push((pid, tid));
+                    if cgroup.is_none() {
+                        wait_interrupt_stop(pid, tid)?;
                     }
                 }
-                let regs = ptrace::get_regs(tid).step(tid, || "read registers".into())?;
-                let sigmask = ptrace::get_sigmask(tid).step(tid, || "read sigmask".into())?;
-                frozen.threads.push(Seized { pid, tid, regs, sigmask });
+                if !order.contains(&pid) {
+                    order.push(pid);
+                }
             }
-            if !order.contains(&pid) {
-                order.push(pid);
+            if new == 0 || cgroup.is_some() {
+                return Ok(());
             }
         }
-        if new == 0 {
-            return Ok((frozen, order));
+    })();
+    if let Some(cg) = &cgroup {
+        cgroup_freeze(cg, false)?;
+    }
+    // Every seized thread is waited for, even after an error, so that the
+    // release below finds it stopped and can put it back.
+    let mut err = res.err();
+    for (pid, tid) in pending {
+        if cgroup.is_some() {
+            if let Err(e) = wait_interrupt_stop(pid, tid) {
+                err.get_or_insert(e);
+                continue;
+            }
         }
+        let state =
+            ptrace::get_regs(tid).and_then(|regs| Ok((regs, ptrace::get_sigmask(tid)?))).step(tid, || "read registers and sigmask".into());
+        match state {
+            Ok((regs, sigmask)) => frozen.threads.push(Seized { pid, tid, regs, sigmask }),
+            Err(e) => {
+                err.get_or_insert(e);
+            }
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok((frozen, order, cgroup.is_some())),
     }
 }
 
@@ -257,7 +353,7 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     check_target(root)?;
     std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
     let ns = namespaces(root)?;
-    let (mut frozen, order) = freeze(root)?;
+    let (mut frozen, order, cgroup_frozen) = freeze(root)?;
     let frozen_at = Instant::now();
     let mut tree = TreeImage {
         writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
@@ -282,8 +378,13 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     tree.pipes = files.pipes.into_values().collect();
     tree.shmems = shm.saved.into_values().collect();
     lpm_image::write_tree(dir, &tree)?;
-    let mut stats =
-        CheckpointStats { processes: tree.processes.len(), threads: frozen.threads.len(), images: t0.elapsed(), ..Default::default() };
+    let mut stats = CheckpointStats {
+        processes: tree.processes.len(),
+        threads: frozen.threads.len(),
+        images: t0.elapsed(),
+        cgroup_frozen,
+        ..Default::default()
+    };
     for m in tree.processes.iter().filter_map(|p| p.mm.as_ref()).map(|m| &m.pages).chain(tree.shmems.iter().map(|s| &s.pages)) {
         for r in m {
             if r.zero {

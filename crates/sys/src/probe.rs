@@ -494,7 +494,7 @@ fn probe_mm_map() -> Probe {
 
 /// Where cgroup2 is mounted, from mountinfo text: `/sys/fs/cgroup` on pure
 /// v2 hosts, often `/sys/fs/cgroup/unified` on hybrid ones.
-fn cgroup2_from_mountinfo(text: &str) -> Option<PathBuf> {
+pub fn cgroup2_from_mountinfo(text: &str) -> Option<PathBuf> {
     text.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         if right.split(' ').next()? != "cgroup2" {
