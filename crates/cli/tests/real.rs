@@ -373,3 +373,54 @@ fn tree_in_own_cgroup_is_frozen_by_the_cgroup_freezer() {
     let at = lines(&log).len();
     wait_lines(&log, at + 3);
 }
+
+const CREDS: &str = r#"
+#define _GNU_SOURCE
+#include <grp.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    prctl(PR_CAPBSET_DROP, 21);
+    gid_t g[2] = {5, 7};
+    setgroups(2, g);
+    prctl(PR_SET_KEEPCAPS, 1);
+    setresgid(1000, 1001, 1002);
+    setresuid(1000, 1001, 1002);
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2] = {{1 << 10 | 1 << 12, 1 << 10 | 1 << 12, 1 << 12}, {0, 0, 0}};
+    syscall(SYS_capset, &h, d);
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, 12, 0, 0);
+    for (;;) pause();
+}
+"#;
+
+fn creds_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| ["Uid", "Gid", "Groups", "Cap"].iter().any(|k| l.starts_with(k)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// uids, gids, groups and every capability set (bounding, ambient too)
+/// come back exactly for an unprivileged process with chosen capabilities.
+#[test]
+fn credentials_and_capabilities_are_restored_exactly() {
+    let mut s = Scene::new("creds");
+    let bin = s.cc("creds", CREDS);
+    let pid = s.spawn(&mut Command::new(&bin));
+    let t = Instant::now();
+    while !creds_of(pid).contains("Uid:\t1000\t1001\t1002") {
+        assert!(t.elapsed() < Duration::from_secs(10), "program never changed its credentials");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let before = creds_of(pid);
+    let images = s.path("img");
+    s.checkpoint(pid, &images, false);
+    let r = s.restore(&images);
+    assert_eq!(creds_of(r), before);
+}

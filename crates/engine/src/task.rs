@@ -165,18 +165,49 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
     Ok(())
 }
 
-/// Sets credentials: groups, then gids, then uids (after which a non-root
-/// task can no longer change its gids).
+/// Sets credentials. The order is forced by the kernel's rules: the
+/// bounding set shrinks while the task still has CAP_SETPCAP; keep-caps
+/// lets the permitted set survive the switch away from uid 0; groups and
+/// gids change before uids (after which they no longer can); then the
+/// capability sets are set exactly and ambient capabilities raised.
 pub fn restore_creds(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
     let Some(c) = &p.creds else { return Ok(()) };
-    if c.uids.len() < 3 || c.gids.len() < 3 {
+    if c.uids.len() < 3 || c.gids.len() < 3 || c.caps.len() < 5 {
         return Err(EngineError::Incompatible(format!("pid {pid}: credentials in the image are incomplete")));
     }
+    let (inh, prm, eff, bnd, amb) = (c.caps[0], c.caps[1], c.caps[2], c.caps[3], c.caps[4]);
+    let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40);
+    for cap in 0..=last_cap {
+        if bnd & (1 << cap) == 0 {
+            r.call(libc::SYS_prctl, &[libc::PR_CAPBSET_DROP as u64, cap])
+                .step(pid, || format!("remote drop capability {cap} from the bounding set"))?;
+        }
+    }
+    r.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 1]).step(pid, || "remote PR_SET_KEEPCAPS".into())?;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
     let addr = put(pid, s, 0, &groups)?;
     r.call(libc::SYS_setgroups, &[c.groups.len() as u64, addr]).step(pid, || "remote setgroups".into())?;
     r.call(libc::SYS_setresgid, &[c.gids[0] as u64, c.gids[1] as u64, c.gids[2] as u64]).step(pid, || "remote setresgid".into())?;
     r.call(libc::SYS_setresuid, &[c.uids[0] as u64, c.uids[1] as u64, c.uids[2] as u64]).step(pid, || "remote setresuid".into())?;
+    // struct __user_cap_header_struct (version 3, this task) followed by
+    // two __user_cap_data_struct: low and high 32 bits of each set.
+    let mut b = Vec::with_capacity(32);
+    b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    for half in [0, 32] {
+        for set in [eff, prm, inh] {
+            b.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+        }
+    }
+    let hdr = put(pid, s, 0, &b)?;
+    r.call(libc::SYS_capset, &[hdr, hdr + 8]).step(pid, || format!("remote capset eff {eff:#x} prm {prm:#x} inh {inh:#x}"))?;
+    r.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0]).step(pid, || "remote clear PR_SET_KEEPCAPS".into())?;
+    for cap in 0..=last_cap {
+        if amb & (1 << cap) != 0 {
+            r.call(libc::SYS_prctl, &[libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0])
+                .step(pid, || format!("remote raise ambient capability {cap}"))?;
+        }
+    }
     Ok(())
 }
 
