@@ -47,6 +47,7 @@ impl Scene {
     }
 
     fn checkpoint(&self, pid: i32, images: &Path, leave_running: bool) {
+        let tree = tree_of(pid);
         let mut c = Command::new(LPM);
         c.args(["checkpoint", "--pid", &pid.to_string(), "--images"]).arg(images);
         if leave_running {
@@ -55,7 +56,9 @@ impl Scene {
         let out = c.output().unwrap();
         assert!(out.status.success(), "checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
         if !leave_running {
-            reap(pid);
+            for p in tree {
+                reap(p);
+            }
         }
     }
 
@@ -78,6 +81,21 @@ impl Drop for Scene {
         while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The pids of the tree rooted at `pid`.
+fn tree_of(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for t in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(kids.split_whitespace().filter_map(|w| w.parse::<i32>().ok()));
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Waits for a killed child (or orphan) to be gone, so its pid is free.
@@ -423,4 +441,22 @@ fn credentials_and_capabilities_are_restored_exactly() {
     s.checkpoint(pid, &images, false);
     let r = s.restore(&images);
     assert_eq!(creds_of(r), before);
+}
+
+/// Without --detach, lpm waits for the restored root and exits with its
+/// status.
+#[test]
+fn restore_without_detach_passes_on_the_exit_status() {
+    let mut s = Scene::new("status");
+    let stop = s.path("stop");
+    let script = format!("while [ ! -e {} ]; do sleep 0.02; done; exit 42", stop.display());
+    let pid = s.spawn(Command::new("sh").args(["-c", &script]));
+    std::thread::sleep(Duration::from_millis(100));
+    let images = s.path("img");
+    s.checkpoint(pid, &images, false);
+    let mut lpm = Command::new(LPM).args(["restore", "--images"]).arg(&images).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&stop, "").unwrap();
+    let st = lpm.wait().unwrap();
+    assert_eq!(st.code(), Some(42));
 }
