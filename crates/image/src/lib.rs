@@ -447,3 +447,41 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let h = Header { version: FORMAT_VERSION, kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(body) };
+        let mut b = h.encode().to_vec();
+        b.extend_from_slice(body);
+        b
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder.
+        #[test]
+        fn arbitrary_bytes_are_refused_or_decoded(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode_tree(&bytes, Path::new("fuzz"));
+        }
+
+        /// A well-framed but arbitrary body (valid checksum) never panics:
+        /// protobuf garbage is a decode error, not a crash.
+        #[test]
+        fn arbitrary_bodies_behind_a_valid_header(body in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode_tree(&framed(&body), Path::new("fuzz"));
+        }
+
+        /// Every single-byte corruption of a real tree is caught.
+        #[test]
+        fn any_flipped_bit_is_caught(at in 0usize..10_000, bit in 0u8..8) {
+            let t = TreeImage { writer: "fuzz".into(), root_pid: 7, processes: vec![Process { pid: 7, cwd: "/".into(), ..Default::default() }], ..Default::default() };
+            let mut b = framed(&t.encode_to_vec());
+            let at = at % b.len();
+            b[at] ^= 1 << bit;
+            prop_assert!(decode_tree(&b, Path::new("fuzz")).is_err());
+        }
+    }
+}
