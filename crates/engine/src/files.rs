@@ -174,8 +174,11 @@ fn seek(fd: &OwnedFd, pos: u64, what: &str) -> Result<()> {
 fn ghost(f: &FileImage) -> Result<OwnedFd> {
     let path = std::path::Path::new(&f.path);
     let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    // At its own path when that is free, so the fd's link reads as before
+    // ("PATH (deleted)"); beside it otherwise.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let tmp = dir.join(format!(".lpm-ghost-{}-{nanos}", std::process::id()));
+    let tmp =
+        if path.symlink_metadata().is_err() { path.to_path_buf() } else { dir.join(format!(".lpm-ghost-{}-{nanos}", std::process::id())) };
     let mut w = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
     let r = w
         .write_all(&f.content)

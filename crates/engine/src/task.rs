@@ -3,7 +3,7 @@
 //! through ptrace, /proc and remote syscalls; restore sets it by remote
 //! syscalls in the puppet.
 
-use lpm_image::{Creds, Itimer, Process, Rlimit, Rseq, SigAction, SigAltStack, Thread};
+use lpm_image::{Creds, Itimer, Process, ProcessPrctl, Rlimit, Rseq, SigAction, SigAltStack, Thread};
 use lpm_sys::ptrace;
 use lpm_sys::remote::Remote;
 
@@ -48,6 +48,8 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
     r.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, s.addr]).step(tid, || "remote PR_GET_TID_ADDRESS".into())?;
     let tid_addr = scratch_read(pid, s, 0, 8)?;
     let comm = proc::read(pid, &format!("task/{tid}/comm"))?.trim_end_matches('\n').to_string();
+    let nice = proc::Stat::parse(&proc::read(pid, &format!("task/{tid}/stat"))?).map(|st| st.num(19) as i64 as i32).unwrap_or(0);
+    let timer_slack_ns = r.call(libc::SYS_prctl, &[libc::PR_GET_TIMERSLACK as u64]).step(tid, || "remote PR_GET_TIMERSLACK".into())?;
     Ok(Thread {
         tid: ns_tid,
         gpregs: ptrace::regs_to_bytes(regs),
@@ -61,6 +63,8 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
         rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq { addr: rseq.rseq_abi_pointer, len: rseq.rseq_abi_size, sig: rseq.signature }),
         comm,
         host_tid: tid as u32,
+        nice,
+        timer_slack_ns,
     })
 }
 
@@ -68,7 +72,20 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
 pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Result<()> {
     let st = Status::read(pid)?;
     let caps = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"].iter().map(|k| st.hex(k)).collect();
-    p.creds = Some(Creds { uids: st.nums("Uid"), gids: st.nums("Gid"), groups: st.nums("Groups"), caps, securebits: 0 });
+    let securebits = r.call(libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64]).step(pid, || "remote PR_GET_SECUREBITS".into())? as u32;
+    p.creds = Some(Creds { uids: st.nums("Uid"), gids: st.nums("Gid"), groups: st.nums("Groups"), caps, securebits });
+    let get = |r: &mut Remote, op: i32| r.call(libc::SYS_prctl, &[op as u64, 0, 0, 0, 0]).step(pid, || format!("remote prctl({op})"));
+    let mut pr = ProcessPrctl {
+        no_new_privs: get(r, libc::PR_GET_NO_NEW_PRIVS)? != 0,
+        thp_disable: get(r, libc::PR_GET_THP_DISABLE)? != 0,
+        dumpable: get(r, libc::PR_GET_DUMPABLE)? as u32,
+        ..Default::default()
+    };
+    r.call(libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, s.addr]).step(pid, || "remote PR_GET_CHILD_SUBREAPER".into())?;
+    pr.child_subreaper = scratch_read(pid, s, 0, 4)? != [0; 4];
+    r.call(libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, s.addr]).step(pid, || "remote PR_GET_PDEATHSIG".into())?;
+    pr.pdeathsig = u32::from_le_bytes(scratch_read(pid, s, 0, 4)?.try_into().unwrap_or_default());
+    p.prctl = Some(pr);
     p.umask = st.oct("Umask");
     p.rlimits =
         proc::parse_limits(&proc::read(pid, "limits")?).into_iter().map(|(resource, soft, hard)| Rlimit { resource, soft, hard }).collect();
@@ -156,6 +173,13 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
         r.call(libc::SYS_prlimit64, &[0, l.resource as u64, addr, 0])
             .step(pid, || format!("remote prlimit(resource {}, soft {}, hard {})", l.resource, l.soft, l.hard))?;
     }
+    if let Some(pr) = &p.prctl {
+        r.call(libc::SYS_prctl, &[libc::PR_SET_THP_DISABLE as u64, pr.thp_disable as u64, 0, 0, 0])
+            .step(pid, || "remote PR_SET_THP_DISABLE".into())?;
+        r.call(libc::SYS_prctl, &[libc::PR_SET_CHILD_SUBREAPER as u64, pr.child_subreaper as u64])
+            .step(pid, || "remote PR_SET_CHILD_SUBREAPER".into())?;
+        r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, pr.pdeathsig as u64]).step(pid, || "remote PR_SET_PDEATHSIG".into())?;
+    }
     for (i, sig) in p.shared_pending.iter().enumerate() {
         let signo = u32::from_le_bytes(sig[..4].try_into().unwrap_or_default());
         let addr = put(pid, s, 0, sig)?;
@@ -183,7 +207,11 @@ pub fn restore_creds(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Resul
                 .step(pid, || format!("remote drop capability {cap} from the bounding set"))?;
         }
     }
-    r.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 1]).step(pid, || "remote PR_SET_KEEPCAPS".into())?;
+    // The image's securebits plus keep-caps while the uids change.
+    const SECBIT_KEEP_CAPS: u64 = 0x10;
+    let securebits = c.securebits as u64;
+    r.call(libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, securebits | SECBIT_KEEP_CAPS])
+        .step(pid, || format!("remote PR_SET_SECUREBITS {securebits:#x}"))?;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
     let addr = put(pid, s, 0, &groups)?;
     r.call(libc::SYS_setgroups, &[c.groups.len() as u64, addr]).step(pid, || "remote setgroups".into())?;
@@ -201,11 +229,20 @@ pub fn restore_creds(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Resul
     }
     let hdr = put(pid, s, 0, &b)?;
     r.call(libc::SYS_capset, &[hdr, hdr + 8]).step(pid, || format!("remote capset eff {eff:#x} prm {prm:#x} inh {inh:#x}"))?;
-    r.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0]).step(pid, || "remote clear PR_SET_KEEPCAPS".into())?;
+    if securebits & SECBIT_KEEP_CAPS == 0 {
+        r.call(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 0]).step(pid, || "remote clear PR_SET_KEEPCAPS".into())?;
+    }
     for cap in 0..=last_cap {
         if amb & (1 << cap) != 0 {
             r.call(libc::SYS_prctl, &[libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0])
                 .step(pid, || format!("remote raise ambient capability {cap}"))?;
+        }
+    }
+    // Changing uids reset dumpable; no_new_privs cannot be undone, so last.
+    if let Some(pr) = &p.prctl {
+        r.call(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, pr.dumpable as u64]).step(pid, || "remote PR_SET_DUMPABLE".into())?;
+        if pr.no_new_privs {
+            r.call(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0]).step(pid, || "remote PR_SET_NO_NEW_PRIVS".into())?;
         }
     }
     Ok(())
@@ -229,6 +266,11 @@ pub fn restore_thread(pid: i32, ns_pid: u32, tid: i32, r: &mut Remote, s: Scratc
     }
     let addr = put_path(pid, s, 0, &t.comm)?;
     r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr]).step(tid, || "remote PR_SET_NAME".into())?;
+    r.call(libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, t.nice as i64 as u64])
+        .step(tid, || format!("remote setpriority({})", t.nice))?;
+    if t.timer_slack_ns != 0 {
+        r.call(libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, t.timer_slack_ns]).step(tid, || "remote PR_SET_TIMERSLACK".into())?;
+    }
     for (i, sig) in t.pending.iter().enumerate() {
         let signo = u32::from_le_bytes(sig[..4].try_into().unwrap_or_default());
         let addr = put(pid, s, 0, sig)?;

@@ -128,6 +128,29 @@ pub struct Process {
     /// Pid in the dumping host's namespace, for diagnostics.
     #[prost(uint32, tag = "17")]
     pub host_pid: u32,
+    /// Per-process prctl state.
+    #[prost(message, optional, tag = "18")]
+    pub prctl: Option<ProcessPrctl>,
+}
+
+/// Process-wide prctl(2) state.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProcessPrctl {
+    /// PR_GET_NO_NEW_PRIVS.
+    #[prost(bool, tag = "1")]
+    pub no_new_privs: bool,
+    /// PR_GET_THP_DISABLE.
+    #[prost(bool, tag = "2")]
+    pub thp_disable: bool,
+    /// PR_GET_CHILD_SUBREAPER.
+    #[prost(bool, tag = "3")]
+    pub child_subreaper: bool,
+    /// PR_GET_DUMPABLE.
+    #[prost(uint32, tag = "4")]
+    pub dumpable: u32,
+    /// PR_GET_PDEATHSIG.
+    #[prost(uint32, tag = "5")]
+    pub pdeathsig: u32,
 }
 
 /// One thread.
@@ -169,6 +192,12 @@ pub struct Thread {
     /// Host tid, for diagnostics.
     #[prost(uint32, tag = "12")]
     pub host_tid: u32,
+    /// Nice value (per thread on Linux).
+    #[prost(sint32, tag = "13")]
+    pub nice: i32,
+    /// Timer slack in nanoseconds (PR_GET_TIMERSLACK).
+    #[prost(uint64, tag = "14")]
+    pub timer_slack_ns: u64,
 }
 
 /// sigaltstack(2) state.
