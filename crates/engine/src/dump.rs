@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lpm_image::{Namespaces, Process, TreeImage};
+use lpm_image::{Process, TreeImage};
 use lpm_sys::ptrace::{self, Regs, Stop};
 use lpm_sys::remote::{fixup_restart, Remote};
 
@@ -18,7 +18,7 @@ use crate::files::FileTable;
 use crate::mem::ShmemTable;
 use crate::proc::{self, Stat, Status};
 use crate::task::Scratch;
-use crate::{cpu, files, io_err, mem, task, EngineError, Result, StepExt};
+use crate::{cpu, files, io_err, mem, ns, task, EngineError, Result, StepExt};
 
 /// How to checkpoint.
 #[derive(Clone, Debug, Default)]
@@ -271,109 +271,28 @@ fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
     })
 }
 
-/// The last pid of an NSpid-style list: the id inside the innermost
-/// namespace, which is the tree's own when its root owns a pid namespace.
-fn inner(st: &Status, key: &str) -> u32 {
-    st.nums(key).last().copied().unwrap_or(0)
-}
-
-fn namespaces(root: i32) -> Result<Option<Namespaces>> {
-    let mut flags = 0u64;
-    // Namespaces are compared with lpm's own: a tree restored by this lpm
-    // starts in them.
-    let me = std::process::id() as i32;
-    for (name, flag) in [
-        ("pid", libc::CLONE_NEWPID),
-        ("mnt", libc::CLONE_NEWNS),
-        ("net", libc::CLONE_NEWNET),
-        ("uts", libc::CLONE_NEWUTS),
-        ("ipc", libc::CLONE_NEWIPC),
-    ] {
-        let mine = proc::link(root, &format!("ns/{name}"))?;
-        let theirs = proc::link(me, &format!("ns/{name}"))?;
-        if mine != theirs {
-            flags |= flag as u64;
-        }
-    }
-    if flags == 0 {
-        return Ok(None);
-    }
-    let mut ns = Namespaces { clone_flags: flags, ..Default::default() };
-    if flags & libc::CLONE_NEWPID as u64 != 0 && inner(&Status::read(root)?, "NSpid") != 1 {
-        return Err(EngineError::Unsupported { pid: root, kind: "namespace", what: "pid namespace it is not the first process of".into() });
-    }
-    if flags & libc::CLONE_NEWNET as u64 != 0 {
-        let dev = proc::read(root, "net/dev")?;
-        if let Some(other) = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).find(|n| *n != "lo") {
-            return Err(EngineError::Unsupported { pid: root, kind: "network namespace", what: format!("interface {other}") });
-        }
-    }
-    if flags & libc::CLONE_NEWNS as u64 != 0 {
-        let host: Vec<_> = proc::mounts(me)?.into_iter().map(|m| (m.0, m.2)).collect();
-        for (point, _dev, fstype) in proc::mounts(root)? {
-            if point == "/proc" && fstype == "proc" {
-                ns.mount_proc = true;
-            } else if !host.contains(&(point.clone(), fstype.clone())) {
-                return Err(EngineError::Unsupported { pid: root, kind: "mount", what: format!("{fstype} at {point}") });
-            }
-        }
-    }
-    if flags & libc::CLONE_NEWUTS as u64 != 0 {
-        let (h, d) = uts_names(root)?;
-        ns.hostname = h;
-        ns.domainname = d;
-    }
-    Ok(Some(ns))
-}
-
-/// Reads host and domain name inside the task's uts namespace, from a
-/// short-lived thread that joins it (uts membership is per thread).
-fn uts_names(pid: i32) -> Result<(String, String)> {
-    let path = format!("/proc/{pid}/ns/uts");
-    let f = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&f),
-                Some(rustix::thread::LinkNameSpaceType::HostNameAndNISDomainName),
-            )
-            .map_err(|e| io_err(format!("setns {path}"))(e.into()))?;
-            let h = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(io_err("read hostname"))?;
-            let d = std::fs::read_to_string("/proc/sys/kernel/domainname").map_err(io_err("read domainname"))?;
-            Ok((h.trim().to_string(), d.trim().to_string()))
-        })
-        .join()
-        .unwrap_or_else(|_| Err(EngineError::Incompatible("uts reader thread panicked".into())))
-    })
-}
-
 /// Checkpoints the tree rooted at `root` into `dir`.
 pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<CheckpointStats> {
     let t0 = Instant::now();
     check_target(root)?;
     std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
-    let ns = namespaces(root)?;
     let (mut frozen, order, cgroup_frozen) = freeze(root)?;
     let frozen_at = Instant::now();
     let mut tree = TreeImage {
         writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
         created_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        namespaces: ns,
         ..Default::default()
     };
     let mut files = FileTable::default();
     let mut shm = ShmemTable::default();
-    let mut ns_pid: HashMap<i32, u32> = HashMap::new();
     for &pid in &order {
-        ns_pid.insert(pid, inner(&Status::read(pid)?, "NSpid"));
-    }
-    for &pid in &order {
-        let p = dump_process(pid, &frozen, &ns_pid, dir, &mut files, &mut shm)?;
+        let p = dump_process(pid, &frozen, &order, dir, &mut files, &mut shm)?;
         tree.processes.push(p);
     }
+    ns::place_mount_proc(&mut tree.processes);
     let first = frozen.threads.first().map(|s| s.tid).unwrap_or(root);
     tree.cpu = Some(cpu::host(&ptrace::get_xstate(first).step(first, || "read xstate".into())?));
-    tree.root_pid = ns_pid[&root];
+    tree.root_pid = root as u32;
     tree.files = files.files;
     tree.pipes = files.pipes.into_values().collect();
     tree.shmems = shm.saved.into_values().collect();
@@ -418,14 +337,7 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     Ok(stats)
 }
 
-fn dump_process(
-    pid: i32,
-    frozen: &Frozen,
-    ns_pid: &HashMap<i32, u32>,
-    dir: &Path,
-    files: &mut FileTable,
-    shm: &mut ShmemTable,
-) -> Result<Process> {
+fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut FileTable, shm: &mut ShmemTable) -> Result<Process> {
     let st = Status::read(pid)?;
     let stat = Stat::read(pid)?;
     let maps = proc::smaps(pid)?;
@@ -435,12 +347,16 @@ fn dump_process(
         .find(|s| s.tid == pid)
         .ok_or_else(|| EngineError::BadTarget { pid, why: "thread-group leader has exited".into() })?;
     let ip = syscall_ip(pid, &maps)?;
+    let ppid = stat.num(4) as i32;
+    let in_tree = tree.contains(&ppid);
     let mut p = Process {
-        pid: ns_pid[&pid],
-        ppid: ns_pid.get(&(stat.num(4) as i32)).copied().unwrap_or(0),
-        pgid: inner(&st, "NSpgid"),
-        sid: inner(&st, "NSsid"),
+        pid: pid as u32,
+        ppid: if in_tree { ppid as u32 } else { 0 },
+        pgid: stat.num(5) as u32,
+        sid: stat.num(6) as u32,
         host_pid: pid as u32,
+        nspid: st.nums("NSpid"),
+        namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 })?,
         ..Default::default()
     };
     p.fds = files::dump(pid, files)?;
@@ -466,8 +382,8 @@ fn dump_process(
             let mut regs = t.regs;
             fixup_restart(&mut regs);
             let mut r = Remote::new(t.tid, ip, t.regs);
-            let mut th = task::dump_thread(pid, t.tid, 0, &regs, &mut r, s)?;
-            th.tid = inner(&Status::read_task(pid, t.tid)?, "NSpid");
+            let mut th = task::dump_thread(pid, t.tid, t.tid as u32, &regs, &mut r, s)?;
+            th.nstid = Status::read_task(pid, t.tid)?.nums("NSpid");
             th.sigmask = t.sigmask;
             p.threads.push(th);
         }

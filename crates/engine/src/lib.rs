@@ -11,6 +11,7 @@ mod cpu;
 mod dump;
 mod files;
 mod mem;
+mod ns;
 pub mod proc;
 mod restore;
 mod task;

@@ -30,7 +30,7 @@ use lpm_sys::remote::Remote;
 use crate::files::{self, OpenFiles};
 use crate::mem::{self, ShmemObjects};
 use crate::task::{self, put, Scratch};
-use crate::{cpu, proc, EngineError, Result, StepExt};
+use crate::{cpu, ns, proc, EngineError, Result, StepExt};
 
 /// How to restore.
 #[derive(Clone, Debug, Default)]
@@ -122,8 +122,11 @@ pub fn restore(dir: &Path, _opts: &RestoreOptions) -> Result<Restored> {
     for p in &tree.processes {
         shape(&ctx, &mut puppets, p, &open, &shmem)?;
     }
-    if let Some(ns) = &tree.namespaces {
-        namespaces(&ctx, &puppets, ns)?;
+    for p in &tree.processes {
+        if let Some(n) = &p.namespaces {
+            let pp = &puppets.by_pid[&p.pid];
+            ns::restore(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), n)?;
+        }
     }
     for p in &tree.processes {
         let pp = &puppets.by_pid[&p.pid];
@@ -139,8 +142,31 @@ pub fn restore(dir: &Path, _opts: &RestoreOptions) -> Result<Restored> {
     })
 }
 
-fn new_pidns(tree: &TreeImage) -> bool {
-    tree.namespaces.as_ref().is_some_and(|n| n.clone_flags & libc::CLONE_NEWPID as u64 != 0)
+fn root_of(tree: &TreeImage) -> &Process {
+    tree.processes.iter().find(|p| p.pid == tree.root_pid).expect("checked")
+}
+
+fn ns_flags(p: &Process) -> u64 {
+    p.namespaces.as_ref().map(|n| n.clone_flags).unwrap_or(0)
+}
+
+/// How many outer pid levels of every task the restore cannot choose:
+/// one when the root founds its own pid namespace (its pid outside is
+/// whatever the host gives), none otherwise.
+fn free_levels(tree: &TreeImage) -> usize {
+    usize::from(ns_flags(root_of(tree)) & libc::CLONE_NEWPID as u64 != 0)
+}
+
+/// The ids to ask clone3 for (set_tid, innermost namespace first) for a
+/// task with these ids from the host's namespace inward.
+fn set_tid(ids: &[u32], fallback: u32, skip: usize) -> Vec<u32> {
+    let ids = if ids.is_empty() { std::slice::from_ref(&fallback) } else { ids };
+    ids.iter().skip(skip).rev().copied().collect()
+}
+
+/// The pid a process sees for itself.
+fn own_view(p: &Process) -> u32 {
+    p.nspid.last().copied().unwrap_or(p.pid)
 }
 
 /// Stage 1: refuse an image this host cannot honour.
@@ -148,7 +174,7 @@ fn check(tree: &TreeImage) -> Result<()> {
     if tree.processes.is_empty() || tree.processes.iter().all(|p| p.pid != tree.root_pid) {
         return Err(EngineError::Incompatible("the image has no root process".into()));
     }
-    if !new_pidns(tree) {
+    if free_levels(tree) == 0 {
         for p in &tree.processes {
             for t in &p.threads {
                 if Path::new(&format!("/proc/{}", t.tid)).exists() {
@@ -195,12 +221,14 @@ fn wait_new_stop(tid: i32) -> Result<()> {
     }
 }
 
-/// Runs clone3 in a puppet for a new task with id `tid` in the puppet's pid
-/// namespace; returns the new task's host id once it has stopped.
-fn remote_clone3(r: &mut Remote, s: Scratch, mut args: CloneArgs, tid: u32, event: i32) -> Result<i32> {
+/// Runs clone3 in a puppet for a new task with ids `ids` (innermost pid
+/// namespace first); returns the new task's host id once it has stopped.
+fn remote_clone3(r: &mut Remote, s: Scratch, mut args: CloneArgs, ids: &[u32], event: i32) -> Result<i32> {
     let host = r.tid();
-    args.set_tid = put(host, s, 512, &(tid as i32).to_le_bytes())?;
-    args.set_tid_size = 1;
+    let tid = ids.first().copied().unwrap_or(0);
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| (*i as i32).to_le_bytes()).collect();
+    args.set_tid = put(host, s, 512, &bytes)?;
+    args.set_tid_size = ids.len() as u64;
     let a = put(host, s, 0, &args.to_bytes())?;
     r.call(libc::SYS_clone3, &[a, 88]).step(host, || format!("remote clone3 for task {tid}"))?;
     let new = r
@@ -213,51 +241,85 @@ fn remote_clone3(r: &mut Remote, s: Scratch, mut args: CloneArgs, tid: u32, even
     Ok(new)
 }
 
-/// Stage 3: every process, parents first, with sessions.
+/// Makes a newborn puppet a session or group leader if it was one, before
+/// it has children (which inherit both); returns its group now.
+fn lead(ctx: &Ctx, host: i32, base: ptrace::Regs, p: &Process, inherited: u32) -> Result<u32> {
+    let mut r = ctx.remote(host, base);
+    if p.sid == p.pid {
+        r.call(libc::SYS_setsid, &[]).step(host, || format!("remote setsid in pid {}", p.pid))?;
+        return Ok(p.pid);
+    }
+    if p.pgid == p.pid {
+        r.call(libc::SYS_setpgid, &[0, 0]).step(host, || format!("remote setpgid(0, 0) in pid {}", p.pid))?;
+        return Ok(p.pid);
+    }
+    Ok(inherited)
+}
+
+/// Stage 3: every process, parents first, with sessions and the groups
+/// they lead or inherit.
 fn spawn_tree(ctx: &Ctx) -> Result<Puppets> {
     let tree = ctx.tree;
-    let root = tree.processes.iter().find(|p| p.pid == tree.root_pid).expect("checked");
-    let ns_flags = tree.namespaces.as_ref().map(|n| n.clone_flags).unwrap_or(0);
-    let set_tid: Vec<i32> = if new_pidns(tree) { vec![] } else { vec![root.pid as i32] };
-    let host = puppet::spawn_root(ns_flags, &set_tid, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
+    let root = root_of(tree);
+    let skip = free_levels(tree);
+    let ids: Vec<i32> = set_tid(&root.nspid, root.pid, skip).into_iter().map(|i| i as i32).collect();
+    let host = puppet::spawn_root(ns_flags(root), &ids, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
     let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true };
     let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
     ptrace::set_sigmask(host, !0).step(host, || "block signals".into())?;
     puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
     puppets.order.push(root.pid);
-    // The root inherits the restorer's session unless it led its own.
-    if root.sid == root.pid {
-        ctx.remote(host, base).call(libc::SYS_setsid, &[]).step(host, || "remote setsid".into())?;
-    }
     let s = ctx.scratch();
+    if ns_flags(root) & libc::CLONE_NEWNS as u64 != 0 {
+        ns::isolate_mounts(host, &mut ctx.remote(host, base), s)?;
+    }
+    // The root inherits the restorer's session and group unless it led
+    // its own.
+    let mut group: HashMap<u32, u32> = HashMap::new();
+    group.insert(root.pid, lead(ctx, host, base, root, 0)?);
     for p in tree.processes.iter().filter(|p| p.pid != tree.root_pid) {
         let parent = puppets
             .by_pid
             .get(&p.ppid)
             .ok_or_else(|| EngineError::Incompatible(format!("process {} has parent {} that is not restored before it", p.pid, p.ppid)))?;
-        let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-        let child = remote_clone3(&mut ctx.remote(parent.host, parent.base), s, args, p.pid, libc::PTRACE_EVENT_FORK)?;
+        let args = CloneArgs { flags: ns_flags(p), exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        let ids = set_tid(&p.nspid, p.pid, skip);
+        let child = remote_clone3(&mut ctx.remote(parent.host, parent.base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;
         let base = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
+        if ns_flags(p) & libc::CLONE_NEWNS as u64 != 0 {
+            ns::isolate_mounts(child, &mut ctx.remote(child, base), s)?;
+        }
+        let inherited = group[&p.ppid];
         puppets.by_pid.insert(p.pid, Puppet { host: child, base, tids: vec![child] });
         puppets.order.push(p.pid);
-        if p.sid == p.pid {
-            ctx.remote(child, base).call(libc::SYS_setsid, &[]).step(child, || format!("remote setsid in pid {}", p.pid))?;
-        }
+        group.insert(p.pid, lead(ctx, child, base, p, inherited)?);
     }
     Ok(puppets)
 }
 
-/// Stage 4: process groups, leaders first.
+/// Stage 4: process groups that are neither led nor inherited (joined
+/// from a sibling or a later process), once every leader exists.
 fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
     let procs = &ctx.tree.processes;
-    let in_tree = |pid: u32| procs.iter().any(|p| p.pid == pid);
-    let leaders = procs.iter().filter(|p| p.pgid == p.pid && p.sid != p.pid);
-    let members = procs.iter().filter(|p| p.pgid != p.pid && in_tree(p.pgid));
-    for p in leaders.chain(members) {
+    let by_pid: HashMap<u32, &Process> = procs.iter().map(|p| (p.pid, p)).collect();
+    // What each process's group is after spawn_tree: led, or inherited
+    // down the tree.
+    let mut now: HashMap<u32, u32> = HashMap::new();
+    for p in procs {
+        let g =
+            if p.sid == p.pid || p.pgid == p.pid { p.pid } else { by_pid.get(&p.ppid).and_then(|q| now.get(&q.pid)).copied().unwrap_or(0) };
+        now.insert(p.pid, g);
+    }
+    for p in procs.iter().filter(|p| now[&p.pid] != p.pgid && by_pid.contains_key(&p.pgid)) {
+        let l = by_pid[&p.pgid];
+        if l.nspid.len() != p.nspid.len() {
+            return Err(EngineError::Incompatible(format!("process {} joins group {} led from another pid namespace", p.pid, p.pgid)));
+        }
+        // setpgid runs inside, where the group is named as the member sees
+        // its leader.
         let pp = &puppets.by_pid[&p.pid];
-        let pgid = if p.pgid == p.pid { 0 } else { p.pgid as u64 };
         ctx.remote(pp.host, pp.base)
-            .call(libc::SYS_setpgid, &[0, pgid])
+            .call(libc::SYS_setpgid, &[0, own_view(l) as u64])
             .step(pp.host, || format!("remote setpgid({}) in pid {}", p.pgid, p.pid))?;
     }
     Ok(())
@@ -282,36 +344,13 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
     let mut tids = vec![host];
     for t in p.threads.iter().skip(1) {
         let args = CloneArgs { flags: THREAD, ..Default::default() };
-        let new = remote_clone3(&mut r, s, args, t.tid, libc::PTRACE_EVENT_CLONE)?;
+        let new = remote_clone3(&mut r, s, args, &set_tid(&t.nstid, t.tid, free_levels(ctx.tree)), libc::PTRACE_EVENT_CLONE)?;
         tids.push(new);
     }
     for (t, &tid) in p.threads.iter().zip(&tids) {
-        task::restore_thread(host, p.pid, tid, &mut ctx.remote(tid, base), s, t)?;
+        task::restore_thread(host, own_view(p), tid, &mut ctx.remote(tid, base), s, t)?;
     }
     puppets.by_pid.get_mut(&p.pid).expect("spawned").tids = tids;
-    Ok(())
-}
-
-/// Namespace contents owned by the root: names and the private /proc.
-fn namespaces(ctx: &Ctx, puppets: &Puppets, ns: &lpm_image::Namespaces) -> Result<()> {
-    let root = &puppets.by_pid[&ctx.tree.root_pid];
-    let (host, s) = (root.host, ctx.scratch());
-    let mut r = ctx.remote(host, root.base);
-    if ns.clone_flags & libc::CLONE_NEWUTS as u64 != 0 {
-        let a = put(host, s, 0, ns.hostname.as_bytes())?;
-        r.call(libc::SYS_sethostname, &[a, ns.hostname.len() as u64]).step(host, || "remote sethostname".into())?;
-        let a = put(host, s, 0, ns.domainname.as_bytes())?;
-        r.call(libc::SYS_setdomainname, &[a, ns.domainname.len() as u64]).step(host, || "remote setdomainname".into())?;
-    }
-    if ns.mount_proc {
-        let root_path = task::put_path(host, s, 0, "/")?;
-        r.call(libc::SYS_mount, &[0, root_path, 0, libc::MS_REC | libc::MS_PRIVATE, 0])
-            .step(host, || "remote mount --make-rprivate /".into())?;
-        let src = task::put_path(host, s, 0, "proc")?;
-        let target = task::put_path(host, s, 64, "/proc")?;
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-        r.call(libc::SYS_mount, &[src, target, src, flags, 0]).step(host, || "remote mount proc on /proc".into())?;
-    }
     Ok(())
 }
 
@@ -320,9 +359,10 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
     for p in &ctx.tree.processes {
         let pp = &puppets.by_pid[&p.pid];
         let mut r = ctx.remote(pp.host, pp.base);
-        if p.pid == ctx.tree.root_pid {
-            r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, 0]).step(pp.host, || "remote clear pdeathsig".into())?;
-        }
+        // Set last: until now the root puppet dies with the restorer, so a
+        // crashed restore leaves nothing behind.
+        let pdeathsig = p.prctl.as_ref().map(|x| x.pdeathsig).unwrap_or(0);
+        r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, pdeathsig as u64]).step(pp.host, || "remote PR_SET_PDEATHSIG".into())?;
         // The trampoline goes last, from itself: the call returns to a
         // syscall-exit stop, and the registers set below take over.
         r.call(libc::SYS_munmap, &[ctx.trampoline, TRAMPOLINE_LEN]).step(pp.host, || "remote munmap trampoline".into())?;

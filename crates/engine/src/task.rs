@@ -65,6 +65,7 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
         host_tid: tid as u32,
         nice,
         timer_slack_ns,
+        nstid: Vec::new(),
     })
 }
 
@@ -137,7 +138,8 @@ pub fn put_path(pid: i32, s: Scratch, off: u64, path: &str) -> Result<u64> {
 /// Restores process-wide state except credentials (set last, since they
 /// may take away the rights the other steps need).
 pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
-    let ns_pid = p.pid as u64;
+    // Signals are queued from inside, where the process sees its own pid.
+    let ns_pid = p.nspid.last().copied().unwrap_or(p.pid) as u64;
     for sig in 1..=64u32 {
         if !settable(sig) {
             continue;
@@ -178,7 +180,6 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
             .step(pid, || "remote PR_SET_THP_DISABLE".into())?;
         r.call(libc::SYS_prctl, &[libc::PR_SET_CHILD_SUBREAPER as u64, pr.child_subreaper as u64])
             .step(pid, || "remote PR_SET_CHILD_SUBREAPER".into())?;
-        r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, pr.pdeathsig as u64]).step(pid, || "remote PR_SET_PDEATHSIG".into())?;
     }
     for (i, sig) in p.shared_pending.iter().enumerate() {
         let signo = u32::from_le_bytes(sig[..4].try_into().unwrap_or_default());
@@ -274,7 +275,7 @@ pub fn restore_thread(pid: i32, ns_pid: u32, tid: i32, r: &mut Remote, s: Scratc
     for (i, sig) in t.pending.iter().enumerate() {
         let signo = u32::from_le_bytes(sig[..4].try_into().unwrap_or_default());
         let addr = put(pid, s, 0, sig)?;
-        r.call(libc::SYS_rt_tgsigqueueinfo, &[ns_pid as u64, t.tid as u64, signo as u64, addr])
+        r.call(libc::SYS_rt_tgsigqueueinfo, &[ns_pid as u64, t.nstid.last().copied().unwrap_or(t.tid) as u64, signo as u64, addr])
             .step(tid, || format!("remote rt_tgsigqueueinfo (signal {i}: {signo})"))?;
     }
     Ok(())

@@ -17,15 +17,14 @@ pub struct TreeImage {
     /// The CPU state format the registers were saved in.
     #[prost(message, optional, tag = "3")]
     pub cpu: Option<CpuInfo>,
-    /// Pid of the tree's root, as seen inside the tree's pid namespace.
+    /// Pid of the tree's root (as the checkpointing host saw it).
     #[prost(uint32, tag = "4")]
     pub root_pid: u32,
     /// Processes, parents before their children.
     #[prost(message, repeated, tag = "5")]
     pub processes: Vec<Process>,
-    /// Namespaces the root owned (it was their first process).
-    #[prost(message, optional, tag = "6")]
-    pub namespaces: Option<Namespaces>,
+    // Tag 6 (tree-wide namespaces) is retired: namespaces are recorded per
+    // process (`Process::namespaces`). Never reuse it.
     /// Pipes and FIFOs referenced by file descriptors, with buffered data.
     #[prost(message, repeated, tag = "7")]
     pub pipes: Vec<PipeImage>,
@@ -56,10 +55,11 @@ pub struct CpuInfo {
     pub flags: Vec<String>,
 }
 
-/// Namespaces owned by the tree's root.
+/// Namespaces a process owns: it was created into them (they differ from
+/// its parent's, or from the checkpointing lpm's for the root).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Namespaces {
-    /// CLONE_NEW* flags of the namespaces to create for the root.
+    /// CLONE_NEW* flags of the namespaces to create with the process.
     #[prost(uint64, tag = "1")]
     pub clone_flags: u64,
     /// Host name inside the uts namespace.
@@ -68,16 +68,19 @@ pub struct Namespaces {
     /// NIS domain name inside the uts namespace.
     #[prost(string, tag = "3")]
     pub domainname: String,
-    /// Whether /proc inside the mount namespace was a private mount of the
-    /// namespace's own procfs (`unshare --mount-proc`).
+    /// This process (the first of its pid namespace) mounts that
+    /// namespace's procfs on /proc of its mount namespace
+    /// (`unshare --mount-proc`).
     #[prost(bool, tag = "4")]
     pub mount_proc: bool,
 }
 
-/// One process (thread group).
+/// One process (thread group). Pids, parent, group and session are as the
+/// checkpointing host saw them: they are the image's keys. What the
+/// process sees of itself in nested pid namespaces is `nspid`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Process {
-    /// Pid inside the tree's pid namespace.
+    /// Pid.
     #[prost(uint32, tag = "1")]
     pub pid: u32,
     /// Parent pid (0 for the root).
@@ -131,6 +134,13 @@ pub struct Process {
     /// Per-process prctl state.
     #[prost(message, optional, tag = "18")]
     pub prctl: Option<ProcessPrctl>,
+    /// The pid in every pid namespace from the host's down to its own
+    /// (NSpid): one entry outside nested namespaces.
+    #[prost(uint32, repeated, tag = "19")]
+    pub nspid: Vec<u32>,
+    /// Namespaces this process owns.
+    #[prost(message, optional, tag = "20")]
+    pub namespaces: Option<Namespaces>,
 }
 
 /// Process-wide prctl(2) state.
@@ -156,7 +166,7 @@ pub struct ProcessPrctl {
 /// One thread.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Thread {
-    /// Thread id inside the tree's pid namespace.
+    /// Thread id (as the checkpointing host saw it).
     #[prost(uint32, tag = "1")]
     pub tid: u32,
     /// Raw `struct user_regs_struct` (x86_64, 27 words).
@@ -198,6 +208,9 @@ pub struct Thread {
     /// Timer slack in nanoseconds (PR_GET_TIMERSLACK).
     #[prost(uint64, tag = "14")]
     pub timer_slack_ns: u64,
+    /// The thread id in every pid namespace, host's first (NSpid).
+    #[prost(uint32, repeated, tag = "15")]
+    pub nstid: Vec<u32>,
 }
 
 /// sigaltstack(2) state.

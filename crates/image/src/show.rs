@@ -27,13 +27,6 @@ pub fn render(t: &TreeImage) -> String {
     if let Some(c) = &t.cpu {
         let _ = writeln!(o, "cpu: {} xcr0={:#x} xstate_size={} flags={}", c.arch, c.xcr0, c.xstate_size, c.flags.len());
     }
-    if let Some(ns) = &t.namespaces {
-        let _ = writeln!(
-            o,
-            "namespaces: clone_flags={:#x} hostname={:?} domainname={:?} mount_proc={}",
-            ns.clone_flags, ns.hostname, ns.domainname, ns.mount_proc
-        );
-    }
     let _ = writeln!(o, "root pid {}, {} processes", t.root_pid, t.processes.len());
     for p in &t.processes {
         let _ = writeln!(
@@ -41,6 +34,16 @@ pub fn render(t: &TreeImage) -> String {
             "\nprocess {} (host {}) ppid {} pgid {} sid {} cwd {:?} root {:?} umask {:03o} personality {:#x}",
             p.pid, p.host_pid, p.ppid, p.pgid, p.sid, p.cwd, p.root, p.umask, p.personality
         );
+        if p.nspid.len() > 1 {
+            let _ = writeln!(o, "  pid in nested namespaces {:?}", p.nspid);
+        }
+        if let Some(ns) = &p.namespaces {
+            let _ = writeln!(
+                o,
+                "  owns namespaces clone_flags={:#x} hostname={:?} domainname={:?} mount_proc={}",
+                ns.clone_flags, ns.hostname, ns.domainname, ns.mount_proc
+            );
+        }
         if let Some(c) = &p.creds {
             let _ = writeln!(o, "  creds uids {:?} gids {:?} groups {:?} caps {:x?}", c.uids, c.gids, c.groups, c.caps);
         }

@@ -1,0 +1,1045 @@
+//! The zdtm suite: small programs, each holding one kind of state, replayed
+//! through `lpm checkpoint` and `lpm restore` (after CRIU's zdtm).
+//!
+//! The programs and their protocol are in `tests/zdtm/` (README.md there).
+//! Per program, two tests in a module named after it:
+//! - `restore_3x`: start, wait ready, then three times in a row checkpoint
+//!   (the tree is killed), reap it, restore it (same pids); finally SIGTERM
+//!   the root and expect PASS.
+//! - `leave_running`: checkpoint with `--leave-running`; the original must
+//!   run on untouched and pass its own verification; then restore from those
+//!   images and expect PASS again.
+//!
+//! Around every checkpoint and restore the runner compares the tree (pids and
+//! thread ids) and, like zdtm.py, the state visible from /proc (maps, fds,
+//! ids, signal sets, capabilities, limits...).
+//!
+//! Two more tests need no engine: `programs_verify_without_checkpoint` (every
+//! program passes its own verification) and `programs_detect_sabotage` (every
+//! program reports FAIL when ZDTM_SABOTAGE breaks a piece of its state).
+//!
+//! The test process is a child subreaper, so restored trees are reparented
+//! to it and reaped by it. Every run owns a temp dir under
+//! `std::env::temp_dir()` named after the program, the scenario, the pid and
+//! the time; the guard kills every process of the run and removes the dir
+//! even when the test fails (set LPM_ZDTM_KEEP=1 to keep the dir).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const LPM: &str = env!("CARGO_BIN_EXE_lpm");
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+const GONE_TIMEOUT: Duration = Duration::from_secs(10);
+const LPM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a restored or left-running tree runs before the next step.
+const SETTLE: Duration = Duration::from_millis(300);
+const POLL: Duration = Duration::from_millis(10);
+
+type Res<T> = Result<T, String>;
+
+/// Something a program needs from the machine.
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    /// euid 0 (setresuid from root, creating namespaces).
+    Root,
+    /// The CPU has AVX2 and the kernel enabled it.
+    Avx2,
+    /// `unshare` from util-linux.
+    Unshare,
+}
+
+/// How a program is built and started.
+#[derive(Clone, Copy, Debug)]
+enum Launch {
+    /// `<name>.c` compiled with gcc, run directly.
+    C,
+    /// `<name>.c` compiled with gcc, run under
+    /// `unshare --fork --pid --mount-proc --net --uts --ipc`.
+    CUnshared,
+    /// `python3 <name>.py`.
+    Python,
+    /// `sh <name>.sh`.
+    Shell,
+}
+
+/// Where SIGTERM goes to ask for the verdict.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Term {
+    Root,
+    /// The root's only child (unshare blocks SIGTERM; its child is pid 1).
+    OnlyChild,
+}
+
+struct Prog {
+    name: &'static str,
+    launch: Launch,
+    needs: &'static [Need],
+    term: Term,
+    /// Memory layout and fd offsets do not change while the program waits,
+    /// so maps and fd positions are compared too.
+    stable: bool,
+    /// Number of ZDTM_SABOTAGE cases the program implements.
+    sabotage: u32,
+}
+
+const fn prog(name: &'static str, launch: Launch, stable: bool, sabotage: u32) -> Prog {
+    Prog { name, launch, needs: &[], term: Term::Root, stable, sabotage }
+}
+
+static PROGS: &[Prog] = &[
+    prog("mem_anon", Launch::C, true, 6),
+    prog("mem_shared", Launch::C, true, 5),
+    Prog { needs: &[Need::Avx2], ..prog("regs_fpu", Launch::C, true, 8) },
+    prog("threads", Launch::C, true, 5),
+    prog("signals", Launch::C, true, 6),
+    prog("files", Launch::C, true, 6),
+    prog("pipes", Launch::C, true, 5),
+    prog("tree", Launch::C, true, 2),
+    prog("process_state", Launch::C, true, 7),
+    Prog { needs: &[Need::Root], ..prog("creds", Launch::C, true, 4) },
+    prog("py_counter", Launch::Python, false, 5),
+    prog("py_threads", Launch::Python, false, 3),
+    prog("pipeline", Launch::Shell, false, 1),
+    Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("ns_tree", Launch::CUnshared, true, 2) },
+];
+
+fn find_prog(name: &str) -> &'static Prog {
+    PROGS.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no zdtm program {name}"))
+}
+
+fn src_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/zdtm");
+    dir.canonicalize().unwrap_or(dir)
+}
+
+fn errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// Makes this process a child subreaper (once): restored trees, whose
+/// restorer exits, are reparented to it, so it can reap them.
+fn become_subreaper() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer and touches no memory.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER: {}", errno());
+    });
+}
+
+fn check_needs(prog: &Prog) -> Res<()> {
+    let need = |what: &str| Err(format!("zdtm {} needs {what}", prog.name));
+    for n in prog.needs {
+        match n {
+            // SAFETY: geteuid has no preconditions.
+            Need::Root if unsafe { libc::geteuid() } != 0 => return need("root (euid 0): it sets credentials or creates namespaces"),
+            Need::Avx2 if !std::arch::is_x86_feature_detected!("avx2") => return need("AVX2, which this CPU or kernel does not offer"),
+            Need::Unshare if !tool_works("unshare", &["--version"]) => return need("`unshare` from util-linux in PATH"),
+            _ => {}
+        }
+    }
+    match prog.launch {
+        Launch::C | Launch::CUnshared if !tool_works("gcc", &["--version"]) => need("gcc in PATH"),
+        Launch::Python | Launch::Shell if !tool_works("python3", &["--version"]) => need("python3 in PATH"),
+        _ => Ok(()),
+    }
+}
+
+fn tool_works(tool: &str, args: &[&str]) -> bool {
+    Command::new(tool).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn unique_dir(label: &str) -> Res<PathBuf> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("lpm-zdtm-{label}-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Compiles a C program into dir; returns the binary.
+fn build(prog: &Prog, dir: &Path) -> Res<PathBuf> {
+    let src = src_dir().join(format!("{}.c", prog.name));
+    let bin = dir.join(prog.name);
+    let out = Command::new("gcc")
+        .args(["-O1", "-pthread", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run gcc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("gcc {} failed: {}\n{}", src.display(), out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(bin)
+}
+
+/// The harness's own namespaces, for ns_tree to compare with.
+fn outer_ns() -> String {
+    ["mnt", "net", "uts", "ipc", "pid"]
+        .iter()
+        .map(|k| {
+            let ino = fs::metadata(format!("/proc/self/ns/{k}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
+            format!("{k}:{ino}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One /proc scan: pid -> ppid.
+fn ppids() -> BTreeMap<i32, i32> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some(st) = stat_fields(pid, None) {
+            out.insert(pid, st.ppid);
+        }
+    }
+    out
+}
+
+struct Stat {
+    state: char,
+    ppid: i32,
+    pgrp: i32,
+    session: i32,
+}
+
+/// The fields of /proc/PID[/task/TID]/stat after the command name.
+fn stat_fields(pid: i32, tid: Option<i32>) -> Option<Stat> {
+    let path = match tid {
+        Some(t) => format!("/proc/{pid}/task/{t}/stat"),
+        None => format!("/proc/{pid}/stat"),
+    };
+    let text = fs::read_to_string(path).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+    })
+}
+
+fn exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Reaps pid if it is a zombie child of this process; true if reaped now.
+fn reap(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid writes only to the status int we pass.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    r == pid
+}
+
+/// The process tree: pid -> thread ids.
+type Tree = BTreeMap<i32, BTreeSet<i32>>;
+
+fn tree_of(root: i32) -> Tree {
+    let pp = ppids();
+    let mut tree = Tree::new();
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if !pp.contains_key(&pid) {
+            continue;
+        }
+        let tids = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect())
+            .unwrap_or_default();
+        tree.insert(pid, tids);
+        todo.extend(pp.iter().filter(|(_, &ppid)| ppid == pid).map(|(&p, _)| p));
+    }
+    tree
+}
+
+fn fmt_tree(tree: &Tree) -> String {
+    tree.iter()
+        .map(|(pid, tids)| {
+            let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} ({}) threads {:?}", name.trim(), tids)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Maps with adjacent areas that differ only in their boundaries merged (a
+/// restore may split or merge areas differently; zdtm.py does the same), and
+/// the inode numbers a restore cannot keep cleared.
+fn normalized_maps(pid: i32) -> String {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return "maps: <unreadable>\n".into();
+    };
+    struct Area {
+        start: u64,
+        end: u64,
+        perms: String,
+        off: u64,
+        dev: String,
+        ino: u64,
+        path: String,
+    }
+    let mut areas: Vec<Area> = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(6, ' ');
+        let range = f.next().unwrap_or("");
+        let (s, e) = range.split_once('-').unwrap_or(("0", "0"));
+        let a = Area {
+            start: u64::from_str_radix(s, 16).unwrap_or(0),
+            end: u64::from_str_radix(e, 16).unwrap_or(0),
+            perms: f.next().unwrap_or("").into(),
+            off: u64::from_str_radix(f.next().unwrap_or("0"), 16).unwrap_or(0),
+            dev: f.next().unwrap_or("").into(),
+            ino: f.next().unwrap_or("0").parse().unwrap_or(0),
+            path: f.next().unwrap_or("").trim().into(),
+        };
+        if let Some(p) = areas.last_mut() {
+            if p.end == a.start
+                && p.perms == a.perms
+                && p.dev == a.dev
+                && p.ino == a.ino
+                && p.path == a.path
+                && (a.ino == 0 || p.off + (p.end - p.start) == a.off)
+            {
+                p.end = a.end;
+                continue;
+            }
+        }
+        areas.push(a);
+    }
+    let mut out = String::new();
+    for mut a in areas {
+        // A deleted file or an anonymous shared area (shmem, shown as
+        // "/dev/zero (deleted)") is a new inode after a restore.
+        if a.path.ends_with(" (deleted)") {
+            a.ino = 0;
+        }
+        let _ = writeln!(out, "  map {:x}-{:x} {} {:x} {} {} {}", a.start, a.end, a.perms, a.off, a.dev, a.ino, a.path);
+    }
+    out
+}
+
+/// `pipe:[123]` -> `pipe`: kernel object numbers change across a restore.
+fn normalize_link(link: &str) -> String {
+    for kind in ["pipe:[", "socket:["] {
+        if link.starts_with(kind) {
+            return kind.trim_end_matches(":[").into();
+        }
+    }
+    link.into()
+}
+
+const STATUS_KEYS: &[&str] = &[
+    "Name",
+    "Umask",
+    "Tgid",
+    "PPid",
+    "TracerPid",
+    "Uid",
+    "Gid",
+    "Groups",
+    "NStgid",
+    "NSpid",
+    "NSpgid",
+    "NSsid",
+    "SigPnd",
+    "ShdPnd",
+    "SigBlk",
+    "SigIgn",
+    "SigCgt",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "NoNewPrivs",
+    "Seccomp",
+    "THP_enabled",
+];
+
+/// What a tree looks like from outside, as text (zdtm.py's visible state).
+fn visible_state(tree: &Tree, stable: bool, log: &Path) -> String {
+    let log = log.to_string_lossy();
+    let mut out = String::new();
+    for (&pid, tids) in tree {
+        let _ = match stat_fields(pid, None) {
+            Some(s) => writeln!(out, "process {pid}: ppid {} pgrp {} session {}", s.ppid, s.pgrp, s.session),
+            None => writeln!(out, "process {pid}: gone"),
+        };
+        for link in ["exe", "cwd", "root"] {
+            let target = fs::read_link(format!("/proc/{pid}/{link}"));
+            let _ = writeln!(out, "  {link} {:?}", target.map_err(|e| e.kind()));
+        }
+        for file in ["cmdline", "environ", "personality", "limits"] {
+            let text = fs::read(format!("/proc/{pid}/{file}"));
+            let _ = writeln!(out, "  {file} {:?}", text.map(|t| String::from_utf8_lossy(&t).into_owned()));
+        }
+        if stable {
+            out.push_str(&normalized_maps(pid));
+        }
+        let mut fds: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok())).collect())
+            .unwrap_or_default();
+        fds.sort();
+        for fd in fds {
+            let link = fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|l| normalize_link(&l.to_string_lossy()))
+                .unwrap_or_else(|e| format!("<{e}>"));
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+            let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default();
+            let pos = if stable && !link.starts_with(&*log) { field("pos:") } else { "-".into() };
+            let _ = writeln!(out, "  fd {fd} -> {link} pos {pos} flags {}", field("flags:"));
+        }
+        for &tid in tids {
+            let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+            let _ = write!(out, "  thread {tid}:");
+            for key in STATUS_KEYS {
+                let v = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+                    .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                let _ = write!(out, " {key}={v}");
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The lines only in a and only in b.
+fn diff(a: &str, b: &str) -> String {
+    let la: BTreeSet<&str> = a.lines().collect();
+    let lb: BTreeSet<&str> = b.lines().collect();
+    let mut out = String::new();
+    for l in a.lines().filter(|l| !lb.contains(l)).take(30) {
+        let _ = writeln!(out, "- {l}");
+    }
+    for l in b.lines().filter(|l| !la.contains(l)).take(30) {
+        let _ = writeln!(out, "+ {l}");
+    }
+    out
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    match fs::read(path) {
+        Ok(b) => {
+            let start = b.len().saturating_sub(max);
+            let cut = if start > 0 { "[...]\n" } else { "" };
+            format!("{cut}{}", String::from_utf8_lossy(&b[start..]))
+        }
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+/// One run of one program: its temp dir, its processes, its lpm calls.
+struct Run {
+    prog: &'static Prog,
+    label: String,
+    dir: PathBuf,
+    work: PathBuf,
+    log: PathBuf,
+    bin: Option<PathBuf>,
+    /// Value of ZDTM_RUN in the environment of every process of the run.
+    marker: String,
+    root: i32,
+    /// Every pid ever seen in the tree, for reaping.
+    known: BTreeSet<i32>,
+    /// The tree's shape when it was last checked.
+    tree: Tree,
+    lpm_calls: Vec<(String, PathBuf)>,
+    /// Differences that do not stop the scenario: it runs on to the
+    /// program's own verdict, and the test fails with both.
+    soft: Vec<String>,
+}
+
+impl Run {
+    /// Checks the needs, makes the dirs and builds the program (unless a
+    /// binary built earlier is given).
+    fn new(prog: &'static Prog, scenario: &str, prebuilt: Option<&Path>) -> Res<Run> {
+        become_subreaper();
+        check_needs(prog)?;
+        let label = format!("{}-{scenario}", prog.name);
+        let dir = unique_dir(&label)?;
+        let work = dir.join("work");
+        let mut run = Run {
+            prog,
+            label: label.clone(),
+            work: work.clone(),
+            log: dir.join("program.log"),
+            marker: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            dir,
+            bin: None,
+            root: 0,
+            known: BTreeSet::new(),
+            tree: Tree::new(),
+            lpm_calls: Vec::new(),
+            soft: Vec::new(),
+        };
+        fs::create_dir(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
+        // Programs may drop privileges (creds) and still write their files.
+        fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod {}: {e}", work.display()))?;
+        if matches!(prog.launch, Launch::C | Launch::CUnshared) {
+            run.bin = Some(match prebuilt {
+                Some(b) => b.to_path_buf(),
+                None => build(prog, &run.dir)?,
+            });
+        }
+        Ok(run)
+    }
+
+    fn ready_path(&self) -> PathBuf {
+        self.work.join("ready")
+    }
+
+    fn result_path(&self) -> PathBuf {
+        self.work.join("result")
+    }
+
+    /// Starts the program: a session leader, stdin /dev/null, stdout and
+    /// stderr to the log, no fds beyond 2, a clean environment.
+    fn start(&mut self, sabotage: Option<u32>) -> Res<()> {
+        let src = src_dir();
+        let mut cmd = match self.prog.launch {
+            Launch::C => Command::new(self.bin.as_ref().ok_or("no binary")?),
+            Launch::CUnshared => {
+                let mut c = Command::new("unshare");
+                c.args(["--fork", "--pid", "--mount-proc", "--net", "--uts", "--ipc"]);
+                c.arg(self.bin.as_ref().ok_or("no binary")?);
+                c
+            }
+            Launch::Python => {
+                let mut c = Command::new("python3");
+                c.arg(src.join(format!("{}.py", self.prog.name)));
+                c
+            }
+            Launch::Shell => {
+                let mut c = Command::new("sh");
+                c.arg(src.join(format!("{}.sh", self.prog.name)));
+                c
+            }
+        };
+        let log = OpenOptions::new().create(true).append(true).open(&self.log).map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let log2 = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        cmd.env_clear()
+            .env("PATH", path)
+            .env("LC_ALL", "C")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("ZDTM_READY", self.ready_path())
+            .env("ZDTM_RESULT", self.result_path())
+            .env("ZDTM_RUN", &self.marker)
+            .env("ZDTM_OUTER_NS", outer_ns())
+            .current_dir(&self.work)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        if let Some(n) = sabotage {
+            cmd.env("ZDTM_SABOTAGE", n.to_string());
+        }
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe system calls.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Whatever fds the test runner leaked must not reach the
+                // program (files checks its exact fd set): close them at exec.
+                if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("start {}: {e}", self.prog.name))?;
+        self.root = child.id() as i32;
+        self.known.insert(self.root);
+        // The child is reaped by pid (waitpid) like the restored ones.
+        drop(child);
+        Ok(())
+    }
+
+    /// Exit status of the root if it has exited (reaping it).
+    fn root_exited(&self) -> Option<i32> {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to the status int we pass.
+        let r = unsafe { libc::waitpid(self.root, &mut status, libc::WNOHANG) };
+        (r == self.root).then_some(status)
+    }
+
+    fn wait_ready(&mut self) -> Res<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if fs::read_to_string(self.ready_path()).is_ok_and(|s| s == "ready\n") {
+                self.tree = tree_of(self.root);
+                self.known.extend(self.tree.keys());
+                return Ok(());
+            }
+            if let Some(status) = self.root_exited() {
+                return Err(format!("the program exited before ready ({})", fmt_status(status)));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not ready within {READY_TIMEOUT:?}"));
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// Runs lpm with a timeout; returns its stdout. Its stderr goes to a file
+    /// shown in the failure report.
+    fn lpm(&mut self, args: &[&str]) -> Res<String> {
+        let n = self.lpm_calls.len() + 1;
+        let err_path = self.dir.join(format!("lpm-{n}-{}.stderr", args[0]));
+        let out_path = self.dir.join(format!("lpm-{n}-{}.stdout", args[0]));
+        let line = format!("lpm {}", args.join(" "));
+        self.lpm_calls.push((line.clone(), err_path.clone()));
+        let create = |p: &Path| File::create(p).map_err(|e| format!("create {}: {e}", p.display()));
+        let mut child = Command::new(LPM)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(create(&out_path)?)
+            .stderr(create(&err_path)?)
+            .spawn()
+            .map_err(|e| format!("{line}: {e}"))?;
+        let deadline = Instant::now() + LPM_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("{line}: no exit within {LPM_TIMEOUT:?}, killed"));
+                }
+                Ok(None) => sleep(POLL),
+                Err(e) => return Err(format!("{line}: wait: {e}")),
+            }
+        };
+        let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+        if !status.success() {
+            return Err(format!("{line}: {status}"));
+        }
+        Ok(stdout)
+    }
+
+    fn checkpoint(&mut self, images: &Path, leave_running: bool) -> Res<()> {
+        let pid = self.root.to_string();
+        let images = images.to_string_lossy().into_owned();
+        let mut args = vec!["checkpoint", "--pid", &pid, "--images", &images];
+        if leave_running {
+            args.push("--leave-running");
+        }
+        self.lpm(&args).map(|_| ())
+    }
+
+    /// Restores and checks the root comes back with its pid, as a child of
+    /// this process (the subreaper).
+    fn restore(&mut self, images: &Path) -> Res<()> {
+        let images = images.to_string_lossy().into_owned();
+        let out = self.lpm(&["restore", "--images", &images, "--detach"])?;
+        let pid: i32 = out.trim().parse().map_err(|_| format!("lpm restore printed {out:?}, not the root pid"))?;
+        self.known.insert(pid);
+        if pid != self.root {
+            return Err(format!("restored root has pid {pid}, the original had {}", self.root));
+        }
+        let ppid = stat_fields(pid, None).map(|s| s.ppid);
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        if ppid != Some(me) {
+            return Err(format!("restored root {pid} has parent {ppid:?}, not the harness {me} (a child subreaper)"));
+        }
+        Ok(())
+    }
+
+    /// Waits until every process and thread of tree is gone, reaping the
+    /// zombies that are this process's children.
+    fn wait_gone(&mut self, tree: &Tree, what: &str) -> Res<()> {
+        let ids: BTreeSet<i32> = tree.iter().flat_map(|(p, t)| t.iter().chain([p])).copied().collect();
+        let deadline = Instant::now() + GONE_TIMEOUT;
+        loop {
+            for &pid in tree.keys() {
+                reap(pid);
+            }
+            let alive: Vec<String> = ids
+                .iter()
+                .filter(|&&id| exists(id))
+                .map(|&id| {
+                    let state = stat_fields(id, None).map(|s| s.state).unwrap_or('?');
+                    format!("{id} (state {state})")
+                })
+                .collect();
+            if alive.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{what}: still present after {GONE_TIMEOUT:?}: {}", alive.join(", ")));
+            }
+            sleep(POLL);
+        }
+    }
+
+    /// Checks every task of the tree is alive, not stopped and not traced.
+    fn check_running(&self, tree: &Tree, what: &str) -> Res<()> {
+        for (&pid, tids) in tree {
+            for &tid in tids {
+                let st = stat_fields(pid, Some(tid)).ok_or_else(|| format!("{what}: task {tid} of {pid} is gone"))?;
+                if matches!(st.state, 'Z' | 'X' | 'x' | 'T' | 't') {
+                    return Err(format!("{what}: task {tid} of {pid} is in state {}", st.state));
+                }
+                let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+                if let Some(tracer) = status.lines().find_map(|l| l.strip_prefix("TracerPid:")) {
+                    if tracer.trim() != "0" {
+                        return Err(format!("{what}: task {tid} of {pid} is still traced by {}", tracer.trim()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the current tree with the recorded one.
+    fn check_tree(&mut self, what: &str) -> Res<Tree> {
+        let now = tree_of(self.root);
+        self.known.extend(now.keys());
+        if now != self.tree {
+            return Err(format!("{what}: the tree differs\n  was: {}\n  now: {}", fmt_tree(&self.tree), fmt_tree(&now)));
+        }
+        Ok(now)
+    }
+
+    fn state(&self) -> String {
+        visible_state(&self.tree, self.prog.stable, &self.log)
+    }
+
+    /// Compares the visible state with before; a difference is recorded as
+    /// a soft error so the program still gets to give its verdict.
+    fn check_state(&mut self, before: &str, what: &str) {
+        let now = self.state();
+        if now != before {
+            self.soft.push(format!("{what}: the state seen from /proc differs:\n{}", diff(before, &now)));
+        }
+    }
+
+    fn term_target(&self) -> Res<i32> {
+        match self.prog.term {
+            Term::Root => Ok(self.root),
+            Term::OnlyChild => {
+                let kids: Vec<i32> = ppids().into_iter().filter(|&(_, pp)| pp == self.root).map(|(p, _)| p).collect();
+                match kids[..] {
+                    [one] => Ok(one),
+                    _ => Err(format!("the root {} has children {kids:?}, expected one", self.root)),
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then the result and the root's exit status; returns the result.
+    fn verdict(&mut self) -> Res<String> {
+        let target = self.term_target()?;
+        // SAFETY: kill takes plain integers.
+        if unsafe { libc::kill(target, libc::SIGTERM) } != 0 {
+            return Err(format!("SIGTERM {target}: {}", errno()));
+        }
+        let deadline = Instant::now() + RESULT_TIMEOUT;
+        let result = loop {
+            if let Ok(r) = fs::read_to_string(self.result_path()) {
+                break r;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("no result within {RESULT_TIMEOUT:?} of SIGTERM"));
+            }
+            sleep(POLL);
+        };
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        let status = loop {
+            if let Some(s) = self.root_exited() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("result {:?} written but the root did not exit", result.trim()));
+            }
+            sleep(POLL);
+        };
+        let tree = self.tree.clone();
+        self.wait_gone(&tree, "after the root exited, the processes of the tree")?;
+        let passed = result == "PASS\n";
+        let clean = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == i32::from(!passed);
+        if !clean {
+            return Err(format!("result {:?} but the root exited with {}", result.trim(), fmt_status(status)));
+        }
+        Ok(result)
+    }
+
+    fn expect_pass(&mut self) -> Res<()> {
+        let result = self.verdict()?;
+        if result != "PASS\n" {
+            return Err(format!("the program reported {}", result.trim()));
+        }
+        if !self.soft.is_empty() {
+            return Err("the program passed, but see above".into());
+        }
+        Ok(())
+    }
+
+    /// The failure report: the error, the result, the log and lpm's stderr.
+    fn report(&self, err: &str) -> String {
+        let mut out = format!("zdtm {} failed: {err}\n", self.label);
+        for soft in &self.soft {
+            let _ = writeln!(out, "--- also: {}", soft.trim_end());
+        }
+        let _ = writeln!(out, "--- result file: {}", tail(&self.result_path(), 4096).trim_end());
+        let _ = writeln!(out, "--- program log ({}):\n{}", self.log.display(), tail(&self.log, 16384).trim_end());
+        for (line, path) in &self.lpm_calls {
+            let _ = writeln!(out, "--- {line}: stderr:\n{}", tail(path, 16384).trim_end());
+        }
+        out
+    }
+
+    /// Kills every process of the run: those whose environment holds the
+    /// run's marker and their descendants (never a pid that was merely
+    /// seen once: it may have been reused).
+    fn kill_all(&mut self) {
+        let deadline = Instant::now() + GONE_TIMEOUT;
+        let marker = format!("ZDTM_RUN={}\0", self.marker);
+        loop {
+            let pp = ppids();
+            let mut ours: BTreeSet<i32> = pp
+                .keys()
+                .copied()
+                .filter(|pid| {
+                    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.windows(marker.len()).any(|w| w == marker.as_bytes()))
+                })
+                .collect();
+            loop {
+                let more: Vec<i32> = pp.iter().filter(|(p, pp)| ours.contains(pp) && !ours.contains(p)).map(|(&p, _)| p).collect();
+                if more.is_empty() {
+                    break;
+                }
+                ours.extend(more);
+            }
+            for &pid in &ours {
+                // SAFETY: kill takes plain integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            self.known.extend(&ours);
+            for &pid in &self.known {
+                reap(pid);
+            }
+            // SAFETY: getpid has no preconditions.
+            let me = unsafe { libc::getpid() };
+            let zombies = self.known.iter().any(|&p| stat_fields(p, None).is_some_and(|s| s.ppid == me && s.state == 'Z'));
+            if (ours.is_empty() && !zombies) || Instant::now() > deadline {
+                break;
+            }
+            sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.kill_all();
+        if std::env::var_os("LPM_ZDTM_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("zdtm: kept {}", self.dir.display());
+        }
+    }
+}
+
+fn fmt_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("status {status:#x}")
+    }
+}
+
+/// Start, then three rounds of checkpoint (kill), reap, restore; then PASS.
+fn restore_3x(run: &mut Run) -> Res<()> {
+    run.start(None)?;
+    run.wait_ready()?;
+    for round in 1..=3 {
+        let what = |step: &str| format!("round {round}, {step}");
+        run.check_running(&run.tree, &what("before checkpoint"))?;
+        let tree = run.check_tree(&what("before checkpoint"))?;
+        let state = run.state();
+        let images = run.dir.join(format!("images-{round}"));
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, &what("after checkpoint (the tree must be killed)"))?;
+        run.restore(&images)?;
+        run.check_tree(&what("after restore"))?;
+        run.check_state(&state, &what("after restore"));
+        sleep(SETTLE);
+        run.check_running(&tree, &what("running after restore"))?;
+    }
+    run.expect_pass()
+}
+
+/// Checkpoint with --leave-running: the original runs on unchanged and
+/// passes; then a restore from the same images passes too.
+fn leave_running(run: &mut Run) -> Res<()> {
+    run.start(None)?;
+    run.wait_ready()?;
+    let tree = run.check_tree("before checkpoint")?;
+    let state = run.state();
+    let images = run.dir.join("images");
+    run.checkpoint(&images, true)?;
+    sleep(SETTLE);
+    run.check_running(&tree, "the original after checkpoint --leave-running")?;
+    run.check_tree("the original after checkpoint --leave-running")?;
+    run.check_state(&state, "the original after checkpoint --leave-running");
+    run.verdict().and_then(|r| match r.as_str() {
+        "PASS\n" => Ok(()),
+        _ => Err(format!("the original, left running, reported {}", r.trim())),
+    })?;
+    let result = run.result_path();
+    fs::remove_file(&result).map_err(|e| format!("remove {}: {e}", result.display()))?;
+    run.restore(&images)?;
+    run.check_tree("after restore")?;
+    run.check_state(&state, "after restore");
+    sleep(SETTLE);
+    run.check_running(&tree, "running after restore")?;
+    run.expect_pass()
+}
+
+fn scenario(name: &str, label: &str, f: fn(&mut Run) -> Res<()>) {
+    let prog = find_prog(name);
+    let mut run = Run::new(prog, label, None).unwrap_or_else(|e| panic!("zdtm {name}: {e}"));
+    if let Err(e) = f(&mut run) {
+        panic!("{}", run.report(&e));
+    }
+}
+
+macro_rules! zdtm_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn restore_3x() {
+                super::scenario(stringify!($name), "restore3x", super::restore_3x);
+            }
+
+            #[test]
+            fn leave_running() {
+                super::scenario(stringify!($name), "leaverunning", super::leave_running);
+            }
+        }
+    )*};
+}
+
+zdtm_tests!(
+    mem_anon,
+    mem_shared,
+    regs_fpu,
+    threads,
+    signals,
+    files,
+    pipes,
+    tree,
+    process_state,
+    creds,
+    py_counter,
+    py_threads,
+    pipeline,
+    ns_tree,
+);
+
+/// Runs many programs at once (at most `batch` at a time), each through
+/// start, ready, SIGTERM; check judges each verdict. Panics with every
+/// failure's report.
+fn run_all(label: &str, jobs: Vec<(&'static Prog, Option<u32>)>, batch: usize, check: fn(&Prog, Option<u32>, &str) -> Res<()>) {
+    let build_dir = unique_dir(&format!("{label}-build")).unwrap_or_else(|e| panic!("{e}"));
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(build_dir.clone());
+    let mut bins: BTreeMap<&str, Res<PathBuf>> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for chunk in jobs.chunks(batch) {
+        let mut runs: Vec<(Res<Run>, Option<u32>)> = Vec::new();
+        for &(prog, sabotage) in chunk {
+            let setup = (|| {
+                check_needs(prog)?;
+                let bin = if matches!(prog.launch, Launch::C | Launch::CUnshared) {
+                    let b = bins.entry(prog.name).or_insert_with(|| build(prog, &build_dir)).clone()?;
+                    Some(b)
+                } else {
+                    None
+                };
+                let tag = sabotage.map_or(label.to_string(), |n| format!("{label}{n}"));
+                let mut run = Run::new(prog, &tag, bin.as_deref())?;
+                run.start(sabotage).map_err(|e| run.report(&e))?;
+                Ok(run)
+            })();
+            runs.push((setup, sabotage));
+        }
+        for (run, _) in runs.iter_mut() {
+            if let Ok(r) = run {
+                if let Err(e) = r.wait_ready() {
+                    *run = Err(r.report(&e));
+                }
+            }
+        }
+        for (run, sabotage) in runs.iter_mut() {
+            match run {
+                Ok(r) => {
+                    let verdict = r.verdict().and_then(|v| check(r.prog, *sabotage, &v));
+                    if let Err(e) = verdict {
+                        failures.push(r.report(&e));
+                    } else {
+                        eprintln!("zdtm {}: ok ({})", r.label, tail(&r.result_path(), 200).trim());
+                    }
+                }
+                Err(e) => failures.push(e.clone()),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        panic!("{} of {} runs failed:\n\n{}", failures.len(), jobs.len(), failures.join("\n\n"));
+    }
+}
+
+/// Every program passes its own verification when nothing is done to it.
+#[test]
+fn programs_verify_without_checkpoint() {
+    become_subreaper();
+    let jobs = PROGS.iter().map(|p| (p, None)).collect();
+    run_all("verify", jobs, PROGS.len(), |_, _, v| match v {
+        "PASS\n" => Ok(()),
+        _ => Err(format!("reported {}", v.trim())),
+    });
+}
+
+/// Every program notices each kind of breakage it claims to detect: with
+/// ZDTM_SABOTAGE=N it breaks its state on SIGTERM and must report FAIL.
+#[test]
+fn programs_detect_sabotage() {
+    become_subreaper();
+    let jobs = PROGS.iter().flat_map(|p| (1..=p.sabotage).map(move |n| (p, Some(n)))).collect();
+    run_all("sabotage", jobs, 8, |p, n, v| {
+        if v.starts_with("FAIL: ") {
+            Ok(())
+        } else {
+            Err(format!("{} with ZDTM_SABOTAGE={} reported {:?}, expected FAIL", p.name, n.unwrap_or(0), v.trim()))
+        }
+    });
+}
