@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,6 +29,9 @@
 static volatile sig_atomic_t zdtm_stop;
 /* ZDTM_SABOTAGE=N: break state number N on SIGTERM, before verifying. */
 static int zdtm_sabotage;
+/* Children killed and reaped when the result is written (zdtm_kid). */
+static pid_t zdtm_kids[64];
+static int zdtm_nkids;
 
 static __attribute__((unused)) void zdtm_on_term(int sig)
 {
@@ -136,10 +140,28 @@ static __attribute__((unused)) long long zdtm_now_ms(void)
 	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+/* Registers a child to kill and reap before the result is written. */
+static __attribute__((unused)) void zdtm_kid(pid_t pid)
+{
+	if (zdtm_nkids < 64)
+		zdtm_kids[zdtm_nkids++] = pid;
+}
+
+static void zdtm_reap_kids(void)
+{
+	for (int i = 0; i < zdtm_nkids; i++)
+		kill(zdtm_kids[i], SIGKILL);
+	for (int i = 0; i < zdtm_nkids; i++)
+		while (waitpid(zdtm_kids[i], NULL, 0) < 0 && errno == EINTR)
+			;
+	zdtm_nkids = 0;
+}
+
 static __attribute__((unused)) void zdtm_pass(void) __attribute__((noreturn));
 static __attribute__((unused)) void zdtm_pass(void)
 {
 	zdtm_log("PASS");
+	zdtm_reap_kids();
 	zdtm_put("ZDTM_RESULT", "PASS\n");
 	_exit(0);
 }
@@ -155,6 +177,7 @@ static __attribute__((unused)) void zdtm_fail(const char *fmt, ...)
 	va_end(ap);
 	snprintf(line, sizeof(line), "FAIL: %s\n", msg);
 	zdtm_log("FAIL: %s", msg);
+	zdtm_reap_kids();
 	zdtm_put("ZDTM_RESULT", line);
 	_exit(1);
 }
