@@ -99,7 +99,7 @@ impl Ctx<'_> {
     }
 
     fn remote(&self, tid: i32, base: ptrace::Regs) -> Remote {
-        Remote::new(tid, self.trampoline, base)
+        Remote::with_trap(tid, self.trampoline, base)
     }
 }
 
@@ -341,14 +341,20 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
     task::restore_process(host, &mut r, s, p)?;
     const THREAD: u64 =
         (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
+    // The leader first: the threads cloned from it inherit its name, nice
+    // value and timer slack.
+    let leader = p.threads.first().ok_or_else(|| EngineError::Incompatible(format!("process {} has no threads", p.pid)))?;
+    task::restore_thread(host, own_view(p), host, &mut r, s, leader, None)?;
     let mut tids = vec![host];
     for t in p.threads.iter().skip(1) {
         let args = CloneArgs { flags: THREAD, ..Default::default() };
         let new = remote_clone3(&mut r, s, args, &set_tid(&t.nstid, t.tid, free_levels(ctx.tree)), libc::PTRACE_EVENT_CLONE)?;
         tids.push(new);
     }
-    for (t, &tid) in p.threads.iter().zip(&tids) {
-        task::restore_thread(host, own_view(p), tid, &mut ctx.remote(tid, base), s, t)?;
+    // A second pass rather than one per clone: resuming the same tracee
+    // again and again is much cheaper than alternating between two.
+    for (t, &tid) in p.threads.iter().zip(&tids).skip(1) {
+        task::restore_thread(host, own_view(p), tid, &mut ctx.remote(tid, base), s, t, Some(leader))?;
     }
     puppets.by_pid.get_mut(&p.pid).expect("spawned").tids = tids;
     Ok(())
@@ -365,6 +371,7 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
         r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, pdeathsig as u64]).step(pp.host, || "remote PR_SET_PDEATHSIG".into())?;
         // The trampoline goes last, from itself: the call returns to a
         // syscall-exit stop, and the registers set below take over.
+        let mut r = r.without_trap();
         r.call(libc::SYS_munmap, &[ctx.trampoline, TRAMPOLINE_LEN]).step(pp.host, || "remote munmap trampoline".into())?;
         for (t, &tid) in p.threads.iter().zip(&pp.tids) {
             let regs = ptrace::regs_from_bytes(&t.gpregs)

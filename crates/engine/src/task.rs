@@ -250,7 +250,11 @@ pub fn restore_creds(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Resul
 }
 
 /// Restores a thread's state that only the thread itself can set.
-pub fn restore_thread(pid: i32, ns_pid: u32, tid: i32, r: &mut Remote, s: Scratch, t: &Thread) -> Result<()> {
+/// `inherited` is the thread it was cloned from, already restored: what a
+/// new thread inherits from it (name, nice, timer slack) and the disabled
+/// alternate stack every new thread starts with are not set again, which
+/// keeps a thousand-thread restore short.
+pub fn restore_thread(pid: i32, ns_pid: u32, tid: i32, r: &mut Remote, s: Scratch, t: &Thread, inherited: Option<&Thread>) -> Result<()> {
     if let Some(q) = &t.rseq {
         r.call(libc::SYS_rseq, &[q.addr, q.len as u64, 0, q.sig as u64]).step(tid, || format!("remote rseq register at {:#x}", q.addr))?;
     }
@@ -258,18 +262,23 @@ pub fn restore_thread(pid: i32, ns_pid: u32, tid: i32, r: &mut Remote, s: Scratc
         r.call(libc::SYS_set_robust_list, &[t.robust_list, t.robust_list_len]).step(tid, || "remote set_robust_list".into())?;
     }
     r.call(libc::SYS_set_tid_address, &[t.clear_child_tid]).step(tid, || "remote set_tid_address".into())?;
-    if let Some(ss) = &t.sigaltstack {
+    let fresh_disabled = |ss: &SigAltStack| inherited.is_some() && ss.flags & libc::SS_DISABLE as u32 != 0;
+    if let Some(ss) = t.sigaltstack.as_ref().filter(|ss| !fresh_disabled(ss)) {
         let mut b = ss.sp.to_le_bytes().to_vec();
         b.extend_from_slice(&(ss.flags as u64 & !(libc::SS_ONSTACK as u64)).to_le_bytes());
         b.extend_from_slice(&ss.size.to_le_bytes());
         let addr = put(pid, s, 0, &b)?;
         r.call(libc::SYS_sigaltstack, &[addr, 0]).step(tid, || "remote sigaltstack".into())?;
     }
-    let addr = put_path(pid, s, 0, &t.comm)?;
-    r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr]).step(tid, || "remote PR_SET_NAME".into())?;
-    r.call(libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, t.nice as i64 as u64])
-        .step(tid, || format!("remote setpriority({})", t.nice))?;
-    if t.timer_slack_ns != 0 {
+    if inherited.is_none_or(|i| i.comm != t.comm) {
+        let addr = put_path(pid, s, 0, &t.comm)?;
+        r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr]).step(tid, || "remote PR_SET_NAME".into())?;
+    }
+    if inherited.is_none_or(|i| i.nice != t.nice) {
+        r.call(libc::SYS_setpriority, &[libc::PRIO_PROCESS as u64, 0, t.nice as i64 as u64])
+            .step(tid, || format!("remote setpriority({})", t.nice))?;
+    }
+    if t.timer_slack_ns != 0 && inherited.is_none_or(|i| i.timer_slack_ns != t.timer_slack_ns) {
         r.call(libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, t.timer_slack_ns]).step(tid, || "remote PR_SET_TIMERSLACK".into())?;
     }
     for (i, sig) in t.pending.iter().enumerate() {

@@ -16,6 +16,9 @@ use crate::{Error, Result};
 pub struct Remote {
     tid: i32,
     syscall_ip: u64,
+    /// An `int3` follows the `syscall` instruction: one resume per call
+    /// (run to the trap) instead of two (syscall entry, then exit).
+    trap_after: bool,
     base: Regs,
     /// PTRACE_EVENT stops seen during the last call: (event, message).
     pub events: Vec<(i32, u64)>,
@@ -27,7 +30,21 @@ impl Remote {
     /// mapped executable in its address space; `base` the registers to
     /// start each call from (usually the thread's current ones).
     pub fn new(tid: i32, syscall_ip: u64, base: Regs) -> Remote {
-        Remote { tid, syscall_ip, base, events: Vec::new() }
+        Remote { tid, syscall_ip, trap_after: false, base, events: Vec::new() }
+    }
+
+    /// Like [`Remote::new`], for a `syscall` instruction followed by `int3`
+    /// (lpm's restore trampoline): each call then costs one resume and one
+    /// wait, as the thread runs the syscall and stops on the breakpoint.
+    pub fn with_trap(tid: i32, syscall_ip: u64, base: Regs) -> Remote {
+        Remote { trap_after: true, ..Remote::new(tid, syscall_ip, base) }
+    }
+
+    /// This remote, made to stop at syscall exit instead of on the trap:
+    /// for a call after which the trap is gone (unmapping the trampoline).
+    pub fn without_trap(mut self) -> Remote {
+        self.trap_after = false;
+        self
     }
 
     /// The thread.
@@ -47,6 +64,23 @@ impl Remote {
         }
         ptrace::set_regs(self.tid, &r)?;
         self.events.clear();
+        if self.trap_after {
+            ptrace::cont(self.tid, 0)?;
+            loop {
+                match ptrace::wait(self.tid)?.1 {
+                    // The breakpoint after the syscall; the SIGTRAP is
+                    // never delivered, the next resume passes no signal.
+                    Stop::Signal(libc::SIGTRAP) => break,
+                    Stop::Event(ev, _) => {
+                        let msg = ptrace::event_msg(self.tid)?;
+                        self.events.push((ev, msg));
+                        ptrace::cont(self.tid, 0)?;
+                    }
+                    other => return Err(Error::UnexpectedStop { tid: self.tid, during: nr, stop: format!("{other:?}") }),
+                }
+            }
+            return Ok(ptrace::get_regs(self.tid)?.rax as i64);
+        }
         ptrace::syscall(self.tid, 0)?;
         self.expect_syscall_stop(nr)?;
         ptrace::syscall(self.tid, 0)?;
