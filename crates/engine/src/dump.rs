@@ -277,6 +277,7 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     check_target(root)?;
     std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
     let (mut frozen, order, cgroup_frozen) = freeze(root)?;
+    tracing::debug!(root, threads = frozen.threads.len(), elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "tree frozen");
     let frozen_at = Instant::now();
     let mut tree = TreeImage {
         writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
@@ -297,6 +298,7 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
     tree.pipes = files.pipes.into_values().collect();
     tree.shmems = shm.saved.into_values().collect();
     lpm_image::write_tree(dir, &tree)?;
+    tracing::debug!(root, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "images written");
     let mut stats = CheckpointStats {
         processes: tree.processes.len(),
         threads: frozen.threads.len(),
@@ -360,7 +362,9 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
         ..Default::default()
     };
     p.fds = files::dump(pid, files)?;
+    let t = Instant::now();
     p.mm = Some(mem::dump(pid, &maps, dir, shm)?);
+    tracing::debug!(pid, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
     // Remote calls run with every signal blocked, so none is delivered (or
     // lost) while we borrow the threads; the masks are put back on release.
     for s in &threads {

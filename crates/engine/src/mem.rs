@@ -352,7 +352,9 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) 
     file.set_len(flen).map_err(io_err(format!("size {}", path.display())))?;
     let mut map = Mapping::file_shared(file.as_fd(), flen as usize).step(pid, || format!("map {}", path.display()))?;
     let body = &mut map.as_mut_slice()[lpm_image::PAGES_BODY_OFFSET as usize..];
+    let t = std::time::Instant::now();
     let mut runs = save_pieces(pid, &pieces, body)?;
+    tracing::debug!(pid, bytes = total, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "pages copied");
     map.as_mut_slice()[..lpm_image::HEADER_LEN].copy_from_slice(&PagesWriter::header(total));
     runs.extend(zero_runs);
     runs.sort_by_key(|r| r.vaddr);
