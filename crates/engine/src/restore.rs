@@ -338,6 +338,7 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
         mem::restore(&mc, &mut r, s, mm)?;
     }
     files::restore(host, &mut r, &p.fds, open)?;
+    files::install(host, &mut r, s, p, ctx.tree)?;
     task::restore_process(host, &mut r, s, p)?;
     const THREAD: u64 =
         (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;

@@ -1,0 +1,248 @@
+//! File descriptors, one module per kind of open file, each holding both
+//! directions behind the [`Kind`] trait.
+//!
+//! Dump records each open file description once (kcmp finds descriptors
+//! that share one, within or across processes) and each fd by number; a
+//! descriptor of a kind no module claims is refused by name. Restore opens
+//! every description in the restorer before the first puppet is cloned, at
+//! numbers above any the image uses; every puppet inherits them all, so
+//! sharing (offsets, pipe ends) comes for free, and each puppet only moves
+//! its own to their numbers with dup3 and closes the rest. Kinds whose state
+//! lives in the fd table itself (epoll registrations) finish inside the
+//! puppet once its descriptors are in place ([`Kind::install`]).
+
+mod pipe;
+mod regular;
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use lpm_image::{Fd, FileImage, FileKind, PipeImage, Process, TreeImage};
+use lpm_sys::misc;
+use lpm_sys::remote::Remote;
+
+use crate::proc;
+use crate::task::Scratch;
+use crate::{io_err, EngineError, Result, StepExt};
+
+/// What the dump of one descriptor sees from outside.
+pub struct Seen<'a> {
+    /// The process.
+    pub pid: i32,
+    /// The descriptor number.
+    pub fd: i32,
+    /// Target of /proc/PID/fd/N.
+    pub link: &'a str,
+    /// stat of the open file.
+    pub st: &'a Metadata,
+}
+
+impl Seen<'_> {
+    /// An "unsupported" error naming this descriptor.
+    pub fn unsupported(&self, why: impl std::fmt::Display) -> EngineError {
+        EngineError::Unsupported { pid: self.pid, kind: "file descriptor", what: format!("fd {} -> {}: {why}", self.fd, self.link) }
+    }
+}
+
+/// Restorer-side state shared by the kinds while files are opened.
+pub struct OpenCx<'a> {
+    /// The whole image.
+    pub tree: &'a TreeImage,
+    /// Descriptors to keep open until the tree runs (FIFO holders, ...).
+    pub holders: Vec<OwnedFd>,
+    /// Pipe pairs created so far, by pipe identity.
+    pub pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
+}
+
+/// One kind of open file: how it is dumped and how it is restored.
+pub trait Kind {
+    /// Records the kind-specific state of a new open file into `f` (whose
+    /// generic fields are filled), or refuses it by name.
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()>;
+    /// Recreates the open file in the restorer; puppets inherit it.
+    fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd>;
+    /// Finishes the file inside a puppet that holds it at `fd`, once every
+    /// descriptor of that puppet is in place.
+    fn install(&self, pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()>;
+}
+
+/// The module that handles `kind`.
+fn kind(kind: FileKind) -> Option<&'static dyn Kind> {
+    match kind {
+        FileKind::Regular | FileKind::Unlinked | FileKind::CharDevice => Some(&regular::Regular),
+        FileKind::Pipe | FileKind::Fifo => Some(&pipe::Pipe),
+        FileKind::Invalid => None,
+    }
+}
+
+/// Which kind claims a descriptor, from what /proc shows of it.
+fn classify(seen: &Seen) -> Result<FileKind> {
+    let link = seen.link;
+    let ft = seen.st.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    Ok(if link.starts_with("pipe:") {
+        FileKind::Pipe
+    } else if let Some(rest) = link.strip_prefix("anon_inode:") {
+        return Err(seen.unsupported(format!("{} object", rest.trim_start_matches('[').trim_end_matches(']'))));
+    } else if link.starts_with("socket:") {
+        return Err(seen.unsupported("socket"));
+    } else if !link.starts_with('/') {
+        return Err(seen.unsupported(format!("{} object", link.split(':').next().unwrap_or(link))));
+    } else if link.starts_with("/memfd:") {
+        return Err(seen.unsupported("memfd"));
+    } else if ft.is_fifo() {
+        FileKind::Fifo
+    } else if ft.is_char_device() {
+        FileKind::CharDevice
+    } else if ft.is_file() || ft.is_dir() {
+        if seen.st.nlink() == 0 && link.ends_with(" (deleted)") {
+            FileKind::Unlinked
+        } else {
+            FileKind::Regular
+        }
+    } else {
+        return Err(seen.unsupported("block device or unknown file type"));
+    })
+}
+
+/// Files seen so far during a dump.
+#[derive(Default)]
+pub struct FileTable {
+    /// Open file descriptions.
+    pub files: Vec<FileImage>,
+    owners: Vec<(i32, i32, u64, u64)>,
+    /// Pipes and FIFOs by identity.
+    pub pipes: HashMap<u64, PipeImage>,
+}
+
+/// Dumps the file descriptors of stopped process `pid`.
+pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut nums: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(io_err(format!("list {dir}")))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    nums.sort_unstable();
+    let mut out = Vec::new();
+    for fd in nums {
+        let link = proc::link(pid, &format!("fd/{fd}"))?;
+        let fdinfo = proc::read(pid, &format!("fdinfo/{fd}"))?;
+        let info = proc::parse_fdinfo(&fdinfo);
+        let st = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err(format!("stat fd {fd} of pid {pid}")))?;
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        let key = (st.dev(), st.ino());
+        let mut id = None;
+        for (i, &(opid, ofd, dev, ino)) in table.owners.iter().enumerate() {
+            if (dev, ino) == key
+                && table.files[i].flags == flags
+                && misc::same_file(pid, fd, opid, ofd).step(pid, || format!("kcmp fd {fd}"))?
+            {
+                id = Some(table.files[i].id);
+                break;
+            }
+        }
+        let id = match id {
+            Some(id) => id,
+            None => {
+                let seen = Seen { pid, fd, link: &link, st: &st };
+                let k = classify(&seen)?;
+                let mut f = FileImage {
+                    id: table.files.len() as u32 + 1,
+                    kind: k as i32,
+                    flags,
+                    pos: info.pos,
+                    mode: st.mode(),
+                    path: link.clone(),
+                    size: st.len(),
+                    ..Default::default()
+                };
+                kind(k).ok_or_else(|| seen.unsupported("no module for its kind"))?.dump(&seen, &mut f, table)?;
+                table.owners.push((pid, fd, key.0, key.1));
+                table.files.push(f);
+                table.files.len() as u32
+            }
+        };
+        out.push(Fd { fd: fd as u32, cloexec: info.flags & libc::O_CLOEXEC as u32 != 0, file_id: id });
+    }
+    Ok(out)
+}
+
+/// Files opened by the restorer, at numbers every puppet inherits.
+pub struct OpenFiles {
+    by_id: HashMap<u32, OwnedFd>,
+    _holders: Vec<OwnedFd>,
+    _pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
+    /// Every inherited file is at this number or above.
+    pub base: i32,
+}
+
+/// Opens every file description of the image in the restorer.
+pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
+    let max_fd = tree.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(0) as i32;
+    let base = (max_fd + 1).max(64);
+    let limit = misc::raise_nofile();
+    let needed = base as u64 + tree.files.len() as u64 + 16;
+    if limit < needed {
+        return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
+    }
+    let mut cx = OpenCx { tree, holders: Vec::new(), pipes: HashMap::new() };
+    let mut by_id = HashMap::new();
+    for f in &tree.files {
+        let k = FileKind::try_from(f.kind)
+            .ok()
+            .and_then(kind)
+            .ok_or_else(|| EngineError::Incompatible(format!("file {} has an unknown kind {}", f.id, f.kind)))?;
+        let fd = k.open(f, &mut cx)?;
+        let fd = misc::move_fd_above(fd, base).step(0, || format!("move file {} above fd {base}", f.id))?;
+        by_id.insert(f.id, fd);
+    }
+    Ok(OpenFiles { by_id, _holders: cx.holders, _pipes: cx.pipes, base })
+}
+
+/// Installs a puppet's descriptors: drops everything it inherited below
+/// the base, dup3s its files to their numbers, then drops the rest.
+pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result<()> {
+    const SYS_CLOSE_RANGE: i64 = 436;
+    r.call(SYS_CLOSE_RANGE, &[0, open.base as u64 - 1, 0]).step(pid, || "remote close_range below base".into())?;
+    for fd in fds {
+        let src = open
+            .by_id
+            .get(&fd.file_id)
+            .ok_or_else(|| EngineError::Incompatible(format!("fd {} refers to missing file {}", fd.fd, fd.file_id)))?;
+        let flags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
+        r.call(libc::SYS_dup3, &[src.as_raw_fd() as u64, fd.fd as u64, flags as u64])
+            .step(pid, || format!("remote dup3 to fd {}", fd.fd))?;
+    }
+    r.call(SYS_CLOSE_RANGE, &[open.base as u64, u32::MAX as u64, 0]).step(pid, || "remote close_range above base".into())?;
+    Ok(())
+}
+
+/// Lets every kind finish inside the puppet now that its fds are in place.
+pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeImage) -> Result<()> {
+    let files: HashMap<u32, &FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
+    for fd in &p.fds {
+        let f = files
+            .get(&fd.file_id)
+            .ok_or_else(|| EngineError::Incompatible(format!("fd {} refers to missing file {}", fd.fd, fd.file_id)))?;
+        let k = FileKind::try_from(f.kind)
+            .ok()
+            .and_then(kind)
+            .ok_or_else(|| EngineError::Incompatible(format!("file {} has an unknown kind {}", f.id, f.kind)))?;
+        k.install(pid, r, s, fd, f, p)?;
+    }
+    Ok(())
+}
+
+/// Opens `path` with the flags of an image (never creating or truncating).
+pub(crate) fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .custom_flags((flags as i32 & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC)
+        .write(flags as i32 & libc::O_ACCMODE != libc::O_RDONLY)
+        .read(flags as i32 & libc::O_ACCMODE != libc::O_WRONLY)
+        .open(path)
+        .map_err(io_err(format!("open {path}")))?;
+    Ok(f.into())
+}

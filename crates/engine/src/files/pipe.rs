@@ -1,0 +1,98 @@
+//! Pipes and FIFOs with the data buffered in them.
+//!
+//! The buffer is read at dump with tee(2) from a second reader, so it is
+//! not consumed; restore creates the pipe (or opens the FIFO, holding it
+//! read-write so no open blocks) in the restorer and writes the data back.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+use lpm_image::{Fd, FileImage, FileKind, PipeImage, Process};
+use lpm_sys::misc;
+use lpm_sys::remote::Remote;
+
+use super::{open_path, FileTable, Kind, OpenCx, Seen};
+use crate::task::Scratch;
+use crate::{io_err, Result, StepExt};
+
+/// Pipes and FIFOs.
+pub struct Pipe;
+
+fn read_pipe(pid: i32, fd: i32) -> Result<PipeImage> {
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(io_err(format!("reopen {path} to read its buffer")))?;
+    let capacity = misc::pipe_size(reader.as_raw_fd()).step(pid, || format!("pipe size of fd {fd}"))?;
+    let (mut rd, wr) = std::io::pipe().map_err(io_err("pipe"))?;
+    misc::set_pipe_size(wr.as_raw_fd(), capacity.max(1 << 20)).step(pid, || "grow scratch pipe".into())?;
+    let n = misc::tee(reader.as_raw_fd(), wr.as_raw_fd(), usize::MAX >> 1).step(pid, || format!("tee pipe of fd {fd}"))?;
+    drop(wr);
+    let mut data = Vec::with_capacity(n);
+    rd.read_to_end(&mut data).map_err(io_err("read scratch pipe"))?;
+    let st = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?;
+    Ok(PipeImage { id: st.ino(), data, capacity })
+}
+
+fn fill_pipe(w: &OwnedFd, p: &PipeImage) -> Result<()> {
+    if p.capacity != 0 {
+        misc::set_pipe_size(w.as_raw_fd(), p.capacity).step(0, || format!("set capacity of pipe {} to {}", p.id, p.capacity))?;
+    }
+    let mut file = std::fs::File::from(w.try_clone().map_err(io_err("dup pipe"))?);
+    file.write_all(&p.data).map_err(io_err(format!("refill pipe {}", p.id)))
+}
+
+impl Kind for Pipe {
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        f.pipe_id = seen.st.ino();
+        if let std::collections::hash_map::Entry::Vacant(e) = table.pipes.entry(f.pipe_id) {
+            e.insert(read_pipe(seen.pid, seen.fd)?);
+        }
+        Ok(())
+    }
+
+    fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
+        let data = cx.tree.pipes.iter().find(|p| p.id == f.pipe_id);
+        if f.kind == FileKind::Fifo as i32 {
+            if !cx.pipes.contains_key(&f.pipe_id) {
+                // Held read-write so that no open below blocks, and so the
+                // data written now stays until the tree runs.
+                let h = open_path(&f.path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
+                if let Some(p) = data {
+                    fill_pipe(&h, p)?;
+                }
+                let h2 = h.try_clone().map_err(io_err("dup fifo"))?;
+                cx.pipes.insert(f.pipe_id, (h, h2));
+            }
+            let fd = open_path(&f.path, f.flags | libc::O_NONBLOCK as u32)?;
+            misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of fifo {}", f.path))?;
+            return Ok(fd);
+        }
+        if !cx.pipes.contains_key(&f.pipe_id) {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 fills two descriptors we then own.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+                return Err(io_err("pipe2")(std::io::Error::last_os_error()));
+            }
+            // SAFETY: both descriptors are fresh and owned by nobody else.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            if let Some(p) = data {
+                fill_pipe(&w, p)?;
+            }
+            cx.pipes.insert(f.pipe_id, (r, w));
+        }
+        let (r, w) = &cx.pipes[&f.pipe_id];
+        let end = if f.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY { r } else { w };
+        let fd = end.try_clone().map_err(io_err("dup pipe end"))?;
+        misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of pipe {}", f.pipe_id))?;
+        Ok(fd)
+    }
+
+    fn install(&self, _pid: i32, _r: &mut Remote, _s: Scratch, _fd: &Fd, _f: &FileImage, _p: &Process) -> Result<()> {
+        // The pipe and its data exist already; nothing is per puppet.
+        Ok(())
+    }
+}
