@@ -1,5 +1,7 @@
 //! `lpm`: Live Partition Mobility for Linux, the command line.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

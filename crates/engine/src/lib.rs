@@ -7,6 +7,8 @@
 //! and set_tid are reshaped by remote syscalls into the recorded tasks. Each
 //! kind of kernel resource has its module holding both directions.
 
+#![forbid(unsafe_code)]
+
 mod cpu;
 mod dump;
 mod files;

@@ -97,14 +97,7 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
     })
 }
 
-fn is_zero(page: &[u8]) -> bool {
-    let (pre, words, post) = {
-        // SAFETY: reinterpreting initialized bytes as u64 words is sound; align_to
-        // puts any unaligned bytes in pre/post.
-        unsafe { page.align_to::<u64>() }
-    };
-    pre.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
-}
+use lpm_sys::misc::is_zero;
 
 /// Splits `data` (pages from `vaddr`) into zero and non-zero runs; the
 /// non-zero ones go to `w`.
@@ -160,16 +153,9 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
     let mut runs = Vec::new();
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
-    use std::os::fd::AsRawFd;
     while off < size {
-        // SAFETY: lseek on a descriptor we own.
-        let data = unsafe { libc::lseek(f.as_raw_fd(), off as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) }.max(data) as u64;
-        let mut at = data as u64;
+        let Some((data, hole)) = lpm_sys::misc::next_data(f.as_fd(), off) else { break };
+        let mut at = data;
         while at < hole.min(size) {
             let len = ((hole.min(size) - at) as usize).min(CHUNK);
             f.read_exact_at(&mut buf[..len], at).map_err(io_err(format!("read {path}")))?;

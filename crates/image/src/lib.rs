@@ -9,6 +9,8 @@
 //! is protobuf; a pages body is raw page data whose runs carry their own
 //! XXH3 checksums in the tree. docs/image-format.md is the specification.
 
+#![forbid(unsafe_code)]
+
 mod model;
 mod show;
 

@@ -308,3 +308,26 @@ pub fn unmount(path: &std::path::Path) -> Result<()> {
     cvt(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }).map_err(|e| Error::sys("umount", 0, e))?;
     Ok(())
 }
+
+/// Whether `page` is all zero bytes (word at a time; the first non-zero
+/// word ends it, so data pages cost almost nothing).
+pub fn is_zero(page: &[u8]) -> bool {
+    // SAFETY: viewing initialized bytes as u64 words is sound; align_to puts
+    // any unaligned bytes in the head and tail slices.
+    let (head, words, tail) = unsafe { page.align_to::<u64>() };
+    head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+/// The next range holding data at or after `off` in a sparse file
+/// (SEEK_DATA, then SEEK_HOLE), or None past the last data.
+pub fn next_data(fd: std::os::fd::BorrowedFd<'_>, off: u64) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a descriptor the caller holds open.
+    let data = unsafe { libc::lseek(fd.as_raw_fd(), off as i64, libc::SEEK_DATA) };
+    if data < 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd.as_raw_fd(), data, libc::SEEK_HOLE) };
+    Some((data as u64, hole.max(data) as u64))
+}

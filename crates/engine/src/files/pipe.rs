@@ -5,7 +5,7 @@
 //! read-write so no open blocks) in the restorer and writes the data back.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use lpm_image::{Fd, FileImage, FileKind, PipeImage, Process};
@@ -55,34 +55,28 @@ impl Kind for Pipe {
     }
 
     fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
+        use std::collections::hash_map::Entry;
         let data = cx.tree.pipes.iter().find(|p| p.id == f.pipe_id);
-        if f.kind == FileKind::Fifo as i32 {
-            if !cx.pipes.contains_key(&f.pipe_id) {
+        let fifo = f.kind == FileKind::Fifo as i32;
+        if let Entry::Vacant(e) = cx.pipes.entry(f.pipe_id) {
+            let (r, w): (OwnedFd, OwnedFd) = if fifo {
                 // Held read-write so that no open below blocks, and so the
                 // data written now stays until the tree runs.
                 let h = open_path(&f.path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
-                if let Some(p) = data {
-                    fill_pipe(&h, p)?;
-                }
-                let h2 = h.try_clone().map_err(io_err("dup fifo"))?;
-                cx.pipes.insert(f.pipe_id, (h, h2));
-            }
-            let fd = open_path(&f.path, f.flags | libc::O_NONBLOCK as u32)?;
-            misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of fifo {}", f.path))?;
-            return Ok(fd);
-        }
-        if !cx.pipes.contains_key(&f.pipe_id) {
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 fills two descriptors we then own.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-                return Err(io_err("pipe2")(std::io::Error::last_os_error()));
-            }
-            // SAFETY: both descriptors are fresh and owned by nobody else.
-            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+                (h.try_clone().map_err(io_err("dup fifo"))?, h)
+            } else {
+                let (r, w) = std::io::pipe().map_err(io_err("pipe"))?;
+                (r.into(), w.into())
+            };
             if let Some(p) = data {
                 fill_pipe(&w, p)?;
             }
-            cx.pipes.insert(f.pipe_id, (r, w));
+            e.insert((r, w));
+        }
+        if fifo {
+            let fd = open_path(&f.path, f.flags | libc::O_NONBLOCK as u32)?;
+            misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of fifo {}", f.path))?;
+            return Ok(fd);
         }
         let (r, w) = &cx.pipes[&f.pipe_id];
         let end = if f.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY { r } else { w };
