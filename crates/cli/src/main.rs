@@ -49,6 +49,19 @@ enum Cmd {
     },
     /// Run the demo: a real program checkpointed and restored.
     Demo,
+    /// Measure how fast a running process dirties its memory (what
+    /// pre-copy has to keep up with), without stopping it for long.
+    DirtyRate {
+        /// The process.
+        #[arg(long)]
+        pid: i32,
+        /// Length of one measurement, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// Number of measurements.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
     /// Measure checkpoint and restore speed on real processes.
     Bench {
         /// Repetitions of each measurement (the median is printed).
@@ -119,6 +132,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => demo(),
+        Cmd::DirtyRate { pid, interval_ms, rounds } => {
+            let mut t = lpm_engine::DirtyTracker::start(pid).with_context(|| format!("track writes of pid {pid}"))?;
+            t.collect()?;
+            for i in 1..=rounds {
+                let start = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+                let d = t.collect()?;
+                let secs = start.elapsed().as_secs_f64();
+                let mib = (d.pages() * 4096) as f64 / (1u64 << 20) as f64;
+                println!("round {i}: {} pages written ({mib:.1} MiB, {:.1} MiB/s), {} new areas", d.pages(), mib / secs, d.new_areas.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench { runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
     }
 }

@@ -460,3 +460,92 @@ fn restore_without_detach_passes_on_the_exit_status() {
     let st = lpm.wait().unwrap();
     assert_eq!(st.code(), Some(42));
 }
+
+const WRITER: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+int main(int argc, char **argv) {
+    size_t len = 64 << 20;
+    unsigned char *buf = mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(buf, 1, len / 2);
+    signal(SIGUSR1, on_usr1);
+    FILE *f = fopen(argv[1], "w");
+    fprintf(f, "%lx\n", (unsigned long)buf);
+    fclose(f);
+    for (;;) {
+        while (!go) pause();
+        go = 0;
+        buf[0] = 2; buf[5 * 4096 + 17] = 3; buf[100 * 4096] = 4;
+        buf[(len / 2) + 3 * 4096] = 5; /* a page never touched before */
+        f = fopen(argv[2], "w");
+        fclose(f);
+    }
+}
+"#;
+
+/// The dirty tracker (userfaultfd write-protect async + PAGEMAP_SCAN)
+/// reports exactly the pages a running program wrote, including one it
+/// never touched before, then nothing until it writes again; dropping it
+/// leaves the program running normally.
+#[test]
+fn dirty_tracker_reports_exactly_the_written_pages() {
+    let mut s = Scene::new("dirty");
+    let bin = s.cc("writer", WRITER);
+    let (addr_file, done) = (s.path("addr"), s.path("done"));
+    let pid = s.spawn(Command::new(&bin).arg(&addr_file).arg(&done));
+    let t = Instant::now();
+    while std::fs::read_to_string(&addr_file).map(|a| a.trim().is_empty()).unwrap_or(true) {
+        assert!(t.elapsed() < Duration::from_secs(10), "writer never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let base = u64::from_str_radix(std::fs::read_to_string(&addr_file).unwrap().trim(), 16).unwrap();
+    let buf = (base, base + (64 << 20));
+    let mut tracker = lpm_engine::DirtyTracker::start(pid).expect("start tracking");
+    let in_buf = |d: &lpm_engine::Dirty| -> Vec<u64> {
+        let mut pages = Vec::new();
+        for &(a, b) in &d.written {
+            let mut p = a.max(buf.0);
+            while p < b.min(buf.1) {
+                pages.push((p - base) / 4096);
+                p += 4096;
+            }
+        }
+        pages
+    };
+    assert_eq!(in_buf(&tracker.collect().unwrap()), Vec::<u64>::new(), "pages reported before any write");
+    for round in 0..2 {
+        let _ = std::fs::remove_file(&done);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        let t = Instant::now();
+        while !done.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "writer did not write: {} {}",
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default(),
+                std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let d = tracker.collect().unwrap();
+        assert_eq!(in_buf(&d), vec![0, 5, 100, 8192 + 3], "round {round}: written pages of the buffer");
+        assert_eq!(in_buf(&tracker.collect().unwrap()), Vec::<u64>::new(), "round {round}: pages reported twice");
+    }
+    drop(tracker);
+    let _ = std::fs::remove_file(&done);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let t = Instant::now();
+    while !done.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "writer stuck after tracking stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap_or_default().contains("userfaultfd"));
+}

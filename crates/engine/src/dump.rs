@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lpm_image::{Process, TreeImage};
 use lpm_sys::ptrace::{self, Regs, Stop};
-use lpm_sys::remote::{fixup_restart, Remote};
+use lpm_sys::remote::{park, Remote};
 
 use crate::files::FileTable;
 use crate::mem::ShmemTable;
@@ -67,11 +67,10 @@ struct Frozen {
 impl Frozen {
     fn release(&mut self) {
         for s in &self.threads {
-            let mut regs = s.regs;
-            fixup_restart(&mut regs);
-            let _ = ptrace::set_regs(s.tid, &regs);
+            let sig = park(s.tid).unwrap_or(0);
+            let _ = ptrace::set_regs(s.tid, &s.regs);
             let _ = ptrace::set_sigmask(s.tid, s.sigmask);
-            let _ = ptrace::detach(s.tid, 0);
+            let _ = ptrace::detach(s.tid, sig);
         }
         self.done = true;
     }
@@ -104,7 +103,7 @@ fn check_target(pid: i32) -> Result<()> {
 }
 
 /// Waits until a seized, interrupted thread reports its interrupt stop.
-fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
+pub(crate) fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
     loop {
         match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
             Stop::Event(ptrace::EVENT_STOP, _) => return Ok(()),
@@ -256,7 +255,7 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, bool)> {
 }
 
 /// Finds a `syscall` instruction in the task's vDSO.
-fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
+pub(crate) fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
     let v = maps.iter().find(|e| e.path == "[vdso]").ok_or_else(|| EngineError::Unsupported {
         pid,
         kind: "memory layout",
@@ -383,10 +382,11 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
             }
         })?;
         for t in &threads {
-            let mut regs = t.regs;
-            fixup_restart(&mut regs);
+            // Saved as they were at the interrupt stop: the restore puts
+            // them back at such a stop, where the kernel completes an
+            // interrupted syscall itself.
             let mut r = Remote::new(t.tid, ip, t.regs);
-            let mut th = task::dump_thread(pid, t.tid, t.tid as u32, &regs, &mut r, s)?;
+            let mut th = task::dump_thread(pid, t.tid, t.tid as u32, &t.regs, &mut r, s)?;
             th.nstid = Status::read_task(pid, t.tid)?.nums("NSpid");
             th.sigmask = t.sigmask;
             p.threads.push(th);

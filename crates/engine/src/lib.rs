@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod cpu;
+mod dirty;
 mod dump;
 mod files;
 mod mem;
@@ -20,6 +21,7 @@ mod task;
 
 use std::path::PathBuf;
 
+pub use dirty::{Dirty, DirtyTracker};
 pub use dump::{checkpoint, CheckpointOptions, CheckpointStats};
 pub use restore::{restore, RestoreOptions, Restored};
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use lpm_image::{Process, TreeImage};
 use lpm_sys::ptrace::{self, Stop};
 use lpm_sys::puppet::{self, CloneArgs, SCRATCH_OFFSET, TRAMPOLINE_LEN};
-use lpm_sys::remote::Remote;
+use lpm_sys::remote::{park, Remote};
 
 use crate::files::{self, OpenFiles};
 use crate::mem::{self, ShmemObjects};
@@ -371,12 +371,18 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
         let pdeathsig = p.prctl.as_ref().map(|x| x.pdeathsig).unwrap_or(0);
         r.call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, pdeathsig as u64]).step(pp.host, || "remote PR_SET_PDEATHSIG".into())?;
         // The trampoline goes last, from itself: the call returns to a
-        // syscall-exit stop, and the registers set below take over.
+        // syscall-exit stop, and the thread is parked before it could run
+        // the missing code.
         let mut r = r.without_trap();
         r.call(libc::SYS_munmap, &[ctx.trampoline, TRAMPOLINE_LEN]).step(pp.host, || "remote munmap trampoline".into())?;
         for (t, &tid) in p.threads.iter().zip(&pp.tids) {
             let regs = ptrace::regs_from_bytes(&t.gpregs)
                 .ok_or_else(|| EngineError::Incompatible(format!("thread {} has {} bytes of registers", t.tid, t.gpregs.len())))?;
+            // From a stop inside the signal path the kernel completes a
+            // syscall the thread was in at checkpoint (restart, or EINTR
+            // if a handler runs first); every signal is still blocked, so
+            // none can take the place of the interrupt here.
+            park(tid).step(tid, || "park before the final registers".into())?;
             ptrace::set_xstate(tid, &t.xstate).step(tid, || "write xstate".into())?;
             ptrace::set_regs(tid, &regs).step(tid, || "write registers".into())?;
             ptrace::set_sigmask(tid, t.sigmask).step(tid, || "write sigmask".into())?;

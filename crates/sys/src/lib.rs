@@ -9,6 +9,7 @@ pub mod probe;
 pub mod ptrace;
 pub mod puppet;
 pub mod remote;
+pub mod uffd;
 
 use std::io;
 

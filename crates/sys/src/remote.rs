@@ -121,28 +121,25 @@ impl Remote {
     }
 }
 
-/// Rewrites registers of a thread stopped inside an interrupted syscall so
-/// that, once resumed, it re-executes the syscall, as the kernel would have
-/// on its way back to user space. Needed because a restored thread (or one
-/// resumed from a syscall-exit stop) no longer passes through that path.
-pub fn fixup_restart(regs: &mut Regs) {
-    const ERESTARTSYS: i64 = -512;
-    const ERESTARTNOINTR: i64 = -513;
-    const ERESTARTNOHAND: i64 = -514;
-    const ERESTART_RESTARTBLOCK: i64 = -516;
-    if (regs.orig_rax as i64) < 0 {
-        return;
-    }
-    match regs.rax as i64 {
-        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
-            regs.rax = regs.orig_rax;
-            regs.rip -= 2;
+/// Brings a tracee that ran remote syscalls back into a stop inside the
+/// kernel's signal path (PTRACE_INTERRUPT, then resume: it traps before
+/// reaching user space). Registers set there and a detach then let the
+/// kernel finish an interrupted syscall exactly as it would have:
+/// restarted when no handler runs, EINTR when one does. A syscall-exit stop
+/// skips that logic, so a thread detached from one would see -ERESTART*
+/// codes, or re-run a pause() after a signal handler instead of returning.
+///
+/// Returns the signal to pass on at detach when a signal-delivery stop
+/// came first (it is as good a place to stop), else 0.
+pub fn park(tid: i32) -> Result<i32> {
+    ptrace::interrupt(tid)?;
+    ptrace::cont(tid, 0)?;
+    loop {
+        match ptrace::wait(tid)?.1 {
+            Stop::Event(ptrace::EVENT_STOP, _) => return Ok(0),
+            Stop::Signal(sig) if sig != libc::SIGTRAP => return Ok(sig),
+            Stop::Signal(_) | Stop::Syscall | Stop::Event(_, _) => ptrace::cont(tid, 0)?,
+            other => return Err(Error::UnexpectedStop { tid, during: -1, stop: format!("{other:?}") }),
         }
-        ERESTART_RESTARTBLOCK => {
-            regs.rax = libc::SYS_restart_syscall as u64;
-            regs.rip -= 2;
-        }
-        _ => {}
     }
-    regs.orig_rax = u64::MAX;
 }

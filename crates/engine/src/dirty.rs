@@ -1,0 +1,151 @@
+//! Dirty-page tracking for pre-copy: which pages a running process wrote
+//! since the last look.
+//!
+//! This kernel has no soft-dirty bits, so tracking uses userfaultfd
+//! write-protection in asynchronous mode: a userfaultfd is created inside
+//! the task by a remote syscall (it acts on the mm of its creator), taken
+//! into lpm with pidfd_getfd and closed in the task again, so the task's fd
+//! table is unchanged. Every writable private area is registered and
+//! write-protected; a write then only marks its page, and PAGEMAP_SCAN
+//! reports written pages and re-protects them in one atomic step. Areas
+//! mapped after the start count as wholly dirty and are registered from
+//! then on. Dropping the tracker closes the last reference to the
+//! userfaultfd, which unregisters everything: an abort leaves the process
+//! as it was.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use lpm_sys::pagemap::{Pagemap, Query, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING};
+use lpm_sys::ptrace;
+use lpm_sys::remote::{park, Remote};
+use lpm_sys::uffd::{Uffd, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED};
+
+use crate::dump::{syscall_ip, wait_interrupt_stop};
+use crate::proc::{self, MapEntry};
+use crate::{EngineError, Result, StepExt};
+
+/// Pages written since the previous collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Written ranges inside tracked areas, page aligned, in address order.
+    pub written: Vec<(u64, u64)>,
+    /// Areas that appeared since the previous collection: wholly dirty.
+    pub new_areas: Vec<(u64, u64)>,
+}
+
+impl Dirty {
+    /// Number of pages in both lists.
+    pub fn pages(&self) -> u64 {
+        self.written.iter().chain(&self.new_areas).map(|(s, e)| (e - s) / crate::PAGE).sum()
+    }
+}
+
+/// Tracks the writes of one running process.
+pub struct DirtyTracker {
+    pid: i32,
+    uffd: Uffd,
+    pagemap: Pagemap,
+    areas: Vec<(u64, u64)>,
+}
+
+/// Areas whose pages a dump saves and a write can dirty: private and
+/// writable (shared memory is sent whole at the switchover).
+fn trackable(maps: &[MapEntry]) -> Vec<(u64, u64)> {
+    maps.iter().filter(|e| !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0).map(|e| (e.start, e.end)).collect()
+}
+
+/// Creates a userfaultfd inside `pid` and takes it over.
+fn take_uffd(pid: i32) -> Result<OwnedFd> {
+    ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD).step(pid, || "seize for userfaultfd".into())?;
+    let res = (|| {
+        ptrace::interrupt(pid).step(pid, || "interrupt".into())?;
+        wait_interrupt_stop(pid, pid)?;
+        let regs = ptrace::get_regs(pid).step(pid, || "read registers".into())?;
+        let mask = ptrace::get_sigmask(pid).step(pid, || "read sigmask".into())?;
+        ptrace::set_sigmask(pid, !0).step(pid, || "block signals".into())?;
+        let ip = syscall_ip(pid, &proc::maps(pid)?);
+        let taken = ip.and_then(|ip| {
+            let mut r = Remote::new(pid, ip, regs);
+            let fd =
+                r.call(libc::SYS_userfaultfd, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64]).step(pid, || "remote userfaultfd".into())?;
+            let got =
+                rustix::process::pidfd_open(rustix::process::Pid::from_raw(pid).expect("pid > 0"), rustix::process::PidfdFlags::empty())
+                    .and_then(|pidfd| rustix::process::pidfd_getfd(pidfd.as_fd(), fd as i32, rustix::process::PidfdGetfdFlags::empty()));
+            // The task's fd table is left as it was, whatever happened.
+            r.call(libc::SYS_close, &[fd]).step(pid, || "remote close userfaultfd".into())?;
+            got.map_err(|e| EngineError::Step {
+                pid,
+                step: "pidfd_getfd userfaultfd".into(),
+                source: lpm_sys::Error::sys("pidfd_getfd", pid, e.into()),
+            })
+        });
+        let sig = park(pid).step(pid, || "park".into())?;
+        ptrace::set_regs(pid, &regs).step(pid, || "restore registers".into())?;
+        ptrace::set_sigmask(pid, mask).step(pid, || "restore sigmask".into())?;
+        Ok((taken, sig))
+    })();
+    let sig = res.as_ref().map(|r| r.1).unwrap_or(0);
+    let _ = ptrace::detach(pid, sig);
+    res.and_then(|r| r.0)
+}
+
+impl DirtyTracker {
+    /// Starts tracking the writes of running process `pid` to its private
+    /// writable memory. The process is stopped for a moment.
+    pub fn start(pid: i32) -> Result<DirtyTracker> {
+        let uffd = Uffd::new(take_uffd(pid)?, pid);
+        let want = (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED) as u64;
+        let got = uffd.api(want).step(pid, || "userfaultfd handshake".into())?;
+        if got & want != want {
+            return Err(EngineError::Incompatible(format!("userfaultfd lacks write-protect async features (got {got:#x})")));
+        }
+        let mut t = DirtyTracker { pid, uffd, pagemap: Pagemap::open(pid).step(pid, || "open pagemap".into())?, areas: Vec::new() };
+        for (s, e) in trackable(&proc::maps(pid)?) {
+            t.track(s, e)?;
+        }
+        Ok(t)
+    }
+
+    fn track(&mut self, start: u64, end: u64) -> Result<()> {
+        self.uffd.register_wp(start, end - start).step(self.pid, || format!("register {start:#x}-{end:#x}"))?;
+        self.uffd.writeprotect(start, end - start, true).step(self.pid, || format!("write-protect {start:#x}-{end:#x}"))?;
+        self.areas.push((start, end));
+        Ok(())
+    }
+
+    /// Pages written since the last call (or the start), each re-protected
+    /// as it is reported, and areas that appeared meanwhile.
+    pub fn collect(&mut self) -> Result<Dirty> {
+        let mut out = Dirty::default();
+        let q = Query {
+            flags: (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC) as u64,
+            category_mask: PAGE_IS_WRITTEN as u64,
+            anyof_mask: 0,
+            return_mask: PAGE_IS_WRITTEN as u64,
+        };
+        let mut regions = Vec::new();
+        let now = trackable(&proc::maps(self.pid)?);
+        for &(s, e) in &self.areas {
+            // An area unmapped (or remapped) since is scanned only where it
+            // still exists.
+            for &(ns, ne) in now.iter().filter(|(ns, ne)| *ns < e && *ne > s) {
+                regions.clear();
+                self.pagemap
+                    .scan(s.max(ns), e.min(ne), q, &mut regions)
+                    .step(self.pid, || format!("scan written pages of {s:#x}-{e:#x}"))?;
+                out.written.extend(regions.iter().map(|r| (r.start, r.end)));
+            }
+        }
+        for (s, e) in now {
+            if !self.areas.iter().any(|&(a, b)| a <= s && e <= b) {
+                out.new_areas.push((s, e));
+                // Parts of it may be tracked already (an area that grew).
+                if self.areas.iter().all(|&(a, b)| b <= s || e <= a) {
+                    self.track(s, e)?;
+                }
+            }
+        }
+        out.written.sort_unstable();
+        Ok(out)
+    }
+}
