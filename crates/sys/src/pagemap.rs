@@ -91,3 +91,14 @@ impl Pagemap {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_number_is_iowr_f_16_pm_scan_arg() {
+        let computed = (3 << 30) | ((std::mem::size_of::<pm_scan_arg>() as libc::c_ulong) << 16) | 0x6610;
+        assert_eq!(PAGEMAP_SCAN, computed);
+    }
+}

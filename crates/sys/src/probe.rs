@@ -13,14 +13,13 @@ use std::fs;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::size_of;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::null_mut;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libc::pid_t;
-use linux_raw_sys::general::{self as g, clone_args, page_region, pm_scan_arg};
-use linux_raw_sys::ioctl::{UFFDIO_API, UFFDIO_REGISTER, UFFDIO_WRITEPROTECT};
+use linux_raw_sys::general::{self as g, clone_args};
 use linux_raw_sys::{net, prctl as pr, ptrace as pt};
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -85,9 +84,6 @@ const NT_X86_XSTATE: usize = 0x202;
 const XCR0_OFFSET: usize = 464;
 /// Legacy FXSAVE area plus XSAVE header: anything shorter is not XSAVE.
 const XSTATE_MIN: usize = 576;
-const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
-/// `_IOWR('f', 16, struct pm_scan_arg)`, absent from the crates.
-const PAGEMAP_SCAN: c_ulong = (3 << 30) | ((size_of::<pm_scan_arg>() as c_ulong) << 16) | 0x6610;
 /// Bound on every wait; a healthy kernel answers in microseconds.
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -124,14 +120,6 @@ macro_rules! ensure {
 macro_rules! ptrace {
     ($req:ident, $pid:expr, $addr:expr, $data:expr) => {
         cvt(libc::ptrace(pt::$req, $pid, $addr as usize, $data), stringify!($req))
-    };
-}
-
-/// `ioctl(2)` naming the request in the error; needs an unsafe block whose
-/// SAFETY comment says why `arg` suits the request.
-macro_rules! ioctl {
-    ($fd:expr, $req:ident, $arg:expr) => {
-        cvt(libc::ioctl($fd.as_raw_fd(), $req as c_ulong, ptr($arg)), stringify!($req))
     };
 }
 
@@ -355,130 +343,65 @@ fn probe_set_tid() -> Probe {
     Err(last)
 }
 
-/// An anonymous private mapping, unmapped on drop.
-struct Mapping {
-    addr: *mut u8,
-    len: usize,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: we own the mapping and nothing borrows it past this point.
-        unsafe { libc::munmap(self.addr.cast(), self.len) };
-    }
-}
-
-fn userfaultfd() -> Res<OwnedFd> {
-    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    // SAFETY: userfaultfd takes flags only and returns a new fd or -1.
-    let mut r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
-        // vm.unprivileged_userfaultfd=0 still allows user-mode-only faults,
-        // which is all dirty tracking needs.
-        let flags = flags | g::UFFD_USER_MODE_ONLY as c_int;
-        // SAFETY: as above.
-        r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    }
-    let fd = cvt(r, "userfaultfd")?;
-    // SAFETY: fd is a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as c_int) })
-}
-
-fn uffd_api(fd: BorrowedFd<'_>, features: u64) -> Res<u64> {
-    let api = g::UFFD_API.into();
-    let mut api = g::uffdio_api { api, features, ioctls: 0 };
-    // SAFETY: UFFDIO_API takes a struct uffdio_api.
-    unsafe { ioctl!(fd, UFFDIO_API, &mut api)? };
-    Ok(api.features)
-}
-
 fn probe_dirty_tracking() -> (Probe, Probe) {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    // SAFETY: a fresh anonymous mapping aliases nothing.
-    let addr = unsafe { libc::mmap(null_mut(), 4 * page, prot, flags, -1, 0) };
-    if addr == libc::MAP_FAILED {
-        let e = Err(io::Error::last_os_error()).ctx("mmap");
-        return (e.clone(), e);
-    }
-    let (addr, len) = (addr.cast(), 4 * page);
-    let map = Mapping { addr, len };
+    let map = match crate::misc::Mapping::anonymous(4 * 4096, false) {
+        Ok(m) => m,
+        Err(e) => {
+            let e: Probe = Err(e.to_string());
+            return (e.clone(), e);
+        }
+    };
     match write_protect(&map) {
         // The uffd stays open across the scan: closing it ends the tracking.
-        Ok((_uffd, detail)) => (Ok(detail), scan_after_write(&map, page)),
+        Ok((_uffd, detail)) => (Ok(detail), scan_after_write(&map)),
         Err(e) => (Err(e), Err("not run: needs userfaultfd wp-async".into())),
     }
 }
 
 /// Registers `map` for asynchronous write-protect and protects it whole.
-fn write_protect(map: &Mapping) -> Res<(OwnedFd, String)> {
+fn write_protect(map: &crate::misc::Mapping) -> Res<(crate::uffd::Uffd, String)> {
+    use crate::uffd::{create, Uffd};
+    let me = std::process::id() as i32;
     let need = u64::from(g::UFFD_FEATURE_WP_ASYNC | g::UFFD_FEATURE_WP_UNPOPULATED);
     // The handshake happens once per fd: ask what exists on a throwaway one.
-    let have = uffd_api(userfaultfd()?.as_fd(), 0)?;
+    let have = Uffd::new(create().map_err(|e| e.to_string())?, me).api(0).map_err(|e| e.to_string())?;
     ensure!(have & need == need; "UFFDIO_API: {have:#x} lacks WP_ASYNC|WP_UNPOPULATED");
     let shmem = have & u64::from(g::UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
-    let uffd = userfaultfd()?;
-    uffd_api(uffd.as_fd(), need | shmem)?;
-    let (start, len) = (map.addr as u64, map.len as u64);
-    let range = g::uffdio_range { start, len };
-    let mode = g::UFFDIO_REGISTER_MODE_WP.into();
-    let mut reg = g::uffdio_register { range, mode, ioctls: 0 };
-    // SAFETY: UFFDIO_REGISTER takes a struct uffdio_register.
-    unsafe { ioctl!(uffd, UFFDIO_REGISTER, &mut reg)? };
-    let can_wp = reg.ioctls & (1 << g::_UFFDIO_WRITEPROTECT) != 0;
-    ensure!(can_wp; "UFFDIO_REGISTER: no UFFDIO_WRITEPROTECT for anonymous memory");
-    let mode = UFFDIO_WRITEPROTECT_MODE_WP;
-    let mut wp = g::uffdio_writeprotect { range, mode };
-    // SAFETY: UFFDIO_WRITEPROTECT takes a struct uffdio_writeprotect.
-    unsafe { ioctl!(uffd, UFFDIO_WRITEPROTECT, &mut wp)? };
+    let uffd = Uffd::new(create().map_err(|e| e.to_string())?, me);
+    uffd.api(need | shmem).map_err(|e| e.to_string())?;
+    let len = map.as_slice().len() as u64;
+    uffd.register_wp(map.addr(), len).map_err(|e| e.to_string())?;
+    uffd.writeprotect(map.addr(), len, true).map_err(|e| e.to_string())?;
     let shmem = if shmem != 0 { "with" } else { "without" };
     Ok((uffd, format!("features {have:#x}, {shmem} hugetlbfs/shmem wp")))
 }
 
 /// Writes page 1 of the write-protected `map` and checks that PAGEMAP_SCAN
 /// returns exactly that page, then nothing once it has re-protected it.
-fn scan_after_write(map: &Mapping, page: usize) -> Probe {
-    let pagemap = fs::File::open("/proc/self/pagemap").ctx("open /proc/self/pagemap")?;
+fn scan_after_write(map: &crate::misc::Mapping) -> Probe {
+    use crate::pagemap::{Pagemap, Query};
+    let page = 4096u64;
+    let mut pm = Pagemap::open(std::process::id() as i32).map_err(|e| e.to_string())?;
     // SAFETY: page 1 lies inside our mapping. WP_ASYNC resolves the fault in
     // the kernel, so the store cannot block on the uffd.
-    unsafe { std::ptr::write_volatile(map.addr.add(page), 1) };
-    let page1 = map.addr as u64 + page as u64;
-    let want = [(page1, page1 + page as u64)];
-    let first = pagemap_scan(pagemap.as_fd(), map)?;
+    unsafe { std::ptr::write_volatile((map.addr() + page) as *mut u8, 1) };
+    let page1 = map.addr() + page;
+    let want = [(page1, page1 + page)];
+    let (start, end) = (map.addr(), map.addr() + map.as_slice().len() as u64);
+    let q = Query {
+        flags: (g::PM_SCAN_WP_MATCHING | g::PM_SCAN_CHECK_WPASYNC).into(),
+        category_mask: g::PAGE_IS_WRITTEN.into(),
+        anyof_mask: 0,
+        return_mask: g::PAGE_IS_WRITTEN.into(),
+    };
+    let mut first = Vec::new();
+    pm.scan(start, end, q, &mut first).map_err(|e| e.to_string())?;
     let got: Vec<_> = first.iter().map(|r| (r.start, r.end)).collect();
     ensure!(got == want; "PAGEMAP_SCAN: written {got:x?}, expected {want:x?}");
-    let left = pagemap_scan(pagemap.as_fd(), map)?.len();
-    ensure!(left == 0; "PAGEMAP_SCAN: {left} regions still written after WP_MATCHING");
+    let mut again = Vec::new();
+    pm.scan(start, end, q, &mut again).map_err(|e| e.to_string())?;
+    ensure!(again.is_empty(); "PAGEMAP_SCAN: {} regions still written after WP_MATCHING", again.len());
     Ok("found the 1 written page of 4, re-protected it".into())
-}
-
-fn pagemap_scan(pagemap: BorrowedFd<'_>, map: &Mapping) -> Res<Vec<page_region>> {
-    let empty = page_region { start: 0, end: 0, categories: 0 };
-    let mut regions = [empty; 8];
-    let (start, end) = (map.addr as u64, map.addr as u64 + map.len as u64);
-    let written = g::PAGE_IS_WRITTEN.into();
-    let mut arg = pm_scan_arg {
-        size: size_of::<pm_scan_arg>() as u64,
-        flags: (g::PM_SCAN_WP_MATCHING | g::PM_SCAN_CHECK_WPASYNC).into(),
-        start,
-        end,
-        walk_end: 0,
-        vec: regions.as_mut_ptr() as u64,
-        vec_len: regions.len() as u64,
-        max_pages: 0,
-        category_inverted: 0,
-        category_mask: written,
-        category_anyof_mask: 0,
-        return_mask: written,
-    };
-    // SAFETY: PAGEMAP_SCAN takes a struct pm_scan_arg whose vec points to
-    // vec_len page_regions that outlive the call.
-    let n = unsafe { ioctl!(pagemap, PAGEMAP_SCAN, &mut arg)? } as usize;
-    let stop = arg.walk_end;
-    ensure!(stop == end; "PAGEMAP_SCAN stopped at {stop:#x}, before {end:#x}");
-    Ok(regions[..n.min(regions.len())].to_vec())
 }
 
 fn probe_mm_map() -> Probe {
@@ -701,11 +624,6 @@ fn probe_process_vm() -> Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pagemap_scan_ioctl_number() {
-        assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
-    }
 
     #[test]
     fn cgroup2_mount_found_on_hybrid_and_pure_v2() {

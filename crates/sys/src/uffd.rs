@@ -28,6 +28,25 @@ fn ioctl<T>(fd: &OwnedFd, req: u32, arg: &mut T) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates a userfaultfd for the calling process's own memory.
+pub fn create() -> Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: userfaultfd takes flags only and returns a new fd or -1.
+    let mut r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+        // vm.unprivileged_userfaultfd=0 still allows user-mode-only faults,
+        // which is all dirty tracking needs.
+        // SAFETY: as above.
+        r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags | linux_raw_sys::general::UFFD_USER_MODE_ONLY as i32) };
+    }
+    if r < 0 {
+        return Err(Error::sys("userfaultfd", 0, std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
 impl Uffd {
     /// Wraps a userfaultfd that acts on the memory of `pid`.
     pub fn new(fd: OwnedFd, pid: i32) -> Uffd {
