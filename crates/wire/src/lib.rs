@@ -1,0 +1,549 @@
+//! The mover protocol: how two lpm hosts exchange a partition's state.
+//!
+//! A connection is a stream of frames. Every frame starts with a fixed
+//! 24-byte header that can be read without decoding the payload:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `LPMW` |
+//! | 4 | 2 | frame type ([`FrameType`], 0 is invalid) |
+//! | 6 | 2 | flags (bit 0: payload is zstd-compressed) |
+//! | 8 | 4 | payload length as sent |
+//! | 12 | 4 | payload length once decompressed |
+//! | 16 | 8 | XXH3-64 of header bytes 0..16 and the payload as sent |
+//!
+//! The first frames of every connection are the handshake ([`handshake`]):
+//! both sides announce the protocol versions they speak and prove, without
+//! sending it, that they hold the cluster's pre-shared key (each MACs the
+//! other's random challenge with keyed BLAKE3). A peer that fails is told
+//! nothing but "authentication failed" and the connection is closed: a
+//! receiver that restores whatever it is sent would otherwise run arbitrary
+//! code as root. docs/wire-protocol.md is the specification.
+
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+
+use prost::Message;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Size of the frame header.
+pub const HEADER_LEN: usize = 24;
+/// Largest payload accepted (as sent or decompressed).
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+const MAGIC: [u8; 4] = *b"LPMW";
+const FLAG_ZSTD: u16 = 1;
+
+/// Errors of the wire layer; each names what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed.
+    #[error("{op}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer does not speak this protocol.
+    #[error("peer is not an lpm mover (bad frame magic)")]
+    BadMagic,
+    /// A frame's payload does not match its checksum.
+    #[error("corrupted {kind:?} frame (checksum mismatch)")]
+    Checksum {
+        /// The frame's type.
+        kind: FrameType,
+    },
+    /// A frame of an unknown type (or type 0).
+    #[error("frame of unknown type {0}")]
+    UnknownType(u16),
+    /// A frame larger than allowed.
+    #[error("frame of {0} bytes exceeds the limit of {MAX_PAYLOAD}")]
+    TooLarge(u32),
+    /// A compressed payload that does not decompress to its stated size.
+    #[error("{kind:?} frame does not decompress")]
+    Decompress {
+        /// The frame's type.
+        kind: FrameType,
+    },
+    /// A payload that does not decode.
+    #[error("{kind:?} frame does not decode")]
+    Decode {
+        /// The frame's type.
+        kind: FrameType,
+        /// The cause.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// No protocol version in common.
+    #[error("no common protocol version: we speak {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}, the peer {min}..={max}")]
+    Version {
+        /// Peer's oldest.
+        min: u32,
+        /// Peer's newest.
+        max: u32,
+    },
+    /// The peer does not hold the key (or we do not hold its).
+    #[error("authentication failed: {0}")]
+    Auth(&'static str),
+    /// A frame arrived where another was expected.
+    #[error("protocol error: expected {expected}, got {got:?}")]
+    Unexpected {
+        /// What was expected.
+        expected: &'static str,
+        /// What came.
+        got: FrameType,
+    },
+    /// The peer reported an error and gave up.
+    #[error("peer failed: {0}")]
+    Peer(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = WireError> = std::result::Result<T, E>;
+
+/// What a frame carries. 0 is never sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum FrameType {
+    /// Opening of the handshake: versions and a challenge.
+    Hello = 1,
+    /// The reply: chosen version, a challenge, and the answer to ours.
+    HelloReply = 2,
+    /// The last step: the answer to the replier's challenge.
+    Auth = 3,
+    /// The peer gives up, with a reason.
+    Error = 4,
+    /// A control message (protobuf, defined by the migration layer).
+    Control = 10,
+    /// Page data: a [`PagesHeader`] then the pages.
+    Pages = 20,
+    /// Any other state (an image file), as bytes.
+    Blob = 21,
+}
+
+impl FrameType {
+    fn from_u16(v: u16) -> Result<FrameType> {
+        Ok(match v {
+            1 => FrameType::Hello,
+            2 => FrameType::HelloReply,
+            3 => FrameType::Auth,
+            4 => FrameType::Error,
+            10 => FrameType::Control,
+            20 => FrameType::Pages,
+            21 => FrameType::Blob,
+            other => return Err(WireError::UnknownType(other)),
+        })
+    }
+}
+
+/// A received frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Its type.
+    pub kind: FrameType,
+    /// Its payload, decompressed.
+    pub payload: Vec<u8>,
+}
+
+/// Writes one frame; `compress` asks for zstd when it makes the payload
+/// smaller.
+pub fn write_frame<W: Write>(w: &mut W, kind: FrameType, payload: &[u8], compress: Option<i32>) -> Result<u64> {
+    let io = |op| move |source| WireError::Io { op, source };
+    if payload.len() as u64 > MAX_PAYLOAD as u64 {
+        return Err(WireError::TooLarge(payload.len() as u32));
+    }
+    let packed = match compress {
+        Some(level) if payload.len() >= 512 => zstd::bulk::compress(payload, level).ok().filter(|c| c.len() < payload.len()),
+        _ => None,
+    };
+    let (body, flags) = match &packed {
+        Some(c) => (c.as_slice(), FLAG_ZSTD),
+        None => (payload, 0),
+    };
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4..6].copy_from_slice(&(kind as u16).to_le_bytes());
+    h[6..8].copy_from_slice(&flags.to_le_bytes());
+    h[8..12].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    let sum = frame_sum(h[..16].try_into().expect("16 bytes"), body);
+    h[16..24].copy_from_slice(&sum.to_le_bytes());
+    w.write_all(&h).map_err(io("send frame header"))?;
+    w.write_all(body).map_err(io("send frame payload"))?;
+    Ok((HEADER_LEN + body.len()) as u64)
+}
+
+/// Reads one frame, verifying magic, type, size and checksum.
+pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame> {
+    let io = |op| move |source| WireError::Io { op, source };
+    let mut h = [0u8; HEADER_LEN];
+    r.read_exact(&mut h).map_err(io("receive frame header"))?;
+    decode_header(&h).and_then(|(kind, flags, len, raw_len, sum, head)| {
+        let mut body = vec![0u8; len as usize];
+        r.read_exact(&mut body).map_err(io("receive frame payload"))?;
+        finish(kind, flags, body, raw_len, sum, &head)
+    })
+}
+
+type Header = (FrameType, u16, u32, u32, u64, [u8; 16]);
+
+/// The checksum covers the header's first 16 bytes too, so a flipped type
+/// or length is caught like a flipped payload byte.
+fn frame_sum(head: &[u8; 16], body: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = twox_hash::XxHash3_64::with_seed(0);
+    h.write(head);
+    h.write(body);
+    h.finish()
+}
+
+fn decode_header(h: &[u8; HEADER_LEN]) -> Result<Header> {
+    if h[..4] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
+    let kind = FrameType::from_u16(u16_at(4))?;
+    let (len, raw_len) = (u32_at(8), u32_at(12));
+    for l in [len, raw_len] {
+        if l > MAX_PAYLOAD {
+            return Err(WireError::TooLarge(l));
+        }
+    }
+    let head: [u8; 16] = h[..16].try_into().expect("16 bytes");
+    Ok((kind, u16_at(6), len, raw_len, u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")), head))
+}
+
+fn finish(kind: FrameType, flags: u16, body: Vec<u8>, raw_len: u32, sum: u64, head: &[u8; 16]) -> Result<Frame> {
+    if frame_sum(head, &body) != sum {
+        return Err(WireError::Checksum { kind });
+    }
+    let payload = if flags & FLAG_ZSTD != 0 {
+        let out = zstd::bulk::decompress(&body, raw_len as usize).map_err(|_| WireError::Decompress { kind })?;
+        if out.len() != raw_len as usize {
+            return Err(WireError::Decompress { kind });
+        }
+        out
+    } else {
+        body
+    };
+    Ok(Frame { kind, payload })
+}
+
+/// Decodes a frame held whole in memory (for tests and fuzzing).
+pub fn decode_frame(bytes: &[u8]) -> Result<Frame> {
+    let h: &[u8; HEADER_LEN] = bytes
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(WireError::Io { op: "receive frame header", source: std::io::ErrorKind::UnexpectedEof.into() })?;
+    let (kind, flags, len, raw_len, sum, head) = decode_header(h)?;
+    let body = bytes
+        .get(HEADER_LEN..HEADER_LEN + len as usize)
+        .ok_or(WireError::Io { op: "receive frame payload", source: std::io::ErrorKind::UnexpectedEof.into() })?;
+    finish(kind, flags, body.to_vec(), raw_len, sum, &head)
+}
+
+/// Header of a [`FrameType::Pages`] payload: `count` pages from `vaddr`
+/// follow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagesHeader {
+    /// Which address space (the process's pid in the image).
+    pub pid: u32,
+    /// Number of pages that follow.
+    pub count: u32,
+    /// Address of the first page.
+    pub vaddr: u64,
+}
+
+impl PagesHeader {
+    /// Encoded size.
+    pub const LEN: usize = 16;
+
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..4].copy_from_slice(&self.pid.to_le_bytes());
+        b[4..8].copy_from_slice(&self.count.to_le_bytes());
+        b[8..].copy_from_slice(&self.vaddr.to_le_bytes());
+        b
+    }
+
+    /// Splits a Pages payload into its header and page data, checking the
+    /// data holds exactly `count` pages.
+    pub fn decode(payload: &[u8]) -> Option<(PagesHeader, &[u8])> {
+        let h = payload.get(..Self::LEN)?;
+        let ph = PagesHeader {
+            pid: u32::from_le_bytes(h[..4].try_into().ok()?),
+            count: u32::from_le_bytes(h[4..8].try_into().ok()?),
+            vaddr: u64::from_le_bytes(h[8..].try_into().ok()?),
+        };
+        let data = &payload[Self::LEN..];
+        (data.len() as u64 == ph.count as u64 * 4096).then_some((ph, data))
+    }
+}
+
+/// First handshake message.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Hello {
+    /// Newest protocol version of the sender.
+    #[prost(uint32, tag = "1")]
+    pub max_version: u32,
+    /// Oldest protocol version of the sender.
+    #[prost(uint32, tag = "2")]
+    pub min_version: u32,
+    /// The sender's challenge.
+    #[prost(bytes = "vec", tag = "3")]
+    pub nonce: Vec<u8>,
+    /// Who the sender is (host name), for logs and errors.
+    #[prost(string, tag = "4")]
+    pub name: String,
+}
+
+/// Reply to [`Hello`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HelloReply {
+    /// The version both will speak.
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    /// The replier's challenge.
+    #[prost(bytes = "vec", tag = "2")]
+    pub nonce: Vec<u8>,
+    /// MAC proving the replier holds the key.
+    #[prost(bytes = "vec", tag = "3")]
+    pub mac: Vec<u8>,
+    /// Who the replier is.
+    #[prost(string, tag = "4")]
+    pub name: String,
+}
+
+/// Last handshake message: the opener's proof.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Auth {
+    /// MAC proving the opener holds the key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub mac: Vec<u8>,
+}
+
+/// The cluster's pre-shared key.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// A key from 32 bytes.
+    pub fn new(bytes: [u8; 32]) -> Key {
+        Key(bytes)
+    }
+
+    /// A key derived from a passphrase or a key file's contents.
+    pub fn derive(material: &[u8]) -> Key {
+        Key(blake3::derive_key("lpm mover pre-shared key v1", material))
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Result<Key> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| WireError::Io { op: "read random key", source: std::io::Error::other(e.to_string()) })?;
+        Ok(Key(k))
+    }
+
+    fn mac(&self, role: &[u8], theirs: &[u8], mine: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for part in [role, theirs, mine] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// Which end of a connection we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// We opened the connection (and send Hello).
+    Opener,
+    /// We accepted it.
+    Acceptor,
+}
+
+/// What a completed handshake agreed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The protocol version in use.
+    pub version: u32,
+    /// The peer's name.
+    pub peer: String,
+}
+
+fn nonce() -> Result<Vec<u8>> {
+    let mut n = vec![0u8; 32];
+    getrandom::fill(&mut n).map_err(|e| WireError::Io { op: "read random challenge", source: std::io::Error::other(e.to_string()) })?;
+    Ok(n)
+}
+
+fn expect<M: Message + Default, S: Read + Write>(s: &mut S, want: FrameType, name: &'static str) -> Result<M> {
+    let f = read_frame(s)?;
+    if f.kind == FrameType::Error {
+        return Err(WireError::Peer(String::from_utf8_lossy(&f.payload).into_owned()));
+    }
+    if f.kind != want {
+        return Err(WireError::Unexpected { expected: name, got: f.kind });
+    }
+    M::decode(f.payload.as_slice()).map_err(|source| WireError::Decode { kind: want, source })
+}
+
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    // Constant time: the comparison must not tell a forger how much of a
+    // guessed MAC was right.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Runs the handshake on a fresh connection: protocol version agreed and
+/// both sides proven to hold `key`. On failure the peer is told why in a
+/// word and nothing else happens on the connection.
+pub fn handshake<S: Read + Write>(s: &mut S, role: Role, key: &Key, name: &str) -> Result<Session> {
+    let refuse = |s: &mut S, why: &str| {
+        let _ = write_frame(s, FrameType::Error, why.as_bytes(), None);
+    };
+    match role {
+        Role::Opener => {
+            let mine = nonce()?;
+            let hello = Hello { max_version: PROTOCOL_VERSION, min_version: MIN_PROTOCOL_VERSION, nonce: mine.clone(), name: name.into() };
+            write_frame(s, FrameType::Hello, &hello.encode_to_vec(), None)?;
+            let reply: HelloReply = expect(s, FrameType::HelloReply, "HelloReply")?;
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&reply.version) {
+                refuse(s, "unsupported protocol version");
+                return Err(WireError::Version { min: reply.version, max: reply.version });
+            }
+            if !equal(&reply.mac, &key.mac(b"acceptor", &mine, &reply.nonce)) {
+                refuse(s, "authentication failed");
+                return Err(WireError::Auth("the peer does not hold the cluster key"));
+            }
+            let auth = Auth { mac: key.mac(b"opener", &reply.nonce, &mine).to_vec() };
+            write_frame(s, FrameType::Auth, &auth.encode_to_vec(), None)?;
+            Ok(Session { version: reply.version, peer: reply.name })
+        }
+        Role::Acceptor => {
+            let hello: Hello = expect(s, FrameType::Hello, "Hello")?;
+            let version = PROTOCOL_VERSION.min(hello.max_version);
+            if version < MIN_PROTOCOL_VERSION.max(hello.min_version) {
+                refuse(s, "unsupported protocol version");
+                return Err(WireError::Version { min: hello.min_version, max: hello.max_version });
+            }
+            let mine = nonce()?;
+            let reply =
+                HelloReply { version, nonce: mine.clone(), mac: key.mac(b"acceptor", &hello.nonce, &mine).to_vec(), name: name.into() };
+            write_frame(s, FrameType::HelloReply, &reply.encode_to_vec(), None)?;
+            let auth: Auth = expect(s, FrameType::Auth, "Auth")?;
+            if !equal(&auth.mac, &key.mac(b"opener", &mine, &hello.nonce)) {
+                refuse(s, "authentication failed");
+                return Err(WireError::Auth("the peer does not hold the cluster key"));
+            }
+            Ok(Session { version, peer: hello.name })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        UnixStream::pair().unwrap()
+    }
+
+    #[test]
+    fn frames_round_trip_plain_and_compressed() {
+        let (mut a, mut b) = pair();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        let sent = write_frame(&mut a, FrameType::Blob, &data, Some(1)).unwrap();
+        assert!(sent < data.len() as u64 / 4, "compressible data was sent as {sent} bytes");
+        write_frame(&mut a, FrameType::Control, b"x", Some(1)).unwrap();
+        assert_eq!(read_frame(&mut b).unwrap(), Frame { kind: FrameType::Blob, payload: data });
+        assert_eq!(read_frame(&mut b).unwrap(), Frame { kind: FrameType::Control, payload: b"x".to_vec() });
+    }
+
+    #[test]
+    fn every_corrupted_byte_is_caught() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameType::Pages, &[9u8; 600], Some(3)).unwrap();
+        assert!(decode_frame(&buf).is_ok());
+        for i in 0..buf.len() {
+            let mut b = buf.clone();
+            b[i] ^= 0x10;
+            assert!(decode_frame(&b).is_err(), "flip at byte {i} accepted");
+        }
+    }
+
+    #[test]
+    fn handshake_agrees_with_the_same_key() {
+        let key = Key::derive(b"cluster secret");
+        let (mut a, mut b) = pair();
+        let k2 = key.clone();
+        let t = std::thread::spawn(move || handshake(&mut b, Role::Acceptor, &k2, "h2"));
+        let s = handshake(&mut a, Role::Opener, &key, "h1").unwrap();
+        assert_eq!(s, Session { version: PROTOCOL_VERSION, peer: "h2".into() });
+        assert_eq!(t.join().unwrap().unwrap(), Session { version: PROTOCOL_VERSION, peer: "h1".into() });
+    }
+
+    #[test]
+    fn wrong_key_fails_on_both_sides() {
+        let (mut a, mut b) = pair();
+        let t = std::thread::spawn(move || handshake(&mut b, Role::Acceptor, &Key::derive(b"right"), "h2"));
+        let opener = handshake(&mut a, Role::Opener, &Key::derive(b"wrong"), "h1");
+        assert!(matches!(opener, Err(WireError::Auth(_))), "{opener:?}");
+        let acceptor = t.join().unwrap();
+        assert!(matches!(acceptor, Err(WireError::Peer(_)) | Err(WireError::Auth(_))), "{acceptor:?}");
+    }
+
+    #[test]
+    fn impostor_without_key_cannot_pass_as_opener() {
+        // An opener that replays garbage for the final proof is refused.
+        let (mut a, mut b) = pair();
+        let t = std::thread::spawn(move || handshake(&mut b, Role::Acceptor, &Key::derive(b"k"), "h2"));
+        let hello = Hello { max_version: 1, min_version: 1, nonce: vec![1; 32], name: "evil".into() };
+        write_frame(&mut a, FrameType::Hello, &hello.encode_to_vec(), None).unwrap();
+        let _reply = read_frame(&mut a).unwrap();
+        write_frame(&mut a, FrameType::Auth, &Auth { mac: vec![0; 32] }.encode_to_vec(), None).unwrap();
+        assert!(matches!(t.join().unwrap(), Err(WireError::Auth(_))));
+        assert_eq!(read_frame(&mut a).unwrap().kind, FrameType::Error);
+    }
+
+    #[test]
+    fn no_common_version_is_named() {
+        let (mut a, mut b) = pair();
+        let t = std::thread::spawn(move || handshake(&mut b, Role::Acceptor, &Key::derive(b"k"), "h2"));
+        let hello = Hello { max_version: 9, min_version: 7, nonce: vec![1; 32], name: "future".into() };
+        write_frame(&mut a, FrameType::Hello, &hello.encode_to_vec(), None).unwrap();
+        let e = t.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("no common protocol version"), "{e}");
+        assert_eq!(read_frame(&mut a).unwrap().kind, FrameType::Error);
+    }
+
+    #[test]
+    fn pages_header_checks_length() {
+        let h = PagesHeader { pid: 7, count: 2, vaddr: 0x1000 };
+        let mut p = h.encode().to_vec();
+        p.extend_from_slice(&[0u8; 8192]);
+        assert_eq!(PagesHeader::decode(&p).unwrap().0, h);
+        assert!(PagesHeader::decode(&p[..p.len() - 1]).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = decode_frame(&bytes);
+        }
+    }
+}
