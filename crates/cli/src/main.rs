@@ -32,6 +32,10 @@ enum Cmd {
         /// Let the tree continue after the dump instead of killing it.
         #[arg(long)]
         leave_running: bool,
+        /// The network is locked by the caller: dump established TCP
+        /// connections to peers outside the tree instead of refusing them.
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Restore a tree from an image directory.
     Restore {
@@ -99,8 +103,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Check => check(),
-        Cmd::Checkpoint { pid, images, leave_running } => {
-            let opts = lpm_engine::CheckpointOptions { leave_running };
+        Cmd::Checkpoint { pid, images, leave_running, tcp_established } => {
+            let opts = lpm_engine::CheckpointOptions { leave_running, tcp_established };
             let s = lpm_engine::checkpoint(pid, &images, &opts).with_context(|| format!("checkpoint of pid {pid}"))?;
             eprintln!(
                 "checkpointed {} processes, {} threads: {} pages ({} MiB) and {} zero pages in {:.1} ms (frozen {:.1} ms{})",

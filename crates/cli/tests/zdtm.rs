@@ -67,6 +67,12 @@ enum Launch {
     /// `<name>.c` compiled with gcc, run under
     /// `unshare --fork --pid --mount-proc --net --uts --ipc`.
     CUnshared,
+    /// `<name>.c` compiled with gcc, run under `unshare --ipc` (it execs
+    /// the program, which is the root and owns the ipc namespace).
+    CIpc,
+    /// `<name>.c` compiled with gcc, run under `unshare --net` (it execs
+    /// the program, which is the root and owns the network namespace).
+    CNet,
     /// `python3 <name>.py`.
     Python,
     /// `sh <name>.sh`.
@@ -112,7 +118,28 @@ static PROGS: &[Prog] = &[
     prog("py_threads", Launch::Python, false, 3),
     prog("pipeline", Launch::Shell, false, 1),
     Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("ns_tree", Launch::CUnshared, true, 2) },
+    prog("posix_timers", Launch::C, true, 5),
+    prog("itimers", Launch::C, true, 4),
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sysv_ipc", Launch::CIpc, true, 5) },
+    prog("posix_shm", Launch::C, true, 3),
+    prog("file_locks", Launch::C, true, 4),
+    prog("sock_unix", Launch::C, true, 5),
+    prog("sock_tcp", Launch::C, true, 5),
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_netns", Launch::CNet, true, 2) },
+    prog("sock_netlink", Launch::C, true, 2),
+    prog("eventfd", Launch::C, true, 4),
+    prog("timerfd", Launch::C, true, 5),
+    prog("signalfd", Launch::C, true, 4),
+    prog("epoll", Launch::C, true, 5),
+    prog("inotify", Launch::C, true, 4),
+    prog("memfd", Launch::C, true, 5),
+    prog("pidfd", Launch::C, true, 3),
 ];
+
+/// Holds a unix socket connected to a listener of the harness: outside the
+/// tree, so a checkpoint must refuse it (not in PROGS: it needs that
+/// listener to start).
+static SOCK_OUTSIDE: Prog = prog("sock_outside", Launch::C, true, 1);
 
 fn find_prog(name: &str) -> &'static Prog {
     PROGS.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no zdtm program {name}"))
@@ -150,7 +177,7 @@ fn check_needs(prog: &Prog) -> Res<()> {
         }
     }
     match prog.launch {
-        Launch::C | Launch::CUnshared if !tool_works("gcc", &["--version"]) => need("gcc in PATH"),
+        Launch::C | Launch::CUnshared | Launch::CIpc | Launch::CNet if !tool_works("gcc", &["--version"]) => need("gcc in PATH"),
         Launch::Python | Launch::Shell if !tool_works("python3", &["--version"]) => need("python3 in PATH"),
         _ => Ok(()),
     }
@@ -493,7 +520,7 @@ impl Run {
         fs::create_dir(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
         // Programs may drop privileges (creds) and still write their files.
         fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod {}: {e}", work.display()))?;
-        if matches!(prog.launch, Launch::C | Launch::CUnshared) {
+        if matches!(prog.launch, Launch::C | Launch::CUnshared | Launch::CIpc | Launch::CNet) {
             run.bin = Some(match prebuilt {
                 Some(b) => b.to_path_buf(),
                 None => build(prog, &run.dir)?,
@@ -520,6 +547,16 @@ impl Run {
                 let mut c = Command::new("unshare");
                 c.args(["--fork", "--pid", "--mount-proc", "--net", "--uts", "--ipc"]);
                 c.arg(self.bin.as_ref().ok_or("no binary")?);
+                c
+            }
+            Launch::CIpc => {
+                let mut c = Command::new("unshare");
+                c.arg("--ipc").arg(self.bin.as_ref().ok_or("no binary")?);
+                c
+            }
+            Launch::CNet => {
+                let mut c = Command::new("unshare");
+                c.arg("--net").arg(self.bin.as_ref().ok_or("no binary")?);
                 c
             }
             Launch::Python => {
@@ -958,7 +995,54 @@ zdtm_tests!(
     py_threads,
     pipeline,
     ns_tree,
+    posix_timers,
+    itimers,
+    sysv_ipc,
+    posix_shm,
+    file_locks,
+    sock_unix,
+    sock_tcp,
+    sock_netns,
+    sock_netlink,
+    eventfd,
+    timerfd,
+    signalfd,
+    epoll,
+    inotify,
+    memfd,
+    pidfd,
 );
+
+/// A checkpoint of a tree holding a socket connected outside it fails,
+/// naming the process, the fd and why; the tree runs on and passes.
+#[test]
+fn socket_outside_tree_is_refused() {
+    let mut run = Run::new(&SOCK_OUTSIDE, "refused", None).unwrap_or_else(|e| panic!("zdtm sock_outside: {e}"));
+    let res = (|| -> Res<()> {
+        let path = run.work.join("outside.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        if run.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let want = format!("pid {}: unsupported file descriptor: fd 3 -> socket:", run.root);
+        if !msg.contains(&want) || !msg.contains("outside the tree") {
+            return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
 
 /// Runs many programs at once (at most `batch` at a time), each through
 /// start, ready, SIGTERM; check judges each verdict. Panics with every
@@ -979,7 +1063,7 @@ fn run_all(label: &str, jobs: Vec<(&'static Prog, Option<u32>)>, batch: usize, c
         for &(prog, sabotage) in chunk {
             let setup = (|| {
                 check_needs(prog)?;
-                let bin = if matches!(prog.launch, Launch::C | Launch::CUnshared) {
+                let bin = if matches!(prog.launch, Launch::C | Launch::CUnshared | Launch::CIpc | Launch::CNet) {
                     let b = bins.entry(prog.name).or_insert_with(|| build(prog, &build_dir)).clone()?;
                     Some(b)
                 } else {

@@ -18,13 +18,17 @@ use crate::files::FileTable;
 use crate::mem::ShmemTable;
 use crate::proc::{self, Stat, Status};
 use crate::task::Scratch;
-use crate::{cpu, files, io_err, mem, ns, task, EngineError, Result, StepExt};
+use crate::{cpu, files, io_err, ipc, locks, mem, ns, task, timers, EngineError, Result, StepExt};
 
 /// How to checkpoint.
 #[derive(Clone, Debug, Default)]
 pub struct CheckpointOptions {
     /// Let the tree continue after the dump instead of killing it.
     pub leave_running: bool,
+    /// The caller has locked the network (no packet reaches or leaves the
+    /// tree): established TCP connections to peers outside the tree are
+    /// dumped instead of refused.
+    pub tcp_established: bool,
 }
 
 /// What a checkpoint did.
@@ -284,6 +288,8 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
         ..Default::default()
     };
     let mut files = FileTable::default();
+    files.tree = order.clone();
+    files.tcp_established = opts.tcp_established;
     let mut shm = ShmemTable::default();
     for &pid in &order {
         let p = dump_process(pid, &frozen, &order, dir, &mut files, &mut shm)?;
@@ -360,7 +366,14 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
         namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 })?,
         ..Default::default()
     };
+    if let Some(n) = p.namespaces.as_mut() {
+        ipc::dump_ns(pid, n, dir)?;
+    }
+    ipc::check_fds(pid)?;
     p.fds = files::dump(pid, files)?;
+    let regs: Vec<(i32, Regs)> = threads.iter().map(|t| (t.tid, t.regs)).collect();
+    p.file_locks = locks::dump(pid, &p.fds, &regs)?;
+    p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;
     let t = Instant::now();
     p.mm = Some(mem::dump(pid, &maps, dir, shm)?);
     tracing::debug!(pid, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
@@ -391,6 +404,7 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
             th.sigmask = t.sigmask;
             p.threads.push(th);
         }
+        timers::dump(pid, &mut lr, s, &mut p)?;
         Ok(())
     })();
     lr.call(libc::SYS_munmap, &[addr, 4096]).step(pid, || "remote munmap scratch".into())?;

@@ -13,11 +13,14 @@ mod cpu;
 mod dirty;
 mod dump;
 mod files;
+mod ipc;
+mod locks;
 mod mem;
 mod ns;
 pub mod proc;
 mod restore;
 mod task;
+mod timers;
 
 use std::path::PathBuf;
 

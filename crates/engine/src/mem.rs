@@ -286,7 +286,7 @@ fn split_runs(p: &Piece, data: &[u8], runs: &mut Vec<PageRun>) {
 /// Dumps the address space of stopped process `pid` (areas as read before
 /// any scratch was mapped) into `dir`.
 pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) -> Result<Mm> {
-    let vmas: Vec<Vma> = entries.iter().map(|e| classify(pid, e)).collect::<Result<_>>()?;
+    let vmas: Vec<Vma> = entries.iter().filter(|e| !crate::ipc::is_sysv_shm(e)).map(|e| classify(pid, e)).collect::<Result<_>>()?;
     let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
     let mut zero_runs = Vec::new();
     let mut pieces = Vec::new();

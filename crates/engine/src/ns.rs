@@ -9,6 +9,7 @@
 //! `unshare --fork --pid --mount-proc ...` come back with the same shape.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 
 use lpm_image::{Namespaces, Process};
 use lpm_sys::remote::Remote;
@@ -47,6 +48,9 @@ pub fn dump(pid: i32, parent: i32) -> Result<Option<Namespaces>> {
         if let Some(other) = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).find(|n| *n != "lo") {
             return Err(unsupported("network namespace", format!("interface {other}")));
         }
+        let path = format!("/proc/{pid}/ns/net");
+        ns.net_ns = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?.ino();
+        ns.lo_up = lo_flags(pid)? & libc::IFF_UP as u32 != 0;
     }
     if flags & libc::CLONE_NEWNS as u64 != 0 {
         let host = proc::mounts(parent)?;
@@ -123,6 +127,55 @@ fn uts_names(pid: i32) -> Result<(String, String)> {
         .join()
         .unwrap_or_else(|_| Err(EngineError::Incompatible("uts reader thread panicked".into())))
     })
+}
+
+/// Flags of `lo` in the network namespace of `pid`, read from a socket
+/// created there.
+fn lo_flags(pid: i32) -> Result<u32> {
+    let path = format!("/proc/{pid}/ns/net");
+    let f = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
+    lpm_sys::net::in_netns(std::os::fd::AsFd::as_fd(&f), || {
+        let s = lpm_sys::net::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        lpm_sys::net::if_flags(std::os::fd::AsFd::as_fd(&s), "lo")
+    })
+    .and_then(|r| r)
+    .step(pid, || "read the flags of lo".into())
+}
+
+/// Creates the network namespaces the tree's processes own, before any
+/// socket is created (sockets are made inside them, and the puppets join
+/// them), with `lo` up where it was; keyed by `Namespaces::net_ns`.
+pub fn create_net(tree: &lpm_image::TreeImage) -> Result<HashMap<u64, std::os::fd::OwnedFd>> {
+    let mut out = HashMap::new();
+    for p in &tree.processes {
+        let Some(n) = p.namespaces.as_ref().filter(|n| n.clone_flags & libc::CLONE_NEWNET as u64 != 0) else { continue };
+        let ns = lpm_sys::net::new_netns().step(p.pid as i32, || "create network namespace".into())?;
+        if n.lo_up {
+            lpm_sys::net::in_netns(std::os::fd::AsFd::as_fd(&ns), || {
+                let s = lpm_sys::net::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+                let s = std::os::fd::AsFd::as_fd(&s);
+                let flags = lpm_sys::net::if_flags(s, "lo")?;
+                lpm_sys::net::set_if_flags(s, "lo", flags | libc::IFF_UP as u32)
+            })
+            .and_then(|r| r)
+            .step(p.pid as i32, || "bring lo up in the new network namespace".into())?;
+        }
+        out.insert(n.net_ns, ns);
+    }
+    Ok(out)
+}
+
+/// Makes a newborn puppet join the network namespace recreated for it
+/// (instead of cloning a fresh one, which would not hold its sockets).
+/// The restorer's descriptor for it is inherited at the same number.
+pub fn join_net(pid: i32, r: &mut Remote, n: &Namespaces, net: &HashMap<u64, std::os::fd::OwnedFd>) -> Result<()> {
+    if n.clone_flags & libc::CLONE_NEWNET as u64 == 0 {
+        return Ok(());
+    }
+    let fd = net.get(&n.net_ns).ok_or_else(|| EngineError::Incompatible(format!("network namespace {} was not created", n.net_ns)))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+    r.call(libc::SYS_setns, &[fd as u64, libc::CLONE_NEWNET as u64]).step(pid, || "remote setns into its network namespace".into())?;
+    Ok(())
 }
 
 /// Right after a puppet is born into a new mount namespace: stop mount

@@ -10,6 +10,8 @@
 //!    is replaced, since children are cloned through the trampoline, and
 //!    sessions are set as processes are born (setsid must precede children).
 //! 4. `groups`: process groups once every group leader exists.
+//!    Then the SysV objects of every owned ipc namespace are recreated with
+//!    their ids (`ipc::restore`): shaping attaches segments by id.
 //! 5. `shape`: per process memory, descriptors, namespaces' contents and
 //!    process state; threads are cloned last, into the finished mm.
 //! 6. `creds`: credentials last, as they may drop the rights of the steps above.
@@ -30,7 +32,7 @@ use lpm_sys::remote::{park, Remote};
 use crate::files::{self, OpenFiles};
 use crate::mem::{self, ShmemObjects};
 use crate::task::{self, put, Scratch};
-use crate::{cpu, ns, proc, EngineError, Result, StepExt};
+use crate::{cpu, ipc, locks, ns, proc, timers, EngineError, Result, StepExt};
 
 /// How to restore.
 #[derive(Clone, Debug, Default)]
@@ -112,16 +114,18 @@ pub fn restore(dir: &Path, _opts: &RestoreOptions) -> Result<Restored> {
     let open = files::open_all(&tree)?;
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)? };
-    let mut puppets = spawn_tree(&ctx)?;
+    let mut puppets = spawn_tree(&ctx, &open.net)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
         let host = puppets.by_pid[&tree.root_pid].host;
         cpu::check(c, &cpu::host(&ptrace::get_xstate(host).step(host, || "read xstate".into())?))?;
     }
     groups(&ctx, &puppets)?;
+    let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
     for p in &tree.processes {
         shape(&ctx, &mut puppets, p, &open, &shmem)?;
     }
+    sysv.finish()?;
     for p in &tree.processes {
         if let Some(n) = &p.namespaces {
             let pp = &puppets.by_pid[&p.pid];
@@ -196,6 +200,7 @@ fn choose_trampoline(tree: &TreeImage) -> Result<u64> {
             used.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
         }
     }
+    used.extend(ipc::reserved(tree));
     used.sort_unstable();
     let need = TRAMPOLINE_LEN + PARKING + (2 << 20);
     let mut best = None;
@@ -256,17 +261,24 @@ fn lead(ctx: &Ctx, host: i32, base: ptrace::Regs, p: &Process, inherited: u32) -
     Ok(inherited)
 }
 
+/// A network namespace is not cloned with its owner but created first, so
+/// the sockets inside it exist before any puppet, and joined with setns.
+const NEWNET: u64 = libc::CLONE_NEWNET as u64;
+
 /// Stage 3: every process, parents first, with sessions and the groups
 /// they lead or inherit.
-fn spawn_tree(ctx: &Ctx) -> Result<Puppets> {
+fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, std::os::fd::OwnedFd>) -> Result<Puppets> {
     let tree = ctx.tree;
     let root = root_of(tree);
     let skip = free_levels(tree);
     let ids: Vec<i32> = set_tid(&root.nspid, root.pid, skip).into_iter().map(|i| i as i32).collect();
-    let host = puppet::spawn_root(ns_flags(root), &ids, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
+    let host = puppet::spawn_root(ns_flags(root) & !NEWNET, &ids, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
     let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true };
     let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
     ptrace::set_sigmask(host, !0).step(host, || "block signals".into())?;
+    if let Some(n) = &root.namespaces {
+        ns::join_net(host, &mut ctx.remote(host, base), n, net)?;
+    }
     puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
     puppets.order.push(root.pid);
     let s = ctx.scratch();
@@ -282,10 +294,13 @@ fn spawn_tree(ctx: &Ctx) -> Result<Puppets> {
             .by_pid
             .get(&p.ppid)
             .ok_or_else(|| EngineError::Incompatible(format!("process {} has parent {} that is not restored before it", p.pid, p.ppid)))?;
-        let args = CloneArgs { flags: ns_flags(p), exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        let args = CloneArgs { flags: ns_flags(p) & !NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
         let ids = set_tid(&p.nspid, p.pid, skip);
         let child = remote_clone3(&mut ctx.remote(parent.host, parent.base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;
         let base = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
+        if let Some(n) = &p.namespaces {
+            ns::join_net(child, &mut ctx.remote(child, base), n, net)?;
+        }
         if ns_flags(p) & libc::CLONE_NEWNS as u64 != 0 {
             ns::isolate_mounts(child, &mut ctx.remote(child, base), s)?;
         }
@@ -337,8 +352,10 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
         let mc = mem::RestoreCtx { pid: host, dir: ctx.dir, trampoline: ctx.trampoline, parking: ctx.trampoline + TRAMPOLINE_LEN, shmem };
         mem::restore(&mc, &mut r, s, mm)?;
     }
+    ipc::attach(host, &mut r, p)?;
     files::restore(host, &mut r, &p.fds, open)?;
     files::install(host, &mut r, s, p, ctx.tree)?;
+    locks::restore(host, &mut r, s, p)?;
     task::restore_process(host, &mut r, s, p)?;
     const THREAD: u64 =
         (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64;
@@ -357,6 +374,7 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
     for (t, &tid) in p.threads.iter().zip(&tids).skip(1) {
         task::restore_thread(host, own_view(p), tid, &mut ctx.remote(tid, base), s, t, Some(leader))?;
     }
+    timers::restore(host, &mut r, s, p)?;
     puppets.by_pid.get_mut(&p.pid).expect("spawned").tids = tids;
     Ok(())
 }

@@ -152,9 +152,15 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
         let addr = put(pid, s, 0, &b)?;
         r.call(libc::SYS_rt_sigaction, &[sig as u64, addr, 0, 8]).step(pid, || format!("remote rt_sigaction({sig})"))?;
     }
+    // Time left is restored as it was at checkpoint: time spent
+    // checkpointed does not count (as in CRIU; docs/support.md).
     for it in &p.itimers {
+        // A periodic ITIMER_REAL reads 0 left between its expiry and the
+        // dequeue of its SIGALRM, which re-arms it; a value of 0 would
+        // disarm it for good, so it expires again at once instead.
+        let value_us = if it.which == 0 && it.value_us == 0 && it.interval_us != 0 { 1 } else { it.value_us };
         let mut b = Vec::new();
-        for w in [it.interval_us / 1_000_000, it.interval_us % 1_000_000, it.value_us / 1_000_000, it.value_us % 1_000_000] {
+        for w in [it.interval_us / 1_000_000, it.interval_us % 1_000_000, value_us / 1_000_000, value_us % 1_000_000] {
             b.extend_from_slice(&w.to_le_bytes());
         }
         let addr = put(pid, s, 0, &b)?;

@@ -73,6 +73,16 @@ pub struct Namespaces {
     /// (`unshare --mount-proc`).
     #[prost(bool, tag = "4")]
     pub mount_proc: bool,
+    /// Identity of the owned network namespace at dump (its nsfs inode):
+    /// sockets name it in `SocketImage::net_ns`.
+    #[prost(uint64, tag = "5")]
+    pub net_ns: u64,
+    /// The loopback interface was up in the owned network namespace.
+    #[prost(bool, tag = "6")]
+    pub lo_up: bool,
+    /// What the ipc namespace holds, when `clone_flags` has CLONE_NEWIPC.
+    #[prost(message, optional, tag = "10")]
+    pub ipc: Option<IpcNamespace>,
 }
 
 /// One process (thread group). Pids, parent, group and session are as the
@@ -141,6 +151,17 @@ pub struct Process {
     /// Namespaces this process owns.
     #[prost(message, optional, tag = "20")]
     pub namespaces: Option<Namespaces>,
+    /// POSIX timers (timer_create), in id order.
+    #[prost(message, repeated, tag = "21")]
+    pub posix_timers: Vec<PosixTimer>,
+    /// File locks held through this process's descriptors (flock, POSIX
+    /// record locks, OFD locks), restored once its fds are in place.
+    #[prost(message, repeated, tag = "22")]
+    pub file_locks: Vec<FileLock>,
+    /// SysV shared memory segments attached in the address space (kept
+    /// out of `mm`: they are attached with shmat, not mapped).
+    #[prost(message, repeated, tag = "23")]
+    pub sysv_shm_maps: Vec<SysvShmMap>,
 }
 
 /// Process-wide prctl(2) state.
@@ -485,6 +506,26 @@ pub enum FileKind {
     Pipe = 4,
     /// A FIFO (named pipe).
     Fifo = 5,
+    /// An eventfd counter; state in `FileImage::eventfd`.
+    Eventfd = 6,
+    /// A timerfd; state in `FileImage::timerfd`.
+    Timerfd = 7,
+    /// A signalfd; state in `FileImage::signalfd`.
+    Signalfd = 8,
+    /// An epoll instance; registrations in `FileImage::epoll`.
+    Epoll = 9,
+    /// An inotify instance; watches in `FileImage::inotify`.
+    Inotify = 10,
+    /// A memfd (memfd_create); name, seals and content in `FileImage::memfd`.
+    Memfd = 11,
+    /// A pidfd of a process of the tree; target in `FileImage::pidfd`.
+    Pidfd = 12,
+    /// A unix socket; state in `FileImage::socket`.
+    UnixSocket = 13,
+    /// A TCP or UDP socket (IPv4 or IPv6); state in `FileImage::socket`.
+    InetSocket = 14,
+    /// A netlink socket; state in `FileImage::socket`.
+    NetlinkSocket = 15,
 }
 
 /// An open file description (what several fds may share).
@@ -520,6 +561,30 @@ pub struct FileImage {
     /// Size of a regular file at dump time, to notice it shrank.
     #[prost(uint64, tag = "10")]
     pub size: u64,
+    /// State of an eventfd.
+    #[prost(message, optional, tag = "11")]
+    pub eventfd: Option<EventfdImage>,
+    /// State of a timerfd.
+    #[prost(message, optional, tag = "12")]
+    pub timerfd: Option<TimerfdImage>,
+    /// State of a signalfd.
+    #[prost(message, optional, tag = "13")]
+    pub signalfd: Option<SignalfdImage>,
+    /// Registrations of an epoll instance.
+    #[prost(message, optional, tag = "14")]
+    pub epoll: Option<EpollImage>,
+    /// Watches of an inotify instance.
+    #[prost(message, optional, tag = "15")]
+    pub inotify: Option<InotifyImage>,
+    /// A memfd: name, seals and content.
+    #[prost(message, optional, tag = "16")]
+    pub memfd: Option<MemfdImage>,
+    /// The process a pidfd refers to.
+    #[prost(message, optional, tag = "17")]
+    pub pidfd: Option<PidfdImage>,
+    /// State of a socket (unix, inet or netlink).
+    #[prost(message, optional, tag = "20")]
+    pub socket: Option<SocketImage>,
 }
 
 /// A file descriptor of a process.
@@ -548,4 +613,507 @@ pub struct PipeImage {
     /// Pipe capacity (F_GETPIPE_SZ).
     #[prost(uint32, tag = "3")]
     pub capacity: u32,
+}
+
+/// How a POSIX timer notifies its process (sigev_notify).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum TimerNotify {
+    /// Never written.
+    Invalid = 0,
+    /// SIGEV_SIGNAL: a signal to the process.
+    Signal = 1,
+    /// SIGEV_NONE: no notification.
+    None = 2,
+    /// SIGEV_SIGNAL | SIGEV_THREAD_ID: a signal to one thread (also how
+    /// glibc implements SIGEV_THREAD).
+    ThreadId = 3,
+}
+
+/// A POSIX timer (timer_create).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PosixTimer {
+    /// Timer id; restored identical.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// Clock id (CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME, ...).
+    #[prost(sint32, tag = "2")]
+    pub clock: i32,
+    /// Notification kind.
+    #[prost(enumeration = "TimerNotify", tag = "3")]
+    pub notify: i32,
+    /// Signal number sent on expiry.
+    #[prost(uint32, tag = "4")]
+    pub signo: u32,
+    /// sigev_value (sival_ptr) carried by the signal.
+    #[prost(uint64, tag = "5")]
+    pub sigval: u64,
+    /// Target thread of a `ThreadId` timer (`Thread::tid`).
+    #[prost(uint32, tag = "6")]
+    pub thread: u32,
+    /// Interval in nanoseconds (0: one-shot).
+    #[prost(uint64, tag = "7")]
+    pub interval_ns: u64,
+    /// Time left until the next expiry in nanoseconds (0: disarmed), as
+    /// timer_gettime saw it; restored as is (time spent checkpointed does
+    /// not count).
+    #[prost(uint64, tag = "8")]
+    pub value_ns: u64,
+    /// Overrun count of the last delivered expiry (timer_getoverrun);
+    /// recorded for diagnostics, it restarts at 0.
+    #[prost(uint32, tag = "9")]
+    pub overrun: u32,
+    /// The timer's signal was queued and not yet delivered: the restored
+    /// timer expires at once to queue it again (its siginfo is not kept
+    /// among the pending signals).
+    #[prost(bool, tag = "10")]
+    pub pending: bool,
+}
+
+/// Kind of a file lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum LockKind {
+    /// Never written.
+    Invalid = 0,
+    /// flock(2): owned by the open file description.
+    Flock = 1,
+    /// POSIX record lock (F_SETLK): owned by the process.
+    Posix = 2,
+    /// Open file description lock (F_OFD_SETLK).
+    Ofd = 3,
+}
+
+/// A file lock held through one descriptor of the process.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FileLock {
+    /// Kind.
+    #[prost(enumeration = "LockKind", tag = "1")]
+    pub kind: i32,
+    /// The descriptor it is taken through.
+    #[prost(uint32, tag = "2")]
+    pub fd: u32,
+    /// Exclusive (write) rather than shared (read).
+    #[prost(bool, tag = "3")]
+    pub write: bool,
+    /// First byte (record locks).
+    #[prost(uint64, tag = "4")]
+    pub start: u64,
+    /// Length in bytes; 0 reaches to the end of the file (record locks).
+    #[prost(uint64, tag = "5")]
+    pub len: u64,
+}
+
+/// A SysV shared memory segment attached in an address space.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysvShmMap {
+    /// First address.
+    #[prost(uint64, tag = "1")]
+    pub start: u64,
+    /// One past the last address.
+    #[prost(uint64, tag = "2")]
+    pub end: u64,
+    /// Segment id (in the process's ipc namespace).
+    #[prost(uint32, tag = "3")]
+    pub shmid: u32,
+    /// PROT_* bits of the area.
+    #[prost(uint32, tag = "4")]
+    pub prot: u32,
+}
+
+/// Ownership and permissions of a SysV IPC object.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IpcPerm {
+    /// Key (0 = IPC_PRIVATE).
+    #[prost(sint32, tag = "1")]
+    pub key: i32,
+    /// Id; restored identical.
+    #[prost(uint32, tag = "2")]
+    pub id: u32,
+    /// Owner uid.
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    /// Owner gid.
+    #[prost(uint32, tag = "4")]
+    pub gid: u32,
+    /// Mode (permission bits, with SHM_DEST/SHM_LOCKED for segments).
+    #[prost(uint32, tag = "5")]
+    pub mode: u32,
+}
+
+/// A SysV shared memory segment.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysvShm {
+    /// Key, id, owner, mode.
+    #[prost(message, optional, tag = "1")]
+    pub perm: Option<IpcPerm>,
+    /// Size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// Saved non-zero pages; `vaddr` is the offset in the segment.
+    #[prost(message, repeated, tag = "3")]
+    pub pages: Vec<PageRun>,
+    /// Name of the pages file in the image directory.
+    #[prost(string, tag = "4")]
+    pub pages_file: String,
+}
+
+/// A SysV semaphore set.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysvSem {
+    /// Key, id, owner, mode.
+    #[prost(message, optional, tag = "1")]
+    pub perm: Option<IpcPerm>,
+    /// Value of each semaphore.
+    #[prost(uint32, repeated, tag = "2")]
+    pub values: Vec<u32>,
+}
+
+/// One message of a SysV message queue.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysvMsg {
+    /// mtype.
+    #[prost(int64, tag = "1")]
+    pub mtype: i64,
+    /// mtext.
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
+
+/// A SysV message queue and its messages, oldest first.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysvMsgQueue {
+    /// Key, id, owner, mode.
+    #[prost(message, optional, tag = "1")]
+    pub perm: Option<IpcPerm>,
+    /// msg_qbytes: the queue's capacity.
+    #[prost(uint64, tag = "2")]
+    pub qbytes: u64,
+    /// Messages in queue order.
+    #[prost(message, repeated, tag = "3")]
+    pub messages: Vec<SysvMsg>,
+}
+
+/// A per-namespace IPC setting (/proc/sys/kernel/shmmax, ...).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IpcSysctl {
+    /// Path under /proc/sys.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Value as read.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// What an ipc namespace owned by the tree holds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IpcNamespace {
+    /// Shared memory segments.
+    #[prost(message, repeated, tag = "1")]
+    pub shm: Vec<SysvShm>,
+    /// Semaphore sets.
+    #[prost(message, repeated, tag = "2")]
+    pub sem: Vec<SysvSem>,
+    /// Message queues.
+    #[prost(message, repeated, tag = "3")]
+    pub msg: Vec<SysvMsgQueue>,
+    /// Per-namespace limits.
+    #[prost(message, repeated, tag = "4")]
+    pub sysctls: Vec<IpcSysctl>,
+}
+
+/// An eventfd counter (fdinfo "eventfd-count", "eventfd-semaphore").
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventfdImage {
+    /// The counter value.
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+    /// EFD_SEMAPHORE: each read takes one from the counter.
+    #[prost(bool, tag = "2")]
+    pub semaphore: bool,
+}
+
+/// A timerfd (fdinfo "clockid", "settime flags", "it_value", "it_interval",
+/// "ticks").
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TimerfdImage {
+    /// The clock (CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME, ...).
+    #[prost(uint32, tag = "1")]
+    pub clockid: u32,
+    /// timerfd_settime flags (TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET).
+    #[prost(uint32, tag = "2")]
+    pub settime_flags: u32,
+    /// Time left until the next expiry at dump, in nanoseconds (0: disarmed).
+    #[prost(uint64, tag = "3")]
+    pub value_ns: u64,
+    /// Period in nanoseconds (0: one-shot).
+    #[prost(uint64, tag = "4")]
+    pub interval_ns: u64,
+    /// Expirations not yet read.
+    #[prost(uint64, tag = "5")]
+    pub ticks: u64,
+    /// Next expiry on `clockid` at dump, in nanoseconds since that clock's
+    /// epoch; what an absolute timer is re-armed with (0: disarmed).
+    #[prost(uint64, tag = "6")]
+    pub abs_ns: u64,
+}
+
+/// A signalfd.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SignalfdImage {
+    /// The signals it reads (bit N-1 for signal N).
+    #[prost(uint64, tag = "1")]
+    pub sigmask: u64,
+}
+
+/// An epoll instance and what is registered in it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EpollImage {
+    /// The process (image pid) whose descriptors the registrations name;
+    /// they are made inside it on restore.
+    #[prost(uint32, tag = "1")]
+    pub owner: u32,
+    /// Registrations, in the order they are made again.
+    #[prost(message, repeated, tag = "2")]
+    pub items: Vec<EpollItem>,
+}
+
+/// One epoll registration (fdinfo "tfd: ... events: ... data: ...").
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EpollItem {
+    /// The registered descriptor number in the owner.
+    #[prost(uint32, tag = "1")]
+    pub tfd: u32,
+    /// The events mask, with EPOLLET, EPOLLONESHOT, EPOLLEXCLUSIVE and
+    /// EPOLLWAKEUP as set (a fired one-shot item keeps only those).
+    #[prost(uint32, tag = "2")]
+    pub events: u32,
+    /// The user data returned with events.
+    #[prost(uint64, tag = "3")]
+    pub data: u64,
+}
+
+/// An inotify instance and its watches.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InotifyImage {
+    /// Watches in watch-descriptor order.
+    #[prost(message, repeated, tag = "1")]
+    pub watches: Vec<InotifyWatch>,
+}
+
+/// One inotify watch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InotifyWatch {
+    /// Watch descriptor; restore must give back the same number.
+    #[prost(sint32, tag = "1")]
+    pub wd: i32,
+    /// IN_* event mask and flags.
+    #[prost(uint32, tag = "2")]
+    pub mask: u32,
+    /// Path of the watched inode, resolved at dump from its file handle.
+    #[prost(string, tag = "3")]
+    pub path: String,
+    /// Inode number of the watched inode, to notice it was replaced.
+    #[prost(uint64, tag = "4")]
+    pub ino: u64,
+    /// Device of the watched inode (st_dev).
+    #[prost(uint64, tag = "5")]
+    pub dev: u64,
+}
+
+/// A memfd object (one per inode; several descriptions may share it).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemfdImage {
+    /// The name given to memfd_create (without the "memfd:" prefix).
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// F_GET_SEALS.
+    #[prost(uint32, tag = "2")]
+    pub seals: u32,
+    /// Size in bytes.
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Inode at dump: the `Vma::shmem_id` of its shared mappings.
+    #[prost(uint64, tag = "4")]
+    pub ino: u64,
+    /// The parts of the content that hold data (holes are left out).
+    #[prost(message, repeated, tag = "5")]
+    pub chunks: Vec<MemfdChunk>,
+}
+
+/// A piece of memfd content.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemfdChunk {
+    /// Byte offset in the memfd.
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    /// The bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
+
+/// The process a pidfd refers to, a member of the tree.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PidfdImage {
+    /// The target's image pid (`Process::pid`).
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    /// The target's pid as the holder of the pidfd sees it.
+    #[prost(uint32, tag = "2")]
+    pub ns_pid: u32,
+}
+
+/// Connection state of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum SocketState {
+    /// Never written.
+    Invalid = 0,
+    /// Not connected and not listening (bound or not).
+    Unconnected = 1,
+    /// Listening for connections.
+    Listening = 2,
+    /// Connected to a peer (unix: `peer_ino`; inet: `peer`).
+    Connected = 3,
+}
+
+/// An IPv4 or IPv6 address and port.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InetAddr {
+    /// 4 (IPv4) or 16 (IPv6) address bytes, network order.
+    #[prost(bytes = "vec", tag = "1")]
+    pub ip: Vec<u8>,
+    /// Port.
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// IPv6 scope id (link-local addresses).
+    #[prost(uint32, tag = "3")]
+    pub scope_id: u32,
+}
+
+/// A socket option to set again at restore: level, name and raw value as
+/// getsockopt returned it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SockOpt {
+    /// SOL_SOCKET, IPPROTO_TCP, IPPROTO_IPV6, ...
+    #[prost(int32, tag = "1")]
+    pub level: i32,
+    /// The option (SO_REUSEADDR, TCP_NODELAY, ...).
+    #[prost(int32, tag = "2")]
+    pub name: i32,
+    /// Raw value.
+    #[prost(bytes = "vec", tag = "3")]
+    pub value: Vec<u8>,
+}
+
+/// An established TCP connection as TCP_REPAIR shows it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TcpConnImage {
+    /// Sequence number after the last byte queued for sending (write_seq).
+    #[prost(uint32, tag = "1")]
+    pub snd_seq: u32,
+    /// Next sequence number expected from the peer (rcv_nxt).
+    #[prost(uint32, tag = "2")]
+    pub rcv_seq: u32,
+    /// Send queue: bytes not yet acknowledged by the peer, sent or not.
+    #[prost(bytes = "vec", tag = "3")]
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` were never sent.
+    #[prost(uint32, tag = "4")]
+    pub unsent: u32,
+    /// Receive queue: bytes received and not yet read.
+    #[prost(bytes = "vec", tag = "5")]
+    pub recv_queue: Vec<u8>,
+    /// Maximum segment size (TCP_MAXSEG).
+    #[prost(uint32, tag = "6")]
+    pub mss: u32,
+    /// TCPI_OPT_* bits negotiated: 1 timestamps, 2 SACK, 4 window scaling.
+    #[prost(uint32, tag = "7")]
+    pub options: u32,
+    /// Send window scale.
+    #[prost(uint32, tag = "8")]
+    pub snd_wscale: u32,
+    /// Receive window scale.
+    #[prost(uint32, tag = "9")]
+    pub rcv_wscale: u32,
+    /// TCP timestamp clock value (TCP_TIMESTAMP).
+    #[prost(uint32, tag = "10")]
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW: snd_wl1.
+    #[prost(uint32, tag = "11")]
+    pub snd_wl1: u32,
+    /// TCP_REPAIR_WINDOW: snd_wnd.
+    #[prost(uint32, tag = "12")]
+    pub snd_wnd: u32,
+    /// TCP_REPAIR_WINDOW: max_window.
+    #[prost(uint32, tag = "13")]
+    pub max_window: u32,
+    /// TCP_REPAIR_WINDOW: rcv_wnd.
+    #[prost(uint32, tag = "14")]
+    pub rcv_wnd: u32,
+    /// TCP_REPAIR_WINDOW: rcv_wup.
+    #[prost(uint32, tag = "15")]
+    pub rcv_wup: u32,
+}
+
+/// A socket: what every family shares plus the family's own part.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SocketImage {
+    /// Identity (socket inode at dump); unix peers refer to it.
+    #[prost(uint64, tag = "1")]
+    pub ino: u64,
+    /// AF_UNIX, AF_INET, AF_INET6 or AF_NETLINK.
+    #[prost(uint32, tag = "2")]
+    pub family: u32,
+    /// SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET or SOCK_RAW.
+    #[prost(uint32, tag = "3")]
+    pub sock_type: u32,
+    /// Protocol (IPPROTO_TCP, IPPROTO_UDP, NETLINK_ROUTE, ...).
+    #[prost(uint32, tag = "4")]
+    pub protocol: u32,
+    /// Connection state.
+    #[prost(enumeration = "SocketState", tag = "5")]
+    pub state: i32,
+    /// The network namespace it lives in (`Namespaces::net_ns` of the
+    /// process owning it), 0 for the namespace lpm ran in.
+    #[prost(uint64, tag = "6")]
+    pub net_ns: u64,
+    /// Unix: bound name (a path, or abstract with a leading NUL byte);
+    /// empty when unbound.
+    #[prost(bytes = "vec", tag = "7")]
+    pub name: Vec<u8>,
+    /// Unix: identity of the peer socket (0: none or closed).
+    #[prost(uint64, tag = "8")]
+    pub peer_ino: u64,
+    /// Listen backlog.
+    #[prost(uint32, tag = "9")]
+    pub backlog: u32,
+    /// Shutdown bits (1: receive side, 2: send side).
+    #[prost(uint32, tag = "10")]
+    pub shutdown: u32,
+    /// Unix: the receive queue, one entry per message (datagram and
+    /// seqpacket) or one entry with every byte (stream).
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    pub queue: Vec<Vec<u8>>,
+    /// Options to set again.
+    #[prost(message, repeated, tag = "12")]
+    pub opts: Vec<SockOpt>,
+    /// Inet: local address (unbound: empty ip and port 0).
+    #[prost(message, optional, tag = "13")]
+    pub local: Option<InetAddr>,
+    /// Inet: peer address when connected.
+    #[prost(message, optional, tag = "14")]
+    pub peer: Option<InetAddr>,
+    /// TCP: the established connection.
+    #[prost(message, optional, tag = "15")]
+    pub tcp: Option<TcpConnImage>,
+    /// Netlink: port id it is bound to (0: unbound).
+    #[prost(uint32, tag = "16")]
+    pub nl_portid: u32,
+    /// Netlink: multicast groups joined (group numbers).
+    #[prost(uint32, repeated, tag = "17")]
+    pub nl_groups: Vec<u32>,
+    /// Unix: a pair end whose peer was closed (shut down both ways).
+    #[prost(bool, tag = "18")]
+    pub peer_closed: bool,
 }

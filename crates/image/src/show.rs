@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::{FileKind, TreeImage, VmaKind, PAGE_SIZE};
+use crate::{FileImage, FileKind, TreeImage, VmaKind, PAGE_SIZE};
 
 /// Offsets of rip, rsp, fs_base and gs_base in `struct user_regs_struct`.
 const RIP: usize = 16;
@@ -18,6 +18,133 @@ fn reg(gpregs: &[u8], word: usize) -> u64 {
 fn prot(p: u32) -> String {
     let f = |bit: u32, c: char| if p & bit != 0 { c } else { '-' };
     [f(1, 'r'), f(2, 'w'), f(4, 'x')].iter().collect()
+}
+
+fn inet_addr(a: Option<&crate::InetAddr>) -> String {
+    match a {
+        Some(a) if a.ip.len() == 4 => format!("{}.{}.{}.{}:{}", a.ip[0], a.ip[1], a.ip[2], a.ip[3], a.port),
+        Some(a) if a.ip.len() == 16 => {
+            let ip: [u8; 16] = a.ip.clone().try_into().unwrap_or([0; 16]);
+            format!("[{}]:{}", std::net::Ipv6Addr::from(ip), a.port)
+        }
+        Some(a) => format!("*:{}", a.port),
+        None => "-".into(),
+    }
+}
+
+/// The state of a unix, inet or netlink socket, on the fd line and the
+/// lines below it.
+fn socket(f: &FileImage) -> String {
+    let Some(s) = &f.socket else { return String::new() };
+    let mut o = String::new();
+    let ty = match s.sock_type {
+        1 => "stream".to_string(),
+        2 => "dgram".to_string(),
+        3 => "raw".to_string(),
+        5 => "seqpacket".to_string(),
+        t => format!("type {t}"),
+    };
+    let state = crate::SocketState::try_from(s.state).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("state {}", s.state));
+    let _ = write!(o, " {ty} {state} ino={} netns={}", s.ino, s.net_ns);
+    match s.family {
+        1 => {
+            let name = match s.name.first() {
+                None => "unnamed".to_string(),
+                Some(0) => format!("@{}", String::from_utf8_lossy(&s.name[1..])),
+                _ => String::from_utf8_lossy(&s.name).into_owned(),
+            };
+            let _ = write!(o, " name={name} peer={}{}", s.peer_ino, if s.peer_closed { " (closed)" } else { "" });
+        }
+        16 => {
+            let _ = write!(o, " protocol={} portid={} groups={:?}", s.protocol, s.nl_portid, s.nl_groups);
+        }
+        _ => {
+            let _ = write!(o, " protocol={} local={} peer={}", s.protocol, inet_addr(s.local.as_ref()), inet_addr(s.peer.as_ref()));
+        }
+    }
+    if s.state == crate::SocketState::Listening as i32 {
+        let _ = write!(o, " backlog={}", s.backlog);
+    }
+    if s.shutdown != 0 {
+        let _ = write!(o, " shutdown={}", s.shutdown);
+    }
+    if !s.queue.is_empty() {
+        let bytes: usize = s.queue.iter().map(Vec::len).sum();
+        let _ = write!(o, " queued={} messages, {bytes} bytes", s.queue.len());
+    }
+    for opt in &s.opts {
+        let _ = write!(o, "\n      sockopt level={} name={} value={:02x?}", opt.level, opt.name, opt.value);
+    }
+    if let Some(t) = &s.tcp {
+        let _ = write!(
+            o,
+            "\n      tcp snd_seq={:#x} rcv_seq={:#x} send_queue={}B (unsent {}) recv_queue={}B mss={} options={:#x} wscale={}/{} ts={} window snd_wl1={:#x} snd_wnd={} max={} rcv_wnd={} rcv_wup={:#x}",
+            t.snd_seq,
+            t.rcv_seq,
+            t.send_queue.len(),
+            t.unsent,
+            t.recv_queue.len(),
+            t.mss,
+            t.options,
+            t.snd_wscale,
+            t.rcv_wscale,
+            t.timestamp,
+            t.snd_wl1,
+            t.snd_wnd,
+            t.max_window,
+            t.rcv_wnd,
+            t.rcv_wup
+        );
+    }
+    o
+}
+
+/// The state of eventfd, timerfd, signalfd, epoll, inotify, memfd and
+/// pidfd files, on the fd line and the lines below it.
+fn event_objects(f: &FileImage) -> String {
+    let mut o = String::new();
+    if let Some(e) = &f.eventfd {
+        let _ = write!(o, " count={} semaphore={}", e.count, e.semaphore);
+    }
+    if let Some(t) = &f.timerfd {
+        let _ = write!(
+            o,
+            " clock={} settime_flags={:#o} left={}ns interval={}ns ticks={} expires_at={}ns",
+            t.clockid, t.settime_flags, t.value_ns, t.interval_ns, t.ticks, t.abs_ns
+        );
+    }
+    if let Some(s) = &f.signalfd {
+        let _ = write!(o, " sigmask={:#x}", s.sigmask);
+    }
+    if let Some(e) = &f.epoll {
+        let _ = write!(o, " owner={} items={}", e.owner, e.items.len());
+        for i in &e.items {
+            let _ = write!(o, "\n      epoll item tfd={} events={:#x} data={:#x}", i.tfd, i.events, i.data);
+        }
+    }
+    if let Some(n) = &f.inotify {
+        let _ = write!(o, " watches={}", n.watches.len());
+        for w in &n.watches {
+            let _ = write!(o, "\n      inotify wd={} mask={:#x} {:?} (ino {} dev {:#x})", w.wd, w.mask, w.path, w.ino, w.dev);
+        }
+    }
+    if let Some(m) = &f.memfd {
+        let data: usize = m.chunks.iter().map(|c| c.data.len()).sum();
+        let _ = write!(
+            o,
+            " memfd name={:?} size={} seals={:#x} ino={} data={}B in {} chunks",
+            m.name,
+            m.size,
+            m.seals,
+            m.ino,
+            data,
+            m.chunks.len()
+        );
+    }
+    if let Some(p) = &f.pidfd {
+        let _ = write!(o, " target pid={} (seen as {})", p.pid, p.ns_pid);
+    }
+    o
 }
 
 /// Renders the whole tree as text.
@@ -43,6 +170,9 @@ pub fn render(t: &TreeImage) -> String {
                 "  owns namespaces clone_flags={:#x} hostname={:?} domainname={:?} mount_proc={}",
                 ns.clone_flags, ns.hostname, ns.domainname, ns.mount_proc
             );
+            if ns.clone_flags & 0x4000_0000 != 0 {
+                let _ = writeln!(o, "  owns network namespace {} with lo {}", ns.net_ns, if ns.lo_up { "up" } else { "down" });
+            }
         }
         if let Some(c) = &p.creds {
             let _ = writeln!(o, "  creds uids {:?} gids {:?} groups {:?} caps {:x?}", c.uids, c.gids, c.groups, c.caps);
@@ -79,6 +209,52 @@ pub fn render(t: &TreeImage) -> String {
         for it in &p.itimers {
             let _ = writeln!(o, "  itimer {} value={}us interval={}us", it.which, it.value_us, it.interval_us);
         }
+        for t in &p.posix_timers {
+            let notify =
+                crate::TimerNotify::try_from(t.notify).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("notify {}", t.notify));
+            let _ = writeln!(
+                o,
+                "  posix timer {} clock {} {notify} thread {} signal {} value {:#x} left {}ns interval {}ns overrun {}{}",
+                t.id,
+                t.clock,
+                t.thread,
+                t.signo,
+                t.sigval,
+                t.value_ns,
+                t.interval_ns,
+                t.overrun,
+                if t.pending { " signal pending" } else { "" }
+            );
+        }
+        for l in &p.file_locks {
+            let kind = crate::LockKind::try_from(l.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("kind {}", l.kind));
+            let access = if l.write { "write" } else { "read" };
+            let _ = writeln!(o, "  lock {kind} {access} on fd {} from {} length {} (0: to EOF)", l.fd, l.start, l.len);
+        }
+        for m in &p.sysv_shm_maps {
+            let _ = writeln!(o, "  sysv shm {} attached at {:#x}-{:#x} {}", m.shmid, m.start, m.end, prot(m.prot));
+        }
+        if let Some(ipc) = p.namespaces.as_ref().and_then(|n| n.ipc.as_ref()) {
+            let perm = |p: &Option<crate::IpcPerm>| {
+                p.as_ref()
+                    .map(|p| format!("id {} key {:#x} uid {} gid {} mode {:o}", p.id, p.key, p.uid, p.gid, p.mode))
+                    .unwrap_or_default()
+            };
+            for s in &ipc.shm {
+                let pages: u64 = s.pages.iter().map(|r| r.npages).sum();
+                let _ = writeln!(o, "  ipc shm {} size {} with {pages} pages in {}", perm(&s.perm), s.size, s.pages_file);
+            }
+            for s in &ipc.sem {
+                let _ = writeln!(o, "  ipc sem {} values {:?}", perm(&s.perm), s.values);
+            }
+            for q in &ipc.msg {
+                let bytes: usize = q.messages.iter().map(|m| m.data.len()).sum();
+                let _ = writeln!(o, "  ipc msg {} qbytes {} with {} messages ({bytes} bytes)", perm(&q.perm), q.qbytes, q.messages.len());
+            }
+            for s in &ipc.sysctls {
+                let _ = writeln!(o, "  ipc sysctl {} = {}", s.name, s.value);
+            }
+        }
         for r in &p.rlimits {
             let _ = writeln!(o, "  rlimit {:2} soft={} hard={}", r.resource, r.soft, r.hard);
         }
@@ -89,7 +265,7 @@ pub fn render(t: &TreeImage) -> String {
                 .find(|f| f.id == fd.file_id)
                 .map(|f| {
                     let kind = FileKind::try_from(f.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("kind {}", f.kind));
-                    format!("{kind} {:?} flags={:#o} pos={}", f.path, f.flags, f.pos)
+                    format!("{kind} {:?} flags={:#o} pos={}{}{}", f.path, f.flags, f.pos, event_objects(f), socket(f))
                 })
                 .unwrap_or_else(|| format!("missing file {}", fd.file_id));
             let _ = writeln!(o, "  fd {:3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " cloexec" } else { "" }, fd.file_id);

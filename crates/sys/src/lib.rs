@@ -3,7 +3,9 @@
 //! pidfd_getfd, PR_SET_MM_MAP, userfaultfd write-protect, PAGEMAP_SCAN,
 //! TCP_REPAIR). All of lpm's unsafe code lives here.
 
+pub mod ipc;
 pub mod misc;
+pub mod net;
 pub mod pagemap;
 pub mod probe;
 pub mod ptrace;

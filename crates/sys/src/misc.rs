@@ -331,3 +331,94 @@ pub fn next_data(fd: std::os::fd::BorrowedFd<'_>, off: u64) -> Option<(u64, u64)
     let hole = unsafe { libc::lseek(fd.as_raw_fd(), data, libc::SEEK_HOLE) };
     Some((data as u64, hole.max(data) as u64))
 }
+
+/// Creates a timerfd on clock `clockid` (timerfd_create).
+pub fn timerfd_create(clockid: i32, flags: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: timerfd_create takes integers only.
+    let fd = cvt(unsafe { libc::timerfd_create(clockid, flags) }).map_err(|e| Error::sys("timerfd_create", 0, e))?;
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Arms timerfd `fd` (timerfd_settime): first expiry `value_ns` (relative,
+/// or absolute on its clock with TFD_TIMER_ABSTIME in `flags`), then every
+/// `interval_ns`.
+pub fn timerfd_settime(fd: std::os::fd::BorrowedFd<'_>, flags: i32, interval_ns: u64, value_ns: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let ts = |ns: u64| libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long };
+    let its = libc::itimerspec { it_interval: ts(interval_ns), it_value: ts(value_ns) };
+    // SAFETY: its is a valid itimerspec; the old value is not asked for.
+    cvt(unsafe { libc::timerfd_settime(fd.as_raw_fd(), flags, &its, std::ptr::null_mut()) })
+        .map_err(|e| Error::sys("timerfd_settime", 0, e))?;
+    Ok(())
+}
+
+/// Sets the expirations a timerfd reports as not yet read
+/// (TFD_IOC_SET_TICKS, a checkpoint/restore ioctl).
+pub fn timerfd_set_ticks(fd: std::os::fd::BorrowedFd<'_>, ticks: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+    // SAFETY: the ioctl reads one u64 from the pointer we pass.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) })
+        .map_err(|e| Error::sys("ioctl TFD_IOC_SET_TICKS", 0, e))?;
+    Ok(())
+}
+
+/// The current time of clock `clockid` in nanoseconds.
+pub fn clock_now_ns(clockid: i32) -> Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out pointer.
+    cvt(unsafe { libc::clock_gettime(clockid, &mut ts) }).map_err(|e| Error::sys("clock_gettime", 0, e))?;
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Whether the file registered in epoll `epfd` of `pid` under descriptor
+/// number `tfd` is the file open at `tfd` in `pid` (kcmp KCMP_EPOLL_TFD);
+/// false when `tfd` is closed or now names another file.
+pub fn epoll_target_is_open(pid: i32, epfd: i32, tfd: i32) -> Result<bool> {
+    const KCMP_EPOLL_TFD: i32 = 7;
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot { efd: epfd as u32, tfd: tfd as u32, toff: 0 };
+    // SAFETY: kcmp reads the slot through the pointer we pass.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, tfd as u64, &slot as *const Slot) };
+    match cvt(r) {
+        Ok(r) => Ok(r == 0),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(false),
+        Err(e) => Err(Error::sys("kcmp KCMP_EPOLL_TFD", pid, e)),
+    }
+}
+
+/// Opens the inode named by a file handle (open_by_handle_at) on the
+/// filesystem of `mount_fd`; needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(mount_fd: std::os::fd::BorrowedFd<'_>, handle_type: i32, handle: &[u8], flags: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // struct file_handle: u32 handle_bytes, i32 handle_type, then the bytes.
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&handle_type.to_ne_bytes());
+    buf.extend_from_slice(handle);
+    // SAFETY: buf holds a complete struct file_handle the kernel only reads.
+    let fd = unsafe { libc::syscall(libc::SYS_open_by_handle_at, mount_fd.as_raw_fd(), buf.as_ptr(), flags) };
+    let fd = cvt(fd).map_err(|e| Error::sys("open_by_handle_at", 0, e))?;
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Creates a signalfd reading the signals in `mask` (bit N-1 for signal
+/// N, real-time signals included).
+pub fn signalfd(mask: u64, flags: i32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // The kernel's sigset is 64 bits on x86_64: pass it raw, so real-time
+    // signals need no libc numbering.
+    // SAFETY: the kernel reads 8 bytes of mask; -1 asks for a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8usize, flags) };
+    let fd = cvt(fd).map_err(|e| Error::sys("signalfd4", 0, e))?;
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -11,8 +11,19 @@
 //! lives in the fd table itself (epoll registrations) finish inside the
 //! puppet once its descriptors are in place ([`Kind::install`]).
 
+mod epoll;
+mod eventfd;
+mod inet;
+mod inotify;
+mod memfd;
+mod netlink;
+mod pidfd;
 mod pipe;
 mod regular;
+mod signalfd;
+mod sockets;
+mod timerfd;
+mod unix;
 
 use std::collections::HashMap;
 use std::fs::Metadata;
@@ -54,6 +65,11 @@ pub struct OpenCx<'a> {
     pub holders: Vec<OwnedFd>,
     /// Pipe pairs created so far, by pipe identity.
     pub pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
+    /// Sockets created ahead of their own file (peers, listeners), by
+    /// socket identity.
+    pub sockets: HashMap<u64, OwnedFd>,
+    /// Network namespaces recreated for the tree, by identity.
+    pub net: &'a HashMap<u64, OwnedFd>,
 }
 
 /// One kind of open file: how it is dumped and how it is restored.
@@ -73,6 +89,16 @@ fn kind(kind: FileKind) -> Option<&'static dyn Kind> {
     match kind {
         FileKind::Regular | FileKind::Unlinked | FileKind::CharDevice => Some(&regular::Regular),
         FileKind::Pipe | FileKind::Fifo => Some(&pipe::Pipe),
+        FileKind::Eventfd => Some(&eventfd::Eventfd),
+        FileKind::Timerfd => Some(&timerfd::Timerfd),
+        FileKind::Signalfd => Some(&signalfd::Signalfd),
+        FileKind::Epoll => Some(&epoll::Epoll),
+        FileKind::Inotify => Some(&inotify::Inotify),
+        FileKind::Memfd => Some(&memfd::Memfd),
+        FileKind::Pidfd => Some(&pidfd::Pidfd),
+        FileKind::UnixSocket => Some(&unix::Unix),
+        FileKind::InetSocket => Some(&inet::Inet),
+        FileKind::NetlinkSocket => Some(&netlink::Netlink),
         FileKind::Invalid => None,
     }
 }
@@ -85,13 +111,21 @@ fn classify(seen: &Seen) -> Result<FileKind> {
     Ok(if link.starts_with("pipe:") {
         FileKind::Pipe
     } else if let Some(rest) = link.strip_prefix("anon_inode:") {
-        return Err(seen.unsupported(format!("{} object", rest.trim_start_matches('[').trim_end_matches(']'))));
+        match rest {
+            "[eventfd]" => FileKind::Eventfd,
+            "[timerfd]" => FileKind::Timerfd,
+            "[signalfd]" => FileKind::Signalfd,
+            "[eventpoll]" => FileKind::Epoll,
+            "inotify" => FileKind::Inotify,
+            "[pidfd]" => FileKind::Pidfd,
+            _ => return Err(seen.unsupported(format!("{} object", rest.trim_start_matches('[').trim_end_matches(']')))),
+        }
     } else if link.starts_with("socket:") {
-        return Err(seen.unsupported("socket"));
+        sockets::classify(seen)?
     } else if !link.starts_with('/') {
         return Err(seen.unsupported(format!("{} object", link.split(':').next().unwrap_or(link))));
     } else if link.starts_with("/memfd:") {
-        return Err(seen.unsupported("memfd"));
+        FileKind::Memfd
     } else if ft.is_fifo() {
         FileKind::Fifo
     } else if ft.is_char_device() {
@@ -115,6 +149,11 @@ pub struct FileTable {
     owners: Vec<(i32, i32, u64, u64)>,
     /// Pipes and FIFOs by identity.
     pub pipes: HashMap<u64, PipeImage>,
+    /// The processes of the tree (a socket's peer must be held by one).
+    pub tree: Vec<i32>,
+    /// The caller locked the network: established TCP connections to
+    /// peers outside the tree may be dumped.
+    pub tcp_established: bool,
 }
 
 /// Dumps the file descriptors of stopped process `pid`.
@@ -174,6 +213,9 @@ pub struct OpenFiles {
     by_id: HashMap<u32, OwnedFd>,
     _holders: Vec<OwnedFd>,
     _pipes: HashMap<u64, (OwnedFd, OwnedFd)>,
+    /// Network namespaces recreated for the tree, by identity: puppets
+    /// join them.
+    pub net: HashMap<u64, OwnedFd>,
     /// Every inherited file is at this number or above.
     pub base: i32,
 }
@@ -187,7 +229,8 @@ pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
     if limit < needed {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
-    let mut cx = OpenCx { tree, holders: Vec::new(), pipes: HashMap::new() };
+    let net = crate::ns::create_net(tree)?;
+    let mut cx = OpenCx { tree, holders: Vec::new(), pipes: HashMap::new(), sockets: HashMap::new(), net: &net };
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)
@@ -198,7 +241,8 @@ pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
         let fd = misc::move_fd_above(fd, base).step(0, || format!("move file {} above fd {base}", f.id))?;
         by_id.insert(f.id, fd);
     }
-    Ok(OpenFiles { by_id, _holders: cx.holders, _pipes: cx.pipes, base })
+    let (holders, pipes) = (cx.holders, cx.pipes);
+    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base })
 }
 
 /// Installs a puppet's descriptors: drops everything it inherited below

@@ -1,0 +1,499 @@
+//! TCP and UDP sockets over IPv4 and IPv6: unbound, bound, listening,
+//! UDP connected, and established TCP connections through TCP_REPAIR.
+//!
+//! Dump works on a copy of the task's descriptor (pidfd_getfd): names,
+//! options (a fixed list, raw getsockopt values), TCP_INFO for the state.
+//! An established connection is read in repair mode: sequence numbers of
+//! both queues (TCP_QUEUE_SEQ), both queues with MSG_PEEK (how much of the
+//! send queue was never sent: SIOCOUTQNSD), the options the handshake
+//! negotiated, the window (TCP_REPAIR_WINDOW) and the timestamp clock;
+//! the socket leaves repair mode without a window probe and gets its
+//! SO_REUSEADDR back (leaving repair mode clears it). A connection whose
+//! peer is not held by the tree is refused unless the caller locked the
+//! network (`CheckpointOptions::tcp_established`). Refused by name: other
+//! TCP states (opening, closing), connections waiting in an accept queue,
+//! queued UDP datagrams, raw and other protocols.
+//!
+//! Restore creates the socket inside its network namespace. A listener or
+//! bound socket gets its options (SO_REUSEADDR, IPV6_V6ONLY ... before
+//! bind), then bind, listen or connect. An established connection is
+//! rebuilt in repair mode: queue sequence numbers, bind and connect (which
+//! send nothing), negotiated options, timestamp, the queues (the sent part
+//! of the send queue in repair mode, the unsent part after), window, repair
+//! off, options. A listener on the same port is created before the
+//! connections accepted from it.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+
+use lpm_image::{Fd, FileImage, FileKind, InetAddr, Process, SockOpt, SocketImage, SocketState, TcpConnImage};
+use lpm_sys::net;
+use lpm_sys::remote::Remote;
+
+use super::sockets;
+use super::{FileTable, Kind, OpenCx, Seen};
+use crate::task::Scratch;
+use crate::{EngineError, Result, StepExt};
+
+/// TCP and UDP sockets.
+pub struct Inet;
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE: u8 = 7;
+const TCP_LISTEN: u8 = 10;
+const TCP_NO_QUEUE: i32 = 0;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+const TCPI_OPT_TIMESTAMPS: u32 = 1;
+const TCPI_OPT_SACK: u32 = 2;
+const TCPI_OPT_WSCALE: u32 = 4;
+/// Most bytes saved from one TCP queue.
+const MAX_QUEUE: usize = 64 << 20;
+
+/// Options every inet socket keeps (set before bind at restore).
+const COMMON_OPTS: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_BROADCAST),
+    (libc::SOL_SOCKET, libc::SO_LINGER),
+    (libc::SOL_SOCKET, libc::SO_RCVLOWAT),
+    (libc::SOL_SOCKET, libc::SO_OOBINLINE),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::SOL_SOCKET, libc::SO_MARK),
+];
+const TCP_OPTS: &[(i32, i32)] = &[
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (libc::IPPROTO_TCP, libc::TCP_CORK),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+    (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
+];
+const V4_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IP, libc::IP_TOS), (libc::IPPROTO_IP, libc::IP_FREEBIND)];
+const V6_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)];
+
+fn state_name(st: u8) -> &'static str {
+    match st {
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        11 => "CLOSING",
+        _ => "unknown",
+    }
+}
+
+/// Parses a raw sockaddr_in or sockaddr_in6.
+fn parse_addr(b: &[u8]) -> Option<InetAddr> {
+    let fam = u16::from_ne_bytes(b.get(..2)?.try_into().ok()?) as i32;
+    let port = u16::from_be_bytes(b.get(2..4)?.try_into().ok()?) as u32;
+    match fam {
+        libc::AF_INET => Some(InetAddr { ip: b.get(4..8)?.to_vec(), port, scope_id: 0 }),
+        libc::AF_INET6 => {
+            Some(InetAddr { ip: b.get(8..24)?.to_vec(), port, scope_id: u32::from_ne_bytes(b.get(24..28)?.try_into().ok()?) })
+        }
+        _ => None,
+    }
+}
+
+/// Builds a raw sockaddr for `a` in `family`.
+fn sockaddr(family: i32, a: &InetAddr) -> Vec<u8> {
+    let mut b = (family as u16).to_ne_bytes().to_vec();
+    b.extend_from_slice(&(a.port as u16).to_be_bytes());
+    if family == libc::AF_INET {
+        b.extend_from_slice(&a.ip);
+        b.resize(16, 0);
+    } else {
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&a.ip);
+        b.extend_from_slice(&a.scope_id.to_ne_bytes());
+    }
+    b
+}
+
+fn show(a: &InetAddr) -> String {
+    match a.ip.len() {
+        4 => format!("{}.{}.{}.{}:{}", a.ip[0], a.ip[1], a.ip[2], a.ip[3], a.port),
+        16 => {
+            let ip: [u8; 16] = a.ip.clone().try_into().unwrap_or([0; 16]);
+            format!("[{}]:{}", std::net::Ipv6Addr::from(ip), a.port)
+        }
+        _ => format!("?:{}", a.port),
+    }
+}
+
+/// An address as 16 bytes (IPv4 as v4-mapped IPv6) with its port.
+fn key(a: &InetAddr) -> ([u8; 16], u32) {
+    let mut ip = [0u8; 16];
+    if a.ip.len() == 4 {
+        ip[10] = 0xff;
+        ip[11] = 0xff;
+        ip[12..].copy_from_slice(&a.ip);
+    } else if a.ip.len() == 16 {
+        ip.copy_from_slice(&a.ip);
+    }
+    (ip, a.port)
+}
+
+/// Parses "0100007F:1F90" (IPv4) or 32 hex digits and a port (IPv6) of
+/// /proc/net/tcp{,6}.
+fn parse_proc_addr(s: &str) -> Option<([u8; 16], u32)> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u32::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::new();
+    for i in (0..ip.len()).step_by(8) {
+        bytes.extend_from_slice(&u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?.to_ne_bytes());
+    }
+    Some(key(&InetAddr { ip: bytes, port, scope_id: 0 }))
+}
+
+/// The inode of the TCP socket with local address `local` and peer `peer`
+/// in the network namespace of `pid`, if any.
+fn tcp_inode(pid: i32, local: &InetAddr, peer: &InetAddr) -> Result<Option<u64>> {
+    let (l, p) = (key(local), key(peer));
+    for file in ["net/tcp", "net/tcp6"] {
+        let text = crate::proc::read(pid, file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            if parse_proc_addr(f[1]) == Some(l) && parse_proc_addr(f[2]) == Some(p) {
+                return Ok(f[9].parse().ok());
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4).map(|x| u32::from_ne_bytes(x.try_into().unwrap_or_default())).unwrap_or(0)
+}
+
+/// Peeks `len` bytes of the queue selected in repair mode.
+fn peek(seen: &Seen, s: BorrowedFd, len: usize, what: &str) -> Result<Vec<u8>> {
+    if len > MAX_QUEUE {
+        return Err(seen.unsupported(format!("TCP connection with {len} bytes in its {what} queue")));
+    }
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    if len > 0 {
+        got = net::recv(s, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+            .step(seen.pid, || format!("peek the {what} queue of fd {}", seen.fd))?
+            .len;
+    }
+    if got != len {
+        return Err(seen.unsupported(format!("TCP {what} queue: read {got} of {len} bytes")));
+    }
+    Ok(buf)
+}
+
+/// Reads an established connection in repair mode.
+fn dump_tcp(seen: &Seen, s: BorrowedFd, info: &[u8]) -> Result<TcpConnImage> {
+    let step = |what: &'static str| move || format!("{what} on fd {}", seen.fd);
+    let set = |name: i32, val: i32, what: &'static str| net::setsockopt_int(s, libc::IPPROTO_TCP, name, val).step(seen.pid, step(what));
+    let get = |name: i32, what: &'static str| net::getsockopt_int(s, libc::IPPROTO_TCP, name).step(seen.pid, step(what));
+    let reuse = sockets::opt_int(seen, s, libc::SOL_SOCKET, libc::SO_REUSEADDR, "SO_REUSEADDR")?;
+    set(libc::TCP_REPAIR, 1, "TCP_REPAIR on")?;
+    let res = (|| {
+        let mut t = TcpConnImage::default();
+        set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+        t.snd_seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
+        let outq = net::ioctl_int(s, net::SIOCOUTQ).step(seen.pid, step("SIOCOUTQ"))? as usize;
+        t.unsent = net::ioctl_int(s, net::SIOCOUTQNSD).step(seen.pid, step("SIOCOUTQNSD"))? as u32;
+        t.send_queue = peek(seen, s, outq, "send")?;
+        set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
+        t.rcv_seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ receive")? as u32;
+        let inq = net::ioctl_int(s, net::SIOCINQ).step(seen.pid, step("SIOCINQ"))? as usize;
+        t.recv_queue = peek(seen, s, inq, "receive")?;
+        set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
+        t.mss = get(libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
+        t.timestamp = get(libc::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
+        let mut w = [0u8; 20];
+        net::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &mut w).step(seen.pid, step("TCP_REPAIR_WINDOW"))?;
+        (t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup) =
+            (u32_at(&w, 0), u32_at(&w, 4), u32_at(&w, 8), u32_at(&w, 12), u32_at(&w, 16));
+        t.options = info[5] as u32;
+        t.snd_wscale = (info[6] & 0xf) as u32;
+        t.rcv_wscale = (info[6] >> 4) as u32;
+        Ok(t)
+    })();
+    // Leaving repair mode resets SO_REUSEADDR: put the task's value back.
+    set(libc::TCP_REPAIR, net::TCP_REPAIR_OFF_NO_WP, "TCP_REPAIR off")?;
+    net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse).step(seen.pid, step("SO_REUSEADDR"))?;
+    res
+}
+
+impl Kind for Inet {
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        let s = sockets::take(seen)?;
+        let fd = s.as_fd();
+        let int = |level, name, what| sockets::opt_int(seen, fd, level, name, what);
+        let domain = int(libc::SOL_SOCKET, libc::SO_DOMAIN, "SO_DOMAIN")?;
+        let ty = int(libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
+        let proto = int(libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
+        let tcp = ty == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP;
+        let udp = ty == libc::SOCK_DGRAM && proto == libc::IPPROTO_UDP;
+        if !tcp && !udp {
+            return Err(seen.unsupported(format!("inet socket of type {ty} protocol {proto} (only TCP and UDP are supported)")));
+        }
+        let net_ns = sockets::netns_of(seen, fd)?;
+        let local = net::local_name(fd).step(seen.pid, || format!("getsockname fd {}", seen.fd))?;
+        let local = parse_addr(&local).ok_or_else(|| seen.unsupported("inet socket with an unreadable local address"))?;
+        let peer = net::peer_name(fd).ok().and_then(|b| parse_addr(&b));
+        let mut img = SocketImage {
+            ino: seen.st.ino(),
+            family: domain as u32,
+            sock_type: ty as u32,
+            protocol: proto as u32,
+            net_ns,
+            state: SocketState::Unconnected as i32,
+            local: Some(local.clone()),
+            ..Default::default()
+        };
+        let mut list: Vec<(i32, i32)> = COMMON_OPTS.to_vec();
+        if tcp {
+            list.extend_from_slice(TCP_OPTS);
+        }
+        list.extend_from_slice(if domain == libc::AF_INET { V4_OPTS } else { V6_OPTS });
+        img.opts = sockets::read_opts(fd, &list);
+        let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
+        if tcp {
+            let mut info = [0u8; 104];
+            net::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).step(seen.pid, || format!("TCP_INFO fd {}", seen.fd))?;
+            match info[0] {
+                TCP_LISTEN => {
+                    let waiting = u32_at(&info, 24);
+                    if waiting > 0 {
+                        return Err(seen.unsupported(what(&format!("has {waiting} connections waiting in its accept queue"))));
+                    }
+                    img.state = SocketState::Listening as i32;
+                    img.backlog = u32_at(&info, 28);
+                    img.opts.extend(sockets::buffer_opts(fd, domain, ty, proto));
+                }
+                TCP_CLOSE => img.opts.extend(sockets::buffer_opts(fd, domain, ty, proto)),
+                TCP_ESTABLISHED => {
+                    let p = peer.ok_or_else(|| seen.unsupported(what("is established but has no peer address")))?;
+                    if !table.tcp_established {
+                        let inside = tcp_inode(seen.pid, &p, &local)?.and_then(|ino| sockets::holder(table, ino));
+                        if inside.is_none() {
+                            return Err(seen.unsupported(what(&format!(
+                                "is connected to {} outside the tree (the network must be locked: --tcp-established)",
+                                show(&p)
+                            ))));
+                        }
+                    }
+                    img.tcp = Some(dump_tcp(seen, fd, &info)?);
+                    img.state = SocketState::Connected as i32;
+                    img.peer = Some(p);
+                }
+                st => return Err(seen.unsupported(what(&format!("in state {}", state_name(st))))),
+            }
+        } else {
+            let mut b = [0u8; 1];
+            match net::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+                Err(e) if e.errno() == Some(libc::EAGAIN) => {}
+                _ => return Err(seen.unsupported(what("has datagrams queued"))),
+            }
+            if let Some(p) = peer {
+                img.state = SocketState::Connected as i32;
+                img.peer = Some(p);
+            }
+            img.opts.extend(sockets::buffer_opts(fd, domain, ty, proto));
+        }
+        f.socket = Some(img);
+        Ok(())
+    }
+
+    fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
+        let s = sockets::image(f)?;
+        let fd = match cx.sockets.remove(&s.ino) {
+            Some(fd) => fd,
+            None => {
+                if s.tcp.is_some() {
+                    listener_first(f, s, cx)?;
+                }
+                create(f, s, cx)?
+            }
+        };
+        sockets::set_flags(f, &fd)?;
+        Ok(fd)
+    }
+
+    fn install(&self, pid: i32, _r: &mut Remote, _s: Scratch, fd: &Fd, f: &FileImage, _p: &Process) -> Result<()> {
+        // Created in the restorer; an established connection leaves repair
+        // mode here, when every socket of the tree exists.
+        match sockets::image(f)? {
+            s @ SocketImage { tcp: Some(t), .. } => finish_tcp(pid, fd, f, s, t),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn restore_err(f: &FileImage, s: &SocketImage, what: String) -> impl FnOnce(lpm_sys::Error) -> EngineError {
+    let local = s.local.as_ref().map(show).unwrap_or_default();
+    let what = format!("socket file {} ({local}): {what}", f.id);
+    move |source| EngineError::Step { pid: 0, step: what, source }
+}
+
+/// Creates, before an accepted connection, the listener on its port that
+/// comes later in the image (binding the listener after the connection
+/// would find the port taken).
+fn listener_first(f: &FileImage, s: &SocketImage, cx: &mut OpenCx) -> Result<()> {
+    let port = s.local.as_ref().map(|a| a.port).unwrap_or(0);
+    let later = cx.tree.files.iter().filter(|l| l.id > f.id && l.kind == FileKind::InetSocket as i32).find(|l| {
+        l.socket.as_ref().is_some_and(|ls| {
+            ls.state == SocketState::Listening as i32 && ls.net_ns == s.net_ns && ls.local.as_ref().map(|a| a.port) == Some(port)
+        })
+    });
+    if let Some(l) = later {
+        let ls = sockets::image(l)?;
+        if !cx.sockets.contains_key(&ls.ino) {
+            let fd = create(l, ls, cx)?;
+            cx.sockets.insert(ls.ino, fd);
+        }
+    }
+    Ok(())
+}
+
+fn is_bound(a: &InetAddr) -> bool {
+    a.port != 0 || a.ip.iter().any(|&b| b != 0)
+}
+
+fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
+    let family = s.family as i32;
+    let sock = sockets::create(cx, s.net_ns, family, s.sock_type as i32, s.protocol as i32)?;
+    let fd = sock.as_fd();
+    if let Some(t) = &s.tcp {
+        restore_tcp(f, s, fd, t)?;
+        return Ok(sock);
+    }
+    sockets::apply_opts(f, fd, &s.opts)?;
+    if let Some(a) = s.local.as_ref().filter(|a| is_bound(a)) {
+        net::bind(fd, &sockaddr(family, a)).map_err(|e| {
+            if e.errno() == Some(libc::EADDRINUSE) {
+                let reuse =
+                    s.opts.iter().any(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR && o.value.iter().any(|&b| b != 0));
+                EngineError::Incompatible(format!(
+                    "socket file {}: {} is in use here{}",
+                    f.id,
+                    show(a),
+                    if reuse {
+                        ""
+                    } else {
+                        " (the program did not set SO_REUSEADDR; a connection of the old tree may linger in TIME_WAIT)"
+                    }
+                ))
+            } else {
+                restore_err(f, s, format!("bind {}", show(a)))(e)
+            }
+        })?;
+    }
+    if s.state == SocketState::Listening as i32 {
+        net::listen(fd, s.backlog as i32).map_err(restore_err(f, s, "listen".into()))?;
+    }
+    if let Some(p) = s.peer.as_ref().filter(|_| s.state == SocketState::Connected as i32) {
+        net::connect(fd, &sockaddr(family, p)).map_err(restore_err(f, s, format!("connect to {}", show(p))))?;
+    }
+    Ok(sock)
+}
+
+fn send_all(f: &FileImage, s: &SocketImage, fd: BorrowedFd, data: &[u8], what: &str) -> Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        off += net::send(fd, &data[off..], &[], libc::MSG_DONTWAIT).map_err(restore_err(f, s, format!("refill the {what} queue")))?;
+    }
+    Ok(())
+}
+
+/// Rebuilds an established connection in repair mode.
+fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage) -> Result<()> {
+    let e = |what: &str| restore_err(f, s, what.to_string());
+    let set = |name: i32, val: i32, what: &str| net::setsockopt_int(fd, libc::IPPROTO_TCP, name, val).map_err(e(what));
+    let family = s.family as i32;
+    let (local, peer) = match (&s.local, &s.peer) {
+        (Some(l), Some(p)) => (l, p),
+        _ => return Err(EngineError::Incompatible(format!("socket file {}: an established connection without addresses", f.id))),
+    };
+    set(libc::TCP_REPAIR, 1, "TCP_REPAIR on")?;
+    set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+    set(libc::TCP_QUEUE_SEQ, t.snd_seq.wrapping_sub(t.send_queue.len() as u32) as i32, "TCP_QUEUE_SEQ send")?;
+    set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
+    set(libc::TCP_QUEUE_SEQ, t.rcv_seq.wrapping_sub(t.recv_queue.len() as u32) as i32, "TCP_QUEUE_SEQ receive")?;
+    // Before bind: with IPV6_V6ONLY the address family choices differ.
+    for o in s.opts.iter().filter(|o| o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY) {
+        net::setsockopt(fd, o.level, o.name, &o.value).map_err(e("IPV6_V6ONLY"))?;
+    }
+    net::bind(fd, &sockaddr(family, local)).map_err(e(&format!("bind {} in repair mode", show(local))))?;
+    net::connect(fd, &sockaddr(family, peer)).map_err(e(&format!("connect to {} in repair mode", show(peer))))?;
+    let mut opts: Vec<u8> = Vec::new();
+    let mut opt = |code: u32, val: u32| {
+        opts.extend_from_slice(&code.to_ne_bytes());
+        opts.extend_from_slice(&val.to_ne_bytes());
+    };
+    opt(TCPOPT_MSS, t.mss);
+    if t.options & TCPI_OPT_WSCALE != 0 {
+        opt(TCPOPT_WINDOW, t.snd_wscale | (t.rcv_wscale << 16));
+    }
+    if t.options & TCPI_OPT_TIMESTAMPS != 0 {
+        opt(TCPOPT_TIMESTAMP, 0);
+    }
+    if t.options & TCPI_OPT_SACK != 0 {
+        opt(TCPOPT_SACK_PERM, 0);
+    }
+    net::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_OPTIONS, &opts).map_err(e("TCP_REPAIR_OPTIONS"))?;
+    set(libc::TCP_TIMESTAMP, t.timestamp as i32, "TCP_TIMESTAMP")?;
+    // The queues were filled by a peer over time with autotuned buffers; a
+    // fresh socket's may be too small to take them back at once.
+    for (name, force, len) in
+        [(libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, t.send_queue.len()), (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, t.recv_queue.len())]
+    {
+        let need = (len * 2 + (64 << 10)) as i32;
+        let have = net::getsockopt_int(fd, libc::SOL_SOCKET, name).map_err(e("read buffer size"))?;
+        if len > 0 && have / 2 < need {
+            net::setsockopt_int(fd, libc::SOL_SOCKET, force, need).map_err(e("grow buffer for the queue"))?;
+        }
+    }
+    set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
+    send_all(f, s, fd, &t.recv_queue, "receive")?;
+    let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
+    set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+    send_all(f, s, fd, &t.send_queue[..sent], "send")?;
+    set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
+    let _ = sent;
+    let mut w = Vec::new();
+    for v in [t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup] {
+        w.extend_from_slice(&v.to_ne_bytes());
+    }
+    net::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &w).map_err(e("TCP_REPAIR_WINDOW"))?;
+    // Repair mode is left in `install`, once every socket of the tree
+    // exists: a window probe or data sent now could reach a peer end not
+    // yet created, and the reset it draws would kill the connection.
+    Ok(())
+}
+
+/// Leaves repair mode on a restored connection (once, from the first
+/// puppet holding it): options (repair mode resets SO_REUSEADDR on
+/// leaving), then the never-sent part of the send queue, which goes out as
+/// a program's write would.
+fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImage) -> Result<()> {
+    let sock = net::steal_fd(pid, fd.fd as i32).step(pid, || format!("pidfd_getfd restored fd {}", fd.fd))?;
+    let sfd = sock.as_fd();
+    if net::getsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR).map_err(restore_err(f, s, "read TCP_REPAIR".into()))? == 0 {
+        return Ok(());
+    }
+    net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, 0).map_err(restore_err(f, s, "TCP_REPAIR off".into()))?;
+    let later: Vec<SockOpt> = s.opts.iter().filter(|o| !(o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY)).cloned().collect();
+    sockets::apply_opts(f, sfd, &later)?;
+    let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
+    send_all(f, s, sfd, &t.send_queue[sent..], "send")
+}

@@ -1,0 +1,162 @@
+//! memfds: name, seals, size, mode and content, and the sharing between a
+//! memfd's descriptors and its shared mappings.
+//!
+//! The restorer recreates the memfd (content first, seals last, since
+//! F_SEAL_WRITE forbids the writes). Memory restore maps a memfd's areas
+//! from a copy of its pages made for mappings; every process that holds a
+//! descriptor of the memfd then maps those areas again from the descriptor
+//! ([`Kind::install`]), so mappings and descriptors share one object. A
+//! process that maps a memfd whose descriptors only others hold would keep
+//! the copy, so that case is refused at dump.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use lpm_image::{Fd, FileImage, MemfdChunk, MemfdImage, Process, VmaKind};
+use lpm_sys::misc;
+use lpm_sys::remote::Remote;
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use super::{open_path, FileTable, Kind, OpenCx, Seen};
+use crate::task::{put_path, Scratch};
+use crate::{io_err, proc, EngineError, Result, StepExt};
+
+/// memfd objects.
+pub struct Memfd;
+
+/// Largest memfd content saved in the image.
+const MAX_CONTENT: u64 = 64 << 20;
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+
+/// Whether `pid` holds a descriptor of the inode (dev, ino).
+fn holds(pid: i32, dev: u64, ino: u64) -> bool {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    dir.flatten().any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+}
+
+/// Refuses mappings of the memfd that restore could not keep shared with
+/// its descriptors.
+fn check_mappings(seen: &Seen, seals: u32, tree: &[i32]) -> Result<()> {
+    let (dev, ino) = (seen.st.dev(), seen.st.ino());
+    for &pid in tree {
+        let maps = proc::maps(pid)?;
+        for e in maps.iter().filter(|e| e.inode == ino && e.path.starts_with("/memfd:")) {
+            if libc::makedev(e.major, e.minor) != dev {
+                continue;
+            }
+            if !holds(pid, dev, ino) {
+                return Err(seen.unsupported(format!("memfd also mapped at {:#x} by pid {pid}, which holds no descriptor of it", e.start)));
+            }
+            if e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0 && seals & libc::F_SEAL_FUTURE_WRITE as u32 != 0 {
+                return Err(
+                    seen.unsupported(format!("memfd sealed F_SEAL_FUTURE_WRITE with a writable mapping at {:#x} in pid {pid}", e.start))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The parts of the memfd that hold data.
+fn content(seen: &Seen, file: &std::fs::File, size: u64) -> Result<Vec<MemfdChunk>> {
+    use std::os::fd::AsFd;
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    let mut off = 0u64;
+    while off < size {
+        let Some((data, hole)) = misc::next_data(file.as_fd(), off) else { break };
+        let end = hole.min(size);
+        if data >= end {
+            break;
+        }
+        total += end - data;
+        if total > MAX_CONTENT {
+            return Err(seen.unsupported(format!("memfd with more than {MAX_CONTENT} bytes of data")));
+        }
+        let mut buf = vec![0u8; (end - data) as usize];
+        file.read_exact_at(&mut buf, data).map_err(io_err(format!("read memfd fd {} of pid {} at {data}", seen.fd, seen.pid)))?;
+        chunks.push(MemfdChunk { offset: data, data: buf });
+        off = end;
+    }
+    Ok(chunks)
+}
+
+impl Kind for Memfd {
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        let ino = seen.st.ino();
+        if table.files.iter().any(|o| o.memfd.as_ref().is_some_and(|m| m.ino == ino)) {
+            return Err(seen.unsupported("a second open file description of a memfd (reopened through /proc)"));
+        }
+        let name = seen
+            .link
+            .strip_prefix("/memfd:")
+            .and_then(|n| n.strip_suffix(" (deleted)"))
+            .ok_or_else(|| seen.unsupported("memfd whose link does not read \"/memfd:NAME (deleted)\""))?;
+        let path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
+        let file = std::fs::File::open(&path).map_err(io_err(format!("reopen {path}")))?;
+        let fs = rustix::fs::fstatfs(&file).map_err(|e| io_err(format!("statfs {path}"))(e.into()))?;
+        if fs.f_type as u64 == HUGETLBFS_MAGIC {
+            return Err(seen.unsupported("memfd on hugetlbfs (MFD_HUGETLB)"));
+        }
+        let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err(format!("F_GET_SEALS on {path}"))(e.into()))?.bits();
+        check_mappings(seen, seals, &table.tree)?;
+        let size = seen.st.len();
+        let chunks = content(seen, &file, size)?;
+        f.memfd = Some(MemfdImage { name: name.to_string(), seals, size, ino, chunks });
+        Ok(())
+    }
+
+    fn open(&self, f: &FileImage, _cx: &mut OpenCx) -> Result<OwnedFd> {
+        let m = f.memfd.as_ref().ok_or_else(|| EngineError::Incompatible(format!("memfd file {} has no memfd state", f.id)))?;
+        let what = |step: &str| format!("{step} of memfd {:?} (file {})", m.name, f.id);
+        // Executable like the default, then the mode of the image; sealing
+        // allowed, then the seals of the image.
+        let fd = rustix::fs::memfd_create(&*m.name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::EXEC)
+            .map_err(|e| io_err(what("create"))(e.into()))?;
+        let file = std::fs::File::from(fd);
+        file.set_len(m.size).map_err(io_err(what("size")))?;
+        for c in &m.chunks {
+            file.write_all_at(&c.data, c.offset).map_err(io_err(what("fill")))?;
+        }
+        let mode = rustix::fs::Mode::from_raw_mode(f.mode & 0o7777);
+        rustix::fs::fchmod(&file, mode).map_err(|e| io_err(what("chmod"))(e.into()))?;
+        if m.seals != 0 {
+            rustix::fs::fcntl_add_seals(&file, SealFlags::from_bits_retain(m.seals)).map_err(|e| io_err(what("seal"))(e.into()))?;
+        }
+        let fd: OwnedFd = file.into();
+        // memfd_create opens read-write; a description opened otherwise
+        // (through /proc) is opened again that way.
+        let fd = if f.flags as i32 & libc::O_ACCMODE != libc::O_RDWR {
+            open_path(&format!("/proc/self/fd/{}", fd.as_raw_fd()), f.flags)?
+        } else {
+            fd
+        };
+        rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(f.pos)).map_err(|e| io_err(what("seek"))(e.into()))?;
+        misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || what("set flags"))?;
+        Ok(fd)
+    }
+
+    fn install(&self, pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()> {
+        let m = f.memfd.as_ref().ok_or_else(|| EngineError::Incompatible(format!("memfd file {} has no memfd state", f.id)))?;
+        let first = p.fds.iter().find(|x| x.file_id == f.id).map(|x| x.fd);
+        let Some(mm) = p.mm.as_ref().filter(|_| first == Some(fd.fd)) else { return Ok(()) };
+        let areas = mm.vmas.iter().filter(|v| v.kind == VmaKind::AnonShared as i32 && v.shmem_id == m.ino && v.path.starts_with("/memfd:"));
+        for v in areas {
+            let writable = v.prot & libc::PROT_WRITE as u32 != 0;
+            let path = format!("/proc/self/fd/{}", fd.fd);
+            let addr = put_path(pid, s, 0, &path)?;
+            let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+            let what = |step: &str| format!("{step} memfd {:?} at {:#x}-{:#x} in pid {}", m.name, v.start, v.end, p.pid);
+            let tmp = r.call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0]).step(pid, || what("remote open"))?;
+            let mapped = r
+                .call(libc::SYS_mmap, &[v.start, v.end - v.start, v.prot as u64, (v.flags | libc::MAP_FIXED as u32) as u64, tmp, v.pgoff])
+                .step(pid, || what("remote mmap"));
+            r.call(libc::SYS_close, &[tmp]).step(pid, || what("remote close after mapping"))?;
+            mapped?;
+            for a in &v.madvise {
+                r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || what(&format!("remote madvise {a}")))?;
+            }
+        }
+        Ok(())
+    }
+}

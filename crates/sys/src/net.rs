@@ -1,0 +1,414 @@
+//! Sockets: the socket calls lpm makes on descriptors it took from a task
+//! (pidfd_getfd) or creates for a restore, with raw addresses and option
+//! values; TCP repair mode; unix sock_diag queries; network namespaces and
+//! interface flags.
+//!
+//! Addresses are raw `struct sockaddr_*` bytes and option values raw bytes,
+//! so that the engine builds and reads them without unsafe code.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use crate::{cvt, Error, Result};
+
+/// `SIOCINQ`: bytes in the receive queue (TCP: unread; unix stream: all).
+pub const SIOCINQ: u64 = 0x541B;
+/// `SIOCOUTQ`: bytes in the send queue not yet acknowledged.
+pub const SIOCOUTQ: u64 = 0x5411;
+/// `SIOCOUTQNSD`: bytes in the send queue not yet sent.
+pub const SIOCOUTQNSD: u64 = 0x894B;
+/// `SIOCGSKNS`: a descriptor for the socket's network namespace.
+const SIOCGSKNS: u64 = 0x894C;
+/// `SO_PEEK_OFF`.
+pub const SO_PEEK_OFF: i32 = 42;
+/// `TCP_REPAIR_OFF_NO_WP`: leave repair mode without a window probe.
+pub const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+/// `NETLINK_LIST_MEMBERSHIPS`.
+pub const NETLINK_LIST_MEMBERSHIPS: i32 = 9;
+
+fn err(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+    move |e| Error::sys(op, 0, e)
+}
+
+/// Takes a copy of descriptor `fd` of process `pid` (pidfd_getfd): the same
+/// open file, so options set on it are the task's.
+pub fn steal_fd(pid: i32, fd: i32) -> Result<OwnedFd> {
+    let p = rustix::process::Pid::from_raw(pid).ok_or_else(|| Error::sys("pidfd_open", pid, io::Error::from_raw_os_error(libc::ESRCH)))?;
+    let pidfd =
+        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| Error::sys("pidfd_open", pid, e.into()))?;
+    rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(|e| Error::sys("pidfd_getfd", pid, e.into()))
+}
+
+/// `socket(domain, ty | SOCK_CLOEXEC, proto)`.
+pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
+    // SAFETY: socket takes integers only.
+    let fd = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) }).map_err(err("socket"))?;
+    // SAFETY: socket returned a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `socketpair(AF_UNIX, ty | SOCK_CLOEXEC)`.
+pub fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }).map_err(err("socketpair"))?;
+    // SAFETY: socketpair returned two fresh descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `bind` to a raw sockaddr.
+pub fn bind(fd: BorrowedFd, addr: &[u8]) -> Result<()> {
+    // SAFETY: addr is a readable buffer of the length passed.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as u32) }).map_err(err("bind"))?;
+    Ok(())
+}
+
+/// `connect` to a raw sockaddr.
+pub fn connect(fd: BorrowedFd, addr: &[u8]) -> Result<()> {
+    // SAFETY: addr is a readable buffer of the length passed.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), addr.len() as u32) }).map_err(err("connect"))?;
+    Ok(())
+}
+
+/// `listen`.
+pub fn listen(fd: BorrowedFd, backlog: i32) -> Result<()> {
+    // SAFETY: integers only.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map_err(err("listen"))?;
+    Ok(())
+}
+
+/// `accept4(.., SOCK_CLOEXEC)`, ignoring the peer address.
+pub fn accept(fd: BorrowedFd) -> Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed.
+    let r = cvt(unsafe { libc::accept4(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) })
+        .map_err(err("accept"))?;
+    // SAFETY: accept4 returned a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// `shutdown(how)`.
+pub fn shutdown(fd: BorrowedFd, how: i32) -> Result<()> {
+    // SAFETY: integers only.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map_err(err("shutdown"))?;
+    Ok(())
+}
+
+fn name_of(fd: BorrowedFd, peer: bool) -> Result<Vec<u8>> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len describe a writable buffer; the kernel writes at
+    // most len bytes and stores the full length in len.
+    let r = unsafe {
+        if peer {
+            libc::getpeername(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len)
+        }
+    };
+    cvt(r).map_err(err(if peer { "getpeername" } else { "getsockname" }))?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// `getsockname` as raw sockaddr bytes.
+pub fn local_name(fd: BorrowedFd) -> Result<Vec<u8>> {
+    name_of(fd, false)
+}
+
+/// `getpeername` as raw sockaddr bytes (ENOTCONN when not connected).
+pub fn peer_name(fd: BorrowedFd) -> Result<Vec<u8>> {
+    name_of(fd, true)
+}
+
+/// `getsockopt` into `buf`; returns the length the kernel wrote.
+pub fn getsockopt(fd: BorrowedFd, level: i32, name: i32, buf: &mut [u8]) -> Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len describe a writable buffer.
+    cvt(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) }).map_err(err("getsockopt"))?;
+    Ok((len as usize).min(buf.len()))
+}
+
+/// `getsockopt` of an int option.
+pub fn getsockopt_int(fd: BorrowedFd, level: i32, name: i32) -> Result<i32> {
+    let mut b = [0u8; 4];
+    getsockopt(fd, level, name, &mut b)?;
+    Ok(i32::from_ne_bytes(b))
+}
+
+/// `setsockopt` from raw bytes.
+pub fn setsockopt(fd: BorrowedFd, level: i32, name: i32, val: &[u8]) -> Result<()> {
+    // SAFETY: val is a readable buffer of the length passed.
+    cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, val.as_ptr().cast(), val.len() as u32) }).map_err(err("setsockopt"))?;
+    Ok(())
+}
+
+/// `setsockopt` of an int option.
+pub fn setsockopt_int(fd: BorrowedFd, level: i32, name: i32, val: i32) -> Result<()> {
+    setsockopt(fd, level, name, &val.to_ne_bytes())
+}
+
+/// An int-returning socket ioctl (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD).
+pub fn ioctl_int(fd: BorrowedFd, req: u64) -> Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: these requests write one int to the pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, &mut v as *mut libc::c_int) }).map_err(err("socket ioctl"))?;
+    Ok(v)
+}
+
+/// The socket's network namespace (SIOCGSKNS), as a descriptor.
+pub fn socket_netns(fd: BorrowedFd) -> Result<OwnedFd> {
+    // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor.
+    let r = cvt(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCGSKNS as _, 0) }).map_err(err("SIOCGSKNS"))?;
+    // SAFETY: the ioctl returned a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// What one `recvmsg` saw.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    /// Bytes of data.
+    pub len: usize,
+    /// What recvmsg returned: with MSG_TRUNC on a datagram, the full length
+    /// of the message, larger than `len` when the buffer was too small.
+    pub full: usize,
+    /// msg_flags.
+    pub flags: i32,
+    /// Sender address (raw sockaddr), empty when none.
+    pub from: Vec<u8>,
+}
+
+/// `recvmsg` with `flags` (MSG_PEEK, MSG_DONTWAIT, MSG_TRUNC for datagrams,
+/// ...), no control buffer (so no descriptor in flight is ever installed
+/// here).
+pub fn recv(fd: BorrowedFd, buf: &mut [u8], flags: i32) -> Result<Received> {
+    let mut from = [0u8; 128];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; zero is a valid initial value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = from.as_mut_ptr().cast();
+    msg.msg_namelen = from.len() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: msg points at the iovec and name buffer above, valid for the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    let full = cvt(n as i64).map_err(err("recvmsg"))? as usize;
+    Ok(Received { len: full.min(buf.len()), full, flags: msg.msg_flags, from: from[..(msg.msg_namelen as usize).min(128)].to_vec() })
+}
+
+/// `sendto` (`to` empty: send); returns the bytes sent.
+pub fn send(fd: BorrowedFd, data: &[u8], to: &[u8], flags: i32) -> Result<usize> {
+    let (p, l) = if to.is_empty() { (std::ptr::null(), 0) } else { (to.as_ptr(), to.len() as u32) };
+    // SAFETY: data and the optional address are readable buffers of the
+    // lengths passed.
+    let n = unsafe { libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), flags | libc::MSG_NOSIGNAL, p.cast(), l) };
+    Ok(cvt(n as i64).map_err(err("sendto"))? as usize)
+}
+
+/// Creates a new network namespace (from a short-lived thread, so the
+/// caller stays where it is) and returns a descriptor for it.
+pub fn new_netns() -> Result<OwnedFd> {
+    std::thread::spawn(|| -> Result<OwnedFd> {
+        // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network
+        // namespace; the thread ends right after.
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWNET) }).map_err(err("unshare(CLONE_NEWNET)"))?;
+        let f = std::fs::File::open("/proc/thread-self/ns/net").map_err(err("open /proc/thread-self/ns/net"))?;
+        Ok(f.into())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(Error::sys("netns thread", 0, io::Error::other("panicked"))))
+}
+
+/// Runs `f` on a short-lived thread that joined network namespace `ns`
+/// (sockets it creates belong to that namespace).
+pub fn in_netns<T: Send>(ns: BorrowedFd, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::Network))
+                .map_err(|e| Error::sys("setns(CLONE_NEWNET)", 0, e.into()))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::sys("netns thread", 0, io::Error::other("panicked"))))
+    })
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; zero is a valid value.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in r.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *d = s as libc::c_char;
+    }
+    r
+}
+
+/// Interface flags (SIOCGIFFLAGS) of `name`, through any socket of its
+/// namespace.
+pub fn if_flags(sock: BorrowedFd, name: &str) -> Result<u32> {
+    let mut r = ifreq(name);
+    // SAFETY: SIOCGIFFLAGS reads and writes the ifreq we pass.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut r) }).map_err(err("SIOCGIFFLAGS"))?;
+    // SAFETY: the kernel filled the flags member of the union.
+    Ok(unsafe { r.ifr_ifru.ifru_flags } as u16 as u32)
+}
+
+/// Sets interface flags (SIOCSIFFLAGS).
+pub fn set_if_flags(sock: BorrowedFd, name: &str, flags: u32) -> Result<()> {
+    let mut r = ifreq(name);
+    r.ifr_ifru.ifru_flags = flags as u16 as i16;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we pass.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut r) }).map_err(err("SIOCSIFFLAGS"))?;
+    Ok(())
+}
+
+/// What sock_diag tells about one unix socket.
+#[derive(Clone, Debug, Default)]
+pub struct UnixDiag {
+    /// Inode.
+    pub ino: u32,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub ty: u8,
+    /// TCP_ESTABLISHED (1), TCP_CLOSE (7) or TCP_LISTEN (10).
+    pub state: u8,
+    /// Bound name (path, or abstract with a leading NUL), if any.
+    pub name: Option<Vec<u8>>,
+    /// Inode of the peer (0: none).
+    pub peer: u32,
+    /// Inodes of connections waiting in a listener's accept queue.
+    pub icons: Vec<u32>,
+    /// Receive queue: bytes, or for a listener its accept queue length.
+    pub rqueue: u32,
+    /// Send queue bytes, or for a listener its backlog.
+    pub wqueue: u32,
+    /// sk_shutdown bits (1: receive, 2: send).
+    pub shutdown: u8,
+}
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const UDIAG_SHOW: u32 = 0x1 | 0x4 | 0x8 | 0x10; // NAME, PEER, ICONS, RQLEN
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4).map(|x| u32::from_ne_bytes(x.try_into().unwrap_or_default())).unwrap_or(0)
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    b.get(off..off + 2).map(|x| u16::from_ne_bytes(x.try_into().unwrap_or_default())).unwrap_or(0)
+}
+
+/// Parses one unix_diag_msg with its attributes.
+fn parse_unix_diag(m: &[u8]) -> Option<UnixDiag> {
+    if m.len() < 16 {
+        return None;
+    }
+    let mut d = UnixDiag { ty: m[1], state: m[2], ino: u32_at(m, 4), ..Default::default() };
+    let mut off = 16;
+    while off + 4 <= m.len() {
+        let len = u16_at(m, off) as usize;
+        let ty = u16_at(m, off + 2);
+        if len < 4 || off + len > m.len() {
+            break;
+        }
+        let val = &m[off + 4..off + len];
+        match ty {
+            0 => d.name = Some(val.to_vec()),
+            2 => d.peer = u32_at(val, 0),
+            3 => d.icons = val.chunks_exact(4).map(|c| u32_at(c, 0)).collect(),
+            4 => {
+                d.rqueue = u32_at(val, 0);
+                d.wqueue = u32_at(val, 4);
+            }
+            6 => d.shutdown = val.first().copied().unwrap_or(0),
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    Some(d)
+}
+
+/// Asks sock_diag about the unix socket with inode `ino` in the network
+/// namespace of the calling thread; None when the kernel knows no such
+/// socket there.
+pub fn unix_diag(ino: u32) -> Result<Option<UnixDiag>> {
+    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.push(libc::AF_UNIX as u8);
+    req.extend_from_slice(&[0, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // states
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&UDIAG_SHOW.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let kernel = {
+        let mut a = vec![0u8; 12];
+        a[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+        a
+    };
+    use std::os::fd::AsFd;
+    send(nl.as_fd(), &req, &kernel, 0)?;
+    let mut buf = vec![0u8; 16384];
+    let got = recv(nl.as_fd(), &mut buf, 0)?;
+    let b = &buf[..got.len];
+    let mut off = 0;
+    while off + 16 <= b.len() {
+        let len = u32_at(b, off) as usize;
+        let ty = u16_at(b, off + 4);
+        if len < 16 || off + len > b.len() {
+            break;
+        }
+        match ty {
+            NLMSG_ERROR => {
+                let e = -(u32_at(b, off + 16) as i32);
+                if e == 0 {
+                    return Ok(None);
+                }
+                if e == libc::ENOENT {
+                    return Ok(None);
+                }
+                return Err(Error::sys("sock_diag unix", 0, io::Error::from_raw_os_error(e)));
+            }
+            NLMSG_DONE => return Ok(None),
+            SOCK_DIAG_BY_FAMILY => return Ok(parse_unix_diag(&b[off + 16..off + len])),
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn unix_diag_sees_a_socketpair_and_peek_keeps_data() {
+        let (a, b) = socketpair(libc::SOCK_SEQPACKET).expect("socketpair");
+        let st = |fd: &OwnedFd| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("stat").ino() as u32
+        };
+        send(a.as_fd(), b"one", &[], 0).expect("send");
+        send(a.as_fd(), b"three", &[], 0).expect("send");
+        let d = unix_diag(st(&b)).expect("diag").expect("known");
+        assert_eq!(d.peer, st(&a));
+        assert_eq!(d.ty as i32, libc::SOCK_SEQPACKET);
+        assert_eq!(d.rqueue, 8);
+        setsockopt_int(b.as_fd(), libc::SOL_SOCKET, SO_PEEK_OFF, 0).expect("peek off");
+        let mut buf = [0u8; 16];
+        let r1 = recv(b.as_fd(), &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT).expect("peek");
+        assert_eq!(&buf[..r1.len], b"one");
+        let r2 = recv(b.as_fd(), &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT).expect("peek");
+        assert_eq!(&buf[..r2.len], b"three");
+        assert_eq!(recv(b.as_fd(), &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT).unwrap_err().errno(), Some(libc::EAGAIN));
+        setsockopt_int(b.as_fd(), libc::SOL_SOCKET, SO_PEEK_OFF, -1).expect("peek off");
+        let r = recv(b.as_fd(), &mut buf, libc::MSG_DONTWAIT).expect("read");
+        assert_eq!(&buf[..r.len], b"one");
+    }
+}
