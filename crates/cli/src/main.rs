@@ -172,8 +172,17 @@ fn check() -> Result<ExitCode> {
             }
         }
     }
+    println!("\nkinds of state (docs/support.md):");
+    for (kind, support, note) in lpm_engine::support::KINDS {
+        let status = match support {
+            lpm_engine::support::Support::Yes => "supported",
+            lpm_engine::support::Support::Partly => "partly",
+            lpm_engine::support::Support::Refused => "refused",
+        };
+        println!("{status:10} {kind:30} {note}");
+    }
     if missing.is_empty() {
-        println!("every kernel feature lpm needs is present");
+        println!("\nevery kernel feature lpm needs is present");
         Ok(ExitCode::SUCCESS)
     } else {
         bail!("missing kernel features: {}", missing.join(", "))

@@ -19,6 +19,7 @@ mod mem;
 mod ns;
 pub mod proc;
 mod restore;
+pub mod support;
 mod task;
 mod timers;
 

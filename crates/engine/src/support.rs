@@ -1,0 +1,65 @@
+//! What the engine supports, kind by kind: printed by `lpm check` and kept
+//! in step with docs/support.md by a test.
+
+/// How far the engine goes with one kind of kernel state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Checkpointed and restored.
+    Yes,
+    /// Checkpointed and restored, with the limits named in the note.
+    Partly,
+    /// Refused at checkpoint, by name.
+    Refused,
+}
+
+/// One row: the kind of state, how far it is supported, and a note.
+pub type Row = (&'static str, Support, &'static str);
+
+/// Every kind of state the engine knows of.
+pub const KINDS: &[Row] = &[
+    ("registers and xsave state", Support::Yes, "general registers, fs/gs base, x87/SSE/AVX/AVX-512; CPU features checked at restore"),
+    ("threads", Support::Yes, "any number, names, rseq, robust list, tid address, nice, timer slack"),
+    ("private memory", Support::Yes, "anonymous, heap, stacks, PROT_NONE, private file mappings; zero pages without data"),
+    ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes"),
+    ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required)"),
+    ("hugetlbfs and device mappings", Support::Refused, ""),
+    ("regular files", Support::Yes, "path, offset, flags; unlinked files by content"),
+    ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
+    ("pipes and FIFOs", Support::Yes, "with buffered data"),
+    ("unix sockets", Support::Partly, "stream, dgram, seqpacket; pairs, names, listeners, connections and queues inside the tree; accept queues, SCM_RIGHTS in flight and peers outside the tree refused"),
+    ("TCP and UDP sockets", Support::Partly, "IPv4/IPv6 listening, bound, options; established TCP by TCP_REPAIR inside the tree (outside it with --tcp-established); accept queues and queued UDP refused"),
+    ("netlink sockets", Support::Partly, "protocol, port id, groups; unread data refused"),
+    ("other socket families", Support::Refused, "raw, packet, ..."),
+    ("eventfd", Support::Yes, "count and semaphore mode"),
+    ("timerfd", Support::Yes, "clock, time left, interval, unread expirations"),
+    ("signalfd", Support::Yes, "mask"),
+    ("epoll", Support::Yes, "every registration, nested epoll, fired one-shots"),
+    ("inotify", Support::Partly, "watches with their wds; pending events refused"),
+    ("memfd", Support::Yes, "name, seals, content, mappings sharing the fd's object"),
+    ("pidfd", Support::Partly, "targets inside the tree; others refused"),
+    ("signals", Support::Yes, "actions, masks, pending (per thread and shared), sigaltstack"),
+    ("itimers", Support::Yes, "real, virtual, prof; time left as at checkpoint"),
+    ("POSIX timers", Support::Yes, "same ids, clocks, notification, interval; overrun restarts at 0"),
+    ("file locks", Support::Partly, "flock, POSIX, OFD; waiting requests and leases refused"),
+    ("SysV IPC", Support::Partly, "shm, sem, msg in a tree-owned ipc namespace with the same ids; SEM_UNDO not restored"),
+    ("POSIX shared memory", Support::Yes, "as files under /dev/shm"),
+    ("POSIX message queues", Support::Refused, ""),
+    ("credentials", Support::Yes, "uids, gids, groups, all capability sets, securebits"),
+    ("process attributes", Support::Yes, "rlimits, cwd, root, umask, personality, no_new_privs, dumpable, THP disable, subreaper, pdeathsig"),
+    ("process tree", Support::Yes, "same pids in every pid namespace, sessions, process groups"),
+    ("namespaces", Support::Partly, "pid, mount (private /proc), uts, ipc, net owned by the tree; other mounts refused"),
+    ("zombies", Support::Refused, ""),
+    ("seccomp filters", Support::Refused, ""),
+    ("terminals and ptys", Support::Refused, ""),
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn docs_list_every_kind() {
+        let doc = include_str!("../../../docs/support.md");
+        for (kind, _, _) in super::KINDS {
+            assert!(doc.contains(kind), "docs/support.md does not mention {kind:?}");
+        }
+    }
+}
