@@ -929,8 +929,9 @@ fn restore_3x(run: &mut Run) -> Res<()> {
     run.expect_pass()
 }
 
-/// Checkpoint with --leave-running: the original runs on unchanged and
-/// passes; then a restore from the same images passes too.
+/// Checkpoint with --leave-running: the original runs on unchanged; a
+/// second checkpoint of it (which kills it) restores and passes; then a
+/// restore from the first images passes too.
 fn leave_running(run: &mut Run) -> Res<()> {
     run.start(None)?;
     run.wait_ready()?;
@@ -942,12 +943,18 @@ fn leave_running(run: &mut Run) -> Res<()> {
     run.check_running(&tree, "the original after checkpoint --leave-running")?;
     run.check_tree("the original after checkpoint --leave-running")?;
     run.check_state(&state, "the original after checkpoint --leave-running");
-    run.verdict().and_then(|r| match r.as_str() {
-        "PASS\n" => Ok(()),
-        _ => Err(format!("the original, left running, reported {}", r.trim())),
-    })?;
+    let second = run.dir.join("images-second");
+    run.checkpoint(&second, false)?;
+    run.wait_gone(&tree, "after the second checkpoint (the tree must be killed)")?;
+    run.restore(&second)?;
+    run.check_tree("after restoring the second checkpoint")?;
+    run.check_state(&state, "after restoring the second checkpoint");
+    sleep(SETTLE);
+    run.check_running(&tree, "running after restoring the second checkpoint")?;
+    run.expect_pass().map_err(|e| format!("restored from the second checkpoint: {e}"))?;
     let result = run.result_path();
     fs::remove_file(&result).map_err(|e| format!("remove {}: {e}", result.display()))?;
+    run.wait_gone(&tree, "after the second restore's verification")?;
     run.restore(&images)?;
     run.check_tree("after restore")?;
     run.check_state(&state, "after restore");
