@@ -101,8 +101,16 @@ int main(void)
 		   us(it.it_value), us(it.it_interval));
 	zdtm_check(sigtimedwait(&alrm, NULL, &ts) == SIGALRM, "no SIGALRM within 10 s: %s", strerror(errno));
 	getitimer(ITIMER_REAL, &it);
-	zdtm_check(us(it.it_interval) == 20000 && us(it.it_value) > 0 && us(it.it_value) <= 20000,
-		   "ITIMER_REAL after SIGALRM: value %lld interval %lld", us(it.it_value), us(it.it_interval));
+	{
+		/* Under load the timer may have expired again since the
+		 * sigtimedwait: then SIGALRM is pending and the kernel shows 0
+		 * left until the signal is taken, which re-arms it. */
+		sigset_t pend;
+		sigpending(&pend);
+		int again = sigismember(&pend, SIGALRM) == 1;
+		zdtm_check(us(it.it_interval) == 20000 && (us(it.it_value) > 0 || again) && us(it.it_value) <= 20000,
+			   "ITIMER_REAL after SIGALRM: value %lld interval %lld", us(it.it_value), us(it.it_interval));
+	}
 	zdtm_check(sigtimedwait(&alrm, NULL, &ts) == SIGALRM, "no second SIGALRM within 10 s: %s", strerror(errno));
 	getitimer(ITIMER_VIRTUAL, &it);
 	zdtm_check(us(it.it_interval) == 7000000 && us(it.it_value) > 990000000LL && us(it.it_value) <= 1000000000LL + SLACK,
