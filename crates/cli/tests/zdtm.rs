@@ -134,6 +134,8 @@ static PROGS: &[Prog] = &[
     prog("inotify", Launch::C, true, 4),
     prog("memfd", Launch::C, true, 5),
     prog("pidfd", Launch::C, true, 3),
+    prog("zombie", Launch::C, true, 3),
+    prog("seccomp", Launch::C, true, 3),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -395,6 +397,7 @@ const STATUS_KEYS: &[&str] = &[
     "CapAmb",
     "NoNewPrivs",
     "Seccomp",
+    "Seccomp_filters",
     "THP_enabled",
 ];
 
@@ -488,6 +491,8 @@ struct Run {
     known: BTreeSet<i32>,
     /// The tree's shape when it was last checked.
     tree: Tree,
+    /// Processes that were zombies at ready (they must stay zombies).
+    zombies: BTreeSet<i32>,
     lpm_calls: Vec<(String, PathBuf)>,
     /// Differences that do not stop the scenario: it runs on to the
     /// program's own verdict, and the test fails with both.
@@ -514,6 +519,7 @@ impl Run {
             root: 0,
             known: BTreeSet::new(),
             tree: Tree::new(),
+            zombies: BTreeSet::new(),
             lpm_calls: Vec::new(),
             soft: Vec::new(),
         };
@@ -625,6 +631,7 @@ impl Run {
             if fs::read_to_string(self.ready_path()).is_ok_and(|s| s == "ready\n") {
                 self.tree = tree_of(self.root);
                 self.known.extend(self.tree.keys());
+                self.zombies = self.tree.keys().copied().filter(|&p| stat_fields(p, None).is_some_and(|s| s.state == 'Z')).collect();
                 return Ok(());
             }
             if let Some(status) = self.root_exited() {
@@ -734,7 +741,9 @@ impl Run {
         for (&pid, tids) in tree {
             for &tid in tids {
                 let st = stat_fields(pid, Some(tid)).ok_or_else(|| format!("{what}: task {tid} of {pid} is gone"))?;
-                if matches!(st.state, 'Z' | 'X' | 'x' | 'T' | 't') {
+                // A zombie since ready (zombie.c) stays one.
+                let was_zombie = self.zombies.contains(&tid);
+                if matches!(st.state, 'Z' | 'X' | 'x' | 'T' | 't') && !(st.state == 'Z' && was_zombie) {
                     return Err(format!("{what}: task {tid} of {pid} is in state {}", st.state));
                 }
                 let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
@@ -1018,6 +1027,8 @@ zdtm_tests!(
     inotify,
     memfd,
     pidfd,
+    zombie,
+    seccomp,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -18,7 +18,7 @@ use crate::files::FileTable;
 use crate::mem::ShmemTable;
 use crate::proc::{self, Stat, Status};
 use crate::task::Scratch;
-use crate::{cpu, files, io_err, ipc, locks, mem, ns, task, timers, EngineError, Result, StepExt};
+use crate::{cpu, files, io_err, ipc, locks, mem, ns, seccomp, task, timers, zombie, EngineError, Result, StepExt};
 
 /// How to checkpoint.
 #[derive(Clone, Debug, Default)]
@@ -204,8 +204,12 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, bool)> {
         loop {
             let mut new = 0;
             for pid in list_tree(root)? {
-                if Stat::read(pid)?.state() == 'Z' {
-                    return Err(EngineError::Unsupported { pid, kind: "process state", what: "zombie".into() });
+                // A zombie cannot be seized: it is recorded from /proc.
+                if zombie::check(pid, root)? {
+                    if !order.contains(&pid) {
+                        order.push(pid);
+                    }
+                    continue;
                 }
                 for tid in proc::threads(pid)? {
                     if known.insert(tid, ()).is_some() {
@@ -214,7 +218,10 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, bool)> {
                     new += 1;
                     // No fork or clone tracing: new tasks are found by the
                     // re-listing, and no event stop can swallow the interrupt.
-                    ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD).step(tid, || "seize".into())?;
+                    // A thread under seccomp must not have our remote
+                    // syscalls filtered.
+                    let suspend = if seccomp::active(pid, tid) { lpm_sys::misc::PTRACE_O_SUSPEND_SECCOMP } else { 0 };
+                    ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD | suspend).step(tid, || "seize".into())?;
                     ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
                     pending.push((pid, tid));
                     if cgroup.is_none() {
@@ -345,6 +352,9 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
 }
 
 fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut FileTable, shm: &mut ShmemTable) -> Result<Process> {
+    if Stat::read(pid)?.state() == 'Z' {
+        return zombie::dump(pid, tree);
+    }
     let st = Status::read(pid)?;
     let stat = Stat::read(pid)?;
     let maps = proc::smaps(pid)?;
@@ -369,6 +379,7 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
     if let Some(n) = p.namespaces.as_mut() {
         ipc::dump_ns(pid, n, dir)?;
     }
+    p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
     ipc::check_fds(pid)?;
     p.fds = files::dump(pid, files)?;
     let regs: Vec<(i32, Regs)> = threads.iter().map(|t| (t.tid, t.regs)).collect();

@@ -19,9 +19,11 @@ mod mem;
 mod ns;
 pub mod proc;
 mod restore;
+mod seccomp;
 pub mod support;
 mod task;
 mod timers;
+mod zombie;
 
 use std::path::PathBuf;
 

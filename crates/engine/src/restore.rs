@@ -14,7 +14,11 @@
 //!    their ids (`ipc::restore`): shaping attaches segments by id.
 //! 5. `shape`: per process memory, descriptors, namespaces' contents and
 //!    process state; threads are cloned last, into the finished mm.
-//! 6. `creds`: credentials last, as they may drop the rights of the steps above.
+//! 6. `creds`: seccomp filters (while the puppet still has CAP_SYS_ADMIN;
+//!    suspended for the tracer until detach), then credentials last, as
+//!    they may drop the rights of the steps above.
+//!    Then `zombies`: zombies exit with their recorded status while every
+//!    parent is still stopped (its SIGCHLD state is put back as it was).
 //! 7. `finish`: registers and signal masks, trampoline unmapped, detach all
 //!    at once so the tree starts running together.
 //!
@@ -32,7 +36,7 @@ use lpm_sys::remote::{park, Remote};
 use crate::files::{self, OpenFiles};
 use crate::mem::{self, ShmemObjects};
 use crate::task::{self, put, Scratch};
-use crate::{cpu, ipc, locks, ns, proc, timers, EngineError, Result, StepExt};
+use crate::{cpu, ipc, locks, ns, proc, seccomp, timers, zombie, EngineError, Result, StepExt};
 
 /// How to restore.
 #[derive(Clone, Debug, Default)]
@@ -134,8 +138,19 @@ pub fn restore(dir: &Path, _opts: &RestoreOptions) -> Result<Restored> {
     }
     for p in &tree.processes {
         let pp = &puppets.by_pid[&p.pid];
+        if let Some(sc) = &p.seccomp {
+            seccomp::restore(
+                pp.host,
+                &pp.tids,
+                &mut ctx.remote(pp.host, pp.base),
+                ctx.scratch(),
+                sc,
+                p.prctl.as_ref().is_some_and(|x| x.no_new_privs),
+            )?;
+        }
         task::restore_creds(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), p)?;
     }
+    zombies(&ctx, &puppets)?;
     finish(&ctx, &puppets)?;
     puppets.armed = false;
     Ok(Restored {
@@ -348,6 +363,9 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
         (pp.host, pp.base)
     };
     let mut r = ctx.remote(host, base);
+    if p.zombie.is_some() {
+        return zombie::shape(host, &mut r, s, p);
+    }
     if let Some(mm) = &p.mm {
         let mc = mem::RestoreCtx { pid: host, dir: ctx.dir, trampoline: ctx.trampoline, parking: ctx.trampoline + TRAMPOLINE_LEN, shmem };
         mem::restore(&mc, &mut r, s, mm)?;
@@ -371,17 +389,45 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
     }
     // A second pass rather than one per clone: resuming the same tracee
     // again and again is much cheaper than alternating between two.
+    let nnp = p.prctl.as_ref().is_some_and(|x| x.no_new_privs);
     for (t, &tid) in p.threads.iter().zip(&tids).skip(1) {
-        task::restore_thread(host, own_view(p), tid, &mut ctx.remote(tid, base), s, t, Some(leader))?;
+        let mut tr = ctx.remote(tid, base);
+        task::restore_thread(host, own_view(p), tid, &mut tr, s, t, Some(leader))?;
+        // no_new_privs is per thread; the leader's is set with its
+        // credentials, last (it can never be cleared again).
+        if nnp {
+            tr.call(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0]).step(tid, || "remote PR_SET_NO_NEW_PRIVS".into())?;
+        }
     }
     timers::restore(host, &mut r, s, p)?;
     puppets.by_pid.get_mut(&p.pid).expect("spawned").tids = tids;
     Ok(())
 }
 
+/// Stage 6, end: zombies exit with their recorded status, once every other
+/// process is complete (nothing later needs them alive) and while their
+/// parents are still stopped, so the SIGCHLD each exit sends can be taken
+/// back (zombie.rs).
+fn zombies(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
+    for p in ctx.tree.processes.iter().filter(|p| p.zombie.is_some()) {
+        let (pp, parent) = (&puppets.by_pid[&p.pid], &puppets.by_pid[&p.ppid]);
+        let parent_img = ctx.tree.processes.iter().find(|q| q.pid == p.ppid).expect("spawned from it");
+        let z = zombie::Exiting {
+            p,
+            host: pp.host,
+            base: pp.base,
+            parent: parent_img,
+            parent_remote: ctx.remote(parent.host, parent.base),
+            syscall_ip: ctx.trampoline,
+        };
+        zombie::exit(z, ctx.scratch())?;
+    }
+    Ok(())
+}
+
 /// Stage 7: final registers, trampoline gone, everyone detached together.
 fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
-    for p in &ctx.tree.processes {
+    for p in ctx.tree.processes.iter().filter(|p| p.zombie.is_none()) {
         let pp = &puppets.by_pid[&p.pid];
         let mut r = ctx.remote(pp.host, pp.base);
         // Set last: until now the root puppet dies with the restorer, so a
@@ -406,7 +452,8 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
             ptrace::set_sigmask(tid, t.sigmask).step(tid, || "write sigmask".into())?;
         }
     }
-    for pid in &puppets.order {
+    let zombie = |pid: &u32| ctx.tree.processes.iter().any(|p| p.pid == *pid && p.zombie.is_some());
+    for pid in puppets.order.iter().filter(|pid| !zombie(pid)) {
         for &tid in &puppets.by_pid[pid].tids {
             ptrace::detach(tid, 0).step(tid, || "detach".into())?;
         }

@@ -48,8 +48,8 @@ pub const KINDS: &[Row] = &[
     ("process attributes", Support::Yes, "rlimits, cwd, root, umask, personality, no_new_privs, dumpable, THP disable, subreaper, pdeathsig"),
     ("process tree", Support::Yes, "same pids in every pid namespace, sessions, process groups"),
     ("namespaces", Support::Partly, "pid, mount (private /proc), uts, ipc, net owned by the tree; other mounts refused"),
-    ("zombies", Support::Refused, ""),
-    ("seccomp filters", Support::Refused, ""),
+    ("zombies", Support::Partly, "pid, parent, group, session, wait status, creds, signal state, limits; core-dump deaths refused"),
+    ("seccomp filters", Support::Partly, "mode 2, the same chain in every thread; strict mode and per-thread chains refused"),
     ("terminals and ptys", Support::Refused, ""),
 ];
 

@@ -162,6 +162,14 @@ pub struct Process {
     /// out of `mm`: they are attached with shmat, not mapped).
     #[prost(message, repeated, tag = "23")]
     pub sysv_shm_maps: Vec<SysvShmMap>,
+    /// The process had exited and was not yet waited for (a zombie): it is
+    /// recreated and made to exit again with this status at the end of the
+    /// restore. A zombie has no memory, descriptors or threads of its own.
+    #[prost(message, optional, tag = "27")]
+    pub zombie: Option<Zombie>,
+    /// Seccomp filters (mode 2) shared by every thread of the process.
+    #[prost(message, optional, tag = "28")]
+    pub seccomp: Option<Seccomp>,
 }
 
 /// Process-wide prctl(2) state.
@@ -1116,4 +1124,34 @@ pub struct SocketImage {
     /// Unix: a pair end whose peer was closed (shut down both ways).
     #[prost(bool, tag = "18")]
     pub peer_closed: bool,
+}
+
+/// What is left of a process that exited and was not yet waited for.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Zombie {
+    /// The wait status its parent will collect (stat field 52): exit code
+    /// << 8, or the number of the signal that killed it.
+    #[prost(uint32, tag = "1")]
+    pub exit_status: u32,
+}
+
+/// One seccomp BPF filter.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SeccompFilter {
+    /// Raw `struct sock_filter` array (8 bytes per instruction), as
+    /// PTRACE_SECCOMP_GET_FILTER returned it.
+    #[prost(bytes = "vec", tag = "1")]
+    pub insns: Vec<u8>,
+    /// SECCOMP_FILTER_FLAG_* the filter was installed with that the
+    /// kernel reports (PTRACE_SECCOMP_GET_METADATA: FLAG_LOG).
+    #[prost(uint64, tag = "2")]
+    pub flags: u64,
+}
+
+/// The seccomp state of a process (mode 2, the same chain in every thread).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Seccomp {
+    /// Filters, oldest first (the order they are installed again).
+    #[prost(message, repeated, tag = "1")]
+    pub filters: Vec<SeccompFilter>,
 }

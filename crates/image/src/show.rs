@@ -234,6 +234,14 @@ pub fn render(t: &TreeImage) -> String {
         for m in &p.sysv_shm_maps {
             let _ = writeln!(o, "  sysv shm {} attached at {:#x}-{:#x} {}", m.shmid, m.start, m.end, prot(m.prot));
         }
+        if let Some(z) = &p.zombie {
+            let _ = writeln!(o, "  zombie, wait status {:#x}", z.exit_status);
+        }
+        if let Some(sc) = &p.seccomp {
+            for (i, f) in sc.filters.iter().enumerate() {
+                let _ = writeln!(o, "  seccomp filter {i} (oldest first): {} instructions flags {:#x}", f.insns.len() / 8, f.flags);
+            }
+        }
         if let Some(ipc) = p.namespaces.as_ref().and_then(|n| n.ipc.as_ref()) {
             let perm = |p: &Option<crate::IpcPerm>| {
                 p.as_ref()

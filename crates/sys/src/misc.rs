@@ -422,3 +422,40 @@ pub fn signalfd(mask: u64, flags: i32) -> Result<std::os::fd::OwnedFd> {
     // SAFETY: fd is a fresh descriptor owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// PTRACE_O_SUSPEND_SECCOMP: a tracee's seccomp filters do not apply to
+/// it (nor to the syscalls a tracer makes it run) while it is traced with
+/// this option. Needs CAP_SYS_ADMIN.
+pub const PTRACE_O_SUSPEND_SECCOMP: i32 = 1 << 21;
+
+/// Seccomp filter `index` of stopped tracee `tid` (0 = the newest) as raw
+/// `struct sock_filter` instructions (PTRACE_SECCOMP_GET_FILTER); None past
+/// the oldest.
+pub fn seccomp_filter(tid: i32, index: u64) -> Result<Option<Vec<u8>>> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    // SAFETY: a null buffer asks only for the instruction count.
+    let n = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as libc::c_ulong, std::ptr::null_mut::<u8>()) };
+    let n = match cvt(n) {
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(Error::sys("ptrace PTRACE_SECCOMP_GET_FILTER", tid, e)),
+    };
+    let mut buf = vec![0u8; n * 8];
+    // SAFETY: buf holds room for the n 8-byte instructions the kernel writes.
+    let got = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index as libc::c_ulong, buf.as_mut_ptr()) };
+    let got = cvt(got).map_err(|e| Error::sys("ptrace PTRACE_SECCOMP_GET_FILTER", tid, e))? as usize;
+    buf.truncate(got.min(n) * 8);
+    Ok(Some(buf))
+}
+
+/// The flags seccomp filter `index` of stopped tracee `tid` was installed
+/// with, as far as the kernel reports them (PTRACE_SECCOMP_GET_METADATA).
+pub fn seccomp_flags(tid: i32, index: u64) -> Result<u64> {
+    const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+    // struct seccomp_metadata { __u64 filter_off; __u64 flags; }
+    let mut md = [index, 0u64];
+    // SAFETY: the kernel reads and writes the 16-byte struct we pass.
+    let r = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_METADATA, tid, std::mem::size_of_val(&md) as libc::c_ulong, md.as_mut_ptr()) };
+    cvt(r).map_err(|e| Error::sys("ptrace PTRACE_SECCOMP_GET_METADATA", tid, e))?;
+    Ok(md[1])
+}

@@ -65,6 +65,8 @@ const COMMON_OPTS: &[(i32, i32)] = &[
     (libc::SOL_SOCKET, libc::SO_OOBINLINE),
     (libc::SOL_SOCKET, libc::SO_PRIORITY),
     (libc::SOL_SOCKET, libc::SO_MARK),
+    // The interface name, or empty (which unbinds, harmlessly).
+    (libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
 ];
 const TCP_OPTS: &[(i32, i32)] = &[
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
@@ -74,9 +76,16 @@ const TCP_OPTS: &[(i32, i32)] = &[
     (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
     (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
     (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT),
+    // The congestion control algorithm's name (16 bytes at most).
+    (libc::IPPROTO_TCP, libc::TCP_CONGESTION),
 ];
-const V4_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IP, libc::IP_TOS), (libc::IPPROTO_IP, libc::IP_FREEBIND)];
-const V6_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), (libc::IPPROTO_IPV6, libc::IPV6_TCLASS)];
+const V4_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IP, libc::IP_TOS), (libc::IPPROTO_IP, libc::IP_FREEBIND), (libc::IPPROTO_IP, libc::IP_TTL)];
+/// Multicast options exist for datagram sockets only (stream sockets
+/// refuse them with EINVAL).
+const V4_UDP_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL), (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP)];
+const V6_OPTS: &[(i32, i32)] =
+    &[(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), (libc::IPPROTO_IPV6, libc::IPV6_TCLASS), (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)];
+const V6_UDP_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS), (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP)];
 
 fn state_name(st: u8) -> &'static str {
     match st {
@@ -265,6 +274,9 @@ impl Kind for Inet {
             list.extend_from_slice(TCP_OPTS);
         }
         list.extend_from_slice(if domain == libc::AF_INET { V4_OPTS } else { V6_OPTS });
+        if !tcp {
+            list.extend_from_slice(if domain == libc::AF_INET { V4_UDP_OPTS } else { V6_UDP_OPTS });
+        }
         img.opts = sockets::read_opts(fd, &list);
         let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
         if tcp {

@@ -54,7 +54,16 @@ impl Kind for Regular {
             Ok(FileKind::CharDevice) => {
                 let major = libc::major(st.rdev());
                 if major != MEM_MAJOR {
-                    return Err(seen.unsupported(format!("character device {}:{}", major, libc::minor(st.rdev()))));
+                    let minor = libc::minor(st.rdev());
+                    // Pseudo-terminals are not restored yet (no Tty kind):
+                    // named as such, the master (ptmx) and slaves (pts).
+                    let what = match (major, minor) {
+                        (5, 2) => "pseudo-terminal master (ptmx)".to_string(),
+                        (136..=143, _) => "pseudo-terminal slave".to_string(),
+                        (4 | 5, _) => "terminal".to_string(),
+                        _ => "character device".to_string(),
+                    };
+                    return Err(seen.unsupported(format!("{what} {major}:{minor}")));
                 }
                 f.rdev = st.rdev();
             }
