@@ -121,6 +121,7 @@ static PROGS: &[Prog] = &[
     prog("posix_timers", Launch::C, true, 5),
     prog("itimers", Launch::C, true, 4),
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sysv_ipc", Launch::CIpc, true, 5) },
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("posix_mq", Launch::CIpc, true, 5) },
     prog("posix_shm", Launch::C, true, 3),
     prog("file_locks", Launch::C, true, 4),
     prog("sock_unix", Launch::C, true, 5),
@@ -136,6 +137,7 @@ static PROGS: &[Prog] = &[
     prog("pidfd", Launch::C, true, 3),
     prog("zombie", Launch::C, true, 3),
     prog("seccomp", Launch::C, true, 3),
+    prog("pty", Launch::C, true, 4),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -368,6 +370,10 @@ fn normalize_link(link: &str) -> String {
         if link.starts_with(kind) {
             return kind.trim_end_matches(":[").into();
         }
+    }
+    // A restored pty gets the index the host's devpts gives it.
+    if link.starts_with("/dev/pts/") {
+        return "/dev/pts/".into();
     }
     link.into()
 }
@@ -1014,6 +1020,7 @@ zdtm_tests!(
     posix_timers,
     itimers,
     sysv_ipc,
+    posix_mq,
     posix_shm,
     file_locks,
     sock_unix,
@@ -1029,6 +1036,7 @@ zdtm_tests!(
     pidfd,
     zombie,
     seccomp,
+    pty,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -380,7 +380,6 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
         ipc::dump_ns(pid, n, dir)?;
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
-    ipc::check_fds(pid)?;
     p.fds = files::dump(pid, files)?;
     let regs: Vec<(i32, Regs)> = threads.iter().map(|t| (t.tid, t.regs)).collect();
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;

@@ -14,9 +14,9 @@
 //!
 //! Refused by name: SysV segments attached from the host's ipc namespace
 //! (one the tree does not own), partial attachments, locked segments,
-//! shm_rmid_forced namespaces holding segments, POSIX message queue
-//! descriptors. Not detectable from outside, hence not restored: SEM_UNDO
-//! adjustments of the processes.
+//! shm_rmid_forced namespaces holding segments. POSIX message queue
+//! descriptors are files (`files::mqueue`). Not detectable from outside,
+//! hence not restored: SEM_UNDO adjustments of the processes.
 
 use std::path::Path;
 
@@ -49,11 +49,9 @@ const SYSCTLS: [&str; 12] = [
 
 const SHM_DEST: u32 = 0o1000;
 const SHM_LOCKED: u32 = 0o2000;
-/// statfs f_type of the mqueue filesystem.
-const MQUEUE_MAGIC: i64 = 0x1980_0202;
 
 /// Runs `f` in a thread that joined the ipc namespace of `pid`.
-fn in_ns<T: Send>(pid: i32, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(crate) fn in_ns<T: Send>(pid: i32, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     let path = format!("/proc/{pid}/ns/ipc");
     let ns = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
     std::thread::scope(|s| {
@@ -200,24 +198,6 @@ pub fn dump_maps(pid: i32, maps: &[MapEntry]) -> Result<Vec<SysvShmMap>> {
         out.push(SysvShmMap { start: e.start, end: e.end, shmid: e.inode as u32, prot: e.prot() });
     }
     Ok(out)
-}
-
-/// Refuses the descriptors of `pid` this module does not restore: POSIX
-/// message queues (regular-looking files of the mqueue filesystem).
-pub fn check_fds(pid: i32) -> Result<()> {
-    let dir = format!("/proc/{pid}/fd");
-    for e in std::fs::read_dir(&dir).map_err(io_err(format!("list {dir}")))?.flatten() {
-        let Ok(st) = rustix::fs::statfs(e.path()) else { continue };
-        if st.f_type == MQUEUE_MAGIC {
-            let link = std::fs::read_link(e.path()).map(|l| l.display().to_string()).unwrap_or_default();
-            return Err(EngineError::Unsupported {
-                pid,
-                kind: "file descriptor",
-                what: format!("fd {} -> {link}: POSIX message queue", e.file_name().to_string_lossy()),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Segments to remove once every puppet has attached them.

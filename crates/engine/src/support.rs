@@ -43,14 +43,14 @@ pub const KINDS: &[Row] = &[
     ("file locks", Support::Partly, "flock, POSIX, OFD; waiting requests and leases refused"),
     ("SysV IPC", Support::Partly, "shm, sem, msg in a tree-owned ipc namespace with the same ids; SEM_UNDO not restored"),
     ("POSIX shared memory", Support::Yes, "as files under /dev/shm"),
-    ("POSIX message queues", Support::Refused, ""),
+    ("POSIX message queues", Support::Partly, "name, attributes, mode, owner, messages with priorities in a tree-owned ipc namespace; mq_notify and unlinked queues refused"),
     ("credentials", Support::Yes, "uids, gids, groups, all capability sets, securebits"),
     ("process attributes", Support::Yes, "rlimits, cwd, root, umask, personality, no_new_privs, dumpable, THP disable, subreaper, pdeathsig"),
     ("process tree", Support::Yes, "same pids in every pid namespace, sessions, process groups"),
     ("namespaces", Support::Partly, "pid, mount (private /proc), uts, ipc, net owned by the tree; other mounts refused"),
     ("zombies", Support::Partly, "pid, parent, group, session, wait status, creds, signal state, limits; core-dump deaths refused"),
     ("seccomp filters", Support::Partly, "mode 2, the same chain in every thread; strict mode and per-thread chains refused"),
-    ("terminals and ptys", Support::Refused, ""),
+    ("terminals and ptys", Support::Partly, "pty pairs inside the tree: termios, window size, packet mode, lock, controlling terminal of a session leader and its foreground group; the pts index may change; slaves of masters outside the tree, pending data and other terminals refused"),
 ];
 
 #[cfg(test)]

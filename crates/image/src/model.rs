@@ -534,6 +534,11 @@ pub enum FileKind {
     InetSocket = 14,
     /// A netlink socket; state in `FileImage::socket`.
     NetlinkSocket = 15,
+    /// A pseudo-terminal end (master /dev/ptmx or slave /dev/pts/N); state
+    /// in `FileImage::tty`.
+    Tty = 16,
+    /// A POSIX message queue (mq_open); state in `FileImage::mqueue`.
+    Mqueue = 17,
 }
 
 /// An open file description (what several fds may share).
@@ -593,6 +598,12 @@ pub struct FileImage {
     /// State of a socket (unix, inet or netlink).
     #[prost(message, optional, tag = "20")]
     pub socket: Option<SocketImage>,
+    /// A pseudo-terminal end: its pty and, on the master, the pty's state.
+    #[prost(message, optional, tag = "30")]
+    pub tty: Option<TtyImage>,
+    /// A POSIX message queue: name, attributes and queued messages.
+    #[prost(message, optional, tag = "31")]
+    pub mqueue: Option<MqueueImage>,
 }
 
 /// A file descriptor of a process.
@@ -1154,4 +1165,77 @@ pub struct Seccomp {
     /// Filters, oldest first (the order they are installed again).
     #[prost(message, repeated, tag = "1")]
     pub filters: Vec<SeccompFilter>,
+}
+
+/// One end of a pseudo-terminal pair held in the tree. The master carries
+/// the pty's state; a slave only names its pty (whose master must be in
+/// the tree). The index is the one at dump: restore gets a new one from
+/// the host's devpts.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TtyImage {
+    /// The pty's index at dump (N of /dev/pts/N).
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    /// This file is the master (/dev/ptmx); otherwise the slave.
+    #[prost(bool, tag = "2")]
+    pub master: bool,
+    /// Master: raw kernel `struct termios` of the pty (TCGETS, 36 bytes on
+    /// x86_64).
+    #[prost(bytes = "vec", tag = "3")]
+    pub termios: Vec<u8>,
+    /// Master: window size rows, cols, xpixel, ypixel.
+    #[prost(uint32, repeated, tag = "4")]
+    pub winsize: Vec<u32>,
+    /// Master: packet mode (TIOCPKT).
+    #[prost(bool, tag = "5")]
+    pub packet: bool,
+    /// Master: the slave is locked (TIOCSPTLCK).
+    #[prost(bool, tag = "6")]
+    pub locked: bool,
+    /// Master: pid of the session leader whose controlling terminal this
+    /// pty is (0: none).
+    #[prost(uint32, tag = "7")]
+    pub session: u32,
+    /// Master: the foreground process group as the session leader sees it
+    /// (0: none).
+    #[prost(uint32, tag = "8")]
+    pub fg_pgrp: u32,
+}
+
+/// One message of a POSIX message queue.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MqMessage {
+    /// Priority (mq_send).
+    #[prost(uint32, tag = "1")]
+    pub prio: u32,
+    /// The bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
+
+/// A POSIX message queue of an ipc namespace the tree owns.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MqueueImage {
+    /// Name with its leading slash ("/NAME").
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Capacity in messages (mq_maxmsg).
+    #[prost(int64, tag = "2")]
+    pub maxmsg: i64,
+    /// Largest message in bytes (mq_msgsize).
+    #[prost(int64, tag = "3")]
+    pub msgsize: i64,
+    /// Permission bits of the queue.
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
+    /// Owner uid.
+    #[prost(uint32, tag = "5")]
+    pub uid: u32,
+    /// Owner gid.
+    #[prost(uint32, tag = "6")]
+    pub gid: u32,
+    /// Queued messages in the order they are received (highest priority
+    /// first, oldest first within a priority).
+    #[prost(message, repeated, tag = "7")]
+    pub messages: Vec<MqMessage>,
 }

@@ -144,6 +144,37 @@ fn event_objects(f: &FileImage) -> String {
     if let Some(p) = &f.pidfd {
         let _ = write!(o, " target pid={} (seen as {})", p.pid, p.ns_pid);
     }
+    if let Some(q) = &f.mqueue {
+        let _ = write!(
+            o,
+            " mqueue {:?} maxmsg={} msgsize={} mode={:#o} owner={}:{} messages={}",
+            q.name,
+            q.maxmsg,
+            q.msgsize,
+            q.mode,
+            q.uid,
+            q.gid,
+            q.messages.len()
+        );
+        for m in &q.messages {
+            let _ = write!(o, "\n      message prio={} {}B", m.prio, m.data.len());
+        }
+    }
+    if let Some(t) = &f.tty {
+        let _ = write!(o, " pty index={} {}", t.index, if t.master { "master" } else { "slave" });
+        if t.master {
+            let _ = write!(
+                o,
+                " winsize={:?} packet={} locked={} session={} fg_pgrp={} termios={}B",
+                t.winsize,
+                t.packet,
+                t.locked,
+                t.session,
+                t.fg_pgrp,
+                t.termios.len()
+            );
+        }
+    }
     o
 }
 

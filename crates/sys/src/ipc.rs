@@ -177,6 +177,73 @@ pub fn msg_set(id: i32, uid: u32, gid: u32, mode: u32, qbytes: u64) -> Result<()
     Ok(())
 }
 
+/// Attributes of a POSIX message queue: flags, capacity, message size
+/// and messages queued (mq_getattr).
+pub fn mq_getattr(fd: std::os::fd::BorrowedFd) -> Result<libc::mq_attr> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: mq_attr is plain data; zeroed is a valid value.
+    let mut a: libc::mq_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: a NULL new attribute only reads; the kernel writes into a.
+    cvt(unsafe { libc::syscall(libc::SYS_mq_getsetattr, fd.as_raw_fd(), std::ptr::null::<libc::mq_attr>(), &mut a) })
+        .map_err(|e| Error::sys("mq_getsetattr", 0, e))?;
+    Ok(a)
+}
+
+/// Opens (or with O_CREAT creates, with `attr` as maxmsg and msgsize)
+/// queue `name` ("/NAME") in the calling thread's ipc namespace. The
+/// kernel makes the descriptor close-on-exec whatever `flags` say.
+pub fn mq_open(name: &str, flags: i32, mode: u32, attr: Option<(i64, i64)>) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(name.trim_start_matches('/'))
+        .map_err(|_| Error::sys("mq_open", 0, io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: mq_attr is plain data; zeroed is a valid value.
+    let mut a: libc::mq_attr = unsafe { std::mem::zeroed() };
+    let ap = match attr {
+        Some((max, size)) => {
+            a.mq_maxmsg = max as _;
+            a.mq_msgsize = size as _;
+            &a as *const libc::mq_attr
+        }
+        None => std::ptr::null(),
+    };
+    // SAFETY: c is a NUL-terminated name and ap NULL or a valid mq_attr,
+    // both alive for the call.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_mq_open, c.as_ptr(), flags, mode, ap) }).map_err(|e| Error::sys("mq_open", 0, e))?;
+    // SAFETY: mq_open returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Takes the next message (highest priority, oldest first) of the queue
+/// without waiting: None when it is empty. `msgsize` is the queue's.
+pub fn mq_receive_now(fd: std::os::fd::BorrowedFd, msgsize: usize) -> Result<Option<(u32, Vec<u8>)>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; msgsize.max(1)];
+    let mut prio: libc::c_uint = 0;
+    let past = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: buf holds msgsize bytes as the length says; prio and past are
+    // valid for the call. An absolute timeout in the past never waits.
+    let n = unsafe { libc::syscall(libc::SYS_mq_timedreceive, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len(), &mut prio, &past) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ETIMEDOUT)) {
+            return Ok(None);
+        }
+        return Err(Error::sys("mq_timedreceive", 0, e));
+    }
+    buf.truncate(n as usize);
+    Ok(Some((prio, buf)))
+}
+
+/// Appends a message with priority `prio` to the queue without waiting.
+pub fn mq_send_now(fd: std::os::fd::BorrowedFd, prio: u32, data: &[u8]) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let past = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: data is valid for its length; past is valid for the call.
+    cvt(unsafe { libc::syscall(libc::SYS_mq_timedsend, fd.as_raw_fd(), data.as_ptr(), data.len(), prio, &past) })
+        .map_err(|e| Error::sys("mq_timedsend", 0, e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +270,25 @@ mod tests {
         shm_attach(m, 8192, false).expect("shmat").as_mut_slice()[100] = 42;
         assert_eq!(shm_attach(m, 8192, true).expect("shmat").as_slice()[100], 42);
         shm_remove(m).expect("rmid");
+    }
+
+    /// A POSIX queue drained and refilled in order, with priorities.
+    #[test]
+    fn mqueue_round_trip() {
+        let name = format!("/lpm-sys-test-{}", std::process::id());
+        let q = mq_open(&name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NONBLOCK, 0o600, Some((4, 16))).expect("mq_open");
+        let c = std::ffi::CString::new(name.as_str()).expect("name");
+        // SAFETY: c is a NUL-terminated name; the open fd keeps the queue.
+        assert_eq!(unsafe { libc::mq_unlink(c.as_ptr()) }, 0, "mq_unlink {name}");
+        let fd = std::os::fd::AsFd::as_fd(&q);
+        mq_send_now(fd, 1, b"low").expect("send");
+        mq_send_now(fd, 9, b"high").expect("send");
+        mq_send_now(fd, 1, b"").expect("send");
+        let a = mq_getattr(fd).expect("getattr");
+        assert_eq!((a.mq_maxmsg, a.mq_msgsize, a.mq_curmsgs), (4, 16, 3));
+        assert_eq!(mq_receive_now(fd, 16).expect("receive"), Some((9, b"high".to_vec())));
+        assert_eq!(mq_receive_now(fd, 16).expect("receive"), Some((1, b"low".to_vec())));
+        assert_eq!(mq_receive_now(fd, 16).expect("receive"), Some((1, vec![])));
+        assert_eq!(mq_receive_now(fd, 16).expect("receive"), None);
     }
 }

@@ -459,3 +459,96 @@ pub fn seccomp_flags(tid: i32, index: u64) -> Result<u64> {
     cvt(r).map_err(|e| Error::sys("ptrace PTRACE_SECCOMP_GET_METADATA", tid, e))?;
     Ok(md[1])
 }
+
+/// Size of the kernel's `struct termios` (TCGETS/TCSETS) on x86_64.
+pub const TERMIOS_SIZE: usize = 36;
+
+/// An ioctl reading an int into `*out`.
+fn ioctl_get_int(fd: i32, req: libc::c_ulong, what: &'static str) -> Result<i32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the request writes one int to the valid local pointer.
+    cvt(unsafe { libc::ioctl(fd, req, &mut v as *mut libc::c_int) }).map_err(|e| Error::sys(what, 0, e))?;
+    Ok(v)
+}
+
+/// An ioctl reading an int from `*in`.
+fn ioctl_set_int(fd: i32, req: libc::c_ulong, v: i32, what: &'static str) -> Result<()> {
+    // SAFETY: the request reads one int from the valid local pointer.
+    cvt(unsafe { libc::ioctl(fd, req, &v as *const libc::c_int) }).map_err(|e| Error::sys(what, 0, e))?;
+    Ok(())
+}
+
+/// The state of a pseudo-terminal read from its master.
+#[derive(Clone, Debug, Default)]
+pub struct PtyState {
+    /// Raw kernel `struct termios` (of the slave side).
+    pub termios: Vec<u8>,
+    /// rows, cols, xpixel, ypixel.
+    pub winsize: [u16; 4],
+    /// Packet mode (TIOCPKT).
+    pub packet: bool,
+    /// The slave is locked (TIOCSPTLCK).
+    pub locked: bool,
+}
+
+/// Reads termios, window size, packet mode and lock of a pty from its
+/// master `fd`.
+pub fn pty_get(fd: i32) -> Result<PtyState> {
+    let mut t = [0u8; TERMIOS_SIZE];
+    // SAFETY: TCGETS writes a kernel struct termios (TERMIOS_SIZE bytes) to the buffer.
+    cvt(unsafe { libc::ioctl(fd, libc::TCGETS, t.as_mut_ptr()) }).map_err(|e| Error::sys("ioctl TCGETS", 0, e))?;
+    let mut w = [0u16; 4];
+    // SAFETY: TIOCGWINSZ writes a struct winsize (four u16) to the buffer.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, w.as_mut_ptr()) }).map_err(|e| Error::sys("ioctl TIOCGWINSZ", 0, e))?;
+    let packet = ioctl_get_int(fd, libc::TIOCGPKT, "ioctl TIOCGPKT")? != 0;
+    let locked = ioctl_get_int(fd, libc::TIOCGPTLCK, "ioctl TIOCGPTLCK")? != 0;
+    Ok(PtyState { termios: t.to_vec(), winsize: w, packet, locked })
+}
+
+/// Sets termios, window size and packet mode of a pty through its master
+/// `fd` (the lock is set with [`pty_lock`]).
+pub fn pty_set(fd: i32, s: &PtyState) -> Result<()> {
+    if s.termios.len() != TERMIOS_SIZE {
+        return Err(Error::sys("ioctl TCSETS", 0, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    // SAFETY: TCSETS reads a kernel struct termios (TERMIOS_SIZE bytes, checked) from the buffer.
+    cvt(unsafe { libc::ioctl(fd, libc::TCSETS, s.termios.as_ptr()) }).map_err(|e| Error::sys("ioctl TCSETS", 0, e))?;
+    // SAFETY: TIOCSWINSZ reads a struct winsize (four u16) from the buffer.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, s.winsize.as_ptr()) }).map_err(|e| Error::sys("ioctl TIOCSWINSZ", 0, e))?;
+    ioctl_set_int(fd, libc::TIOCPKT, i32::from(s.packet), "ioctl TIOCPKT")
+}
+
+/// Locks or unlocks the slave of pty master `fd` (TIOCSPTLCK).
+pub fn pty_lock(fd: i32, locked: bool) -> Result<()> {
+    ioctl_set_int(fd, libc::TIOCSPTLCK, i32::from(locked), "ioctl TIOCSPTLCK")
+}
+
+/// The index (N of /dev/pts/N) of pty master `fd` (TIOCGPTN).
+pub fn pty_index(fd: i32) -> Result<u32> {
+    ioctl_get_int(fd, libc::TIOCGPTN, "ioctl TIOCGPTN").map(|n| n as u32)
+}
+
+/// Opens the slave of pty master `fd` (TIOCGPTPEER) with open `flags`.
+pub fn pty_peer(fd: i32, flags: i32) -> Result<std::os::fd::OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes the open flags as an integer argument.
+    let n =
+        cvt(unsafe { libc::ioctl(fd, libc::TIOCGPTPEER, flags as libc::c_ulong) }).map_err(|e| Error::sys("ioctl TIOCGPTPEER", 0, e))?;
+    // SAFETY: TIOCGPTPEER returned a fresh descriptor we own.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(n) })
+}
+
+/// Bytes waiting to be read (FIONREAD) and to be sent (TIOCOUTQ) on a tty.
+pub fn tty_queues(fd: i32) -> Result<(i32, i32)> {
+    Ok((ioctl_get_int(fd, libc::FIONREAD, "ioctl FIONREAD")?, ioctl_get_int(fd, libc::TIOCOUTQ, "ioctl TIOCOUTQ")?))
+}
+
+/// The session (TIOCGSID) and foreground group (TIOCGPGRP) of the tty, as
+/// this process's pid namespace sees them; None when it is no session's
+/// controlling terminal.
+pub fn tty_session(fd: i32) -> Result<Option<(i32, i32)>> {
+    match ioctl_get_int(fd, libc::TIOCGSID, "ioctl TIOCGSID") {
+        Ok(sid) => Ok(Some((sid, ioctl_get_int(fd, libc::TIOCGPGRP, "ioctl TIOCGPGRP")?))),
+        Err(Error::Sys { source, .. }) if source.raw_os_error() == Some(libc::ENOTTY) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

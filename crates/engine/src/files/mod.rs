@@ -16,6 +16,7 @@ mod eventfd;
 mod inet;
 mod inotify;
 mod memfd;
+mod mqueue;
 mod netlink;
 mod pidfd;
 mod pipe;
@@ -23,6 +24,7 @@ mod regular;
 mod signalfd;
 mod sockets;
 mod timerfd;
+mod tty;
 mod unix;
 
 use std::collections::HashMap;
@@ -70,6 +72,8 @@ pub struct OpenCx<'a> {
     pub sockets: HashMap<u64, OwnedFd>,
     /// Network namespaces recreated for the tree, by identity.
     pub net: &'a HashMap<u64, OwnedFd>,
+    /// Pty masters opened so far, by their index at dump.
+    pub ptys: HashMap<u32, OwnedFd>,
 }
 
 /// One kind of open file: how it is dumped and how it is restored.
@@ -99,6 +103,8 @@ fn kind(kind: FileKind) -> Option<&'static dyn Kind> {
         FileKind::UnixSocket => Some(&unix::Unix),
         FileKind::InetSocket => Some(&inet::Inet),
         FileKind::NetlinkSocket => Some(&netlink::Netlink),
+        FileKind::Tty => Some(&tty::Tty),
+        FileKind::Mqueue => Some(&mqueue::Mqueue),
         FileKind::Invalid => None,
     }
 }
@@ -124,10 +130,14 @@ fn classify(seen: &Seen) -> Result<FileKind> {
         sockets::classify(seen)?
     } else if !link.starts_with('/') {
         return Err(seen.unsupported(format!("{} object", link.split(':').next().unwrap_or(link))));
+    } else if mqueue::is_mqueue(seen) {
+        FileKind::Mqueue
     } else if link.starts_with("/memfd:") {
         FileKind::Memfd
     } else if ft.is_fifo() {
         FileKind::Fifo
+    } else if ft.is_char_device() && tty::is_pty(seen.st.rdev()) {
+        FileKind::Tty
     } else if ft.is_char_device() {
         FileKind::CharDevice
     } else if ft.is_file() || ft.is_dir() {
@@ -230,7 +240,7 @@ pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
     let net = crate::ns::create_net(tree)?;
-    let mut cx = OpenCx { tree, holders: Vec::new(), pipes: HashMap::new(), sockets: HashMap::new(), net: &net };
+    let mut cx = OpenCx { tree, holders: Vec::new(), pipes: HashMap::new(), sockets: HashMap::new(), net: &net, ptys: HashMap::new() };
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)

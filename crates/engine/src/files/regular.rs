@@ -55,11 +55,9 @@ impl Kind for Regular {
                 let major = libc::major(st.rdev());
                 if major != MEM_MAJOR {
                     let minor = libc::minor(st.rdev());
-                    // Pseudo-terminals are not restored yet (no Tty kind):
-                    // named as such, the master (ptmx) and slaves (pts).
+                    // Pty ends are the Tty kind (tty.rs); other terminals
+                    // are named as such.
                     let what = match (major, minor) {
-                        (5, 2) => "pseudo-terminal master (ptmx)".to_string(),
-                        (136..=143, _) => "pseudo-terminal slave".to_string(),
                         (4 | 5, _) => "terminal".to_string(),
                         _ => "character device".to_string(),
                     };
