@@ -82,6 +82,16 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
     lpm_sys::misc::set_child_subreaper()?;
     let dir = scratch_dir();
     std::fs::create_dir_all(&dir)?;
+    // Removed however the benchmark ends, a panic included (printing to a
+    // closed pipe panics).
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = lpm_sys::misc::unmount(&self.0);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
     // Images go to a tmpfs with huge pages, mounted in a mount namespace of
     // our own so it disappears with us.
     lpm_sys::misc::private_tmpfs(&dir, true).context("mount the benchmark's tmpfs")?;
@@ -130,7 +140,5 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
         );
         Ok(())
     })();
-    let _ = lpm_sys::misc::unmount(&dir);
-    let _ = std::fs::remove_dir(&dir);
     res
 }
