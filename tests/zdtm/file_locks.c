@@ -97,7 +97,6 @@ int main(void)
 	struct sigaction sa;
 	struct flock f;
 	pid_t child, parent = getpid();
-	long long deadline;
 	int a, b, c, d, status, pp[2];
 	char ok;
 
@@ -165,16 +164,7 @@ int main(void)
 		   "the child's READ lock 400-499: type %d %lld+%lld pid %d", f.l_type, (long long)f.l_start,
 		   (long long)f.l_len, f.l_pid);
 	zdtm_check(kill(child, SIGUSR1) == 0, "the child is gone: %s", strerror(errno));
-	deadline = zdtm_now_ms() + 10000;
-	for (;;) {
-		pid_t r = waitpid(child, &status, WNOHANG);
-		zdtm_check(r >= 0, "waitpid: %s", strerror(errno));
-		if (r == child)
-			break;
-		zdtm_check(zdtm_now_ms() < deadline, "the child did not answer within 10 s");
-		zdtm_sleep_ms(5);
-	}
-	zdtm_nkids = 0;
+	status = zdtm_wait_kid(child, "answer");
 	zdtm_check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child saw wrong locks (status %#x, see the log)",
 		   status);
 	zdtm_pass();

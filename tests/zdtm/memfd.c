@@ -78,7 +78,6 @@ int main(void)
 {
 	static unsigned char page[PG], got[PG];
 	char b[8];
-	long long deadline;
 	int status;
 
 	zdtm_init();
@@ -143,16 +142,7 @@ int main(void)
 	b[0] = 0x5a;
 	zdtm_check(pwrite(m1, b, 1, PG + 7) == 1 && map[PG + 7] == 0x5a, "a write through the fd is not seen in the mapping");
 	zdtm_check(write(kid_pipe[1], "g", 1) == 1, "wake the child: %s", strerror(errno));
-	deadline = zdtm_now_ms() + 10000;
-	for (;;) {
-		pid_t r = waitpid(child, &status, WNOHANG);
-		zdtm_check(r >= 0, "waitpid: %s", strerror(errno));
-		if (r == child)
-			break;
-		zdtm_check(zdtm_now_ms() < deadline, "the child did not finish within 10 s");
-		zdtm_sleep_ms(5);
-	}
-	zdtm_nkids = 0;
+	status = zdtm_wait_kid(child, "finish");
 	zdtm_check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child does not see the root's write (status %#x)", status);
 	zdtm_pass();
 }

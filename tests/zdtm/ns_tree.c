@@ -82,7 +82,6 @@ int main(void)
 	const char *err;
 	struct sigaction sa;
 	pid_t child;
-	long long deadline;
 	int status;
 
 	zdtm_init();
@@ -121,16 +120,7 @@ int main(void)
 	if ((err = check_ns(1, 0, msg, sizeof(msg))))
 		zdtm_fail("pid 1: %s", err);
 	zdtm_check(kill(child, SIGUSR1) == 0, "the child (pid 2) is gone: %s", strerror(errno));
-	deadline = zdtm_now_ms() + 10000;
-	for (;;) {
-		pid_t r = waitpid(child, &status, WNOHANG);
-		zdtm_check(r >= 0, "waitpid: %s", strerror(errno));
-		if (r == child)
-			break;
-		zdtm_check(zdtm_now_ms() < deadline, "the child did not answer within 10 s");
-		zdtm_sleep_ms(5);
-	}
-	zdtm_nkids = 0;
+	status = zdtm_wait_kid(child, "answer");
 	zdtm_check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 		   "the child failed its checks (status %#x, see the log)", status);
 	zdtm_pass();

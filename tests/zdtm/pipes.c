@@ -130,7 +130,6 @@ int main(void)
 {
 	static char buf[B_BYTES + POST_BYTES + PRE_BYTES];
 	char path[4096];
-	long long deadline;
 	int status, ends[6];
 
 	zdtm_init();
@@ -196,16 +195,7 @@ int main(void)
 	zdtm_check(write(pc[1], buf + PRE_BYTES, POST_BYTES) == POST_BYTES,
 		   "write to the child's pipe: %s", strerror(errno));
 	close(pc[1]);
-	deadline = zdtm_now_ms() + 10000;
-	for (;;) {
-		pid_t r = waitpid(child, &status, WNOHANG);
-		zdtm_check(r >= 0, "waitpid: %s", strerror(errno));
-		if (r == child)
-			break;
-		zdtm_check(zdtm_now_ms() < deadline, "the child did not finish reading within 10 s");
-		zdtm_sleep_ms(5);
-	}
-	zdtm_nkids = 0;
+	status = zdtm_wait_kid(child, "finish reading");
 	zdtm_check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 		   "the child failed reading its pipe (status %#x: 3 data differs, 4 early EOF, 5 read error, 6 extra data)",
 		   status);

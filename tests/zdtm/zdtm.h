@@ -189,6 +189,26 @@ static __attribute__((unused)) void zdtm_fail(const char *fmt, ...)
 			zdtm_fail(__VA_ARGS__); \
 	} while (0)
 
+/* Waits up to 10 s for `child` to exit (failing the test otherwise, with
+ * "the child did not <what> within 10 s") and returns its wait status; the
+ * child is reaped, so it is no longer killed at the end. */
+static __attribute__((unused)) int zdtm_wait_kid(pid_t child, const char *what)
+{
+	long long deadline = zdtm_now_ms() + 10000;
+	int status;
+
+	for (;;) {
+		pid_t r = waitpid(child, &status, WNOHANG);
+		zdtm_check(r >= 0, "waitpid: %s", strerror(errno));
+		if (r == child)
+			break;
+		zdtm_check(zdtm_now_ms() < deadline, "the child did not %s within 10 s", what);
+		zdtm_sleep_ms(5);
+	}
+	zdtm_nkids = 0;
+	return status;
+}
+
 /* The directory of ZDTM_RESULT, where a program keeps its files. */
 static __attribute__((unused)) void zdtm_path(char *buf, size_t size, const char *name)
 {
