@@ -216,6 +216,8 @@ static unsigned int xsave_offset(unsigned int component)
 	return ebx;
 }
 
+static volatile sig_atomic_t sabotaged;
+
 /* SIGTERM: stop the loop; with ZDTM_SABOTAGE, first corrupt the saved state. */
 static void on_term(int sig, siginfo_t *si, void *uc_)
 {
@@ -260,14 +262,27 @@ static void on_term(int sig, siginfo_t *si, void *uc_)
 			xsave[zmm16_off + 4 * 64 + 40] ^= 1;
 		break;
 	}
+	if (zdtm_sabotage) {
+		/* Stopping now could end the loop in this very iteration, after
+		 * the corrupted register was already checked: stop only after
+		 * 20 ms of full rounds of checks. */
+		struct itimerval later = { { 0, 0 }, { 0, 20000 } };
+		sabotaged = 1;
+		setitimer(ITIMER_REAL, &later, NULL);
+		return;
+	}
 	zdtm_stop = 1;
 }
 
-/* SIGALRM (sabotage runs only): the deferred SIGTERM. */
+/* SIGALRM (sabotage runs only): the deferred SIGTERM, or the deferred stop
+ * once the state is corrupted. */
 static void on_alarm(int sig)
 {
 	(void)sig;
-	kill(getpid(), SIGTERM);
+	if (sabotaged)
+		zdtm_stop = 1;
+	else
+		kill(getpid(), SIGTERM);
 }
 
 static const char *reg_name(int code, char *buf, size_t size)

@@ -57,6 +57,25 @@ static long long fill(int fd, int seed)
 	return n;
 }
 
+/* A stalled stream: what the kernel says of the connection. */
+static void log_tcp_info(int fd, long long got, long long n)
+{
+	struct tcp_info i;
+	socklen_t l = sizeof(i);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &i, &l)) {
+		zdtm_log("stalled at %lld of %lld; TCP_INFO: %s", got, n, strerror(errno));
+		return;
+	}
+	zdtm_log("stalled at %lld of %lld: state %u ca %u retransmits %u probes %u backoff %u rto %u ato %u "
+		 "snd_mss %u rcv_mss %u unacked %u lost %u retrans %u last_data_sent %u last_data_recv %u "
+		 "last_ack_recv %u rcv_space %u total_retrans %u snd_cwnd %u",
+		 got, n, i.tcpi_state, i.tcpi_ca_state, i.tcpi_retransmits, i.tcpi_probes, i.tcpi_backoff, i.tcpi_rto,
+		 i.tcpi_ato, i.tcpi_snd_mss, i.tcpi_rcv_mss, i.tcpi_unacked, i.tcpi_lost, i.tcpi_retrans,
+		 i.tcpi_last_data_sent, i.tcpi_last_data_recv, i.tcpi_last_ack_recv, i.tcpi_rcv_space,
+		 i.tcpi_total_retrans, i.tcpi_snd_cwnd);
+}
+
 /* Reads exactly n bytes of the stream of seed; returns an error or NULL. */
 static const char *drain(int fd, long long n, int seed)
 {
@@ -68,8 +87,12 @@ static const char *drain(int fd, long long n, int seed)
 		 * one full-suite run in five here (cause not found yet; if it is
 		 * a slow persist-timer recovery this lets the byte-exact check
 		 * below decide). Stays below the runner's 30 s. */
-		if (poll(&p, 1, 25000) != 1)
-			return "timeout reading the stream (25 s)";
+		int waited = 0;
+		while (poll(&p, 1, 5000) == 0) {
+			if ((waited += 5) >= 25)
+				return "timeout reading the stream (25 s)";
+			log_tcp_info(fd, got, n);
+		}
 		ssize_t r = recv(fd, buf, sizeof(buf) < (size_t)(n - got) ? sizeof(buf) : (size_t)(n - got), 0);
 		if (r <= 0)
 			return r ? "read error" : "EOF in the stream";

@@ -457,16 +457,40 @@ fn visible_state(tree: &Tree, stable: bool, log: &Path) -> String {
     out
 }
 
-/// The lines only in a and only in b.
+/// The lines only in a and only in b, each named by the process section it
+/// sits in, so a line that moved from one process to another shows too.
 fn diff(a: &str, b: &str) -> String {
-    let la: BTreeSet<&str> = a.lines().collect();
-    let lb: BTreeSet<&str> = b.lines().collect();
+    fn keyed(text: &str) -> Vec<String> {
+        let mut section = "";
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        text.lines()
+            .map(|l| {
+                if l.starts_with("process ") {
+                    section = l.split(':').next().unwrap_or(l);
+                }
+                let base = format!("[{section}] {l}");
+                let n = seen.entry(base.clone()).or_default();
+                *n += 1;
+                if *n > 1 {
+                    format!("{base} (#{n})")
+                } else {
+                    base
+                }
+            })
+            .collect()
+    }
+    let (ka, kb) = (keyed(a), keyed(b));
+    let la: BTreeSet<&String> = ka.iter().collect();
+    let lb: BTreeSet<&String> = kb.iter().collect();
     let mut out = String::new();
-    for l in a.lines().filter(|l| !lb.contains(l)).take(30) {
+    for l in ka.iter().filter(|l| !lb.contains(l)).take(30) {
         let _ = writeln!(out, "- {l}");
     }
-    for l in b.lines().filter(|l| !la.contains(l)).take(30) {
+    for l in kb.iter().filter(|l| !la.contains(l)).take(30) {
         let _ = writeln!(out, "+ {l}");
+    }
+    if out.is_empty() {
+        out.push_str("(the same lines in another order)\n");
     }
     out
 }
