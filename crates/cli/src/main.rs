@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod cluster;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -51,8 +52,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
-    /// Run the demo: a real program checkpointed and restored.
-    Demo,
+    /// Run the demo: two hosts, a Python service with a connected client,
+    /// moved h1 -> h2 -> h1 while it serves (--local: a checkpoint and
+    /// restore on this machine only).
+    Demo {
+        /// Only checkpoint and restore a program here, without hosts.
+        #[arg(long)]
+        local: bool,
+    },
+    /// The lab: hosts on this machine for the demo and the tests.
+    Lab {
+        #[command(subcommand)]
+        cmd: cluster::LabCmd,
+    },
+    /// Partitions: process trees in namespaces and a cgroup of their own.
+    Partition {
+        #[command(subcommand)]
+        cmd: cluster::PartitionCmd,
+    },
+    /// Move a running partition to another host.
+    Migrate(cluster::MigrateArgs),
+    /// Run the host agent (what `lpmd` runs; the lab starts it).
+    #[command(hide = true)]
+    Daemon(lpm_agent::daemon::DaemonArgs),
     /// Measure how fast a running process dirties its memory (what
     /// pre-copy has to keep up with), without stopping it for long.
     DirtyRate {
@@ -135,7 +157,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", lpm_image::render(&t));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo => demo(),
+        Cmd::Demo { local: true } => demo(),
+        Cmd::Demo { local: false } => cluster::demo(),
+        Cmd::Lab { cmd } => cluster::lab(cmd),
+        Cmd::Partition { cmd } => cluster::partition(cmd),
+        Cmd::Migrate(a) => cluster::migrate(a),
+        Cmd::Daemon(a) => a.run().map(|_| ExitCode::SUCCESS),
         Cmd::DirtyRate { pid, interval_ms, rounds } => {
             let mut t = lpm_engine::DirtyTracker::start(pid).with_context(|| format!("track writes of pid {pid}"))?;
             t.collect()?;

@@ -45,13 +45,16 @@ pub struct DirtyTracker {
     pid: i32,
     uffd: Uffd,
     pagemap: Pagemap,
-    areas: Vec<(u64, u64)>,
 }
 
 /// Areas whose pages a dump saves and a write can dirty: private and
 /// writable (shared memory is sent whole at the switchover).
 fn trackable(maps: &[MapEntry]) -> Vec<(u64, u64)> {
-    maps.iter().filter(|e| !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0).map(|e| (e.start, e.end)).collect()
+    maps.iter().filter(|e| is_trackable(e)).map(|e| (e.start, e.end)).collect()
+}
+
+fn is_trackable(e: &MapEntry) -> bool {
+    !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0
 }
 
 /// Creates a userfaultfd inside `pid` and takes it over.
@@ -99,7 +102,7 @@ impl DirtyTracker {
         if got & want != want {
             return Err(EngineError::Incompatible(format!("userfaultfd lacks write-protect async features (got {got:#x})")));
         }
-        let mut t = DirtyTracker { pid, uffd, pagemap: Pagemap::open(pid).step(pid, || "open pagemap".into())?, areas: Vec::new() };
+        let mut t = DirtyTracker { pid, uffd, pagemap: Pagemap::open(pid).step(pid, || "open pagemap".into())? };
         for (s, e) in trackable(&proc::maps(pid)?) {
             t.track(s, e)?;
         }
@@ -109,12 +112,17 @@ impl DirtyTracker {
     fn track(&mut self, start: u64, end: u64) -> Result<()> {
         self.uffd.register_wp(start, end - start).step(self.pid, || format!("register {start:#x}-{end:#x}"))?;
         self.uffd.writeprotect(start, end - start, true).step(self.pid, || format!("write-protect {start:#x}-{end:#x}"))?;
-        self.areas.push((start, end));
         Ok(())
     }
 
     /// Pages written since the last call (or the start), each re-protected
     /// as it is reported, and areas that appeared meanwhile.
+    ///
+    /// Whether an area is tracked is read from the kernel (the `uw` VmFlag
+    /// of smaps), not from what was registered before: an area unmapped
+    /// and mapped again, even at the same bounds, or the new part of a
+    /// grown heap, is a new area without the flag, so it counts as wholly
+    /// dirty and is registered from then on.
     pub fn collect(&mut self) -> Result<Dirty> {
         let mut out = Dirty::default();
         let q = Query {
@@ -124,25 +132,17 @@ impl DirtyTracker {
             return_mask: PAGE_IS_WRITTEN as u64,
         };
         let mut regions = Vec::new();
-        let now = trackable(&proc::maps(self.pid)?);
-        for &(s, e) in &self.areas {
-            // An area unmapped (or remapped) since is scanned only where it
-            // still exists.
-            for &(ns, ne) in now.iter().filter(|(ns, ne)| *ns < e && *ne > s) {
+        let now = proc::smaps(self.pid)?;
+        for e in now.iter().filter(|e| is_trackable(e)) {
+            if e.vmflags.iter().any(|f| f == "uw") {
                 regions.clear();
                 self.pagemap
-                    .scan(s.max(ns), e.min(ne), q, &mut regions)
-                    .step(self.pid, || format!("scan written pages of {s:#x}-{e:#x}"))?;
+                    .scan(e.start, e.end, q, &mut regions)
+                    .step(self.pid, || format!("scan written pages of {:#x}-{:#x}", e.start, e.end))?;
                 out.written.extend(regions.iter().map(|r| (r.start, r.end)));
-            }
-        }
-        for (s, e) in now {
-            if !self.areas.iter().any(|&(a, b)| a <= s && e <= b) {
-                out.new_areas.push((s, e));
-                // Parts of it may be tracked already (an area that grew).
-                if self.areas.iter().all(|&(a, b)| b <= s || e <= a) {
-                    self.track(s, e)?;
-                }
+            } else {
+                out.new_areas.push((e.start, e.end));
+                self.track(e.start, e.end)?;
             }
         }
         out.written.sort_unstable();

@@ -1,13 +1,23 @@
-//! Checkpoint: stop a tree, record it, then kill it or let it go on.
+//! Checkpoint: stop a tree, record it, then kill it, let it go on, or leave
+//! it frozen.
 //!
 //! Order matters for "nothing is harmed": every task is seized and stopped
 //! first, everything is read and written to the image while they are
 //! stopped, and only once the image is complete and synced are the tasks
 //! killed. Any failure before that puts every register back and detaches,
 //! so the tree continues as if nothing happened.
+//!
+//! A live migration splits the checkpoint in two ([`stop_tree`], then
+//! [`StoppedTree::dump`]): between them the tree is stopped, so the caller
+//! can take the last dirty-page report ([`crate::DirtyTracker::collect`])
+//! and name the pages the receiver already holds
+//! ([`DumpOptions::precopied`]). [`After::Frozen`] then hands the tree to
+//! its cgroup freezer, ptrace-free, for the two-phase handover: the source
+//! later thaws it ([`thaw_tree`], rollback) or destroys it
+//! ([`kill_frozen_tree`], commit).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lpm_image::{Process, TreeImage};
@@ -20,15 +30,69 @@ use crate::proc::{self, Stat, Status};
 use crate::task::Scratch;
 use crate::{cpu, files, io_err, ipc, locks, mem, ns, seccomp, task, timers, zombie, EngineError, Result, StepExt};
 
-/// How to checkpoint.
+/// How to checkpoint, as `lpm checkpoint` asks; [`DumpOptions`] has
+/// everything (this is its subset, kept so its users need not change).
 #[derive(Clone, Debug, Default)]
 pub struct CheckpointOptions {
-    /// Let the tree continue after the dump instead of killing it.
+    /// Let the tree continue after the dump instead of killing it
+    /// ([`After::Run`]; else [`After::Kill`]).
     pub leave_running: bool,
     /// The caller has locked the network (no packet reaches or leaves the
     /// tree): established TCP connections to peers outside the tree are
     /// dumped instead of refused.
     pub tcp_established: bool,
+}
+
+/// What becomes of the tree once its images are complete and synced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum After {
+    /// Killed (and reaped of its ptrace stops): the image is its only copy.
+    #[default]
+    Kill,
+    /// Put back as it was and detached: it continues.
+    Run,
+    /// Held by its cgroup v2 freezer with no tracer left, so that the
+    /// image can be restored elsewhere while this copy waits for the
+    /// verdict: [`thaw_tree`] lets it continue, [`kill_frozen_tree`] ends
+    /// it. Refused (before anything is harmed) for a tree that is not
+    /// alone in a cgroup v2 of its own, as no other freezer can hold it.
+    Frozen,
+}
+
+/// Every checkpoint option.
+#[derive(Clone, Debug, Default)]
+pub struct DumpOptions {
+    /// What becomes of the tree afterwards.
+    pub after: After,
+    /// As [`CheckpointOptions::tcp_established`].
+    pub tcp_established: bool,
+    /// Per process (host pid), page ranges `[start, end)` whose current
+    /// content the receiver of a live migration already holds, in its
+    /// precopy file for that process (`precopy-PID.pages`, the page of
+    /// address A at offset A). Present anonymous pages inside them are
+    /// recorded as precopied runs and not saved; zero and absent pages are
+    /// handled as always. Ranges need not be sorted or merged; partial
+    /// pages at their edges are not counted as held.
+    ///
+    /// Correct only if nothing wrote those pages since they were sent:
+    /// take the tracker's last report while the tree is stopped (between
+    /// [`stop_tree`] and [`StoppedTree::dump`]) and leave its pages out.
+    pub precopied: HashMap<i32, Vec<(u64, u64)>>,
+    /// The root's network namespace is the caller's (a partition's, with
+    /// its NIC, which the host recreates on the target): interfaces other
+    /// than lo in it are not refused, and the image requires the restore
+    /// to be given a namespace ([`crate::RestoreOptions::netns`]).
+    pub external_netns: bool,
+}
+
+impl From<&CheckpointOptions> for DumpOptions {
+    fn from(o: &CheckpointOptions) -> DumpOptions {
+        DumpOptions {
+            after: if o.leave_running { After::Run } else { After::Kill },
+            tcp_established: o.tcp_established,
+            ..Default::default()
+        }
+    }
 }
 
 /// What a checkpoint did.
@@ -42,6 +106,9 @@ pub struct CheckpointStats {
     pub pages: u64,
     /// Zero pages recorded without data.
     pub zero_pages: u64,
+    /// Pages recorded as precopied: the receiver holds them, nothing was
+    /// read or written for them.
+    pub precopied_pages: u64,
     /// Time the tree was stopped.
     pub frozen: Duration,
     /// Time from the start until the images were complete and synced.
@@ -69,12 +136,23 @@ struct Frozen {
 }
 
 impl Frozen {
+    /// Puts every thread's registers and signal mask back, each still
+    /// stopped; returns the signal each is to receive at detach.
+    fn put_back(&self) -> Vec<(i32, i32)> {
+        self.threads
+            .iter()
+            .map(|s| {
+                let sig = park(s.tid).unwrap_or(0);
+                let _ = ptrace::set_regs(s.tid, &s.regs);
+                let _ = ptrace::set_sigmask(s.tid, s.sigmask);
+                (s.tid, sig)
+            })
+            .collect()
+    }
+
     fn release(&mut self) {
-        for s in &self.threads {
-            let sig = park(s.tid).unwrap_or(0);
-            let _ = ptrace::set_regs(s.tid, &s.regs);
-            let _ = ptrace::set_sigmask(s.tid, s.sigmask);
-            let _ = ptrace::detach(s.tid, sig);
+        for (tid, sig) in self.put_back() {
+            let _ = ptrace::detach(tid, sig);
         }
         self.done = true;
     }
@@ -139,21 +217,27 @@ fn list_tree(root: i32) -> Result<Vec<i32>> {
     Ok(procs)
 }
 
-/// The tree's cgroup v2 directory, when the tree is alone in a cgroup of
-/// its own (not lpm's): then the cgroup freezer stops it atomically, with
-/// no race against forks.
-fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<std::path::PathBuf>> {
+/// The cgroup v2 directory of `pid`, unless it is the root cgroup or
+/// lpm's own (whose freezer would stop more than the tree).
+fn cgroup_of(pid: i32) -> Result<Option<PathBuf>> {
     let Some(mount) = lpm_sys::probe::cgroup2_from_mountinfo(&proc::read(std::process::id() as i32, "mountinfo")?) else {
         return Ok(None);
     };
     let v2 = |pid: i32| -> Result<Option<String>> {
         Ok(proc::read(pid, "cgroup")?.lines().find_map(|l| l.strip_prefix("0::").map(String::from)))
     };
-    let Some(path) = v2(root)? else { return Ok(None) };
+    let Some(path) = v2(pid)? else { return Ok(None) };
     if path == "/" || Some(&path) == v2(std::process::id() as i32)?.as_ref() {
         return Ok(None);
     }
-    let dir = mount.join(path.trim_start_matches('/'));
+    Ok(Some(mount.join(path.trim_start_matches('/'))))
+}
+
+/// The tree's cgroup v2 directory, when the tree is alone in a cgroup of
+/// its own (not lpm's): then the cgroup freezer stops it atomically, with
+/// no race against forks.
+fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
+    let Some(dir) = cgroup_of(root)? else { return Ok(None) };
     let members = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(io_err(format!("read {}/cgroup.procs", dir.display())))?;
     let mut members: Vec<i32> = members.lines().filter_map(|l| l.trim().parse().ok()).collect();
     let mut mine = procs.to_vec();
@@ -191,7 +275,7 @@ fn cgroup_freeze(dir: &Path, on: bool) -> Result<()> {
 /// and each thread traps into its ptrace stop before it can run. Otherwise
 /// threads are seized one by one, re-listing until no new task appears (a
 /// task may fork or spawn a thread while we attach).
-fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, bool)> {
+fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
     let mut frozen = Frozen { threads: Vec::new(), done: false };
     let mut known: HashMap<i32, ()> = HashMap::new();
     let mut order = Vec::new();
@@ -261,7 +345,7 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, bool)> {
     }
     match err {
         Some(e) => Err(e),
-        None => Ok((frozen, order, cgroup.is_some())),
+        None => Ok((frozen, order, cgroup)),
     }
 }
 
@@ -281,62 +365,150 @@ pub(crate) fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
     })
 }
 
-/// Checkpoints the tree rooted at `root` into `dir`.
+/// Checkpoints the tree rooted at `root` into `dir` (`lpm checkpoint`).
 pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<CheckpointStats> {
-    let t0 = Instant::now();
+    checkpoint_with(root, dir, &opts.into())
+}
+
+/// Checkpoints the tree rooted at `root` into `dir` with every option:
+/// [`stop_tree`] then [`StoppedTree::dump`].
+pub fn checkpoint_with(root: i32, dir: &Path, opts: &DumpOptions) -> Result<CheckpointStats> {
+    stop_tree(root)?.dump(dir, opts)
+}
+
+/// A tree whose every thread is seized and stopped under ptrace, by the
+/// thread that called [`stop_tree`] (ptrace is per thread: use it, dump
+/// it and drop it there). Nothing in the tree runs, and no page changes,
+/// until it is dumped or dropped; dropping it puts every thread back as
+/// it was and lets the tree continue.
+pub struct StoppedTree {
+    root: i32,
+    frozen: Frozen,
+    order: Vec<i32>,
+    cgroup: Option<PathBuf>,
+    started: Instant,
+    stopped_at: Instant,
+    /// ptrace requests must come from the tracing thread.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Stops the tree rooted at `root` for a checkpoint: through its cgroup's
+/// freezer when it is alone in a cgroup v2 of its own (atomic, no race
+/// with forks), else thread by thread. The freezer only bridges the
+/// seizing: once every thread sits in its ptrace stop the cgroup is
+/// thawed, also when the caller had frozen it before.
+pub fn stop_tree(root: i32) -> Result<StoppedTree> {
+    let started = Instant::now();
     check_target(root)?;
-    std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
-    let (mut frozen, order, cgroup_frozen) = freeze(root)?;
-    tracing::debug!(root, threads = frozen.threads.len(), elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "tree frozen");
-    let frozen_at = Instant::now();
-    let mut tree = TreeImage {
-        writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
-        created_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        ..Default::default()
-    };
-    let mut files = FileTable::default();
-    files.tree = order.clone();
-    files.tcp_established = opts.tcp_established;
-    let mut shm = ShmemTable::default();
-    for &pid in &order {
-        let p = dump_process(pid, &frozen, &order, dir, &mut files, &mut shm)?;
-        tree.processes.push(p);
+    let (frozen, order, cgroup) = freeze(root)?;
+    tracing::debug!(root, threads = frozen.threads.len(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "tree frozen");
+    Ok(StoppedTree { root, frozen, order, cgroup, started, stopped_at: Instant::now(), _not_send: std::marker::PhantomData })
+}
+
+impl std::fmt::Debug for StoppedTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoppedTree")
+            .field("root", &self.root)
+            .field("pids", &self.order)
+            .field("threads", &self.frozen.threads.len())
+            .field("cgroup", &self.cgroup)
+            .finish()
     }
-    ns::place_mount_proc(&mut tree.processes);
-    let first = frozen.threads.first().map(|s| s.tid).unwrap_or(root);
-    tree.cpu = Some(cpu::host(&ptrace::get_xstate(first).step(first, || "read xstate".into())?));
-    tree.root_pid = root as u32;
-    tree.files = files.files;
-    tree.pipes = files.pipes.into_values().collect();
-    tree.shmems = shm.saved.into_values().collect();
-    lpm_image::write_tree(dir, &tree)?;
-    tracing::debug!(root, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "images written");
-    let mut stats = CheckpointStats {
-        processes: tree.processes.len(),
-        threads: frozen.threads.len(),
-        images: t0.elapsed(),
-        cgroup_frozen,
-        ..Default::default()
-    };
-    for m in tree.processes.iter().filter_map(|p| p.mm.as_ref()).map(|m| &m.pages).chain(tree.shmems.iter().map(|s| &s.pages)) {
-        for r in m {
-            if r.zero {
-                stats.zero_pages += r.npages
-            } else {
-                stats.pages += r.npages
+}
+
+impl StoppedTree {
+    /// Host pid of the root.
+    pub fn root(&self) -> i32 {
+        self.root
+    }
+
+    /// Host pids of the tree's processes, parents before children.
+    pub fn pids(&self) -> &[i32] {
+        &self.order
+    }
+
+    /// The tree's own cgroup v2 directory, when it was stopped through its
+    /// freezer (required by [`After::Frozen`]).
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_deref()
+    }
+
+    /// Lets the tree continue, exactly as dropping it does.
+    pub fn resume(self) {}
+
+    /// Writes the tree's images into `dir`, then does with the tree what
+    /// `opts.after` says. On error the tree continues as it was.
+    pub fn dump(mut self, dir: &Path, opts: &DumpOptions) -> Result<CheckpointStats> {
+        let root = self.root;
+        if opts.after == After::Frozen && self.cgroup.is_none() {
+            return Err(EngineError::BadTarget {
+                pid: root,
+                why: "cannot be left frozen: the tree is not alone in a cgroup v2 of its own".into(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
+        let precopied: HashMap<i32, Vec<(u64, u64)>> = opts.precopied.iter().map(|(&pid, r)| (pid, page_ranges(r))).collect();
+        let mut tree = TreeImage {
+            writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
+            created_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            ..Default::default()
+        };
+        let mut files = FileTable::default();
+        files.tree = self.order.clone();
+        files.tcp_established = opts.tcp_established;
+        let mut shm = ShmemTable::default();
+        for &pid in &self.order {
+            let held = precopied.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
+            let p = dump_process(pid, &self.frozen, &self.order, dir, &mut files, &mut shm, held, opts.external_netns)?;
+            tree.processes.push(p);
+        }
+        files::reconcile_connections(&mut files)?;
+        ns::place_mount_proc(&mut tree.processes);
+        let first = self.frozen.threads.first().map(|s| s.tid).unwrap_or(root);
+        tree.cpu = Some(cpu::host(&ptrace::get_xstate(first).step(first, || "read xstate".into())?));
+        tree.root_pid = root as u32;
+        tree.files = files.files;
+        tree.pipes = files.pipes.into_values().collect();
+        tree.shmems = shm.saved.into_values().collect();
+        lpm_image::write_tree(dir, &tree)?;
+        tracing::debug!(root, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "images written");
+        let mut stats = CheckpointStats {
+            processes: tree.processes.len(),
+            threads: self.frozen.threads.len(),
+            images: self.started.elapsed(),
+            cgroup_frozen: self.cgroup.is_some(),
+            ..Default::default()
+        };
+        for m in tree.processes.iter().filter_map(|p| p.mm.as_ref()).map(|m| &m.pages).chain(tree.shmems.iter().map(|s| &s.pages)) {
+            for r in m {
+                if r.zero {
+                    stats.zero_pages += r.npages
+                } else if r.precopied {
+                    stats.precopied_pages += r.npages
+                } else {
+                    stats.pages += r.npages
+                }
             }
         }
+        match opts.after {
+            After::Run => self.frozen.release(),
+            After::Frozen => self.hand_to_freezer()?,
+            After::Kill => self.kill(),
+        }
+        stats.frozen = self.stopped_at.elapsed();
+        stats.total = self.started.elapsed();
+        Ok(stats)
     }
-    if opts.leave_running {
-        frozen.release();
-    } else {
-        for &pid in &order {
+
+    /// Kills every process and collects the ptrace stops of its threads.
+    fn kill(&mut self) {
+        for &pid in &self.order {
             lpm_sys::misc::kill(pid, libc::SIGKILL);
         }
         // A traced thread that dies stays a zombie until its tracer waits
         // for it, and its process cannot be reaped before: collect the
         // non-leaders, then the leaders' exit notifications.
-        let mut left: Vec<i32> = frozen.threads.iter().map(|s| s.tid).collect();
+        let mut left: Vec<i32> = self.frozen.threads.iter().map(|s| s.tid).collect();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !left.is_empty() && Instant::now() < deadline {
             left.retain(|&tid| !ptrace::try_reap(tid));
@@ -344,14 +516,94 @@ pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<Che
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        frozen.done = true;
+        self.frozen.done = true;
     }
-    stats.frozen = frozen_at.elapsed();
-    stats.total = t0.elapsed();
-    Ok(stats)
+
+    /// Leaves the tree to its cgroup freezer without a tracer: registers
+    /// and masks go back while every thread is still in its ptrace stop
+    /// (which the freezer counts as frozen), the cgroup is frozen, and
+    /// only then are the threads detached: each leaves its ptrace stop
+    /// straight into the freezer's trap, before reaching user space.
+    fn hand_to_freezer(&mut self) -> Result<()> {
+        let cg = self.cgroup.clone().expect("checked before the dump");
+        let sigs = self.frozen.put_back();
+        if let Err(e) = cgroup_freeze(&cg, true) {
+            // Still stopped by ptrace: detaching lets the tree continue.
+            for (tid, sig) in sigs {
+                let _ = ptrace::detach(tid, sig);
+            }
+            self.frozen.done = true;
+            return Err(e);
+        }
+        let mut err = None;
+        for (tid, sig) in sigs {
+            if let Err(e) = ptrace::detach(tid, sig).step(tid, || "detach into the cgroup freezer".into()) {
+                err.get_or_insert(e);
+            }
+        }
+        self.frozen.done = true;
+        if let Some(e) = err {
+            let _ = cgroup_freeze(&cg, false);
+            return Err(e);
+        }
+        // The detached threads pass through the freezer's accounting once
+        // more on their way into its trap.
+        cgroup_freeze(&cg, true)
+    }
 }
 
-fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut FileTable, shm: &mut ShmemTable) -> Result<Process> {
+/// Page-aligned, sorted, merged ranges: only whole pages count as held.
+fn page_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = ranges
+        .iter()
+        .map(|&(s, e)| (s.div_ceil(crate::PAGE) * crate::PAGE, e / crate::PAGE * crate::PAGE))
+        .filter(|(s, e)| s < e)
+        .collect();
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// The cgroup v2 directory a tree left by [`After::Frozen`] is frozen in.
+fn frozen_cgroup(root: i32) -> Result<PathBuf> {
+    cgroup_of(root)?.ok_or_else(|| EngineError::BadTarget { pid: root, why: "is not in a cgroup v2 of its own".into() })
+}
+
+/// Lets a tree left by [`After::Frozen`] continue (the rollback of a
+/// migration's handover): its cgroup is thawed.
+pub fn thaw_tree(root: i32) -> Result<()> {
+    cgroup_freeze(&frozen_cgroup(root)?, false)
+}
+
+/// Ends a tree left by [`After::Frozen`] (the commit of a migration's
+/// handover): SIGKILL to every process of the tree, then the cgroup is
+/// thawed so that they die. Reaping the root is its parent's business
+/// (the caller's, for a partition's init).
+pub fn kill_frozen_tree(root: i32) -> Result<()> {
+    let cg = frozen_cgroup(root)?;
+    for pid in list_tree(root)? {
+        lpm_sys::misc::kill(pid, libc::SIGKILL);
+    }
+    cgroup_freeze(&cg, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dump_process(
+    pid: i32,
+    frozen: &Frozen,
+    tree: &[i32],
+    dir: &Path,
+    files: &mut FileTable,
+    shm: &mut ShmemTable,
+    precopied: &[(u64, u64)],
+    external_netns: bool,
+) -> Result<Process> {
     if Stat::read(pid)?.state() == 'Z' {
         return zombie::dump(pid, tree);
     }
@@ -373,7 +625,7 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
         sid: stat.num(6) as u32,
         host_pid: pid as u32,
         nspid: st.nums("NSpid"),
-        namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 })?,
+        namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 }, external_netns && !in_tree)?,
         ..Default::default()
     };
     if let Some(n) = p.namespaces.as_mut() {
@@ -385,7 +637,7 @@ fn dump_process(pid: i32, frozen: &Frozen, tree: &[i32], dir: &Path, files: &mut
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;
     let t = Instant::now();
-    p.mm = Some(mem::dump(pid, &maps, dir, shm)?);
+    p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied)?);
     tracing::debug!(pid, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
     // Remote calls run with every signal blocked, so none is delivered (or
     // lost) while we borrow the threads; the masks are put back on release.

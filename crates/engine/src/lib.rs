@@ -6,6 +6,13 @@
 //! [`restore`] rebuilds the tree from outside: puppets created with clone3
 //! and set_tid are reshaped by remote syscalls into the recorded tasks. Each
 //! kind of kernel resource has its module holding both directions.
+//!
+//! Live migration uses the same two halves split at their seams:
+//! [`stop_tree`] / [`StoppedTree::dump`] with [`DumpOptions`] (precopied
+//! pages, [`After::Frozen`]) on the source, [`thaw_tree`] or
+//! [`kill_frozen_tree`] once the handover is decided, and
+//! [`restore_held`] / [`Held::release`] with [`RestoreOptions`] (the
+//! partition's network namespace and cgroups) on the target.
 
 #![forbid(unsafe_code)]
 
@@ -28,8 +35,11 @@ mod zombie;
 use std::path::PathBuf;
 
 pub use dirty::{Dirty, DirtyTracker};
-pub use dump::{checkpoint, CheckpointOptions, CheckpointStats};
-pub use restore::{restore, RestoreOptions, Restored};
+pub use dump::{
+    checkpoint, checkpoint_with, kill_frozen_tree, stop_tree, thaw_tree, After, CheckpointOptions, CheckpointStats, DumpOptions,
+    StoppedTree,
+};
+pub use restore::{restore, restore_held, Held, RestoreOptions, Restored};
 
 /// Errors of the engine; each names the task and the step.
 #[derive(Debug, thiserror::Error)]

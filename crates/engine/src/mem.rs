@@ -8,6 +8,13 @@
 //! its vDSO to the recorded place, maps every area at its address, fills
 //! pages with process_vm_writev from the mapped pages file, then sets the
 //! final protections and the mm layout (PR_SET_MM_MAP).
+//!
+//! Live migration adds precopied pages: at the switchover the caller names
+//! the ranges whose current content the receiver already holds (sent while
+//! the tree ran, not written since). Present anonymous pages inside them
+//! are recorded as precopied runs without data and without being read;
+//! the restore reads them from the receiver's sparse precopy file, where
+//! the page of address A sits at offset A.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -122,11 +129,12 @@ fn emit(vaddr: u64, data: &[u8], w: &mut PagesWriter, runs: &mut Vec<PageRun>) -
     Ok(())
 }
 
-/// Appends a run, merging zero runs that touch (data runs keep their own
-/// checksums, so they stay apart).
+/// Appends a run, merging zero runs that touch, and precopied runs that
+/// touch (data runs keep their own checksums, so they stay apart).
 fn push_run(runs: &mut Vec<PageRun>, run: PageRun) {
     if let Some(last) = runs.last_mut() {
-        if last.zero && run.zero && last.vaddr + last.npages * PAGE == run.vaddr {
+        let same = (last.zero && run.zero) || (last.precopied && run.precopied);
+        if same && last.vaddr + last.npages * PAGE == run.vaddr {
             last.npages += run.npages;
             return;
         }
@@ -169,13 +177,16 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
     Ok(())
 }
 
-/// Pages to save: `len` bytes at `vaddr`, stored at `off` in the body.
+/// Pages to save: `len` bytes at `vaddr`, stored at `off` in the body
+/// (for a precopied piece being restored: in the precopy file, where `off`
+/// is `vaddr`).
 #[derive(Clone, Copy, Debug)]
 struct Piece {
     vaddr: u64,
     len: u64,
     off: u64,
     readable: bool,
+    precopied: bool,
 }
 
 /// Largest piece one worker copies at a time.
@@ -276,20 +287,53 @@ fn split_runs(p: &Piece, data: &[u8], runs: &mut Vec<PageRun>) {
             PageRun { vaddr, npages, zero: true, ..Default::default() }
         } else {
             let bytes = &data[i * pg..j * pg];
-            PageRun { vaddr, npages, offset: p.off + (i * pg) as u64, xxh3: lpm_image::checksum(bytes), zero: false }
+            PageRun { vaddr, npages, offset: p.off + (i * pg) as u64, xxh3: lpm_image::checksum(bytes), ..Default::default() }
         };
         push_run(runs, run);
         i = j;
     }
 }
 
+/// Splits `[start, end)` at the edges of `ranges` (sorted, disjoint, page
+/// aligned): the parts inside one and the parts outside, in address order.
+fn split_at_ranges(ranges: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64, bool)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    let first = ranges.partition_point(|&(_, e)| e <= start);
+    for &(s, e) in &ranges[first..] {
+        if s >= end {
+            break;
+        }
+        let (s, e) = (s.max(at), e.min(end));
+        if s > at {
+            out.push((at, s, false));
+        }
+        if e > s {
+            out.push((s, e, true));
+            at = e;
+        }
+    }
+    if at < end {
+        out.push((at, end, false));
+    }
+    out
+}
+
+/// The precopy file of process `pid` (its pid as the image records it).
+pub fn precopy_file_name(pid: u32) -> String {
+    format!("precopy-{pid}.pages")
+}
+
 /// Dumps the address space of stopped process `pid` (areas as read before
-/// any scratch was mapped) into `dir`.
-pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) -> Result<Mm> {
+/// any scratch was mapped) into `dir`. Present anonymous pages inside
+/// `precopied` (sorted, disjoint, page-aligned ranges the receiver holds
+/// current) become precopied runs: neither read nor written.
+pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, precopied: &[(u64, u64)]) -> Result<Mm> {
     let vmas: Vec<Vma> = entries.iter().filter(|e| !crate::ipc::is_sysv_shm(e)).map(|e| classify(pid, e)).collect::<Result<_>>()?;
     let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
     let mut zero_runs = Vec::new();
     let mut pieces = Vec::new();
+    let mut precopied_runs = 0usize;
     let mut regions = Vec::new();
     let mut total = 0u64;
     for v in &vmas {
@@ -316,12 +360,20 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) 
                 zero_runs.push(PageRun { vaddr: r.start, npages: (r.end - r.start) / PAGE, zero: true, ..Default::default() });
                 continue;
             }
-            let mut at = r.start;
-            while at < r.end {
-                let len = (r.end - at).min(PIECE);
-                pieces.push(Piece { vaddr: at, len, off: total, readable: v.prot & libc::PROT_READ as u32 != 0 });
-                total += len;
-                at += len;
+            for (start, end, pre) in split_at_ranges(precopied, r.start, r.end) {
+                if pre {
+                    zero_runs.push(PageRun { vaddr: start, npages: (end - start) / PAGE, precopied: true, ..Default::default() });
+                    precopied_runs += 1;
+                    continue;
+                }
+                let mut at = start;
+                while at < end {
+                    let len = (end - at).min(PIECE);
+                    let readable = v.prot & libc::PROT_READ as u32 != 0;
+                    pieces.push(Piece { vaddr: at, len, off: total, readable, precopied: false });
+                    total += len;
+                    at += len;
+                }
             }
         }
     }
@@ -353,6 +405,7 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable) 
         vmas,
         pages: merged,
         pages_file: name,
+        precopy_file: if precopied_runs > 0 { precopy_file_name(pid as u32) } else { String::new() },
         layout: Some(MmLayout {
             start_code: st.num(26),
             end_code: st.num(27),
@@ -557,19 +610,52 @@ fn restore_specials(c: &RestoreCtx, r: &mut Remote, mm: &Mm, current: &HashMap<S
     Ok(())
 }
 
+/// Opens the precopy file of `mm`, checking that it holds every
+/// precopied run (a hole reads as zero, a short file would not).
+fn open_precopy(c: &RestoreCtx, mm: &Mm) -> Result<Option<std::fs::File>> {
+    let Some(end) = mm.pages.iter().filter(|r| r.precopied).map(|r| r.vaddr.saturating_add(r.npages.saturating_mul(PAGE))).max() else {
+        return Ok(None);
+    };
+    if mm.precopy_file.is_empty() || mm.precopy_file.contains('/') {
+        return Err(EngineError::Incompatible(format!(
+            "pid {}: the image has precopied pages but names no precopy file ({:?})",
+            c.pid, mm.precopy_file
+        )));
+    }
+    let path = c.dir.join(&mm.precopy_file);
+    let f = std::fs::File::open(&path).map_err(io_err(format!("open precopy file {}", path.display())))?;
+    let len = f.metadata().map_err(io_err(format!("stat precopy file {}", path.display())))?.len();
+    if len < end {
+        return Err(lpm_image::ImageError::Truncated { path, what: "precopied pages".into(), needed: end, available: len }.into());
+    }
+    Ok(Some(f))
+}
+
 /// Copies saved pages into the puppet from the mapped pages file, one
-/// worker per core, each verifying the checksums of its runs.
+/// worker per core, each verifying the checksums of its runs; precopied
+/// runs come from windows of the precopy file mapped at their addresses
+/// (the receiver wrote them: no checksum to verify).
 fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let reader = PagesReader::open(c.dir, &mm.pages_file)?;
     let file_len = reader.file().metadata().map_err(io_err(format!("stat {}", mm.pages_file)))?.len();
     let map = Mapping::file(reader.file().as_fd(), 0, file_len as usize).step(c.pid, || format!("map {}", mm.pages_file))?;
     let body = &map.as_slice()[reader.body_offset() as usize..];
+    let precopy = open_precopy(c, mm)?;
     let zeros = vec![0u8; CHUNK];
     let mut data = Vec::new();
     for run in &mm.pages {
+        if run.precopied {
+            let (mut at, end) = (run.vaddr, run.vaddr + run.npages * PAGE);
+            while at < end {
+                let len = (end - at).min(PIECE);
+                data.push(Piece { vaddr: at, len, off: at, readable: true, precopied: true });
+                at += len;
+            }
+            continue;
+        }
         if !run.zero {
             reader.check_bounds(run)?;
-            data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, readable: true });
+            data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, readable: true, precopied: false });
             continue;
         }
         // Fresh anonymous memory is already zero; a private file page that
@@ -585,14 +671,23 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             }
         }
     }
-    let by_run: HashMap<u64, &PageRun> = mm.pages.iter().filter(|r| !r.zero).map(|r| (r.vaddr, r)).collect();
+    let by_run: HashMap<u64, &PageRun> = mm.pages.iter().filter(|r| !r.zero && !r.precopied).map(|r| (r.vaddr, r)).collect();
     let results: Vec<Result<()>> = std::thread::scope(|sc| {
         let handles: Vec<_> = groups(&data, workers())
             .into_iter()
             .map(|g| {
-                let (data, reader, by_run) = (&data, &reader, &by_run);
+                let (data, reader, by_run, precopy) = (&data, &reader, &by_run, &precopy);
                 sc.spawn(move || -> Result<()> {
                     for p in &data[g] {
+                        if p.precopied {
+                            let f = precopy.as_ref().expect("opened when a run is precopied");
+                            let window = Mapping::file(f.as_fd(), p.off, p.len as usize)
+                                .step(c.pid, || format!("map {} at {:#x}", mm.precopy_file, p.off))?;
+                            lpm_sys::misc::populate_read(window.as_slice());
+                            ptrace::write_mem(c.pid, p.vaddr, window.as_slice())
+                                .step(c.pid, || format!("write {} precopied pages at {:#x}", p.len / PAGE, p.vaddr))?;
+                            continue;
+                        }
                         let bytes = &body[p.off as usize..(p.off + p.len) as usize];
                         lpm_sys::misc::populate_read(bytes);
                         reader.verify(by_run[&p.vaddr], bytes)?;

@@ -7,6 +7,10 @@
 //! the tree (or, for the root, the checkpointing lpm) does not. Restore
 //! creates the process with those CLONE_NEW* flags, so nested trees such as
 //! `unshare --fork --pid --mount-proc ...` come back with the same shape.
+//!
+//! A partition's network namespace is the host's business, not the tree's:
+//! dumped as external, its interfaces are left to the host, and the restore
+//! uses the namespace the host prepared instead of creating one.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -27,8 +31,10 @@ const KINDS: [(&str, i32); 5] = [
 ];
 
 /// The namespaces `pid` owns compared with `parent` (lpm itself for the
-/// root), with their contents; None when it owns none.
-pub fn dump(pid: i32, parent: i32) -> Result<Option<Namespaces>> {
+/// root), with their contents; None when it owns none. With
+/// `external_net`, an owned network namespace is the caller's (it brings
+/// an equivalent one to the restore): its interfaces are not refused.
+pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespaces>> {
     let mut flags = 0u64;
     for (name, flag) in KINDS {
         if proc::link(pid, &format!("ns/{name}"))? != proc::link(parent, &format!("ns/{name}"))? {
@@ -45,8 +51,10 @@ pub fn dump(pid: i32, parent: i32) -> Result<Option<Namespaces>> {
     }
     if flags & libc::CLONE_NEWNET as u64 != 0 {
         let dev = proc::read(pid, "net/dev")?;
-        if let Some(other) = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).find(|n| *n != "lo") {
-            return Err(unsupported("network namespace", format!("interface {other}")));
+        let other = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).find(|n| *n != "lo");
+        match other {
+            Some(other) if !external_net => return Err(unsupported("network namespace", format!("interface {other}"))),
+            _ => ns.net_external = external_net,
         }
         let path = format!("/proc/{pid}/ns/net");
         ns.net_ns = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?.ino();
@@ -144,25 +152,39 @@ fn lo_flags(pid: i32) -> Result<u32> {
 
 /// Creates the network namespaces the tree's processes own, before any
 /// socket is created (sockets are made inside them, and the puppets join
-/// them), with `lo` up where it was; keyed by `Namespaces::net_ns`.
+/// them), with `lo` up where it was; keyed by `Namespaces::net_ns`. A
+/// namespace the image marks external (the caller's) is refused: the
+/// restore must bring it (`RestoreOptions::netns`), and leaves it out of
+/// the tree it hands here.
 pub fn create_net(tree: &lpm_image::TreeImage) -> Result<HashMap<u64, std::os::fd::OwnedFd>> {
     let mut out = HashMap::new();
     for p in &tree.processes {
         let Some(n) = p.namespaces.as_ref().filter(|n| n.clone_flags & libc::CLONE_NEWNET as u64 != 0) else { continue };
+        if n.net_external {
+            return Err(EngineError::Incompatible(format!(
+                "process {} owned the caller's network namespace (with its interfaces): the restore must be given one",
+                p.pid
+            )));
+        }
         let ns = lpm_sys::net::new_netns().step(p.pid as i32, || "create network namespace".into())?;
         if n.lo_up {
-            lpm_sys::net::in_netns(std::os::fd::AsFd::as_fd(&ns), || {
-                let s = lpm_sys::net::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
-                let s = std::os::fd::AsFd::as_fd(&s);
-                let flags = lpm_sys::net::if_flags(s, "lo")?;
-                lpm_sys::net::set_if_flags(s, "lo", flags | libc::IFF_UP as u32)
-            })
-            .and_then(|r| r)
-            .step(p.pid as i32, || "bring lo up in the new network namespace".into())?;
+            bring_lo_up(std::os::fd::AsFd::as_fd(&ns), p.pid as i32)?;
         }
         out.insert(n.net_ns, ns);
     }
     Ok(out)
+}
+
+/// Sets `lo` up in network namespace `ns` (for process `pid` of the image).
+pub fn bring_lo_up(ns: std::os::fd::BorrowedFd<'_>, pid: i32) -> Result<()> {
+    lpm_sys::net::in_netns(ns, || {
+        let s = lpm_sys::net::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        let s = std::os::fd::AsFd::as_fd(&s);
+        let flags = lpm_sys::net::if_flags(s, "lo")?;
+        lpm_sys::net::set_if_flags(s, "lo", flags | libc::IFF_UP as u32)
+    })
+    .and_then(|r| r)
+    .step(pid, || "bring lo up in its network namespace".into())
 }
 
 /// Makes a newborn puppet join the network namespace recreated for it

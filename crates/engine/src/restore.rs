@@ -19,13 +19,16 @@
 //!    they may drop the rights of the steps above.
 //!    Then `zombies`: zombies exit with their recorded status while every
 //!    parent is still stopped (its SIGCHLD state is put back as it was).
-//! 7. `finish`: registers and signal masks, trampoline unmapped, detach all
-//!    at once so the tree starts running together.
+//! 7. `finish`: registers and signal masks, trampoline unmapped.
+//! 8. `release`: detach all at once so the tree starts running together.
+//!    [`restore_held`] stops before it: a live migration's target holds the
+//!    finished tree stopped until the source gives it up ([`Held`]).
 //!
 //! A failure at any stage kills every puppet: nothing is left behind.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lpm_image::{Process, TreeImage};
@@ -39,8 +42,20 @@ use crate::task::{self, put, Scratch};
 use crate::{cpu, ipc, locks, ns, proc, seccomp, timers, zombie, EngineError, Result, StepExt};
 
 /// How to restore.
-#[derive(Clone, Debug, Default)]
-pub struct RestoreOptions {}
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    /// A network namespace made by the caller (a partition's, holding its
+    /// NIC) for the root, when the root founded its own: used instead of
+    /// a new one, and the sockets of the root's namespace are created in
+    /// it. Required when the image marks that namespace external
+    /// ([`crate::DumpOptions::external_netns`]); refused when the root
+    /// owns none.
+    pub netns: Option<OwnedFd>,
+    /// Cgroup directories (v1 hierarchies and/or v2) the root joins as
+    /// soon as it exists, before it has children or threads, so that every
+    /// task of the tree starts in them.
+    pub cgroups: Vec<PathBuf>,
+}
 
 /// A restored, running tree.
 #[derive(Clone, Debug)]
@@ -110,15 +125,70 @@ impl Ctx<'_> {
 }
 
 /// Restores the image in `dir`; returns once the tree runs.
-pub fn restore(dir: &Path, _opts: &RestoreOptions) -> Result<Restored> {
+pub fn restore(dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    restore_held(dir, opts)?.release()
+}
+
+/// A restored tree, complete but held: every thread is stopped under
+/// ptrace by the thread that called [`restore_held`], which must also be
+/// the one to call [`Held::release`] (ptrace is per thread; `Held` is not
+/// `Send` for that reason). Dropping it unreleased kills and reaps every
+/// task, leaving nothing behind.
+pub struct Held {
+    /// Host pid of the root.
+    pub root_pid: i32,
+    /// Processes restored.
+    pub processes: usize,
+    /// Threads restored.
+    pub threads: usize,
+    puppets: Puppets,
+    detach: Vec<i32>,
+    _open: OpenFiles,
+    _shmem: ShmemObjects,
+    started: Instant,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held")
+            .field("root_pid", &self.root_pid)
+            .field("processes", &self.processes)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Held {
+    /// Host pids of every process (zombies included), parents first.
+    pub fn pids(&self) -> Vec<i32> {
+        self.puppets.order.iter().map(|pid| self.puppets.by_pid[pid].host).collect()
+    }
+
+    /// Detaches every thread at once: the tree runs. On error every task
+    /// is killed.
+    pub fn release(self) -> Result<Restored> {
+        let Held { root_pid, processes, threads, mut puppets, detach, _open, _shmem, started, .. } = self;
+        for tid in detach {
+            ptrace::detach(tid, 0).step(tid, || "detach".into())?;
+        }
+        puppets.armed = false;
+        Ok(Restored { root_pid, processes, threads, elapsed: started.elapsed() })
+    }
+}
+
+/// Restores the image in `dir` up to the last step: the tree is complete
+/// and every thread holds at its final registers, stopped, until
+/// [`Held::release`].
+pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let t0 = Instant::now();
     let tree = lpm_image::read_tree(dir)?;
     check(&tree)?;
     lpm_sys::misc::set_child_subreaper().step(0, || "become child subreaper".into())?;
-    let open = files::open_all(&tree)?;
+    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()))?;
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)? };
-    let mut puppets = spawn_tree(&ctx, &open.net)?;
+    let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
         let host = puppets.by_pid[&tree.root_pid].host;
@@ -151,14 +221,49 @@ pub fn restore(dir: &Path, _opts: &RestoreOptions) -> Result<Restored> {
         task::restore_creds(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), p)?;
     }
     zombies(&ctx, &puppets)?;
-    finish(&ctx, &puppets)?;
-    puppets.armed = false;
-    Ok(Restored {
+    let detach = finish(&ctx, &puppets)?;
+    Ok(Held {
         root_pid: puppets.by_pid[&tree.root_pid].host,
         processes: tree.processes.len(),
         threads: tree.processes.iter().map(|p| p.threads.len()).sum(),
-        elapsed: t0.elapsed(),
+        puppets,
+        detach,
+        _open: open,
+        _shmem: shmem,
+        started: t0,
+        _not_send: std::marker::PhantomData,
     })
+}
+
+/// Stage 2, files: every open file of the image, in the restorer. With a
+/// namespace given for the root, its sockets must be born in it: the
+/// files are opened from a thread inside that namespace, from a copy of
+/// the tree in which the root's namespace is "here" (sockets of other
+/// owned namespaces still enter theirs), and the puppets are then pointed
+/// at the given namespace instead of a new one.
+fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>) -> Result<OpenFiles> {
+    let Some(ns) = given else { return files::open_all(tree) };
+    let root = root_of(tree);
+    let owned = root.namespaces.as_ref().filter(|n| n.clone_flags & NEWNET != 0).ok_or_else(|| {
+        EngineError::Incompatible("a network namespace was given for the restore, but the image's root does not own one".into())
+    })?;
+    let (key, lo_up) = (owned.net_ns, owned.lo_up);
+    let mut here = tree.clone();
+    for p in here.processes.iter_mut().filter(|p| p.pid == tree.root_pid) {
+        if let Some(n) = p.namespaces.as_mut() {
+            n.clone_flags &= !NEWNET;
+        }
+    }
+    for s in here.files.iter_mut().filter_map(|f| f.socket.as_mut()).filter(|s| s.net_ns == key) {
+        s.net_ns = 0;
+    }
+    if lo_up {
+        ns::bring_lo_up(ns, root.pid as i32)?;
+    }
+    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here)).step(0, || "enter the given network namespace".into())??;
+    let own = ns.try_clone_to_owned().map_err(crate::io_err("duplicate the given network namespace"))?;
+    open.net.insert(key, own);
+    Ok(open)
 }
 
 fn root_of(tree: &TreeImage) -> &Process {
@@ -282,7 +387,7 @@ const NEWNET: u64 = libc::CLONE_NEWNET as u64;
 
 /// Stage 3: every process, parents first, with sessions and the groups
 /// they lead or inherit.
-fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, std::os::fd::OwnedFd>) -> Result<Puppets> {
+fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf]) -> Result<Puppets> {
     let tree = ctx.tree;
     let root = root_of(tree);
     let skip = free_levels(tree);
@@ -290,12 +395,18 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, std::os::fd::OwnedFd>) -> Result<Pup
     let host = puppet::spawn_root(ns_flags(root) & !NEWNET, &ids, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
     let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true };
     let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
+    puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
+    puppets.order.push(root.pid);
+    // Alone, single-threaded and childless: every task it will clone
+    // inherits these.
+    for dir in cgroups {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, host.to_string()).map_err(crate::io_err(format!("move root puppet {host} into {}", procs.display())))?;
+    }
     ptrace::set_sigmask(host, !0).step(host, || "block signals".into())?;
     if let Some(n) = &root.namespaces {
         ns::join_net(host, &mut ctx.remote(host, base), n, net)?;
     }
-    puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
-    puppets.order.push(root.pid);
     let s = ctx.scratch();
     if ns_flags(root) & libc::CLONE_NEWNS as u64 != 0 {
         ns::isolate_mounts(host, &mut ctx.remote(host, base), s)?;
@@ -425,8 +536,9 @@ fn zombies(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
     Ok(())
 }
 
-/// Stage 7: final registers, trampoline gone, everyone detached together.
-fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
+/// Stage 7: final registers, trampoline gone; returns the threads to
+/// detach together (stage 8, [`Held::release`]).
+fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<Vec<i32>> {
     for p in ctx.tree.processes.iter().filter(|p| p.zombie.is_none()) {
         let pp = &puppets.by_pid[&p.pid];
         let mut r = ctx.remote(pp.host, pp.base);
@@ -453,10 +565,5 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
         }
     }
     let zombie = |pid: &u32| ctx.tree.processes.iter().any(|p| p.pid == *pid && p.zombie.is_some());
-    for pid in puppets.order.iter().filter(|pid| !zombie(pid)) {
-        for &tid in &puppets.by_pid[pid].tids {
-            ptrace::detach(tid, 0).step(tid, || "detach".into())?;
-        }
-    }
-    Ok(())
+    Ok(puppets.order.iter().filter(|pid| !zombie(pid)).flat_map(|pid| puppets.by_pid[pid].tids.iter().copied()).collect())
 }

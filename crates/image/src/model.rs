@@ -80,6 +80,12 @@ pub struct Namespaces {
     /// The loopback interface was up in the owned network namespace.
     #[prost(bool, tag = "6")]
     pub lo_up: bool,
+    /// The owned network namespace belongs to the caller (a partition's,
+    /// with its NIC): its interfaces other than lo were not recorded, and
+    /// a restore must be given an equivalent namespace to use instead of
+    /// creating one.
+    #[prost(bool, tag = "7")]
+    pub net_external: bool,
     /// What the ipc namespace holds, when `clone_flags` has CLONE_NEWIPC.
     #[prost(message, optional, tag = "10")]
     pub ipc: Option<IpcNamespace>,
@@ -359,6 +365,13 @@ pub struct Mm {
     /// Path of the executable.
     #[prost(string, tag = "6")]
     pub exe: String,
+    /// Name, in the image directory, of the sparse file holding the pages
+    /// of precopied runs (`PageRun::precopied`): the page of virtual
+    /// address A at file offset A, no header, holes read as zero. The
+    /// receiver of a live migration writes it; empty when no run is
+    /// precopied.
+    #[prost(string, tag = "7")]
+    pub precopy_file: String,
 }
 
 /// mm_struct fields that PR_SET_MM_MAP restores.
@@ -413,13 +426,13 @@ pub enum VmaKind {
     FilePrivate = 3,
     /// Shared mapping of a file; contents live in the file.
     FileShared = 4,
-    /// The kernel's [vdso].
+    /// The kernel's `[vdso]`.
     Vdso = 5,
-    /// The kernel's [vvar] data pages.
+    /// The kernel's `[vvar]` data pages.
     Vvar = 6,
-    /// The kernel's [vvar_vclock] pages (kernel 6.13 and later).
+    /// The kernel's `[vvar_vclock]` pages (kernel 6.13 and later).
     VvarVclock = 7,
-    /// The legacy [vsyscall] page at a fixed address; never moved.
+    /// The legacy `[vsyscall]` page at a fixed address; never moved.
     Vsyscall = 8,
 }
 
@@ -441,7 +454,7 @@ pub struct Vma {
     /// What backs it.
     #[prost(enumeration = "VmaKind", tag = "5")]
     pub kind: i32,
-    /// Backing file path, or the bracketed name ([heap], [stack]).
+    /// Backing file path, or the bracketed name (`[heap]`, `[stack]`).
     #[prost(string, tag = "6")]
     pub path: String,
     /// File offset in bytes.
@@ -479,6 +492,12 @@ pub struct PageRun {
     /// The pages are all zero: no data is stored.
     #[prost(bool, tag = "5")]
     pub zero: bool,
+    /// The pages were pre-copied during a live migration: their data is
+    /// not in the pages file but in the process's precopy file
+    /// (`Mm::precopy_file`) at file offset `vaddr`; `offset` and `xxh3`
+    /// are 0. Only process address spaces have such runs.
+    #[prost(bool, tag = "6")]
+    pub precopied: bool,
 }
 
 /// A shared anonymous memory object.

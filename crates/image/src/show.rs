@@ -202,7 +202,13 @@ pub fn render(t: &TreeImage) -> String {
                 ns.clone_flags, ns.hostname, ns.domainname, ns.mount_proc
             );
             if ns.clone_flags & 0x4000_0000 != 0 {
-                let _ = writeln!(o, "  owns network namespace {} with lo {}", ns.net_ns, if ns.lo_up { "up" } else { "down" });
+                let _ = writeln!(
+                    o,
+                    "  owns network namespace {} with lo {}{}",
+                    ns.net_ns,
+                    if ns.lo_up { "up" } else { "down" },
+                    if ns.net_external { ", provided by the caller at restore (external)" } else { "" }
+                );
             }
         }
         if let Some(c) = &p.creds {
@@ -310,8 +316,9 @@ pub fn render(t: &TreeImage) -> String {
             let _ = writeln!(o, "  fd {:3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " cloexec" } else { "" }, fd.file_id);
         }
         if let Some(mm) = &p.mm {
-            let saved: u64 = mm.pages.iter().filter(|r| !r.zero).map(|r| r.npages).sum();
+            let saved: u64 = mm.pages.iter().filter(|r| !r.zero && !r.precopied).map(|r| r.npages).sum();
             let zero: u64 = mm.pages.iter().filter(|r| r.zero).map(|r| r.npages).sum();
+            let precopied: u64 = mm.pages.iter().filter(|r| r.precopied).map(|r| r.npages).sum();
             let _ = writeln!(
                 o,
                 "  mm exe {:?}, {} areas, {} pages saved ({} KiB) in {}, {} zero pages",
@@ -322,6 +329,15 @@ pub fn render(t: &TreeImage) -> String {
                 mm.pages_file,
                 zero
             );
+            if precopied > 0 || !mm.precopy_file.is_empty() {
+                let runs = mm.pages.iter().filter(|r| r.precopied).count();
+                let _ = writeln!(
+                    o,
+                    "    precopied: {precopied} pages ({} KiB) in {runs} runs, read from {} at offset = address",
+                    precopied * PAGE_SIZE / 1024,
+                    if mm.precopy_file.is_empty() { "<missing precopy file name>" } else { &mm.precopy_file }
+                );
+            }
             if let Some(l) = &mm.layout {
                 let _ = writeln!(
                     o,
@@ -341,10 +357,12 @@ pub fn render(t: &TreeImage) -> String {
             }
             for v in &mm.vmas {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("kind {}", v.kind));
-                let pages: u64 = mm.pages.iter().filter(|r| !r.zero && r.vaddr >= v.start && r.vaddr < v.end).map(|r| r.npages).sum();
+                let inside = |r: &&crate::PageRun| r.vaddr >= v.start && r.vaddr < v.end;
+                let pages: u64 = mm.pages.iter().filter(inside).filter(|r| !r.zero && !r.precopied).map(|r| r.npages).sum();
+                let pre: u64 = mm.pages.iter().filter(inside).filter(|r| r.precopied).map(|r| r.npages).sum();
                 let _ = writeln!(
                     o,
-                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={} {}",
+                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={}{} {}",
                     v.start,
                     v.end,
                     prot(v.prot),
@@ -352,6 +370,7 @@ pub fn render(t: &TreeImage) -> String {
                     v.flags,
                     v.pgoff,
                     pages,
+                    if pre > 0 { format!(" precopied={pre}") } else { String::new() },
                     v.path
                 );
             }
@@ -365,4 +384,48 @@ pub fn render(t: &TreeImage) -> String {
         let _ = writeln!(o, "shared memory {} size {} with {} pages in {}", s.id, s.size, pages, s.pages_file);
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use crate::{Mm, PageRun, Process, TreeImage, Vma, VmaKind};
+
+    fn precopied_tree() -> TreeImage {
+        let run = |vaddr: u64, npages: u64, precopied: bool, zero: bool| PageRun { vaddr, npages, precopied, zero, ..Default::default() };
+        TreeImage {
+            root_pid: 9,
+            processes: vec![Process {
+                pid: 9,
+                mm: Some(Mm {
+                    vmas: vec![Vma { start: 0x10000, end: 0x20000, prot: 3, kind: VmaKind::AnonPrivate as i32, ..Default::default() }],
+                    pages: vec![run(0x10000, 3, true, false), run(0x13000, 2, false, false), run(0x15000, 1, false, true)],
+                    pages_file: "pages-9.img".into(),
+                    precopy_file: "precopy-9.pages".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn precopied_runs_survive_encoding() {
+        let t = precopied_tree();
+        let back = TreeImage::decode(t.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back, t);
+        let mm = back.processes[0].mm.as_ref().unwrap();
+        assert!(mm.pages[0].precopied && !mm.pages[1].precopied);
+        assert_eq!(mm.precopy_file, "precopy-9.pages");
+    }
+
+    #[test]
+    fn precopied_runs_are_shown_apart_from_saved_ones() {
+        let text = super::render(&precopied_tree());
+        assert!(text.contains("2 pages saved (8 KiB) in pages-9.img, 1 zero pages"), "{text}");
+        assert!(text.contains("precopied: 3 pages (12 KiB) in 1 runs, read from precopy-9.pages"), "{text}");
+        assert!(text.contains("pages=2 precopied=3"), "{text}");
+    }
 }

@@ -3,6 +3,7 @@
 //! pidfd_getfd, PR_SET_MM_MAP, userfaultfd write-protect, PAGEMAP_SCAN,
 //! TCP_REPAIR). All of lpm's unsafe code lives here.
 
+pub mod arp;
 pub mod ipc;
 pub mod misc;
 pub mod net;
@@ -11,6 +12,7 @@ pub mod probe;
 pub mod ptrace;
 pub mod puppet;
 pub mod remote;
+pub mod spawn;
 pub mod uffd;
 
 use std::io;

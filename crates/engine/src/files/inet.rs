@@ -33,7 +33,7 @@ use lpm_sys::remote::Remote;
 use super::sockets;
 use super::{FileTable, Kind, OpenCx, Seen};
 use crate::task::Scratch;
-use crate::{EngineError, Result, StepExt};
+use crate::{io_err, proc, EngineError, Result, StepExt};
 
 /// TCP and UDP sockets.
 pub struct Inet;
@@ -508,4 +508,123 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
     sockets::apply_opts(f, sfd, &later)?;
     let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
     send_all(f, s, sfd, &t.send_queue[sent..], "send")
+}
+
+/// Whether sequence number `x` lies in `[lo, hi]`, modulo 2^32.
+fn seq_within(lo: u32, x: u32, hi: u32) -> bool {
+    x.wrapping_sub(lo) as i32 >= 0 && hi.wrapping_sub(x) as i32 >= 0
+}
+
+/// Whether the receiving end `b` of the stream sent by `a` agrees with it:
+/// `b` has received at least what `a` saw acknowledged and no more than
+/// `a` has sent.
+fn agree(a: &TcpConnImage, b: &TcpConnImage) -> bool {
+    let una = a.snd_seq.wrapping_sub(a.send_queue.len() as u32);
+    let nxt = a.snd_seq.wrapping_sub(a.unsent);
+    seq_within(una, b.rcv_seq, nxt)
+}
+
+/// Both ends of every connection held inside the tree, as indexes into
+/// the table's files.
+fn inner_pairs(files: &[FileImage]) -> Vec<(usize, usize)> {
+    let conn = |f: &FileImage| f.socket.as_ref().filter(|s| s.tcp.is_some()).map(|s| (s.net_ns, s.local.clone(), s.peer.clone()));
+    let mut out = Vec::new();
+    for (i, a) in files.iter().enumerate() {
+        let Some((ns, local, peer)) = conn(a) else { continue };
+        for (j, b) in files.iter().enumerate().skip(i + 1) {
+            if conn(b).is_some_and(|(bns, bl, bp)| bns == ns && bl == peer && bp == local) {
+                out.push((i, j));
+            }
+        }
+    }
+    out
+}
+
+/// Reads the connection of table entry `i` again, from its holder.
+fn reread(table: &mut FileTable, i: usize) -> Result<()> {
+    let (pid, fd, _, _) = table.owners[i];
+    let link = proc::link(pid, &format!("fd/{fd}"))?;
+    let st = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err(format!("stat fd {fd} of pid {pid}")))?;
+    let seen = Seen { pid, fd, link: &link, st: &st };
+    let s = sockets::take(&seen)?;
+    let mut info = [0u8; 104];
+    net::getsockopt(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).step(pid, || format!("TCP_INFO fd {fd}"))?;
+    if info[0] != TCP_ESTABLISHED {
+        return Err(seen.unsupported(format!("TCP connection left the established state ({}) while frozen", state_name(info[0]))));
+    }
+    let t = dump_tcp(&seen, s.as_fd(), &info)?;
+    if let Some(sock) = table.files[i].socket.as_mut() {
+        sock.tcp = Some(t);
+    }
+    Ok(())
+}
+
+/// Makes the two ends of every connection inside the tree agree.
+///
+/// A frozen task's sockets still live in the kernel: a retransmission,
+/// delayed-ACK or window-probe timer may move data or acknowledgments
+/// between the moments its two ends are read. An end read before such an
+/// exchange and its peer read after it describe a stream that never was:
+/// restored, the receiver acknowledges data its sender believes it never
+/// sent, the sender ignores that acknowledgment as invalid and the stream
+/// stalls for good (or the sender freed data the receiver never got). Both
+/// ends are read again, back to back, until they agree. Data still in
+/// flight (sent, not yet received) is then marked unsent on the sender, so
+/// the restored sender transmits it at once instead of after a
+/// retransmission timeout.
+pub(crate) fn reconcile(table: &mut FileTable) -> Result<()> {
+    const ATTEMPTS: usize = 50;
+    let pairs = inner_pairs(&table.files);
+    for attempt in 0.. {
+        let tcp = |i: usize| table.files[i].socket.as_ref().and_then(|s| s.tcp.as_ref()).expect("paired ends are connections");
+        let bad: Vec<(usize, usize)> = pairs.iter().copied().filter(|&(a, b)| !agree(tcp(a), tcp(b)) || !agree(tcp(b), tcp(a))).collect();
+        if bad.is_empty() {
+            break;
+        }
+        if attempt == ATTEMPTS {
+            let (a, _) = bad[0];
+            let (pid, fd, _, _) = table.owners[a];
+            return Err(EngineError::Unsupported {
+                pid,
+                kind: "file descriptor",
+                what: format!("fd {fd}: TCP connection inside the tree kept changing while frozen ({ATTEMPTS} reads of both ends)"),
+            });
+        }
+        for (a, b) in bad {
+            reread(table, a)?;
+            reread(table, b)?;
+        }
+    }
+    for (a, b) in pairs {
+        for (snd, rcv) in [(a, b), (b, a)] {
+            let rcv_seq = table.files[rcv].socket.as_ref().and_then(|s| s.tcp.as_ref()).map(|t| t.rcv_seq).expect("connection");
+            if let Some(t) = table.files[snd].socket.as_mut().and_then(|s| s.tcp.as_mut()) {
+                let nxt = t.snd_seq.wrapping_sub(t.unsent);
+                t.unsent += nxt.wrapping_sub(rcv_seq);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod reconcile_tests {
+    use super::*;
+
+    fn conn(snd_seq: u32, queued: usize, unsent: u32, rcv_seq: u32) -> TcpConnImage {
+        TcpConnImage { snd_seq, send_queue: vec![0; queued], unsent, rcv_seq, ..Default::default() }
+    }
+
+    #[test]
+    fn ends_agree_only_within_sent_and_acknowledged() {
+        // a: acknowledged up to 1000, sent up to 1400, written up to 1500.
+        let a = conn(1500, 500, 100, 0);
+        for (rcv, ok) in [(999, false), (1000, true), (1200, true), (1400, true), (1401, false)] {
+            assert_eq!(agree(&a, &conn(0, 0, 0, rcv)), ok, "receiver at {rcv}");
+        }
+        // Across the wrap of the sequence space.
+        let w = conn(100, 300, 0, 0);
+        assert!(agree(&w, &conn(0, 0, 0, u32::MAX - 50)));
+        assert!(!agree(&w, &conn(0, 0, 0, 101)));
+    }
 }

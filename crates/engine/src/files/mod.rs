@@ -166,6 +166,12 @@ pub struct FileTable {
     pub tcp_established: bool,
 }
 
+/// Makes the two ends of every TCP connection inside the tree agree, once
+/// every process is dumped (see `inet::reconcile`).
+pub fn reconcile_connections(table: &mut FileTable) -> Result<()> {
+    inet::reconcile(table)
+}
+
 /// Dumps the file descriptors of stopped process `pid`.
 pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
     let dir = format!("/proc/{pid}/fd");

@@ -1,0 +1,10 @@
+//! lpmd, the host agent of lpm, as a library: the control API, its client,
+//! the daemon and the two ends of a live migration.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod client;
+pub mod daemon;
+pub mod fault;
+pub mod migration;

@@ -1,0 +1,652 @@
+//! The two ends of a live migration (DESIGN.md, "Active migration, phase
+//! by phase"): the source lpmd validates, prepares the target, pre-copies
+//! memory while the partition runs, freezes it, sends the rest and hands
+//! it over in two phases; the target restores it ahead of "go".
+//!
+//! Until the source sends `Go`, any failure on either side leaves the
+//! partition running on the source (thawed, network unlocked, throttle
+//! lifted) and removes everything the target made. After `Go` the target
+//! owns it and the source destroys its frozen copy.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lpm_host::partition::{PartitionSpec, Plumbing};
+use lpm_migrate::policy::{self, Decision, Measure};
+use lpm_migrate::precopy::{PageSink, Precopy, SinkError};
+use lpm_migrate::report::{self, Report};
+use lpm_migrate::store::Store;
+use lpm_wire::{FrameType, PagesHeader, Role};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+use crate::api::{self, Check, MigrateRequest, Mover, Progress, Response};
+use crate::daemon::Agent;
+use crate::fault;
+
+/// Image files travel in chunks of this size.
+const CHUNK: usize = 8 << 20;
+
+/// How long a mover waits for its peer before it gives the migration up
+/// (`LPM_MOVER_TIMEOUT_MS`, 30 s by default): a dead peer or a cut link
+/// ends in a rollback, not a hang.
+pub fn mover_timeout() -> Duration {
+    let ms = std::env::var("LPM_MOVER_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+    Duration::from_millis(ms)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Pages to the target, as Pages frames on the mover connection.
+struct WireSink<'a> {
+    w: &'a mut BufWriter<TcpStream>,
+    compress: Option<i32>,
+    wire_bytes: u64,
+    payload: Vec<u8>,
+    frame: Vec<u8>,
+}
+
+impl PageSink for WireSink<'_> {
+    fn pages(&mut self, pid: i32, vaddr: u64, data: &[u8]) -> std::result::Result<(), SinkError> {
+        // A frame carries at most MAX_PAYLOAD: split long runs.
+        for (i, part) in data.chunks(CHUNK).enumerate() {
+            let h = PagesHeader { pid: pid as u32, count: (part.len() / 4096) as u32, vaddr: vaddr + (i * CHUNK) as u64 };
+            self.payload.clear();
+            self.payload.extend_from_slice(&h.encode());
+            self.payload.extend_from_slice(part);
+            self.frame.clear();
+            lpm_wire::write_frame(&mut self.frame, FrameType::Pages, &self.payload, self.compress)
+                .map_err(|e| -> SinkError { format!("frame pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
+            // The failure tests flip a byte here, after the checksum.
+            fault::corrupt("source.pages", &mut self.frame);
+            self.w.write_all(&self.frame).map_err(|e| -> SinkError { format!("send pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
+            self.wire_bytes += self.frame.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A mover connection to the target.
+struct Link {
+    r: BufReader<TcpStream>,
+    w: BufWriter<TcpStream>,
+}
+
+impl Link {
+    fn open(addr: &str, key: &lpm_wire::Key, me: &str) -> Result<Link> {
+        let sa =
+            addr.to_socket_addrs().with_context(|| format!("resolve {addr}"))?.next().ok_or_else(|| anyhow!("no address for {addr}"))?;
+        let mut s =
+            TcpStream::connect_timeout(&sa, Duration::from_secs(5)).with_context(|| format!("connect to the target's mover at {addr}"))?;
+        s.set_nodelay(true).ok();
+        s.set_read_timeout(Some(mover_timeout())).context("set timeout")?;
+        s.set_write_timeout(Some(mover_timeout())).context("set timeout")?;
+        lpm_wire::handshake(&mut s, Role::Opener, key, me).with_context(|| format!("authenticate with the target at {addr}"))?;
+        Ok(Link { r: BufReader::new(s.try_clone().context("clone socket")?), w: BufWriter::with_capacity(1 << 20, s) })
+    }
+
+    fn send(&mut self, m: &Mover) -> Result<()> {
+        api::send(&mut self.w, m).context("send to the target")
+    }
+
+    fn recv(&mut self) -> Result<Mover> {
+        match api::recv(&mut self.r, "mover message").context("receive from the target")? {
+            Mover::Failed(e) => bail!("the target failed: {e}"),
+            Mover::Abort(e) => bail!("the target gave up: {e}"),
+            m => Ok(m),
+        }
+    }
+}
+
+/// Tells the CLI how it goes (best effort: a gone CLI does not stop the
+/// migration).
+fn progress(ctl: &mut UnixStream, p: Progress) {
+    let _ = api::send(ctl, &Response::Progress(p));
+}
+
+fn volume_ids(spec: &PartitionSpec) -> Vec<(String, u64, u64)> {
+    spec.volumes
+        .iter()
+        .map(|v| {
+            let (dev, ino) = fs::metadata(v).map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
+            (v.display().to_string(), dev, ino)
+        })
+        .collect()
+}
+
+/// The source side, run for `lpm migrate` on the control connection.
+pub fn source(agent: &Agent, req: MigrateRequest, ctl: &mut UnixStream) -> Result<Response> {
+    let name = req.name.clone();
+    if req.target == agent.opts.host {
+        bail!("partition {name} is on {} already", req.target);
+    }
+    let (spec, pid, plumbing) = {
+        let parts = agent.parts();
+        let e = parts.get(&name).ok_or_else(|| anyhow!("no partition {name:?} on {}", agent.opts.host))?;
+        let pid = e.pid.ok_or_else(|| anyhow!("partition {name} is not running (start it, or move it while stopped)"))?;
+        (e.spec.clone(), pid, Plumbing::open(&agent.ctx, &e.spec)?)
+    };
+    agent.set_busy(&name, true)?;
+    let mut run = SourceRun::new(agent, &req, spec, pid, plumbing);
+    let res = run.go(ctl);
+    let report = run.report(&res);
+    if !matches!(res, Ok(Some(_))) {
+        agent.keep_report(&report);
+    }
+    if let Some(link) = run.link.as_mut() {
+        let _ = link.send(&Mover::Report(Box::new(report.clone())));
+        let _ = link.w.flush();
+    }
+    match res {
+        Ok(Some(checks)) => {
+            agent.set_busy(&name, false).ok();
+            Ok(Response::Validation(checks))
+        }
+        Ok(None) => Ok(Response::Report(Box::new(report))),
+        Err(e) => {
+            agent.set_busy(&name, false).ok();
+            Err(e.context(format!("migrate {name} to {}", req.target)))
+        }
+    }
+}
+
+/// What the source knows as a migration runs.
+struct SourceRun<'a> {
+    agent: &'a Agent,
+    req: &'a MigrateRequest,
+    spec: PartitionSpec,
+    pid: i32,
+    plumbing: Plumbing,
+    link: Option<Link>,
+    started: Instant,
+    started_ms: u64,
+    rounds: Vec<report::Round>,
+    throttle_max: f64,
+    step: String,
+    stop: report::StopBreakdown,
+    downtime: Option<Duration>,
+    wire_bytes: u64,
+    /// The partition is frozen (and its network locked) on the source.
+    frozen: bool,
+    handed_over: bool,
+}
+
+impl<'a> SourceRun<'a> {
+    fn new(agent: &'a Agent, req: &'a MigrateRequest, spec: PartitionSpec, pid: i32, plumbing: Plumbing) -> SourceRun<'a> {
+        SourceRun {
+            agent,
+            req,
+            spec,
+            pid,
+            plumbing,
+            link: None,
+            started: Instant::now(),
+            started_ms: unix_ms(),
+            rounds: Vec::new(),
+            throttle_max: 0.0,
+            step: "connect".into(),
+            stop: report::StopBreakdown::default(),
+            downtime: None,
+            wire_bytes: 0,
+            frozen: false,
+            handed_over: false,
+        }
+    }
+
+    fn link(&mut self) -> &mut Link {
+        self.link.as_mut().expect("connected")
+    }
+
+    /// Runs the migration; `Ok(Some(checks))` after --validate-only.
+    fn go(&mut self, ctl: &mut UnixStream) -> Result<Option<Vec<Check>>> {
+        let res = self.phases(ctl);
+        if res.is_err() && !self.handed_over {
+            self.roll_back();
+        }
+        res
+    }
+
+    fn phases(&mut self, ctl: &mut UnixStream) -> Result<Option<Vec<Check>>> {
+        let name = self.spec.name.clone();
+        progress(ctl, Progress { phase: "validate".into(), note: format!("connecting to {}", self.req.target), ..blank() });
+        self.link = Some(Link::open(&self.req.target_addr, &self.agent.opts.key, &self.agent.opts.host)?);
+        self.step = "validate".into();
+        let memory_current = self.plumbing.cgroup().memory_current().unwrap_or(0);
+        let v = Mover::Validate { spec: self.spec.clone(), memory_current, cpu: Vec::new(), volumes: volume_ids(&self.spec) };
+        self.link().send(&v)?;
+        let checks = match self.link().recv()? {
+            Mover::Validated(c) => c,
+            other => bail!("the target answered validation with {other:?}"),
+        };
+        let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+        if self.req.validate_only || !failed.is_empty() {
+            self.link().send(&Mover::Abort(if failed.is_empty() { "validation only".into() } else { "validation failed".into() }))?;
+            if failed.is_empty() {
+                return Ok(Some(checks));
+            }
+            bail!("validation failed: {}", failed.join("; "));
+        }
+        self.step = "prepare".into();
+        progress(ctl, Progress { phase: "prepare".into(), note: format!("preparing {name} on {}", self.req.target), ..blank() });
+        let spec = self.spec.clone();
+        self.link().send(&Mover::Prepare(spec))?;
+        match self.link().recv()? {
+            Mover::Prepared => {}
+            other => bail!("the target answered prepare with {other:?}"),
+        }
+        self.step = "precopy".into();
+        let pids = self.plumbing.cgroup().procs().context("list the partition's processes")?;
+        let mut pre = Precopy::start(&pids).context("start dirty-page tracking")?;
+        let limits = policy::Limits {
+            max_downtime: Duration::from_millis(self.req.max_downtime_ms),
+            max_total: Duration::from_secs(self.req.max_total_s),
+            force_switch: self.req.force,
+            ..Default::default()
+        };
+        let base_cpus = self.spec.cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
+        let mut m = Measure::default();
+        loop {
+            m.round += 1;
+            let mut sink = WireSink {
+                w: &mut self.link.as_mut().expect("connected").w,
+                compress: self.req.compress,
+                wire_bytes: 0,
+                payload: Vec::new(),
+                frame: Vec::new(),
+            };
+            let st = pre.round(&mut sink).with_context(|| format!("pre-copy round {}", m.round))?;
+            fault::point("source.round")?;
+            let wire = sink.wire_bytes;
+            self.link().w.flush().context("send pages")?;
+            self.wire_bytes += wire;
+            let secs = st.duration.as_secs_f64().max(1e-6);
+            // Bandwidth from rounds big enough to measure; dirty rate from
+            // what the round found written since the previous one.
+            if st.bytes >= (1 << 20) || m.bandwidth == 0.0 {
+                m.bandwidth = (st.bytes as f64 / secs).max(1.0);
+            }
+            let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;
+            m.remaining = c.pending;
+            m.sent_last = st.pages;
+            m.dirty_rate = c.dirty_rate();
+            m.elapsed = self.started.elapsed();
+            m.history.push(m.remaining);
+            self.rounds.push(report::Round::from_stats(&st, wire, m.dirty_rate, m.throttle));
+            progress(
+                ctl,
+                Progress {
+                    phase: "precopy".into(),
+                    round: m.round,
+                    dirty_pages: m.remaining,
+                    sent_bytes: self.wire_bytes,
+                    rate: m.bandwidth,
+                    throttle: m.throttle,
+                    note: String::new(),
+                },
+            );
+            match policy::decide(&m, &limits) {
+                Decision::Continue => {}
+                Decision::Throttle(t) => {
+                    m.throttle = t;
+                    m.rounds_at_throttle = 0;
+                    self.throttle_max = self.throttle_max.max(t);
+                    self.plumbing.cgroup().set_cpus(Some((base_cpus * (1.0 - t)).max(0.01))).context("throttle the partition's CPU")?;
+                }
+                Decision::Switchover => break,
+                Decision::Abort(why) => bail!("{why}"),
+            }
+            m.rounds_at_throttle += 1;
+        }
+        self.switchover(ctl, pre)?;
+        Ok(None)
+    }
+
+    fn switchover(&mut self, ctl: &mut UnixStream, pre: Precopy) -> Result<()> {
+        self.step = "switchover".into();
+        progress(ctl, Progress { phase: "switchover".into(), note: "freezing".into(), ..blank() });
+        let dir = scratch_dir(self.agent, "out", &self.spec.name);
+        let _ = fs::remove_dir_all(&dir);
+        let t_stop = Instant::now();
+        self.plumbing.lock_network().context("lock the partition's network")?;
+        self.frozen = true;
+        // Stopped first, then the trackers' last word (nothing runs, so
+        // nothing writes behind it), then the dump of what the target lacks.
+        let stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
+        let held = pre.finish().context("last dirty-page collection")?;
+        let opts =
+            lpm_engine::DumpOptions { after: lpm_engine::After::Frozen, tcp_established: true, precopied: held, external_netns: true };
+        let stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
+        self.stop.freeze_ms = t_stop.elapsed().as_secs_f64() * 1e3;
+        self.stop.final_pages = stats.pages;
+        let t = Instant::now();
+        fault::point("source.frozen")?;
+        let (files, bytes) = self.send_images(&dir)?;
+        self.stop.state_image_bytes = bytes;
+        self.link().send(&Mover::Restore { files })?;
+        self.link().w.flush().context("send restore")?;
+        self.stop.transfer_ms = t.elapsed().as_secs_f64() * 1e3;
+        let _ = fs::remove_dir_all(&dir);
+        let t = Instant::now();
+        match self.link().recv()? {
+            Mover::Restored { restore_ms } => self.stop.restore_ms = restore_ms,
+            other => bail!("the target answered restore with {other:?}"),
+        }
+        self.step = "handover".into();
+        // Phase two: from here the target owns the partition. The record
+        // on disk says so before "go" leaves.
+        let mark = self.agent.opts.dir.join("partitions").join(&self.spec.name).join("handed-over");
+        fs::write(&mark, format!("{}\n", self.req.target)).with_context(|| format!("record the handover in {}", mark.display()))?;
+        self.handed_over = true;
+        fault::point("source.go")?;
+        self.link().send(&Mover::Go)?;
+        match self.link().recv() {
+            Ok(Mover::Running) => {}
+            Ok(other) => tracing::warn!(?other, "unexpected answer to go"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "no confirmation after go; the target owns the partition"),
+        }
+        self.stop.handover_ms = t.elapsed().as_secs_f64() * 1e3 - self.stop.restore_ms;
+        self.downtime = Some(t_stop.elapsed());
+        // The frozen copy here is given up: kill it, reap its init, and
+        // remove its namespaces and cgroup.
+        let cg = self.plumbing.cgroup();
+        let _ = cg.kill();
+        let _ = cg.thaw(Duration::from_secs(2));
+        let _ = cg.wait_empty(Duration::from_secs(5));
+        let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+        let _ = self.plumbing.destroy();
+        self.agent.release(&self.spec.name);
+        // Only this host's record goes: the console log on shared storage
+        // moved with the partition.
+        let _ = fs::remove_dir_all(self.agent.opts.dir.join("partitions").join(&self.spec.name));
+        progress(ctl, Progress { phase: "done".into(), note: format!("running on {}", self.req.target), ..blank() });
+        Ok(())
+    }
+
+    /// Sends every file of the image directory as Blob frames.
+    fn send_images(&mut self, dir: &Path) -> Result<(u32, u64)> {
+        let mut frames = 0u32;
+        let mut bytes = 0u64;
+        let mut names: Vec<PathBuf> =
+            fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))?.flatten().map(|e| e.path()).collect();
+        names.sort();
+        let compress = self.req.compress;
+        for p in names {
+            let name = p.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("odd image file name {}", p.display()))?.to_string();
+            let f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut off = 0u64;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let n = f.read_at(&mut buf, off).with_context(|| format!("read {}", p.display()))?;
+                let payload = blob(&name, off, &buf[..n]);
+                let w = lpm_wire::write_frame(&mut self.link().w, FrameType::Blob, &payload, compress).context("send image file")?;
+                self.wire_bytes += w;
+                bytes += n as u64;
+                frames += 1;
+                off += n as u64;
+                if n == 0 || off >= len {
+                    break;
+                }
+            }
+        }
+        Ok((frames, bytes))
+    }
+
+    /// Before "go": the partition stays (or becomes again) what it was on
+    /// the source.
+    fn roll_back(&mut self) {
+        if let Some(link) = self.link.as_mut() {
+            let _ = link.send(&Mover::Abort(format!("the source gave up at {}", self.step)));
+            let _ = link.w.flush();
+        }
+        if self.frozen {
+            let _ = lpm_engine::thaw_tree(self.pid);
+            let _ = self.plumbing.cgroup().thaw(Duration::from_secs(5));
+            let _ = self.plumbing.unlock_network();
+        }
+        let _ = self.plumbing.cgroup().set_cpus(self.spec.cpus);
+    }
+
+    fn report(&self, res: &Result<Option<Vec<Check>>>) -> Report {
+        let total = self.started.elapsed();
+        let outcome = match res {
+            Ok(_) => report::Outcome::Completed,
+            Err(e) if self.step == "precopy" && format!("{e}").contains("did not converge") => {
+                report::Outcome::Aborted { reason: format!("{e:#}"), step: self.step.clone() }
+            }
+            Err(e) => report::Outcome::Failed { error: format!("{e:#}"), step: self.step.clone() },
+        };
+        Report {
+            partition: self.spec.name.clone(),
+            source: self.agent.opts.host.clone(),
+            target: self.req.target.clone(),
+            started_unix_ms: self.started_ms,
+            outcome,
+            total_ms: total.as_secs_f64() * 1e3,
+            downtime_ms: self.downtime.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
+            rounds: self.rounds.clone(),
+            stop: self.downtime.map(|_| self.stop.clone()),
+            bytes_total: self.wire_bytes,
+            throughput_bytes_per_s: self.wire_bytes as f64 / total.as_secs_f64().max(1e-6),
+            max_throttle: self.throttle_max,
+            streams: self.req.streams.max(1),
+            compression: self.req.compress.map(|l| format!("zstd:{l}")).unwrap_or_else(|| "none".into()),
+        }
+    }
+}
+
+/// Where a migration's images live while it runs: in memory (tmpfs), both
+/// for speed and because the target's page store places each page at its
+/// virtual address, an offset ext4 files cannot reach.
+fn scratch_dir(agent: &Agent, way: &str, name: &str) -> PathBuf {
+    PathBuf::from("/dev/shm").join(format!("{}-{}-{way}-{name}-{}", agent.opts.prefix, agent.opts.host, unix_ms()))
+}
+
+fn blank() -> Progress {
+    Progress { phase: String::new(), round: 0, dirty_pages: 0, sent_bytes: 0, rate: 0.0, throttle: 0.0, note: String::new() }
+}
+
+/// A Blob payload: u16 name length, the name, u64 offset, the bytes.
+fn blob(name: &str, off: u64, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(10 + name.len() + data.len());
+    p.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    p.extend_from_slice(name.as_bytes());
+    p.extend_from_slice(&off.to_le_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// Splits a Blob payload; the name must be a plain file name.
+fn unblob(p: &[u8]) -> Result<(&str, u64, &[u8])> {
+    let n = u16::from_le_bytes(p.get(..2).ok_or_else(|| anyhow!("short image frame"))?.try_into().expect("2 bytes")) as usize;
+    let name = std::str::from_utf8(p.get(2..2 + n).ok_or_else(|| anyhow!("short image frame"))?).context("image file name")?;
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("refused image file name {name:?}");
+    }
+    let off = u64::from_le_bytes(p.get(2 + n..10 + n).ok_or_else(|| anyhow!("short image frame"))?.try_into().expect("8 bytes"));
+    Ok((name, off, &p[10 + n..]))
+}
+
+/// What the target made for an incoming partition; dropped before "go",
+/// it removes all of it.
+struct Incoming {
+    spec: PartitionSpec,
+    plumbing: Option<Plumbing>,
+    dir: PathBuf,
+    store: Store,
+    held: Option<lpm_engine::Held>,
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Kills and reaps every restored task when not released.
+        self.held.take();
+        if let Some(p) = self.plumbing.take() {
+            if let Err(e) = p.destroy() {
+                tracing::warn!(partition = %self.spec.name, error = %e, "remove the incoming partition");
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn validate(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String, u64, u64)]) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, ok: bool, detail: String| out.push(Check { name: name.into(), ok, detail });
+    {
+        let parts = agent.parts();
+        let clash = parts.contains_key(&spec.name);
+        check("name", !clash, if clash { format!("a partition named {} exists here", spec.name) } else { "free".into() });
+        let ip = parts.values().find(|e| e.spec.ip.is_some() && e.spec.ip == spec.ip);
+        check(
+            "ip",
+            ip.is_none(),
+            ip.map(|e| format!("{} uses {}", e.spec.name, e.spec.ip.clone().unwrap_or_default())).unwrap_or_else(|| "free".into()),
+        );
+        let mac = parts.values().find(|e| e.spec.mac.is_some() && e.spec.mac == spec.mac);
+        check("mac", mac.is_none(), mac.map(|e| format!("{} uses that MAC", e.spec.name)).unwrap_or_else(|| "free".into()));
+    }
+    let avail = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| l.strip_prefix("MemAvailable:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    let need = spec.memory.unwrap_or(memory).max(memory);
+    check("memory", avail > need, format!("{} MiB available, {} MiB needed", avail >> 20, need >> 20));
+    let missing: Vec<String> = lpm_sys::probe::probe_all().into_iter().filter(|p| p.result.is_err()).map(|p| p.name.to_string()).collect();
+    check(
+        "kernel",
+        missing.is_empty(),
+        if missing.is_empty() { "every feature present".into() } else { format!("missing: {}", missing.join(", ")) },
+    );
+    for (path, dev, ino) in volumes {
+        let here = fs::metadata(path).map(|m| (m.dev(), m.ino()));
+        let ok = matches!(here, Ok((d, i)) if d == *dev && i == *ino);
+        check(
+            "volume",
+            ok,
+            match here {
+                Ok(_) if ok => format!("{path} is the same volume"),
+                Ok(_) => format!("{path} is another filesystem object here (not shared storage)"),
+                Err(e) => format!("{path}: {e}"),
+            },
+        );
+    }
+    out
+}
+
+/// The target side, on one mover connection.
+pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
+    let mut r = BufReader::with_capacity(1 << 20, s.try_clone().context("clone socket")?);
+    let mut w = BufWriter::new(s);
+    let mut inc: Option<Incoming> = None;
+    let res = (|| -> Result<()> {
+        loop {
+            let f = lpm_wire::read_frame(&mut r).context("receive from the source")?;
+            match f.kind {
+                FrameType::Pages => {
+                    fault::point("target.pages")?;
+                    let i = inc.as_mut().ok_or_else(|| anyhow!("pages before prepare"))?;
+                    let (h, data) = PagesHeader::decode(&f.payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
+                    i.store.write(h.pid as i32, h.vaddr, data).context("store pages")?;
+                    continue;
+                }
+                FrameType::Blob => {
+                    fault::point("target.image")?;
+                    let i = inc.as_mut().ok_or_else(|| anyhow!("image file before prepare"))?;
+                    let (name, off, data) = unblob(&f.payload)?;
+                    let path = i.dir.join(name);
+                    let file = fs::OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(false)
+                        .open(&path)
+                        .with_context(|| format!("create {}", path.display()))?;
+                    file.write_all_at(data, off).with_context(|| format!("write {}", path.display()))?;
+                    continue;
+                }
+                FrameType::Control => {}
+                other => bail!("unexpected {other:?} frame"),
+            }
+            let m: Mover = api::decode(&f.payload, "mover message")?;
+            match m {
+                Mover::Validate { spec, memory_current, volumes, .. } => {
+                    let checks = validate(agent, &spec, memory_current, &volumes);
+                    api::send(&mut w, &Mover::Validated(checks))?;
+                }
+                Mover::Prepare(spec) => {
+                    spec.validate().context("invalid partition spec")?;
+                    let dir = scratch_dir(agent, "in", &spec.name);
+                    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+                    let store = Store::create(&dir).context("page store")?;
+                    let mut i = Incoming { spec: spec.clone(), plumbing: None, dir, store, held: None };
+                    i.plumbing =
+                        Some(Plumbing::create(&agent.ctx, &spec, false).with_context(|| format!("prepare partition {}", spec.name))?);
+                    inc = Some(i);
+                    api::send(&mut w, &Mover::Prepared)?;
+                }
+                Mover::Restore { .. } => {
+                    fault::point("target.restore")?;
+                    let i = inc.as_mut().ok_or_else(|| anyhow!("restore before prepare"))?;
+                    let t = Instant::now();
+                    let p = i.plumbing.as_ref().expect("prepared");
+                    let opts = lpm_engine::RestoreOptions {
+                        netns: Some(p.netns().fd().context("open the partition's network namespace")?),
+                        cgroups: p.cgroup().dirs(),
+                    };
+                    i.held = Some(lpm_engine::restore_held(&i.dir, &opts).with_context(|| format!("restore partition {}", i.spec.name))?);
+                    fault::point("target.restored")?;
+                    api::send(&mut w, &Mover::Restored { restore_ms: t.elapsed().as_secs_f64() * 1e3 })?;
+                }
+                Mover::Go => {
+                    fault::point("target.go")?;
+                    let mut i = inc.take().ok_or_else(|| anyhow!("go before restore"))?;
+                    let held = i.held.take().ok_or_else(|| anyhow!("go before restore"))?;
+                    let restored = held.release().context("let the restored partition run")?;
+                    let plumbing = i.plumbing.take().expect("prepared");
+                    if let Err(e) = plumbing.unlock_network() {
+                        tracing::warn!(partition = %i.spec.name, error = %e, "network unlock");
+                    }
+                    // Recorded here before the source forgets it: the
+                    // partition is listed on one host at every moment.
+                    let announce = Plumbing::open(&agent.ctx, &i.spec);
+                    agent.adopt(i.spec.clone(), plumbing, restored.root_pid)?;
+                    tracing::info!(partition = %i.spec.name, from = peer, pid = restored.root_pid, "partition arrived");
+                    api::send(&mut w, &Mover::Running)?;
+                    w.flush().context("answer the source")?;
+                    // After the answer: the announcement repeats over a few
+                    // hundred milliseconds and the partition already runs.
+                    if let Err(e) = announce.map_err(anyhow::Error::from).and_then(|p| Ok(p.announce()?)) {
+                        tracing::warn!(partition = %i.spec.name, error = format!("{e:#}"), "gratuitous ARP");
+                    }
+                }
+                Mover::Report(rep) => {
+                    agent.keep_report(&rep);
+                    return Ok(());
+                }
+                Mover::Abort(why) => {
+                    tracing::info!(from = peer, why, "the source gave up");
+                    return Ok(());
+                }
+                other => bail!("unexpected {other:?}"),
+            }
+            w.flush().context("answer the source")?;
+        }
+    })();
+    if let Err(e) = &res {
+        let _ = api::send(&mut w, &Mover::Failed(format!("{e:#}")));
+        let _ = w.flush();
+    }
+    drop(inc);
+    res
+}

@@ -1,0 +1,480 @@
+//! The cluster commands: the lab of hosts, partitions, migrations and the
+//! migration demo. The CLI finds the lab from its state directory
+//! (`LPM_LAB`, default /run/lpm/lab) and talks to each host's lpmd over
+//! its control socket, authenticated with the lab's key.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use lpm_agent::api::{MigrateRequest, PartitionInfo, Progress, Request, Response};
+use lpm_agent::client::{read_key, Client};
+use lpm_host::lab::{Lab, LabOptions};
+use lpm_host::partition::PartitionSpec;
+
+/// The lab's state directory.
+pub fn lab_dir() -> PathBuf {
+    std::env::var_os("LPM_LAB").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/lpm/lab"))
+}
+
+/// `lpm lab ...`
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Create the hosts (network namespaces with an lpmd each), the client
+    /// namespace and the networks joining them.
+    Up {
+        /// Number of hosts (h1..hN).
+        #[arg(long, default_value_t = 2)]
+        hosts: usize,
+        /// The partition network.
+        #[arg(long, default_value = "10.213.1.0/24")]
+        subnet: String,
+    },
+    /// Run a command in a host's or the client's network namespace.
+    Exec {
+        /// h1..hN or client.
+        name: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show the lab.
+    Status,
+    /// Tear everything down (also after a crash).
+    Down,
+}
+
+/// `lpm partition ...`
+#[derive(Subcommand)]
+pub enum PartitionCmd {
+    /// Create a partition on a host and start it.
+    Create(CreateArgs),
+    /// Partitions of every host.
+    List,
+    /// One partition.
+    Show {
+        /// The partition.
+        name: String,
+    },
+    /// Stop a partition's processes.
+    Stop {
+        /// The partition.
+        name: String,
+    },
+    /// Start a stopped partition.
+    Start {
+        /// The partition.
+        name: String,
+    },
+    /// Stop and remove a partition.
+    Delete {
+        /// The partition.
+        name: String,
+    },
+    /// The partition's console output.
+    Logs {
+        /// The partition.
+        name: String,
+    },
+}
+
+/// `lpm partition create`
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Partition name.
+    pub name: String,
+    /// Host to run it on.
+    #[arg(long)]
+    pub host: String,
+    /// Memory limit (512M, 2G, bytes).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs (1.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Address on the partition network (ADDR/PREFIX); one is picked when absent.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// MAC address; derived from the name when absent.
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Shared-storage directories the partition uses.
+    #[arg(long = "volume")]
+    pub volumes: Vec<PathBuf>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `lpm migrate`
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The partition.
+    pub name: String,
+    /// Target host.
+    #[arg(long)]
+    pub to: String,
+    /// Downtime budget in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub max_downtime: u64,
+    /// Pre-copy time limit in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub max_time: u64,
+    /// Switch over at the time limit instead of aborting.
+    #[arg(long)]
+    pub force: bool,
+    /// Parallel streams for pages.
+    #[arg(long, default_value_t = 1)]
+    pub streams: u32,
+    /// Compress pages: "zstd" (or "zstd:LEVEL").
+    #[arg(long)]
+    pub compress: Option<String>,
+    /// Run the validation only.
+    #[arg(long)]
+    pub validate_only: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| anyhow!("bad size {s:?} (use 512M, 2G or bytes)"))?;
+    if n <= 0.0 {
+        bail!("bad size {s:?}: must be positive");
+    }
+    Ok((n * mul as f64) as u64)
+}
+
+fn parse_compress(s: &str) -> Result<i32> {
+    match s.split_once(':') {
+        None if s == "zstd" => Ok(1),
+        Some(("zstd", l)) => l.parse().map_err(|_| anyhow!("bad zstd level {l:?}")),
+        _ => bail!("unknown compression {s:?} (only zstd)"),
+    }
+}
+
+/// The lab as the CLI sees it.
+struct Cluster {
+    lab: Lab,
+    key: lpm_wire::Key,
+}
+
+impl Cluster {
+    fn open() -> Result<Cluster> {
+        let dir = lab_dir();
+        let lab = Lab::load(&dir).with_context(|| format!("no lab at {} (run `lpm lab up`, or set LPM_LAB)", dir.display()))?;
+        let key = read_key(&lab.key_path())?;
+        Ok(Cluster { lab, key })
+    }
+
+    fn client(&self, host: &str) -> Result<Client> {
+        let h = self.lab.host(host).ok_or_else(|| {
+            let names: Vec<&str> = self.lab.hosts().iter().map(|h| h.name.as_str()).collect();
+            anyhow!("no host {host:?} in the lab (hosts: {})", names.join(", "))
+        })?;
+        Client::connect(&h.name, &h.control, &self.key)
+    }
+
+    /// Every partition of every host.
+    fn all(&self) -> Result<Vec<PartitionInfo>> {
+        let mut out = Vec::new();
+        for h in self.lab.hosts() {
+            match self.client(&h.name)?.call(&Request::List)? {
+                Response::Partitions(p) => out.extend(p),
+                other => bail!("{}: unexpected answer {other:?}", h.name),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The host a partition is on.
+    fn locate(&self, name: &str) -> Result<String> {
+        self.all()?.into_iter().find(|p| p.spec.name == name).map(|p| p.host).ok_or_else(|| anyhow!("no partition {name:?} on any host"))
+    }
+}
+
+fn print_partition(p: &PartitionInfo) {
+    println!(
+        "{:16} {:4} {:10} {:18} {:>8} {}",
+        p.spec.name,
+        p.host,
+        p.state,
+        p.spec.ip.clone().unwrap_or_else(|| "-".into()),
+        p.memory_current.map(|m| format!("{}M", m >> 20)).unwrap_or_else(|| "-".into()),
+        p.spec.command.join(" ")
+    );
+}
+
+/// The lab runs this very binary as each host's agent (`lpm daemon`, the
+/// same code as `lpmd`), so a lab works from a plain `cargo run`.
+fn agent_options() -> Result<LabOptions> {
+    let mut opts = LabOptions::new(std::env::current_exe().context("find the lpm binary")?);
+    opts.lpmd_args = vec!["daemon".into()];
+    Ok(opts)
+}
+
+/// Runs `lpm lab ...`.
+pub fn lab(cmd: LabCmd) -> Result<ExitCode> {
+    let dir = lab_dir();
+    match cmd {
+        LabCmd::Up { hosts, subnet } => {
+            let mut opts = agent_options()?;
+            opts.hosts = hosts;
+            opts.subnet = subnet;
+            let lab = Lab::up(&dir, &opts).context("lab up")?;
+            for h in lab.hosts() {
+                println!("{}  netns {}  mover {}", h.name, h.netns, h.listen);
+            }
+            println!("client  netns {}  {}", lab.client().netns, lab.client().addr);
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Exec { name, cmd } => {
+            let lab = Lab::load(&dir)?;
+            let st = lab.exec(&name, &cmd)?;
+            Ok(ExitCode::from(st.code().unwrap_or(1) as u8))
+        }
+        LabCmd::Status => {
+            let c = Cluster::open()?;
+            for h in c.lab.hosts() {
+                let ok = c.client(&h.name).and_then(|mut cl| cl.call(&Request::Ping)).is_ok();
+                println!("{}  {}  lpmd {}", h.name, h.listen, if ok { "up" } else { "DOWN" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCmd::Down => {
+            Lab::down(&dir).context("lab down")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `lpm partition ...`.
+pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
+    let c = Cluster::open()?;
+    match cmd {
+        PartitionCmd::Create(a) => {
+            let ip = match a.ip {
+                Some(ip) => Some(ip),
+                None => Some(format!("{}/24", c.lab.allocate_ip(&a.name)?)),
+            };
+            let spec = PartitionSpec {
+                name: a.name.clone(),
+                command: a.cmd,
+                memory: a.memory.as_deref().map(parse_size).transpose()?,
+                cpus: a.cpus,
+                ip,
+                mac: a.mac,
+                volumes: a.volumes,
+            };
+            spec.validate().context("partition spec")?;
+            match c.client(&a.host)?.call(&Request::Create(spec))? {
+                Response::Partition(p) => print_partition(&p),
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
+        PartitionCmd::List => {
+            for p in c.all()? {
+                print_partition(&p);
+            }
+        }
+        PartitionCmd::Show { name } => {
+            let host = c.locate(&name)?;
+            match c.client(&host)?.call(&Request::Show(name))? {
+                Response::Partition(p) => println!("{}", serde_json::to_string_pretty(&p)?),
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
+        PartitionCmd::Stop { name } => {
+            let host = c.locate(&name)?;
+            c.client(&host)?.call(&Request::Stop(name))?;
+        }
+        PartitionCmd::Start { name } => {
+            let host = c.locate(&name)?;
+            c.client(&host)?.call(&Request::Start(name))?;
+        }
+        PartitionCmd::Delete { name } => {
+            let host = c.locate(&name)?;
+            c.client(&host)?.call(&Request::Delete(name))?;
+        }
+        PartitionCmd::Logs { name } => {
+            let host = c.locate(&name)?;
+            match c.client(&host)?.call(&Request::Logs { name, max_bytes: 1 << 20 })? {
+                Response::Logs(t) => print!("{t}"),
+                other => bail!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_line(p: &Progress) -> String {
+    match p.phase.as_str() {
+        "precopy" => format!(
+            "[{}] round {:>2}  dirty {:>8} pages  sent {:>8.1} MiB  {:>7.1} MiB/s{}",
+            p.phase,
+            p.round,
+            p.dirty_pages,
+            p.sent_bytes as f64 / (1 << 20) as f64,
+            p.rate / (1 << 20) as f64,
+            if p.throttle > 0.0 { format!("  throttle {:.0}%", p.throttle * 100.0) } else { String::new() }
+        ),
+        _ => format!("[{}] {}", p.phase, p.note),
+    }
+}
+
+/// Migrates; returns the report (or the validation result as an error-free
+/// empty report when only validating).
+fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool) -> Result<Option<lpm_migrate::report::Report>> {
+    let source = c.locate(&a.name)?;
+    let target = c.lab.host(&a.to).ok_or_else(|| anyhow!("no host {:?} in the lab", a.to))?;
+    let req = MigrateRequest {
+        name: a.name.clone(),
+        target: a.to.clone(),
+        target_addr: target.listen.to_string(),
+        max_downtime_ms: a.max_downtime,
+        max_total_s: a.max_time,
+        force: a.force,
+        streams: a.streams,
+        compress: a.compress.as_deref().map(parse_compress).transpose()?,
+        validate_only: a.validate_only,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut last_len = 0;
+    let res = c.client(&source)?.call_with_progress(&Request::Migrate(req), |p| {
+        if quiet {
+            return;
+        }
+        let line = progress_line(p);
+        if tty {
+            eprint!("\r{line:<last_len$}");
+            last_len = line.len();
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{line}");
+        }
+    });
+    if tty && !quiet {
+        eprintln!();
+    }
+    match res? {
+        Response::Report(r) => Ok(Some(*r)),
+        Response::Validation(checks) => {
+            for ch in checks {
+                println!("{:4} {:8} {}", if ch.ok { "ok" } else { "FAIL" }, ch.name, ch.detail);
+            }
+            Ok(None)
+        }
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// Runs `lpm migrate`.
+pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
+    let c = Cluster::open()?;
+    match migrate_with(&c, &a, a.json)? {
+        Some(r) if a.json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Some(r) => print!("{}", lpm_migrate::report::render(&r)),
+        None => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tears the demo's lab down however the demo ends.
+struct LabGuard(PathBuf);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = Lab::down(&self.0) {
+            eprintln!("lpm: lab down: {e:#}");
+        }
+    }
+}
+
+/// `lpm demo`: two hosts, a Python service with state in memory, a client
+/// checking every answer, the service moved h1 → h2 → h1 while it serves.
+pub fn demo() -> Result<ExitCode> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let dir = std::env::temp_dir().join(format!("lpm-demo-lab-{}-{nanos}", std::process::id()));
+    // The demo's own lab: commands of this process find it, nobody else's.
+    std::env::set_var("LPM_LAB", &dir);
+    let mut opts = agent_options()?;
+    opts.hosts = 2;
+    println!("== lab: two hosts (h1, h2) and a client, in network namespaces of their own");
+    let lab = Lab::up(&dir, &opts).context("lab up")?;
+    let _guard = LabGuard(dir.clone());
+    let key = read_key(&lab.key_path())?;
+    let c = Cluster { lab, key };
+    let script = dir.join("kv_service.py");
+    std::fs::write(&script, include_str!("../demo/kv_service.py"))?;
+    let client_py = dir.join("kv_client.py");
+    std::fs::write(&client_py, include_str!("../demo/kv_client.py"))?;
+    let ip = c.lab.allocate_ip("kv")?;
+    let spec = PartitionSpec {
+        name: "kv".into(),
+        command: vec!["python3".into(), script.display().to_string(), "7000".into(), "64".into()],
+        memory: Some(512 << 20),
+        cpus: Some(1.0),
+        ip: Some(format!("{ip}/24")),
+        mac: None,
+        volumes: vec![dir.clone()],
+    };
+    match c.client("h1")?.call(&Request::Create(spec))? {
+        Response::Partition(p) => println!("== partition kv on h1: {} (pid {:?}), python3 kv_service.py holding 64 MiB", ip, p.pid),
+        other => bail!("unexpected answer {other:?}"),
+    }
+    let client_ns = c.lab.client().netns.clone();
+    let client = Command::new("ip")
+        .args(["netns", "exec", &client_ns, "python3"])
+        .arg(&client_py)
+        .args([&ip.to_string(), "7000", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start the client")?;
+    std::thread::sleep(Duration::from_secs(2));
+    println!("== a client in the client namespace sends numbered requests and checks every answer");
+    let mut reports = Vec::new();
+    let res = (|| -> Result<()> {
+        for to in ["h2", "h1"] {
+            println!("== migrating kv to {to} while it serves");
+            let a = MigrateArgs {
+                name: "kv".into(),
+                to: to.into(),
+                max_downtime: 50,
+                max_time: 60,
+                force: true,
+                streams: 1,
+                compress: None,
+                validate_only: false,
+                json: false,
+            };
+            let t = Instant::now();
+            let r = migrate_with(&c, &a, false)?.ok_or_else(|| anyhow!("no report"))?;
+            print!("{}", lpm_migrate::report::render(&r));
+            println!("   ({:.2} s)", t.elapsed().as_secs_f64());
+            reports.push(r);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        Ok(())
+    })();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let out = client.wait_with_output().context("wait for the client")?;
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    res?;
+    println!("== client: {}", summary.trim());
+    if !out.status.success() {
+        bail!("the client saw a wrong answer or a broken connection");
+    }
+    println!("== kv moved h1 → h2 → h1; every answer was right and the connection stayed up");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,16 @@
+//! The host side of lpm: what `lpmd` needs to run partitions on one host.
+//!
+//! A partition is a process tree in its own pid, mount, net, uts and ipc
+//! namespaces and its own cgroup, with a veth NIC on the host's partition
+//! bridge. [`cgroup`] manages cgroups on both the hybrid (v1 controllers and
+//! a controller-less cgroup2) and the unified layout; [`net`] the network
+//! namespaces, links and the gratuitous ARP; [`partition`] a partition's
+//! plumbing and its init process; [`lab`] a set of hosts on one machine for
+//! the demo and the tests.
+
+#![forbid(unsafe_code)]
+
+pub mod cgroup;
+pub mod lab;
+pub mod net;
+pub mod partition;

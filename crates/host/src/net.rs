@@ -1,0 +1,255 @@
+//! Network plumbing: named network namespaces, the `ip` (iproute2) runner
+//! that sets up links, bridges and addresses, and the gratuitous ARP that
+//! announces a partition's address after it moved.
+//!
+//! Namespaces follow iproute2's convention (a bind mount at
+//! `/run/netns/NAME`) so that an operator can look at everything lpm built
+//! with `ip -n NAME ...` and `ip netns exec NAME ...`. Links are configured
+//! by running `ip` rather than speaking rtnetlink: the commands are few, run
+//! once per partition or lab, and their text is what an operator would type
+//! to reproduce or repair a step.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Where iproute2 keeps named network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// How many times [`gratuitous_arp`] sends each form of the announcement.
+pub const GARP_ROUNDS: usize = 3;
+/// The pause between rounds of [`gratuitous_arp`].
+pub const GARP_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Errors of the network plumbing; each names the command, namespace or
+/// interface.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A namespace name iproute2 would refuse or that would escape
+    /// [`NETNS_DIR`].
+    #[error("invalid network namespace name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `ip` could not be started.
+    #[error("running `{cmd}`")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `ip` ran and failed.
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Ip {
+        /// The command line.
+        cmd: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr, trimmed.
+        stderr: String,
+    },
+    /// The named namespace does not exist.
+    #[error("network namespace {name} does not exist")]
+    NoNetns {
+        /// The name.
+        name: String,
+    },
+    /// Opening a namespace file failed.
+    #[error("opening network namespace {path}")]
+    Open {
+        /// The file under [`NETNS_DIR`].
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Sending the gratuitous ARP failed.
+    #[error("gratuitous arp for {ip} on {ifname} in network namespace {ns}")]
+    Arp {
+        /// The namespace.
+        ns: String,
+        /// The interface.
+        ifname: String,
+        /// The announced address.
+        ip: Ipv4Addr,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
+}
+
+/// A named network namespace, `/run/netns/NAME`. The value is only the
+/// name: dropping it deletes nothing (see [`Netns::delete`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` (`ip netns add`); fails when it exists.
+    pub fn create(name: &str) -> Result<Netns, NetError> {
+        check_name(name)?;
+        ip(None, &["netns", "add", name])?;
+        Ok(Netns { name: name.to_string() })
+    }
+
+    /// The existing namespace `name`.
+    pub fn open(name: &str) -> Result<Netns, NetError> {
+        check_name(name)?;
+        let ns = Netns { name: name.to_string() };
+        if !ns.path().exists() {
+            return Err(NetError::NoNetns { name: name.to_string() });
+        }
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's file, `/run/netns/NAME`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(&self.name)
+    }
+
+    /// A descriptor for the namespace, for setns (it keeps the namespace
+    /// alive while open, even after [`Netns::delete`]).
+    pub fn fd(&self) -> Result<OwnedFd, NetError> {
+        let path = self.path();
+        match std::fs::File::open(&path) {
+            Ok(f) => Ok(f.into()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(NetError::NoNetns { name: self.name.clone() }),
+            Err(source) => Err(NetError::Open { path, source }),
+        }
+    }
+
+    /// Deletes namespace `name` (`ip netns delete`): its name goes at once,
+    /// the namespace itself with its links when the last process and
+    /// descriptor in it are gone. Deleting a missing namespace succeeds.
+    pub fn delete(name: &str) -> Result<(), NetError> {
+        check_name(name)?;
+        let path = PathBuf::from(NETNS_DIR).join(name);
+        if !path.exists() {
+            return Ok(());
+        }
+        match ip(None, &["netns", "delete", name]) {
+            Ok(_) => Ok(()),
+            // Someone else deleted it meanwhile: the goal is reached.
+            Err(_) if !path.exists() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The names of all named namespaces, sorted.
+    pub fn list() -> Result<Vec<String>, NetError> {
+        let rd = match std::fs::read_dir(NETNS_DIR) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(NetError::Open { path: NETNS_DIR.into(), source }),
+        };
+        let mut names: Vec<String> = rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Refuses names iproute2 refuses, and anything that is not a plain file
+/// name under [`NETNS_DIR`].
+fn check_name(name: &str) -> Result<(), NetError> {
+    let bad = |reason| Err(NetError::BadName { name: name.to_string(), reason });
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("a special directory name");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return bad("only letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
+
+/// Runs `ip` (iproute2), in namespace `ns` when given (`ip -n NS ...`), and
+/// returns its stdout. The error names the command and carries its stderr.
+pub fn ip(ns: Option<&str>, args: &[&str]) -> Result<String, NetError> {
+    let mut full: Vec<&str> = Vec::with_capacity(args.len() + 2);
+    if let Some(ns) = ns {
+        check_name(ns)?;
+        full.extend(["-n", ns]);
+    }
+    full.extend_from_slice(args);
+    let cmd = format!("ip {}", full.join(" "));
+    let out = Command::new("ip").args(&full).output().map_err(|source| NetError::Spawn { cmd: cmd.clone(), source })?;
+    if !out.status.success() {
+        return Err(NetError::Ip { cmd, status: out.status, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    tracing::trace!(target: "lpm::net", %cmd, "ran");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sends a gratuitous ARP (request and reply form, [`GARP_ROUNDS`] times,
+/// [`GARP_INTERVAL`] apart) for `ip` from interface `ifname` inside netns
+/// `ns`, from the interface's own MAC: bridges on the way relearn the port
+/// of that MAC and neighbours holding an entry for `ip` update it. Linux
+/// neighbours create no new entry from it unless their `arp_accept` is set.
+pub fn gratuitous_arp(ns: &str, ifname: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+    let fd = Netns::open(ns)?.fd()?;
+    lpm_sys::arp::announce(fd.as_fd(), ifname, ip, GARP_ROUNDS, GARP_INTERVAL).map_err(|source| NetError::Arp {
+        ns: ns.to_string(),
+        ifname: ifname.to_string(),
+        ip,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", ".", "..", "a/b", "a b", "x\0"] {
+            assert!(matches!(check_name(bad), Err(NetError::BadName { .. })), "{bad:?}");
+        }
+        check_name("lpm-abc123-h1").unwrap();
+    }
+
+    #[test]
+    fn netns_life_cycle() {
+        let name = format!("lpm-nettest-{}", std::process::id());
+        let _guard = Guard(name.clone());
+        let ns = Netns::create(&name).unwrap();
+        assert!(ns.path().exists());
+        assert!(Netns::list().unwrap().contains(&name));
+        assert!(matches!(Netns::create(&name), Err(NetError::Ip { .. })));
+        ns.fd().unwrap();
+        let out = ip(Some(&name), &["-o", "link", "show", "lo"]).unwrap();
+        assert!(out.contains("lo:"), "{out}");
+        let e = ip(Some(&name), &["link", "show", "nosuch0"]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("nosuch0") && msg.contains(&name), "{msg}");
+        Netns::delete(&name).unwrap();
+        Netns::delete(&name).unwrap();
+        assert!(matches!(Netns::open(&name), Err(NetError::NoNetns { .. })));
+        assert!(matches!(ns.fd(), Err(NetError::NoNetns { .. })));
+    }
+
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = Netns::delete(&self.0);
+        }
+    }
+}

@@ -1,0 +1,805 @@
+//! The source side of pre-copy: copy the memory of running processes to
+//! the target round after round while a [`DirtyTracker`] per process
+//! records what they write meanwhile, so that the stop has only the last
+//! writes left to send.
+//!
+//! # What is sent
+//!
+//! The pages a checkpoint would save and a write can change: those of
+//! private writable areas (shared memory is sent whole at the switchover)
+//! that are present, are anonymous (a private file page not yet written is
+//! the file's, which the target reads itself) and are not the shared zero
+//! page. Swapped-out pages are not pre-copied: while a tracker is
+//! registered, PAGEMAP_SCAN reports the write-protect markers on every
+//! untouched page as swapped too, and cannot tell them apart; the final
+//! checkpoint sends real swapped pages. Pages are read from the running process with
+//! process_vm_readv in chunks of up to [`CHUNK`] bytes (areas without
+//! PROT_READ through /proc/PID/mem) and handed to a [`PageSink`] in
+//! contiguous runs: the mover sends them over the network, the target's
+//! [`Store`](crate::store::Store) writes them, and tests connect the two
+//! directly.
+//!
+//! A page whose content is all zero and that the sink never received is
+//! not sent: the target's page file reads as zero where nothing was
+//! written, so the page counts as held all the same (except above the
+//! highest page ever sent, past the end of the target's file, which the
+//! restore refuses to read). A zero page that was sent before is sent
+//! again, since the target holds older data there.
+//!
+//! # Held, pending and the order that keeps them right
+//!
+//! Per process three range sets are kept: `held`, the pages whose current
+//! content the target holds; `pending`, the pages found dirty and not sent
+//! yet; `ever`, the pages the sink ever received. A collection
+//! (re-protecting the pages it reports, atomically) always comes before the
+//! reads of the pages it reports, so a write that lands after a page was
+//! read is reported by a later collection: then the page leaves `held` and
+//! joins `pending`. A write between the collection and the read is reported
+//! later too and makes the page be sent once more than needed, never once
+//! less.
+//!
+//! # How many pages are left: [`Precopy::collect`]
+//!
+//! What the processes wrote since the last round is only known by
+//! collecting, and collecting re-protects: its result must not be lost. So
+//! [`Precopy::collect`] merges what it finds into `pending` and returns the
+//! counts the convergence policy needs (pages found, pages pending, and
+//! the time they took to accumulate: the dirty rate); the next
+//! [`Precopy::round`] collects once more (catching the writes since) and
+//! sends everything pending. The loop of the source is:
+//!
+//! ```text
+//! let mut pc = Precopy::start(&pids)?;
+//! loop {
+//!     let stats = pc.round(&mut sink)?;        // round 1 sends everything
+//!     let c = pc.collect()?;                   // what the round left dirty
+//!     match policy::decide(&measure(stats, c), &limits) { ... }
+//! }
+//! // frozen:
+//! let precopied = pc.finish()?;               // for CheckpointOptions
+//! ```
+//!
+//! # The end
+//!
+//! [`Precopy::finish`] runs once the tree is frozen: a last collection
+//! removes what was written since the last round from `held`, and `held`
+//! is cut down to the pages present now: a page dropped with
+//! MADV_DONTNEED is not reported as written (it reads as zero from then
+//! on, while the target holds its old content), and a page swapped out is
+//! left to the checkpoint. The result, per pid, is what the checkpoint
+//! need not send; every range in it is present, anonymous and not the
+//! zero page at the time of the call.
+//! Dropping a [`Precopy`] (abort) drops the trackers, which unregisters
+//! everything: the processes are left as they were.
+//!
+//! Processes forked after the start are not tracked: nothing is held for
+//! them and the final checkpoint sends all their pages. A process that
+//! exited is dropped quietly and has no entry in the result.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use lpm_engine::{proc, DirtyTracker, EngineError};
+use lpm_sys::misc::is_zero;
+use lpm_sys::pagemap::{Pagemap, Query, Region, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT};
+
+/// Bytes in a page.
+pub const PAGE: u64 = 4096;
+
+/// Most bytes read from a process per process_vm_readv call.
+pub const CHUNK: usize = 1 << 20;
+
+/// What a [`PageSink`] returns on failure: the mover's network errors and
+/// the store's file errors alike.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where pre-copied pages go: the one page pipeline of migration.
+///
+/// A [`Precopy`] assumes its sink starts empty: a page it never handed
+/// over reads as zero on the target (a hole of the store's sparse file),
+/// which is how it skips zero pages. One migration attempt, one fresh sink.
+pub trait PageSink {
+    /// Takes `data`, whole pages of process `pid` starting at page-aligned
+    /// address `vaddr`.
+    fn pages(&mut self, pid: i32, vaddr: u64, data: &[u8]) -> Result<(), SinkError>;
+}
+
+/// Errors of pre-copy; each names the process.
+#[derive(Debug, thiserror::Error)]
+pub enum PrecopyError {
+    /// Tracking the writes of a process could not start.
+    #[error("start tracking writes of pid {pid}")]
+    Track {
+        /// The process.
+        pid: i32,
+        /// The cause.
+        #[source]
+        source: EngineError,
+    },
+    /// Collecting the writes of a process failed.
+    #[error("collect writes of pid {pid}")]
+    Collect {
+        /// The process.
+        pid: i32,
+        /// The cause.
+        #[source]
+        source: EngineError,
+    },
+    /// The memory areas of a process could not be read.
+    #[error("read memory areas of pid {pid}")]
+    Maps {
+        /// The process.
+        pid: i32,
+        /// The cause.
+        #[source]
+        source: EngineError,
+    },
+    /// The pagemap of a process could not be opened.
+    #[error("open pagemap of pid {pid}")]
+    Pagemap {
+        /// The process.
+        pid: i32,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
+    /// Finding the present pages of an area failed.
+    #[error("scan pages of pid {pid} in {start:#x}-{end:#x}")]
+    Scan {
+        /// The process.
+        pid: i32,
+        /// First address.
+        start: u64,
+        /// One past the end.
+        end: u64,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
+    /// The sink did not take pages.
+    #[error("send {len} bytes of pid {pid} at {vaddr:#x}")]
+    Sink {
+        /// The process.
+        pid: i32,
+        /// First address.
+        vaddr: u64,
+        /// Bytes.
+        len: usize,
+        /// The cause.
+        #[source]
+        source: SinkError,
+    },
+}
+
+/// Result alias for pre-copy.
+pub type Result<T, E = PrecopyError> = std::result::Result<T, E>;
+
+/// A set of address ranges `[start, end)`, kept sorted, disjoint and
+/// merged (touching ranges become one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    r: Vec<(u64, u64)>,
+}
+
+impl RangeSet {
+    /// An empty set.
+    pub fn new() -> RangeSet {
+        RangeSet::default()
+    }
+
+    /// The set holding `ranges` (in any order, overlapping or not).
+    pub fn from_ranges(ranges: impl IntoIterator<Item = (u64, u64)>) -> RangeSet {
+        let mut v: Vec<(u64, u64)> = ranges.into_iter().filter(|(s, e)| s < e).collect();
+        v.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+        for (s, e) in v {
+            match out.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        RangeSet { r: out }
+    }
+
+    /// The ranges, in address order.
+    pub fn ranges(&self) -> &[(u64, u64)] {
+        &self.r
+    }
+
+    /// The ranges, in address order.
+    pub fn into_vec(self) -> Vec<(u64, u64)> {
+        self.r
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.r.is_empty()
+    }
+
+    /// Bytes covered.
+    pub fn len(&self) -> u64 {
+        self.r.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// Pages covered (the set is expected to hold whole pages).
+    pub fn pages(&self) -> u64 {
+        self.len() / PAGE
+    }
+
+    /// Adds `[start, end)`.
+    pub fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        // Ranges touching or overlapping the new one merge with it.
+        let i = self.r.partition_point(|r| r.1 < start);
+        let j = self.r.partition_point(|r| r.0 <= end);
+        if i == j {
+            self.r.insert(i, (start, end));
+            return;
+        }
+        let merged = (start.min(self.r[i].0), end.max(self.r[j - 1].1));
+        self.r.splice(i..j, [merged]);
+    }
+
+    /// Removes `[start, end)`.
+    pub fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let i = self.r.partition_point(|r| r.1 <= start);
+        let j = self.r.partition_point(|r| r.0 < end);
+        if i >= j {
+            return;
+        }
+        let (first, last) = (self.r[i], self.r[j - 1]);
+        let mut keep = Vec::with_capacity(2);
+        if first.0 < start {
+            keep.push((first.0, start));
+        }
+        if last.1 > end {
+            keep.push((end, last.1));
+        }
+        self.r.splice(i..j, keep);
+    }
+
+    /// Adds every range of `other`.
+    pub fn union(&mut self, other: &RangeSet) {
+        if other.is_empty() {
+            return;
+        }
+        let all = self.r.iter().chain(&other.r).copied().collect::<Vec<_>>();
+        *self = RangeSet::from_ranges(all);
+    }
+
+    /// Removes every range of `other`.
+    pub fn subtract(&mut self, other: &RangeSet) {
+        if other.is_empty() || self.is_empty() {
+            return;
+        }
+        let mut out = Vec::with_capacity(self.r.len());
+        let mut k = 0;
+        for &(s, e) in &self.r {
+            let mut at = s;
+            while k < other.r.len() && other.r[k].1 <= at {
+                k += 1;
+            }
+            let mut m = k;
+            while at < e && m < other.r.len() && other.r[m].0 < e {
+                let (os, oe) = other.r[m];
+                if os > at {
+                    out.push((at, os));
+                }
+                at = at.max(oe);
+                m += 1;
+            }
+            if at < e {
+                out.push((at, e));
+            }
+        }
+        self.r = out;
+    }
+
+    /// The ranges covered by both sets.
+    pub fn intersect(&self, other: &RangeSet) -> RangeSet {
+        let (mut i, mut j) = (0, 0);
+        let mut out = Vec::new();
+        while i < self.r.len() && j < other.r.len() {
+            let (a, b) = (self.r[i], other.r[j]);
+            let (s, e) = (a.0.max(b.0), a.1.min(b.1));
+            if s < e {
+                out.push((s, e));
+            }
+            if a.1 < b.1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        RangeSet { r: out }
+    }
+
+    /// Whether any address of `[start, end)` is in the set.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        let i = self.r.partition_point(|r| r.1 <= start);
+        i < self.r.len() && self.r[i].0 < end
+    }
+
+    /// Whether all of `[start, end)` is in the set.
+    pub fn contains(&self, start: u64, end: u64) -> bool {
+        let i = self.r.partition_point(|r| r.1 <= start);
+        start >= end || (i < self.r.len() && self.r[i].0 <= start && end <= self.r[i].1)
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundStats {
+    /// The round's number, from 1.
+    pub round: u32,
+    /// Pages handed to the sink.
+    pub pages: u64,
+    /// Bytes handed to the sink.
+    pub bytes: u64,
+    /// Zero pages not sent (the target reads zero there).
+    pub zero_skipped: u64,
+    /// Pages the round set out to send (dirty or, in round 1, present).
+    pub dirty_found: u64,
+    /// Pages that could not be read (unmapped meanwhile): not held.
+    pub unreadable: u64,
+    /// How long the round took.
+    pub duration: Duration,
+}
+
+/// What a collection found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Collected {
+    /// Pages newly found dirty (written, or present in new areas).
+    pub found: u64,
+    /// Pages waiting for the next round: the remaining set.
+    pub pending: u64,
+    /// Time since the previous collection (or the start), over which
+    /// `found` accumulated.
+    pub interval: Duration,
+}
+
+impl Collected {
+    /// Pages dirtied per second over the interval.
+    pub fn dirty_rate(&self) -> f64 {
+        let s = self.interval.as_secs_f64();
+        if s > 0.0 {
+            self.found as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// One tracked process.
+struct Proc {
+    pid: i32,
+    tracker: DirtyTracker,
+    pagemap: Pagemap,
+    /// /proc/PID/mem, opened on the first read that needs it.
+    mem: Option<File>,
+    held: RangeSet,
+    pending: RangeSet,
+    ever: RangeSet,
+}
+
+/// Pre-copy of a set of running processes.
+pub struct Precopy {
+    procs: Vec<Proc>,
+    gone: Vec<i32>,
+    buf: Vec<u8>,
+    regions: Vec<Region>,
+    rounds: u32,
+    last_collect: Instant,
+}
+
+/// Whether `pid` exited (or is a zombie: no memory left to copy).
+fn gone(pid: i32) -> bool {
+    match proc::Stat::read(pid) {
+        Ok(s) => matches!(s.state(), 'Z' | 'X'),
+        Err(_) => true,
+    }
+}
+
+/// The areas whose pages pre-copy sends: private and writable (the same
+/// the tracker registers).
+fn trackable(pid: i32) -> Result<Vec<(u64, u64)>> {
+    let maps = proc::maps(pid).map_err(|source| PrecopyError::Maps { pid, source })?;
+    Ok(maps.iter().filter(|e| !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0).map(|e| (e.start, e.end)).collect())
+}
+
+impl Proc {
+    /// Adds the present anonymous, non-zero-pfn pages of `[start, end)`
+    /// to `out`.
+    fn existing(&mut self, start: u64, end: u64, regions: &mut Vec<Region>, out: &mut RangeSet) -> Result<()> {
+        let q = Query {
+            flags: 0,
+            category_mask: 0,
+            // Not PAGE_IS_SWAPPED: write-protection installs a pte marker on
+            // every unpopulated page of a tracked area, and the scan reports
+            // markers as swapped. Pages really swapped out are left to the
+            // final checkpoint (which runs after the trackers, and their
+            // markers, are gone).
+            anyof_mask: PAGE_IS_PRESENT as u64,
+            return_mask: (PAGE_IS_FILE | PAGE_IS_PFNZERO) as u64,
+        };
+        regions.clear();
+        let pid = self.pid;
+        self.pagemap.scan(start, end, q, regions).map_err(|source| PrecopyError::Scan { pid, start, end, source })?;
+        for r in regions.iter().filter(|r| r.categories & (PAGE_IS_FILE | PAGE_IS_PFNZERO) as u64 == 0) {
+            out.insert(r.start, r.end);
+        }
+        Ok(())
+    }
+
+    /// Every present anonymous page of the trackable areas.
+    fn all_existing(&mut self, regions: &mut Vec<Region>) -> Result<RangeSet> {
+        let mut out = RangeSet::new();
+        for (s, e) in trackable(self.pid)? {
+            self.existing(s, e, regions, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Collects writes: they leave `held` and join `pending`. Returns the
+    /// pages newly pending.
+    fn collect(&mut self, regions: &mut Vec<Region>) -> Result<u64> {
+        let pid = self.pid;
+        let d = self.tracker.collect().map_err(|source| PrecopyError::Collect { pid, source })?;
+        let before = self.pending.pages();
+        let written = RangeSet::from_ranges(d.written.iter().copied());
+        // Written pages are present (one dropped since reads as zero and
+        // is treated as such); a new area is sent where it has pages.
+        let mut fresh = written.clone();
+        for &(s, e) in &d.new_areas {
+            self.existing(s, e, regions, &mut fresh)?;
+        }
+        self.pending.union(&fresh);
+        self.held.subtract(&written);
+        self.held.subtract(&RangeSet::from_ranges(d.new_areas.iter().copied()));
+        Ok(self.pending.pages() - before)
+    }
+
+    /// Reads up to `buf.len()` bytes at `vaddr`; returns how many whole
+    /// pages' bytes were read before the first unreadable page.
+    fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> usize {
+        if lpm_sys::ptrace::read_mem(self.pid, vaddr, buf).is_ok() {
+            return buf.len();
+        }
+        // Part of the range is gone, or the area has no PROT_READ:
+        // /proc/PID/mem reads up to the first page that is not there.
+        if self.mem.is_none() {
+            self.mem = File::open(format!("/proc/{}/mem", self.pid)).ok();
+        }
+        let Some(mem) = &self.mem else { return 0 };
+        let mut got = 0;
+        while got < buf.len() {
+            match mem.read_at(&mut buf[got..], vaddr + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        got - got % PAGE as usize
+    }
+
+    /// Sends `data` (pages read at `vaddr`) in contiguous runs, skipping
+    /// zero pages the sink never received.
+    fn emit(&mut self, vaddr: u64, data: &[u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+        let pg = PAGE as usize;
+        let n = data.len() / pg;
+        let skip = |ever: &RangeSet, i: usize| {
+            is_zero(&data[i * pg..(i + 1) * pg]) && !ever.overlaps(vaddr + (i * pg) as u64, vaddr + ((i + 1) * pg) as u64)
+        };
+        let mut i = 0;
+        while i < n {
+            let s = skip(&self.ever, i);
+            let mut j = i + 1;
+            while j < n && skip(&self.ever, j) == s {
+                j += 1;
+            }
+            let (a, b) = (vaddr + (i * pg) as u64, vaddr + (j * pg) as u64);
+            if s {
+                st.zero_skipped += (j - i) as u64;
+            } else {
+                let bytes = &data[i * pg..j * pg];
+                sink.pages(self.pid, a, bytes).map_err(|source| PrecopyError::Sink {
+                    pid: self.pid,
+                    vaddr: a,
+                    len: bytes.len(),
+                    source,
+                })?;
+                self.ever.insert(a, b);
+                st.pages += (j - i) as u64;
+                st.bytes += bytes.len() as u64;
+            }
+            self.held.insert(a, b);
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Sends everything pending.
+    fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        for &(s, e) in pending.ranges() {
+            let mut at = s;
+            while at < e {
+                let len = ((e - at) as usize).min(buf.len());
+                let got = self.read(at, &mut buf[..len]);
+                self.emit(at, &buf[..got], sink, st)?;
+                at += got as u64;
+                if got < len {
+                    // Unmapped since the collection: nothing to hold.
+                    st.unreadable += 1;
+                    at += PAGE;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Precopy {
+    /// Starts tracking the writes of running processes `pids` (each is
+    /// stopped for a moment). A process that exited meanwhile is skipped.
+    pub fn start(pids: &[i32]) -> Result<Precopy> {
+        let mut procs = Vec::with_capacity(pids.len());
+        let mut dead = Vec::new();
+        for &pid in pids {
+            let opened = DirtyTracker::start(pid).map_err(|source| PrecopyError::Track { pid, source }).and_then(|tracker| {
+                let pagemap = Pagemap::open(pid).map_err(|source| PrecopyError::Pagemap { pid, source })?;
+                Ok(Proc { pid, tracker, pagemap, mem: None, held: RangeSet::new(), pending: RangeSet::new(), ever: RangeSet::new() })
+            });
+            match opened {
+                Ok(p) => procs.push(p),
+                Err(_) if gone(pid) => dead.push(pid),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Precopy { procs, gone: dead, buf: vec![0; CHUNK], regions: Vec::new(), rounds: 0, last_collect: Instant::now() })
+    }
+
+    /// Runs `f` on every process; a process that failed because it exited
+    /// is dropped (its tracker with it), any other failure is returned.
+    fn each(&mut self, mut f: impl FnMut(&mut Proc, &mut Vec<u8>, &mut Vec<Region>) -> Result<()>) -> Result<()> {
+        let mut i = 0;
+        while i < self.procs.len() {
+            match f(&mut self.procs[i], &mut self.buf, &mut self.regions) {
+                Ok(()) => i += 1,
+                Err(_) if gone(self.procs[i].pid) => {
+                    let p = self.procs.remove(i);
+                    tracing::debug!(pid = p.pid, "process exited during pre-copy");
+                    self.gone.push(p.pid);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects what the processes wrote since the last collection into
+    /// the pending set: how much, and how much the next round sends.
+    pub fn collect(&mut self) -> Result<Collected> {
+        let mut found = 0;
+        self.each(|p, _, regions| {
+            found += p.collect(regions)?;
+            Ok(())
+        })?;
+        let now = Instant::now();
+        let interval = now - std::mem::replace(&mut self.last_collect, now);
+        Ok(Collected { found, pending: self.pending_pages(), interval })
+    }
+
+    /// Runs one round: collects, then sends every pending page (in the
+    /// first round every present page) to `sink`.
+    pub fn round(&mut self, sink: &mut dyn PageSink) -> Result<RoundStats> {
+        let t = Instant::now();
+        self.collect()?;
+        if self.rounds == 0 {
+            self.each(|p, _, regions| {
+                let all = p.all_existing(regions)?;
+                p.pending.union(&all);
+                Ok(())
+            })?;
+        }
+        self.rounds += 1;
+        let mut st = RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() };
+        self.each(|p, buf, _| p.send_pending(buf, sink, &mut st))?;
+        st.duration = t.elapsed();
+        tracing::debug!(round = st.round, pages = st.pages, zero = st.zero_skipped, ms = st.duration.as_millis() as u64, "pre-copy round");
+        Ok(st)
+    }
+
+    /// Ends pre-copy once the processes are frozen: returns, per process
+    /// still alive, the sorted page ranges whose current content the
+    /// target holds (for `CheckpointOptions::precopied`). The trackers are
+    /// dropped on return.
+    pub fn finish(mut self) -> Result<HashMap<i32, Vec<(u64, u64)>>> {
+        let mut out = HashMap::new();
+        self.each(|p, _, regions| {
+            p.collect(regions)?;
+            let now = p.all_existing(regions)?;
+            let mut held = p.held.intersect(&now);
+            // Zero pages held without being sent read as zero only inside
+            // the receiver's file: past its end (the end of the highest
+            // page ever sent) a restore would find it short.
+            held.remove(p.ever.ranges().last().map_or(0, |r| r.1), u64::MAX);
+            out.insert(p.pid, held.into_vec());
+            Ok(())
+        })?;
+        for pid in &self.gone {
+            out.remove(pid);
+        }
+        // A zombie has no memory to restore.
+        out.retain(|pid, _| !gone(*pid));
+        Ok(out)
+    }
+
+    /// Rounds run so far.
+    pub fn rounds(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Processes still tracked.
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs.iter().map(|p| p.pid).collect()
+    }
+
+    /// Processes that exited during pre-copy.
+    pub fn exited(&self) -> &[i32] {
+        &self.gone
+    }
+
+    /// Pages found dirty and not sent yet, over all processes.
+    pub fn pending_pages(&self) -> u64 {
+        self.procs.iter().map(|p| p.pending.pages()).sum()
+    }
+
+    /// The pages of `pid` whose current content the target holds, as far
+    /// as the last collection knows.
+    pub fn held(&self, pid: i32) -> Option<&RangeSet> {
+        self.procs.iter().find(|p| p.pid == pid).map(|p| &p.held)
+    }
+
+    /// Pages held by the target, over all processes.
+    pub fn held_pages(&self) -> u64 {
+        self.procs.iter().map(|p| p.held.pages()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Ranges = &'static [(u64, u64)];
+
+    fn set(r: &[(u64, u64)]) -> RangeSet {
+        RangeSet::from_ranges(r.iter().copied())
+    }
+
+    #[test]
+    fn insert_merges_overlapping_and_touching() {
+        #[rustfmt::skip]
+        let table: &[(&str, Ranges, (u64, u64), Ranges)] = &[
+            ("into empty", &[], (10, 20), &[(10, 20)]),
+            ("empty range", &[(10, 20)], (30, 30), &[(10, 20)]),
+            ("before, apart", &[(10, 20)], (0, 5), &[(0, 5), (10, 20)]),
+            ("after, apart", &[(10, 20)], (25, 30), &[(10, 20), (25, 30)]),
+            ("touching the end", &[(10, 20)], (20, 30), &[(10, 30)]),
+            ("touching the start", &[(10, 20)], (5, 10), &[(5, 20)]),
+            ("inside", &[(10, 20)], (12, 15), &[(10, 20)]),
+            ("bridging two", &[(10, 20), (30, 40)], (20, 30), &[(10, 40)]),
+            ("covering several", &[(10, 20), (30, 40), (50, 60)], (5, 55), &[(5, 60)]),
+            ("between", &[(10, 20), (50, 60)], (30, 40), &[(10, 20), (30, 40), (50, 60)]),
+        ];
+        for (name, start, (s, e), want) in table {
+            let mut r = set(start);
+            r.insert(*s, *e);
+            assert_eq!(r.ranges(), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn remove_splits_and_trims() {
+        #[rustfmt::skip]
+        let table: &[(&str, Ranges, (u64, u64), Ranges)] = &[
+            ("from empty", &[], (10, 20), &[]),
+            ("middle splits", &[(10, 40)], (20, 30), &[(10, 20), (30, 40)]),
+            ("whole", &[(10, 40)], (10, 40), &[]),
+            ("more than whole", &[(10, 40)], (0, 50), &[]),
+            ("head", &[(10, 40)], (0, 20), &[(20, 40)]),
+            ("tail", &[(10, 40)], (30, 50), &[(10, 30)]),
+            ("touching only", &[(10, 20), (30, 40)], (20, 30), &[(10, 20), (30, 40)]),
+            ("across several", &[(10, 20), (30, 40), (50, 60)], (15, 55), &[(10, 15), (55, 60)]),
+            ("empty range", &[(10, 20)], (15, 15), &[(10, 20)]),
+        ];
+        for (name, start, (s, e), want) in table {
+            let mut r = set(start);
+            r.remove(*s, *e);
+            assert_eq!(r.ranges(), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn subtract_union_intersect() {
+        #[rustfmt::skip]
+        let table: &[(Ranges, Ranges, Ranges, Ranges, Ranges)] = &[
+            // a, b, a - b, a | b, a & b
+            (&[(0, 100)], &[(10, 20), (30, 40)], &[(0, 10), (20, 30), (40, 100)], &[(0, 100)], &[(10, 20), (30, 40)]),
+            (&[(0, 10), (20, 30)], &[(5, 25)], &[(0, 5), (25, 30)], &[(0, 30)], &[(5, 10), (20, 25)]),
+            (&[(0, 10)], &[(10, 20)], &[(0, 10)], &[(0, 20)], &[]),
+            (&[(0, 10), (20, 30), (40, 50)], &[(0, 50)], &[], &[(0, 50)], &[(0, 10), (20, 30), (40, 50)]),
+            (&[], &[(0, 10)], &[], &[(0, 10)], &[]),
+            (&[(0, 10)], &[], &[(0, 10)], &[(0, 10)], &[]),
+            (&[(0, 10), (12, 14), (16, 30)], &[(5, 13), (15, 17), (29, 40)], &[(0, 5), (13, 14), (17, 29)], &[(0, 14), (15, 40)],
+                &[(5, 10), (12, 13), (16, 17), (29, 30)]),
+        ];
+        for (a, b, diff, uni, inter) in table {
+            let (sa, sb) = (set(a), set(b));
+            let mut d = sa.clone();
+            d.subtract(&sb);
+            assert_eq!(d.ranges(), *diff, "{a:?} - {b:?}");
+            let mut u = sa.clone();
+            u.union(&sb);
+            assert_eq!(u.ranges(), *uni, "{a:?} | {b:?}");
+            assert_eq!(sa.intersect(&sb).ranges(), *inter, "{a:?} & {b:?}");
+            assert_eq!(sb.intersect(&sa).ranges(), *inter, "{b:?} & {a:?}");
+        }
+    }
+
+    #[test]
+    fn queries_and_counts() {
+        let r = set(&[(0x1000, 0x3000), (0x5000, 0x6000), (0x2000, 0x2800)]);
+        assert_eq!(r.ranges(), &[(0x1000, 0x3000), (0x5000, 0x6000)]);
+        assert_eq!((r.len(), r.pages()), (0x3000, 3));
+        assert!(r.overlaps(0x2fff, 0x4000) && !r.overlaps(0x3000, 0x5000) && r.overlaps(0, 0x1001));
+        assert!(r.contains(0x1000, 0x3000) && !r.contains(0x1000, 0x3001) && !r.contains(0x3000, 0x6000));
+        assert!(RangeSet::new().is_empty() && !RangeSet::new().overlaps(0, u64::MAX));
+    }
+
+    /// Random operations against a bitmap model.
+    #[test]
+    fn matches_a_bitmap_model() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut r = RangeSet::new();
+        let mut bits = [false; 200];
+        for _ in 0..5000 {
+            let (a, b) = (rnd(200), rnd(200));
+            let (s, e) = (a.min(b), a.max(b));
+            match rnd(3) {
+                0 => {
+                    r.insert(s, e);
+                    bits[s as usize..e as usize].iter_mut().for_each(|x| *x = true);
+                }
+                1 => {
+                    r.remove(s, e);
+                    bits[s as usize..e as usize].iter_mut().for_each(|x| *x = false);
+                }
+                _ => {
+                    let o = set(&[(s, e), (e.saturating_add(3), e.saturating_add(9).min(200))]);
+                    r.subtract(&o);
+                    for &(x, y) in o.ranges() {
+                        bits[x as usize..y as usize].iter_mut().for_each(|v| *v = false);
+                    }
+                }
+            }
+            let model = RangeSet::from_ranges(bits.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| (i as u64, i as u64 + 1)));
+            assert_eq!(r, model);
+            assert!(r.ranges().windows(2).all(|w| w[0].1 < w[1].0), "not merged: {r:?}");
+        }
+    }
+}

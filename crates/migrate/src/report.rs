@@ -1,0 +1,370 @@
+//! The migration report: what a migration did, kept as JSON in the
+//! history and shown as text by `lpm migration show`; and the one-line
+//! progress shown while it runs.
+//!
+//! Times are milliseconds as floating point numbers and sizes are bytes,
+//! so the JSON reads without a schema; the text rendering picks units.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::precopy::RoundStats;
+
+/// Bytes in a page.
+const PAGE: f64 = 4096.0;
+/// Bytes in a MiB.
+const MIB: f64 = 1048576.0;
+
+/// How a migration ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The partition runs on the target.
+    Completed,
+    /// Given up on purpose (policy or operator); the partition runs on the
+    /// source.
+    Aborted {
+        /// Why.
+        reason: String,
+        /// The step it was in.
+        step: String,
+    },
+    /// Something broke; the partition runs on the source unless the error
+    /// says otherwise.
+    Failed {
+        /// The error with its causes.
+        error: String,
+        /// The step it was in.
+        step: String,
+    },
+}
+
+/// One pre-copy round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    /// Number, from 1.
+    pub n: u32,
+    /// Pages sent.
+    pub pages: u64,
+    /// Bytes on the wire (after compression).
+    pub bytes: u64,
+    /// Zero pages not sent.
+    pub zero_pages_skipped: u64,
+    /// Duration in milliseconds.
+    pub duration_ms: f64,
+    /// Pages dirtied per second during the round.
+    pub dirty_pages_per_s: f64,
+    /// The same in MiB per second.
+    pub dirty_mib_per_s: f64,
+    /// Fraction of CPU taken from the partition during the round.
+    pub throttle: f64,
+}
+
+impl Round {
+    /// A round from pre-copy's figures; `wire_bytes` is what the mover put
+    /// on the wire for it and `dirty_rate` the pages per second the
+    /// following collection measured.
+    pub fn from_stats(s: &RoundStats, wire_bytes: u64, dirty_rate: f64, throttle: f64) -> Round {
+        Round {
+            n: s.round,
+            pages: s.pages,
+            bytes: wire_bytes,
+            zero_pages_skipped: s.zero_skipped,
+            duration_ms: s.duration.as_secs_f64() * 1e3,
+            dirty_pages_per_s: dirty_rate,
+            dirty_mib_per_s: dirty_rate * PAGE / MIB,
+            throttle,
+        }
+    }
+}
+
+/// Where the downtime went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopBreakdown {
+    /// Freezing the partition (cgroup freezer and ptrace), ms.
+    pub freeze_ms: f64,
+    /// Pages sent while frozen.
+    pub final_pages: u64,
+    /// Bytes of the non-memory state image.
+    pub state_image_bytes: u64,
+    /// Sending the final pages and the state, ms.
+    pub transfer_ms: f64,
+    /// Restoring on the target, ms.
+    pub restore_ms: f64,
+    /// The two-phase handover until the partition ran on the target, ms.
+    pub handover_ms: f64,
+}
+
+/// What a migration did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The partition.
+    pub partition: String,
+    /// The host it left.
+    pub source: String,
+    /// The host it went to.
+    pub target: String,
+    /// Start, in milliseconds since the Unix epoch (UTC).
+    pub started_unix_ms: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// From the start to the end, ms.
+    pub total_ms: f64,
+    /// From frozen on the source to running on the target, ms (0 when it
+    /// never stopped).
+    pub downtime_ms: f64,
+    /// The pre-copy rounds.
+    pub rounds: Vec<Round>,
+    /// The stop, when there was one.
+    pub stop: Option<StopBreakdown>,
+    /// Bytes on the wire in all.
+    pub bytes_total: u64,
+    /// Average bytes per second on the wire while sending.
+    pub throughput_bytes_per_s: f64,
+    /// Highest throttle applied.
+    pub max_throttle: f64,
+    /// Parallel streams used.
+    pub streams: u32,
+    /// Compression of the page stream ("none", "lz4", "zstd-1", ...).
+    pub compression: String,
+}
+
+impl Report {
+    /// The report as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// A report read back from JSON.
+    pub fn from_json(s: &str) -> Result<Report, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+}
+
+/// A size with a binary unit: "512 B", "4.0 KiB", "1.50 GiB".
+pub fn bytes(n: u64) -> String {
+    let f = n as f64;
+    if n < 1024 {
+        format!("{n} B")
+    } else if f < MIB {
+        format!("{:.1} KiB", f / 1024.0)
+    } else if f < 1024.0 * MIB {
+        format!("{:.1} MiB", f / MIB)
+    } else {
+        format!("{:.2} GiB", f / (1024.0 * MIB))
+    }
+}
+
+/// A rate: "123.4 MiB/s".
+fn rate(bytes_per_s: f64) -> String {
+    format!("{}/s", bytes(bytes_per_s.max(0.0) as u64))
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC ("2024-05-01T12:00:00.250Z").
+pub fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem / 60 % 60, rem % 60, unix_ms % 1000)
+}
+
+fn pct(f: f64) -> String {
+    format!("{:.0} %", f * 100.0)
+}
+
+/// The report as readable text: a summary, the rounds as a table and the
+/// stop's breakdown.
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "migration of partition {}: {} -> {}", r.partition, r.source, r.target);
+    let _ = writeln!(s, "started     {}", rfc3339(r.started_unix_ms));
+    let outcome = match &r.outcome {
+        Outcome::Completed => "completed".to_string(),
+        Outcome::Aborted { reason, step } => format!("aborted in {step}: {reason}"),
+        Outcome::Failed { error, step } => format!("failed in {step}: {error}"),
+    };
+    let _ = writeln!(s, "outcome     {outcome}");
+    let _ = writeln!(s, "total       {:.3} s", r.total_ms / 1e3);
+    let _ = writeln!(s, "downtime    {:.1} ms", r.downtime_ms);
+    let _ = writeln!(
+        s,
+        "transfer    {} in {} rounds at {}, {} stream{}, compression {}",
+        bytes(r.bytes_total),
+        r.rounds.len(),
+        rate(r.throughput_bytes_per_s),
+        r.streams,
+        if r.streams == 1 { "" } else { "s" },
+        r.compression
+    );
+    let _ = writeln!(s, "throttle    max {}", pct(r.max_throttle));
+    if !r.rounds.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "{:>5} {:>10} {:>12} {:>10} {:>10} {:>14} {:>12} {:>9}",
+            "round", "pages", "wire", "zero", "time ms", "dirty pages/s", "dirty MiB/s", "throttle"
+        );
+        for x in &r.rounds {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>10} {:>12} {:>10} {:>10.1} {:>14.0} {:>12.1} {:>9}",
+                x.n,
+                x.pages,
+                bytes(x.bytes),
+                x.zero_pages_skipped,
+                x.duration_ms,
+                x.dirty_pages_per_s,
+                x.dirty_mib_per_s,
+                pct(x.throttle)
+            );
+        }
+    }
+    if let Some(b) = &r.stop {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "stop        freeze {:.1} ms", b.freeze_ms);
+        let _ = writeln!(
+            s,
+            "            transfer {:.1} ms: {} final pages ({}), state image {}",
+            b.transfer_ms,
+            b.final_pages,
+            bytes(b.final_pages * PAGE as u64),
+            bytes(b.state_image_bytes)
+        );
+        let _ = writeln!(s, "            restore {:.1} ms", b.restore_ms);
+        let _ = writeln!(s, "            handover {:.1} ms", b.handover_ms);
+    }
+    s
+}
+
+/// The live progress line: round, what is left dirty, the rate and what
+/// was sent so far.
+pub fn progress_line(round: u32, dirty_left_pages: u64, rate_bytes_per_s: f64, sent_bytes: u64) -> String {
+    format!(
+        "round {round}: {dirty_left_pages} pages dirty ({}), {}, {} sent",
+        bytes(dirty_left_pages * PAGE as u64),
+        rate(rate_bytes_per_s),
+        bytes(sent_bytes)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn sample() -> Report {
+        let r1 = RoundStats {
+            round: 1,
+            pages: 16384,
+            bytes: 64 << 20,
+            zero_skipped: 2048,
+            dirty_found: 18432,
+            unreadable: 0,
+            duration: Duration::from_millis(640),
+        };
+        let r2 = RoundStats { round: 2, pages: 1024, bytes: 4 << 20, duration: Duration::from_millis(41), ..r1.clone() };
+        Report {
+            partition: "web1".into(),
+            source: "host-a".into(),
+            target: "host-b".into(),
+            started_unix_ms: 1_714_564_800_250,
+            outcome: Outcome::Completed,
+            total_ms: 1234.0,
+            downtime_ms: 48.7,
+            rounds: vec![Round::from_stats(&r1, 30 << 20, 1600.0, 0.0), Round::from_stats(&r2, 2 << 20, 1700.0, 0.2)],
+            stop: Some(StopBreakdown {
+                freeze_ms: 2.5,
+                final_pages: 300,
+                state_image_bytes: 90_000,
+                transfer_ms: 12.0,
+                restore_ms: 30.2,
+                handover_ms: 4.0,
+            }),
+            bytes_total: 33 << 20,
+            throughput_bytes_per_s: 48.0 * MIB,
+            max_throttle: 0.2,
+            streams: 2,
+            compression: "zstd-1".into(),
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut reports = vec![sample()];
+        reports.push(Report {
+            outcome: Outcome::Aborted { reason: "round limit (30 of 30 rounds)".into(), step: "precopy".into() },
+            stop: None,
+            ..sample()
+        });
+        reports.push(Report { outcome: Outcome::Failed { error: "connection reset".into(), step: "restore".into() }, ..sample() });
+        for r in reports {
+            let j = r.to_json();
+            assert_eq!(Report::from_json(&j).unwrap(), r, "{j}");
+        }
+        let j = sample().to_json();
+        assert!(j.contains("\"result\": \"completed\""), "{j}");
+        let v: serde_json::Value = serde_json::from_str(&Report { stop: None, ..sample() }.to_json()).unwrap();
+        assert_eq!(v["rounds"][1]["dirty_mib_per_s"].as_f64().unwrap(), 1700.0 * 4096.0 / MIB);
+        assert_eq!(v["stop"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn rendering_shows_the_key_figures() {
+        let text = render(&sample());
+        for want in [
+            "partition web1: host-a -> host-b",
+            "2024-05-01T12:00:00.250Z",
+            "completed",
+            "1.234 s",
+            "48.7 ms",
+            "33.0 MiB in 2 rounds at 48.0 MiB/s, 2 streams, compression zstd-1",
+            "max 20 %",
+            "freeze 2.5 ms",
+            "300 final pages (1.2 MiB), state image 87.9 KiB",
+            "restore 30.2 ms",
+            "handover 4.0 ms",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let rows: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        for (row, want) in rows.iter().zip([
+            ["1", "16384", "30.0 MiB", "2048", "640.0", "1600", "6.2", "0 %"],
+            ["2", "1024", "2.0 MiB", "2048", "41.0", "1700", "6.6", "20 %"],
+        ]) {
+            for w in want {
+                assert!(row.contains(w), "row {row:?} lacks {w}");
+            }
+        }
+        let aborted = render(&Report {
+            outcome: Outcome::Aborted { reason: "time limit".into(), step: "precopy".into() },
+            stop: None,
+            rounds: vec![],
+            ..sample()
+        });
+        assert!(aborted.contains("aborted in precopy: time limit") && !aborted.contains("freeze"), "{aborted}");
+    }
+
+    #[test]
+    fn progress_line_and_units() {
+        assert_eq!(progress_line(3, 1024, 100.0 * MIB, 3 << 30), "round 3: 1024 pages dirty (4.0 MiB), 100.0 MiB/s, 3.00 GiB sent");
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+}

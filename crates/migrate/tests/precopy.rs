@@ -1,0 +1,380 @@
+//! Pre-copy against real running programs: a writer fills a 64 MiB buffer
+//! and keeps rewriting a 4 MiB window of it while pre-copy sends its pages
+//! into a page store, round after round; what the store holds is compared
+//! with the program's memory read through /proc/PID/mem once it is
+//! stopped.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use lpm_migrate::precopy::{Precopy, RangeSet};
+use lpm_migrate::store::Store;
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+/// The buffer: [0, 48 MiB) a pattern without zero pages, [48, 56) written
+/// with zeros, [56, 64) never touched; the window [8, 12) is rewritten
+/// every 2 ms. SIGUSR1 zeroes [0, 1 MiB) once and creates argv[2]. A
+/// second area of 1 MiB is writable but not readable (process_vm_readv
+/// refuses it; /proc/PID/mem reads it).
+const WRITER: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#define MIB (1UL << 20)
+static volatile sig_atomic_t zero;
+static void on_usr1(int s) { (void)s; zero = 1; }
+int main(int argc, char **argv) {
+    size_t len = 64 * MIB;
+    unsigned char *buf = mmap(0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf == MAP_FAILED) return 1;
+    madvise(buf, len, MADV_NOHUGEPAGE);
+    for (size_t i = 0; i < 48 * MIB; i += 8) *(unsigned long *)(buf + i) = (i * 0x9e3779b97f4a7c15UL) | 1;
+    memset(buf + 48 * MIB, 0, 8 * MIB);
+    unsigned char *wo = mmap(0, MIB, PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (wo == MAP_FAILED) return 1;
+    memset(wo, 7, MIB);
+    signal(SIGUSR1, on_usr1);
+    FILE *f = fopen(argv[1], "w");
+    fprintf(f, "%lx %lx\n", (unsigned long)buf, (unsigned long)wo);
+    fclose(f);
+    for (unsigned long gen = 1;; gen++) {
+        unsigned char *w = buf + 8 * MIB;
+        for (size_t i = 0; i < 4 * MIB; i += 4096) {
+            ((unsigned long *)(w + i))[0] = gen;
+            ((unsigned long *)(w + i))[1] = i | 1;
+        }
+        if (zero == 1) {
+            memset(buf, 0, MIB);
+            zero = 2;
+            fclose(fopen(argv[2], "w"));
+        }
+        usleep(2000);
+    }
+}
+"#;
+
+/// A scratch directory on tmpfs (the store needs sparse files of 128 TiB,
+/// which ext4 refuses) and the programs started, all removed and killed
+/// however the test ends.
+struct Scene {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Scene {
+    fn new(tag: &str) -> Scene {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = PathBuf::from(format!("/dev/shm/lpm-migrate-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scene { dir, children: Vec::new() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn cc(&self, name: &str, src: &str) -> PathBuf {
+        let c = self.path(&format!("{name}.c"));
+        std::fs::write(&c, src).unwrap();
+        let bin = self.path(name);
+        let st = Command::new("gcc").args(["-O1", "-o"]).arg(&bin).arg(&c).status().expect("run gcc");
+        assert!(st.success(), "gcc failed for {name}");
+        bin
+    }
+
+    /// Starts a writer; returns its pid, the buffer's address, the
+    /// write-only area's address and the file it creates once zeroed.
+    fn writer(&mut self, bin: &Path, tag: &str) -> (i32, u64, u64, PathBuf) {
+        let (addr, zeroed) = (self.path(&format!("{tag}.addr")), self.path(&format!("{tag}.zeroed")));
+        let child = Command::new(bin)
+            .arg(&addr)
+            .arg(&zeroed)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn writer");
+        let pid = child.id() as i32;
+        self.children.push(child);
+        let t = Instant::now();
+        let (base, wo) = loop {
+            let text = std::fs::read_to_string(&addr).unwrap_or_default();
+            let nums: Vec<u64> = text.split_whitespace().filter_map(|w| u64::from_str_radix(w, 16).ok()).collect();
+            if text.ends_with('\n') && nums.len() == 2 {
+                break (nums[0], nums[1]);
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "writer never started");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        (pid, base, wo, zeroed)
+    }
+
+    /// Reaps a writer killed by the test.
+    fn reap(&mut self, pid: i32) {
+        let i = self.children.iter().position(|c| c.id() as i32 == pid).unwrap();
+        let mut c = self.children.remove(i);
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            lpm_sys::misc::kill(c.id() as i32, libc::SIGCONT);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn state(pid: i32) -> char {
+    lpm_engine::proc::Stat::read(pid).map(|s| s.state()).unwrap_or('?')
+}
+
+/// Stops `pid` with SIGSTOP and waits until it is stopped.
+fn stop(pid: i32) {
+    lpm_sys::misc::kill(pid, libc::SIGSTOP);
+    let t = Instant::now();
+    while state(pid) != 'T' {
+        assert!(t.elapsed() < Duration::from_secs(5), "pid {pid} did not stop: state {}", state(pid));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn wait_for(path: &Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Compares, page by page, what the store holds for `held` with the
+/// memory of stopped process `pid`; returns the pages compared.
+fn compare(store: &Store, pid: i32, held: &[(u64, u64)]) -> u64 {
+    let mem = File::open(format!("/proc/{pid}/mem")).unwrap();
+    let file = File::open(store.path(pid)).unwrap();
+    let (mut a, mut b) = (vec![0u8; PAGE as usize], vec![0u8; PAGE as usize]);
+    let mut n = 0;
+    for &(s, e) in held {
+        let mut at = s;
+        while at < e {
+            mem.read_exact_at(&mut a, at).unwrap_or_else(|err| panic!("read pid {pid} at {at:#x}: {err}"));
+            // Past the end of the file reads nothing: a hole, zero.
+            b.fill(0);
+            let _ = file.read_at(&mut b, at).unwrap();
+            assert!(a == b, "pid {pid}: page {at:#x} differs between the process and the store");
+            at += PAGE;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The part of `held` inside `[s, e)`.
+fn within(held: &[(u64, u64)], s: u64, e: u64) -> Vec<(u64, u64)> {
+    RangeSet::from_ranges(held.iter().copied()).intersect(&RangeSet::from_ranges([(s, e)])).into_vec()
+}
+
+/// Whether any area of `pid` is still registered for write-protection.
+fn uffd_wp_registered(pid: i32) -> bool {
+    lpm_engine::proc::smaps(pid).unwrap().iter().any(|e| e.has("uw"))
+}
+
+/// Round 1 sends the whole touched buffer except its zero pages, later
+/// rounds about the rewritten window, a page zeroed after it was sent is
+/// sent again, and at every stop the store holds exactly the process's
+/// memory for the pages pre-copy says it holds; finish leaves out what
+/// was written after the last round and unregisters tracking.
+#[test]
+fn precopy_sends_the_buffer_then_the_dirty_window() {
+    let mut s = Scene::new("window");
+    let bin = s.cc("writer", WRITER);
+    let (pid, base, wo, zeroed) = s.writer(&bin, "w");
+    let mut store = Store::create(&s.path("images")).unwrap();
+    let t = Instant::now();
+    let mut pc = Precopy::start(&[pid]).unwrap();
+    assert!(uffd_wp_registered(pid), "tracking registered nothing");
+
+    let r1 = pc.round(&mut store).unwrap();
+    eprintln!("round 1: {r1:?} (start + round {:?})", t.elapsed());
+    let pattern = 48 * MIB / PAGE;
+    assert!(r1.pages >= pattern && r1.pages < pattern + 512, "round 1 sent {} pages, the pattern has {pattern}", r1.pages);
+    assert!(r1.zero_skipped >= 8 * MIB / PAGE, "round 1 skipped {} zero pages, the buffer has 2048", r1.zero_skipped);
+    assert_eq!(store.bytes(), r1.bytes);
+    assert_eq!(r1.bytes, r1.pages * PAGE);
+    let held = pc.held(pid).unwrap().clone().into_vec();
+    assert_eq!(within(&held, base, base + 64 * MIB), vec![(base, base + 56 * MIB)], "held after round 1");
+    assert_eq!(within(&held, wo, wo + MIB), vec![(wo, wo + MIB)], "write-only area after round 1");
+    assert_eq!(r1.unreadable, 0);
+
+    let mut later = Vec::new();
+    for n in 2..=3 {
+        std::thread::sleep(Duration::from_millis(50));
+        let r = pc.round(&mut store).unwrap();
+        eprintln!("round {n}: {r:?}");
+        later.push(r);
+    }
+    for r in &later {
+        assert!(r.pages >= 1024 && r.pages < 1024 + 128, "round {} sent {} pages, the window has 1024", r.round, r.pages);
+        assert_eq!(r.zero_skipped, 0, "round {}", r.round);
+    }
+
+    // A page sent with data and zeroed since must be sent again.
+    lpm_sys::misc::kill(pid, libc::SIGUSR1);
+    wait_for(&zeroed);
+    std::thread::sleep(Duration::from_millis(20));
+    let c = pc.collect().unwrap();
+    assert!(c.found >= 1024 + 256 && c.pending == c.found, "collect after zeroing: {c:?}");
+    assert!(c.dirty_rate() > 0.0);
+    let r4 = pc.round(&mut store).unwrap();
+    assert!(r4.pages >= 1024 + 256 && r4.pages < 1024 + 256 + 128, "round 4 sent {} pages", r4.pages);
+
+    // Stopped: a collection drops what was written since round 4, and the
+    // store holds the process's memory for all the rest.
+    stop(pid);
+    let c = pc.collect().unwrap();
+    let held = pc.held(pid).unwrap().clone().into_vec();
+    assert_eq!(c.pending, pc.pending_pages());
+    let n = compare(&store, pid, &held);
+    assert!(n >= 52 * MIB / PAGE, "only {n} pages held");
+    let outside_window = RangeSet::from_ranges([(base, base + 8 * MIB), (base + 12 * MIB, base + 56 * MIB)]);
+    let h = RangeSet::from_ranges(held.iter().copied());
+    assert_eq!(h.intersect(&outside_window), outside_window, "held lost pages nobody wrote");
+    assert!(!h.overlaps(base + 56 * MIB, base + 64 * MIB), "untouched pages held");
+    assert_eq!(compare(&store, pid, &[(base, base + MIB)]), 256, "zeroed MiB");
+
+    // Running again, one more round, then the final stop.
+    lpm_sys::misc::kill(pid, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(30));
+    pc.round(&mut store).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    stop(pid);
+    let t = Instant::now();
+    let fin: HashMap<i32, Vec<(u64, u64)>> = pc.finish().unwrap();
+    eprintln!("finish took {:?}", t.elapsed());
+    assert_eq!(fin.keys().copied().collect::<Vec<_>>(), vec![pid]);
+    let held = &fin[&pid];
+    assert!(held.windows(2).all(|w| w[0].1 < w[1].0) && held.iter().all(|(s, e)| s % PAGE == 0 && e % PAGE == 0 && s < e));
+    let n = compare(&store, pid, held);
+    assert!(n >= 52 * MIB / PAGE, "only {n} pages held at the end");
+    let file_len = std::fs::metadata(store.path(pid)).unwrap().len();
+    assert!(held.last().unwrap().1 <= file_len, "held pages past the end of the store's file ({file_len:#x}): {held:x?}");
+    let h = RangeSet::from_ranges(held.iter().copied());
+    assert_eq!(h.intersect(&outside_window), outside_window);
+    assert!(!uffd_wp_registered(pid), "finish left areas registered");
+    assert_eq!(compare(&store, pid, &[(wo, wo + MIB)]), 256, "write-only area");
+    // The write-protect markers on untouched pages are gone with the
+    // trackers: the checkpoint that follows must not see them as swapped.
+    let mut pm = lpm_sys::pagemap::Pagemap::open(pid).unwrap();
+    let mut regions = Vec::new();
+    let q = lpm_sys::pagemap::Query {
+        flags: 0,
+        category_mask: 0,
+        anyof_mask: (lpm_sys::pagemap::PAGE_IS_SWAPPED | lpm_sys::pagemap::PAGE_IS_PRESENT) as u64,
+        return_mask: lpm_sys::pagemap::PAGE_IS_SWAPPED as u64,
+    };
+    pm.scan(base + 56 * MIB, base + 64 * MIB, q, &mut regions).unwrap();
+    assert_eq!(regions, vec![], "untouched pages look present or swapped after finish");
+    lpm_sys::misc::kill(pid, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(matches!(state(pid), 'S' | 'R'), "writer state {} after finish", state(pid));
+}
+
+/// A process that exits during pre-copy is dropped (as a zombie first,
+/// then reaped) and has no entry in the result; dropping a Precopy
+/// unregisters tracking and the program runs on.
+#[test]
+fn exited_processes_are_skipped_and_drop_unregisters() {
+    let mut s = Scene::new("exit");
+    let bin = s.cc("writer", WRITER);
+    let (a, base_a, _, _) = s.writer(&bin, "a");
+    let (b, _, _, _) = s.writer(&bin, "b");
+    let mut store = Store::create(&s.path("images")).unwrap();
+    let mut pc = Precopy::start(&[a, b]).unwrap();
+    let r1 = pc.round(&mut store).unwrap();
+    assert!(r1.pages >= 2 * 48 * MIB / PAGE, "round 1 sent {} pages for two writers", r1.pages);
+    assert_eq!(store.pids(), vec![a.min(b), a.max(b)]);
+
+    lpm_sys::misc::kill(b, libc::SIGKILL);
+    let t = Instant::now();
+    while state(b) != 'Z' {
+        assert!(t.elapsed() < Duration::from_secs(5), "pid {b} did not die");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let r2 = pc.round(&mut store).unwrap();
+    assert!(r2.pages >= 1024 && r2.pages < 1024 + 128, "round 2 with a zombie sent {} pages", r2.pages);
+    s.reap(b);
+    pc.round(&mut store).unwrap();
+    assert_eq!(pc.pids(), vec![a]);
+    assert_eq!(pc.exited(), &[b]);
+    stop(a);
+    let fin = pc.finish().unwrap();
+    assert_eq!(fin.keys().copied().collect::<Vec<_>>(), vec![a]);
+    assert!(compare(&store, a, &fin[&a]) >= 52 * MIB / PAGE);
+    lpm_sys::misc::kill(a, libc::SIGCONT);
+
+    // Abort: dropping the Precopy leaves the writer untracked and running.
+    let mut pc = Precopy::start(&[a]).unwrap();
+    pc.round(&mut store).unwrap();
+    assert!(uffd_wp_registered(a));
+    assert!(within(&pc.held(a).unwrap().clone().into_vec(), base_a, base_a + 64 * MIB).len() <= 2);
+    drop(pc);
+    assert!(!uffd_wp_registered(a), "drop left areas registered");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(matches!(state(a), 'S' | 'R'), "writer state {} after drop", state(a));
+}
+
+/// The source's loop as lpmd runs it: rounds measured into the policy
+/// until it decides to switch over; a 4 MiB working set sent at the store's
+/// speed fits 50 ms, so that comes within a few rounds.
+#[test]
+fn policy_loop_switches_over_on_a_small_working_set() {
+    use lpm_migrate::policy::{decide, Decision, Limits, Measure};
+    let mut s = Scene::new("loop");
+    let bin = s.cc("writer", WRITER);
+    let (pid, _, _, _) = s.writer(&bin, "w");
+    let mut store = Store::create(&s.path("images")).unwrap();
+    let start = Instant::now();
+    let mut pc = Precopy::start(&[pid]).unwrap();
+    let limits = Limits::default();
+    let mut history = Vec::new();
+    let decision = loop {
+        let st = pc.round(&mut store).unwrap();
+        let c = pc.collect().unwrap();
+        history.push(c.pending);
+        let m = Measure {
+            round: st.round,
+            remaining: c.pending,
+            sent_last: st.pages,
+            dirty_rate: c.dirty_rate(),
+            bandwidth: st.bytes as f64 / st.duration.as_secs_f64().max(1e-6),
+            elapsed: start.elapsed(),
+            throttle: 0.0,
+            rounds_at_throttle: st.round,
+            history: history.clone(),
+        };
+        let d = decide(&m, &limits);
+        eprintln!("{st:?} -> {c:?} -> {d:?}");
+        if d != Decision::Continue {
+            break d;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(decision, Decision::Switchover);
+    assert!(pc.rounds() <= 5, "took {} rounds", pc.rounds());
+    stop(pid);
+    let fin = pc.finish().unwrap();
+    assert!(compare(&store, pid, &fin[&pid]) >= 50 * MIB / PAGE);
+}
