@@ -603,6 +603,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     let opts = lpm_engine::RestoreOptions {
                         netns: Some(p.netns().fd().context("open the partition's network namespace")?),
                         cgroups: p.cgroup().dirs(),
+                        defer_tcp: true,
                     };
                     i.held = Some(lpm_engine::restore_held(&i.dir, &opts).with_context(|| format!("restore partition {}", i.spec.name))?);
                     fault::point("target.restored")?;
@@ -612,11 +613,13 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     fault::point("target.go")?;
                     let mut i = inc.take().ok_or_else(|| anyhow!("go before restore"))?;
                     let held = i.held.take().ok_or_else(|| anyhow!("go before restore"))?;
-                    let restored = held.release().context("let the restored partition run")?;
                     let plumbing = i.plumbing.take().expect("prepared");
+                    // Network first: releasing the tree sends what its
+                    // connections hold, which must reach their peers.
                     if let Err(e) = plumbing.unlock_network() {
                         tracing::warn!(partition = %i.spec.name, error = %e, "network unlock");
                     }
+                    let restored = held.release().context("let the restored partition run")?;
                     // Recorded here before the source forgets it: the
                     // partition is listed on one host at every moment.
                     let announce = Plumbing::open(&agent.ctx, &i.spec);

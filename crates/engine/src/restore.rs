@@ -55,6 +55,13 @@ pub struct RestoreOptions {
     /// soon as it exists, before it has children or threads, so that every
     /// task of the tree starts in them.
     pub cgroups: Vec<PathBuf>,
+    /// Established TCP connections stay in repair mode until
+    /// [`Held::release`], which then sends each one's whole send queue
+    /// again: a migration unlocks the network just before it releases the
+    /// tree, so what the peer has not acknowledged reaches it at once
+    /// rather than after the restored socket's first retransmission
+    /// timeout (a second).
+    pub defer_tcp: bool,
 }
 
 /// A restored, running tree.
@@ -143,6 +150,7 @@ pub struct Held {
     pub threads: usize,
     puppets: Puppets,
     detach: Vec<i32>,
+    deferred: Vec<files::Deferred>,
     _open: OpenFiles,
     _shmem: ShmemObjects,
     started: Instant,
@@ -168,7 +176,8 @@ impl Held {
     /// Detaches every thread at once: the tree runs. On error every task
     /// is killed.
     pub fn release(self) -> Result<Restored> {
-        let Held { root_pid, processes, threads, mut puppets, detach, _open, _shmem, started, .. } = self;
+        let Held { root_pid, processes, threads, mut puppets, detach, deferred, _open, _shmem, started, .. } = self;
+        files::finish_deferred(&deferred)?;
         for tid in detach {
             ptrace::detach(tid, 0).step(tid, || "detach".into())?;
         }
@@ -185,7 +194,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let tree = lpm_image::read_tree(dir)?;
     check(&tree)?;
     lpm_sys::misc::set_child_subreaper().step(0, || "become child subreaper".into())?;
-    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()))?;
+    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), opts.defer_tcp)?;
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)? };
     let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups)?;
@@ -196,8 +205,9 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     }
     groups(&ctx, &puppets)?;
     let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
+    let mut deferred = Vec::new();
     for p in &tree.processes {
-        shape(&ctx, &mut puppets, p, &open, &shmem)?;
+        shape(&ctx, &mut puppets, p, &open, &shmem, opts.defer_tcp.then_some(&mut deferred))?;
     }
     sysv.finish()?;
     for p in &tree.processes {
@@ -228,6 +238,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         threads: tree.processes.iter().map(|p| p.threads.len()).sum(),
         puppets,
         detach,
+        deferred,
         _open: open,
         _shmem: shmem,
         started: t0,
@@ -241,8 +252,8 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
 /// the tree in which the root's namespace is "here" (sockets of other
 /// owned namespaces still enter theirs), and the puppets are then pointed
 /// at the given namespace instead of a new one.
-fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>) -> Result<OpenFiles> {
-    let Some(ns) = given else { return files::open_all(tree) };
+fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool) -> Result<OpenFiles> {
+    let Some(ns) = given else { return files::open_all(tree, defer_tcp) };
     let root = root_of(tree);
     let owned = root.namespaces.as_ref().filter(|n| n.clone_flags & NEWNET != 0).ok_or_else(|| {
         EngineError::Incompatible("a network namespace was given for the restore, but the image's root does not own one".into())
@@ -260,7 +271,7 @@ fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>) -> Result<OpenFil
     if lo_up {
         ns::bring_lo_up(ns, root.pid as i32)?;
     }
-    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here)).step(0, || "enter the given network namespace".into())??;
+    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here, defer_tcp)).step(0, || "enter the given network namespace".into())??;
     let own = ns.try_clone_to_owned().map_err(crate::io_err("duplicate the given network namespace"))?;
     open.net.insert(key, own);
     Ok(open)
@@ -467,7 +478,14 @@ fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
 }
 
 /// Stage 5: memory, descriptors, process state and threads of one process.
-fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem: &ShmemObjects) -> Result<()> {
+fn shape(
+    ctx: &Ctx,
+    puppets: &mut Puppets,
+    p: &Process,
+    open: &OpenFiles,
+    shmem: &ShmemObjects,
+    deferred: Option<&mut Vec<files::Deferred>>,
+) -> Result<()> {
     let s = ctx.scratch();
     let (host, base) = {
         let pp = &puppets.by_pid[&p.pid];
@@ -483,7 +501,7 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, shmem:
     }
     ipc::attach(host, &mut r, p)?;
     files::restore(host, &mut r, &p.fds, open)?;
-    files::install(host, &mut r, s, p, ctx.tree)?;
+    files::install(host, &mut r, s, p, ctx.tree, deferred)?;
     locks::restore(host, &mut r, s, p)?;
     task::restore_process(host, &mut r, s, p)?;
     const THREAD: u64 =

@@ -345,7 +345,7 @@ impl Kind for Inet {
         // Created in the restorer; an established connection leaves repair
         // mode here, when every socket of the tree exists.
         match sockets::image(f)? {
-            s @ SocketImage { tcp: Some(t), .. } => finish_tcp(pid, fd, f, s, t),
+            s @ SocketImage { tcp: Some(t), .. } => finish_tcp(pid, fd, f, s, t, false),
             _ => Ok(()),
         }
     }
@@ -386,7 +386,7 @@ fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
     let sock = sockets::create(cx, s.net_ns, family, s.sock_type as i32, s.protocol as i32)?;
     let fd = sock.as_fd();
     if let Some(t) = &s.tcp {
-        restore_tcp(f, s, fd, t)?;
+        restore_tcp(f, s, fd, t, cx.defer_tcp)?;
         return Ok(sock);
     }
     sockets::apply_opts(f, fd, &s.opts)?;
@@ -428,7 +428,7 @@ fn send_all(f: &FileImage, s: &SocketImage, fd: BorrowedFd, data: &[u8], what: &
 }
 
 /// Rebuilds an established connection in repair mode.
-fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage) -> Result<()> {
+fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage, resend: bool) -> Result<()> {
     let e = |what: &str| restore_err(f, s, what.to_string());
     let set = |name: i32, val: i32, what: &str| net::setsockopt_int(fd, libc::IPPROTO_TCP, name, val).map_err(e(what));
     let family = s.family as i32;
@@ -477,7 +477,9 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage)
     }
     set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
     send_all(f, s, fd, &t.recv_queue, "receive")?;
-    let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
+    // With `resend`, nothing counts as sent: the whole queue goes out as
+    // new data when repair mode is left (see files::Deferred).
+    let sent = if resend { 0 } else { t.send_queue.len().saturating_sub(t.unsent as usize) };
     set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
     send_all(f, s, fd, &t.send_queue[..sent], "send")?;
     set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
@@ -497,7 +499,7 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage)
 /// puppet holding it): options (repair mode resets SO_REUSEADDR on
 /// leaving), then the never-sent part of the send queue, which goes out as
 /// a program's write would.
-fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImage) -> Result<()> {
+fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImage, resend: bool) -> Result<()> {
     let sock = net::steal_fd(pid, fd.fd as i32).step(pid, || format!("pidfd_getfd restored fd {}", fd.fd))?;
     let sfd = sock.as_fd();
     if net::getsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR).map_err(restore_err(f, s, "read TCP_REPAIR".into()))? == 0 {
@@ -506,8 +508,16 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
     net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, 0).map_err(restore_err(f, s, "TCP_REPAIR off".into()))?;
     let later: Vec<SockOpt> = s.opts.iter().filter(|o| !(o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY)).cloned().collect();
     sockets::apply_opts(f, sfd, &later)?;
-    let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
+    let sent = if resend { 0 } else { t.send_queue.len().saturating_sub(t.unsent as usize) };
     send_all(f, s, sfd, &t.send_queue[sent..], "send")
+}
+
+/// Leaves repair mode on a connection deferred at install, sending its
+/// whole send queue.
+pub(crate) fn finish_deferred(d: &super::Deferred) -> Result<()> {
+    let s = sockets::image(&d.file)?;
+    let t = s.tcp.as_ref().ok_or_else(|| EngineError::Incompatible(format!("socket file {}: deferred but not a connection", d.file.id)))?;
+    finish_tcp(d.pid, &d.fd, &d.file, s, t, true)
 }
 
 /// Whether sequence number `x` lies in `[lo, hi]`, modulo 2^32.

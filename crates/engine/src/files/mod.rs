@@ -74,6 +74,32 @@ pub struct OpenCx<'a> {
     pub net: &'a HashMap<u64, OwnedFd>,
     /// Pty masters opened so far, by their index at dump.
     pub ptys: HashMap<u32, OwnedFd>,
+    /// Established connections stay in repair mode until the tree is
+    /// released (see [`Deferred`]).
+    pub defer_tcp: bool,
+}
+
+/// An established connection left in repair mode at install, to leave it
+/// when the tree is released: a migration unlocks the partition's network
+/// first, so what the connection sends on leaving repair (its whole send
+/// queue, again) reaches the peer at once instead of after a
+/// retransmission timeout of a second.
+#[derive(Clone, Debug)]
+pub struct Deferred {
+    /// Host pid of the puppet holding it.
+    pub pid: i32,
+    /// Its descriptor there.
+    pub fd: Fd,
+    /// Its image.
+    pub file: FileImage,
+}
+
+/// Leaves repair mode on every deferred connection.
+pub fn finish_deferred(list: &[Deferred]) -> Result<()> {
+    for d in list {
+        inet::finish_deferred(d)?;
+    }
+    Ok(())
 }
 
 /// One kind of open file: how it is dumped and how it is restored.
@@ -237,7 +263,7 @@ pub struct OpenFiles {
 }
 
 /// Opens every file description of the image in the restorer.
-pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
+pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
     let max_fd = tree.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(0) as i32;
     let base = (max_fd + 1).max(64);
     let limit = misc::raise_nofile();
@@ -246,7 +272,8 @@ pub fn open_all(tree: &TreeImage) -> Result<OpenFiles> {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
     let net = crate::ns::create_net(tree)?;
-    let mut cx = OpenCx { tree, holders: Vec::new(), pipes: HashMap::new(), sockets: HashMap::new(), net: &net, ptys: HashMap::new() };
+    let mut cx =
+        OpenCx { tree, holders: Vec::new(), pipes: HashMap::new(), sockets: HashMap::new(), net: &net, ptys: HashMap::new(), defer_tcp };
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)
@@ -280,7 +307,8 @@ pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result
 }
 
 /// Lets every kind finish inside the puppet now that its fds are in place.
-pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeImage) -> Result<()> {
+pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeImage, deferred: Option<&mut Vec<Deferred>>) -> Result<()> {
+    let mut deferred = deferred;
     let files: HashMap<u32, &FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
     for fd in &p.fds {
         let f = files
@@ -290,6 +318,13 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
             .ok()
             .and_then(kind)
             .ok_or_else(|| EngineError::Incompatible(format!("file {} has an unknown kind {}", f.id, f.kind)))?;
+        if let (Some(list), Some(_)) = (deferred.as_deref_mut(), f.socket.as_ref().and_then(|s| s.tcp.as_ref())) {
+            // Once per connection, from the first puppet holding it.
+            if !list.iter().any(|d| d.file.id == f.id) {
+                list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone() });
+            }
+            continue;
+        }
         k.install(pid, r, s, fd, f, p)?;
     }
     Ok(())
