@@ -121,6 +121,8 @@ pub(crate) struct Entry {
     /// A migration owns it: the monitor must not wait for it (it would
     /// take the ptrace stops), the CLI must not stop or delete it.
     pub busy: bool,
+    /// The lazy fill of its memory after it arrived, while it runs.
+    pub filling: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The agent's shared state.
@@ -168,10 +170,21 @@ impl Agent {
     }
 
     /// Adds a partition that arrived by migration (already running).
-    pub(crate) fn adopt(&self, spec: PartitionSpec, plumbing: Plumbing, pid: i32) -> Result<()> {
+    pub(crate) fn adopt(
+        &self,
+        spec: PartitionSpec,
+        plumbing: Plumbing,
+        pid: i32,
+        filling: Option<std::thread::JoinHandle<()>>,
+    ) -> Result<()> {
         self.save_spec(&spec)?;
-        self.parts().insert(spec.name.clone(), Entry { spec, plumbing, pid: Some(pid), busy: false });
+        self.parts().insert(spec.name.clone(), Entry { spec, plumbing, pid: Some(pid), busy: false, filling });
         Ok(())
+    }
+
+    /// The lazy fill of a partition that arrived, if one may still run.
+    pub(crate) fn take_filling(&self, name: &str) -> Option<std::thread::JoinHandle<()>> {
+        self.parts().get_mut(name).and_then(|e| e.filling.take())
     }
 
     /// Removes a partition that left by migration (its copy here is gone).
@@ -219,7 +232,7 @@ impl Agent {
             }
         };
         self.save_spec(&spec)?;
-        let e = Entry { spec: spec.clone(), plumbing, pid: Some(pid), busy: false };
+        let e = Entry { spec: spec.clone(), plumbing, pid: Some(pid), busy: false, filling: None };
         let info = self.info(&e);
         self.parts().insert(spec.name.clone(), e);
         tracing::info!(partition = %spec.name, pid, "partition started");

@@ -243,6 +243,11 @@ impl<'a> SourceRun<'a> {
             other => bail!("the target answered prepare with {other:?}"),
         }
         self.step = "precopy".into();
+        // A partition that just arrived may still be filling its memory
+        // lazily: its areas are registered with that userfaultfd until then.
+        if let Some(h) = self.agent.take_filling(&self.spec.name) {
+            let _ = h.join();
+        }
         let pids = self.plumbing.cgroup().procs().context("list the partition's processes")?;
         let mut pre = Precopy::start(&pids).context("start dirty-page tracking")?;
         let limits = policy::Limits {
@@ -604,6 +609,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                         netns: Some(p.netns().fd().context("open the partition's network namespace")?),
                         cgroups: p.cgroup().dirs(),
                         defer_tcp: true,
+                        lazy_fill: true,
                     };
                     i.held = Some(lpm_engine::restore_held(&i.dir, &opts).with_context(|| format!("restore partition {}", i.spec.name))?);
                     fault::point("target.restored")?;
@@ -612,18 +618,37 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                 Mover::Go => {
                     fault::point("target.go")?;
                     let mut i = inc.take().ok_or_else(|| anyhow!("go before restore"))?;
-                    let held = i.held.take().ok_or_else(|| anyhow!("go before restore"))?;
+                    let mut held = i.held.take().ok_or_else(|| anyhow!("go before restore"))?;
                     let plumbing = i.plumbing.take().expect("prepared");
                     // Network first: releasing the tree sends what its
                     // connections hold, which must reach their peers.
                     if let Err(e) = plumbing.unlock_network() {
                         tracing::warn!(partition = %i.spec.name, error = %e, "network unlock");
                     }
+                    // The precopied pages go in after the release, on a
+                    // thread of their own; first touches are served first.
+                    let filling = held.take_lazy().map(|lazy| {
+                        let name = i.spec.name.clone();
+                        std::thread::spawn(move || {
+                            let left = lazy.pages_left();
+                            match lazy.run() {
+                                Ok(st) => tracing::info!(
+                                    partition = %name,
+                                    pages = st.pages,
+                                    faulted = st.faulted,
+                                    dropped = st.dropped,
+                                    ms = st.elapsed.as_secs_f64() * 1e3,
+                                    "lazy fill done"
+                                ),
+                                Err(e) => tracing::error!(partition = %name, left, error = %e, "lazy fill failed"),
+                            }
+                        })
+                    });
                     let restored = held.release().context("let the restored partition run")?;
                     // Recorded here before the source forgets it: the
                     // partition is listed on one host at every moment.
                     let announce = Plumbing::open(&agent.ctx, &i.spec);
-                    agent.adopt(i.spec.clone(), plumbing, restored.root_pid)?;
+                    agent.adopt(i.spec.clone(), plumbing, restored.root_pid, filling)?;
                     tracing::info!(partition = %i.spec.name, from = peer, pid = restored.root_pid, "partition arrived");
                     api::send(&mut w, &Mover::Running)?;
                     w.flush().context("answer the source")?;

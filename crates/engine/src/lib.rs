@@ -21,6 +21,7 @@ mod dirty;
 mod dump;
 mod files;
 mod ipc;
+mod lazy;
 mod locks;
 mod mem;
 mod ns;
@@ -39,6 +40,7 @@ pub use dump::{
     checkpoint, checkpoint_with, kill_frozen_tree, stop_tree, thaw_tree, After, CheckpointOptions, CheckpointStats, DumpOptions,
     StoppedTree,
 };
+pub use lazy::{FillStats, LazyFill};
 pub use restore::{restore, restore_held, Held, RestoreOptions, Restored};
 
 /// Errors of the engine; each names the task and the step.

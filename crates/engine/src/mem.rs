@@ -485,10 +485,21 @@ pub struct RestoreCtx<'a> {
     pub parking: u64,
     /// Shared memory objects.
     pub shmem: &'a ShmemObjects,
+    /// Precopied pages are left to a lazy fill once the tree runs
+    /// (lazy.rs) instead of being copied now.
+    pub lazy: bool,
 }
 
-/// Replaces the puppet's address space with `mm`.
-pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()> {
+/// Whether the page at `vaddr` lies in an area a lazy fill can serve:
+/// userfaultfd's missing mode takes anonymous memory only, so precopied
+/// copies-on-write of private file mappings are filled at once.
+fn lazy_vma(mm: &Mm, vaddr: u64) -> bool {
+    mm.vmas.iter().any(|v| v.start <= vaddr && vaddr < v.end && kind(v) == VmaKind::AnonPrivate)
+}
+
+/// Replaces the puppet's address space with `mm`; with `c.lazy`, returns
+/// the precopied pages still to fill.
+pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Option<crate::lazy::Space>> {
     let pid = c.pid;
     // The puppet inherited the restorer's rseq registration, whose area is
     // about to disappear: the kernel would kill the task writing to it.
@@ -566,7 +577,13 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()
             r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || format!("remote madvise {a} {:#x}", v.start))?;
         }
     }
-    set_layout(c, r, s, mm)
+    set_layout(c, r, s, mm)?;
+    // Last: from here on, a touch of a missing precopied page waits for
+    // the filler, and nothing of the restore touches them.
+    match open_precopy(c, mm)? {
+        Some(store) if c.lazy => crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), |v| kind(v) == VmaKind::AnonPrivate),
+        _ => Ok(None),
+    }
 }
 
 /// Moves the puppet's vDSO areas to where the image had them. They pass
@@ -644,6 +661,9 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let zeros = vec![0u8; CHUNK];
     let mut data = Vec::new();
     for run in &mm.pages {
+        if run.precopied && c.lazy && lazy_vma(mm, run.vaddr) {
+            continue;
+        }
         if run.precopied {
             let (mut at, end) = (run.vaddr, run.vaddr + run.npages * PAGE);
             while at < end {

@@ -62,6 +62,11 @@ pub struct RestoreOptions {
     /// rather than after the restored socket's first retransmission
     /// timeout (a second).
     pub defer_tcp: bool,
+    /// Precopied pages are not copied during the restore: their areas are
+    /// registered for a lazy fill, which [`Held::take_lazy`] hands to the
+    /// caller to run ([`crate::LazyFill::run`]) on a thread of its own once
+    /// the tree is released. The stop then no longer grows with memory.
+    pub lazy_fill: bool,
 }
 
 /// A restored, running tree.
@@ -93,6 +98,8 @@ struct Puppets {
     by_pid: HashMap<u32, Puppet>,
     order: Vec<u32>,
     armed: bool,
+    /// Address spaces registered for the lazy fill.
+    spaces: Vec<crate::lazy::Space>,
 }
 
 impl Drop for Puppets {
@@ -119,6 +126,7 @@ struct Ctx<'a> {
     tree: &'a TreeImage,
     dir: &'a Path,
     trampoline: u64,
+    lazy: bool,
 }
 
 impl Ctx<'_> {
@@ -151,6 +159,7 @@ pub struct Held {
     puppets: Puppets,
     detach: Vec<i32>,
     deferred: Vec<files::Deferred>,
+    lazy: Option<crate::LazyFill>,
     _open: OpenFiles,
     _shmem: ShmemObjects,
     started: Instant,
@@ -168,6 +177,13 @@ impl std::fmt::Debug for Held {
 }
 
 impl Held {
+    /// The precopied pages still to fill: run it (on any thread) before
+    /// or right after [`Held::release`]; the tree's first touch of such a
+    /// page waits for it.
+    pub fn take_lazy(&mut self) -> Option<crate::LazyFill> {
+        self.lazy.take()
+    }
+
     /// Host pids of every process (zombies included), parents first.
     pub fn pids(&self) -> Vec<i32> {
         self.puppets.order.iter().map(|pid| self.puppets.by_pid[pid].host).collect()
@@ -176,7 +192,10 @@ impl Held {
     /// Detaches every thread at once: the tree runs. On error every task
     /// is killed.
     pub fn release(self) -> Result<Restored> {
-        let Held { root_pid, processes, threads, mut puppets, detach, deferred, _open, _shmem, started, .. } = self;
+        let Held { root_pid, processes, threads, mut puppets, detach, deferred, lazy, _open, _shmem, started, .. } = self;
+        if lazy.is_some() {
+            return Err(EngineError::Incompatible("the lazy fill was not taken before the release: the tree would wait forever".into()));
+        }
         files::finish_deferred(&deferred)?;
         for tid in detach {
             ptrace::detach(tid, 0).step(tid, || "detach".into())?;
@@ -196,7 +215,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     lpm_sys::misc::set_child_subreaper().step(0, || "become child subreaper".into())?;
     let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), opts.defer_tcp)?;
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
-    let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)? };
+    let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)?, lazy: opts.lazy_fill };
     let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
@@ -232,6 +251,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     }
     zombies(&ctx, &puppets)?;
     let detach = finish(&ctx, &puppets)?;
+    let lazy = crate::LazyFill::new(std::mem::take(&mut puppets.spaces));
     Ok(Held {
         root_pid: puppets.by_pid[&tree.root_pid].host,
         processes: tree.processes.len(),
@@ -239,6 +259,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         puppets,
         detach,
         deferred,
+        lazy,
         _open: open,
         _shmem: shmem,
         started: t0,
@@ -271,7 +292,8 @@ fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool) 
     if lo_up {
         ns::bring_lo_up(ns, root.pid as i32)?;
     }
-    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here, defer_tcp)).step(0, || "enter the given network namespace".into())??;
+    let mut open =
+        lpm_sys::net::in_netns(ns, || files::open_all(&here, defer_tcp)).step(0, || "enter the given network namespace".into())??;
     let own = ns.try_clone_to_owned().map_err(crate::io_err("duplicate the given network namespace"))?;
     open.net.insert(key, own);
     Ok(open)
@@ -404,7 +426,7 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf]) -> Re
     let skip = free_levels(tree);
     let ids: Vec<i32> = set_tid(&root.nspid, root.pid, skip).into_iter().map(|i| i as i32).collect();
     let host = puppet::spawn_root(ns_flags(root) & !NEWNET, &ids, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
-    let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true };
+    let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true, spaces: Vec::new() };
     let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
     puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
     puppets.order.push(root.pid);
@@ -496,8 +518,17 @@ fn shape(
         return zombie::shape(host, &mut r, s, p);
     }
     if let Some(mm) = &p.mm {
-        let mc = mem::RestoreCtx { pid: host, dir: ctx.dir, trampoline: ctx.trampoline, parking: ctx.trampoline + TRAMPOLINE_LEN, shmem };
-        mem::restore(&mc, &mut r, s, mm)?;
+        let mc = mem::RestoreCtx {
+            pid: host,
+            dir: ctx.dir,
+            trampoline: ctx.trampoline,
+            parking: ctx.trampoline + TRAMPOLINE_LEN,
+            shmem,
+            lazy: ctx.lazy,
+        };
+        if let Some(space) = mem::restore(&mc, &mut r, s, mm)? {
+            puppets.spaces.push(space);
+        }
     }
     ipc::attach(host, &mut r, p)?;
     files::restore(host, &mut r, &p.fds, open)?;

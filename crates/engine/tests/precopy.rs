@@ -348,6 +348,23 @@ fn switchover_after_precopy_saves_only_what_changed() {
     let verdict = ask(pid, &result);
     assert!(verdict.starts_with("ok "), "restored program found its memory wrong: {verdict}");
 
+    // Again, with the precopied pages left to a lazy fill that runs once
+    // the tree does: the program's own check touches every page.
+    lpm_sys::misc::kill(pid, libc::SIGKILL);
+    assert!(matches!(wait_child(pid), WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)));
+    let opts = RestoreOptions { cgroups: vec![cg.clone()], lazy_fill: true, ..Default::default() };
+    let mut held = lpm_engine::restore_held(&img, &opts).expect("restore for a lazy fill");
+    let lazy = held.take_lazy().expect("precopied pages left to the lazy fill");
+    assert!(lazy.pages_left() >= 16000, "only {} pages left to the lazy fill", lazy.pages_left());
+    let filler = std::thread::spawn(move || lazy.run());
+    let r = held.release().expect("release after a lazy restore");
+    assert_eq!(r.root_pid, pid);
+    let verdict = ask(pid, &result);
+    assert!(verdict.starts_with("ok "), "program restored with a lazy fill found its memory wrong: {verdict}");
+    let st = filler.join().expect("filler thread").expect("lazy fill");
+    eprintln!("lazy fill: {st:?}");
+    assert!(st.pages + st.dropped >= 16000, "the lazy fill copied too little: {st:?}");
+
     // A precopy file shorter than its runs is refused by name.
     lpm_sys::misc::kill(pid, libc::SIGKILL);
     assert!(matches!(wait_child(pid), WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)));
@@ -430,7 +447,7 @@ fn held_restore_in_given_netns_and_cgroup() {
     let netns = lpm_sys::net::new_netns().unwrap();
     let ino = fs::File::from(netns.as_fd().try_clone_to_owned().unwrap()).metadata().unwrap().ino();
     let target = s.cgroup();
-    let opts = RestoreOptions { netns: Some(netns), cgroups: vec![target.clone()] };
+    let opts = RestoreOptions { netns: Some(netns), cgroups: vec![target.clone()], ..Default::default() };
     let at = count(&log);
     let held = lpm_engine::restore_held(&img, &opts).expect("held restore");
     assert_eq!(held.root_pid, pid);

@@ -82,3 +82,135 @@ impl Uffd {
         ioctl(&self.fd, UFFDIO_UNREGISTER, &mut r).map_err(|e| Error::mem("UFFDIO_UNREGISTER", self.pid, start, e))
     }
 }
+
+pub use linux_raw_sys::general::{UFFD_FEATURE_EVENT_FORK, UFFD_FEATURE_EVENT_REMAP, UFFD_FEATURE_EVENT_REMOVE, UFFD_FEATURE_EVENT_UNMAP};
+
+/// What a userfaultfd reports (missing-page mode with the non-cooperative
+/// events): a fault to resolve, or a change of the address space that
+/// the resolver must follow.
+#[derive(Debug)]
+pub enum Event {
+    /// A task touched a missing page at `address`.
+    Fault {
+        /// The faulting address.
+        address: u64,
+    },
+    /// The process forked: the child's memory is reported on `uffd`.
+    Fork {
+        /// The child's userfaultfd, now ours.
+        uffd: OwnedFd,
+    },
+    /// `[from, from+len)` moved to `to` (mremap).
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Length.
+        len: u64,
+    },
+    /// `[start, end)` was dropped (MADV_DONTNEED/REMOVE) or unmapped: it
+    /// must not be filled any more.
+    Gone {
+        /// First address.
+        start: u64,
+        /// End.
+        end: u64,
+    },
+}
+
+impl Uffd {
+    /// The raw descriptor, to poll.
+    pub fn as_raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Registers `[start, start+len)` for missing-page faults.
+    pub fn register_missing(&self, start: u64, len: u64) -> Result<()> {
+        let mut r = uffdio_register {
+            range: uffdio_range { start, len },
+            mode: linux_raw_sys::general::UFFDIO_REGISTER_MODE_MISSING as u64,
+            ioctls: 0,
+        };
+        ioctl(&self.fd, UFFDIO_REGISTER, &mut r).map_err(|e| Error::mem("UFFDIO_REGISTER missing", self.pid, start, e))
+    }
+
+    /// Places `data` at `dst` atomically (UFFDIO_COPY) and wakes whoever
+    /// waits on it. Pages already present are left alone: returns how many
+    /// bytes were copied before the first present page (EEXIST) or the
+    /// whole length; `Ok(None)` when the address space is changing (an
+    /// event is pending: read it first, then try again).
+    pub fn copy(&self, dst: u64, data: &[u8]) -> Result<Option<u64>> {
+        let mut c = linux_raw_sys::general::uffdio_copy { dst, src: data.as_ptr() as u64, len: data.len() as u64, mode: 0, copy: 0 };
+        match ioctl(&self.fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut c) {
+            Ok(()) => Ok(Some(c.copy as u64)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(Some(c.copy.max(0) as u64)),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+            // The range went away under us (unmapped, or the task exited).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EFAULT)) => {
+                Ok(Some(data.len() as u64))
+            }
+            Err(e) => Err(Error::mem("UFFDIO_COPY", self.pid, dst, e)),
+        }
+    }
+
+    /// Maps the zero page over `[start, start+len)` where nothing is
+    /// present yet, waking waiters.
+    pub fn zeropage(&self, start: u64, len: u64) -> Result<()> {
+        let mut z = linux_raw_sys::general::uffdio_zeropage { range: uffdio_range { start, len }, mode: 0, zeropage: 0 };
+        match ioctl(&self.fd, linux_raw_sys::ioctl::UFFDIO_ZEROPAGE, &mut z) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::EAGAIN) | Some(libc::ENOENT) | Some(libc::ESRCH)) => {
+                let mut r = uffdio_range { start, len };
+                let _ = ioctl(&self.fd, linux_raw_sys::ioctl::UFFDIO_WAKE, &mut r);
+                Ok(())
+            }
+            Err(e) => Err(Error::mem("UFFDIO_ZEROPAGE", self.pid, start, e)),
+        }
+    }
+
+    /// Reads one event without blocking (`None`: none pending, or the
+    /// process is gone).
+    pub fn read_event(&self) -> Result<Option<Event>> {
+        use std::os::fd::FromRawFd;
+        let mut m = [0u8; 32];
+        // SAFETY: reading into a local 32-byte buffer, the size of uffd_msg.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), m.as_mut_ptr().cast(), m.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                _ => Err(Error::sys("read userfaultfd", self.pid, e)),
+            };
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+        let u64_at = |i: usize| u64::from_ne_bytes(m[i..i + 8].try_into().expect("8 bytes"));
+        use linux_raw_sys::general as g;
+        Ok(Some(match m[0] as u32 {
+            g::UFFD_EVENT_PAGEFAULT => Event::Fault { address: u64_at(16) },
+            g::UFFD_EVENT_FORK => {
+                let fd = u32::from_ne_bytes(m[8..12].try_into().expect("4 bytes")) as i32;
+                // SAFETY: the kernel installed this descriptor in our table
+                // for us with the message; nothing else owns it.
+                Event::Fork { uffd: unsafe { OwnedFd::from_raw_fd(fd) } }
+            }
+            g::UFFD_EVENT_REMAP => Event::Remap { from: u64_at(8), to: u64_at(16), len: u64_at(24) },
+            g::UFFD_EVENT_REMOVE | g::UFFD_EVENT_UNMAP => Event::Gone { start: u64_at(8), end: u64_at(16) },
+            other => return Err(Error::sys("userfaultfd event", self.pid, std::io::Error::other(format!("unknown event {other}")))),
+        }))
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes; returns
+/// the indexes of the readable ones.
+pub fn poll_readable(fds: &[i32], timeout_ms: i32) -> Vec<usize> {
+    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: `p` is a valid array of pollfd of the length passed.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    p.iter().enumerate().filter(|(_, q)| q.revents != 0).map(|(i, _)| i).collect()
+}

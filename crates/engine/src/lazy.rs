@@ -1,0 +1,265 @@
+//! Lazy fill of precopied memory: after a migration's restore the target
+//! already holds every precopied page in its store, so copying them into
+//! the restored tasks need not happen while the partition is stopped.
+//!
+//! The areas holding precopied pages are registered with a userfaultfd in
+//! missing-page mode (created inside the task by a remote syscall and
+//! taken with pidfd_getfd, like the dirty tracker's). Once the tree runs,
+//! [`LazyFill::run`] copies the pages in with UFFDIO_COPY, in the
+//! background in address order and at once for any page a task touches
+//! first. It follows the address space as the program changes it: pages
+//! dropped (MADV_DONTNEED) or unmapped are not filled any more, moved
+//! areas (mremap) are filled at their new place, and a forked child's
+//! missing pages are filled from the same store (at the fork they held
+//! the same content). When nothing is left, closing the userfaultfds
+//! unregisters everything.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lpm_image::{Mm, Vma};
+use lpm_sys::remote::Remote;
+use lpm_sys::uffd::{self, Event, Uffd};
+
+use crate::{EngineError, Result, StepExt, PAGE};
+
+/// Pages copied per background step.
+const STEP: u64 = 2 << 20;
+/// Pages copied around a faulting address (the rest of the run follows
+/// in the background).
+const AROUND: u64 = 64 << 10;
+
+/// A run of pages still to fill: addresses `[start, end)` now, whose
+/// content is at `store` offset `off` (their address when precopied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    start: u64,
+    end: u64,
+    off: u64,
+}
+
+/// One address space to fill.
+pub(crate) struct Space {
+    uffd: Uffd,
+    pid: i32,
+    store: Arc<File>,
+    runs: Vec<Run>,
+}
+
+/// The precopied memory of a restored tree, still to be filled.
+pub struct LazyFill {
+    spaces: Vec<Space>,
+}
+
+/// What a lazy fill did.
+#[derive(Clone, Debug, Default)]
+pub struct FillStats {
+    /// Pages copied in.
+    pub pages: u64,
+    /// Of those, copied because a task touched them first.
+    pub faulted: u64,
+    /// Pages dropped or unmapped by the program before they were filled.
+    pub dropped: u64,
+    /// Time until the last page was in.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Debug for LazyFill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyFill").field("spaces", &self.spaces.len()).field("pages", &self.pages_left()).finish()
+    }
+}
+
+fn remove(runs: &mut Vec<Run>, start: u64, end: u64) -> u64 {
+    let mut out = Vec::with_capacity(runs.len() + 1);
+    let mut removed = 0;
+    for r in runs.drain(..) {
+        if r.end <= start || r.start >= end {
+            out.push(r);
+            continue;
+        }
+        removed += (r.end.min(end) - r.start.max(start)) / PAGE;
+        if r.start < start {
+            out.push(Run { start: r.start, end: start, off: r.off });
+        }
+        if r.end > end {
+            out.push(Run { start: end, end: r.end, off: r.off + (end - r.start) });
+        }
+    }
+    *runs = out;
+    removed
+}
+
+fn moved(runs: &mut Vec<Run>, from: u64, to: u64, len: u64) {
+    let mut inside = runs.clone();
+    inside.retain(|r| r.start < from + len && r.end > from);
+    remove(runs, from, from + len);
+    for r in inside {
+        let (s, e) = (r.start.max(from), r.end.min(from + len));
+        runs.push(Run { start: s - from + to, end: e - from + to, off: r.off + (s - r.start) });
+    }
+    runs.sort_by_key(|r| r.start);
+}
+
+/// Registers the areas of `mm` holding precopied pages with a userfaultfd
+/// made inside the stopped puppet `pid`, instead of filling them; the
+/// pages come from `store` once the tree runs.
+pub(crate) fn register(pid: i32, r: &mut Remote, mm: &Mm, store: Arc<File>, lazy: impl Fn(&Vma) -> bool) -> Result<Option<Space>> {
+    let areas: Vec<&Vma> = mm.vmas.iter().filter(|v| lazy(v)).collect();
+    let runs: Vec<Run> = mm
+        .pages
+        .iter()
+        .filter(|p| p.precopied && p.npages > 0 && areas.iter().any(|v| v.start <= p.vaddr && p.vaddr < v.end))
+        .map(|p| Run { start: p.vaddr, end: p.vaddr + p.npages * PAGE, off: p.vaddr })
+        .collect();
+    if runs.is_empty() {
+        return Ok(None);
+    }
+    let fd = r.call(libc::SYS_userfaultfd, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64]).step(pid, || "remote userfaultfd".into())?;
+    let got = rustix::process::pidfd_open(rustix::process::Pid::from_raw(pid).expect("pid > 0"), rustix::process::PidfdFlags::empty())
+        .and_then(|pidfd| rustix::process::pidfd_getfd(pidfd.as_fd(), fd as i32, rustix::process::PidfdGetfdFlags::empty()));
+    r.call(libc::SYS_close, &[fd]).step(pid, || "remote close userfaultfd".into())?;
+    let fd = got.map_err(|e| EngineError::Step {
+        pid,
+        step: "pidfd_getfd userfaultfd".into(),
+        source: lpm_sys::Error::sys("pidfd_getfd", pid, e.into()),
+    })?;
+    let u = Uffd::new(fd, pid);
+    let want =
+        (uffd::UFFD_FEATURE_EVENT_FORK | uffd::UFFD_FEATURE_EVENT_REMAP | uffd::UFFD_FEATURE_EVENT_REMOVE | uffd::UFFD_FEATURE_EVENT_UNMAP)
+            as u64;
+    let got = u.api(want).step(pid, || "userfaultfd handshake".into())?;
+    if got & want != want {
+        return Err(EngineError::Incompatible(format!("userfaultfd lacks the non-cooperative events (got {got:#x})")));
+    }
+    for v in areas.iter().filter(|v| runs.iter().any(|x| x.start < v.end && x.end > v.start)) {
+        u.register_missing(v.start, v.end - v.start).step(pid, || format!("register {:#x}-{:#x} for lazy fill", v.start, v.end))?;
+    }
+    Ok(Some(Space { uffd: u, pid, store, runs }))
+}
+
+impl Space {
+    /// Copies `[start, end)` of run `i`'s range from the store; false when
+    /// the address space is changing (read events first).
+    fn copy(&mut self, start: u64, end: u64, buf: &mut Vec<u8>, stats: &mut FillStats) -> Result<bool> {
+        let Some(r) = self.runs.iter().find(|r| r.start <= start && start < r.end).copied() else { return Ok(true) };
+        let end = end.min(r.end);
+        let len = (end - start) as usize;
+        buf.resize(len, 0);
+        self.store.read_exact_at(&mut buf[..len], r.off + (start - r.start)).map_err(crate::io_err(format!(
+            "read the page store of pid {} at {:#x}",
+            self.pid,
+            r.off + (start - r.start)
+        )))?;
+        match self.uffd.copy(start, &buf[..len]).step(self.pid, || format!("fill {start:#x}"))? {
+            None => Ok(false),
+            Some(done) => {
+                // A present page stops the copy: it is newer (the final
+                // pages, or written since): skip it.
+                let upto = if done as usize >= len { end } else { start + done + PAGE };
+                stats.pages += remove(&mut self.runs, start, upto);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Handles every pending event; new spaces (forks) go to `born`.
+    fn events(&mut self, buf: &mut Vec<u8>, stats: &mut FillStats, born: &mut Vec<Space>) -> Result<()> {
+        while let Some(ev) = self.uffd.read_event().step(self.pid, || "read userfaultfd".into())? {
+            match ev {
+                Event::Fault { address } => {
+                    let page = address & !(PAGE - 1);
+                    if self.runs.iter().any(|r| r.start <= page && page < r.end) {
+                        let start = (page & !(AROUND - 1))
+                            .max(self.runs.iter().find(|r| r.start <= page && page < r.end).map(|r| r.start).unwrap_or(page));
+                        let before = stats.pages;
+                        while !self.copy(start, start + AROUND, buf, stats)? {
+                            self.events(buf, stats, born)?;
+                        }
+                        stats.faulted += stats.pages - before;
+                        if self.runs.iter().any(|r| r.start <= page && page < r.end) {
+                            // The window started below the page and stopped
+                            // at a present page before reaching it.
+                            while !self.copy(page, page + PAGE, buf, stats)? {
+                                self.events(buf, stats, born)?;
+                            }
+                        }
+                    } else {
+                        self.uffd.zeropage(page, PAGE).step(self.pid, || format!("zero page at {page:#x}"))?;
+                    }
+                }
+                Event::Fork { uffd } => {
+                    born.push(Space { uffd: Uffd::new(uffd, self.pid), pid: self.pid, store: self.store.clone(), runs: self.runs.clone() });
+                }
+                Event::Remap { from, to, len } => moved(&mut self.runs, from, to, len),
+                Event::Gone { start, end } => stats.dropped += remove(&mut self.runs, start, end),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LazyFill {
+    pub(crate) fn new(spaces: Vec<Space>) -> Option<LazyFill> {
+        (!spaces.is_empty()).then_some(LazyFill { spaces })
+    }
+
+    /// Pages not filled yet.
+    pub fn pages_left(&self) -> u64 {
+        self.spaces.iter().flat_map(|s| &s.runs).map(|r| (r.end - r.start) / PAGE).sum()
+    }
+
+    /// Fills everything, serving faults first; returns when every page is
+    /// in (or was dropped by the program, or its task is gone).
+    pub fn run(mut self) -> Result<FillStats> {
+        let t0 = Instant::now();
+        let mut stats = FillStats::default();
+        let mut buf = Vec::new();
+        let mut born = Vec::new();
+        loop {
+            self.spaces.retain(|s| !s.runs.is_empty());
+            if self.spaces.is_empty() {
+                break;
+            }
+            let fds: Vec<i32> = self.spaces.iter().map(|s| s.uffd.as_raw_fd()).collect();
+            for i in uffd::poll_readable(&fds, 0) {
+                self.spaces[i].events(&mut buf, &mut stats, &mut born)?;
+            }
+            self.spaces.append(&mut born);
+            // One background step per round, so faults wait at most one.
+            if let Some(s) = self.spaces.iter_mut().find(|s| !s.runs.is_empty()) {
+                let r = s.runs[0];
+                if !s.copy(r.start, (r.start + STEP).min(r.end), &mut buf, &mut stats)? {
+                    s.events(&mut buf, &mut stats, &mut born)?;
+                }
+            }
+        }
+        stats.elapsed = t0.elapsed();
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_and_move_with_their_store_offsets() {
+        let mut runs = vec![Run { start: 0x1000, end: 0x9000, off: 0x1000 }];
+        assert_eq!(remove(&mut runs, 0x3000, 0x5000), 2);
+        assert_eq!(runs, vec![Run { start: 0x1000, end: 0x3000, off: 0x1000 }, Run { start: 0x5000, end: 0x9000, off: 0x5000 }]);
+        moved(&mut runs, 0x6000, 0x20000, 0x2000);
+        assert_eq!(
+            runs,
+            vec![
+                Run { start: 0x1000, end: 0x3000, off: 0x1000 },
+                Run { start: 0x5000, end: 0x6000, off: 0x5000 },
+                Run { start: 0x8000, end: 0x9000, off: 0x8000 },
+                Run { start: 0x20000, end: 0x22000, off: 0x6000 },
+            ]
+        );
+    }
+}
