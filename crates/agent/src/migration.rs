@@ -324,11 +324,22 @@ impl<'a> SourceRun<'a> {
         self.frozen = true;
         // Stopped first, then the trackers' last word (nothing runs, so
         // nothing writes behind it), then the dump of what the target lacks.
+        let locked = t_stop.elapsed();
         let stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
+        let at_stop = t_stop.elapsed();
         let held = pre.finish().context("last dirty-page collection")?;
+        let at_collect = t_stop.elapsed();
         let opts =
             lpm_engine::DumpOptions { after: lpm_engine::After::Frozen, tcp_established: true, precopied: held, external_netns: true };
         let stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
+        tracing::debug!(
+            partition = %self.spec.name,
+            lock_ms = locked.as_secs_f64() * 1e3,
+            stop_ms = (at_stop - locked).as_secs_f64() * 1e3,
+            collect_ms = (at_collect - at_stop).as_secs_f64() * 1e3,
+            dump_ms = (t_stop.elapsed() - at_collect).as_secs_f64() * 1e3,
+            "switchover steps"
+        );
         self.stop.freeze_ms = t_stop.elapsed().as_secs_f64() * 1e3;
         self.stop.final_pages = stats.pages;
         let t = Instant::now();

@@ -626,8 +626,10 @@ impl Precopy {
         let mut out = HashMap::new();
         self.each(|p, _, regions| {
             p.collect(regions)?;
-            let now = p.all_existing(regions)?;
-            let mut held = p.held.intersect(&now);
+            // No scan of what is present: the dump keeps only present,
+            // non-zero anonymous pages of these ranges anyway, and this
+            // runs while the partition is stopped.
+            let mut held = p.held.clone();
             // Zero pages held without being sent read as zero only inside
             // the receiver's file: past its end (the end of the highest
             // page ever sent) a restore would find it short.
