@@ -319,6 +319,14 @@ impl<'a> SourceRun<'a> {
         progress(ctl, Progress { phase: "switchover".into(), note: "freezing".into(), ..blank() });
         let dir = scratch_dir(self.agent, "out", &self.spec.name);
         let _ = fs::remove_dir_all(&dir);
+        // The areas' flags, read while the partition still runs: smaps walks
+        // every page table, too slow for the stop.
+        let mut smaps_hint = std::collections::HashMap::new();
+        for pid in self.plumbing.cgroup().procs().unwrap_or_default() {
+            if let Ok(m) = lpm_engine::proc::smaps(pid) {
+                smaps_hint.insert(pid, m);
+            }
+        }
         let t_stop = Instant::now();
         self.plumbing.lock_network().context("lock the partition's network")?;
         self.frozen = true;
@@ -329,8 +337,13 @@ impl<'a> SourceRun<'a> {
         let at_stop = t_stop.elapsed();
         let held = pre.finish().context("last dirty-page collection")?;
         let at_collect = t_stop.elapsed();
-        let opts =
-            lpm_engine::DumpOptions { after: lpm_engine::After::Frozen, tcp_established: true, precopied: held, external_netns: true };
+        let opts = lpm_engine::DumpOptions {
+            after: lpm_engine::After::Frozen,
+            tcp_established: true,
+            precopied: held,
+            external_netns: true,
+            smaps_hint,
+        };
         let stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
         tracing::debug!(
             partition = %self.spec.name,

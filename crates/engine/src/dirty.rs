@@ -118,11 +118,14 @@ impl DirtyTracker {
     /// Pages written since the last call (or the start), each re-protected
     /// as it is reported, and areas that appeared meanwhile.
     ///
-    /// Whether an area is tracked is read from the kernel (the `uw` VmFlag
-    /// of smaps), not from what was registered before: an area unmapped
-    /// and mapped again, even at the same bounds, or the new part of a
-    /// grown heap, is a new area without the flag, so it counts as wholly
-    /// dirty and is registered from then on.
+    /// Whether an area is tracked is asked of the kernel, not of a list of
+    /// what was registered: PAGEMAP_SCAN refuses (EPERM) to match on an
+    /// area without write-protect tracking. So an area unmapped and mapped
+    /// again, even at the same bounds, or the new part of a grown heap,
+    /// counts as wholly dirty and is registered from then on. (/proc/PID/
+    /// maps, not smaps: smaps walks every page table to count, which costs
+    /// tens of milliseconds on a big process, and the last collection runs
+    /// while the partition is stopped.)
     pub fn collect(&mut self) -> Result<Dirty> {
         let mut out = Dirty::default();
         let q = Query {
@@ -132,17 +135,18 @@ impl DirtyTracker {
             return_mask: PAGE_IS_WRITTEN as u64,
         };
         let mut regions = Vec::new();
-        let now = proc::smaps(self.pid)?;
+        let now = proc::maps(self.pid)?;
         for e in now.iter().filter(|e| is_trackable(e)) {
-            if e.vmflags.iter().any(|f| f == "uw") {
-                regions.clear();
-                self.pagemap
-                    .scan(e.start, e.end, q, &mut regions)
-                    .step(self.pid, || format!("scan written pages of {:#x}-{:#x}", e.start, e.end))?;
-                out.written.extend(regions.iter().map(|r| (r.start, r.end)));
-            } else {
-                out.new_areas.push((e.start, e.end));
-                self.track(e.start, e.end)?;
+            regions.clear();
+            match self.pagemap.scan(e.start, e.end, q, &mut regions) {
+                Ok(()) => out.written.extend(regions.iter().map(|r| (r.start, r.end))),
+                Err(err) if err.errno() == Some(libc::EPERM) => {
+                    // Pages the scan reported before it met the untracked
+                    // part are covered by the whole area anyway.
+                    out.new_areas.push((e.start, e.end));
+                    self.track(e.start, e.end)?;
+                }
+                Err(err) => return Err(err).step(self.pid, || format!("scan written pages of {:#x}-{:#x}", e.start, e.end)),
             }
         }
         out.written.sort_unstable();
