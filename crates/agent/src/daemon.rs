@@ -402,10 +402,12 @@ pub fn run(opts: Options) -> Result<()> {
     lpm_sys::misc::set_child_subreaper().context("become child subreaper")?;
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
     let ctx = HostCtx { host: opts.host.clone(), dir: opts.shared.clone(), bridge: opts.bridge.clone(), prefix: opts.prefix.clone() };
+    // Before the control socket exists: whoever sees it finds a clean host.
+    let parts = crate::orphans::sweep(&ctx, &opts.dir);
     let _ = std::fs::remove_file(&opts.control);
     let control = UnixListener::bind(&opts.control).with_context(|| format!("bind control socket {}", opts.control.display()))?;
     let mover = TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
-    let agent = Arc::new(Agent { opts, ctx, parts: Mutex::new(BTreeMap::new()) });
+    let agent = Arc::new(Agent { opts, ctx, parts: Mutex::new(parts) });
     {
         let a = agent.clone();
         std::thread::spawn(move || {

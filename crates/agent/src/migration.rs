@@ -207,11 +207,41 @@ impl<'a> SourceRun<'a> {
 
     /// Runs the migration; `Ok(Some(checks))` after --validate-only.
     fn go(&mut self, ctl: &mut UnixStream) -> Result<Option<Vec<Check>>> {
-        let res = self.phases(ctl);
+        let res = self.phases(ctl).map_err(|e| self.why_broken(e));
         if res.is_err() && !self.handed_over {
             self.roll_back();
         }
         res
+    }
+
+    /// A target that fails while we only send (pre-copy, image files)
+    /// says why in a `Failed` message and closes; here that shows as a
+    /// reset connection. Its reason, already in our receive queue (it left
+    /// before the reset), is the cause to report: a refused checksum, a
+    /// full disk. Looked for without waiting, so a healthy target that
+    /// said nothing costs no time (the partition may be frozen).
+    fn why_broken(&mut self, e: anyhow::Error) -> anyhow::Error {
+        let Some(link) = self.link.as_mut() else { return e };
+        if link.r.get_ref().set_nonblocking(true).is_err() {
+            return e;
+        }
+        let mut why = None;
+        // Frames still queued (none are expected) come before the last word.
+        for _ in 0..16 {
+            match api::recv::<_, Mover>(&mut link.r, "mover message") {
+                Ok(Mover::Failed(w)) => {
+                    why = Some(w);
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = link.r.get_ref().set_nonblocking(false);
+        match why {
+            Some(w) => e.context(format!("the target failed: {w}")),
+            None => e,
+        }
     }
 
     fn phases(&mut self, ctl: &mut UnixStream) -> Result<Option<Vec<Check>>> {
@@ -319,6 +349,14 @@ impl<'a> SourceRun<'a> {
         progress(ctl, Progress { phase: "switchover".into(), note: "freezing".into(), ..blank() });
         let dir = scratch_dir(self.agent, "out", &self.spec.name);
         let _ = fs::remove_dir_all(&dir);
+        // However the switchover ends, its images go.
+        struct Scratch<'p>(&'p Path);
+        impl Drop for Scratch<'_> {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(self.0);
+            }
+        }
+        let _scratch = Scratch(&dir);
         // The areas' flags, read while the partition still runs: smaps walks
         // every page table, too slow for the stop.
         let mut smaps_hint = std::collections::HashMap::new();
@@ -432,16 +470,23 @@ impl<'a> SourceRun<'a> {
     /// Before "go": the partition stays (or becomes again) what it was on
     /// the source.
     fn roll_back(&mut self) {
-        if let Some(link) = self.link.as_mut() {
-            let _ = link.send(&Mover::Abort(format!("the source gave up at {}", self.step)));
-            let _ = link.w.flush();
-        }
+        // The partition first: before "go" the target never runs its copy,
+        // so nothing waits on telling it, and over a dead link telling it
+        // takes a whole mover timeout the partition would spend frozen.
         if self.frozen {
             let _ = lpm_engine::thaw_tree(self.pid);
             let _ = self.plumbing.cgroup().thaw(Duration::from_secs(5));
             let _ = self.plumbing.unlock_network();
         }
         let _ = self.plumbing.cgroup().set_cpus(self.spec.cpus);
+        if let Some(link) = self.link.as_mut() {
+            // A farewell, best effort: each write left (this abort, the
+            // report, the flush on drop) would wait a full mover timeout
+            // for a peer that is gone.
+            let _ = link.w.get_ref().set_write_timeout(Some(Duration::from_millis(500)));
+            let _ = link.send(&Mover::Abort(format!("the source gave up at {}", self.step)));
+            let _ = link.w.flush();
+        }
     }
 
     fn report(&self, res: &Result<Option<Vec<Check>>>) -> Report {

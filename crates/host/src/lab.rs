@@ -275,6 +275,12 @@ struct State {
     /// Partition addresses handed out, with their owner.
     #[serde(default)]
     addresses: BTreeMap<Ipv4Addr, String>,
+    /// The `lpmd` binary `up` started, for [`Lab::restart`].
+    #[serde(default)]
+    lpmd: Option<PathBuf>,
+    /// The arguments put before the lab's ones (`daemon`).
+    #[serde(default)]
+    lpmd_args: Vec<String>,
 }
 
 impl State {
@@ -354,6 +360,16 @@ impl Lab {
         }
         for cg in &cgroups {
             remove_cgroup_tree(cg, &mut failures);
+        }
+        // Migrations' scratch directories (images, page stores) on tmpfs,
+        // left by an agent that died mid-migration.
+        if let Ok(rd) = std::fs::read_dir("/dev/shm") {
+            let mine = format!("{prefix}-");
+            for e in rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&mine)) {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    failures.push(format!("remove {}: {err}", e.path().display()));
+                }
+            }
         }
         if !failures.is_empty() {
             return Err(LabError::Down { id: state.id, dir: dir.to_path_buf(), failures });
@@ -482,6 +498,52 @@ impl Lab {
     /// The addresses handed out, with their owners.
     pub fn addresses(&self) -> Result<BTreeMap<Ipv4Addr, String>, LabError> {
         Ok(read_state(&self.dir)?.addresses)
+    }
+
+    /// Restarts the `lpmd` of host `host` the way [`Lab::up`] started it
+    /// (same binary and arguments, in the host's namespace, in a session of
+    /// its own, output appended to its log), as an operator would after a
+    /// crash: a running one is stopped first (SIGTERM, which stops its
+    /// partitions; SIGKILL after [`LPMD_STOP_TIMEOUT`]). Records the new pid
+    /// in the state file and returns once its control socket exists (the
+    /// agent sweeps what its predecessor left before it creates the
+    /// socket). The new `lpmd` inherits the caller's environment, not the
+    /// one `up` ran with: a fault injected through `LPM_FAULT` at `up` is
+    /// gone unless the caller has it too. This value keeps the old pid;
+    /// [`Lab::load`] sees the new one.
+    pub fn restart(&self, host: &str) -> Result<(), LabError> {
+        let state = read_state(&self.dir)?;
+        let i = state.hosts.iter().position(|h| h.name == host).ok_or_else(|| self.no_member(host))?;
+        let h = state.hosts[i].clone();
+        let lpmd = state.lpmd.clone().ok_or_else(|| LabError::State {
+            path: self.dir.join(STATE_FILE),
+            reason: "no lpmd binary recorded (a lab made by an older lpm): take it down and up again".into(),
+        })?;
+        let opts = LabOptions { hosts: state.hosts.len(), subnet: String::new(), lpmd, lpmd_args: state.lpmd_args.clone() };
+        let mut failures = Vec::new();
+        stop_lpmds(std::slice::from_ref(&h), &mut failures);
+        if let Some(f) = failures.into_iter().next() {
+            return Err(LabError::Down { id: state.id.clone(), dir: self.dir.clone(), failures: vec![f] });
+        }
+        // A killed lpmd leaves its socket file: readiness is a new one.
+        match std::fs::remove_file(&h.control) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LabError::Io { op: "removing stale control socket", path: h.control.clone(), source }),
+        }
+        let mut child = spawn_lpmd(&state, &h, &opts)?;
+        let pid = child.id() as i32;
+        let start = proc_start(pid);
+        with_locked_state(&self.dir, |s| {
+            if let Some(hs) = s.hosts.iter_mut().find(|x| x.name == host) {
+                hs.pid = Some(pid);
+                hs.pid_start = start;
+            }
+            Ok(())
+        })?;
+        wait_ready(&h, &mut child)?;
+        tracing::info!(target: "lpm::lab", host, pid, "lpmd restarted");
+        Ok(())
     }
 
     fn no_member(&self, name: &str) -> LabError {
@@ -739,6 +801,8 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
         client,
         ready: false,
         addresses: BTreeMap::new(),
+        lpmd: Some(opts.lpmd.clone()),
+        lpmd_args: opts.lpmd_args.clone(),
     };
     write_state(dir, &state)?;
     let mut b = Builder { dir, state };

@@ -1,0 +1,500 @@
+//! Live migration when things go wrong (issue 4): the target's lpmd dies
+//! at each step before "go", the network between the hosts is cut in the
+//! middle of the stream, a frame arrives corrupted, a peer holds the wrong
+//! key. Each time the partition must keep running on the source with its
+//! client connected and every answer right, and nothing of it may be left
+//! on the target (after the crashed agent is restarted, which sweeps what
+//! its predecessor left); a migration after the failure then succeeds.
+//!
+//! Faults are injected with `LPM_FAULT` (crates/agent/src/fault.rs) in the
+//! environment of `lpm lab up`, which every lpmd of the lab inherits; a
+//! restarted lpmd inherits the test's environment, without the fault.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lpm_agent::api::{Mover, PartitionInfo, Request, Response};
+use lpm_agent::client::{read_key, Client};
+use lpm_host::cgroup::Layout;
+use lpm_host::lab::Lab;
+use lpm_host::net::Netns;
+use lpm_host::partition::{HostCtx, PartitionSpec};
+use lpm_wire::{FrameType, Role};
+use prost::Message;
+
+const LPM: &str = env!("CARGO_BIN_EXE_lpm");
+const SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_service.py");
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_client.py");
+
+/// A lab of its own for one test, torn down however the test ends.
+struct TestLab {
+    dir: PathBuf,
+    clients: Vec<Child>,
+}
+
+impl TestLab {
+    /// Two hosts; `env` goes to `lpm lab up` only, so to every lpmd it
+    /// starts (not to the CLI calls of the test).
+    fn up(tag: &str, env: &[(&str, &str)]) -> TestLab {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("lpm-lab-{tag}-{}-{nanos}", std::process::id()));
+        let lab = TestLab { dir, clients: Vec::new() };
+        let out = Command::new(LPM)
+            .args(["lab", "up", "--hosts", "2"])
+            .env("LPM_LAB", &lab.dir)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run lpm lab up");
+        assert!(out.status.success(), "lab up failed: {}", String::from_utf8_lossy(&out.stderr));
+        lab
+    }
+
+    fn lab(&self) -> Lab {
+        Lab::load(&self.dir).expect("load the lab")
+    }
+
+    fn prefix(&self) -> String {
+        self.lab().prefix()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(LPM);
+        c.args(args).env("LPM_LAB", &self.dir).stdin(Stdio::null());
+        c
+    }
+
+    fn lpm(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run lpm")
+    }
+
+    /// Runs lpm and returns its stdout, failing the test with its stderr.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.lpm(args);
+        assert!(out.status.success(), "lpm {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs lpm, which must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.lpm(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "lpm {} succeeded: {}{err}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        err
+    }
+
+    /// Asks one host's lpmd directly (`lpm partition show` asks every
+    /// host, which fails while one is down).
+    fn call(&self, host: &str, req: &Request) -> anyhow::Result<Response> {
+        let lab = self.lab();
+        let key = read_key(&lab.key_path())?;
+        Client::connect(host, &lab.host(host).expect("host").control, &key)?.call(req)
+    }
+
+    fn partitions_on(&self, host: &str) -> Vec<PartitionInfo> {
+        match self.call(host, &Request::List).unwrap_or_else(|e| panic!("list partitions of {host}: {e:#}")) {
+            Response::Partitions(p) => p,
+            other => panic!("{host} answered {other:?}"),
+        }
+    }
+
+    fn log_of(&self, host: &str) -> String {
+        std::fs::read_to_string(self.dir.join(host).join("lpmd.log")).unwrap_or_default()
+    }
+
+    /// Starts the checking client against `ip:7000` in the client namespace.
+    fn client(&mut self, ip: &str) -> usize {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &self.lab().client().netns, "python3", CLIENT, ip, "7000", "600"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the client");
+        self.clients.push(c);
+        self.clients.len() - 1
+    }
+
+    /// The client is still connected and has seen nothing wrong so far
+    /// (it exits at the first wrong answer or broken connection).
+    fn client_alive(&mut self, i: usize) {
+        if let Some(st) = self.clients[i].try_wait().unwrap() {
+            let mut out = String::new();
+            if let Some(o) = self.clients[i].stdout.as_mut() {
+                let _ = o.read_to_string(&mut out);
+            }
+            panic!("the client ended ({st}): {out}");
+        }
+    }
+
+    /// Stops client `i`; returns its request count after checking that it
+    /// saw no error.
+    fn finish_client(&mut self, i: usize) -> u64 {
+        let c = &mut self.clients[i];
+        let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
+        let out = std::mem::replace(c, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains("errors 0"),
+            "the client saw an error: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("client: {}", text.trim());
+        text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("client summary: {text}"))
+    }
+
+    /// Whatever of any partition is on `host`: network namespaces, cgroups,
+    /// processes in its cgroups, host-side veths, scratch directories. The
+    /// lab's own pieces (the host's namespace, its bridge and links) are
+    /// not counted.
+    fn leftovers(&self, host: &str) -> Vec<String> {
+        let lab = self.lab();
+        let prefix = lab.prefix();
+        let start = format!("{prefix}-{host}-");
+        let mut out = Vec::new();
+        for n in Netns::list().unwrap().into_iter().filter(|n| n.starts_with(&start)) {
+            out.push(format!("network namespace {n}"));
+        }
+        let roots = match Layout::current().unwrap() {
+            Layout::Hybrid { v2, memory, cpu } => vec![v2.clone(), memory.clone(), cpu.clone()],
+            Layout::Unified { root } => vec![root.clone()],
+        };
+        for r in roots {
+            let d = r.join(&prefix).join(host);
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        let mark = format!("/{prefix}/{host}/");
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            // A zombie runs nothing and is no longer in its cgroup; it shows
+            // where it was until its parent reaps it (for a process left by
+            // a killed lpmd, that is pid 1, which reaps only now and then).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')) {
+                continue;
+            }
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if cg.contains(&mark) {
+                let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+                out.push(format!("process {pid} ({}) in {mark}", cmd.trim()));
+            }
+        }
+        let links = Command::new("ip").args(["-n", &lab.host(host).unwrap().netns, "-o", "link", "show"]).output().unwrap();
+        for l in String::from_utf8_lossy(&links.stdout).lines() {
+            let name = l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+            if name.len() == 10 && name.starts_with("lp") {
+                out.push(format!("veth {name} in {host}"));
+            }
+        }
+        for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&start) {
+                out.push(format!("scratch {}", e.path().display()));
+            }
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for `host` to hold nothing of any partition.
+    fn wait_clean(&self, host: &str, timeout: Duration) {
+        let t = Instant::now();
+        loop {
+            let left = self.leftovers(host);
+            if left.is_empty() {
+                return;
+            }
+            assert!(t.elapsed() < timeout, "left on {host} after {timeout:?}: {left:#?}\nlpmd log:\n{}", self.log_of(host));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `host`'s lpmd logged `what` (the log only grows).
+    fn wait_for_log(&self, host: &str, what: &str, timeout: Duration) {
+        let t = Instant::now();
+        while !self.log_of(host).contains(what) {
+            assert!(t.elapsed() < timeout, "{host}'s lpmd never logged {what:?}:\n{}", self.log_of(host));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        for c in &mut self.clients {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // In this process, which reaps an lpmd that `restart` started.
+        if let Err(e) = Lab::down(&self.dir) {
+            eprintln!("lab down: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn show(lab: &TestLab, name: &str) -> serde_json::Value {
+    serde_json::from_str(&lab.ok(&["partition", "show", name])).unwrap()
+}
+
+fn create_service(lab: &TestLab, name: &str, host: &str, mib: u32) {
+    let dir = lab.dir.to_string_lossy().into_owned();
+    let mib = mib.to_string();
+    lab.ok(&["partition", "create", name, "--host", host, "--memory", "1G", "--volume", &dir, "--", "python3", SERVICE, "7000", &mib]);
+}
+
+fn wait_log(lab: &TestLab, name: &str, what: &str) {
+    for _ in 0..100 {
+        if lab.ok(&["partition", "logs", name]).contains(what) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("partition {name} never logged {what:?}: {}", lab.ok(&["partition", "logs", name]));
+}
+
+/// The kv service with 64 MiB on h1 (pre-copy takes several frames) and a
+/// connected client; returns the client.
+fn kv_with_client(lab: &mut TestLab) -> usize {
+    create_service(lab, "kv", "h1", 64);
+    wait_log(lab, "kv", "listening");
+    let ip = show(lab, "kv")["spec"]["ip"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let c = lab.client(&ip);
+    wait_log(lab, "kv", "connected");
+    std::thread::sleep(Duration::from_millis(300));
+    c
+}
+
+/// kv runs on h1 as far as h1's lpmd knows (asked directly).
+fn runs_on_h1(lab: &TestLab) {
+    let p = lab.partitions_on("h1");
+    let kv = p.iter().find(|p| p.spec.name == "kv").unwrap_or_else(|| panic!("kv not on h1: {p:?}"));
+    assert_eq!(kv.state, "running", "{kv:?}");
+    let pid = kv.pid.expect("pid");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "kv's init {pid} is gone");
+    // Rolled back for real: thawed, and its NIC on the bridge again.
+    let l = lab.lab();
+    let ctx = HostCtx { host: "h1".into(), dir: lab.dir.clone(), bridge: "lpmbr0".into(), prefix: l.prefix() };
+    let events = Layout::current().unwrap().v2_root().join(ctx.cgroup_rel("kv")).join("cgroup.events");
+    let events = std::fs::read_to_string(&events).unwrap();
+    assert!(events.contains("frozen 0"), "kv stays frozen on h1: {events}");
+    let link = Command::new("ip").args(["-n", &l.host("h1").unwrap().netns, "-o", "link", "show", &ctx.veth_name("kv")]).output().unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(",UP") || link.contains("<UP"), "kv's network stays locked on h1: {link}");
+}
+
+/// The target's lpmd dies (SIGKILL, by `LPM_FAULT`) at one step before
+/// "go". The source rolls back; the partition serves on as before; the
+/// restarted target sweeps what its predecessor left; a new migration to
+/// it succeeds.
+fn target_dies(tag: &str, fault: &str, point: &str) {
+    let t0 = Instant::now();
+    let mut lab = TestLab::up(tag, &[("LPM_FAULT", fault)]);
+    let c = kv_with_client(&mut lab);
+    let h2_pid = lab.lab().host("h2").unwrap().pid.unwrap();
+
+    let err = lab.fails(&["migrate", "kv", "--to", "h2", "--json"]);
+    assert!(err.contains("migrate kv to h2"), "unclear failure: {err}");
+    // The fault fired where asked, and it was a crash.
+    let log = lab.log_of("h2");
+    assert!(log.contains("fault injected") && log.contains(point), "the fault at {point} did not fire:\n{log}");
+    assert!(!Path::new(&format!("/proc/{h2_pid}/cwd")).exists(), "h2's lpmd {h2_pid} survived its fault");
+    runs_on_h1(&lab);
+    lab.client_alive(c);
+    let reports = lab.call("h1", &Request::Reports).unwrap();
+    let Response::Reports(r) = reports else { panic!("{reports:?}") };
+    assert_eq!(r.len(), 1);
+    assert!(matches!(r[0].outcome, lpm_migrate::report::Outcome::Failed { .. }), "{:?}", r[0].outcome);
+
+    lab.lab().restart("h2").expect("restart h2's lpmd");
+    assert_eq!(lab.leftovers("h2"), Vec::<String>::new(), "the restarted lpmd left pieces of kv on h2");
+    assert!(lab.partitions_on("h2").is_empty());
+    let s = show(&lab, "kv");
+    assert_eq!((s["host"].as_str(), s["state"].as_str()), (Some("h1"), Some("running")), "{s}");
+
+    // A clean target takes it.
+    let out = lab.ok(&["migrate", "kv", "--to", "h2", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["outcome"]["result"], serde_json::json!("completed"), "report: {r}");
+    assert_eq!(show(&lab, "kv")["host"], serde_json::json!("h2"));
+    assert_eq!(lab.leftovers("h1"), Vec::<String>::new(), "h1 kept pieces of kv after it left");
+    std::thread::sleep(Duration::from_millis(300));
+    let n = lab.finish_client(c);
+    assert!(n > 50, "the client made only {n} requests");
+    eprintln!("{tag}: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn target_crash_during_precopy() {
+    // The fourth Pages frame: the target holds part of the memory.
+    target_dies("fpages", "h2:target.pages=kill+after=3", "target.pages");
+}
+
+#[test]
+fn target_crash_during_final_copy() {
+    // The first image file of the frozen partition: the source is frozen
+    // and must thaw.
+    target_dies("fimage", "h2:target.image=kill", "target.image");
+}
+
+#[test]
+fn target_crash_after_restore_before_go() {
+    // The partition is restored (held, stopped) on the target, which dies
+    // before it answers: a copy exists on both hosts, only h1's may run.
+    target_dies("frestored", "h2:target.restored=kill", "target.restored");
+}
+
+/// The management link of the target goes down in the middle of the
+/// pre-copy: both movers time out (LPM_MOVER_TIMEOUT_MS), the source rolls
+/// back, the target removes its incoming copy by itself.
+#[test]
+fn network_cut_during_precopy() {
+    let t0 = Instant::now();
+    // The target reads slowly, so the stream is surely still going when
+    // the link goes down.
+    let mut lab = TestLab::up("fcut", &[("LPM_FAULT", "h2:target.pages=sleep=200+after=1"), ("LPM_MOVER_TIMEOUT_MS", "2000")]);
+    let c = kv_with_client(&mut lab);
+    let ns = lab.lab().host("h2").unwrap().netns.clone();
+    let mut mig = lab.cmd(&["migrate", "kv", "--to", "h2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    lab.wait_for_log("h2", "fault injected", Duration::from_secs(30));
+    let st = Command::new("ip").args(["-n", &ns, "link", "set", "mgmt0", "down"]).status().unwrap();
+    assert!(st.success());
+    let t_cut = Instant::now();
+    let out = loop {
+        if mig.try_wait().unwrap().is_some() {
+            break mig.wait_with_output().unwrap();
+        }
+        if t_cut.elapsed() > Duration::from_secs(40) {
+            let _ = mig.kill();
+            panic!("lpm migrate hangs {:?} after the link went down", t_cut.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let gave_up = t_cut.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the migration succeeded over a cut link: {err}");
+    assert!(err.contains("migrate kv to h2"), "unclear failure: {err}");
+    runs_on_h1(&lab);
+    lab.client_alive(c);
+    let s = show(&lab, "kv");
+    assert_eq!((s["host"].as_str(), s["state"].as_str()), (Some("h1"), Some("running")), "{s}");
+
+    let st = Command::new("ip").args(["-n", &ns, "link", "set", "mgmt0", "up"]).status().unwrap();
+    assert!(st.success());
+    // The target gave up by itself (its own timeout) and removed its copy.
+    lab.wait_clean("h2", Duration::from_secs(15));
+    assert!(lab.partitions_on("h2").is_empty());
+    assert!(lab.log_of("h2").contains("mover connection"), "h2 logged no failed mover connection:\n{}", lab.log_of("h2"));
+    std::thread::sleep(Duration::from_millis(300));
+    let n = lab.finish_client(c);
+    assert!(n > 50, "the client made only {n} requests");
+    eprintln!("network cut: source gave up {:.1} s after the cut; {:.1} s in all", gave_up.as_secs_f64(), t0.elapsed().as_secs_f64());
+}
+
+/// A Pages frame corrupted after its checksum was computed: the target
+/// refuses it, the migration fails saying so, nothing is left on h2.
+#[test]
+fn corrupted_frame_is_refused() {
+    let t0 = Instant::now();
+    let mut lab = TestLab::up("fflip", &[("LPM_FAULT", "h1:source.pages=flip+after=2")]);
+    let c = kv_with_client(&mut lab);
+    let err = lab.fails(&["migrate", "kv", "--to", "h2"]);
+    assert!(lab.log_of("h1").contains("fault injected"), "no frame was flipped:\n{}", lab.log_of("h1"));
+    assert!(err.contains("migrate kv to h2") && err.contains("checksum"), "the failure does not name the checksum: {err}");
+    runs_on_h1(&lab);
+    lab.client_alive(c);
+    lab.wait_clean("h2", Duration::from_secs(10));
+    assert!(lab.partitions_on("h2").is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    lab.finish_client(c);
+    eprintln!("corrupted frame: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Reads one frame; `None` when the peer closed the connection.
+fn frame(s: &mut TcpStream) -> Option<lpm_wire::Frame> {
+    lpm_wire::read_frame(s).ok()
+}
+
+#[test]
+fn wrong_key_is_refused_and_creates_nothing() {
+    let lab = TestLab::up("fkey", &[]);
+    create_service(&lab, "kv", "h1", 8);
+    wait_log(&lab, "kv", "listening");
+    let l = lab.lab();
+    let target: SocketAddr = l.host("h2").unwrap().listen.into();
+    let spec: PartitionSpec = serde_json::from_value(show(&lab, "kv")["spec"].clone()).unwrap();
+    let wrong = lpm_wire::Key::derive(b"not the cluster key");
+    let h1 = l.netns_of("h1").unwrap().fd().unwrap();
+    // From h1's namespace, over the management network, as a source would.
+    lpm_sys::net::in_netns(h1.as_fd(), || {
+        let connect = || {
+            let s = TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("reach h2's mover");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        };
+        // lpm-wire's handshake with another key: h2 cannot prove it holds
+        // ours, so we stop.
+        let mut s = connect();
+        let e = lpm_wire::handshake(&mut s, Role::Opener, &wrong, "intruder").unwrap_err();
+        assert!(matches!(e, lpm_wire::WireError::Auth(_)), "{e}");
+        // An opener that ignores that and answers with a MAC made with
+        // another key: h2 refuses it and closes.
+        let mut s = connect();
+        let hello = lpm_wire::Hello { max_version: 1, min_version: 1, nonce: vec![7; 32], name: "intruder".into() };
+        lpm_wire::write_frame(&mut s, FrameType::Hello, &hello.encode_to_vec(), None).unwrap();
+        let reply = frame(&mut s).expect("a HelloReply");
+        assert_eq!(reply.kind, FrameType::HelloReply);
+        let auth = lpm_wire::Auth { mac: vec![0x5a; 32] };
+        lpm_wire::write_frame(&mut s, FrameType::Auth, &auth.encode_to_vec(), None).unwrap();
+        let refusal = frame(&mut s).expect("a refusal");
+        assert_eq!((refusal.kind, refusal.payload.as_slice()), (FrameType::Error, b"authentication failed".as_slice()));
+        // Whatever follows is not read: the connection is closed.
+        let _ = lpm_agent::api::send(&mut s, &Mover::Prepare(spec.clone()));
+        assert!(frame(&mut s).is_none(), "h2 answered after refusing");
+        // No handshake at all, straight to "prepare": refused too.
+        let mut s = connect();
+        let _ = lpm_agent::api::send(&mut s, &Mover::Prepare(spec.clone()));
+        match frame(&mut s) {
+            None => {}
+            Some(f) => assert_eq!(f.kind, FrameType::Error, "h2 answered a prepare without handshake: {f:?}"),
+        }
+    })
+    .unwrap();
+    lab.wait_for_log("h2", "mover handshake", Duration::from_secs(5));
+
+    // The CLI with a key file that is not the lab's.
+    let key = l.key_path();
+    let good = std::fs::read(&key).unwrap();
+    std::fs::write(&key, format!("{}\n", "3c".repeat(32))).unwrap();
+    let err = lab.fails(&["migrate", "kv", "--to", "h2"]);
+    let err2 = lab.fails(&["partition", "create", "intruder", "--host", "h2", "--", "sleep", "100"]);
+    std::fs::write(&key, good).unwrap();
+    for e in [&err, &err2] {
+        assert!(e.contains("authenticat"), "not an authentication error: {e}");
+    }
+
+    // Nothing was created anywhere.
+    assert_eq!(lab.leftovers("h2"), Vec::<String>::new());
+    assert!(lab.partitions_on("h2").is_empty());
+    let on_h1: Vec<String> = lab.partitions_on("h1").into_iter().map(|p| p.spec.name).collect();
+    assert_eq!(on_h1, ["kv"]);
+    let prefix = lab.prefix();
+    let shm: Vec<String> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(shm.is_empty(), "scratch directories: {shm:?}");
+    for h in ["h1", "h2"] {
+        let Response::Reports(r) = lab.call(h, &Request::Reports).unwrap() else { panic!() };
+        assert!(r.is_empty(), "{h} has migration reports: {r:?}");
+    }
+    let s = show(&lab, "kv");
+    assert_eq!((s["host"].as_str(), s["state"].as_str()), (Some("h1"), Some("running")), "{s}");
+}
