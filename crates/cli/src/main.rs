@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod bench_migrate;
 mod cluster;
 use clap::{Parser, Subcommand};
 
@@ -88,8 +89,11 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
-    /// Measure checkpoint and restore speed on real processes.
+    /// Measure checkpoint and restore speed on real processes (`bench
+    /// migrate`: live migration between the hosts of a lab of its own).
     Bench {
+        #[command(subcommand)]
+        cmd: Option<BenchCmd>,
         /// Repetitions of each measurement (the median is printed).
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -103,6 +107,13 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum BenchCmd {
+    /// Live migration of partitions dirtying memory at set rates, held
+    /// against the raw TCP bandwidth between the two hosts.
+    Migrate(bench_migrate::MigrateBench),
+}
+
+#[derive(Subcommand)]
 enum ImageCmd {
     /// Print an image in readable form.
     Show {
@@ -112,8 +123,13 @@ enum ImageCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("LPM_LOG")).with_writer(std::io::stderr).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The agent logs what it does (to its log file in a lab); the CLI only
+    // when asked.
+    let default = if matches!(cli.cmd, Cmd::Daemon(_)) { "info" } else { "off" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LPM_LOG").unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lpm: {e:#}");
@@ -176,7 +192,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench { cmd: Some(BenchCmd::Migrate(a)), .. } => bench_migrate::run(&a).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench { cmd: None, runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
     }
 }
 
