@@ -1071,29 +1071,13 @@ fn cgroup_mounts() -> io::Result<Vec<PathBuf>> {
         let fstype = right.split_whitespace().next().unwrap_or("");
         if fstype == "cgroup" || fstype == "cgroup2" {
             if let Some(mp) = left.split_whitespace().nth(4) {
-                out.push(PathBuf::from(unescape_mountinfo(mp)));
+                out.push(PathBuf::from(crate::cgroup::unescape_mountinfo(mp)));
             }
         }
     }
     Ok(out)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// The cgroups named `prefix` or `prefix-*` anywhere under every cgroup
 /// mount (their subtrees are not searched further: they go as a whole).
@@ -1186,8 +1170,8 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/sys/fs/cgroup/a\040b"), "/sys/fs/cgroup/a b");
-        assert_eq!(unescape_mountinfo(r"/x\\"), r"/x\\");
+        assert_eq!(crate::cgroup::unescape_mountinfo(r"/sys/fs/cgroup/a\040b"), "/sys/fs/cgroup/a b");
+        assert_eq!(crate::cgroup::unescape_mountinfo(r"/x\\"), r"/x\\");
     }
 
     #[test]
