@@ -403,6 +403,12 @@ impl Drop for LabGuard {
 /// `lpm demo`: two hosts, a Python service with state in memory, a client
 /// checking every answer, the service moved h1 → h2 → h1 while it serves.
 pub fn demo() -> Result<ExitCode> {
+    for tool in ["ip", "setsid", "python3"] {
+        let found = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+        if !found {
+            bail!("the demo needs {tool}, which is not installed: run ./scripts/setup.sh first");
+        }
+    }
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let dir = std::env::temp_dir().join(format!("lpm-demo-lab-{}-{nanos}", std::process::id()));
     // The demo's own lab: commands of this process find it, nobody else's.
