@@ -69,8 +69,18 @@ fn take_uffd(pid: i32) -> Result<OwnedFd> {
         let ip = syscall_ip(pid, &proc::maps(pid)?);
         let taken = ip.and_then(|ip| {
             let mut r = Remote::new(pid, ip, regs);
-            let fd =
-                r.call(libc::SYS_userfaultfd, &[(libc::O_CLOEXEC | libc::O_NONBLOCK) as u64]).step(pid, || "remote userfaultfd".into())?;
+            let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+            // A task without CAP_SYS_PTRACE may still make a user-mode-only
+            // userfaultfd (vm.unprivileged_userfaultfd=0). Write-protect in
+            // async mode marks writes from the kernel too: it resolves them
+            // without a handler, which is what user-mode-only limits.
+            let fd = match r.call(libc::SYS_userfaultfd, &[flags]) {
+                Err(e) if e.errno() == Some(libc::EPERM) => {
+                    r.call(libc::SYS_userfaultfd, &[flags | linux_raw_sys::general::UFFD_USER_MODE_ONLY as u64])
+                }
+                other => other,
+            }
+            .step(pid, || "remote userfaultfd".into())?;
             let got =
                 rustix::process::pidfd_open(rustix::process::Pid::from_raw(pid).expect("pid > 0"), rustix::process::PidfdFlags::empty())
                     .and_then(|pidfd| rustix::process::pidfd_getfd(pidfd.as_fd(), fd as i32, rustix::process::PidfdGetfdFlags::empty()));

@@ -47,6 +47,8 @@ pub(crate) struct Space {
     pid: i32,
     store: Arc<File>,
     runs: Vec<Run>,
+    /// The areas to register (see [`Space::arm`]).
+    areas: Vec<(u64, u64)>,
 }
 
 /// The precopied memory of a restored tree, still to be filled.
@@ -135,10 +137,23 @@ pub(crate) fn register(pid: i32, r: &mut Remote, mm: &Mm, store: Arc<File>, lazy
     if got & want != want {
         return Err(EngineError::Incompatible(format!("userfaultfd lacks the non-cooperative events (got {got:#x})")));
     }
-    for v in areas.iter().filter(|v| runs.iter().any(|x| x.start < v.end && x.end > v.start)) {
-        u.register_missing(v.start, v.end - v.start).step(pid, || format!("register {:#x}-{:#x} for lazy fill", v.start, v.end))?;
+    let areas = areas.iter().filter(|v| runs.iter().any(|x| x.start < v.end && x.end > v.start)).map(|v| (v.start, v.end)).collect();
+    Ok(Some(Space { uffd: u, pid, store, runs, areas }))
+}
+
+impl Space {
+    /// Registers the areas for missing-page faults. Done last, once no
+    /// remote call of the restore can touch the task's memory any more
+    /// (the kernel writing a thread's rseq area into a registered, missing
+    /// page would wait for a filler that only starts at the release); the
+    /// userfaultfd itself is made early, while the puppet still holds the
+    /// privileges to make one.
+    pub(crate) fn arm(&self) -> Result<()> {
+        for &(s, e) in &self.areas {
+            self.uffd.register_missing(s, e - s).step(self.pid, || format!("register {s:#x}-{e:#x} for lazy fill"))?;
+        }
+        Ok(())
     }
-    Ok(Some(Space { uffd: u, pid, store, runs }))
 }
 
 impl Space {
@@ -192,7 +207,13 @@ impl Space {
                     }
                 }
                 Event::Fork { uffd } => {
-                    born.push(Space { uffd: Uffd::new(uffd, self.pid), pid: self.pid, store: self.store.clone(), runs: self.runs.clone() });
+                    born.push(Space {
+                        uffd: Uffd::new(uffd, self.pid),
+                        pid: self.pid,
+                        store: self.store.clone(),
+                        runs: self.runs.clone(),
+                        areas: Vec::new(),
+                    });
                 }
                 Event::Remap { from, to, len } => moved(&mut self.runs, from, to, len),
                 Event::Gone { start, end } => stats.dropped += remove(&mut self.runs, start, end),
@@ -203,8 +224,12 @@ impl Space {
 }
 
 impl LazyFill {
-    pub(crate) fn new(spaces: Vec<Space>) -> Option<LazyFill> {
-        (!spaces.is_empty()).then_some(LazyFill { spaces })
+    /// Registers every space's areas (see [`Space::arm`]).
+    pub(crate) fn arm(spaces: Vec<Space>) -> Result<Option<LazyFill>> {
+        for s in &spaces {
+            s.arm()?;
+        }
+        Ok((!spaces.is_empty()).then_some(LazyFill { spaces }))
     }
 
     /// Pages not filled yet.

@@ -578,8 +578,8 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
         }
     }
     set_layout(c, r, s, mm)?;
-    // Last: from here on, a touch of a missing precopied page waits for
-    // the filler, and nothing of the restore touches them.
+    // The userfaultfd of the lazy fill is made now, while the puppet may
+    // still make one; its areas are registered at the end of the restore.
     match open_precopy(c, mm)? {
         Some(store) if c.lazy => crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), |v| kind(v) == VmaKind::AnonPrivate),
         _ => Ok(None),

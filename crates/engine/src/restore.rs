@@ -251,7 +251,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     }
     zombies(&ctx, &puppets)?;
     let detach = finish(&ctx, &puppets)?;
-    let lazy = crate::LazyFill::new(std::mem::take(&mut puppets.spaces));
+    let lazy = crate::LazyFill::arm(std::mem::take(&mut puppets.spaces))?;
     Ok(Held {
         root_pid: puppets.by_pid[&tree.root_pid].host,
         processes: tree.processes.len(),

@@ -1078,7 +1078,6 @@ fn cgroup_mounts() -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-
 /// The cgroups named `prefix` or `prefix-*` anywhere under every cgroup
 /// mount (their subtrees are not searched further: they go as a whole).
 fn find_cgroups(prefix: &str, failures: &mut Vec<String>) -> Vec<PathBuf> {

@@ -279,6 +279,8 @@ pub struct Plumbing {
     ip: Option<Ipv4Addr>,
     mac: String,
     cgroup: Cgroup,
+    /// The bridge the host end joins when the network is unlocked.
+    bridge: String,
 }
 
 impl Plumbing {
@@ -308,13 +310,13 @@ impl Plumbing {
                 return Err(PartitionError::Net { partition: name, op: "create network namespace", source: Box::new(source) });
             }
         };
-        let p = Plumbing { name: name.clone(), netns, veth, ip: ip.map(|(a, _)| a), mac, cgroup };
+        let p = Plumbing { name: name.clone(), netns, veth, ip: ip.map(|(a, _)| a), mac, cgroup, bridge: ctx.bridge.clone() };
         let r = (|| {
             // The peer is born inside the partition's namespace under its
             // final name: no rename, no clash with other partitions' eth0.
             net::ip(None, &["link", "add", &p.veth, "type", "veth", "peer", "name", IFNAME, "address", &p.mac, "netns", &ns_name])
                 .map_err(net_err("create veth pair"))?;
-            net::ip(None, &["link", "set", &p.veth, "master", &ctx.bridge]).map_err(net_err("attach veth to the bridge"))?;
+            net::ip(None, &["link", "set", &p.veth, "up"]).map_err(net_err("bring the host end up"))?;
             net::ip(Some(&ns_name), &["link", "set", "lo", "up"]).map_err(net_err("bring lo up"))?;
             if let Some((addr, prefix)) = ip {
                 net::ip(Some(&ns_name), &["addr", "add", &format!("{addr}/{prefix}"), "dev", IFNAME])
@@ -359,7 +361,7 @@ impl Plumbing {
             op: "find host-side veth",
             source: Box::new(source),
         })?;
-        Ok(Plumbing { name, netns, veth, ip: spec.ipv4()?.map(|(a, _)| a), mac: spec.mac_address()?, cgroup })
+        Ok(Plumbing { name, netns, veth, ip: spec.ipv4()?.map(|(a, _)| a), mac: spec.mac_address()?, cgroup, bridge: ctx.bridge.clone() })
     }
 
     /// The partition's name.
@@ -399,13 +401,16 @@ impl Plumbing {
     /// Cuts the partition off the network: the host-side veth goes down, so
     /// no packet reaches or leaves the partition (eth0 loses its carrier).
     pub fn lock_network(&self) -> Result<()> {
-        net::ip(None, &["link", "set", &self.veth, "down"]).map_err(self.net_err("lock network (veth down)"))?;
+        // Off the bridge rather than down: the link stays up, so the
+        // partition's own view (carrier, and the netlink events a change
+        // of it would send into its namespace) does not move.
+        net::ip(None, &["link", "set", &self.veth, "nomaster"]).map_err(self.net_err("lock network (veth off the bridge)"))?;
         Ok(())
     }
 
     /// Reconnects the partition: the host-side veth goes up.
     pub fn unlock_network(&self) -> Result<()> {
-        net::ip(None, &["link", "set", &self.veth, "up"]).map_err(self.net_err("unlock network (veth up)"))?;
+        net::ip(None, &["link", "set", &self.veth, "master", &self.bridge]).map_err(self.net_err("unlock network (veth on the bridge)"))?;
         Ok(())
     }
 

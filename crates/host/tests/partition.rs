@@ -325,8 +325,10 @@ fn partition_runs_isolated_and_controlled() {
         assert_eq!(connect(&target).unwrap(), "hello from web\n");
         plumbing.lock_network().unwrap();
         assert!(connect(&target).is_err(), "connected while locked");
+        // Locked off the bridge, not down: the partition's link keeps its
+        // carrier (no netlink event inside).
         let link = net::ip(Some(ns), &["-o", "link", "show", "dev", "eth0"]).unwrap();
-        assert!(link.contains("NO-CARRIER"), "{link}");
+        assert!(!link.contains("NO-CARRIER"), "{link}");
         plumbing.unlock_network().unwrap();
         wait_for("a connection after unlock", Duration::from_secs(5), || connect(&target).is_ok());
         plumbing.announce().unwrap();
@@ -409,8 +411,7 @@ fn graceful_stop_and_start_failures() {
     // everything again.
     host.run(|| {
         let link = net::ip(None, &["-o", "link", "show", "dev", plumbing.veth()]).unwrap();
-        assert!(link.contains("state DOWN"), "{link}");
-        assert!(link.contains("master lpmbr0"), "{link}");
+        assert!(!link.contains("master"), "a locked partition's veth is on a bridge: {link}");
         let again = Plumbing::open(&ctx, &spec).unwrap();
         assert_eq!(again.veth(), plumbing.veth());
         assert_eq!(again.cgroup().dirs(), plumbing.cgroup().dirs());

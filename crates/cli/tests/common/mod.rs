@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod lab;
+pub mod zdtm_progs;
+
 /// The lpm binary under test.
 pub const LPM: &str = env!("CARGO_BIN_EXE_lpm");
 

@@ -1,0 +1,188 @@
+//! The zdtm programs (`tests/zdtm/`): how each is built and started, what
+//! it needs, where SIGTERM goes. Shared by the checkpoint/restore runner
+//! (`zdtm.rs`) and the migration runner (`migrate_programs.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Something a program needs from the machine.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// euid 0 (setresuid from root, creating namespaces).
+    Root,
+    /// The CPU has AVX2 and the kernel enabled it.
+    Avx2,
+    /// `unshare` from util-linux.
+    Unshare,
+}
+
+/// How a program is built and started.
+#[derive(Clone, Copy, Debug)]
+pub enum Launch {
+    /// `<name>.c` compiled with gcc, run directly.
+    C,
+    /// `<name>.c` compiled with gcc, run under
+    /// `unshare --fork --pid --mount-proc --net --uts --ipc`.
+    CUnshared,
+    /// `<name>.c` compiled with gcc, run under `unshare --ipc` (it execs
+    /// the program, which is the root and owns the ipc namespace).
+    CIpc,
+    /// `<name>.c` compiled with gcc, run under `unshare --net` (it execs
+    /// the program, which is the root and owns the network namespace).
+    CNet,
+    /// `python3 <name>.py`.
+    Python,
+    /// `sh <name>.sh`.
+    Shell,
+}
+
+/// Where SIGTERM goes to ask for the verdict.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Term {
+    /// The root of the tree.
+    Root,
+    /// The root's only child (unshare blocks SIGTERM; its child is pid 1).
+    OnlyChild,
+}
+
+/// One zdtm program: how it is built and started, what it needs, where
+/// its SIGTERM goes and what the checkpoint runner may compare.
+pub struct Prog {
+    /// File name without the extension, in `tests/zdtm/`.
+    pub name: &'static str,
+    /// How it is built and started.
+    pub launch: Launch,
+    /// What it needs from the machine.
+    pub needs: &'static [Need],
+    /// Who gets SIGTERM.
+    pub term: Term,
+    /// Memory layout and fd offsets do not change while the program waits,
+    /// so maps and fd positions are compared too.
+    pub stable: bool,
+    /// Number of ZDTM_SABOTAGE cases the program implements.
+    pub sabotage: u32,
+}
+
+/// A program with no needs whose root gets SIGTERM.
+pub const fn prog(name: &'static str, launch: Launch, stable: bool, sabotage: u32) -> Prog {
+    Prog { name, launch, needs: &[], term: Term::Root, stable, sabotage }
+}
+
+/// The replayed programs.
+pub static PROGS: &[Prog] = &[
+    prog("mem_anon", Launch::C, true, 6),
+    prog("mem_shared", Launch::C, true, 5),
+    Prog { needs: &[Need::Avx2], ..prog("regs_fpu", Launch::C, true, 8) },
+    prog("threads", Launch::C, true, 5),
+    prog("signals", Launch::C, true, 6),
+    prog("files", Launch::C, true, 6),
+    prog("pipes", Launch::C, true, 5),
+    prog("tree", Launch::C, true, 2),
+    prog("process_state", Launch::C, true, 7),
+    Prog { needs: &[Need::Root], ..prog("creds", Launch::C, true, 4) },
+    prog("py_counter", Launch::Python, false, 5),
+    prog("py_threads", Launch::Python, false, 3),
+    prog("pipeline", Launch::Shell, false, 1),
+    Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("ns_tree", Launch::CUnshared, true, 2) },
+    prog("posix_timers", Launch::C, true, 5),
+    prog("itimers", Launch::C, true, 4),
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sysv_ipc", Launch::CIpc, true, 5) },
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("posix_mq", Launch::CIpc, true, 5) },
+    prog("posix_shm", Launch::C, true, 3),
+    prog("file_locks", Launch::C, true, 4),
+    prog("sock_unix", Launch::C, true, 5),
+    prog("sock_tcp", Launch::C, true, 5),
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_netns", Launch::CNet, true, 2) },
+    prog("sock_netlink", Launch::C, true, 2),
+    prog("eventfd", Launch::C, true, 4),
+    prog("timerfd", Launch::C, true, 5),
+    prog("signalfd", Launch::C, true, 4),
+    prog("epoll", Launch::C, true, 5),
+    prog("inotify", Launch::C, true, 4),
+    prog("memfd", Launch::C, true, 5),
+    prog("pidfd", Launch::C, true, 3),
+    prog("zombie", Launch::C, true, 3),
+    prog("seccomp", Launch::C, true, 3),
+    prog("pty", Launch::C, true, 4),
+];
+
+/// Holds a unix socket connected to a listener of the harness: outside the
+/// tree, so a checkpoint must refuse it (not in PROGS: it needs that
+/// listener to start).
+pub static SOCK_OUTSIDE: Prog = prog("sock_outside", Launch::C, true, 1);
+
+/// The program named `name` in [`PROGS`].
+pub fn find_prog(name: &str) -> &'static Prog {
+    PROGS.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no zdtm program {name}"))
+}
+
+/// `tests/zdtm/`, where the sources and scripts are.
+pub fn src_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/zdtm");
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// Fails naming the first thing `prog` needs that this machine lacks.
+pub fn check_needs(prog: &Prog) -> Result<(), String> {
+    let need = |what: &str| Err(format!("zdtm {} needs {what}", prog.name));
+    for n in prog.needs {
+        match n {
+            // SAFETY: geteuid has no preconditions.
+            Need::Root if unsafe { libc::geteuid() } != 0 => return need("root (euid 0): it sets credentials or creates namespaces"),
+            Need::Avx2 if !std::arch::is_x86_feature_detected!("avx2") => return need("AVX2, which this CPU or kernel does not offer"),
+            Need::Unshare if !tool_works("unshare", &["--version"]) => return need("`unshare` from util-linux in PATH"),
+            _ => {}
+        }
+    }
+    match prog.launch {
+        Launch::C | Launch::CUnshared | Launch::CIpc | Launch::CNet if !tool_works("gcc", &["--version"]) => need("gcc in PATH"),
+        Launch::Python | Launch::Shell if !tool_works("python3", &["--version"]) => need("python3 in PATH"),
+        _ => Ok(()),
+    }
+}
+
+/// True if `tool args` runs and succeeds.
+pub fn tool_works(tool: &str, args: &[&str]) -> bool {
+    Command::new(tool).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Compiles a C program into dir; returns the binary.
+pub fn build(prog: &Prog, dir: &Path) -> Result<PathBuf, String> {
+    let src = src_dir().join(format!("{}.c", prog.name));
+    let bin = dir.join(prog.name);
+    let out = Command::new("gcc")
+        .args(["-O1", "-pthread", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run gcc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("gcc {} failed: {}\n{}", src.display(), out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(bin)
+}
+
+impl Launch {
+    /// The program is C, built by [`build`].
+    pub fn is_c(self) -> bool {
+        matches!(self, Launch::C | Launch::CUnshared | Launch::CIpc | Launch::CNet)
+    }
+}
+
+/// The argv that starts `prog` the way the runner does (under `unshare` for
+/// the programs that own namespaces); `bin` is the built binary of a C
+/// program.
+pub fn argv(prog: &Prog, bin: Option<&Path>) -> Result<Vec<String>, String> {
+    let bin = || bin.map(|b| b.to_string_lossy().into_owned()).ok_or_else(|| format!("zdtm {}: no binary", prog.name));
+    let script = |ext: &str| src_dir().join(format!("{}.{ext}", prog.name)).to_string_lossy().into_owned();
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Ok(match prog.launch {
+        Launch::C => vec![bin()?],
+        Launch::CUnshared => [words(&["unshare", "--fork", "--pid", "--mount-proc", "--net", "--uts", "--ipc"]), vec![bin()?]].concat(),
+        Launch::CIpc => [words(&["unshare", "--ipc"]), vec![bin()?]].concat(),
+        Launch::CNet => [words(&["unshare", "--net"]), vec![bin()?]].concat(),
+        Launch::Python => vec!["python3".into(), script("py")],
+        Launch::Shell => vec!["sh".into(), script("sh")],
+    })
+}

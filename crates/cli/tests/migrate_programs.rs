@@ -1,0 +1,836 @@
+//! Programs live-migrated between the hosts of a lab (`lpm lab up`), each
+//! in a partition of its own, and checked after the moves:
+//!
+//! - `zdtm_programs_move_there_and_back`: every zdtm program
+//!   (`tests/zdtm/`, the table in `common/zdtm_progs.rs`) runs in a
+//!   partition on h1, started the way the checkpoint runner starts it
+//!   (under `unshare` for the programs that own namespaces), is migrated
+//!   h1 → h2 → h1, then gets SIGTERM (the init, or for `Term::OnlyChild`
+//!   its only child) and must write PASS. The programs whose migration is
+//!   refused by design are listed in [`REFUSED`] with the reason: their
+//!   first migration must fail naming the cause, leave the partition
+//!   running on h1, and the program must still PASS there. The programs
+//!   are spread over [`ZDTM_LABS`] labs that run side by side, several
+//!   partitions per lab. The test prints one table of every program.
+//! - redis-server, the 64-thread C program of `real.rs` and the Python kv
+//!   service of the demo, each moved h1 → h2 → h1 with its state checked
+//!   from outside (DEBUG DIGEST, a connection held open, counters, a
+//!   client checking every answer).
+//! - `kv_service_twenty_migrations_under_load`: 20 migrations in a row of
+//!   one partition while its client keeps asking; the test prints each
+//!   downtime and the client's longest wait.
+//!
+//! Every partition's files (work dirs, logs, redis' dir) live in the lab's
+//! volume directory, passed with `--volume`; the lab and that directory go
+//! away however the test ends (`LPM_LAB_KEEP=1` keeps the files).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+mod common;
+use common::lab::{Moved, TestLab};
+use common::zdtm_progs::{self, Prog, Term, PROGS, SOCK_OUTSIDE};
+
+const SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_service.py");
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_client.py");
+
+/// Labs the zdtm programs are spread over (they run side by side).
+const ZDTM_LABS: usize = 3;
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Programs whose migration is broken today, with what goes wrong. They
+/// still run, their failure is printed in the table, and the test fails
+/// the day one of them passes, so the list cannot go stale. Every one is
+/// an open bug of the migration, not a limit by design.
+const KNOWN_BROKEN: &[(&str, &str)] = &[
+    ("file_locks", "the frozen source still holds its flock on the shared file, so the target cannot take it: locks are not handed over"),
+    ("zombie", "a partition holding a zombie is not seen as alone in its cgroup v2, so it cannot be left frozen for the handover"),
+    (
+        "pipes",
+        "source and target share the FIFO's kernel buffer on one machine: the target refills it while the source still holds the data",
+    ),
+    ("ns_tree", "a pid namespace nested inside the partition comes back with the wrong /proc"),
+    ("sock_netns", "a network namespace nested inside the partition is restored into the partition's own (interfaces other than lo)"),
+];
+
+/// The zdtm programs whose migration out of a partition is refused, with
+/// the text the refusal must contain and why it is refused. Every other
+/// program of `PROGS` (and none is left out) must move h1 → h2 → h1 and
+/// pass.
+const REFUSED: &[(&str, &str, &str)] = &[
+    (
+        "sock_outside",
+        "outside the tree",
+        "its unix socket is connected to a listener of the test, outside the partition: the peer cannot move with it",
+    ),
+    (
+        "inotify",
+        "inotify instance in another mount namespace",
+        "the engine re-creates inotify watches by path in its own mount namespace only; every partition has a mount namespace of its own",
+    ),
+];
+
+/// What a zdtm program is expected to do in a partition.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Moves h1 → h2 → h1 and passes.
+    Pass,
+    /// The first migration fails with an error containing `error`.
+    Refused { error: &'static str, why: &'static str },
+}
+
+fn expectation(name: &str) -> Expect {
+    REFUSED.iter().find(|r| r.0 == name).map_or(Expect::Pass, |&(_, error, why)| Expect::Refused { error, why })
+}
+
+/// The test's own namespaces, for ns_tree and sock_netns to compare with.
+fn outer_ns() -> String {
+    ["mnt", "net", "uts", "ipc", "pid"]
+        .iter()
+        .map(|k| {
+            let ino = std::fs::metadata(format!("/proc/self/ns/{k}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
+            format!("{k}:{ino}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The children of `pid` (all its threads').
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(kids.split_whitespace().filter_map(|w| w.parse::<i32>().ok()));
+    }
+    out
+}
+
+/// The tasks of partition `name` under a host's agent that are blocked
+/// where a restore should never block (a userfault, a ptrace stop,
+/// uninterruptible sleep), with the syscall they are in: what a stuck
+/// migration target left behind.
+fn stuck_under(lab: &TestLab, host: &str, name: &str) -> String {
+    let Some(lpmd) = lab.lpmd_pid(host) else { return String::new() };
+    let cgroup = format!("/{host}/{name}");
+    let mut out = String::new();
+    for pid in common::tree_of(lpmd).into_iter().filter(|&p| p != lpmd) {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if !cg.lines().any(|l| l.ends_with(&cgroup)) {
+            continue;
+        }
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            let stat = read("stat");
+            let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()).unwrap_or('?');
+            let wchan = read("wchan");
+            if wchan == "handle_userfault" || matches!(state, 't' | 'T' | 'D') {
+                let syscall = read("syscall");
+                let _ = writeln!(
+                    out,
+                    "  pid {pid} tid {tid} ({}) state {state} wchan {wchan} syscall {}",
+                    read("comm").trim(),
+                    syscall.split_whitespace().next().unwrap_or("?")
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Each process of the tree rooted at `pid`: state, wait channel and
+/// syscall, for a program that does not answer.
+fn tree_states(pid: i32) -> String {
+    let mut out = String::new();
+    for p in common::tree_of(pid) {
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{p}/{f}")).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()).unwrap_or('?');
+        let _ = writeln!(
+            out,
+            "  pid {p} ({}) state {state} wchan {} syscall {}",
+            read("comm").trim(),
+            read("wchan"),
+            read("syscall").split_whitespace().next().unwrap_or("?")
+        );
+    }
+    out
+}
+
+/// Migrates and returns the report, or fails the test with lpm's error,
+/// the target agent's log and the tasks left stuck under it.
+fn moved(lab: &TestLab, name: &str, to: &str) -> serde_json::Value {
+    match lab.migrate(name, to) {
+        Moved::Completed(r) => r,
+        Moved::Failed(e) => panic!(
+            "migrating {name} to {to} failed: {e}\n{to}'s agent log:\n{}\ntasks stuck under {to}'s agent:\n{}",
+            lab.lpmd_log_tail(to, 10),
+            stuck_under(lab, to, name)
+        ),
+    }
+}
+
+/// The last `n` lines of a text.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ------------------------------------------------------------ zdtm programs
+
+/// One zdtm program in a partition, and what became of it.
+struct ZRun {
+    prog: &'static Prog,
+    expect: Expect,
+    /// The partition's name.
+    name: String,
+    /// The program's work dir (its cwd), in the lab's volume.
+    work: PathBuf,
+    started: bool,
+    /// The migrations, as the table shows them.
+    hops: Vec<String>,
+    verdict: String,
+    /// Everything that went against the expectation, with details.
+    problems: Vec<String>,
+}
+
+impl ZRun {
+    fn new(prog: &'static Prog, lab: &TestLab) -> ZRun {
+        let name = format!("z-{}", prog.name.replace('_', "-"));
+        let work = lab.vol.join(format!("work-{}", prog.name));
+        ZRun {
+            prog,
+            expect: expectation(prog.name),
+            name,
+            work,
+            started: false,
+            hops: Vec::new(),
+            verdict: "-".into(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn result_path(&self) -> PathBuf {
+        self.work.join("result")
+    }
+
+    fn console(&self, lab: &TestLab) -> String {
+        format!("console of {}:\n{}", self.name, tail(&lab.logs(&self.name), 15))
+    }
+
+    /// Starts the program as the partition's init (or under `unshare`, as
+    /// the checkpoint runner does) in its work dir, with the zdtm
+    /// environment.
+    fn start(&mut self, lab: &TestLab, bin: Option<&Path>, outer: &str, listeners: &mut Vec<UnixListener>) -> Result<(), String> {
+        zdtm_progs::check_needs(self.prog)?;
+        std::fs::create_dir_all(&self.work).map_err(|e| format!("create {}: {e}", self.work.display()))?;
+        // Programs may drop privileges (creds) and still write their files.
+        std::fs::set_permissions(&self.work, std::fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod: {e}"))?;
+        if self.prog.name == SOCK_OUTSIDE.name {
+            let path = self.work.join("outside.sock");
+            listeners.push(UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?);
+        }
+        let w = |p: &str| self.work.join(p).to_string_lossy().into_owned();
+        let marker = format!("{}-{}", lab.root.file_name().unwrap_or_default().to_string_lossy(), self.prog.name);
+        let mut argv: Vec<String> = vec![
+            "env".into(),
+            "-C".into(),
+            self.work.to_string_lossy().into_owned(),
+            "LC_ALL=C".into(),
+            "PYTHONDONTWRITEBYTECODE=1".into(),
+            format!("ZDTM_READY={}", w("ready")),
+            format!("ZDTM_RESULT={}", w("result")),
+            format!("ZDTM_RUN={marker}"),
+            format!("ZDTM_OUTER_NS={outer}"),
+        ];
+        argv.extend(zdtm_progs::argv(self.prog, bin)?);
+        lab.create(&self.name, "h1", None, &argv)?;
+        self.started = true;
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, lab: &TestLab) -> Result<(), String> {
+        let t = Instant::now();
+        let mut checked = Instant::now();
+        loop {
+            if std::fs::read_to_string(self.work.join("ready")).is_ok_and(|s| s == "ready\n") {
+                return Ok(());
+            }
+            if checked.elapsed() > Duration::from_secs(1) {
+                checked = Instant::now();
+                let state = lab.state_of(&self.name);
+                if state != "running" {
+                    return Err(format!("the partition is {state} before ready; {}", self.console(lab)));
+                }
+            }
+            if t.elapsed() > READY_TIMEOUT {
+                return Err(format!("not ready within {READY_TIMEOUT:?}; {}", self.console(lab)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// h1 → h2 → h1, or the one refused migration.
+    fn migrate(&mut self, lab: &TestLab) {
+        let hops: &[&str] = match self.expect {
+            Expect::Pass => &["h2", "h1"],
+            Expect::Refused { .. } => &["h2"],
+        };
+        for &to in hops {
+            let from = lab.host_of(&self.name);
+            match (lab.migrate(&self.name, to), self.expect) {
+                (Moved::Completed(r), Expect::Pass) => {
+                    self.hops.push(format!("{to} {:.0}ms", r["downtime_ms"].as_f64().unwrap_or(-1.0)));
+                    let now = lab.host_of(&self.name);
+                    if now != to {
+                        self.problems.push(format!("after the migration to {to} the partition is on {now}"));
+                        return;
+                    }
+                }
+                (Moved::Completed(_), Expect::Refused { error, why }) => {
+                    self.hops.push(format!("{to} completed"));
+                    self.problems.push(format!("the migration to {to} completed; expected a refusal naming {error:?} ({why})"));
+                    return;
+                }
+                (Moved::Failed(e), expect) => {
+                    let expected = matches!(expect, Expect::Refused { error, .. } if e.contains(error));
+                    self.hops.push(format!("{to} {}", if expected { "refused" } else { "FAILED" }));
+                    if !expected {
+                        let stuck = stuck_under(lab, to, &self.name);
+                        self.problems.push(format!(
+                            "migration {from} -> {to} failed: {e}\n  {to}'s agent log:\n{}{}",
+                            tail(&lab.lpmd_log_tail(to, 6), 6),
+                            if stuck.is_empty() { String::new() } else { format!("\n  tasks stuck under {to}'s agent:\n{stuck}") }
+                        ));
+                    }
+                    // Whatever the failure, the partition must be back
+                    // where it was, running.
+                    let (host, state) = (lab.host_of(&self.name), lab.state_of(&self.name));
+                    if host != from || state != "running" {
+                        self.problems.push(format!("after the failed migration the partition is {state} on {host}, not running on {from}"));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then the program's verdict, then its init must exit.
+    fn verdict(&mut self, lab: &TestLab) {
+        let init = lab.pid_of(&self.name);
+        let target = match self.prog.term {
+            Term::Root => init,
+            Term::OnlyChild => match children(init)[..] {
+                [one] => one,
+                ref kids => {
+                    self.problems.push(format!("the init {init} has children {kids:?}, expected one"));
+                    return;
+                }
+            },
+        };
+        if let Err(e) = kill(Pid::from_raw(target), Signal::SIGTERM) {
+            self.problems.push(format!("SIGTERM {target}: {e}"));
+            return;
+        }
+        let t = Instant::now();
+        let result = loop {
+            if let Ok(r) = std::fs::read_to_string(self.result_path()) {
+                break r;
+            }
+            if t.elapsed() > RESULT_TIMEOUT {
+                self.verdict = "none".into();
+                self.problems.push(format!(
+                    "no result within {RESULT_TIMEOUT:?} of SIGTERM to {target}; the tree:\n{}{}",
+                    tree_states(init),
+                    self.console(lab)
+                ));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.verdict = result.trim().chars().take(60).collect();
+        if result != "PASS\n" {
+            self.problems.push(format!("the program reported {:?}; {}", result.trim(), self.console(lab)));
+        }
+        let t = Instant::now();
+        while lab.state_of(&self.name) == "running" {
+            if t.elapsed() > EXIT_TIMEOUT {
+                self.problems.push(format!("the partition still runs {EXIT_TIMEOUT:?} after the verdict"));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One lab: every program of `progs` in a partition of its own on h1, all
+/// started at once, then migrated one after the other, then judged.
+fn zdtm_lab(index: usize, progs: &[(&'static Prog, Option<PathBuf>)]) -> Vec<ZRun> {
+    let lab = TestLab::up(&format!("zdtm{index}"), 2);
+    let outer = outer_ns();
+    let mut listeners = Vec::new();
+    let mut runs: Vec<ZRun> = progs.iter().map(|(p, _)| ZRun::new(p, &lab)).collect();
+    for (run, (_, bin)) in runs.iter_mut().zip(progs) {
+        if let Err(e) = run.start(&lab, bin.as_deref(), &outer, &mut listeners) {
+            run.problems.push(format!("start: {e}"));
+        }
+    }
+    for run in runs.iter_mut().filter(|r| r.started) {
+        if let Err(e) = run.wait_ready(&lab) {
+            run.problems.push(e);
+            run.started = false;
+        }
+    }
+    for run in runs.iter_mut().filter(|r| r.started) {
+        run.migrate(&lab);
+    }
+    for run in runs.iter_mut().filter(|r| r.started) {
+        run.verdict(&lab);
+    }
+    runs
+}
+
+/// Builds the C programs once, for every lab; a failed build is that
+/// program's failure.
+fn build_all(dir: &Path) -> Vec<(&'static Prog, Result<Option<PathBuf>, String>)> {
+    let progs: Vec<&'static Prog> = PROGS.iter().chain([&SOCK_OUTSIDE]).collect();
+    let half = progs.len() / 2;
+    std::thread::scope(|s| {
+        let parts: Vec<_> = progs
+            .chunks(half.max(1))
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&p| (p, if p.launch.is_c() { zdtm_progs::build(p, dir).map(Some) } else { Ok(None) }))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts.into_iter().flat_map(|h| h.join().expect("build thread")).collect()
+    })
+}
+
+/// Removes a directory when the test ends.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every zdtm program in a partition, moved h1 → h2 → h1, then PASS (or
+/// refused by name, and PASS on h1).
+#[test]
+fn zdtm_programs_move_there_and_back() {
+    let t = Instant::now();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let build_dir = DirGuard(std::env::temp_dir().join(format!("lpm-migprog-build-{}-{nanos}", std::process::id())));
+    std::fs::create_dir_all(&build_dir.0).unwrap();
+    let built = build_all(&build_dir.0);
+    let mut failed_builds = Vec::new();
+    let mut ok = Vec::new();
+    for (p, b) in built {
+        match b {
+            Ok(bin) => ok.push((p, bin)),
+            Err(e) => failed_builds.push(format!("{}: {e}", p.name)),
+        }
+    }
+    // Spread round robin: the heavy Python programs land in different labs.
+    let mut groups: Vec<Vec<(&'static Prog, Option<PathBuf>)>> = vec![Vec::new(); ZDTM_LABS];
+    for (i, job) in ok.into_iter().enumerate() {
+        groups[i % ZDTM_LABS].push(job);
+    }
+    let runs: Vec<ZRun> = std::thread::scope(|s| {
+        let handles: Vec<_> = groups.iter().enumerate().map(|(i, g)| s.spawn(move || zdtm_lab(i, g))).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a lab thread panicked")).collect()
+    });
+
+    let mut table = String::new();
+    let _ = writeln!(table, "{:<14} {:<10} {:<9} {:<24} {:<28} result", "program", "launch", "expect", "migrations (downtime)", "verdict");
+    let mut failures = failed_builds;
+    let mut sorted: Vec<&ZRun> = runs.iter().collect();
+    sorted.sort_by_key(|r| r.prog.name);
+    for r in &sorted {
+        let expect = match r.expect {
+            Expect::Pass => "pass",
+            Expect::Refused { .. } => "refused",
+        };
+        let _ = writeln!(
+            table,
+            "{:<14} {:<10} {:<9} {:<24} {:<28} {}",
+            r.prog.name,
+            format!("{:?}", r.prog.launch),
+            expect,
+            if r.hops.is_empty() { "-".to_string() } else { r.hops.join(", ") },
+            r.verdict,
+            if r.problems.is_empty() { "ok" } else { "FAIL" }
+        );
+        let known = KNOWN_BROKEN.iter().find(|k| k.0 == r.prog.name);
+        match (known, r.problems.is_empty()) {
+            (None, false) => failures.push(format!("zdtm {} ({}):\n{}", r.prog.name, r.name, r.problems.join("\n"))),
+            (Some(_), true) => {
+                failures.push(format!("zdtm {}: listed in KNOWN_BROKEN but it passes now: take it off the list", r.prog.name))
+            }
+            _ => {}
+        }
+    }
+    let _ = writeln!(table, "\nknown broken (bugs to fix; they fail as shown above):");
+    for (name, why) in KNOWN_BROKEN {
+        let _ = writeln!(table, "  {name}: {why}");
+    }
+    let _ = writeln!(table, "\nrefused by design:");
+    for (name, error, why) in REFUSED {
+        let _ = writeln!(table, "  {name}: {why} (the refusal names {error:?})");
+    }
+    let _ = writeln!(table, "{} programs in {ZDTM_LABS} labs, {:.1} s", runs.len(), t.elapsed().as_secs_f64());
+    println!("{table}");
+    // Nothing is left out: every program of the table ran.
+    for p in PROGS.iter().chain([&SOCK_OUTSIDE]) {
+        assert!(runs.iter().any(|r| r.prog.name == p.name) || failures.iter().any(|f| f.starts_with(p.name)), "{} did not run", p.name);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} zdtm programs failed (the table is above):\n{}",
+        failures.len(),
+        runs.len(),
+        failures.join("\n\n")
+    );
+}
+
+// ------------------------------------------------------------ redis
+
+/// A reply line of the redis protocol, with a bulk string's contents
+/// (what a held-open client needs: statuses, integers, bulk strings).
+fn resp_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+    let mut l = String::new();
+    r.read_line(&mut l)?;
+    if !l.ends_with("\r\n") {
+        return Err(std::io::Error::other(format!("reply cut short: {l:?}")));
+    }
+    let l = l.trim_end().to_string();
+    if let Some(n) = l.strip_prefix('$') {
+        let n: i64 = n.parse().map_err(|_| std::io::Error::other(format!("bad bulk length {l:?}")))?;
+        if n < 0 {
+            return Ok("(nil)".into());
+        }
+        let mut b = vec![0; n as usize + 2];
+        r.read_exact(&mut b)?;
+        b.truncate(n as usize);
+        return Ok(String::from_utf8_lossy(&b).into_owned());
+    }
+    Ok(l)
+}
+
+fn resp_command(args: &[&str]) -> String {
+    let mut s = format!("*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(s, "${}\r\n{a}\r\n", a.len());
+    }
+    s
+}
+
+/// A client connection to redis held open by the test across the moves.
+struct Held {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Held {
+    fn cmd(&mut self, args: &[&str]) -> String {
+        self.w.write_all(resp_command(args).as_bytes()).unwrap_or_else(|e| panic!("held connection: send {args:?}: {e}"));
+        resp_reply(&mut self.r).unwrap_or_else(|e| panic!("held connection: reply to {args:?}: {e}"))
+    }
+}
+
+/// The dataset: 4000 keys of each of five types, as RESP for `redis-cli --pipe`.
+const PER_TYPE: usize = 4000;
+
+fn dataset() -> String {
+    let mut out = String::new();
+    for i in 0..PER_TYPE {
+        let (k, n) = (i.to_string(), (i * i).to_string());
+        out.push_str(&resp_command(&["SET", &format!("str:{i}"), &format!("value-{i}-{}", i * 7919 % 10007)]));
+        out.push_str(&resp_command(&["HSET", &format!("hash:{i}"), "id", &k, "name", &format!("n{i}"), "sq", &n]));
+        out.push_str(&resp_command(&["RPUSH", &format!("list:{i}"), "a", &k, "c", &format!("x{}", i % 13)]));
+        out.push_str(&resp_command(&["SADD", &format!("set:{i}"), &format!("m{}", i % 7), &format!("m{}", i % 11), "common"]));
+        out.push_str(&resp_command(&["ZADD", &format!("zset:{i}"), "1", "one", &(i % 100).to_string(), "var", "1000", "top"]));
+    }
+    out
+}
+
+/// `redis-cli -h IP ARGS` from the client namespace; its stdout.
+fn redis_cli(lab: &TestLab, ip: &str, args: &[&str]) -> String {
+    let out =
+        lab.client_cmd(&[&["redis-cli", "-h", ip, "-p", "6379"], args].concat()).stdin(Stdio::null()).output().expect("run redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// redis-server loaded with 20000 keys over the partition network, moved
+/// h1 → h2 → h1: DEBUG DIGEST is the same before and after each move, and
+/// a connection the test holds open from the client namespace keeps
+/// working (its counter goes on by one per move).
+#[test]
+fn redis_moves_there_and_back() {
+    let redis = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("redis-server is not installed: run scripts/setup.sh");
+    let lab = TestLab::up("redis", 2);
+    let dir = lab.vol.join("redis");
+    std::fs::create_dir_all(&dir).unwrap();
+    let argv: Vec<String> = [
+        redis,
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--enable-debug-command",
+        "yes",
+        "--dir",
+        &dir.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    lab.create("redis", "h1", Some("1G"), &argv).unwrap();
+    let ip = lab.ip_of("redis");
+    lab.wait_log("redis", "Ready to accept connections", Duration::from_secs(20));
+
+    // Populate from the client namespace with redis-cli's mass insert.
+    let data = lab.vol.join("dataset.resp");
+    std::fs::write(&data, dataset()).unwrap();
+    let out = lab
+        .client_cmd(&["redis-cli", "-h", &ip, "-p", "6379", "--pipe"])
+        .stdin(std::fs::File::open(&data).unwrap())
+        .output()
+        .expect("run redis-cli --pipe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("errors: 0, replies: {}", 5 * PER_TYPE)),
+        "redis-cli --pipe: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(redis_cli(&lab, &ip, &["DBSIZE"]), (5 * PER_TYPE).to_string());
+
+    let addr: SocketAddr = format!("{ip}:6379").parse().unwrap();
+    let s = lab.connect_from_client(addr).expect("connect to redis from the client namespace");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut held = Held { r: BufReader::new(s.try_clone().unwrap()), w: s };
+    assert_eq!(held.cmd(&["INCR", "held"]), ":1");
+    let mut downtimes = Vec::new();
+    for (n, to) in ["h2", "h1"].into_iter().enumerate() {
+        let before = redis_cli(&lab, &ip, &["DEBUG", "DIGEST"]);
+        let r = moved(&lab, "redis", to);
+        downtimes.push(r["downtime_ms"].as_f64().unwrap_or(-1.0));
+        assert_eq!(lab.host_of("redis"), to);
+        assert_eq!(redis_cli(&lab, &ip, &["DEBUG", "DIGEST"]), before, "DEBUG DIGEST changed across the migration to {to}");
+        // The connection held open across the move goes on.
+        assert_eq!(held.cmd(&["INCR", "held"]), format!(":{}", n + 2), "the held connection after the migration to {to}");
+        assert_eq!(held.cmd(&["GET", "str:1234"]), format!("value-1234-{}", 1234 * 7919 % 10007));
+        assert_eq!(held.cmd(&["LRANGE", "list:7", "0", "0"]), "*1", "an array of one");
+        assert_eq!(resp_reply(&mut held.r).unwrap(), "a");
+    }
+    assert_eq!(redis_cli(&lab, &ip, &["DBSIZE"]), (5 * PER_TYPE + 1).to_string());
+    assert_eq!(redis_cli(&lab, &ip, &["HGET", "hash:3999", "sq"]), (3999 * 3999).to_string());
+    println!("redis: 20000 keys, downtime {downtimes:?} ms");
+}
+
+// ------------------------------------------------------------ 64 threads
+
+/// The 64-thread program of `real.rs`: each thread counts under a mutex and
+/// alone; the main thread logs "n total sum ok|BAD" every 100 ms.
+const THREADS: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#define N 64
+static long count[N], total;
+static double acc[N];
+static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+static void *work(void *a) {
+    long i = (long)a;
+    double x = i + 0.5;
+    for (;;) {
+        pthread_mutex_lock(&m); total++; pthread_mutex_unlock(&m);
+        count[i]++;
+        x = x * 1.000001 + 0.25; if (x > 1e6) x = i + 0.5;
+        acc[i] = x;
+        usleep(2000);
+    }
+}
+int main(int argc, char **argv) {
+    pthread_t t;
+    for (long i = 0; i < N; i++) pthread_create(&t, 0, work, (void *)i);
+    for (long n = 1;; n++) {
+        usleep(100000);
+        long sum = 0; int bad = 0;
+        pthread_mutex_lock(&m);
+        for (int i = 0; i < N; i++) { sum += count[i]; if (acc[i] < i) bad = 1; }
+        FILE *f = fopen(argv[1], "a");
+        fprintf(f, "%ld %ld %ld %s\n", n, total, sum, bad ? "BAD" : "ok");
+        fclose(f);
+        pthread_mutex_unlock(&m);
+    }
+}
+"#;
+
+/// The log lines: (n, total, sum, ok).
+fn thread_log(p: &Path) -> Vec<(u64, u64, u64, bool)> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((w.first()?.parse().ok()?, w.get(1)?.parse().ok()?, w.get(2)?.parse().ok()?, *w.get(3)? == "ok"))
+        })
+        .collect()
+}
+
+fn wait_thread_lines(p: &Path, n: usize) {
+    let t = Instant::now();
+    while thread_log(p).len() < n {
+        assert!(t.elapsed() < Duration::from_secs(20), "{} never reached {n} lines", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// 64 threads moved h1 → h2 → h1: all 65 tasks arrive, the log goes on
+/// without a gap, the counters keep increasing and agree.
+#[test]
+fn sixty_four_threads_move_there_and_back() {
+    let lab = TestLab::up("threads", 2);
+    let src = lab.vol.join("threads64.c");
+    std::fs::write(&src, THREADS).unwrap();
+    let bin = lab.vol.join("threads64");
+    let st = Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "gcc failed");
+    let log = lab.vol.join("threads64.log");
+    lab.create("threads64", "h1", Some("512M"), &[bin.to_string_lossy().into_owned(), log.to_string_lossy().into_owned()]).unwrap();
+    wait_thread_lines(&log, 3);
+    for to in ["h2", "h1"] {
+        let before = thread_log(&log);
+        let last = *before.last().unwrap();
+        moved(&lab, "threads64", to);
+        assert_eq!(lab.host_of("threads64"), to);
+        let pid = lab.pid_of("threads64");
+        assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count(), 65, "tasks of the init after the move to {to}");
+        wait_thread_lines(&log, before.len() + 5);
+        let now = *thread_log(&log).last().unwrap();
+        assert!(now.1 > last.1 && now.2 > last.2, "the counters did not go on after the move to {to}: {last:?} -> {now:?}");
+    }
+    let lines = thread_log(&log);
+    assert!(
+        lines.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "the log has a gap or a repeat: {:?}",
+        lines.iter().map(|l| l.0).collect::<Vec<_>>()
+    );
+    assert!(lines.windows(2).all(|w| w[1].1 > w[0].1), "the total did not increase on every line");
+    assert!(lines.iter().all(|l| l.3), "a thread's accumulator went wrong (BAD)");
+    // The total is counted under the mutex and each thread's count right
+    // after it: at most one increment per thread may be in between.
+    for l in &lines {
+        assert!(l.2 <= l.1 && l.1 - l.2 <= 64, "total {} and the threads' sum {} disagree (line {})", l.1, l.2, l.0);
+    }
+    println!("threads64: {} lines, total {}", lines.len(), lines.last().unwrap().1);
+}
+
+// ------------------------------------------------------------ kv service
+
+/// Starts the kv service (64 MiB of ballast) on h1 and its checking
+/// client in the client namespace; returns the client's index.
+fn kv_with_client(lab: &mut TestLab) -> usize {
+    let argv: Vec<String> = ["python3", SERVICE, "7000", "64"].iter().map(|s| s.to_string()).collect();
+    lab.create("kv", "h1", Some("1G"), &argv).unwrap();
+    lab.wait_log("kv", "listening", Duration::from_secs(20));
+    let ip = lab.ip_of("kv");
+    let client = lab.client_cmd(&["python3", CLIENT, &ip, "7000", "600"]);
+    let c = lab.start_client(client);
+    lab.wait_log("kv", "connected", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    c
+}
+
+/// The client's summary: (requests, errors, longest wait in ms).
+fn kv_summary(text: &str) -> (u64, u64, f64) {
+    let line = text.lines().find(|l| l.starts_with("requests ")).unwrap_or_else(|| panic!("no summary from the client: {text}"));
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (w[1].parse().unwrap(), w[3].parse().unwrap(), w[5].parse().unwrap())
+}
+
+/// The Python kv service moved h1 → h2 → h1 while its client checks every
+/// answer over one connection: no error.
+#[test]
+fn kv_service_moves_there_and_back() {
+    let mut lab = TestLab::up("kv", 2);
+    let c = kv_with_client(&mut lab);
+    for to in ["h2", "h1"] {
+        moved(&lab, "kv", to);
+        assert_eq!(lab.host_of("kv"), to);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (ok, text) = lab.finish_client(c);
+    assert!(ok && text.contains("errors 0"), "the client saw an error: {text}");
+    let (n, _, longest) = kv_summary(&text);
+    assert!(n > 100, "the client made only {n} requests: {text}");
+    println!("kv: {n} requests, longest wait {longest} ms");
+}
+
+/// 20 migrations in a row of the kv service under its client's load: all
+/// complete, the client sees no error; prints each downtime and the
+/// client's longest wait.
+#[test]
+fn kv_service_twenty_migrations_under_load() {
+    let mut lab = TestLab::up("kv20", 2);
+    let c = kv_with_client(&mut lab);
+    let mut rows: BTreeMap<usize, (String, f64, f64)> = BTreeMap::new();
+    for i in 1..=20 {
+        let to = if i % 2 == 1 { "h2" } else { "h1" };
+        let r = match lab.migrate("kv", to) {
+            Moved::Completed(r) => r,
+            Moved::Failed(e) => {
+                let (_, text) = lab.finish_client(c);
+                panic!(
+                    "migration {i} (to {to}) failed: {e}\n{to}'s agent log:\n{}\ntasks stuck under {to}'s agent:\n{}\nclient: {text}",
+                    lab.lpmd_log_tail(to, 10),
+                    stuck_under(&lab, to, "kv")
+                );
+            }
+        };
+        assert_eq!(lab.host_of("kv"), to, "after migration {i}");
+        rows.insert(i, (to.to_string(), r["downtime_ms"].as_f64().unwrap_or(-1.0), r["total_ms"].as_f64().unwrap_or(-1.0)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, text) = lab.finish_client(c);
+    let mut table = String::from(" #  to   downtime ms   total ms\n");
+    for (i, (to, down, total)) in &rows {
+        let _ = writeln!(table, "{i:>2}  {to}  {down:>11.1}  {total:>9.1}");
+    }
+    let worst = rows.values().map(|r| r.1).fold(0.0, f64::max);
+    let _ = writeln!(table, "longest downtime {worst:.1} ms; client: {}", text.lines().next().unwrap_or(""));
+    println!("{table}");
+    assert!(ok && text.contains("errors 0"), "the client saw an error:\n{table}\n{text}");
+    let (n, _, longest) = kv_summary(&text);
+    assert!(n > 500, "the client made only {n} requests over 20 migrations: {text}");
+    println!("kv x20: {n} requests, longest client wait {longest} ms");
+}
