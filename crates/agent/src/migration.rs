@@ -689,12 +689,10 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                         netns: Some(p.netns().fd().context("open the partition's network namespace")?),
                         cgroups: p.cgroup().dirs(),
                         defer_tcp: true,
-                        // The lazy fill keeps the stop short for big
-                        // partitions but is not yet right for every
-                        // program (some zdtm programs fail after it), so
-                        // it is opt-in: LPM_LAZY_FILL=1 in lpmd's
-                        // environment.
-                        lazy_fill: std::env::var_os("LPM_LAZY_FILL").is_some(),
+                        // The lazy fill keeps the stop from growing with
+                        // memory; LPM_EAGER_FILL=1 in lpmd's environment
+                        // copies everything during the stop instead.
+                        lazy_fill: std::env::var_os("LPM_EAGER_FILL").is_none(),
                     };
                     i.held = Some(lpm_engine::restore_held(&i.dir, &opts).with_context(|| format!("restore partition {}", i.spec.name))?);
                     fault::point("target.restored")?;

@@ -109,7 +109,14 @@ fn moved(runs: &mut Vec<Run>, from: u64, to: u64, len: u64) {
 /// Registers the areas of `mm` holding precopied pages with a userfaultfd
 /// made inside the stopped puppet `pid`, instead of filling them; the
 /// pages come from `store` once the tree runs.
-pub(crate) fn register(pid: i32, r: &mut Remote, mm: &Mm, store: Arc<File>, lazy: impl Fn(&Vma) -> bool) -> Result<Option<Space>> {
+pub(crate) fn register(
+    pid: i32,
+    r: &mut Remote,
+    mm: &Mm,
+    store: Arc<File>,
+    lazy: impl Fn(&Vma) -> bool,
+    eager: &[u64],
+) -> Result<Option<Space>> {
     let areas: Vec<&Vma> = mm.vmas.iter().filter(|v| lazy(v)).collect();
     let runs: Vec<Run> = mm
         .pages
@@ -117,6 +124,11 @@ pub(crate) fn register(pid: i32, r: &mut Remote, mm: &Mm, store: Arc<File>, lazy
         .filter(|p| p.precopied && p.npages > 0 && areas.iter().any(|v| v.start <= p.vaddr && p.vaddr < v.end))
         .map(|p| Run { start: p.vaddr, end: p.vaddr + p.npages * PAGE, off: p.vaddr })
         .collect();
+    // Filled during the restore already (see mem::RestoreCtx::eager).
+    let mut runs = runs;
+    for &page in eager {
+        remove(&mut runs, page, page + PAGE);
+    }
     if runs.is_empty() {
         return Ok(None);
     }

@@ -488,6 +488,11 @@ pub struct RestoreCtx<'a> {
     /// Precopied pages are left to a lazy fill once the tree runs
     /// (lazy.rs) instead of being copied now.
     pub lazy: bool,
+    /// Pages the restore itself makes the kernel write before the tree
+    /// runs (each thread's rseq area): filled now even with `lazy`, or the
+    /// kernel's write would allocate them zeroed and the fill, finding
+    /// them present, would leave them so.
+    pub eager: Vec<u64>,
 }
 
 /// Whether the page at `vaddr` lies in an area a lazy fill can serve:
@@ -581,7 +586,9 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
     // The userfaultfd of the lazy fill is made now, while the puppet may
     // still make one; its areas are registered at the end of the restore.
     match open_precopy(c, mm)? {
-        Some(store) if c.lazy => crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), |v| kind(v) == VmaKind::AnonPrivate),
+        Some(store) if c.lazy => {
+            crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), |v| kind(v) == VmaKind::AnonPrivate, &c.eager)
+        }
         _ => Ok(None),
     }
 }
@@ -662,6 +669,10 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let mut data = Vec::new();
     for run in &mm.pages {
         if run.precopied && c.lazy && lazy_vma(mm, run.vaddr) {
+            let end = run.vaddr + run.npages * PAGE;
+            for &page in c.eager.iter().filter(|&&p| run.vaddr <= p && p < end) {
+                data.push(Piece { vaddr: page, len: PAGE, off: page, readable: true, precopied: true });
+            }
             continue;
         }
         if run.precopied {

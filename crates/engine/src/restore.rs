@@ -525,6 +525,17 @@ fn shape(
             parking: ctx.trampoline + TRAMPOLINE_LEN,
             shmem,
             lazy: ctx.lazy,
+            eager: p
+                .threads
+                .iter()
+                .filter_map(|t| t.rseq.as_ref())
+                .filter(|r| r.addr != 0)
+                .flat_map(|r| {
+                    let first = r.addr & !(crate::PAGE - 1);
+                    let last = (r.addr + r.len.max(1) as u64 - 1) & !(crate::PAGE - 1);
+                    [first, last]
+                })
+                .collect(),
         };
         if let Some(space) = mem::restore(&mc, &mut r, s, mm)? {
             puppets.spaces.push(space);
