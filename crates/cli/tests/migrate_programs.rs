@@ -52,10 +52,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Programs whose migration fails now and then, with what is seen. Their
 /// result is printed in the table either way.
-const KNOWN_FLAKY: &[(&str, &str)] = &[(
-    "sock_tcp",
-    "under load a connection inside the partition sometimes stalls after the move (the restored stream times out after 25 s)",
-)];
+const KNOWN_FLAKY: &[(&str, &str)] = &[];
 
 /// Programs whose migration is broken today, with what goes wrong. They
 /// still run, their failure is printed in the table, and the test fails

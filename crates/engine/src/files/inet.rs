@@ -386,7 +386,7 @@ fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
     let sock = sockets::create(cx, s.net_ns, family, s.sock_type as i32, s.protocol as i32)?;
     let fd = sock.as_fd();
     if let Some(t) = &s.tcp {
-        restore_tcp(f, s, fd, t, cx.defer_tcp)?;
+        restore_tcp(f, s, fd, t, resends(&cx.tree.files, f, cx.defer_tcp))?;
         return Ok(sock);
     }
     sockets::apply_opts(f, fd, &s.opts)?;
@@ -517,7 +517,20 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
 pub(crate) fn finish_deferred(d: &super::Deferred) -> Result<()> {
     let s = sockets::image(&d.file)?;
     let t = s.tcp.as_ref().ok_or_else(|| EngineError::Incompatible(format!("socket file {}: deferred but not a connection", d.file.id)))?;
-    finish_tcp(d.pid, &d.fd, &d.file, s, t, true)
+    finish_tcp(d.pid, &d.fd, &d.file, s, t, d.resend)
+}
+
+/// Whether a deferred connection resends its whole send queue when it
+/// leaves repair mode: only toward a peer outside the tree. Both ends of a
+/// connection inside the tree are restored consistent (`reconcile`); a
+/// resend would put the sender's next sequence number behind what its
+/// peer has received, and the peer's acknowledgments, of data the sender
+/// counts as unsent, would be dropped, window updates included: with a
+/// full window the stream would never move again.
+pub(crate) fn resends(files: &[FileImage], f: &FileImage, defer: bool) -> bool {
+    let conn = |f: &FileImage| f.socket.as_ref().filter(|s| s.tcp.is_some()).map(|s| (s.net_ns, s.local.clone(), s.peer.clone()));
+    let Some((ns, local, peer)) = conn(f) else { return false };
+    defer && !files.iter().any(|b| b.id != f.id && conn(b).is_some_and(|(bns, bl, bp)| bns == ns && bl == peer && bp == local))
 }
 
 /// Whether sequence number `x` lies in `[lo, hi]`, modulo 2^32.

@@ -92,6 +92,8 @@ pub struct Deferred {
     pub fd: Fd,
     /// Its image.
     pub file: FileImage,
+    /// It resends its whole send queue (see `inet::resends`).
+    pub resend: bool,
 }
 
 /// Leaves repair mode on every deferred connection.
@@ -321,7 +323,7 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
         if let (Some(list), Some(_)) = (deferred.as_deref_mut(), f.socket.as_ref().and_then(|s| s.tcp.as_ref())) {
             // Once per connection, from the first puppet holding it.
             if !list.iter().any(|d| d.file.id == f.id) {
-                list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone() });
+                list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone(), resend: inet::resends(&tree.files, f, true) });
             }
             continue;
         }
