@@ -60,7 +60,6 @@ const KNOWN_FLAKY: &[(&str, &str)] = &[];
 /// an open bug of the migration, not a limit by design.
 const KNOWN_BROKEN: &[(&str, &str)] = &[
     ("file_locks", "the frozen source still holds its flock on the shared file, so the target cannot take it: locks are not handed over"),
-    ("zombie", "a partition holding a zombie is not seen as alone in its cgroup v2, so it cannot be left frozen for the handover"),
     (
         "pipes",
         "source and target share the FIFO's kernel buffer on one machine: the target refills it while the source still holds the data",

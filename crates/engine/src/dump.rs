@@ -247,7 +247,9 @@ fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
     let Some(dir) = cgroup_of(root)? else { return Ok(None) };
     let members = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(io_err(format!("read {}/cgroup.procs", dir.display())))?;
     let mut members: Vec<i32> = members.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let mut mine = procs.to_vec();
+    // A zombie has left its cgroup already (cgroup.procs no longer lists
+    // it) but is still part of the tree.
+    let mut mine: Vec<i32> = procs.iter().copied().filter(|&p| !Stat::read(p).is_ok_and(|s| s.state() == 'Z')).collect();
     members.sort_unstable();
     mine.sort_unstable();
     Ok((members == mine).then_some(dir))
