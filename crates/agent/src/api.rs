@@ -161,6 +161,12 @@ pub enum Mover {
     Restore {
         /// Number of Blob frames sent before this message.
         files: u32,
+        /// The partition's init is in the partition's own network
+        /// namespace (the one with its NIC), which the target brings; false
+        /// when the init made a namespace of its own inside, which the
+        /// image then holds like any other.
+        #[serde(default)]
+        external_netns: bool,
     },
     /// Target → source: restored and stopped, waiting for `Go`.
     Restored {

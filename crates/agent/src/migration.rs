@@ -382,6 +382,11 @@ impl<'a> SourceRun<'a> {
         // Stopped first, then the trackers' last word (nothing runs, so
         // nothing writes behind it), then the dump of what the target lacks.
         let locked = t_stop.elapsed();
+        // Whether the init still lives in the partition's namespace (the
+        // one with its NIC, which the target brings) or made one of its own.
+        let ino = |p: &Path| fs::metadata(p).map(|m| m.ino()).ok();
+        let external_netns = ino(Path::new(&format!("/proc/{}/ns/net", self.pid))).is_some()
+            && ino(Path::new(&format!("/proc/{}/ns/net", self.pid))) == ino(&self.plumbing.netns().path());
         let stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
         let at_stop = t_stop.elapsed();
         let held = pre.finish().context("last dirty-page collection")?;
@@ -390,7 +395,7 @@ impl<'a> SourceRun<'a> {
             after: lpm_engine::After::Frozen,
             tcp_established: true,
             precopied: held,
-            external_netns: true,
+            external_netns,
             smaps_hint,
         };
         let stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
@@ -408,7 +413,7 @@ impl<'a> SourceRun<'a> {
         fault::point("source.frozen")?;
         let (files, bytes) = self.send_images(&dir)?;
         self.stop.state_image_bytes = bytes;
-        self.link().send(&Mover::Restore { files })?;
+        self.link().send(&Mover::Restore { files, external_netns })?;
         self.link().w.flush().context("send restore")?;
         self.stop.transfer_ms = t.elapsed().as_secs_f64() * 1e3;
         let _ = fs::remove_dir_all(&dir);
@@ -680,13 +685,13 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     inc = Some(i);
                     api::send(&mut w, &Mover::Prepared)?;
                 }
-                Mover::Restore { .. } => {
+                Mover::Restore { external_netns, .. } => {
                     fault::point("target.restore")?;
                     let i = inc.as_mut().ok_or_else(|| anyhow!("restore before prepare"))?;
                     let t = Instant::now();
                     let p = i.plumbing.as_ref().expect("prepared");
                     let opts = lpm_engine::RestoreOptions {
-                        netns: Some(p.netns().fd().context("open the partition's network namespace")?),
+                        netns: if external_netns { Some(p.netns().fd().context("open the partition's network namespace")?) } else { None },
                         cgroups: p.cgroup().dirs(),
                         defer_tcp: true,
                         // The lazy fill keeps the stop from growing with
