@@ -154,8 +154,30 @@ pub enum Mover {
     /// Source → target: create the partition's namespaces, cgroup and NIC
     /// (link down) and get ready to receive pages.
     Prepare(PartitionSpec),
-    /// Target → source: ready.
-    Prepared,
+    /// Target → source: ready; `id` names this incoming migration for
+    /// the extra page streams.
+    Prepared {
+        /// The migration's name on the target.
+        id: String,
+    },
+    /// Source → target, first message of an extra page stream: its pages
+    /// belong to incoming migration `id`.
+    Attach {
+        /// As in `Prepared`.
+        id: String,
+    },
+    /// Source → target on an extra stream: the round's pages on it are all
+    /// sent; answer once they are stored.
+    RoundEnd {
+        /// The round.
+        round: u32,
+    },
+    /// Target → source on an extra stream: every page of the round that
+    /// came on it is stored.
+    RoundDone {
+        /// The round.
+        round: u32,
+    },
     /// Source → target: the partition is frozen; the image files follow
     /// as Blob frames (name, NUL, contents), then `Restore`.
     Restore {

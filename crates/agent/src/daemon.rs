@@ -130,6 +130,9 @@ pub struct Agent {
     pub(crate) opts: Options,
     pub(crate) ctx: HostCtx,
     parts: Mutex<BTreeMap<String, Entry>>,
+    /// The page stores of incoming migrations, by id, for their extra
+    /// page streams.
+    pub(crate) incoming: Mutex<std::collections::HashMap<String, Arc<Mutex<lpm_migrate::store::Store>>>>,
 }
 
 impl Agent {
@@ -407,7 +410,7 @@ pub fn run(opts: Options) -> Result<()> {
     let _ = std::fs::remove_file(&opts.control);
     let control = UnixListener::bind(&opts.control).with_context(|| format!("bind control socket {}", opts.control.display()))?;
     let mover = TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
-    let agent = Arc::new(Agent { opts, ctx, parts: Mutex::new(parts) });
+    let agent = Arc::new(Agent { opts, ctx, incoming: Mutex::new(std::collections::HashMap::new()), parts: Mutex::new(parts) });
     {
         let a = agent.clone();
         std::thread::spawn(move || {

@@ -14,6 +14,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -51,7 +52,9 @@ fn unix_ms() -> u64 {
 
 /// Pages to the target, as Pages frames on the mover connection.
 struct WireSink<'a> {
-    w: &'a mut BufWriter<TcpStream>,
+    /// The streams, used in turn, one frame each.
+    ws: Vec<&'a mut BufWriter<TcpStream>>,
+    next: usize,
     compress: Option<i32>,
     wire_bytes: u64,
     payload: Vec<u8>,
@@ -71,7 +74,10 @@ impl PageSink for WireSink<'_> {
                 .map_err(|e| -> SinkError { format!("frame pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
             // The failure tests flip a byte here, after the checksum.
             fault::corrupt("source.pages", &mut self.frame);
-            self.w.write_all(&self.frame).map_err(|e| -> SinkError { format!("send pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
+            let k = self.next % self.ws.len();
+            let w = &mut self.ws[k];
+            self.next += 1;
+            w.write_all(&self.frame).map_err(|e| -> SinkError { format!("send pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
             self.wire_bytes += self.frame.len() as u64;
         }
         Ok(())
@@ -170,6 +176,8 @@ struct SourceRun<'a> {
     pid: i32,
     plumbing: Plumbing,
     link: Option<Link>,
+    /// Extra page streams (`--streams N`: N-1 of them).
+    extras: Vec<Link>,
     started: Instant,
     started_ms: u64,
     rounds: Vec<report::Round>,
@@ -192,6 +200,7 @@ impl<'a> SourceRun<'a> {
             pid,
             plumbing,
             link: None,
+            extras: Vec::new(),
             started: Instant::now(),
             started_ms: unix_ms(),
             rounds: Vec::new(),
@@ -272,9 +281,15 @@ impl<'a> SourceRun<'a> {
         progress(ctl, Progress { phase: "prepare".into(), note: format!("preparing {name} on {}", self.req.target), ..blank() });
         let spec = self.spec.clone();
         self.link().send(&Mover::Prepare(spec))?;
-        match self.link().recv()? {
-            Mover::Prepared => {}
+        let id = match self.link().recv()? {
+            Mover::Prepared { id } => id,
             other => bail!("the target answered prepare with {other:?}"),
+        };
+        for n in 1..self.req.streams.max(1) {
+            let mut l = Link::open(&self.req.target_addr, &self.agent.opts.key, &self.agent.opts.host)
+                .with_context(|| format!("open page stream {}", n + 1))?;
+            l.send(&Mover::Attach { id: id.clone() })?;
+            self.extras.push(l);
         }
         self.step = "precopy".into();
         // A partition that just arrived may still be filling its memory
@@ -295,16 +310,14 @@ impl<'a> SourceRun<'a> {
         let mut wire_rate = 0.0;
         loop {
             m.round += 1;
-            let mut sink = WireSink {
-                w: &mut self.link.as_mut().expect("connected").w,
-                compress: self.req.compress,
-                wire_bytes: 0,
-                payload: Vec::new(),
-                frame: Vec::new(),
-            };
+            let mut ws = vec![&mut self.link.as_mut().expect("connected").w];
+            ws.extend(self.extras.iter_mut().map(|l| &mut l.w));
+            let mut sink = WireSink { ws, next: 0, compress: self.req.compress, wire_bytes: 0, payload: Vec::new(), frame: Vec::new() };
             let st = pre.round(&mut sink).with_context(|| format!("pre-copy round {}", m.round))?;
-            fault::point("source.round")?;
             let wire = sink.wire_bytes;
+            drop(sink);
+            self.round_barrier(m.round)?;
+            fault::point("source.round")?;
             self.link().w.flush().context("send pages")?;
             self.wire_bytes += wire;
             let secs = st.duration.as_secs_f64().max(1e-6);
@@ -453,6 +466,23 @@ impl<'a> SourceRun<'a> {
         Ok(())
     }
 
+    /// Waits until the target stored every page of the round that went on
+    /// the extra streams: a page resent in the next round on another stream
+    /// must not be overtaken by its older copy.
+    fn round_barrier(&mut self, round: u32) -> Result<()> {
+        self.link().w.flush().context("send pages")?;
+        for l in &mut self.extras {
+            l.send(&Mover::RoundEnd { round })?;
+        }
+        for (n, l) in self.extras.iter_mut().enumerate() {
+            match l.recv().with_context(|| format!("page stream {}", n + 2))? {
+                Mover::RoundDone { round: r } if r == round => {}
+                other => bail!("page stream {} answered the end of round {round} with {other:?}", n + 2),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends every file of the image directory as Blob frames.
     fn send_images(&mut self, dir: &Path) -> Result<(u32, u64)> {
         let mut frames = 0u32;
@@ -567,16 +597,20 @@ fn unblob(p: &[u8]) -> Result<(&str, u64, &[u8])> {
 
 /// What the target made for an incoming partition; dropped before "go",
 /// it removes all of it.
-struct Incoming {
+struct Incoming<'a> {
     spec: PartitionSpec,
     plumbing: Option<Plumbing>,
     dir: PathBuf,
-    store: Store,
+    store: Arc<Mutex<Store>>,
+    /// Its name in the agent's table of incoming migrations.
+    id: String,
+    agent: &'a Agent,
     held: Option<lpm_engine::Held>,
 }
 
-impl Drop for Incoming {
+impl Drop for Incoming<'_> {
     fn drop(&mut self) {
+        self.agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         // Kills and reaps every restored task when not released.
         self.held.take();
         if let Some(p) = self.plumbing.take() {
@@ -648,7 +682,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     fault::point("target.pages")?;
                     let i = inc.as_mut().ok_or_else(|| anyhow!("pages before prepare"))?;
                     let (h, data) = PagesHeader::decode(&f.payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
-                    i.store.write(h.pid as i32, h.vaddr, data).context("store pages")?;
+                    i.store.lock().unwrap_or_else(|e| e.into_inner()).write(h.pid as i32, h.vaddr, data).context("store pages")?;
                     continue;
                 }
                 FrameType::Blob => {
@@ -678,12 +712,14 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     spec.validate().context("invalid partition spec")?;
                     let dir = scratch_dir(agent, "in", &spec.name);
                     fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-                    let store = Store::create(&dir).context("page store")?;
-                    let mut i = Incoming { spec: spec.clone(), plumbing: None, dir, store, held: None };
+                    let store = Arc::new(Mutex::new(Store::create(&dir).context("page store")?));
+                    let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), store.clone());
+                    let mut i = Incoming { spec: spec.clone(), plumbing: None, dir, store, id: id.clone(), agent, held: None };
                     i.plumbing =
                         Some(Plumbing::create(&agent.ctx, &spec, false).with_context(|| format!("prepare partition {}", spec.name))?);
                     inc = Some(i);
-                    api::send(&mut w, &Mover::Prepared)?;
+                    api::send(&mut w, &Mover::Prepared { id })?;
                 }
                 Mover::Restore { external_netns, .. } => {
                     fault::point("target.restore")?;
@@ -750,6 +786,11 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     agent.keep_report(&rep);
                     return Ok(());
                 }
+                Mover::Attach { id } if inc.is_none() => {
+                    let store = agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+                    let store = store.ok_or_else(|| anyhow!("a page stream for {id:?}, which is no incoming migration here"))?;
+                    return page_stream(&mut r, &mut w, &store);
+                }
                 Mover::Abort(why) => {
                     tracing::info!(from = peer, why, "the source gave up");
                     return Ok(());
@@ -765,4 +806,31 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
     }
     drop(inc);
     res
+}
+
+/// An extra page stream of an incoming migration: pages into the shared
+/// store, and an answer at the end of each round once they are in.
+fn page_stream(r: &mut BufReader<TcpStream>, w: &mut BufWriter<TcpStream>, store: &Mutex<Store>) -> Result<()> {
+    loop {
+        let f = match lpm_wire::read_frame(r) {
+            Ok(f) => f,
+            // The source closes its streams when the migration ends.
+            Err(lpm_wire::WireError::Io { .. }) => return Ok(()),
+            Err(e) => return Err(e).context("receive on a page stream"),
+        };
+        match f.kind {
+            FrameType::Pages => {
+                fault::point("target.pages")?;
+                let (h, data) = PagesHeader::decode(&f.payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
+                store.lock().unwrap_or_else(|e| e.into_inner()).write(h.pid as i32, h.vaddr, data).context("store pages")?;
+            }
+            FrameType::Control => match api::decode::<Mover>(&f.payload, "mover message")? {
+                Mover::RoundEnd { round } => {
+                    api::send(w, &Mover::RoundDone { round })?;
+                }
+                other => bail!("unexpected {other:?} on a page stream"),
+            },
+            other => bail!("unexpected {other:?} frame on a page stream"),
+        }
+    }
 }

@@ -124,8 +124,8 @@ fn wait_log(lab: &TestLab, name: &str, what: &str) {
     panic!("partition {name} never logged {what:?}: {}", lab.ok(&["partition", "logs", name]));
 }
 
-fn migrate_json(lab: &TestLab, name: &str, to: &str) -> serde_json::Value {
-    let out = lab.ok(&["migrate", name, "--to", to, "--json"]);
+fn migrate_json(lab: &TestLab, name: &str, to: &str, extra: &[&str]) -> serde_json::Value {
+    let out = lab.ok(&[&["migrate", name, "--to", to, "--json"], extra].concat());
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("report is not JSON ({e}): {out}"))
 }
 
@@ -138,11 +138,17 @@ fn service_moves_there_and_back_with_its_client_connected() {
     let c = lab.client(&ip);
     wait_log(&lab, "kv", "connected");
     std::thread::sleep(Duration::from_millis(500));
-    for to in ["h2", "h1"] {
-        let r = migrate_json(&lab, "kv", to);
+    // There on one stream, back on three with compression: pages spread
+    // over the streams and a barrier at each round's end.
+    for (to, extra) in [("h2", &[][..]), ("h1", &["--streams", "3", "--compress", "zstd"][..])] {
+        let r = migrate_json(&lab, "kv", to, extra);
         assert_eq!(r["outcome"]["result"], serde_json::json!("completed"), "report: {r}");
         assert_eq!(host_of(&lab, "kv"), to);
         assert!(r["rounds"].as_array().is_some_and(|a| !a.is_empty()), "no pre-copy rounds: {r}");
+        if !extra.is_empty() {
+            assert_eq!(r["streams"], serde_json::json!(3), "report: {r}");
+            assert_eq!(r["compression"], serde_json::json!("zstd:1"), "report: {r}");
+        }
         std::thread::sleep(Duration::from_millis(700));
     }
     let summary = lab.finish_client(c);
