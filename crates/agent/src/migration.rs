@@ -389,6 +389,11 @@ impl<'a> SourceRun<'a> {
                 smaps_hint.insert(pid, m);
             }
         }
+        // The dump reads /proc/locks, whose first read after a quiet while
+        // waits out an RCU grace period (about 12 ms here: the lock list's
+        // percpu rwsem takes its slow path). Read once now, the one during
+        // the stop is fast.
+        let _ = fs::read_to_string("/proc/locks");
         let t_stop = Instant::now();
         self.plumbing.lock_network().context("lock the partition's network")?;
         self.frozen = true;
