@@ -213,7 +213,10 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let tree = lpm_image::read_tree(dir)?;
     check(&tree)?;
     lpm_sys::misc::set_child_subreaper().step(0, || "become child subreaper".into())?;
+    let stage = |name: &str| tracing::debug!(stage = name, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "restore stage done");
+    stage("check");
     let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), opts.defer_tcp)?;
+    stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)?, lazy: opts.lazy_fill };
     let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups)?;
@@ -222,6 +225,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         let host = puppets.by_pid[&tree.root_pid].host;
         cpu::check(c, &cpu::host(&ptrace::get_xstate(host).step(host, || "read xstate".into())?))?;
     }
+    stage("spawn");
     groups(&ctx, &puppets)?;
     let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
     let mut deferred = Vec::new();
@@ -229,6 +233,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         shape(&ctx, &mut puppets, p, &open, &shmem, opts.defer_tcp.then_some(&mut deferred))?;
     }
     sysv.finish()?;
+    stage("shape");
     for p in &tree.processes {
         if let Some(n) = &p.namespaces {
             let pp = &puppets.by_pid[&p.pid];
@@ -249,8 +254,10 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         }
         task::restore_creds(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), p)?;
     }
+    stage("namespaces, creds");
     zombies(&ctx, &puppets)?;
     let detach = finish(&ctx, &puppets)?;
+    stage("finish");
     let lazy = crate::LazyFill::arm(std::mem::take(&mut puppets.spaces))?;
     Ok(Held {
         root_pid: puppets.by_pid[&tree.root_pid].host,
