@@ -787,6 +787,9 @@ impl Run {
 impl Drop for Run {
     fn drop(&mut self) {
         self.kill_all();
+        // posix_shm names its object after the run; a program that fails
+        // (as its sabotaged runs must) exits before it unlinks it.
+        let _ = fs::remove_file(format!("/dev/shm/lpm-zdtm-shm-{}", self.marker));
         if std::env::var_os("LPM_ZDTM_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         } else {
