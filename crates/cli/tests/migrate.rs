@@ -4,124 +4,17 @@
 //! TCP connection and checks every answer (no reset, nothing lost or
 //! repeated). Also the refusals: validation, wrong keys.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const LPM: &str = env!("CARGO_BIN_EXE_lpm");
+mod common;
+use common::lab::TestLab;
+
 const SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_service.py");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_client.py");
 
-/// A lab of its own for one test, torn down however the test ends.
-struct TestLab {
-    dir: PathBuf,
-    clients: Vec<Child>,
-}
-
-impl TestLab {
-    fn up(tag: &str, hosts: usize) -> TestLab {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("lpm-lab-{tag}-{}-{nanos}", std::process::id()));
-        let lab = TestLab { dir, clients: Vec::new() };
-        let out = lab.lpm(&["lab", "up", "--hosts", &hosts.to_string()]);
-        assert!(out.status.success(), "lab up failed: {}", String::from_utf8_lossy(&out.stderr));
-        lab
-    }
-
-    fn lpm(&self, args: &[&str]) -> Output {
-        Command::new(LPM).args(args).env("LPM_LAB", &self.dir).stdin(Stdio::null()).output().expect("run lpm")
-    }
-
-    /// Runs lpm and returns its stdout, failing the test with its stderr.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.lpm(args);
-        assert!(out.status.success(), "lpm {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn lab_json(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.dir.join("lab.json")).unwrap()).unwrap()
-    }
-
-    fn client_ns(&self) -> String {
-        self.lab_json()["client"]["netns"].as_str().unwrap().to_string()
-    }
-
-    /// Starts the checking client against `ip:7000` in the client namespace.
-    fn client(&mut self, ip: &str) -> usize {
-        let c = Command::new("ip")
-            .args(["netns", "exec", &self.client_ns(), "python3", CLIENT, ip, "7000", "600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the client");
-        self.clients.push(c);
-        self.clients.len() - 1
-    }
-
-    /// Stops client `i` and returns its summary; fails if it saw an error.
-    fn finish_client(&mut self, i: usize) -> String {
-        let c = &mut self.clients[i];
-        let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
-        let out = std::mem::replace(c, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "the client saw an error: {text}{}", String::from_utf8_lossy(&out.stderr));
-        text
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        for c in &mut self.clients {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let out = self.lpm(&["lab", "down"]);
-        if !out.status.success() {
-            eprintln!("lab down: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ip_of(lab: &TestLab, name: &str) -> String {
-    let show: serde_json::Value = serde_json::from_str(&lab.ok(&["partition", "show", name])).unwrap();
-    show["spec"]["ip"].as_str().unwrap().split('/').next().unwrap().to_string()
-}
-
-fn host_of(lab: &TestLab, name: &str) -> String {
-    let show: serde_json::Value = serde_json::from_str(&lab.ok(&["partition", "show", name])).unwrap();
-    show["host"].as_str().unwrap().to_string()
-}
-
 fn create_service(lab: &TestLab, name: &str, host: &str, mib: u32) {
-    let dir = lab.dir.to_string_lossy().into_owned();
-    lab.ok(&[
-        "partition",
-        "create",
-        name,
-        "--host",
-        host,
-        "--memory",
-        "1G",
-        "--volume",
-        &dir,
-        "--",
-        "python3",
-        SERVICE,
-        "7000",
-        &mib.to_string(),
-    ]);
-}
-
-fn wait_log(lab: &TestLab, name: &str, what: &str) {
-    for _ in 0..100 {
-        if lab.ok(&["partition", "logs", name]).contains(what) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("partition {name} never logged {what:?}: {}", lab.ok(&["partition", "logs", name]));
+    let argv: Vec<String> = ["python3", SERVICE, "7000", &mib.to_string()].iter().map(|s| s.to_string()).collect();
+    lab.create(name, host, Some("1G"), &argv).unwrap();
 }
 
 fn migrate_json(lab: &TestLab, name: &str, to: &str, extra: &[&str]) -> serde_json::Value {
@@ -133,17 +26,17 @@ fn migrate_json(lab: &TestLab, name: &str, to: &str, extra: &[&str]) -> serde_js
 fn service_moves_there_and_back_with_its_client_connected() {
     let mut lab = TestLab::up("mig", 2);
     create_service(&lab, "kv", "h1", 64);
-    wait_log(&lab, "kv", "listening");
-    let ip = ip_of(&lab, "kv");
-    let c = lab.client(&ip);
-    wait_log(&lab, "kv", "connected");
+    lab.wait_log("kv", "listening", Duration::from_secs(20));
+    let ip = lab.ip_of("kv");
+    let c = lab.start_client(lab.client_cmd(&["python3", CLIENT, &ip, "7000", "600"]));
+    lab.wait_log("kv", "connected", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     // There on one stream, back on three with compression: pages spread
     // over the streams and a barrier at each round's end.
     for (to, extra) in [("h2", &[][..]), ("h1", &["--streams", "3", "--compress", "zstd"][..])] {
         let r = migrate_json(&lab, "kv", to, extra);
         assert_eq!(r["outcome"]["result"], serde_json::json!("completed"), "report: {r}");
-        assert_eq!(host_of(&lab, "kv"), to);
+        assert_eq!(lab.host_of("kv"), to);
         assert!(r["rounds"].as_array().is_some_and(|a| !a.is_empty()), "no pre-copy rounds: {r}");
         if !extra.is_empty() {
             assert_eq!(r["streams"], serde_json::json!(3), "report: {r}");
@@ -151,12 +44,12 @@ fn service_moves_there_and_back_with_its_client_connected() {
         }
         std::thread::sleep(Duration::from_millis(700));
     }
-    let summary = lab.finish_client(c);
-    assert!(summary.contains("errors 0"), "client: {summary}");
+    let (ok, summary) = lab.finish_client(c);
+    assert!(ok && summary.contains("errors 0"), "client: {summary}");
     let n: u64 = summary.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(n > 100, "the client made only {n} requests: {summary}");
     // The reports are kept on both hosts.
-    let reports = std::fs::read_dir(Path::new(&lab.dir).join("h2").join("reports")).map(|d| d.count()).unwrap_or(0);
+    let reports = std::fs::read_dir(lab.dir.join("h2").join("reports")).map(|d| d.count()).unwrap_or(0);
     assert!(reports >= 2, "h2 keeps {reports} reports");
 }
 
@@ -164,7 +57,7 @@ fn service_moves_there_and_back_with_its_client_connected() {
 fn validation_names_what_fails_and_keys_are_checked() {
     let lab = TestLab::up("val", 2);
     create_service(&lab, "kv", "h1", 8);
-    wait_log(&lab, "kv", "listening");
+    lab.wait_log("kv", "listening", Duration::from_secs(20));
     let out = lab.ok(&["migrate", "kv", "--to", "h2", "--validate-only"]);
     assert!(out.contains("ok   memory") && out.contains("ok   kernel"), "validation: {out}");
     let same = lab.lpm(&["migrate", "kv", "--to", "h1"]);
@@ -172,13 +65,13 @@ fn validation_names_what_fails_and_keys_are_checked() {
     assert!(String::from_utf8_lossy(&same.stderr).contains("on h1 already"), "{}", String::from_utf8_lossy(&same.stderr));
     // An address clash on the target is named by the validation, and the
     // partition stays where it was, running.
-    let ip = ip_of(&lab, "kv");
+    let ip = lab.ip_of("kv");
     lab.ok(&["partition", "create", "other", "--host", "h2", "--ip", &format!("{ip}/24"), "--", "sleep", "1000"]);
     let clash = lab.lpm(&["migrate", "kv", "--to", "h2"]);
     assert!(!clash.status.success());
     let err = String::from_utf8_lossy(&clash.stderr);
     assert!(err.contains("validation failed") && err.contains("ip:"), "{err}");
-    assert_eq!(host_of(&lab, "kv"), "h1");
+    assert_eq!(lab.host_of("kv"), "h1");
     let show: serde_json::Value = serde_json::from_str(&lab.ok(&["partition", "show", "kv"])).unwrap();
     assert_eq!(show["state"], serde_json::json!("running"));
     // A wrong key is refused by the agent.

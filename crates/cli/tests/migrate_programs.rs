@@ -50,10 +50,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Programs whose migration fails now and then, with what is seen. Their
-/// result is printed in the table either way.
-const KNOWN_FLAKY: &[(&str, &str)] = &[];
-
 /// Programs whose migration is broken today, with what goes wrong. They
 /// still run, their failure is printed in the table, and the test fails
 /// the day one of them passes, so the list cannot go stale. Every one is
@@ -481,20 +477,14 @@ fn zdtm_programs_move_there_and_back() {
             r.verdict,
             if r.problems.is_empty() { "ok" } else { "FAIL" }
         );
-        let flaky = KNOWN_FLAKY.iter().any(|k| k.0 == r.prog.name);
         let known = KNOWN_BROKEN.iter().find(|k| k.0 == r.prog.name);
         match (known, r.problems.is_empty()) {
-            (None, false) if flaky => {}
             (None, false) => failures.push(format!("zdtm {} ({}):\n{}", r.prog.name, r.name, r.problems.join("\n"))),
             (Some(_), true) => {
                 failures.push(format!("zdtm {}: listed in KNOWN_BROKEN but it passes now: take it off the list", r.prog.name))
             }
             _ => {}
         }
-    }
-    let _ = writeln!(table, "\nknown flaky (bugs to fix; a failure shows above but does not fail the test):");
-    for (name, why) in KNOWN_FLAKY {
-        let _ = writeln!(table, "  {name}: {why}");
     }
     let _ = writeln!(table, "\nknown broken (bugs to fix; they fail as shown above):");
     for (name, why) in KNOWN_BROKEN {
