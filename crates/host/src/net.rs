@@ -71,6 +71,17 @@ pub enum NetError {
         #[source]
         source: io::Error,
     },
+    /// Putting an interface on a bridge or taking it off failed.
+    #[error("set the bridge of {ifname} to {}", master.as_deref().unwrap_or("none"))]
+    Master {
+        /// The interface.
+        ifname: String,
+        /// The bridge, None to take it off.
+        master: Option<String>,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
     /// Sending the gratuitous ARP failed.
     #[error("gratuitous arp for {ip} on {ifname} in network namespace {ns}")]
     Arp {
@@ -84,6 +95,17 @@ pub enum NetError {
         #[source]
         source: lpm_sys::Error,
     },
+}
+
+/// Puts `ifname` on bridge `master` (None: off its bridge) in the calling
+/// thread's network namespace, by rtnetlink rather than `ip`: a
+/// migration does it inside its downtime.
+pub fn set_master(ifname: &str, master: Option<&str>) -> Result<(), NetError> {
+    lpm_sys::net::set_link_master(ifname, master).map_err(|source| NetError::Master {
+        ifname: ifname.to_string(),
+        master: master.map(str::to_string),
+        source,
+    })
 }
 
 /// A named network namespace, `/run/netns/NAME`. The value is only the

@@ -398,20 +398,18 @@ impl Plumbing {
         move |source| PartitionError::Net { partition: self.name.clone(), op, source: Box::new(source) }
     }
 
-    /// Cuts the partition off the network: the host-side veth goes down, so
-    /// no packet reaches or leaves the partition (eth0 loses its carrier).
+    /// Cuts the partition off the network: the host-side veth leaves the
+    /// bridge, so no packet reaches or leaves the partition.
     pub fn lock_network(&self) -> Result<()> {
         // Off the bridge rather than down: the link stays up, so the
         // partition's own view (carrier, and the netlink events a change
         // of it would send into its namespace) does not move.
-        net::ip(None, &["link", "set", &self.veth, "nomaster"]).map_err(self.net_err("lock network (veth off the bridge)"))?;
-        Ok(())
+        net::set_master(&self.veth, None).map_err(self.net_err("lock network (veth off the bridge)"))
     }
 
-    /// Reconnects the partition: the host-side veth goes up.
+    /// Reconnects the partition: the host-side veth joins the bridge again.
     pub fn unlock_network(&self) -> Result<()> {
-        net::ip(None, &["link", "set", &self.veth, "master", &self.bridge]).map_err(self.net_err("unlock network (veth on the bridge)"))?;
-        Ok(())
+        net::set_master(&self.veth, Some(&self.bridge)).map_err(self.net_err("unlock network (veth on the bridge)"))
     }
 
     /// Announces eth0's address from its MAC (gratuitous ARP), so switches

@@ -382,6 +382,67 @@ pub fn unix_diag(ino: u32) -> Result<Option<UnixDiag>> {
     Ok(None)
 }
 
+const RTM_NEWLINK: u16 = 16;
+const IFLA_MASTER: u16 = 10;
+
+/// The index of interface `name` in the calling thread's network
+/// namespace.
+pub fn if_index(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| Error::sys("if_nametoindex", 0, io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(Error::sys("if_nametoindex", 0, io::Error::last_os_error()));
+    }
+    Ok(i)
+}
+
+/// Puts interface `name` on bridge `master`, or takes it off its bridge
+/// with None (`ip link set NAME master M` / `nomaster`), by one rtnetlink
+/// request in the calling thread's network namespace. The migration locks
+/// and unlocks a partition's network this way inside its downtime, where
+/// running `ip` costs a fork and an exec (2 ms here, more under load).
+pub fn set_link_master(name: &str, master: Option<&str>) -> Result<()> {
+    let index = if_index(name)?;
+    let master = match master {
+        Some(m) => if_index(m)?,
+        None => 0,
+    };
+    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_ROUTE)?;
+    // nlmsghdr (16) + ifinfomsg (16) + IFLA_MASTER attribute (8).
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]); // family, pad, type
+    req.extend_from_slice(&(index as i32).to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes()); // flags
+    req.extend_from_slice(&0u32.to_ne_bytes()); // change
+    req.extend_from_slice(&8u16.to_ne_bytes());
+    req.extend_from_slice(&IFLA_MASTER.to_ne_bytes());
+    req.extend_from_slice(&master.to_ne_bytes());
+    let kernel = {
+        let mut a = vec![0u8; 12];
+        a[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+        a
+    };
+    use std::os::fd::AsFd;
+    send(nl.as_fd(), &req, &kernel, 0)?;
+    let mut buf = vec![0u8; 4096];
+    let got = recv(nl.as_fd(), &mut buf, 0)?;
+    let b = &buf[..got.len];
+    if b.len() >= 20 && u16_at(b, 4) == NLMSG_ERROR {
+        let e = -(u32_at(b, 16) as i32);
+        if e == 0 {
+            return Ok(());
+        }
+        return Err(Error::sys("rtnetlink set master", 0, io::Error::from_raw_os_error(e)));
+    }
+    Err(Error::sys("rtnetlink set master (no acknowledgement)", 0, io::Error::from_raw_os_error(libc::EPROTO)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
