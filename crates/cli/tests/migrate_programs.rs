@@ -60,7 +60,6 @@ const KNOWN_BROKEN: &[(&str, &str)] = &[
         "pipes",
         "source and target share the FIFO's kernel buffer on one machine: the target refills it while the source still holds the data",
     ),
-    ("ns_tree", "a pid namespace nested inside the partition comes back with the wrong /proc"),
 ];
 
 /// The zdtm programs whose migration out of a partition is refused, with

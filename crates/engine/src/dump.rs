@@ -473,7 +473,6 @@ impl StoppedTree {
             tree.processes.push(p);
         }
         files::reconcile_connections(&mut files)?;
-        ns::place_mount_proc(&mut tree.processes);
         let first = self.frozen.threads.first().map(|s| s.tid).unwrap_or(root);
         tree.cpu = Some(cpu::host(&ptrace::get_xstate(first).step(first, || "read xstate".into())?));
         tree.root_pid = root as u32;

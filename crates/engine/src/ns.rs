@@ -15,7 +15,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
-use lpm_image::{Namespaces, Process};
+use linux_raw_sys::general as raw;
+use lpm_image::{Namespaces, TreeImage};
 use lpm_sys::remote::Remote;
 
 use crate::proc::{self, Status};
@@ -61,18 +62,17 @@ pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespac
         ns.lo_up = lo_flags(pid)? & libc::IFF_UP as u32 != 0;
     }
     if flags & libc::CLONE_NEWNS as u64 != 0 {
-        let host = proc::mounts(parent)?;
-        let host_proc = host.iter().find(|m| m.0 == "/proc").map(|m| m.1.clone());
-        let host: Vec<_> = host.into_iter().map(|m| (m.0, m.2)).collect();
-        for (point, dev, fstype) in proc::mounts(pid)? {
-            if point == "/proc" && fstype == "proc" {
-                // A procfs of its own (not the inherited copy) is remounted
-                // on restore by the first process of its pid namespace.
-                ns.mount_proc = host_proc.as_deref() != Some(dev.as_str());
-            } else if !host.contains(&(point.clone(), fstype.clone())) {
+        let host: Vec<_> = proc::mounts(parent)?.into_iter().map(|m| (m.0, m.2)).collect();
+        for (point, _, fstype) in proc::mounts(pid)? {
+            // Procfs at /proc is handled below, whatever its pid namespace.
+            let procfs_at_proc = point == "/proc" && fstype == "proc";
+            if !procfs_at_proc && !host.contains(&(point.clone(), fstype.clone())) {
                 return Err(unsupported("mount", format!("{fstype} at {point}")));
             }
         }
+    }
+    if flags & (libc::CLONE_NEWNS | libc::CLONE_NEWPID) as u64 != 0 {
+        (ns.mount_proc, ns.proc_from) = proc_mount(pid, flags)?;
     }
     if flags & libc::CLONE_NEWUTS as u64 != 0 {
         let (h, d) = uts_names(pid)?;
@@ -82,38 +82,91 @@ pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespac
     Ok(Some(ns))
 }
 
-/// Moves each "mount a private /proc" from the process owning the mount
-/// namespace to the first process of the pid namespace that procfs shows:
-/// the first process under it (or itself) that founds a pid namespace and
-/// shares its mount namespace. Processes are in tree order.
-pub fn place_mount_proc(procs: &mut [Process]) {
-    let parent: HashMap<u32, u32> = procs.iter().map(|p| (p.pid, p.ppid)).collect();
-    let descends = |mut p: u32, from: u32| loop {
-        if p == from {
-            return true;
+/// Who recreates /proc of the mount namespace of `pid`, which owns a
+/// mount or pid namespace: `mount_proc` when `pid` mounts it itself, and
+/// `proc_from` (an image pid) when the owner of the mount namespace
+/// attaches one made in the pid namespace of that process.
+///
+/// A restored mount namespace starts as a copy of the restorer's, taken
+/// when its owner is cloned and before any procfs is mounted in the tree
+/// (mounts come late, see [`restore`]), so it shows the restorer's /proc.
+/// Any other procfs on top of /proc (where the tree's processes look) is
+/// made again, and the kernel ties a new procfs to the pid namespace of
+/// the task that creates it. The pid namespace to recreate is the one the
+/// procfs shows (its pid 1's `ns/pid`, seen through the task's own root):
+/// - Among the processes in both that mount and that pid namespace, the
+///   one owning a namespace relative to its parent mounts it (the mount
+///   namespace's owner, or the first process of a pid namespace nested
+///   inside it): `mount_proc`.
+/// - When none is in both (the first process of that pid namespace
+///   mounted it, then moved on to a mount namespace of its own, as
+///   `unshare --fork --pid --mount-proc` run as a partition's init does),
+///   that first process creates the procfs and the mount namespace's owner
+///   attaches it: `proc_from`.
+/// - A procfs of a pid namespace that has ended, or of one whose first
+///   process is not below the owner, is refused.
+///
+/// Only the procfs on top is recreated: layers hidden under it (a
+/// partition's own /proc under the one of a pid namespace nested inside)
+/// are not, since nothing can reach them.
+fn proc_mount(pid: i32, flags: u64) -> Result<(bool, u32)> {
+    let unsupported = |what: String| EngineError::Unsupported { pid, kind: "mount", what };
+    let top = proc::stat(pid, "root/proc")?;
+    if top.dev() == proc::stat(std::process::id() as i32, "root/proc")?.dev() {
+        return Ok((false, 0));
+    }
+    let path = format!("/proc/{pid}/root/proc");
+    let fs = rustix::fs::statfs(path.as_str()).map_err(|e| io_err(format!("statfs {path}"))(e.into()))?;
+    if fs.f_type != PROC_SUPER_MAGIC {
+        // Not a procfs: the owner of the mount namespace refuses it with
+        // its other mounts.
+        return Ok((false, 0));
+    }
+    let shown = proc::stat(pid, "root/proc/1/ns/pid")
+        .map_err(|_| unsupported("procfs at /proc of a pid namespace that has ended (it has no pid 1)".into()))?
+        .ino();
+    if proc::stat(pid, "ns/pid")?.ino() == shown {
+        return Ok((true, 0));
+    }
+    if flags & libc::CLONE_NEWNS as u64 == 0 {
+        return Ok((false, 0));
+    }
+    let mnt = proc::link(pid, "ns/mnt")?;
+    let mut first = None;
+    for d in descendants(pid) {
+        // Tasks whose namespaces cannot be read (zombies) do not count.
+        let Ok(ns) = proc::stat(d, "ns/pid") else { continue };
+        if ns.ino() != shown {
+            continue;
         }
-        match parent.get(&p) {
-            Some(&q) if q != 0 => p = q,
-            _ => return false,
+        if proc::link(d, "ns/mnt").ok().as_deref() == Some(mnt.as_str()) {
+            // It mounts it itself.
+            return Ok((false, 0));
         }
-    };
-    let owners: Vec<u32> = procs.iter().filter(|p| p.namespaces.as_ref().is_some_and(|n| n.mount_proc)).map(|p| p.pid).collect();
-    for m in owners {
-        let founder = procs.iter().find(|p| {
-            let n = p.namespaces.as_ref().map(|n| n.clone_flags).unwrap_or(0);
-            descends(p.pid, m) && n & libc::CLONE_NEWPID as u64 != 0 && (p.pid == m || n & libc::CLONE_NEWNS as u64 == 0)
-        });
-        if let Some(f) = founder.map(|f| f.pid).filter(|&f| f != m) {
-            for p in procs.iter_mut() {
-                if p.pid == m {
-                    p.namespaces.as_mut().expect("owner").mount_proc = false;
-                }
-                if p.pid == f {
-                    p.namespaces.as_mut().expect("founder").mount_proc = true;
-                }
-            }
+        if first.is_none() && Status::read(d)?.nums("NSpid").last() == Some(&1) {
+            first = Some(d);
         }
     }
+    match first {
+        Some(f) => Ok((false, f as u32)),
+        None => Err(unsupported(format!("procfs at /proc of pid namespace {shown}, whose first process is not below this one"))),
+    }
+}
+
+/// statfs f_type of procfs.
+const PROC_SUPER_MAGIC: rustix::fs::FsWord = linux_raw_sys::general::PROC_SUPER_MAGIC as rustix::fs::FsWord;
+
+/// Every live descendant of `pid`, parents first.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        // A task that exited meanwhile has no children to list.
+        let kids = proc::children(p).unwrap_or_default();
+        out.extend(&kids);
+        next.extend(kids.into_iter().rev());
+    }
+    out
 }
 
 /// Reads host and domain name inside the task's uts namespace, from a
@@ -208,7 +261,11 @@ pub fn isolate_mounts(pid: i32, r: &mut Remote, s: Scratch) -> Result<()> {
     Ok(())
 }
 
-/// Fills the namespaces a restored process owns: names, and /proc.
+/// Fills the namespaces a restored process owns: names, and /proc when it
+/// is the process that mounts it ([`proc_mount`]). Called for every
+/// process once all are shaped: a puppet reaches its files through the
+/// restorer's /proc (`/proc/self/fd`) until then, which a procfs of a
+/// pid namespace it is not in would hide.
 pub fn restore(pid: i32, r: &mut Remote, s: Scratch, ns: &Namespaces) -> Result<()> {
     if ns.clone_flags & libc::CLONE_NEWUTS as u64 != 0 {
         let a = put(pid, s, 0, ns.hostname.as_bytes())?;
@@ -221,6 +278,60 @@ pub fn restore(pid: i32, r: &mut Remote, s: Scratch, ns: &Namespaces) -> Result<
         let target = put_path(pid, s, 64, "/proc")?;
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         r.call(libc::SYS_mount, &[src, target, src, flags, 0]).step(pid, || "remote mount proc on /proc".into())?;
+    }
+    Ok(())
+}
+
+/// Puts on /proc of each mount namespace whose owner has
+/// `Namespaces::proc_from` the procfs of that process's pid namespace:
+/// the process creates it (fsopen, fsmount: a new procfs belongs to the
+/// pid namespace of its creator) and the owner, in the mount namespace,
+/// takes the mount from it (pidfd_getfd) and attaches it (move_mount).
+/// Runs with the mounts of [`restore`], once every process is shaped;
+/// `remote` gives the puppet of an image pid.
+pub fn attach_procs(tree: &TreeImage, s: Scratch, mut remote: impl FnMut(u32) -> Option<Remote>) -> Result<()> {
+    for owner in &tree.processes {
+        let Some(from) = owner.namespaces.as_ref().map(|n| n.proc_from).filter(|&f| f != 0) else { continue };
+        let pid = owner.pid as i32;
+        let missing = |what: &str| EngineError::Incompatible(format!("process {pid} takes its /proc from {what}"));
+        let maker = tree.processes.iter().find(|p| p.pid == from).ok_or_else(|| missing(&format!("process {from}, not in the image")))?;
+        // The maker's pid as the owner sees it: at the owner's own level.
+        let seen = owner
+            .nspid
+            .len()
+            .checked_sub(1)
+            .and_then(|level| maker.nspid.get(level))
+            .copied()
+            .ok_or_else(|| missing(&format!("process {from}, outside its pid namespace")))?;
+        let mut m = remote(maker.pid).ok_or_else(|| missing(&format!("process {from}, not restored")))?;
+        let mut o = remote(owner.pid).ok_or_else(|| EngineError::Incompatible(format!("process {pid} was not restored")))?;
+        let (mh, oh) = (m.tid(), o.tid());
+        let what = |step: &str| {
+            let step = step.to_string();
+            move || format!("{step} for /proc of process {pid}")
+        };
+        let name = put_path(mh, s, 0, "proc")?;
+        let fsfd = m.call(libc::SYS_fsopen, &[name, raw::FSOPEN_CLOEXEC as u64]).step(mh, what("remote fsopen proc"))?;
+        let made = m
+            .call(libc::SYS_fsconfig, &[fsfd, raw::fsconfig_command::FSCONFIG_CMD_CREATE as u64, 0, 0, 0])
+            .step(mh, what("remote fsconfig create"));
+        let attrs = raw::MOUNT_ATTR_NOSUID | raw::MOUNT_ATTR_NODEV | raw::MOUNT_ATTR_NOEXEC;
+        let mnt = made
+            .and_then(|_| m.call(libc::SYS_fsmount, &[fsfd, raw::FSMOUNT_CLOEXEC as u64, attrs as u64]).step(mh, what("remote fsmount")));
+        m.call(libc::SYS_close, &[fsfd]).step(mh, what("remote close fs context"))?;
+        let mnt = mnt?;
+        let pidfd = o.call(libc::SYS_pidfd_open, &[seen as u64, 0]).step(oh, what(&format!("remote pidfd_open {seen}")))?;
+        let fd = o.call(libc::SYS_pidfd_getfd, &[pidfd, mnt, 0]).step(oh, what("remote pidfd_getfd of the mount"));
+        o.call(libc::SYS_close, &[pidfd]).step(oh, what("remote close pidfd"))?;
+        m.call(libc::SYS_close, &[mnt]).step(mh, what("remote close mount"))?;
+        let fd = fd?;
+        let empty = put(oh, s, 0, b"\0")?;
+        let target = put_path(oh, s, 64, "/proc")?;
+        let moved = o
+            .call(libc::SYS_move_mount, &[fd, empty, libc::AT_FDCWD as u64, target, raw::MOVE_MOUNT_F_EMPTY_PATH as u64])
+            .step(oh, what("remote move_mount on /proc"));
+        o.call(libc::SYS_close, &[fd]).step(oh, what("remote close mount"))?;
+        moved?;
     }
     Ok(())
 }

@@ -23,6 +23,14 @@ pub fn link(pid: i32, rel: &str) -> Result<String> {
     std::fs::read_link(&path).map(|p| p.to_string_lossy().into_owned()).map_err(|source| EngineError::Proc { path, source })
 }
 
+/// Metadata of the file a /proc path leads to, links followed: a
+/// namespace's inode (`ns/pid`), or the mount on top of a path in the
+/// task's own mount namespace (`root/proc`).
+pub fn stat(pid: i32, rel: &str) -> Result<std::fs::Metadata> {
+    let path = PathBuf::from(format!("/proc/{pid}/{rel}"));
+    std::fs::metadata(&path).map_err(|source| EngineError::Proc { path, source })
+}
+
 /// Thread ids of a process, leader first.
 pub fn threads(pid: i32) -> Result<Vec<i32>> {
     let path = PathBuf::from(format!("/proc/{pid}/task"));

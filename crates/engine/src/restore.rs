@@ -240,6 +240,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
             ns::restore(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), n)?;
         }
     }
+    ns::attach_procs(&tree, ctx.scratch(), |pid| puppets.by_pid.get(&pid).map(|q| ctx.remote(q.host, q.base)))?;
     for p in &tree.processes {
         let pp = &puppets.by_pid[&p.pid];
         if let Some(sc) = &p.seccomp {

@@ -68,9 +68,11 @@ pub struct Namespaces {
     /// NIS domain name inside the uts namespace.
     #[prost(string, tag = "3")]
     pub domainname: String,
-    /// This process (the first of its pid namespace) mounts that
-    /// namespace's procfs on /proc of its mount namespace
-    /// (`unshare --mount-proc`).
+    /// This process mounts the procfs of its own pid namespace on /proc of
+    /// its mount namespace at restore (`unshare --mount-proc`): that
+    /// procfs was on top of /proc there, and this is the process in both
+    /// namespaces that owns one of them (the mount namespace's owner, or
+    /// the first process of a pid namespace nested inside it).
     #[prost(bool, tag = "4")]
     pub mount_proc: bool,
     /// Identity of the owned network namespace at dump (its nsfs inode):
@@ -89,6 +91,14 @@ pub struct Namespaces {
     /// What the ipc namespace holds, when `clone_flags` has CLONE_NEWIPC.
     #[prost(message, optional, tag = "10")]
     pub ipc: Option<IpcNamespace>,
+    /// Set on the owner of a mount namespace whose /proc showed the procfs
+    /// of a pid namespace no process of that mount namespace is in (its
+    /// first process, this one's descendant, moved on to a mount namespace
+    /// of its own): the image pid of that first process. At restore it
+    /// makes the procfs (fsopen, fsmount) and this process attaches it on
+    /// /proc (move_mount). 0: none.
+    #[prost(uint32, tag = "11")]
+    pub proc_from: u32,
 }
 
 /// One process (thread group). Pids, parent, group and session are as the
