@@ -133,6 +133,9 @@ pub struct Agent {
     /// The page stores of incoming migrations, by id, for their extra
     /// page streams.
     pub(crate) incoming: Mutex<std::collections::HashMap<String, Arc<Mutex<lpm_migrate::store::Store>>>>,
+    /// What this host's last outgoing migrations' stops cost besides their
+    /// pages, in ms (a moving average): the policy's fixed cost.
+    pub(crate) stop_fixed_ms: Mutex<Option<f64>>,
 }
 
 impl Agent {
@@ -410,7 +413,13 @@ pub fn run(opts: Options) -> Result<()> {
     let _ = std::fs::remove_file(&opts.control);
     let control = UnixListener::bind(&opts.control).with_context(|| format!("bind control socket {}", opts.control.display()))?;
     let mover = TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
-    let agent = Arc::new(Agent { opts, ctx, incoming: Mutex::new(std::collections::HashMap::new()), parts: Mutex::new(parts) });
+    let agent = Arc::new(Agent {
+        opts,
+        ctx,
+        incoming: Mutex::new(std::collections::HashMap::new()),
+        parts: Mutex::new(parts),
+        stop_fixed_ms: Mutex::new(None),
+    });
     {
         let a = agent.clone();
         std::thread::spawn(move || {

@@ -31,9 +31,18 @@ use crate::api::{self, Check, MigrateRequest, Mover, Progress, Response};
 use crate::daemon::Agent;
 use crate::fault;
 
-/// Copies a final page goes through during the stop (see the policy's
-/// bandwidth in `SourceRun::phases`).
-const STOP_COPIES: f64 = 3.0;
+/// How much slower the stop moves a page than a round does (see the
+/// policy's bandwidth in `SourceRun::phases`).
+const STOP_SLOWDOWN: f64 = 2.0;
+
+/// The policy's guess of the stop's fixed cost before this host measured
+/// one, in ms.
+const STOP_FIXED_GUESS_MS: f64 = 25.0;
+
+/// The share of the allowed downtime the fixed cost may take in the
+/// policy at most: an estimate too high must not refuse a migration, nor
+/// leave no room for pages.
+const STOP_FIXED_SHARE: f64 = 0.6;
 
 /// Image files travel in chunks of this size.
 const CHUNK: usize = 8 << 20;
@@ -185,10 +194,16 @@ struct SourceRun<'a> {
     step: String,
     stop: report::StopBreakdown,
     downtime: Option<Duration>,
+    /// The policy's estimate of the stop's page rate, bytes/s.
+    stop_rate: f64,
     wire_bytes: u64,
     /// The partition is frozen (and its network locked) on the source.
     frozen: bool,
     handed_over: bool,
+    /// What the frozen dump let go of for the target (file locks, FIFO
+    /// data): given back on rollback, dropped once the target owns the
+    /// partition.
+    handoff: Option<lpm_engine::Handoff>,
 }
 
 impl<'a> SourceRun<'a> {
@@ -208,9 +223,11 @@ impl<'a> SourceRun<'a> {
             step: "connect".into(),
             stop: report::StopBreakdown::default(),
             downtime: None,
+            stop_rate: 0.0,
             wire_bytes: 0,
             frozen: false,
             handed_over: false,
+            handoff: None,
         }
     }
 
@@ -299,10 +316,14 @@ impl<'a> SourceRun<'a> {
         }
         let pids = self.plumbing.cgroup().procs().context("list the partition's processes")?;
         let mut pre = Precopy::start(&pids).context("start dirty-page tracking")?;
+        let max_downtime = Duration::from_millis(self.req.max_downtime_ms);
+        // What the last stops from this host cost besides their pages.
+        let fixed = self.agent.stop_fixed_ms.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(STOP_FIXED_GUESS_MS);
         let limits = policy::Limits {
-            max_downtime: Duration::from_millis(self.req.max_downtime_ms),
+            max_downtime,
             max_total: Duration::from_secs(self.req.max_total_s),
             force_switch: self.req.force,
+            fixed_cost: Duration::from_secs_f64(fixed / 1e3).min(max_downtime.mul_f64(STOP_FIXED_SHARE)),
             ..Default::default()
         };
         let base_cpus = self.spec.cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
@@ -310,9 +331,7 @@ impl<'a> SourceRun<'a> {
         let mut wire_rate = 0.0;
         loop {
             m.round += 1;
-            let mut ws = vec![&mut self.link.as_mut().expect("connected").w];
-            ws.extend(self.extras.iter_mut().map(|l| &mut l.w));
-            let mut sink = WireSink { ws, next: 0, compress: self.req.compress, wire_bytes: 0, payload: Vec::new(), frame: Vec::new() };
+            let mut sink = self.sink();
             let st = pre.round(&mut sink).with_context(|| format!("pre-copy round {}", m.round))?;
             let wire = sink.wire_bytes;
             drop(sink);
@@ -327,11 +346,11 @@ impl<'a> SourceRun<'a> {
                 wire_rate = (st.bytes as f64 / secs).max(1.0);
             }
             // The policy weighs what is left against the stop's own rate:
-            // a final page is copied three times in a row while the
-            // partition waits (dumped to tmpfs, sent, copied into the
-            // restored task), not streamed as in a round. Measured here at
-            // about a third of the round's rate.
-            m.bandwidth = wire_rate / STOP_COPIES;
+            // the last round reads pages scattered one by one, slower than
+            // the long runs of a round, and the target stores them before
+            // the restore begins.
+            m.bandwidth = wire_rate / STOP_SLOWDOWN;
+            self.stop_rate = m.bandwidth;
             let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;
             m.remaining = c.pending;
             m.sent_last = st.pages;
@@ -398,7 +417,8 @@ impl<'a> SourceRun<'a> {
         self.plumbing.lock_network().context("lock the partition's network")?;
         self.frozen = true;
         // Stopped first, then the trackers' last word (nothing runs, so
-        // nothing writes behind it), then the dump of what the target lacks.
+        // nothing writes behind it) and the pages it names, sent as in every
+        // round, then the dump of the rest of the state.
         let locked = t_stop.elapsed();
         // Whether the init still lives in the partition's namespace (the
         // one with its NIC, which the target brings) or made one of its own.
@@ -407,7 +427,13 @@ impl<'a> SourceRun<'a> {
             && ino(Path::new(&format!("/proc/{}/ns/net", self.pid))) == ino(&self.plumbing.netns().path());
         let stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
         let at_stop = t_stop.elapsed();
-        let held = pre.finish().context("last dirty-page collection")?;
+        let mut sink = self.sink();
+        let (last, held) = pre.finish(&mut sink).context("send the pages written since the last round")?;
+        let wire = sink.wire_bytes;
+        drop(sink);
+        self.wire_bytes += wire;
+        // Every stream's pages are stored before the restore reads them.
+        self.round_barrier(last.round)?;
         let at_collect = t_stop.elapsed();
         let opts = lpm_engine::DumpOptions {
             after: lpm_engine::After::Frozen,
@@ -416,17 +442,19 @@ impl<'a> SourceRun<'a> {
             external_netns,
             smaps_hint,
         };
-        let stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
+        let mut stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
+        self.handoff = Some(std::mem::take(&mut stats.handoff));
         tracing::debug!(
             partition = %self.spec.name,
             lock_ms = locked.as_secs_f64() * 1e3,
             stop_ms = (at_stop - locked).as_secs_f64() * 1e3,
-            collect_ms = (at_collect - at_stop).as_secs_f64() * 1e3,
+            last_round_ms = (at_collect - at_stop).as_secs_f64() * 1e3,
+            last_round_pages = last.pages,
             dump_ms = (t_stop.elapsed() - at_collect).as_secs_f64() * 1e3,
             "switchover steps"
         );
         self.stop.freeze_ms = t_stop.elapsed().as_secs_f64() * 1e3;
-        self.stop.final_pages = stats.pages;
+        self.stop.final_pages = last.pages + stats.pages;
         let t = Instant::now();
         fault::point("source.frozen")?;
         let (files, bytes) = self.send_images(&dir)?;
@@ -446,6 +474,9 @@ impl<'a> SourceRun<'a> {
         let mark = self.agent.opts.dir.join("partitions").join(&self.spec.name).join("handed-over");
         fs::write(&mark, format!("{}\n", self.req.target)).with_context(|| format!("record the handover in {}", mark.display()))?;
         self.handed_over = true;
+        // No rollback from here: the locks and FIFO data are the target's,
+        // and no descriptor of ours may keep a FIFO open behind its copy.
+        self.handoff = None;
         fault::point("source.go")?;
         self.link().send(&Mover::Go)?;
         match self.link().recv() {
@@ -455,6 +486,7 @@ impl<'a> SourceRun<'a> {
         }
         self.stop.handover_ms = t.elapsed().as_secs_f64() * 1e3 - self.stop.restore_ms;
         self.downtime = Some(t_stop.elapsed());
+        self.learn_stop_cost();
         // The frozen copy here is given up: kill it, reap its init, and
         // remove its namespaces and cgroup.
         let cg = self.plumbing.cgroup();
@@ -469,6 +501,24 @@ impl<'a> SourceRun<'a> {
         let _ = fs::remove_dir_all(self.agent.opts.dir.join("partitions").join(&self.spec.name));
         progress(ctl, Progress { phase: "done".into(), note: format!("running on {}", self.req.target), ..blank() });
         Ok(())
+    }
+
+    /// Updates the host's estimate of a stop's fixed cost from this one:
+    /// its downtime less what its pages took at the policy's rate.
+    fn learn_stop_cost(&self) {
+        let (Some(down), rate) = (self.downtime, self.stop_rate) else { return };
+        let pages_ms = if rate > 0.0 { (self.stop.final_pages * lpm_migrate::precopy::PAGE) as f64 / rate * 1e3 } else { 0.0 };
+        let fixed = (down.as_secs_f64() * 1e3 - pages_ms).max(0.0);
+        let mut est = self.agent.stop_fixed_ms.lock().unwrap_or_else(|e| e.into_inner());
+        *est = Some(est.map_or(fixed, |old| (old + fixed) / 2.0));
+        tracing::debug!(partition = %self.spec.name, fixed_ms = fixed, estimate_ms = est.unwrap_or(0.0), "stop cost learned");
+    }
+
+    /// Pages of a round onto every stream, in turn.
+    fn sink(&mut self) -> WireSink<'_> {
+        let mut ws = vec![&mut self.link.as_mut().expect("connected").w];
+        ws.extend(self.extras.iter_mut().map(|l| &mut l.w));
+        WireSink { ws, next: 0, compress: self.req.compress, wire_bytes: 0, payload: Vec::new(), frame: Vec::new() }
     }
 
     /// Waits until the target stored every page of the round that went on
@@ -521,22 +571,41 @@ impl<'a> SourceRun<'a> {
     /// Before "go": the partition stays (or becomes again) what it was on
     /// the source.
     fn roll_back(&mut self) {
+        let farewell = |link: &mut Option<Link>, step: &str| {
+            if let Some(link) = link.as_mut() {
+                // A farewell, best effort: each write left (this abort, the
+                // report, the flush on drop) would wait a full mover timeout
+                // for a peer that is gone.
+                let _ = link.w.get_ref().set_write_timeout(Some(Duration::from_millis(500)));
+                let _ = link.send(&Mover::Abort(format!("the source gave up at {step}")));
+                let _ = link.w.flush();
+            }
+        };
+        let handoff = self.handoff.take().unwrap_or_default();
         // The partition first: before "go" the target never runs its copy,
         // so nothing waits on telling it, and over a dead link telling it
         // takes a whole mover timeout the partition would spend frozen.
+        // Unless the dump let go of file locks: the target's copy holds
+        // them until it hears of the abort, so it hears first (a write
+        // bounded by its timeout above).
+        let told = self.frozen && handoff.locks() > 0;
+        if told {
+            farewell(&mut self.link, &self.step);
+        }
         if self.frozen {
-            let _ = lpm_engine::thaw_tree(self.pid);
+            // A lock the target's copy still holds is tried again until the
+            // target gives its copy up, which it does at the latest one
+            // mover timeout after it last heard from us.
+            if let Err(e) = lpm_engine::thaw_tree(self.pid, handoff, mover_timeout()) {
+                let error = format!("{:#}", anyhow::Error::from(e));
+                tracing::error!(partition = %self.spec.name, pid = self.pid, error, "rollback: the partition did not get back all it held");
+            }
             let _ = self.plumbing.cgroup().thaw(Duration::from_secs(5));
             let _ = self.plumbing.unlock_network();
         }
         let _ = self.plumbing.cgroup().set_cpus(self.spec.cpus);
-        if let Some(link) = self.link.as_mut() {
-            // A farewell, best effort: each write left (this abort, the
-            // report, the flush on drop) would wait a full mover timeout
-            // for a peer that is gone.
-            let _ = link.w.get_ref().set_write_timeout(Some(Duration::from_millis(500)));
-            let _ = link.send(&Mover::Abort(format!("the source gave up at {}", self.step)));
-            let _ = link.w.flush();
+        if !told {
+            farewell(&mut self.link, &self.step);
         }
     }
 
@@ -611,13 +680,18 @@ struct Incoming<'a> {
     id: String,
     agent: &'a Agent,
     held: Option<lpm_engine::Held>,
+    /// Made at prepare, in the partition's cgroups: the restore clones the
+    /// root from it and writes no cgroup.procs inside the downtime.
+    vessel: Option<lpm_engine::Vessel>,
 }
 
 impl Drop for Incoming<'_> {
     fn drop(&mut self) {
         self.agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
-        // Kills and reaps every restored task when not released.
+        // Kills and reaps every restored task when not released, and the
+        // vessel, before their cgroups go.
         self.held.take();
+        self.vessel.take();
         if let Some(p) = self.plumbing.take() {
             if let Err(e) = p.destroy() {
                 tracing::warn!(partition = %self.spec.name, error = %e, "remove the incoming partition");
@@ -720,9 +794,14 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     let store = Arc::new(Mutex::new(Store::create(&dir).context("page store")?));
                     let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), store.clone());
-                    let mut i = Incoming { spec: spec.clone(), plumbing: None, dir, store, id: id.clone(), agent, held: None };
-                    i.plumbing =
-                        Some(Plumbing::create(&agent.ctx, &spec, false).with_context(|| format!("prepare partition {}", spec.name))?);
+                    let mut i =
+                        Incoming { spec: spec.clone(), plumbing: None, dir, store, id: id.clone(), agent, held: None, vessel: None };
+                    let p = Plumbing::create(&agent.ctx, &spec, false).with_context(|| format!("prepare partition {}", spec.name))?;
+                    // Without it the restore only takes longer.
+                    i.vessel = lpm_engine::Vessel::new(&p.cgroup().dirs())
+                        .map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "no restore vessel"))
+                        .ok();
+                    i.plumbing = Some(p);
                     inc = Some(i);
                     api::send(&mut w, &Mover::Prepared { id })?;
                 }
@@ -739,6 +818,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                         // memory; LPM_EAGER_FILL=1 in lpmd's environment
                         // copies everything during the stop instead.
                         lazy_fill: std::env::var_os("LPM_EAGER_FILL").is_none(),
+                        vessel: i.vessel.take(),
                     };
                     i.held = Some(lpm_engine::restore_held(&i.dir, &opts).with_context(|| format!("restore partition {}", i.spec.name))?);
                     fault::point("target.restored")?;

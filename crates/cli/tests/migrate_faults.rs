@@ -26,6 +26,8 @@ use lpm_host::partition::{HostCtx, PartitionSpec};
 use lpm_wire::{FrameType, Role};
 use prost::Message;
 
+mod common;
+
 const LPM: &str = env!("CARGO_BIN_EXE_lpm");
 const SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_service.py");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_client.py");
@@ -497,4 +499,125 @@ fn wrong_key_is_refused_and_creates_nothing() {
     }
     let s = show(&lab, "kv");
     assert_eq!((s["host"].as_str(), s["state"].as_str()), (Some("h1"), Some("running")), "{s}");
+}
+
+/// Starts zdtm program `prog` (`tests/zdtm/`) as the init of partition
+/// `name` on h1, its work dir in the lab's volume (shared storage);
+/// returns the work dir once the program is ready.
+fn zdtm_partition(lab: &TestLab, prog: &str, name: &str) -> PathBuf {
+    let p = common::zdtm_progs::find_prog(prog);
+    let work = lab.dir.join(format!("work-{prog}"));
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = common::zdtm_progs::build(p, &lab.dir).unwrap_or_else(|e| panic!("{e}"));
+    let vol = lab.dir.to_string_lossy().into_owned();
+    let w = |f: &str| work.join(f).to_string_lossy().into_owned();
+    let argv =
+        ["env".into(), "-C".into(), w(""), "LC_ALL=C".into(), format!("ZDTM_READY={}", w("ready")), format!("ZDTM_RESULT={}", w("result"))];
+    let mut args = vec!["partition", "create", name, "--host", "h1", "--volume", &vol, "--"];
+    args.extend(argv.iter().map(String::as_str));
+    let bin = bin.to_string_lossy().into_owned();
+    args.push(&bin);
+    lab.ok(&args);
+    let t = Instant::now();
+    while std::fs::read_to_string(work.join("ready")).ok().as_deref() != Some("ready\n") {
+        assert!(t.elapsed() < Duration::from_secs(30), "{prog} not ready: {}", lab.ok(&["partition", "logs", name]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    work
+}
+
+/// SIGTERM to the init of partition `name` on `host`: the zdtm program
+/// verifies itself and writes its result, which is returned.
+fn zdtm_verdict(lab: &TestLab, name: &str, host: &str, work: &Path) -> String {
+    let p = lab.partitions_on(host);
+    let pid = p.iter().find(|p| p.spec.name == name).and_then(|p| p.pid).unwrap_or_else(|| panic!("{name} not running on {host}: {p:?}"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let t = Instant::now();
+    loop {
+        if let Ok(r) = std::fs::read_to_string(work.join("result")) {
+            return r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{name} gave no verdict: {}", lab.ok(&["partition", "logs", name]));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// F_GETLK (or F_OFD_GETLK) from this process for a lock of type `ty` on
+/// `start`+`len` of `file`: the conflicting lock as (type, start, len,
+/// pid), or None.
+fn getlk(file: &Path, ofd: bool, ty: i32, start: i64, len: i64) -> Option<(i32, i64, i64, i32)> {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(file).unwrap();
+    let mut fl = libc::flock { l_type: ty as i16, l_whence: libc::SEEK_SET as i16, l_start: start, l_len: len, l_pid: 0 };
+    let arg = if ofd { nix::fcntl::FcntlArg::F_OFD_GETLK(&mut fl) } else { nix::fcntl::FcntlArg::F_GETLK(&mut fl) };
+    nix::fcntl::fcntl(&f, arg).unwrap();
+    (fl.l_type as i32 != libc::F_UNLCK).then_some((fl.l_type as i32, fl.l_start, fl.l_len, fl.l_pid))
+}
+
+/// The locks zdtm file_locks' init (host pid `pid`) holds on the shared
+/// volume, seen from outside: its flock on a.dat, its POSIX write lock on
+/// bytes 0-99 of b.dat, its OFD write lock on bytes 10-19 of c.dat, and
+/// its child's POSIX read lock on bytes 400-499 of b.dat.
+fn assert_file_locks_held(work: &Path, pid: i32, when: &str) {
+    let a = std::fs::OpenOptions::new().read(true).write(true).open(work.join("a.dat")).unwrap();
+    assert!(
+        matches!(nix::fcntl::Flock::lock(a, nix::fcntl::FlockArg::LockSharedNonblock), Err((_, nix::errno::Errno::EWOULDBLOCK))),
+        "{when}: a.dat is not flocked"
+    );
+    assert_eq!(getlk(&work.join("b.dat"), false, libc::F_RDLCK, 0, 1), Some((libc::F_WRLCK, 0, 100, pid)), "{when}: POSIX lock on b.dat");
+    assert_eq!(getlk(&work.join("c.dat"), true, libc::F_RDLCK, 0, 0), Some((libc::F_WRLCK, 10, 10, -1)), "{when}: OFD lock on c.dat");
+    // And its child's POSIX read lock on bytes 400-499 of b.dat.
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let child: i32 = kids.trim().parse().unwrap_or_else(|_| panic!("{when}: file_locks' init {pid} has children {kids:?}"));
+    assert_eq!(
+        getlk(&work.join("b.dat"), false, libc::F_WRLCK, 400, 1),
+        Some((libc::F_RDLCK, 400, 100, child)),
+        "{when}: the child's lock"
+    );
+}
+
+/// The target fails after restoring (held, before "go") a partition that
+/// holds file locks on the shared volume (zdtm file_locks: flock, POSIX
+/// and OFD locks), then one whose FIFO holds data (zdtm pipes). The frozen
+/// source had let go of the locks and emptied the FIFO for the target;
+/// its rollback takes every lock back (waiting for the target to drop its
+/// copy, which holds them) and refills the FIFO without doubling what the
+/// target's restore put in the shared buffer. Both programs then verify
+/// themselves on h1, and file_locks moves to h2 and verifies itself there.
+#[test]
+fn rollback_after_restore_gives_back_locks_and_fifo_data() {
+    let t0 = Instant::now();
+    let lab = TestLab::up("flocks", &[("LPM_FAULT", "h2:target.restored=fail,h2:target.restored=fail+after=1")]);
+    let locks = zdtm_partition(&lab, "file_locks", "fl");
+    let pipes = zdtm_partition(&lab, "pipes", "fifo");
+    let fl_pid = lab.partitions_on("h1").iter().find(|p| p.spec.name == "fl").and_then(|p| p.pid).expect("fl's pid");
+    assert_file_locks_held(&locks, fl_pid, "before the migration");
+
+    for name in ["fl", "fifo"] {
+        let t = Instant::now();
+        let err = lab.fails(&["migrate", name, "--to", "h2"]);
+        eprintln!("{name}: rolled back in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+        assert!(err.contains(&format!("migrate {name} to h2")) && err.contains("target.restored"), "unclear failure: {err}");
+        let p = lab.partitions_on("h1");
+        let me = p.iter().find(|p| p.spec.name == name).unwrap_or_else(|| panic!("{name} not on h1: {p:?}"));
+        assert_eq!(me.state, "running", "{me:?}");
+        lab.wait_clean("h2", Duration::from_secs(10));
+    }
+    let log = lab.log_of("h1");
+    assert!(!log.contains("did not get back all it held"), "the rollback lost something:\n{log}");
+    for hit in [1, 2] {
+        let fired = format!("fault injected at target.restored (hit {hit})");
+        assert!(lab.log_of("h2").contains(&fired), "no {fired:?}:\n{}", lab.log_of("h2"));
+    }
+    // The very same process holds them again.
+    assert_file_locks_held(&locks, fl_pid, "after the rollback");
+
+    assert_eq!(zdtm_verdict(&lab, "fifo", "h1", &pipes), "PASS\n", "pipes after the rollback: {}", lab.ok(&["partition", "logs", "fifo"]));
+    // The locks still move once the target lets the migration through.
+    let out = lab.ok(&["migrate", "fl", "--to", "h2", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["outcome"]["result"], serde_json::json!("completed"), "report: {r}");
+    let on_h2 = lab.partitions_on("h2").iter().find(|p| p.spec.name == "fl").and_then(|p| p.pid).expect("fl on h2");
+    assert_file_locks_held(&locks, on_h2, "on h2");
+    assert_eq!(zdtm_verdict(&lab, "fl", "h2", &locks), "PASS\n", "file_locks on h2: {}", lab.ok(&["partition", "logs", "fl"]));
+    eprintln!("rollback with locks and a fifo: {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -54,13 +54,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// still run, their failure is printed in the table, and the test fails
 /// the day one of them passes, so the list cannot go stale. Every one is
 /// an open bug of the migration, not a limit by design.
-const KNOWN_BROKEN: &[(&str, &str)] = &[
-    ("file_locks", "the frozen source still holds its flock on the shared file, so the target cannot take it: locks are not handed over"),
-    (
-        "pipes",
-        "source and target share the FIFO's kernel buffer on one machine: the target refills it while the source still holds the data",
-    ),
-];
+const KNOWN_BROKEN: &[(&str, &str)] = &[];
 
 /// The zdtm programs whose migration out of a partition is refused, with
 /// the text the refusal must contain and why it is refused. Every other

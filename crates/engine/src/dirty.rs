@@ -137,9 +137,23 @@ impl DirtyTracker {
     /// tens of milliseconds on a big process, and the last collection runs
     /// while the partition is stopped.)
     pub fn collect(&mut self) -> Result<Dirty> {
+        self.scan(true)
+    }
+
+    /// The last collection, once the process is stopped for good: the
+    /// same report, without re-protecting what was written or registering
+    /// new areas, as nothing runs after it to be tracked. It changes no
+    /// page table entry and flushes no TLB, so it walks the page tables
+    /// several times faster than [`DirtyTracker::collect`]: it runs inside
+    /// the downtime. A second call reports the same pages again.
+    pub fn collect_last(&mut self) -> Result<Dirty> {
+        self.scan(false)
+    }
+
+    fn scan(&mut self, again: bool) -> Result<Dirty> {
         let mut out = Dirty::default();
         let q = Query {
-            flags: (PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC) as u64,
+            flags: (if again { PM_SCAN_WP_MATCHING } else { 0 } | PM_SCAN_CHECK_WPASYNC) as u64,
             category_mask: PAGE_IS_WRITTEN as u64,
             anyof_mask: 0,
             return_mask: PAGE_IS_WRITTEN as u64,
@@ -154,7 +168,9 @@ impl DirtyTracker {
                     // Pages the scan reported before it met the untracked
                     // part are covered by the whole area anyway.
                     out.new_areas.push((e.start, e.end));
-                    self.track(e.start, e.end)?;
+                    if again {
+                        self.track(e.start, e.end)?;
+                    }
                 }
                 Err(err) => return Err(err).step(self.pid, || format!("scan written pages of {:#x}-{:#x}", e.start, e.end)),
             }

@@ -12,8 +12,10 @@
 //! can take the last dirty-page report ([`crate::DirtyTracker::collect`])
 //! and name the pages the receiver already holds
 //! ([`DumpOptions::precopied`]). [`After::Frozen`] then hands the tree to
-//! its cgroup freezer, ptrace-free, for the two-phase handover: the source
-//! later thaws it ([`thaw_tree`], rollback) or destroys it
+//! its cgroup freezer, ptrace-free, for the two-phase handover, after
+//! letting go of what the target must take (file locks, FIFO buffers:
+//! [`crate::Handoff`]): the source later gives that back and thaws the
+//! tree ([`crate::thaw_tree`], rollback) or destroys it
 //! ([`kill_frozen_tree`], commit).
 
 use std::collections::HashMap;
@@ -25,6 +27,7 @@ use lpm_sys::ptrace::{self, Regs, Stop};
 use lpm_sys::remote::{park, Remote};
 
 use crate::files::FileTable;
+use crate::handoff::{self, Handoff};
 use crate::mem::ShmemTable;
 use crate::proc::{self, Stat, Status};
 use crate::task::Scratch;
@@ -53,9 +56,12 @@ pub enum After {
     Run,
     /// Held by its cgroup v2 freezer with no tracer left, so that the
     /// image can be restored elsewhere while this copy waits for the
-    /// verdict: [`thaw_tree`] lets it continue, [`kill_frozen_tree`] ends
-    /// it. Refused (before anything is harmed) for a tree that is not
-    /// alone in a cgroup v2 of its own, as no other freezer can hold it.
+    /// verdict: [`crate::thaw_tree`] lets it continue, [`kill_frozen_tree`]
+    /// ends it. Its file locks are let go of and its FIFOs emptied first,
+    /// for the target to take ([`CheckpointStats::handoff`] holds them for
+    /// the thaw). Refused (before anything is harmed) for a tree that is
+    /// not alone in a cgroup v2 of its own, as no other freezer can hold
+    /// it.
     Frozen,
 }
 
@@ -103,7 +109,7 @@ impl From<&CheckpointOptions> for DumpOptions {
 }
 
 /// What a checkpoint did.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct CheckpointStats {
     /// Processes dumped.
     pub processes: usize,
@@ -125,6 +131,9 @@ pub struct CheckpointStats {
     pub cgroup_frozen: bool,
     /// Total time.
     pub total: Duration,
+    /// What an [`After::Frozen`] dump let go of (locks, FIFO data), for
+    /// [`crate::thaw_tree`] to give back on rollback; empty otherwise.
+    pub handoff: Handoff,
 }
 
 /// A seized thread and the registers it had.
@@ -256,7 +265,7 @@ fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
 }
 
 /// Sets cgroup.freeze and waits for cgroup.events to agree.
-fn cgroup_freeze(dir: &Path, on: bool) -> Result<()> {
+pub(crate) fn cgroup_freeze(dir: &Path, on: bool) -> Result<()> {
     let f = dir.join("cgroup.freeze");
     std::fs::write(&f, if on { "1" } else { "0" }).map_err(io_err(format!("write {}", f.display())))?;
     if !on {
@@ -445,6 +454,11 @@ impl StoppedTree {
     /// Lets the tree continue, exactly as dropping it does.
     pub fn resume(self) {}
 
+    /// Each process's leader thread and the registers it had at the stop.
+    pub(crate) fn leaders(&self) -> HashMap<i32, Regs> {
+        self.frozen.threads.iter().filter(|s| s.tid == s.pid).map(|s| (s.pid, s.regs)).collect()
+    }
+
     /// Writes the tree's images into `dir`, then does with the tree what
     /// `opts.after` says. On error the tree continues as it was.
     pub fn dump(mut self, dir: &Path, opts: &DumpOptions) -> Result<CheckpointStats> {
@@ -481,6 +495,9 @@ impl StoppedTree {
         tree.shmems = shm.saved.into_values().collect();
         lpm_image::write_tree(dir, &tree)?;
         tracing::debug!(root, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "images written");
+        // The image is complete: what the target must take is let go of
+        // while every thread is still seized (taken back on any error).
+        let mut handoff = if opts.after == After::Frozen { handoff::release(&tree, &self.leaders())? } else { Handoff::default() };
         let mut stats = CheckpointStats {
             processes: tree.processes.len(),
             threads: self.frozen.threads.len(),
@@ -501,11 +518,12 @@ impl StoppedTree {
         }
         match opts.after {
             After::Run => self.frozen.release(),
-            After::Frozen => self.hand_to_freezer()?,
+            After::Frozen => self.hand_to_freezer(&mut handoff)?,
             After::Kill => self.kill(),
         }
         stats.frozen = self.stopped_at.elapsed();
         stats.total = self.started.elapsed();
+        stats.handoff = handoff;
         Ok(stats)
     }
 
@@ -532,12 +550,23 @@ impl StoppedTree {
     /// and masks go back while every thread is still in its ptrace stop
     /// (which the freezer counts as frozen), the cgroup is frozen, and
     /// only then are the threads detached: each leaves its ptrace stop
-    /// straight into the freezer's trap, before reaching user space.
-    fn hand_to_freezer(&mut self) -> Result<()> {
+    /// straight into the freezer's trap, before reaching user space. On
+    /// error the tree continues, with `handoff` given back first.
+    fn hand_to_freezer(&mut self, handoff: &mut Handoff) -> Result<()> {
         let cg = self.cgroup.clone().expect("checked before the dump");
-        let sigs = self.frozen.put_back();
+        let mut sigs = self.frozen.put_back();
         if let Err(e) = cgroup_freeze(&cg, true) {
-            // Still stopped by ptrace: detaching lets the tree continue.
+            // Still stopped by ptrace: what was let go of comes back (remote
+            // calls, then the registers once more), and detaching lets the
+            // tree continue.
+            if !handoff.is_empty() {
+                handoff::give_back_seized(self.root, handoff, &self.leaders());
+                for ((_, sig), (_, again)) in sigs.iter_mut().zip(self.frozen.put_back()) {
+                    if *sig == 0 {
+                        *sig = again;
+                    }
+                }
+            }
             for (tid, sig) in sigs {
                 let _ = ptrace::detach(tid, sig);
             }
@@ -552,7 +581,12 @@ impl StoppedTree {
         }
         self.frozen.done = true;
         if let Some(e) = err {
-            let _ = cgroup_freeze(&cg, false);
+            // Some threads are detached into the freezer: the thaw gives
+            // back what was let go of before the tree runs.
+            let h = std::mem::take(handoff);
+            if let Err(back) = handoff::thaw_tree(self.root, h, Duration::ZERO) {
+                tracing::error!(root = self.root, error = %back, "thaw after a failed hand-over to the freezer");
+            }
             return Err(e);
         }
         // The detached threads pass through the freezer's accounting once
@@ -580,14 +614,8 @@ fn page_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
 }
 
 /// The cgroup v2 directory a tree left by [`After::Frozen`] is frozen in.
-fn frozen_cgroup(root: i32) -> Result<PathBuf> {
+pub(crate) fn frozen_cgroup(root: i32) -> Result<PathBuf> {
     cgroup_of(root)?.ok_or_else(|| EngineError::BadTarget { pid: root, why: "is not in a cgroup v2 of its own".into() })
-}
-
-/// Lets a tree left by [`After::Frozen`] continue (the rollback of a
-/// migration's handover): its cgroup is thawed.
-pub fn thaw_tree(root: i32) -> Result<()> {
-    cgroup_freeze(&frozen_cgroup(root)?, false)
 }
 
 /// Ends a tree left by [`After::Frozen`] (the commit of a migration's

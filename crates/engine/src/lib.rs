@@ -9,8 +9,9 @@
 //!
 //! Live migration uses the same two halves split at their seams:
 //! [`stop_tree`] / [`StoppedTree::dump`] with [`DumpOptions`] (precopied
-//! pages, [`After::Frozen`]) on the source, [`thaw_tree`] or
-//! [`kill_frozen_tree`] once the handover is decided, and
+//! pages, [`After::Frozen`], which lets go of the tree's file locks and
+//! FIFO data into a [`Handoff`]) on the source, [`thaw_tree`] (giving
+//! them back) or [`kill_frozen_tree`] once the handover is decided, and
 //! [`restore_held`] / [`Held::release`] with [`RestoreOptions`] (the
 //! partition's network namespace and cgroups) on the target.
 
@@ -20,6 +21,7 @@ mod cpu;
 mod dirty;
 mod dump;
 mod files;
+mod handoff;
 mod ipc;
 mod lazy;
 mod locks;
@@ -37,11 +39,11 @@ use std::path::PathBuf;
 
 pub use dirty::{Dirty, DirtyTracker};
 pub use dump::{
-    checkpoint, checkpoint_with, kill_frozen_tree, stop_tree, thaw_tree, After, CheckpointOptions, CheckpointStats, DumpOptions,
-    StoppedTree,
+    checkpoint, checkpoint_with, kill_frozen_tree, stop_tree, After, CheckpointOptions, CheckpointStats, DumpOptions, StoppedTree,
 };
+pub use handoff::{thaw_tree, HandbackError, Handoff};
 pub use lazy::{FillStats, LazyFill};
-pub use restore::{restore, restore_held, Held, RestoreOptions, Restored};
+pub use restore::{restore, restore_held, Held, RestoreOptions, Restored, Vessel};
 
 /// Errors of the engine; each names the task and the step.
 #[derive(Debug, thiserror::Error)]

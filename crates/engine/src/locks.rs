@@ -10,8 +10,14 @@
 //! non-blocking remote flock or fcntl in the owning puppet once its
 //! descriptors are in place; a description shared by several descriptors
 //! or processes gets its flock or OFD lock again, which is a no-op.
+//!
+//! A dump that leaves the tree frozen for a migration lets go of every
+//! lock once the image is complete ([`Released`], kept in the
+//! [`crate::Handoff`]), so that the target can take them, and a rollback
+//! takes them back.
 
 use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
 
 use lpm_image::{Fd, FileLock, LockKind, Process};
 use lpm_sys::ptrace::Regs;
@@ -108,9 +114,21 @@ pub fn dump(pid: i32, fds: &[Fd], threads: &[(i32, Regs)]) -> Result<Vec<FileLoc
     Ok(out)
 }
 
+const F_OFD_SETLK: u64 = 37;
+
+/// struct flock for a record lock: l_type, l_whence (shorts), l_start,
+/// l_len, l_pid (0, as F_SETLK and F_OFD_SETLK want it).
+fn flock_bytes(ty: i32, start: u64, len: u64) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[0..2].copy_from_slice(&(ty as i16).to_le_bytes());
+    b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
+    b[8..16].copy_from_slice(&start.to_le_bytes());
+    b[16..24].copy_from_slice(&len.to_le_bytes());
+    b
+}
+
 /// Takes the locks of `p` in its puppet, whose descriptors are in place.
 pub fn restore(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
-    const F_OFD_SETLK: u64 = 37;
     for l in &p.file_locks {
         let kind = LockKind::try_from(l.kind).unwrap_or(LockKind::Invalid);
         let what = || format!("remote {kind:?} lock on fd {} ({}, {}+{})", l.fd, if l.write { "write" } else { "read" }, l.start, l.len);
@@ -120,15 +138,8 @@ pub fn restore(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> 
                 r.call(libc::SYS_flock, &[l.fd as u64, op as u64]).step(pid, what)?;
             }
             LockKind::Posix | LockKind::Ofd => {
-                // struct flock: l_type, l_whence (shorts), l_start, l_len,
-                // l_pid (0 for OFD locks).
-                let mut b = [0u8; 32];
-                let ty = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
-                b[0..2].copy_from_slice(&ty.to_le_bytes());
-                b[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_le_bytes());
-                b[8..16].copy_from_slice(&l.start.to_le_bytes());
-                b[16..24].copy_from_slice(&l.len.to_le_bytes());
-                let a = put(pid, s, 0, &b)?;
+                let ty = if l.write { libc::F_WRLCK } else { libc::F_RDLCK };
+                let a = put(pid, s, 0, &flock_bytes(ty, l.start, l.len))?;
                 let cmd = if kind == LockKind::Ofd { F_OFD_SETLK } else { libc::F_SETLK as u64 };
                 r.call(libc::SYS_fcntl, &[l.fd as u64, cmd, a]).step(pid, what)?;
             }
@@ -138,6 +149,135 @@ pub fn restore(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// A lock of the tree let go of by a dump that leaves the tree frozen
+/// ([`crate::Handoff`]), with what taking it back needs.
+pub(crate) struct Released {
+    /// The owning process (host pid).
+    pub pid: i32,
+    /// The descriptor it was taken through.
+    pub fd: i32,
+    /// The file's path, for messages.
+    pub path: String,
+    kind: LockKind,
+    write: bool,
+    start: u64,
+    len: u64,
+    /// For flock and OFD locks, whose owner is the open file description:
+    /// a duplicate of it (pidfd_getfd), through which the lock is let go
+    /// of and taken again from outside, even while the tree is frozen.
+    /// POSIX locks belong to the process and are set from inside it.
+    file: Option<OwnedFd>,
+}
+
+impl Released {
+    /// Prepares the hand-over of lock `l` of stopped process `pid`,
+    /// taken through a descriptor open on `path`; nothing is let go yet.
+    pub fn new(pid: i32, l: &FileLock, path: String) -> Result<Released> {
+        let kind = LockKind::try_from(l.kind).unwrap_or(LockKind::Invalid);
+        let file = match kind {
+            LockKind::Flock | LockKind::Ofd => Some(
+                lpm_sys::net::steal_fd(pid, l.fd as i32).step(pid, || format!("duplicate fd {} ({path}) to hand its lock over", l.fd))?,
+            ),
+            LockKind::Posix => None,
+            LockKind::Invalid => {
+                return Err(EngineError::Incompatible(format!("pid {pid}: lock on fd {} of unknown kind {}", l.fd, l.kind)))
+            }
+        };
+        Ok(Released { pid, fd: l.fd as i32, path, kind, write: l.write, start: l.start, len: l.len, file })
+    }
+
+    /// Whether it is set from inside its process (a POSIX lock).
+    pub fn inside(&self) -> bool {
+        self.kind == LockKind::Posix
+    }
+
+    /// The lock, its range, its file and its owner, for messages.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            LockKind::Flock => "flock",
+            LockKind::Posix => "POSIX",
+            LockKind::Ofd => "OFD",
+            LockKind::Invalid => "unknown",
+        };
+        let range = match (self.kind, self.len) {
+            (LockKind::Flock, _) => "whole file".to_string(),
+            (_, 0) => format!("bytes {}-EOF", self.start),
+            (_, n) => format!("bytes {}-{}", self.start, self.start + n - 1),
+        };
+        let access = if self.write { "write" } else { "read" };
+        format!("{kind} {access} lock ({range}) on {} (pid {} fd {})", self.path, self.pid, self.fd)
+    }
+
+    /// Lets go of the lock; `inside` is its process, seized, for a POSIX
+    /// lock.
+    pub fn unlock(&self, inside: Option<(&mut Remote, Scratch)>) -> Result<()> {
+        self.set(false, inside).map(|_| ())
+    }
+
+    /// Takes the lock again without waiting; false while another owner
+    /// holds a conflicting one.
+    pub fn take(&self, inside: Option<(&mut Remote, Scratch)>) -> Result<bool> {
+        self.set(true, inside)
+    }
+
+    fn set(&self, take: bool, inside: Option<(&mut Remote, Scratch)>) -> Result<bool> {
+        let pid = self.pid;
+        let op = if take { "take" } else { "let go of" };
+        let what = || format!("{op} {}", self.describe());
+        let ty = match (take, self.write) {
+            (false, _) => libc::F_UNLCK,
+            (true, true) => libc::F_WRLCK,
+            (true, false) => libc::F_RDLCK,
+        };
+        let busy = |e: i32| take && (e == libc::EAGAIN || e == libc::EACCES);
+        match (self.kind, &self.file) {
+            (LockKind::Flock, Some(f)) => {
+                use rustix::fs::FlockOperation as F;
+                let op = match (take, self.write) {
+                    (false, _) => F::Unlock,
+                    (true, true) => F::NonBlockingLockExclusive,
+                    (true, false) => F::NonBlockingLockShared,
+                };
+                match rustix::fs::flock(f, op) {
+                    Ok(()) => Ok(true),
+                    Err(e) if busy(e.raw_os_error()) => Ok(false),
+                    Err(e) => Err(io_err(what())(e.into())),
+                }
+            }
+            (LockKind::Ofd, Some(f)) => {
+                let fl = libc::flock {
+                    l_type: ty as i16,
+                    l_whence: libc::SEEK_SET as i16,
+                    l_start: self.start as i64,
+                    l_len: self.len as i64,
+                    l_pid: 0,
+                };
+                match nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)) {
+                    Ok(_) => Ok(true),
+                    Err(e) if busy(e as i32) => Ok(false),
+                    Err(e) => Err(io_err(what())(e.into())),
+                }
+            }
+            (LockKind::Posix, _) => {
+                let Some((r, s)) = inside else {
+                    return Err(EngineError::BadTarget { pid, why: format!("cannot {op} {}: the process is not seized", self.describe()) });
+                };
+                let a = put(pid, s, 0, &flock_bytes(ty, self.start, self.len))?;
+                match r.raw(libc::SYS_fcntl, &[self.fd as u64, libc::F_SETLK as u64, a]).step(pid, what)? {
+                    e if e < 0 && busy(-e as i32) => Ok(false),
+                    e if e < 0 => Err(EngineError::Step {
+                        pid,
+                        step: what(),
+                        source: lpm_sys::Error::Remote { tid: r.tid(), nr: libc::SYS_fcntl, errno: -e as i32 },
+                    }),
+                    _ => Ok(true),
+                }
+            }
+            _ => Err(EngineError::Incompatible(format!("cannot {op} {}", self.describe()))),
+        }
+    }
 }
 
 #[cfg(test)]

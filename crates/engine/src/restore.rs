@@ -67,6 +67,89 @@ pub struct RestoreOptions {
     /// caller to run ([`crate::LazyFill::run`]) on a thread of its own once
     /// the tree is released. The stop then no longer grows with memory.
     pub lazy_fill: bool,
+    /// A [`Vessel`] made ahead, already in the cgroups: the root puppet
+    /// is cloned from it and inherits them, so the restore writes no
+    /// cgroup.procs (each write waits out an RCU grace period, 5 to 15 ms
+    /// inside a migration's downtime). Used when its trampoline address
+    /// is free in the image; otherwise the root is spawned as without.
+    pub vessel: Option<Vessel>,
+}
+
+/// A stopped child made ahead of a restore (when a migration prepares the
+/// target, say) and placed in the restore's cgroups, from which the
+/// restore clones the root puppet ([`RestoreOptions::vessel`]). It shares
+/// our descriptor table, so the root gets the files the restore opens
+/// later, as a root spawned by us would. Made and used on the same
+/// thread: that thread is its tracer. Dropping it kills it.
+#[derive(Debug)]
+pub struct Vessel {
+    pid: i32,
+    base: ptrace::Regs,
+    trampoline: u64,
+    /// Killed and reaped already (its pid may be someone else's now).
+    ended: std::sync::atomic::AtomicBool,
+}
+
+/// Where a vessel maps its trampoline: far from where programs map
+/// things (PIE binaries and heaps near 0x55..., mmap and stacks below
+/// 0x7fff...), so it is free in almost any image.
+const VESSEL_TRAMPOLINE: u64 = 0x2000_0000_0000;
+
+impl Vessel {
+    /// Spawns a vessel and puts it into `cgroups` (cgroup directories, as
+    /// [`RestoreOptions::cgroups`]).
+    pub fn new(cgroups: &[PathBuf]) -> Result<Vessel> {
+        let ours: Vec<(u64, u64)> = proc::maps(std::process::id() as i32)?.iter().map(|e| (e.start, e.end)).collect();
+        if !range_free(&ours, VESSEL_TRAMPOLINE) {
+            return Err(EngineError::Incompatible(format!("the vessel's trampoline address {VESSEL_TRAMPOLINE:#x} is taken in lpm")));
+        }
+        let pid = puppet::spawn_vessel(VESSEL_TRAMPOLINE).step(0, || "spawn restore vessel".into())?;
+        let base = match ptrace::get_regs(pid).step(pid, || "read vessel registers".into()) {
+            Ok(b) => b,
+            Err(e) => {
+                end(pid);
+                return Err(e);
+            }
+        };
+        // From here on, dropping it ends it.
+        let v = Vessel { pid, base, trampoline: VESSEL_TRAMPOLINE, ended: false.into() };
+        ptrace::set_sigmask(pid, !0).step(pid, || "block signals".into())?;
+        for dir in cgroups {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string()).map_err(crate::io_err(format!("move vessel {pid} into {}", procs.display())))?;
+        }
+        Ok(v)
+    }
+}
+
+impl Vessel {
+    /// Its pid (in the cgroups it was given until it is used).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Kills and reaps it, once: the restore does as soon as the root is
+    /// cloned, so it leaves the cgroups to the tree.
+    fn end(&self) {
+        if !self.ended.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            end(self.pid);
+        }
+    }
+}
+
+impl Drop for Vessel {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Kills and reaps a child of ours.
+fn end(pid: i32) {
+    lpm_sys::misc::kill(pid, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ptrace::try_reap(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// A restored, running tree.
@@ -218,8 +301,13 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), opts.defer_tcp)?;
     stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
-    let ctx = Ctx { tree: &tree, dir, trampoline: choose_trampoline(&tree)?, lazy: opts.lazy_fill };
-    let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups)?;
+    let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
+    let trampoline = match vessel {
+        Some(v) => v.trampoline,
+        None => choose_trampoline(&tree)?,
+    };
+    let ctx = Ctx { tree: &tree, dir, trampoline, lazy: opts.lazy_fill };
+    let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups, vessel)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
         let host = puppets.by_pid[&tree.root_pid].host;
@@ -352,18 +440,31 @@ fn check(tree: &TreeImage) -> Result<()> {
     Ok(())
 }
 
+/// Room the trampoline and the parking area take, with a margin.
+const TRAMPOLINE_NEED: u64 = TRAMPOLINE_LEN + PARKING + (2 << 20);
+
+/// Every area of every image address space, and the SysV segments.
+fn image_areas(tree: &TreeImage) -> Vec<(u64, u64)> {
+    let mut used: Vec<(u64, u64)> =
+        tree.processes.iter().filter_map(|p| p.mm.as_ref()).flat_map(|mm| mm.vmas.iter().map(|v| (v.start, v.end))).collect();
+    used.extend(ipc::reserved(tree));
+    used
+}
+
+/// Whether a trampoline at `at` (and its parking area) overlaps none of
+/// `used`.
+fn range_free(used: &[(u64, u64)], at: u64) -> bool {
+    let end = at + TRAMPOLINE_NEED;
+    used.iter().all(|&(s, e)| e <= at || s >= end)
+}
+
 /// Picks an address free in every image address space and in ours (each
 /// puppet starts as a copy of ours) for the trampoline and parking area.
 fn choose_trampoline(tree: &TreeImage) -> Result<u64> {
     let mut used: Vec<(u64, u64)> = proc::maps(std::process::id() as i32)?.iter().map(|e| (e.start, e.end)).collect();
-    for p in &tree.processes {
-        if let Some(mm) = &p.mm {
-            used.extend(mm.vmas.iter().map(|v| (v.start, v.end)));
-        }
-    }
-    used.extend(ipc::reserved(tree));
+    used.extend(image_areas(tree));
     used.sort_unstable();
-    let need = TRAMPOLINE_LEN + PARKING + (2 << 20);
+    let need = TRAMPOLINE_NEED;
     let mut best = None;
     let mut prev_end = 1u64 << 32;
     for &(s, e) in used.iter().chain(std::iter::once(&(0x7fff_f000_0000u64, 0x7fff_f000_0000u64))) {
@@ -428,27 +529,58 @@ const NEWNET: u64 = libc::CLONE_NEWNET as u64;
 
 /// Stage 3: every process, parents first, with sessions and the groups
 /// they lead or inherit.
-fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf]) -> Result<Puppets> {
+fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vessel: Option<&Vessel>) -> Result<Puppets> {
     let tree = ctx.tree;
     let root = root_of(tree);
     let skip = free_levels(tree);
-    let ids: Vec<i32> = set_tid(&root.nspid, root.pid, skip).into_iter().map(|i| i as i32).collect();
-    let host = puppet::spawn_root(ns_flags(root) & !NEWNET, &ids, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?;
+    let s = ctx.scratch();
+    let host = match vessel {
+        Some(v) => {
+            // A sibling of the vessel (our child, as a root puppet is) in
+            // the vessel's cgroups.
+            let flags = (ns_flags(root) & !NEWNET) | libc::CLONE_PARENT as u64;
+            // clone3 takes the exit signal of a CLONE_PARENT child from the
+            // caller (the vessel's: SIGCHLD) and refuses one given.
+            let args = CloneArgs { flags, exit_signal: 0, ..Default::default() };
+            let ids = set_tid(&root.nspid, root.pid, skip);
+            // An exit signal other than SIGCHLD makes it a clone event.
+            let host = remote_clone3(&mut ctx.remote(v.pid, v.base), s, args, &ids, libc::PTRACE_EVENT_CLONE);
+            v.end();
+            let host = host?;
+            // As a spawned root puppet: it dies with us until the restore
+            // gives it the image's own setting.
+            let armed = ptrace::get_regs(host).step(host, || "read puppet registers".into()).and_then(|base| {
+                ctx.remote(host, base)
+                    .call(libc::SYS_prctl, &[libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64])
+                    .step(host, || "remote PR_SET_PDEATHSIG".into())
+            });
+            if let Err(e) = armed {
+                end(host);
+                return Err(e);
+            }
+            host
+        }
+        None => {
+            let ids: Vec<i32> = set_tid(&root.nspid, root.pid, skip).into_iter().map(|i| i as i32).collect();
+            puppet::spawn_root(ns_flags(root) & !NEWNET, &ids, ctx.trampoline).step(root.pid as i32, || "spawn root puppet".into())?
+        }
+    };
     let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true, spaces: Vec::new() };
     let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
     puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
     puppets.order.push(root.pid);
-    // Alone, single-threaded and childless: every task it will clone
-    // inherits these.
-    for dir in cgroups {
-        let procs = dir.join("cgroup.procs");
-        std::fs::write(&procs, host.to_string()).map_err(crate::io_err(format!("move root puppet {host} into {}", procs.display())))?;
+    if vessel.is_none() {
+        // Alone, single-threaded and childless: every task it will clone
+        // inherits these.
+        for dir in cgroups {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, host.to_string()).map_err(crate::io_err(format!("move root puppet {host} into {}", procs.display())))?;
+        }
     }
     ptrace::set_sigmask(host, !0).step(host, || "block signals".into())?;
     if let Some(n) = &root.namespaces {
         ns::join_net(host, &mut ctx.remote(host, base), n, net)?;
     }
-    let s = ctx.scratch();
     if ns_flags(root) & libc::CLONE_NEWNS as u64 != 0 {
         ns::isolate_mounts(host, &mut ctx.remote(host, base), s)?;
     }

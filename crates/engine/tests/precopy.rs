@@ -352,8 +352,15 @@ fn switchover_after_precopy_saves_only_what_changed() {
     // the tree does: the program's own check touches every page.
     lpm_sys::misc::kill(pid, libc::SIGKILL);
     assert!(matches!(wait_child(pid), WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)));
-    let opts = RestoreOptions { cgroups: vec![cg.clone()], lazy_fill: true, ..Default::default() };
+    // This time the root is cloned from a vessel made ahead in the cgroup,
+    // as a migration's target does.
+    let vessel = lpm_engine::Vessel::new(std::slice::from_ref(&cg)).expect("make a restore vessel");
+    let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), vessel.pid().to_string(), "the vessel is not in the cgroup it was given");
+    let opts = RestoreOptions { cgroups: vec![cg.clone()], lazy_fill: true, vessel: Some(vessel), ..Default::default() };
     let mut held = lpm_engine::restore_held(&img, &opts).expect("restore for a lazy fill");
+    let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string(), "the root cloned from the vessel is not alone in the cgroup");
     let lazy = held.take_lazy().expect("precopied pages left to the lazy fill");
     assert!(lazy.pages_left() >= 16000, "only {} pages left to the lazy fill", lazy.pages_left());
     let filler = std::thread::spawn(move || lazy.run());
@@ -395,7 +402,7 @@ fn frozen_after_dump_then_thaw_or_kill() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(count(&log), at, "the frozen tree kept counting");
 
-    lpm_engine::thaw_tree(pid).expect("thaw");
+    lpm_engine::thaw_tree(pid, st.handoff, Duration::ZERO).expect("thaw");
     wait_for("the thawed tree to count on", 5, || count(&log) >= at + 5);
     assert!(!frozen(&cg));
 

@@ -62,13 +62,12 @@
 //! # The end
 //!
 //! [`Precopy::finish`] runs once the tree is frozen: a last collection
-//! removes what was written since the last round from `held`, and `held`
-//! is cut down to the pages present now: a page dropped with
-//! MADV_DONTNEED is not reported as written (it reads as zero from then
-//! on, while the target holds its old content), and a page swapped out is
-//! left to the checkpoint. The result, per pid, is what the checkpoint
-//! need not send; every range in it is present, anonymous and not the
-//! zero page at the time of the call.
+//! (read-only: nothing runs to write again) and a last round send what
+//! was written since the previous round, so `held` is then exactly what
+//! the target holds. It is then cut down to the pages present now, by
+//! the checkpoint: a page dropped with MADV_DONTNEED is not reported as
+//! written (it reads as zero from then on, while the target holds its old
+//! content), and a page swapped out is left to the checkpoint.
 //! Dropping a [`Precopy`] (abort) drops the trackers, which unregisters
 //! everything: the processes are left as they were.
 //!
@@ -353,6 +352,10 @@ pub struct RoundStats {
     pub duration: Duration,
 }
 
+/// Per process (pid), the sorted page ranges `[start, end)` the target
+/// holds current.
+pub type Held = HashMap<i32, Vec<(u64, u64)>>;
+
 /// What a collection found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Collected {
@@ -449,9 +452,10 @@ impl Proc {
 
     /// Collects writes: they leave `held` and join `pending`. Returns the
     /// pages newly pending.
-    fn collect(&mut self, regions: &mut Vec<Region>) -> Result<u64> {
+    fn collect(&mut self, regions: &mut Vec<Region>, last: bool) -> Result<u64> {
         let pid = self.pid;
-        let d = self.tracker.collect().map_err(|source| PrecopyError::Collect { pid, source })?;
+        let d = if last { self.tracker.collect_last() } else { self.tracker.collect() };
+        let d = d.map_err(|source| PrecopyError::Collect { pid, source })?;
         let before = self.pending.pages();
         let written = RangeSet::from_ranges(d.written.iter().copied());
         // Written pages are present (one dropped since reads as zero and
@@ -590,7 +594,7 @@ impl Precopy {
     pub fn collect(&mut self) -> Result<Collected> {
         let mut found = 0;
         self.each(|p, _, regions| {
-            found += p.collect(regions)?;
+            found += p.collect(regions, false)?;
             Ok(())
         })?;
         let now = Instant::now();
@@ -618,31 +622,41 @@ impl Precopy {
         Ok(st)
     }
 
-    /// Ends pre-copy once the processes are frozen: returns, per process
-    /// still alive, the sorted page ranges whose current content the
-    /// target holds (for `CheckpointOptions::precopied`). The trackers are
-    /// dropped on return.
-    pub fn finish(mut self) -> Result<HashMap<i32, Vec<(u64, u64)>>> {
+    /// Ends pre-copy once the processes are frozen: the last round sends
+    /// what they wrote since the previous one, straight from their memory
+    /// to `sink`, the way every round does (a checkpoint of those pages
+    /// would copy them into image files, send the files and copy them
+    /// again on the target, all inside the downtime). Returns the round's
+    /// figures and, per process still alive, the sorted page ranges the
+    /// target now holds current (for `DumpOptions::precopied`). The
+    /// trackers are dropped on return.
+    pub fn finish(mut self, sink: &mut dyn PageSink) -> Result<(RoundStats, Held)> {
+        let t = Instant::now();
+        // A read-only look: nothing runs any more, so nothing needs to be
+        // write-protected again.
+        self.each(|p, _, regions| p.collect(regions, true).map(drop))?;
+        self.rounds += 1;
+        let mut st = RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() };
+        self.each(|p, buf, _| p.send_pending(buf, sink, &mut st))?;
+        st.duration = t.elapsed();
+        tracing::debug!(pages = st.pages, zero = st.zero_skipped, ms = st.duration.as_secs_f64() * 1e3, "last round, frozen");
         let mut out = HashMap::new();
-        self.each(|p, _, regions| {
-            p.collect(regions)?;
+        for p in &self.procs {
             // No scan of what is present: the dump keeps only present,
-            // non-zero anonymous pages of these ranges anyway, and this
-            // runs while the partition is stopped.
+            // non-zero anonymous pages of these ranges anyway.
             let mut held = p.held.clone();
             // Zero pages held without being sent read as zero only inside
             // the receiver's file: past its end (the end of the highest
             // page ever sent) a restore would find it short.
             held.remove(p.ever.ranges().last().map_or(0, |r| r.1), u64::MAX);
             out.insert(p.pid, held.into_vec());
-            Ok(())
-        })?;
+        }
         for pid in &self.gone {
             out.remove(pid);
         }
         // A zombie has no memory to restore.
         out.retain(|pid, _| !gone(*pid));
-        Ok(out)
+        Ok((st, out))
     }
 
     /// Rounds run so far.

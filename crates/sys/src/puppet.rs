@@ -75,9 +75,24 @@ impl CloneArgs {
 /// given, its trampoline mapped at `trampoline`; returns it seized and
 /// stopped (PTRACE_EVENT_STOP) with [`ptrace::OPTIONS`].
 pub fn spawn_root(ns_flags: u64, set_tid: &[i32], trampoline: u64) -> Result<i32> {
+    spawn(ns_flags, set_tid, trampoline)
+}
+
+/// Creates a vessel: a puppet in our namespaces that shares our descriptor
+/// table (CLONE_FILES) but not our memory, returned seized and stopped
+/// like [`spawn_root`]. A task it clones later (without CLONE_FILES) gets
+/// a copy of our table as it is then, as one spawned by us would: so it
+/// can be made ahead of a restore, and placed in cgroups ahead, while the
+/// restore opens its files afterwards.
+pub fn spawn_vessel(trampoline: u64) -> Result<i32> {
+    spawn(libc::CLONE_FILES as u64, &[], trampoline)
+}
+
+fn spawn(flags: u64, set_tid: &[i32], trampoline: u64) -> Result<i32> {
+    let shared = flags & libc::CLONE_FILES as u64 != 0;
     let (rd, wr) = pipe()?;
     let args = CloneArgs {
-        flags: ns_flags,
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: if set_tid.is_empty() { 0 } else { set_tid.as_ptr() as u64 },
         set_tid_size: set_tid.len() as u64,
@@ -92,14 +107,18 @@ pub fn spawn_root(ns_flags: u64, set_tid: &[i32], trampoline: u64) -> Result<i32
         return Err(Error::sys("clone3 root puppet", set_tid.first().copied().unwrap_or(0), e));
     }
     if pid == 0 {
-        // SAFETY: we are the freshly cloned child; see puppet_main.
-        unsafe { puppet_main(trampoline, wr.as_raw_fd(), rd.as_raw_fd()) }
+        // SAFETY: we are the freshly cloned child; see puppet_main. With a
+        // shared table the pipe is ours too: the child closes nothing.
+        unsafe { puppet_main(trampoline, wr.as_raw_fd(), if shared { -1 } else { rd.as_raw_fd() }) }
     }
     let pid = pid as i32;
-    drop(wr);
+    // With a shared table, closing the write end here would close it under
+    // the child before it wrote: it goes after the read.
+    let wr = if shared { Some(wr) } else { None };
     let mut b = [0u8; 1];
     // SAFETY: reading one byte into a local buffer.
     let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    drop(wr);
     if n != 1 || b[0] != b'R' {
         reap(pid);
         return Err(Error::sys(
@@ -143,7 +162,10 @@ unsafe fn puppet_main(trampoline: u64, ready: i32, other: i32) -> ! {
     // SAFETY: raw syscalls on our own process; the trampoline address was
     // chosen free in the restorer's (and so our) layout.
     unsafe {
-        libc::close(other);
+        // other < 0: the descriptor table is the restorer's own.
+        if other >= 0 {
+            libc::close(other);
+        }
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         let p = libc::mmap(
             trampoline as *mut libc::c_void,
@@ -160,7 +182,9 @@ unsafe fn puppet_main(trampoline: u64, ready: i32, other: i32) -> ! {
             libc::ENOMEM as u8
         };
         libc::write(ready, (&status as *const u8).cast(), 1);
-        libc::close(ready);
+        if other >= 0 {
+            libc::close(ready);
+        }
         // Wait to be seized; every wakeup goes back to sleep until the
         // restorer takes the registers over.
         loop {

@@ -3,6 +3,11 @@
 //! The buffer is read at dump with tee(2) from a second reader, so it is
 //! not consumed; restore creates the pipe (or opens the FIFO, holding it
 //! read-write so no open blocks) in the restorer and writes the data back.
+//!
+//! A dump that leaves the tree frozen for a migration then empties its
+//! FIFOs, since the target refills the same FIFO on shared storage, and
+//! a rollback puts the bytes back (`crate::handoff`). Anonymous pipes are
+//! private to the tree and keep their data.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
