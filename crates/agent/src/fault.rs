@@ -169,6 +169,13 @@ fn kill_self(name: &str, hit: u64) {
     }
 }
 
+/// Whether any rule names point `name` (or the rules are malformed, which
+/// the point reports): a hot path takes a slower way that the point can
+/// act on only then.
+pub fn watched(name: &str) -> bool {
+    rules().as_ref().map_or(true, |rules| rules.iter().any(|r| r.point == name))
+}
+
 /// Called at the named point; returns an error when a test asked for a
 /// failure here (or does what the test asked, such as killing lpmd).
 pub fn point(name: &str) -> Result<()> {

@@ -66,7 +66,8 @@ struct WireSink<'a> {
     next: usize,
     compress: Option<i32>,
     wire_bytes: u64,
-    payload: Vec<u8>,
+    /// A failure test may corrupt frames: each is built whole first.
+    faults: bool,
     frame: Vec<u8>,
 }
 
@@ -74,18 +75,22 @@ impl PageSink for WireSink<'_> {
     fn pages(&mut self, pid: i32, vaddr: u64, data: &[u8]) -> std::result::Result<(), SinkError> {
         // A frame carries at most MAX_PAYLOAD: split long runs.
         for (i, part) in data.chunks(CHUNK).enumerate() {
-            let h = PagesHeader { pid: pid as u32, count: (part.len() / 4096) as u32, vaddr: vaddr + (i * CHUNK) as u64 };
-            self.payload.clear();
-            self.payload.extend_from_slice(&h.encode());
-            self.payload.extend_from_slice(part);
-            self.frame.clear();
-            lpm_wire::write_frame(&mut self.frame, FrameType::Pages, &self.payload, self.compress)
-                .map_err(|e| -> SinkError { format!("frame pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
-            // The failure tests flip a byte here, after the checksum.
-            fault::corrupt("source.pages", &mut self.frame);
+            let h = PagesHeader { pid: pid as u32, count: (part.len() / 4096) as u32, vaddr: vaddr + (i * CHUNK) as u64 }.encode();
             let k = self.next % self.ws.len();
             let w = &mut self.ws[k];
             self.next += 1;
+            if !self.faults {
+                // Header and pages go out as they are, uncopied.
+                let n = lpm_wire::write_frame_parts(w, FrameType::Pages, &[&h, part], self.compress)
+                    .map_err(|e| -> SinkError { format!("send pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
+                self.wire_bytes += n;
+                continue;
+            }
+            self.frame.clear();
+            lpm_wire::write_frame_parts(&mut self.frame, FrameType::Pages, &[&h, part], self.compress)
+                .map_err(|e| -> SinkError { format!("frame pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
+            // The failure tests flip a byte here, after the checksum.
+            fault::corrupt("source.pages", &mut self.frame);
             w.write_all(&self.frame).map_err(|e| -> SinkError { format!("send pages of pid {pid} at {vaddr:#x}: {e}").into() })?;
             self.wire_bytes += self.frame.len() as u64;
         }
@@ -518,7 +523,7 @@ impl<'a> SourceRun<'a> {
     fn sink(&mut self) -> WireSink<'_> {
         let mut ws = vec![&mut self.link.as_mut().expect("connected").w];
         ws.extend(self.extras.iter_mut().map(|l| &mut l.w));
-        WireSink { ws, next: 0, compress: self.req.compress, wire_bytes: 0, payload: Vec::new(), frame: Vec::new() }
+        WireSink { ws, next: 0, compress: self.req.compress, wire_bytes: 0, faults: fault::watched("source.pages"), frame: Vec::new() }
     }
 
     /// Waits until the target stored every page of the round that went on
@@ -753,21 +758,22 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
     let mut r = BufReader::with_capacity(1 << 20, s.try_clone().context("clone socket")?);
     let mut w = BufWriter::new(s);
     let mut inc: Option<Incoming> = None;
+    let mut frames = lpm_wire::FrameReader::new();
     let res = (|| -> Result<()> {
         loop {
-            let f = lpm_wire::read_frame(&mut r).context("receive from the source")?;
-            match f.kind {
+            let (kind, payload) = frames.read(&mut r).context("receive from the source")?;
+            match kind {
                 FrameType::Pages => {
                     fault::point("target.pages")?;
                     let i = inc.as_mut().ok_or_else(|| anyhow!("pages before prepare"))?;
-                    let (h, data) = PagesHeader::decode(&f.payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
+                    let (h, data) = PagesHeader::decode(payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
                     i.store.lock().unwrap_or_else(|e| e.into_inner()).write(h.pid as i32, h.vaddr, data).context("store pages")?;
                     continue;
                 }
                 FrameType::Blob => {
                     fault::point("target.image")?;
                     let i = inc.as_mut().ok_or_else(|| anyhow!("image file before prepare"))?;
-                    let (name, off, data) = unblob(&f.payload)?;
+                    let (name, off, data) = unblob(payload)?;
                     let path = i.dir.join(name);
                     let file = fs::OpenOptions::new()
                         .create(true)
@@ -781,7 +787,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                 FrameType::Control => {}
                 other => bail!("unexpected {other:?} frame"),
             }
-            let m: Mover = api::decode(&f.payload, "mover message")?;
+            let m: Mover = api::decode(payload, "mover message")?;
             match m {
                 Mover::Validate { spec, memory_current, volumes, .. } => {
                     let checks = validate(agent, &spec, memory_current, &volumes);
@@ -896,20 +902,21 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
 /// An extra page stream of an incoming migration: pages into the shared
 /// store, and an answer at the end of each round once they are in.
 fn page_stream(r: &mut BufReader<TcpStream>, w: &mut BufWriter<TcpStream>, store: &Mutex<Store>) -> Result<()> {
+    let mut frames = lpm_wire::FrameReader::new();
     loop {
-        let f = match lpm_wire::read_frame(r) {
+        let (kind, payload) = match frames.read(r) {
             Ok(f) => f,
             // The source closes its streams when the migration ends.
             Err(lpm_wire::WireError::Io { .. }) => return Ok(()),
             Err(e) => return Err(e).context("receive on a page stream"),
         };
-        match f.kind {
+        match kind {
             FrameType::Pages => {
                 fault::point("target.pages")?;
-                let (h, data) = PagesHeader::decode(&f.payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
+                let (h, data) = PagesHeader::decode(payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
                 store.lock().unwrap_or_else(|e| e.into_inner()).write(h.pid as i32, h.vaddr, data).context("store pages")?;
             }
-            FrameType::Control => match api::decode::<Mover>(&f.payload, "mover message")? {
+            FrameType::Control => match api::decode::<Mover>(payload, "mover message")? {
                 Mover::RoundEnd { round } => {
                     api::send(w, &Mover::RoundDone { round })?;
                 }

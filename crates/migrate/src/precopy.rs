@@ -533,18 +533,62 @@ impl Proc {
     /// Sends everything pending.
     fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        for &(s, e) in pending.ranges() {
-            let mut at = s;
-            while at < e {
-                let len = ((e - at) as usize).min(buf.len());
-                let got = self.read(at, &mut buf[..len]);
-                self.emit(at, &buf[..got], sink, st)?;
-                at += got as u64;
-                if got < len {
-                    // Unmapped since the collection: nothing to hold.
-                    st.unreadable += 1;
-                    at += PAGE;
+        let ranges = pending.ranges();
+        let mut i = 0;
+        while i < ranges.len() {
+            // Short ranges (the scattered pages of later rounds) are read
+            // many at a time.
+            let mut batch = Vec::new();
+            let mut room = buf.len();
+            while let Some(&(s, e)) = ranges.get(i + batch.len()) {
+                let len = (e - s) as usize;
+                if len > room || batch.len() == lpm_sys::ptrace::MAX_RANGES || len >= buf.len() / 4 {
+                    break;
                 }
+                batch.push((s, len));
+                room -= len;
+            }
+            if batch.len() > 1 {
+                let got = lpm_sys::ptrace::read_mem_ranges(self.pid, &batch, buf).unwrap_or(0);
+                let mut off = 0;
+                let mut done = 0;
+                for &(s, len) in &batch {
+                    if off + len > got {
+                        break;
+                    }
+                    self.emit(s, &buf[off..off + len], sink, st)?;
+                    off += len;
+                    done += 1;
+                }
+                i += done;
+                if done < batch.len() {
+                    // The range the batch stopped at, alone (what of it is
+                    // still there); the next batch starts after it.
+                    let (s, len) = batch[done];
+                    self.send_range(s, s + len as u64, buf, sink, st)?;
+                    i += 1;
+                }
+                continue;
+            }
+            let (s, e) = ranges[i];
+            self.send_range(s, e, buf, sink, st)?;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Sends one pending range, in pieces as large as `buf`.
+    fn send_range(&mut self, s: u64, e: u64, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+        let mut at = s;
+        while at < e {
+            let len = ((e - at) as usize).min(buf.len());
+            let got = self.read(at, &mut buf[..len]);
+            self.emit(at, &buf[..got], sink, st)?;
+            at += got as u64;
+            if got < len {
+                // Unmapped since the collection: nothing to hold.
+                st.unreadable += 1;
+                at += PAGE;
             }
         }
         Ok(())

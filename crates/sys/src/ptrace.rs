@@ -289,6 +289,33 @@ pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// Most remote ranges one [`read_mem_ranges`] call takes (IOV_MAX).
+pub const MAX_RANGES: usize = 1024;
+
+/// Reads the ranges `remote` (address, length; at most [`MAX_RANGES`]) of
+/// `pid`'s memory one after the other into `buf`, with one
+/// process_vm_readv: many scattered pages cost one call instead of one
+/// each. Returns the bytes read, which end at a range's end: the kernel
+/// stops at the first range it cannot read whole.
+pub fn read_mem_ranges(pid: i32, remote: &[(u64, usize)], buf: &mut [u8]) -> Result<usize> {
+    let total: usize = remote.iter().map(|r| r.1).sum();
+    if remote.len() > MAX_RANGES || total > buf.len() {
+        return Err(Error::mem(
+            "process_vm_readv (too many ranges)",
+            pid,
+            remote.first().map_or(0, |r| r.0),
+            io::Error::from_raw_os_error(libc::EINVAL),
+        ));
+    }
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: total };
+    let iov: Vec<libc::iovec> = remote.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
+    // SAFETY: local describes the first `total` bytes of `buf`; remote
+    // memory is only read by the kernel.
+    let n = cvt(unsafe { libc::process_vm_readv(pid, &local, 1, iov.as_ptr(), iov.len() as libc::c_ulong, 0) } as i64)
+        .map_err(|e| Error::mem("process_vm_readv", pid, remote.first().map_or(0, |r| r.0), e))?;
+    Ok(n as usize)
+}
+
 /// Writes `data` into tracee memory at `addr` with process_vm_writev.
 pub fn write_mem(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
     let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
