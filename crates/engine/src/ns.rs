@@ -62,12 +62,25 @@ pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespac
         ns.lo_up = lo_flags(pid)? & libc::IFF_UP as u32 != 0;
     }
     if flags & libc::CLONE_NEWNS as u64 != 0 {
-        let host: Vec<_> = proc::mounts(parent)?.into_iter().map(|m| (m.0, m.2)).collect();
-        for (point, _, fstype) in proc::mounts(pid)? {
+        // The parent's mounts are read after the process's: a mount the
+        // process sees by propagation from the parent's namespace (another
+        // partition's network namespace under /run/netns, made meanwhile)
+        // is then in both. One made and gone between the two reads is
+        // looked at again.
+        let mut tries = 0;
+        loop {
+            let own = proc::mounts(pid)?;
+            let host: Vec<_> = proc::mounts(parent)?.into_iter().map(|m| (m.0, m.2)).collect();
             // Procfs at /proc is handled below, whatever its pid namespace.
-            let procfs_at_proc = point == "/proc" && fstype == "proc";
-            if !procfs_at_proc && !host.contains(&(point.clone(), fstype.clone())) {
-                return Err(unsupported("mount", format!("{fstype} at {point}")));
+            let extra = own.into_iter().find(|(point, _, fstype)| {
+                let known = host.contains(&(point.clone(), fstype.clone()));
+                let procfs_at_proc = point == "/proc" && fstype == "proc";
+                !known && !procfs_at_proc
+            });
+            match extra {
+                None => break,
+                Some((point, _, fstype)) if tries == 3 => return Err(unsupported("mount", format!("{fstype} at {point}"))),
+                Some(_) => tries += 1,
             }
         }
     }

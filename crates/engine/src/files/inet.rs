@@ -196,14 +196,28 @@ fn peek(seen: &Seen, s: BorrowedFd, len: usize, what: &str) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut got = 0;
     if len > 0 {
-        got = net::recv(s, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-            .step(seen.pid, || format!("peek the {what} queue of fd {}", seen.fd))?
-            .len;
+        got = match net::recv(s, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(r) => r.len,
+            // Emptied since it was measured: the caller reads again.
+            Err(e) if e.errno() == Some(libc::EAGAIN) => 0,
+            Err(e) => return Err(e).step(seen.pid, || format!("peek the {what} queue of fd {}", seen.fd)),
+        };
     }
-    if got != len {
-        return Err(seen.unsupported(format!("TCP {what} queue: read {got} of {len} bytes")));
-    }
+    // Short when the queue shrank since it was measured: the caller reads
+    // again.
+    buf.truncate(got);
     Ok(buf)
+}
+
+/// Waits a moment before a queue is read again; after 50 reads that did
+/// not agree (50 ms) the connection is refused, naming the queue.
+fn settle(seen: &Seen, tries: &mut u32, what: &str, got: usize, len: usize) -> Result<()> {
+    *tries += 1;
+    if *tries >= 50 {
+        return Err(seen.unsupported(format!("TCP {what} queue kept changing while read: read {got} of {len} bytes")));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1));
+    Ok(())
 }
 
 /// Reads an established connection in repair mode.
@@ -215,15 +229,37 @@ fn dump_tcp(seen: &Seen, s: BorrowedFd, info: &[u8]) -> Result<TcpConnImage> {
     set(libc::TCP_REPAIR, 1, "TCP_REPAIR on")?;
     let res = (|| {
         let mut t = TcpConnImage::default();
-        set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
-        t.snd_seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
-        let outq = net::ioctl_int(s, net::SIOCOUTQ).step(seen.pid, step("SIOCOUTQ"))? as usize;
-        t.unsent = net::ioctl_int(s, net::SIOCOUTQNSD).step(seen.pid, step("SIOCOUTQNSD"))? as u32;
-        t.send_queue = peek(seen, s, outq, "send")?;
-        set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
-        t.rcv_seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ receive")? as u32;
-        let inq = net::ioctl_int(s, net::SIOCINQ).step(seen.pid, step("SIOCINQ"))? as usize;
-        t.recv_queue = peek(seen, s, inq, "receive")?;
+        // A frozen task's sockets still live: an acknowledgement arriving
+        // (from a peer in the tree, over loopback, which the network lock
+        // does not cut) frees the head of the send queue between its
+        // sequence number and the copy, and data arriving grows the
+        // receive queue. Each queue is read until two looks agree.
+        let mut tries = 0;
+        loop {
+            set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+            let seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
+            let outq = net::ioctl_int(s, net::SIOCOUTQ).step(seen.pid, step("SIOCOUTQ"))? as usize;
+            t.unsent = net::ioctl_int(s, net::SIOCOUTQNSD).step(seen.pid, step("SIOCOUTQNSD"))? as u32;
+            let data = peek(seen, s, outq, "send")?;
+            let again = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
+            if seq == again && data.len() == outq {
+                (t.snd_seq, t.send_queue) = (seq, data);
+                break;
+            }
+            settle(seen, &mut tries, "send", data.len(), outq)?;
+        }
+        loop {
+            set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
+            let seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ receive")? as u32;
+            let inq = net::ioctl_int(s, net::SIOCINQ).step(seen.pid, step("SIOCINQ"))? as usize;
+            let data = peek(seen, s, inq, "receive")?;
+            let more = net::ioctl_int(s, net::SIOCINQ).step(seen.pid, step("SIOCINQ"))? as usize;
+            if data.len() == inq && more == inq {
+                (t.rcv_seq, t.recv_queue) = (seq, data);
+                break;
+            }
+            settle(seen, &mut tries, "receive", data.len(), inq)?;
+        }
         set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
         t.mss = get(libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
         t.timestamp = get(libc::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
