@@ -189,6 +189,10 @@ pub enum Mover {
         /// image then holds like any other.
         #[serde(default)]
         external_netns: bool,
+        /// Per process (pid in the image), the page ranges the last round
+        /// sent while the partition was stopped: filled before it runs.
+        #[serde(default)]
+        hot: std::collections::HashMap<u32, Vec<(u64, u64)>>,
     },
     /// Target → source: restored and stopped, waiting for `Go`.
     Restored {

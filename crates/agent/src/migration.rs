@@ -392,7 +392,7 @@ impl<'a> SourceRun<'a> {
         Ok(None)
     }
 
-    fn switchover(&mut self, ctl: &mut UnixStream, pre: Precopy) -> Result<()> {
+    fn switchover(&mut self, ctl: &mut UnixStream, mut pre: Precopy) -> Result<()> {
         self.step = "switchover".into();
         progress(ctl, Progress { phase: "switchover".into(), note: "freezing".into(), ..blank() });
         let dir = scratch_dir(self.agent, "out", &self.spec.name);
@@ -433,7 +433,9 @@ impl<'a> SourceRun<'a> {
         let stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
         let at_stop = t_stop.elapsed();
         let mut sink = self.sink();
-        let (last, held) = pre.finish(&mut sink).context("send the pages written since the last round")?;
+        let done = pre.finish(&mut sink).context("send the pages written since the last round")?;
+        let (last, held) = (done.stats, done.held);
+        let hot = done.last_sent.into_iter().map(|(pid, r)| (pid as u32, r)).collect();
         let wire = sink.wire_bytes;
         drop(sink);
         self.wire_bytes += wire;
@@ -464,7 +466,7 @@ impl<'a> SourceRun<'a> {
         fault::point("source.frozen")?;
         let (files, bytes) = self.send_images(&dir)?;
         self.stop.state_image_bytes = bytes;
-        self.link().send(&Mover::Restore { files, external_netns })?;
+        self.link().send(&Mover::Restore { files, external_netns, hot })?;
         self.link().w.flush().context("send restore")?;
         self.stop.transfer_ms = t.elapsed().as_secs_f64() * 1e3;
         let _ = fs::remove_dir_all(&dir);
@@ -500,6 +502,9 @@ impl<'a> SourceRun<'a> {
         let _ = cg.wait_empty(Duration::from_secs(5));
         let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
         let _ = self.plumbing.destroy();
+        // The trackers go last: their areas went with the source copy, so
+        // nothing is left to unregister.
+        drop(pre);
         self.agent.release(&self.spec.name);
         // Only this host's record goes: the console log on shared storage
         // moved with the partition.
@@ -530,14 +535,18 @@ impl<'a> SourceRun<'a> {
     /// the extra streams: a page resent in the next round on another stream
     /// must not be overtaken by its older copy.
     fn round_barrier(&mut self, round: u32) -> Result<()> {
-        self.link().w.flush().context("send pages")?;
+        // The main stream too: what the sockets still buffer would
+        // otherwise be stored during the stop, ahead of its own pages
+        // (megabytes, tens of milliseconds).
+        self.link().send(&Mover::RoundEnd { round })?;
         for l in &mut self.extras {
             l.send(&Mover::RoundEnd { round })?;
         }
-        for (n, l) in self.extras.iter_mut().enumerate() {
-            match l.recv().with_context(|| format!("page stream {}", n + 2))? {
+        let main = std::iter::once(self.link.as_mut().expect("connected"));
+        for (n, l) in main.chain(self.extras.iter_mut()).enumerate() {
+            match l.recv().with_context(|| format!("page stream {}", n + 1))? {
                 Mover::RoundDone { round: r } if r == round => {}
-                other => bail!("page stream {} answered the end of round {round} with {other:?}", n + 2),
+                other => bail!("page stream {} answered the end of round {round} with {other:?}", n + 1),
             }
         }
         Ok(())
@@ -811,7 +820,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     inc = Some(i);
                     api::send(&mut w, &Mover::Prepared { id })?;
                 }
-                Mover::Restore { external_netns, .. } => {
+                Mover::Restore { external_netns, hot, .. } => {
                     fault::point("target.restore")?;
                     let i = inc.as_mut().ok_or_else(|| anyhow!("restore before prepare"))?;
                     let t = Instant::now();
@@ -825,6 +834,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                         // copies everything during the stop instead.
                         lazy_fill: std::env::var_os("LPM_EAGER_FILL").is_none(),
                         vessel: i.vessel.take(),
+                        hot,
                     };
                     i.held = Some(lpm_engine::restore_held(&i.dir, &opts).with_context(|| format!("restore partition {}", i.spec.name))?);
                     fault::point("target.restored")?;
@@ -881,6 +891,10 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     let store = agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
                     let store = store.ok_or_else(|| anyhow!("a page stream for {id:?}, which is no incoming migration here"))?;
                     return page_stream(&mut r, &mut w, &store);
+                }
+                Mover::RoundEnd { round } => {
+                    // Every page before it is stored.
+                    api::send(&mut w, &Mover::RoundDone { round })?;
                 }
                 Mover::Abort(why) => {
                     tracing::info!(from = peer, why, "the source gave up");

@@ -661,6 +661,7 @@ fn dump_process(
     if Stat::read(pid)?.state() == 'Z' {
         return zombie::dump(pid, tree);
     }
+    let begun = Instant::now();
     let st = Status::read(pid)?;
     let stat = Stat::read(pid)?;
     let threads: Vec<&Seized> = frozen.threads.iter().filter(|s| s.pid == pid).collect();
@@ -691,7 +692,7 @@ fn dump_process(
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;
     let t = Instant::now();
     p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied)?);
-    tracing::debug!(pid, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
+    tracing::debug!(pid, state_ms = (t - begun).as_secs_f64() * 1e3, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
     // Remote calls run with every signal blocked, so none is delivered (or
     // lost) while we borrow the threads; the masks are put back on release.
     for s in &threads {
@@ -724,5 +725,6 @@ fn dump_process(
     })();
     lr.call(libc::SYS_munmap, &[addr, 4096]).step(pid, || "remote munmap scratch".into())?;
     res?;
+    tracing::debug!(pid, elapsed_ms = begun.elapsed().as_secs_f64() * 1e3, "process dumped");
     Ok(p)
 }

@@ -345,11 +345,16 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
             continue;
         }
         regions.clear();
+        // Whether a page is the file's own is asked only of file mappings:
+        // the kernel then looks up every page's struct page, which costs
+        // 9 ms per GiB (the stop of a migration) where the other categories
+        // come from the page table entry alone.
+        let file = if kind == VmaKind::FilePrivate { PAGE_IS_FILE } else { 0 };
         let q = Query {
             flags: 0,
             category_mask: 0,
             anyof_mask: (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) as u64,
-            return_mask: (PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO) as u64,
+            return_mask: (PAGE_IS_PRESENT | PAGE_IS_SWAPPED | file | PAGE_IS_PFNZERO) as u64,
         };
         pm.scan(v.start, v.end, q, &mut regions).step(pid, || format!("scan pages of {:#x}-{:#x}", v.start, v.end))?;
         for r in &regions {
@@ -360,7 +365,15 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
                 zero_runs.push(PageRun { vaddr: r.start, npages: (r.end - r.start) / PAGE, zero: true, ..Default::default() });
                 continue;
             }
-            for (start, end, pre) in split_at_ranges(precopied, r.start, r.end) {
+            // Not present, only swapped: perhaps the write-protect markers
+            // of a dirty tracker still registered (a migration's), which
+            // are no pages at all.
+            let real = if r.categories & PAGE_IS_PRESENT as u64 == 0 {
+                pm.without_markers(r.start, r.end).step(pid, || format!("read pagemap of {:#x}-{:#x}", r.start, r.end))?
+            } else {
+                vec![(r.start, r.end)]
+            };
+            for (start, end, pre) in real.iter().flat_map(|&(s, e)| split_at_ranges(precopied, s, e)) {
                 if pre {
                     zero_runs.push(PageRun { vaddr: start, npages: (end - start) / PAGE, precopied: true, ..Default::default() });
                     precopied_runs += 1;

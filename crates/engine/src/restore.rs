@@ -73,6 +73,11 @@ pub struct RestoreOptions {
     /// inside a migration's downtime). Used when its trampoline address
     /// is free in the image; otherwise the root is spawned as without.
     pub vessel: Option<Vessel>,
+    /// Per process (its pid in the image), precopied page ranges to fill
+    /// before the tree runs even with `lazy_fill`: a migration's last
+    /// round, the pages written last, which the tree would otherwise touch
+    /// first, each touch a fault served by the lazy fill while it waits.
+    pub hot: HashMap<u32, Vec<(u64, u64)>>,
 }
 
 /// A stopped child made ahead of a restore (when a migration prepares the
@@ -210,6 +215,7 @@ struct Ctx<'a> {
     dir: &'a Path,
     trampoline: u64,
     lazy: bool,
+    hot: &'a HashMap<u32, Vec<(u64, u64)>>,
 }
 
 impl Ctx<'_> {
@@ -306,7 +312,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         Some(v) => v.trampoline,
         None => choose_trampoline(&tree)?,
     };
-    let ctx = Ctx { tree: &tree, dir, trampoline, lazy: opts.lazy_fill };
+    let ctx = Ctx { tree: &tree, dir, trampoline, lazy: opts.lazy_fill, hot: &opts.hot };
     let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups, vessel)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
@@ -675,6 +681,13 @@ fn shape(
                     let last = (r.addr + r.len.max(1) as u64 - 1) & !(crate::PAGE - 1);
                     [first, last]
                 })
+                .chain(
+                    ctx.hot
+                        .get(&p.pid)
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|&(s, e)| (s / crate::PAGE..e.div_ceil(crate::PAGE)).map(|n| n * crate::PAGE)),
+                )
                 .collect(),
         };
         if let Some(space) = mem::restore(&mc, &mut r, s, mm)? {

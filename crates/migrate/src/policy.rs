@@ -70,7 +70,9 @@ pub struct Limits {
     pub max_downtime: Duration,
     /// Longest pre-copy may run before the limit applies.
     pub max_total: Duration,
-    /// Most rounds before the limit applies.
+    /// Most rounds before the limit applies: a safety net, the time limit
+    /// is the one that governs (a small partition under load may need
+    /// dozens of short rounds while auto-converge throttles it).
     pub max_rounds: u32,
     /// Switch over at the limit (or with a fixed cost above the downtime)
     /// even though the downtime will be longer than allowed.
@@ -91,7 +93,7 @@ impl Default for Limits {
         Limits {
             max_downtime: Duration::from_millis(50),
             max_total: Duration::from_secs(120),
-            max_rounds: 30,
+            max_rounds: 1000,
             force_switch: false,
             throttle_initial: 0.20,
             throttle_step: 0.20,
@@ -299,14 +301,14 @@ mod tests {
                 m(&[big, big / 4], big, BW / 4096.0, 0.0, 1), &d, Decision::Throttle(0.20)),
             ("dirtying faster than the link, throttle just set", m(&[big, big / 4], big, BW / 4096.0, 0.20, 0), &d, Decision::Continue),
             ("dirtying slower than the link", m(&[big, big / 4], big, BW / 4096.0 - 1.0, 0.0, 1), &d, Decision::Continue),
-            ("round limit", Measure { round: 30, ..m(&[big, big], big, 1.0, 0.0, 5) }, &d,
-                Decision::Abort(AbortReason::RoundLimit { rounds: 30, limit: 30 })),
-            ("round limit, forced", Measure { round: 30, ..m(&[big, big], big, 1.0, 0.0, 5) }, &force, Decision::Switchover),
+            ("round limit", Measure { round: 1000, ..m(&[big, big], big, 1.0, 0.0, 5) }, &d,
+                Decision::Abort(AbortReason::RoundLimit { rounds: 1000, limit: 1000 })),
+            ("round limit, forced", Measure { round: 1000, ..m(&[big, big], big, 1.0, 0.0, 5) }, &force, Decision::Switchover),
             ("time limit", Measure { elapsed: Duration::from_secs(120), ..m(&[big, big], big, 1.0, 0.0, 5) }, &d,
                 Decision::Abort(AbortReason::TimeLimit { elapsed: Duration::from_secs(120), limit: Duration::from_secs(120) })),
             ("time limit, forced", Measure { elapsed: Duration::from_secs(121), ..m(&[big, big], big, 1.0, 0.0, 5) }, &force, Decision::Switchover),
-            ("limit reached but the rest fits: switch", Measure { round: 31, ..m(&[big, fits], big, 1.0, 0.0, 5) }, &d, Decision::Switchover),
-            ("just below the round limit", Measure { round: 29, ..m(&[big, big / 4], big, 1.0, 0.0, 1) }, &d, Decision::Continue),
+            ("limit reached but the rest fits: switch", Measure { round: 1001, ..m(&[big, fits], big, 1.0, 0.0, 5) }, &d, Decision::Switchover),
+            ("just below the round limit", Measure { round: 999, ..m(&[big, big / 4], big, 1.0, 0.0, 1) }, &d, Decision::Continue),
         ];
         for (name, measure, limits, want) in table {
             assert_eq!(decide(&measure, limits), want, "{name}: {measure:?}");

@@ -195,7 +195,8 @@ fn uffd_wp_registered(pid: i32) -> bool {
 /// rounds about the rewritten window, a page zeroed after it was sent is
 /// sent again, and at every stop the store holds exactly the process's
 /// memory for the pages pre-copy says it holds; finish sends what was
-/// written after the last round and unregisters tracking.
+/// written after the last round, and dropping the pre-copy unregisters
+/// tracking.
 #[test]
 fn precopy_sends_the_buffer_then_the_dirty_window() {
     let mut s = Scene::new("window");
@@ -261,10 +262,14 @@ fn precopy_sends_the_buffer_then_the_dirty_window() {
     std::thread::sleep(Duration::from_millis(5));
     stop(pid);
     let t = Instant::now();
-    let (last, fin): (_, HashMap<i32, Vec<(u64, u64)>>) = pc.finish(&mut store).unwrap();
+    let done = pc.finish(&mut store).unwrap();
+    let (last, fin): (_, HashMap<i32, Vec<(u64, u64)>>) = (done.stats, done.held);
     eprintln!("finish took {:?}, sent {} pages", t.elapsed(), last.pages);
-    // The writer ran on after the round: the last round found its writes.
+    // The writer ran on after the round: the last round found its writes,
+    // and names them.
     assert!(last.pages > 0, "the last round sent nothing");
+    let named: u64 = done.last_sent[&pid].iter().map(|(s, e)| (e - s) / PAGE).sum();
+    assert_eq!(named, last.pages, "the last round's ranges do not add up to its pages");
     assert_eq!(fin.keys().copied().collect::<Vec<_>>(), vec![pid]);
     let held = &fin[&pid];
     assert!(held.windows(2).all(|w| w[0].1 < w[1].0) && held.iter().all(|(s, e)| s % PAGE == 0 && e % PAGE == 0 && s < e));
@@ -274,7 +279,9 @@ fn precopy_sends_the_buffer_then_the_dirty_window() {
     assert!(held.last().unwrap().1 <= file_len, "held pages past the end of the store's file ({file_len:#x}): {held:x?}");
     let h = RangeSet::from_ranges(held.iter().copied());
     assert_eq!(h.intersect(&outside_window), outside_window);
-    assert!(!uffd_wp_registered(pid), "finish left areas registered");
+    assert!(uffd_wp_registered(pid), "finish unregistered the areas inside the stop");
+    drop(pc);
+    assert!(!uffd_wp_registered(pid), "dropping the pre-copy left areas registered");
     assert_eq!(compare(&store, pid, &[(wo, wo + MIB)]), 256, "write-only area");
     // The write-protect markers on untouched pages are gone with the
     // trackers: the checkpoint that follows must not see them as swapped.
@@ -322,7 +329,8 @@ fn exited_processes_are_skipped_and_drop_unregisters() {
     assert_eq!(pc.pids(), vec![a]);
     assert_eq!(pc.exited(), &[b]);
     stop(a);
-    let (_, fin) = pc.finish(&mut store).unwrap();
+    let fin = pc.finish(&mut store).unwrap().held;
+    drop(pc);
     assert_eq!(fin.keys().copied().collect::<Vec<_>>(), vec![a]);
     assert!(compare(&store, a, &fin[&a]) >= 52 * MIB / PAGE);
     lpm_sys::misc::kill(a, libc::SIGCONT);
@@ -377,6 +385,52 @@ fn policy_loop_switches_over_on_a_small_working_set() {
     assert_eq!(decision, Decision::Switchover);
     assert!(pc.rounds() <= 5, "took {} rounds", pc.rounds());
     stop(pid);
-    let (_, fin) = pc.finish(&mut store).unwrap();
+    let fin = pc.finish(&mut store).unwrap().held;
     assert!(compare(&store, pid, &fin[&pid]) >= 50 * MIB / PAGE);
+}
+
+/// 32 threads that sleep: 256 MiB of thread stacks, almost all untouched.
+const SLEEPERS: &str = r#"
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *sleeper(void *a) { (void)a; for (;;) pause(); return 0; }
+int main(int argc, char **argv) {
+    pthread_t t;
+    for (int i = 0; i < 32; i++) pthread_create(&t, 0, sleeper, 0);
+    FILE *f = fopen(argv[1], "w");
+    fprintf(f, "0 0\n");
+    fclose(f);
+    for (;;) pause();
+}
+"#;
+
+/// The switchover's checkpoint runs with the trackers still registered (they
+/// go after the handover): it must not take the untouched pages of tracked
+/// areas for pages to save, as write-protect markers on them would look
+/// swapped out.
+#[test]
+fn checkpoint_with_live_trackers_saves_no_untouched_pages() {
+    let mut s = Scene::new("sleepers");
+    let src = s.path("sleepers.c");
+    std::fs::write(&src, SLEEPERS).unwrap();
+    let bin = s.path("sleepers");
+    let st = Command::new("gcc").args(["-O1", "-pthread", "-o"]).arg(&bin).arg(&src).status().expect("run gcc");
+    assert!(st.success(), "gcc failed for sleepers");
+    let (pid, _, _, _) = s.writer(&bin, "sleepers");
+    let mut store = Store::create(&s.path("store")).unwrap();
+    let mut pc = Precopy::start(&[pid]).unwrap();
+    let r1 = pc.round(&mut store).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    pc.round(&mut store).unwrap();
+    let stopped = lpm_engine::stop_tree(pid).expect("stop the sleepers");
+    let held = pc.finish(&mut store).unwrap().held;
+    let img = s.path("img");
+    let stats = stopped.dump(&img, &lpm_engine::DumpOptions { precopied: held, ..Default::default() }).expect("checkpoint");
+    drop(pc);
+    eprintln!("round 1: {r1:?}; checkpoint: {stats:?}");
+    assert!(stats.pages < 1024, "the checkpoint saved {} pages of a process with {} present", stats.pages, r1.pages);
+    assert!(stats.zero_pages < 1024, "the checkpoint took {} untouched pages for zero pages", stats.zero_pages);
+    let size: u64 = std::fs::read_dir(&img).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(size < 16 * MIB, "the image is {size} bytes long");
 }

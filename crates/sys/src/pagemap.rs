@@ -28,6 +28,9 @@ pub struct Region {
     pub categories: u64,
 }
 
+/// The page size.
+const PAGE: u64 = 4096;
+
 /// An open /proc/PID/pagemap.
 pub struct Pagemap {
     file: File,
@@ -55,6 +58,41 @@ impl Pagemap {
         let file = File::open(&path).map_err(|e| Error::sys("open pagemap", pid, e))?;
         let empty = page_region { start: 0, end: 0, categories: 0 };
         Ok(Pagemap { file, pid, buf: vec![empty; 4096] })
+    }
+
+    /// The ranges of `[start, end)` (page aligned) whose pagemap entries
+    /// are not userfaultfd write-protect markers, in order. A marker is
+    /// what write-protection leaves on a page never populated; PAGEMAP_SCAN
+    /// reports it as swapped, like a page really swapped out. The
+    /// /proc/PID/pagemap entry tells them apart: a marker is a swap entry
+    /// of the last swap type (31), which no swap file gets.
+    pub fn without_markers(&mut self, start: u64, end: u64) -> Result<Vec<(u64, u64)>> {
+        use std::os::unix::fs::FileExt;
+        const PM_SWAP: u64 = 1 << 62;
+        const MARKER_TYPE: u64 = 31;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = start;
+        while at < end {
+            let n = (((end - at) / PAGE) as usize).min(buf.len() / 8);
+            let got = self.file.read_at(&mut buf[..n * 8], at / PAGE * 8).map_err(|e| Error::sys("read pagemap", self.pid, e))?;
+            if got < 8 {
+                return Err(Error::sys("read pagemap (short)", self.pid, std::io::Error::from_raw_os_error(libc::EIO)));
+            }
+            for (i, e) in buf[..got - got % 8].chunks_exact(8).enumerate() {
+                let v = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+                if v & PM_SWAP != 0 && v & 0x1f == MARKER_TYPE {
+                    continue;
+                }
+                let a = at + i as u64 * PAGE;
+                match out.last_mut() {
+                    Some(last) if last.1 == a => last.1 = a + PAGE,
+                    _ => out.push((a, a + PAGE)),
+                }
+            }
+            at += (got / 8) as u64 * PAGE;
+        }
+        Ok(out)
     }
 
     /// Scans `[start, end)`, appending matching regions to `out` (adjacent
