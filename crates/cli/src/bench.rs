@@ -77,6 +77,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Every run's throughput in GiB/s, in the order they ran, and the range:
+/// on a virtual machine single runs spread widely (docs/performance.md).
+fn spread(bytes: u64, v: &[Duration]) -> String {
+    let gib: Vec<f64> = v.iter().map(|d| bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64()).collect();
+    let (lo, hi) = gib.iter().fold((f64::MAX, 0f64), |(lo, hi), &g| (lo.min(g), hi.max(g)));
+    let all: Vec<String> = gib.iter().map(|g| format!("{g:.2}")).collect();
+    format!("{lo:.2} to {hi:.2} GiB/s; runs: {}", all.join(" "))
+}
+
 /// Runs the benchmarks `runs` times each and prints medians.
 pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
     lpm_sys::misc::set_child_subreaper()?;
@@ -108,6 +117,7 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
             r.push(x.restore);
             bytes = x.bytes;
         }
+        let (c_all, r_all) = (spread(bytes, &c), spread(bytes, &r));
         let (c, whole, r) = (median(c), median(whole), median(r));
         println!("memory: {mib} MiB process, {} MiB of pages saved, images on tmpfs (huge pages), median of {runs}", bytes >> 20);
         println!(
@@ -116,6 +126,7 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
             gib(bytes, c),
             if gib(bytes, c) >= 2.0 { "met" } else { "NOT met" }
         );
+        println!("             {c_all}");
         println!("  checkpoint until the killed tree is gone (memory freed): {:.1} ms", whole.as_secs_f64() * 1e3);
         println!(
             "  restore    {:8.1} ms  {:5.2} GiB/s   (target >= 2 GiB/s: {})",
@@ -123,6 +134,7 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
             gib(bytes, r),
             if gib(bytes, r) >= 2.0 { "met" } else { "NOT met" }
         );
+        println!("             {r_all}");
         let mut c = Vec::new();
         let mut r = Vec::new();
         for _ in 0..runs {
