@@ -11,6 +11,9 @@
 //! LOCK_NB and F_GETLK / F_OFD_GETLK on descriptions of its own, and
 //! tee(2) for the FIFO's bytes, which reads them without consuming them.
 
+mod common;
+use common::wait_for;
+
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -153,24 +156,11 @@ impl Drop for Scene {
         }
         let _ = fs::write(self.cg.join("cgroup.freeze"), "0");
         let deadline = Instant::now() + Duration::from_secs(5);
-        if let Some(p) = self.pid {
-            lpm_sys::misc::kill(p, libc::SIGKILL);
-            while Instant::now() < deadline && !lpm_sys::ptrace::try_reap(p) {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
+        common::kill_and_reap(self.pid.as_slice(), deadline);
         while fs::remove_dir(&self.cg).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -7,6 +7,9 @@
 //! Each test puts its programs in a cgroup v2 of its own (the freezer
 //! needs it) and removes everything it made when it ends, also on failure.
 
+mod common;
+use common::wait_for;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::os::fd::AsFd;
@@ -140,16 +143,8 @@ impl Drop for Scene {
             }
             let _ = fs::write(cg.join("cgroup.freeze"), "0");
         }
-        for &p in &self.pids {
-            lpm_sys::misc::kill(p, libc::SIGKILL);
-        }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for &p in &self.pids {
-            while Instant::now() < deadline && !lpm_sys::ptrace::try_reap(p) {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        while lpm_sys::misc::reap_any().is_some() {}
+        common::kill_and_reap(&self.pids, deadline);
         for cg in &self.cgroups {
             // A cgroup can be removed once its last task is gone.
             while fs::remove_dir(cg).is_err() && Instant::now() < deadline {
@@ -157,14 +152,6 @@ impl Drop for Scene {
             }
         }
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

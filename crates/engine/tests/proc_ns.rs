@@ -13,6 +13,9 @@
 //! Every process a test starts is killed and reaped when it ends, also on
 //! failure, and its image directory removed.
 
+mod common;
+use common::wait_for;
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,25 +63,9 @@ impl Scene {
 impl Drop for Scene {
     fn drop(&mut self) {
         // Killing the first process of a pid namespace kills all of it.
-        for &p in &self.pids {
-            lpm_sys::misc::kill(p, libc::SIGKILL);
-        }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for &p in &self.pids {
-            while Instant::now() < deadline && !lpm_sys::ptrace::try_reap(p) {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        while lpm_sys::misc::reap_any().is_some() {}
+        common::kill_and_reap(&self.pids, deadline);
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
