@@ -32,8 +32,11 @@ use crate::daemon::Agent;
 use crate::fault;
 
 /// How much slower the stop moves a page than a round does (see the
-/// policy's bandwidth in `SourceRun::phases`).
-const STOP_SLOWDOWN: f64 = 2.0;
+/// policy's bandwidth in `SourceRun::phases`): the last round reads pages
+/// scattered one by one, and the restore copies them into memory the
+/// target must allocate afresh (on this VM memory the host took back
+/// costs 1 to 3 ms per MiB to touch again).
+const STOP_SLOWDOWN: f64 = 4.0;
 
 /// The policy's guess of the stop's fixed cost before this host measured
 /// one, in ms.
@@ -350,10 +353,8 @@ impl<'a> SourceRun<'a> {
             if st.bytes >= (1 << 20) || m.bandwidth == 0.0 {
                 wire_rate = (st.bytes as f64 / secs).max(1.0);
             }
-            // The policy weighs what is left against the stop's own rate:
-            // the last round reads pages scattered one by one, slower than
-            // the long runs of a round, and the target stores them before
-            // the restore begins.
+            // The policy weighs what is left against the stop's own rate
+            // (see STOP_SLOWDOWN).
             m.bandwidth = wire_rate / STOP_SLOWDOWN;
             self.stop_rate = m.bandwidth;
             let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;

@@ -585,10 +585,11 @@ pub struct RestoreCtx<'a> {
     /// Precopied pages are left to a lazy fill once the tree runs
     /// (lazy.rs) instead of being copied now.
     pub lazy: bool,
-    /// Pages the restore itself makes the kernel write before the tree
-    /// runs (each thread's rseq area): filled now even with `lazy`, or the
-    /// kernel's write would allocate them zeroed and the fill, finding
-    /// them present, would leave them so.
+    /// Pages filled now even with `lazy`: those the restore itself makes
+    /// the kernel write before the tree runs (each thread's rseq area: the
+    /// kernel's write would allocate them zeroed and the fill, finding them
+    /// present, would leave them so), and a migration's hot pages
+    /// ([`crate::RestoreOptions::hot`]). Sorted, without repeats.
     pub eager: Vec<u64>,
 }
 
@@ -763,12 +764,17 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let body = &map.as_slice()[reader.body_offset() as usize..];
     let precopy = open_precopy(c, mm)?;
     let zeros = vec![0u8; CHUNK];
-    let mut data = Vec::new();
+    let mut data: Vec<Piece> = Vec::new();
     for run in &mm.pages {
         if run.precopied && c.lazy && lazy_vma(mm, run.vaddr) {
             let end = run.vaddr + run.npages * PAGE;
-            for &page in c.eager.iter().filter(|&&p| run.vaddr <= p && p < end) {
-                data.push(Piece { vaddr: page, len: PAGE, off: page, readable: true, precopied: true });
+            // `eager` is sorted: its pages in this run, neighbours joined.
+            let (lo, hi) = (c.eager.partition_point(|&p| p < run.vaddr), c.eager.partition_point(|&p| p < end));
+            for &page in &c.eager[lo..hi] {
+                match data.last_mut() {
+                    Some(l) if l.precopied && l.vaddr + l.len == page && l.len < PIECE => l.len += PAGE,
+                    _ => data.push(Piece { vaddr: page, len: PAGE, off: page, readable: true, precopied: true }),
+                }
             }
             continue;
         }
@@ -806,7 +812,20 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             .map(|g| {
                 let (data, reader, by_run, precopy) = (&data, &reader, &by_run, &precopy);
                 sc.spawn(move || -> Result<()> {
+                    // Short precopied pieces (a migration's last pages,
+                    // scattered) are read into one buffer and written with
+                    // one call per batch: a window mapped for each page
+                    // costs 20 us, thousands of them inside the downtime.
+                    let mut batch = Batch::default();
                     for p in &data[g] {
+                        if p.precopied && p.len <= SMALL {
+                            let f = precopy.as_ref().expect("opened when a run is precopied");
+                            if !batch.add(p) {
+                                batch.flush(c.pid, f, &mm.precopy_file)?;
+                                batch.add(p);
+                            }
+                            continue;
+                        }
                         if p.precopied {
                             let f = precopy.as_ref().expect("opened when a run is precopied");
                             let window = Mapping::file(f.as_fd(), p.off, p.len as usize)
@@ -822,6 +841,9 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
                         ptrace::write_mem(c.pid, p.vaddr, bytes)
                             .step(c.pid, || format!("write {} pages at {:#x}", p.len / PAGE, p.vaddr))?;
                     }
+                    if let Some(f) = precopy.as_ref() {
+                        batch.flush(c.pid, f, &mm.precopy_file)?;
+                    }
                     Ok(())
                 })
             })
@@ -832,6 +854,48 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             .collect()
     });
     results.into_iter().collect()
+}
+
+/// Precopied pieces at most this long are filled in batches.
+const SMALL: u64 = 64 * 1024;
+
+/// Short precopied pieces gathered for one write into the task.
+#[derive(Default)]
+struct Batch {
+    ranges: Vec<(u64, usize)>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Adds `p` unless the batch is full.
+    fn add(&mut self, p: &Piece) -> bool {
+        if self.ranges.len() == ptrace::MAX_RANGES || self.bytes + p.len as usize > CHUNK {
+            return false;
+        }
+        self.ranges.push((p.vaddr, p.len as usize));
+        self.bytes += p.len as usize;
+        true
+    }
+
+    /// Reads the pieces from the precopy file `f` (the page of address A
+    /// at offset A) and writes them into `pid`; empties the batch.
+    fn flush(&mut self, pid: i32, f: &std::fs::File, name: &str) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.ranges.is_empty() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; self.bytes];
+        let mut at = 0;
+        for &(vaddr, len) in &self.ranges {
+            f.read_exact_at(&mut buf[at..at + len], vaddr).map_err(io_err(format!("read {name} at {vaddr:#x}")))?;
+            at += len;
+        }
+        ptrace::write_mem_ranges(pid, &self.ranges, &buf)
+            .step(pid, || format!("write {} scattered precopied pieces from {:#x}", self.ranges.len(), self.ranges[0].0))?;
+        self.ranges.clear();
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 /// PR_SET_MM_MAP: code, data, brk, stack, argv, env, auxv and exe.

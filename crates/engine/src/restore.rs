@@ -690,6 +690,10 @@ fn shape(
                 )
                 .collect(),
         };
+        let mut mc = mc;
+        // Sorted and once each: the fill looks pages up by address.
+        mc.eager.sort_unstable();
+        mc.eager.dedup();
         if let Some(space) = mem::restore(&mc, &mut r, s, mm)? {
             puppets.spaces.push(space);
         }

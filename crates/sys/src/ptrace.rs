@@ -316,6 +316,28 @@ pub fn read_mem_ranges(pid: i32, remote: &[(u64, usize)], buf: &mut [u8]) -> Res
     Ok(n as usize)
 }
 
+/// Writes `buf` into the ranges `remote` (address, length; at most
+/// [`MAX_RANGES`], whose lengths add up to `buf`'s) of `pid`'s memory, one
+/// after the other, with one process_vm_writev: scattered pages cost one
+/// call instead of one each.
+pub fn write_mem_ranges(pid: i32, remote: &[(u64, usize)], buf: &[u8]) -> Result<()> {
+    let total: usize = remote.iter().map(|r| r.1).sum();
+    let first = remote.first().map_or(0, |r| r.0);
+    if remote.len() > MAX_RANGES || total != buf.len() {
+        return Err(Error::mem("process_vm_writev (bad ranges)", pid, first, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: total };
+    let iov: Vec<libc::iovec> = remote.iter().map(|&(a, l)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: l }).collect();
+    // SAFETY: local describes `buf`, which the kernel only reads; the
+    // remote ranges are written in the tracee.
+    let n = cvt(unsafe { libc::process_vm_writev(pid, &local, 1, iov.as_ptr(), iov.len() as libc::c_ulong, 0) } as i64)
+        .map_err(|e| Error::mem("process_vm_writev", pid, first, e))?;
+    if n as usize != total {
+        return Err(Error::mem("process_vm_writev (short)", pid, first, io::Error::from_raw_os_error(libc::EFAULT)));
+    }
+    Ok(())
+}
+
 /// Writes `data` into tracee memory at `addr` with process_vm_writev.
 pub fn write_mem(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
     let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };

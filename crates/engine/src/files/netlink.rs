@@ -47,10 +47,15 @@ impl Kind for Netlink {
                 return Err(seen.unsupported(format!("netlink socket (protocol {proto}) connected to port {}", u32_at(&peer, 4))));
             }
         }
-        let mut b = [0u8; 1];
+        let mut b = [0u8; 16];
         match net::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
             Err(e) if e.errno() == Some(libc::EAGAIN) => {}
-            _ => return Err(seen.unsupported(format!("netlink socket (protocol {proto}) with unread messages"))),
+            // The first message's type says what the program was told
+            // and has not read yet (RTM_NEWLINK 16, RTM_NEWADDR 20, ...).
+            _ => {
+                let ty = u16::from_ne_bytes([b[4], b[5]]);
+                return Err(seen.unsupported(format!("netlink socket (protocol {proto}) with unread messages (the first of type {ty})")));
+            }
         }
         let mut groups = Vec::new();
         let mut bits = [0u8; 128];
