@@ -204,6 +204,8 @@ struct SourceRun<'a> {
     downtime: Option<Duration>,
     /// The policy's estimate of the stop's page rate, bytes/s.
     stop_rate: f64,
+    /// From the start to the first round.
+    setup: Option<Duration>,
     wire_bytes: u64,
     /// The partition is frozen (and its network locked) on the source.
     frozen: bool,
@@ -232,6 +234,7 @@ impl<'a> SourceRun<'a> {
             stop: report::StopBreakdown::default(),
             downtime: None,
             stop_rate: 0.0,
+            setup: None,
             wire_bytes: 0,
             frozen: false,
             handed_over: false,
@@ -317,6 +320,7 @@ impl<'a> SourceRun<'a> {
             self.extras.push(l);
         }
         self.step = "precopy".into();
+        self.setup = Some(self.started.elapsed());
         // A partition that just arrived may still be filling its memory
         // lazily: its areas are registered with that userfaultfd until then.
         if let Some(h) = self.agent.take_filling(&self.spec.name) {
@@ -419,6 +423,7 @@ impl<'a> SourceRun<'a> {
         // percpu rwsem takes its slow path). Read once now, the one during
         // the stop is fast.
         let _ = fs::read_to_string("/proc/locks");
+        tracing::debug!(partition = %self.spec.name, since_start_ms = self.started.elapsed().as_secs_f64() * 1e3, "stopping");
         let t_stop = Instant::now();
         self.plumbing.lock_network().context("lock the partition's network")?;
         self.frozen = true;
@@ -498,14 +503,24 @@ impl<'a> SourceRun<'a> {
         // The frozen copy here is given up: kill it, reap its init, and
         // remove its namespaces and cgroup.
         let cg = self.plumbing.cgroup();
+        let t = Instant::now();
         let _ = cg.kill();
         let _ = cg.thaw(Duration::from_secs(2));
         let _ = cg.wait_empty(Duration::from_secs(5));
+        let killed = t.elapsed();
         let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
         let _ = self.plumbing.destroy();
+        let destroyed = t.elapsed();
         // The trackers go last: their areas went with the source copy, so
         // nothing is left to unregister.
         drop(pre);
+        tracing::debug!(
+            partition = %self.spec.name,
+            kill_ms = killed.as_secs_f64() * 1e3,
+            destroy_ms = (destroyed - killed).as_secs_f64() * 1e3,
+            untrack_ms = (t.elapsed() - destroyed).as_secs_f64() * 1e3,
+            "source copy removed"
+        );
         self.agent.release(&self.spec.name);
         // Only this host's record goes: the console log on shared storage
         // moved with the partition.
@@ -640,6 +655,7 @@ impl<'a> SourceRun<'a> {
             started_unix_ms: self.started_ms,
             outcome,
             total_ms: total.as_secs_f64() * 1e3,
+            setup_ms: self.setup.map(|d| d.as_secs_f64() * 1e3).unwrap_or(total.as_secs_f64() * 1e3),
             downtime_ms: self.downtime.map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
             rounds: self.rounds.clone(),
             stop: self.downtime.map(|_| self.stop.clone()),

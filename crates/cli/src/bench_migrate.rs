@@ -672,6 +672,7 @@ mod tests {
             started_unix_ms: 0,
             outcome: Outcome::Completed,
             total_ms,
+            setup_ms: 0.0,
             downtime_ms,
             rounds: vec![round; rounds],
             stop: Some(StopBreakdown::default()),

@@ -538,7 +538,7 @@ impl Cgroup {
                 return Err(CgroupError::Timeout { cgroup: self.rel.clone(), what, timeout });
             }
             thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(10));
+            nap = (nap * 2).min(Duration::from_millis(2));
         }
     }
 

@@ -111,6 +111,10 @@ pub struct Report {
     pub outcome: Outcome,
     /// From the start to the end, ms.
     pub total_ms: f64,
+    /// Of it, connecting, validation and preparing the target, until the
+    /// first round began, ms.
+    #[serde(default)]
+    pub setup_ms: f64,
     /// From frozen on the source to running on the target, ms (0 when it
     /// never stopped).
     pub downtime_ms: f64,
@@ -195,7 +199,7 @@ pub fn render(r: &Report) -> String {
         Outcome::Failed { error, step } => format!("failed in {step}: {error}"),
     };
     let _ = writeln!(s, "outcome     {outcome}");
-    let _ = writeln!(s, "total       {:.3} s", r.total_ms / 1e3);
+    let _ = writeln!(s, "total       {:.3} s (setup {:.1} ms: connect, validate, prepare)", r.total_ms / 1e3, r.setup_ms);
     let _ = writeln!(s, "downtime    {:.1} ms", r.downtime_ms);
     let _ = writeln!(
         s,
@@ -282,6 +286,7 @@ mod tests {
             started_unix_ms: 1_714_564_800_250,
             outcome: Outcome::Completed,
             total_ms: 1234.0,
+            setup_ms: 60.5,
             downtime_ms: 48.7,
             rounds: vec![Round::from_stats(&r1, 30 << 20, 1600.0, 0.0), Round::from_stats(&r2, 2 << 20, 1700.0, 0.2)],
             stop: Some(StopBreakdown {
