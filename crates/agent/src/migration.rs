@@ -291,7 +291,9 @@ impl<'a> SourceRun<'a> {
         self.link = Some(Link::open(&self.req.target_addr, &self.agent.opts.key, &self.agent.opts.host)?);
         self.step = "validate".into();
         let memory_current = self.plumbing.cgroup().memory_current().unwrap_or(0);
-        let v = Mover::Validate { spec: self.spec.clone(), memory_current, cpu: Vec::new(), volumes: volume_ids(&self.spec) };
+        // The partition may use anything this CPU offers.
+        let cpu = prost::Message::encode_to_vec(&lpm_engine::cpu::this_host());
+        let v = Mover::Validate { spec: self.spec.clone(), memory_current, cpu, volumes: volume_ids(&self.spec) };
         self.link().send(&v)?;
         let checks = match self.link().recv()? {
             Mover::Validated(c) => c,
@@ -732,7 +734,7 @@ impl Drop for Incoming<'_> {
     }
 }
 
-fn validate(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String, u64, u64)]) -> Vec<Check> {
+fn validate(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String, u64, u64)], cpu: &[u8]) -> Vec<Check> {
     let mut out = Vec::new();
     let mut check = |name: &str, ok: bool, detail: String| out.push(Check { name: name.into(), ok, detail });
     {
@@ -763,6 +765,21 @@ fn validate(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String
         missing.is_empty(),
         if missing.is_empty() { "every feature present".into() } else { format!("missing: {}", missing.join(", ")) },
     );
+    // Checked again at restore against the image; here before anything
+    // moves, against the whole source CPU.
+    match <lpm_image::CpuInfo as prost::Message>::decode(cpu) {
+        Ok(src) if !src.arch.is_empty() => {
+            let here = lpm_engine::cpu::this_host();
+            match lpm_engine::cpu::check(&src, &here) {
+                Ok(()) => {
+                    check("cpu", true, format!("this CPU holds the source's state (xcr0 {:#x}, {} flags)", src.xcr0, src.flags.len()))
+                }
+                Err(e) => check("cpu", false, e.to_string()),
+            }
+        }
+        Ok(_) => check("cpu", false, "the source sent no CPU description".into()),
+        Err(e) => check("cpu", false, format!("unreadable CPU description from the source: {e}")),
+    }
     for (path, dev, ino) in volumes {
         let here = fs::metadata(path).map(|m| (m.dev(), m.ino()));
         let ok = matches!(here, Ok((d, i)) if d == *dev && i == *ino);
@@ -815,8 +832,8 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
             }
             let m: Mover = api::decode(payload, "mover message")?;
             match m {
-                Mover::Validate { spec, memory_current, volumes, .. } => {
-                    let checks = validate(agent, &spec, memory_current, &volumes);
+                Mover::Validate { spec, memory_current, volumes, cpu } => {
+                    let checks = validate(agent, &spec, memory_current, &volumes, &cpu);
                     api::send(&mut w, &Mover::Validated(checks))?;
                 }
                 Mover::Prepare(spec) => {

@@ -19,6 +19,14 @@ pub fn host(xstate: &[u8]) -> CpuInfo {
     CpuInfo { arch: std::env::consts::ARCH.into(), xcr0: lpm_sys::ptrace::xstate_xcr0(xstate), xstate_size: xstate.len() as u32, flags }
 }
 
+/// This host's CPU description without a task to read an XSAVE area
+/// from (XCR0 and the area's size asked of the CPU itself): what a
+/// migration's validation compares between hosts.
+pub fn this_host() -> CpuInfo {
+    let (xcr0, size) = lpm_sys::misc::xsave_features();
+    CpuInfo { xcr0, xstate_size: size, ..host(&[]) }
+}
+
 /// Refuses an image whose CPU state this host cannot hold.
 pub fn check(image: &CpuInfo, here: &CpuInfo) -> Result<()> {
     if image.arch != here.arch {
@@ -50,6 +58,18 @@ mod tests {
 
     fn cpu(xcr0: u64, flags: &[&str]) -> CpuInfo {
         CpuInfo { arch: "x86_64".into(), xcr0, xstate_size: 2432, flags: flags.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// What this CPU says of itself matches what a task's XSAVE area
+    /// records, so validation and restore judge alike.
+    #[test]
+    fn this_host_agrees_with_a_task() {
+        let me = this_host();
+        assert_eq!(me.arch, std::env::consts::ARCH);
+        assert!(me.xcr0 & 0x3 == 0x3, "x87 and SSE state not enabled: xcr0 {:#x}", me.xcr0);
+        assert!(me.xstate_size >= 576, "xsave area of {} bytes", me.xstate_size);
+        assert!(!me.flags.is_empty(), "no CPU flags read");
+        check(&me, &me).unwrap();
     }
 
     #[test]

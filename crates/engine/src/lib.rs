@@ -17,7 +17,7 @@
 
 #![forbid(unsafe_code)]
 
-mod cpu;
+pub mod cpu;
 mod dirty;
 mod dump;
 mod files;

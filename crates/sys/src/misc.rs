@@ -552,3 +552,29 @@ pub fn tty_session(fd: i32) -> Result<Option<(i32, i32)>> {
         Err(e) => Err(e),
     }
 }
+
+/// The XSAVE features the kernel enabled on this CPU (XCR0) and the size
+/// of an XSAVE area holding them (CPUID leaf 0xD), as a restored task's
+/// state needs them: what a migration's validation compares between
+/// hosts before anything moves. (0, 0) off x86-64 or without XSAVE.
+pub fn xsave_features() -> (u64, u32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // Leaf 1 ECX bit 27 (OSXSAVE) says XGETBV may run.
+        let osxsave = __cpuid(1).ecx & (1 << 27) != 0;
+        if !osxsave {
+            return (0, 0);
+        }
+        let (lo, hi): (u32, u32);
+        // SAFETY: OSXSAVE is set, so XGETBV with ECX = 0 (XCR0) is allowed
+        // at any privilege level; it reads two registers and nothing else.
+        unsafe { std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+        let size = __cpuid_count(0xd, 0).ebx;
+        ((hi as u64) << 32 | lo as u64, size)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        (0, 0)
+    }
+}
