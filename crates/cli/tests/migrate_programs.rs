@@ -195,6 +195,18 @@ struct ZRun {
     verdict: String,
     /// Everything that went against the expectation, with details.
     problems: Vec<String>,
+    /// The run's ZDTM_RUN value, which names what it leaves in /dev/shm.
+    marker: String,
+}
+
+impl Drop for ZRun {
+    fn drop(&mut self) {
+        // posix_shm names its object after the run and unlinks it only
+        // when it passes: a failed or killed run would leave it.
+        if !self.marker.is_empty() {
+            let _ = std::fs::remove_file(format!("/dev/shm/lpm-zdtm-shm-{}", self.marker));
+        }
+    }
 }
 
 impl ZRun {
@@ -210,6 +222,7 @@ impl ZRun {
             hops: Vec::new(),
             verdict: "-".into(),
             problems: Vec::new(),
+            marker: String::new(),
         }
     }
 
@@ -235,6 +248,7 @@ impl ZRun {
         }
         let w = |p: &str| self.work.join(p).to_string_lossy().into_owned();
         let marker = format!("{}-{}", lab.root.file_name().unwrap_or_default().to_string_lossy(), self.prog.name);
+        self.marker = marker.clone();
         let mut argv: Vec<String> = vec![
             "env".into(),
             "-C".into(),
