@@ -297,6 +297,19 @@ fn u16_at(b: &[u8], off: usize) -> u16 {
     b.get(off..off + 2).map(|x| u16::from_ne_bytes(x.try_into().unwrap_or_default())).unwrap_or(0)
 }
 
+/// Sends netlink request `req` to the kernel on `nl` and returns the
+/// first datagram of the answer.
+fn ask_kernel(nl: &OwnedFd, req: &[u8]) -> Result<Vec<u8>> {
+    use std::os::fd::AsFd;
+    let mut kernel = [0u8; 12];
+    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+    send(nl.as_fd(), req, &kernel, 0)?;
+    let mut buf = vec![0u8; 16384];
+    let got = recv(nl.as_fd(), &mut buf, 0)?;
+    buf.truncate(got.len);
+    Ok(buf)
+}
+
 /// Parses one unix_diag_msg with its attributes.
 fn parse_unix_diag(m: &[u8]) -> Option<UnixDiag> {
     if m.len() < 16 {
@@ -345,16 +358,8 @@ pub fn unix_diag(ino: u32) -> Result<Option<UnixDiag>> {
     req.extend_from_slice(&UDIAG_SHOW.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    let kernel = {
-        let mut a = vec![0u8; 12];
-        a[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-        a
-    };
-    use std::os::fd::AsFd;
-    send(nl.as_fd(), &req, &kernel, 0)?;
-    let mut buf = vec![0u8; 16384];
-    let got = recv(nl.as_fd(), &mut buf, 0)?;
-    let b = &buf[..got.len];
+    let buf = ask_kernel(&nl, &req)?;
+    let b = buf.as_slice();
     let mut off = 0;
     while off + 16 <= b.len() {
         let len = u32_at(b, off) as usize;
@@ -423,16 +428,8 @@ pub fn set_link_master(name: &str, master: Option<&str>) -> Result<()> {
     req.extend_from_slice(&8u16.to_ne_bytes());
     req.extend_from_slice(&IFLA_MASTER.to_ne_bytes());
     req.extend_from_slice(&master.to_ne_bytes());
-    let kernel = {
-        let mut a = vec![0u8; 12];
-        a[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-        a
-    };
-    use std::os::fd::AsFd;
-    send(nl.as_fd(), &req, &kernel, 0)?;
-    let mut buf = vec![0u8; 4096];
-    let got = recv(nl.as_fd(), &mut buf, 0)?;
-    let b = &buf[..got.len];
+    let buf = ask_kernel(&nl, &req)?;
+    let b = buf.as_slice();
     if b.len() >= 20 && u16_at(b, 4) == NLMSG_ERROR {
         let e = -(u32_at(b, 16) as i32);
         if e == 0 {
