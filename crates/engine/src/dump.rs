@@ -9,8 +9,9 @@
 //!
 //! A live migration splits the checkpoint in two ([`stop_tree`], then
 //! [`StoppedTree::dump`]): between them the tree is stopped, so the caller
-//! can take the last dirty-page report ([`crate::DirtyTracker::collect`])
-//! and name the pages the receiver already holds
+//! can take the last dirty-page report
+//! ([`crate::DirtyTracker::collect_last`]), send those pages, and name the
+//! pages the receiver already holds
 //! ([`DumpOptions::precopied`]). [`After::Frozen`] then hands the tree to
 //! its cgroup freezer, ptrace-free, for the two-phase handover, after
 //! letting go of what the target must take (file locks, FIFO buffers:

@@ -119,10 +119,7 @@ impl Vessel {
         // From here on, dropping it ends it.
         let v = Vessel { pid, base, trampoline: VESSEL_TRAMPOLINE, ended: false.into() };
         ptrace::set_sigmask(pid, !0).step(pid, || "block signals".into())?;
-        for dir in cgroups {
-            let procs = dir.join("cgroup.procs");
-            std::fs::write(&procs, pid.to_string()).map_err(crate::io_err(format!("move vessel {pid} into {}", procs.display())))?;
-        }
+        join_cgroups(pid, "vessel", cgroups)?;
         Ok(v)
     }
 }
@@ -146,6 +143,15 @@ impl Drop for Vessel {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// Moves task `pid` (a `who`) into each cgroup directory of `cgroups`.
+fn join_cgroups(pid: i32, who: &str, cgroups: &[PathBuf]) -> Result<()> {
+    for dir in cgroups {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string()).map_err(crate::io_err(format!("move {who} {pid} into {}", procs.display())))?;
+    }
+    Ok(())
 }
 
 /// Kills and reaps a child of ours.
@@ -578,10 +584,7 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
     if vessel.is_none() {
         // Alone, single-threaded and childless: every task it will clone
         // inherits these.
-        for dir in cgroups {
-            let procs = dir.join("cgroup.procs");
-            std::fs::write(&procs, host.to_string()).map_err(crate::io_err(format!("move root puppet {host} into {}", procs.display())))?;
-        }
+        join_cgroups(host, "root puppet", cgroups)?;
     }
     ptrace::set_sigmask(host, !0).step(host, || "block signals".into())?;
     if let Some(n) = &root.namespaces {
