@@ -3,10 +3,14 @@
 //!
 //! Dump reads the "lock:" lines of each descriptor's fdinfo, which show the
 //! locks taken through that open file whose owner is this process (POSIX)
-//! or this open file description (flock, OFD); /proc/locks is read to
-//! refuse what fdinfo cannot show: a lock request still waiting, and a
-//! POSIX lock of the process reachable through none of its descriptors.
-//! Leases and delegations are refused. Restore replays every lock with a
+//! or this open file description (flock, OFD). That is every lock the
+//! process holds: a POSIX lock goes when any descriptor of its file is
+//! closed, so the one it was taken through is still open. A lock request
+//! still waiting is refused from the threads' registers (a stop interrupts
+//! the wait: the thread sits in F_SETLKW, F_OFD_SETLKW or a blocking flock
+//! about to restart). /proc/locks is not read: its first read after a quiet
+//! while waits out an RCU grace period (10 to 20 ms), inside a migration's
+//! stop. Leases and delegations are refused. Restore replays every lock with a
 //! non-blocking remote flock or fcntl in the owning puppet once its
 //! descriptors are in place; a description shared by several descriptors
 //! or processes gets its flock or OFD lock again, which is a no-op.
@@ -16,7 +20,6 @@
 //! [`crate::Handoff`]), so that the target can take them, and a rollback
 //! takes them back.
 
-use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 
 use lpm_image::{Fd, FileLock, LockKind, Process};
@@ -40,7 +43,8 @@ struct Line {
     end: Option<u64>,
 }
 
-/// Parses "N: [->] KIND ADVISORY ACCESS PID MAJ:MIN:INO START END".
+/// Parses "N: [->] KIND ADVISORY ACCESS PID MAJ:MIN:INO START END" (the
+/// format of /proc/locks, which fdinfo's lines share).
 fn parse_line(l: &str) -> Option<Line> {
     let mut f = l.split_whitespace().skip(1).peekable();
     let waiting = f.next_if_eq(&"->").is_some();
@@ -78,18 +82,7 @@ pub fn dump(pid: i32, fds: &[Fd], threads: &[(i32, Regs)]) -> Result<Vec<FileLoc
     if let Some((tid, _)) = threads.iter().find(|(_, r)| waits_for_lock(r)) {
         return Err(unsupported(format!("thread {tid} is waiting for a lock")));
     }
-    let all = std::fs::read_to_string("/proc/locks").map_err(io_err("read /proc/locks"))?;
-    let mut posix_held = BTreeSet::new();
-    for line in all.lines().filter_map(parse_line).filter(|l| l.pid == pid as i64) {
-        if line.waiting {
-            return Err(unsupported(format!("waiting {} lock request on {}", line.kind, line.file)));
-        }
-        if line.kind == "POSIX" {
-            posix_held.insert((line.file, line.start, line.end, line.write));
-        }
-    }
     let mut out = Vec::new();
-    let mut posix_seen = BTreeSet::new();
     for fd in fds {
         let info = proc::read(pid, &format!("fdinfo/{}", fd.fd))?;
         for l in info.lines().filter_map(|l| l.strip_prefix("lock:")) {
@@ -100,16 +93,9 @@ pub fn dump(pid: i32, fds: &[Fd], threads: &[(i32, Regs)]) -> Result<Vec<FileLoc
                 "OFDLCK" => LockKind::Ofd,
                 other => return Err(unsupported(format!("{other} on fd {} ({})", fd.fd, line.file))),
             };
-            if kind == LockKind::Posix {
-                posix_seen.insert((line.file.clone(), line.start, line.end, line.write));
-            }
             let (start, len) = if kind == LockKind::Flock { (0, 0) } else { (line.start, line.end.map_or(0, |e| e - line.start + 1)) };
             out.push(FileLock { kind: kind as i32, fd: fd.fd, write: line.write, start, len });
         }
-    }
-    if let Some((file, start, end, _)) = posix_held.difference(&posix_seen).next() {
-        let end = end.map_or("EOF".to_string(), |e| e.to_string());
-        return Err(unsupported(format!("POSIX lock {start}-{end} on {file} held through no open descriptor")));
     }
     Ok(out)
 }

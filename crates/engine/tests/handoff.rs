@@ -81,16 +81,23 @@ impl Scene {
     /// Starts the holder alone in the cgroup; returns its pid once it
     /// holds everything.
     fn start(&mut self) -> i32 {
-        let prog = self.path("holder.py");
-        fs::write(&prog, HOLDER).unwrap();
+        let pid = self.spawn(HOLDER);
+        wait_for("the holder to take its locks", 20, || self.path("ready").exists());
+        wait_for("the holder to count", 5, || self.count() >= 2);
+        pid
+    }
+
+    /// Starts Python program `src` alone in the cgroup, given the
+    /// directory as its argument.
+    fn spawn(&mut self, src: &str) -> i32 {
+        let prog = self.path("prog.py");
+        fs::write(&prog, src).unwrap();
         let cmd = format!("echo $$ > {}/cgroup.procs; exec python3 {} {}", self.cg.display(), prog.display(), self.dir.display());
         // Reaped by pid in Drop.
         #[allow(clippy::zombie_processes)]
         let child = Command::new("sh").args(["-c", &cmd]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let pid = child.id() as i32;
         self.pid = Some(pid);
-        wait_for("the holder to take its locks", 20, || self.path("ready").exists());
-        wait_for("the holder to count", 5, || self.count() >= 2);
         pid
     }
 
@@ -262,4 +269,49 @@ fn frozen_dump_hands_over_locks_and_fifo_and_thaw_takes_them_back() {
     assert_eq!(getlk(&s.open("b.dat"), false, libc::F_WRLCK, 0, 100), None, "the POSIX lock came back after all");
     assert!(matches!(getlk(&s.open("c.dat"), true, libc::F_WRLCK, 0, 0), Some((libc::F_RDLCK, 50, 10, -1))), "the OFD lock is not back");
     assert_eq!(s.fifo_bytes(), fifo_data());
+}
+
+/// Asks for a POSIX write lock on w.dat and waits for it; says "got" once
+/// it has it.
+const WAITER: &str = r#"
+import fcntl, os, sys, time
+d = sys.argv[1]
+w = os.open(d + "/w.dat", os.O_RDWR)
+fcntl.lockf(w, fcntl.LOCK_EX)
+open(d + "/got", "w").write("ok")
+time.sleep(60)
+"#;
+
+/// A process waiting for a lock is refused, by name, by a dump that
+/// leaves the tree frozen (a migration's) and by one that leaves it
+/// running, without /proc/locks: the stop interrupts the wait, which the
+/// registers show. The wait goes on after each refusal, and the lock is
+/// taken once free.
+#[test]
+fn a_process_waiting_for_a_lock_is_refused_and_waits_on() {
+    let mut s = Scene::new();
+    fs::write(s.path("w.dat"), b"w").unwrap();
+    // Ours, from an open file description of this process (OFD), so
+    // that the waiter's POSIX request conflicts with it.
+    let ours = s.open("w.dat");
+    let fl = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
+    fcntl(&ours, FcntlArg::F_OFD_SETLK(&fl)).expect("our OFD lock on w.dat");
+    let pid = s.spawn(WAITER);
+    let waiting = || {
+        fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["72", "0x3", "0x7"])
+    };
+    wait_for("the waiter to wait in fcntl(3, F_SETLKW)", 20, waiting);
+    for (after, img) in [(After::Frozen, "frozen"), (After::Run, "running")] {
+        let opts = DumpOptions { after, ..Default::default() };
+        let err = lpm_engine::checkpoint_with(pid, &s.path(img), &opts).expect_err("a tree waiting for a lock is dumped");
+        let msg = format!("{err}");
+        eprintln!("{img}: {msg}");
+        assert!(msg.contains("is waiting for a lock") && msg.contains(&pid.to_string()), "{img}: the error names no waiting thread: {msg}");
+        assert!(!s.frozen(), "{img}: the tree stays frozen after the refusal");
+        wait_for("the waiter to wait again", 5, waiting);
+        assert!(!s.path("got").exists(), "{img}: the waiter took a lock that is ours");
+    }
+    drop(ours);
+    wait_for("the waiter to take the lock once it is free", 5, || s.path("got").exists());
 }
