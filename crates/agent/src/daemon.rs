@@ -136,6 +136,14 @@ pub struct Agent {
     /// What this host's last outgoing migrations' stops cost besides their
     /// pages, in ms (a moving average): the policy's fixed cost.
     pub(crate) stop_fixed_ms: Mutex<Option<f64>>,
+    /// The kernel features this host lacks, probed once: they do not
+    /// change while lpmd runs, and probing takes tens of milliseconds a
+    /// validation would otherwise spend.
+    kernel_missing: std::sync::OnceLock<Vec<String>>,
+    /// Partitions that left by migration, by name, while their frozen
+    /// copies here are removed (after the report, off the migration's
+    /// time): their names, NICs and cgroups are still taken.
+    leaving: Mutex<std::collections::HashMap<String, std::thread::JoinHandle<()>>>,
 }
 
 impl Agent {
@@ -193,10 +201,29 @@ impl Agent {
         self.parts().get_mut(name).and_then(|e| e.filling.take())
     }
 
-    /// Removes a partition that left by migration (its copy here is gone).
-    pub(crate) fn release(&self, name: &str) {
+    /// The kernel features lpm needs that this host lacks.
+    pub(crate) fn missing_kernel_features(&self) -> &[String] {
+        self.kernel_missing
+            .get_or_init(|| lpm_sys::probe::probe_all().into_iter().filter(|p| p.result.is_err()).map(|p| p.name.to_string()).collect())
+    }
+
+    /// Waits until the frozen copy of a partition that left by migration
+    /// is gone, so that its name, address and plumbing are free again.
+    pub(crate) fn await_departure(&self, name: &str) {
+        let leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        if let Some(h) = leaving {
+            let _ = h.join();
+        }
+    }
+
+    /// Forgets a partition that left by migration and removes its frozen
+    /// copy here with `remove`, on a thread of its own.
+    /// Its record on disk stays, marked handed over, until `remove` has
+    /// removed it too: a restart in between sweeps what is left.
+    pub(crate) fn depart(&self, name: &str, remove: impl FnOnce() + Send + 'static) {
         self.parts().remove(name);
-        self.forget(name);
+        let h = std::thread::spawn(remove);
+        self.leaving.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), h);
     }
 
     /// Marks a partition busy (or not); fails when it is not here or busy.
@@ -226,6 +253,7 @@ impl Agent {
 
     fn create(&self, spec: PartitionSpec) -> Result<Response> {
         spec.validate().context("invalid partition spec")?;
+        self.await_departure(&spec.name);
         if self.parts().contains_key(&spec.name) {
             bail!("partition {} exists on {} already", spec.name, self.opts.host);
         }
@@ -345,6 +373,10 @@ impl Agent {
 
     /// Stops every partition (lpmd is going away; the lab tears down).
     fn shutdown(&self) {
+        let leaving: Vec<String> = self.leaving.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        for n in leaving {
+            self.await_departure(&n);
+        }
         let names: Vec<String> = self.parts().keys().cloned().collect();
         for n in names {
             let e = self.parts().remove(&n);
@@ -359,7 +391,7 @@ impl Agent {
     }
 }
 
-fn serve_control(agent: &Agent, mut s: UnixStream) -> Result<()> {
+fn serve_control(agent: &Arc<Agent>, mut s: UnixStream) -> Result<()> {
     lpm_wire::handshake(&mut s, Role::Acceptor, &agent.opts.key, &agent.opts.host).context("control handshake")?;
     loop {
         let req: Request = match api::recv(&mut s, "request") {
@@ -388,7 +420,7 @@ fn serve_control(agent: &Agent, mut s: UnixStream) -> Result<()> {
     }
 }
 
-fn serve_mover(agent: &Agent, mut s: TcpStream) -> Result<()> {
+fn serve_mover(agent: &Arc<Agent>, mut s: TcpStream) -> Result<()> {
     s.set_nodelay(true).ok();
     s.set_read_timeout(Some(migration::mover_timeout())).context("set timeout")?;
     s.set_write_timeout(Some(migration::mover_timeout())).context("set timeout")?;
@@ -419,7 +451,19 @@ pub fn run(opts: Options) -> Result<()> {
         incoming: Mutex::new(std::collections::HashMap::new()),
         parts: Mutex::new(parts),
         stop_fixed_ms: Mutex::new(None),
+        kernel_missing: std::sync::OnceLock::new(),
+        leaving: Mutex::new(std::collections::HashMap::new()),
     });
+    {
+        // Probed now, so that no migration waits for it.
+        let a = agent.clone();
+        std::thread::spawn(move || {
+            let missing = a.missing_kernel_features();
+            if !missing.is_empty() {
+                tracing::warn!(?missing, "kernel features missing: partitions cannot move here");
+            }
+        });
+    }
     {
         let a = agent.clone();
         std::thread::spawn(move || {

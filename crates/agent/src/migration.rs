@@ -150,7 +150,7 @@ fn volume_ids(spec: &PartitionSpec) -> Vec<(String, u64, u64)> {
 }
 
 /// The source side, run for `lpm migrate` on the control connection.
-pub fn source(agent: &Agent, req: MigrateRequest, ctl: &mut UnixStream) -> Result<Response> {
+pub fn source(agent: &Arc<Agent>, req: MigrateRequest, ctl: &mut UnixStream) -> Result<Response> {
     let name = req.name.clone();
     if req.target == agent.opts.host {
         bail!("partition {name} is on {} already", req.target);
@@ -187,7 +187,7 @@ pub fn source(agent: &Agent, req: MigrateRequest, ctl: &mut UnixStream) -> Resul
 
 /// What the source knows as a migration runs.
 struct SourceRun<'a> {
-    agent: &'a Agent,
+    agent: &'a Arc<Agent>,
     req: &'a MigrateRequest,
     spec: PartitionSpec,
     pid: i32,
@@ -217,7 +217,7 @@ struct SourceRun<'a> {
 }
 
 impl<'a> SourceRun<'a> {
-    fn new(agent: &'a Agent, req: &'a MigrateRequest, spec: PartitionSpec, pid: i32, plumbing: Plumbing) -> SourceRun<'a> {
+    fn new(agent: &'a Arc<Agent>, req: &'a MigrateRequest, spec: PartitionSpec, pid: i32, plumbing: Plumbing) -> SourceRun<'a> {
         SourceRun {
             agent,
             req,
@@ -289,6 +289,7 @@ impl<'a> SourceRun<'a> {
         let name = self.spec.name.clone();
         progress(ctl, Progress { phase: "validate".into(), note: format!("connecting to {}", self.req.target), ..blank() });
         self.link = Some(Link::open(&self.req.target_addr, &self.agent.opts.key, &self.agent.opts.host)?);
+        let connected = self.started.elapsed();
         self.step = "validate".into();
         let memory_current = self.plumbing.cgroup().memory_current().unwrap_or(0);
         // The partition may use anything this CPU offers.
@@ -307,6 +308,7 @@ impl<'a> SourceRun<'a> {
             }
             bail!("validation failed: {}", failed.join("; "));
         }
+        let validated = self.started.elapsed();
         self.step = "prepare".into();
         progress(ctl, Progress { phase: "prepare".into(), note: format!("preparing {name} on {}", self.req.target), ..blank() });
         let spec = self.spec.clone();
@@ -323,6 +325,13 @@ impl<'a> SourceRun<'a> {
         }
         self.step = "precopy".into();
         self.setup = Some(self.started.elapsed());
+        tracing::debug!(
+            partition = %name,
+            connect_ms = connected.as_secs_f64() * 1e3,
+            validate_ms = (validated - connected).as_secs_f64() * 1e3,
+            prepare_ms = (self.started.elapsed() - validated).as_secs_f64() * 1e3,
+            "set up"
+        );
         // A partition that just arrived may still be filling its memory
         // lazily: its areas are registered with that userfaultfd until then.
         if let Some(h) = self.agent.take_filling(&self.spec.name) {
@@ -349,7 +358,9 @@ impl<'a> SourceRun<'a> {
             let st = pre.round(&mut sink).with_context(|| format!("pre-copy round {}", m.round))?;
             let wire = sink.wire_bytes;
             drop(sink);
+            let t_barrier = Instant::now();
             self.round_barrier(m.round)?;
+            let barrier = t_barrier.elapsed();
             fault::point("source.round")?;
             self.link().w.flush().context("send pages")?;
             self.wire_bytes += wire;
@@ -363,7 +374,15 @@ impl<'a> SourceRun<'a> {
             // (see STOP_SLOWDOWN).
             m.bandwidth = wire_rate / STOP_SLOWDOWN;
             self.stop_rate = m.bandwidth;
+            let t_collect = Instant::now();
             let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;
+            tracing::debug!(
+                partition = %name,
+                round = m.round,
+                barrier_ms = barrier.as_secs_f64() * 1e3,
+                collect_ms = t_collect.elapsed().as_secs_f64() * 1e3,
+                "round ended"
+            );
             m.remaining = c.pending;
             m.sent_last = st.pages;
             m.dirty_rate = c.dirty_rate();
@@ -414,17 +433,14 @@ impl<'a> SourceRun<'a> {
         let _scratch = Scratch(&dir);
         // The areas' flags, read while the partition still runs: smaps walks
         // every page table, too slow for the stop.
+        let t_hint = Instant::now();
         let mut smaps_hint = std::collections::HashMap::new();
         for pid in self.plumbing.cgroup().procs().unwrap_or_default() {
             if let Ok(m) = lpm_engine::proc::smaps(pid) {
                 smaps_hint.insert(pid, m);
             }
         }
-        // The dump reads /proc/locks, whose first read after a quiet while
-        // waits out an RCU grace period (about 12 ms here: the lock list's
-        // percpu rwsem takes its slow path). Read once now, the one during
-        // the stop is fast.
-        let _ = fs::read_to_string("/proc/locks");
+        tracing::debug!(partition = %self.spec.name, smaps_ms = t_hint.elapsed().as_secs_f64() * 1e3, "before the stop");
         tracing::debug!(partition = %self.spec.name, since_start_ms = self.started.elapsed().as_secs_f64() * 1e3, "stopping");
         let t_stop = Instant::now();
         self.plumbing.lock_network().context("lock the partition's network")?;
@@ -502,31 +518,35 @@ impl<'a> SourceRun<'a> {
         self.stop.handover_ms = t.elapsed().as_secs_f64() * 1e3 - self.stop.restore_ms;
         self.downtime = Some(t_stop.elapsed());
         self.learn_stop_cost();
-        // The frozen copy here is given up: kill it, reap its init, and
-        // remove its namespaces and cgroup.
-        let cg = self.plumbing.cgroup();
-        let t = Instant::now();
-        let _ = cg.kill();
-        let _ = cg.thaw(Duration::from_secs(2));
-        let _ = cg.wait_empty(Duration::from_secs(5));
-        let killed = t.elapsed();
-        let _ = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
-        let _ = self.plumbing.destroy();
-        let destroyed = t.elapsed();
-        // The trackers go last: their areas went with the source copy, so
-        // nothing is left to unregister.
-        drop(pre);
-        tracing::debug!(
-            partition = %self.spec.name,
-            kill_ms = killed.as_secs_f64() * 1e3,
-            destroy_ms = (destroyed - killed).as_secs_f64() * 1e3,
-            untrack_ms = (t.elapsed() - destroyed).as_secs_f64() * 1e3,
-            "source copy removed"
-        );
-        self.agent.release(&self.spec.name);
-        // Only this host's record goes: the console log on shared storage
-        // moved with the partition.
-        let _ = fs::remove_dir_all(self.agent.opts.dir.join("partitions").join(&self.spec.name));
+        // The frozen copy here is given up: killed, its init reaped, its
+        // namespaces and cgroup removed, after the report (tens of
+        // milliseconds the migration need not wait for). Until then the
+        // name stays taken here: a migration back waits for it.
+        let agent = self.agent.clone();
+        let (name, pid, spec) = (self.spec.name.clone(), self.pid, self.spec.clone());
+        self.agent.depart(&self.spec.name, move || {
+            let t = Instant::now();
+            match Plumbing::open(&agent.ctx, &spec) {
+                Ok(plumbing) => {
+                    let cg = plumbing.cgroup();
+                    let _ = cg.kill();
+                    let _ = cg.thaw(Duration::from_secs(2));
+                    let _ = cg.wait_empty(Duration::from_secs(5));
+                    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+                    if let Err(e) = plumbing.destroy() {
+                        tracing::warn!(partition = %name, error = %e, "remove the copy that left");
+                    }
+                }
+                Err(e) => tracing::warn!(partition = %name, error = %e, "open the plumbing of the copy that left"),
+            }
+            // The trackers go last: their areas went with the source copy,
+            // so nothing is left to unregister.
+            drop(pre);
+            // Only this host's record goes: the console log on shared
+            // storage moved with the partition.
+            let _ = fs::remove_dir_all(agent.opts.dir.join("partitions").join(&name));
+            tracing::debug!(partition = %name, ms = t.elapsed().as_secs_f64() * 1e3, "source copy removed");
+        });
         progress(ctl, Progress { phase: "done".into(), note: format!("running on {}", self.req.target), ..blank() });
         Ok(())
     }
@@ -707,6 +727,8 @@ fn unblob(p: &[u8]) -> Result<(&str, u64, &[u8])> {
 struct Incoming<'a> {
     spec: PartitionSpec,
     plumbing: Option<Plumbing>,
+    /// The plumbing, while it is being made.
+    preparing: Option<std::thread::JoinHandle<Result<Plumbing>>>,
     dir: PathBuf,
     store: Arc<Mutex<Store>>,
     /// Its name in the agent's table of incoming migrations.
@@ -718,9 +740,31 @@ struct Incoming<'a> {
     vessel: Option<lpm_engine::Vessel>,
 }
 
+impl Incoming<'_> {
+    /// Waits for the plumbing being made, keeps it, and makes the vessel
+    /// in its cgroups: here, since the thread that makes the vessel traces
+    /// it, and the restore traces it on.
+    fn ready(&mut self) -> Result<()> {
+        let Some(h) = self.preparing.take() else { return Ok(()) };
+        let p = h.join().map_err(|_| anyhow!("preparing partition {} panicked", self.spec.name))??;
+        // Without it the restore only takes longer.
+        self.vessel = lpm_engine::Vessel::new(&p.cgroup().dirs())
+            .map_err(|e| tracing::warn!(partition = %self.spec.name, error = %e, "no restore vessel"))
+            .ok();
+        self.plumbing = Some(p);
+        Ok(())
+    }
+}
+
 impl Drop for Incoming<'_> {
     fn drop(&mut self) {
         self.agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        // What is still being made is removed with the rest.
+        match self.preparing.take().map(|h| h.join()) {
+            Some(Ok(Ok(p))) => self.plumbing = Some(p),
+            Some(Ok(Err(e))) => tracing::warn!(partition = %self.spec.name, error = format!("{e:#}"), "prepare the incoming partition"),
+            _ => {}
+        }
         // Kills and reaps every restored task when not released, and the
         // vessel, before their cgroups go.
         self.held.take();
@@ -759,7 +803,7 @@ fn validate(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String
         .unwrap_or(0);
     let need = spec.memory.unwrap_or(memory).max(memory);
     check("memory", avail > need, format!("{} MiB available, {} MiB needed", avail >> 20, need >> 20));
-    let missing: Vec<String> = lpm_sys::probe::probe_all().into_iter().filter(|p| p.result.is_err()).map(|p| p.name.to_string()).collect();
+    let missing = agent.missing_kernel_features();
     check(
         "kernel",
         missing.is_empty(),
@@ -833,6 +877,8 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
             let m: Mover = api::decode(payload, "mover message")?;
             match m {
                 Mover::Validate { spec, memory_current, volumes, cpu } => {
+                    // A copy that left here a moment ago may still be going.
+                    agent.await_departure(&spec.name);
                     let checks = validate(agent, &spec, memory_current, &volumes, &cpu);
                     api::send(&mut w, &Mover::Validated(checks))?;
                 }
@@ -843,21 +889,31 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     let store = Arc::new(Mutex::new(Store::create(&dir).context("page store")?));
                     let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), store.clone());
-                    let mut i =
-                        Incoming { spec: spec.clone(), plumbing: None, dir, store, id: id.clone(), agent, held: None, vessel: None };
-                    let p = Plumbing::create(&agent.ctx, &spec, false).with_context(|| format!("prepare partition {}", spec.name))?;
-                    // Without it the restore only takes longer.
-                    i.vessel = lpm_engine::Vessel::new(&p.cgroup().dirs())
-                        .map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "no restore vessel"))
-                        .ok();
-                    i.plumbing = Some(p);
-                    inc = Some(i);
+                    // The namespaces, NIC and cgroup are made while the
+                    // first round's pages arrive; the end of that round
+                    // waits for them.
+                    let (ctx, sp) = (agent.ctx.clone(), spec.clone());
+                    let preparing = std::thread::spawn(move || -> Result<Plumbing> {
+                        Plumbing::create(&ctx, &sp, false).with_context(|| format!("prepare partition {}", sp.name))
+                    });
+                    inc = Some(Incoming {
+                        spec: spec.clone(),
+                        plumbing: None,
+                        preparing: Some(preparing),
+                        dir,
+                        store,
+                        id: id.clone(),
+                        agent,
+                        held: None,
+                        vessel: None,
+                    });
                     api::send(&mut w, &Mover::Prepared { id })?;
                 }
                 Mover::Restore { external_netns, hot, .. } => {
                     fault::point("target.restore")?;
                     let i = inc.as_mut().ok_or_else(|| anyhow!("restore before prepare"))?;
                     let t = Instant::now();
+                    i.ready()?;
                     let p = i.plumbing.as_ref().expect("prepared");
                     let opts = lpm_engine::RestoreOptions {
                         netns: if external_netns { Some(p.netns().fd().context("open the partition's network namespace")?) } else { None },
@@ -927,7 +983,11 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     return page_stream(&mut r, &mut w, &store);
                 }
                 Mover::RoundEnd { round } => {
-                    // Every page before it is stored.
+                    // Every page before it is stored, and the partition's
+                    // plumbing is ready before the source may stop it.
+                    if let Some(i) = inc.as_mut() {
+                        i.ready()?;
+                    }
                     api::send(&mut w, &Mover::RoundDone { round })?;
                 }
                 Mover::Abort(why) => {

@@ -392,15 +392,18 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
     for r in &recs {
         let running = !processes(ctx, &r.name).is_empty();
         match &r.spec {
+            // Given away: what is here is the source's frozen copy, or its
+            // empty shell.
+            Some(_) if r.handed_over => match remove_partition(ctx, &r.name) {
+                Ok(()) => {
+                    let _ = std::fs::remove_dir_all(state_dir.join("partitions").join(&r.name));
+                    s.removed.push(r.name.clone());
+                }
+                Err(e) => s.failures.push(format!("{:#}", anyhow::Error::from(e))),
+            },
             _ if running => s.untouched.push(r.name.clone()),
             // Unreadable: it may be anything; keep every piece.
             None => s.failures.push(format!("partition {}: record unreadable; its pieces are kept", r.name)),
-            // Given away: its plumbing here is the source's empty shell.
-            Some(_) if r.handed_over => {
-                if let Err(e) = remove_partition(ctx, &r.name) {
-                    s.failures.push(format!("{:#}", anyhow::Error::from(e)));
-                }
-            }
             Some(spec) => {
                 let rebuilt = remove_partition(ctx, &r.name).and_then(|()| {
                     Plumbing::create(ctx, spec, true)
