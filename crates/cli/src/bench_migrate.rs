@@ -92,6 +92,12 @@ struct Row {
     outcome: String,
     /// Raw TCP bandwidth h1 → h2 just before the migration, bytes/s.
     raw_bytes_per_s: f64,
+    /// CPU time the raw stream took per GiB, sender and receiver, ms.
+    raw_cpu_ms_per_gib: f64,
+    /// CPU time the source's and the target's lpmd used while the
+    /// migration ran (all their threads), ms.
+    cpu_src_ms: f64,
+    cpu_dst_ms: f64,
     /// What the memory check printed ("OK ..."), or why there is none.
     verified: String,
     report: Option<Report>,
@@ -131,6 +137,27 @@ impl Row {
         self.report.as_ref().and_then(|r| r.rounds.first()).map_or(f64::NAN, |r| r.dirty_mib_per_s)
     }
 
+    /// The time the CPU the two lpmd used takes on this machine's CPUs,
+    /// had it been spread over all of them all along, ms: no schedule of
+    /// the same work finishes sooner.
+    fn cpu_floor_ms(&self) -> f64 {
+        (self.cpu_src_ms + self.cpu_dst_ms) / cpus()
+    }
+
+    /// CPU both lpmd used per GiB sent, ms.
+    fn mover_cpu_ms_per_gib(&self) -> f64 {
+        (self.cpu_src_ms + self.cpu_dst_ms) / (self.bytes_sent() as f64 / (1u64 << 30) as f64)
+    }
+
+    /// Total time less setup, rounds and downtime: the ends of the rounds
+    /// (waiting for the target to store what is in flight), the start of
+    /// tracking, what is read before the stop, ms.
+    fn between_ms(&self) -> f64 {
+        self.report
+            .as_ref()
+            .map_or(f64::NAN, |r| r.total_ms - r.setup_ms - r.rounds.iter().map(|x| x.duration_ms).sum::<f64>() - r.downtime_ms)
+    }
+
     /// The time the bytes sent take at the raw bandwidth, ms.
     fn bound_ms(&self) -> f64 {
         if self.raw_bytes_per_s > 0.0 {
@@ -163,6 +190,10 @@ impl Row {
             "raw_bytes_per_s": num(self.raw_bytes_per_s),
             "bound_ms": num(self.bound_ms()),
             "ratio": num(self.ratio()),
+            "raw_cpu_ms_per_gib": num(self.raw_cpu_ms_per_gib),
+            "cpu_src_ms": num(self.cpu_src_ms),
+            "cpu_dst_ms": num(self.cpu_dst_ms),
+            "cpu_floor_ms": num(self.cpu_floor_ms()),
             "max_throttle": self.max_throttle(),
             "measured_dirty_mib_per_s": num(self.measured_dirty_mib()),
             "converged": self.converged(),
@@ -291,6 +322,51 @@ fn render(rows: &[Row], verdicts: &[Verdict]) -> String {
             );
         }
     }
+    let _ = writeln!(s, "\nwhere the time and the CPU went (ms; CPU of both lpmd while it ran):");
+    let _ = writeln!(
+        s,
+        "{:>5} {:>5} {:>3} {:>7} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}",
+        "MiB",
+        "MiB/s",
+        "run",
+        "setup",
+        "rounds",
+        "between",
+        "downtime",
+        "total",
+        "cpu src",
+        "cpu dst",
+        "floor",
+        "1.3xbnd",
+        "mover/GiB",
+        "raw/GiB"
+    );
+    for r in rows {
+        let Some(rep) = r.report.as_ref() else { continue };
+        let _ = writeln!(
+            s,
+            "{:>5} {:>5} {:>3} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>9.1} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>11.0} {:>11.0}",
+            r.size_mib,
+            r.rate_mib,
+            r.run,
+            rep.setup_ms,
+            rep.rounds.iter().map(|x| x.duration_ms).sum::<f64>(),
+            r.between_ms(),
+            r.downtime_ms(),
+            r.total_ms(),
+            r.cpu_src_ms,
+            r.cpu_dst_ms,
+            r.cpu_floor_ms(),
+            RATIO_TARGET * r.bound_ms(),
+            r.mover_cpu_ms_per_gib(),
+            r.raw_cpu_ms_per_gib
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n(floor: the CPU both lpmd used over this machine's {} CPUs; where it exceeds 1.3 x bound no schedule of the same work meets\n the ratio target here. mover/GiB: that CPU per GiB sent; raw/GiB: the raw stream's sender and receiver per GiB)",
+        cpus()
+    );
     let _ = writeln!(s, "\ntargets:");
     for v in verdicts {
         let _ = writeln!(s, "  {:34} {:22} {:28} {}", v.target, v.case, v.value, if v.pass { "PASS" } else { "MISS" });
@@ -468,7 +544,12 @@ impl Bench {
         self.wait_line("h1", name, "ready", READY_TIMEOUT)?;
         // Let the dirtier's pacing settle before pre-copy measures it.
         std::thread::sleep(Duration::from_millis(300));
-        row.raw_bytes_per_s = raw_bandwidth(&self.lab, "h1", "h2", RAW_BYTES).context("raw TCP bandwidth h1 -> h2")?;
+        let raw = raw_bandwidth(&self.lab, "h1", "h2", RAW_BYTES).context("raw TCP bandwidth h1 -> h2")?;
+        row.raw_bytes_per_s = raw.bytes_per_s;
+        row.raw_cpu_ms_per_gib = raw.cpu.as_secs_f64() * 1e3 / (RAW_BYTES as f64 / (1u64 << 30) as f64);
+        let lpmd = |h: &str| self.lab.host(h).and_then(|m| m.pid);
+        let (src, dst) = (lpmd("h1"), lpmd("h2"));
+        let cpu_before = (src.and_then(process_cpu), dst.and_then(process_cpu));
         let target = self.lab.host("h2").ok_or_else(|| anyhow!("no host h2 in the benchmark's lab"))?;
         let req = MigrateRequest {
             name: name.to_string(),
@@ -485,6 +566,12 @@ impl Bench {
             Response::Report(r) => *r,
             other => bail!("unexpected answer to migrate {name}: {other:?}"),
         };
+        let used = |pid: Option<i32>, before: Option<Duration>| match (pid.and_then(process_cpu), before) {
+            (Some(after), Some(before)) => after.saturating_sub(before).as_secs_f64() * 1e3,
+            _ => f64::NAN,
+        };
+        row.cpu_src_ms = used(src, cpu_before.0);
+        row.cpu_dst_ms = used(dst, cpu_before.1);
         row.outcome = match &report.outcome {
             Outcome::Completed => "completed".into(),
             Outcome::Aborted { reason, step } => format!("aborted in {step}: {reason}"),
@@ -509,11 +596,43 @@ impl Bench {
     }
 }
 
-/// Bytes per second of one TCP stream from member `from`'s namespace to a
-/// listener on member `to`'s management address: `bytes` in writes of
-/// [`RAW_CHUNK`] with Nagle off, timed until the receiver has read the
-/// last byte (the mover's path and buffers, without its page work).
-fn raw_bandwidth(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<f64> {
+/// What the raw stream measured.
+struct Raw {
+    bytes_per_s: f64,
+    /// CPU time of its sending and its receiving thread.
+    cpu: Duration,
+}
+
+/// CPU time (user and system) the calling thread used so far.
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    getrusage(UsageWho::RUSAGE_THREAD).map(|u| tv(u.user_time()) + tv(u.system_time())).unwrap_or_default()
+}
+
+/// CPU time (user and system) process `pid` used so far, its ended
+/// threads included, from /proc/PID/stat (clock-tick resolution).
+fn process_cpu(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces): state is field 3,
+    // utime and stime fields 14 and 15.
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)))
+}
+
+/// This machine's CPUs.
+fn cpus() -> f64 {
+    std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+}
+
+/// One TCP stream from member `from`'s namespace to a listener on member
+/// `to`'s management address: `bytes` in writes of [`RAW_CHUNK`] with
+/// Nagle off, timed until the receiver has read the last byte (the
+/// mover's path and buffers, without its page work).
+fn raw_bandwidth(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<Raw> {
     let dst = lab.host(to).ok_or_else(|| anyhow!("no host {to:?} in the lab"))?.mgmt_addr;
     let to_ns = lab.netns_of(to)?.fd()?;
     let from_ns = lab.netns_of(from)?.fd()?;
@@ -529,7 +648,8 @@ fn raw_bandwidth(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<f64> {
     let (mut rx, _) = listener.accept().context("accept the raw stream")?;
     tx.set_nodelay(true).context("TCP_NODELAY")?;
     let start = Instant::now();
-    let writer = std::thread::spawn(move || -> std::io::Result<u64> {
+    let writer = std::thread::spawn(move || -> std::io::Result<(u64, Duration)> {
+        let cpu = thread_cpu();
         let buf = vec![0xa5u8; RAW_CHUNK];
         let mut sent = 0;
         while sent < bytes {
@@ -537,8 +657,9 @@ fn raw_bandwidth(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<f64> {
             sent += RAW_CHUNK as u64;
         }
         tx.shutdown(Shutdown::Write)?;
-        Ok(sent)
+        Ok((sent, thread_cpu().saturating_sub(cpu)))
     });
+    let rx_cpu = thread_cpu();
     let mut buf = vec![0u8; RAW_CHUNK];
     let mut got = 0u64;
     let read = loop {
@@ -550,12 +671,13 @@ fn raw_bandwidth(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<f64> {
         }
     };
     let elapsed = start.elapsed();
-    let sent = writer.join().map_err(|_| anyhow!("the raw stream's writer panicked"))?.context("write the raw stream")?;
+    let rx_cpu = thread_cpu().saturating_sub(rx_cpu);
+    let (sent, tx_cpu) = writer.join().map_err(|_| anyhow!("the raw stream's writer panicked"))?.context("write the raw stream")?;
     read.context("read the raw stream")?;
     if got != sent {
         bail!("the raw stream delivered {got} of {sent} bytes");
     }
-    Ok(got as f64 / elapsed.as_secs_f64())
+    Ok(Raw { bytes_per_s: got as f64 / elapsed.as_secs_f64(), cpu: tx_cpu + rx_cpu })
 }
 
 /// Compiles the dirtier into `dir`.
@@ -694,6 +816,7 @@ mod tests {
             raw_bytes_per_s: 1000.0 * (1 << 20) as f64,
             verified: "OK".into(),
             report: Some(r),
+            ..Row::default()
         }
     }
 
@@ -844,6 +967,20 @@ mod tests {
     }
 
     #[test]
+    fn process_cpu_counts_what_this_process_burns() {
+        let me = std::process::id() as i32;
+        let before = process_cpu(me).expect("read /proc/self/stat");
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = process_cpu(me).expect("read /proc/self/stat");
+        assert!(after >= before + Duration::from_millis(100), "200 ms of spinning counted as {:?}", after.saturating_sub(before));
+        assert_eq!(process_cpu(i32::MAX), None);
+    }
+
+    #[test]
     fn raw_bandwidth_between_two_hosts_of_a_lab() {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!("lpm-bench-raw-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
@@ -852,10 +989,15 @@ mod tests {
         let mut opts = LabOptions::new(lpm);
         opts.lpmd_args = vec!["daemon".into()];
         let lab = Lab::up(&dir, &opts).unwrap();
-        let bw = raw_bandwidth(&lab, "h1", "h2", 64 << 20).unwrap();
+        let raw = raw_bandwidth(&lab, "h1", "h2", 64 << 20).unwrap();
+        let bw = raw.bytes_per_s;
         // Anything from a slow veth to memory speed; a broken measurement
         // gives 0, infinity or an error.
         assert!(bw > 10.0 * (1 << 20) as f64 && bw < 100.0 * (1u64 << 30) as f64, "{bw} bytes/s");
+        // Sending 64 MiB over TCP takes CPU, on each side, and no more than
+        // the whole machine had meanwhile.
+        let took = 64.0 * (1 << 20) as f64 / bw;
+        assert!(raw.cpu > Duration::ZERO && raw.cpu.as_secs_f64() <= took * cpus() + 0.05, "{:?} of CPU in {took} s", raw.cpu);
         // No route from the client to the management network: the stream
         // fails with an error instead of hanging.
         assert!(raw_bandwidth(&lab, "client", "h2", 1 << 20).is_err());
