@@ -125,6 +125,17 @@ pub(crate) struct Entry {
     pub filling: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What a stop of this host costs, learned from its last ones (moving
+/// averages): downtime = fixed + pages x per page.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StopCost {
+    /// What a stop with next to no pages cost, ms.
+    pub fixed_ms: Option<f64>,
+    /// What each page beyond cost, ms: read in the last round while the
+    /// partition is stopped, stored, and filled into the restored memory.
+    pub ms_per_page: Option<f64>,
+}
+
 /// The agent's shared state.
 pub struct Agent {
     pub(crate) opts: Options,
@@ -133,9 +144,9 @@ pub struct Agent {
     /// The page stores of incoming migrations, by id, for their extra
     /// page streams.
     pub(crate) incoming: Mutex<std::collections::HashMap<String, Arc<Mutex<lpm_migrate::store::Store>>>>,
-    /// What this host's last outgoing migrations' stops cost besides their
-    /// pages, in ms (a moving average): the policy's fixed cost.
-    pub(crate) stop_fixed_ms: Mutex<Option<f64>>,
+    /// What this host's last outgoing migrations' stops cost: the
+    /// policy's model of the next one.
+    pub(crate) stop_cost: Mutex<StopCost>,
     /// The kernel features this host lacks, probed once: they do not
     /// change while lpmd runs, and probing takes tens of milliseconds a
     /// validation would otherwise spend.
@@ -450,7 +461,7 @@ pub fn run(opts: Options) -> Result<()> {
         ctx,
         incoming: Mutex::new(std::collections::HashMap::new()),
         parts: Mutex::new(parts),
-        stop_fixed_ms: Mutex::new(None),
+        stop_cost: Mutex::new(StopCost::default()),
         kernel_missing: std::sync::OnceLock::new(),
         leaving: Mutex::new(std::collections::HashMap::new()),
     });

@@ -28,15 +28,19 @@ use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::api::{self, Check, MigrateRequest, Mover, Progress, Response};
-use crate::daemon::Agent;
+use crate::daemon::{Agent, StopCost};
 use crate::fault;
 
-/// How much slower the stop moves a page than a round does (see the
-/// policy's bandwidth in `SourceRun::phases`): the last round reads pages
+/// How much slower the stop moves a page than a round does, until this
+/// host measured its stops (see [`StopCost`]): the last round reads pages
 /// scattered one by one, and the restore copies them into memory the
 /// target must allocate afresh (on this VM memory the host took back
 /// costs 1 to 3 ms per MiB to touch again).
-const STOP_SLOWDOWN: f64 = 4.0;
+const STOP_SLOWDOWN: f64 = 6.0;
+
+/// A stop with fewer pages than this measures the fixed cost; one with
+/// more, the cost per page.
+const STOP_FEW_PAGES: u64 = 256;
 
 /// The policy's guess of the stop's fixed cost before this host measured
 /// one, in ms.
@@ -202,8 +206,6 @@ struct SourceRun<'a> {
     step: String,
     stop: report::StopBreakdown,
     downtime: Option<Duration>,
-    /// The policy's estimate of the stop's page rate, bytes/s.
-    stop_rate: f64,
     /// From the start to the first round.
     setup: Option<Duration>,
     wire_bytes: u64,
@@ -233,7 +235,6 @@ impl<'a> SourceRun<'a> {
             step: "connect".into(),
             stop: report::StopBreakdown::default(),
             downtime: None,
-            stop_rate: 0.0,
             setup: None,
             wire_bytes: 0,
             frozen: false,
@@ -337,11 +338,14 @@ impl<'a> SourceRun<'a> {
         if let Some(h) = self.agent.take_filling(&self.spec.name) {
             let _ = h.join();
         }
+        let t_track = Instant::now();
         let pids = self.plumbing.cgroup().procs().context("list the partition's processes")?;
         let mut pre = Precopy::start(&pids).context("start dirty-page tracking")?;
+        tracing::debug!(partition = %name, ms = t_track.elapsed().as_secs_f64() * 1e3, "tracking started");
         let max_downtime = Duration::from_millis(self.req.max_downtime_ms);
         // What the last stops from this host cost besides their pages.
-        let fixed = self.agent.stop_fixed_ms.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or(STOP_FIXED_GUESS_MS);
+        let cost: StopCost = *self.agent.stop_cost.lock().unwrap_or_else(|e| e.into_inner());
+        let fixed = cost.fixed_ms.unwrap_or(STOP_FIXED_GUESS_MS);
         let limits = policy::Limits {
             max_downtime,
             max_total: Duration::from_secs(self.req.max_total_s),
@@ -370,10 +374,13 @@ impl<'a> SourceRun<'a> {
             if st.bytes >= (1 << 20) || m.bandwidth == 0.0 {
                 wire_rate = (st.bytes as f64 / secs).max(1.0);
             }
-            // The policy weighs what is left against the stop's own rate
-            // (see STOP_SLOWDOWN).
+            // The policy weighs what is left against the stop's own rate:
+            // as measured in this host's last stops, never faster than
+            // the rounds allow (see STOP_SLOWDOWN).
             m.bandwidth = wire_rate / STOP_SLOWDOWN;
-            self.stop_rate = m.bandwidth;
+            if let Some(per) = cost.ms_per_page.filter(|&c| c > 0.0) {
+                m.bandwidth = m.bandwidth.min(lpm_migrate::precopy::PAGE as f64 / (per / 1e3));
+            }
             let t_collect = Instant::now();
             let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;
             tracing::debug!(
@@ -551,15 +558,22 @@ impl<'a> SourceRun<'a> {
         Ok(())
     }
 
-    /// Updates the host's estimate of a stop's fixed cost from this one:
-    /// its downtime less what its pages took at the policy's rate.
+    /// Updates the host's model of a stop from this one: a stop with few
+    /// pages measures the fixed cost, one with many the cost per page
+    /// beyond it.
     fn learn_stop_cost(&self) {
-        let (Some(down), rate) = (self.downtime, self.stop_rate) else { return };
-        let pages_ms = if rate > 0.0 { (self.stop.final_pages * lpm_migrate::precopy::PAGE) as f64 / rate * 1e3 } else { 0.0 };
-        let fixed = (down.as_secs_f64() * 1e3 - pages_ms).max(0.0);
-        let mut est = self.agent.stop_fixed_ms.lock().unwrap_or_else(|e| e.into_inner());
-        *est = Some(est.map_or(fixed, |old| (old + fixed) / 2.0));
-        tracing::debug!(partition = %self.spec.name, fixed_ms = fixed, estimate_ms = est.unwrap_or(0.0), "stop cost learned");
+        let Some(down) = self.downtime else { return };
+        let down_ms = down.as_secs_f64() * 1e3;
+        let pages = self.stop.final_pages;
+        let avg = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| (o + new) / 2.0));
+        let mut c = self.agent.stop_cost.lock().unwrap_or_else(|e| e.into_inner());
+        if pages < STOP_FEW_PAGES {
+            c.fixed_ms = avg(c.fixed_ms, down_ms);
+        } else {
+            let beyond = (down_ms - c.fixed_ms.unwrap_or(STOP_FIXED_GUESS_MS)).max(0.0);
+            c.ms_per_page = avg(c.ms_per_page, beyond / pages as f64);
+        }
+        tracing::debug!(partition = %self.spec.name, down_ms, pages, model = ?*c, "stop cost learned");
     }
 
     /// Pages of a round onto every stream, in turn.
@@ -842,7 +856,10 @@ fn validate(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String
 
 /// The target side, on one mover connection.
 pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
-    let mut r = BufReader::with_capacity(1 << 20, s.try_clone().context("clone socket")?);
+    // Small: a frame's payload larger than what is buffered is read
+    // straight into the frame reader's buffer, and what was buffered
+    // is copied once more.
+    let mut r = BufReader::with_capacity(64 << 10, s.try_clone().context("clone socket")?);
     let mut w = BufWriter::new(s);
     let mut inc: Option<Incoming> = None;
     let mut frames = lpm_wire::FrameReader::new();
