@@ -613,16 +613,28 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
     }
     let current = proc::maps(pid)?;
     let mut specials: HashMap<String, (u64, u64)> = HashMap::new();
+    // Everything but the trampoline and the specials goes, one munmap per
+    // stretch between two kept areas (holes inside are no matter): the
+    // puppet holds a copy of lpmd's areas, dozens of them, and a remote
+    // call stops it twice.
+    let unmap = |span: Option<(u64, u64)>, r: &mut Remote| -> Result<()> {
+        let Some((start, end)) = span else { return Ok(()) };
+        r.call(libc::SYS_munmap, &[start, end - start]).step(pid, || format!("remote munmap {start:#x}-{end:#x}"))?;
+        Ok(())
+    };
+    let mut span: Option<(u64, u64)> = None;
     for e in &current {
-        if e.start == c.trampoline || e.path == "[vsyscall]" {
+        let special = matches!(e.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]");
+        if e.start == c.trampoline || e.path == "[vsyscall]" || special {
+            unmap(span.take(), r)?;
+            if special {
+                specials.insert(e.path.clone(), (e.start, e.end));
+            }
             continue;
         }
-        if matches!(e.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]") {
-            specials.insert(e.path.clone(), (e.start, e.end));
-            continue;
-        }
-        r.call(libc::SYS_munmap, &[e.start, e.end - e.start]).step(pid, || format!("remote munmap {:#x}-{:#x}", e.start, e.end))?;
+        span = Some(span.map_or((e.start, e.end), |(s, _)| (s, e.end)));
     }
+    unmap(span, r)?;
     restore_specials(c, r, mm, &specials)?;
     let mut fds: HashMap<(String, bool), u64> = HashMap::new();
     for v in &mm.vmas {

@@ -146,11 +146,19 @@ pub fn put_path(pid: i32, s: Scratch, off: u64, path: &str) -> Result<u64> {
 pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
     // Signals are queued from inside, where the process sees its own pid.
     let ns_pid = p.nspid.last().copied().unwrap_or(p.pid) as u64;
+    // Only what differs from the puppet's own actions is set: a remote
+    // call each stops the puppet twice (62 of them took 3.5 ms of a
+    // migration's downtime). The puppet's ignored and caught signals are
+    // in its status; one at its default action has no flags and an empty
+    // mask, but for SIGCHLD, whose SA_NOCLDWAIT shows nowhere else.
+    let st = Status::read(pid)?;
+    let puppet_set = st.hex("SigCgt") | st.hex("SigIgn") | 1 << (libc::SIGCHLD - 1);
     for sig in 1..=64u32 {
-        if !settable(sig) {
+        let saved = p.sigactions.iter().find(|a| a.signo == sig);
+        if !settable(sig) || (saved.is_none() && puppet_set & 1 << (sig - 1) == 0) {
             continue;
         }
-        let a = p.sigactions.iter().find(|a| a.signo == sig).cloned().unwrap_or_default();
+        let a = saved.cloned().unwrap_or_default();
         let mut b = Vec::with_capacity(32);
         for w in [a.handler, a.flags, a.restorer, a.mask] {
             b.extend_from_slice(&w.to_le_bytes());
@@ -180,7 +188,9 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
     }
     r.call(libc::SYS_umask, &[p.umask as u64]).step(pid, || "remote umask".into())?;
     r.call(libc::SYS_personality, &[p.personality as u64]).step(pid, || "remote personality".into())?;
-    for l in &p.rlimits {
+    // Likewise the limits: the puppet's are lpmd's, mostly the same.
+    let current = proc::parse_limits(&proc::read(pid, "limits")?);
+    for l in p.rlimits.iter().filter(|l| !current.contains(&(l.resource, l.soft, l.hard))) {
         let mut b = l.soft.to_le_bytes().to_vec();
         b.extend_from_slice(&l.hard.to_le_bytes());
         let addr = put(pid, s, 0, &b)?;
