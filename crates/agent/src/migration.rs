@@ -612,16 +612,23 @@ impl<'a> SourceRun<'a> {
             fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))?.flatten().map(|e| e.path()).collect();
         names.sort();
         let compress = self.req.compress;
+        // One buffer for every file, no larger than the largest needs:
+        // the images of a stop are tens of kilobytes, and fresh megabytes
+        // cost page faults inside the downtime.
+        let mut buf = Vec::new();
         for p in names {
             let name = p.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("odd image file name {}", p.display()))?.to_string();
             let f = File::open(&p).with_context(|| format!("open {}", p.display()))?;
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if buf.len() < (len as usize).min(CHUNK) {
+                buf.resize((len as usize).min(CHUNK), 0);
+            }
             let mut off = 0u64;
-            let mut buf = vec![0u8; CHUNK];
             loop {
-                let n = f.read_at(&mut buf, off).with_context(|| format!("read {}", p.display()))?;
-                let payload = blob(&name, off, &buf[..n]);
-                let w = lpm_wire::write_frame(&mut self.link().w, FrameType::Blob, &payload, compress).context("send image file")?;
+                let n = if buf.is_empty() { 0 } else { f.read_at(&mut buf, off).with_context(|| format!("read {}", p.display()))? };
+                let head = blob_head(&name, off);
+                let w = lpm_wire::write_frame_parts(&mut self.link().w, FrameType::Blob, &[&head, &buf[..n]], compress)
+                    .context("send image file")?;
                 self.wire_bytes += w;
                 bytes += n as u64;
                 frames += 1;
@@ -716,12 +723,11 @@ fn blank() -> Progress {
 }
 
 /// A Blob payload: u16 name length, the name, u64 offset, the bytes.
-fn blob(name: &str, off: u64, data: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(10 + name.len() + data.len());
+fn blob_head(name: &str, off: u64) -> Vec<u8> {
+    let mut p = Vec::with_capacity(10 + name.len());
     p.extend_from_slice(&(name.len() as u16).to_le_bytes());
     p.extend_from_slice(name.as_bytes());
     p.extend_from_slice(&off.to_le_bytes());
-    p.extend_from_slice(data);
     p
 }
 
