@@ -356,6 +356,7 @@ impl<'a> SourceRun<'a> {
         let base_cpus = self.spec.cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
         let mut m = Measure::default();
         let mut wire_rate = 0.0;
+        let mut smaps_hint;
         loop {
             m.round += 1;
             let mut sink = self.sink();
@@ -363,7 +364,16 @@ impl<'a> SourceRun<'a> {
             let wire = sink.wire_bytes;
             drop(sink);
             let t_barrier = Instant::now();
-            self.round_barrier(m.round)?;
+            self.end_round(m.round)?;
+            // While the target stores what is still in flight, this side
+            // collects what the round left dirty and reads the areas'
+            // flags a stop would need (both CPU of its own, on a machine
+            // where the target's work takes the other CPUs).
+            let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;
+            let collected = t_barrier.elapsed();
+            smaps_hint = self.smaps_hint();
+            let hinted = t_barrier.elapsed();
+            self.round_done(m.round)?;
             let barrier = t_barrier.elapsed();
             fault::point("source.round")?;
             self.link().w.flush().context("send pages")?;
@@ -381,13 +391,12 @@ impl<'a> SourceRun<'a> {
             if let Some(per) = cost.ms_per_page.filter(|&c| c > 0.0) {
                 m.bandwidth = m.bandwidth.min(lpm_migrate::precopy::PAGE as f64 / (per / 1e3));
             }
-            let t_collect = Instant::now();
-            let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;
             tracing::debug!(
                 partition = %name,
                 round = m.round,
+                collect_ms = collected.as_secs_f64() * 1e3,
+                smaps_ms = (hinted - collected).as_secs_f64() * 1e3,
                 barrier_ms = barrier.as_secs_f64() * 1e3,
-                collect_ms = t_collect.elapsed().as_secs_f64() * 1e3,
                 "round ended"
             );
             m.remaining = c.pending;
@@ -421,11 +430,30 @@ impl<'a> SourceRun<'a> {
             }
             m.rounds_at_throttle += 1;
         }
-        self.switchover(ctl, pre)?;
+        self.switchover(ctl, pre, smaps_hint)?;
         Ok(None)
     }
 
-    fn switchover(&mut self, ctl: &mut UnixStream, mut pre: Precopy) -> Result<()> {
+    /// The areas' flags of every process of the partition, read while it
+    /// runs, for the dump of a stop: smaps walks every page table, too
+    /// slow for the stop itself. The dump uses a process's entry only if
+    /// its areas are still the same then.
+    fn smaps_hint(&self) -> std::collections::HashMap<i32, Vec<lpm_engine::proc::MapEntry>> {
+        let mut hint = std::collections::HashMap::new();
+        for pid in self.plumbing.cgroup().procs().unwrap_or_default() {
+            if let Ok(m) = lpm_engine::proc::smaps(pid) {
+                hint.insert(pid, m);
+            }
+        }
+        hint
+    }
+
+    fn switchover(
+        &mut self,
+        ctl: &mut UnixStream,
+        mut pre: Precopy,
+        smaps_hint: std::collections::HashMap<i32, Vec<lpm_engine::proc::MapEntry>>,
+    ) -> Result<()> {
         self.step = "switchover".into();
         progress(ctl, Progress { phase: "switchover".into(), note: "freezing".into(), ..blank() });
         let dir = scratch_dir(self.agent, "out", &self.spec.name);
@@ -438,16 +466,6 @@ impl<'a> SourceRun<'a> {
             }
         }
         let _scratch = Scratch(&dir);
-        // The areas' flags, read while the partition still runs: smaps walks
-        // every page table, too slow for the stop.
-        let t_hint = Instant::now();
-        let mut smaps_hint = std::collections::HashMap::new();
-        for pid in self.plumbing.cgroup().procs().unwrap_or_default() {
-            if let Ok(m) = lpm_engine::proc::smaps(pid) {
-                smaps_hint.insert(pid, m);
-            }
-        }
-        tracing::debug!(partition = %self.spec.name, smaps_ms = t_hint.elapsed().as_secs_f64() * 1e3, "before the stop");
         tracing::debug!(partition = %self.spec.name, since_start_ms = self.started.elapsed().as_secs_f64() * 1e3, "stopping");
         let t_stop = Instant::now();
         self.plumbing.lock_network().context("lock the partition's network")?;
@@ -587,6 +605,13 @@ impl<'a> SourceRun<'a> {
     /// the extra streams: a page resent in the next round on another stream
     /// must not be overtaken by its older copy.
     fn round_barrier(&mut self, round: u32) -> Result<()> {
+        self.end_round(round)?;
+        self.round_done(round)
+    }
+
+    /// The first half of [`SourceRun::round_barrier`]: the end of round
+    /// `round` on every stream.
+    fn end_round(&mut self, round: u32) -> Result<()> {
         // The main stream too: what the sockets still buffer would
         // otherwise be stored during the stop, ahead of its own pages
         // (megabytes, tens of milliseconds).
@@ -594,6 +619,12 @@ impl<'a> SourceRun<'a> {
         for l in &mut self.extras {
             l.send(&Mover::RoundEnd { round })?;
         }
+        Ok(())
+    }
+
+    /// The second half: every stream's answer that all of round `round`
+    /// is stored.
+    fn round_done(&mut self, round: u32) -> Result<()> {
         let main = std::iter::once(self.link.as_mut().expect("connected"));
         for (n, l) in main.chain(self.extras.iter_mut()).enumerate() {
             match l.recv().with_context(|| format!("page stream {}", n + 1))? {
@@ -747,8 +778,9 @@ fn unblob(p: &[u8]) -> Result<(&str, u64, &[u8])> {
 struct Incoming<'a> {
     spec: PartitionSpec,
     plumbing: Option<Plumbing>,
-    /// The plumbing, while it is being made.
-    preparing: Option<std::thread::JoinHandle<Result<Plumbing>>>,
+    /// The plumbing, while it is being made (and whether the vessel went
+    /// into its cgroups).
+    preparing: Option<std::thread::JoinHandle<Result<(Plumbing, bool)>>>,
     dir: PathBuf,
     store: Arc<Mutex<Store>>,
     /// Its name in the agent's table of incoming migrations.
@@ -761,16 +793,14 @@ struct Incoming<'a> {
 }
 
 impl Incoming<'_> {
-    /// Waits for the plumbing being made, keeps it, and makes the vessel
-    /// in its cgroups: here, since the thread that makes the vessel traces
-    /// it, and the restore traces it on.
+    /// Waits for the plumbing being made and keeps it; a vessel that did
+    /// not get into its cgroups goes.
     fn ready(&mut self) -> Result<()> {
         let Some(h) = self.preparing.take() else { return Ok(()) };
-        let p = h.join().map_err(|_| anyhow!("preparing partition {} panicked", self.spec.name))??;
-        // Without it the restore only takes longer.
-        self.vessel = lpm_engine::Vessel::new(&p.cgroup().dirs())
-            .map_err(|e| tracing::warn!(partition = %self.spec.name, error = %e, "no restore vessel"))
-            .ok();
+        let (p, placed) = h.join().map_err(|_| anyhow!("preparing partition {} panicked", self.spec.name))??;
+        if !placed {
+            self.vessel = None;
+        }
         self.plumbing = Some(p);
         Ok(())
     }
@@ -781,7 +811,7 @@ impl Drop for Incoming<'_> {
         self.agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         // What is still being made is removed with the rest.
         match self.preparing.take().map(|h| h.join()) {
-            Some(Ok(Ok(p))) => self.plumbing = Some(p),
+            Some(Ok(Ok((p, _)))) => self.plumbing = Some(p),
             Some(Ok(Err(e))) => tracing::warn!(partition = %self.spec.name, error = format!("{e:#}"), "prepare the incoming partition"),
             _ => {}
         }
@@ -912,12 +942,25 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     let store = Arc::new(Mutex::new(Store::create(&dir).context("page store")?));
                     let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     agent.incoming.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), store.clone());
-                    // The namespaces, NIC and cgroup are made while the
-                    // first round's pages arrive; the end of that round
-                    // waits for them.
+                    // The vessel is spawned here, by the thread that will
+                    // restore (it traces it). The namespaces, NIC and
+                    // cgroup are made, and the vessel put into the cgroup,
+                    // while the first round's pages arrive; the end of
+                    // that round waits for them. Without a vessel the
+                    // restore only takes longer.
+                    let vessel = lpm_engine::Vessel::spawn()
+                        .map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "no restore vessel"))
+                        .ok();
+                    let vessel_pid = vessel.as_ref().map(|v| v.pid());
                     let (ctx, sp) = (agent.ctx.clone(), spec.clone());
-                    let preparing = std::thread::spawn(move || -> Result<Plumbing> {
-                        Plumbing::create(&ctx, &sp, false).with_context(|| format!("prepare partition {}", sp.name))
+                    let preparing = std::thread::spawn(move || -> Result<(Plumbing, bool)> {
+                        let p = Plumbing::create(&ctx, &sp, false).with_context(|| format!("prepare partition {}", sp.name))?;
+                        let placed = vessel_pid.is_some_and(|pid| {
+                            lpm_engine::Vessel::place(pid, &p.cgroup().dirs())
+                                .map_err(|e| tracing::warn!(partition = %sp.name, error = %e, "no restore vessel"))
+                                .is_ok()
+                        });
+                        Ok((p, placed))
                     });
                     inc = Some(Incoming {
                         spec: spec.clone(),
@@ -928,7 +971,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                         id: id.clone(),
                         agent,
                         held: None,
-                        vessel: None,
+                        vessel,
                     });
                     api::send(&mut w, &Mover::Prepared { id })?;
                 }

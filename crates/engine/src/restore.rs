@@ -104,6 +104,22 @@ impl Vessel {
     /// Spawns a vessel and puts it into `cgroups` (cgroup directories, as
     /// [`RestoreOptions::cgroups`]).
     pub fn new(cgroups: &[PathBuf]) -> Result<Vessel> {
+        let v = Vessel::spawn()?;
+        Vessel::place(v.pid, cgroups)?;
+        Ok(v)
+    }
+
+    /// Puts vessel `pid` into `cgroups`. Any thread may: a write to
+    /// cgroup.procs waits out an RCU grace period (5 to 15 ms), which a
+    /// caller may rather spend while it does something else. The restore
+    /// needs it done.
+    pub fn place(pid: i32, cgroups: &[PathBuf]) -> Result<()> {
+        join_cgroups(pid, "vessel", cgroups)
+    }
+
+    /// Spawns a vessel in lpm's own cgroups (see [`Vessel::place`]). The
+    /// thread that spawns it traces it, and must be the one that restores.
+    pub fn spawn() -> Result<Vessel> {
         let ours: Vec<(u64, u64)> = proc::maps(std::process::id() as i32)?.iter().map(|e| (e.start, e.end)).collect();
         if !range_free(&ours, VESSEL_TRAMPOLINE) {
             return Err(EngineError::Incompatible(format!("the vessel's trampoline address {VESSEL_TRAMPOLINE:#x} is taken in lpm")));
@@ -119,7 +135,6 @@ impl Vessel {
         // From here on, dropping it ends it.
         let v = Vessel { pid, base, trampoline: VESSEL_TRAMPOLINE, ended: false.into() };
         ptrace::set_sigmask(pid, !0).step(pid, || "block signals".into())?;
-        join_cgroups(pid, "vessel", cgroups)?;
         Ok(v)
     }
 }
