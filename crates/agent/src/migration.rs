@@ -359,10 +359,12 @@ impl<'a> SourceRun<'a> {
         let mut smaps_hint;
         loop {
             m.round += 1;
-            let mut sink = self.sink();
-            let st = pre.round(&mut sink).with_context(|| format!("pre-copy round {}", m.round))?;
-            let wire = sink.wire_bytes;
-            drop(sink);
+            // A sending thread per stream (see Precopy::round_parallel).
+            let mut sinks = self.stream_sinks();
+            let mut refs: Vec<&mut (dyn PageSink + Send)> = sinks.iter_mut().map(|s| s as &mut (dyn PageSink + Send)).collect();
+            let st = pre.round_parallel(&mut refs).with_context(|| format!("pre-copy round {}", m.round))?;
+            let wire: u64 = sinks.iter().map(|s| s.wire_bytes).sum();
+            drop(sinks);
             let t_barrier = Instant::now();
             self.end_round(m.round)?;
             // While the target stores what is still in flight, this side
@@ -599,6 +601,15 @@ impl<'a> SourceRun<'a> {
         let mut ws = vec![&mut self.link.as_mut().expect("connected").w];
         ws.extend(self.extras.iter_mut().map(|l| &mut l.w));
         WireSink { ws, next: 0, compress: self.req.compress, wire_bytes: 0, faults: fault::watched("source.pages"), frame: Vec::new() }
+    }
+
+    /// A sink per stream, for a sending thread each.
+    fn stream_sinks(&mut self) -> Vec<WireSink<'_>> {
+        let (compress, faults) = (self.req.compress, fault::watched("source.pages"));
+        let main = std::iter::once(&mut self.link.as_mut().expect("connected").w);
+        main.chain(self.extras.iter_mut().map(|l| &mut l.w))
+            .map(|w| WireSink { ws: vec![w], next: 0, compress, wire_bytes: 0, faults, frame: Vec::new() })
+            .collect()
     }
 
     /// Waits until the target stored every page of the round that went on
@@ -907,7 +918,10 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     fault::point("target.pages")?;
                     let i = inc.as_mut().ok_or_else(|| anyhow!("pages before prepare"))?;
                     let (h, data) = PagesHeader::decode(payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
-                    i.store.lock().unwrap_or_else(|e| e.into_inner()).write(h.pid as i32, h.vaddr, data).context("store pages")?;
+                    // The store's lock only to find the file: the other
+                    // streams store meanwhile.
+                    let file = i.store.lock().unwrap_or_else(|e| e.into_inner()).file(h.pid as i32).context("store pages")?;
+                    file.write(h.vaddr, data).context("store pages")?;
                     continue;
                 }
                 FrameType::Blob => {
@@ -1088,7 +1102,8 @@ fn page_stream(r: &mut BufReader<TcpStream>, w: &mut BufWriter<TcpStream>, store
             FrameType::Pages => {
                 fault::point("target.pages")?;
                 let (h, data) = PagesHeader::decode(payload).ok_or_else(|| anyhow!("malformed pages frame"))?;
-                store.lock().unwrap_or_else(|e| e.into_inner()).write(h.pid as i32, h.vaddr, data).context("store pages")?;
+                let file = store.lock().unwrap_or_else(|e| e.into_inner()).file(h.pid as i32).context("store pages")?;
+                file.write(h.vaddr, data).context("store pages")?;
             }
             FrameType::Control => match api::decode::<Mover>(payload, "mover message")? {
                 Mover::RoundEnd { round } => {

@@ -428,7 +428,8 @@ struct Proc {
 pub struct Precopy {
     procs: Vec<Proc>,
     gone: Vec<i32>,
-    buf: Vec<u8>,
+    /// Read buffers, one per sending thread.
+    bufs: Vec<Vec<u8>>,
     regions: Vec<Region>,
     rounds: u32,
     last_collect: Instant,
@@ -501,6 +502,115 @@ impl Proc {
         Ok(self.pending.pages() - before)
     }
 
+    /// Sends everything pending to `sink`.
+    fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut s = Sender { pid: self.pid, ever: &self.ever, mem: self.mem.take(), out: Sent::default() };
+        let res = s.send(pending.ranges(), buf, sink);
+        let (mem, out) = (s.mem, s.out);
+        self.mem = mem;
+        self.apply(out, st);
+        res
+    }
+
+    /// Sends everything pending over `sinks` at once, a share each, read
+    /// and sent by a thread each: reading a process's memory costs as much
+    /// CPU as sending it, which one thread cannot spread.
+    fn send_pending_parallel(&mut self, bufs: &mut [Vec<u8>], sinks: &mut [&mut (dyn PageSink + Send)], st: &mut RoundStats) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let shares = split(pending.ranges(), sinks.len());
+        let (pid, ever) = (self.pid, &self.ever);
+        let done: Vec<(Sent, Result<()>)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = shares
+                .iter()
+                .zip(sinks.iter_mut())
+                .zip(bufs.iter_mut())
+                .map(|((share, sink), buf)| {
+                    scope.spawn(move || {
+                        let mut s = Sender { pid, ever, mem: None, out: Sent::default() };
+                        let res = s.send(share, buf, &mut **sink);
+                        (s.out, res)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut first_err = None;
+        for (out, res) in done {
+            self.apply(out, st);
+            if let Err(e) = res {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Records what a sender did: its ranges are held now, and those it
+    /// handed to the sink were received.
+    fn apply(&mut self, out: Sent, st: &mut RoundStats) {
+        for (a, b) in out.held {
+            self.held.insert(a, b);
+        }
+        for (a, b) in out.sent {
+            self.ever.insert(a, b);
+        }
+        st.pages += out.stats.pages;
+        st.bytes += out.stats.bytes;
+        st.zero_skipped += out.stats.zero_skipped;
+        st.unreadable += out.stats.unreadable;
+    }
+}
+
+/// Splits sorted page ranges into `n` shares of about as many pages
+/// each, in order, cutting a range at a page boundary where a share is
+/// full.
+fn split(ranges: &[(u64, u64)], n: usize) -> Vec<Vec<(u64, u64)>> {
+    let n = n.max(1);
+    let total: u64 = ranges.iter().map(|(s, e)| (e - s) / PAGE).sum();
+    let per = total.div_ceil(n as u64).max(1);
+    let mut out = vec![Vec::new(); n];
+    let (mut k, mut filled) = (0, 0u64);
+    for &(mut s, e) in ranges {
+        while s < e {
+            if filled >= per && k + 1 < n {
+                k += 1;
+                filled = 0;
+            }
+            let pages = (e - s) / PAGE;
+            let take = if k + 1 == n { pages } else { pages.min(per - filled) };
+            let end = if take == 0 { e } else { s + take * PAGE };
+            out[k].push((s, end));
+            filled += take;
+            s = end;
+        }
+    }
+    out
+}
+
+/// What a [`Sender`] did, applied to its process once it is done (the
+/// shares of one round never overlap).
+#[derive(Default)]
+struct Sent {
+    /// Ranges whose current content the target now holds: sent, or zero
+    /// and never sent.
+    held: Vec<(u64, u64)>,
+    /// Ranges handed to the sink.
+    sent: Vec<(u64, u64)>,
+    /// Pages, bytes, zero pages skipped, pages unreadable.
+    stats: RoundStats,
+}
+
+/// Reads page ranges of one process and hands their non-zero runs to a
+/// sink; what the target received before (`ever`) is only read.
+struct Sender<'a> {
+    pid: i32,
+    ever: &'a RangeSet,
+    /// /proc/PID/mem, opened on the first read that needs it.
+    mem: Option<File>,
+    out: Sent,
+}
+
+impl Sender<'_> {
     /// Reads up to `buf.len()` bytes at `vaddr`; returns how many whole
     /// pages' bytes were read before the first unreadable page.
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> usize {
@@ -527,7 +637,7 @@ impl Proc {
 
     /// Sends `data` (pages read at `vaddr`) in contiguous runs, skipping
     /// zero pages the sink never received.
-    fn emit(&mut self, vaddr: u64, data: &[u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+    fn emit(&mut self, vaddr: u64, data: &[u8], sink: &mut dyn PageSink) -> Result<()> {
         let pg = PAGE as usize;
         let n = data.len() / pg;
         let skip = |ever: &RangeSet, i: usize| {
@@ -535,14 +645,14 @@ impl Proc {
         };
         let mut i = 0;
         while i < n {
-            let s = skip(&self.ever, i);
+            let s = skip(self.ever, i);
             let mut j = i + 1;
-            while j < n && skip(&self.ever, j) == s {
+            while j < n && skip(self.ever, j) == s {
                 j += 1;
             }
             let (a, b) = (vaddr + (i * pg) as u64, vaddr + (j * pg) as u64);
             if s {
-                st.zero_skipped += (j - i) as u64;
+                self.out.stats.zero_skipped += (j - i) as u64;
             } else {
                 let bytes = &data[i * pg..j * pg];
                 sink.pages(self.pid, a, bytes).map_err(|source| PrecopyError::Sink {
@@ -551,20 +661,18 @@ impl Proc {
                     len: bytes.len(),
                     source,
                 })?;
-                self.ever.insert(a, b);
-                st.pages += (j - i) as u64;
-                st.bytes += bytes.len() as u64;
+                self.out.sent.push((a, b));
+                self.out.stats.pages += (j - i) as u64;
+                self.out.stats.bytes += bytes.len() as u64;
             }
-            self.held.insert(a, b);
+            self.out.held.push((a, b));
             i = j;
         }
         Ok(())
     }
 
-    /// Sends everything pending.
-    fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        let ranges = pending.ranges();
+    /// Sends the sorted ranges `ranges`.
+    fn send(&mut self, ranges: &[(u64, u64)], buf: &mut [u8], sink: &mut dyn PageSink) -> Result<()> {
         let mut i = 0;
         while i < ranges.len() {
             // Short ranges (the scattered pages of later rounds) are read
@@ -587,7 +695,7 @@ impl Proc {
                     if off + len > got {
                         break;
                     }
-                    self.emit(s, &buf[off..off + len], sink, st)?;
+                    self.emit(s, &buf[off..off + len], sink)?;
                     off += len;
                     done += 1;
                 }
@@ -596,29 +704,29 @@ impl Proc {
                     // The range the batch stopped at, alone (what of it is
                     // still there); the next batch starts after it.
                     let (s, len) = batch[done];
-                    self.send_range(s, s + len as u64, buf, sink, st)?;
+                    self.send_range(s, s + len as u64, buf, sink)?;
                     i += 1;
                 }
                 continue;
             }
             let (s, e) = ranges[i];
-            self.send_range(s, e, buf, sink, st)?;
+            self.send_range(s, e, buf, sink)?;
             i += 1;
         }
         Ok(())
     }
 
-    /// Sends one pending range, in pieces as large as `buf`.
-    fn send_range(&mut self, s: u64, e: u64, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+    /// Sends one range, in pieces as large as `buf`.
+    fn send_range(&mut self, s: u64, e: u64, buf: &mut [u8], sink: &mut dyn PageSink) -> Result<()> {
         let mut at = s;
         while at < e {
             let len = ((e - at) as usize).min(buf.len());
             let got = self.read(at, &mut buf[..len]);
-            self.emit(at, &buf[..got], sink, st)?;
+            self.emit(at, &buf[..got], sink)?;
             at += got as u64;
             if got < len {
                 // Unmapped since the collection: nothing to hold.
-                st.unreadable += 1;
+                self.out.stats.unreadable += 1;
                 at += PAGE;
             }
         }
@@ -643,15 +751,15 @@ impl Precopy {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Precopy { procs, gone: dead, buf: vec![0; CHUNK], regions: Vec::new(), rounds: 0, last_collect: Instant::now() })
+        Ok(Precopy { procs, gone: dead, bufs: vec![vec![0; CHUNK]], regions: Vec::new(), rounds: 0, last_collect: Instant::now() })
     }
 
     /// Runs `f` on every process; a process that failed because it exited
     /// is dropped (its tracker with it), any other failure is returned.
-    fn each(&mut self, mut f: impl FnMut(&mut Proc, &mut Vec<u8>, &mut Vec<Region>) -> Result<()>) -> Result<()> {
+    fn each(&mut self, mut f: impl FnMut(&mut Proc, &mut Vec<Vec<u8>>, &mut Vec<Region>) -> Result<()>) -> Result<()> {
         let mut i = 0;
         while i < self.procs.len() {
-            match f(&mut self.procs[i], &mut self.buf, &mut self.regions) {
+            match f(&mut self.procs[i], &mut self.bufs, &mut self.regions) {
                 Ok(()) => i += 1,
                 Err(_) if gone(self.procs[i].pid) => {
                     let p = self.procs.remove(i);
@@ -681,6 +789,29 @@ impl Precopy {
     /// first round every present page) to `sink`.
     pub fn round(&mut self, sink: &mut dyn PageSink) -> Result<RoundStats> {
         let t = Instant::now();
+        let mut st = self.begin_round()?;
+        self.each(|p, bufs, _| p.send_pending(&mut bufs[0], sink, &mut st))?;
+        Ok(self.end_round(st, t))
+    }
+
+    /// As [`Precopy::round`], over `sinks` at once: each process's pages
+    /// are split into as many shares, each read and handed to its sink by
+    /// a thread of its own. One sink runs no thread.
+    pub fn round_parallel(&mut self, sinks: &mut [&mut (dyn PageSink + Send)]) -> Result<RoundStats> {
+        if let [one] = sinks {
+            return self.round(&mut **one);
+        }
+        let t = Instant::now();
+        let mut st = self.begin_round()?;
+        while self.bufs.len() < sinks.len() {
+            self.bufs.push(vec![0; CHUNK]);
+        }
+        self.each(|p, bufs, _| p.send_pending_parallel(bufs, sinks, &mut st))?;
+        Ok(self.end_round(st, t))
+    }
+
+    /// Collects, and in round 1 makes every present page pending.
+    fn begin_round(&mut self) -> Result<RoundStats> {
         self.collect()?;
         if self.rounds == 0 {
             self.each(|p, _, regions| {
@@ -690,11 +821,13 @@ impl Precopy {
             })?;
         }
         self.rounds += 1;
-        let mut st = RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() };
-        self.each(|p, buf, _| p.send_pending(buf, sink, &mut st))?;
-        st.duration = t.elapsed();
+        Ok(RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() })
+    }
+
+    fn end_round(&self, mut st: RoundStats, started: Instant) -> RoundStats {
+        st.duration = started.elapsed();
         tracing::debug!(round = st.round, pages = st.pages, zero = st.zero_skipped, ms = st.duration.as_millis() as u64, "pre-copy round");
-        Ok(st)
+        st
     }
 
     /// Ends pre-copy once the processes are frozen: the last round sends
@@ -717,7 +850,7 @@ impl Precopy {
         self.rounds += 1;
         let mut st = RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() };
         let mut rec = Recording { inner: sink, sent: HashMap::new() };
-        self.each(|p, buf, _| p.send_pending(buf, &mut rec, &mut st))?;
+        self.each(|p, bufs, _| p.send_pending(&mut bufs[0], &mut rec, &mut st))?;
         let last_sent = rec.sent;
         st.duration = t.elapsed();
         tracing::debug!(pages = st.pages, zero = st.zero_skipped, ms = st.duration.as_secs_f64() * 1e3, "last round, frozen");
@@ -780,6 +913,26 @@ mod tests {
 
     fn set(r: &[(u64, u64)]) -> RangeSet {
         RangeSet::from_ranges(r.iter().copied())
+    }
+
+    #[test]
+    fn split_shares_pages_evenly_in_order() {
+        let p = PAGE;
+        let ranges = [(0, 10 * p), (20 * p, 21 * p), (30 * p, 35 * p)];
+        let shares = split(&ranges, 4);
+        assert_eq!(shares.len(), 4);
+        // 16 pages: 4 each, in order, cut at page boundaries.
+        assert_eq!(shares[0], vec![(0, 4 * p)]);
+        assert_eq!(shares[1], vec![(4 * p, 8 * p)]);
+        assert_eq!(shares[2], vec![(8 * p, 10 * p), (20 * p, 21 * p), (30 * p, 31 * p)]);
+        assert_eq!(shares[3], vec![(31 * p, 35 * p)]);
+        let all: Vec<(u64, u64)> = shares.concat();
+        assert_eq!(RangeSet::from_ranges(all).into_vec(), ranges.to_vec());
+        // More shares than pages: the rest are empty; one share: as given.
+        let few = split(&[(0, 2 * p)], 3);
+        assert_eq!(few, vec![vec![(0, p)], vec![(p, 2 * p)], vec![]]);
+        assert_eq!(split(&ranges, 1), vec![ranges.to_vec()]);
+        assert_eq!(split(&[], 2), vec![Vec::<(u64, u64)>::new(), vec![]]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::precopy::{PageSink, SinkError};
 
@@ -90,8 +91,34 @@ pub fn pages_file_name(pid: i32) -> String {
 /// The pages received so far, one sparse file per source process.
 pub struct Store {
     dir: PathBuf,
-    files: HashMap<i32, File>,
+    files: HashMap<i32, Arc<File>>,
     pages: u64,
+}
+
+/// The pages file of one source process: writes to it need no lock on
+/// the store, so that several streams store at once.
+#[derive(Clone, Debug)]
+pub struct PagesFile {
+    pid: i32,
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl PagesFile {
+    /// Stores `data` (whole pages) at address `vaddr`.
+    pub fn write(&self, vaddr: u64, data: &[u8]) -> Result<()> {
+        let pid = self.pid;
+        if vaddr & (PAGE - 1) != 0 || data.len() as u64 & (PAGE - 1) != 0 || vaddr.checked_add(data.len() as u64).is_none() {
+            return Err(StoreError::Unaligned { pid, vaddr, len: data.len() });
+        }
+        self.file.write_all_at(data, vaddr).map_err(|source| {
+            if source.raw_os_error() == Some(libc::EFBIG) {
+                StoreError::TooLarge { pid, vaddr, path: self.path.clone() }
+            } else {
+                StoreError::Write { pid, vaddr, path: self.path.clone(), source }
+            }
+        })
+    }
 }
 
 impl Store {
@@ -108,14 +135,11 @@ impl Store {
         self.dir.join(pages_file_name(pid))
     }
 
-    /// Stores `data` (whole pages) of process `pid` at address `vaddr`.
-    pub fn write(&mut self, pid: i32, vaddr: u64, data: &[u8]) -> Result<()> {
-        if vaddr & (PAGE - 1) != 0 || data.len() as u64 & (PAGE - 1) != 0 || vaddr.checked_add(data.len() as u64).is_none() {
-            return Err(StoreError::Unaligned { pid, vaddr, len: data.len() });
-        }
+    /// The pages file of `pid`, made (or truncated) on first use.
+    pub fn file(&mut self, pid: i32) -> Result<PagesFile> {
         let path = self.path(pid);
         let file = match self.files.entry(pid) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let f = File::options()
                     .read(true)
@@ -124,16 +148,15 @@ impl Store {
                     .truncate(true)
                     .open(&path)
                     .map_err(|source| StoreError::Create { pid, path: path.clone(), source })?;
-                v.insert(f)
+                v.insert(Arc::new(f)).clone()
             }
         };
-        file.write_all_at(data, vaddr).map_err(|source| {
-            if source.raw_os_error() == Some(libc::EFBIG) {
-                StoreError::TooLarge { pid, vaddr, path: path.clone() }
-            } else {
-                StoreError::Write { pid, vaddr, path: path.clone(), source }
-            }
-        })?;
+        Ok(PagesFile { pid, path, file })
+    }
+
+    /// Stores `data` (whole pages) of process `pid` at address `vaddr`.
+    pub fn write(&mut self, pid: i32, vaddr: u64, data: &[u8]) -> Result<()> {
+        self.file(pid)?.write(vaddr, data)?;
         self.pages += data.len() as u64 / PAGE;
         Ok(())
     }

@@ -10,9 +10,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lpm_migrate::precopy::{Precopy, RangeSet};
+use lpm_migrate::precopy::{PageSink, Precopy, RangeSet, SinkError};
 use lpm_migrate::store::Store;
 
 const MIB: u64 = 1 << 20;
@@ -433,4 +434,58 @@ fn checkpoint_with_live_trackers_saves_no_untouched_pages() {
     assert!(stats.zero_pages < 1024, "the checkpoint took {} untouched pages for zero pages", stats.zero_pages);
     let size: u64 = std::fs::read_dir(&img).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     assert!(size < 16 * MIB, "the image is {size} bytes long");
+}
+
+/// One of several sinks sharing a store, as the target's streams do;
+/// counts the pages it got.
+struct Shared<'a> {
+    store: &'a Mutex<Store>,
+    pages: u64,
+}
+
+impl PageSink for Shared<'_> {
+    fn pages(&mut self, pid: i32, vaddr: u64, data: &[u8]) -> Result<(), SinkError> {
+        self.pages += data.len() as u64 / PAGE;
+        self.store.lock().unwrap().write(pid, vaddr, data).map_err(Into::into)
+    }
+}
+
+/// Rounds over three sinks at once send what one sink would, each sink
+/// a share, and the store holds the process's memory for every page
+/// pre-copy says it holds.
+#[test]
+fn parallel_rounds_share_the_pages_and_hold_the_same() {
+    let mut s = Scene::new("parallel");
+    let bin = s.cc("writer", WRITER);
+    let (pid, base, wo, _) = s.writer(&bin, "p");
+    let store = Mutex::new(Store::create(&s.path("images")).unwrap());
+    let mut pc = Precopy::start(&[pid]).unwrap();
+    let mut sinks: Vec<Shared> = (0..3).map(|_| Shared { store: &store, pages: 0 }).collect();
+    let round = |pc: &mut Precopy, sinks: &mut Vec<Shared>| {
+        let mut refs: Vec<&mut (dyn PageSink + Send)> = sinks.iter_mut().map(|s| s as &mut (dyn PageSink + Send)).collect();
+        pc.round_parallel(&mut refs).unwrap()
+    };
+    let r1 = round(&mut pc, &mut sinks);
+    eprintln!("round 1: {r1:?}, per sink {:?}", sinks.iter().map(|s| s.pages).collect::<Vec<_>>());
+    let pattern = 48 * MIB / PAGE;
+    assert!(r1.pages >= pattern && r1.pages < pattern + 512, "round 1 sent {} pages, the pattern has {pattern}", r1.pages);
+    assert!(r1.zero_skipped >= 8 * MIB / PAGE, "round 1 skipped {} zero pages, the buffer has 2048", r1.zero_skipped);
+    assert_eq!(sinks.iter().map(|s| s.pages).sum::<u64>(), r1.pages);
+    // A third of what is present each; zero pages are skipped, so a share
+    // may send less.
+    assert!(sinks.iter().all(|s| s.pages >= r1.pages / 6), "unbalanced shares: {:?}", sinks.iter().map(|s| s.pages).collect::<Vec<_>>());
+    let held = pc.held(pid).unwrap().clone().into_vec();
+    assert_eq!(within(&held, base, base + 64 * MIB), vec![(base, base + 56 * MIB)], "held after round 1");
+    assert_eq!(within(&held, wo, wo + MIB), vec![(wo, wo + MIB)], "write-only area after round 1");
+
+    std::thread::sleep(Duration::from_millis(50));
+    let r2 = round(&mut pc, &mut sinks);
+    assert!(r2.pages >= 1024 && r2.pages < 1024 + 128, "round 2 sent {} pages, the window has 1024", r2.pages);
+
+    stop(pid);
+    pc.collect().unwrap();
+    let held = pc.held(pid).unwrap().clone().into_vec();
+    let n = compare(&store.lock().unwrap(), pid, &held);
+    assert!(n >= 52 * MIB / PAGE, "only {n} pages held");
+    lpm_sys::misc::kill(pid, libc::SIGCONT);
 }
