@@ -7,5 +7,6 @@ pub mod api;
 pub mod client;
 pub mod daemon;
 pub mod fault;
+pub mod fill;
 pub mod migration;
 pub mod orphans;

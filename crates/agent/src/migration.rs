@@ -1022,23 +1022,9 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     }
                     // The precopied pages go in after the release, on a
                     // thread of their own; first touches are served first.
-                    let filling = held.take_lazy().map(|lazy| {
-                        let name = i.spec.name.clone();
-                        std::thread::spawn(move || {
-                            let left = lazy.pages_left();
-                            match lazy.run() {
-                                Ok(st) => tracing::info!(
-                                    partition = %name,
-                                    pages = st.pages,
-                                    faulted = st.faulted,
-                                    dropped = st.dropped,
-                                    ms = st.elapsed.as_secs_f64() * 1e3,
-                                    "lazy fill done"
-                                ),
-                                Err(e) => tracing::error!(partition = %name, left, error = %e, "lazy fill failed"),
-                            }
-                        })
-                    });
+                    // In a process of its own, which a crash of lpmd does
+                    // not end (see fill.rs).
+                    let filling = held.take_lazy().map(|lazy| crate::fill::start(&i.spec.name, lazy));
                     let restored = held.release().context("let the restored partition run")?;
                     // Recorded here before the source forgets it: the
                     // partition is listed on one host at every moment.
@@ -1047,6 +1033,7 @@ pub fn target(agent: &Agent, s: TcpStream, peer: &str) -> Result<()> {
                     tracing::info!(partition = %i.spec.name, from = peer, pid = restored.root_pid, "partition arrived");
                     api::send(&mut w, &Mover::Running)?;
                     w.flush().context("answer the source")?;
+                    fault::point("target.running")?;
                     // After the answer: the announcement repeats over a few
                     // hundred milliseconds and the partition already runs.
                     if let Err(e) = announce.map_err(anyhow::Error::from).and_then(|p| Ok(p.announce()?)) {

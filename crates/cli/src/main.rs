@@ -76,6 +76,14 @@ enum Cmd {
     /// Run the host agent (what `lpmd` runs; the lab starts it).
     #[command(hide = true)]
     Daemon(lpm_agent::daemon::DaemonArgs),
+    /// The lazy fill of a partition that arrived, handed over by lpmd on
+    /// standard input (lpmd runs it).
+    #[command(hide = true)]
+    Fill {
+        /// The partition, for the log.
+        #[arg(long)]
+        partition: String,
+    },
     /// Measure how fast a running process dirties its memory (what
     /// pre-copy has to keep up with), without stopping it for long.
     DirtyRate {
@@ -126,7 +134,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The agent logs what it does (to its log file in a lab); the CLI only
     // when asked.
-    let default = if matches!(cli.cmd, Cmd::Daemon(_)) { "info" } else { "off" };
+    let default = if matches!(cli.cmd, Cmd::Daemon(_) | Cmd::Fill { .. }) { "info" } else { "off" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LPM_LOG").unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli) {
@@ -179,6 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Partition { cmd } => cluster::partition(cmd),
         Cmd::Migrate(a) => cluster::migrate(a),
         Cmd::Daemon(a) => a.run().map(|_| ExitCode::SUCCESS),
+        Cmd::Fill { partition } => lpm_agent::fill::run_child(&partition).map(|_| ExitCode::SUCCESS),
         Cmd::DirtyRate { pid, interval_ms, rounds } => {
             let mut t = lpm_engine::DirtyTracker::start(pid).with_context(|| format!("track writes of pid {pid}"))?;
             t.collect()?;

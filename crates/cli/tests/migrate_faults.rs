@@ -31,6 +31,9 @@ mod common;
 const LPM: &str = env!("CARGO_BIN_EXE_lpm");
 const SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_service.py");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_client.py");
+/// The benchmark's partition program: writes its memory, checks every
+/// page on SIGUSR1.
+const DIRTIER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/dirtier.c");
 
 /// A lab of its own for one test, torn down however the test ends.
 struct TestLab {
@@ -621,4 +624,62 @@ fn rollback_after_restore_gives_back_locks_and_fifo_data() {
     assert_file_locks_held(&locks, on_h2, "on h2");
     assert_eq!(zdtm_verdict(&lab, "fl", "h2", &locks), "PASS\n", "file_locks on h2: {}", lab.ok(&["partition", "logs", "fl"]));
     eprintln!("rollback with locks and a fifo: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// The target's lpmd dies right after "running", while the partition's
+/// memory is still being filled from its page store: the fill, a process
+/// of its own, goes on, and every page of the partition is right (a fill
+/// on a thread of lpmd would have left the rest reading as zero). The
+/// restarted lpmd leaves the partition alone.
+#[test]
+fn target_crash_after_go_leaves_the_fill_running() {
+    let t0 = Instant::now();
+    let lab = TestLab::up("fgo", &[("LPM_FAULT", "h2:target.running=kill")]);
+    let bin = lab.dir.join("dirtier");
+    let cc = Command::new("gcc").args(["-O2", "-o"]).arg(&bin).arg(DIRTIER).output().expect("run gcc");
+    assert!(cc.status.success(), "gcc dirtier.c: {}", String::from_utf8_lossy(&cc.stderr));
+    let vol = lab.dir.to_string_lossy().into_owned();
+    let bin = bin.to_string_lossy().into_owned();
+    lab.ok(&["partition", "create", "dm", "--host", "h1", "--memory", "400M", "--volume", &vol, "--", &bin, "256", "0"]);
+    let console = lab.dir.join("partitions").join("dm").join("console.log");
+    let wait_console = |what: &str| {
+        let t = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&console).unwrap_or_default();
+            if log.contains(what) {
+                return log;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "dm never printed {what:?}: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_console("ready");
+    let h2_pid = lab.lab().host("h2").unwrap().pid.unwrap();
+
+    let out = lab.ok(&["migrate", "dm", "--to", "h2", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["outcome"]["result"], serde_json::json!("completed"), "report: {r}");
+    let log = lab.log_of("h2");
+    assert!(log.contains("fault injected") && log.contains("target.running"), "the fault did not fire:\n{log}");
+    let t = Instant::now();
+    while Path::new(&format!("/proc/{h2_pid}/cwd")).exists() {
+        assert!(t.elapsed() < Duration::from_secs(5), "h2's lpmd {h2_pid} survived its fault");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The fill ends by itself, and says so in the log it shared with lpmd.
+    lab.wait_for_log("h2", "lazy fill done", Duration::from_secs(30));
+    // Its init, the first process of its cgroup on h2.
+    let ctx = HostCtx { host: "h2".into(), dir: lab.dir.clone(), bridge: "lpmbr0".into(), prefix: lab.lab().prefix() };
+    let procs = Layout::current().unwrap().v2_root().join(ctx.cgroup_rel("dm")).join("cgroup.procs");
+    let procs = std::fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{}: {e}", procs.display()));
+    let pid: i32 = procs.lines().next().and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("dm runs nothing on h2: {procs:?}"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let log = wait_console("verify 1 ");
+    let verdict = log.lines().rfind(|l| l.starts_with("verify 1 ")).unwrap_or_default().to_string();
+    assert!(verdict.starts_with("verify 1 OK"), "dm's memory after h2's lpmd died: {verdict}");
+
+    // A new lpmd does not take over or kill what runs from its predecessor.
+    lab.lab().restart("h2").expect("restart h2's lpmd");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the restarted lpmd ended dm ({pid})");
+    eprintln!("{verdict}; {:.1} s", t0.elapsed().as_secs_f64());
 }

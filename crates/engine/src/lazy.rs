@@ -56,6 +56,22 @@ pub struct LazyFill {
     spaces: Vec<Space>,
 }
 
+/// One address space of a lazy fill, as another process takes it over
+/// (the fill may outlive the one that restored: see
+/// [`LazyFill::into_parts`]).
+#[derive(Debug)]
+pub struct FillPart {
+    /// The task whose memory it fills.
+    pub pid: i32,
+    /// Its userfaultfd (missing-page mode, areas registered).
+    pub uffd: std::os::fd::OwnedFd,
+    /// The page store its pages come from.
+    pub store: std::os::fd::OwnedFd,
+    /// Pages still to fill: `[start, end)` now, at store offset `off`,
+    /// as (start, end, off).
+    pub runs: Vec<(u64, u64, u64)>,
+}
+
 /// What a lazy fill did.
 #[derive(Clone, Debug, Default)]
 pub struct FillStats {
@@ -242,6 +258,40 @@ impl LazyFill {
             s.arm()?;
         }
         Ok((!spaces.is_empty()).then_some(LazyFill { spaces }))
+    }
+
+    /// Its state as descriptors and runs, for another process to run it
+    /// ([`LazyFill::from_parts`]): a fill in a process of its own goes on
+    /// when the one that restored dies, where a thread's would end with
+    /// it and leave every page not yet filled reading as zero.
+    pub fn into_parts(self) -> Result<Vec<FillPart>> {
+        self.spaces
+            .into_iter()
+            .map(|s| {
+                let store = s.store.try_clone().map_err(crate::io_err(format!("duplicate the page store of pid {}", s.pid)))?;
+                Ok(FillPart {
+                    pid: s.pid,
+                    uffd: s.uffd.into_fd(),
+                    store: store.into(),
+                    runs: s.runs.iter().map(|r| (r.start, r.end, r.off)).collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// A fill from [`LazyFill::into_parts`]'s parts.
+    pub fn from_parts(parts: Vec<FillPart>) -> LazyFill {
+        let spaces = parts
+            .into_iter()
+            .map(|p| Space {
+                uffd: Uffd::new(p.uffd, p.pid),
+                pid: p.pid,
+                store: Arc::new(File::from(p.store)),
+                runs: p.runs.into_iter().map(|(start, end, off)| Run { start, end, off }).collect(),
+                areas: Vec::new(),
+            })
+            .collect();
+        LazyFill { spaces }
     }
 
     /// Pages not filled yet.

@@ -42,7 +42,7 @@ pub use dump::{
     checkpoint, checkpoint_with, kill_frozen_tree, stop_tree, After, CheckpointOptions, CheckpointStats, DumpOptions, StoppedTree,
 };
 pub use handoff::{thaw_tree, HandbackError, Handoff};
-pub use lazy::{FillStats, LazyFill};
+pub use lazy::{FillPart, FillStats, LazyFill};
 pub use restore::{restore, restore_held, Held, RestoreOptions, Restored, Vessel};
 
 /// Errors of the engine; each names the task and the step.

@@ -578,3 +578,38 @@ pub fn xsave_features() -> (u64, u32) {
         (0, 0)
     }
 }
+
+/// Sends `data` and the descriptors `fds` (SCM_RIGHTS) as one message on
+/// Unix socket `sock`.
+pub fn send_fds(sock: std::os::fd::BorrowedFd<'_>, data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut anc = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Error::sys("sendmsg", 0, io::Error::other("no room for the descriptors")));
+    }
+    let n = rustix::net::sendmsg(sock, &[io::IoSlice::new(data)], &mut anc, SendFlags::NOSIGNAL)
+        .map_err(|e| Error::sys("sendmsg", 0, e.into()))?;
+    if n != data.len() {
+        return Err(Error::sys("sendmsg", 0, io::Error::other(format!("sent {n} of {} bytes", data.len()))));
+    }
+    Ok(())
+}
+
+/// Receives one message from Unix socket `sock` into `buf`, with at most
+/// `max_fds` descriptors (close-on-exec); 0 bytes and no descriptor when
+/// the peer closed.
+pub fn recv_fds(sock: std::os::fd::BorrowedFd<'_>, buf: &mut [u8], max_fds: usize) -> Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
+    let mut anc = RecvAncillaryBuffer::new(&mut space);
+    let r = rustix::net::recvmsg(sock, &mut [io::IoSliceMut::new(buf)], &mut anc, RecvFlags::CMSG_CLOEXEC)
+        .map_err(|e| Error::sys("recvmsg", 0, e.into()))?;
+    let mut fds = Vec::new();
+    for m in anc.drain() {
+        if let RecvAncillaryMessage::ScmRights(got) = m {
+            fds.extend(got);
+        }
+    }
+    Ok((r.bytes, fds))
+}

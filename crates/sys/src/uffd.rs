@@ -53,6 +53,11 @@ impl Uffd {
         Uffd { fd, pid }
     }
 
+    /// The descriptor, to hand to another process.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// UFFDIO_API handshake asking for `features`; returns those granted.
     pub fn api(&self, features: u64) -> Result<u64> {
         let mut a = uffdio_api { api: linux_raw_sys::general::UFFD_API as u64, features, ioctls: 0 };

@@ -1,0 +1,170 @@
+//! The lazy fill of a partition that arrived, in a process of its own.
+//!
+//! After "go" the source's copy is gone and the target's page store holds
+//! the only copy of every precopied page not filled yet. A fill on a thread
+//! of lpmd would end with lpmd: its userfaultfds closed, every page not
+//! filled would then read as zero in the running partition. So lpmd hands
+//! the fill (each task's userfaultfd and page store, and the runs left) to
+//! `lpm fill`, this same binary run again, over a seqpacket socket on its
+//! standard input, and a thread of lpmd only waits for it. A fill process
+//! whose lpmd died goes on to the end; it is nobody's to kill but its own.
+//!
+//! The messages: `S` + pid (i32 LE) with the task's userfaultfd and store as
+//! SCM_RIGHTS, then `R` + runs (start, end, store offset; u64 LE each), as
+//! many as needed, for that task; `E` ends. Should the process not start,
+//! the fill runs on a thread of lpmd as before.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use lpm_engine::{FillPart, LazyFill};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+/// The first argument of the binary that makes it a fill process.
+pub const FILL_ARG: &str = "fill";
+
+/// Runs per `R` message (24 bytes each).
+const RUNS_PER_MESSAGE: usize = 2048;
+
+/// Starts the fill of `partition`'s memory, in a process of its own when
+/// it can; the handle's thread ends when the fill does.
+pub fn start(partition: &str, lazy: LazyFill) -> JoinHandle<()> {
+    let name = partition.to_string();
+    let left = lazy.pages_left();
+    match hand_over(&name, lazy) {
+        Ok(mut child) => std::thread::spawn(move || match child.wait() {
+            Ok(st) if st.success() => {}
+            Ok(st) => tracing::error!(partition = %name, status = %st, left, "the fill process failed"),
+            Err(e) => tracing::error!(partition = %name, error = %e, "wait for the fill process"),
+        }),
+        Err((e, lazy)) => {
+            tracing::warn!(partition = %name, error = format!("{e:#}"), "no fill process: the fill runs in lpmd");
+            std::thread::spawn(move || {
+                if let Some(lazy) = lazy {
+                    report(&name, left, lazy.run());
+                }
+            })
+        }
+    }
+}
+
+/// Spawns `lpm fill` and sends it the fill. On failure the fill comes
+/// back, to run here (unless it was lost in the handing over).
+fn hand_over(name: &str, lazy: LazyFill) -> Result<std::process::Child, (anyhow::Error, Option<LazyFill>)> {
+    let pair =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair for the fill process");
+    let (ours, theirs) = match pair {
+        Ok(p) => p,
+        Err(e) => return Err((e, Some(lazy))),
+    };
+    let exe = match std::env::current_exe().context("find this program, to run it as the fill process") {
+        Ok(x) => x,
+        Err(e) => return Err((e, Some(lazy))),
+    };
+    let spawned = Command::new(exe)
+        .args([FILL_ARG, "--partition", name])
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn the fill process");
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return Err((e, Some(lazy))),
+    };
+    let parts = match lazy.into_parts() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err((anyhow!(e).context("take the fill apart"), None));
+        }
+    };
+    if let Err(e) = send(&ours, &parts) {
+        // Ours still: the process gets nothing more and goes.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err((e, Some(LazyFill::from_parts(parts))));
+    }
+    Ok(child)
+}
+
+fn send(sock: &OwnedFd, parts: &[FillPart]) -> Result<()> {
+    let send = |data: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]| lpm_sys::misc::send_fds(sock.as_fd(), data, fds).context("send the fill");
+    for p in parts {
+        let mut head = vec![b'S'];
+        head.extend_from_slice(&p.pid.to_le_bytes());
+        send(&head, &[p.uffd.as_fd(), p.store.as_fd()])?;
+        for chunk in p.runs.chunks(RUNS_PER_MESSAGE) {
+            let mut m = Vec::with_capacity(1 + chunk.len() * 24);
+            m.push(b'R');
+            for &(start, end, off) in chunk {
+                for v in [start, end, off] {
+                    m.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            send(&m, &[])?;
+        }
+    }
+    send(b"E", &[])
+}
+
+/// The fill process: receives the fill on standard input and runs it.
+pub fn run_child(partition: &str) -> Result<()> {
+    let stdin = std::io::stdin();
+    let sock = stdin.as_fd();
+    let mut parts: Vec<FillPart> = Vec::new();
+    let mut buf = vec![0u8; 1 + RUNS_PER_MESSAGE * 24];
+    loop {
+        let (n, fds) = lpm_sys::misc::recv_fds(sock, &mut buf, 2).context("receive the fill from lpmd")?;
+        match buf.get(..n.min(1)) {
+            Some([b'S']) => {
+                let pid = buf.get(1..5).filter(|_| n == 5).ok_or_else(|| anyhow!("malformed space message ({n} bytes)"))?;
+                let pid = i32::from_le_bytes(pid.try_into().expect("4 bytes"));
+                let [uffd, store]: [OwnedFd; 2] =
+                    fds.try_into().map_err(|f: Vec<OwnedFd>| anyhow!("pid {pid}: {} descriptors, not 2", f.len()))?;
+                parts.push(FillPart { pid, uffd, store, runs: Vec::new() });
+            }
+            Some([b'R']) => {
+                let p = parts.last_mut().ok_or_else(|| anyhow!("runs before any space"))?;
+                let body = &buf[1..n];
+                if !body.len().is_multiple_of(24) {
+                    bail!("malformed runs message for pid {} ({n} bytes)", p.pid);
+                }
+                let u = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                p.runs.extend(body.chunks_exact(24).map(|r| (u(&r[..8]), u(&r[8..16]), u(&r[16..]))));
+            }
+            Some([b'E']) => break,
+            Some(_) => bail!("unknown fill message {:?}", buf[0] as char),
+            None => bail!("lpmd went before it sent the whole fill"),
+        }
+    }
+    let lazy = LazyFill::from_parts(parts);
+    let left = lazy.pages_left();
+    let t = Instant::now();
+    let res = lazy.run();
+    let ok = res.is_ok();
+    report(partition, left, res);
+    tracing::debug!(partition, ms = t.elapsed().as_secs_f64() * 1e3, "fill process done");
+    if ok {
+        Ok(())
+    } else {
+        bail!("the fill of {partition} failed")
+    }
+}
+
+fn report(partition: &str, left: u64, res: lpm_engine::Result<lpm_engine::FillStats>) {
+    match res {
+        Ok(st) => tracing::info!(
+            partition,
+            pages = st.pages,
+            faulted = st.faulted,
+            dropped = st.dropped,
+            ms = st.elapsed.as_secs_f64() * 1e3,
+            "lazy fill done"
+        ),
+        Err(e) => tracing::error!(partition, left, error = %e, "lazy fill failed"),
+    }
+}
