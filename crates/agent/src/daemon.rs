@@ -465,16 +465,21 @@ pub fn run(opts: Options) -> Result<()> {
         kernel_missing: std::sync::OnceLock::new(),
         leaving: Mutex::new(std::collections::HashMap::new()),
     });
-    {
-        // Probed now, so that no migration waits for it.
+    // Probe cgroups left by an lpmd killed while it probed.
+    for p in lpm_sys::probe::remove_stale_probes() {
+        tracing::info!(cgroup = %p.display(), "removed a stale probe cgroup");
+    }
+    let probing = {
+        // Probed now, so that no migration waits for it (and joined before
+        // lpmd exits, so that no probe cgroup is left).
         let a = agent.clone();
         std::thread::spawn(move || {
             let missing = a.missing_kernel_features();
             if !missing.is_empty() {
                 tracing::warn!(?missing, "kernel features missing: partitions cannot move here");
             }
-        });
-    }
+        })
+    };
     {
         let a = agent.clone();
         std::thread::spawn(move || {
@@ -513,6 +518,7 @@ pub fn run(opts: Options) -> Result<()> {
     let sig = sigs.wait().context("wait for a signal")?;
     tracing::info!(?sig, "shutting down");
     agent.shutdown();
+    let _ = probing.join();
     let _ = std::fs::remove_file(&agent.opts.control);
     Ok(())
 }

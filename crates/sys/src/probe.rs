@@ -449,6 +449,30 @@ fn cgroup_prefix() -> String {
     format!("lpm-probe-{}-{tid}-", std::process::id())
 }
 
+/// Removes the probe cgroups of processes that are gone (a probe cut
+/// short by SIGKILL leaves its cgroup behind): their tasks are killed,
+/// then the cgroup is removed. Returns the cgroups removed.
+pub fn remove_stale_probes() -> Vec<PathBuf> {
+    let Ok(root) = cgroup2_mount() else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in fs::read_dir(&root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("lpm-probe-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let cg = Cgroup(e.path());
+        let _ = cg.write("cgroup.kill", "1");
+        drop(cg);
+        if !e.path().exists() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
 /// A cgroup we created, thawed and removed on drop.
 struct Cgroup(PathBuf);
 
@@ -624,6 +648,26 @@ fn probe_process_vm() -> Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_probe_cgroups_go_and_live_ones_stay() {
+        let root = cgroup2_mount().expect("cgroup2 is not mounted");
+        // A pid that was and is no more: a child that exited and was reaped.
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        let stale = root.join(format!("lpm-probe-{dead_pid}-1-{}", nanos()));
+        let live = root.join(format!("lpm-probe-{}-1-{}", std::process::id(), nanos()));
+        fs::create_dir(&stale).unwrap();
+        fs::create_dir(&live).unwrap();
+        let removed = remove_stale_probes();
+        let live_there = live.exists();
+        let _ = fs::remove_dir(&live);
+        let _ = fs::remove_dir(&stale);
+        assert!(removed.contains(&stale), "{} not removed: {removed:?}", stale.display());
+        assert!(live_there, "the probe cgroup of a live process was removed");
+    }
 
     #[test]
     fn cgroup2_mount_found_on_hybrid_and_pure_v2() {
