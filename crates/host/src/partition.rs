@@ -323,6 +323,19 @@ impl Plumbing {
                     .map_err(net_err("add the address to eth0"))?;
             }
             net::ip(Some(&ns_name), &["link", "set", IFNAME, "up"]).map_err(net_err("bring eth0 up"))?;
+            // The kernel's link watch sets eth0's operational state UP, and
+            // announces it (RTM_NEWLINK), up to a second later. Waited for
+            // here, so that the announcement reaches no netlink socket of
+            // the partition's program: one with an unread message cannot
+            // be migrated.
+            let t = Instant::now();
+            while !net::ip(Some(&ns_name), &["-o", "link", "show", "dev", IFNAME]).is_ok_and(|l| l.contains("state UP")) {
+                if t.elapsed() > Duration::from_secs(2) {
+                    tracing::warn!(partition = %name, "eth0 is not UP after 2 s");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
             if link_up {
                 p.unlock_network()?;
             }
