@@ -457,14 +457,28 @@ fn check(tree: &TreeImage) -> Result<()> {
     if free_levels(tree) == 0 {
         for p in &tree.processes {
             for t in &p.threads {
-                if Path::new(&format!("/proc/{}", t.tid)).exists() {
-                    let who = proc::read(t.tid as i32, "comm").unwrap_or_default();
-                    return Err(EngineError::Incompatible(format!("pid {} is taken (by {})", t.tid, who.trim())));
-                }
+                pid_free(t.tid as i32)?;
             }
         }
     }
     Ok(())
+}
+
+/// Fails when `pid` is in use. A zombie holding it is waited for a
+/// moment: the tree a checkpoint just killed may still be waiting for its
+/// reaper (an orphan's is pid 1, which reaps when it gets to it).
+fn pid_free(pid: i32) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        let Ok(stat) = proc::Stat::read(pid) else { return Ok(()) };
+        let dying = matches!(stat.state(), 'Z' | 'X');
+        if !dying || t.elapsed() > Duration::from_secs(2) {
+            let who = proc::read(pid, "comm").unwrap_or_default();
+            let what = if dying { " a zombie nobody reaped in 2 s" } else { "" };
+            return Err(EngineError::Incompatible(format!("pid {pid} is taken (by{what} {})", who.trim())));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Room the trampoline and the parking area take, with a margin.
