@@ -66,11 +66,9 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Pages to the target, as Pages frames on the mover connection.
+/// Pages to the target, as Pages frames on one stream.
 struct WireSink<'a> {
-    /// The streams, used in turn, one frame each.
-    ws: Vec<&'a mut BufWriter<TcpStream>>,
-    next: usize,
+    w: &'a mut BufWriter<TcpStream>,
     compress: Option<i32>,
     wire_bytes: u64,
     /// A failure test may corrupt frames: each is built whole first.
@@ -83,9 +81,7 @@ impl PageSink for WireSink<'_> {
         // A frame carries at most MAX_PAYLOAD: split long runs.
         for (i, part) in data.chunks(CHUNK).enumerate() {
             let h = PagesHeader { pid: pid as u32, count: (part.len() / 4096) as u32, vaddr: vaddr + (i * CHUNK) as u64 }.encode();
-            let k = self.next % self.ws.len();
-            let w = &mut self.ws[k];
-            self.next += 1;
+            let w = &mut *self.w;
             if !self.faults {
                 // Header and pages go out as they are, uncopied.
                 let n = lpm_wire::write_frame_parts(w, FrameType::Pages, &[&h, part], self.compress)
@@ -483,7 +479,8 @@ impl<'a> SourceRun<'a> {
             && ino(Path::new(&format!("/proc/{}/ns/net", self.pid))) == ino(&self.plumbing.netns().path());
         let stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
         let at_stop = t_stop.elapsed();
-        let mut sink = self.sink();
+        // The last round is small: the main stream carries it.
+        let mut sink = self.stream_sinks().into_iter().next().expect("the main stream");
         let done = pre.finish(&mut sink).context("send the pages written since the last round")?;
         let (last, held) = (done.stats, done.held);
         let hot = done.last_sent.into_iter().map(|(pid, r)| (pid as u32, r)).collect();
@@ -596,19 +593,12 @@ impl<'a> SourceRun<'a> {
         tracing::debug!(partition = %self.spec.name, down_ms, pages, model = ?*c, "stop cost learned");
     }
 
-    /// Pages of a round onto every stream, in turn.
-    fn sink(&mut self) -> WireSink<'_> {
-        let mut ws = vec![&mut self.link.as_mut().expect("connected").w];
-        ws.extend(self.extras.iter_mut().map(|l| &mut l.w));
-        WireSink { ws, next: 0, compress: self.req.compress, wire_bytes: 0, faults: fault::watched("source.pages"), frame: Vec::new() }
-    }
-
     /// A sink per stream, for a sending thread each.
     fn stream_sinks(&mut self) -> Vec<WireSink<'_>> {
         let (compress, faults) = (self.req.compress, fault::watched("source.pages"));
         let main = std::iter::once(&mut self.link.as_mut().expect("connected").w);
         main.chain(self.extras.iter_mut().map(|l| &mut l.w))
-            .map(|w| WireSink { ws: vec![w], next: 0, compress, wire_bytes: 0, faults, frame: Vec::new() })
+            .map(|w| WireSink { w, compress, wire_bytes: 0, faults, frame: Vec::new() })
             .collect()
     }
 
