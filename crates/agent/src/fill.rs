@@ -42,27 +42,23 @@ pub fn start(partition: &str, lazy: LazyFill) -> JoinHandle<()> {
         }),
         Err((e, lazy)) => {
             tracing::warn!(partition = %name, error = format!("{e:#}"), "no fill process: the fill runs in lpmd");
-            std::thread::spawn(move || {
-                if let Some(lazy) = lazy {
-                    report(&name, left, lazy.run());
-                }
-            })
+            std::thread::spawn(move || report(&name, left, lazy.run()))
         }
     }
 }
 
 /// Spawns `lpm fill` and sends it the fill. On failure the fill comes
-/// back, to run here (unless it was lost in the handing over).
-fn hand_over(name: &str, lazy: LazyFill) -> Result<std::process::Child, (anyhow::Error, Option<LazyFill>)> {
+/// back, whole, to run here.
+fn hand_over(name: &str, lazy: LazyFill) -> Result<std::process::Child, (anyhow::Error, LazyFill)> {
     let pair =
         socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair for the fill process");
     let (ours, theirs) = match pair {
         Ok(p) => p,
-        Err(e) => return Err((e, Some(lazy))),
+        Err(e) => return Err((e, lazy)),
     };
     let exe = match std::env::current_exe().context("find this program, to run it as the fill process") {
         Ok(x) => x,
-        Err(e) => return Err((e, Some(lazy))),
+        Err(e) => return Err((e, lazy)),
     };
     let spawned = Command::new(exe)
         .args([FILL_ARG, "--partition", name])
@@ -72,21 +68,21 @@ fn hand_over(name: &str, lazy: LazyFill) -> Result<std::process::Child, (anyhow:
         .context("spawn the fill process");
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return Err((e, Some(lazy))),
+        Err(e) => return Err((e, lazy)),
     };
     let parts = match lazy.into_parts() {
         Ok(p) => p,
-        Err(e) => {
+        Err((e, lazy)) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err((anyhow!(e).context("take the fill apart"), None));
+            return Err((anyhow!(e).context("take the fill apart"), lazy));
         }
     };
     if let Err(e) = send(&ours, &parts) {
         // Ours still: the process gets nothing more and goes.
         let _ = child.kill();
         let _ = child.wait();
-        return Err((e, Some(LazyFill::from_parts(parts))));
+        return Err((e, LazyFill::from_parts(parts)));
     }
     Ok(child)
 }

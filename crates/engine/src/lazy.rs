@@ -264,19 +264,27 @@ impl LazyFill {
     /// ([`LazyFill::from_parts`]): a fill in a process of its own goes on
     /// when the one that restored dies, where a thread's would end with
     /// it and leave every page not yet filled reading as zero.
-    pub fn into_parts(self) -> Result<Vec<FillPart>> {
-        self.spaces
+    /// On failure (no descriptor left to duplicate a store) the fill
+    /// comes back whole, to run here.
+    pub fn into_parts(self) -> std::result::Result<Vec<FillPart>, (EngineError, LazyFill)> {
+        let mut stores = Vec::with_capacity(self.spaces.len());
+        for s in &self.spaces {
+            match s.store.try_clone() {
+                Ok(f) => stores.push(f),
+                Err(e) => return Err((crate::io_err(format!("duplicate the page store of pid {}", s.pid))(e), self)),
+            }
+        }
+        Ok(self
+            .spaces
             .into_iter()
-            .map(|s| {
-                let store = s.store.try_clone().map_err(crate::io_err(format!("duplicate the page store of pid {}", s.pid)))?;
-                Ok(FillPart {
-                    pid: s.pid,
-                    uffd: s.uffd.into_fd(),
-                    store: store.into(),
-                    runs: s.runs.iter().map(|r| (r.start, r.end, r.off)).collect(),
-                })
+            .zip(stores)
+            .map(|(s, store)| FillPart {
+                pid: s.pid,
+                uffd: s.uffd.into_fd(),
+                store: store.into(),
+                runs: s.runs.iter().map(|r| (r.start, r.end, r.off)).collect(),
             })
-            .collect()
+            .collect())
     }
 
     /// A fill from [`LazyFill::into_parts`]'s parts.
