@@ -453,8 +453,13 @@ pub fn run(opts: Options) -> Result<()> {
     let ctx = HostCtx { host: opts.host.clone(), dir: opts.shared.clone(), bridge: opts.bridge.clone(), prefix: opts.prefix.clone() };
     // Before the control socket exists: whoever sees it finds a clean host.
     let parts = crate::orphans::sweep(&ctx, &opts.dir);
-    let _ = std::fs::remove_file(&opts.control);
-    let control = UnixListener::bind(&opts.control).with_context(|| format!("bind control socket {}", opts.control.display()))?;
+    // Bound under another name and renamed into place once listening:
+    // whoever sees the socket can connect (between bind and listen a
+    // connect is refused; a lab waits for the file, then connects).
+    let fresh = opts.control.with_extension("sock.new");
+    let _ = std::fs::remove_file(&fresh);
+    let control = UnixListener::bind(&fresh).with_context(|| format!("bind control socket {}", fresh.display()))?;
+    std::fs::rename(&fresh, &opts.control).with_context(|| format!("move the control socket to {}", opts.control.display()))?;
     let mover = TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     let agent = Arc::new(Agent {
         opts,
