@@ -10,9 +10,14 @@
 //! - [`store`]: the target keeps arriving pages in sparse files the
 //!   engine's restore reads.
 //! - [`report`]: what a migration did, as JSON and as text.
+//! - [`handover`]: the protocol's two state machines, as pure transition
+//!   functions the agents run; [`model`] checks them exhaustively against
+//!   lost, duplicated and delayed messages and crashes.
 
 #![forbid(unsafe_code)]
 
+pub mod handover;
+pub mod model;
 pub mod policy;
 pub mod precopy;
 pub mod report;
