@@ -13,7 +13,9 @@
 //! FIFO data into a [`Handoff`]) on the source, [`thaw_tree`] (giving
 //! them back) or [`kill_frozen_tree`] once the handover is decided, and
 //! [`restore_held`] / [`Held::release`] with [`RestoreOptions`] (the
-//! partition's network namespace and cgroups) on the target.
+//! partition's network namespace and cgroups) on the target, or
+//! [`Held::park`] (complete, frozen in its cgroup, traced by nobody: it
+//! outlives the agent) and [`Parked::run`] once the source decided.
 
 #![forbid(unsafe_code)]
 
@@ -43,7 +45,7 @@ pub use dump::{
 };
 pub use handoff::{thaw_tree, HandbackError, Handoff};
 pub use lazy::{FillPart, FillStats, LazyFill};
-pub use restore::{restore, restore_held, Held, RestoreOptions, Restored, Vessel};
+pub use restore::{restore, restore_held, Held, Parked, ParkedConnection, RestoreOptions, Restored, Vessel};
 
 /// Errors of the engine; each names the task and the step.
 #[derive(Debug, thiserror::Error)]

@@ -315,6 +315,98 @@ impl Held {
     }
 }
 
+/// A restored tree parked for a migration's handover ([`Held::park`]):
+/// complete, frozen in its cgroup v2 and traced by nobody, so it outlives
+/// the process that restored it; its established connections stay in
+/// repair mode until [`Parked::run`]. What it holds is plain data, which a
+/// migration records so that a restarted agent can still run it or end
+/// it.
+#[derive(Clone, Debug)]
+pub struct Parked {
+    /// Host pid of the root.
+    pub root_pid: i32,
+    /// Host pids of every process, parents first.
+    pub pids: Vec<i32>,
+    /// The cgroup v2 directory whose freezer holds the tree.
+    pub cgroup: PathBuf,
+    /// The connections still in repair mode.
+    pub connections: Vec<ParkedConnection>,
+    /// Their images, when this process restored the tree (else read from
+    /// the image directory by [`Parked::run`]).
+    deferred: Vec<files::Deferred>,
+}
+
+/// An established connection of a parked tree, still in repair mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParkedConnection {
+    /// Host pid of the process holding it.
+    pub pid: i32,
+    /// Its descriptor there.
+    pub fd: u32,
+    /// Its open file's id in the image.
+    pub file_id: u32,
+    /// It sends its whole send queue again when it leaves repair mode
+    /// (its peer is outside the tree).
+    pub resend: bool,
+}
+
+impl Parked {
+    /// A parked tree as recorded (by an agent that restarted since).
+    pub fn from_parts(root_pid: i32, pids: Vec<i32>, cgroup: PathBuf, connections: Vec<ParkedConnection>) -> Parked {
+        Parked { root_pid, pids, cgroup, connections, deferred: Vec::new() }
+    }
+
+    /// Lets the tree run: every connection leaves repair mode (sending
+    /// what its peer has not acknowledged; `dir` is the image the tree was
+    /// restored from, read only when this process did not restore it),
+    /// then the cgroup thaws. Safe to run again after a crash part way:
+    /// a connection out of repair mode is left alone, a thawed cgroup
+    /// stays thawed.
+    pub fn run(&self, dir: &Path) -> Result<()> {
+        if self.deferred.len() == self.connections.len() {
+            files::finish_deferred(&self.deferred)?;
+        } else {
+            let tree = lpm_image::read_tree(dir)?;
+            for c in &self.connections {
+                let file = tree.files.iter().find(|f| f.id == c.file_id).ok_or_else(|| {
+                    EngineError::Incompatible(format!("pid {}: fd {} names file {}, which the image lacks", c.pid, c.fd, c.file_id))
+                })?;
+                let fd = lpm_image::Fd { fd: c.fd, cloexec: false, file_id: c.file_id };
+                let d = files::Deferred { pid: c.pid, fd, file: file.clone(), resend: c.resend };
+                files::finish_deferred(std::slice::from_ref(&d))?;
+            }
+        }
+        crate::dump::cgroup_freeze(&self.cgroup, false)
+    }
+}
+
+impl Held {
+    /// Parks the tree for a handover: freezes `cgroup` (a cgroup v2
+    /// directory holding every task of the tree; threads in their ptrace
+    /// stops count as frozen at once), then detaches every thread, which
+    /// the freezer then holds before it returns to user space. From here
+    /// the tree no longer depends on this process: no tracer, and the
+    /// puppets' PTRACE_O_EXITKILL (which killed a half-restored tree with
+    /// its restorer) is gone with the tracing. The lazy fill must have been
+    /// taken first, as for [`Held::release`]. On error every task is
+    /// killed.
+    pub fn park(self, cgroup: &Path) -> Result<Parked> {
+        let Held { root_pid, mut puppets, detach, deferred, lazy, .. } = self;
+        if lazy.is_some() {
+            return Err(EngineError::Incompatible("the lazy fill was not taken before parking: the tree would wait forever".into()));
+        }
+        crate::dump::cgroup_freeze(cgroup, true)?;
+        for tid in detach {
+            ptrace::detach(tid, 0).step(tid, || "detach into the frozen cgroup".into())?;
+        }
+        puppets.armed = false;
+        let pids = puppets.order.iter().map(|pid| puppets.by_pid[pid].host).collect();
+        let connections =
+            deferred.iter().map(|d| ParkedConnection { pid: d.pid, fd: d.fd.fd, file_id: d.file.id, resend: d.resend }).collect();
+        Ok(Parked { root_pid, pids, cgroup: cgroup.to_path_buf(), connections, deferred })
+    }
+}
+
 /// Restores the image in `dir` up to the last step: the tree is complete
 /// and every thread holds at its final registers, stopped, until
 /// [`Held::release`].

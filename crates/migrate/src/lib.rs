@@ -12,11 +12,13 @@
 //! - [`report`]: what a migration did, as JSON and as text.
 //! - [`handover`]: the protocol's two state machines, as pure transition
 //!   functions the agents run; [`model`] checks them exhaustively against
-//!   lost, duplicated and delayed messages and crashes.
+//!   lost, duplicated and delayed messages and crashes; [`journal`] keeps
+//!   each host's durable record of them.
 
 #![forbid(unsafe_code)]
 
 pub mod handover;
+pub mod journal;
 pub mod model;
 pub mod policy;
 pub mod precopy;

@@ -18,9 +18,17 @@ const PTRACE_PEEKSIGINFO: u32 = 0x4209;
 const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
 const PTRACE_GET_RSEQ_CONFIGURATION: u32 = 0x420f;
 const NT_X86_XSTATE: usize = 0x202;
-/// Options lpm sets on every tracee: syscall stops marked with 0x80, and
-/// new threads and children of an injected clone traced from birth.
-pub const OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACEVFORK;
+/// Options lpm sets on every puppet of a restore: syscall stops marked
+/// with 0x80; new threads and children of an injected clone traced from
+/// birth; and killed if their tracer (the restoring thread) ends, so that
+/// an agent that dies mid-restore leaves no half-made task to run. A
+/// restore that completes detaches them (or parks them, frozen, for a
+/// migration's handover), which ends the tie.
+pub const OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK
+    | libc::PTRACE_O_EXITKILL;
 
 fn req(r: u32) -> libc::c_uint {
     r as libc::c_uint
