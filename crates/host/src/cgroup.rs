@@ -84,6 +84,14 @@ pub enum CgroupError {
         /// What it held.
         content: String,
     },
+    /// An operation that needs an empty cgroup found processes inside.
+    #[error("cgroup {cgroup}: cannot {op}: processes are still inside")]
+    Populated {
+        /// The cgroup.
+        cgroup: String,
+        /// The operation.
+        op: &'static str,
+    },
     /// The cgroup did not reach a state in time.
     #[error("cgroup {cgroup}: timed out after {timeout:?} waiting to {what}")]
     Timeout {
@@ -562,6 +570,13 @@ impl Cgroup {
 
     /// Sends SIGKILL to every process in the cgroup and below: atomically
     /// through `cgroup.kill` where the kernel has it, else one by one.
+    ///
+    /// A cgroup killed through `cgroup.kill` must not receive new
+    /// processes by `CLONE_INTO_CGROUP` from outside: on this kernel
+    /// (6.18) clone3 compares the kill count of the target cgroup with the
+    /// one of the caller's own cgroup, and kills the child at birth when
+    /// they differ, as they do for ever after a kill. [`Cgroup::recreate`]
+    /// gives a cgroup that counts from zero again.
     pub fn kill(&self) -> Result<()> {
         let file = self.v2_dir().join("cgroup.kill");
         if file.exists() {
@@ -574,6 +589,27 @@ impl Cgroup {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
+        Ok(())
+    }
+
+    /// The limits the cgroup has now; a controller this layout lacks (no
+    /// limit file) counts as no limit.
+    pub fn limits(&self) -> Result<Limits> {
+        Ok(Limits { memory: absent(self.memory_limit())?, cpus: absent(self.cpus())? })
+    }
+
+    /// Replaces the cgroup, which must hold no process, by a new one of
+    /// the same name with the same limits. Needed after [`Cgroup::kill`]
+    /// before a process is cloned into it with `CLONE_INTO_CGROUP` (see
+    /// there): the new cgroup has never been killed.
+    pub fn recreate(&self) -> Result<()> {
+        if self.populated()? {
+            return Err(CgroupError::Populated { cgroup: self.rel.clone(), op: "recreate" });
+        }
+        let limits = self.limits()?;
+        self.remove()?;
+        Cgroup::create_in(self.layout.clone(), &self.rel, limits)?;
+        tracing::debug!(cgroup = %self.rel, ?limits, "recreated cgroup");
         Ok(())
     }
 
@@ -618,6 +654,14 @@ impl Cgroup {
                 Err(e) => return Err(self.io("rmdir", dir, e)),
             }
         }
+    }
+}
+
+/// A limit whose file this layout lacks (no such controller) is no limit.
+fn absent<T>(r: Result<Option<T>>) -> Result<Option<T>> {
+    match r {
+        Err(CgroupError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(None),
+        other => other,
     }
 }
 

@@ -509,8 +509,10 @@ pub fn start(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing) -> Result
 }
 
 /// Stops a partition: SIGTERM to its init `pid`, and if the cgroup still
-/// holds processes after `timeout`, kills them all. Returns once the cgroup
-/// is empty: true when SIGTERM sufficed. (An init that is pid 1 of its
+/// holds processes after `timeout`, kills them all (and then replaces the
+/// cgroup by a new one with the same limits, so that [`start`] can clone
+/// an init into it). Returns once the cgroup is empty: true when SIGTERM
+/// sufficed. (An init that is pid 1 of its
 /// namespace gets SIGTERM only if it handles it; when it exits the kernel
 /// kills the rest of its namespace.) The caller reaps the init.
 pub fn stop(pid: i32, plumbing: &Plumbing, timeout: Duration) -> Result<bool> {
@@ -543,6 +545,9 @@ pub fn stop(pid: i32, plumbing: &Plumbing, timeout: Duration) -> Result<bool> {
     }
     plumbing.cgroup.kill().map_err(cg_err("kill cgroup"))?;
     plumbing.cgroup.wait_empty(KILL_TIMEOUT).map_err(cg_err("wait for the killed tree"))?;
+    // A killed cgroup would kill the next init at birth (see
+    // Cgroup::kill): the next start gets a new one.
+    plumbing.cgroup.recreate().map_err(cg_err("recreate the killed cgroup"))?;
     tracing::info!(partition = %name, pid, "partition killed after {timeout:?}");
     Ok(false)
 }

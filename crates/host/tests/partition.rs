@@ -554,3 +554,36 @@ fn child_step_failure_is_reported() {
     // Reaped by go(): no such child any more.
     assert!(rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::NOHANG).is_err());
 }
+
+/// `stop` of an init that ignores SIGTERM kills the tree through
+/// cgroup.kill; a `start` afterwards gets an init that lives. (On this
+/// kernel a cgroup killed through cgroup.kill kills, at birth, every
+/// child later cloned into it with CLONE_INTO_CGROUP: stop replaces the
+/// cgroup, with its limits.) Twice over, and the limits stay.
+#[test]
+fn partition_killed_by_stop_starts_again() {
+    let mut host = TestHost::new();
+    let ctx = host.ctx.clone();
+    // sh as pid 1 with no handler for SIGTERM ignores it.
+    let mut spec = host.spec("stubborn", &["sh", "-c", "echo up $$; while :; do sleep 1; done"]);
+    spec.ip = None;
+    let plumbing = host.run(|| Plumbing::create(&ctx, &spec, false)).unwrap();
+    let log = ctx.console_log("stubborn");
+    for round in 1..=3 {
+        let pid = partition::start(&ctx, &spec, &plumbing).unwrap();
+        host.pids.push(pid);
+        // Killed at birth, the init would never print this.
+        wait_for(&format!("start {round} to run its program"), Duration::from_secs(5), || read(&log).matches("up 1").count() == round);
+        assert!(
+            rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::NOHANG).unwrap().is_none(),
+            "start {round}: the init died: {}",
+            read(&log)
+        );
+        assert_eq!(plumbing.cgroup().procs().unwrap().len(), 2, "start {round}: the init and its sleep");
+        assert_eq!(plumbing.cgroup().cpus().unwrap(), Some(0.5), "start {round}: the cpu limit");
+        assert_eq!(plumbing.cgroup().memory_limit().unwrap(), Some(256 << 20), "start {round}: the memory limit");
+        assert!(!partition::stop(pid, &plumbing, Duration::from_millis(100)).unwrap(), "SIGTERM should not have sufficed");
+        assert_eq!(reap(pid), Some(libc::SIGKILL));
+        host.pids.clear();
+    }
+}
