@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use lpm_sys::spawn::{self, PartitionExec, SpawnError};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{Cgroup, CgroupError, Limits};
+use crate::cgroup::{Cgroup, CgroupError, Headroom, Layout, Limits};
 use crate::net::{self, NetError, Netns};
 
 /// The partition's interface inside its network namespace.
@@ -250,6 +250,15 @@ impl HostCtx {
     /// The cgroup holding every partition of this host, `{prefix}/{host}`.
     pub fn host_cgroup_rel(&self) -> String {
         format!("{}/{}", self.prefix, self.host)
+    }
+
+    /// What this host's cgroups and the machine allow a new partition
+    /// ([`crate::cgroup::Headroom`]): the limits of
+    /// [`HostCtx::host_cgroup_rel`] and each of its ancestors, minus their
+    /// usage, and MemAvailable; the CPU limits of the same cgroups and the
+    /// online CPUs. Works on both cgroup layouts.
+    pub fn headroom(&self) -> Result<Headroom, CgroupError> {
+        Layout::current()?.headroom(&self.host_cgroup_rel())
     }
 
     /// The host-side veth: `lp` and 8 hex digits of a hash of the
