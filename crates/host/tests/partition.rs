@@ -442,6 +442,7 @@ fn bad_specs_name_the_field() {
         ("command", PartitionSpec { command: vec!["".into()], ..good.clone() }),
         ("command", PartitionSpec { command: vec!["sh".into(), "a\0b".into()], ..good.clone() }),
         ("memory", PartitionSpec { memory: Some(0), ..good.clone() }),
+        ("memory", PartitionSpec { memory: Some(partition::MIN_MEMORY - 1), ..good.clone() }),
         ("cpus", PartitionSpec { cpus: Some(0.0), ..good.clone() }),
         ("cpus", PartitionSpec { cpus: Some(f64::NAN), ..good.clone() }),
         ("ip", PartitionSpec { ip: Some("10.213.1.10".into()), ..good.clone() }),
