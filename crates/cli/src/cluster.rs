@@ -155,12 +155,43 @@ fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mul as f64) as u64)
 }
 
+/// The zstd level of `--compress zstd[:LEVEL]` (1 when not given), within
+/// the levels zstd takes (an unknown level would make every frame go
+/// uncompressed, silently).
 fn parse_compress(s: &str) -> Result<i32> {
-    match s.split_once(':') {
-        None if s == "zstd" => Ok(1),
-        Some(("zstd", l)) => l.parse().map_err(|_| anyhow!("bad zstd level {l:?}")),
-        _ => bail!("unknown compression {s:?} (only zstd)"),
+    let level = match s.split_once(':') {
+        None if s == "zstd" => 1,
+        Some(("zstd", l)) => l.parse().map_err(|_| anyhow!("--compress {s}: the zstd level {l:?} is not a whole number"))?,
+        _ => bail!("--compress {s}: unknown compression (only zstd or zstd:LEVEL)"),
+    };
+    let range = zstd::compression_level_range();
+    if !range.contains(&level) {
+        bail!("--compress {s}: zstd levels are {} to {}", range.start(), range.end());
     }
+    Ok(level)
+}
+
+/// Most page streams a migration may ask for: each is a thread and a TCP
+/// connection on both hosts, and more than the CPUs of a host gain
+/// nothing.
+const MAX_STREAMS: u32 = 64;
+
+/// Refuses `lpm migrate` arguments no migration can honour, naming the
+/// argument and why; before any host is asked.
+fn check_migrate_args(a: &MigrateArgs) -> Result<()> {
+    if a.streams == 0 || a.streams > MAX_STREAMS {
+        bail!("--streams {}: pages need 1 to {MAX_STREAMS} streams", a.streams);
+    }
+    if a.max_downtime == 0 {
+        bail!("--max-downtime 0: no migration can stop a partition for 0 ms (the stop alone takes milliseconds)");
+    }
+    if a.max_time == 0 {
+        bail!("--max-time 0: pre-copy needs time to send the memory once");
+    }
+    if let Some(c) = &a.compress {
+        parse_compress(c)?;
+    }
+    Ok(())
 }
 
 /// The lab as the CLI sees it.
@@ -380,6 +411,7 @@ fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool) -> Result<Option<lpm_
 
 /// Runs `lpm migrate`.
 pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
+    check_migrate_args(&a)?;
     let c = Cluster::open()?;
     match migrate_with(&c, &a, a.json)? {
         Some(r) if a.json => println!("{}", serde_json::to_string_pretty(&r)?),
