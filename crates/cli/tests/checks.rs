@@ -118,14 +118,10 @@ fn delete_refuses_a_name_two_hosts_hold() {
     let lab = TestLab::up("dupdel", 2);
     assert!(create(&lab, "twin", "h1", &[]).is_none());
     lab.wait_log("twin", "up", std::time::Duration::from_secs(20));
-    let j = lab.lab_json();
-    let h2 = j["hosts"].as_array().unwrap().iter().find(|h| h["name"] == "h2").unwrap();
-    let key = lpm_agent::client::read_key(&lab.dir.join("key")).unwrap();
-    let mut cl = lpm_agent::client::Client::connect("h2", std::path::Path::new(h2["control"].as_str().unwrap()), &key).unwrap();
     let mut spec: lpm_host::partition::PartitionSpec = serde_json::from_value(lab.show("twin")["spec"].clone()).unwrap();
     spec.ip = None;
     spec.mac = Some("02:00:00:00:99:01".into());
-    cl.call(&lpm_agent::api::Request::Create(spec)).expect("the agent creates a second twin");
+    lab.create_past_the_cli("h2", spec);
     let out = lab.lpm(&["partition", "delete", "twin"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a delete of a name two hosts hold went ahead");
