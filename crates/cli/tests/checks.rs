@@ -74,6 +74,7 @@ fn create_refuses_clashes_bad_addresses_and_limits() {
         (format!("{net}.255/24"), "the broadcast address".into()),
         (format!("{net}.1/24"), "the gateway address".into()),
         (format!("{net}.250/24"), "the address of the lab's client".into()),
+        (format!("{}/24", lab.lab_json()["hosts"][0]["mgmt_addr"].as_str().unwrap()), "the management address of host h1".into()),
     ] {
         refused(&lab, "db", "h2", &["--ip", &ip], &["check subnet:", &why]);
     }

@@ -519,14 +519,14 @@ impl Lab {
         let net = self.state.subnet;
         let bad = |why: String| LabError::BadAddress { id: self.state.id.clone(), ip: format!("{ip}/{prefix}"), why };
         let o = ip.octets();
+        if let Some(h) = self.state.hosts.iter().find(|h| h.mgmt_addr == ip) {
+            return Err(bad(format!("the management address of host {}", h.name)));
+        }
         if o[..3] != net.octets()[..3] {
             return Err(bad(format!("outside the partition network {net}/24")));
         }
         if prefix != 24 {
             return Err(bad(format!("the prefix length of the partition network {net}/24 is 24, not {prefix}")));
-        }
-        if let Some(h) = self.state.hosts.iter().find(|h| h.mgmt_addr == ip) {
-            return Err(bad(format!("the management address of host {}", h.name)));
         }
         let why = match o[3] {
             0 => "the network address",
