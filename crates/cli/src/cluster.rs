@@ -12,6 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use lpm_agent::api::{MigrateRequest, PartitionInfo, Progress, Request, Response};
 use lpm_agent::client::{read_key, Client};
+use lpm_host::cgroup::Layout;
+use lpm_host::checks::Check;
 use lpm_host::lab::{Lab, LabOptions};
 use lpm_host::partition::PartitionSpec;
 
@@ -93,7 +95,7 @@ pub struct CreateArgs {
     #[arg(long)]
     pub memory: Option<String>,
     /// CPU limit in CPUs (1.5).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cpus: Option<f64>,
     /// Address on the partition network (ADDR/PREFIX); one is picked when absent.
     #[arg(long)]
@@ -155,12 +157,43 @@ fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mul as f64) as u64)
 }
 
+/// The zstd level of `--compress zstd[:LEVEL]` (1 when not given), within
+/// the levels zstd takes (an unknown level would make every frame go
+/// uncompressed, silently).
 fn parse_compress(s: &str) -> Result<i32> {
-    match s.split_once(':') {
-        None if s == "zstd" => Ok(1),
-        Some(("zstd", l)) => l.parse().map_err(|_| anyhow!("bad zstd level {l:?}")),
-        _ => bail!("unknown compression {s:?} (only zstd)"),
+    let level = match s.split_once(':') {
+        None if s == "zstd" => 1,
+        Some(("zstd", l)) => l.parse().map_err(|_| anyhow!("--compress {s}: the zstd level {l:?} is not a whole number"))?,
+        _ => bail!("--compress {s}: unknown compression (only zstd or zstd:LEVEL)"),
+    };
+    let range = zstd::compression_level_range();
+    if !range.contains(&level) {
+        bail!("--compress {s}: zstd levels are {} to {}", range.start(), range.end());
     }
+    Ok(level)
+}
+
+/// Most page streams a migration may ask for: each is a thread and a TCP
+/// connection on both hosts, and more than the CPUs of a host gain
+/// nothing.
+const MAX_STREAMS: u32 = 64;
+
+/// Refuses `lpm migrate` arguments no migration can honour, naming the
+/// argument and why; before any host is asked.
+fn check_migrate_args(a: &MigrateArgs) -> Result<()> {
+    if a.streams == 0 || a.streams > MAX_STREAMS {
+        bail!("--streams {}: pages need 1 to {MAX_STREAMS} streams", a.streams);
+    }
+    if a.max_downtime == 0 {
+        bail!("--max-downtime 0: no migration can stop a partition for 0 ms (the stop alone takes milliseconds)");
+    }
+    if a.max_time == 0 {
+        bail!("--max-time 0: pre-copy needs time to send the memory once");
+    }
+    if let Some(c) = &a.compress {
+        parse_compress(c)?;
+    }
+    Ok(())
 }
 
 /// The lab as the CLI sees it.
@@ -175,6 +208,16 @@ impl Cluster {
         let lab = Lab::load(&dir).with_context(|| format!("no lab at {} (run `lpm lab up`, or set LPM_LAB)", dir.display()))?;
         let key = read_key(&lab.key_path())?;
         Ok(Cluster { lab, key })
+    }
+
+    /// Every partition of every host as (host, spec).
+    fn specs(&self) -> Result<Vec<(String, PartitionSpec)>> {
+        Ok(self
+            .all()
+            .context("list the partitions of every host (a name, address and MAC must be unique across them)")?
+            .into_iter()
+            .map(|p| (p.host, p.spec))
+            .collect())
     }
 
     fn client(&self, host: &str) -> Result<Client> {
@@ -262,26 +305,7 @@ pub fn lab(cmd: LabCmd) -> Result<ExitCode> {
 pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
     let c = Cluster::open()?;
     match cmd {
-        PartitionCmd::Create(a) => {
-            let ip = match a.ip {
-                Some(ip) => Some(ip),
-                None => Some(format!("{}/24", c.lab.allocate_ip(&a.name)?)),
-            };
-            let spec = PartitionSpec {
-                name: a.name.clone(),
-                command: a.cmd,
-                memory: a.memory.as_deref().map(parse_size).transpose()?,
-                cpus: a.cpus,
-                ip,
-                mac: a.mac,
-                volumes: a.volumes,
-            };
-            spec.validate().context("partition spec")?;
-            match c.client(&a.host)?.call(&Request::Create(spec))? {
-                Response::Partition(p) => print_partition(&p),
-                other => bail!("unexpected answer {other:?}"),
-            }
-        }
+        PartitionCmd::Create(a) => create(&c, a)?,
         PartitionCmd::List => {
             for p in c.all()? {
                 print_partition(&p);
@@ -303,8 +327,22 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
             c.client(&host)?.call(&Request::Start(name))?;
         }
         PartitionCmd::Delete { name } => {
-            let host = c.locate(&name)?;
-            c.client(&host)?.call(&Request::Delete(name))?;
+            let hosts: Vec<String> = c.specs()?.into_iter().filter(|(_, s)| s.name == name).map(|(h, _)| h).collect();
+            match hosts.as_slice() {
+                [] => bail!("no partition {name:?} on any host"),
+                [host] => {
+                    c.client(host)?.call(&Request::Delete(name.clone()))?;
+                    c.lab.release_owner(&name)?;
+                }
+                // Partitions of one name share their files on shared
+                // storage (found by name): deleting one would remove the
+                // other's console log.
+                _ => bail!(
+                    "partition {name} exists on {}: they share {name}'s files on shared storage, which a delete removes; \
+                     stop it instead, or delete all of them",
+                    hosts.join(" and ")
+                ),
+            }
         }
         PartitionCmd::Logs { name } => {
             let host = c.locate(&name)?;
@@ -315,6 +353,57 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lpm partition create`: the spec's fields, then every check against
+/// the lab (name, address and MAC unique across the hosts, the address in
+/// the partition network and free, the limits within what the host
+/// allows), all reported with their cause when any fails; the address is
+/// recorded in the lab before the host is asked, and given back if the
+/// host refuses.
+fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
+    let memory = a.memory.as_deref().map(parse_size).transpose()?;
+    let mut spec = PartitionSpec { name: a.name.clone(), command: a.cmd, memory, cpus: a.cpus, ip: a.ip, mac: a.mac, volumes: a.volumes };
+    spec.validate().context("partition spec")?;
+    c.lab.host(&a.host).ok_or_else(|| anyhow!("no host {:?} in the lab", a.host))?;
+    let others = c.specs()?;
+    // Addresses of partitions the lab has no record of (made without the
+    // lab) are recorded now, so the allocator passes over them too.
+    for (_, o) in &others {
+        if let Ok(Some((ip, prefix))) = o.ipv4() {
+            let _ = c.lab.reserve_ip(ip, prefix, &o.name);
+        }
+    }
+    let mut checks = lpm_host::checks::uniqueness(&spec, &others);
+    if let Some((ip, prefix)) = spec.ipv4()? {
+        checks.push(match c.lab.check_ip(ip, prefix) {
+            Ok(()) => Check::pass("subnet", format!("{ip}/{prefix} is in the partition network")),
+            Err(e) => Check::fail("subnet", e.to_string()),
+        });
+    }
+    // The lab's hosts share this machine: their cgroups are read here.
+    let room = Layout::current()?.headroom(&format!("{}/{}", c.lab.prefix(), a.host)).context("read the host's cgroups")?;
+    checks.extend(lpm_host::checks::fits(&spec, &a.host, &room));
+    let failed: Vec<String> = checks.iter().filter(|ch| !ch.ok).map(|ch| format!("check {}: {}", ch.name, ch.detail)).collect();
+    if !failed.is_empty() {
+        bail!("partition {} refused:\n  {}", spec.name, failed.join("\n  "));
+    }
+    match spec.ipv4()? {
+        Some((ip, prefix)) => c.lab.reserve_ip(ip, prefix, &spec.name)?,
+        None => spec.ip = Some(format!("{}/24", c.lab.allocate_ip(&spec.name)?)),
+    }
+    let res = c.client(&a.host).and_then(|mut cl| cl.call(&Request::Create(spec.clone())));
+    match res {
+        Ok(Response::Partition(p)) => print_partition(&p),
+        other => {
+            c.lab.release_owner(&spec.name)?;
+            match other {
+                Err(e) => return Err(e),
+                Ok(r) => bail!("unexpected answer {r:?}"),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn progress_line(p: &Progress) -> String {
@@ -380,6 +469,7 @@ fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool) -> Result<Option<lpm_
 
 /// Runs `lpm migrate`.
 pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
+    check_migrate_args(&a)?;
     let c = Cluster::open()?;
     match migrate_with(&c, &a, a.json)? {
         Some(r) if a.json => println!("{}", serde_json::to_string_pretty(&r)?),

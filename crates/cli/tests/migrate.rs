@@ -64,9 +64,21 @@ fn validation_names_what_fails_and_keys_are_checked() {
     assert!(!same.status.success());
     assert!(String::from_utf8_lossy(&same.stderr).contains("on h1 already"), "{}", String::from_utf8_lossy(&same.stderr));
     // An address clash on the target is named by the validation, and the
-    // partition stays where it was, running.
+    // partition stays where it was, running. (The CLI refuses to create
+    // the clash: it is made through h2's agent.)
     let ip = lab.ip_of("kv");
-    lab.ok(&["partition", "create", "other", "--host", "h2", "--ip", &format!("{ip}/24"), "--", "sleep", "1000"]);
+    let refused = lab.lpm(&["partition", "create", "other", "--host", "h2", "--ip", &format!("{ip}/24"), "--", "sleep", "1000"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("check ip:"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let other = lpm_host::partition::PartitionSpec {
+        name: "other".into(),
+        command: vec!["sleep".into(), "1000".into()],
+        memory: None,
+        cpus: None,
+        ip: Some(format!("{ip}/24")),
+        mac: None,
+        volumes: vec![],
+    };
+    lab.create_past_the_cli("h2", other);
     let clash = lab.lpm(&["migrate", "kv", "--to", "h2"]);
     assert!(!clash.status.success());
     let err = String::from_utf8_lossy(&clash.stderr);

@@ -168,8 +168,8 @@ fn bad_input_is_refused_clearly() {
 }
 
 /// A pseudo-terminal slave whose master is outside the tree (held by the
-/// parent, not checkpointed) is refused at checkpoint, by fd and kind, and
-/// the process runs on untouched.
+/// parent, not checkpointed) is named by `lpm inspect` and refused at
+/// checkpoint, by fd and kind, and the process runs on untouched.
 #[test]
 fn unsupported_resource_is_refused_and_process_untouched() {
     let mut s = Scene::new("unsup");
@@ -178,6 +178,13 @@ fn unsupported_resource_is_refused_and_process_untouched() {
     let parent = s.spawn(Command::new("python3").args(["-c", script]).arg(&log));
     wait_lines(&log, 3);
     let pid: i32 = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap().trim().parse().unwrap();
+    // `lpm inspect` names the same descriptor without stopping the tree.
+    let out = Command::new(LPM).args(["inspect", "--pid", &pid.to_string()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("unsupported file descriptor") && text.contains("/dev/pt"), "{text}");
+    let out = Command::new(LPM).args(["inspect", "--pid", &pid.to_string(), "--json"]).output().unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((j["passed"].as_bool(), j["refusals"][0]["pid"].as_i64()), (Some(false), Some(pid as i64)), "{j}");
     let (ok, err) = lpm(&["checkpoint", "--pid", &pid.to_string(), "--images", s.path("img").to_str().unwrap()]);
     assert!(!ok && err.contains("unsupported file descriptor") && err.contains("/dev/pt"), "{err}");
     let at = lines(&log).len();

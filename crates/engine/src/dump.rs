@@ -183,7 +183,7 @@ impl Drop for Frozen {
     }
 }
 
-fn check_target(pid: i32) -> Result<()> {
+pub(crate) fn check_target(pid: i32) -> Result<()> {
     let bad = |why: &str| EngineError::BadTarget { pid, why: why.into() };
     let st = Stat::read(pid).map_err(|_| bad("no such process"))?;
     const PF_KTHREAD: u64 = 0x0020_0000;
@@ -225,11 +225,22 @@ pub(crate) fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
 
 /// The processes of the tree, parents before children.
 fn list_tree(root: i32) -> Result<Vec<i32>> {
+    list_tree_of(root, false)
+}
+
+/// The processes of the tree, parents before children. With `running`,
+/// a process other than the root that is gone by the time its children
+/// are listed is left out (a running tree changes as it is listed).
+pub(crate) fn list_tree_of(root: i32, running: bool) -> Result<Vec<i32>> {
     let mut queue = vec![root];
     let mut procs = Vec::new();
     while let Some(pid) = queue.pop() {
+        match proc::children(pid) {
+            Ok(kids) => queue.extend(kids),
+            Err(_) if running && pid != root && Stat::read(pid).is_err() => continue,
+            Err(e) => return Err(e),
+        }
         procs.push(pid);
-        queue.extend(proc::children(pid)?);
     }
     Ok(procs)
 }
@@ -253,7 +264,7 @@ fn cgroup_of(pid: i32) -> Result<Option<PathBuf>> {
 /// The tree's cgroup v2 directory, when the tree is alone in a cgroup of
 /// its own (not lpm's): then the cgroup freezer stops it atomically, with
 /// no race against forks.
-fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
+pub(crate) fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
     let Some(dir) = cgroup_of(root)? else { return Ok(None) };
     let members = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(io_err(format!("read {}/cgroup.procs", dir.display())))?;
     let mut members: Vec<i32> = members.lines().filter_map(|l| l.trim().parse().ok()).collect();
@@ -263,6 +274,12 @@ fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
     members.sort_unstable();
     mine.sort_unstable();
     Ok((members == mine).then_some(dir))
+}
+
+/// The refusal of [`After::Frozen`] for a tree that is not alone in a
+/// cgroup v2 of its own: no other freezer can hold it.
+pub(crate) fn not_freezable(root: i32) -> EngineError {
+    EngineError::BadTarget { pid: root, why: "cannot be left frozen: the tree is not alone in a cgroup v2 of its own".into() }
 }
 
 /// Sets cgroup.freeze and waits for cgroup.events to agree.
@@ -465,10 +482,7 @@ impl StoppedTree {
     pub fn dump(mut self, dir: &Path, opts: &DumpOptions) -> Result<CheckpointStats> {
         let root = self.root;
         if opts.after == After::Frozen && self.cgroup.is_none() {
-            return Err(EngineError::BadTarget {
-                pid: root,
-                why: "cannot be left frozen: the tree is not alone in a cgroup v2 of its own".into(),
-            });
+            return Err(not_freezable(root));
         }
         std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
         let precopied: HashMap<i32, Vec<(u64, u64)>> = opts.precopied.iter().map(|(&pid, r)| (pid, page_ranges(r))).collect();

@@ -98,30 +98,50 @@ fn perm(row: &[String], uid_col: usize, what: &str) -> Result<IpcPerm> {
     })
 }
 
+/// The shared memory segments of the ipc namespace the calling thread is
+/// in (owner and mode, size), refused when the restore could not
+/// keep them: locked in memory, or in a namespace that destroys
+/// segments nobody attaches (shm_rmid_forced). `pid` owns the namespace.
+fn shm_segments(pid: i32) -> Result<Vec<(IpcPerm, u64)>> {
+    let unsupported = |what: String| EngineError::Unsupported { pid, kind: "SysV IPC", what };
+    let shm = table("shm")?;
+    if !shm.is_empty() && read_sys("kernel/shm_rmid_forced")? != "0" {
+        return Err(unsupported("segments in a namespace with kernel.shm_rmid_forced set".into()));
+    }
+    let mut out = Vec::new();
+    for row in shm {
+        let perm = perm(&row, 7, "shm")?;
+        let size: u64 = row.get(3).and_then(|v| v.parse().ok()).ok_or_else(|| EngineError::Parse { what: format!("shm row {row:?}") })?;
+        if perm.mode & SHM_LOCKED != 0 {
+            return Err(unsupported(format!("shared memory segment {} is locked in memory (SHM_LOCK)", perm.id)));
+        }
+        out.push((perm, size));
+    }
+    Ok(out)
+}
+
+/// Applies the dump's rules to the ipc namespace `pid` owns (nothing is
+/// read out of the objects): a no-op for a process that owns none.
+pub fn check_ns(pid: i32, ns: &Namespaces) -> Result<()> {
+    if ns.clone_flags & libc::CLONE_NEWIPC as u64 == 0 {
+        return Ok(());
+    }
+    in_ns(pid, || shm_segments(pid)).map(drop)
+}
+
 /// Records the contents of the ipc namespace `pid` owns into `ns` (a no-op
 /// for a process that owns no ipc namespace).
 pub fn dump_ns(pid: i32, ns: &mut Namespaces, dir: &Path) -> Result<()> {
     if ns.clone_flags & libc::CLONE_NEWIPC as u64 == 0 {
         return Ok(());
     }
-    let unsupported = |what: String| EngineError::Unsupported { pid, kind: "SysV IPC", what };
     let ipc = in_ns(pid, || {
         let mut ipc = IpcNamespace::default();
         for name in SYSCTLS {
             ipc.sysctls.push(IpcSysctl { name: name.into(), value: read_sys(name)? });
         }
         let step = |what: String| move |source| EngineError::Step { pid, step: what, source };
-        let shm = table("shm")?;
-        if !shm.is_empty() && read_sys("kernel/shm_rmid_forced")? != "0" {
-            return Err(unsupported("segments in a namespace with kernel.shm_rmid_forced set".into()));
-        }
-        for row in &shm {
-            let perm = perm(row, 7, "shm")?;
-            let size: u64 =
-                row.get(3).and_then(|v| v.parse().ok()).ok_or_else(|| EngineError::Parse { what: format!("shm row {row:?}") })?;
-            if perm.mode & SHM_LOCKED != 0 {
-                return Err(unsupported(format!("shared memory segment {} is locked in memory (SHM_LOCK)", perm.id)));
-            }
+        for (perm, size) in shm_segments(pid)? {
             let len = size.div_ceil(PAGE) * PAGE;
             let seg =
                 sys::shm_attach(perm.id as i32, len as usize, true).map_err(step(format!("read shared memory segment {}", perm.id)))?;

@@ -16,6 +16,10 @@
 //! partition's network namespace and cgroups) on the target, or
 //! [`Held::park`] (complete, frozen in its cgroup, traced by nobody: it
 //! outlives the agent) and [`Parked::run`] once the source decided.
+//!
+//! [`inspect`] applies the checkpoint's refusal rules to a running tree
+//! without stopping it, for a migration's validation: each rule is one
+//! piece of code that the dump and the inspection both call.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +28,7 @@ mod dirty;
 mod dump;
 mod files;
 mod handoff;
+mod inspect;
 mod ipc;
 mod lazy;
 mod locks;
@@ -44,6 +49,7 @@ pub use dump::{
     checkpoint, checkpoint_with, kill_frozen_tree, stop_tree, After, CheckpointOptions, CheckpointStats, DumpOptions, StoppedTree,
 };
 pub use handoff::{thaw_tree, HandbackError, Handoff};
+pub use inspect::{inspect, Inspection, Refusal};
 pub use lazy::{FillPart, FillStats, LazyFill};
 pub use restore::{restore, restore_held, Held, Parked, ParkedConnection, RestoreOptions, Restored, Vessel};
 
@@ -58,6 +64,19 @@ pub enum EngineError {
         /// The kind of resource (file descriptor, memory area, ...).
         kind: &'static str,
         /// Which one (fd number and target, address range and name).
+        what: String,
+    },
+    /// A resource the engine cannot checkpoint in the state it is in at
+    /// this moment (data queued, a connection waiting to be accepted, a
+    /// lock request waiting): the same resource may pass a moment later.
+    /// Nothing was harmed.
+    #[error("pid {pid}: unsupported {kind} at this moment: {what}")]
+    Transient {
+        /// The process.
+        pid: i32,
+        /// The kind of resource (file descriptor, file lock, ...).
+        kind: &'static str,
+        /// Which one, and the state that is refused.
         what: String,
     },
     /// The process cannot be checkpointed at all.

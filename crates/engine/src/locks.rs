@@ -61,37 +61,82 @@ fn parse_line(l: &str) -> Option<Line> {
     Some(Line { waiting, kind, write: access == "WRITE", pid, file, start, end })
 }
 
-/// Syscalls a thread can be waiting for a lock in: F_SETLKW, F_OFD_SETLKW
-/// and flock without LOCK_NB, interrupted by the freeze.
+/// Whether syscall `nr` with second argument `arg1` waits for a lock:
+/// F_SETLKW, F_OFD_SETLKW and flock without LOCK_NB.
+fn lock_wait_call(nr: i64, arg1: u64) -> bool {
+    const F_OFD_SETLKW: u64 = 38;
+    match nr {
+        libc::SYS_fcntl => arg1 == libc::F_SETLKW as u64 || arg1 == F_OFD_SETLKW,
+        libc::SYS_flock => arg1 & libc::LOCK_NB as u64 == 0,
+        _ => false,
+    }
+}
+
+/// Whether a thread stopped with registers `r` was waiting for a lock
+/// (the freeze interrupted the call, which is to restart).
 fn waits_for_lock(r: &Regs) -> bool {
     const ERESTARTSYS: i64 = -512;
-    const F_OFD_SETLKW: u64 = 38;
-    let interrupted = matches!(r.rax as i64, ERESTARTSYS | -513 | -514);
-    interrupted
-        && match r.orig_rax as i64 {
-            libc::SYS_fcntl => r.rsi == libc::F_SETLKW as u64 || r.rsi == F_OFD_SETLKW,
-            libc::SYS_flock => r.rsi & libc::LOCK_NB as u64 == 0,
-            _ => false,
-        }
+    matches!(r.rax as i64, ERESTARTSYS | -513 | -514) && lock_wait_call(r.orig_rax as i64, r.rsi)
+}
+
+/// Whether running thread `tid` of `pid` sleeps in a call that waits for
+/// a lock, as /proc/PID/task/TID/syscall shows it ("NR ARG0 ARG1 ...";
+/// "running" or "-1 ..." when it is in none).
+fn running_waits_for_lock(pid: i32, tid: i32) -> bool {
+    let Ok(text) = proc::read(pid, &format!("task/{tid}/syscall")) else { return false };
+    let mut w = text.split_whitespace();
+    let nr = w.next().and_then(|v| v.parse::<i64>().ok());
+    let arg1 = w.nth(1).and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok());
+    matches!((nr, arg1), (Some(nr), Some(a)) if lock_wait_call(nr, a))
+}
+
+fn unsupported(pid: i32, what: String) -> EngineError {
+    EngineError::Unsupported { pid, kind: "file lock", what }
+}
+
+/// The refusal of a thread waiting for a lock: the restore cannot make
+/// the request again, and the wait ends when the lock is free.
+fn waiting(pid: i32, tid: i32) -> EngineError {
+    EngineError::Transient { pid, kind: "file lock", what: format!("thread {tid} is waiting for a lock") }
 }
 
 /// Dumps the locks held through the descriptors `fds` of stopped process
 /// `pid`; `threads` are its threads' registers at the freeze.
 pub fn dump(pid: i32, fds: &[Fd], threads: &[(i32, Regs)]) -> Result<Vec<FileLock>> {
-    let unsupported = |what: String| EngineError::Unsupported { pid, kind: "file lock", what };
     if let Some((tid, _)) = threads.iter().find(|(_, r)| waits_for_lock(r)) {
-        return Err(unsupported(format!("thread {tid} is waiting for a lock")));
+        return Err(waiting(pid, *tid));
     }
+    held(pid, fds, false)
+}
+
+/// Applies the dump's rules to the locks of running process `pid`, with
+/// descriptors `fds` and threads `tids`: a thread sleeping in a lock
+/// request, leases and delegations are refused.
+pub fn check(pid: i32, fds: &[Fd], tids: &[i32]) -> Result<()> {
+    if let Some(&tid) = tids.iter().find(|&&tid| running_waits_for_lock(pid, tid)) {
+        return Err(waiting(pid, tid));
+    }
+    held(pid, fds, true).map(drop)
+}
+
+/// The locks held through `fds` from their fdinfo "lock:" lines; leases
+/// and delegations refused. With `running`, a descriptor closed since it
+/// was listed holds none.
+fn held(pid: i32, fds: &[Fd], running: bool) -> Result<Vec<FileLock>> {
     let mut out = Vec::new();
     for fd in fds {
-        let info = proc::read(pid, &format!("fdinfo/{}", fd.fd))?;
+        let info = match proc::read(pid, &format!("fdinfo/{}", fd.fd)) {
+            Ok(info) => info,
+            Err(_) if running && proc::link(pid, &format!("fd/{}", fd.fd)).is_err() => continue,
+            Err(e) => return Err(e),
+        };
         for l in info.lines().filter_map(|l| l.strip_prefix("lock:")) {
             let line = parse_line(l.trim()).ok_or_else(|| EngineError::Parse { what: format!("lock line {l:?} of fd {}", fd.fd) })?;
             let kind = match line.kind.as_str() {
                 "FLOCK" => LockKind::Flock,
                 "POSIX" => LockKind::Posix,
                 "OFDLCK" => LockKind::Ofd,
-                other => return Err(unsupported(format!("{other} on fd {} ({})", fd.fd, line.file))),
+                other => return Err(unsupported(pid, format!("{other} on fd {} ({})", fd.fd, line.file))),
             };
             let (start, len) = if kind == LockKind::Flock { (0, 0) } else { (line.start, line.end.map_or(0, |e| e - line.start + 1)) };
             out.push(FileLock { kind: kind as i32, fd: fd.fd, write: line.write, start, len });

@@ -40,19 +40,53 @@ pub fn active(pid: i32, tid: i32) -> bool {
     Status::read_task(pid, tid).is_ok_and(|s| !matches!(s.get("Seccomp"), "" | "0"))
 }
 
+/// Whether thread `tid` of `pid` (status `st`) has filters, from /proc;
+/// strict and unknown modes refused.
+fn filtered(pid: i32, tid: i32, st: &Status) -> Result<bool> {
+    match st.get("Seccomp") {
+        "0" | "" => Ok(false),
+        "2" => Ok(true),
+        "1" => Err(unsupported(pid, format!("thread {tid} is in strict mode (SECCOMP_MODE_STRICT)"))),
+        m => Err(unsupported(pid, format!("thread {tid} is in unknown seccomp mode {m}"))),
+    }
+}
+
+/// How many filters /proc counts in a thread's chain (kernels before 5.9
+/// do not say).
+fn counted(st: &Status) -> Option<usize> {
+    st.get("Seccomp_filters").parse().ok()
+}
+
+fn different(pid: i32, a: i32, b: i32) -> EngineError {
+    unsupported(pid, format!("threads {a} and {b} have different seccomp filter chains"))
+}
+
+/// Applies the dump's rules to the threads `tids` of running process
+/// `pid` from /proc alone: strict mode, and chains of different lengths.
+/// (Chains of one length with different filters can only be told apart
+/// by ptrace, with the tree stopped: the dump refuses those.)
+pub fn check(pid: i32, tids: &[i32]) -> Result<()> {
+    let mut first: Option<(i32, (bool, Option<usize>))> = None;
+    for &tid in tids {
+        let Ok(st) = Status::read_task(pid, tid) else { continue };
+        let n = (filtered(pid, tid, &st)?, counted(&st));
+        match first {
+            None => first = Some((tid, n)),
+            Some((a, m)) if m != n => return Err(different(pid, a, tid)),
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Reads the filters, oldest first, of stopped process `pid` with threads `tids`.
 pub fn dump(pid: i32, tids: &[i32]) -> Result<Option<Seccomp>> {
     let mut chains: Vec<(i32, Vec<SeccompFilter>)> = Vec::new();
     for &tid in tids {
         let st = Status::read_task(pid, tid)?;
-        match st.get("Seccomp") {
-            "0" | "" => {
-                chains.push((tid, Vec::new()));
-                continue;
-            }
-            "2" => {}
-            "1" => return Err(unsupported(pid, format!("thread {tid} is in strict mode (SECCOMP_MODE_STRICT)"))),
-            m => return Err(unsupported(pid, format!("thread {tid} is in unknown seccomp mode {m}"))),
+        if !filtered(pid, tid, &st)? {
+            chains.push((tid, Vec::new()));
+            continue;
         }
         let mut filters = Vec::new();
         for index in 0.. {
@@ -60,7 +94,7 @@ pub fn dump(pid: i32, tids: &[i32]) -> Result<Option<Seccomp>> {
             let flags = misc::seccomp_flags(tid, index).step(tid, || format!("read seccomp filter {index} metadata"))?;
             filters.push(SeccompFilter { insns, flags });
         }
-        let counted: usize = st.get("Seccomp_filters").parse().unwrap_or(filters.len());
+        let counted = counted(&st).unwrap_or(filters.len());
         if counted != filters.len() {
             return Err(unsupported(pid, format!("thread {tid}: status shows {counted} filters, ptrace returned {}", filters.len())));
         }
@@ -68,7 +102,7 @@ pub fn dump(pid: i32, tids: &[i32]) -> Result<Option<Seccomp>> {
     }
     let Some((first_tid, first)) = chains.first().cloned() else { return Ok(None) };
     if let Some((tid, _)) = chains.iter().find(|(_, c)| *c != first) {
-        return Err(unsupported(pid, format!("threads {first_tid} and {tid} have different seccomp filter chains")));
+        return Err(different(pid, first_tid, *tid));
     }
     Ok((!first.is_empty()).then_some(Seccomp { filters: first }))
 }

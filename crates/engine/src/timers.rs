@@ -106,13 +106,15 @@ fn is_timer_signal(si: &[u8], id: u32) -> bool {
     word(8) == Some(SI_TIMER) && word(16) == Some(id as i32)
 }
 
-/// Dumps the POSIX timers of stopped process `pid` (threads already in
-/// `p`) through the leader's remote; takes their queued signals out of
-/// the pending lists.
-pub fn dump(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Result<()> {
+/// The timers of process `pid` (`own`: its pid in its own namespace;
+/// `tids`: its threads' host tids) from /proc/PID/timers, with the clock
+/// and notification the restore uses; refused: clocks it cannot make
+/// again (a thread's CPU clock, another process's) and notifications of
+/// other kinds or of threads not of the process.
+fn listed(pid: i32, own: u32, tids: &[u32]) -> Result<Vec<(Listed, i32, TimerNotify, u32)>> {
     let text = proc::read(pid, "timers")?;
     let listed = parse(&text).ok_or_else(|| EngineError::Parse { what: format!("/proc/{pid}/timers") })?;
-    let own = p.nspid.last().copied().unwrap_or(p.pid);
+    let mut out = Vec::new();
     for t in listed {
         let unsupported = |what: String| EngineError::Unsupported { pid, kind: "POSIX timer", what: format!("timer {}: {what}", t.id) };
         let clock = restorable_clock(t.clock, own).map_err(unsupported)?;
@@ -120,15 +122,33 @@ pub fn dump(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Result<()>
             "signal/pid" => (TimerNotify::Signal, 0),
             "none/pid" => (TimerNotify::None, 0),
             "signal/tid" => {
-                let th = p
-                    .threads
+                let tid = tids
                     .iter()
-                    .find(|th| th.tid == t.target as u32)
+                    .copied()
+                    .find(|&tid| tid == t.target as u32)
                     .ok_or_else(|| unsupported(format!("notifies thread {} that is not one of the process's threads", t.target)))?;
-                (TimerNotify::ThreadId, th.tid)
+                (TimerNotify::ThreadId, tid)
             }
             other => return Err(unsupported(format!("notification {other}"))),
         };
+        out.push((t, clock, notify, thread));
+    }
+    Ok(out)
+}
+
+/// Applies the dump's rules to the POSIX timers of running process `pid`
+/// (`own`: its pid in its own namespace; `tids`: its threads).
+pub fn check(pid: i32, own: u32, tids: &[u32]) -> Result<()> {
+    listed(pid, own, tids).map(drop)
+}
+
+/// Dumps the POSIX timers of stopped process `pid` (threads already in
+/// `p`) through the leader's remote; takes their queued signals out of
+/// the pending lists.
+pub fn dump(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Result<()> {
+    let own = p.nspid.last().copied().unwrap_or(p.pid);
+    let tids: Vec<u32> = p.threads.iter().map(|th| th.tid).collect();
+    for (t, clock, notify, thread) in listed(pid, own, &tids)? {
         r.call(libc::SYS_timer_gettime, &[t.id as u64, s.addr]).step(pid, || format!("remote timer_gettime({})", t.id))?;
         let mut b = [0u8; 32];
         ptrace::read_mem(pid, s.addr, &mut b).step(pid, || "read scratch".into())?;

@@ -84,6 +84,14 @@ pub enum CgroupError {
         /// What it held.
         content: String,
     },
+    /// An operation that needs an empty cgroup found processes inside.
+    #[error("cgroup {cgroup}: cannot {op}: processes are still inside")]
+    Populated {
+        /// The cgroup.
+        cgroup: String,
+        /// The operation.
+        op: &'static str,
+    },
     /// The cgroup did not reach a state in time.
     #[error("cgroup {cgroup}: timed out after {timeout:?} waiting to {what}")]
     Timeout {
@@ -562,6 +570,13 @@ impl Cgroup {
 
     /// Sends SIGKILL to every process in the cgroup and below: atomically
     /// through `cgroup.kill` where the kernel has it, else one by one.
+    ///
+    /// A cgroup killed through `cgroup.kill` must not receive new
+    /// processes by `CLONE_INTO_CGROUP` from outside: on this kernel
+    /// (6.18) clone3 compares the kill count of the target cgroup with the
+    /// one of the caller's own cgroup, and kills the child at birth when
+    /// they differ, as they do for ever after a kill. [`Cgroup::recreate`]
+    /// gives a cgroup that counts from zero again.
     pub fn kill(&self) -> Result<()> {
         let file = self.v2_dir().join("cgroup.kill");
         if file.exists() {
@@ -574,6 +589,27 @@ impl Cgroup {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
+        Ok(())
+    }
+
+    /// The limits the cgroup has now; a controller this layout lacks (no
+    /// limit file) counts as no limit.
+    pub fn limits(&self) -> Result<Limits> {
+        Ok(Limits { memory: absent(self.memory_limit())?, cpus: absent(self.cpus())? })
+    }
+
+    /// Replaces the cgroup, which must hold no process, by a new one of
+    /// the same name with the same limits. Needed after [`Cgroup::kill`]
+    /// before a process is cloned into it with `CLONE_INTO_CGROUP` (see
+    /// there): the new cgroup has never been killed.
+    pub fn recreate(&self) -> Result<()> {
+        if self.populated()? {
+            return Err(CgroupError::Populated { cgroup: self.rel.clone(), op: "recreate" });
+        }
+        let limits = self.limits()?;
+        self.remove()?;
+        Cgroup::create_in(self.layout.clone(), &self.rel, limits)?;
+        tracing::debug!(cgroup = %self.rel, ?limits, "recreated cgroup");
         Ok(())
     }
 
@@ -618,6 +654,134 @@ impl Cgroup {
                 Err(e) => return Err(self.io("rmdir", dir, e)),
             }
         }
+    }
+}
+
+/// What the cgroups of a host (and the machine under them) allow a new
+/// partition: the memory it can be given before some limit above it is
+/// reached, and the CPUs it can use at most. Limits are not reservations:
+/// this is what is free now, and it changes as partitions come and go.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Headroom {
+    /// Bytes: the least, over the cgroup partitions are put under and each
+    /// of its ancestors, of its memory limit minus what it uses now
+    /// (memory.max - memory.current on cgroup v2, memory.limit_in_bytes -
+    /// memory.usage_in_bytes on v1, page cache included), and the
+    /// machine's MemAvailable.
+    pub memory: u64,
+    /// What binds the memory, e.g. "memory.max of lpm-ab12/h1 (300 MiB,
+    /// 86 MiB used)" or "MemAvailable of this machine".
+    pub memory_bound: String,
+    /// CPUs: the least of the CPU limits of that cgroup and its ancestors
+    /// (cpu.max on v2, cpu.cfs_quota_us / cpu.cfs_period_us on v1) and
+    /// the machine's online CPUs.
+    pub cpus: f64,
+    /// What binds the CPUs, e.g. "cpu.max of lpm-ab12/h1 (0.75 CPUs)" or
+    /// "the 2 online CPUs of this machine".
+    pub cpus_bound: String,
+}
+
+impl Headroom {
+    /// Both amounts and what binds each, for a check's detail.
+    pub fn detail(&self) -> String {
+        format!("{} MiB of memory ({}); {} CPUs ({})", self.memory >> 20, self.memory_bound, self.cpus, self.cpus_bound)
+    }
+}
+
+impl std::fmt::Display for Headroom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail())
+    }
+}
+
+impl Layout {
+    /// The [`Headroom`] under cgroup `rel` (a host's `{prefix}/{host}`),
+    /// whether or not it exists yet: a cgroup that does not exist limits
+    /// nothing, its existing ancestors still do.
+    pub fn headroom(&self, rel: &str) -> Result<Headroom> {
+        let read = |path: &str, parse: fn(&str) -> Option<u64>| {
+            let text = fs::read_to_string(path).map_err(|source| CgroupError::Io {
+                op: "read",
+                cgroup: rel.to_string(),
+                path: path.into(),
+                source,
+            })?;
+            parse(&text).ok_or_else(|| CgroupError::Parse { cgroup: rel.to_string(), path: path.into(), content: text })
+        };
+        let avail = read("/proc/meminfo", mem_available)?;
+        let cpus = read("/sys/devices/system/cpu/online", online_cpus)?;
+        self.headroom_within(rel, avail, cpus as f64)
+    }
+
+    /// [`Layout::headroom`] with the machine's MemAvailable (bytes) and
+    /// online CPUs given.
+    pub fn headroom_within(&self, rel: &str, mem_available: u64, machine_cpus: f64) -> Result<Headroom> {
+        let mut h = Headroom {
+            memory: mem_available,
+            memory_bound: format!("MemAvailable of this machine ({} MiB)", mem_available >> 20),
+            cpus: machine_cpus,
+            cpus_bound: format!("the {machine_cpus} online CPUs of this machine"),
+        };
+        let (mem_file, cpu_file) = match self {
+            Layout::Hybrid { .. } => ("memory.limit_in_bytes", "cpu.cfs_quota_us"),
+            Layout::Unified { .. } => ("memory.max", "cpu.max"),
+        };
+        let rel = rel.trim_matches('/');
+        let parts: Vec<&str> = rel.split('/').collect();
+        // The cgroup itself, then each ancestor below the root (the root
+        // has no limits).
+        for n in (1..=parts.len()).rev() {
+            let cg = Cgroup::new(self.clone(), &parts[..n].join("/"))?;
+            if cg.memory_dir().is_dir() {
+                if let Some(limit) = absent(cg.memory_limit())? {
+                    let used = cg.memory_current()?;
+                    let left = limit.saturating_sub(used);
+                    if left < h.memory {
+                        h.memory = left;
+                        h.memory_bound = format!("{mem_file} of {} ({} MiB, {} MiB used)", cg.rel, limit >> 20, used >> 20);
+                    }
+                }
+            }
+            if cg.cpu_dir().is_dir() {
+                if let Some(c) = absent(cg.cpus())? {
+                    if c < h.cpus {
+                        h.cpus = c;
+                        h.cpus_bound = format!("{cpu_file} of {} ({c} CPUs)", cg.rel);
+                    }
+                }
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// MemAvailable of /proc/meminfo, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kb| kb << 10)
+}
+
+/// How many CPUs a list like "0-3,5" of /sys/devices/system/cpu/online
+/// names.
+fn online_cpus(list: &str) -> Option<u64> {
+    let mut n = 0;
+    for part in list.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().ok()?.checked_sub(a.parse::<u64>().ok()?)? + 1,
+            None => part.parse::<u64>().map(|_| 1).ok()?,
+        };
+    }
+    Some(n)
+}
+
+/// A limit whose file this layout lacks (no such controller) is no limit.
+fn absent<T>(r: Result<Option<T>>) -> Result<Option<T>> {
+    match r {
+        Err(CgroupError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => Ok(None),
+        other => other,
     }
 }
 
@@ -693,6 +857,82 @@ mod tests {
             assert!(matches!(Cgroup::new(l.clone(), bad), Err(CgroupError::BadPath(_))), "{bad:?}");
         }
         assert_eq!(Cgroup::new(l, "/a/b/").unwrap().rel(), "a/b");
+    }
+
+    /// A fake hierarchy under the temp directory: `files` are (relative
+    /// path, content).
+    fn fake(files: &[(&str, &str)]) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir().join(format!("lpm-headroom-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        for (path, content) in files {
+            let p = root.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, content).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn headroom_unified_names_the_binding_limit() {
+        let root = fake(&[
+            ("lpm-x/memory.max", "1073741824\n"),
+            ("lpm-x/memory.current", "104857600\n"),
+            ("lpm-x/cpu.max", "max 100000\n"),
+            ("lpm-x/h1/memory.max", "314572800\n"),
+            ("lpm-x/h1/memory.current", "52428800\n"),
+            ("lpm-x/h1/cpu.max", "75000 100000\n"),
+        ]);
+        let l = Layout::Unified { root: root.clone() };
+        let h = l.headroom_within("lpm-x/h1", 8 << 30, 2.0).unwrap();
+        assert_eq!(h.memory, 250 << 20);
+        assert_eq!(h.memory_bound, "memory.max of lpm-x/h1 (300 MiB, 50 MiB used)");
+        assert_eq!(h.cpus, 0.75);
+        assert_eq!(h.cpus_bound, "cpu.max of lpm-x/h1 (0.75 CPUs)");
+        // The machine binds when it has less; a host cgroup not made yet
+        // limits nothing, its parent still does.
+        let h = l.headroom_within("lpm-x/h1", 100 << 20, 0.5).unwrap();
+        assert_eq!((h.memory, h.cpus), (100 << 20, 0.5));
+        assert!(h.memory_bound.starts_with("MemAvailable") && h.cpus_bound.contains("online CPUs"), "{h}");
+        let h = l.headroom_within("lpm-x/h2", 8 << 30, 2.0).unwrap();
+        assert_eq!(h.memory, (1024 - 100) << 20);
+        assert_eq!(h.memory_bound, "memory.max of lpm-x (1024 MiB, 100 MiB used)");
+        assert_eq!(h.cpus, 2.0);
+        // A cgroup without the controllers (no limit files) limits nothing.
+        let h = l.headroom_within("other", 8 << 30, 2.0).unwrap();
+        assert_eq!((h.memory, h.cpus), (8 << 30, 2.0));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn headroom_hybrid_reads_v1_files() {
+        let root = fake(&[
+            ("memory/lpm-x/h1/memory.limit_in_bytes", "209715200\n"),
+            ("memory/lpm-x/h1/memory.usage_in_bytes", "262144000\n"),
+            ("memory/lpm-x/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("memory/lpm-x/memory.usage_in_bytes", "262144000\n"),
+            ("cpu/lpm-x/h1/cpu.cfs_quota_us", "-1\n"),
+            ("cpu/lpm-x/h1/cpu.cfs_period_us", "100000\n"),
+            ("cpu/lpm-x/cpu.cfs_quota_us", "150000\n"),
+            ("cpu/lpm-x/cpu.cfs_period_us", "100000\n"),
+        ]);
+        let l = Layout::Hybrid { v2: root.join("unified"), memory: root.join("memory"), cpu: root.join("cpu") };
+        let h = l.headroom_within("lpm-x/h1", 8 << 30, 4.0).unwrap();
+        // Over its limit: nothing left.
+        assert_eq!(h.memory, 0);
+        assert_eq!(h.memory_bound, "memory.limit_in_bytes of lpm-x/h1 (200 MiB, 250 MiB used)");
+        assert_eq!(h.cpus, 1.5);
+        assert_eq!(h.cpus_bound, "cpu.cfs_quota_us of lpm-x (1.5 CPUs)");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn machine_figures_parse() {
+        assert_eq!(online_cpus("0-1\n"), Some(2));
+        assert_eq!(online_cpus("0-3,5,7-8"), Some(7));
+        assert_eq!(online_cpus("x"), None);
+        assert_eq!(mem_available("MemTotal: 10 kB\nMemAvailable:    2048 kB\n"), Some(2 << 20));
+        assert_eq!(mem_available("MemTotal: 10 kB\n"), None);
     }
 
     #[test]

@@ -26,6 +26,9 @@
 //! keeps the allocation ([`Lab::allocate_ip`], [`Lab::release_ip`], under a
 //! file lock); `lpmd` allocates nothing: whoever creates a partition in the
 //! lab (the CLI, a test) takes an address here and passes it in the spec.
+//! An address given explicitly is checked ([`Lab::check_ip`]) and recorded
+//! too ([`Lab::reserve_ip`]), so the allocator never hands it out again;
+//! deleting a partition gives its addresses back ([`Lab::release_owner`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -173,6 +176,27 @@ pub enum LabError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// An address cannot be a partition's in this lab.
+    #[error("lab {id}: address {ip} cannot be a partition's: {why}")]
+    BadAddress {
+        /// The lab.
+        id: String,
+        /// The address as given.
+        ip: String,
+        /// What it is instead (outside the partition network, its
+        /// broadcast address, ...).
+        why: String,
+    },
+    /// An address is recorded for another partition.
+    #[error("lab {id}: address {ip} is taken by partition {owner}")]
+    AddressTaken {
+        /// The lab.
+        id: String,
+        /// The address.
+        ip: Ipv4Addr,
+        /// The partition holding it.
+        owner: String,
     },
     /// Every partition address of the subnet is taken.
     #[error("lab {id}: no free partition address left in {subnet}/24")]
@@ -483,6 +507,61 @@ impl Lab {
             let ip = first_free(state)?;
             state.addresses.insert(ip, owner.to_string());
             Ok(ip)
+        })
+    }
+
+    /// Checks that `ip`/`prefix` can be a partition's address in this
+    /// lab: inside the partition network (its /24) and none of the
+    /// addresses it keeps: the network and broadcast addresses, the
+    /// gateway's (`.1`, kept for a router), the client's (`.250`), a
+    /// host's management address. The error says which.
+    pub fn check_ip(&self, ip: Ipv4Addr, prefix: u8) -> Result<(), LabError> {
+        let net = self.state.subnet;
+        let bad = |why: String| LabError::BadAddress { id: self.state.id.clone(), ip: format!("{ip}/{prefix}"), why };
+        let o = ip.octets();
+        if let Some(h) = self.state.hosts.iter().find(|h| h.mgmt_addr == ip) {
+            return Err(bad(format!("the management address of host {}", h.name)));
+        }
+        if o[..3] != net.octets()[..3] {
+            return Err(bad(format!("outside the partition network {net}/24")));
+        }
+        if prefix != 24 {
+            return Err(bad(format!("the prefix length of the partition network {net}/24 is 24, not {prefix}")));
+        }
+        let why = match o[3] {
+            0 => "the network address",
+            255 => "the broadcast address",
+            1 => "the gateway address (.1 is kept for a router)",
+            CLIENT_HOST_PART => "the address of the lab's client",
+            _ => return Ok(()),
+        };
+        Err(bad(format!("{why} of {net}/24")))
+    }
+
+    /// Records an address given explicitly for partition `owner`, after
+    /// [`Lab::check_ip`], so that [`Lab::allocate_ip`] never hands it out.
+    /// Fails if another owner holds it; recording it again for the same
+    /// owner is fine.
+    pub fn reserve_ip(&self, ip: Ipv4Addr, prefix: u8, owner: &str) -> Result<(), LabError> {
+        self.check_ip(ip, prefix)?;
+        with_locked_state(&self.dir, |state| match state.addresses.get(&ip) {
+            Some(other) if other != owner => Err(LabError::AddressTaken { id: state.id.clone(), ip, owner: other.clone() }),
+            _ => {
+                state.addresses.insert(ip, owner.to_string());
+                Ok(())
+            }
+        })
+    }
+
+    /// Gives back every address recorded for partition `owner` (when it
+    /// is deleted, or its creation failed); returns them.
+    pub fn release_owner(&self, owner: &str) -> Result<Vec<Ipv4Addr>, LabError> {
+        with_locked_state(&self.dir, |state| {
+            let mine: Vec<Ipv4Addr> = state.addresses.iter().filter(|(_, o)| o.as_str() == owner).map(|(ip, _)| *ip).collect();
+            for ip in &mine {
+                state.addresses.remove(ip);
+            }
+            Ok(mine)
         })
     }
 

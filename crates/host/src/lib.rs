@@ -5,12 +5,15 @@
 //! bridge. [`cgroup`] manages cgroups on both the hybrid (v1 controllers and
 //! a controller-less cgroup2) and the unified layout; [`net`] the network
 //! namespaces, links and the gratuitous ARP; [`partition`] a partition's
-//! plumbing and its init process; [`lab`] a set of hosts on one machine for
-//! the demo and the tests.
+//! plumbing and its init process; [`checks`] the named checks of a
+//! partition against the hosts (unique name, address and MAC, limits that
+//! fit a host's [`cgroup::Headroom`]); [`lab`] a set of hosts on one
+//! machine for the demo and the tests.
 
 #![forbid(unsafe_code)]
 
 pub mod cgroup;
+pub mod checks;
 pub mod lab;
 pub mod net;
 pub mod partition;

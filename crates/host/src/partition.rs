@@ -18,13 +18,21 @@ use std::time::{Duration, Instant};
 use lpm_sys::spawn::{self, PartitionExec, SpawnError};
 use serde::{Deserialize, Serialize};
 
-use crate::cgroup::{Cgroup, CgroupError, Limits};
+use crate::cgroup::{Cgroup, CgroupError, Headroom, Layout, Limits};
 use crate::net::{self, NetError, Netns};
 
 /// The partition's interface inside its network namespace.
 pub const IFNAME: &str = "eth0";
 /// Longest partition name.
 pub const NAME_MAX: usize = 32;
+/// The smallest memory limit a partition may have. A shell needs under
+/// 1 MiB to start, python3 (what the demo and the tests run) 13 MiB from
+/// a cold page cache (measured on this machine: the interpreter and its
+/// libraries are charged to the first cgroup that reads them); with less
+/// the init is OOM-killed as it starts, and the restore of a migration
+/// fills pages into the same limit. A smaller value is more likely a
+/// unit mistaken (`--memory 16` is 16 bytes) than a wish.
+pub const MIN_MEMORY: u64 = 16 << 20;
 /// How long [`stop`] waits for the tree to vanish after the forced kill.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -110,7 +118,7 @@ pub struct PartitionSpec {
     pub name: String,
     /// The init's argv; argv\[0\] is looked up in the standard PATH.
     pub command: Vec<String>,
-    /// Memory limit in bytes.
+    /// Memory limit in bytes, at least [`MIN_MEMORY`].
     #[serde(default)]
     pub memory: Option<u64>,
     /// CPU limit in CPUs.
@@ -146,8 +154,12 @@ impl PartitionSpec {
         if let Some(a) = self.command.iter().find(|a| a.contains('\0')) {
             return Err(bad("command", a, "contains a NUL byte"));
         }
-        if self.memory == Some(0) {
-            return Err(bad("memory", "0", "want a positive number of bytes"));
+        if let Some(m) = self.memory.filter(|&m| m < MIN_MEMORY) {
+            return Err(bad(
+                "memory",
+                &m.to_string(),
+                &format!("a partition needs at least {} MiB to start (its init and, at a migration, its restore)", MIN_MEMORY >> 20),
+            ));
         }
         if let Some(c) = self.cpus {
             if !c.is_finite() || c < 0.01 {
@@ -250,6 +262,15 @@ impl HostCtx {
     /// The cgroup holding every partition of this host, `{prefix}/{host}`.
     pub fn host_cgroup_rel(&self) -> String {
         format!("{}/{}", self.prefix, self.host)
+    }
+
+    /// What this host's cgroups and the machine allow a new partition
+    /// ([`crate::cgroup::Headroom`]): the limits of
+    /// [`HostCtx::host_cgroup_rel`] and each of its ancestors, minus their
+    /// usage, and MemAvailable; the CPU limits of the same cgroups and the
+    /// online CPUs. Works on both cgroup layouts.
+    pub fn headroom(&self) -> Result<Headroom, CgroupError> {
+        Layout::current()?.headroom(&self.host_cgroup_rel())
     }
 
     /// The host-side veth: `lp` and 8 hex digits of a hash of the
@@ -509,8 +530,10 @@ pub fn start(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing) -> Result
 }
 
 /// Stops a partition: SIGTERM to its init `pid`, and if the cgroup still
-/// holds processes after `timeout`, kills them all. Returns once the cgroup
-/// is empty: true when SIGTERM sufficed. (An init that is pid 1 of its
+/// holds processes after `timeout`, kills them all (and then replaces the
+/// cgroup by a new one with the same limits, so that [`start`] can clone
+/// an init into it). Returns once the cgroup is empty: true when SIGTERM
+/// sufficed. (An init that is pid 1 of its
 /// namespace gets SIGTERM only if it handles it; when it exits the kernel
 /// kills the rest of its namespace.) The caller reaps the init.
 pub fn stop(pid: i32, plumbing: &Plumbing, timeout: Duration) -> Result<bool> {
@@ -543,6 +566,9 @@ pub fn stop(pid: i32, plumbing: &Plumbing, timeout: Duration) -> Result<bool> {
     }
     plumbing.cgroup.kill().map_err(cg_err("kill cgroup"))?;
     plumbing.cgroup.wait_empty(KILL_TIMEOUT).map_err(cg_err("wait for the killed tree"))?;
+    // A killed cgroup would kill the next init at birth (see
+    // Cgroup::kill): the next start gets a new one.
+    plumbing.cgroup.recreate().map_err(cg_err("recreate the killed cgroup"))?;
     tracing::info!(partition = %name, pid, "partition killed after {timeout:?}");
     Ok(false)
 }

@@ -442,6 +442,7 @@ fn bad_specs_name_the_field() {
         ("command", PartitionSpec { command: vec!["".into()], ..good.clone() }),
         ("command", PartitionSpec { command: vec!["sh".into(), "a\0b".into()], ..good.clone() }),
         ("memory", PartitionSpec { memory: Some(0), ..good.clone() }),
+        ("memory", PartitionSpec { memory: Some(partition::MIN_MEMORY - 1), ..good.clone() }),
         ("cpus", PartitionSpec { cpus: Some(0.0), ..good.clone() }),
         ("cpus", PartitionSpec { cpus: Some(f64::NAN), ..good.clone() }),
         ("ip", PartitionSpec { ip: Some("10.213.1.10".into()), ..good.clone() }),
@@ -553,4 +554,127 @@ fn child_step_failure_is_reported() {
     }
     // Reaped by go(): no such child any more.
     assert!(rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::NOHANG).is_err());
+}
+
+/// `stop` of an init that ignores SIGTERM kills the tree through
+/// cgroup.kill; a `start` afterwards gets an init that lives. (On this
+/// kernel a cgroup killed through cgroup.kill kills, at birth, every
+/// child later cloned into it with CLONE_INTO_CGROUP: stop replaces the
+/// cgroup, with its limits.) Twice over, and the limits stay.
+#[test]
+fn partition_killed_by_stop_starts_again() {
+    let mut host = TestHost::new();
+    let ctx = host.ctx.clone();
+    // sh as pid 1 with no handler for SIGTERM ignores it.
+    let mut spec = host.spec("stubborn", &["sh", "-c", "echo up $$; while :; do sleep 1; done"]);
+    spec.ip = None;
+    let plumbing = host.run(|| Plumbing::create(&ctx, &spec, false)).unwrap();
+    let log = ctx.console_log("stubborn");
+    for round in 1..=3 {
+        let pid = partition::start(&ctx, &spec, &plumbing).unwrap();
+        host.pids.push(pid);
+        // Killed at birth, the init would never print this.
+        wait_for(&format!("start {round} to run its program"), Duration::from_secs(5), || read(&log).matches("up 1").count() == round);
+        assert!(
+            rustix::process::waitpid(Pid::from_raw(pid), WaitOptions::NOHANG).unwrap().is_none(),
+            "start {round}: the init died: {}",
+            read(&log)
+        );
+        assert_eq!(plumbing.cgroup().procs().unwrap().len(), 2, "start {round}: the init and its sleep");
+        assert_eq!(plumbing.cgroup().cpus().unwrap(), Some(0.5), "start {round}: the cpu limit");
+        assert_eq!(plumbing.cgroup().memory_limit().unwrap(), Some(256 << 20), "start {round}: the memory limit");
+        assert!(!partition::stop(pid, &plumbing, Duration::from_millis(100)).unwrap(), "SIGTERM should not have sufficed");
+        assert_eq!(reap(pid), Some(libc::SIGKILL));
+        host.pids.clear();
+    }
+}
+
+/// Runs a python3 that waits for a line, then allocates and touches
+/// `mib` MiB and answers "held"; killed and reaped on drop.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn start() -> Hog {
+        let code = "import sys\nmib = int(sys.stdin.readline())\nb = b'x' * (mib << 20)\nprint('held', flush=True)\nsys.stdin.readline()\n";
+        let c = std::process::Command::new("python3")
+            .args(["-c", code])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        Hog(c)
+    }
+
+    /// Allocates once the process is in its cgroup: a v1 memory cgroup
+    /// charges only what is allocated after the move.
+    fn hold(&mut self, mib: u64) {
+        use std::io::{BufRead, Write};
+        writeln!(self.0.stdin.as_mut().unwrap(), "{mib}").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(self.0.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "held");
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host cgroup limited to 300 MiB and 0.75 CPUs, holding a partition
+/// that uses 40 MiB: the headroom is at most 300 MiB minus the host
+/// cgroup's usage, names that limit, and the CPUs are 0.75. A lower limit
+/// on an ancestor binds instead, named; with no limit anywhere the
+/// machine binds (MemAvailable, online CPUs).
+#[test]
+fn headroom_is_what_the_host_cgroups_allow() {
+    let prefix = unique();
+    let _cleanup = Guard(prefix.clone());
+    let ctx = HostCtx { host: "h1".into(), dir: std::env::temp_dir().join(&prefix), bridge: "lpmbr0".into(), prefix: prefix.clone() };
+    let (file, cpu_file) = match Layout::current().unwrap() {
+        Layout::Hybrid { .. } => ("memory.limit_in_bytes", "cpu.cfs_quota_us"),
+        Layout::Unified { .. } => ("memory.max", "cpu.max"),
+    };
+
+    // No limit anywhere: the machine.
+    let free = ctx.headroom().unwrap();
+    eprintln!("unlimited: {free}");
+    let online = fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    assert!(free.memory_bound.starts_with("MemAvailable"), "{free}");
+    assert!(free.cpus_bound.contains("online CPUs") && free.cpus >= 1.0, "{free} ({online})");
+
+    let host_cg = Cgroup::create(&ctx.host_cgroup_rel(), Limits { memory: Some(300 << 20), cpus: Some(0.75) }).unwrap();
+    let part = Cgroup::create(&ctx.cgroup_rel("p"), Limits::default()).unwrap();
+    let mut hog = Hog::start();
+    part.add(hog.0.id() as i32).unwrap();
+    hog.hold(40);
+    let used = host_cg.memory_current().unwrap();
+    let h = ctx.headroom().unwrap();
+    let after = host_cg.memory_current().unwrap();
+    eprintln!("host cgroup at 300 MiB, {} MiB used: {h}", used >> 20);
+    assert!(used >= 40 << 20, "the partition's 40 MiB are not charged to the host cgroup: {used}");
+    assert!(h.memory <= (300 << 20) - used.min(after), "{h}");
+    assert!(h.memory >= (300 << 20) - used.max(after), "{h}");
+    assert!(h.memory <= 260 << 20, "{h}");
+    assert!(h.memory_bound.starts_with(&format!("{file} of {}", ctx.host_cgroup_rel())), "{h}");
+    assert_eq!(h.cpus, 0.75);
+    assert_eq!(h.cpus_bound, format!("{cpu_file} of {} (0.75 CPUs)", ctx.host_cgroup_rel()));
+
+    // The parent ({prefix}) limited below: it binds.
+    let top = Cgroup::open(&prefix).unwrap();
+    match Layout::current().unwrap() {
+        Layout::Hybrid { memory, .. } => fs::write(memory.join(&prefix).join("memory.limit_in_bytes"), (200u64 << 20).to_string()).unwrap(),
+        Layout::Unified { root } => fs::write(root.join(&prefix).join("memory.max"), (200u64 << 20).to_string()).unwrap(),
+    }
+    // (v1 refuses a parent quota below a child's: the host's is lifted.)
+    host_cg.set_cpus(None).unwrap();
+    top.set_cpus(Some(0.5)).unwrap();
+    let h = ctx.headroom().unwrap();
+    eprintln!("parent at 200 MiB: {h}");
+    assert!(h.memory <= (200 << 20) - (40 << 20), "{h}");
+    assert!(h.memory_bound.starts_with(&format!("{file} of {prefix} (200 MiB")), "{h}");
+    assert_eq!((h.cpus, h.cpus_bound.as_str()), (0.5, format!("{cpu_file} of {prefix} (0.5 CPUs)").as_str()));
+    drop(hog);
 }

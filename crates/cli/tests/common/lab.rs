@@ -122,6 +122,20 @@ impl TestLab {
         }
     }
 
+    /// Creates a partition straight through host `host`'s agent, past the
+    /// CLI's checks: how a clash the CLI refuses (a name or address another
+    /// host has) is set up, as older versions or another client made them.
+    pub fn create_past_the_cli(&self, host: &str, spec: lpm_host::partition::PartitionSpec) {
+        let h = self.lab_json()["hosts"].as_array().unwrap().iter().find(|h| h["name"] == host).cloned().unwrap();
+        let key = lpm_agent::client::read_key(&self.dir.join("key")).unwrap();
+        let control = PathBuf::from(h["control"].as_str().unwrap());
+        let mut cl = lpm_agent::client::Client::connect(host, &control, &key).unwrap();
+        match cl.call(&lpm_agent::api::Request::Create(spec)) {
+            Ok(lpm_agent::api::Response::Partition(_)) => {}
+            other => panic!("create on {host}'s agent: {other:?}"),
+        }
+    }
+
     /// `lpm partition show NAME` as JSON.
     pub fn show(&self, name: &str) -> serde_json::Value {
         let out = self.ok(&["partition", "show", name]);

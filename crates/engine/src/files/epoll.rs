@@ -74,36 +74,47 @@ fn ready(pid: i32, tfd: i32) -> Result<bool> {
     Ok(n > 0)
 }
 
-impl Kind for Epoll {
-    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-        let mut items = Vec::new();
-        for line in info.lines().filter(|l| l.starts_with("tfd:")) {
-            let item = parse_item(line).ok_or_else(|| seen.unsupported(format!("epoll fdinfo line {line:?} does not parse")))?;
-            // The registration is made again by number in this process: the
-            // number must still name the registered file here.
-            if !misc::epoll_target_is_open(seen.pid, seen.fd, item.tfd as i32)
-                .step(seen.pid, || format!("compare epoll {} target fd {}", seen.fd, item.tfd))?
-            {
-                return Err(seen
-                    .unsupported(format!("epoll registration of fd {}, which is closed or names another file in this process", item.tfd)));
-            }
-            let target = proc::link(seen.pid, &format!("fd/{}", item.tfd))?;
-            // A pidfd is recreated inside its puppet after the instance
-            // would have registered the stand-in.
-            if target == "anon_inode:[pidfd]" {
-                return Err(seen.unsupported(format!("epoll registration of fd {}, a pidfd", item.tfd)));
-            }
-            if disarmed(item.events) && !ready(seen.pid, item.tfd as i32)? {
-                return Err(seen.unsupported(format!(
-                    "fired EPOLLONESHOT registration of fd {}, which is ready for nothing, so it cannot be fired again",
-                    item.tfd
-                )));
-            }
-            items.push(item);
+/// The registrations of an epoll instance, or why one cannot be made
+/// again.
+fn read(seen: &Seen) -> Result<EpollImage> {
+    let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
+    let mut items = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+        let item = parse_item(line).ok_or_else(|| seen.unsupported(format!("epoll fdinfo line {line:?} does not parse")))?;
+        // The registration is made again by number in this process: the
+        // number must still name the registered file here.
+        if !misc::epoll_target_is_open(seen.pid, seen.fd, item.tfd as i32)
+            .step(seen.pid, || format!("compare epoll {} target fd {}", seen.fd, item.tfd))?
+        {
+            return Err(
+                seen.unsupported(format!("epoll registration of fd {}, which is closed or names another file in this process", item.tfd))
+            );
         }
-        items.sort_by_key(|i| i.tfd);
-        f.epoll = Some(EpollImage { owner: seen.pid as u32, items });
+        let target = proc::link(seen.pid, &format!("fd/{}", item.tfd))?;
+        // A pidfd is recreated inside its puppet after the instance
+        // would have registered the stand-in.
+        if target == "anon_inode:[pidfd]" {
+            return Err(seen.unsupported(format!("epoll registration of fd {}, a pidfd", item.tfd)));
+        }
+        if disarmed(item.events) && !ready(seen.pid, item.tfd as i32)? {
+            return Err(seen.unsupported(format!(
+                "fired EPOLLONESHOT registration of fd {}, which is ready for nothing, so it cannot be fired again",
+                item.tfd
+            )));
+        }
+        items.push(item);
+    }
+    items.sort_by_key(|i| i.tfd);
+    Ok(EpollImage { owner: seen.pid as u32, items })
+}
+
+impl Kind for Epoll {
+    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        read(seen).map(drop)
+    }
+
+    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
+        f.epoll = Some(read(seen)?);
         Ok(())
     }
 

@@ -21,17 +21,26 @@ pub(super) fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
     info.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':'))).map(str::trim)
 }
 
+/// The counter and mode as fdinfo shows them, or why they cannot be read.
+fn read(seen: &Seen) -> Result<EventfdImage> {
+    let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
+    let count = field(&info, "eventfd-count")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .ok_or_else(|| seen.unsupported("eventfd without a readable eventfd-count"))?;
+    let semaphore = match field(&info, "eventfd-semaphore") {
+        Some(v) => v == "1",
+        None => return Err(seen.unsupported("eventfd without eventfd-semaphore in fdinfo (kernel too old)")),
+    };
+    Ok(EventfdImage { count, semaphore })
+}
+
 impl Kind for Eventfd {
+    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        read(seen).map(drop)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-        let count = field(&info, "eventfd-count")
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| seen.unsupported("eventfd without a readable eventfd-count"))?;
-        let semaphore = match field(&info, "eventfd-semaphore") {
-            Some(v) => v == "1",
-            None => return Err(seen.unsupported("eventfd without eventfd-semaphore in fdinfo (kernel too old)")),
-        };
-        f.eventfd = Some(EventfdImage { count, semaphore });
+        f.eventfd = Some(read(seen)?);
         Ok(())
     }
 

@@ -278,33 +278,104 @@ fn dump_tcp(seen: &Seen, s: BorrowedFd, info: &[u8]) -> Result<TcpConnImage> {
     res
 }
 
-impl Kind for Inet {
-    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
-        let s = sockets::take(seen)?;
-        let fd = s.as_fd();
-        let int = |level, name, what| sockets::opt_int(seen, fd, level, name, what);
-        let domain = int(libc::SOL_SOCKET, libc::SO_DOMAIN, "SO_DOMAIN")?;
-        let ty = int(libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
-        let proto = int(libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
-        let tcp = ty == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP;
-        let udp = ty == libc::SOCK_DGRAM && proto == libc::IPPROTO_UDP;
-        if !tcp && !udp {
-            return Err(seen.unsupported(format!("inet socket of type {ty} protocol {proto} (only TCP and UDP are supported)")));
+/// An inet socket as seen from outside (getsockopt, getsockname,
+/// TCP_INFO and MSG_PEEK of a datagram on a copy: the socket is left as
+/// it was), the rules applied: its image without the connection's repair
+/// state and buffer sizes, a copy of the descriptor and its TCP_INFO.
+struct Observed {
+    s: OwnedFd,
+    domain: i32,
+    ty: i32,
+    proto: i32,
+    info: [u8; 104],
+    img: SocketImage,
+}
+
+/// Refuses what the restore cannot rebuild: other protocols, TCP states
+/// other than listen, closed and established, connections waiting to be
+/// accepted, connections to peers outside the tree (unless the network is
+/// locked: [`FileTable::tcp_established`]) and queued datagrams.
+fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
+    let s = sockets::take(seen)?;
+    let fd = s.as_fd();
+    let int = |level, name, what| sockets::opt_int(seen, fd, level, name, what);
+    let domain = int(libc::SOL_SOCKET, libc::SO_DOMAIN, "SO_DOMAIN")?;
+    let ty = int(libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
+    let proto = int(libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
+    let tcp = ty == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP;
+    let udp = ty == libc::SOCK_DGRAM && proto == libc::IPPROTO_UDP;
+    if !tcp && !udp {
+        return Err(seen.unsupported(format!("inet socket of type {ty} protocol {proto} (only TCP and UDP are supported)")));
+    }
+    let net_ns = sockets::netns_of(seen, fd)?;
+    let local = net::local_name(fd).step(seen.pid, || format!("getsockname fd {}", seen.fd))?;
+    let local = parse_addr(&local).ok_or_else(|| seen.unsupported("inet socket with an unreadable local address"))?;
+    let peer = net::peer_name(fd).ok().and_then(|b| parse_addr(&b));
+    let mut img = SocketImage {
+        ino: seen.st.ino(),
+        family: domain as u32,
+        sock_type: ty as u32,
+        protocol: proto as u32,
+        net_ns,
+        state: SocketState::Unconnected as i32,
+        local: Some(local.clone()),
+        ..Default::default()
+    };
+    let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
+    let mut info = [0u8; 104];
+    if tcp {
+        net::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).step(seen.pid, || format!("TCP_INFO fd {}", seen.fd))?;
+        match info[0] {
+            TCP_LISTEN => {
+                let waiting = u32_at(&info, 24);
+                if waiting > 0 {
+                    return Err(seen.transient(what(&format!("has {waiting} connections waiting in its accept queue"))));
+                }
+                img.state = SocketState::Listening as i32;
+                img.backlog = u32_at(&info, 28);
+            }
+            TCP_CLOSE => {}
+            TCP_ESTABLISHED => {
+                let p = peer.ok_or_else(|| seen.unsupported(what("is established but has no peer address")))?;
+                if !table.tcp_established {
+                    let inside = tcp_inode(seen.pid, &p, &local)?.and_then(|ino| sockets::holder(table, ino));
+                    if inside.is_none() {
+                        return Err(seen.unsupported(what(&format!(
+                            "is connected to {} outside the tree (the network must be locked: --tcp-established)",
+                            show(&p)
+                        ))));
+                    }
+                }
+                img.state = SocketState::Connected as i32;
+                img.peer = Some(p);
+            }
+            // Opening and closing states last a round trip or until the
+            // program closes the socket.
+            st => return Err(seen.transient(what(&format!("in state {}", state_name(st))))),
         }
-        let net_ns = sockets::netns_of(seen, fd)?;
-        let local = net::local_name(fd).step(seen.pid, || format!("getsockname fd {}", seen.fd))?;
-        let local = parse_addr(&local).ok_or_else(|| seen.unsupported("inet socket with an unreadable local address"))?;
-        let peer = net::peer_name(fd).ok().and_then(|b| parse_addr(&b));
-        let mut img = SocketImage {
-            ino: seen.st.ino(),
-            family: domain as u32,
-            sock_type: ty as u32,
-            protocol: proto as u32,
-            net_ns,
-            state: SocketState::Unconnected as i32,
-            local: Some(local.clone()),
-            ..Default::default()
-        };
+    } else {
+        let mut b = [0u8; 1];
+        match net::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Err(e) if e.errno() == Some(libc::EAGAIN) => {}
+            _ => return Err(seen.transient(what("has datagrams queued"))),
+        }
+        if let Some(p) = peer {
+            img.state = SocketState::Connected as i32;
+            img.peer = Some(p);
+        }
+    }
+    Ok(Observed { s, domain, ty, proto, info, img })
+}
+
+impl Kind for Inet {
+    fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
+        observe(seen, table).map(drop)
+    }
+
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        let Observed { s, domain, ty, proto, info, mut img } = observe(seen, table)?;
+        let fd = s.as_fd();
+        let tcp = ty == libc::SOCK_STREAM;
         let mut list: Vec<(i32, i32)> = COMMON_OPTS.to_vec();
         if tcp {
             list.extend_from_slice(TCP_OPTS);
@@ -314,48 +385,10 @@ impl Kind for Inet {
             list.extend_from_slice(if domain == libc::AF_INET { V4_UDP_OPTS } else { V6_UDP_OPTS });
         }
         img.opts = sockets::read_opts(fd, &list);
-        let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
-        if tcp {
-            let mut info = [0u8; 104];
-            net::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).step(seen.pid, || format!("TCP_INFO fd {}", seen.fd))?;
-            match info[0] {
-                TCP_LISTEN => {
-                    let waiting = u32_at(&info, 24);
-                    if waiting > 0 {
-                        return Err(seen.unsupported(what(&format!("has {waiting} connections waiting in its accept queue"))));
-                    }
-                    img.state = SocketState::Listening as i32;
-                    img.backlog = u32_at(&info, 28);
-                    img.opts.extend(sockets::buffer_opts(fd, domain, ty, proto));
-                }
-                TCP_CLOSE => img.opts.extend(sockets::buffer_opts(fd, domain, ty, proto)),
-                TCP_ESTABLISHED => {
-                    let p = peer.ok_or_else(|| seen.unsupported(what("is established but has no peer address")))?;
-                    if !table.tcp_established {
-                        let inside = tcp_inode(seen.pid, &p, &local)?.and_then(|ino| sockets::holder(table, ino));
-                        if inside.is_none() {
-                            return Err(seen.unsupported(what(&format!(
-                                "is connected to {} outside the tree (the network must be locked: --tcp-established)",
-                                show(&p)
-                            ))));
-                        }
-                    }
-                    img.tcp = Some(dump_tcp(seen, fd, &info)?);
-                    img.state = SocketState::Connected as i32;
-                    img.peer = Some(p);
-                }
-                st => return Err(seen.unsupported(what(&format!("in state {}", state_name(st))))),
-            }
+        if img.state == SocketState::Connected as i32 && tcp {
+            // Repair mode only here, with the tree stopped.
+            img.tcp = Some(dump_tcp(seen, fd, &info)?);
         } else {
-            let mut b = [0u8; 1];
-            match net::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-                Err(e) if e.errno() == Some(libc::EAGAIN) => {}
-                _ => return Err(seen.unsupported(what("has datagrams queued"))),
-            }
-            if let Some(p) = peer {
-                img.state = SocketState::Connected as i32;
-                img.peer = Some(p);
-            }
             img.opts.extend(sockets::buffer_opts(fd, domain, ty, proto));
         }
         f.socket = Some(img);

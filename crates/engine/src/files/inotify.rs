@@ -89,38 +89,47 @@ fn resolve(seen: &Seen, l: &Line) -> Result<String> {
     }
 }
 
+/// The watches of an inotify instance, or why it cannot be kept.
+fn read(seen: &Seen) -> Result<InotifyImage> {
+    let ns = |pid: i32| proc::link(pid, "ns/mnt");
+    if ns(seen.pid)? != ns(std::process::id() as i32)? {
+        return Err(seen.unsupported("inotify instance in another mount namespace"));
+    }
+    let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
+    let mut watches = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("inotify ")) {
+        let l = parse_line(line).ok_or_else(|| seen.unsupported(format!("inotify fdinfo line {line:?} does not parse")))?;
+        if l.handle.is_empty() {
+            return Err(seen.unsupported(format!("inotify watch {} on a filesystem without file handles", l.wd)));
+        }
+        let path = resolve(seen, &l)?;
+        let dev = libc::makedev((l.sdev >> 20) as u32, (l.sdev & 0xfffff) as u32);
+        watches.push(InotifyWatch { wd: l.wd, mask: l.mask, path, ino: l.ino, dev });
+    }
+    watches.sort_by_key(|w| w.wd);
+    // Queued events live in the instance; a copy of the descriptor
+    // tells how many bytes wait.
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(seen.pid).ok_or_else(|| seen.unsupported("bad pid"))?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .map_err(|e| io_err(format!("pidfd_open {}", seen.pid))(e.into()))?;
+    let copy = rustix::process::pidfd_getfd(&pidfd, seen.fd, rustix::process::PidfdGetfdFlags::empty())
+        .map_err(|e| io_err(format!("pidfd_getfd fd {} of pid {}", seen.fd, seen.pid))(e.into()))?;
+    let queued = rustix::io::ioctl_fionread(&copy).map_err(|e| io_err(format!("FIONREAD on inotify fd {}", seen.fd))(e.into()))?;
+    if queued != 0 {
+        return Err(seen.transient(format!("inotify instance with {queued} bytes of queued events")));
+    }
+    Ok(InotifyImage { watches })
+}
+
 impl Kind for Inotify {
+    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        read(seen).map(drop)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        let ns = |pid: i32| proc::link(pid, "ns/mnt");
-        if ns(seen.pid)? != ns(std::process::id() as i32)? {
-            return Err(seen.unsupported("inotify instance in another mount namespace"));
-        }
-        let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-        let mut watches = Vec::new();
-        for line in info.lines().filter(|l| l.starts_with("inotify ")) {
-            let l = parse_line(line).ok_or_else(|| seen.unsupported(format!("inotify fdinfo line {line:?} does not parse")))?;
-            if l.handle.is_empty() {
-                return Err(seen.unsupported(format!("inotify watch {} on a filesystem without file handles", l.wd)));
-            }
-            let path = resolve(seen, &l)?;
-            let dev = libc::makedev((l.sdev >> 20) as u32, (l.sdev & 0xfffff) as u32);
-            watches.push(InotifyWatch { wd: l.wd, mask: l.mask, path, ino: l.ino, dev });
-        }
-        watches.sort_by_key(|w| w.wd);
-        // Queued events live in the instance; a copy of the descriptor
-        // tells how many bytes wait.
-        let pidfd = rustix::process::pidfd_open(
-            rustix::process::Pid::from_raw(seen.pid).ok_or_else(|| seen.unsupported("bad pid"))?,
-            rustix::process::PidfdFlags::empty(),
-        )
-        .map_err(|e| io_err(format!("pidfd_open {}", seen.pid))(e.into()))?;
-        let copy = rustix::process::pidfd_getfd(&pidfd, seen.fd, rustix::process::PidfdGetfdFlags::empty())
-            .map_err(|e| io_err(format!("pidfd_getfd fd {} of pid {}", seen.fd, seen.pid))(e.into()))?;
-        let queued = rustix::io::ioctl_fionread(&copy).map_err(|e| io_err(format!("FIONREAD on inotify fd {}", seen.fd))(e.into()))?;
-        if queued != 0 {
-            return Err(seen.unsupported(format!("inotify instance with {queued} bytes of queued events")));
-        }
-        f.inotify = Some(InotifyImage { watches });
+        f.inotify = Some(read(seen)?);
         Ok(())
     }
 

@@ -57,10 +57,11 @@ fn check_mappings(seen: &Seen, seals: u32, tree: &[i32]) -> Result<()> {
     Ok(())
 }
 
-/// The parts of the memfd that hold data.
-fn content(seen: &Seen, file: &std::fs::File, size: u64) -> Result<Vec<MemfdChunk>> {
+/// The extents `[start, end)` of the memfd that hold data (SEEK_DATA and
+/// SEEK_HOLE: nothing is read), refused above what the image keeps.
+fn extents(seen: &Seen, file: &std::fs::File, size: u64) -> Result<Vec<(u64, u64)>> {
     use std::os::fd::AsFd;
-    let mut chunks = Vec::new();
+    let mut out = Vec::new();
     let mut total = 0u64;
     let mut off = 0u64;
     while off < size {
@@ -73,36 +74,63 @@ fn content(seen: &Seen, file: &std::fs::File, size: u64) -> Result<Vec<MemfdChun
         if total > MAX_CONTENT {
             return Err(seen.unsupported(format!("memfd with more than {MAX_CONTENT} bytes of data")));
         }
+        out.push((data, end));
+        off = end;
+    }
+    Ok(out)
+}
+
+/// The parts of the memfd that hold data.
+fn content(seen: &Seen, file: &std::fs::File, extents: &[(u64, u64)]) -> Result<Vec<MemfdChunk>> {
+    let mut chunks = Vec::new();
+    for &(data, end) in extents {
         let mut buf = vec![0u8; (end - data) as usize];
         file.read_exact_at(&mut buf, data).map_err(io_err(format!("read memfd fd {} of pid {} at {data}", seen.fd, seen.pid)))?;
         chunks.push(MemfdChunk { offset: data, data: buf });
-        off = end;
     }
     Ok(chunks)
 }
 
+/// What the image keeps of a memfd but its content: the name, the file
+/// reopened, its seals and the extents holding data; or why it cannot
+/// be kept.
+struct Observed<'a> {
+    name: &'a str,
+    file: std::fs::File,
+    seals: u32,
+    extents: Vec<(u64, u64)>,
+}
+
+fn observe<'a>(seen: &Seen<'a>, table: &FileTable) -> Result<Observed<'a>> {
+    if table.described(seen.st.dev(), seen.st.ino()) {
+        return Err(seen.unsupported("a second open file description of a memfd (reopened through /proc)"));
+    }
+    let name = seen
+        .link
+        .strip_prefix("/memfd:")
+        .and_then(|n| n.strip_suffix(" (deleted)"))
+        .ok_or_else(|| seen.unsupported("memfd whose link does not read \"/memfd:NAME (deleted)\""))?;
+    let path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
+    let file = std::fs::File::open(&path).map_err(io_err(format!("reopen {path}")))?;
+    let fs = rustix::fs::fstatfs(&file).map_err(|e| io_err(format!("statfs {path}"))(e.into()))?;
+    if fs.f_type as u64 == HUGETLBFS_MAGIC {
+        return Err(seen.unsupported("memfd on hugetlbfs (MFD_HUGETLB)"));
+    }
+    let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err(format!("F_GET_SEALS on {path}"))(e.into()))?.bits();
+    check_mappings(seen, seals, &table.tree)?;
+    let extents = extents(seen, &file, seen.st.len())?;
+    Ok(Observed { name, file, seals, extents })
+}
+
 impl Kind for Memfd {
+    fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
+        observe(seen, table).map(drop)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
-        let ino = seen.st.ino();
-        if table.files.iter().any(|o| o.memfd.as_ref().is_some_and(|m| m.ino == ino)) {
-            return Err(seen.unsupported("a second open file description of a memfd (reopened through /proc)"));
-        }
-        let name = seen
-            .link
-            .strip_prefix("/memfd:")
-            .and_then(|n| n.strip_suffix(" (deleted)"))
-            .ok_or_else(|| seen.unsupported("memfd whose link does not read \"/memfd:NAME (deleted)\""))?;
-        let path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
-        let file = std::fs::File::open(&path).map_err(io_err(format!("reopen {path}")))?;
-        let fs = rustix::fs::fstatfs(&file).map_err(|e| io_err(format!("statfs {path}"))(e.into()))?;
-        if fs.f_type as u64 == HUGETLBFS_MAGIC {
-            return Err(seen.unsupported("memfd on hugetlbfs (MFD_HUGETLB)"));
-        }
-        let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err(format!("F_GET_SEALS on {path}"))(e.into()))?.bits();
-        check_mappings(seen, seals, &table.tree)?;
-        let size = seen.st.len();
-        let chunks = content(seen, &file, size)?;
-        f.memfd = Some(MemfdImage { name: name.to_string(), seals, size, ino, chunks });
+        let o = observe(seen, table)?;
+        let chunks = content(seen, &o.file, &o.extents)?;
+        f.memfd = Some(MemfdImage { name: o.name.to_string(), seals: o.seals, size: seen.st.len(), ino: seen.st.ino(), chunks });
         Ok(())
     }
 

@@ -57,6 +57,12 @@ impl Seen<'_> {
     pub fn unsupported(&self, why: impl std::fmt::Display) -> EngineError {
         EngineError::Unsupported { pid: self.pid, kind: "file descriptor", what: format!("fd {} -> {}: {why}", self.fd, self.link) }
     }
+
+    /// A refusal of the descriptor's state at this moment (data queued, a
+    /// connection waiting to be accepted), which may pass a moment later.
+    pub fn transient(&self, why: impl std::fmt::Display) -> EngineError {
+        EngineError::Transient { pid: self.pid, kind: "file descriptor", what: format!("fd {} -> {}: {why}", self.fd, self.link) }
+    }
 }
 
 /// Restorer-side state shared by the kinds while files are opened.
@@ -106,6 +112,16 @@ pub fn finish_deferred(list: &[Deferred]) -> Result<()> {
 
 /// One kind of open file: how it is dumped and how it is restored.
 pub trait Kind {
+    /// Applies this kind's refusal rules to an open file of a process that
+    /// may be running, reading only what can be read without changing the
+    /// file, its queues or its holder (fdinfo, sock_diag, getsockopt,
+    /// MSG_PEEK without a peek offset and read-only ioctls on a copy of the
+    /// descriptor): what [`crate::inspect`] runs. `dump` applies the same
+    /// rules through the same code before it records anything, so the two
+    /// cannot disagree; only rules on state that can be read only while
+    /// the tree is stopped (what a queue holds, read with MSG_PEEK and a
+    /// peek offset, or in TCP repair mode) are left to `dump`.
+    fn check(&self, seen: &Seen, f: &FileImage, table: &FileTable) -> Result<()>;
     /// Records the kind-specific state of a new open file into `f` (whose
     /// generic fields are filled), or refuses it by name.
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()>;
@@ -194,14 +210,60 @@ pub struct FileTable {
     pub tcp_established: bool,
 }
 
+impl FileTable {
+    /// Whether an open file description of the inode `(dev, ino)` was
+    /// seen already (another description of a file seen before).
+    pub fn described(&self, dev: u64, ino: u64) -> bool {
+        self.owners.iter().any(|o| (o.2, o.3) == (dev, ino))
+    }
+}
+
 /// Makes the two ends of every TCP connection inside the tree agree, once
 /// every process is dumped (see `inet::reconcile`).
 pub fn reconcile_connections(table: &mut FileTable) -> Result<()> {
     inet::reconcile(table)
 }
 
+/// The module that handles a descriptor, from what /proc shows of it; a
+/// kind no module claims is refused by name.
+fn handler(seen: &Seen, f: &mut FileImage) -> Result<&'static dyn Kind> {
+    let k = classify(seen)?;
+    f.kind = k as i32;
+    kind(k).ok_or_else(|| seen.unsupported("no module for its kind"))
+}
+
 /// Dumps the file descriptors of stopped process `pid`.
 pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
+    walk(pid, table, false, |seen, f, table| handler(seen, f)?.dump(seen, f, table))
+}
+
+/// Applies the dump's rules to the file descriptors of process `pid`,
+/// which may be running ([`Kind::check`]): each open file description
+/// once, as the dump sees them. Every refusal goes to `refusals`; a
+/// descriptor closed meanwhile is passed over. Returns the descriptors.
+pub fn check(pid: i32, table: &mut FileTable, refusals: &mut Vec<EngineError>) -> Result<Vec<Fd>> {
+    walk(pid, table, true, |seen, f, table| match handler(seen, f).and_then(|k| k.check(seen, f, table)) {
+        Err(e @ (EngineError::Unsupported { .. } | EngineError::Transient { .. })) => {
+            refusals.push(e);
+            Ok(())
+        }
+        // Closed, or its number reused, while it was looked at.
+        Err(_) if proc::link(pid, &format!("fd/{}", seen.fd)).ok().as_deref() != Some(seen.link) => Ok(()),
+        other => other,
+    })
+}
+
+/// Lists the descriptors of `pid` and runs `visit` on each open file
+/// description the first time it is seen (kcmp finds descriptors that
+/// share one, within a process or across the tree), with the generic
+/// fields of its image filled. With `running`, a descriptor that is gone
+/// by the time it is read is passed over (the process may close it).
+fn walk(
+    pid: i32,
+    table: &mut FileTable,
+    running: bool,
+    mut visit: impl FnMut(&Seen, &mut FileImage, &mut FileTable) -> Result<()>,
+) -> Result<Vec<Fd>> {
     let dir = format!("/proc/{pid}/fd");
     let mut nums: Vec<i32> = std::fs::read_dir(&dir)
         .map_err(io_err(format!("list {dir}")))?
@@ -210,10 +272,18 @@ pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
     nums.sort_unstable();
     let mut out = Vec::new();
     for fd in nums {
-        let link = proc::link(pid, &format!("fd/{fd}"))?;
-        let fdinfo = proc::read(pid, &format!("fdinfo/{fd}"))?;
+        let read = || -> Result<(String, String, Metadata)> {
+            let link = proc::link(pid, &format!("fd/{fd}"))?;
+            let fdinfo = proc::read(pid, &format!("fdinfo/{fd}"))?;
+            let st = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err(format!("stat fd {fd} of pid {pid}")))?;
+            Ok((link, fdinfo, st))
+        };
+        let (link, fdinfo, st) = match read() {
+            Ok(r) => r,
+            Err(_) if running && proc::link(pid, &format!("fd/{fd}")).is_err() => continue,
+            Err(e) => return Err(e),
+        };
         let info = proc::parse_fdinfo(&fdinfo);
-        let st = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err(format!("stat fd {fd} of pid {pid}")))?;
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         let key = (st.dev(), st.ino());
         let mut id = None;
@@ -230,10 +300,8 @@ pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
             Some(id) => id,
             None => {
                 let seen = Seen { pid, fd, link: &link, st: &st };
-                let k = classify(&seen)?;
                 let mut f = FileImage {
                     id: table.files.len() as u32 + 1,
-                    kind: k as i32,
                     flags,
                     pos: info.pos,
                     mode: st.mode(),
@@ -241,7 +309,7 @@ pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
                     size: st.len(),
                     ..Default::default()
                 };
-                kind(k).ok_or_else(|| seen.unsupported("no module for its kind"))?.dump(&seen, &mut f, table)?;
+                visit(&seen, &mut f, table)?;
                 table.owners.push((pid, fd, key.0, key.1));
                 table.files.push(f);
                 table.files.len() as u32

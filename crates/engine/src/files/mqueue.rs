@@ -72,21 +72,33 @@ fn read_messages(q: &OwnedFd, msgsize: usize) -> std::result::Result<Vec<MqMessa
     took.and(back).map(|()| taken)
 }
 
+/// Refuses a queue the restore cannot make again: of the host's ipc
+/// namespace, unlinked, or with a notification registered (read from the
+/// text the queue's file reads as, which changes nothing).
+fn rules(seen: &Seen) -> Result<()> {
+    if proc::link(seen.pid, "ns/ipc")? == proc::link(std::process::id() as i32, "ns/ipc")? {
+        return Err(seen.unsupported("POSIX message queue of the host's ipc namespace, which the tree does not own"));
+    }
+    if seen.st.nlink() == 0 || seen.link.ends_with(" (deleted)") {
+        return Err(seen.unsupported("unlinked POSIX message queue"));
+    }
+    let path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
+    let text = std::fs::read_to_string(&path).map_err(io_err(format!("read {path}")))?;
+    match field(&text, "NOTIFY_PID") {
+        Some(0) => Ok(()),
+        Some(_) => Err(seen.unsupported("POSIX message queue with a registered notification (mq_notify)")),
+        None => Err(seen.unsupported(format!("POSIX message queue reading as {text:?}"))),
+    }
+}
+
 impl Kind for Mqueue {
+    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        rules(seen)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        if proc::link(seen.pid, "ns/ipc")? == proc::link(std::process::id() as i32, "ns/ipc")? {
-            return Err(seen.unsupported("POSIX message queue of the host's ipc namespace, which the tree does not own"));
-        }
-        if seen.st.nlink() == 0 || seen.link.ends_with(" (deleted)") {
-            return Err(seen.unsupported("unlinked POSIX message queue"));
-        }
+        rules(seen)?;
         let path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
-        let text = std::fs::read_to_string(&path).map_err(io_err(format!("read {path}")))?;
-        match field(&text, "NOTIFY_PID") {
-            Some(0) => {}
-            Some(_) => return Err(seen.unsupported("POSIX message queue with a registered notification (mq_notify)")),
-            None => return Err(seen.unsupported(format!("POSIX message queue reading as {text:?}"))),
-        }
         use std::os::unix::fs::OpenOptionsExt;
         let q: OwnedFd = std::fs::OpenOptions::new()
             .read(true)

@@ -34,52 +34,61 @@ fn sockaddr(portid: u32, groups: u32) -> Vec<u8> {
     a
 }
 
-impl Kind for Netlink {
-    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        let s = sockets::take(seen)?;
-        let fd = s.as_fd();
-        let ty = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
-        let proto = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
-        let net_ns = sockets::netns_of(seen, fd)?;
-        let name = net::local_name(fd).step(seen.pid, || format!("getsockname fd {}", seen.fd))?;
-        if let Ok(peer) = net::peer_name(fd) {
-            if u32_at(&peer, 4) != 0 || u32_at(&peer, 8) != 0 {
-                return Err(seen.unsupported(format!("netlink socket (protocol {proto}) connected to port {}", u32_at(&peer, 4))));
-            }
+/// The socket's protocol, port id and groups, or why it cannot be kept.
+fn read(seen: &Seen) -> Result<SocketImage> {
+    let s = sockets::take(seen)?;
+    let fd = s.as_fd();
+    let ty = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
+    let proto = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
+    let net_ns = sockets::netns_of(seen, fd)?;
+    let name = net::local_name(fd).step(seen.pid, || format!("getsockname fd {}", seen.fd))?;
+    if let Ok(peer) = net::peer_name(fd) {
+        if u32_at(&peer, 4) != 0 || u32_at(&peer, 8) != 0 {
+            return Err(seen.unsupported(format!("netlink socket (protocol {proto}) connected to port {}", u32_at(&peer, 4))));
         }
-        let mut b = [0u8; 16];
-        match net::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-            Err(e) if e.errno() == Some(libc::EAGAIN) => {}
-            // The first message's type says what the program was told
-            // and has not read yet (RTM_NEWLINK 16, RTM_NEWADDR 20, ...).
-            _ => {
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                return Err(seen.unsupported(format!("netlink socket (protocol {proto}) with unread messages (the first of type {ty})")));
-            }
+    }
+    let mut b = [0u8; 16];
+    match net::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Err(e) if e.errno() == Some(libc::EAGAIN) => {}
+        // The first message's type says what the program was told
+        // and has not read yet (RTM_NEWLINK 16, RTM_NEWADDR 20, ...).
+        _ => {
+            let ty = u16::from_ne_bytes([b[4], b[5]]);
+            return Err(seen.transient(format!("netlink socket (protocol {proto}) with unread messages (the first of type {ty})")));
         }
-        let mut groups = Vec::new();
-        let mut bits = [0u8; 128];
-        if let Ok(n) = net::getsockopt(fd, libc::SOL_NETLINK, net::NETLINK_LIST_MEMBERSHIPS, &mut bits) {
-            for (i, byte) in bits[..n].iter().enumerate() {
-                for bit in 0..8 {
-                    if byte & (1 << bit) != 0 {
-                        groups.push((i * 8 + bit + 1) as u32);
-                    }
+    }
+    let mut groups = Vec::new();
+    let mut bits = [0u8; 128];
+    if let Ok(n) = net::getsockopt(fd, libc::SOL_NETLINK, net::NETLINK_LIST_MEMBERSHIPS, &mut bits) {
+        for (i, byte) in bits[..n].iter().enumerate() {
+            for bit in 0..8 {
+                if byte & (1 << bit) != 0 {
+                    groups.push((i * 8 + bit + 1) as u32);
                 }
             }
         }
-        f.socket = Some(SocketImage {
-            ino: seen.st.ino(),
-            family: libc::AF_NETLINK as u32,
-            sock_type: ty as u32,
-            protocol: proto as u32,
-            net_ns,
-            state: SocketState::Unconnected as i32,
-            nl_portid: u32_at(&name, 4),
-            nl_groups: groups,
-            opts: sockets::buffer_opts(fd, libc::AF_NETLINK, ty, proto),
-            ..Default::default()
-        });
+    }
+    Ok(SocketImage {
+        ino: seen.st.ino(),
+        family: libc::AF_NETLINK as u32,
+        sock_type: ty as u32,
+        protocol: proto as u32,
+        net_ns,
+        state: SocketState::Unconnected as i32,
+        nl_portid: u32_at(&name, 4),
+        nl_groups: groups,
+        opts: sockets::buffer_opts(fd, libc::AF_NETLINK, ty, proto),
+        ..Default::default()
+    })
+}
+
+impl Kind for Netlink {
+    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        read(seen).map(drop)
+    }
+
+    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
+        f.socket = Some(read(seen)?);
         Ok(())
     }
 

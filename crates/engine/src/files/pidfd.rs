@@ -26,28 +26,37 @@ pub struct Pidfd;
 /// PIDFD_THREAD: the pidfd names a thread, not a process.
 const PIDFD_THREAD: u32 = libc::O_EXCL as u32;
 
+/// The process a pidfd names, or why it cannot be kept.
+fn read(seen: &Seen, f: &FileImage, table: &FileTable) -> Result<PidfdImage> {
+    if f.flags & PIDFD_THREAD != 0 {
+        return Err(seen.unsupported("pidfd of a thread (PIDFD_THREAD)"));
+    }
+    let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
+    let target: i32 =
+        field(&info, "Pid").and_then(|v| v.parse().ok()).ok_or_else(|| seen.unsupported("pidfd without a readable Pid in fdinfo"))?;
+    if target <= 0 {
+        return Err(seen.unsupported("pidfd of a process that has exited"));
+    }
+    if !table.tree.contains(&target) {
+        return Err(seen.unsupported(format!("pidfd of pid {target}, which is outside the checkpointed tree")));
+    }
+    // The holder opens it again by the number it sees the target by.
+    let level = Status::read(seen.pid)?.nums("NSpid").len().max(1) - 1;
+    let ns_pid = Status::read(target)?
+        .nums("NSpid")
+        .get(level)
+        .copied()
+        .ok_or_else(|| seen.unsupported(format!("pidfd of pid {target}, which is not in the holder's pid namespace")))?;
+    Ok(PidfdImage { pid: target as u32, ns_pid })
+}
+
 impl Kind for Pidfd {
+    fn check(&self, seen: &Seen, f: &FileImage, table: &FileTable) -> Result<()> {
+        read(seen, f, table).map(drop)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
-        if f.flags & PIDFD_THREAD != 0 {
-            return Err(seen.unsupported("pidfd of a thread (PIDFD_THREAD)"));
-        }
-        let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-        let target: i32 =
-            field(&info, "Pid").and_then(|v| v.parse().ok()).ok_or_else(|| seen.unsupported("pidfd without a readable Pid in fdinfo"))?;
-        if target <= 0 {
-            return Err(seen.unsupported("pidfd of a process that has exited"));
-        }
-        if !table.tree.contains(&target) {
-            return Err(seen.unsupported(format!("pidfd of pid {target}, which is outside the checkpointed tree")));
-        }
-        // The holder opens it again by the number it sees the target by.
-        let level = Status::read(seen.pid)?.nums("NSpid").len().max(1) - 1;
-        let ns_pid = Status::read(target)?
-            .nums("NSpid")
-            .get(level)
-            .copied()
-            .ok_or_else(|| seen.unsupported(format!("pidfd of pid {target}, which is not in the holder's pid namespace")))?;
-        f.pidfd = Some(PidfdImage { pid: target as u32, ns_pid });
+        f.pidfd = Some(read(seen, f, table)?);
         Ok(())
     }
 

@@ -51,6 +51,11 @@ fn fill_pipe(w: &OwnedFd, p: &PipeImage) -> Result<()> {
 }
 
 impl Kind for Pipe {
+    fn check(&self, _seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        // Every pipe and FIFO is supported, whatever it holds.
+        Ok(())
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
         f.pipe_id = seen.st.ino();
         if let std::collections::hash_map::Entry::Vacant(e) = table.pipes.entry(f.pipe_id) {

@@ -47,37 +47,54 @@ fn ghost(f: &FileImage) -> Result<OwnedFd> {
     r
 }
 
-impl Kind for Regular {
-    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        let st = seen.st;
-        match FileKind::try_from(f.kind) {
-            Ok(FileKind::CharDevice) => {
-                let major = libc::major(st.rdev());
-                if major != MEM_MAJOR {
-                    let minor = libc::minor(st.rdev());
-                    // Pty ends are the Tty kind (tty.rs); other terminals
-                    // are named as such.
-                    let what = match (major, minor) {
-                        (4 | 5, _) => "terminal".to_string(),
-                        _ => "character device".to_string(),
-                    };
-                    return Err(seen.unsupported(format!("{what} {major}:{minor}")));
-                }
-                f.rdev = st.rdev();
+/// The refusals of a file reached by path, an unlinked file or a
+/// character device.
+fn rules(seen: &Seen, kind: Option<FileKind>) -> Result<()> {
+    let st = seen.st;
+    match kind {
+        Some(FileKind::CharDevice) => {
+            let major = libc::major(st.rdev());
+            if major != MEM_MAJOR {
+                let minor = libc::minor(st.rdev());
+                // Pty ends are the Tty kind (tty.rs); other terminals
+                // are named as such.
+                let what = match (major, minor) {
+                    (4 | 5, _) => "terminal".to_string(),
+                    _ => "character device".to_string(),
+                };
+                return Err(seen.unsupported(format!("{what} {major}:{minor}")));
             }
-            Ok(FileKind::Unlinked) => {
-                if !st.file_type().is_file() || st.len() > MAX_GHOST {
-                    return Err(seen.unsupported("unlinked and too large to save (or not a regular file)"));
-                }
+        }
+        Some(FileKind::Unlinked) => {
+            if !st.file_type().is_file() || st.len() > MAX_GHOST {
+                return Err(seen.unsupported("unlinked and too large to save (or not a regular file)"));
+            }
+        }
+        _ => match std::fs::metadata(seen.link) {
+            Ok(m) if m.ino() == st.ino() && m.dev() == st.dev() => {}
+            _ => return Err(seen.unsupported("path no longer leads to the open file")),
+        },
+    }
+    Ok(())
+}
+
+impl Kind for Regular {
+    fn check(&self, seen: &Seen, f: &FileImage, _table: &FileTable) -> Result<()> {
+        rules(seen, FileKind::try_from(f.kind).ok())
+    }
+
+    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
+        let kind = FileKind::try_from(f.kind).ok();
+        rules(seen, kind)?;
+        match kind {
+            Some(FileKind::CharDevice) => f.rdev = seen.st.rdev(),
+            Some(FileKind::Unlinked) => {
                 f.path = seen.link.trim_end_matches(" (deleted)").to_string();
                 std::fs::File::open(format!("/proc/{}/fd/{}", seen.pid, seen.fd))
                     .and_then(|mut h| h.read_to_end(&mut f.content))
                     .map_err(io_err(format!("read unlinked file of fd {} of pid {}", seen.fd, seen.pid)))?;
             }
-            _ => match std::fs::metadata(seen.link) {
-                Ok(m) if m.ino() == st.ino() && m.dev() == st.dev() => {}
-                _ => return Err(seen.unsupported("path no longer leads to the open file")),
-            },
+            _ => {}
         }
         Ok(())
     }

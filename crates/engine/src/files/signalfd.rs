@@ -15,13 +15,22 @@ use crate::{proc, EngineError, Result, StepExt};
 /// signalfd objects.
 pub struct Signalfd;
 
+/// The mask as fdinfo shows it, or why it cannot be read.
+fn read(seen: &Seen) -> Result<SignalfdImage> {
+    let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
+    let sigmask = field(&info, "sigmask")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .ok_or_else(|| seen.unsupported("signalfd without a readable sigmask in fdinfo"))?;
+    Ok(SignalfdImage { sigmask })
+}
+
 impl Kind for Signalfd {
+    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        read(seen).map(drop)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-        let sigmask = field(&info, "sigmask")
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .ok_or_else(|| seen.unsupported("signalfd without a readable sigmask in fdinfo"))?;
-        f.signalfd = Some(SignalfdImage { sigmask });
+        f.signalfd = Some(read(seen)?);
         Ok(())
     }
 

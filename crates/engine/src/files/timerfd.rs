@@ -30,32 +30,41 @@ fn timespec(v: &str) -> Option<u64> {
     Some(s.trim().parse::<u64>().ok()? * 1_000_000_000 + ns.trim().parse::<u64>().ok()?)
 }
 
+/// The timer as fdinfo shows it, or why it cannot be kept.
+fn read(seen: &Seen) -> Result<TimerfdImage> {
+    let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
+    let get = |k: &str| field(&info, k).ok_or_else(|| seen.unsupported(format!("timerfd without {k:?} in fdinfo")));
+    let bad = |k: &str| seen.unsupported(format!("timerfd with an unreadable {k:?} in fdinfo"));
+    let clockid: u32 = get("clockid")?.parse().map_err(|_| bad("clockid"))?;
+    let settime_flags = u32::from_str_radix(get("settime flags")?, 8).map_err(|_| bad("settime flags"))?;
+    let mut value_ns = timespec(get("it_value")?).ok_or_else(|| bad("it_value"))?;
+    let interval_ns = timespec(get("it_interval")?).ok_or_else(|| bad("it_interval"))?;
+    // A periodic timer with unread expirations stays expired (time
+    // left 0) until a read moves it on; it is kept as due in one period.
+    if value_ns == 0 && interval_ns != 0 {
+        value_ns = interval_ns;
+    }
+    let ticks: u64 = get("ticks")?.parse().map_err(|_| bad("ticks"))?;
+    if settime_flags & !(TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET) != 0 {
+        return Err(seen.unsupported(format!("timerfd with unknown settime flags {settime_flags:#o}")));
+    }
+    // fdinfo shows the time left; an absolute timer is kept as the
+    // instant it expires, read against the same clock now.
+    let abs_ns = if value_ns == 0 {
+        0
+    } else {
+        misc::clock_now_ns(clockid as i32).step(seen.pid, || format!("read clock {clockid} for timerfd {}", seen.fd))? + value_ns
+    };
+    Ok(TimerfdImage { clockid, settime_flags, value_ns, interval_ns, ticks, abs_ns })
+}
+
 impl Kind for Timerfd {
+    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
+        read(seen).map(drop)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-        let get = |k: &str| field(&info, k).ok_or_else(|| seen.unsupported(format!("timerfd without {k:?} in fdinfo")));
-        let bad = |k: &str| seen.unsupported(format!("timerfd with an unreadable {k:?} in fdinfo"));
-        let clockid: u32 = get("clockid")?.parse().map_err(|_| bad("clockid"))?;
-        let settime_flags = u32::from_str_radix(get("settime flags")?, 8).map_err(|_| bad("settime flags"))?;
-        let mut value_ns = timespec(get("it_value")?).ok_or_else(|| bad("it_value"))?;
-        let interval_ns = timespec(get("it_interval")?).ok_or_else(|| bad("it_interval"))?;
-        // A periodic timer with unread expirations stays expired (time
-        // left 0) until a read moves it on; it is kept as due in one period.
-        if value_ns == 0 && interval_ns != 0 {
-            value_ns = interval_ns;
-        }
-        let ticks: u64 = get("ticks")?.parse().map_err(|_| bad("ticks"))?;
-        if settime_flags & !(TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET) != 0 {
-            return Err(seen.unsupported(format!("timerfd with unknown settime flags {settime_flags:#o}")));
-        }
-        // fdinfo shows the time left; an absolute timer is kept as the
-        // instant it expires, read against the same clock now.
-        let abs_ns = if value_ns == 0 {
-            0
-        } else {
-            misc::clock_now_ns(clockid as i32).step(seen.pid, || format!("read clock {clockid} for timerfd {}", seen.fd))? + value_ns
-        };
-        f.timerfd = Some(TimerfdImage { clockid, settime_flags, value_ns, interval_ns, ticks, abs_ns });
+        f.timerfd = Some(read(seen)?);
         Ok(())
     }
 

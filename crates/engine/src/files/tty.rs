@@ -118,7 +118,7 @@ fn session(seen: &Seen, m: &OwnedFd, index: u32, table: &FileTable) -> Result<(u
 fn check_empty(seen: &Seen, fd: &OwnedFd, what: &str) -> Result<()> {
     let (inq, outq) = misc::tty_queues(fd.as_raw_fd()).step(seen.pid, || format!("read the queues of the pty {what}"))?;
     if inq != 0 || outq != 0 {
-        return Err(seen.unsupported(format!("pseudo-terminal {what} with data pending ({inq} bytes to read, {outq} to send)")));
+        return Err(seen.transient(format!("pseudo-terminal {what} with data pending ({inq} bytes to read, {outq} to send)")));
     }
     Ok(())
 }
@@ -148,37 +148,46 @@ fn master<'a>(index: u32, cx: &'a mut OpenCx) -> Result<&'a OwnedFd> {
     Ok(&cx.ptys[&index])
 }
 
-impl Kind for Tty {
-    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
-        let rdev = seen.st.rdev();
-        let t = if (libc::major(rdev), libc::minor(rdev)) == PTMX {
-            let m = take(seen, seen.pid, seen.fd)?;
-            let index = misc::pty_index(m.as_raw_fd()).step(seen.pid, || format!("TIOCGPTN on fd {}", seen.fd))?;
-            check_empty(seen, &m, "master")?;
-            let s = misc::pty_get(m.as_raw_fd()).step(seen.pid, || format!("read the state of pty {index}"))?;
-            let (session, fg_pgrp) = session(seen, &m, index, table)?;
-            TtyImage {
-                index,
-                master: true,
-                termios: s.termios,
-                winsize: s.winsize.iter().map(|&v| v as u32).collect(),
-                packet: s.packet,
-                locked: s.locked,
-                session,
-                fg_pgrp,
-            }
-        } else {
-            let index = slave_index(rdev);
-            let Some((mpid, mfd)) = find_master(&table.tree, index) else {
-                return Err(seen.unsupported("pseudo-terminal slave whose master is outside the tree"));
-            };
-            check_empty(seen, &take(seen, seen.pid, seen.fd)?, "slave")?;
-            let m = take(seen, mpid, mfd)?;
-            let (session, fg_pgrp) = session(seen, &m, index, table)?;
-            TtyImage { index, master: false, session, fg_pgrp, ..Default::default() }
+/// The state of a pty end, or why it cannot be kept.
+fn read(seen: &Seen, table: &FileTable) -> Result<TtyImage> {
+    let rdev = seen.st.rdev();
+    let t = if (libc::major(rdev), libc::minor(rdev)) == PTMX {
+        let m = take(seen, seen.pid, seen.fd)?;
+        let index = misc::pty_index(m.as_raw_fd()).step(seen.pid, || format!("TIOCGPTN on fd {}", seen.fd))?;
+        check_empty(seen, &m, "master")?;
+        let s = misc::pty_get(m.as_raw_fd()).step(seen.pid, || format!("read the state of pty {index}"))?;
+        let (session, fg_pgrp) = session(seen, &m, index, table)?;
+        TtyImage {
+            index,
+            master: true,
+            termios: s.termios,
+            winsize: s.winsize.iter().map(|&v| v as u32).collect(),
+            packet: s.packet,
+            locked: s.locked,
+            session,
+            fg_pgrp,
+        }
+    } else {
+        let index = slave_index(rdev);
+        let Some((mpid, mfd)) = find_master(&table.tree, index) else {
+            return Err(seen.unsupported("pseudo-terminal slave whose master is outside the tree"));
         };
-        f.rdev = rdev;
-        f.tty = Some(t);
+        check_empty(seen, &take(seen, seen.pid, seen.fd)?, "slave")?;
+        let m = take(seen, mpid, mfd)?;
+        let (session, fg_pgrp) = session(seen, &m, index, table)?;
+        TtyImage { index, master: false, session, fg_pgrp, ..Default::default() }
+    };
+    Ok(t)
+}
+
+impl Kind for Tty {
+    fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
+        read(seen, table).map(drop)
+    }
+
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        f.tty = Some(read(seen, table)?);
+        f.rdev = seen.st.rdev();
         Ok(())
     }
 

@@ -120,84 +120,105 @@ fn scm_fds(seen: &Seen) -> Result<u64> {
     Ok(info.lines().find_map(|l| l.strip_prefix("scm_fds:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
 }
 
+/// A unix socket as sock_diag shows it, the rules applied: its image
+/// without the queue and options, and a copy of the descriptor.
+struct Observed {
+    s: OwnedFd,
+    ty: i32,
+    shut_rd: bool,
+    img: SocketImage,
+}
+
+/// Reads a unix socket from outside (sock_diag, fdinfo, getsockopt: the
+/// socket is left as it was) and refuses what the restore cannot rebuild.
+fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
+    let s = sockets::take(seen)?;
+    let fd = s.as_fd();
+    let ty = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
+    let ino = seen.st.ino();
+    let net_ns = sockets::netns_of(seen, fd)?;
+    let d = diag(seen, ino)?.ok_or_else(|| seen.unsupported("unix socket unknown to sock_diag"))?;
+    let name = d.name.as_deref().map(clean_name).unwrap_or_default();
+    if !name.is_empty() && name[0] != 0 && name[0] != b'/' {
+        return Err(seen.unsupported(format!("unix socket bound to the relative path {}", show(&name))));
+    }
+    let mut img = SocketImage {
+        ino,
+        family: libc::AF_UNIX as u32,
+        sock_type: ty as u32,
+        net_ns,
+        name: name.clone(),
+        shutdown: d.shutdown as u32,
+        state: SocketState::Unconnected as i32,
+        ..Default::default()
+    };
+    if d.state == TCP_LISTEN {
+        if !d.icons.is_empty() || d.rqueue > 0 {
+            return Err(seen.transient(format!(
+                "unix socket {} has {} connections waiting in its accept queue",
+                show(&name),
+                d.rqueue.max(d.icons.len() as u32)
+            )));
+        }
+        img.state = SocketState::Listening as i32;
+        img.backlog = d.wqueue;
+    } else if d.peer != 0 {
+        let peer = diag(seen, d.peer as u64)?;
+        let peer_name = peer.as_ref().and_then(|p| p.name.as_deref()).map(clean_name).unwrap_or_default();
+        if sockets::holder(table, d.peer as u64).is_none() {
+            return Err(seen.unsupported(format!("unix socket connected to {} (socket {}) outside the tree", show(&peer_name), d.peer)));
+        }
+        if ty == libc::SOCK_DGRAM {
+            let mutual = peer.as_ref().is_some_and(|p| p.peer as u64 == ino);
+            if peer_name.is_empty() && !(mutual && name.is_empty()) {
+                return Err(seen.unsupported("unix datagram socket connected to an unnamed socket that is not its pair"));
+            }
+            if mutual && name.is_empty() != peer_name.is_empty() {
+                return Err(seen.unsupported("unix datagram pair with one named end"));
+            }
+            if !mutual && d.rqueue > 0 {
+                return Err(seen.transient("unix datagram socket connected one way with data queued"));
+            }
+        }
+        img.state = SocketState::Connected as i32;
+        img.peer_ino = d.peer as u64;
+    } else if d.state == TCP_ESTABLISHED && ty != libc::SOCK_DGRAM {
+        if d.shutdown & 3 != 3 {
+            // The peer has no socket yet: it waits in the accept queue
+            // of a listener, which is outside the tree (a listener
+            // inside with a non-empty queue is refused on its own).
+            return Err(seen.unsupported("unix socket connected to a listener outside the tree (its connection was not accepted yet)"));
+        }
+        if !name.is_empty() {
+            return Err(seen.unsupported("named unix socket whose peer was closed"));
+        }
+        img.state = SocketState::Connected as i32;
+        img.peer_closed = true;
+    }
+    let n = scm_fds(seen)?;
+    if n > 0 {
+        return Err(seen.transient(format!("unix socket with {n} descriptors in flight (SCM_RIGHTS)")));
+    }
+    // sock_diag's receive queue length of a socket that does not listen
+    // counts the bytes queued.
+    if ty == libc::SOCK_DGRAM && img.peer_ino == 0 && name.is_empty() && d.rqueue > 0 {
+        return Err(seen.transient("unnamed, unconnected unix datagram socket with data queued"));
+    }
+    Ok(Observed { s, ty, shut_rd: d.shutdown & 1 != 0, img })
+}
+
 impl Kind for Unix {
+    fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
+        observe(seen, table).map(drop)
+    }
+
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
-        let s = sockets::take(seen)?;
+        let Observed { s, ty, shut_rd, mut img } = observe(seen, table)?;
         let fd = s.as_fd();
-        let ty = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
-        let ino = seen.st.ino();
-        let net_ns = sockets::netns_of(seen, fd)?;
-        let d = diag(seen, ino)?.ok_or_else(|| seen.unsupported("unix socket unknown to sock_diag"))?;
-        let name = d.name.as_deref().map(clean_name).unwrap_or_default();
-        if !name.is_empty() && name[0] != 0 && name[0] != b'/' {
-            return Err(seen.unsupported(format!("unix socket bound to the relative path {}", show(&name))));
-        }
-        let mut img = SocketImage {
-            ino,
-            family: libc::AF_UNIX as u32,
-            sock_type: ty as u32,
-            net_ns,
-            name: name.clone(),
-            shutdown: d.shutdown as u32,
-            state: SocketState::Unconnected as i32,
-            ..Default::default()
-        };
-        if d.state == TCP_LISTEN {
-            if !d.icons.is_empty() || d.rqueue > 0 {
-                return Err(seen.unsupported(format!(
-                    "unix socket {} has {} connections waiting in its accept queue",
-                    show(&name),
-                    d.rqueue.max(d.icons.len() as u32)
-                )));
-            }
-            img.state = SocketState::Listening as i32;
-            img.backlog = d.wqueue;
-        } else if d.peer != 0 {
-            let peer = diag(seen, d.peer as u64)?;
-            let peer_name = peer.as_ref().and_then(|p| p.name.as_deref()).map(clean_name).unwrap_or_default();
-            if sockets::holder(table, d.peer as u64).is_none() {
-                return Err(seen.unsupported(format!(
-                    "unix socket connected to {} (socket {}) outside the tree",
-                    show(&peer_name),
-                    d.peer
-                )));
-            }
-            if ty == libc::SOCK_DGRAM {
-                let mutual = peer.as_ref().is_some_and(|p| p.peer as u64 == ino);
-                if peer_name.is_empty() && !(mutual && name.is_empty()) {
-                    return Err(seen.unsupported("unix datagram socket connected to an unnamed socket that is not its pair"));
-                }
-                if mutual && name.is_empty() != peer_name.is_empty() {
-                    return Err(seen.unsupported("unix datagram pair with one named end"));
-                }
-                if !mutual && d.rqueue > 0 {
-                    return Err(seen.unsupported("unix datagram socket connected one way with data queued"));
-                }
-            }
-            img.state = SocketState::Connected as i32;
-            img.peer_ino = d.peer as u64;
-        } else if d.state == TCP_ESTABLISHED && ty != libc::SOCK_DGRAM {
-            if d.shutdown & 3 != 3 {
-                // The peer has no socket yet: it waits in the accept queue
-                // of a listener, which is outside the tree (a listener
-                // inside with a non-empty queue is refused on its own).
-                return Err(seen.unsupported("unix socket connected to a listener outside the tree (its connection was not accepted yet)"));
-            }
-            if !name.is_empty() {
-                return Err(seen.unsupported("named unix socket whose peer was closed"));
-            }
-            img.state = SocketState::Connected as i32;
-            img.peer_closed = true;
-        }
-        let n = scm_fds(seen)?;
-        if n > 0 {
-            return Err(seen.unsupported(format!("unix socket with {n} descriptors in flight (SCM_RIGHTS)")));
-        }
         if img.state != SocketState::Listening as i32 {
-            img.queue = peek_queue(seen, fd, ty, d.shutdown & 1 != 0)?;
-            if !img.queue.is_empty() && ty == libc::SOCK_DGRAM && img.peer_ino == 0 && name.is_empty() {
-                return Err(seen.unsupported("unnamed, unconnected unix datagram socket with data queued"));
-            }
+            // Read only here, with the tree stopped: peeking moves the
+            // socket's peek offset for a while.
+            img.queue = peek_queue(seen, fd, ty, shut_rd)?;
         }
         img.opts = sockets::read_opts(fd, &[(libc::SOL_SOCKET, libc::SO_PASSCRED)]);
         let peek = sockets::opt_int(seen, fd, libc::SOL_SOCKET, net::SO_PEEK_OFF, "SO_PEEK_OFF")?;
