@@ -8,6 +8,8 @@
 use std::io::{Read, Write};
 
 use lpm_host::partition::PartitionSpec;
+use lpm_migrate::handover::{Decision, Msg, PeerState};
+use lpm_migrate::journal::Record;
 use lpm_migrate::report::Report;
 use lpm_wire::{FrameType, WireError};
 use serde::de::DeserializeOwned;
@@ -42,6 +44,26 @@ pub enum Request {
     Migrate(MigrateRequest),
     /// The migration reports kept on this host.
     Reports,
+    /// The migrations this host records (unfinished ones only, unless
+    /// `all`).
+    Migrations {
+        /// Finished ones too.
+        all: bool,
+    },
+    /// One migration this host records, with its live figures.
+    Migration(String),
+    /// Stop a migration this host is the source of: before go the
+    /// partition keeps running here; after it, too late.
+    MigrationStop(String),
+    /// A relay (`lpm migration recover`) brings the other host's recorded
+    /// state of a migration; the answer is this host's record after taking
+    /// it in.
+    Resolve {
+        /// The migration.
+        id: String,
+        /// The other host's recorded state.
+        peer: PeerState,
+    },
 }
 
 /// What `lpm migrate` asks of the source host.
@@ -67,6 +89,20 @@ pub struct MigrateRequest {
     pub validate_only: bool,
 }
 
+/// A migration as one host records it, with its live figures while it
+/// runs there.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    /// The host answering.
+    pub host: String,
+    /// Its record.
+    pub record: Record,
+    /// Live progress, while this host drives it.
+    pub live: Option<Progress>,
+    /// The report, once it ended (the source's).
+    pub report: Option<Report>,
+}
+
 /// A partition as the host sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PartitionInfo {
@@ -82,20 +118,15 @@ pub struct PartitionInfo {
     pub memory_current: Option<u64>,
 }
 
-/// One validation check.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// Whether it passed.
-    pub ok: bool,
-    /// The detail or the cause of failure.
-    pub detail: String,
-}
+/// One validation check (name, passed, detail or cause).
+pub use lpm_host::checks::Check;
 
 /// Live progress of a migration.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Progress {
+    /// The migration's id.
+    #[serde(default)]
+    pub id: String,
     /// The phase: "validate", "prepare", "precopy", "switchover", "handover".
     pub phase: String,
     /// Pre-copy round (1-based), 0 before.
@@ -131,15 +162,23 @@ pub enum Response {
     Report(Box<Report>),
     /// Reports kept on the host.
     Reports(Vec<Report>),
+    /// Migrations this host records.
+    Migrations(Vec<MigrationInfo>),
+    /// One migration this host records.
+    Migration(Box<MigrationInfo>),
     /// The request failed.
     Error(String),
 }
 
-/// Messages between the source's and the target's mover.
+/// Messages between the source's and the target's mover. Each maps onto
+/// one message of the protocol's machines ([`Mover::kind`],
+/// lpm_migrate::handover::Msg); the payloads ride beside it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Mover {
     /// Source → target: can you take this partition?
     Validate {
+        /// The migration.
+        id: String,
         /// The partition.
         spec: PartitionSpec,
         /// Memory the partition uses now, bytes.
@@ -153,33 +192,39 @@ pub enum Mover {
     Validated(Vec<Check>),
     /// Source → target: create the partition's namespaces, cgroup and NIC
     /// (link down) and get ready to receive pages.
-    Prepare(PartitionSpec),
-    /// Target → source: ready; `id` names this incoming migration for
-    /// the extra page streams.
-    Prepared {
-        /// The migration's name on the target.
+    Prepare {
+        /// The migration.
         id: String,
+        /// The partition.
+        spec: PartitionSpec,
+        /// The source's mover address, where the target asks when it lost
+        /// touch.
+        source_addr: String,
+        /// The source host's name.
+        source: String,
     },
+    /// Target → source: ready for pages.
+    Prepared,
     /// Source → target, first message of an extra page stream: its pages
     /// belong to incoming migration `id`.
     Attach {
-        /// As in `Prepared`.
+        /// The migration.
         id: String,
     },
-    /// Source → target on an extra stream: the round's pages on it are all
-    /// sent; answer once they are stored.
+    /// Source → target: the round's pages on this stream are all sent;
+    /// answer once they are stored.
     RoundEnd {
         /// The round.
         round: u32,
     },
-    /// Target → source on an extra stream: every page of the round that
-    /// came on it is stored.
+    /// Target → source: every page of the round that came on this stream
+    /// is stored.
     RoundDone {
         /// The round.
         round: u32,
     },
-    /// Source → target: the partition is frozen; the image files follow
-    /// as Blob frames (name, NUL, contents), then `Restore`.
+    /// Source → target: the partition is frozen; the image files went
+    /// before as Blob frames.
     Restore {
         /// Number of Blob frames sent before this message.
         files: u32,
@@ -194,21 +239,73 @@ pub enum Mover {
         #[serde(default)]
         hot: std::collections::HashMap<u32, Vec<(u64, u64)>>,
     },
-    /// Target → source: restored and stopped, waiting for `Go`.
+    /// Target → source: restored, complete, frozen and recorded.
     Restored {
         /// Time the restore took, ms.
         restore_ms: f64,
     },
-    /// Source → target: the source gave the partition up; run it.
-    Go,
-    /// Target → source: running, network unlocked, MAC announced.
+    /// Source → target: the decision, recorded before it was sent.
+    Decision {
+        /// The migration.
+        id: String,
+        /// Go or abort.
+        decision: Decision,
+        /// Why, for an abort.
+        why: String,
+    },
+    /// Target → source: its record says its copy runs.
     Running,
-    /// Either side: give up; the target removes its copy.
-    Abort(String),
+    /// Target → source: its record says its copy is gone.
+    RolledBack {
+        /// Why, for the source's log.
+        why: String,
+    },
+    /// Either way: the sender's recorded state of migration `id`; `reply`
+    /// asks for the receiver's own.
+    Status {
+        /// The migration.
+        id: String,
+        /// The sender's recorded state.
+        state: PeerState,
+        /// Answer with yours.
+        reply: bool,
+    },
     /// Source → target: the final report, kept on the target.
     Report(Box<Report>),
-    /// A failure on the sending side.
-    Failed(String),
+}
+
+impl Mover {
+    /// The protocol message this is; `None` for what the machines do not
+    /// see (pages' companions: Attach, Report).
+    pub fn kind(&self) -> Option<Msg> {
+        Some(match self {
+            Mover::Validate { .. } => Msg::Validate,
+            Mover::Validated(checks) => Msg::Validated { ok: checks.iter().all(|c| c.ok) },
+            Mover::Prepare { .. } => Msg::Prepare,
+            Mover::Prepared => Msg::Prepared,
+            Mover::RoundEnd { round } => Msg::RoundEnd(*round),
+            Mover::RoundDone { round } => Msg::RoundDone(*round),
+            Mover::Restore { .. } => Msg::Restore,
+            Mover::Restored { .. } => Msg::Restored,
+            Mover::Decision { decision, .. } => Msg::Decision(*decision),
+            Mover::Running => Msg::Running,
+            Mover::RolledBack { .. } => Msg::RolledBack,
+            Mover::Status { state, reply, .. } => Msg::Status { state: *state, reply: *reply },
+            Mover::Attach { .. } | Mover::Report(_) => return None,
+        })
+    }
+
+    /// The migration the message names, if it names one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Mover::Validate { id, .. }
+            | Mover::Prepare { id, .. }
+            | Mover::Attach { id }
+            | Mover::Decision { id, .. }
+            | Mover::Status { id, .. } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 /// Errors of the control channel.

@@ -9,7 +9,7 @@
 //! ```text
 //! LPM_FAULT = RULE[,RULE...]
 //! RULE      = [HOST:]POINT=ACTION[+after=N]
-//! ACTION    = kill | fail | flip | sleep=MS
+//! ACTION    = kill | fail | flip | drop | sleep=MS
 //! ```
 //!
 //! - `HOST:` restricts the rule to the lpmd whose `--host` is HOST (a lab
@@ -18,6 +18,8 @@
 //!   cleaned up, no message leaves).
 //! - `fail`: [`point`] returns an error, as a failed step would.
 //! - `flip`: [`corrupt`] inverts one byte in the middle of the frame.
+//! - `drop`: [`dropped`] says the message at the point is lost: it is not
+//!   sent, and the connection stays up, as when a network loses it.
 //! - `sleep=MS`: the point takes MS milliseconds longer (a slow peer), on
 //!   every hit from the first eligible one on.
 //! - `after=N`: the first N hits of the point pass untouched; the rule acts
@@ -47,6 +49,8 @@ pub enum Action {
     Fail,
     /// Invert the middle byte of the frame given to [`corrupt`].
     Flip,
+    /// The message at the point is lost ([`dropped`]).
+    Drop,
     /// Wait this long at the point.
     Sleep(Duration),
 }
@@ -102,9 +106,10 @@ pub fn parse(text: &str, host: Option<&str>) -> std::result::Result<Vec<Rule>, S
             "kill" => Action::Kill,
             "fail" => Action::Fail,
             "flip" => Action::Flip,
+            "drop" => Action::Drop,
             a => match a.strip_prefix("sleep=") {
                 Some(ms) => Action::Sleep(Duration::from_millis(ms.parse().map_err(|_| bad("sleep=MS wants milliseconds"))?)),
-                None => return Err(bad("unknown action (kill, fail, flip, sleep=MS)")),
+                None => return Err(bad("unknown action (kill, fail, flip, drop, sleep=MS)")),
             },
         };
         let mut after = 0;
@@ -190,11 +195,37 @@ pub fn point(name: &str) -> Result<()> {
                 tracing::warn!(point = name, hit, action = "sleep", ms = d.as_millis() as u64, "fault injected");
                 std::thread::sleep(d);
             }
-            // Only frames can be flipped.
-            Action::Flip => {}
+            // Only frames can be flipped, only messages dropped.
+            Action::Flip | Action::Drop => {}
         }
     }
     Ok(())
+}
+
+/// Called where a message is about to be sent: true when a test asked
+/// for it to be lost here (`drop`); `kill`, `fail` (as an error) and
+/// `sleep` act as at [`point`].
+pub fn dropped(name: &str) -> Result<bool> {
+    let mut lost = false;
+    for (action, hit) in firing(name)? {
+        match action {
+            Action::Drop => {
+                tracing::warn!(point = name, hit, action = "drop", "fault injected");
+                lost = true;
+            }
+            Action::Kill => kill_self(name, hit),
+            Action::Fail => {
+                tracing::warn!(point = name, hit, action = "fail", "fault injected");
+                return Err(anyhow!("fault injected at {name} (hit {hit})"));
+            }
+            Action::Sleep(d) => {
+                tracing::warn!(point = name, hit, action = "sleep", ms = d.as_millis() as u64, "fault injected");
+                std::thread::sleep(d);
+            }
+            Action::Flip => {}
+        }
+    }
+    Ok(lost)
 }
 
 /// Lets a test corrupt an outgoing frame at the named point (`flip`), or
@@ -219,7 +250,7 @@ pub fn corrupt(name: &str, frame: &mut [u8]) {
                 tracing::warn!(point = name, hit, action = "sleep", ms = d.as_millis() as u64, "fault injected");
                 std::thread::sleep(d);
             }
-            Action::Flip | Action::Fail => {}
+            Action::Flip | Action::Fail | Action::Drop => {}
         }
     }
 }
@@ -239,6 +270,7 @@ mod tests {
         let r = one("target.pages=kill", Some("h2"));
         assert_eq!((r.host.as_deref(), r.point.as_str(), r.action, r.after), (None, "target.pages", Action::Kill, 0));
         assert_eq!(one("source.round=fail", None).action, Action::Fail);
+        assert_eq!(one("source.send.go=drop", None).action, Action::Drop);
         assert_eq!(one("source.pages=flip+after=2", None).after, 2);
         let r = one(" h2:target.pages = sleep=250 + after=3 ", Some("h2"));
         assert_eq!((r.host.as_deref(), r.action, r.after), (Some("h2"), Action::Sleep(Duration::from_millis(250)), 3));

@@ -29,20 +29,33 @@ pub const FILL_ARG: &str = "fill";
 /// Runs per `R` message (24 bytes each).
 const RUNS_PER_MESSAGE: usize = 2048;
 
+/// A fill under way: the thread that waits for it, and the fill
+/// process's pid when it runs in one (a rollback kills it with the tree).
+pub struct Filling {
+    /// Ends when the fill does.
+    pub handle: JoinHandle<()>,
+    /// The fill process.
+    pub pid: Option<i32>,
+}
+
 /// Starts the fill of `partition`'s memory, in a process of its own when
-/// it can; the handle's thread ends when the fill does.
-pub fn start(partition: &str, lazy: LazyFill) -> JoinHandle<()> {
+/// it can.
+pub fn start(partition: &str, lazy: LazyFill) -> Filling {
     let name = partition.to_string();
     let left = lazy.pages_left();
     match hand_over(&name, lazy) {
-        Ok(mut child) => std::thread::spawn(move || match child.wait() {
-            Ok(st) if st.success() => {}
-            Ok(st) => tracing::error!(partition = %name, status = %st, left, "the fill process failed"),
-            Err(e) => tracing::error!(partition = %name, error = %e, "wait for the fill process"),
-        }),
+        Ok(mut child) => {
+            let pid = Some(child.id() as i32);
+            let handle = std::thread::spawn(move || match child.wait() {
+                Ok(st) if st.success() => {}
+                Ok(st) => tracing::error!(partition = %name, status = %st, left, "the fill process failed"),
+                Err(e) => tracing::error!(partition = %name, error = %e, "wait for the fill process"),
+            });
+            Filling { handle, pid }
+        }
         Err((e, lazy)) => {
             tracing::warn!(partition = %name, error = format!("{e:#}"), "no fill process: the fill runs in lpmd");
-            std::thread::spawn(move || report(&name, left, lazy.run()))
+            Filling { handle: std::thread::spawn(move || report(&name, left, lazy.run())), pid: None }
         }
     }
 }

@@ -10,3 +10,5 @@ pub mod fault;
 pub mod fill;
 pub mod migration;
 pub mod orphans;
+pub mod state;
+pub mod validate;

@@ -13,11 +13,14 @@
 //!
 //! A partition with a record is never killed. When nothing of it runs any
 //! more, its plumbing is rebuilt and it is listed as stopped (`lpm partition
-//! start` runs it again). When something of it still runs, it is left
-//! alone and not listed: taking a running partition back after an lpmd
-//! restart is not done (yet). A record marked `handed-over` belongs to the
-//! migration's target: it is not listed, and its plumbing goes only once
-//! nothing runs in it.
+//! start` runs it again). When it still runs, it is adopted: listed as
+//! running, its init found again from the record of it (pid and start
+//! time) or as the process of its cgroup whose parent is outside. The
+//! pieces of a partition an unsettled migration holds (the source's copy,
+//! frozen or not; the target's incoming copy) are the migration's: the
+//! sweep leaves them to the recovery that follows it. A record marked
+//! `handed-over` (by lpm before migrations were recorded) belongs to the
+//! migration's target: its pieces go.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -29,7 +32,7 @@ use lpm_host::cgroup::{Cgroup, CgroupError, Layout};
 use lpm_host::net::{self, NetError, Netns};
 use lpm_host::partition::{HostCtx, PartitionError, PartitionSpec, Plumbing};
 
-use crate::daemon::Entry;
+use crate::state::{recorded_init, Entry};
 
 /// How long the processes of a swept partition get to vanish after
 /// SIGKILL.
@@ -341,6 +344,23 @@ pub fn remove_partition(ctx: &HostCtx, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Takes back a recorded partition that still runs (a restarted lpmd):
+/// its plumbing as it is, its init as recorded (pid and start time), or
+/// else the process of its cgroup whose parent is not in it.
+fn adopt(ctx: &HostCtx, state_dir: &Path, spec: &PartitionSpec, procs: &BTreeSet<i32>) -> Result<Entry> {
+    let plumbing =
+        Plumbing::open(ctx, spec).map_err(|source| OrphanError::Plumbing { partition: spec.name.clone(), source: Box::new(source) })?;
+    let init = recorded_init(&state_dir.join("partitions").join(&spec.name)).or_else(|| {
+        procs.iter().copied().find(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(") ").and_then(|(_, r)| r.split_whitespace().nth(1)).and_then(|p| p.parse::<i32>().ok());
+            ppid.is_some_and(|pp| !procs.contains(&pp))
+        })
+    });
+    tracing::info!(partition = %spec.name, pid = ?init, "adopted a partition that still runs");
+    Ok(Entry { spec: spec.clone(), plumbing, pid: init, busy: false, migration: None, filling: None })
+}
+
 /// What a sweep did, for the log.
 #[derive(Debug, Default)]
 pub struct Sweep {
@@ -352,7 +372,10 @@ pub struct Sweep {
     pub scratch: usize,
     /// Recorded partitions whose processes were gone: listed as stopped.
     pub stopped: Vec<String>,
-    /// Recorded partitions with processes still running: left alone.
+    /// Recorded partitions still running, taken back.
+    pub adopted: Vec<String>,
+    /// Recorded partitions with processes still running that could not be
+    /// taken back (unreadable record, missing plumbing): left alone.
     pub untouched: Vec<String>,
     /// What could not be done.
     pub failures: Vec<String>,
@@ -362,7 +385,7 @@ pub struct Sweep {
 /// recorded partitions whose processes are gone, with fresh plumbing, as
 /// stopped entries for lpmd's table. Never fails: what cannot be removed
 /// is logged, and lpmd starts anyway.
-pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> {
+pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &BTreeSet<String>) -> BTreeMap<String, Entry> {
     let mut s = Sweep::default();
     let mut entries = BTreeMap::new();
     let recs = records(state_dir).unwrap_or_else(|e| {
@@ -379,7 +402,7 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
     } else {
         Found::default()
     };
-    let known: BTreeSet<&str> = recs.iter().map(|r| r.name.as_str()).collect();
+    let known: BTreeSet<&str> = recs.iter().map(|r| r.name.as_str()).chain(held.iter().map(String::as_str)).collect();
     for name in found.names() {
         if known.contains(name.as_str()) {
             continue;
@@ -389,8 +412,9 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
             Err(e) => s.failures.push(format!("{:#}", anyhow::Error::from(e))),
         }
     }
-    for r in &recs {
-        let running = !processes(ctx, &r.name).is_empty();
+    for r in recs.iter().filter(|r| !held.contains(&r.name)) {
+        let procs = processes(ctx, &r.name);
+        let running = !procs.is_empty();
         match &r.spec {
             // Given away: what is here is the source's frozen copy, or its
             // empty shell.
@@ -401,7 +425,17 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
                 }
                 Err(e) => s.failures.push(format!("{:#}", anyhow::Error::from(e))),
             },
-            _ if running => s.untouched.push(r.name.clone()),
+            Some(spec) if running => match adopt(ctx, state_dir, spec, &procs) {
+                Ok(e) => {
+                    s.adopted.push(r.name.clone());
+                    entries.insert(r.name.clone(), e);
+                }
+                Err(e) => {
+                    s.failures.push(format!("{:#}", anyhow::Error::from(e)));
+                    s.untouched.push(r.name.clone());
+                }
+            },
+            None if running => s.untouched.push(r.name.clone()),
             // Unreadable: it may be anything; keep every piece.
             None => s.failures.push(format!("partition {}: record unreadable; its pieces are kept", r.name)),
             Some(spec) => {
@@ -412,7 +446,10 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
                 match rebuilt {
                     Ok(plumbing) => {
                         s.stopped.push(r.name.clone());
-                        entries.insert(r.name.clone(), Entry { spec: spec.clone(), plumbing, pid: None, busy: false, filling: None });
+                        entries.insert(
+                            r.name.clone(),
+                            Entry { spec: spec.clone(), plumbing, pid: None, busy: false, migration: None, filling: None },
+                        );
                     }
                     Err(e) => s.failures.push(format!("{:#}", anyhow::Error::from(e))),
                 }
@@ -421,7 +458,7 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
     }
     // Ports whose namespace is gone but held open by a straggler, or of a
     // partition removed above: no recorded partition owns them.
-    let owned: BTreeSet<String> = recs.iter().map(|r| ctx.veth_name(&r.name)).collect();
+    let owned: BTreeSet<String> = known.iter().map(|n| ctx.veth_name(n)).collect();
     for v in found.veths.iter().filter(|v| !owned.contains(*v)) {
         match net::ip(None, &["link", "del", v]) {
             Ok(_) => s.veths.push(v.clone()),
@@ -438,7 +475,7 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
         }
     }
     for name in &s.untouched {
-        tracing::warn!(partition = %name, "a recorded partition still runs from a previous lpmd; left alone, not adopted");
+        tracing::warn!(partition = %name, "a recorded partition still runs from a previous lpmd but cannot be adopted; left alone");
     }
     for f in &s.failures {
         tracing::warn!(error = %f, "startup sweep");
@@ -448,7 +485,9 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path) -> BTreeMap<String, Entry> 
         veths = ?s.veths,
         scratch = s.scratch,
         stopped = ?s.stopped,
+        adopted = ?s.adopted,
         untouched = ?s.untouched,
+        held = ?held,
         failures = s.failures.len(),
         "startup sweep"
     );
@@ -553,7 +592,7 @@ mod tests {
                 let _ = c.kill();
                 let _ = c.wait();
             }
-            for n in ["orphan", "known-dead", "known-live"] {
+            for n in ["orphan", "known-dead", "known-live", "held"] {
                 let _ = self.inside(|| remove_partition(&self.ctx, n));
             }
             if let Ok(layout) = Layout::current() {
@@ -572,6 +611,8 @@ mod tests {
         let orphan = h.partition("orphan", true);
         let live = h.partition("known-live", true);
         h.record("known-live");
+        // Pieces of a partition a migration holds, without a record.
+        let held = h.partition("held", true);
         h.record("known-dead");
         // A recorded partition whose lpmd died with half its plumbing made.
         let dead_cg = Cgroup::create(&h.ctx.cgroup_rel("known-dead"), Default::default()).unwrap();
@@ -580,12 +621,12 @@ mod tests {
         std::fs::write(scratch.join("pages"), b"x").unwrap();
 
         let found = h.inside(|| scan(&h.ctx)).unwrap();
-        assert_eq!(found.names().into_iter().collect::<Vec<_>>(), ["known-dead", "known-live", "orphan"]);
-        assert_eq!(found.netns.len(), 2, "{found:?}");
+        assert_eq!(found.names().into_iter().collect::<Vec<_>>(), ["held", "known-dead", "known-live", "orphan"]);
+        assert_eq!(found.netns.len(), 3, "{found:?}");
         assert!(found.veths.contains(orphan.veth()) && found.veths.contains(live.veth()), "{found:?}");
         assert_eq!(found.scratch, std::slice::from_ref(&scratch));
 
-        let entries = h.inside(|| sweep(&h.ctx, &h.dir));
+        let entries = h.inside(|| sweep(&h.ctx, &h.dir, &BTreeSet::from(["held".to_string()])));
         // The orphan is gone: process, cgroup, veth, namespace, scratch.
         let t = Instant::now();
         while h.alive(0) && t.elapsed() < Duration::from_secs(5) {
@@ -596,11 +637,17 @@ mod tests {
         assert!(!h.links().contains(orphan.veth()), "orphan veth left: {}", h.links());
         assert!(!Netns::list().unwrap().contains(&h.ctx.netns_name("orphan")), "orphan namespace left");
         assert!(!scratch.exists(), "scratch directory left");
-        // The recorded one that runs is untouched and not listed.
+        // The recorded one that runs is adopted: listed, with its process
+        // (the one of its cgroup whose parent is outside) as its init.
         assert!(h.alive(1), "a recorded partition's process was killed");
         assert_eq!(live.cgroup().procs().unwrap(), [h.kids[1].id() as i32]);
         assert!(h.links().contains(live.veth()));
-        assert!(!entries.contains_key("known-live"));
+        let adopted = entries.get("known-live").expect("known-live adopted");
+        assert_eq!((adopted.pid, adopted.migration.as_deref()), (Some(h.kids[1].id() as i32), None));
+        // The held one is the migration's: nothing of it was touched.
+        assert!(h.alive(2), "the process of a partition a migration holds was killed");
+        assert!(held.cgroup().v2_dir().exists() && h.links().contains(held.veth()));
+        assert!(!entries.contains_key("held"));
         // The recorded one with nothing running is listed as stopped, with
         // complete plumbing again (a start would find it).
         let e = entries.get("known-dead").expect("known-dead listed");
@@ -608,6 +655,6 @@ mod tests {
         assert!(dead_cg.v2_dir().exists());
         assert!(Netns::list().unwrap().contains(&h.ctx.netns_name("known-dead")));
         assert!(h.links().contains(e.plumbing.veth()), "no veth for known-dead: {}", h.links());
-        assert_eq!(entries.len(), 1);
+        assert_eq!(entries.len(), 2);
     }
 }

@@ -572,11 +572,7 @@ impl Bench {
         };
         row.cpu_src_ms = used(src, cpu_before.0);
         row.cpu_dst_ms = used(dst, cpu_before.1);
-        row.outcome = match &report.outcome {
-            Outcome::Completed => "completed".into(),
-            Outcome::Aborted { reason, step } => format!("aborted in {step}: {reason}"),
-            Outcome::Failed { error, step } => format!("failed in {step}: {error}"),
-        };
+        row.outcome = report.outcome.to_string();
         let completed = report.outcome == Outcome::Completed;
         row.report = Some(report);
         if !completed {
@@ -788,6 +784,7 @@ mod tests {
             throttle: 0.0,
         };
         Report {
+            id: String::new(),
             partition: "p".into(),
             source: "h1".into(),
             target: "h2".into(),

@@ -411,7 +411,11 @@ fn corrupted_frame_is_refused() {
     let c = kv_with_client(&mut lab);
     let err = lab.fails(&["migrate", "kv", "--to", "h2"]);
     assert!(lab.log_of("h1").contains("fault injected"), "no frame was flipped:\n{}", lab.log_of("h1"));
-    assert!(err.contains("migrate kv to h2") && err.contains("checksum"), "the failure does not name the checksum: {err}");
+    assert!(
+        err.contains("migrate kv to h2") && err.contains("checksum"),
+        "the failure does not name the checksum: {err}\nh2:\n{}",
+        lab.log_of("h2")
+    );
     runs_on_h1(&lab);
     lab.client_alive(c);
     lab.wait_clean("h2", Duration::from_secs(10));
@@ -460,11 +464,17 @@ fn wrong_key_is_refused_and_creates_nothing() {
         let refusal = frame(&mut s).expect("a refusal");
         assert_eq!((refusal.kind, refusal.payload.as_slice()), (FrameType::Error, b"authentication failed".as_slice()));
         // Whatever follows is not read: the connection is closed.
-        let _ = lpm_agent::api::send(&mut s, &Mover::Prepare(spec.clone()));
+        let _ = lpm_agent::api::send(
+            &mut s,
+            &Mover::Prepare { id: "m00000001".into(), spec: spec.clone(), source_addr: "10.0.0.1:1".into(), source: "intruder".into() },
+        );
         assert!(frame(&mut s).is_none(), "h2 answered after refusing");
         // No handshake at all, straight to "prepare": refused too.
         let mut s = connect();
-        let _ = lpm_agent::api::send(&mut s, &Mover::Prepare(spec.clone()));
+        let _ = lpm_agent::api::send(
+            &mut s,
+            &Mover::Prepare { id: "m00000001".into(), spec: spec.clone(), source_addr: "10.0.0.1:1".into(), source: "intruder".into() },
+        );
         match frame(&mut s) {
             None => {}
             Some(f) => assert_eq!(f.kind, FrameType::Error, "h2 answered a prepare without handshake: {f:?}"),
@@ -630,11 +640,13 @@ fn rollback_after_restore_gives_back_locks_and_fifo_data() {
 /// memory is still being filled from its page store: the fill, a process
 /// of its own, goes on, and every page of the partition is right (a fill
 /// on a thread of lpmd would have left the rest reading as zero). The
-/// restarted lpmd leaves the partition alone.
+/// restarted lpmd adopts the partition: it runs on, listed on h2.
 #[test]
 fn target_crash_after_go_leaves_the_fill_running() {
     let t0 = Instant::now();
-    let lab = TestLab::up("fgo", &[("LPM_FAULT", "h2:target.running=kill")]);
+    // Killed once the answer "running" is sent, before the migration is
+    // settled on h2.
+    let lab = TestLab::up("fgo", &[("LPM_FAULT", "h2:target.finish=kill")]);
     let bin = lab.dir.join("dirtier");
     let cc = Command::new("gcc").args(["-O2", "-o"]).arg(&bin).arg(DIRTIER).output().expect("run gcc");
     assert!(cc.status.success(), "gcc dirtier.c: {}", String::from_utf8_lossy(&cc.stderr));
@@ -660,7 +672,7 @@ fn target_crash_after_go_leaves_the_fill_running() {
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["outcome"]["result"], serde_json::json!("completed"), "report: {r}");
     let log = lab.log_of("h2");
-    assert!(log.contains("fault injected") && log.contains("target.running"), "the fault did not fire:\n{log}");
+    assert!(log.contains("fault injected") && log.contains("target.finish"), "the fault did not fire:\n{log}");
     let t = Instant::now();
     while Path::new(&format!("/proc/{h2_pid}/cwd")).exists() {
         assert!(t.elapsed() < Duration::from_secs(5), "h2's lpmd {h2_pid} survived its fault");
@@ -678,8 +690,16 @@ fn target_crash_after_go_leaves_the_fill_running() {
     let verdict = log.lines().rfind(|l| l.starts_with("verify 1 ")).unwrap_or_default().to_string();
     assert!(verdict.starts_with("verify 1 OK"), "dm's memory after h2's lpmd died: {verdict}");
 
-    // A new lpmd does not take over or kill what runs from its predecessor.
+    // A new lpmd takes it back: running, listed on h2, the migration
+    // settled there.
     lab.lab().restart("h2").expect("restart h2's lpmd");
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "the restarted lpmd ended dm ({pid})");
+    let on_h2 = lab.partitions_on("h2");
+    assert!(
+        on_h2.iter().any(|p| p.spec.name == "dm" && p.state == "running" && p.pid == Some(pid)),
+        "h2 does not list dm as running with pid {pid}: {on_h2:?}"
+    );
+    let Response::Migrations(m) = lab.call("h2", &Request::Migrations { all: false }).unwrap() else { panic!() };
+    assert!(m.is_empty(), "h2 has unsettled migrations after its restart: {m:?}");
     eprintln!("{verdict}; {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -78,7 +78,11 @@ pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespac
                 !known && !procfs_at_proc
             });
             match extra {
-                None => break,
+                None => {
+                    ns.no_run_netns = host.iter().any(|(point, _)| point == RUN_NETNS)
+                        && !proc::mounts(pid)?.iter().any(|(point, _, _)| point == RUN_NETNS);
+                    break;
+                }
                 Some((point, _, fstype)) if tries == 3 => return Err(unsupported("mount", format!("{fstype} at {point}"))),
                 Some(_) => tries += 1,
             }
@@ -266,11 +270,26 @@ pub fn join_net(pid: i32, r: &mut Remote, n: &Namespaces, net: &HashMap<u64, std
     Ok(())
 }
 
+/// Where the host binds its network namespaces by name (iproute2's
+/// netns directory, a mount of its own with one mount per namespace).
+const RUN_NETNS: &str = "/run/netns";
+
 /// Right after a puppet is born into a new mount namespace: stop mount
-/// propagation, so nothing the restore mounts there reaches the host.
-pub fn isolate_mounts(pid: i32, r: &mut Remote, s: Scratch) -> Result<()> {
+/// propagation, so nothing the restore mounts there reaches the host; and
+/// when the image's namespace did not see the host's /run/netns, detach
+/// this host's (with the namespaces bound under it) as its owner did.
+pub fn isolate_mounts(pid: i32, r: &mut Remote, s: Scratch, n: Option<&Namespaces>) -> Result<()> {
     let root = put_path(pid, s, 0, "/")?;
     r.call(libc::SYS_mount, &[0, root, 0, libc::MS_REC | libc::MS_PRIVATE, 0]).step(pid, || "remote mount --make-rprivate /".into())?;
+    if n.is_some_and(|n| n.no_run_netns) {
+        let dir = put_path(pid, s, 0, RUN_NETNS)?;
+        match r.call(libc::SYS_umount2, &[dir, libc::MNT_DETACH as u64]) {
+            Ok(_) => {}
+            // Not a mount point on this host: nothing to hide.
+            Err(e) if e.errno() == Some(libc::EINVAL) || e.errno() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e).step(pid, || format!("remote umount {RUN_NETNS}")),
+        }
+    }
     Ok(())
 }
 

@@ -362,21 +362,46 @@ impl Parked {
     /// then the cgroup thaws. Safe to run again after a crash part way:
     /// a connection out of repair mode is left alone, a thawed cgroup
     /// stays thawed.
+    ///
+    /// A connection that cannot leave repair mode does not keep the rest
+    /// of the tree frozen: the tree is thawed all the same, and the first
+    /// such failure is returned (that connection is broken for its
+    /// program, as a network failure would break it).
     pub fn run(&self, dir: &Path) -> Result<()> {
+        let mut first = None;
         if self.deferred.len() == self.connections.len() {
-            files::finish_deferred(&self.deferred)?;
+            for d in &self.deferred {
+                if let Err(e) = files::finish_deferred(std::slice::from_ref(d)) {
+                    first.get_or_insert(e);
+                }
+            }
         } else {
-            let tree = lpm_image::read_tree(dir)?;
-            for c in &self.connections {
-                let file = tree.files.iter().find(|f| f.id == c.file_id).ok_or_else(|| {
-                    EngineError::Incompatible(format!("pid {}: fd {} names file {}, which the image lacks", c.pid, c.fd, c.file_id))
-                })?;
-                let fd = lpm_image::Fd { fd: c.fd, cloexec: false, file_id: c.file_id };
-                let d = files::Deferred { pid: c.pid, fd, file: file.clone(), resend: c.resend };
-                files::finish_deferred(std::slice::from_ref(&d))?;
+            match lpm_image::read_tree(dir) {
+                Ok(tree) => {
+                    for c in &self.connections {
+                        let res = match tree.files.iter().find(|f| f.id == c.file_id) {
+                            Some(file) => {
+                                let fd = lpm_image::Fd { fd: c.fd, cloexec: false, file_id: c.file_id };
+                                let d = files::Deferred { pid: c.pid, fd, file: file.clone(), resend: c.resend };
+                                files::finish_deferred(std::slice::from_ref(&d))
+                            }
+                            None => Err(EngineError::Incompatible(format!(
+                                "pid {}: fd {} names file {}, which the image lacks",
+                                c.pid, c.fd, c.file_id
+                            ))),
+                        };
+                        if let Err(e) = res {
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    first.get_or_insert(e.into());
+                }
             }
         }
-        crate::dump::cgroup_freeze(&self.cgroup, false)
+        crate::dump::cgroup_freeze(&self.cgroup, false)?;
+        first.map_or(Ok(()), Err)
     }
 }
 
@@ -712,7 +737,7 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
         ns::join_net(host, &mut ctx.remote(host, base), n, net)?;
     }
     if ns_flags(root) & libc::CLONE_NEWNS as u64 != 0 {
-        ns::isolate_mounts(host, &mut ctx.remote(host, base), s)?;
+        ns::isolate_mounts(host, &mut ctx.remote(host, base), s, root.namespaces.as_ref())?;
     }
     // The root inherits the restorer's session and group unless it led
     // its own.
@@ -731,7 +756,7 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
             ns::join_net(child, &mut ctx.remote(child, base), n, net)?;
         }
         if ns_flags(p) & libc::CLONE_NEWNS as u64 != 0 {
-            ns::isolate_mounts(child, &mut ctx.remote(child, base), s)?;
+            ns::isolate_mounts(child, &mut ctx.remote(child, base), s, p.namespaces.as_ref())?;
         }
         let inherited = group[&p.ppid];
         puppets.by_pid.insert(p.pid, Puppet { host: child, base, tids: vec![child] });

@@ -99,6 +99,12 @@ pub struct Namespaces {
     /// /proc (move_mount). 0: none.
     #[prost(uint32, tag = "11")]
     pub proc_from: u32,
+    /// Set on the owner of a mount namespace that does not see the host's
+    /// /run/netns (the network namespaces the host binds by name there),
+    /// which it detached (a partition's init does): the restore detaches
+    /// the restoring host's, which it would otherwise inherit.
+    #[prost(bool, tag = "12")]
+    pub no_run_netns: bool,
 }
 
 /// One process (thread group). Pids, parent, group and session are as the

@@ -201,6 +201,9 @@ pub fn render(t: &TreeImage) -> String {
                 "  owns namespaces clone_flags={:#x} hostname={:?} domainname={:?} mount_proc={}",
                 ns.clone_flags, ns.hostname, ns.domainname, ns.mount_proc
             );
+            if ns.no_run_netns {
+                let _ = writeln!(o, "  the host's /run/netns detached");
+            }
             if ns.proc_from != 0 {
                 let _ = writeln!(o, "  /proc shows the pid namespace of process {} (made there, attached here)", ns.proc_from);
             }

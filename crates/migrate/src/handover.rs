@@ -360,10 +360,11 @@ impl Source {
         v
     }
 
-    /// Abort: recorded, then the partition runs here again, and the target
-    /// is told (it also learns it by asking).
+    /// Abort: recorded, the target told (it also learns it by asking),
+    /// then the partition runs here again. Told first: its copy may hold
+    /// file locks the partition takes back as it resumes.
     fn abort(&mut self) -> Vec<SourceAction> {
-        self.to(SourceState::RolledBack, &[Action::Resume, Action::Send(Msg::Decision(Decision::Abort)), Action::Finish])
+        self.to(SourceState::RolledBack, &[Action::Send(Msg::Decision(Decision::Abort)), Action::Resume, Action::Finish])
     }
 
     /// The target's copy runs: the frozen copy here goes.
@@ -555,7 +556,7 @@ mod tests {
     fn source_transitions() {
         use SourceInput as I;
         use SourceState as S;
-        let abort = || Ok(vec![Record(S::RolledBack), Resume, Send(Msg::Decision(Decision::Abort)), Finish]);
+        let abort = || Ok(vec![Record(S::RolledBack), Send(Msg::Decision(Decision::Abort)), Resume, Finish]);
         let cases: Vec<(S, I, S, Out<SourceAction>)> = vec![
             (S::Validating, I::Begin, S::Validating, Ok(vec![Record(S::Validating), Send(Msg::Validate)])),
             (S::Validating, I::Message(Msg::Validated { ok: true }), S::Preparing, Ok(vec![Record(S::Preparing), Send(Msg::Prepare)])),

@@ -236,6 +236,70 @@ pub fn decide(m: &Measure, l: &Limits) -> Decision {
     Decision::Continue
 }
 
+/// How much slower the stop moves a page than a round does, until the
+/// host measured its stops: the last round reads pages scattered one by
+/// one, and the restore copies them into memory the target must allocate
+/// afresh (on this VM memory the host took back costs 1 to 3 ms per MiB to
+/// touch again).
+pub const STOP_SLOWDOWN: f64 = 6.0;
+
+/// A stop with fewer pages than this measures the fixed cost; one with
+/// more, the cost per page.
+pub const STOP_FEW_PAGES: u64 = 256;
+
+/// The stop's fixed cost before the host measured one, in ms.
+pub const STOP_FIXED_GUESS_MS: f64 = 25.0;
+
+/// The share of the allowed downtime the fixed cost may take at most: an
+/// estimate too high must not refuse a migration, nor leave no room for
+/// pages.
+pub const STOP_FIXED_SHARE: f64 = 0.6;
+
+/// What a stop of this host costs, learned from its last ones (moving
+/// averages): downtime = fixed + pages x per page. The policy's model of
+/// the next stop ([`StopCost::fixed`], [`StopCost::stop_rate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StopCost {
+    /// What a stop with next to no pages cost, ms.
+    pub fixed_ms: Option<f64>,
+    /// What each page beyond cost, ms: read in the last round while the
+    /// partition is stopped, stored, and filled into the restored memory.
+    pub ms_per_page: Option<f64>,
+}
+
+impl StopCost {
+    /// Takes in one stop: `downtime_ms` for `pages` pages sent in it. A
+    /// stop with few pages measures the fixed cost, one with many the cost
+    /// per page beyond it.
+    pub fn learn(&mut self, downtime_ms: f64, pages: u64) {
+        let avg = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| (o + new) / 2.0));
+        if pages < STOP_FEW_PAGES {
+            self.fixed_ms = avg(self.fixed_ms, downtime_ms);
+        } else {
+            let beyond = (downtime_ms - self.fixed_ms.unwrap_or(STOP_FIXED_GUESS_MS)).max(0.0);
+            self.ms_per_page = avg(self.ms_per_page, beyond / pages as f64);
+        }
+    }
+
+    /// The fixed cost the policy counts, within a downtime of
+    /// `max_downtime`.
+    pub fn fixed(&self, max_downtime: Duration) -> Duration {
+        let fixed = self.fixed_ms.unwrap_or(STOP_FIXED_GUESS_MS);
+        Duration::from_secs_f64(fixed / 1e3).min(max_downtime.mul_f64(STOP_FIXED_SHARE))
+    }
+
+    /// The rate (bytes/s) at which the stop moves pages, when the rounds
+    /// moved them at `round_rate`: as measured in this host's stops,
+    /// never faster than [`STOP_SLOWDOWN`] below the rounds.
+    pub fn stop_rate(&self, round_rate: f64) -> f64 {
+        let r = round_rate / STOP_SLOWDOWN;
+        match self.ms_per_page.filter(|&c| c > 0.0) {
+            Some(per) => r.min(PAGE / (per / 1e3)),
+            None => r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +406,43 @@ mod tests {
         let l = Limits { fixed_cost: ms(20), ..Limits::default() };
         let got = expected_downtime(&m(&[MIB_PAGES], 0, 0.0, 0.0, 0), &l);
         assert!((got - 0.030).abs() < 1e-9, "{got}");
+    }
+    #[test]
+    fn stop_cost_is_learned_and_bounded() {
+        let ms = Duration::from_millis;
+        // (stops seen as (downtime ms, pages), fixed, per page, fixed counted
+        // within 50 ms, stop rate at 600 MB/s rounds)
+        type Case = (&'static [(f64, u64)], Option<f64>, Option<f64>, Duration, f64);
+        let cases: &[Case] = &[
+            // Nothing measured: the guess, a sixth of the round rate.
+            (&[], None, None, ms(25), 100e6),
+            // A stop with few pages measures the fixed cost.
+            (&[(12.0, 100)], Some(12.0), None, ms(12), 100e6),
+            // Averaged with the next one.
+            (&[(12.0, 100), (20.0, 50)], Some(16.0), None, ms(16), 100e6),
+            // A large fixed cost never counts for more than 60 % of the
+            // downtime.
+            (&[(80.0, 10)], Some(80.0), None, ms(30), 100e6),
+            // A stop with many pages measures the cost per page beyond the
+            // fixed cost: 0.01 ms a page is 409.6 MB/s, above a sixth.
+            (&[(10.0, 10), (30.0, 2000)], Some(10.0), Some(0.01), ms(10), 100e6),
+            // A slow stop (0.1 ms a page, 40.96 MB/s) is the rate counted.
+            (&[(10.0, 10), (210.0, 2000)], Some(10.0), Some(0.1), ms(10), 40.96e6),
+            // Before the fixed cost was measured, the guess is taken off.
+            (&[(45.0, 2000)], None, Some(0.01), ms(25), 100e6),
+        ];
+        for (i, (stops, fixed, per, counted, rate)) in cases.iter().enumerate() {
+            let mut c = StopCost::default();
+            for &(d, p) in stops.iter() {
+                c.learn(d, p);
+            }
+            let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+                (a, b) => a == b,
+            };
+            assert!(close(c.fixed_ms, *fixed) && close(c.ms_per_page, *per), "case {i}: {c:?}");
+            assert_eq!(c.fixed(ms(50)), *counted, "case {i}");
+            assert!((c.stop_rate(600e6) - rate).abs() < 1e3, "case {i}: {}", c.stop_rate(600e6));
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! Times are milliseconds as floating point numbers and sizes are bytes,
 //! so the JSON reads without a schema; the text rendering picks units.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,24 @@ pub enum Outcome {
         /// The step it was in.
         step: String,
     },
+    /// Go was decided and sent, and the target has not confirmed that its
+    /// copy runs: the source keeps its copy frozen and keeps asking
+    /// (`lpm migration recover ID` relays the two records).
+    InDoubt {
+        /// What is known.
+        note: String,
+    },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Completed => write!(f, "completed"),
+            Outcome::Aborted { reason, step } => write!(f, "aborted in {step}: {reason}"),
+            Outcome::Failed { error, step } => write!(f, "failed in {step}: {error}"),
+            Outcome::InDoubt { note } => write!(f, "in doubt: {note}"),
+        }
+    }
 }
 
 /// One pre-copy round.
@@ -99,6 +117,9 @@ pub struct StopBreakdown {
 /// What a migration did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The migration's id.
+    #[serde(default)]
+    pub id: String,
     /// The partition.
     pub partition: String,
     /// The host it left.
@@ -191,14 +212,10 @@ fn pct(f: f64) -> String {
 /// stop's breakdown.
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "migration of partition {}: {} -> {}", r.partition, r.source, r.target);
+    let id = if r.id.is_empty() { String::new() } else { format!(" {}", r.id) };
+    let _ = writeln!(s, "migration{id} of partition {}: {} -> {}", r.partition, r.source, r.target);
     let _ = writeln!(s, "started     {}", rfc3339(r.started_unix_ms));
-    let outcome = match &r.outcome {
-        Outcome::Completed => "completed".to_string(),
-        Outcome::Aborted { reason, step } => format!("aborted in {step}: {reason}"),
-        Outcome::Failed { error, step } => format!("failed in {step}: {error}"),
-    };
-    let _ = writeln!(s, "outcome     {outcome}");
+    let _ = writeln!(s, "outcome     {}", r.outcome);
     let _ = writeln!(s, "total       {:.3} s (setup {:.1} ms: connect, validate, prepare)", r.total_ms / 1e3, r.setup_ms);
     let _ = writeln!(s, "downtime    {:.1} ms", r.downtime_ms);
     let _ = writeln!(
@@ -280,6 +297,7 @@ mod tests {
         };
         let r2 = RoundStats { round: 2, pages: 1024, bytes: 4 << 20, duration: Duration::from_millis(41), ..r1.clone() };
         Report {
+            id: "m0123abcd".into(),
             partition: "web1".into(),
             source: "host-a".into(),
             target: "host-b".into(),

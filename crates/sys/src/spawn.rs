@@ -383,6 +383,17 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
             fail(r, STEP_PRIVATE);
         }
+        // The host's network namespaces, bound by name under /run/netns,
+        // are the host's plumbing, not the partition's: a private copy of
+        // them would only go stale as the host's come and go (and a
+        // checkpoint refuses mounts the host no longer has). Not a mount
+        // point here (EINVAL, ENOENT): nothing to hide.
+        if libc::umount2(c"/run/netns".as_ptr(), libc::MNT_DETACH) != 0 {
+            let e = *libc::__errno_location();
+            if e != libc::EINVAL && e != libc::ENOENT {
+                fail(r, STEP_PRIVATE);
+            }
+        }
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
             fail(r, STEP_PROC);
