@@ -369,6 +369,54 @@ fn switchover_after_precopy_saves_only_what_changed() {
     assert!(gone(pid), "a failed restore left its root behind");
 }
 
+/// A lazy restore copies before the tree runs the words the kernel writes
+/// when a restored thread exits (its clear_child_tid word and robust list
+/// head): a fault of an exiting task is not handed to the fill (the
+/// kernel's handle_userfault refuses PF_EXITING tasks), so the write would
+/// be lost and a pthread_join on that word would wait for ever. The
+/// program runs with rseq off (glibc.pthread.rseq=0), so no rseq area
+/// brings the page in by chance.
+#[test]
+fn lazy_restore_copies_the_exit_words_first() {
+    let mut s = Scene::new("exitwords");
+    let cg = s.cgroup();
+    let (ready, result, img) = (s.path("ready"), s.path("result"), s.path("img"));
+    fs::create_dir(&img).unwrap();
+    let pid = s.python(PATTERN, &[&ready, &result], Some(&cg), "env GLIBC_TUNABLES=glibc.pthread.rseq=0");
+    wait_for("the program to fill its buffer", 30, || ready.exists());
+    // Stopped, then every page copied: all of memory is precopied.
+    let stopped = lpm_engine::stop_tree(pid).expect("stop the tree");
+    let file = fs::File::create(img.join(format!("precopy-{pid}.pages"))).unwrap();
+    let mut rx = Receiver { pid, file, held: BTreeSet::new(), copied: 0 };
+    rx.copy(&writable_private(pid));
+    let opts = DumpOptions { precopied: HashMap::from([(pid, rx.ranges())]), ..Default::default() };
+    stopped.dump(&img, &opts).expect("checkpoint");
+    wait_for("the checkpointed program to be gone", 5, || gone(pid));
+    let tree = lpm_image::read_tree(&img).unwrap();
+    let threads = &tree.processes[0].threads;
+    assert!(threads.iter().all(|t| t.rseq.as_ref().is_none_or(|r| r.addr == 0)), "rseq is on despite the tunable: {threads:?}");
+
+    let opts = RestoreOptions { cgroups: vec![cg.clone()], lazy_fill: true, ..Default::default() };
+    let mut held = lpm_engine::restore_held(&img, &opts).expect("restore for a lazy fill");
+    let lazy = held.take_lazy().expect("precopied pages left to the lazy fill");
+    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut words = 0;
+    for t in threads {
+        for addr in [t.clear_child_tid, t.robust_list].into_iter().filter(|&a| a != 0) {
+            let mut entry = [0u8; 8];
+            pagemap.read_exact_at(&mut entry, addr / PAGE * 8).unwrap();
+            assert!(u64::from_le_bytes(entry) >> 63 == 1, "thread {}: the page of {addr:#x} is left to the lazy fill", t.tid);
+            words += 1;
+        }
+    }
+    assert!(words > 0, "no thread has a clear_child_tid word or a robust list: {threads:?}");
+    let filler = std::thread::spawn(move || lazy.run());
+    held.release().expect("release after a lazy restore");
+    let verdict = ask(pid, &result);
+    assert!(verdict.starts_with("ok "), "program restored with a lazy fill found its memory wrong: {verdict}");
+    filler.join().expect("filler thread").expect("lazy fill");
+}
+
 /// After::Frozen leaves the tree frozen by its cgroup, untraced; thawing
 /// lets it go on; killing ends it. A tree not alone in a cgroup is
 /// refused and goes on untouched.
