@@ -91,6 +91,25 @@ while True:
     m.close()
 "#;
 
+/// Threads that start and end all the time, and children that are
+/// forked and exit all the time (a thread per request, a shell's
+/// subshells).
+const SPAWNER: &str = r#"
+import os, sys, threading
+open(sys.argv[1], "w").write("ready")
+def forks():
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+threading.Thread(target=forks, daemon=True).start()
+while True:
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+"#;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// One test's directory, cgroups and processes; all removed on drop.
@@ -456,6 +475,34 @@ fn tracking_survives_areas_mapped_and_unmapped_meanwhile() {
     assert!(!gone(pid), "the program died under tracking");
     assert!(new_areas > 0, "in {collections} collections the program never mapped a new area");
     eprintln!("{collections} collections, {new_areas} new areas");
+}
+
+/// Stopping a tree whose threads and children come and go all the time:
+/// a thread or a process that ends while the tree is being stopped is
+/// gone (or a zombie, recorded as one), never a failure of the stop.
+/// With the cgroup freezer (as a migration stops a partition) and
+/// without it.
+#[test]
+fn stopping_a_tree_whose_tasks_come_and_go() {
+    let mut s = Scene::new("spawner");
+    let cg = s.cgroup();
+    let (ready, ready2) = (s.path("ready"), s.path("ready2"));
+    let in_cgroup = s.python(SPAWNER, &[&ready], Some(&cg), "");
+    let alone = s.python(SPAWNER, &[&ready2], None, "");
+    wait_for("the programs to start", 30, || ready.exists() && ready2.exists());
+    for (pid, how) in [(in_cgroup, "through its cgroup"), (alone, "thread by thread")] {
+        let (mut stops, mut zombies) = (0, 0);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            let stopped = lpm_engine::stop_tree(pid).unwrap_or_else(|e| panic!("stop {how}, after {stops} stops: {e} ({e:?})"));
+            assert_eq!(stopped.cgroup().is_some(), pid == in_cgroup, "stopped {how}");
+            zombies += stopped.pids().iter().filter(|&&p| lpm_engine::proc::Stat::read(p).is_ok_and(|s| s.state() == 'Z')).count();
+            stopped.resume();
+            stops += 1;
+        }
+        assert!(!gone(pid), "the program died under the stops {how}");
+        eprintln!("{how}: {stops} stops, {zombies} zombies seen");
+    }
 }
 
 /// After::Frozen leaves the tree frozen by its cgroup, untraced; thawing
