@@ -23,7 +23,8 @@
 //! BGSAVE and takes new connections; the 64-thread program creates a new
 //! thread for every line it logs; the kv service answers new requests;
 //! http.server answers fresh requests (a thread each) from the client
-//! namespace.
+//! namespace; a shell loop goes on forking and running commands (it forks
+//! all through its moves too).
 //! - `kv_service_twenty_migrations_under_load`: 20 migrations in a row of
 //!   one partition while its client keeps asking; the test prints each
 //!   downtime and the client's longest wait.
@@ -896,6 +897,63 @@ fn http_server_serves_after_each_move() {
         assert_eq!(lab.state_of("web"), "running", "after serving on {to}; console:\n{}", tail(&lab.logs("web"), 20));
         println!("http.server on {to}: downtime {:.1} ms, fresh requests answered", r["downtime_ms"].as_f64().unwrap_or(-1.0));
     }
+}
+
+// ------------------------------------------------------------ shell loop
+
+/// A shell loop that forks all the time: a subshell and a `cat` for every
+/// number, checked, and a line "n ok" in its log every 200 numbers.
+const SHELL_LOOP: &str = r#"n=0; while :; do n=$((n+1)); o=$(echo $n | cat); if [ "$o" != "$n" ]; then echo "$n BAD $o" >> "$1"; exit 1; fi; if [ $((n % 200)) = 0 ]; then echo "$n ok" >> "$1"; fi; done"#;
+
+/// The log lines of the shell loop: (n, ok).
+fn shell_log(p: &Path) -> Vec<(u64, bool)> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()? == "ok"))
+        })
+        .collect()
+}
+
+/// Waits until the shell loop's log has `n` lines, all ok.
+fn wait_shell_lines(lab: &TestLab, p: &Path, n: usize, when: &str) {
+    let t = Instant::now();
+    loop {
+        let lines = shell_log(p);
+        assert!(lines.iter().all(|l| l.1), "{when}: the loop went wrong: {lines:?}");
+        if lines.len() >= n {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{when}: {} lines of {n} after 30 s; console:\n{}", lines.len(), lab.logs("shloop"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shell loop whose tasks come and go while it moves (subshells and
+/// commands exiting during the stop, the source's tracking and the
+/// target's fill) goes h1 → h2 → h1 → h2 → h1, and after each move goes
+/// on forking and running commands: its log keeps counting, every line
+/// checked, without a gap.
+#[test]
+fn shell_loop_moves_while_it_forks() {
+    let lab = TestLab::up("shloop", 2);
+    let log = lab.vol.join("shloop.log");
+    let argv: Vec<String> = ["sh", "-c", SHELL_LOOP, "shloop", &log.to_string_lossy()].iter().map(|s| s.to_string()).collect();
+    lab.create("shloop", "h1", Some("256M"), &argv).unwrap();
+    wait_shell_lines(&lab, &log, 2, "before the first move");
+    let mut downtimes = Vec::new();
+    for to in ["h2", "h1", "h2", "h1"] {
+        let r = moved(&lab, "shloop", to);
+        downtimes.push(r["downtime_ms"].as_f64().unwrap_or(-1.0));
+        assert_eq!(lab.host_of("shloop"), to);
+        let at = shell_log(&log).len();
+        wait_shell_lines(&lab, &log, at + 3, &format!("after the move to {to}"));
+    }
+    let lines = shell_log(&log);
+    assert!(lines.windows(2).all(|w| w[1].0 == w[0].0 + 200), "the log has a gap or a repeat: {lines:?}");
+    println!("shell loop: {} numbers, downtime {downtimes:?} ms", lines.last().unwrap().0);
 }
 
 // ------------------------------------------------------------ kv service
