@@ -802,7 +802,10 @@ fn sixty_four_threads_move_there_and_back() {
         "the log has a gap or a repeat: {:?}",
         lines.iter().map(|l| l.n).collect::<Vec<_>>()
     );
-    assert!(lines.windows(2).all(|w| w[1].total > w[0].total), "the total did not increase on every line");
+    // Never down; up over the whole run and after each move (checked
+    // above). Not on every line: right after a restore the main thread's
+    // sleep may be over before any worker ran again.
+    assert!(lines.windows(2).all(|w| w[1].total >= w[0].total), "the total went down: {lines:?}");
     assert!(lines.iter().all(|l| l.ok), "a thread's accumulator or a helper thread went wrong (BAD)");
     assert!(lines.iter().all(|l| l.helpers == l.n), "a line without its helper thread: {lines:?}");
     // The total is counted under the mutex and each thread's count right

@@ -116,7 +116,12 @@ fn sixty_four_threads_keep_counting() {
     }
     let last: Vec<u64> = text.lines().last().unwrap().split_whitespace().skip(1).take(2).map(|w| w.parse().unwrap()).collect();
     let then: Vec<u64> = before.lines().last().unwrap().split_whitespace().skip(1).take(2).map(|w| w.parse().unwrap()).collect();
-    assert!(last[0] > then[0] && last[0] == last[1], "counters did not go on consistently: {then:?} -> {last:?}");
+    // The total is counted under the mutex and each thread's count right
+    // after it: at most one increment per thread may be in between.
+    assert!(
+        last[0] > then[0] && last[1] <= last[0] && last[0] - last[1] <= 64,
+        "counters did not go on consistently: {then:?} -> {last:?}"
+    );
 }
 
 fn lpm(args: &[&str]) -> (bool, String) {
