@@ -3,13 +3,17 @@
 # (count and chained digest), and on SIGINT or after the given seconds
 # prints a summary: requests, errors, and the longest time it waited for an
 # answer. It exits non-zero on any wrong answer or a broken connection.
+# With a fourth argument, a file, it rewrites there the number of answers
+# checked so far, every 10 answers (tests wait on it).
 import hashlib
+import os
 import signal
 import socket
 import sys
 import time
 
 addr, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+progress = sys.argv[4] if len(sys.argv) > 4 else None
 stop = False
 
 
@@ -61,6 +65,10 @@ while not stop and time.monotonic() < end and not errors:
     want = b"%s %d %s" % (line, n, chain.hexdigest()[:16].encode())
     if answer != want:
         errors.append(f"request {n}: answer {answer!r}, expected {want!r}")
+    elif progress and n % 10 == 0:
+        with open(progress + ".tmp", "w") as f:
+            f.write(f"{n}\n")
+        os.replace(progress + ".tmp", progress)
     time.sleep(0.002)
 print(f"requests {n} errors {len(errors)} longest_wait_ms {longest * 1000:.1f}", flush=True)
 for e in errors:

@@ -12,10 +12,19 @@
 //!   running on h1, and the program must still PASS there. The programs
 //!   are spread over [`ZDTM_LABS`] labs that run side by side, several
 //!   partitions per lab. The test prints one table of every program.
-//! - redis-server, the 64-thread C program of `real.rs` and the Python kv
-//!   service of the demo, each moved h1 → h2 → h1 with its state checked
-//!   from outside (DEBUG DIGEST, a connection held open, counters, a
-//!   client checking every answer).
+//! - redis-server, the 64-thread C program of `real.rs`, the Python kv
+//!   service of the demo and `python3 -m http.server`, each moved
+//!   h1 → h2 → h1 with its state checked from outside (DEBUG DIGEST, a
+//!   connection held open, counters, a client checking every answer).
+//!
+//! Every moved program must show, after every move, that it does new
+//! work, not only that it kept its state: new_work (the zdtm program that
+//! does a round of new work on request) does a round; redis forks for a
+//! BGSAVE and takes new connections; the 64-thread program creates a new
+//! thread for every line it logs; the kv service answers new requests;
+//! http.server answers fresh requests (a thread each) from the client
+//! namespace; a shell loop goes on forking and running commands (it forks
+//! all through its moves too).
 //! - `kv_service_twenty_migrations_under_load`: 20 migrations in a row of
 //!   one partition while its client keeps asking; the test prints each
 //!   downtime and the client's longest wait.
@@ -106,6 +115,12 @@ fn children(pid: i32) -> Vec<i32> {
         out.extend(kids.split_whitespace().filter_map(|w| w.parse::<i32>().ok()));
     }
     out
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).is_some_and(|state| state != "Z")
 }
 
 /// The tasks of partition `name` under a host's agent that are blocked
@@ -303,6 +318,22 @@ impl ZRun {
                         self.problems.push(format!("after the migration to {to} the partition is on {now}"));
                         return;
                     }
+                    // Right after the move, while the lazy fill may still
+                    // run: the program must do new work, not only hold.
+                    if self.prog.rounds {
+                        let pid = lab.pid_of(&self.name);
+                        match zdtm_progs::new_work_round(pid, &self.work, || running(pid)) {
+                            Ok(()) => {
+                                if let Some(h) = self.hops.last_mut() {
+                                    h.push_str(" +work");
+                                }
+                            }
+                            Err(e) => {
+                                self.problems.push(format!("after the migration to {to}: {e}; {}", self.console(lab)));
+                                return;
+                            }
+                        }
+                    }
                 }
                 (Moved::Completed(_), Expect::Refused { error, why }) => {
                     self.hops.push(format!("{to} completed"));
@@ -465,7 +496,7 @@ fn zdtm_programs_move_there_and_back() {
     });
 
     let mut table = String::new();
-    let _ = writeln!(table, "{:<14} {:<10} {:<9} {:<24} {:<28} result", "program", "launch", "expect", "migrations (downtime)", "verdict");
+    let _ = writeln!(table, "{:<14} {:<10} {:<9} {:<32} {:<28} result", "program", "launch", "expect", "migrations (downtime)", "verdict");
     let mut failures = failed_builds;
     let mut sorted: Vec<&ZRun> = runs.iter().collect();
     sorted.sort_by_key(|r| r.prog.name);
@@ -476,7 +507,7 @@ fn zdtm_programs_move_there_and_back() {
         };
         let _ = writeln!(
             table,
-            "{:<14} {:<10} {:<9} {:<24} {:<28} {}",
+            "{:<14} {:<10} {:<9} {:<32} {:<28} {}",
             r.prog.name,
             format!("{:?}", r.prog.launch),
             expect,
@@ -585,10 +616,38 @@ fn redis_cli(lab: &TestLab, ip: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The value of `field` in redis' INFO section `section`.
+fn redis_info(lab: &TestLab, ip: &str, section: &str, field: &str) -> String {
+    let text = redis_cli(lab, ip, &["INFO", section]);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(field).and_then(|v| v.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("INFO {section} has no {field}: {text}"))
+        .to_string()
+}
+
+/// BGSAVE, the `nth` since redis started: its forked child writes the
+/// dataset to `dir`; waits until redis counts the save done and well.
+fn bgsave(lab: &TestLab, ip: &str, dir: &Path, nth: usize, host: &str) {
+    let rdb = dir.join("dump.rdb");
+    let _ = std::fs::remove_file(&rdb);
+    assert_eq!(redis_cli(lab, ip, &["BGSAVE"]), "Background saving started", "BGSAVE on {host}");
+    let t = Instant::now();
+    while redis_info(lab, ip, "persistence", "rdb_saves") != nth.to_string()
+        || redis_info(lab, ip, "persistence", "rdb_bgsave_in_progress") != "0"
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "BGSAVE on {host} did not end within 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(redis_info(lab, ip, "persistence", "rdb_last_bgsave_status"), "ok", "BGSAVE on {host}");
+    let len = std::fs::metadata(&rdb).map(|m| m.len()).unwrap_or(0);
+    assert!(len > 100_000, "BGSAVE on {host} wrote {} ({len} bytes)", rdb.display());
+}
+
 /// redis-server loaded with 20000 keys over the partition network, moved
-/// h1 → h2 → h1: DEBUG DIGEST is the same before and after each move, and
-/// a connection the test holds open from the client namespace keeps
-/// working (its counter goes on by one per move).
+/// h1 → h2 → h1: DEBUG DIGEST is the same before and after each move, a
+/// connection the test holds open from the client namespace keeps working
+/// (its counter goes on by one per move), and after each move redis forks
+/// for a BGSAVE whose child writes the dataset out.
 #[test]
 fn redis_moves_there_and_back() {
     let redis = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
@@ -655,6 +714,9 @@ fn redis_moves_there_and_back() {
         assert_eq!(held.cmd(&["GET", "str:1234"]), format!("value-1234-{}", 1234 * 7919 % 10007));
         assert_eq!(held.cmd(&["LRANGE", "list:7", "0", "0"]), "*1", "an array of one");
         assert_eq!(resp_reply(&mut held.r).unwrap(), "a");
+        // New work: a fork (BGSAVE's child writes the dataset out) and new
+        // connections asking how it went.
+        bgsave(&lab, &ip, &dir, n + 1, to);
     }
     assert_eq!(redis_cli(&lab, &ip, &["DBSIZE"]), (5 * PER_TYPE + 1).to_string());
     assert_eq!(redis_cli(&lab, &ip, &["HGET", "hash:3999", "sq"]), (3999 * 3999).to_string());
@@ -664,17 +726,30 @@ fn redis_moves_there_and_back() {
 // ------------------------------------------------------------ 64 threads
 
 /// The 64-thread program of `real.rs`: each thread counts under a mutex and
-/// alone; the main thread logs "n total sum ok|BAD" every 100 ms.
+/// alone; every 100 ms the main thread creates and joins a helper thread
+/// (new work, on the stack of the previous one) and logs
+/// "n total sum ok|BAD helpers".
 const THREADS: &str = include_str!("programs/threads64.c");
 
-/// The log lines: (n, total, sum, ok).
-fn thread_log(p: &Path) -> Vec<(u64, u64, u64, bool)> {
+/// A line of the log.
+#[derive(Clone, Copy, Debug)]
+struct ThreadLine {
+    n: u64,
+    total: u64,
+    sum: u64,
+    ok: bool,
+    /// Helper threads created and joined so far (n when every line had one).
+    helpers: u64,
+}
+
+fn thread_log(p: &Path) -> Vec<ThreadLine> {
     std::fs::read_to_string(p)
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            Some((w.first()?.parse().ok()?, w.get(1)?.parse().ok()?, w.get(2)?.parse().ok()?, *w.get(3)? == "ok"))
+            let num = |i: usize| w.get(i)?.parse().ok();
+            Some(ThreadLine { n: num(0)?, total: num(1)?, sum: num(2)?, ok: *w.get(3)? == "ok", helpers: num(4)? })
         })
         .collect()
 }
@@ -688,7 +763,8 @@ fn wait_thread_lines(p: &Path, n: usize) {
 }
 
 /// 64 threads moved h1 → h2 → h1: all 65 tasks arrive, the log goes on
-/// without a gap, the counters keep increasing and agree.
+/// without a gap, the counters keep increasing and agree, and after each
+/// move the main thread goes on creating a new thread for every line.
 #[test]
 fn sixty_four_threads_move_there_and_back() {
     let lab = TestLab::up("threads", 2);
@@ -706,41 +782,227 @@ fn sixty_four_threads_move_there_and_back() {
         moved(&lab, "threads64", to);
         assert_eq!(lab.host_of("threads64"), to);
         let pid = lab.pid_of("threads64");
-        assert_eq!(std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count(), 65, "tasks of the init after the move to {to}");
+        // The 64 workers and the main thread; a helper of the main thread
+        // may be running (or have been, when the partition stopped).
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+        assert!(tasks == 65 || tasks == 66, "{tasks} tasks of the init after the move to {to}, expected 65 (66 with a helper)");
         wait_thread_lines(&log, before.len() + 5);
-        let now = *thread_log(&log).last().unwrap();
-        assert!(now.1 > last.1 && now.2 > last.2, "the counters did not go on after the move to {to}: {last:?} -> {now:?}");
+        let lines = thread_log(&log);
+        let now = *lines.last().unwrap();
+        assert!(now.total > last.total && now.sum > last.sum, "the counters did not go on after the move to {to}: {last:?} -> {now:?}");
+        let after: Vec<&ThreadLine> = lines.iter().filter(|l| l.n > last.n).collect();
+        assert!(
+            after.len() >= 5 && after.iter().all(|l| l.helpers == l.n && l.ok),
+            "after the move to {to} the main thread did not create a working thread for every line: {after:?}"
+        );
     }
     let lines = thread_log(&log);
     assert!(
-        lines.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        lines.windows(2).all(|w| w[1].n == w[0].n + 1),
         "the log has a gap or a repeat: {:?}",
-        lines.iter().map(|l| l.0).collect::<Vec<_>>()
+        lines.iter().map(|l| l.n).collect::<Vec<_>>()
     );
-    assert!(lines.windows(2).all(|w| w[1].1 > w[0].1), "the total did not increase on every line");
-    assert!(lines.iter().all(|l| l.3), "a thread's accumulator went wrong (BAD)");
+    // Never down; up over the whole run and after each move (checked
+    // above). Not on every line: right after a restore the main thread's
+    // sleep may be over before any worker ran again.
+    assert!(lines.windows(2).all(|w| w[1].total >= w[0].total), "the total went down: {lines:?}");
+    assert!(lines.iter().all(|l| l.ok), "a thread's accumulator or a helper thread went wrong (BAD)");
+    assert!(lines.iter().all(|l| l.helpers == l.n), "a line without its helper thread: {lines:?}");
     // The total is counted under the mutex and each thread's count right
     // after it: at most one increment per thread may be in between.
     for l in &lines {
-        assert!(l.2 <= l.1 && l.1 - l.2 <= 64, "total {} and the threads' sum {} disagree (line {})", l.1, l.2, l.0);
+        assert!(l.sum <= l.total && l.total - l.sum <= 64, "total {} and the threads' sum {} disagree (line {})", l.total, l.sum, l.n);
     }
-    println!("threads64: {} lines, total {}", lines.len(), lines.last().unwrap().1);
+    println!("threads64: {} lines, total {}, {} helper threads", lines.len(), lines.last().unwrap().total, lines.last().unwrap().helpers);
+}
+
+// ------------------------------------------------------------ http.server
+
+/// One HTTP/1.0 GET from the client namespace, on a connection of its own:
+/// the status and the body.
+fn http_get(lab: &TestLab, addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>), String> {
+    let mut s = lab.connect_from_client(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).map_err(|e| format!("GET {path}: send: {e}"))?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).map_err(|e| format!("GET {path}: read: {e}"))?;
+    let head_end =
+        reply.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("GET {path}: no header in {} bytes", reply.len()))?;
+    let head = String::from_utf8_lossy(&reply[..head_end]);
+    let status = head.split_whitespace().nth(1).and_then(|w| w.parse().ok()).ok_or_else(|| format!("GET {path}: no status in {head:?}"))?;
+    Ok((status, reply[head_end + 4..].to_vec()))
+}
+
+/// The files the server serves: a few small pages and a larger one.
+fn web_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..6).map(|i| (format!("page-{i}.txt"), format!("page {i}: {}\n", "lpm ".repeat(i * 50)).into_bytes())).collect();
+    files.push(("big.bin".into(), (0..256 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect()));
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, data) in &files {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+    files
+}
+
+/// Fresh requests, each on a new connection: every file one after the
+/// other, then four at once (a thread each in the server), a missing
+/// file and the directory listing. Fails naming the first wrong answer.
+fn web_round(lab: &TestLab, addr: SocketAddr, files: &[(String, Vec<u8>)], when: &str) {
+    let check = |name: &str, data: &[u8]| match http_get(lab, addr, &format!("/{name}")) {
+        Ok((200, body)) if body == data => Ok(()),
+        Ok((status, body)) => Err(format!("GET /{name}: status {status}, {} bytes (expected 200, {} bytes)", body.len(), data.len())),
+        Err(e) => Err(e),
+    };
+    for (name, data) in files {
+        check(name, data).unwrap_or_else(|e| panic!("{when}: {e}"));
+    }
+    let errors: Vec<String> = std::thread::scope(|sc| {
+        let hs: Vec<_> = files.iter().take(4).map(|(name, data)| sc.spawn(move || check(name, data))).collect();
+        hs.into_iter().filter_map(|h| h.join().expect("request thread").err()).collect()
+    });
+    assert!(errors.is_empty(), "{when}: concurrent requests failed: {errors:?}");
+    match http_get(lab, addr, "/no-such-file") {
+        Ok((404, _)) => {}
+        other => panic!("{when}: GET /no-such-file: {other:?}, expected 404"),
+    }
+    match http_get(lab, addr, "/") {
+        Ok((200, body)) if String::from_utf8_lossy(&body).contains("page-5.txt") => {}
+        other => panic!("{when}: GET / (the listing): {:?}", other.map(|(s, b)| (s, String::from_utf8_lossy(&b).into_owned()))),
+    }
+}
+
+/// `python3 -m http.server` (a thread per request) moved h1 → h2 → h1
+/// after serving requests: after each move it answers fresh requests from
+/// the client namespace, on new connections, several at once.
+#[test]
+fn http_server_serves_after_each_move() {
+    let lab = TestLab::up("http", 2);
+    let www = lab.vol.join("www");
+    let files = web_files(&www);
+    let argv: Vec<String> = ["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", &www.to_string_lossy()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    lab.create("web", "h1", Some("256M"), &argv).unwrap();
+    let addr: SocketAddr = format!("{}:8000", lab.ip_of("web")).parse().unwrap();
+    // Listening once a request is answered.
+    let t = Instant::now();
+    while let Err(e) = http_get(&lab, addr, "/page-0.txt") {
+        assert!(t.elapsed() < Duration::from_secs(20), "http.server did not answer within 20 s: {e}; console:\n{}", lab.logs("web"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    web_round(&lab, addr, &files, "before the first move");
+    for to in ["h2", "h1"] {
+        let r = moved(&lab, "web", to);
+        assert_eq!(lab.host_of("web"), to);
+        web_round(&lab, addr, &files, &format!("after the move to {to}"));
+        assert_eq!(lab.state_of("web"), "running", "after serving on {to}; console:\n{}", tail(&lab.logs("web"), 20));
+        println!("http.server on {to}: downtime {:.1} ms, fresh requests answered", r["downtime_ms"].as_f64().unwrap_or(-1.0));
+    }
+}
+
+// ------------------------------------------------------------ shell loop
+
+/// A shell loop that forks all the time: a subshell and a `cat` for every
+/// number, checked, and a line "n ok" in its log every 200 numbers.
+const SHELL_LOOP: &str = r#"n=0; while :; do n=$((n+1)); o=$(echo $n | cat); if [ "$o" != "$n" ]; then echo "$n BAD $o" >> "$1"; exit 1; fi; if [ $((n % 200)) = 0 ]; then echo "$n ok" >> "$1"; fi; done"#;
+
+/// The log lines of the shell loop: (n, ok).
+fn shell_log(p: &Path) -> Vec<(u64, bool)> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()? == "ok"))
+        })
+        .collect()
+}
+
+/// Waits until the shell loop's log has `n` lines, all ok.
+fn wait_shell_lines(lab: &TestLab, p: &Path, n: usize, when: &str) {
+    let t = Instant::now();
+    loop {
+        let lines = shell_log(p);
+        assert!(lines.iter().all(|l| l.1), "{when}: the loop went wrong: {lines:?}");
+        if lines.len() >= n {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{when}: {} lines of {n} after 30 s; console:\n{}", lines.len(), lab.logs("shloop"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shell loop whose tasks come and go while it moves (subshells and
+/// commands exiting during the stop, the source's tracking and the
+/// target's fill) goes h1 → h2 → h1 → h2 → h1, and after each move goes
+/// on forking and running commands: its log keeps counting, every line
+/// checked, without a gap.
+#[test]
+fn shell_loop_moves_while_it_forks() {
+    let lab = TestLab::up("shloop", 2);
+    let log = lab.vol.join("shloop.log");
+    let argv: Vec<String> = ["sh", "-c", SHELL_LOOP, "shloop", &log.to_string_lossy()].iter().map(|s| s.to_string()).collect();
+    lab.create("shloop", "h1", Some("256M"), &argv).unwrap();
+    wait_shell_lines(&lab, &log, 2, "before the first move");
+    let mut downtimes = Vec::new();
+    for to in ["h2", "h1", "h2", "h1"] {
+        let r = moved(&lab, "shloop", to);
+        downtimes.push(r["downtime_ms"].as_f64().unwrap_or(-1.0));
+        assert_eq!(lab.host_of("shloop"), to);
+        let at = shell_log(&log).len();
+        wait_shell_lines(&lab, &log, at + 3, &format!("after the move to {to}"));
+    }
+    let lines = shell_log(&log);
+    assert!(lines.windows(2).all(|w| w[1].0 == w[0].0 + 200), "the log has a gap or a repeat: {lines:?}");
+    println!("shell loop: {} numbers, downtime {downtimes:?} ms", lines.last().unwrap().0);
 }
 
 // ------------------------------------------------------------ kv service
 
+/// The kv service and its checking client.
+struct Kv {
+    /// The client's index in the lab.
+    client: usize,
+    /// Where the client counts the answers it checked.
+    progress: PathBuf,
+}
+
+impl Kv {
+    /// Answers the client has checked so far.
+    fn answers(&self) -> u64 {
+        std::fs::read_to_string(&self.progress).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Waits until the client has checked `more` answers beyond `from`
+    /// (the service does new work), or fails with the client's output.
+    fn wait_answers(&self, lab: &mut TestLab, from: u64, more: u64, when: &str) {
+        let t = Instant::now();
+        while self.answers() < from + more {
+            if t.elapsed() > Duration::from_secs(20) {
+                let seen = self.answers();
+                let (_, text) = lab.finish_client(self.client);
+                panic!("{when}: the client checked {} answers in 20 s, expected {more}; client: {text}", seen.saturating_sub(from));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// Starts the kv service (64 MiB of ballast) on h1 and its checking
-/// client in the client namespace; returns the client's index.
-fn kv_with_client(lab: &mut TestLab) -> usize {
+/// client in the client namespace, once the client has its first
+/// answers.
+fn kv_with_client(lab: &mut TestLab) -> Kv {
     let argv: Vec<String> = ["python3", SERVICE, "7000", "64"].iter().map(|s| s.to_string()).collect();
     lab.create("kv", "h1", Some("1G"), &argv).unwrap();
     lab.wait_log("kv", "listening", Duration::from_secs(20));
     let ip = lab.ip_of("kv");
-    let client = lab.client_cmd(&["python3", CLIENT, &ip, "7000", "600"]);
-    let c = lab.start_client(client);
-    lab.wait_log("kv", "connected", Duration::from_secs(20));
-    std::thread::sleep(Duration::from_millis(300));
-    c
+    let progress = lab.vol.join("kv-client.progress");
+    let client = lab.client_cmd(&["python3", CLIENT, &ip, "7000", "600", &progress.to_string_lossy()]);
+    let kv = Kv { client: lab.start_client(client), progress };
+    kv.wait_answers(lab, 0, 20, "before the first move");
+    kv
 }
 
 /// The client's summary: (requests, errors, longest wait in ms).
@@ -755,13 +1017,14 @@ fn kv_summary(text: &str) -> (u64, u64, f64) {
 #[test]
 fn kv_service_moves_there_and_back() {
     let mut lab = TestLab::up("kv", 2);
-    let c = kv_with_client(&mut lab);
+    let kv = kv_with_client(&mut lab);
     for to in ["h2", "h1"] {
         moved(&lab, "kv", to);
         assert_eq!(lab.host_of("kv"), to);
-        std::thread::sleep(Duration::from_millis(500));
+        let at = kv.answers();
+        kv.wait_answers(&mut lab, at, 50, &format!("after the move to {to}"));
     }
-    let (ok, text) = lab.finish_client(c);
+    let (ok, text) = lab.finish_client(kv.client);
     assert!(ok && text.contains("errors 0"), "the client saw an error: {text}");
     let (n, _, longest) = kv_summary(&text);
     assert!(n > 100, "the client made only {n} requests: {text}");
@@ -774,14 +1037,14 @@ fn kv_service_moves_there_and_back() {
 #[test]
 fn kv_service_twenty_migrations_under_load() {
     let mut lab = TestLab::up("kv20", 2);
-    let c = kv_with_client(&mut lab);
+    let kv = kv_with_client(&mut lab);
     let mut rows: BTreeMap<usize, (String, f64, f64)> = BTreeMap::new();
     for i in 1..=20 {
         let to = if i % 2 == 1 { "h2" } else { "h1" };
         let r = match lab.migrate("kv", to) {
             Moved::Completed(r) => r,
             Moved::Failed(e) => {
-                let (_, text) = lab.finish_client(c);
+                let (_, text) = lab.finish_client(kv.client);
                 panic!(
                     "migration {i} (to {to}) failed: {e}\n{to}'s agent log:\n{}\ntasks stuck under {to}'s agent:\n{}\nclient: {text}",
                     lab.lpmd_log_tail(to, 10),
@@ -791,9 +1054,11 @@ fn kv_service_twenty_migrations_under_load() {
         };
         assert_eq!(lab.host_of("kv"), to, "after migration {i}");
         rows.insert(i, (to.to_string(), r["downtime_ms"].as_f64().unwrap_or(-1.0), r["total_ms"].as_f64().unwrap_or(-1.0)));
-        std::thread::sleep(Duration::from_millis(200));
+        // The moved service answers new requests before it moves again.
+        let at = kv.answers();
+        kv.wait_answers(&mut lab, at, 25, &format!("after migration {i} (to {to})"));
     }
-    let (ok, text) = lab.finish_client(c);
+    let (ok, text) = lab.finish_client(kv.client);
     let mut table = String::from(" #  to   downtime ms   total ms\n");
     for (i, (to, down, total)) in &rows {
         let _ = writeln!(table, "{i:>2}  {to}  {down:>11.1}  {total:>9.1}");

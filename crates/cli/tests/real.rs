@@ -89,7 +89,8 @@ fn leave_running_then_restore_from_the_images() {
 
 const THREADS: &str = include_str!("programs/threads64.c");
 
-/// 64 threads under a mutex keep counting after a restore, all of them.
+/// 64 threads under a mutex keep counting after a restore, all of them,
+/// and the main thread goes on creating a helper thread for every line.
 #[test]
 fn sixty_four_threads_keep_counting() {
     let mut s = Scene::new("threads");
@@ -101,13 +102,26 @@ fn sixty_four_threads_keep_counting() {
     s.checkpoint(pid, &images, false);
     let before = std::fs::read_to_string(&log).unwrap();
     let r = s.restore(&images);
-    assert_eq!(std::fs::read_dir(format!("/proc/{r}/task")).unwrap().count(), 65);
+    // 64 workers and the main thread, and the main thread's helper if the
+    // checkpoint found one running.
+    let tasks = std::fs::read_dir(format!("/proc/{r}/task")).unwrap().count();
+    assert!(tasks == 65 || tasks == 66, "{tasks} tasks after the restore, expected 65 (66 with a helper)");
     wait_lines(&log, lines(&log).len() + 5);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("BAD"), "{text}");
+    // "n total sum ok helpers": a helper thread on every line.
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        assert!(w.len() == 5 && w[0] == w[4], "a line without its helper thread: {l:?}\n{text}");
+    }
     let last: Vec<u64> = text.lines().last().unwrap().split_whitespace().skip(1).take(2).map(|w| w.parse().unwrap()).collect();
     let then: Vec<u64> = before.lines().last().unwrap().split_whitespace().skip(1).take(2).map(|w| w.parse().unwrap()).collect();
-    assert!(last[0] > then[0] && last[0] == last[1], "counters did not go on consistently: {then:?} -> {last:?}");
+    // The total is counted under the mutex and each thread's count right
+    // after it: at most one increment per thread may be in between.
+    assert!(
+        last[0] > then[0] && last[1] <= last[0] && last[0] - last[1] <= 64,
+        "counters did not go on consistently: {then:?} -> {last:?}"
+    );
 }
 
 fn lpm(args: &[&str]) -> (bool, String) {

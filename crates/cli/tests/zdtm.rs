@@ -12,7 +12,9 @@
 //!
 //! Around every checkpoint and restore the runner compares the tree (pids and
 //! thread ids) and, like zdtm.py, the state visible from /proc (maps, fds,
-//! ids, signal sets, capabilities, limits...).
+//! ids, signal sets, capabilities, limits...). After every restore, a
+//! program that does rounds of new work on request (new_work) is asked for
+//! one and must report it passed.
 //!
 //! Two more tests need no engine: `programs_verify_without_checkpoint` (every
 //! program passes its own verification) and `programs_detect_sabotage` (every
@@ -668,6 +670,17 @@ impl Run {
         }
     }
 
+    /// A round of new work, for the programs that do one on request
+    /// ([`Prog::rounds`]): a restored program must be able to do more
+    /// than hold its state.
+    fn new_work(&mut self, what: &str) -> Res<()> {
+        if !self.prog.rounds {
+            return Ok(());
+        }
+        let root = self.root;
+        new_work_round(root, &self.work, || stat_fields(root, None).is_some_and(|s| s.state != 'Z')).map_err(|e| format!("{what}: {e}"))
+    }
+
     fn term_target(&self) -> Res<i32> {
         match self.prog.term {
             Term::Root => Ok(self.root),
@@ -825,6 +838,7 @@ fn restore_3x(run: &mut Run) -> Res<()> {
         run.check_state(&state, &what("after restore"));
         sleep(SETTLE);
         run.check_running(&tree, &what("running after restore"))?;
+        run.new_work(&what("new work after restore"))?;
     }
     run.expect_pass()
 }
@@ -851,6 +865,7 @@ fn leave_running(run: &mut Run) -> Res<()> {
     run.check_state(&state, "after restoring the second checkpoint");
     sleep(SETTLE);
     run.check_running(&tree, "running after restoring the second checkpoint")?;
+    run.new_work("new work after restoring the second checkpoint")?;
     run.expect_pass().map_err(|e| format!("restored from the second checkpoint: {e}"))?;
     let result = run.result_path();
     fs::remove_file(&result).map_err(|e| format!("remove {}: {e}", result.display()))?;
@@ -860,6 +875,7 @@ fn leave_running(run: &mut Run) -> Res<()> {
     run.check_state(&state, "after restore");
     sleep(SETTLE);
     run.check_running(&tree, "running after restore")?;
+    run.new_work("new work after restore")?;
     run.expect_pass()
 }
 
@@ -922,6 +938,7 @@ zdtm_tests!(
     zombie,
     seccomp,
     pty,
+    new_work,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

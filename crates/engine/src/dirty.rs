@@ -9,7 +9,9 @@
 //! write-protected; a write then only marks its page, and PAGEMAP_SCAN
 //! reports written pages and re-protects them in one atomic step. Areas
 //! mapped after the start count as wholly dirty and are registered from
-//! then on. Dropping the tracker closes the last reference to the
+//! then on. The process runs while its areas are registered: one it
+//! unmaps or changes between the read of its maps and the registration is
+//! skipped and counts as new at the next collection. Dropping the tracker closes the last reference to the
 //! userfaultfd, which unregisters everything: an abort leaves the process
 //! as it was.
 
@@ -119,10 +121,34 @@ impl DirtyTracker {
         Ok(t)
     }
 
-    fn track(&mut self, start: u64, end: u64) -> Result<()> {
-        self.uffd.register_wp(start, end - start).step(self.pid, || format!("register {start:#x}-{end:#x}"))?;
-        self.uffd.writeprotect(start, end - start, true).step(self.pid, || format!("write-protect {start:#x}-{end:#x}"))?;
-        Ok(())
+    /// Registers and write-protects `[start, end)`, an area as
+    /// /proc/PID/maps showed it a moment ago. The process runs meanwhile:
+    /// an area it unmapped, moved or resized since cannot be registered as
+    /// read (the kernel answers EINVAL, or ENOENT or ENOMEM when
+    /// write-protecting). Such an area is skipped: what is there now is not
+    /// tracked, so the next collection reports it as a new area (wholly
+    /// dirty) and tracks it. A part registered but not write-protected
+    /// reports its present pages as written: more is sent, never less.
+    /// Returns whether the area is tracked.
+    fn track(&mut self, start: u64, end: u64) -> Result<bool> {
+        let len = end - start;
+        let res = match self.uffd.register_wp(start, len) {
+            Err(e) => Err(("register", e)),
+            Ok(()) => self.uffd.writeprotect(start, len, true).map_err(|e| ("write-protect", e)),
+        };
+        match res {
+            Ok(()) => Ok(true),
+            Err((_, e)) if matches!(e.errno(), Some(libc::EINVAL | libc::ENOENT | libc::ENOMEM)) && !self.still_mapped(start, end)? => {
+                tracing::debug!(pid = self.pid, start, end, error = %e, "area changed while it was being tracked");
+                Ok(false)
+            }
+            Err((what, e)) => Err(e).step(self.pid, || format!("{what} {start:#x}-{end:#x}")),
+        }
+    }
+
+    /// Whether `[start, end)` is still one trackable area.
+    fn still_mapped(&self, start: u64, end: u64) -> Result<bool> {
+        Ok(proc::maps(self.pid)?.iter().any(|m| m.start == start && m.end == end && is_trackable(m)))
     }
 
     /// Pages written since the last call (or the start), each re-protected

@@ -203,41 +203,63 @@ pub(crate) fn check_target(pid: i32) -> Result<()> {
 
 /// Waits until a seized, interrupted thread reports its interrupt stop.
 pub(crate) fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
+    if wait_stop_or_exit(tid)? {
+        Ok(())
+    } else {
+        Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
+    }
+}
+
+/// Waits until a seized, interrupted thread reports its interrupt stop
+/// (true) or its exit (false, reaped as our tracee).
+fn wait_stop_or_exit(tid: i32) -> Result<bool> {
+    // A thread exiting meanwhile answers ESRCH; its exit is waited for next.
+    let gone_ok = |r: lpm_sys::Result<()>, what: &str| match r {
+        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
+        r => r.step(tid, || what.into()),
+    };
     loop {
         match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
-            Stop::Event(ptrace::EVENT_STOP, _) => return Ok(()),
+            Stop::Event(ptrace::EVENT_STOP, _) => return Ok(true),
             // A signal arriving first takes the interrupt's place: hand the
             // signal back and ask again.
             Stop::Signal(sig) => {
-                ptrace::cont(tid, sig).step(tid, || "re-deliver signal".into())?;
-                ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+                gone_ok(ptrace::cont(tid, sig), "re-deliver signal")?;
+                gone_ok(ptrace::interrupt(tid), "interrupt")?;
             }
             Stop::Event(_, _) | Stop::Syscall => {
-                ptrace::cont(tid, 0).step(tid, || "continue".into())?;
-                ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+                gone_ok(ptrace::cont(tid, 0), "continue")?;
+                gone_ok(ptrace::interrupt(tid), "interrupt")?;
             }
-            Stop::Exited(_) | Stop::Killed(_) => {
-                return Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
-            }
+            Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
         }
     }
 }
 
-/// The processes of the tree, parents before children.
-fn list_tree(root: i32) -> Result<Vec<i32>> {
-    list_tree_of(root, false)
+/// Whether thread `tid` of `pid` has ended (exiting, a zombie, or gone).
+fn task_ended(pid: i32, tid: i32) -> bool {
+    match proc::read(pid, &format!("task/{tid}/stat")) {
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_none_or(|st| matches!(st, "Z" | "X" | "x")),
+        Err(_) => true,
+    }
 }
 
-/// The processes of the tree, parents before children. With `running`,
-/// a process other than the root that is gone by the time its children
-/// are listed is left out (a running tree changes as it is listed).
-pub(crate) fn list_tree_of(root: i32, running: bool) -> Result<Vec<i32>> {
+/// Whether `pid` is still there (a zombie counts).
+fn exists(pid: i32) -> bool {
+    Stat::read(pid).is_ok()
+}
+
+/// The processes of the tree, parents before children. A process that
+/// ends while it is listed is left out (its zombie, if its parent keeps
+/// one, shows at the next listing): the tree may be running (an
+/// inspection) or stopping (a freeze, while its tasks still end).
+pub(crate) fn list_tree(root: i32) -> Result<Vec<i32>> {
     let mut queue = vec![root];
     let mut procs = Vec::new();
     while let Some(pid) = queue.pop() {
         match proc::children(pid) {
             Ok(kids) => queue.extend(kids),
-            Err(_) if running && pid != root && Stat::read(pid).is_err() => continue,
+            Err(_) if pid != root && !exists(pid) => continue,
             Err(e) => return Err(e),
         }
         procs.push(pid);
@@ -264,16 +286,33 @@ fn cgroup_of(pid: i32) -> Result<Option<PathBuf>> {
 /// The tree's cgroup v2 directory, when the tree is alone in a cgroup of
 /// its own (not lpm's): then the cgroup freezer stops it atomically, with
 /// no race against forks.
+///
+/// The tree runs while this is asked, and forks: a member of the cgroup
+/// that the listing `procs` missed counts as the tree's when its parents
+/// lead to `root` (a child born since), and a process of the listing that
+/// is no member counts only if it is still alive (a zombie has left its
+/// cgroup already, one reaped is gone).
 pub(crate) fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
     let Some(dir) = cgroup_of(root)? else { return Ok(None) };
     let members = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(io_err(format!("read {}/cgroup.procs", dir.display())))?;
-    let mut members: Vec<i32> = members.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    // A zombie has left its cgroup already (cgroup.procs no longer lists
-    // it) but is still part of the tree.
-    let mut mine: Vec<i32> = procs.iter().copied().filter(|&p| !Stat::read(p).is_ok_and(|s| s.state() == 'Z')).collect();
-    members.sort_unstable();
-    mine.sort_unstable();
-    Ok((members == mine).then_some(dir))
+    let members: std::collections::HashSet<i32> = members.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let descends = |mut p: i32| {
+        // Ends at pid 1 or 0, or at a process gone meanwhile (an orphan
+        // of the tree is reparented inside it: the root is its pid 1).
+        for _ in 0..4096 {
+            if p == root {
+                return true;
+            }
+            match Stat::read(p) {
+                Ok(s) if p > 1 => p = s.num(4) as i32,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let alone = members.iter().all(|&m| procs.contains(&m) || descends(m) || !exists(m))
+        && procs.iter().all(|&p| members.contains(&p) || !Stat::read(p).is_ok_and(|s| s.state() != 'Z'));
+    Ok(alone.then_some(dir))
 }
 
 /// The refusal of [`After::Frozen`] for a tree that is not alone in a
@@ -311,6 +350,13 @@ pub(crate) fn cgroup_freeze(dir: &Path, on: bool) -> Result<()> {
 /// and each thread traps into its ptrace stop before it can run. Otherwise
 /// threads are seized one by one, re-listing until no new task appears (a
 /// task may fork or spawn a thread while we attach).
+///
+/// Tasks end meanwhile: a program that does work starts and joins threads
+/// and forks children that exit, and the freezer does not hold a task that
+/// is exiting. A thread gone before it is seized is skipped; one that
+/// exits once seized is reaped as our tracee and left out. A process whose
+/// every thread ended is then a zombie of its (stopped) parent, recorded
+/// as one (checked as the listing checks zombies), or gone.
 fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
     let mut frozen = Frozen { threads: Vec::new(), done: false };
     let mut known: HashMap<i32, ()> = HashMap::new();
@@ -320,18 +366,28 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
         cgroup_freeze(cg, true)?;
     }
     let mut pending = Vec::new();
+    let mut ended = Vec::new();
     let res = (|| -> Result<()> {
         loop {
             let mut new = 0;
             for pid in list_tree(root)? {
                 // A zombie cannot be seized: it is recorded from /proc.
-                if zombie::check(pid, root)? {
+                let zombie = match zombie::check(pid, root) {
+                    Err(_) if pid != root && !exists(pid) => continue,
+                    z => z?,
+                };
+                if zombie {
                     if !order.contains(&pid) {
                         order.push(pid);
                     }
                     continue;
                 }
-                for tid in proc::threads(pid)? {
+                let tids = match proc::threads(pid) {
+                    Ok(t) => t,
+                    Err(_) if pid != root && !exists(pid) => continue,
+                    Err(e) => return Err(e),
+                };
+                for tid in tids {
                     if known.insert(tid, ()).is_some() {
                         continue;
                     }
@@ -341,11 +397,21 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
                     // A thread under seccomp must not have our remote
                     // syscalls filtered.
                     let suspend = if seccomp::active(pid, tid) { lpm_sys::misc::PTRACE_O_SUSPEND_SECCOMP } else { 0 };
-                    ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD | suspend).step(tid, || "seize".into())?;
-                    ptrace::interrupt(tid).step(tid, || "interrupt".into())?;
+                    match ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD | suspend) {
+                        // Ended since it was listed: gone (ESRCH) or exiting
+                        // (EPERM; a zombie shows at the next listing).
+                        Err(e) if e.errno() == Some(libc::ESRCH) => continue,
+                        Err(e) if e.errno() == Some(libc::EPERM) && task_ended(pid, tid) => continue,
+                        r => r.step(tid, || "seize".into())?,
+                    }
+                    // Ours now: an exit from here on is reported to us.
                     pending.push((pid, tid));
-                    if cgroup.is_none() {
-                        wait_interrupt_stop(pid, tid)?;
+                    match ptrace::interrupt(tid) {
+                        Err(e) if e.errno() == Some(libc::ESRCH) => {}
+                        r => r.step(tid, || "interrupt".into())?,
+                    }
+                    if cgroup.is_none() && !wait_stop_or_exit(tid)? {
+                        ended.push(tid);
                     }
                 }
                 if !order.contains(&pid) {
@@ -364,10 +430,20 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
     // release below finds it stopped and can put it back.
     let mut err = res.err();
     for (pid, tid) in pending {
+        if ended.contains(&tid) {
+            continue;
+        }
         if cgroup.is_some() {
-            if let Err(e) = wait_interrupt_stop(pid, tid) {
-                err.get_or_insert(e);
-                continue;
+            match wait_stop_or_exit(tid) {
+                Ok(true) => {}
+                Ok(false) => {
+                    ended.push(tid);
+                    continue;
+                }
+                Err(e) => {
+                    err.get_or_insert(e);
+                    continue;
+                }
             }
         }
         let state =
@@ -377,6 +453,35 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
             Err(e) => {
                 err.get_or_insert(e);
             }
+        }
+    }
+    if err.is_none() {
+        // A process none of whose threads is held any more ended while it
+        // was stopped: a zombie now (recorded from /proc, if the listing's
+        // rules allow it), or gone.
+        let held: std::collections::HashSet<i32> = frozen.threads.iter().map(|s| s.pid).collect();
+        let mut kept = Vec::with_capacity(order.len());
+        for pid in order {
+            if held.contains(&pid) {
+                kept.push(pid);
+                continue;
+            }
+            match zombie::check(pid, root) {
+                Ok(true) => kept.push(pid),
+                Ok(false) => {
+                    err = Some(EngineError::BadTarget { pid, why: "its threads ended during the freeze but it is no zombie".into() });
+                    break;
+                }
+                Err(_) if pid != root && !exists(pid) => {}
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        order = kept;
+        if !ended.is_empty() {
+            tracing::debug!(root, ended = ?ended, "tasks ended while the tree was stopped");
         }
     }
     match err {

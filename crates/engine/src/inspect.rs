@@ -119,7 +119,7 @@ impl Inspection {
 pub fn inspect(root: i32, opts: &DumpOptions) -> Result<Inspection> {
     let started = Instant::now();
     dump::check_target(root)?;
-    let procs = dump::list_tree_of(root, true)?;
+    let procs = dump::list_tree(root)?;
     let mut out = Inspection { root, ..Default::default() };
     let mut sink = Sink { out: &mut out };
     if opts.after == crate::After::Frozen {

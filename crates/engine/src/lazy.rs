@@ -13,6 +13,18 @@
 //! missing pages are filled from the same store (at the fork they held
 //! the same content). When nothing is left, closing the userfaultfds
 //! unregisters everything.
+//!
+//! One UFFDIO_COPY fills one registered area: a range that reaches into
+//! the next area fails whole with ENOENT, the same answer as a range
+//! unmapped meanwhile. So the runs are cut at the areas' bounds when they
+//! are registered (the image joins precopied runs that touch, across
+//! areas: a thread's stack and the area above it), a copy the kernel
+//! refuses for a range of several pages is tried again on its first half
+//! (the program may have split an area since), and only a single page
+//! without an area counts as gone. Taking "no area" for "gone" on a whole
+//! range once left every page of such a run reading as zero: the
+//! descriptor of a joined thread's cached stack, whose next thread then
+//! crashed.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -22,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use lpm_image::{Mm, Vma};
 use lpm_sys::remote::Remote;
-use lpm_sys::uffd::{self, Event, Uffd};
+use lpm_sys::uffd::{self, Copied, Event, Uffd};
 
 use crate::{EngineError, Result, StepExt, PAGE};
 
@@ -111,6 +123,28 @@ fn remove(runs: &mut Vec<Run>, start: u64, end: u64) -> u64 {
     removed
 }
 
+/// The parts of `runs` inside `areas` (both sorted by address, areas
+/// disjoint), cut at the areas' bounds.
+fn clip(runs: impl IntoIterator<Item = Run>, areas: impl IntoIterator<Item = (u64, u64)>) -> Vec<Run> {
+    let areas: Vec<(u64, u64)> = areas.into_iter().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    for r in runs {
+        while i < areas.len() && areas[i].1 <= r.start {
+            i += 1;
+        }
+        let mut j = i;
+        while j < areas.len() && areas[j].0 < r.end {
+            let (s, e) = (r.start.max(areas[j].0), r.end.min(areas[j].1));
+            if s < e {
+                out.push(Run { start: s, end: e, off: r.off + (s - r.start) });
+            }
+            j += 1;
+        }
+    }
+    out
+}
+
 fn moved(runs: &mut Vec<Run>, from: u64, to: u64, len: u64) {
     let mut inside = runs.clone();
     inside.retain(|r| r.start < from + len && r.end > from);
@@ -134,14 +168,15 @@ pub(crate) fn register(
     eager: &[u64],
 ) -> Result<Option<Space>> {
     let areas: Vec<&Vma> = mm.vmas.iter().filter(|v| lazy(v)).collect();
-    let runs: Vec<Run> = mm
-        .pages
-        .iter()
-        .filter(|p| p.precopied && p.npages > 0 && areas.iter().any(|v| v.start <= p.vaddr && p.vaddr < v.end))
-        .map(|p| Run { start: p.vaddr, end: p.vaddr + p.npages * PAGE, off: p.vaddr })
-        .collect();
+    let precopied = mm.pages.iter().filter(|p| p.precopied && p.npages > 0).map(|p| Run {
+        start: p.vaddr,
+        end: p.vaddr + p.npages * PAGE,
+        off: p.vaddr,
+    });
+    // The image joins precopied runs that touch across areas; one
+    // UFFDIO_COPY fills one area only.
+    let mut runs = clip(precopied, areas.iter().map(|v| (v.start, v.end)));
     // Filled during the restore already (see mem::RestoreCtx::eager).
-    let mut runs = runs;
     for &page in eager {
         remove(&mut runs, page, page + PAGE);
     }
@@ -185,8 +220,10 @@ impl Space {
 }
 
 impl Space {
-    /// Copies `[start, end)` of run `i`'s range from the store; false when
-    /// the address space is changing (read events first).
+    /// Copies what of `[start, end)` the run holding `start` still needs
+    /// from the store, or as much of it as the kernel takes at once;
+    /// false when the address space is changing (read events first).
+    /// Every call that returns true takes at least one page off the runs.
     fn copy(&mut self, start: u64, end: u64, buf: &mut Vec<u8>, stats: &mut FillStats) -> Result<bool> {
         let Some(r) = self.runs.iter().find(|r| r.start <= start && start < r.end).copied() else { return Ok(true) };
         let end = end.min(r.end);
@@ -198,12 +235,37 @@ impl Space {
             r.off + (start - r.start)
         )))?;
         match self.uffd.copy(start, &buf[..len]).step(self.pid, || format!("fill {start:#x}"))? {
-            None => Ok(false),
-            Some(done) => {
-                // A present page stops the copy: it is newer (the final
-                // pages, or written since): skip it.
-                let upto = if done as usize >= len { end } else { start + done + PAGE };
-                stats.pages += remove(&mut self.runs, start, upto);
+            Copied::Changing => Ok(false),
+            Copied::Bytes(n) => {
+                // The rest, if the kernel stopped short (at a present
+                // page, or the end of an area split since), on a later
+                // call.
+                stats.pages += remove(&mut self.runs, start, start + n);
+                Ok(true)
+            }
+            Copied::Present => {
+                // Newer than the store (the final pages, or written
+                // since): skip it.
+                remove(&mut self.runs, start, start + PAGE);
+                Ok(true)
+            }
+            Copied::NoArea if len as u64 > PAGE => {
+                // The range straddles areas (the program split one, by
+                // mprotect or a partial unmap): the first half alone,
+                // down to the page at `start` if need be. Nothing is
+                // dropped on this answer: it does not say which page
+                // lacks an area.
+                let half = (len as u64 / 2) & !(PAGE - 1);
+                self.copy(start, start + half, buf, stats)
+            }
+            Copied::NoArea => {
+                // No registered area holds this page any more: unmapped,
+                // or mapped anew (the unmap's event follows).
+                stats.dropped += remove(&mut self.runs, start, start + PAGE);
+                Ok(true)
+            }
+            Copied::Gone => {
+                stats.dropped += remove(&mut self.runs, 0, u64::MAX);
                 Ok(true)
             }
         }
@@ -223,13 +285,18 @@ impl Space {
                             self.events(buf, stats, born)?;
                         }
                         stats.faulted += stats.pages - before;
-                        if self.runs.iter().any(|r| r.start <= page && page < r.end) {
+                        while self.runs.iter().any(|r| r.start <= page && page < r.end) {
                             // The window started below the page and stopped
-                            // at a present page before reaching it.
+                            // before reaching it (a present page, the end
+                            // of an area).
                             while !self.copy(page, page + PAGE, buf, stats)? {
                                 self.events(buf, stats, born)?;
                             }
                         }
+                        // Whatever took the page off the runs (a copy wakes
+                        // what it fills; a page found present or without
+                        // an area does not), the task must not wait on.
+                        self.uffd.wake(page, PAGE).step(self.pid, || format!("wake at {page:#x}"))?;
                     } else {
                         self.uffd.zeropage(page, PAGE).step(self.pid, || format!("zero page at {page:#x}"))?;
                     }
@@ -340,6 +407,28 @@ impl LazyFill {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_cut_at_the_bounds_of_areas() {
+        // One precopied run over two touching areas (a thread's stack and
+        // the area above it), one over a gap, one outside every area.
+        let runs = [
+            Run { start: 0x1000, end: 0x5000, off: 0x1000 },
+            Run { start: 0x7000, end: 0xb000, off: 0x7000 },
+            Run { start: 0x20000, end: 0x21000, off: 0x20000 },
+        ];
+        let areas = [(0x0, 0x3000), (0x3000, 0x8000), (0xa000, 0xc000)];
+        assert_eq!(
+            clip(runs, areas),
+            vec![
+                Run { start: 0x1000, end: 0x3000, off: 0x1000 },
+                Run { start: 0x3000, end: 0x5000, off: 0x3000 },
+                Run { start: 0x7000, end: 0x8000, off: 0x7000 },
+                Run { start: 0xa000, end: 0xb000, off: 0xa000 },
+            ]
+        );
+        assert_eq!(clip([Run { start: 0x1000, end: 0x2000, off: 0x1000 }], []), vec![]);
+    }
 
     #[test]
     fn runs_split_and_move_with_their_store_offsets() {

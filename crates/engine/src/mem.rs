@@ -588,7 +588,11 @@ pub struct RestoreCtx<'a> {
     /// Pages filled now even with `lazy`: those the restore itself makes
     /// the kernel write before the tree runs (each thread's rseq area: the
     /// kernel's write would allocate them zeroed and the fill, finding them
-    /// present, would leave them so), and a migration's hot pages
+    /// present, would leave them so), those the kernel writes when a
+    /// restored thread exits (its clear_child_tid word and robust list
+    /// head: a fault of an exiting task is not handed to the fill, the
+    /// write is lost, and a pthread_join waiting on that word waits for
+    /// ever), and a migration's hot pages
     /// ([`crate::RestoreOptions::hot`]). Sorted, without repeats.
     pub eager: Vec<u64>,
 }

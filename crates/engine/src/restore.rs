@@ -823,11 +823,14 @@ fn shape(
             eager: p
                 .threads
                 .iter()
-                .filter_map(|t| t.rseq.as_ref())
-                .filter(|r| r.addr != 0)
-                .flat_map(|r| {
-                    let first = r.addr & !(crate::PAGE - 1);
-                    let last = (r.addr + r.len.max(1) as u64 - 1) & !(crate::PAGE - 1);
+                .flat_map(|t| {
+                    let rseq = t.rseq.as_ref().filter(|r| r.addr != 0).map(|r| (r.addr, r.len.max(1) as u64));
+                    let exit = [(t.clear_child_tid, 4), (t.robust_list, t.robust_list_len.max(1))];
+                    rseq.into_iter().chain(exit).filter(|&(addr, _)| addr != 0)
+                })
+                .flat_map(|(addr, len)| {
+                    let first = addr & !(crate::PAGE - 1);
+                    let last = (addr + len - 1) & !(crate::PAGE - 1);
                     [first, last]
                 })
                 .chain(

@@ -77,6 +77,39 @@ with open(sys.argv[1], "a") as f:
         time.sleep(0.005)
 "#;
 
+/// Maps a private area of 1 to 16 MiB, touches it and unmaps it, over
+/// and over.
+const CHURN: &str = r#"
+import mmap, sys
+open(sys.argv[1], "w").write("ready")
+n = 0
+while True:
+    n += 1
+    m = mmap.mmap(-1, (1 + n % 16) << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for i in range(0, len(m), 65536):
+        m[i] = 1
+    m.close()
+"#;
+
+/// Threads that start and end all the time, and children that are
+/// forked and exit all the time (a thread per request, a shell's
+/// subshells).
+const SPAWNER: &str = r#"
+import os, sys, threading
+open(sys.argv[1], "w").write("ready")
+def forks():
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+threading.Thread(target=forks, daemon=True).start()
+while True:
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+"#;
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// One test's directory, cgroups and processes; all removed on drop.
@@ -367,6 +400,109 @@ fn switchover_after_precopy_saves_only_what_changed() {
     let err = lpm_engine::restore_held(&img, &RestoreOptions::default()).expect_err("restore from a truncated precopy file");
     assert!(format!("{err}").contains(&name), "error does not name the precopy file: {err}");
     assert!(gone(pid), "a failed restore left its root behind");
+}
+
+/// A lazy restore copies before the tree runs the words the kernel writes
+/// when a restored thread exits (its clear_child_tid word and robust list
+/// head): a fault of an exiting task is not handed to the fill (the
+/// kernel's handle_userfault refuses PF_EXITING tasks), so the write would
+/// be lost and a pthread_join on that word would wait for ever. The
+/// program runs with rseq off (glibc.pthread.rseq=0), so no rseq area
+/// brings the page in by chance.
+#[test]
+fn lazy_restore_copies_the_exit_words_first() {
+    let mut s = Scene::new("exitwords");
+    let cg = s.cgroup();
+    let (ready, result, img) = (s.path("ready"), s.path("result"), s.path("img"));
+    fs::create_dir(&img).unwrap();
+    let pid = s.python(PATTERN, &[&ready, &result], Some(&cg), "env GLIBC_TUNABLES=glibc.pthread.rseq=0");
+    wait_for("the program to fill its buffer", 30, || ready.exists());
+    // Stopped, then every page copied: all of memory is precopied.
+    let stopped = lpm_engine::stop_tree(pid).expect("stop the tree");
+    let file = fs::File::create(img.join(format!("precopy-{pid}.pages"))).unwrap();
+    let mut rx = Receiver { pid, file, held: BTreeSet::new(), copied: 0 };
+    rx.copy(&writable_private(pid));
+    let opts = DumpOptions { precopied: HashMap::from([(pid, rx.ranges())]), ..Default::default() };
+    stopped.dump(&img, &opts).expect("checkpoint");
+    wait_for("the checkpointed program to be gone", 5, || gone(pid));
+    let tree = lpm_image::read_tree(&img).unwrap();
+    let threads = &tree.processes[0].threads;
+    assert!(threads.iter().all(|t| t.rseq.as_ref().is_none_or(|r| r.addr == 0)), "rseq is on despite the tunable: {threads:?}");
+
+    let opts = RestoreOptions { cgroups: vec![cg.clone()], lazy_fill: true, ..Default::default() };
+    let mut held = lpm_engine::restore_held(&img, &opts).expect("restore for a lazy fill");
+    let lazy = held.take_lazy().expect("precopied pages left to the lazy fill");
+    let pagemap = fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut words = 0;
+    for t in threads {
+        for addr in [t.clear_child_tid, t.robust_list].into_iter().filter(|&a| a != 0) {
+            let mut entry = [0u8; 8];
+            pagemap.read_exact_at(&mut entry, addr / PAGE * 8).unwrap();
+            assert!(u64::from_le_bytes(entry) >> 63 == 1, "thread {}: the page of {addr:#x} is left to the lazy fill", t.tid);
+            words += 1;
+        }
+    }
+    assert!(words > 0, "no thread has a clear_child_tid word or a robust list: {threads:?}");
+    let filler = std::thread::spawn(move || lazy.run());
+    held.release().expect("release after a lazy restore");
+    let verdict = ask(pid, &result);
+    assert!(verdict.starts_with("ok "), "program restored with a lazy fill found its memory wrong: {verdict}");
+    filler.join().expect("filler thread").expect("lazy fill");
+}
+
+/// Dirty tracking of a process that maps and unmaps areas all the time:
+/// an area unmapped between the read of the maps and its registration is
+/// skipped (and counts as new at the next collection), never a failure.
+/// Each start and collection races with the program; before areas that
+/// changed were skipped, about one in a few hundred failed with EINVAL.
+#[test]
+fn tracking_survives_areas_mapped_and_unmapped_meanwhile() {
+    let mut s = Scene::new("churn");
+    let ready = s.path("ready");
+    let pid = s.python(CHURN, &[&ready], None, "");
+    wait_for("the program to start", 30, || ready.exists());
+    let (mut collections, mut new_areas) = (0, 0);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        let mut tracker =
+            lpm_engine::DirtyTracker::start(pid).unwrap_or_else(|e| panic!("start tracking after {collections} collections: {e}"));
+        for _ in 0..20 {
+            let d = tracker.collect().unwrap_or_else(|e| panic!("collection {collections}: {e}"));
+            collections += 1;
+            new_areas += d.new_areas.len();
+        }
+    }
+    assert!(!gone(pid), "the program died under tracking");
+    assert!(new_areas > 0, "in {collections} collections the program never mapped a new area");
+    eprintln!("{collections} collections, {new_areas} new areas");
+}
+
+/// Stopping a tree whose threads and children come and go all the time:
+/// a thread or a process that ends while the tree is being stopped is
+/// gone (or a zombie, recorded as one), never a failure of the stop.
+/// With the cgroup freezer (as a migration stops a partition) and
+/// without it.
+#[test]
+fn stopping_a_tree_whose_tasks_come_and_go() {
+    let mut s = Scene::new("spawner");
+    let cg = s.cgroup();
+    let (ready, ready2) = (s.path("ready"), s.path("ready2"));
+    let in_cgroup = s.python(SPAWNER, &[&ready], Some(&cg), "");
+    let alone = s.python(SPAWNER, &[&ready2], None, "");
+    wait_for("the programs to start", 30, || ready.exists() && ready2.exists());
+    for (pid, how) in [(in_cgroup, "through its cgroup"), (alone, "thread by thread")] {
+        let (mut stops, mut zombies) = (0, 0);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            let stopped = lpm_engine::stop_tree(pid).unwrap_or_else(|e| panic!("stop {how}, after {stops} stops: {e} ({e:?})"));
+            assert_eq!(stopped.cgroup().is_some(), pid == in_cgroup, "stopped {how}");
+            zombies += stopped.pids().iter().filter(|&&p| lpm_engine::proc::Stat::read(p).is_ok_and(|s| s.state() == 'Z')).count();
+            stopped.resume();
+            stops += 1;
+        }
+        assert!(!gone(pid), "the program died under the stops {how}");
+        eprintln!("{how}: {stops} stops, {zombies} zombies seen");
+    }
 }
 
 /// After::Frozen leaves the tree frozen by its cgroup, untraced; thawing

@@ -435,10 +435,12 @@ pub struct Precopy {
     last_collect: Instant,
 }
 
-/// Whether `pid` exited (or is a zombie: no memory left to copy).
+/// Whether `pid` exited, or is exiting: a zombie, or a process whose
+/// memory is already gone (its size reads 0 between the release of its
+/// memory and its zombie state): no memory left to copy.
 fn gone(pid: i32) -> bool {
     match proc::Stat::read(pid) {
-        Ok(s) => matches!(s.state(), 'Z' | 'X'),
+        Ok(s) => matches!(s.state(), 'Z' | 'X') || s.num(23) == 0,
         Err(_) => true,
     }
 }

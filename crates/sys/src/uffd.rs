@@ -90,6 +90,25 @@ impl Uffd {
 
 pub use linux_raw_sys::general::{UFFD_FEATURE_EVENT_FORK, UFFD_FEATURE_EVENT_REMAP, UFFD_FEATURE_EVENT_REMOVE, UFFD_FEATURE_EVENT_UNMAP};
 
+/// How far a UFFDIO_COPY went ([`Uffd::copy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copied {
+    /// This many bytes from the start are in place: all of them, or as
+    /// many as went in before the kernel stopped (call again for the rest).
+    Bytes(u64),
+    /// The first page is present already (EEXIST): nothing was copied.
+    Present,
+    /// The address space is changing (EAGAIN): read the pending events,
+    /// then try again.
+    Changing,
+    /// No registered area holds the whole range (ENOENT): it straddles
+    /// two areas, or an area is gone. Nothing was copied; a single page
+    /// that gets this has no registered area left.
+    NoArea,
+    /// The process has no memory any more (ESRCH).
+    Gone,
+}
+
 /// What a userfaultfd reports (missing-page mode with the non-cooperative
 /// events): a fault to resolve, or a change of the address space that
 /// the resolver must follow.
@@ -141,22 +160,34 @@ impl Uffd {
     }
 
     /// Places `data` at `dst` atomically (UFFDIO_COPY) and wakes whoever
-    /// waits on it. Pages already present are left alone: returns how many
-    /// bytes were copied before the first present page (EEXIST) or the
-    /// whole length; `Ok(None)` when the address space is changing (an
-    /// event is pending: read it first, then try again).
-    pub fn copy(&self, dst: u64, data: &[u8]) -> Result<Option<u64>> {
+    /// waits on the pages copied. The kernel copies only into one
+    /// registered area, and stops at the first page already present;
+    /// [`Copied`] says how far it went and why it stopped.
+    pub fn copy(&self, dst: u64, data: &[u8]) -> Result<Copied> {
         let mut c = linux_raw_sys::general::uffdio_copy { dst, src: data.as_ptr() as u64, len: data.len() as u64, mode: 0, copy: 0 };
-        match ioctl(&self.fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut c) {
-            Ok(()) => Ok(Some(c.copy as u64)),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(Some(c.copy.max(0) as u64)),
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
-            // The range went away under us (unmapped, or the task exited).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EFAULT)) => {
-                Ok(Some(data.len() as u64))
-            }
-            Err(e) => Err(Error::mem("UFFDIO_COPY", self.pid, dst, e)),
+        let res = ioctl(&self.fd, linux_raw_sys::ioctl::UFFDIO_COPY, &mut c);
+        // `copy` holds the bytes copied, or the negative errno when none
+        // was: a copy cut short (a present page, the end of the area,
+        // memory) returns EAGAIN with the bytes it did copy.
+        if c.copy > 0 {
+            return Ok(Copied::Bytes(c.copy as u64));
         }
+        match res {
+            Ok(()) => Ok(Copied::Bytes(data.len() as u64)),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EEXIST) => Ok(Copied::Present),
+                Some(libc::EAGAIN) => Ok(Copied::Changing),
+                Some(libc::ENOENT) => Ok(Copied::NoArea),
+                Some(libc::ESRCH) => Ok(Copied::Gone),
+                _ => Err(Error::mem("UFFDIO_COPY", self.pid, dst, e)),
+            },
+        }
+    }
+
+    /// Wakes the tasks waiting on a fault in `[start, start+len)`.
+    pub fn wake(&self, start: u64, len: u64) -> Result<()> {
+        let mut r = uffdio_range { start, len };
+        ioctl(&self.fd, linux_raw_sys::ioctl::UFFDIO_WAKE, &mut r).map_err(|e| Error::mem("UFFDIO_WAKE", self.pid, start, e))
     }
 
     /// Maps the zero page over `[start, start+len)` where nothing is

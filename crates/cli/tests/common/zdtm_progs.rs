@@ -61,11 +61,23 @@ pub struct Prog {
     pub stable: bool,
     /// Number of ZDTM_SABOTAGE cases the program implements.
     pub sabotage: u32,
+    /// It does a round of new work on SIGUSR1 and reports it in the file
+    /// `round` of its work dir (see [`ROUND_FILE`]): the runners ask for
+    /// one after every restore and every migration.
+    pub rounds: bool,
 }
+
+/// Where a program with [`Prog::rounds`] reports a round of new work,
+/// in its work dir: "ok" or "FAIL: why". The runner removes it, sends
+/// SIGUSR1 and waits for it.
+pub const ROUND_FILE: &str = "round";
+
+/// How long a round of new work may take (its pool waits up to 10 s).
+pub const ROUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// A program with no needs whose root gets SIGTERM.
 pub const fn prog(name: &'static str, launch: Launch, stable: bool, sabotage: u32) -> Prog {
-    Prog { name, launch, needs: &[], term: Term::Root, stable, sabotage }
+    Prog { name, launch, needs: &[], term: Term::Root, stable, sabotage, rounds: false }
 }
 
 /// The replayed programs.
@@ -104,6 +116,7 @@ pub static PROGS: &[Prog] = &[
     prog("zombie", Launch::C, true, 3),
     prog("seccomp", Launch::C, true, 3),
     prog("pty", Launch::C, true, 4),
+    Prog { rounds: true, ..prog("new_work", Launch::C, true, 5) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -185,4 +198,37 @@ pub fn argv(prog: &Prog, bin: Option<&Path>) -> Result<Vec<String>, String> {
         Launch::Python => vec!["python3".into(), script("py")],
         Launch::Shell => vec!["sh".into(), script("sh")],
     })
+}
+
+/// Asks the program whose root is `pid` and whose work dir is `work` for a
+/// round of new work ([`Prog::rounds`]) and waits for its report: Ok when
+/// the round passed, else why not. `alive` says whether the program still
+/// runs (a crash ends the wait at once).
+pub fn new_work_round(pid: i32, work: &Path, alive: impl Fn() -> bool) -> Result<(), String> {
+    let file = work.join(ROUND_FILE);
+    match std::fs::remove_file(&file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove {}: {e}", file.display())),
+    }
+    // SAFETY: kill takes plain integers.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        return Err(format!("SIGUSR1 {pid}: {}", std::io::Error::last_os_error()));
+    }
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(r) = std::fs::read_to_string(&file) {
+            return match r.as_str() {
+                "ok\n" => Ok(()),
+                other => Err(format!("a round of new work reported {:?}", other.trim())),
+            };
+        }
+        if !alive() {
+            return Err(format!("the program (pid {pid}) died during a round of new work"));
+        }
+        if t.elapsed() > ROUND_TIMEOUT {
+            return Err(format!("no report of a round of new work within {ROUND_TIMEOUT:?} of SIGUSR1 to {pid}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
