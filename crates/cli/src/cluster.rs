@@ -134,12 +134,16 @@ pub struct MigrateArgs {
     /// Compress pages: "zstd" (or "zstd:LEVEL").
     #[arg(long)]
     pub compress: Option<String>,
-    /// Run the validation only.
+    /// Run the validation only: print every check; exit 0 only when all
+    /// pass.
     #[arg(long)]
     pub validate_only: bool,
-    /// Print the report as JSON.
+    /// Print the report (or the checks) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// On Ctrl-C, stop the migration without asking.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -197,13 +201,13 @@ fn check_migrate_args(a: &MigrateArgs) -> Result<()> {
 }
 
 /// The lab as the CLI sees it.
-struct Cluster {
-    lab: Lab,
+pub(crate) struct Cluster {
+    pub(crate) lab: Lab,
     key: lpm_wire::Key,
 }
 
 impl Cluster {
-    fn open() -> Result<Cluster> {
+    pub(crate) fn open() -> Result<Cluster> {
         let dir = lab_dir();
         let lab = Lab::load(&dir).with_context(|| format!("no lab at {} (run `lpm lab up`, or set LPM_LAB)", dir.display()))?;
         let key = read_key(&lab.key_path())?;
@@ -220,7 +224,7 @@ impl Cluster {
             .collect())
     }
 
-    fn client(&self, host: &str) -> Result<Client> {
+    pub(crate) fn client(&self, host: &str) -> Result<Client> {
         let h = self.lab.host(host).ok_or_else(|| {
             let names: Vec<&str> = self.lab.hosts().iter().map(|h| h.name.as_str()).collect();
             anyhow!("no host {host:?} in the lab (hosts: {})", names.join(", "))
@@ -421,9 +425,20 @@ fn progress_line(p: &Progress) -> String {
     }
 }
 
-/// Migrates; returns the report (or the validation result as an error-free
-/// empty report when only validating).
-fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool) -> Result<Option<lpm_migrate::report::Report>> {
+/// What `lpm migrate` ends with.
+pub(crate) enum Migrated {
+    /// The report of a completed migration.
+    Report(Box<lpm_migrate::report::Report>),
+    /// The checks of `--validate-only`.
+    Checks(Vec<lpm_agent::api::Check>),
+}
+
+/// The migration under way, once its source named it: where a Ctrl-C
+/// sends its stop.
+type Current = std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>;
+
+/// Migrates (or only validates).
+pub(crate) fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool, current: &Current) -> Result<Migrated> {
     let source = c.locate(&a.name)?;
     let target = c.lab.host(&a.to).ok_or_else(|| anyhow!("no host {:?} in the lab", a.to))?;
     let req = MigrateRequest {
@@ -440,6 +455,9 @@ fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool) -> Result<Option<lpm_
     let tty = std::io::stderr().is_terminal();
     let mut last_len = 0;
     let res = c.client(&source)?.call_with_progress(&Request::Migrate(req), |p| {
+        if !p.id.is_empty() {
+            *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((source.clone(), p.id.clone()));
+        }
         if quiet {
             return;
         }
@@ -456,25 +474,76 @@ fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool) -> Result<Option<lpm_
         eprintln!();
     }
     match res? {
-        Response::Report(r) => Ok(Some(*r)),
-        Response::Validation(checks) => {
-            for ch in checks {
-                println!("{:4} {:8} {}", if ch.ok { "ok" } else { "FAIL" }, ch.name, ch.detail);
-            }
-            Ok(None)
-        }
+        Response::Report(r) => Ok(Migrated::Report(r)),
+        Response::Validation(checks) => Ok(Migrated::Checks(checks)),
         other => bail!("unexpected answer {other:?}"),
     }
+}
+
+/// Ctrl-C on `lpm migrate`: asks whether to stop the migration (or stops
+/// it with `--yes`); the migration itself runs in the source's lpmd and
+/// goes on without this command otherwise. A thread of its own waits for
+/// the signal, blocked in every other thread.
+fn watch_interrupt(current: Current, yes: bool) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.thread_block().context("block SIGINT")?;
+    std::thread::spawn(move || loop {
+        if set.wait().is_err() {
+            return;
+        }
+        let Some((host, id)) = current.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            eprintln!("\nlpm: interrupted before the migration began");
+            std::process::exit(130);
+        };
+        if !yes {
+            let asked = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").ok().filter(|_| std::io::stdin().is_terminal());
+            let Some(mut tty) = asked else {
+                eprintln!("\nlpm: migration {id} goes on without this command; stop it with `lpm migration stop {id}` (or use --yes)");
+                std::process::exit(130);
+            };
+            let _ = write!(tty, "\nstop migration {id}? before go the partition keeps running on {host} [y/N] ");
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(&tty), &mut line);
+            if !matches!(line.trim(), "y" | "Y" | "yes") {
+                eprintln!("the migration goes on");
+                continue;
+            }
+        }
+        eprintln!("\nstopping migration {id}");
+        match Cluster::open().and_then(|c| c.client(&host)).and_then(|mut cl| cl.call(&Request::MigrationStop(id.clone()))) {
+            // The migration's own answer follows on the first connection.
+            Ok(_) => {}
+            Err(e) => eprintln!("lpm: stop migration {id}: {e:#}"),
+        }
+    });
+    Ok(())
 }
 
 /// Runs `lpm migrate`.
 pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
     check_migrate_args(&a)?;
     let c = Cluster::open()?;
-    match migrate_with(&c, &a, a.json)? {
-        Some(r) if a.json => println!("{}", serde_json::to_string_pretty(&r)?),
-        Some(r) => print!("{}", lpm_migrate::report::render(&r)),
-        None => {}
+    let current = Current::default();
+    if !a.validate_only {
+        watch_interrupt(current.clone(), a.yes)?;
+    }
+    match migrate_with(&c, &a, a.json, &current)? {
+        Migrated::Report(r) if a.json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Migrated::Report(r) => print!("{}", lpm_migrate::report::render(&r)),
+        Migrated::Checks(checks) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for ch in &checks {
+                    println!("{:4} {:9} {}", if ch.ok { "ok" } else { "FAIL" }, ch.name, ch.detail);
+                }
+            }
+            if checks.iter().any(|c| !c.ok) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -553,9 +622,10 @@ pub fn demo() -> Result<ExitCode> {
                 compress: None,
                 validate_only: false,
                 json: false,
+                yes: false,
             };
             let t = Instant::now();
-            let r = migrate_with(&c, &a, false)?.ok_or_else(|| anyhow!("no report"))?;
+            let Migrated::Report(r) = migrate_with(&c, &a, false, &Current::default())? else { bail!("no report") };
             print!("{}", lpm_migrate::report::render(&r));
             println!("   ({:.2} s)", t.elapsed().as_secs_f64());
             reports.push(r);

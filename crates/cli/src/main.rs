@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod bench_migrate;
 mod cluster;
+mod migrations;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -87,6 +88,11 @@ enum Cmd {
     },
     /// Move a running partition to another host.
     Migrate(cluster::MigrateArgs),
+    /// Migrations: list, show, stop, recover.
+    Migration {
+        #[command(subcommand)]
+        cmd: migrations::MigrationCmd,
+    },
     /// Run the host agent (what `lpmd` runs; the lab starts it).
     #[command(hide = true)]
     Daemon(lpm_agent::daemon::DaemonArgs),
@@ -201,6 +207,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Lab { cmd } => cluster::lab(cmd),
         Cmd::Partition { cmd } => cluster::partition(cmd),
         Cmd::Migrate(a) => cluster::migrate(a),
+        Cmd::Migration { cmd } => migrations::run(cmd),
         Cmd::Daemon(a) => a.run().map(|_| ExitCode::SUCCESS),
         Cmd::Fill { partition } => lpm_agent::fill::run_child(&partition).map(|_| ExitCode::SUCCESS),
         Cmd::DirtyRate { pid, interval_ms, rounds } => {
