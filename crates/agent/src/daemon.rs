@@ -63,12 +63,14 @@ pub struct DaemonArgs {
     /// --dir by default.
     #[arg(long)]
     pub shared: Option<PathBuf>,
-    /// Migrations this host runs as the source at once.
-    #[arg(long, default_value_t = DEFAULT_CONCURRENT, value_parser = at_least_one)]
-    pub max_outgoing: usize,
-    /// Migrations this host runs as the target at once.
-    #[arg(long, default_value_t = DEFAULT_CONCURRENT, value_parser = at_least_one)]
-    pub max_incoming: usize,
+    /// Migrations this host runs as the source at once (default 4, or
+    /// `LPM_MAX_OUTGOING`).
+    #[arg(long, value_parser = at_least_one)]
+    pub max_outgoing: Option<usize>,
+    /// Migrations this host runs as the target at once (default 4, or
+    /// `LPM_MAX_INCOMING`).
+    #[arg(long, value_parser = at_least_one)]
+    pub max_incoming: Option<usize>,
 }
 
 fn at_least_one(s: &str) -> std::result::Result<usize, String> {
@@ -99,6 +101,15 @@ impl DaemonArgs {
             Some(s) => s,
             None => self.dir.parent().map(Path::to_path_buf).unwrap_or_else(|| self.dir.clone()),
         };
+        let limit = |given: Option<usize>, var: &str| -> Result<usize> {
+            match (given, std::env::var(var)) {
+                (Some(n), _) => Ok(n),
+                (None, Ok(v)) => at_least_one(&v).map_err(|e| anyhow!("{var}: {e}")),
+                (None, Err(_)) => Ok(DEFAULT_CONCURRENT),
+            }
+        };
+        let max_outgoing = limit(self.max_outgoing, "LPM_MAX_OUTGOING")?;
+        let max_incoming = limit(self.max_incoming, "LPM_MAX_INCOMING")?;
         run(Options {
             shared,
             host: self.host,
@@ -108,8 +119,8 @@ impl DaemonArgs {
             control: self.control,
             bridge: self.bridge,
             prefix: self.prefix,
-            max_outgoing: self.max_outgoing,
-            max_incoming: self.max_incoming,
+            max_outgoing,
+            max_incoming,
         })
     }
 }
@@ -171,7 +182,7 @@ pub fn run(opts: Options) -> Result<()> {
     // Before the control socket exists: whoever sees it finds a clean host.
     // The partitions unsettled migrations hold are the migrations' to
     // resume, not the sweep's to remove.
-    let held = migration::held_partitions(&journal);
+    let held = migration::held(&journal);
     let parts = crate::orphans::sweep(&ctx, &opts.dir, &held);
     // Bound under another name and renamed into place once listening:
     // whoever sees the socket can connect (between bind and listen a

@@ -361,6 +361,16 @@ fn adopt(ctx: &HostCtx, state_dir: &Path, spec: &PartitionSpec, procs: &BTreeSet
     Ok(Entry { spec: spec.clone(), plumbing, pid: init, busy: false, migration: None, filling: None })
 }
 
+/// What unsettled migrations hold, which the sweep leaves alone: the
+/// pieces of their partitions, and their scratch directories.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Partitions.
+    pub partitions: BTreeSet<String>,
+    /// Migration ids.
+    pub migrations: BTreeSet<String>,
+}
+
 /// What a sweep did, for the log.
 #[derive(Debug, Default)]
 pub struct Sweep {
@@ -385,7 +395,7 @@ pub struct Sweep {
 /// recorded partitions whose processes are gone, with fresh plumbing, as
 /// stopped entries for lpmd's table. Never fails: what cannot be removed
 /// is logged, and lpmd starts anyway.
-pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &BTreeSet<String>) -> BTreeMap<String, Entry> {
+pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &Held) -> BTreeMap<String, Entry> {
     let mut s = Sweep::default();
     let mut entries = BTreeMap::new();
     let recs = records(state_dir).unwrap_or_else(|e| {
@@ -402,7 +412,7 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &BTreeSet<String>) ->
     } else {
         Found::default()
     };
-    let known: BTreeSet<&str> = recs.iter().map(|r| r.name.as_str()).chain(held.iter().map(String::as_str)).collect();
+    let known: BTreeSet<&str> = recs.iter().map(|r| r.name.as_str()).chain(held.partitions.iter().map(String::as_str)).collect();
     for name in found.names() {
         if known.contains(name.as_str()) {
             continue;
@@ -412,7 +422,7 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &BTreeSet<String>) ->
             Err(e) => s.failures.push(format!("{:#}", anyhow::Error::from(e))),
         }
     }
-    for r in recs.iter().filter(|r| !held.contains(&r.name)) {
+    for r in recs.iter().filter(|r| !held.partitions.contains(&r.name)) {
         let procs = processes(ctx, &r.name);
         let running = !procs.is_empty();
         match &r.spec {
@@ -467,7 +477,10 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &BTreeSet<String>) ->
             Err(e) => s.failures.push(format!("delete veth {v}: {e}")),
         }
     }
-    for d in &found.scratch {
+    // Scratch directories are named `{prefix}-{host}-{in|out}-{id}`.
+    let ours =
+        |d: &Path| d.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit('-').next()).is_some_and(|id| held.migrations.contains(id));
+    for d in found.scratch.iter().filter(|d| !ours(d)) {
         match std::fs::remove_dir_all(d) {
             Ok(()) => s.scratch += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -626,7 +639,10 @@ mod tests {
         assert!(found.veths.contains(orphan.veth()) && found.veths.contains(live.veth()), "{found:?}");
         assert_eq!(found.scratch, std::slice::from_ref(&scratch));
 
-        let entries = h.inside(|| sweep(&h.ctx, &h.dir, &BTreeSet::from(["held".to_string()])));
+        let held_mig = PathBuf::from("/dev/shm").join(format!("{}-h1-in-m1234abcd", h.ctx.prefix));
+        std::fs::create_dir_all(&held_mig).unwrap();
+        let held_set = Held { partitions: BTreeSet::from(["held".to_string()]), migrations: BTreeSet::from(["m1234abcd".to_string()]) };
+        let entries = h.inside(|| sweep(&h.ctx, &h.dir, &held_set));
         // The orphan is gone: process, cgroup, veth, namespace, scratch.
         let t = Instant::now();
         while h.alive(0) && t.elapsed() < Duration::from_secs(5) {
@@ -637,6 +653,9 @@ mod tests {
         assert!(!h.links().contains(orphan.veth()), "orphan veth left: {}", h.links());
         assert!(!Netns::list().unwrap().contains(&h.ctx.netns_name("orphan")), "orphan namespace left");
         assert!(!scratch.exists(), "scratch directory left");
+        // An unsettled migration's is the migration's.
+        assert!(held_mig.exists(), "the sweep removed a held migration's scratch directory");
+        std::fs::remove_dir_all(&held_mig).unwrap();
         // The recorded one that runs is adopted: listed, with its process
         // (the one of its cgroup whose parent is outside) as its init.
         assert!(h.alive(1), "a recorded partition's process was killed");

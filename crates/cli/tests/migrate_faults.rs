@@ -10,238 +10,24 @@
 //! environment of `lpm lab up`, which every lpmd of the lab inherits; a
 //! restarted lpmd inherits the test's environment, without the fault.
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lpm_agent::api::{Mover, PartitionInfo, Request, Response};
-use lpm_agent::client::{read_key, Client};
+use lpm_agent::api::{Mover, Request, Response};
 use lpm_host::cgroup::Layout;
-use lpm_host::lab::Lab;
-use lpm_host::net::Netns;
 use lpm_host::partition::{HostCtx, PartitionSpec};
 use lpm_wire::{FrameType, Role};
 use prost::Message;
 
 mod common;
 
-const LPM: &str = env!("CARGO_BIN_EXE_lpm");
-const SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_service.py");
-const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_client.py");
+use common::lab::{TestLab, KV_SERVICE as SERVICE};
 /// The benchmark's partition program: writes its memory, checks every
 /// page on SIGUSR1.
 const DIRTIER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/dirtier.c");
-
-/// A lab of its own for one test, torn down however the test ends.
-struct TestLab {
-    dir: PathBuf,
-    clients: Vec<Child>,
-}
-
-impl TestLab {
-    /// Two hosts; `env` goes to `lpm lab up` only, so to every lpmd it
-    /// starts (not to the CLI calls of the test).
-    fn up(tag: &str, env: &[(&str, &str)]) -> TestLab {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("lpm-lab-{tag}-{}-{nanos}", std::process::id()));
-        let lab = TestLab { dir, clients: Vec::new() };
-        let out = Command::new(LPM)
-            .args(["lab", "up", "--hosts", "2"])
-            .env("LPM_LAB", &lab.dir)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run lpm lab up");
-        assert!(out.status.success(), "lab up failed: {}", String::from_utf8_lossy(&out.stderr));
-        lab
-    }
-
-    fn lab(&self) -> Lab {
-        Lab::load(&self.dir).expect("load the lab")
-    }
-
-    fn prefix(&self) -> String {
-        self.lab().prefix()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(LPM);
-        c.args(args).env("LPM_LAB", &self.dir).stdin(Stdio::null());
-        c
-    }
-
-    fn lpm(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run lpm")
-    }
-
-    /// Runs lpm and returns its stdout, failing the test with its stderr.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.lpm(args);
-        assert!(out.status.success(), "lpm {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs lpm, which must fail; returns its stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.lpm(args);
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success(), "lpm {} succeeded: {}{err}", args.join(" "), String::from_utf8_lossy(&out.stdout));
-        err
-    }
-
-    /// Asks one host's lpmd directly (`lpm partition show` asks every
-    /// host, which fails while one is down).
-    fn call(&self, host: &str, req: &Request) -> anyhow::Result<Response> {
-        let lab = self.lab();
-        let key = read_key(&lab.key_path())?;
-        Client::connect(host, &lab.host(host).expect("host").control, &key)?.call(req)
-    }
-
-    fn partitions_on(&self, host: &str) -> Vec<PartitionInfo> {
-        match self.call(host, &Request::List).unwrap_or_else(|e| panic!("list partitions of {host}: {e:#}")) {
-            Response::Partitions(p) => p,
-            other => panic!("{host} answered {other:?}"),
-        }
-    }
-
-    fn log_of(&self, host: &str) -> String {
-        std::fs::read_to_string(self.dir.join(host).join("lpmd.log")).unwrap_or_default()
-    }
-
-    /// Starts the checking client against `ip:7000` in the client namespace.
-    fn client(&mut self, ip: &str) -> usize {
-        let c = Command::new("ip")
-            .args(["netns", "exec", &self.lab().client().netns, "python3", CLIENT, ip, "7000", "600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the client");
-        self.clients.push(c);
-        self.clients.len() - 1
-    }
-
-    /// The client is still connected and has seen nothing wrong so far
-    /// (it exits at the first wrong answer or broken connection).
-    fn client_alive(&mut self, i: usize) {
-        if let Some(st) = self.clients[i].try_wait().unwrap() {
-            let mut out = String::new();
-            if let Some(o) = self.clients[i].stdout.as_mut() {
-                let _ = o.read_to_string(&mut out);
-            }
-            panic!("the client ended ({st}): {out}");
-        }
-    }
-
-    /// Stops client `i`; returns its request count after checking that it
-    /// saw no error.
-    fn finish_client(&mut self, i: usize) -> u64 {
-        let c = &mut self.clients[i];
-        let _ = Command::new("kill").args(["-INT", &c.id().to_string()]).status();
-        let out = std::mem::replace(c, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success() && text.contains("errors 0"),
-            "the client saw an error: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("client: {}", text.trim());
-        text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("client summary: {text}"))
-    }
-
-    /// Whatever of any partition is on `host`: network namespaces, cgroups,
-    /// processes in its cgroups, host-side veths, scratch directories. The
-    /// lab's own pieces (the host's namespace, its bridge and links) are
-    /// not counted.
-    fn leftovers(&self, host: &str) -> Vec<String> {
-        let lab = self.lab();
-        let prefix = lab.prefix();
-        let start = format!("{prefix}-{host}-");
-        let mut out = Vec::new();
-        for n in Netns::list().unwrap().into_iter().filter(|n| n.starts_with(&start)) {
-            out.push(format!("network namespace {n}"));
-        }
-        let roots = match Layout::current().unwrap() {
-            Layout::Hybrid { v2, memory, cpu } => vec![v2.clone(), memory.clone(), cpu.clone()],
-            Layout::Unified { root } => vec![root.clone()],
-        };
-        for r in roots {
-            let d = r.join(&prefix).join(host);
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().unwrap().is_dir() {
-                    out.push(format!("cgroup {}", e.path().display()));
-                }
-            }
-        }
-        let mark = format!("/{prefix}/{host}/");
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            // A zombie runs nothing and is no longer in its cgroup; it shows
-            // where it was until its parent reaps it (for a process left by
-            // a killed lpmd, that is pid 1, which reaps only now and then).
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')) {
-                continue;
-            }
-            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            if cg.contains(&mark) {
-                let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
-                out.push(format!("process {pid} ({}) in {mark}", cmd.trim()));
-            }
-        }
-        let links = Command::new("ip").args(["-n", &lab.host(host).unwrap().netns, "-o", "link", "show"]).output().unwrap();
-        for l in String::from_utf8_lossy(&links.stdout).lines() {
-            let name = l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
-            if name.len() == 10 && name.starts_with("lp") {
-                out.push(format!("veth {name} in {host}"));
-            }
-        }
-        for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
-            if e.file_name().to_string_lossy().starts_with(&start) {
-                out.push(format!("scratch {}", e.path().display()));
-            }
-        }
-        out
-    }
-
-    /// Waits up to `timeout` for `host` to hold nothing of any partition.
-    fn wait_clean(&self, host: &str, timeout: Duration) {
-        let t = Instant::now();
-        loop {
-            let left = self.leftovers(host);
-            if left.is_empty() {
-                return;
-            }
-            assert!(t.elapsed() < timeout, "left on {host} after {timeout:?}: {left:#?}\nlpmd log:\n{}", self.log_of(host));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until `host`'s lpmd logged `what` (the log only grows).
-    fn wait_for_log(&self, host: &str, what: &str, timeout: Duration) {
-        let t = Instant::now();
-        while !self.log_of(host).contains(what) {
-            assert!(t.elapsed() < timeout, "{host}'s lpmd never logged {what:?}:\n{}", self.log_of(host));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for TestLab {
-    fn drop(&mut self) {
-        for c in &mut self.clients {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // In this process, which reaps an lpmd that `restart` started.
-        if let Err(e) = Lab::down(&self.dir) {
-            eprintln!("lab down: {e}");
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn show(lab: &TestLab, name: &str) -> serde_json::Value {
     serde_json::from_str(&lab.ok(&["partition", "show", name])).unwrap()
@@ -269,7 +55,7 @@ fn kv_with_client(lab: &mut TestLab) -> usize {
     create_service(lab, "kv", "h1", 64);
     wait_log(lab, "kv", "listening");
     let ip = show(lab, "kv")["spec"]["ip"].as_str().unwrap().split('/').next().unwrap().to_string();
-    let c = lab.client(&ip);
+    let c = lab.kv_client(&ip);
     wait_log(lab, "kv", "connected");
     std::thread::sleep(Duration::from_millis(300));
     c
@@ -299,7 +85,7 @@ fn runs_on_h1(lab: &TestLab) {
 /// it succeeds.
 fn target_dies(tag: &str, fault: &str, point: &str) {
     let t0 = Instant::now();
-    let mut lab = TestLab::up(tag, &[("LPM_FAULT", fault)]);
+    let mut lab = TestLab::up_with(tag, 2, &[("LPM_FAULT", fault)]);
     let c = kv_with_client(&mut lab);
     let h2_pid = lab.lab().host("h2").unwrap().pid.unwrap();
 
@@ -330,7 +116,7 @@ fn target_dies(tag: &str, fault: &str, point: &str) {
     // The source removes its frozen copy after it reported.
     lab.wait_clean("h1", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
-    let n = lab.finish_client(c);
+    let n = lab.finish_kv_client(c);
     assert!(n > 50, "the client made only {n} requests");
     eprintln!("{tag}: {:.1} s", t0.elapsed().as_secs_f64());
 }
@@ -363,7 +149,7 @@ fn network_cut_during_precopy() {
     let t0 = Instant::now();
     // The target reads slowly, so the stream is surely still going when
     // the link goes down.
-    let mut lab = TestLab::up("fcut", &[("LPM_FAULT", "h2:target.pages=sleep=200+after=1"), ("LPM_MOVER_TIMEOUT_MS", "2000")]);
+    let mut lab = TestLab::up_with("fcut", 2, &[("LPM_FAULT", "h2:target.pages=sleep=200+after=1"), ("LPM_MOVER_TIMEOUT_MS", "2000")]);
     let c = kv_with_client(&mut lab);
     let ns = lab.lab().host("h2").unwrap().netns.clone();
     let mut mig = lab.cmd(&["migrate", "kv", "--to", "h2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
@@ -397,7 +183,7 @@ fn network_cut_during_precopy() {
     assert!(lab.partitions_on("h2").is_empty());
     assert!(lab.log_of("h2").contains("mover connection"), "h2 logged no failed mover connection:\n{}", lab.log_of("h2"));
     std::thread::sleep(Duration::from_millis(300));
-    let n = lab.finish_client(c);
+    let n = lab.finish_kv_client(c);
     assert!(n > 50, "the client made only {n} requests");
     eprintln!("network cut: source gave up {:.1} s after the cut; {:.1} s in all", gave_up.as_secs_f64(), t0.elapsed().as_secs_f64());
 }
@@ -407,7 +193,7 @@ fn network_cut_during_precopy() {
 #[test]
 fn corrupted_frame_is_refused() {
     let t0 = Instant::now();
-    let mut lab = TestLab::up("fflip", &[("LPM_FAULT", "h1:source.pages=flip+after=2")]);
+    let mut lab = TestLab::up_with("fflip", 2, &[("LPM_FAULT", "h1:source.pages=flip+after=2")]);
     let c = kv_with_client(&mut lab);
     let err = lab.fails(&["migrate", "kv", "--to", "h2"]);
     assert!(lab.log_of("h1").contains("fault injected"), "no frame was flipped:\n{}", lab.log_of("h1"));
@@ -421,7 +207,7 @@ fn corrupted_frame_is_refused() {
     lab.wait_clean("h2", Duration::from_secs(10));
     assert!(lab.partitions_on("h2").is_empty());
     std::thread::sleep(Duration::from_millis(300));
-    lab.finish_client(c);
+    lab.finish_kv_client(c);
     eprintln!("corrupted frame: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
@@ -432,7 +218,7 @@ fn frame(s: &mut TcpStream) -> Option<lpm_wire::Frame> {
 
 #[test]
 fn wrong_key_is_refused_and_creates_nothing() {
-    let lab = TestLab::up("fkey", &[]);
+    let lab = TestLab::up_with("fkey", 2, &[]);
     create_service(&lab, "kv", "h1", 8);
     wait_log(&lab, "kv", "listening");
     let l = lab.lab();
@@ -499,7 +285,7 @@ fn wrong_key_is_refused_and_creates_nothing() {
     assert!(lab.partitions_on("h2").is_empty());
     let on_h1: Vec<String> = lab.partitions_on("h1").into_iter().map(|p| p.spec.name).collect();
     assert_eq!(on_h1, ["kv"]);
-    let prefix = lab.prefix();
+    let prefix = lab.lab().prefix();
     let shm: Vec<String> = std::fs::read_dir("/dev/shm")
         .unwrap()
         .flatten()
@@ -600,7 +386,7 @@ fn assert_file_locks_held(work: &Path, pid: i32, when: &str) {
 #[test]
 fn rollback_after_restore_gives_back_locks_and_fifo_data() {
     let t0 = Instant::now();
-    let lab = TestLab::up("flocks", &[("LPM_FAULT", "h2:target.restored=fail,h2:target.restored=fail+after=1")]);
+    let lab = TestLab::up_with("flocks", 2, &[("LPM_FAULT", "h2:target.restored=fail,h2:target.restored=fail+after=1")]);
     let locks = zdtm_partition(&lab, "file_locks", "fl");
     let pipes = zdtm_partition(&lab, "pipes", "fifo");
     let fl_pid = lab.partitions_on("h1").iter().find(|p| p.spec.name == "fl").and_then(|p| p.pid).expect("fl's pid");
@@ -646,7 +432,7 @@ fn target_crash_after_go_leaves_the_fill_running() {
     let t0 = Instant::now();
     // Killed once the answer "running" is sent, before the migration is
     // settled on h2.
-    let lab = TestLab::up("fgo", &[("LPM_FAULT", "h2:target.finish=kill")]);
+    let lab = TestLab::up_with("fgo", 2, &[("LPM_FAULT", "h2:target.finish=kill")]);
     let bin = lab.dir.join("dirtier");
     let cc = Command::new("gcc").args(["-O2", "-o"]).arg(&bin).arg(DIRTIER).output().expect("run gcc");
     assert!(cc.status.success(), "gcc dirtier.c: {}", String::from_utf8_lossy(&cc.stderr));

@@ -22,7 +22,6 @@
 mod source;
 mod target;
 
-use std::collections::BTreeSet;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -177,14 +176,21 @@ pub(crate) fn point<S: Copy + std::fmt::Debug>(side: &str, a: &Action<S>, state_
     }
 }
 
-/// The partitions that unsettled migrations of this host hold (the
-/// startup sweep leaves their pieces to the recovery).
-pub fn held_partitions(journal: &Journal) -> BTreeSet<String> {
+/// What unsettled migrations of this host hold: their partitions and
+/// their ids (the startup sweep leaves their pieces and scratch
+/// directories to the recovery).
+pub fn held(journal: &Journal) -> crate::orphans::Held {
     match journal.all() {
-        Ok(all) => all.into_iter().filter(|r| !r.settled).map(|r| r.partition).collect(),
+        Ok(all) => {
+            let open: Vec<Record> = all.into_iter().filter(|r| !r.settled).collect();
+            crate::orphans::Held {
+                partitions: open.iter().map(|r| r.partition.clone()).collect(),
+                migrations: open.iter().map(|r| r.id.clone()).collect(),
+            }
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "read the migration records");
-            BTreeSet::new()
+            crate::orphans::Held::default()
         }
     }
 }

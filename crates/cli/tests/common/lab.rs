@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 
 use super::LPM;
 
+/// The demo's checking client.
+pub const KV_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_client.py");
+/// The demo's service.
+pub const KV_SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/kv_service.py");
+
 /// How long one `lpm` call may take before the test gives up on it (a
 /// migration is bounded by the agents' mover timeout, well below this).
 pub const LPM_CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -45,6 +50,14 @@ impl TestLab {
     /// Brings up a lab of `hosts` hosts; `tag` names the test in the
     /// directory name (with the pid and the time, so runs do not collide).
     pub fn up(tag: &str, hosts: usize) -> TestLab {
+        TestLab::up_with(tag, hosts, &[])
+    }
+
+    /// [`TestLab::up`] with `env` in the environment of `lpm lab up`, so of
+    /// every lpmd it starts (not of the test's own lpm calls, nor of an
+    /// lpmd the test restarts): `LPM_FAULT`, a shorter
+    /// `LPM_MOVER_TIMEOUT_MS`, limits.
+    pub fn up_with(tag: &str, hosts: usize, env: &[(&str, &str)]) -> TestLab {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let root = std::env::temp_dir().join(format!("lpm-lab-{tag}-{}-{nanos}", std::process::id()));
         let vol = root.join("vol");
@@ -55,6 +68,7 @@ impl TestLab {
             .env("LPM_LAB", &lab.dir)
             .env("LPM_LOG", "info")
             .env("LPM_MOVER_TIMEOUT_MS", MOVER_TIMEOUT_MS.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run lpm lab up");
@@ -96,6 +110,164 @@ impl TestLab {
             std::thread::sleep(Duration::from_millis(10));
         };
         Output { status, stdout: out_t.join().unwrap().unwrap_or_default(), stderr: err_t.join().unwrap().unwrap_or_default() }
+    }
+
+    /// An lpm command against this lab, to spawn (it runs on its own).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(LPM);
+        c.args(args).env("LPM_LAB", &self.dir).stdin(Stdio::null());
+        c
+    }
+
+    /// The lab as lpm-host loads it.
+    pub fn lab(&self) -> lpm_host::lab::Lab {
+        lpm_host::lab::Lab::load(&self.dir).expect("load the lab")
+    }
+
+    /// Runs lpm, which must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.lpm(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "lpm {} succeeded: {}{err}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        err
+    }
+
+    /// Asks one host's lpmd directly (the CLI asks every host, which fails
+    /// while one is down).
+    pub fn call(&self, host: &str, req: &lpm_agent::api::Request) -> anyhow::Result<lpm_agent::api::Response> {
+        let lab = self.lab();
+        let key = lpm_agent::client::read_key(&lab.key_path())?;
+        lpm_agent::client::Client::connect(host, &lab.host(host).expect("host").control, &key)?.call(req)
+    }
+
+    /// The partitions `host`'s lpmd lists.
+    pub fn partitions_on(&self, host: &str) -> Vec<lpm_agent::api::PartitionInfo> {
+        match self.call(host, &lpm_agent::api::Request::List).unwrap_or_else(|e| panic!("list partitions of {host}: {e:#}")) {
+            lpm_agent::api::Response::Partitions(p) => p,
+            other => panic!("{host} answered {other:?}"),
+        }
+    }
+
+    /// A host's agent log, colours stripped.
+    pub fn log_of(&self, host: &str) -> String {
+        self.lpmd_log_tail(host, usize::MAX)
+    }
+
+    /// Waits until `host`'s lpmd logged `what` (the log only grows).
+    pub fn wait_for_log(&self, host: &str, what: &str, timeout: Duration) {
+        let t = Instant::now();
+        while !self.log_of(host).contains(what) {
+            assert!(t.elapsed() < timeout, "{host}'s lpmd never logged {what:?}:\n{}", self.log_of(host));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whatever of any partition is on `host`: network namespaces, cgroups,
+    /// processes in its cgroups, host-side veths, scratch directories. The
+    /// lab's own pieces (the host's namespace, its bridge and links) are
+    /// not counted.
+    pub fn leftovers(&self, host: &str) -> Vec<String> {
+        let lab = self.lab();
+        let prefix = lab.prefix();
+        let start = format!("{prefix}-{host}-");
+        let mut out = Vec::new();
+        for n in lpm_host::net::Netns::list().unwrap().into_iter().filter(|n| n.starts_with(&start)) {
+            out.push(format!("network namespace {n}"));
+        }
+        let roots = match lpm_host::cgroup::Layout::current().unwrap() {
+            lpm_host::cgroup::Layout::Hybrid { v2, memory, cpu } => vec![v2.clone(), memory.clone(), cpu.clone()],
+            lpm_host::cgroup::Layout::Unified { root } => vec![root.clone()],
+        };
+        for r in roots {
+            let d = r.join(&prefix).join(host);
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    out.push(format!("cgroup {}", e.path().display()));
+                }
+            }
+        }
+        let mark = format!("/{prefix}/{host}/");
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            // A zombie runs nothing and is no longer in its cgroup; it shows
+            // where it was until its parent reaps it (for a process left by
+            // a killed lpmd, that is pid 1, which reaps only now and then).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')) {
+                continue;
+            }
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if cg.contains(&mark) {
+                let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+                out.push(format!("process {pid} ({}) in {mark}", cmd.trim()));
+            }
+        }
+        let links = Command::new("ip").args(["-n", &lab.host(host).unwrap().netns, "-o", "link", "show"]).output().unwrap();
+        for l in String::from_utf8_lossy(&links.stdout).lines() {
+            let name = l.split(": ").nth(1).unwrap_or("").split('@').next().unwrap_or("");
+            if name.len() == 10 && name.starts_with("lp") {
+                out.push(format!("veth {name} in {host}"));
+            }
+        }
+        for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&start) {
+                out.push(format!("scratch {}", e.path().display()));
+            }
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for `host` to hold nothing of any partition.
+    pub fn wait_clean(&self, host: &str, timeout: Duration) {
+        let t = Instant::now();
+        loop {
+            let left = self.leftovers(host);
+            if left.is_empty() {
+                return;
+            }
+            assert!(t.elapsed() < timeout, "left on {host} after {timeout:?}: {left:#?}\nlpmd log:\n{}", self.log_of(host));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the demo's checking client against `ip:7000` in the client
+    /// namespace; it exits at the first wrong answer or broken
+    /// connection.
+    pub fn kv_client(&mut self, ip: &str) -> usize {
+        let c = self.client_cmd(&["python3", KV_CLIENT, ip, "7000", "600"]);
+        self.start_client(c)
+    }
+
+    /// Client `i` is still running: it has seen nothing wrong so far.
+    pub fn client_alive(&mut self, i: usize) {
+        if let Some(st) = self.clients[i].try_wait().unwrap() {
+            let mut out = String::new();
+            if let Some(o) = self.clients[i].stdout.as_mut() {
+                let _ = std::io::Read::read_to_string(o, &mut out);
+            }
+            panic!("the client ended ({st}): {out}");
+        }
+    }
+
+    /// Stops the kv client `i`; returns its request count after checking
+    /// that it saw no error.
+    pub fn finish_kv_client(&mut self, i: usize) -> u64 {
+        let (ok, text) = self.finish_client(i);
+        assert!(ok && text.contains("errors 0"), "the client saw an error: {text}");
+        eprintln!("client: {}", text.lines().next().unwrap_or("").trim());
+        text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("client summary: {text}"))
+    }
+
+    /// Asks the kv service at `ip` (from the client namespace) to check
+    /// every page it wrote; its answer.
+    pub fn kv_verify(&self, ip: &str) -> String {
+        let addr: SocketAddr = format!("{ip}:7000").parse().unwrap();
+        let mut s = self.connect_from_client(addr).unwrap_or_else(|e| panic!("connect to the kv service at {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        std::io::Write::write_all(&mut s, b"verify\n").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
+        line.trim().to_string()
     }
 
     /// Runs lpm and returns its stdout, failing the test with its stderr.
