@@ -19,7 +19,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::api::{PartitionInfo, Response};
-use crate::migration::Live;
 
 /// How lpmd is set up.
 pub struct Options {
@@ -82,7 +81,19 @@ pub struct Agent {
     /// The durable records of this host's migrations.
     pub(crate) journal: Journal,
     /// The migrations this host takes part in that are not settled, by id.
-    pub(crate) migrations: Mutex<HashMap<String, Live>>,
+    pub(crate) migrations: Mutex<HashMap<String, Arc<dyn Underway>>>,
+}
+
+/// A migration under way on this host, as the rest of the agent sees it:
+/// the migration module owns what it is, and gets it back through
+/// [`Underway::into_any`].
+pub(crate) trait Underway: Send + Sync {
+    /// The partition it moves.
+    fn partition(&self) -> &str;
+    /// This host is its source.
+    fn outgoing(&self) -> bool;
+    /// The migration itself, for the module that made it.
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// Locks a mutex, also after a thread panicked holding it (the data is

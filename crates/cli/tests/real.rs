@@ -341,14 +341,14 @@ fn restore_without_detach_passes_on_the_exit_status() {
     let stop = s.path("stop");
     let script = format!("while [ ! -e {} ]; do sleep 0.02; done; exit 42", stop.display());
     let pid = s.spawn(Command::new("sh").args(["-c", &script]));
-    std::thread::sleep(Duration::from_millis(100));
     let images = s.path("img");
     s.checkpoint(pid, &images, false);
-    let mut lpm = Command::new(LPM).args(["restore", "--images"]).arg(&images).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let lpm = Command::new(LPM).args(["restore", "--images"]).arg(&images).stderr(Stdio::piped()).spawn().unwrap();
+    // Whenever the file appears (before the restore is done or after),
+    // the restored shell sees it at its next look and exits 42.
     std::fs::write(&stop, "").unwrap();
-    let st = lpm.wait().unwrap();
-    assert_eq!(st.code(), Some(42));
+    let out = lpm.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(42), "lpm restore: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 const WRITER: &str = r#"

@@ -22,8 +22,8 @@ use lpm_sys::ptrace;
 use lpm_sys::remote::{park, Remote};
 use lpm_sys::uffd::{Uffd, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED};
 
-use crate::dump::{syscall_ip, wait_interrupt_stop};
 use crate::proc::{self, MapEntry};
+use crate::stop::{syscall_ip, wait_interrupt_stop};
 use crate::{EngineError, Result, StepExt};
 
 /// Pages written since the previous collection.

@@ -17,20 +17,21 @@
 //! letting go of what the target must take (file locks, FIFO buffers:
 //! [`crate::Handoff`]): the source later gives that back and thaws the
 //! tree ([`crate::thaw_tree`], rollback) or destroys it
-//! ([`kill_frozen_tree`], commit).
+//! ([`crate::kill_frozen_tree`], commit).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lpm_image::{Process, TreeImage};
-use lpm_sys::ptrace::{self, Regs, Stop};
-use lpm_sys::remote::{park, Remote};
+use lpm_sys::ptrace::{self, Regs};
+use lpm_sys::remote::Remote;
 
 use crate::files::FileTable;
 use crate::handoff::{self, Handoff};
 use crate::mem::ShmemTable;
 use crate::proc::{self, Stat, Status};
+use crate::stop::{cgroup_freeze, not_freezable, stop_tree, syscall_ip, Frozen, Seized, StoppedTree};
 use crate::task::Scratch;
 use crate::{cpu, files, io_err, ipc, locks, mem, ns, seccomp, task, timers, zombie, EngineError, Result, StepExt};
 
@@ -57,7 +58,7 @@ pub enum After {
     Run,
     /// Held by its cgroup v2 freezer with no tracer left, so that the
     /// image can be restored elsewhere while this copy waits for the
-    /// verdict: [`crate::thaw_tree`] lets it continue, [`kill_frozen_tree`]
+    /// verdict: [`crate::thaw_tree`] lets it continue, [`crate::kill_frozen_tree`]
     /// ends it. Its file locks are let go of and its FIFOs emptied first,
     /// for the target to take ([`CheckpointStats::handoff`] holds them for
     /// the thaw). Refused (before anything is harmed) for a tree that is
@@ -137,375 +138,6 @@ pub struct CheckpointStats {
     pub handoff: Handoff,
 }
 
-/// A seized thread and the registers it had.
-struct Seized {
-    pid: i32,
-    tid: i32,
-    regs: Regs,
-    sigmask: u64,
-}
-
-/// All seized threads; on drop (error paths) every one is put back as it
-/// was and detached.
-struct Frozen {
-    threads: Vec<Seized>,
-    done: bool,
-}
-
-impl Frozen {
-    /// Puts every thread's registers and signal mask back, each still
-    /// stopped; returns the signal each is to receive at detach.
-    fn put_back(&self) -> Vec<(i32, i32)> {
-        self.threads
-            .iter()
-            .map(|s| {
-                let sig = park(s.tid).unwrap_or(0);
-                let _ = ptrace::set_regs(s.tid, &s.regs);
-                let _ = ptrace::set_sigmask(s.tid, s.sigmask);
-                (s.tid, sig)
-            })
-            .collect()
-    }
-
-    fn release(&mut self) {
-        for (tid, sig) in self.put_back() {
-            let _ = ptrace::detach(tid, sig);
-        }
-        self.done = true;
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        if !self.done {
-            self.release();
-        }
-    }
-}
-
-pub(crate) fn check_target(pid: i32) -> Result<()> {
-    let bad = |why: &str| EngineError::BadTarget { pid, why: why.into() };
-    let st = Stat::read(pid).map_err(|_| bad("no such process"))?;
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    if st.num(9) & PF_KTHREAD != 0 {
-        return Err(bad("is a kernel thread"));
-    }
-    let me = std::process::id() as i32;
-    let mut p = me;
-    while p > 1 {
-        if p == pid {
-            return Err(bad("is lpm itself or one of its ancestors"));
-        }
-        p = Stat::read(p).map(|s| s.num(4) as i32).unwrap_or(0);
-    }
-    Ok(())
-}
-
-/// Waits until a seized, interrupted thread reports its interrupt stop.
-pub(crate) fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
-    if wait_stop_or_exit(tid)? {
-        Ok(())
-    } else {
-        Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
-    }
-}
-
-/// Waits until a seized, interrupted thread reports its interrupt stop
-/// (true) or its exit (false, reaped as our tracee).
-fn wait_stop_or_exit(tid: i32) -> Result<bool> {
-    // A thread exiting meanwhile answers ESRCH; its exit is waited for next.
-    let gone_ok = |r: lpm_sys::Result<()>, what: &str| match r {
-        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
-        r => r.step(tid, || what.into()),
-    };
-    loop {
-        match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
-            Stop::Event(ptrace::EVENT_STOP, _) => return Ok(true),
-            // A signal arriving first takes the interrupt's place: hand the
-            // signal back and ask again.
-            Stop::Signal(sig) => {
-                gone_ok(ptrace::cont(tid, sig), "re-deliver signal")?;
-                gone_ok(ptrace::interrupt(tid), "interrupt")?;
-            }
-            Stop::Event(_, _) | Stop::Syscall => {
-                gone_ok(ptrace::cont(tid, 0), "continue")?;
-                gone_ok(ptrace::interrupt(tid), "interrupt")?;
-            }
-            Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
-        }
-    }
-}
-
-/// Whether thread `tid` of `pid` has ended (exiting, a zombie, or gone).
-fn task_ended(pid: i32, tid: i32) -> bool {
-    match proc::read(pid, &format!("task/{tid}/stat")) {
-        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_none_or(|st| matches!(st, "Z" | "X" | "x")),
-        Err(_) => true,
-    }
-}
-
-/// Whether `pid` is still there (a zombie counts).
-fn exists(pid: i32) -> bool {
-    Stat::read(pid).is_ok()
-}
-
-/// The processes of the tree, parents before children. A process that
-/// ends while it is listed is left out (its zombie, if its parent keeps
-/// one, shows at the next listing): the tree may be running (an
-/// inspection) or stopping (a freeze, while its tasks still end).
-pub(crate) fn list_tree(root: i32) -> Result<Vec<i32>> {
-    let mut queue = vec![root];
-    let mut procs = Vec::new();
-    while let Some(pid) = queue.pop() {
-        match proc::children(pid) {
-            Ok(kids) => queue.extend(kids),
-            Err(_) if pid != root && !exists(pid) => continue,
-            Err(e) => return Err(e),
-        }
-        procs.push(pid);
-    }
-    Ok(procs)
-}
-
-/// The cgroup v2 directory of `pid`, unless it is the root cgroup or
-/// lpm's own (whose freezer would stop more than the tree).
-fn cgroup_of(pid: i32) -> Result<Option<PathBuf>> {
-    let Some(mount) = lpm_sys::probe::cgroup2_from_mountinfo(&proc::read(std::process::id() as i32, "mountinfo")?) else {
-        return Ok(None);
-    };
-    let v2 = |pid: i32| -> Result<Option<String>> {
-        Ok(proc::read(pid, "cgroup")?.lines().find_map(|l| l.strip_prefix("0::").map(String::from)))
-    };
-    let Some(path) = v2(pid)? else { return Ok(None) };
-    if path == "/" || Some(&path) == v2(std::process::id() as i32)?.as_ref() {
-        return Ok(None);
-    }
-    Ok(Some(mount.join(path.trim_start_matches('/'))))
-}
-
-/// The tree's cgroup v2 directory, when the tree is alone in a cgroup of
-/// its own (not lpm's): then the cgroup freezer stops it atomically, with
-/// no race against forks.
-///
-/// The tree runs while this is asked, and forks: a member of the cgroup
-/// that the listing `procs` missed counts as the tree's when its parents
-/// lead to `root` (a child born since), and a process of the listing that
-/// is no member counts only if it is still alive (a zombie has left its
-/// cgroup already, one reaped is gone).
-pub(crate) fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
-    let Some(dir) = cgroup_of(root)? else { return Ok(None) };
-    let members = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(io_err(format!("read {}/cgroup.procs", dir.display())))?;
-    let members: std::collections::HashSet<i32> = members.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let descends = |mut p: i32| {
-        // Ends at pid 1 or 0, or at a process gone meanwhile (an orphan
-        // of the tree is reparented inside it: the root is its pid 1).
-        for _ in 0..4096 {
-            if p == root {
-                return true;
-            }
-            match Stat::read(p) {
-                Ok(s) if p > 1 => p = s.num(4) as i32,
-                _ => return false,
-            }
-        }
-        false
-    };
-    let alone = members.iter().all(|&m| procs.contains(&m) || descends(m) || !exists(m))
-        && procs.iter().all(|&p| members.contains(&p) || !Stat::read(p).is_ok_and(|s| s.state() != 'Z'));
-    Ok(alone.then_some(dir))
-}
-
-/// The refusal of [`After::Frozen`] for a tree that is not alone in a
-/// cgroup v2 of its own: no other freezer can hold it.
-pub(crate) fn not_freezable(root: i32) -> EngineError {
-    EngineError::BadTarget { pid: root, why: "cannot be left frozen: the tree is not alone in a cgroup v2 of its own".into() }
-}
-
-/// Sets cgroup.freeze and waits for cgroup.events to agree.
-pub(crate) fn cgroup_freeze(dir: &Path, on: bool) -> Result<()> {
-    let f = dir.join("cgroup.freeze");
-    std::fs::write(&f, if on { "1" } else { "0" }).map_err(io_err(format!("write {}", f.display())))?;
-    if !on {
-        return Ok(());
-    }
-    let ev = dir.join("cgroup.events");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = std::fs::read_to_string(&ev).map_err(io_err(format!("read {}", ev.display())))?;
-        if s.lines().any(|l| l == "frozen 1") {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let _ = std::fs::write(&f, "0");
-            return Err(EngineError::BadTarget { pid: 0, why: format!("cgroup {} did not freeze within 5 s", dir.display()) });
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Seizes and stops every thread of the tree.
-///
-/// A tree alone in its cgroup is frozen by the cgroup freezer first: every
-/// thread is seized and interrupted while frozen, then the cgroup is thawed
-/// and each thread traps into its ptrace stop before it can run. Otherwise
-/// threads are seized one by one, re-listing until no new task appears (a
-/// task may fork or spawn a thread while we attach).
-///
-/// Tasks end meanwhile: a program that does work starts and joins threads
-/// and forks children that exit, and the freezer does not hold a task that
-/// is exiting. A thread gone before it is seized is skipped; one that
-/// exits once seized is reaped as our tracee and left out. A process whose
-/// every thread ended is then a zombie of its (stopped) parent, recorded
-/// as one (checked as the listing checks zombies), or gone.
-fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
-    let mut frozen = Frozen { threads: Vec::new(), done: false };
-    let mut known: HashMap<i32, ()> = HashMap::new();
-    let mut order = Vec::new();
-    let cgroup = own_cgroup(root, &list_tree(root)?)?;
-    if let Some(cg) = &cgroup {
-        cgroup_freeze(cg, true)?;
-    }
-    let mut pending = Vec::new();
-    let mut ended = Vec::new();
-    let res = (|| -> Result<()> {
-        loop {
-            let mut new = 0;
-            for pid in list_tree(root)? {
-                // A zombie cannot be seized: it is recorded from /proc.
-                let zombie = match zombie::check(pid, root) {
-                    Err(_) if pid != root && !exists(pid) => continue,
-                    z => z?,
-                };
-                if zombie {
-                    if !order.contains(&pid) {
-                        order.push(pid);
-                    }
-                    continue;
-                }
-                let tids = match proc::threads(pid) {
-                    Ok(t) => t,
-                    Err(_) if pid != root && !exists(pid) => continue,
-                    Err(e) => return Err(e),
-                };
-                for tid in tids {
-                    if known.insert(tid, ()).is_some() {
-                        continue;
-                    }
-                    new += 1;
-                    // No fork or clone tracing: new tasks are found by the
-                    // re-listing, and no event stop can swallow the interrupt.
-                    // A thread under seccomp must not have our remote
-                    // syscalls filtered.
-                    let suspend = if seccomp::active(pid, tid) { lpm_sys::misc::PTRACE_O_SUSPEND_SECCOMP } else { 0 };
-                    match ptrace::seize(tid, libc::PTRACE_O_TRACESYSGOOD | suspend) {
-                        // Ended since it was listed: gone (ESRCH) or exiting
-                        // (EPERM; a zombie shows at the next listing).
-                        Err(e) if e.errno() == Some(libc::ESRCH) => continue,
-                        Err(e) if e.errno() == Some(libc::EPERM) && task_ended(pid, tid) => continue,
-                        r => r.step(tid, || "seize".into())?,
-                    }
-                    // Ours now: an exit from here on is reported to us.
-                    pending.push((pid, tid));
-                    match ptrace::interrupt(tid) {
-                        Err(e) if e.errno() == Some(libc::ESRCH) => {}
-                        r => r.step(tid, || "interrupt".into())?,
-                    }
-                    if cgroup.is_none() && !wait_stop_or_exit(tid)? {
-                        ended.push(tid);
-                    }
-                }
-                if !order.contains(&pid) {
-                    order.push(pid);
-                }
-            }
-            if new == 0 || cgroup.is_some() {
-                return Ok(());
-            }
-        }
-    })();
-    if let Some(cg) = &cgroup {
-        cgroup_freeze(cg, false)?;
-    }
-    // Every seized thread is waited for, even after an error, so that the
-    // release below finds it stopped and can put it back.
-    let mut err = res.err();
-    for (pid, tid) in pending {
-        if ended.contains(&tid) {
-            continue;
-        }
-        if cgroup.is_some() {
-            match wait_stop_or_exit(tid) {
-                Ok(true) => {}
-                Ok(false) => {
-                    ended.push(tid);
-                    continue;
-                }
-                Err(e) => {
-                    err.get_or_insert(e);
-                    continue;
-                }
-            }
-        }
-        let state =
-            ptrace::get_regs(tid).and_then(|regs| Ok((regs, ptrace::get_sigmask(tid)?))).step(tid, || "read registers and sigmask".into());
-        match state {
-            Ok((regs, sigmask)) => frozen.threads.push(Seized { pid, tid, regs, sigmask }),
-            Err(e) => {
-                err.get_or_insert(e);
-            }
-        }
-    }
-    if err.is_none() {
-        // A process none of whose threads is held any more ended while it
-        // was stopped: a zombie now (recorded from /proc, if the listing's
-        // rules allow it), or gone.
-        let held: std::collections::HashSet<i32> = frozen.threads.iter().map(|s| s.pid).collect();
-        let mut kept = Vec::with_capacity(order.len());
-        for pid in order {
-            if held.contains(&pid) {
-                kept.push(pid);
-                continue;
-            }
-            match zombie::check(pid, root) {
-                Ok(true) => kept.push(pid),
-                Ok(false) => {
-                    err = Some(EngineError::BadTarget { pid, why: "its threads ended during the freeze but it is no zombie".into() });
-                    break;
-                }
-                Err(_) if pid != root && !exists(pid) => {}
-                Err(e) => {
-                    err = Some(e);
-                    break;
-                }
-            }
-        }
-        order = kept;
-        if !ended.is_empty() {
-            tracing::debug!(root, ended = ?ended, "tasks ended while the tree was stopped");
-        }
-    }
-    match err {
-        Some(e) => Err(e),
-        None => Ok((frozen, order, cgroup)),
-    }
-}
-
-/// Finds a `syscall` instruction in the task's vDSO.
-pub(crate) fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
-    let v = maps.iter().find(|e| e.path == "[vdso]").ok_or_else(|| EngineError::Unsupported {
-        pid,
-        kind: "memory layout",
-        what: "no [vdso] to run syscalls from".into(),
-    })?;
-    let mut b = vec![0u8; (v.end - v.start) as usize];
-    lpm_sys::ptrace::read_mem(pid, v.start, &mut b).step(pid, || "read vdso".into())?;
-    b.windows(2).position(|w| w == [0x0f, 0x05]).map(|i| v.start + i as u64).ok_or_else(|| EngineError::Unsupported {
-        pid,
-        kind: "memory layout",
-        what: "no syscall instruction in [vdso]".into(),
-    })
-}
-
 /// Checkpoints the tree rooted at `root` into `dir` (`lpm checkpoint`).
 pub fn checkpoint(root: i32, dir: &Path, opts: &CheckpointOptions) -> Result<CheckpointStats> {
     checkpoint_with(root, dir, &opts.into())
@@ -517,71 +149,7 @@ pub fn checkpoint_with(root: i32, dir: &Path, opts: &DumpOptions) -> Result<Chec
     stop_tree(root)?.dump(dir, opts)
 }
 
-/// A tree whose every thread is seized and stopped under ptrace, by the
-/// thread that called [`stop_tree`] (ptrace is per thread: use it, dump
-/// it and drop it there). Nothing in the tree runs, and no page changes,
-/// until it is dumped or dropped; dropping it puts every thread back as
-/// it was and lets the tree continue.
-pub struct StoppedTree {
-    root: i32,
-    frozen: Frozen,
-    order: Vec<i32>,
-    cgroup: Option<PathBuf>,
-    started: Instant,
-    stopped_at: Instant,
-    /// ptrace requests must come from the tracing thread.
-    _not_send: std::marker::PhantomData<*const ()>,
-}
-
-/// Stops the tree rooted at `root` for a checkpoint: through its cgroup's
-/// freezer when it is alone in a cgroup v2 of its own (atomic, no race
-/// with forks), else thread by thread. The freezer only bridges the
-/// seizing: once every thread sits in its ptrace stop the cgroup is
-/// thawed, also when the caller had frozen it before.
-pub fn stop_tree(root: i32) -> Result<StoppedTree> {
-    let started = Instant::now();
-    check_target(root)?;
-    let (frozen, order, cgroup) = freeze(root)?;
-    tracing::debug!(root, threads = frozen.threads.len(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "tree frozen");
-    Ok(StoppedTree { root, frozen, order, cgroup, started, stopped_at: Instant::now(), _not_send: std::marker::PhantomData })
-}
-
-impl std::fmt::Debug for StoppedTree {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoppedTree")
-            .field("root", &self.root)
-            .field("pids", &self.order)
-            .field("threads", &self.frozen.threads.len())
-            .field("cgroup", &self.cgroup)
-            .finish()
-    }
-}
-
 impl StoppedTree {
-    /// Host pid of the root.
-    pub fn root(&self) -> i32 {
-        self.root
-    }
-
-    /// Host pids of the tree's processes, parents before children.
-    pub fn pids(&self) -> &[i32] {
-        &self.order
-    }
-
-    /// The tree's own cgroup v2 directory, when it was stopped through its
-    /// freezer (required by [`After::Frozen`]).
-    pub fn cgroup(&self) -> Option<&Path> {
-        self.cgroup.as_deref()
-    }
-
-    /// Lets the tree continue, exactly as dropping it does.
-    pub fn resume(self) {}
-
-    /// Each process's leader thread and the registers it had at the stop.
-    pub(crate) fn leaders(&self) -> HashMap<i32, Regs> {
-        self.frozen.threads.iter().filter(|s| s.tid == s.pid).map(|s| (s.pid, s.regs)).collect()
-    }
-
     /// Writes the tree's images into `dir`, then does with the tree what
     /// `opts.after` says. On error the tree continues as it was.
     pub fn dump(mut self, dir: &Path, opts: &DumpOptions) -> Result<CheckpointStats> {
@@ -731,23 +299,6 @@ fn page_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
         }
     }
     out
-}
-
-/// The cgroup v2 directory a tree left by [`After::Frozen`] is frozen in.
-pub(crate) fn frozen_cgroup(root: i32) -> Result<PathBuf> {
-    cgroup_of(root)?.ok_or_else(|| EngineError::BadTarget { pid: root, why: "is not in a cgroup v2 of its own".into() })
-}
-
-/// Ends a tree left by [`After::Frozen`] (the commit of a migration's
-/// handover): SIGKILL to every process of the tree, then the cgroup is
-/// thawed so that they die. Reaping the root is its parent's business
-/// (the caller's, for a partition's init).
-pub fn kill_frozen_tree(root: i32) -> Result<()> {
-    let cg = frozen_cgroup(root)?;
-    for pid in list_tree(root)? {
-        lpm_sys::misc::kill(pid, libc::SIGKILL);
-    }
-    cgroup_freeze(&cg, false)
 }
 
 /// The areas of `pid` with their VmFlags: from the hint when maps shows

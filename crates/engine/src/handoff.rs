@@ -42,8 +42,8 @@ use lpm_image::{FileKind, Process, TreeImage};
 use lpm_sys::ptrace::{self, Regs};
 use lpm_sys::remote::Remote;
 
-use crate::dump::{cgroup_freeze, frozen_cgroup, syscall_ip};
 use crate::locks::Released;
+use crate::stop::{cgroup_freeze, frozen_cgroup, syscall_ip};
 use crate::task::Scratch;
 use crate::{io_err, proc, EngineError, Result, StepExt};
 

@@ -24,9 +24,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::dump::{self, DumpOptions};
+use crate::dump::DumpOptions;
 use crate::files::{self, FileTable};
 use crate::proc::{self, Stat, Status};
+use crate::stop;
 use crate::{ipc, locks, mem, ns, seccomp, timers, zombie, EngineError, Result};
 
 /// One thing the checkpoint would refuse.
@@ -39,9 +40,9 @@ pub struct Refusal {
     /// "POSIX timer", "SysV IPC", "zombie", "memory layout" or
     /// "process tree".
     pub kind: &'static str,
-    /// Which one and why, as the checkpoint's error says it: "fd 3 ->
-    /// socket:[123]: packet socket", "0x7f..-0x7f.. rw-s \"/dev/fb0\":
-    /// mapping of a device or special file", ...
+    /// Which one and why, as the checkpoint's error says it: `fd 3 ->
+    /// socket:[123]: packet socket`, `0x7f..-0x7f.. rw-s "/dev/fb0":
+    /// mapping of a device or special file`, ...
     pub what: String,
     /// The state refused may pass by itself (data queued, a connection
     /// waiting in an accept queue, a thread waiting for a lock): the
@@ -118,14 +119,14 @@ impl Inspection {
 /// else that cannot be read is in [`Inspection::unreadable`].
 pub fn inspect(root: i32, opts: &DumpOptions) -> Result<Inspection> {
     let started = Instant::now();
-    dump::check_target(root)?;
-    let procs = dump::list_tree(root)?;
+    stop::check_target(root)?;
+    let procs = stop::list_tree(root)?;
     let mut out = Inspection { root, ..Default::default() };
     let mut sink = Sink { out: &mut out };
     if opts.after == crate::After::Frozen {
-        if let Some(none) = sink.keep(root, dump::own_cgroup(root, &procs)) {
+        if let Some(none) = sink.keep(root, stop::own_cgroup(root, &procs)) {
             if none.is_none() {
-                sink.keep::<()>(root, Err(dump::not_freezable(root)));
+                sink.keep::<()>(root, Err(stop::not_freezable(root)));
             }
         }
     }
@@ -200,7 +201,7 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     }
     if let Some(maps) = sink.keep(pid, proc::smaps(pid)) {
         sink.out.areas += maps.len();
-        sink.keep(pid, dump::syscall_ip(pid, &maps));
+        sink.keep(pid, stop::syscall_ip(pid, &maps));
         sink.keep(pid, ipc::dump_maps(pid, &maps));
         for e in maps.iter().filter(|e| !ipc::is_sysv_shm(e)) {
             sink.keep(pid, mem::classify(pid, e));

@@ -37,6 +37,7 @@ mod ns;
 pub mod proc;
 mod restore;
 mod seccomp;
+mod stop;
 pub mod support;
 mod task;
 mod timers;
@@ -45,13 +46,12 @@ mod zombie;
 use std::path::PathBuf;
 
 pub use dirty::{Dirty, DirtyTracker};
-pub use dump::{
-    checkpoint, checkpoint_with, kill_frozen_tree, stop_tree, After, CheckpointOptions, CheckpointStats, DumpOptions, StoppedTree,
-};
+pub use dump::{checkpoint, checkpoint_with, After, CheckpointOptions, CheckpointStats, DumpOptions};
 pub use handoff::{thaw_tree, HandbackError, Handoff};
 pub use inspect::{inspect, Inspection, Refusal};
 pub use lazy::{FillPart, FillStats, LazyFill};
 pub use restore::{restore, restore_held, Held, Parked, ParkedConnection, RestoreOptions, Restored, Vessel};
+pub use stop::{kill_frozen_tree, stop_tree, StoppedTree};
 
 /// Errors of the engine; each names the task and the step.
 #[derive(Debug, thiserror::Error)]

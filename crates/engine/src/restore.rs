@@ -400,7 +400,7 @@ impl Parked {
                 }
             }
         }
-        crate::dump::cgroup_freeze(&self.cgroup, false)?;
+        crate::stop::cgroup_freeze(&self.cgroup, false)?;
         first.map_or(Ok(()), Err)
     }
 }
@@ -420,7 +420,7 @@ impl Held {
         if lazy.is_some() {
             return Err(EngineError::Incompatible("the lazy fill was not taken before parking: the tree would wait forever".into()));
         }
-        crate::dump::cgroup_freeze(cgroup, true)?;
+        crate::stop::cgroup_freeze(cgroup, true)?;
         for tid in detach {
             ptrace::detach(tid, 0).step(tid, || "detach into the frozen cgroup".into())?;
         }

@@ -34,7 +34,7 @@ use lpm_migrate::journal::{Journal, Record, Side};
 use lpm_wire::{FrameType, Role};
 
 use crate::api::{self, MigrationInfo, Mover, Response};
-use crate::state::{lock, Agent};
+use crate::state::{lock, Agent, Underway};
 
 pub use source::source;
 
@@ -111,14 +111,6 @@ pub(crate) enum Live {
 }
 
 impl Live {
-    /// The partition it moves.
-    pub(crate) fn partition(&self) -> &str {
-        match self {
-            Live::Source(s) => &s.partition,
-            Live::Target(t) => &t.partition,
-        }
-    }
-
     fn record(&self) -> Record {
         match self {
             Live::Source(s) => s.record(),
@@ -130,7 +122,16 @@ impl Live {
 impl Agent {
     /// The unsettled migration `id`.
     pub(crate) fn live(&self, id: &str) -> Option<Live> {
-        lock(&self.migrations).get(id).cloned()
+        let u = lock(&self.migrations).get(id).cloned()?.into_any();
+        match u.downcast::<source::Live>() {
+            Ok(s) => Some(Live::Source(s)),
+            Err(u) => u.downcast::<target::Live>().ok().map(Live::Target),
+        }
+    }
+
+    /// Takes an unsettled migration into the table.
+    pub(crate) fn register(&self, id: &str, m: Arc<dyn Underway>) {
+        lock(&self.migrations).insert(id.to_string(), m);
     }
 
     /// Forgets a settled migration (its record stays in the journal).
@@ -141,7 +142,35 @@ impl Agent {
     /// Unsettled migrations in which this host is the source (`true`) or
     /// the target.
     pub(crate) fn under_way(&self, as_source: bool) -> usize {
-        lock(&self.migrations).values().filter(|l| matches!(l, Live::Source(_)) == as_source).count()
+        lock(&self.migrations).values().filter(|l| l.outgoing() == as_source).count()
+    }
+}
+
+impl Underway for source::Live {
+    fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    fn outgoing(&self) -> bool {
+        true
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+impl Underway for target::Live {
+    fn partition(&self) -> &str {
+        &self.partition
+    }
+
+    fn outgoing(&self) -> bool {
+        false
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 

@@ -111,7 +111,7 @@ impl Live {
             stop: AtomicBool::new(false),
             resolving: Arc::new(AtomicBool::new(false)),
         });
-        lock(&agent.migrations).insert(live.id.clone(), super::Live::Source(live.clone()));
+        agent.register(&live.id, live.clone());
         live
     }
 

@@ -126,7 +126,7 @@ impl Live {
             store: OnceLock::new(),
             resolving: Arc::new(AtomicBool::new(false)),
         });
-        lock(&agent.migrations).insert(live.id.clone(), super::Live::Target(live.clone()));
+        agent.register(&live.id, live.clone());
         live
     }
 

@@ -70,7 +70,12 @@ impl Scene {
         let out = c.output().unwrap();
         assert!(out.status.success(), "checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
         if !leave_running {
-            for p in tree {
+            // The tree may have forked between the listing and the
+            // checkpoint: the image says which processes it killed. Each
+            // one's zombie (an orphan's comes to this subreaper) must be
+            // reaped, or it would hold its pid against the restore.
+            let dumped = lpm_image::read_tree(images).map(|t| t.processes.iter().map(|p| p.host_pid as i32).collect::<Vec<_>>());
+            for p in tree.into_iter().chain(dumped.unwrap_or_default()) {
                 reap(p);
             }
         }
