@@ -181,9 +181,11 @@ pub fn watched(name: &str) -> bool {
     rules().as_ref().map_or(true, |rules| rules.iter().any(|r| r.point == name))
 }
 
-/// Called at the named point; returns an error when a test asked for a
-/// failure here (or does what the test asked, such as killing lpmd).
-pub fn point(name: &str) -> Result<()> {
+/// Carries out the rules of point `name` that act on this hit: kill,
+/// fail (an error), sleep; flips `frame` when one is given; true when the
+/// message at the point is to be lost.
+fn fire(name: &str, mut frame: Option<&mut [u8]>) -> Result<bool> {
+    let mut lost = false;
     for (action, hit) in firing(name)? {
         match action {
             Action::Kill => kill_self(name, hit),
@@ -195,63 +197,41 @@ pub fn point(name: &str) -> Result<()> {
                 tracing::warn!(point = name, hit, action = "sleep", ms = d.as_millis() as u64, "fault injected");
                 std::thread::sleep(d);
             }
-            // Only frames can be flipped, only messages dropped.
-            Action::Flip | Action::Drop => {}
+            Action::Drop => {
+                tracing::warn!(point = name, hit, action = "drop", "fault injected");
+                lost = true;
+            }
+            Action::Flip => match frame.as_deref_mut() {
+                Some(f) if !f.is_empty() => {
+                    let at = f.len() / 2;
+                    f[at] ^= 0xff;
+                    tracing::warn!(point = name, hit, action = "flip", offset = at, len = f.len(), "fault injected");
+                }
+                _ => {}
+            },
         }
     }
-    Ok(())
+    Ok(lost)
+}
+
+/// Called at the named point; returns an error when a test asked for a
+/// failure here (or does what the test asked, such as killing lpmd).
+pub fn point(name: &str) -> Result<()> {
+    fire(name, None).map(|_| ())
 }
 
 /// Called where a message is about to be sent: true when a test asked
 /// for it to be lost here (`drop`); `kill`, `fail` (as an error) and
 /// `sleep` act as at [`point`].
 pub fn dropped(name: &str) -> Result<bool> {
-    let mut lost = false;
-    for (action, hit) in firing(name)? {
-        match action {
-            Action::Drop => {
-                tracing::warn!(point = name, hit, action = "drop", "fault injected");
-                lost = true;
-            }
-            Action::Kill => kill_self(name, hit),
-            Action::Fail => {
-                tracing::warn!(point = name, hit, action = "fail", "fault injected");
-                return Err(anyhow!("fault injected at {name} (hit {hit})"));
-            }
-            Action::Sleep(d) => {
-                tracing::warn!(point = name, hit, action = "sleep", ms = d.as_millis() as u64, "fault injected");
-                std::thread::sleep(d);
-            }
-            Action::Flip => {}
-        }
-    }
-    Ok(lost)
+    fire(name, None)
 }
 
 /// Lets a test corrupt an outgoing frame at the named point (`flip`), or
-/// kill or slow this lpmd there; `fail` has nothing to fail here.
+/// kill or slow this lpmd there; a `fail` here is only logged.
 pub fn corrupt(name: &str, frame: &mut [u8]) {
-    let fired = match firing(name) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(point = name, error = format!("{e:#}"), "fault injection");
-            return;
-        }
-    };
-    for (action, hit) in fired {
-        match action {
-            Action::Flip if !frame.is_empty() => {
-                let at = frame.len() / 2;
-                frame[at] ^= 0xff;
-                tracing::warn!(point = name, hit, action = "flip", offset = at, len = frame.len(), "fault injected");
-            }
-            Action::Kill => kill_self(name, hit),
-            Action::Sleep(d) => {
-                tracing::warn!(point = name, hit, action = "sleep", ms = d.as_millis() as u64, "fault injected");
-                std::thread::sleep(d);
-            }
-            Action::Flip | Action::Fail | Action::Drop => {}
-        }
+    if let Err(e) = fire(name, Some(frame)) {
+        tracing::error!(point = name, error = format!("{e:#}"), "fault injection");
     }
 }
 

@@ -17,7 +17,7 @@ use common::wait_for;
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -65,12 +65,7 @@ struct Scene {
 impl Scene {
     fn new() -> Scene {
         let name = format!("lpm-handoff-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let dir = Path::new("/dev/shm").join(&name);
-        fs::create_dir_all(&dir).unwrap();
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = lpm_sys::probe::cgroup2_from_mountinfo(&mountinfo).expect("cgroup2 is not mounted: the cgroup v2 freezer is required");
-        let cg = root.join(&name);
-        fs::create_dir(&cg).unwrap_or_else(|e| panic!("create cgroup {}: {e}", cg.display()));
+        let (cg, dir) = common::cgroup_and_dir(&name);
         Scene { dir, cg, pid: None }
     }
 

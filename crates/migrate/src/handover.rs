@@ -533,6 +533,106 @@ impl Target {
     }
 }
 
+/// What carrying out one action led to, for [`drive`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next<I> {
+    /// Carry on with the next action.
+    Done,
+    /// The action produced another input (a failure, the end of a step),
+    /// taken once the current transition's actions are all carried out.
+    Then(I),
+    /// The durable record could not be written: stop here, as if the
+    /// agent had died before this action (the caller puts the machine
+    /// back in its recorded state).
+    Halt,
+}
+
+/// One of the two machines, as [`drive`] runs it.
+pub trait Machine {
+    /// Its inputs.
+    type Input: Copy + std::fmt::Debug;
+    /// Its states.
+    type State: Copy;
+    /// The transition function.
+    fn on(&mut self, input: Self::Input) -> Result<Vec<Action<Self::State>>, ProtocolError>;
+    /// The input a refused message of the peer stands for.
+    fn peer_lost() -> Self::Input;
+    /// Whether the input is a message of the peer.
+    fn is_message(input: &Self::Input) -> bool;
+}
+
+impl Machine for Source {
+    type Input = SourceInput;
+    type State = SourceState;
+    fn on(&mut self, input: SourceInput) -> Result<Vec<SourceAction>, ProtocolError> {
+        Source::on(self, input)
+    }
+    fn peer_lost() -> SourceInput {
+        SourceInput::Fail(Failure::PeerLost)
+    }
+    fn is_message(input: &SourceInput) -> bool {
+        matches!(input, SourceInput::Message(_))
+    }
+}
+
+impl Machine for Target {
+    type Input = TargetInput;
+    type State = TargetState;
+    fn on(&mut self, input: TargetInput) -> Result<Vec<TargetAction>, ProtocolError> {
+        Target::on(self, input)
+    }
+    fn peer_lost() -> TargetInput {
+        TargetInput::Fail(Failure::PeerLost)
+    }
+    fn is_message(input: &TargetInput) -> bool {
+        matches!(input, TargetInput::Message(_))
+    }
+}
+
+/// One transition as the agents take it: the machine's actions for
+/// `input`; a message of the peer the machine refuses counts as losing
+/// the peer (the machine says what that means in its state), any other
+/// refused input is dropped. The refusal, if any, comes back beside.
+pub fn transition<M: Machine>(m: &mut M, input: M::Input) -> (Vec<Action<M::State>>, Option<ProtocolError>) {
+    match m.on(input) {
+        Ok(a) => (a, None),
+        Err(e) if M::is_message(&input) => (m.on(M::peer_lost()).unwrap_or_default(), Some(e)),
+        Err(e) => (Vec::new(), Some(e)),
+    }
+}
+
+/// Runs a machine the way an agent must: takes `input`, carries out the
+/// transition's actions in order with `act` (which owns whatever they
+/// need, reached through `ctx`), then the inputs they led to, until none
+/// is left. A message of the peer the machine refuses counts as losing
+/// the peer (the machine says what that means in its state); any other
+/// refused input is reported through `refused` and dropped. Returns false
+/// when an action halted: the caller puts the machine back in its
+/// recorded state, as a restarted agent would find it.
+pub fn drive<C, M: Machine>(
+    ctx: &mut C,
+    machine: fn(&mut C) -> &mut M,
+    input: M::Input,
+    mut act: impl FnMut(&mut C, Action<M::State>) -> Next<M::Input>,
+    mut refused: impl FnMut(ProtocolError),
+) -> bool {
+    let mut queue = std::collections::VecDeque::from([input]);
+    while let Some(input) = queue.pop_front() {
+        let (actions, refusal) = transition(machine(ctx), input);
+        if let Some(e) = refusal {
+            refused(e);
+        }
+        for a in actions {
+            match act(ctx, a) {
+                Next::Done => {}
+                Next::Then(i) => queue.push_back(i),
+                Next::Halt => return false,
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

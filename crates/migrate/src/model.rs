@@ -29,8 +29,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::handover::{
-    Action, Decision, Failure, Msg, PeerState, Source, SourceAction, SourceInput, SourceState, Target, TargetAction, TargetInput,
-    TargetState,
+    transition, Action, Decision, Failure, Msg, PeerState, Source, SourceAction, SourceInput, SourceState, Target, TargetAction,
+    TargetInput, TargetState,
 };
 
 /// Bounds on the faults (and rounds) the exploration allows.
@@ -182,10 +182,7 @@ impl World {
     /// action.
     fn source_input(&mut self, input: SourceInput, crash: Option<usize>) -> Result<(), String> {
         let state = self.src.mem.state();
-        let mut actions = match self.src.mem.on(input) {
-            Ok(a) => a,
-            Err(_) => self.src.mem.on(SourceInput::Fail(Failure::PeerLost)).unwrap_or_default(),
-        };
+        let mut actions = transition(&mut self.src.mem, input).0;
         self.sabotage.source(state, input, &mut actions);
         for (k, a) in actions.into_iter().enumerate() {
             if crash == Some(k) {
@@ -203,10 +200,7 @@ impl World {
     }
 
     fn target_input(&mut self, input: TargetInput, crash: Option<usize>) -> Result<(), String> {
-        let actions = match self.tgt.mem.on(input) {
-            Ok(a) => a,
-            Err(_) => self.tgt.mem.on(TargetInput::Fail(Failure::PeerLost)).unwrap_or_default(),
-        };
+        let actions = transition(&mut self.tgt.mem, input).0;
         for (k, a) in actions.into_iter().enumerate() {
             if crash == Some(k) {
                 break;
@@ -226,20 +220,14 @@ impl World {
     /// crash points between them).
     fn source_actions(&self, input: SourceInput) -> usize {
         let mut m = self.src.mem;
-        let mut a = match m.on(input) {
-            Ok(a) => a,
-            Err(_) => m.on(SourceInput::Fail(Failure::PeerLost)).unwrap_or_default(),
-        };
+        let mut a = transition(&mut m, input).0;
         self.sabotage.source(self.src.mem.state(), input, &mut a);
         a.len()
     }
 
     fn target_actions(&self, input: TargetInput) -> usize {
         let mut m = self.tgt.mem;
-        match m.on(input) {
-            Ok(a) => a.len(),
-            Err(_) => m.on(TargetInput::Fail(Failure::PeerLost)).map_or(0, |a| a.len()),
-        }
+        transition(&mut m, input).0.len()
     }
 
     /// Carries out one action of the source; an error names a broken rule.

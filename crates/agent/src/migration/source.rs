@@ -3,7 +3,7 @@
 //! thread of `lpm migrate`'s control connection drives it ([`Run`]); every
 //! state change goes through the source's machine ([`Live::apply`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::net::TcpStream;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use lpm_host::partition::{PartitionSpec, Plumbing};
-use lpm_migrate::handover::{Action, Decision, Failure, Msg, Source, SourceAction, SourceInput, SourceState};
+use lpm_migrate::handover::{self, Action, Decision, Failure, Msg, Source, SourceAction, SourceInput, SourceState};
 use lpm_migrate::journal::{self, Ending, Record, Side};
 use lpm_migrate::policy::{self, Measure, StopCost};
 use lpm_migrate::precopy::{PageSink, Precopy, SinkError};
@@ -79,14 +79,8 @@ struct Turn {
     ending: Option<Ending>,
 }
 
-/// What carrying out one action leads to.
-enum Next {
-    Done,
-    /// Another input for the machine.
-    Then(SourceInput),
-    /// The journal could not be written: as if lpmd died here.
-    Halt,
-}
+/// What carrying out one action of the source leads to.
+type Next = handover::Next<SourceInput>;
 
 impl Live {
     fn new(agent: &Arc<Agent>, record: Record, detail: Detail, durable: Option<SourceState>) -> Arc<Live> {
@@ -161,36 +155,20 @@ impl Live {
 
     fn drive(self: &Arc<Self>, agent: &Arc<Agent>, input: SourceInput, mut link: Option<&mut Link>, mut run: Option<&mut Run<'_>>) {
         let mut turn = lock(&self.turn);
-        let mut queue = VecDeque::from([input]);
-        'inputs: while let Some(input) = queue.pop_front() {
-            let actions = match turn.machine.on(input) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(id = %self.id, error = %e, "refused");
-                    match input {
-                        // Late or stray messages of the peer count as
-                        // losing it (the machine says what that means now).
-                        SourceInput::Message(_) => turn.machine.on(SourceInput::Fail(Failure::PeerLost)).unwrap_or_default(),
-                        _ => continue,
-                    }
-                }
-            };
-            for a in actions {
-                let next = match run.as_deref_mut() {
-                    Some(r) => r.act(agent, self, &mut turn, a),
-                    None => common(agent, self, &mut turn, a, link.as_deref_mut()),
-                };
-                match next {
-                    Next::Done => {}
-                    Next::Then(i) => queue.push_back(i),
-                    Next::Halt => {
-                        // What is on disk is what a restarted lpmd would
-                        // find: carry on from there.
-                        turn.machine = turn.durable.map_or_else(Source::new, Source::at);
-                        break 'inputs;
-                    }
-                }
-            }
+        let whole = handover::drive(
+            &mut *turn,
+            |t: &mut Turn| &mut t.machine,
+            input,
+            |turn, a| match run.as_deref_mut() {
+                Some(r) => r.act(agent, self, turn, a),
+                None => common(agent, self, turn, a, link.as_deref_mut()),
+            },
+            |e| tracing::warn!(id = %self.id, error = %e, "refused"),
+        );
+        if !whole {
+            // What is on disk is what a restarted lpmd would find: carry
+            // on from there.
+            turn.machine = turn.durable.map_or_else(Source::new, Source::at);
         }
         drop(turn);
         self.changed.notify_all();

@@ -5,7 +5,7 @@
 //! on abort. Every state change goes through the target's machine
 //! ([`Live::apply`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use lpm_engine::{Parked, ParkedConnection};
 use lpm_host::partition::{PartitionSpec, Plumbing};
-use lpm_migrate::handover::{Action, Failure, Msg, Target, TargetAction, TargetInput, TargetState};
+use lpm_migrate::handover::{self, Action, Failure, Msg, Target, TargetAction, TargetInput, TargetState};
 use lpm_migrate::journal::{Record, Side};
 use lpm_migrate::store::Store;
 use lpm_wire::{FrameType, PagesHeader};
@@ -102,12 +102,8 @@ struct Turn {
     why: String,
 }
 
-/// What carrying out one action leads to.
-enum Next {
-    Done,
-    Then(TargetInput),
-    Halt,
-}
+/// What carrying out one action of the target leads to.
+type Next = handover::Next<TargetInput>;
 
 impl Live {
     fn new(agent: &Arc<Agent>, record: Record, detail: Detail, durable: Option<TargetState>) -> Arc<Live> {
@@ -156,28 +152,15 @@ impl Live {
         mut session: Option<&mut Session>,
     ) {
         let mut turn = lock(&self.turn);
-        let mut queue = VecDeque::from([input]);
-        'inputs: while let Some(input) = queue.pop_front() {
-            let actions = match turn.machine.on(input) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(id = %self.id, error = %e, "refused");
-                    match input {
-                        TargetInput::Message(_) => turn.machine.on(TargetInput::Fail(Failure::PeerLost)).unwrap_or_default(),
-                        _ => continue,
-                    }
-                }
-            };
-            for a in actions {
-                match self.act(agent, &mut turn, a, link.as_deref_mut(), session.as_deref_mut()) {
-                    Next::Done => {}
-                    Next::Then(i) => queue.push_back(i),
-                    Next::Halt => {
-                        turn.machine = turn.durable.map_or_else(Target::new, Target::at);
-                        break 'inputs;
-                    }
-                }
-            }
+        let whole = handover::drive(
+            &mut *turn,
+            |t: &mut Turn| &mut t.machine,
+            input,
+            |turn, a| self.act(agent, turn, a, link.as_deref_mut(), session.as_deref_mut()),
+            |e| tracing::warn!(id = %self.id, error = %e, "refused"),
+        );
+        if !whole {
+            turn.machine = turn.durable.map_or_else(Target::new, Target::at);
         }
     }
 

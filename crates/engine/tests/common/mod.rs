@@ -25,3 +25,15 @@ pub fn kill_and_reap(pids: &[i32], deadline: Instant) {
     }
     while lpm_sys::misc::reap_any().is_some() {}
 }
+
+/// A fresh cgroup v2 directory `name` (a test's own freezer), and the
+/// directory under /dev/shm of the same name for the test's files.
+pub fn cgroup_and_dir(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::path::Path::new("/dev/shm").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = lpm_sys::probe::cgroup2_from_mountinfo(&mountinfo).expect("cgroup2 is not mounted: the cgroup v2 freezer is required");
+    let cg = root.join(name);
+    std::fs::create_dir(&cg).unwrap_or_else(|e| panic!("create cgroup {}: {e}", cg.display()));
+    (cg, dir)
+}
