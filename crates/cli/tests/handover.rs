@@ -509,3 +509,43 @@ fn every_validation_check_fails_by_name_before_anything_moves() {
     lab.finish_kv_client(c);
     println!("{}", seen.join("\n"));
 }
+
+/// The hosts cannot reach each other at the handover: go is recorded but
+/// lost, and the management link is down, so neither resolver gets
+/// through; both keep their copies (the source's frozen, the target's
+/// parked) and `lpm migrate` says the migration is in doubt.
+/// `lpm migration recover`, which reaches both hosts through their control
+/// sockets, relays their records and finishes it: the partition runs on
+/// h2, the frozen copy on h1 goes.
+#[test]
+fn recover_finishes_a_migration_whose_hosts_cannot_meet() {
+    let mut lab = TestLab::up_with(
+        "hrec",
+        2,
+        &[("LPM_FAULT", "h1:source.record.handing-over=sleep=1500,h1:source.send.go=drop"), ("LPM_MOVER_TIMEOUT_MS", MOVER_TIMEOUT_MS)],
+    );
+    let (c, ip) = kv(&mut lab);
+    let mig = lab.cmd(&["migrate", "kv", "--to", "h2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    lab.wait_for_log("h1", "point=\"source.record.handing-over\"", Duration::from_secs(30));
+    // While the source holds before recording go: the hosts' management
+    // link goes down (the partition network, where the client is, stays).
+    let h2ns = lab.lab().host("h2").unwrap().netns.clone();
+    let link = |state: &str| assert!(Command::new("ip").args(["-n", &h2ns, "link", "set", "mgmt0", state]).status().unwrap().success());
+    link("down");
+    let out = mig.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in doubt"), "lpm migrate: {err}");
+    let id = migration_id(&lab);
+    let rows = migrations(&lab);
+    assert_eq!(rows[0]["state"], serde_json::json!("in doubt"), "{rows:?}");
+    assert_eq!(rows[0]["phase"], serde_json::json!("HandingOver/Restored"), "{rows:?}");
+    let out = lab.ok(&["migration", "recover", &id]);
+    assert!(out.contains("completed"), "recover: {out}");
+    link("up");
+    let row = settled(&lab, Duration::from_secs(20));
+    assert_eq!(row["state"], serde_json::json!("completed"), "{row}");
+    assert_eq!(where_it_runs(&lab), "h2");
+    assert!(lab.kv_verify(&ip).starts_with("verify ok"));
+    lab.client_alive(c);
+    lab.finish_kv_client(c);
+}

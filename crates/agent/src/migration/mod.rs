@@ -451,7 +451,7 @@ pub fn list(agent: &Arc<Agent>, all: bool) -> Result<Response> {
 
 fn info(agent: &Agent, record: Record) -> MigrationInfo {
     let live = match agent.live(&record.id) {
-        Some(Live::Source(s)) => Some(s.progress()),
+        Some(Live::Source(s)) => s.progress(),
         _ => None,
     };
     let report = agent.report_of(&record.id);

@@ -60,6 +60,9 @@ pub(crate) struct Live {
     stop: AtomicBool,
     /// A resolver asks the target.
     pub resolving: Arc<AtomicBool>,
+    /// The thread of `lpm migrate` drives it (else it is in doubt, or
+    /// resumed after a restart, and only resolvers move it).
+    driven: AtomicBool,
 }
 
 /// The machine and what its actions need, taken for a transition and all
@@ -104,6 +107,7 @@ impl Live {
             progress: Mutex::new(Progress::default()),
             stop: AtomicBool::new(false),
             resolving: Arc::new(AtomicBool::new(false)),
+            driven: AtomicBool::new(false),
         });
         agent.register(&live.id, live.clone());
         live
@@ -138,9 +142,9 @@ impl Live {
         lock(&self.turn).record.clone()
     }
 
-    /// Its live figures.
-    pub(crate) fn progress(&self) -> Progress {
-        lock(&self.progress).clone()
+    /// Its live figures, while the thread of `lpm migrate` drives it.
+    pub(crate) fn progress(&self) -> Option<Progress> {
+        self.driven.load(Ordering::SeqCst).then(|| lock(&self.progress).clone())
     }
 
     fn state(&self) -> SourceState {
@@ -527,7 +531,9 @@ pub fn source(agent: &Arc<Agent>, req: MigrateRequest, ctl: &mut UnixStream) -> 
     let record = Record::new(&id, &spec, &agent.opts.host, &req.target, &req.target_addr, Side::Source(SourceState::Validating));
     let live = Live::new(agent, record, Detail { pid, handed_off: Vec::new() }, None);
     let mut run = Run::new(agent, &req, spec, pid, plumbing, checks);
+    live.driven.store(true, Ordering::SeqCst);
     let res = run.go(&live, ctl);
+    live.driven.store(false, Ordering::SeqCst);
     let report = run.report(&live, &res);
     agent.keep_report(&report);
     if let Some(link) = run.link.as_mut() {
