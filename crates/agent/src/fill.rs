@@ -38,66 +38,95 @@ pub struct Filling {
     pub pid: Option<i32>,
 }
 
-/// Starts the fill of `partition`'s memory, in a process of its own when
-/// it can.
-pub fn start(partition: &str, lazy: LazyFill) -> Filling {
-    let name = partition.to_string();
-    let left = lazy.pages_left();
-    match hand_over(&name, lazy) {
-        Ok(mut child) => {
-            let pid = Some(child.id() as i32);
-            let handle = std::thread::spawn(move || match child.wait() {
-                Ok(st) if st.success() => {}
-                Ok(st) => tracing::error!(partition = %name, status = %st, left, "the fill process failed"),
-                Err(e) => tracing::error!(partition = %name, error = %e, "wait for the fill process"),
-            });
-            Filling { handle, pid }
+/// A fill process started ahead (at a migration's prepare), waiting on
+/// its socket for a fill: the stop then only hands it the parts, and
+/// waits for no process to start. Dropped unused, it is told nothing more
+/// and ends by itself (and is reaped here).
+pub struct Spare {
+    /// The process and our end of its socket, until handed a fill.
+    proc: Option<(std::process::Child, OwnedFd)>,
+    partition: String,
+}
+
+impl Spare {
+    /// Starts `lpm fill` for `partition`, idle until [`Spare::start`].
+    pub fn spawn(partition: &str) -> Result<Spare> {
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+            .context("socketpair for the fill process")?;
+        let exe = std::env::current_exe().context("find this program, to run it as the fill process")?;
+        let child = Command::new(exe)
+            .args([FILL_ARG, "--partition", partition])
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawn the fill process")?;
+        Ok(Spare { proc: Some((child, ours)), partition: partition.to_string() })
+    }
+
+    /// Hands the fill to the process; should that fail, the fill runs on
+    /// a thread of lpmd instead.
+    pub fn start(mut self, lazy: LazyFill) -> Filling {
+        let name = self.partition.clone();
+        let left = lazy.pages_left();
+        match self.hand_over(lazy) {
+            Ok(mut child) => {
+                let pid = Some(child.id() as i32);
+                let handle = std::thread::spawn(move || match child.wait() {
+                    Ok(st) if st.success() => {}
+                    Ok(st) => tracing::error!(partition = %name, status = %st, left, "the fill process failed"),
+                    Err(e) => tracing::error!(partition = %name, error = %e, "wait for the fill process"),
+                });
+                Filling { handle, pid }
+            }
+            Err((e, lazy)) => {
+                tracing::warn!(partition = %name, error = format!("{e:#}"), "no fill process: the fill runs in lpmd");
+                Filling { handle: std::thread::spawn(move || report(&name, left, lazy.run())), pid: None }
+            }
         }
-        Err((e, lazy)) => {
-            tracing::warn!(partition = %name, error = format!("{e:#}"), "no fill process: the fill runs in lpmd");
-            Filling { handle: std::thread::spawn(move || report(&name, left, lazy.run())), pid: None }
+    }
+
+    fn hand_over(&mut self, lazy: LazyFill) -> Result<std::process::Child, (anyhow::Error, LazyFill)> {
+        let Some((mut child, sock)) = self.proc.take() else { return Err((anyhow!("the fill process was handed a fill already"), lazy)) };
+        let parts = match lazy.into_parts() {
+            Ok(p) => p,
+            Err((e, lazy)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err((anyhow!(e).context("take the fill apart"), lazy));
+            }
+        };
+        if let Err(e) = send(&sock, &parts) {
+            // Ours still: the process gets nothing more and goes.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err((e, LazyFill::from_parts(parts)));
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        // Never handed a fill: it has nothing to do.
+        if let Some((mut child, _sock)) = self.proc.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
 
-/// Spawns `lpm fill` and sends it the fill. On failure the fill comes
-/// back, whole, to run here.
-fn hand_over(name: &str, lazy: LazyFill) -> Result<std::process::Child, (anyhow::Error, LazyFill)> {
-    let pair =
-        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).context("socketpair for the fill process");
-    let (ours, theirs) = match pair {
-        Ok(p) => p,
-        Err(e) => return Err((e, lazy)),
-    };
-    let exe = match std::env::current_exe().context("find this program, to run it as the fill process") {
-        Ok(x) => x,
-        Err(e) => return Err((e, lazy)),
-    };
-    let spawned = Command::new(exe)
-        .args([FILL_ARG, "--partition", name])
-        .stdin(Stdio::from(theirs))
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawn the fill process");
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return Err((e, lazy)),
-    };
-    let parts = match lazy.into_parts() {
-        Ok(p) => p,
-        Err((e, lazy)) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err((anyhow!(e).context("take the fill apart"), lazy));
+/// Starts the fill of `partition`'s memory, in a process of its own when
+/// it can (started now: see [`Spare`] to start it ahead).
+pub fn start(partition: &str, lazy: LazyFill) -> Filling {
+    match Spare::spawn(partition) {
+        Ok(spare) => spare.start(lazy),
+        Err(e) => {
+            let name = partition.to_string();
+            let left = lazy.pages_left();
+            tracing::warn!(partition = %name, error = format!("{e:#}"), "no fill process: the fill runs in lpmd");
+            Filling { handle: std::thread::spawn(move || report(&name, left, lazy.run())), pid: None }
         }
-    };
-    if let Err(e) = send(&ours, &parts) {
-        // Ours still: the process gets nothing more and goes.
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err((e, LazyFill::from_parts(parts)));
     }
-    Ok(child)
 }
 
 fn send(sock: &OwnedFd, parts: &[FillPart]) -> Result<()> {

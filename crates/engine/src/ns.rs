@@ -282,15 +282,24 @@ pub fn isolate_mounts(pid: i32, r: &mut Remote, s: Scratch, n: Option<&Namespace
     let root = put_path(pid, s, 0, "/")?;
     r.call(libc::SYS_mount, &[0, root, 0, libc::MS_REC | libc::MS_PRIVATE, 0]).step(pid, || "remote mount --make-rprivate /".into())?;
     if n.is_some_and(|n| n.no_run_netns) {
-        let dir = put_path(pid, s, 0, RUN_NETNS)?;
-        match r.call(libc::SYS_umount2, &[dir, libc::MNT_DETACH as u64]) {
-            Ok(_) => {}
-            // Not a mount point on this host: nothing to hide.
-            Err(e) if e.errno() == Some(libc::EINVAL) || e.errno() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e).step(pid, || format!("remote umount {RUN_NETNS}")),
-        }
+        hide_run_netns(pid, r, s)?;
     }
     Ok(())
+}
+
+/// Detaches the host's /run/netns in the mount namespace of `pid`. It
+/// waits out an RCU grace period (5 to 15 ms) when there is something to
+/// detach, which a migration's restore spends ahead of its stop, in its
+/// vessel ([`crate::Vessel::own_mounts`]): a namespace copied from there
+/// has nothing left to detach.
+pub fn hide_run_netns(pid: i32, r: &mut Remote, s: Scratch) -> Result<()> {
+    let dir = put_path(pid, s, 0, RUN_NETNS)?;
+    match r.call(libc::SYS_umount2, &[dir, libc::MNT_DETACH as u64]) {
+        Ok(_) => Ok(()),
+        // Not a mount point here: nothing to hide.
+        Err(e) if e.errno() == Some(libc::EINVAL) || e.errno() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e).step(pid, || format!("remote umount {RUN_NETNS}")),
+    }
 }
 
 /// Fills the namespaces a restored process owns: names, and /proc when it

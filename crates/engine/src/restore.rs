@@ -93,6 +93,8 @@ pub struct Vessel {
     trampoline: u64,
     /// Killed and reaped already (its pid may be someone else's now).
     ended: std::sync::atomic::AtomicBool,
+    /// It has a mount namespace of its own ([`Vessel::own_mounts`]).
+    own_mounts: std::sync::atomic::AtomicBool,
 }
 
 /// Where a vessel maps its trampoline: far from where programs map
@@ -133,13 +135,31 @@ impl Vessel {
             }
         };
         // From here on, dropping it ends it.
-        let v = Vessel { pid, base, trampoline: VESSEL_TRAMPOLINE, ended: false.into() };
+        let v = Vessel { pid, base, trampoline: VESSEL_TRAMPOLINE, ended: false.into(), own_mounts: false.into() };
         ptrace::set_sigmask(pid, !0).step(pid, || "block signals".into())?;
         Ok(v)
     }
 }
 
 impl Vessel {
+    /// Gives the vessel a mount namespace of its own, private and without
+    /// the host's /run/netns, as a partition's is: the root of a tree
+    /// that owns its mount namespace (every partition's) is then cloned
+    /// from a copy with nothing to detach, and the detaching (an RCU
+    /// grace period, 5 to 15 ms) is spent now, ahead of a migration's
+    /// stop. Such a root takes the vessel's namespace itself (a copy would
+    /// be torn down with the vessel, another grace period in the stop).
+    /// Only for such trees: a root that shares the restorer's mount
+    /// namespace would share the vessel's instead.
+    pub fn own_mounts(&self) -> Result<()> {
+        let mut r = Remote::with_trap(self.pid, self.trampoline, self.base);
+        let s = Scratch { addr: self.trampoline + SCRATCH_OFFSET, len: TRAMPOLINE_LEN - SCRATCH_OFFSET };
+        r.call(libc::SYS_unshare, &[libc::CLONE_NEWNS as u64]).step(self.pid, || "remote unshare of the vessel's mounts".into())?;
+        self.own_mounts.store(true, std::sync::atomic::Ordering::SeqCst);
+        ns::isolate_mounts(self.pid, &mut r, s, None)?;
+        ns::hide_run_netns(self.pid, &mut r, s)
+    }
+
     /// Its pid (in the cgroups it was given until it is used).
     pub fn pid(&self) -> i32 {
         self.pid
@@ -695,8 +715,12 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
     let host = match vessel {
         Some(v) => {
             // A sibling of the vessel (our child, as a root puppet is) in
-            // the vessel's cgroups.
-            let flags = (ns_flags(root) & !NEWNET) | libc::CLONE_PARENT as u64;
+            // the vessel's cgroups. A root that owns its mount namespace
+            // takes the vessel's when the vessel made one ahead
+            // ([`Vessel::own_mounts`]): a copy would be one more namespace
+            // to tear down, an RCU grace period, when the vessel ends.
+            let mounts = if v.own_mounts.load(std::sync::atomic::Ordering::SeqCst) { libc::CLONE_NEWNS as u64 } else { 0 };
+            let flags = (ns_flags(root) & !NEWNET & !mounts) | libc::CLONE_PARENT as u64;
             // clone3 takes the exit signal of a CLONE_PARENT child from the
             // caller (the vessel's: SIGCHLD) and refuses one given.
             let args = CloneArgs { flags, exit_signal: 0, ..Default::default() };

@@ -86,6 +86,8 @@ struct Res {
     /// into its cgroups).
     preparing: Option<std::thread::JoinHandle<Result<(Plumbing, bool)>>>,
     plumbing: Option<Plumbing>,
+    /// The restore vessel went into the plumbing's cgroups.
+    vessel_placed: bool,
     parked: Option<Parked>,
     filling: Option<Filling>,
 }
@@ -305,8 +307,17 @@ impl Live {
         let store = Arc::new(Mutex::new(Store::create(&dir).context("page store")?));
         let _ = self.store.set(store.clone());
         lock(&agent.incoming).insert(self.id.clone(), store);
-        // Without a vessel the restore only takes longer.
-        s.vessel = lpm_engine::Vessel::spawn().map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "no restore vessel")).ok();
+        // Without a vessel (or a fill process started ahead) the restore
+        // only takes longer.
+        // The vessel takes a partition's mount namespace ahead (see
+        // Vessel::own_mounts): a partition's root owns one.
+        s.vessel = lpm_engine::Vessel::spawn()
+            .and_then(|v| v.own_mounts().map(|()| v))
+            .map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "no restore vessel"))
+            .ok();
+        s.spare = crate::fill::Spare::spawn(&spec.name)
+            .map_err(|e| tracing::warn!(partition = %spec.name, error = format!("{e:#}"), "no fill process started ahead"))
+            .ok();
         let vessel_pid = s.vessel.as_ref().map(|v| v.pid());
         let ctx = agent.ctx.clone();
         turn.res.preparing = Some(std::thread::spawn(move || -> Result<(Plumbing, bool)> {
@@ -345,11 +356,23 @@ impl Live {
         };
         let mut held =
             lpm_engine::restore_held(&turn.detail.dir, &opts).with_context(|| format!("restore partition {}", turn.record.spec.name))?;
+        let restored = t.elapsed();
         fault::point("target.restored")?;
         // The fill goes first: the parked tree must not wait for pages
         // nobody serves (it fills the frozen tree, and runs on if lpmd dies).
-        let filling = held.take_lazy().map(|lazy| crate::fill::start(&turn.record.spec.name, lazy));
+        let filling = held.take_lazy().map(|lazy| match s.spare.take() {
+            Some(spare) => spare.start(lazy),
+            None => crate::fill::start(&turn.record.spec.name, lazy),
+        });
+        let filled = t.elapsed();
         let parked = held.park(&p.cgroup().v2_dir()).context("park the restored partition")?;
+        tracing::debug!(
+            id = %self.id,
+            restore_ms = restored.as_secs_f64() * 1e3,
+            fill_ms = (filled - restored).as_secs_f64() * 1e3,
+            park_ms = (t.elapsed() - filled).as_secs_f64() * 1e3,
+            "restored and parked"
+        );
         turn.detail.parked = Some(ParkedRecord::of(&parked));
         turn.detail.fill_pid = filling.as_ref().and_then(|f| f.pid);
         turn.res.parked = Some(parked);
@@ -435,15 +458,15 @@ impl Live {
 /// Waits for the plumbing being made and keeps it; whether the vessel went
 /// into its cgroups.
 fn ready(res: &mut Res) -> Result<bool> {
-    match res.preparing.take() {
-        Some(h) => {
-            let (p, placed) = h.join().map_err(|_| anyhow!("preparing the partition panicked"))??;
-            res.plumbing = Some(p);
-            Ok(placed)
-        }
-        None if res.plumbing.is_some() => Ok(false),
-        None => bail!("the partition was not prepared"),
+    if let Some(h) = res.preparing.take() {
+        let (p, placed) = h.join().map_err(|_| anyhow!("preparing the partition panicked"))??;
+        res.plumbing = Some(p);
+        res.vessel_placed = placed;
     }
+    if res.plumbing.is_none() {
+        bail!("the partition was not prepared");
+    }
+    Ok(res.vessel_placed)
 }
 
 /// Per process (pid in the image), the page ranges to fill before the
@@ -456,6 +479,9 @@ pub(crate) struct Session {
     /// The migration.
     pub live: Arc<Live>,
     vessel: Option<lpm_engine::Vessel>,
+    /// The lazy fill's process, started at prepare so that the stop only
+    /// hands it the fill.
+    spare: Option<crate::fill::Spare>,
     /// The Restore message's parameters, for the restore.
     restore: Option<(bool, HotPages)>,
 }
@@ -487,7 +513,7 @@ impl Session {
         let dir = scratch_dir(agent, "in", id);
         let record = Record::new(id, &spec, source, &agent.opts.host, source_addr, Side::Target(TargetState::Prepared));
         let live = Live::new(agent, record, Detail { dir, ..Default::default() }, None);
-        let mut s = Session { live: live.clone(), vessel: None, restore: None };
+        let mut s = Session { live: live.clone(), vessel: None, spare: None, restore: None };
         live.apply(agent, TargetInput::Message(Msg::Prepare), Some(link), Some(&mut s));
         Ok(s)
     }
