@@ -199,7 +199,18 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
         sink.out.descriptors += fds.len();
         sink.keep(pid, locks::check(pid, fds, &tids));
     }
-    if let Some(maps) = sink.keep(pid, proc::smaps(pid)) {
+    if let Some(mut maps) = sink.keep(pid, proc::smaps(pid)) {
+        // A process in the middle of execve has no vDSO for a moment (the
+        // new address space is mapped before it): a second look tells it
+        // from one that unmapped its vDSO for good.
+        if !maps.iter().any(|e| e.path == "[vdso]") {
+            std::thread::sleep(Duration::from_millis(5));
+            match proc::smaps(pid) {
+                Ok(again) => maps = again,
+                // Gone meanwhile: nothing of it to refuse.
+                Err(_) => return,
+            }
+        }
         sink.out.areas += maps.len();
         sink.keep(pid, stop::syscall_ip(pid, &maps));
         sink.keep(pid, ipc::dump_maps(pid, &maps));

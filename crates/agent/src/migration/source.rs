@@ -901,7 +901,8 @@ impl<'a> Run<'a> {
         progress(ctl, live, Progress { phase: "switchover".into(), note: "freezing".into(), ..blank() });
         self.input(live, SourceInput::Switchover);
         if live.state() != SourceState::Frozen {
-            bail!("the stop failed; the partition runs on here ({})", live.state().name());
+            let cause = lock(&live.turn).ending.as_ref().map(|e| e.cause.clone()).unwrap_or_default();
+            bail!("the stop failed, the partition runs on here: {cause}");
         }
         // The target restores; then the decision.
         self.step = "restore";
