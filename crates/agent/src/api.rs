@@ -243,6 +243,9 @@ pub enum Mover {
     Restored {
         /// Time the restore took, ms.
         restore_ms: f64,
+        /// Of which its read-back check, ms.
+        #[serde(default)]
+        verify_ms: f64,
     },
     /// Source → target: the decision, recorded before it was sent.
     Decision {

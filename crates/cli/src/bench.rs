@@ -28,6 +28,8 @@ struct Run {
     checkpoint: Duration,
     images: Duration,
     restore: Duration,
+    /// Of the restore, the read-back check (`--verify`).
+    verify: Duration,
     bytes: u64,
 }
 
@@ -62,10 +64,10 @@ fn one(script: &str, arg: &str, dir: &Path) -> Result<Run> {
         let s = lpm_engine::checkpoint(pid, &images, &lpm_engine::CheckpointOptions::default())?;
         let checkpoint = t.elapsed();
         let _ = child.wait();
-        let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions::default())?;
+        let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions { verify: true, ..Default::default() })?;
         lpm_sys::misc::kill(r.root_pid, libc::SIGKILL);
         let _ = lpm_sys::misc::wait_exit(r.root_pid);
-        Ok(Run { checkpoint, images: s.images, restore: r.elapsed, bytes: s.pages * 4096 })
+        Ok(Run { checkpoint, images: s.images, restore: r.elapsed, verify: r.verified.unwrap_or_default(), bytes: s.pages * 4096 })
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -109,14 +111,26 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
         let mut c = Vec::new();
         let mut whole = Vec::new();
         let mut r = Vec::new();
+        let mut v = Vec::new();
         let mut bytes = 0;
         for _ in 0..runs {
             let x = one(MEMORY, &mib.to_string(), &dir)?;
             c.push(x.images);
             whole.push(x.checkpoint);
             r.push(x.restore);
+            v.push(x.verify);
             bytes = x.bytes;
         }
+        let check = |r: &[Duration], v: &[Duration]| {
+            let (rm, vm) = (median(r.to_vec()), median(v.to_vec()));
+            let share = vm.as_secs_f64() / rm.as_secs_f64().max(1e-9) * 100.0;
+            format!(
+                "  of which the read-back check (--verify) {:.2} ms, {share:.1} % (target <= 5 %: {})",
+                vm.as_secs_f64() * 1e3,
+                if share <= 5.0 { "met" } else { "NOT met" }
+            )
+        };
+        let memory_check = check(&r, &v);
         let (c_all, r_all) = (spread(bytes, &c), spread(bytes, &r));
         let (c, whole, r) = (median(c), median(whole), median(r));
         println!("memory: {mib} MiB process, {} MiB of pages saved, images on tmpfs (huge pages), median of {runs}", bytes >> 20);
@@ -135,13 +149,17 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
             if gib(bytes, r) >= 2.0 { "met" } else { "NOT met" }
         );
         println!("             {r_all}");
+        println!("{memory_check}");
         let mut c = Vec::new();
         let mut r = Vec::new();
+        let mut v = Vec::new();
         for _ in 0..runs {
             let x = one(THREADS, &threads.to_string(), &dir)?;
             c.push(x.checkpoint);
             r.push(x.restore);
+            v.push(x.verify);
         }
+        let threads_check = check(&r, &v);
         let (c, r) = (median(c), median(r));
         println!("threads: a process with {threads} threads, median of {runs}");
         println!("  checkpoint {:8.1} ms", c.as_secs_f64() * 1e3);
@@ -150,6 +168,7 @@ pub fn run(runs: usize, mib: u64, threads: u32) -> Result<()> {
             r.as_secs_f64() * 1e3,
             if r < Duration::from_secs(1) { "met" } else { "NOT met" }
         );
+        println!("{threads_check}");
         Ok(())
     })();
     res

@@ -62,6 +62,11 @@ enum Cmd {
         /// Exit once the tree runs, printing the root pid.
         #[arg(long)]
         detach: bool,
+        /// Before the tree runs, read it back from the kernel and compare
+        /// it with the image; any difference fails the restore, naming
+        /// process, object and field.
+        #[arg(long)]
+        verify: bool,
     },
     /// Inspect images.
     Image {
@@ -186,8 +191,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Inspect { pid, tcp_established, json } => inspect(pid, tcp_established, json),
-        Cmd::Restore { images, detach } => {
-            let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions::default())
+        Cmd::Restore { images, detach, verify } => {
+            let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions { verify, ..Default::default() })
                 .with_context(|| format!("restore from {}", images.display()))?;
             eprintln!("restored {} processes, {} threads in {:.1} ms", r.processes, r.threads, r.elapsed.as_secs_f64() * 1e3);
             if detach {

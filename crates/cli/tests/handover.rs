@@ -604,3 +604,20 @@ fn stop_at_the_second_round_of_a_busy_partition() {
         assert!(verdict.starts_with("verify 1 OK"), "{how:?}: dm's memory after the stop at round 2: {verdict}");
     }
 }
+
+/// The target's restore gets a field wrong (a test's sabotage): its
+/// read-back check refuses the copy before "restored", so the migration
+/// rolls back, naming the field, and the partition serves on at h1.
+#[test]
+fn a_copy_that_differs_from_its_image_never_runs() {
+    let mut lab = TestLab::up_with("hver", 2, &[(lpm_engine::SABOTAGE_ENV, "umask"), ("LPM_MOVER_TIMEOUT_MS", MOVER_TIMEOUT_MS)]);
+    let (c, ip) = kv(&mut lab);
+    let err = lab.fails(&["migrate", "kv", "--to", "h2"]);
+    assert!(err.contains("the restored tree differs from its image") && err.contains("Umask"), "{err}");
+    let row = settled(&lab, Duration::from_secs(20));
+    assert_eq!(row["state"], serde_json::json!("rolled back"), "{row}");
+    assert_eq!(where_it_runs(&lab), "h1");
+    assert!(lab.kv_verify(&ip).starts_with("verify ok"));
+    lab.client_alive(c);
+    lab.finish_kv_client(c);
+}

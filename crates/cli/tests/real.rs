@@ -144,22 +144,22 @@ fn bad_input_is_refused_clearly() {
     let good = std::fs::read(&tree).unwrap();
     let img = images.to_str().unwrap();
 
-    let (ok, err) = lpm(&["restore", "--images", img]);
+    let (ok, err) = lpm(&["restore", "--verify", "--images", img]);
     assert!(!ok && err.contains(&format!("pid {pid} is taken")), "{err}");
 
     std::fs::write(&tree, &good[..good.len() / 2]).unwrap();
-    let (ok, err) = lpm(&["restore", "--images", img]);
+    let (ok, err) = lpm(&["restore", "--verify", "--images", img]);
     assert!(!ok && err.contains("truncated"), "{err}");
 
     let mut flipped = good.clone();
     let at = flipped.len() - 10;
     flipped[at] ^= 0x40;
     std::fs::write(&tree, &flipped).unwrap();
-    let (ok, err) = lpm(&["restore", "--images", img]);
+    let (ok, err) = lpm(&["restore", "--verify", "--images", img]);
     assert!(!ok && err.contains("checksum"), "{err}");
 
     std::fs::remove_file(&tree).unwrap();
-    let (ok, err) = lpm(&["restore", "--images", img]);
+    let (ok, err) = lpm(&["restore", "--verify", "--images", img]);
     assert!(!ok && err.contains("tree.img"), "{err}");
 
     std::fs::write(&tree, &good).unwrap();
@@ -171,7 +171,7 @@ fn bad_input_is_refused_clearly() {
     // SAFETY: killing our own child so the pid is free for the attempt.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     reap(pid);
-    let (ok, err) = lpm(&["restore", "--images", img]);
+    let (ok, err) = lpm(&["restore", "--verify", "--images", img]);
     assert!(!ok && err.contains("checksum mismatch in page run"), "{err}");
     assert!(!Path::new(&format!("/proc/{pid}")).exists(), "a failed restore left pid {pid} behind");
 
@@ -343,7 +343,7 @@ fn restore_without_detach_passes_on_the_exit_status() {
     let pid = s.spawn(Command::new("sh").args(["-c", &script]));
     let images = s.path("img");
     s.checkpoint(pid, &images, false);
-    let lpm = Command::new(LPM).args(["restore", "--images"]).arg(&images).stderr(Stdio::piped()).spawn().unwrap();
+    let lpm = Command::new(LPM).args(["restore", "--verify", "--images"]).arg(&images).stderr(Stdio::piped()).spawn().unwrap();
     // Whenever the file appears (before the restore is done or after),
     // the restored shell sees it at its next look and exits 42.
     std::fs::write(&stop, "").unwrap();
@@ -438,4 +438,35 @@ fn dirty_tracker_reports_exactly_the_written_pages() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap_or_default().contains("userfaultfd"));
+}
+
+/// `lpm restore --verify` reads the restored tree back before it runs:
+/// a restore that gets one field wrong (a test's sabotage: the umask) is
+/// refused, naming process, object and field, recorded against found, and
+/// leaves nothing behind; without the sabotage the same image restores.
+#[test]
+fn verify_names_the_field_a_restore_got_wrong() {
+    let mut s = Scene::new("verify");
+    let pid = s.spawn(Command::new("python3").args(["-c", "import os, time\nos.umask(0o027)\ntime.sleep(1000)"]));
+    let t = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().contains("Umask:\t0027") {
+        assert!(t.elapsed() < Duration::from_secs(10), "the program never set its umask");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let images = s.path("img");
+    s.checkpoint(pid, &images, false);
+    let out = Command::new(LPM)
+        .args(["restore", "--verify", "--detach", "--images"])
+        .arg(&images)
+        .env(lpm_engine::SABOTAGE_ENV, "umask")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a restore that differs from its image succeeded");
+    assert!(err.contains(&format!("pid {pid}")) && err.contains("Umask") && err.contains("recorded \"0027\", found \"0007\""), "{err}");
+    // The tree was killed: its pid is free for the next restore.
+    let again = s.restore(&images);
+    assert_eq!(again, pid);
+    let st = std::fs::read_to_string(format!("/proc/{again}/status")).unwrap();
+    assert!(st.contains("Umask:\t0027"), "{st}");
 }

@@ -584,7 +584,7 @@ impl Run {
     /// this process (the subreaper).
     fn restore(&mut self, images: &Path) -> Res<()> {
         let images = images.to_string_lossy().into_owned();
-        let out = self.lpm(&["restore", "--images", &images, "--detach"])?;
+        let out = self.lpm(&["restore", "--images", &images, "--detach", "--verify"])?;
         let pid: i32 = out.trim().parse().map_err(|_| format!("lpm restore printed {out:?}, not the root pid"))?;
         self.known.insert(pid);
         if pid != self.root {

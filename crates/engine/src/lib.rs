@@ -41,6 +41,7 @@ mod stop;
 pub mod support;
 mod task;
 mod timers;
+mod verify;
 mod zombie;
 
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ pub use inspect::{inspect, Inspection, Refusal};
 pub use lazy::{FillPart, FillStats, LazyFill};
 pub use restore::{restore, restore_held, Held, Parked, ParkedConnection, RestoreOptions, Restored, Vessel};
 pub use stop::{kill_frozen_tree, stop_tree, StoppedTree};
+pub use verify::{Mismatch, SABOTAGE_ENV};
 
 /// Errors of the engine; each names the task and the step.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,15 @@ pub enum EngineError {
     /// The image cannot be restored on this host.
     #[error("cannot restore here: {0}")]
     Incompatible(String),
+    /// The restored tree differs from its image (or could not be read
+    /// back): every difference, naming process, object and field.
+    #[error("the restored tree differs from its image: {}{why}", .mismatches.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("; "))]
+    Verify {
+        /// What differs.
+        mismatches: Vec<verify::Mismatch>,
+        /// Why it could not be read back, when it could not.
+        why: String,
+    },
 }
 
 /// Result alias for the engine.

@@ -20,6 +20,10 @@
 //!    Then `zombies`: zombies exit with their recorded status while every
 //!    parent is still stopped (its SIGCHLD state is put back as it was).
 //! 7. `finish`: registers and signal masks, trampoline unmapped.
+//!    Then, with [`RestoreOptions::verify`], `verify`: the finished tree is
+//!    read back from the kernel and compared with the image
+//!    ([`crate::verify`]) while no thread of it has run yet; a difference
+//!    kills it.
 //! 8. `release`: detach all at once so the tree starts running together.
 //!    [`restore_held`] stops before it: a live migration's target holds the
 //!    finished tree stopped until the source gives it up ([`Held`]).
@@ -78,6 +82,11 @@ pub struct RestoreOptions {
     /// round, the pages written last, which the tree would otherwise touch
     /// first, each touch a fault served by the lazy fill while it waits.
     pub hot: HashMap<u32, Vec<(u64, u64)>>,
+    /// Read the finished tree back from the kernel before any of it runs
+    /// and compare it with the image ([`crate::verify`]): a difference is
+    /// an error naming the process, the object and the field, and the
+    /// tree is killed.
+    pub verify: bool,
 }
 
 /// A stopped child made ahead of a restore (when a migration prepares the
@@ -209,6 +218,9 @@ pub struct Restored {
     pub threads: usize,
     /// Time from start to running.
     pub elapsed: Duration,
+    /// Time the read-back check took ([`RestoreOptions::verify`]), part
+    /// of `elapsed`.
+    pub verified: Option<Duration>,
 }
 
 /// Room for the special mappings to pass through, after the trampoline.
@@ -293,6 +305,8 @@ pub struct Held {
     _open: OpenFiles,
     _shmem: ShmemObjects,
     started: Instant,
+    /// Time the read-back check took, when it ran.
+    pub verified: Option<Duration>,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -322,7 +336,7 @@ impl Held {
     /// Detaches every thread at once: the tree runs. On error every task
     /// is killed.
     pub fn release(self) -> Result<Restored> {
-        let Held { root_pid, processes, threads, mut puppets, detach, deferred, lazy, _open, _shmem, started, .. } = self;
+        let Held { root_pid, processes, threads, mut puppets, detach, deferred, lazy, _open, _shmem, started, verified, .. } = self;
         if lazy.is_some() {
             return Err(EngineError::Incompatible("the lazy fill was not taken before the release: the tree would wait forever".into()));
         }
@@ -331,7 +345,7 @@ impl Held {
             ptrace::detach(tid, 0).step(tid, || "detach".into())?;
         }
         puppets.armed = false;
-        Ok(Restored { root_pid, processes, threads, elapsed: started.elapsed() })
+        Ok(Restored { root_pid, processes, threads, elapsed: started.elapsed(), verified })
     }
 }
 
@@ -511,6 +525,14 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     zombies(&ctx, &puppets)?;
     let detach = finish(&ctx, &puppets)?;
     stage("finish");
+    let verified = if opts.verify {
+        let t = Instant::now();
+        verify_tree(&tree, &puppets, &opts.cgroups)?;
+        stage("verify");
+        Some(t.elapsed())
+    } else {
+        None
+    };
     let lazy = crate::LazyFill::arm(std::mem::take(&mut puppets.spaces))?;
     Ok(Held {
         root_pid: puppets.by_pid[&tree.root_pid].host,
@@ -523,8 +545,25 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         _open: open,
         _shmem: shmem,
         started: t0,
+        verified,
         _not_send: std::marker::PhantomData,
     })
+}
+
+/// Stage 8 (with [`RestoreOptions::verify`]): the finished tree read
+/// back and compared with its image, before any thread of it runs.
+fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf]) -> Result<()> {
+    let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, p)| (pid, p.host)).collect();
+    let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
+    let procs: Vec<crate::verify::Restored<'_>> = tree
+        .processes
+        .iter()
+        .map(|p| {
+            let pp = &puppets.by_pid[&p.pid];
+            crate::verify::Restored { image: p, host: pp.host, tids: &pp.tids, hosts: &hosts, cgroups, files: &files }
+        })
+        .collect();
+    crate::verify::tree(&procs)
 }
 
 /// Stage 2, files: every open file of the image, in the restorer. With a

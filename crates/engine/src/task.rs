@@ -186,7 +186,9 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
         let addr = put_path(pid, s, 0, &p.root)?;
         r.call(libc::SYS_chroot, &[addr]).step(pid, || format!("remote chroot({})", p.root))?;
     }
-    r.call(libc::SYS_umask, &[p.umask as u64]).step(pid, || "remote umask".into())?;
+    // A test of `verify` makes the restore get one field wrong on purpose.
+    let umask = if crate::verify::sabotaged("umask") { p.umask ^ 0o020 } else { p.umask };
+    r.call(libc::SYS_umask, &[umask as u64]).step(pid, || "remote umask".into())?;
     r.call(libc::SYS_personality, &[p.personality as u64]).step(pid, || "remote personality".into())?;
     // Likewise the limits: the puppet's are lpmd's, mostly the same.
     let current = proc::parse_limits(&proc::read(pid, "limits")?);

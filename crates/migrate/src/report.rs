@@ -108,8 +108,11 @@ pub struct StopBreakdown {
     pub state_image_bytes: u64,
     /// Sending the final pages and the state, ms.
     pub transfer_ms: f64,
-    /// Restoring on the target, ms.
+    /// Restoring on the target, ms (the read-back check included).
     pub restore_ms: f64,
+    /// Of which the target's read-back check of the restored tree, ms.
+    #[serde(default)]
+    pub verify_ms: f64,
     /// The two-phase handover until the partition ran on the target, ms.
     pub handover_ms: f64,
 }
@@ -262,7 +265,7 @@ pub fn render(r: &Report) -> String {
             bytes(b.final_pages * PAGE as u64),
             bytes(b.state_image_bytes)
         );
-        let _ = writeln!(s, "            restore {:.1} ms", b.restore_ms);
+        let _ = writeln!(s, "            restore {:.1} ms (its check {:.1} ms)", b.restore_ms, b.verify_ms);
         let _ = writeln!(s, "            handover {:.1} ms", b.handover_ms);
     }
     s
@@ -313,6 +316,7 @@ mod tests {
                 state_image_bytes: 90_000,
                 transfer_ms: 12.0,
                 restore_ms: 30.2,
+                verify_ms: 0.4,
                 handover_ms: 4.0,
             }),
             bytes_total: 33 << 20,

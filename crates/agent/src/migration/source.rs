@@ -908,8 +908,9 @@ impl<'a> Run<'a> {
         self.step = "restore";
         let t = Instant::now();
         match self.link()?.recv().map_err(peer_gone)? {
-            Mover::Restored { restore_ms } => {
+            Mover::Restored { restore_ms, verify_ms } => {
                 self.stop.restore_ms = restore_ms;
+                self.stop.verify_ms = verify_ms;
                 self.check_stop(live)?;
                 self.step = "handover";
                 self.input(live, SourceInput::Message(Msg::Restored));

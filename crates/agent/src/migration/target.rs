@@ -100,6 +100,7 @@ struct Turn {
     detail: Detail,
     res: Res,
     restore_ms: f64,
+    verify_ms: f64,
     /// Why it rolls back, for the source.
     why: String,
 }
@@ -119,6 +120,7 @@ impl Live {
                 detail,
                 res: Res::default(),
                 restore_ms: 0.0,
+                verify_ms: 0.0,
                 why: String::new(),
             }),
             store: OnceLock::new(),
@@ -275,7 +277,7 @@ impl Live {
                 }
                 Mover::RoundDone { round }
             }
-            Msg::Restored => Mover::Restored { restore_ms: turn.restore_ms },
+            Msg::Restored => Mover::Restored { restore_ms: turn.restore_ms, verify_ms: turn.verify_ms },
             Msg::Running => Mover::Running,
             Msg::RolledBack => Mover::RolledBack { why: if turn.why.is_empty() { "rolled back".into() } else { turn.why.clone() } },
             other => {
@@ -353,10 +355,14 @@ impl Live {
             lazy_fill: std::env::var_os("LPM_EAGER_FILL").is_none(),
             vessel: s.vessel.take(),
             hot,
+            // A copy that differs from what the source had must never
+            // run: the migration rolls back instead.
+            verify: true,
         };
         let mut held =
             lpm_engine::restore_held(&turn.detail.dir, &opts).with_context(|| format!("restore partition {}", turn.record.spec.name))?;
         let restored = t.elapsed();
+        turn.verify_ms = held.verified.map_or(0.0, |d| d.as_secs_f64() * 1e3);
         fault::point("target.restored")?;
         // The fill goes first: the parked tree must not wait for pages
         // nobody serves (it fills the frozen tree, and runs on if lpmd dies).

@@ -83,7 +83,7 @@ impl Scene {
 
     /// `lpm restore --detach`; returns the root pid, kept to kill.
     pub fn restore(&mut self, images: &Path) -> i32 {
-        let out = Command::new(LPM).args(["restore", "--detach", "--images"]).arg(images).output().unwrap();
+        let out = Command::new(LPM).args(["restore", "--detach", "--verify", "--images"]).arg(images).output().unwrap();
         assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
         let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("restore prints the root pid");
         self.pids.push(pid);

@@ -1,0 +1,464 @@
+//! The restore checks itself ([`crate::RestoreOptions::verify`], `lpm
+//! restore --verify`, always on the target of a migration): once the tree
+//! is rebuilt, every thread at its final registers and none of them run
+//! yet, what the kernel shows of every task is read back and compared
+//! with the image. Any difference is an error naming the process, the
+//! object and the field, recorded against found; the restore then kills
+//! the tree (a migration rolls back: the partition runs on its source).
+//!
+//! One table, [`PROBES`], knows for each kind of state how to read it back
+//! and how to compare it: ids and tree links, credentials, signal
+//! dispositions and masks, limits, personality and umask, paths, memory
+//! areas, descriptors. A probe compares only what the image records; what
+//! a host gives anew (host pids at the outer level, inode numbers) it maps
+//! or leaves out.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use lpm_image::{FileImage, FileKind, Process, VmaKind};
+
+use crate::proc::{self, MapEntry, Stat, Status};
+use crate::{EngineError, Result, StepExt};
+
+/// A restored process as the probes see it: its image, its host pid, its
+/// threads' host tids in image order, and how image pids map to host pids.
+pub(crate) struct Restored<'a> {
+    /// The process's image.
+    pub image: &'a Process,
+    /// Its host pid.
+    pub host: i32,
+    /// Its threads' host tids, in the image's order.
+    pub tids: &'a [i32],
+    /// Every process of the tree: image pid to host pid.
+    pub hosts: &'a HashMap<u32, i32>,
+    /// The cgroup directories the tree was restored into.
+    pub cgroups: &'a [PathBuf],
+    /// The image's open files, by id.
+    pub files: &'a HashMap<u32, &'a FileImage>,
+}
+
+/// The environment variable through which a test makes the restore get
+/// one field wrong on purpose (`umask`), to see [`PROBES`] name it; inert
+/// when unset, and nobody but the tests sets it.
+pub const SABOTAGE_ENV: &str = "LPM_SABOTAGE_RESTORE";
+
+/// Whether a test asked the restore to get `field` wrong.
+pub(crate) fn sabotaged(field: &str) -> bool {
+    std::env::var(SABOTAGE_ENV).is_ok_and(|v| v.split(',').any(|f| f.trim() == field))
+}
+
+/// One field of the restored tree that differs from the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The process (image pid).
+    pub pid: u32,
+    /// Its host pid.
+    pub host: i32,
+    /// What was read back (`status`, `fd 3`, `area 0x...-0x...`,
+    /// `thread 2`).
+    pub object: String,
+    /// The field.
+    pub field: String,
+    /// What the image says.
+    pub recorded: String,
+    /// What the kernel shows.
+    pub found: String,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} (host {}) {} {}: recorded {}, found {}", self.pid, self.host, self.object, self.field, self.recorded, self.found)
+    }
+}
+
+/// Collects a probe's mismatches.
+struct Found<'a, 'b> {
+    p: &'b Restored<'a>,
+    out: Vec<Mismatch>,
+}
+
+impl Found<'_, '_> {
+    fn cmp<T: PartialEq + fmt::Debug>(&mut self, object: &str, field: &str, recorded: T, found: T) {
+        if recorded != found {
+            self.out.push(Mismatch {
+                pid: self.p.image.pid,
+                host: self.p.host,
+                object: object.to_string(),
+                field: field.to_string(),
+                recorded: format!("{recorded:?}"),
+                found: format!("{found:?}"),
+            });
+        }
+    }
+}
+
+/// A kind of state the restore reads back: its name, and the comparison.
+pub(crate) struct Probe {
+    /// What it checks.
+    pub name: &'static str,
+    check: fn(&Restored<'_>, &mut Found<'_, '_>) -> Result<()>,
+    /// It applies to zombies too (they have no memory, files or threads).
+    zombies: bool,
+}
+
+/// Every probe, in the order they run.
+pub(crate) const PROBES: &[Probe] = &[
+    Probe { name: "ids", check: ids, zombies: true },
+    Probe { name: "credentials", check: creds, zombies: false },
+    Probe { name: "signals", check: signals, zombies: false },
+    Probe { name: "threads", check: threads, zombies: false },
+    Probe { name: "limits", check: limits, zombies: false },
+    Probe { name: "process state", check: process_state, zombies: false },
+    Probe { name: "paths", check: paths, zombies: false },
+    Probe { name: "memory areas", check: areas, zombies: false },
+    Probe { name: "descriptors", check: descriptors, zombies: false },
+    Probe { name: "cgroups", check: cgroups, zombies: false },
+];
+
+/// Reads back every process of the restored tree and compares it with
+/// `tree`; all the differences, or none.
+pub(crate) fn tree(procs: &[Restored<'_>]) -> Result<()> {
+    let mut all = Vec::new();
+    for p in procs {
+        let zombie = p.image.zombie.is_some();
+        for probe in PROBES.iter().filter(|pr| pr.zombies || !zombie) {
+            let mut f = Found { p, out: Vec::new() };
+            (probe.check)(p, &mut f).map_err(|e| EngineError::Verify { mismatches: vec![], why: format!("probe {}: {e}", probe.name) })?;
+            all.extend(f.out);
+        }
+    }
+    if all.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Verify { mismatches: all, why: String::new() })
+    }
+}
+
+/// The host pid of image pid `pid`, or 0 when it is not in the tree.
+fn host_of(p: &Restored<'_>, pid: u32) -> i32 {
+    p.hosts.get(&pid).copied().unwrap_or(0)
+}
+
+/// Pids in nested namespaces, the parent, the group and the session (the
+/// latter three mapped to host pids; a group or session of a process
+/// outside the tree is the restorer's to give, and not compared).
+fn ids(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let st = Status::read(p.host)?;
+    let found = st.nums("NSpid");
+    if p.image.nspid.len() > 1 && found.len() == p.image.nspid.len() {
+        f.cmp("status", "NSpid (inner levels)", &p.image.nspid[1..], &found[1..]);
+    } else if p.image.nspid.len() > 1 {
+        f.cmp("status", "NSpid levels", p.image.nspid.len(), found.len());
+    }
+    let stat = Stat::read(p.host)?;
+    if p.image.ppid != 0 {
+        f.cmp("stat", "ppid", host_of(p, p.image.ppid), stat.num(4) as i32);
+    }
+    for (field, n, recorded) in [("pgid", 5, p.image.pgid), ("sid", 6, p.image.sid)] {
+        if p.hosts.contains_key(&recorded) {
+            f.cmp("stat", field, host_of(p, recorded), stat.num(n) as i32);
+        }
+    }
+    let zombie = stat.state() == 'Z';
+    f.cmp("stat", "zombie", p.image.zombie.is_some(), zombie);
+    Ok(())
+}
+
+/// Uids, gids, groups, capability sets, no_new_privs.
+fn creds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let st = Status::read(p.host)?;
+    if let Some(c) = &p.image.creds {
+        f.cmp("status", "Uid", c.uids.clone(), st.nums("Uid"));
+        f.cmp("status", "Gid", c.gids.clone(), st.nums("Gid"));
+        f.cmp("status", "Groups", c.groups.clone(), st.nums("Groups"));
+        let found: Vec<u64> = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"].iter().map(|k| st.hex(k)).collect();
+        f.cmp("status", "capabilities (inh prm eff bnd amb)", c.caps.clone(), found);
+    }
+    if let Some(pr) = &p.image.prctl {
+        f.cmp("status", "NoNewPrivs", pr.no_new_privs, st.get("NoNewPrivs") == "1");
+    }
+    Ok(())
+}
+
+/// Ignored and caught signals (from the recorded handlers), pending ones
+/// shared by the process.
+fn signals(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let st = Status::read(p.host)?;
+    let (mut ign, mut cgt) = (0u64, 0u64);
+    for a in &p.image.sigactions {
+        let bit = 1u64 << (a.signo - 1);
+        match a.handler {
+            0 => {}
+            1 => ign |= bit,
+            _ => cgt |= bit,
+        }
+    }
+    f.cmp("status", "SigIgn", format!("{ign:016x}"), format!("{:016x}", st.hex("SigIgn")));
+    f.cmp("status", "SigCgt", format!("{cgt:016x}"), format!("{:016x}", st.hex("SigCgt")));
+    Ok(())
+}
+
+/// Per thread: its name, nice value and blocked signals (the nice value
+/// by getpriority and the mask from ptrace, which holds every thread: a
+/// thousand threads' stat and status files would cost the restore 5 %
+/// more).
+fn threads(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    f.cmp("status", "Threads", p.image.threads.len(), proc::threads(p.host)?.len());
+    for (i, (t, &tid)) in p.image.threads.iter().zip(p.tids).enumerate() {
+        let object = format!("thread {i} (tid {})", t.tid);
+        let comm = proc::read(p.host, &format!("task/{tid}/comm"))?;
+        f.cmp(&object, "comm", t.comm.as_str(), comm.trim_end_matches('\n'));
+        let nice = rustix::process::getpriority_process(rustix::process::Pid::from_raw(tid))
+            .map_err(|e| EngineError::Io { what: format!("read the nice value of thread {tid} back"), source: e.into() })?;
+        f.cmp(&object, "nice", t.nice, nice);
+        let mask = lpm_sys::ptrace::get_sigmask(tid).step(tid, || "read the signal mask back".into())?;
+        f.cmp(&object, "SigBlk", format!("{:016x}", t.sigmask), format!("{mask:016x}"));
+    }
+    Ok(())
+}
+
+/// Resource limits.
+fn limits(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let found = proc::parse_limits(&proc::read(p.host, "limits")?);
+    for l in &p.image.rlimits {
+        let now = found.iter().find(|(r, _, _)| *r == l.resource).map(|&(_, s, h)| (s, h));
+        f.cmp("limits", &format!("resource {}", l.resource), Some((l.soft, l.hard)), now);
+    }
+    Ok(())
+}
+
+/// Umask and personality.
+fn process_state(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let st = Status::read(p.host)?;
+    f.cmp("status", "Umask", format!("{:04o}", p.image.umask), format!("{:04o}", st.oct("Umask")));
+    let pers = u32::from_str_radix(proc::read(p.host, "personality")?.trim(), 16).unwrap_or(u32::MAX);
+    f.cmp("personality", "value", format!("{:08x}", p.image.personality), format!("{pers:08x}"));
+    Ok(())
+}
+
+/// The working directory, root and executable.
+fn paths(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    f.cmp("paths", "cwd", p.image.cwd.clone(), proc::link(p.host, "cwd")?);
+    f.cmp("paths", "root", p.image.root.clone(), proc::link(p.host, "root")?);
+    if let Some(mm) = p.image.mm.as_ref().filter(|m| !m.exe.is_empty()) {
+        f.cmp("paths", "exe", mm.exe.clone(), proc::link(p.host, "exe")?);
+    }
+    Ok(())
+}
+
+/// What a memory area looks like, for comparison: range, protection,
+/// sharing, and the name where the restore must give the same one (a
+/// file's path and offset, the kernel's special areas, heap and stack).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Area {
+    start: u64,
+    end: u64,
+    perms: String,
+    name: String,
+    offset: u64,
+}
+
+impl Area {
+    /// Whether `next` continues `self` as the kernel would merge it.
+    fn continued_by(&self, next: &Area) -> bool {
+        self.end == next.start
+            && self.perms == next.perms
+            && self.name == next.name
+            && (self.name.is_empty() || self.name.starts_with('[') || self.offset + (self.end - self.start) == next.offset)
+    }
+}
+
+/// Merges areas the kernel may or may not have merged, so that only what
+/// a program can tell apart is compared.
+fn merged(mut v: Vec<Area>) -> Vec<Area> {
+    v.sort_by_key(|a| a.start);
+    let mut out: Vec<Area> = Vec::with_capacity(v.len());
+    for a in v {
+        match out.last_mut() {
+            Some(last) if last.continued_by(&a) => last.end = a.end,
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
+/// The name compared for an area of kind `kind` named `path`: empty for
+/// anonymous memory (private or shared: the object behind a shared one is
+/// the restore's own), the path for files and special areas.
+fn area_name(kind: Option<VmaKind>, path: &str) -> String {
+    match kind {
+        Some(VmaKind::AnonShared) => String::new(),
+        Some(VmaKind::AnonPrivate) if !matches!(path, "[heap]" | "[stack]") => String::new(),
+        _ => path.to_string(),
+    }
+}
+
+fn perms(prot: u32, shared: bool) -> String {
+    let b = |bit: i32, c: char| if prot & bit as u32 != 0 { c } else { '-' };
+    format!("{}{}{}{}", b(libc::PROT_READ, 'r'), b(libc::PROT_WRITE, 'w'), b(libc::PROT_EXEC, 'x'), if shared { 's' } else { 'p' })
+}
+
+/// Every memory area: the image's (its areas and SysV attachments) and
+/// /proc/PID/maps, merged alike, must be the same list.
+fn areas(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let Some(mm) = &p.image.mm else { return Ok(()) };
+    let mut recorded: Vec<Area> = mm
+        .vmas
+        .iter()
+        .map(|v| {
+            let kind = VmaKind::try_from(v.kind).ok();
+            let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+            let file = matches!(kind, Some(VmaKind::FilePrivate | VmaKind::FileShared));
+            Area {
+                start: v.start,
+                end: v.end,
+                perms: perms(v.prot, shared),
+                name: area_name(kind, &v.path),
+                offset: if file { v.pgoff } else { 0 },
+            }
+        })
+        .collect();
+    recorded.extend(p.image.sysv_shm_maps.iter().map(|s| Area {
+        start: s.start,
+        end: s.end,
+        perms: perms(s.prot, true),
+        name: String::new(),
+        offset: 0,
+    }));
+    let found: Vec<Area> = proc::maps(p.host)?
+        .iter()
+        .map(|e: &MapEntry| {
+            let kind = classify(e);
+            let file = matches!(kind, Some(VmaKind::FilePrivate | VmaKind::FileShared));
+            Area {
+                start: e.start,
+                end: e.end,
+                perms: e.perms.clone(),
+                name: area_name(kind, &e.path),
+                offset: if file { e.offset } else { 0 },
+            }
+        })
+        .collect();
+    let (recorded, found) = (merged(recorded), merged(found));
+    if recorded != found {
+        // The first difference names the area.
+        let i = recorded.iter().zip(&found).position(|(a, b)| a != b).unwrap_or(recorded.len().min(found.len()));
+        let show = |a: Option<&Area>| {
+            a.map(|a| format!("{:#x}-{:#x} {} {:?} +{:#x}", a.start, a.end, a.perms, a.name, a.offset)).unwrap_or_else(|| "nothing".into())
+        };
+        let at = recorded.get(i).or(found.get(i)).map(|a| a.start).unwrap_or(0);
+        f.cmp(
+            &format!("area at {at:#x}"),
+            &format!("maps ({} areas recorded, {} found)", recorded.len(), found.len()),
+            show(recorded.get(i)),
+            show(found.get(i)),
+        );
+    }
+    Ok(())
+}
+
+/// The kind of a /proc maps line, as the dump names it.
+fn classify(e: &MapEntry) -> Option<VmaKind> {
+    Some(match e.path.as_str() {
+        "[vdso]" => VmaKind::Vdso,
+        "[vvar]" => VmaKind::Vvar,
+        "[vvar_vclock]" => VmaKind::VvarVclock,
+        "[vsyscall]" => VmaKind::Vsyscall,
+        _ if e.shared()
+            && (e.path.is_empty() || e.path.starts_with("/dev/zero") || e.path.starts_with("/memfd:") || e.path.starts_with("/SYSV")) =>
+        {
+            VmaKind::AnonShared
+        }
+        "" | "[heap]" | "[stack]" => VmaKind::AnonPrivate,
+        p if p.starts_with("[anon:") || p.starts_with("/dev/zero") => VmaKind::AnonPrivate,
+        p if p.starts_with('/') && e.shared() => VmaKind::FileShared,
+        p if p.starts_with('/') => VmaKind::FilePrivate,
+        _ => return None,
+    })
+}
+
+/// The descriptor table: the same numbers, each with its close-on-exec
+/// flag, its file's status flags and (for a regular file) its offset.
+fn descriptors(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let mut found: Vec<u32> = std::fs::read_dir(format!("/proc/{}/fd", p.host))
+        .map_err(crate::io_err(format!("list /proc/{}/fd", p.host)))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    found.sort_unstable();
+    let mut recorded: Vec<u32> = p.image.fds.iter().map(|d| d.fd).collect();
+    recorded.sort_unstable();
+    if recorded != found {
+        f.cmp("descriptors", "numbers", recorded, found);
+        return Ok(());
+    }
+    for d in &p.image.fds {
+        let info = proc::parse_fdinfo(&proc::read(p.host, &format!("fdinfo/{}", d.fd))?);
+        let object = format!("fd {}", d.fd);
+        f.cmp(&object, "close-on-exec", d.cloexec, info.flags & libc::O_CLOEXEC as u32 != 0);
+        let Some(file) = p.files.get(&d.file_id) else { continue };
+        let flags = info.flags & !(libc::O_CLOEXEC as u32);
+        f.cmp(&object, "flags", format!("{:o}", file.flags), format!("{flags:o}"));
+        if matches!(FileKind::try_from(file.kind), Ok(FileKind::Regular | FileKind::Unlinked | FileKind::Memfd)) {
+            f.cmp(&object, "offset", file.pos, info.pos);
+        }
+    }
+    Ok(())
+}
+
+/// The cgroups the tree was restored into.
+fn cgroups(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    if p.cgroups.is_empty() {
+        return Ok(());
+    }
+    let text = proc::read(p.host, "cgroup")?;
+    let paths: Vec<&str> = text.lines().filter_map(|l| l.splitn(3, ':').nth(2)).filter(|p| *p != "/").collect();
+    for dir in p.cgroups {
+        let d = dir.to_string_lossy();
+        let inside = paths.iter().any(|c| d.ends_with(c));
+        f.cmp("cgroup", &d, true, inside);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(start: u64, end: u64, perms: &str, name: &str, offset: u64) -> Area {
+        Area { start, end, perms: perms.into(), name: name.into(), offset }
+    }
+
+    #[test]
+    fn areas_merge_as_the_kernel_may() {
+        let v = vec![
+            area(0x3000, 0x4000, "rw-p", "", 0),
+            area(0x1000, 0x2000, "r--p", "/bin/x", 0),
+            area(0x2000, 0x3000, "r--p", "/bin/x", 0x1000),
+            area(0x4000, 0x5000, "rw-p", "", 0),
+            area(0x5000, 0x6000, "rw-p", "[heap]", 0),
+            // Not contiguous in the file: two areas.
+            area(0x6000, 0x7000, "r--p", "/bin/y", 0),
+            area(0x7000, 0x8000, "r--p", "/bin/y", 0x5000),
+        ];
+        assert_eq!(
+            merged(v),
+            vec![
+                area(0x1000, 0x3000, "r--p", "/bin/x", 0),
+                area(0x3000, 0x5000, "rw-p", "", 0),
+                area(0x5000, 0x6000, "rw-p", "[heap]", 0),
+                area(0x6000, 0x7000, "r--p", "/bin/y", 0),
+                area(0x7000, 0x8000, "r--p", "/bin/y", 0x5000),
+            ]
+        );
+    }
+
+    #[test]
+    fn perms_are_written_as_maps_writes_them() {
+        assert_eq!(perms((libc::PROT_READ | libc::PROT_EXEC) as u32, false), "r-xp");
+        assert_eq!(perms((libc::PROT_READ | libc::PROT_WRITE) as u32, true), "rw-s");
+        assert_eq!(perms(0, false), "---p");
+    }
+}
