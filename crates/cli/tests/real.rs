@@ -470,3 +470,28 @@ fn verify_names_the_field_a_restore_got_wrong() {
     let st = std::fs::read_to_string(format!("/proc/{again}/status")).unwrap();
     assert!(st.contains("Umask:\t0027"), "{st}");
 }
+
+/// The checkpoint reads its stopped tree back once the image is written:
+/// an image that does not match the tree (a test's sabotage: a wrong
+/// umask recorded) fails the checkpoint, naming the field, and the tree
+/// goes on running untouched.
+#[test]
+fn checkpoint_refuses_an_image_that_differs_from_the_tree() {
+    let mut s = Scene::new("reread");
+    let log = s.path("count");
+    let script =
+        format!("import time\nn = 0\nwhile True:\n    n += 1\n    open('{}', 'a').write(f'{{n}}\\n')\n    time.sleep(0.01)", log.display());
+    let pid = s.spawn(Command::new("python3").args(["-c", &script]));
+    wait_lines(&log, 3);
+    let out = Command::new(LPM)
+        .args(["checkpoint", "--pid", &pid.to_string(), "--images"])
+        .arg(s.path("img"))
+        .env(lpm_engine::SABOTAGE_ENV, "dump-umask")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a checkpoint whose image differs from the tree succeeded");
+    assert!(err.contains(&format!("pid {pid}")) && err.contains("Umask"), "{err}");
+    let before = lines(&log).len();
+    wait_lines(&log, before + 3);
+}

@@ -183,6 +183,8 @@ impl StoppedTree {
         tree.shmems = shm.saved.into_values().collect();
         lpm_image::write_tree(dir, &tree)?;
         tracing::debug!(root, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "images written");
+        // Read back while still stopped: nothing may have moved.
+        self.reread(&tree)?;
         // The image is complete: what the target must take is let go of
         // while every thread is still seized (taken back on any error).
         let mut handoff = if opts.after == After::Frozen { handoff::release(&tree, &self.leaders())? } else { Handoff::default() };
@@ -213,6 +215,31 @@ impl StoppedTree {
         stats.total = self.started.elapsed();
         stats.handoff = handoff;
         Ok(stats)
+    }
+
+    /// The stopped tree read back and compared with the image just written
+    /// ([`crate::verify`]): a difference is a state that moved while the
+    /// tree was stopped, which no image may miss.
+    fn reread(&self, tree: &TreeImage) -> Result<()> {
+        let hosts: HashMap<u32, i32> = tree.processes.iter().map(|p| (p.pid, p.pid as i32)).collect();
+        let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
+        let tids: HashMap<i32, Vec<i32>> =
+            self.order.iter().map(|&pid| (pid, self.frozen.threads.iter().filter(|s| s.pid == pid).map(|s| s.tid).collect())).collect();
+        let empty = Vec::new();
+        let procs: Vec<crate::verify::Restored<'_>> = tree
+            .processes
+            .iter()
+            .map(|p| crate::verify::Restored {
+                image: p,
+                host: p.pid as i32,
+                tids: tids.get(&(p.pid as i32)).unwrap_or(&empty),
+                hosts: &hosts,
+                cgroups: &[],
+                files: &files,
+                dumped: true,
+            })
+            .collect();
+        crate::verify::tree(&procs)
     }
 
     /// Kills every process and collects the ptrace stops of its threads.

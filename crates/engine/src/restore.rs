@@ -560,7 +560,7 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf]) -> Resu
         .iter()
         .map(|p| {
             let pp = &puppets.by_pid[&p.pid];
-            crate::verify::Restored { image: p, host: pp.host, tids: &pp.tids, hosts: &hosts, cgroups, files: &files }
+            crate::verify::Restored { image: p, host: pp.host, tids: &pp.tids, hosts: &hosts, cgroups, files: &files, dumped: false }
         })
         .collect();
     crate::verify::tree(&procs)

@@ -88,6 +88,10 @@ pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Re
     pr.pdeathsig = u32::from_le_bytes(scratch_read(pid, s, 0, 4)?.try_into().unwrap_or_default());
     p.prctl = Some(pr);
     p.umask = st.oct("Umask");
+    // A test of the checkpoint's read-back makes it record a wrong value.
+    if crate::verify::sabotaged("dump-umask") {
+        p.umask ^= 0o020;
+    }
     p.rlimits =
         proc::parse_limits(&proc::read(pid, "limits")?).into_iter().map(|(resource, soft, hard)| Rlimit { resource, soft, hard }).collect();
     p.cwd = proc::link(pid, "cwd")?;
