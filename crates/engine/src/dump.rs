@@ -223,6 +223,7 @@ impl StoppedTree {
     fn reread(&self, tree: &TreeImage) -> Result<()> {
         let hosts: HashMap<u32, i32> = tree.processes.iter().map(|p| (p.pid, p.pid as i32)).collect();
         let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
+        let pipes: HashMap<u64, &lpm_image::PipeImage> = tree.pipes.iter().map(|p| (p.id, p)).collect();
         let tids: HashMap<i32, Vec<i32>> =
             self.order.iter().map(|&pid| (pid, self.frozen.threads.iter().filter(|s| s.pid == pid).map(|s| s.tid).collect())).collect();
         let empty = Vec::new();
@@ -236,6 +237,7 @@ impl StoppedTree {
                 hosts: &hosts,
                 cgroups: &[],
                 files: &files,
+                pipes: &pipes,
                 dumped: true,
             })
             .collect();

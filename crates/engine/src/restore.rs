@@ -555,12 +555,22 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
 fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf]) -> Result<()> {
     let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, p)| (pid, p.host)).collect();
     let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
+    let pipes: HashMap<u64, &lpm_image::PipeImage> = tree.pipes.iter().map(|p| (p.id, p)).collect();
     let procs: Vec<crate::verify::Restored<'_>> = tree
         .processes
         .iter()
         .map(|p| {
             let pp = &puppets.by_pid[&p.pid];
-            crate::verify::Restored { image: p, host: pp.host, tids: &pp.tids, hosts: &hosts, cgroups, files: &files, dumped: false }
+            crate::verify::Restored {
+                image: p,
+                host: pp.host,
+                tids: &pp.tids,
+                hosts: &hosts,
+                cgroups,
+                files: &files,
+                pipes: &pipes,
+                dumped: false,
+            }
         })
         .collect();
     crate::verify::tree(&procs)

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use lpm_image::{FileImage, FileKind, Process, VmaKind};
+use lpm_image::{FileImage, FileKind, InetAddr, PipeImage, Process, VmaKind};
 
 use crate::proc::{self, MapEntry, Stat, Status};
 use crate::{EngineError, Result, StepExt};
@@ -41,6 +41,8 @@ pub(crate) struct Restored<'a> {
     pub cgroups: &'a [PathBuf],
     /// The image's open files, by id.
     pub files: &'a HashMap<u32, &'a FileImage>,
+    /// The image's pipes and FIFOs, by id.
+    pub pipes: &'a HashMap<u64, &'a PipeImage>,
     /// Read right after the dump, the tree still stopped: its threads'
     /// signal masks are the dump's own (every signal blocked for its
     /// remote calls), not compared.
@@ -123,6 +125,8 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "paths", check: paths, zombies: false },
     Probe { name: "memory areas", check: areas, zombies: false },
     Probe { name: "descriptors", check: descriptors, zombies: false },
+    Probe { name: "pipes", check: pipes, zombies: false },
+    Probe { name: "sockets", check: sockets, zombies: false },
     Probe { name: "cgroups", check: cgroups, zombies: false },
 ];
 
@@ -412,8 +416,99 @@ fn descriptors(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         let Some(file) = p.files.get(&d.file_id) else { continue };
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
         f.cmp(&object, "flags", format!("{:o}", file.flags), format!("{flags:o}"));
-        if matches!(FileKind::try_from(file.kind), Ok(FileKind::Regular | FileKind::Unlinked | FileKind::Memfd)) {
+        let kind = FileKind::try_from(file.kind).ok();
+        if matches!(kind, Some(FileKind::Regular | FileKind::Unlinked | FileKind::Memfd)) {
             f.cmp(&object, "offset", file.pos, info.pos);
+        }
+        if matches!(kind, Some(FileKind::Regular | FileKind::Fifo | FileKind::CharDevice)) {
+            f.cmp(&object, "path", file.path.clone(), proc::link(p.host, &format!("fd/{}", d.fd))?);
+        }
+    }
+    Ok(())
+}
+
+/// The descriptors of `p` whose file is of one of `kinds`, with it.
+fn of_kind<'a>(p: &'a Restored<'_>, kinds: &'a [FileKind]) -> impl Iterator<Item = (u32, &'a FileImage)> + 'a {
+    p.image.fds.iter().filter_map(move |d| {
+        let file = *p.files.get(&d.file_id)?;
+        FileKind::try_from(file.kind).ok().filter(|k| kinds.contains(k)).map(|_| (d.fd, file))
+    })
+}
+
+/// A restored descriptor of `p`, taken to look at (pidfd_getfd).
+fn take(p: &Restored<'_>, fd: u32) -> Result<std::os::fd::OwnedFd> {
+    lpm_sys::net::steal_fd(p.host, fd as i32).step(p.host, || format!("take fd {fd} to read it back"))
+}
+
+/// Pipes and FIFOs: their capacity, and how many bytes they hold.
+fn pipes(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    for (fd, file) in of_kind(p, &[FileKind::Pipe, FileKind::Fifo]) {
+        let Some(pipe) = p.pipes.get(&file.pipe_id) else { continue };
+        let end = take(p, fd)?;
+        let object = format!("fd {fd}");
+        if pipe.capacity != 0 {
+            let cap = lpm_sys::misc::pipe_size(end.as_raw_fd()).step(p.host, || format!("read fd {fd}'s capacity"))?;
+            f.cmp(&object, "pipe capacity", pipe.capacity, cap);
+        }
+        let queued = lpm_sys::net::ioctl_int(end.as_fd(), libc::FIONREAD).step(p.host, || format!("read fd {fd}'s queue length"))?;
+        f.cmp(&object, "bytes in the pipe", pipe.data.len(), queued as usize);
+    }
+    Ok(())
+}
+
+/// An address as the image writes it, from raw sockaddr bytes.
+fn inet_of(sa: &[u8]) -> Option<InetAddr> {
+    let family = u16::from_ne_bytes(sa.get(..2)?.try_into().ok()?) as i32;
+    let port = u16::from_be_bytes(sa.get(2..4)?.try_into().ok()?) as u32;
+    match family {
+        libc::AF_INET => Some(InetAddr { ip: sa.get(4..8)?.to_vec(), port, scope_id: 0 }),
+        libc::AF_INET6 => {
+            Some(InetAddr { ip: sa.get(8..24)?.to_vec(), port, scope_id: u32::from_ne_bytes(sa.get(24..28)?.try_into().ok()?) })
+        }
+        _ => None,
+    }
+}
+
+/// Sockets: family, type and protocol; an inet socket's local and peer
+/// addresses, a unix socket's bound name.
+fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    use std::os::fd::AsFd;
+    for (fd, file) in of_kind(p, &[FileKind::UnixSocket, FileKind::InetSocket, FileKind::NetlinkSocket]) {
+        let Some(s) = &file.socket else { continue };
+        let sock = take(p, fd)?;
+        let opt = |name| {
+            lpm_sys::net::getsockopt_int(sock.as_fd(), libc::SOL_SOCKET, name).step(p.host, || format!("read fd {fd}'s socket type"))
+        };
+        let object = format!("fd {fd}");
+        f.cmp(&object, "family", s.family as i32, opt(libc::SO_DOMAIN)?);
+        f.cmp(&object, "type", s.sock_type as i32, opt(libc::SO_TYPE)?);
+        if s.family != libc::AF_UNIX as u32 {
+            f.cmp(&object, "protocol", s.protocol as i32, opt(libc::SO_PROTOCOL)?);
+        }
+        match s.family as i32 {
+            libc::AF_INET | libc::AF_INET6 => {
+                let local = lpm_sys::net::local_name(sock.as_fd()).ok().and_then(|a| inet_of(&a));
+                if let Some(want) = s.local.as_ref().filter(|l| l.port != 0 || !l.ip.iter().all(|&b| b == 0)) {
+                    f.cmp(&object, "local address", Some(want.clone()), local);
+                }
+                if let Some(want) = &s.peer {
+                    let peer = lpm_sys::net::peer_name(sock.as_fd()).ok().and_then(|a| inet_of(&a));
+                    f.cmp(&object, "peer address", Some(want.clone()), peer);
+                }
+            }
+            libc::AF_UNIX if !s.name.is_empty() => {
+                let raw = lpm_sys::net::local_name(sock.as_fd()).unwrap_or_default();
+                let mut name = raw.get(2..).unwrap_or_default().to_vec();
+                // A path name ends at its NUL; an abstract one starts with it.
+                if name.first() != Some(&0) {
+                    if let Some(end) = name.iter().position(|&b| b == 0) {
+                        name.truncate(end);
+                    }
+                }
+                f.cmp(&object, "bound name", String::from_utf8_lossy(&s.name).into_owned(), String::from_utf8_lossy(&name).into_owned());
+            }
+            _ => {}
         }
     }
     Ok(())
