@@ -959,6 +959,62 @@ fn shell_loop_moves_while_it_forks() {
     println!("shell loop: {} numbers, downtime {downtimes:?} ms", lines.last().unwrap().0);
 }
 
+// ------------------------------------------------------------------ tmux
+
+/// The last count window `window` of the tmux server at `sock` shows.
+fn tmux_count(sock: &Path, window: &str) -> Option<u64> {
+    let out = Command::new("tmux").arg("-S").arg(sock).args(["capture-pane", "-p", "-t", window]).env_remove("TMUX").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().rev().find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// Waits until window `window` counts past `above`; what it shows then.
+fn tmux_counts_past(sock: &Path, window: &str, above: u64, when: &str) -> u64 {
+    let t = Instant::now();
+    loop {
+        if let Some(n) = tmux_count(sock, window).filter(|&n| n > above) {
+            return n;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{when}: tmux window {window} never counted past {above}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tmux server (`tmux -D`, the partition's root) with two windows, each
+/// a shell loop counting in its pane, goes h1 → h2 → h1: after each move
+/// `tmux capture-pane`, a client from the host, shows both loops counting
+/// on from where they were, in the same shells.
+#[test]
+fn tmux_moves_there_and_back() {
+    let lab = TestLab::up("tmux", 2);
+    let sock = lab.vol.join("tmux.sock");
+    let conf = lab.vol.join("tmux.conf");
+    // Single quotes: tmux expands $VARIABLES inside double quotes.
+    let loop_ = |tag: &str| format!("'i=0; while :; do i=$((i+1)); echo \"{tag} $i\"; sleep 0.1; done'");
+    std::fs::write(&conf, format!("new-session -d -s lpm -x 100 -y 30 {}\nnew-window -t lpm {}\n", loop_("a"), loop_("b"))).unwrap();
+    let argv: Vec<String> =
+        ["tmux", "-D", "-S", &sock.to_string_lossy(), "-f", &conf.to_string_lossy()].iter().map(|s| s.to_string()).collect();
+    lab.create("tmux", "h1", Some("256M"), &argv).unwrap();
+    let panes = || {
+        let out = Command::new("tmux").arg("-S").arg(&sock).args(["list-panes", "-a", "-F", "#{pane_pid}"]).env_remove("TMUX").output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
+    let (mut a, mut b) = (tmux_counts_past(&sock, "lpm:0", 3, "before"), tmux_counts_past(&sock, "lpm:1", 3, "before"));
+    let shells = panes();
+    assert_eq!(shells.lines().count(), 2, "two panes: {shells}");
+    let mut downtimes = Vec::new();
+    for to in ["h2", "h1"] {
+        let r = moved(&lab, "tmux", to);
+        downtimes.push(r["downtime_ms"].as_f64().unwrap_or(-1.0));
+        assert_eq!(lab.host_of("tmux"), to);
+        let when = format!("after the move to {to}");
+        a = tmux_counts_past(&sock, "lpm:0", a, &when);
+        b = tmux_counts_past(&sock, "lpm:1", b, &when);
+        assert_eq!(panes(), shells, "{when}: the panes' shells changed");
+        (a, b) = (tmux_counts_past(&sock, "lpm:0", a + 3, &when), tmux_counts_past(&sock, "lpm:1", b + 3, &when));
+    }
+    println!("tmux: counts {a} and {b}, downtime {downtimes:?} ms");
+}
+
 // ------------------------------------------------------------ kv service
 
 /// The kv service and its checking client.

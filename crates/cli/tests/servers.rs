@@ -564,3 +564,79 @@ fn python_asyncio_server_keeps_its_state() {
     assert_eq!(c.cmd("INC"), "2");
     c.hang_up();
 }
+
+// ---------------------------------------------------------------- tmux
+
+/// A tmux server (Debian's tmux) started with `-S sock`.
+struct Tmux {
+    sock: PathBuf,
+}
+
+impl Tmux {
+    /// `tmux -S sock -f /dev/null ARGS`, outside any user's tmux; its
+    /// standard output, or the failure with its standard error.
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .args(["-f", "/dev/null"])
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .map_err(|e| format!("run tmux: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!("tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// The last count a window's loop printed in its pane.
+    fn count(&self, window: &str) -> Option<u64> {
+        let screen = self.run(&["capture-pane", "-p", "-t", window]).ok()?;
+        screen.lines().rev().find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+
+    /// Waits until the loop of `window` prints a count above `above`.
+    fn counts_past(&self, window: &str, above: u64) -> u64 {
+        wait_for(&format!("tmux window {window} to count past {above}"), 20, || self.count(window).filter(|&n| n > above))
+    }
+
+    /// The pids of the panes' shells.
+    fn pane_pids(&self) -> String {
+        self.run(&["list-panes", "-a", "-F", "#{pane_pid}"]).unwrap_or_default()
+    }
+}
+
+/// A shell loop printing "<tag> N" ten times a second.
+fn tmux_loop(tag: &str) -> String {
+    format!("i=0; while :; do i=$((i+1)); echo \"{tag} $i\"; sleep 0.1; done")
+}
+
+/// A tmux server with two windows, each a shell loop counting in its pane
+/// (a session leader with the pane's pty as controlling terminal, and a
+/// `sleep` child in the foreground): checkpointed and restored three times
+/// in a row, the restored server checkpointed again each time. After each
+/// restore the same shells run and `tmux capture-pane` shows both loops
+/// counting on from where they were, not from 1.
+#[test]
+fn tmux_panes_keep_counting_across_checkpoint_restore() {
+    let mut s = Scene::new("tmux");
+    let t = Tmux { sock: s.path("tmux.sock") };
+    t.run(&["new-session", "-d", "-s", "lpm", "-x", "100", "-y", "30", &tmux_loop("a")]).unwrap();
+    t.run(&["new-window", "-t", "lpm", &tmux_loop("b")]).unwrap();
+    let pid: i32 = t.run(&["display", "-p", "#{pid}"]).unwrap().trim().parse().expect("tmux server pid");
+    s.pids.push(pid);
+    let shells = t.pane_pids();
+    let (mut a, mut b) = (t.counts_past("lpm:0", 5), t.counts_past("lpm:1", 5));
+    for round in 0..3 {
+        let images = s.path(&format!("img{round}"));
+        s.checkpoint(pid, &images, false);
+        let restored = s.restore(&images);
+        assert_eq!(restored, pid, "restore must keep the pid");
+        assert_eq!(t.pane_pids(), shells, "round {round}: the panes' shells changed");
+        let (a2, b2) = (t.counts_past("lpm:0", a), t.counts_past("lpm:1", b));
+        assert!(a2 > a && b2 > b, "round {round}: the loops did not count on ({a} -> {a2}, {b} -> {b2})");
+        (a, b) = (t.counts_past("lpm:0", a2 + 3), t.counts_past("lpm:1", b2 + 3));
+    }
+}

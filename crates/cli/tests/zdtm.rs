@@ -938,6 +938,8 @@ zdtm_tests!(
     zombie,
     seccomp,
     pty,
+    pty_session,
+    pty_pending,
     new_work,
 );
 

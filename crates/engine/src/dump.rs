@@ -227,6 +227,7 @@ impl StoppedTree {
         let tids: HashMap<i32, Vec<i32>> =
             self.order.iter().map(|&pid| (pid, self.frozen.threads.iter().filter(|s| s.pid == pid).map(|s| s.tid).collect())).collect();
         let empty = Vec::new();
+        let identity: HashMap<u32, u32> = tree.files.iter().filter_map(|f| f.tty.as_ref()).map(|t| (t.index, t.index)).collect();
         let procs: Vec<crate::verify::Restored<'_>> = tree
             .processes
             .iter()
@@ -238,6 +239,8 @@ impl StoppedTree {
                 cgroups: &[],
                 files: &files,
                 pipes: &pipes,
+                processes: &tree.processes,
+                ptys: &identity,
                 dumped: true,
             })
             .collect();
@@ -378,6 +381,7 @@ fn dump_process(
         pgid: stat.num(5) as u32,
         sid: stat.num(6) as u32,
         host_pid: pid as u32,
+        ctty: files::tty::ctty(pid, tree)?,
         nspid: st.nums("NSpid"),
         namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 }, external_netns && !in_tree)?,
         ..Default::default()

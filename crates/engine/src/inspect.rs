@@ -183,6 +183,7 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
         }
         None => return,
     }
+    sink.keep(pid, files::tty::ctty(pid, tree));
     let ppid = stat.num(4) as i32;
     let in_tree = tree.contains(&ppid);
     let parent = if in_tree { ppid } else { std::process::id() as i32 };

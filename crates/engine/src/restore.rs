@@ -485,7 +485,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         None => choose_trampoline(&tree)?,
     };
     let ctx = Ctx { tree: &tree, dir, trampoline, lazy: opts.lazy_fill, hot: &opts.hot };
-    let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups, vessel)?;
+    let mut puppets = spawn_tree(&ctx, &open, &opts.cgroups, vessel)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
         let host = puppets.by_pid[&tree.root_pid].host;
@@ -493,6 +493,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     }
     stage("spawn");
     groups(&ctx, &puppets)?;
+    terminals(&ctx, &puppets, &open)?;
     let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
     let mut deferred = Vec::new();
     for p in &tree.processes {
@@ -527,7 +528,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     stage("finish");
     let verified = if opts.verify {
         let t = Instant::now();
-        verify_tree(&tree, &puppets, &opts.cgroups)?;
+        verify_tree(&tree, &puppets, &opts.cgroups, &open.ptys)?;
         stage("verify");
         Some(t.elapsed())
     } else {
@@ -552,7 +553,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
 
 /// Stage 8 (with [`RestoreOptions::verify`]): the finished tree read
 /// back and compared with its image, before any thread of it runs.
-fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf]) -> Result<()> {
+fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &HashMap<u32, u32>) -> Result<()> {
     let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, p)| (pid, p.host)).collect();
     let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
     let pipes: HashMap<u64, &lpm_image::PipeImage> = tree.pipes.iter().map(|p| (p.id, p)).collect();
@@ -569,6 +570,8 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf]) -> Resu
                 cgroups,
                 files: &files,
                 pipes: &pipes,
+                processes: &tree.processes,
+                ptys,
                 dumped: false,
             }
         })
@@ -756,8 +759,9 @@ const NEWNET: u64 = libc::CLONE_NEWNET as u64;
 
 /// Stage 3: every process, parents first, with sessions and the groups
 /// they lead or inherit.
-fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vessel: Option<&Vessel>) -> Result<Puppets> {
+fn spawn_tree(ctx: &Ctx, open: &OpenFiles, cgroups: &[PathBuf], vessel: Option<&Vessel>) -> Result<Puppets> {
     let tree = ctx.tree;
+    let net = &open.net;
     let root = root_of(tree);
     let skip = free_levels(tree);
     let s = ctx.scratch();
@@ -816,6 +820,7 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
     // its own.
     let mut group: HashMap<u32, u32> = HashMap::new();
     group.insert(root.pid, lead(ctx, host, base, root, 0)?);
+    files::tty::give_ctty(host, &mut ctx.remote(host, base), root, open)?;
     for p in tree.processes.iter().filter(|p| p.pid != tree.root_pid) {
         let parent = puppets
             .by_pid
@@ -835,6 +840,7 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
         puppets.by_pid.insert(p.pid, Puppet { host: child, base, tids: vec![child] });
         puppets.order.push(p.pid);
         group.insert(p.pid, lead(ctx, child, base, p, inherited)?);
+        files::tty::give_ctty(child, &mut ctx.remote(child, base), p, open)?;
     }
     Ok(puppets)
 }
@@ -863,6 +869,24 @@ fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
         ctx.remote(pp.host, pp.base)
             .call(libc::SYS_setpgid, &[0, own_view(l) as u64])
             .step(pp.host, || format!("remote setpgid({}) in pid {}", p.pgid, p.pid))?;
+    }
+    Ok(())
+}
+
+/// Stage 4, after the groups: controlling terminals' foreground groups,
+/// and terminals let go. Each process was born with its parent's terminal
+/// (a session leader with its own, given at birth), which is what the
+/// kernel's fork did for it then.
+fn terminals(ctx: &Ctx, puppets: &Puppets, open: &OpenFiles) -> Result<()> {
+    if open.ctty.is_empty() {
+        return Ok(());
+    }
+    let mut born: HashMap<u32, Option<u32>> = HashMap::new();
+    for p in &ctx.tree.processes {
+        let inherited = if p.sid == p.pid { None } else { born.get(&p.ppid).copied().flatten() };
+        born.insert(p.pid, if p.sid == p.pid { p.ctty } else { inherited });
+        let pp = &puppets.by_pid[&p.pid];
+        files::tty::settle_ctty(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), p, inherited, ctx.tree, open)?;
     }
     Ok(())
 }

@@ -43,6 +43,12 @@ pub(crate) struct Restored<'a> {
     pub files: &'a HashMap<u32, &'a FileImage>,
     /// The image's pipes and FIFOs, by id.
     pub pipes: &'a HashMap<u64, &'a PipeImage>,
+    /// Every process of the image (a terminal's foreground group is named
+    /// by its leader's pid as the session sees it).
+    pub processes: &'a [Process],
+    /// Recorded pty index to the index the restored pty got (identity
+    /// when the dump reads its own tree back).
+    pub ptys: &'a HashMap<u32, u32>,
     /// Read right after the dump, the tree still stopped: its threads'
     /// signal masks are the dump's own (every signal blocked for its
     /// remote calls), not compared.
@@ -128,6 +134,8 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "pipes", check: pipes, zombies: false },
     Probe { name: "sockets", check: sockets, zombies: false },
     Probe { name: "cgroups", check: cgroups, zombies: false },
+    Probe { name: "terminal", check: terminal, zombies: true },
+    Probe { name: "ptys", check: ptys, zombies: false },
 ];
 
 /// Reads back every process of the restored tree and compares it with
@@ -392,6 +400,55 @@ fn classify(e: &MapEntry) -> Option<VmaKind> {
         p if p.starts_with('/') => VmaKind::FilePrivate,
         _ => return None,
     })
+}
+
+/// Pty masters: the pty's termios, window size, packet mode and lock, and
+/// how many bytes of output wait for the master.
+fn ptys(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    for (fd, file) in of_kind(p, &[FileKind::Tty]) {
+        let Some(t) = file.tty.as_ref().filter(|t| t.master) else { continue };
+        let m = take(p, fd)?;
+        let object = format!("fd {fd} (pty {} master)", t.index);
+        let st = lpm_sys::misc::pty_get(m.as_raw_fd()).step(p.host, || format!("read the state of fd {fd}'s pty"))?;
+        f.cmp(&object, "termios", &t.termios, &st.termios);
+        f.cmp(&object, "window size", t.winsize.clone(), st.winsize.iter().map(|&v| v as u32).collect::<Vec<_>>());
+        f.cmp(&object, "packet mode", t.packet, st.packet);
+        f.cmp(&object, "slave locked", t.locked, st.locked);
+        let (out, _) = lpm_sys::misc::tty_queues(m.as_raw_fd()).step(p.host, || format!("read fd {fd}'s queue length"))?;
+        f.cmp(&object, "bytes of output pending", t.pending_output.len(), out as usize);
+    }
+    Ok(())
+}
+
+/// A tty_nr of /proc/PID/stat as a name: a pty's path, or the device.
+fn tty_name(nr: u64) -> Option<String> {
+    let (major, minor) = ((nr >> 8) & 0xfff, (nr & 0xff) | ((nr >> 12) & 0xfff00));
+    match major {
+        0 if nr == 0 => None,
+        136..=143 => Some(format!("/dev/pts/{}", (major - 136) * 256 + minor)),
+        _ => Some(format!("device {major}:{minor}")),
+    }
+}
+
+/// The controlling terminal, and the foreground group of a session
+/// leader's, where the session is the tree's (otherwise the restorer's to
+/// give).
+fn terminal(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    if !p.hosts.contains_key(&p.image.sid) {
+        return Ok(());
+    }
+    let stat = Stat::read(p.host)?;
+    let index = p.image.ctty.map(|i| p.ptys.get(&i).copied().unwrap_or(i));
+    f.cmp("stat", "controlling terminal", index.map(|i| format!("/dev/pts/{i}")), tty_name(stat.num(7)));
+    let Some(ctty) = p.image.ctty.filter(|_| p.image.sid == p.image.pid) else { return Ok(()) };
+    let fg = p.files.values().filter_map(|f| f.tty.as_ref()).find(|t| t.index == ctty && t.session == p.image.pid).map(|t| t.fg_pgrp);
+    let view = |q: &Process| q.nspid.get(p.image.nspid.len().max(1) - 1).copied().unwrap_or(q.pid);
+    let leader = fg.and_then(|g| p.processes.iter().find(|q| q.sid == p.image.pid && q.pgid == q.pid && view(q) == g));
+    if let Some(q) = leader {
+        f.cmp("stat", "foreground group (tpgid)", host_of(p, q.pid), stat.num(8) as i32);
+    }
+    Ok(())
 }
 
 /// The descriptor table: the same numbers, each with its close-on-exec

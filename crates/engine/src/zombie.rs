@@ -102,6 +102,7 @@ pub fn dump(pid: i32, tree: &[i32]) -> Result<Process> {
         pgid: stat.num(5) as u32,
         sid: stat.num(6) as u32,
         host_pid: pid as u32,
+        ctty: crate::files::tty::ctty(pid, tree)?,
         nspid: nspid.clone(),
         threads: vec![Thread {
             tid: pid as u32,

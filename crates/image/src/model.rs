@@ -192,6 +192,12 @@ pub struct Process {
     /// Seccomp filters (mode 2) shared by every thread of the process.
     #[prost(message, optional, tag = "28")]
     pub seccomp: Option<Seccomp>,
+    /// The pseudo-terminal of the tree (its recorded index, as
+    /// `TtyImage::index`) that is the process's controlling terminal, when
+    /// its session is the tree's; None when it has none, or its session
+    /// (and so its terminal) is the restorer's to give.
+    #[prost(uint32, optional, tag = "45")]
+    pub ctty: Option<u32>,
 }
 
 /// Process-wide prctl(2) state.
@@ -1235,6 +1241,16 @@ pub struct TtyImage {
     /// (0: none).
     #[prost(uint32, tag = "8")]
     pub fg_pgrp: u32,
+    /// What the slave side wrote that the master has not read yet (master
+    /// only): put back through the slave at restore, output processing off.
+    #[prost(bytes = "vec", tag = "20")]
+    pub pending_output: Vec<u8>,
+    /// What was written to the master that the slave side has not read yet
+    /// (master only; a slave in non-canonical mode: a canonical line's
+    /// boundaries cannot be read back): put back through the master at
+    /// restore, input processing off.
+    #[prost(bytes = "vec", tag = "21")]
+    pub pending_input: Vec<u8>,
 }
 
 /// One message of a POSIX message queue.

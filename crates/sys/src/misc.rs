@@ -542,6 +542,64 @@ pub fn tty_queues(fd: i32) -> Result<(i32, i32)> {
     Ok((ioctl_get_int(fd, libc::FIONREAD, "ioctl FIONREAD")?, ioctl_get_int(fd, libc::TIOCOUTQ, "ioctl TIOCOUTQ")?))
 }
 
+/// Reads everything a tty end `fd` holds for its reader, without
+/// blocking: what its line discipline has, and what the kernel's flip
+/// buffers still carry to it (a poll that finds nothing ready pushes them
+/// through first).
+pub fn tty_drain(fd: i32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no timeout.
+        cvt(unsafe { libc::poll(&mut p, 1, 0) }).map_err(|e| Error::sys("poll tty", 0, e))?;
+        let n = ioctl_get_int(fd, libc::FIONREAD, "ioctl FIONREAD")?;
+        if n <= 0 {
+            return Ok(out);
+        }
+        let at = out.len();
+        out.resize(at + n as usize, 0);
+        // SAFETY: the buffer has n bytes free at `at`.
+        let r = unsafe { libc::read(fd, out[at..].as_mut_ptr().cast(), n as usize) };
+        let r = cvt(r as i64).map_err(|e| Error::sys("read tty", 0, e))?;
+        out.truncate(at + r as usize);
+        if r == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// Writes `data` to tty end `to` and waits until its peer `peer` has all
+/// of it for its reader (a pty carries data through a kernel worker, and
+/// the termios in force when the worker runs is what processes it).
+pub fn tty_inject(to: i32, peer: i32, data: &[u8], deadline: std::time::Instant) -> Result<()> {
+    let before = ioctl_get_int(peer, libc::FIONREAD, "ioctl FIONREAD")?.max(0) as usize;
+    let mut off = 0;
+    while off < data.len() {
+        // SAFETY: writes from a valid slice.
+        let r = unsafe { libc::write(to, data[off..].as_ptr().cast(), data.len() - off) };
+        match cvt(r as i64) {
+            Ok(n) => off += n as usize,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(Error::sys("write tty", 0, e)),
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::sys("write tty", 0, io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+        }
+    }
+    loop {
+        let mut p = libc::pollfd { fd: peer, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no timeout.
+        cvt(unsafe { libc::poll(&mut p, 1, 0) }).map_err(|e| Error::sys("poll tty", 0, e))?;
+        if ioctl_get_int(peer, libc::FIONREAD, "ioctl FIONREAD")?.max(0) as usize >= before + data.len() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::sys("wait for tty data to arrive", 0, io::Error::from_raw_os_error(libc::ETIMEDOUT)));
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// The session (TIOCGSID) and foreground group (TIOCGPGRP) of the tty, as
 /// this process's pid namespace sees them; None when it is no session's
 /// controlling terminal.

@@ -116,6 +116,8 @@ pub static PROGS: &[Prog] = &[
     prog("zombie", Launch::C, true, 3),
     prog("seccomp", Launch::C, true, 3),
     prog("pty", Launch::C, true, 4),
+    prog("pty_session", Launch::C, true, 2),
+    prog("pty_pending", Launch::C, true, 2),
     Prog { rounds: true, ..prog("new_work", Launch::C, true, 5) },
 ];
 

@@ -24,7 +24,7 @@ mod regular;
 mod signalfd;
 mod sockets;
 mod timerfd;
-mod tty;
+pub(crate) mod tty;
 mod unix;
 
 use std::collections::HashMap;
@@ -330,6 +330,12 @@ pub struct OpenFiles {
     pub net: HashMap<u64, OwnedFd>,
     /// Every inherited file is at this number or above.
     pub base: i32,
+    /// Per recorded pty index, a slave the session leader whose
+    /// controlling terminal it is takes as such as it is born
+    /// ([`tty::give_ctty`]).
+    pub(crate) ctty: HashMap<u32, OwnedFd>,
+    /// Recorded pty index to the index the host's devpts gave it here.
+    pub ptys: HashMap<u32, u32>,
 }
 
 /// Opens every file description of the image in the restorer.
@@ -354,8 +360,14 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         let fd = misc::move_fd_above(fd, base).step(0, || format!("move file {} above fd {base}", f.id))?;
         by_id.insert(f.id, fd);
     }
+    let mut ctty = HashMap::new();
+    for index in tree.processes.iter().filter(|p| p.sid == p.pid).filter_map(|p| p.ctty) {
+        let fd = tty::open_ctty(index, &mut cx)?;
+        ctty.insert(index, misc::move_fd_above(fd, base).step(0, || format!("move the slave of pty {index} above fd {base}"))?);
+    }
+    let ptys = tty::indices(&cx)?;
     let (holders, pipes) = (cx.holders, cx.pipes);
-    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base })
+    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys })
 }
 
 /// Installs a puppet's descriptors: drops everything it inherited below

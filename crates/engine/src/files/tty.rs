@@ -3,23 +3,27 @@
 //!
 //! Dump reads the pty's state through a copy of the master (pidfd_getfd):
 //! termios, window size, packet mode, lock, and the session whose
-//! controlling terminal it is with its foreground group. Data buffered in
-//! either direction cannot be read without consuming it: refused by name,
-//! as is a slave whose master is outside the tree (a user's terminal) and
-//! a controlling terminal shared by processes other than the session
-//! leader. Restore opens a new /dev/ptmx in the restorer (its index is the
-//! host devpts' choice and generally differs), sets the state and opens the
-//! slaves with TIOCGPTPEER; the session leader's puppet takes the slave as
-//! its controlling terminal (TIOCSCTTY) and sets the foreground group.
+//! controlling terminal it is with its foreground group; each process
+//! records whether the pty is its own controlling terminal ([`ctty`]).
+//! Data buffered in either direction cannot be read without consuming it:
+//! refused by name, as is a slave whose master is outside the tree (a
+//! user's terminal). Restore opens a new /dev/ptmx in the restorer (its
+//! index is the host devpts' choice and generally differs), sets the state
+//! and opens the slaves with TIOCGPTPEER. A session leader takes its
+//! terminal (TIOCSCTTY) as it is born, before its children, which inherit
+//! it as the kernel gives it at fork; once every group exists the leader
+//! sets the foreground group, and a process that had let the terminal go
+//! (TIOCNOTTY) lets it go again.
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use lpm_image::{Fd, FileImage, FileKind, Process, TtyImage};
+use lpm_image::{Fd, FileImage, Process, TreeImage, TtyImage};
 use lpm_sys::misc::{self, PtyState};
 use lpm_sys::remote::Remote;
 
-use super::{open_path, FileTable, Kind, OpenCx, Seen};
+use super::{open_path, FileTable, Kind, OpenCx, OpenFiles, Seen};
 use crate::task::{put, Scratch};
 use crate::{proc, EngineError, Result, StepExt};
 
@@ -38,12 +42,6 @@ pub(super) fn is_pty(rdev: u64) -> bool {
 /// The pty index of slave device `rdev`.
 fn slave_index(rdev: u64) -> u32 {
     (libc::major(rdev) - 136) * 256 + libc::minor(rdev)
-}
-
-/// The tty_nr of /proc/PID/stat for slave `index` (new_encode_dev).
-fn tty_nr(index: u32) -> u64 {
-    let (major, minor) = (136 + index / 256, index % 256);
-    (major as u64) << 8 | (minor as u64 & 0xff)
 }
 
 /// A master in the tree with pty `index`: (pid, fd).
@@ -65,43 +63,21 @@ fn find_master(tree: &[i32], index: u32) -> Option<(i32, i32)> {
     None
 }
 
-/// Whether `pid` holds a descriptor of the slave of pty `index` (where its
-/// controlling terminal is set again at restore).
-fn holds_slave(pid: i32, index: u32) -> bool {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    dir.flatten().any(|e| {
-        std::fs::metadata(e.path()).is_ok_and(|st| {
-            st.file_type().is_char_device() && is_pty(st.rdev()) && libc::major(st.rdev()) >= 136 && slave_index(st.rdev()) == index
-        })
-    })
-}
-
 /// A copy of fd `fd` of `pid` (the same open file).
-fn take(seen: &Seen, pid: i32, fd: i32) -> Result<OwnedFd> {
+fn steal(seen: &Seen, pid: i32, fd: i32) -> Result<OwnedFd> {
     lpm_sys::net::steal_fd(pid, fd).step(seen.pid, || format!("pidfd_getfd fd {fd} of pid {pid}"))
 }
 
 /// The session whose controlling terminal the pty is and its foreground
-/// group as the leader sees it, read through the master `m`.
+/// group as the leader sees it, read through the master `m`. Every
+/// process of the session may have it as its own ([`ctty`]): the restore
+/// gives it to the leader as the leader is born, before its children.
 fn session(seen: &Seen, m: &OwnedFd, index: u32, table: &FileTable) -> Result<(u32, u32)> {
     let Some((sid, pgrp)) = misc::tty_session(m.as_raw_fd()).step(seen.pid, || "read the pty's session".into())? else {
         return Ok((0, 0));
     };
     if !table.tree.contains(&sid) {
         return Err(seen.unsupported(format!("pseudo-terminal {index} is the controlling terminal of session {sid}, outside the tree")));
-    }
-    for &pid in &table.tree {
-        let nr = proc::Stat::read(pid).map(|s| s.num(7)).unwrap_or(0);
-        if pid != sid && nr == tty_nr(index) {
-            return Err(seen.unsupported(format!(
-                "pseudo-terminal {index} is also the controlling terminal of pid {pid}, not its session leader (not restored)"
-            )));
-        }
-    }
-    if !holds_slave(sid, index) {
-        return Err(seen.unsupported(format!(
-            "pseudo-terminal {index} is the controlling terminal of session {sid}, whose leader holds no fd of its slave"
-        )));
     }
     if !table.tree.contains(&pgrp) {
         return Err(seen.unsupported(format!("foreground group {pgrp} of pseudo-terminal {index} has no leader in the tree")));
@@ -114,13 +90,116 @@ fn session(seen: &Seen, m: &OwnedFd, index: u32, table: &FileTable) -> Result<(u
     Ok((sid as u32, view))
 }
 
-/// Refuses a pty end with data buffered (it cannot be read back).
-fn check_empty(seen: &Seen, fd: &OwnedFd, what: &str) -> Result<()> {
-    let (inq, outq) = misc::tty_queues(fd.as_raw_fd()).step(seen.pid, || format!("read the queues of the pty {what}"))?;
-    if inq != 0 || outq != 0 {
-        return Err(seen.transient(format!("pseudo-terminal {what} with data pending ({inq} bytes to read, {outq} to send)")));
+/// The pty of the tree that is `pid`'s controlling terminal (its index),
+/// when `pid`'s session is the tree's; None when it has none, or when its
+/// session leader is outside the tree (the restored process then joins
+/// the restorer's session, and has its terminal). Refused: a controlling
+/// terminal that is not a pty whose master the tree holds.
+pub(crate) fn ctty(pid: i32, tree: &[i32]) -> Result<Option<u32>> {
+    let stat = proc::Stat::read(pid)?;
+    let (nr, sid) = (stat.num(7), stat.num(6) as i32);
+    if nr == 0 || !tree.contains(&sid) {
+        return Ok(None);
     }
-    Ok(())
+    // new_encode_dev: minor's low byte, major, then minor's high bits.
+    let (major, minor) = ((nr >> 8) & 0xfff, (nr & 0xff) | ((nr >> 12) & 0xfff00));
+    let refuse = |what: String| EngineError::Unsupported { pid, kind: "controlling terminal", what };
+    if !(136..=143).contains(&major) {
+        return Err(refuse(format!("device {major}:{minor} is not a pseudo-terminal (only ptys are restored)")));
+    }
+    let index = (major as u32 - 136) * 256 + minor as u32;
+    if find_master(tree, index).is_none() {
+        return Err(refuse(format!("/dev/pts/{index}, whose master is outside the tree (a user's terminal)")));
+    }
+    Ok(Some(index))
+}
+
+/// Bytes a pty may hold pending in one direction and still be kept: what
+/// fits its line discipline's buffer (4 KiB), so that data put back is
+/// all processed under the termios set for it.
+const MAX_PENDING: usize = 4000;
+
+/// The termios `t` with output processing off (OPOST), or with input
+/// processing, echo and signals off: data put back passes unchanged.
+fn passthrough(t: &[u8], output: bool) -> Vec<u8> {
+    let mut t = t.to_vec();
+    let mut flag = |at: usize, clear: u32| {
+        let v = u32::from_ne_bytes(t[at..at + 4].try_into().expect("termios flag")) & !clear;
+        t[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    };
+    if output {
+        flag(4, libc::OPOST);
+    } else {
+        flag(0, u32::MAX);
+        flag(12, libc::ECHO | libc::ECHONL | libc::ISIG | libc::IEXTEN | libc::ICANON);
+    }
+    t
+}
+
+/// Puts data back into pty `m` (a master) through slave `s`: `output` as
+/// if the slave side had written it, `input` as if written to the master,
+/// each under a termios that passes it unchanged, then `state` again.
+fn put_back(m: &OwnedFd, s: &OwnedFd, state: &PtyState, output: &[u8], input: &[u8]) -> lpm_sys::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let with = |termios: Vec<u8>| PtyState { termios, ..state.clone() };
+    if !output.is_empty() {
+        misc::pty_set(m.as_raw_fd(), &with(passthrough(&state.termios, true)))?;
+        misc::tty_inject(s.as_raw_fd(), m.as_raw_fd(), output, deadline)?;
+    }
+    if !input.is_empty() {
+        misc::pty_set(m.as_raw_fd(), &with(passthrough(&state.termios, false)))?;
+        misc::tty_inject(m.as_raw_fd(), s.as_raw_fd(), input, deadline)?;
+    }
+    misc::pty_set(m.as_raw_fd(), state)
+}
+
+/// A slave of master `m` (TIOCGPTPEER) opened with `flags`, whatever the
+/// slave's lock. TIOCGPTPEER keeps O_CLOEXEC among the file's flags, where
+/// fdinfo shows it whatever the descriptor's: only our own pass it.
+fn own_slave(m: &OwnedFd, flags: i32) -> lpm_sys::Result<OwnedFd> {
+    let locked = misc::pty_get(m.as_raw_fd())?.locked;
+    misc::pty_lock(m.as_raw_fd(), false)?;
+    let s = misc::pty_peer(m.as_raw_fd(), flags | libc::O_NOCTTY);
+    misc::pty_lock(m.as_raw_fd(), locked)?;
+    s
+}
+
+/// The data pending in the pty of master `m` both ways, or why it cannot
+/// be kept. With `take` (the tree is stopped for its dump) it is read out
+/// and put straight back, so the tree finds its pty as it was whatever
+/// happens to the dump.
+fn pending(seen: &Seen, m: &OwnedFd, index: u32, st: &PtyState, take: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+    let s = own_slave(m, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC).step(seen.pid, || format!("open a slave of pty {index}"))?;
+    let (out, inq) = (
+        misc::tty_queues(m.as_raw_fd()).step(seen.pid, || format!("read the queue of pty {index}'s master"))?.0,
+        misc::tty_queues(s.as_raw_fd()).step(seen.pid, || format!("read the queue of pty {index}'s slave"))?.0,
+    );
+    let lflag = st.termios.get(12..16).map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+    if inq > 0 && lflag & libc::ICANON != 0 {
+        // A partial line is invisible until its end, and lines read back
+        // and put back would be one line: neither could be kept exactly.
+        return Err(seen.transient(format!("pseudo-terminal {index} with typed input not yet read ({inq} bytes, canonical mode)")));
+    }
+    if out > 0 && st.packet {
+        return Err(seen.transient(format!("pseudo-terminal {index} in packet mode with output pending ({out} bytes)")));
+    }
+    if !take {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let output = misc::tty_drain(m.as_raw_fd()).step(seen.pid, || format!("read the output pending in pty {index}"))?;
+    let input = misc::tty_drain(s.as_raw_fd()).step(seen.pid, || format!("read the input pending in pty {index}"))?;
+    if output.is_empty() && input.is_empty() {
+        return Ok((output, input));
+    }
+    put_back(m, &s, st, &output, &input).step(seen.pid, || format!("put the data pending in pty {index} back"))?;
+    if output.len() > MAX_PENDING || input.len() > MAX_PENDING {
+        return Err(seen.transient(format!(
+            "pseudo-terminal {index} with more than {MAX_PENDING} bytes pending ({} to the master, {} to the slave)",
+            output.len(),
+            input.len()
+        )));
+    }
+    Ok((output, input))
 }
 
 /// The recorded state of `t` for the ioctls.
@@ -142,20 +221,102 @@ fn master<'a>(index: u32, cx: &'a mut OpenCx) -> Result<&'a OwnedFd> {
         let m = open_path("/dev/ptmx", f.flags | libc::O_NOCTTY as u32)?;
         misc::pty_lock(m.as_raw_fd(), false).step(0, || format!("unlock new pty for {index}"))?;
         misc::pty_set(m.as_raw_fd(), &state(t)).step(0, || format!("set the state of pty {index}"))?;
+        if !t.pending_output.is_empty() || !t.pending_input.is_empty() {
+            // Our slave stays open until the tree's are: the last slave's
+            // close would mark the pair hung up.
+            let s = misc::pty_peer(m.as_raw_fd(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+                .step(0, || format!("open a slave of pty {index}"))?;
+            put_back(&m, &s, &state(t), &t.pending_output, &t.pending_input)
+                .step(0, || format!("put the data pending in pty {index} back"))?;
+            cx.holders.push(s);
+        }
         misc::pty_lock(m.as_raw_fd(), t.locked).step(0, || format!("lock pty {index}"))?;
         cx.ptys.insert(index, m);
     }
     Ok(&cx.ptys[&index])
 }
 
+/// A slave of recorded pty `index`, opened in the restorer without making
+/// it the restorer's terminal, for the session leader to take.
+pub(super) fn open_ctty(index: u32, cx: &mut OpenCx) -> Result<OwnedFd> {
+    own_slave(master(index, cx)?, libc::O_RDWR | libc::O_CLOEXEC).step(0, || format!("open the slave of pty {index} for its session"))
+}
+
+/// Recorded pty index to the index of the pty made for it here.
+pub(super) fn indices(cx: &OpenCx) -> Result<HashMap<u32, u32>> {
+    cx.ptys
+        .iter()
+        .map(|(&index, m)| Ok((index, misc::pty_index(m.as_raw_fd()).step(0, || format!("TIOCGPTN of the pty made for {index}"))?)))
+        .collect()
+}
+
+/// Gives newborn session leader `p` (puppet `host`, still holding the
+/// restorer's descriptors) its controlling terminal, before it has
+/// children: they inherit it, as they had it.
+pub(crate) fn give_ctty(host: i32, r: &mut Remote, p: &Process, open: &OpenFiles) -> Result<()> {
+    let Some(index) = p.ctty.filter(|_| p.sid == p.pid) else { return Ok(()) };
+    let fd = ctty_fd(open, index)?;
+    r.call(libc::SYS_ioctl, &[fd, libc::TIOCSCTTY, 0]).step(host, || format!("remote TIOCSCTTY of pty {index} in pid {}", p.pid))?;
+    Ok(())
+}
+
+/// Once every process group exists: a session leader sets its terminal's
+/// foreground group, and a process that had let its inherited terminal go
+/// (TIOCNOTTY) lets it go again. `inherited` is the terminal `p` got from
+/// its parent at birth.
+pub(crate) fn settle_ctty(
+    host: i32,
+    r: &mut Remote,
+    s: Scratch,
+    p: &Process,
+    inherited: Option<u32>,
+    tree: &TreeImage,
+    open: &OpenFiles,
+) -> Result<()> {
+    if p.sid == p.pid {
+        let Some(index) = p.ctty else { return Ok(()) };
+        let fg = tree
+            .files
+            .iter()
+            .filter_map(|f| f.tty.as_ref())
+            .find(|t| t.index == index && t.session == p.pid && t.fg_pgrp != 0)
+            .map(|t| t.fg_pgrp);
+        if let Some(fg) = fg {
+            let a = put(host, s, 0, &(fg as i32).to_ne_bytes())?;
+            r.call(libc::SYS_ioctl, &[ctty_fd(open, index)?, libc::TIOCSPGRP, a])
+                .step(host, || format!("remote TIOCSPGRP({fg}) of pty {index} in pid {}", p.pid))?;
+        }
+        return Ok(());
+    }
+    match (inherited, p.ctty) {
+        (a, b) if a == b => Ok(()),
+        (Some(index), _) if p.ctty.is_none() => {
+            r.call(libc::SYS_ioctl, &[ctty_fd(open, index)?, libc::TIOCNOTTY, 0])
+                .step(host, || format!("remote TIOCNOTTY of pty {index} in pid {}", p.pid))?;
+            Ok(())
+        }
+        (_, ctty) => Err(EngineError::Incompatible(format!(
+            "process {} had pty {ctty:?} as its controlling terminal but is born with pty {inherited:?} here",
+            p.pid
+        ))),
+    }
+}
+
+/// The restorer's number of the slave opened for pty `index`'s session.
+fn ctty_fd(open: &OpenFiles, index: u32) -> Result<u64> {
+    open.ctty.get(&index).map(|f| f.as_raw_fd() as u64).ok_or_else(|| {
+        EngineError::Incompatible(format!("pty {index} is a controlling terminal but no session leader of the image has it"))
+    })
+}
+
 /// The state of a pty end, or why it cannot be kept.
-fn read(seen: &Seen, table: &FileTable) -> Result<TtyImage> {
+fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
     let rdev = seen.st.rdev();
     let t = if (libc::major(rdev), libc::minor(rdev)) == PTMX {
-        let m = take(seen, seen.pid, seen.fd)?;
+        let m = steal(seen, seen.pid, seen.fd)?;
         let index = misc::pty_index(m.as_raw_fd()).step(seen.pid, || format!("TIOCGPTN on fd {}", seen.fd))?;
-        check_empty(seen, &m, "master")?;
         let s = misc::pty_get(m.as_raw_fd()).step(seen.pid, || format!("read the state of pty {index}"))?;
+        let (pending_output, pending_input) = pending(seen, &m, index, &s, take)?;
         let (session, fg_pgrp) = session(seen, &m, index, table)?;
         TtyImage {
             index,
@@ -166,14 +327,16 @@ fn read(seen: &Seen, table: &FileTable) -> Result<TtyImage> {
             locked: s.locked,
             session,
             fg_pgrp,
+            pending_output,
+            pending_input,
         }
     } else {
         let index = slave_index(rdev);
         let Some((mpid, mfd)) = find_master(&table.tree, index) else {
             return Err(seen.unsupported("pseudo-terminal slave whose master is outside the tree"));
         };
-        check_empty(seen, &take(seen, seen.pid, seen.fd)?, "slave")?;
-        let m = take(seen, mpid, mfd)?;
+        // What is pending is the pty's, recorded with its master.
+        let m = steal(seen, mpid, mfd)?;
         let (session, fg_pgrp) = session(seen, &m, index, table)?;
         TtyImage { index, master: false, session, fg_pgrp, ..Default::default() }
     };
@@ -182,11 +345,11 @@ fn read(seen: &Seen, table: &FileTable) -> Result<TtyImage> {
 
 impl Kind for Tty {
     fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
-        read(seen, table).map(drop)
+        read(seen, table, false).map(drop)
     }
 
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
-        f.tty = Some(read(seen, table)?);
+        f.tty = Some(read(seen, table, true)?);
         f.rdev = seen.st.rdev();
         Ok(())
     }
@@ -198,28 +361,15 @@ impl Kind for Tty {
             return m.try_clone().map_err(crate::io_err(format!("dup pty master {}", t.index)));
         }
         // The recorded flags as they are (O_LARGEFILE included: TIOCGPTPEER
-        // does not add it as open(2) does); the fd is dup3'd without O_CLOEXEC.
-        let flags = (f.flags as i32 & !libc::O_CLOEXEC) | libc::O_NOCTTY;
-        let locked = misc::pty_get(m.as_raw_fd()).step(0, || format!("read the lock of pty {}", t.index))?.locked;
-        misc::pty_lock(m.as_raw_fd(), false).step(0, || format!("unlock pty {}", t.index))?;
-        let s = misc::pty_peer(m.as_raw_fd(), flags).step(0, || format!("open the slave of pty {}", t.index));
-        misc::pty_lock(m.as_raw_fd(), locked).step(0, || format!("lock pty {}", t.index))?;
-        s
+        // does not add it as open(2) does); close-on-exec is the fd's, set
+        // by dup3.
+        own_slave(m, f.flags as i32 & !libc::O_CLOEXEC).step(0, || format!("open the slave of pty {}", t.index))
     }
 
-    fn install(&self, pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()> {
-        let Some(t) = f.tty.as_ref().filter(|t| !t.master && t.session == p.pid) else { return Ok(()) };
-        if FileKind::try_from(f.kind) != Ok(FileKind::Tty) {
-            return Ok(());
-        }
-        // The session leader takes its controlling terminal back (its
-        // puppet led a new session with none), then the foreground group.
-        r.call(libc::SYS_ioctl, &[fd.fd as u64, libc::TIOCSCTTY, 0]).step(pid, || format!("remote TIOCSCTTY on fd {}", fd.fd))?;
-        if t.fg_pgrp != 0 {
-            let a = put(pid, s, 0, &(t.fg_pgrp as i32).to_ne_bytes())?;
-            r.call(libc::SYS_ioctl, &[fd.fd as u64, libc::TIOCSPGRP, a])
-                .step(pid, || format!("remote TIOCSPGRP({}) on fd {}", t.fg_pgrp, fd.fd))?;
-        }
+    fn install(&self, _pid: i32, _r: &mut Remote, _s: Scratch, _fd: &Fd, _f: &FileImage, _p: &Process) -> Result<()> {
+        // The controlling terminal and its foreground group are set as the
+        // tree is spawned ([`give_ctty`], [`settle_ctty`]), while every
+        // puppet still holds the restorer's descriptors.
         Ok(())
     }
 }
