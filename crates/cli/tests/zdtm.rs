@@ -939,6 +939,9 @@ zdtm_tests!(
     seccomp,
     pty,
     new_work,
+    ghost_attrs,
+    ghost_fork,
+    ghost_links,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -180,6 +180,7 @@ impl StoppedTree {
         tree.root_pid = root as u32;
         tree.files = files.files;
         tree.pipes = files.pipes.into_values().collect();
+        tree.ghosts = files.ghosts;
         tree.shmems = shm.saved.into_values().collect();
         lpm_image::write_tree(dir, &tree)?;
         tracing::debug!(root, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "images written");

@@ -23,7 +23,7 @@ pub const KINDS: &[Row] = &[
     ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes"),
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required)"),
     ("hugetlbfs and device mappings", Support::Refused, ""),
-    ("regular files", Support::Yes, "path, offset, flags; unlinked files by content"),
+    ("regular files", Support::Yes, "path, offset, flags; unlinked files as one inode with holes, mode, owner, atime and mtime"),
     ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
     ("pipes and FIFOs", Support::Yes, "with buffered data"),
     ("unix sockets", Support::Partly, "stream, dgram, seqpacket; pairs, names, listeners, connections and queues inside the tree; accept queues, SCM_RIGHTS in flight and peers outside the tree refused"),

@@ -117,6 +117,9 @@ pub static PROGS: &[Prog] = &[
     prog("seccomp", Launch::C, true, 3),
     prog("pty", Launch::C, true, 4),
     Prog { rounds: true, ..prog("new_work", Launch::C, true, 5) },
+    Prog { needs: &[Need::Root], ..prog("ghost_attrs", Launch::C, true, 6) },
+    prog("ghost_fork", Launch::C, true, 3),
+    prog("ghost_links", Launch::C, true, 3),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

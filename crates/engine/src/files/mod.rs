@@ -32,7 +32,7 @@ use std::fs::Metadata;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use lpm_image::{Fd, FileImage, FileKind, PipeImage, Process, TreeImage};
+use lpm_image::{Fd, FileImage, FileKind, GhostImage, MemfdChunk, PipeImage, Process, TreeImage};
 use lpm_sys::misc;
 use lpm_sys::remote::Remote;
 
@@ -80,6 +80,9 @@ pub struct OpenCx<'a> {
     pub net: &'a HashMap<u64, OwnedFd>,
     /// Pty masters opened so far, by their index at dump.
     pub ptys: HashMap<u32, OwnedFd>,
+    /// Descriptions of unlinked files opened ahead of their turn (every
+    /// description of a ghost is opened when its first one is), by file id.
+    pub ghosts: HashMap<u32, OwnedFd>,
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
@@ -208,6 +211,10 @@ pub struct FileTable {
     /// The caller locked the network: established TCP connections to
     /// peers outside the tree may be dumped.
     pub tcp_established: bool,
+    /// Unlinked files, one per inode.
+    pub ghosts: Vec<GhostImage>,
+    /// The ghost of each unlinked inode `(dev, ino)` seen so far.
+    pub ghost_ids: HashMap<(u64, u64), u64>,
 }
 
 impl FileTable {
@@ -342,8 +349,16 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
     let net = crate::ns::create_net(tree)?;
-    let mut cx =
-        OpenCx { tree, holders: Vec::new(), pipes: HashMap::new(), sockets: HashMap::new(), net: &net, ptys: HashMap::new(), defer_tcp };
+    let mut cx = OpenCx {
+        tree,
+        holders: Vec::new(),
+        pipes: HashMap::new(),
+        sockets: HashMap::new(),
+        net: &net,
+        ptys: HashMap::new(),
+        ghosts: HashMap::new(),
+        defer_tcp,
+    };
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)
@@ -410,4 +425,41 @@ pub(crate) fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
         .open(path)
         .map_err(io_err(format!("open {path}")))?;
     Ok(f.into())
+}
+
+/// The extents `[start, end)` of the first `size` bytes of `file` that
+/// hold data (SEEK_DATA, then SEEK_HOLE: nothing is read); `Err` with the
+/// bytes counted so far once they pass `max`.
+pub(crate) fn data_extents(file: &std::fs::File, size: u64, max: u64) -> std::result::Result<Vec<(u64, u64)>, u64> {
+    use std::os::fd::AsFd;
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut off = 0u64;
+    while off < size {
+        let Some((data, hole)) = misc::next_data(file.as_fd(), off) else { break };
+        let end = hole.min(size);
+        if data >= end {
+            break;
+        }
+        total += end - data;
+        if total > max {
+            return Err(total);
+        }
+        out.push((data, end));
+        off = end;
+    }
+    Ok(out)
+}
+
+/// Reads the `extents` of `file` (see [`data_extents`]); `what` names the
+/// file in errors.
+pub(crate) fn read_extents(file: &std::fs::File, extents: &[(u64, u64)], what: &str) -> Result<Vec<MemfdChunk>> {
+    use std::os::unix::fs::FileExt;
+    let mut chunks = Vec::with_capacity(extents.len());
+    for &(data, end) in extents {
+        let mut buf = vec![0u8; (end - data) as usize];
+        file.read_exact_at(&mut buf, data).map_err(io_err(format!("read {what} at {data}")))?;
+        chunks.push(MemfdChunk { offset: data, data: buf });
+    }
+    Ok(chunks)
 }
