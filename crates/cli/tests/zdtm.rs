@@ -942,6 +942,8 @@ zdtm_tests!(
     ghost_attrs,
     ghost_fork,
     ghost_links,
+    pipe_reopen,
+    pipe_full,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -120,6 +120,8 @@ pub static PROGS: &[Prog] = &[
     Prog { needs: &[Need::Root], ..prog("ghost_attrs", Launch::C, true, 6) },
     prog("ghost_fork", Launch::C, true, 3),
     prog("ghost_links", Launch::C, true, 3),
+    prog("pipe_reopen", Launch::C, true, 4),
+    prog("pipe_full", Launch::C, true, 3),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
