@@ -359,6 +359,9 @@ fn dump_process(
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
     p.fds = files::dump(pid, files)?;
+    let tids: Vec<i32> = threads.iter().map(|t| t.tid).collect();
+    let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
+    p.shares_parent_files = files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids)?;
     let regs: Vec<(i32, Regs)> = threads.iter().map(|t| (t.tid, t.regs)).collect();
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;

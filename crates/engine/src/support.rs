@@ -23,6 +23,7 @@ pub const KINDS: &[Row] = &[
     ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes"),
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required)"),
     ("hugetlbfs and device mappings", Support::Refused, ""),
+    ("file descriptor tables", Support::Partly, "per process or shared with the parent (CLONE_FILES); shared otherwise, or a thread's own, refused"),
     ("regular files", Support::Yes, "path, offset, flags; unlinked files as one inode with holes, mode, owner, atime and mtime"),
     ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
     ("pipes and FIFOs", Support::Yes, "with buffered data and capacity, each description with its own flags; packet-mode data refused"),

@@ -392,6 +392,8 @@ pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result
 }
 
 /// Lets every kind finish inside the puppet now that its fds are in place.
+/// A process that shares its parent's table (`Process::shares_parent_files`)
+/// finishes only what belongs to the process, not to the table.
 pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeImage, deferred: Option<&mut Vec<Deferred>>) -> Result<()> {
     let mut deferred = deferred;
     let files: HashMap<u32, &FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
@@ -403,6 +405,9 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
             .ok()
             .and_then(kind)
             .ok_or_else(|| EngineError::Incompatible(format!("file {} has an unknown kind {}", f.id, f.kind)))?;
+        if p.shares_parent_files && FileKind::try_from(f.kind).is_ok_and(per_table) {
+            continue;
+        }
         if let (Some(list), Some(_)) = (deferred.as_deref_mut(), f.socket.as_ref().and_then(|s| s.tcp.as_ref())) {
             // Once per connection, from the first puppet holding it.
             if !list.iter().any(|d| d.file.id == f.id) {
@@ -462,4 +467,50 @@ pub(crate) fn read_extents(file: &std::fs::File, extents: &[(u64, u64)], what: &
         chunks.push(MemfdChunk { offset: data, data: buf });
     }
     Ok(chunks)
+}
+
+/// Whether process `pid` shares its parent's file descriptor table (it
+/// was cloned with CLONE_FILES), which the restore rebuilds by cloning it
+/// from its parent so; `parent` is its parent when that is in the tree,
+/// `earlier` the processes of the tree before it (parents first),
+/// `threads` its threads. Refused by name: a table shared with a process
+/// of the tree other than its parent's table (a sibling cloned with
+/// CLONE_PARENT|CLONE_FILES, say), which no clone from the parent makes,
+/// and a thread with a table of its own (cloned without CLONE_FILES),
+/// which /proc/PID/fd does not even show. The same rule for the dump and
+/// the inspection.
+pub fn fd_table(pid: i32, parent: Option<i32>, earlier: &[i32], threads: &[i32]) -> Result<bool> {
+    let unsupported = |what: String| EngineError::Unsupported { pid, kind: "file descriptor table", what };
+    let step = |other: i32| move || format!("kcmp KCMP_FILES with {other}");
+    for &tid in threads.iter().filter(|&&t| t != pid) {
+        // A thread that ended meanwhile shares nothing any more.
+        if !misc::same_fd_table(pid, tid).unwrap_or(true) {
+            return Err(unsupported(format!("thread {tid} has a file descriptor table of its own (cloned without CLONE_FILES)")));
+        }
+    }
+    if let Some(ppid) = parent {
+        if misc::same_fd_table(pid, ppid).step(pid, step(ppid))? {
+            return Ok(true);
+        }
+    }
+    for &other in earlier.iter().filter(|&&o| Some(o) != parent) {
+        // A zombie has no table (kcmp compares two zombies equal).
+        if proc::Stat::read(other).map_or(true, |s| s.state() == 'Z') {
+            continue;
+        }
+        if misc::same_fd_table(pid, other).unwrap_or(false) {
+            return Err(unsupported(format!(
+                "shared with process {other}, which is not its parent (only a table shared with the parent is rebuilt, by cloning with CLONE_FILES)"
+            )));
+        }
+    }
+    Ok(false)
+}
+
+/// Whether what `install` does for a file of this kind acts on the
+/// descriptor table (opens descriptors, registers them in an epoll) rather
+/// than on the process (its memory, its session): a process sharing its
+/// parent's table leaves that to the parent, which installed the table.
+fn per_table(kind: FileKind) -> bool {
+    matches!(kind, FileKind::Epoll | FileKind::Mqueue | FileKind::Pidfd)
 }
