@@ -942,6 +942,7 @@ zdtm_tests!(
     ghost_attrs,
     ghost_fork,
     ghost_links,
+    fown,
     fd_table,
     pipe_reopen,
     pipe_full,

@@ -485,6 +485,14 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         shape(&ctx, &mut puppets, p, &open, &shmem, opts.defer_tcp.then_some(&mut deferred))?;
     }
     sysv.finish()?;
+    // Every thread exists now: files can name their owners.
+    files::restore_owners(&tree, |kind, id| match kind {
+        lpm_image::OwnerKind::Thread => tree.processes.iter().find_map(|p| {
+            let i = p.threads.iter().position(|t| t.tid == id)?;
+            puppets.by_pid.get(&p.pid)?.tids.get(i).copied()
+        }),
+        _ => puppets.by_pid.get(&id).map(|q| q.host),
+    })?;
     stage("shape");
     for p in &tree.processes {
         if let Some(n) = &p.namespaces {

@@ -24,6 +24,7 @@ pub const KINDS: &[Row] = &[
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required)"),
     ("hugetlbfs and device mappings", Support::Refused, ""),
     ("file descriptor tables", Support::Partly, "per process or shared with the parent (CLONE_FILES); shared otherwise, or a thread's own, refused"),
+    ("file owners for signal-driven I/O", Support::Yes, "F_SETOWN_EX thread, process or group of the tree with the setter's uids, F_SETSIG, O_ASYNC"),
     ("regular files", Support::Yes, "path, offset, flags; unlinked files as one inode with holes, mode, owner, atime and mtime"),
     ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
     ("pipes and FIFOs", Support::Yes, "with buffered data and capacity, each description with its own flags; packet-mode data refused"),

@@ -120,6 +120,7 @@ pub static PROGS: &[Prog] = &[
     Prog { needs: &[Need::Root], ..prog("ghost_attrs", Launch::C, true, 6) },
     prog("ghost_fork", Launch::C, true, 3),
     prog("ghost_links", Launch::C, true, 3),
+    Prog { needs: &[Need::Root], ..prog("fown", Launch::C, true, 5) },
     prog("fd_table", Launch::C, true, 2),
     prog("pipe_reopen", Launch::C, true, 4),
     prog("pipe_full", Launch::C, true, 3),

@@ -13,6 +13,7 @@
 
 mod epoll;
 mod eventfd;
+mod fown;
 mod inet;
 mod inotify;
 mod memfd;
@@ -241,7 +242,17 @@ fn handler(seen: &Seen, f: &mut FileImage) -> Result<&'static dyn Kind> {
 
 /// Dumps the file descriptors of stopped process `pid`.
 pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
-    walk(pid, table, false, |seen, f, table| handler(seen, f)?.dump(seen, f, table))
+    walk(pid, table, false, |seen, f, table| {
+        handler(seen, f)?.dump(seen, f, table)?;
+        fown::dump(seen, f, table)
+    })
+}
+
+/// Sets the owner for SIGIO and its signal on every restored description
+/// that had one, once every task exists (see `fown`); `host` gives the
+/// restored host id of an image thread, process or group leader.
+pub fn restore_owners(tree: &TreeImage, host: impl Fn(lpm_image::OwnerKind, u32) -> Option<i32>) -> Result<()> {
+    fown::restore(tree, host)
 }
 
 /// Applies the dump's rules to the file descriptors of process `pid`,
@@ -249,14 +260,16 @@ pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
 /// once, as the dump sees them. Every refusal goes to `refusals`; a
 /// descriptor closed meanwhile is passed over. Returns the descriptors.
 pub fn check(pid: i32, table: &mut FileTable, refusals: &mut Vec<EngineError>) -> Result<Vec<Fd>> {
-    walk(pid, table, true, |seen, f, table| match handler(seen, f).and_then(|k| k.check(seen, f, table)) {
-        Err(e @ (EngineError::Unsupported { .. } | EngineError::Transient { .. })) => {
-            refusals.push(e);
-            Ok(())
+    walk(pid, table, true, |seen, f, table| {
+        match handler(seen, f).and_then(|k| k.check(seen, f, table)).and_then(|_| fown::check(seen, table)) {
+            Err(e @ (EngineError::Unsupported { .. } | EngineError::Transient { .. })) => {
+                refusals.push(e);
+                Ok(())
+            }
+            // Closed, or its number reused, while it was looked at.
+            Err(_) if proc::link(pid, &format!("fd/{}", seen.fd)).ok().as_deref() != Some(seen.link) => Ok(()),
+            other => other,
         }
-        // Closed, or its number reused, while it was looked at.
-        Err(_) if proc::link(pid, &format!("fd/{}", seen.fd)).ok().as_deref() != Some(seen.link) => Ok(()),
-        other => other,
     })
 }
 
@@ -408,6 +421,9 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
         if p.shares_parent_files && FileKind::try_from(f.kind).is_ok_and(per_table) {
             continue;
         }
+        if f.flags as i32 & libc::O_ASYNC != 0 && fown::first_holder(tree, f.id) == Some((p.pid, fd.fd)) {
+            fown::arm_async(pid, r, fd, f)?;
+        }
         if let (Some(list), Some(_)) = (deferred.as_deref_mut(), f.socket.as_ref().and_then(|s| s.tcp.as_ref())) {
             // Once per connection, from the first puppet holding it.
             if !list.iter().any(|d| d.file.id == f.id) {
@@ -423,12 +439,18 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
 /// Opens `path` with the flags of an image (never creating or truncating).
 pub(crate) fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
+    // open(2) stores O_ASYNC without arming signal-driven I/O (the file's
+    // fasync is not called), and F_SETFL arms it only when the flag
+    // changes: it is set by F_SETFL below, never by open.
     let f = std::fs::OpenOptions::new()
-        .custom_flags((flags as i32 & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC)
+        .custom_flags((flags as i32 & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_ASYNC)) | libc::O_CLOEXEC)
         .write(flags as i32 & libc::O_ACCMODE != libc::O_RDONLY)
         .read(flags as i32 & libc::O_ACCMODE != libc::O_WRONLY)
         .open(path)
         .map_err(io_err(format!("open {path}")))?;
+    if flags as i32 & libc::O_ASYNC != 0 {
+        misc::set_fl(f.as_raw_fd(), flags as i32).step(0, || format!("set O_ASYNC on {path}"))?;
+    }
     Ok(f.into())
 }
 
