@@ -946,6 +946,7 @@ zdtm_tests!(
     fd_table,
     pipe_reopen,
     pipe_full,
+    sock_unlinked,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -344,8 +344,8 @@ pub struct UnixDiag {
     /// sk_shutdown bits (1: receive, 2: send).
     pub shutdown: u8,
     /// The inode of the socket file a path name was bound to, with its
-    /// device (new_encode_dev), as bind made it: None for unnamed and
-    /// abstract sockets.
+    /// device in the kernel's own encoding (major << 20 | minor), as bind
+    /// made it: None for unnamed and abstract sockets.
     pub vfs: Option<(u32, u32)>,
 }
 
