@@ -947,6 +947,7 @@ zdtm_tests!(
     pipe_reopen,
     pipe_full,
     sock_unlinked,
+    sock_filter,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

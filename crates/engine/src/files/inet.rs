@@ -321,6 +321,7 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         local: Some(local.clone()),
         ..Default::default()
     };
+    (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
     let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
     let mut info = [0u8; 104];
     if tcp {
@@ -485,6 +486,7 @@ fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
     if let Some(p) = s.peer.as_ref().filter(|_| s.state == SocketState::Connected as i32) {
         net::connect(fd, &sockaddr(family, p)).map_err(restore_err(f, s, format!("connect to {}", show(p))))?;
     }
+    sockets::apply_filter(f, fd, s)?;
     Ok(sock)
 }
 
@@ -558,6 +560,8 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage,
         w.extend_from_slice(&v.to_ne_bytes());
     }
     net::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &w).map_err(e("TCP_REPAIR_WINDOW"))?;
+    // The queues are in: what arrives from now on meets the filter.
+    sockets::apply_filter(f, fd, s)?;
     // Repair mode is left in `install`, once every socket of the tree
     // exists: a window probe or data sent now could reach a peer end not
     // yet created, and the reset it draws would kill the connection.

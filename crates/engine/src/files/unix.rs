@@ -176,6 +176,7 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         unlinked: path_unlinked(seen, &name, d.vfs),
         ..Default::default()
     };
+    (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
     if d.state == TCP_LISTEN {
         if !d.icons.is_empty() || d.rqueue > 0 {
             return Err(seen.transient(format!(
@@ -417,6 +418,8 @@ fn build_all(cx: &mut OpenCx) -> Result<()> {
     for f in cx.tree.files.iter().filter(|f| f.kind == FileKind::UnixSocket as i32) {
         if let Some(s) = f.socket.as_ref().filter(|s| made.contains_key(&s.ino)) {
             sockets::apply_opts(f, made[&s.ino].as_fd(), &s.opts)?;
+            // After the refill, which the filter would have acted on.
+            sockets::apply_filter(f, made[&s.ino].as_fd(), s)?;
         }
     }
     // Every connection by name is made and every queue refilled: the
