@@ -948,6 +948,7 @@ zdtm_tests!(
     pipe_full,
     sock_unlinked,
     sock_filter,
+    sock_shutdown,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

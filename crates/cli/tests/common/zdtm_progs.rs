@@ -126,6 +126,7 @@ pub static PROGS: &[Prog] = &[
     prog("pipe_full", Launch::C, true, 3),
     prog("sock_unlinked", Launch::C, true, 3),
     prog("sock_filter", Launch::C, true, 3),
+    prog("sock_shutdown", Launch::C, true, 3),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

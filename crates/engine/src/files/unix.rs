@@ -247,7 +247,10 @@ impl Kind for Unix {
             // socket's peek offset for a while.
             img.queue = peek_queue(seen, fd, ty, shut_rd)?;
         }
-        img.opts = sockets::read_opts(fd, &[(libc::SOL_SOCKET, libc::SO_PASSCRED)]);
+        img.opts = sockets::read_opts(
+            fd,
+            &[(libc::SOL_SOCKET, libc::SO_PASSCRED), (libc::SOL_SOCKET, libc::SO_RCVTIMEO), (libc::SOL_SOCKET, libc::SO_SNDTIMEO)],
+        );
         let peek = sockets::opt_int(seen, fd, libc::SOL_SOCKET, net::SO_PEEK_OFF, "SO_PEEK_OFF")?;
         if peek >= 0 {
             img.opts.push(lpm_image::SockOpt { level: libc::SOL_SOCKET, name: net::SO_PEEK_OFF, value: peek.to_ne_bytes().to_vec() });
