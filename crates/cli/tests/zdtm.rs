@@ -941,6 +941,16 @@ zdtm_tests!(
     pty_session,
     pty_pending,
     new_work,
+    ghost_attrs,
+    ghost_fork,
+    ghost_links,
+    fown,
+    fd_table,
+    pipe_reopen,
+    pipe_full,
+    sock_unlinked,
+    sock_filter,
+    sock_shutdown,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -180,6 +180,7 @@ impl StoppedTree {
         tree.root_pid = root as u32;
         tree.files = files.files;
         tree.pipes = files.pipes.into_values().collect();
+        tree.ghosts = files.ghosts;
         tree.shmems = shm.saved.into_values().collect();
         lpm_image::write_tree(dir, &tree)?;
         tracing::debug!(root, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "images written");
@@ -391,6 +392,9 @@ fn dump_process(
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
     p.fds = files::dump(pid, files)?;
+    let tids: Vec<i32> = threads.iter().map(|t| t.tid).collect();
+    let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
+    p.shares_parent_files = files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids)?;
     let regs: Vec<(i32, Regs)> = threads.iter().map(|t| (t.tid, t.regs)).collect();
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;

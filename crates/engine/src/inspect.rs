@@ -193,6 +193,8 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     let Some(tids) = sink.keep(pid, proc::threads(pid)) else { return };
     sink.out.threads += tids.len();
     sink.keep(pid, seccomp::check(pid, &tids));
+    let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
+    sink.keep(pid, files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids));
     let mut refused = Vec::new();
     let fds = sink.keep(pid, files::check(pid, table, &mut refused));
     sink.out.refusals.extend(refused.into_iter().filter_map(|e| Refusal::from_error(e).ok()));

@@ -500,6 +500,14 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         shape(&ctx, &mut puppets, p, &open, &shmem, opts.defer_tcp.then_some(&mut deferred))?;
     }
     sysv.finish()?;
+    // Every thread exists now: files can name their owners.
+    files::restore_owners(&tree, |kind, id| match kind {
+        lpm_image::OwnerKind::Thread => tree.processes.iter().find_map(|p| {
+            let i = p.threads.iter().position(|t| t.tid == id)?;
+            puppets.by_pid.get(&p.pid)?.tids.get(i).copied()
+        }),
+        _ => puppets.by_pid.get(&id).map(|q| q.host),
+    })?;
     stage("shape");
     for p in &tree.processes {
         if let Some(n) = &p.namespaces {
@@ -826,7 +834,10 @@ fn spawn_tree(ctx: &Ctx, open: &OpenFiles, cgroups: &[PathBuf], vessel: Option<&
             .by_pid
             .get(&p.ppid)
             .ok_or_else(|| EngineError::Incompatible(format!("process {} has parent {} that is not restored before it", p.pid, p.ppid)))?;
-        let args = CloneArgs { flags: ns_flags(p) & !NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        // CLONE_FILES before any table is shaped: the child shares what its
+        // parent will install (shape skips the child's own install).
+        let files = if p.shares_parent_files { libc::CLONE_FILES as u64 } else { 0 };
+        let args = CloneArgs { flags: (ns_flags(p) & !NEWNET) | files, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
         let ids = set_tid(&p.nspid, p.pid, skip);
         let child = remote_clone3(&mut ctx.remote(parent.host, parent.base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;
         let base = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
@@ -948,7 +959,11 @@ fn shape(
         }
     }
     ipc::attach(host, &mut r, p)?;
-    files::restore(host, &mut r, &p.fds, open)?;
+    // A table shared with the parent was installed by the parent, shaped
+    // first (parents come first in the image).
+    if !p.shares_parent_files {
+        files::restore(host, &mut r, &p.fds, open)?;
+    }
     files::install(host, &mut r, s, p, ctx.tree, deferred)?;
     locks::restore(host, &mut r, s, p)?;
     task::restore_process(host, &mut r, s, p)?;

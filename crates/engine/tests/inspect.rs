@@ -371,3 +371,81 @@ serve(check)
     );
     assert!(p.alive(), "the program does not answer after the dump");
 }
+
+/// The file and socket states a restore could not rebuild exactly are
+/// each named, by the inspection and the dump alike: a file owned for
+/// SIGIO by a process outside the tree (the test), a thread with a
+/// descriptor table of its own, a process sharing its table with its
+/// sibling rather than its parent, a socket with an eBPF filter, an
+/// unlinked file holding more data than the image keeps.
+#[test]
+fn file_and_socket_refusals_are_named() {
+    let script = r#"
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+r, w = os.pipe()
+fcntl.fcntl(r, fcntl.F_SETOWN, os.getppid())
+def own_table():
+    assert libc.unshare(0x400) == 0  # CLONE_FILES
+    time.sleep(3600)
+threading.Thread(target=own_table, daemon=True).start()
+a = os.fork()
+if a == 0:
+    # A sibling sharing this child's table: clone(CLONE_PARENT|CLONE_FILES).
+    if libc.syscall(56, 0x8000 | 0x400 | 17, 0, 0, 0, 0) == 0:
+        while True: time.sleep(3600)
+    while True: time.sleep(3600)
+# eBPF socket filter: r0 = 0; exit (drops everything).
+insns = struct.pack("<BBhi", 0xb7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+ibuf = ctypes.create_string_buffer(insns); lic = ctypes.create_string_buffer(b"GPL")
+attr = struct.pack("<IIQQIIQI", 1, 2, ctypes.addressof(ibuf), ctypes.addressof(lic), 0, 0, 0, 0) + bytes(64)
+abuf = ctypes.create_string_buffer(attr, 128)
+prog = libc.syscall(321, 5, abuf, 128)  # bpf(BPF_PROG_LOAD)
+assert prog >= 0, ctypes.get_errno()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.SOL_SOCKET, 50, prog)  # SO_ATTACH_BPF
+os.close(prog)
+big = open(d + "/big", "w+b"); big.write(b"x" * (65 << 20)); big.flush(); os.unlink(d + "/big")
+time.sleep(0.2)
+ready()
+serve()
+"#;
+    let mut p = Prog::start("fileref", &[], script);
+    let i = inspect(p.pid(), &DumpOptions::default());
+    let owner = named(&i, "owner for SIGIO");
+    assert!(owner.what.contains("outside the tree or exited"), "{owner}");
+    let thread = named(&i, "has a file descriptor table of its own");
+    assert_eq!((thread.pid, thread.kind), (p.pid(), "file descriptor table"));
+    let shared = named(&i, "which is not its parent");
+    assert_eq!(shared.kind, "file descriptor table");
+    assert_ne!(shared.pid, p.pid(), "{shared}");
+    named(&i, "eBPF filter");
+    named(&i, "unlinked file with more than");
+    assert!(i.refusals.iter().all(|r| !r.transient), "{:#?}", i.refusals);
+    assert_eq!(i.refusals.len(), 5, "{:#?}", i.refusals);
+    untraced(p.pid());
+    dump_refuses_the_same(&p, &i, DumpOptions::default());
+    assert!(p.alive());
+}
+
+/// A pipe holding data written in packet mode (O_DIRECT): the dump sees
+/// it as it copies the buffer and refuses it, naming the fd; the message
+/// boundaries are untouched (the copy is not a read of the pipe).
+#[test]
+fn packet_mode_pipe_data_is_refused_by_the_dump() {
+    let script = r#"
+r, w = os.pipe2(os.O_DIRECT)
+os.write(w, b"one"); os.write(w, b"two")
+ready()
+serve(lambda: "ok" if [os.read(r, 100), os.read(r, 100)] == [b"one", b"two"] else "messages merged")
+"#;
+    let mut p = Prog::start("packet", &[], script);
+    let i = inspect(p.pid(), &DumpOptions::default());
+    assert!(i.passed(), "only the dump sees a pipe's buffer: {:#?}", i.refusals);
+    let err = lpm_engine::checkpoint_with(p.pid(), &p.dir.join("img"), &DumpOptions { after: After::Run, ..Default::default() })
+        .expect_err("the dump took packet-mode data");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("pid {}: unsupported file descriptor: fd 3 -> pipe:[", p.pid())) && msg.contains("packet mode"), "{msg}");
+    untraced(p.pid());
+    assert_eq!(p.verdict(), "ok");
+}

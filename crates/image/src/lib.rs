@@ -26,8 +26,19 @@ use prost::Message;
 
 /// First eight bytes of every image file.
 pub const MAGIC: [u8; 8] = *b"LPMIMAGE";
-/// The format version this build writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build writes (and reads).
+///
+/// Version 2 adds state that a reader of version 1 would skip without a
+/// word, restoring something else than was checkpointed: an unlinked
+/// file's content moved to `TreeImage::ghosts` (a version-1 reader would
+/// recreate it empty), file owners for SIGIO, socket filters, shutdown
+/// bits of inet sockets, unix sockets whose path was unlinked, shared fd
+/// tables. A tree is written as version 2 only when it holds such state
+/// ([`tree_version`]), so that version-1 readers refuse exactly the images
+/// they cannot restore. Pages files did not change: they stay version 1.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of pages files (unchanged since version 1).
+const PAGES_VERSION: u32 = 1;
 /// The oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Size of the fixed header.
@@ -201,7 +212,8 @@ pub fn checksum(data: &[u8]) -> u64 {
 /// so a crash never leaves a half-written tree that looks complete.
 pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<()> {
     let body = tree.encode_to_vec();
-    let header = Header { version: FORMAT_VERSION, kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(&body) };
+    let header =
+        Header { version: tree_version(tree), kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(&body) };
     let path = dir.join(TREE_FILE);
     let tmp = dir.join(format!("{TREE_FILE}.tmp"));
     let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
@@ -211,6 +223,25 @@ pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
     Ok(())
 }
+
+/// The oldest format version that can hold `tree` (see [`FORMAT_VERSION`]).
+pub fn tree_version(tree: &TreeImage) -> u32 {
+    let file_v2 = |f: &FileImage| {
+        f.ghost_id != 0
+            || f.owner.is_some()
+            || f.signal != 0
+            || f.socket.as_ref().is_some_and(|s| !s.filter.is_empty() || s.unlinked || (s.shutdown != 0 && s.family != AF_UNIX))
+    };
+    let v2 = !tree.ghosts.is_empty() || tree.processes.iter().any(|p| p.shares_parent_files) || tree.files.iter().any(file_v2);
+    if v2 {
+        2
+    } else {
+        1
+    }
+}
+
+/// AF_UNIX, whose shutdown bits version 1 already kept.
+const AF_UNIX: u32 = 1;
 
 /// Reads and verifies `dir/tree.img`.
 pub fn read_tree(dir: &Path) -> Result<TreeImage> {
@@ -253,7 +284,7 @@ impl PagesWriter {
     pub fn create(dir: &Path, name: &str) -> Result<PagesWriter> {
         let path = dir.join(name);
         let mut file = File::create(&path).map_err(io("create", &path))?;
-        let h = Header { version: FORMAT_VERSION, kind: BodyKind::Pages as u32, body_len: 0, checksum: 0 };
+        let h = Header { version: PAGES_VERSION, kind: BodyKind::Pages as u32, body_len: 0, checksum: 0 };
         let mut first = vec![0u8; PAGES_BODY_OFFSET as usize];
         first[..HEADER_LEN].copy_from_slice(&h.encode());
         file.write_all(&first).map_err(io("write", &path))?;
@@ -279,12 +310,12 @@ impl PagesWriter {
     /// The header of a pages file whose body is `body_len` bytes, for
     /// writers that fill the file through a mapping.
     pub fn header(body_len: u64) -> [u8; HEADER_LEN] {
-        Header { version: FORMAT_VERSION, kind: BodyKind::Pages as u32, body_len, checksum: 0 }.encode()
+        Header { version: PAGES_VERSION, kind: BodyKind::Pages as u32, body_len, checksum: 0 }.encode()
     }
 
     /// Writes the final body length into the header.
     pub fn finish(self) -> Result<()> {
-        let h = Header { version: FORMAT_VERSION, kind: BodyKind::Pages as u32, body_len: self.len, checksum: 0 };
+        let h = Header { version: PAGES_VERSION, kind: BodyKind::Pages as u32, body_len: self.len, checksum: 0 };
         self.file.write_all_at(&h.encode(), 0).map_err(io("write", &self.path))?;
         Ok(())
     }
@@ -433,7 +464,27 @@ mod tests {
     fn unknown_version_is_named() {
         let h = Header { version: FORMAT_VERSION + 1, kind: BodyKind::Tree as u32, body_len: 0, checksum: 0 };
         let e = Header::decode(&h.encode(), Path::new("x"), BodyKind::Tree).unwrap_err();
-        assert!(e.to_string().contains("format version 2"), "{e}");
+        assert!(e.to_string().contains("format version 3"), "{e}");
+    }
+
+    #[test]
+    fn trees_are_version_2_only_with_state_version_1_would_drop() {
+        let dir = tmpdir("version");
+        let mut t = sample();
+        write_tree(&dir, &t).unwrap();
+        let version = |dir: &Path| u32::from_le_bytes(std::fs::read(dir.join(TREE_FILE)).unwrap()[8..12].try_into().unwrap());
+        assert_eq!(version(&dir), 1);
+        t.files.push(FileImage { id: 99, ghost_id: 1, ..Default::default() });
+        write_tree(&dir, &t).unwrap();
+        assert_eq!(version(&dir), 2);
+        assert_eq!(read_tree(&dir).unwrap(), t);
+        // A unix socket's shutdown bits were kept by version 1 already.
+        let unix = SocketImage { family: 1, shutdown: 2, ..Default::default() };
+        let inet = SocketImage { family: 2, shutdown: 2, ..Default::default() };
+        let with = |s: SocketImage| TreeImage { files: vec![FileImage { socket: Some(s), ..Default::default() }], ..Default::default() };
+        assert_eq!(tree_version(&with(unix)), 1);
+        assert_eq!(tree_version(&with(inet)), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct TreeImage {
     /// Open file descriptions shared by several descriptors or processes.
     #[prost(message, repeated, tag = "9")]
     pub files: Vec<FileImage>,
+    /// Unlinked files still open, one per inode, whatever the number of
+    /// open file descriptions of it (`FileImage::ghost_id`).
+    #[prost(message, repeated, tag = "20")]
+    pub ghosts: Vec<GhostImage>,
 }
 
 /// What the registers' layout depends on.
@@ -198,6 +202,12 @@ pub struct Process {
     /// (and so its terminal) is the restorer's to give.
     #[prost(uint32, optional, tag = "45")]
     pub ctty: Option<u32>,
+    /// The process shares its parent's file descriptor table (it was
+    /// cloned with CLONE_FILES): the restore clones it so, and installs
+    /// the table's descriptors once, through the parent. `fds` lists them
+    /// all the same.
+    #[prost(bool, tag = "40")]
+    pub shares_parent_files: bool,
 }
 
 /// Process-wide prctl(2) state.
@@ -645,6 +655,87 @@ pub struct FileImage {
     /// A POSIX message queue: name, attributes and queued messages.
     #[prost(message, optional, tag = "31")]
     pub mqueue: Option<MqueueImage>,
+    /// An unlinked file: its inode in `TreeImage::ghosts` (0 in images of
+    /// builds before it, whose `content` holds the data).
+    #[prost(uint64, tag = "32")]
+    pub ghost_id: u64,
+    /// Who gets the file's SIGIO (F_SETOWN, F_SETOWN_EX); none when unset.
+    #[prost(message, optional, tag = "33")]
+    pub owner: Option<FileOwner>,
+    /// The signal the owner gets instead of SIGIO (F_SETSIG); 0: SIGIO.
+    #[prost(uint32, tag = "34")]
+    pub signal: u32,
+}
+
+/// What a file owner is (F_OWNER_*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum OwnerKind {
+    /// Never written.
+    Invalid = 0,
+    /// A thread (F_OWNER_TID).
+    Thread = 1,
+    /// A process (F_OWNER_PID).
+    Process = 2,
+    /// A process group (F_OWNER_PGRP).
+    Group = 3,
+}
+
+/// The owner of an open file for signal-driven I/O.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FileOwner {
+    /// A thread, a process or a group.
+    #[prost(enumeration = "OwnerKind", tag = "1")]
+    pub kind: i32,
+    /// The image's id of it (`Thread::tid`, `Process::pid`, or the pid of
+    /// the group's leader, a process of the image).
+    #[prost(uint32, tag = "2")]
+    pub pid: u32,
+    /// Real uid of whoever set it (F_GETOWNER_UIDS): the kernel checks it
+    /// before it signals the owner.
+    #[prost(uint32, tag = "3")]
+    pub uid: u32,
+    /// Effective uid of whoever set it.
+    #[prost(uint32, tag = "4")]
+    pub euid: u32,
+}
+
+/// An unlinked regular file still open (a "ghost"): what it held and its
+/// attributes. Recreated once, with every name its descriptions were
+/// opened through, then unlinked again.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GhostImage {
+    /// Identity inside the image, referenced by `FileImage::ghost_id`.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// Size in bytes.
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// st_mode (type and permission bits, setuid, setgid, sticky).
+    #[prost(uint32, tag = "3")]
+    pub mode: u32,
+    /// Owner.
+    #[prost(uint32, tag = "4")]
+    pub uid: u32,
+    /// Group.
+    #[prost(uint32, tag = "5")]
+    pub gid: u32,
+    /// Last access, seconds since the epoch.
+    #[prost(int64, tag = "6")]
+    pub atime_sec: i64,
+    /// Last access, nanoseconds.
+    #[prost(uint32, tag = "7")]
+    pub atime_nsec: u32,
+    /// Last modification, seconds since the epoch.
+    #[prost(int64, tag = "8")]
+    pub mtime_sec: i64,
+    /// Last modification, nanoseconds.
+    #[prost(uint32, tag = "9")]
+    pub mtime_nsec: u32,
+    /// The extents holding data (SEEK_DATA to SEEK_HOLE), in order; the
+    /// rest are holes.
+    #[prost(message, repeated, tag = "10")]
+    pub chunks: Vec<MemfdChunk>,
 }
 
 /// A file descriptor of a process.
@@ -1001,7 +1092,7 @@ pub struct MemfdImage {
     pub chunks: Vec<MemfdChunk>,
 }
 
-/// A piece of memfd content.
+/// A piece of a memfd's or an unlinked file's content.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MemfdChunk {
     /// Byte offset in the memfd.
@@ -1176,6 +1267,17 @@ pub struct SocketImage {
     /// Unix: a pair end whose peer was closed (shut down both ways).
     #[prost(bool, tag = "18")]
     pub peer_closed: bool,
+    /// The classic BPF filter attached (SO_ATTACH_FILTER), as raw
+    /// `struct sock_filter` instructions (8 bytes each); empty: none.
+    #[prost(bytes = "vec", tag = "19")]
+    pub filter: Vec<u8>,
+    /// The filter is locked (SO_LOCK_FILTER).
+    #[prost(bool, tag = "20")]
+    pub filter_locked: bool,
+    /// Unix: bound to a path that was unlinked since (or now leads to
+    /// another file): the restore binds it and unlinks the path again.
+    #[prost(bool, tag = "21")]
+    pub unlinked: bool,
 }
 
 /// What is left of a process that exited and was not yet waited for.

@@ -68,6 +68,12 @@ fn socket(f: &FileImage) -> String {
     if s.shutdown != 0 {
         let _ = write!(o, " shutdown={}", s.shutdown);
     }
+    if s.unlinked {
+        let _ = write!(o, " (path unlinked)");
+    }
+    if !s.filter.is_empty() {
+        let _ = write!(o, " filter={} instructions{}", s.filter.len() / 8, if s.filter_locked { " (locked)" } else { "" });
+    }
     if !s.queue.is_empty() {
         let bytes: usize = s.queue.iter().map(Vec::len).sum();
         let _ = write!(o, " queued={} messages, {bytes} bytes", s.queue.len());
@@ -159,6 +165,16 @@ fn event_objects(f: &FileImage) -> String {
         for m in &q.messages {
             let _ = write!(o, "\n      message prio={} {}B", m.prio, m.data.len());
         }
+    }
+    if let Some(w) = &f.owner {
+        let kind = crate::OwnerKind::try_from(w.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("kind {}", w.kind));
+        let _ = write!(o, " owner={kind} {} (set as uid {} euid {})", w.pid, w.uid, w.euid);
+    }
+    if f.signal != 0 {
+        let _ = write!(o, " sigio_signal={}", f.signal);
+    }
+    if f.ghost_id != 0 {
+        let _ = write!(o, " ghost={}", f.ghost_id);
     }
     if let Some(t) = &f.tty {
         let _ = write!(o, " pty index={} {}", t.index, if t.master { "master" } else { "slave" });
@@ -280,6 +296,9 @@ pub fn render(t: &TreeImage) -> String {
         if let Some(z) = &p.zombie {
             let _ = writeln!(o, "  zombie, wait status {:#x}", z.exit_status);
         }
+        if p.shares_parent_files {
+            let _ = writeln!(o, "  shares its parent's file descriptor table (CLONE_FILES)");
+        }
         if let Some(sc) = &p.seccomp {
             for (i, f) in sc.filters.iter().enumerate() {
                 let _ = writeln!(o, "  seccomp filter {i} (oldest first): {} instructions flags {:#x}", f.insns.len() / 8, f.flags);
@@ -382,6 +401,27 @@ pub fn render(t: &TreeImage) -> String {
             }
         }
     }
+    for g in &t.ghosts {
+        let data: usize = g.chunks.iter().map(|c| c.data.len()).sum();
+        let _ = writeln!(
+            o,
+            "\nunlinked file {} size {} mode {:o} owner {}:{} atime {}.{:09} mtime {}.{:09} data={}B in {} extents",
+            g.id,
+            g.size,
+            g.mode,
+            g.uid,
+            g.gid,
+            g.atime_sec,
+            g.atime_nsec,
+            g.mtime_sec,
+            g.mtime_nsec,
+            data,
+            g.chunks.len()
+        );
+        for c in &g.chunks {
+            let _ = writeln!(o, "  extent {}+{}", c.offset, c.data.len());
+        }
+    }
     for p in &t.pipes {
         let _ = writeln!(o, "\npipe {} capacity {} with {} bytes buffered", p.id, p.capacity, p.data.len());
     }
@@ -414,6 +454,62 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn files_and_sockets_fields_survive_encoding_and_show() {
+        use crate::{Fd, FileImage, FileKind, FileOwner, GhostImage, MemfdChunk, OwnerKind, SocketImage};
+        let fds = vec![Fd { fd: 3, cloexec: false, file_id: 1 }, Fd { fd: 4, cloexec: false, file_id: 2 }];
+        let t = TreeImage {
+            processes: vec![Process { pid: 9, shares_parent_files: true, fds, ..Default::default() }],
+            files: vec![
+                FileImage {
+                    id: 1,
+                    kind: FileKind::Unlinked as i32,
+                    ghost_id: 7,
+                    owner: Some(FileOwner { kind: OwnerKind::Thread as i32, pid: 12, uid: 0, euid: 1000 }),
+                    signal: 36,
+                    ..Default::default()
+                },
+                FileImage {
+                    id: 2,
+                    kind: FileKind::UnixSocket as i32,
+                    socket: Some(SocketImage {
+                        filter: vec![6, 0, 0, 0, 4, 0, 0, 0],
+                        filter_locked: true,
+                        unlinked: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ghosts: vec![GhostImage {
+                id: 7,
+                size: 1 << 20,
+                mode: 0o106751,
+                uid: 1000,
+                gid: 1001,
+                atime_sec: 1_000_000_000,
+                atime_nsec: 5,
+                mtime_sec: 1_100_000_000,
+                mtime_nsec: 6,
+                chunks: vec![MemfdChunk { offset: 8192, data: vec![1; 10] }],
+            }],
+            ..Default::default()
+        };
+        let back = TreeImage::decode(t.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back, t);
+        let text = super::render(&back);
+        for want in [
+            "shares its parent's file descriptor table",
+            "owner=Thread 12 (set as uid 0 euid 1000) sigio_signal=36 ghost=7",
+            "filter=1 instructions (locked)",
+            "(path unlinked)",
+            "unlinked file 7 size 1048576 mode 106751 owner 1000:1001 atime 1000000000.000000005 mtime 1100000000.000000006 data=10B in 1 extents",
+            "extent 8192+10",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
     }
 

@@ -185,6 +185,16 @@ pub fn same_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> Result<bool> {
     Ok(r == 0)
 }
 
+/// Whether processes `pid1` and `pid2` share one file descriptor table
+/// (kcmp KCMP_FILES: one was cloned from the other with CLONE_FILES).
+pub fn same_fd_table(pid1: i32, pid2: i32) -> Result<bool> {
+    const KCMP_FILES: i32 = 2;
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILES, 0u64, 0u64) };
+    cvt(r).map_err(|e| Error::sys("kcmp KCMP_FILES", pid1, e))?;
+    Ok(r == 0)
+}
+
 /// Moves `fd` to the lowest free number at or above `min` (F_DUPFD), closing
 /// the original.
 pub fn move_fd_above(fd: std::os::fd::OwnedFd, min: i32) -> Result<std::os::fd::OwnedFd> {

@@ -155,6 +155,68 @@ pub fn ioctl_int(fd: BorrowedFd, req: u64) -> Result<i32> {
     Ok(v)
 }
 
+/// `SO_GET_FILTER` (the same number as SO_ATTACH_FILTER).
+const SO_GET_FILTER: i32 = 26;
+/// `SO_LOCK_FILTER`.
+pub const SO_LOCK_FILTER: i32 = 44;
+/// Size of one classic BPF instruction (`struct sock_filter`).
+pub const BPF_INSN: usize = 8;
+
+/// The classic BPF filter attached to a socket (SO_GET_FILTER), as raw
+/// `struct sock_filter` bytes; None when it has none. An eBPF program
+/// (SO_ATTACH_BPF) has no classic form to give back: the kernel answers
+/// EACCES, which is returned as the error.
+pub fn get_filter(fd: BorrowedFd) -> Result<Option<Vec<u8>>> {
+    // SO_GET_FILTER counts in instructions, not bytes, both ways: asked
+    // with a length of 0 it only says how many there are.
+    let mut n: libc::socklen_t = 0;
+    // SAFETY: a zero length: the kernel writes nothing but `n`.
+    cvt(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_GET_FILTER, std::ptr::null_mut(), &mut n) })
+        .map_err(err("getsockopt SO_GET_FILTER"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; n as usize * BPF_INSN];
+    let mut len = n;
+    // SAFETY: buf holds `n` instructions, the count passed in `len`.
+    cvt(unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_GET_FILTER, buf.as_mut_ptr().cast(), &mut len) })
+        .map_err(err("getsockopt SO_GET_FILTER"))?;
+    buf.truncate(len as usize * BPF_INSN);
+    Ok(Some(buf))
+}
+
+/// Attaches a classic BPF filter given as raw `struct sock_filter` bytes
+/// (SO_ATTACH_FILTER).
+pub fn attach_filter(fd: BorrowedFd, insns: &[u8]) -> Result<()> {
+    if insns.is_empty() || !insns.len().is_multiple_of(BPF_INSN) || insns.len() / BPF_INSN > u16::MAX as usize {
+        return Err(Error::sys("setsockopt SO_ATTACH_FILTER", 0, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    // The kernel copies the program during the call; it only reads it.
+    let prog = libc::sock_fprog { len: (insns.len() / BPF_INSN) as u16, filter: insns.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: prog points at `len` instructions in `insns`, alive for the
+    // call; the option's value is the sock_fprog itself.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    })
+    .map_err(err("setsockopt SO_ATTACH_FILTER"))?;
+    Ok(())
+}
+
+/// The events `poll` reports on a socket at once (POLLIN, POLLOUT,
+/// POLLRDHUP, POLLHUP, ...), without waiting.
+pub fn poll_now(fd: BorrowedFd) -> Result<i16> {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one pollfd, a zero timeout.
+    cvt(unsafe { libc::poll(&mut p, 1, 0) }).map_err(err("poll"))?;
+    Ok(p.revents)
+}
+
 /// The socket's network namespace (SIOCGSKNS), as a descriptor.
 pub fn socket_netns(fd: BorrowedFd) -> Result<OwnedFd> {
     // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor.
@@ -281,13 +343,17 @@ pub struct UnixDiag {
     pub wqueue: u32,
     /// sk_shutdown bits (1: receive, 2: send).
     pub shutdown: u8,
+    /// The inode of the socket file a path name was bound to, with its
+    /// device in the kernel's own encoding (major << 20 | minor), as bind
+    /// made it: None for unnamed and abstract sockets.
+    pub vfs: Option<(u32, u32)>,
 }
 
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const UDIAG_SHOW: u32 = 0x1 | 0x4 | 0x8 | 0x10; // NAME, PEER, ICONS, RQLEN
+const UDIAG_SHOW: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10; // NAME, VFS, PEER, ICONS, RQLEN
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
     b.get(off..off + 4).map(|x| u32::from_ne_bytes(x.try_into().unwrap_or_default())).unwrap_or(0)
@@ -326,6 +392,7 @@ fn parse_unix_diag(m: &[u8]) -> Option<UnixDiag> {
         let val = &m[off + 4..off + len];
         match ty {
             0 => d.name = Some(val.to_vec()),
+            1 if val.len() >= 8 => d.vfs = Some((u32_at(val, 0), u32_at(val, 4))),
             2 => d.peer = u32_at(val, 0),
             3 => d.icons = val.chunks_exact(4).map(|c| u32_at(c, 0)).collect(),
             4 => {
@@ -385,6 +452,72 @@ pub fn unix_diag(ino: u32) -> Result<Option<UnixDiag>> {
         off += (len + 3) & !3;
     }
     Ok(None)
+}
+
+const INET_DIAG_SHUTDOWN: u16 = 8;
+
+/// The shutdown bits (1: receive, 2: send) of the inet socket with inode
+/// `ino`, family `family` and protocol `proto` in the network namespace
+/// of the calling thread, as sock_diag shows them; None when sock_diag
+/// does not list it (a socket never bound, which no table holds).
+pub fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<Option<u8>> {
+    use std::os::fd::AsFd;
+    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
+    // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states,
+    // and a zero inet_diag_sockid (48 bytes): a dump of every socket.
+    let mut req = Vec::with_capacity(72);
+    req.extend_from_slice(&72u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.extend_from_slice(&[family as u8, proto as u8, 0, 0]);
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req.extend_from_slice(&[0u8; 48]);
+    let mut kernel = [0u8; 12];
+    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+    send(nl.as_fd(), &req, &kernel, 0)?;
+    let mut buf = vec![0u8; 32768];
+    let mut found = None;
+    loop {
+        let got = recv(nl.as_fd(), &mut buf, 0)?;
+        let b = &buf[..got.len];
+        let mut off = 0;
+        while off + 16 <= b.len() {
+            let len = u32_at(b, off) as usize;
+            let ty = u16_at(b, off + 4);
+            if len < 16 || off + len > b.len() {
+                break;
+            }
+            match ty {
+                NLMSG_DONE => return Ok(found),
+                NLMSG_ERROR => {
+                    let e = -(u32_at(b, off + 16) as i32);
+                    return Err(Error::sys("sock_diag inet", 0, io::Error::from_raw_os_error(e)));
+                }
+                SOCK_DIAG_BY_FAMILY => {
+                    // inet_diag_msg: 4 bytes, the sockid (48), expires,
+                    // rqueue, wqueue, uid, inode: 72 bytes, then attributes.
+                    let m = &b[off + 16..off + len];
+                    if m.len() >= 72 && u32_at(m, 68) as u64 == ino {
+                        let mut a = 72;
+                        while a + 4 <= m.len() {
+                            let alen = u16_at(m, a) as usize;
+                            if alen < 4 || a + alen > m.len() {
+                                break;
+                            }
+                            if u16_at(m, a + 2) == INET_DIAG_SHUTDOWN && alen > 4 {
+                                found = Some(m[a + 4]);
+                            }
+                            a += (alen + 3) & !3;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+    }
 }
 
 const RTM_NEWLINK: u16 = 16;

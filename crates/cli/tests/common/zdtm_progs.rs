@@ -119,6 +119,16 @@ pub static PROGS: &[Prog] = &[
     prog("pty_session", Launch::C, true, 2),
     prog("pty_pending", Launch::C, true, 2),
     Prog { rounds: true, ..prog("new_work", Launch::C, true, 5) },
+    Prog { needs: &[Need::Root], ..prog("ghost_attrs", Launch::C, true, 6) },
+    prog("ghost_fork", Launch::C, true, 3),
+    prog("ghost_links", Launch::C, true, 3),
+    Prog { needs: &[Need::Root], ..prog("fown", Launch::C, true, 5) },
+    prog("fd_table", Launch::C, true, 2),
+    prog("pipe_reopen", Launch::C, true, 4),
+    prog("pipe_full", Launch::C, true, 3),
+    prog("sock_unlinked", Launch::C, true, 3),
+    prog("sock_filter", Launch::C, true, 3),
+    prog("sock_shutdown", Launch::C, true, 3),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

@@ -65,6 +65,9 @@ const COMMON_OPTS: &[(i32, i32)] = &[
     (libc::SOL_SOCKET, libc::SO_OOBINLINE),
     (libc::SOL_SOCKET, libc::SO_PRIORITY),
     (libc::SOL_SOCKET, libc::SO_MARK),
+    // Receive and send timeouts (struct timeval).
+    (libc::SOL_SOCKET, libc::SO_RCVTIMEO),
+    (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
     // The interface name, or empty (which unbinds, harmlessly).
     (libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
 ];
@@ -321,6 +324,7 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         local: Some(local.clone()),
         ..Default::default()
     };
+    (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
     let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
     let mut info = [0u8; 104];
     if tcp {
@@ -385,6 +389,7 @@ impl Kind for Inet {
             list.extend_from_slice(if domain == libc::AF_INET { V4_UDP_OPTS } else { V6_UDP_OPTS });
         }
         img.opts = sockets::read_opts(fd, &list);
+        img.shutdown = shutdown_bits(seen, fd, domain, proto, info[0])?;
         if img.state == SocketState::Connected as i32 && tcp {
             // Repair mode only here, with the tree stopped.
             img.tcp = Some(dump_tcp(seen, fd, &info)?);
@@ -485,7 +490,61 @@ fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
     if let Some(p) = s.peer.as_ref().filter(|_| s.state == SocketState::Connected as i32) {
         net::connect(fd, &sockaddr(family, p)).map_err(restore_err(f, s, format!("connect to {}", show(p))))?;
     }
+    restore_shutdown(f, s, fd)?;
+    sockets::apply_filter(f, fd, s)?;
     Ok(sock)
+}
+
+/// The shutdown bits of a socket (1: receive, 2: send), in whatever state
+/// it is: a UDP socket keeps them whether connected or not (shutdown(2)
+/// answers ENOTCONN but sets them), a TCP connection shut for reading only
+/// stays established. poll shows the receive side (POLLRDHUP; POLLHUP for
+/// both); the send side shows only in sock_diag, which lists the sockets
+/// that are bound: of a UDP socket never bound, a send-only shutdown is
+/// not seen. `tcp_state` is TCP_INFO's (for TCP).
+fn shutdown_bits(seen: &Seen, s: BorrowedFd, domain: i32, proto: i32, tcp_state: u8) -> Result<u32> {
+    let ev = net::poll_now(s).step(seen.pid, || format!("poll fd {}", seen.fd))?;
+    let polled = if ev & libc::POLLRDHUP != 0 { 1 } else { 0 };
+    if proto == libc::IPPROTO_TCP {
+        return Ok(match tcp_state {
+            // Shut for writing, a connection leaves the established state
+            // (refused as such).
+            TCP_ESTABLISHED => polled,
+            // Whatever the bits, listening goes on (a read shutdown would
+            // have closed it); a closed socket always polls POLLHUP.
+            TCP_LISTEN => 0,
+            _ => {
+                let ino = seen.st.ino();
+                sockets::in_task_netns(seen, || net::inet_shutdown(domain, proto, ino))?
+                    .step(seen.pid, || format!("sock_diag shutdown of fd {}", seen.fd))?
+                    .map_or(polled, u32::from)
+            }
+        });
+    }
+    let ino = seen.st.ino();
+    let diag = sockets::in_task_netns(seen, || net::inet_shutdown(domain, proto, ino))?
+        .step(seen.pid, || format!("sock_diag shutdown of fd {}", seen.fd))?;
+    Ok(match diag {
+        Some(bits) => bits as u32,
+        // Not bound: datagram_poll says POLLHUP only when both are shut.
+        None if ev & libc::POLLHUP != 0 => 3,
+        None => polled,
+    })
+}
+
+/// Shuts a restored socket down as it was (`SocketImage::shutdown`); an
+/// unconnected socket answers ENOTCONN, having set the bits all the same.
+fn restore_shutdown(f: &FileImage, s: &SocketImage, fd: BorrowedFd) -> Result<()> {
+    let how = match s.shutdown & 3 {
+        0 => return Ok(()),
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    match net::shutdown(fd, how) {
+        Err(e) if e.errno() != Some(libc::ENOTCONN) => Err(restore_err(f, s, format!("shutdown {how}"))(e)),
+        _ => Ok(()),
+    }
 }
 
 fn send_all(f: &FileImage, s: &SocketImage, fd: BorrowedFd, data: &[u8], what: &str) -> Result<()> {
@@ -558,6 +617,8 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage,
         w.extend_from_slice(&v.to_ne_bytes());
     }
     net::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &w).map_err(e("TCP_REPAIR_WINDOW"))?;
+    // The queues are in: what arrives from now on meets the filter.
+    sockets::apply_filter(f, fd, s)?;
     // Repair mode is left in `install`, once every socket of the tree
     // exists: a window probe or data sent now could reach a peer end not
     // yet created, and the reset it draws would kill the connection.
@@ -578,7 +639,9 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
     let later: Vec<SockOpt> = s.opts.iter().filter(|o| !(o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY)).cloned().collect();
     sockets::apply_opts(f, sfd, &later)?;
     let sent = if resend { 0 } else { t.send_queue.len().saturating_sub(t.unsent as usize) };
-    send_all(f, s, sfd, &t.send_queue[sent..], "send")
+    send_all(f, s, sfd, &t.send_queue[sent..], "send")?;
+    // Shut for reading only (for writing it would not be established).
+    restore_shutdown(f, s, sfd)
 }
 
 /// Leaves repair mode on a connection deferred at install, sending its

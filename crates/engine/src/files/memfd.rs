@@ -12,7 +12,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use lpm_image::{Fd, FileImage, MemfdChunk, MemfdImage, Process, VmaKind};
+use lpm_image::{Fd, FileImage, MemfdImage, Process, VmaKind};
 use lpm_sys::misc;
 use lpm_sys::remote::Remote;
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -57,40 +57,6 @@ fn check_mappings(seen: &Seen, seals: u32, tree: &[i32]) -> Result<()> {
     Ok(())
 }
 
-/// The extents `[start, end)` of the memfd that hold data (SEEK_DATA and
-/// SEEK_HOLE: nothing is read), refused above what the image keeps.
-fn extents(seen: &Seen, file: &std::fs::File, size: u64) -> Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsFd;
-    let mut out = Vec::new();
-    let mut total = 0u64;
-    let mut off = 0u64;
-    while off < size {
-        let Some((data, hole)) = misc::next_data(file.as_fd(), off) else { break };
-        let end = hole.min(size);
-        if data >= end {
-            break;
-        }
-        total += end - data;
-        if total > MAX_CONTENT {
-            return Err(seen.unsupported(format!("memfd with more than {MAX_CONTENT} bytes of data")));
-        }
-        out.push((data, end));
-        off = end;
-    }
-    Ok(out)
-}
-
-/// The parts of the memfd that hold data.
-fn content(seen: &Seen, file: &std::fs::File, extents: &[(u64, u64)]) -> Result<Vec<MemfdChunk>> {
-    let mut chunks = Vec::new();
-    for &(data, end) in extents {
-        let mut buf = vec![0u8; (end - data) as usize];
-        file.read_exact_at(&mut buf, data).map_err(io_err(format!("read memfd fd {} of pid {} at {data}", seen.fd, seen.pid)))?;
-        chunks.push(MemfdChunk { offset: data, data: buf });
-    }
-    Ok(chunks)
-}
-
 /// What the image keeps of a memfd but its content: the name, the file
 /// reopened, its seals and the extents holding data; or why it cannot
 /// be kept.
@@ -118,7 +84,8 @@ fn observe<'a>(seen: &Seen<'a>, table: &FileTable) -> Result<Observed<'a>> {
     }
     let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err(format!("F_GET_SEALS on {path}"))(e.into()))?.bits();
     check_mappings(seen, seals, &table.tree)?;
-    let extents = extents(seen, &file, seen.st.len())?;
+    let extents = super::data_extents(&file, seen.st.len(), MAX_CONTENT)
+        .map_err(|_| seen.unsupported(format!("memfd with more than {MAX_CONTENT} bytes of data")))?;
     Ok(Observed { name, file, seals, extents })
 }
 
@@ -129,7 +96,7 @@ impl Kind for Memfd {
 
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
         let o = observe(seen, table)?;
-        let chunks = content(seen, &o.file, &o.extents)?;
+        let chunks = super::read_extents(&o.file, &o.extents, &format!("memfd fd {} of pid {}", seen.fd, seen.pid))?;
         f.memfd = Some(MemfdImage { name: o.name.to_string(), seals: o.seals, size: seen.st.len(), ino: seen.st.ino(), chunks });
         Ok(())
     }

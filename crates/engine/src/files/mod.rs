@@ -13,6 +13,7 @@
 
 mod epoll;
 mod eventfd;
+mod fown;
 mod inet;
 mod inotify;
 mod memfd;
@@ -32,7 +33,7 @@ use std::fs::Metadata;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use lpm_image::{Fd, FileImage, FileKind, PipeImage, Process, TreeImage};
+use lpm_image::{Fd, FileImage, FileKind, GhostImage, MemfdChunk, PipeImage, Process, TreeImage};
 use lpm_sys::misc;
 use lpm_sys::remote::Remote;
 
@@ -80,6 +81,9 @@ pub struct OpenCx<'a> {
     pub net: &'a HashMap<u64, OwnedFd>,
     /// Pty masters opened so far, by their index at dump.
     pub ptys: HashMap<u32, OwnedFd>,
+    /// Descriptions of unlinked files opened ahead of their turn (every
+    /// description of a ghost is opened when its first one is), by file id.
+    pub ghosts: HashMap<u32, OwnedFd>,
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
@@ -208,6 +212,10 @@ pub struct FileTable {
     /// The caller locked the network: established TCP connections to
     /// peers outside the tree may be dumped.
     pub tcp_established: bool,
+    /// Unlinked files, one per inode.
+    pub ghosts: Vec<GhostImage>,
+    /// The ghost of each unlinked inode `(dev, ino)` seen so far.
+    pub ghost_ids: HashMap<(u64, u64), u64>,
 }
 
 impl FileTable {
@@ -234,7 +242,17 @@ fn handler(seen: &Seen, f: &mut FileImage) -> Result<&'static dyn Kind> {
 
 /// Dumps the file descriptors of stopped process `pid`.
 pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
-    walk(pid, table, false, |seen, f, table| handler(seen, f)?.dump(seen, f, table))
+    walk(pid, table, false, |seen, f, table| {
+        handler(seen, f)?.dump(seen, f, table)?;
+        fown::dump(seen, f, table)
+    })
+}
+
+/// Sets the owner for SIGIO and its signal on every restored description
+/// that had one, once every task exists (see `fown`); `host` gives the
+/// restored host id of an image thread, process or group leader.
+pub fn restore_owners(tree: &TreeImage, host: impl Fn(lpm_image::OwnerKind, u32) -> Option<i32>) -> Result<()> {
+    fown::restore(tree, host)
 }
 
 /// Applies the dump's rules to the file descriptors of process `pid`,
@@ -242,14 +260,16 @@ pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
 /// once, as the dump sees them. Every refusal goes to `refusals`; a
 /// descriptor closed meanwhile is passed over. Returns the descriptors.
 pub fn check(pid: i32, table: &mut FileTable, refusals: &mut Vec<EngineError>) -> Result<Vec<Fd>> {
-    walk(pid, table, true, |seen, f, table| match handler(seen, f).and_then(|k| k.check(seen, f, table)) {
-        Err(e @ (EngineError::Unsupported { .. } | EngineError::Transient { .. })) => {
-            refusals.push(e);
-            Ok(())
+    walk(pid, table, true, |seen, f, table| {
+        match handler(seen, f).and_then(|k| k.check(seen, f, table)).and_then(|_| fown::check(seen, table)) {
+            Err(e @ (EngineError::Unsupported { .. } | EngineError::Transient { .. })) => {
+                refusals.push(e);
+                Ok(())
+            }
+            // Closed, or its number reused, while it was looked at.
+            Err(_) if proc::link(pid, &format!("fd/{}", seen.fd)).ok().as_deref() != Some(seen.link) => Ok(()),
+            other => other,
         }
-        // Closed, or its number reused, while it was looked at.
-        Err(_) if proc::link(pid, &format!("fd/{}", seen.fd)).ok().as_deref() != Some(seen.link) => Ok(()),
-        other => other,
     })
 }
 
@@ -348,8 +368,16 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
     let net = crate::ns::create_net(tree)?;
-    let mut cx =
-        OpenCx { tree, holders: Vec::new(), pipes: HashMap::new(), sockets: HashMap::new(), net: &net, ptys: HashMap::new(), defer_tcp };
+    let mut cx = OpenCx {
+        tree,
+        holders: Vec::new(),
+        pipes: HashMap::new(),
+        sockets: HashMap::new(),
+        net: &net,
+        ptys: HashMap::new(),
+        ghosts: HashMap::new(),
+        defer_tcp,
+    };
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)
@@ -389,6 +417,8 @@ pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result
 }
 
 /// Lets every kind finish inside the puppet now that its fds are in place.
+/// A process that shares its parent's table (`Process::shares_parent_files`)
+/// finishes only what belongs to the process, not to the table.
 pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeImage, deferred: Option<&mut Vec<Deferred>>) -> Result<()> {
     let mut deferred = deferred;
     let files: HashMap<u32, &FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
@@ -400,6 +430,12 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
             .ok()
             .and_then(kind)
             .ok_or_else(|| EngineError::Incompatible(format!("file {} has an unknown kind {}", f.id, f.kind)))?;
+        if p.shares_parent_files && FileKind::try_from(f.kind).is_ok_and(per_table) {
+            continue;
+        }
+        if f.flags as i32 & libc::O_ASYNC != 0 && fown::first_holder(tree, f.id) == Some((p.pid, fd.fd)) {
+            fown::arm_async(pid, r, fd, f)?;
+        }
         if let (Some(list), Some(_)) = (deferred.as_deref_mut(), f.socket.as_ref().and_then(|s| s.tcp.as_ref())) {
             // Once per connection, from the first puppet holding it.
             if !list.iter().any(|d| d.file.id == f.id) {
@@ -415,11 +451,100 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
 /// Opens `path` with the flags of an image (never creating or truncating).
 pub(crate) fn open_path(path: &str, flags: u32) -> Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
+    // open(2) stores O_ASYNC without arming signal-driven I/O (the file's
+    // fasync is not called), and F_SETFL arms it only when the flag
+    // changes: it is set by F_SETFL below, never by open.
     let f = std::fs::OpenOptions::new()
-        .custom_flags((flags as i32 & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL)) | libc::O_CLOEXEC)
+        .custom_flags((flags as i32 & !(libc::O_ACCMODE | libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_ASYNC)) | libc::O_CLOEXEC)
         .write(flags as i32 & libc::O_ACCMODE != libc::O_RDONLY)
         .read(flags as i32 & libc::O_ACCMODE != libc::O_WRONLY)
         .open(path)
         .map_err(io_err(format!("open {path}")))?;
+    if flags as i32 & libc::O_ASYNC != 0 {
+        misc::set_fl(f.as_raw_fd(), flags as i32).step(0, || format!("set O_ASYNC on {path}"))?;
+    }
     Ok(f.into())
+}
+
+/// The extents `[start, end)` of the first `size` bytes of `file` that
+/// hold data (SEEK_DATA, then SEEK_HOLE: nothing is read); `Err` with the
+/// bytes counted so far once they pass `max`.
+pub(crate) fn data_extents(file: &std::fs::File, size: u64, max: u64) -> std::result::Result<Vec<(u64, u64)>, u64> {
+    use std::os::fd::AsFd;
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut off = 0u64;
+    while off < size {
+        let Some((data, hole)) = misc::next_data(file.as_fd(), off) else { break };
+        let end = hole.min(size);
+        if data >= end {
+            break;
+        }
+        total += end - data;
+        if total > max {
+            return Err(total);
+        }
+        out.push((data, end));
+        off = end;
+    }
+    Ok(out)
+}
+
+/// Reads the `extents` of `file` (see [`data_extents`]); `what` names the
+/// file in errors.
+pub(crate) fn read_extents(file: &std::fs::File, extents: &[(u64, u64)], what: &str) -> Result<Vec<MemfdChunk>> {
+    use std::os::unix::fs::FileExt;
+    let mut chunks = Vec::with_capacity(extents.len());
+    for &(data, end) in extents {
+        let mut buf = vec![0u8; (end - data) as usize];
+        file.read_exact_at(&mut buf, data).map_err(io_err(format!("read {what} at {data}")))?;
+        chunks.push(MemfdChunk { offset: data, data: buf });
+    }
+    Ok(chunks)
+}
+
+/// Whether process `pid` shares its parent's file descriptor table (it
+/// was cloned with CLONE_FILES), which the restore rebuilds by cloning it
+/// from its parent so; `parent` is its parent when that is in the tree,
+/// `earlier` the processes of the tree before it (parents first),
+/// `threads` its threads. Refused by name: a table shared with a process
+/// of the tree other than its parent's table (a sibling cloned with
+/// CLONE_PARENT|CLONE_FILES, say), which no clone from the parent makes,
+/// and a thread with a table of its own (cloned without CLONE_FILES),
+/// which /proc/PID/fd does not even show. The same rule for the dump and
+/// the inspection.
+pub fn fd_table(pid: i32, parent: Option<i32>, earlier: &[i32], threads: &[i32]) -> Result<bool> {
+    let unsupported = |what: String| EngineError::Unsupported { pid, kind: "file descriptor table", what };
+    let step = |other: i32| move || format!("kcmp KCMP_FILES with {other}");
+    for &tid in threads.iter().filter(|&&t| t != pid) {
+        // A thread that ended meanwhile shares nothing any more.
+        if !misc::same_fd_table(pid, tid).unwrap_or(true) {
+            return Err(unsupported(format!("thread {tid} has a file descriptor table of its own (cloned without CLONE_FILES)")));
+        }
+    }
+    if let Some(ppid) = parent {
+        if misc::same_fd_table(pid, ppid).step(pid, step(ppid))? {
+            return Ok(true);
+        }
+    }
+    for &other in earlier.iter().filter(|&&o| Some(o) != parent) {
+        // A zombie has no table (kcmp compares two zombies equal).
+        if proc::Stat::read(other).map_or(true, |s| s.state() == 'Z') {
+            continue;
+        }
+        if misc::same_fd_table(pid, other).unwrap_or(false) {
+            return Err(unsupported(format!(
+                "shared with process {other}, which is not its parent (only a table shared with the parent is rebuilt, by cloning with CLONE_FILES)"
+            )));
+        }
+    }
+    Ok(false)
+}
+
+/// Whether what `install` does for a file of this kind acts on the
+/// descriptor table (opens descriptors, registers them in an epoll) rather
+/// than on the process (its memory, its session): a process sharing its
+/// parent's table leaves that to the parent, which installed the table.
+fn per_table(kind: FileKind) -> bool {
+    matches!(kind, FileKind::Epoll | FileKind::Mqueue | FileKind::Pidfd)
 }

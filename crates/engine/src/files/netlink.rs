@@ -57,6 +57,7 @@ fn read(seen: &Seen) -> Result<SocketImage> {
             return Err(seen.transient(format!("netlink socket (protocol {proto}) with unread messages (the first of type {ty})")));
         }
     }
+    let (filter, filter_locked) = sockets::filter(seen, fd)?;
     let mut groups = Vec::new();
     let mut bits = [0u8; 128];
     if let Ok(n) = net::getsockopt(fd, libc::SOL_NETLINK, net::NETLINK_LIST_MEMBERSHIPS, &mut bits) {
@@ -78,6 +79,8 @@ fn read(seen: &Seen) -> Result<SocketImage> {
         nl_portid: u32_at(&name, 4),
         nl_groups: groups,
         opts: sockets::buffer_opts(fd, libc::AF_NETLINK, ty, proto),
+        filter,
+        filter_locked,
         ..Default::default()
     })
 }
@@ -107,6 +110,7 @@ impl Kind for Netlink {
             net::setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, g as i32).map_err(err(format!("join group {g}")))?;
         }
         sockets::apply_opts(f, fd, &s.opts)?;
+        sockets::apply_filter(f, fd, s)?;
         sockets::set_flags(f, &sock)?;
         Ok(sock)
     }

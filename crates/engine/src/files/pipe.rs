@@ -4,6 +4,14 @@
 //! not consumed; restore creates the pipe (or opens the FIFO, holding it
 //! read-write so no open blocks) in the restorer and writes the data back.
 //!
+//! Each open file description of a pipe keeps its own status flags
+//! (O_NONBLOCK, ...), so each is restored as a description of its own:
+//! the two that pipe(2) made are the only ones without O_LARGEFILE (every
+//! open(2) of a 64-bit process sets it, as a reopen through /proc/PID/fd
+//! does); they are the ends of the new pipe, and any other description,
+//! read-only, write-only or read-write, is opened again through
+//! /proc/self/fd of an end.
+//!
 //! A dump that leaves the tree frozen for a migration then empties its
 //! FIFOs, since the target refills the same FIFO on shared storage, and
 //! a rollback puts the bytes back (`crate::handoff`). Anonymous pipes are
@@ -19,12 +27,14 @@ use lpm_sys::remote::Remote;
 
 use super::{open_path, FileTable, Kind, OpenCx, Seen};
 use crate::task::Scratch;
-use crate::{io_err, Result, StepExt};
+use crate::{io_err, EngineError, Result, StepExt};
 
 /// Pipes and FIFOs.
 pub struct Pipe;
 
-fn read_pipe(pid: i32, fd: i32) -> Result<PipeImage> {
+/// Reads the buffer of the pipe or FIFO of `seen` without consuming it.
+fn read_pipe(seen: &Seen) -> Result<PipeImage> {
+    let (pid, fd) = (seen.pid, seen.fd);
     let path = format!("/proc/{pid}/fd/{fd}");
     let reader = std::fs::OpenOptions::new()
         .read(true)
@@ -36,10 +46,26 @@ fn read_pipe(pid: i32, fd: i32) -> Result<PipeImage> {
     misc::set_pipe_size(wr.as_raw_fd(), capacity.max(1 << 20)).step(pid, || "grow scratch pipe".into())?;
     let n = misc::tee(reader.as_raw_fd(), wr.as_raw_fd(), usize::MAX >> 1).step(pid, || format!("tee pipe of fd {fd}"))?;
     drop(wr);
-    let mut data = Vec::with_capacity(n);
-    rd.read_to_end(&mut data).map_err(io_err("read scratch pipe"))?;
+    // One read takes every byte a pipe holds, unless a buffer written in
+    // packet mode (O_DIRECT) ends it: each such write is a message of its
+    // own, a boundary that plain bytes written back would lose.
+    let mut data = vec![0u8; n];
+    let got = if n == 0 { 0 } else { rd.read(&mut data).map_err(io_err("read scratch pipe"))? };
+    if got < n {
+        return Err(seen.unsupported(format!("pipe holding data written in packet mode (O_DIRECT): {got} of {n} bytes end a message")));
+    }
     let st = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?;
     Ok(PipeImage { id: st.ino(), data, capacity })
+}
+
+/// Whether a pipe's description is one of the two pipe(2) made (see the
+/// module's doc).
+fn made_by_pipe(f: &FileImage) -> bool {
+    // The kernel's O_LARGEFILE: libc's is 0 on x86_64, where open(2) adds
+    // the kernel's by itself.
+    const O_LARGEFILE: u32 = 0o100000;
+    let access = f.flags as i32 & libc::O_ACCMODE;
+    f.flags & O_LARGEFILE == 0 && (access == libc::O_RDONLY || access == libc::O_WRONLY)
 }
 
 fn fill_pipe(w: &OwnedFd, p: &PipeImage) -> Result<()> {
@@ -59,7 +85,7 @@ impl Kind for Pipe {
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
         f.pipe_id = seen.st.ino();
         if let std::collections::hash_map::Entry::Vacant(e) = table.pipes.entry(f.pipe_id) {
-            e.insert(read_pipe(seen.pid, seen.fd)?);
+            e.insert(read_pipe(seen)?);
         }
         Ok(())
     }
@@ -89,8 +115,25 @@ impl Kind for Pipe {
             return Ok(fd);
         }
         let (r, w) = &cx.pipes[&f.pipe_id];
-        let end = if f.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY { r } else { w };
-        let fd = end.try_clone().map_err(io_err("dup pipe end"))?;
+        let access = f.flags as i32 & libc::O_ACCMODE;
+        let end = if access == libc::O_RDONLY { r } else { w };
+        let fd = if made_by_pipe(f) {
+            if cx
+                .tree
+                .files
+                .iter()
+                .filter(|o| o.pipe_id == f.pipe_id && o.kind == f.kind && made_by_pipe(o) && o.flags as i32 & libc::O_ACCMODE == access)
+                .count()
+                > 1
+            {
+                return Err(EngineError::Incompatible(format!("pipe {} has two descriptions of one end made by pipe(2)", f.pipe_id)));
+            }
+            end.try_clone().map_err(io_err("dup pipe end"))?
+        } else {
+            // Non-blocking: the restorer holds both ends, but an open of
+            // a pipe must never wait for a peer.
+            open_path(&format!("/proc/self/fd/{}", end.as_raw_fd()), f.flags | libc::O_NONBLOCK as u32)?
+        };
         misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of pipe {}", f.pipe_id))?;
         Ok(fd)
     }

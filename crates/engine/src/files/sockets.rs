@@ -1,8 +1,14 @@
 //! What the socket kinds (unix.rs, inet.rs, netlink.rs) share: which kind
 //! a socket descriptor is, taking the task's socket (pidfd_getfd), the
 //! network namespace it lives in, whether a peer is held inside the tree,
-//! creating a socket inside a restored namespace, and options kept as raw
-//! getsockopt values.
+//! creating a socket inside a restored namespace, options kept as raw
+//! getsockopt values, and socket filters.
+//!
+//! A classic BPF filter (SO_ATTACH_FILTER) is read back with SO_GET_FILTER
+//! and attached again, locked again if it was (SO_LOCK_FILTER), once the
+//! restored socket's queues are refilled: a filter runs on what arrives,
+//! the restore's own refill included. An eBPF program (SO_ATTACH_BPF) has
+//! no classic form to read back and is refused by name.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -70,6 +76,34 @@ pub fn holder(table: &FileTable, ino: u64) -> Option<i32> {
             .map(|d| d.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str())))
             .unwrap_or(false)
     })
+}
+
+/// The classic BPF filter of a socket taken from `seen`, as raw
+/// instructions (empty: none), and whether it is locked; an eBPF program
+/// is refused.
+pub fn filter(seen: &Seen, s: BorrowedFd) -> Result<(Vec<u8>, bool)> {
+    let insns = match net::get_filter(s) {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) if e.errno() == Some(libc::EACCES) => {
+            return Err(seen.unsupported("socket with an eBPF filter (SO_ATTACH_BPF): it has no classic form to read back"));
+        }
+        Err(e) => return Err(e).step(seen.pid, || format!("SO_GET_FILTER of fd {}", seen.fd)),
+    };
+    let locked = opt_int(seen, s, libc::SOL_SOCKET, net::SO_LOCK_FILTER, "SO_LOCK_FILTER")? != 0;
+    Ok((insns, locked))
+}
+
+/// Attaches the filter of a socket image again (and locks it): call once
+/// the socket's queues are refilled.
+pub fn apply_filter(f: &FileImage, s: BorrowedFd, img: &SocketImage) -> Result<()> {
+    if !img.filter.is_empty() {
+        net::attach_filter(s, &img.filter)
+            .step(0, || format!("file {}: SO_ATTACH_FILTER of {} instructions", f.id, img.filter.len() / 8))?;
+    }
+    if img.filter_locked {
+        net::setsockopt_int(s, libc::SOL_SOCKET, net::SO_LOCK_FILTER, 1).step(0, || format!("file {}: SO_LOCK_FILTER", f.id))?;
+    }
+    Ok(())
 }
 
 /// Reads the options of `list` that the socket supports.

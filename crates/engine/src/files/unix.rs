@@ -17,6 +17,14 @@
 //! one, or a temporary one at the accepted end's name) and the accepted end
 //! comes out of accept(); datagram sockets are bound, then connected by
 //! name. Queues are refilled from the peer end, then shutdowns applied.
+//!
+//! A socket bound to a path that was unlinked since (or now leads to
+//! another file: sock_diag's UNIX_DIAG_VFS names the inode bind made) is
+//! bound at that path again, for its name and for the connections made by
+//! name, and the path is unlinked once they are made: a socket file
+//! coming back would let other programs connect to it. A name taken
+//! meanwhile by another file fails the restore rather than take its
+//! place.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -115,6 +123,21 @@ fn peek_queue(seen: &Seen, s: BorrowedFd, ty: i32, shut_rd: bool) -> Result<Vec<
     res
 }
 
+/// Whether the path `name` a socket is bound to no longer leads to the
+/// socket file bind made (`vfs`: its inode and device, in the kernel's
+/// encoding), as the socket's process sees the path.
+fn path_unlinked(seen: &Seen, name: &[u8], vfs: Option<(u32, u32)>) -> bool {
+    let (Some(&b'/'), Some((ino, dev))) = (name.first(), vfs) else { return false };
+    let path = format!("/proc/{}/root{}", seen.pid, String::from_utf8_lossy(name));
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) => {
+            let (major, minor) = (libc::major(m.dev()), libc::minor(m.dev()));
+            m.ino() as u32 != ino || (major << 20 | minor) != dev
+        }
+        Err(_) => true,
+    }
+}
+
 fn scm_fds(seen: &Seen) -> Result<u64> {
     let info = crate::proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
     Ok(info.lines().find_map(|l| l.strip_prefix("scm_fds:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0))
@@ -150,8 +173,10 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         name: name.clone(),
         shutdown: d.shutdown as u32,
         state: SocketState::Unconnected as i32,
+        unlinked: path_unlinked(seen, &name, d.vfs),
         ..Default::default()
     };
+    (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
     if d.state == TCP_LISTEN {
         if !d.icons.is_empty() || d.rqueue > 0 {
             return Err(seen.transient(format!(
@@ -215,12 +240,17 @@ impl Kind for Unix {
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
         let Observed { s, ty, shut_rd, mut img } = observe(seen, table)?;
         let fd = s.as_fd();
-        if img.state != SocketState::Listening as i32 {
+        // A stream or seqpacket socket never connected has no queue (and
+        // recvmsg answers EINVAL on it); a listener's is its accept queue.
+        if img.state == SocketState::Connected as i32 || (ty == libc::SOCK_DGRAM && img.state != SocketState::Listening as i32) {
             // Read only here, with the tree stopped: peeking moves the
             // socket's peek offset for a while.
             img.queue = peek_queue(seen, fd, ty, shut_rd)?;
         }
-        img.opts = sockets::read_opts(fd, &[(libc::SOL_SOCKET, libc::SO_PASSCRED)]);
+        img.opts = sockets::read_opts(
+            fd,
+            &[(libc::SOL_SOCKET, libc::SO_PASSCRED), (libc::SOL_SOCKET, libc::SO_RCVTIMEO), (libc::SOL_SOCKET, libc::SO_SNDTIMEO)],
+        );
         let peek = sockets::opt_int(seen, fd, libc::SOL_SOCKET, net::SO_PEEK_OFF, "SO_PEEK_OFF")?;
         if peek >= 0 {
             img.opts.push(lpm_image::SockOpt { level: libc::SOL_SOCKET, name: net::SO_PEEK_OFF, value: peek.to_ne_bytes().to_vec() });
@@ -251,13 +281,29 @@ fn restore_err(s: &SocketImage, what: String) -> impl FnOnce(lpm_sys::Error) -> 
     move |source| EngineError::Step { pid: 0, step: what, source }
 }
 
+fn path_of(s: &SocketImage) -> &std::path::Path {
+    std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&s.name))
+}
+
 /// Makes a path name free for bind: a stale socket file left by the
-/// checkpointed tree is removed; anything else stays and bind fails.
+/// checkpointed tree is removed; anything else stays and bind fails. The
+/// path of a socket that was unlinked is not its file: whatever is there
+/// now stays, and the restore fails naming it.
 fn free_path(s: &SocketImage) -> Result<()> {
     if s.name.first().is_none_or(|&b| b == 0) {
         return Ok(());
     }
-    let path = std::path::Path::new(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&s.name));
+    let path = path_of(s);
+    if s.unlinked {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(EngineError::Incompatible(format!(
+                "unix socket {}: its path {} was unlinked, and now another file is there: binding it again would take that file's place",
+                s.ino,
+                path.display()
+            )));
+        }
+        return Ok(());
+    }
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
         std::fs::remove_file(path).map_err(crate::io_err(format!("remove the stale socket file {}", path.display())))?;
     }
@@ -287,6 +333,18 @@ fn build_all(cx: &mut OpenCx) -> Result<()> {
         .filter(|s| !cx.sockets.contains_key(&s.ino))
         .collect();
     let by_ino: HashMap<u64, &SocketImage> = all.iter().map(|s| (s.ino, *s)).collect();
+    // A listener and its accepted ends carry the same name; a socket that
+    // still holds the path is another one.
+    for s in all.iter().filter(|s| s.unlinked) {
+        if let Some(o) = all.iter().find(|o| !o.unlinked && o.name == s.name) {
+            return Err(EngineError::Incompatible(format!(
+                "unix sockets {} and {} are both bound to {}, which was unlinked in between: the restore cannot give the path to both",
+                s.ino,
+                o.ino,
+                path_of(s).display()
+            )));
+        }
+    }
     let mut made: HashMap<u64, OwnedFd> = HashMap::new();
     let listening = |s: &SocketImage| s.state == SocketState::Listening as i32;
     // Listeners first: accepted ends come out of them.
@@ -363,7 +421,20 @@ fn build_all(cx: &mut OpenCx) -> Result<()> {
     for f in cx.tree.files.iter().filter(|f| f.kind == FileKind::UnixSocket as i32) {
         if let Some(s) = f.socket.as_ref().filter(|s| made.contains_key(&s.ino)) {
             sockets::apply_opts(f, made[&s.ino].as_fd(), &s.opts)?;
+            // After the refill, which the filter would have acted on.
+            sockets::apply_filter(f, made[&s.ino].as_fd(), s)?;
         }
+    }
+    // Every connection by name is made and every queue refilled: the
+    // paths that were unlinked go again (once each: a listener and its
+    // accepted ends share one).
+    let mut gone = std::collections::HashSet::new();
+    for s in all.iter().filter(|s| s.unlinked && gone.insert(&s.name)) {
+        std::fs::remove_file(path_of(s)).map_err(crate::io_err(format!(
+            "unlink {} again (unix socket {})",
+            path_of(s).display(),
+            s.ino
+        )))?;
     }
     cx.sockets.extend(made);
     Ok(())
