@@ -27,7 +27,7 @@ pub const KINDS: &[Row] = &[
     ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
     ("pipes and FIFOs", Support::Yes, "with buffered data"),
     ("unix sockets", Support::Partly, "stream, dgram, seqpacket; pairs, names, listeners, connections and queues inside the tree; accept queues, SCM_RIGHTS in flight and peers outside the tree refused"),
-    ("TCP and UDP sockets", Support::Partly, "IPv4/IPv6 listening, bound, options; established TCP by TCP_REPAIR inside the tree (outside it with --tcp-established); accept queues and queued UDP refused"),
+    ("TCP and UDP sockets", Support::Partly, "IPv4/IPv6 listening, bound, options; TCP connections by TCP_REPAIR in every state a program holds (established, SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING), inside the tree or outside it with --tcp-established (lpm locks the network); accept queues, handshakes in a listener's queue, connections ended but not closed and queued UDP refused"),
     ("netlink sockets", Support::Partly, "protocol, port id, groups; unread data refused"),
     ("other socket families", Support::Refused, "raw, packet, ..."),
     ("eventfd", Support::Yes, "count and semaphore mode"),
