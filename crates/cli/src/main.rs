@@ -35,8 +35,10 @@ enum Cmd {
         /// Let the tree continue after the dump instead of killing it.
         #[arg(long)]
         leave_running: bool,
-        /// The network is locked by the caller: dump established TCP
-        /// connections to peers outside the tree instead of refusing them.
+        /// Dump TCP connections to peers outside the tree instead of
+        /// refusing them: lpm locks the network for them (nftables rules,
+        /// iptables where nft is missing) until `lpm restore` of the image
+        /// has rebuilt them, so their peers only retransmit meanwhile.
         #[arg(long)]
         tcp_established: bool,
     },

@@ -926,6 +926,7 @@ zdtm_tests!(
     file_locks,
     sock_unix,
     sock_tcp,
+    sock_tcp_closing,
     sock_netns,
     sock_netlink,
     eventfd,

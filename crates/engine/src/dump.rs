@@ -42,9 +42,10 @@ pub struct CheckpointOptions {
     /// Let the tree continue after the dump instead of killing it
     /// ([`After::Run`]; else [`After::Kill`]).
     pub leave_running: bool,
-    /// The caller has locked the network (no packet reaches or leaves the
-    /// tree): established TCP connections to peers outside the tree are
-    /// dumped instead of refused.
+    /// Dump TCP connections to peers outside the tree instead of refusing
+    /// them: lpm locks the network for them (packet filter rules that
+    /// drop their packets, [`crate::netlock`]) before their state is read,
+    /// and the restore lifts the lock once they exist again.
     pub tcp_established: bool,
 }
 
@@ -72,8 +73,16 @@ pub enum After {
 pub struct DumpOptions {
     /// What becomes of the tree afterwards.
     pub after: After,
-    /// As [`CheckpointOptions::tcp_established`].
+    /// Connections to peers outside the tree are dumped, not refused:
+    /// the network is locked, by the caller (a migration takes the
+    /// partition's veth off the bridge) or by lpm (`lock_connections`).
     pub tcp_established: bool,
+    /// lpm locks each connection to a peer outside the tree itself
+    /// ([`crate::netlock`]), before its state is read: with
+    /// [`After::Kill`] the rules stay until a restore of the image lifts
+    /// them (the image records them); on failure, or with [`After::Run`]
+    /// once the tree runs again, they are removed.
+    pub lock_connections: bool,
     /// Per process (host pid), page ranges `[start, end)` whose current
     /// content the receiver of a live migration already holds, in its
     /// precopy file for that process (`precopy-PID.pages`, the page of
@@ -105,6 +114,7 @@ impl From<&CheckpointOptions> for DumpOptions {
         DumpOptions {
             after: if o.leave_running { After::Run } else { After::Kill },
             tcp_established: o.tcp_established,
+            lock_connections: o.tcp_established,
             ..Default::default()
         }
     }
@@ -167,6 +177,7 @@ impl StoppedTree {
         let mut files = FileTable::default();
         files.tree = self.order.clone();
         files.tcp_established = opts.tcp_established;
+        files.lock = opts.lock_connections.then(crate::netlock::NetLock::new);
         let mut shm = ShmemTable::default();
         for &pid in &self.order {
             let held = precopied.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
@@ -175,6 +186,12 @@ impl StoppedTree {
             tree.processes.push(p);
         }
         files::reconcile_connections(&mut files)?;
+        // Removed when dropped (on any error from here, or once a tree
+        // that goes on runs again), kept with a killed tree's image.
+        let lock = files.lock.take();
+        if opts.after == After::Kill {
+            tree.net_lock = lock.as_ref().and_then(|l| l.image());
+        }
         let first = self.frozen.threads.first().map(|s| s.tid).unwrap_or(root);
         tree.cpu = Some(cpu::host(&ptrace::get_xstate(first).step(first, || "read xstate".into())?));
         tree.root_pid = root as u32;
@@ -210,7 +227,12 @@ impl StoppedTree {
         match opts.after {
             After::Run => self.frozen.release(),
             After::Frozen => self.hand_to_freezer(&mut handoff)?,
-            After::Kill => self.kill(),
+            After::Kill => {
+                self.kill();
+                if let Some(l) = lock {
+                    l.keep();
+                }
+            }
         }
         stats.frozen = self.stopped_at.elapsed();
         stats.total = self.started.elapsed();

@@ -33,6 +33,7 @@ mod ipc;
 mod lazy;
 mod locks;
 mod mem;
+mod netlock;
 mod ns;
 pub mod proc;
 mod restore;

@@ -301,6 +301,8 @@ pub struct Held {
     puppets: Puppets,
     detach: Vec<i32>,
     deferred: Vec<files::Deferred>,
+    /// The checkpoint's network lock, lifted at the release.
+    net_lock: Option<lpm_image::NetLockImage>,
     lazy: Option<crate::LazyFill>,
     _open: OpenFiles,
     _shmem: ShmemObjects,
@@ -336,9 +338,16 @@ impl Held {
     /// Detaches every thread at once: the tree runs. On error every task
     /// is killed.
     pub fn release(self) -> Result<Restored> {
-        let Held { root_pid, processes, threads, mut puppets, detach, deferred, lazy, _open, _shmem, started, verified, .. } = self;
+        let Held { root_pid, processes, threads, mut puppets, detach, deferred, net_lock, lazy, _open, _shmem, started, verified, .. } =
+            self;
         if lazy.is_some() {
             return Err(EngineError::Incompatible("the lazy fill was not taken before the release: the tree would wait forever".into()));
+        }
+        // Every connection exists again: the checkpoint's lock goes, and
+        // each connection to a peer outside the tree then sends what the
+        // peer has not acknowledged at once as it leaves repair mode.
+        if let Some(l) = &net_lock {
+            crate::netlock::unlock(l)?;
         }
         files::finish_deferred(&deferred)?;
         for tid in detach {
@@ -476,7 +485,10 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     lpm_sys::misc::set_child_subreaper().step(0, || "become child subreaper".into())?;
     let stage = |name: &str| tracing::debug!(stage = name, elapsed_ms = t0.elapsed().as_secs_f64() * 1e3, "restore stage done");
     stage("check");
-    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), opts.defer_tcp)?;
+    // Connections an image's network lock holds stay in repair mode until
+    // the release lifts it.
+    let defer_tcp = opts.defer_tcp || tree.net_lock.is_some();
+    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp)?;
     stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
@@ -497,7 +509,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
     let mut deferred = Vec::new();
     for p in &tree.processes {
-        shape(&ctx, &mut puppets, p, &open, &shmem, opts.defer_tcp.then_some(&mut deferred))?;
+        shape(&ctx, &mut puppets, p, &open, &shmem, defer_tcp.then_some(&mut deferred))?;
     }
     sysv.finish()?;
     // Every thread exists now: files can name their owners.
@@ -550,6 +562,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         puppets,
         detach,
         deferred,
+        net_lock: tree.net_lock.clone(),
         lazy,
         _open: open,
         _shmem: shmem,

@@ -549,7 +549,10 @@ fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
                 if let Some(want) = s.local.as_ref().filter(|l| l.port != 0 || !l.ip.iter().all(|&b| b == 0)) {
                     f.cmp(&object, "local address", Some(want.clone()), local);
                 }
-                if let Some(want) = &s.peer {
+                // A connection still opening (SYN_SENT) has no peer name
+                // to read (getpeername answers ENOTCONN).
+                let opening = s.tcp.as_ref().is_some_and(|t| t.tcp_state() == Some(lpm_image::TcpState::SynSent));
+                if let Some(want) = s.peer.as_ref().filter(|_| !opening) {
                     let peer = lpm_sys::net::peer_name(sock.as_fd()).ok().and_then(|a| inet_of(&a));
                     f.cmp(&object, "peer address", Some(want.clone()), peer);
                 }

@@ -39,6 +39,61 @@ pub struct TreeImage {
     /// open file descriptions of it (`FileImage::ghost_id`).
     #[prost(message, repeated, tag = "20")]
     pub ghosts: Vec<GhostImage>,
+    /// The packet filter rules the checkpoint installed so that no packet
+    /// of the tree's connections to peers outside it moved while it was
+    /// dumped, and until a restore has rebuilt them (`lpm checkpoint
+    /// --tcp-established`): what the restore removes once the
+    /// connections exist again. None when nothing was locked.
+    #[prost(message, optional, tag = "30")]
+    pub net_lock: Option<NetLockImage>,
+}
+
+/// Which tool holds a network lock's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum NetLockBackend {
+    /// Never written.
+    Invalid = 0,
+    /// One nftables table of lpm's own (family inet) holding every rule.
+    Nftables = 1,
+    /// iptables and ip6tables rules, each tagged with the lock's name.
+    Iptables = 2,
+}
+
+/// Packet filter rules that drop the packets of locked connections
+/// (except the restore's own, which carry `mark`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NetLockImage {
+    /// Who holds the rules.
+    #[prost(enumeration = "NetLockBackend", tag = "1")]
+    pub backend: i32,
+    /// The lock's name, unique per checkpoint: the nftables table
+    /// (`inet NAME`), or the comment on every iptables rule.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// iptables only: every rule, as the arguments that follow
+    /// `iptables -w` (or `ip6tables -w`) after `-A`/`-D`: chain first.
+    #[prost(message, repeated, tag = "3")]
+    pub rules: Vec<IptablesRule>,
+    /// The packet mark that passes the lock (the restore's crafted
+    /// segments carry it).
+    #[prost(uint32, tag = "4")]
+    pub mark: u32,
+    /// Identity (nsfs inode) of the network namespace holding the rules,
+    /// the checkpointing lpm's own: a restore in another one finds no lock.
+    #[prost(uint64, tag = "5")]
+    pub net_ns: u64,
+}
+
+/// One iptables rule of a lock.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IptablesRule {
+    /// IPv6 (ip6tables) rather than IPv4 (iptables).
+    #[prost(bool, tag = "1")]
+    pub ipv6: bool,
+    /// The chain and the match, as arguments.
+    #[prost(string, repeated, tag = "2")]
+    pub args: Vec<String>,
 }
 
 /// What the registers' layout depends on.
@@ -1157,13 +1212,44 @@ pub struct SockOpt {
     pub value: Vec<u8>,
 }
 
-/// An established TCP connection as TCP_REPAIR shows it.
+/// The state of a TCP connection, by the kernel's numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum TcpState {
+    /// Not recorded: images written before the states were (every
+    /// connection then was established).
+    Unrecorded = 0,
+    /// Established.
+    Established = 1,
+    /// Our SYN sent, no answer yet (a connect in progress).
+    SynSent = 2,
+    /// Our FIN sent (or queued behind data), not acknowledged.
+    FinWait1 = 4,
+    /// Our FIN acknowledged, the peer's not received.
+    FinWait2 = 5,
+    /// The peer's FIN received, ours not sent.
+    CloseWait = 8,
+    /// The peer's FIN received, then ours sent (or queued), not
+    /// acknowledged.
+    LastAck = 9,
+    /// Both FINs crossed: ours sent (or queued) and not acknowledged, the
+    /// peer's received.
+    Closing = 11,
+}
+
+/// A TCP connection as TCP_REPAIR shows it: established, half-closed or
+/// closing (`state`), or still connecting (SYN_SENT). Sequence numbers
+/// and queues count data only: a FIN is told by the state (and
+/// `fin_unsent`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TcpConnImage {
-    /// Sequence number after the last byte queued for sending (write_seq).
+    /// Sequence number after the last byte of data queued for sending
+    /// (write_seq, less our FIN when one is queued). SYN_SENT: the
+    /// sequence number after the SYN (the initial one plus 1).
     #[prost(uint32, tag = "1")]
     pub snd_seq: u32,
-    /// Next sequence number expected from the peer (rcv_nxt).
+    /// Next sequence number expected from the peer (rcv_nxt), less the
+    /// peer's FIN when it was received.
     #[prost(uint32, tag = "2")]
     pub rcv_seq: u32,
     /// Send queue: bytes not yet acknowledged by the peer, sent or not.
@@ -1205,6 +1291,35 @@ pub struct TcpConnImage {
     /// TCP_REPAIR_WINDOW: rcv_wup.
     #[prost(uint32, tag = "15")]
     pub rcv_wup: u32,
+    /// The connection's state (`TcpState`; 0 in images before it:
+    /// established).
+    #[prost(enumeration = "TcpState", tag = "16")]
+    pub state: i32,
+    /// Our FIN is queued but was never sent (behind unsent data, or a
+    /// closed window): it goes out after the data, as the kernel would
+    /// have sent it.
+    #[prost(bool, tag = "17")]
+    pub fin_unsent: bool,
+    /// SO_RCVBUF as getsockopt showed it (the kernel's sk_rcvbuf; 0 in
+    /// images before it): the window the connection advertises depends
+    /// on it.
+    #[prost(uint32, tag = "18")]
+    pub rcvbuf: u32,
+    /// SO_SNDBUF as getsockopt showed it (0 in images before it).
+    #[prost(uint32, tag = "19")]
+    pub sndbuf: u32,
+}
+
+impl TcpConnImage {
+    /// The state (established for images before states were recorded);
+    /// None for a number this build does not know.
+    pub fn tcp_state(&self) -> Option<TcpState> {
+        match TcpState::try_from(self.state) {
+            Ok(TcpState::Unrecorded) => Some(TcpState::Established),
+            Ok(s) => Some(s),
+            Err(_) => None,
+        }
+    }
 }
 
 /// A socket: what every family shares plus the family's own part.

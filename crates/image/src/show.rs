@@ -84,7 +84,9 @@ fn socket(f: &FileImage) -> String {
     if let Some(t) = &s.tcp {
         let _ = write!(
             o,
-            "\n      tcp snd_seq={:#x} rcv_seq={:#x} send_queue={}B (unsent {}) recv_queue={}B mss={} options={:#x} wscale={}/{} ts={} window snd_wl1={:#x} snd_wnd={} max={} rcv_wnd={} rcv_wup={:#x}",
+            "\n      tcp {}{} snd_seq={:#x} rcv_seq={:#x} send_queue={}B (unsent {}) recv_queue={}B mss={} options={:#x} wscale={}/{} ts={} window snd_wl1={:#x} snd_wnd={} max={} rcv_wnd={} rcv_wup={:#x}",
+            t.tcp_state().map(|k| format!("{k:?}")).unwrap_or_else(|| format!("state {}", t.state)),
+            if t.fin_unsent { " (FIN unsent)" } else { "" },
             t.snd_seq,
             t.rcv_seq,
             t.send_queue.len(),
@@ -202,6 +204,15 @@ pub fn render(t: &TreeImage) -> String {
         let _ = writeln!(o, "cpu: {} xcr0={:#x} xstate_size={} flags={}", c.arch, c.xcr0, c.xstate_size, c.flags.len());
     }
     let _ = writeln!(o, "root pid {}, {} processes", t.root_pid, t.processes.len());
+    if let Some(l) = &t.net_lock {
+        let backend =
+            crate::NetLockBackend::try_from(l.backend).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("backend {}", l.backend));
+        let _ =
+            writeln!(o, "network lock {} by {backend}, mark {:#x}, netns {}, {} iptables rules", l.name, l.mark, l.net_ns, l.rules.len());
+        for r in &l.rules {
+            let _ = writeln!(o, "  {} {}", if r.ipv6 { "ip6tables" } else { "iptables" }, r.args.join(" "));
+        }
+    }
     for p in &t.processes {
         let _ = writeln!(
             o,

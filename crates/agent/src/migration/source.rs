@@ -1067,6 +1067,8 @@ impl<'a> Run<'a> {
         let opts = lpm_engine::DumpOptions {
             after: lpm_engine::After::Frozen,
             tcp_established: true,
+            // The partition's veth is off the bridge: no rules of lpm's.
+            lock_connections: false,
             precopied: held,
             external_netns,
             smaps_hint: std::mem::take(&mut self.smaps_hint),

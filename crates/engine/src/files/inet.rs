@@ -26,11 +26,12 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use lpm_image::{Fd, FileImage, FileKind, InetAddr, Process, SockOpt, SocketImage, SocketState, TcpConnImage};
+use lpm_image::{Fd, FileImage, FileKind, InetAddr, Process, SockOpt, SocketImage, SocketState, TcpConnImage, TcpState};
 use lpm_sys::net;
 use lpm_sys::remote::Remote;
 
 use super::sockets;
+use super::tcp_segment;
 use super::{FileTable, Kind, OpenCx, Seen};
 use crate::task::Scratch;
 use crate::{io_err, proc, EngineError, Result, StepExt};
@@ -51,6 +52,7 @@ const TCPOPT_TIMESTAMP: u32 = 8;
 const TCPI_OPT_TIMESTAMPS: u32 = 1;
 const TCPI_OPT_SACK: u32 = 2;
 const TCPI_OPT_WSCALE: u32 = 4;
+const TCPI_OPT_SYN_DATA: u32 = 32;
 /// Most bytes saved from one TCP queue.
 const MAX_QUEUE: usize = 64 << 20;
 
@@ -92,6 +94,9 @@ const V6_UDP_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_H
 
 fn state_name(st: u8) -> &'static str {
     match st {
+        1 => "ESTABLISHED",
+        7 => "CLOSE",
+        10 => "LISTEN",
         2 => "SYN_SENT",
         3 => "SYN_RECV",
         4 => "FIN_WAIT1",
@@ -132,7 +137,7 @@ fn sockaddr(family: i32, a: &InetAddr) -> Vec<u8> {
     b
 }
 
-fn show(a: &InetAddr) -> String {
+pub(crate) fn show(a: &InetAddr) -> String {
     match a.ip.len() {
         4 => format!("{}.{}.{}.{}:{}", a.ip[0], a.ip[1], a.ip[2], a.ip[3], a.port),
         16 => {
@@ -187,6 +192,62 @@ fn tcp_inode(pid: i32, local: &InetAddr, peer: &InetAddr) -> Result<Option<u64>>
     Ok(None)
 }
 
+/// The peer address of the TCP socket with inode `ino`, from
+/// /proc/PID/net/tcp{,6}, in the socket's family.
+fn proc_peer(pid: i32, ino: u64, v6: bool) -> Option<InetAddr> {
+    let text = crate::proc::read(pid, if v6 { "net/tcp6" } else { "net/tcp" }).ok()?;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[9].parse::<u64>().ok() != Some(ino) {
+            continue;
+        }
+        let (ip, port) = parse_proc_addr(f[2])?;
+        return Some(if v6 {
+            InetAddr { ip: ip.to_vec(), port, scope_id: 0 }
+        } else {
+            InetAddr { ip: ip[12..].to_vec(), port, scope_id: 0 }
+        });
+    }
+    None
+}
+
+/// How many connections to the listener at `local` are in the handshake
+/// (SYN_RECV rows of /proc/PID/net/tcp{,6}: request sockets, which no
+/// descriptor holds).
+fn handshakes(pid: i32, local: &InetAddr) -> usize {
+    let (lip, lport) = key(local);
+    let any = local.ip.iter().all(|&b| b == 0);
+    let mut n = 0;
+    for file in ["net/tcp", "net/tcp6"] {
+        let text = crate::proc::read(pid, file).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != "03" {
+                continue;
+            }
+            if let Some((ip, port)) = parse_proc_addr(f[1]) {
+                if port == lport && (any || ip == lip) {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Whether a TCP socket in state CLOSE had a connection that ended
+/// (its receive side shut, or an error pending): poll(2) on a copy
+/// tells without taking anything.
+fn closed_after_connection(s: BorrowedFd) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&s, PollFlags::IN | PollFlags::RDHUP)];
+    let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(_) => fds[0].revents().intersects(PollFlags::RDHUP | PollFlags::ERR),
+        Err(_) => false,
+    }
+}
+
 fn u32_at(b: &[u8], off: usize) -> u32 {
     b.get(off..off + 4).map(|x| u32::from_ne_bytes(x.try_into().unwrap_or_default())).unwrap_or(0)
 }
@@ -223,53 +284,109 @@ fn settle(seen: &Seen, tries: &mut u32, what: &str, got: usize, len: usize) -> R
     Ok(())
 }
 
-/// Reads an established connection in repair mode.
-fn dump_tcp(seen: &Seen, s: BorrowedFd, info: &[u8]) -> Result<TcpConnImage> {
+/// The connection states the engine rebuilds, from TCP_INFO's number.
+fn conn_state(st: u8) -> Option<TcpState> {
+    match st {
+        TCP_ESTABLISHED => Some(TcpState::Established),
+        2 => Some(TcpState::SynSent),
+        4 => Some(TcpState::FinWait1),
+        5 => Some(TcpState::FinWait2),
+        8 => Some(TcpState::CloseWait),
+        9 => Some(TcpState::LastAck),
+        11 => Some(TcpState::Closing),
+        _ => None,
+    }
+}
+
+/// Our FIN is in the sequence space (sent, queued or acknowledged).
+fn our_fin(st: TcpState) -> bool {
+    matches!(st, TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck)
+}
+
+/// The peer's FIN was received.
+fn their_fin(st: TcpState) -> bool {
+    matches!(st, TcpState::CloseWait | TcpState::LastAck | TcpState::Closing)
+}
+
+/// TCP_INFO of a socket.
+fn tcp_info(seen: &Seen, s: BorrowedFd) -> Result<[u8; 104]> {
+    let mut info = [0u8; 104];
+    net::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).step(seen.pid, || format!("TCP_INFO fd {}", seen.fd))?;
+    Ok(info)
+}
+
+/// Reads a connection in repair mode: established, half-closed, closing
+/// or connecting (SYN_SENT).
+///
+/// The kernel counts a FIN in the sequence space and in SIOCOUTQ /
+/// SIOCOUTQNSD (ours, while unacknowledged), and in rcv_nxt (the
+/// peer's); the image counts data only and tells FINs by the state: our
+/// FIN is unsent when anything is (it is queued last).
+fn dump_tcp(seen: &Seen, s: BorrowedFd) -> Result<TcpConnImage> {
     let step = |what: &'static str| move || format!("{what} on fd {}", seen.fd);
     let set = |name: i32, val: i32, what: &'static str| net::setsockopt_int(s, libc::IPPROTO_TCP, name, val).step(seen.pid, step(what));
     let get = |name: i32, what: &'static str| net::getsockopt_int(s, libc::IPPROTO_TCP, name).step(seen.pid, step(what));
+    let ioctl = |req: u64, what: &'static str| net::ioctl_int(s, req).step(seen.pid, step(what)).map(|v| v as u32);
     let reuse = sockets::opt_int(seen, s, libc::SOL_SOCKET, libc::SO_REUSEADDR, "SO_REUSEADDR")?;
     set(libc::TCP_REPAIR, 1, "TCP_REPAIR on")?;
     let res = (|| {
-        let mut t = TcpConnImage::default();
         // A frozen task's sockets still live: an acknowledgement arriving
-        // (from a peer in the tree, over loopback, which the network lock
-        // does not cut) frees the head of the send queue between its
-        // sequence number and the copy, and data arriving grows the
-        // receive queue. Each queue is read until two looks agree.
+        // (from a peer in the tree, over loopback, which no network lock
+        // cuts) frees the head of the send queue between its sequence
+        // number and the copy, data arriving grows the receive queue, a
+        // FIN or an acknowledgement of ours moves the state. Everything
+        // is read until two looks agree.
         let mut tries = 0;
-        loop {
+        let (info, mut t) = loop {
+            let info = tcp_info(seen, s)?;
+            let st = conn_state(info[0])
+                .ok_or_else(|| seen.unsupported(format!("TCP connection left for state {} while frozen", state_name(info[0]))))?;
+            let mut t = TcpConnImage { state: st as i32, ..Default::default() };
+            // Our FIN counts in SIOCOUTQ until acknowledged, and in
+            // SIOCOUTQNSD until sent.
+            let fin_pending = our_fin(st) && st != TcpState::FinWait2;
             set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
-            let seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
-            let outq = net::ioctl_int(s, net::SIOCOUTQ).step(seen.pid, step("SIOCOUTQ"))? as usize;
-            t.unsent = net::ioctl_int(s, net::SIOCOUTQNSD).step(seen.pid, step("SIOCOUTQNSD"))? as u32;
-            let data = peek(seen, s, outq, "send")?;
-            let again = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
-            if seq == again && data.len() == outq {
-                (t.snd_seq, t.send_queue) = (seq, data);
-                break;
-            }
-            settle(seen, &mut tries, "send", data.len(), outq)?;
-        }
-        loop {
+            let wseq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
+            let outq_raw = ioctl(net::SIOCOUTQ, "SIOCOUTQ")?;
+            let unsent_raw = ioctl(net::SIOCOUTQNSD, "SIOCOUTQNSD")?;
+            let outq = outq_raw.saturating_sub(u32::from(fin_pending)) as usize;
+            t.fin_unsent = fin_pending && unsent_raw > 0;
+            t.unsent = unsent_raw.saturating_sub(u32::from(t.fin_unsent));
+            let sent = peek(seen, s, outq, "send")?;
+            let wseq_again = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ send")? as u32;
             set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
-            let seq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ receive")? as u32;
-            let inq = net::ioctl_int(s, net::SIOCINQ).step(seen.pid, step("SIOCINQ"))? as usize;
-            let data = peek(seen, s, inq, "receive")?;
-            let more = net::ioctl_int(s, net::SIOCINQ).step(seen.pid, step("SIOCINQ"))? as usize;
-            if data.len() == inq && more == inq {
-                (t.rcv_seq, t.recv_queue) = (seq, data);
-                break;
+            let rseq = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ receive")? as u32;
+            let inq = ioctl(net::SIOCINQ, "SIOCINQ")? as usize;
+            let recvd = peek(seen, s, inq, "receive")?;
+            let inq_again = ioctl(net::SIOCINQ, "SIOCINQ")? as usize;
+            let rseq_again = get(libc::TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ receive")? as u32;
+            let info_again = tcp_info(seen, s)?;
+            if wseq == wseq_again
+                && sent.len() == outq
+                && rseq == rseq_again
+                && recvd.len() == inq
+                && inq_again == inq
+                && info_again[0] == info[0]
+            {
+                t.snd_seq = wseq.wrapping_sub(u32::from(our_fin(st)));
+                t.rcv_seq = rseq.wrapping_sub(u32::from(their_fin(st)));
+                (t.send_queue, t.recv_queue) = (sent, recvd);
+                break (info, t);
             }
-            settle(seen, &mut tries, "receive", data.len(), inq)?;
-        }
+            settle(seen, &mut tries, "connection", recvd.len() + sent.len(), inq + outq)?;
+        };
         set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
+        if t.state == TcpState::SynSent as i32 && info[5] as u32 & TCPI_OPT_SYN_DATA != 0 {
+            return Err(seen.unsupported("TCP connection opening with data in its SYN (TCP Fast Open)"));
+        }
         t.mss = get(libc::TCP_MAXSEG, "TCP_MAXSEG")? as u32;
         t.timestamp = get(libc::TCP_TIMESTAMP, "TCP_TIMESTAMP")? as u32;
         let mut w = [0u8; 20];
         net::getsockopt(s, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &mut w).step(seen.pid, step("TCP_REPAIR_WINDOW"))?;
         (t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup) =
             (u32_at(&w, 0), u32_at(&w, 4), u32_at(&w, 8), u32_at(&w, 12), u32_at(&w, 16));
+        t.rcvbuf = sockets::opt_int(seen, s, libc::SOL_SOCKET, libc::SO_RCVBUF, "SO_RCVBUF")? as u32;
+        t.sndbuf = sockets::opt_int(seen, s, libc::SOL_SOCKET, libc::SO_SNDBUF, "SO_SNDBUF")? as u32;
         t.options = info[5] as u32;
         t.snd_wscale = (info[6] & 0xf) as u32;
         t.rcv_wscale = (info[6] >> 4) as u32;
@@ -290,14 +407,16 @@ struct Observed {
     domain: i32,
     ty: i32,
     proto: i32,
-    info: [u8; 104],
     img: SocketImage,
+    /// A connection whose peer no process of the tree holds.
+    outside: bool,
 }
 
-/// Refuses what the restore cannot rebuild: other protocols, TCP states
-/// other than listen, closed and established, connections waiting to be
-/// accepted, connections to peers outside the tree (unless the network is
-/// locked: [`FileTable::tcp_established`]) and queued datagrams.
+/// Refuses what the restore cannot rebuild: other protocols, TCP
+/// connections in the handshake or waiting to be accepted, sockets whose
+/// connection ended while their program holds them, connections to peers
+/// outside the tree (unless the network is locked:
+/// [`FileTable::tcp_established`]) and queued datagrams.
 fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
     let s = sockets::take(seen)?;
     let fd = s.as_fd();
@@ -326,36 +445,59 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
     };
     (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
     let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
-    let mut info = [0u8; 104];
+    let mut outside = false;
     if tcp {
-        net::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).step(seen.pid, || format!("TCP_INFO fd {}", seen.fd))?;
+        let info = tcp_info(seen, fd)?;
         match info[0] {
             TCP_LISTEN => {
                 let waiting = u32_at(&info, 24);
                 if waiting > 0 {
                     return Err(seen.transient(what(&format!("has {waiting} connections waiting in its accept queue"))));
                 }
+                // Connections in the handshake (SYN_RECV) have no socket of
+                // their own: a peer that already counts its connection as
+                // established would be reset by the restored listener.
+                let opening = handshakes(seen.pid, &local);
+                if opening > 0 {
+                    return Err(seen.transient(what(&format!("has {opening} connections in the handshake (SYN_RECV)"))));
+                }
                 img.state = SocketState::Listening as i32;
                 img.backlog = u32_at(&info, 28);
             }
-            TCP_CLOSE => {}
-            TCP_ESTABLISHED => {
-                let p = peer.ok_or_else(|| seen.unsupported(what("is established but has no peer address")))?;
-                if !table.tcp_established {
-                    let inside = tcp_inode(seen.pid, &p, &local)?.and_then(|ino| sockets::holder(table, ino));
-                    if inside.is_none() {
-                        return Err(seen.unsupported(what(&format!(
-                            "is connected to {} outside the tree (the network must be locked: --tcp-established)",
-                            show(&p)
-                        ))));
-                    }
+            TCP_CLOSE => {
+                // A socket whose connection ended (reset, or closed both
+                // ways) while its program still holds it reads as end of
+                // file or an error; a new socket would say "not
+                // connected".
+                if closed_after_connection(fd) {
+                    return Err(
+                        seen.transient(what("is closed after its connection ended (reset, or closed both ways), not yet by its program"))
+                    );
                 }
+            }
+            st => {
+                let Some(cs) = conn_state(st) else {
+                    return Err(seen.transient(what(&format!("in state {}", state_name(st)))));
+                };
+                // getpeername answers ENOTCONN while connecting.
+                let p = match (peer, cs) {
+                    (Some(p), _) => p,
+                    (None, TcpState::SynSent) => proc_peer(seen.pid, seen.st.ino(), domain == libc::AF_INET6)
+                        .ok_or_else(|| seen.unsupported(what("is connecting but /proc shows no peer address")))?,
+                    (None, _) => return Err(seen.unsupported(what(&format!("is {} but has no peer address", state_name(st))))),
+                };
+                let inside = tcp_inode(seen.pid, &p, &local)?.and_then(|ino| sockets::holder(table, ino)).is_some();
+                if !inside && !table.tcp_established {
+                    return Err(seen.unsupported(what(&format!(
+                        "is connected to {} outside the tree (in state {}; lpm locks the network for it with --tcp-established)",
+                        show(&p),
+                        state_name(st)
+                    ))));
+                }
+                outside = !inside;
                 img.state = SocketState::Connected as i32;
                 img.peer = Some(p);
             }
-            // Opening and closing states last a round trip or until the
-            // program closes the socket.
-            st => return Err(seen.transient(what(&format!("in state {}", state_name(st))))),
         }
     } else {
         let mut b = [0u8; 1];
@@ -368,7 +510,7 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
             img.peer = Some(p);
         }
     }
-    Ok(Observed { s, domain, ty, proto, info, img })
+    Ok(Observed { s, domain, ty, proto, img, outside })
 }
 
 impl Kind for Inet {
@@ -377,7 +519,7 @@ impl Kind for Inet {
     }
 
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
-        let Observed { s, domain, ty, proto, info, mut img } = observe(seen, table)?;
+        let Observed { s, domain, ty, proto, mut img, outside } = observe(seen, table)?;
         let fd = s.as_fd();
         let tcp = ty == libc::SOCK_STREAM;
         let mut list: Vec<(i32, i32)> = COMMON_OPTS.to_vec();
@@ -389,10 +531,18 @@ impl Kind for Inet {
             list.extend_from_slice(if domain == libc::AF_INET { V4_UDP_OPTS } else { V6_UDP_OPTS });
         }
         img.opts = sockets::read_opts(fd, &list);
-        img.shutdown = shutdown_bits(seen, fd, domain, proto, info[0])?;
+        let tcp_state = if tcp { tcp_info(seen, fd)?[0] } else { 0 };
+        img.shutdown = shutdown_bits(seen, fd, domain, proto, tcp_state)?;
         if img.state == SocketState::Connected as i32 && tcp {
+            if outside {
+                // No packet of it may move from here until the restore
+                // has rebuilt it (the peer only retransmits meanwhile).
+                if let (Some(lock), Some(p)) = (table.lock.as_mut(), img.peer.as_ref()) {
+                    lock.add(seen, img.net_ns, img.local.as_ref().expect("observed"), p)?;
+                }
+            }
             // Repair mode only here, with the tree stopped.
-            img.tcp = Some(dump_tcp(seen, fd, &info)?);
+            img.tcp = Some(dump_tcp(seen, fd)?);
         } else {
             img.opts.extend(sockets::buffer_opts(fd, domain, ty, proto));
         }
@@ -555,24 +705,40 @@ fn send_all(f: &FileImage, s: &SocketImage, fd: BorrowedFd, data: &[u8], what: &
     Ok(())
 }
 
-/// Rebuilds an established connection in repair mode.
+/// Rebuilds a connection in repair mode, up to what needs every socket
+/// of the tree to exist: sequence numbers, bind and connect (which send
+/// nothing), negotiated options, timestamp, the queues (the sent part of
+/// the send queue in repair mode; the unsent part goes when repair mode
+/// is left), window. FINs come in [`finish_tcp`]. A connection still
+/// opening (SYN_SENT) only gets its initial sequence number and its
+/// address here; it connects when it leaves repair mode.
 fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage, resend: bool) -> Result<()> {
     let e = |what: &str| restore_err(f, s, what.to_string());
     let set = |name: i32, val: i32, what: &str| net::setsockopt_int(fd, libc::IPPROTO_TCP, name, val).map_err(e(what));
     let family = s.family as i32;
     let (local, peer) = match (&s.local, &s.peer) {
         (Some(l), Some(p)) => (l, p),
-        _ => return Err(EngineError::Incompatible(format!("socket file {}: an established connection without addresses", f.id))),
+        _ => return Err(EngineError::Incompatible(format!("socket file {}: a connection without addresses", f.id))),
     };
+    let st = state(f, t)?;
     set(libc::TCP_REPAIR, 1, "TCP_REPAIR on")?;
-    set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
-    set(libc::TCP_QUEUE_SEQ, t.snd_seq.wrapping_sub(t.send_queue.len() as u32) as i32, "TCP_QUEUE_SEQ send")?;
-    set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
-    set(libc::TCP_QUEUE_SEQ, t.rcv_seq.wrapping_sub(t.recv_queue.len() as u32) as i32, "TCP_QUEUE_SEQ receive")?;
     // Before bind: with IPV6_V6ONLY the address family choices differ.
     for o in s.opts.iter().filter(|o| o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY) {
         net::setsockopt(fd, o.level, o.name, &o.value).map_err(e("IPV6_V6ONLY"))?;
     }
+    if st == TcpState::SynSent {
+        // connect(2) keeps a write_seq set beforehand as the initial
+        // sequence number: the SYN it sends again is the one the peer may
+        // have answered already.
+        set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+        set(libc::TCP_QUEUE_SEQ, t.snd_seq.wrapping_sub(1) as i32, "TCP_QUEUE_SEQ send")?;
+        set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
+        return net::bind(fd, &sockaddr(family, local)).map_err(e(&format!("bind {} in repair mode", show(local))));
+    }
+    set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
+    set(libc::TCP_QUEUE_SEQ, t.snd_seq.wrapping_sub(t.send_queue.len() as u32) as i32, "TCP_QUEUE_SEQ send")?;
+    set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
+    set(libc::TCP_QUEUE_SEQ, t.rcv_seq.wrapping_sub(t.recv_queue.len() as u32) as i32, "TCP_QUEUE_SEQ receive")?;
     net::bind(fd, &sockaddr(family, local)).map_err(e(&format!("bind {} in repair mode", show(local))))?;
     net::connect(fd, &sockaddr(family, peer)).map_err(e(&format!("connect to {} in repair mode", show(peer))))?;
     let mut opts: Vec<u8> = Vec::new();
@@ -592,13 +758,24 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage,
     }
     net::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_OPTIONS, &opts).map_err(e("TCP_REPAIR_OPTIONS"))?;
     set(libc::TCP_TIMESTAMP, t.timestamp as i32, "TCP_TIMESTAMP")?;
-    // The queues were filled by a peer over time with autotuned buffers; a
-    // fresh socket's may be too small to take them back at once.
-    for (name, force, len) in
-        [(libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, t.send_queue.len()), (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, t.recv_queue.len())]
-    {
-        let need = (len * 2 + (64 << 10)) as i32;
+    // The buffers as they were: the window a receiver advertises follows
+    // its free room, and a larger buffer would take data the original
+    // kept waiting. Images before they were recorded: big enough for the
+    // queues (the peer filled them over time with autotuned buffers; a
+    // fresh socket's may be too small to take them back at once).
+    for (name, force, len, was) in [
+        (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, t.send_queue.len(), t.sndbuf),
+        (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, t.recv_queue.len(), t.rcvbuf),
+    ] {
         let have = net::getsockopt_int(fd, libc::SOL_SOCKET, name).map_err(e("read buffer size"))?;
+        if was > 0 {
+            if have != was as i32 {
+                // The kernel doubles what it is given.
+                net::setsockopt_int(fd, libc::SOL_SOCKET, force, (was / 2) as i32).map_err(e("set buffer size"))?;
+            }
+            continue;
+        }
+        let need = (len * 2 + (64 << 10)) as i32;
         if len > 0 && have / 2 < need {
             net::setsockopt_int(fd, libc::SOL_SOCKET, force, need).map_err(e("grow buffer for the queue"))?;
         }
@@ -611,37 +788,215 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage,
     set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
     send_all(f, s, fd, &t.send_queue[..sent], "send")?;
     set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
-    let _ = sent;
-    let mut w = Vec::new();
-    for v in [t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup] {
-        w.extend_from_slice(&v.to_ne_bytes());
+    // The peer's FIN is not in rcv_nxt yet: a window last moved after it
+    // is moved back by one.
+    let (mut rcv_wup, mut rcv_wnd) = (t.rcv_wup, t.rcv_wnd);
+    if (rcv_wup.wrapping_sub(t.rcv_seq) as i32) > 0 {
+        rcv_wnd += rcv_wup.wrapping_sub(t.rcv_seq);
+        rcv_wup = t.rcv_seq;
     }
-    net::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &w).map_err(e("TCP_REPAIR_WINDOW"))?;
+    set_window(f, s, fd, t, rcv_wup, rcv_wnd)?;
     // The queues are in: what arrives from now on meets the filter.
     sockets::apply_filter(f, fd, s)?;
-    // Repair mode is left in `install`, once every socket of the tree
-    // exists: a window probe or data sent now could reach a peer end not
-    // yet created, and the reset it draws would kill the connection.
+    // Repair mode is left in `finish_tcp`, once every socket of the tree
+    // exists: a window probe, data or an answer to a FIN sent now could
+    // reach a peer end not yet created, and the reset it draws would kill
+    // the connection.
+    Ok(())
+}
+
+/// The connection's recorded state, or an error for one this build does
+/// not know.
+fn state(f: &FileImage, t: &TcpConnImage) -> Result<TcpState> {
+    t.tcp_state().ok_or_else(|| EngineError::Incompatible(format!("socket file {}: unknown TCP state {}", f.id, t.state)))
+}
+
+fn set_window(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage, rcv_wup: u32, rcv_wnd: u32) -> Result<()> {
+    let mut w = Vec::new();
+    for v in [t.snd_wl1, t.snd_wnd, t.max_window, rcv_wnd, rcv_wup] {
+        w.extend_from_slice(&v.to_ne_bytes());
+    }
+    net::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW, &w).map_err(restore_err(
+        f,
+        s,
+        format!(
+            "TCP_REPAIR_WINDOW snd_wl1={:#x} snd_wnd={} max={} rcv_wnd={rcv_wnd} rcv_wup={rcv_wup:#x}",
+            t.snd_wl1, t.snd_wnd, t.max_window
+        ),
+    ))
+}
+
+/// How a connection's FINs come back. Ours is queued as sent by
+/// shutdown(2) in repair mode (with the send queue selected, it is not
+/// transmitted), unless it must follow data sent when repair mode is left
+/// (it was never sent, or the whole queue is sent again): then shutdown(2)
+/// queues it after that data, as a program's would. The peer's FIN and
+/// its acknowledgement of ours are segments made up by the restore
+/// (`tcp_segment`).
+struct Fins {
+    /// Ours, queued as sent in repair mode.
+    ours_now: bool,
+    /// Ours, queued by shutdown(2) after leaving repair mode.
+    ours_later: bool,
+    /// Ours acknowledged by the peer (FIN_WAIT2).
+    acked: bool,
+    /// The peer's, received.
+    theirs: bool,
+}
+
+fn fins(st: TcpState, t: &TcpConnImage, resend: bool) -> Fins {
+    let ours = our_fin(st);
+    let acked = st == TcpState::FinWait2;
+    let later = ours && !acked && (t.fin_unsent || resend);
+    Fins { ours_now: ours && !later, ours_later: later, acked, theirs: their_fin(st) }
+}
+
+/// Polls the socket's TCP state until it is one of `want` (the segment
+/// just sent to it is taken in softirq context, a moment later).
+fn wait_state(f: &FileImage, s: &SocketImage, fd: BorrowedFd, want: &[u8], after: &str) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut info = [0u8; 104];
+        net::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).map_err(restore_err(f, s, "TCP_INFO".into()))?;
+        if want.contains(&info[0]) {
+            return Ok(());
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(2) {
+            let want: Vec<&str> = want.iter().map(|&w| state_name(w)).collect();
+            return Err(EngineError::Incompatible(format!(
+                "socket file {} ({}): {after} the connection is in state {}, not {}",
+                f.id,
+                s.local.as_ref().map(show).unwrap_or_default(),
+                state_name(info[0]),
+                want.join(" or ")
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Sends the socket a segment from its peer: `flags` at the peer's next
+/// sequence number, acknowledging `ack`.
+fn from_peer(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage, flags: u8, ack: u32) -> Result<()> {
+    let (Some(local), Some(peer)) = (&s.local, &s.peer) else {
+        return Err(EngineError::Incompatible(format!("socket file {}: a connection without addresses", f.id)));
+    };
+    let shift = if t.options & TCPI_OPT_WSCALE != 0 { t.snd_wscale.min(14) } else { 0 };
+    let window = (t.snd_wnd >> shift).min(0xffff) as u16;
+    let seg = tcp_segment::Segment { from: peer, to: local, seq: t.rcv_seq, ack, flags, window };
+    tcp_segment::inject(fd, &seg).map_err(restore_err(f, s, "send a segment from the peer".into()))
+}
+
+/// shutdown(SHUT_WR): our FIN, queued as sent when `in_repair`.
+fn shut(f: &FileImage, s: &SocketImage, fd: BorrowedFd, in_repair: bool) -> Result<()> {
+    let set = |v: i32| {
+        net::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, v).map_err(restore_err(f, s, "TCP_REPAIR_QUEUE".into()))
+    };
+    if in_repair {
+        set(TCP_SEND_QUEUE)?;
+    }
+    net::shutdown(fd, libc::SHUT_WR).map_err(restore_err(f, s, "shutdown (our FIN)".into()))?;
+    if in_repair {
+        set(TCP_NO_QUEUE)?;
+    }
+    Ok(())
+}
+
+/// The FINs of a restored connection that come in repair mode (see
+/// [`Fins`]), once every socket of the tree exists and before any of them
+/// leaves repair mode: an answer to a made-up segment then reaches a peer
+/// end in repair mode (inside the tree) or none (the lock drops it), and
+/// no peer end has sent anything yet that would move this one on.
+pub(crate) fn settle_fins(f: &FileImage, fd: BorrowedFd, resend: bool) -> Result<()> {
+    let s = sockets::image(f)?;
+    let Some(t) = &s.tcp else { return Ok(()) };
+    let st = state(f, t)?;
+    if st == TcpState::SynSent || st == TcpState::Established {
+        return Ok(());
+    }
+    let plan = fins(st, t, resend);
+    let una = t.snd_seq.wrapping_sub(t.send_queue.len() as u32);
+    if plan.ours_now && st != TcpState::LastAck {
+        shut(f, s, fd, true)?;
+    }
+    if plan.acked {
+        from_peer(f, s, fd, t, tcp_segment::ACK, t.snd_seq.wrapping_add(1))?;
+        wait_state(f, s, fd, &[5], "after the peer's acknowledgement of our FIN")?;
+    }
+    let their_now = plan.theirs && !(st == TcpState::Closing && plan.ours_later);
+    if their_now {
+        from_peer(f, s, fd, t, tcp_segment::FIN | tcp_segment::ACK, una)?;
+        // CLOSE_WAIT, or CLOSING when our FIN went first.
+        wait_state(f, s, fd, &[8, 11], "after the peer's FIN")?;
+    }
+    if plan.ours_now && st == TcpState::LastAck {
+        shut(f, s, fd, true)?;
+    }
+    if their_now || plan.acked {
+        // The segments moved the window; put it as it was.
+        set_window(f, s, fd, t, t.rcv_wup, t.rcv_wnd)?;
+    }
     Ok(())
 }
 
 /// Leaves repair mode on a restored connection (once, from the first
-/// puppet holding it): options (repair mode resets SO_REUSEADDR on
-/// leaving), then the never-sent part of the send queue, which goes out as
-/// a program's write would.
+/// puppet holding it), its FINs in repair mode settled
+/// ([`settle_fins`]): repair off, options (repair mode resets
+/// SO_REUSEADDR on leaving), then the never-sent part of the send queue,
+/// which goes out as a program's write would, and our FIN after it when
+/// it follows that data (the peer's FIN, in CLOSING, after ours). A
+/// connection still opening connects here: its SYN goes out.
 fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImage, resend: bool) -> Result<()> {
     let sock = net::steal_fd(pid, fd.fd as i32).step(pid, || format!("pidfd_getfd restored fd {}", fd.fd))?;
     let sfd = sock.as_fd();
-    if net::getsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR).map_err(restore_err(f, s, "read TCP_REPAIR".into()))? == 0 {
+    let e = |what: &str| restore_err(f, s, what.to_string());
+    if net::getsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR).map_err(e("read TCP_REPAIR"))? == 0 {
         return Ok(());
     }
-    net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, 0).map_err(restore_err(f, s, "TCP_REPAIR off".into()))?;
     let later: Vec<SockOpt> = s.opts.iter().filter(|o| !(o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY)).cloned().collect();
+    let st = state(f, t)?;
+    if st == TcpState::SynSent {
+        net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, net::TCP_REPAIR_OFF_NO_WP).map_err(e("TCP_REPAIR off"))?;
+        sockets::apply_opts(f, sfd, &later)?;
+        return connect_again(f, s, sfd);
+    }
+    let plan = fins(st, t, resend);
+    let una = t.snd_seq.wrapping_sub(t.send_queue.len() as u32);
+    net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, net::TCP_REPAIR_OFF_NO_WP).map_err(e("TCP_REPAIR off"))?;
     sockets::apply_opts(f, sfd, &later)?;
     let sent = if resend { 0 } else { t.send_queue.len().saturating_sub(t.unsent as usize) };
     send_all(f, s, sfd, &t.send_queue[sent..], "send")?;
-    // Shut for reading only (for writing it would not be established).
+    if plan.ours_later {
+        shut(f, s, sfd, false)?;
+        if st == TcpState::Closing && plan.theirs {
+            // The peer's FIN crossed ours: it comes once ours is queued.
+            net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, 1).map_err(e("TCP_REPAIR on"))?;
+            from_peer(f, s, sfd, t, tcp_segment::FIN | tcp_segment::ACK, una)?;
+            wait_state(f, s, sfd, &[11], "after the peer's FIN")?;
+            set_window(f, s, sfd, t, t.rcv_wup, t.rcv_wnd)?;
+            net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, net::TCP_REPAIR_OFF_NO_WP).map_err(e("TCP_REPAIR off"))?;
+            sockets::apply_opts(f, sfd, &later)?;
+        }
+    }
+    // A read shutdown of the program's own (the write side is the FINs').
     restore_shutdown(f, s, sfd)
+}
+
+/// connect(2) of a connection that was opening, without waiting for the
+/// answer (the program's own connect(2), restarted, waits if it did).
+fn connect_again(f: &FileImage, s: &SocketImage, fd: BorrowedFd) -> Result<()> {
+    use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
+    let peer = s.peer.as_ref().ok_or_else(|| EngineError::Incompatible(format!("socket file {}: connecting without a peer", f.id)))?;
+    let e = |what: &str| restore_err(f, s, what.to_string());
+    let fl = fcntl_getfl(fd).map_err(|err| e("F_GETFL")(lpm_sys::Error::sys("fcntl", 0, err.into())))?;
+    fcntl_setfl(fd, fl | OFlags::NONBLOCK).map_err(|err| e("F_SETFL")(lpm_sys::Error::sys("fcntl", 0, err.into())))?;
+    let res = net::connect(fd, &sockaddr(s.family as i32, peer));
+    fcntl_setfl(fd, fl).map_err(|err| e("F_SETFL")(lpm_sys::Error::sys("fcntl", 0, err.into())))?;
+    match res {
+        Ok(()) => Ok(()),
+        Err(err) if err.errno() == Some(libc::EINPROGRESS) => Ok(()),
+        Err(err) => Err(e(&format!("connect to {} again", show(peer)))(err)),
+    }
 }
 
 /// Leaves repair mode on a connection deferred at install, sending its
@@ -672,11 +1027,19 @@ fn seq_within(lo: u32, x: u32, hi: u32) -> bool {
 
 /// Whether the receiving end `b` of the stream sent by `a` agrees with it:
 /// `b` has received at least what `a` saw acknowledged and no more than
-/// `a` has sent.
+/// `a` has sent; `b` has `a`'s FIN only if `a` sent it, after all of its
+/// data; `a`'s FIN is acknowledged only if `b` has it.
 fn agree(a: &TcpConnImage, b: &TcpConnImage) -> bool {
+    let (sa, sb) = (a.tcp_state().unwrap_or(TcpState::Established), b.tcp_state().unwrap_or(TcpState::Established));
     let una = a.snd_seq.wrapping_sub(a.send_queue.len() as u32);
     let nxt = a.snd_seq.wrapping_sub(a.unsent);
-    seq_within(una, b.rcv_seq, nxt)
+    if !seq_within(una, b.rcv_seq, nxt) {
+        return false;
+    }
+    if their_fin(sb) && (!our_fin(sa) || a.fin_unsent || b.rcv_seq != a.snd_seq) {
+        return false;
+    }
+    sa != TcpState::FinWait2 || their_fin(sb)
 }
 
 /// Both ends of every connection held inside the tree, as indexes into
@@ -702,12 +1065,7 @@ fn reread(table: &mut FileTable, i: usize) -> Result<()> {
     let st = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err(format!("stat fd {fd} of pid {pid}")))?;
     let seen = Seen { pid, fd, link: &link, st: &st };
     let s = sockets::take(&seen)?;
-    let mut info = [0u8; 104];
-    net::getsockopt(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut info).step(pid, || format!("TCP_INFO fd {fd}"))?;
-    if info[0] != TCP_ESTABLISHED {
-        return Err(seen.unsupported(format!("TCP connection left the established state ({}) while frozen", state_name(info[0]))));
-    }
-    let t = dump_tcp(&seen, s.as_fd(), &info)?;
+    let t = dump_tcp(&seen, s.as_fd())?;
     if let Some(sock) = table.files[i].socket.as_mut() {
         sock.tcp = Some(t);
     }
@@ -726,7 +1084,8 @@ fn reread(table: &mut FileTable, i: usize) -> Result<()> {
 /// ends are read again, back to back, until they agree. Data still in
 /// flight (sent, not yet received) is then marked unsent on the sender, so
 /// the restored sender transmits it at once instead of after a
-/// retransmission timeout.
+/// retransmission timeout; so is a FIN in flight, and a FIN behind data
+/// marked unsent.
 pub(crate) fn reconcile(table: &mut FileTable) -> Result<()> {
     const ATTEMPTS: usize = 50;
     let pairs = inner_pairs(&table.files);
@@ -752,10 +1111,19 @@ pub(crate) fn reconcile(table: &mut FileTable) -> Result<()> {
     }
     for (a, b) in pairs {
         for (snd, rcv) in [(a, b), (b, a)] {
-            let rcv_seq = table.files[rcv].socket.as_ref().and_then(|s| s.tcp.as_ref()).map(|t| t.rcv_seq).expect("connection");
+            let (rcv_seq, got_fin) = table.files[rcv]
+                .socket
+                .as_ref()
+                .and_then(|s| s.tcp.as_ref())
+                .map(|t| (t.rcv_seq, t.tcp_state().is_some_and(their_fin)))
+                .expect("connection");
             if let Some(t) = table.files[snd].socket.as_mut().and_then(|s| s.tcp.as_mut()) {
                 let nxt = t.snd_seq.wrapping_sub(t.unsent);
                 t.unsent += nxt.wrapping_sub(rcv_seq);
+                let st = t.tcp_state().unwrap_or(TcpState::Established);
+                if our_fin(st) && st != TcpState::FinWait2 && (!got_fin || t.unsent > 0) {
+                    t.fin_unsent = true;
+                }
             }
         }
     }

@@ -24,13 +24,14 @@ mod pipe;
 mod regular;
 mod signalfd;
 mod sockets;
+mod tcp_segment;
 mod timerfd;
 pub(crate) mod tty;
 mod unix;
 
 use std::collections::HashMap;
 use std::fs::Metadata;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use lpm_image::{Fd, FileImage, FileKind, GhostImage, MemfdChunk, PipeImage, Process, TreeImage};
@@ -216,6 +217,9 @@ pub struct FileTable {
     pub ghosts: Vec<GhostImage>,
     /// The ghost of each unlinked inode `(dev, ino)` seen so far.
     pub ghost_ids: HashMap<(u64, u64), u64>,
+    /// lpm locks the network itself: each connection to a peer outside
+    /// the tree is added to this lock before its state is read.
+    pub lock: Option<crate::netlock::NetLock>,
 }
 
 impl FileTable {
@@ -224,6 +228,17 @@ impl FileTable {
     pub fn described(&self, dev: u64, ino: u64) -> bool {
         self.owners.iter().any(|o| (o.2, o.3) == (dev, ino))
     }
+}
+
+/// The packet mark of the segments a restore makes up for a connection,
+/// which the network lock lets through.
+pub(crate) fn tcp_mark() -> u32 {
+    tcp_segment::MARK
+}
+
+/// An inet address as `1.2.3.4:80` or `[::1]:80`.
+pub(crate) fn show_addr(a: &lpm_image::InetAddr) -> String {
+    inet::show(a)
 }
 
 /// Makes the two ends of every TCP connection inside the tree agree, once
@@ -394,6 +409,13 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         ctty.insert(index, misc::move_fd_above(fd, base).step(0, || format!("move the slave of pty {index} above fd {base}"))?);
     }
     let ptys = tty::indices(&cx)?;
+    // Every socket exists: the FINs of half-closed and closing
+    // connections come now, before any connection leaves repair mode.
+    for f in tree.files.iter().filter(|f| f.socket.as_ref().is_some_and(|s| s.tcp.is_some())) {
+        if let Some(fd) = by_id.get(&f.id) {
+            inet::settle_fins(f, fd.as_fd(), inet::resends(&tree.files, f, defer_tcp))?;
+        }
+    }
     let (holders, pipes) = (cx.holders, cx.pipes);
     Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys })
 }

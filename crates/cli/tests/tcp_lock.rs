@@ -1,0 +1,253 @@
+//! `lpm checkpoint --tcp-established` locks the network itself: a server
+//! in the tree, its client here (outside the tree), data queued in both
+//! directions, bytes checked end to end across the checkpoint and the
+//! restore, over IPv4 and IPv6. The lock's rules exist from the dump to
+//! the restore and never after; a failed checkpoint removes them; an
+//! image whose lock is gone still restores.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+
+/// The server: accepts one connection, writes its stream until the
+/// kernel takes no more, reports how much (`ready`); on SIGUSR1 reads the
+/// client's stream (its length in `client`) checking every byte, answers
+/// "bye" and writes PASS or FAIL to `result`. With `packet`, it also holds
+/// a packet socket, which the checkpoint refuses after it locked the
+/// connection.
+const SERVER: &str = r#"
+import os, signal, socket, sys, time
+fam = socket.AF_INET6 if sys.argv[1] == '6' else socket.AF_INET
+work = sys.argv[2]
+BIG = bytes(range(251)) * 600
+def chunk(o, n, seed):
+    s = (o + seed) % 251
+    return BIG[s:s + n]
+def put(name, text):
+    open(work + '/' + name + '.tmp', 'w').write(text)
+    os.rename(work + '/' + name + '.tmp', work + '/' + name)
+go = []
+signal.signal(signal.SIGUSR1, lambda *a: go.append(1))
+L = socket.socket(fam)
+L.bind(('::1' if fam == socket.AF_INET6 else '127.0.0.1', 0))
+L.listen(1)
+put('port', str(L.getsockname()[1]))
+c, _ = L.accept()
+L.close()
+c.setblocking(False)
+sent = 0
+while True:
+    try:
+        sent += c.send(chunk(sent, 65536, 17))
+    except BlockingIOError:
+        break
+if len(sys.argv) > 3:
+    # Above the connection's fd: the checkpoint locks the connection
+    # before it reaches (and refuses) this one.
+    p = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    os.dup2(p.fileno(), 50)
+    p.close()
+while not os.path.exists(work + '/client'):
+    time.sleep(0.01)
+put('ready', str(sent))
+while not go:
+    time.sleep(0.02)
+want = int(open(work + '/client').read())
+c.setblocking(True)
+c.settimeout(20)
+got = 0
+err = ''
+while got < want:
+    b = c.recv(min(65536, want - got))
+    if not b:
+        err = 'EOF at %d of %d' % (got, want)
+        break
+    if b != chunk(got, len(b), 29):
+        err = 'client stream byte differs at %d' % got
+        break
+    got += len(b)
+c.sendall(b'bye')
+put('result', 'FAIL: ' + err if err else 'PASS')
+while True:
+    time.sleep(1)
+"#;
+
+fn pattern(o: u64, n: usize, seed: u64) -> Vec<u8> {
+    (0..n as u64).map(|i| ((o + i + seed) % 251) as u8).collect()
+}
+
+fn wait_file(p: &Path) -> String {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// TCP state of the client's socket, as TCP_INFO tells it.
+fn state(s: &TcpStream) -> u8 {
+    let mut info = [0u8; 104];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len) };
+    assert_eq!(r, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info[0]
+}
+
+/// The lock's name, as `lpm image show` prints it.
+fn lock_name(images: &Path) -> Option<String> {
+    let out = Command::new(LPM).args(["image", "show"]).arg(images).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().find_map(|l| l.strip_prefix("network lock ").map(|r| r.split_whitespace().next().unwrap_or_default().to_string()))
+}
+
+fn rules_of(name: &str) -> bool {
+    let nft = Command::new("nft").args(["list", "tables"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let ipt = ["iptables-save", "ip6tables-save"]
+        .iter()
+        .map(|c| Command::new(c).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default())
+        .collect::<String>();
+    nft.unwrap_or_default().contains(name) || ipt.contains(name)
+}
+
+/// A server started in `s` with its client connected and both
+/// directions filled; returns (server pid, client, bytes the server
+/// wrote, bytes the client wrote).
+fn start(s: &mut Scene, v6: bool, extra: &[&str]) -> (i32, TcpStream, u64, u64) {
+    let work = s.dir.clone();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SERVER, if v6 { "6" } else { "4" }]).arg(&work).args(extra).stderr(Stdio::inherit());
+    let pid = s.spawn(&mut cmd);
+    let port: u16 = wait_file(&work.join("port")).trim().parse().unwrap();
+    let addr = if v6 { format!("[::1]:{port}") } else { format!("127.0.0.1:{port}") };
+    let mut c = TcpStream::connect(addr).expect("connect to the server");
+    c.set_nonblocking(true).unwrap();
+    let mut wrote = 0u64;
+    loop {
+        match c.write(&pattern(wrote, 65536, 29)) {
+            Ok(n) => wrote += n as u64,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("client write: {e}"),
+        }
+    }
+    std::fs::write(work.join("client"), wrote.to_string()).unwrap();
+    let sent: u64 = wait_file(&work.join("ready")).trim().parse().unwrap();
+    assert!(sent > 0 && wrote > 0, "both directions hold data");
+    (pid, c, sent, wrote)
+}
+
+fn checkpoint_and_restore(v6: bool) {
+    let mut s = Scene::new(if v6 { "tcplock6" } else { "tcplock4" });
+    let (pid, mut c, sent, _) = start(&mut s, v6, &[]);
+    let images = s.path("images");
+    let out =
+        Command::new(LPM).args(["checkpoint", "--tcp-established", "--pid", &pid.to_string(), "--images"]).arg(&images).output().unwrap();
+    assert!(out.status.success(), "checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
+    reap(pid);
+    let name = lock_name(&images).expect("the image records a network lock");
+    assert!(rules_of(&name), "the lock {name} is not installed after the checkpoint");
+    // The peer only retransmits: no reset reaches it while the tree is
+    // gone.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(state(&c), 1, "the client's connection is no longer established while the server is checkpointed");
+    let restored = s.restore(&images);
+    assert!(!rules_of(&name), "the lock {name} outlived the restore");
+    // The server's stream, every byte once and in order.
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 65536];
+    while got < sent {
+        let n = c.read(&mut buf[..(sent - got).min(65536) as usize]).expect("read the server's stream");
+        assert!(n > 0, "EOF at {got} of {sent}");
+        assert_eq!(buf[..n], pattern(got, n, 17)[..], "server stream byte differs at {got}");
+        got += n as u64;
+    }
+    // SAFETY: signalling the restored server.
+    unsafe { libc::kill(restored, libc::SIGUSR1) };
+    let mut bye = [0u8; 3];
+    c.read_exact(&mut bye).expect("the server's answer");
+    assert_eq!(&bye, b"bye");
+    assert_eq!(wait_file(&s.path("result")), "PASS", "the server's check of the client stream");
+}
+
+#[test]
+fn tcp_established_locks_the_network_ipv4() {
+    checkpoint_and_restore(false);
+}
+
+#[test]
+fn tcp_established_locks_the_network_ipv6() {
+    checkpoint_and_restore(true);
+}
+
+/// A checkpoint that fails after it locked a connection removes the lock;
+/// the server goes on and its connection works.
+#[test]
+fn failed_checkpoint_removes_the_lock() {
+    let mut s = Scene::new("tcplockfail");
+    let (pid, mut c, sent, _) = start(&mut s, false, &["packet"]);
+    let images = s.path("images");
+    let before = Command::new("nft").args(["list", "tables"]).output().map(|o| o.stdout).unwrap_or_default();
+    let out =
+        Command::new(LPM).args(["checkpoint", "--tcp-established", "--pid", &pid.to_string(), "--images"]).arg(&images).output().unwrap();
+    assert!(!out.status.success(), "a packet socket must be refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("packet socket"), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = Command::new("nft").args(["list", "tables"]).output().map(|o| o.stdout).unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&before), String::from_utf8_lossy(&after), "the failed checkpoint left rules behind");
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 65536];
+    while got < sent {
+        let n = c.read(&mut buf).expect("read the server's stream");
+        assert!(n > 0);
+        got += n as u64;
+    }
+    // SAFETY: signalling the server this test started.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let mut bye = [0u8; 3];
+    c.read_exact(&mut bye).expect("the server's answer");
+    assert_eq!(wait_file(&s.path("result")), "PASS");
+}
+
+/// An image whose lock was removed meanwhile (by an operator, a reboot)
+/// still restores, and its connection works.
+#[test]
+fn restore_without_the_lock_still_works() {
+    let mut s = Scene::new("tcplockgone");
+    let (pid, mut c, sent, _) = start(&mut s, false, &[]);
+    let images = s.path("images");
+    let out =
+        Command::new(LPM).args(["checkpoint", "--tcp-established", "--pid", &pid.to_string(), "--images"]).arg(&images).output().unwrap();
+    assert!(out.status.success(), "checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
+    reap(pid);
+    let name = lock_name(&images).expect("a lock");
+    let del = Command::new("nft").args(["delete", "table", "inet", &name]).status().unwrap();
+    assert!(del.success());
+    let restored = s.restore(&images);
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 65536];
+    while got < sent {
+        let n = c.read(&mut buf[..(sent - got).min(65536) as usize]).expect("read the server's stream");
+        assert!(n > 0);
+        assert_eq!(buf[..n], pattern(got, n, 17)[..], "server stream byte differs at {got}");
+        got += n as u64;
+    }
+    // SAFETY: signalling the restored server.
+    unsafe { libc::kill(restored, libc::SIGUSR1) };
+    let mut bye = [0u8; 3];
+    c.read_exact(&mut bye).expect("the server's answer");
+    assert_eq!(wait_file(&s.path("result")), "PASS");
+}
