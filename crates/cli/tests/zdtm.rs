@@ -939,6 +939,9 @@ zdtm_tests!(
     seccomp,
     pty,
     new_work,
+    sched_policy,
+    oom_score,
+    membarrier,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

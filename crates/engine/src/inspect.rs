@@ -28,7 +28,7 @@ use crate::dump::DumpOptions;
 use crate::files::{self, FileTable};
 use crate::proc::{self, Stat, Status};
 use crate::stop;
-use crate::{ipc, locks, mem, ns, seccomp, timers, zombie, EngineError, Result};
+use crate::{ipc, locks, mem, ns, seccomp, task, timers, zombie, EngineError, Result};
 
 /// One thing the checkpoint would refuse.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +191,9 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     }
     let Some(tids) = sink.keep(pid, proc::threads(pid)) else { return };
     sink.out.threads += tids.len();
+    for &tid in &tids {
+        sink.keep(pid, task::check_sched(pid, tid));
+    }
     sink.keep(pid, seccomp::check(pid, &tids));
     let mut refused = Vec::new();
     let fds = sink.keep(pid, files::check(pid, table, &mut refused));

@@ -955,6 +955,7 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<Vec<i32>> {
             ptrace::set_xstate(tid, &t.xstate).step(tid, || "write xstate".into())?;
             ptrace::set_regs(tid, &regs).step(tid, || "write registers".into())?;
             ptrace::set_sigmask(tid, t.sigmask).step(tid, || "write sigmask".into())?;
+            task::restore_sched(tid, t)?;
         }
     }
     let zombie = |pid: &u32| ctx.tree.processes.iter().any(|p| p.pid == *pid && p.zombie.is_some());

@@ -121,6 +121,7 @@ pub fn dump(pid: i32, tree: &[i32]) -> Result<Process> {
             .collect(),
         personality: u32::from_str_radix(proc::read(pid, "personality")?.trim(), 16).unwrap_or(0),
         zombie: Some(Zombie { exit_status: stat.num(52) as u32 }),
+        oom_score_adj: crate::task::read_oom_score_adj(pid)?,
         ..Default::default()
     })
 }
@@ -143,6 +144,7 @@ pub fn shape(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
             .step(pid, || format!("remote prlimit(resource {}) in zombie", l.resource))?;
     }
     r.call(libc::SYS_personality, &[p.personality as u64]).step(pid, || "remote personality in zombie".into())?;
+    crate::task::restore_oom_score_adj(pid, p.oom_score_adj)?;
     if let Some(t) = p.threads.first() {
         let addr = put_path(pid, s, 0, &t.comm)?;
         r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr]).step(pid, || "remote PR_SET_NAME in zombie".into())?;

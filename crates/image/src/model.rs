@@ -192,6 +192,14 @@ pub struct Process {
     /// Seccomp filters (mode 2) shared by every thread of the process.
     #[prost(message, optional, tag = "28")]
     pub seccomp: Option<Seccomp>,
+    /// /proc/PID/oom_score_adj (per process, -1000 to 1000).
+    #[prost(sint32, tag = "29")]
+    pub oom_score_adj: i32,
+    /// membarrier(2) registrations of the address space, as
+    /// MEMBARRIER_CMD_GET_REGISTRATIONS returns them: one bit per
+    /// MEMBARRIER_CMD_REGISTER_* command, each run again at restore.
+    #[prost(uint32, tag = "30")]
+    pub membarrier: u32,
 }
 
 /// Process-wide prctl(2) state.
@@ -262,6 +270,32 @@ pub struct Thread {
     /// The thread id in every pid namespace, host's first (NSpid).
     #[prost(uint32, repeated, tag = "15")]
     pub nstid: Vec<u32>,
+    /// Scheduling policy and its parameters (sched_getattr); the nice
+    /// value is `nice`. Absent in images that predate it: the restored
+    /// thread then keeps SCHED_OTHER.
+    #[prost(message, optional, tag = "16")]
+    pub sched: Option<Sched>,
+}
+
+/// A thread's scheduling policy (sched_setattr(2)), besides its nice value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sched {
+    /// SCHED_OTHER (0), SCHED_FIFO (1), SCHED_RR (2), SCHED_BATCH (3),
+    /// SCHED_IDLE (5); SCHED_DEADLINE is refused at checkpoint.
+    #[prost(uint32, tag = "1")]
+    pub policy: u32,
+    /// SCHED_FLAG_RESET_ON_FORK and the utilization clamp flags.
+    #[prost(uint64, tag = "2")]
+    pub flags: u64,
+    /// Static priority of SCHED_FIFO and SCHED_RR (1 to 99), else 0.
+    #[prost(uint32, tag = "3")]
+    pub priority: u32,
+    /// Utilization clamp minimum (0 to 1024).
+    #[prost(uint32, tag = "4")]
+    pub util_min: u32,
+    /// Utilization clamp maximum (0 to 1024).
+    #[prost(uint32, tag = "5")]
+    pub util_max: u32,
 }
 
 /// sigaltstack(2) state.

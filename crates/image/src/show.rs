@@ -195,6 +195,7 @@ pub fn render(t: &TreeImage) -> String {
         if p.nspid.len() > 1 {
             let _ = writeln!(o, "  pid in nested namespaces {:?}", p.nspid);
         }
+        let _ = writeln!(o, "  oom_score_adj {} membarrier registrations {:#x}", p.oom_score_adj, p.membarrier);
         if let Some(ns) = &p.namespaces {
             let _ = writeln!(
                 o,
@@ -241,6 +242,13 @@ pub fn render(t: &TreeImage) -> String {
             }
             if let Some(s) = &th.sigaltstack {
                 let _ = writeln!(o, "    sigaltstack sp={:#x} size={} flags={:#x}", s.sp, s.size, s.flags);
+            }
+            if let Some(s) = &th.sched {
+                let _ = writeln!(
+                    o,
+                    "    sched policy={} flags={:#x} priority={} nice={} util_clamp={}..{}",
+                    s.policy, s.flags, s.priority, th.nice, s.util_min, s.util_max
+                );
             }
         }
         for a in &p.sigactions {

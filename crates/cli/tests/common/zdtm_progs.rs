@@ -117,6 +117,9 @@ pub static PROGS: &[Prog] = &[
     prog("seccomp", Launch::C, true, 3),
     prog("pty", Launch::C, true, 4),
     Prog { rounds: true, ..prog("new_work", Launch::C, true, 5) },
+    Prog { needs: &[Need::Root], ..prog("sched_policy", Launch::C, true, 3) },
+    prog("oom_score", Launch::C, true, 2),
+    prog("membarrier", Launch::C, true, 2),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
