@@ -942,6 +942,7 @@ zdtm_tests!(
     sched_policy,
     oom_score,
     membarrier,
+    pty_owner,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

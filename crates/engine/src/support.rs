@@ -51,7 +51,7 @@ pub const KINDS: &[Row] = &[
     ("namespaces", Support::Partly, "pid, mount (private /proc), uts, ipc, net owned by the tree; other mounts refused"),
     ("zombies", Support::Partly, "pid, parent, group, session, wait status, creds, signal state, limits; core-dump deaths refused"),
     ("seccomp filters", Support::Partly, "mode 2, the same chain in every thread; strict mode and per-thread chains refused"),
-    ("terminals and ptys", Support::Partly, "pty pairs inside the tree: termios, window size, packet mode, lock, controlling terminal of a session leader and its foreground group; the pts index may change; slaves of masters outside the tree, pending data and other terminals refused"),
+    ("terminals and ptys", Support::Partly, "pty pairs inside the tree: termios, window size, packet mode, lock, slave owner and mode, controlling terminal of a session leader and its foreground group; the pts index may change; slaves of masters outside the tree, pending data and other terminals refused"),
 ];
 
 #[cfg(test)]

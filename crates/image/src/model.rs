@@ -1269,6 +1269,18 @@ pub struct TtyImage {
     /// (0: none).
     #[prost(uint32, tag = "8")]
     pub fg_pgrp: u32,
+    /// Master: owner of the slave's device node (/dev/pts/N), as grantpt
+    /// or chown left it.
+    #[prost(uint32, tag = "9")]
+    pub slave_uid: u32,
+    /// Master: group of the slave's device node.
+    #[prost(uint32, tag = "10")]
+    pub slave_gid: u32,
+    /// Master: permission bits of the slave's device node (`mesg n`
+    /// clears the group's write bit); 0 in images that predate it, which
+    /// leave the node as the restoring host's devpts makes it.
+    #[prost(uint32, tag = "11")]
+    pub slave_mode: u32,
 }
 
 /// One message of a POSIX message queue.

@@ -165,13 +165,16 @@ fn event_objects(f: &FileImage) -> String {
         if t.master {
             let _ = write!(
                 o,
-                " winsize={:?} packet={} locked={} session={} fg_pgrp={} termios={}B",
+                " winsize={:?} packet={} locked={} session={} fg_pgrp={} termios={}B slave {}:{} mode {:o}",
                 t.winsize,
                 t.packet,
                 t.locked,
                 t.session,
                 t.fg_pgrp,
-                t.termios.len()
+                t.termios.len(),
+                t.slave_uid,
+                t.slave_gid,
+                t.slave_mode
             );
         }
     }

@@ -120,6 +120,7 @@ pub static PROGS: &[Prog] = &[
     Prog { needs: &[Need::Root], ..prog("sched_policy", Launch::C, true, 3) },
     prog("oom_score", Launch::C, true, 2),
     prog("membarrier", Launch::C, true, 2),
+    Prog { needs: &[Need::Root], ..prog("pty_owner", Launch::C, true, 3) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
