@@ -943,6 +943,7 @@ zdtm_tests!(
     oom_score,
     membarrier,
     pty_owner,
+    zombie_pgrp,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

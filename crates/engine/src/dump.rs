@@ -158,6 +158,9 @@ impl StoppedTree {
             return Err(not_freezable(root));
         }
         std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
+        crate::restore::check_groups(&crate::restore::Member::read(&self.order), root as u32, |pid| {
+            crate::restore::outside_tree(&self.order, pid)
+        })?;
         let precopied: HashMap<i32, Vec<(u64, u64)>> = opts.precopied.iter().map(|(&pid, r)| (pid, page_ranges(r))).collect();
         let mut tree = TreeImage {
             writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
@@ -350,6 +353,7 @@ fn dump_process(
         sid: stat.num(6) as u32,
         host_pid: pid as u32,
         nspid: st.nums("NSpid"),
+        nspgid: st.nums("NSpgid"),
         namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 }, external_netns && !in_tree)?,
         ..Default::default()
     };

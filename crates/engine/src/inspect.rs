@@ -130,6 +130,8 @@ pub fn inspect(root: i32, opts: &DumpOptions) -> Result<Inspection> {
             }
         }
     }
+    let members = crate::restore::Member::read(&procs);
+    sink.keep(root, crate::restore::check_groups(&members, root as u32, |pid| crate::restore::outside_tree(&procs, pid)));
     let mut table = FileTable::default();
     table.tree = procs.clone();
     table.tcp_established = opts.tcp_established;

@@ -790,11 +790,79 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
     Ok(puppets)
 }
 
+/// A process as the rules of sessions and groups see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Member {
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
+    pub(crate) pgid: u32,
+    pub(crate) sid: u32,
+}
+
+impl Member {
+    /// The members of the running or stopped tree `pids` (root first),
+    /// from /proc/PID/stat; a process gone meanwhile is left out.
+    pub(crate) fn read(pids: &[i32]) -> Vec<Member> {
+        pids.iter()
+            .filter_map(|&pid| {
+                let st = proc::Stat::read(pid).ok()?;
+                let ppid = st.num(4) as u32;
+                let ppid = if pids.contains(&(ppid as i32)) { ppid } else { 0 };
+                Some(Member { pid: pid as u32, ppid, pgid: st.num(5) as u32, sid: st.num(6) as u32 })
+            })
+            .collect()
+    }
+}
+
+/// Whether `pid` is a process outside the tree `pids`.
+pub(crate) fn outside_tree(pids: &[i32], pid: u32) -> bool {
+    !pids.contains(&(pid as i32)) && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Refuses the sessions and process groups [`spawn_tree`] and [`groups`]
+/// cannot make again; rule of the dump and the inspection. A process is
+/// cloned from its parent, so it starts in its parent's session: it may
+/// only lead a session of its own or stay in its parent's (setsid is the
+/// only way into a session, and makes a new one). A group is led at birth,
+/// joined from a leader in the tree, or, when its leader has exited,
+/// made again by a helper with the leader's pid (which the kernel keeps
+/// for the group). `outside` says whether a pid is a live process outside
+/// the tree (a group it leads cannot be made here).
+pub(crate) fn check_groups(members: &[Member], root: u32, outside: impl Fn(u32) -> bool) -> Result<()> {
+    let by_pid: HashMap<u32, &Member> = members.iter().map(|m| (m.pid, m)).collect();
+    let Some(r) = by_pid.get(&root) else { return Ok(()) };
+    let refuse = |m: &Member, what: String| Err(EngineError::Unsupported { pid: m.pid as i32, kind: "process tree", what });
+    for m in members.iter().filter(|m| m.pid != root) {
+        let Some(parent) = by_pid.get(&m.ppid) else { continue };
+        if m.sid != m.pid && m.sid != parent.sid {
+            return refuse(
+                m,
+                format!(
+                    "in session {}, which its parent {} (in session {}) is not in: a restored process starts in its parent's session",
+                    m.sid, m.ppid, parent.sid
+                ),
+            );
+        }
+        let led = by_pid.contains_key(&m.pgid) || (m.pgid == r.pgid && m.sid == r.sid);
+        if led {
+            continue;
+        }
+        if outside(m.pgid) {
+            return refuse(m, format!("in process group {}, led by a process outside the tree", m.pgid));
+        }
+    }
+    Ok(())
+}
+
 /// Stage 4: process groups that are neither led nor inherited (joined
-/// from a sibling or a later process), once every leader exists.
+/// from a sibling or a later process), once every leader exists; groups
+/// whose leader has exited are made again first ([`leaderless_group`]).
+/// The root's group, when it came from outside the tree, is the one the
+/// root inherits from the restorer: its other members join that.
 fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
     let procs = &ctx.tree.processes;
     let by_pid: HashMap<u32, &Process> = procs.iter().map(|p| (p.pid, p)).collect();
+    let root = root_of(ctx.tree);
     // What each process's group is after spawn_tree: led, or inherited
     // down the tree.
     let mut now: HashMap<u32, u32> = HashMap::new();
@@ -803,17 +871,84 @@ fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
             if p.sid == p.pid || p.pgid == p.pid { p.pid } else { by_pid.get(&p.ppid).and_then(|q| now.get(&q.pid)).copied().unwrap_or(0) };
         now.insert(p.pid, g);
     }
-    for p in procs.iter().filter(|p| now[&p.pid] != p.pgid && by_pid.contains_key(&p.pgid)) {
-        let l = by_pid[&p.pgid];
-        if l.nspid.len() != p.nspid.len() {
-            return Err(EngineError::Incompatible(format!("process {} joins group {} led from another pid namespace", p.pid, p.pgid)));
-        }
+    let outer = |p: &Process| p.pid != root.pid && p.pgid == root.pgid && !by_pid.contains_key(&p.pgid);
+    let mut leaderless: Vec<u32> =
+        procs.iter().filter(|p| !by_pid.contains_key(&p.pgid) && !outer(p) && p.pid != root.pid).map(|p| p.pgid).collect();
+    leaderless.sort_unstable();
+    leaderless.dedup();
+    for g in leaderless {
+        let members: Vec<&Process> = procs.iter().filter(|p| p.pgid == g).collect();
+        leaderless_group(ctx, puppets, g, &members)?;
+    }
+    for p in procs.iter().filter(|p| now[&p.pid] != p.pgid && (by_pid.contains_key(&p.pgid) || outer(p))) {
         // setpgid runs inside, where the group is named as the member sees
-        // its leader.
+        // its leader; the root's outer group by its id now.
+        let view = match by_pid.get(&p.pgid) {
+            Some(l) if l.nspid.len() != p.nspid.len() => {
+                return Err(EngineError::Incompatible(format!("process {} joins group {} led from another pid namespace", p.pid, p.pgid)))
+            }
+            Some(l) => own_view(l) as u64,
+            None => proc::Stat::read(puppets.by_pid[&root.pid].host)?.num(5),
+        };
+        if now[&p.pid] as u64 == view {
+            continue;
+        }
         let pp = &puppets.by_pid[&p.pid];
         ctx.remote(pp.host, pp.base)
-            .call(libc::SYS_setpgid, &[0, own_view(l) as u64])
+            .call(libc::SYS_setpgid, &[0, view])
             .step(pp.host, || format!("remote setpgid({}) in pid {}", p.pgid, p.pid))?;
+    }
+    Ok(())
+}
+
+/// Makes process group `g`, whose leader had exited, for `members` (all
+/// in one session, as the kernel keeps groups): a helper with the
+/// leader's pid (in every pid namespace: `Process::nspgid`), cloned from
+/// the first member, leads a new group and the members join it; the helper then exits and the member reaps it (a
+/// remote wait4), taking back the SIGCHLD it sent (every puppet has its
+/// signals blocked, so it waits among the pending ones). The group lives
+/// on with its members, its id held by them.
+fn leaderless_group(ctx: &Ctx, puppets: &Puppets, g: u32, members: &[&Process]) -> Result<()> {
+    let first = members.first().ok_or_else(|| EngineError::Incompatible(format!("process group {g} has no member")))?;
+    if first.nspgid.len() != first.nspid.len() && first.nspid.len() > 1 {
+        return Err(EngineError::Incompatible(format!(
+            "process group {g} of pid {} lost its leader inside a pid namespace, and the image does not record its id there",
+            first.pid
+        )));
+    }
+    let fp = &puppets.by_pid[&first.pid];
+    let s = ctx.scratch();
+    let mut fr = ctx.remote(fp.host, fp.base);
+    let args = CloneArgs { flags: 0, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let helper = remote_clone3(&mut fr, s, args, &set_tid(&first.nspgid, g, free_levels(ctx.tree)), libc::PTRACE_EVENT_FORK)?;
+    // The group as the members see it.
+    let g_in = first.nspgid.last().copied().unwrap_or(g) as u64;
+    let made = (|| -> Result<()> {
+        let base = ptrace::get_regs(helper).step(helper, || "read group helper registers".into())?;
+        ctx.remote(helper, base)
+            .call(libc::SYS_setpgid, &[0, 0])
+            .step(helper, || format!("remote setpgid(0, 0) in helper of group {g}"))?;
+        for m in members {
+            let mp = &puppets.by_pid[&m.pid];
+            ctx.remote(mp.host, mp.base)
+                .call(libc::SYS_setpgid, &[0, g_in])
+                .step(mp.host, || format!("remote setpgid({g}) in pid {}", m.pid))?;
+        }
+        zombie::exit_now(helper, base, ctx.trampoline)
+    })();
+    if let Err(e) = made {
+        lpm_sys::misc::kill(helper, libc::SIGKILL);
+        return Err(e);
+    }
+    fr.call(libc::SYS_wait4, &[g_in, 0, 0, 0]).step(fp.host, || format!("remote wait4({g}) for the helper of group {g}"))?;
+    let set = put(fp.host, s, 0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+    let ts = put(fp.host, s, 8, &[0u8; 16])?;
+    let got = fr.raw(libc::SYS_rt_sigtimedwait, &[set, 0, ts, 8]).step(fp.host, || "remote rt_sigtimedwait(SIGCHLD)".into())?;
+    if got != libc::SIGCHLD as i64 {
+        return Err(EngineError::Incompatible(format!(
+            "pid {}: the SIGCHLD of the helper of group {g} did not arrive (rt_sigtimedwait returned {got})",
+            first.pid
+        )));
     }
     Ok(())
 }
@@ -960,4 +1095,31 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<Vec<i32>> {
     }
     let zombie = |pid: &u32| ctx.tree.processes.iter().any(|p| p.pid == *pid && p.zombie.is_some());
     Ok(puppets.order.iter().filter(|pid| !zombie(pid)).flat_map(|pid| puppets.by_pid[pid].tids.iter().copied()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pid: u32, ppid: u32, pgid: u32, sid: u32) -> Member {
+        Member { pid, ppid, pgid, sid }
+    }
+
+    /// Which sessions and groups the restore can make again.
+    #[test]
+    fn sessions_and_groups_it_cannot_make_are_refused() {
+        // Root 10 in a session and group from outside (5); 11 leads its own
+        // session; 12 is in 11's group and session; 13 is in group 20,
+        // whose leader exited; 14 in the root's outer group.
+        let ok = [m(10, 0, 5, 5), m(11, 10, 11, 11), m(12, 11, 11, 11), m(13, 10, 20, 5), m(14, 10, 5, 5)];
+        check_groups(&ok, 10, |_| false).unwrap();
+        // A double fork's daemon: in the session of a leader that exited,
+        // adopted by the root.
+        let daemon = [m(10, 0, 10, 10), m(13, 10, 12, 12)];
+        let e = check_groups(&daemon, 10, |_| false).unwrap_err().to_string();
+        assert!(e.contains("pid 13") && e.contains("session 12"), "{e}");
+        // The leader of 13's group lives outside the tree.
+        let e = check_groups(&ok, 10, |pid| pid == 20).unwrap_err().to_string();
+        assert!(e.contains("pid 13") && e.contains("outside the tree"), "{e}");
+    }
 }

@@ -47,7 +47,7 @@ pub const KINDS: &[Row] = &[
     ("credentials", Support::Yes, "uids, gids, groups, all capability sets, securebits"),
     ("process attributes", Support::Yes, "rlimits, cwd, root, umask, personality, no_new_privs, dumpable, THP disable, subreaper, pdeathsig, oom_score_adj, membarrier registrations"),
     ("scheduling policies", Support::Partly, "per thread: SCHED_OTHER, BATCH, IDLE, FIFO, RR with priority, nice, reset-on-fork, utilization clamps; SCHED_DEADLINE refused"),
-    ("process tree", Support::Yes, "same pids in every pid namespace, sessions, process groups"),
+    ("process tree", Support::Partly, "same pids in every pid namespace, sessions, process groups (also those whose leader exited); a session neither a process's own nor its parent's refused"),
     ("namespaces", Support::Partly, "pid, mount (private /proc), uts, ipc, net owned by the tree; other mounts refused"),
     ("zombies", Support::Partly, "pid, parent, group, session, wait status, creds, signal state, limits; core-dump deaths refused"),
     ("seccomp filters", Support::Partly, "mode 2, the same chain in every thread; strict mode and per-thread chains refused"),

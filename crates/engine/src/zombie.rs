@@ -103,6 +103,7 @@ pub fn dump(pid: i32, tree: &[i32]) -> Result<Process> {
         sid: stat.num(6) as u32,
         host_pid: pid as u32,
         nspid: nspid.clone(),
+        nspgid: st.nums("NSpgid"),
         threads: vec![Thread {
             tid: pid as u32,
             comm: stat.comm.clone(),
@@ -208,6 +209,11 @@ pub fn exit(z: Exiting, s: Scratch) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ends puppet `host` at once with exit code 0 (a helper of the restore).
+pub(crate) fn exit_now(host: i32, base: ptrace::Regs, syscall_ip: u64) -> Result<()> {
+    die(host, base, 0, syscall_ip, !0)
 }
 
 /// Ends the puppet with wait status `status`: exit_group for a normal

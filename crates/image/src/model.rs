@@ -200,6 +200,11 @@ pub struct Process {
     /// MEMBARRIER_CMD_REGISTER_* command, each run again at restore.
     #[prost(uint32, tag = "30")]
     pub membarrier: u32,
+    /// The process group id in every pid namespace from the host's down
+    /// to its own (NSpgid): what a group whose leader has exited is made
+    /// again with. Empty in images that predate it.
+    #[prost(uint32, repeated, tag = "31")]
+    pub nspgid: Vec<u32>,
 }
 
 /// Process-wide prctl(2) state.

@@ -196,7 +196,7 @@ pub fn render(t: &TreeImage) -> String {
             p.pid, p.host_pid, p.ppid, p.pgid, p.sid, p.cwd, p.root, p.umask, p.personality
         );
         if p.nspid.len() > 1 {
-            let _ = writeln!(o, "  pid in nested namespaces {:?}", p.nspid);
+            let _ = writeln!(o, "  pid in nested namespaces {:?}, group {:?}", p.nspid, p.nspgid);
         }
         let _ = writeln!(o, "  oom_score_adj {} membarrier registrations {:#x}", p.oom_score_adj, p.membarrier);
         if let Some(ns) = &p.namespaces {

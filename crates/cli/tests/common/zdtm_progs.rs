@@ -121,6 +121,7 @@ pub static PROGS: &[Prog] = &[
     prog("oom_score", Launch::C, true, 2),
     prog("membarrier", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("pty_owner", Launch::C, true, 3) },
+    prog("zombie_pgrp", Launch::C, true, 2),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
