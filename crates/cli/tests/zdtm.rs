@@ -944,6 +944,8 @@ zdtm_tests!(
     membarrier,
     pty_owner,
     zombie_pgrp,
+    mem_madvise,
+    mem_fileprot,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -34,13 +34,47 @@ use crate::{io_err, EngineError, Result, StepExt, PAGE};
 /// Bytes read from a task per process_vm_readv call while dumping.
 const CHUNK: usize = 8 << 20;
 
-const MADVICE: [(&str, i32); 5] = [
+/// The VmFlags that madvise sets, with the advice that sets each again.
+const MADVICE: [(&str, i32); 8] = [
     ("hg", libc::MADV_HUGEPAGE),
     ("nh", libc::MADV_NOHUGEPAGE),
     ("dc", libc::MADV_DONTFORK),
     ("wf", libc::MADV_WIPEONFORK),
     ("dd", libc::MADV_DONTDUMP),
+    ("mg", libc::MADV_MERGEABLE),
+    ("sr", libc::MADV_SEQUENTIAL),
+    ("rr", libc::MADV_RANDOM),
 ];
+
+/// mmap's map type for droppable memory (Linux 6.11): its pages may be
+/// dropped under memory pressure; implies VM_WIPEONFORK and VM_DONTDUMP.
+const MAP_DROPPABLE: u32 = 0x08;
+
+/// VmFlags the restore cannot make again, refused by name (besides
+/// hugetlbfs, I/O and PFN mappings, refused with the kind of area).
+const REFUSED_VMFLAGS: [(&str, &str); 2] = [("ss", "shadow stack"), ("sl", "sealed (mseal)")];
+
+/// Whether the image's area `v` had VmFlag `f` (images that predate
+/// `Vma::vm_flags` have none).
+fn vm_flag(v: &Vma, f: &str) -> bool {
+    v.vm_flags.iter().any(|x| x == f)
+}
+
+/// The protection a private area is mapped with at restore, before its
+/// pages are filled: VM_ACCOUNT (VmFlags "ac", the commit charge a
+/// private mapping takes once it is writable) stays with the area for
+/// good, so an area that had it is mapped writable (and set to its final
+/// protection afterwards), and one without it is mapped as it was, its
+/// pages written through /proc/PID/mem. Images without VmFlags are
+/// mapped writable, as before.
+fn initial_prot(v: &Vma) -> u32 {
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    if v.vm_flags.is_empty() || v.prot & libc::PROT_WRITE as u32 != 0 || vm_flag(v, "ac") {
+        rw
+    } else {
+        v.prot
+    }
+}
 
 /// Classifies one area, or says why it cannot be checkpointed.
 pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
@@ -55,9 +89,20 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
             return Err(unsupported(why));
         }
     }
+    for (flag, why) in REFUSED_VMFLAGS {
+        if e.has(flag) {
+            return Err(unsupported(why));
+        }
+    }
     let mut flags = if e.shared() { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+    if e.has("dp") {
+        flags = MAP_DROPPABLE;
+    }
     if e.has("gd") {
         flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    if e.has("nr") {
+        flags |= libc::MAP_NORESERVE as u32;
     }
     let kind = match e.path.as_str() {
         "[vdso]" => VmaKind::Vdso,
@@ -101,6 +146,7 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         madvise: MADVICE.iter().filter(|(f, _)| e.has(f)).map(|(_, a)| *a as u32).collect(),
         dev: ((e.major as u64) << 32) | e.minor as u64,
         inode: e.inode,
+        vm_flags: e.vmflags.clone(),
     })
 }
 
@@ -185,7 +231,10 @@ struct Piece {
     vaddr: u64,
     len: u64,
     off: u64,
-    readable: bool,
+    /// The area lets the task itself read them (dump) or write them
+    /// (restore), so process_vm_readv/writev may; else /proc/PID/mem,
+    /// which overrides protections.
+    direct: bool,
     precopied: bool,
 }
 
@@ -287,7 +336,7 @@ impl Slabs<'_> {
                 let vaddr = p.vaddr + (at - p.off);
                 let i0 = (at - bs) as usize;
                 let dst = &mut buf[i0..i0 + len as usize];
-                if p.readable {
+                if p.direct {
                     ptrace::read_mem(self.pid, vaddr, dst).step(self.pid, || format!("read pages at {vaddr:#x}"))?;
                 } else {
                     // Unreadable areas are read through /proc/PID/mem,
@@ -469,8 +518,8 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
                 let mut at = start;
                 while at < end {
                     let len = (end - at).min(PIECE);
-                    let readable = v.prot & libc::PROT_READ as u32 != 0;
-                    pieces.push(Piece { vaddr: at, len, off: total, readable, precopied: false });
+                    let direct = v.prot & libc::PROT_READ as u32 != 0;
+                    pieces.push(Piece { vaddr: at, len, off: total, direct, precopied: false });
                     total += len;
                     at += len;
                 }
@@ -518,8 +567,22 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
         }),
         auxv: proc::read_bytes(pid, "auxv")?,
         exe: proc::link(pid, "exe")?,
+        ksm_merge_any: ksm_merge_any(pid)?,
     })
 }
+
+/// Whether `pid` made every area mergeable (PR_SET_MEMORY_MERGE); false
+/// on a kernel without KSM (no ksm_stat).
+fn ksm_merge_any(pid: i32) -> Result<bool> {
+    match proc::read(pid, "ksm_stat") {
+        Ok(text) => Ok(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["ksm_merge_any:", "yes"])),
+        Err(EngineError::Proc { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// PR_SET_MEMORY_MERGE (Linux 6.4).
+const PR_SET_MEMORY_MERGE: u64 = 67;
 
 /// Shared anonymous objects recreated by the restorer, mapped in lpm so
 /// puppets can open them through /proc/LPM/map_files.
@@ -601,7 +664,14 @@ pub struct RestoreCtx<'a> {
 /// userfaultfd's missing mode takes anonymous memory only, so precopied
 /// copies-on-write of private file mappings are filled at once.
 fn lazy_vma(mm: &Mm, vaddr: u64) -> bool {
-    mm.vmas.iter().any(|v| v.start <= vaddr && vaddr < v.end && kind(v) == VmaKind::AnonPrivate)
+    mm.vmas.iter().any(|v| v.start <= vaddr && vaddr < v.end && lazy_area(v))
+}
+
+/// Whether area `v` may be filled lazily: anonymous (userfaultfd's
+/// missing mode takes nothing else) and not locked, as mlock faults in
+/// every page at once (zero pages the fill would then leave alone).
+fn lazy_area(v: &Vma) -> bool {
+    kind(v) == VmaKind::AnonPrivate && !vm_flag(v, "lo")
 }
 
 /// Replaces the puppet's address space with `mm`; with `c.lazy`, returns
@@ -647,16 +717,21 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
             continue;
         }
         let len = v.end - v.start;
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let fixed = (libc::MAP_FIXED_NOREPLACE as u32 | v.flags) as u64;
         let what = || format!("remote mmap {:#x}-{:#x} {:?} {}", v.start, v.end, k, v.path);
         match k {
             VmaKind::AnonPrivate => {
-                r.call(libc::SYS_mmap, &[v.start, len, rw, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0]).step(pid, what)?;
+                r.call(libc::SYS_mmap, &[v.start, len, initial_prot(v) as u64, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0])
+                    .step(pid, what)?;
             }
             VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared => {
                 let shared = k != VmaKind::FilePrivate;
-                let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
+                // What mprotect may later allow on a shared mapping
+                // (VM_MAYWRITE, VmFlags "mw") comes from the descriptor it
+                // was mapped from; images without VmFlags go by the
+                // protection, as before.
+                let may_write = if v.vm_flags.is_empty() { v.prot & libc::PROT_WRITE as u32 != 0 } else { vm_flag(v, "mw") };
+                let writable = shared && may_write;
                 let path = if k == VmaKind::AnonShared {
                     c.shmem
                         .path(v.shmem_id)
@@ -676,8 +751,8 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
                         fd
                     }
                 };
-                let prot = if shared { v.prot as u64 } else { rw };
-                r.call(libc::SYS_mmap, &[v.start, len, prot, fixed, fd, v.pgoff]).step(pid, what)?;
+                let prot = if shared { v.prot } else { initial_prot(v) };
+                r.call(libc::SYS_mmap, &[v.start, len, prot as u64, fixed, fd, v.pgoff]).step(pid, what)?;
             }
             _ => return Err(EngineError::Incompatible(format!("memory area {:#x}-{:#x} of unknown kind {}", v.start, v.end, v.kind))),
         }
@@ -686,25 +761,74 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
         r.call(libc::SYS_close, &[*fd]).step(pid, || "remote close".into())?;
     }
     fill(c, mm)?;
+    if mm.ksm_merge_any {
+        // Every eligible area becomes mergeable; those the program made
+        // unmergeable since are set back below.
+        r.call(libc::SYS_prctl, &[PR_SET_MEMORY_MERGE, 1, 0, 0, 0]).step(pid, || "remote PR_SET_MEMORY_MERGE".into())?;
+    }
     for v in &mm.vmas {
         let k = kind(v);
-        if matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate) && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+        if is_private(k) && v.prot != initial_prot(v) {
+            if k == VmaKind::AnonPrivate && !written(c, mm, v) {
+                keep_charge(c, r, v)?;
+            }
             r.call(libc::SYS_mprotect, &[v.start, v.end - v.start, v.prot as u64])
                 .step(pid, || format!("remote mprotect {:#x}-{:#x}", v.start, v.end))?;
         }
-        for a in &v.madvise {
-            r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || format!("remote madvise {a} {:#x}", v.start))?;
+        advise(pid, r, v)?;
+        if mm.ksm_merge_any && !v.vm_flags.is_empty() && !vm_flag(v, "mg") && special_name(k).is_none() && k != VmaKind::Vsyscall {
+            // EINVAL for an area KSM never takes (shared, special): it
+            // had no flag to lose.
+            r.raw(libc::SYS_madvise, &[v.start, v.end - v.start, libc::MADV_UNMERGEABLE as u64])
+                .step(pid, || format!("remote madvise unmergeable {:#x}", v.start))?;
         }
     }
     set_layout(c, r, s, mm)?;
     // The userfaultfd of the lazy fill is made now, while the puppet may
     // still make one; its areas are registered at the end of the restore.
     match open_precopy(c, mm)? {
-        Some(store) if c.lazy => {
-            crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), |v| kind(v) == VmaKind::AnonPrivate, &c.eager)
-        }
+        Some(store) if c.lazy => crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), lazy_area, &c.eager),
         _ => Ok(None),
     }
+}
+
+/// Whether the restore wrote a page of anonymous area `v` before it is
+/// set to its final protection (its data, or its precopied pages when
+/// they are not left to the lazy fill, or eager ones).
+fn written(c: &RestoreCtx, mm: &Mm, v: &Vma) -> bool {
+    let lazy = c.lazy && lazy_area(v);
+    let inside = |s: u64, e: u64| s < v.end && e > v.start;
+    mm.pages.iter().any(|r| inside(r.vaddr, r.vaddr + r.npages * PAGE) && !r.zero && (!r.precopied || !lazy))
+        || (lazy && c.eager.iter().any(|&p| inside(p, p + PAGE)))
+}
+
+/// Keeps the commit charge (VM_ACCOUNT) of an anonymous area that the
+/// restore made writable and is about to make read-only again, though no
+/// page of it was written: mprotect uncharges an anonymous area that has
+/// never held a page (no anon_vma), which the original, charged, once
+/// did. A page written and dropped again gives it one; the page reads as
+/// before (absent, or missing for the lazy fill).
+fn keep_charge(c: &RestoreCtx, r: &mut Remote, v: &Vma) -> Result<()> {
+    ptrace::write_mem(c.pid, v.start, &[0u8]).step(c.pid, || format!("touch {:#x} to keep its area charged", v.start))?;
+    r.call(libc::SYS_madvise, &[v.start, PAGE, libc::MADV_DONTNEED as u64])
+        .step(c.pid, || format!("remote madvise dontneed {:#x}", v.start))?;
+    Ok(())
+}
+
+/// Gives area `v` its advice and lock back (what madvise and mlock set:
+/// VmFlags hg nh dc wf dd mg sr rr, lo lf).
+pub(crate) fn advise(pid: i32, r: &mut Remote, v: &Vma) -> Result<()> {
+    for a in &v.madvise {
+        r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || format!("remote madvise {a} {:#x}", v.start))?;
+    }
+    if vm_flag(v, "lo") {
+        // MLOCK_ONFAULT locks pages as they come; a plain lock faults
+        // every page in now, as it did in the original.
+        let onfault = if vm_flag(v, "lf") { 1 } else { 0 };
+        r.call(libc::SYS_mlock2, &[v.start, v.end - v.start, onfault])
+            .step(pid, || format!("remote mlock2 {:#x}-{:#x} flags {onfault}", v.start, v.end))?;
+    }
+    Ok(())
 }
 
 /// Moves the puppet's vDSO areas to where the image had them. They pass
@@ -769,6 +893,52 @@ fn open_precopy(c: &RestoreCtx, mm: &Mm) -> Result<Option<std::fs::File>> {
     Ok(Some(f))
 }
 
+/// Where the fill writes: the puppet's memory, through process_vm_writev
+/// where its areas are writable and through /proc/PID/mem (which
+/// overrides protections on private areas) where they are mapped without
+/// write permission ([`initial_prot`]).
+struct Target {
+    pid: i32,
+    mem: std::fs::File,
+    /// Areas mapped without PROT_WRITE, sorted.
+    indirect: Vec<(u64, u64)>,
+}
+
+impl Target {
+    fn new(pid: i32, mm: &Mm) -> Result<Target> {
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(io_err(format!("open /proc/{pid}/mem")))?;
+        let indirect = mm
+            .vmas
+            .iter()
+            .filter(|v| is_private(kind(v)) && initial_prot(v) & libc::PROT_WRITE as u32 == 0)
+            .map(|v| (v.start, v.end))
+            .collect();
+        Ok(Target { pid, mem, indirect })
+    }
+
+    /// Whether `[vaddr, vaddr + len)` lies outside every area mapped
+    /// without write permission.
+    fn direct(&self, vaddr: u64, len: u64) -> bool {
+        self.indirect.iter().all(|&(s, e)| e <= vaddr || s >= vaddr + len)
+    }
+
+    fn write(&self, vaddr: u64, data: &[u8], what: impl Fn() -> String) -> Result<()> {
+        if self.direct(vaddr, data.len() as u64) {
+            return ptrace::write_mem(self.pid, vaddr, data).step(self.pid, what);
+        }
+        self.mem.write_all_at(data, vaddr).map_err(io_err(format!("{} (through /proc/{}/mem)", what(), self.pid)))
+    }
+}
+
+/// Private areas, whose pages the image holds.
+fn is_private(k: VmaKind) -> bool {
+    matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate)
+}
+
 /// Copies saved pages into the puppet from the mapped pages file, one
 /// worker per core, each verifying the checksums of its runs; precopied
 /// runs come from windows of the precopy file mapped at their addresses
@@ -779,6 +949,7 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let map = Mapping::file(reader.file().as_fd(), 0, file_len as usize).step(c.pid, || format!("map {}", mm.pages_file))?;
     let body = &map.as_slice()[reader.body_offset() as usize..];
     let precopy = open_precopy(c, mm)?;
+    let target = Target::new(c.pid, mm)?;
     let zeros = vec![0u8; CHUNK];
     let mut data: Vec<Piece> = Vec::new();
     for run in &mm.pages {
@@ -789,7 +960,7 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             for &page in &c.eager[lo..hi] {
                 match data.last_mut() {
                     Some(l) if l.precopied && l.vaddr + l.len == page && l.len < PIECE => l.len += PAGE,
-                    _ => data.push(Piece { vaddr: page, len: PAGE, off: page, readable: true, precopied: true }),
+                    _ => data.push(Piece { vaddr: page, len: PAGE, off: page, direct: true, precopied: true }),
                 }
             }
             continue;
@@ -798,14 +969,14 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             let (mut at, end) = (run.vaddr, run.vaddr + run.npages * PAGE);
             while at < end {
                 let len = (end - at).min(PIECE);
-                data.push(Piece { vaddr: at, len, off: at, readable: true, precopied: true });
+                data.push(Piece { vaddr: at, len, off: at, direct: true, precopied: true });
                 at += len;
             }
             continue;
         }
         if !run.zero {
             reader.check_bounds(run)?;
-            data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, readable: true, precopied: false });
+            data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, direct: true, precopied: false });
             continue;
         }
         // Fresh anonymous memory is already zero; a private file page that
@@ -816,17 +987,20 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             let end = run.vaddr + run.npages * PAGE;
             while at < end {
                 let len = ((end - at) as usize).min(CHUNK);
-                ptrace::write_mem(c.pid, at, &zeros[..len]).step(c.pid, || format!("write zero pages at {at:#x}"))?;
+                target.write(at, &zeros[..len], || format!("write zero pages at {at:#x}"))?;
                 at += len as u64;
             }
         }
+    }
+    for p in data.iter_mut() {
+        p.direct = target.direct(p.vaddr, p.len);
     }
     let by_run: HashMap<u64, &PageRun> = mm.pages.iter().filter(|r| !r.zero && !r.precopied).map(|r| (r.vaddr, r)).collect();
     let results: Vec<Result<()>> = std::thread::scope(|sc| {
         let handles: Vec<_> = groups(&data, workers())
             .into_iter()
             .map(|g| {
-                let (data, reader, by_run, precopy) = (&data, &reader, &by_run, &precopy);
+                let (data, reader, by_run, precopy, target) = (&data, &reader, &by_run, &precopy, &target);
                 sc.spawn(move || -> Result<()> {
                     // Short precopied pieces (a migration's last pages,
                     // scattered) are read into one buffer and written with
@@ -834,7 +1008,7 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
                     // costs 20 us, thousands of them inside the downtime.
                     let mut batch = Batch::default();
                     for p in &data[g] {
-                        if p.precopied && p.len <= SMALL {
+                        if p.precopied && p.len <= SMALL && p.direct {
                             let f = precopy.as_ref().expect("opened when a run is precopied");
                             if !batch.add(p) {
                                 batch.flush(c.pid, f, &mm.precopy_file)?;
@@ -847,15 +1021,15 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
                             let window = Mapping::file(f.as_fd(), p.off, p.len as usize)
                                 .step(c.pid, || format!("map {} at {:#x}", mm.precopy_file, p.off))?;
                             lpm_sys::misc::populate_read(window.as_slice());
-                            ptrace::write_mem(c.pid, p.vaddr, window.as_slice())
-                                .step(c.pid, || format!("write {} precopied pages at {:#x}", p.len / PAGE, p.vaddr))?;
+                            target.write(p.vaddr, window.as_slice(), || {
+                                format!("write {} precopied pages at {:#x}", p.len / PAGE, p.vaddr)
+                            })?;
                             continue;
                         }
                         let bytes = &body[p.off as usize..(p.off + p.len) as usize];
                         lpm_sys::misc::populate_read(bytes);
                         reader.verify(by_run[&p.vaddr], bytes)?;
-                        ptrace::write_mem(c.pid, p.vaddr, bytes)
-                            .step(c.pid, || format!("write {} pages at {:#x}", p.len / PAGE, p.vaddr))?;
+                        target.write(p.vaddr, bytes, || format!("write {} pages at {:#x}", p.len / PAGE, p.vaddr))?;
                     }
                     if let Some(f) = precopy.as_ref() {
                         batch.flush(c.pid, f, &mm.precopy_file)?;
@@ -998,7 +1172,7 @@ mod tests {
         let mut total = 0;
         for &(s, e) in &bounds {
             let len = ((e - s) * pg) as u64;
-            pieces.push(Piece { vaddr: base + (s * pg) as u64, len, off: total, readable: true, precopied: false });
+            pieces.push(Piece { vaddr: base + (s * pg) as u64, len, off: total, direct: true, precopied: false });
             total += len;
         }
         let path = d.0.join("pages.img");
@@ -1045,7 +1219,7 @@ mod tests {
         let d = dir("fault");
         let path = d.0.join("pages.img");
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap();
-        let pieces = [Piece { vaddr: 0x1000, len: 4 * PAGE, off: 0, readable: true, precopied: false }];
+        let pieces = [Piece { vaddr: 0x1000, len: 4 * PAGE, off: 0, direct: true, precopied: false }];
         let e = save_pieces(std::process::id() as i32, &pieces, 4 * PAGE, &file, &path).unwrap_err();
         assert!(e.to_string().contains("read pages at 0x1000"), "{e}");
     }

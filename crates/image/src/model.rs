@@ -427,6 +427,10 @@ pub struct Mm {
     /// precopied.
     #[prost(string, tag = "7")]
     pub precopy_file: String,
+    /// Every area eligible for KSM is mergeable, now and when mapped
+    /// (prctl PR_SET_MEMORY_MERGE; "ksm_merge_any" in /proc/PID/ksm_stat).
+    #[prost(bool, tag = "8")]
+    pub ksm_merge_any: bool,
 }
 
 /// mm_struct fields that PR_SET_MM_MAP restores.
@@ -527,6 +531,13 @@ pub struct Vma {
     /// Inode of the backing file.
     #[prost(uint64, tag = "11")]
     pub inode: u64,
+    /// The area's VmFlags at dump (/proc/PID/smaps, two letters each):
+    /// what the restore makes again (the advice, locks, VM_ACCOUNT,
+    /// VM_NORESERVE, VM_MAYWRITE of a shared file mapping, droppable)
+    /// and what a check of the restored tree compares. Empty in images
+    /// that predate it.
+    #[prost(string, repeated, tag = "12")]
+    pub vm_flags: Vec<String>,
 }
 
 /// A run of consecutive pages.

@@ -355,6 +355,9 @@ pub fn render(t: &TreeImage) -> String {
                     if mm.precopy_file.is_empty() { "<missing precopy file name>" } else { &mm.precopy_file }
                 );
             }
+            if mm.ksm_merge_any {
+                let _ = writeln!(o, "    every area mergeable (PR_SET_MEMORY_MERGE)");
+            }
             if let Some(l) = &mm.layout {
                 let _ = writeln!(
                     o,
@@ -379,7 +382,7 @@ pub fn render(t: &TreeImage) -> String {
                 let pre: u64 = mm.pages.iter().filter(inside).filter(|r| r.precopied).map(|r| r.npages).sum();
                 let _ = writeln!(
                     o,
-                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={}{} {}",
+                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={}{} {}{}",
                     v.start,
                     v.end,
                     prot(v.prot),
@@ -388,7 +391,8 @@ pub fn render(t: &TreeImage) -> String {
                     v.pgoff,
                     pages,
                     if pre > 0 { format!(" precopied={pre}") } else { String::new() },
-                    v.path
+                    v.path,
+                    if v.vm_flags.is_empty() { String::new() } else { format!(" [{}]", v.vm_flags.join(" ")) }
                 );
             }
         }

@@ -122,6 +122,8 @@ pub static PROGS: &[Prog] = &[
     prog("membarrier", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("pty_owner", Launch::C, true, 3) },
     prog("zombie_pgrp", Launch::C, true, 2),
+    prog("mem_madvise", Launch::C, true, 7),
+    prog("mem_fileprot", Launch::C, true, 3),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

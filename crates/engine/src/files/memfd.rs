@@ -181,9 +181,7 @@ impl Kind for Memfd {
                 .step(pid, || what("remote mmap"));
             r.call(libc::SYS_close, &[tmp]).step(pid, || what("remote close after mapping"))?;
             mapped?;
-            for a in &v.madvise {
-                r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || what(&format!("remote madvise {a}")))?;
-            }
+            crate::mem::advise(pid, r, v)?;
         }
         Ok(())
     }
