@@ -946,6 +946,7 @@ zdtm_tests!(
     zombie_pgrp,
     mem_madvise,
     mem_fileprot,
+    mem_shmem_private,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

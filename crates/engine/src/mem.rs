@@ -113,6 +113,10 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         p if p.starts_with("[anon:") && !e.shared() => VmaKind::AnonPrivate,
         "/dev/zero (deleted)" | "" if e.shared() => VmaKind::AnonShared,
         p if p.starts_with("/memfd:") && e.shared() => VmaKind::AnonShared,
+        // A private mapping of a shared anonymous area's object (through
+        // /proc/PID/map_files) or of a memfd.
+        "/dev/zero (deleted)" => VmaKind::ShmemPrivate,
+        p if p.starts_with("/memfd:") => VmaKind::ShmemPrivate,
         p if p.starts_with("/dev/zero") && !e.shared() => VmaKind::AnonPrivate,
         p if p.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
         p if p.starts_with('/') => {
@@ -142,7 +146,7 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         kind: kind as i32,
         path: e.path.clone(),
         pgoff: e.offset,
-        shmem_id: if kind == VmaKind::AnonShared { e.inode } else { 0 },
+        shmem_id: if matches!(kind, VmaKind::AnonShared | VmaKind::ShmemPrivate) { e.inode } else { 0 },
         madvise: MADVICE.iter().filter(|(f, _)| e.has(f)).map(|(_, a)| *a as u32).collect(),
         dev: ((e.major as u64) << 32) | e.minor as u64,
         inode: e.inode,
@@ -219,7 +223,8 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
         off = hole;
     }
     w.finish()?;
-    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name });
+    let memfd_name = v.path.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n).to_string()).unwrap_or_default();
+    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name, memfd_name });
     Ok(())
 }
 
@@ -474,10 +479,10 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
     let mut total = 0u64;
     for v in &vmas {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
-        if kind == VmaKind::AnonShared {
+        if matches!(kind, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
             save_shmem(pid, v, dir, table)?;
         }
-        if !matches!(kind, VmaKind::AnonPrivate | VmaKind::FilePrivate) {
+        if !is_private(kind) {
             continue;
         }
         regions.clear();
@@ -485,7 +490,7 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
         // the kernel then looks up every page's struct page, which costs
         // 9 ms per GiB (the stop of a migration) where the other categories
         // come from the page table entry alone.
-        let file = if kind == VmaKind::FilePrivate { PAGE_IS_FILE } else { 0 };
+        let file = if kind != VmaKind::AnonPrivate { PAGE_IS_FILE } else { 0 };
         let q = Query {
             flags: 0,
             category_mask: 0,
@@ -596,7 +601,15 @@ impl ShmemObjects {
         let mut objects = HashMap::new();
         let mut buf = Vec::new();
         for s in shmems {
-            let mut m = Mapping::anonymous(s.size as usize, true).step(0, || format!("create shared memory {}", s.id))?;
+            let mut m = if s.memfd_name.is_empty() {
+                Mapping::anonymous(s.size as usize, true).step(0, || format!("create shared memory {}", s.id))?
+            } else {
+                // A memfd again, so that its mappings read "/memfd:NAME".
+                let what = || format!("create memfd {:?} for shared memory {}", s.memfd_name, s.id);
+                let fd = rustix::fs::memfd_create(&*s.memfd_name, rustix::fs::MemfdFlags::CLOEXEC).map_err(|e| io_err(what())(e.into()))?;
+                rustix::fs::ftruncate(&fd, s.size).map_err(|e| io_err(what())(e.into()))?;
+                Mapping::file_shared(fd.as_fd(), s.size as usize).step(0, what)?
+            };
             let r = PagesReader::open(dir, &s.pages_file)?;
             for run in s.pages.iter().filter(|r| !r.zero) {
                 r.read_run(run, &mut buf)?;
@@ -645,6 +658,10 @@ pub struct RestoreCtx<'a> {
     pub parking: u64,
     /// Shared memory objects.
     pub shmem: &'a ShmemObjects,
+    /// The tree's memfds that descriptors hold, by inode at dump: the
+    /// restorer's descriptor of each, which the puppet inherited, for its
+    /// private mappings to map the memfd itself.
+    pub memfds: &'a HashMap<u64, i32>,
     /// Precopied pages are left to a lazy fill once the tree runs
     /// (lazy.rs) instead of being copied now.
     pub lazy: bool,
@@ -724,15 +741,21 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
                 r.call(libc::SYS_mmap, &[v.start, len, initial_prot(v) as u64, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0])
                     .step(pid, what)?;
             }
-            VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared => {
-                let shared = k != VmaKind::FilePrivate;
+            VmaKind::ShmemPrivate if c.memfds.contains_key(&v.shmem_id) => {
+                // The memfd the tree's descriptors hold, which its pages
+                // not written must follow.
+                let fd = c.memfds[&v.shmem_id] as u64;
+                r.call(libc::SYS_mmap, &[v.start, len, initial_prot(v) as u64, fixed, fd, v.pgoff]).step(pid, what)?;
+            }
+            VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared | VmaKind::ShmemPrivate => {
+                let shared = !is_private(k);
                 // What mprotect may later allow on a shared mapping
                 // (VM_MAYWRITE, VmFlags "mw") comes from the descriptor it
                 // was mapped from; images without VmFlags go by the
                 // protection, as before.
                 let may_write = if v.vm_flags.is_empty() { v.prot & libc::PROT_WRITE as u32 != 0 } else { vm_flag(v, "mw") };
                 let writable = shared && may_write;
-                let path = if k == VmaKind::AnonShared {
+                let path = if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
                     c.shmem
                         .path(v.shmem_id)
                         .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
@@ -936,7 +959,7 @@ impl Target {
 
 /// Private areas, whose pages the image holds.
 fn is_private(k: VmaKind) -> bool {
-    matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate)
+    matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::ShmemPrivate)
 }
 
 /// Copies saved pages into the puppet from the mapped pages file, one
@@ -979,9 +1002,12 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, direct: true, precopied: false });
             continue;
         }
-        // Fresh anonymous memory is already zero; a private file page that
-        // became zero must be written over the file's content.
-        let private_file = mm.vmas.iter().any(|v| v.start <= run.vaddr && run.vaddr < v.end && kind(v) == VmaKind::FilePrivate);
+        // Fresh anonymous memory is already zero; a private page of a file
+        // or object that became zero must be written over its content.
+        let private_file = mm
+            .vmas
+            .iter()
+            .any(|v| v.start <= run.vaddr && run.vaddr < v.end && matches!(kind(v), VmaKind::FilePrivate | VmaKind::ShmemPrivate));
         if private_file {
             let mut at = run.vaddr;
             let end = run.vaddr + run.npages * PAGE;

@@ -972,12 +972,14 @@ fn shape(
         return zombie::shape(host, &mut r, s, p);
     }
     if let Some(mm) = &p.mm {
+        let memfds = open.memfds(ctx.tree);
         let mc = mem::RestoreCtx {
             pid: host,
             dir: ctx.dir,
             trampoline: ctx.trampoline,
             parking: ctx.trampoline + TRAMPOLINE_LEN,
             shmem,
+            memfds: &memfds,
             lazy: ctx.lazy,
             eager: p
                 .threads

@@ -20,7 +20,7 @@ pub const KINDS: &[Row] = &[
     ("registers and xsave state", Support::Yes, "general registers, fs/gs base, x87/SSE/AVX/AVX-512; CPU features checked at restore"),
     ("threads", Support::Yes, "any number, names, rseq, robust list, tid address, nice, timer slack"),
     ("private memory", Support::Yes, "anonymous, heap, stacks, PROT_NONE, private file mappings; zero pages without data; madvise advice, mlock, MAP_NORESERVE, MAP_DROPPABLE, commit charge, mprotect rights; shadow stacks and sealed areas refused"),
-    ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes"),
+    ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes; private mappings of them with their own pages"),
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required)"),
     ("hugetlbfs and device mappings", Support::Refused, ""),
     ("regular files", Support::Yes, "path, offset, flags; unlinked files by content"),

@@ -493,6 +493,11 @@ pub enum VmaKind {
     VvarVclock = 7,
     /// The legacy `[vsyscall]` page at a fixed address; never moved.
     Vsyscall = 8,
+    /// Private mapping of a shared memory object (`shmem_id`: a shared
+    /// anonymous area's object, reached through /proc/PID/map_files, or a
+    /// memfd): the pages it did not write are the object's and follow
+    /// it; the pages it wrote are saved, as a private file mapping's.
+    ShmemPrivate = 9,
 }
 
 /// A memory area.
@@ -581,6 +586,11 @@ pub struct ShmemImage {
     /// Name of the pages file in the image directory.
     #[prost(string, tag = "4")]
     pub pages_file: String,
+    /// The object is a memfd of this name (mapped as "/memfd:NAME"):
+    /// it is made again as one, so its mappings keep their name. Empty
+    /// for a shared anonymous area's object ("/dev/zero (deleted)").
+    #[prost(string, tag = "5")]
+    pub memfd_name: String,
 }
 
 /// What a file descriptor refers to.
