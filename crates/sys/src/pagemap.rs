@@ -120,11 +120,17 @@ impl Pagemap {
             if n < 0 {
                 return Err(Error::mem("pagemap scan", self.pid, at, std::io::Error::last_os_error()));
             }
-            out.extend(self.buf[..n as usize].iter().map(|r| Region { start: r.start, end: r.end, categories: r.categories }));
-            if arg.walk_end <= at {
+            let got = &self.buf[..n as usize];
+            out.extend(got.iter().map(|r| Region { start: r.start, end: r.end, categories: r.categories }));
+            // The kernel may report a walk_end below the last region it
+            // returned (seen on 6.18 with more regions than its internal
+            // buffer holds, the zero page among them): going on from there
+            // would return those regions twice.
+            let next = arg.walk_end.max(got.last().map_or(0, |r| r.end));
+            if next <= at {
                 break;
             }
-            at = arg.walk_end;
+            at = next;
         }
         Ok(())
     }
