@@ -947,6 +947,7 @@ zdtm_tests!(
     mem_madvise,
     mem_fileprot,
     mem_shmem_private,
+    mem_cow,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -67,7 +67,7 @@ fn vm_flag(v: &Vma, f: &str) -> bool {
 /// protection afterwards), and one without it is mapped as it was, its
 /// pages written through /proc/PID/mem. Images without VmFlags are
 /// mapped writable, as before.
-fn initial_prot(v: &Vma) -> u32 {
+pub(crate) fn initial_prot(v: &Vma) -> u32 {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
     if v.vm_flags.is_empty() || v.prot & libc::PROT_WRITE as u32 != 0 || vm_flag(v, "ac") {
         rw
@@ -179,11 +179,12 @@ fn emit(vaddr: u64, data: &[u8], w: &mut PagesWriter, runs: &mut Vec<PageRun>) -
     Ok(())
 }
 
-/// Appends a run, merging zero runs that touch, and precopied runs that
-/// touch (data runs keep their own checksums, so they stay apart).
+/// Appends a run, merging zero runs that touch, precopied runs that touch
+/// and runs shared with the same process that touch (data runs keep their
+/// own checksums, so they stay apart).
 fn push_run(runs: &mut Vec<PageRun>, run: PageRun) {
     if let Some(last) = runs.last_mut() {
-        let same = (last.zero && run.zero) || (last.precopied && run.precopied);
+        let same = (last.zero && run.zero) || (last.precopied && run.precopied) || (last.cow_pid != 0 && last.cow_pid == run.cow_pid);
         if same && last.vaddr + last.npages * PAGE == run.vaddr {
             last.npages += run.npages;
             return;
@@ -469,7 +470,14 @@ pub fn precopy_file_name(pid: u32) -> String {
 /// any scratch was mapped) into `dir`. Present anonymous pages inside
 /// `precopied` (sorted, disjoint, page-aligned ranges the receiver holds
 /// current) become precopied runs: neither read nor written.
-pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, precopied: &[(u64, u64)]) -> Result<Mm> {
+pub fn dump(
+    pid: i32,
+    entries: &[MapEntry],
+    dir: &Path,
+    table: &mut ShmemTable,
+    precopied: &[(u64, u64)],
+    mut cow: Option<&mut crate::cow::CowTable>,
+) -> Result<Mm> {
     let vmas: Vec<Vma> = entries.iter().filter(|e| !crate::ipc::is_sysv_shm(e)).map(|e| classify(pid, e)).collect::<Result<_>>()?;
     let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
     let mut zero_runs = Vec::new();
@@ -509,11 +517,24 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
             // Not present, only swapped: perhaps the write-protect markers
             // of a dirty tracker still registered (a migration's), which
             // are no pages at all.
-            let real = if r.categories & PAGE_IS_PRESENT as u64 == 0 {
+            let mut real = if r.categories & PAGE_IS_PRESENT as u64 == 0 {
                 pm.without_markers(r.start, r.end).step(pid, || format!("read pagemap of {:#x}-{:#x}", r.start, r.end))?
             } else {
                 vec![(r.start, r.end)]
             };
+            // Pages shared copy-on-write with a process dumped before are
+            // that process's (cow.rs): recorded, not read.
+            if let Some(cow) = cow.as_deref_mut().filter(|_| r.categories & PAGE_IS_PRESENT as u64 != 0) {
+                real.clear();
+                for (start, end, with) in cow.split(pid, &mut pm, r.start, r.end)? {
+                    match with {
+                        Some(other) => {
+                            zero_runs.push(PageRun { vaddr: start, npages: (end - start) / PAGE, cow_pid: other, ..Default::default() })
+                        }
+                        None => real.push((start, end)),
+                    }
+                }
+            }
             for (start, end, pre) in real.iter().flat_map(|&(s, e)| split_at_ranges(precopied, s, e)) {
                 if pre {
                     zero_runs.push(PageRun { vaddr: start, npages: (end - start) / PAGE, precopied: true, ..Default::default() });
@@ -523,7 +544,13 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
                 let mut at = start;
                 while at < end {
                     let len = (end - at).min(PIECE);
-                    let direct = v.prot & libc::PROT_READ as u32 != 0;
+                    // A process that may share pages copy-on-write is read
+                    // through /proc/PID/mem: process_vm_readv pins what it
+                    // reads, and the kernel gives the process its own copy
+                    // of a shared page before it lets it be pinned, which
+                    // would undo the sharing (in the tree that goes on
+                    // running, and in what the next process's pagemap shows).
+                    let direct = v.prot & libc::PROT_READ as u32 != 0 && cow.is_none();
                     pieces.push(Piece { vaddr: at, len, off: total, direct, precopied: false });
                     total += len;
                     at += len;
@@ -675,6 +702,11 @@ pub struct RestoreCtx<'a> {
     /// ever), and a migration's hot pages
     /// ([`crate::RestoreOptions::hot`]). Sorted, without repeats.
     pub eager: Vec<u64>,
+    /// What it does about the pages it shares with other processes
+    /// (cow.rs): the ranges it keeps of its parent's areas, the pages it
+    /// holds for its children only, and its own shared pages, which the
+    /// fill leaves alone.
+    pub cow: &'a crate::cow::Steps,
 }
 
 /// Whether the page at `vaddr` lies in an area a lazy fill can serve:
@@ -691,9 +723,11 @@ fn lazy_area(v: &Vma) -> bool {
     kind(v) == VmaKind::AnonPrivate && !vm_flag(v, "lo")
 }
 
-/// Replaces the puppet's address space with `mm`; with `c.lazy`, returns
-/// the precopied pages still to fill.
-pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Option<crate::lazy::Space>> {
+/// Phase 1 of the memory restore, as soon as the puppet exists (before it
+/// forks its children): replaces its address space with the areas of
+/// `mm`, empty but for what it keeps of its parent's (`c.cow.kept`: the
+/// pages it shares with others, cow.rs), the vDSO at its place.
+pub fn layout(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()> {
     let pid = c.pid;
     // The puppet inherited the restorer's rseq registration, whose area is
     // about to disappear: the kernel would kill the task writing to it.
@@ -704,28 +738,35 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
     }
     let current = proc::maps(pid)?;
     let mut specials: HashMap<String, (u64, u64)> = HashMap::new();
-    // Everything but the trampoline and the specials goes, one munmap per
-    // stretch between two kept areas (holes inside are no matter): the
-    // puppet holds a copy of lpmd's areas, dozens of them, and a remote
-    // call stops it twice.
-    let unmap = |span: Option<(u64, u64)>, r: &mut Remote| -> Result<()> {
-        let Some((start, end)) = span else { return Ok(()) };
-        r.call(libc::SYS_munmap, &[start, end - start]).step(pid, || format!("remote munmap {start:#x}-{end:#x}"))?;
-        Ok(())
-    };
-    let mut span: Option<(u64, u64)> = None;
+    // Everything but the trampoline, the specials and the kept ranges
+    // goes, one munmap per stretch between two of them (holes inside are
+    // no matter): the puppet holds a copy of lpmd's areas, dozens of
+    // them, and a remote call stops it twice.
+    let mut keep: Vec<(u64, u64)> = c.cow.kept.clone();
+    let mut lo = u64::MAX;
+    let mut hi = 0;
     for e in &current {
         let special = matches!(e.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]");
-        if e.start == c.trampoline || e.path == "[vsyscall]" || special {
-            unmap(span.take(), r)?;
-            if special {
-                specials.insert(e.path.clone(), (e.start, e.end));
-            }
+        if special {
+            specials.insert(e.path.clone(), (e.start, e.end));
+        }
+        if e.path == "[vsyscall]" {
             continue;
         }
-        span = Some(span.map_or((e.start, e.end), |(s, _)| (s, e.end)));
+        if e.start == c.trampoline || special {
+            keep.push((e.start, e.end));
+        }
+        lo = lo.min(e.start);
+        hi = hi.max(e.end);
     }
-    unmap(span, r)?;
+    keep.sort_unstable();
+    let mut at = lo;
+    for &(ks, ke) in keep.iter().chain(std::iter::once(&(hi, hi))) {
+        if ks > at && current.iter().any(|e| e.start < ks && e.end > at && e.path != "[vsyscall]") {
+            r.call(libc::SYS_munmap, &[at, ks - at]).step(pid, || format!("remote munmap {at:#x}-{ks:#x}"))?;
+        }
+        at = at.max(ke);
+    }
     restore_specials(c, r, mm, &specials)?;
     let mut fds: HashMap<(String, bool), u64> = HashMap::new();
     for v in &mm.vmas {
@@ -733,57 +774,178 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
         if special_name(k).is_some() || k == VmaKind::Vsyscall {
             continue;
         }
-        let len = v.end - v.start;
-        let fixed = (libc::MAP_FIXED_NOREPLACE as u32 | v.flags) as u64;
-        let what = || format!("remote mmap {:#x}-{:#x} {:?} {}", v.start, v.end, k, v.path);
-        match k {
-            VmaKind::AnonPrivate => {
-                r.call(libc::SYS_mmap, &[v.start, len, initial_prot(v) as u64, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0])
-                    .step(pid, what)?;
+        // The parts of the area it does not keep from its parent.
+        for (start, end, kept) in split_at_ranges(&c.cow.kept, v.start, v.end) {
+            if !kept {
+                map_area(c, r, s, v, start, end, &mut fds)?;
             }
-            VmaKind::ShmemPrivate if c.memfds.contains_key(&v.shmem_id) => {
-                // The memfd the tree's descriptors hold, which its pages
-                // not written must follow.
-                let fd = c.memfds[&v.shmem_id] as u64;
-                r.call(libc::SYS_mmap, &[v.start, len, initial_prot(v) as u64, fixed, fd, v.pgoff]).step(pid, what)?;
-            }
-            VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared | VmaKind::ShmemPrivate => {
-                let shared = !is_private(k);
-                // What mprotect may later allow on a shared mapping
-                // (VM_MAYWRITE, VmFlags "mw") comes from the descriptor it
-                // was mapped from; images without VmFlags go by the
-                // protection, as before.
-                let may_write = if v.vm_flags.is_empty() { v.prot & libc::PROT_WRITE as u32 != 0 } else { vm_flag(v, "mw") };
-                let writable = shared && may_write;
-                let path = if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
-                    c.shmem
-                        .path(v.shmem_id)
-                        .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
-                } else {
-                    v.path.clone()
-                };
-                let fd = match fds.get(&(path.clone(), writable)) {
-                    Some(fd) => *fd,
-                    None => {
-                        let addr = put_path(pid, s, 0, &path)?;
-                        let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
-                        let fd = r
-                            .call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0])
-                            .step(pid, || format!("remote open {path}"))?;
-                        fds.insert((path.clone(), writable), fd);
-                        fd
-                    }
-                };
-                let prot = if shared { v.prot } else { initial_prot(v) };
-                r.call(libc::SYS_mmap, &[v.start, len, prot as u64, fixed, fd, v.pgoff]).step(pid, what)?;
-            }
-            _ => return Err(EngineError::Incompatible(format!("memory area {:#x}-{:#x} of unknown kind {}", v.start, v.end, v.kind))),
         }
     }
     for fd in fds.values() {
         r.call(libc::SYS_close, &[*fd]).step(pid, || "remote close".into())?;
     }
+    Ok(())
+}
+
+/// Maps `[start, end)` of area `v` (all of it, or the part of it not kept
+/// from the parent); `fds` holds the files opened for mapping, to close
+/// once all are mapped.
+fn map_area(
+    c: &RestoreCtx,
+    r: &mut Remote,
+    s: Scratch,
+    v: &Vma,
+    start: u64,
+    end: u64,
+    fds: &mut HashMap<(String, bool), u64>,
+) -> Result<()> {
+    let pid = c.pid;
+    let k = kind(v);
+    let len = end - start;
+    let pgoff = v.pgoff + (start - v.start);
+    let fixed = (libc::MAP_FIXED_NOREPLACE as u32 | v.flags) as u64;
+    let what = || format!("remote mmap {start:#x}-{end:#x} {:?} {}", k, v.path);
+    match k {
+        VmaKind::AnonPrivate => {
+            r.call(libc::SYS_mmap, &[start, len, initial_prot(v) as u64, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0])
+                .step(pid, what)?;
+        }
+        VmaKind::ShmemPrivate if c.memfds.contains_key(&v.shmem_id) => {
+            // The memfd the tree's descriptors hold, which its pages
+            // not written must follow.
+            let fd = c.memfds[&v.shmem_id] as u64;
+            r.call(libc::SYS_mmap, &[start, len, initial_prot(v) as u64, fixed, fd, pgoff]).step(pid, what)?;
+        }
+        VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared | VmaKind::ShmemPrivate => {
+            let shared = !is_private(k);
+            // What mprotect may later allow on a shared mapping
+            // (VM_MAYWRITE, VmFlags "mw") comes from the descriptor it
+            // was mapped from; images without VmFlags go by the
+            // protection, as before.
+            let may_write = if v.vm_flags.is_empty() { v.prot & libc::PROT_WRITE as u32 != 0 } else { vm_flag(v, "mw") };
+            let writable = shared && may_write;
+            let path = if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
+                c.shmem
+                    .path(v.shmem_id)
+                    .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
+            } else {
+                v.path.clone()
+            };
+            let fd = match fds.get(&(path.clone(), writable)) {
+                Some(fd) => *fd,
+                None => {
+                    let addr = put_path(pid, s, 0, &path)?;
+                    let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+                    let fd = r
+                        .call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0])
+                        .step(pid, || format!("remote open {path}"))?;
+                    fds.insert((path.clone(), writable), fd);
+                    fd
+                }
+            };
+            let prot = if shared { v.prot } else { initial_prot(v) };
+            r.call(libc::SYS_mmap, &[start, len, prot as u64, fixed, fd, pgoff]).step(pid, what)?;
+        }
+        _ => return Err(EngineError::Incompatible(format!("memory area {:#x}-{:#x} of unknown kind {}", v.start, v.end, v.kind))),
+    }
+    Ok(())
+}
+
+/// Writes the pages `writes` (each with the process whose image holds its
+/// data, cow.rs) into the puppet, as it does before forking a child that
+/// is to share them.
+pub(crate) fn write_shared(pid: i32, mm: &Mm, sources: &Sources, writes: &[(u64, u32)]) -> Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let target = Target::new(pid, mm)?;
+    let mut i = 0;
+    while i < writes.len() {
+        // A stretch of pages of one process's one run.
+        let (v0, rep) = writes[i];
+        let mut j = i + 1;
+        while j < writes.len() && writes[j].1 == rep && writes[j].0 == v0 + (j - i) as u64 * PAGE && sources.same_run(rep, v0, writes[j].0)
+        {
+            j += 1;
+        }
+        let data = sources.read(rep, v0, (j - i) as u64)?;
+        target.write(v0, &data, || format!("write {} pages shared with pid {rep} at {v0:#x}", j - i))?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// The pages of every process's image, for the pages several processes
+/// share: read from the process whose image holds them (its pages file,
+/// checked, or its precopy file).
+pub(crate) struct Sources<'a> {
+    dir: &'a Path,
+    mms: HashMap<u32, &'a Mm>,
+    readers: std::cell::RefCell<HashMap<u32, (PagesReader, Option<std::fs::File>)>>,
+}
+
+impl<'a> Sources<'a> {
+    pub(crate) fn new(dir: &'a Path, tree: &'a lpm_image::TreeImage) -> Sources<'a> {
+        let mms = tree.processes.iter().filter_map(|p| Some((p.pid, p.mm.as_ref()?))).collect();
+        Sources { dir, mms, readers: Default::default() }
+    }
+
+    fn run(&self, pid: u32, vaddr: u64) -> Result<&'a PageRun> {
+        self.mms
+            .get(&pid)
+            .and_then(|mm| crate::cow::run_at(mm, vaddr))
+            .filter(|r| !r.zero && r.cow_pid == 0)
+            .ok_or_else(|| EngineError::Incompatible(format!("pid {pid}: no data in the image for shared page {vaddr:#x}")))
+    }
+
+    fn same_run(&self, pid: u32, a: u64, b: u64) -> bool {
+        matches!((self.run(pid, a), self.run(pid, b)), (Ok(x), Ok(y)) if std::ptr::eq(x, y))
+    }
+
+    /// `npages` pages from `vaddr` of process `pid`, inside one run.
+    fn read(&self, pid: u32, vaddr: u64, npages: u64) -> Result<Vec<u8>> {
+        let run = self.run(pid, vaddr)?;
+        let mm = self.mms[&pid];
+        let mut readers = self.readers.borrow_mut();
+        if let std::collections::hash_map::Entry::Vacant(slot) = readers.entry(pid) {
+            let reader = PagesReader::open(self.dir, &mm.pages_file)?;
+            let precopy = if mm.precopy_file.is_empty() {
+                None
+            } else {
+                let path = self.dir.join(&mm.precopy_file);
+                Some(std::fs::File::open(&path).map_err(io_err(format!("open precopy file {}", path.display())))?)
+            };
+            slot.insert((reader, precopy));
+        }
+        let (reader, precopy) = &readers[&pid];
+        let mut buf = vec![0u8; (npages * PAGE) as usize];
+        if run.precopied {
+            let f = precopy.as_ref().ok_or_else(|| EngineError::Incompatible(format!("pid {pid}: precopied pages but no precopy file")))?;
+            f.read_exact_at(&mut buf, vaddr).map_err(io_err(format!("read {} at {vaddr:#x}", mm.precopy_file)))?;
+            return Ok(buf);
+        }
+        // The whole run, to check it, then the pages asked for.
+        let mut whole = Vec::new();
+        reader.read_run(run, &mut whole)?;
+        let at = (vaddr - run.vaddr) as usize;
+        let n = buf.len();
+        buf.copy_from_slice(&whole[at..at + n]);
+        Ok(buf)
+    }
+}
+
+/// Phase 2 of the memory restore, once its children are forked: drops
+/// what it held only for them, fills its own pages (not those it shares:
+/// they are in already), sets the final protections, advice and the mm
+/// layout; with `c.lazy`, returns the precopied pages still to fill.
+pub fn finish(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Option<crate::lazy::Space>> {
+    let pid = c.pid;
+    for &(start, end) in &c.cow.stale {
+        r.call(libc::SYS_madvise, &[start, end - start, libc::MADV_DONTNEED as u64])
+            .step(pid, || format!("remote madvise dontneed {start:#x}-{end:#x} (held for its children)"))?;
+    }
     fill(c, mm)?;
+    zero_pages(c, mm)?;
     if mm.ksm_merge_any {
         // Every eligible area becomes mergeable; those the program made
         // unmergeable since are set back below.
@@ -810,9 +972,40 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
     // The userfaultfd of the lazy fill is made now, while the puppet may
     // still make one; its areas are registered at the end of the restore.
     match open_precopy(c, mm)? {
-        Some(store) if c.lazy => crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), lazy_area, &c.eager),
+        Some(store) if c.lazy => crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), lazy_area, &c.eager, &c.cow.own),
         _ => Ok(None),
     }
+}
+
+/// Maps the zero page again where the original had it (an anonymous page
+/// read before it was ever written): a read of each page, one byte, as
+/// the original's read faulted it in. The pages of an area the puppet may
+/// not read yet are read through /proc/PID/mem.
+fn zero_pages(c: &RestoreCtx, mm: &Mm) -> Result<()> {
+    let anon = |v: u64| mm.vmas.iter().any(|a| a.start <= v && v < a.end && kind(a) == VmaKind::AnonPrivate);
+    let mut ranges: Vec<(u64, usize)> = Vec::new();
+    let target = Target::new(c.pid, mm)?;
+    let mut one = [0u8; 1];
+    for run in mm.pages.iter().filter(|r| r.zero && anon(r.vaddr)) {
+        for i in 0..run.npages {
+            let v = run.vaddr + i * PAGE;
+            if !target.direct(v, PAGE) {
+                target.mem.read_exact_at(&mut one, v).map_err(io_err(format!("read /proc/{}/mem at {v:#x}", c.pid)))?;
+                continue;
+            }
+            ranges.push((v, 1));
+            if ranges.len() == ptrace::MAX_RANGES {
+                let mut buf = vec![0u8; ranges.len()];
+                ptrace::read_mem_ranges(c.pid, &ranges, &mut buf).step(c.pid, || format!("read zero pages from {:#x}", ranges[0].0))?;
+                ranges.clear();
+            }
+        }
+    }
+    if !ranges.is_empty() {
+        let mut buf = vec![0u8; ranges.len()];
+        ptrace::read_mem_ranges(c.pid, &ranges, &mut buf).step(c.pid, || format!("read zero pages from {:#x}", ranges[0].0))?;
+    }
+    Ok(())
 }
 
 /// Whether the restore wrote a page of anonymous area `v` before it is
@@ -823,6 +1016,7 @@ fn written(c: &RestoreCtx, mm: &Mm, v: &Vma) -> bool {
     let inside = |s: u64, e: u64| s < v.end && e > v.start;
     mm.pages.iter().any(|r| inside(r.vaddr, r.vaddr + r.npages * PAGE) && !r.zero && (!r.precopied || !lazy))
         || (lazy && c.eager.iter().any(|&p| inside(p, p + PAGE)))
+        || c.cow.own.iter().chain(&c.cow.kept).any(|&(s, e)| inside(s, e))
 }
 
 /// Keeps the commit charge (VM_ACCOUNT) of an anonymous area that the
@@ -997,6 +1191,10 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             }
             continue;
         }
+        if run.cow_pid != 0 {
+            // Shared with another process: in already (cow.rs).
+            continue;
+        }
         if !run.zero {
             reader.check_bounds(run)?;
             data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, direct: true, precopied: false });
@@ -1021,7 +1219,12 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     for p in data.iter_mut() {
         p.direct = target.direct(p.vaddr, p.len);
     }
-    let by_run: HashMap<u64, &PageRun> = mm.pages.iter().filter(|r| !r.zero && !r.precopied).map(|r| (r.vaddr, r)).collect();
+    let by_run: HashMap<u64, &PageRun> =
+        mm.pages.iter().filter(|r| !r.zero && !r.precopied && r.cow_pid == 0).map(|r| (r.vaddr, r)).collect();
+    // Its own shared pages are in already: written once, before the fork
+    // of the first child to share them, or inherited.
+    let own = &c.cow.own;
+    let unshared = |start: u64, len: u64| split_at_ranges(own, start, start + len).into_iter().filter(|&(_, _, shared)| !shared);
     let results: Vec<Result<()>> = std::thread::scope(|sc| {
         let handles: Vec<_> = groups(&data, workers())
             .into_iter()
@@ -1034,6 +1237,27 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
                     // costs 20 us, thousands of them inside the downtime.
                     let mut batch = Batch::default();
                     for p in &data[g] {
+                        if !own.is_empty() && split_at_ranges(own, p.vaddr, p.vaddr + p.len).iter().any(|x| x.2) {
+                            // Partly shared: the rest, page by page range.
+                            if p.precopied {
+                                let f = precopy.as_ref().expect("opened when a run is precopied");
+                                for (s, e, _) in unshared(p.vaddr, p.len) {
+                                    let mut buf = vec![0u8; (e - s) as usize];
+                                    f.read_exact_at(&mut buf, s).map_err(io_err(format!("read {} at {s:#x}", mm.precopy_file)))?;
+                                    target.write(s, &buf, || format!("write {} precopied pages at {s:#x}", (e - s) / PAGE))?;
+                                }
+                            } else {
+                                let bytes = &body[p.off as usize..(p.off + p.len) as usize];
+                                reader.verify(by_run[&p.vaddr], bytes)?;
+                                for (s, e, _) in unshared(p.vaddr, p.len) {
+                                    let at = (s - p.vaddr) as usize;
+                                    target.write(s, &bytes[at..at + (e - s) as usize], || {
+                                        format!("write {} pages at {s:#x}", (e - s) / PAGE)
+                                    })?;
+                                }
+                            }
+                            continue;
+                        }
                         if p.precopied && p.len <= SMALL && p.direct {
                             let f = precopy.as_ref().expect("opened when a run is precopied");
                             if !batch.add(p) {

@@ -257,6 +257,13 @@ struct Ctx<'a> {
     trampoline: u64,
     lazy: bool,
     hot: &'a HashMap<u32, Vec<(u64, u64)>>,
+    shmem: &'a ShmemObjects,
+    /// The restorer's descriptor of each memfd, by inode at dump.
+    memfds: HashMap<u64, i32>,
+    /// What each process does about the pages it shares (cow.rs).
+    plan: crate::cow::Plan,
+    /// Where the data of shared pages is read from.
+    sources: mem::Sources<'a>,
 }
 
 impl Ctx<'_> {
@@ -266,6 +273,45 @@ impl Ctx<'_> {
 
     fn remote(&self, tid: i32, base: ptrace::Regs) -> Remote {
         Remote::with_trap(tid, self.trampoline, base)
+    }
+
+    /// What the memory restore of process `p` (puppet `host`) needs.
+    fn mem<'b>(&'b self, p: &'b Process, host: i32) -> mem::RestoreCtx<'b> {
+        let mut eager: Vec<u64> = p
+            .threads
+            .iter()
+            .flat_map(|t| {
+                let rseq = t.rseq.as_ref().filter(|r| r.addr != 0).map(|r| (r.addr, r.len.max(1) as u64));
+                let exit = [(t.clear_child_tid, 4), (t.robust_list, t.robust_list_len.max(1))];
+                rseq.into_iter().chain(exit).filter(|&(addr, _)| addr != 0)
+            })
+            .flat_map(|(addr, len)| {
+                let first = addr & !(crate::PAGE - 1);
+                let last = (addr + len - 1) & !(crate::PAGE - 1);
+                [first, last]
+            })
+            .chain(
+                self.hot
+                    .get(&p.pid)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|&(s, e)| (s / crate::PAGE..e.div_ceil(crate::PAGE)).map(|n| n * crate::PAGE)),
+            )
+            .collect();
+        // Sorted and once each: the fill looks pages up by address.
+        eager.sort_unstable();
+        eager.dedup();
+        mem::RestoreCtx {
+            pid: host,
+            dir: self.dir,
+            trampoline: self.trampoline,
+            parking: self.trampoline + TRAMPOLINE_LEN,
+            shmem: self.shmem,
+            memfds: &self.memfds,
+            lazy: self.lazy,
+            eager,
+            cow: self.plan.of(p.pid),
+        }
     }
 }
 
@@ -470,7 +516,18 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         Some(v) => v.trampoline,
         None => choose_trampoline(&tree)?,
     };
-    let ctx = Ctx { tree: &tree, dir, trampoline, lazy: opts.lazy_fill, hot: &opts.hot };
+    let plan = crate::cow::plan(&tree)?;
+    let ctx = Ctx {
+        tree: &tree,
+        dir,
+        trampoline,
+        lazy: opts.lazy_fill,
+        hot: &opts.hot,
+        shmem: &shmem,
+        memfds: open.memfds(&tree),
+        plan,
+        sources: mem::Sources::new(dir, &tree),
+    };
     let mut puppets = spawn_tree(&ctx, &open.net, &opts.cgroups, vessel)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
@@ -482,7 +539,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
     let mut deferred = Vec::new();
     for p in &tree.processes {
-        shape(&ctx, &mut puppets, p, &open, &shmem, opts.defer_tcp.then_some(&mut deferred))?;
+        shape(&ctx, &mut puppets, p, &open, opts.defer_tcp.then_some(&mut deferred))?;
     }
     sysv.finish()?;
     stage("shape");
@@ -750,7 +807,6 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
     let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true, spaces: Vec::new() };
     let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
     puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
-    puppets.order.push(root.pid);
     if vessel.is_none() {
         // Alone, single-threaded and childless: every task it will clone
         // inherits these.
@@ -767,27 +823,61 @@ fn spawn_tree(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, cgroups: &[PathBuf], vesse
     // its own.
     let mut group: HashMap<u32, u32> = HashMap::new();
     group.insert(root.pid, lead(ctx, host, base, root, 0)?);
-    for p in tree.processes.iter().filter(|p| p.pid != tree.root_pid) {
-        let parent = puppets
-            .by_pid
-            .get(&p.ppid)
-            .ok_or_else(|| EngineError::Incompatible(format!("process {} has parent {} that is not restored before it", p.pid, p.ppid)))?;
-        let args = CloneArgs { flags: ns_flags(p) & !NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-        let ids = set_tid(&p.nspid, p.pid, skip);
-        let child = remote_clone3(&mut ctx.remote(parent.host, parent.base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;
-        let base = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
-        if let Some(n) = &p.namespaces {
-            ns::join_net(child, &mut ctx.remote(child, base), n, net)?;
-        }
-        if ns_flags(p) & libc::CLONE_NEWNS as u64 != 0 {
-            ns::isolate_mounts(child, &mut ctx.remote(child, base), s, p.namespaces.as_ref())?;
-        }
-        let inherited = group[&p.ppid];
-        puppets.by_pid.insert(p.pid, Puppet { host: child, base, tids: vec![child] });
-        puppets.order.push(p.pid);
-        group.insert(p.pid, lead(ctx, child, base, p, inherited)?);
+    grow(ctx, net, root, &mut puppets, &mut group)?;
+    if let Some(p) = tree.processes.iter().find(|p| !puppets.by_pid.contains_key(&p.pid)) {
+        return Err(EngineError::Incompatible(format!("process {} has parent {}, which is not in the image", p.pid, p.ppid)));
     }
+    puppets.order = tree.processes.iter().map(|p| p.pid).collect();
     Ok(puppets)
+}
+
+/// Lays out `p`'s address space (phase 1 of its memory, mem::layout),
+/// then forks its children one by one, each once `p` holds the pages
+/// that child shares with it or below it (cow.rs), and grows each child
+/// the same way before the next: memory shared copy-on-write since a
+/// fork is shared again only by forking.
+fn grow(ctx: &Ctx, net: &HashMap<u64, OwnedFd>, p: &Process, puppets: &mut Puppets, group: &mut HashMap<u32, u32>) -> Result<()> {
+    let s = ctx.scratch();
+    let skip = free_levels(ctx.tree);
+    let (host, base) = {
+        let pp = &puppets.by_pid[&p.pid];
+        (pp.host, pp.base)
+    };
+    let steps = ctx.plan.of(p.pid);
+    let mm = p.mm.as_ref().filter(|_| p.zombie.is_none());
+    if let Some(mm) = mm {
+        mem::layout(&ctx.mem(p, host), &mut ctx.remote(host, base), s, mm)?;
+    }
+    for (i, c) in steps.children.iter().enumerate() {
+        let child_img = ctx
+            .tree
+            .processes
+            .iter()
+            .find(|q| q.pid == *c)
+            .ok_or_else(|| EngineError::Incompatible(format!("process {} has a child {c} the image lacks", p.pid)))?;
+        if let (Some(mm), Some(writes)) = (mm, steps.before.get(i)) {
+            mem::write_shared(host, mm, &ctx.sources, writes)?;
+        }
+        let args = CloneArgs { flags: ns_flags(child_img) & !NEWNET, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        let ids = set_tid(&child_img.nspid, child_img.pid, skip);
+        let child = remote_clone3(&mut ctx.remote(host, base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;
+        let cbase = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
+        puppets.by_pid.insert(child_img.pid, Puppet { host: child, base: cbase, tids: vec![child] });
+        if let Some(n) = &child_img.namespaces {
+            ns::join_net(child, &mut ctx.remote(child, cbase), n, net)?;
+        }
+        if ns_flags(child_img) & libc::CLONE_NEWNS as u64 != 0 {
+            ns::isolate_mounts(child, &mut ctx.remote(child, cbase), s, child_img.namespaces.as_ref())?;
+        }
+        let inherited = group[&p.pid];
+        let led = lead(ctx, child, cbase, child_img, inherited)?;
+        group.insert(child_img.pid, led);
+        grow(ctx, net, child_img, puppets, group)?;
+    }
+    if let Some(mm) = mm {
+        mem::write_shared(host, mm, &ctx.sources, &steps.last)?;
+    }
+    Ok(())
 }
 
 /// A process as the rules of sessions and groups see it.
@@ -954,14 +1044,7 @@ fn leaderless_group(ctx: &Ctx, puppets: &Puppets, g: u32, members: &[&Process]) 
 }
 
 /// Stage 5: memory, descriptors, process state and threads of one process.
-fn shape(
-    ctx: &Ctx,
-    puppets: &mut Puppets,
-    p: &Process,
-    open: &OpenFiles,
-    shmem: &ShmemObjects,
-    deferred: Option<&mut Vec<files::Deferred>>,
-) -> Result<()> {
+fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferred: Option<&mut Vec<files::Deferred>>) -> Result<()> {
     let s = ctx.scratch();
     let (host, base) = {
         let pp = &puppets.by_pid[&p.pid];
@@ -972,42 +1055,7 @@ fn shape(
         return zombie::shape(host, &mut r, s, p);
     }
     if let Some(mm) = &p.mm {
-        let memfds = open.memfds(ctx.tree);
-        let mc = mem::RestoreCtx {
-            pid: host,
-            dir: ctx.dir,
-            trampoline: ctx.trampoline,
-            parking: ctx.trampoline + TRAMPOLINE_LEN,
-            shmem,
-            memfds: &memfds,
-            lazy: ctx.lazy,
-            eager: p
-                .threads
-                .iter()
-                .flat_map(|t| {
-                    let rseq = t.rseq.as_ref().filter(|r| r.addr != 0).map(|r| (r.addr, r.len.max(1) as u64));
-                    let exit = [(t.clear_child_tid, 4), (t.robust_list, t.robust_list_len.max(1))];
-                    rseq.into_iter().chain(exit).filter(|&(addr, _)| addr != 0)
-                })
-                .flat_map(|(addr, len)| {
-                    let first = addr & !(crate::PAGE - 1);
-                    let last = (addr + len - 1) & !(crate::PAGE - 1);
-                    [first, last]
-                })
-                .chain(
-                    ctx.hot
-                        .get(&p.pid)
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|&(s, e)| (s / crate::PAGE..e.div_ceil(crate::PAGE)).map(|n| n * crate::PAGE)),
-                )
-                .collect(),
-        };
-        let mut mc = mc;
-        // Sorted and once each: the fill looks pages up by address.
-        mc.eager.sort_unstable();
-        mc.eager.dedup();
-        if let Some(space) = mem::restore(&mc, &mut r, s, mm)? {
+        if let Some(space) = mem::finish(&ctx.mem(p, host), &mut r, s, mm)? {
             puppets.spaces.push(space);
         }
     }

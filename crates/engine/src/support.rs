@@ -20,6 +20,7 @@ pub const KINDS: &[Row] = &[
     ("registers and xsave state", Support::Yes, "general registers, fs/gs base, x87/SSE/AVX/AVX-512; CPU features checked at restore"),
     ("threads", Support::Yes, "any number, names, rseq, robust list, tid address, nice, timer slack"),
     ("private memory", Support::Yes, "anonymous, heap, stacks, PROT_NONE, private file mappings; zero pages without data; madvise advice, mlock, MAP_NORESERVE, MAP_DROPPABLE, commit charge, mprotect rights; shadow stacks and sealed areas refused"),
+    ("copy-on-write sharing", Support::Partly, "pages shared since a fork stay shared after restore and migration; moved shared pages and histories no fork order gives refused; sharing with processes outside the tree not kept"),
     ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes; private mappings of them with their own pages"),
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required)"),
     ("hugetlbfs and device mappings", Support::Refused, ""),

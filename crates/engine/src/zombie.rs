@@ -104,6 +104,7 @@ pub fn dump(pid: i32, tree: &[i32]) -> Result<Process> {
         host_pid: pid as u32,
         nspid: nspid.clone(),
         nspgid: st.nums("NSpgid"),
+        start_time: stat.num(22),
         threads: vec![Thread {
             tid: pid as u32,
             comm: stat.comm.clone(),

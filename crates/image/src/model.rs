@@ -205,6 +205,11 @@ pub struct Process {
     /// again with. Empty in images that predate it.
     #[prost(uint32, repeated, tag = "31")]
     pub nspgid: Vec<u32>,
+    /// When it was started, in clock ticks since boot (/proc/PID/stat
+    /// field 22): the restore forks a process's children in this order,
+    /// the order pages shared copy-on-write were handed down in.
+    #[prost(uint64, tag = "32")]
+    pub start_time: u64,
 }
 
 /// Process-wide prctl(2) state.
@@ -569,6 +574,12 @@ pub struct PageRun {
     /// are 0. Only process address spaces have such runs.
     #[prost(bool, tag = "6")]
     pub precopied: bool,
+    /// The pages are the same physical pages as process `cow_pid`'s (its
+    /// image pid) at the same addresses, shared copy-on-write since a
+    /// fork: no data here, `cow_pid`'s own run holds it, and the restore
+    /// shares them again. 0 otherwise.
+    #[prost(uint32, tag = "7")]
+    pub cow_pid: u32,
 }
 
 /// A shared anonymous memory object.

@@ -192,8 +192,8 @@ pub fn render(t: &TreeImage) -> String {
     for p in &t.processes {
         let _ = writeln!(
             o,
-            "\nprocess {} (host {}) ppid {} pgid {} sid {} cwd {:?} root {:?} umask {:03o} personality {:#x}",
-            p.pid, p.host_pid, p.ppid, p.pgid, p.sid, p.cwd, p.root, p.umask, p.personality
+            "\nprocess {} (host {}) ppid {} pgid {} sid {} started {} cwd {:?} root {:?} umask {:03o} personality {:#x}",
+            p.pid, p.host_pid, p.ppid, p.pgid, p.sid, p.start_time, p.cwd, p.root, p.umask, p.personality
         );
         if p.nspid.len() > 1 {
             let _ = writeln!(o, "  pid in nested namespaces {:?}, group {:?}", p.nspid, p.nspgid);
@@ -333,7 +333,7 @@ pub fn render(t: &TreeImage) -> String {
             let _ = writeln!(o, "  fd {:3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " cloexec" } else { "" }, fd.file_id);
         }
         if let Some(mm) = &p.mm {
-            let saved: u64 = mm.pages.iter().filter(|r| !r.zero && !r.precopied).map(|r| r.npages).sum();
+            let saved: u64 = mm.pages.iter().filter(|r| !r.zero && !r.precopied && r.cow_pid == 0).map(|r| r.npages).sum();
             let zero: u64 = mm.pages.iter().filter(|r| r.zero).map(|r| r.npages).sum();
             let precopied: u64 = mm.pages.iter().filter(|r| r.precopied).map(|r| r.npages).sum();
             let _ = writeln!(
@@ -346,6 +346,13 @@ pub fn render(t: &TreeImage) -> String {
                 mm.pages_file,
                 zero
             );
+            let mut with: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+            for r in mm.pages.iter().filter(|r| r.cow_pid != 0) {
+                *with.entry(r.cow_pid).or_default() += r.npages;
+            }
+            for (pid, n) in with {
+                let _ = writeln!(o, "    {n} pages shared copy-on-write with process {pid} (its data)");
+            }
             if precopied > 0 || !mm.precopy_file.is_empty() {
                 let runs = mm.pages.iter().filter(|r| r.precopied).count();
                 let _ = writeln!(
@@ -378,7 +385,8 @@ pub fn render(t: &TreeImage) -> String {
             for v in &mm.vmas {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("kind {}", v.kind));
                 let inside = |r: &&crate::PageRun| r.vaddr >= v.start && r.vaddr < v.end;
-                let pages: u64 = mm.pages.iter().filter(inside).filter(|r| !r.zero && !r.precopied).map(|r| r.npages).sum();
+                let pages: u64 =
+                    mm.pages.iter().filter(inside).filter(|r| !r.zero && !r.precopied && r.cow_pid == 0).map(|r| r.npages).sum();
                 let pre: u64 = mm.pages.iter().filter(inside).filter(|r| r.precopied).map(|r| r.npages).sum();
                 let _ = writeln!(
                     o,

@@ -125,6 +125,7 @@ pub static PROGS: &[Prog] = &[
     prog("mem_madvise", Launch::C, true, 7),
     prog("mem_fileprot", Launch::C, true, 3),
     prog("mem_shmem_private", Launch::C, true, 4),
+    prog("mem_cow", Launch::C, true, 4),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
