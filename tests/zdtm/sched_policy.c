@@ -1,15 +1,15 @@
 /*
- * sched_policy: scheduling policy, priority and flags of every thread.
+ * sched_policy: the fair scheduling policies, nice values and flags of
+ * every thread (the real-time ones are sched_rt's).
  *
  * State: the main thread SCHED_OTHER nice 3 with SCHED_RESET_ON_FORK;
- * threads with SCHED_BATCH nice 5, SCHED_IDLE nice 2, SCHED_FIFO priority 10,
- * SCHED_RR priority 20 (nice 4 kept aside for a return to SCHED_OTHER),
- * SCHED_FIFO priority 1 with SCHED_RESET_ON_FORK; a child process in
- * SCHED_RR priority 7, nice -2. Every one sleeps in nanosleep.
- * Verified: sched_getattr of every thread (policy, flags, nice, priority)
- * and of the child; the RR thread has a time slice; a thread created now
- * by the main thread gets SCHED_OTHER without the flag and keeps nice 3
- * (reset on fork resets a negative nice only).
+ * threads with SCHED_BATCH nice 5, SCHED_IDLE nice 2, SCHED_OTHER nice
+ * 11; a child process in SCHED_BATCH, nice -2. Every one sleeps in
+ * nanosleep.
+ * Verified: sched_getattr of every thread (policy, flags, nice) and the
+ * nice values /proc shows, also of the child; a thread created now by the
+ * main thread gets SCHED_OTHER without the flag and keeps nice 3 (reset on
+ * fork resets a negative nice only).
  */
 #include "zdtm.h"
 
@@ -42,16 +42,14 @@ struct want {
 	int32_t stat_nice; /* as /proc/PID/task/TID/stat shows it: kept aside under a real-time policy */
 };
 
-#define NTHREADS 5
+#define NTHREADS 3
 static const struct want wants[NTHREADS + 1] = {
 	{ "main", SCHED_OTHER, SCHED_FLAG_RESET_ON_FORK, 3, 0, 3 },
 	{ "batch", SCHED_BATCH, 0, 5, 0, 5 },
 	{ "idle", SCHED_IDLE, 0, 2, 0, 2 },
-	{ "fifo10", SCHED_FIFO, 0, 0, 10, 0 },
-	{ "rr20", SCHED_RR, 0, 0, 20, 4 },
-	{ "fifo1rof", SCHED_FIFO, SCHED_FLAG_RESET_ON_FORK, 0, 1, 0 },
+	{ "other11", SCHED_OTHER, 0, 11, 0, 11 },
 };
-static const struct want child_want = { "child", SCHED_RR, 0, 0, 7, -2 };
+static const struct want child_want = { "child", SCHED_BATCH, 0, -2, 0, -2 };
 
 static pid_t tids[NTHREADS + 1];
 static volatile int started;
@@ -124,16 +122,16 @@ static void *probe(void *arg)
 
 static void sabotage(void)
 {
-	static const struct want batch0 = { "batch", SCHED_BATCH, 0, 0, 0 };
-	static const struct want other = { "fifo10", SCHED_OTHER, 0, 0, 0 };
+	static const struct want batch0 = { "batch", SCHED_BATCH, 0, 0, 0, 0 };
+	static const struct want other = { "idle", SCHED_OTHER, 0, 2, 0, 2 };
 	static const struct want norof = { "main", SCHED_OTHER, 0, 3, 0, 3 };
 
 	switch (zdtm_sabotage) {
 	case 1: /* the nice value of the batch thread reset */
 		setattr(tids[1], &batch0);
 		break;
-	case 2: /* a real-time thread back to SCHED_OTHER */
-		setattr(tids[3], &other);
+	case 2: /* the idle thread back to SCHED_OTHER */
+		setattr(tids[2], &other);
 		break;
 	case 3: /* reset-on-fork lost */
 		setattr(tids[0], &norof);
@@ -147,7 +145,6 @@ int main(void)
 	const char *err;
 	struct attr a;
 	pthread_t t;
-	struct timespec ts;
 	int pipefd[2];
 
 	zdtm_init();
@@ -193,7 +190,6 @@ int main(void)
 			zdtm_fail("%s", err);
 	if ((err = differs(child, &child_want, msg, sizeof(msg))))
 		zdtm_fail("%s", err);
-	zdtm_check(sched_rr_get_interval(tids[4], &ts) == 0 && (ts.tv_sec || ts.tv_nsec), "rr20: no round-robin time slice");
 	/* A thread created now: the main thread resets on fork (nice stays 3). */
 	zdtm_check(pthread_create(&t, NULL, probe, &a) == 0 && pthread_join(t, NULL) == 0, "pthread_create");
 	zdtm_check(a.policy == SCHED_OTHER && a.flags == 0 && a.nice == 3, "a new thread got policy %u flags %#llx nice %d",

@@ -717,10 +717,11 @@ fn lazy_vma(mm: &Mm, vaddr: u64) -> bool {
 }
 
 /// Whether area `v` may be filled lazily: anonymous (userfaultfd's
-/// missing mode takes nothing else) and not locked, as mlock faults in
-/// every page at once (zero pages the fill would then leave alone).
+/// missing mode takes nothing else), not droppable (no userfaultfd takes
+/// it) and not locked, as mlock faults in every page at once (zero pages
+/// the fill would then leave alone).
 fn lazy_area(v: &Vma) -> bool {
-    kind(v) == VmaKind::AnonPrivate && !vm_flag(v, "lo")
+    kind(v) == VmaKind::AnonPrivate && !vm_flag(v, "lo") && !vm_flag(v, "dp")
 }
 
 /// Phase 1 of the memory restore, as soon as the puppet exists (before it
