@@ -180,12 +180,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = lpm_engine::CheckpointOptions { leave_running, tcp_established };
             let s = lpm_engine::checkpoint(pid, &images, &opts).with_context(|| format!("checkpoint of pid {pid}"))?;
             eprintln!(
-                "checkpointed {} processes, {} threads: {} pages ({} MiB) and {} zero pages in {:.1} ms (frozen {:.1} ms{})",
+                "checkpointed {} processes, {} threads: {} pages ({} MiB), {} zero pages and {} shared copy-on-write in {:.1} ms (frozen {:.1} ms{})",
                 s.processes,
                 s.threads,
                 s.pages,
                 (s.pages * 4096) >> 20,
                 s.zero_pages,
+                s.shared_pages,
                 s.total.as_secs_f64() * 1e3,
                 s.frozen.as_secs_f64() * 1e3,
                 if s.cgroup_frozen { ", by the cgroup freezer" } else { "" }

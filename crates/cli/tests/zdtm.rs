@@ -952,6 +952,16 @@ zdtm_tests!(
     sock_unlinked,
     sock_filter,
     sock_shutdown,
+    mem_cow,
+    mem_madvise,
+    mem_fileprot,
+    mem_shmem_private,
+    sched_policy,
+    sched_rt,
+    oom_score,
+    membarrier,
+    zombie_pgrp,
+    pty_owner,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -142,6 +142,13 @@ impl DirtyTracker {
                 tracing::debug!(pid = self.pid, start, end, error = %e, "area changed while it was being tracked");
                 Ok(false)
             }
+            Err(("register", e)) if e.errno() == Some(libc::EINVAL) => {
+                // Still there, and no userfaultfd takes it (a droppable
+                // area): untracked, it counts as wholly written at every
+                // collection, the last one inside the stop included.
+                tracing::debug!(pid = self.pid, start, end, error = %e, "area userfaultfd cannot track: sent whole every round");
+                Ok(false)
+            }
             Err((what, e)) => Err(e).step(self.pid, || format!("{what} {start:#x}-{end:#x}")),
         }
     }

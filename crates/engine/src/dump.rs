@@ -134,6 +134,9 @@ pub struct CheckpointStats {
     /// Pages recorded as precopied: the receiver holds them, nothing was
     /// read or written for them.
     pub precopied_pages: u64,
+    /// Pages recorded as shared copy-on-write with another process of the
+    /// tree (saved once, with that process).
+    pub shared_pages: u64,
     /// Time the tree was stopped.
     pub frozen: Duration,
     /// Time from the start until the images were complete and synced.
@@ -168,6 +171,9 @@ impl StoppedTree {
             return Err(not_freezable(root));
         }
         std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
+        crate::restore::check_groups(&crate::restore::Member::read(&self.order), root as u32, |pid| {
+            crate::restore::outside_tree(&self.order, pid)
+        })?;
         let precopied: HashMap<i32, Vec<(u64, u64)>> = opts.precopied.iter().map(|(&pid, r)| (pid, page_ranges(r))).collect();
         let mut tree = TreeImage {
             writer: format!("lpm {}", env!("CARGO_PKG_VERSION")),
@@ -179,10 +185,16 @@ impl StoppedTree {
         files.tcp_established = opts.tcp_established;
         files.lock = opts.lock_connections.then(crate::netlock::NetLock::new);
         let mut shm = ShmemTable::default();
+        // Pages shared copy-on-write can only be shared with a parent or
+        // a child, or through them: only such processes are looked at.
+        let members = crate::restore::Member::read(&self.order);
+        let related = |pid: i32| members.iter().any(|m| (m.pid == pid as u32 && m.ppid != 0) || m.ppid == pid as u32);
+        let mut cow = crate::cow::CowTable::new()?;
         for &pid in &self.order {
             let held = precopied.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
             let maps = areas(pid, opts.smaps_hint.get(&pid))?;
-            let p = dump_process(pid, &self.frozen, &self.order, dir, &mut files, &mut shm, held, opts.external_netns, maps)?;
+            let cow = related(pid).then_some(&mut cow);
+            let p = dump_process(pid, &self.frozen, &self.order, dir, &mut files, &mut shm, held, opts.external_netns, maps, cow)?;
             tree.processes.push(p);
         }
         files::reconcile_connections(&mut files)?;
@@ -199,6 +211,8 @@ impl StoppedTree {
         tree.pipes = files.pipes.into_values().collect();
         tree.ghosts = files.ghosts;
         tree.shmems = shm.saved.into_values().collect();
+        // The restore must be able to share again every page shared now.
+        crate::cow::plan(&tree)?;
         lpm_image::write_tree(dir, &tree)?;
         tracing::debug!(root, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "images written");
         // Read back while still stopped: nothing may have moved.
@@ -217,6 +231,8 @@ impl StoppedTree {
             for r in m {
                 if r.zero {
                     stats.zero_pages += r.npages
+                } else if r.cow_pid != 0 {
+                    stats.shared_pages += r.npages
                 } else if r.precopied {
                     stats.precopied_pages += r.npages
                 } else {
@@ -383,6 +399,7 @@ fn dump_process(
     precopied: &[(u64, u64)],
     external_netns: bool,
     maps: Vec<proc::MapEntry>,
+    cow: Option<&mut crate::cow::CowTable>,
 ) -> Result<Process> {
     if Stat::read(pid)?.state() == 'Z' {
         return zombie::dump(pid, tree);
@@ -406,6 +423,8 @@ fn dump_process(
         host_pid: pid as u32,
         ctty: files::tty::ctty(pid, tree)?,
         nspid: st.nums("NSpid"),
+        nspgid: st.nums("NSpgid"),
+        start_time: stat.num(22),
         namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 }, external_netns && !in_tree)?,
         ..Default::default()
     };
@@ -421,7 +440,7 @@ fn dump_process(
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;
     let t = Instant::now();
-    p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied)?);
+    p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied, cow)?);
     tracing::debug!(pid, state_ms = (t - begun).as_secs_f64() * 1e3, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
     // Remote calls run with every signal blocked, so none is delivered (or
     // lost) while we borrow the threads; the masks are put back on release.

@@ -28,7 +28,7 @@ use crate::dump::DumpOptions;
 use crate::files::{self, FileTable};
 use crate::proc::{self, Stat, Status};
 use crate::stop;
-use crate::{ipc, locks, mem, ns, seccomp, timers, zombie, EngineError, Result};
+use crate::{ipc, locks, mem, ns, seccomp, task, timers, zombie, EngineError, Result};
 
 /// One thing the checkpoint would refuse.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +130,8 @@ pub fn inspect(root: i32, opts: &DumpOptions) -> Result<Inspection> {
             }
         }
     }
+    let members = crate::restore::Member::read(&procs);
+    sink.keep(root, crate::restore::check_groups(&members, root as u32, |pid| crate::restore::outside_tree(&procs, pid)));
     let mut table = FileTable::default();
     table.tree = procs.clone();
     table.tcp_established = opts.tcp_established;
@@ -192,6 +194,9 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     }
     let Some(tids) = sink.keep(pid, proc::threads(pid)) else { return };
     sink.out.threads += tids.len();
+    for &tid in &tids {
+        sink.keep(pid, task::check_sched(pid, tid));
+    }
     sink.keep(pid, seccomp::check(pid, &tids));
     let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
     sink.keep(pid, files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids));

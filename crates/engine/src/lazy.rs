@@ -166,6 +166,7 @@ pub(crate) fn register(
     store: Arc<File>,
     lazy: impl Fn(&Vma) -> bool,
     eager: &[u64],
+    shared: &[(u64, u64)],
 ) -> Result<Option<Space>> {
     let areas: Vec<&Vma> = mm.vmas.iter().filter(|v| lazy(v)).collect();
     let precopied = mm.pages.iter().filter(|p| p.precopied && p.npages > 0).map(|p| Run {
@@ -176,9 +177,14 @@ pub(crate) fn register(
     // The image joins precopied runs that touch across areas; one
     // UFFDIO_COPY fills one area only.
     let mut runs = clip(precopied, areas.iter().map(|v| (v.start, v.end)));
-    // Filled during the restore already (see mem::RestoreCtx::eager).
+    // Filled during the restore already (see mem::RestoreCtx::eager), or
+    // shared with other processes and in since before their fork
+    // (cow.rs): a copy into them would only fail as present.
     for &page in eager {
         remove(&mut runs, page, page + PAGE);
+    }
+    for &(start, end) in shared {
+        remove(&mut runs, start, end);
     }
     if runs.is_empty() {
         return Ok(None);

@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cow;
 pub mod cpu;
 mod dirty;
 mod dump;

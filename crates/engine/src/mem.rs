@@ -34,13 +34,47 @@ use crate::{io_err, EngineError, Result, StepExt, PAGE};
 /// Bytes read from a task per process_vm_readv call while dumping.
 const CHUNK: usize = 8 << 20;
 
-const MADVICE: [(&str, i32); 5] = [
+/// The VmFlags that madvise sets, with the advice that sets each again.
+const MADVICE: [(&str, i32); 8] = [
     ("hg", libc::MADV_HUGEPAGE),
     ("nh", libc::MADV_NOHUGEPAGE),
     ("dc", libc::MADV_DONTFORK),
     ("wf", libc::MADV_WIPEONFORK),
     ("dd", libc::MADV_DONTDUMP),
+    ("mg", libc::MADV_MERGEABLE),
+    ("sr", libc::MADV_SEQUENTIAL),
+    ("rr", libc::MADV_RANDOM),
 ];
+
+/// mmap's map type for droppable memory (Linux 6.11): its pages may be
+/// dropped under memory pressure; implies VM_WIPEONFORK and VM_DONTDUMP.
+const MAP_DROPPABLE: u32 = 0x08;
+
+/// VmFlags the restore cannot make again, refused by name (besides
+/// hugetlbfs, I/O and PFN mappings, refused with the kind of area).
+const REFUSED_VMFLAGS: [(&str, &str); 2] = [("ss", "shadow stack"), ("sl", "sealed (mseal)")];
+
+/// Whether the image's area `v` had VmFlag `f` (images that predate
+/// `Vma::vm_flags` have none).
+fn vm_flag(v: &Vma, f: &str) -> bool {
+    v.vm_flags.iter().any(|x| x == f)
+}
+
+/// The protection a private area is mapped with at restore, before its
+/// pages are filled: VM_ACCOUNT (VmFlags "ac", the commit charge a
+/// private mapping takes once it is writable) stays with the area for
+/// good, so an area that had it is mapped writable (and set to its final
+/// protection afterwards), and one without it is mapped as it was, its
+/// pages written through /proc/PID/mem. Images without VmFlags are
+/// mapped writable, as before.
+pub(crate) fn initial_prot(v: &Vma) -> u32 {
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    if v.vm_flags.is_empty() || v.prot & libc::PROT_WRITE as u32 != 0 || vm_flag(v, "ac") {
+        rw
+    } else {
+        v.prot
+    }
+}
 
 /// Classifies one area, or says why it cannot be checkpointed.
 pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
@@ -55,9 +89,20 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
             return Err(unsupported(why));
         }
     }
+    for (flag, why) in REFUSED_VMFLAGS {
+        if e.has(flag) {
+            return Err(unsupported(why));
+        }
+    }
     let mut flags = if e.shared() { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+    if e.has("dp") {
+        flags = MAP_DROPPABLE;
+    }
     if e.has("gd") {
         flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    if e.has("nr") {
+        flags |= libc::MAP_NORESERVE as u32;
     }
     let kind = match e.path.as_str() {
         "[vdso]" => VmaKind::Vdso,
@@ -68,6 +113,10 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         p if p.starts_with("[anon:") && !e.shared() => VmaKind::AnonPrivate,
         "/dev/zero (deleted)" | "" if e.shared() => VmaKind::AnonShared,
         p if p.starts_with("/memfd:") && e.shared() => VmaKind::AnonShared,
+        // A private mapping of a shared anonymous area's object (through
+        // /proc/PID/map_files) or of a memfd.
+        "/dev/zero (deleted)" => VmaKind::ShmemPrivate,
+        p if p.starts_with("/memfd:") => VmaKind::ShmemPrivate,
         p if p.starts_with("/dev/zero") && !e.shared() => VmaKind::AnonPrivate,
         p if p.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
         p if p.starts_with('/') => {
@@ -97,10 +146,11 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         kind: kind as i32,
         path: e.path.clone(),
         pgoff: e.offset,
-        shmem_id: if kind == VmaKind::AnonShared { e.inode } else { 0 },
+        shmem_id: if matches!(kind, VmaKind::AnonShared | VmaKind::ShmemPrivate) { e.inode } else { 0 },
         madvise: MADVICE.iter().filter(|(f, _)| e.has(f)).map(|(_, a)| *a as u32).collect(),
         dev: ((e.major as u64) << 32) | e.minor as u64,
         inode: e.inode,
+        vm_flags: e.vmflags.clone(),
     })
 }
 
@@ -129,11 +179,12 @@ fn emit(vaddr: u64, data: &[u8], w: &mut PagesWriter, runs: &mut Vec<PageRun>) -
     Ok(())
 }
 
-/// Appends a run, merging zero runs that touch, and precopied runs that
-/// touch (data runs keep their own checksums, so they stay apart).
+/// Appends a run, merging zero runs that touch, precopied runs that touch
+/// and runs shared with the same process that touch (data runs keep their
+/// own checksums, so they stay apart).
 fn push_run(runs: &mut Vec<PageRun>, run: PageRun) {
     if let Some(last) = runs.last_mut() {
-        let same = (last.zero && run.zero) || (last.precopied && run.precopied);
+        let same = (last.zero && run.zero) || (last.precopied && run.precopied) || (last.cow_pid != 0 && last.cow_pid == run.cow_pid);
         if same && last.vaddr + last.npages * PAGE == run.vaddr {
             last.npages += run.npages;
             return;
@@ -173,7 +224,8 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
         off = hole;
     }
     w.finish()?;
-    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name });
+    let memfd_name = v.path.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n).to_string()).unwrap_or_default();
+    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name, memfd_name });
     Ok(())
 }
 
@@ -185,7 +237,10 @@ struct Piece {
     vaddr: u64,
     len: u64,
     off: u64,
-    readable: bool,
+    /// The area lets the task itself read them (dump) or write them
+    /// (restore), so process_vm_readv/writev may; else /proc/PID/mem,
+    /// which overrides protections.
+    direct: bool,
     precopied: bool,
 }
 
@@ -287,7 +342,7 @@ impl Slabs<'_> {
                 let vaddr = p.vaddr + (at - p.off);
                 let i0 = (at - bs) as usize;
                 let dst = &mut buf[i0..i0 + len as usize];
-                if p.readable {
+                if p.direct {
                     ptrace::read_mem(self.pid, vaddr, dst).step(self.pid, || format!("read pages at {vaddr:#x}"))?;
                 } else {
                     // Unreadable areas are read through /proc/PID/mem,
@@ -415,7 +470,14 @@ pub fn precopy_file_name(pid: u32) -> String {
 /// any scratch was mapped) into `dir`. Present anonymous pages inside
 /// `precopied` (sorted, disjoint, page-aligned ranges the receiver holds
 /// current) become precopied runs: neither read nor written.
-pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, precopied: &[(u64, u64)]) -> Result<Mm> {
+pub fn dump(
+    pid: i32,
+    entries: &[MapEntry],
+    dir: &Path,
+    table: &mut ShmemTable,
+    precopied: &[(u64, u64)],
+    mut cow: Option<&mut crate::cow::CowTable>,
+) -> Result<Mm> {
     let vmas: Vec<Vma> = entries.iter().filter(|e| !crate::ipc::is_sysv_shm(e)).map(|e| classify(pid, e)).collect::<Result<_>>()?;
     let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
     let mut zero_runs = Vec::new();
@@ -425,10 +487,10 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
     let mut total = 0u64;
     for v in &vmas {
         let kind = VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid);
-        if kind == VmaKind::AnonShared {
+        if matches!(kind, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
             save_shmem(pid, v, dir, table)?;
         }
-        if !matches!(kind, VmaKind::AnonPrivate | VmaKind::FilePrivate) {
+        if !is_private(kind) {
             continue;
         }
         regions.clear();
@@ -436,7 +498,7 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
         // the kernel then looks up every page's struct page, which costs
         // 9 ms per GiB (the stop of a migration) where the other categories
         // come from the page table entry alone.
-        let file = if kind == VmaKind::FilePrivate { PAGE_IS_FILE } else { 0 };
+        let file = if kind != VmaKind::AnonPrivate { PAGE_IS_FILE } else { 0 };
         let q = Query {
             flags: 0,
             category_mask: 0,
@@ -455,11 +517,24 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
             // Not present, only swapped: perhaps the write-protect markers
             // of a dirty tracker still registered (a migration's), which
             // are no pages at all.
-            let real = if r.categories & PAGE_IS_PRESENT as u64 == 0 {
+            let mut real = if r.categories & PAGE_IS_PRESENT as u64 == 0 {
                 pm.without_markers(r.start, r.end).step(pid, || format!("read pagemap of {:#x}-{:#x}", r.start, r.end))?
             } else {
                 vec![(r.start, r.end)]
             };
+            // Pages shared copy-on-write with a process dumped before are
+            // that process's (cow.rs): recorded, not read.
+            if let Some(cow) = cow.as_deref_mut().filter(|_| r.categories & PAGE_IS_PRESENT as u64 != 0) {
+                real.clear();
+                for (start, end, with) in cow.split(pid, &mut pm, r.start, r.end)? {
+                    match with {
+                        Some(other) => {
+                            zero_runs.push(PageRun { vaddr: start, npages: (end - start) / PAGE, cow_pid: other, ..Default::default() })
+                        }
+                        None => real.push((start, end)),
+                    }
+                }
+            }
             for (start, end, pre) in real.iter().flat_map(|&(s, e)| split_at_ranges(precopied, s, e)) {
                 if pre {
                     zero_runs.push(PageRun { vaddr: start, npages: (end - start) / PAGE, precopied: true, ..Default::default() });
@@ -469,8 +544,14 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
                 let mut at = start;
                 while at < end {
                     let len = (end - at).min(PIECE);
-                    let readable = v.prot & libc::PROT_READ as u32 != 0;
-                    pieces.push(Piece { vaddr: at, len, off: total, readable, precopied: false });
+                    // A process that may share pages copy-on-write is read
+                    // through /proc/PID/mem: process_vm_readv pins what it
+                    // reads, and the kernel gives the process its own copy
+                    // of a shared page before it lets it be pinned, which
+                    // would undo the sharing (in the tree that goes on
+                    // running, and in what the next process's pagemap shows).
+                    let direct = v.prot & libc::PROT_READ as u32 != 0 && cow.is_none();
+                    pieces.push(Piece { vaddr: at, len, off: total, direct, precopied: false });
                     total += len;
                     at += len;
                 }
@@ -518,8 +599,22 @@ pub fn dump(pid: i32, entries: &[MapEntry], dir: &Path, table: &mut ShmemTable, 
         }),
         auxv: proc::read_bytes(pid, "auxv")?,
         exe: proc::link(pid, "exe")?,
+        ksm_merge_any: ksm_merge_any(pid)?,
     })
 }
+
+/// Whether `pid` made every area mergeable (PR_SET_MEMORY_MERGE); false
+/// on a kernel without KSM (no ksm_stat).
+fn ksm_merge_any(pid: i32) -> Result<bool> {
+    match proc::read(pid, "ksm_stat") {
+        Ok(text) => Ok(text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["ksm_merge_any:", "yes"])),
+        Err(EngineError::Proc { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// PR_SET_MEMORY_MERGE (Linux 6.4).
+const PR_SET_MEMORY_MERGE: u64 = 67;
 
 /// Shared anonymous objects recreated by the restorer, mapped in lpm so
 /// puppets can open them through /proc/LPM/map_files.
@@ -533,7 +628,15 @@ impl ShmemObjects {
         let mut objects = HashMap::new();
         let mut buf = Vec::new();
         for s in shmems {
-            let mut m = Mapping::anonymous(s.size as usize, true).step(0, || format!("create shared memory {}", s.id))?;
+            let mut m = if s.memfd_name.is_empty() {
+                Mapping::anonymous(s.size as usize, true).step(0, || format!("create shared memory {}", s.id))?
+            } else {
+                // A memfd again, so that its mappings read "/memfd:NAME".
+                let what = || format!("create memfd {:?} for shared memory {}", s.memfd_name, s.id);
+                let fd = rustix::fs::memfd_create(&*s.memfd_name, rustix::fs::MemfdFlags::CLOEXEC).map_err(|e| io_err(what())(e.into()))?;
+                rustix::fs::ftruncate(&fd, s.size).map_err(|e| io_err(what())(e.into()))?;
+                Mapping::file_shared(fd.as_fd(), s.size as usize).step(0, what)?
+            };
             let r = PagesReader::open(dir, &s.pages_file)?;
             for run in s.pages.iter().filter(|r| !r.zero) {
                 r.read_run(run, &mut buf)?;
@@ -582,6 +685,10 @@ pub struct RestoreCtx<'a> {
     pub parking: u64,
     /// Shared memory objects.
     pub shmem: &'a ShmemObjects,
+    /// The tree's memfds that descriptors hold, by inode at dump: the
+    /// restorer's descriptor of each, which the puppet inherited, for its
+    /// private mappings to map the memfd itself.
+    pub memfds: &'a HashMap<u64, i32>,
     /// Precopied pages are left to a lazy fill once the tree runs
     /// (lazy.rs) instead of being copied now.
     pub lazy: bool,
@@ -595,18 +702,33 @@ pub struct RestoreCtx<'a> {
     /// ever), and a migration's hot pages
     /// ([`crate::RestoreOptions::hot`]). Sorted, without repeats.
     pub eager: Vec<u64>,
+    /// What it does about the pages it shares with other processes
+    /// (cow.rs): the ranges it keeps of its parent's areas, the pages it
+    /// holds for its children only, and its own shared pages, which the
+    /// fill leaves alone.
+    pub cow: &'a crate::cow::Steps,
 }
 
 /// Whether the page at `vaddr` lies in an area a lazy fill can serve:
 /// userfaultfd's missing mode takes anonymous memory only, so precopied
 /// copies-on-write of private file mappings are filled at once.
 fn lazy_vma(mm: &Mm, vaddr: u64) -> bool {
-    mm.vmas.iter().any(|v| v.start <= vaddr && vaddr < v.end && kind(v) == VmaKind::AnonPrivate)
+    mm.vmas.iter().any(|v| v.start <= vaddr && vaddr < v.end && lazy_area(v))
 }
 
-/// Replaces the puppet's address space with `mm`; with `c.lazy`, returns
-/// the precopied pages still to fill.
-pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Option<crate::lazy::Space>> {
+/// Whether area `v` may be filled lazily: anonymous (userfaultfd's
+/// missing mode takes nothing else), not droppable (no userfaultfd takes
+/// it) and not locked, as mlock faults in every page at once (zero pages
+/// the fill would then leave alone).
+fn lazy_area(v: &Vma) -> bool {
+    kind(v) == VmaKind::AnonPrivate && !vm_flag(v, "lo") && !vm_flag(v, "dp")
+}
+
+/// Phase 1 of the memory restore, as soon as the puppet exists (before it
+/// forks its children): replaces its address space with the areas of
+/// `mm`, empty but for what it keeps of its parent's (`c.cow.kept`: the
+/// pages it shares with others, cow.rs), the vDSO at its place.
+pub fn layout(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()> {
     let pid = c.pid;
     // The puppet inherited the restorer's rseq registration, whose area is
     // about to disappear: the kernel would kill the task writing to it.
@@ -617,28 +739,35 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
     }
     let current = proc::maps(pid)?;
     let mut specials: HashMap<String, (u64, u64)> = HashMap::new();
-    // Everything but the trampoline and the specials goes, one munmap per
-    // stretch between two kept areas (holes inside are no matter): the
-    // puppet holds a copy of lpmd's areas, dozens of them, and a remote
-    // call stops it twice.
-    let unmap = |span: Option<(u64, u64)>, r: &mut Remote| -> Result<()> {
-        let Some((start, end)) = span else { return Ok(()) };
-        r.call(libc::SYS_munmap, &[start, end - start]).step(pid, || format!("remote munmap {start:#x}-{end:#x}"))?;
-        Ok(())
-    };
-    let mut span: Option<(u64, u64)> = None;
+    // Everything but the trampoline, the specials and the kept ranges
+    // goes, one munmap per stretch between two of them (holes inside are
+    // no matter): the puppet holds a copy of lpmd's areas, dozens of
+    // them, and a remote call stops it twice.
+    let mut keep: Vec<(u64, u64)> = c.cow.kept.clone();
+    let mut lo = u64::MAX;
+    let mut hi = 0;
     for e in &current {
         let special = matches!(e.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]");
-        if e.start == c.trampoline || e.path == "[vsyscall]" || special {
-            unmap(span.take(), r)?;
-            if special {
-                specials.insert(e.path.clone(), (e.start, e.end));
-            }
+        if special {
+            specials.insert(e.path.clone(), (e.start, e.end));
+        }
+        if e.path == "[vsyscall]" {
             continue;
         }
-        span = Some(span.map_or((e.start, e.end), |(s, _)| (s, e.end)));
+        if e.start == c.trampoline || special {
+            keep.push((e.start, e.end));
+        }
+        lo = lo.min(e.start);
+        hi = hi.max(e.end);
     }
-    unmap(span, r)?;
+    keep.sort_unstable();
+    let mut at = lo;
+    for &(ks, ke) in keep.iter().chain(std::iter::once(&(hi, hi))) {
+        if ks > at && current.iter().any(|e| e.start < ks && e.end > at && e.path != "[vsyscall]") {
+            r.call(libc::SYS_munmap, &[at, ks - at]).step(pid, || format!("remote munmap {at:#x}-{ks:#x}"))?;
+        }
+        at = at.max(ke);
+    }
     restore_specials(c, r, mm, &specials)?;
     let mut fds: HashMap<(String, bool), u64> = HashMap::new();
     for v in &mm.vmas {
@@ -646,65 +775,278 @@ pub fn restore(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Op
         if special_name(k).is_some() || k == VmaKind::Vsyscall {
             continue;
         }
-        let len = v.end - v.start;
-        let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let fixed = (libc::MAP_FIXED_NOREPLACE as u32 | v.flags) as u64;
-        let what = || format!("remote mmap {:#x}-{:#x} {:?} {}", v.start, v.end, k, v.path);
-        match k {
-            VmaKind::AnonPrivate => {
-                r.call(libc::SYS_mmap, &[v.start, len, rw, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0]).step(pid, what)?;
+        // The parts of the area it does not keep from its parent.
+        for (start, end, kept) in split_at_ranges(&c.cow.kept, v.start, v.end) {
+            if !kept {
+                map_area(c, r, s, v, start, end, &mut fds)?;
             }
-            VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared => {
-                let shared = k != VmaKind::FilePrivate;
-                let writable = shared && v.prot & libc::PROT_WRITE as u32 != 0;
-                let path = if k == VmaKind::AnonShared {
-                    c.shmem
-                        .path(v.shmem_id)
-                        .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
-                } else {
-                    v.path.clone()
-                };
-                let fd = match fds.get(&(path.clone(), writable)) {
-                    Some(fd) => *fd,
-                    None => {
-                        let addr = put_path(pid, s, 0, &path)?;
-                        let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
-                        let fd = r
-                            .call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0])
-                            .step(pid, || format!("remote open {path}"))?;
-                        fds.insert((path.clone(), writable), fd);
-                        fd
-                    }
-                };
-                let prot = if shared { v.prot as u64 } else { rw };
-                r.call(libc::SYS_mmap, &[v.start, len, prot, fixed, fd, v.pgoff]).step(pid, what)?;
-            }
-            _ => return Err(EngineError::Incompatible(format!("memory area {:#x}-{:#x} of unknown kind {}", v.start, v.end, v.kind))),
         }
     }
     for fd in fds.values() {
         r.call(libc::SYS_close, &[*fd]).step(pid, || "remote close".into())?;
     }
+    Ok(())
+}
+
+/// Maps `[start, end)` of area `v` (all of it, or the part of it not kept
+/// from the parent); `fds` holds the files opened for mapping, to close
+/// once all are mapped.
+fn map_area(
+    c: &RestoreCtx,
+    r: &mut Remote,
+    s: Scratch,
+    v: &Vma,
+    start: u64,
+    end: u64,
+    fds: &mut HashMap<(String, bool), u64>,
+) -> Result<()> {
+    let pid = c.pid;
+    let k = kind(v);
+    let len = end - start;
+    let pgoff = v.pgoff + (start - v.start);
+    let fixed = (libc::MAP_FIXED_NOREPLACE as u32 | v.flags) as u64;
+    let what = || format!("remote mmap {start:#x}-{end:#x} {:?} {}", k, v.path);
+    match k {
+        VmaKind::AnonPrivate => {
+            r.call(libc::SYS_mmap, &[start, len, initial_prot(v) as u64, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0])
+                .step(pid, what)?;
+        }
+        VmaKind::ShmemPrivate if c.memfds.contains_key(&v.shmem_id) => {
+            // The memfd the tree's descriptors hold, which its pages
+            // not written must follow.
+            let fd = c.memfds[&v.shmem_id] as u64;
+            r.call(libc::SYS_mmap, &[start, len, initial_prot(v) as u64, fixed, fd, pgoff]).step(pid, what)?;
+        }
+        VmaKind::FilePrivate | VmaKind::FileShared | VmaKind::AnonShared | VmaKind::ShmemPrivate => {
+            let shared = !is_private(k);
+            // What mprotect may later allow on a shared mapping
+            // (VM_MAYWRITE, VmFlags "mw") comes from the descriptor it
+            // was mapped from; images without VmFlags go by the
+            // protection, as before.
+            let may_write = if v.vm_flags.is_empty() { v.prot & libc::PROT_WRITE as u32 != 0 } else { vm_flag(v, "mw") };
+            let writable = shared && may_write;
+            let path = if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
+                c.shmem
+                    .path(v.shmem_id)
+                    .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
+            } else {
+                v.path.clone()
+            };
+            let fd = match fds.get(&(path.clone(), writable)) {
+                Some(fd) => *fd,
+                None => {
+                    let addr = put_path(pid, s, 0, &path)?;
+                    let flags = if writable { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+                    let fd = r
+                        .call(libc::SYS_openat, &[libc::AT_FDCWD as u64, addr, flags as u64, 0])
+                        .step(pid, || format!("remote open {path}"))?;
+                    fds.insert((path.clone(), writable), fd);
+                    fd
+                }
+            };
+            let prot = if shared { v.prot } else { initial_prot(v) };
+            r.call(libc::SYS_mmap, &[start, len, prot as u64, fixed, fd, pgoff]).step(pid, what)?;
+        }
+        _ => return Err(EngineError::Incompatible(format!("memory area {:#x}-{:#x} of unknown kind {}", v.start, v.end, v.kind))),
+    }
+    Ok(())
+}
+
+/// Writes the pages `writes` (each with the process whose image holds its
+/// data, cow.rs) into the puppet, as it does before forking a child that
+/// is to share them.
+pub(crate) fn write_shared(pid: i32, mm: &Mm, sources: &Sources, writes: &[(u64, u32)]) -> Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let target = Target::new(pid, mm)?;
+    let mut i = 0;
+    while i < writes.len() {
+        // A stretch of pages of one process's one run.
+        let (v0, rep) = writes[i];
+        let mut j = i + 1;
+        while j < writes.len() && writes[j].1 == rep && writes[j].0 == v0 + (j - i) as u64 * PAGE && sources.same_run(rep, v0, writes[j].0)
+        {
+            j += 1;
+        }
+        let data = sources.read(rep, v0, (j - i) as u64)?;
+        target.write(v0, &data, || format!("write {} pages shared with pid {rep} at {v0:#x}", j - i))?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// The pages of every process's image, for the pages several processes
+/// share: read from the process whose image holds them (its pages file,
+/// checked, or its precopy file).
+pub(crate) struct Sources<'a> {
+    dir: &'a Path,
+    mms: HashMap<u32, &'a Mm>,
+    readers: std::cell::RefCell<HashMap<u32, (PagesReader, Option<std::fs::File>)>>,
+}
+
+impl<'a> Sources<'a> {
+    pub(crate) fn new(dir: &'a Path, tree: &'a lpm_image::TreeImage) -> Sources<'a> {
+        let mms = tree.processes.iter().filter_map(|p| Some((p.pid, p.mm.as_ref()?))).collect();
+        Sources { dir, mms, readers: Default::default() }
+    }
+
+    fn run(&self, pid: u32, vaddr: u64) -> Result<&'a PageRun> {
+        self.mms
+            .get(&pid)
+            .and_then(|mm| crate::cow::run_at(mm, vaddr))
+            .filter(|r| !r.zero && r.cow_pid == 0)
+            .ok_or_else(|| EngineError::Incompatible(format!("pid {pid}: no data in the image for shared page {vaddr:#x}")))
+    }
+
+    fn same_run(&self, pid: u32, a: u64, b: u64) -> bool {
+        matches!((self.run(pid, a), self.run(pid, b)), (Ok(x), Ok(y)) if std::ptr::eq(x, y))
+    }
+
+    /// `npages` pages from `vaddr` of process `pid`, inside one run.
+    fn read(&self, pid: u32, vaddr: u64, npages: u64) -> Result<Vec<u8>> {
+        let run = self.run(pid, vaddr)?;
+        let mm = self.mms[&pid];
+        let mut readers = self.readers.borrow_mut();
+        if let std::collections::hash_map::Entry::Vacant(slot) = readers.entry(pid) {
+            let reader = PagesReader::open(self.dir, &mm.pages_file)?;
+            let precopy = if mm.precopy_file.is_empty() {
+                None
+            } else {
+                let path = self.dir.join(&mm.precopy_file);
+                Some(std::fs::File::open(&path).map_err(io_err(format!("open precopy file {}", path.display())))?)
+            };
+            slot.insert((reader, precopy));
+        }
+        let (reader, precopy) = &readers[&pid];
+        let mut buf = vec![0u8; (npages * PAGE) as usize];
+        if run.precopied {
+            let f = precopy.as_ref().ok_or_else(|| EngineError::Incompatible(format!("pid {pid}: precopied pages but no precopy file")))?;
+            f.read_exact_at(&mut buf, vaddr).map_err(io_err(format!("read {} at {vaddr:#x}", mm.precopy_file)))?;
+            return Ok(buf);
+        }
+        // The whole run, to check it, then the pages asked for.
+        let mut whole = Vec::new();
+        reader.read_run(run, &mut whole)?;
+        let at = (vaddr - run.vaddr) as usize;
+        let n = buf.len();
+        buf.copy_from_slice(&whole[at..at + n]);
+        Ok(buf)
+    }
+}
+
+/// Phase 2 of the memory restore, once its children are forked: drops
+/// what it held only for them, fills its own pages (not those it shares:
+/// they are in already), sets the final protections, advice and the mm
+/// layout; with `c.lazy`, returns the precopied pages still to fill.
+pub fn finish(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Option<crate::lazy::Space>> {
+    let pid = c.pid;
+    for &(start, end) in &c.cow.stale {
+        r.call(libc::SYS_madvise, &[start, end - start, libc::MADV_DONTNEED as u64])
+            .step(pid, || format!("remote madvise dontneed {start:#x}-{end:#x} (held for its children)"))?;
+    }
     fill(c, mm)?;
+    zero_pages(c, mm)?;
+    if mm.ksm_merge_any {
+        // Every eligible area becomes mergeable; those the program made
+        // unmergeable since are set back below.
+        r.call(libc::SYS_prctl, &[PR_SET_MEMORY_MERGE, 1, 0, 0, 0]).step(pid, || "remote PR_SET_MEMORY_MERGE".into())?;
+    }
     for v in &mm.vmas {
         let k = kind(v);
-        if matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate) && v.prot != (libc::PROT_READ | libc::PROT_WRITE) as u32 {
+        if is_private(k) && v.prot != initial_prot(v) {
+            if k == VmaKind::AnonPrivate && !written(c, mm, v) {
+                keep_charge(c, r, v)?;
+            }
             r.call(libc::SYS_mprotect, &[v.start, v.end - v.start, v.prot as u64])
                 .step(pid, || format!("remote mprotect {:#x}-{:#x}", v.start, v.end))?;
         }
-        for a in &v.madvise {
-            r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || format!("remote madvise {a} {:#x}", v.start))?;
+        advise(pid, r, v)?;
+        if mm.ksm_merge_any && !v.vm_flags.is_empty() && !vm_flag(v, "mg") && special_name(k).is_none() && k != VmaKind::Vsyscall {
+            // EINVAL for an area KSM never takes (shared, special): it
+            // had no flag to lose.
+            r.raw(libc::SYS_madvise, &[v.start, v.end - v.start, libc::MADV_UNMERGEABLE as u64])
+                .step(pid, || format!("remote madvise unmergeable {:#x}", v.start))?;
         }
     }
     set_layout(c, r, s, mm)?;
     // The userfaultfd of the lazy fill is made now, while the puppet may
     // still make one; its areas are registered at the end of the restore.
     match open_precopy(c, mm)? {
-        Some(store) if c.lazy => {
-            crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), |v| kind(v) == VmaKind::AnonPrivate, &c.eager)
-        }
+        Some(store) if c.lazy => crate::lazy::register(pid, r, mm, std::sync::Arc::new(store), lazy_area, &c.eager, &c.cow.own),
         _ => Ok(None),
     }
+}
+
+/// Maps the zero page again where the original had it (an anonymous page
+/// read before it was ever written): a read of each page, one byte, as
+/// the original's read faulted it in. The pages of an area the puppet may
+/// not read yet are read through /proc/PID/mem.
+fn zero_pages(c: &RestoreCtx, mm: &Mm) -> Result<()> {
+    let anon = |v: u64| mm.vmas.iter().any(|a| a.start <= v && v < a.end && kind(a) == VmaKind::AnonPrivate);
+    let mut ranges: Vec<(u64, usize)> = Vec::new();
+    let target = Target::new(c.pid, mm)?;
+    let mut one = [0u8; 1];
+    for run in mm.pages.iter().filter(|r| r.zero && anon(r.vaddr)) {
+        for i in 0..run.npages {
+            let v = run.vaddr + i * PAGE;
+            if !target.direct(v, PAGE) {
+                target.mem.read_exact_at(&mut one, v).map_err(io_err(format!("read /proc/{}/mem at {v:#x}", c.pid)))?;
+                continue;
+            }
+            ranges.push((v, 1));
+            if ranges.len() == ptrace::MAX_RANGES {
+                let mut buf = vec![0u8; ranges.len()];
+                ptrace::read_mem_ranges(c.pid, &ranges, &mut buf).step(c.pid, || format!("read zero pages from {:#x}", ranges[0].0))?;
+                ranges.clear();
+            }
+        }
+    }
+    if !ranges.is_empty() {
+        let mut buf = vec![0u8; ranges.len()];
+        ptrace::read_mem_ranges(c.pid, &ranges, &mut buf).step(c.pid, || format!("read zero pages from {:#x}", ranges[0].0))?;
+    }
+    Ok(())
+}
+
+/// Whether the restore wrote a page of anonymous area `v` before it is
+/// set to its final protection (its data, or its precopied pages when
+/// they are not left to the lazy fill, or eager ones).
+fn written(c: &RestoreCtx, mm: &Mm, v: &Vma) -> bool {
+    let lazy = c.lazy && lazy_area(v);
+    let inside = |s: u64, e: u64| s < v.end && e > v.start;
+    mm.pages.iter().any(|r| inside(r.vaddr, r.vaddr + r.npages * PAGE) && !r.zero && (!r.precopied || !lazy))
+        || (lazy && c.eager.iter().any(|&p| inside(p, p + PAGE)))
+        || c.cow.own.iter().chain(&c.cow.kept).any(|&(s, e)| inside(s, e))
+}
+
+/// Keeps the commit charge (VM_ACCOUNT) of an anonymous area that the
+/// restore made writable and is about to make read-only again, though no
+/// page of it was written: mprotect uncharges an anonymous area that has
+/// never held a page (no anon_vma), which the original, charged, once
+/// did. A page written and dropped again gives it one; the page reads as
+/// before (absent, or missing for the lazy fill).
+fn keep_charge(c: &RestoreCtx, r: &mut Remote, v: &Vma) -> Result<()> {
+    ptrace::write_mem(c.pid, v.start, &[0u8]).step(c.pid, || format!("touch {:#x} to keep its area charged", v.start))?;
+    r.call(libc::SYS_madvise, &[v.start, PAGE, libc::MADV_DONTNEED as u64])
+        .step(c.pid, || format!("remote madvise dontneed {:#x}", v.start))?;
+    Ok(())
+}
+
+/// Gives area `v` its advice and lock back (what madvise and mlock set:
+/// VmFlags hg nh dc wf dd mg sr rr, lo lf).
+pub(crate) fn advise(pid: i32, r: &mut Remote, v: &Vma) -> Result<()> {
+    for a in &v.madvise {
+        r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || format!("remote madvise {a} {:#x}", v.start))?;
+    }
+    if vm_flag(v, "lo") {
+        // MLOCK_ONFAULT locks pages as they come; a plain lock faults
+        // every page in now, as it did in the original.
+        let onfault = if vm_flag(v, "lf") { 1 } else { 0 };
+        r.call(libc::SYS_mlock2, &[v.start, v.end - v.start, onfault])
+            .step(pid, || format!("remote mlock2 {:#x}-{:#x} flags {onfault}", v.start, v.end))?;
+    }
+    Ok(())
 }
 
 /// Moves the puppet's vDSO areas to where the image had them. They pass
@@ -769,6 +1111,52 @@ fn open_precopy(c: &RestoreCtx, mm: &Mm) -> Result<Option<std::fs::File>> {
     Ok(Some(f))
 }
 
+/// Where the fill writes: the puppet's memory, through process_vm_writev
+/// where its areas are writable and through /proc/PID/mem (which
+/// overrides protections on private areas) where they are mapped without
+/// write permission ([`initial_prot`]).
+struct Target {
+    pid: i32,
+    mem: std::fs::File,
+    /// Areas mapped without PROT_WRITE, sorted.
+    indirect: Vec<(u64, u64)>,
+}
+
+impl Target {
+    fn new(pid: i32, mm: &Mm) -> Result<Target> {
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(io_err(format!("open /proc/{pid}/mem")))?;
+        let indirect = mm
+            .vmas
+            .iter()
+            .filter(|v| is_private(kind(v)) && initial_prot(v) & libc::PROT_WRITE as u32 == 0)
+            .map(|v| (v.start, v.end))
+            .collect();
+        Ok(Target { pid, mem, indirect })
+    }
+
+    /// Whether `[vaddr, vaddr + len)` lies outside every area mapped
+    /// without write permission.
+    fn direct(&self, vaddr: u64, len: u64) -> bool {
+        self.indirect.iter().all(|&(s, e)| e <= vaddr || s >= vaddr + len)
+    }
+
+    fn write(&self, vaddr: u64, data: &[u8], what: impl Fn() -> String) -> Result<()> {
+        if self.direct(vaddr, data.len() as u64) {
+            return ptrace::write_mem(self.pid, vaddr, data).step(self.pid, what);
+        }
+        self.mem.write_all_at(data, vaddr).map_err(io_err(format!("{} (through /proc/{}/mem)", what(), self.pid)))
+    }
+}
+
+/// Private areas, whose pages the image holds.
+fn is_private(k: VmaKind) -> bool {
+    matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::ShmemPrivate)
+}
+
 /// Copies saved pages into the puppet from the mapped pages file, one
 /// worker per core, each verifying the checksums of its runs; precopied
 /// runs come from windows of the precopy file mapped at their addresses
@@ -779,6 +1167,7 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let map = Mapping::file(reader.file().as_fd(), 0, file_len as usize).step(c.pid, || format!("map {}", mm.pages_file))?;
     let body = &map.as_slice()[reader.body_offset() as usize..];
     let precopy = open_precopy(c, mm)?;
+    let target = Target::new(c.pid, mm)?;
     let zeros = vec![0u8; CHUNK];
     let mut data: Vec<Piece> = Vec::new();
     for run in &mm.pages {
@@ -789,7 +1178,7 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             for &page in &c.eager[lo..hi] {
                 match data.last_mut() {
                     Some(l) if l.precopied && l.vaddr + l.len == page && l.len < PIECE => l.len += PAGE,
-                    _ => data.push(Piece { vaddr: page, len: PAGE, off: page, readable: true, precopied: true }),
+                    _ => data.push(Piece { vaddr: page, len: PAGE, off: page, direct: true, precopied: true }),
                 }
             }
             continue;
@@ -798,35 +1187,50 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
             let (mut at, end) = (run.vaddr, run.vaddr + run.npages * PAGE);
             while at < end {
                 let len = (end - at).min(PIECE);
-                data.push(Piece { vaddr: at, len, off: at, readable: true, precopied: true });
+                data.push(Piece { vaddr: at, len, off: at, direct: true, precopied: true });
                 at += len;
             }
             continue;
         }
-        if !run.zero {
-            reader.check_bounds(run)?;
-            data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, readable: true, precopied: false });
+        if run.cow_pid != 0 {
+            // Shared with another process: in already (cow.rs).
             continue;
         }
-        // Fresh anonymous memory is already zero; a private file page that
-        // became zero must be written over the file's content.
-        let private_file = mm.vmas.iter().any(|v| v.start <= run.vaddr && run.vaddr < v.end && kind(v) == VmaKind::FilePrivate);
+        if !run.zero {
+            reader.check_bounds(run)?;
+            data.push(Piece { vaddr: run.vaddr, len: run.npages * PAGE, off: run.offset, direct: true, precopied: false });
+            continue;
+        }
+        // Fresh anonymous memory is already zero; a private page of a file
+        // or object that became zero must be written over its content.
+        let private_file = mm
+            .vmas
+            .iter()
+            .any(|v| v.start <= run.vaddr && run.vaddr < v.end && matches!(kind(v), VmaKind::FilePrivate | VmaKind::ShmemPrivate));
         if private_file {
             let mut at = run.vaddr;
             let end = run.vaddr + run.npages * PAGE;
             while at < end {
                 let len = ((end - at) as usize).min(CHUNK);
-                ptrace::write_mem(c.pid, at, &zeros[..len]).step(c.pid, || format!("write zero pages at {at:#x}"))?;
+                target.write(at, &zeros[..len], || format!("write zero pages at {at:#x}"))?;
                 at += len as u64;
             }
         }
     }
-    let by_run: HashMap<u64, &PageRun> = mm.pages.iter().filter(|r| !r.zero && !r.precopied).map(|r| (r.vaddr, r)).collect();
+    for p in data.iter_mut() {
+        p.direct = target.direct(p.vaddr, p.len);
+    }
+    let by_run: HashMap<u64, &PageRun> =
+        mm.pages.iter().filter(|r| !r.zero && !r.precopied && r.cow_pid == 0).map(|r| (r.vaddr, r)).collect();
+    // Its own shared pages are in already: written once, before the fork
+    // of the first child to share them, or inherited.
+    let own = &c.cow.own;
+    let unshared = |start: u64, len: u64| split_at_ranges(own, start, start + len).into_iter().filter(|&(_, _, shared)| !shared);
     let results: Vec<Result<()>> = std::thread::scope(|sc| {
         let handles: Vec<_> = groups(&data, workers())
             .into_iter()
             .map(|g| {
-                let (data, reader, by_run, precopy) = (&data, &reader, &by_run, &precopy);
+                let (data, reader, by_run, precopy, target) = (&data, &reader, &by_run, &precopy, &target);
                 sc.spawn(move || -> Result<()> {
                     // Short precopied pieces (a migration's last pages,
                     // scattered) are read into one buffer and written with
@@ -834,7 +1238,28 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
                     // costs 20 us, thousands of them inside the downtime.
                     let mut batch = Batch::default();
                     for p in &data[g] {
-                        if p.precopied && p.len <= SMALL {
+                        if !own.is_empty() && split_at_ranges(own, p.vaddr, p.vaddr + p.len).iter().any(|x| x.2) {
+                            // Partly shared: the rest, page by page range.
+                            if p.precopied {
+                                let f = precopy.as_ref().expect("opened when a run is precopied");
+                                for (s, e, _) in unshared(p.vaddr, p.len) {
+                                    let mut buf = vec![0u8; (e - s) as usize];
+                                    f.read_exact_at(&mut buf, s).map_err(io_err(format!("read {} at {s:#x}", mm.precopy_file)))?;
+                                    target.write(s, &buf, || format!("write {} precopied pages at {s:#x}", (e - s) / PAGE))?;
+                                }
+                            } else {
+                                let bytes = &body[p.off as usize..(p.off + p.len) as usize];
+                                reader.verify(by_run[&p.vaddr], bytes)?;
+                                for (s, e, _) in unshared(p.vaddr, p.len) {
+                                    let at = (s - p.vaddr) as usize;
+                                    target.write(s, &bytes[at..at + (e - s) as usize], || {
+                                        format!("write {} pages at {s:#x}", (e - s) / PAGE)
+                                    })?;
+                                }
+                            }
+                            continue;
+                        }
+                        if p.precopied && p.len <= SMALL && p.direct {
                             let f = precopy.as_ref().expect("opened when a run is precopied");
                             if !batch.add(p) {
                                 batch.flush(c.pid, f, &mm.precopy_file)?;
@@ -847,15 +1272,15 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
                             let window = Mapping::file(f.as_fd(), p.off, p.len as usize)
                                 .step(c.pid, || format!("map {} at {:#x}", mm.precopy_file, p.off))?;
                             lpm_sys::misc::populate_read(window.as_slice());
-                            ptrace::write_mem(c.pid, p.vaddr, window.as_slice())
-                                .step(c.pid, || format!("write {} precopied pages at {:#x}", p.len / PAGE, p.vaddr))?;
+                            target.write(p.vaddr, window.as_slice(), || {
+                                format!("write {} precopied pages at {:#x}", p.len / PAGE, p.vaddr)
+                            })?;
                             continue;
                         }
                         let bytes = &body[p.off as usize..(p.off + p.len) as usize];
                         lpm_sys::misc::populate_read(bytes);
                         reader.verify(by_run[&p.vaddr], bytes)?;
-                        ptrace::write_mem(c.pid, p.vaddr, bytes)
-                            .step(c.pid, || format!("write {} pages at {:#x}", p.len / PAGE, p.vaddr))?;
+                        target.write(p.vaddr, bytes, || format!("write {} pages at {:#x}", p.len / PAGE, p.vaddr))?;
                     }
                     if let Some(f) = precopy.as_ref() {
                         batch.flush(c.pid, f, &mm.precopy_file)?;
@@ -998,7 +1423,7 @@ mod tests {
         let mut total = 0;
         for &(s, e) in &bounds {
             let len = ((e - s) * pg) as u64;
-            pieces.push(Piece { vaddr: base + (s * pg) as u64, len, off: total, readable: true, precopied: false });
+            pieces.push(Piece { vaddr: base + (s * pg) as u64, len, off: total, direct: true, precopied: false });
             total += len;
         }
         let path = d.0.join("pages.img");
@@ -1045,7 +1470,7 @@ mod tests {
         let d = dir("fault");
         let path = d.0.join("pages.img");
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&path).unwrap();
-        let pieces = [Piece { vaddr: 0x1000, len: 4 * PAGE, off: 0, readable: true, precopied: false }];
+        let pieces = [Piece { vaddr: 0x1000, len: 4 * PAGE, off: 0, direct: true, precopied: false }];
         let e = save_pieces(std::process::id() as i32, &pieces, 4 * PAGE, &file, &path).unwrap_err();
         assert!(e.to_string().contains("read pages at 0x1000"), "{e}");
     }

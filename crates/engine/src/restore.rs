@@ -269,6 +269,13 @@ struct Ctx<'a> {
     trampoline: u64,
     lazy: bool,
     hot: &'a HashMap<u32, Vec<(u64, u64)>>,
+    shmem: &'a ShmemObjects,
+    /// The restorer's descriptor of each memfd, by inode at dump.
+    memfds: HashMap<u64, i32>,
+    /// What each process does about the pages it shares (cow.rs).
+    plan: crate::cow::Plan,
+    /// Where the data of shared pages is read from.
+    sources: mem::Sources<'a>,
 }
 
 impl Ctx<'_> {
@@ -278,6 +285,45 @@ impl Ctx<'_> {
 
     fn remote(&self, tid: i32, base: ptrace::Regs) -> Remote {
         Remote::with_trap(tid, self.trampoline, base)
+    }
+
+    /// What the memory restore of process `p` (puppet `host`) needs.
+    fn mem<'b>(&'b self, p: &'b Process, host: i32) -> mem::RestoreCtx<'b> {
+        let mut eager: Vec<u64> = p
+            .threads
+            .iter()
+            .flat_map(|t| {
+                let rseq = t.rseq.as_ref().filter(|r| r.addr != 0).map(|r| (r.addr, r.len.max(1) as u64));
+                let exit = [(t.clear_child_tid, 4), (t.robust_list, t.robust_list_len.max(1))];
+                rseq.into_iter().chain(exit).filter(|&(addr, _)| addr != 0)
+            })
+            .flat_map(|(addr, len)| {
+                let first = addr & !(crate::PAGE - 1);
+                let last = (addr + len - 1) & !(crate::PAGE - 1);
+                [first, last]
+            })
+            .chain(
+                self.hot
+                    .get(&p.pid)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|&(s, e)| (s / crate::PAGE..e.div_ceil(crate::PAGE)).map(|n| n * crate::PAGE)),
+            )
+            .collect();
+        // Sorted and once each: the fill looks pages up by address.
+        eager.sort_unstable();
+        eager.dedup();
+        mem::RestoreCtx {
+            pid: host,
+            dir: self.dir,
+            trampoline: self.trampoline,
+            parking: self.trampoline + TRAMPOLINE_LEN,
+            shmem: self.shmem,
+            memfds: &self.memfds,
+            lazy: self.lazy,
+            eager,
+            cow: self.plan.of(p.pid),
+        }
     }
 }
 
@@ -496,7 +542,18 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         Some(v) => v.trampoline,
         None => choose_trampoline(&tree)?,
     };
-    let ctx = Ctx { tree: &tree, dir, trampoline, lazy: opts.lazy_fill, hot: &opts.hot };
+    let plan = crate::cow::plan(&tree)?;
+    let ctx = Ctx {
+        tree: &tree,
+        dir,
+        trampoline,
+        lazy: opts.lazy_fill,
+        hot: &opts.hot,
+        shmem: &shmem,
+        memfds: open.memfds(&tree),
+        plan,
+        sources: mem::Sources::new(dir, &tree),
+    };
     let mut puppets = spawn_tree(&ctx, &open, &opts.cgroups, vessel)?;
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
@@ -509,7 +566,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
     let mut deferred = Vec::new();
     for p in &tree.processes {
-        shape(&ctx, &mut puppets, p, &open, &shmem, defer_tcp.then_some(&mut deferred))?;
+        shape(&ctx, &mut puppets, p, &open, defer_tcp.then_some(&mut deferred))?;
     }
     sysv.finish()?;
     // Every thread exists now: files can name their owners.
@@ -824,7 +881,6 @@ fn spawn_tree(ctx: &Ctx, open: &OpenFiles, cgroups: &[PathBuf], vessel: Option<&
     let mut puppets = Puppets { by_pid: HashMap::new(), order: vec![], armed: true, spaces: Vec::new() };
     let base = ptrace::get_regs(host).step(host, || "read puppet registers".into())?;
     puppets.by_pid.insert(root.pid, Puppet { host, base, tids: vec![host] });
-    puppets.order.push(root.pid);
     if vessel.is_none() {
         // Alone, single-threaded and childless: every task it will clone
         // inherits these.
@@ -842,38 +898,140 @@ fn spawn_tree(ctx: &Ctx, open: &OpenFiles, cgroups: &[PathBuf], vessel: Option<&
     let mut group: HashMap<u32, u32> = HashMap::new();
     group.insert(root.pid, lead(ctx, host, base, root, 0)?);
     files::tty::give_ctty(host, &mut ctx.remote(host, base), root, open)?;
-    for p in tree.processes.iter().filter(|p| p.pid != tree.root_pid) {
-        let parent = puppets
-            .by_pid
-            .get(&p.ppid)
-            .ok_or_else(|| EngineError::Incompatible(format!("process {} has parent {} that is not restored before it", p.pid, p.ppid)))?;
-        // CLONE_FILES before any table is shaped: the child shares what its
-        // parent will install (shape skips the child's own install).
-        let files = if p.shares_parent_files { libc::CLONE_FILES as u64 } else { 0 };
-        let args = CloneArgs { flags: (ns_flags(p) & !NEWNET) | files, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-        let ids = set_tid(&p.nspid, p.pid, skip);
-        let child = remote_clone3(&mut ctx.remote(parent.host, parent.base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;
-        let base = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
-        if let Some(n) = &p.namespaces {
-            ns::join_net(child, &mut ctx.remote(child, base), n, net)?;
-        }
-        if ns_flags(p) & libc::CLONE_NEWNS as u64 != 0 {
-            ns::isolate_mounts(child, &mut ctx.remote(child, base), s, p.namespaces.as_ref())?;
-        }
-        let inherited = group[&p.ppid];
-        puppets.by_pid.insert(p.pid, Puppet { host: child, base, tids: vec![child] });
-        puppets.order.push(p.pid);
-        group.insert(p.pid, lead(ctx, child, base, p, inherited)?);
-        files::tty::give_ctty(child, &mut ctx.remote(child, base), p, open)?;
+    grow(ctx, open, root, &mut puppets, &mut group)?;
+    if let Some(p) = tree.processes.iter().find(|p| !puppets.by_pid.contains_key(&p.pid)) {
+        return Err(EngineError::Incompatible(format!("process {} has parent {}, which is not in the image", p.pid, p.ppid)));
     }
+    puppets.order = tree.processes.iter().map(|p| p.pid).collect();
     Ok(puppets)
 }
 
+/// Lays out `p`'s address space (phase 1 of its memory, mem::layout),
+/// then forks its children one by one, each once `p` holds the pages
+/// that child shares with it or below it (cow.rs), and grows each child
+/// the same way before the next: memory shared copy-on-write since a
+/// fork is shared again only by forking.
+fn grow(ctx: &Ctx, open: &OpenFiles, p: &Process, puppets: &mut Puppets, group: &mut HashMap<u32, u32>) -> Result<()> {
+    let s = ctx.scratch();
+    let skip = free_levels(ctx.tree);
+    let (host, base) = {
+        let pp = &puppets.by_pid[&p.pid];
+        (pp.host, pp.base)
+    };
+    let steps = ctx.plan.of(p.pid);
+    let mm = p.mm.as_ref().filter(|_| p.zombie.is_none());
+    if let Some(mm) = mm {
+        mem::layout(&ctx.mem(p, host), &mut ctx.remote(host, base), s, mm)?;
+    }
+    for (i, c) in steps.children.iter().enumerate() {
+        let child_img = ctx
+            .tree
+            .processes
+            .iter()
+            .find(|q| q.pid == *c)
+            .ok_or_else(|| EngineError::Incompatible(format!("process {} has a child {c} the image lacks", p.pid)))?;
+        if let (Some(mm), Some(writes)) = (mm, steps.before.get(i)) {
+            mem::write_shared(host, mm, &ctx.sources, writes)?;
+        }
+        // CLONE_FILES before any table is shaped: the child shares what its
+        // parent will install (shape skips the child's own install).
+        let files = if child_img.shares_parent_files { libc::CLONE_FILES as u64 } else { 0 };
+        let args = CloneArgs { flags: (ns_flags(child_img) & !NEWNET) | files, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+        let ids = set_tid(&child_img.nspid, child_img.pid, skip);
+        let child = remote_clone3(&mut ctx.remote(host, base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;
+        let cbase = ptrace::get_regs(child).step(child, || "read puppet registers".into())?;
+        puppets.by_pid.insert(child_img.pid, Puppet { host: child, base: cbase, tids: vec![child] });
+        if let Some(n) = &child_img.namespaces {
+            ns::join_net(child, &mut ctx.remote(child, cbase), n, &open.net)?;
+        }
+        if ns_flags(child_img) & libc::CLONE_NEWNS as u64 != 0 {
+            ns::isolate_mounts(child, &mut ctx.remote(child, cbase), s, child_img.namespaces.as_ref())?;
+        }
+        let inherited = group[&p.pid];
+        let led = lead(ctx, child, cbase, child_img, inherited)?;
+        group.insert(child_img.pid, led);
+        files::tty::give_ctty(child, &mut ctx.remote(child, cbase), child_img, open)?;
+        grow(ctx, open, child_img, puppets, group)?;
+    }
+    if let Some(mm) = mm {
+        mem::write_shared(host, mm, &ctx.sources, &steps.last)?;
+    }
+    Ok(())
+}
+
+/// A process as the rules of sessions and groups see it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Member {
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
+    pub(crate) pgid: u32,
+    pub(crate) sid: u32,
+}
+
+impl Member {
+    /// The members of the running or stopped tree `pids` (root first),
+    /// from /proc/PID/stat; a process gone meanwhile is left out.
+    pub(crate) fn read(pids: &[i32]) -> Vec<Member> {
+        pids.iter()
+            .filter_map(|&pid| {
+                let st = proc::Stat::read(pid).ok()?;
+                let ppid = st.num(4) as u32;
+                let ppid = if pids.contains(&(ppid as i32)) { ppid } else { 0 };
+                Some(Member { pid: pid as u32, ppid, pgid: st.num(5) as u32, sid: st.num(6) as u32 })
+            })
+            .collect()
+    }
+}
+
+/// Whether `pid` is a process outside the tree `pids`.
+pub(crate) fn outside_tree(pids: &[i32], pid: u32) -> bool {
+    !pids.contains(&(pid as i32)) && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Refuses the sessions and process groups [`spawn_tree`] and [`groups`]
+/// cannot make again; rule of the dump and the inspection. A process is
+/// cloned from its parent, so it starts in its parent's session: it may
+/// only lead a session of its own or stay in its parent's (setsid is the
+/// only way into a session, and makes a new one). A group is led at birth,
+/// joined from a leader in the tree, or, when its leader has exited,
+/// made again by a helper with the leader's pid (which the kernel keeps
+/// for the group). `outside` says whether a pid is a live process outside
+/// the tree (a group it leads cannot be made here).
+pub(crate) fn check_groups(members: &[Member], root: u32, outside: impl Fn(u32) -> bool) -> Result<()> {
+    let by_pid: HashMap<u32, &Member> = members.iter().map(|m| (m.pid, m)).collect();
+    let Some(r) = by_pid.get(&root) else { return Ok(()) };
+    let refuse = |m: &Member, what: String| Err(EngineError::Unsupported { pid: m.pid as i32, kind: "process tree", what });
+    for m in members.iter().filter(|m| m.pid != root) {
+        let Some(parent) = by_pid.get(&m.ppid) else { continue };
+        if m.sid != m.pid && m.sid != parent.sid {
+            return refuse(
+                m,
+                format!(
+                    "in session {}, which its parent {} (in session {}) is not in: a restored process starts in its parent's session",
+                    m.sid, m.ppid, parent.sid
+                ),
+            );
+        }
+        let led = by_pid.contains_key(&m.pgid) || (m.pgid == r.pgid && m.sid == r.sid);
+        if led {
+            continue;
+        }
+        if outside(m.pgid) {
+            return refuse(m, format!("in process group {}, led by a process outside the tree", m.pgid));
+        }
+    }
+    Ok(())
+}
+
 /// Stage 4: process groups that are neither led nor inherited (joined
-/// from a sibling or a later process), once every leader exists.
+/// from a sibling or a later process), once every leader exists; groups
+/// whose leader has exited are made again first ([`leaderless_group`]).
+/// The root's group, when it came from outside the tree, is the one the
+/// root inherits from the restorer: its other members join that.
 fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
     let procs = &ctx.tree.processes;
     let by_pid: HashMap<u32, &Process> = procs.iter().map(|p| (p.pid, p)).collect();
+    let root = root_of(ctx.tree);
     // What each process's group is after spawn_tree: led, or inherited
     // down the tree.
     let mut now: HashMap<u32, u32> = HashMap::new();
@@ -882,16 +1040,31 @@ fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
             if p.sid == p.pid || p.pgid == p.pid { p.pid } else { by_pid.get(&p.ppid).and_then(|q| now.get(&q.pid)).copied().unwrap_or(0) };
         now.insert(p.pid, g);
     }
-    for p in procs.iter().filter(|p| now[&p.pid] != p.pgid && by_pid.contains_key(&p.pgid)) {
-        let l = by_pid[&p.pgid];
-        if l.nspid.len() != p.nspid.len() {
-            return Err(EngineError::Incompatible(format!("process {} joins group {} led from another pid namespace", p.pid, p.pgid)));
-        }
+    let outer = |p: &Process| p.pid != root.pid && p.pgid == root.pgid && !by_pid.contains_key(&p.pgid);
+    let mut leaderless: Vec<u32> =
+        procs.iter().filter(|p| !by_pid.contains_key(&p.pgid) && !outer(p) && p.pid != root.pid).map(|p| p.pgid).collect();
+    leaderless.sort_unstable();
+    leaderless.dedup();
+    for g in leaderless {
+        let members: Vec<&Process> = procs.iter().filter(|p| p.pgid == g).collect();
+        leaderless_group(ctx, puppets, g, &members)?;
+    }
+    for p in procs.iter().filter(|p| now[&p.pid] != p.pgid && (by_pid.contains_key(&p.pgid) || outer(p))) {
         // setpgid runs inside, where the group is named as the member sees
-        // its leader.
+        // its leader; the root's outer group by its id now.
+        let view = match by_pid.get(&p.pgid) {
+            Some(l) if l.nspid.len() != p.nspid.len() => {
+                return Err(EngineError::Incompatible(format!("process {} joins group {} led from another pid namespace", p.pid, p.pgid)))
+            }
+            Some(l) => own_view(l) as u64,
+            None => proc::Stat::read(puppets.by_pid[&root.pid].host)?.num(5),
+        };
+        if now[&p.pid] as u64 == view {
+            continue;
+        }
         let pp = &puppets.by_pid[&p.pid];
         ctx.remote(pp.host, pp.base)
-            .call(libc::SYS_setpgid, &[0, own_view(l) as u64])
+            .call(libc::SYS_setpgid, &[0, view])
             .step(pp.host, || format!("remote setpgid({}) in pid {}", p.pgid, p.pid))?;
     }
     Ok(())
@@ -915,15 +1088,60 @@ fn terminals(ctx: &Ctx, puppets: &Puppets, open: &OpenFiles) -> Result<()> {
     Ok(())
 }
 
+/// Makes process group `g`, whose leader had exited, for `members` (all
+/// in one session, as the kernel keeps groups): a helper with the
+/// leader's pid (in every pid namespace: `Process::nspgid`), cloned from
+/// the first member, leads a new group and the members join it; the helper then exits and the member reaps it (a
+/// remote wait4), taking back the SIGCHLD it sent (every puppet has its
+/// signals blocked, so it waits among the pending ones). The group lives
+/// on with its members, its id held by them.
+fn leaderless_group(ctx: &Ctx, puppets: &Puppets, g: u32, members: &[&Process]) -> Result<()> {
+    let first = members.first().ok_or_else(|| EngineError::Incompatible(format!("process group {g} has no member")))?;
+    if first.nspgid.len() != first.nspid.len() && first.nspid.len() > 1 {
+        return Err(EngineError::Incompatible(format!(
+            "process group {g} of pid {} lost its leader inside a pid namespace, and the image does not record its id there",
+            first.pid
+        )));
+    }
+    let fp = &puppets.by_pid[&first.pid];
+    let s = ctx.scratch();
+    let mut fr = ctx.remote(fp.host, fp.base);
+    let args = CloneArgs { flags: 0, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let helper = remote_clone3(&mut fr, s, args, &set_tid(&first.nspgid, g, free_levels(ctx.tree)), libc::PTRACE_EVENT_FORK)?;
+    // The group as the members see it.
+    let g_in = first.nspgid.last().copied().unwrap_or(g) as u64;
+    let made = (|| -> Result<()> {
+        let base = ptrace::get_regs(helper).step(helper, || "read group helper registers".into())?;
+        ctx.remote(helper, base)
+            .call(libc::SYS_setpgid, &[0, 0])
+            .step(helper, || format!("remote setpgid(0, 0) in helper of group {g}"))?;
+        for m in members {
+            let mp = &puppets.by_pid[&m.pid];
+            ctx.remote(mp.host, mp.base)
+                .call(libc::SYS_setpgid, &[0, g_in])
+                .step(mp.host, || format!("remote setpgid({g}) in pid {}", m.pid))?;
+        }
+        zombie::exit_now(helper, base, ctx.trampoline)
+    })();
+    if let Err(e) = made {
+        lpm_sys::misc::kill(helper, libc::SIGKILL);
+        return Err(e);
+    }
+    fr.call(libc::SYS_wait4, &[g_in, 0, 0, 0]).step(fp.host, || format!("remote wait4({g}) for the helper of group {g}"))?;
+    let set = put(fp.host, s, 0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+    let ts = put(fp.host, s, 8, &[0u8; 16])?;
+    let got = fr.raw(libc::SYS_rt_sigtimedwait, &[set, 0, ts, 8]).step(fp.host, || "remote rt_sigtimedwait(SIGCHLD)".into())?;
+    if got != libc::SIGCHLD as i64 {
+        return Err(EngineError::Incompatible(format!(
+            "pid {}: the SIGCHLD of the helper of group {g} did not arrive (rt_sigtimedwait returned {got})",
+            first.pid
+        )));
+    }
+    Ok(())
+}
+
 /// Stage 5: memory, descriptors, process state and threads of one process.
-fn shape(
-    ctx: &Ctx,
-    puppets: &mut Puppets,
-    p: &Process,
-    open: &OpenFiles,
-    shmem: &ShmemObjects,
-    deferred: Option<&mut Vec<files::Deferred>>,
-) -> Result<()> {
+fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferred: Option<&mut Vec<files::Deferred>>) -> Result<()> {
     let s = ctx.scratch();
     let (host, base) = {
         let pp = &puppets.by_pid[&p.pid];
@@ -934,40 +1152,7 @@ fn shape(
         return zombie::shape(host, &mut r, s, p);
     }
     if let Some(mm) = &p.mm {
-        let mc = mem::RestoreCtx {
-            pid: host,
-            dir: ctx.dir,
-            trampoline: ctx.trampoline,
-            parking: ctx.trampoline + TRAMPOLINE_LEN,
-            shmem,
-            lazy: ctx.lazy,
-            eager: p
-                .threads
-                .iter()
-                .flat_map(|t| {
-                    let rseq = t.rseq.as_ref().filter(|r| r.addr != 0).map(|r| (r.addr, r.len.max(1) as u64));
-                    let exit = [(t.clear_child_tid, 4), (t.robust_list, t.robust_list_len.max(1))];
-                    rseq.into_iter().chain(exit).filter(|&(addr, _)| addr != 0)
-                })
-                .flat_map(|(addr, len)| {
-                    let first = addr & !(crate::PAGE - 1);
-                    let last = (addr + len - 1) & !(crate::PAGE - 1);
-                    [first, last]
-                })
-                .chain(
-                    ctx.hot
-                        .get(&p.pid)
-                        .into_iter()
-                        .flatten()
-                        .flat_map(|&(s, e)| (s / crate::PAGE..e.div_ceil(crate::PAGE)).map(|n| n * crate::PAGE)),
-                )
-                .collect(),
-        };
-        let mut mc = mc;
-        // Sorted and once each: the fill looks pages up by address.
-        mc.eager.sort_unstable();
-        mc.eager.dedup();
-        if let Some(space) = mem::restore(&mc, &mut r, s, mm)? {
+        if let Some(space) = mem::finish(&ctx.mem(p, host), &mut r, s, mm)? {
             puppets.spaces.push(space);
         }
     }
@@ -1056,8 +1241,36 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<Vec<i32>> {
             ptrace::set_xstate(tid, &t.xstate).step(tid, || "write xstate".into())?;
             ptrace::set_regs(tid, &regs).step(tid, || "write registers".into())?;
             ptrace::set_sigmask(tid, t.sigmask).step(tid, || "write sigmask".into())?;
+            task::restore_sched(tid, t)?;
         }
     }
     let zombie = |pid: &u32| ctx.tree.processes.iter().any(|p| p.pid == *pid && p.zombie.is_some());
     Ok(puppets.order.iter().filter(|pid| !zombie(pid)).flat_map(|pid| puppets.by_pid[pid].tids.iter().copied()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pid: u32, ppid: u32, pgid: u32, sid: u32) -> Member {
+        Member { pid, ppid, pgid, sid }
+    }
+
+    /// Which sessions and groups the restore can make again.
+    #[test]
+    fn sessions_and_groups_it_cannot_make_are_refused() {
+        // Root 10 in a session and group from outside (5); 11 leads its own
+        // session; 12 is in 11's group and session; 13 is in group 20,
+        // whose leader exited; 14 in the root's outer group.
+        let ok = [m(10, 0, 5, 5), m(11, 10, 11, 11), m(12, 11, 11, 11), m(13, 10, 20, 5), m(14, 10, 5, 5)];
+        check_groups(&ok, 10, |_| false).unwrap();
+        // A double fork's daemon: in the session of a leader that exited,
+        // adopted by the root.
+        let daemon = [m(10, 0, 10, 10), m(13, 10, 12, 12)];
+        let e = check_groups(&daemon, 10, |_| false).unwrap_err().to_string();
+        assert!(e.contains("pid 13") && e.contains("session 12"), "{e}");
+        // The leader of 13's group lives outside the tree.
+        let e = check_groups(&ok, 10, |pid| pid == 20).unwrap_err().to_string();
+        assert!(e.contains("pid 13") && e.contains("outside the tree"), "{e}");
+    }
 }

@@ -19,8 +19,9 @@ pub type Row = (&'static str, Support, &'static str);
 pub const KINDS: &[Row] = &[
     ("registers and xsave state", Support::Yes, "general registers, fs/gs base, x87/SSE/AVX/AVX-512; CPU features checked at restore"),
     ("threads", Support::Yes, "any number, names, rseq, robust list, tid address, nice, timer slack"),
-    ("private memory", Support::Yes, "anonymous, heap, stacks, PROT_NONE, private file mappings; zero pages without data"),
-    ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes"),
+    ("private memory", Support::Yes, "anonymous, heap, stacks, PROT_NONE, private file mappings; zero pages without data; madvise advice, mlock, MAP_NORESERVE, MAP_DROPPABLE, commit charge, mprotect rights; shadow stacks and sealed areas refused"),
+    ("copy-on-write sharing", Support::Partly, "pages shared since a fork stay shared after restore and migration; moved shared pages and histories no fork order gives refused; sharing with processes outside the tree not kept"),
+    ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes; private mappings of them with their own pages"),
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required)"),
     ("hugetlbfs and device mappings", Support::Refused, ""),
     ("file descriptor tables", Support::Partly, "per process or shared with the parent (CLONE_FILES); shared otherwise, or a thread's own, refused"),
@@ -48,12 +49,13 @@ pub const KINDS: &[Row] = &[
     ("POSIX shared memory", Support::Yes, "as files under /dev/shm"),
     ("POSIX message queues", Support::Partly, "name, attributes, mode, owner, messages with priorities in a tree-owned ipc namespace; mq_notify and unlinked queues refused"),
     ("credentials", Support::Yes, "uids, gids, groups, all capability sets, securebits"),
-    ("process attributes", Support::Yes, "rlimits, cwd, root, umask, personality, no_new_privs, dumpable, THP disable, subreaper, pdeathsig"),
-    ("process tree", Support::Yes, "same pids in every pid namespace, sessions, process groups"),
+    ("process attributes", Support::Yes, "rlimits, cwd, root, umask, personality, no_new_privs, dumpable, THP disable, subreaper, pdeathsig, oom_score_adj, membarrier registrations"),
+    ("scheduling policies", Support::Partly, "per thread: SCHED_OTHER, BATCH, IDLE, FIFO, RR with priority, nice, reset-on-fork, utilization clamps; SCHED_DEADLINE refused"),
+    ("process tree", Support::Partly, "same pids in every pid namespace, sessions, process groups (also those whose leader exited); a session neither a process's own nor its parent's refused"),
     ("namespaces", Support::Partly, "pid, mount (private /proc), uts, ipc, net owned by the tree; other mounts refused"),
     ("zombies", Support::Partly, "pid, parent, group, session, wait status, creds, signal state, limits; core-dump deaths refused"),
     ("seccomp filters", Support::Partly, "mode 2, the same chain in every thread; strict mode and per-thread chains refused"),
-    ("terminals and ptys", Support::Partly, "pty pairs inside the tree: termios, window size, packet mode, lock, data pending both ways (up to 4000 bytes each; typed input in canonical mode refused), the controlling terminal of a whole session (leader, descendants, foreground group, members that let it go); the pts index may change; slaves of masters outside the tree and other terminals refused"),
+    ("terminals and ptys", Support::Partly, "pty pairs inside the tree: termios, window size, packet mode, lock, slave owner and mode, data pending both ways (up to 4000 bytes each; typed input in canonical mode refused), the controlling terminal of a whole session (leader, descendants, foreground group, members that let it go); the pts index may change; slaves of masters outside the tree and other terminals refused"),
 ];
 
 #[cfg(test)]

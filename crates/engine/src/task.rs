@@ -3,7 +3,7 @@
 //! through ptrace, /proc and remote syscalls; restore sets it by remote
 //! syscalls in the puppet.
 
-use lpm_image::{Creds, Itimer, Process, ProcessPrctl, Rlimit, Rseq, SigAction, SigAltStack, Thread};
+use lpm_image::{Creds, Itimer, Process, ProcessPrctl, Rlimit, Rseq, Sched, SigAction, SigAltStack, Thread};
 use lpm_sys::ptrace;
 use lpm_sys::remote::Remote;
 
@@ -50,6 +50,7 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
     let comm = proc::read(pid, &format!("task/{tid}/comm"))?.trim_end_matches('\n').to_string();
     let nice = proc::Stat::parse(&proc::read(pid, &format!("task/{tid}/stat"))?).map(|st| st.num(19) as i64 as i32).unwrap_or(0);
     let timer_slack_ns = r.call(libc::SYS_prctl, &[libc::PR_GET_TIMERSLACK as u64]).step(tid, || "remote PR_GET_TIMERSLACK".into())?;
+    let sched = check_sched(pid, tid)?;
     Ok(Thread {
         tid: ns_tid,
         gpregs: ptrace::regs_to_bytes(regs),
@@ -66,7 +67,61 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
         nice,
         timer_slack_ns,
         nstid: Vec::new(),
+        sched: Some(sched),
     })
+}
+
+/// The scheduling policy of thread `tid` of `pid`, or why it cannot be
+/// kept: a SCHED_DEADLINE reservation (runtime, deadline, period) holds
+/// a share of this host's CPU bandwidth that the target must admit, and
+/// its budget and deadline at this instant cannot be carried over.
+/// Rule of both the dump and the inspection (it needs no stop).
+pub fn check_sched(pid: i32, tid: i32) -> Result<Sched> {
+    let a = lpm_sys::sched::get(tid).step(tid, || "sched_getattr".into())?;
+    if a.policy == lpm_sys::sched::SCHED_DEADLINE {
+        return Err(EngineError::Unsupported {
+            pid,
+            kind: "thread",
+            what: format!(
+                "tid {tid}: SCHED_DEADLINE (runtime {} ns, deadline {} ns, period {} ns): its bandwidth reservation and current budget are this host's scheduler state",
+                a.runtime, a.deadline, a.period
+            ),
+        });
+    }
+    Ok(Sched {
+        policy: a.policy,
+        flags: a.flags & lpm_sys::sched::FLAG_RESET_ON_FORK,
+        priority: a.priority,
+        util_min: a.util_min,
+        util_max: a.util_max,
+    })
+}
+
+/// Sets the scheduling policy of restored thread `tid` (image thread `t`)
+/// from outside: done last, once no remote call of the restore runs in
+/// the thread any more (a SCHED_IDLE thread would run them at the
+/// back of every queue). The nice value goes with it, as sched_setattr
+/// sets it for the fair policies (and keeps it aside for the real-time
+/// ones, where setpriority set it before).
+pub fn restore_sched(tid: i32, t: &Thread) -> Result<()> {
+    let Some(sc) = &t.sched else { return Ok(()) };
+    // Never asked for: what a task starts with (and the only values a
+    // kernel without utilization clamping reports).
+    let unclamped = (sc.util_min, sc.util_max) == (0, 1024) || sc.util_max == 0;
+    if sc.policy == libc::SCHED_OTHER as u32 && sc.flags == 0 && unclamped {
+        return Ok(());
+    }
+    let a = lpm_sys::sched::SchedAttr {
+        policy: sc.policy,
+        flags: sc.flags | if unclamped { 0 } else { lpm_sys::sched::FLAG_UTIL_CLAMP },
+        nice: t.nice,
+        priority: sc.priority,
+        util_min: sc.util_min,
+        util_max: sc.util_max,
+        ..Default::default()
+    };
+    lpm_sys::sched::set(tid, &a)
+        .step(tid, || format!("sched_setattr policy {} flags {:#x} priority {} nice {}", sc.policy, a.flags, sc.priority, t.nice))
 }
 
 /// Dumps process-wide task state into `p` through the leader's remote.
@@ -92,6 +147,8 @@ pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Re
     if crate::verify::sabotaged("dump-umask") {
         p.umask ^= 0o020;
     }
+    p.oom_score_adj = read_oom_score_adj(pid)?;
+    p.membarrier = membarrier_registrations(pid, r)?;
     p.rlimits =
         proc::parse_limits(&proc::read(pid, "limits")?).into_iter().map(|(resource, soft, hard)| Rlimit { resource, soft, hard }).collect();
     p.cwd = proc::link(pid, "cwd")?;
@@ -122,6 +179,65 @@ pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Re
         if us(0) != 0 || us(2) != 0 {
             p.itimers.push(Itimer { which, interval_us: us(0), value_us: us(2) });
         }
+    }
+    Ok(())
+}
+
+/// /proc/PID/oom_score_adj.
+pub fn read_oom_score_adj(pid: i32) -> Result<i32> {
+    let text = proc::read(pid, "oom_score_adj")?;
+    text.trim().parse().map_err(|_| EngineError::Parse { what: format!("/proc/{pid}/oom_score_adj: {text:?}") })
+}
+
+/// Gives restored process `pid` its oom_score_adj, written from here like
+/// any process's: a value below the lowest one a privileged writer gave
+/// the puppet's line (the restorer's, 0 by default) needs
+/// CAP_SYS_RESOURCE, and fails by name without it.
+pub fn restore_oom_score_adj(pid: i32, value: i32) -> Result<()> {
+    let path = format!("/proc/{pid}/oom_score_adj");
+    std::fs::write(&path, value.to_string()).map_err(crate::io_err(format!("write {value} to {path}")))
+}
+
+/// MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3).
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// The MEMBARRIER_CMD_REGISTER_* commands: global expedited, private
+/// expedited, private expedited sync-core, private expedited rseq.
+const MEMBARRIER_REGISTER: u32 = 1 << 2 | 1 << 4 | 1 << 6 | 1 << 8;
+
+/// The membarrier registrations of `pid`'s address space, asked inside it
+/// (nothing shows them from outside).
+fn membarrier_registrations(pid: i32, r: &mut Remote) -> Result<u32> {
+    match r.raw(libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]).step(pid, || "remote membarrier".into())? {
+        // Without membarrier nothing can be registered.
+        n if n == -(libc::ENOSYS as i64) => Ok(0),
+        n if n < 0 => Err(EngineError::Unsupported {
+            pid,
+            kind: "process",
+            what: format!(
+                "its membarrier registrations cannot be read on this kernel (MEMBARRIER_CMD_GET_REGISTRATIONS, Linux 6.3: errno {})",
+                -n
+            ),
+        }),
+        n => Ok(n as u32),
+    }
+}
+
+/// Registers restored process `pid` for what the image's process was
+/// registered for; fails when the puppet holds a registration the image
+/// lacks (a fork inherits them, and none can be undone).
+fn restore_membarrier(pid: i32, r: &mut Remote, want: u32) -> Result<()> {
+    let have = r.call(libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]).step(pid, || "remote membarrier".into())? as u32;
+    if have & !want != 0 {
+        return Err(EngineError::Incompatible(format!(
+            "pid {pid}: the puppet holds membarrier registrations {:#x} the image lacks (inherited from the restorer)",
+            have & !want
+        )));
+    }
+    for bit in (0..32).map(|b| 1u32 << b).filter(|b| want & b & !have != 0) {
+        if bit & MEMBARRIER_REGISTER == 0 {
+            return Err(EngineError::Incompatible(format!("pid {pid}: unknown membarrier registration {bit:#x} in the image")));
+        }
+        r.call(libc::SYS_membarrier, &[bit as u64, 0, 0]).step(pid, || format!("remote membarrier register {bit:#x}"))?;
     }
     Ok(())
 }
@@ -215,7 +331,8 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
         r.call(libc::SYS_rt_sigqueueinfo, &[ns_pid, signo as u64, addr])
             .step(pid, || format!("remote rt_sigqueueinfo (shared signal {i}: {signo})"))?;
     }
-    Ok(())
+    restore_oom_score_adj(pid, p.oom_score_adj)?;
+    restore_membarrier(pid, r, p.membarrier)
 }
 
 /// Sets credentials. The order is forced by the kernel's rules: the

@@ -104,6 +104,8 @@ pub fn dump(pid: i32, tree: &[i32]) -> Result<Process> {
         host_pid: pid as u32,
         ctty: crate::files::tty::ctty(pid, tree)?,
         nspid: nspid.clone(),
+        nspgid: st.nums("NSpgid"),
+        start_time: stat.num(22),
         threads: vec![Thread {
             tid: pid as u32,
             comm: stat.comm.clone(),
@@ -122,6 +124,7 @@ pub fn dump(pid: i32, tree: &[i32]) -> Result<Process> {
             .collect(),
         personality: u32::from_str_radix(proc::read(pid, "personality")?.trim(), 16).unwrap_or(0),
         zombie: Some(Zombie { exit_status: stat.num(52) as u32 }),
+        oom_score_adj: crate::task::read_oom_score_adj(pid)?,
         ..Default::default()
     })
 }
@@ -144,6 +147,7 @@ pub fn shape(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
             .step(pid, || format!("remote prlimit(resource {}) in zombie", l.resource))?;
     }
     r.call(libc::SYS_personality, &[p.personality as u64]).step(pid, || "remote personality in zombie".into())?;
+    crate::task::restore_oom_score_adj(pid, p.oom_score_adj)?;
     if let Some(t) = p.threads.first() {
         let addr = put_path(pid, s, 0, &t.comm)?;
         r.call(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, addr]).step(pid, || "remote PR_SET_NAME in zombie".into())?;
@@ -207,6 +211,11 @@ pub fn exit(z: Exiting, s: Scratch) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ends puppet `host` at once with exit code 0 (a helper of the restore).
+pub(crate) fn exit_now(host: i32, base: ptrace::Regs, syscall_ip: u64) -> Result<()> {
+    die(host, base, 0, syscall_ip, !0)
 }
 
 /// Ends the puppet with wait status `status`: exit_group for a normal

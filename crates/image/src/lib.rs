@@ -301,8 +301,15 @@ impl PagesWriter {
     pub fn append(&mut self, vaddr: u64, data: &[u8]) -> Result<PageRun> {
         debug_assert_eq!(data.len() as u64 % PAGE_SIZE, 0);
         self.file.write_all(data).map_err(io("write", &self.path))?;
-        let run =
-            PageRun { vaddr, npages: data.len() as u64 / PAGE_SIZE, offset: self.len, xxh3: checksum(data), zero: false, precopied: false };
+        let run = PageRun {
+            vaddr,
+            npages: data.len() as u64 / PAGE_SIZE,
+            offset: self.len,
+            xxh3: checksum(data),
+            zero: false,
+            precopied: false,
+            cow_pid: 0,
+        };
         self.len += data.len() as u64;
         Ok(run)
     }

@@ -263,6 +263,24 @@ pub struct Process {
     /// all the same.
     #[prost(bool, tag = "40")]
     pub shares_parent_files: bool,
+    /// /proc/PID/oom_score_adj (per process, -1000 to 1000).
+    #[prost(sint32, tag = "29")]
+    pub oom_score_adj: i32,
+    /// membarrier(2) registrations of the address space, as
+    /// MEMBARRIER_CMD_GET_REGISTRATIONS returns them: one bit per
+    /// MEMBARRIER_CMD_REGISTER_* command, each run again at restore.
+    #[prost(uint32, tag = "30")]
+    pub membarrier: u32,
+    /// The process group id in every pid namespace from the host's down
+    /// to its own (NSpgid): what a group whose leader has exited is made
+    /// again with. Empty in images that predate it.
+    #[prost(uint32, repeated, tag = "31")]
+    pub nspgid: Vec<u32>,
+    /// When it was started, in clock ticks since boot (/proc/PID/stat
+    /// field 22): the restore forks a process's children in this order,
+    /// the order pages shared copy-on-write were handed down in.
+    #[prost(uint64, tag = "32")]
+    pub start_time: u64,
 }
 
 /// Process-wide prctl(2) state.
@@ -333,6 +351,32 @@ pub struct Thread {
     /// The thread id in every pid namespace, host's first (NSpid).
     #[prost(uint32, repeated, tag = "15")]
     pub nstid: Vec<u32>,
+    /// Scheduling policy and its parameters (sched_getattr); the nice
+    /// value is `nice`. Absent in images that predate it: the restored
+    /// thread then keeps SCHED_OTHER.
+    #[prost(message, optional, tag = "16")]
+    pub sched: Option<Sched>,
+}
+
+/// A thread's scheduling policy (sched_setattr(2)), besides its nice value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sched {
+    /// SCHED_OTHER (0), SCHED_FIFO (1), SCHED_RR (2), SCHED_BATCH (3),
+    /// SCHED_IDLE (5); SCHED_DEADLINE is refused at checkpoint.
+    #[prost(uint32, tag = "1")]
+    pub policy: u32,
+    /// SCHED_FLAG_RESET_ON_FORK and the utilization clamp flags.
+    #[prost(uint64, tag = "2")]
+    pub flags: u64,
+    /// Static priority of SCHED_FIFO and SCHED_RR (1 to 99), else 0.
+    #[prost(uint32, tag = "3")]
+    pub priority: u32,
+    /// Utilization clamp minimum (0 to 1024).
+    #[prost(uint32, tag = "4")]
+    pub util_min: u32,
+    /// Utilization clamp maximum (0 to 1024).
+    #[prost(uint32, tag = "5")]
+    pub util_max: u32,
 }
 
 /// sigaltstack(2) state.
@@ -459,6 +503,10 @@ pub struct Mm {
     /// precopied.
     #[prost(string, tag = "7")]
     pub precopy_file: String,
+    /// Every area eligible for KSM is mergeable, now and when mapped
+    /// (prctl PR_SET_MEMORY_MERGE; "ksm_merge_any" in /proc/PID/ksm_stat).
+    #[prost(bool, tag = "8")]
+    pub ksm_merge_any: bool,
 }
 
 /// mm_struct fields that PR_SET_MM_MAP restores.
@@ -521,6 +569,11 @@ pub enum VmaKind {
     VvarVclock = 7,
     /// The legacy `[vsyscall]` page at a fixed address; never moved.
     Vsyscall = 8,
+    /// Private mapping of a shared memory object (`shmem_id`: a shared
+    /// anonymous area's object, reached through /proc/PID/map_files, or a
+    /// memfd): the pages it did not write are the object's and follow
+    /// it; the pages it wrote are saved, as a private file mapping's.
+    ShmemPrivate = 9,
 }
 
 /// A memory area.
@@ -559,6 +612,13 @@ pub struct Vma {
     /// Inode of the backing file.
     #[prost(uint64, tag = "11")]
     pub inode: u64,
+    /// The area's VmFlags at dump (/proc/PID/smaps, two letters each):
+    /// what the restore makes again (the advice, locks, VM_ACCOUNT,
+    /// VM_NORESERVE, VM_MAYWRITE of a shared file mapping, droppable)
+    /// and what a check of the restored tree compares. Empty in images
+    /// that predate it.
+    #[prost(string, repeated, tag = "12")]
+    pub vm_flags: Vec<String>,
 }
 
 /// A run of consecutive pages.
@@ -585,6 +645,12 @@ pub struct PageRun {
     /// are 0. Only process address spaces have such runs.
     #[prost(bool, tag = "6")]
     pub precopied: bool,
+    /// The pages are the same physical pages as process `cow_pid`'s (its
+    /// image pid) at the same addresses, shared copy-on-write since a
+    /// fork: no data here, `cow_pid`'s own run holds it, and the restore
+    /// shares them again. 0 otherwise.
+    #[prost(uint32, tag = "7")]
+    pub cow_pid: u32,
 }
 
 /// A shared anonymous memory object.
@@ -602,6 +668,11 @@ pub struct ShmemImage {
     /// Name of the pages file in the image directory.
     #[prost(string, tag = "4")]
     pub pages_file: String,
+    /// The object is a memfd of this name (mapped as "/memfd:NAME"):
+    /// it is made again as one, so its mappings keep their name. Empty
+    /// for a shared anonymous area's object ("/dev/zero (deleted)").
+    #[prost(string, tag = "5")]
+    pub memfd_name: String,
 }
 
 /// What a file descriptor refers to.
@@ -1468,6 +1539,18 @@ pub struct TtyImage {
     /// restore, input processing off.
     #[prost(bytes = "vec", tag = "21")]
     pub pending_input: Vec<u8>,
+    /// Master: owner of the slave's device node (/dev/pts/N), as grantpt
+    /// or chown left it.
+    #[prost(uint32, tag = "9")]
+    pub slave_uid: u32,
+    /// Master: group of the slave's device node.
+    #[prost(uint32, tag = "10")]
+    pub slave_gid: u32,
+    /// Master: permission bits of the slave's device node (`mesg n`
+    /// clears the group's write bit); 0 in images that predate it, which
+    /// leave the node as the restoring host's devpts makes it.
+    #[prost(uint32, tag = "11")]
+    pub slave_mode: u32,
 }
 
 /// One message of a POSIX message queue.

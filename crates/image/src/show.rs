@@ -183,13 +183,16 @@ fn event_objects(f: &FileImage) -> String {
         if t.master {
             let _ = write!(
                 o,
-                " winsize={:?} packet={} locked={} session={} fg_pgrp={} termios={}B",
+                " winsize={:?} packet={} locked={} session={} fg_pgrp={} termios={}B slave {}:{} mode {:o}",
                 t.winsize,
                 t.packet,
                 t.locked,
                 t.session,
                 t.fg_pgrp,
-                t.termios.len()
+                t.termios.len(),
+                t.slave_uid,
+                t.slave_gid,
+                t.slave_mode
             );
         }
     }
@@ -216,12 +219,13 @@ pub fn render(t: &TreeImage) -> String {
     for p in &t.processes {
         let _ = writeln!(
             o,
-            "\nprocess {} (host {}) ppid {} pgid {} sid {} cwd {:?} root {:?} umask {:03o} personality {:#x}",
-            p.pid, p.host_pid, p.ppid, p.pgid, p.sid, p.cwd, p.root, p.umask, p.personality
+            "\nprocess {} (host {}) ppid {} pgid {} sid {} started {} cwd {:?} root {:?} umask {:03o} personality {:#x}",
+            p.pid, p.host_pid, p.ppid, p.pgid, p.sid, p.start_time, p.cwd, p.root, p.umask, p.personality
         );
         if p.nspid.len() > 1 {
-            let _ = writeln!(o, "  pid in nested namespaces {:?}", p.nspid);
+            let _ = writeln!(o, "  pid in nested namespaces {:?}, group {:?}", p.nspid, p.nspgid);
         }
+        let _ = writeln!(o, "  oom_score_adj {} membarrier registrations {:#x}", p.oom_score_adj, p.membarrier);
         if let Some(ns) = &p.namespaces {
             let _ = writeln!(
                 o,
@@ -268,6 +272,13 @@ pub fn render(t: &TreeImage) -> String {
             }
             if let Some(s) = &th.sigaltstack {
                 let _ = writeln!(o, "    sigaltstack sp={:#x} size={} flags={:#x}", s.sp, s.size, s.flags);
+            }
+            if let Some(s) = &th.sched {
+                let _ = writeln!(
+                    o,
+                    "    sched policy={} flags={:#x} priority={} nice={} util_clamp={}..{}",
+                    s.policy, s.flags, s.priority, th.nice, s.util_min, s.util_max
+                );
             }
         }
         for a in &p.sigactions {
@@ -352,7 +363,7 @@ pub fn render(t: &TreeImage) -> String {
             let _ = writeln!(o, "  fd {:3}{} -> file {} {desc}", fd.fd, if fd.cloexec { " cloexec" } else { "" }, fd.file_id);
         }
         if let Some(mm) = &p.mm {
-            let saved: u64 = mm.pages.iter().filter(|r| !r.zero && !r.precopied).map(|r| r.npages).sum();
+            let saved: u64 = mm.pages.iter().filter(|r| !r.zero && !r.precopied && r.cow_pid == 0).map(|r| r.npages).sum();
             let zero: u64 = mm.pages.iter().filter(|r| r.zero).map(|r| r.npages).sum();
             let precopied: u64 = mm.pages.iter().filter(|r| r.precopied).map(|r| r.npages).sum();
             let _ = writeln!(
@@ -365,6 +376,13 @@ pub fn render(t: &TreeImage) -> String {
                 mm.pages_file,
                 zero
             );
+            let mut with: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
+            for r in mm.pages.iter().filter(|r| r.cow_pid != 0) {
+                *with.entry(r.cow_pid).or_default() += r.npages;
+            }
+            for (pid, n) in with {
+                let _ = writeln!(o, "    {n} pages shared copy-on-write with process {pid} (its data)");
+            }
             if precopied > 0 || !mm.precopy_file.is_empty() {
                 let runs = mm.pages.iter().filter(|r| r.precopied).count();
                 let _ = writeln!(
@@ -373,6 +391,9 @@ pub fn render(t: &TreeImage) -> String {
                     precopied * PAGE_SIZE / 1024,
                     if mm.precopy_file.is_empty() { "<missing precopy file name>" } else { &mm.precopy_file }
                 );
+            }
+            if mm.ksm_merge_any {
+                let _ = writeln!(o, "    every area mergeable (PR_SET_MEMORY_MERGE)");
             }
             if let Some(l) = &mm.layout {
                 let _ = writeln!(
@@ -394,11 +415,12 @@ pub fn render(t: &TreeImage) -> String {
             for v in &mm.vmas {
                 let kind = VmaKind::try_from(v.kind).map(|k| format!("{k:?}")).unwrap_or_else(|_| format!("kind {}", v.kind));
                 let inside = |r: &&crate::PageRun| r.vaddr >= v.start && r.vaddr < v.end;
-                let pages: u64 = mm.pages.iter().filter(inside).filter(|r| !r.zero && !r.precopied).map(|r| r.npages).sum();
+                let pages: u64 =
+                    mm.pages.iter().filter(inside).filter(|r| !r.zero && !r.precopied && r.cow_pid == 0).map(|r| r.npages).sum();
                 let pre: u64 = mm.pages.iter().filter(inside).filter(|r| r.precopied).map(|r| r.npages).sum();
                 let _ = writeln!(
                     o,
-                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={}{} {}",
+                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={}{} {}{}",
                     v.start,
                     v.end,
                     prot(v.prot),
@@ -407,7 +429,8 @@ pub fn render(t: &TreeImage) -> String {
                     v.pgoff,
                     pages,
                     if pre > 0 { format!(" precopied={pre}") } else { String::new() },
-                    v.path
+                    v.path,
+                    if v.vm_flags.is_empty() { String::new() } else { format!(" [{}]", v.vm_flags.join(" ")) }
                 );
             }
         }

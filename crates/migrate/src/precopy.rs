@@ -419,6 +419,10 @@ struct Proc {
     pagemap: Pagemap,
     /// /proc/PID/mem, opened on the first read that needs it.
     mem: Option<File>,
+    /// It has a parent or a child among the processes: it may share
+    /// pages copy-on-write with them, which it must still share when the
+    /// switchover's checkpoint looks (see [`Sender::via_mem`]).
+    related: bool,
     held: RangeSet,
     pending: RangeSet,
     ever: RangeSet,
@@ -507,7 +511,7 @@ impl Proc {
     /// Sends everything pending to `sink`.
     fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        let mut s = Sender { pid: self.pid, ever: &self.ever, mem: self.mem.take(), out: Sent::default() };
+        let mut s = Sender { pid: self.pid, ever: &self.ever, mem: self.mem.take(), via_mem: self.related, out: Sent::default() };
         let res = s.send(pending.ranges(), buf, sink);
         let (mem, out) = (s.mem, s.out);
         self.mem = mem;
@@ -521,7 +525,7 @@ impl Proc {
     fn send_pending_parallel(&mut self, bufs: &mut [Vec<u8>], sinks: &mut [&mut (dyn PageSink + Send)], st: &mut RoundStats) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         let shares = split(pending.ranges(), sinks.len());
-        let (pid, ever) = (self.pid, &self.ever);
+        let (pid, ever, via_mem) = (self.pid, &self.ever, self.related);
         let done: Vec<(Sent, Result<()>)> = std::thread::scope(|scope| {
             let threads: Vec<_> = shares
                 .iter()
@@ -529,7 +533,7 @@ impl Proc {
                 .zip(bufs.iter_mut())
                 .map(|((share, sink), buf)| {
                     scope.spawn(move || {
-                        let mut s = Sender { pid, ever, mem: None, out: Sent::default() };
+                        let mut s = Sender { pid, ever, mem: None, via_mem, out: Sent::default() };
                         let res = s.send(share, buf, &mut **sink);
                         (s.out, res)
                     })
@@ -609,6 +613,11 @@ struct Sender<'a> {
     ever: &'a RangeSet,
     /// /proc/PID/mem, opened on the first read that needs it.
     mem: Option<File>,
+    /// Every read goes through /proc/PID/mem: process_vm_readv pins the
+    /// pages it reads, and the kernel gives a process its own copy of a
+    /// page it shares copy-on-write before it lets it be pinned, which
+    /// would undo the sharing the restore is to make again.
+    via_mem: bool,
     out: Sent,
 }
 
@@ -616,7 +625,7 @@ impl Sender<'_> {
     /// Reads up to `buf.len()` bytes at `vaddr`; returns how many whole
     /// pages' bytes were read before the first unreadable page.
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> usize {
-        if lpm_sys::ptrace::read_mem(self.pid, vaddr, buf).is_ok() {
+        if !self.via_mem && lpm_sys::ptrace::read_mem(self.pid, vaddr, buf).is_ok() {
             return buf.len();
         }
         // Part of the range is gone, or the area has no PROT_READ:
@@ -689,7 +698,7 @@ impl Sender<'_> {
                 batch.push((s, len));
                 room -= len;
             }
-            if batch.len() > 1 {
+            if batch.len() > 1 && !self.via_mem {
                 let got = lpm_sys::ptrace::read_mem_ranges(self.pid, &batch, buf).unwrap_or(0);
                 let mut off = 0;
                 let mut done = 0;
@@ -742,10 +751,22 @@ impl Precopy {
     pub fn start(pids: &[i32]) -> Result<Precopy> {
         let mut procs = Vec::with_capacity(pids.len());
         let mut dead = Vec::new();
-        for &pid in pids {
+        let ppid = |pid: i32| lpm_engine::proc::Stat::read(pid).map(|s| s.num(4) as i32).unwrap_or(0);
+        let parents: Vec<i32> = pids.iter().map(|&p| ppid(p)).collect();
+        for (i, &pid) in pids.iter().enumerate() {
+            let related = pids.contains(&parents[i]) || parents.contains(&pid);
             let opened = DirtyTracker::start(pid).map_err(|source| PrecopyError::Track { pid, source }).and_then(|tracker| {
                 let pagemap = Pagemap::open(pid).map_err(|source| PrecopyError::Pagemap { pid, source })?;
-                Ok(Proc { pid, tracker, pagemap, mem: None, held: RangeSet::new(), pending: RangeSet::new(), ever: RangeSet::new() })
+                Ok(Proc {
+                    pid,
+                    tracker,
+                    pagemap,
+                    mem: None,
+                    related,
+                    held: RangeSet::new(),
+                    pending: RangeSet::new(),
+                    ever: RangeSet::new(),
+                })
             });
             match opened {
                 Ok(p) => procs.push(p),

@@ -13,6 +13,7 @@ pub mod probe;
 pub mod ptrace;
 pub mod puppet;
 pub mod remote;
+pub mod sched;
 pub mod spawn;
 pub mod uffd;
 

@@ -9,6 +9,13 @@ use linux_raw_sys::general::{page_region, pm_scan_arg};
 
 use crate::{Error, Result};
 
+/// Pagemap entry: the page is present.
+pub const PM_PRESENT: u64 = 1 << 63;
+/// Pagemap entry: the page is mapped once in all the system.
+pub const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
+/// Pagemap entry: the page frame number.
+pub const PM_PFN_MASK: u64 = (1 << 55) - 1;
+
 pub use linux_raw_sys::general::{
     PAGE_IS_FILE, PAGE_IS_HUGE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
     PM_SCAN_WP_MATCHING,
@@ -95,6 +102,27 @@ impl Pagemap {
         Ok(out)
     }
 
+    /// The raw /proc/PID/pagemap entries of `[start, end)` (page aligned),
+    /// one per page, appended to `out`: bit 63 present, 62 swapped, 61
+    /// file page or shared anonymous, 56 exclusively mapped (one mapping
+    /// of the page in all the system), bits 0-54 the page frame number
+    /// (0 without CAP_SYS_ADMIN).
+    pub fn entries(&mut self, start: u64, end: u64, out: &mut Vec<u64>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = start;
+        while at < end {
+            let n = (((end - at) / PAGE) as usize).min(buf.len() / 8);
+            let got = self.file.read_at(&mut buf[..n * 8], at / PAGE * 8).map_err(|e| Error::sys("read pagemap", self.pid, e))?;
+            if got < 8 {
+                return Err(Error::sys("read pagemap (short)", self.pid, std::io::Error::from_raw_os_error(libc::EIO)));
+            }
+            out.extend(buf[..got - got % 8].chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes"))));
+            at += (got / 8) as u64 * PAGE;
+        }
+        Ok(())
+    }
+
     /// Scans `[start, end)`, appending matching regions to `out` (adjacent
     /// regions with equal categories merged by the kernel).
     pub fn scan(&mut self, start: u64, end: u64, q: Query, out: &mut Vec<Region>) -> Result<()> {
@@ -120,11 +148,17 @@ impl Pagemap {
             if n < 0 {
                 return Err(Error::mem("pagemap scan", self.pid, at, std::io::Error::last_os_error()));
             }
-            out.extend(self.buf[..n as usize].iter().map(|r| Region { start: r.start, end: r.end, categories: r.categories }));
-            if arg.walk_end <= at {
+            let got = &self.buf[..n as usize];
+            out.extend(got.iter().map(|r| Region { start: r.start, end: r.end, categories: r.categories }));
+            // The kernel may report a walk_end below the last region it
+            // returned (seen on 6.18 with more regions than its internal
+            // buffer holds, the zero page among them): going on from there
+            // would return those regions twice.
+            let next = arg.walk_end.max(got.last().map_or(0, |r| r.end));
+            if next <= at {
                 break;
             }
-            at = arg.walk_end;
+            at = next;
         }
         Ok(())
     }

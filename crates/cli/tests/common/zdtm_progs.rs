@@ -130,6 +130,16 @@ pub static PROGS: &[Prog] = &[
     prog("sock_unlinked", Launch::C, true, 3),
     prog("sock_filter", Launch::C, true, 3),
     prog("sock_shutdown", Launch::C, true, 3),
+    prog("mem_cow", Launch::C, true, 4),
+    prog("mem_madvise", Launch::C, true, 7),
+    prog("mem_fileprot", Launch::C, true, 3),
+    prog("mem_shmem_private", Launch::C, true, 4),
+    Prog { needs: &[Need::Root], ..prog("sched_policy", Launch::C, true, 3) },
+    Prog { needs: &[Need::Root], ..prog("sched_rt", Launch::C, true, 4) },
+    prog("oom_score", Launch::C, true, 2),
+    prog("membarrier", Launch::C, true, 2),
+    prog("zombie_pgrp", Launch::C, true, 2),
+    Prog { needs: &[Need::Root], ..prog("pty_owner", Launch::C, true, 3) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

@@ -44,7 +44,9 @@ fn check_mappings(seen: &Seen, seals: u32, tree: &[i32]) -> Result<()> {
             if libc::makedev(e.major, e.minor) != dev {
                 continue;
             }
-            if !holds(pid, dev, ino) {
+            // A private mapping maps the restored memfd itself; a shared
+            // one is mapped from the process's own descriptor.
+            if e.shared() && !holds(pid, dev, ino) {
                 return Err(seen.unsupported(format!("memfd also mapped at {:#x} by pid {pid}, which holds no descriptor of it", e.start)));
             }
             if e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0 && seals & libc::F_SEAL_FUTURE_WRITE as u32 != 0 {
@@ -148,9 +150,7 @@ impl Kind for Memfd {
                 .step(pid, || what("remote mmap"));
             r.call(libc::SYS_close, &[tmp]).step(pid, || what("remote close after mapping"))?;
             mapped?;
-            for a in &v.madvise {
-                r.call(libc::SYS_madvise, &[v.start, v.end - v.start, *a as u64]).step(pid, || what(&format!("remote madvise {a}")))?;
-            }
+            crate::mem::advise(pid, r, v)?;
         }
         Ok(())
     }

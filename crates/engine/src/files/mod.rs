@@ -373,6 +373,14 @@ pub struct OpenFiles {
     pub ptys: HashMap<u32, u32>,
 }
 
+impl OpenFiles {
+    /// The restorer's descriptor of each memfd of `tree`, by its inode at
+    /// dump (puppets inherit them until their own descriptors are set).
+    pub fn memfds(&self, tree: &TreeImage) -> HashMap<u64, i32> {
+        tree.files.iter().filter_map(|f| Some((f.memfd.as_ref()?.ino, self.by_id.get(&f.id)?.as_raw_fd()))).collect()
+    }
+}
+
 /// Opens every file description of the image in the restorer.
 pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
     let max_fd = tree.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(0) as i32;

@@ -2,7 +2,8 @@
 //! its slaves (/dev/pts/N).
 //!
 //! Dump reads the pty's state through a copy of the master (pidfd_getfd):
-//! termios, window size, packet mode, lock, and the session whose
+//! termios, window size, packet mode, lock, the owner, group and mode of
+//! the slave's device node, and the session whose
 //! controlling terminal it is with its foreground group; each process
 //! records whether the pty is its own controlling terminal ([`ctty`]).
 //! Data buffered in either direction cannot be read without consuming it:
@@ -202,6 +203,27 @@ fn pending(seen: &Seen, m: &OwnedFd, index: u32, st: &PtyState, take: bool) -> R
     Ok((output, input))
 }
 
+/// The slave's device node of master `m`, through an O_PATH descriptor
+/// (TIOCGPTPEER): it opens nothing, so it works on a locked pty and
+/// leaves the pty's open count alone.
+fn slave_node(m: &OwnedFd) -> lpm_sys::Result<std::fs::Metadata> {
+    let peer = misc::pty_peer(m.as_raw_fd(), libc::O_PATH | libc::O_CLOEXEC)?;
+    std::fs::metadata(format!("/proc/self/fd/{}", peer.as_raw_fd())).map_err(|e| lpm_sys::Error::sys("stat pty slave", 0, e))
+}
+
+/// Gives the slave's device node of new master `m` the recorded owner,
+/// group and mode (devpts made it ours, with its mount's mode).
+fn set_slave_node(m: &OwnedFd, t: &TtyImage) -> Result<()> {
+    if t.slave_mode == 0 {
+        return Ok(());
+    }
+    let peer = misc::pty_peer(m.as_raw_fd(), libc::O_PATH | libc::O_CLOEXEC).step(0, || format!("open the slave of pty {}", t.index))?;
+    let path = format!("/proc/self/fd/{}", peer.as_raw_fd());
+    let what = || format!("give the slave of pty {} owner {}:{} mode {:o}", t.index, t.slave_uid, t.slave_gid, t.slave_mode);
+    std::os::unix::fs::chown(&path, Some(t.slave_uid), Some(t.slave_gid)).map_err(crate::io_err(what()))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(t.slave_mode)).map_err(crate::io_err(what()))
+}
+
 /// The recorded state of `t` for the ioctls.
 fn state(t: &TtyImage) -> PtyState {
     let w = |i: usize| t.winsize.get(i).copied().unwrap_or(0) as u16;
@@ -221,6 +243,7 @@ fn master<'a>(index: u32, cx: &'a mut OpenCx) -> Result<&'a OwnedFd> {
         let m = open_path("/dev/ptmx", f.flags | libc::O_NOCTTY as u32)?;
         misc::pty_lock(m.as_raw_fd(), false).step(0, || format!("unlock new pty for {index}"))?;
         misc::pty_set(m.as_raw_fd(), &state(t)).step(0, || format!("set the state of pty {index}"))?;
+        set_slave_node(&m, t)?;
         if !t.pending_output.is_empty() || !t.pending_input.is_empty() {
             // Our slave stays open until the tree's are: the last slave's
             // close would mark the pair hung up.
@@ -318,6 +341,7 @@ fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
         let s = misc::pty_get(m.as_raw_fd()).step(seen.pid, || format!("read the state of pty {index}"))?;
         let (pending_output, pending_input) = pending(seen, &m, index, &s, take)?;
         let (session, fg_pgrp) = session(seen, &m, index, table)?;
+        let node = slave_node(&m).step(seen.pid, || format!("stat the slave of pty {index}"))?;
         TtyImage {
             index,
             master: true,
@@ -329,6 +353,9 @@ fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
             fg_pgrp,
             pending_output,
             pending_input,
+            slave_uid: node.uid(),
+            slave_gid: node.gid(),
+            slave_mode: node.mode() & 0o7777,
         }
     } else {
         let index = slave_index(rdev);
