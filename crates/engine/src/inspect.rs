@@ -192,6 +192,9 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     }
     let Some(tids) = sink.keep(pid, proc::threads(pid)) else { return };
     sink.out.threads += tids.len();
+    for &tid in &tids {
+        sink.keep(pid, stop::check_untraced(pid, tid));
+    }
     sink.keep(pid, seccomp::check(pid, &tids));
     let mut refused = Vec::new();
     let fds = sink.keep(pid, files::check(pid, table, &mut refused));

@@ -198,6 +198,11 @@ pub struct Process {
     /// (and so its terminal) is the restorer's to give.
     #[prost(uint32, optional, tag = "45")]
     pub ctty: Option<u32>,
+    /// The signal that stopped the process (a group stop by SIGSTOP,
+    /// SIGTSTP, SIGTTIN or SIGTTOU); 0 when it was running. The restored
+    /// process stops again with it as it is released, before it runs.
+    #[prost(uint32, tag = "46")]
+    pub stop_signal: u32,
 }
 
 /// Process-wide prctl(2) state.
