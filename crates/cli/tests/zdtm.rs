@@ -383,6 +383,9 @@ struct Run {
     tree: Tree,
     /// Processes that were zombies at ready (they must stay zombies).
     zombies: BTreeSet<i32>,
+    /// Tasks stopped by a job control signal at ready (stopped.c: they
+    /// must stay stopped).
+    stopped: BTreeSet<i32>,
     lpm_calls: Vec<(String, PathBuf)>,
     /// Differences that do not stop the scenario: it runs on to the
     /// program's own verdict, and the test fails with both.
@@ -410,6 +413,7 @@ impl Run {
             known: BTreeSet::new(),
             tree: Tree::new(),
             zombies: BTreeSet::new(),
+            stopped: BTreeSet::new(),
             lpm_calls: Vec::new(),
             soft: Vec::new(),
         };
@@ -522,6 +526,13 @@ impl Run {
                 self.tree = tree_of(self.root);
                 self.known.extend(self.tree.keys());
                 self.zombies = self.tree.keys().copied().filter(|&p| stat_fields(p, None).is_some_and(|s| s.state == 'Z')).collect();
+                self.stopped = self
+                    .tree
+                    .iter()
+                    .flat_map(|(&pid, tids)| tids.iter().map(move |&t| (pid, t)))
+                    .filter(|&(pid, t)| stat_fields(pid, Some(t)).is_some_and(|s| s.state == 'T'))
+                    .map(|(_, t)| t)
+                    .collect();
                 return Ok(());
             }
             if let Some(status) = self.root_exited() {
@@ -626,14 +637,19 @@ impl Run {
         }
     }
 
-    /// Checks every task of the tree is alive, not stopped and not traced.
+    /// Checks every task of the tree is alive, not stopped (unless it was
+    /// at ready, and then still is) and not traced.
     fn check_running(&self, tree: &Tree, what: &str) -> Res<()> {
         for (&pid, tids) in tree {
             for &tid in tids {
                 let st = stat_fields(pid, Some(tid)).ok_or_else(|| format!("{what}: task {tid} of {pid} is gone"))?;
                 // A zombie since ready (zombie.c) stays one.
                 let was_zombie = self.zombies.contains(&tid);
-                if matches!(st.state, 'Z' | 'X' | 'x' | 'T' | 't') && !(st.state == 'Z' && was_zombie) {
+                let was_stopped = self.stopped.contains(&tid);
+                if was_stopped != (st.state == 'T') {
+                    return Err(format!("{what}: task {tid} of {pid} is in state {} (stopped at ready: {was_stopped})", st.state));
+                }
+                if matches!(st.state, 'Z' | 'X' | 'x' | 't') && !(st.state == 'Z' && was_zombie) {
                     return Err(format!("{what}: task {tid} of {pid} is in state {}", st.state));
                 }
                 let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
@@ -941,6 +957,7 @@ zdtm_tests!(
     pty,
     pty_session,
     pty_pending,
+    stopped,
     new_work,
     ghost_attrs,
     ghost_fork,
@@ -987,6 +1004,38 @@ fn socket_outside_tree_is_refused() {
         }
         sleep(SETTLE);
         run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// A checkpoint of a tree where one process traces another (a debugger
+/// and its debuggee) fails naming the traced thread and its tracer, and
+/// both run on as they were.
+#[test]
+fn traced_process_is_refused() {
+    let mut run = Run::new(&TRACED, "refused", None).unwrap_or_else(|e| panic!("zdtm traced: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        if run.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let want = format!(
+            "unsupported tracer: thread {} is traced by pid {} (traced)",
+            tree.keys().find(|&&p| p != run.root).copied().unwrap_or(0),
+            run.root
+        );
+        if !msg.contains(&want) {
+            return Err(format!("the refusal does not name the thread and its tracer ({want:?}): {msg:?}"));
+        }
         run.check_tree("after the refused checkpoint")?;
         run.expect_pass()
     })();

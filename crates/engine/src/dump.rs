@@ -422,6 +422,7 @@ fn dump_process(
         sid: stat.num(6) as u32,
         host_pid: pid as u32,
         ctty: files::tty::ctty(pid, tree)?,
+        stop_signal: threads.iter().map(|t| t.stop_signal).find(|&s| s != 0).unwrap_or(0) as u32,
         nspid: st.nums("NSpid"),
         nspgid: st.nums("NSpgid"),
         start_time: stat.num(22),

@@ -196,6 +196,7 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     sink.out.threads += tids.len();
     for &tid in &tids {
         sink.keep(pid, task::check_sched(pid, tid));
+        sink.keep(pid, stop::check_untraced(pid, tid));
     }
     sink.keep(pid, seccomp::check(pid, &tids));
     let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];

@@ -1243,6 +1243,13 @@ fn finish(ctx: &Ctx, puppets: &Puppets) -> Result<Vec<i32>> {
             ptrace::set_sigmask(tid, t.sigmask).step(tid, || "write sigmask".into())?;
             task::restore_sched(tid, t)?;
         }
+        if p.stop_signal != 0 {
+            // Pending for the whole process (no thread takes it while
+            // traced), it is taken by the first thread released, which
+            // stops the group before any thread reaches user space.
+            lpm_sys::misc::signal_process(pp.host, p.stop_signal as i32)
+                .step(pp.host, || format!("stop it again with signal {}", p.stop_signal))?;
+        }
     }
     let zombie = |pid: &u32| ctx.tree.processes.iter().any(|p| p.pid == *pid && p.zombie.is_some());
     Ok(puppets.order.iter().filter(|pid| !zombie(pid)).flat_map(|pid| puppets.by_pid[pid].tids.iter().copied()).collect())

@@ -21,6 +21,10 @@ pub(crate) struct Seized {
     pub(crate) tid: i32,
     pub(crate) regs: Regs,
     pub(crate) sigmask: u64,
+    /// The signal that stopped its process (a group stop: SIGSTOP,
+    /// SIGTSTP, SIGTTIN, SIGTTOU), as its stop trap reported it; 0 when
+    /// the process was running.
+    pub(crate) stop_signal: i32,
 }
 
 /// All seized threads; on drop (error paths) every one is put back as it
@@ -79,9 +83,26 @@ pub(crate) fn check_target(pid: i32) -> Result<()> {
     Ok(())
 }
 
+/// Refuses thread `tid` of `pid` when another process traces it (a
+/// debugger, strace): a thread has one tracer, and a restore would have to
+/// make the tracer attach again and stop the thread exactly where it was
+/// stopped for it, which nothing in the kernel offers.
+pub(crate) fn check_untraced(pid: i32, tid: i32) -> Result<()> {
+    let tracer = proc::Status::read_task(pid, tid)?.get("TracerPid").parse::<i32>().unwrap_or(0);
+    if tracer == 0 || tracer == std::process::id() as i32 {
+        return Ok(());
+    }
+    let comm = proc::read(tracer, "comm").map(|c| c.trim().to_string()).unwrap_or_else(|_| "?".into());
+    Err(EngineError::Unsupported {
+        pid,
+        kind: "tracer",
+        what: format!("thread {tid} is traced by pid {tracer} ({comm}): a restore cannot attach the tracer again"),
+    })
+}
+
 /// Waits until a seized, interrupted thread reports its interrupt stop.
 pub(crate) fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
-    if wait_stop_or_exit(tid)? {
+    if wait_stop_or_exit(tid)?.is_some() {
         Ok(())
     } else {
         Err(EngineError::BadTarget { pid, why: format!("thread {tid} exited during the freeze") })
@@ -89,8 +110,9 @@ pub(crate) fn wait_interrupt_stop(pid: i32, tid: i32) -> Result<()> {
 }
 
 /// Waits until a seized, interrupted thread reports its interrupt stop
-/// (true) or its exit (false, reaped as our tracee).
-fn wait_stop_or_exit(tid: i32) -> Result<bool> {
+/// (with its signal: SIGTRAP, or the stop signal of a group stop in
+/// effect) or its exit (None, reaped as our tracee).
+fn wait_stop_or_exit(tid: i32) -> Result<Option<i32>> {
     // A thread exiting meanwhile answers ESRCH; its exit is waited for next.
     let gone_ok = |r: lpm_sys::Result<()>, what: &str| match r {
         Err(e) if e.errno() == Some(libc::ESRCH) => Ok(()),
@@ -98,7 +120,7 @@ fn wait_stop_or_exit(tid: i32) -> Result<bool> {
     };
     loop {
         match ptrace::wait(tid).step(tid, || "wait for stop".into())?.1 {
-            Stop::Event(ptrace::EVENT_STOP, _) => return Ok(true),
+            Stop::Event(ptrace::EVENT_STOP, sig) => return Ok(Some(sig)),
             // A signal arriving first takes the interrupt's place: hand the
             // signal back and ask again.
             Stop::Signal(sig) => {
@@ -109,7 +131,7 @@ fn wait_stop_or_exit(tid: i32) -> Result<bool> {
                 gone_ok(ptrace::cont(tid, 0), "continue")?;
                 gone_ok(ptrace::interrupt(tid), "interrupt")?;
             }
-            Stop::Exited(_) | Stop::Killed(_) => return Ok(false),
+            Stop::Exited(_) | Stop::Killed(_) => return Ok(None),
         }
     }
 }
@@ -245,6 +267,8 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
     }
     let mut pending = Vec::new();
     let mut ended = Vec::new();
+    // Each thread's stop trap signal.
+    let mut stops: HashMap<i32, i32> = HashMap::new();
     let res = (|| -> Result<()> {
         loop {
             let mut new = 0;
@@ -280,6 +304,10 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
                         // (EPERM; a zombie shows at the next listing).
                         Err(e) if e.errno() == Some(libc::ESRCH) => continue,
                         Err(e) if e.errno() == Some(libc::EPERM) && task_ended(pid, tid) => continue,
+                        Err(e) if e.errno() == Some(libc::EPERM) => {
+                            check_untraced(pid, tid)?;
+                            return Err(e).step(tid, || "seize".into());
+                        }
                         r => r.step(tid, || "seize".into())?,
                     }
                     // Ours now: an exit from here on is reported to us.
@@ -288,8 +316,13 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
                         Err(e) if e.errno() == Some(libc::ESRCH) => {}
                         r => r.step(tid, || "interrupt".into())?,
                     }
-                    if cgroup.is_none() && !wait_stop_or_exit(tid)? {
-                        ended.push(tid);
+                    if cgroup.is_none() {
+                        match wait_stop_or_exit(tid)? {
+                            Some(sig) => {
+                                stops.insert(tid, sig);
+                            }
+                            None => ended.push(tid),
+                        }
                     }
                 }
                 if !order.contains(&pid) {
@@ -313,8 +346,10 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
         }
         if cgroup.is_some() {
             match wait_stop_or_exit(tid) {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Some(sig)) => {
+                    stops.insert(tid, sig);
+                }
+                Ok(None) => {
                     ended.push(tid);
                     continue;
                 }
@@ -327,7 +362,10 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
         let state =
             ptrace::get_regs(tid).and_then(|regs| Ok((regs, ptrace::get_sigmask(tid)?))).step(tid, || "read registers and sigmask".into());
         match state {
-            Ok((regs, sigmask)) => frozen.threads.push(Seized { pid, tid, regs, sigmask }),
+            Ok((regs, sigmask)) => {
+                let stop_signal = stops.get(&tid).copied().filter(|&s| s != libc::SIGTRAP).unwrap_or(0);
+                frozen.threads.push(Seized { pid, tid, regs, sigmask, stop_signal })
+            }
             Err(e) => {
                 err.get_or_insert(e);
             }

@@ -42,6 +42,8 @@ pub const KINDS: &[Row] = &[
     ("memfd", Support::Yes, "name, seals, content, mappings sharing the fd's object"),
     ("pidfd", Support::Partly, "targets inside the tree; others refused"),
     ("signals", Support::Yes, "actions, masks, pending (per thread and shared), sigaltstack"),
+    ("stopped processes", Support::Yes, "group stop by SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU comes back stopped by the same signal"),
+    ("traced processes", Support::Refused, "a thread traced by another process (debugger): no call attaches the tracer again"),
     ("itimers", Support::Yes, "real, virtual, prof; time left as at checkpoint"),
     ("POSIX timers", Support::Yes, "same ids, clocks, notification, interval; overrun restarts at 0"),
     ("file locks", Support::Partly, "flock, POSIX, OFD; waiting requests and leases refused"),

@@ -258,6 +258,12 @@ fn process_state(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     f.cmp("status", "Umask", format!("{:04o}", p.image.umask), format!("{:04o}", st.oct("Umask")));
     let pers = u32::from_str_radix(proc::read(p.host, "personality")?.trim(), 16).unwrap_or(u32::MAX);
     f.cmp("personality", "value", format!("{:08x}", p.image.personality), format!("{pers:08x}"));
+    if p.image.stop_signal != 0 && !p.dumped {
+        // Stopped again at release by its stop signal, pending for the
+        // whole process until then.
+        let bit = 1u64 << (p.image.stop_signal - 1);
+        f.cmp("status", "stop signal pending", true, st.hex("ShdPnd") & bit != 0);
+    }
     Ok(())
 }
 

@@ -281,6 +281,11 @@ pub struct Process {
     /// the order pages shared copy-on-write were handed down in.
     #[prost(uint64, tag = "32")]
     pub start_time: u64,
+    /// The signal that stopped the process (a group stop by SIGSTOP,
+    /// SIGTSTP, SIGTTIN or SIGTTOU); 0 when it was running. The restored
+    /// process stops again with it as it is released, before it runs.
+    #[prost(uint32, tag = "46")]
+    pub stop_signal: u32,
 }
 
 /// Process-wide prctl(2) state.

@@ -244,6 +244,13 @@ pub fn kill(pid: i32, sig: i32) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// Sends `sig` to process `pid` as a whole (its shared pending set).
+pub fn signal_process(pid: i32, sig: i32) -> Result<()> {
+    // SAFETY: kill takes integers only.
+    cvt(unsafe { libc::kill(pid, sig) }).map_err(|e| Error::sys("kill", pid, e))?;
+    Ok(())
+}
+
 /// Reaps any exited child without blocking; returns its pid.
 pub fn reap_any() -> Option<i32> {
     // SAFETY: waitpid with a null status pointer.

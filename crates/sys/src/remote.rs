@@ -71,6 +71,10 @@ impl Remote {
                     // The breakpoint after the syscall; the SIGTRAP is
                     // never delivered, the next resume passes no signal.
                     Stop::Signal(libc::SIGTRAP) => break,
+                    // A stop trap left pending (a stopped process's group
+                    // stop, or an interrupt that met it) fires before the
+                    // thread reaches user space: the syscall has not run.
+                    Stop::Event(ptrace::EVENT_STOP, _) => ptrace::cont(self.tid, 0)?,
                     Stop::Event(ev, _) => {
                         let msg = ptrace::event_msg(self.tid)?;
                         self.events.push((ev, msg));
@@ -100,9 +104,14 @@ impl Remote {
     }
 
     fn expect_syscall_stop(&mut self, nr: i64) -> Result<()> {
-        match ptrace::wait(self.tid)?.1 {
-            Stop::Syscall => Ok(()),
-            other => Err(Error::UnexpectedStop { tid: self.tid, during: nr, stop: format!("{other:?}") }),
+        loop {
+            match ptrace::wait(self.tid)?.1 {
+                Stop::Syscall => return Ok(()),
+                // A pending stop trap, before the thread reached the
+                // syscall (see [`Remote::raw`]).
+                Stop::Event(ptrace::EVENT_STOP, _) => ptrace::syscall(self.tid, 0)?,
+                other => return Err(Error::UnexpectedStop { tid: self.tid, during: nr, stop: format!("{other:?}") }),
+            }
         }
     }
 

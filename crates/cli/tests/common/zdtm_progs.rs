@@ -119,6 +119,7 @@ pub static PROGS: &[Prog] = &[
     prog("pty", Launch::C, true, 4),
     prog("pty_session", Launch::C, true, 2),
     prog("pty_pending", Launch::C, true, 2),
+    prog("stopped", Launch::C, true, 2),
     Prog { rounds: true, ..prog("new_work", Launch::C, true, 5) },
     Prog { needs: &[Need::Root], ..prog("ghost_attrs", Launch::C, true, 6) },
     prog("ghost_fork", Launch::C, true, 3),
@@ -146,6 +147,11 @@ pub static PROGS: &[Prog] = &[
 /// tree, so a checkpoint must refuse it (not in PROGS: it needs that
 /// listener to start).
 pub static SOCK_OUTSIDE: Prog = prog("sock_outside", Launch::C, true, 1);
+
+/// Holds its child in a ptrace stop, as a debugger would: a checkpoint
+/// must refuse the traced child by name (not in PROGS: no restore can
+/// attach the tracer again).
+pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
 
 /// The program named `name` in [`PROGS`].
 pub fn find_prog(name: &str) -> &'static Prog {
