@@ -208,20 +208,24 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
         sink.out.descriptors += fds.len();
         sink.keep(pid, locks::check(pid, fds, &tids));
     }
-    if let Some(mut maps) = sink.keep(pid, proc::smaps(pid)) {
-        // A process in the middle of execve has no vDSO for a moment (the
-        // new address space is mapped before it): a second look tells it
-        // from one that unmapped its vDSO for good.
-        if !maps.iter().any(|e| e.path == "[vdso]") {
-            std::thread::sleep(Duration::from_millis(5));
-            match proc::smaps(pid) {
-                Ok(again) => maps = again,
-                // Gone meanwhile: nothing of it to refuse.
-                Err(_) => return,
-            }
-        }
+    if let Some(maps) = sink.keep(pid, proc::smaps(pid)) {
         sink.out.areas += maps.len();
-        sink.keep(pid, stop::syscall_ip(pid, &maps));
+        if maps.iter().any(|e| e.path == "[vdso]") {
+            sink.keep(pid, stop::syscall_ip(pid, &maps));
+        } else {
+            // A process in the middle of execve has no vDSO for a moment
+            // (the new address space is mapped before it), for as long as
+            // the machine takes: only a stopped tree, which no task is
+            // inside execve in, tells it from one unmapped for good.
+            sink.keep::<()>(
+                pid,
+                Err(EngineError::Transient {
+                    pid,
+                    kind: "memory layout",
+                    what: "no [vdso] at this moment (in the middle of execve, or unmapped)".into(),
+                }),
+            );
+        }
         sink.keep(pid, ipc::dump_maps(pid, &maps));
         for e in maps.iter().filter(|e| !ipc::is_sysv_shm(e)) {
             sink.keep(pid, mem::classify(pid, e));
