@@ -41,6 +41,12 @@ enum Cmd {
         /// has rebuilt them, so their peers only retransmit meanwhile.
         #[arg(long)]
         tcp_established: bool,
+        /// The tree is a job of an interactive shell: its descriptors of
+        /// the user's terminal (a pty whose master is outside the tree)
+        /// are recorded, for `lpm restore --shell-job` to put the
+        /// restoring terminal in their place.
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Apply the checkpoint's refusal rules to the running tree rooted at
     /// PID without stopping it; exit 0 only when nothing is refused.
@@ -52,6 +58,9 @@ enum Cmd {
         /// not refused (a migration locks the network).
         #[arg(long)]
         tcp_established: bool,
+        /// As for checkpoint: the user's terminal is not refused.
+        #[arg(long)]
+        shell_job: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -69,6 +78,11 @@ enum Cmd {
         /// process, object and field.
         #[arg(long)]
         verify: bool,
+        /// The image is a shell job's: its terminal descriptors open this
+        /// command's own terminal, which takes the recorded termios, and
+        /// the job gets its foreground if it had it (and lpm has it now).
+        #[arg(long)]
+        shell_job: bool,
     },
     /// Inspect images.
     Image {
@@ -176,8 +190,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Check => check(),
-        Cmd::Checkpoint { pid, images, leave_running, tcp_established } => {
-            let opts = lpm_engine::CheckpointOptions { leave_running, tcp_established };
+        Cmd::Checkpoint { pid, images, leave_running, tcp_established, shell_job } => {
+            let opts = lpm_engine::CheckpointOptions { leave_running, tcp_established, shell_job };
             let s = lpm_engine::checkpoint(pid, &images, &opts).with_context(|| format!("checkpoint of pid {pid}"))?;
             eprintln!(
                 "checkpointed {} processes, {} threads: {} pages ({} MiB), {} zero pages and {} shared copy-on-write in {:.1} ms (frozen {:.1} ms{})",
@@ -193,9 +207,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Inspect { pid, tcp_established, json } => inspect(pid, tcp_established, json),
-        Cmd::Restore { images, detach, verify } => {
-            let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions { verify, ..Default::default() })
+        Cmd::Inspect { pid, tcp_established, shell_job, json } => inspect(pid, tcp_established, shell_job, json),
+        Cmd::Restore { images, detach, verify, shell_job } => {
+            let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions { verify, shell_job, ..Default::default() })
                 .with_context(|| format!("restore from {}", images.display()))?;
             eprintln!("restored {} processes, {} threads in {:.1} ms", r.processes, r.threads, r.elapsed.as_secs_f64() * 1e3);
             if detach {
@@ -237,8 +251,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `lpm inspect`: every refusal, then a summary line with the time taken.
-fn inspect(pid: i32, tcp_established: bool, json: bool) -> Result<ExitCode> {
-    let opts = lpm_engine::DumpOptions { tcp_established, ..Default::default() };
+fn inspect(pid: i32, tcp_established: bool, shell_job: bool, json: bool) -> Result<ExitCode> {
+    let opts = lpm_engine::DumpOptions { tcp_established, shell_job, ..Default::default() };
     let i = lpm_engine::inspect(pid, &opts).with_context(|| format!("inspect pid {pid}"))?;
     if json {
         let refusals: Vec<_> = i

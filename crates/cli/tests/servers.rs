@@ -640,3 +640,70 @@ fn tmux_panes_keep_counting_across_checkpoint_restore() {
         (a, b) = (t.counts_past("lpm:0", a2 + 3), t.counts_past("lpm:1", b2 + 3));
     }
 }
+
+/// A Python job that counts the lines it reads, echo off.
+const JOB: &str = "import sys, termios\na = termios.tcgetattr(0)\na[3] &= ~termios.ECHO\ntermios.tcsetattr(0, termios.TCSANOW, a)\nn = 0\nfor l in sys.stdin:\n    n += 1\n    print(f'job {n} {l.strip()}', flush=True)\n";
+
+/// A job of an interactive shell (bash with job control, in a tmux pane:
+/// the user's terminal, whose master the tree does not hold) is refused
+/// by a plain checkpoint, naming the terminal and `--shell-job`; with
+/// `--shell-job` it is checkpointed, and `lpm restore --shell-job` typed
+/// into another pane's shell brings it back there: it reads that pane's
+/// keys in the foreground and prints on it, counting on from where it
+/// was, its terminal with the termios it had set (echo off).
+#[test]
+fn shell_job_comes_back_on_the_restoring_terminal() {
+    let mut s = Scene::new("shelljob");
+    let t = Tmux { sock: s.path("tmux.sock") };
+    let shell = "env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin TERM=screen PS1='$ ' bash --norc --noprofile";
+    t.run(&["new-session", "-d", "-s", "lpm", "-x", "150", "-y", "30", shell]).unwrap();
+    t.run(&["new-window", "-t", "lpm", shell]).unwrap();
+    let server: i32 = t.run(&["display", "-p", "#{pid}"]).unwrap().trim().parse().expect("tmux server pid");
+    s.pids.push(server);
+    let job_file = s.path("job.py");
+    std::fs::write(&job_file, JOB).unwrap();
+    let screen = |w: &str| t.run(&["capture-pane", "-p", "-t", w]).unwrap_or_default();
+    let keys = |w: &str, text: &str| {
+        t.run(&["send-keys", "-t", w, "-l", text]).unwrap();
+        t.run(&["send-keys", "-t", w, "Enter"]).unwrap();
+    };
+    keys("lpm:0", &format!("python3 -u {}", job_file.display()));
+    let shell0: i32 = t.run(&["display", "-p", "-t", "lpm:0", "#{pane_pid}"]).unwrap().trim().parse().unwrap();
+    let job = wait_for("the job to start", 20, || {
+        let kids = std::fs::read_to_string(format!("/proc/{shell0}/task/{shell0}/children")).ok()?;
+        kids.split_whitespace().next()?.parse::<i32>().ok()
+    });
+    keys("lpm:0", "one");
+    let shows = |w: &str, text: &str, what: &str| {
+        let t0 = Instant::now();
+        while !screen(w).contains(text) {
+            assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {what}; pane {w} shows:\n{}", screen(w));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    shows("lpm:0", "job 1 one", "the job to read a line");
+
+    let images = s.path("img");
+    let plain = Command::new(LPM).args(["checkpoint", "--pid", &job.to_string(), "--images"]).arg(&images).output().unwrap();
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success(), "a shell job was checkpointed without --shell-job");
+    assert!(
+        err.contains("whose master is outside the tree") && err.contains("--shell-job"),
+        "the refusal does not name the terminal: {err}"
+    );
+
+    let out = Command::new(LPM).args(["checkpoint", "--shell-job", "--pid", &job.to_string(), "--images"]).arg(&images).output().unwrap();
+    assert!(out.status.success(), "checkpoint --shell-job failed: {}", String::from_utf8_lossy(&out.stderr));
+    reap(job);
+    wait_for("the job's pid to be free", 20, || (!Path::new(&format!("/proc/{job}")).exists()).then_some(()));
+
+    keys("lpm:1", &format!("{LPM} restore --shell-job --verify --images {}", images.display()));
+    s.pids.push(job);
+    shows("lpm:1", "restored 1 processes", "the restore");
+    let pane1 = t.run(&["display", "-p", "-t", "lpm:1", "#{pane_tty}"]).unwrap().trim().to_string();
+    let fd0 = std::fs::read_link(format!("/proc/{job}/fd/0")).unwrap();
+    assert_eq!(fd0, Path::new(&pane1), "the restored job's stdin is not the restoring pane's terminal");
+    keys("lpm:1", "two");
+    shows("lpm:1", "job 2 two", "the restored job to read a line");
+    assert!(!screen("lpm:1").lines().any(|l| l.trim() == "two"), "echo is back on: the termios were not restored\n{}", screen("lpm:1"));
+}

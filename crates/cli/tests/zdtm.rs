@@ -958,6 +958,7 @@ zdtm_tests!(
     pty_session,
     pty_pending,
     stopped,
+    sock_unix_closed,
     new_work,
     ghost_attrs,
     ghost_fork,

@@ -206,8 +206,11 @@ pub(crate) fn plan(tree: &TreeImage) -> Result<Plan> {
                 let v = r.vaddr + i * PAGE;
                 if !holds_data(rep_mm, v) {
                     return Err(EngineError::Incompatible(format!(
-                        "pid {}: page {v:#x} is shared with pid {}, whose image holds no data for it",
-                        p.pid, r.cow_pid
+                        "pid {}: page {v:#x} is shared with pid {}, whose image holds no data for it (its run there: {:?}; its area: {:?})",
+                        p.pid,
+                        r.cow_pid,
+                        run_at(rep_mm, v).map(|r| (r.vaddr, r.npages, r.zero, r.cow_pid, r.precopied)),
+                        area(rep_mm, v).map(|a| (a.start, a.end, a.kind, &a.path))
                     )));
                 }
                 member.entry(p.pid).or_default().insert(v, r.cow_pid);
@@ -387,10 +390,12 @@ pub(crate) fn plan(tree: &TreeImage) -> Result<Plan> {
     Ok(plan)
 }
 
-/// Whether `mm` holds data (a data or precopied run) for page `vaddr`.
+/// Whether `mm` holds the content of page `vaddr` itself: a data or
+/// precopied run, or a zero run (a page a child shares cannot be the zero
+/// page, which is no process's: it is a page written full of zeros).
 fn holds_data(mm: &Mm, vaddr: u64) -> bool {
     let i = mm.pages.partition_point(|r| r.vaddr + r.npages * PAGE <= vaddr);
-    mm.pages.get(i).is_some_and(|r| r.vaddr <= vaddr && !r.zero && r.cow_pid == 0)
+    mm.pages.get(i).is_some_and(|r| r.vaddr <= vaddr && r.cow_pid == 0)
 }
 
 /// The run of `mm` holding `vaddr`.

@@ -47,6 +47,11 @@ pub struct CheckpointOptions {
     /// drop their packets, [`crate::netlock`]) before their state is read,
     /// and the restore lifts the lock once they exist again.
     pub tcp_established: bool,
+    /// The tree is a shell job: descriptors of a pty slave whose master is
+    /// outside the tree (the user's terminal) are recorded as such, for
+    /// `RestoreOptions::shell_job` to open the restoring terminal in their
+    /// place, instead of being refused.
+    pub shell_job: bool,
 }
 
 /// What becomes of the tree once its images are complete and synced.
@@ -107,6 +112,8 @@ pub struct DumpOptions {
     /// on a big process). The one thing it can miss is an madvise that
     /// changed a whole area's flags in between.
     pub smaps_hint: HashMap<i32, Vec<proc::MapEntry>>,
+    /// As [`CheckpointOptions::shell_job`].
+    pub shell_job: bool,
 }
 
 impl From<&CheckpointOptions> for DumpOptions {
@@ -115,6 +122,7 @@ impl From<&CheckpointOptions> for DumpOptions {
             after: if o.leave_running { After::Run } else { After::Kill },
             tcp_established: o.tcp_established,
             lock_connections: o.tcp_established,
+            shell_job: o.shell_job,
             ..Default::default()
         }
     }
@@ -183,6 +191,7 @@ impl StoppedTree {
         let mut files = FileTable::default();
         files.tree = self.order.clone();
         files.tcp_established = opts.tcp_established;
+        files.shell_job = opts.shell_job;
         files.lock = opts.lock_connections.then(crate::netlock::NetLock::new);
         let mut shm = ShmemTable::default();
         // Pages shared copy-on-write can only be shared with a parent or

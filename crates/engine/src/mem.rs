@@ -895,7 +895,7 @@ impl<'a> Sources<'a> {
         self.mms
             .get(&pid)
             .and_then(|mm| crate::cow::run_at(mm, vaddr))
-            .filter(|r| !r.zero && r.cow_pid == 0)
+            .filter(|r| r.cow_pid == 0)
             .ok_or_else(|| EngineError::Incompatible(format!("pid {pid}: no data in the image for shared page {vaddr:#x}")))
     }
 
@@ -906,6 +906,11 @@ impl<'a> Sources<'a> {
     /// `npages` pages from `vaddr` of process `pid`, inside one run.
     fn read(&self, pid: u32, vaddr: u64, npages: u64) -> Result<Vec<u8>> {
         let run = self.run(pid, vaddr)?;
+        if run.zero {
+            // Written full of zeros (the image keeps no data for such a
+            // page): written so, it is a page of its own to share.
+            return Ok(vec![0u8; (npages * PAGE) as usize]);
+        }
         let mm = self.mms[&pid];
         let mut readers = self.readers.borrow_mut();
         if let std::collections::hash_map::Entry::Vacant(slot) = readers.entry(pid) {

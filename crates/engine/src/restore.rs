@@ -87,6 +87,11 @@ pub struct RestoreOptions {
     /// an error naming the process, the object and the field, and the
     /// tree is killed.
     pub verify: bool,
+    /// Descriptors of the user's terminal that a shell job's image
+    /// recorded ([`crate::DumpOptions::shell_job`]) are opened on the
+    /// restorer's own controlling terminal, which takes the recorded
+    /// termios; without it such an image is refused.
+    pub shell_job: bool,
 }
 
 /// A stopped child made ahead of a restore (when a migration prepares the
@@ -534,7 +539,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     // Connections an image's network lock holds stay in repair mode until
     // the release lifts it.
     let defer_tcp = opts.defer_tcp || tree.net_lock.is_some();
-    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp)?;
+    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp, opts.shell_job)?;
     stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
@@ -663,8 +668,8 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
 /// the tree in which the root's namespace is "here" (sockets of other
 /// owned namespaces still enter theirs), and the puppets are then pointed
 /// at the given namespace instead of a new one.
-fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool) -> Result<OpenFiles> {
-    let Some(ns) = given else { return files::open_all(tree, defer_tcp) };
+fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
+    let Some(ns) = given else { return files::open_all(tree, defer_tcp, shell_job) };
     let root = root_of(tree);
     let owned = root.namespaces.as_ref().filter(|n| n.clone_flags & NEWNET != 0).ok_or_else(|| {
         EngineError::Incompatible("a network namespace was given for the restore, but the image's root does not own one".into())
@@ -682,8 +687,8 @@ fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool) 
     if lo_up {
         ns::bring_lo_up(ns, root.pid as i32)?;
     }
-    let mut open =
-        lpm_sys::net::in_netns(ns, || files::open_all(&here, defer_tcp)).step(0, || "enter the given network namespace".into())??;
+    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here, defer_tcp, shell_job))
+        .step(0, || "enter the given network namespace".into())??;
     let own = ns.try_clone_to_owned().map_err(crate::io_err("duplicate the given network namespace"))?;
     open.net.insert(key, own);
     Ok(open)
@@ -1036,8 +1041,14 @@ fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
     // down the tree.
     let mut now: HashMap<u32, u32> = HashMap::new();
     for p in procs {
-        let g =
-            if p.sid == p.pid || p.pgid == p.pid { p.pid } else { by_pid.get(&p.ppid).and_then(|q| now.get(&q.pid)).copied().unwrap_or(0) };
+        let g = if p.sid == p.pid || p.pgid == p.pid {
+            p.pid
+        } else if p.pid == root.pid {
+            // The restorer's group, which stands for the root's outer one.
+            root.pgid
+        } else {
+            by_pid.get(&p.ppid).and_then(|q| now.get(&q.pid)).copied().unwrap_or(0)
+        };
         now.insert(p.pid, g);
     }
     let outer = |p: &Process| p.pid != root.pid && p.pgid == root.pgid && !by_pid.contains_key(&p.pgid);
@@ -1075,6 +1086,7 @@ fn groups(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
 /// (a session leader with its own, given at birth), which is what the
 /// kernel's fork did for it then.
 fn terminals(ctx: &Ctx, puppets: &Puppets, open: &OpenFiles) -> Result<()> {
+    files::tty::settle_user_terminal(ctx.tree, open, |pid| puppets.by_pid.get(&pid).map(|p| p.host))?;
     if open.ctty.is_empty() {
         return Ok(());
     }

@@ -401,6 +401,10 @@ fn classify(e: &MapEntry) -> Option<VmaKind> {
             VmaKind::AnonShared
         }
         "" | "[heap]" | "[stack]" => VmaKind::AnonPrivate,
+        // A private mapping of a shared anonymous area's object or of a
+        // memfd, as mem.rs names it.
+        "/dev/zero (deleted)" => VmaKind::ShmemPrivate,
+        p if p.starts_with("/memfd:") => VmaKind::ShmemPrivate,
         p if p.starts_with("[anon:") || p.starts_with("/dev/zero") => VmaKind::AnonPrivate,
         p if p.starts_with('/') && e.shared() => VmaKind::FileShared,
         p if p.starts_with('/') => VmaKind::FilePrivate,
@@ -413,6 +417,14 @@ fn classify(e: &MapEntry) -> Option<VmaKind> {
 fn ptys(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     use std::os::fd::AsRawFd;
     for (fd, file) in of_kind(p, &[FileKind::Tty]) {
+        if let Some(t) = file.tty.as_ref().filter(|t| t.external) {
+            // A shell job's terminal: the restoring one, with the termios
+            // it had.
+            let term = take(p, fd)?;
+            let found = lpm_sys::misc::tty_termios(term.as_raw_fd()).step(p.host, || format!("read the termios of fd {fd}"))?;
+            f.cmp(&format!("fd {fd} (the user's terminal, /dev/pts/{} at checkpoint)", t.index), "termios", &t.termios, &found);
+            continue;
+        }
         let Some(t) = file.tty.as_ref().filter(|t| t.master) else { continue };
         let m = take(p, fd)?;
         let object = format!("fd {fd} (pty {} master)", t.index);

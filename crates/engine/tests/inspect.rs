@@ -277,7 +277,7 @@ fn options_of_the_dump_apply() {
     let mut p = Prog::start("tcp", &[], &script);
     let (_peer, _) = l.accept().unwrap();
     let i = inspect(p.pid(), &DumpOptions::default());
-    let r = named(&i, "outside the tree (the network must be locked");
+    let r = named(&i, "outside the tree (in state ESTABLISHED; lpm locks the network");
     assert!(!r.transient);
     dump_refuses_the_same(&p, &i, DumpOptions::default());
     let locked = DumpOptions { tcp_established: true, ..Default::default() };

@@ -1556,6 +1556,12 @@ pub struct TtyImage {
     /// leave the node as the restoring host's devpts makes it.
     #[prost(uint32, tag = "11")]
     pub slave_mode: u32,
+    /// Slave of a pty whose master was outside the tree (the user's
+    /// terminal of a shell job): restored on the restoring terminal, which
+    /// takes `termios`; `fg_pgrp` is then the host pid of the tree's group
+    /// that was in the foreground (0: none of the tree's).
+    #[prost(bool, tag = "200")]
+    pub external: bool,
 }
 
 /// One message of a POSIX message queue.

@@ -495,6 +495,40 @@ fn ioctl_set_int(fd: i32, req: libc::c_ulong, v: i32, what: &'static str) -> Res
     Ok(())
 }
 
+/// The termios of terminal `fd` (either end of a pty, or any tty).
+pub fn tty_termios(fd: i32) -> Result<Vec<u8>> {
+    let mut t = [0u8; TERMIOS_SIZE];
+    // SAFETY: TCGETS writes a kernel struct termios (TERMIOS_SIZE bytes) to the buffer.
+    cvt(unsafe { libc::ioctl(fd, libc::TCGETS, t.as_mut_ptr()) }).map_err(|e| Error::sys("ioctl TCGETS", 0, e))?;
+    Ok(t.to_vec())
+}
+
+/// Sets the termios of terminal `fd` (`t` as [`tty_termios`] read it).
+pub fn tty_set_termios(fd: i32, t: &[u8]) -> Result<()> {
+    if t.len() != TERMIOS_SIZE {
+        return Err(Error::sys("ioctl TCSETS", 0, io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    // SAFETY: TCSETS reads a kernel struct termios (TERMIOS_SIZE bytes, checked) from the buffer.
+    cvt(unsafe { libc::ioctl(fd, libc::TCSETS, t.as_ptr()) }).map_err(|e| Error::sys("ioctl TCSETS", 0, e))?;
+    Ok(())
+}
+
+/// The device number (major, minor) of the terminal behind `fd`: what
+/// /dev/tty stands for when `fd` is open on it (TIOCGDEV).
+pub fn tty_device(fd: i32) -> Result<(u32, u32)> {
+    let mut v: libc::c_uint = 0;
+    // SAFETY: TIOCGDEV writes one unsigned int to the valid local pointer.
+    cvt(unsafe { libc::ioctl(fd, libc::TIOCGDEV, &mut v as *mut libc::c_uint) }).map_err(|e| Error::sys("ioctl TIOCGDEV", 0, e))?;
+    // new_encode_dev: minor's low byte, major, then minor's high bits.
+    Ok(((v >> 8) & 0xfff, (v & 0xff) | ((v >> 12) & 0xfff00)))
+}
+
+/// Makes process group `pgid` the foreground group of terminal `fd`, the
+/// caller's controlling terminal (TIOCSPGRP).
+pub fn tty_set_foreground(fd: i32, pgid: i32) -> Result<()> {
+    ioctl_set_int(fd, libc::TIOCSPGRP, pgid, "ioctl TIOCSPGRP")
+}
+
 /// The state of a pseudo-terminal read from its master.
 #[derive(Clone, Debug, Default)]
 pub struct PtyState {

@@ -358,6 +358,7 @@ impl Live {
             // A copy that differs from what the source had must never
             // run: the migration rolls back instead.
             verify: true,
+            shell_job: false,
         };
         let mut held =
             lpm_engine::restore_held(&turn.detail.dir, &opts).with_context(|| format!("restore partition {}", turn.record.spec.name))?;

@@ -88,6 +88,11 @@ pub struct OpenCx<'a> {
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
+    /// Descriptors of a shell job's user terminal open the restoring
+    /// terminal ([`crate::RestoreOptions::shell_job`]).
+    pub shell_job: bool,
+    /// The restoring terminal, once a shell job's terminal opened it.
+    pub terminal: Option<OwnedFd>,
 }
 
 /// An established connection left in repair mode at install, to leave it
@@ -213,6 +218,9 @@ pub struct FileTable {
     /// The caller locked the network: established TCP connections to
     /// peers outside the tree may be dumped.
     pub tcp_established: bool,
+    /// The tree is a shell job ([`crate::DumpOptions::shell_job`]): a pty
+    /// slave whose master is outside it is recorded, not refused.
+    pub shell_job: bool,
     /// Unlinked files, one per inode.
     pub ghosts: Vec<GhostImage>,
     /// The ghost of each unlinked inode `(dev, ino)` seen so far.
@@ -371,6 +379,9 @@ pub struct OpenFiles {
     pub(crate) ctty: HashMap<u32, OwnedFd>,
     /// Recorded pty index to the index the host's devpts gave it here.
     pub ptys: HashMap<u32, u32>,
+    /// The restoring terminal, when a shell job's descriptors were opened
+    /// on it: its foreground group is set once the groups exist.
+    pub(crate) terminal: Option<OwnedFd>,
 }
 
 impl OpenFiles {
@@ -381,8 +392,13 @@ impl OpenFiles {
     }
 }
 
+/// The kernel's O_LARGEFILE: libc's is 0 on x86_64, where open(2) adds
+/// the kernel's to every file it opens (other calls that make files do
+/// not), so it tells how a description was made.
+pub(crate) const O_LARGEFILE: u32 = 0o100000;
+
 /// Opens every file description of the image in the restorer.
-pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
+pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
     let max_fd = tree.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(0) as i32;
     let base = (max_fd + 1).max(64);
     let limit = misc::raise_nofile();
@@ -400,6 +416,8 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         ptys: HashMap::new(),
         ghosts: HashMap::new(),
         defer_tcp,
+        shell_job,
+        terminal: None,
     };
     let mut by_id = HashMap::new();
     for f in &tree.files {
@@ -424,8 +442,8 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
             inet::settle_fins(f, fd.as_fd(), inet::resends(&tree.files, f, defer_tcp))?;
         }
     }
-    let (holders, pipes) = (cx.holders, cx.pipes);
-    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys })
+    let (holders, pipes, terminal) = (cx.holders, cx.pipes, cx.terminal);
+    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys, terminal })
 }
 
 /// Installs a puppet's descriptors: drops everything it inherited below

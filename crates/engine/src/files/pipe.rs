@@ -61,11 +61,8 @@ fn read_pipe(seen: &Seen) -> Result<PipeImage> {
 /// Whether a pipe's description is one of the two pipe(2) made (see the
 /// module's doc).
 fn made_by_pipe(f: &FileImage) -> bool {
-    // The kernel's O_LARGEFILE: libc's is 0 on x86_64, where open(2) adds
-    // the kernel's by itself.
-    const O_LARGEFILE: u32 = 0o100000;
     let access = f.flags as i32 & libc::O_ACCMODE;
-    f.flags & O_LARGEFILE == 0 && (access == libc::O_RDONLY || access == libc::O_WRONLY)
+    f.flags & super::O_LARGEFILE == 0 && (access == libc::O_RDONLY || access == libc::O_WRONLY)
 }
 
 fn fill_pipe(w: &OwnedFd, p: &PipeImage) -> Result<()> {

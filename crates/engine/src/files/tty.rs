@@ -356,11 +356,12 @@ fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
             slave_uid: node.uid(),
             slave_gid: node.gid(),
             slave_mode: node.mode() & 0o7777,
+            external: false,
         }
     } else {
         let index = slave_index(rdev);
         let Some((mpid, mfd)) = find_master(&table.tree, index) else {
-            return Err(seen.unsupported("pseudo-terminal slave whose master is outside the tree"));
+            return user_terminal(seen, index, table);
         };
         // What is pending is the pty's, recorded with its master.
         let m = steal(seen, mpid, mfd)?;
@@ -368,6 +369,112 @@ fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
         TtyImage { index, master: false, session, fg_pgrp, ..Default::default() }
     };
     Ok(t)
+}
+
+/// A slave of pty `index` whose master is outside the tree: the user's
+/// terminal of a shell job, recorded with its termios and the tree's
+/// foreground group on it (as its processes' /proc/PID/stat shows it);
+/// refused unless the checkpoint is of a shell job.
+fn user_terminal(seen: &Seen, index: u32, table: &FileTable) -> Result<TtyImage> {
+    if !table.shell_job {
+        return Err(seen.unsupported(format!(
+            "pseudo-terminal slave /dev/pts/{index} whose master is outside the tree (a user's terminal: a checkpoint with --shell-job records it for the restoring terminal)"
+        )));
+    }
+    let fd = steal(seen, seen.pid, seen.fd)?;
+    let termios = misc::tty_termios(fd.as_raw_fd()).step(seen.pid, || format!("read the termios of /dev/pts/{index}"))?;
+    let nr = (u64::from(136 + index / 256) << 8) | u64::from(index % 256);
+    let fg = table
+        .tree
+        .iter()
+        .filter_map(|&p| proc::Stat::read(p).ok())
+        .find(|st| st.num(7) == nr)
+        .map(|st| st.num(8) as i32)
+        .filter(|g| table.tree.contains(g))
+        .unwrap_or(0);
+    Ok(TtyImage { index, master: false, external: true, termios, fg_pgrp: fg as u32, ..Default::default() })
+}
+
+/// The restorer's controlling terminal, through /dev/tty.
+fn controlling_tty() -> Result<OwnedFd> {
+    open_path("/dev/tty", (libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) as u32).map_err(|e| {
+        EngineError::Incompatible(format!("the image holds a shell job's terminal, and this restore has no terminal to give it: {e}"))
+    })
+}
+
+/// The restoring terminal (the pty slave the restorer's /dev/tty stands
+/// for), as an open file description with status flags `flags`. One that
+/// open(2) made (O_LARGEFILE among its flags) is opened again by path; one
+/// that a terminal emulator handed down (tmux, sshd open their slaves
+/// without it) is the one lpm's own standard descriptors hold, shared as
+/// the job shared it with its shell. Errors name what is missing.
+fn restoring_terminal(flags: i32) -> Result<OwnedFd> {
+    use std::os::fd::AsFd;
+    let tty = controlling_tty()?;
+    let (major, minor) = misc::tty_device(tty.as_raw_fd()).step(0, || "TIOCGDEV of /dev/tty".into())?;
+    if !(136..=143).contains(&major) {
+        return Err(EngineError::Incompatible(format!(
+            "the restoring terminal is device {major}:{minor}, not a pseudo-terminal: a shell job is restored on a pty"
+        )));
+    }
+    let path = format!("/dev/pts/{}", (major - 136) * 256 + minor);
+    if flags as u32 & super::O_LARGEFILE != 0 {
+        return open_path(&path, (flags | libc::O_NOCTTY) as u32);
+    }
+    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let mut seen = Vec::new();
+    for fd in [i.as_fd(), o.as_fd(), e.as_fd()] {
+        let Ok(st) = rustix::fs::fstat(fd) else { continue };
+        if (libc::major(st.st_rdev), libc::minor(st.st_rdev)) != (major, minor) || st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+            continue;
+        }
+        let fl = rustix::fs::fcntl_getfl(fd).map(|f| f.bits() as i32).unwrap_or(-1);
+        if fl == flags {
+            return fd.try_clone_to_owned().map_err(crate::io_err(format!("duplicate lpm's descriptor of {path}")));
+        }
+        seen.push(format!("{fl:o}"));
+    }
+    Err(EngineError::Incompatible(format!(
+        "the shell job's terminal had status flags {flags:o}, which neither open(2) of {path} gives nor lpm's standard descriptors of it have ({})",
+        if seen.is_empty() { "none is on it".to_string() } else { seen.join(", ") }
+    )))
+}
+
+/// Opens recorded user terminal `t` of file `f` on the restoring terminal,
+/// which takes the recorded termios once.
+fn open_user_terminal(f: &FileImage, t: &TtyImage, cx: &mut OpenCx) -> Result<OwnedFd> {
+    if !cx.shell_job {
+        return Err(EngineError::Incompatible(format!(
+            "file {} is a shell job's terminal (/dev/pts/{} at checkpoint): restore it with --shell-job, from a terminal",
+            f.id, t.index
+        )));
+    }
+    let fd = restoring_terminal(f.flags as i32 & !libc::O_CLOEXEC)?;
+    if cx.terminal.is_none() {
+        misc::tty_set_termios(fd.as_raw_fd(), &t.termios).step(0, || "set the recorded termios on the restoring terminal".into())?;
+        cx.terminal = Some(controlling_tty()?);
+    }
+    Ok(fd)
+}
+
+/// Gives the restoring terminal's foreground back to the shell job's group
+/// that held it at checkpoint (`host` maps its recorded leader to the
+/// restored one), when the restorer holds the foreground itself: a
+/// restorer in the background leaves it to the shell's job control.
+pub(crate) fn settle_user_terminal(tree: &TreeImage, open: &OpenFiles, host: impl Fn(u32) -> Option<i32>) -> Result<()> {
+    let Some(term) = &open.terminal else { return Ok(()) };
+    let Some(fg) = tree.files.iter().filter_map(|f| f.tty.as_ref()).find(|t| t.external && t.fg_pgrp != 0).map(|t| t.fg_pgrp) else {
+        return Ok(());
+    };
+    let Some(leader) = tree.processes.iter().find(|p| p.host_pid == fg).and_then(|p| host(p.pid)) else {
+        return Err(EngineError::Incompatible(format!("the shell job's foreground group {fg} has no leader in the image")));
+    };
+    let ours = misc::tty_session(term.as_raw_fd()).step(0, || "read the restoring terminal's foreground group".into())?;
+    if ours.map(|(_, pgrp)| pgrp) != Some(rustix::process::getpgrp().as_raw_nonzero().get()) {
+        tracing::info!(group = leader, "the restorer is not in the foreground of its terminal: the job stays in the background");
+        return Ok(());
+    }
+    misc::tty_set_foreground(term.as_raw_fd(), leader).step(0, || format!("give the restoring terminal's foreground to group {leader}"))
 }
 
 impl Kind for Tty {
@@ -383,6 +490,9 @@ impl Kind for Tty {
 
     fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
         let t = f.tty.as_ref().ok_or_else(|| EngineError::Incompatible(format!("tty file {} has no tty state", f.id)))?;
+        if t.external {
+            return open_user_terminal(f, t, cx);
+        }
         let m = master(t.index, cx)?;
         if t.master {
             return m.try_clone().map_err(crate::io_err(format!("dup pty master {}", t.index)));

@@ -214,9 +214,6 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
             // inside with a non-empty queue is refused on its own).
             return Err(seen.unsupported("unix socket connected to a listener outside the tree (its connection was not accepted yet)"));
         }
-        if !name.is_empty() {
-            return Err(seen.unsupported("named unix socket whose peer was closed"));
-        }
         img.state = SocketState::Connected as i32;
         img.peer_closed = true;
     }
@@ -360,7 +357,16 @@ fn build_all(cx: &mut OpenCx) -> Result<()> {
         }
         let connected = s.state == SocketState::Connected as i32;
         if connected && s.peer_closed {
-            let (a, b) = in_ns(cx, s.net_ns, || net::socketpair(ty(s)))?;
+            // The peer end exists long enough to refill the queue. A named
+            // one (an accepted connection carries its listener's name) is
+            // accepted from its listener, or from a temporary one at its
+            // name, as a connection still open would be.
+            let (a, b) = if s.name.is_empty() {
+                in_ns(cx, s.net_ns, || net::socketpair(ty(s)))?
+            } else {
+                let client = SocketImage { ino: 0, name: Vec::new(), unlinked: false, ..(*s).clone() };
+                connect_pair(cx, s, &client, &all, &made)?
+            };
             fill(s, b.as_fd(), &[])?;
             made.insert(s.ino, a);
             continue;
