@@ -641,8 +641,9 @@ fn tmux_panes_keep_counting_across_checkpoint_restore() {
     }
 }
 
-/// A Python job that counts the lines it reads, echo off.
-const JOB: &str = "import sys, termios\na = termios.tcgetattr(0)\na[3] &= ~termios.ECHO\ntermios.tcsetattr(0, termios.TCSANOW, a)\nn = 0\nfor l in sys.stdin:\n    n += 1\n    print(f'job {n} {l.strip()}', flush=True)\n";
+/// A Python job that counts the lines it reads, echo off, and says so on
+/// its stdout and through /dev/tty.
+const JOB: &str = "import sys, termios\na = termios.tcgetattr(0)\na[3] &= ~termios.ECHO\ntermios.tcsetattr(0, termios.TCSANOW, a)\ntty = open('/dev/tty', 'w')\nn = 0\nfor l in sys.stdin:\n    n += 1\n    print(f'job {n} {l.strip()}', flush=True)\n    tty.write(f'tty {n}\\n')\n    tty.flush()\n";
 
 /// A job of an interactive shell (bash with job control, in a tmux pane:
 /// the user's terminal, whose master the tree does not hold) is refused
@@ -650,7 +651,8 @@ const JOB: &str = "import sys, termios\na = termios.tcgetattr(0)\na[3] &= ~termi
 /// `--shell-job` it is checkpointed, and `lpm restore --shell-job` typed
 /// into another pane's shell brings it back there: it reads that pane's
 /// keys in the foreground and prints on it, counting on from where it
-/// was, its terminal with the termios it had set (echo off).
+/// was, its terminal with the termios it had set (echo off), its /dev/tty
+/// descriptor the new terminal.
 #[test]
 fn shell_job_comes_back_on_the_restoring_terminal() {
     let mut s = Scene::new("shelljob");
@@ -705,5 +707,6 @@ fn shell_job_comes_back_on_the_restoring_terminal() {
     assert_eq!(fd0, Path::new(&pane1), "the restored job's stdin is not the restoring pane's terminal");
     keys("lpm:1", "two");
     shows("lpm:1", "job 2 two", "the restored job to read a line");
+    shows("lpm:1", "tty 2", "the restored job to write through /dev/tty");
     assert!(!screen("lpm:1").lines().any(|l| l.trim() == "two"), "echo is back on: the termios were not restored\n{}", screen("lpm:1"));
 }

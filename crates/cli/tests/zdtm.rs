@@ -959,6 +959,7 @@ zdtm_tests!(
     pty_pending,
     stopped,
     sock_unix_closed,
+    dev_tty,
     new_work,
     ghost_attrs,
     ghost_fork,

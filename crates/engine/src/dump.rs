@@ -207,6 +207,7 @@ impl StoppedTree {
             tree.processes.push(p);
         }
         files::reconcile_connections(&mut files)?;
+        files::tty::check_dev_tty_sharing(&files.files, &tree.processes)?;
         // Removed when dropped (on any error from here, or once a tree
         // that goes on runs again), kept with a killed tree's image.
         let lock = files.lock.take();

@@ -57,7 +57,7 @@ pub const KINDS: &[Row] = &[
     ("namespaces", Support::Partly, "pid, mount (private /proc), uts, ipc, net owned by the tree; other mounts refused"),
     ("zombies", Support::Partly, "pid, parent, group, session, wait status, creds, signal state, limits; core-dump deaths refused"),
     ("seccomp filters", Support::Partly, "mode 2, the same chain in every thread; strict mode and per-thread chains refused"),
-    ("terminals and ptys", Support::Partly, "pty pairs inside the tree: termios, window size, packet mode, lock, slave owner and mode, data pending both ways (up to 4000 bytes each; typed input in canonical mode refused), the controlling terminal of a whole session (leader, descendants, foreground group, members that let it go); the pts index may change; a shell job's terminal (--shell-job) on the restoring terminal; other slaves of masters outside the tree and other terminals refused"),
+    ("terminals and ptys", Support::Partly, "pty pairs inside the tree: termios, window size, packet mode, lock, slave owner and mode, data pending both ways (up to 4000 bytes each; typed input in canonical mode refused), the controlling terminal of a whole session (leader, descendants, foreground group, members that let it go); the pts index may change; a shell job's terminal (--shell-job) on the restoring terminal; /dev/tty of the controlling terminal; other slaves of masters outside the tree and other terminals refused"),
 ];
 
 #[cfg(test)]

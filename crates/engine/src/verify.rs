@@ -417,6 +417,10 @@ fn classify(e: &MapEntry) -> Option<VmaKind> {
 fn ptys(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     use std::os::fd::AsRawFd;
     for (fd, file) in of_kind(p, &[FileKind::Tty]) {
+        if file.tty.as_ref().is_some_and(|t| t.dev_tty) {
+            let link = proc::link(p.host, &format!("fd/{fd}"))?;
+            f.cmp(&format!("fd {fd}"), "opened through", "/dev/tty", link.as_str());
+        }
         if let Some(t) = file.tty.as_ref().filter(|t| t.external) {
             // A shell job's terminal: the restoring one, with the termios
             // it had.

@@ -1562,6 +1562,11 @@ pub struct TtyImage {
     /// that was in the foreground (0: none of the tree's).
     #[prost(bool, tag = "200")]
     pub external: bool,
+    /// Opened through /dev/tty (device 5:0), standing for `index`, the
+    /// process's controlling terminal: each process holding it opens
+    /// /dev/tty again itself once it has that terminal.
+    #[prost(bool, tag = "201")]
+    pub dev_tty: bool,
 }
 
 /// One message of a POSIX message queue.

@@ -121,6 +121,7 @@ pub static PROGS: &[Prog] = &[
     prog("pty_pending", Launch::C, true, 2),
     prog("stopped", Launch::C, true, 2),
     prog("sock_unix_closed", Launch::C, true, 1),
+    prog("dev_tty", Launch::C, true, 1),
     Prog { rounds: true, ..prog("new_work", Launch::C, true, 5) },
     Prog { needs: &[Need::Root], ..prog("ghost_attrs", Launch::C, true, 6) },
     prog("ghost_fork", Launch::C, true, 3),

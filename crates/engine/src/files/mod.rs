@@ -190,7 +190,7 @@ fn classify(seen: &Seen) -> Result<FileKind> {
         FileKind::Memfd
     } else if ft.is_fifo() {
         FileKind::Fifo
-    } else if ft.is_char_device() && tty::is_pty(seen.st.rdev()) {
+    } else if ft.is_char_device() && (tty::is_pty(seen.st.rdev()) || tty::is_dev_tty(seen.st.rdev())) {
         FileKind::Tty
     } else if ft.is_char_device() {
         FileKind::CharDevice

@@ -40,6 +40,12 @@ pub(super) fn is_pty(rdev: u64) -> bool {
     (major, minor) == PTMX || (136..=143).contains(&major)
 }
 
+/// Whether `rdev` is /dev/tty, which stands for the opener's controlling
+/// terminal.
+pub(super) fn is_dev_tty(rdev: u64) -> bool {
+    (libc::major(rdev), libc::minor(rdev)) == (5, 0)
+}
+
 /// The pty index of slave device `rdev`.
 fn slave_index(rdev: u64) -> u32 {
     (libc::major(rdev) - 136) * 256 + libc::minor(rdev)
@@ -335,6 +341,9 @@ fn ctty_fd(open: &OpenFiles, index: u32) -> Result<u64> {
 /// The state of a pty end, or why it cannot be kept.
 fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
     let rdev = seen.st.rdev();
+    if is_dev_tty(rdev) {
+        return dev_tty(seen, table);
+    }
     let t = if (libc::major(rdev), libc::minor(rdev)) == PTMX {
         let m = steal(seen, seen.pid, seen.fd)?;
         let index = misc::pty_index(m.as_raw_fd()).step(seen.pid, || format!("TIOCGPTN on fd {}", seen.fd))?;
@@ -357,6 +366,7 @@ fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
             slave_gid: node.gid(),
             slave_mode: node.mode() & 0o7777,
             external: false,
+            dev_tty: false,
         }
     } else {
         let index = slave_index(rdev);
@@ -369,6 +379,53 @@ fn read(seen: &Seen, table: &FileTable, take: bool) -> Result<TtyImage> {
         TtyImage { index, master: false, session, fg_pgrp, ..Default::default() }
     };
     Ok(t)
+}
+
+/// A description opened through /dev/tty: the terminal it stands for must
+/// be the process's controlling terminal still (the restore opens /dev/tty
+/// again in the process), a pty of the tree's in a session of the tree's,
+/// or a shell job's terminal.
+fn dev_tty(seen: &Seen, table: &FileTable) -> Result<TtyImage> {
+    let fd = steal(seen, seen.pid, seen.fd)?;
+    let (major, minor) = misc::tty_device(fd.as_raw_fd()).step(seen.pid, || format!("TIOCGDEV of fd {} (/dev/tty)", seen.fd))?;
+    let stat = proc::Stat::read(seen.pid)?;
+    if stat.num(7) != (u64::from(major) << 8 | u64::from(minor & 0xff) | (u64::from(minor & !0xff) << 12)) {
+        return Err(seen.unsupported(format!(
+            "/dev/tty opened when the controlling terminal was device {major}:{minor}, no longer the process's: opened again, it would stand for another"
+        )));
+    }
+    if !(136..=143).contains(&major) {
+        return Err(seen.unsupported(format!("/dev/tty standing for terminal {major}:{minor}, not a pseudo-terminal")));
+    }
+    let index = (major - 136) * 256 + minor;
+    let mut t = if find_master(&table.tree, index).is_some() {
+        if !table.tree.contains(&(stat.num(6) as i32)) {
+            return Err(seen.unsupported(format!("/dev/tty standing for pty {index} of the tree, the terminal of a session outside it")));
+        }
+        TtyImage { index, ..Default::default() }
+    } else {
+        user_terminal(seen, index, table)?
+    };
+    t.dev_tty = true;
+    Ok(t)
+}
+
+/// Refuses a description opened through /dev/tty that several processes
+/// hold: each opens /dev/tty again at restore, which would make one
+/// description each (their status flags would no longer follow each
+/// other).
+pub(crate) fn check_dev_tty_sharing(files: &[FileImage], processes: &[Process]) -> Result<()> {
+    for f in files.iter().filter(|f| f.tty.as_ref().is_some_and(|t| t.dev_tty)) {
+        let holders: Vec<u32> = processes.iter().filter(|p| p.fds.iter().any(|d| d.file_id == f.id)).map(|p| p.pid).collect();
+        if holders.len() > 1 {
+            return Err(EngineError::Unsupported {
+                pid: holders[0] as i32,
+                kind: "file descriptor",
+                what: format!("/dev/tty opened once and held by processes {holders:?}: each would open its own again"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A slave of pty `index` whose master is outside the tree: the user's
@@ -477,6 +534,20 @@ pub(crate) fn settle_user_terminal(tree: &TreeImage, open: &OpenFiles, host: imp
     misc::tty_set_foreground(term.as_raw_fd(), leader).step(0, || format!("give the restoring terminal's foreground to group {leader}"))
 }
 
+/// Opens /dev/tty in puppet `pid` (image process `p`), which has its
+/// controlling terminal by now, at descriptor `fd` in place of the stand-in.
+fn reopen_dev_tty(pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()> {
+    let path = crate::task::put_path(pid, s, 0, "/dev/tty")?;
+    let flags = (f.flags as i32 & !libc::O_CLOEXEC) as u64;
+    let at = libc::AT_FDCWD as u64;
+    let new =
+        r.call(libc::SYS_openat, &[at, path, flags, 0]).step(pid, || format!("remote open /dev/tty for fd {} in pid {}", fd.fd, p.pid))?;
+    let cloexec = if fd.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+    r.call(libc::SYS_dup3, &[new, fd.fd as u64, cloexec]).step(pid, || format!("remote dup3 /dev/tty to fd {} in pid {}", fd.fd, p.pid))?;
+    r.call(libc::SYS_close, &[new]).step(pid, || format!("remote close the first fd of /dev/tty in pid {}", p.pid))?;
+    Ok(())
+}
+
 impl Kind for Tty {
     fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
         read(seen, table, false).map(drop)
@@ -490,6 +561,16 @@ impl Kind for Tty {
 
     fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
         let t = f.tty.as_ref().ok_or_else(|| EngineError::Incompatible(format!("tty file {} has no tty state", f.id)))?;
+        if t.dev_tty {
+            if t.external {
+                // The restoring terminal takes the recorded termios.
+                drop(open_user_terminal(f, t, cx)?);
+            }
+            // Opened again by each process that holds it ([`Kind::install`]),
+            // once it has its controlling terminal; this stands in for it
+            // until then.
+            return open_path("/dev/null", libc::O_RDONLY as u32);
+        }
         if t.external {
             return open_user_terminal(f, t, cx);
         }
@@ -503,7 +584,10 @@ impl Kind for Tty {
         own_slave(m, f.flags as i32 & !libc::O_CLOEXEC).step(0, || format!("open the slave of pty {}", t.index))
     }
 
-    fn install(&self, _pid: i32, _r: &mut Remote, _s: Scratch, _fd: &Fd, _f: &FileImage, _p: &Process) -> Result<()> {
+    fn install(&self, pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()> {
+        if f.tty.as_ref().is_some_and(|t| t.dev_tty) {
+            return reopen_dev_tty(pid, r, s, fd, f, p);
+        }
         // The controlling terminal and its foreground group are set as the
         // tree is spawned ([`give_ctty`], [`settle_ctty`]), while every
         // puppet still holds the restorer's descriptors.
