@@ -13,35 +13,9 @@
  * now runs SCHED_OTHER.
  */
 #include "zdtm.h"
+#include "sched.h"
 
 #include <pthread.h>
-#include <sched.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-
-#ifndef SCHED_RESET_ON_FORK
-#define SCHED_RESET_ON_FORK 0x40000000
-#endif
-#define SCHED_FLAG_RESET_ON_FORK 0x01
-
-struct attr {
-	uint32_t size;
-	uint32_t policy;
-	uint64_t flags;
-	int32_t nice;
-	uint32_t priority;
-	uint64_t runtime, deadline, period;
-	uint32_t util_min, util_max;
-};
-
-struct want {
-	const char *name;
-	uint32_t policy;
-	uint64_t flags;
-	int32_t nice; /* as sched_getattr shows it: 0 for real-time policies */
-	uint32_t priority;
-	int32_t stat_nice; /* as /proc/PID/task/TID/stat shows it: kept aside under a real-time policy */
-};
 
 #define NTHREADS 3
 static const struct want wants[NTHREADS + 1] = {
@@ -55,51 +29,6 @@ static const struct want child_want = { "child", SCHED_RR, 0, 0, 7, -2 };
 static pid_t tids[NTHREADS + 1];
 static volatile int started;
 static pid_t child;
-
-static int getattr(pid_t tid, struct attr *a)
-{
-	memset(a, 0, sizeof(*a));
-	return syscall(SYS_sched_getattr, tid, a, sizeof(*a), 0);
-}
-
-static int setattr(pid_t tid, const struct want *w)
-{
-	struct attr a = { .size = 48, .policy = w->policy, .flags = w->flags, .nice = w->stat_nice, .priority = w->priority };
-	/* The nice value of an RT thread is kept for a later return to a fair policy. */
-	if (setpriority(PRIO_PROCESS, tid, w->stat_nice))
-		return -1;
-	return syscall(SYS_sched_setattr, tid, &a, 0);
-}
-
-/* Why thread `tid` does not have `w`, or NULL. */
-static const char *differs(pid_t tid, const struct want *w, char *msg, size_t size)
-{
-	struct attr a;
-	char path[64], buf[1024];
-	const char *p;
-	long nice = 99;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
-	if (tid == child)
-		snprintf(path, sizeof(path), "/proc/%d/stat", tid);
-	if (zdtm_read_file(path, buf, sizeof(buf)) > 0 && (p = strrchr(buf, ')'))) {
-		/* Field 19 (nice) is the 17th after the command. */
-		for (int f = 0; f < 17 && p; f++)
-			p = strchr(p + 1, ' ');
-		if (p)
-			nice = strtol(p + 1, NULL, 10);
-	}
-	if (nice != w->stat_nice)
-		return snprintf(msg, size, "%s (tid %d): nice %ld in stat, expected %d", w->name, tid, nice, w->stat_nice), msg;
-	if (getattr(tid, &a))
-		return snprintf(msg, size, "sched_getattr(%d): %s", tid, strerror(errno)), msg;
-	if (a.policy != w->policy || a.flags != w->flags || a.priority != w->priority || a.nice != w->nice)
-		return snprintf(msg, size, "%s (tid %d): policy %u flags %#llx nice %d priority %u; expected policy %u flags %#llx nice %d priority %u",
-				w->name, tid, a.policy, (unsigned long long)a.flags, a.nice, a.priority, w->policy,
-				(unsigned long long)w->flags, w->nice, w->priority),
-		       msg;
-	return NULL;
-}
 
 static void *probe(void *arg)
 {
@@ -194,18 +123,18 @@ int main(void)
 			;
 	}
 	for (int i = 0; i <= NTHREADS; i++)
-		if ((err = differs(tids[i], &wants[i], msg, sizeof(msg))))
+		if ((err = differs(tids[i], 0, &wants[i], msg, sizeof(msg))))
 			zdtm_die("%s", err);
-	if ((err = differs(child, &child_want, msg, sizeof(msg))))
+	if ((err = differs(child, 1, &child_want, msg, sizeof(msg))))
 		zdtm_die("%s", err);
 	zdtm_ready();
 	zdtm_wait();
 	sabotage();
 
 	for (int i = 0; i <= NTHREADS; i++)
-		if ((err = differs(tids[i], &wants[i], msg, sizeof(msg))))
+		if ((err = differs(tids[i], 0, &wants[i], msg, sizeof(msg))))
 			zdtm_fail("%s", err);
-	if ((err = differs(child, &child_want, msg, sizeof(msg))))
+	if ((err = differs(child, 1, &child_want, msg, sizeof(msg))))
 		zdtm_fail("%s", err);
 	zdtm_check(sched_rr_get_interval(tids[2], &ts) == 0 && (ts.tv_sec || ts.tv_nsec), "rr20: no round-robin time slice");
 	/* A thread the reset-on-fork FIFO thread creates now runs SCHED_OTHER. */

@@ -664,6 +664,20 @@ impl Run {
     }
 
     /// Compares the current tree with the recorded one.
+    /// Starts the program, waits until it is ready and checkpoints it,
+    /// which must fail: the tree as it was, and lpm's error output.
+    fn refused_checkpoint(&mut self) -> Res<(Tree, String)> {
+        self.start(None)?;
+        self.wait_ready()?;
+        let tree = self.check_tree("before checkpoint")?;
+        let images = self.dir.join("images");
+        if self.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = self.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        Ok((tree, fs::read_to_string(&stderr).unwrap_or_default()))
+    }
+
     fn check_tree(&mut self, what: &str) -> Res<Tree> {
         let now = tree_of(self.root);
         self.known.extend(now.keys());
@@ -991,15 +1005,7 @@ fn socket_outside_tree_is_refused() {
     let res = (|| -> Res<()> {
         let path = run.work.join("outside.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
-        run.start(None)?;
-        run.wait_ready()?;
-        let tree = run.check_tree("before checkpoint")?;
-        let images = run.dir.join("images");
-        if run.checkpoint(&images, false).is_ok() {
-            return Err("the checkpoint succeeded".into());
-        }
-        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
-        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let (tree, msg) = run.refused_checkpoint()?;
         let want = format!("pid {}: unsupported file descriptor: fd 3 -> socket:", run.root);
         if !msg.contains(&want) || !msg.contains("outside the tree") {
             return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
@@ -1021,15 +1027,7 @@ fn socket_outside_tree_is_refused() {
 fn traced_process_is_refused() {
     let mut run = Run::new(&TRACED, "refused", None).unwrap_or_else(|e| panic!("zdtm traced: {e}"));
     let res = (|| -> Res<()> {
-        run.start(None)?;
-        run.wait_ready()?;
-        let tree = run.check_tree("before checkpoint")?;
-        let images = run.dir.join("images");
-        if run.checkpoint(&images, false).is_ok() {
-            return Err("the checkpoint succeeded".into());
-        }
-        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
-        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let (tree, msg) = run.refused_checkpoint()?;
         let want = format!(
             "unsupported tracer: thread {} is traced by pid {} (traced)",
             tree.keys().find(|&&p| p != run.root).copied().unwrap_or(0),
