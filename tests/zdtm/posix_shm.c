@@ -6,51 +6,20 @@
  * open read-write at fd 3 with its offset at 5000, mapped MAP_SHARED in the
  * parent and, by fork, in a child; a second, read-only fd 4 and a
  * read-only mapping of the last page. The object stays in /dev/shm after
- * the program ends (a later restore from the same images needs it); each
- * start removes the objects of runs whose directory is gone.
+ * the program ends (a later restore from the same images needs it): its
+ * runner removes it when the run ends. (A start does not sweep others'
+ * objects: runs of other test binaries go on beside it.)
  * Verified: the pattern through the mapping and through pread; fd offsets
  * and flags; a ping-pong with the child through the shared mapping; a write
  * through the mapping seen by pread.
  */
 #include "zdtm.h"
 
-#include <dirent.h>
 #include <sys/mman.h>
 
 #define SIZE (3 * 4096)
 
 static char name[256], page[4096];
-
-/* Removes lpm-zdtm-shm-<marker> objects whose run dir no longer exists. */
-static void sweep(void)
-{
-	char cwd[4096], dir[8192], *slash;
-	struct dirent *e;
-	DIR *d;
-
-	if (!getcwd(cwd, sizeof(cwd)) || !(slash = strrchr(cwd, '/')))
-		return;
-	*slash = 0;
-	slash = strrchr(cwd, '/');
-	if (!slash)
-		return;
-	*slash = 0; /* cwd is now the parent of the run dirs */
-	d = opendir("/dev/shm");
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		struct stat st;
-		if (strncmp(e->d_name, "lpm-zdtm-shm-", 13))
-			continue;
-		snprintf(dir, sizeof(dir), "%s/%s", cwd, e->d_name + 13);
-		if (stat(dir, &st) && errno == ENOENT) {
-			char p[512];
-			snprintf(p, sizeof(p), "/%s", e->d_name);
-			shm_unlink(p);
-		}
-	}
-	closedir(d);
-}
 
 int main(void)
 {
@@ -64,7 +33,6 @@ int main(void)
 	zdtm_init();
 	if (!run)
 		zdtm_die("ZDTM_RUN is not set");
-	sweep();
 	snprintf(name, sizeof(name), "/lpm-zdtm-shm-%s", run);
 	fd = shm_open(name, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	if (fd != 3)

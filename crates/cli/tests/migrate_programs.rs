@@ -824,6 +824,14 @@ fn sixty_four_threads_move_there_and_back() {
         let last = *before.last().unwrap();
         moved(&lab, "threads64", to);
         assert_eq!(lab.host_of("threads64"), to);
+        let state = lab.state_of("threads64");
+        assert_eq!(
+            state,
+            "running",
+            "the program ended after the move to {to}; its log ends:\n{}\n{to}'s agent log:\n{}",
+            tail(&std::fs::read_to_string(&log).unwrap_or_default(), 5),
+            lab.lpmd_log_tail(to, 60)
+        );
         let pid = lab.pid_of("threads64");
         // The 64 workers and the main thread; a helper of the main thread
         // may be running (or have been, when the partition stopped).

@@ -196,8 +196,13 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     let Some(tids) = sink.keep(pid, proc::threads(pid)) else { return };
     sink.out.threads += tids.len();
     for &tid in &tids {
-        sink.keep(pid, task::check_sched(pid, tid));
-        sink.keep(pid, stop::check_untraced(pid, tid));
+        // A thread that ended since the listing has nothing to refuse.
+        let ended = || !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+        let r = task::check_sched(pid, tid).and_then(|_| stop::check_untraced(pid, tid));
+        if r.is_err() && ended() {
+            continue;
+        }
+        sink.keep(pid, r);
     }
     sink.keep(pid, seccomp::check(pid, &tids));
     let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];

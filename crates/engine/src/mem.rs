@@ -709,11 +709,27 @@ pub struct RestoreCtx<'a> {
     pub cow: &'a crate::cow::Steps,
 }
 
-/// Whether the page at `vaddr` lies in an area a lazy fill can serve:
-/// userfaultfd's missing mode takes anonymous memory only, so precopied
-/// copies-on-write of private file mappings are filled at once.
-fn lazy_vma(mm: &Mm, vaddr: u64) -> bool {
-    mm.vmas.iter().any(|v| v.start <= vaddr && vaddr < v.end && lazy_area(v))
+/// `[start, end)` cut where the areas of `mm` that a lazy fill serves
+/// begin and end: each part with whether the fill takes it (never
+/// without `lazy`).
+fn lazy_parts(mm: &Mm, start: u64, end: u64, lazy: bool) -> Vec<(u64, u64, bool)> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let mut at = start;
+    while at < end {
+        let area = mm.vmas.iter().find(|v| v.start <= at && at < v.end);
+        let (to, takes) = match area {
+            Some(v) => (v.end.min(end), lazy && lazy_area(v)),
+            // Between areas (not in an image the dump wrote): up to the
+            // next area, written now like any page the fill does not take.
+            None => (mm.vmas.iter().map(|v| v.start).filter(|&s| s > at).min().unwrap_or(end).min(end), false),
+        };
+        match out.last_mut() {
+            Some(l) if l.1 == at && l.2 == takes => l.1 = to,
+            _ => out.push((at, to, takes)),
+        }
+        at = to;
+    }
+    out
 }
 
 /// Whether area `v` may be filled lazily: anonymous (userfaultfd's
@@ -1176,24 +1192,31 @@ fn fill(c: &RestoreCtx, mm: &Mm) -> Result<()> {
     let zeros = vec![0u8; CHUNK];
     let mut data: Vec<Piece> = Vec::new();
     for run in &mm.pages {
-        if run.precopied && c.lazy && lazy_vma(mm, run.vaddr) {
-            let end = run.vaddr + run.npages * PAGE;
-            // `eager` is sorted: its pages in this run, neighbours joined.
-            let (lo, hi) = (c.eager.partition_point(|&p| p < run.vaddr), c.eager.partition_point(|&p| p < end));
-            for &page in &c.eager[lo..hi] {
-                match data.last_mut() {
-                    Some(l) if l.precopied && l.vaddr + l.len == page && l.len < PIECE => l.len += PAGE,
-                    _ => data.push(Piece { vaddr: page, len: PAGE, off: page, direct: true, precopied: true }),
-                }
-            }
-            continue;
-        }
         if run.precopied {
-            let (mut at, end) = (run.vaddr, run.vaddr + run.npages * PAGE);
-            while at < end {
-                let len = (end - at).min(PIECE);
-                data.push(Piece { vaddr: at, len, off: at, direct: true, precopied: true });
-                at += len;
+            // The image joins precopied runs that touch across areas: each
+            // part is the lazy fill's (but for its eager pages) only where
+            // its area is one the fill registers, and written now
+            // elsewhere. Deciding by the run's first page once left the
+            // rest of a run reaching into an area the fill does not take
+            // unwritten: those pages kept their first content.
+            for (start, end, lazy) in lazy_parts(mm, run.vaddr, run.vaddr + run.npages * PAGE, c.lazy) {
+                if lazy {
+                    // `eager` is sorted: its pages in this part, neighbours joined.
+                    let (lo, hi) = (c.eager.partition_point(|&p| p < start), c.eager.partition_point(|&p| p < end));
+                    for &page in &c.eager[lo..hi] {
+                        match data.last_mut() {
+                            Some(l) if l.precopied && l.vaddr + l.len == page && l.len < PIECE => l.len += PAGE,
+                            _ => data.push(Piece { vaddr: page, len: PAGE, off: page, direct: true, precopied: true }),
+                        }
+                    }
+                    continue;
+                }
+                let mut at = start;
+                while at < end {
+                    let len = (end - at).min(PIECE);
+                    data.push(Piece { vaddr: at, len, off: at, direct: true, precopied: true });
+                    at += len;
+                }
             }
             continue;
         }
@@ -1396,6 +1419,37 @@ mod tests {
         let d = std::env::temp_dir().join(format!("lpm-mem-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         Dir(d)
+    }
+
+    /// A precopied run reaching from an anonymous area (the lazy fill's)
+    /// into a private file mapping's copies on write and a locked area
+    /// (neither the fill's) is cut at their bounds; without a lazy fill
+    /// nothing is the fill's.
+    #[test]
+    fn precopied_runs_are_cut_where_the_fill_stops() {
+        let area = |start: u64, end: u64, kind: VmaKind, flags: &[&str]| Vma {
+            start,
+            end,
+            kind: kind as i32,
+            vm_flags: flags.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        };
+        let p = |n: u64| n * PAGE;
+        let mm = Mm {
+            vmas: vec![
+                area(p(10), p(20), VmaKind::AnonPrivate, &[]),
+                area(p(20), p(30), VmaKind::FilePrivate, &[]),
+                area(p(30), p(40), VmaKind::AnonPrivate, &[]),
+                area(p(40), p(50), VmaKind::AnonPrivate, &["lo"]),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            lazy_parts(&mm, p(15), p(45), true),
+            vec![(p(15), p(20), true), (p(20), p(30), false), (p(30), p(40), true), (p(40), p(45), false)]
+        );
+        assert_eq!(lazy_parts(&mm, p(12), p(18), true), vec![(p(12), p(18), true)]);
+        assert_eq!(lazy_parts(&mm, p(15), p(45), false), vec![(p(15), p(45), false)]);
     }
 
     /// Pages of this very process saved through save_pieces: every page
