@@ -224,9 +224,10 @@ fn normalized_maps(pid: i32) -> String {
     out
 }
 
-/// `pipe:[123]` -> `pipe`: kernel object numbers change across a restore.
+/// `pipe:[123]` -> `pipe`: kernel object numbers change across a restore
+/// (a restored namespace is a new one: ns_fds checks which it names).
 fn normalize_link(link: &str) -> String {
-    for kind in ["pipe:[", "socket:["] {
+    for kind in ["pipe:[", "socket:[", "net:["] {
         if link.starts_with(kind) {
             return kind.trim_end_matches(":[").into();
         }
@@ -979,6 +980,10 @@ zdtm_tests!(
     membarrier,
     zombie_pgrp,
     pty_owner,
+    pidfd_dead,
+    zombie_core,
+    vdso_unmapped,
+    ns_fds,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

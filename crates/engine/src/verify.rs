@@ -13,7 +13,8 @@
 //! One table, [`PROBES`], knows for each kind of state how to read it back
 //! and how to compare it: ids and tree links, credentials, signal
 //! dispositions and masks, limits, personality and umask, paths, memory
-//! areas, descriptors. A probe compares only what the image records; what
+//! areas, descriptors, the processes pidfds name, the namespaces
+//! namespace descriptors name. A probe compares only what the image records; what
 //! a host gives anew (host pids at the outer level, inode numbers) it maps
 //! or leaves out.
 
@@ -133,6 +134,8 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "descriptors", check: descriptors, zombies: false },
     Probe { name: "pipes", check: pipes, zombies: false },
     Probe { name: "sockets", check: sockets, zombies: false },
+    Probe { name: "pidfds", check: pidfds, zombies: false },
+    Probe { name: "namespace descriptors", check: ns_fds, zombies: false },
     Probe { name: "cgroups", check: cgroups, zombies: false },
     Probe { name: "terminal", check: terminal, zombies: true },
     Probe { name: "ptys", check: ptys, zombies: false },
@@ -184,6 +187,9 @@ fn ids(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     }
     let zombie = stat.state() == 'Z';
     f.cmp("stat", "zombie", p.image.zombie.is_some(), zombie);
+    if let (Some(z), true) = (&p.image.zombie, zombie) {
+        f.cmp("stat", "wait status", z.exit_status, stat.num(52) as u32);
+    }
     Ok(())
 }
 
@@ -516,6 +522,49 @@ fn pipes(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         }
         let queued = lpm_sys::net::ioctl_int(end.as_fd(), libc::FIONREAD).step(p.host, || format!("read fd {fd}'s queue length"))?;
         f.cmp(&object, "bytes in the pipe", pipe.data.len(), queued as usize);
+    }
+    Ok(())
+}
+
+/// pidfds: the process each names (its host pid, through
+/// PIDFD_GET_INFO), or for one whose process was reaped, that it was and
+/// with which wait status.
+fn pidfds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    use lpm_sys::pidfd::{info, INFO_EXIT, INFO_PID};
+    use std::os::fd::AsFd;
+    for (fd, file) in of_kind(p, &[FileKind::Pidfd]) {
+        let Some(t) = &file.pidfd else { continue };
+        let pidfd = take(p, fd)?;
+        let object = format!("fd {fd}");
+        let got = info(pidfd.as_fd(), INFO_PID | INFO_EXIT).step(p.host, || format!("PIDFD_GET_INFO on fd {fd}"))?;
+        match t.reaped_status {
+            Some(status) => {
+                f.cmp(&object, "target reaped", true, got.mask & INFO_PID == 0);
+                f.cmp(&object, "target's wait status", Some(status), (got.mask & INFO_EXIT != 0).then_some(got.exit_code));
+            }
+            None => f.cmp(&object, "target", Some(host_of(p, t.pid)), (got.mask & INFO_PID != 0).then_some(got.pid as i32)),
+        }
+    }
+    Ok(())
+}
+
+/// Namespace descriptors: each names the namespace now held by the
+/// process of the tree that owns the recorded one.
+fn ns_fds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for (fd, file) in of_kind(p, &[FileKind::Namespace]) {
+        let Some(n) = &file.ns else { continue };
+        let owner = p
+            .processes
+            .iter()
+            .find(|q| q.namespaces.as_ref().is_some_and(|ns| ns.clone_flags & libc::CLONE_NEWNET as u64 != 0 && ns.net_ns == n.ns));
+        let want = match owner {
+            Some(q) => Some(crate::files::net_inode(host_of(p, q.pid))?),
+            None => None,
+        };
+        let got =
+            std::fs::File::from(take(p, fd)?).metadata().map_err(crate::io_err(format!("stat namespace fd {fd} of pid {}", p.host)))?.ino();
+        f.cmp(&format!("fd {fd}"), "network namespace (inode)", want, Some(got));
     }
     Ok(())
 }

@@ -721,6 +721,9 @@ pub enum FileKind {
     Tty = 16,
     /// A POSIX message queue (mq_open); state in `FileImage::mqueue`.
     Mqueue = 17,
+    /// A namespace descriptor (open of /proc/PID/ns/*); which namespace in
+    /// `FileImage::ns`.
+    Namespace = 40,
 }
 
 /// An open file description (what several fds may share).
@@ -796,6 +799,22 @@ pub struct FileImage {
     /// The signal the owner gets instead of SIGIO (F_SETSIG); 0: SIGIO.
     #[prost(uint32, tag = "34")]
     pub signal: u32,
+    /// A namespace descriptor: which namespace of the tree it names.
+    #[prost(message, optional, tag = "180")]
+    pub ns: Option<NsFdImage>,
+}
+
+/// The namespace a namespace descriptor names: one the tree owns.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NsFdImage {
+    /// Its type as /proc/PID/ns names it ("net").
+    #[prost(string, tag = "1")]
+    pub ns_type: String,
+    /// Its identity at dump (nsfs inode), as `Namespaces::net_ns` records
+    /// it; 0 in a tree handed to the file restore: the namespace the
+    /// restorer's thread is in (a partition's, given to the restore).
+    #[prost(uint64, tag = "2")]
+    pub ns: u64,
 }
 
 /// What a file owner is (F_OWNER_*).
@@ -1234,7 +1253,8 @@ pub struct MemfdChunk {
     pub data: Vec<u8>,
 }
 
-/// The process a pidfd refers to, a member of the tree.
+/// The process a pidfd refers to: a member of the tree, or one that has
+/// exited and been reaped.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PidfdImage {
     /// The target's image pid (`Process::pid`).
@@ -1243,6 +1263,11 @@ pub struct PidfdImage {
     /// The target's pid as the holder of the pidfd sees it.
     #[prost(uint32, tag = "2")]
     pub ns_pid: u32,
+    /// The target had exited and been reaped: its wait status, as
+    /// PIDFD_GET_INFO told it (`pid` and `ns_pid` are then 0). The restore
+    /// makes a pidfd of a process that ended the same way.
+    #[prost(int32, optional, tag = "180")]
+    pub reaped_status: Option<i32>,
 }
 
 /// Connection state of a socket.

@@ -150,7 +150,17 @@ fn event_objects(f: &FileImage) -> String {
         );
     }
     if let Some(p) = &f.pidfd {
-        let _ = write!(o, " target pid={} (seen as {})", p.pid, p.ns_pid);
+        match p.reaped_status {
+            Some(status) => {
+                let _ = write!(o, " target exited and reaped, wait status {status:#x}");
+            }
+            None => {
+                let _ = write!(o, " target pid={} (seen as {})", p.pid, p.ns_pid);
+            }
+        }
+    }
+    if let Some(n) = &f.ns {
+        let _ = write!(o, " {} namespace {}", n.ns_type, n.ns);
     }
     if let Some(q) = &f.mqueue {
         let _ = write!(

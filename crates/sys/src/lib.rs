@@ -9,6 +9,7 @@ pub mod ipc;
 pub mod misc;
 pub mod net;
 pub mod pagemap;
+pub mod pidfd;
 pub mod probe;
 pub mod ptrace;
 pub mod puppet;

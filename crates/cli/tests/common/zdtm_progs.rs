@@ -141,6 +141,10 @@ pub static PROGS: &[Prog] = &[
     prog("membarrier", Launch::C, true, 2),
     prog("zombie_pgrp", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("pty_owner", Launch::C, true, 3) },
+    prog("pidfd_dead", Launch::C, true, 3),
+    prog("zombie_core", Launch::C, true, 2),
+    prog("vdso_unmapped", Launch::C, true, 2),
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("ns_fds", Launch::CNet, true, 2) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

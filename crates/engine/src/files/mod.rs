@@ -19,6 +19,7 @@ mod inotify;
 mod memfd;
 mod mqueue;
 mod netlink;
+mod nsfd;
 mod pidfd;
 mod pipe;
 mod regular;
@@ -107,6 +108,11 @@ pub struct Deferred {
     pub resend: bool,
 }
 
+/// The network namespace of restored process `host`, as its nsfs inode.
+pub(crate) fn net_inode(host: i32) -> Result<u64> {
+    nsfd::net_inode(host)
+}
+
 /// Leaves repair mode on every deferred connection.
 pub fn finish_deferred(list: &[Deferred]) -> Result<()> {
     for d in list {
@@ -154,6 +160,7 @@ fn kind(kind: FileKind) -> Option<&'static dyn Kind> {
         FileKind::NetlinkSocket => Some(&netlink::Netlink),
         FileKind::Tty => Some(&tty::Tty),
         FileKind::Mqueue => Some(&mqueue::Mqueue),
+        FileKind::Namespace => Some(&nsfd::NsFd),
         FileKind::Invalid => None,
     }
 }
@@ -177,6 +184,8 @@ fn classify(seen: &Seen) -> Result<FileKind> {
         }
     } else if link.starts_with("socket:") {
         sockets::classify(seen)?
+    } else if nsfd::is_ns(link) {
+        FileKind::Namespace
     } else if !link.starts_with('/') {
         return Err(seen.unsupported(format!("{} object", link.split(':').next().unwrap_or(link))));
     } else if mqueue::is_mqueue(seen) {
@@ -371,6 +380,8 @@ pub struct OpenFiles {
     pub(crate) ctty: HashMap<u32, OwnedFd>,
     /// Recorded pty index to the index the host's devpts gave it here.
     pub ptys: HashMap<u32, u32>,
+    /// Where puppets of zombies that dumped core write their cores.
+    pub(crate) core: Option<crate::zombie::CoreDir>,
 }
 
 impl OpenFiles {
@@ -390,6 +401,9 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
     if limit < needed {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
+    // First: a host that cannot remake such a zombie is refused before
+    // anything is made.
+    let core = crate::zombie::CoreDir::for_tree(tree)?;
     let net = crate::ns::create_net(tree)?;
     let mut cx = OpenCx {
         tree,
@@ -425,7 +439,7 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         }
     }
     let (holders, pipes) = (cx.holders, cx.pipes);
-    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys })
+    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys, core })
 }
 
 /// Installs a puppet's descriptors: drops everything it inherited below
