@@ -41,6 +41,7 @@ pub const KINDS: &[Row] = &[
     ("inotify", Support::Partly, "watches with their wds; pending events refused"),
     ("memfd", Support::Yes, "name, seals, content, mappings sharing the fd's object"),
     ("pidfd", Support::Partly, "targets inside the tree (zombies too) and processes that exited and were reaped (their wait status); a reaped one that dumped core, threads and processes outside the tree refused"),
+    ("namespace descriptors", Support::Partly, "network namespaces the tree owns (also a partition's own); the host's and other trees' namespaces, namespaces no process of the tree is in, and other types (mnt, pid, uts, ipc, user, cgroup, time) refused"),
     ("signals", Support::Yes, "actions, masks, pending (per thread and shared), sigaltstack"),
     ("stopped processes", Support::Yes, "group stop by SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU comes back stopped by the same signal"),
     ("traced processes", Support::Refused, "a thread traced by another process (debugger): no call attaches the tracer again"),
