@@ -984,6 +984,7 @@ zdtm_tests!(
     zombie_core,
     vdso_unmapped,
     ns_fds,
+    inotify_deleted,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -198,6 +198,7 @@ impl StoppedTree {
             tree.processes.push(p);
         }
         files::reconcile_connections(&mut files)?;
+        files::link_watched_ghosts(&mut files)?;
         // Removed when dropped (on any error from here, or once a tree
         // that goes on runs again), kept with a killed tree's image.
         let lock = files.lock.take();

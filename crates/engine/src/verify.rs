@@ -14,7 +14,7 @@
 //! and how to compare it: ids and tree links, credentials, signal
 //! dispositions and masks, limits, personality and umask, paths, memory
 //! areas, descriptors, the processes pidfds name, the namespaces
-//! namespace descriptors name. A probe compares only what the image records; what
+//! namespace descriptors name, inotify watches. A probe compares only what the image records; what
 //! a host gives anew (host pids at the outer level, inode numbers) it maps
 //! or leaves out.
 
@@ -136,6 +136,7 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "sockets", check: sockets, zombies: false },
     Probe { name: "pidfds", check: pidfds, zombies: false },
     Probe { name: "namespace descriptors", check: ns_fds, zombies: false },
+    Probe { name: "inotify watches", check: inotify_watches, zombies: false },
     Probe { name: "cgroups", check: cgroups, zombies: false },
     Probe { name: "terminal", check: terminal, zombies: true },
     Probe { name: "ptys", check: ptys, zombies: false },
@@ -544,6 +545,24 @@ fn pidfds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
             }
             None => f.cmp(&object, "target", Some(host_of(p, t.pid)), (got.mask & INFO_PID != 0).then_some(got.pid as i32)),
         }
+    }
+    Ok(())
+}
+
+/// inotify instances: every watch's descriptor and mask, as fdinfo shows
+/// them (the inodes are the restore's, not compared).
+fn inotify_watches(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    for (fd, file) in of_kind(p, &[FileKind::Inotify]) {
+        let Some(img) = &file.inotify else { continue };
+        let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
+        let hex = |line: &str, key: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        let mut found: Vec<(u64, u64)> =
+            info.lines().filter(|l| l.starts_with("inotify ")).filter_map(|l| Some((hex(l, "wd")?, hex(l, "mask")?))).collect();
+        found.sort_unstable();
+        let recorded: Vec<(u64, u64)> = img.watches.iter().map(|w| (w.wd as u64, w.mask as u64)).collect();
+        f.cmp(&format!("fd {fd}"), "inotify watches (wd, mask)", recorded, found);
     }
     Ok(())
 }

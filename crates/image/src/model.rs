@@ -1220,6 +1220,11 @@ pub struct InotifyWatch {
     /// Device of the watched inode (st_dev).
     #[prost(uint64, tag = "5")]
     pub dev: u64,
+    /// The watched inode was unlinked and is still open in the tree: its
+    /// ghost (`GhostImage::id`), watched again through a descriptor of
+    /// it at restore; `path` is then the name it had. 0: a linked inode.
+    #[prost(uint64, tag = "180")]
+    pub ghost_id: u64,
 }
 
 /// A memfd object (one per inode; several descriptions may share it).

@@ -22,7 +22,7 @@ mod netlink;
 mod nsfd;
 mod pidfd;
 mod pipe;
-mod regular;
+pub(crate) mod regular;
 mod signalfd;
 mod sockets;
 mod tcp_segment;
@@ -86,6 +86,9 @@ pub struct OpenCx<'a> {
     /// Descriptions of unlinked files opened ahead of their turn (every
     /// description of a ghost is opened when its first one is), by file id.
     pub ghosts: HashMap<u32, OwnedFd>,
+    /// A descriptor of each ghost's inode made so far, by ghost id (an
+    /// inotify watch of an unlinked inode is added through it).
+    pub ghost_inodes: HashMap<u64, OwnedFd>,
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
@@ -256,6 +259,12 @@ pub fn reconcile_connections(table: &mut FileTable) -> Result<()> {
     inet::reconcile(table)
 }
 
+/// Names, in each inotify watch of an unlinked inode, the ghost the dump
+/// recorded for that inode, once every process is dumped (see `inotify`).
+pub fn link_watched_ghosts(table: &mut FileTable) -> Result<()> {
+    inotify::link_ghosts(table)
+}
+
 /// The module that handles a descriptor, from what /proc shows of it; a
 /// kind no module claims is refused by name.
 fn handler(seen: &Seen, f: &mut FileImage) -> Result<&'static dyn Kind> {
@@ -413,6 +422,7 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         net: &net,
         ptys: HashMap::new(),
         ghosts: HashMap::new(),
+        ghost_inodes: HashMap::new(),
         defer_tcp,
     };
     let mut by_id = HashMap::new();
