@@ -985,6 +985,7 @@ zdtm_tests!(
     vdso_unmapped,
     ns_fds,
     inotify_deleted,
+    fanotify,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

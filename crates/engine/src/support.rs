@@ -39,6 +39,7 @@ pub const KINDS: &[Row] = &[
     ("signalfd", Support::Yes, "mask"),
     ("epoll", Support::Yes, "every registration, nested epoll, fired one-shots"),
     ("inotify", Support::Partly, "watches with their wds and masks, also on unlinked files the tree holds open (watched again through the remade ghost); pending events refused"),
+    ("fanotify", Support::Partly, "fanotify_init flags and event flags, marks on inodes, mounts and filesystems with their flags, masks and ignored masks, in lpm's mount namespace; queued events, permission events and marks on inodes without a path refused"),
     ("memfd", Support::Yes, "name, seals, content, mappings sharing the fd's object"),
     ("pidfd", Support::Partly, "targets inside the tree (zombies too) and processes that exited and were reaped (their wait status); a reaped one that dumped core, threads and processes outside the tree refused"),
     ("namespace descriptors", Support::Partly, "network namespaces the tree owns (also a partition's own); the host's and other trees' namespaces, namespaces no process of the tree is in, and other types (mnt, pid, uts, ipc, user, cgroup, time) refused"),

@@ -14,7 +14,7 @@
 //! and how to compare it: ids and tree links, credentials, signal
 //! dispositions and masks, limits, personality and umask, paths, memory
 //! areas, descriptors, the processes pidfds name, the namespaces
-//! namespace descriptors name, inotify watches. A probe compares only what the image records; what
+//! namespace descriptors name, inotify watches, fanotify marks. A probe compares only what the image records; what
 //! a host gives anew (host pids at the outer level, inode numbers) it maps
 //! or leaves out.
 
@@ -137,6 +137,7 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "pidfds", check: pidfds, zombies: false },
     Probe { name: "namespace descriptors", check: ns_fds, zombies: false },
     Probe { name: "inotify watches", check: inotify_watches, zombies: false },
+    Probe { name: "fanotify groups", check: fanotify_groups, zombies: false },
     Probe { name: "cgroups", check: cgroups, zombies: false },
     Probe { name: "terminal", check: terminal, zombies: true },
     Probe { name: "ptys", check: ptys, zombies: false },
@@ -563,6 +564,28 @@ fn inotify_watches(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         found.sort_unstable();
         let recorded: Vec<(u64, u64)> = img.watches.iter().map(|w| (w.wd as u64, w.mask as u64)).collect();
         f.cmp(&format!("fd {fd}"), "inotify watches (wd, mask)", recorded, found);
+    }
+    Ok(())
+}
+
+/// fanotify groups: flags, event flags, and every mark's flags and masks
+/// in order, as fdinfo shows them.
+fn fanotify_groups(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    for (fd, file) in of_kind(p, &[FileKind::Fanotify]) {
+        let Some(img) = &file.fanotify else { continue };
+        let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
+        let hex = |line: &str, key: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        let lines: Vec<&str> = info.lines().filter_map(|l| l.strip_prefix("fanotify ")).collect();
+        let group = lines.iter().find(|l| l.starts_with("flags:")).map(|l| (hex(l, "flags"), hex(l, "event-flags")));
+        let object = format!("fd {fd}");
+        f.cmp(&object, "fanotify flags", Some((Some(img.flags as u64), Some(img.event_flags as u64))), group);
+        let found: Vec<(Option<u64>, Option<u64>, Option<u64>)> =
+            lines.iter().filter(|l| !l.starts_with("flags:")).map(|l| (hex(l, "mflags"), hex(l, "mask"), hex(l, "ignored_mask"))).collect();
+        let recorded: Vec<(Option<u64>, Option<u64>, Option<u64>)> =
+            img.marks.iter().map(|m| (Some(m.mflags as u64), Some(m.mask), Some(m.ignored_mask))).collect();
+        f.cmp(&object, "fanotify marks (mflags, mask, ignored mask)", recorded, found);
     }
     Ok(())
 }

@@ -724,6 +724,8 @@ pub enum FileKind {
     /// A namespace descriptor (open of /proc/PID/ns/*); which namespace in
     /// `FileImage::ns`.
     Namespace = 40,
+    /// A fanotify group; its flags and marks in `FileImage::fanotify`.
+    Fanotify = 41,
 }
 
 /// An open file description (what several fds may share).
@@ -802,6 +804,66 @@ pub struct FileImage {
     /// A namespace descriptor: which namespace of the tree it names.
     #[prost(message, optional, tag = "180")]
     pub ns: Option<NsFdImage>,
+    /// A fanotify group: its flags and marks.
+    #[prost(message, optional, tag = "181")]
+    pub fanotify: Option<FanotifyImage>,
+}
+
+/// A fanotify group (fanotify_init) and its marks.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FanotifyImage {
+    /// fanotify_init flags (FAN_CLASS_*, FAN_REPORT_*, FAN_UNLIMITED_*,
+    /// FAN_NONBLOCK, FAN_CLOEXEC), as fdinfo shows them.
+    #[prost(uint32, tag = "1")]
+    pub flags: u32,
+    /// fanotify_init event_f_flags: the open flags of event descriptors.
+    #[prost(uint32, tag = "2")]
+    pub event_flags: u32,
+    /// Its marks, in fdinfo order.
+    #[prost(message, repeated, tag = "3")]
+    pub marks: Vec<FanotifyMark>,
+}
+
+/// What a fanotify mark is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum FanotifyMarkKind {
+    /// Never written.
+    Invalid = 0,
+    /// An inode (a file or directory).
+    Inode = 1,
+    /// A mount (FAN_MARK_MOUNT).
+    Mount = 2,
+    /// A filesystem (FAN_MARK_FILESYSTEM).
+    Filesystem = 3,
+}
+
+/// One fanotify mark.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FanotifyMark {
+    /// What it is on.
+    #[prost(enumeration = "FanotifyMarkKind", tag = "1")]
+    pub kind: i32,
+    /// FAN_MARK_* flags the kernel reports (IGNORED_SURV_MODIFY,
+    /// EVICTABLE, IGNORE).
+    #[prost(uint32, tag = "2")]
+    pub mflags: u32,
+    /// Events reported.
+    #[prost(uint64, tag = "3")]
+    pub mask: u64,
+    /// Events ignored.
+    #[prost(uint64, tag = "4")]
+    pub ignored_mask: u64,
+    /// The inode's path (resolved from its file handle), or the mount
+    /// point of the mount or of a mount of the filesystem.
+    #[prost(string, tag = "5")]
+    pub path: String,
+    /// Inode number of a marked inode, to notice it was replaced.
+    #[prost(uint64, tag = "6")]
+    pub ino: u64,
+    /// Device (st_dev) of the inode or filesystem.
+    #[prost(uint64, tag = "7")]
+    pub dev: u64,
 }
 
 /// The namespace a namespace descriptor names: one the tree owns.

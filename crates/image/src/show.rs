@@ -159,6 +159,20 @@ fn event_objects(f: &FileImage) -> String {
             }
         }
     }
+    if let Some(g) = &f.fanotify {
+        let _ = write!(o, " fanotify flags={:#x} event_flags={:#o} marks={}", g.flags, g.event_flags, g.marks.len());
+        for m in &g.marks {
+            let _ = write!(
+                o,
+                "\n      mark {:?} {} mflags={:#x} mask={:#x} ignored={:#x}",
+                crate::FanotifyMarkKind::try_from(m.kind).unwrap_or(crate::FanotifyMarkKind::Invalid),
+                m.path,
+                m.mflags,
+                m.mask,
+                m.ignored_mask
+            );
+        }
+    }
     if let Some(n) = &f.ns {
         let _ = write!(o, " {} namespace {}", n.ns_type, n.ns);
     }

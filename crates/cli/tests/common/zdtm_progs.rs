@@ -146,6 +146,7 @@ pub static PROGS: &[Prog] = &[
     prog("vdso_unmapped", Launch::C, true, 2),
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("ns_fds", Launch::CNet, true, 2) },
     prog("inotify_deleted", Launch::C, true, 2),
+    Prog { needs: &[Need::Root], ..prog("fanotify", Launch::C, true, 2) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

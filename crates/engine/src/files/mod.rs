@@ -13,6 +13,7 @@
 
 mod epoll;
 mod eventfd;
+mod fanotify;
 mod fown;
 mod inet;
 mod inotify;
@@ -164,6 +165,7 @@ fn kind(kind: FileKind) -> Option<&'static dyn Kind> {
         FileKind::Tty => Some(&tty::Tty),
         FileKind::Mqueue => Some(&mqueue::Mqueue),
         FileKind::Namespace => Some(&nsfd::NsFd),
+        FileKind::Fanotify => Some(&fanotify::Fanotify),
         FileKind::Invalid => None,
     }
 }
@@ -183,6 +185,7 @@ fn classify(seen: &Seen) -> Result<FileKind> {
             "[eventpoll]" => FileKind::Epoll,
             "inotify" => FileKind::Inotify,
             "[pidfd]" => FileKind::Pidfd,
+            "[fanotify]" => FileKind::Fanotify,
             _ => return Err(seen.unsupported(format!("{} object", rest.trim_start_matches('[').trim_end_matches(']')))),
         }
     } else if link.starts_with("socket:") {
