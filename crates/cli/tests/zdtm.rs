@@ -1019,6 +1019,35 @@ fn socket_outside_tree_is_refused() {
     }
 }
 
+/// A checkpoint of a tree holding a descriptor of the host's network
+/// namespace fails naming the process, the fd and why; the tree runs on.
+#[test]
+fn host_namespace_is_refused() {
+    let mut run = Run::new(&NS_HOST, "refused", None).unwrap_or_else(|e| panic!("zdtm ns_host: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        if run.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let want = format!("pid {}: unsupported file descriptor: fd 3 -> net:", run.root);
+        if !msg.contains(&want) || !msg.contains("host's network namespace") {
+            return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
 /// A checkpoint of a tree where one process traces another (a debugger
 /// and its debuggee) fails naming the traced thread and its tracer, and
 /// both run on as they were.

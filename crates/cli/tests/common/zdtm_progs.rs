@@ -159,6 +159,10 @@ pub static SOCK_OUTSIDE: Prog = prog("sock_outside", Launch::C, true, 1);
 /// attach the tracer again).
 pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
 
+/// Holds a descriptor of the host's network namespace: a checkpoint must
+/// refuse it by name (not in PROGS: no restore may carry it).
+pub static NS_HOST: Prog = prog("ns_host", Launch::C, true, 1);
+
 /// The program named `name` in [`PROGS`].
 pub fn find_prog(name: &str) -> &'static Prog {
     PROGS.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no zdtm program {name}"))
