@@ -1048,6 +1048,73 @@ fn host_namespace_is_refused() {
     }
 }
 
+/// Huge pages reserved for a test (the machine has none), given back when
+/// dropped: /proc/sys/vm/nr_hugepages raised by `n` and put back.
+struct HugePages {
+    before: u64,
+}
+
+impl HugePages {
+    const PATH: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(n: u64) -> Res<HugePages> {
+        let read = || -> Res<u64> {
+            fs::read_to_string(Self::PATH).map_err(|e| format!("read {}: {e}", Self::PATH))?.trim().parse().map_err(|e| format!("{e}"))
+        };
+        let before = read()?;
+        fs::write(Self::PATH, (before + n).to_string()).map_err(|e| format!("write {}: {e}", Self::PATH))?;
+        let guard = HugePages { before };
+        let free: u64 = fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:")?.trim().parse().ok())
+            .unwrap_or(0);
+        if free < n {
+            return Err(format!("only {free} huge pages free after asking for {n} more (memory too fragmented?)"));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = fs::write(Self::PATH, self.before.to_string());
+    }
+}
+
+/// A checkpoint of a tree mapping hugetlbfs pages fails naming the
+/// process, the area and the kind; the tree runs on and passes. The test
+/// reserves the two huge pages the program maps, and gives them back.
+#[test]
+fn hugetlb_is_refused() {
+    let pages = HugePages::reserve(2).unwrap_or_else(|e| panic!("zdtm mem_hugetlb needs 2 huge pages: {e}"));
+    let mut run = Run::new(&MEM_HUGETLB, "refused", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        if run.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("hugetlbfs") {
+            return Err(format!("the refusal does not name the process and hugetlbfs: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    let report = res.err().map(|e| run.report(&e));
+    drop(run);
+    drop(pages);
+    if let Some(r) = report {
+        panic!("{r}");
+    }
+}
+
 /// A checkpoint of a tree where one process traces another (a debugger
 /// and its debuggee) fails naming the traced thread and its tracer, and
 /// both run on as they were.

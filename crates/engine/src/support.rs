@@ -23,7 +23,7 @@ pub const KINDS: &[Row] = &[
     ("copy-on-write sharing", Support::Partly, "pages shared since a fork stay shared after restore and migration; moved shared pages and histories no fork order gives refused; sharing with processes outside the tree not kept"),
     ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes; private mappings of them with their own pages"),
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required); any of them unmapped by the process stays unmapped"),
-    ("hugetlbfs and device mappings", Support::Refused, ""),
+    ("hugetlbfs and device mappings", Support::Refused, "hugetlbfs (MAP_HUGETLB, hugetlbfs files), I/O and PFN mappings, named by range; hugetlbfs is not done yet: huge-page fill, tracking and a target check of free huge pages are missing"),
     ("file descriptor tables", Support::Partly, "per process or shared with the parent (CLONE_FILES); shared otherwise, or a thread's own, refused"),
     ("file owners for signal-driven I/O", Support::Yes, "F_SETOWN_EX thread, process or group of the tree with the setter's uids, F_SETSIG, O_ASYNC"),
     ("regular files", Support::Yes, "path, offset, flags; unlinked files as one inode with holes, mode, owner, atime and mtime"),

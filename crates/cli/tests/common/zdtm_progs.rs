@@ -163,6 +163,11 @@ pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
 /// refuse it by name (not in PROGS: no restore may carry it).
 pub static NS_HOST: Prog = prog("ns_host", Launch::C, true, 1);
 
+/// Maps hugetlbfs pages (anonymous MAP_HUGETLB, private and shared): a
+/// checkpoint must refuse them by name (not in PROGS: it needs huge pages
+/// reserved for it, and hugetlbfs mappings are not supported).
+pub static MEM_HUGETLB: Prog = prog("mem_hugetlb", Launch::C, true, 1);
+
 /// The program named `name` in [`PROGS`].
 pub fn find_prog(name: &str) -> &'static Prog {
     PROGS.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no zdtm program {name}"))
