@@ -227,7 +227,7 @@ fn normalized_maps(pid: i32) -> String {
 /// `pipe:[123]` -> `pipe`: kernel object numbers change across a restore
 /// (a restored namespace is a new one: ns_fds checks which it names).
 fn normalize_link(link: &str) -> String {
-    for kind in ["pipe:[", "socket:[", "net:["] {
+    for kind in ["pipe:[", "socket:[", "net:[", "uts:[", "ipc:[", "mnt:[", "pid:["] {
         if link.starts_with(kind) {
             return kind.trim_end_matches(":[").into();
         }
@@ -986,6 +986,7 @@ zdtm_tests!(
     ns_fds,
     inotify_deleted,
     fanotify,
+    ns_fds_tree,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -1166,7 +1166,8 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
     if !p.shares_parent_files {
         files::restore(host, &mut r, &p.fds, open)?;
     }
-    files::install(host, &mut r, s, p, ctx.tree, deferred)?;
+    let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, q)| (pid, q.host)).collect();
+    files::install(host, &mut r, s, p, ctx.tree, deferred, &|pid| hosts.get(&pid).copied())?;
     locks::restore(host, &mut r, s, p)?;
     task::restore_process(host, &mut r, s, p)?;
     const THREAD: u64 =

@@ -596,17 +596,22 @@ fn ns_fds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     for (fd, file) in of_kind(p, &[FileKind::Namespace]) {
         let Some(n) = &file.ns else { continue };
-        let owner = p
-            .processes
-            .iter()
-            .find(|q| q.namespaces.as_ref().is_some_and(|ns| ns.clone_flags & libc::CLONE_NEWNET as u64 != 0 && ns.net_ns == n.ns));
-        let want = match owner {
-            Some(q) => Some(crate::files::net_inode(host_of(p, q.pid))?),
-            None => None,
+        let want = if n.ns_type == "net" {
+            let owner = p
+                .processes
+                .iter()
+                .find(|q| q.namespaces.as_ref().is_some_and(|ns| ns.clone_flags & libc::CLONE_NEWNET as u64 != 0 && ns.net_ns == n.ns));
+            match owner {
+                Some(q) => Some(crate::files::net_inode(host_of(p, q.pid))?),
+                None => None,
+            }
+        } else {
+            let path = format!("/proc/{}/ns/{}", host_of(p, n.member), n.ns_type);
+            std::fs::metadata(&path).ok().map(|m| m.ino())
         };
         let got =
             std::fs::File::from(take(p, fd)?).metadata().map_err(crate::io_err(format!("stat namespace fd {fd} of pid {}", p.host)))?.ino();
-        f.cmp(&format!("fd {fd}"), "network namespace (inode)", want, Some(got));
+        f.cmp(&format!("fd {fd}"), &format!("{} namespace (inode)", n.ns_type), want, Some(got));
     }
     Ok(())
 }

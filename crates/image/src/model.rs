@@ -869,7 +869,8 @@ pub struct FanotifyMark {
 /// The namespace a namespace descriptor names: one the tree owns.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct NsFdImage {
-    /// Its type as /proc/PID/ns names it ("net").
+    /// Its type as its descriptor's link names it ("net", "uts", "ipc",
+    /// "mnt", "pid").
     #[prost(string, tag = "1")]
     pub ns_type: String,
     /// Its identity at dump (nsfs inode), as `Namespaces::net_ns` records
@@ -877,6 +878,11 @@ pub struct NsFdImage {
     /// restorer's thread is in (a partition's, given to the restore).
     #[prost(uint64, tag = "2")]
     pub ns: u64,
+    /// For a type other than net: the image pid of a process of the tree
+    /// in that namespace (the restored descriptor names what that
+    /// process is in after restore).
+    #[prost(uint32, tag = "3")]
+    pub member: u32,
 }
 
 /// What a file owner is (F_OWNER_*).

@@ -147,6 +147,7 @@ pub static PROGS: &[Prog] = &[
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("ns_fds", Launch::CNet, true, 2) },
     prog("inotify_deleted", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("fanotify", Launch::C, true, 2) },
+    Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("ns_fds_tree", Launch::CUnshared, true, 2) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

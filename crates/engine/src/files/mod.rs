@@ -476,7 +476,15 @@ pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result
 /// Lets every kind finish inside the puppet now that its fds are in place.
 /// A process that shares its parent's table (`Process::shares_parent_files`)
 /// finishes only what belongs to the process, not to the table.
-pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeImage, deferred: Option<&mut Vec<Deferred>>) -> Result<()> {
+pub fn install(
+    pid: i32,
+    r: &mut Remote,
+    s: Scratch,
+    p: &Process,
+    tree: &TreeImage,
+    deferred: Option<&mut Vec<Deferred>>,
+    host_of: &dyn Fn(u32) -> Option<i32>,
+) -> Result<()> {
     let mut deferred = deferred;
     let files: HashMap<u32, &FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
     for fd in &p.fds {
@@ -498,6 +506,12 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
             if !list.iter().any(|d| d.file.id == f.id) {
                 list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone(), resend: inet::resends(&tree.files, f, true) });
             }
+            continue;
+        }
+        if let Some(n) = f.ns.as_ref().filter(|n| n.ns_type != "net") {
+            let host = host_of(n.member)
+                .ok_or_else(|| EngineError::Incompatible(format!("namespace file {}: its member {} is not in the tree", f.id, n.member)))?;
+            nsfd::install_by_member(pid, r, s, fd, f, host)?;
             continue;
         }
         k.install(pid, r, s, fd, f, p)?;
@@ -603,5 +617,5 @@ pub fn fd_table(pid: i32, parent: Option<i32>, earlier: &[i32], threads: &[i32])
 /// than on the process (its memory, its session): a process sharing its
 /// parent's table leaves that to the parent, which installed the table.
 fn per_table(kind: FileKind) -> bool {
-    matches!(kind, FileKind::Epoll | FileKind::Mqueue | FileKind::Pidfd)
+    matches!(kind, FileKind::Epoll | FileKind::Mqueue | FileKind::Pidfd | FileKind::Namespace)
 }
