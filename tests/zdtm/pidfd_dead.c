@@ -1,9 +1,10 @@
 /*
  * pidfd_dead: pidfds of processes that have exited.
  *
- * State: pidfds of three children that ended and were reaped (exit code 7;
+ * State: pidfds of four children that ended and were reaped (exit code 7;
  * killed by SIGTERM, the pidfd non-blocking; killed by SIGABRT with no core
- * dumped) and of a fourth that exited with code 3 and stays a zombie.
+ * dumped; killed by SIGSEGV with a core dumped, in a directory of its own)
+ * and of a fifth that exited with code 3 and stays a zombie.
  * Verified: fdinfo Pid (-1 for the reaped, the zombie's pid), poll events,
  * waitid(P_PIDFD) answering ECHILD for the reaped, pidfd_send_signal
  * answering ESRCH for the reaped (and as before for the zombie), the wait
@@ -30,7 +31,7 @@ struct info {
 #define GET_INFO _IOWR(0xFF, 11, struct info)
 #define INFO_EXIT (1ULL << 3)
 
-enum { REAPED_EXIT, REAPED_TERM, REAPED_ABRT, ZOMBIE, N };
+enum { REAPED_EXIT, REAPED_TERM, REAPED_ABRT, REAPED_CORE, ZOMBIE, N };
 static int pf[N], rev[N], sig_err[N], fl_nb;
 static pid_t kids[N];
 
@@ -93,6 +94,17 @@ static pid_t child(int how)
 		setrlimit(RLIMIT_CORE, &no);
 		abort();
 	}
+	case REAPED_CORE: {
+		struct rlimit rl;
+
+		getrlimit(RLIMIT_CORE, &rl);
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_CORE, &rl) || chdir("cores"))
+			_exit(100);
+		signal(SIGSEGV, SIG_DFL);
+		raise(SIGSEGV);
+		_exit(101);
+	}
 	case REAPED_EXIT:
 		_exit(7);
 	default:
@@ -124,6 +136,8 @@ int main(void)
 	int i, st;
 
 	zdtm_init();
+	if (mkdir("cores", 0700) && errno != EEXIST)
+		zdtm_die("mkdir cores: %s", strerror(errno));
 	for (i = 0; i < N; i++) {
 		kids[i] = child(i);
 		pf[i] = pidfd_open(kids[i], i == REAPED_TERM ? O_NONBLOCK : 0);
@@ -141,6 +155,11 @@ int main(void)
 		sig_err[i] = send_err(pf[i]);
 	}
 	fl_nb = fcntl(pf[REAPED_TERM], F_GETFL);
+	/* The core the fourth child wrote is of no use. */
+	unlink("cores/core");
+	if (exit_code(pf[REAPED_CORE]) != (SIGSEGV | 0x80))
+		zdtm_die("the fourth child ended with %#x, not with a core (core_pattern must write into the working directory)",
+			 exit_code(pf[REAPED_CORE]));
 	if (exit_code(pf[REAPED_EXIT]) != 0x700 || exit_code(pf[REAPED_TERM]) != SIGTERM || exit_code(pf[REAPED_ABRT]) != SIGABRT)
 		zdtm_die("PIDFD_GET_INFO: %#x %#x %#x", exit_code(pf[REAPED_EXIT]), exit_code(pf[REAPED_TERM]),
 			 exit_code(pf[REAPED_ABRT]));
@@ -160,6 +179,8 @@ int main(void)
 		zdtm_check(revents(pf[i]) == rev[i], "pidfd %d polls %#x, was %#x", i, revents(pf[i]), rev[i]);
 	zdtm_check(rev[REAPED_EXIT] == (POLLIN | POLLHUP) && rev[ZOMBIE] == POLLIN, "poll at setup %#x %#x", rev[REAPED_EXIT],
 		   rev[ZOMBIE]);
+	zdtm_check(exit_code(pf[REAPED_CORE]) == (SIGSEGV | 0x80), "PIDFD_GET_INFO of the one that dumped core: %#x",
+		   exit_code(pf[REAPED_CORE]));
 	zdtm_check(exit_code(pf[REAPED_EXIT]) == 0x700 && exit_code(pf[REAPED_TERM]) == SIGTERM &&
 			   exit_code(pf[REAPED_ABRT]) == SIGABRT,
 		   "PIDFD_GET_INFO exit codes %#x %#x %#x", exit_code(pf[REAPED_EXIT]), exit_code(pf[REAPED_TERM]),

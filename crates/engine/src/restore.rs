@@ -1167,7 +1167,8 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
         files::restore(host, &mut r, &p.fds, open)?;
     }
     let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, q)| (pid, q.host)).collect();
-    files::install(host, &mut r, s, p, ctx.tree, deferred, &|pid| hosts.get(&pid).copied())?;
+    let host_of = |pid: u32| hosts.get(&pid).copied();
+    files::install(host, &mut r, s, p, ctx.tree, deferred, &files::Restorer { host_of: &host_of, core: open.core.as_ref() })?;
     locks::restore(host, &mut r, s, p)?;
     task::restore_process(host, &mut r, s, p)?;
     const THREAD: u64 =

@@ -41,7 +41,7 @@ pub const KINDS: &[Row] = &[
     ("inotify", Support::Partly, "watches with their wds and masks, also on unlinked files the tree holds open (watched again through the remade ghost); pending events refused"),
     ("fanotify", Support::Partly, "fanotify_init flags and event flags, marks on inodes, mounts and filesystems with their flags, masks and ignored masks, in lpm's mount namespace; queued events, permission events and marks on inodes without a path refused"),
     ("memfd", Support::Yes, "name, seals, content, mappings sharing the fd's object"),
-    ("pidfd", Support::Partly, "targets inside the tree (zombies too) and processes that exited and were reaped (their wait status); a reaped one that dumped core, threads and processes outside the tree refused"),
+    ("pidfd", Support::Partly, "targets inside the tree (zombies too) and processes that exited and were reaped (their wait status, core flag included); threads and processes outside the tree refused"),
     ("namespace descriptors", Support::Partly, "net, uts, ipc, mnt and pid namespaces the tree owns (a partition's own network namespace too); the host's and other trees' namespaces, namespaces no process of the tree is in, user, cgroup and time refused"),
     ("signals", Support::Yes, "actions, masks, pending (per thread and shared), sigaltstack"),
     ("stopped processes", Support::Yes, "group stop by SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU comes back stopped by the same signal"),

@@ -157,15 +157,24 @@ impl CoreDir {
     /// or None when none did; refuses a host whose core_pattern would
     /// send a core elsewhere.
     pub fn for_tree(tree: &lpm_image::TreeImage) -> Result<Option<CoreDir>> {
-        let Some(z) = tree.processes.iter().find(|p| dumped_core(p)) else { return Ok(None) };
+        let zombie = tree
+            .processes
+            .iter()
+            .find(|p| dumped_core(p))
+            .map(|z| format!("zombie {} dumped core (wait status {:#x})", z.pid, z.zombie.as_ref().map_or(0, |z| z.exit_status)));
+        let pidfd = || {
+            tree.files.iter().find_map(|f| {
+                let status = f.pidfd.as_ref()?.reaped_status.filter(|s| s & 0x80 != 0)?;
+                Some(format!("the process of pidfd file {} dumped core (wait status {status:#x})", f.id))
+            })
+        };
+        let Some(who) = zombie.or_else(pidfd) else { return Ok(None) };
         let pattern =
             std::fs::read_to_string("/proc/sys/kernel/core_pattern").map_err(crate::io_err("read /proc/sys/kernel/core_pattern"))?;
         let pattern = pattern.trim_end_matches('\n');
         if pattern.is_empty() || pattern.starts_with('|') || pattern.starts_with('@') || pattern.contains('/') {
             return Err(EngineError::Incompatible(format!(
-                "zombie {} dumped core (wait status {:#x}); a restore must make its puppet dump one too, and this host's core_pattern {pattern:?} does not write cores into the working directory",
-                z.pid,
-                z.zombie.as_ref().map_or(0, |z| z.exit_status)
+                "{who}; a restore must make a process dump one too, and this host's core_pattern {pattern:?} does not write cores into the working directory"
             )));
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
@@ -195,7 +204,7 @@ impl CoreDir {
     }
 
     /// Removes the cores written so far.
-    fn clear(&self) -> Result<()> {
+    pub(crate) fn clear(&self) -> Result<()> {
         for e in std::fs::read_dir(&self.path).map_err(crate::io_err(format!("list {}", self.path.display())))? {
             let e = e.map_err(crate::io_err(format!("list {}", self.path.display())))?;
             std::fs::remove_file(e.path()).map_err(crate::io_err(format!("remove core {}", e.path().display())))?;
@@ -323,11 +332,34 @@ pub(crate) fn exit_now(host: i32, base: ptrace::Regs, syscall_ip: u64) -> Result
 }
 
 /// Ends puppet `host` (a helper of the restore, stopped under our ptrace)
-/// with wait status `status`, dumping no core: `remote` runs in it.
-pub(crate) fn end_helper(mut remote: Remote, base: ptrace::Regs, status: i32) -> Result<()> {
+/// with wait status `status`: `remote` runs in it, `s` is its scratch
+/// area. A status with the core flag makes it write a few pages of core
+/// into `core` (its working directory from then, by name), as a zombie's
+/// puppet does, with the core limit raised to its hard limit; the core is
+/// removed at once. Otherwise it dumps no core.
+pub(crate) fn end_helper(mut remote: Remote, s: Scratch, base: ptrace::Regs, status: i32, core: Option<&CoreDir>) -> Result<()> {
     let host = remote.tid();
     if status & 0x80 != 0 {
-        return Err(EngineError::Incompatible(format!("helper {host} cannot end with a core dumped (wait status {status:#x})")));
+        let core = core.ok_or_else(|| EngineError::Incompatible(format!("helper {host} must dump core and no core directory is open")))?;
+        let path = put_path(host, s, 0, &core.path.to_string_lossy())?;
+        remote.call(libc::SYS_chdir, &[path]).step(host, || "remote chdir to the core directory".into())?;
+        let limits = s.addr + 4096 - 16;
+        remote
+            .call(libc::SYS_prlimit64, &[0, libc::RLIMIT_CORE as u64, 0, limits])
+            .step(host, || "remote prlimit(RLIMIT_CORE) read".into())?;
+        let mut b = [0u8; 16];
+        ptrace::read_mem(host, limits, &mut b).step(host, || "read RLIMIT_CORE".into())?;
+        b.copy_within(8..16, 0);
+        let at = put(host, s, 4096 - 16, &b)?;
+        remote
+            .call(libc::SYS_prlimit64, &[0, libc::RLIMIT_CORE as u64, at, 0])
+            .step(host, || "remote prlimit(RLIMIT_CORE) raise".into())?;
+        remote.call(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0]).step(host, || "remote PR_SET_DUMPABLE 1".into())?;
+        let filter = format!("/proc/{host}/coredump_filter");
+        std::fs::write(&filter, "0").map_err(crate::io_err(format!("write {filter}")))?;
+        let died = die(host, base, status, remote.syscall_ip(), 0);
+        core.clear()?;
+        return died;
     }
     if CORE_SIGNALS.contains(&(status & 0x7f)) {
         remote.call(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, 0, 0, 0, 0]).step(host, || "remote PR_SET_DUMPABLE 0".into())?;

@@ -473,6 +473,15 @@ pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result
     Ok(())
 }
 
+/// What the restorer knows that a descriptor's install may need beyond
+/// the image.
+pub struct Restorer<'a> {
+    /// The host pid of an image process.
+    pub host_of: &'a dyn Fn(u32) -> Option<i32>,
+    /// Where processes that must dump core write it.
+    pub core: Option<&'a crate::zombie::CoreDir>,
+}
+
 /// Lets every kind finish inside the puppet now that its fds are in place.
 /// A process that shares its parent's table (`Process::shares_parent_files`)
 /// finishes only what belongs to the process, not to the table.
@@ -483,8 +492,9 @@ pub fn install(
     p: &Process,
     tree: &TreeImage,
     deferred: Option<&mut Vec<Deferred>>,
-    host_of: &dyn Fn(u32) -> Option<i32>,
+    with: &Restorer,
 ) -> Result<()> {
+    let (host_of, core) = (with.host_of, with.core);
     let mut deferred = deferred;
     let files: HashMap<u32, &FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
     for fd in &p.fds {
@@ -506,6 +516,10 @@ pub fn install(
             if !list.iter().any(|d| d.file.id == f.id) {
                 list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone(), resend: inet::resends(&tree.files, f, true) });
             }
+            continue;
+        }
+        if let Some(status) = f.pidfd.as_ref().and_then(|t| t.reaped_status) {
+            pidfd::install_reaped(pid, r, s, fd, f, p, status, core)?;
             continue;
         }
         if let Some(n) = f.ns.as_ref().filter(|n| n.ns_type != "net") {

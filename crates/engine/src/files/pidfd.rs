@@ -16,8 +16,9 @@
 //! make pidfd_send_signal answer EINVAL, not ESRCH), ends with that
 //! status and is reaped; the pidfd then polls readable and hung up,
 //! waitid on it answers ECHILD and pidfd_send_signal ESRCH, as the
-//! original's did. A status with the core flag is refused: the helper
-//! would have to write a core file.
+//! original's did. A status with the core flag makes the helper write a
+//! core of a few pages, removed at once, as a zombie's puppet does
+//! (`zombie::CoreDir`).
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -75,12 +76,6 @@ fn reaped(seen: &Seen) -> Result<PidfdImage> {
     if info.mask & lpm_sys::pidfd::INFO_EXIT == 0 {
         return Err(seen.unsupported("pidfd of a process that has exited, whose wait status the kernel does not tell"));
     }
-    if info.exit_code & 0x80 != 0 {
-        return Err(seen.unsupported(format!(
-            "pidfd of a process that dumped core (wait status {:#x}): no process ends so without writing a core file",
-            info.exit_code
-        )));
-    }
     Ok(PidfdImage { pid: 0, ns_pid: 0, reaped_status: Some(info.exit_code) })
 }
 
@@ -94,14 +89,24 @@ const SIGINFO_SLOT: u64 = 1088;
 /// no exit signal, so its parent's SIGCHLD state is untouched) in its own
 /// pid namespace, the helper ends so (no core: it is made undumpable
 /// first), and the holder reaps it through the pidfd, which it keeps.
-fn install_reaped(pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process, status: i32) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn install_reaped(
+    pid: i32,
+    r: &mut Remote,
+    s: Scratch,
+    fd: &Fd,
+    f: &FileImage,
+    p: &Process,
+    status: i32,
+    core: Option<&crate::zombie::CoreDir>,
+) -> Result<()> {
     let what = |step: &str| format!("{step} for pidfd {} (of a process reaped with {status:#x}) in pid {}", fd.fd, p.pid);
     let slot = put(pid, s, PIDFD_SLOT, &(-1i32).to_le_bytes())?;
     let args = CloneArgs { flags: libc::CLONE_PIDFD as u64, pidfd: slot, exit_signal: 0, ..Default::default() };
     let helper = crate::restore::remote_clone3(r, s, args, &[], libc::PTRACE_EVENT_CLONE)?;
     let ended = ptrace::get_regs(helper)
         .step(helper, || what("read helper registers"))
-        .and_then(|base| crate::zombie::end_helper(r.sibling(helper, base), base, status));
+        .and_then(|base| crate::zombie::end_helper(r.sibling(helper, base), s, base, status, core));
     if let Err(e) = ended {
         lpm_sys::misc::kill(helper, libc::SIGKILL);
         return Err(e);
@@ -137,10 +142,13 @@ impl Kind for Pidfd {
         pidfd_open(me, PidfdFlags::empty()).map_err(|e| io_err(format!("pidfd_open stand-in for file {}", f.id))(e.into()))
     }
 
-    fn install(&self, pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()> {
+    fn install(&self, pid: i32, r: &mut Remote, _s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()> {
         let t = f.pidfd.as_ref().ok_or_else(|| EngineError::Incompatible(format!("pidfd file {} has no target", f.id)))?;
-        if let Some(status) = t.reaped_status {
-            return install_reaped(pid, r, s, fd, f, p, status);
+        if t.reaped_status.is_some() {
+            return Err(EngineError::Incompatible(format!(
+                "pidfd file {}: a reaped process's pidfd is installed with the core directory",
+                f.id
+            )));
         }
         let flags = f.flags & libc::O_NONBLOCK as u32;
         let what = |step: &str| format!("{step} for pidfd {} (of process {}) in pid {}", fd.fd, t.pid, p.pid);
