@@ -135,14 +135,17 @@ fn dumped_core(p: &Process) -> bool {
     p.zombie.as_ref().is_some_and(|z| z.exit_status & 0x80 != 0)
 }
 
-/// Where the puppets of zombies that dumped core write their cores, which
-/// are removed as soon as each is written.
+/// Where the puppets of zombies that dumped core (and the helpers of
+/// pidfds of reaped processes that did) write their cores, which are
+/// removed as soon as each is written.
 ///
 /// The kernel sets the core flag (0x80) of a wait status only when it wrote
 /// a core, so a puppet must write one too. It does so into this private
 /// directory, its working directory (fchdir to a descriptor every puppet
 /// inherits, whichever mount namespace it is in), with a core filter of 0
-/// (a few pages of notes). That holds only where core_pattern names a file
+/// (a few pages of notes); the helper standing for a reaped process whose
+/// pidfd the tree holds does the same through the directory's name
+/// ([`end_helper`]). That holds only where core_pattern names a file
 /// in the working directory: a pipe to a helper (systemd-coredump, apport)
 /// or a socket would hand a crash of the puppet to the host, and a path
 /// would write outside the directory, so such a host is refused before the
