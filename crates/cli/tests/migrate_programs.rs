@@ -82,6 +82,16 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "inotify instance in another mount namespace",
         "the engine re-creates inotify watches by path in its own mount namespace only; every partition has a mount namespace of its own",
     ),
+    (
+        "inotify_deleted",
+        "inotify instance in another mount namespace",
+        "as inotify: watches are re-created in the engine's own mount namespace only",
+    ),
+    (
+        "fanotify",
+        "fanotify group in another mount namespace",
+        "as inotify: marks are re-created by path in the engine's own mount namespace only; every partition has a mount namespace of its own",
+    ),
 ];
 
 /// The zdtm programs that cannot start in a partition as the hosts make

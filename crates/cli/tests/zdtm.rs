@@ -224,9 +224,10 @@ fn normalized_maps(pid: i32) -> String {
     out
 }
 
-/// `pipe:[123]` -> `pipe`: kernel object numbers change across a restore.
+/// `pipe:[123]` -> `pipe`: kernel object numbers change across a restore
+/// (a restored namespace is a new one: ns_fds checks which it names).
 fn normalize_link(link: &str) -> String {
-    for kind in ["pipe:[", "socket:["] {
+    for kind in ["pipe:[", "socket:[", "net:[", "uts:[", "ipc:[", "mnt:[", "pid:["] {
         if link.starts_with(kind) {
             return kind.trim_end_matches(":[").into();
         }
@@ -995,6 +996,13 @@ zdtm_tests!(
     membarrier,
     zombie_pgrp,
     pty_owner,
+    pidfd_dead,
+    zombie_core,
+    vdso_unmapped,
+    ns_fds,
+    inotify_deleted,
+    fanotify,
+    ns_fds_tree,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,
@@ -1017,6 +1025,102 @@ fn socket_outside_tree_is_refused() {
     })();
     if let Err(e) = res {
         panic!("{}", run.report(&e));
+    }
+}
+
+/// A checkpoint of a tree holding a descriptor of the host's network
+/// namespace fails naming the process, the fd and why; the tree runs on.
+#[test]
+fn host_namespace_is_refused() {
+    let mut run = Run::new(&NS_HOST, "refused", None).unwrap_or_else(|e| panic!("zdtm ns_host: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        if run.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let want = format!("pid {}: unsupported file descriptor: fd 3 -> net:", run.root);
+        if !msg.contains(&want) || !msg.contains("host's network namespace") {
+            return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// Huge pages reserved for a test (the machine has none), given back when
+/// dropped: /proc/sys/vm/nr_hugepages raised by `n` and put back.
+struct HugePages {
+    before: u64,
+}
+
+impl HugePages {
+    const PATH: &'static str = "/proc/sys/vm/nr_hugepages";
+
+    fn reserve(n: u64) -> Res<HugePages> {
+        let read = || -> Res<u64> {
+            fs::read_to_string(Self::PATH).map_err(|e| format!("read {}: {e}", Self::PATH))?.trim().parse().map_err(|e| format!("{e}"))
+        };
+        let before = read()?;
+        fs::write(Self::PATH, (before + n).to_string()).map_err(|e| format!("write {}: {e}", Self::PATH))?;
+        let guard = HugePages { before };
+        let free: u64 = fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:")?.trim().parse().ok())
+            .unwrap_or(0);
+        if free < n {
+            return Err(format!("only {free} huge pages free after asking for {n} more (memory too fragmented?)"));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        let _ = fs::write(Self::PATH, self.before.to_string());
+    }
+}
+
+/// A checkpoint of a tree mapping hugetlbfs pages fails naming the
+/// process, the area and the kind; the tree runs on and passes. The test
+/// reserves the two huge pages the program maps, and gives them back.
+#[test]
+fn hugetlb_is_refused() {
+    let pages = HugePages::reserve(2).unwrap_or_else(|e| panic!("zdtm mem_hugetlb needs 2 huge pages: {e}"));
+    let mut run = Run::new(&MEM_HUGETLB, "refused", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        if run.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("hugetlbfs") {
+            return Err(format!("the refusal does not name the process and hugetlbfs: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    let report = res.err().map(|e| run.report(&e));
+    drop(run);
+    drop(pages);
+    if let Some(r) = report {
+        panic!("{r}");
     }
 }
 

@@ -208,6 +208,7 @@ impl StoppedTree {
         }
         files::reconcile_connections(&mut files)?;
         files::tty::check_dev_tty_sharing(&files.files, &tree.processes)?;
+        files::link_watched_ghosts(&mut files)?;
         // Removed when dropped (on any error from here, or once a tree
         // that goes on runs again), kept with a killed tree's image.
         let lock = files.lock.take();

@@ -784,6 +784,20 @@ pub fn layout(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<()>
         }
         at = at.max(ke);
     }
+    if specials.is_empty() && mm.vmas.iter().any(|v| special_name(kind(v)).is_some()) {
+        // A puppet forked from a parent that unmapped its vDSO has none;
+        // the kernel maps a fresh set when asked, beyond the parking area
+        // (the margin of the trampoline's range, free everywhere), and it
+        // is moved like any.
+        const ARCH_MAP_VDSO_64: u64 = 0x2003;
+        let at = c.parking + crate::restore::PARKING;
+        r.call(libc::SYS_arch_prctl, &[ARCH_MAP_VDSO_64, at]).step(pid, || format!("remote arch_prctl(ARCH_MAP_VDSO_64, {at:#x})"))?;
+        for e in proc::maps(pid)? {
+            if matches!(e.path.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]") {
+                specials.insert(e.path.clone(), (e.start, e.end));
+            }
+        }
+    }
     restore_specials(c, r, mm, &specials)?;
     let mut fds: HashMap<(String, bool), u64> = HashMap::new();
     for v in &mm.vmas {

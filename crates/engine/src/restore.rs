@@ -229,7 +229,7 @@ pub struct Restored {
 }
 
 /// Room for the special mappings to pass through, after the trampoline.
-const PARKING: u64 = 1 << 20;
+pub(crate) const PARKING: u64 = 1 << 20;
 
 /// A puppet being shaped.
 struct Puppet {
@@ -605,7 +605,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         task::restore_creds(pp.host, &mut ctx.remote(pp.host, pp.base), ctx.scratch(), p)?;
     }
     stage("namespaces, creds");
-    zombies(&ctx, &puppets)?;
+    zombies(&ctx, &puppets, &open)?;
     let detach = finish(&ctx, &puppets)?;
     stage("finish");
     let verified = if opts.verify {
@@ -683,6 +683,9 @@ fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool, 
     }
     for s in here.files.iter_mut().filter_map(|f| f.socket.as_mut()).filter(|s| s.net_ns == key) {
         s.net_ns = 0;
+    }
+    for n in here.files.iter_mut().filter_map(|f| f.ns.as_mut()).filter(|n| n.ns == key) {
+        n.ns = 0;
     }
     if lo_up {
         ns::bring_lo_up(ns, root.pid as i32)?;
@@ -803,11 +806,12 @@ fn wait_new_stop(tid: i32) -> Result<()> {
 
 /// Runs clone3 in a puppet for a new task with ids `ids` (innermost pid
 /// namespace first); returns the new task's host id once it has stopped.
-fn remote_clone3(r: &mut Remote, s: Scratch, mut args: CloneArgs, ids: &[u32], event: i32) -> Result<i32> {
+pub(crate) fn remote_clone3(r: &mut Remote, s: Scratch, mut args: CloneArgs, ids: &[u32], event: i32) -> Result<i32> {
     let host = r.tid();
     let tid = ids.first().copied().unwrap_or(0);
     let bytes: Vec<u8> = ids.iter().flat_map(|i| (*i as i32).to_le_bytes()).collect();
-    args.set_tid = put(host, s, 512, &bytes)?;
+    // No ids: any pid (clone3 takes no array of none).
+    args.set_tid = if ids.is_empty() { 0 } else { put(host, s, 512, &bytes)? };
     args.set_tid_size = ids.len() as u64;
     let a = put(host, s, 0, &args.to_bytes())?;
     r.call(libc::SYS_clone3, &[a, 88]).step(host, || format!("remote clone3 for task {tid}"))?;
@@ -1161,7 +1165,7 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
     };
     let mut r = ctx.remote(host, base);
     if p.zombie.is_some() {
-        return zombie::shape(host, &mut r, s, p);
+        return zombie::shape(host, &mut r, s, p, open.core.as_ref().map(|c| c.fd()));
     }
     if let Some(mm) = &p.mm {
         if let Some(space) = mem::finish(&ctx.mem(p, host), &mut r, s, mm)? {
@@ -1174,7 +1178,9 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
     if !p.shares_parent_files {
         files::restore(host, &mut r, &p.fds, open)?;
     }
-    files::install(host, &mut r, s, p, ctx.tree, deferred)?;
+    let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, q)| (pid, q.host)).collect();
+    let host_of = |pid: u32| hosts.get(&pid).copied();
+    files::install(host, &mut r, s, p, ctx.tree, deferred, &files::Restorer { host_of: &host_of, core: open.core.as_ref() })?;
     locks::restore(host, &mut r, s, p)?;
     task::restore_process(host, &mut r, s, p)?;
     const THREAD: u64 =
@@ -1210,7 +1216,7 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
 /// process is complete (nothing later needs them alive) and while their
 /// parents are still stopped, so the SIGCHLD each exit sends can be taken
 /// back (zombie.rs).
-fn zombies(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
+fn zombies(ctx: &Ctx, puppets: &Puppets, open: &OpenFiles) -> Result<()> {
     for p in ctx.tree.processes.iter().filter(|p| p.zombie.is_some()) {
         let (pp, parent) = (&puppets.by_pid[&p.pid], &puppets.by_pid[&p.ppid]);
         let parent_img = ctx.tree.processes.iter().find(|q| q.pid == p.ppid).expect("spawned from it");
@@ -1221,6 +1227,8 @@ fn zombies(ctx: &Ctx, puppets: &Puppets) -> Result<()> {
             parent: parent_img,
             parent_remote: ctx.remote(parent.host, parent.base),
             syscall_ip: ctx.trampoline,
+            remote: ctx.remote(pp.host, pp.base),
+            core: open.core.as_ref(),
         };
         zombie::exit(z, ctx.scratch())?;
     }

@@ -410,19 +410,39 @@ fn freeze(root: i32) -> Result<(Frozen, Vec<i32>, Option<PathBuf>)> {
     }
 }
 
-/// Finds a `syscall` instruction in the task's vDSO.
+/// Finds a `syscall` instruction (0f 05) to run remote syscalls from: in
+/// the task's vDSO, or, in a task that unmapped its vDSO, in the first
+/// executable area that is not writable (its program's or a library's
+/// text) holding those two bytes. Where they sit in the instruction stream
+/// does not matter: only they are run, from a stop, to a stop.
 pub(crate) fn syscall_ip(pid: i32, maps: &[proc::MapEntry]) -> Result<u64> {
-    let v = maps.iter().find(|e| e.path == "[vdso]").ok_or_else(|| EngineError::Unsupported {
+    /// Most of an area's text read to look for the two bytes.
+    const MAX_SCAN: u64 = 16 << 20;
+    let find = |e: &proc::MapEntry| -> Result<Option<u64>> {
+        let mut b = vec![0u8; (e.end - e.start).min(MAX_SCAN) as usize];
+        lpm_sys::ptrace::read_mem(pid, e.start, &mut b).step(pid, || format!("read {:#x}-{:#x} {}", e.start, e.end, e.path))?;
+        Ok(b.windows(2).position(|w| w == [0x0f, 0x05]).map(|i| e.start + i as u64))
+    };
+    if let Some(v) = maps.iter().find(|e| e.path == "[vdso]") {
+        return find(v)?.ok_or_else(|| EngineError::Unsupported {
+            pid,
+            kind: "memory layout",
+            what: "no syscall instruction in [vdso]".into(),
+        });
+    }
+    let text = maps.iter().filter(|e| {
+        let p = e.perms.as_bytes();
+        p.get(2) == Some(&b'x') && p.get(1) != Some(&b'w') && p.first() == Some(&b'r') && !e.path.starts_with('[')
+    });
+    for e in text {
+        if let Some(ip) = find(e)? {
+            return Ok(ip);
+        }
+    }
+    Err(EngineError::Unsupported {
         pid,
         kind: "memory layout",
-        what: "no [vdso] to run syscalls from".into(),
-    })?;
-    let mut b = vec![0u8; (v.end - v.start) as usize];
-    lpm_sys::ptrace::read_mem(pid, v.start, &mut b).step(pid, || "read vdso".into())?;
-    b.windows(2).position(|w| w == [0x0f, 0x05]).map(|i| v.start + i as u64).ok_or_else(|| EngineError::Unsupported {
-        pid,
-        kind: "memory layout",
-        what: "no syscall instruction in [vdso]".into(),
+        what: "no [vdso] and no syscall instruction in any read-only executable area to run syscalls from".into(),
     })
 }
 

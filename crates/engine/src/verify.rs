@@ -13,7 +13,8 @@
 //! One table, [`PROBES`], knows for each kind of state how to read it back
 //! and how to compare it: ids and tree links, credentials, signal
 //! dispositions and masks, limits, personality and umask, paths, memory
-//! areas, descriptors. A probe compares only what the image records; what
+//! areas, descriptors, the processes pidfds name, the namespaces
+//! namespace descriptors name, inotify watches, fanotify marks. A probe compares only what the image records; what
 //! a host gives anew (host pids at the outer level, inode numbers) it maps
 //! or leaves out.
 
@@ -133,6 +134,10 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "descriptors", check: descriptors, zombies: false },
     Probe { name: "pipes", check: pipes, zombies: false },
     Probe { name: "sockets", check: sockets, zombies: false },
+    Probe { name: "pidfds", check: pidfds, zombies: false },
+    Probe { name: "namespace descriptors", check: ns_fds, zombies: false },
+    Probe { name: "inotify watches", check: inotify_watches, zombies: false },
+    Probe { name: "fanotify groups", check: fanotify_groups, zombies: false },
     Probe { name: "cgroups", check: cgroups, zombies: false },
     Probe { name: "terminal", check: terminal, zombies: true },
     Probe { name: "ptys", check: ptys, zombies: false },
@@ -184,6 +189,9 @@ fn ids(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     }
     let zombie = stat.state() == 'Z';
     f.cmp("stat", "zombie", p.image.zombie.is_some(), zombie);
+    if let (Some(z), true) = (&p.image.zombie, zombie) {
+        f.cmp("stat", "wait status", z.exit_status, stat.num(52) as u32);
+    }
     Ok(())
 }
 
@@ -532,6 +540,94 @@ fn pipes(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         }
         let queued = lpm_sys::net::ioctl_int(end.as_fd(), libc::FIONREAD).step(p.host, || format!("read fd {fd}'s queue length"))?;
         f.cmp(&object, "bytes in the pipe", pipe.data.len(), queued as usize);
+    }
+    Ok(())
+}
+
+/// pidfds: the process each names (its host pid, through
+/// PIDFD_GET_INFO), or for one whose process was reaped, that it was and
+/// with which wait status.
+fn pidfds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    use lpm_sys::pidfd::{info, INFO_EXIT, INFO_PID};
+    use std::os::fd::AsFd;
+    for (fd, file) in of_kind(p, &[FileKind::Pidfd]) {
+        let Some(t) = &file.pidfd else { continue };
+        let pidfd = take(p, fd)?;
+        let object = format!("fd {fd}");
+        let got = info(pidfd.as_fd(), INFO_PID | INFO_EXIT).step(p.host, || format!("PIDFD_GET_INFO on fd {fd}"))?;
+        match t.reaped_status {
+            Some(status) => {
+                f.cmp(&object, "target reaped", true, got.mask & INFO_PID == 0);
+                f.cmp(&object, "target's wait status", Some(status), (got.mask & INFO_EXIT != 0).then_some(got.exit_code));
+            }
+            None => f.cmp(&object, "target", Some(host_of(p, t.pid)), (got.mask & INFO_PID != 0).then_some(got.pid as i32)),
+        }
+    }
+    Ok(())
+}
+
+/// inotify instances: every watch's descriptor and mask, as fdinfo shows
+/// them (the inodes are the restore's, not compared).
+fn inotify_watches(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    for (fd, file) in of_kind(p, &[FileKind::Inotify]) {
+        let Some(img) = &file.inotify else { continue };
+        let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
+        let hex = |line: &str, key: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        let mut found: Vec<(u64, u64)> =
+            info.lines().filter(|l| l.starts_with("inotify ")).filter_map(|l| Some((hex(l, "wd")?, hex(l, "mask")?))).collect();
+        found.sort_unstable();
+        let recorded: Vec<(u64, u64)> = img.watches.iter().map(|w| (w.wd as u64, w.mask as u64)).collect();
+        f.cmp(&format!("fd {fd}"), "inotify watches (wd, mask)", recorded, found);
+    }
+    Ok(())
+}
+
+/// fanotify groups: flags, event flags, and every mark's flags and masks
+/// in order, as fdinfo shows them.
+fn fanotify_groups(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    for (fd, file) in of_kind(p, &[FileKind::Fanotify]) {
+        let Some(img) = &file.fanotify else { continue };
+        let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
+        let hex = |line: &str, key: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v, 16).ok())
+        };
+        let lines: Vec<&str> = info.lines().filter_map(|l| l.strip_prefix("fanotify ")).collect();
+        let group = lines.iter().find(|l| l.starts_with("flags:")).map(|l| (hex(l, "flags"), hex(l, "event-flags")));
+        let object = format!("fd {fd}");
+        f.cmp(&object, "fanotify flags", Some((Some(img.flags as u64), Some(img.event_flags as u64))), group);
+        let found: Vec<(Option<u64>, Option<u64>, Option<u64>)> =
+            lines.iter().filter(|l| !l.starts_with("flags:")).map(|l| (hex(l, "mflags"), hex(l, "mask"), hex(l, "ignored_mask"))).collect();
+        let recorded: Vec<(Option<u64>, Option<u64>, Option<u64>)> =
+            img.marks.iter().map(|m| (Some(m.mflags as u64), Some(m.mask), Some(m.ignored_mask))).collect();
+        f.cmp(&object, "fanotify marks (mflags, mask, ignored mask)", recorded, found);
+    }
+    Ok(())
+}
+
+/// Namespace descriptors: each names the namespace now held by the
+/// process of the tree that owns the recorded one.
+fn ns_fds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for (fd, file) in of_kind(p, &[FileKind::Namespace]) {
+        let Some(n) = &file.ns else { continue };
+        let want = if n.ns_type == "net" {
+            let owner = p
+                .processes
+                .iter()
+                .find(|q| q.namespaces.as_ref().is_some_and(|ns| ns.clone_flags & libc::CLONE_NEWNET as u64 != 0 && ns.net_ns == n.ns));
+            match owner {
+                Some(q) => Some(crate::files::net_inode(host_of(p, q.pid))?),
+                None => None,
+            }
+        } else {
+            let path = format!("/proc/{}/ns/{}", host_of(p, n.member), n.ns_type);
+            std::fs::metadata(&path).ok().map(|m| m.ino())
+        };
+        let got =
+            std::fs::File::from(take(p, fd)?).metadata().map_err(crate::io_err(format!("stat namespace fd {fd} of pid {}", p.host)))?.ino();
+        f.cmp(&format!("fd {fd}"), &format!("{} namespace (inode)", n.ns_type), want, Some(got));
     }
     Ok(())
 }

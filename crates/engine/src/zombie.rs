@@ -26,8 +26,9 @@ use crate::proc::{self, Stat, Status};
 use crate::task::{put, put_path, Scratch};
 use crate::{EngineError, Result, StepExt};
 
-/// Signals whose default action dumps core: a zombie killed by one could
-/// not be made again without a core dump (or with one), so it is refused.
+/// Signals whose default action dumps core: a puppet made to die of one
+/// makes itself undumpable first, unless the zombie's wait status says it
+/// dumped core (see [`CoreDir`]).
 const CORE_SIGNALS: [i32; 10] = [
     libc::SIGQUIT,
     libc::SIGILL,
@@ -64,8 +65,8 @@ pub fn check(pid: i32, root: i32) -> Result<bool> {
     }
     let status = st.num(52) as i32;
     let sig = status & 0x7f;
-    if status & 0x80 != 0 || CORE_SIGNALS.contains(&sig) {
-        return Err(unsupported(pid, format!("killed by signal {sig} (core-dumping signal, wait status {status:#x})")));
+    if status & 0x80 != 0 && !CORE_SIGNALS.contains(&sig) {
+        return Err(unsupported(pid, format!("wait status {status:#x} says a core was dumped for signal {sig}, which dumps none")));
     }
     if Status::read(pid)?.get("Seccomp") != "0" {
         return Err(unsupported(pid, "has seccomp filters"));
@@ -129,11 +130,108 @@ pub fn dump(pid: i32, tree: &[i32]) -> Result<Process> {
     })
 }
 
+/// Whether a zombie's wait status says it dumped core.
+fn dumped_core(p: &Process) -> bool {
+    p.zombie.as_ref().is_some_and(|z| z.exit_status & 0x80 != 0)
+}
+
+/// Where the puppets of zombies that dumped core (and the helpers of
+/// pidfds of reaped processes that did) write their cores, which are
+/// removed as soon as each is written.
+///
+/// The kernel sets the core flag (0x80) of a wait status only when it wrote
+/// a core, so a puppet must write one too. It does so into this private
+/// directory, its working directory (fchdir to a descriptor every puppet
+/// inherits, whichever mount namespace it is in), with a core filter of 0
+/// (a few pages of notes); the helper standing for a reaped process whose
+/// pidfd the tree holds does the same through the directory's name
+/// ([`end_helper`]). That holds only where core_pattern names a file
+/// in the working directory: a pipe to a helper (systemd-coredump, apport)
+/// or a socket would hand a crash of the puppet to the host, and a path
+/// would write outside the directory, so such a host is refused before the
+/// restore begins.
+pub struct CoreDir {
+    path: std::path::PathBuf,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl CoreDir {
+    /// A directory for the cores of the image's zombies that dumped one,
+    /// or None when none did; refuses a host whose core_pattern would
+    /// send a core elsewhere.
+    pub fn for_tree(tree: &lpm_image::TreeImage) -> Result<Option<CoreDir>> {
+        let zombie = tree
+            .processes
+            .iter()
+            .find(|p| dumped_core(p))
+            .map(|z| format!("zombie {} dumped core (wait status {:#x})", z.pid, z.zombie.as_ref().map_or(0, |z| z.exit_status)));
+        let pidfd = || {
+            tree.files.iter().find_map(|f| {
+                let status = f.pidfd.as_ref()?.reaped_status.filter(|s| s & 0x80 != 0)?;
+                Some(format!("the process of pidfd file {} dumped core (wait status {status:#x})", f.id))
+            })
+        };
+        let Some(who) = zombie.or_else(pidfd) else { return Ok(None) };
+        let pattern =
+            std::fs::read_to_string("/proc/sys/kernel/core_pattern").map_err(crate::io_err("read /proc/sys/kernel/core_pattern"))?;
+        let pattern = pattern.trim_end_matches('\n');
+        if pattern.is_empty() || pattern.starts_with('|') || pattern.starts_with('@') || pattern.contains('/') {
+            return Err(EngineError::Incompatible(format!(
+                "{who}; a restore must make a process dump one too, and this host's core_pattern {pattern:?} does not write cores into the working directory"
+            )));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let path = std::env::temp_dir().join(format!("lpm-cores-{}-{now}", std::process::id()));
+        std::fs::create_dir(&path).map_err(crate::io_err(format!("create {}", path.display())))?;
+        let made = (|| -> Result<std::os::fd::OwnedFd> {
+            use std::os::unix::fs::PermissionsExt;
+            // The puppet writes as the zombie's user.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+                .map_err(crate::io_err(format!("chmod {}", path.display())))?;
+            let dir = std::fs::File::open(&path).map_err(crate::io_err(format!("open {}", path.display())))?;
+            Ok(dir.into())
+        })();
+        match made {
+            Ok(fd) => Ok(Some(CoreDir { path, fd })),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// The descriptor puppets inherit.
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Removes the cores written so far.
+    pub(crate) fn clear(&self) -> Result<()> {
+        for e in std::fs::read_dir(&self.path).map_err(crate::io_err(format!("list {}", self.path.display())))? {
+            let e = e.map_err(crate::io_err(format!("list {}", self.path.display())))?;
+            std::fs::remove_file(e.path()).map_err(crate::io_err(format!("remove core {}", e.path().display())))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CoreDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Shapes a zombie's puppet: no descriptors (they were all closed when it
 /// exited), its signal dispositions, limits, personality and name.
-/// Credentials follow in the creds stage like everyone's.
-pub fn shape(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
+/// Credentials follow in the creds stage like everyone's. A zombie that
+/// dumped core works in `core` (the descriptor of a [`CoreDir`]) from now.
+pub fn shape(pid: i32, r: &mut Remote, s: Scratch, p: &Process, core: Option<i32>) -> Result<()> {
     const SYS_CLOSE_RANGE: i64 = 436;
+    if dumped_core(p) {
+        let fd = core.ok_or_else(|| EngineError::Incompatible(format!("zombie {} dumped core and no core directory is open", p.pid)))?;
+        r.call(libc::SYS_fchdir, &[fd as u64]).step(pid, || "remote fchdir to the core directory (zombie)".into())?;
+    }
     r.call(SYS_CLOSE_RANGE, &[0, u32::MAX as u64, 0]).step(pid, || "remote close_range (zombie)".into())?;
     for sig in (1..=64u32).filter(|&s| s != libc::SIGKILL as u32 && s != libc::SIGSTOP as u32) {
         let a = p.sigactions.iter().find(|a| a.signo == sig).cloned().unwrap_or_default();
@@ -179,13 +277,27 @@ pub struct Exiting<'a> {
     pub parent_remote: Remote,
     /// Address of the trampoline's `syscall` instruction.
     pub syscall_ip: u64,
+    /// A remote in the puppet.
+    pub remote: Remote,
+    /// Where it writes its core, if it dumped one.
+    pub core: Option<&'a CoreDir>,
 }
 
 /// Makes a zombie's puppet exit with the recorded status, leaving the
 /// parent's SIGCHLD state as it was in the image (module doc).
 pub fn exit(z: Exiting, s: Scratch) -> Result<()> {
-    let Exiting { p, host, base, parent, mut parent_remote, syscall_ip } = z;
+    let Exiting { p, host, base, parent, mut parent_remote, syscall_ip, mut remote, core } = z;
     let status = p.zombie.as_ref().map(|z| z.exit_status as i32).unwrap_or(0);
+    if CORE_SIGNALS.contains(&(status & 0x7f)) {
+        // The creds stage reset the flag; the kernel writes a core (and
+        // sets 0x80) only for a dumpable process.
+        let dumpable = u64::from(dumped_core(p));
+        remote.call(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, dumpable, 0, 0, 0]).step(host, || "remote PR_SET_DUMPABLE".into())?;
+        if dumped_core(p) {
+            let path = format!("/proc/{host}/coredump_filter");
+            std::fs::write(&path, "0").map_err(crate::io_err(format!("write {path}")))?;
+        }
+    }
     let chld = libc::SIGCHLD as u32;
     let act = parent.sigactions.iter().find(|a| a.signo == chld).cloned().unwrap_or_default();
     let ignores = act.handler == 1 || act.flags & libc::SA_NOCLDWAIT as u64 != 0;
@@ -193,7 +305,11 @@ pub fn exit(z: Exiting, s: Scratch) -> Result<()> {
     if ignores {
         set_action(ppid, &mut parent_remote, s, chld, &SigAction { signo: chld, ..Default::default() })?;
     }
-    die(host, base, status, syscall_ip, p.threads.first().map(|t| t.sigmask).unwrap_or(0))?;
+    let died = die(host, base, status, syscall_ip, p.threads.first().map(|t| t.sigmask).unwrap_or(0));
+    if let Some(c) = core.filter(|_| dumped_core(p)) {
+        c.clear()?;
+    }
+    died?;
     if ignores {
         set_action(ppid, &mut parent_remote, s, chld, &act)?;
     }
@@ -216,6 +332,42 @@ pub fn exit(z: Exiting, s: Scratch) -> Result<()> {
 /// Ends puppet `host` at once with exit code 0 (a helper of the restore).
 pub(crate) fn exit_now(host: i32, base: ptrace::Regs, syscall_ip: u64) -> Result<()> {
     die(host, base, 0, syscall_ip, !0)
+}
+
+/// Ends puppet `host` (a helper of the restore, stopped under our ptrace)
+/// with wait status `status`: `remote` runs in it, `s` is its scratch
+/// area. A status with the core flag makes it write a few pages of core
+/// into `core` (its working directory from then, by name), as a zombie's
+/// puppet does, with the core limit raised to its hard limit; the core is
+/// removed at once. Otherwise it dumps no core.
+pub(crate) fn end_helper(mut remote: Remote, s: Scratch, base: ptrace::Regs, status: i32, core: Option<&CoreDir>) -> Result<()> {
+    let host = remote.tid();
+    if status & 0x80 != 0 {
+        let core = core.ok_or_else(|| EngineError::Incompatible(format!("helper {host} must dump core and no core directory is open")))?;
+        let path = put_path(host, s, 0, &core.path.to_string_lossy())?;
+        remote.call(libc::SYS_chdir, &[path]).step(host, || "remote chdir to the core directory".into())?;
+        let limits = s.addr + 4096 - 16;
+        remote
+            .call(libc::SYS_prlimit64, &[0, libc::RLIMIT_CORE as u64, 0, limits])
+            .step(host, || "remote prlimit(RLIMIT_CORE) read".into())?;
+        let mut b = [0u8; 16];
+        ptrace::read_mem(host, limits, &mut b).step(host, || "read RLIMIT_CORE".into())?;
+        b.copy_within(8..16, 0);
+        let at = put(host, s, 4096 - 16, &b)?;
+        remote
+            .call(libc::SYS_prlimit64, &[0, libc::RLIMIT_CORE as u64, at, 0])
+            .step(host, || "remote prlimit(RLIMIT_CORE) raise".into())?;
+        remote.call(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0]).step(host, || "remote PR_SET_DUMPABLE 1".into())?;
+        let filter = format!("/proc/{host}/coredump_filter");
+        std::fs::write(&filter, "0").map_err(crate::io_err(format!("write {filter}")))?;
+        let died = die(host, base, status, remote.syscall_ip(), 0);
+        core.clear()?;
+        return died;
+    }
+    if CORE_SIGNALS.contains(&(status & 0x7f)) {
+        remote.call(libc::SYS_prctl, &[libc::PR_SET_DUMPABLE as u64, 0, 0, 0, 0]).step(host, || "remote PR_SET_DUMPABLE 0".into())?;
+    }
+    die(host, base, status, remote.syscall_ip(), 0)
 }
 
 /// Ends the puppet with wait status `status`: exit_group for a normal

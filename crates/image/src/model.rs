@@ -721,6 +721,11 @@ pub enum FileKind {
     Tty = 16,
     /// A POSIX message queue (mq_open); state in `FileImage::mqueue`.
     Mqueue = 17,
+    /// A namespace descriptor (open of /proc/PID/ns/*); which namespace in
+    /// `FileImage::ns`.
+    Namespace = 40,
+    /// A fanotify group; its flags and marks in `FileImage::fanotify`.
+    Fanotify = 41,
 }
 
 /// An open file description (what several fds may share).
@@ -796,6 +801,88 @@ pub struct FileImage {
     /// The signal the owner gets instead of SIGIO (F_SETSIG); 0: SIGIO.
     #[prost(uint32, tag = "34")]
     pub signal: u32,
+    /// A namespace descriptor: which namespace of the tree it names.
+    #[prost(message, optional, tag = "180")]
+    pub ns: Option<NsFdImage>,
+    /// A fanotify group: its flags and marks.
+    #[prost(message, optional, tag = "181")]
+    pub fanotify: Option<FanotifyImage>,
+}
+
+/// A fanotify group (fanotify_init) and its marks.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FanotifyImage {
+    /// fanotify_init flags (FAN_CLASS_*, FAN_REPORT_*, FAN_UNLIMITED_*,
+    /// FAN_NONBLOCK, FAN_CLOEXEC), as fdinfo shows them.
+    #[prost(uint32, tag = "1")]
+    pub flags: u32,
+    /// fanotify_init event_f_flags: the open flags of event descriptors.
+    #[prost(uint32, tag = "2")]
+    pub event_flags: u32,
+    /// Its marks, in fdinfo order.
+    #[prost(message, repeated, tag = "3")]
+    pub marks: Vec<FanotifyMark>,
+}
+
+/// What a fanotify mark is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum FanotifyMarkKind {
+    /// Never written.
+    Invalid = 0,
+    /// An inode (a file or directory).
+    Inode = 1,
+    /// A mount (FAN_MARK_MOUNT).
+    Mount = 2,
+    /// A filesystem (FAN_MARK_FILESYSTEM).
+    Filesystem = 3,
+}
+
+/// One fanotify mark.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct FanotifyMark {
+    /// What it is on.
+    #[prost(enumeration = "FanotifyMarkKind", tag = "1")]
+    pub kind: i32,
+    /// FAN_MARK_* flags the kernel reports (IGNORED_SURV_MODIFY,
+    /// EVICTABLE, IGNORE).
+    #[prost(uint32, tag = "2")]
+    pub mflags: u32,
+    /// Events reported.
+    #[prost(uint64, tag = "3")]
+    pub mask: u64,
+    /// Events ignored.
+    #[prost(uint64, tag = "4")]
+    pub ignored_mask: u64,
+    /// The inode's path (resolved from its file handle), or the mount
+    /// point of the mount or of a mount of the filesystem.
+    #[prost(string, tag = "5")]
+    pub path: String,
+    /// Inode number of a marked inode, to notice it was replaced.
+    #[prost(uint64, tag = "6")]
+    pub ino: u64,
+    /// Device (st_dev) of the inode or filesystem.
+    #[prost(uint64, tag = "7")]
+    pub dev: u64,
+}
+
+/// The namespace a namespace descriptor names: one the tree owns.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NsFdImage {
+    /// Its type as its descriptor's link names it ("net", "uts", "ipc",
+    /// "mnt", "pid").
+    #[prost(string, tag = "1")]
+    pub ns_type: String,
+    /// Its identity at dump (nsfs inode), as `Namespaces::net_ns` records
+    /// it; 0 in a tree handed to the file restore: the namespace the
+    /// restorer's thread is in (a partition's, given to the restore).
+    #[prost(uint64, tag = "2")]
+    pub ns: u64,
+    /// For a type other than net: the image pid of a process of the tree
+    /// in that namespace (the restored descriptor names what that
+    /// process is in after restore).
+    #[prost(uint32, tag = "3")]
+    pub member: u32,
 }
 
 /// What a file owner is (F_OWNER_*).
@@ -1201,6 +1288,11 @@ pub struct InotifyWatch {
     /// Device of the watched inode (st_dev).
     #[prost(uint64, tag = "5")]
     pub dev: u64,
+    /// The watched inode was unlinked and is still open in the tree: its
+    /// ghost (`GhostImage::id`), watched again through a descriptor of
+    /// it at restore; `path` is then the name it had. 0: a linked inode.
+    #[prost(uint64, tag = "180")]
+    pub ghost_id: u64,
 }
 
 /// A memfd object (one per inode; several descriptions may share it).
@@ -1234,7 +1326,8 @@ pub struct MemfdChunk {
     pub data: Vec<u8>,
 }
 
-/// The process a pidfd refers to, a member of the tree.
+/// The process a pidfd refers to: a member of the tree, or one that has
+/// exited and been reaped.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PidfdImage {
     /// The target's image pid (`Process::pid`).
@@ -1243,6 +1336,11 @@ pub struct PidfdImage {
     /// The target's pid as the holder of the pidfd sees it.
     #[prost(uint32, tag = "2")]
     pub ns_pid: u32,
+    /// The target had exited and been reaped: its wait status, as
+    /// PIDFD_GET_INFO told it (`pid` and `ns_pid` are then 0). The restore
+    /// makes a pidfd of a process that ended the same way.
+    #[prost(int32, optional, tag = "180")]
+    pub reaped_status: Option<i32>,
 }
 
 /// Connection state of a socket.

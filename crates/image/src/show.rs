@@ -150,7 +150,31 @@ fn event_objects(f: &FileImage) -> String {
         );
     }
     if let Some(p) = &f.pidfd {
-        let _ = write!(o, " target pid={} (seen as {})", p.pid, p.ns_pid);
+        match p.reaped_status {
+            Some(status) => {
+                let _ = write!(o, " target exited and reaped, wait status {status:#x}");
+            }
+            None => {
+                let _ = write!(o, " target pid={} (seen as {})", p.pid, p.ns_pid);
+            }
+        }
+    }
+    if let Some(g) = &f.fanotify {
+        let _ = write!(o, " fanotify flags={:#x} event_flags={:#o} marks={}", g.flags, g.event_flags, g.marks.len());
+        for m in &g.marks {
+            let _ = write!(
+                o,
+                "\n      mark {:?} {} mflags={:#x} mask={:#x} ignored={:#x}",
+                crate::FanotifyMarkKind::try_from(m.kind).unwrap_or(crate::FanotifyMarkKind::Invalid),
+                m.path,
+                m.mflags,
+                m.mask,
+                m.ignored_mask
+            );
+        }
+    }
+    if let Some(n) = &f.ns {
+        let _ = write!(o, " {} namespace {}", n.ns_type, n.ns);
     }
     if let Some(q) = &f.mqueue {
         let _ = write!(

@@ -4,11 +4,13 @@
 //! TCP_REPAIR). All of lpm's unsafe code lives here.
 
 pub mod arp;
+pub mod fanotify;
 pub mod fown;
 pub mod ipc;
 pub mod misc;
 pub mod net;
 pub mod pagemap;
+pub mod pidfd;
 pub mod probe;
 pub mod ptrace;
 pub mod puppet;

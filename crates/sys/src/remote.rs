@@ -52,6 +52,17 @@ impl Remote {
         self.tid
     }
 
+    /// The address of the `syscall` instruction calls run from.
+    pub fn syscall_ip(&self) -> u64 {
+        self.syscall_ip
+    }
+
+    /// A remote for `tid` (stopped under our ptrace, sharing this one's
+    /// `syscall` instruction: a child it forked) starting calls from `base`.
+    pub fn sibling(&self, tid: i32, base: Regs) -> Remote {
+        Remote { tid, syscall_ip: self.syscall_ip, trap_after: self.trap_after, base, events: Vec::new() }
+    }
+
     /// Runs syscall `nr`; returns the raw result (negative errno on failure).
     pub fn raw(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
         let mut r = self.base;

@@ -143,6 +143,13 @@ pub static PROGS: &[Prog] = &[
     prog("membarrier", Launch::C, true, 2),
     prog("zombie_pgrp", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("pty_owner", Launch::C, true, 3) },
+    prog("pidfd_dead", Launch::C, true, 3),
+    prog("zombie_core", Launch::C, true, 2),
+    prog("vdso_unmapped", Launch::C, true, 2),
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("ns_fds", Launch::CNet, true, 2) },
+    prog("inotify_deleted", Launch::C, true, 2),
+    Prog { needs: &[Need::Root], ..prog("fanotify", Launch::C, true, 2) },
+    Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("ns_fds_tree", Launch::CUnshared, true, 2) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -154,6 +161,15 @@ pub static SOCK_OUTSIDE: Prog = prog("sock_outside", Launch::C, true, 1);
 /// must refuse the traced child by name (not in PROGS: no restore can
 /// attach the tracer again).
 pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
+
+/// Holds a descriptor of the host's network namespace: a checkpoint must
+/// refuse it by name (not in PROGS: no restore may carry it).
+pub static NS_HOST: Prog = prog("ns_host", Launch::C, true, 1);
+
+/// Maps hugetlbfs pages (anonymous MAP_HUGETLB, private and shared): a
+/// checkpoint must refuse them by name (not in PROGS: it needs huge pages
+/// reserved for it, and hugetlbfs mappings are not supported).
+pub static MEM_HUGETLB: Prog = prog("mem_hugetlb", Launch::C, true, 1);
 
 /// The program named `name` in [`PROGS`].
 pub fn find_prog(name: &str) -> &'static Prog {

@@ -7,6 +7,16 @@
 //! the other and never reuses one soon, so gaps are consumed with watches
 //! added and removed on an unwatched inode. Events queued at dump are not
 //! saved: such an instance is refused.
+//!
+//! A watch on an unlinked inode that a process of the tree still holds
+//! open (the dump records it as a ghost, `regular.rs`) names that ghost;
+//! the restore adds the watch through /proc/self/fd of the ghost made
+//! again, after its names are gone, so no event of the remaking reaches
+//! the instance and the program's next events (a write, the last close,
+//! IN_DELETE_SELF and IN_IGNORED) come as they would have. An unlinked
+//! inode nobody in the tree holds open has no recorded content: refused.
+//! (A watch on a file unlinked with no descriptor open is gone at once,
+//! its IN_DELETE_SELF and IN_IGNORED queued: pending events, refused.)
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -59,8 +69,25 @@ fn parse_line(line: &str) -> Option<Line> {
     })
 }
 
-/// The path of the inode a watch names, through its file handle.
-fn resolve(seen: &Seen, l: &Line) -> Result<String> {
+/// Placeholder for the ghost of a watched unlinked inode until every
+/// process is dumped ([`link_ghosts`]).
+const GHOST_PENDING: u64 = u64::MAX;
+
+/// Whether a process of the tree holds a descriptor of the unlinked inode
+/// `(dev, ino)` (the dump then records it as a ghost).
+fn held_unlinked(table: &FileTable, dev: u64, ino: u64) -> bool {
+    table.tree.iter().any(|&pid| {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        dir.filter_map(|e| e.ok()).any(|e| {
+            let linked = std::fs::read_link(e.path()).is_ok_and(|l| !l.to_string_lossy().ends_with(" (deleted)"));
+            !linked && std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino && m.nlink() == 0 && m.is_file())
+        })
+    })
+}
+
+/// The path of the inode a watch names, through its file handle, and
+/// whether it is an unlinked inode the tree holds open (its last name).
+fn resolve(seen: &Seen, l: &Line, table: &FileTable) -> Result<(String, bool)> {
     let dev = libc::makedev((l.sdev >> 20) as u32, (l.sdev & 0xfffff) as u32);
     let mountinfo = proc::read(std::process::id() as i32, "mountinfo")?;
     let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
@@ -80,17 +107,26 @@ fn resolve(seen: &Seen, l: &Line) -> Result<String> {
         .map_err(io_err(format!("name the inode of inotify watch {}", l.wd)))?
         .to_string_lossy()
         .into_owned();
-    if !path.starts_with('/') || path.ends_with(" (deleted)") {
+    if let Some(name) = path.strip_suffix(" (deleted)").filter(|p| p.starts_with('/')) {
+        if !held_unlinked(table, dev, l.ino) {
+            return Err(seen.unsupported(format!(
+                "inotify watch {} on unlinked {name}, which no process of the tree holds open (nothing records its content)",
+                l.wd
+            )));
+        }
+        return Ok((name.to_string(), true));
+    }
+    if !path.starts_with('/') {
         return Err(seen.unsupported(format!("inotify watch {} on an inode with no path ({path})", l.wd)));
     }
     match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.ino() == l.ino && m.dev() == dev => Ok(path),
+        Ok(m) if m.ino() == l.ino && m.dev() == dev => Ok((path, false)),
         _ => Err(seen.unsupported(format!("inotify watch {} on {path}, which no longer leads to the watched inode", l.wd))),
     }
 }
 
 /// The watches of an inotify instance, or why it cannot be kept.
-fn read(seen: &Seen) -> Result<InotifyImage> {
+fn read(seen: &Seen, table: &FileTable) -> Result<InotifyImage> {
     let ns = |pid: i32| proc::link(pid, "ns/mnt");
     if ns(seen.pid)? != ns(std::process::id() as i32)? {
         return Err(seen.unsupported("inotify instance in another mount namespace"));
@@ -102,9 +138,10 @@ fn read(seen: &Seen) -> Result<InotifyImage> {
         if l.handle.is_empty() {
             return Err(seen.unsupported(format!("inotify watch {} on a filesystem without file handles", l.wd)));
         }
-        let path = resolve(seen, &l)?;
+        let (path, unlinked) = resolve(seen, &l, table)?;
         let dev = libc::makedev((l.sdev >> 20) as u32, (l.sdev & 0xfffff) as u32);
-        watches.push(InotifyWatch { wd: l.wd, mask: l.mask, path, ino: l.ino, dev });
+        let ghost_id = if unlinked { GHOST_PENDING } else { 0 };
+        watches.push(InotifyWatch { wd: l.wd, mask: l.mask, path, ino: l.ino, dev, ghost_id });
     }
     watches.sort_by_key(|w| w.wd);
     // Queued events live in the instance; a copy of the descriptor
@@ -123,17 +160,34 @@ fn read(seen: &Seen) -> Result<InotifyImage> {
     Ok(InotifyImage { watches })
 }
 
+/// Names the ghost of every watched unlinked inode, once every process
+/// is dumped and every ghost recorded.
+pub(super) fn link_ghosts(table: &mut FileTable) -> Result<()> {
+    let ids = table.ghost_ids.clone();
+    for f in table.files.iter_mut() {
+        for w in f.inotify.iter_mut().flat_map(|i| i.watches.iter_mut()).filter(|w| w.ghost_id == GHOST_PENDING) {
+            w.ghost_id = *ids.get(&(w.dev, w.ino)).ok_or_else(|| {
+                EngineError::Incompatible(format!(
+                    "inotify file {}: watch {} on unlinked {}, of which no descriptor was recorded",
+                    f.id, w.wd, w.path
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl Kind for Inotify {
-    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
-        read(seen).map(drop)
+    fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
+        read(seen, table).map(drop)
     }
 
-    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        f.inotify = Some(read(seen)?);
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        f.inotify = Some(read(seen, table)?);
         Ok(())
     }
 
-    fn open(&self, f: &FileImage, _cx: &mut OpenCx) -> Result<OwnedFd> {
+    fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
         let img = f.inotify.as_ref().ok_or_else(|| EngineError::Incompatible(format!("inotify file {} has no watches", f.id)))?;
         let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
             .map_err(|e| io_err(format!("inotify_init for file {}", f.id))(e.into()))?;
@@ -157,11 +211,19 @@ impl Kind for Inotify {
                 inotify::remove_watch(&fd, wd).map_err(|e| io_err(format!("inotify file {}: remove filler watch", f.id))(e.into()))?;
                 next = wd + 1;
             }
-            let m = std::fs::symlink_metadata(&w.path).map_err(io_err(format!("inotify file {}: stat watched {}", f.id, w.path)))?;
-            if m.ino() != w.ino || m.dev() != w.dev {
-                return Err(EngineError::Incompatible(format!("inotify file {}: {} is not the watched inode any more", f.id, w.path)));
-            }
-            let wd = inotify::add_watch(&fd, &*w.path, WatchFlags::from_bits_retain(w.mask) | WatchFlags::DONT_FOLLOW)
+            let (path, flags) = if w.ghost_id != 0 {
+                // The unlinked inode as the restore made it again: through
+                // the magic link of a descriptor of it.
+                let ghost = super::regular::ghost_fd(cx, w.ghost_id)?;
+                (format!("/proc/self/fd/{ghost}"), WatchFlags::from_bits_retain(w.mask))
+            } else {
+                let m = std::fs::symlink_metadata(&w.path).map_err(io_err(format!("inotify file {}: stat watched {}", f.id, w.path)))?;
+                if m.ino() != w.ino || m.dev() != w.dev {
+                    return Err(EngineError::Incompatible(format!("inotify file {}: {} is not the watched inode any more", f.id, w.path)));
+                }
+                (w.path.clone(), WatchFlags::from_bits_retain(w.mask) | WatchFlags::DONT_FOLLOW)
+            };
+            let wd = inotify::add_watch(&fd, &*path, flags)
                 .map_err(|e| io_err(format!("inotify file {}: watch {} on {}", f.id, w.wd, w.path))(e.into()))?;
             if wd != w.wd {
                 return Err(EngineError::Incompatible(format!(

@@ -13,15 +13,17 @@
 
 mod epoll;
 mod eventfd;
+mod fanotify;
 mod fown;
 mod inet;
 mod inotify;
 mod memfd;
 mod mqueue;
 mod netlink;
+mod nsfd;
 mod pidfd;
 mod pipe;
-mod regular;
+pub(crate) mod regular;
 mod signalfd;
 mod sockets;
 mod tcp_segment;
@@ -85,6 +87,9 @@ pub struct OpenCx<'a> {
     /// Descriptions of unlinked files opened ahead of their turn (every
     /// description of a ghost is opened when its first one is), by file id.
     pub ghosts: HashMap<u32, OwnedFd>,
+    /// A descriptor of each ghost's inode made so far, by ghost id (an
+    /// inotify watch of an unlinked inode is added through it).
+    pub ghost_inodes: HashMap<u64, OwnedFd>,
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
@@ -110,6 +115,11 @@ pub struct Deferred {
     pub file: FileImage,
     /// It resends its whole send queue (see `inet::resends`).
     pub resend: bool,
+}
+
+/// The network namespace of restored process `host`, as its nsfs inode.
+pub(crate) fn net_inode(host: i32) -> Result<u64> {
+    nsfd::net_inode(host)
 }
 
 /// Leaves repair mode on every deferred connection.
@@ -159,6 +169,8 @@ fn kind(kind: FileKind) -> Option<&'static dyn Kind> {
         FileKind::NetlinkSocket => Some(&netlink::Netlink),
         FileKind::Tty => Some(&tty::Tty),
         FileKind::Mqueue => Some(&mqueue::Mqueue),
+        FileKind::Namespace => Some(&nsfd::NsFd),
+        FileKind::Fanotify => Some(&fanotify::Fanotify),
         FileKind::Invalid => None,
     }
 }
@@ -178,10 +190,13 @@ fn classify(seen: &Seen) -> Result<FileKind> {
             "[eventpoll]" => FileKind::Epoll,
             "inotify" => FileKind::Inotify,
             "[pidfd]" => FileKind::Pidfd,
+            "[fanotify]" => FileKind::Fanotify,
             _ => return Err(seen.unsupported(format!("{} object", rest.trim_start_matches('[').trim_end_matches(']')))),
         }
     } else if link.starts_with("socket:") {
         sockets::classify(seen)?
+    } else if nsfd::is_ns(link) {
+        FileKind::Namespace
     } else if !link.starts_with('/') {
         return Err(seen.unsupported(format!("{} object", link.split(':').next().unwrap_or(link))));
     } else if mqueue::is_mqueue(seen) {
@@ -253,6 +268,12 @@ pub(crate) fn show_addr(a: &lpm_image::InetAddr) -> String {
 /// every process is dumped (see `inet::reconcile`).
 pub fn reconcile_connections(table: &mut FileTable) -> Result<()> {
     inet::reconcile(table)
+}
+
+/// Names, in each inotify watch of an unlinked inode, the ghost the dump
+/// recorded for that inode, once every process is dumped (see `inotify`).
+pub fn link_watched_ghosts(table: &mut FileTable) -> Result<()> {
+    inotify::link_ghosts(table)
 }
 
 /// The module that handles a descriptor, from what /proc shows of it; a
@@ -382,6 +403,8 @@ pub struct OpenFiles {
     /// The restoring terminal, when a shell job's descriptors were opened
     /// on it: its foreground group is set once the groups exist.
     pub(crate) terminal: Option<OwnedFd>,
+    /// Where puppets of zombies that dumped core write their cores.
+    pub(crate) core: Option<crate::zombie::CoreDir>,
 }
 
 impl OpenFiles {
@@ -406,6 +429,9 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<Op
     if limit < needed {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
+    // First: a host that cannot remake such a zombie is refused before
+    // anything is made.
+    let core = crate::zombie::CoreDir::for_tree(tree)?;
     let net = crate::ns::create_net(tree)?;
     let mut cx = OpenCx {
         tree,
@@ -415,6 +441,7 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<Op
         net: &net,
         ptys: HashMap::new(),
         ghosts: HashMap::new(),
+        ghost_inodes: HashMap::new(),
         defer_tcp,
         shell_job,
         terminal: None,
@@ -443,7 +470,7 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<Op
         }
     }
     let (holders, pipes, terminal) = (cx.holders, cx.pipes, cx.terminal);
-    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys, terminal })
+    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys, terminal, core })
 }
 
 /// Installs a puppet's descriptors: drops everything it inherited below
@@ -464,10 +491,28 @@ pub fn restore(pid: i32, r: &mut Remote, fds: &[Fd], open: &OpenFiles) -> Result
     Ok(())
 }
 
+/// What the restorer knows that a descriptor's install may need beyond
+/// the image.
+pub struct Restorer<'a> {
+    /// The host pid of an image process.
+    pub host_of: &'a dyn Fn(u32) -> Option<i32>,
+    /// Where processes that must dump core write it.
+    pub core: Option<&'a crate::zombie::CoreDir>,
+}
+
 /// Lets every kind finish inside the puppet now that its fds are in place.
 /// A process that shares its parent's table (`Process::shares_parent_files`)
 /// finishes only what belongs to the process, not to the table.
-pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeImage, deferred: Option<&mut Vec<Deferred>>) -> Result<()> {
+pub fn install(
+    pid: i32,
+    r: &mut Remote,
+    s: Scratch,
+    p: &Process,
+    tree: &TreeImage,
+    deferred: Option<&mut Vec<Deferred>>,
+    with: &Restorer,
+) -> Result<()> {
+    let (host_of, core) = (with.host_of, with.core);
     let mut deferred = deferred;
     let files: HashMap<u32, &FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
     for fd in &p.fds {
@@ -489,6 +534,16 @@ pub fn install(pid: i32, r: &mut Remote, s: Scratch, p: &Process, tree: &TreeIma
             if !list.iter().any(|d| d.file.id == f.id) {
                 list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone(), resend: inet::resends(&tree.files, f, true) });
             }
+            continue;
+        }
+        if let Some(status) = f.pidfd.as_ref().and_then(|t| t.reaped_status) {
+            pidfd::install_reaped(pid, r, s, fd, f, p, status, core)?;
+            continue;
+        }
+        if let Some(n) = f.ns.as_ref().filter(|n| n.ns_type != "net") {
+            let host = host_of(n.member)
+                .ok_or_else(|| EngineError::Incompatible(format!("namespace file {}: its member {} is not in the tree", f.id, n.member)))?;
+            nsfd::install_by_member(pid, r, s, fd, f, host)?;
             continue;
         }
         k.install(pid, r, s, fd, f, p)?;
@@ -594,5 +649,5 @@ pub fn fd_table(pid: i32, parent: Option<i32>, earlier: &[i32], threads: &[i32])
 /// than on the process (its memory, its session): a process sharing its
 /// parent's table leaves that to the parent, which installed the table.
 fn per_table(kind: FileKind) -> bool {
-    matches!(kind, FileKind::Epoll | FileKind::Mqueue | FileKind::Pidfd)
+    matches!(kind, FileKind::Epoll | FileKind::Mqueue | FileKind::Pidfd | FileKind::Namespace)
 }

@@ -160,6 +160,40 @@ fn open_ghost(g: &GhostImage, files: &[&FileImage]) -> Result<Vec<(u32, OwnedFd)
     res
 }
 
+/// A descriptor of ghost `ghost_id` as the restore made it, made now if
+/// none of its descriptions was opened yet (they all are then, and wait in
+/// `cx.ghosts` for their turn): what another kind needs of the inode (an
+/// inotify watch on it) before the ghost's own files come.
+pub(super) fn ghost_fd(cx: &mut OpenCx, ghost_id: u64) -> Result<std::os::fd::RawFd> {
+    if let Some(fd) = cx.ghost_inodes.get(&ghost_id) {
+        return Ok(fd.as_raw_fd());
+    }
+    let all: Vec<&FileImage> = cx.tree.files.iter().filter(|o| o.ghost_id == ghost_id).collect();
+    let g = cx
+        .tree
+        .ghosts
+        .iter()
+        .find(|g| g.id == ghost_id)
+        .ok_or_else(|| EngineError::Incompatible(format!("unlinked file {ghost_id} is not in the image")))?;
+    let opened = open_ghost(g, &all)?;
+    let (_, first) = opened.first().ok_or_else(|| EngineError::Incompatible(format!("unlinked file {ghost_id} has no descriptions")))?;
+    let fd = keep_inode(cx, ghost_id, first)?;
+    cx.ghosts.extend(opened);
+    Ok(fd)
+}
+
+/// Keeps a descriptor of ghost `ghost_id`'s inode for [`ghost_fd`] while
+/// files are opened; returns its number.
+fn keep_inode(cx: &mut OpenCx, ghost_id: u64, fd: &OwnedFd) -> Result<std::os::fd::RawFd> {
+    if let Some(kept) = cx.ghost_inodes.get(&ghost_id) {
+        return Ok(kept.as_raw_fd());
+    }
+    let dup = fd.try_clone().map_err(io_err(format!("duplicate a descriptor of unlinked file {ghost_id}")))?;
+    let raw = dup.as_raw_fd();
+    cx.ghost_inodes.insert(ghost_id, dup);
+    Ok(raw)
+}
+
 /// Writes a new ghost's content and attributes: data, size, owner, mode
 /// (after the owner: chown clears setuid and setgid), times (last: every
 /// write before moves mtime).
@@ -265,6 +299,7 @@ impl Kind for Regular {
                 let at = opened.iter().position(|(id, _)| *id == f.id).expect("opened with the others");
                 let (_, fd) = opened.swap_remove(at);
                 cx.ghosts.extend(opened);
+                keep_inode(cx, f.ghost_id, &fd)?;
                 Ok(fd)
             }
             Ok(FileKind::Unlinked) => {
