@@ -1264,14 +1264,23 @@ impl PgLoad {
 
     /// Waits until every client has `more` inserts acknowledged beyond
     /// `from` (its counts then); fails with the first client that ended.
-    fn wait_progress(&mut self, from: &[u64], more: u64, when: &str) {
+    fn wait_progress(&mut self, lab: &TestLab, from: &[u64], more: u64, when: &str) {
         let t = Instant::now();
         while self.counts.iter().zip(from).any(|(c, &f)| c.load(Ordering::Relaxed) < f + more) {
             if let Some(i) = self.threads.iter().position(|(_, t)| t.is_finished()) {
                 let (who, t) = self.threads.remove(i);
-                panic!("{when}: {who} ended: {:?}", t.join().map(|r| r.map(|s| s.acked.len())));
+                panic!(
+                    "{when}: {who} ended: {:?}\nthe server's log:\n{}",
+                    t.join().map(|r| r.map(|s| s.acked.len())),
+                    tail(&lab.logs("pg"), 30)
+                );
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "{when}: the clients made no progress in 30 s: {:?} from {from:?}", self.now());
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{when}: the clients made no progress in 30 s: {:?} from {from:?}\nthe server's log:\n{}",
+                self.now(),
+                tail(&lab.logs("pg"), 30)
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -1371,7 +1380,7 @@ fn postgres_moves_three_times_under_inserts_and_reconnects() {
     for id in 2..=5 {
         load.start(&lab, addr, id, true);
     }
-    load.wait_progress(&[0; 5], 20, "before the first move");
+    load.wait_progress(&lab, &[0; 5], 20, "before the first move");
     let mut table =
         String::from(" #  to   downtime ms   total ms   clients' longest wait ms   drain ms   restops   freeze ms   restore ms\n");
     for (i, to) in ["h2", "h1", "h2"].into_iter().enumerate() {
@@ -1379,7 +1388,7 @@ fn postgres_moves_three_times_under_inserts_and_reconnects() {
         let r = moved(&lab, "pg", to);
         assert_eq!(lab.host_of("pg"), to);
         let at = load.now();
-        load.wait_progress(&at, 20, &format!("after the move to {to}"));
+        load.wait_progress(&lab, &at, 20, &format!("after the move to {to}"));
         let stop = &r["stop"];
         let _ = writeln!(
             table,
@@ -1395,6 +1404,10 @@ fn postgres_moves_three_times_under_inserts_and_reconnects() {
         );
     }
     let seen = load.finish();
+    // A process of the server that crashed after a move (the postmaster
+    // restarts them all) is a wrong restore even if no client noticed.
+    let log = lab.logs("pg");
+    assert!(!log.contains("terminated by signal") && !log.contains("server process"), "a server process died:\n{}", tail(&log, 30));
 
     let check = {
         let ns = std::fs::File::open(PathBuf::from("/run/netns").join(lab.client_ns())).unwrap();
