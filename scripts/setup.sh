@@ -11,6 +11,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v tmux >/dev/null || need+=(tmux)
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+# Debian's PostgreSQL server (the postgres test runs it in a partition);
+# the package's own cluster is not used.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -958,6 +958,7 @@ zdtm_tests!(
     sock_unix,
     sock_tcp,
     sock_tcp_closing,
+    sock_tcp6,
     sock_netns,
     sock_netlink,
     eventfd,

@@ -144,6 +144,39 @@ pub fn inspect(root: i32, opts: &DumpOptions) -> Result<Inspection> {
     Ok(out)
 }
 
+/// The refusals of passing states ([`Refusal::transient`]) that the open
+/// files and lock requests of the tree rooted at `root` show now, as the
+/// dump with `opts` would see them: a connection waiting in a listener's
+/// accept queue or in its handshake, one ended but not yet closed by its
+/// program, data queued where it cannot be saved, a thread waiting for a
+/// lock. Those are the states a migration's stop waits out (it lets the
+/// tree run a moment and stops it again) instead of failing on them.
+/// Memory areas and the rest are not looked at: this runs at the stop,
+/// on a stopped or a running tree, and costs a pass over the
+/// descriptors only. A process that ends meanwhile is passed over.
+pub fn passing(root: i32, opts: &DumpOptions) -> Result<Vec<Refusal>> {
+    let procs = stop::list_tree(root)?;
+    let mut out = Inspection { root, ..Default::default() };
+    let mut sink = Sink { out: &mut out };
+    let mut table = FileTable::default();
+    table.tree = procs.clone();
+    table.tcp_established = opts.tcp_established;
+    for &pid in &procs {
+        if sink.keep(pid, zombie::check(pid, root)) != Some(false) {
+            continue;
+        }
+        let Some(tids) = sink.keep(pid, proc::threads(pid)) else { continue };
+        let mut refused = Vec::new();
+        let fds = sink.keep(pid, files::check(pid, &mut table, &mut refused));
+        sink.out.refusals.extend(refused.into_iter().filter_map(|e| Refusal::from_error(e).ok()));
+        if let Some(fds) = &fds {
+            sink.keep(pid, locks::check(pid, fds, &tids));
+        }
+    }
+    out.refusals.retain(|r| r.transient);
+    Ok(out.refusals)
+}
+
 /// Where the rules' outcomes go.
 struct Sink<'a> {
     out: &'a mut Inspection,

@@ -51,7 +51,7 @@ use std::path::PathBuf;
 pub use dirty::{Dirty, DirtyTracker};
 pub use dump::{checkpoint, checkpoint_with, After, CheckpointOptions, CheckpointStats, DumpOptions};
 pub use handoff::{thaw_tree, HandbackError, Handoff};
-pub use inspect::{inspect, Inspection, Refusal};
+pub use inspect::{inspect, passing, Inspection, Refusal};
 pub use lazy::{FillPart, FillStats, LazyFill};
 pub use restore::{restore, restore_held, Held, Parked, ParkedConnection, RestoreOptions, Restored, Vessel};
 pub use stop::{kill_frozen_tree, stop_tree, StoppedTree};

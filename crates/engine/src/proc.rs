@@ -44,14 +44,19 @@ pub fn threads(pid: i32) -> Result<Vec<i32>> {
 
 /// Children of every thread of a process.
 pub fn children(pid: i32) -> Result<Vec<i32>> {
-    let mut out = Vec::new();
+    let mut out: Vec<i32> = Vec::new();
     for tid in threads(pid)? {
         if let Ok(s) = read(pid, &format!("task/{tid}/children")) {
-            out.extend(s.split_whitespace().filter_map(|w| w.parse::<i32>().ok()));
+            // The kernel lists a thread's children in the order they were
+            // forked (or adopted): kept, since pids say nothing of it (a
+            // restored namespace hands out low pids again).
+            for c in s.split_whitespace().filter_map(|w| w.parse::<i32>().ok()) {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
         }
     }
-    out.sort_unstable();
-    out.dedup();
     Ok(out)
 }
 

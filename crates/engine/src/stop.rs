@@ -149,14 +149,17 @@ fn exists(pid: i32) -> bool {
     Stat::read(pid).is_ok()
 }
 
-/// The processes of the tree, parents before children. A process that
-/// ends while it is listed is left out (its zombie, if its parent keeps
-/// one, shows at the next listing): the tree may be running (an
-/// inspection) or stopping (a freeze, while its tasks still end).
+/// The processes of the tree, parents before children, breadth first,
+/// each one's children in the order they were forked: the image keeps
+/// this order, and the restore's plan of pages shared since a fork
+/// (`cow::plan`) orders children forked within one clock tick by it. A
+/// process that ends while it is listed is left out (its zombie, if its
+/// parent keeps one, shows at the next listing): the tree may be running
+/// (an inspection) or stopping (a freeze, while its tasks still end).
 pub(crate) fn list_tree(root: i32) -> Result<Vec<i32>> {
-    let mut queue = vec![root];
+    let mut queue = std::collections::VecDeque::from([root]);
     let mut procs = Vec::new();
-    while let Some(pid) = queue.pop() {
+    while let Some(pid) = queue.pop_front() {
         match proc::children(pid) {
             Ok(kids) => queue.extend(kids),
             Err(_) if pid != root && !exists(pid) => continue,

@@ -23,6 +23,8 @@ use crate::net::{self, NetError, Netns};
 
 /// The partition's interface inside its network namespace.
 pub const IFNAME: &str = "eth0";
+/// The nftables table of [`Plumbing::refuse_new_connections`].
+const DRAIN_TABLE: &str = "lpm-drain";
 /// Longest partition name.
 pub const NAME_MAX: usize = 32;
 /// The smallest memory limit a partition may have. A shell needs under
@@ -439,6 +441,29 @@ impl Plumbing {
         // partition's own view (carrier, and the netlink events a change
         // of it would send into its namespace) does not move.
         net::set_master(&self.veth, None).map_err(self.net_err("lock network (veth off the bridge)"))
+    }
+
+    /// Stops new TCP connections from reaching the partition while its
+    /// established ones go on: an nftables table of lpm's in the
+    /// partition's namespace drops every connection request (SYN without
+    /// ACK) arriving on eth0; the client retransmits it (after 1 s at
+    /// first), by then to wherever the partition runs. A migration's stop
+    /// sets it first, so that no handshake is left half done (SYN_RECV)
+    /// when the network is locked, which no restore could carry over.
+    /// The rules live in the partition's own namespace: they go with it
+    /// when it is destroyed, and never reach the target's.
+    pub fn refuse_new_connections(&self) -> Result<()> {
+        let script = format!(
+            "table inet {DRAIN_TABLE} {{}}\ndelete table inet {DRAIN_TABLE}\ntable inet {DRAIN_TABLE} {{\n  chain syn {{\n    type filter hook input priority -300; policy accept;\n    iifname \"{IFNAME}\" tcp flags & (syn | ack) == syn drop\n  }}\n}}\n"
+        );
+        net::nft(self.netns.name(), &script).map_err(self.net_err("refuse new connections (nft)"))
+    }
+
+    /// Undoes [`Plumbing::refuse_new_connections`]; nothing to do when the
+    /// rules are not there, so it may be repeated.
+    pub fn admit_new_connections(&self) -> Result<()> {
+        let script = format!("table inet {DRAIN_TABLE} {{}}\ndelete table inet {DRAIN_TABLE}\n");
+        net::nft(self.netns.name(), &script).map_err(self.net_err("admit new connections (nft)"))
     }
 
     /// Reconnects the partition: the host-side veth joins the bridge again.

@@ -115,6 +115,16 @@ pub struct StopBreakdown {
     pub verify_ms: f64,
     /// The two-phase handover until the partition ran on the target, ms.
     pub handover_ms: f64,
+    /// Before the stop, with new connections held back, waiting for the
+    /// partition's passing states to pass (handshakes under way,
+    /// connections to accept), ms; the partition ran and served its
+    /// established connections meanwhile. Not part of the downtime.
+    #[serde(default)]
+    pub drain_ms: f64,
+    /// Times the stop found a passing state, let the partition run a
+    /// moment (its network locked) and stopped it again.
+    #[serde(default)]
+    pub restops: u32,
 }
 
 /// What a migration did.
@@ -256,7 +266,13 @@ pub fn render(r: &Report) -> String {
     }
     if let Some(b) = &r.stop {
         let _ = writeln!(s);
+        if b.drain_ms > 0.0 {
+            let _ = writeln!(s, "drain       {:.1} ms (new connections held back, the partition running)", b.drain_ms);
+        }
         let _ = writeln!(s, "stop        freeze {:.1} ms", b.freeze_ms);
+        if b.restops > 0 {
+            let _ = writeln!(s, "            stopped again {} times (passing states let pass)", b.restops);
+        }
         let _ = writeln!(
             s,
             "            transfer {:.1} ms: {} final pages ({}), state image {}",
@@ -318,6 +334,8 @@ mod tests {
                 restore_ms: 30.2,
                 verify_ms: 0.4,
                 handover_ms: 4.0,
+                drain_ms: 0.0,
+                restops: 0,
             }),
             bytes_total: 33 << 20,
             throughput_bytes_per_s: 48.0 * MIB,

@@ -33,6 +33,29 @@ use crate::state::{lock, recorded_init, Agent, Entry};
 
 /// Image files travel in chunks of this size.
 const CHUNK: usize = 8 << 20;
+/// How long a stop lets the partition run, at most, for its passing
+/// states to pass (connections to accept, handshakes to finish), before
+/// and between its attempts to stop.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How many times a stop that found a passing state lets the partition
+/// run a moment and stops it again before the dump refuses the state.
+const RESTOPS: u32 = 10;
+
+/// Waits, while the tree rooted at `root` runs, until none of its passing
+/// states shows ([`lpm_engine::passing`]) or `limit` is over; what still
+/// shows then.
+fn wait_passed(root: i32, opts: &lpm_engine::DumpOptions, limit: Duration) -> Vec<lpm_engine::Refusal> {
+    let t = Instant::now();
+    loop {
+        // An error (the tree changing under the look) counts as not yet.
+        let now = lpm_engine::passing(root, opts)
+            .unwrap_or_else(|e| vec![lpm_engine::Refusal { pid: root, kind: "process tree", what: format!("{e}"), transient: true }]);
+        if now.is_empty() || t.elapsed() >= limit {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
 
 /// What the source records beside its state, to resume after a restart.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -361,6 +384,11 @@ fn resume(agent: &Agent, live: &Live, turn: &mut Turn) {
             }
             if let Err(e) = p.unlock_network() {
                 tracing::error!(id = %live.id, partition = %spec.name, error = %e, "rollback: unlock the network");
+            }
+            // Held back since the drain before the stop (also after a
+            // restart: the rules outlive the lpmd that set them).
+            if let Err(e) = p.admit_new_connections() {
+                tracing::error!(id = %live.id, partition = %spec.name, error = %e, "rollback: admit new connections");
             }
             if let Err(e) = p.cgroup().set_cpus(spec.cpus) {
                 tracing::warn!(id = %live.id, partition = %spec.name, error = %e, "rollback: lift the throttle");
@@ -1034,16 +1062,50 @@ impl<'a> Run<'a> {
         let _ = fs::remove_dir_all(&dir);
         self.scratch = Some(dir.clone());
         tracing::debug!(partition = %self.spec.name, since_start_ms = self.started.elapsed().as_secs_f64() * 1e3, "stopping");
-        let t_stop = Instant::now();
-        self.t_stop = Some(t_stop);
-        self.plumbing.lock_network().context("lock the partition's network")?;
-        let locked = t_stop.elapsed();
         // Whether the init still lives in the partition's namespace (the
         // one with its NIC, which the target brings) or made one of its own.
         let ino = |p: &Path| fs::metadata(p).map(|m| m.ino()).ok();
         let external_netns = ino(Path::new(&format!("/proc/{}/ns/net", self.pid))).is_some()
             && ino(Path::new(&format!("/proc/{}/ns/net", self.pid))) == ino(&self.plumbing.netns().path());
-        let stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
+        let check = lpm_engine::DumpOptions { after: lpm_engine::After::Frozen, tcp_established: true, ..Default::default() };
+        // A server's connections still in the handshake (SYN_RECV) have
+        // no socket a restore could rebuild, and a locked network would
+        // hold them there: first no new ones, then the ones under way
+        // finish while the partition runs on.
+        let t_drain = Instant::now();
+        if let Err(e) = self.plumbing.refuse_new_connections() {
+            tracing::warn!(partition = %self.spec.name, error = format!("{e:#}"), "new connections cannot be held back: the stop may meet handshakes");
+        }
+        let left = wait_passed(self.pid, &check, DRAIN_LIMIT);
+        self.stop.drain_ms = t_drain.elapsed().as_secs_f64() * 1e3;
+        tracing::debug!(partition = %self.spec.name, ms = self.stop.drain_ms, left = left.len(), "drained");
+        let t_stop = Instant::now();
+        self.t_stop = Some(t_stop);
+        self.plumbing.lock_network().context("lock the partition's network")?;
+        let locked = t_stop.elapsed();
+        let mut stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
+        // What passes by itself (a connection waiting to be accepted, one
+        // ended that its program has not closed yet) may be there at the
+        // stop: the partition runs a moment more, its network still
+        // locked so that nothing new comes in, and is stopped again. The
+        // pages it writes meanwhile are tracked as in any round. What is
+        // still there after that is refused by the dump, by name.
+        loop {
+            let now = lpm_engine::passing(self.pid, &check).context("look for passing states at the stop")?;
+            if now.is_empty() || self.stop.restops >= RESTOPS {
+                break;
+            }
+            self.stop.restops += 1;
+            tracing::info!(
+                partition = %self.spec.name,
+                restop = self.stop.restops,
+                first = %now[0],
+                "stopped in a passing state: the partition runs a moment more"
+            );
+            stopped.resume();
+            wait_passed(self.pid, &check, DRAIN_LIMIT);
+            stopped = lpm_engine::stop_tree(self.pid).context("stop the partition again")?;
+        }
         let at_stop = t_stop.elapsed();
         let pre = turn.pre.as_mut().ok_or_else(|| anyhow!("no dirty tracking"))?;
         // Stopped first, then the trackers' last word (nothing runs, so
@@ -1065,15 +1127,12 @@ impl<'a> Run<'a> {
         self.stream_barrier(round)?;
         let at_collect = t_stop.elapsed();
         let opts = lpm_engine::DumpOptions {
-            after: lpm_engine::After::Frozen,
-            tcp_established: true,
             // The partition's veth is off the bridge: no rules of lpm's.
             lock_connections: false,
             precopied: held,
             external_netns,
             smaps_hint: std::mem::take(&mut self.smaps_hint),
-            // A partition's processes hold no terminal of the host's.
-            shell_job: false,
+            ..check
         };
         let mut stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
         let handoff = std::mem::take(&mut stats.handoff);

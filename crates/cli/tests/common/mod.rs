@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod lab;
+pub mod pg;
 pub mod zdtm_progs;
 
 /// The lpm binary under test.

@@ -105,6 +105,7 @@ pub static PROGS: &[Prog] = &[
     prog("sock_unix", Launch::C, true, 5),
     prog("sock_tcp", Launch::C, true, 5),
     prog("sock_tcp_closing", Launch::C, true, 4),
+    prog("sock_tcp6", Launch::C, true, 3),
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_netns", Launch::CNet, true, 2) },
     prog("sock_netlink", Launch::C, true, 2),
     prog("eventfd", Launch::C, true, 4),
