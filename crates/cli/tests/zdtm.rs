@@ -979,6 +979,9 @@ zdtm_tests!(
     membarrier,
     zombie_pgrp,
     pty_owner,
+    sock_scm,
+    sock_dgram_bound,
+    sock_relative,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

@@ -47,6 +47,10 @@ pub struct CheckpointOptions {
     /// drop their packets, [`crate::netlock`]) before their state is read,
     /// and the restore lifts the lock once they exist again.
     pub tcp_established: bool,
+    /// Dump unix sockets connected to a peer outside the tree instead of
+    /// refusing them (CRIU's --ext-unix-sk): the restore connects each
+    /// again to its peer's name.
+    pub ext_unix_sk: bool,
 }
 
 /// What becomes of the tree once its images are complete and synced.
@@ -107,6 +111,10 @@ pub struct DumpOptions {
     /// on a big process). The one thing it can miss is an madvise that
     /// changed a whole area's flags in between.
     pub smaps_hint: HashMap<i32, Vec<proc::MapEntry>>,
+    /// Unix sockets connected to a peer outside the tree are dumped as
+    /// connected to an external peer, not refused
+    /// ([`CheckpointOptions::ext_unix_sk`]).
+    pub ext_unix_sk: bool,
 }
 
 impl From<&CheckpointOptions> for DumpOptions {
@@ -115,6 +123,7 @@ impl From<&CheckpointOptions> for DumpOptions {
             after: if o.leave_running { After::Run } else { After::Kill },
             tcp_established: o.tcp_established,
             lock_connections: o.tcp_established,
+            ext_unix_sk: o.ext_unix_sk,
             ..Default::default()
         }
     }
@@ -183,6 +192,7 @@ impl StoppedTree {
         let mut files = FileTable::default();
         files.tree = self.order.clone();
         files.tcp_established = opts.tcp_established;
+        files.ext_unix_sk = opts.ext_unix_sk;
         files.lock = opts.lock_connections.then(crate::netlock::NetLock::new);
         let mut shm = ShmemTable::default();
         // Pages shared copy-on-write can only be shared with a parent or

@@ -135,6 +135,7 @@ pub fn inspect(root: i32, opts: &DumpOptions) -> Result<Inspection> {
     let mut table = FileTable::default();
     table.tree = procs.clone();
     table.tcp_established = opts.tcp_established;
+    table.ext_unix_sk = opts.ext_unix_sk;
     for &pid in &procs {
         process(pid, root, &procs, opts, &mut table, &mut sink);
     }

@@ -576,6 +576,28 @@ fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
             }
             _ => {}
         }
+        if s.family == libc::AF_UNIX as u32 {
+            unix_queue(p, f, fd, sock.as_fd(), s)?;
+        }
+    }
+    Ok(())
+}
+
+/// A unix socket's receive queue: the bytes queued (stream and seqpacket:
+/// all of them; datagram: the first message's, as SIOCINQ counts them) and
+/// how many descriptors are in flight in it (fdinfo's scm_fds).
+fn unix_queue(p: &Restored<'_>, f: &mut Found<'_, '_>, fd: u32, sock: std::os::fd::BorrowedFd, s: &lpm_image::SocketImage) -> Result<()> {
+    let object = format!("fd {fd}");
+    let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
+    if let Some(n) = info.lines().find_map(|l| l.strip_prefix("scm_fds:")).and_then(|v| v.trim().parse::<usize>().ok()) {
+        f.cmp(&object, "descriptors in flight", s.queue_meta.iter().map(|m| m.files.len()).sum::<usize>(), n);
+    }
+    let connected = s.state == lpm_image::SocketState::Connected as i32;
+    let dgram = s.sock_type == libc::SOCK_DGRAM as u32;
+    if connected || (dgram && s.state != lpm_image::SocketState::Listening as i32) {
+        let want = if dgram { s.queue.first().map_or(0, Vec::len) } else { s.queue.iter().map(Vec::len).sum() };
+        let found = lpm_sys::net::ioctl_int(sock, lpm_sys::net::SIOCINQ).step(p.host, || format!("SIOCINQ of fd {fd}"))?;
+        f.cmp(&object, "bytes queued", want as i64, found as i64);
     }
     Ok(())
 }

@@ -1072,6 +1072,8 @@ impl<'a> Run<'a> {
             precopied: held,
             external_netns,
             smaps_hint: std::mem::take(&mut self.smaps_hint),
+            // A partition owns nothing outside itself.
+            ext_unix_sk: false,
         };
         let mut stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
         let handoff = std::mem::take(&mut stats.handoff);

@@ -141,6 +141,9 @@ pub static PROGS: &[Prog] = &[
     prog("membarrier", Launch::C, true, 2),
     prog("zombie_pgrp", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("pty_owner", Launch::C, true, 3) },
+    prog("sock_scm", Launch::C, true, 4),
+    prog("sock_dgram_bound", Launch::C, true, 3),
+    prog("sock_relative", Launch::C, true, 2),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
