@@ -144,6 +144,7 @@ pub static PROGS: &[Prog] = &[
     prog("sock_scm", Launch::C, true, 4),
     prog("sock_dgram_bound", Launch::C, true, 3),
     prog("sock_relative", Launch::C, true, 2),
+    prog("sock_accept_queue", Launch::C, true, 2),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

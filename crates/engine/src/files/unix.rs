@@ -273,6 +273,28 @@ fn bind_dir(seen: &Seen, name: &[u8], vfs: Option<(u32, u32)>) -> Result<String>
     Ok(cwd)
 }
 
+/// Whether a listener held by the tree has the connection of client `ino`
+/// waiting in its accept queue.
+fn pending_inside(seen: &Seen, table: &FileTable, ino: u64) -> Result<bool> {
+    let mut socks = Vec::new();
+    for &pid in &table.tree {
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+            let Ok(l) = std::fs::read_link(e.path()) else { continue };
+            if let Some(n) =
+                l.to_str().and_then(|l| l.strip_prefix("socket:[")).and_then(|l| l.strip_suffix(']')).and_then(|n| n.parse::<u64>().ok())
+            {
+                socks.push(n);
+            }
+        }
+    }
+    for n in socks {
+        if diag(seen, n)?.is_some_and(|d| d.state == TCP_LISTEN && d.icons.iter().any(|&c| c as u64 == ino)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The process of the tree and its descriptor holding socket `ino`.
 fn holder_fd(table: &FileTable, ino: u64) -> Option<(i32, i32)> {
     let want = format!("socket:[{ino}]");
@@ -342,13 +364,26 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
     (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
     let mut unheld = None;
     if d.state == TCP_LISTEN {
-        if !d.icons.is_empty() || d.rqueue > 0 {
+        if d.icons.len() != d.rqueue as usize {
             return Err(seen.transient(format!(
-                "unix socket {} has {} connections waiting in its accept queue",
+                "unix socket {}: {} connections wait in its accept queue, sock_diag names {}",
                 show(&name),
-                d.rqueue.max(d.icons.len() as u32)
+                d.rqueue,
+                d.icons.len()
             )));
         }
+        // Each waiting connection is its client's: connected again, in
+        // order, by the restore (their embryo sockets come back empty,
+        // which each client's own rule makes sure of).
+        for &c in &d.icons {
+            if sockets::holder(table, c as u64).is_none() {
+                return Err(seen.unsupported(format!(
+                    "unix socket {}: a connection waiting in its accept queue comes from socket {c}, which no process of the tree holds",
+                    show(&name)
+                )));
+            }
+        }
+        img.accept_queue = d.icons.iter().map(|&c| c as u64).collect();
         img.state = SocketState::Listening as i32;
         img.backlog = d.wqueue;
     } else if d.peer != 0 {
@@ -384,10 +419,25 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         img.peer_ino = d.peer as u64;
     } else if d.state == TCP_ESTABLISHED && ty != libc::SOCK_DGRAM {
         if d.shutdown & 3 != 3 {
-            // The peer has no socket yet: it waits in the accept queue
-            // of a listener, which is outside the tree (a listener
-            // inside with a non-empty queue is refused on its own).
-            return Err(seen.unsupported("unix socket connected to a listener outside the tree (its connection was not accepted yet)"));
+            // The peer has no socket yet: an embryo waiting in the accept
+            // queue of a listener. What this client sent is in that
+            // embryo's queue, which nothing reads without accepting it;
+            // its send queue counts those bytes.
+            if d.wqueue > 0 {
+                return Err(seen.transient(
+                    "unix socket connected to a listener that has not accepted it yet, with data sent into the waiting connection",
+                ));
+            }
+            let refusal = seen.unsupported(
+                "unix socket connected to a listener outside the tree (its connection was not accepted yet; lpm checkpoint --ext-unix-sk declares such peers external)",
+            );
+            img.state = SocketState::Connected as i32;
+            img.peer_name = net::peer_name(fd).ok().and_then(|a| a.get(2..).map(clean_name)).unwrap_or_default();
+            if !table.ext_unix_sk && !pending_inside(seen, table, ino)? {
+                return Err(refusal);
+            }
+            unheld = Some(refusal);
+            return Ok(Observed { s, ty, shut_rd: d.shutdown & 1 != 0, img, unheld, scm_fds: scm_fds(seen)? });
         }
         if !name.is_empty() {
             return Err(seen.unsupported("named unix socket whose peer was closed"));
@@ -576,6 +626,13 @@ fn build_all(cx: &mut OpenCx) -> Result<()> {
             made.insert(s.ino, connect_external(cx, s)?);
             continue;
         }
+        if connected && pending(&all, s) {
+            // Connected below, in the order of its listener's queue.
+            let fd = sockets::create(cx, s.net_ns, libc::AF_UNIX, ty(s), 0)?;
+            bind(s, fd.as_fd())?;
+            made.insert(s.ino, fd);
+            continue;
+        }
         if connected && s.peer_closed {
             let (a, b) = in_ns(cx, s.net_ns, || net::socketpair(ty(s)))?;
             fill(s, b.as_fd(), &[], |_| Ok(None))?;
@@ -605,6 +662,17 @@ fn build_all(cx: &mut OpenCx) -> Result<()> {
                 bind(s, fd.as_fd())?;
                 made.insert(s.ino, fd);
             }
+        }
+    }
+    // The connections waiting in accept queues, each listener's in its
+    // order: each connect puts an embryo at the end of the queue.
+    for l in all.iter().filter(|s| !s.accept_queue.is_empty()) {
+        for c in &l.accept_queue {
+            let s = by_ino
+                .get(c)
+                .ok_or_else(|| EngineError::Incompatible(format!("unix socket {}: its waiting client {c} is not in the image", l.ino)))?;
+            net::connect(made[c].as_fd(), &addr_of(l))
+                .map_err(restore_err(s, format!("connect to {} (waiting in its accept queue)", show(&l.name))))?;
         }
     }
     // Datagram sockets connect by name once every name is bound.
@@ -659,6 +727,12 @@ fn build_all(cx: &mut OpenCx) -> Result<()> {
 /// writing would stop the refill of its peer's queue).
 fn waits_inflight(by_ino: &HashMap<u64, &SocketImage>, s: &SocketImage) -> bool {
     carries(s) || by_ino.get(&s.peer_ino).is_some_and(|p| carries(p))
+}
+
+/// Whether `s` is a client whose connection waits in the accept queue of
+/// a listener of the image.
+fn pending(all: &[&SocketImage], s: &SocketImage) -> bool {
+    s.peer_ino == 0 && !s.peer_closed && !s.external_peer && all.iter().any(|l| l.accept_queue.contains(&s.ino))
 }
 
 /// Whether descriptors are in flight in `s`'s queue.
@@ -875,9 +949,16 @@ pub fn reconcile(table: &mut FileTable) -> Result<()> {
             });
         }
     }
+    let waiting: std::collections::HashSet<u64> = table
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::UnixSocket as i32)
+        .filter_map(|f| f.socket.as_ref())
+        .flat_map(|s| s.accept_queue.iter().copied())
+        .collect();
     for (i, refusal) in std::mem::take(&mut table.unix_unheld) {
         let Some(s) = table.files.get_mut(i).and_then(|f| f.socket.as_mut()) else { continue };
-        if inside.contains(&s.peer_ino) {
+        if (s.peer_ino != 0 && inside.contains(&s.peer_ino)) || (s.peer_ino == 0 && waiting.contains(&s.ino)) {
             s.peer_name.clear();
             continue;
         }
