@@ -7,9 +7,10 @@
  *   (whose read end the program keeps; 8 bytes in the pipe) and an eventfd
  *   (counter 42), then "tail" (plain);
  * - a datagram pair: "a" (plain), then "bb" with a regular file (offset 3,
- *   the program keeps a second descriptor of the same open file) and one
+ *   the program keeps a second descriptor of the same open file), one
  *   end of an inner stream pair, whose own queue holds "in" with an
- *   eventfd (counter 7) and whose other end the program keeps;
+ *   eventfd (counter 7) and whose other end the program keeps, a memfd
+ *   ("memfd!") and an unlinked file ("ghost");
  * - a seqpacket pair: "q" with a stream socket of a third pair (the
  *   program keeps its peer), then "r" (plain).
  * Verified: every message's bytes and boundaries, which descriptors come
@@ -22,11 +23,12 @@
 #include "zdtm.h"
 
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
 static int st[2], dg[2], sq[2], inner[2], third[2], pipefd[2], file_keep;
-static char path[256];
+static char path[256], ghost[256];
 
 static void send_fds(int s, const char *data, size_t len, const int *fds, int n)
 {
@@ -147,9 +149,16 @@ int main(void)
 		zdtm_die("send: %s", strerror(errno));
 	fds[0] = f;
 	fds[1] = inner[1];
-	send_fds(dg[0], "bb", 2, fds, 2);
+	fds[2] = memfd_create("zdtm-scm", 0);
+	zdtm_path(ghost, sizeof(ghost), "scm.ghost");
+	fds[3] = open(ghost, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (fds[2] < 0 || write(fds[2], "memfd!", 6) != 6 || fds[3] < 0 || write(fds[3], "ghost", 5) != 5 || unlink(ghost))
+		zdtm_die("memfd/ghost: %s", strerror(errno));
+	send_fds(dg[0], "bb", 2, fds, 4);
 	close(f);
 	close(inner[1]);
+	close(fds[2]);
+	close(fds[3]);
 
 	/* seqpacket: a socket of a third pair, then plain */
 	send_fds(sq[0], "q", 1, &third[1], 1);
@@ -182,15 +191,18 @@ int main(void)
 	r = recv_fds(dg[1], buf, sizeof(buf), fds, &n);
 	zdtm_check(r == 1 && buf[0] == 'a' && n == 0, "dgram 1: %zd bytes, %d fds", r, n);
 	r = recv_fds(dg[1], buf, sizeof(buf), fds, &n);
-	zdtm_check(r == 2 && !memcmp(buf, "bb", 2) && n == 2, "dgram 2: %zd bytes, %d fds", r, n);
+	zdtm_check(r == 2 && !memcmp(buf, "bb", 2) && n == 4, "dgram 2: %zd bytes, %d fds", r, n);
+	zdtm_check(pread(fds[2], buf, sizeof(buf), 0) == 6 && !memcmp(buf, "memfd!", 6), "memfd content");
+	zdtm_check(pread(fds[3], buf, sizeof(buf), 0) == 5 && !memcmp(buf, "ghost", 5), "unlinked file content");
+	zdtm_check(access(ghost, F_OK) < 0 && errno == ENOENT, "the unlinked file is back on disk");
 	off = lseek(fds[0], 0, SEEK_CUR);
 	zdtm_check(off == 3, "file offset %lld", (long long)off);
 	zdtm_check(lseek(fds[0], 7, SEEK_SET) == 7 && lseek(file_keep, 0, SEEK_CUR) == 7,
 		   "received file does not share the kept descriptor's offset");
 	zdtm_check(pread(fds[0], buf, 10, 0) == 10 && !memcmp(buf, "0123456789", 10), "file content");
-	r = recv_fds(fds[1], buf, sizeof(buf), fds + 2, &n);
+	r = recv_fds(fds[1], buf, sizeof(buf), fds + 4, &n);
 	zdtm_check(r == 2 && !memcmp(buf, "in", 2) && n == 1, "inner carrier: %zd bytes, %d fds", r, n);
-	zdtm_check(is_eventfd(fds[2]) && read(fds[2], &v, 8) == 8 && v == 7, "inner eventfd counter %llu",
+	zdtm_check(is_eventfd(fds[4]) && read(fds[4], &v, 8) == 8 && v == 7, "inner eventfd counter %llu",
 		   (unsigned long long)v);
 	zdtm_check(recv(fds[1], buf, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "inner carrier: more data");
 	zdtm_check(send(fds[1], "o", 1, 0) == 1 && recv(inner[0], buf, 1, MSG_DONTWAIT) == 1 && buf[0] == 'o',

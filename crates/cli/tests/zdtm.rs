@@ -985,6 +985,36 @@ zdtm_tests!(
     sock_accept_queue,
 );
 
+/// A checkpoint of a tree holding a message in a unix socket with
+/// SO_PASSCRED fails, naming the process, the fd and why; the tree runs
+/// on and still reads the message with its credentials.
+#[test]
+fn passcred_queue_is_refused() {
+    let mut run = Run::new(&SOCK_PASSCRED, "refused", None).unwrap_or_else(|e| panic!("zdtm sock_passcred: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        if run.checkpoint(&images, false).is_ok() {
+            return Err("the checkpoint succeeded".into());
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let want = format!("pid {}: unsupported file descriptor: fd 4 -> socket:", run.root);
+        if !msg.contains(&want) || !msg.contains("SO_PASSCRED") {
+            return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
 /// The same socket, declared external (`checkpoint --ext-unix-sk`), is
 /// dumped; the restore connects it again to the listener's path: the
 /// listener accepts a new connection, the old one ended with the original

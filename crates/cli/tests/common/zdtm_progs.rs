@@ -152,6 +152,11 @@ pub static PROGS: &[Prog] = &[
 /// listener to start).
 pub static SOCK_OUTSIDE: Prog = prog("sock_outside", Launch::C, true, 1);
 
+/// Holds a message in a unix socket with SO_PASSCRED: a checkpoint must
+/// refuse it by name (not in PROGS: no restore can send the message again
+/// with its sender's credentials).
+pub static SOCK_PASSCRED: Prog = prog("sock_passcred", Launch::C, true, 1);
+
 /// Holds its child in a ptrace stop, as a debugger would: a checkpoint
 /// must refuse the traced child by name (not in PROGS: no restore can
 /// attach the tracer again).

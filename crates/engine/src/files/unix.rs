@@ -377,9 +377,10 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         // which each client's own rule makes sure of).
         for &c in &d.icons {
             if sockets::holder(table, c as u64).is_none() {
-                return Err(seen.unsupported(format!(
-                    "unix socket {}: a connection waiting in its accept queue comes from socket {c}, which no process of the tree holds",
-                    show(&name)
+                return Err(seen.transient(format!(
+                    "unix socket {} has {} connections waiting in its accept queue, one from socket {c}, which no process of the tree holds",
+                    show(&name),
+                    d.icons.len()
                 )));
             }
         }
