@@ -1,14 +1,22 @@
 //! Unix sockets: stream, datagram and seqpacket; unnamed pairs, bound
-//! (path or abstract), listening, connected inside the tree; data queued
-//! in each receive queue; shutdown state.
+//! (path, relative path or abstract), listening with connections waiting
+//! in their accept queue, connected inside the tree (or to a peer declared
+//! external); data queued in each receive queue, with the descriptors in
+//! flight (SCM_RIGHTS) and the datagrams' senders; shutdown state.
 //!
 //! Dump: sock_diag (UNIX_DIAG, asked from inside the socket's network
 //! namespace) gives state, name, peer, accept queue and shutdown bits; the
 //! receive queue is read without consuming it, message by message, with
 //! MSG_PEEK and SO_PEEK_OFF on a copy of the task's descriptor
-//! (pidfd_getfd). Refused by name: a peer outside the tree, connections
-//! waiting in an accept queue, descriptors in flight (SCM_RIGHTS), relative
-//! paths, and datagram shapes the restore cannot rebuild.
+//! (pidfd_getfd). A peek installs copies of the descriptors in flight in
+//! lpm, which are dumped as files of their own (`files::dump_inflight`).
+//! A stream peek hands over a message's descriptors whatever bytes it
+//! reads before that message, so a stream queue holding descriptors is
+//! read for real, with the tree stopped, and put back at once from its
+//! peer ([`take_stream`]). Refused by name: a peer outside the tree (unless
+//! declared external), a waiting connection whose client sent data into
+//! it, SO_PASSCRED with data queued, and datagram shapes the restore
+//! cannot rebuild.
 //!
 //! Restore builds every unix socket of the image at once, the first time
 //! one is opened, since ends and listeners depend on each other: listeners
@@ -16,7 +24,11 @@
 //! end has a name, else its client end connects to the listener (the real
 //! one, or a temporary one at the accepted end's name) and the accepted end
 //! comes out of accept(); datagram sockets are bound, then connected by
-//! name. Queues are refilled from the peer end, then shutdowns applied.
+//! name. Queues are refilled from the peer end (a datagram from a named
+//! socket from that socket), then shutdowns applied; waiting connections
+//! are made by connecting their clients in order. Queues holding
+//! descriptors in flight are refilled once every file of the image is
+//! open ([`finish_inflight`]).
 //!
 //! A socket bound to a path that was unlinked since (or now leads to
 //! another file: sock_diag's UNIX_DIAG_VFS names the inode bind made) is
