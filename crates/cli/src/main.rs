@@ -47,6 +47,12 @@ enum Cmd {
         /// restoring terminal in their place.
         #[arg(long)]
         shell_job: bool,
+        /// Dump unix sockets connected to a peer outside the tree instead
+        /// of refusing them: the restore connects each again to its
+        /// peer's name (a new connection to whatever listens there then);
+        /// one whose peer has no name, or with data queued, stays refused.
+        #[arg(long)]
+        ext_unix_sk: bool,
     },
     /// Apply the checkpoint's refusal rules to the running tree rooted at
     /// PID without stopping it; exit 0 only when nothing is refused.
@@ -61,6 +67,9 @@ enum Cmd {
         /// As for checkpoint: the user's terminal is not refused.
         #[arg(long)]
         shell_job: bool,
+        /// As for checkpoint: unix peers outside the tree are external.
+        #[arg(long)]
+        ext_unix_sk: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -190,8 +199,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Check => check(),
-        Cmd::Checkpoint { pid, images, leave_running, tcp_established, shell_job } => {
-            let opts = lpm_engine::CheckpointOptions { leave_running, tcp_established, shell_job };
+        Cmd::Checkpoint { pid, images, leave_running, tcp_established, shell_job, ext_unix_sk } => {
+            let opts = lpm_engine::CheckpointOptions { leave_running, tcp_established, shell_job, ext_unix_sk };
             let s = lpm_engine::checkpoint(pid, &images, &opts).with_context(|| format!("checkpoint of pid {pid}"))?;
             eprintln!(
                 "checkpointed {} processes, {} threads: {} pages ({} MiB), {} zero pages and {} shared copy-on-write in {:.1} ms (frozen {:.1} ms{})",
@@ -207,7 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Inspect { pid, tcp_established, shell_job, json } => inspect(pid, tcp_established, shell_job, json),
+        Cmd::Inspect { pid, tcp_established, shell_job, ext_unix_sk, json } => inspect(pid, tcp_established, shell_job, ext_unix_sk, json),
         Cmd::Restore { images, detach, verify, shell_job } => {
             let r = lpm_engine::restore(&images, &lpm_engine::RestoreOptions { verify, shell_job, ..Default::default() })
                 .with_context(|| format!("restore from {}", images.display()))?;
@@ -251,8 +260,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `lpm inspect`: every refusal, then a summary line with the time taken.
-fn inspect(pid: i32, tcp_established: bool, shell_job: bool, json: bool) -> Result<ExitCode> {
-    let opts = lpm_engine::DumpOptions { tcp_established, shell_job, ..Default::default() };
+fn inspect(pid: i32, tcp_established: bool, shell_job: bool, ext_unix_sk: bool, json: bool) -> Result<ExitCode> {
+    let opts = lpm_engine::DumpOptions { tcp_established, shell_job, ext_unix_sk, ..Default::default() };
     let i = lpm_engine::inspect(pid, &opts).with_context(|| format!("inspect pid {pid}"))?;
     if json {
         let refusals: Vec<_> = i

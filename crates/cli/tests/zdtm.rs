@@ -1004,7 +1004,71 @@ zdtm_tests!(
     inotify_deleted,
     fanotify,
     ns_fds_tree,
+    sock_scm,
+    sock_dgram_bound,
+    sock_relative,
+    sock_accept_queue,
 );
+
+/// A checkpoint of a tree holding a message in a unix socket with
+/// SO_PASSCRED fails, naming the process, the fd and why; the tree runs
+/// on and still reads the message with its credentials.
+#[test]
+fn passcred_queue_is_refused() {
+    let mut run = Run::new(&SOCK_PASSCRED, "refused", None).unwrap_or_else(|e| panic!("zdtm sock_passcred: {e}"));
+    let res = (|| -> Res<()> {
+        let (tree, msg) = run.refused_checkpoint()?;
+        let want = format!("pid {}: unsupported file descriptor: fd 4 -> socket:", run.root);
+        if !msg.contains(&want) || !msg.contains("SO_PASSCRED") {
+            return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// The same socket, declared external (`checkpoint --ext-unix-sk`), is
+/// dumped; the restore connects it again to the listener's path: the
+/// listener accepts a new connection, the old one ended with the original
+/// tree, and what the restored program sends arrives on the new one.
+#[test]
+fn socket_outside_tree_declared_external() {
+    let mut run = Run::new(&SOCK_OUTSIDE, "external", None).unwrap_or_else(|e| panic!("zdtm sock_outside: {e}"));
+    let res = (|| -> Res<()> {
+        use std::io::Read;
+        let path = run.work.join("outside.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| format!("bind {}: {e}", path.display()))?;
+        run.start(None)?;
+        run.wait_ready()?;
+        let (mut first, _) = listener.accept().map_err(|e| format!("accept the program's connection: {e}"))?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        let (pid, dir) = (run.root.to_string(), images.to_string_lossy().into_owned());
+        run.lpm(&["checkpoint", "--pid", &pid, "--images", &dir, "--ext-unix-sk"])?;
+        run.wait_gone(&tree, "after checkpoint (the tree must be killed)")?;
+        let mut b = [0u8; 1];
+        if first.read(&mut b).map_err(|e| format!("read the old connection: {e}"))? != 0 {
+            return Err("the old connection carried data instead of ending".into());
+        }
+        run.restore(&images)?;
+        listener.set_nonblocking(true).map_err(|e| format!("set the listener non-blocking: {e}"))?;
+        let (mut second, _) = listener.accept().map_err(|e| format!("no new connection after restore: {e}"))?;
+        run.expect_pass()?;
+        second.read_exact(&mut b).map_err(|e| format!("read the new connection: {e}"))?;
+        if b[0] != b'x' {
+            return Err(format!("the new connection carried {:?}, not the program's 'x'", b[0] as char));
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
 
 /// A checkpoint of a tree holding a socket connected outside it fails,
 /// naming the process, the fd and why; the tree runs on and passes.
@@ -1035,15 +1099,7 @@ fn socket_outside_tree_is_refused() {
 fn host_namespace_is_refused() {
     let mut run = Run::new(&NS_HOST, "refused", None).unwrap_or_else(|e| panic!("zdtm ns_host: {e}"));
     let res = (|| -> Res<()> {
-        run.start(None)?;
-        run.wait_ready()?;
-        let tree = run.check_tree("before checkpoint")?;
-        let images = run.dir.join("images");
-        if run.checkpoint(&images, false).is_ok() {
-            return Err("the checkpoint succeeded".into());
-        }
-        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
-        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let (tree, msg) = run.refused_checkpoint()?;
         let want = format!("pid {}: unsupported file descriptor: fd 3 -> net:", run.root);
         if !msg.contains(&want) || !msg.contains("host's network namespace") {
             return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
@@ -1100,15 +1156,7 @@ fn hugetlb_is_refused() {
     let pages = HugePages::reserve(2).unwrap_or_else(|e| panic!("zdtm mem_hugetlb needs 2 huge pages: {e}"));
     let mut run = Run::new(&MEM_HUGETLB, "refused", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
     let res = (|| -> Res<()> {
-        run.start(None)?;
-        run.wait_ready()?;
-        let tree = run.check_tree("before checkpoint")?;
-        let images = run.dir.join("images");
-        if run.checkpoint(&images, false).is_ok() {
-            return Err("the checkpoint succeeded".into());
-        }
-        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
-        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        let (tree, msg) = run.refused_checkpoint()?;
         if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("hugetlbfs") {
             return Err(format!("the refusal does not name the process and hugetlbfs: {msg:?}"));
         }

@@ -52,6 +52,10 @@ pub struct CheckpointOptions {
     /// `RestoreOptions::shell_job` to open the restoring terminal in their
     /// place, instead of being refused.
     pub shell_job: bool,
+    /// Dump unix sockets connected to a peer outside the tree instead of
+    /// refusing them (CRIU's --ext-unix-sk): the restore connects each
+    /// again to its peer's name.
+    pub ext_unix_sk: bool,
 }
 
 /// What becomes of the tree once its images are complete and synced.
@@ -114,6 +118,10 @@ pub struct DumpOptions {
     pub smaps_hint: HashMap<i32, Vec<proc::MapEntry>>,
     /// As [`CheckpointOptions::shell_job`].
     pub shell_job: bool,
+    /// Unix sockets connected to a peer outside the tree are dumped as
+    /// connected to an external peer, not refused
+    /// ([`CheckpointOptions::ext_unix_sk`]).
+    pub ext_unix_sk: bool,
 }
 
 impl From<&CheckpointOptions> for DumpOptions {
@@ -123,6 +131,7 @@ impl From<&CheckpointOptions> for DumpOptions {
             tcp_established: o.tcp_established,
             lock_connections: o.tcp_established,
             shell_job: o.shell_job,
+            ext_unix_sk: o.ext_unix_sk,
             ..Default::default()
         }
     }
@@ -192,6 +201,7 @@ impl StoppedTree {
         files.tree = self.order.clone();
         files.tcp_established = opts.tcp_established;
         files.shell_job = opts.shell_job;
+        files.ext_unix_sk = opts.ext_unix_sk;
         files.lock = opts.lock_connections.then(crate::netlock::NetLock::new);
         let mut shm = ShmemTable::default();
         // Pages shared copy-on-write can only be shared with a parent or

@@ -136,6 +136,7 @@ pub fn inspect(root: i32, opts: &DumpOptions) -> Result<Inspection> {
     table.tree = procs.clone();
     table.tcp_established = opts.tcp_established;
     table.shell_job = opts.shell_job;
+    table.ext_unix_sk = opts.ext_unix_sk;
     for &pid in &procs {
         process(pid, root, &procs, opts, &mut table, &mut sink);
     }

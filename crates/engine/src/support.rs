@@ -29,7 +29,7 @@ pub const KINDS: &[Row] = &[
     ("regular files", Support::Yes, "path, offset, flags; unlinked files as one inode with holes, mode, owner, atime and mtime"),
     ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
     ("pipes and FIFOs", Support::Yes, "with buffered data and capacity, each description with its own flags; packet-mode data refused"),
-    ("unix sockets", Support::Partly, "stream, dgram, seqpacket; pairs, names (unlinked paths stay unlinked), listeners, connections and queues inside the tree; accept queues, SCM_RIGHTS in flight and peers outside the tree refused"),
+    ("unix sockets", Support::Partly, "stream, dgram, seqpacket; pairs, names (relative, or unlinked paths that stay unlinked), listeners with their accept queues, connections and queues inside the tree, datagrams from named senders of the tree, SCM_RIGHTS in flight (sockets, pipes, files, eventfds, memfds), peers outside the tree with --ext-unix-sk; SO_PASSCRED with data queued, waiting connections holding data and other peers outside the tree refused"),
     ("TCP and UDP sockets", Support::Partly, "IPv4/IPv6 listening, bound, options, shutdown state; TCP connections by TCP_REPAIR in every state a program holds (established, SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING), inside the tree or outside it with --tcp-established (lpm locks the network); accept queues, handshakes in a listener's queue, connections ended but not closed and queued UDP refused (a migration waits these out before and at its stop)"),
     ("netlink sockets", Support::Partly, "protocol, port id, groups; unread data refused"),
     ("socket filters", Support::Partly, "classic BPF (SO_ATTACH_FILTER) with SO_LOCK_FILTER; eBPF refused"),

@@ -688,6 +688,40 @@ fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
             }
             _ => {}
         }
+        if s.family == libc::AF_UNIX as u32 {
+            unix_queue(p, f, fd, sock.as_fd(), s)?;
+        }
+    }
+    Ok(())
+}
+
+/// A unix socket's receive queue: the bytes queued (stream and seqpacket:
+/// all of them; datagram: the first message's, as SIOCINQ counts them) and
+/// how many descriptors are in flight in it (fdinfo's scm_fds).
+fn unix_queue(p: &Restored<'_>, f: &mut Found<'_, '_>, fd: u32, sock: std::os::fd::BorrowedFd, s: &lpm_image::SocketImage) -> Result<()> {
+    let object = format!("fd {fd}");
+    let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
+    if let Some(n) = info.lines().find_map(|l| l.strip_prefix("scm_fds:")).and_then(|v| v.trim().parse::<usize>().ok()) {
+        f.cmp(&object, "descriptors in flight", s.queue_meta.iter().map(|m| m.files.len()).sum::<usize>(), n);
+    }
+    if s.state == lpm_image::SocketState::Listening as i32 {
+        // The accept queue's length, as sock_diag counts it (asked from
+        // the socket's network namespace).
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(format!("/proc/{}/fd/{fd}", p.host)).map_err(crate::io_err(format!("stat fd {fd}")))?.ino();
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", p.host)).map_err(crate::io_err("open the network namespace"))?;
+        let d = lpm_sys::net::in_netns(std::os::fd::AsFd::as_fd(&ns), || lpm_sys::net::unix_diag(ino as u32))
+            .step(p.host, || format!("enter the network namespace of fd {fd}"))?
+            .step(p.host, || format!("sock_diag fd {fd}"))?;
+        f.cmp(&object, "connections waiting", s.accept_queue.len() as u32, d.map_or(u32::MAX, |d| d.rqueue));
+        return Ok(());
+    }
+    let connected = s.state == lpm_image::SocketState::Connected as i32;
+    let dgram = s.sock_type == libc::SOCK_DGRAM as u32;
+    if connected || (dgram && s.state != lpm_image::SocketState::Listening as i32) {
+        let want = if dgram { s.queue.first().map_or(0, Vec::len) } else { s.queue.iter().map(Vec::len).sum() };
+        let found = lpm_sys::net::ioctl_int(sock, lpm_sys::net::SIOCINQ).step(p.host, || format!("SIOCINQ of fd {fd}"))?;
+        f.cmp(&object, "bytes queued", want as i64, found as i64);
     }
     Ok(())
 }

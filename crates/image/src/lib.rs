@@ -230,7 +230,15 @@ pub fn tree_version(tree: &TreeImage) -> u32 {
         f.ghost_id != 0
             || f.owner.is_some()
             || f.signal != 0
-            || f.socket.as_ref().is_some_and(|s| !s.filter.is_empty() || s.unlinked || (s.shutdown != 0 && s.family != AF_UNIX))
+            || f.socket.as_ref().is_some_and(|s| {
+                !s.filter.is_empty()
+                    || s.unlinked
+                    || (s.shutdown != 0 && s.family != AF_UNIX)
+                    || !s.queue_meta.is_empty()
+                    || !s.bind_dir.is_empty()
+                    || s.external_peer
+                    || !s.accept_queue.is_empty()
+            })
     };
     let v2 = !tree.ghosts.is_empty() || tree.processes.iter().any(|p| p.shares_parent_files) || tree.files.iter().any(file_v2);
     if v2 {

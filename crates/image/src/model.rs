@@ -1567,6 +1567,56 @@ pub struct SocketImage {
     /// another file): the restore binds it and unlinks the path again.
     #[prost(bool, tag = "21")]
     pub unlinked: bool,
+    /// Unix: what travels with the messages of `queue` besides their bytes
+    /// (descriptors in flight, credentials, a datagram's sender), one entry
+    /// per message that carries any.
+    #[prost(message, repeated, tag = "100")]
+    pub queue_meta: Vec<QueueMeta>,
+    /// Unix: a relative `name` was bound from this directory (absolute, as
+    /// the binder's root sees it); the restore binds from it again.
+    #[prost(string, tag = "101")]
+    pub bind_dir: String,
+    /// Unix: connected to a peer outside the tree that the caller declared
+    /// external (`--ext-unix-sk`); `peer_name` is its name, if any.
+    #[prost(bool, tag = "102")]
+    pub external_peer: bool,
+    /// Unix: the external peer's bound name (empty: unnamed, which no
+    /// restore can reach).
+    #[prost(bytes = "vec", tag = "103")]
+    pub peer_name: Vec<u8>,
+    /// Unix listener: the connections waiting in its accept queue, in
+    /// order, by the inode of each embryo socket (a socket image of its
+    /// own that no descriptor holds, connected to its client).
+    #[prost(uint64, repeated, tag = "104")]
+    pub accept_queue: Vec<u64>,
+}
+
+/// What one message of a unix receive queue carries besides its bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueueMeta {
+    /// Index of the message in `SocketImage::queue`.
+    #[prost(uint32, tag = "1")]
+    pub entry: u32,
+    /// Descriptors in flight with it (SCM_RIGHTS), by `FileImage::id`, in
+    /// order.
+    #[prost(uint32, repeated, tag = "2")]
+    pub files: Vec<u32>,
+    /// The sender's credentials were recorded (SCM_CREDENTIALS, the
+    /// receiver has SO_PASSCRED).
+    #[prost(bool, tag = "3")]
+    pub has_creds: bool,
+    /// Sender pid as the receiver saw it.
+    #[prost(int32, tag = "4")]
+    pub pid: i32,
+    /// Sender uid.
+    #[prost(uint32, tag = "5")]
+    pub uid: u32,
+    /// Sender gid.
+    #[prost(uint32, tag = "6")]
+    pub gid: u32,
+    /// Datagram: the sender's bound name (empty: unnamed).
+    #[prost(bytes = "vec", tag = "7")]
+    pub from: Vec<u8>,
 }
 
 /// What is left of a process that exited and was not yet waited for.

@@ -71,6 +71,25 @@ fn socket(f: &FileImage) -> String {
     if s.unlinked {
         let _ = write!(o, " (path unlinked)");
     }
+    if !s.bind_dir.is_empty() {
+        let _ = write!(o, " bound from {}", s.bind_dir);
+    }
+    if s.external_peer {
+        let _ = write!(o, " external peer {}", String::from_utf8_lossy(&s.peer_name));
+    }
+    if !s.accept_queue.is_empty() {
+        let _ = write!(o, " accept queue={:?}", s.accept_queue);
+    }
+    for m in &s.queue_meta {
+        let _ = write!(o, " [message {}: files {:?}", m.entry, m.files);
+        if m.has_creds {
+            let _ = write!(o, " creds {}:{}:{}", m.pid, m.uid, m.gid);
+        }
+        if !m.from.is_empty() {
+            let _ = write!(o, " from {}", String::from_utf8_lossy(&m.from));
+        }
+        let _ = write!(o, "]");
+    }
     if !s.filter.is_empty() {
         let _ = write!(o, " filter={} instructions{}", s.filter.len() / 8, if s.filter_locked { " (locked)" } else { "" });
     }

@@ -257,6 +257,149 @@ pub fn recv(fd: BorrowedFd, buf: &mut [u8], flags: i32) -> Result<Received> {
     Ok(Received { len: full.min(buf.len()), full, flags: msg.msg_flags, from: from[..(msg.msg_namelen as usize).min(128)].to_vec() })
 }
 
+/// Sender credentials of a unix message (`struct ucred`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Creds {
+    /// Process id, as the receiver's pid namespace sees it.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// What [`recv_msg`] read besides the data.
+pub struct Ancillary {
+    /// Descriptors passed with SCM_RIGHTS, installed close-on-exec here.
+    pub fds: Vec<OwnedFd>,
+    /// SCM_CREDENTIALS, when the socket passes them (SO_PASSCRED).
+    pub creds: Option<Creds>,
+    /// The control buffer was too small (MSG_CTRUNC): descriptors were
+    /// lost to the caller.
+    pub truncated: bool,
+}
+
+/// Room for the most descriptors one message carries (SCM_MAX_FD, 253)
+/// and one `struct ucred`.
+const CONTROL_LEN: usize = 2048;
+
+/// `recvmsg` with `flags` like [`recv`], also reading the ancillary data
+/// (descriptors in flight, which MSG_PEEK installs here as new copies of
+/// the same open files, and credentials).
+pub fn recv_msg(fd: BorrowedFd, buf: &mut [u8], flags: i32) -> Result<(Received, Ancillary)> {
+    let mut from = [0u8; 128];
+    let mut control = [0u64; CONTROL_LEN / 8];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; zero is a valid initial value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = from.as_mut_ptr().cast();
+    msg.msg_namelen = from.len() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL_LEN;
+    // SAFETY: msg points at the iovec, name and control buffers above,
+    // valid for the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
+    let full = cvt(n as i64).map_err(err("recvmsg"))? as usize;
+    let mut anc = Ancillary { fds: Vec::new(), creds: None, truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 };
+    // SAFETY: msg's control buffer was filled by the kernel; the CMSG
+    // macros walk it within msg_controllen.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !c.is_null() {
+        // SAFETY: c points at a complete cmsghdr inside the control buffer.
+        let h = unsafe { &*c };
+        // SAFETY: as above; CMSG_LEN(0) is the header's length.
+        let data_len = h.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+        // SAFETY: the data follows the header inside the buffer.
+        let data = unsafe { libc::CMSG_DATA(c) };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            for i in 0..data_len / 4 {
+                // SAFETY: data_len bytes of ints follow; read unaligned.
+                let raw = unsafe { std::ptr::read_unaligned(data.cast::<i32>().add(i)) };
+                // SAFETY: the kernel installed this descriptor for us.
+                anc.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        } else if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_CREDENTIALS && data_len >= 12 {
+            // SAFETY: a struct ucred follows; read unaligned.
+            let u = unsafe { std::ptr::read_unaligned(data.cast::<libc::ucred>()) };
+            anc.creds = Some(Creds { pid: u.pid, uid: u.uid, gid: u.gid });
+        }
+        // SAFETY: walks to the next header within the buffer, or null.
+        c = unsafe { libc::CMSG_NXTHDR(&msg, c) };
+    }
+    Ok((Received { len: full.min(buf.len()), full, flags: msg.msg_flags, from: from[..(msg.msg_namelen as usize).min(128)].to_vec() }, anc))
+}
+
+/// `sendmsg` of `data` to `to` (empty: the connected peer) passing `fds`
+/// with SCM_RIGHTS and `creds` with SCM_CREDENTIALS; returns the bytes
+/// sent.
+pub fn send_msg(fd: BorrowedFd, data: &[u8], to: &[u8], fds: &[BorrowedFd], creds: Option<Creds>, flags: i32) -> Result<usize> {
+    let mut control = [0u64; CONTROL_LEN / 8];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: msghdr is plain data; zero is a valid initial value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if !to.is_empty() {
+        msg.msg_name = to.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = to.len() as u32;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let rights = (fds.len() * 4) as u32;
+    let cred_len = std::mem::size_of::<libc::ucred>() as u32;
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let need = unsafe {
+        (if fds.is_empty() { 0 } else { libc::CMSG_SPACE(rights) }) + if creds.is_some() { libc::CMSG_SPACE(cred_len) } else { 0 }
+    } as usize;
+    if need > CONTROL_LEN {
+        return Err(Error::sys("sendmsg", 0, io::Error::from_raw_os_error(libc::E2BIG)));
+    }
+    if need > 0 {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = need;
+        // SAFETY: the control buffer holds `need` bytes, room for both
+        // headers and their data as CMSG_SPACE counted them.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            if !fds.is_empty() {
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(rights) as usize;
+                for (i, f) in fds.iter().enumerate() {
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>().add(i), f.as_raw_fd());
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+            if let Some(cr) = creds {
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_CREDENTIALS;
+                (*c).cmsg_len = libc::CMSG_LEN(cred_len) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>(), libc::ucred { pid: cr.pid, uid: cr.uid, gid: cr.gid });
+            }
+        }
+    }
+    // SAFETY: msg points at the data, address and control buffers above.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags | libc::MSG_NOSIGNAL) };
+    Ok(cvt(n as i64).map_err(err("sendmsg"))? as usize)
+}
+
+/// Runs `f` on a short-lived thread with a working directory of its own,
+/// `dir` (a unix socket bound there to a relative path takes its name from
+/// it); the caller's stays where it is.
+pub fn in_dir<T: Send>(dir: &std::path::Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare(CLONE_FS) gives only this thread its own
+            // working directory; the thread ends right after.
+            cvt(unsafe { libc::unshare(libc::CLONE_FS) }).map_err(err("unshare(CLONE_FS)"))?;
+            std::env::set_current_dir(dir).map_err(err("chdir"))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::sys("chdir thread", 0, io::Error::other("panicked"))))
+    })
+}
+
 /// `sendto` (`to` empty: send); returns the bytes sent.
 pub fn send(fd: BorrowedFd, data: &[u8], to: &[u8], flags: i32) -> Result<usize> {
     let (p, l) = if to.is_empty() { (std::ptr::null(), 0) } else { (to.as_ptr(), to.len() as u32) };

@@ -151,12 +151,21 @@ pub static PROGS: &[Prog] = &[
     prog("inotify_deleted", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("fanotify", Launch::C, true, 2) },
     Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("ns_fds_tree", Launch::CUnshared, true, 2) },
+    prog("sock_scm", Launch::C, true, 4),
+    prog("sock_dgram_bound", Launch::C, true, 3),
+    prog("sock_relative", Launch::C, true, 2),
+    prog("sock_accept_queue", Launch::C, true, 2),
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
 /// tree, so a checkpoint must refuse it (not in PROGS: it needs that
 /// listener to start).
 pub static SOCK_OUTSIDE: Prog = prog("sock_outside", Launch::C, true, 1);
+
+/// Holds a message in a unix socket with SO_PASSCRED: a checkpoint must
+/// refuse it by name (not in PROGS: no restore can send the message again
+/// with its sender's credentials).
+pub static SOCK_PASSCRED: Prog = prog("sock_passcred", Launch::C, true, 1);
 
 /// Holds its child in a ptrace stop, as a debugger would: a checkpoint
 /// must refuse the traced child by name (not in PROGS: no restore can

@@ -1063,7 +1063,7 @@ fn reread(table: &mut FileTable, i: usize) -> Result<()> {
     let (pid, fd, _, _) = table.owners[i];
     let link = proc::link(pid, &format!("fd/{fd}"))?;
     let st = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).map_err(io_err(format!("stat fd {fd} of pid {pid}")))?;
-    let seen = Seen { pid, fd, link: &link, st: &st };
+    let seen = Seen { pid, fd, ns_pid: pid, link: &link, st: &st };
     let s = sockets::take(&seen)?;
     let t = dump_tcp(&seen, s.as_fd())?;
     if let Some(sock) = table.files[i].socket.as_mut() {

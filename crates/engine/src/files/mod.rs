@@ -50,6 +50,10 @@ pub struct Seen<'a> {
     pub pid: i32,
     /// The descriptor number.
     pub fd: i32,
+    /// The process whose namespaces and root apply: `pid`, except for a
+    /// descriptor in flight, which lpm holds (`pid` is lpm's own) on
+    /// behalf of the tree's process holding its carrier.
+    pub ns_pid: i32,
     /// Target of /proc/PID/fd/N.
     pub link: &'a str,
     /// stat of the open file.
@@ -243,13 +247,69 @@ pub struct FileTable {
     /// lpm locks the network itself: each connection to a peer outside
     /// the tree is added to this lock before its state is read.
     pub lock: Option<crate::netlock::NetLock>,
+    /// Descriptors in flight received while unix queues were read, kept
+    /// open until the dump ends (their open files are compared by kcmp
+    /// with the descriptors seen after them).
+    pub inflight: Vec<OwnedFd>,
+    /// Unix sockets whose peer no process of the tree holds, to resolve
+    /// once every queue is read (the peer may be in flight): the index of
+    /// the socket's file in `files`, and its refusal if the peer is not.
+    pub unix_unheld: Vec<(usize, EngineError)>,
+    /// The caller declared unix peers outside the tree external
+    /// (`--ext-unix-sk`): such sockets are dumped, not refused.
+    pub ext_unix_sk: bool,
+    /// Indexes of the descriptions being recorded (their slots are taken,
+    /// see `describe`): not yet "seen before".
+    describing: Vec<usize>,
 }
 
 impl FileTable {
+    /// The id of the open file description of `fd` of `pid` if one was
+    /// seen already (kcmp against each description of the same inode).
+    fn known(&self, pid: i32, fd: i32, flags: u32, key: (u64, u64)) -> Result<Option<u32>> {
+        for (i, &(opid, ofd, dev, ino)) in self.owners.iter().enumerate() {
+            if (dev, ino) == key
+                && self.files[i].flags == flags
+                && misc::same_file(pid, fd, opid, ofd).step(pid, || format!("kcmp fd {fd}"))?
+            {
+                return Ok(Some(self.files[i].id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a new open file description: its slot (and its id) is
+    /// taken before `visit` runs, so that the descriptors in flight that
+    /// `visit` meets, its own among them, find it.
+    fn describe(
+        &mut self,
+        seen: &Seen,
+        info: &proc::FdInfo,
+        visit: impl FnOnce(&Seen, &mut FileImage, &mut FileTable) -> Result<()>,
+    ) -> Result<u32> {
+        let id = self.files.len() as u32 + 1;
+        let mut f = FileImage {
+            id,
+            flags: info.flags & !(libc::O_CLOEXEC as u32),
+            pos: info.pos,
+            mode: seen.st.mode(),
+            path: seen.link.to_string(),
+            size: seen.st.len(),
+            ..Default::default()
+        };
+        self.owners.push((seen.pid, seen.fd, seen.st.dev(), seen.st.ino()));
+        self.files.push(f.clone());
+        self.describing.push(id as usize - 1);
+        let res = visit(seen, &mut f, self);
+        self.describing.pop();
+        self.files[id as usize - 1] = f;
+        res.map(|_| id)
+    }
+
     /// Whether an open file description of the inode `(dev, ino)` was
     /// seen already (another description of a file seen before).
     pub fn described(&self, dev: u64, ino: u64) -> bool {
-        self.owners.iter().any(|o| (o.2, o.3) == (dev, ino))
+        self.owners.iter().enumerate().any(|(i, o)| (o.2, o.3) == (dev, ino) && !self.describing.contains(&i))
     }
 }
 
@@ -267,6 +327,7 @@ pub(crate) fn show_addr(a: &lpm_image::InetAddr) -> String {
 /// Makes the two ends of every TCP connection inside the tree agree, once
 /// every process is dumped (see `inet::reconcile`).
 pub fn reconcile_connections(table: &mut FileTable) -> Result<()> {
+    unix::reconcile(table)?;
     inet::reconcile(table)
 }
 
@@ -290,6 +351,57 @@ pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
         handler(seen, f)?.dump(seen, f, table)?;
         fown::dump(seen, f, table)
     })
+}
+
+/// Records a descriptor in flight in a unix queue read while dumping the
+/// socket of `carrier` (MSG_PEEK installed `fd` here, a new descriptor of
+/// the same open file): its file id, the file dumped once like any other
+/// (kcmp finds it among those seen, the carrier's own included). Only the
+/// kinds whose dump and restore need no process holding them travel;
+/// anything else is refused by name, as the carrier's.
+pub(crate) fn dump_inflight(carrier: &Seen, fd: OwnedFd, table: &mut FileTable) -> Result<u32> {
+    let me = std::process::id() as i32;
+    let raw = fd.as_raw_fd();
+    let link = proc::link(me, &format!("fd/{raw}"))?;
+    let info = proc::parse_fdinfo(&proc::read(me, &format!("fdinfo/{raw}"))?);
+    let st = std::fs::metadata(format!("/proc/{me}/fd/{raw}")).map_err(io_err(format!("stat descriptor in flight {raw}")))?;
+    let flags = info.flags & !(libc::O_CLOEXEC as u32);
+    if let Some(id) = table.known(me, raw, flags, (st.dev(), st.ino()))? {
+        return Ok(id);
+    }
+    let seen = Seen { pid: me, fd: raw, ns_pid: carrier.ns_pid, link: &link, st: &st };
+    let rename = |e: EngineError| match e {
+        EngineError::Unsupported { what, .. } => carrier.unsupported(format!("a descriptor in flight in its queue: {what}")),
+        EngineError::Transient { what, .. } => carrier.transient(format!("a descriptor in flight in its queue: {what}")),
+        other => other,
+    };
+    let k = classify(&seen).map_err(rename)?;
+    let travels = matches!(
+        k,
+        FileKind::UnixSocket
+            | FileKind::Pipe
+            | FileKind::Fifo
+            | FileKind::Regular
+            | FileKind::Unlinked
+            | FileKind::Eventfd
+            | FileKind::Memfd
+    );
+    if !travels {
+        return Err(carrier.unsupported(format!("a descriptor in flight in its queue is a {k:?}, which the restore cannot send again")));
+    }
+    // Kept open until the dump ends: later descriptors are compared with it.
+    table.inflight.push(fd);
+    table
+        .describe(&seen, &info, |seen, f, table| {
+            f.kind = k as i32;
+            kind(k).ok_or_else(|| seen.unsupported("no module for its kind"))?.dump(seen, f, table)?;
+            fown::dump(seen, f, table)?;
+            if f.owner.is_some() || f.signal != 0 || f.flags as i32 & libc::O_ASYNC != 0 {
+                return Err(seen.unsupported("an owner for SIGIO, which only a descriptor in a process table keeps"));
+            }
+            Ok(())
+        })
+        .map_err(rename)
 }
 
 /// Sets the owner for SIGIO and its signal on every restored description
@@ -349,34 +461,11 @@ fn walk(
         };
         let info = proc::parse_fdinfo(&fdinfo);
         let flags = info.flags & !(libc::O_CLOEXEC as u32);
-        let key = (st.dev(), st.ino());
-        let mut id = None;
-        for (i, &(opid, ofd, dev, ino)) in table.owners.iter().enumerate() {
-            if (dev, ino) == key
-                && table.files[i].flags == flags
-                && misc::same_file(pid, fd, opid, ofd).step(pid, || format!("kcmp fd {fd}"))?
-            {
-                id = Some(table.files[i].id);
-                break;
-            }
-        }
-        let id = match id {
+        let id = match table.known(pid, fd, flags, (st.dev(), st.ino()))? {
             Some(id) => id,
             None => {
-                let seen = Seen { pid, fd, link: &link, st: &st };
-                let mut f = FileImage {
-                    id: table.files.len() as u32 + 1,
-                    flags,
-                    pos: info.pos,
-                    mode: st.mode(),
-                    path: link.clone(),
-                    size: st.len(),
-                    ..Default::default()
-                };
-                visit(&seen, &mut f, table)?;
-                table.owners.push((pid, fd, key.0, key.1));
-                table.files.push(f);
-                table.files.len() as u32
+                let seen = Seen { pid, fd, ns_pid: pid, link: &link, st: &st };
+                table.describe(&seen, &info, |seen, f, table| visit(seen, f, table))?
             }
         };
         out.push(Fd { fd: fd as u32, cloexec: info.flags & libc::O_CLOEXEC as u32 != 0, file_id: id });
@@ -456,6 +545,7 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<Op
         let fd = misc::move_fd_above(fd, base).step(0, || format!("move file {} above fd {base}", f.id))?;
         by_id.insert(f.id, fd);
     }
+    unix::finish_inflight(tree, &by_id, &net)?;
     let mut ctty = HashMap::new();
     for index in tree.processes.iter().filter(|p| p.sid == p.pid).filter_map(|p| p.ctty) {
         let fd = tty::open_ctty(index, &mut cx)?;

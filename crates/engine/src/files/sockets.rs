@@ -53,7 +53,7 @@ fn ns_ino(path: &str) -> Result<u64> {
 pub fn netns_of(seen: &Seen, s: BorrowedFd) -> Result<u64> {
     let ns = net::socket_netns(s).step(seen.pid, || format!("SIOCGSKNS fd {}", seen.fd))?;
     let ino = ns_ino(&format!("/proc/self/fd/{}", ns.as_raw_fd()))?;
-    if ino != ns_ino(&format!("/proc/{}/ns/net", seen.pid))? {
+    if ino != ns_ino(&format!("/proc/{}/ns/net", seen.ns_pid))? {
         return Err(seen.unsupported("socket of a network namespace other than its process's"));
     }
     Ok(if ino == ns_ino("/proc/self/ns/net")? { 0 } else { ino })
@@ -62,7 +62,7 @@ pub fn netns_of(seen: &Seen, s: BorrowedFd) -> Result<u64> {
 /// Runs `f` inside the socket's network namespace (the one `seen`'s
 /// process lives in).
 pub fn in_task_netns<T: Send>(seen: &Seen, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let path = format!("/proc/{}/ns/net", seen.pid);
+    let path = format!("/proc/{}/ns/net", seen.ns_pid);
     let ns = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
     net::in_netns(ns.as_fd(), f).step(seen.pid, || format!("enter the network namespace of fd {}", seen.fd))
 }
