@@ -979,6 +979,13 @@ zdtm_tests!(
     membarrier,
     zombie_pgrp,
     pty_owner,
+    sock_ping,
+    sock_udplite,
+    sock_freebind,
+    sock_netlink_peer,
+    sock_packet,
+    sock_raw,
+    sock_reuseport,
 );
 
 /// A checkpoint of a tree holding a socket connected outside it fails,

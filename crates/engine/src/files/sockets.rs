@@ -1,4 +1,4 @@
-//! What the socket kinds (unix.rs, inet.rs, netlink.rs) share: which kind
+//! What the socket kinds (unix.rs, inet.rs, netlink.rs, packet.rs) share: which kind
 //! a socket descriptor is, taking the task's socket (pidfd_getfd), the
 //! network namespace it lives in, whether a peer is held inside the tree,
 //! creating a socket inside a restored namespace, options kept as raw
@@ -28,7 +28,7 @@ pub fn classify(seen: &Seen) -> Result<FileKind> {
         libc::AF_UNIX => Ok(FileKind::UnixSocket),
         libc::AF_INET | libc::AF_INET6 => Ok(FileKind::InetSocket),
         libc::AF_NETLINK => Ok(FileKind::NetlinkSocket),
-        libc::AF_PACKET => Err(seen.unsupported("packet socket")),
+        libc::AF_PACKET => Ok(FileKind::PacketSocket),
         other => Err(seen.unsupported(format!("socket of address family {other}"))),
     }
 }
@@ -110,7 +110,8 @@ pub fn apply_filter(f: &FileImage, s: BorrowedFd, img: &SocketImage) -> Result<(
 pub fn read_opts(s: BorrowedFd, list: &[(i32, i32)]) -> Vec<SockOpt> {
     let mut out = Vec::new();
     for &(level, name) in list {
-        let mut b = [0u8; 16];
+        // ICMPV6_FILTER, the longest, is 32 bytes.
+        let mut b = [0u8; 64];
         if let Ok(n) = net::getsockopt(s, level, name, &mut b) {
             out.push(SockOpt { level, name, value: b[..n].to_vec() });
         }
