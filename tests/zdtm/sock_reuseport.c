@@ -1,7 +1,8 @@
 /*
  * sock_reuseport: SO_REUSEPORT groups on loopback: four UDP sockets bound
  * to 127.0.0.1:P one after the other, three TCP listeners on
- * 127.0.0.1:P+1 and two IPv6 TCP listeners on [::1]:P+2, with P taken from
+ * 127.0.0.1:P+1 (one with SO_INCOMING_CPU 1) and two IPv6 TCP listeners
+ * on [::1]:P+2, with P taken from
  * the pid (the runner runs several copies at once in its namespace, and a
  * socket of another copy on the same port would join the group).
  * Verified: every member still bound and SO_REUSEPORT set; datagrams
@@ -136,6 +137,9 @@ static void sabotage(void)
 		close(udp[0]);
 		udp[0] = bound(SOCK_DGRAM, UDP_PORT);
 		break;
+	case 3: /* the preferred CPU forgotten */
+		setsockopt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU, &(int){ -1 }, sizeof(int));
+		break;
 	case 2: /* a listener stops listening */
 		close(tcp[1]);
 		tcp[1] = bound(SOCK_STREAM, TCP_PORT);
@@ -163,6 +167,9 @@ int main(void)
 		zdtm_die("udp group: %s: %s", e, strerror(errno));
 	if ((e = accept_one(AF_INET, TCP_PORT, tcp, NTCP)) || (e = accept_one(AF_INET6, TCP6_PORT, tcp6, NTCP6)))
 		zdtm_die("tcp groups: %s: %s", e, strerror(errno));
+	/* Which CPU a listener prefers (a reuseport lookup favours it). */
+	if (setsockopt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU, &(int){ 1 }, sizeof(int)))
+		zdtm_die("SO_INCOMING_CPU: %s", strerror(errno));
 	netns = ns_ino();
 	zdtm_ready();
 	zdtm_wait();
@@ -175,6 +182,8 @@ int main(void)
 		zdtm_check(opt(tcp[i], SOL_SOCKET, SO_ACCEPTCONN) == 1, "tcp listener %d does not listen", i);
 	for (int i = 0; i < NTCP6; i++)
 		zdtm_check(opt(tcp6[i], SOL_SOCKET, SO_ACCEPTCONN) == 1, "tcp6 listener %d does not listen", i);
+	zdtm_check(opt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU) == 1, "SO_INCOMING_CPU %d",
+		   opt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU));
 	e = spread(again);
 	zdtm_check(!e, "udp group: %s", e);
 	if (ns_ino() == netns)

@@ -537,7 +537,7 @@ fn inet_of(sa: &[u8]) -> Option<InetAddr> {
 /// addresses, a unix socket's bound name, a netlink socket's peer, a
 /// packet socket's protocol, interface, fanout group and memberships;
 /// every option recorded (but the buffer sizes, which the kernel
-/// doubles).
+/// doubles, and SO_INCOMING_CPU, which it moves).
 fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     use std::os::fd::AsFd;
     let kinds = [FileKind::UnixSocket, FileKind::InetSocket, FileKind::NetlinkSocket, FileKind::PacketSocket];
@@ -592,8 +592,18 @@ fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         // restored in repair mode is (explicitly), unlike one its program
         // let connect(2) bind; it no longer steers anything once connected.
         let v6only_moot = s.tcp.is_some();
+        // A connection a migration keeps in repair mode until it lets the
+        // tree go gets its options as it leaves repair mode, after this.
+        let repairing = s.tcp.is_some()
+            && lpm_sys::net::getsockopt_int(sock.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR)
+                .step(p.host, || format!("read fd {fd}'s TCP_REPAIR"))?
+                == 1;
         let skip = |o: &&lpm_image::SockOpt| {
-            (o.level == libc::SOL_SOCKET && [libc::SO_RCVBUF, libc::SO_SNDBUF].contains(&o.name))
+            repairing
+                || (o.level == libc::SOL_SOCKET && [libc::SO_RCVBUF, libc::SO_SNDBUF].contains(&o.name))
+                // SO_INCOMING_CPU: the kernel moves it to the CPU each packet
+                // arrives on.
+                || (o.level == libc::SOL_SOCKET && o.name == 49)
                 || (v6only_moot && o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY)
         };
         for o in s.opts.iter().filter(|o| !skip(o)) {

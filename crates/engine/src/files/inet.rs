@@ -81,6 +81,9 @@ const COMMON_OPTS: &[(i32, i32)] = &[
     (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
     // The interface name, or empty (which unbinds, harmlessly).
     (libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
+    // The CPU it was last used on (or the program's choice), which a
+    // SO_REUSEPORT group's lookup prefers; -1 when none.
+    (libc::SOL_SOCKET, SO_INCOMING_CPU),
 ];
 const TCP_OPTS: &[(i32, i32)] = &[
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
@@ -125,6 +128,8 @@ const V6_UDP_OPTS: &[(i32, i32)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
     (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
 ];
+/// `SO_INCOMING_CPU` (libc lacks it).
+pub(crate) const SO_INCOMING_CPU: i32 = 49;
 /// `IPV6_FREEBIND` (libc lacks it).
 const IPV6_FREEBIND: i32 = 78;
 /// `SOL_RAW`, `ICMP_FILTER` (raw ICMP sockets) and `ICMPV6_FILTER`.
