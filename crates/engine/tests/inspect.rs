@@ -171,6 +171,35 @@ fn packet_socket_with_a_ring_is_refused_as_the_dump_refuses_it() {
     assert_eq!(p.verdict(), "ok");
 }
 
+/// Netlink sockets the dump cannot rebuild are named: one with unread
+/// messages (at this moment: the kernel's answers, which no restore can
+/// send as the kernel), one connected to a port no socket of the tree
+/// holds (lasting). The program runs on and still reads its messages.
+#[test]
+fn netlink_refusals_are_named() {
+    let script = r#"
+nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+nl.bind((0, 0))
+# RTM_GETLINK dump request (NLM_F_REQUEST | NLM_F_DUMP), left unread.
+nl.send(struct.pack("=IHHIIBxxx", 20, 18, 0x301, 1, 0, 0))
+peer = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2)  # NETLINK_USERSOCK
+peer.bind((0, 0))
+peer.connect((0x7b000001, 0))
+ready()
+serve(lambda: "ok" if nl.recv(65536, socket.MSG_DONTWAIT) else "empty")
+"#;
+    let mut p = Prog::start("netlink", &[], script);
+    let i = inspect(p.pid(), &DumpOptions::default());
+    let unread = named(&i, "with unread messages");
+    assert!(unread.transient, "{unread}");
+    let outside = named(&i, "connected to port 2063597569, which no socket of the tree holds");
+    assert!(!outside.transient, "{outside}");
+    assert_eq!(i.refusals.len(), 2, "{:#?}", i.refusals);
+    untraced(p.pid());
+    dump_refuses_the_same(&p, &i, DumpOptions::default());
+    assert_eq!(p.verdict(), "ok");
+}
+
 /// One program holding four refused kinds at once (a packet socket
 /// with a transmit ring, a
 /// character device, a mapping of a deleted file, a SysV segment of the
