@@ -1,6 +1,7 @@
 /*
- * sock_reuseport: SO_REUSEPORT groups on loopback: four UDP sockets bound
- * to 127.0.0.1:P one after the other, three TCP listeners on
+ * sock_reuseport: SO_REUSEPORT groups on loopback: four UDP sockets owned
+ * by uid 1000 (made with that filesystem uid) bound to 127.0.0.1:P one
+ * after the other, three TCP listeners on
  * 127.0.0.1:P+1 (one with SO_INCOMING_CPU 1) and two IPv6 TCP listeners
  * on [::1]:P+2, with P taken from
  * the pid (the runner runs several copies at once in its namespace, and a
@@ -10,14 +11,17 @@
  * in the network namespace it started in, the same member as before the
  * checkpoint (the kernel picks the member by hashing the flow into the
  * group's array, with a secret of the namespace: the group must be formed
- * again in the same order); connections to each TCP group are accepted
- * by one of its listeners.
+ * again in the same order); the UDP members are still owned by uid 1000,
+ * and a new socket of uid 1000 joins their group where one of root
+ * cannot (the kernel groups sockets of one uid only); connections to each
+ * TCP group are accepted by one of its listeners.
  */
 #include "zdtm.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
 
 #define NSRC 32
@@ -135,10 +139,16 @@ static void sabotage(void)
 	switch (zdtm_sabotage) {
 	case 1: /* the first member leaves and comes back last */
 		close(udp[0]);
+		setfsuid(1000);
 		udp[0] = bound(SOCK_DGRAM, UDP_PORT);
+		setfsuid(0);
 		break;
 	case 3: /* the preferred CPU forgotten */
 		setsockopt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU, &(int){ -1 }, sizeof(int));
+		break;
+	case 4: /* a member made again by root, which cannot join */
+		close(udp[3]);
+		udp[3] = bound(SOCK_DGRAM, UDP_PORT);
 		break;
 	case 2: /* a listener stops listening */
 		close(tcp[1]);
@@ -154,9 +164,11 @@ int main(void)
 
 	zdtm_init();
 	base = 20000 + 40 * (getpid() % 300);
+	setfsuid(1000);
 	for (int i = 0; i < NUDP; i++)
 		if ((udp[i] = bound(SOCK_DGRAM, UDP_PORT)) < 0)
 			zdtm_die("udp member %d: %s", i, strerror(errno));
+	setfsuid(0);
 	for (int i = 0; i < NTCP; i++)
 		if ((tcp[i] = bound(SOCK_STREAM, TCP_PORT)) < 0 || listen(tcp[i], 16))
 			zdtm_die("tcp listener %d: %s", i, strerror(errno));
@@ -190,6 +202,19 @@ int main(void)
 		for (int i = 0; i < NSRC; i++)
 			zdtm_check(again[i] == map[i], "source port %d reached member %d, before member %d", SRC_PORT + i,
 				   again[i], map[i]);
+	for (int i = 0; i < NUDP; i++) {
+		struct stat st;
+		zdtm_check(udp[i] >= 0 && !fstat(udp[i], &st) && st.st_uid == 1000, "udp member %d not owned by uid 1000", i);
+	}
+	{
+		int r = bound(SOCK_DGRAM, UDP_PORT), u;
+		zdtm_check(r < 0 && errno == EADDRINUSE, "a socket of root joined the group of uid 1000");
+		setfsuid(1000);
+		u = bound(SOCK_DGRAM, UDP_PORT);
+		setfsuid(0);
+		zdtm_check(u >= 0, "a socket of uid 1000 cannot join its group: %s", strerror(errno));
+		close(u);
+	}
 	e = accept_one(AF_INET, TCP_PORT, tcp, NTCP);
 	zdtm_check(!e, "tcp group: %s", e);
 	e = accept_one(AF_INET6, TCP6_PORT, tcp6, NTCP6);

@@ -548,6 +548,11 @@ fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
             lpm_sys::net::getsockopt_int(sock.as_fd(), libc::SOL_SOCKET, name).step(p.host, || format!("read fd {fd}'s socket type"))
         };
         let object = format!("fd {fd}");
+        if s.family != libc::AF_UNIX as u32 {
+            use std::os::unix::fs::MetadataExt;
+            let st = std::fs::metadata(format!("/proc/{}/fd/{fd}", p.host)).map_err(crate::io_err(format!("stat fd {fd}")))?;
+            f.cmp(&object, "socket owner (uid, gid)", (s.owner_uid, s.owner_gid), (st.uid(), st.gid()));
+        }
         f.cmp(&object, "family", s.family as i32, opt(libc::SO_DOMAIN)?);
         f.cmp(&object, "type", s.sock_type as i32, opt(libc::SO_TYPE)?);
         if s.family != libc::AF_UNIX as u32 {

@@ -1494,6 +1494,16 @@ pub struct SocketImage {
     /// several. The restore binds (or listens) the members in that order.
     #[prost(uint32, tag = "163")]
     pub reuseport_rank: u32,
+    /// Inet, netlink and packet: the owner of the socket (its inode's uid
+    /// and gid: the filesystem ids of its creator), which the kernel
+    /// keeps as the socket's uid (sk_uid: SO_REUSEPORT groups join only
+    /// sockets of one uid; routing rules and firewall owner matches see
+    /// it). Created by a thread with these filesystem ids at restore.
+    #[prost(uint32, tag = "164")]
+    pub owner_uid: u32,
+    /// See `owner_uid`.
+    #[prost(uint32, tag = "165")]
+    pub owner_gid: u32,
 }
 
 /// A packet socket (AF_PACKET): where it is bound and its PACKET_*

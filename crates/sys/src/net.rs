@@ -48,13 +48,51 @@ pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets the calling thread's filesystem uid and gid (raw syscalls, which
+/// change this thread only), checking that they took.
+fn set_fs_ids(uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: the raw setfsgid and setfsuid syscalls change the
+    // credentials of the calling thread only; they take integers.
+    let (g, u) = unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid as i64);
+        libc::syscall(libc::SYS_setfsuid, uid as i64);
+        // Each returns the id in force, which is the one asked for once
+        // it took.
+        (libc::syscall(libc::SYS_setfsgid, gid as i64), libc::syscall(libc::SYS_setfsuid, uid as i64))
+    };
+    if g != gid as i64 || u != uid as i64 {
+        return Err(Error::sys("setfsuid/setfsgid", 0, io::Error::from_raw_os_error(libc::EPERM)));
+    }
+    Ok(())
+}
+
+/// `socket(domain, ty | SOCK_CLOEXEC, proto)` owned by `uid` and `gid`
+/// (the socket's inode, and its sk_uid, take the creator's filesystem
+/// ids): from a short-lived thread with those filesystem ids when they
+/// are not the caller's. Capabilities other than the filesystem ones stay.
+pub fn socket_owned(domain: i32, ty: i32, proto: i32, uid: u32, gid: u32) -> Result<OwnedFd> {
+    // SAFETY: getuid and getgid have no preconditions.
+    if (uid, gid) == unsafe { (libc::getuid(), libc::getgid()) } {
+        return socket(domain, ty, proto);
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            set_fs_ids(uid, gid)?;
+            socket(domain, ty, proto)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::sys("socket thread", 0, io::Error::other("panicked"))))
+    })
+}
+
 /// Creates an ICMP ("ping") socket, `socket(domain, SOCK_DGRAM, proto)`,
-/// in the calling thread's network namespace, which lets only the gids of
-/// its `net.ipv4.ping_group_range` make one (root included): from a
+/// owned by `uid` and `gid` (see [`socket_owned`]), in the calling
+/// thread's network namespace, which lets only the gids of its
+/// `net.ipv4.ping_group_range` make one (root included): from a
 /// short-lived thread whose effective gid is the first of that range when
 /// the caller's is not in it. Credentials are per thread in the kernel:
 /// the caller's stay as they are.
-pub fn ping_socket(domain: i32, proto: i32) -> Result<OwnedFd> {
+pub fn ping_socket(domain: i32, proto: i32, uid: u32, gid: u32) -> Result<OwnedFd> {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<OwnedFd> {
             let path = "/proc/sys/net/ipv4/ping_group_range";
@@ -72,6 +110,8 @@ pub fn ping_socket(domain: i32, proto: i32) -> Result<OwnedFd> {
                 // short-lived thread only.
                 cvt(unsafe { libc::syscall(libc::SYS_setresgid, -1i64, lo as i64, -1i64) }).map_err(err("setresgid"))?;
             }
+            // After setresgid, which sets the filesystem gid too.
+            set_fs_ids(uid, gid)?;
             socket(domain, libc::SOCK_DGRAM, proto)
         })
         .join()

@@ -147,7 +147,7 @@ pub static PROGS: &[Prog] = &[
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_netlink_peer", Launch::CNet, true, 2) },
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_packet", Launch::CNet, true, 3) },
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_raw", Launch::CNet, true, 3) },
-    prog("sock_reuseport", Launch::C, true, 3),
+    Prog { needs: &[Need::Root], ..prog("sock_reuseport", Launch::C, true, 4) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

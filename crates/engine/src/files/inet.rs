@@ -572,6 +572,8 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         net_ns,
         state: SocketState::Unconnected as i32,
         local: Some(local.clone()),
+        owner_uid: seen.st.uid(),
+        owner_gid: seen.st.gid(),
         ..Default::default()
     };
     (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
@@ -856,9 +858,9 @@ fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
     let family = s.family as i32;
     let kind = Proto::of(family, s.sock_type as i32, s.protocol as i32);
     let sock = if kind == Some(Proto::Ping) {
-        sockets::in_ns(cx, s.net_ns, || net::ping_socket(family, s.protocol as i32))?
+        sockets::in_ns(cx, s.net_ns, || net::ping_socket(family, s.protocol as i32, s.owner_uid, s.owner_gid))?
     } else {
-        sockets::create(cx, s.net_ns, family, s.sock_type as i32, s.protocol as i32)?
+        sockets::create_owned(cx, s, family, s.sock_type as i32, s.protocol as i32)?
     };
     let fd = sock.as_fd();
     if let Some(t) = &s.tcp {

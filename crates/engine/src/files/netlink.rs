@@ -102,6 +102,8 @@ fn read(seen: &Seen, table: &FileTable) -> Result<SocketImage> {
         nl_portid: u32_at(&name, 4),
         nl_peer_portid: peer_portid,
         nl_peer_groups: peer_groups,
+        owner_uid: seen.st.uid(),
+        owner_gid: seen.st.gid(),
         nl_groups: groups,
         opts: sockets::buffer_opts(fd, libc::AF_NETLINK, ty, proto),
         filter,
@@ -122,7 +124,7 @@ impl Kind for Netlink {
 
     fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
         let s = sockets::image(f)?;
-        let sock = sockets::create(cx, s.net_ns, libc::AF_NETLINK, s.sock_type as i32, s.protocol as i32)?;
+        let sock = sockets::create_owned(cx, s, libc::AF_NETLINK, s.sock_type as i32, s.protocol as i32)?;
         let fd = sock.as_fd();
         let err = |what: String| {
             let what = format!("netlink socket file {} (protocol {}): {what}", f.id, s.protocol);

@@ -142,6 +142,8 @@ fn read(seen: &Seen) -> Result<SocketImage> {
         filter,
         filter_locked,
         packet: Some(packet),
+        owner_uid: seen.st.uid(),
+        owner_gid: seen.st.gid(),
         ..Default::default()
     })
 }
@@ -184,7 +186,7 @@ impl Kind for Packet {
             move |source| EngineError::Step { pid: 0, step: what, source }
         };
         let (sock, here) = sockets::in_ns(cx, s.net_ns, || {
-            let sock = net::socket(libc::AF_PACKET, s.sock_type as i32, s.protocol as i32)?;
+            let sock = net::socket_owned(libc::AF_PACKET, s.sock_type as i32, s.protocol as i32, s.owner_uid, s.owner_gid)?;
             let here = if p.ifindex != 0 { net::if_name(p.ifindex).ok() } else { None };
             Ok((sock, here))
         })?;

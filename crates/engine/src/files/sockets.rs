@@ -167,6 +167,12 @@ pub fn create(cx: &OpenCx, net_ns: u64, domain: i32, ty: i32, proto: i32) -> Res
     in_ns(cx, net_ns, || net::socket(domain, ty, proto))
 }
 
+/// Creates the socket of `img` in its restored network namespace, owned
+/// as it was (`SocketImage::owner_uid`).
+pub fn create_owned(cx: &OpenCx, img: &SocketImage, domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
+    in_ns(cx, img.net_ns, || net::socket_owned(domain, ty, proto, img.owner_uid, img.owner_gid))
+}
+
 /// Applies the file's status flags (O_NONBLOCK, ...) to a restored socket.
 pub fn set_flags(f: &FileImage, fd: &OwnedFd) -> Result<()> {
     lpm_sys::misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of socket file {}", f.id))
