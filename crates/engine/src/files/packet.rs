@@ -95,6 +95,10 @@ fn read(seen: &Seen) -> Result<SocketImage> {
     if net::poll_now(fd).step(seen.pid, || format!("poll fd {}", seen.fd))? & libc::POLLERR != 0 {
         return Err(seen.transient("packet socket with an error pending"));
     }
+    if d.ifindex as i32 == -1 {
+        // The kernel's mark of a socket whose interface was unregistered.
+        return Err(seen.unsupported("packet socket bound to an interface that is gone"));
+    }
     let ifname = if d.ifindex != 0 {
         sockets::in_task_netns(seen, || net::if_name(d.ifindex))?
             .step(seen.pid, || format!("name of interface {} of fd {}", d.ifindex, seen.fd))?
