@@ -2,8 +2,8 @@
  * sock_reuseport: SO_REUSEPORT groups on loopback: four UDP sockets owned
  * by uid 1000 (made with that filesystem uid) bound to 127.0.0.1:P one
  * after the other, three TCP listeners on
- * 127.0.0.1:P+1 (one with SO_INCOMING_CPU 1) and two IPv6 TCP listeners
- * on [::1]:P+2, with P taken from
+ * 127.0.0.1:P+1 and two IPv6 TCP listeners on [::1]:P+2, a listener with
+ * SO_INCOMING_CPU 1 on P+3, with P taken from
  * the pid (the runner runs several copies at once in its namespace, and a
  * socket of another copy on the same port would join the group).
  * Verified: every member still bound and SO_REUSEPORT set; datagrams
@@ -13,8 +13,9 @@
  * group's array, with a secret of the namespace: the group must be formed
  * again in the same order); the UDP members are still owned by uid 1000,
  * and a new socket of uid 1000 joins their group where one of root
- * cannot (the kernel groups sockets of one uid only); connections to each
- * TCP group are accepted by one of its listeners.
+ * cannot (the kernel groups sockets of one uid only); connections from 8
+ * source ports to each TCP group are accepted by one listener each, the
+ * same as before in the same namespace.
  */
 #include "zdtm.h"
 
@@ -35,7 +36,7 @@ static int base;
 #define NTCP 3
 #define NTCP6 2
 
-static int udp[NUDP], tcp[NTCP], tcp6[NTCP6];
+static int udp[NUDP], tcp[NTCP], tcp6[NTCP6], cpu;
 static int map[NSRC];
 static ino_t netns;
 
@@ -105,16 +106,23 @@ static const char *spread(int *out)
 	return NULL;
 }
 
-/* Connects to a TCP group and has one of its listeners accept it. */
-static const char *accept_one(int family, int port, int *group, int n)
+/* Connects to a TCP group from source port `src` and has one of its
+ * listeners accept it: which one goes to *who. */
+static const char *accept_one(int family, int port, int *group, int n, int src, int *who)
 {
 	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_LOOPBACK_INIT };
 	struct sockaddr_in a4 = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct sockaddr_in6 s6 = { .sin6_family = AF_INET6, .sin6_port = htons(src), .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	struct sockaddr_in s4 = { .sin_family = AF_INET, .sin_port = htons(src) };
 	struct linger lg = { 1, 0 };
 	struct pollfd p[NTCP];
-	int c = socket(family, SOCK_STREAM, 0), got = 0;
+	int c = socket(family, SOCK_STREAM, 0), got = 0, one = 1;
 
 	a4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	s4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	setsockopt(c, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (family == AF_INET ? bind(c, (struct sockaddr *)&s4, sizeof(s4)) : bind(c, (struct sockaddr *)&s6, sizeof(s6)))
+		return "bind the source port";
 	if (family == AF_INET ? connect(c, (struct sockaddr *)&a4, sizeof(a4)) : connect(c, (struct sockaddr *)&a6, sizeof(a6)))
 		return "connect";
 	for (int m = 0; m < n; m++)
@@ -125,6 +133,9 @@ static const char *accept_one(int family, int port, int *group, int n)
 		int s = (p[m].revents & POLLIN) ? accept(group[m], NULL, NULL) : -1;
 		if (s >= 0) {
 			got++;
+			*who = m;
+			/* Reset by the client first: no TIME_WAIT on either side. */
+			setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 			close(s);
 		}
 	}
@@ -133,6 +144,20 @@ static const char *accept_one(int family, int port, int *group, int n)
 	close(c);
 	return got == 1 ? NULL : "the connection reached several listeners";
 }
+
+/* Which listener of a TCP group each of NTSRC source ports reaches. */
+#define NTSRC 8
+static const char *tcp_spread(int family, int port, int *group, int n, int *out)
+{
+	for (int i = 0; i < NTSRC; i++) {
+		const char *e = accept_one(family, port, group, n, SRC_PORT + i, &out[i]);
+		if (e)
+			return e;
+	}
+	return NULL;
+}
+
+static int tmap[NTSRC], tmap6[NTSRC];
 
 static void sabotage(void)
 {
@@ -144,7 +169,7 @@ static void sabotage(void)
 		setfsuid(0);
 		break;
 	case 3: /* the preferred CPU forgotten */
-		setsockopt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU, &(int){ -1 }, sizeof(int));
+		setsockopt(cpu, SOL_SOCKET, SO_INCOMING_CPU, &(int){ -1 }, sizeof(int));
 		break;
 	case 4: /* a member made again by root, which cannot join */
 		close(udp[3]);
@@ -177,10 +202,12 @@ int main(void)
 			zdtm_die("tcp6 listener %d: %s", i, strerror(errno));
 	if ((e = spread(map)))
 		zdtm_die("udp group: %s: %s", e, strerror(errno));
-	if ((e = accept_one(AF_INET, TCP_PORT, tcp, NTCP)) || (e = accept_one(AF_INET6, TCP6_PORT, tcp6, NTCP6)))
+	if ((e = tcp_spread(AF_INET, TCP_PORT, tcp, NTCP, tmap)) || (e = tcp_spread(AF_INET6, TCP6_PORT, tcp6, NTCP6, tmap6)))
 		zdtm_die("tcp groups: %s: %s", e, strerror(errno));
-	/* Which CPU a listener prefers (a reuseport lookup favours it). */
-	if (setsockopt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU, &(int){ 1 }, sizeof(int)))
+	/* A CPU preference (which makes a group's choice depend on the CPU a
+	 * packet arrives on: on a listener of its own). */
+	if ((cpu = bound(SOCK_STREAM, base + 3)) < 0 || listen(cpu, 4) ||
+	    setsockopt(cpu, SOL_SOCKET, SO_INCOMING_CPU, &(int){ 1 }, sizeof(int)))
 		zdtm_die("SO_INCOMING_CPU: %s", strerror(errno));
 	netns = ns_ino();
 	zdtm_ready();
@@ -194,8 +221,7 @@ int main(void)
 		zdtm_check(opt(tcp[i], SOL_SOCKET, SO_ACCEPTCONN) == 1, "tcp listener %d does not listen", i);
 	for (int i = 0; i < NTCP6; i++)
 		zdtm_check(opt(tcp6[i], SOL_SOCKET, SO_ACCEPTCONN) == 1, "tcp6 listener %d does not listen", i);
-	zdtm_check(opt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU) == 1, "SO_INCOMING_CPU %d",
-		   opt(tcp[2], SOL_SOCKET, SO_INCOMING_CPU));
+	zdtm_check(opt(cpu, SOL_SOCKET, SO_INCOMING_CPU) == 1, "SO_INCOMING_CPU %d", opt(cpu, SOL_SOCKET, SO_INCOMING_CPU));
 	e = spread(again);
 	zdtm_check(!e, "udp group: %s", e);
 	if (ns_ino() == netns)
@@ -215,9 +241,17 @@ int main(void)
 		zdtm_check(u >= 0, "a socket of uid 1000 cannot join its group: %s", strerror(errno));
 		close(u);
 	}
-	e = accept_one(AF_INET, TCP_PORT, tcp, NTCP);
-	zdtm_check(!e, "tcp group: %s", e);
-	e = accept_one(AF_INET6, TCP6_PORT, tcp6, NTCP6);
-	zdtm_check(!e, "tcp6 group: %s", e);
+	{
+		int t[NTSRC], t6[NTSRC];
+		e = tcp_spread(AF_INET, TCP_PORT, tcp, NTCP, t);
+		zdtm_check(!e, "tcp group: %s", e);
+		e = tcp_spread(AF_INET6, TCP6_PORT, tcp6, NTCP6, t6);
+		zdtm_check(!e, "tcp6 group: %s", e);
+		if (ns_ino() == netns)
+			for (int i = 0; i < NTSRC; i++)
+				zdtm_check(t[i] == tmap[i] && t6[i] == tmap6[i],
+					   "source port %d reached listeners %d and %d, before %d and %d", SRC_PORT + i, t[i],
+					   t6[i], tmap[i], tmap6[i]);
+	}
 	zdtm_pass();
 }

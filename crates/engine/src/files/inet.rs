@@ -81,8 +81,9 @@ const COMMON_OPTS: &[(i32, i32)] = &[
     (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
     // The interface name, or empty (which unbinds, harmlessly).
     (libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
-    // The CPU it was last used on (or the program's choice), which a
-    // SO_REUSEPORT group's lookup prefers; -1 when none.
+    // The program's CPU preference (-1: none), which a SO_REUSEPORT
+    // group's choice follows once a member has one; the kernel's own
+    // value for an established connection.
     (libc::SOL_SOCKET, SO_INCOMING_CPU),
 ];
 const TCP_OPTS: &[(i32, i32)] = &[
@@ -129,7 +130,7 @@ const V6_UDP_OPTS: &[(i32, i32)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
 ];
 /// `SO_INCOMING_CPU` (libc lacks it).
-pub(crate) const SO_INCOMING_CPU: i32 = 49;
+const SO_INCOMING_CPU: i32 = 49;
 /// `IPV6_FREEBIND` (libc lacks it).
 const IPV6_FREEBIND: i32 = 78;
 /// `SOL_RAW`, `ICMP_FILTER` (raw ICMP sockets) and `ICMPV6_FILTER`.
@@ -746,6 +747,13 @@ impl Kind for Inet {
         }
         img.opts = sockets::read_opts(fd, &list);
         img.opts.retain(|o| !skip_opt(o));
+        if !tcp && img.state == SocketState::Connected as i32 {
+            // The kernel moves a connected datagram socket's CPU to where
+            // each packet arrives, which no read tells from a program's
+            // choice; set again, it would count as a preference of its
+            // SO_REUSEPORT group, whose choice would then follow CPUs.
+            img.opts.retain(|o| !(o.level == libc::SOL_SOCKET && o.name == SO_INCOMING_CPU));
+        }
         let tcp_state = if tcp { tcp_info(seen, fd)?[0] } else { 0 };
         img.shutdown = shutdown_bits(seen, fd, domain, kind, proto, tcp_state)?;
         let reuseport =
