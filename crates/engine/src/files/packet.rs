@@ -11,10 +11,14 @@
 //! order of the image) and adds its memberships.
 //!
 //! Refused by name: rings (PACKET_RX_RING, PACKET_TX_RING), whose
-//! position the kernel keeps and shows nowhere; fanout modes that run a
-//! program (PACKET_FANOUT_CBPF, PACKET_FANOUT_EBPF), which no call reads
-//! back; queued packets and pending errors (at this moment). Not kept:
-//! PACKET_STATISTICS, which reading resets.
+//! current frame the kernel keeps and shows nowhere (a ring made again
+//! would be filled from its first frame while the program waits at its
+//! own); fanout modes that run a program (PACKET_FANOUT_CBPF,
+//! PACKET_FANOUT_EBPF), which no call reads back; a socket whose
+//! interface is gone; queued packets and pending errors (at this moment).
+//! Not kept: PACKET_STATISTICS, which reading resets; a fanout group's
+//! UNIQUEID flag (its id is asked for as is), its member limit and the
+//! order its members joined in, which no call shows.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
