@@ -1,15 +1,18 @@
 /*
  * sock_ping: ICMP ("ping") datagram sockets, in a network namespace of its
  * own (run under `unshare --net`) whose net.ipv4.ping_group_range it sets
- * to "0 1000": an IPv4 socket bound to 127.0.0.1 with identifier 0x1234,
+ * to "1000 2000" (root's gid 0 is not in it: the sockets are made with
+ * effective gid 1000): an IPv4 socket bound to 127.0.0.1 with identifier 0x1234,
  * IP_TTL 33, IP_RECVERR and a classic BPF filter cutting what it reads to
  * 12 bytes; an IPv4 socket connected to 127.0.0.1 (autobound identifier);
  * an IPv6 socket bound to ::1 with identifier 0x4321, hop limit 17 and
  * IPV6_RECVPKTINFO.
- * Verified: ping_group_range, identifiers (getsockname), the peer of the
+ * Verified: ping_group_range, the sockets' group (1000), identifiers
+ * (getsockname), the peer of the
  * connected one (send without an address), options; each socket sends an
  * echo request and reads the kernel's reply with its identifier, sequence
- * and payload (the filtered one cut to 12 bytes by its filter).
+ * and payload (the filtered one cut to 12 bytes by its filter); gid 1000
+ * can make a new one, gid 0 cannot.
  */
 #include "zdtm.h"
 
@@ -150,13 +153,17 @@ int main(void)
 
 	zdtm_init();
 	lo_up();
-	put_range("0 1000");
+	put_range("1000 2000");
 	a4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (setegid(1000))
+		zdtm_die("setegid: %s", strerror(errno));
 	p4 = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
 	pc = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
 	p6 = socket(AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6);
 	if (p4 < 0 || pc < 0 || p6 < 0)
 		zdtm_die("ping sockets: %s", strerror(errno));
+	if (setegid(0))
+		zdtm_die("setegid: %s", strerror(errno));
 	if (bind(p4, (struct sockaddr *)&a4, sizeof(a4)) || setsockopt(p4, IPPROTO_IP, IP_TTL, &ttl, sizeof(ttl)) ||
 	    setsockopt(p4, IPPROTO_IP, IP_RECVERR, &one, sizeof(one)) ||
 	    setsockopt(p4, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)))
@@ -179,7 +186,12 @@ int main(void)
 	fd = open(RANGE_FILE, O_RDONLY);
 	zdtm_check(fd >= 0 && read(fd, range, sizeof(range) - 1) > 0, "read %s: %s", RANGE_FILE, strerror(errno));
 	close(fd);
-	zdtm_check(!strcmp(range, "0\t1000\n"), "ping_group_range %s", range);
+	zdtm_check(!strcmp(range, "1000\t2000\n"), "ping_group_range %s", range);
+	{
+		struct stat st;
+		zdtm_check(!fstat(p4, &st) && st.st_gid == 1000 && !fstat(p6, &st) && st.st_gid == 1000,
+			   "the sockets' group is not 1000");
+	}
 	zdtm_check(ident(p4) == 0x1234, "bound identifier %#x", ident(p4));
 	zdtm_check(ident(p6) == 0x4321, "ipv6 identifier %#x", ident(p6));
 	zdtm_check(conn_id != 0 && ident(pc) == conn_id, "connected identifier %#x, was %#x", ident(pc), conn_id);
@@ -196,9 +208,12 @@ int main(void)
 	a6.sin6_port = 0;
 	e = echo(p6, 1, &a6, sizeof(a6), 0x4321, 9, 0);
 	zdtm_check(!e, "ipv6 socket: %s", e);
-	/* A new socket can still be made (the range holds gid 0). */
+	/* Gid 0 is not in the range, gid 1000 is. */
 	fd = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
-	zdtm_check(fd >= 0, "new ping socket: %s", strerror(errno));
+	zdtm_check(fd < 0 && errno == EACCES, "gid 0 made a ping socket (%s)", strerror(errno));
+	zdtm_check(!setegid(1000), "setegid: %s", strerror(errno));
+	fd = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+	zdtm_check(fd >= 0, "new ping socket of gid 1000: %s", strerror(errno));
 	close(fd);
 	zdtm_pass();
 }
