@@ -375,7 +375,8 @@ fn cli_killed_mid_migration() {
 /// Every check of a migration's validation made to fail once, each named
 /// with its cause, and nothing moved or made: the partition never stopped,
 /// no migration recorded, nothing on the target. A partition holding a
-/// packet socket is refused here, not at the stop after pre-copy.
+/// packet socket with a ring is refused here, not at the stop after
+/// pre-copy.
 #[test]
 fn every_validation_check_fails_by_name_before_anything_moves() {
     let mut lab = TestLab::up_with(
@@ -417,15 +418,17 @@ fn every_validation_check_fails_by_name_before_anything_moves() {
     assert!(e.contains("--streams 0") && e.contains("--max-downtime 0") && e.contains("zstd level 99"), "{e}");
     seen.push(format!("{:9} {e}", "arguments"));
 
-    // state: a packet socket, refused at validation while it runs.
+    // state: a packet socket with a receive ring, refused at validation
+    // while it runs.
     let vol = lab.vol.to_string_lossy().into_owned();
-    let packet =
-        "import socket, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\nprint('holding', flush=True)\ntime.sleep(1000)";
+    let packet = "import socket, struct, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                  s.setsockopt(263, 10, 1)\ns.setsockopt(263, 5, struct.pack('IIII', 4096, 4, 2048, 8))\n\
+                  print('holding', flush=True)\ntime.sleep(1000)";
     lab.ok(&["partition", "create", "pk", "--host", "h1", "--volume", &vol, "--", "python3", "-c", packet]);
     lab.wait_log("pk", "holding", Duration::from_secs(20));
     let pid = lab.pid_of("pk");
     refused(&lab, &["migrate", "pk", "--to", "h2"], "state", &mut seen);
-    assert!(seen.last().unwrap().contains("packet socket"), "{seen:?}");
+    assert!(seen.last().unwrap().contains("PACKET_RX_RING"), "{seen:?}");
     assert!(!lab.log_of("h1").contains("partition=pk state=\"Frozen\""), "pk was stopped");
     assert_eq!(lab.pid_of("pk"), pid, "pk did not run on");
     let v = lab.lpm(&["migrate", "pk", "--to", "h2", "--validate-only", "--json"]);

@@ -19,8 +19,8 @@ use common::*;
 /// kernel takes no more, reports how much (`ready`); on SIGUSR1 reads the
 /// client's stream (its length in `client`) checking every byte, answers
 /// "bye" and writes PASS or FAIL to `result`. With `packet`, it also holds
-/// a packet socket, which the checkpoint refuses after it locked the
-/// connection.
+/// a packet socket with a receive ring, which the checkpoint refuses after
+/// it locked the connection.
 const SERVER: &str = r#"
 import os, signal, socket, sys, time
 fam = socket.AF_INET6 if sys.argv[1] == '6' else socket.AF_INET
@@ -51,6 +51,9 @@ if len(sys.argv) > 3:
     # Above the connection's fd: the checkpoint locks the connection
     # before it reaches (and refuses) this one.
     p = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    # A receive ring (TPACKET_V2), which the checkpoint refuses.
+    p.setsockopt(263, 10, 1)
+    p.setsockopt(263, 5, (4096).to_bytes(4, 'little') + (4).to_bytes(4, 'little') + (2048).to_bytes(4, 'little') + (8).to_bytes(4, 'little'))
     os.dup2(p.fileno(), 50)
     p.close()
 while not os.path.exists(work + '/client'):
@@ -200,8 +203,8 @@ fn failed_checkpoint_removes_the_lock() {
     let before = Command::new("nft").args(["list", "tables"]).output().map(|o| o.stdout).unwrap_or_default();
     let out =
         Command::new(LPM).args(["checkpoint", "--tcp-established", "--pid", &pid.to_string(), "--images"]).arg(&images).output().unwrap();
-    assert!(!out.status.success(), "a packet socket must be refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("packet socket"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "a packet socket with a ring must be refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PACKET_RX_RING"), "{}", String::from_utf8_lossy(&out.stderr));
     let after = Command::new("nft").args(["list", "tables"]).output().map(|o| o.stdout).unwrap_or_default();
     assert_eq!(String::from_utf8_lossy(&before), String::from_utf8_lossy(&after), "the failed checkpoint left rules behind");
     c.set_nonblocking(false).unwrap();

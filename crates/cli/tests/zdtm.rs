@@ -1008,6 +1008,13 @@ zdtm_tests!(
     sock_dgram_bound,
     sock_relative,
     sock_accept_queue,
+    sock_ping,
+    sock_udplite,
+    sock_freebind,
+    sock_netlink_peer,
+    sock_packet,
+    sock_raw,
+    sock_reuseport,
 );
 
 /// A checkpoint of a tree holding a message in a unix socket with

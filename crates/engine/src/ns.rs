@@ -60,6 +60,7 @@ pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespac
         let path = format!("/proc/{pid}/ns/net");
         ns.net_ns = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?.ino();
         ns.lo_up = lo_flags(pid)? & libc::IFF_UP as u32 != 0;
+        ns.ping_group_range = ping_group_range(pid)?;
     }
     if flags & libc::CLONE_NEWNS as u64 != 0 {
         // The parent's mounts are read after the process's: a mount the
@@ -220,6 +221,38 @@ fn lo_flags(pid: i32) -> Result<u32> {
     .step(pid, || "read the flags of lo".into())
 }
 
+/// Where a network namespace keeps the gids allowed ICMP sockets; the
+/// file a thread opens shows the namespace of that thread.
+const PING_GROUP_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
+
+/// `net.ipv4.ping_group_range` of the network namespace of `pid`, empty
+/// when it is the default "1 0" (nobody).
+fn ping_group_range(pid: i32) -> Result<Vec<u32>> {
+    let path = format!("/proc/{pid}/ns/net");
+    let f = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
+    let text = lpm_sys::net::in_netns(std::os::fd::AsFd::as_fd(&f), || std::fs::read_to_string(PING_GROUP_RANGE))
+        .step(pid, || "enter its network namespace".into())?
+        .map_err(io_err(format!("read {PING_GROUP_RANGE} of process {pid}'s network namespace")))?;
+    let range: Vec<u32> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    if range.len() != 2 {
+        return Err(EngineError::Incompatible(format!("process {pid}: {PING_GROUP_RANGE} reads {text:?}")));
+    }
+    Ok(if range == [1, 0] { Vec::new() } else { range })
+}
+
+/// Writes the recorded `net.ipv4.ping_group_range` (if any) into the
+/// network namespace `ns` restored for process `pid`, before any socket
+/// is made there: an ICMP socket is checked against it when created.
+pub fn restore_net_sysctls(ns: std::os::fd::BorrowedFd<'_>, pid: i32, n: &Namespaces) -> Result<()> {
+    if n.ping_group_range.is_empty() {
+        return Ok(());
+    }
+    let text = n.ping_group_range.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    lpm_sys::net::in_netns(ns, || std::fs::write(PING_GROUP_RANGE, &text))
+        .step(pid, || "enter its network namespace".into())?
+        .map_err(io_err(format!("write {text:?} to {PING_GROUP_RANGE} in the network namespace of process {pid}")))
+}
+
 /// Creates the network namespaces the tree's processes own, before any
 /// socket is created (sockets are made inside them, and the puppets join
 /// them), with `lo` up where it was; keyed by `Namespaces::net_ns`. A
@@ -240,6 +273,7 @@ pub fn create_net(tree: &lpm_image::TreeImage) -> Result<HashMap<u64, std::os::f
         if n.lo_up {
             bring_lo_up(std::os::fd::AsFd::as_fd(&ns), p.pid as i32)?;
         }
+        restore_net_sysctls(std::os::fd::AsFd::as_fd(&ns), p.pid as i32, n)?;
         out.insert(n.net_ns, ns);
     }
     Ok(out)

@@ -675,6 +675,7 @@ fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool, 
         EngineError::Incompatible("a network namespace was given for the restore, but the image's root does not own one".into())
     })?;
     let (key, lo_up) = (owned.net_ns, owned.lo_up);
+    ns::restore_net_sysctls(ns, root.pid as i32, owned)?;
     let mut here = tree.clone();
     for p in here.processes.iter_mut().filter(|p| p.pid == tree.root_pid) {
         if let Some(n) = p.namespaces.as_mut() {

@@ -646,16 +646,25 @@ fn inet_of(sa: &[u8]) -> Option<InetAddr> {
 }
 
 /// Sockets: family, type and protocol; an inet socket's local and peer
-/// addresses, a unix socket's bound name.
+/// addresses, a unix socket's bound name, a netlink socket's peer, a
+/// packet socket's protocol, interface, fanout group and memberships;
+/// every option recorded (but the buffer sizes, which the kernel
+/// doubles, and SO_INCOMING_CPU, which it moves).
 fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     use std::os::fd::AsFd;
-    for (fd, file) in of_kind(p, &[FileKind::UnixSocket, FileKind::InetSocket, FileKind::NetlinkSocket]) {
+    let kinds = [FileKind::UnixSocket, FileKind::InetSocket, FileKind::NetlinkSocket, FileKind::PacketSocket];
+    for (fd, file) in of_kind(p, &kinds) {
         let Some(s) = &file.socket else { continue };
         let sock = take(p, fd)?;
         let opt = |name| {
             lpm_sys::net::getsockopt_int(sock.as_fd(), libc::SOL_SOCKET, name).step(p.host, || format!("read fd {fd}'s socket type"))
         };
         let object = format!("fd {fd}");
+        if s.family != libc::AF_UNIX as u32 {
+            use std::os::unix::fs::MetadataExt;
+            let st = std::fs::metadata(format!("/proc/{}/fd/{fd}", p.host)).map_err(crate::io_err(format!("stat fd {fd}")))?;
+            f.cmp(&object, "socket owner (uid, gid)", (s.owner_uid, s.owner_gid), (st.uid(), st.gid()));
+        }
         f.cmp(&object, "family", s.family as i32, opt(libc::SO_DOMAIN)?);
         f.cmp(&object, "type", s.sock_type as i32, opt(libc::SO_TYPE)?);
         if s.family != libc::AF_UNIX as u32 {
@@ -671,7 +680,9 @@ fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
                 // to read (getpeername answers ENOTCONN).
                 let opening = s.tcp.as_ref().is_some_and(|t| t.tcp_state() == Some(lpm_image::TcpState::SynSent));
                 if let Some(want) = s.peer.as_ref().filter(|_| !opening) {
-                    let peer = lpm_sys::net::peer_name(sock.as_fd()).ok().and_then(|a| inet_of(&a));
+                    use std::os::unix::fs::MetadataExt;
+                    let ino = std::fs::metadata(format!("/proc/{}/fd/{fd}", p.host)).map_err(crate::io_err(format!("stat fd {fd}")))?.ino();
+                    let peer = crate::files::inet_peer(p.host, ino, s, sock.as_fd());
                     f.cmp(&object, "peer address", Some(want.clone()), peer);
                 }
             }
@@ -686,7 +697,36 @@ fn sockets(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
                 }
                 f.cmp(&object, "bound name", String::from_utf8_lossy(&s.name).into_owned(), String::from_utf8_lossy(&name).into_owned());
             }
+            libc::AF_NETLINK if s.state == lpm_image::SocketState::Connected as i32 => {
+                let raw = lpm_sys::net::peer_name(sock.as_fd()).unwrap_or_default();
+                let u = |o: usize| raw.get(o..o + 4).map(|b| u32::from_ne_bytes(b.try_into().unwrap_or_default())).unwrap_or(0);
+                f.cmp(&object, "netlink peer (port id, groups)", (s.nl_peer_portid, s.nl_peer_groups), (u(4), u(8)));
+            }
+            libc::AF_PACKET => packet(p, f, fd, &object, s, sock.as_fd())?,
             _ => {}
+        }
+        // Binding to an IPv6 address sets IPV6_V6ONLY, which a connection
+        // restored in repair mode is (explicitly), unlike one its program
+        // let connect(2) bind; it no longer steers anything once connected.
+        let v6only_moot = s.tcp.is_some();
+        // A connection a migration keeps in repair mode until it lets the
+        // tree go gets its options as it leaves repair mode, after this.
+        let repairing = s.tcp.is_some()
+            && lpm_sys::net::getsockopt_int(sock.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR)
+                .step(p.host, || format!("read fd {fd}'s TCP_REPAIR"))?
+                == 1;
+        let skip = |o: &&lpm_image::SockOpt| {
+            repairing
+                || (o.level == libc::SOL_SOCKET && [libc::SO_RCVBUF, libc::SO_SNDBUF].contains(&o.name))
+                // SO_INCOMING_CPU: the kernel moves it to the CPU each packet
+                // arrives on.
+                || (o.level == libc::SOL_SOCKET && o.name == 49)
+                || (v6only_moot && o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY)
+        };
+        for o in s.opts.iter().filter(|o| !skip(o)) {
+            let mut b = [0u8; 64];
+            let found = lpm_sys::net::getsockopt(sock.as_fd(), o.level, o.name, &mut b).map(|n| b[..n].to_vec()).ok();
+            f.cmp(&object, &format!("option level {} name {}", o.level, o.name), Some(o.value.clone()), found);
         }
         if s.family == libc::AF_UNIX as u32 {
             unix_queue(p, f, fd, sock.as_fd(), s)?;
@@ -723,6 +763,38 @@ fn unix_queue(p: &Restored<'_>, f: &mut Found<'_, '_>, fd: u32, sock: std::os::f
         let found = lpm_sys::net::ioctl_int(sock, lpm_sys::net::SIOCINQ).step(p.host, || format!("SIOCINQ of fd {fd}"))?;
         f.cmp(&object, "bytes queued", want as i64, found as i64);
     }
+    Ok(())
+}
+
+/// A packet socket: the protocol and interface it is bound to, its fanout
+/// group, its memberships (packet_diag, in its network namespace).
+fn packet(
+    p: &Restored<'_>,
+    f: &mut Found<'_, '_>,
+    fd: u32,
+    object: &str,
+    s: &lpm_image::SocketImage,
+    sock: std::os::fd::BorrowedFd<'_>,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(want) = &s.packet else { return Ok(()) };
+    let raw = lpm_sys::net::local_name(sock).step(p.host, || format!("read fd {fd}'s name back"))?;
+    let proto = raw.get(2..4).map(|b| u16::from_ne_bytes([b[0], b[1]]) as u32).unwrap_or(0);
+    let ifindex = raw.get(4..8).map(|b| i32::from_ne_bytes(b.try_into().unwrap_or_default()) as u32).unwrap_or(0);
+    f.cmp(object, "packet protocol", want.protocol, proto);
+    f.cmp(object, "packet interface", want.ifindex, ifindex);
+    let fanout = lpm_sys::net::getsockopt_int(sock, 263, 18).step(p.host, || format!("read fd {fd}'s fanout back"))? as u32;
+    f.cmp(object, "fanout (id | mode << 16 | flags << 24)", want.fanout, fanout & !(0x20 << 24));
+    let ino = std::fs::metadata(format!("/proc/{}/fd/{fd}", p.host)).map_err(crate::io_err(format!("stat fd {fd}")))?.ino();
+    let ns = std::fs::File::open(format!("/proc/{}/ns/net", p.host)).map_err(crate::io_err("open the network namespace"))?;
+    let diag = lpm_sys::net::in_netns(std::os::fd::AsFd::as_fd(&ns), || lpm_sys::net::packet_diag(ino as u32))
+        .step(p.host, || "enter the network namespace".into())?
+        .step(p.host, || format!("packet_diag for fd {fd}"))?;
+    let mut found: Vec<_> = diag.map(|d| d.mclist).unwrap_or_default().into_iter().map(|(i, c, t, a)| (i, c, t as u32, a)).collect();
+    let mut recorded: Vec<_> = want.memberships.iter().map(|m| (m.ifindex, m.count, m.mr_type, m.address.clone())).collect();
+    found.sort();
+    recorded.sort();
+    f.cmp(object, "memberships (ifindex, count, type, address)", recorded, found);
     Ok(())
 }
 

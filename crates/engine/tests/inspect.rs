@@ -151,13 +151,17 @@ fn dump_refuses_the_same(p: &Prog, i: &Inspection, opts: DumpOptions) {
     assert!(i.refusals.iter().any(|r| r.to_string() == msg), "the dump refused {msg:?}, which inspect did not name: {:#?}", i.refusals);
 }
 
-/// A packet socket (AF_PACKET) fails the inspection as it fails the
-/// dump, by pid, fd and kind, and the program runs on.
+/// A packet socket (AF_PACKET) with a receive ring fails the inspection
+/// as it fails the dump, by pid, fd and kind, and the program runs on.
 #[test]
-fn packet_socket_is_refused_as_the_dump_refuses_it() {
-    let mut p = Prog::start("packet", &[], "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\nready()\nserve()\n");
+fn packet_socket_with_a_ring_is_refused_as_the_dump_refuses_it() {
+    let script = "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)\n\
+                  s.setsockopt(263, 10, 1)\n\
+                  s.setsockopt(263, 5, struct.pack('IIII', 4096, 4, 2048, 8))\n\
+                  ready()\nserve()\n";
+    let mut p = Prog::start("packet", &[], script);
     let i = inspect(p.pid(), &DumpOptions::default());
-    let r = named(&i, "packet socket");
+    let r = named(&i, "packet socket with a PACKET_RX_RING ring");
     assert_eq!((r.pid, r.kind, r.transient), (p.pid(), "file descriptor", false));
     assert!(r.what.starts_with("fd 3 -> socket:["), "the refusal does not name the fd and its target: {r}");
     assert_eq!(i.refusals.len(), 1, "{:#?}", i.refusals);
@@ -167,13 +171,45 @@ fn packet_socket_is_refused_as_the_dump_refuses_it() {
     assert_eq!(p.verdict(), "ok");
 }
 
-/// One program holding four refused kinds at once (a raw socket, a
+/// Netlink sockets the dump cannot rebuild are named: one with unread
+/// messages (at this moment: the kernel's answers, which no restore can
+/// send as the kernel), one connected to a port no socket of the tree
+/// holds (lasting). The program runs on and still reads its messages.
+#[test]
+fn netlink_refusals_are_named() {
+    let script = r#"
+nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+nl.bind((0, 0))
+# RTM_GETLINK dump request (NLM_F_REQUEST | NLM_F_DUMP), left unread.
+nl.send(struct.pack("=IHHIIBxxx", 20, 18, 0x301, 1, 0, 0))
+peer = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2)  # NETLINK_USERSOCK
+peer.bind((0, 0))
+peer.connect((0x7b000001, 0))
+ready()
+serve(lambda: "ok" if nl.recv(65536, socket.MSG_DONTWAIT) else "empty")
+"#;
+    let mut p = Prog::start("netlink", &[], script);
+    let i = inspect(p.pid(), &DumpOptions::default());
+    let unread = named(&i, "with unread messages");
+    assert!(unread.transient, "{unread}");
+    let outside = named(&i, "connected to port 2063597569, which no socket of the tree holds");
+    assert!(!outside.transient, "{outside}");
+    assert_eq!(i.refusals.len(), 2, "{:#?}", i.refusals);
+    untraced(p.pid());
+    dump_refuses_the_same(&p, &i, DumpOptions::default());
+    assert_eq!(p.verdict(), "ok");
+}
+
+/// One program holding four refused kinds at once (a packet socket
+/// with a transmit ring, a
 /// character device, a mapping of a deleted file, a SysV segment of the
 /// host's ipc namespace) gets all four named, each with its object.
 #[test]
 fn every_refusal_of_a_process_is_named() {
     let script = r#"
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+raw.setsockopt(263, 10, 1)
+raw.setsockopt(263, 13, struct.pack('IIII', 4096, 4, 2048, 8))
 tun = os.open("/dev/net/tun", os.O_RDWR)
 f = open(d + "/gone", "w+b"); f.write(b"x" * 8192); f.flush()
 m = mmap.mmap(f.fileno(), 8192)
@@ -189,7 +225,7 @@ serve()
 "#;
     let mut p = Prog::start("many", &[], script);
     let i = inspect(p.pid(), &DumpOptions::default());
-    let raw = named(&i, "inet socket of type 3 protocol 1");
+    let raw = named(&i, "packet socket with a PACKET_TX_RING ring");
     assert_eq!(raw.kind, "file descriptor");
     let tun = named(&i, "character device 10:200");
     assert!(tun.what.contains("/dev/net/tun"), "{tun}");

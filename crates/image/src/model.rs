@@ -164,6 +164,12 @@ pub struct Namespaces {
     /// the restoring host's, which it would otherwise inherit.
     #[prost(bool, tag = "12")]
     pub no_run_netns: bool,
+    /// The owned network namespace's `net.ipv4.ping_group_range` (the
+    /// lowest and highest gid allowed to create ICMP sockets, which an
+    /// ICMP socket is checked against when it is made), when it is not
+    /// the default "1 0": written again into the restored namespace.
+    #[prost(uint32, repeated, tag = "160")]
+    pub ping_group_range: Vec<u32>,
 }
 
 /// One process (thread group). Pids, parent, group and session are as the
@@ -726,6 +732,9 @@ pub enum FileKind {
     Namespace = 40,
     /// A fanotify group; its flags and marks in `FileImage::fanotify`.
     Fanotify = 41,
+    /// A packet socket (AF_PACKET); state in `FileImage::socket` with its
+    /// `packet` part.
+    PacketSocket = 35,
 }
 
 /// An open file description (what several fds may share).
@@ -1589,6 +1598,32 @@ pub struct SocketImage {
     /// own that no descriptor holds, connected to its client).
     #[prost(uint64, repeated, tag = "104")]
     pub accept_queue: Vec<u64>,
+    /// Netlink: the port id it is connected to (connect(2); 0 with no
+    /// group: the kernel), with `state` Connected.
+    #[prost(uint32, tag = "160")]
+    pub nl_peer_portid: u32,
+    /// Netlink: the multicast group mask it is connected to.
+    #[prost(uint32, tag = "161")]
+    pub nl_peer_groups: u32,
+    /// Packet: what an AF_PACKET socket holds besides its type and
+    /// protocol.
+    #[prost(message, optional, tag = "162")]
+    pub packet: Option<PacketImage>,
+    /// Inet: its place (1, 2, ...) in the SO_REUSEPORT group of its
+    /// address, in the order the group was formed; 0: not in a group of
+    /// several. The restore binds (or listens) the members in that order.
+    #[prost(uint32, tag = "163")]
+    pub reuseport_rank: u32,
+    /// Inet, netlink and packet: the owner of the socket (its inode's uid
+    /// and gid: the filesystem ids of its creator), which the kernel
+    /// keeps as the socket's uid (sk_uid: SO_REUSEPORT groups join only
+    /// sockets of one uid; routing rules and firewall owner matches see
+    /// it). Created by a thread with these filesystem ids at restore.
+    #[prost(uint32, tag = "164")]
+    pub owner_uid: u32,
+    /// See `owner_uid`.
+    #[prost(uint32, tag = "165")]
+    pub owner_gid: u32,
 }
 
 /// What one message of a unix receive queue carries besides its bytes.
@@ -1617,6 +1652,51 @@ pub struct QueueMeta {
     /// Datagram: the sender's bound name (empty: unnamed).
     #[prost(bytes = "vec", tag = "7")]
     pub from: Vec<u8>,
+}
+
+/// A packet socket (AF_PACKET): where it is bound and its PACKET_*
+/// state. Rings (PACKET_RX_RING, PACKET_TX_RING) are refused at
+/// checkpoint, so none is recorded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PacketImage {
+    /// The protocol it is bound to (network byte order, as sll_protocol).
+    #[prost(uint32, tag = "1")]
+    pub protocol: u32,
+    /// The interface index it is bound to (0: every interface).
+    #[prost(uint32, tag = "2")]
+    pub ifindex: u32,
+    /// The name that interface had (the restore checks the index names
+    /// the same interface).
+    #[prost(string, tag = "3")]
+    pub ifname: String,
+    /// It was bound (bind(2)); an unbound socket keeps its protocol from
+    /// socket(2).
+    #[prost(bool, tag = "4")]
+    pub bound: bool,
+    /// The fanout group word as PACKET_FANOUT reads it (id | mode << 16 |
+    /// flags << 16); 0: none.
+    #[prost(uint32, tag = "5")]
+    pub fanout: u32,
+    /// Memberships (PACKET_ADD_MEMBERSHIP), as packet_diag lists them.
+    #[prost(message, repeated, tag = "6")]
+    pub memberships: Vec<PacketMembership>,
+}
+
+/// One PACKET_ADD_MEMBERSHIP of a packet socket.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PacketMembership {
+    /// Interface index.
+    #[prost(uint32, tag = "1")]
+    pub ifindex: u32,
+    /// PACKET_MR_MULTICAST, PROMISC, ALLMULTI or UNICAST.
+    #[prost(uint32, tag = "2")]
+    pub mr_type: u32,
+    /// The address (multicast and unicast).
+    #[prost(bytes = "vec", tag = "3")]
+    pub address: Vec<u8>,
+    /// How many times it was added (each one counts).
+    #[prost(uint32, tag = "4")]
+    pub count: u32,
 }
 
 /// What is left of a process that exited and was not yet waited for.

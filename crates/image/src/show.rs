@@ -57,10 +57,30 @@ fn socket(f: &FileImage) -> String {
         }
         16 => {
             let _ = write!(o, " protocol={} portid={} groups={:?}", s.protocol, s.nl_portid, s.nl_groups);
+            if s.state == crate::SocketState::Connected as i32 {
+                let _ = write!(o, " connected to portid={} groups={:#x}", s.nl_peer_portid, s.nl_peer_groups);
+            }
+        }
+        17 => {
+            if let Some(p) = &s.packet {
+                let _ = write!(
+                    o,
+                    " protocol={:#06x} bound={} ifindex={} ({}) fanout={:#x} memberships={}",
+                    u16::from_be(p.protocol as u16),
+                    p.bound,
+                    p.ifindex,
+                    p.ifname,
+                    p.fanout,
+                    p.memberships.len()
+                );
+            }
         }
         _ => {
             let _ = write!(o, " protocol={} local={} peer={}", s.protocol, inet_addr(s.local.as_ref()), inet_addr(s.peer.as_ref()));
         }
+    }
+    if s.reuseport_rank != 0 {
+        let _ = write!(o, " reuseport#{}", s.reuseport_rank);
     }
     if s.state == crate::SocketState::Listening as i32 {
         let _ = write!(o, " backlog={}", s.backlog);

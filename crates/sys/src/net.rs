@@ -48,6 +48,77 @@ pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sets the calling thread's filesystem uid and gid (raw syscalls, which
+/// change this thread only), checking that they took.
+fn set_fs_ids(uid: u32, gid: u32) -> Result<()> {
+    // SAFETY: the raw setfsgid and setfsuid syscalls change the
+    // credentials of the calling thread only; they take integers.
+    let (g, u) = unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid as i64);
+        libc::syscall(libc::SYS_setfsuid, uid as i64);
+        // Each returns the id in force, which is the one asked for once
+        // it took.
+        (libc::syscall(libc::SYS_setfsgid, gid as i64), libc::syscall(libc::SYS_setfsuid, uid as i64))
+    };
+    if g != gid as i64 || u != uid as i64 {
+        return Err(Error::sys("setfsuid/setfsgid", 0, io::Error::from_raw_os_error(libc::EPERM)));
+    }
+    Ok(())
+}
+
+/// `socket(domain, ty | SOCK_CLOEXEC, proto)` owned by `uid` and `gid`
+/// (the socket's inode, and its sk_uid, take the creator's filesystem
+/// ids): from a short-lived thread with those filesystem ids when they
+/// are not the caller's. Capabilities other than the filesystem ones stay.
+pub fn socket_owned(domain: i32, ty: i32, proto: i32, uid: u32, gid: u32) -> Result<OwnedFd> {
+    // SAFETY: getuid and getgid have no preconditions.
+    if (uid, gid) == unsafe { (libc::getuid(), libc::getgid()) } {
+        return socket(domain, ty, proto);
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            set_fs_ids(uid, gid)?;
+            socket(domain, ty, proto)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::sys("socket thread", 0, io::Error::other("panicked"))))
+    })
+}
+
+/// Creates an ICMP ("ping") socket, `socket(domain, SOCK_DGRAM, proto)`,
+/// owned by `uid` and `gid` (see [`socket_owned`]), in the calling
+/// thread's network namespace, which lets only the gids of its
+/// `net.ipv4.ping_group_range` make one (root included): from a
+/// short-lived thread whose effective gid is the first of that range when
+/// the caller's is not in it. Credentials are per thread in the kernel:
+/// the caller's stay as they are.
+pub fn ping_socket(domain: i32, proto: i32, uid: u32, gid: u32) -> Result<OwnedFd> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<OwnedFd> {
+            let path = "/proc/sys/net/ipv4/ping_group_range";
+            let text = std::fs::read_to_string(path).map_err(err("read /proc/sys/net/ipv4/ping_group_range"))?;
+            let r: Vec<u32> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+            let (lo, hi) = match r[..] {
+                [lo, hi] if lo <= hi => (lo, hi),
+                _ => return Err(Error::sys("ping_group_range allows no gid", 0, io::Error::from_raw_os_error(libc::EACCES))),
+            };
+            // SAFETY: getegid has no preconditions.
+            let egid = unsafe { libc::getegid() };
+            if !(lo..=hi).contains(&egid) {
+                // SAFETY: the raw setresgid syscall (not glibc's, which would
+                // change every thread) changes the credentials of this
+                // short-lived thread only.
+                cvt(unsafe { libc::syscall(libc::SYS_setresgid, -1i64, lo as i64, -1i64) }).map_err(err("setresgid"))?;
+            }
+            // After setresgid, which sets the filesystem gid too.
+            set_fs_ids(uid, gid)?;
+            socket(domain, libc::SOCK_DGRAM, proto)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(Error::sys("ping socket thread", 0, io::Error::other("panicked"))))
+    })
+}
+
 /// `socketpair(AF_UNIX, ty | SOCK_CLOEXEC)`.
 pub fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -595,6 +666,213 @@ pub fn unix_diag(ino: u32) -> Result<Option<UnixDiag>> {
         off += (len + 3) & !3;
     }
     Ok(None)
+}
+
+/// What netlink_diag tells about one netlink socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetlinkDiag {
+    /// Inode.
+    pub ino: u32,
+    /// Protocol (NETLINK_ROUTE, ...).
+    pub protocol: u8,
+    /// 0: unconnected, 1: connected (connect(2), to a port id or the
+    /// kernel's 0).
+    pub state: u8,
+    /// Its own port id.
+    pub portid: u32,
+    /// The port id it is connected to.
+    pub dst_portid: u32,
+    /// The group it is connected to (a group number, 0: none).
+    pub dst_group: u32,
+}
+
+/// Every netlink socket of every protocol in the network namespace of the
+/// calling thread (netlink_diag lists them all: it looks up none by
+/// inode).
+pub fn netlink_diag() -> Result<Vec<NetlinkDiag>> {
+    use std::os::fd::AsFd;
+    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
+    // nlmsghdr, then netlink_diag_req: family, protocol (255: all), pad,
+    // inode, show flags, cookie.
+    let mut req = Vec::with_capacity(36);
+    req.extend_from_slice(&36u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[libc::AF_NETLINK as u8, 255, 0, 0]);
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let mut kernel = [0u8; 12];
+    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+    send(nl.as_fd(), &req, &kernel, 0)?;
+    let mut buf = vec![0u8; 32768];
+    let mut out = Vec::new();
+    loop {
+        let got = recv(nl.as_fd(), &mut buf, 0)?;
+        let b = &buf[..got.len];
+        let mut off = 0;
+        while off + 16 <= b.len() {
+            let len = u32_at(b, off) as usize;
+            let ty = u16_at(b, off + 4);
+            if len < 16 || off + len > b.len() {
+                break;
+            }
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let e = -(u32_at(b, off + 16) as i32);
+                    return Err(Error::sys("sock_diag netlink", 0, io::Error::from_raw_os_error(e)));
+                }
+                SOCK_DIAG_BY_FAMILY => {
+                    // netlink_diag_msg: family, type, protocol, state,
+                    // portid, dst_portid, dst_group, inode, cookie.
+                    let m = &b[off + 16..off + len];
+                    if m.len() >= 20 {
+                        out.push(NetlinkDiag {
+                            protocol: m[2],
+                            state: m[3],
+                            portid: u32_at(m, 4),
+                            dst_portid: u32_at(m, 8),
+                            dst_group: u32_at(m, 12),
+                            ino: u32_at(m, 16),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// What packet_diag tells about one packet socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PacketDiag {
+    /// Inode.
+    pub ino: u32,
+    /// The protocol it is bound to, host byte order (`po->num`).
+    pub num: u16,
+    /// Interface index (0: every interface).
+    pub ifindex: u32,
+    /// PACKET_VERSION.
+    pub version: u32,
+    /// PACKET_RESERVE.
+    pub reserve: u32,
+    /// PACKET_COPY_THRESH (which no getsockopt reads).
+    pub copy_thresh: u32,
+    /// PACKET_TIMESTAMP.
+    pub tstamp: u32,
+    /// PDI_RUNNING 1, PDI_AUXDATA 2, PDI_ORIGDEV 4, PDI_VNETHDR 8, PDI_LOSS 16.
+    pub flags: u32,
+    /// Memberships: interface index, count, type, address.
+    pub mclist: Vec<(u32, u32, u16, Vec<u8>)>,
+    /// An RX ring is set up (PACKET_RX_RING).
+    pub rx_ring: bool,
+    /// A TX ring is set up (PACKET_TX_RING).
+    pub tx_ring: bool,
+}
+
+/// The packet socket with inode `ino` in the network namespace of the
+/// calling thread, as packet_diag shows it; None when it lists no such
+/// socket.
+pub fn packet_diag(ino: u32) -> Result<Option<PacketDiag>> {
+    use std::os::fd::AsFd;
+    const SHOW: u32 = 0x1 | 0x2 | 0x4; // INFO, MCLIST, RING_CFG
+    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
+    // nlmsghdr, then packet_diag_req: family, protocol, pad, inode, show
+    // flags, cookie.
+    let mut req = Vec::with_capacity(36);
+    req.extend_from_slice(&36u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[libc::AF_PACKET as u8, 0, 0, 0]);
+    req.extend_from_slice(&ino.to_ne_bytes());
+    req.extend_from_slice(&SHOW.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let mut kernel = [0u8; 12];
+    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+    send(nl.as_fd(), &req, &kernel, 0)?;
+    let mut buf = vec![0u8; 32768];
+    let mut found = None;
+    loop {
+        let got = recv(nl.as_fd(), &mut buf, 0)?;
+        let b = &buf[..got.len];
+        let mut off = 0;
+        while off + 16 <= b.len() {
+            let len = u32_at(b, off) as usize;
+            let ty = u16_at(b, off + 4);
+            if len < 16 || off + len > b.len() {
+                break;
+            }
+            match ty {
+                NLMSG_DONE => return Ok(found),
+                NLMSG_ERROR => {
+                    let e = -(u32_at(b, off + 16) as i32);
+                    return Err(Error::sys("sock_diag packet", 0, io::Error::from_raw_os_error(e)));
+                }
+                SOCK_DIAG_BY_FAMILY => {
+                    // packet_diag_msg: family, type, num, inode, cookie
+                    // (16 bytes), then attributes.
+                    let m = &b[off + 16..off + len];
+                    if m.len() >= 16 && u32_at(m, 4) == ino {
+                        found = Some(parse_packet_diag(m));
+                    }
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+fn parse_packet_diag(m: &[u8]) -> PacketDiag {
+    let mut d = PacketDiag { num: u16_at(m, 2), ino: u32_at(m, 4), ..Default::default() };
+    let mut a = 16;
+    while a + 4 <= m.len() {
+        let alen = u16_at(m, a) as usize;
+        if alen < 4 || a + alen > m.len() {
+            break;
+        }
+        let v = &m[a + 4..a + alen];
+        match u16_at(m, a + 2) {
+            // PACKET_DIAG_INFO
+            0 if v.len() >= 24 => {
+                (d.ifindex, d.version, d.reserve, d.copy_thresh, d.tstamp, d.flags) =
+                    (u32_at(v, 0), u32_at(v, 4), u32_at(v, 8), u32_at(v, 12), u32_at(v, 16), u32_at(v, 20));
+            }
+            // PACKET_DIAG_MCLIST: packet_diag_mclist, 44 bytes each.
+            1 => {
+                for e in v.chunks_exact(44) {
+                    let alen = (u16_at(e, 10) as usize).min(32);
+                    d.mclist.push((u32_at(e, 0), u32_at(e, 4), u16_at(e, 8), e[12..12 + alen].to_vec()));
+                }
+            }
+            2 => d.rx_ring = true,
+            3 => d.tx_ring = true,
+            _ => {}
+        }
+        a += (alen + 3) & !3;
+    }
+    d
+}
+
+/// The name of interface `index` in the calling thread's network
+/// namespace.
+pub fn if_name(index: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has the IF_NAMESIZE bytes if_indextoname writes at most.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return Err(Error::sys("if_indextoname", 0, io::Error::last_os_error()));
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
 const INET_DIAG_SHUTDOWN: u16 = 8;

@@ -155,6 +155,13 @@ pub static PROGS: &[Prog] = &[
     prog("sock_dgram_bound", Launch::C, true, 3),
     prog("sock_relative", Launch::C, true, 2),
     prog("sock_accept_queue", Launch::C, true, 2),
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_ping", Launch::CNet, true, 4) },
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_udplite", Launch::CNet, true, 3) },
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_freebind", Launch::CNet, true, 2) },
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_netlink_peer", Launch::CNet, true, 2) },
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_packet", Launch::CNet, true, 3) },
+    Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_raw", Launch::CNet, true, 3) },
+    Prog { needs: &[Need::Root], ..prog("sock_reuseport", Launch::C, true, 4) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the

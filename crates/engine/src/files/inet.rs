@@ -1,5 +1,14 @@
-//! TCP and UDP sockets over IPv4 and IPv6: unbound, bound, listening,
-//! UDP connected, and established TCP connections through TCP_REPAIR.
+//! TCP, UDP, UDP-Lite, ICMP ("ping") and raw sockets over IPv4 and IPv6:
+//! unbound, bound (to a non-local address too, with IP_FREEBIND or
+//! IP_TRANSPARENT), listening, datagram sockets connected, and
+//! established TCP connections through TCP_REPAIR.
+//!
+//! A ping socket's identifier is its local port (bound again to it); it
+//! is made at restore with a gid its namespace's ping_group_range allows
+//! (`net::ping_socket`). A raw socket's local port is its protocol;
+//! it is bound again only to a recorded address. Ping and raw sockets
+//! connected with no port have no peer name: their peer comes from
+//! /proc/net/{icmp,raw}{,6}.
 //!
 //! Dump works on a copy of the task's descriptor (pidfd_getfd): names,
 //! options (a fixed list, raw getsockopt values), TCP_INFO for the state.
@@ -72,6 +81,10 @@ const COMMON_OPTS: &[(i32, i32)] = &[
     (libc::SOL_SOCKET, libc::SO_SNDTIMEO),
     // The interface name, or empty (which unbinds, harmlessly).
     (libc::SOL_SOCKET, libc::SO_BINDTODEVICE),
+    // The program's CPU preference (-1: none), which a SO_REUSEPORT
+    // group's choice follows once a member has one; the kernel's own
+    // value for an established connection.
+    (libc::SOL_SOCKET, SO_INCOMING_CPU),
 ];
 const TCP_OPTS: &[(i32, i32)] = &[
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
@@ -84,13 +97,126 @@ const TCP_OPTS: &[(i32, i32)] = &[
     // The congestion control algorithm's name (16 bytes at most).
     (libc::IPPROTO_TCP, libc::TCP_CONGESTION),
 ];
-const V4_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IP, libc::IP_TOS), (libc::IPPROTO_IP, libc::IP_FREEBIND), (libc::IPPROTO_IP, libc::IP_TTL)];
-/// Multicast options exist for datagram sockets only (stream sockets
-/// refuse them with EINVAL).
-const V4_UDP_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL), (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP)];
-const V6_OPTS: &[(i32, i32)] =
-    &[(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY), (libc::IPPROTO_IPV6, libc::IPV6_TCLASS), (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)];
-const V6_UDP_OPTS: &[(i32, i32)] = &[(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS), (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP)];
+const V4_OPTS: &[(i32, i32)] = &[
+    (libc::IPPROTO_IP, libc::IP_TOS),
+    (libc::IPPROTO_IP, libc::IP_FREEBIND),
+    (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+    (libc::IPPROTO_IP, libc::IP_TTL),
+];
+/// Multicast and ancillary-data options exist for datagram sockets only
+/// (stream sockets refuse the multicast ones with EINVAL).
+const V4_UDP_OPTS: &[(i32, i32)] = &[
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_TTL),
+    (libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP),
+    (libc::IPPROTO_IP, libc::IP_RECVERR),
+    (libc::IPPROTO_IP, libc::IP_PKTINFO),
+    (libc::IPPROTO_IP, libc::IP_RECVTTL),
+    (libc::IPPROTO_IP, libc::IP_RECVTOS),
+    (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+];
+const V6_OPTS: &[(i32, i32)] = &[
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+    (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+    (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
+    (libc::IPPROTO_IPV6, IPV6_FREEBIND),
+    (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT),
+];
+const V6_UDP_OPTS: &[(i32, i32)] = &[
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS),
+    (libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+    (libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT),
+    (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+];
+/// `SO_INCOMING_CPU` (libc lacks it).
+const SO_INCOMING_CPU: i32 = 49;
+/// `IPV6_FREEBIND` (libc lacks it).
+const IPV6_FREEBIND: i32 = 78;
+/// `SOL_RAW`, `ICMP_FILTER` (raw ICMP sockets) and `ICMPV6_FILTER`.
+const SOL_RAW: i32 = 255;
+const ICMP_FILTER: i32 = 1;
+const ICMPV6_FILTER: i32 = 1;
+/// `IPV6_CHECKSUM` (at SOL_RAW: ICMPv6 sockets refuse it at IPPROTO_IPV6).
+const IPV6_CHECKSUM: i32 = 7;
+/// UDP-Lite checksum coverage (`UDPLITE_SEND_CSCOV`, `UDPLITE_RECV_CSCOV`).
+const UDPLITE_SEND_CSCOV: i32 = 10;
+const UDPLITE_RECV_CSCOV: i32 = 11;
+
+/// The inet protocols the engine keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Tcp,
+    Udp,
+    UdpLite,
+    /// An ICMP ("ping") datagram socket.
+    Ping,
+    /// SOCK_RAW of any protocol.
+    Raw,
+}
+
+impl Proto {
+    fn of(domain: i32, ty: i32, proto: i32) -> Option<Proto> {
+        let icmp = if domain == libc::AF_INET6 { libc::IPPROTO_ICMPV6 } else { libc::IPPROTO_ICMP };
+        match (ty, proto) {
+            (libc::SOCK_STREAM, libc::IPPROTO_TCP) => Some(Proto::Tcp),
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDP) => Some(Proto::Udp),
+            (libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) => Some(Proto::UdpLite),
+            (libc::SOCK_DGRAM, p) if p == icmp => Some(Proto::Ping),
+            (libc::SOCK_RAW, _) => Some(Proto::Raw),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::UdpLite => "UDP-Lite",
+            Proto::Ping => "ICMP",
+            Proto::Raw => "raw",
+        }
+    }
+
+    /// The options of a socket of this protocol (beyond [`COMMON_OPTS`]
+    /// and the family's).
+    fn opts(self, domain: i32, proto: i32) -> Vec<(i32, i32)> {
+        let v6 = domain == libc::AF_INET6;
+        let mut out = Vec::new();
+        match self {
+            Proto::Tcp => out.extend_from_slice(TCP_OPTS),
+            _ => out.extend_from_slice(if v6 { V6_UDP_OPTS } else { V4_UDP_OPTS }),
+        }
+        match self {
+            Proto::UdpLite => {
+                out.extend_from_slice(&[(libc::IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV), (libc::IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV)])
+            }
+            Proto::Raw if !v6 => {
+                out.push((libc::IPPROTO_IP, libc::IP_HDRINCL));
+                if proto == libc::IPPROTO_ICMP {
+                    out.push((SOL_RAW, ICMP_FILTER));
+                }
+            }
+            Proto::Raw => {
+                if proto == libc::IPPROTO_ICMPV6 {
+                    out.push((libc::IPPROTO_ICMPV6, ICMPV6_FILTER));
+                } else {
+                    out.push((SOL_RAW, IPV6_CHECKSUM));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Whether an option value read back must not be set again: UDP-Lite's
+/// checksum coverage of 0 reads the same whether never set or set to 0,
+/// and setting it (which marks it set) would make the receive side drop
+/// datagrams of partial coverage that the socket took before.
+fn skip_opt(o: &SockOpt) -> bool {
+    o.level == libc::IPPROTO_UDPLITE && o.value.iter().all(|&b| b == 0)
+}
 
 fn state_name(st: u8) -> &'static str {
     match st {
@@ -424,15 +550,21 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
     let domain = int(libc::SOL_SOCKET, libc::SO_DOMAIN, "SO_DOMAIN")?;
     let ty = int(libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
     let proto = int(libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
-    let tcp = ty == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP;
-    let udp = ty == libc::SOCK_DGRAM && proto == libc::IPPROTO_UDP;
-    if !tcp && !udp {
-        return Err(seen.unsupported(format!("inet socket of type {ty} protocol {proto} (only TCP and UDP are supported)")));
-    }
+    let Some(kind) = Proto::of(domain, ty, proto) else {
+        return Err(seen.unsupported(format!(
+            "inet socket of type {ty} protocol {proto} (TCP, UDP, UDP-Lite, ICMP datagram and raw sockets are supported)"
+        )));
+    };
+    let tcp = kind == Proto::Tcp;
     let net_ns = sockets::netns_of(seen, fd)?;
     let local = net::local_name(fd).step(seen.pid, || format!("getsockname fd {}", seen.fd))?;
     let local = parse_addr(&local).ok_or_else(|| seen.unsupported("inet socket with an unreadable local address"))?;
-    let peer = net::peer_name(fd).ok().and_then(|b| parse_addr(&b));
+    let mut peer = net::peer_name(fd).ok().and_then(|b| parse_addr(&b));
+    if peer.is_none() && matches!(kind, Proto::Ping | Proto::Raw) {
+        // Connected with no port (ICMP has none; a raw socket's is its
+        // protocol): getpeername says ENOTCONN, /proc still shows it.
+        peer = dgram_peer(seen.pid, seen.st.ino(), domain == libc::AF_INET6, kind);
+    }
     let mut img = SocketImage {
         ino: seen.st.ino(),
         family: domain as u32,
@@ -441,10 +573,12 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
         net_ns,
         state: SocketState::Unconnected as i32,
         local: Some(local.clone()),
+        owner_uid: seen.st.uid(),
+        owner_gid: seen.st.gid(),
         ..Default::default()
     };
     (img.filter, img.filter_locked) = sockets::filter(seen, fd)?;
-    let what = |st: &str| format!("{} socket {} {st}", if tcp { "TCP" } else { "UDP" }, show(&local));
+    let what = |st: &str| format!("{} socket {} {st}", kind.name(), show(&local));
     let mut outside = false;
     if tcp {
         let info = tcp_info(seen, fd)?;
@@ -505,12 +639,91 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
             Err(e) if e.errno() == Some(libc::EAGAIN) => {}
             _ => return Err(seen.transient(what("has datagrams queued"))),
         }
+        // An error pending (sk_err, or ICMP errors queued for IP_RECVERR)
+        // would be lost: a new socket has none.
+        if net::poll_now(fd).step(seen.pid, || format!("poll fd {}", seen.fd))? & libc::POLLERR != 0 {
+            return Err(seen.transient(what("has an error pending (its error queue or SO_ERROR)")));
+        }
         if let Some(p) = peer {
             img.state = SocketState::Connected as i32;
             img.peer = Some(p);
         }
     }
     Ok(Observed { s, domain, ty, proto, img, outside })
+}
+
+/// The place (1, 2, ...) of the socket with inode `ino` in the
+/// SO_REUSEPORT group at its address (UDP and UDP-Lite sockets, TCP
+/// listeners), in the order the group was formed; 0 when it is alone.
+///
+/// /proc/PID/net/{tcp,udp,udplite}{,6} list the sockets of a port in the
+/// order of the kernel's hash chain: a member joins it at the head, but
+/// an IPv6 TCP listener of a group at the tail. Reversed where needed,
+/// that is the order of the group's array, which the kernel hashes a
+/// flow into, as long as no member left it: a member leaving moves the
+/// last one into its place there, which nothing shows.
+fn reuseport_rank(pid: i32, kind: Proto, domain: i32, local: &InetAddr, ino: u64) -> u32 {
+    let v6 = domain == libc::AF_INET6;
+    let base = match kind {
+        Proto::Tcp => "net/tcp",
+        Proto::Udp => "net/udp",
+        Proto::UdpLite => "net/udplite",
+        _ => return 0,
+    };
+    let text = crate::proc::read(pid, &format!("{base}{}", if v6 { "6" } else { "" })).unwrap_or_default();
+    let want = key(local);
+    let mut members: Vec<u64> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let listening = f.get(3) == Some(&"0A");
+            (f.len() >= 10 && parse_proc_addr(f[1]) == Some(want) && (kind != Proto::Tcp || listening)).then(|| f[9].parse().ok())?
+        })
+        .collect();
+    if members.len() < 2 {
+        return 0;
+    }
+    if !(kind == Proto::Tcp && v6) {
+        members.reverse();
+    }
+    members.iter().position(|&m| m == ino).map_or(0, |i| i as u32 + 1)
+}
+
+/// The peer of a restored socket (see `files::inet_peer`).
+pub(crate) fn peer_of(pid: i32, ino: u64, s: &SocketImage, sock: BorrowedFd) -> Option<InetAddr> {
+    let family = s.family as i32;
+    match net::peer_name(sock).ok().and_then(|b| parse_addr(&b)) {
+        Some(p) => Some(p),
+        None => match Proto::of(family, s.sock_type as i32, s.protocol as i32) {
+            Some(kind @ (Proto::Ping | Proto::Raw)) => dgram_peer(pid, ino, family == libc::AF_INET6, kind),
+            _ => None,
+        },
+    }
+}
+
+/// The peer of a connected ping or raw socket with inode `ino`, from
+/// /proc/PID/net/{icmp,raw}{,6} (state 01: connected), in the socket's
+/// family.
+fn dgram_peer(pid: i32, ino: u64, v6: bool, kind: Proto) -> Option<InetAddr> {
+    let base = if kind == Proto::Ping { "net/icmp" } else { "net/raw" };
+    let text = crate::proc::read(pid, &format!("{base}{}", if v6 { "6" } else { "" })).ok()?;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[9].parse::<u64>().ok() != Some(ino) {
+            continue;
+        }
+        if f[3] != "01" {
+            return None;
+        }
+        let (ip, port) = parse_proc_addr(f[2])?;
+        return Some(if v6 {
+            InetAddr { ip: ip.to_vec(), port, scope_id: 0 }
+        } else {
+            InetAddr { ip: ip[12..].to_vec(), port, scope_id: 0 }
+        });
+    }
+    None
 }
 
 impl Kind for Inet {
@@ -521,18 +734,33 @@ impl Kind for Inet {
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
         let Observed { s, domain, ty, proto, mut img, outside } = observe(seen, table)?;
         let fd = s.as_fd();
-        let tcp = ty == libc::SOCK_STREAM;
+        let kind = Proto::of(domain, ty, proto).expect("observed");
+        let tcp = kind == Proto::Tcp;
         let mut list: Vec<(i32, i32)> = COMMON_OPTS.to_vec();
-        if tcp {
-            list.extend_from_slice(TCP_OPTS);
-        }
         list.extend_from_slice(if domain == libc::AF_INET { V4_OPTS } else { V6_OPTS });
-        if !tcp {
-            list.extend_from_slice(if domain == libc::AF_INET { V4_UDP_OPTS } else { V6_UDP_OPTS });
+        list.extend(kind.opts(domain, proto));
+        if kind == Proto::Raw {
+            // A raw socket has its port (its protocol) from socket(2), and
+            // IPV6_V6ONLY cannot be set once a socket has a port: it
+            // comes back from its bind alone, as it came.
+            list.retain(|&o| o != (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY));
         }
         img.opts = sockets::read_opts(fd, &list);
+        img.opts.retain(|o| !skip_opt(o));
+        if !tcp && img.state == SocketState::Connected as i32 {
+            // The kernel moves a connected datagram socket's CPU to where
+            // each packet arrives, which no read tells from a program's
+            // choice; set again, it would count as a preference of its
+            // SO_REUSEPORT group, whose choice would then follow CPUs.
+            img.opts.retain(|o| !(o.level == libc::SOL_SOCKET && o.name == SO_INCOMING_CPU));
+        }
         let tcp_state = if tcp { tcp_info(seen, fd)?[0] } else { 0 };
-        img.shutdown = shutdown_bits(seen, fd, domain, proto, tcp_state)?;
+        img.shutdown = shutdown_bits(seen, fd, domain, kind, proto, tcp_state)?;
+        let reuseport =
+            img.opts.iter().any(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEPORT && o.value.iter().any(|&b| b != 0));
+        if reuseport && (kind != Proto::Tcp || img.state == SocketState::Listening as i32) {
+            img.reuseport_rank = reuseport_rank(seen.pid, kind, domain, img.local.as_ref().expect("observed"), seen.st.ino());
+        }
         if img.state == SocketState::Connected as i32 && tcp {
             if outside {
                 // No packet of it may move from here until the restore
@@ -552,6 +780,9 @@ impl Kind for Inet {
 
     fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
         let s = sockets::image(f)?;
+        if s.reuseport_rank != 0 && !cx.sockets.contains_key(&s.ino) {
+            group_first(s, cx)?;
+        }
         let fd = match cx.sockets.remove(&s.ino) {
             Some(fd) => fd,
             None => {
@@ -593,9 +824,35 @@ fn listener_first(f: &FileImage, s: &SocketImage, cx: &mut OpenCx) -> Result<()>
     });
     if let Some(l) = later {
         let ls = sockets::image(l)?;
+        if ls.reuseport_rank != 0 {
+            return group_first(ls, cx);
+        }
         if !cx.sockets.contains_key(&ls.ino) {
             let fd = create(l, ls, cx)?;
             cx.sockets.insert(ls.ino, fd);
+        }
+    }
+    Ok(())
+}
+
+/// Creates every member of the SO_REUSEPORT group of `s` (the sockets of
+/// the image at its address with a rank) in the order of their ranks,
+/// ahead of their own files: each joins the group when bound (UDP) or
+/// when listening (TCP), at the end of it.
+fn group_first(s: &SocketImage, cx: &mut OpenCx) -> Result<()> {
+    let same = |o: &SocketImage| {
+        o.reuseport_rank != 0
+            && (o.net_ns, o.family, o.sock_type, o.protocol) == (s.net_ns, s.family, s.sock_type, s.protocol)
+            && o.local == s.local
+    };
+    let mut group: Vec<&FileImage> =
+        cx.tree.files.iter().filter(|g| g.kind == FileKind::InetSocket as i32 && g.socket.as_ref().is_some_and(same)).collect();
+    group.sort_by_key(|g| g.socket.as_ref().map(|gs| gs.reuseport_rank));
+    for g in group {
+        let gs = sockets::image(g)?;
+        if !cx.sockets.contains_key(&gs.ino) {
+            let fd = create(g, gs, cx)?;
+            cx.sockets.insert(gs.ino, fd);
         }
     }
     Ok(())
@@ -607,14 +864,21 @@ fn is_bound(a: &InetAddr) -> bool {
 
 fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
     let family = s.family as i32;
-    let sock = sockets::create(cx, s.net_ns, family, s.sock_type as i32, s.protocol as i32)?;
+    let kind = Proto::of(family, s.sock_type as i32, s.protocol as i32);
+    let sock = if kind == Some(Proto::Ping) {
+        sockets::in_ns(cx, s.net_ns, || net::ping_socket(family, s.protocol as i32, s.owner_uid, s.owner_gid))?
+    } else {
+        sockets::create_owned(cx, s, family, s.sock_type as i32, s.protocol as i32)?
+    };
     let fd = sock.as_fd();
     if let Some(t) = &s.tcp {
         restore_tcp(f, s, fd, t, resends(&cx.tree.files, f, cx.defer_tcp))?;
         return Ok(sock);
     }
     sockets::apply_opts(f, fd, &s.opts)?;
-    if let Some(a) = s.local.as_ref().filter(|a| is_bound(a)) {
+    // A raw socket's port is its protocol, there from socket(2).
+    let bound = |a: &&InetAddr| if kind == Some(Proto::Raw) { a.ip.iter().any(|&b| b != 0) } else { is_bound(a) };
+    if let Some(a) = s.local.as_ref().filter(bound) {
         net::bind(fd, &sockaddr(family, a)).map_err(|e| {
             if e.errno() == Some(libc::EADDRINUSE) {
                 let reuse =
@@ -652,9 +916,14 @@ fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
 /// both); the send side shows only in sock_diag, which lists the sockets
 /// that are bound: of a UDP socket never bound, a send-only shutdown is
 /// not seen. `tcp_state` is TCP_INFO's (for TCP).
-fn shutdown_bits(seen: &Seen, s: BorrowedFd, domain: i32, proto: i32, tcp_state: u8) -> Result<u32> {
+fn shutdown_bits(seen: &Seen, s: BorrowedFd, domain: i32, kind: Proto, proto: i32, tcp_state: u8) -> Result<u32> {
     let ev = net::poll_now(s).step(seen.pid, || format!("poll fd {}", seen.fd))?;
     let polled = if ev & libc::POLLRDHUP != 0 { 1 } else { 0 };
+    if matches!(kind, Proto::Ping | Proto::Raw) {
+        // sock_diag lists neither: poll shows the receive side, and both
+        // when both are shut.
+        return Ok(if ev & libc::POLLHUP != 0 { 3 } else { polled });
+    }
     if proto == libc::IPPROTO_TCP {
         return Ok(match tcp_state {
             // Shut for writing, a connection leaves the established state
@@ -722,9 +991,10 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage,
     };
     let st = state(f, t)?;
     set(libc::TCP_REPAIR, 1, "TCP_REPAIR on")?;
-    // Before bind: with IPV6_V6ONLY the address family choices differ.
-    for o in s.opts.iter().filter(|o| o.level == libc::IPPROTO_IPV6 && o.name == libc::IPV6_V6ONLY) {
-        net::setsockopt(fd, o.level, o.name, &o.value).map_err(e("IPV6_V6ONLY"))?;
+    // Before bind: with IPV6_V6ONLY the address family choices differ,
+    // and a non-local address needs IP_FREEBIND or IP_TRANSPARENT.
+    for o in s.opts.iter().filter(|o| before_bind(o)) {
+        net::setsockopt(fd, o.level, o.name, &o.value).map_err(e(&format!("option {} before bind", o.name)))?;
     }
     if st == TcpState::SynSent {
         // connect(2) keeps a write_seq set beforehand as the initial
@@ -803,6 +1073,18 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage,
     // reach a peer end not yet created, and the reset it draws would kill
     // the connection.
     Ok(())
+}
+
+/// The options a connection in repair mode needs before its bind.
+fn before_bind(o: &SockOpt) -> bool {
+    matches!(
+        (o.level, o.name),
+        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+            | (libc::IPPROTO_IP, libc::IP_FREEBIND)
+            | (libc::IPPROTO_IP, libc::IP_TRANSPARENT)
+            | (libc::IPPROTO_IPV6, IPV6_FREEBIND)
+            | (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT)
+    )
 }
 
 /// The connection's recorded state, or an error for one this build does

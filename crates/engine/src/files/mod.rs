@@ -21,6 +21,7 @@ mod memfd;
 mod mqueue;
 mod netlink;
 mod nsfd;
+mod packet;
 mod pidfd;
 mod pipe;
 pub(crate) mod regular;
@@ -171,6 +172,7 @@ fn kind(kind: FileKind) -> Option<&'static dyn Kind> {
         FileKind::UnixSocket => Some(&unix::Unix),
         FileKind::InetSocket => Some(&inet::Inet),
         FileKind::NetlinkSocket => Some(&netlink::Netlink),
+        FileKind::PacketSocket => Some(&packet::Packet),
         FileKind::Tty => Some(&tty::Tty),
         FileKind::Mqueue => Some(&mqueue::Mqueue),
         FileKind::Namespace => Some(&nsfd::NsFd),
@@ -322,6 +324,13 @@ pub(crate) fn tcp_mark() -> u32 {
 /// An inet address as `1.2.3.4:80` or `[::1]:80`.
 pub(crate) fn show_addr(a: &lpm_image::InetAddr) -> String {
     inet::show(a)
+}
+
+/// The peer of the inet socket with inode `ino` of process `pid`:
+/// getpeername, or for a ping or raw socket connected with no port (which
+/// getpeername calls unconnected) /proc/PID/net.
+pub(crate) fn inet_peer(pid: i32, ino: u64, s: &lpm_image::SocketImage, sock: std::os::fd::BorrowedFd<'_>) -> Option<lpm_image::InetAddr> {
+    inet::peer_of(pid, ino, s, sock)
 }
 
 /// Makes the two ends of every TCP connection inside the tree agree, once

@@ -1,8 +1,17 @@
 //! Netlink sockets a program keeps open (NETLINK_ROUTE and the like):
-//! protocol, bound port id and multicast groups. Restore creates the socket
-//! in its network namespace, binds the same port id and joins the groups.
-//! A socket with unread messages, or one connected to a destination, is
-//! refused by name: what the kernel queued cannot be replayed.
+//! protocol, bound port id, multicast groups, and the destination it is
+//! connected to (connect(2) to the kernel's port 0 or to a port id of a
+//! socket of the tree, with a group or not), read from netlink_diag: a
+//! socket connected to the kernel reads the same as an unconnected one
+//! through getpeername, yet takes unicasts from the kernel only. Restore
+//! creates the socket in its network namespace, binds the same port id,
+//! joins the groups and connects again.
+//!
+//! Refused by name: a socket connected to a port id no socket of the tree
+//! holds (the peer does not move with it), and one with unread messages:
+//! each carries its sender's port id and credentials, which no message
+//! sent from user space can have as the kernel's, and netlink has no peek
+//! offset to read past the first.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -35,18 +44,32 @@ fn sockaddr(portid: u32, groups: u32) -> Vec<u8> {
 }
 
 /// The socket's protocol, port id and groups, or why it cannot be kept.
-fn read(seen: &Seen) -> Result<SocketImage> {
+fn read(seen: &Seen, table: &FileTable) -> Result<SocketImage> {
     let s = sockets::take(seen)?;
     let fd = s.as_fd();
     let ty = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_TYPE, "SO_TYPE")?;
     let proto = sockets::opt_int(seen, fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, "SO_PROTOCOL")?;
     let net_ns = sockets::netns_of(seen, fd)?;
     let name = net::local_name(fd).step(seen.pid, || format!("getsockname fd {}", seen.fd))?;
-    if let Ok(peer) = net::peer_name(fd) {
-        if u32_at(&peer, 4) != 0 || u32_at(&peer, 8) != 0 {
-            return Err(seen.unsupported(format!("netlink socket (protocol {proto}) connected to port {}", u32_at(&peer, 4))));
+    let ino = seen.st.ino();
+    let all = sockets::in_task_netns(seen, net::netlink_diag)?.step(seen.pid, || format!("netlink_diag for fd {}", seen.fd))?;
+    let me = all.iter().find(|d| d.ino as u64 == ino);
+    let (state, peer_portid, peer_groups) = match me {
+        Some(d) if d.state == 1 => {
+            if d.dst_portid != 0 {
+                let peer = all.iter().find(|p| p.protocol == d.protocol && p.portid == d.dst_portid);
+                if peer.and_then(|p| sockets::holder(table, p.ino as u64)).is_none() {
+                    return Err(seen.unsupported(format!(
+                        "netlink socket (protocol {proto}) connected to port {}, which no socket of the tree holds",
+                        d.dst_portid
+                    )));
+                }
+            }
+            let mask = if d.dst_group > 0 && d.dst_group <= 32 { 1u32 << (d.dst_group - 1) } else { 0 };
+            (SocketState::Connected, d.dst_portid, mask)
         }
-    }
+        _ => (SocketState::Unconnected, 0, 0),
+    };
     let mut b = [0u8; 16];
     match net::recv(fd, &mut b, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
         Err(e) if e.errno() == Some(libc::EAGAIN) => {}
@@ -75,8 +98,12 @@ fn read(seen: &Seen) -> Result<SocketImage> {
         sock_type: ty as u32,
         protocol: proto as u32,
         net_ns,
-        state: SocketState::Unconnected as i32,
+        state: state as i32,
         nl_portid: u32_at(&name, 4),
+        nl_peer_portid: peer_portid,
+        nl_peer_groups: peer_groups,
+        owner_uid: seen.st.uid(),
+        owner_gid: seen.st.gid(),
         nl_groups: groups,
         opts: sockets::buffer_opts(fd, libc::AF_NETLINK, ty, proto),
         filter,
@@ -86,18 +113,18 @@ fn read(seen: &Seen) -> Result<SocketImage> {
 }
 
 impl Kind for Netlink {
-    fn check(&self, seen: &Seen, _f: &FileImage, _table: &FileTable) -> Result<()> {
-        read(seen).map(drop)
+    fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
+        read(seen, table).map(drop)
     }
 
-    fn dump(&self, seen: &Seen, f: &mut FileImage, _table: &mut FileTable) -> Result<()> {
-        f.socket = Some(read(seen)?);
+    fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        f.socket = Some(read(seen, table)?);
         Ok(())
     }
 
     fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
         let s = sockets::image(f)?;
-        let sock = sockets::create(cx, s.net_ns, libc::AF_NETLINK, s.sock_type as i32, s.protocol as i32)?;
+        let sock = sockets::create_owned(cx, s, libc::AF_NETLINK, s.sock_type as i32, s.protocol as i32)?;
         let fd = sock.as_fd();
         let err = |what: String| {
             let what = format!("netlink socket file {} (protocol {}): {what}", f.id, s.protocol);
@@ -108,6 +135,10 @@ impl Kind for Netlink {
         }
         for &g in &s.nl_groups {
             net::setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, g as i32).map_err(err(format!("join group {g}")))?;
+        }
+        if s.state == SocketState::Connected as i32 {
+            net::connect(fd, &sockaddr(s.nl_peer_portid, s.nl_peer_groups))
+                .map_err(err(format!("connect to port id {} groups {:#x}", s.nl_peer_portid, s.nl_peer_groups)))?;
         }
         sockets::apply_opts(f, fd, &s.opts)?;
         sockets::apply_filter(f, fd, s)?;

@@ -1,4 +1,4 @@
-//! What the socket kinds (unix.rs, inet.rs, netlink.rs) share: which kind
+//! What the socket kinds (unix.rs, inet.rs, netlink.rs, packet.rs) share: which kind
 //! a socket descriptor is, taking the task's socket (pidfd_getfd), the
 //! network namespace it lives in, whether a peer is held inside the tree,
 //! creating a socket inside a restored namespace, options kept as raw
@@ -28,7 +28,7 @@ pub fn classify(seen: &Seen) -> Result<FileKind> {
         libc::AF_UNIX => Ok(FileKind::UnixSocket),
         libc::AF_INET | libc::AF_INET6 => Ok(FileKind::InetSocket),
         libc::AF_NETLINK => Ok(FileKind::NetlinkSocket),
-        libc::AF_PACKET => Err(seen.unsupported("packet socket")),
+        libc::AF_PACKET => Ok(FileKind::PacketSocket),
         other => Err(seen.unsupported(format!("socket of address family {other}"))),
     }
 }
@@ -110,7 +110,8 @@ pub fn apply_filter(f: &FileImage, s: BorrowedFd, img: &SocketImage) -> Result<(
 pub fn read_opts(s: BorrowedFd, list: &[(i32, i32)]) -> Vec<SockOpt> {
     let mut out = Vec::new();
     for &(level, name) in list {
-        let mut b = [0u8; 16];
+        // ICMPV6_FILTER, the longest, is 32 bytes.
+        let mut b = [0u8; 64];
         if let Ok(n) = net::getsockopt(s, level, name, &mut b) {
             out.push(SockOpt { level, name, value: b[..n].to_vec() });
         }
@@ -164,6 +165,12 @@ pub fn in_ns<T: Send>(cx: &OpenCx, net_ns: u64, f: impl FnOnce() -> lpm_sys::Res
 /// Creates a socket in the restored network namespace `net_ns`.
 pub fn create(cx: &OpenCx, net_ns: u64, domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
     in_ns(cx, net_ns, || net::socket(domain, ty, proto))
+}
+
+/// Creates the socket of `img` in its restored network namespace, owned
+/// as it was (`SocketImage::owner_uid`).
+pub fn create_owned(cx: &OpenCx, img: &SocketImage, domain: i32, ty: i32, proto: i32) -> Result<OwnedFd> {
+    in_ns(cx, img.net_ns, || net::socket_owned(domain, ty, proto, img.owner_uid, img.owner_gid))
 }
 
 /// Applies the file's status flags (O_NONBLOCK, ...) to a restored socket.
