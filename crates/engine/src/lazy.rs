@@ -211,6 +211,48 @@ pub(crate) fn register(
 }
 
 impl Space {
+    /// Writes now, from the store, every page of the runs that is present
+    /// already, and takes it off the runs. Nothing the restore writes is
+    /// on them (eager pages and saved data are not), so such a page was
+    /// made by a touch since its area was mapped: its content is not the
+    /// precopied one, and the fill, which never copies over a present
+    /// page, would leave it so. Seen as restored programs crashing now and
+    /// then after a move, with a page of theirs read as zero.
+    fn write_present(&mut self) -> Result<()> {
+        use lpm_sys::pagemap::{Pagemap, Query, PAGE_IS_PRESENT};
+        let mut pm = Pagemap::open(self.pid).step(self.pid, || "open pagemap".into())?;
+        let q = Query { flags: 0, category_mask: PAGE_IS_PRESENT as u64, anyof_mask: 0, return_mask: PAGE_IS_PRESENT as u64 };
+        let mut present = Vec::new();
+        let mut regions = Vec::new();
+        for r in &self.runs {
+            regions.clear();
+            pm.scan(r.start, r.end, q, &mut regions).step(self.pid, || format!("scan present pages of {:#x}-{:#x}", r.start, r.end))?;
+            present.extend(regions.iter().map(|g| (g.start.max(r.start), g.end.min(r.end), r.off + (g.start.max(r.start) - r.start))));
+        }
+        if present.is_empty() {
+            return Ok(());
+        }
+        let path = format!("/proc/{}/mem", self.pid);
+        let mem = std::fs::OpenOptions::new().write(true).open(&path).map_err(crate::io_err(format!("open {path}")))?;
+        let mut pages = 0;
+        for &(start, end, off) in &present {
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.store
+                .read_exact_at(&mut buf, off)
+                .map_err(crate::io_err(format!("read the page store of pid {} at {off:#x}", self.pid)))?;
+            mem.write_all_at(&buf, start).map_err(crate::io_err(format!("write the precopied pages of pid {} at {start:#x}", self.pid)))?;
+            remove(&mut self.runs, start, end);
+            pages += (end - start) / PAGE;
+        }
+        tracing::warn!(
+            pid = self.pid,
+            pages,
+            first = format!("{:#x}", present[0].0),
+            "precopied pages were present before the lazy fill (touched since their area was mapped): written now"
+        );
+        Ok(())
+    }
+
     /// Registers the areas for missing-page faults. Done last, once no
     /// remote call of the restore can touch the task's memory any more
     /// (the kernel writing a thread's rseq area into a registered, missing
@@ -325,9 +367,11 @@ impl Space {
 }
 
 impl LazyFill {
-    /// Registers every space's areas (see [`Space::arm`]).
-    pub(crate) fn arm(spaces: Vec<Space>) -> Result<Option<LazyFill>> {
-        for s in &spaces {
+    /// Registers every space's areas (see [`Space::arm`]), once the pages
+    /// of its runs found present are written (see [`Space::write_present`]).
+    pub(crate) fn arm(mut spaces: Vec<Space>) -> Result<Option<LazyFill>> {
+        for s in &mut spaces {
+            s.write_present()?;
             s.arm()?;
         }
         Ok((!spaces.is_empty()).then_some(LazyFill { spaces }))
