@@ -181,6 +181,7 @@ impl StoppedTree {
             ..Default::default()
         };
         let mut files = FileTable::default();
+        files.ghosts.dir = Some(dir.to_path_buf());
         files.tree = self.order.clone();
         files.tcp_established = opts.tcp_established;
         files.lock = opts.lock_connections.then(crate::netlock::NetLock::new);
@@ -209,7 +210,7 @@ impl StoppedTree {
         tree.root_pid = root as u32;
         tree.files = files.files;
         tree.pipes = files.pipes.into_values().collect();
-        tree.ghosts = files.ghosts;
+        tree.ghosts = files.ghosts.list;
         tree.shmems = shm.saved.into_values().collect();
         // The restore must be able to share again every page shared now.
         crate::cow::plan(&tree)?;
@@ -434,6 +435,7 @@ fn dump_process(
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
     p.fds = files::dump(pid, files)?;
+    p.cwd_ghost = files::regular::cwd(pid, Some(&mut files.ghosts))?;
     let tids: Vec<i32> = threads.iter().map(|t| t.tid).collect();
     let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
     p.shares_parent_files = files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids)?;
@@ -441,7 +443,7 @@ fn dump_process(
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;
     let t = Instant::now();
-    p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied, cow)?);
+    p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied, cow, &mut files.ghosts)?);
     tracing::debug!(pid, state_ms = (t - begun).as_secs_f64() * 1e3, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
     // Remote calls run with every signal blocked, so none is delivered (or
     // lost) while we borrow the threads; the masks are put back on release.

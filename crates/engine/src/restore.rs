@@ -272,6 +272,8 @@ struct Ctx<'a> {
     shmem: &'a ShmemObjects,
     /// The restorer's descriptor of each memfd, by inode at dump.
     memfds: HashMap<u64, i32>,
+    /// The restorer's O_PATH descriptor of each ghost, by ghost id.
+    ghosts: HashMap<u64, i32>,
     /// What each process does about the pages it shares (cow.rs).
     plan: crate::cow::Plan,
     /// Where the data of shared pages is read from.
@@ -320,6 +322,7 @@ impl Ctx<'_> {
             parking: self.trampoline + TRAMPOLINE_LEN,
             shmem: self.shmem,
             memfds: &self.memfds,
+            ghosts: &self.ghosts,
             lazy: self.lazy,
             eager,
             cow: self.plan.of(p.pid),
@@ -534,7 +537,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     // Connections an image's network lock holds stay in repair mode until
     // the release lifts it.
     let defer_tcp = opts.defer_tcp || tree.net_lock.is_some();
-    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp)?;
+    let open = open_files(&tree, dir, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp)?;
     stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
@@ -551,6 +554,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         hot: &opts.hot,
         shmem: &shmem,
         memfds: open.memfds(&tree),
+        ghosts: open.ghosts(),
         plan,
         sources: mem::Sources::new(dir, &tree),
     };
@@ -663,8 +667,8 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
 /// the tree in which the root's namespace is "here" (sockets of other
 /// owned namespaces still enter theirs), and the puppets are then pointed
 /// at the given namespace instead of a new one.
-fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool) -> Result<OpenFiles> {
-    let Some(ns) = given else { return files::open_all(tree, defer_tcp) };
+fn open_files(tree: &TreeImage, dir: &Path, given: Option<BorrowedFd<'_>>, defer_tcp: bool) -> Result<OpenFiles> {
+    let Some(ns) = given else { return files::open_all(tree, dir, defer_tcp) };
     let root = root_of(tree);
     let owned = root.namespaces.as_ref().filter(|n| n.clone_flags & NEWNET != 0).ok_or_else(|| {
         EngineError::Incompatible("a network namespace was given for the restore, but the image's root does not own one".into())
@@ -683,7 +687,7 @@ fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool) 
         ns::bring_lo_up(ns, root.pid as i32)?;
     }
     let mut open =
-        lpm_sys::net::in_netns(ns, || files::open_all(&here, defer_tcp)).step(0, || "enter the given network namespace".into())??;
+        lpm_sys::net::in_netns(ns, || files::open_all(&here, dir, defer_tcp)).step(0, || "enter the given network namespace".into())??;
     let own = ns.try_clone_to_owned().map_err(crate::io_err("duplicate the given network namespace"))?;
     open.net.insert(key, own);
     Ok(open)
@@ -1157,6 +1161,7 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
         }
     }
     ipc::attach(host, &mut r, p)?;
+    task::restore_cwd(host, &mut r, s, p, &ctx.ghosts)?;
     // A table shared with the parent was installed by the parent, shaped
     // first (parents come first in the image).
     if !p.shares_parent_files {

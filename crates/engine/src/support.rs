@@ -26,7 +26,11 @@ pub const KINDS: &[Row] = &[
     ("hugetlbfs and device mappings", Support::Refused, ""),
     ("file descriptor tables", Support::Partly, "per process or shared with the parent (CLONE_FILES); shared otherwise, or a thread's own, refused"),
     ("file owners for signal-driven I/O", Support::Yes, "F_SETOWN_EX thread, process or group of the tree with the setter's uids, F_SETSIG, O_ASYNC"),
-    ("regular files", Support::Yes, "path, offset, flags; unlinked files as one inode with holes, mode, owner, atime and mtime"),
+    (
+        "regular files",
+        Support::Yes,
+        "path, offset, flags, O_PATH (symbolic links too); unlinked files of any size (streamed) as one inode with holes, mode, owner, atime and mtime, also mapped; removed directories held open or as cwd; unlinked FIFOs and device nodes, and names kept by other links, refused",
+    ),
     ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
     ("pipes and FIFOs", Support::Yes, "with buffered data and capacity, each description with its own flags; packet-mode data refused"),
     ("unix sockets", Support::Partly, "stream, dgram, seqpacket; pairs, names (unlinked paths stay unlinked), listeners, connections and queues inside the tree; accept queues, SCM_RIGHTS in flight and peers outside the tree refused"),

@@ -167,8 +167,9 @@ fn packet_socket_is_refused_as_the_dump_refuses_it() {
     assert_eq!(p.verdict(), "ok");
 }
 
-/// One program holding four refused kinds at once (a raw socket, a
-/// character device, a mapping of a deleted file, a SysV segment of the
+/// One program holding five refused things at once (a raw socket, a
+/// character device, a mapping of a file whose mapped name was removed
+/// while another name of it stays (which nothing tells), a SysV segment of the
 /// host's ipc namespace) gets all four named, each with its object.
 #[test]
 fn every_refusal_of_a_process_is_named() {
@@ -177,6 +178,7 @@ raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 tun = os.open("/dev/net/tun", os.O_RDWR)
 f = open(d + "/gone", "w+b"); f.write(b"x" * 8192); f.flush()
 m = mmap.mmap(f.fileno(), 8192)
+os.link(d + "/gone", d + "/kept")
 os.unlink(d + "/gone")
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
@@ -193,13 +195,16 @@ serve()
     assert_eq!(raw.kind, "file descriptor");
     let tun = named(&i, "character device 10:200");
     assert!(tun.what.contains("/dev/net/tun"), "{tun}");
-    let gone = named(&i, "mapping of a deleted file");
+    let gone = named(&i, "keeps other names");
     assert_eq!(gone.kind, "memory area");
     assert!(gone.what.contains("/gone (deleted)"), "{gone}");
+    // Its descriptor likewise.
+    let fd = named(&i, "path no longer leads to the open file");
+    assert!(fd.what.contains("/gone (deleted)"), "{fd}");
     let shm = named(&i, "in the host's ipc namespace");
     assert_eq!(shm.kind, "memory area");
     assert!(i.refusals.iter().all(|r| r.pid == p.pid() && !r.transient), "{:#?}", i.refusals);
-    assert_eq!(i.refusals.len(), 4, "{:#?}", i.refusals);
+    assert_eq!(i.refusals.len(), 5, "{:#?}", i.refusals);
     untraced(p.pid());
     dump_refuses_the_same(&p, &i, DumpOptions::default());
     assert_eq!(p.verdict(), "ok");
@@ -420,9 +425,10 @@ serve()
     assert_eq!(shared.kind, "file descriptor table");
     assert_ne!(shared.pid, p.pid(), "{shared}");
     named(&i, "eBPF filter");
-    named(&i, "unlinked file with more than");
+    // An unlinked file of any size is kept (its data streamed to the
+    // image): not refused.
     assert!(i.refusals.iter().all(|r| !r.transient), "{:#?}", i.refusals);
-    assert_eq!(i.refusals.len(), 5, "{:#?}", i.refusals);
+    assert_eq!(i.refusals.len(), 4, "{:#?}", i.refusals);
     untraced(p.pid());
     dump_refuses_the_same(&p, &i, DumpOptions::default());
     assert!(p.alive());

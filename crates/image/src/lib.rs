@@ -36,7 +36,13 @@ pub const MAGIC: [u8; 8] = *b"LPMIMAGE";
 /// tables. A tree is written as version 2 only when it holds such state
 /// ([`tree_version`]), so that version-1 readers refuse exactly the images
 /// they cannot restore. Pages files did not change: they stay version 1.
-pub const FORMAT_VERSION: u32 = 2;
+///
+/// Version 3 adds deleted things still in use, which a version-2 reader
+/// would skip: an unlinked file's data streamed to a file of its own
+/// (`GhostImage::data_file`), mappings of unlinked files
+/// (`Vma::ghost_id`), a removed working directory (`Process::cwd_ghost`)
+/// and removed directories held open.
+pub const FORMAT_VERSION: u32 = 3;
 /// The version of pages files (unchanged since version 1).
 const PAGES_VERSION: u32 = 1;
 /// The oldest format version this build reads.
@@ -232,6 +238,11 @@ pub fn tree_version(tree: &TreeImage) -> u32 {
             || f.signal != 0
             || f.socket.as_ref().is_some_and(|s| !s.filter.is_empty() || s.unlinked || (s.shutdown != 0 && s.family != AF_UNIX))
     };
+    let v3 = tree.ghosts.iter().any(|g| !g.data_file.is_empty() || !g.extents.is_empty() || !g.path.is_empty())
+        || tree.processes.iter().any(|p| p.cwd_ghost != 0 || p.mm.as_ref().is_some_and(|m| m.vmas.iter().any(|v| v.ghost_id != 0)));
+    if v3 {
+        return 3;
+    }
     let v2 = !tree.ghosts.is_empty() || tree.processes.iter().any(|p| p.shares_parent_files) || tree.files.iter().any(file_v2);
     if v2 {
         2

@@ -21,7 +21,7 @@ mod mqueue;
 mod netlink;
 mod pidfd;
 mod pipe;
-mod regular;
+pub(crate) mod regular;
 mod signalfd;
 mod sockets;
 mod tcp_segment;
@@ -34,7 +34,7 @@ use std::fs::Metadata;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use lpm_image::{Fd, FileImage, FileKind, GhostImage, MemfdChunk, PipeImage, Process, TreeImage};
+use lpm_image::{Fd, FileImage, FileKind, MemfdChunk, PipeImage, Process, TreeImage};
 use lpm_sys::misc;
 use lpm_sys::remote::Remote;
 
@@ -189,7 +189,8 @@ fn classify(seen: &Seen) -> Result<FileKind> {
         FileKind::Tty
     } else if ft.is_char_device() {
         FileKind::CharDevice
-    } else if ft.is_file() || ft.is_dir() {
+    } else if ft.is_file() || ft.is_dir() || ft.is_symlink() {
+        // A symbolic link is open only as O_PATH|O_NOFOLLOW.
         if seen.st.nlink() == 0 && link.ends_with(" (deleted)") {
             FileKind::Unlinked
         } else {
@@ -213,10 +214,8 @@ pub struct FileTable {
     /// The caller locked the network: established TCP connections to
     /// peers outside the tree may be dumped.
     pub tcp_established: bool,
-    /// Unlinked files, one per inode.
-    pub ghosts: Vec<GhostImage>,
-    /// The ghost of each unlinked inode `(dev, ino)` seen so far.
-    pub ghost_ids: HashMap<(u64, u64), u64>,
+    /// Unlinked files and removed directories, one per inode.
+    pub ghosts: regular::Ghosts,
     /// lpm locks the network itself: each connection to a peer outside
     /// the tree is added to this lock before its state is read.
     pub lock: Option<crate::netlock::NetLock>,
@@ -259,8 +258,17 @@ fn handler(seen: &Seen, f: &mut FileImage) -> Result<&'static dyn Kind> {
 pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
     walk(pid, table, false, |seen, f, table| {
         handler(seen, f)?.dump(seen, f, table)?;
+        if opath(f) {
+            return Ok(());
+        }
         fown::dump(seen, f, table)
     })
+}
+
+/// Whether the description is O_PATH: it only names a file (no I/O, so
+/// no owner for SIGIO: fcntl refuses to tell).
+fn opath(f: &FileImage) -> bool {
+    f.flags as i32 & libc::O_PATH != 0
 }
 
 /// Sets the owner for SIGIO and its signal on every restored description
@@ -276,7 +284,8 @@ pub fn restore_owners(tree: &TreeImage, host: impl Fn(lpm_image::OwnerKind, u32)
 /// descriptor closed meanwhile is passed over. Returns the descriptors.
 pub fn check(pid: i32, table: &mut FileTable, refusals: &mut Vec<EngineError>) -> Result<Vec<Fd>> {
     walk(pid, table, true, |seen, f, table| {
-        match handler(seen, f).and_then(|k| k.check(seen, f, table)).and_then(|_| fown::check(seen, table)) {
+        match handler(seen, f).and_then(|k| k.check(seen, f, table)).and_then(|_| if opath(f) { Ok(()) } else { fown::check(seen, table) })
+        {
             Err(e @ (EngineError::Unsupported { .. } | EngineError::Transient { .. })) => {
                 refusals.push(e);
                 Ok(())
@@ -371,6 +380,10 @@ pub struct OpenFiles {
     pub(crate) ctty: HashMap<u32, OwnedFd>,
     /// Recorded pty index to the index the host's devpts gave it here.
     pub ptys: HashMap<u32, u32>,
+    /// An O_PATH descriptor of each ghost (unlinked file or removed
+    /// directory) by id, which puppets inherit until their own
+    /// descriptors are set: what they map and enter.
+    ghosts: HashMap<u64, OwnedFd>,
 }
 
 impl OpenFiles {
@@ -379,14 +392,21 @@ impl OpenFiles {
     pub fn memfds(&self, tree: &TreeImage) -> HashMap<u64, i32> {
         tree.files.iter().filter_map(|f| Some((f.memfd.as_ref()?.ino, self.by_id.get(&f.id)?.as_raw_fd()))).collect()
     }
+
+    /// The restorer's O_PATH descriptor of each ghost of the image, by
+    /// ghost id (puppets inherit them until their own descriptors are
+    /// set).
+    pub fn ghosts(&self) -> HashMap<u64, i32> {
+        self.ghosts.iter().map(|(&id, fd)| (id, fd.as_raw_fd())).collect()
+    }
 }
 
-/// Opens every file description of the image in the restorer.
-pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
+/// Opens every file description of the image in `dir` in the restorer.
+pub fn open_all(tree: &TreeImage, dir: &std::path::Path, defer_tcp: bool) -> Result<OpenFiles> {
     let max_fd = tree.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(0) as i32;
     let base = (max_fd + 1).max(64);
     let limit = misc::raise_nofile();
-    let needed = base as u64 + tree.files.len() as u64 + 16;
+    let needed = base as u64 + tree.files.len() as u64 + tree.ghosts.len() as u64 + 16;
     if limit < needed {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
@@ -401,6 +421,10 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         ghosts: HashMap::new(),
         defer_tcp,
     };
+    let mut ghosts = HashMap::new();
+    for (id, fd) in regular::make_ghosts(&mut cx, dir)? {
+        ghosts.insert(id, misc::move_fd_above(fd, base).step(0, || format!("move unlinked file {id} above fd {base}"))?);
+    }
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)
@@ -425,7 +449,7 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool) -> Result<OpenFiles> {
         }
     }
     let (holders, pipes) = (cx.holders, cx.pipes);
-    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys })
+    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys, ghosts })
 }
 
 /// Installs a puppet's descriptors: drops everything it inherited below
