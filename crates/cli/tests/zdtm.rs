@@ -978,6 +978,7 @@ zdtm_tests!(
     ghost_dir,
     ghost_map,
     opath,
+    memfd_reopen,
     fown,
     fd_table,
     pipe_reopen,

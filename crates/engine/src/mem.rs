@@ -865,7 +865,11 @@ fn map_area(
             // protection, as before.
             let may_write = if v.vm_flags.is_empty() { v.prot & libc::PROT_WRITE as u32 != 0 } else { vm_flag(v, "mw") };
             let writable = shared && may_write;
-            let path = if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
+            let path = if let Some(fd) = c.memfds.get(&v.shmem_id).filter(|_| k == VmaKind::AnonShared && v.path.starts_with("/memfd:")) {
+                // The memfd the tree's descriptors hold, also in a process
+                // that holds none of them (it closed its own).
+                format!("/proc/self/fd/{fd}")
+            } else if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
                 c.shmem
                     .path(v.shmem_id)
                     .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?

@@ -43,7 +43,7 @@ pub const KINDS: &[Row] = &[
     ("signalfd", Support::Yes, "mask"),
     ("epoll", Support::Yes, "every registration, nested epoll, fired one-shots"),
     ("inotify", Support::Partly, "watches with their wds; pending events refused"),
-    ("memfd", Support::Yes, "name, seals, content, mappings sharing the fd's object"),
+    ("memfd", Support::Yes, "name, seals, content, mappings sharing the fd's object (descriptors closed too), descriptions reopened through /proc"),
     ("pidfd", Support::Partly, "targets inside the tree; others refused"),
     ("signals", Support::Yes, "actions, masks, pending (per thread and shared), sigaltstack"),
     ("stopped processes", Support::Yes, "group stop by SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU comes back stopped by the same signal"),

@@ -401,6 +401,9 @@ fn classify(e: &MapEntry) -> Option<VmaKind> {
         {
             VmaKind::AnonShared
         }
+        // A private mapping of a shared anonymous area's object (as the
+        // dump names it).
+        "/dev/zero (deleted)" => VmaKind::ShmemPrivate,
         "" | "[heap]" | "[stack]" => VmaKind::AnonPrivate,
         p if p.starts_with("[anon:") || p.starts_with("/dev/zero") => VmaKind::AnonPrivate,
         p if p.starts_with('/') && e.shared() => VmaKind::FileShared,

@@ -41,7 +41,8 @@ pub const MAGIC: [u8; 8] = *b"LPMIMAGE";
 /// would skip: an unlinked file's data streamed to a file of its own
 /// (`GhostImage::data_file`), mappings of unlinked files
 /// (`Vma::ghost_id`), a removed working directory (`Process::cwd_ghost`)
-/// and removed directories held open.
+/// and removed directories held open, a memfd's second open file
+/// description (`FileImage::memfd_of`).
 pub const FORMAT_VERSION: u32 = 3;
 /// The version of pages files (unchanged since version 1).
 const PAGES_VERSION: u32 = 1;
@@ -238,7 +239,8 @@ pub fn tree_version(tree: &TreeImage) -> u32 {
             || f.signal != 0
             || f.socket.as_ref().is_some_and(|s| !s.filter.is_empty() || s.unlinked || (s.shutdown != 0 && s.family != AF_UNIX))
     };
-    let v3 = tree.ghosts.iter().any(|g| !g.data_file.is_empty() || !g.extents.is_empty() || !g.path.is_empty())
+    let v3 = tree.files.iter().any(|f| f.memfd_of != 0)
+        || tree.ghosts.iter().any(|g| !g.data_file.is_empty() || !g.extents.is_empty() || !g.path.is_empty())
         || tree.processes.iter().any(|p| p.cwd_ghost != 0 || p.mm.as_ref().is_some_and(|m| m.vmas.iter().any(|v| v.ghost_id != 0)));
     if v3 {
         return 3;

@@ -804,6 +804,11 @@ pub struct FileImage {
     /// The signal the owner gets instead of SIGIO (F_SETSIG); 0: SIGIO.
     #[prost(uint32, tag = "34")]
     pub signal: u32,
+    /// A memfd's second (third, ...) open file description, reopened
+    /// through /proc/PID/fd: the file id of the memfd's first
+    /// description, which holds its state (`memfd`); 0 otherwise.
+    #[prost(uint32, tag = "120")]
+    pub memfd_of: u32,
 }
 
 /// What a file owner is (F_OWNER_*).

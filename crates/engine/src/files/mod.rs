@@ -88,6 +88,9 @@ pub struct OpenCx<'a> {
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
+    /// Memfds recreated so far, by the file id of their first
+    /// description: their other descriptions are reopened from them.
+    pub memfds: HashMap<u32, OwnedFd>,
 }
 
 /// An established connection left in repair mode at install, to leave it
@@ -226,6 +229,12 @@ impl FileTable {
     /// seen already (another description of a file seen before).
     pub fn described(&self, dev: u64, ino: u64) -> bool {
         self.owners.iter().any(|o| (o.2, o.3) == (dev, ino))
+    }
+
+    /// The file id of the first open file description of the inode
+    /// `(dev, ino)` seen, if any.
+    pub fn first_description(&self, dev: u64, ino: u64) -> Option<u32> {
+        self.owners.iter().position(|o| (o.2, o.3) == (dev, ino)).map(|i| self.files[i].id)
     }
 }
 
@@ -420,6 +429,7 @@ pub fn open_all(tree: &TreeImage, dir: &std::path::Path, defer_tcp: bool) -> Res
         ptys: HashMap::new(),
         ghosts: HashMap::new(),
         defer_tcp,
+        memfds: HashMap::new(),
     };
     let mut ghosts = HashMap::new();
     for (id, fd) in regular::make_ghosts(&mut cx, dir)? {
