@@ -979,6 +979,7 @@ zdtm_tests!(
     ghost_map,
     opath,
     memfd_reopen,
+    ghost_nodes,
     fown,
     fd_table,
     pipe_reopen,

@@ -180,7 +180,7 @@ fn record_ghost(pid: i32, v: &mut Vma, ghosts: &mut crate::files::regular::Ghost
     let file = crate::files::regular::reopen(&path)?;
     let st = file.metadata().map_err(io_err(format!("stat {path}")))?;
     let what = format!("unlinked file mapped at {:#x} by pid {pid}", v.start);
-    v.ghost_id = ghosts.record(&file, &st, v.path.trim_end_matches(" (deleted)"), &what)?;
+    v.ghost_id = ghosts.record(Some(&file), &st, v.path.trim_end_matches(" (deleted)"), &what)?;
     Ok(())
 }
 

@@ -487,10 +487,10 @@ fn descriptors(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         if matches!(kind, Some(FileKind::Regular | FileKind::Unlinked | FileKind::Memfd)) {
             f.cmp(&object, "offset", file.pos, info.pos);
         }
-        if matches!(kind, Some(FileKind::Regular | FileKind::Fifo | FileKind::CharDevice)) {
+        if matches!(kind, Some(FileKind::Regular | FileKind::Fifo | FileKind::CharDevice)) && file.ghost_id == 0 {
             f.cmp(&object, "path", file.path.clone(), proc::link(p.host, &format!("fd/{}", d.fd))?);
         }
-        if kind == Some(FileKind::Unlinked) {
+        if kind == Some(FileKind::Unlinked) || file.ghost_id != 0 {
             f.cmp(&object, "path", format!("{} (deleted)", file.path), proc::link(p.host, &format!("fd/{}", d.fd))?);
         }
     }

@@ -893,6 +893,10 @@ pub struct GhostImage {
     /// description names it.
     #[prost(string, tag = "122")]
     pub path: String,
+    /// The device number of an unlinked character device node; 0 for
+    /// other kinds (a FIFO's node has none).
+    #[prost(uint64, tag = "123")]
+    pub rdev: u64,
 }
 
 /// One extent of an unlinked file's data, stored in its data file.

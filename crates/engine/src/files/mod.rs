@@ -88,6 +88,9 @@ pub struct OpenCx<'a> {
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
+    /// The O_PATH descriptor of each ghost, by ghost id (an unlinked
+    /// FIFO's descriptions are opened through it).
+    pub ghost_fds: HashMap<u64, i32>,
     /// Memfds recreated so far, by the file id of their first
     /// description: their other descriptions are reopened from them.
     pub memfds: HashMap<u32, OwnedFd>,
@@ -430,11 +433,9 @@ pub fn open_all(tree: &TreeImage, dir: &std::path::Path, defer_tcp: bool) -> Res
         ghosts: HashMap::new(),
         defer_tcp,
         memfds: HashMap::new(),
+        ghost_fds: HashMap::new(),
     };
-    let mut ghosts = HashMap::new();
-    for (id, fd) in regular::make_ghosts(&mut cx, dir)? {
-        ghosts.insert(id, misc::move_fd_above(fd, base).step(0, || format!("move unlinked file {id} above fd {base}"))?);
-    }
+    let ghosts = regular::make_ghosts(&mut cx, dir, base)?;
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)

@@ -99,12 +99,12 @@ pub struct Ghosts {
 }
 
 impl Ghosts {
-    /// Records the unlinked inode open as `file` (reopened with
-    /// O_NOATIME, or a directory), once: attributes, and for a regular
-    /// file the extents holding data, streamed into a data file of the
-    /// image. `name` is the path it was reached by ("(deleted)" cut off),
+    /// Records the unlinked inode `st`, once: attributes (and a device
+    /// node's number), and for a regular file, open as `file` (reopened
+    /// with O_NOATIME), the extents holding data, streamed into a data
+    /// file of the image. `name` is the path it was reached by ("(deleted)" cut off),
     /// `what` names it in errors. Returns its id.
-    pub fn record(&mut self, file: &std::fs::File, st: &Metadata, name: &str, what: &str) -> Result<u64> {
+    pub fn record(&mut self, file: Option<&std::fs::File>, st: &Metadata, name: &str, what: &str) -> Result<u64> {
         if let Some(&id) = self.ids.get(&(st.dev(), st.ino())) {
             return Ok(id);
         }
@@ -120,9 +120,10 @@ impl Ghosts {
             mtime_sec: st.mtime(),
             mtime_nsec: st.mtime_nsec() as u32,
             path: name.to_string(),
+            rdev: if is_node(st.mode()) { st.rdev() } else { 0 },
             ..Default::default()
         };
-        if st.file_type().is_file() {
+        if let (true, Some(file)) = (st.file_type().is_file(), file) {
             if let Some(dir) = &self.dir {
                 g.data_file = format!("ghost-{id}.img");
                 g.extents = save_data(file, st.len(), &dir.join(&g.data_file), what)?;
@@ -162,6 +163,12 @@ fn save_data(file: &std::fs::File, size: u64, to: &Path, what: &str) -> Result<V
     Ok(list)
 }
 
+/// The name of the FIFO or device node of `seen` when it was unlinked
+/// (its link reads "NAME (deleted)" and it has no link left).
+pub(crate) fn unlinked_node<'a>(seen: &Seen<'a>) -> Option<&'a str> {
+    seen.link.strip_suffix(" (deleted)").filter(|_| seen.st.nlink() == 0)
+}
+
 /// Opens the unlinked file of `seen` again to read it, without moving its
 /// access time.
 fn reopen_ghost(seen: &Seen) -> Result<std::fs::File> {
@@ -178,6 +185,19 @@ pub(crate) fn reopen(path: &str) -> Result<std::fs::File> {
         .map_err(io_err(format!("reopen {path} (unlinked)")))
 }
 
+/// Whether the mode is a FIFO's or a character device's (a node made
+/// with mknod, without content).
+fn is_node(mode: u32) -> bool {
+    matches!(mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFCHR)
+}
+
+/// Whether the mode is a FIFO's: its descriptions are opened by the
+/// pipe module (opening one end alone would block), through the ghost's
+/// O_PATH descriptor.
+fn is_fifo(mode: u32) -> bool {
+    mode & libc::S_IFMT == libc::S_IFIFO
+}
+
 /// Whether the image's mode is a directory's.
 fn is_dir(mode: u32) -> bool {
     mode & libc::S_IFMT == libc::S_IFDIR
@@ -190,11 +210,14 @@ fn is_dir(mode: u32) -> bool {
 /// `cx.ghosts` by file id, then every name removed again. Returns, per
 /// ghost, an O_PATH descriptor of it, through which the puppets map it
 /// and enter it (a working directory).
-pub(crate) fn make_ghosts(cx: &mut OpenCx, dir: &Path) -> Result<HashMap<u64, OwnedFd>> {
+pub(crate) fn make_ghosts(cx: &mut OpenCx, dir: &Path, base: i32) -> Result<HashMap<u64, OwnedFd>> {
     let mut holders = HashMap::new();
     for g in &cx.tree.ghosts {
         let files: Vec<&FileImage> = cx.tree.files.iter().filter(|f| f.ghost_id == g.id).collect();
         let (holder, opened) = make_ghost(g, &files, dir)?;
+        let holder = lpm_sys::misc::move_fd_above(holder, base)
+            .map_err(|e| EngineError::Incompatible(format!("move unlinked file {} above fd {base}: {e}", g.id)))?;
+        cx.ghost_fds.insert(g.id, holder.as_raw_fd());
         holders.insert(g.id, holder);
         cx.ghosts.extend(opened);
     }
@@ -218,6 +241,14 @@ fn make_ghost(g: &GhostImage, files: &[&FileImage], dir: &Path) -> Result<(Owned
                     names.push((path.to_string(), name));
                     let d = std::fs::File::open(&names[0].1).map_err(io_err(what("open")))?;
                     set_attrs(g, &d, &what)?;
+                }
+                None if is_node(g.mode) => {
+                    let name = free_name(Path::new(path));
+                    let kind = if is_fifo(g.mode) { rustix::fs::FileType::Fifo } else { rustix::fs::FileType::CharacterDevice };
+                    rustix::fs::mknodat(rustix::fs::CWD, &name, kind, rustix::fs::Mode::from_raw_mode(0o600), g.rdev)
+                        .map_err(|e| io_err(what(&format!("mknod {}", name.display())))(e.into()))?;
+                    names.push((path.to_string(), name));
+                    set_node_attrs(g, &names[0].1, &what)?;
                 }
                 None => {
                     let name = free_name(Path::new(path));
@@ -244,7 +275,7 @@ fn make_ghost(g: &GhostImage, files: &[&FileImage], dir: &Path) -> Result<(Owned
         let first = &names.first().expect("one name at least").1;
         let holder = open_path(&first.to_string_lossy(), (libc::O_PATH | libc::O_NOFOLLOW) as u32)?;
         let mut out = Vec::with_capacity(files.len());
-        for f in files {
+        for f in files.iter().filter(|_| !is_fifo(g.mode)) {
             let name = &names.iter().find(|(p, _)| *p == f.path).unwrap_or(&names[0]).1;
             let fd = open_path(&name.to_string_lossy(), f.flags)?;
             seek(&fd, f, &f.path)?;
@@ -294,6 +325,23 @@ fn fill_ghost(g: &GhostImage, file: &std::fs::File, dir: &Path, what: &dyn Fn(&s
     }
     file.set_len(g.size).map_err(io_err(what("set the size")))?;
     set_attrs(g, file, what)
+}
+
+/// [`set_attrs`] of a new FIFO or device node, by its `name` (opening
+/// one could block, or act on the device).
+fn set_node_attrs(g: &GhostImage, name: &Path, what: &dyn Fn(&str) -> String) -> Result<()> {
+    use rustix::fs::{AtFlags, CWD};
+    let sys = |step: &str| {
+        let step = what(step);
+        move |e: rustix::io::Errno| EngineError::Io { what: step, source: e.into() }
+    };
+    rustix::fs::chownat(CWD, name, Some(rustix::fs::Uid::from_raw(g.uid)), Some(rustix::fs::Gid::from_raw(g.gid)), AtFlags::empty())
+        .map_err(sys("chown"))?;
+    rustix::fs::chmodat(CWD, name, rustix::fs::Mode::from_raw_mode(g.mode & 0o7777), AtFlags::empty()).map_err(sys("chmod"))?;
+    let ts = |sec: i64, nsec: u32| rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    let times = rustix::fs::Timestamps { last_access: ts(g.atime_sec, g.atime_nsec), last_modification: ts(g.mtime_sec, g.mtime_nsec) };
+    rustix::fs::utimensat(CWD, name, &times, AtFlags::empty()).map_err(sys("set the times"))?;
+    Ok(())
 }
 
 /// Sets a new ghost's owner, mode (after the owner: chown clears setuid
@@ -355,12 +403,19 @@ impl Kind for Regular {
         let kind = FileKind::try_from(f.kind).ok();
         rules(seen, kind)?;
         match kind {
-            Some(FileKind::CharDevice) => f.rdev = seen.st.rdev(),
+            Some(FileKind::CharDevice) => {
+                f.rdev = seen.st.rdev();
+                if let Some(name) = unlinked_node(seen) {
+                    f.path = name.to_string();
+                    let what = format!("unlinked device node of fd {} of pid {}", seen.fd, seen.pid);
+                    f.ghost_id = table.ghosts.record(None, seen.st, name, &what)?;
+                }
+            }
             Some(FileKind::Unlinked) => {
                 f.path = seen.link.trim_end_matches(" (deleted)").to_string();
                 let what = format!("unlinked file of fd {} of pid {}", seen.fd, seen.pid);
                 let file = reopen_ghost(seen)?;
-                f.ghost_id = table.ghosts.record(&file, seen.st, &f.path, &what)?;
+                f.ghost_id = table.ghosts.record(Some(&file), seen.st, &f.path, &what)?;
             }
             _ => {}
         }
@@ -370,7 +425,13 @@ impl Kind for Regular {
     fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
         match FileKind::try_from(f.kind) {
             Ok(FileKind::CharDevice) => {
-                let fd = open_path(&f.path, f.flags)?;
+                let fd = match f.ghost_id {
+                    0 => open_path(&f.path, f.flags)?,
+                    // Opened with the others of its node ([`make_ghosts`]).
+                    id => cx.ghosts.remove(&f.id).ok_or_else(|| {
+                        EngineError::Incompatible(format!("file {} names unlinked device node {id}, which the image lacks", f.id))
+                    })?,
+                };
                 let st = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(io_err(format!("stat {}", f.path)))?;
                 if st.rdev() != f.rdev {
                     return Err(EngineError::Incompatible(format!(
@@ -423,7 +484,7 @@ pub(crate) fn cwd(pid: i32, ghosts: Option<&mut Ghosts>) -> Result<u64> {
         return Err(unsupported("a directory of a process that exited (in /proc), which cannot be made again"));
     }
     match ghosts {
-        Some(g) => g.record(&dir, &st, name, &format!("removed working directory of pid {pid}")),
+        Some(g) => g.record(None, &st, name, &format!("removed working directory of pid {pid}")),
         None => Ok(0),
     }
 }
