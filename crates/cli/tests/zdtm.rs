@@ -980,6 +980,7 @@ zdtm_tests!(
     opath,
     memfd_reopen,
     ghost_nodes,
+    ghost_relinked,
     fown,
     fd_table,
     pipe_reopen,

@@ -264,6 +264,7 @@ impl StoppedTree {
         let hosts: HashMap<u32, i32> = tree.processes.iter().map(|p| (p.pid, p.pid as i32)).collect();
         let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
         let pipes: HashMap<u64, &lpm_image::PipeImage> = tree.pipes.iter().map(|p| (p.id, p)).collect();
+        let ghosts: HashMap<u64, &lpm_image::GhostImage> = tree.ghosts.iter().map(|g| (g.id, g)).collect();
         let tids: HashMap<i32, Vec<i32>> =
             self.order.iter().map(|&pid| (pid, self.frozen.threads.iter().filter(|s| s.pid == pid).map(|s| s.tid).collect())).collect();
         let empty = Vec::new();
@@ -279,6 +280,7 @@ impl StoppedTree {
                 cgroups: &[],
                 files: &files,
                 pipes: &pipes,
+                ghosts: &ghosts,
                 processes: &tree.processes,
                 ptys: &identity,
                 dumped: true,

@@ -121,13 +121,11 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         p if p.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
         p if p.starts_with('/') && p.ends_with(" (deleted)") => {
             // The file is made again from the image (an unlinked file's
-            // ghost, files/regular.rs), and mapped from it.
+            // ghost, files/regular.rs), or reopened by its handle when
+            // other names of it remain, and mapped from it.
             let md = std::fs::metadata(map_file(pid, e)).map_err(|err| unsupported(&format!("deleted backing file unreachable: {err}")))?;
             if !md.file_type().is_file() {
                 return Err(unsupported("mapping of a deleted device or special file"));
-            }
-            if md.nlink() != 0 {
-                return Err(unsupported("mapping of a file whose name was removed while it keeps other names, which nothing tells"));
             }
             if e.shared() {
                 VmaKind::FileShared
@@ -180,7 +178,14 @@ fn record_ghost(pid: i32, v: &mut Vma, ghosts: &mut crate::files::regular::Ghost
     let file = crate::files::regular::reopen(&path)?;
     let st = file.metadata().map_err(io_err(format!("stat {path}")))?;
     let what = format!("unlinked file mapped at {:#x} by pid {pid}", v.start);
-    v.ghost_id = ghosts.record(Some(&file), &st, v.path.trim_end_matches(" (deleted)"), &what)?;
+    let name = v.path.trim_end_matches(" (deleted)");
+    v.ghost_id = if st.nlink() != 0 {
+        // Its mapped name was removed while others remain: reopened by
+        // its handle.
+        ghosts.record_linked(&file, &st, name, &what)?
+    } else {
+        ghosts.record(Some(&file), &st, name, &what)?
+    };
     Ok(())
 }
 

@@ -639,6 +639,7 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
     let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, p)| (pid, p.host)).collect();
     let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
     let pipes: HashMap<u64, &lpm_image::PipeImage> = tree.pipes.iter().map(|p| (p.id, p)).collect();
+    let ghosts: HashMap<u64, &lpm_image::GhostImage> = tree.ghosts.iter().map(|g| (g.id, g)).collect();
     let procs: Vec<crate::verify::Restored<'_>> = tree
         .processes
         .iter()
@@ -652,6 +653,7 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
                 cgroups,
                 files: &files,
                 pipes: &pipes,
+                ghosts: &ghosts,
                 processes: &tree.processes,
                 ptys,
                 dumped: false,

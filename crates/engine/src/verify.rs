@@ -41,6 +41,8 @@ pub(crate) struct Restored<'a> {
     pub cgroups: &'a [PathBuf],
     /// The image's open files, by id.
     pub files: &'a HashMap<u32, &'a FileImage>,
+    /// The image's unlinked files (ghosts), by id.
+    pub ghosts: &'a HashMap<u64, &'a lpm_image::GhostImage>,
     /// The image's pipes and FIFOs, by id.
     pub pipes: &'a HashMap<u64, &'a PipeImage>,
     /// Every process of the image (a terminal's foreground group is named
@@ -535,7 +537,9 @@ fn ghosts(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     let mine = ghost_holds(p.image, p.host, p.files)?;
     let mut seen: HashMap<u64, (String, (u64, u64))> = HashMap::new();
     for (id, what, (dev, ino, nlink)) in &mine {
-        f.cmp(what, "links of the unlinked inode", 0, *nlink);
+        // A file whose name was removed while others remain keeps them.
+        let links = p.ghosts.get(id).map_or(0, |g| g.nlink as u64);
+        f.cmp(what, "links of the unlinked inode", links, *nlink);
         match seen.get(id) {
             Some((first, inode)) => f.cmp(what, &format!("inode (as {first}: unlinked {id})"), *inode, (*dev, *ino)),
             None => {

@@ -897,6 +897,21 @@ pub struct GhostImage {
     /// other kinds (a FIFO's node has none).
     #[prost(uint64, tag = "123")]
     pub rdev: u64,
+    /// A file whose name was removed while it keeps other names (which
+    /// nothing tells): its file handle (name_to_handle_at), through which
+    /// the restore opens the very inode again on the shared filesystem;
+    /// no data is saved. Empty for an unlinked file.
+    #[prost(bytes = "vec", tag = "124")]
+    pub handle: Vec<u8>,
+    /// The type of `handle`.
+    #[prost(int32, tag = "125")]
+    pub handle_type: i32,
+    /// Where the filesystem of `handle` is mounted.
+    #[prost(string, tag = "126")]
+    pub mount: String,
+    /// Its links at dump (0 for an unlinked file).
+    #[prost(uint32, tag = "127")]
+    pub nlink: u32,
 }
 
 /// One extent of an unlinked file's data, stored in its data file.

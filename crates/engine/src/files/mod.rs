@@ -196,8 +196,10 @@ fn classify(seen: &Seen) -> Result<FileKind> {
     } else if ft.is_char_device() {
         FileKind::CharDevice
     } else if ft.is_file() || ft.is_dir() || ft.is_symlink() {
-        // A symbolic link is open only as O_PATH|O_NOFOLLOW.
-        if seen.st.nlink() == 0 && link.ends_with(" (deleted)") {
+        // A symbolic link is open only as O_PATH|O_NOFOLLOW. A regular
+        // file whose name was removed while other names remain is
+        // reopened by its handle (regular.rs).
+        if (seen.st.nlink() == 0 || ft.is_file()) && link.ends_with(" (deleted)") {
             FileKind::Unlinked
         } else {
             FileKind::Regular

@@ -135,6 +135,57 @@ impl Ghosts {
     }
 }
 
+impl Ghosts {
+    /// Records, once, a regular file open as `file` whose name `name`
+    /// was removed while it keeps other names, which nothing tells: by
+    /// its file handle and the mount point of its filesystem, so the
+    /// restore opens the very inode again (the same data, the same other
+    /// names) on the shared filesystem.
+    pub fn record_linked(&mut self, file: &std::fs::File, st: &Metadata, name: &str, what: &str) -> Result<u64> {
+        if let Some(&id) = self.ids.get(&(st.dev(), st.ino())) {
+            return Ok(id);
+        }
+        let h = lpm_sys::misc::file_handle(file.as_fd()).map_err(|e| EngineError::Unsupported {
+            pid: 0,
+            kind: "file descriptor",
+            what: format!("{what}: it has no file handle to reopen it by ({e})"),
+        })?;
+        let dev = format!("{}:{}", libc::major(st.dev()), libc::minor(st.dev()));
+        let mountinfo = crate::proc::read(std::process::id() as i32, "mountinfo")?;
+        let mount = mountinfo
+            .lines()
+            .find_map(|m| {
+                let f: Vec<&str> = m.split_whitespace().collect();
+                (f.get(2) == Some(&dev.as_str())).then(|| f.get(4).map(|s| s.to_string())).flatten()
+            })
+            .ok_or_else(|| EngineError::Unsupported {
+                pid: 0,
+                kind: "file descriptor",
+                what: format!("{what}: device {dev} is not mounted here"),
+            })?;
+        let id = self.list.len() as u64 + 1;
+        self.list.push(GhostImage {
+            id,
+            size: st.len(),
+            mode: st.mode(),
+            uid: st.uid(),
+            gid: st.gid(),
+            atime_sec: st.atime(),
+            atime_nsec: st.atime_nsec() as u32,
+            mtime_sec: st.mtime(),
+            mtime_nsec: st.mtime_nsec() as u32,
+            path: name.to_string(),
+            handle: h.bytes,
+            handle_type: h.kind,
+            mount,
+            nlink: st.nlink() as u32,
+            ..Default::default()
+        });
+        self.ids.insert((st.dev(), st.ino()), id);
+        Ok(id)
+    }
+}
+
 /// Copies the extents of `file` holding data (SEEK_DATA and SEEK_HOLE:
 /// holes are not read) one after the other into a new file at `to`,
 /// `COPY` bytes at a time, with the checksum of each.
@@ -225,6 +276,9 @@ pub(crate) fn make_ghosts(cx: &mut OpenCx, dir: &Path, base: i32) -> Result<Hash
 }
 
 fn make_ghost(g: &GhostImage, files: &[&FileImage], dir: &Path) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>)> {
+    if !g.handle.is_empty() {
+        return open_linked(g, files);
+    }
     let first_path = files.first().map(|f| f.path.as_str()).unwrap_or(g.path.as_str());
     let what = |step: &str| format!("{step} of unlinked {} {} ({first_path})", if is_dir(g.mode) { "directory" } else { "file" }, g.id);
     let mut names: Vec<(String, PathBuf)> = Vec::new();
@@ -287,6 +341,81 @@ fn make_ghost(g: &GhostImage, files: &[&FileImage], dir: &Path) -> Result<(Owned
         let _ = if is_dir(g.mode) { std::fs::remove_dir(name) } else { std::fs::remove_file(name) };
     }
     res
+}
+
+/// Opens again a file whose opened name was removed while it kept other
+/// names: the very inode, by its handle; each description through the
+/// name it was opened by, so its link reads "NAME (deleted)" again. The
+/// inode is linked at that name for the open: where another file took
+/// the name since, the two are swapped (RENAME_EXCHANGE) and swapped
+/// back, so the other file keeps its name and inode (only its ctime
+/// moves), and the name is removed from ours again.
+fn open_linked(g: &GhostImage, files: &[&FileImage]) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>)> {
+    let what = |step: &str| format!("{step} of file {} (reopened by its handle; named {})", g.id, g.path);
+    let mount = std::fs::File::open(&g.mount).map_err(io_err(what(&format!("open its mount {}", g.mount))))?;
+    let h = lpm_sys::misc::open_by_handle(mount.as_fd(), g.handle_type, &g.handle, libc::O_PATH)
+        .map_err(|e| EngineError::Incompatible(what(&format!("open_by_handle_at: {e}"))))?;
+    let st = rustix::fs::fstat(&h).map_err(|e| io_err(what("fstat"))(e.into()))?;
+    if st.st_mode & libc::S_IFMT != g.mode & libc::S_IFMT || st.st_nlink == 0 {
+        return Err(EngineError::Incompatible(what(&format!("the handle leads to mode {:o} with {} links", st.st_mode, st.st_nlink))));
+    }
+    let mut paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    if paths.is_empty() {
+        paths.push(&g.path);
+    }
+    paths.dedup();
+    let mut holder = None;
+    let mut out = Vec::with_capacity(files.len());
+    let mut done: Vec<&str> = Vec::new();
+    for path in paths {
+        if done.contains(&path) {
+            continue;
+        }
+        done.push(path);
+        let mut opened = Vec::new();
+        with_name(&h, Path::new(path), &what, |name| {
+            if holder.is_none() {
+                holder = Some(open_path(&name.to_string_lossy(), (libc::O_PATH | libc::O_NOFOLLOW) as u32)?);
+            }
+            for f in files.iter().filter(|f| f.path == path) {
+                let fd = open_path(&name.to_string_lossy(), f.flags)?;
+                seek(&fd, f, &f.path)?;
+                opened.push((f.id, fd));
+            }
+            Ok(())
+        })?;
+        out.extend(opened);
+    }
+    Ok((holder.expect("one name at least"), out))
+}
+
+/// Links the inode of O_PATH descriptor `h` at `path` for the time of
+/// `open` (see [`open_linked`]), then removes that name again.
+fn with_name(h: &OwnedFd, path: &Path, what: &dyn Fn(&str) -> String, open: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    use rustix::fs::{AtFlags, RenameFlags, CWD};
+    let src = format!("/proc/self/fd/{}", h.as_raw_fd());
+    let link = |to: &Path| {
+        rustix::fs::linkat(CWD, src.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)
+            .map_err(|e| io_err(what(&format!("link it at {}", to.display())))(e.into()))
+    };
+    if path.symlink_metadata().is_err() {
+        link(path)?;
+        let r = open(path);
+        let gone = std::fs::remove_file(path).map_err(io_err(what(&format!("remove {} again", path.display()))));
+        return r.and(gone);
+    }
+    let tmp = free_name(path);
+    link(&tmp)?;
+    if let Err(e) = rustix::fs::renameat_with(CWD, &tmp, CWD, path, RenameFlags::EXCHANGE) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(what(&format!("swap {} with {}", tmp.display(), path.display())))(e.into()));
+    }
+    // Ours at `path`, the other file at `tmp` until it is put back.
+    // Renamed over ours: the name is never missing, and ours is left
+    // with its other names only.
+    let r = open(path);
+    let back = std::fs::rename(&tmp, path).map_err(io_err(what(&format!("give {} back to the file that holds it", path.display()))));
+    r.and(back)
 }
 
 /// Writes a new ghost's content and attributes: data, size, then the
@@ -410,6 +539,12 @@ impl Kind for Regular {
                     let what = format!("unlinked device node of fd {} of pid {}", seen.fd, seen.pid);
                     f.ghost_id = table.ghosts.record(None, seen.st, name, &what)?;
                 }
+            }
+            Some(FileKind::Unlinked) if seen.st.nlink() != 0 => {
+                f.path = seen.link.trim_end_matches(" (deleted)").to_string();
+                let what = format!("fd {} of pid {}, whose name was removed while others remain", seen.fd, seen.pid);
+                let file = reopen_ghost(seen)?;
+                f.ghost_id = table.ghosts.record_linked(&file, seen.st, &f.path, &what)?;
             }
             Some(FileKind::Unlinked) => {
                 f.path = seen.link.trim_end_matches(" (deleted)").to_string();
