@@ -981,6 +981,7 @@ zdtm_tests!(
     memfd_reopen,
     ghost_nodes,
     ghost_relinked,
+    cwd_proc,
     fown,
     fd_table,
     pipe_reopen,

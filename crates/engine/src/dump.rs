@@ -437,7 +437,8 @@ fn dump_process(
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
     p.fds = files::dump(pid, files)?;
-    p.cwd_ghost = files::regular::cwd(pid, Some(&mut files.ghosts))?;
+    let gone = files::regular::cwd(pid, Some(&mut files.ghosts))?;
+    (p.cwd_ghost, p.cwd_proc_pid) = (gone.ghost, gone.proc_pid);
     let tids: Vec<i32> = threads.iter().map(|t| t.tid).collect();
     let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
     p.shares_parent_files = files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids)?;

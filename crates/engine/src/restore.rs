@@ -589,6 +589,12 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         }
     }
     ns::attach_procs(&tree, ctx.scratch(), |pid| puppets.by_pid.get(&pid).map(|q| ctx.remote(q.host, q.base)))?;
+    // Before seccomp and credentials, which may forbid what the helper
+    // needs (clone3 with set_tid).
+    for p in tree.processes.iter().filter(|p| p.cwd_proc_pid != 0 && p.zombie.is_none()) {
+        let pp = &puppets.by_pid[&p.pid];
+        proc_cwd(&ctx, pp.host, pp.base, p)?;
+    }
     for p in &tree.processes {
         let pp = &puppets.by_pid[&p.pid];
         if let Some(sc) = &p.seccomp {
@@ -1146,6 +1152,44 @@ fn leaderless_group(ctx: &Ctx, puppets: &Puppets, g: u32, members: &[&Process]) 
     Ok(())
 }
 
+/// Enters the /proc directory of an exited process N (`Process::cwd_proc_pid`)
+/// as the working directory of puppet `host`, once the tree's /proc is in
+/// place (a partition's is attached after every process is shaped): a helper with pid N in the
+/// puppet's pid namespace is cloned from it, the puppet enters
+/// /proc/N, then the helper exits and the puppet reaps it (a remote
+/// wait4, taking back the SIGCHLD it sent), which leaves the directory
+/// as it was, "/proc/N (deleted)". Fails by name when N is taken.
+fn proc_cwd(ctx: &Ctx, host: i32, base: ptrace::Regs, p: &Process) -> Result<()> {
+    let n = p.cwd_proc_pid;
+    let s = ctx.scratch();
+    let mut r = ctx.remote(host, base);
+    let args = CloneArgs { flags: 0, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let helper = remote_clone3(&mut r, s, args, &[n], libc::PTRACE_EVENT_FORK).map_err(|e| {
+        EngineError::Incompatible(format!("pid {}: a helper with pid {n}, whose /proc directory is its working directory: {e}", p.pid))
+    })?;
+    let entered = (|| -> Result<()> {
+        let addr = task::put_path(host, s, 0, &format!("/proc/{n}"))?;
+        r.call(libc::SYS_chdir, &[addr]).step(host, || format!("remote chdir(/proc/{n})"))?;
+        let hbase = ptrace::get_regs(helper).step(helper, || "read cwd helper registers".into())?;
+        zombie::exit_now(helper, hbase, ctx.trampoline)
+    })();
+    if let Err(e) = entered {
+        lpm_sys::misc::kill(helper, libc::SIGKILL);
+        return Err(e);
+    }
+    r.call(libc::SYS_wait4, &[n as u64, 0, 0, 0]).step(host, || format!("remote wait4({n}) for the cwd helper"))?;
+    let set = put(host, s, 0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+    let ts = put(host, s, 8, &[0u8; 16])?;
+    let got = r.raw(libc::SYS_rt_sigtimedwait, &[set, 0, ts, 8]).step(host, || "remote rt_sigtimedwait(SIGCHLD)".into())?;
+    if got != libc::SIGCHLD as i64 {
+        return Err(EngineError::Incompatible(format!(
+            "pid {}: the SIGCHLD of the cwd helper {n} did not arrive (rt_sigtimedwait returned {got})",
+            p.pid
+        )));
+    }
+    Ok(())
+}
+
 /// Stage 5: memory, descriptors, process state and threads of one process.
 fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferred: Option<&mut Vec<files::Deferred>>) -> Result<()> {
     let s = ctx.scratch();
@@ -1163,7 +1207,11 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
         }
     }
     ipc::attach(host, &mut r, p)?;
-    task::restore_cwd(host, &mut r, s, p, &ctx.ghosts)?;
+    // A dead process's /proc directory is entered once the tree's /proc
+    // is in place ([`proc_cwd`]).
+    if p.cwd_proc_pid == 0 {
+        task::restore_cwd(host, &mut r, s, p, &ctx.ghosts)?;
+    }
     // A table shared with the parent was installed by the parent, shaped
     // first (parents come first in the image).
     if !p.shares_parent_files {

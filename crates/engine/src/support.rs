@@ -29,7 +29,7 @@ pub const KINDS: &[Row] = &[
     (
         "regular files",
         Support::Yes,
-        "path, offset, flags, O_PATH (symbolic links too); unlinked files of any size (streamed) as one inode with holes, mode, owner, atime and mtime, also mapped; removed directories held open or as cwd; unlinked FIFOs and device nodes; files whose name was removed while others remain, by file handle",
+        "path, offset, flags, O_PATH (symbolic links too); unlinked files of any size (streamed) as one inode with holes, mode, owner, atime and mtime, also mapped; removed directories held open or as cwd (a dead process's /proc directory too); unlinked FIFOs and device nodes; files whose name was removed while others remain, by file handle",
     ),
     ("character devices", Support::Partly, "major 1 (null, zero, full, random, urandom); others refused"),
     ("pipes and FIFOs", Support::Yes, "with buffered data and capacity, each description with its own flags; packet-mode data refused"),

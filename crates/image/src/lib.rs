@@ -242,7 +242,10 @@ pub fn tree_version(tree: &TreeImage) -> u32 {
     let v3 = tree.files.iter().any(|f| f.memfd_of != 0)
         || tree.ghosts.iter().any(|g| !g.handle.is_empty())
         || tree.ghosts.iter().any(|g| !g.data_file.is_empty() || !g.extents.is_empty() || !g.path.is_empty())
-        || tree.processes.iter().any(|p| p.cwd_ghost != 0 || p.mm.as_ref().is_some_and(|m| m.vmas.iter().any(|v| v.ghost_id != 0)));
+        || tree
+            .processes
+            .iter()
+            .any(|p| p.cwd_ghost != 0 || p.cwd_proc_pid != 0 || p.mm.as_ref().is_some_and(|m| m.vmas.iter().any(|v| v.ghost_id != 0)));
     if v3 {
         return 3;
     }

@@ -211,6 +211,11 @@ pub struct Process {
     /// the directory in `TreeImage::ghosts` made again, entered, removed.
     #[prost(uint64, tag = "120")]
     pub cwd_ghost: u64,
+    /// The working directory is the /proc directory of a process that
+    /// exited (`cwd` reads "/proc/N (deleted)"): N, as the process's own
+    /// pid namespace numbers it (its /proc's); 0 otherwise.
+    #[prost(uint32, tag = "121")]
+    pub cwd_proc_pid: u32,
     /// File mode creation mask.
     #[prost(uint32, tag = "13")]
     pub umask: u32,

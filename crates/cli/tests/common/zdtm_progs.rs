@@ -131,6 +131,7 @@ pub static PROGS: &[Prog] = &[
     prog("memfd_reopen", Launch::C, true, 3),
     Prog { needs: &[Need::Root], ..prog("ghost_nodes", Launch::C, true, 3) },
     Prog { needs: &[Need::Root], ..prog("ghost_relinked", Launch::C, true, 3) },
+    prog("cwd_proc", Launch::C, true, 2),
     Prog { needs: &[Need::Root], ..prog("fown", Launch::C, true, 5) },
     prog("fd_table", Launch::C, true, 2),
     prog("pipe_reopen", Launch::C, true, 4),

@@ -602,24 +602,48 @@ impl Kind for Regular {
     }
 }
 
-/// The ghost of `pid`'s working directory when that was removed (0 when
-/// it was not), recorded in `ghosts` (or only checked, without): a
-/// removed directory is made again as a ghost; the directory of an
-/// exited process in /proc is refused by name.
-pub(crate) fn cwd(pid: i32, ghosts: Option<&mut Ghosts>) -> Result<u64> {
+/// A working directory that is gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GoneCwd {
+    /// A removed directory, made again as this ghost.
+    pub ghost: u64,
+    /// The /proc directory of process N, which exited (N as the
+    /// process's own pid namespace numbers it).
+    pub proc_pid: u32,
+}
+
+/// What is gone of `pid`'s working directory (nothing, when it was not
+/// removed), recorded in `ghosts` (or only checked, without): a removed
+/// directory is made again as a ghost; the /proc directory of an exited
+/// process, when that /proc is of the process's own pid namespace, by a
+/// helper of that pid at restore.
+pub(crate) fn cwd(pid: i32, ghosts: Option<&mut Ghosts>) -> Result<GoneCwd> {
     let link = crate::proc::link(pid, "cwd")?;
-    let Some(name) = link.strip_suffix(" (deleted)") else { return Ok(0) };
+    let Some(name) = link.strip_suffix(" (deleted)") else { return Ok(GoneCwd::default()) };
     let path = format!("/proc/{pid}/cwd");
-    let dir = reopen(&path)?;
-    let st = dir.metadata().map_err(io_err(format!("stat {path}")))?;
+    // Not opened: a dead process's directory in /proc opens no more.
+    let st = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?;
     let unsupported = |why: &str| EngineError::Unsupported { pid, kind: "working directory", what: format!("{link}: {why}") };
     if st.nlink() != 0 {
         // A removed directory has no links left; /proc's directories of
-        // exited processes keep theirs, and none can be made again.
-        return Err(unsupported("a directory of a process that exited (in /proc), which cannot be made again"));
+        // exited processes keep theirs.
+        let proc_dev = std::fs::metadata(format!("/proc/{pid}/root/proc")).map(|m| m.dev()).ok();
+        let n = name.strip_prefix("/proc/").and_then(|n| n.parse::<u32>().ok()).filter(|_| proc_dev == Some(st.dev()));
+        let Some(n) = n else { return Err(unsupported("removed, yet with links left")) };
+        // That /proc numbers the process as its own pid namespace does.
+        let st = crate::proc::Status::read(pid)?;
+        let own = st.nums("NSpid").last().copied().unwrap_or(pid as u32);
+        let there = std::fs::metadata(format!("/proc/{pid}/root/proc/{own}/ns/pid")).map(|m| (m.dev(), m.ino())).ok();
+        let mine = std::fs::metadata(format!("/proc/{pid}/ns/pid")).map(|m| (m.dev(), m.ino())).ok();
+        if there.is_none() || there != mine {
+            return Err(unsupported(
+                "the /proc directory of an exited process, in a /proc of another pid namespace than the process's own",
+            ));
+        }
+        return Ok(GoneCwd { ghost: 0, proc_pid: n });
     }
     match ghosts {
-        Some(g) => g.record(None, &st, name, &format!("removed working directory of pid {pid}")),
-        None => Ok(0),
+        Some(g) => Ok(GoneCwd { ghost: g.record(None, &st, name, &format!("removed working directory of pid {pid}"))?, proc_pid: 0 }),
+        None => Ok(GoneCwd::default()),
     }
 }
