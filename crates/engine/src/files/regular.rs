@@ -647,3 +647,50 @@ pub(crate) fn cwd(pid: i32, ghosts: Option<&mut Ghosts>) -> Result<GoneCwd> {
         None => Ok(GoneCwd::default()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// A sparse file's data goes to its data file extent by extent, holes
+    /// left out, and comes back into a new inode at the same offsets, with
+    /// the same holes, size and attributes; a corrupted byte is refused.
+    #[test]
+    fn ghost_data_is_streamed_out_and_back() {
+        let dir = std::env::temp_dir().join(format!("lpm-ghost-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("src");
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&src).unwrap();
+        f.set_len(8 * COPY as u64).unwrap();
+        let a: Vec<u8> = (0..COPY + 4096).map(|i| (i * 7 % 251) as u8).collect();
+        f.write_all_at(&a, 4096).unwrap();
+        f.write_all_at(b"end", 8 * COPY as u64 - 3).unwrap();
+        let st = f.metadata().unwrap();
+        let mut g = Ghosts { dir: Some(dir.clone()), ..Default::default() };
+        let id = g.record(Some(&f), &st, "/nowhere/src", "unit").unwrap();
+        assert_eq!(g.record(Some(&f), &st, "/nowhere/src", "unit").unwrap(), id, "one ghost per inode");
+        let img = g.list[0].clone();
+        assert_eq!(img.extents.len(), 2, "{:?}", img.extents);
+        let stored = std::fs::metadata(dir.join(&img.data_file)).unwrap().len();
+        assert_eq!(stored, img.extents.iter().map(|e| e.len).sum::<u64>(), "only data is stored");
+
+        let out = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join("out")).unwrap();
+        fill_ghost(&img, &out, &dir, &|s: &str| s.to_string()).unwrap();
+        let back = out.metadata().unwrap();
+        assert_eq!((back.len(), back.mode(), back.mtime(), back.mtime_nsec()), (st.len(), st.mode(), st.mtime(), st.mtime_nsec()));
+        let mut got = vec![0u8; a.len()];
+        out.read_exact_at(&mut got, 4096).unwrap();
+        assert_eq!(got, a);
+        let ext: Vec<(u64, u64)> = super::super::data_extents(&out, back.len(), u64::MAX).unwrap();
+        let want: Vec<(u64, u64)> = super::super::data_extents(&f, st.len(), u64::MAX).unwrap();
+        assert_eq!(ext, want, "holes stay holes");
+
+        let data = std::fs::OpenOptions::new().write(true).open(dir.join(&img.data_file)).unwrap();
+        data.write_all_at(b"X", 10).unwrap();
+        let again = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(dir.join("again")).unwrap();
+        let err = fill_ghost(&img, &again, &dir, &|s: &str| s.to_string()).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
