@@ -389,6 +389,8 @@ struct Run {
     lpm_calls: Vec<(String, PathBuf)>,
     /// Peak memory (ru_maxrss, KiB) of each lpm call that exited.
     lpm_peak_kib: Vec<i64>,
+    /// Environment given to the next lpm calls.
+    lpm_env: Vec<(String, String)>,
     /// Differences that do not stop the scenario: it runs on to the
     /// program's own verdict, and the test fails with both.
     soft: Vec<String>,
@@ -418,6 +420,7 @@ impl Run {
             stopped: BTreeSet::new(),
             lpm_calls: Vec::new(),
             lpm_peak_kib: Vec::new(),
+            lpm_env: Vec::new(),
             soft: Vec::new(),
         };
         fs::create_dir(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
@@ -559,6 +562,7 @@ impl Run {
         let create = |p: &Path| File::create(p).map_err(|e| format!("create {}: {e}", p.display()));
         let mut child = Command::new(LPM)
             .args(args)
+            .envs(self.lpm_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(create(&out_path)?)
             .stderr(create(&err_path)?)
@@ -1086,6 +1090,41 @@ fn ghost_big_memory_stays_flat() {
         if let Some(p) = peaks.iter().find(|&&p| p > DATA_KIB / 3) {
             return Err(format!("an lpm call peaked at {p} KiB, more than a third of the file's {DATA_KIB} KiB of data: {peaks:?}"));
         }
+        sleep(SETTLE);
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// `--verify` tells a restore that maps a copy of an unlinked file from
+/// one that maps the inode its descriptor holds (ghost_map, with the
+/// restore's `ghost-copy` sabotage): the restore fails naming the area
+/// and the descriptor, and the same image then restores and passes.
+#[test]
+fn verify_names_a_mapping_of_another_unlinked_inode() {
+    let prog = find_prog("ghost_map");
+    let mut run = Run::new(prog, "verify", None).unwrap_or_else(|e| panic!("zdtm ghost_map: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "ghost-copy".to_string())];
+        if run.restore(&images).is_ok() {
+            return Err("a restore mapping a copy of an unlinked file passed --verify".into());
+        }
+        run.lpm_env.clear();
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains("differs from its image") || !msg.contains("inode (as fd 10: unlinked") {
+            return Err(format!("the refusal does not name the mapping and its descriptor: {msg:?}"));
+        }
+        run.wait_gone(&tree, "after the refused restore")?;
+        run.restore(&images)?;
         sleep(SETTLE);
         run.expect_pass()
     })();

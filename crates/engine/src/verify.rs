@@ -58,8 +58,9 @@ pub(crate) struct Restored<'a> {
 }
 
 /// The environment variable through which a test makes the restore get
-/// one field wrong on purpose (`umask`), or the checkpoint record one
-/// wrong (`dump-umask`), to see [`PROBES`] name it; inert when unset, and
+/// one field wrong on purpose (`umask`; `ghost-copy`: the mappings of an
+/// unlinked file map a copy of it), or the checkpoint record one wrong
+/// (`dump-umask`), to see [`PROBES`] name it; inert when unset, and
 /// nobody but the tests sets it.
 pub const SABOTAGE_ENV: &str = "LPM_SABOTAGE_RESTORE";
 
