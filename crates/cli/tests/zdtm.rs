@@ -388,6 +388,10 @@ struct Run {
     /// must stay stopped).
     stopped: BTreeSet<i32>,
     lpm_calls: Vec<(String, PathBuf)>,
+    /// Peak memory (ru_maxrss, KiB) of each lpm call that exited.
+    lpm_peak_kib: Vec<i64>,
+    /// Environment given to the next lpm calls.
+    lpm_env: Vec<(String, String)>,
     /// Differences that do not stop the scenario: it runs on to the
     /// program's own verdict, and the test fails with both.
     soft: Vec<String>,
@@ -416,6 +420,8 @@ impl Run {
             zombies: BTreeSet::new(),
             stopped: BTreeSet::new(),
             lpm_calls: Vec::new(),
+            lpm_peak_kib: Vec::new(),
+            lpm_env: Vec::new(),
             soft: Vec::new(),
         };
         fs::create_dir(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
@@ -557,27 +563,37 @@ impl Run {
         let create = |p: &Path| File::create(p).map_err(|e| format!("create {}: {e}", p.display()));
         let mut child = Command::new(LPM)
             .args(args)
+            .envs(self.lpm_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(create(&out_path)?)
             .stderr(create(&err_path)?)
             .spawn()
             .map_err(|e| format!("{line}: {e}"))?;
         let deadline = Instant::now() + LPM_TIMEOUT;
+        // Reaped by wait4 rather than through `child`, for its peak memory.
+        let pid = child.id() as i32;
         let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() > deadline => {
+            let mut status = 0;
+            // SAFETY: all-zero bytes are a valid rusage.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: wait4 on our own child, writing into two locals.
+            match unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) } {
+                r if r == pid => {
+                    self.lpm_peak_kib.push(ru.ru_maxrss);
+                    break status;
+                }
+                0 if Instant::now() > deadline => {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(format!("{line}: no exit within {LPM_TIMEOUT:?}, killed"));
                 }
-                Ok(None) => sleep(POLL),
-                Err(e) => return Err(format!("{line}: wait: {e}")),
+                0 => sleep(POLL),
+                _ => return Err(format!("{line}: wait: {}", errno())),
             }
         };
         let stdout = fs::read_to_string(&out_path).unwrap_or_default();
-        if !status.success() {
-            return Err(format!("{line}: {status}"));
+        if status != 0 {
+            return Err(format!("{line}: {}", fmt_status(status)));
         }
         Ok(stdout)
     }
@@ -980,6 +996,14 @@ zdtm_tests!(
     ghost_attrs,
     ghost_fork,
     ghost_links,
+    ghost_big,
+    ghost_dir,
+    ghost_map,
+    opath,
+    memfd_reopen,
+    ghost_nodes,
+    ghost_relinked,
+    cwd_proc,
     fown,
     fd_table,
     pipe_reopen,
@@ -1197,6 +1221,71 @@ fn traced_process_is_refused() {
             return Err(format!("the refusal does not name the thread and its tracer ({want:?}): {msg:?}"));
         }
         run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// An unlinked file of 200 MiB with 104 MiB of data (ghost_big) is
+/// streamed to the image and back: the peak memory of `lpm checkpoint`
+/// and of `lpm restore` stays far below its data (the data was held
+/// whole before, and refused past 64 MiB).
+#[test]
+fn ghost_big_memory_stays_flat() {
+    const DATA_KIB: i64 = 104 * 1024;
+    let prog = find_prog("ghost_big");
+    let mut run = Run::new(prog, "memory", None).unwrap_or_else(|e| panic!("zdtm ghost_big: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        run.restore(&images)?;
+        let peaks = run.lpm_peak_kib.clone();
+        eprintln!("ghost_big: peak memory of lpm checkpoint, restore: {peaks:?} KiB ({DATA_KIB} KiB of data)");
+        if let Some(p) = peaks.iter().find(|&&p| p > DATA_KIB / 3) {
+            return Err(format!("an lpm call peaked at {p} KiB, more than a third of the file's {DATA_KIB} KiB of data: {peaks:?}"));
+        }
+        sleep(SETTLE);
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// `--verify` tells a restore that maps a copy of an unlinked file from
+/// one that maps the inode its descriptor holds (ghost_map, with the
+/// restore's `ghost-copy` sabotage): the restore fails naming the area
+/// and the descriptor, and the same image then restores and passes.
+#[test]
+fn verify_names_a_mapping_of_another_unlinked_inode() {
+    let prog = find_prog("ghost_map");
+    let mut run = Run::new(prog, "verify", None).unwrap_or_else(|e| panic!("zdtm ghost_map: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "ghost-copy".to_string())];
+        if run.restore(&images).is_ok() {
+            return Err("a restore mapping a copy of an unlinked file passed --verify".into());
+        }
+        run.lpm_env.clear();
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains("differs from its image") || !msg.contains("inode (as fd 10: unlinked") {
+            return Err(format!("the refusal does not name the mapping and its descriptor: {msg:?}"));
+        }
+        run.wait_gone(&tree, "after the refused restore")?;
+        run.restore(&images)?;
+        sleep(SETTLE);
         run.expect_pass()
     })();
     if let Err(e) = res {

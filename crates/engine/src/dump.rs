@@ -198,6 +198,7 @@ impl StoppedTree {
             ..Default::default()
         };
         let mut files = FileTable::default();
+        files.ghosts.dir = Some(dir.to_path_buf());
         files.tree = self.order.clone();
         files.tcp_established = opts.tcp_established;
         files.shell_job = opts.shell_job;
@@ -230,7 +231,7 @@ impl StoppedTree {
         tree.root_pid = root as u32;
         tree.files = files.files;
         tree.pipes = files.pipes.into_values().collect();
-        tree.ghosts = files.ghosts;
+        tree.ghosts = files.ghosts.list;
         tree.shmems = shm.saved.into_values().collect();
         // The restore must be able to share again every page shared now.
         crate::cow::plan(&tree)?;
@@ -284,6 +285,7 @@ impl StoppedTree {
         let hosts: HashMap<u32, i32> = tree.processes.iter().map(|p| (p.pid, p.pid as i32)).collect();
         let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
         let pipes: HashMap<u64, &lpm_image::PipeImage> = tree.pipes.iter().map(|p| (p.id, p)).collect();
+        let ghosts: HashMap<u64, &lpm_image::GhostImage> = tree.ghosts.iter().map(|g| (g.id, g)).collect();
         let tids: HashMap<i32, Vec<i32>> =
             self.order.iter().map(|&pid| (pid, self.frozen.threads.iter().filter(|s| s.pid == pid).map(|s| s.tid).collect())).collect();
         let empty = Vec::new();
@@ -299,6 +301,7 @@ impl StoppedTree {
                 cgroups: &[],
                 files: &files,
                 pipes: &pipes,
+                ghosts: &ghosts,
                 processes: &tree.processes,
                 ptys: &identity,
                 dumped: true,
@@ -455,6 +458,8 @@ fn dump_process(
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
     p.fds = files::dump(pid, files)?;
+    let gone = files::regular::cwd(pid, Some(&mut files.ghosts))?;
+    (p.cwd_ghost, p.cwd_proc_pid) = (gone.ghost, gone.proc_pid);
     let tids: Vec<i32> = threads.iter().map(|t| t.tid).collect();
     let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
     p.shares_parent_files = files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids)?;
@@ -462,7 +467,7 @@ fn dump_process(
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;
     let t = Instant::now();
-    p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied, cow)?);
+    p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied, cow, &mut files.ghosts)?);
     tracing::debug!(pid, state_ms = (t - begun).as_secs_f64() * 1e3, elapsed_ms = t.elapsed().as_secs_f64() * 1e3, "memory dumped");
     // Remote calls run with every signal blocked, so none is delivered (or
     // lost) while we borrow the threads; the masks are put back on release.

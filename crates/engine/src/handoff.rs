@@ -295,7 +295,11 @@ fn let_go(tree: &TreeImage, seized: &mut Seized, h: &mut Handoff) -> Result<()> 
     let mut seen = Vec::new();
     for p in &tree.processes {
         for fd in &p.fds {
-            let Some(f) = tree.files.iter().find(|f| f.id == fd.file_id && f.kind == FileKind::Fifo as i32) else { continue };
+            // An unlinked FIFO is no shared object: the target makes a
+            // new one from the image.
+            let Some(f) = tree.files.iter().find(|f| f.id == fd.file_id && f.kind == FileKind::Fifo as i32 && f.ghost_id == 0) else {
+                continue;
+            };
             if seen.contains(&f.pipe_id) {
                 continue;
             }

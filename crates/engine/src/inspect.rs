@@ -243,6 +243,7 @@ fn process(pid: i32, root: i32, tree: &[i32], opts: &DumpOptions, table: &mut Fi
     sink.keep(pid, files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids));
     let mut refused = Vec::new();
     let fds = sink.keep(pid, files::check(pid, table, &mut refused));
+    sink.keep(pid, files::regular::cwd(pid, None));
     sink.out.refusals.extend(refused.into_iter().filter_map(|e| Refusal::from_error(e).ok()));
     if let Some(fds) = &fds {
         sink.out.descriptors += fds.len();

@@ -119,10 +119,21 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         p if p.starts_with("/memfd:") => VmaKind::ShmemPrivate,
         p if p.starts_with("/dev/zero") && !e.shared() => VmaKind::AnonPrivate,
         p if p.starts_with("/SYSV") => return Err(unsupported("SysV shared memory")),
-        p if p.starts_with('/') => {
-            if p.ends_with(" (deleted)") {
-                return Err(unsupported("mapping of a deleted file"));
+        p if p.starts_with('/') && p.ends_with(" (deleted)") => {
+            // The file is made again from the image (an unlinked file's
+            // ghost, files/regular.rs), or reopened by its handle when
+            // other names of it remain, and mapped from it.
+            let md = std::fs::metadata(map_file(pid, e)).map_err(|err| unsupported(&format!("deleted backing file unreachable: {err}")))?;
+            if !md.file_type().is_file() {
+                return Err(unsupported("mapping of a deleted device or special file"));
             }
+            if e.shared() {
+                VmaKind::FileShared
+            } else {
+                VmaKind::FilePrivate
+            }
+        }
+        p if p.starts_with('/') => {
             let md = std::fs::metadata(p).map_err(|err| unsupported(&format!("backing file unreachable: {err}")))?;
             if !md.file_type().is_file() {
                 return Err(unsupported("mapping of a device or special file"));
@@ -151,7 +162,31 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         dev: ((e.major as u64) << 32) | e.minor as u64,
         inode: e.inode,
         vm_flags: e.vmflags.clone(),
+        ghost_id: 0,
     })
+}
+
+/// The area's file through /proc/PID/map_files.
+fn map_file(pid: i32, e: &MapEntry) -> String {
+    format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end)
+}
+
+/// Records the unlinked file mapped at `v` (its ghost, files/regular.rs)
+/// and names it in the area.
+fn record_ghost(pid: i32, v: &mut Vma, ghosts: &mut crate::files::regular::Ghosts) -> Result<()> {
+    let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+    let file = crate::files::regular::reopen(&path)?;
+    let st = file.metadata().map_err(io_err(format!("stat {path}")))?;
+    let what = format!("unlinked file mapped at {:#x} by pid {pid}", v.start);
+    let name = v.path.trim_end_matches(" (deleted)");
+    v.ghost_id = if st.nlink() != 0 {
+        // Its mapped name was removed while others remain: reopened by
+        // its handle.
+        ghosts.record_linked(&file, &st, name, &what)?
+    } else {
+        ghosts.record(Some(&file), &st, name, &what)?
+    };
+    Ok(())
 }
 
 use lpm_sys::misc::is_zero;
@@ -477,8 +512,14 @@ pub fn dump(
     table: &mut ShmemTable,
     precopied: &[(u64, u64)],
     mut cow: Option<&mut crate::cow::CowTable>,
+    ghosts: &mut crate::files::regular::Ghosts,
 ) -> Result<Mm> {
-    let vmas: Vec<Vma> = entries.iter().filter(|e| !crate::ipc::is_sysv_shm(e)).map(|e| classify(pid, e)).collect::<Result<_>>()?;
+    let mut vmas: Vec<Vma> = entries.iter().filter(|e| !crate::ipc::is_sysv_shm(e)).map(|e| classify(pid, e)).collect::<Result<_>>()?;
+    for v in vmas.iter_mut().filter(|v| v.path.starts_with('/') && v.path.ends_with(" (deleted)")) {
+        if matches!(VmaKind::try_from(v.kind), Ok(VmaKind::FilePrivate | VmaKind::FileShared)) {
+            record_ghost(pid, v, ghosts)?;
+        }
+    }
     let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
     let mut zero_runs = Vec::new();
     let mut pieces = Vec::new();
@@ -689,6 +730,10 @@ pub struct RestoreCtx<'a> {
     /// restorer's descriptor of each, which the puppet inherited, for its
     /// private mappings to map the memfd itself.
     pub memfds: &'a HashMap<u64, i32>,
+    /// The restorer's O_PATH descriptor of each unlinked file of the
+    /// image, by ghost id, which the puppet inherited, for mappings of
+    /// unlinked files.
+    pub ghosts: &'a HashMap<u64, i32>,
     /// Precopied pages are left to a lazy fill once the tree runs
     /// (lazy.rs) instead of being copied now.
     pub lazy: bool,
@@ -855,10 +900,22 @@ fn map_area(
             // protection, as before.
             let may_write = if v.vm_flags.is_empty() { v.prot & libc::PROT_WRITE as u32 != 0 } else { vm_flag(v, "mw") };
             let writable = shared && may_write;
-            let path = if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
+            let path = if let Some(fd) = c.memfds.get(&v.shmem_id).filter(|_| k == VmaKind::AnonShared && v.path.starts_with("/memfd:")) {
+                // The memfd the tree's descriptors hold, also in a process
+                // that holds none of them (it closed its own).
+                format!("/proc/self/fd/{fd}")
+            } else if matches!(k, VmaKind::AnonShared | VmaKind::ShmemPrivate) {
                 c.shmem
                     .path(v.shmem_id)
                     .ok_or_else(|| EngineError::Incompatible(format!("shared memory {} missing from the image", v.shmem_id)))?
+            } else if v.ghost_id != 0 {
+                let fd = c.ghosts.get(&v.ghost_id).ok_or_else(|| {
+                    EngineError::Incompatible(format!(
+                        "area {:#x}-{:#x} maps unlinked file {}, missing from the image",
+                        v.start, v.end, v.ghost_id
+                    ))
+                })?;
+                format!("/proc/self/fd/{fd}")
             } else {
                 v.path.clone()
             };

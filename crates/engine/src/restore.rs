@@ -277,6 +277,8 @@ struct Ctx<'a> {
     shmem: &'a ShmemObjects,
     /// The restorer's descriptor of each memfd, by inode at dump.
     memfds: HashMap<u64, i32>,
+    /// The restorer's O_PATH descriptor of each ghost, by ghost id.
+    ghosts: HashMap<u64, i32>,
     /// What each process does about the pages it shares (cow.rs).
     plan: crate::cow::Plan,
     /// Where the data of shared pages is read from.
@@ -325,6 +327,7 @@ impl Ctx<'_> {
             parking: self.trampoline + TRAMPOLINE_LEN,
             shmem: self.shmem,
             memfds: &self.memfds,
+            ghosts: &self.ghosts,
             lazy: self.lazy,
             eager,
             cow: self.plan.of(p.pid),
@@ -539,7 +542,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     // Connections an image's network lock holds stay in repair mode until
     // the release lifts it.
     let defer_tcp = opts.defer_tcp || tree.net_lock.is_some();
-    let open = open_files(&tree, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp, opts.shell_job)?;
+    let open = open_files(&tree, dir, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp, opts.shell_job)?;
     stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
@@ -556,6 +559,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         hot: &opts.hot,
         shmem: &shmem,
         memfds: open.memfds(&tree),
+        ghosts: open.ghosts(),
         plan,
         sources: mem::Sources::new(dir, &tree),
     };
@@ -590,6 +594,12 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         }
     }
     ns::attach_procs(&tree, ctx.scratch(), |pid| puppets.by_pid.get(&pid).map(|q| ctx.remote(q.host, q.base)))?;
+    // Before seccomp and credentials, which may forbid what the helper
+    // needs (clone3 with set_tid).
+    for p in tree.processes.iter().filter(|p| p.cwd_proc_pid != 0 && p.zombie.is_none()) {
+        let pp = &puppets.by_pid[&p.pid];
+        proc_cwd(&ctx, pp.host, pp.base, p)?;
+    }
     for p in &tree.processes {
         let pp = &puppets.by_pid[&p.pid];
         if let Some(sc) = &p.seccomp {
@@ -640,6 +650,7 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
     let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, p)| (pid, p.host)).collect();
     let files: HashMap<u32, &lpm_image::FileImage> = tree.files.iter().map(|f| (f.id, f)).collect();
     let pipes: HashMap<u64, &lpm_image::PipeImage> = tree.pipes.iter().map(|p| (p.id, p)).collect();
+    let ghosts: HashMap<u64, &lpm_image::GhostImage> = tree.ghosts.iter().map(|g| (g.id, g)).collect();
     let procs: Vec<crate::verify::Restored<'_>> = tree
         .processes
         .iter()
@@ -653,6 +664,7 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
                 cgroups,
                 files: &files,
                 pipes: &pipes,
+                ghosts: &ghosts,
                 processes: &tree.processes,
                 ptys,
                 dumped: false,
@@ -668,8 +680,8 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
 /// the tree in which the root's namespace is "here" (sockets of other
 /// owned namespaces still enter theirs), and the puppets are then pointed
 /// at the given namespace instead of a new one.
-fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
-    let Some(ns) = given else { return files::open_all(tree, defer_tcp, shell_job) };
+fn open_files(tree: &TreeImage, dir: &Path, given: Option<BorrowedFd<'_>>, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
+    let Some(ns) = given else { return files::open_all(tree, dir, defer_tcp, shell_job) };
     let root = root_of(tree);
     let owned = root.namespaces.as_ref().filter(|n| n.clone_flags & NEWNET != 0).ok_or_else(|| {
         EngineError::Incompatible("a network namespace was given for the restore, but the image's root does not own one".into())
@@ -691,7 +703,7 @@ fn open_files(tree: &TreeImage, given: Option<BorrowedFd<'_>>, defer_tcp: bool, 
     if lo_up {
         ns::bring_lo_up(ns, root.pid as i32)?;
     }
-    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here, defer_tcp, shell_job))
+    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here, dir, defer_tcp, shell_job))
         .step(0, || "enter the given network namespace".into())??;
     let own = ns.try_clone_to_owned().map_err(crate::io_err("duplicate the given network namespace"))?;
     open.net.insert(key, own);
@@ -1157,6 +1169,44 @@ fn leaderless_group(ctx: &Ctx, puppets: &Puppets, g: u32, members: &[&Process]) 
     Ok(())
 }
 
+/// Enters the /proc directory of an exited process N (`Process::cwd_proc_pid`)
+/// as the working directory of puppet `host`, once the tree's /proc is in
+/// place (a partition's is attached after every process is shaped): a helper with pid N in the
+/// puppet's pid namespace is cloned from it, the puppet enters
+/// /proc/N, then the helper exits and the puppet reaps it (a remote
+/// wait4, taking back the SIGCHLD it sent), which leaves the directory
+/// as it was, "/proc/N (deleted)". Fails by name when N is taken.
+fn proc_cwd(ctx: &Ctx, host: i32, base: ptrace::Regs, p: &Process) -> Result<()> {
+    let n = p.cwd_proc_pid;
+    let s = ctx.scratch();
+    let mut r = ctx.remote(host, base);
+    let args = CloneArgs { flags: 0, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let helper = remote_clone3(&mut r, s, args, &[n], libc::PTRACE_EVENT_FORK).map_err(|e| {
+        EngineError::Incompatible(format!("pid {}: a helper with pid {n}, whose /proc directory is its working directory: {e}", p.pid))
+    })?;
+    let entered = (|| -> Result<()> {
+        let addr = task::put_path(host, s, 0, &format!("/proc/{n}"))?;
+        r.call(libc::SYS_chdir, &[addr]).step(host, || format!("remote chdir(/proc/{n})"))?;
+        let hbase = ptrace::get_regs(helper).step(helper, || "read cwd helper registers".into())?;
+        zombie::exit_now(helper, hbase, ctx.trampoline)
+    })();
+    if let Err(e) = entered {
+        lpm_sys::misc::kill(helper, libc::SIGKILL);
+        return Err(e);
+    }
+    r.call(libc::SYS_wait4, &[n as u64, 0, 0, 0]).step(host, || format!("remote wait4({n}) for the cwd helper"))?;
+    let set = put(host, s, 0, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+    let ts = put(host, s, 8, &[0u8; 16])?;
+    let got = r.raw(libc::SYS_rt_sigtimedwait, &[set, 0, ts, 8]).step(host, || "remote rt_sigtimedwait(SIGCHLD)".into())?;
+    if got != libc::SIGCHLD as i64 {
+        return Err(EngineError::Incompatible(format!(
+            "pid {}: the SIGCHLD of the cwd helper {n} did not arrive (rt_sigtimedwait returned {got})",
+            p.pid
+        )));
+    }
+    Ok(())
+}
+
 /// Stage 5: memory, descriptors, process state and threads of one process.
 fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferred: Option<&mut Vec<files::Deferred>>) -> Result<()> {
     let s = ctx.scratch();
@@ -1174,6 +1224,11 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
         }
     }
     ipc::attach(host, &mut r, p)?;
+    // A dead process's /proc directory is entered once the tree's /proc
+    // is in place ([`proc_cwd`]).
+    if p.cwd_proc_pid == 0 {
+        task::restore_cwd(host, &mut r, s, p, &ctx.ghosts)?;
+    }
     // A table shared with the parent was installed by the parent, shaped
     // first (parents come first in the image).
     if !p.shares_parent_files {

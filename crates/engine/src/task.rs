@@ -261,6 +261,26 @@ pub fn put_path(pid: i32, s: Scratch, off: u64, path: &str) -> Result<u64> {
     put(pid, s, off, &b)
 }
 
+/// Enters the working directory of `p`: by its path, or a removed one
+/// through the restorer's descriptor of its ghost (`ghosts`, by id),
+/// which the puppet still inherits: done before the puppet's own
+/// descriptors replace what it inherited.
+pub fn restore_cwd(pid: i32, r: &mut Remote, s: Scratch, p: &Process, ghosts: &std::collections::HashMap<u64, i32>) -> Result<()> {
+    if p.cwd_ghost == 0 {
+        let addr = put_path(pid, s, 0, &p.cwd)?;
+        r.call(libc::SYS_chdir, &[addr]).step(pid, || format!("remote chdir({})", p.cwd))?;
+        return Ok(());
+    }
+    let fd = ghosts.get(&p.cwd_ghost).ok_or_else(|| {
+        EngineError::Incompatible(format!(
+            "process {}: its working directory is unlinked directory {}, missing from the image",
+            p.pid, p.cwd_ghost
+        ))
+    })?;
+    r.call(libc::SYS_fchdir, &[*fd as u64]).step(pid, || format!("remote fchdir to removed directory {}", p.cwd))?;
+    Ok(())
+}
+
 /// Restores process-wide state except credentials (set last, since they
 /// may take away the rights the other steps need).
 pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Result<()> {
@@ -300,8 +320,6 @@ pub fn restore_process(pid: i32, r: &mut Remote, s: Scratch, p: &Process) -> Res
         let addr = put(pid, s, 0, &b)?;
         r.call(libc::SYS_setitimer, &[it.which as u64, addr, 0]).step(pid, || format!("remote setitimer({})", it.which))?;
     }
-    let addr = put_path(pid, s, 0, &p.cwd)?;
-    r.call(libc::SYS_chdir, &[addr]).step(pid, || format!("remote chdir({})", p.cwd))?;
     if p.root != "/" {
         let addr = put_path(pid, s, 0, &p.root)?;
         r.call(libc::SYS_chroot, &[addr]).step(pid, || format!("remote chroot({})", p.root))?;

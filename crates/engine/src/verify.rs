@@ -42,6 +42,8 @@ pub(crate) struct Restored<'a> {
     pub cgroups: &'a [PathBuf],
     /// The image's open files, by id.
     pub files: &'a HashMap<u32, &'a FileImage>,
+    /// The image's unlinked files (ghosts), by id.
+    pub ghosts: &'a HashMap<u64, &'a lpm_image::GhostImage>,
     /// The image's pipes and FIFOs, by id.
     pub pipes: &'a HashMap<u64, &'a PipeImage>,
     /// Every process of the image (a terminal's foreground group is named
@@ -57,8 +59,9 @@ pub(crate) struct Restored<'a> {
 }
 
 /// The environment variable through which a test makes the restore get
-/// one field wrong on purpose (`umask`), or the checkpoint record one
-/// wrong (`dump-umask`), to see [`PROBES`] name it; inert when unset, and
+/// one field wrong on purpose (`umask`; `ghost-copy`: the mappings of an
+/// unlinked file map a copy of it), or the checkpoint record one wrong
+/// (`dump-umask`), to see [`PROBES`] name it; inert when unset, and
 /// nobody but the tests sets it.
 pub const SABOTAGE_ENV: &str = "LPM_SABOTAGE_RESTORE";
 
@@ -132,6 +135,7 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "paths", check: paths, zombies: false },
     Probe { name: "memory areas", check: areas, zombies: false },
     Probe { name: "descriptors", check: descriptors, zombies: false },
+    Probe { name: "unlinked inodes", check: ghosts, zombies: false },
     Probe { name: "pipes", check: pipes, zombies: false },
     Probe { name: "sockets", check: sockets, zombies: false },
     Probe { name: "pidfds", check: pidfds, zombies: false },
@@ -507,8 +511,80 @@ fn descriptors(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         if matches!(kind, Some(FileKind::Regular | FileKind::Unlinked | FileKind::Memfd)) {
             f.cmp(&object, "offset", file.pos, info.pos);
         }
-        if matches!(kind, Some(FileKind::Regular | FileKind::Fifo | FileKind::CharDevice)) {
+        if matches!(kind, Some(FileKind::Regular | FileKind::Fifo | FileKind::CharDevice)) && file.ghost_id == 0 {
             f.cmp(&object, "path", file.path.clone(), proc::link(p.host, &format!("fd/{}", d.fd))?);
+        }
+        if kind == Some(FileKind::Unlinked) || file.ghost_id != 0 {
+            f.cmp(&object, "path", format!("{} (deleted)", file.path), proc::link(p.host, &format!("fd/{}", d.fd))?);
+        }
+    }
+    Ok(())
+}
+
+/// An unlinked inode held: its ghost id, what holds it, and the inode's
+/// device, number and links as found.
+type GhostHold = (u64, String, (u64, u64, u64));
+
+/// Where process `q` (host pid `host`) holds each unlinked inode of the
+/// image (ghost id, what holds it, and the inode's device, number and
+/// links as found).
+fn ghost_holds(q: &Process, host: i32, files: &HashMap<u32, &FileImage>) -> Result<Vec<GhostHold>> {
+    use std::os::unix::fs::MetadataExt;
+    let stat = |rel: String| -> Result<(u64, u64, u64)> {
+        let path = format!("/proc/{host}/{rel}");
+        let m = std::fs::metadata(&path).map_err(crate::io_err(format!("stat {path}")))?;
+        Ok((m.dev(), m.ino(), m.nlink()))
+    };
+    let mut out = Vec::new();
+    for d in &q.fds {
+        if let Some(file) = files.get(&d.file_id).filter(|f| f.ghost_id != 0) {
+            out.push((file.ghost_id, format!("fd {}", d.fd), stat(format!("fd/{}", d.fd))?));
+        }
+    }
+    for v in q.mm.iter().flat_map(|m| &m.vmas).filter(|v| v.ghost_id != 0) {
+        out.push((v.ghost_id, format!("area {:#x}-{:#x}", v.start, v.end), stat(format!("map_files/{:x}-{:x}", v.start, v.end))?));
+    }
+    if q.cwd_ghost != 0 {
+        out.push((q.cwd_ghost, "working directory".into(), stat("cwd".into())?));
+    }
+    Ok(out)
+}
+
+/// Unlinked files and removed directories (descriptors, mappings, the
+/// working directory): each still without links, and whatever held one
+/// inode at dump holds one inode now, within the process and across the
+/// tree (the first process of the image holding it is the reference),
+/// and two inodes stay two.
+fn ghosts(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let mine = ghost_holds(p.image, p.host, p.files)?;
+    let mut seen: HashMap<u64, (String, (u64, u64))> = HashMap::new();
+    for (id, what, (dev, ino, nlink)) in &mine {
+        // A file whose name was removed while others remain keeps them.
+        let links = p.ghosts.get(id).map_or(0, |g| g.nlink as u64);
+        f.cmp(what, "links of the unlinked inode", links, *nlink);
+        match seen.get(id) {
+            Some((first, inode)) => f.cmp(what, &format!("inode (as {first}: unlinked {id})"), *inode, (*dev, *ino)),
+            None => {
+                if let Some((other, _)) = seen.iter().find(|(_, (_, i))| *i == (*dev, *ino)) {
+                    f.cmp(what, "unlinked inode", *id, *other);
+                }
+                seen.insert(*id, (what.clone(), (*dev, *ino)));
+            }
+        }
+    }
+    for (id, (what, inode)) in &seen {
+        let first = p.processes.iter().filter(|q| q.zombie.is_none()).find(|q| {
+            q.cwd_ghost == *id
+                || q.mm.iter().flat_map(|m| &m.vmas).any(|v| v.ghost_id == *id)
+                || q.fds.iter().any(|d| p.files.get(&d.file_id).is_some_and(|x| x.ghost_id == *id))
+        });
+        let Some(q) = first.filter(|q| q.pid != p.image.pid) else { continue };
+        let host = host_of(p, q.pid);
+        if host == 0 {
+            continue;
+        }
+        if let Some((_, qwhat, (dev, ino, _))) = ghost_holds(q, host, p.files)?.into_iter().find(|(g, _, _)| g == id) {
+            f.cmp(what, &format!("inode (as {qwhat} of pid {}: unlinked {id})", q.pid), (dev, ino), *inode);
         }
     }
     Ok(())

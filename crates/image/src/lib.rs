@@ -36,7 +36,14 @@ pub const MAGIC: [u8; 8] = *b"LPMIMAGE";
 /// tables. A tree is written as version 2 only when it holds such state
 /// ([`tree_version`]), so that version-1 readers refuse exactly the images
 /// they cannot restore. Pages files did not change: they stay version 1.
-pub const FORMAT_VERSION: u32 = 2;
+///
+/// Version 3 adds deleted things still in use, which a version-2 reader
+/// would skip: an unlinked file's data streamed to a file of its own
+/// (`GhostImage::data_file`), mappings of unlinked files
+/// (`Vma::ghost_id`), a removed working directory (`Process::cwd_ghost`)
+/// and removed directories held open, a memfd's second open file
+/// description (`FileImage::memfd_of`).
+pub const FORMAT_VERSION: u32 = 3;
 /// The version of pages files (unchanged since version 1).
 const PAGES_VERSION: u32 = 1;
 /// The oldest format version this build reads.
@@ -240,6 +247,16 @@ pub fn tree_version(tree: &TreeImage) -> u32 {
                     || !s.accept_queue.is_empty()
             })
     };
+    let v3 = tree.files.iter().any(|f| f.memfd_of != 0)
+        || tree.ghosts.iter().any(|g| !g.handle.is_empty())
+        || tree.ghosts.iter().any(|g| !g.data_file.is_empty() || !g.extents.is_empty() || !g.path.is_empty())
+        || tree
+            .processes
+            .iter()
+            .any(|p| p.cwd_ghost != 0 || p.cwd_proc_pid != 0 || p.mm.as_ref().is_some_and(|m| m.vmas.iter().any(|v| v.ghost_id != 0)));
+    if v3 {
+        return 3;
+    }
     let v2 = !tree.ghosts.is_empty() || tree.processes.iter().any(|p| p.shares_parent_files) || tree.files.iter().any(file_v2);
     if v2 {
         2
@@ -275,7 +292,16 @@ pub fn decode_tree(bytes: &[u8], path: &Path) -> Result<TreeImage> {
     if checksum(body) != h.checksum {
         return Err(ImageError::Checksum { path: path.into(), what: "tree body".into() });
     }
-    TreeImage::decode(body).map_err(|source| ImageError::Decode { path: path.into(), source })
+    let tree = TreeImage::decode(body).map_err(|source| ImageError::Decode { path: path.into(), source })?;
+    // Every writer writes the version its tree needs ([`tree_version`]),
+    // which the checksum does not cover: another one is a corrupt header.
+    if tree_version(&tree) != h.version {
+        return Err(ImageError::Checksum {
+            path: path.into(),
+            what: format!("tree header (version {}, of a body of version {})", h.version, tree_version(&tree)),
+        });
+    }
+    Ok(tree)
 }
 
 /// Appends page runs to a pages file.
@@ -446,7 +472,8 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_refused() {
-        let mut bytes = Header { version: FORMAT_VERSION, kind: BodyKind::Tree as u32, body_len: 0, checksum: 0 }.encode().to_vec();
+        let mut bytes =
+            Header { version: tree_version(&sample()), kind: BodyKind::Tree as u32, body_len: 0, checksum: 0 }.encode().to_vec();
         let body = sample().encode_to_vec();
         bytes[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
         bytes[24..32].copy_from_slice(&checksum(&body).to_le_bytes());
@@ -479,7 +506,7 @@ mod tests {
     fn unknown_version_is_named() {
         let h = Header { version: FORMAT_VERSION + 1, kind: BodyKind::Tree as u32, body_len: 0, checksum: 0 };
         let e = Header::decode(&h.encode(), Path::new("x"), BodyKind::Tree).unwrap_err();
-        assert!(e.to_string().contains("format version 3"), "{e}");
+        assert!(e.to_string().contains(&format!("format version {}", FORMAT_VERSION + 1)), "{e}");
     }
 
     #[test]
@@ -499,6 +526,16 @@ mod tests {
         let with = |s: SocketImage| TreeImage { files: vec![FileImage { socket: Some(s), ..Default::default() }], ..Default::default() };
         assert_eq!(tree_version(&with(unix)), 1);
         assert_eq!(tree_version(&with(inet)), 2);
+        // Deleted things still in use need version 3.
+        let mut g = t.clone();
+        g.ghosts.push(GhostImage { id: 1, data_file: "ghost-1.img".into(), ..Default::default() });
+        assert_eq!(tree_version(&g), 3);
+        let mut m = t.clone();
+        m.files.push(FileImage { id: 100, memfd_of: 3, ..Default::default() });
+        assert_eq!(tree_version(&m), 3);
+        let mut c = t.clone();
+        c.processes.push(Process { cwd_ghost: 1, ..Default::default() });
+        assert_eq!(tree_version(&c), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -536,7 +573,11 @@ mod fuzz {
     use proptest::prelude::*;
 
     fn framed(body: &[u8]) -> Vec<u8> {
-        let h = Header { version: FORMAT_VERSION, kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(body) };
+        framed_as(body, FORMAT_VERSION)
+    }
+
+    fn framed_as(body: &[u8], version: u32) -> Vec<u8> {
+        let h = Header { version, kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(body) };
         let mut b = h.encode().to_vec();
         b.extend_from_slice(body);
         b
@@ -560,7 +601,8 @@ mod fuzz {
         #[test]
         fn any_flipped_bit_is_caught(at in 0usize..10_000, bit in 0u8..8) {
             let t = TreeImage { writer: "fuzz".into(), root_pid: 7, processes: vec![Process { pid: 7, cwd: "/".into(), ..Default::default() }], ..Default::default() };
-            let mut b = framed(&t.encode_to_vec());
+            let mut b = framed_as(&t.encode_to_vec(), tree_version(&t));
+            prop_assert!(decode_tree(&b, Path::new("fuzz")).is_ok());
             let at = at % b.len();
             b[at] ^= 1 << bit;
             prop_assert!(decode_tree(&b, Path::new("fuzz")).is_err());

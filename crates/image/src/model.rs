@@ -213,6 +213,15 @@ pub struct Process {
     /// Root directory.
     #[prost(string, tag = "12")]
     pub root: String,
+    /// The working directory was removed (`cwd` reads "PATH (deleted)"):
+    /// the directory in `TreeImage::ghosts` made again, entered, removed.
+    #[prost(uint64, tag = "120")]
+    pub cwd_ghost: u64,
+    /// The working directory is the /proc directory of a process that
+    /// exited (`cwd` reads "/proc/N (deleted)"): N, as the process's own
+    /// pid namespace numbers it (its /proc's); 0 otherwise.
+    #[prost(uint32, tag = "121")]
+    pub cwd_proc_pid: u32,
     /// File mode creation mask.
     #[prost(uint32, tag = "13")]
     pub umask: u32,
@@ -630,6 +639,10 @@ pub struct Vma {
     /// that predate it.
     #[prost(string, repeated, tag = "12")]
     pub vm_flags: Vec<String>,
+    /// A mapping of a file unlinked since (`path` reads "PATH
+    /// (deleted)"): the file in `TreeImage::ghosts` it maps; 0 otherwise.
+    #[prost(uint64, tag = "120")]
+    pub ghost_id: u64,
 }
 
 /// A run of consecutive pages.
@@ -816,6 +829,11 @@ pub struct FileImage {
     /// A fanotify group: its flags and marks.
     #[prost(message, optional, tag = "181")]
     pub fanotify: Option<FanotifyImage>,
+    /// A memfd's second (third, ...) open file description, reopened
+    /// through /proc/PID/fd: the file id of the memfd's first
+    /// description, which holds its state (`memfd`); 0 otherwise.
+    #[prost(uint32, tag = "120")]
+    pub memfd_of: u32,
 }
 
 /// A fanotify group (fanotify_init) and its marks.
@@ -960,9 +978,58 @@ pub struct GhostImage {
     #[prost(uint32, tag = "9")]
     pub mtime_nsec: u32,
     /// The extents holding data (SEEK_DATA to SEEK_HOLE), in order; the
-    /// rest are holes.
+    /// rest are holes. Images before `data_file` hold the data here.
     #[prost(message, repeated, tag = "10")]
     pub chunks: Vec<MemfdChunk>,
+    /// The file of the image directory that holds the data of `extents`,
+    /// one after the other (streamed there, never held in memory whole).
+    #[prost(string, tag = "120")]
+    pub data_file: String,
+    /// The extents holding data, in order, with where each is in
+    /// `data_file`; the rest are holes.
+    #[prost(message, repeated, tag = "121")]
+    pub extents: Vec<GhostExtent>,
+    /// The name it was reached by (a descriptor's link or a mapping's
+    /// path without " (deleted)"): where it is made again when no
+    /// description names it.
+    #[prost(string, tag = "122")]
+    pub path: String,
+    /// The device number of an unlinked character device node; 0 for
+    /// other kinds (a FIFO's node has none).
+    #[prost(uint64, tag = "123")]
+    pub rdev: u64,
+    /// A file whose name was removed while it keeps other names (which
+    /// nothing tells): its file handle (name_to_handle_at), through which
+    /// the restore opens the very inode again on the shared filesystem;
+    /// no data is saved. Empty for an unlinked file.
+    #[prost(bytes = "vec", tag = "124")]
+    pub handle: Vec<u8>,
+    /// The type of `handle`.
+    #[prost(int32, tag = "125")]
+    pub handle_type: i32,
+    /// Where the filesystem of `handle` is mounted.
+    #[prost(string, tag = "126")]
+    pub mount: String,
+    /// Its links at dump (0 for an unlinked file).
+    #[prost(uint32, tag = "127")]
+    pub nlink: u32,
+}
+
+/// One extent of an unlinked file's data, stored in its data file.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GhostExtent {
+    /// Byte offset in the file.
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    /// Length in bytes.
+    #[prost(uint64, tag = "2")]
+    pub len: u64,
+    /// Byte offset of its data in `GhostImage::data_file`.
+    #[prost(uint64, tag = "3")]
+    pub at: u64,
+    /// XXH3-64 of the data.
+    #[prost(uint64, tag = "4")]
+    pub xxh3: u64,
 }
 
 /// A file descriptor of a process.

@@ -499,10 +499,11 @@ pub fn render(t: &TreeImage) -> String {
         }
     }
     for g in &t.ghosts {
-        let data: usize = g.chunks.iter().map(|c| c.data.len()).sum();
+        let data = g.chunks.iter().map(|c| c.data.len() as u64).sum::<u64>() + g.extents.iter().map(|e| e.len).sum::<u64>();
         let _ = writeln!(
             o,
-            "\nunlinked file {} size {} mode {:o} owner {}:{} atime {}.{:09} mtime {}.{:09} data={}B in {} extents",
+            "\nunlinked {} {} size {} mode {:o} owner {}:{} atime {}.{:09} mtime {}.{:09} data={}B in {} extents{}{}",
+            if g.mode & 0o170000 == 0o040000 { "directory" } else { "file" },
             g.id,
             g.size,
             g.mode,
@@ -513,10 +514,15 @@ pub fn render(t: &TreeImage) -> String {
             g.mtime_sec,
             g.mtime_nsec,
             data,
-            g.chunks.len()
+            g.chunks.len() + g.extents.len(),
+            if g.path.is_empty() { String::new() } else { format!(" name {}", g.path) },
+            if g.data_file.is_empty() { String::new() } else { format!(" in {}", g.data_file) }
         );
         for c in &g.chunks {
             let _ = writeln!(o, "  extent {}+{}", c.offset, c.data.len());
+        }
+        for e in &g.extents {
+            let _ = writeln!(o, "  extent {}+{} at {} xxh3 {:016x}", e.offset, e.len, e.at, e.xxh3);
         }
     }
     for p in &t.pipes {
@@ -556,7 +562,7 @@ mod tests {
 
     #[test]
     fn files_and_sockets_fields_survive_encoding_and_show() {
-        use crate::{Fd, FileImage, FileKind, FileOwner, GhostImage, MemfdChunk, OwnerKind, SocketImage};
+        use crate::{Fd, FileImage, FileKind, FileOwner, GhostExtent, GhostImage, MemfdChunk, OwnerKind, SocketImage};
         let fds = vec![Fd { fd: 3, cloexec: false, file_id: 1 }, Fd { fd: 4, cloexec: false, file_id: 2 }];
         let t = TreeImage {
             processes: vec![Process { pid: 9, shares_parent_files: true, fds, ..Default::default() }],
@@ -581,18 +587,30 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            ghosts: vec![GhostImage {
-                id: 7,
-                size: 1 << 20,
-                mode: 0o106751,
-                uid: 1000,
-                gid: 1001,
-                atime_sec: 1_000_000_000,
-                atime_nsec: 5,
-                mtime_sec: 1_100_000_000,
-                mtime_nsec: 6,
-                chunks: vec![MemfdChunk { offset: 8192, data: vec![1; 10] }],
-            }],
+            ghosts: vec![
+                GhostImage {
+                    id: 7,
+                    size: 1 << 20,
+                    mode: 0o106751,
+                    uid: 1000,
+                    gid: 1001,
+                    atime_sec: 1_000_000_000,
+                    atime_nsec: 5,
+                    mtime_sec: 1_100_000_000,
+                    mtime_nsec: 6,
+                    chunks: vec![MemfdChunk { offset: 8192, data: vec![1; 10] }],
+                    ..Default::default()
+                },
+                GhostImage {
+                    id: 8,
+                    size: 200 << 20,
+                    mode: 0o100640,
+                    data_file: "ghost-8.img".into(),
+                    extents: vec![GhostExtent { offset: 72 << 20, len: 4096, at: 0, xxh3: 0xabc }],
+                    path: "/w/gb.file".into(),
+                    ..Default::default()
+                },
+            ],
             ..Default::default()
         };
         let back = TreeImage::decode(t.encode_to_vec().as_slice()).unwrap();
@@ -605,6 +623,8 @@ mod tests {
             "(path unlinked)",
             "unlinked file 7 size 1048576 mode 106751 owner 1000:1001 atime 1000000000.000000005 mtime 1100000000.000000006 data=10B in 1 extents",
             "extent 8192+10",
+            "unlinked file 8 size 209715200 mode 100640 owner 0:0 atime 0.000000000 mtime 0.000000000 data=4096B in 1 extents name /w/gb.file in ghost-8.img",
+            "extent 75497472+4096 at 0 xxh3 0000000000000abc",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }

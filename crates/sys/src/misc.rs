@@ -722,3 +722,39 @@ pub fn recv_fds(sock: std::os::fd::BorrowedFd<'_>, buf: &mut [u8], max_fds: usiz
     }
     Ok((r.bytes, fds))
 }
+
+/// A file handle (name_to_handle_at): the kernel's own name of an inode
+/// on its filesystem, valid as long as the inode lives, whatever its
+/// names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileHandle {
+    /// The filesystem's type of handle.
+    pub kind: i32,
+    /// The handle's bytes.
+    pub bytes: Vec<u8>,
+    /// The id of the mount it was taken through (mountinfo's first field).
+    pub mount_id: i32,
+}
+
+/// Largest handle the kernel gives (MAX_HANDLE_SZ).
+const MAX_HANDLE_SZ: usize = 128;
+
+/// The handle of the file `fd` is open on (AT_EMPTY_PATH: `fd` itself,
+/// of any kind, O_PATH too).
+pub fn file_handle(fd: std::os::fd::BorrowedFd<'_>) -> Result<FileHandle> {
+    use std::os::fd::AsRawFd;
+    // struct file_handle: handle_bytes, handle_type, then the bytes.
+    let mut buf = [0u8; 8 + MAX_HANDLE_SZ];
+    buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the buffer holds a file_handle with room for MAX_HANDLE_SZ
+    // bytes, as its handle_bytes says; the path is a NUL-terminated empty
+    // string; mount_id is a local int.
+    let r = unsafe {
+        libc::syscall(libc::SYS_name_to_handle_at, fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr(), &mut mount_id, libc::AT_EMPTY_PATH)
+    };
+    cvt(r).map_err(|e| Error::sys("name_to_handle_at", 0, e))?;
+    let len = (u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize).min(MAX_HANDLE_SZ);
+    let kind = i32::from_ne_bytes(buf[4..8].try_into().expect("4 bytes"));
+    Ok(FileHandle { kind, bytes: buf[8..8 + len].to_vec(), mount_id })
+}

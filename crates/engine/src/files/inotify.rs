@@ -163,7 +163,7 @@ fn read(seen: &Seen, table: &FileTable) -> Result<InotifyImage> {
 /// Names the ghost of every watched unlinked inode, once every process
 /// is dumped and every ghost recorded.
 pub(super) fn link_ghosts(table: &mut FileTable) -> Result<()> {
-    let ids = table.ghost_ids.clone();
+    let ids = table.ghosts.ids.clone();
     for f in table.files.iter_mut() {
         for w in f.inotify.iter_mut().flat_map(|i| i.watches.iter_mut()).filter(|w| w.ghost_id == GHOST_PENDING) {
             w.ghost_id = *ids.get(&(w.dev, w.ino)).ok_or_else(|| {

@@ -5,9 +5,11 @@
 //! F_SEAL_WRITE forbids the writes). Memory restore maps a memfd's areas
 //! from a copy of its pages made for mappings; every process that holds a
 //! descriptor of the memfd then maps those areas again from the descriptor
-//! ([`Kind::install`]), so mappings and descriptors share one object. A
-//! process that maps a memfd whose descriptors only others hold would keep
-//! the copy, so that case is refused at dump.
+//! ([`Kind::install`]), so mappings and descriptors share one object; a
+//! process that maps a memfd whose descriptors only others hold maps the
+//! restorer's descriptor of it (mem.rs). A second open file description
+//! of a memfd (reopened through /proc/PID/fd) is recorded with its own
+//! flags and offset and the first one's file id, and reopened from it.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -28,12 +30,6 @@ pub struct Memfd;
 const MAX_CONTENT: u64 = 64 << 20;
 const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
-/// Whether `pid` holds a descriptor of the inode (dev, ino).
-fn holds(pid: i32, dev: u64, ino: u64) -> bool {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    dir.flatten().any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
-}
-
 /// Refuses mappings of the memfd that restore could not keep shared with
 /// its descriptors.
 fn check_mappings(seen: &Seen, seals: u32, tree: &[i32]) -> Result<()> {
@@ -44,11 +40,9 @@ fn check_mappings(seen: &Seen, seals: u32, tree: &[i32]) -> Result<()> {
             if libc::makedev(e.major, e.minor) != dev {
                 continue;
             }
-            // A private mapping maps the restored memfd itself; a shared
-            // one is mapped from the process's own descriptor.
-            if e.shared() && !holds(pid, dev, ino) {
-                return Err(seen.unsupported(format!("memfd also mapped at {:#x} by pid {pid}, which holds no descriptor of it", e.start)));
-            }
+            // Every mapping maps the restored memfd itself (mem.rs); a
+            // shared one of a process holding a descriptor is mapped
+            // again from that descriptor ([`Kind::install`]).
             if e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0 && seals & libc::F_SEAL_FUTURE_WRITE as u32 != 0 {
                 return Err(
                     seen.unsupported(format!("memfd sealed F_SEAL_FUTURE_WRITE with a writable mapping at {:#x} in pid {pid}", e.start))
@@ -70,9 +64,6 @@ struct Observed<'a> {
 }
 
 fn observe<'a>(seen: &Seen<'a>, table: &FileTable) -> Result<Observed<'a>> {
-    if table.described(seen.st.dev(), seen.st.ino()) {
-        return Err(seen.unsupported("a second open file description of a memfd (reopened through /proc)"));
-    }
     let name = seen
         .link
         .strip_prefix("/memfd:")
@@ -93,17 +84,37 @@ fn observe<'a>(seen: &Seen<'a>, table: &FileTable) -> Result<Observed<'a>> {
 
 impl Kind for Memfd {
     fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
+        if table.described(seen.st.dev(), seen.st.ino()) {
+            return Ok(());
+        }
         observe(seen, table).map(drop)
     }
 
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
+        if let Some(first) = table.first_description(seen.st.dev(), seen.st.ino()) {
+            // Another open file description of a memfd recorded already
+            // (reopened through /proc): its own flags and offset, the
+            // memfd's state once.
+            f.memfd_of = first;
+            return Ok(());
+        }
         let o = observe(seen, table)?;
         let chunks = super::read_extents(&o.file, &o.extents, &format!("memfd fd {} of pid {}", seen.fd, seen.pid))?;
         f.memfd = Some(MemfdImage { name: o.name.to_string(), seals: o.seals, size: seen.st.len(), ino: seen.st.ino(), chunks });
         Ok(())
     }
 
-    fn open(&self, f: &FileImage, _cx: &mut OpenCx) -> Result<OwnedFd> {
+    fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
+        if f.memfd_of != 0 {
+            let first = cx.memfds.get(&f.memfd_of).ok_or_else(|| {
+                EngineError::Incompatible(format!("memfd file {} reopens file {}, not a memfd opened before it", f.id, f.memfd_of))
+            })?;
+            let fd = open_path(&format!("/proc/self/fd/{}", first.as_raw_fd()), f.flags)?;
+            let what = || format!("memfd file {} (reopened from file {})", f.id, f.memfd_of);
+            rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(f.pos)).map_err(|e| io_err(format!("seek {}", what()))(e.into()))?;
+            misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of {}", what()))?;
+            return Ok(fd);
+        }
         let m = f.memfd.as_ref().ok_or_else(|| EngineError::Incompatible(format!("memfd file {} has no memfd state", f.id)))?;
         let what = |step: &str| format!("{step} of memfd {:?} (file {})", m.name, f.id);
         // Executable like the default, then the mode of the image; sealing
@@ -130,10 +141,15 @@ impl Kind for Memfd {
         };
         rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(f.pos)).map_err(|e| io_err(what("seek"))(e.into()))?;
         misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || what("set flags"))?;
+        cx.memfds.insert(f.id, fd.try_clone().map_err(io_err(what("keep")))?);
         Ok(fd)
     }
 
     fn install(&self, pid: i32, r: &mut Remote, s: Scratch, fd: &Fd, f: &FileImage, p: &Process) -> Result<()> {
+        if f.memfd_of != 0 {
+            // Its memfd's areas are the first description's to map again.
+            return Ok(());
+        }
         let m = f.memfd.as_ref().ok_or_else(|| EngineError::Incompatible(format!("memfd file {} has no memfd state", f.id)))?;
         let first = p.fds.iter().find(|x| x.file_id == f.id).map(|x| x.fd);
         let Some(mm) = p.mm.as_ref().filter(|_| first == Some(fd.fd)) else { return Ok(()) };

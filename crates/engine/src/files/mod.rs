@@ -37,7 +37,7 @@ use std::fs::Metadata;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use lpm_image::{Fd, FileImage, FileKind, GhostImage, MemfdChunk, PipeImage, Process, TreeImage};
+use lpm_image::{Fd, FileImage, FileKind, MemfdChunk, PipeImage, Process, TreeImage};
 use lpm_sys::misc;
 use lpm_sys::remote::Remote;
 
@@ -92,9 +92,6 @@ pub struct OpenCx<'a> {
     /// Descriptions of unlinked files opened ahead of their turn (every
     /// description of a ghost is opened when its first one is), by file id.
     pub ghosts: HashMap<u32, OwnedFd>,
-    /// A descriptor of each ghost's inode made so far, by ghost id (an
-    /// inotify watch of an unlinked inode is added through it).
-    pub ghost_inodes: HashMap<u64, OwnedFd>,
     /// Established connections stay in repair mode until the tree is
     /// released (see [`Deferred`]).
     pub defer_tcp: bool,
@@ -103,6 +100,12 @@ pub struct OpenCx<'a> {
     pub shell_job: bool,
     /// The restoring terminal, once a shell job's terminal opened it.
     pub terminal: Option<OwnedFd>,
+    /// The O_PATH descriptor of each ghost, by ghost id (an unlinked
+    /// FIFO's descriptions are opened through it).
+    pub ghost_fds: HashMap<u64, i32>,
+    /// Memfds recreated so far, by the file id of their first
+    /// description: their other descriptions are reopened from them.
+    pub memfds: HashMap<u32, OwnedFd>,
 }
 
 /// An established connection left in repair mode at install, to leave it
@@ -215,8 +218,11 @@ fn classify(seen: &Seen) -> Result<FileKind> {
         FileKind::Tty
     } else if ft.is_char_device() {
         FileKind::CharDevice
-    } else if ft.is_file() || ft.is_dir() {
-        if seen.st.nlink() == 0 && link.ends_with(" (deleted)") {
+    } else if ft.is_file() || ft.is_dir() || ft.is_symlink() {
+        // A symbolic link is open only as O_PATH|O_NOFOLLOW. A regular
+        // file whose name was removed while other names remain is
+        // reopened by its handle (regular.rs).
+        if (seen.st.nlink() == 0 || ft.is_file()) && link.ends_with(" (deleted)") {
             FileKind::Unlinked
         } else {
             FileKind::Regular
@@ -242,10 +248,8 @@ pub struct FileTable {
     /// The tree is a shell job ([`crate::DumpOptions::shell_job`]): a pty
     /// slave whose master is outside it is recorded, not refused.
     pub shell_job: bool,
-    /// Unlinked files, one per inode.
-    pub ghosts: Vec<GhostImage>,
-    /// The ghost of each unlinked inode `(dev, ino)` seen so far.
-    pub ghost_ids: HashMap<(u64, u64), u64>,
+    /// Unlinked files and removed directories, one per inode.
+    pub ghosts: regular::Ghosts,
     /// lpm locks the network itself: each connection to a peer outside
     /// the tree is added to this lock before its state is read.
     pub lock: Option<crate::netlock::NetLock>,
@@ -313,6 +317,12 @@ impl FileTable {
     pub fn described(&self, dev: u64, ino: u64) -> bool {
         self.owners.iter().enumerate().any(|(i, o)| (o.2, o.3) == (dev, ino) && !self.describing.contains(&i))
     }
+
+    /// The file id of the first open file description of the inode
+    /// `(dev, ino)` seen, if any.
+    pub fn first_description(&self, dev: u64, ino: u64) -> Option<u32> {
+        self.owners.iter().position(|o| (o.2, o.3) == (dev, ino)).map(|i| self.files[i].id)
+    }
 }
 
 /// The packet mark of the segments a restore makes up for a connection,
@@ -358,6 +368,9 @@ fn handler(seen: &Seen, f: &mut FileImage) -> Result<&'static dyn Kind> {
 pub fn dump(pid: i32, table: &mut FileTable) -> Result<Vec<Fd>> {
     walk(pid, table, false, |seen, f, table| {
         handler(seen, f)?.dump(seen, f, table)?;
+        if opath(f) {
+            return Ok(());
+        }
         fown::dump(seen, f, table)
     })
 }
@@ -413,6 +426,12 @@ pub(crate) fn dump_inflight(carrier: &Seen, fd: OwnedFd, table: &mut FileTable) 
         .map_err(rename)
 }
 
+/// Whether the description is O_PATH: it only names a file (no I/O, so
+/// no owner for SIGIO: fcntl refuses to tell).
+fn opath(f: &FileImage) -> bool {
+    f.flags as i32 & libc::O_PATH != 0
+}
+
 /// Sets the owner for SIGIO and its signal on every restored description
 /// that had one, once every task exists (see `fown`); `host` gives the
 /// restored host id of an image thread, process or group leader.
@@ -426,7 +445,8 @@ pub fn restore_owners(tree: &TreeImage, host: impl Fn(lpm_image::OwnerKind, u32)
 /// descriptor closed meanwhile is passed over. Returns the descriptors.
 pub fn check(pid: i32, table: &mut FileTable, refusals: &mut Vec<EngineError>) -> Result<Vec<Fd>> {
     walk(pid, table, true, |seen, f, table| {
-        match handler(seen, f).and_then(|k| k.check(seen, f, table)).and_then(|_| fown::check(seen, table)) {
+        match handler(seen, f).and_then(|k| k.check(seen, f, table)).and_then(|_| if opath(f) { Ok(()) } else { fown::check(seen, table) })
+        {
             Err(e @ (EngineError::Unsupported { .. } | EngineError::Transient { .. })) => {
                 refusals.push(e);
                 Ok(())
@@ -503,6 +523,10 @@ pub struct OpenFiles {
     pub(crate) terminal: Option<OwnedFd>,
     /// Where puppets of zombies that dumped core write their cores.
     pub(crate) core: Option<crate::zombie::CoreDir>,
+    /// An O_PATH descriptor of each ghost (unlinked file or removed
+    /// directory) by id, which puppets inherit until their own
+    /// descriptors are set: what they map and enter.
+    ghosts: HashMap<u64, OwnedFd>,
 }
 
 impl OpenFiles {
@@ -511,6 +535,13 @@ impl OpenFiles {
     pub fn memfds(&self, tree: &TreeImage) -> HashMap<u64, i32> {
         tree.files.iter().filter_map(|f| Some((f.memfd.as_ref()?.ino, self.by_id.get(&f.id)?.as_raw_fd()))).collect()
     }
+
+    /// The restorer's O_PATH descriptor of each ghost of the image, by
+    /// ghost id (puppets inherit them until their own descriptors are
+    /// set).
+    pub fn ghosts(&self) -> HashMap<u64, i32> {
+        self.ghosts.iter().map(|(&id, fd)| (id, fd.as_raw_fd())).collect()
+    }
 }
 
 /// The kernel's O_LARGEFILE: libc's is 0 on x86_64, where open(2) adds
@@ -518,12 +549,12 @@ impl OpenFiles {
 /// not), so it tells how a description was made.
 pub(crate) const O_LARGEFILE: u32 = 0o100000;
 
-/// Opens every file description of the image in the restorer.
-pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
+/// Opens every file description of the image in `dir` in the restorer.
+pub fn open_all(tree: &TreeImage, dir: &std::path::Path, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
     let max_fd = tree.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(0) as i32;
     let base = (max_fd + 1).max(64);
     let limit = misc::raise_nofile();
-    let needed = base as u64 + tree.files.len() as u64 + 16;
+    let needed = base as u64 + tree.files.len() as u64 + tree.ghosts.len() as u64 + 16;
     if limit < needed {
         return Err(EngineError::Incompatible(format!("the tree needs {needed} open files; RLIMIT_NOFILE here is {limit}")));
     }
@@ -539,11 +570,13 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<Op
         net: &net,
         ptys: HashMap::new(),
         ghosts: HashMap::new(),
-        ghost_inodes: HashMap::new(),
         defer_tcp,
         shell_job,
         terminal: None,
+        memfds: HashMap::new(),
+        ghost_fds: HashMap::new(),
     };
+    let ghosts = regular::make_ghosts(&mut cx, dir, base)?;
     let mut by_id = HashMap::new();
     for f in &tree.files {
         let k = FileKind::try_from(f.kind)
@@ -569,7 +602,7 @@ pub fn open_all(tree: &TreeImage, defer_tcp: bool, shell_job: bool) -> Result<Op
         }
     }
     let (holders, pipes, terminal) = (cx.holders, cx.pipes, cx.terminal);
-    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys, terminal, core })
+    Ok(OpenFiles { by_id, _holders: holders, _pipes: pipes, net, base, ctty, ptys, terminal, core, ghosts })
 }
 
 /// Installs a puppet's descriptors: drops everything it inherited below

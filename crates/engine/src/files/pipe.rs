@@ -81,6 +81,13 @@ impl Kind for Pipe {
 
     fn dump(&self, seen: &Seen, f: &mut FileImage, table: &mut FileTable) -> Result<()> {
         f.pipe_id = seen.st.ino();
+        if let Some(name) = super::regular::unlinked_node(seen).filter(|_| f.kind == FileKind::Fifo as i32) {
+            // An unlinked FIFO: the node is made again as a ghost
+            // (regular.rs), its descriptions opened through it here.
+            f.path = name.to_string();
+            let what = format!("unlinked FIFO of fd {} of pid {}", seen.fd, seen.pid);
+            f.ghost_id = table.ghosts.record(None, seen.st, name, &what)?;
+        }
         if let std::collections::hash_map::Entry::Vacant(e) = table.pipes.entry(f.pipe_id) {
             e.insert(read_pipe(seen)?);
         }
@@ -91,11 +98,20 @@ impl Kind for Pipe {
         use std::collections::hash_map::Entry;
         let data = cx.tree.pipes.iter().find(|p| p.id == f.pipe_id);
         let fifo = f.kind == FileKind::Fifo as i32;
+        let path = match f.ghost_id {
+            0 => f.path.clone(),
+            id => format!(
+                "/proc/self/fd/{}",
+                cx.ghost_fds
+                    .get(&id)
+                    .ok_or_else(|| EngineError::Incompatible(format!("file {} names unlinked FIFO {id}, which the image lacks", f.id)))?
+            ),
+        };
         if let Entry::Vacant(e) = cx.pipes.entry(f.pipe_id) {
             let (r, w): (OwnedFd, OwnedFd) = if fifo {
                 // Held read-write so that no open below blocks, and so the
                 // data written now stays until the tree runs.
-                let h = open_path(&f.path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
+                let h = open_path(&path, (libc::O_RDWR | libc::O_NONBLOCK) as u32)?;
                 (h.try_clone().map_err(io_err("dup fifo"))?, h)
             } else {
                 let (r, w) = std::io::pipe().map_err(io_err("pipe"))?;
@@ -107,7 +123,7 @@ impl Kind for Pipe {
             e.insert((r, w));
         }
         if fifo {
-            let fd = open_path(&f.path, f.flags | libc::O_NONBLOCK as u32)?;
+            let fd = open_path(&path, f.flags | libc::O_NONBLOCK as u32)?;
             misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of fifo {}", f.path))?;
             return Ok(fd);
         }
