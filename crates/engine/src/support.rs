@@ -78,14 +78,12 @@ mod tests {
     fn docs_count_the_kinds() {
         let doc = include_str!("../../../docs/support.md");
         let n = |w: super::Support| super::KINDS.iter().filter(|k| std::mem::discriminant(&k.1) == std::mem::discriminant(&w)).count();
-        let line = format!(
-            "{} kinds: {} supported, {} partly",
-            super::KINDS.len(),
-            n(super::Support::Yes),
-            n(super::Support::Partly)
-        );
+        let line = format!("{} kinds: {} supported, {} partly", super::KINDS.len(), n(super::Support::Yes), n(super::Support::Partly));
         assert!(doc.contains(&line), "docs/support.md does not say {line:?}");
-        assert!(doc.contains(&format!("partly (the limits in each row, most of them\nrefused by name with the reason), {} refused", n(super::Support::Refused))));
+        assert!(doc.contains(&format!(
+            "partly (the limits in each row, most of them\nrefused by name with the reason), {} refused",
+            n(super::Support::Refused)
+        )));
     }
 
     #[test]

@@ -590,6 +590,39 @@ fn ask_kernel(nl: &OwnedFd, req: &[u8]) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Sends dump request `req` to the kernel on sock_diag socket `nl` and
+/// hands `each` the payload of every message of the answer, until its
+/// end; an error answer fails naming `what`.
+fn dump_diag(nl: &OwnedFd, req: &[u8], what: &'static str, mut each: impl FnMut(&[u8])) -> Result<()> {
+    use std::os::fd::AsFd;
+    let mut kernel = [0u8; 12];
+    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+    send(nl.as_fd(), req, &kernel, 0)?;
+    let mut buf = vec![0u8; 32768];
+    loop {
+        let got = recv(nl.as_fd(), &mut buf, 0)?;
+        let b = &buf[..got.len];
+        let mut off = 0;
+        while off + 16 <= b.len() {
+            let len = u32_at(b, off) as usize;
+            let ty = u16_at(b, off + 4);
+            if len < 16 || off + len > b.len() {
+                break;
+            }
+            match ty {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let e = -(u32_at(b, off + 16) as i32);
+                    return Err(Error::sys(what, 0, io::Error::from_raw_os_error(e)));
+                }
+                SOCK_DIAG_BY_FAMILY => each(&b[off + 16..off + len]),
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
 /// Parses one unix_diag_msg with its attributes.
 fn parse_unix_diag(m: &[u8]) -> Option<UnixDiag> {
     if m.len() < 16 {
@@ -690,7 +723,6 @@ pub struct NetlinkDiag {
 /// calling thread (netlink_diag lists them all: it looks up none by
 /// inode).
 pub fn netlink_diag() -> Result<Vec<NetlinkDiag>> {
-    use std::os::fd::AsFd;
     let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
     // nlmsghdr, then netlink_diag_req: family, protocol (255: all), pad,
     // inode, show flags, cookie.
@@ -705,47 +737,22 @@ pub fn netlink_diag() -> Result<Vec<NetlinkDiag>> {
     req.extend_from_slice(&0u32.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    let mut kernel = [0u8; 12];
-    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-    send(nl.as_fd(), &req, &kernel, 0)?;
-    let mut buf = vec![0u8; 32768];
     let mut out = Vec::new();
-    loop {
-        let got = recv(nl.as_fd(), &mut buf, 0)?;
-        let b = &buf[..got.len];
-        let mut off = 0;
-        while off + 16 <= b.len() {
-            let len = u32_at(b, off) as usize;
-            let ty = u16_at(b, off + 4);
-            if len < 16 || off + len > b.len() {
-                break;
-            }
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let e = -(u32_at(b, off + 16) as i32);
-                    return Err(Error::sys("sock_diag netlink", 0, io::Error::from_raw_os_error(e)));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    // netlink_diag_msg: family, type, protocol, state,
-                    // portid, dst_portid, dst_group, inode, cookie.
-                    let m = &b[off + 16..off + len];
-                    if m.len() >= 20 {
-                        out.push(NetlinkDiag {
-                            protocol: m[2],
-                            state: m[3],
-                            portid: u32_at(m, 4),
-                            dst_portid: u32_at(m, 8),
-                            dst_group: u32_at(m, 12),
-                            ino: u32_at(m, 16),
-                        });
-                    }
-                }
-                _ => {}
-            }
-            off += (len + 3) & !3;
+    dump_diag(&nl, &req, "sock_diag netlink", |m| {
+        // netlink_diag_msg: family, type, protocol, state, portid,
+        // dst_portid, dst_group, inode, cookie.
+        if m.len() >= 20 {
+            out.push(NetlinkDiag {
+                protocol: m[2],
+                state: m[3],
+                portid: u32_at(m, 4),
+                dst_portid: u32_at(m, 8),
+                dst_group: u32_at(m, 12),
+                ino: u32_at(m, 16),
+            });
         }
-    }
+    })?;
+    Ok(out)
 }
 
 /// What packet_diag tells about one packet socket.
@@ -779,7 +786,6 @@ pub struct PacketDiag {
 /// calling thread, as packet_diag shows it; None when it lists no such
 /// socket.
 pub fn packet_diag(ino: u32) -> Result<Option<PacketDiag>> {
-    use std::os::fd::AsFd;
     const SHOW: u32 = 0x1 | 0x2 | 0x4; // INFO, MCLIST, RING_CFG
     let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
     // nlmsghdr, then packet_diag_req: family, protocol, pad, inode, show
@@ -795,40 +801,15 @@ pub fn packet_diag(ino: u32) -> Result<Option<PacketDiag>> {
     req.extend_from_slice(&SHOW.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    let mut kernel = [0u8; 12];
-    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-    send(nl.as_fd(), &req, &kernel, 0)?;
-    let mut buf = vec![0u8; 32768];
     let mut found = None;
-    loop {
-        let got = recv(nl.as_fd(), &mut buf, 0)?;
-        let b = &buf[..got.len];
-        let mut off = 0;
-        while off + 16 <= b.len() {
-            let len = u32_at(b, off) as usize;
-            let ty = u16_at(b, off + 4);
-            if len < 16 || off + len > b.len() {
-                break;
-            }
-            match ty {
-                NLMSG_DONE => return Ok(found),
-                NLMSG_ERROR => {
-                    let e = -(u32_at(b, off + 16) as i32);
-                    return Err(Error::sys("sock_diag packet", 0, io::Error::from_raw_os_error(e)));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    // packet_diag_msg: family, type, num, inode, cookie
-                    // (16 bytes), then attributes.
-                    let m = &b[off + 16..off + len];
-                    if m.len() >= 16 && u32_at(m, 4) == ino {
-                        found = Some(parse_packet_diag(m));
-                    }
-                }
-                _ => {}
-            }
-            off += (len + 3) & !3;
+    dump_diag(&nl, &req, "sock_diag packet", |m| {
+        // packet_diag_msg: family, type, num, inode, cookie (16 bytes),
+        // then attributes.
+        if m.len() >= 16 && u32_at(m, 4) == ino {
+            found = Some(parse_packet_diag(m));
         }
-    }
+    })?;
+    Ok(found)
 }
 
 fn parse_packet_diag(m: &[u8]) -> PacketDiag {
@@ -882,7 +863,6 @@ const INET_DIAG_SHUTDOWN: u16 = 8;
 /// of the calling thread, as sock_diag shows them; None when sock_diag
 /// does not list it (a socket never bound, which no table holds).
 pub fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<Option<u8>> {
-    use std::os::fd::AsFd;
     let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
     // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states,
     // and a zero inet_diag_sockid (48 bytes): a dump of every socket.
@@ -895,50 +875,25 @@ pub fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<Option<u8>> {
     req.extend_from_slice(&[family as u8, proto as u8, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&[0u8; 48]);
-    let mut kernel = [0u8; 12];
-    kernel[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
-    send(nl.as_fd(), &req, &kernel, 0)?;
-    let mut buf = vec![0u8; 32768];
     let mut found = None;
-    loop {
-        let got = recv(nl.as_fd(), &mut buf, 0)?;
-        let b = &buf[..got.len];
-        let mut off = 0;
-        while off + 16 <= b.len() {
-            let len = u32_at(b, off) as usize;
-            let ty = u16_at(b, off + 4);
-            if len < 16 || off + len > b.len() {
-                break;
-            }
-            match ty {
-                NLMSG_DONE => return Ok(found),
-                NLMSG_ERROR => {
-                    let e = -(u32_at(b, off + 16) as i32);
-                    return Err(Error::sys("sock_diag inet", 0, io::Error::from_raw_os_error(e)));
+    dump_diag(&nl, &req, "sock_diag inet", |m| {
+        // inet_diag_msg: 4 bytes, the sockid (48), expires, rqueue,
+        // wqueue, uid, inode: 72 bytes, then attributes.
+        if m.len() >= 72 && u32_at(m, 68) as u64 == ino {
+            let mut a = 72;
+            while a + 4 <= m.len() {
+                let alen = u16_at(m, a) as usize;
+                if alen < 4 || a + alen > m.len() {
+                    break;
                 }
-                SOCK_DIAG_BY_FAMILY => {
-                    // inet_diag_msg: 4 bytes, the sockid (48), expires,
-                    // rqueue, wqueue, uid, inode: 72 bytes, then attributes.
-                    let m = &b[off + 16..off + len];
-                    if m.len() >= 72 && u32_at(m, 68) as u64 == ino {
-                        let mut a = 72;
-                        while a + 4 <= m.len() {
-                            let alen = u16_at(m, a) as usize;
-                            if alen < 4 || a + alen > m.len() {
-                                break;
-                            }
-                            if u16_at(m, a + 2) == INET_DIAG_SHUTDOWN && alen > 4 {
-                                found = Some(m[a + 4]);
-                            }
-                            a += (alen + 3) & !3;
-                        }
-                    }
+                if u16_at(m, a + 2) == INET_DIAG_SHUTDOWN && alen > 4 {
+                    found = Some(m[a + 4]);
                 }
-                _ => {}
+                a += (alen + 3) & !3;
             }
-            off += (len + 3) & !3;
         }
-    }
+    })?;
+    Ok(found)
 }
 
 const RTM_NEWLINK: u16 = 16;
