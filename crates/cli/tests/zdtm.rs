@@ -1132,7 +1132,7 @@ fn host_namespace_is_refused() {
     let res = (|| -> Res<()> {
         let (tree, msg) = run.refused_checkpoint()?;
         let want = format!("pid {}: unsupported file descriptor: fd 3 -> net:", run.root);
-        if !msg.contains(&want) || !msg.contains("host's network namespace") {
+        if !msg.contains(&want) || !msg.contains("host's net namespace") {
             return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
         }
         sleep(SETTLE);

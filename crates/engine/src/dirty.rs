@@ -138,6 +138,14 @@ impl DirtyTracker {
         };
         match res {
             Ok(()) => Ok(true),
+            Err(("write-protect", e)) if matches!(e.errno(), Some(libc::EINVAL | libc::ENOENT | libc::ENOMEM)) => {
+                // Unmapped and mapped again, perhaps at the same bounds,
+                // between the two calls: whatever is there is either not
+                // registered (a new area at the next collection) or
+                // registered and not protected (its pages read as written).
+                tracing::debug!(pid = self.pid, start, end, error = %e, "area changed while it was being write-protected");
+                Ok(false)
+            }
             Err((_, e)) if matches!(e.errno(), Some(libc::EINVAL | libc::ENOENT | libc::ENOMEM)) && !self.still_mapped(start, end)? => {
                 tracing::debug!(pid = self.pid, start, end, error = %e, "area changed while it was being tracked");
                 Ok(false)

@@ -319,9 +319,14 @@ impl FileTable {
     }
 
     /// The file id of the first open file description of the inode
-    /// `(dev, ino)` seen, if any.
+    /// `(dev, ino)` seen, if any (one being described now is not seen yet:
+    /// its slot is taken before it is recorded).
     pub fn first_description(&self, dev: u64, ino: u64) -> Option<u32> {
-        self.owners.iter().position(|o| (o.2, o.3) == (dev, ino)).map(|i| self.files[i].id)
+        self.owners
+            .iter()
+            .enumerate()
+            .find(|(i, o)| (o.2, o.3) == (dev, ino) && !self.describing.contains(i))
+            .map(|(i, _)| self.files[i].id)
     }
 }
 
