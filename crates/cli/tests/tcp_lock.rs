@@ -148,6 +148,14 @@ fn start(s: &mut Scene, v6: bool, extra: &[&str]) -> (i32, TcpStream, u64, u64) 
     (pid, c, sent, wrote)
 }
 
+/// How long the client may wait for the restored server's stream. Both
+/// ends hold full buffers, so the server learns that the client's window
+/// opened only from the client's next retransmission of its own data,
+/// which backs off while the lock drops it (1, 2, 4, ... s): on a loaded
+/// machine that can come 30 s or more after the restore. (A restore that
+/// made the peer retransmit at once would cut this wait: not done yet.)
+const STREAM_WAIT: Duration = Duration::from_secs(150);
+
 fn checkpoint_and_restore(v6: bool) {
     let mut s = Scene::new(if v6 { "tcplock6" } else { "tcplock4" });
     let (pid, mut c, sent, _) = start(&mut s, v6, &[]);
@@ -166,7 +174,7 @@ fn checkpoint_and_restore(v6: bool) {
     assert!(!rules_of(&name), "the lock {name} outlived the restore");
     // The server's stream, every byte once and in order.
     c.set_nonblocking(false).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.set_read_timeout(Some(STREAM_WAIT)).unwrap();
     let mut got = 0u64;
     let mut buf = vec![0u8; 65536];
     while got < sent {
@@ -217,7 +225,7 @@ fn failed_checkpoint_removes_the_lock() {
     let after = String::from_utf8_lossy(&after);
     assert!(!after.contains(&mine), "the failed checkpoint left its rules behind: {after}");
     c.set_nonblocking(false).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.set_read_timeout(Some(STREAM_WAIT)).unwrap();
     let mut got = 0u64;
     let mut buf = vec![0u8; 65536];
     while got < sent {
@@ -248,11 +256,20 @@ fn restore_without_the_lock_still_works() {
     assert!(del.success());
     let restored = s.restore(&images);
     c.set_nonblocking(false).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.set_read_timeout(Some(STREAM_WAIT)).unwrap();
     let mut got = 0u64;
     let mut buf = vec![0u8; 65536];
     while got < sent {
-        let n = c.read(&mut buf[..(sent - got).min(65536) as usize]).expect("read the server's stream");
+        let n = match c.read(&mut buf[..(sent - got).min(65536) as usize]) {
+            // Without the lock, a retransmission of the client's between
+            // the checkpoint and the restore meets no socket and draws a
+            // reset: the connection ends, and the restore still worked.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                assert!(Path::new(&format!("/proc/{restored}")).exists(), "the restored server is gone");
+                return;
+            }
+            r => r.expect("read the server's stream"),
+        };
         assert!(n > 0);
         assert_eq!(buf[..n], pattern(got, n, 17)[..], "server stream byte differs at {got}");
         got += n as u64;
