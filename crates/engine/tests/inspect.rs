@@ -252,6 +252,14 @@ serve()
 fn passing_states_are_refused_as_transient() {
     let dir = Path::new("/dev/shm").join(format!("lpm-inspect-lock-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     fs::create_dir_all(&dir).unwrap();
+    // Removed however the test ends.
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
     let file = dir.join("w.dat");
     fs::write(&file, b"w").unwrap();
     // Ours, an OFD lock, so the program's POSIX request conflicts with it.
@@ -299,7 +307,6 @@ serve(lambda: "locked" if got.wait(30) else "still waiting")
     drop(ours);
     assert_eq!(p.verdict(), "locked", "the lock request did not go on after the inspection");
     drop(p);
-    let _ = fs::remove_dir_all(&dir);
 }
 
 /// A TCP connection to a peer outside the tree is refused unless the

@@ -46,6 +46,34 @@ pub struct TestLab {
     clients: Vec<Child>,
 }
 
+/// Takes down the labs of test processes that died without taking theirs
+/// down (killed by SIGKILL, or by a runner's timeout: no Drop ran), found
+/// by the pid in their directory's name (`lpm-lab-TAG-PID-NANOS`): their
+/// namespaces, cgroups and agents, then the directory. A pid alive again
+/// (reused) keeps its lab until it is free.
+fn sweep_dead_labs() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("lpm-lab-") else { continue };
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(_nanos), Some(pid), Some(_tag)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let lab = e.path().join("lab");
+        if lab.exists() {
+            let down = Command::new(LPM).args(["lab", "down"]).env("LPM_LAB", &lab).stdin(Stdio::null()).output();
+            if !down.is_ok_and(|o| o.status.success()) {
+                // Whatever resists stays for the next sweep to try.
+                continue;
+            }
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
+}
+
 impl TestLab {
     /// Brings up a lab of `hosts` hosts; `tag` names the test in the
     /// directory name (with the pid and the time, so runs do not collide).
@@ -58,6 +86,7 @@ impl TestLab {
     /// lpmd the test restarts): `LPM_FAULT`, a shorter
     /// `LPM_MOVER_TIMEOUT_MS`, limits.
     pub fn up_with(tag: &str, hosts: usize, env: &[(&str, &str)]) -> TestLab {
+        sweep_dead_labs();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let root = std::env::temp_dir().join(format!("lpm-lab-{tag}-{}-{nanos}", std::process::id()));
         let vol = root.join("vol");
