@@ -35,7 +35,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use lpm_image::{Mm, PageRun, Process, TreeImage, Vma, VmaKind};
-use lpm_sys::pagemap::{Pagemap, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT};
+use lpm_sys::pagemap::{Pagemap, Query, PAGE_IS_PRESENT, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT};
 
 use crate::{EngineError, Result, StepExt, PAGE};
 
@@ -49,7 +49,16 @@ pub(crate) struct CowTable {
     /// /proc/kpageflags, open when KSM has merged pages somewhere on the
     /// host (else no page can be a KSM page, and none is looked up).
     kpageflags: Option<File>,
+    /// The frames of every process's shared pages ([`CowTable::settle`]),
+    /// by pid and address: read as one consistent picture, which the
+    /// process-by-process dump would not give.
+    settled: HashMap<i32, HashMap<u64, u64>>,
 }
+
+/// Reads of the whole tree's shared pages at most made to get two in a
+/// row that agree (a page migrates rarely: the second read nearly always
+/// agrees with the first).
+const SETTLE_READS: usize = 16;
 
 impl CowTable {
     pub(crate) fn new() -> Result<CowTable> {
@@ -58,7 +67,39 @@ impl CowTable {
             Some(n) if n > 0 => Some(File::open("/proc/kpageflags").map_err(crate::io_err("open /proc/kpageflags"))?),
             _ => None,
         };
-        Ok(CowTable { frames: HashMap::new(), kpageflags })
+        Ok(CowTable { frames: HashMap::new(), kpageflags, settled: HashMap::new() })
+    }
+
+    /// Reads the frames of the present pages that `procs` (pid, areas)
+    /// share with any other process, the whole tree again and again until
+    /// two reads in a row agree, and keeps them for [`CowTable::split`].
+    ///
+    /// The kernel migrates pages (compaction) even in a frozen tree,
+    /// changing the frame of a page in every process that maps it at once.
+    /// Read process by process as the dump goes, a page shared by a parent
+    /// and two children and moved between the parent's read and theirs
+    /// shows as two groups: the parent's with none and the children's
+    /// with each other, a history no fork order gives, and the checkpoint
+    /// was refused (seen with PostgreSQL: once in about 45 migrations).
+    /// When two reads agree, every page kept its frame from its first
+    /// read to its second, so every process read in between saw it there.
+    pub(crate) fn settle(&mut self, procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<()> {
+        let mut last = read_shared(procs)?;
+        for _ in 1..SETTLE_READS {
+            let now = read_shared(procs)?;
+            if now == last {
+                self.settled = now;
+                return Ok(());
+            }
+            last = now;
+        }
+        Err(EngineError::Transient {
+            pid: procs.first().map_or(0, |p| p.0),
+            kind: "memory area",
+            what: format!(
+                "the frames of pages shared copy-on-write kept moving (page migration) over {SETTLE_READS} reads of the tree's page tables"
+            ),
+        })
     }
 
     fn ksm(&self, pfn: u64) -> Result<bool> {
@@ -74,7 +115,12 @@ impl CowTable {
     /// pages that others may share.
     pub(crate) fn split(&mut self, pid: i32, pm: &mut Pagemap, start: u64, end: u64) -> Result<Vec<(u64, u64, Option<u32>)>> {
         let mut entries = Vec::with_capacity(((end - start) / PAGE) as usize);
-        pm.entries(start, end, &mut entries).step(pid, || format!("read pagemap of {start:#x}-{end:#x}"))?;
+        match self.settled.get(&pid) {
+            // A page not among the settled shared ones was the process's
+            // alone (or absent) then: no frame to look up.
+            Some(shared) => entries.extend((start..end).step_by(PAGE as usize).map(|v| shared.get(&v).copied().unwrap_or(0))),
+            None => pm.entries(start, end, &mut entries).step(pid, || format!("read pagemap of {start:#x}-{end:#x}"))?,
+        }
         let mut out: Vec<(u64, u64, Option<u32>)> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let vaddr = start + i as u64 * PAGE;
@@ -107,6 +153,34 @@ impl CowTable {
         }
         Ok(out)
     }
+}
+
+/// The frames of the present pages of `procs` that are not the mapping
+/// process's alone (pagemap entries as they are, by pid and address).
+fn read_shared(procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<HashMap<i32, HashMap<u64, u64>>> {
+    let mut out = HashMap::new();
+    let mut regions = Vec::new();
+    let mut entries = Vec::new();
+    for &(pid, areas) in procs {
+        let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
+        let mut shared = HashMap::new();
+        for a in areas.iter().filter(|a| crate::mem::holds_private_pages(a)) {
+            regions.clear();
+            let q = Query { flags: 0, category_mask: 0, anyof_mask: PAGE_IS_PRESENT as u64, return_mask: PAGE_IS_PRESENT as u64 };
+            pm.scan(a.start, a.end, q, &mut regions).step(pid, || format!("scan pages of {:#x}-{:#x}", a.start, a.end))?;
+            for r in &regions {
+                entries.clear();
+                pm.entries(r.start, r.end, &mut entries).step(pid, || format!("read pagemap of {:#x}-{:#x}", r.start, r.end))?;
+                for (i, &e) in entries.iter().enumerate() {
+                    if e & PM_PRESENT != 0 && e & PM_MMAP_EXCLUSIVE == 0 && e & PM_PFN_MASK != 0 {
+                        shared.insert(r.start + i as u64 * PAGE, e);
+                    }
+                }
+            }
+        }
+        out.insert(pid, shared);
+    }
+    Ok(out)
 }
 
 /// What one process does about shared pages during the restore.

@@ -210,9 +210,14 @@ impl StoppedTree {
         let members = crate::restore::Member::read(&self.order);
         let related = |pid: i32| members.iter().any(|m| (m.pid == pid as u32 && m.ppid != 0) || m.ppid == pid as u32);
         let mut cow = crate::cow::CowTable::new()?;
-        for &pid in &self.order {
+        let mut maps_of = self.order.iter().map(|&pid| Ok((pid, areas(pid, opts.smaps_hint.get(&pid))?))).collect::<Result<Vec<_>>>()?;
+        let shared: Vec<(i32, &[proc::MapEntry])> =
+            maps_of.iter().filter(|(pid, _)| related(*pid)).map(|(pid, m)| (*pid, m.as_slice())).collect();
+        if !shared.is_empty() {
+            cow.settle(&shared)?;
+        }
+        for (pid, maps) in maps_of.drain(..) {
             let held = precopied.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
-            let maps = areas(pid, opts.smaps_hint.get(&pid))?;
             let cow = related(pid).then_some(&mut cow);
             let p = dump_process(pid, &self.frozen, &self.order, dir, &mut files, &mut shm, held, opts.external_netns, maps, cow)?;
             tree.processes.push(p);

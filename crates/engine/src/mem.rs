@@ -970,12 +970,14 @@ pub(crate) struct Sources<'a> {
     dir: &'a Path,
     mms: HashMap<u32, &'a Mm>,
     readers: std::cell::RefCell<HashMap<u32, (PagesReader, Option<std::fs::File>)>>,
+    /// Per process, the run read and checked last (its address, its data).
+    last_run: std::cell::RefCell<HashMap<u32, (u64, Vec<u8>)>>,
 }
 
 impl<'a> Sources<'a> {
     pub(crate) fn new(dir: &'a Path, tree: &'a lpm_image::TreeImage) -> Sources<'a> {
         let mms = tree.processes.iter().filter_map(|p| Some((p.pid, p.mm.as_ref()?))).collect();
-        Sources { dir, mms, readers: Default::default() }
+        Sources { dir, mms, readers: Default::default(), last_run: Default::default() }
     }
 
     fn run(&self, pid: u32, vaddr: u64) -> Result<&'a PageRun> {
@@ -1017,9 +1019,22 @@ impl<'a> Sources<'a> {
             f.read_exact_at(&mut buf, vaddr).map_err(io_err(format!("read {} at {vaddr:#x}", mm.precopy_file)))?;
             return Ok(buf);
         }
-        // The whole run, to check it, then the pages asked for.
-        let mut whole = Vec::new();
-        reader.read_run(run, &mut whole)?;
+        // The whole run, to check it, then the pages asked for. The pages
+        // come in address order, a few at a time where processes share
+        // pages here and there: the run last checked is kept (reading and
+        // hashing a whole run for every stretch of a few pages took
+        // seconds for a parent and children sharing 32 MiB).
+        let mut last = self.last_run.borrow_mut();
+        let whole = match last.get_mut(&pid) {
+            Some((at, data)) if *at == run.vaddr => data,
+            _ => {
+                let mut data = Vec::new();
+                reader.read_run(run, &mut data)?;
+                let slot = last.entry(pid).or_default();
+                *slot = (run.vaddr, data);
+                &mut slot.1
+            }
+        };
         let at = (vaddr - run.vaddr) as usize;
         let n = buf.len();
         buf.copy_from_slice(&whole[at..at + n]);
@@ -1245,6 +1260,12 @@ impl Target {
 }
 
 /// Private areas, whose pages the image holds.
+/// Whether the dump reads the pages of area `e` as a private area's
+/// (the areas [`crate::cow::CowTable`] looks at).
+pub(crate) fn holds_private_pages(e: &MapEntry) -> bool {
+    !crate::ipc::is_sysv_shm(e) && classify(0, e).is_ok_and(|v| is_private(VmaKind::try_from(v.kind).unwrap_or(VmaKind::Invalid)))
+}
+
 fn is_private(k: VmaKind) -> bool {
     matches!(k, VmaKind::AnonPrivate | VmaKind::FilePrivate | VmaKind::ShmemPrivate)
 }

@@ -143,6 +143,7 @@ pub static PROGS: &[Prog] = &[
     prog("sock_filter", Launch::C, true, 3),
     prog("sock_shutdown", Launch::C, true, 3),
     prog("mem_cow", Launch::C, true, 4),
+    prog("mem_cow_wide", Launch::C, true, 2),
     prog("mem_madvise", Launch::C, true, 7),
     prog("mem_fileprot", Launch::C, true, 3),
     prog("mem_shmem_private", Launch::C, true, 4),
