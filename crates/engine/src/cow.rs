@@ -162,9 +162,15 @@ fn read_shared(procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<HashMap<i32,
     let mut regions = Vec::new();
     let mut entries = Vec::new();
     for &(pid, areas) in procs {
-        let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
         let mut shared = HashMap::new();
-        for a in areas.iter().filter(|a| crate::mem::holds_private_pages(a)) {
+        let private: Vec<_> = areas.iter().filter(|a| crate::mem::holds_private_pages(a)).collect();
+        // A zombie has no areas, and no pagemap to open.
+        if private.is_empty() {
+            out.insert(pid, shared);
+            continue;
+        }
+        let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
+        for a in private {
             regions.clear();
             let q = Query { flags: 0, category_mask: 0, anyof_mask: PAGE_IS_PRESENT as u64, return_mask: PAGE_IS_PRESENT as u64 };
             pm.scan(a.start, a.end, q, &mut regions).step(pid, || format!("scan pages of {:#x}-{:#x}", a.start, a.end))?;
