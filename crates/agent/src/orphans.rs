@@ -566,6 +566,7 @@ mod tests {
                 command: vec!["sleep".into(), "1000".into()],
                 memory: None,
                 cpus: None,
+                rt_runtime_us: None,
                 ip: None,
                 mac: None,
                 volumes: vec![],

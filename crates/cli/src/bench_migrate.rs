@@ -534,6 +534,7 @@ impl Bench {
             command: vec![self.dirtier.display().to_string(), row.size_mib.to_string(), row.rate_mib.to_string()],
             memory: Some((row.size_mib << 20) + MEMORY_SLACK),
             cpus: None,
+            rt_runtime_us: None,
             ip: Some(ip.to_string()),
             mac: None,
             volumes: vec![self.lab.dir().to_path_buf()],

@@ -97,6 +97,11 @@ pub struct CreateArgs {
     /// CPU limit in CPUs (1.5).
     #[arg(long, allow_negative_numbers = true)]
     pub cpus: Option<f64>,
+    /// Real-time budget: microseconds of every second the partition's
+    /// SCHED_FIFO/SCHED_RR threads may run (none by default: no thread can
+    /// be made real-time).
+    #[arg(long)]
+    pub rt_runtime_us: Option<u64>,
     /// Address on the partition network (ADDR/PREFIX); one is picked when absent.
     #[arg(long)]
     pub ip: Option<String>,
@@ -367,7 +372,16 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
 /// host refuses.
 fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
     let memory = a.memory.as_deref().map(parse_size).transpose()?;
-    let mut spec = PartitionSpec { name: a.name.clone(), command: a.cmd, memory, cpus: a.cpus, ip: a.ip, mac: a.mac, volumes: a.volumes };
+    let mut spec = PartitionSpec {
+        name: a.name.clone(),
+        command: a.cmd,
+        memory,
+        cpus: a.cpus,
+        rt_runtime_us: a.rt_runtime_us,
+        ip: a.ip,
+        mac: a.mac,
+        volumes: a.volumes,
+    };
     spec.validate().context("partition spec")?;
     c.lab.host(&a.host).ok_or_else(|| anyhow!("no host {:?} in the lab", a.host))?;
     let others = c.specs()?;
@@ -589,6 +603,7 @@ pub fn demo() -> Result<ExitCode> {
         command: vec!["python3".into(), script.display().to_string(), "7000".into(), "64".into()],
         memory: Some(512 << 20),
         cpus: Some(1.0),
+        rt_runtime_us: None,
         ip: Some(format!("{ip}/24")),
         mac: None,
         volumes: vec![dir.clone()],

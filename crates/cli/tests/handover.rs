@@ -443,6 +443,7 @@ fn every_validation_check_fails_by_name_before_anything_moves() {
         command: vec!["sleep".into(), "1000".into()],
         memory: None,
         cpus: None,
+        rt_runtime_us: None,
         ip: None,
         mac,
         volumes: vec![],

@@ -74,6 +74,7 @@ fn validation_names_what_fails_and_keys_are_checked() {
         command: vec!["sleep".into(), "1000".into()],
         memory: None,
         cpus: None,
+        rt_runtime_us: None,
         ip: Some(format!("{ip}/24")),
         mac: None,
         volumes: vec![],

@@ -240,7 +240,15 @@ pub struct Limits {
     pub memory: Option<u64>,
     /// CPU limit in CPUs (1.5 = one and a half cores); `None` is unlimited.
     pub cpus: Option<f64>,
+    /// Real-time budget: microseconds of every second its SCHED_FIFO and
+    /// SCHED_RR threads may run; `None` is none (no real-time thread can
+    /// run where the kernel budgets real-time time per group).
+    pub rt_runtime_us: Option<u64>,
 }
+
+/// A cgroup's real-time budget per period (the v1 `cpu` controller, and
+/// cgroup v2 on kernels that budget real-time time per group).
+const RT_RUNTIME: &str = "cpu.rt_runtime_us";
 
 /// A cgroup present in every hierarchy lpm uses.
 #[derive(Clone, Debug)]
@@ -277,6 +285,7 @@ impl Cgroup {
             (None, c) => cg.set_cpus(c),
             (m, c) => cg.set_memory(m).and_then(|_| cg.set_cpus(c)),
         };
+        let r = r.and_then(|_| limits.rt_runtime_us.filter(|&us| us > 0).map_or(Ok(()), |us| cg.grant_rt(us)));
         if let Err(e) = r {
             let _ = cg.remove();
             return Err(e);
@@ -595,7 +604,93 @@ impl Cgroup {
     /// The limits the cgroup has now; a controller this layout lacks (no
     /// limit file) counts as no limit.
     pub fn limits(&self) -> Result<Limits> {
-        Ok(Limits { memory: absent(self.memory_limit())?, cpus: absent(self.cpus())? })
+        Ok(Limits { memory: absent(self.memory_limit())?, cpus: absent(self.cpus())?, rt_runtime_us: self.rt_runtime()? })
+    }
+
+    /// The real-time budget (`None`: none, or no such budget here).
+    pub fn rt_runtime(&self) -> Result<Option<u64>> {
+        self.rt_runtime_at(&self.cpu_dir().join(RT_RUNTIME))
+    }
+
+    fn rt_runtime_at(&self, path: &Path) -> Result<Option<u64>> {
+        match fs::read_to_string(path) {
+            Ok(t) => Ok(t.trim().parse::<u64>().ok().filter(|&us| us > 0)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io("read", path, e)),
+        }
+    }
+
+    /// The cpu hierarchy's directories above this cgroup, from the top
+    /// (the root excluded: its budget is the machine's,
+    /// /proc/sys/kernel/sched_rt_runtime_us).
+    fn cpu_ancestors(&self) -> Vec<PathBuf> {
+        let root = match &self.layout {
+            Layout::Hybrid { cpu, .. } => cpu.clone(),
+            Layout::Unified { root } => root.clone(),
+        };
+        let comps: Vec<&str> = self.rel.split('/').collect();
+        (1..comps.len()).map(|n| root.join(comps[..n].join("/"))).collect()
+    }
+
+    /// Holds the cpu hierarchy's real-time budgets for one change:
+    /// partitions are made and removed at once by several agents, and a
+    /// parent's budget is read, then written.
+    fn lock_rt(&self) -> Result<fs::File> {
+        let root = match &self.layout {
+            Layout::Hybrid { cpu, .. } => cpu.clone(),
+            Layout::Unified { root } => root.clone(),
+        };
+        let f = fs::File::open(&root).map_err(|e| self.io("open", &root, e))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| self.io("lock", &root, e.into()))?;
+        Ok(f)
+    }
+
+    /// Adds `us` to the budget of `dir` (negative: takes it back); an
+    /// unlimited budget (-1) stays so.
+    fn add_rt(&self, dir: &Path, us: i64) -> Result<()> {
+        let path = dir.join(RT_RUNTIME);
+        let text = self.read(&path)?;
+        let now: i64 = text.trim().parse().map_err(|_| self.parse_err(&path, &text))?;
+        if now < 0 {
+            return Ok(());
+        }
+        self.write(&path, &(now + us).max(0).to_string())
+    }
+
+    /// Gives the new cgroup a real-time budget of `us` per period. The
+    /// kernel wants every group's budget to hold its children's, so each
+    /// ancestor's grows by `us` first, from the top (and
+    /// [`Cgroup::remove`] gives it back). Where the kernel does not budget
+    /// real-time time per group (no such file), real-time threads run in
+    /// any group: nothing to do.
+    fn grant_rt(&self, us: u64) -> Result<()> {
+        let leaf = self.cpu_dir().join(RT_RUNTIME);
+        if !leaf.exists() {
+            return Ok(());
+        }
+        let _lock = self.lock_rt()?;
+        let mut grown = Vec::new();
+        let mut r = Ok(());
+        for dir in self.cpu_ancestors() {
+            r = self.add_rt(&dir, us as i64);
+            if r.is_err() {
+                break;
+            }
+            grown.push(dir);
+        }
+        let r = r.and_then(|_| self.write(&leaf, &us.to_string())).map_err(|e| match e {
+            CgroupError::Io { path, source, .. } if source.raw_os_error() == Some(libc::EINVAL) => CgroupError::BadLimit {
+                cgroup: self.rel.clone(),
+                what: format!("a real-time budget of {us} us: more than is left for it ({} refused it)", path.display()),
+            },
+            e => e,
+        });
+        if r.is_err() {
+            for dir in grown.iter().rev() {
+                let _ = self.add_rt(dir, -(us as i64));
+            }
+        }
+        r
     }
 
     /// Replaces the cgroup, which must hold no process, by a new one of
@@ -627,6 +722,21 @@ impl Cgroup {
             self.kill()?;
             self.wait_empty(REMOVE_TIMEOUT)?;
         }
+        // Its real-time budget goes back to its ancestors once it is gone.
+        // A removed group leaves its parent only a moment after rmdir: its
+        // budget (and its subgroups', carved from it) is set to 0 first, so
+        // the ancestors' can shrink at once.
+        let rt = self.rt_runtime()?;
+        let _lock = rt.map(|_| self.lock_rt()).transpose()?;
+        if rt.is_some() {
+            let dirs = subdirs_deepest_first(&self.cpu_dir()).map_err(|(p, e)| self.io("list", &p, e))?;
+            for dir in dirs {
+                let file = dir.join(RT_RUNTIME);
+                if self.rt_runtime_at(&file)?.is_some() {
+                    self.write(&file, "0")?;
+                }
+            }
+        }
         for root_dir in self.dirs() {
             let dirs = match subdirs_deepest_first(&root_dir) {
                 Ok(d) => d,
@@ -635,6 +745,11 @@ impl Cgroup {
             };
             for dir in dirs {
                 self.rmdir(&dir)?;
+            }
+        }
+        if let Some(us) = rt {
+            for dir in self.cpu_ancestors().iter().rev() {
+                self.add_rt(dir, -(us as i64))?;
             }
         }
         tracing::debug!(cgroup = %self.rel, "removed cgroup");

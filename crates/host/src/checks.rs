@@ -108,6 +108,7 @@ mod tests {
             command: vec!["sh".into()],
             memory: None,
             cpus: None,
+            rt_runtime_us: None,
             ip: ip.map(String::from),
             mac: mac.map(String::from),
             volumes: vec![],

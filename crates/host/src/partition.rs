@@ -126,6 +126,13 @@ pub struct PartitionSpec {
     /// CPU limit in CPUs.
     #[serde(default)]
     pub cpus: Option<f64>,
+    /// Real-time budget: microseconds of every second (the kernel's
+    /// real-time period) the partition's SCHED_FIFO and SCHED_RR threads
+    /// may run. Without one no thread of the partition can be made
+    /// real-time where the kernel budgets real-time time per cgroup
+    /// (cgroup v1's `cpu` controller here).
+    #[serde(default)]
+    pub rt_runtime_us: Option<u64>,
     /// IPv4 address with prefix length of eth0, e.g. "10.213.1.10/24".
     #[serde(default)]
     pub ip: Option<String>,
@@ -166,6 +173,13 @@ impl PartitionSpec {
         if let Some(c) = self.cpus {
             if !c.is_finite() || c < 0.01 {
                 return Err(bad("cpus", &c.to_string(), "want a number of CPUs of at least 0.01"));
+            }
+        }
+        if let Some(us) = self.rt_runtime_us {
+            // The kernel keeps 5 % of every second from real-time threads
+            // (sched_rt_runtime_us 950000 by default): never more.
+            if us == 0 || us > 950_000 {
+                return Err(bad("rt_runtime_us", &us.to_string(), "want 1 to 950000 microseconds of each second"));
             }
         }
         self.ipv4()?;
@@ -324,8 +338,9 @@ impl Plumbing {
             let partition = name.clone();
             move |source| PartitionError::Net { partition, op, source: Box::new(source) }
         };
-        let cgroup = Cgroup::create(&ctx.cgroup_rel(&name), Limits { memory: spec.memory, cpus: spec.cpus })
-            .map_err(|source| PartitionError::Cgroup { partition: name.clone(), op: "create cgroup", source })?;
+        let cgroup =
+            Cgroup::create(&ctx.cgroup_rel(&name), Limits { memory: spec.memory, cpus: spec.cpus, rt_runtime_us: spec.rt_runtime_us })
+                .map_err(|source| PartitionError::Cgroup { partition: name.clone(), op: "create cgroup", source })?;
         let netns = match Netns::create(&ns_name) {
             Ok(n) => n,
             Err(source) => {
@@ -621,6 +636,7 @@ mod tests {
             command: vec!["sh".into()],
             memory: None,
             cpus: None,
+            rt_runtime_us: None,
             ip: None,
             mac: None,
             volumes: vec![],

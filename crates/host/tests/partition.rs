@@ -78,6 +78,7 @@ impl TestHost {
             command: command.iter().map(|s| s.to_string()).collect(),
             memory: Some(256 << 20),
             cpus: Some(0.5),
+            rt_runtime_us: None,
             ip: Some("10.213.1.10/24".into()),
             mac: None,
             volumes: vec![],
@@ -166,7 +167,7 @@ while True:
 fn cgroup_life_cycle() {
     let rel = format!("{}/cg", unique());
     let layout = Layout::current().unwrap().clone();
-    let cg = Cgroup::create(&rel, Limits { memory: Some(64 << 20), cpus: Some(0.5) }).unwrap();
+    let cg = Cgroup::create(&rel, Limits { memory: Some(64 << 20), cpus: Some(0.5), rt_runtime_us: None }).unwrap();
     let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
     let pid = child.id() as i32;
     let cleanup = Guard(rel.split('/').next().unwrap().to_string());
@@ -234,6 +235,54 @@ fn cgroup_life_cycle() {
 }
 
 /// Removes a cgroup prefix on drop.
+/// A real-time budget is added to every ancestor's, given back when the
+/// cgroup goes, and lets a thread of the cgroup be made SCHED_FIFO; a
+/// budget larger than what is left is refused by name, leaving the
+/// ancestors as they were.
+#[test]
+fn cgroup_real_time_budget() {
+    let top = unique();
+    let _cleanup = Guard(top.clone());
+    let layout = Layout::current().unwrap().clone();
+    let cpu_root = match &layout {
+        Layout::Hybrid { cpu, .. } => cpu.clone(),
+        Layout::Unified { root } => root.clone(),
+    };
+    // Where the kernel budgets real-time time per group (cgroup v1's cpu
+    // controller, or v2 with real-time group scheduling).
+    let budgets = cpu_root.join("cpu.rt_runtime_us").exists();
+    let rt = |rel: &str| read(cpu_root.join(rel).join("cpu.rt_runtime_us")).trim().to_string();
+    let a = Cgroup::create(&format!("{top}/h/a"), Limits { rt_runtime_us: Some(100_000), ..Default::default() }).unwrap();
+    if budgets {
+        assert_eq!((rt(&top), rt(&format!("{top}/h")), rt(&format!("{top}/h/a"))), ("100000".into(), "100000".into(), "100000".into()));
+    }
+    assert_eq!(a.limits().unwrap().rt_runtime_us, budgets.then_some(100_000));
+    let fifo = |cg: &Cgroup| {
+        let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        cg.add(child.id() as i32).unwrap();
+        let out = std::process::Command::new("chrt").args(["-f", "-p", "10", &child.id().to_string()]).output().expect("run chrt");
+        let policy = read(format!("/proc/{}/stat", child.id())).rsplit(')').next().unwrap().split_whitespace().nth(38).unwrap().to_string();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        (out.status.success(), policy, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, policy, err) = fifo(&a);
+    assert!(ok && policy == "1", "chrt -f in a cgroup with a budget: policy {policy}: {err}");
+    if budgets {
+        let none = Cgroup::create(&format!("{top}/h/none"), Limits::default()).unwrap();
+        let (ok, _, _) = fifo(&none);
+        assert!(!ok, "a thread was made SCHED_FIFO in a cgroup without a real-time budget");
+        none.remove().unwrap();
+        let e = Cgroup::create(&format!("{top}/h/big"), Limits { rt_runtime_us: Some(900_000), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("real-time budget of 900000 us"), "{e}");
+        assert_eq!((rt(&top), rt(&format!("{top}/h"))), ("100000".into(), "100000".into()), "the refused budget was left behind");
+    }
+    a.remove().unwrap();
+    if budgets {
+        assert_eq!((rt(&top), rt(&format!("{top}/h"))), ("0".into(), "0".into()), "the budget was not given back");
+    }
+}
+
 struct Guard(String);
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -498,7 +547,8 @@ fn unified_layout_on_the_cgroup2_mount() {
     cg.wait_empty(Duration::from_secs(5)).unwrap();
 
     let controllers = read(layout.v2_root().join("cgroup.controllers"));
-    let limited = Cgroup::create_in(layout.clone(), &format!("{top}/h/q"), Limits { memory: Some(64 << 20), cpus: Some(1.5) });
+    let limited =
+        Cgroup::create_in(layout.clone(), &format!("{top}/h/q"), Limits { memory: Some(64 << 20), cpus: Some(1.5), rt_runtime_us: None });
     if controllers.split_whitespace().any(|c| c == "memory") && controllers.split_whitespace().any(|c| c == "cpu") {
         let q = limited.unwrap();
         assert_eq!(read(q.v2_dir().join("memory.max")).trim(), (64u64 << 20).to_string());
@@ -645,7 +695,8 @@ fn headroom_is_what_the_host_cgroups_allow() {
     assert!(free.memory_bound.starts_with("MemAvailable"), "{free}");
     assert!(free.cpus_bound.contains("online CPUs") && free.cpus >= 1.0, "{free} ({online})");
 
-    let host_cg = Cgroup::create(&ctx.host_cgroup_rel(), Limits { memory: Some(300 << 20), cpus: Some(0.75) }).unwrap();
+    let host_cg =
+        Cgroup::create(&ctx.host_cgroup_rel(), Limits { memory: Some(300 << 20), cpus: Some(0.75), rt_runtime_us: None }).unwrap();
     let part = Cgroup::create(&ctx.cgroup_rel("p"), Limits::default()).unwrap();
     let mut hog = Hog::start();
     part.add(hog.0.id() as i32).unwrap();

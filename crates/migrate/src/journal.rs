@@ -300,6 +300,7 @@ mod tests {
             command: vec!["sleep".into(), "1".into()],
             memory: None,
             cpus: None,
+            rt_runtime_us: None,
             ip: None,
             mac: None,
             volumes: vec![],

@@ -308,11 +308,18 @@ impl TestLab {
 
     /// `lpm partition create NAME --host HOST [--memory M] --volume VOL -- ARGV`.
     pub fn create(&self, name: &str, host: &str, memory: Option<&str>, argv: &[String]) -> Result<(), String> {
+        self.create_with(name, host, memory, &[], argv)
+    }
+
+    /// [`TestLab::create`] with more options of `lpm partition create`
+    /// (`extra`, before the command).
+    pub fn create_with(&self, name: &str, host: &str, memory: Option<&str>, extra: &[&str], argv: &[String]) -> Result<(), String> {
         let vol = self.vol.to_string_lossy().into_owned();
         let mut args = vec!["partition", "create", name, "--host", host, "--volume", &vol];
         if let Some(m) = memory {
             args.extend(["--memory", m]);
         }
+        args.extend(extra);
         args.push("--");
         args.extend(argv.iter().map(String::as_str));
         let out = self.lpm(&args);
