@@ -1293,6 +1293,29 @@ fn verify_names_a_mapping_of_another_unlinked_inode() {
     }
 }
 
+/// The inotify and fanotify programs run under `unshare` with mount,
+/// pid, network, uts and ipc namespaces of their own, as in a partition.
+static IN_OWN_MOUNT_NS: [Prog; 3] = [
+    Prog { needs: &[Need::Unshare], term: Term::OnlyChild, ..prog("inotify", Launch::CUnshared, true, 4) },
+    Prog { needs: &[Need::Unshare], term: Term::OnlyChild, ..prog("inotify_deleted", Launch::CUnshared, true, 2) },
+    Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("fanotify", Launch::CUnshared, true, 2) },
+];
+
+/// inotify watches (also on unlinked files) and fanotify marks (on
+/// inodes, the mount and the filesystem of /dev) of a tree in a mount
+/// namespace of its own: three checkpoints and restores, each verified,
+/// with the watches and marks found again through the restored
+/// namespace.
+#[test]
+fn notify_programs_restore_3x_in_a_mount_namespace_of_their_own() {
+    for prog in &IN_OWN_MOUNT_NS {
+        let mut run = Run::new(prog, "ownns", None).unwrap_or_else(|e| panic!("zdtm {}: {e}", prog.name));
+        if let Err(e) = restore_3x(&mut run) {
+            panic!("{}", run.report(&e));
+        }
+    }
+}
+
 /// A fanotify group in a mount namespace of the tree's own (as every
 /// partition has) keeps its mount mark on the restored namespace's mount
 /// at /dev: a restore that adds the marks through lpm's own namespace
@@ -1300,9 +1323,7 @@ fn verify_names_a_mapping_of_another_unlinked_inode() {
 /// naming the mark's object, and the same image then restores and passes.
 #[test]
 fn verify_names_a_fanotify_mark_on_a_mount_of_another_namespace() {
-    static IN_NS: Prog =
-        Prog { launch: Launch::CUnshared, term: Term::OnlyChild, needs: &[Need::Root], ..prog("fanotify", Launch::C, true, 2) };
-    let mut run = Run::new(&IN_NS, "verify-ns", None).unwrap_or_else(|e| panic!("zdtm fanotify: {e}"));
+    let mut run = Run::new(&IN_OWN_MOUNT_NS[2], "verify-ns", None).unwrap_or_else(|e| panic!("zdtm fanotify: {e}"));
     let res = (|| -> Res<()> {
         run.start(None)?;
         run.wait_ready()?;
