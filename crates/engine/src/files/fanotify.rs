@@ -55,7 +55,7 @@ fn hex(v: Option<&str>) -> Option<u64> {
 /// The group's flags and marks, or why they cannot be kept.
 fn read(seen: &Seen) -> Result<FanotifyImage> {
     let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-    let mountinfo = proc::read(seen.ns_pid, "mountinfo")?;
+    let mut names = fsnotify::Resolver::new(seen)?;
     let mut img = FanotifyImage { seen_from: seen.ns_pid as u32, ..Default::default() };
     for line in info.lines().filter_map(|l| l.strip_prefix("fanotify ")) {
         let get = |key: &str| field(line, key);
@@ -83,7 +83,7 @@ fn read(seen: &Seen) -> Result<FanotifyImage> {
             if handle.is_empty() {
                 return Err(seen.unsupported("fanotify mark on a filesystem without file handles"));
             }
-            let named = fsnotify::by_handle(seen, "a fanotify mark", sdev, handle_type, &handle)?;
+            let named = names.by_handle("a fanotify mark", sdev, handle_type, &handle)?;
             if named.unlinked {
                 return Err(seen.unsupported(format!("fanotify mark on unlinked {}, an inode with no path", named.path)));
             }
@@ -95,11 +95,11 @@ fn read(seen: &Seen) -> Result<FanotifyImage> {
             (m.kind, m.ino, m.dev) = (FanotifyMarkKind::Inode as i32, ino, dev);
         } else if let Some(id) = get("mnt_id") {
             let id = u64::from_str_radix(id, 16).map_err(|_| bad())?;
-            m.path = fsnotify::mount_of(seen.ns_pid, id)?.map_err(|why| seen.unsupported(format!("fanotify mark on {why}")))?;
+            m.path = names.mount_of(id).map_err(|why| seen.unsupported(format!("fanotify mark on {why}")))?;
             m.kind = FanotifyMarkKind::Mount as i32;
         } else if let Some(sdev) = hex(get("sdev")) {
             let (major, minor) = ((sdev >> 20) as u32, (sdev & 0xfffff) as u32);
-            m.path = fsnotify::mount_point(&mountinfo, 2, &format!("{major}:{minor}")).ok_or_else(|| {
+            m.path = fsnotify::mount_point(&names.mountinfo, 2, &format!("{major}:{minor}")).ok_or_else(|| {
                 seen.unsupported(format!("fanotify mark on filesystem {major}:{minor}, which pid {} has no mount of", seen.ns_pid))
             })?;
             (m.kind, m.dev) = (FanotifyMarkKind::Filesystem as i32, libc::makedev(major, minor));

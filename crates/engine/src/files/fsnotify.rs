@@ -14,6 +14,7 @@
 //! not on the host's. Each path is checked against the recorded inode on
 //! both sides: one that leads elsewhere is refused, never followed.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 
@@ -53,73 +54,99 @@ pub(super) fn through(pid: i32, path: &str) -> String {
     format!("/proc/{pid}/root{}", if path == "/" { "/" } else { path })
 }
 
-/// A path as lpm reads it from a magic link (from lpm's root, or from the
-/// root of another mount namespace), seen from the root of `pid`, or None
-/// when it is outside that root.
-fn from_root(pid: i32, path: &str) -> Result<Option<String>> {
-    let root = proc::link(pid, "root")?;
-    if root == "/" {
-        return Ok(Some(path.to_string()));
-    }
-    Ok(match path.strip_prefix(&root) {
-        Some("") => Some("/".into()),
-        Some(rest) if rest.starts_with('/') => Some(rest.to_string()),
-        _ => None,
-    })
+/// Names inodes and mounts as the process of one descriptor sees them,
+/// reading its mountinfo and root once and opening each filesystem's
+/// mount once, however many watches or marks there are (a dump does it
+/// while the tree is frozen).
+pub(super) struct Resolver<'a> {
+    seen: &'a Seen<'a>,
+    /// /proc/PID/mountinfo of the process.
+    pub mountinfo: String,
+    /// Its root as lpm reads the magic link.
+    root: String,
+    /// A descriptor of a mount of each device met, by st_dev.
+    mounts: HashMap<u64, std::fs::File>,
 }
 
-/// The inode file handle `handle` of device `sdev` names, as the process
-/// of `seen` sees it; `what` names the watch or mark in refusals.
-pub(super) fn by_handle(seen: &Seen, what: &str, sdev: u64, handle_type: i32, handle: &[u8]) -> Result<Named> {
-    let pid = seen.ns_pid;
-    let dev = dev_of(sdev);
-    let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
-    let mountinfo = proc::read(pid, "mountinfo")?;
-    let mount = mount_point(&mountinfo, 2, &wanted)
-        .ok_or_else(|| seen.unsupported(format!("{what} on device {wanted}, which is not mounted where pid {pid} sees")))?;
-    // Not O_PATH: open_by_handle_at does not take such a descriptor.
-    let at = through(pid, &mount);
-    let mfd = std::fs::File::open(&at).map_err(io_err(format!("open mount {at} for {what} of fd {} of pid {}", seen.fd, seen.pid)))?;
-    let fd = misc::open_by_handle(mfd.as_fd(), handle_type, handle, libc::O_PATH | libc::O_CLOEXEC)
-        .step(seen.pid, || format!("open the inode of {what} of fd {}", seen.fd))?;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(io_err(format!("name the inode of {what}")))?
-        .to_string_lossy()
-        .into_owned();
-    let (name, unlinked) = match link.strip_suffix(" (deleted)") {
-        Some(name) => (name, true),
-        None => (link.as_str(), false),
-    };
-    if !name.starts_with('/') {
-        return Err(seen.unsupported(format!("{what} on an inode with no path ({link})")));
+impl<'a> Resolver<'a> {
+    /// Reads what the process of `seen` sees (`seen.ns_pid`).
+    pub fn new(seen: &'a Seen<'a>) -> Result<Resolver<'a>> {
+        let pid = seen.ns_pid;
+        Ok(Resolver { seen, mountinfo: proc::read(pid, "mountinfo")?, root: proc::link(pid, "root")?, mounts: HashMap::new() })
     }
-    let path =
-        from_root(pid, name)?.ok_or_else(|| seen.unsupported(format!("{what} on {name}, which is outside the root of pid {pid}")))?;
-    Ok(Named { path, unlinked })
+
+    /// A path as lpm reads it from a magic link (from lpm's root, or from
+    /// the root of another mount namespace), seen from the process's
+    /// root, or None when it is outside that root.
+    fn in_root(&self, path: &str) -> Option<String> {
+        if self.root == "/" {
+            return Some(path.to_string());
+        }
+        match path.strip_prefix(&self.root) {
+            Some("") => Some("/".into()),
+            Some(rest) if rest.starts_with('/') => Some(rest.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The inode file handle `handle` of device `sdev` names, as the
+    /// process sees it; `what` names the watch or mark in refusals.
+    pub fn by_handle(&mut self, what: &str, sdev: u64, handle_type: i32, handle: &[u8]) -> Result<Named> {
+        let (seen, pid) = (self.seen, self.seen.ns_pid);
+        let dev = dev_of(sdev);
+        if !self.mounts.contains_key(&dev) {
+            let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
+            let mount = mount_point(&self.mountinfo, 2, &wanted)
+                .ok_or_else(|| seen.unsupported(format!("{what} on device {wanted}, which is not mounted where pid {pid} sees")))?;
+            // Not O_PATH: open_by_handle_at does not take such a descriptor.
+            let at = through(pid, &mount);
+            let mfd =
+                std::fs::File::open(&at).map_err(io_err(format!("open mount {at} for {what} of fd {} of pid {}", seen.fd, seen.pid)))?;
+            self.mounts.insert(dev, mfd);
+        }
+        let mfd = &self.mounts[&dev];
+        let fd = misc::open_by_handle(mfd.as_fd(), handle_type, handle, libc::O_PATH | libc::O_CLOEXEC)
+            .step(seen.pid, || format!("open the inode of {what} of fd {}", seen.fd))?;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(io_err(format!("name the inode of {what}")))?
+            .to_string_lossy()
+            .into_owned();
+        let (name, unlinked) = match link.strip_suffix(" (deleted)") {
+            Some(name) => (name, true),
+            None => (link.as_str(), false),
+        };
+        if !name.starts_with('/') {
+            return Err(seen.unsupported(format!("{what} on an inode with no path ({link})")));
+        }
+        let path =
+            self.in_root(name).ok_or_else(|| seen.unsupported(format!("{what} on {name}, which is outside the root of pid {pid}")))?;
+        Ok(Named { path, unlinked })
+    }
+
+    /// The mount point of mount `id` as the process sees it, or why it
+    /// cannot be named there: not one of its mounts, or covered by
+    /// another mount at the same point (a path would reach the one on
+    /// top).
+    pub fn mount_of(&self, id: u64) -> std::result::Result<String, String> {
+        let pid = self.seen.ns_pid;
+        let Some(point) = mount_point(&self.mountinfo, 0, &id.to_string()) else {
+            return Err(format!("mount {id}, which is not in the mount namespace of pid {pid}"));
+        };
+        let mut top = self.mountinfo.lines().filter_map(|m| {
+            let f: Vec<&str> = m.split_whitespace().collect();
+            (f.get(4) == Some(&point.as_str())).then(|| f.first().map(|s| s.to_string())).flatten()
+        });
+        match top.next_back() {
+            Some(t) if t == id.to_string() => Ok(point),
+            _ => Err(format!("mount {id} at {point}, which another mount covers")),
+        }
+    }
 }
 
 /// Whether `path` (seen from the root of `pid`) leads to inode `ino` of
 /// device `dev`, without following a last symbolic link.
 pub(super) fn leads_to(pid: i32, path: &str, dev: u64, ino: u64) -> bool {
     std::fs::symlink_metadata(through(pid, path)).is_ok_and(|m| m.ino() == ino && m.dev() == dev)
-}
-
-/// The mount point of mount `id` as process `pid` sees it, or why it
-/// cannot be named there: not one of its mounts, or covered by another
-/// mount at the same point (a path would reach the one on top).
-pub(super) fn mount_of(pid: i32, id: u64) -> Result<std::result::Result<String, String>> {
-    let mountinfo = proc::read(pid, "mountinfo")?;
-    let Some(point) = mount_point(&mountinfo, 0, &id.to_string()) else {
-        return Ok(Err(format!("mount {id}, which is not in the mount namespace of pid {pid}")));
-    };
-    let mut top = mountinfo.lines().filter_map(|m| {
-        let f: Vec<&str> = m.split_whitespace().collect();
-        (f.get(4) == Some(&point.as_str())).then(|| f.first().map(|s| s.to_string())).flatten()
-    });
-    match top.next_back() {
-        Some(t) if t == id.to_string() => Ok(Ok(point)),
-        _ => Ok(Err(format!("mount {id} at {point}, which another mount covers"))),
-    }
 }
 
 #[cfg(test)]

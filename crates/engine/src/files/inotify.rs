@@ -92,9 +92,9 @@ fn held_unlinked(table: &FileTable, dev: u64, ino: u64) -> bool {
 /// The path of the inode a watch names, through its file handle, as the
 /// holding process sees it, and whether it is an unlinked inode the tree
 /// holds open (its last name).
-fn resolve(seen: &Seen, l: &Line, table: &FileTable) -> Result<(String, bool)> {
+fn resolve(seen: &Seen, names: &mut fsnotify::Resolver, l: &Line, table: &FileTable) -> Result<(String, bool)> {
     let what = format!("inotify watch {}", l.wd);
-    let named = fsnotify::by_handle(seen, &what, l.sdev, l.handle_type, &l.handle)?;
+    let named = names.by_handle(&what, l.sdev, l.handle_type, &l.handle)?;
     let dev = fsnotify::dev_of(l.sdev);
     if named.unlinked {
         if !held_unlinked(table, dev, l.ino) {
@@ -115,12 +115,13 @@ fn resolve(seen: &Seen, l: &Line, table: &FileTable) -> Result<(String, bool)> {
 fn read(seen: &Seen, table: &FileTable) -> Result<InotifyImage> {
     let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
     let mut watches = Vec::new();
+    let mut names = fsnotify::Resolver::new(seen)?;
     for line in info.lines().filter(|l| l.starts_with("inotify ")) {
         let l = parse_line(line).ok_or_else(|| seen.unsupported(format!("inotify fdinfo line {line:?} does not parse")))?;
         if l.handle.is_empty() {
             return Err(seen.unsupported(format!("inotify watch {} on a filesystem without file handles", l.wd)));
         }
-        let (path, unlinked) = resolve(seen, &l, table)?;
+        let (path, unlinked) = resolve(seen, &mut names, &l, table)?;
         let dev = fsnotify::dev_of(l.sdev);
         let ghost_id = if unlinked { GHOST_PENDING } else { 0 };
         watches.push(InotifyWatch { wd: l.wd, mask: l.mask, path, ino: l.ino, dev, ghost_id });
