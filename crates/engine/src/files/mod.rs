@@ -9,7 +9,9 @@
 //! sharing (offsets, pipe ends) comes for free, and each puppet only moves
 //! its own to their numbers with dup3 and closes the rest. Kinds whose state
 //! lives in the fd table itself (epoll registrations) finish inside the
-//! puppet once its descriptors are in place ([`Kind::install`]).
+//! puppet once its descriptors are in place ([`Kind::install`]). inotify
+//! watches and fanotify marks come last, through the restored processes'
+//! own roots and mount namespaces ([`restore_fsnotify`]).
 
 mod epoll;
 mod eventfd;
