@@ -8,7 +8,8 @@
  * "watched/quiet", and FAN_OPEN_EXEC on the mount and on the filesystem
  * of /dev. Nothing queued.
  * Verified: every "fanotify" line of fdinfo as before (flags, event
- * flags, each mark in order with its flags and masks); O_NONBLOCK;
+ * flags, each mark in order with its flags and masks; the mount mark on
+ * the mount at /dev of this process's own mount namespace); O_NONBLOCK;
  * nothing queued; opening, writing and closing "watched/f" reports
  * FAN_OPEN, FAN_MODIFY and FAN_CLOSE_WRITE, opening "watched/other"
  * FAN_OPEN, opening "watched/quiet" nothing.
@@ -22,11 +23,42 @@
 static int fan;
 static char lines[4096], dir[4096];
 
+/*
+ * The mount point of mount `id` in this process's mount namespace, or
+ * "?" for a mount it does not have (a mark on another namespace's mount).
+ */
+static const char *mount_point(unsigned id, char *out, size_t size)
+{
+	static char info[65536];
+	const char *l;
+
+	snprintf(out, size, "?");
+	if (zdtm_read_file("/proc/self/mountinfo", info, sizeof(info)) < 0)
+		return out;
+	for (l = info; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		unsigned mid;
+		char point[4096];
+
+		if (sscanf(l, "%u %*u %*s %*s %4095s", &mid, point) == 2 && mid == id) {
+			snprintf(out, size, "%s", point);
+			break;
+		}
+	}
+	return out;
+}
+
+/*
+ * Every "fanotify" line of fdinfo; a mount mark names its mount by its
+ * mount point here (mount ids are the kernel's to give: a partition
+ * moved to another host has its mounts made anew).
+ */
 static void fan_lines(char *out, size_t size)
 {
-	char path[64], text[8192];
+	char path[64], text[8192], point[4096];
 	const char *l, *end;
 	size_t off = 0;
+	unsigned id;
+	int rest;
 
 	out[0] = 0;
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fan);
@@ -36,7 +68,11 @@ static void fan_lines(char *out, size_t size)
 		end = strchr(l, '\n');
 		if (!end)
 			end = l + strlen(l);
-		off += snprintf(out + off, size - off, "%.*s\n", (int)(end - l), l);
+		if (sscanf(l, "fanotify mnt_id:%x %n", &id, &rest) == 1 && l + rest <= end)
+			off += snprintf(out + off, size - off, "fanotify mount:%s %.*s\n", mount_point(id, point, sizeof(point)),
+					(int)(end - l - rest), l + rest);
+		else
+			off += snprintf(out + off, size - off, "%.*s\n", (int)(end - l), l);
 	}
 }
 

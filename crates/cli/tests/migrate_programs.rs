@@ -74,28 +74,11 @@ const KNOWN_BROKEN: &[(&str, &str)] = &[];
 /// the text the refusal must contain and why it is refused. Every other
 /// program of `PROGS` (and none is left out) must move h1 → h2 → h1 and
 /// pass.
-const REFUSED: &[(&str, &str, &str)] = &[
-    (
-        "sock_outside",
-        "outside the tree",
-        "its unix socket is connected to a listener of the test, outside the partition: the peer cannot move with it",
-    ),
-    (
-        "inotify",
-        "inotify instance in another mount namespace",
-        "the engine re-creates inotify watches by path in its own mount namespace only; every partition has a mount namespace of its own",
-    ),
-    (
-        "inotify_deleted",
-        "inotify instance in another mount namespace",
-        "as inotify: watches are re-created in the engine's own mount namespace only",
-    ),
-    (
-        "fanotify",
-        "fanotify group in another mount namespace",
-        "as inotify: marks are re-created by path in the engine's own mount namespace only; every partition has a mount namespace of its own",
-    ),
-];
+const REFUSED: &[(&str, &str, &str)] = &[(
+    "sock_outside",
+    "outside the tree",
+    "its unix socket is connected to a listener of the test, outside the partition: the peer cannot move with it",
+)];
 
 /// The zdtm programs that cannot start in a partition as the hosts make
 /// partitions, with the text of their setup failure (in the console) and

@@ -1328,6 +1328,64 @@ fn verify_names_a_mapping_of_another_unlinked_inode() {
     }
 }
 
+/// The inotify and fanotify programs run under `unshare` with mount,
+/// pid, network, uts and ipc namespaces of their own, as in a partition.
+static IN_OWN_MOUNT_NS: [Prog; 3] = [
+    Prog { needs: &[Need::Unshare], term: Term::OnlyChild, ..prog("inotify", Launch::CUnshared, true, 4) },
+    Prog { needs: &[Need::Unshare], term: Term::OnlyChild, ..prog("inotify_deleted", Launch::CUnshared, true, 2) },
+    Prog { needs: &[Need::Root, Need::Unshare], term: Term::OnlyChild, ..prog("fanotify", Launch::CUnshared, true, 2) },
+];
+
+/// inotify watches (also on unlinked files) and fanotify marks (on
+/// inodes, the mount and the filesystem of /dev) of a tree in a mount
+/// namespace of its own: three checkpoints and restores, each verified,
+/// with the watches and marks found again through the restored
+/// namespace.
+#[test]
+fn notify_programs_restore_3x_in_a_mount_namespace_of_their_own() {
+    for prog in &IN_OWN_MOUNT_NS {
+        let mut run = Run::new(prog, "ownns", None).unwrap_or_else(|e| panic!("zdtm {}: {e}", prog.name));
+        if let Err(e) = restore_3x(&mut run) {
+            panic!("{}", run.report(&e));
+        }
+    }
+}
+
+/// A fanotify group in a mount namespace of the tree's own (as every
+/// partition has) keeps its mount mark on the restored namespace's mount
+/// at /dev: a restore that adds the marks through lpm's own namespace
+/// instead (the restore's `fsnotify-ns` sabotage) fails `--verify`
+/// naming the mark's object, and the same image then restores and passes.
+#[test]
+fn verify_names_a_fanotify_mark_on_a_mount_of_another_namespace() {
+    let mut run = Run::new(&IN_OWN_MOUNT_NS[2], "verify-ns", None).unwrap_or_else(|e| panic!("zdtm fanotify: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "fsnotify-ns".to_string())];
+        if run.restore(&images).is_ok() {
+            return Err("a restore marking a mount of lpm's namespace passed --verify".into());
+        }
+        run.lpm_env.clear();
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains("differs from its image") || !msg.contains("fanotify marks' objects") {
+            return Err(format!("the refusal does not name the mark's object: {msg:?}"));
+        }
+        run.wait_gone(&tree, "after the refused restore")?;
+        run.restore(&images)?;
+        sleep(SETTLE);
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
 /// Runs many programs at once (at most `batch` at a time), each through
 /// start, ready, SIGTERM; check judges each verdict. Panics with every
 /// failure's report.

@@ -14,6 +14,10 @@
 //!    their ids (`ipc::restore`): shaping attaches segments by id.
 //! 5. `shape`: per process memory, descriptors, namespaces' contents and
 //!    process state; threads are cloned last, into the finished mm.
+//!    Then namespaces' contents (private /proc), and inotify watches and
+//!    fanotify marks through the restored processes (`files::restore_fsnotify`):
+//!    after shaping, which opens files a watch would report, and once each
+//!    process has its root and its mounts, through which their paths go.
 //! 6. `creds`: seccomp filters (while the puppet still has CAP_SYS_ADMIN;
 //!    suspended for the tracer until detach), then credentials last, as
 //!    they may drop the rights of the steps above.
@@ -594,6 +598,9 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         }
     }
     ns::attach_procs(&tree, ctx.scratch(), |pid| puppets.by_pid.get(&pid).map(|q| ctx.remote(q.host, q.base)))?;
+    // Every process has its root and its mounts: watches and marks are
+    // added where their processes see their paths.
+    files::restore_fsnotify(&tree, &open, |pid| puppets.by_pid.get(&pid).map(|q| q.host))?;
     // Before seccomp and credentials, which may forbid what the helper
     // needs (clone3 with set_tid).
     for p in tree.processes.iter().filter(|p| p.cwd_proc_pid != 0 && p.zombie.is_none()) {

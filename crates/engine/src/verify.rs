@@ -60,7 +60,8 @@ pub(crate) struct Restored<'a> {
 
 /// The environment variable through which a test makes the restore get
 /// one field wrong on purpose (`umask`; `ghost-copy`: the mappings of an
-/// unlinked file map a copy of it), or the checkpoint record one wrong
+/// unlinked file map a copy of it; `fsnotify-ns`: inotify watches and
+/// fanotify marks are added through lpm's own mount namespace), or the checkpoint record one wrong
 /// (`dump-umask`), to see [`PROBES`] name it; inert when unset, and
 /// nobody but the tests sets it.
 pub const SABOTAGE_ENV: &str = "LPM_SABOTAGE_RESTORE";
@@ -642,33 +643,82 @@ fn pidfds(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     Ok(())
 }
 
-/// inotify instances: every watch's descriptor and mask, as fdinfo shows
-/// them (the inodes are the restore's, not compared).
+/// Hex field `key` of one fdinfo line.
+fn fdinfo_hex(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v, 16).ok())
+}
+
+/// The kernel's s_dev of fdinfo (major << 20 | minor) as st_dev.
+fn sdev(line: &str) -> Option<u64> {
+    fdinfo_hex(line, "sdev").map(|d| libc::makedev((d >> 20) as u32, (d & 0xfffff) as u32))
+}
+
+/// The host pid of the restored process a watch's or mark's paths are
+/// seen from (`seen_from`, else the first holder of `file`), if restored.
+fn seen_from(p: &Restored<'_>, seen_from: u32, file: u32) -> i32 {
+    let pid = if seen_from != 0 {
+        seen_from
+    } else {
+        p.processes.iter().find(|q| q.fds.iter().any(|d| d.file_id == file)).map_or(p.image.pid, |q| q.pid)
+    };
+    match host_of(p, pid) {
+        0 => p.host,
+        h => h,
+    }
+}
+
+/// The inode (device, number) the tree holds of unlinked inode `id` now,
+/// as the first process of the image holding it shows it.
+fn ghost_inode(p: &Restored<'_>, id: u64) -> Result<Option<(u64, u64)>> {
+    for q in p.processes.iter().filter(|q| q.zombie.is_none()) {
+        let host = host_of(p, q.pid);
+        if host == 0 {
+            continue;
+        }
+        if let Some((_, _, (dev, ino, _))) = ghost_holds(q, host, p.files)?.into_iter().find(|(g, _, _)| *g == id) {
+            return Ok(Some((dev, ino)));
+        }
+    }
+    Ok(None)
+}
+
+/// An inotify watch as the probe compares it: wd, mask, inode (device,
+/// number).
+type Watch = (u64, u64, Option<(u64, u64)>);
+
+/// inotify instances: every watch's descriptor, mask and inode, as
+/// fdinfo shows them (a linked inode is the recorded one; an unlinked
+/// one is the inode the tree holds of it now).
 fn inotify_watches(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     for (fd, file) in of_kind(p, &[FileKind::Inotify]) {
         let Some(img) = &file.inotify else { continue };
         let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
-        let hex = |line: &str, key: &str| {
-            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v, 16).ok())
-        };
-        let mut found: Vec<(u64, u64)> =
-            info.lines().filter(|l| l.starts_with("inotify ")).filter_map(|l| Some((hex(l, "wd")?, hex(l, "mask")?))).collect();
+        let mut found: Vec<Watch> = info
+            .lines()
+            .filter(|l| l.starts_with("inotify "))
+            .filter_map(|l| Some((fdinfo_hex(l, "wd")?, fdinfo_hex(l, "mask")?, sdev(l).zip(fdinfo_hex(l, "ino")))))
+            .collect();
         found.sort_unstable();
-        let recorded: Vec<(u64, u64)> = img.watches.iter().map(|w| (w.wd as u64, w.mask as u64)).collect();
-        f.cmp(&format!("fd {fd}"), "inotify watches (wd, mask)", recorded, found);
+        let mut recorded = Vec::new();
+        for w in &img.watches {
+            let inode = if w.ghost_id != 0 { ghost_inode(p, w.ghost_id)? } else { Some((w.dev, w.ino)) };
+            recorded.push((w.wd as u64, w.mask as u64, inode));
+        }
+        f.cmp(&format!("fd {fd}"), "inotify watches (wd, mask, inode)", recorded, found);
     }
     Ok(())
 }
 
-/// fanotify groups: flags, event flags, and every mark's flags and masks
-/// in order, as fdinfo shows them.
+/// fanotify groups: flags, event flags, and every mark's flags, masks and
+/// object in order, as fdinfo shows them: an inode by device and number,
+/// a mount by its mount point where the process the marks are seen from
+/// sees it (a mount of another namespace has none there), a filesystem by
+/// its device.
 fn fanotify_groups(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     for (fd, file) in of_kind(p, &[FileKind::Fanotify]) {
         let Some(img) = &file.fanotify else { continue };
         let info = proc::read(p.host, &format!("fdinfo/{fd}"))?;
-        let hex = |line: &str, key: &str| {
-            line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix(':')).and_then(|v| u64::from_str_radix(v, 16).ok())
-        };
+        let hex = fdinfo_hex;
         let lines: Vec<&str> = info.lines().filter_map(|l| l.strip_prefix("fanotify ")).collect();
         let group = lines.iter().find(|l| l.starts_with("flags:")).map(|l| (hex(l, "flags"), hex(l, "event-flags")));
         let object = format!("fd {fd}");
@@ -678,6 +728,34 @@ fn fanotify_groups(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         let recorded: Vec<(Option<u64>, Option<u64>, Option<u64>)> =
             img.marks.iter().map(|m| (Some(m.mflags as u64), Some(m.mask), Some(m.ignored_mask))).collect();
         f.cmp(&object, "fanotify marks (mflags, mask, ignored mask)", recorded, found);
+        let mountinfo = proc::read(seen_from(p, img.seen_from, file.id), "mountinfo")?;
+        let on: Vec<Option<String>> = lines
+            .iter()
+            .filter(|l| !l.starts_with("flags:"))
+            .map(|l| {
+                if let Some(ino) = hex(l, "ino") {
+                    sdev(l).map(|dev| format!("inode {dev}:{ino}"))
+                } else if let Some(id) = hex(l, "mnt_id") {
+                    mountinfo.lines().find_map(|m| {
+                        let w: Vec<&str> = m.split_whitespace().collect();
+                        (w.first() == Some(&id.to_string().as_str())).then(|| w.get(4).map(|p| format!("mount {p}"))).flatten()
+                    })
+                } else {
+                    sdev(l).map(|dev| format!("filesystem {dev}"))
+                }
+            })
+            .collect();
+        let recorded: Vec<Option<String>> = img
+            .marks
+            .iter()
+            .map(|m| match lpm_image::FanotifyMarkKind::try_from(m.kind) {
+                Ok(lpm_image::FanotifyMarkKind::Inode) => Some(format!("inode {}:{}", m.dev, m.ino)),
+                Ok(lpm_image::FanotifyMarkKind::Mount) => Some(format!("mount {}", m.path)),
+                Ok(lpm_image::FanotifyMarkKind::Filesystem) => Some(format!("filesystem {}", m.dev)),
+                _ => None,
+            })
+            .collect();
+        f.cmp(&object, "fanotify marks' objects", recorded, on);
     }
     Ok(())
 }

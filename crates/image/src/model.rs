@@ -849,6 +849,12 @@ pub struct FanotifyImage {
     /// Its marks, in fdinfo order.
     #[prost(message, repeated, tag = "3")]
     pub marks: Vec<FanotifyMark>,
+    /// The image pid of the process whose root and mount namespace the
+    /// marks' paths are seen from (the holder the dump met first); the
+    /// restore resolves them through the same process restored. 0 in
+    /// older images: the first process holding it.
+    #[prost(uint32, tag = "230")]
+    pub seen_from: u32,
 }
 
 /// What a fanotify mark is on.
@@ -1344,6 +1350,10 @@ pub struct InotifyImage {
     /// Watches in watch-descriptor order.
     #[prost(message, repeated, tag = "1")]
     pub watches: Vec<InotifyWatch>,
+    /// The image pid of the process whose root and mount namespace the
+    /// watches' paths are seen from (as `FanotifyImage::seen_from`).
+    #[prost(uint32, tag = "230")]
+    pub seen_from: u32,
 }
 
 /// One inotify watch.

@@ -199,7 +199,8 @@ fn event_objects(f: &FileImage) -> String {
         }
     }
     if let Some(g) = &f.fanotify {
-        let _ = write!(o, " fanotify flags={:#x} event_flags={:#o} marks={}", g.flags, g.event_flags, g.marks.len());
+        let _ =
+            write!(o, " fanotify flags={:#x} event_flags={:#o} marks={} seen_from={}", g.flags, g.event_flags, g.marks.len(), g.seen_from);
         for m in &g.marks {
             let _ = write!(
                 o,

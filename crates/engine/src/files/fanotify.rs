@@ -4,24 +4,27 @@
 //! mark: an inode by its file handle (turned into a path, as inotify's
 //! watches are), a mount by its id (turned into its mount point), a
 //! filesystem by its device (turned into a mount point of it), each with
-//! its mark flags, mask and ignored mask. The restore makes the group with
-//! the same flags and adds every mark by path, the mask and the ignored
-//! mask apart.
+//! its mark flags, mask and ignored mask. Every path is the holding
+//! process's: its mountinfo and its mount namespace (`fsnotify.rs`), so a
+//! group in a partition keeps marks on the partition's own mounts. The
+//! restore makes the group with the same flags with the other files, and
+//! adds every mark by path through the restored process once the tree is
+//! shaped and its mounts are in place ([`mark_all`]), the mask and the
+//! ignored mask apart.
 //!
 //! Refused by name: queued events (not saved), permission events in a
 //! mask (an event read and not answered yet holds a process of the tree
-//! in the kernel, and nothing shows it), a mark on an inode with no path,
-//! a group in another mount namespace than lpm's (paths would name other
-//! mounts), mount namespace marks.
+//! in the kernel, and nothing shows it), a mark on an inode with no path
+//! or an unlinked one, a mark on a mount the holding process does not see
+//! or sees covered by another, mount namespace marks.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use lpm_image::{FanotifyImage, FanotifyMark, FanotifyMarkKind, Fd, FileImage, Process};
 use lpm_sys::misc;
 use lpm_sys::remote::Remote;
 
-use super::{FileTable, Kind, OpenCx, Seen};
+use super::{fsnotify, FileTable, Kind, OpenCx, Seen};
 use crate::task::Scratch;
 use crate::{io_err, proc, EngineError, Result, StepExt};
 
@@ -36,6 +39,7 @@ const FAN_MARK_IGNORE: u32 = 0x400;
 const FAN_MARK_ADD: u32 = 0x1;
 const FAN_MARK_MOUNT: u32 = 0x10;
 const FAN_MARK_FILESYSTEM: u32 = 0x100;
+const FAN_MARK_DONT_FOLLOW: u32 = 0x4;
 /// FAN_CLOEXEC in fanotify_init's flags.
 const FAN_CLOEXEC: u32 = 0x1;
 
@@ -48,42 +52,11 @@ fn hex(v: Option<&str>) -> Option<u64> {
     u64::from_str_radix(v?, 16).ok()
 }
 
-/// The mount point of the first mount in `mountinfo` whose field `col`
-/// is `value`.
-fn mount_point(mountinfo: &str, col: usize, value: &str) -> Option<String> {
-    mountinfo.lines().find_map(|m| {
-        let f: Vec<&str> = m.split_whitespace().collect();
-        (f.get(col) == Some(&value)).then(|| f.get(4).map(|s| s.to_string())).flatten()
-    })
-}
-
-/// The path of the inode a mark names, through its file handle.
-fn inode_path(seen: &Seen, mountinfo: &str, sdev: u64, handle_type: i32, handle: &[u8]) -> Result<String> {
-    let (major, minor) = ((sdev >> 20) as u32, (sdev & 0xfffff) as u32);
-    let mount = mount_point(mountinfo, 2, &format!("{major}:{minor}"))
-        .ok_or_else(|| seen.unsupported(format!("fanotify mark on device {major}:{minor}, which is not mounted here")))?;
-    let mfd = std::fs::File::open(&mount).map_err(io_err(format!("open mount {mount} for a fanotify mark of fd {}", seen.fd)))?;
-    let fd = misc::open_by_handle(mfd.as_fd(), handle_type, handle, libc::O_PATH | libc::O_CLOEXEC)
-        .step(seen.pid, || format!("open the inode of a fanotify mark of fd {}", seen.fd))?;
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(io_err("name the inode of a fanotify mark"))?
-        .to_string_lossy()
-        .into_owned();
-    if !path.starts_with('/') || path.ends_with(" (deleted)") {
-        return Err(seen.unsupported(format!("fanotify mark on an inode with no path ({path})")));
-    }
-    Ok(path)
-}
-
 /// The group's flags and marks, or why they cannot be kept.
 fn read(seen: &Seen) -> Result<FanotifyImage> {
-    let ns = |pid: i32| proc::link(pid, "ns/mnt");
-    if ns(seen.pid)? != ns(std::process::id() as i32)? {
-        return Err(seen.unsupported("fanotify group in another mount namespace"));
-    }
     let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
-    let mountinfo = proc::read(std::process::id() as i32, "mountinfo")?;
-    let mut img = FanotifyImage::default();
+    let mut names = fsnotify::Resolver::new(seen)?;
+    let mut img = FanotifyImage { seen_from: seen.ns_pid as u32, ..Default::default() };
     for line in info.lines().filter_map(|l| l.strip_prefix("fanotify ")) {
         let get = |key: &str| field(line, key);
         let bad = || seen.unsupported(format!("fanotify fdinfo line {line:?} does not parse"));
@@ -110,22 +83,25 @@ fn read(seen: &Seen) -> Result<FanotifyImage> {
             if handle.is_empty() {
                 return Err(seen.unsupported("fanotify mark on a filesystem without file handles"));
             }
-            m.path = inode_path(seen, &mountinfo, sdev, handle_type, &handle)?;
-            let dev = libc::makedev((sdev >> 20) as u32, (sdev & 0xfffff) as u32);
-            match std::fs::symlink_metadata(&m.path) {
-                Ok(st) if st.ino() == ino && st.dev() == dev => {}
-                _ => return Err(seen.unsupported(format!("fanotify mark on {}, which no longer leads to the marked inode", m.path))),
+            let named = names.by_handle("a fanotify mark", sdev, handle_type, &handle)?;
+            if named.unlinked {
+                return Err(seen.unsupported(format!("fanotify mark on unlinked {}, an inode with no path", named.path)));
+            }
+            m.path = named.path;
+            let dev = fsnotify::dev_of(sdev);
+            if !fsnotify::leads_to(seen.ns_pid, &m.path, dev, ino) {
+                return Err(seen.unsupported(format!("fanotify mark on {}, which no longer leads to the marked inode", m.path)));
             }
             (m.kind, m.ino, m.dev) = (FanotifyMarkKind::Inode as i32, ino, dev);
         } else if let Some(id) = get("mnt_id") {
             let id = u64::from_str_radix(id, 16).map_err(|_| bad())?;
-            m.path = mount_point(&mountinfo, 0, &id.to_string())
-                .ok_or_else(|| seen.unsupported(format!("fanotify mark on mount {id}, which is not in lpm's mount namespace")))?;
+            m.path = names.mount_of(id).map_err(|why| seen.unsupported(format!("fanotify mark on {why}")))?;
             m.kind = FanotifyMarkKind::Mount as i32;
         } else if let Some(sdev) = hex(get("sdev")) {
             let (major, minor) = ((sdev >> 20) as u32, (sdev & 0xfffff) as u32);
-            m.path = mount_point(&mountinfo, 2, &format!("{major}:{minor}"))
-                .ok_or_else(|| seen.unsupported(format!("fanotify mark on filesystem {major}:{minor}, which is not mounted here")))?;
+            m.path = fsnotify::mount_point(&names.mountinfo, 2, &format!("{major}:{minor}")).ok_or_else(|| {
+                seen.unsupported(format!("fanotify mark on filesystem {major}:{minor}, which pid {} has no mount of", seen.ns_pid))
+            })?;
             (m.kind, m.dev) = (FanotifyMarkKind::Filesystem as i32, libc::makedev(major, minor));
         } else {
             return Err(seen.unsupported(format!("fanotify mark of a kind lpm does not know ({line:?})")));
@@ -140,29 +116,48 @@ fn read(seen: &Seen) -> Result<FanotifyImage> {
     Ok(img)
 }
 
-/// Adds mark `m` to group `fd`: its mask, then its ignored mask.
-fn add_mark(fd: &OwnedFd, m: &FanotifyMark, file: u32) -> Result<()> {
+/// Adds mark `m` to group `fd` through restored process `pid` (its root
+/// and mount namespace): its mask, then its ignored mask.
+fn add_mark(fd: BorrowedFd<'_>, m: &FanotifyMark, file: u32, pid: i32) -> Result<()> {
     let kind = FanotifyMarkKind::try_from(m.kind).unwrap_or(FanotifyMarkKind::Invalid);
     let on = match kind {
         FanotifyMarkKind::Inode => {
-            let st = std::fs::symlink_metadata(&m.path).map_err(io_err(format!("fanotify file {file}: stat marked {}", m.path)))?;
-            if st.ino() != m.ino || st.dev() != m.dev {
-                return Err(EngineError::Incompatible(format!("fanotify file {file}: {} is not the marked inode any more", m.path)));
+            if !fsnotify::leads_to(pid, &m.path, m.dev, m.ino) {
+                return Err(EngineError::Incompatible(format!(
+                    "fanotify file {file}: {} (seen by pid {pid}) is not the marked inode any more",
+                    m.path
+                )));
             }
-            0
+            // Never through a last symbolic link: the inode is the one
+            // the path names.
+            FAN_MARK_DONT_FOLLOW
         }
         FanotifyMarkKind::Mount => FAN_MARK_MOUNT,
         FanotifyMarkKind::Filesystem => FAN_MARK_FILESYSTEM,
         FanotifyMarkKind::Invalid => return Err(EngineError::Incompatible(format!("fanotify file {file}: a mark of no kind"))),
     };
-    let what = |which: &str| format!("fanotify file {file}: {which} of the mark on {}", m.path);
+    let path = fsnotify::through(pid, &m.path);
+    let what = |which: &str| format!("fanotify file {file}: {which} of the mark on {} (seen by pid {pid})", m.path);
     let keep = m.mflags & !(FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORE);
     if m.mask != 0 {
-        lpm_sys::fanotify::mark(fd.as_fd(), FAN_MARK_ADD | on | (keep & !0x40), m.mask, &m.path).step(0, || what("mask"))?;
+        lpm_sys::fanotify::mark(fd, FAN_MARK_ADD | on | (keep & !0x40), m.mask, &path).step(0, || what("mask"))?;
     }
     if m.ignored_mask != 0 {
         let ignore = if m.mflags & FAN_MARK_IGNORE == FAN_MARK_IGNORE { FAN_MARK_IGNORE } else { FAN_MARK_IGNORED_MASK };
-        lpm_sys::fanotify::mark(fd.as_fd(), FAN_MARK_ADD | on | keep | ignore, m.ignored_mask, &m.path).step(0, || what("ignored mask"))?;
+        lpm_sys::fanotify::mark(fd, FAN_MARK_ADD | on | keep | ignore, m.ignored_mask, &path).step(0, || what("ignored mask"))?;
+    }
+    Ok(())
+}
+
+/// Adds every mark of fanotify file `f` to its restored group `fd`,
+/// through restored process `pid` (the one the dump saw them from), once
+/// every process is shaped and its mounts are in place. fdinfo lists the
+/// newest mark first: added oldest first, they are listed again as they
+/// were.
+pub(super) fn mark_all(f: &FileImage, fd: BorrowedFd<'_>, pid: i32) -> Result<()> {
+    let g = f.fanotify.as_ref().ok_or_else(|| EngineError::Incompatible(format!("fanotify file {} has no group", f.id)))?;
+    for m in g.marks.iter().rev() {
+        add_mark(fd, m, f.id, pid)?;
     }
     Ok(())
 }
@@ -186,11 +181,7 @@ impl Kind for Fanotify {
             rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
                 .map_err(|e| io_err(format!("FD_CLOEXEC on fanotify file {}", f.id))(e.into()))?;
         }
-        // fdinfo lists the newest mark first: added oldest first, they
-        // are listed again as they were.
-        for m in g.marks.iter().rev() {
-            add_mark(&fd, m, f.id)?;
-        }
+        // The marks come later, through the restored process ([`mark_all`]).
         misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of fanotify {}", f.id))?;
         Ok(fd)
     }
@@ -198,16 +189,5 @@ impl Kind for Fanotify {
     fn install(&self, _pid: i32, _r: &mut Remote, _s: Scratch, _fd: &Fd, _f: &FileImage, _p: &Process) -> Result<()> {
         // Marks live in the shared group; nothing is per puppet.
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mount_points_are_found_by_id_and_device() {
-        let mi = "24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw\n27 1 254:0 / / rw - ext4 /dev/vda rw\n";
-        assert_eq!(super::mount_point(mi, 0, "24").as_deref(), Some("/dev"));
-        assert_eq!(super::mount_point(mi, 2, "254:0").as_deref(), Some("/"));
-        assert_eq!(super::mount_point(mi, 0, "99"), None);
     }
 }

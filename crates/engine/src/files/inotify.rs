@@ -1,9 +1,12 @@
 //! inotify instances and their watches.
 //!
 //! fdinfo names each watched inode by a file handle; dump turns it into a
-//! path (open_by_handle_at, then the link of the opened descriptor) so the
-//! image does not depend on inode numbers. Restore adds the watches by path
-//! in watch-descriptor order: the kernel hands out descriptors one after
+//! path as the holding process sees it (open_by_handle_at through its
+//! mount namespace, then the link of the opened descriptor, `fsnotify.rs`)
+//! so the image does not depend on inode numbers. Restore makes the
+//! instance with the other files, and adds the watches by path through
+//! the restored process once the whole tree is shaped ([`watch`]), in
+//! watch-descriptor order: the kernel hands out descriptors one after
 //! the other and never reuses one soon, so gaps are consumed with watches
 //! added and removed on an unwatched inode. Events queued at dump are not
 //! saved: such an instance is refused.
@@ -18,8 +21,9 @@
 //! (A watch on a file unlinked with no descriptor open is gone at once,
 //! its IN_DELETE_SELF and IN_IGNORED queued: pending events, refused.)
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use lpm_image::{Fd, FileImage, InotifyImage, InotifyWatch, Process};
@@ -27,7 +31,7 @@ use lpm_sys::misc;
 use lpm_sys::remote::Remote;
 use rustix::fs::inotify::{self, WatchFlags};
 
-use super::{FileTable, Kind, OpenCx, Seen};
+use super::{fsnotify, FileTable, Kind, OpenCx, Seen};
 use crate::task::Scratch;
 use crate::{io_err, proc, EngineError, Result, StepExt};
 
@@ -85,61 +89,40 @@ fn held_unlinked(table: &FileTable, dev: u64, ino: u64) -> bool {
     })
 }
 
-/// The path of the inode a watch names, through its file handle, and
-/// whether it is an unlinked inode the tree holds open (its last name).
-fn resolve(seen: &Seen, l: &Line, table: &FileTable) -> Result<(String, bool)> {
-    let dev = libc::makedev((l.sdev >> 20) as u32, (l.sdev & 0xfffff) as u32);
-    let mountinfo = proc::read(std::process::id() as i32, "mountinfo")?;
-    let wanted = format!("{}:{}", libc::major(dev), libc::minor(dev));
-    let mount = mountinfo
-        .lines()
-        .find_map(|m| {
-            let f: Vec<&str> = m.split_whitespace().collect();
-            (f.get(2) == Some(&wanted.as_str())).then(|| f.get(4).map(|s| s.to_string())).flatten()
-        })
-        .ok_or_else(|| seen.unsupported(format!("inotify watch {} on device {wanted}, which is not mounted here", l.wd)))?;
-    // Not O_PATH: open_by_handle_at does not take such a descriptor.
-    let mfd = std::fs::File::open(&mount)
-        .map_err(io_err(format!("open mount {mount} for inotify watch {} of fd {} of pid {}", l.wd, seen.fd, seen.pid)))?;
-    let fd = misc::open_by_handle(mfd.as_fd(), l.handle_type, &l.handle, libc::O_PATH | libc::O_CLOEXEC)
-        .step(seen.pid, || format!("open the inode of inotify watch {} of fd {}", l.wd, seen.fd))?;
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map_err(io_err(format!("name the inode of inotify watch {}", l.wd)))?
-        .to_string_lossy()
-        .into_owned();
-    if let Some(name) = path.strip_suffix(" (deleted)").filter(|p| p.starts_with('/')) {
+/// The path of the inode a watch names, through its file handle, as the
+/// holding process sees it, and whether it is an unlinked inode the tree
+/// holds open (its last name).
+fn resolve(seen: &Seen, names: &mut fsnotify::Resolver, l: &Line, table: &FileTable) -> Result<(String, bool)> {
+    let what = format!("inotify watch {}", l.wd);
+    let named = names.by_handle(&what, l.sdev, l.handle_type, &l.handle)?;
+    let dev = fsnotify::dev_of(l.sdev);
+    if named.unlinked {
         if !held_unlinked(table, dev, l.ino) {
             return Err(seen.unsupported(format!(
-                "inotify watch {} on unlinked {name}, which no process of the tree holds open (nothing records its content)",
-                l.wd
+                "{what} on unlinked {}, which no process of the tree holds open (nothing records its content)",
+                named.path
             )));
         }
-        return Ok((name.to_string(), true));
+        return Ok((named.path, true));
     }
-    if !path.starts_with('/') {
-        return Err(seen.unsupported(format!("inotify watch {} on an inode with no path ({path})", l.wd)));
+    if !fsnotify::leads_to(seen.ns_pid, &named.path, dev, l.ino) {
+        return Err(seen.unsupported(format!("{what} on {}, which no longer leads to the watched inode", named.path)));
     }
-    match std::fs::symlink_metadata(&path) {
-        Ok(m) if m.ino() == l.ino && m.dev() == dev => Ok((path, false)),
-        _ => Err(seen.unsupported(format!("inotify watch {} on {path}, which no longer leads to the watched inode", l.wd))),
-    }
+    Ok((named.path, false))
 }
 
 /// The watches of an inotify instance, or why it cannot be kept.
 fn read(seen: &Seen, table: &FileTable) -> Result<InotifyImage> {
-    let ns = |pid: i32| proc::link(pid, "ns/mnt");
-    if ns(seen.pid)? != ns(std::process::id() as i32)? {
-        return Err(seen.unsupported("inotify instance in another mount namespace"));
-    }
     let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
     let mut watches = Vec::new();
+    let mut names = fsnotify::Resolver::new(seen)?;
     for line in info.lines().filter(|l| l.starts_with("inotify ")) {
         let l = parse_line(line).ok_or_else(|| seen.unsupported(format!("inotify fdinfo line {line:?} does not parse")))?;
         if l.handle.is_empty() {
             return Err(seen.unsupported(format!("inotify watch {} on a filesystem without file handles", l.wd)));
         }
-        let (path, unlinked) = resolve(seen, &l, table)?;
-        let dev = libc::makedev((l.sdev >> 20) as u32, (l.sdev & 0xfffff) as u32);
+        let (path, unlinked) = resolve(seen, &mut names, &l, table)?;
+        let dev = fsnotify::dev_of(l.sdev);
         let ghost_id = if unlinked { GHOST_PENDING } else { 0 };
         watches.push(InotifyWatch { wd: l.wd, mask: l.mask, path, ino: l.ino, dev, ghost_id });
     }
@@ -157,7 +140,7 @@ fn read(seen: &Seen, table: &FileTable) -> Result<InotifyImage> {
     if queued != 0 {
         return Err(seen.transient(format!("inotify instance with {queued} bytes of queued events")));
     }
-    Ok(InotifyImage { watches })
+    Ok(InotifyImage { watches, seen_from: seen.ns_pid as u32 })
 }
 
 /// Names the ghost of every watched unlinked inode, once every process
@@ -177,6 +160,72 @@ pub(super) fn link_ghosts(table: &mut FileTable) -> Result<()> {
     Ok(())
 }
 
+/// Adds the watches of inotify file `f` to its restored instance `fd`,
+/// through restored process `pid` (the one the dump saw them from: its
+/// root and mount namespace), in watch-descriptor order; `ghosts` holds
+/// the restorer's descriptor of each remade unlinked file, by ghost id.
+/// Runs once every process is shaped and its mounts are in place, so no
+/// step of the restore after it opens a watched file.
+pub(super) fn watch(f: &FileImage, fd: BorrowedFd<'_>, pid: i32, ghosts: &HashMap<u64, i32>) -> Result<()> {
+    let img = f.inotify.as_ref().ok_or_else(|| EngineError::Incompatible(format!("inotify file {} has no watches", f.id)))?;
+    let watched: Vec<(u64, u64)> = img.watches.iter().map(|w| (w.dev, w.ino)).collect();
+    // A filler for gaps: an inode none of the watches names (any
+    // namespace's: the watch is removed at once).
+    let filler = ["/", "/proc", "/sys", "/dev", "/tmp"]
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| !watched.contains(&(m.dev(), m.ino()))))
+        .ok_or_else(|| EngineError::Incompatible(format!("inotify file {}: no unwatched inode to fill gaps with", f.id)))?;
+    let mut next = 1;
+    for w in &img.watches {
+        if w.wd < next || w.wd - next > MAX_GAP {
+            return Err(EngineError::Incompatible(format!(
+                "inotify file {}: watch descriptor {} cannot be reached from {next}",
+                f.id, w.wd
+            )));
+        }
+        while next < w.wd {
+            let wd = inotify::add_watch(fd, filler, WatchFlags::ATTRIB)
+                .map_err(|e| io_err(format!("inotify file {}: filler watch on {filler}", f.id))(e.into()))?;
+            inotify::remove_watch(fd, wd).map_err(|e| io_err(format!("inotify file {}: remove filler watch", f.id))(e.into()))?;
+            next = wd + 1;
+        }
+        let (path, flags) = if w.ghost_id != 0 {
+            // The unlinked inode as the restore made it again: through
+            // the magic link of a descriptor of it.
+            let ghost = ghosts
+                .get(&w.ghost_id)
+                .ok_or_else(|| EngineError::Incompatible(format!("unlinked file {} is not in the image", w.ghost_id)))?;
+            (format!("/proc/self/fd/{ghost}"), WatchFlags::from_bits_retain(w.mask))
+        } else {
+            if !fsnotify::leads_to(pid, &w.path, w.dev, w.ino) {
+                return Err(EngineError::Incompatible(format!(
+                    "inotify file {}: {} (seen by pid {pid}) is not the watched inode any more",
+                    f.id, w.path
+                )));
+            }
+            (fsnotify::through(pid, &w.path), WatchFlags::from_bits_retain(w.mask) | WatchFlags::DONT_FOLLOW)
+        };
+        let wd = inotify::add_watch(fd, &*path, flags)
+            .map_err(|e| io_err(format!("inotify file {}: watch {} on {}", f.id, w.wd, w.path))(e.into()))?;
+        if wd != w.wd {
+            return Err(EngineError::Incompatible(format!(
+                "inotify file {}: watch on {} got descriptor {wd}, the image has {}",
+                f.id, w.path, w.wd
+            )));
+        }
+        next = wd + 1;
+    }
+    // Removing fillers queued IN_IGNORED events the process never asked
+    // for; the instance's flags are the image's (perhaps blocking), so
+    // only what is queued is read.
+    let mut r = std::fs::File::from(fd.try_clone_to_owned().map_err(io_err("dup inotify"))?);
+    let mut buf = [0u8; 4096];
+    while rustix::io::ioctl_fionread(&r).map_err(|e| io_err(format!("inotify file {}: FIONREAD", f.id))(e.into()))? != 0 {
+        r.read(&mut buf).map_err(io_err(format!("inotify file {}: drain filler events", f.id)))?;
+    }
+    Ok(())
+}
+
 impl Kind for Inotify {
     fn check(&self, seen: &Seen, _f: &FileImage, table: &FileTable) -> Result<()> {
         read(seen, table).map(drop)
@@ -187,63 +236,9 @@ impl Kind for Inotify {
         Ok(())
     }
 
-    fn open(&self, f: &FileImage, cx: &mut OpenCx) -> Result<OwnedFd> {
-        let img = f.inotify.as_ref().ok_or_else(|| EngineError::Incompatible(format!("inotify file {} has no watches", f.id)))?;
-        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-            .map_err(|e| io_err(format!("inotify_init for file {}", f.id))(e.into()))?;
-        let watched: Vec<(u64, u64)> = img.watches.iter().map(|w| (w.dev, w.ino)).collect();
-        // A filler for gaps: an inode none of the watches names.
-        let filler = ["/", "/proc", "/sys", "/dev", "/tmp"]
-            .into_iter()
-            .find(|p| std::fs::metadata(p).is_ok_and(|m| !watched.contains(&(m.dev(), m.ino()))))
-            .ok_or_else(|| EngineError::Incompatible(format!("inotify file {}: no unwatched inode to fill gaps with", f.id)))?;
-        let mut next = 1;
-        for w in &img.watches {
-            if w.wd < next || w.wd - next > MAX_GAP {
-                return Err(EngineError::Incompatible(format!(
-                    "inotify file {}: watch descriptor {} cannot be reached from {next}",
-                    f.id, w.wd
-                )));
-            }
-            while next < w.wd {
-                let wd = inotify::add_watch(&fd, filler, WatchFlags::ATTRIB)
-                    .map_err(|e| io_err(format!("inotify file {}: filler watch on {filler}", f.id))(e.into()))?;
-                inotify::remove_watch(&fd, wd).map_err(|e| io_err(format!("inotify file {}: remove filler watch", f.id))(e.into()))?;
-                next = wd + 1;
-            }
-            let (path, flags) = if w.ghost_id != 0 {
-                // The unlinked inode as the restore made it again: through
-                // the magic link of a descriptor of it.
-                let ghost = super::regular::ghost_fd(cx, w.ghost_id)?;
-                (format!("/proc/self/fd/{ghost}"), WatchFlags::from_bits_retain(w.mask))
-            } else {
-                let m = std::fs::symlink_metadata(&w.path).map_err(io_err(format!("inotify file {}: stat watched {}", f.id, w.path)))?;
-                if m.ino() != w.ino || m.dev() != w.dev {
-                    return Err(EngineError::Incompatible(format!("inotify file {}: {} is not the watched inode any more", f.id, w.path)));
-                }
-                (w.path.clone(), WatchFlags::from_bits_retain(w.mask) | WatchFlags::DONT_FOLLOW)
-            };
-            let wd = inotify::add_watch(&fd, &*path, flags)
-                .map_err(|e| io_err(format!("inotify file {}: watch {} on {}", f.id, w.wd, w.path))(e.into()))?;
-            if wd != w.wd {
-                return Err(EngineError::Incompatible(format!(
-                    "inotify file {}: watch on {} got descriptor {wd}, the image has {}",
-                    f.id, w.path, w.wd
-                )));
-            }
-            next = wd + 1;
-        }
-        // Removing fillers queued IN_IGNORED events the process never asked for.
-        let mut r = std::fs::File::from(fd.try_clone().map_err(io_err("dup inotify"))?);
-        let mut buf = [0u8; 4096];
-        loop {
-            match r.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(io_err(format!("inotify file {}: drain filler events", f.id))(e)),
-            }
-        }
+    fn open(&self, f: &FileImage, _cx: &mut OpenCx) -> Result<OwnedFd> {
+        // The watches come later, through the restored process ([`watch`]).
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC).map_err(|e| io_err(format!("inotify_init for file {}", f.id))(e.into()))?;
         misc::set_fl(fd.as_raw_fd(), f.flags as i32).step(0, || format!("set flags of inotify {}", f.id))?;
         Ok(fd)
     }

@@ -9,12 +9,15 @@
 //! sharing (offsets, pipe ends) comes for free, and each puppet only moves
 //! its own to their numbers with dup3 and closes the rest. Kinds whose state
 //! lives in the fd table itself (epoll registrations) finish inside the
-//! puppet once its descriptors are in place ([`Kind::install`]).
+//! puppet once its descriptors are in place ([`Kind::install`]). inotify
+//! watches and fanotify marks come last, through the restored processes'
+//! own roots and mount namespaces ([`restore_fsnotify`]).
 
 mod epoll;
 mod eventfd;
 mod fanotify;
 mod fown;
+mod fsnotify;
 mod inet;
 mod inotify;
 mod memfd;
@@ -435,6 +438,38 @@ pub(crate) fn dump_inflight(carrier: &Seen, fd: OwnedFd, table: &mut FileTable) 
 /// no owner for SIGIO: fcntl refuses to tell).
 fn opath(f: &FileImage) -> bool {
     f.flags as i32 & libc::O_PATH != 0
+}
+
+/// Adds the watches of every inotify instance and the marks of every
+/// fanotify group of the image to the restored ones, each through the
+/// restored process the dump saw them from (its root and mount
+/// namespace: a partition's own mounts); `host` gives the host pid of an
+/// image process. Runs once every process is shaped and the tree's
+/// mounts are in place: no later step of the restore opens a watched
+/// file, so no event of the restore reaches them.
+pub fn restore_fsnotify(tree: &TreeImage, open: &OpenFiles, host: impl Fn(u32) -> Option<i32>) -> Result<()> {
+    for f in &tree.files {
+        let seen_from = match (&f.inotify, &f.fanotify) {
+            (Some(i), _) => i.seen_from,
+            (_, Some(g)) => g.seen_from,
+            _ => continue,
+        };
+        // Images without it: the first holder, whom the dump met first.
+        let pid = if seen_from != 0 { seen_from } else { fown::first_holder(tree, f.id).map_or(0, |h| h.0) };
+        let pid = host(pid).ok_or_else(|| {
+            EngineError::Incompatible(format!("file {}: its watches are seen from process {pid}, which is not in the tree", f.id))
+        })?;
+        // A test of `verify` makes the restore add them through lpm's own
+        // root and mount namespace on purpose.
+        let pid = if crate::verify::sabotaged("fsnotify-ns") { std::process::id() as i32 } else { pid };
+        let fd = open.by_id.get(&f.id).ok_or_else(|| EngineError::Incompatible(format!("file {} was not opened", f.id)))?;
+        if f.inotify.is_some() {
+            inotify::watch(f, fd.as_fd(), pid, &open.ghosts())?;
+        } else {
+            fanotify::mark_all(f, fd.as_fd(), pid)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sets the owner for SIGIO and its signal on every restored description

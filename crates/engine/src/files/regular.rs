@@ -348,13 +348,6 @@ fn make_ghost(g: &GhostImage, files: &[&FileImage], dir: &Path) -> Result<(Owned
     res
 }
 
-/// The restorer's descriptor (O_PATH) of ghost `ghost_id`'s inode, as
-/// [`make_ghosts`] made it before any file: what another kind needs of
-/// the inode (an inotify watch on it).
-pub(super) fn ghost_fd(cx: &mut OpenCx, ghost_id: u64) -> Result<std::os::fd::RawFd> {
-    cx.ghost_fds.get(&ghost_id).copied().ok_or_else(|| EngineError::Incompatible(format!("unlinked file {ghost_id} is not in the image")))
-}
-
 /// Opens again a file whose opened name was removed while it kept other
 /// names: the very inode, by its handle; each description through the
 /// name it was opened by, so its link reads "NAME (deleted)" again. The
