@@ -277,8 +277,8 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	printf("ready port=%d size=%llu MiB rate=%llu MiB/s pages=%llu\n", port, (unsigned long long)mib,
-	       (unsigned long long)rate, (unsigned long long)npages);
+	printf("ready port=%d size=%llu MiB rate=%llu MiB/s pages=%llu base=%p\n", port, (unsigned long long)mib,
+	       (unsigned long long)rate, (unsigned long long)npages, (void *)area);
 	fflush(stdout);
 
 	size_t nconns = 1024;

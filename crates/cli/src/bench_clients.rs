@@ -1119,6 +1119,75 @@ mod tests {
         assert_eq!(http_file(3).len(), 1000 + 3 * 1031);
     }
 
+    /// The echo server as a plain child on loopback, killed and its
+    /// directory removed however the test ends.
+    struct Echo {
+        child: std::process::Child,
+        dir: PathBuf,
+        port: u16,
+        base: u64,
+    }
+
+    impl Drop for Echo {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl Echo {
+        fn start(mib: u64, rate: u64) -> Echo {
+            let dir = std::env::temp_dir().join(format!("lpm-echo-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let bin = compile(&dir, "echo_server", ECHO_SERVER_C).unwrap();
+            let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+            let mut child = std::process::Command::new(bin)
+                .args([port.to_string(), mib.to_string(), rate.to_string()])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut ready = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+            let mut e = Echo { child, dir, port, base: 0 };
+            assert!(ready.starts_with(&format!("ready port={port} size={mib} MiB")), "{ready}");
+            e.base = u64::from_str_radix(ready.trim().rsplit("base=0x").next().unwrap(), 16).unwrap();
+            e
+        }
+    }
+
+    #[test]
+    fn echo_server_answers_are_checked_and_its_memory_check_can_fail() {
+        let e = Echo::start(4, 0);
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, e.port));
+        let mut c = Conn::open(Server::Tcp, addr, false).unwrap();
+        for seq in 1..=50 {
+            assert_eq!(c.exchange(7, seq), Ok(None));
+        }
+        // A request the client did not send (its count off by one) is
+        // caught: the server counts what it got on the connection.
+        if let Conn::Tcp { sent, .. } = &mut c {
+            *sent += 1;
+        }
+        let err = c.exchange(7, 51).unwrap_err();
+        assert!(err.contains("answer \"7 51 ") && err.contains(" 51 "), "{err}");
+        let verify = |addr| {
+            let (mut w, mut r) = dial(addr).unwrap();
+            w.write_all(b"verify\n").unwrap();
+            read_line(&mut r, "verify").unwrap()
+        };
+        let ok = verify(addr);
+        assert!(ok.starts_with("verify OK 1024 pages"), "{ok}");
+        // One word of page 7 changed behind its back is found, by number.
+        use std::io::{Seek, SeekFrom};
+        let mut mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", e.child.id())).unwrap();
+        mem.seek(SeekFrom::Start(e.base + 7 * 4096 + 100 * 8)).unwrap();
+        mem.write_all(&[0xee; 8]).unwrap();
+        let bad = verify(addr);
+        assert!(bad.starts_with("verify BAD 1 of 1024 pages wrong, first page 7 word 100"), "{bad}");
+    }
+
     #[test]
     fn the_shell_command_quotes_the_server() {
         let a = ClientsBench { server: Server::Redis, mib: 8, rate: 5, clients: 1, migrations: 1, think_ms: 2, json: false };
