@@ -140,6 +140,10 @@ pub struct ClientsBench {
     /// Migrations, h1 → h2, h2 → h1, ...
     #[arg(long, default_value_t = 20)]
     pub migrations: usize,
+    /// Leave out the client that opens a connection per request (to see
+    /// what the held connections alone make the stop).
+    #[arg(long)]
+    pub no_new_connection: bool,
     /// Each client's pause between an answer and its next request, ms.
     #[arg(long, default_value_t = 2)]
     pub think_ms: u64,
@@ -355,12 +359,12 @@ struct Clients {
 }
 
 impl Clients {
-    /// Starts `n` clients on held connections and one opening a
-    /// connection per request (the last), each a thread that joins the
-    /// client namespace first.
-    fn start(lab: &Lab, server: Server, addr: SocketAddr, n: usize, think: Duration) -> Result<Clients> {
+    /// Starts `n` clients on held connections and, with `fresh`, one
+    /// opening a connection per request (the last), each a thread that
+    /// joins the client namespace first.
+    fn start(lab: &Lab, server: Server, addr: SocketAddr, n: usize, fresh: bool, think: Duration) -> Result<Clients> {
         let mut c = Clients { stop: Arc::new(AtomicBool::new(false)), stats: Vec::new(), threads: Vec::new() };
-        for i in 0..=n {
+        for i in 0..n + fresh as usize {
             let fresh = i == n;
             let id = i as u64 + 1;
             let stat = Arc::new(Stat {
@@ -485,7 +489,8 @@ struct Row {
     report: Report,
     /// Longest wait of each client on a held connection, ms.
     waits_ms: Vec<f64>,
-    /// Longest wait of the client opening a connection per request, ms.
+    /// Longest wait of the client opening a connection per request, ms
+    /// (NaN without that client).
     fresh_wait_ms: f64,
     /// Retransmissions the clients' sockets counted in the window.
     retrans: u64,
@@ -553,11 +558,12 @@ fn render(a: &ClientsBench, rows: &[Row], sum: &Summary, tail: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "server {}: {} MiB dirtied at {} MiB/s, {} clients on held connections + 1 opening a connection per request, think {} ms\n",
+        "server {}: {} MiB dirtied at {} MiB/s, {} clients on held connections{}, think {} ms\n",
         a.server.name(),
         a.mib,
         a.rate,
         a.clients,
+        if a.no_new_connection { "" } else { " + 1 opening a connection per request" },
         a.think_ms
     );
     let _ = writeln!(
@@ -568,7 +574,7 @@ fn render(a: &ClientsBench, rows: &[Row], sum: &Summary, tail: &str) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:>3} {:>8} {:>9.1} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9.1} {:>7}",
+            "{:>3} {:>8} {:>9.1} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>7}",
             r.n,
             format!("{}>{}", r.from, r.to),
             r.report.downtime_ms,
@@ -578,7 +584,7 @@ fn render(a: &ClientsBench, rows: &[Row], sum: &Summary, tail: &str) -> String {
             fmt_f(r.stop_field(|b| b.handover_ms), 1),
             fmt_f(percentile(&r.waits_ms, 50.0), 1),
             fmt_f(r.waits_ms.iter().copied().fold(f64::NAN, f64::max), 1),
-            r.fresh_wait_ms,
+            fmt_f(r.fresh_wait_ms, 1),
             r.retrans
         );
     }
@@ -903,16 +909,16 @@ fn moves(b: &Bench, a: &ClientsBench, name: &str, clients: &Clients) -> (Vec<Row
             from: from.into(),
             to: to.into(),
             waits_ms: waits[..held].to_vec(),
-            fresh_wait_ms: waits[held],
+            fresh_wait_ms: waits.get(held).copied().unwrap_or(f64::NAN),
             retrans: retrans.iter().sum(),
-            fresh_retrans: retrans[held],
+            fresh_retrans: retrans.get(held).copied().unwrap_or(0),
             report,
         };
         eprintln!(
-            "   {n}: {from} -> {to} downtime {:.1} ms, longest wait {} ms (new connection {:.1} ms), {} retransmissions",
+            "   {n}: {from} -> {to} downtime {:.1} ms, longest wait {} ms (new connection {} ms), {} retransmissions",
             row.report.downtime_ms,
             fmt_f(row.waits_ms.iter().copied().fold(f64::NAN, f64::max), 1),
-            row.fresh_wait_ms,
+            fmt_f(row.fresh_wait_ms, 1),
             row.retrans
         );
         rows.push(row);
@@ -961,11 +967,12 @@ fn bench_in(b: &Bench, a: &ClientsBench, name: &str, ip: Ipv4Addr) -> Result<Ran
         })
         .context("create the table")?;
     }
-    let clients = Clients::start(&b.lab, a.server, addr, a.clients, Duration::from_millis(a.think_ms))?;
-    let first = clients.wait_progress(&vec![0; a.clients + 1], AFTER_ANSWERS, "before the first migration");
+    let fresh = !a.no_new_connection;
+    let clients = Clients::start(&b.lab, a.server, addr, a.clients, fresh, Duration::from_millis(a.think_ms))?;
+    let first = clients.wait_progress(&vec![0; clients.stats.len()], AFTER_ANSWERS, "before the first migration");
     let (rows, moved) = match first {
         Ok(()) => {
-            eprintln!("== {} clients answered; {} migrations", a.clients + 1, a.migrations);
+            eprintln!("== {} clients answered; {} migrations", clients.stats.len(), a.migrations);
             moves(b, a, name, &clients)
         }
         Err(e) => (Vec::new(), Err(e)),
@@ -1069,6 +1076,7 @@ pub fn run(a: &ClientsBench) -> Result<()> {
             "rate_mib_per_s": a.rate,
             "clients": a.clients,
             "think_ms": a.think_ms,
+            "new_connection_client": !a.no_new_connection,
             "migrations": rows,
             "answers_checked": out.answers,
             "errors": 0,
@@ -1190,7 +1198,16 @@ mod tests {
 
     #[test]
     fn the_shell_command_quotes_the_server() {
-        let a = ClientsBench { server: Server::Redis, mib: 8, rate: 5, clients: 1, migrations: 1, think_ms: 2, json: false };
+        let a = ClientsBench {
+            server: Server::Redis,
+            mib: 8,
+            rate: 5,
+            clients: 1,
+            migrations: 1,
+            no_new_connection: false,
+            think_ms: 2,
+            json: false,
+        };
         let c = with_dirtier(Path::new("/d/dirtier"), &a, &["/usr/bin/x".into(), "--save".into(), "".into(), "it's".into()]);
         assert_eq!(c[2], r"'/d/dirtier' 8 5 & exec '/usr/bin/x' '--save' '' 'it'\''s'");
     }
