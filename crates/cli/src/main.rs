@@ -149,7 +149,8 @@ enum Cmd {
         rounds: u32,
     },
     /// Measure checkpoint and restore speed on real processes (`bench
-    /// migrate`: live migration between the hosts of a lab of its own).
+    /// migrate`: live migration between the hosts of a lab of its own;
+    /// `bench clients`: what a moving partition's clients feel).
     Bench {
         #[command(subcommand)]
         cmd: Option<BenchCmd>,
