@@ -261,7 +261,7 @@ fn verdicts(rows: &[Row]) -> Vec<Verdict> {
     out
 }
 
-fn fmt_f(f: f64, prec: usize) -> String {
+pub(crate) fn fmt_f(f: f64, prec: usize) -> String {
     if f.is_finite() {
         format!("{f:.prec$}")
     } else {
@@ -378,7 +378,7 @@ fn render(rows: &[Row], verdicts: &[Verdict]) -> String {
 /// Tears the lab down once, whichever comes first: the end of the
 /// benchmark (drop) or a signal.
 #[derive(Clone)]
-struct Teardown {
+pub(crate) struct Teardown {
     dir: PathBuf,
     done: Arc<Mutex<bool>>,
     /// Set by the signal thread before it tears down: the benchmark then
@@ -387,7 +387,7 @@ struct Teardown {
 }
 
 impl Teardown {
-    fn new(dir: PathBuf) -> Teardown {
+    pub(crate) fn new(dir: PathBuf) -> Teardown {
         Teardown { dir, done: Arc::new(Mutex::new(false)), stopping: Arc::new(AtomicBool::new(false)) }
     }
 
@@ -408,14 +408,14 @@ impl Teardown {
 
     /// When a signal is tearing the lab down, waits for the process to
     /// exit instead of going on with a lab that is disappearing.
-    fn park_if_stopping(&self) {
+    pub(crate) fn park_if_stopping(&self) {
         while self.stopping.load(Ordering::SeqCst) {
             std::thread::park();
         }
     }
 }
 
-struct LabGuard(Teardown);
+pub(crate) struct LabGuard(pub(crate) Teardown);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
@@ -429,7 +429,7 @@ impl Drop for LabGuard {
 /// lab's `lpmd`s block SIGINT and SIGTERM themselves and wait for them,
 /// so only their SIGHUP differs from `lpm lab up`'s; partitions start with
 /// an empty mask whoever started their `lpmd`.
-fn teardown_on_signal(t: Teardown) -> Result<()> {
+pub(crate) fn teardown_on_signal(t: Teardown) -> Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -451,27 +451,27 @@ fn teardown_on_signal(t: Teardown) -> Result<()> {
 }
 
 /// The benchmark's lab and how to talk to it.
-struct Bench {
-    lab: Lab,
-    key: lpm_wire::Key,
-    dirtier: PathBuf,
-    teardown: Teardown,
+pub(crate) struct Bench {
+    pub(crate) lab: Lab,
+    pub(crate) key: lpm_wire::Key,
+    pub(crate) dirtier: PathBuf,
+    pub(crate) teardown: Teardown,
 }
 
 impl Bench {
-    fn client(&self, host: &str) -> Result<Client> {
+    pub(crate) fn client(&self, host: &str) -> Result<Client> {
         let h = self.lab.host(host).ok_or_else(|| anyhow!("no host {host:?} in the benchmark's lab"))?;
         Client::connect(&h.name, &h.control, &self.key)
     }
 
-    fn show(&self, host: &str, name: &str) -> Result<PartitionInfo> {
+    pub(crate) fn show(&self, host: &str, name: &str) -> Result<PartitionInfo> {
         match self.client(host)?.call(&Request::Show(name.to_string()))? {
             Response::Partition(p) => Ok(p),
             other => bail!("{host}: unexpected answer to show {name}: {other:?}"),
         }
     }
 
-    fn logs(&self, host: &str, name: &str) -> Result<String> {
+    pub(crate) fn logs(&self, host: &str, name: &str) -> Result<String> {
         match self.client(host)?.call(&Request::Logs { name: name.to_string(), max_bytes: 1 << 16 })? {
             Response::Logs(t) => Ok(t),
             other => bail!("{host}: unexpected answer to logs {name}: {other:?}"),
@@ -480,7 +480,7 @@ impl Bench {
 
     /// Polls the console log of `name` on `host` until a line starts with
     /// `prefix`; returns that line.
-    fn wait_line(&self, host: &str, name: &str, prefix: &str, timeout: Duration) -> Result<String> {
+    pub(crate) fn wait_line(&self, host: &str, name: &str, prefix: &str, timeout: Duration) -> Result<String> {
         let t = Instant::now();
         loop {
             let log = self.logs(host, name)?;
@@ -679,7 +679,7 @@ fn raw_bandwidth(lab: &Lab, from: &str, to: &str, bytes: u64) -> Result<Raw> {
 }
 
 /// Compiles the dirtier into `dir`.
-fn build_dirtier(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn build_dirtier(dir: &Path) -> Result<PathBuf> {
     let src = dir.join("dirtier.c");
     let bin = dir.join("dirtier");
     std::fs::write(&src, DIRTIER_C).with_context(|| format!("write {}", src.display()))?;

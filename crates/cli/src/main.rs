@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod bench_clients;
 mod bench_migrate;
 mod cluster;
 mod migrations;
@@ -148,7 +149,8 @@ enum Cmd {
         rounds: u32,
     },
     /// Measure checkpoint and restore speed on real processes (`bench
-    /// migrate`: live migration between the hosts of a lab of its own).
+    /// migrate`: live migration between the hosts of a lab of its own;
+    /// `bench clients`: what a moving partition's clients feel).
     Bench {
         #[command(subcommand)]
         cmd: Option<BenchCmd>,
@@ -169,6 +171,9 @@ enum BenchCmd {
     /// Live migration of partitions dirtying memory at set rates, held
     /// against the raw TCP bandwidth between the two hosts.
     Migrate(bench_migrate::MigrateBench),
+    /// What the clients of a partition feel while it moves back and
+    /// forth: downtime, each client's longest wait, retransmissions.
+    Clients(bench_clients::ClientsBench),
 }
 
 #[derive(Subcommand)]
@@ -255,6 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { cmd: Some(BenchCmd::Migrate(a)), .. } => bench_migrate::run(&a).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench { cmd: Some(BenchCmd::Clients(a)), .. } => bench_clients::run(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Bench { cmd: None, runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
     }
 }

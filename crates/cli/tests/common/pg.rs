@@ -77,6 +77,11 @@ impl Pg {
         }
     }
 
+    /// The connection's socket (for TCP_INFO).
+    pub fn socket(&self) -> &TcpStream {
+        &self.w
+    }
+
     /// Says goodbye (Terminate) and closes the connection.
     pub fn close(mut self) -> Result<(), String> {
         self.w.write_all(&[b'X', 0, 0, 0, 4]).map_err(|e| format!("send Terminate: {e}"))
