@@ -942,6 +942,7 @@ fn bench_in(b: &Bench, a: &ClientsBench, name: &str, ip: Ipv4Addr) -> Result<Ran
         command,
         memory: Some(memory),
         cpus: None,
+        rt_runtime_us: None,
         ip: Some(format!("{ip}/24")),
         mac: None,
         volumes: vec![b.lab.dir().to_path_buf()],
