@@ -271,7 +271,9 @@ impl StoppedTree {
             After::Run => self.frozen.release(),
             After::Frozen => self.hand_to_freezer(&mut handoff)?,
             After::Kill => {
+                let silenced = files::silence_connections(&tree);
                 self.kill();
+                drop(silenced);
                 if let Some(l) = lock {
                     l.keep();
                 }

@@ -402,8 +402,9 @@ impl Held {
             return Err(EngineError::Incompatible("the lazy fill was not taken before the release: the tree would wait forever".into()));
         }
         // Every connection exists again: the checkpoint's lock goes, and
-        // each connection to a peer outside the tree then sends what the
-        // peer has not acknowledged at once as it leaves repair mode.
+        // each connection to a peer outside the tree then probes the peer
+        // as it leaves repair mode, which answers at once with what it
+        // got and its window (`files::inet::probes`).
         if let Some(l) = &net_lock {
             crate::netlock::unlock(l)?;
         }
@@ -446,9 +447,9 @@ pub struct ParkedConnection {
     pub fd: u32,
     /// Its open file's id in the image.
     pub file_id: u32,
-    /// It sends its whole send queue again when it leaves repair mode
-    /// (its peer is outside the tree).
-    pub resend: bool,
+    /// It sends a window probe when it leaves repair mode (its peer is
+    /// outside the tree).
+    pub probe: bool,
 }
 
 impl Parked {
@@ -483,7 +484,7 @@ impl Parked {
                         let res = match tree.files.iter().find(|f| f.id == c.file_id) {
                             Some(file) => {
                                 let fd = lpm_image::Fd { fd: c.fd, cloexec: false, file_id: c.file_id };
-                                let d = files::Deferred { pid: c.pid, fd, file: file.clone(), resend: c.resend };
+                                let d = files::Deferred { pid: c.pid, fd, file: file.clone(), probe: c.probe };
                                 files::finish_deferred(std::slice::from_ref(&d))
                             }
                             None => Err(EngineError::Incompatible(format!(
@@ -528,7 +529,7 @@ impl Held {
         puppets.armed = false;
         let pids = puppets.order.iter().map(|pid| puppets.by_pid[pid].host).collect();
         let connections =
-            deferred.iter().map(|d| ParkedConnection { pid: d.pid, fd: d.fd.fd, file_id: d.file.id, resend: d.resend }).collect();
+            deferred.iter().map(|d| ParkedConnection { pid: d.pid, fd: d.fd.fd, file_id: d.file.id, probe: d.probe }).collect();
         Ok(Parked { root_pid, pids, cgroup: cgroup.to_path_buf(), connections, deferred })
     }
 }
@@ -546,7 +547,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     // Connections an image's network lock holds stay in repair mode until
     // the release lifts it.
     let defer_tcp = opts.defer_tcp || tree.net_lock.is_some();
-    let open = open_files(&tree, dir, opts.netns.as_ref().map(|f| f.as_fd()), defer_tcp, opts.shell_job)?;
+    let open = open_files(&tree, dir, opts.netns.as_ref().map(|f| f.as_fd()), opts.shell_job)?;
     stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
     let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
@@ -687,8 +688,8 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
 /// the tree in which the root's namespace is "here" (sockets of other
 /// owned namespaces still enter theirs), and the puppets are then pointed
 /// at the given namespace instead of a new one.
-fn open_files(tree: &TreeImage, dir: &Path, given: Option<BorrowedFd<'_>>, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
-    let Some(ns) = given else { return files::open_all(tree, dir, defer_tcp, shell_job) };
+fn open_files(tree: &TreeImage, dir: &Path, given: Option<BorrowedFd<'_>>, shell_job: bool) -> Result<OpenFiles> {
+    let Some(ns) = given else { return files::open_all(tree, dir, shell_job) };
     let root = root_of(tree);
     let owned = root.namespaces.as_ref().filter(|n| n.clone_flags & NEWNET != 0).ok_or_else(|| {
         EngineError::Incompatible("a network namespace was given for the restore, but the image's root does not own one".into())
@@ -710,8 +711,8 @@ fn open_files(tree: &TreeImage, dir: &Path, given: Option<BorrowedFd<'_>>, defer
     if lo_up {
         ns::bring_lo_up(ns, root.pid as i32)?;
     }
-    let mut open = lpm_sys::net::in_netns(ns, || files::open_all(&here, dir, defer_tcp, shell_job))
-        .step(0, || "enter the given network namespace".into())??;
+    let mut open =
+        lpm_sys::net::in_netns(ns, || files::open_all(&here, dir, shell_job)).step(0, || "enter the given network namespace".into())??;
     let own = ns.try_clone_to_owned().map_err(crate::io_err("duplicate the given network namespace"))?;
     open.net.insert(key, own);
     Ok(open)

@@ -21,6 +21,8 @@ pub const SIOCOUTQNSD: u64 = 0x894B;
 const SIOCGSKNS: u64 = 0x894C;
 /// `SO_PEEK_OFF`.
 pub const SO_PEEK_OFF: i32 = 42;
+/// `TCP_REPAIR_OFF`: leave repair mode, sending a window probe.
+pub const TCP_REPAIR_OFF: i32 = 0;
 /// `TCP_REPAIR_OFF_NO_WP`: leave repair mode without a window probe.
 pub const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 /// `NETLINK_LIST_MEMBERSHIPS`.

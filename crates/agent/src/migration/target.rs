@@ -34,7 +34,8 @@ struct ParkedRecord {
     root_pid: i32,
     pids: Vec<i32>,
     cgroup: PathBuf,
-    /// (pid, fd, image file id, resends) of each connection in repair mode.
+    /// (pid, fd, image file id, window probe) of each connection in
+    /// repair mode.
     connections: Vec<(i32, u32, u32, bool)>,
 }
 
@@ -44,12 +45,12 @@ impl ParkedRecord {
             root_pid: p.root_pid,
             pids: p.pids.clone(),
             cgroup: p.cgroup.clone(),
-            connections: p.connections.iter().map(|c| (c.pid, c.fd, c.file_id, c.resend)).collect(),
+            connections: p.connections.iter().map(|c| (c.pid, c.fd, c.file_id, c.probe)).collect(),
         }
     }
 
     fn parked(&self) -> Parked {
-        let conns = self.connections.iter().map(|&(pid, fd, file_id, resend)| ParkedConnection { pid, fd, file_id, resend }).collect();
+        let conns = self.connections.iter().map(|&(pid, fd, file_id, probe)| ParkedConnection { pid, fd, file_id, probe }).collect();
         Parked::from_parts(self.root_pid, self.pids.clone(), self.cgroup.clone(), conns)
     }
 }

@@ -872,7 +872,7 @@ fn create(f: &FileImage, s: &SocketImage, cx: &OpenCx) -> Result<OwnedFd> {
     };
     let fd = sock.as_fd();
     if let Some(t) = &s.tcp {
-        restore_tcp(f, s, fd, t, resends(&cx.tree.files, f, cx.defer_tcp))?;
+        restore_tcp(f, s, fd, t)?;
         return Ok(sock);
     }
     sockets::apply_opts(f, fd, &s.opts)?;
@@ -981,7 +981,7 @@ fn send_all(f: &FileImage, s: &SocketImage, fd: BorrowedFd, data: &[u8], what: &
 /// is left), window. FINs come in [`finish_tcp`]. A connection still
 /// opening (SYN_SENT) only gets its initial sequence number and its
 /// address here; it connects when it leaves repair mode.
-fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage, resend: bool) -> Result<()> {
+fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage) -> Result<()> {
     let e = |what: &str| restore_err(f, s, what.to_string());
     let set = |name: i32, val: i32, what: &str| net::setsockopt_int(fd, libc::IPPROTO_TCP, name, val).map_err(e(what));
     let family = s.family as i32;
@@ -1052,9 +1052,14 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage,
     }
     set(libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE receive")?;
     send_all(f, s, fd, &t.recv_queue, "receive")?;
-    // With `resend`, nothing counts as sent: the whole queue goes out as
-    // new data when repair mode is left (see files::Deferred).
-    let sent = if resend { 0 } else { t.send_queue.len().saturating_sub(t.unsent as usize) };
+    // What was sent stays sent, also toward a peer outside the tree:
+    // that peer may have received (and acknowledged, into the lock) more
+    // than the image saw acknowledged, and a socket whose next sequence
+    // number is behind the peer's acknowledgement discards it with the
+    // segment that carries it, data and window included. Sent again as
+    // new data, the queue would stall as soon as the first flight ends
+    // short of what the peer holds (see `probes`).
+    let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
     set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE send")?;
     send_all(f, s, fd, &t.send_queue[..sent], "send")?;
     set(libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE none")?;
@@ -1111,7 +1116,7 @@ fn set_window(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage, 
 /// How a connection's FINs come back. Ours is queued as sent by
 /// shutdown(2) in repair mode (with the send queue selected, it is not
 /// transmitted), unless it must follow data sent when repair mode is left
-/// (it was never sent, or the whole queue is sent again): then shutdown(2)
+/// (it was never sent): then shutdown(2)
 /// queues it after that data, as a program's would. The peer's FIN and
 /// its acknowledgement of ours are segments made up by the restore
 /// (`tcp_segment`).
@@ -1126,10 +1131,10 @@ struct Fins {
     theirs: bool,
 }
 
-fn fins(st: TcpState, t: &TcpConnImage, resend: bool) -> Fins {
+fn fins(st: TcpState, t: &TcpConnImage) -> Fins {
     let ours = our_fin(st);
     let acked = st == TcpState::FinWait2;
-    let later = ours && !acked && (t.fin_unsent || resend);
+    let later = ours && !acked && t.fin_unsent;
     Fins { ours_now: ours && !later, ours_later: later, acked, theirs: their_fin(st) }
 }
 
@@ -1189,14 +1194,14 @@ fn shut(f: &FileImage, s: &SocketImage, fd: BorrowedFd, in_repair: bool) -> Resu
 /// leaves repair mode: an answer to a made-up segment then reaches a peer
 /// end in repair mode (inside the tree) or none (the lock drops it), and
 /// no peer end has sent anything yet that would move this one on.
-pub(crate) fn settle_fins(f: &FileImage, fd: BorrowedFd, resend: bool) -> Result<()> {
+pub(crate) fn settle_fins(f: &FileImage, fd: BorrowedFd) -> Result<()> {
     let s = sockets::image(f)?;
     let Some(t) = &s.tcp else { return Ok(()) };
     let st = state(f, t)?;
     if st == TcpState::SynSent || st == TcpState::Established {
         return Ok(());
     }
-    let plan = fins(st, t, resend);
+    let plan = fins(st, t);
     let una = t.snd_seq.wrapping_sub(t.send_queue.len() as u32);
     if plan.ours_now && st != TcpState::LastAck {
         shut(f, s, fd, true)?;
@@ -1223,12 +1228,13 @@ pub(crate) fn settle_fins(f: &FileImage, fd: BorrowedFd, resend: bool) -> Result
 
 /// Leaves repair mode on a restored connection (once, from the first
 /// puppet holding it), its FINs in repair mode settled
-/// ([`settle_fins`]): repair off, options (repair mode resets
-/// SO_REUSEADDR on leaving), then the never-sent part of the send queue,
-/// which goes out as a program's write would, and our FIN after it when
-/// it follows that data (the peer's FIN, in CLOSING, after ours). A
-/// connection still opening connects here: its SYN goes out.
-fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImage, resend: bool) -> Result<()> {
+/// ([`settle_fins`]): repair off (with a window probe when `probe`),
+/// options (repair mode resets SO_REUSEADDR on leaving), then the
+/// never-sent part of the send queue, which goes out as a program's write
+/// would, and our FIN after it when it follows that data (the peer's FIN,
+/// in CLOSING, after ours). A connection still opening connects here: its
+/// SYN goes out.
+fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImage, probe: bool) -> Result<()> {
     let sock = net::steal_fd(pid, fd.fd as i32).step(pid, || format!("pidfd_getfd restored fd {}", fd.fd))?;
     let sfd = sock.as_fd();
     let e = |what: &str| restore_err(f, s, what.to_string());
@@ -1242,11 +1248,18 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
         sockets::apply_opts(f, sfd, &later)?;
         return connect_again(f, s, sfd);
     }
-    let plan = fins(st, t, resend);
+    let plan = fins(st, t);
     let una = t.snd_seq.wrapping_sub(t.send_queue.len() as u32);
-    net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, net::TCP_REPAIR_OFF_NO_WP).map_err(e("TCP_REPAIR off"))?;
+    // The timers the connection takes out of repair mode (a slow resume
+    // of its stream shows here first).
+    if let Ok(info) = tcp_info_of(sfd) {
+        let u = |o: usize| u32::from_ne_bytes([info[o], info[o + 1], info[o + 2], info[o + 3]]);
+        tracing::debug!(pid, fd = fd.fd, retransmits = info[2], backoff = info[4], rto_us = u(8), unacked = u(24), "leave repair mode");
+    }
+    let off = if probe { net::TCP_REPAIR_OFF } else { net::TCP_REPAIR_OFF_NO_WP };
+    net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, off).map_err(e("TCP_REPAIR off"))?;
     sockets::apply_opts(f, sfd, &later)?;
-    let sent = if resend { 0 } else { t.send_queue.len().saturating_sub(t.unsent as usize) };
+    let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
     send_all(f, s, sfd, &t.send_queue[sent..], "send")?;
     if plan.ours_later {
         shut(f, s, sfd, false)?;
@@ -1262,6 +1275,13 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
     }
     // A read shutdown of the program's own (the write side is the FINs').
     restore_shutdown(f, s, sfd)
+}
+
+/// TCP_INFO of a restored socket.
+fn tcp_info_of(fd: BorrowedFd) -> lpm_sys::Result<[u8; 104]> {
+    let mut info = [0u8; 104];
+    net::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info)?;
+    Ok(info)
 }
 
 /// connect(2) of a connection that was opening, without waiting for the
@@ -1281,25 +1301,55 @@ fn connect_again(f: &FileImage, s: &SocketImage, fd: BorrowedFd) -> Result<()> {
     }
 }
 
-/// Leaves repair mode on a connection deferred at install, sending its
-/// whole send queue.
+/// Leaves repair mode on a connection deferred at install.
 pub(crate) fn finish_deferred(d: &super::Deferred) -> Result<()> {
     let s = sockets::image(&d.file)?;
     let t = s.tcp.as_ref().ok_or_else(|| EngineError::Incompatible(format!("socket file {}: deferred but not a connection", d.file.id)))?;
-    finish_tcp(d.pid, &d.fd, &d.file, s, t, d.resend)
+    finish_tcp(d.pid, &d.fd, &d.file, s, t, d.probe)
 }
 
-/// Whether a deferred connection resends its whole send queue when it
-/// leaves repair mode: only toward a peer outside the tree. Both ends of a
-/// connection inside the tree are restored consistent (`reconcile`); a
-/// resend would put the sender's next sequence number behind what its
-/// peer has received, and the peer's acknowledgments, of data the sender
-/// counts as unsent, would be dropped, window updates included: with a
-/// full window the stream would never move again.
-pub(crate) fn resends(files: &[FileImage], f: &FileImage, defer: bool) -> bool {
+/// Whether a deferred connection sends a window probe as it leaves repair
+/// mode: only toward a peer outside the tree, once the network is
+/// unlocked. The probe (a segment below the peer's window) makes the peer
+/// answer at once with its acknowledgement and window: the restored end
+/// learns what the peer got while the lock dropped the acknowledgements,
+/// and whether its window opened meanwhile, without waiting for the
+/// peer's next segment, which its retransmission or zero-window-probe
+/// backoff, grown with the length of the lock, may hold back for as long
+/// as the lock lasted. Both ends of a connection inside the tree are
+/// restored consistent (`reconcile`) and need none.
+pub(crate) fn probes(files: &[FileImage], f: &FileImage, defer: bool) -> bool {
     let conn = |f: &FileImage| f.socket.as_ref().filter(|s| s.tcp.is_some()).map(|s| (s.net_ns, s.local.clone(), s.peer.clone()));
     let Some((ns, local, peer)) = conn(f) else { return false };
     defer && !files.iter().any(|b| b.id != f.id && conn(b).is_some_and(|(bns, bl, bp)| bns == ns && bl == peer && bp == local))
+}
+
+/// Puts every TCP connection of a dumped tree (about to be killed) back in
+/// repair mode, through a copy of the first descriptor holding it, and
+/// returns the copies, to drop once the tree is dead. The dump left repair
+/// mode so that a tree that goes on (or a failed checkpoint) keeps its
+/// connections; a killed one must not close them as a program would: a
+/// socket with nothing left unread sends its FIN after its queue and
+/// lingers as an orphan in FIN_WAIT1, retransmitting into the lock and
+/// holding the connection's addresses, so that the restore's connect(2)
+/// finds them taken (EADDRNOTAVAIL); one with unread data sends a reset.
+/// A socket closed in repair mode goes without a word. Best effort: a
+/// connection that cannot be put back in repair mode is closed as the
+/// kernel closes it, which the lock keeps from the peer.
+pub(crate) fn silence(tree: &lpm_image::TreeImage) -> Vec<OwnedFd> {
+    let mut held = Vec::new();
+    for f in tree.files.iter().filter(|f| f.socket.as_ref().is_some_and(|s| s.tcp.is_some())) {
+        let holder = tree.processes.iter().find_map(|p| p.fds.iter().find(|d| d.file_id == f.id).map(|d| (p, d.fd)));
+        let Some((p, fd)) = holder else { continue };
+        let pid = if p.host_pid != 0 { p.host_pid } else { p.pid } as i32;
+        let res = net::steal_fd(pid, fd as i32)
+            .and_then(|sock| net::setsockopt_int(sock.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 1).map(|()| sock));
+        match res {
+            Ok(sock) => held.push(sock),
+            Err(e) => tracing::warn!(pid, fd, error = %e, "TCP connection not put back in repair mode before the kill: it closes as usual"),
+        }
+    }
+    held
 }
 
 /// Whether sequence number `x` lies in `[lo, hi]`, modulo 2^32.

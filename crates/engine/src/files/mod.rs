@@ -95,9 +95,6 @@ pub struct OpenCx<'a> {
     /// Descriptions of unlinked files opened ahead of their turn (every
     /// description of a ghost is opened when its first one is), by file id.
     pub ghosts: HashMap<u32, OwnedFd>,
-    /// Established connections stay in repair mode until the tree is
-    /// released (see [`Deferred`]).
-    pub defer_tcp: bool,
     /// Descriptors of a shell job's user terminal open the restoring
     /// terminal ([`crate::RestoreOptions::shell_job`]).
     pub shell_job: bool,
@@ -112,10 +109,10 @@ pub struct OpenCx<'a> {
 }
 
 /// An established connection left in repair mode at install, to leave it
-/// when the tree is released: a migration unlocks the partition's network
-/// first, so what the connection sends on leaving repair (its whole send
-/// queue, again) reaches the peer at once instead of after a
-/// retransmission timeout of a second.
+/// when the tree is released: the network is unlocked first (a plain
+/// checkpoint's rules, a migration's partition link), so what the
+/// connection sends on leaving repair (a window probe toward a peer
+/// outside the tree, the never-sent data) reaches the peer at once.
 #[derive(Clone, Debug)]
 pub struct Deferred {
     /// Host pid of the puppet holding it.
@@ -124,8 +121,9 @@ pub struct Deferred {
     pub fd: Fd,
     /// Its image.
     pub file: FileImage,
-    /// It resends its whole send queue (see `inet::resends`).
-    pub resend: bool,
+    /// It sends a window probe as it leaves repair mode (see
+    /// `inet::probes`).
+    pub probe: bool,
 }
 
 /// The network namespace of restored process `host`, as its nsfs inode.
@@ -356,6 +354,13 @@ pub(crate) fn inet_peer(pid: i32, ino: u64, s: &lpm_image::SocketImage, sock: st
 pub fn reconcile_connections(table: &mut FileTable) -> Result<()> {
     unix::reconcile(table)?;
     inet::reconcile(table)
+}
+
+/// Puts every TCP connection of a dumped tree back in repair mode just
+/// before the tree is killed, so that its sockets close silently (see
+/// `inet::silence`); the copies returned keep them until dropped.
+pub fn silence_connections(tree: &TreeImage) -> Vec<OwnedFd> {
+    inet::silence(tree)
 }
 
 /// Names, in each inotify watch of an unlinked inode, the ghost the dump
@@ -590,7 +595,7 @@ impl OpenFiles {
 pub(crate) const O_LARGEFILE: u32 = 0o100000;
 
 /// Opens every file description of the image in `dir` in the restorer.
-pub fn open_all(tree: &TreeImage, dir: &std::path::Path, defer_tcp: bool, shell_job: bool) -> Result<OpenFiles> {
+pub fn open_all(tree: &TreeImage, dir: &std::path::Path, shell_job: bool) -> Result<OpenFiles> {
     let max_fd = tree.processes.iter().flat_map(|p| p.fds.iter().map(|f| f.fd)).max().unwrap_or(0) as i32;
     let base = (max_fd + 1).max(64);
     let limit = misc::raise_nofile();
@@ -610,7 +615,6 @@ pub fn open_all(tree: &TreeImage, dir: &std::path::Path, defer_tcp: bool, shell_
         net: &net,
         ptys: HashMap::new(),
         ghosts: HashMap::new(),
-        defer_tcp,
         shell_job,
         terminal: None,
         memfds: HashMap::new(),
@@ -638,7 +642,7 @@ pub fn open_all(tree: &TreeImage, dir: &std::path::Path, defer_tcp: bool, shell_
     // connections come now, before any connection leaves repair mode.
     for f in tree.files.iter().filter(|f| f.socket.as_ref().is_some_and(|s| s.tcp.is_some())) {
         if let Some(fd) = by_id.get(&f.id) {
-            inet::settle_fins(f, fd.as_fd(), inet::resends(&tree.files, f, defer_tcp))?;
+            inet::settle_fins(f, fd.as_fd())?;
         }
     }
     let (holders, pipes, terminal) = (cx.holders, cx.pipes, cx.terminal);
@@ -704,7 +708,7 @@ pub fn install(
         if let (Some(list), Some(_)) = (deferred.as_deref_mut(), f.socket.as_ref().and_then(|s| s.tcp.as_ref())) {
             // Once per connection, from the first puppet holding it.
             if !list.iter().any(|d| d.file.id == f.id) {
-                list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone(), resend: inet::resends(&tree.files, f, true) });
+                list.push(Deferred { pid, fd: fd.clone(), file: (*f).clone(), probe: inet::probes(&tree.files, f, true) });
             }
             continue;
         }
