@@ -243,6 +243,9 @@ struct ZRun {
     problems: Vec<String>,
     /// The run's ZDTM_RUN value, which names what it leaves in /dev/shm.
     marker: String,
+    /// Huge pages held for the program (`Need::HugePages`) until the run
+    /// is dropped, after its lab.
+    huge: Option<common::hugepages::HugePages>,
 }
 
 impl Drop for ZRun {
@@ -269,6 +272,7 @@ impl ZRun {
             verdict: "-".into(),
             problems: Vec::new(),
             marker: String::new(),
+            huge: None,
         }
     }
 
@@ -285,6 +289,7 @@ impl ZRun {
     /// environment.
     fn start(&mut self, lab: &TestLab, bin: Option<&Path>, outer: &str, listeners: &mut Vec<UnixListener>) -> Result<(), String> {
         zdtm_progs::check_needs(self.prog)?;
+        self.huge = zdtm_progs::reserve_needs(self.prog)?;
         std::fs::create_dir_all(&self.work).map_err(|e| format!("create {}: {e}", self.work.display()))?;
         // Programs may drop privileges (creds) and still write their files.
         std::fs::set_permissions(&self.work, std::fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod: {e}"))?;

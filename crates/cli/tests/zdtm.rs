@@ -395,6 +395,9 @@ struct Run {
     /// Differences that do not stop the scenario: it runs on to the
     /// program's own verdict, and the test fails with both.
     soft: Vec<String>,
+    /// Huge pages held for the program (`Need::HugePages`), given back
+    /// after its trees are killed (fields drop after `Drop::drop`).
+    _huge: Option<common::hugepages::HugePages>,
 }
 
 impl Run {
@@ -403,6 +406,7 @@ impl Run {
     fn new(prog: &'static Prog, scenario: &str, prebuilt: Option<&Path>) -> Res<Run> {
         become_subreaper();
         check_needs(prog)?;
+        let huge = reserve_needs(prog)?;
         let label = format!("{}-{scenario}", prog.name);
         let dir = unique_dir(&label)?;
         let work = dir.join("work");
@@ -423,6 +427,7 @@ impl Run {
             lpm_peak_kib: Vec::new(),
             lpm_env: Vec::new(),
             soft: Vec::new(),
+            _huge: huge,
         };
         fs::create_dir(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
         // Programs may drop privileges (creds) and still write their files.
@@ -1039,6 +1044,7 @@ zdtm_tests!(
     sock_packet,
     sock_raw,
     sock_reuseport,
+    mem_hugetlb,
 );
 
 /// A checkpoint of a tree holding a message in a unix socket with
@@ -1145,65 +1151,6 @@ fn host_namespace_is_refused() {
     }
 }
 
-/// Huge pages reserved for a test (the machine has none), given back when
-/// dropped: /proc/sys/vm/nr_hugepages raised by `n` and put back.
-struct HugePages {
-    before: u64,
-}
-
-impl HugePages {
-    const PATH: &'static str = "/proc/sys/vm/nr_hugepages";
-
-    fn reserve(n: u64) -> Res<HugePages> {
-        let read = || -> Res<u64> {
-            fs::read_to_string(Self::PATH).map_err(|e| format!("read {}: {e}", Self::PATH))?.trim().parse().map_err(|e| format!("{e}"))
-        };
-        let before = read()?;
-        fs::write(Self::PATH, (before + n).to_string()).map_err(|e| format!("write {}: {e}", Self::PATH))?;
-        let guard = HugePages { before };
-        let free: u64 = fs::read_to_string("/proc/meminfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("HugePages_Free:")?.trim().parse().ok())
-            .unwrap_or(0);
-        if free < n {
-            return Err(format!("only {free} huge pages free after asking for {n} more (memory too fragmented?)"));
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for HugePages {
-    fn drop(&mut self) {
-        let _ = fs::write(Self::PATH, self.before.to_string());
-    }
-}
-
-/// A checkpoint of a tree mapping hugetlbfs pages fails naming the
-/// process, the area and the kind; the tree runs on and passes. The test
-/// reserves the two huge pages the program maps, and gives them back.
-#[test]
-fn hugetlb_is_refused() {
-    let pages = HugePages::reserve(2).unwrap_or_else(|e| panic!("zdtm mem_hugetlb needs 2 huge pages: {e}"));
-    let mut run = Run::new(&MEM_HUGETLB, "refused", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
-    let res = (|| -> Res<()> {
-        let (tree, msg) = run.refused_checkpoint()?;
-        if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("hugetlbfs") {
-            return Err(format!("the refusal does not name the process and hugetlbfs: {msg:?}"));
-        }
-        sleep(SETTLE);
-        run.check_running(&tree, "after the refused checkpoint")?;
-        run.check_tree("after the refused checkpoint")?;
-        run.expect_pass()
-    })();
-    let report = res.err().map(|e| run.report(&e));
-    drop(run);
-    drop(pages);
-    if let Some(r) = report {
-        panic!("{r}");
-    }
-}
-
 /// A checkpoint of a tree where one process traces another (a debugger
 /// and its debuggee) fails naming the traced thread and its tracer, and
 /// both run on as they were.
@@ -1282,6 +1229,43 @@ fn verify_names_a_mapping_of_another_unlinked_inode() {
         let msg = fs::read_to_string(&stderr).unwrap_or_default();
         if !msg.contains("differs from its image") || !msg.contains("inode (as fd 10: unlinked") {
             return Err(format!("the refusal does not name the mapping and its descriptor: {msg:?}"));
+        }
+        run.wait_gone(&tree, "after the refused restore")?;
+        run.restore(&images)?;
+        sleep(SETTLE);
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// `--verify` tells a private MAP_HUGETLB area restored in 4 KiB pages
+/// (mem_hugetlb, with the restore's `hugetlb-small` sabotage) from the
+/// original: the restore fails naming the area, VmFlags ht and the page
+/// size, and the same image then restores and passes.
+#[test]
+fn verify_names_a_hugetlb_area_in_small_pages() {
+    let prog = find_prog("mem_hugetlb");
+    let mut run = Run::new(prog, "verify", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "hugetlb-small".to_string())];
+        if run.restore(&images).is_ok() {
+            return Err("a restore mapping a hugetlbfs area in 4 KiB pages passed --verify".into());
+        }
+        run.lpm_env.clear();
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains("hugetlbfs (VmFlags ht): recorded true, found false")
+            || !msg.contains("KernelPageSize: recorded 2097152, found 4096")
+        {
+            return Err(format!("the refusal does not name the area's hugetlbfs flag and page size: {msg:?}"));
         }
         run.wait_gone(&tree, "after the refused restore")?;
         run.restore(&images)?;

@@ -303,6 +303,7 @@ impl StoppedTree {
                 pipes: &pipes,
                 ghosts: &ghosts,
                 processes: &tree.processes,
+                shmems: &tree.shmems,
                 ptys: &identity,
                 dumped: true,
             })

@@ -211,6 +211,10 @@ pub fn dump_maps(pid: i32, maps: &[MapEntry]) -> Result<Vec<SysvShmMap>> {
             return Err(unsupported("in the host's ipc namespace, which the tree does not own"));
         }
         let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+        let fs = rustix::fs::statfs(path.as_str()).map_err(|err| io_err(format!("statfs {path}"))(err.into()))?;
+        if fs.f_type as u64 == crate::hugetlb::HUGETLBFS_MAGIC || e.has("ht") {
+            return Err(unsupported(crate::hugetlb::refused(e).unwrap_or("on hugetlbfs (SHM_HUGETLB)")));
+        }
         let size = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?.len();
         if e.offset != 0 || e.end - e.start != size.div_ceil(PAGE) * PAGE {
             return Err(unsupported("attached only in part (unmapped or split by mprotect)"));

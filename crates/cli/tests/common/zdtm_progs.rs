@@ -14,6 +14,11 @@ pub enum Need {
     Avx2,
     /// `unshare` from util-linux.
     Unshare,
+    /// This many huge pages of 2 MiB free while it runs (the machine has
+    /// none): the runners reserve them ([`reserve_needs`]) and give them
+    /// back however the run ends. Counted for the program, its restored
+    /// copy and a copy being moved at once.
+    HugePages(u64),
 }
 
 /// How a program is built and started.
@@ -170,6 +175,9 @@ pub static PROGS: &[Prog] = &[
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_packet", Launch::CNet, true, 3) },
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_raw", Launch::CNet, true, 3) },
     Prog { needs: &[Need::Root], ..prog("sock_reuseport", Launch::C, true, 4) },
+    // 6 huge pages for the program, 8 for a restored copy (the child's
+    // private area reserved whole): twice 8 while a copy moves back.
+    Prog { needs: &[Need::HugePages(16)], ..prog("mem_hugetlb", Launch::C, true, 3) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -190,11 +198,6 @@ pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
 /// Holds a descriptor of the host's network namespace: a checkpoint must
 /// refuse it by name (not in PROGS: no restore may carry it).
 pub static NS_HOST: Prog = prog("ns_host", Launch::C, true, 1);
-
-/// Maps hugetlbfs pages (anonymous MAP_HUGETLB, private and shared): a
-/// checkpoint must refuse them by name (not in PROGS: it needs huge pages
-/// reserved for it, and hugetlbfs mappings are not supported).
-pub static MEM_HUGETLB: Prog = prog("mem_hugetlb", Launch::C, true, 1);
 
 /// The program named `name` in [`PROGS`].
 pub fn find_prog(name: &str) -> &'static Prog {
@@ -224,6 +227,17 @@ pub fn check_needs(prog: &Prog) -> Result<(), String> {
         Launch::Python | Launch::Shell if !tool_works("python3", &["--version"]) => need("python3 in PATH"),
         _ => Ok(()),
     }
+}
+
+/// Reserves the huge pages `prog` needs ([`Need::HugePages`]), held until
+/// the guard drops; fails saying why they could not be had.
+pub fn reserve_needs(prog: &Prog) -> Result<Option<super::hugepages::HugePages>, String> {
+    for n in prog.needs {
+        if let Need::HugePages(n) = n {
+            return super::hugepages::HugePages::reserve(*n).map(Some).map_err(|e| format!("zdtm {} needs {n} huge pages: {e}", prog.name));
+        }
+    }
+    Ok(None)
 }
 
 /// True if `tool args` runs and succeeds.

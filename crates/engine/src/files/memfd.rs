@@ -28,7 +28,6 @@ pub struct Memfd;
 
 /// Largest memfd content saved in the image.
 const MAX_CONTENT: u64 = 64 << 20;
-const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
 /// Refuses mappings of the memfd that restore could not keep shared with
 /// its descriptors.
@@ -72,8 +71,8 @@ fn observe<'a>(seen: &Seen<'a>, table: &FileTable) -> Result<Observed<'a>> {
     let path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
     let file = std::fs::File::open(&path).map_err(io_err(format!("reopen {path}")))?;
     let fs = rustix::fs::fstatfs(&file).map_err(|e| io_err(format!("statfs {path}"))(e.into()))?;
-    if fs.f_type as u64 == HUGETLBFS_MAGIC {
-        return Err(seen.unsupported("memfd on hugetlbfs (MFD_HUGETLB)"));
+    if fs.f_type as u64 == crate::hugetlb::HUGETLBFS_MAGIC {
+        return Err(seen.unsupported("memfd on hugetlbfs (MFD_HUGETLB): not supported yet"));
     }
     let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err(format!("F_GET_SEALS on {path}"))(e.into()))?.bits();
     check_mappings(seen, seals, &table.tree)?;
