@@ -159,3 +159,81 @@ impl Drop for HugePages {
         }
     }
 }
+
+/// The pool of huge pages to one test alone: it waits until no other
+/// holder of the ledger is left, then keeps the lock for as long as it
+/// lives, so that nobody else raises or lowers the pool meanwhile (they
+/// wait on the lock). For a test that needs to know how many huge pages
+/// are free (a pool too small on purpose).
+pub struct Exclusive {
+    lock: fs::File,
+    id: u64,
+    /// How many it holds.
+    pub count: u64,
+}
+
+impl Exclusive {
+    /// Waits (at most `wait`) until this test is the only holder, then
+    /// holds `n` huge pages.
+    pub fn take(n: u64, wait: std::time::Duration) -> Result<Exclusive, String> {
+        let id = u64::MAX - std::process::id() as u64;
+        let t = std::time::Instant::now();
+        loop {
+            let lock =
+                fs::OpenOptions::new().create(true).truncate(false).write(true).open(LOCK).map_err(|e| format!("open {LOCK}: {e}"))?;
+            // SAFETY: flock on a descriptor we own; released when it closes.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(format!("flock {LOCK}: {}", std::io::Error::last_os_error()));
+            }
+            let l = Ledger::read()?;
+            if l.holders.is_empty() {
+                let mut x = Exclusive { lock, id, count: 0 };
+                x.grow(n)?;
+                return Ok(x);
+            }
+            drop(lock);
+            if t.elapsed() > wait {
+                return Err(format!("other tests held huge pages for {:?}: {:?}", wait, l.holders));
+            }
+            // Others hold pages until their runs end; nothing to wait on
+            // but the ledger itself.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Raises what it holds by `n`.
+    pub fn grow(&mut self, n: u64) -> Result<(), String> {
+        let _ = &self.lock;
+        let mut l = Ledger::read()?;
+        l.holders.retain(|h| !(h.0 == std::process::id() && h.1 == self.id));
+        l.holders.push((std::process::id(), self.id, self.count + n));
+        let want = l.base + l.held();
+        l.apply()?;
+        let mut got = read_nr()?;
+        for _ in 0..3 {
+            if got >= want {
+                break;
+            }
+            let _ = fs::write("/proc/sys/vm/compact_memory", "1");
+            l.apply()?;
+            got = read_nr()?;
+        }
+        self.count += n;
+        if got < want {
+            return Err(format!("asked for {want} huge pages in {NR}, the kernel made {got} (memory too fragmented?)"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        let r = Ledger::read().and_then(|mut l| {
+            l.holders.retain(|h| !(h.0 == std::process::id() && h.1 == self.id));
+            l.apply()
+        });
+        if let Err(e) = r {
+            eprintln!("giving back {} huge pages: {e}", self.count);
+        }
+    }
+}
