@@ -1045,6 +1045,7 @@ zdtm_tests!(
     sock_raw,
     sock_reuseport,
     mem_hugetlb,
+    mem_hugetlb_memfd,
 );
 
 /// A checkpoint of a tree holding a message in a unix socket with
@@ -1140,6 +1141,34 @@ fn host_namespace_is_refused() {
         let want = format!("pid {}: unsupported file descriptor: fd 3 -> net:", run.root);
         if !msg.contains(&want) || !msg.contains("host's net namespace") {
             return Err(format!("the refusal does not name the process, fd and reason: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// A checkpoint of a tree holding hugetlbfs memory lpm refuses fails
+/// naming the process, the SysV SHM_HUGETLB segment and why; `lpm
+/// inspect` names the private mapping of an MFD_HUGETLB memfd too; the
+/// tree runs on and passes. The runner reserves its huge pages.
+#[test]
+fn hugetlb_kinds_are_refused() {
+    let mut run = Run::new(&MEM_HUGETLB_REFUSED, "refused", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb_refused: {e}"));
+    let res = (|| -> Res<()> {
+        let (tree, msg) = run.refused_checkpoint()?;
+        if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("SysV shared memory segment") || !msg.contains("SHM_HUGETLB") {
+            return Err(format!("the refusal does not name the process and the SHM_HUGETLB segment: {msg:?}"));
+        }
+        let out =
+            Command::new(LPM).args(["inspect", "--pid", &run.root.to_string()]).output().map_err(|e| format!("run lpm inspect: {e}"))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !text.contains("SHM_HUGETLB") || !text.contains("private mapping of a memfd on hugetlbfs") {
+            return Err(format!("lpm inspect does not name both hugetlbfs kinds: {text:?}"));
         }
         sleep(SETTLE);
         run.check_running(&tree, "after the refused checkpoint")?;

@@ -1,4 +1,5 @@
-//! hugetlbfs memory: anonymous MAP_HUGETLB areas, private and shared.
+//! hugetlbfs memory: anonymous MAP_HUGETLB areas, private and shared,
+//! and memfds made with MFD_HUGETLB.
 //!
 //! A private area is an anonymous area whose pages are huge: the dump
 //! reads the huge pages it holds (PAGEMAP_SCAN reports them whole) into
@@ -10,9 +11,14 @@
 //! hugetlbfs mount) is saved once, in whole huge pages: only those it
 //! holds (its block count says how many; the ones holding data and the
 //! ones the dumped process maps say which), and made again once by the
-//! restorer as a shared MAP_HUGETLB mapping of its own that every sharer
-//! maps through /proc/PID/map_files, so the sharers share one object as
-//! before. Such an area is never filled lazily, never tracked by a
+//! restorer as a shared MAP_HUGETLB mapping of its own (a memfd's as an
+//! MFD_HUGETLB memfd of its name) that every sharer maps through
+//! /proc/PID/map_files, so the sharers share one object as before; each
+//! sharer's page table maps again the huge pages the object holds. A
+//! memfd a descriptor holds keeps its held huge pages whole in the image
+//! (files/memfd.rs) and is made again with MFD_HUGETLB, each page
+//! allocated alone (fallocate) and written through a mapping of it, as
+//! hugetlbfs has no write. Such an area is never filled lazily, never tracked by a
 //! migration's pre-copy (its pages go whole in the stop) and its pages
 //! are not shared copy-on-write with other processes after restore (each
 //! process gets its own copy).
@@ -23,8 +29,11 @@
 //! ([`check_free`]); a migration's validation asks the target the same
 //! ([`needed_live`]).
 //!
-//! Refused by name: hugetlbfs memfds (MFD_HUGETLB), files of a hugetlbfs
-//! mount, SysV segments made with SHM_HUGETLB.
+//! Refused by name: private mappings of hugetlbfs memfds, files of a
+//! hugetlbfs mount, SysV segments made with SHM_HUGETLB, and an object
+//! holding an all-zero huge page that no process of the tree maps (which
+//! one it is cannot be told: hugetlbfs answers SEEK_DATA with the whole
+//! file, and a read of a page it does not hold gives zeros too).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -56,10 +65,10 @@ fn pool_dir(size: u64) -> String {
 /// Why hugetlbfs area `e` is refused, or None for an anonymous
 /// MAP_HUGETLB area.
 pub(crate) fn refused(e: &MapEntry) -> Option<&'static str> {
-    if e.path == ANON_HUGEPAGE {
+    if e.path == ANON_HUGEPAGE || (e.path.starts_with("/memfd:") && e.shared()) {
         None
     } else if e.path.starts_with("/memfd:") {
-        Some("memfd on hugetlbfs (MFD_HUGETLB): not supported yet (its content would be saved and filled in huge pages through a mapping, as hugetlbfs has no write)")
+        Some("private mapping of a memfd on hugetlbfs (MFD_HUGETLB): not supported yet (its pages not written are the memfd's, and would have to follow it)")
     } else if e.path.starts_with("/SYSV") {
         Some("SysV shared memory segment on hugetlbfs (SHM_HUGETLB): not supported yet (segments are made again without SHM_HUGETLB)")
     } else {
@@ -82,6 +91,50 @@ pub(crate) fn page_size(pid: i32, e: &MapEntry) -> Result<u64> {
     Ok(fs.f_bsize as u64)
 }
 
+/// memfd_create flags that ask for huge pages of `size` bytes
+/// (MFD_HUGETLB and the size's log2 at MFD_HUGE_SHIFT).
+pub(crate) fn memfd_flags(size: u64) -> rustix::fs::MemfdFlags {
+    const MFD_HUGE_SHIFT: u32 = 26;
+    rustix::fs::MemfdFlags::HUGETLB | rustix::fs::MemfdFlags::from_bits_retain(size.trailing_zeros() << MFD_HUGE_SHIFT)
+}
+
+/// The huge pages (file offsets, each `size` long) that hugetlbfs file
+/// `file` (device `dev`, inode `ino`) holds: those holding data and
+/// those a process of `tree` maps. A page that holds zeros and that no
+/// process maps (allocated by fallocate, or mapped once and let go)
+/// cannot be told from one never allocated: `Err` with the counts.
+pub(crate) fn file_pages(
+    file: &std::fs::File,
+    size: u64,
+    dev: u64,
+    ino: u64,
+    tree: &[i32],
+) -> Result<std::result::Result<Vec<u64>, (u64, u64)>> {
+    let len = file.metadata().map_err(io_err("stat hugetlbfs file"))?.len();
+    let holds = object_pages(file, size).map_err(io_err("stat hugetlbfs file"))?;
+    let mut mapped = BTreeSet::new();
+    for &pid in tree {
+        for e in proc::maps(pid)?.iter().filter(|e| e.inode == ino && libc::makedev(e.major, e.minor) == dev && e.shared()) {
+            mapped.extend(present(pid, e.start, e.end, size)?.into_iter().map(|i| e.offset / size + i));
+        }
+    }
+    let mut buf = vec![0u8; size as usize];
+    let mut out = Vec::new();
+    for i in 0..len / size {
+        if !mapped.contains(&i) {
+            file.read_exact_at(&mut buf, i * size).map_err(io_err(format!("read hugetlbfs file at {:#x}", i * size)))?;
+            if lpm_sys::misc::is_zero(&buf) {
+                continue;
+            }
+        }
+        out.push(i * size);
+    }
+    if out.len() as u64 != holds {
+        return Ok(Err((holds, out.len() as u64)));
+    }
+    Ok(Ok(out))
+}
+
 /// mmap flags that ask for huge pages of `size` bytes (MAP_HUGETLB and
 /// the size's log2 at MAP_HUGE_SHIFT).
 pub(crate) fn map_flags(size: u64) -> u64 {
@@ -102,6 +155,11 @@ pub fn needed(tree: &TreeImage) -> BTreeMap<u64, u64> {
     for s in tree.shmems.iter().filter(|s| s.huge_page_size != 0) {
         *out.entry(s.huge_page_size).or_default() += s.size.div_ceil(s.huge_page_size);
     }
+    // Memfds descriptors hold: whole too (their mappings reserve what
+    // they map, at most the whole).
+    for m in tree.files.iter().filter_map(|f| f.memfd.as_ref()).filter(|m| m.huge_page_size != 0) {
+        *out.entry(m.huge_page_size).or_default() += m.size.div_ceil(m.huge_page_size);
+    }
     out
 }
 
@@ -117,8 +175,8 @@ pub fn needed_live(root: i32) -> Result<BTreeMap<u64, u64>> {
             Err(EngineError::Proc { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => continue,
             Err(e) => return Err(e),
         };
-        for e in maps.iter().filter(|e| e.path == ANON_HUGEPAGE) {
-            let size = page_size(pid, e)?;
+        for e in maps.iter().filter(|e| e.path == ANON_HUGEPAGE || (e.path.starts_with("/memfd:") && e.shared())) {
+            let Ok(size) = page_size(pid, e) else { continue };
             let pages = if e.shared() {
                 if !objects.insert((e.major, e.minor, e.inode)) {
                     continue;
@@ -229,12 +287,13 @@ pub(crate) fn save_object(pid: i32, v: &Vma, dir: &Path) -> Result<ShmemImage> {
             pid,
             kind: "memory area",
             what: format!(
-                "{:#x}-{:#x} {ANON_HUGEPAGE}: its object holds {holds} huge pages, {found} of them hold data or are mapped here; the others are all zero and mapped by no process dumped so far, so which they are cannot be told",
-                v.start, v.end
+                "{:#x}-{:#x} {}: its object holds {holds} huge pages, {found} of them hold data or are mapped here; the others are all zero and mapped by no process dumped so far, so which they are cannot be told",
+                v.start, v.end, v.path
             ),
         });
     }
-    Ok(ShmemImage { id: v.shmem_id, size: len, pages: runs, pages_file: name, memfd_name: String::new(), huge_page_size: size })
+    let memfd_name = v.path.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n).to_string()).unwrap_or_default();
+    Ok(ShmemImage { id: v.shmem_id, size: len, pages: runs, pages_file: name, memfd_name, huge_page_size: size })
 }
 
 /// Makes the hugetlbfs object of `s` again, mapped in lpm: the huge
@@ -242,7 +301,15 @@ pub(crate) fn save_object(pid: i32, v: &Vma, dir: &Path) -> Result<ShmemImage> {
 pub(crate) fn create_object(dir: &Path, s: &ShmemImage) -> Result<Mapping> {
     let size = s.huge_page_size;
     let what = || format!("shared memory {} ({} bytes in huge pages of {} kB)", s.id, s.size, size >> 10);
-    let mut m = Mapping::anonymous_huge(s.size as usize, size).step(0, || format!("create {}", what()))?;
+    let mut m = if s.memfd_name.is_empty() {
+        Mapping::anonymous_huge(s.size as usize, size).step(0, || format!("create {}", what()))?
+    } else {
+        // A memfd again, so that its mappings read "/memfd:NAME".
+        let fd = rustix::fs::memfd_create(&*s.memfd_name, rustix::fs::MemfdFlags::CLOEXEC | memfd_flags(size))
+            .map_err(|e| io_err(format!("create memfd {:?} for {}", s.memfd_name, what()))(e.into()))?;
+        rustix::fs::ftruncate(&fd, s.size).map_err(|e| io_err(format!("size memfd {:?} for {}", s.memfd_name, what()))(e.into()))?;
+        Mapping::file_shared(std::os::fd::AsFd::as_fd(&fd), s.size as usize).step(0, || format!("map memfd for {}", what()))?
+    };
     let r = PagesReader::open(dir, &s.pages_file)?;
     let mut buf = Vec::new();
     for run in &s.pages {
@@ -258,6 +325,22 @@ pub(crate) fn create_object(dir: &Path, s: &ShmemImage) -> Result<Mapping> {
         }
     }
     Ok(m)
+}
+
+/// Maps into the page table of `pid` the huge pages of its shared area
+/// `v` that its object holds (`held`: offsets in the object), as the
+/// original's were (it had touched them, or the dump would not have
+/// found them): one byte of each read through /proc/PID/mem, which
+/// faults in the page the object holds and allocates none.
+pub(crate) fn touch(pid: i32, v: &Vma, held: &[u64]) -> Result<()> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(io_err(format!("open /proc/{pid}/mem")))?;
+    let mut one = [0u8; 1];
+    for &off in held.iter().filter(|&&o| o >= v.pgoff && o - v.pgoff < v.end - v.start) {
+        let at = v.start + (off - v.pgoff);
+        mem.read_exact_at(&mut one, at)
+            .map_err(io_err(format!("read /proc/{pid}/mem at {at:#x} (huge page of {:#x}-{:#x})", v.start, v.end)))?;
+    }
+    Ok(())
 }
 
 /// Huge pages' size and whether smaps flags each area ht, by start:

@@ -121,6 +121,7 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         p if p.starts_with("[anon:") && !e.shared() => VmaKind::AnonPrivate,
         // Anonymous MAP_HUGETLB (hugetlb.rs).
         crate::hugetlb::ANON_HUGEPAGE if huge_page_size != 0 && e.shared() => VmaKind::AnonShared,
+        p if p.starts_with("/memfd:") && huge_page_size != 0 && e.shared() => VmaKind::AnonShared,
         crate::hugetlb::ANON_HUGEPAGE if huge_page_size != 0 => VmaKind::AnonPrivate,
         "/dev/zero (deleted)" | "" if e.shared() => VmaKind::AnonShared,
         p if p.starts_with("/memfd:") && e.shared() => VmaKind::AnonShared,
@@ -682,16 +683,21 @@ const PR_SET_MEMORY_MERGE: u64 = 67;
 /// puppets can open them through /proc/LPM/map_files.
 pub struct ShmemObjects {
     objects: HashMap<u64, Mapping>,
+    /// The huge pages each hugetlbfs object holds (offsets in it).
+    huge_held: HashMap<u64, Vec<u64>>,
 }
 
 impl ShmemObjects {
     /// Recreates and fills every object of the image.
     pub fn create(dir: &Path, shmems: &[ShmemImage]) -> Result<ShmemObjects> {
         let mut objects = HashMap::new();
+        let mut huge_held = HashMap::new();
         let mut buf = Vec::new();
         for s in shmems {
             let mut m = if s.huge_page_size != 0 {
                 objects.insert(s.id, crate::hugetlb::create_object(dir, s)?);
+                let held = crate::hugetlb::held(&s.pages, 0, s.size, s.huge_page_size);
+                huge_held.insert(s.id, held.into_iter().map(|i| i * s.huge_page_size).collect());
                 continue;
             } else if s.memfd_name.is_empty() {
                 Mapping::anonymous(s.size as usize, true).step(0, || format!("create shared memory {}", s.id))?
@@ -714,7 +720,7 @@ impl ShmemObjects {
             }
             objects.insert(s.id, m);
         }
-        Ok(ShmemObjects { objects })
+        Ok(ShmemObjects { objects, huge_held })
     }
 
     fn path(&self, id: u64) -> Option<String> {
@@ -1071,6 +1077,11 @@ pub fn finish(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Opt
     }
     fill(c, mm)?;
     zero_pages(c, mm)?;
+    for v in mm.vmas.iter().filter(|v| v.huge_page_size != 0 && kind(v) == VmaKind::AnonShared) {
+        if let Some(held) = c.shmem.huge_held.get(&v.shmem_id) {
+            crate::hugetlb::touch(pid, v, held)?;
+        }
+    }
     if mm.ksm_merge_any {
         // Every eligible area becomes mergeable; those the program made
         // unmergeable since are set back below.

@@ -1399,6 +1399,12 @@ pub struct MemfdImage {
     /// The parts of the content that hold data (holes are left out).
     #[prost(message, repeated, tag = "5")]
     pub chunks: Vec<MemfdChunk>,
+    /// A memfd on hugetlbfs (MFD_HUGETLB): the size of its pages in
+    /// bytes, 0 otherwise. Its `chunks` are then exactly the huge pages it
+    /// held, each whole (zero ones too), and `ino` has bit 63 set, as the
+    /// `Vma::shmem_id` of its mappings.
+    #[prost(uint64, tag = "220")]
+    pub huge_page_size: u64,
 }
 
 /// A piece of a memfd's or an unlinked file's content.

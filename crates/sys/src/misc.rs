@@ -170,6 +170,27 @@ impl Mapping {
         Ok(Mapping { addr: p.cast(), len: len.max(1) })
     }
 
+    /// Maps `len` bytes of `fd` at `offset` shared and writable (a part
+    /// of a hugetlbfs file, whose pages cannot be written otherwise).
+    pub fn file_shared_at(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: usize) -> Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of a file we hold open read-write.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::sys("mmap file shared", 0, io::Error::last_os_error()));
+        }
+        Ok(Mapping { addr: p.cast(), len: len.max(1) })
+    }
+
     /// Start address in lpm's address space.
     pub fn addr(&self) -> u64 {
         self.addr as u64

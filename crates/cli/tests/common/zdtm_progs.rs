@@ -178,6 +178,10 @@ pub static PROGS: &[Prog] = &[
     // 6 huge pages for the program, 8 for a restored copy (the child's
     // private area reserved whole): twice 8 while a copy moves back.
     Prog { needs: &[Need::HugePages(16)], ..prog("mem_hugetlb", Launch::C, true, 3) },
+    // 4 huge pages for the program, 7 for a restored copy (each memfd's
+    // copy made for mappings besides the memfd itself), twice 7 while a
+    // copy moves back.
+    Prog { needs: &[Need::HugePages(14)], ..prog("mem_hugetlb_memfd", Launch::C, true, 3) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -198,6 +202,11 @@ pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
 /// Holds a descriptor of the host's network namespace: a checkpoint must
 /// refuse it by name (not in PROGS: no restore may carry it).
 pub static NS_HOST: Prog = prog("ns_host", Launch::C, true, 1);
+
+/// Holds the hugetlbfs memory lpm refuses (a SysV SHM_HUGETLB segment, a
+/// private mapping of an MFD_HUGETLB memfd): a checkpoint must refuse it
+/// by name (not in PROGS: no restore makes it again).
+pub static MEM_HUGETLB_REFUSED: Prog = Prog { needs: &[Need::HugePages(2)], ..prog("mem_hugetlb_refused", Launch::C, true, 1) };
 
 /// The program named `name` in [`PROGS`].
 pub fn find_prog(name: &str) -> &'static Prog {
