@@ -1306,6 +1306,56 @@ fn verify_names_a_hugetlb_area_in_small_pages() {
     }
 }
 
+/// A restore that needs more huge pages than the pool has free fails
+/// before it makes anything, naming the page size, how many it needs and
+/// what the pool holds; with pages enough the same image restores and
+/// passes. The test has the pool to itself (`Exclusive`): what is free is
+/// what the checkpoint left.
+#[test]
+fn restore_refuses_without_free_huge_pages() {
+    // mem_hugetlb without the runner's reservation: the test makes the
+    // pool itself.
+    static BARE: Prog = prog("mem_hugetlb", Launch::C, true, 3);
+    // What the program holds (its private area reserved whole, the
+    // child's copy of a page, the shared object); a restore needs 8.
+    let mut pool =
+        common::hugepages::Exclusive::take(6, Duration::from_secs(900)).unwrap_or_else(|e| panic!("huge pages for zdtm mem_hugetlb: {e}"));
+    let mut run = Run::new(&BARE, "nopages", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        let (free, how) = lpm_engine::hugetlb::available(2 << 20);
+        if free >= 8 {
+            return Err(format!("{free} huge pages free after the checkpoint ({how}): a restore needing 8 would fit"));
+        }
+        if run.restore(&images).is_ok() {
+            return Err(format!("a restore needing 8 huge pages passed with {free} free"));
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains(&format!("not enough free huge pages: 8 huge pages of 2048 kB needed, {free} free")) {
+            return Err(format!("the refusal does not name what is missing: {msg:?}"));
+        }
+        if tree.keys().any(|&p| exists(p)) {
+            return Err("the refused restore left processes behind".into());
+        }
+        pool.grow(2)?;
+        run.restore(&images)?;
+        sleep(SETTLE);
+        run.expect_pass()
+    })();
+    let report = res.err().map(|e| run.report(&e));
+    drop(run);
+    drop(pool);
+    if let Some(r) = report {
+        panic!("{r}");
+    }
+}
+
 /// Runs many programs at once (at most `batch` at a time), each through
 /// start, ready, SIGTERM; check judges each verdict. Panics with every
 /// failure's report.
