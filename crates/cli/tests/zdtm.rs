@@ -1356,6 +1356,35 @@ fn restore_refuses_without_free_huge_pages() {
     }
 }
 
+/// What a migration's validation counts of a running tree's huge pages
+/// (`hugetlb::needed_live`) is what its restore checks from the image
+/// (`hugetlb::needed`): every private area and every shared object whole,
+/// and a memfd a descriptor holds besides the copy made for its mappings.
+#[test]
+fn huge_pages_counted_alike_running_and_in_the_image() {
+    for (name, want) in [("mem_hugetlb", 8u64), ("mem_hugetlb_memfd", 7)] {
+        let mut run = Run::new(find_prog(name), "count", None).unwrap_or_else(|e| panic!("zdtm {name}: {e}"));
+        let res = (|| -> Res<()> {
+            run.start(None)?;
+            run.wait_ready()?;
+            let live = lpm_engine::hugetlb::needed_live(run.root).map_err(|e| format!("count the running tree's huge pages: {e}"))?;
+            let images = run.dir.join("images");
+            run.checkpoint(&images, true)?;
+            let tree = lpm_image::read_tree(&images).map_err(|e| format!("read the image: {e}"))?;
+            let image = lpm_engine::hugetlb::needed(&tree);
+            let expected = BTreeMap::from([(2u64 << 20, want)]);
+            if live != expected || image != expected {
+                return Err(format!("huge pages counted: running {live:?}, image {image:?}, expected {expected:?}"));
+            }
+            sleep(SETTLE);
+            run.expect_pass()
+        })();
+        if let Err(e) = res {
+            panic!("{}", run.report(&e));
+        }
+    }
+}
+
 /// Runs many programs at once (at most `batch` at a time), each through
 /// start, ready, SIGTERM; check judges each verdict. Panics with every
 /// failure's report.

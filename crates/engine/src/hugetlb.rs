@@ -168,6 +168,7 @@ pub fn needed(tree: &TreeImage) -> BTreeMap<u64, u64> {
 pub fn needed_live(root: i32) -> Result<BTreeMap<u64, u64>> {
     let mut out = BTreeMap::new();
     let mut objects = HashSet::new();
+    let mut memfds = HashSet::new();
     for pid in crate::stop::list_tree(root)? {
         let maps = match proc::maps(pid) {
             Ok(m) => m,
@@ -187,6 +188,20 @@ pub fn needed_live(root: i32) -> Result<BTreeMap<u64, u64>> {
                 (e.end - e.start).div_ceil(size)
             };
             *out.entry(size).or_default() += pages;
+        }
+        // Memfds its descriptors hold, once each, as the image counts
+        // them (besides the copy of a mapped one).
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let path = fd.path();
+            if !std::fs::read_link(&path).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:")) {
+                continue;
+            }
+            let (Ok(fs), Ok(md)) = (rustix::fs::statfs(&path), std::fs::metadata(&path)) else { continue };
+            if fs.f_type as u64 != HUGETLBFS_MAGIC || !memfds.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            *out.entry(fs.f_bsize as u64).or_default() += md.len().div_ceil(fs.f_bsize as u64);
         }
     }
     Ok(out)
