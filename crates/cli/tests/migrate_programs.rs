@@ -289,7 +289,7 @@ impl ZRun {
     /// environment.
     fn start(&mut self, lab: &TestLab, bin: Option<&Path>, outer: &str, listeners: &mut Vec<UnixListener>) -> Result<(), String> {
         zdtm_progs::check_needs(self.prog)?;
-        self.huge = zdtm_progs::reserve_needs(self.prog)?;
+        self.huge = zdtm_progs::reserve_needs(self.prog, false)?;
         std::fs::create_dir_all(&self.work).map_err(|e| format!("create {}: {e}", self.work.display()))?;
         // Programs may drop privileges (creds) and still write their files.
         std::fs::set_permissions(&self.work, std::fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod: {e}"))?;

@@ -404,9 +404,15 @@ impl Run {
     /// Checks the needs, makes the dirs and builds the program (unless a
     /// binary built earlier is given).
     fn new(prog: &'static Prog, scenario: &str, prebuilt: Option<&Path>) -> Res<Run> {
+        Run::with_pages(prog, scenario, prebuilt, false)
+    }
+
+    /// As [`Run::new`], holding the huge pages the program needs by
+    /// itself when `alone` (no checkpoint: a run that only gets SIGTERM).
+    fn with_pages(prog: &'static Prog, scenario: &str, prebuilt: Option<&Path>, alone: bool) -> Res<Run> {
         become_subreaper();
         check_needs(prog)?;
-        let huge = reserve_needs(prog)?;
+        let huge = reserve_needs(prog, alone)?;
         let label = format!("{}-{scenario}", prog.name);
         let dir = unique_dir(&label)?;
         let work = dir.join("work");
@@ -1411,7 +1417,7 @@ fn run_all(label: &str, jobs: Vec<(&'static Prog, Option<u32>)>, batch: usize, c
                     None
                 };
                 let tag = sabotage.map_or(label.to_string(), |n| format!("{label}{n}"));
-                let mut run = Run::new(prog, &tag, bin.as_deref())?;
+                let mut run = Run::with_pages(prog, &tag, bin.as_deref(), true)?;
                 run.start(sabotage).map_err(|e| run.report(&e))?;
                 Ok(run)
             })();

@@ -18,10 +18,10 @@
 //! memfd a descriptor holds keeps its held huge pages whole in the image
 //! (files/memfd.rs) and is made again with MFD_HUGETLB, each page
 //! allocated alone (fallocate) and written through a mapping of it, as
-//! hugetlbfs has no write. Such an area is never filled lazily, never tracked by a
-//! migration's pre-copy (its pages go whole in the stop) and its pages
-//! are not shared copy-on-write with other processes after restore (each
-//! process gets its own copy).
+//! hugetlbfs has no write. Such an area is never filled lazily, never
+//! tracked by a migration's pre-copy (its pages go whole in the stop)
+//! and its pages are not shared copy-on-write with other processes after
+//! restore (each process gets its own copy).
 //!
 //! A restore reserves huge pages as the original did: every private area
 //! whole (mmap reserves them), every shared object whole. Before anything
@@ -63,7 +63,7 @@ fn pool_dir(size: u64) -> String {
 }
 
 /// Why hugetlbfs area `e` is refused, or None for an anonymous
-/// MAP_HUGETLB area.
+/// MAP_HUGETLB area or a shared mapping of an MFD_HUGETLB memfd.
 pub(crate) fn refused(e: &MapEntry) -> Option<&'static str> {
     if e.path == ANON_HUGEPAGE || (e.path.starts_with("/memfd:") && e.shared()) {
         None
