@@ -187,6 +187,10 @@ pub enum Mover {
         cpu: Vec<u8>,
         /// Identity (device, inode) of each volume on the source.
         volumes: Vec<(String, u64, u64)>,
+        /// Huge pages the partition's hugetlbfs areas reserve: (page
+        /// size in bytes, count) per size; absent from older sources.
+        #[serde(default)]
+        huge_pages: Vec<(u64, u64)>,
     },
     /// Target → source: the checks it ran.
     Validated(Vec<Check>),

@@ -88,6 +88,21 @@ pub fn source(agent: &Agent, req: &MigrateRequest, pid: i32) -> Vec<Check> {
     out
 }
 
+/// Whether this host has free the huge pages a partition's hugetlbfs
+/// areas reserve (`needed`: page size in bytes and count), checked again
+/// by the restore before it makes anything.
+pub fn huge_pages(needed: &[(u64, u64)]) -> Check {
+    let needed: std::collections::BTreeMap<u64, u64> = needed.iter().copied().collect();
+    if needed.values().all(|&n| n == 0) {
+        return Check::pass("huge pages", "none needed");
+    }
+    let what = needed.iter().map(|(s, n)| format!("{n} of {} kB", s >> 10)).collect::<Vec<_>>().join(", ");
+    match lpm_engine::hugetlb::check_free(&needed) {
+        Ok(()) => Check::pass("huge pages", format!("{what} needed, free here")),
+        Err(e) => Check::fail("huge pages", e.to_string()),
+    }
+}
+
 /// What the target checks before it takes a partition.
 pub fn target(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String, u64, u64)], cpu: &[u8]) -> Vec<Check> {
     let mut out = Vec::new();

@@ -228,6 +228,9 @@ struct ZRun {
     problems: Vec<String>,
     /// The run's ZDTM_RUN value, which names what it leaves in /dev/shm.
     marker: String,
+    /// Huge pages held for the program (`Need::HugePages`) until the run
+    /// is dropped, after its lab.
+    huge: Option<common::hugepages::HugePages>,
 }
 
 impl Drop for ZRun {
@@ -254,6 +257,7 @@ impl ZRun {
             verdict: "-".into(),
             problems: Vec::new(),
             marker: String::new(),
+            huge: None,
         }
     }
 
@@ -270,6 +274,7 @@ impl ZRun {
     /// environment.
     fn start(&mut self, lab: &TestLab, bin: Option<&Path>, outer: &str, listeners: &mut Vec<UnixListener>) -> Result<(), String> {
         zdtm_progs::check_needs(self.prog)?;
+        self.huge = zdtm_progs::reserve_needs(self.prog, false)?;
         std::fs::create_dir_all(&self.work).map_err(|e| format!("create {}: {e}", self.work.display()))?;
         // Programs may drop privileges (creds) and still write their files.
         std::fs::set_permissions(&self.work, std::fs::Permissions::from_mode(0o777)).map_err(|e| format!("chmod: {e}"))?;
@@ -1442,3 +1447,52 @@ fn postgres_moves_three_times_under_inserts_and_reconnects() {
 
 /// The row count and an md5 over the original rows, in order.
 const PG_CHECKSUM: &str = "SELECT count(*) || ' ' || md5(string_agg(id::text || ':' || v, ',' ORDER BY id)) FROM orig";
+
+/// A partition holding hugetlbfs areas (zdtm mem_hugetlb) is refused by
+/// the target's validation while the pool of huge pages has too few free
+/// for its restore, before anything moves: the refusal names the huge
+/// pages, the partition runs on at its source. With pages enough it then
+/// moves there and back and passes. The test has the pool to itself
+/// while it runs (`Exclusive`), so that what is free is what it left.
+#[test]
+fn hugetlb_partition_waits_for_free_huge_pages_on_the_target() {
+    use common::hugepages::Exclusive;
+    // The program as PROGS has it, without the runner's reservation: the
+    // test makes the pool itself.
+    static BARE: Prog = zdtm_progs::prog("mem_hugetlb", zdtm_progs::Launch::C, true, 3);
+    // What the program holds: its private area reserved whole (3), the
+    // child's copy of a page (1), the shared object (2).
+    const HELD: u64 = 6;
+    let mut pool = Exclusive::take(HELD, Duration::from_secs(900)).unwrap_or_else(|e| panic!("huge pages for zdtm mem_hugetlb: {e}"));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let build_dir = DirGuard(std::env::temp_dir().join(format!("lpm-hugetlb-build-{}-{nanos}", std::process::id())));
+    std::fs::create_dir_all(&build_dir.0).unwrap();
+    let bin = zdtm_progs::build(&BARE, &build_dir.0).unwrap_or_else(|e| panic!("{e}"));
+    let lab = TestLab::up("hugetlb", 2);
+    let mut run = ZRun::new(&BARE, &lab);
+    let mut listeners = Vec::new();
+    run.start(&lab, Some(&bin), &outer_ns(), &mut listeners).unwrap_or_else(|e| panic!("start mem_hugetlb: {e}"));
+    run.wait_ready(&lab).unwrap_or_else(|e| panic!("mem_hugetlb: {e}"));
+    let (free, how) = lpm_engine::hugetlb::available(2 << 20);
+    assert!(
+        free < 8,
+        "the pool has {free} huge pages free besides the program's ({how}): a restore needing 8 would fit, nothing to refuse"
+    );
+    match lab.migrate(&run.name, "h2") {
+        Moved::Completed(_) => panic!("the migration completed with {free} free huge pages, where the restore needs 8"),
+        Moved::Failed(e) => {
+            assert!(
+                e.contains("huge pages") && e.contains("8 huge pages of 2048 kB needed"),
+                "the refusal does not name the huge pages: {e}"
+            );
+        }
+    }
+    let (host, state) = (lab.host_of(&run.name), lab.state_of(&run.name));
+    assert!(host == "h1" && state == "running", "after the refused migration the partition is {state} on {host}");
+    // A restored copy reserves 8, twice while one moves back.
+    pool.grow(16).unwrap_or_else(|e| panic!("huge pages for the moves: {e}"));
+    run.migrate(&lab);
+    run.verdict(&lab);
+    assert!(run.problems.is_empty(), "mem_hugetlb moved there and back: {}", run.problems.join("\n"));
+    assert_eq!(run.verdict, "PASS", "mem_hugetlb after the moves");
+}

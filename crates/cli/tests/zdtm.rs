@@ -395,14 +395,24 @@ struct Run {
     /// Differences that do not stop the scenario: it runs on to the
     /// program's own verdict, and the test fails with both.
     soft: Vec<String>,
+    /// Huge pages held for the program (`Need::HugePages`), given back
+    /// after its trees are killed (fields drop after `Drop::drop`).
+    _huge: Option<common::hugepages::HugePages>,
 }
 
 impl Run {
     /// Checks the needs, makes the dirs and builds the program (unless a
     /// binary built earlier is given).
     fn new(prog: &'static Prog, scenario: &str, prebuilt: Option<&Path>) -> Res<Run> {
+        Run::with_pages(prog, scenario, prebuilt, false)
+    }
+
+    /// As [`Run::new`], holding the huge pages the program needs by
+    /// itself when `alone` (no checkpoint: a run that only gets SIGTERM).
+    fn with_pages(prog: &'static Prog, scenario: &str, prebuilt: Option<&Path>, alone: bool) -> Res<Run> {
         become_subreaper();
         check_needs(prog)?;
+        let huge = reserve_needs(prog, alone)?;
         let label = format!("{}-{scenario}", prog.name);
         let dir = unique_dir(&label)?;
         let work = dir.join("work");
@@ -423,6 +433,7 @@ impl Run {
             lpm_peak_kib: Vec::new(),
             lpm_env: Vec::new(),
             soft: Vec::new(),
+            _huge: huge,
         };
         fs::create_dir(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
         // Programs may drop privileges (creds) and still write their files.
@@ -1040,6 +1051,8 @@ zdtm_tests!(
     sock_packet,
     sock_raw,
     sock_reuseport,
+    mem_hugetlb,
+    mem_hugetlb_memfd,
 );
 
 /// A checkpoint of a tree holding a message in a unix socket with
@@ -1146,62 +1159,31 @@ fn host_namespace_is_refused() {
     }
 }
 
-/// Huge pages reserved for a test (the machine has none), given back when
-/// dropped: /proc/sys/vm/nr_hugepages raised by `n` and put back.
-struct HugePages {
-    before: u64,
-}
-
-impl HugePages {
-    const PATH: &'static str = "/proc/sys/vm/nr_hugepages";
-
-    fn reserve(n: u64) -> Res<HugePages> {
-        let read = || -> Res<u64> {
-            fs::read_to_string(Self::PATH).map_err(|e| format!("read {}: {e}", Self::PATH))?.trim().parse().map_err(|e| format!("{e}"))
-        };
-        let before = read()?;
-        fs::write(Self::PATH, (before + n).to_string()).map_err(|e| format!("write {}: {e}", Self::PATH))?;
-        let guard = HugePages { before };
-        let free: u64 = fs::read_to_string("/proc/meminfo")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("HugePages_Free:")?.trim().parse().ok())
-            .unwrap_or(0);
-        if free < n {
-            return Err(format!("only {free} huge pages free after asking for {n} more (memory too fragmented?)"));
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for HugePages {
-    fn drop(&mut self) {
-        let _ = fs::write(Self::PATH, self.before.to_string());
-    }
-}
-
-/// A checkpoint of a tree mapping hugetlbfs pages fails naming the
-/// process, the area and the kind; the tree runs on and passes. The test
-/// reserves the two huge pages the program maps, and gives them back.
+/// A checkpoint of a tree holding hugetlbfs memory lpm refuses fails
+/// naming the process, the SysV SHM_HUGETLB segment and why; `lpm
+/// inspect` names the private mapping of an MFD_HUGETLB memfd too; the
+/// tree runs on and passes. The runner reserves its huge pages.
 #[test]
-fn hugetlb_is_refused() {
-    let pages = HugePages::reserve(2).unwrap_or_else(|e| panic!("zdtm mem_hugetlb needs 2 huge pages: {e}"));
-    let mut run = Run::new(&MEM_HUGETLB, "refused", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
+fn hugetlb_kinds_are_refused() {
+    let mut run = Run::new(&MEM_HUGETLB_REFUSED, "refused", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb_refused: {e}"));
     let res = (|| -> Res<()> {
         let (tree, msg) = run.refused_checkpoint()?;
-        if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("hugetlbfs") {
-            return Err(format!("the refusal does not name the process and hugetlbfs: {msg:?}"));
+        if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("SysV shared memory segment") || !msg.contains("SHM_HUGETLB") {
+            return Err(format!("the refusal does not name the process and the SHM_HUGETLB segment: {msg:?}"));
+        }
+        let out =
+            Command::new(LPM).args(["inspect", "--pid", &run.root.to_string()]).output().map_err(|e| format!("run lpm inspect: {e}"))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !text.contains("SHM_HUGETLB") || !text.contains("private mapping of a memfd on hugetlbfs") {
+            return Err(format!("lpm inspect does not name both hugetlbfs kinds: {text:?}"));
         }
         sleep(SETTLE);
         run.check_running(&tree, "after the refused checkpoint")?;
         run.check_tree("after the refused checkpoint")?;
         run.expect_pass()
     })();
-    let report = res.err().map(|e| run.report(&e));
-    drop(run);
-    drop(pages);
-    if let Some(r) = report {
-        panic!("{r}");
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
     }
 }
 
@@ -1386,6 +1368,122 @@ fn verify_names_a_fanotify_mark_on_a_mount_of_another_namespace() {
     }
 }
 
+/// `--verify` tells a private MAP_HUGETLB area restored in 4 KiB pages
+/// (mem_hugetlb, with the restore's `hugetlb-small` sabotage) from the
+/// original: the restore fails naming the area, VmFlags ht and the page
+/// size, and the same image then restores and passes.
+#[test]
+fn verify_names_a_hugetlb_area_in_small_pages() {
+    let prog = find_prog("mem_hugetlb");
+    let mut run = Run::new(prog, "verify", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "hugetlb-small".to_string())];
+        if run.restore(&images).is_ok() {
+            return Err("a restore mapping a hugetlbfs area in 4 KiB pages passed --verify".into());
+        }
+        run.lpm_env.clear();
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains("hugetlbfs (VmFlags ht): recorded true, found false")
+            || !msg.contains("KernelPageSize: recorded 2097152, found 4096")
+        {
+            return Err(format!("the refusal does not name the area's hugetlbfs flag and page size: {msg:?}"));
+        }
+        run.wait_gone(&tree, "after the refused restore")?;
+        run.restore(&images)?;
+        sleep(SETTLE);
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// A restore that needs more huge pages than the pool has free fails
+/// before it makes anything, naming the page size, how many it needs and
+/// what the pool holds; with pages enough the same image restores and
+/// passes. The test has the pool to itself (`Exclusive`): what is free is
+/// what the checkpoint left.
+#[test]
+fn restore_refuses_without_free_huge_pages() {
+    // mem_hugetlb without the runner's reservation: the test makes the
+    // pool itself.
+    static BARE: Prog = prog("mem_hugetlb", Launch::C, true, 3);
+    // What the program holds (its private area reserved whole, the
+    // child's copy of a page, the shared object); a restore needs 8.
+    let mut pool =
+        common::hugepages::Exclusive::take(6, Duration::from_secs(900)).unwrap_or_else(|e| panic!("huge pages for zdtm mem_hugetlb: {e}"));
+    let mut run = Run::new(&BARE, "nopages", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
+    let res = (|| -> Res<()> {
+        run.start(None)?;
+        run.wait_ready()?;
+        let tree = run.check_tree("before checkpoint")?;
+        let images = run.dir.join("images");
+        run.checkpoint(&images, false)?;
+        run.wait_gone(&tree, "after checkpoint")?;
+        let (free, how) = lpm_engine::hugetlb::available(2 << 20);
+        if free >= 8 {
+            return Err(format!("{free} huge pages free after the checkpoint ({how}): a restore needing 8 would fit"));
+        }
+        if run.restore(&images).is_ok() {
+            return Err(format!("a restore needing 8 huge pages passed with {free} free"));
+        }
+        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
+        let msg = fs::read_to_string(&stderr).unwrap_or_default();
+        if !msg.contains(&format!("not enough free huge pages: 8 huge pages of 2048 kB needed, {free} free")) {
+            return Err(format!("the refusal does not name what is missing: {msg:?}"));
+        }
+        if tree.keys().any(|&p| exists(p)) {
+            return Err("the refused restore left processes behind".into());
+        }
+        pool.grow(2)?;
+        run.restore(&images)?;
+        sleep(SETTLE);
+        run.expect_pass()
+    })();
+    let report = res.err().map(|e| run.report(&e));
+    drop(run);
+    drop(pool);
+    if let Some(r) = report {
+        panic!("{r}");
+    }
+}
+
+/// What a migration's validation counts of a running tree's huge pages
+/// (`hugetlb::needed_live`) is what its restore checks from the image
+/// (`hugetlb::needed`): every private area and every shared object whole,
+/// and a memfd a descriptor holds besides the copy made for its mappings.
+#[test]
+fn huge_pages_counted_alike_running_and_in_the_image() {
+    for (name, want) in [("mem_hugetlb", 8u64), ("mem_hugetlb_memfd", 7)] {
+        let mut run = Run::new(find_prog(name), "count", None).unwrap_or_else(|e| panic!("zdtm {name}: {e}"));
+        let res = (|| -> Res<()> {
+            run.start(None)?;
+            run.wait_ready()?;
+            let live = lpm_engine::hugetlb::needed_live(run.root).map_err(|e| format!("count the running tree's huge pages: {e}"))?;
+            let images = run.dir.join("images");
+            run.checkpoint(&images, true)?;
+            let tree = lpm_image::read_tree(&images).map_err(|e| format!("read the image: {e}"))?;
+            let image = lpm_engine::hugetlb::needed(&tree);
+            let expected = BTreeMap::from([(2u64 << 20, want)]);
+            if live != expected || image != expected {
+                return Err(format!("huge pages counted: running {live:?}, image {image:?}, expected {expected:?}"));
+            }
+            sleep(SETTLE);
+            run.expect_pass()
+        })();
+        if let Err(e) = res {
+            panic!("{}", run.report(&e));
+        }
+    }
+}
+
 /// Runs many programs at once (at most `batch` at a time), each through
 /// start, ready, SIGTERM; check judges each verdict. Panics with every
 /// failure's report.
@@ -1412,7 +1510,7 @@ fn run_all(label: &str, jobs: Vec<(&'static Prog, Option<u32>)>, batch: usize, c
                     None
                 };
                 let tag = sabotage.map_or(label.to_string(), |n| format!("{label}{n}"));
-                let mut run = Run::new(prog, &tag, bin.as_deref())?;
+                let mut run = Run::with_pages(prog, &tag, bin.as_deref(), true)?;
                 run.start(sabotage).map_err(|e| run.report(&e))?;
                 Ok(run)
             })();

@@ -50,13 +50,15 @@ pub struct DirtyTracker {
 }
 
 /// Areas whose pages a dump saves and a write can dirty: private and
-/// writable (shared memory is sent whole at the switchover).
+/// writable (shared memory is sent whole at the switchover), not of huge
+/// pages (sent whole at the switchover too: tracking and pre-copy work
+/// in 4 KiB pages).
 fn trackable(maps: &[MapEntry]) -> Vec<(u64, u64)> {
     maps.iter().filter(|e| is_trackable(e)).map(|e| (e.start, e.end)).collect()
 }
 
 fn is_trackable(e: &MapEntry) -> bool {
-    !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0
+    !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0 && e.path != crate::hugetlb::ANON_HUGEPAGE
 }
 
 /// Creates a userfaultfd inside `pid` and takes it over.

@@ -310,6 +310,7 @@ impl StoppedTree {
                 pipes: &pipes,
                 ghosts: &ghosts,
                 processes: &tree.processes,
+                shmems: &tree.shmems,
                 ptys: &identity,
                 dumped: true,
             })

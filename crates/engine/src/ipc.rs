@@ -207,10 +207,14 @@ pub fn dump_maps(pid: i32, maps: &[MapEntry]) -> Result<Vec<SysvShmMap>> {
             kind: "memory area",
             what: format!("{:#x}-{:#x} {} {:?}: SysV shared memory segment {}: {why}", e.start, e.end, e.perms, e.path, e.inode),
         };
+        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+        let fs = rustix::fs::statfs(path.as_str()).map_err(|err| io_err(format!("statfs {path}"))(err.into()))?;
+        if fs.f_type as u64 == crate::hugetlb::HUGETLBFS_MAGIC || e.has("ht") {
+            return Err(unsupported(crate::hugetlb::refused(e).unwrap_or("on hugetlbfs (SHM_HUGETLB)")));
+        }
         if proc::link(pid, "ns/ipc")? == proc::link(std::process::id() as i32, "ns/ipc")? {
             return Err(unsupported("in the host's ipc namespace, which the tree does not own"));
         }
-        let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
         let size = std::fs::metadata(&path).map_err(io_err(format!("stat {path}")))?.len();
         if e.offset != 0 || e.end - e.start != size.div_ceil(PAGE) * PAGE {
             return Err(unsupported("attached only in part (unmapped or split by mprotect)"));

@@ -29,6 +29,7 @@ mod dirty;
 mod dump;
 mod files;
 mod handoff;
+pub mod hugetlb;
 mod inspect;
 mod ipc;
 mod lazy;

@@ -51,7 +51,8 @@ const MADVICE: [(&str, i32); 8] = [
 const MAP_DROPPABLE: u32 = 0x08;
 
 /// VmFlags the restore cannot make again, refused by name (besides
-/// hugetlbfs, I/O and PFN mappings, refused with the kind of area).
+/// I/O and PFN mappings, refused with the kind of area, and the
+/// hugetlbfs areas hugetlb.rs refuses).
 const REFUSED_VMFLAGS: [(&str, &str); 2] = [("ss", "shadow stack"), ("sl", "sealed (mseal)")];
 
 /// Whether the image's area `v` had VmFlag `f` (images that predate
@@ -84,7 +85,14 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         what: format!("{:#x}-{:#x} {} {:?}: {why}", e.start, e.end, e.perms, e.path),
     };
     let special = e.path.starts_with('[') && !e.path.starts_with("[anon:") && !matches!(e.path.as_str(), "[heap]" | "[stack]");
-    for (flag, why) in [("ht", "hugetlbfs"), ("io", "I/O memory"), ("pf", "PFN mapping")] {
+    let mut huge_page_size = 0;
+    if e.has("ht") && !special {
+        if let Some(why) = crate::hugetlb::refused(e) {
+            return Err(unsupported(&format!("hugetlbfs: {why}")));
+        }
+        huge_page_size = crate::hugetlb::page_size(pid, e)?;
+    }
+    for (flag, why) in [("io", "I/O memory"), ("pf", "PFN mapping")] {
         if e.has(flag) && !special {
             return Err(unsupported(why));
         }
@@ -111,6 +119,10 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         "[vsyscall]" => VmaKind::Vsyscall,
         "" | "[heap]" | "[stack]" if !e.shared() => VmaKind::AnonPrivate,
         p if p.starts_with("[anon:") && !e.shared() => VmaKind::AnonPrivate,
+        // Anonymous MAP_HUGETLB (hugetlb.rs).
+        crate::hugetlb::ANON_HUGEPAGE if huge_page_size != 0 && e.shared() => VmaKind::AnonShared,
+        p if p.starts_with("/memfd:") && huge_page_size != 0 && e.shared() => VmaKind::AnonShared,
+        crate::hugetlb::ANON_HUGEPAGE if huge_page_size != 0 => VmaKind::AnonPrivate,
         "/dev/zero (deleted)" | "" if e.shared() => VmaKind::AnonShared,
         p if p.starts_with("/memfd:") && e.shared() => VmaKind::AnonShared,
         // A private mapping of a shared anonymous area's object (through
@@ -157,12 +169,17 @@ pub fn classify(pid: i32, e: &MapEntry) -> Result<Vma> {
         kind: kind as i32,
         path: e.path.clone(),
         pgoff: e.offset,
-        shmem_id: if matches!(kind, VmaKind::AnonShared | VmaKind::ShmemPrivate) { e.inode } else { 0 },
+        shmem_id: match kind {
+            VmaKind::AnonShared if huge_page_size != 0 => e.inode | crate::hugetlb::HUGE_ID,
+            VmaKind::AnonShared | VmaKind::ShmemPrivate => e.inode,
+            _ => 0,
+        },
         madvise: MADVICE.iter().filter(|(f, _)| e.has(f)).map(|(_, a)| *a as u32).collect(),
         dev: ((e.major as u64) << 32) | e.minor as u64,
         inode: e.inode,
         vm_flags: e.vmflags.clone(),
         ghost_id: 0,
+        huge_page_size,
     })
 }
 
@@ -193,7 +210,7 @@ use lpm_sys::misc::is_zero;
 
 /// Splits `data` (pages from `vaddr`) into zero and non-zero runs; the
 /// non-zero ones go to `w`.
-fn emit(vaddr: u64, data: &[u8], w: &mut PagesWriter, runs: &mut Vec<PageRun>) -> lpm_image::Result<()> {
+pub(crate) fn emit(vaddr: u64, data: &[u8], w: &mut PagesWriter, runs: &mut Vec<PageRun>) -> lpm_image::Result<()> {
     let mut i = 0;
     let n = data.len() / PAGE as usize;
     while i < n {
@@ -239,6 +256,10 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
     if table.saved.contains_key(&v.shmem_id) {
         return Ok(());
     }
+    if v.huge_page_size != 0 {
+        table.saved.insert(v.shmem_id, crate::hugetlb::save_object(pid, v, dir)?);
+        return Ok(());
+    }
     let path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
     let f = std::fs::File::open(&path).map_err(io_err(format!("open {path}")))?;
     let size = f.metadata().map_err(io_err(format!("stat {path}")))?.len();
@@ -260,7 +281,7 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
     }
     w.finish()?;
     let memfd_name = v.path.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n).to_string()).unwrap_or_default();
-    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name, memfd_name });
+    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name, memfd_name, huge_page_size: 0 });
     Ok(())
 }
 
@@ -565,7 +586,8 @@ pub fn dump(
             };
             // Pages shared copy-on-write with a process dumped before are
             // that process's (cow.rs): recorded, not read.
-            if let Some(cow) = cow.as_deref_mut().filter(|_| r.categories & PAGE_IS_PRESENT as u64 != 0) {
+            // Huge pages are not (hugetlb.rs): each process gets its own.
+            if let Some(cow) = cow.as_deref_mut().filter(|_| r.categories & PAGE_IS_PRESENT as u64 != 0 && v.huge_page_size == 0) {
                 real.clear();
                 for (start, end, with) in cow.split(pid, &mut pm, r.start, r.end)? {
                     match with {
@@ -661,15 +683,23 @@ const PR_SET_MEMORY_MERGE: u64 = 67;
 /// puppets can open them through /proc/LPM/map_files.
 pub struct ShmemObjects {
     objects: HashMap<u64, Mapping>,
+    /// The huge pages each hugetlbfs object holds (offsets in it).
+    huge_held: HashMap<u64, Vec<u64>>,
 }
 
 impl ShmemObjects {
     /// Recreates and fills every object of the image.
     pub fn create(dir: &Path, shmems: &[ShmemImage]) -> Result<ShmemObjects> {
         let mut objects = HashMap::new();
+        let mut huge_held = HashMap::new();
         let mut buf = Vec::new();
         for s in shmems {
-            let mut m = if s.memfd_name.is_empty() {
+            let mut m = if s.huge_page_size != 0 {
+                objects.insert(s.id, crate::hugetlb::create_object(dir, s)?);
+                let held = crate::hugetlb::held(&s.pages, 0, s.size, s.huge_page_size);
+                huge_held.insert(s.id, held.into_iter().map(|i| i * s.huge_page_size).collect());
+                continue;
+            } else if s.memfd_name.is_empty() {
                 Mapping::anonymous(s.size as usize, true).step(0, || format!("create shared memory {}", s.id))?
             } else {
                 // A memfd again, so that its mappings read "/memfd:NAME".
@@ -690,7 +720,7 @@ impl ShmemObjects {
             }
             objects.insert(s.id, m);
         }
-        Ok(ShmemObjects { objects })
+        Ok(ShmemObjects { objects, huge_held })
     }
 
     fn path(&self, id: u64) -> Option<String> {
@@ -779,10 +809,11 @@ fn lazy_parts(mm: &Mm, start: u64, end: u64, lazy: bool) -> Vec<(u64, u64, bool)
 
 /// Whether area `v` may be filled lazily: anonymous (userfaultfd's
 /// missing mode takes nothing else), not droppable (no userfaultfd takes
-/// it) and not locked, as mlock faults in every page at once (zero pages
-/// the fill would then leave alone).
+/// it), not locked, as mlock faults in every page at once (zero pages
+/// the fill would then leave alone), and not of huge pages (filled whole
+/// now: the fill works in 4 KiB pages).
 fn lazy_area(v: &Vma) -> bool {
-    kind(v) == VmaKind::AnonPrivate && !vm_flag(v, "lo") && !vm_flag(v, "dp")
+    kind(v) == VmaKind::AnonPrivate && !vm_flag(v, "lo") && !vm_flag(v, "dp") && v.huge_page_size == 0
 }
 
 /// Phase 1 of the memory restore, as soon as the puppet exists (before it
@@ -883,7 +914,14 @@ fn map_area(
     let what = || format!("remote mmap {start:#x}-{end:#x} {:?} {}", k, v.path);
     match k {
         VmaKind::AnonPrivate => {
-            r.call(libc::SYS_mmap, &[start, len, initial_prot(v) as u64, fixed | libc::MAP_ANONYMOUS as u64, u64::MAX, 0])
+            // The `hugetlb-small` sabotage maps it in 4 KiB pages, for a
+            // test to see --verify name it.
+            let huge = if v.huge_page_size != 0 && !crate::verify::sabotaged("hugetlb-small") {
+                crate::hugetlb::map_flags(v.huge_page_size)
+            } else {
+                0
+            };
+            r.call(libc::SYS_mmap, &[start, len, initial_prot(v) as u64, fixed | libc::MAP_ANONYMOUS as u64 | huge, u64::MAX, 0])
                 .step(pid, what)?;
         }
         VmaKind::ShmemPrivate if c.memfds.contains_key(&v.shmem_id) => {
@@ -1054,6 +1092,11 @@ pub fn finish(c: &RestoreCtx, r: &mut Remote, s: Scratch, mm: &Mm) -> Result<Opt
     }
     fill(c, mm)?;
     zero_pages(c, mm)?;
+    for v in mm.vmas.iter().filter(|v| v.huge_page_size != 0 && kind(v) == VmaKind::AnonShared) {
+        if let Some(held) = c.shmem.huge_held.get(&v.shmem_id) {
+            crate::hugetlb::touch(pid, v, held)?;
+        }
+    }
     if mm.ksm_merge_any {
         // Every eligible area becomes mergeable; those the program made
         // unmergeable since are set back below.

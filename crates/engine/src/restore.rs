@@ -674,6 +674,7 @@ fn verify_tree(tree: &TreeImage, puppets: &Puppets, cgroups: &[PathBuf], ptys: &
                 pipes: &pipes,
                 ghosts: &ghosts,
                 processes: &tree.processes,
+                shmems: &tree.shmems,
                 ptys,
                 dumped: false,
             }
@@ -750,6 +751,9 @@ fn check(tree: &TreeImage) -> Result<()> {
     if tree.processes.is_empty() || tree.processes.iter().all(|p| p.pid != tree.root_pid) {
         return Err(EngineError::Incompatible("the image has no root process".into()));
     }
+    // Before anything is made: the huge pages the tree's hugetlbfs areas
+    // reserve must be free (hugetlb.rs).
+    crate::hugetlb::check_free(&crate::hugetlb::needed(tree))?;
     if free_levels(tree) == 0 {
         for p in &tree.processes {
             for t in &p.threads {

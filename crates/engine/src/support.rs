@@ -23,7 +23,8 @@ pub const KINDS: &[Row] = &[
     ("copy-on-write sharing", Support::Partly, "pages shared since a fork stay shared after restore and migration; moved shared pages and histories no fork order gives refused; sharing with processes outside the tree not kept"),
     ("shared memory", Support::Yes, "MAP_SHARED anonymous and memfd mappings, shared between processes; private mappings of them with their own pages"),
     ("vdso areas", Support::Yes, "[vvar], [vvar_vclock], [vdso] at their recorded addresses (same sizes required); any of them unmapped by the process stays unmapped"),
-    ("hugetlbfs and device mappings", Support::Refused, "hugetlbfs (MAP_HUGETLB, hugetlbfs files), I/O and PFN mappings, named by range; hugetlbfs is not done yet: huge-page fill, tracking and a target check of free huge pages are missing"),
+    ("hugetlbfs memory", Support::Partly, "anonymous MAP_HUGETLB areas, private and shared (one object for all sharers), MFD_HUGETLB memfds mapped shared or held by descriptors, in their page size, the same huge pages allocated; free huge pages checked before a restore and at a migration's validation; sent whole in a migration's stop; copy-on-write sharing of huge pages not kept; private mappings of hugetlbfs memfds, SysV SHM_HUGETLB segments, files of hugetlbfs mounts and zero huge pages nobody maps refused"),
+    ("device mappings", Support::Refused, "I/O and PFN mappings (VmFlags io, pf), named by range: their memory is a device's, which no image can hold"),
     ("file descriptor tables", Support::Partly, "per process or shared with the parent (CLONE_FILES); shared otherwise, or a thread's own, refused"),
     ("file owners for signal-driven I/O", Support::Yes, "F_SETOWN_EX thread, process or group of the tree with the setter's uids, F_SETSIG, O_ASYNC"),
     (

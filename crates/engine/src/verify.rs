@@ -49,6 +49,8 @@ pub(crate) struct Restored<'a> {
     /// Every process of the image (a terminal's foreground group is named
     /// by its leader's pid as the session sees it).
     pub processes: &'a [Process],
+    /// The image's shared memory objects.
+    pub shmems: &'a [lpm_image::ShmemImage],
     /// Recorded pty index to the index the restored pty got (identity
     /// when the dump reads its own tree back).
     pub ptys: &'a HashMap<u32, u32>,
@@ -61,7 +63,9 @@ pub(crate) struct Restored<'a> {
 /// The environment variable through which a test makes the restore get
 /// one field wrong on purpose (`umask`; `ghost-copy`: the mappings of an
 /// unlinked file map a copy of it; `fsnotify-ns`: inotify watches and
-/// fanotify marks are added through lpm's own mount namespace), or the checkpoint record one wrong
+/// fanotify marks are added through lpm's own mount namespace;
+/// `hugetlb-small`: private hugetlbfs areas mapped in 4 KiB pages), or
+/// the checkpoint record one wrong
 /// (`dump-umask`), to see [`PROBES`] name it; inert when unset, and
 /// nobody but the tests sets it.
 pub const SABOTAGE_ENV: &str = "LPM_SABOTAGE_RESTORE";
@@ -135,6 +139,7 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "process state", check: process_state, zombies: false },
     Probe { name: "paths", check: paths, zombies: false },
     Probe { name: "memory areas", check: areas, zombies: false },
+    Probe { name: "huge pages", check: huge_pages, zombies: false },
     Probe { name: "descriptors", check: descriptors, zombies: false },
     Probe { name: "unlinked inodes", check: ghosts, zombies: false },
     Probe { name: "pipes", check: pipes, zombies: false },
@@ -401,6 +406,46 @@ fn areas(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
     Ok(())
 }
 
+/// hugetlbfs areas (hugetlb.rs): smaps flags each ht with the recorded
+/// page size (KernelPageSize), shared or private as recorded, and holds
+/// the huge pages the image holds, no more: a private area's its page
+/// table maps, a shared one's object (its block count).
+fn huge_pages(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let Some(mm) = &p.image.mm else { return Ok(()) };
+    let huge: Vec<_> = mm.vmas.iter().filter(|v| v.huge_page_size != 0).collect();
+    if huge.is_empty() {
+        return Ok(());
+    }
+    let smaps = crate::hugetlb::smaps_pages(p.host)?;
+    let maps = proc::maps(p.host)?;
+    for v in huge {
+        let object = format!("area {:#x}-{:#x}", v.start, v.end);
+        let size = v.huge_page_size;
+        let (page, ht) = smaps.get(&v.start).copied().unwrap_or_default();
+        f.cmp(&object, "hugetlbfs (VmFlags ht)", true, ht);
+        f.cmp(&object, "KernelPageSize", size, page);
+        let shared = v.flags & libc::MAP_SHARED as u32 != 0;
+        let e = maps.iter().find(|e| e.start == v.start);
+        f.cmp(&object, "shared", shared, e.is_some_and(|e| e.shared()));
+        if !ht || page != size {
+            continue;
+        }
+        if shared {
+            let Some(s) = p.shmems.iter().find(|s| s.id == v.shmem_id) else { continue };
+            let path = format!("/proc/{}/map_files/{:x}-{:x}", p.host, v.start, v.end);
+            let file = std::fs::File::open(&path).map_err(crate::io_err(format!("open {path}")))?;
+            let holds = crate::hugetlb::object_pages(&file, size).map_err(crate::io_err(format!("stat {path}")))?;
+            let recorded = crate::hugetlb::held(&s.pages, 0, s.size, size).len() as u64;
+            f.cmp(&object, "huge pages its object holds", recorded, holds);
+        } else {
+            let recorded: Vec<u64> = crate::hugetlb::held(&mm.pages, v.start, v.end, size).into_iter().collect();
+            let found: Vec<u64> = crate::hugetlb::present(p.host, v.start, v.end, size)?.into_iter().collect();
+            f.cmp(&object, "huge pages held", recorded, found);
+        }
+    }
+    Ok(())
+}
+
 /// The kind of a /proc maps line, as the dump names it.
 fn classify(e: &MapEntry) -> Option<VmaKind> {
     Some(match e.path.as_str() {
@@ -414,6 +459,8 @@ fn classify(e: &MapEntry) -> Option<VmaKind> {
             VmaKind::AnonShared
         }
         "" | "[heap]" | "[stack]" => VmaKind::AnonPrivate,
+        crate::hugetlb::ANON_HUGEPAGE if e.shared() => VmaKind::AnonShared,
+        crate::hugetlb::ANON_HUGEPAGE => VmaKind::AnonPrivate,
         // A private mapping of a shared anonymous area's object or of a
         // memfd, as mem.rs names it.
         "/dev/zero (deleted)" => VmaKind::ShmemPrivate,

@@ -643,6 +643,10 @@ pub struct Vma {
     /// (deleted)"): the file in `TreeImage::ghosts` it maps; 0 otherwise.
     #[prost(uint64, tag = "120")]
     pub ghost_id: u64,
+    /// A hugetlbfs area (VmFlags ht: anonymous MAP_HUGETLB, private or
+    /// shared): the size of its pages in bytes; 0 for any other area.
+    #[prost(uint64, tag = "220")]
+    pub huge_page_size: u64,
 }
 
 /// A run of consecutive pages.
@@ -697,6 +701,12 @@ pub struct ShmemImage {
     /// for a shared anonymous area's object ("/dev/zero (deleted)").
     #[prost(string, tag = "5")]
     pub memfd_name: String,
+    /// A hugetlbfs object (a shared anonymous MAP_HUGETLB area's): the
+    /// size of its pages in bytes, 0 otherwise. Its `pages` then cover
+    /// exactly the huge pages it held (zero runs for those that were
+    /// zero), and only those are allocated again.
+    #[prost(uint64, tag = "220")]
+    pub huge_page_size: u64,
 }
 
 /// What a file descriptor refers to.
@@ -1399,6 +1409,12 @@ pub struct MemfdImage {
     /// The parts of the content that hold data (holes are left out).
     #[prost(message, repeated, tag = "5")]
     pub chunks: Vec<MemfdChunk>,
+    /// A memfd on hugetlbfs (MFD_HUGETLB): the size of its pages in
+    /// bytes, 0 otherwise. Its `chunks` are then exactly the huge pages it
+    /// held, each whole (zero ones too), and `ino` has bit 63 set, as the
+    /// `Vma::shmem_id` of its mappings.
+    #[prost(uint64, tag = "220")]
+    pub huge_page_size: u64,
 }
 
 /// A piece of a memfd's or an unlinked file's content.

@@ -484,7 +484,7 @@ pub fn render(t: &TreeImage) -> String {
                 let pre: u64 = mm.pages.iter().filter(inside).filter(|r| r.precopied).map(|r| r.npages).sum();
                 let _ = writeln!(
                     o,
-                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={}{} {}{}",
+                    "    {:#014x}-{:#014x} {} {:11} flags={:#x} off={:#x} pages={}{} {}{}{}",
                     v.start,
                     v.end,
                     prot(v.prot),
@@ -494,7 +494,8 @@ pub fn render(t: &TreeImage) -> String {
                     pages,
                     if pre > 0 { format!(" precopied={pre}") } else { String::new() },
                     v.path,
-                    if v.vm_flags.is_empty() { String::new() } else { format!(" [{}]", v.vm_flags.join(" ")) }
+                    if v.vm_flags.is_empty() { String::new() } else { format!(" [{}]", v.vm_flags.join(" ")) },
+                    if v.huge_page_size == 0 { String::new() } else { format!(" huge pages of {} kB", v.huge_page_size >> 10) }
                 );
             }
         }
@@ -531,7 +532,8 @@ pub fn render(t: &TreeImage) -> String {
     }
     for s in &t.shmems {
         let pages: u64 = s.pages.iter().filter(|r| !r.zero).map(|r| r.npages).sum();
-        let _ = writeln!(o, "shared memory {} size {} with {} pages in {}", s.id, s.size, pages, s.pages_file);
+        let huge = if s.huge_page_size == 0 { String::new() } else { format!(" (huge pages of {} kB)", s.huge_page_size >> 10) };
+        let _ = writeln!(o, "shared memory {} size {}{huge} with {} pages in {}", s.id, s.size, pages, s.pages_file);
     }
     o
 }

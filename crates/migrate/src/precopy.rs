@@ -449,11 +449,16 @@ fn gone(pid: i32) -> bool {
     }
 }
 
-/// The areas whose pages pre-copy sends: private and writable (the same
-/// the tracker registers).
+/// The areas whose pages pre-copy sends: private and writable, not of
+/// huge pages (the same the tracker registers; huge pages go whole in the
+/// stop).
 fn trackable(pid: i32) -> Result<Vec<(u64, u64)>> {
     let maps = proc::maps(pid).map_err(|source| PrecopyError::Maps { pid, source })?;
-    Ok(maps.iter().filter(|e| !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0).map(|e| (e.start, e.end)).collect())
+    Ok(maps
+        .iter()
+        .filter(|e| !e.shared() && e.prot() & libc::PROT_WRITE as u32 != 0 && e.path != lpm_engine::hugetlb::ANON_HUGEPAGE)
+        .map(|e| (e.start, e.end))
+        .collect())
 }
 
 impl Proc {

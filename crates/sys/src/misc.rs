@@ -110,6 +110,39 @@ impl Mapping {
         Ok(Mapping { addr: p.cast(), len: len.max(1) })
     }
 
+    /// Maps `len` bytes of shared anonymous hugetlbfs memory
+    /// (MAP_HUGETLB) in pages of `page_size` bytes (a power of two the
+    /// kernel offers): an object puppets can map through
+    /// /proc/PID/map_files. The whole length is reserved from the pool of
+    /// huge pages at once; pages are allocated as they are first touched.
+    pub fn anonymous_huge(len: usize, page_size: u64) -> Result<Mapping> {
+        const MAP_HUGE_SHIFT: i32 = 26;
+        let flags = libc::MAP_ANONYMOUS | libc::MAP_SHARED | libc::MAP_HUGETLB | ((page_size.trailing_zeros() as i32) << MAP_HUGE_SHIFT);
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choice.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(Error::sys("mmap MAP_HUGETLB", 0, io::Error::last_os_error()));
+        }
+        Ok(Mapping { addr: p.cast(), len: len.max(1) })
+    }
+
+    /// Allocates the pages of `[offset, offset + len)` of the mapping for
+    /// writing (MADV_POPULATE_WRITE), their content unchanged; fails when
+    /// the kernel cannot (a pool of huge pages run dry).
+    pub fn populate(&mut self, offset: usize, len: usize) -> Result<()> {
+        const MADV_POPULATE_WRITE: i32 = 23;
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::sys("madvise MADV_POPULATE_WRITE", 0, io::Error::from_raw_os_error(libc::EINVAL)));
+        }
+        // SAFETY: advice on pages inside our own writable mapping; the
+        // kernel does not change their contents.
+        let r = unsafe { libc::madvise(self.addr.add(offset).cast(), len, MADV_POPULATE_WRITE) };
+        if r != 0 {
+            return Err(Error::sys("madvise MADV_POPULATE_WRITE", 0, io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Maps `len` bytes of `fd` at `offset` read-only, for zero-copy reads.
     pub fn file(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: usize) -> Result<Mapping> {
         use std::os::fd::AsRawFd;
@@ -130,6 +163,27 @@ impl Mapping {
         // SAFETY: a fresh shared mapping of a file we hold open read-write.
         let p = unsafe {
             libc::mmap(std::ptr::null_mut(), len.max(1), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::sys("mmap file shared", 0, io::Error::last_os_error()));
+        }
+        Ok(Mapping { addr: p.cast(), len: len.max(1) })
+    }
+
+    /// Maps `len` bytes of `fd` at `offset` shared and writable (a part
+    /// of a hugetlbfs file, whose pages cannot be written otherwise).
+    pub fn file_shared_at(fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: usize) -> Result<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of a file we hold open read-write.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(Error::sys("mmap file shared", 0, io::Error::last_os_error()));

@@ -544,7 +544,7 @@ pub fn source(agent: &Arc<Agent>, req: MigrateRequest, ctl: &mut UnixStream) -> 
         bail!("refused arguments: {why}");
     }
     if req.validate_only {
-        checks.extend(ask_validation(agent, &req, &spec, &plumbing, "validation only")?);
+        checks.extend(ask_validation(agent, &req, &spec, &plumbing, pid, "validation only")?);
         return Ok(Response::Validation(checks));
     }
     let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.detail)).collect();
@@ -588,17 +588,30 @@ pub fn source(agent: &Arc<Agent>, req: MigrateRequest, ctl: &mut UnixStream) -> 
 
 /// Asks the target's checks (for `--validate-only`, which makes no
 /// record): connect, validate, and leave.
-fn ask_validation(agent: &Agent, req: &MigrateRequest, spec: &PartitionSpec, plumbing: &Plumbing, id: &str) -> Result<Vec<Check>> {
+fn ask_validation(
+    agent: &Agent,
+    req: &MigrateRequest,
+    spec: &PartitionSpec,
+    plumbing: &Plumbing,
+    pid: i32,
+    id: &str,
+) -> Result<Vec<Check>> {
     let mut link = Link::open(&req.target_addr, &agent.opts.key, &agent.opts.host)
         .with_context(|| format!("connect to {} at {}", req.target, req.target_addr))?;
-    link.send(&validate_message(id, spec, plumbing))?;
+    link.send(&validate_message(id, spec, plumbing, pid))?;
     match link.recv()? {
         Mover::Validated(c) => Ok(c),
         other => bail!("the target answered validation with {other:?}"),
     }
 }
 
-fn validate_message(id: &str, spec: &PartitionSpec, plumbing: &Plumbing) -> Mover {
+fn validate_message(id: &str, spec: &PartitionSpec, plumbing: &Plumbing, pid: i32) -> Mover {
+    // The huge pages its hugetlbfs areas reserve; one unreadable is the
+    // source's "state" check's to report, and none are asked for.
+    let huge_pages = lpm_engine::hugetlb::needed_live(pid).map(|m| m.into_iter().collect()).unwrap_or_else(|e| {
+        tracing::warn!(pid, error = %e, "huge pages of the partition unreadable");
+        Vec::new()
+    });
     Mover::Validate {
         id: id.to_string(),
         spec: spec.clone(),
@@ -606,6 +619,7 @@ fn validate_message(id: &str, spec: &PartitionSpec, plumbing: &Plumbing) -> Move
         // The partition may use anything this CPU offers.
         cpu: prost::Message::encode_to_vec(&lpm_engine::cpu::this_host()),
         volumes: volume_ids(spec),
+        huge_pages,
     }
 }
 
@@ -1013,7 +1027,7 @@ impl<'a> Run<'a> {
                 let id = live.id.clone();
                 match m {
                     Msg::Validate => {
-                        let msg = validate_message(&id, &self.spec, &self.plumbing);
+                        let msg = validate_message(&id, &self.spec, &self.plumbing, self.pid);
                         sent(self.link().and_then(|l| l.send(&msg)))
                     }
                     Msg::Prepare => {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod hugepages;
 pub mod lab;
 pub mod pg;
 pub mod zdtm_progs;

@@ -14,6 +14,17 @@ pub enum Need {
     Avx2,
     /// `unshare` from util-linux.
     Unshare,
+    /// Huge pages of 2 MiB free while it runs (the machine has none):
+    /// the runners reserve them ([`reserve_needs`]) and give them back
+    /// however the run ends. `alone`: the program by itself, its
+    /// sabotages included; `moved`: besides it or its image, a restored
+    /// copy and a copy being moved at once.
+    HugePages {
+        /// The program alone.
+        alone: u64,
+        /// With its copies.
+        moved: u64,
+    },
 }
 
 /// How a program is built and started.
@@ -171,6 +182,14 @@ pub static PROGS: &[Prog] = &[
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_packet", Launch::CNet, true, 3) },
     Prog { needs: &[Need::Root, Need::Unshare], ..prog("sock_raw", Launch::CNet, true, 3) },
     Prog { needs: &[Need::Root], ..prog("sock_reuseport", Launch::C, true, 4) },
+    // 6 huge pages for the program, 8 for a restored copy (the child's
+    // private area reserved whole): twice 8 while a copy moves back.
+    // Alone 6, and 2 more for sabotage 3's new shared area.
+    Prog { needs: &[Need::HugePages { alone: 8, moved: 16 }], ..prog("mem_hugetlb", Launch::C, true, 3) },
+    // 4 huge pages for the program, 7 for a restored copy (each memfd's
+    // copy made for mappings besides the memfd itself), twice 7 while a
+    // copy moves back; alone 4, and 3 more for sabotage 3's new memfd.
+    Prog { needs: &[Need::HugePages { alone: 7, moved: 14 }], ..prog("mem_hugetlb_memfd", Launch::C, true, 3) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -192,10 +211,11 @@ pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
 /// refuse it by name (not in PROGS: no restore may carry it).
 pub static NS_HOST: Prog = prog("ns_host", Launch::C, true, 1);
 
-/// Maps hugetlbfs pages (anonymous MAP_HUGETLB, private and shared): a
-/// checkpoint must refuse them by name (not in PROGS: it needs huge pages
-/// reserved for it, and hugetlbfs mappings are not supported).
-pub static MEM_HUGETLB: Prog = prog("mem_hugetlb", Launch::C, true, 1);
+/// Holds the hugetlbfs memory lpm refuses (a SysV SHM_HUGETLB segment, a
+/// private mapping of an MFD_HUGETLB memfd): a checkpoint must refuse it
+/// by name (not in PROGS: no restore makes it again).
+pub static MEM_HUGETLB_REFUSED: Prog =
+    Prog { needs: &[Need::HugePages { alone: 2, moved: 2 }], ..prog("mem_hugetlb_refused", Launch::C, true, 1) };
 
 /// The program named `name` in [`PROGS`].
 pub fn find_prog(name: &str) -> &'static Prog {
@@ -225,6 +245,19 @@ pub fn check_needs(prog: &Prog) -> Result<(), String> {
         Launch::Python | Launch::Shell if !tool_works("python3", &["--version"]) => need("python3 in PATH"),
         _ => Ok(()),
     }
+}
+
+/// Reserves the huge pages `prog` needs ([`Need::HugePages`]: by itself
+/// when `alone`, else with its copies), held until the guard drops;
+/// fails saying why they could not be had.
+pub fn reserve_needs(prog: &Prog, alone: bool) -> Result<Option<super::hugepages::HugePages>, String> {
+    for n in prog.needs {
+        if let Need::HugePages { alone: a, moved } = n {
+            let n = if alone { *a } else { *moved };
+            return super::hugepages::HugePages::reserve(n).map(Some).map_err(|e| format!("zdtm {} needs {n} huge pages: {e}", prog.name));
+        }
+    }
+    Ok(None)
 }
 
 /// True if `tool args` runs and succeeds.

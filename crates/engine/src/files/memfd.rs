@@ -28,7 +28,6 @@ pub struct Memfd;
 
 /// Largest memfd content saved in the image.
 const MAX_CONTENT: u64 = 64 << 20;
-const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
 
 /// Refuses mappings of the memfd that restore could not keep shared with
 /// its descriptors.
@@ -61,6 +60,9 @@ struct Observed<'a> {
     file: std::fs::File,
     seals: u32,
     extents: Vec<(u64, u64)>,
+    /// On hugetlbfs: its page size (its extents are the huge pages it
+    /// holds, whole); 0 otherwise.
+    huge: u64,
 }
 
 fn observe<'a>(seen: &Seen<'a>, table: &FileTable) -> Result<Observed<'a>> {
@@ -72,14 +74,26 @@ fn observe<'a>(seen: &Seen<'a>, table: &FileTable) -> Result<Observed<'a>> {
     let path = format!("/proc/{}/fd/{}", seen.pid, seen.fd);
     let file = std::fs::File::open(&path).map_err(io_err(format!("reopen {path}")))?;
     let fs = rustix::fs::fstatfs(&file).map_err(|e| io_err(format!("statfs {path}"))(e.into()))?;
-    if fs.f_type as u64 == HUGETLBFS_MAGIC {
-        return Err(seen.unsupported("memfd on hugetlbfs (MFD_HUGETLB)"));
-    }
+    let huge = if fs.f_type as u64 == crate::hugetlb::HUGETLBFS_MAGIC { fs.f_bsize as u64 } else { 0 };
     let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err(format!("F_GET_SEALS on {path}"))(e.into()))?.bits();
     check_mappings(seen, seals, &table.tree)?;
-    let extents = super::data_extents(&file, seen.st.len(), MAX_CONTENT)
-        .map_err(|_| seen.unsupported(format!("memfd with more than {MAX_CONTENT} bytes of data")))?;
-    Ok(Observed { name, file, seals, extents })
+    let extents = if huge != 0 {
+        // hugetlbfs tells no holes: the huge pages it holds, each whole
+        // (hugetlb.rs).
+        let pages = crate::hugetlb::file_pages(&file, huge, seen.st.dev(), seen.st.ino(), &table.tree)?.map_err(|(holds, found)| {
+            seen.unsupported(format!(
+                "memfd on hugetlbfs holding {holds} huge pages, {found} of them holding data or mapped: the others are all zero and mapped by no process of the tree (allocated by fallocate?), so which they are cannot be told"
+            ))
+        })?;
+        if pages.len() as u64 * huge > MAX_CONTENT {
+            return Err(seen.unsupported(format!("memfd on hugetlbfs holding more than {MAX_CONTENT} bytes")));
+        }
+        pages.into_iter().map(|o| (o, o + huge)).collect()
+    } else {
+        super::data_extents(&file, seen.st.len(), MAX_CONTENT)
+            .map_err(|_| seen.unsupported(format!("memfd with more than {MAX_CONTENT} bytes of data")))?
+    };
+    Ok(Observed { name, file, seals, extents, huge })
 }
 
 impl Kind for Memfd {
@@ -100,7 +114,10 @@ impl Kind for Memfd {
         }
         let o = observe(seen, table)?;
         let chunks = super::read_extents(&o.file, &o.extents, &format!("memfd fd {} of pid {}", seen.fd, seen.pid))?;
-        f.memfd = Some(MemfdImage { name: o.name.to_string(), seals: o.seals, size: seen.st.len(), ino: seen.st.ino(), chunks });
+        // A hugetlbfs inode is told from a shmem one as its mappings'
+        // `shmem_id` is (mem.rs).
+        let ino = if o.huge != 0 { seen.st.ino() | crate::hugetlb::HUGE_ID } else { seen.st.ino() };
+        f.memfd = Some(MemfdImage { name: o.name.to_string(), seals: o.seals, size: seen.st.len(), ino, chunks, huge_page_size: o.huge });
         Ok(())
     }
 
@@ -119,11 +136,25 @@ impl Kind for Memfd {
         let what = |step: &str| format!("{step} of memfd {:?} (file {})", m.name, f.id);
         // Executable like the default, then the mode of the image; sealing
         // allowed, then the seals of the image.
-        let fd = rustix::fs::memfd_create(&*m.name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::EXEC)
+        let huge = if m.huge_page_size != 0 { crate::hugetlb::memfd_flags(m.huge_page_size) } else { MemfdFlags::empty() };
+        let fd = rustix::fs::memfd_create(&*m.name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::EXEC | huge)
             .map_err(|e| io_err(what("create"))(e.into()))?;
         let file = std::fs::File::from(fd);
         file.set_len(m.size).map_err(io_err(what("size")))?;
         for c in &m.chunks {
+            if m.huge_page_size != 0 {
+                // hugetlbfs has no write: each huge page it held is
+                // allocated alone (no other reserved) and written through
+                // a mapping of it.
+                use std::os::fd::AsFd;
+                let len = c.data.len() as u64;
+                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), c.offset, len)
+                    .map_err(|e| io_err(what(&format!("allocate huge pages at {:#x} of", c.offset)))(e.into()))?;
+                let mut window = lpm_sys::misc::Mapping::file_shared_at(file.as_fd(), c.offset, len as usize)
+                    .step(0, || what(&format!("map huge pages at {:#x}", c.offset)))?;
+                window.as_mut_slice()[..c.data.len()].copy_from_slice(&c.data);
+                continue;
+            }
             file.write_all_at(&c.data, c.offset).map_err(io_err(what("fill")))?;
         }
         let mode = rustix::fs::Mode::from_raw_mode(f.mode & 0o7777);
@@ -166,6 +197,12 @@ impl Kind for Memfd {
                 .step(pid, || what("remote mmap"));
             r.call(libc::SYS_close, &[tmp]).step(pid, || what("remote close after mapping"))?;
             mapped?;
+            if m.huge_page_size != 0 {
+                // Its page table maps the huge pages again, as the
+                // original's did (hugetlb.rs).
+                let held: Vec<u64> = m.chunks.iter().map(|c| c.offset).collect();
+                crate::hugetlb::touch(pid, v, &held)?;
+            }
             crate::mem::advise(pid, r, v)?;
         }
         Ok(())
