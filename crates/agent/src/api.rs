@@ -279,11 +279,15 @@ pub enum Mover {
     },
     /// Source → target: the final report, kept on the target.
     Report(Box<Report>),
+    /// Source → target: still at work on a step that sends nothing else
+    /// for long (the dump in the stop), so the target does not count the
+    /// source as lost; nothing to answer.
+    Alive,
 }
 
 impl Mover {
     /// The protocol message this is; `None` for what the machines do not
-    /// see (pages' companions: Attach, Report).
+    /// see (pages' companions: Attach, Report, Alive).
     pub fn kind(&self) -> Option<Msg> {
         Some(match self {
             Mover::Validate { .. } => Msg::Validate,
@@ -298,7 +302,7 @@ impl Mover {
             Mover::Running => Msg::Running,
             Mover::RolledBack { .. } => Msg::RolledBack,
             Mover::Status { state, reply, .. } => Msg::Status { state: *state, reply: *reply },
-            Mover::Attach { .. } | Mover::Report(_) => return None,
+            Mover::Attach { .. } | Mover::Report(_) | Mover::Alive => return None,
         })
     }
 

@@ -101,6 +101,30 @@ impl Link {
     }
 }
 
+/// Runs `f` while a thread sends [`Mover::Alive`] on `link` every third
+/// of the mover timeout: a step of the stop that sends nothing for long
+/// must not look like a lost source to the target (the dump of a
+/// partition holding a 104 MiB unlinked file took more than the test
+/// labs' 10 s under load, and the target gave the migration up).
+pub(crate) fn with_keepalive<T>(link: &mut Link, f: impl FnOnce() -> T) -> T {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let w = &mut link.w;
+        s.spawn(move || {
+            let every = mover_timeout() / 3;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(every) {
+                // A broken link is the next send's to report.
+                if api::send(w, &Mover::Alive).is_err() {
+                    break;
+                }
+            }
+        });
+        let out = f();
+        drop(done);
+        out
+    })
+}
+
 /// A migration this host takes part in, not settled yet.
 #[derive(Clone)]
 pub(crate) enum Live {
@@ -322,6 +346,8 @@ pub fn serve(agent: &Arc<Agent>, s: TcpStream, peer: &str) -> Result<()> {
                 agent.keep_report(&r);
                 return Ok(());
             }
+            // Its arrival was the point: the read did not time out.
+            Mover::Alive => {}
             m => {
                 if let Some(id) = m.id() {
                     if current.as_ref().is_none_or(|l| l.record().id != id) {

@@ -1148,7 +1148,12 @@ impl<'a> Run<'a> {
             smaps_hint: std::mem::take(&mut self.smaps_hint),
             ..check
         };
-        let mut stats = stopped.dump(&dir, &opts).context("checkpoint the stopped partition")?;
+        let dump = || stopped.dump(&dir, &opts);
+        let dumped = match self.link() {
+            Ok(link) => super::with_keepalive(link, dump),
+            Err(_) => dump(),
+        };
+        let mut stats = dumped.context("checkpoint the stopped partition")?;
         let handoff = std::mem::take(&mut stats.handoff);
         turn.detail.handed_off = if handoff.is_empty() { Vec::new() } else { vec![format!("{handoff:?}")] };
         turn.handoff = Some(handoff);
