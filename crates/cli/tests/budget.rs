@@ -134,3 +134,70 @@ fn a_stop_over_budget_completes_and_says_so() {
     assert_eq!(over.iter().filter(|&&o| !o).count(), 1, "{list}");
     assert!(lab.ok(&["migration", "list", "--all"]).contains("over budget"));
 }
+
+/// The CPU limit of the cgroup process `pid` is in, in CPUs (None when
+/// unlimited): cgroup v1's cpu controller where it is mounted (this
+/// machine's hybrid layout), else cgroup2's cpu.max.
+fn cpu_limit(pid: i32) -> Option<f64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = cgroups.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
+        ctl.split(',').any(|c| c == "cpu").then(|| path.to_string())
+    });
+    let (quota, period) = match v1 {
+        Some(path) => {
+            let dir = std::path::Path::new("/sys/fs/cgroup/cpu").join(path.trim_start_matches('/'));
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().trim().to_string();
+            (read("cpu.cfs_quota_us"), read("cpu.cfs_period_us"))
+        }
+        None => {
+            let path = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_string();
+            let max =
+                std::fs::read_to_string(std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')).join("cpu.max")).unwrap();
+            let mut it = max.split_whitespace();
+            (it.next().unwrap().to_string(), it.next().unwrap().to_string())
+        }
+    };
+    match quota.as_str() {
+        "-1" | "max" => None,
+        q => Some(q.parse::<f64>().unwrap() / period.parse::<f64>().unwrap()),
+    }
+}
+
+/// The stop lifts the partition's CPU limit (a throttled task cannot
+/// reach the freezer's trap): a stop that fails after the freeze rolls
+/// back with the partition's own limit in place again, and the move that
+/// follows takes it along.
+#[test]
+fn a_rollback_after_the_stop_puts_the_cpu_limit_back() {
+    let lab = TestLab::up_with("budgetcpu", 2, &[("LPM_FAULT", "h1:source.frozen=fail")]);
+    let script = lab.vol.join("counter.py");
+    std::fs::write(&script, COUNTER).unwrap();
+    let vol = lab.vol.to_string_lossy().into_owned();
+    lab.ok(&[
+        "partition",
+        "create",
+        "tock",
+        "--host",
+        "h1",
+        "--cpus",
+        "0.5",
+        "--volume",
+        &vol,
+        "--",
+        "python3",
+        &script.to_string_lossy(),
+        "4",
+    ]);
+    lab.wait_log("tock", "count 3\n", Duration::from_secs(30));
+    assert_eq!(cpu_limit(lab.pid_of("tock")), Some(0.5));
+    let err = lab.fails(&["migrate", "tock", "--to", "h2"]);
+    assert!(err.contains("source.frozen"), "{err}");
+    counts_on(&lab, "tock", "h1");
+    assert_eq!(cpu_limit(lab.pid_of("tock")), Some(0.5), "the rollback left the partition's CPU limit changed");
+    let r: serde_json::Value = serde_json::from_str(&lab.ok(&["migrate", "tock", "--to", "h2", "--json"])).unwrap();
+    check_budget(&r, 50.0);
+    counts_on(&lab, "tock", "h2");
+    assert_eq!(cpu_limit(lab.pid_of("tock")), Some(0.5));
+}

@@ -1104,8 +1104,10 @@ impl<'a> Run<'a> {
                 "stopped in a passing state: the partition runs a moment more"
             );
             // Its moment runs within its own CPU limit, not without.
-            if let Err(e) = self.plumbing.cgroup().set_cpus(self.spec.cpus) {
-                tracing::warn!(partition = %self.spec.name, error = %e, "put the partition's CPU limit back for its moment");
+            if self.throttle_max > 0.0 || self.spec.cpus.is_some() {
+                if let Err(e) = self.plumbing.cgroup().set_cpus(self.spec.cpus) {
+                    tracing::warn!(partition = %self.spec.name, error = %e, "put the partition's CPU limit back for its moment");
+                }
             }
             stopped.resume();
             wait_passed(self.pid, &check, DRAIN_LIMIT);
@@ -1181,7 +1183,13 @@ impl<'a> Run<'a> {
     /// the limit lifted: the tasks run straight into their traps, with no
     /// burst of the program between. The rollback puts the partition's
     /// own limit back ([`resume`]); a completed move removes this copy.
+    /// A partition without a limit is stopped as it always was.
     fn stop_unthrottled(&self) -> Result<lpm_engine::StoppedTree> {
+        // Auto-converge only ever raises the throttle: throttled now if
+        // ever in this migration.
+        if self.throttle_max <= 0.0 && self.spec.cpus.is_none() {
+            return Ok(lpm_engine::stop_tree(self.pid)?);
+        }
         let cg = self.plumbing.cgroup();
         cg.begin_freeze().context("ask the cgroup freezer")?;
         cg.set_cpus(None).context("lift the partition's CPU limit for the stop")?;
