@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use lpm_host::partition::{self, HostCtx, PartitionSpec, Plumbing};
 use lpm_migrate::journal::Journal;
-use lpm_migrate::policy::StopCost;
+use lpm_migrate::policy::StopCosts;
 use lpm_migrate::report::Report;
 use lpm_wire::Key;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -67,9 +67,9 @@ pub struct Agent {
     /// The page stores of incoming migrations, by id, for their extra
     /// page streams.
     pub(crate) incoming: Mutex<HashMap<String, Arc<Mutex<lpm_migrate::store::Store>>>>,
-    /// What this host's last outgoing migrations' stops cost: the
-    /// policy's model of the next one.
-    pub(crate) stop_cost: Mutex<StopCost>,
+    /// What this host's last outgoing migrations' stops cost, its own
+    /// and each partition's: the policy's model of the next one.
+    pub(crate) stop_cost: Mutex<StopCosts>,
     /// The kernel features this host lacks, probed once: they do not
     /// change while lpmd runs, and probing takes tens of milliseconds a
     /// validation would otherwise spend.
@@ -122,7 +122,7 @@ impl Agent {
             ctx,
             parts: Mutex::new(parts),
             incoming: Mutex::new(HashMap::new()),
-            stop_cost: Mutex::new(StopCost::default()),
+            stop_cost: Mutex::new(StopCosts::default()),
             kernel_missing: std::sync::OnceLock::new(),
             leaving: Mutex::new(HashMap::new()),
             journal,

@@ -298,22 +298,26 @@ fn render(rows: &[Row], verdicts: &[Verdict]) -> String {
         );
     }
     let _ = writeln!(s, "\n(dirty: MiB/s pre-copy measured in round 1; bound: bytes sent / raw bandwidth; thrtl: max CPU throttle)");
-    let _ = writeln!(s, "\nwhere the downtime went (ms; check: the target's read-back of the restored tree, part of restore):");
     let _ = writeln!(
         s,
-        "{:>5} {:>5} {:>3} {:>9} {:>8} {:>11} {:>10} {:>9} {:>9} {:>7} {:>9}",
-        "MiB", "MiB/s", "run", "downtime", "freeze", "final pgs", "state KiB", "transfer", "restore", "check", "handover"
+        "\nwhere the downtime went (ms; freeze: from the stop to the state dumped, of which stopping: the network locked and every thread stopped; check: the target's read-back of the restored tree, part of restore):"
+    );
+    let _ = writeln!(
+        s,
+        "{:>5} {:>5} {:>3} {:>9} {:>8} {:>9} {:>11} {:>10} {:>9} {:>9} {:>7} {:>9}",
+        "MiB", "MiB/s", "run", "downtime", "freeze", "stopping", "final pgs", "state KiB", "transfer", "restore", "check", "handover"
     );
     for r in rows {
         if let Some(b) = r.report.as_ref().and_then(|x| x.stop.as_ref()) {
             let _ = writeln!(
                 s,
-                "{:>5} {:>5} {:>3} {:>9.1} {:>8.1} {:>11} {:>10.1} {:>9.1} {:>9.1} {:>7.2} {:>9.1}",
+                "{:>5} {:>5} {:>3} {:>9.1} {:>8.1} {:>9.1} {:>11} {:>10.1} {:>9.1} {:>9.1} {:>7.2} {:>9.1}",
                 r.size_mib,
                 r.rate_mib,
                 r.run,
                 r.downtime_ms(),
                 b.freeze_ms,
+                b.stopping_ms,
                 b.final_pages,
                 b.state_image_bytes as f64 / 1024.0,
                 b.transfer_ms,
@@ -574,7 +578,7 @@ impl Bench {
         };
         row.cpu_src_ms = used(src, cpu_before.0);
         row.cpu_dst_ms = used(dst, cpu_before.1);
-        row.outcome = report.outcome.to_string();
+        row.outcome = report.outcome_text();
         let completed = report.outcome == Outcome::Completed;
         row.report = Some(report);
         if !completed {
@@ -802,6 +806,7 @@ mod tests {
             max_throttle: throttle,
             streams: 1,
             compression: "none".into(),
+            budget: None,
         }
     }
 

@@ -124,9 +124,16 @@ pub struct MigrateArgs {
     /// Target host.
     #[arg(long)]
     pub to: String,
-    /// Downtime budget in milliseconds.
+    /// Downtime budget in milliseconds. A stop that takes longer still
+    /// completes the move: the outcome says "completed over budget", by
+    /// how much and in which phase of the stop, and a warning is printed.
     #[arg(long, default_value_t = 50)]
     pub max_downtime: u64,
+    /// Exit with status 3 when the move completed but
+    /// its stop took longer than --max-downtime (the partition runs on
+    /// the target all the same).
+    #[arg(long)]
+    pub strict_downtime: bool,
     /// Pre-copy time limit in seconds.
     #[arg(long, default_value_t = 120)]
     pub max_time: u64,
@@ -535,6 +542,11 @@ fn watch_interrupt(current: Current, yes: bool) -> Result<()> {
     Ok(())
 }
 
+/// The exit status of `lpm migrate --strict-downtime` when the partition
+/// moved but its stop took longer than `--max-downtime` (1 is any error,
+/// 2 a usage error).
+pub const EXIT_OVER_BUDGET: u8 = 3;
+
 /// Runs `lpm migrate`.
 pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
     check_migrate_args(&a)?;
@@ -544,8 +556,20 @@ pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
         watch_interrupt(current.clone(), a.yes)?;
     }
     match migrate_with(&c, &a, a.json, &current)? {
-        Migrated::Report(r) if a.json => println!("{}", serde_json::to_string_pretty(&r)?),
-        Migrated::Report(r) => print!("{}", lpm_migrate::report::render(&r)),
+        Migrated::Report(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", lpm_migrate::report::render(&r));
+            }
+            if let Some(line) = r.overrun_line() {
+                // On stderr, so that --json's output stays one document.
+                eprintln!("lpm: warning: migration {} of {} completed over budget: {line}", r.id, r.partition);
+                if a.strict_downtime {
+                    return Ok(ExitCode::from(EXIT_OVER_BUDGET));
+                }
+            }
+        }
         Migrated::Checks(checks) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);
@@ -631,6 +655,7 @@ pub fn demo() -> Result<ExitCode> {
                 name: "kv".into(),
                 to: to.into(),
                 max_downtime: 50,
+                strict_downtime: false,
                 max_time: 60,
                 force: true,
                 streams: 1,

@@ -129,6 +129,7 @@ impl Both {
 
     fn downtime(&self) -> String {
         match self.source.as_ref().and_then(|s| s.report.as_ref()) {
+            Some(r) if r.over_budget() => format!("{:.1} ms, over budget", r.downtime_ms),
             Some(r) if r.downtime_ms > 0.0 => format!("{:.1} ms", r.downtime_ms),
             _ => "-".into(),
         }
@@ -356,6 +357,7 @@ fn row_json(b: &Both) -> serde_json::Value {
         "phase": b.phase(),
         "started_unix_ms": r.started_unix_ms,
         "downtime_ms": b.source.as_ref().and_then(|s| s.report.as_ref()).map(|r| r.downtime_ms),
+        "over_budget": b.source.as_ref().and_then(|s| s.report.as_ref()).map(|r| r.over_budget()),
         "source_record": b.source.as_ref().map(|s| &s.record),
         "target_record": b.target.as_ref().map(|t| &t.record),
         "progress": b.source.as_ref().and_then(|s| s.live.as_ref()),

@@ -566,6 +566,15 @@ impl Cgroup {
         self.wait_event("frozen", true, "freeze", timeout)
     }
 
+    /// Asks the cgroup2 freezer to freeze every task of the cgroup and
+    /// returns at once: from the write on, a task of the cgroup runs no
+    /// more of its own code (each enters the freezer's trap on its way
+    /// back to user space). [`Cgroup::freeze`] or the engine's stop waits
+    /// for the kernel to report it frozen.
+    pub fn begin_freeze(&self) -> Result<()> {
+        self.write(&self.v2_dir().join("cgroup.freeze"), "1")
+    }
+
     /// Thaws the cgroup and waits until the kernel reports it thawed.
     pub fn thaw(&self, timeout: Duration) -> Result<()> {
         self.write(&self.v2_dir().join("cgroup.freeze"), "0")?;

@@ -35,6 +35,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::report::StopPhase;
+
 /// Bytes in a page.
 const PAGE: f64 = 4096.0;
 
@@ -267,17 +269,53 @@ pub struct StopCost {
     pub ms_per_page: Option<f64>,
 }
 
+/// One stop, as the model learns from it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StopSample {
+    /// From frozen on the source to running on the target, ms.
+    pub downtime_ms: f64,
+    /// Pages sent in the stop.
+    pub pages: u64,
+    /// Of the downtime, reading, sending and storing those pages, ms.
+    pub pages_ms: f64,
+    /// When the stop went over the allowed downtime: the phase that took
+    /// most of it.
+    pub over: Option<StopPhase>,
+}
+
 impl StopCost {
-    /// Takes in one stop: `downtime_ms` for `pages` pages sent in it. A
-    /// stop with few pages measures the fixed cost, one with many the cost
-    /// per page beyond it.
-    pub fn learn(&mut self, downtime_ms: f64, pages: u64) {
-        let avg = |old: Option<f64>, new: f64| Some(old.map_or(new, |o| (o + new) / 2.0));
-        if pages < STOP_FEW_PAGES {
-            self.fixed_ms = avg(self.fixed_ms, downtime_ms);
+    /// Takes in one stop. A stop with few pages measures the fixed cost,
+    /// one with many the cost per page beyond it; but one with many pages
+    /// that went over the budget in a phase pages do not drive (freeze,
+    /// state image, restore, handover) measures the fixed cost: its
+    /// downtime without the time its pages took.
+    ///
+    /// A stop within the budget is averaged with the ones before; a stop
+    /// over it counts at once where it measured more than the average (an
+    /// average would halve the overrun, and the next stop of the same
+    /// partition, decided on the old figure, would overrun again).
+    pub fn learn(&mut self, s: &StopSample) {
+        self.learn_with(s, true)
+    }
+
+    /// [`StopCost::learn`], with an overrun counted at once or averaged.
+    fn learn_with(&mut self, s: &StopSample, at_once: bool) {
+        let over = at_once && s.over.is_some();
+        let fold = |old: Option<f64>, new: f64| {
+            Some(match old {
+                None => new,
+                Some(o) if over && new > o => new,
+                Some(o) => (o + new) / 2.0,
+            })
+        };
+        let fixed_phase = s.over.is_some_and(|p| p != StopPhase::LastPages);
+        if s.pages < STOP_FEW_PAGES {
+            self.fixed_ms = fold(self.fixed_ms, s.downtime_ms);
+        } else if fixed_phase {
+            self.fixed_ms = fold(self.fixed_ms, (s.downtime_ms - s.pages_ms).max(0.0));
         } else {
-            let beyond = (downtime_ms - self.fixed_ms.unwrap_or(STOP_FIXED_GUESS_MS)).max(0.0);
-            self.ms_per_page = avg(self.ms_per_page, beyond / pages as f64);
+            let beyond = (s.downtime_ms - self.fixed_ms.unwrap_or(STOP_FIXED_GUESS_MS)).max(0.0);
+            self.ms_per_page = fold(self.ms_per_page, beyond / s.pages as f64);
         }
     }
 
@@ -297,6 +335,40 @@ impl StopCost {
             Some(per) => r.min(PAGE / (per / 1e3)),
             None => r,
         }
+    }
+}
+
+/// The stop costs a host learned: its own model, from every stop it made,
+/// and one per partition it moved, from that partition's stops only. A
+/// partition's stop depends on what it holds (processes, threads,
+/// sockets, files: the freeze, the state image, the restore), so its own
+/// figures predict its next stop better than other partitions' do; the
+/// host's model stands in for a partition never moved from this host.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StopCosts {
+    /// Learned from every stop.
+    pub host: StopCost,
+    /// Learned from each partition's stops, by partition name.
+    pub partitions: std::collections::HashMap<String, StopCost>,
+}
+
+impl StopCosts {
+    /// The model for the next stop of `partition`.
+    pub fn of(&self, partition: &str) -> StopCost {
+        self.partitions.get(partition).copied().unwrap_or(self.host)
+    }
+
+    /// Takes in a stop of `partition`, for the host and for the
+    /// partition (the host's model averages every stop, overruns too). A
+    /// partition's first stop here starts its model from the
+    /// host's figures before it: the half the stop does not measure (the
+    /// fixed cost, or the cost per page) is the host's.
+    pub fn learn(&mut self, partition: &str, s: &StopSample) {
+        let own = self.partitions.entry(partition.to_string()).or_insert(self.host);
+        own.learn(s);
+        // One partition's overrun says little of the others': the host's
+        // model averages it.
+        self.host.learn_with(s, false);
     }
 }
 
@@ -434,7 +506,7 @@ mod tests {
         for (i, (stops, fixed, per, counted, rate)) in cases.iter().enumerate() {
             let mut c = StopCost::default();
             for &(d, p) in stops.iter() {
-                c.learn(d, p);
+                c.learn(&StopSample { downtime_ms: d, pages: p, pages_ms: 0.0, over: None });
             }
             let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) => (a - b).abs() < 1e-9,
@@ -444,5 +516,94 @@ mod tests {
             assert_eq!(c.fixed(ms(50)), *counted, "case {i}");
             assert!((c.stop_rate(600e6) - rate).abs() < 1e3, "case {i}: {}", c.stop_rate(600e6));
         }
+    }
+
+    #[test]
+    fn an_overrun_is_learned_at_once_and_by_its_phase() {
+        let kept = |d: f64, p: u64| StopSample { downtime_ms: d, pages: p, pages_ms: 0.0, over: None };
+        let over = |d: f64, p: u64, pages_ms: f64, ph: StopPhase| StopSample { downtime_ms: d, pages: p, pages_ms, over: Some(ph) };
+        // (stops, fixed, per page)
+        type Case = (&'static str, Vec<StopSample>, Option<f64>, Option<f64>);
+        let cases: Vec<Case> = vec![
+            ("kept stops average", vec![kept(10.0, 10), kept(30.0, 10)], Some(20.0), None),
+            (
+                "an overrun with few pages replaces a lower fixed cost",
+                vec![kept(10.0, 10), over(60.0, 10, 0.0, StopPhase::Restore)],
+                Some(60.0),
+                None,
+            ),
+            ("an overrun below the average is averaged", vec![kept(80.0, 10), over(60.0, 10, 0.0, StopPhase::Freeze)], Some(70.0), None),
+            (
+                "a kept stop after an overrun brings it down again",
+                vec![kept(10.0, 10), over(60.0, 10, 0.0, StopPhase::Freeze), kept(20.0, 10)],
+                Some(40.0),
+                None,
+            ),
+            // 2000 pages that took 10 ms, a restore that went over: the
+            // fixed cost is what remains without the pages.
+            (
+                "an overrun in a fixed phase with many pages measures the fixed cost",
+                vec![kept(10.0, 10), over(70.0, 2000, 10.0, StopPhase::Restore)],
+                Some(60.0),
+                None,
+            ),
+            // The last pages went over: 0.05 ms a page beyond the 10 ms.
+            (
+                "an overrun in the last pages measures the cost per page",
+                vec![kept(10.0, 10), kept(30.0, 2000), over(110.0, 2000, 90.0, StopPhase::LastPages)],
+                Some(10.0),
+                Some(0.05),
+            ),
+        ];
+        for (name, stops, fixed, per) in cases {
+            let mut c = StopCost::default();
+            for s in &stops {
+                c.learn(s);
+            }
+            let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+                (a, b) => a == b,
+            };
+            assert!(close(c.fixed_ms, fixed) && close(c.ms_per_page, per), "{name}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn a_partition_learns_its_own_stop_and_its_next_stop_keeps_the_budget() {
+        let budget = Duration::from_millis(50);
+        let mut costs = StopCosts::default();
+        // Small partitions stop in 12 ms.
+        for _ in 0..3 {
+            costs.learn("small", &StopSample { downtime_ms: 12.0, pages: 20, pages_ms: 0.5, over: None });
+        }
+        // A partition whose restore takes 28 ms more: decided on the
+        // host's 12 ms, which left 38 ms for its pages, its stop went over.
+        // The stop moves 60 MB/s here: 500 pages (2 MB) take 34 ms, 250
+        // pages 17 ms.
+        let limits = |c: StopCost| Limits { fixed_cost: c.fixed(budget), ..Limits::default() };
+        let measure = |pages: u64, c: StopCost| Measure {
+            round: 3,
+            remaining: pages,
+            sent_last: 4 * pages,
+            bandwidth: c.stop_rate(360e6),
+            elapsed: Duration::from_secs(1),
+            history: vec![100_000, 4 * pages, pages],
+            ..Measure::default()
+        };
+        let before = costs.of("big");
+        assert_eq!(before.fixed(budget), Duration::from_millis(12));
+        assert_eq!(decide(&measure(500, before), &limits(before)), Decision::Switchover);
+        costs.learn("big", &StopSample { downtime_ms: 70.0, pages: 3000, pages_ms: 30.0, over: Some(StopPhase::Restore) });
+        let big = costs.of("big");
+        assert_eq!(big.fixed_ms, Some(40.0), "{big:?}");
+        // Its next stop counts 30 ms of it (the share of the budget the
+        // fixed cost may take), leaving 20 ms for pages.
+        assert_eq!(big.fixed(budget), Duration::from_millis(30));
+        assert_eq!(decide(&measure(500, big), &limits(big)), Decision::Continue);
+        assert_eq!(decide(&measure(250, big), &limits(big)), Decision::Switchover);
+        // The host learned it too, averaged with the others' stops.
+        assert!(costs.host.fixed_ms.unwrap() > 12.0 && costs.host.fixed_ms.unwrap() < 40.0, "{:?}", costs.host);
+        // The small partitions keep their own figure.
+        assert_eq!(costs.of("small").fixed_ms, Some(12.0));
     }
 }

@@ -125,6 +125,97 @@ pub struct StopBreakdown {
     /// moment (its network locked) and stopped it again.
     #[serde(default)]
     pub restops: u32,
+    /// Of `freeze_ms`, locking the network and stopping every thread
+    /// (the stopping again included), ms.
+    #[serde(default)]
+    pub stopping_ms: f64,
+    /// Of `freeze_ms`, reading, sending and storing the pages written
+    /// since the last round, ms.
+    #[serde(default)]
+    pub last_pages_ms: f64,
+    /// Of `freeze_ms`, dumping the non-memory state (the state image), ms.
+    #[serde(default)]
+    pub dump_ms: f64,
+}
+
+impl StopBreakdown {
+    /// The time of each phase of the stop, ms, in the order they run;
+    /// together they make the downtime.
+    pub fn phases(&self) -> [(StopPhase, f64); 5] {
+        [
+            (StopPhase::Freeze, self.stopping_ms),
+            (StopPhase::LastPages, self.last_pages_ms),
+            (StopPhase::StateImage, self.dump_ms + self.transfer_ms),
+            (StopPhase::Restore, self.restore_ms),
+            (StopPhase::Handover, self.handover_ms),
+        ]
+    }
+
+    /// The phase that took the most of the stop, and its time.
+    pub fn longest(&self) -> (StopPhase, f64) {
+        self.phases().into_iter().fold((StopPhase::Freeze, f64::MIN), |a, b| if b.1 > a.1 { b } else { a })
+    }
+}
+
+/// A phase of the stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopPhase {
+    /// Locking the network and stopping every thread.
+    Freeze,
+    /// The pages written since the last round: read, sent, stored.
+    LastPages,
+    /// The non-memory state: dumped, sent.
+    StateImage,
+    /// The restore on the target, its check included.
+    Restore,
+    /// The two-phase handover until the partition runs on the target.
+    Handover,
+}
+
+impl fmt::Display for StopPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StopPhase::Freeze => "freeze",
+            StopPhase::LastPages => "last pages",
+            StopPhase::StateImage => "state image",
+            StopPhase::Restore => "restore",
+            StopPhase::Handover => "handover",
+        })
+    }
+}
+
+/// The downtime budget of a migration (`--max-downtime`) and whether its
+/// stop kept it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    /// The allowed downtime, ms.
+    pub max_downtime_ms: f64,
+    /// The stop took longer than allowed.
+    pub over: bool,
+    /// By how much: downtime - allowed when over, else 0, ms.
+    pub overrun_ms: f64,
+    /// When over: the phase of the stop that took the most of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<StopPhase>,
+    /// That phase's time, ms (0 when kept).
+    #[serde(default)]
+    pub cause_ms: f64,
+}
+
+impl Budget {
+    /// How a stop of `downtime_ms` with this breakdown fared against an
+    /// allowed `max_downtime_ms`.
+    pub fn of(max_downtime_ms: f64, downtime_ms: f64, stop: &StopBreakdown) -> Budget {
+        let over = downtime_ms > max_downtime_ms;
+        let (cause, cause_ms) = if over {
+            let (p, ms) = stop.longest();
+            (Some(p), ms)
+        } else {
+            (None, 0.0)
+        };
+        Budget { max_downtime_ms, over, overrun_ms: if over { downtime_ms - max_downtime_ms } else { 0.0 }, cause, cause_ms }
+    }
 }
 
 /// What a migration did.
@@ -166,12 +257,39 @@ pub struct Report {
     pub streams: u32,
     /// Compression of the page stream ("none", "lz4", "zstd-1", ...).
     pub compression: String,
+    /// The downtime budget and whether the stop kept it (a completed
+    /// migration; absent in reports of older lpmd's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 impl Report {
     /// The report as JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// Whether the migration completed with a stop longer than allowed.
+    pub fn over_budget(&self) -> bool {
+        self.outcome == Outcome::Completed && self.budget.as_ref().is_some_and(|b| b.over)
+    }
+
+    /// How it ended, in words: the outcome, "completed over budget" for a
+    /// completed one whose stop went over.
+    pub fn outcome_text(&self) -> String {
+        if self.over_budget() {
+            "completed over budget".into()
+        } else {
+            self.outcome.to_string()
+        }
+    }
+
+    /// For a migration over budget: the line that says by how much and
+    /// where the stop went.
+    pub fn overrun_line(&self) -> Option<String> {
+        let b = self.budget.as_ref().filter(|_| self.over_budget())?;
+        let cause = b.cause.map(|c| format!("; most of the stop went to the {c} ({:.1} ms)", b.cause_ms)).unwrap_or_default();
+        Some(format!("downtime {:.1} ms, {:.1} ms over the {} ms allowed{cause}", self.downtime_ms, b.overrun_ms, b.max_downtime_ms))
     }
 
     /// A report read back from JSON.
@@ -228,9 +346,23 @@ pub fn render(r: &Report) -> String {
     let id = if r.id.is_empty() { String::new() } else { format!(" {}", r.id) };
     let _ = writeln!(s, "migration{id} of partition {}: {} -> {}", r.partition, r.source, r.target);
     let _ = writeln!(s, "started     {}", rfc3339(r.started_unix_ms));
-    let _ = writeln!(s, "outcome     {}", r.outcome);
+    match r.overrun_line() {
+        Some(l) => {
+            let _ = writeln!(s, "outcome     {}: {l}", r.outcome_text());
+        }
+        None => {
+            let _ = writeln!(s, "outcome     {}", r.outcome);
+        }
+    }
     let _ = writeln!(s, "total       {:.3} s (setup {:.1} ms: connect, validate, prepare)", r.total_ms / 1e3, r.setup_ms);
-    let _ = writeln!(s, "downtime    {:.1} ms", r.downtime_ms);
+    match &r.budget {
+        Some(b) => {
+            let _ = writeln!(s, "downtime    {:.1} ms (allowed {} ms)", r.downtime_ms, b.max_downtime_ms);
+        }
+        None => {
+            let _ = writeln!(s, "downtime    {:.1} ms", r.downtime_ms);
+        }
+    }
     let _ = writeln!(
         s,
         "transfer    {} in {} rounds at {}, {} stream{}, compression {}",
@@ -269,7 +401,11 @@ pub fn render(r: &Report) -> String {
         if b.drain_ms > 0.0 {
             let _ = writeln!(s, "drain       {:.1} ms (new connections held back, the partition running)", b.drain_ms);
         }
-        let _ = writeln!(s, "stop        freeze {:.1} ms", b.freeze_ms);
+        let _ = writeln!(
+            s,
+            "stop        freeze {:.1} ms (stopping {:.1} ms, last pages {:.1} ms, state dump {:.1} ms)",
+            b.freeze_ms, b.stopping_ms, b.last_pages_ms, b.dump_ms
+        );
         if b.restops > 0 {
             let _ = writeln!(s, "            stopped again {} times (passing states let pass)", b.restops);
         }
@@ -336,12 +472,16 @@ mod tests {
                 handover_ms: 4.0,
                 drain_ms: 0.0,
                 restops: 0,
+                stopping_ms: 1.0,
+                last_pages_ms: 1.0,
+                dump_ms: 0.5,
             }),
             bytes_total: 33 << 20,
             throughput_bytes_per_s: 48.0 * MIB,
             max_throttle: 0.2,
             streams: 2,
             compression: "zstd-1".into(),
+            budget: Some(Budget { max_downtime_ms: 50.0, over: false, overrun_ms: 0.0, cause: None, cause_ms: 0.0 }),
         }
     }
 
@@ -411,5 +551,58 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn budget_says_whether_the_stop_kept_it_and_where_it_went() {
+        let stop = sample().stop.unwrap();
+        // freeze 1, last pages 1, state image 0.5 + 12, restore 30.2,
+        // handover 4: 48.7 ms.
+        let kept = Budget::of(50.0, 48.7, &stop);
+        assert_eq!(kept, Budget { max_downtime_ms: 50.0, over: false, overrun_ms: 0.0, cause: None, cause_ms: 0.0 });
+        let at = Budget::of(48.7, 48.7, &stop);
+        assert!(!at.over, "a stop of exactly the budget keeps it");
+        let over = Budget::of(20.0, 48.7, &stop);
+        assert!(over.over && (over.overrun_ms - 28.7).abs() < 1e-9, "{over:?}");
+        assert_eq!((over.cause, over.cause_ms), (Some(StopPhase::Restore), 30.2));
+        let frozen = StopBreakdown { stopping_ms: 400.0, ..stop.clone() };
+        assert_eq!(Budget::of(50.0, 448.0, &frozen).cause, Some(StopPhase::Freeze));
+        let sum: f64 = stop.phases().iter().map(|p| p.1).sum();
+        assert!((sum - 48.7).abs() < 1e-9, "the phases make the downtime: {sum}");
+    }
+
+    #[test]
+    fn a_stop_over_budget_is_said_in_text_and_json() {
+        let r = Report { budget: Some(Budget::of(20.0, 48.7, sample().stop.as_ref().unwrap())), ..sample() };
+        assert!(r.over_budget());
+        assert_eq!(r.outcome_text(), "completed over budget");
+        let text = render(&r);
+        assert!(
+            text.contains("outcome     completed over budget: downtime 48.7 ms, 28.7 ms over the 20 ms allowed; most of the stop went to the restore (30.2 ms)"),
+            "{text}"
+        );
+        assert!(text.contains("downtime    48.7 ms (allowed 20 ms)"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["outcome"]["result"], "completed");
+        assert_eq!(v["budget"]["over"], true);
+        assert_eq!(v["budget"]["cause"], "restore");
+        assert!((v["budget"]["overrun_ms"].as_f64().unwrap() - 28.7).abs() < 1e-9, "{v}");
+        assert_eq!(Report::from_json(&r.to_json()).unwrap(), r);
+        // Kept: the outcome says nothing more.
+        let kept = sample();
+        assert!(!kept.over_budget() && kept.outcome_text() == "completed" && kept.overrun_line().is_none());
+        assert!(render(&kept).contains("outcome     completed\n"), "{}", render(&kept));
+        // A failed migration is never over budget, whatever its figures.
+        let failed =
+            Report { outcome: Outcome::Failed { error: "x".into(), step: "restore".into() }, budget: r.budget.clone(), ..sample() };
+        assert!(!failed.over_budget() && failed.outcome_text().starts_with("failed"));
+        // A report of an older lpmd (no budget, no stop phases) still reads.
+        let mut old: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        old.as_object_mut().unwrap().remove("budget");
+        for k in ["stopping_ms", "last_pages_ms", "dump_ms"] {
+            old["stop"].as_object_mut().unwrap().remove(k);
+        }
+        let back = Report::from_json(&old.to_string()).unwrap();
+        assert!(back.budget.is_none() && !back.over_budget() && back.stop.unwrap().stopping_ms == 0.0);
     }
 }

@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use lpm_host::partition::{PartitionSpec, Plumbing};
 use lpm_migrate::handover::{self, Action, Decision, Failure, Msg, Source, SourceAction, SourceInput, SourceState};
 use lpm_migrate::journal::{self, Ending, Record, Side};
-use lpm_migrate::policy::{self, Measure, StopCost};
+use lpm_migrate::policy::{self, Measure, StopCost, StopSample};
 use lpm_migrate::precopy::{PageSink, Precopy, SinkError};
 use lpm_migrate::report::{self, Outcome, Report};
 use lpm_wire::{FrameType, PagesHeader};
@@ -832,8 +832,9 @@ impl<'a> Run<'a> {
         let mut pre = Precopy::start(&pids).context("start dirty-page tracking")?;
         tracing::debug!(partition = %name, ms = t_track.elapsed().as_secs_f64() * 1e3, "tracking started");
         let max_downtime = Duration::from_millis(self.req.max_downtime_ms);
-        // What the last stops from this host cost besides their pages.
-        let cost: StopCost = *lock(&self.agent.stop_cost);
+        // What the last stops of this partition (or, before its first,
+        // from this host) cost besides their pages.
+        let cost: StopCost = lock(&self.agent.stop_cost).of(&self.spec.name);
         let limits = policy::Limits {
             max_downtime,
             max_total: Duration::from_secs(self.req.max_total_s),
@@ -1097,7 +1098,7 @@ impl<'a> Run<'a> {
         self.t_stop = Some(t_stop);
         self.plumbing.lock_network().context("lock the partition's network")?;
         let locked = t_stop.elapsed();
-        let mut stopped = lpm_engine::stop_tree(self.pid).context("stop the partition")?;
+        let mut stopped = self.stop_unthrottled().context("stop the partition")?;
         // What passes by itself (a connection waiting to be accepted, one
         // ended that its program has not closed yet) may be there at the
         // stop: the partition runs a moment more, its network still
@@ -1116,9 +1117,15 @@ impl<'a> Run<'a> {
                 first = %now[0],
                 "stopped in a passing state: the partition runs a moment more"
             );
+            // Its moment runs within its own CPU limit, not without.
+            if self.throttle_max > 0.0 || self.spec.cpus.is_some() {
+                if let Err(e) = self.plumbing.cgroup().set_cpus(self.spec.cpus) {
+                    tracing::warn!(partition = %self.spec.name, error = %e, "put the partition's CPU limit back for its moment");
+                }
+            }
             stopped.resume();
             wait_passed(self.pid, &check, DRAIN_LIMIT);
-            stopped = lpm_engine::stop_tree(self.pid).context("stop the partition again")?;
+            stopped = self.stop_unthrottled().context("stop the partition again")?;
         }
         let at_stop = t_stop.elapsed();
         let pre = turn.pre.as_mut().ok_or_else(|| anyhow!("no dirty tracking"))?;
@@ -1167,6 +1174,9 @@ impl<'a> Run<'a> {
             "switchover steps"
         );
         self.stop.freeze_ms = t_stop.elapsed().as_secs_f64() * 1e3;
+        self.stop.stopping_ms = at_stop.as_secs_f64() * 1e3;
+        self.stop.last_pages_ms = (at_collect - at_stop).as_secs_f64() * 1e3;
+        self.stop.dump_ms = self.stop.freeze_ms - at_collect.as_secs_f64() * 1e3;
         self.stop.final_pages = last.pages + stats.pages;
         let t = Instant::now();
         fault::point("source.frozen")?;
@@ -1183,12 +1193,65 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Updates the host's model of a stop from this one.
+    /// Stops the tree with no CPU limit in its way. A task that a CFS
+    /// quota holds off the CPU (auto-converge's throttle, or the
+    /// partition's own limit) cannot reach the freezer's trap nor its
+    /// ptrace stop until the next period gives it time: at 99 % the stop
+    /// waited up to a period (100 ms) for each. The freeze is asked first,
+    /// so from then on no task runs its own code again, and only then is
+    /// the limit lifted: the tasks run straight into their traps, with no
+    /// burst of the program between. The rollback puts the partition's
+    /// own limit back ([`resume`]); a completed move removes this copy.
+    /// A partition without a limit is stopped as it always was.
+    fn stop_unthrottled(&self) -> Result<lpm_engine::StoppedTree> {
+        // Auto-converge only ever raises the throttle: throttled now if
+        // ever in this migration.
+        if self.throttle_max <= 0.0 && self.spec.cpus.is_none() {
+            return Ok(lpm_engine::stop_tree(self.pid)?);
+        }
+        let cg = self.plumbing.cgroup();
+        cg.begin_freeze().context("ask the cgroup freezer")?;
+        cg.set_cpus(None).context("lift the partition's CPU limit for the stop")?;
+        let stopped = lpm_engine::stop_tree(self.pid)?;
+        if stopped.cgroup().is_none() {
+            // Stopped thread by thread (the tree is not alone in its
+            // cgroup): every thread sits in its ptrace stop, the freezer
+            // asked above is no longer needed.
+            cg.thaw(Duration::from_secs(5)).context("thaw the cgroup after the stop")?;
+        }
+        Ok(stopped)
+    }
+
+    /// The downtime budget and whether this stop kept it.
+    fn budget(&self) -> Option<report::Budget> {
+        let down = self.downtime?;
+        Some(report::Budget::of(self.req.max_downtime_ms as f64, down.as_secs_f64() * 1e3, &self.stop))
+    }
+
+    /// Updates the host's and the partition's models of a stop from this
+    /// one; an overrun, with the phase that took the most of it.
     fn learn_stop_cost(&self) {
-        let Some(down) = self.downtime else { return };
+        let (Some(down), Some(budget)) = (self.downtime, self.budget()) else { return };
+        let sample = StopSample {
+            downtime_ms: down.as_secs_f64() * 1e3,
+            pages: self.stop.final_pages,
+            pages_ms: self.stop.last_pages_ms,
+            over: budget.cause,
+        };
         let mut c = lock(&self.agent.stop_cost);
-        c.learn(down.as_secs_f64() * 1e3, self.stop.final_pages);
-        tracing::debug!(partition = %self.spec.name, model = ?*c, "stop cost learned");
+        c.learn(&self.spec.name, &sample);
+        if let Some(cause) = budget.cause {
+            tracing::warn!(
+                partition = %self.spec.name,
+                downtime_ms = sample.downtime_ms,
+                max_downtime_ms = budget.max_downtime_ms,
+                overrun_ms = budget.overrun_ms,
+                %cause,
+                cause_ms = budget.cause_ms,
+                "the stop went over the downtime budget"
+            );
+        }
+        tracing::debug!(partition = %self.spec.name, model = ?c.of(&self.spec.name), host = ?c.host, "stop cost learned");
     }
 
     /// A sink per stream, for a sending thread each.
@@ -1302,6 +1365,7 @@ impl<'a> Run<'a> {
             max_throttle: self.throttle_max,
             streams: self.req.streams.max(1),
             compression: self.req.compress.map(|l| format!("zstd:{l}")).unwrap_or_else(|| "none".into()),
+            budget: self.budget(),
         }
     }
 }
