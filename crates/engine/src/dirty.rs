@@ -33,6 +33,9 @@ pub struct Dirty {
     pub written: Vec<(u64, u64)>,
     /// Areas that appeared since the previous collection: wholly dirty.
     pub new_areas: Vec<(u64, u64)>,
+    /// Areas no userfaultfd takes (droppable ones): wholly dirty at every
+    /// collection, whatever the process does. Also in `new_areas`.
+    pub untracked: Vec<(u64, u64)>,
 }
 
 impl Dirty {
@@ -47,6 +50,8 @@ pub struct DirtyTracker {
     pid: i32,
     uffd: Uffd,
     pagemap: Pagemap,
+    /// Areas a userfaultfd refused to take, as they were.
+    untrackable: std::collections::HashSet<(u64, u64)>,
 }
 
 /// Areas whose pages a dump saves and a write can dirty: private and
@@ -116,7 +121,8 @@ impl DirtyTracker {
         if got & want != want {
             return Err(EngineError::Incompatible(format!("userfaultfd lacks write-protect async features (got {got:#x})")));
         }
-        let mut t = DirtyTracker { pid, uffd, pagemap: Pagemap::open(pid).step(pid, || "open pagemap".into())? };
+        let mut t =
+            DirtyTracker { pid, uffd, pagemap: Pagemap::open(pid).step(pid, || "open pagemap".into())?, untrackable: Default::default() };
         for (s, e) in trackable(&proc::maps(pid)?) {
             t.track(s, e)?;
         }
@@ -157,6 +163,7 @@ impl DirtyTracker {
                 // area): untracked, it counts as wholly written at every
                 // collection, the last one inside the stop included.
                 tracing::debug!(pid = self.pid, start, end, error = %e, "area userfaultfd cannot track: sent whole every round");
+                self.untrackable.insert((start, end));
                 Ok(false)
             }
             Err((what, e)) => Err(e).step(self.pid, || format!("{what} {start:#x}-{end:#x}")),
@@ -211,7 +218,9 @@ impl DirtyTracker {
                     // Pages the scan reported before it met the untracked
                     // part are covered by the whole area anyway.
                     out.new_areas.push((e.start, e.end));
-                    if again {
+                    if self.untrackable.contains(&(e.start, e.end)) {
+                        out.untracked.push((e.start, e.end));
+                    } else if again {
                         self.track(e.start, e.end)?;
                     }
                 }

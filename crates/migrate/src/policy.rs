@@ -63,6 +63,10 @@ pub struct Measure {
     /// Remaining pages after each round, oldest first; the last entry is
     /// `remaining`.
     pub history: Vec<u64>,
+    /// Of `remaining`, the pages of areas no dirty tracker follows
+    /// (droppable ones): in every round and in the stop, however long
+    /// pre-copy goes on.
+    pub untracked: u64,
 }
 
 /// What the operator allows.
@@ -209,7 +213,12 @@ pub fn decide(m: &Measure, l: &Limits) -> Decision {
     // With force_switch the user accepted the fixed cost's overrun: switch
     // once the pages alone fit.
     let memory_budget = if l.fixed_cost > l.max_downtime { max_down } else { max_down - l.fixed_cost.as_secs_f64() };
-    if transfer_time(m.remaining, m.bandwidth) <= memory_budget {
+    // Untracked pages are sent again in every round: waiting cannot take
+    // them off the stop, so only the rest must fit (a droppable area of
+    // eight pages, priced at a loaded host's learned cost per page, never
+    // fit, and the round limit aborted the migration). A stop they make
+    // too long is reported over budget.
+    if transfer_time(m.remaining.saturating_sub(m.untracked), m.bandwidth) <= memory_budget {
         return Decision::Switchover;
     }
     let limit = if m.round >= l.max_rounds {
@@ -396,6 +405,7 @@ mod tests {
             throttle,
             rounds_at_throttle: at_throttle,
             history: history.to_vec(),
+            untracked: 0,
         }
     }
 
@@ -445,6 +455,11 @@ mod tests {
             ("time limit, forced", Measure { elapsed: Duration::from_secs(121), ..m(&[big, big], big, 1.0, 0.0, 5) }, &force, Decision::Switchover),
             ("limit reached but the rest fits: switch", Measure { round: 1001, ..m(&[big, fits], big, 1.0, 0.0, 5) }, &d, Decision::Switchover),
             ("just below the round limit", Measure { round: 999, ..m(&[big, big / 4], big, 1.0, 0.0, 1) }, &d, Decision::Continue),
+            // Pages no tracker follows cannot be waited away: the rest
+            // decides, even when they alone would not fit.
+            ("only untracked pages left", Measure { untracked: big, ..m(&[big, big], big, 0.0, 0.0, 1) }, &d, Decision::Switchover),
+            ("untracked pages and a rest that fits", Measure { untracked: big, ..m(&[big, big + fits], big, 0.0, 0.0, 1) }, &d, Decision::Switchover),
+            ("untracked pages and a rest too big", Measure { untracked: big, ..m(&[big, 2 * big], big, 0.0, 0.0, 1) }, &d, Decision::Continue),
         ];
         for (name, measure, limits, want) in table {
             assert_eq!(decide(&measure, limits), want, "{name}: {measure:?}");

@@ -395,6 +395,10 @@ pub struct Collected {
     pub found: u64,
     /// Pages waiting for the next round: the remaining set.
     pub pending: u64,
+    /// Of those, the pages of areas no userfaultfd tracks (droppable
+    /// ones): sent again in every round and in the stop, however long
+    /// pre-copy goes on.
+    pub untracked: u64,
     /// Time since the previous collection (or the start), over which
     /// `found` accumulated.
     pub interval: Duration,
@@ -426,6 +430,9 @@ struct Proc {
     held: RangeSet,
     pending: RangeSet,
     ever: RangeSet,
+    /// Present pages of areas no userfaultfd tracks, as the last
+    /// collection found them: pending again after every round.
+    untracked: u64,
 }
 
 /// Pre-copy of a set of running processes.
@@ -507,6 +514,11 @@ impl Proc {
         for &(s, e) in &d.new_areas {
             self.existing(s, e, regions, &mut fresh)?;
         }
+        let mut untracked = RangeSet::new();
+        for &(s, e) in &d.untracked {
+            self.existing(s, e, regions, &mut untracked)?;
+        }
+        self.untracked = untracked.pages();
         self.pending.union(&fresh);
         self.held.subtract(&written);
         self.held.subtract(&RangeSet::from_ranges(d.new_areas.iter().copied()));
@@ -771,6 +783,7 @@ impl Precopy {
                     held: RangeSet::new(),
                     pending: RangeSet::new(),
                     ever: RangeSet::new(),
+                    untracked: 0,
                 })
             });
             match opened {
@@ -810,7 +823,8 @@ impl Precopy {
         })?;
         let now = Instant::now();
         let interval = now - std::mem::replace(&mut self.last_collect, now);
-        Ok(Collected { found, pending: self.pending_pages(), interval })
+        let untracked = self.procs.iter().map(|p| p.untracked).sum();
+        Ok(Collected { found, pending: self.pending_pages(), untracked, interval })
     }
 
     /// Runs one round: collects, then sends every pending page (in the

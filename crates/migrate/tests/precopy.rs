@@ -375,6 +375,7 @@ fn policy_loop_switches_over_on_a_small_working_set() {
             throttle: 0.0,
             rounds_at_throttle: st.round,
             history: history.clone(),
+            untracked: c.untracked,
         };
         let d = decide(&m, &limits);
         eprintln!("{st:?} -> {c:?} -> {d:?}");
@@ -488,4 +489,58 @@ fn parallel_rounds_share_the_pages_and_hold_the_same() {
     let n = compare(&store.lock().unwrap(), pid, &held);
     assert!(n >= 52 * MIB / PAGE, "only {n} pages held");
     lpm_sys::misc::kill(pid, libc::SIGCONT);
+}
+
+/// Eight written pages of a MAP_DROPPABLE area, which no userfaultfd
+/// takes, then nothing more: argv[1] gets the address.
+const DROPPABLE: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#ifndef MAP_DROPPABLE
+#define MAP_DROPPABLE 0x08
+#endif
+int main(int argc, char **argv) {
+    unsigned char *d = mmap(0, 8 * 4096, PROT_READ | PROT_WRITE, MAP_DROPPABLE | MAP_ANONYMOUS, -1, 0);
+    if (d == MAP_FAILED) return 1;
+    memset(d, 5, 8 * 4096);
+    FILE *f = fopen(argv[1], "w");
+    fprintf(f, "%lx %lx\n", (unsigned long)d, (unsigned long)d);
+    fclose(f);
+    for (;;) pause();
+}
+"#;
+
+/// The pages of an area no tracker follows are pending after every
+/// collection, counted as untracked; the policy, which cannot wait them
+/// away, switches over once they are all that is left, however slow the
+/// stop would move them (a loaded host never fit them in the budget, and
+/// the round limit aborted the migration of an idle program).
+#[test]
+fn untracked_pages_are_counted_and_do_not_hold_the_switchover() {
+    use lpm_migrate::policy::{decide, Decision, Limits, Measure};
+    let mut s = Scene::new("untracked");
+    let bin = s.cc("droppable", DROPPABLE);
+    let (pid, _, _, _) = s.writer(&bin, "d");
+    let mut store = Store::create(&s.path("images")).unwrap();
+    let mut pc = Precopy::start(&[pid]).unwrap();
+    let mut history = Vec::new();
+    for round in 1..=3 {
+        let st = pc.round(&mut store).unwrap();
+        let c = pc.collect().unwrap();
+        assert_eq!((c.untracked, c.pending), (8, 8), "round {round}: the droppable area's pages, and nothing else, are pending");
+        history.push(c.pending);
+        let m = Measure {
+            round: st.round,
+            remaining: c.pending,
+            sent_last: st.pages,
+            // A page a second: the pages alone would never fit.
+            bandwidth: PAGE as f64,
+            history: history.clone(),
+            untracked: c.untracked,
+            ..Default::default()
+        };
+        assert_eq!(decide(&m, &Limits::default()), Decision::Switchover, "round {round}: {m:?}");
+    }
 }

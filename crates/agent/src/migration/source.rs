@@ -894,6 +894,7 @@ impl<'a> Run<'a> {
                 "round ended"
             );
             m.remaining = c.pending;
+            m.untracked = c.untracked;
             m.sent_last = st.pages;
             m.dirty_rate = c.dirty_rate();
             m.elapsed = self.started.elapsed();
