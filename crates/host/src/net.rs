@@ -82,6 +82,18 @@ pub enum NetError {
         #[source]
         source: lpm_sys::Error,
     },
+    /// A step of holding a partition's frames during a migration's stop
+    /// failed (crate::hold).
+    #[error("{op} ({ifname})")]
+    Hold {
+        /// The interface.
+        ifname: String,
+        /// The step.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
     /// Sending the gratuitous ARP failed.
     #[error("gratuitous arp for {ip} on {ifname} in network namespace {ns}")]
     Arp {
@@ -251,8 +263,13 @@ pub fn nft(ns: &str, script: &str) -> Result<(), NetError> {
 /// of that MAC and neighbours holding an entry for `ip` update it. Linux
 /// neighbours create no new entry from it unless their `arp_accept` is set.
 pub fn gratuitous_arp(ns: &str, ifname: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+    gratuitous_arp_rounds(ns, ifname, ip, GARP_ROUNDS)
+}
+
+/// [`gratuitous_arp`] `rounds` times.
+pub fn gratuitous_arp_rounds(ns: &str, ifname: &str, ip: Ipv4Addr, rounds: usize) -> Result<(), NetError> {
     let fd = Netns::open(ns)?.fd()?;
-    lpm_sys::arp::announce(fd.as_fd(), ifname, ip, GARP_ROUNDS, GARP_INTERVAL).map_err(|source| NetError::Arp {
+    lpm_sys::arp::announce(fd.as_fd(), ifname, ip, rounds, GARP_INTERVAL).map_err(|source| NetError::Arp {
         ns: ns.to_string(),
         ifname: ifname.to_string(),
         ip,
