@@ -230,15 +230,19 @@ fn start(lab: &mut TestLab) -> (usize, String) {
     (c, ip)
 }
 
+/// The hold ports and their nftables tables left in `host`'s namespace.
 fn hold_ports(lab: &TestLab, host: &str) -> Vec<String> {
     let ns = lab.lab().host(host).unwrap().netns.clone();
     let out = std::process::Command::new("ip").args(["-n", &ns, "-o", "link", "show"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    let mut left: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .filter(|n| n.len() == 10 && (n.starts_with("lh") || n.starts_with("lg")))
-        .collect()
+        .collect();
+    let tables = std::process::Command::new("ip").args(["netns", "exec", &ns, "nft", "list", "tables"]).output().unwrap();
+    left.extend(String::from_utf8_lossy(&tables.stdout).lines().filter(|l| l.contains("lpm_hold_")).map(str::to_string));
+    left
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! sticky static entry: from that instant every frame for the partition
 //! is kept in the socket's queue instead of reaching it, and none reaches
 //! both. The partition's own frames still go out until the network is
-//! locked (its veth off the bridge), after its last stop.
+//! locked (its veth off the bridge), after its last stop. Connection
+//! requests are held from earlier, from the drain before the stop
+//! ([`Hold::hold_connection_requests`]).
 //!
 //! The frames are let go once the outcome is known, exactly once, to the
 //! copy that runs:
@@ -70,14 +72,28 @@ pub fn port_names(veth: &str) -> (String, String) {
 }
 
 /// Removes the hold port of the partition whose host-side veth is `veth`
-/// (and with it the bridge's entry for the partition's MAC there); none
-/// there is fine, so it may be repeated.
+/// (and with it the bridge's entry for the partition's MAC there, and the
+/// rule of [`Hold::hold_connection_requests`]); none there is fine, so it
+/// may be repeated.
 pub fn remove_port(veth: &str) -> Result<(), NetError> {
     let (port, _) = port_names(veth);
     if lpm_sys::net::if_index(&port).is_ok() {
+        drop_rule(veth)?;
         net::ip(None, &["link", "del", &port])?;
     }
     Ok(())
+}
+
+/// The nftables table of [`Hold::hold_connection_requests`].
+fn table(veth: &str) -> String {
+    format!("lpm_hold_{}", veth.strip_prefix("lp").unwrap_or(veth))
+}
+
+/// Removes the rule of [`Hold::hold_connection_requests`]; none there is
+/// fine.
+fn drop_rule(veth: &str) -> Result<(), NetError> {
+    let t = table(veth);
+    net::nft_here(&format!("table netdev {t} {{}}\ndelete table netdev {t}\n"))
 }
 
 /// A partition's hold port, with the trap keeping its frames.
@@ -159,6 +175,20 @@ impl Hold {
         }
     }
 
+    /// From now on every connection request (TCP SYN without ACK) for the
+    /// partition is held, while the rest still reaches it: the drain
+    /// before the stop, so that no handshake is under way when it stops,
+    /// and none waits for a SYN retransmission. An nftables rule at the
+    /// egress hook of the partition's veth (in this namespace) forwards
+    /// them to the hold port.
+    pub fn hold_connection_requests(&self) -> Result<(), NetError> {
+        let t = table(&self.veth);
+        net::nft_here(&format!(
+            "table netdev {t} {{}}\ndelete table netdev {t}\ntable netdev {t} {{\n  chain syn {{\n    type filter hook egress device \"{}\" priority 0; policy accept;\n    tcp flags & (syn | ack) == syn fwd to \"{}\"\n  }}\n}}\n",
+            self.veth, self.port
+        ))
+    }
+
     /// From now on every frame for the partition is held (one rtnetlink
     /// request: the bridge's entry for its MAC moves to the hold port).
     pub fn engage(&mut self) -> Result<(), NetError> {
@@ -177,9 +207,10 @@ impl Hold {
     /// partition's plumbing goes). For [`Toward::Partition`] the
     /// partition's veth must be back on its bridge.
     pub fn release(mut self, toward: Toward) -> Result<Released, NetError> {
-        // The entry first: frames arriving from here on go where the
-        // bridge sends them (the partition's veth, or out to the
-        // network), and the queue only shrinks.
+        // The rules and the entry first: frames arriving from here on go
+        // where the bridge sends them (the partition's veth, or out to
+        // the network), and the queue only shrinks.
+        drop_rule(&self.veth)?;
         l2::fdb_unpin(&self.port, self.mac).map_err(sys_err(&self.port, "stop sending the partition's frames to the hold port"))?;
         self.engaged = false;
         let (frames, cut) = self.trap.take().map_err(sys_err(&self.peer, "take the held frames"))?;

@@ -257,6 +257,28 @@ pub fn nft(ns: &str, script: &str) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Runs an nftables script (`nft -f -`) in the caller's own network
+/// namespace. The error names the command and carries nft's stderr.
+pub fn nft_here(script: &str) -> Result<(), NetError> {
+    let cmd = format!("nft -f - <<< {script:?}");
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| NetError::Spawn { cmd: cmd.clone(), source })?;
+    let fed = child.stdin.take().map(|mut i| std::io::Write::write_all(&mut i, script.as_bytes()));
+    let out = child.wait_with_output().map_err(|source| NetError::Spawn { cmd: cmd.clone(), source })?;
+    if !out.status.success() {
+        return Err(NetError::Ip { cmd, status: out.status, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    if let Some(Err(source)) = fed {
+        return Err(NetError::Spawn { cmd, source });
+    }
+    Ok(())
+}
+
 /// Sends a gratuitous ARP (request and reply form, [`GARP_ROUNDS`] times,
 /// [`GARP_INTERVAL`] apart) for `ip` from interface `ifname` inside netns
 /// `ns`, from the interface's own MAC: bridges on the way relearn the port

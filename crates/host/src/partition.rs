@@ -449,7 +449,8 @@ impl Plumbing {
     /// partition's namespace drops every connection request (SYN without
     /// ACK) arriving on eth0; the client retransmits it (after 1 s at
     /// first), by then to wherever the partition runs. A migration's stop
-    /// sets it first, so that no handshake is left half done (SYN_RECV)
+    /// without a hold port (crate::hold, which holds the requests
+    /// instead) sets it first, so that no handshake is left half done (SYN_RECV)
     /// when the network is locked, which no restore could carry over.
     /// The rules live in the partition's own namespace: they go with it
     /// when it is destroyed, and never reach the target's.

@@ -1118,8 +1118,18 @@ impl<'a> Run<'a> {
         // no socket a restore could rebuild, and a locked network would
         // hold them there: first no new ones, then the ones under way
         // finish while the partition runs on.
+        // Held by the hold port when there is one (they reach the copy
+        // that runs, without a SYN retransmission), dropped in the
+        // partition's namespace otherwise.
         let t_drain = Instant::now();
-        if let Err(e) = self.plumbing.refuse_new_connections() {
+        let held_syns = turn.hold.as_ref().is_some_and(|h| match h.hold_connection_requests() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(partition = %self.spec.name, error = format!("{:#}", anyhow::Error::from(e)), "connection requests cannot be held: they are dropped");
+                false
+            }
+        });
+        if let Err(e) = if held_syns { Ok(()) } else { self.plumbing.refuse_new_connections() } {
             tracing::warn!(partition = %self.spec.name, error = format!("{e:#}"), "new connections cannot be held back: the stop may meet handshakes");
         }
         let left = wait_passed(self.pid, &check, DRAIN_LIMIT);
