@@ -58,8 +58,8 @@ pub struct Released {
     pub frames: usize,
     /// Their bytes (Ethernet frames, a GSO frame counted whole).
     pub bytes: u64,
-    /// Frames the hold could not keep (its buffer was full, or a frame
-    /// too large): lost as on a locked network.
+    /// Frames the hold could not keep (its buffer was full, a frame too
+    /// large) or send on: lost as on a locked network.
     pub lost: u32,
 }
 
@@ -207,10 +207,16 @@ impl Hold {
     /// partition's plumbing goes). For [`Toward::Partition`] the
     /// partition's veth must be back on its bridge.
     pub fn release(mut self, toward: Toward) -> Result<Released, NetError> {
-        // The rules and the entry first: frames arriving from here on go
-        // where the bridge sends them (the partition's veth, or out to
-        // the network), and the queue only shrinks.
-        drop_rule(&self.veth)?;
+        // The rule (before frames are sent into the veth, or the
+        // requests among them would come back) and the entry first:
+        // frames arriving from here on go where the bridge sends them
+        // (the partition's veth, or out to the network), and the queue
+        // only shrinks. Toward the network the rule, which no frame
+        // meets any more (the veth is off the bridge), goes last: it
+        // costs a process.
+        if toward == Toward::Partition {
+            drop_rule(&self.veth)?;
+        }
         l2::fdb_unpin(&self.port, self.mac).map_err(sys_err(&self.port, "stop sending the partition's frames to the hold port"))?;
         self.engaged = false;
         let (frames, cut) = self.trap.take().map_err(sys_err(&self.peer, "take the held frames"))?;
@@ -224,12 +230,21 @@ impl Hold {
         };
         let mut out = Released { lost, ..Released::default() };
         for mut f in frames {
-            if let Some(own) = own {
-                f[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12].copy_from_slice(&own);
+            if let (Some(own), Some(src)) = (own, f.get_mut(VNET_HDR_LEN + 6..VNET_HDR_LEN + 12)) {
+                src.copy_from_slice(&own);
             }
-            self.trap.send(ifindex, &f).map_err(sys_err(&self.peer, "send a held frame on"))?;
-            out.frames += 1;
-            out.bytes += (f.len() - VNET_HDR_LEN) as u64;
+            // One frame the kernel refuses (a link gone meanwhile) does
+            // not keep the others.
+            match self.trap.send(ifindex, &f) {
+                Ok(()) => {
+                    out.frames += 1;
+                    out.bytes += f.len().saturating_sub(VNET_HDR_LEN) as u64;
+                }
+                Err(_) => out.lost += 1,
+            }
+        }
+        if toward == Toward::Network {
+            drop_rule(&self.veth)?;
         }
         Ok(out)
     }
