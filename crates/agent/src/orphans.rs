@@ -337,6 +337,7 @@ pub fn remove_partition(ctx: &HostCtx, name: &str) -> Result<()> {
     }
     let net_err = |op| move |source| OrphanError::Net { partition: name.to_string(), op, source: Box::new(source) };
     let veth = ctx.veth_name(name);
+    lpm_host::hold::remove_port(&veth).map_err(net_err("delete the hold port"))?;
     if net::ip(None, &["link", "show", "dev", &veth]).is_ok() {
         net::ip(None, &["link", "del", &veth]).map_err(net_err("delete host-side veth"))?;
     }

@@ -82,6 +82,18 @@ pub enum NetError {
         #[source]
         source: lpm_sys::Error,
     },
+    /// A step of holding a partition's frames during a migration's stop
+    /// failed (crate::hold).
+    #[error("{op} ({ifname})")]
+    Hold {
+        /// The interface.
+        ifname: String,
+        /// The step.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
     /// Sending the gratuitous ARP failed.
     #[error("gratuitous arp for {ip} on {ifname} in network namespace {ns}")]
     Arp {
@@ -245,14 +257,41 @@ pub fn nft(ns: &str, script: &str) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Runs an nftables script (`nft -f -`) in the caller's own network
+/// namespace. The error names the command and carries nft's stderr.
+pub fn nft_here(script: &str) -> Result<(), NetError> {
+    let cmd = format!("nft -f - <<< {script:?}");
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| NetError::Spawn { cmd: cmd.clone(), source })?;
+    let fed = child.stdin.take().map(|mut i| std::io::Write::write_all(&mut i, script.as_bytes()));
+    let out = child.wait_with_output().map_err(|source| NetError::Spawn { cmd: cmd.clone(), source })?;
+    if !out.status.success() {
+        return Err(NetError::Ip { cmd, status: out.status, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    if let Some(Err(source)) = fed {
+        return Err(NetError::Spawn { cmd, source });
+    }
+    Ok(())
+}
+
 /// Sends a gratuitous ARP (request and reply form, [`GARP_ROUNDS`] times,
 /// [`GARP_INTERVAL`] apart) for `ip` from interface `ifname` inside netns
 /// `ns`, from the interface's own MAC: bridges on the way relearn the port
 /// of that MAC and neighbours holding an entry for `ip` update it. Linux
 /// neighbours create no new entry from it unless their `arp_accept` is set.
 pub fn gratuitous_arp(ns: &str, ifname: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+    gratuitous_arp_rounds(ns, ifname, ip, GARP_ROUNDS)
+}
+
+/// [`gratuitous_arp`] `rounds` times.
+pub fn gratuitous_arp_rounds(ns: &str, ifname: &str, ip: Ipv4Addr, rounds: usize) -> Result<(), NetError> {
     let fd = Netns::open(ns)?.fd()?;
-    lpm_sys::arp::announce(fd.as_fd(), ifname, ip, GARP_ROUNDS, GARP_INTERVAL).map_err(|source| NetError::Arp {
+    lpm_sys::arp::announce(fd.as_fd(), ifname, ip, rounds, GARP_INTERVAL).map_err(|source| NetError::Arp {
         ns: ns.to_string(),
         ifname: ifname.to_string(),
         ip,

@@ -19,6 +19,7 @@ use lpm_sys::spawn::{self, PartitionExec, SpawnError};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, CgroupError, Headroom, Layout, Limits};
+use crate::hold::{self, Hold};
 use crate::net::{self, NetError, Netns};
 
 /// The partition's interface inside its network namespace.
@@ -463,7 +464,8 @@ impl Plumbing {
     /// partition's namespace drops every connection request (SYN without
     /// ACK) arriving on eth0; the client retransmits it (after 1 s at
     /// first), by then to wherever the partition runs. A migration's stop
-    /// sets it first, so that no handshake is left half done (SYN_RECV)
+    /// without a hold port (crate::hold, which holds the requests
+    /// instead) sets it first, so that no handshake is left half done (SYN_RECV)
     /// when the network is locked, which no restore could carry over.
     /// The rules live in the partition's own namespace: they go with it
     /// when it is destroyed, and never reach the target's.
@@ -481,6 +483,23 @@ impl Plumbing {
         net::nft(self.netns.name(), &script).map_err(self.net_err("admit new connections (nft)"))
     }
 
+    /// Builds the partition's hold port (crate::hold), for a migration's
+    /// stop to hold the frames sent to the partition while it is stopped.
+    pub fn hold(&self) -> Result<Hold> {
+        let mac = hold::parse_mac(&self.mac).ok_or_else(|| PartitionError::Spec {
+            field: "mac",
+            value: self.mac.clone(),
+            why: "not six hex octets".into(),
+        })?;
+        Hold::prepare(&self.veth, &self.bridge, mac).map_err(self.net_err("build the hold port"))
+    }
+
+    /// Removes the partition's hold port, if any (its frames, if the
+    /// lpmd that held them died, are gone).
+    pub fn remove_hold(&self) -> Result<()> {
+        hold::remove_port(&self.veth).map_err(self.net_err("remove the hold port"))
+    }
+
     /// Reconnects the partition: the host-side veth joins the bridge again.
     pub fn unlock_network(&self) -> Result<()> {
         net::set_master(&self.veth, Some(&self.bridge)).map_err(self.net_err("unlock network (veth on the bridge)"))
@@ -496,11 +515,22 @@ impl Plumbing {
         Ok(())
     }
 
+    /// Announces eth0's address once, at once: a migration's target does
+    /// so before it tells the source that its copy runs, so that what the
+    /// source held for the partition then finds the way here.
+    pub fn announce_once(&self) -> Result<()> {
+        if let Some(ip) = self.ip {
+            net::gratuitous_arp_rounds(self.netns.name(), IFNAME, ip, 1).map_err(self.net_err("announce address"))?;
+        }
+        Ok(())
+    }
+
     /// Removes everything: kills what runs in the cgroup and removes it,
     /// deletes the veth pair and the network namespace. Parts already gone
     /// are fine, so this may be repeated.
     pub fn destroy(&self) -> Result<()> {
         self.cgroup.remove().map_err(|source| PartitionError::Cgroup { partition: self.name.clone(), op: "remove cgroup", source })?;
+        self.remove_hold()?;
         let links = net::ip(None, &["-o", "link", "show"]).map_err(self.net_err("list links"))?;
         if link_names(&links).any(|n| n == self.veth) {
             net::ip(None, &["link", "del", &self.veth]).map_err(self.net_err("delete veth"))?;

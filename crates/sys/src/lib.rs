@@ -7,6 +7,7 @@ pub mod arp;
 pub mod fanotify;
 pub mod fown;
 pub mod ipc;
+pub mod l2;
 pub mod misc;
 pub mod net;
 pub mod pagemap;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use lpm_host::hold::{Hold, Toward};
 use lpm_host::partition::{PartitionSpec, Plumbing};
 use lpm_migrate::handover::{self, Action, Decision, Failure, Msg, Source, SourceAction, SourceInput, SourceState};
 use lpm_migrate::journal::{self, Ending, Record, Side};
@@ -103,6 +104,9 @@ struct Turn {
     pre: Option<Precopy>,
     /// Why it rolls back, for the abort message and the record.
     ending: Option<Ending>,
+    /// The frames sent to the partition since the stop, held until the
+    /// outcome says which copy gets them (lpm_host::hold).
+    hold: Option<Hold>,
 }
 
 /// What carrying out one action of the source leads to.
@@ -125,6 +129,7 @@ impl Live {
                 handoff: None,
                 pre: None,
                 ending: None,
+                hold: None,
             }),
             changed: Condvar::new(),
             progress: Mutex::new(Progress::default()),
@@ -390,6 +395,14 @@ fn resume(agent: &Agent, live: &Live, turn: &mut Turn) {
             if let Err(e) = p.admit_new_connections() {
                 tracing::error!(id = %live.id, partition = %spec.name, error = %e, "rollback: admit new connections");
             }
+            // What was sent to it while it was stopped reaches it now, its
+            // veth back on the bridge and connection requests admitted.
+            if let Some(h) = turn.hold.take() {
+                release(live, &spec.name, h, Toward::Partition);
+            }
+            if let Err(e) = p.remove_hold() {
+                tracing::warn!(id = %live.id, partition = %spec.name, error = format!("{:#}", anyhow::Error::from(e)), "rollback: remove the hold port");
+            }
             if let Err(e) = p.cgroup().set_cpus(spec.cpus) {
                 tracing::warn!(id = %live.id, partition = %spec.name, error = %e, "rollback: lift the throttle");
             }
@@ -409,8 +422,14 @@ fn resume(agent: &Agent, live: &Live, turn: &mut Turn) {
 fn destroy(agent: &Arc<Agent>, live: &Arc<Live>, turn: &mut Turn) {
     let pre = turn.pre.take();
     turn.handoff = None;
+    let hold = turn.hold.take();
     let (agent2, live2, spec, pid) = (agent.clone(), live.clone(), turn.record.spec.clone(), turn.detail.pid);
     agent.depart(&spec.name.clone(), move || {
+        // The target's copy runs and has announced itself: what was sent
+        // to the partition since the stop goes there first.
+        if let Some(h) = hold {
+            release(&live2, &spec.name, h, Toward::Network);
+        }
         let t = Instant::now();
         match Plumbing::open(&agent2.ctx, &spec) {
             Ok(plumbing) => {
@@ -441,6 +460,24 @@ fn destroy(agent: &Arc<Agent>, live: &Arc<Live>, turn: &mut Turn) {
         agent2.settle(&live2.id);
         tracing::debug!(partition = %spec.name, ms = t.elapsed().as_secs_f64() * 1e3, "source copy removed");
     });
+}
+
+/// Lets the held frames go toward the copy that runs, and says how many.
+fn release(live: &Live, partition: &str, hold: Hold, toward: Toward) {
+    match hold.release(toward) {
+        Ok(r) => tracing::info!(
+            id = %live.id,
+            partition,
+            toward = ?toward,
+            frames = r.frames,
+            bytes = r.bytes,
+            lost = r.lost,
+            "held frames released"
+        ),
+        Err(e) => {
+            tracing::error!(id = %live.id, partition, toward = ?toward, error = format!("{:#}", anyhow::Error::from(e)), "release the held frames")
+        }
+    }
 }
 
 /// The migration ended here; a rollback is settled at once (a completion
@@ -1084,12 +1121,31 @@ impl<'a> Run<'a> {
         let external_netns = ino(Path::new(&format!("/proc/{}/ns/net", self.pid))).is_some()
             && ino(Path::new(&format!("/proc/{}/ns/net", self.pid))) == ino(&self.plumbing.netns().path());
         let check = lpm_engine::DumpOptions { after: lpm_engine::After::Frozen, tcp_established: true, ..Default::default() };
+        // Built while the partition runs: the stop only moves its address.
+        if turn.hold.is_none() {
+            match self.plumbing.hold() {
+                Ok(h) => turn.hold = Some(h),
+                Err(e) => {
+                    tracing::warn!(partition = %self.spec.name, error = format!("{:#}", anyhow::Error::from(e)), "no hold port: packets sent during the stop are dropped")
+                }
+            }
+        }
         // A server's connections still in the handshake (SYN_RECV) have
         // no socket a restore could rebuild, and a locked network would
         // hold them there: first no new ones, then the ones under way
         // finish while the partition runs on.
+        // Held by the hold port when there is one (they reach the copy
+        // that runs, without a SYN retransmission), dropped in the
+        // partition's namespace otherwise.
         let t_drain = Instant::now();
-        if let Err(e) = self.plumbing.refuse_new_connections() {
+        let held_syns = turn.hold.as_ref().is_some_and(|h| match h.hold_connection_requests() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(partition = %self.spec.name, error = format!("{:#}", anyhow::Error::from(e)), "connection requests cannot be held: they are dropped");
+                false
+            }
+        });
+        if let Err(e) = if held_syns { Ok(()) } else { self.plumbing.refuse_new_connections() } {
             tracing::warn!(partition = %self.spec.name, error = format!("{e:#}"), "new connections cannot be held back: the stop may meet handshakes");
         }
         let left = wait_passed(self.pid, &check, DRAIN_LIMIT);
@@ -1097,7 +1153,22 @@ impl<'a> Run<'a> {
         tracing::debug!(partition = %self.spec.name, ms = self.stop.drain_ms, left = left.len(), "drained");
         let t_stop = Instant::now();
         self.t_stop = Some(t_stop);
-        self.plumbing.lock_network().context("lock the partition's network")?;
+        // Every frame for the partition is held from here (and its veth
+        // leaves the bridge after the last stop below, when it can send
+        // nothing more: what it answers meanwhile reaches its peers);
+        // without a hold port the veth leaves the bridge now and what is
+        // sent to the partition is dropped.
+        let held = match turn.hold.as_mut().map(Hold::engage) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::warn!(partition = %self.spec.name, error = format!("{:#}", anyhow::Error::from(e)), "frames for the partition cannot be held: they are dropped");
+                false
+            }
+            None => false,
+        };
+        if !held {
+            self.plumbing.lock_network().context("lock the partition's network")?;
+        }
         let locked = t_stop.elapsed();
         let mut stopped = self.stop_unthrottled().context("stop the partition")?;
         // What passes by itself (a connection waiting to be accepted, one
@@ -1127,6 +1198,9 @@ impl<'a> Run<'a> {
             stopped.resume();
             wait_passed(self.pid, &check, DRAIN_LIMIT);
             stopped = self.stop_unthrottled().context("stop the partition again")?;
+        }
+        if held {
+            self.plumbing.lock_network().context("lock the partition's network")?;
         }
         let at_stop = t_stop.elapsed();
         let pre = turn.pre.as_mut().ok_or_else(|| anyhow!("no dirty tracking"))?;

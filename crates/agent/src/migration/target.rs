@@ -418,6 +418,11 @@ impl Live {
         if let Err(e) = parked.run(&turn.detail.dir) {
             tracing::error!(id = %self.id, partition = %spec.name, error = %e, "run: the tree runs, but a connection of it failed");
         }
+        // Before "running" reaches the source: the frames it held for the
+        // partition follow the network to here (lpm_host::hold).
+        if let Err(e) = plumbing.announce_once() {
+            tracing::warn!(id = %self.id, partition = %spec.name, error = %e, "gratuitous ARP");
+        }
         let filling = turn.res.filling.take().map(|f| f.handle);
         if let Err(e) = agent.adopt(spec.clone(), plumbing, parked.root_pid, filling) {
             tracing::error!(id = %self.id, partition = %spec.name, error = format!("{e:#}"), "record the partition that arrived");

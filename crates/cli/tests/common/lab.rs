@@ -237,6 +237,10 @@ impl TestLab {
             if name.len() == 10 && name.starts_with("lp") {
                 out.push(format!("veth {name} in {host}"));
             }
+            // A migration's hold port (lpm_host::hold).
+            if name.len() == 10 && (name.starts_with("lh") || name.starts_with("lg")) {
+                out.push(format!("hold port {name} in {host}"));
+            }
         }
         for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
             if e.file_name().to_string_lossy().starts_with(&start) {

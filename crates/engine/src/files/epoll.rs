@@ -74,6 +74,12 @@ fn ready(pid: i32, tfd: i32) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// Whether registration `tfd` is no longer in the instance's fdinfo.
+fn left(seen: &Seen, tfd: u32) -> Result<bool> {
+    let info = proc::read(seen.pid, &format!("fdinfo/{}", seen.fd))?;
+    Ok(!info.lines().filter(|l| l.starts_with("tfd:")).filter_map(parse_item).any(|i| i.tfd == tfd))
+}
+
 /// The registrations of an epoll instance, or why one cannot be made
 /// again.
 fn read(seen: &Seen) -> Result<EpollImage> {
@@ -83,9 +89,15 @@ fn read(seen: &Seen) -> Result<EpollImage> {
         let item = parse_item(line).ok_or_else(|| seen.unsupported(format!("epoll fdinfo line {line:?} does not parse")))?;
         // The registration is made again by number in this process: the
         // number must still name the registered file here.
-        if !misc::epoll_target_is_open(seen.pid, seen.fd, item.tfd as i32)
-            .step(seen.pid, || format!("compare epoll {} target fd {}", seen.fd, item.tfd))?
-        {
+        let open = misc::epoll_target_is_open(seen.pid, seen.fd, item.tfd as i32)
+            .step(seen.pid, || format!("compare epoll {} target fd {}", seen.fd, item.tfd));
+        if !matches!(open, Ok(true)) && left(seen, item.tfd)? {
+            // A running program (an inspection, not a dump of a frozen
+            // one) closed the fd after fdinfo was read, and its
+            // registration went with it.
+            continue;
+        }
+        if !open? {
             return Err(
                 seen.unsupported(format!("epoll registration of fd {}, which is closed or names another file in this process", item.tfd))
             );
