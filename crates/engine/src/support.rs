@@ -39,7 +39,7 @@ pub const KINDS: &[Row] = &[
     ("ICMP (ping) sockets", Support::Yes, "identifier, address, peer, options, filter; the namespace's ping_group_range; queued replies refused at this moment"),
     ("UDP-Lite sockets", Support::Yes, "as UDP, with UDPLITE_SEND_CSCOV and UDPLITE_RECV_CSCOV"),
     ("raw sockets", Support::Yes, "any protocol, IPv4 and IPv6: address, peer, IP_HDRINCL, ICMP(V6)_FILTER, IPV6_CHECKSUM, options, filter"),
-    ("packet sockets", Support::Partly, "SOCK_RAW and SOCK_DGRAM: protocol, interface (same index and name), PACKET_* options, memberships, fanout group; rings and program-driven fanout refused"),
+    ("packet sockets", Support::Partly, "SOCK_RAW and SOCK_DGRAM: protocol, interface (same index and name), PACKET_* options, memberships, fanout group; rings refused (the frame the kernel fills next is neither shown nor settable: a ring made again starts at frame 0), program-driven fanout refused"),
     ("SO_REUSEPORT groups", Support::Partly, "UDP and TCP listener groups formed again in the kernel's order; the order after a member left is not visible"),
     ("non-local binds", Support::Yes, "IP_FREEBIND, IP_TRANSPARENT and their IPv6 kin, set before bind"),
     ("netlink sockets", Support::Partly, "protocol, port id, groups, connected destination (kernel or a port of the tree); unread data and peers outside the tree refused"),
