@@ -120,14 +120,7 @@ static int zero_page(const char *p)
 
 static int pagemap(uint64_t *out, const char *base, int n, char *msg, size_t size)
 {
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	ssize_t got;
-
-	if (fd < 0)
-		return snprintf(msg, size, "open pagemap: %s", strerror(errno)), -1;
-	got = pread(fd, out, n * 8, (uintptr_t)base / PG * 8);
-	close(fd);
-	if (got != n * 8)
+	if (zdtm_pagemap(out, base, n))
 		return snprintf(msg, size, "read pagemap: %s", strerror(errno)), -1;
 	for (int i = 0; i < n; i++)
 		out[i] = out[i] >> 63 ? out[i] & ((1ULL << 55) - 1) : 0;

@@ -54,17 +54,13 @@ static int writer(int page, int who)
 static void check_self(int who)
 {
 	struct slot *s = &ctl->slot[who];
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	long d;
 
 	s->status = 1;
-	if (fd < 0 || pread(fd, s->pfn, sizeof(s->pfn), (uintptr_t)area / PG * 8) != (ssize_t)sizeof(s->pfn)) {
+	if (zdtm_pagemap(s->pfn, area, PAGES)) {
 		snprintf(s->msg, sizeof(s->msg), "%d: read pagemap: %s", who, strerror(errno));
-		if (fd >= 0)
-			close(fd);
 		return;
 	}
-	close(fd);
 	for (int i = 0; i < PAGES; i++) {
 		s->pfn[i] = s->pfn[i] >> 63 ? s->pfn[i] & ((1ULL << 55) - 1) : 0;
 		if ((d = zdtm_diff(area + i * PG, PG, seed(i, writer(i, who)))) >= 0) {

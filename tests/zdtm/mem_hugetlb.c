@@ -49,17 +49,13 @@ static uint64_t s_seed(unsigned long page) { return 0x5500 + page; }
 static int present(const void *addr, char *msg, size_t size, int *err)
 {
 	uint64_t e;
-	int fd = open("/proc/self/pagemap", O_RDONLY);
 
 	*err = 0;
-	if (fd < 0 || pread(fd, &e, sizeof(e), (off_t)((uintptr_t)addr / PAGE) * 8) != sizeof(e)) {
+	if (zdtm_pagemap(&e, addr, 1)) {
 		snprintf(msg, size, "read /proc/self/pagemap: %s", strerror(errno));
 		*err = 1;
-		if (fd >= 0)
-			close(fd);
 		return 0;
 	}
-	close(fd);
 	return (e >> 63) & 1;
 }
 

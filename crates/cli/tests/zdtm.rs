@@ -1275,14 +1275,12 @@ fn ghost_big_memory_stays_flat() {
     }
 }
 
-/// `--verify` tells a restore that maps a copy of an unlinked file from
-/// one that maps the inode its descriptor holds (ghost_map, with the
-/// restore's `ghost-copy` sabotage): the restore fails naming the area
-/// and the descriptor, and the same image then restores and passes.
-#[test]
-fn verify_names_a_mapping_of_another_unlinked_inode() {
-    let prog = find_prog("ghost_map");
-    let mut run = Run::new(prog, "verify", None).unwrap_or_else(|e| panic!("zdtm ghost_map: {e}"));
+/// Checkpoints `prog`, restores it with the restore's `sabotage`, which
+/// `--verify` must refuse with a message holding every one of `names`
+/// (`did` says what the sabotaged restore did), then restores the same
+/// image as it is and expects the program to pass.
+fn verify_names_sabotage(prog: &'static Prog, label: &str, sabotage: &str, did: &str, names: &[&str]) {
+    let mut run = Run::new(prog, label, None).unwrap_or_else(|e| panic!("zdtm {}: {e}", prog.name));
     let res = (|| -> Res<()> {
         run.start(None)?;
         run.wait_ready()?;
@@ -1290,15 +1288,15 @@ fn verify_names_a_mapping_of_another_unlinked_inode() {
         let images = run.dir.join("images");
         run.checkpoint(&images, false)?;
         run.wait_gone(&tree, "after checkpoint")?;
-        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "ghost-copy".to_string())];
+        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), sabotage.to_string())];
         if run.restore(&images).is_ok() {
-            return Err("a restore mapping a copy of an unlinked file passed --verify".into());
+            return Err(format!("a restore that {did} passed --verify"));
         }
         run.lpm_env.clear();
         let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
         let msg = fs::read_to_string(&stderr).unwrap_or_default();
-        if !msg.contains("differs from its image") || !msg.contains("inode (as fd 10: unlinked") {
-            return Err(format!("the refusal does not name the mapping and its descriptor: {msg:?}"));
+        if let Some(missing) = names.iter().find(|n| !msg.contains(**n)) {
+            return Err(format!("the refusal of a restore that {did} does not say {missing:?}: {msg:?}"));
         }
         run.wait_gone(&tree, "after the refused restore")?;
         run.restore(&images)?;
@@ -1308,6 +1306,21 @@ fn verify_names_a_mapping_of_another_unlinked_inode() {
     if let Err(e) = res {
         panic!("{}", run.report(&e));
     }
+}
+
+/// `--verify` tells a restore that maps a copy of an unlinked file from
+/// one that maps the inode its descriptor holds (ghost_map, with the
+/// restore's `ghost-copy` sabotage): the restore fails naming the area
+/// and the descriptor, and the same image then restores and passes.
+#[test]
+fn verify_names_a_mapping_of_another_unlinked_inode() {
+    verify_names_sabotage(
+        find_prog("ghost_map"),
+        "verify",
+        "ghost-copy",
+        "maps a copy of an unlinked file",
+        &["differs from its image", "inode (as fd 10: unlinked"],
+    );
 }
 
 /// The inotify and fanotify programs run under `unshare` with mount,
@@ -1340,32 +1353,13 @@ fn notify_programs_restore_3x_in_a_mount_namespace_of_their_own() {
 /// naming the mark's object, and the same image then restores and passes.
 #[test]
 fn verify_names_a_fanotify_mark_on_a_mount_of_another_namespace() {
-    let mut run = Run::new(&IN_OWN_MOUNT_NS[2], "verify-ns", None).unwrap_or_else(|e| panic!("zdtm fanotify: {e}"));
-    let res = (|| -> Res<()> {
-        run.start(None)?;
-        run.wait_ready()?;
-        let tree = run.check_tree("before checkpoint")?;
-        let images = run.dir.join("images");
-        run.checkpoint(&images, false)?;
-        run.wait_gone(&tree, "after checkpoint")?;
-        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "fsnotify-ns".to_string())];
-        if run.restore(&images).is_ok() {
-            return Err("a restore marking a mount of lpm's namespace passed --verify".into());
-        }
-        run.lpm_env.clear();
-        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
-        let msg = fs::read_to_string(&stderr).unwrap_or_default();
-        if !msg.contains("differs from its image") || !msg.contains("fanotify marks' objects") {
-            return Err(format!("the refusal does not name the mark's object: {msg:?}"));
-        }
-        run.wait_gone(&tree, "after the refused restore")?;
-        run.restore(&images)?;
-        sleep(SETTLE);
-        run.expect_pass()
-    })();
-    if let Err(e) = res {
-        panic!("{}", run.report(&e));
-    }
+    verify_names_sabotage(
+        &IN_OWN_MOUNT_NS[2],
+        "verify-ns",
+        "fsnotify-ns",
+        "marks a mount of lpm's namespace",
+        &["differs from its image", "fanotify marks' objects"],
+    );
 }
 
 /// `--verify` tells a private MAP_HUGETLB area restored in 4 KiB pages
@@ -1374,35 +1368,13 @@ fn verify_names_a_fanotify_mark_on_a_mount_of_another_namespace() {
 /// size, and the same image then restores and passes.
 #[test]
 fn verify_names_a_hugetlb_area_in_small_pages() {
-    let prog = find_prog("mem_hugetlb");
-    let mut run = Run::new(prog, "verify", None).unwrap_or_else(|e| panic!("zdtm mem_hugetlb: {e}"));
-    let res = (|| -> Res<()> {
-        run.start(None)?;
-        run.wait_ready()?;
-        let tree = run.check_tree("before checkpoint")?;
-        let images = run.dir.join("images");
-        run.checkpoint(&images, false)?;
-        run.wait_gone(&tree, "after checkpoint")?;
-        run.lpm_env = vec![(lpm_engine::SABOTAGE_ENV.to_string(), "hugetlb-small".to_string())];
-        if run.restore(&images).is_ok() {
-            return Err("a restore mapping a hugetlbfs area in 4 KiB pages passed --verify".into());
-        }
-        run.lpm_env.clear();
-        let (_, stderr) = run.lpm_calls.last().cloned().ok_or("no lpm call")?;
-        let msg = fs::read_to_string(&stderr).unwrap_or_default();
-        if !msg.contains("hugetlbfs (VmFlags ht): recorded true, found false")
-            || !msg.contains("KernelPageSize: recorded 2097152, found 4096")
-        {
-            return Err(format!("the refusal does not name the area's hugetlbfs flag and page size: {msg:?}"));
-        }
-        run.wait_gone(&tree, "after the refused restore")?;
-        run.restore(&images)?;
-        sleep(SETTLE);
-        run.expect_pass()
-    })();
-    if let Err(e) = res {
-        panic!("{}", run.report(&e));
-    }
+    verify_names_sabotage(
+        find_prog("mem_hugetlb"),
+        "verify",
+        "hugetlb-small",
+        "maps a hugetlbfs area in 4 KiB pages",
+        &["hugetlbfs (VmFlags ht): recorded true, found false", "KernelPageSize: recorded 2097152, found 4096"],
+    );
 }
 
 /// A restore that needs more huge pages than the pool has free fails

@@ -237,9 +237,20 @@ pub fn ip(ns: Option<&str>, args: &[&str]) -> Result<String, NetError> {
 /// `ip netns exec`). The error names the command and carries nft's stderr.
 pub fn nft(ns: &str, script: &str) -> Result<(), NetError> {
     check_name(ns)?;
-    let cmd = format!("ip netns exec {ns} nft -f - <<< {script:?}");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
+    run_nft(&["ip", "netns", "exec", ns, "nft", "-f", "-"], script)
+}
+
+/// Runs an nftables script (`nft -f -`) in the caller's own network
+/// namespace. The error names the command and carries nft's stderr.
+pub fn nft_here(script: &str) -> Result<(), NetError> {
+    run_nft(&["nft", "-f", "-"], script)
+}
+
+/// Runs `argv`, an nft reading its script from stdin, with `script`.
+fn run_nft(argv: &[&str], script: &str) -> Result<(), NetError> {
+    let cmd = format!("{} <<< {script:?}", argv.join(" "));
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -254,28 +265,6 @@ pub fn nft(ns: &str, script: &str) -> Result<(), NetError> {
         return Err(NetError::Spawn { cmd, source });
     }
     tracing::trace!(target: "lpm::net", %cmd, "ran");
-    Ok(())
-}
-
-/// Runs an nftables script (`nft -f -`) in the caller's own network
-/// namespace. The error names the command and carries nft's stderr.
-pub fn nft_here(script: &str) -> Result<(), NetError> {
-    let cmd = format!("nft -f - <<< {script:?}");
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|source| NetError::Spawn { cmd: cmd.clone(), source })?;
-    let fed = child.stdin.take().map(|mut i| std::io::Write::write_all(&mut i, script.as_bytes()));
-    let out = child.wait_with_output().map_err(|source| NetError::Spawn { cmd: cmd.clone(), source })?;
-    if !out.status.success() {
-        return Err(NetError::Ip { cmd, status: out.status, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
-    if let Some(Err(source)) = fed {
-        return Err(NetError::Spawn { cmd, source });
-    }
     Ok(())
 }
 
