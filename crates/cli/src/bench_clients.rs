@@ -49,13 +49,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lpm_agent::api::{MigrateRequest, Request, Response};
-use lpm_agent::client::read_key;
-use lpm_host::lab::{Lab, LabOptions};
+use lpm_host::lab::Lab;
 use lpm_host::partition::PartitionSpec;
 use lpm_migrate::report::{Outcome, Report};
 use serde_json::{json, Value};
 
-use crate::bench_migrate::{build_dirtier, fmt_f, teardown_on_signal, Bench, LabGuard, Teardown};
+use crate::bench_migrate::{fmt_f, Bench};
 
 /// The PostgreSQL client of the integration tests (protocol 3.0, simple
 /// queries): one client for both, so the bench checks what the tests do.
@@ -1041,22 +1040,7 @@ pub fn run(a: &ClientsBench) -> Result<()> {
     if a.clients == 0 || a.migrations == 0 || a.mib == 0 {
         bail!("nothing to measure: give at least one client, one migration and 1 MiB");
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-    let dir = std::env::temp_dir().join(format!("lpm-bench-clients-{}-{nanos}", std::process::id()));
-    std::env::set_var("LPM_LAB", &dir);
-    let teardown = Teardown::new(dir.clone());
-    teardown_on_signal(teardown.clone())?;
-    let mut opts = LabOptions::new(std::env::current_exe().context("find the lpm binary")?);
-    opts.lpmd_args = vec!["daemon".into()];
-    opts.hosts = 2;
-    let _guard = LabGuard(teardown.clone());
-    eprintln!("== lab: two hosts in {}", dir.display());
-    let lab = Lab::up(&dir, &opts);
-    teardown.park_if_stopping();
-    let lab = lab.context("lab up")?;
-    let key = read_key(&lab.key_path())?;
-    let dirtier = build_dirtier(lab.dir())?;
-    let b = Bench { lab, key, dirtier, teardown };
+    let (_guard, b) = crate::bench_migrate::bench_lab("clients")?;
     let name = format!("bc-{}", a.server.name());
     let ip = b.lab.allocate_ip(&name)?;
     let res = bench_in(&b, a, &name, ip);

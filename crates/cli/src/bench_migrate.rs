@@ -700,6 +700,29 @@ pub(crate) fn build_dirtier(dir: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Brings up a benchmark's own lab of two hosts in a new directory
+/// (`lpm-bench-LABEL-...`), which commands of this process find and
+/// nobody else's, and builds the dirtier in it. The lab is torn down when
+/// the guard drops (after the bench), or at a signal.
+pub(crate) fn bench_lab(label: &str) -> Result<(LabGuard, Bench)> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let dir = std::env::temp_dir().join(format!("lpm-bench-{label}-{}-{nanos}", std::process::id()));
+    std::env::set_var("LPM_LAB", &dir);
+    let teardown = Teardown::new(dir.clone());
+    teardown_on_signal(teardown.clone())?;
+    let mut opts = LabOptions::new(std::env::current_exe().context("find the lpm binary")?);
+    opts.lpmd_args = vec!["daemon".into()];
+    opts.hosts = 2;
+    let guard = LabGuard(teardown.clone());
+    eprintln!("== lab: two hosts in {}", dir.display());
+    let lab = Lab::up(&dir, &opts);
+    teardown.park_if_stopping();
+    let lab = lab.context("lab up")?;
+    let key = read_key(&lab.key_path())?;
+    let dirtier = build_dirtier(lab.dir())?;
+    Ok((guard, Bench { lab, key, dirtier, teardown }))
+}
+
 /// Runs `lpm bench migrate`: prints the table (or JSON) and fails when a
 /// migration failed or a partition's memory was not intact after it;
 /// missed performance targets are printed, not errors.
@@ -710,24 +733,7 @@ pub fn run(a: &MigrateBench) -> Result<()> {
     if a.sizes.contains(&0) {
         bail!("a partition size of 0 MiB cannot be measured");
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-    let dir = std::env::temp_dir().join(format!("lpm-bench-lab-{}-{nanos}", std::process::id()));
-    // The benchmark's own lab: commands of this process find it, nobody
-    // else's.
-    std::env::set_var("LPM_LAB", &dir);
-    let teardown = Teardown::new(dir.clone());
-    teardown_on_signal(teardown.clone())?;
-    let mut opts = LabOptions::new(std::env::current_exe().context("find the lpm binary")?);
-    opts.lpmd_args = vec!["daemon".into()];
-    opts.hosts = 2;
-    let _guard = LabGuard(teardown.clone());
-    eprintln!("== lab: two hosts in {}", dir.display());
-    let lab = Lab::up(&dir, &opts);
-    teardown.park_if_stopping();
-    let lab = lab.context("lab up")?;
-    let key = read_key(&lab.key_path())?;
-    let dirtier = build_dirtier(lab.dir())?;
-    let bench = Bench { lab, key, dirtier, teardown };
+    let (_guard, bench) = bench_lab("lab")?;
     let mut rows = Vec::new();
     for &size in &a.sizes {
         for &rate in &a.rates {
