@@ -268,6 +268,9 @@ pub struct FileTable {
     /// Indexes of the descriptions being recorded (their slots are taken,
     /// see `describe`): not yet "seen before".
     describing: Vec<usize>,
+    /// The TCP sockets of each network namespace seen (by its inode), read
+    /// once per dump (`inet::tcp_inode`).
+    pub(crate) tcp_sockets: std::cell::RefCell<HashMap<u64, std::rc::Rc<inet::TcpSockets>>>,
 }
 
 impl FileTable {
