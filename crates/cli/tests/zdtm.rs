@@ -881,8 +881,15 @@ fn fmt_status(status: i32) -> String {
 
 /// Start, then three rounds of checkpoint (kill), reap, restore; then PASS.
 fn restore_3x(run: &mut Run) -> Res<()> {
+    restore_3x_with(run, |_| (), |_| ())
+}
+
+/// [`restore_3x`], calling `ready` once the program is ready and
+/// `verdict` before it is asked for its verdict.
+fn restore_3x_with<T>(run: &mut Run, ready: impl FnOnce(&Run) -> T, verdict: impl FnOnce(T)) -> Res<()> {
     run.start(None)?;
     run.wait_ready()?;
+    let during = ready(run);
     for round in 1..=3 {
         let what = |step: &str| format!("round {round}, {step}");
         run.check_running(&run.tree, &what("before checkpoint"))?;
@@ -898,6 +905,7 @@ fn restore_3x(run: &mut Run) -> Res<()> {
         run.check_running(&tree, &what("running after restore"))?;
         run.new_work(&what("new work after restore"))?;
     }
+    verdict(during);
     run.expect_pass()
 }
 
@@ -1189,7 +1197,8 @@ fn hugetlb_kinds_are_refused() {
 
 /// Pages shared copy-on-write stay shared, each with the processes that
 /// shared it, while the kernel migrates pages under the checkpoint: memory
-/// is compacted over and over during three checkpoint/restores of
+/// is compacted over and over (from ready to the verdict) during three
+/// checkpoint/restores of
 /// mem_cow_wide (a parent and four children sharing 32 MiB). Read process
 /// after process, a page moved in between looked like two groups no fork
 /// order gives, and the checkpoint was refused (seen with PostgreSQL).
@@ -1203,21 +1212,31 @@ fn cow_kept_while_pages_migrate() {
             self.0.store(true, Ordering::SeqCst);
         }
     }
-    let stop = Stop(Arc::new(AtomicBool::new(false)));
     let passes = Arc::new(AtomicU64::new(0));
-    let compactor = {
-        let (stop, passes) = (stop.0.clone(), passes.clone());
-        std::thread::spawn(move || -> Result<(), String> {
-            while !stop.load(Ordering::SeqCst) {
+    // Compacting only from ready to the verdict: the program's own checks
+    // read its processes' page frames one after another too, and a page
+    // moved in between (or caught mid-move) would fail them.
+    let compact = |_: &Run| {
+        let stop = Stop(Arc::new(AtomicBool::new(false)));
+        let (flag, passes) = (stop.0.clone(), passes.clone());
+        let thread = std::thread::spawn(move || -> Result<(), String> {
+            while !flag.load(Ordering::SeqCst) {
                 fs::write("/proc/sys/vm/compact_memory", "1").map_err(|e| format!("compact memory (/proc/sys/vm/compact_memory): {e}"))?;
                 passes.fetch_add(1, Ordering::SeqCst);
             }
             Ok(())
-        })
+        });
+        (stop, thread)
     };
-    scenario("mem_cow_wide", "compacting", restore_3x);
-    drop(stop);
-    compactor.join().expect("compactor thread").unwrap_or_else(|e| panic!("{e}"));
+    let stop_compacting = |(stop, thread): (Stop, std::thread::JoinHandle<Result<(), String>>)| {
+        drop(stop);
+        thread.join().expect("compactor thread").unwrap_or_else(|e| panic!("{e}"));
+    };
+    let prog = find_prog("mem_cow_wide");
+    let mut run = Run::new(prog, "compacting", None).unwrap_or_else(|e| panic!("zdtm mem_cow_wide: {e}"));
+    if let Err(e) = restore_3x_with(&mut run, compact, stop_compacting) {
+        panic!("{}", run.report(&e));
+    }
     assert!(passes.load(Ordering::SeqCst) > 0, "memory was never compacted during the checkpoints");
 }
 

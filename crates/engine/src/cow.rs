@@ -55,10 +55,11 @@ pub(crate) struct CowTable {
     settled: HashMap<i32, HashMap<u64, u64>>,
 }
 
-/// Reads of the whole tree's shared pages at most made to get two in a
-/// row that agree (a page migrates rarely: the second read nearly always
-/// agrees with the first).
-const SETTLE_READS: usize = 16;
+/// How long the tree's shared pages are read again at most to get two
+/// reads in a row that agree. A page migrates rarely and the second read
+/// nearly always agrees with the first; a compaction pass moves pages for
+/// some tens of milliseconds on end, and the reads agree once it is done.
+const SETTLE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl CowTable {
     pub(crate) fn new() -> Result<CowTable> {
@@ -84,10 +85,16 @@ impl CowTable {
     /// When two reads agree, every page kept its frame from its first
     /// read to its second, so every process read in between saw it there.
     pub(crate) fn settle(&mut self, procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<()> {
+        let t = std::time::Instant::now();
         let mut last = read_shared(procs)?;
-        for _ in 1..SETTLE_READS {
+        let mut reads = 1;
+        while t.elapsed() < SETTLE_FOR {
             let now = read_shared(procs)?;
+            reads += 1;
             if now == last {
+                if reads > 2 {
+                    tracing::debug!(reads, ms = t.elapsed().as_secs_f64() * 1e3, "shared pages moved while they were read");
+                }
                 self.settled = now;
                 return Ok(());
             }
@@ -97,7 +104,8 @@ impl CowTable {
             pid: procs.first().map_or(0, |p| p.0),
             kind: "memory area",
             what: format!(
-                "the frames of pages shared copy-on-write kept moving (page migration) over {SETTLE_READS} reads of the tree's page tables"
+                "the frames of pages shared copy-on-write kept moving (page migration) for {} ms, {reads} reads of the tree's page tables",
+                SETTLE_FOR.as_millis()
             ),
         })
     }
