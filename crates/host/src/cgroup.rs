@@ -349,9 +349,14 @@ impl Cgroup {
     }
 
     fn cpu_dir(&self) -> PathBuf {
+        self.cpu_root().join(&self.rel)
+    }
+
+    /// The root of the hierarchy holding the `cpu` controller.
+    fn cpu_root(&self) -> PathBuf {
         match &self.layout {
-            Layout::Hybrid { cpu, .. } => cpu.join(&self.rel),
-            Layout::Unified { root } => root.join(&self.rel),
+            Layout::Hybrid { cpu, .. } => cpu.clone(),
+            Layout::Unified { root } => root.clone(),
         }
     }
 
@@ -633,10 +638,7 @@ impl Cgroup {
     /// (the root excluded: its budget is the machine's,
     /// /proc/sys/kernel/sched_rt_runtime_us).
     fn cpu_ancestors(&self) -> Vec<PathBuf> {
-        let root = match &self.layout {
-            Layout::Hybrid { cpu, .. } => cpu.clone(),
-            Layout::Unified { root } => root.clone(),
-        };
+        let root = self.cpu_root();
         let comps: Vec<&str> = self.rel.split('/').collect();
         (1..comps.len()).map(|n| root.join(comps[..n].join("/"))).collect()
     }
@@ -645,10 +647,7 @@ impl Cgroup {
     /// partitions are made and removed at once by several agents, and a
     /// parent's budget is read, then written.
     fn lock_rt(&self) -> Result<fs::File> {
-        let root = match &self.layout {
-            Layout::Hybrid { cpu, .. } => cpu.clone(),
-            Layout::Unified { root } => root.clone(),
-        };
+        let root = self.cpu_root();
         let f = fs::File::open(&root).map_err(|e| self.io("open", &root, e))?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| self.io("lock", &root, e.into()))?;
         Ok(f)
