@@ -297,6 +297,43 @@ fn restore_without_the_lock_still_works() {
     assert_eq!(wait_file(&s.path("result")), "PASS");
 }
 
+/// A peer that reset its end while the tree was checkpointed answers the
+/// restored connection's first segment with a reset: the connection ends
+/// then, as it would have, and the restore succeeds with the program
+/// running (it once failed "refill the send queue: Connection reset by
+/// peer" when the reset came before the never-sent data was queued).
+#[test]
+fn restore_after_the_peer_reset_its_end() {
+    let mut s = Scene::new("tcplockrst");
+    let (pid, c, _, _) = start(&mut s, false, &[]);
+    let images = s.path("images");
+    let out =
+        Command::new(LPM).args(["checkpoint", "--tcp-established", "--pid", &pid.to_string(), "--images"]).arg(&images).output().unwrap();
+    assert!(out.status.success(), "checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
+    reap(pid);
+    let name = lock_name(&images).expect("a lock");
+    let del = Command::new("nft").args(["delete", "table", "inet", &name]).status().unwrap();
+    assert!(del.success());
+    // Closed with a zero linger: a reset, which meets no socket.
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads `linger` for its size.
+    let r = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(c);
+    let restored = s.restore(&images);
+    assert!(Path::new(&format!("/proc/{restored}")).exists(), "the restored server is gone");
+    let stat = std::fs::read_to_string(format!("/proc/{restored}/stat")).expect("the restored server's stat");
+    assert!(!stat.contains(") Z "), "the restored server died: {stat}");
+}
+
 /// A server that streams `argv[3]` bytes while its client reads (its
 /// congestion window opens wide), then, once `more` exists, writes until
 /// the kernel takes no more (`ready` says how much in all), and on

@@ -1284,7 +1284,10 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
     net::setsockopt_int(sfd, libc::IPPROTO_TCP, libc::TCP_REPAIR, off).map_err(e("TCP_REPAIR off"))?;
     sockets::apply_opts(f, sfd, &later)?;
     let sent = t.send_queue.len().saturating_sub(t.unsent as usize);
-    send_all(f, s, sfd, &t.send_queue[sent..], "send")?;
+    if !send_unsent(f, s, sfd, &t.send_queue[sent..])? {
+        tracing::debug!(pid, fd = fd.fd, "the peer reset the connection as it left repair mode: it ends, as it would have");
+        return Ok(());
+    }
     if plan.ours_later {
         shut(f, s, sfd, false)?;
         if st == TcpState::Closing && plan.theirs {
@@ -1299,6 +1302,31 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
     }
     // A read shutdown of the program's own (the write side is the FINs').
     restore_shutdown(f, s, sfd)
+}
+
+/// Queues the never-sent part of the send queue on a connection out of
+/// repair mode; false when the peer has reset the connection meanwhile.
+/// A peer that lost its end while the partition was stopped (its
+/// retransmission met no socket without a network lock) answers the
+/// restored connection's first segment with a reset: the connection ends
+/// then, as it would have, and that is the program's to read. The reset's
+/// error stays on the socket for the program when it came before the
+/// send; one that comes during the send is taken by it, and the program
+/// reads the end of the stream instead.
+fn send_unsent(f: &FileImage, s: &SocketImage, fd: BorrowedFd, data: &[u8]) -> Result<bool> {
+    const TCP_CLOSE: u8 = 7;
+    if tcp_info_of(fd).map_err(restore_err(f, s, "TCP_INFO".into()))?[0] == TCP_CLOSE {
+        return Ok(false);
+    }
+    let mut off = 0;
+    while off < data.len() {
+        match net::send(fd, &data[off..], &[], libc::MSG_DONTWAIT) {
+            Ok(n) => off += n,
+            Err(e) if matches!(e.errno(), Some(libc::ECONNRESET | libc::EPIPE)) => return Ok(false),
+            Err(e) => return Err(restore_err(f, s, "refill the send queue".into())(e)),
+        }
+    }
+    Ok(true)
 }
 
 /// TCP_INFO of a restored socket.
