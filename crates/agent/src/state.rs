@@ -398,23 +398,22 @@ impl Agent {
         }
     }
 
-    /// Stops every partition (lpmd is going away; the lab tears down),
-    /// but for those a migration holds: their fate is the migration's
-    /// record's, which the next lpmd resumes.
+    /// Leaves every partition running as lpmd goes away (SIGTERM, a
+    /// restart, an upgrade): `lpm partition stop` is the only way a
+    /// partition stops. Each keeps its record, with its init's pid and
+    /// start time, so the next lpmd adopts it; the departures under way
+    /// finish first, and the partitions a migration holds are the
+    /// migration's record's, which the next lpmd resumes.
     pub(crate) fn shutdown(&self) {
         let leaving: Vec<String> = lock(&self.leaving).keys().cloned().collect();
         for n in leaving {
             self.await_departure(&n);
         }
-        let names: Vec<String> = self.parts().iter().filter(|(_, e)| e.migration.is_none()).map(|(n, _)| n.clone()).collect();
-        for n in names {
-            let e = self.parts().remove(&n);
-            if let Some(e) = e {
-                if let Some(pid) = e.pid {
-                    let _ = partition::stop(pid, &e.plumbing, Duration::from_secs(2));
-                    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-                }
-                let _ = e.plumbing.destroy();
+        for (name, e) in self.parts().iter() {
+            match (e.pid, &e.migration) {
+                (_, Some(_)) => tracing::info!(partition = %name, "left to its migration's record"),
+                (Some(pid), None) => tracing::info!(partition = %name, pid, "left running for the next lpmd"),
+                (None, None) => {}
             }
         }
     }

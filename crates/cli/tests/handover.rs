@@ -625,3 +625,48 @@ fn a_copy_that_differs_from_its_image_never_runs() {
     lab.client_alive(c);
     lab.finish_kv_client(c);
 }
+
+/// lpmd going away leaves its partitions running: SIGTERM (a restart, an
+/// upgrade) and SIGKILL (a crash) alike. The next lpmd lists each again
+/// with the same init, the client's connection is never broken, and `lpm
+/// partition stop` is what stops it.
+#[test]
+fn partitions_outlive_their_lpmd() {
+    let mut lab = TestLab::up("hout", 1);
+    let vol = lab.vol.to_string_lossy().into_owned();
+    lab.ok(&["partition", "create", "kv", "--host", "h1", "--memory", "512M", "--volume", &vol, "--", "python3", KV_SERVICE, "7000", "64"]);
+    lab.wait_log("kv", "listening", Duration::from_secs(20));
+    let ip = lab.ip_of("kv");
+    let c = lab.kv_client(&ip);
+    lab.wait_log("kv", "connected", Duration::from_secs(20));
+    let init = lab.pid_of("kv");
+    for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+        let lpmd = lab.lpmd_pid("h1").expect("h1's lpmd pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(lpmd), sig).unwrap();
+        let t = Instant::now();
+        while std::path::Path::new(&format!("/proc/{lpmd}/cwd")).exists() {
+            assert!(t.elapsed() < Duration::from_secs(20), "h1's lpmd survived {sig}:\n{}", lab.log_of("h1"));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{init}/cwd")).exists(), "kv's init {init} ended with lpmd ({sig})");
+        lab.client_alive(c);
+        lab.lab().restart("h1").unwrap_or_else(|e| panic!("restart h1's lpmd after {sig}: {e}"));
+        let on = lab.partitions_on("h1");
+        assert!(
+            on.iter().any(|p| p.spec.name == "kv" && p.state == "running" && p.pid == Some(init)),
+            "after {sig}, the new lpmd does not list kv as running with init {init}: {on:?}\n{}",
+            lab.log_of("h1")
+        );
+        lab.client_alive(c);
+    }
+    let verdict = lab.kv_verify(&ip);
+    assert!(verdict.starts_with("verify ok"), "kv's memory after two restarts of its lpmd: {verdict}");
+    lab.finish_kv_client(c);
+    lab.ok(&["partition", "stop", "kv"]);
+    assert_eq!(lab.state_of("kv"), "stopped");
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{init}/cwd")).exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "kv's init {init} runs on after lpm partition stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -582,8 +582,9 @@ impl Lab {
     /// Restarts the `lpmd` of host `host` the way [`Lab::up`] started it
     /// (same binary and arguments, in the host's namespace, in a session of
     /// its own, output appended to its log), as an operator would after a
-    /// crash: a running one is stopped first (SIGTERM, which stops its
-    /// partitions; SIGKILL after [`LPMD_STOP_TIMEOUT`]). Records the new pid
+    /// crash: a running one is stopped first (SIGTERM, which leaves its
+    /// partitions running for the new one to adopt; SIGKILL after
+    /// [`LPMD_STOP_TIMEOUT`]). Records the new pid
     /// in the state file and returns once its control socket exists (the
     /// agent sweeps what its predecessor left before it creates the
     /// socket). The new `lpmd` inherits the caller's environment, not the
@@ -1062,7 +1063,8 @@ fn wait_gone(pids: &[(i32, Option<u64>)], timeout: Duration, reap_them: bool) ->
     }
 }
 
-/// SIGTERM to every `lpmd` (so each stops its partitions), SIGKILL to those
+/// SIGTERM to every `lpmd` (each leaves its partitions running: the
+/// lab's teardown kills what runs in its namespaces), SIGKILL to those
 /// still running after [`LPMD_STOP_TIMEOUT`].
 fn stop_lpmds(hosts: &[HostInfo], failures: &mut Vec<String>) {
     let pids: Vec<(i32, Option<u64>)> =

@@ -13,7 +13,7 @@ use std::fs;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::size_of;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::null_mut;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -188,14 +188,39 @@ fn read_byte(fd: BorrowedFd<'_>) -> Res<Option<u8>> {
 }
 
 /// Forks a child that copies `value` into its copy of `poke`, says it is
-/// ready and then sleeps until killed.
-fn spawn_blocked(poke: &mut [u8], value: &[u8]) -> Res<Child> {
+/// ready and then sleeps until killed. Of the parent's descriptors it
+/// keeps only `keep`.
+fn spawn_blocked(poke: &mut [u8], value: &[u8], keep: Option<RawFd>) -> Res<Child> {
     let (rd, wr) = pipe()?;
+    // Sorted before the fork: the child may not allocate.
+    let mut kept = [wr.as_raw_fd(), keep.unwrap_or(wr.as_raw_fd())];
+    kept.sort_unstable();
+    let parent = std::process::id() as pid_t;
     // SAFETY: the child branch runs only async-signal-safe code (stores,
     // write, pause) and never returns, so no destructor, allocator or lock
     // runs in this copy of a multi-threaded process.
     let pid = cvt(unsafe { libc::fork() }, "fork")? as pid_t;
     if pid == 0 {
+        // SAFETY: prctl and close_range are async-signal-safe raw
+        // syscalls on this copy of the process. The child outlives no
+        // lpmd (a killed one's paused probes would live on) and holds
+        // none of its descriptors: a listening socket it kept would stop
+        // the next lpmd from binding the port.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            let mut from = 0 as libc::c_uint;
+            for k in kept {
+                let k = k as libc::c_uint;
+                if k > from {
+                    libc::syscall(libc::SYS_close_range, from, k - 1, 0 as libc::c_uint);
+                }
+                from = from.max(k + 1);
+            }
+            libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0 as libc::c_uint);
+        }
         for (dst, &src) in poke.iter_mut().zip(value) {
             // SAFETY: dst is a valid &mut u8; volatile so that the store
             // survives although this branch never reads it back.
@@ -260,7 +285,7 @@ fn getregset(pid: pid_t, nt: usize, buf: &mut [u8]) -> Res<usize> {
 }
 
 fn probe_ptrace() -> Probe {
-    let mut child = spawn_blocked(&mut [], &[])?;
+    let mut child = spawn_blocked(&mut [], &[], None)?;
     let pid = child.pid;
     // SAFETY: SEIZE and INTERRUPT use no pointer.
     unsafe {
@@ -299,7 +324,7 @@ fn probe_ptrace() -> Probe {
 fn probe_pidfd() -> Probe {
     let (mark_rd, mark_wr) = pipe()?;
     let fd = mark_wr.as_raw_fd();
-    let child = spawn_blocked(&mut [], &[])?;
+    let child = spawn_blocked(&mut [], &[], Some(fd))?;
     // Now only the child holds the write end at `fd`: what pidfd_getfd
     // returns can only be its copy.
     drop(mark_wr);
@@ -514,7 +539,7 @@ fn probe_freezer() -> Probe {
     // Declared before the child, so the child is killed and reaped before
     // the cgroup is removed.
     let cg = Cgroup(path);
-    let child = spawn_blocked(&mut [], &[])?;
+    let child = spawn_blocked(&mut [], &[], None)?;
     cg.write("cgroup.procs", &child.pid.to_string())?;
     cg.write("cgroup.freeze", "1")?;
     cg.wait_event("frozen 1")?;
@@ -629,7 +654,7 @@ fn probe_namespaces() -> Probe {
 
 fn probe_process_vm() -> Probe {
     let mut buf = *b"parent's copy...";
-    let child = spawn_blocked(&mut buf, b"child's copy....")?;
+    let child = spawn_blocked(&mut buf, b"child's copy....", None)?;
     let pid = nix::unistd::Pid::from_raw(child.pid);
     let (base, len) = (buf.as_ptr() as usize, buf.len());
     let remote = [RemoteIoVec { base, len }];
