@@ -247,18 +247,51 @@ impl Cluster {
     /// Every partition of every host.
     fn all(&self) -> Result<Vec<PartitionInfo>> {
         let mut out = Vec::new();
-        for h in self.lab.hosts() {
-            match self.client(&h.name)?.call(&Request::List)? {
-                Response::Partitions(p) => out.extend(p),
-                other => bail!("{}: unexpected answer {other:?}", h.name),
-            }
+        for (host, listed) in self.each() {
+            out.extend(listed.with_context(|| format!("host {host}"))?);
         }
         Ok(out)
     }
 
-    /// The host a partition is on.
+    /// Each host's partitions, or why the host did not answer; the hosts
+    /// asked at once, so that one that hangs delays the others by nothing.
+    fn each(&self) -> Vec<(String, Result<Vec<PartitionInfo>>)> {
+        let ask = |host: &str| -> Result<Vec<PartitionInfo>> {
+            match self.client(host)?.call(&Request::List)? {
+                Response::Partitions(p) => Ok(p),
+                other => bail!("unexpected answer {other:?}"),
+            }
+        };
+        std::thread::scope(|s| {
+            let asked: Vec<_> = self.lab.hosts().iter().map(|h| (h.name.clone(), s.spawn(|| ask(&h.name)))).collect();
+            asked
+                .into_iter()
+                .map(|(host, t)| {
+                    let listed = t.join().unwrap_or_else(|_| Err(anyhow!("the thread asking it panicked")));
+                    (host, listed)
+                })
+                .collect()
+        })
+    }
+
+    /// The host a partition is on; a host that does not answer is named
+    /// when the partition is on none of those that do.
     fn locate(&self, name: &str) -> Result<String> {
-        self.all()?.into_iter().find(|p| p.spec.name == name).map(|p| p.host).ok_or_else(|| anyhow!("no partition {name:?} on any host"))
+        let mut unreachable = Vec::new();
+        for (host, listed) in self.each() {
+            match listed {
+                Ok(parts) => {
+                    if let Some(p) = parts.into_iter().find(|p| p.spec.name == name) {
+                        return Ok(p.host);
+                    }
+                }
+                Err(e) => unreachable.push(format!("{host} ({e:#})")),
+            }
+        }
+        if unreachable.is_empty() {
+            bail!("no partition {name:?} on any host")
+        }
+        bail!("no partition {name:?} on the hosts that answered; unreachable: {}", unreachable.join(", "))
     }
 }
 
@@ -323,8 +356,13 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
     match cmd {
         PartitionCmd::Create(a) => create(&c, a)?,
         PartitionCmd::List => {
-            for p in c.all()? {
-                print_partition(&p);
+            // A host that does not answer is listed as such; the others'
+            // partitions are shown all the same.
+            for (host, listed) in c.each() {
+                match listed {
+                    Ok(parts) => parts.iter().for_each(print_partition),
+                    Err(e) => println!("{:16} {host:4} {:10} {e:#}", "-", "unreachable"),
+                }
             }
         }
         PartitionCmd::Show { name } => {

@@ -629,10 +629,11 @@ fn a_copy_that_differs_from_its_image_never_runs() {
 /// lpmd going away leaves its partitions running: SIGTERM (a restart, an
 /// upgrade) and SIGKILL (a crash) alike. The next lpmd lists each again
 /// with the same init, the client's connection is never broken, and `lpm
-/// partition stop` is what stops it.
+/// partition stop` is what stops it. While a host's lpmd is down, `lpm
+/// partition list` names it unreachable and lists the others' partitions.
 #[test]
 fn partitions_outlive_their_lpmd() {
-    let mut lab = TestLab::up("hout", 1);
+    let mut lab = TestLab::up("hout", 2);
     let vol = lab.vol.to_string_lossy().into_owned();
     lab.ok(&["partition", "create", "kv", "--host", "h1", "--memory", "512M", "--volume", &vol, "--", "python3", KV_SERVICE, "7000", "64"]);
     lab.wait_log("kv", "listening", Duration::from_secs(20));
@@ -640,6 +641,15 @@ fn partitions_outlive_their_lpmd() {
     let c = lab.kv_client(&ip);
     lab.wait_log("kv", "connected", Duration::from_secs(20));
     let init = lab.pid_of("kv");
+    // One host down: the others still answer, and it is named.
+    let h2 = lab.lpmd_pid("h2").expect("h2's lpmd pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(h2), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let list = lab.ok(&["partition", "list"]);
+    let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert!(rows.iter().any(|r| r[..3] == ["kv", "h1", "running"]), "h1's kv is not listed with h2 down:\n{list}");
+    assert!(rows.iter().any(|r| r[..3] == ["-", "h2", "unreachable"]), "h2 is not listed as unreachable:\n{list}");
+    assert_eq!(lab.pid_of("kv"), init);
+    lab.lab().restart("h2").expect("restart h2's lpmd");
     for sig in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
         let lpmd = lab.lpmd_pid("h1").expect("h1's lpmd pid");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(lpmd), sig).unwrap();
