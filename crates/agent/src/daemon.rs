@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use lpm_host::config::{self, AgentConfig};
 use lpm_host::partition::HostCtx;
 use lpm_migrate::journal::Journal;
 use lpm_wire::Role;
@@ -34,30 +35,37 @@ use crate::state::{Agent, Options};
 pub const DEFAULT_CONCURRENT: usize = 4;
 
 /// lpmd's command line (also `lpm daemon`, so a lab started from a bare
-/// `cargo run` finds its agent in the same binary).
+/// `cargo run` finds its agent in the same binary). Each option overrides
+/// the same key of the configuration file (`lpm_host::config`), which is
+/// `--config` or, when that is not given, /etc/lpm/lpmd.toml if it exists.
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
-    /// This host's name.
+    /// Configuration file (TOML; default /etc/lpm/lpmd.toml when it exists).
     #[arg(long)]
-    pub host: String,
-    /// State directory.
+    pub config: Option<PathBuf>,
+    /// This host's name (default: the node name).
     #[arg(long)]
-    pub dir: PathBuf,
-    /// Mover address (ip:port).
+    pub host: Option<String>,
+    /// State directory (default /var/lib/lpm).
     #[arg(long)]
-    pub listen: SocketAddr,
-    /// File holding the cluster's pre-shared key (64 hex digits).
+    pub dir: Option<PathBuf>,
+    /// Mover address (ip:port); required, here or in the file.
     #[arg(long)]
-    pub key: PathBuf,
-    /// Control socket path.
+    pub listen: Option<SocketAddr>,
+    /// File holding the cluster's pre-shared key (64 hex digits; default
+    /// /etc/lpm/cluster.key).
     #[arg(long)]
-    pub control: PathBuf,
-    /// Partition bridge in this host's network namespace.
-    #[arg(long, default_value = "lpmbr0")]
-    pub bridge: String,
-    /// Prefix of the names this host creates (network namespaces, cgroups).
+    pub key: Option<PathBuf>,
+    /// Control socket path (default /run/lpm/lpmd.sock).
     #[arg(long)]
-    pub prefix: String,
+    pub control: Option<PathBuf>,
+    /// Partition bridge in this host's network namespace (default lpmbr0).
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// Prefix of the names this host creates (network namespaces, cgroups;
+    /// default lpm).
+    #[arg(long)]
+    pub prefix: Option<String>,
     /// Shared storage every host sees at the same path, where partitions'
     /// console logs live (they move with the partition); the parent of
     /// --dir by default.
@@ -94,12 +102,44 @@ impl DaemonArgs {
         <Standalone as clap::Parser>::parse().args
     }
 
-    /// Reads the key and runs the agent until SIGTERM.
+    /// The configuration: the file's keys, overridden by the command
+    /// line's.
+    fn config(self) -> Result<AgentConfig> {
+        let file = match &self.config {
+            Some(path) => AgentConfig::load(path)?,
+            None => AgentConfig::load_if_present(Path::new(config::DEFAULT_PATH))?.unwrap_or_default(),
+        };
+        Ok(file.overridden_by(AgentConfig {
+            host: self.host,
+            listen: self.listen,
+            dir: self.dir,
+            control: self.control,
+            key: self.key,
+            bridge: self.bridge,
+            prefix: self.prefix,
+            shared: self.shared,
+            max_outgoing: self.max_outgoing,
+            max_incoming: self.max_incoming,
+        }))
+    }
+
+    /// Reads the configuration and the key and runs the agent until
+    /// SIGTERM.
     pub fn run(self) -> Result<()> {
-        let key = crate::client::read_key(&self.key)?;
-        let shared = match self.shared {
+        let named = self.config.clone();
+        let c = self.config()?;
+        let source = named.map_or_else(|| format!("or in {}", config::DEFAULT_PATH), |p| format!("or in {}", p.display()));
+        let listen = c.listen.ok_or_else(|| anyhow!("no mover address: give --listen IP:PORT, {source} `listen = \"IP:PORT\"`"))?;
+        let host = match c.host {
+            Some(h) => h,
+            None => nix::sys::utsname::uname().context("uname")?.nodename().to_string_lossy().into_owned(),
+        };
+        crate::fault::set_host(&host);
+        let dir = c.dir.unwrap_or_else(|| config::DEFAULT_DIR.into());
+        let key = crate::client::read_key(&c.key.unwrap_or_else(|| config::DEFAULT_KEY.into()))?;
+        let shared = match c.shared {
             Some(s) => s,
-            None => self.dir.parent().map(Path::to_path_buf).unwrap_or_else(|| self.dir.clone()),
+            None => dir.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone()),
         };
         let limit = |given: Option<usize>, var: &str| -> Result<usize> {
             match (given, std::env::var(var)) {
@@ -108,17 +148,21 @@ impl DaemonArgs {
                 (None, Err(_)) => Ok(DEFAULT_CONCURRENT),
             }
         };
-        let max_outgoing = limit(self.max_outgoing, "LPM_MAX_OUTGOING")?;
-        let max_incoming = limit(self.max_incoming, "LPM_MAX_INCOMING")?;
+        let max_outgoing = limit(c.max_outgoing, "LPM_MAX_OUTGOING")?;
+        let max_incoming = limit(c.max_incoming, "LPM_MAX_INCOMING")?;
+        let control = c.control.unwrap_or_else(|| config::DEFAULT_CONTROL.into());
+        if let Some(parent) = control.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
         run(Options {
             shared,
-            host: self.host,
-            dir: self.dir,
-            listen: self.listen,
+            host,
+            dir,
+            listen,
             key,
-            control: self.control,
-            bridge: self.bridge,
-            prefix: self.prefix,
+            control,
+            bridge: c.bridge.unwrap_or_else(|| config::DEFAULT_BRIDGE.into()),
+            prefix: c.prefix.unwrap_or_else(|| config::DEFAULT_PREFIX.into()),
             max_outgoing,
             max_incoming,
         })

@@ -12,7 +12,7 @@
 //! ACTION    = kill | fail | flip | drop | sleep=MS
 //! ```
 //!
-//! - `HOST:` restricts the rule to the lpmd whose `--host` is HOST (a lab
+//! - `HOST:` restricts the rule to the lpmd of host HOST (a lab
 //!   passes one environment to every host's lpmd).
 //! - `kill`: SIGKILL this lpmd at once, as a crash would (nothing is
 //!   cleaned up, no message leaves).
@@ -127,20 +127,19 @@ pub fn parse(text: &str, host: Option<&str>) -> std::result::Result<Vec<Rule>, S
     Ok(out)
 }
 
-/// This lpmd's host: its `--host` argument (`lpmd --host h2`, `lpm daemon
-/// --host=h2`). Read from the command line because the points are called
-/// deep in the migration, where no context reaches them.
+/// This lpmd's host, once its configuration is read ([`set_host`]): the
+/// points are called deep in the migration, where no context reaches
+/// them.
+static OWN_HOST: OnceLock<String> = OnceLock::new();
+
+/// Names this lpmd's host for the rules restricted to one (`HOST:`);
+/// called before any point can fire.
+pub fn set_host(host: &str) {
+    let _ = OWN_HOST.set(host.to_string());
+}
+
 fn own_host() -> Option<String> {
-    let mut args = std::env::args();
-    while let Some(a) = args.next() {
-        if a == "--host" {
-            return args.next();
-        }
-        if let Some(h) = a.strip_prefix("--host=") {
-            return Some(h.to_string());
-        }
-    }
-    None
+    OWN_HOST.get().cloned()
 }
 
 /// The rules of this process, read once.

@@ -191,7 +191,9 @@ fn main() -> ExitCode {
     // when asked.
     let default = if matches!(cli.cmd, Cmd::Daemon(_) | Cmd::Fill { .. }) { "info" } else { "off" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LPM_LOG").unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only on a terminal: a log file or the journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::AgentConfig;
 use crate::net::{self, NetError, Netns};
 
 /// Where `lpm lab` keeps its lab unless told otherwise.
@@ -79,6 +80,8 @@ const CLIENT_HOST_PART: u8 = 250;
 const STATE_VERSION: u32 = 1;
 const LOCK_FILE: &str = "lab.lock";
 const KEY_FILE: &str = "key";
+/// Each host's lpmd configuration, in its directory.
+const CONFIG_FILE: &str = "lpmd.toml";
 
 /// Errors of the lab; each names the directory, host or step.
 #[derive(Debug, thiserror::Error)]
@@ -946,28 +949,24 @@ fn spawn_lpmd(state: &State, h: &HostInfo, opts: &LabOptions) -> Result<Child, L
     let spawn_err = |source| LabError::Spawn { host: h.name.clone(), lpmd: opts.lpmd.clone(), source };
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&h.log).map_err(io_err("creating", &h.log))?;
     let log2 = log.try_clone().map_err(io_err("duplicating", &h.log))?;
+    // Started from its configuration file alone, as an installed lpmd is
+    // by its unit.
+    let config = h.dir.join(CONFIG_FILE);
+    let c = AgentConfig {
+        host: Some(h.name.clone()),
+        dir: Some(h.dir.clone()),
+        listen: Some(h.listen.into()),
+        key: Some(state.dir.join(KEY_FILE)),
+        control: Some(h.control.clone()),
+        bridge: Some(BRIDGE.into()),
+        prefix: Some(state.prefix()),
+        ..AgentConfig::default()
+    };
+    c.write(&config).map_err(|e| spawn_err(io::Error::other(e.to_string())))?;
     let mut cmd = Command::new("setsid");
     // The extra arguments go first: they may name a subcommand (`lpm
     // daemon`) before the agent's own options.
-    cmd.arg(&opts.lpmd)
-        .args(&opts.lpmd_args)
-        .arg("--host")
-        .arg(&h.name)
-        .arg("--dir")
-        .arg(&h.dir)
-        .arg("--listen")
-        .arg(h.listen.to_string())
-        .arg("--key")
-        .arg(state.dir.join(KEY_FILE))
-        .arg("--control")
-        .arg(&h.control)
-        .arg("--bridge")
-        .arg(BRIDGE)
-        .arg("--prefix")
-        .arg(state.prefix())
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.arg(&opts.lpmd).args(&opts.lpmd_args).arg("--config").arg(&config).stdin(Stdio::null()).stdout(log).stderr(log2);
     let child = lpm_sys::net::in_netns(ns.as_fd(), move || cmd.spawn())
         .map_err(|e| spawn_err(io::Error::other(e.to_string())))?
         .map_err(spawn_err)?;

@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 pub mod checks;
+pub mod config;
 pub mod hold;
 pub mod lab;
 pub mod net;

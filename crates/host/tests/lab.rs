@@ -2,10 +2,10 @@
 //! lpmd processes, gratuitous ARP through the bridges, and teardown after a
 //! clean run and after a simulated crash.
 //!
-//! The real lpmd does not exist yet, so `up` starts a stand-in: a real
-//! Python program that takes lpmd's arguments, listens on `--listen`
+//! `up` starts a stand-in for lpmd here: a real Python program that reads
+//! lpmd's configuration file (`--config`), listens on its `listen` address
 //! (which only works inside the host's namespace, where that address
-//! exists), creates the `--control` socket and answers each connection with
+//! exists), creates its `control` socket and answers each connection with
 //! its host name and pid.
 
 use std::io::{Read, Write};
@@ -21,14 +21,18 @@ use lpm_host::lab::{Lab, LabError, LabOptions};
 use lpm_host::net::{self, Netns};
 
 const STANDIN: &str = r#"
-import argparse, os, select, signal, socket, sys, time
+import argparse, os, select, signal, socket, sys, time, tomllib
 p = argparse.ArgumentParser()
-for a in ("--host", "--dir", "--listen", "--key", "--control", "--bridge", "--prefix", "--note"):
+for a in ("--config", "--note"):
     p.add_argument(a)
 p.add_argument("--ignore-term", action="store_true")
 p.add_argument("--fail", action="store_true")
 a, rest = p.parse_known_args()
-print("standin", a.host, "pid", os.getpid(), "args", sys.argv[1:], flush=True)
+# The lab starts lpmd from its configuration file alone.
+with open(a.config, "rb") as f:
+    for k, v in tomllib.load(f).items():
+        setattr(a, k, v)
+print("standin", a.host, "pid", os.getpid(), "prefix", a.prefix, "bridge", a.bridge, "args", sys.argv[1:], flush=True)
 if a.note:
     with open(a.note, "a") as f:
         f.write(a.prefix + "\n")
@@ -202,8 +206,7 @@ fn two_hosts_plumbing_exec_garp_and_down() {
         assert_eq!((ns.dev(), ns.ino()), (its.dev(), its.ino()), "lpmd of {} is in its namespace", h.name);
         assert_eq!(stat_field(pid, 6), pid.to_string(), "lpmd of {} leads its session", h.name);
         let log = std::fs::read_to_string(&h.log).unwrap();
-        assert!(log.contains(&format!("--prefix', '{prefix}'")), "{log}");
-        assert!(log.contains("'--bridge', 'lpmbr0'"), "{log}");
+        assert!(log.contains(&format!(" prefix {prefix} bridge lpmbr0 args ['--config', ")), "{log}");
         // The control socket answers.
         let mut c = UnixStream::connect(&h.control).unwrap();
         let mut line = String::new();

@@ -428,20 +428,11 @@ impl TestLab {
         h["pid"].as_i64().map(|p| p as i32)
     }
 
-    /// The last `lines` lines of a host's agent log, colours stripped.
+    /// The last `lines` lines of a host's agent log.
     pub fn lpmd_log_tail(&self, host: &str, lines: usize) -> String {
+        // Plain text: lpmd writes colour only to a terminal.
         let text = std::fs::read_to_string(self.dir.join(host).join("lpmd.log")).unwrap_or_default();
-        let mut plain = String::new();
-        let mut esc = false;
-        for c in text.chars() {
-            match (esc, c) {
-                (false, '\u{1b}') => esc = true,
-                (true, 'm') => esc = false,
-                (true, _) => {}
-                (false, c) => plain.push(c),
-            }
-        }
-        let all: Vec<&str> = plain.lines().collect();
+        let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
