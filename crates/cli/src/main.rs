@@ -12,6 +12,7 @@ mod bench_clients;
 mod bench_migrate;
 mod cluster;
 mod migrations;
+mod pki;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -119,6 +120,16 @@ enum Cmd {
     },
     /// Move a running partition to another host.
     Migrate(cluster::MigrateArgs),
+    /// The site's certificate authority and operators' certificates.
+    Pki {
+        #[command(subcommand)]
+        cmd: pki::PkiCmd,
+    },
+    /// Hosts: certificates.
+    Host {
+        #[command(subcommand)]
+        cmd: pki::HostCmd,
+    },
     /// Migrations: list, show, stop, recover.
     Migration {
         #[command(subcommand)]
@@ -246,6 +257,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Partition { cmd } => cluster::partition(cmd),
         Cmd::Migrate(a) => cluster::migrate(a),
         Cmd::Migration { cmd } => migrations::run(cmd),
+        Cmd::Pki { cmd } => pki::pki(cmd),
+        Cmd::Host { cmd } => pki::host(cmd),
         Cmd::Daemon(a) => a.run().map(|_| ExitCode::SUCCESS),
         Cmd::Fill { partition } => lpm_agent::fill::run_child(&partition).map(|_| ExitCode::SUCCESS),
         Cmd::DirtyRate { pid, interval_ms, rounds } => {
