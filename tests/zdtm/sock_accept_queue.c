@@ -38,6 +38,9 @@ static void child_main(void)
 	ssize_t r;
 	close(ctl[1]);
 	close(back[0]);
+	/* Set up: the parent's view of this process is final from here. */
+	if (write(back[1], "r", 1) != 1)
+		_exit(2);
 	while (read(ctl[0], c, 1) < 0 && errno == EINTR)
 		;
 	r = recv(cli[2], c, sizeof(c), MSG_DONTWAIT);
@@ -113,6 +116,16 @@ int main(void)
 	close(cli[2]);
 	close(ctl[0]);
 	close(back[1]);
+	/* Ready only once the child has closed what it does not keep: a
+	 * checkpoint before that would see its copies of the pipes. */
+	{
+		char c;
+		ssize_t r;
+		while ((r = read(back[0], &c, 1)) < 0 && errno == EINTR)
+			;
+		if (r != 1)
+			zdtm_die("the child never got ready: %s", r < 0 ? strerror(errno) : "it exited");
+	}
 	if (fcntl(lsn, F_SETFL, O_NONBLOCK) || fcntl(sq, F_SETFL, O_NONBLOCK))
 		zdtm_die("fcntl: %s", strerror(errno));
 

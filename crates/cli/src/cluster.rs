@@ -356,13 +356,21 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
     match cmd {
         PartitionCmd::Create(a) => create(&c, a)?,
         PartitionCmd::List => {
-            // A host that does not answer is listed as such; the others'
-            // partitions are shown all the same.
+            // A host that does not answer is listed as such, the others'
+            // partitions all the same; the exit status says the list is
+            // not whole.
+            let mut unreachable = Vec::new();
             for (host, listed) in c.each() {
                 match listed {
                     Ok(parts) => parts.iter().for_each(print_partition),
-                    Err(e) => println!("{:16} {host:4} {:10} {e:#}", "-", "unreachable"),
+                    Err(e) => {
+                        println!("{:16} {host:4} {:10} {e:#}", "-", "unreachable");
+                        unreachable.push(format!("{host} ({e:#})"));
+                    }
                 }
+            }
+            if !unreachable.is_empty() {
+                bail!("hosts that did not answer: {}", unreachable.join(", "));
             }
         }
         PartitionCmd::Show { name } => {

@@ -630,7 +630,8 @@ fn a_copy_that_differs_from_its_image_never_runs() {
 /// upgrade) and SIGKILL (a crash) alike. The next lpmd lists each again
 /// with the same init, the client's connection is never broken, and `lpm
 /// partition stop` is what stops it. While a host's lpmd is down, `lpm
-/// partition list` names it unreachable and lists the others' partitions.
+/// partition list` names it unreachable and lists the others' partitions
+/// (and exits non-zero: the list is not whole).
 #[test]
 fn partitions_outlive_their_lpmd() {
     let mut lab = TestLab::up("hout", 2);
@@ -644,7 +645,9 @@ fn partitions_outlive_their_lpmd() {
     // One host down: the others still answer, and it is named.
     let h2 = lab.lpmd_pid("h2").expect("h2's lpmd pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(h2), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let list = lab.ok(&["partition", "list"]);
+    let out = lab.lpm(&["partition", "list"]);
+    let (list, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && err.contains("h2"), "a list without h2 fails, naming it: {err}");
     let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split_whitespace().collect()).collect();
     assert!(rows.iter().any(|r| r[..3] == ["kv", "h1", "running"]), "h1's kv is not listed with h2 down:\n{list}");
     assert!(rows.iter().any(|r| r[..3] == ["-", "h2", "unreachable"]), "h2 is not listed as unreachable:\n{list}");
