@@ -351,7 +351,7 @@ pub fn send<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), ApiError> 
 pub fn recv<R: Read, T: DeserializeOwned>(r: &mut R, what: &'static str) -> Result<T, ApiError> {
     let f = lpm_wire::read_frame(r)?;
     if f.kind == FrameType::Error {
-        return Err(ApiError::Wire(WireError::Peer(String::from_utf8_lossy(&f.payload).into_owned())));
+        return Err(ApiError::Wire(WireError::Peer(lpm_wire::peer_text(&f.payload))));
     }
     if f.kind != FrameType::Control {
         return Err(ApiError::Unexpected(f.kind));

@@ -12,8 +12,9 @@
 //! no record of), adopts the recorded partitions still running, and
 //! resumes every unsettled migration from its record (migration/mod.rs).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use lpm_wire::Role;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::api::{self, Request, Response};
+use crate::gate::{Deadline, Gate, Limits, Peer, Permit, Timeouts};
 use crate::migration;
 use crate::state::{Agent, Options};
 
@@ -169,8 +171,27 @@ impl DaemonArgs {
     }
 }
 
-fn serve_control(agent: &Arc<Agent>, mut s: UnixStream) -> Result<()> {
-    lpm_wire::handshake(&mut s, Role::Acceptor, &agent.opts.key, &agent.opts.host).context("control handshake")?;
+/// The handshake under the gate's deadline; on success the connection
+/// counts as authenticated and `s` is left with `timeouts`.
+fn authenticate<S: Read + Write + Timeouts>(
+    agent: &Agent,
+    s: &mut S,
+    permit: &mut Permit,
+    what: &'static str,
+    timeouts: Option<Duration>,
+) -> Result<lpm_wire::Session> {
+    let deadline = permit.limits().handshake;
+    let session = lpm_wire::handshake(&mut Deadline::new(s, deadline), Role::Acceptor, &agent.opts.key, &agent.opts.host).context(what)?;
+    s.set_timeouts(timeouts).context("set timeout")?;
+    permit.authenticated();
+    Ok(session)
+}
+
+fn serve_control(agent: &Arc<Agent>, mut s: UnixStream, mut permit: Permit) -> Result<()> {
+    if let Err(e) = authenticate(agent, &mut s, &mut permit, "control handshake", None) {
+        permit.handshake_failed(&e);
+        return Ok(());
+    }
     loop {
         let req: Request = match api::recv(&mut s, "request") {
             Ok(r) => r,
@@ -202,13 +223,47 @@ fn serve_control(agent: &Arc<Agent>, mut s: UnixStream) -> Result<()> {
     }
 }
 
-fn serve_mover(agent: &Arc<Agent>, mut s: TcpStream) -> Result<()> {
+fn serve_mover(agent: &Arc<Agent>, mut s: TcpStream, mut permit: Permit) -> Result<()> {
     s.set_nodelay(true).ok();
-    s.set_read_timeout(Some(migration::mover_timeout())).context("set timeout")?;
-    s.set_write_timeout(Some(migration::mover_timeout())).context("set timeout")?;
-    let session = lpm_wire::handshake(&mut s, Role::Acceptor, &agent.opts.key, &agent.opts.host).context("mover handshake")?;
+    let session = match authenticate(agent, &mut s, &mut permit, "mover handshake", Some(migration::mover_timeout())) {
+        Ok(session) => session,
+        Err(e) => {
+            permit.handshake_failed(&e);
+            return Ok(());
+        }
+    };
     tracing::debug!(peer = %session.peer, "mover connection");
     migration::serve(agent, s, &session.peer)
+}
+
+/// Serves an accepted connection on a thread of its own if `gate` admits
+/// it; else (or when no thread can be had) closes it at once.
+fn admit<S: Send + 'static>(
+    agent: &Arc<Agent>,
+    gate: &Arc<Gate>,
+    s: S,
+    peer: Peer,
+    serve: fn(&Arc<Agent>, S, Permit) -> Result<()>,
+    what: &'static str,
+) {
+    let Ok(permit) = gate.admit(peer) else { return };
+    let a = agent.clone();
+    let spawned = std::thread::Builder::new().name(format!("lpmd-{what}")).spawn(move || {
+        if let Err(e) = serve(&a, s, permit) {
+            tracing::warn!(error = format!("{e:#}"), "{what} connection");
+        }
+    });
+    if let Err(e) = spawned {
+        gate.refused(peer, &format!("no thread: {e}"));
+    }
+}
+
+/// An accept that failed: out of file descriptors, most likely, which
+/// the next accept would fail with too until a connection ends; a pause
+/// keeps the accepting thread from spinning meanwhile.
+fn accept_failed(gate: &Gate, e: std::io::Error) {
+    gate.refused(Peer::Unknown, &format!("accept: {e}"));
+    std::thread::sleep(Duration::from_millis(10));
 }
 
 /// Runs lpmd until SIGTERM or SIGINT.
@@ -220,7 +275,10 @@ pub fn run(opts: Options) -> Result<()> {
     sigs.add(Signal::SIGINT);
     sigs.thread_block().context("block SIGTERM")?;
     lpm_sys::misc::set_child_subreaper().context("become child subreaper")?;
-    std::fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+    // The state directory holds the migration records and the
+    // partitions' definitions: root's alone, also when made by another.
+    lpm_image::create_private_dir(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+    std::fs::set_permissions(&opts.dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("chmod {}", opts.dir.display()))?;
     let ctx = HostCtx { host: opts.host.clone(), dir: opts.shared.clone(), bridge: opts.bridge.clone(), prefix: opts.prefix.clone() };
     let journal = Journal::open(&opts.dir.join("migrations")).context("open the migration records")?;
     // Before the control socket exists: whoever sees it finds a clean host.
@@ -234,6 +292,9 @@ pub fn run(opts: Options) -> Result<()> {
     let fresh = opts.control.with_extension("sock.new");
     let _ = std::fs::remove_file(&fresh);
     let control = UnixListener::bind(&fresh).with_context(|| format!("bind control socket {}", fresh.display()))?;
+    // root's alone: the handshake keeps out who lacks the key, and
+    // nobody else needs to make lpmd read a frame.
+    std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", fresh.display()))?;
     let mover = TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
     let agent = Arc::new(Agent::new(opts, ctx, journal, parts));
     // Probe cgroups left by an lpmd killed while it probed.
@@ -255,27 +316,28 @@ pub fn run(opts: Options) -> Result<()> {
     };
     {
         let a = agent.clone();
+        let gate = Gate::new("control", Limits::CONTROL);
         std::thread::spawn(move || {
-            for s in control.incoming().flatten() {
-                let a = a.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = serve_control(&a, s) {
-                        tracing::warn!(error = format!("{e:#}"), "control connection");
+            for s in control.incoming() {
+                match s {
+                    Ok(s) => {
+                        let peer = Peer::of_unix(&s);
+                        admit(&a, &gate, s, peer, serve_control, "control");
                     }
-                });
+                    Err(e) => accept_failed(&gate, e),
+                }
             }
         });
     }
     {
         let a = agent.clone();
+        let gate = Gate::new("mover", Limits::MOVER);
         std::thread::spawn(move || {
-            for s in mover.incoming().flatten() {
-                let a = a.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = serve_mover(&a, s) {
-                        tracing::warn!(error = format!("{e:#}"), "mover connection");
-                    }
-                });
+            for s in mover.incoming() {
+                match s.and_then(|s| Ok((s.peer_addr()?, s))) {
+                    Ok((addr, s)) => admit(&a, &gate, s, Peer::Ip(addr.ip()), serve_mover, "mover"),
+                    Err(e) => accept_failed(&gate, e),
+                }
             }
         });
     }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod daemon;
 pub mod fault;
 pub mod fill;
+pub mod gate;
 pub mod migration;
 pub mod orphans;
 pub mod state;

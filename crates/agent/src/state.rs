@@ -159,8 +159,8 @@ impl Agent {
     /// Records the spec on disk, where the host keeps what it runs.
     pub(crate) fn save_spec(&self, spec: &PartitionSpec) -> Result<()> {
         let p = self.record_dir(&spec.name).join("spec.json");
-        std::fs::create_dir_all(p.parent().expect("has parent")).with_context(|| format!("create {}", p.display()))?;
-        std::fs::write(&p, serde_json::to_vec_pretty(spec)?).with_context(|| format!("write {}", p.display()))
+        lpm_image::create_private_dir(p.parent().expect("has parent")).with_context(|| format!("create {}", p.display()))?;
+        write_private(&p, &serde_json::to_vec_pretty(spec)?).with_context(|| format!("write {}", p.display()))
     }
 
     /// Records which process is partition `name`'s init (pid and start
@@ -168,7 +168,7 @@ impl Agent {
     pub(crate) fn save_init(&self, name: &str, pid: i32) {
         let p = self.record_dir(name).join("init");
         let line = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
-        if let Err(e) = std::fs::write(&p, line) {
+        if let Err(e) = write_private(&p, line.as_bytes()) {
             tracing::warn!(partition = name, pid, error = %e, "record the init");
         }
     }
@@ -249,10 +249,10 @@ impl Agent {
     /// report of the same migration replaces it).
     pub(crate) fn keep_report(&self, r: &Report) {
         let dir = self.reports_dir();
-        let _ = std::fs::create_dir_all(&dir);
+        let _ = lpm_image::create_private_dir(&dir);
         let name = if r.id.is_empty() { format!("{}-{}.json", r.started_unix_ms, r.partition) } else { format!("{}.json", r.id) };
         if let Ok(body) = serde_json::to_vec_pretty(r) {
-            let _ = std::fs::write(dir.join(name), body);
+            let _ = write_private(&dir.join(name), &body);
         }
     }
 
@@ -427,4 +427,10 @@ pub(crate) fn recorded_init(record_dir: &Path) -> Option<i32> {
     let pid: i32 = it.next()?.parse().ok()?;
     let started: u64 = it.next()?.parse().ok()?;
     (start_time(pid) == Some(started)).then_some(pid)
+}
+
+/// `std::fs::write` for a record: a new file is its owner's alone.
+fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    lpm_image::private_file().write(true).create(true).truncate(true).open(path)?.write_all(body)
 }

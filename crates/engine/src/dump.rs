@@ -187,7 +187,7 @@ impl StoppedTree {
         if opts.after == After::Frozen && self.cgroup.is_none() {
             return Err(not_freezable(root));
         }
-        std::fs::create_dir_all(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
+        lpm_image::create_private_dir(dir).map_err(io_err(format!("create image directory {}", dir.display())))?;
         crate::restore::check_groups(&crate::restore::Member::read(&self.order), root as u32, |pid| {
             crate::restore::outside_tree(&self.order, pid)
         })?;

@@ -623,7 +623,7 @@ pub fn dump(
     }
     let name = format!("pages-{pid}.img");
     let path = dir.join(&name);
-    let file = std::fs::OpenOptions::new()
+    let file = lpm_image::private_file()
         .write(true)
         .create(true)
         .truncate(true)

@@ -44,8 +44,15 @@ pub const MAGIC: [u8; 8] = *b"LPMIMAGE";
 /// and removed directories held open, a memfd's second open file
 /// description (`FileImage::memfd_of`).
 pub const FORMAT_VERSION: u32 = 3;
-/// The version of pages files (unchanged since version 1).
-const PAGES_VERSION: u32 = 1;
+/// The version of pages files this build writes.
+///
+/// Version 2 covers the header with its checksum field (XXH3-64 of the
+/// header's bytes 0..24: magic, version, kind and body length), which
+/// version 1 left 0: a flipped body length was only caught where it made
+/// the file look short. Version 1 files are still read (their checksum
+/// field must be 0, their body length fit the file); readers of version 1
+/// ignore the field, so they read version 2 files too.
+const PAGES_VERSION: u32 = 2;
 /// The oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Size of the fixed header.
@@ -149,7 +156,7 @@ pub enum BodyKind {
 /// | 8 | 4 | format version |
 /// | 12 | 4 | body kind |
 /// | 16 | 8 | body length in bytes |
-/// | 24 | 8 | XXH3-64 of the body (0 for pages: runs carry their own) |
+/// | 24 | 8 | XXH3-64 of the body; for pages (whose runs carry their own) of the header's bytes 0..24 from pages version 2, 0 before |
 ///
 /// A pages body starts at [`PAGES_BODY_OFFSET`], the header padded with zeros.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +216,22 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Im
     move |source| ImageError::Io { op, path: path.into(), source }
 }
 
+/// Options that create a file readable and writable by its owner alone:
+/// an image holds a process tree's memory, which no other user may read.
+pub fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+/// Creates `dir` and its missing parents, each new one searchable by its
+/// owner alone (an existing directory is left as it is).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// XXH3-64 (seed 0) as used by every checksum in the format; twox-hash
 /// picks AVX2 at run time where the CPU has it.
 pub fn checksum(data: &[u8]) -> u64 {
@@ -223,7 +246,7 @@ pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<()> {
         Header { version: tree_version(tree), kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(&body) };
     let path = dir.join(TREE_FILE);
     let tmp = dir.join(format!("{TREE_FILE}.tmp"));
-    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    let mut f = private_file().write(true).create(true).truncate(true).open(&tmp).map_err(io("create", &tmp))?;
     f.write_all(&header.encode()).map_err(io("write", &tmp))?;
     f.write_all(&body).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("sync", &tmp))?;
@@ -317,10 +340,9 @@ impl PagesWriter {
     /// [`PagesWriter::finish`].
     pub fn create(dir: &Path, name: &str) -> Result<PagesWriter> {
         let path = dir.join(name);
-        let mut file = File::create(&path).map_err(io("create", &path))?;
-        let h = Header { version: PAGES_VERSION, kind: BodyKind::Pages as u32, body_len: 0, checksum: 0 };
+        let mut file = private_file().write(true).create(true).truncate(true).open(&path).map_err(io("create", &path))?;
         let mut first = vec![0u8; PAGES_BODY_OFFSET as usize];
-        first[..HEADER_LEN].copy_from_slice(&h.encode());
+        first[..HEADER_LEN].copy_from_slice(&PagesWriter::header(0));
         file.write_all(&first).map_err(io("write", &path))?;
         Ok(PagesWriter { file, path, name: name.into(), len: 0 })
     }
@@ -351,13 +373,15 @@ impl PagesWriter {
     /// The header of a pages file whose body is `body_len` bytes, for
     /// writers that fill the file through a mapping.
     pub fn header(body_len: u64) -> [u8; HEADER_LEN] {
-        Header { version: PAGES_VERSION, kind: BodyKind::Pages as u32, body_len, checksum: 0 }.encode()
+        let mut b = Header { version: PAGES_VERSION, kind: BodyKind::Pages as u32, body_len, checksum: 0 }.encode();
+        let sum = checksum(&b[..24]);
+        b[24..].copy_from_slice(&sum.to_le_bytes());
+        b
     }
 
     /// Writes the final body length into the header.
     pub fn finish(self) -> Result<()> {
-        let h = Header { version: PAGES_VERSION, kind: BodyKind::Pages as u32, body_len: self.len, checksum: 0 };
-        self.file.write_all_at(&h.encode(), 0).map_err(io("write", &self.path))?;
+        self.file.write_all_at(&PagesWriter::header(self.len), 0).map_err(io("write", &self.path))?;
         Ok(())
     }
 }
@@ -370,15 +394,22 @@ pub struct PagesReader {
 }
 
 impl PagesReader {
-    /// Opens `dir/name` and validates its header and length.
+    /// Opens `dir/name` and validates its header (its checksum from
+    /// version 2) and its length against the file's: every later length
+    /// is checked against the body, so that nothing read from the file
+    /// makes a reader index or allocate past it.
     pub fn open(dir: &Path, name: &str) -> Result<PagesReader> {
         let path = dir.join(name);
         let file = File::open(&path).map_err(io("open", &path))?;
         let mut hb = [0u8; HEADER_LEN];
         let n = file.read_at(&mut hb, 0).map_err(io("read", &path))?;
         let h = Header::decode(&hb[..n], &path, BodyKind::Pages)?;
+        let expected = if h.version >= 2 { checksum(&hb[..24]) } else { 0 };
+        if h.checksum != expected {
+            return Err(ImageError::Checksum { path, what: format!("pages header (version {})", h.version) });
+        }
         let actual = file.metadata().map_err(io("stat", &path))?.len();
-        if actual < PAGES_BODY_OFFSET + h.body_len {
+        if PAGES_BODY_OFFSET.checked_add(h.body_len).is_none_or(|end| actual < end) {
             return Err(ImageError::Truncated {
                 path,
                 what: "pages body".into(),
@@ -564,6 +595,95 @@ mod tests {
         f.set_len(PAGES_BODY_OFFSET + 4096).unwrap();
         assert!(matches!(PagesReader::open(&d, "pages-1.img"), Err(ImageError::Truncated { .. })));
         std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod pages_corruption {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Reads every run of a pages file as a restore would: open, then
+    /// each run checked against the body and its checksum.
+    fn read_all(dir: &Path, runs: &[PageRun]) -> Result<Vec<Vec<u8>>> {
+        let r = PagesReader::open(dir, "pages-7.img")?;
+        let file_len = r.file().metadata().unwrap().len();
+        runs.iter()
+            .map(|run| {
+                let mut buf = Vec::new();
+                let res = r.read_run(run, &mut buf);
+                assert!(buf.capacity() as u64 <= file_len, "a buffer of {} bytes for a file of {file_len}", buf.capacity());
+                res.map(|()| buf)
+            })
+            .collect()
+    }
+
+    /// Truncations, huge and wrong header lengths, and bit flips in the
+    /// header and the body: each is an error naming the file or (where
+    /// the flip hit padding) the very data written, never a panic and
+    /// never a buffer larger than the file.
+    #[test]
+    fn corrupted_pages_files_are_named_errors_never_panics() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let d = std::env::temp_dir().join(format!("lpm-image-corrupt-{}-{nanos}", std::process::id()));
+        create_private_dir(&d).unwrap();
+        let mut w = PagesWriter::create(&d, "pages-7.img").unwrap();
+        let data: Vec<Vec<u8>> = (1..=3u8).map(|i| vec![i; i as usize * 4096]).collect();
+        let runs: Vec<PageRun> = data.iter().enumerate().map(|(i, p)| w.append(0x10000 * (i as u64 + 1), p).unwrap()).collect();
+        w.finish().unwrap();
+        let path = d.join("pages-7.img");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(read_all(&d, &runs).unwrap(), data);
+        let named = |e: &ImageError, what: &str| {
+            let text = e.to_string();
+            assert!(text.contains(&path.display().to_string()), "{what}: the error does not name the file: {text}");
+        };
+        let mut tried = 0;
+        let mut check = |bytes: &[u8], what: &str, may_pass: bool| {
+            std::fs::write(&path, bytes).unwrap();
+            tried += 1;
+            match read_all(&d, &runs) {
+                Ok(back) => assert!(may_pass && back == data, "{what}: accepted with other data"),
+                Err(e) => named(&e, what),
+            }
+        };
+        for n in (0..good.len()).step_by(509).chain([0, 1, 31, 32, 33, 4095, 4096, 4097, good.len() - 1]) {
+            check(&good[..n], &format!("cut to {n} bytes"), false);
+        }
+        for len in [u64::MAX, u64::MAX - 4095, u64::MAX - 4096, 1 << 32, 1 << 40, good.len() as u64, 6 * 4096 + 1] {
+            for covered in [false, true] {
+                let mut b = good.clone();
+                let h = if covered {
+                    PagesWriter::header(len)
+                } else {
+                    Header { version: 2, kind: 2, body_len: len, checksum: checksum(&good[..24]) }.encode()
+                };
+                b[..HEADER_LEN].copy_from_slice(&h);
+                check(&b, &format!("body length {len} (header checksum right: {covered})"), false);
+                // A version 1 header, which its checksum did not cover: the
+                // length alone must be caught against the file.
+                b[..HEADER_LEN].copy_from_slice(&Header { version: 1, kind: 2, body_len: len, checksum: 0 }.encode());
+                check(&b, &format!("version 1, body length {len}"), false);
+            }
+        }
+        for i in 0..HEADER_LEN * 8 {
+            let mut b = good.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            check(&b, &format!("header bit {i} flipped"), false);
+        }
+        for i in (HEADER_LEN * 8..good.len() * 8).step_by(997) {
+            let mut b = good.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            // Padding between header and body is read by nobody.
+            check(&b, &format!("bit {i} flipped"), (i / 8) < PAGES_BODY_OFFSET as usize);
+        }
+        // Version 1 files (no header checksum) are still read.
+        let mut v1 = good.clone();
+        v1[..HEADER_LEN].copy_from_slice(&Header { version: 1, kind: 2, body_len: (good.len() - 4096) as u64, checksum: 0 }.encode());
+        check(&v1, "a sound version 1 file", true);
+        assert!(tried > 400, "{tried}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
 

@@ -212,7 +212,7 @@ pub struct Journal {
 impl Journal {
     /// The journal in `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<Journal> {
-        fs::create_dir_all(dir).map_err(|source| JournalError::Io { op: "create", path: dir.to_path_buf(), source })?;
+        lpm_image::create_private_dir(dir).map_err(|source| JournalError::Io { op: "create", path: dir.to_path_buf(), source })?;
         Ok(Journal { dir: dir.to_path_buf() })
     }
 
@@ -238,7 +238,7 @@ impl Journal {
             move |source| JournalError::Io { op, path, source }
         };
         let body = serde_json::to_vec_pretty(r).expect("a record serializes");
-        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut f = lpm_image::private_file().write(true).create(true).truncate(true).open(&tmp).map_err(io("create", &tmp))?;
         f.write_all(&body).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("sync", &tmp))?;
         drop(f);

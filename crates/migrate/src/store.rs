@@ -126,7 +126,9 @@ impl Store {
     /// left there by an earlier attempt is truncated when its process first
     /// sends, so stale pages never survive.
     pub fn create(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
+        // The partition's memory: its owner's alone (the directory and
+        // each file), whoever else is on the host.
+        lpm_image::create_private_dir(dir).map_err(|source| StoreError::Dir { path: dir.to_path_buf(), source })?;
         Ok(Store { dir: dir.to_path_buf(), files: HashMap::new(), pages: 0 })
     }
 
@@ -141,7 +143,7 @@ impl Store {
         let file = match self.files.entry(pid) {
             std::collections::hash_map::Entry::Occupied(o) => o.get().clone(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let f = File::options()
+                let f = lpm_image::private_file()
                     .read(true)
                     .write(true)
                     .create(true)
@@ -212,6 +214,37 @@ mod tests {
         let mut b = vec![0xaa; len];
         File::open(path).unwrap().read_exact_at(&mut b, off).unwrap();
         b
+    }
+
+    /// Whether `nobody` (uid and gid 65534, set in the child before it
+    /// runs) can open `path` to read it.
+    fn nobody_reads(path: &Path) -> bool {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new("cat").arg(path).uid(65534).gid(65534).output().expect("run cat as nobody");
+        out.status.success()
+    }
+
+    /// The store holds a partition's memory: another user on the host
+    /// can neither list its directory nor read its files, even where the
+    /// directory existed before with a wider mode.
+    #[test]
+    fn another_user_cannot_read_the_store() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = TempDir::new("private");
+        std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let probe = d.0.join("probe");
+        std::fs::write(&probe, b"x").unwrap();
+        std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(nobody_reads(&probe), "the test cannot run as nobody: a refusal below would prove nothing");
+        let sub = d.0.join("sub");
+        for dir in [&d.0, &sub] {
+            let mut s = Store::create(dir).unwrap();
+            s.write(9, 0x7000, &[0x5a; 4096]).unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&s.path(9)), 0o600, "{}", s.path(9).display());
+            assert!(!nobody_reads(&s.path(9)), "nobody read {}", s.path(9).display());
+        }
+        assert_eq!(std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     #[test]

@@ -32,8 +32,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 24;
-/// Largest payload accepted (as sent or decompressed).
+/// Largest payload accepted (as sent or decompressed) once the handshake
+/// has proven the peer holds the key.
 pub const MAX_PAYLOAD: u32 = 64 << 20;
+/// Largest payload accepted before the handshake completes: a Hello, a
+/// HelloReply, an Auth or a refusal is well under 1 KiB, and a peer
+/// that has not proven the key must not make the receiver hold more.
+pub const HANDSHAKE_MAX_PAYLOAD: u32 = 4096;
+/// Most bytes of a peer's error text that are kept (logged, stored,
+/// shown); the rest is cut, its length said.
+pub const MAX_PEER_TEXT: usize = 512;
 const MAGIC: [u8; 4] = *b"LPMW";
 const FLAG_ZSTD: u16 = 1;
 
@@ -62,8 +70,13 @@ pub enum WireError {
     #[error("frame of unknown type {0}")]
     UnknownType(u16),
     /// A frame larger than allowed.
-    #[error("frame of {0} bytes exceeds the limit of {MAX_PAYLOAD}")]
-    TooLarge(u32),
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// The length announced (or given).
+        len: u32,
+        /// The limit in force.
+        limit: u32,
+    },
     /// A compressed payload that does not decompress to its stated size.
     #[error("{kind:?} frame does not decompress")]
     Decompress {
@@ -163,7 +176,7 @@ pub fn write_frame_parts<W: Write>(w: &mut W, kind: FrameType, parts: &[&[u8]], 
     let io = |op| move |source| WireError::Io { op, source };
     let raw_len: usize = parts.iter().map(|p| p.len()).sum();
     if raw_len as u64 > MAX_PAYLOAD as u64 {
-        return Err(WireError::TooLarge(raw_len.min(u32::MAX as usize) as u32));
+        return Err(WireError::TooLarge { len: raw_len.min(u32::MAX as usize) as u32, limit: MAX_PAYLOAD });
     }
     let packed = match compress {
         Some(level) if raw_len >= 512 => {
@@ -233,7 +246,7 @@ impl FrameReader {
         let io = |op| move |source| WireError::Io { op, source };
         let mut h = [0u8; HEADER_LEN];
         r.read_exact(&mut h).map_err(io("receive frame header"))?;
-        let (kind, flags, len, raw_len, sum, head) = decode_header(&h)?;
+        let (kind, flags, len, raw_len, sum, head) = decode_header(&h, MAX_PAYLOAD)?;
         let len = len as usize;
         // Grown, never shrunk: only new room is zeroed.
         if self.body.len() < len {
@@ -255,16 +268,47 @@ impl FrameReader {
     }
 }
 
-/// Reads one frame, verifying magic, type, size and checksum.
+/// Reads one frame, verifying magic, type, size (at most [`MAX_PAYLOAD`])
+/// and checksum.
 pub fn read_frame<R: Read>(r: &mut R) -> Result<Frame> {
+    read_frame_max(r, MAX_PAYLOAD)
+}
+
+/// Reads one frame of at most `max` bytes (as sent and decompressed). The
+/// payload's buffer grows with the bytes that arrive, not with the length
+/// announced: a peer that announces 64 MiB and sends slowly holds only
+/// what it sent.
+pub fn read_frame_max<R: Read>(r: &mut R, max: u32) -> Result<Frame> {
     let io = |op| move |source| WireError::Io { op, source };
     let mut h = [0u8; HEADER_LEN];
     r.read_exact(&mut h).map_err(io("receive frame header"))?;
-    decode_header(&h).and_then(|(kind, flags, len, raw_len, sum, head)| {
-        let mut body = vec![0u8; len as usize];
-        r.read_exact(&mut body).map_err(io("receive frame payload"))?;
-        finish(kind, flags, body, raw_len, sum, &head)
-    })
+    let (kind, flags, len, raw_len, sum, head) = decode_header(&h, max)?;
+    let mut body = Vec::with_capacity((len as usize).min(64 << 10));
+    (&mut *r).take(len as u64).read_to_end(&mut body).map_err(io("receive frame payload"))?;
+    if body.len() != len as usize {
+        return Err(WireError::Io { op: "receive frame payload", source: std::io::ErrorKind::UnexpectedEof.into() });
+    }
+    finish(kind, flags, body, raw_len, sum, &head)
+}
+
+/// A peer's error text as it may be logged or stored: at most
+/// [`MAX_PEER_TEXT`] bytes (cut at a character boundary, the full length
+/// said), control characters escaped so that it cannot forge log lines or
+/// drive a terminal.
+pub fn peer_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_PEER_TEXT)]);
+    let mut out = String::with_capacity(text.len() + 32);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if bytes.len() > MAX_PEER_TEXT {
+        out.push_str(&format!("... ({} bytes in all)", bytes.len()));
+    }
+    out
 }
 
 type Header = (FrameType, u16, u32, u32, u64, [u8; 16]);
@@ -281,7 +325,7 @@ fn frame_sum(head: &[u8; 16], body: &[&[u8]]) -> u64 {
     h.finish()
 }
 
-fn decode_header(h: &[u8; HEADER_LEN]) -> Result<Header> {
+fn decode_header(h: &[u8; HEADER_LEN], max: u32) -> Result<Header> {
     if h[..4] != MAGIC {
         return Err(WireError::BadMagic);
     }
@@ -290,8 +334,8 @@ fn decode_header(h: &[u8; HEADER_LEN]) -> Result<Header> {
     let kind = FrameType::from_u16(u16_at(4))?;
     let (len, raw_len) = (u32_at(8), u32_at(12));
     for l in [len, raw_len] {
-        if l > MAX_PAYLOAD {
-            return Err(WireError::TooLarge(l));
+        if l > max {
+            return Err(WireError::TooLarge { len: l, limit: max });
         }
     }
     let head: [u8; 16] = h[..16].try_into().expect("16 bytes");
@@ -320,7 +364,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame> {
         .get(..HEADER_LEN)
         .and_then(|h| h.try_into().ok())
         .ok_or(WireError::Io { op: "receive frame header", source: std::io::ErrorKind::UnexpectedEof.into() })?;
-    let (kind, flags, len, raw_len, sum, head) = decode_header(h)?;
+    let (kind, flags, len, raw_len, sum, head) = decode_header(h, MAX_PAYLOAD)?;
     let body = bytes
         .get(HEADER_LEN..HEADER_LEN + len as usize)
         .ok_or(WireError::Io { op: "receive frame payload", source: std::io::ErrorKind::UnexpectedEof.into() })?;
@@ -471,9 +515,9 @@ fn nonce() -> Result<Vec<u8>> {
 }
 
 fn expect<M: Message + Default, S: Read + Write>(s: &mut S, want: FrameType, name: &'static str) -> Result<M> {
-    let f = read_frame(s)?;
+    let f = read_frame_max(s, HANDSHAKE_MAX_PAYLOAD)?;
     if f.kind == FrameType::Error {
-        return Err(WireError::Peer(String::from_utf8_lossy(&f.payload).into_owned()));
+        return Err(WireError::Peer(peer_text(&f.payload)));
     }
     if f.kind != want {
         return Err(WireError::Unexpected { expected: name, got: f.kind });
@@ -640,6 +684,53 @@ mod tests {
         let e = t.join().unwrap().unwrap_err();
         assert!(e.to_string().contains("no common protocol version"), "{e}");
         assert_eq!(read_frame(&mut a).unwrap().kind, FrameType::Error);
+    }
+
+    /// Before the handshake a frame larger than a handshake message is
+    /// refused on its header alone: the acceptor neither waits for nor
+    /// holds the 64 MiB announced.
+    #[test]
+    fn an_oversized_frame_before_the_handshake_is_refused_on_its_header() {
+        let (mut a, mut b) = pair();
+        let t = std::thread::spawn(move || handshake(&mut b, Role::Acceptor, &Key::derive(b"k"), "h2"));
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&MAGIC);
+        h[4..6].copy_from_slice(&(FrameType::Hello as u16).to_le_bytes());
+        h[8..12].copy_from_slice(&MAX_PAYLOAD.to_le_bytes());
+        h[12..16].copy_from_slice(&MAX_PAYLOAD.to_le_bytes());
+        a.write_all(&h).unwrap();
+        let e = t.join().unwrap().unwrap_err();
+        assert!(matches!(e, WireError::TooLarge { len: MAX_PAYLOAD, limit: HANDSHAKE_MAX_PAYLOAD }), "{e:?}");
+        // The same for a refusal: a peer's error text is no way around it.
+        let (mut a, mut b) = pair();
+        let t = std::thread::spawn(move || handshake(&mut b, Role::Acceptor, &Key::derive(b"k"), "h2"));
+        let big = vec![b'e'; HANDSHAKE_MAX_PAYLOAD as usize + 1];
+        let writer = std::thread::spawn(move || write_frame(&mut a, FrameType::Error, &big, None));
+        assert!(matches!(t.join().unwrap(), Err(WireError::TooLarge { .. })));
+        let _ = writer.join();
+    }
+
+    /// A frame announced longer than the bytes that follow is an error,
+    /// not a buffer of the announced size.
+    #[test]
+    fn a_short_payload_is_an_error() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameType::Blob, &[1u8; 1000], None).unwrap();
+        buf.truncate(HEADER_LEN + 10);
+        assert!(matches!(read_frame(&mut buf.as_slice()), Err(WireError::Io { op: "receive frame payload", .. })));
+    }
+
+    #[test]
+    fn peer_text_is_cut_and_escaped() {
+        assert_eq!(peer_text(b"no space left"), "no space left");
+        assert_eq!(peer_text(b"a\nfake log line\x1b[31m"), "a\\nfake log line\\u{1b}[31m");
+        let long = peer_text(&vec![b'x'; 10 << 20]);
+        assert!(long.len() < MAX_PEER_TEXT + 40, "{} bytes", long.len());
+        assert!(long.ends_with(&format!("... ({} bytes in all)", 10 << 20)), "{long}");
+        // Cut inside a character: no panic, a replacement at the end.
+        let mut multi = vec![b'a'; MAX_PEER_TEXT - 1];
+        multi.extend_from_slice("é and more".as_bytes());
+        assert!(peer_text(&multi).starts_with(&"a".repeat(MAX_PEER_TEXT - 1)));
     }
 
     #[test]

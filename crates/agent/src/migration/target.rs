@@ -306,7 +306,7 @@ impl Live {
     fn prepare(&self, agent: &Agent, turn: &mut Turn, s: &mut Session) -> Result<()> {
         let spec = turn.record.spec.clone();
         let dir = turn.detail.dir.clone();
-        fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        lpm_image::create_private_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
         let store = Arc::new(Mutex::new(Store::create(&dir).context("page store")?));
         let _ = self.store.set(store.clone());
         lock(&agent.incoming).insert(self.id.clone(), store);
@@ -548,7 +548,7 @@ impl Session {
         let dir = lock(&self.live.turn).detail.dir.clone();
         let (name, off, data) = unblob(payload)?;
         let path = dir.join(name);
-        let file = fs::OpenOptions::new()
+        let file = lpm_image::private_file()
             .create(true)
             .write(true)
             .truncate(false)

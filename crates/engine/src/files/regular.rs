@@ -194,7 +194,7 @@ fn save_data(file: &std::fs::File, size: u64, to: &Path, what: &str) -> Result<V
     use std::os::unix::fs::FileExt;
     let extents = super::data_extents(file, size, u64::MAX).unwrap_or_default();
     let out =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(to).map_err(io_err(format!("create {}", to.display())))?;
+        lpm_image::private_file().write(true).create(true).truncate(true).open(to).map_err(io_err(format!("create {}", to.display())))?;
     let mut buf = vec![0u8; COPY.min(extents.iter().map(|e| (e.1 - e.0) as usize).max().unwrap_or(0))];
     let mut at = 0u64;
     let mut list = Vec::with_capacity(extents.len());
