@@ -635,12 +635,7 @@ fn a_copy_that_differs_from_its_image_never_runs() {
 #[test]
 fn partitions_outlive_their_lpmd() {
     let mut lab = TestLab::up("hout", 2);
-    let vol = lab.vol.to_string_lossy().into_owned();
-    lab.ok(&["partition", "create", "kv", "--host", "h1", "--memory", "512M", "--volume", &vol, "--", "python3", KV_SERVICE, "7000", "64"]);
-    lab.wait_log("kv", "listening", Duration::from_secs(20));
-    let ip = lab.ip_of("kv");
-    let c = lab.kv_client(&ip);
-    lab.wait_log("kv", "connected", Duration::from_secs(20));
+    let (c, ip) = kv(&mut lab);
     let init = lab.pid_of("kv");
     // One host down: the others still answer, and it is named.
     let h2 = lab.lpmd_pid("h2").expect("h2's lpmd pid");

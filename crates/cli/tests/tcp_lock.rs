@@ -256,12 +256,9 @@ fn failed_checkpoint_removes_the_lock() {
     assert_eq!(wait_file(&s.path("result")), "PASS");
 }
 
-/// An image whose lock was removed meanwhile (by an operator, a reboot)
-/// still restores, and its connection works.
-#[test]
-fn restore_without_the_lock_still_works() {
-    let mut s = Scene::new("tcplockgone");
-    let (pid, mut c, sent, _) = start(&mut s, false, &[]);
+/// Checkpoints the server (which ends) and removes the image's network
+/// lock, as an operator or a reboot would; the image's directory.
+fn checkpoint_and_unlock(s: &Scene, pid: i32) -> std::path::PathBuf {
     let images = s.path("images");
     let out =
         Command::new(LPM).args(["checkpoint", "--tcp-established", "--pid", &pid.to_string(), "--images"]).arg(&images).output().unwrap();
@@ -270,6 +267,16 @@ fn restore_without_the_lock_still_works() {
     let name = lock_name(&images).expect("a lock");
     let del = Command::new("nft").args(["delete", "table", "inet", &name]).status().unwrap();
     assert!(del.success());
+    images
+}
+
+/// An image whose lock was removed meanwhile (by an operator, a reboot)
+/// still restores, and its connection works.
+#[test]
+fn restore_without_the_lock_still_works() {
+    let mut s = Scene::new("tcplockgone");
+    let (pid, mut c, sent, _) = start(&mut s, false, &[]);
+    let images = checkpoint_and_unlock(&s, pid);
     let restored = s.restore(&images);
     c.set_nonblocking(false).unwrap();
     c.set_read_timeout(Some(STREAM_WAIT)).unwrap();
@@ -306,14 +313,7 @@ fn restore_without_the_lock_still_works() {
 fn restore_after_the_peer_reset_its_end() {
     let mut s = Scene::new("tcplockrst");
     let (pid, c, _, _) = start(&mut s, false, &[]);
-    let images = s.path("images");
-    let out =
-        Command::new(LPM).args(["checkpoint", "--tcp-established", "--pid", &pid.to_string(), "--images"]).arg(&images).output().unwrap();
-    assert!(out.status.success(), "checkpoint failed: {}", String::from_utf8_lossy(&out.stderr));
-    reap(pid);
-    let name = lock_name(&images).expect("a lock");
-    let del = Command::new("nft").args(["delete", "table", "inet", &name]).status().unwrap();
-    assert!(del.success());
+    let images = checkpoint_and_unlock(&s, pid);
     // Closed with a zero linger: a reset, which meets no socket.
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: setsockopt reads `linger` for its size.
