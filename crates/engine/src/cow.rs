@@ -84,9 +84,26 @@ impl CowTable {
     /// was refused (seen with PostgreSQL: once in about 45 migrations).
     /// When two reads agree, every page kept its frame from its first
     /// read to its second, so every process read in between saw it there.
-    pub(crate) fn settle(&mut self, procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<()> {
+    ///
+    /// `ahead` is a read taken before the stop ([`read_shared_pages`]): it
+    /// counts as the first read of the processes it covers, so that a
+    /// tree whose shared pages did not change since spares the
+    /// stop one read of every page table. Reads taken one after another
+    /// and agreeing prove the same whether the tree ran before the second
+    /// or not: a page's frame cannot change and change back between them
+    /// any more than between two reads in the stop.
+    pub(crate) fn settle(&mut self, procs: &[(i32, &[crate::proc::MapEntry])], ahead: Option<&SharedPages>) -> Result<()> {
         let t = std::time::Instant::now();
-        let mut last = read_shared(procs)?;
+        // A process the read ahead missed (forked since) is read here:
+        // every part of the first read still precedes the second.
+        let ahead = ahead.map(|a| &a.0);
+        let missed: Vec<(i32, &[crate::proc::MapEntry])> =
+            procs.iter().filter(|(pid, _)| ahead.is_none_or(|a| !a.contains_key(pid))).copied().collect();
+        let used = missed.len() < procs.len();
+        let mut last = read_shared(&missed)?;
+        if let Some(a) = ahead {
+            last.extend(procs.iter().filter_map(|(pid, _)| Some((*pid, a.get(pid)?.clone()))));
+        }
         let mut reads = 1;
         while t.elapsed() < SETTLE_FOR {
             let now = read_shared(procs)?;
@@ -95,6 +112,7 @@ impl CowTable {
                 if reads > 2 {
                     tracing::debug!(reads, ms = t.elapsed().as_secs_f64() * 1e3, "shared pages moved while they were read");
                 }
+                tracing::debug!(reads, ahead = used, ms = t.elapsed().as_secs_f64() * 1e3, "shared pages settled");
                 self.settled = now;
                 return Ok(());
             }
@@ -161,6 +179,25 @@ impl CowTable {
         }
         Ok(out)
     }
+}
+
+/// The frames of the shared pages of a tree's processes, read while it
+/// runs ([`read_shared_pages`]), for the stop's [`CowTable::settle`].
+#[derive(Clone, Debug, Default)]
+pub struct SharedPages(HashMap<i32, HashMap<u64, u64>>);
+
+/// Reads the frames of the pages that each process of `maps` (pid, its
+/// areas as [`crate::proc::smaps`] read them) shares with any other, as
+/// [`CowTable::settle`] reads them; a process that cannot be read (gone)
+/// is left out, and the stop reads it itself.
+pub fn read_shared_pages(maps: &HashMap<i32, Vec<crate::proc::MapEntry>>) -> SharedPages {
+    let mut out = HashMap::new();
+    for (&pid, areas) in maps {
+        if let Ok(mut one) = read_shared(&[(pid, areas.as_slice())]) {
+            out.extend(one.drain());
+        }
+    }
+    SharedPages(out)
 }
 
 /// The frames of the present pages of `procs` that are not the mapping

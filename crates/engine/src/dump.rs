@@ -116,6 +116,12 @@ pub struct DumpOptions {
     /// on a big process). The one thing it can miss is an madvise that
     /// changed a whole area's flags in between.
     pub smaps_hint: HashMap<i32, Vec<proc::MapEntry>>,
+    /// The frames of the pages the tree's processes share copy-on-write,
+    /// read shortly before the stop ([`crate::read_shared_pages`], with the
+    /// areas of `smaps_hint`): the stop's first read of them when it still
+    /// covers every process concerned; used only if the stop's own read
+    /// agrees with it entirely.
+    pub shared_hint: Option<crate::cow::SharedPages>,
     /// As [`CheckpointOptions::shell_job`].
     pub shell_job: bool,
     /// Unix sockets connected to a peer outside the tree are dumped as
@@ -209,19 +215,24 @@ impl StoppedTree {
         // a child, or through them: only such processes are looked at.
         let members = crate::restore::Member::read(&self.order);
         let related = |pid: i32| members.iter().any(|m| (m.pid == pid as u32 && m.ppid != 0) || m.ppid == pid as u32);
+        let t0 = Instant::now();
+        let lap = |what: &str| tracing::debug!(root, what, ms = t0.elapsed().as_secs_f64() * 1e3, "dump lap");
         let mut cow = crate::cow::CowTable::new()?;
         let mut maps_of = self.order.iter().map(|&pid| Ok((pid, areas(pid, opts.smaps_hint.get(&pid))?))).collect::<Result<Vec<_>>>()?;
         let shared: Vec<(i32, &[proc::MapEntry])> =
             maps_of.iter().filter(|(pid, _)| related(*pid)).map(|(pid, m)| (*pid, m.as_slice())).collect();
+        lap("areas");
         if !shared.is_empty() {
-            cow.settle(&shared)?;
+            cow.settle(&shared, opts.shared_hint.as_ref())?;
         }
+        lap("settle");
         for (pid, maps) in maps_of.drain(..) {
             let held = precopied.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
             let cow = related(pid).then_some(&mut cow);
             let p = dump_process(pid, &self.frozen, &self.order, dir, &mut files, &mut shm, held, opts.external_netns, maps, cow)?;
             tree.processes.push(p);
         }
+        lap("processes");
         files::reconcile_connections(&mut files)?;
         files::tty::check_dev_tty_sharing(&files.files, &tree.processes)?;
         files::link_watched_ghosts(&mut files)?;
@@ -240,13 +251,16 @@ impl StoppedTree {
         tree.shmems = shm.saved.into_values().collect();
         // The restore must be able to share again every page shared now.
         crate::cow::plan(&tree)?;
+        lap("plan");
         lpm_image::write_tree(dir, &tree)?;
         tracing::debug!(root, elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3, "images written");
         // Read back while still stopped: nothing may have moved.
         self.reread(&tree)?;
+        lap("reread");
         // The image is complete: what the target must take is let go of
         // while every thread is still seized (taken back on any error).
         let mut handoff = if opts.after == After::Frozen { handoff::release(&tree, &self.leaders())? } else { Handoff::default() };
+        lap("handoff");
         let mut stats = CheckpointStats {
             processes: tree.processes.len(),
             threads: self.frozen.threads.len(),
@@ -279,6 +293,7 @@ impl StoppedTree {
                 }
             }
         }
+        lap("after");
         stats.frozen = self.stopped_at.elapsed();
         stats.total = self.started.elapsed();
         stats.handoff = handoff;
@@ -437,6 +452,7 @@ fn dump_process(
         return zombie::dump(pid, tree);
     }
     let begun = Instant::now();
+    let lap = |what: &str| tracing::debug!(pid, what, ms = begun.elapsed().as_secs_f64() * 1e3, "process lap");
     let st = Status::read(pid)?;
     let stat = Stat::read(pid)?;
     let threads: Vec<&Seized> = frozen.threads.iter().filter(|s| s.pid == pid).collect();
@@ -461,18 +477,23 @@ fn dump_process(
         namespaces: ns::dump(pid, if in_tree { ppid } else { std::process::id() as i32 }, external_netns && !in_tree)?,
         ..Default::default()
     };
+    lap("ns");
     if let Some(n) = p.namespaces.as_mut() {
         ipc::dump_ns(pid, n, dir)?;
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
+    lap("seccomp");
     p.fds = files::dump(pid, files)?;
+    lap("fds");
     let gone = files::regular::cwd(pid, Some(&mut files.ghosts))?;
     (p.cwd_ghost, p.cwd_proc_pid) = (gone.ghost, gone.proc_pid);
     let tids: Vec<i32> = threads.iter().map(|t| t.tid).collect();
     let earlier = &tree[..tree.iter().position(|&t| t == pid).unwrap_or(0)];
     p.shares_parent_files = files::fd_table(pid, in_tree.then_some(ppid), earlier, &tids)?;
     let regs: Vec<(i32, Regs)> = threads.iter().map(|t| (t.tid, t.regs)).collect();
+    lap("fd_table");
     p.file_locks = locks::dump(pid, &p.fds, &regs)?;
+    lap("locks");
     p.sysv_shm_maps = ipc::dump_maps(pid, &maps)?;
     let t = Instant::now();
     p.mm = Some(mem::dump(pid, &maps, dir, shm, precopied, cow, &mut files.ghosts)?);
@@ -483,13 +504,20 @@ fn dump_process(
         ptrace::set_sigmask(s.tid, !0).step(s.tid, || "block signals".into())?;
     }
     let mut lr = Remote::new(pid, ip, leader.regs);
-    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-    let addr = lr.call(libc::SYS_mmap, &[0, 4096, prot, flags, u64::MAX, 0]).step(pid, || "remote mmap scratch".into())?;
-    let s = Scratch { addr, len: 4096 };
+    let (addr, trap) = scratch(pid, &mut lr)?;
+    let s = Scratch { addr, len: TRAP_AT };
+    // A `syscall; int3` of our own in the scratch page halves the cost of
+    // each remote call (one resume and one stop, not two: see
+    // `Remote::with_trap`), which a tree of many processes with many
+    // signal handlers pays a few dozen times each in the stop. The page
+    // is unmapped through the vDSO's instruction, never from itself.
+    let remote = |tid: i32, regs: Regs| if trap { Remote::with_trap(tid, addr + TRAP_AT, regs) } else { Remote::new(tid, ip, regs) };
+    let mut fast = remote(pid, leader.regs);
     let res = (|| -> Result<()> {
-        task::dump_process(pid, &mut lr, s, &mut p)?;
-        lr.call(libc::SYS_brk, &[0]).step(pid, || "remote brk".into()).map(|brk| {
+        lap("mmap");
+        task::dump_process(pid, &mut fast, s, &mut p)?;
+        lap("task");
+        fast.call(libc::SYS_brk, &[0]).step(pid, || "remote brk".into()).map(|brk| {
             if let Some(l) = p.mm.as_mut().and_then(|m| m.layout.as_mut()) {
                 l.brk = brk;
             }
@@ -498,17 +526,48 @@ fn dump_process(
             // Saved as they were at the interrupt stop: the restore puts
             // them back at such a stop, where the kernel completes an
             // interrupted syscall itself.
-            let mut r = Remote::new(t.tid, ip, t.regs);
+            let mut r = remote(t.tid, t.regs);
             let mut th = task::dump_thread(pid, t.tid, t.tid as u32, &t.regs, &mut r, s)?;
             th.nstid = Status::read_task(pid, t.tid)?.nums("NSpid");
             th.sigmask = t.sigmask;
             p.threads.push(th);
         }
-        timers::dump(pid, &mut lr, s, &mut p)?;
+        lap("threads");
+        timers::dump(pid, &mut fast, s, &mut p)?;
+        lap("timers");
         Ok(())
     })();
     lr.call(libc::SYS_munmap, &[addr, 4096]).step(pid, || "remote munmap scratch".into())?;
     res?;
     tracing::debug!(pid, elapsed_ms = begun.elapsed().as_secs_f64() * 1e3, "process dumped");
     Ok(p)
+}
+
+/// Where in the dump's scratch page its `syscall; int3` sits: the bytes
+/// before it are the remote calls' arguments and results.
+const TRAP_AT: u64 = 4096 - 8;
+
+/// Maps the dump's scratch page in stopped process `pid` (through `r`,
+/// which runs the vDSO's `syscall`): readable, writable and executable,
+/// with `syscall; int3` at [`TRAP_AT`], when the process may map such a
+/// page; else readable and writable only (a process under
+/// PR_SET_MDWE refuses writable code). Returns its address and whether
+/// it holds the trap.
+fn scratch(pid: i32, r: &mut Remote) -> Result<(u64, bool)> {
+    let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let rwx =
+        r.raw(libc::SYS_mmap, &[0, 4096, prot | libc::PROT_EXEC as u64, flags, u64::MAX, 0]).step(pid, || "remote mmap scratch".into())?;
+    if !(-4095..0).contains(&rwx) {
+        let addr = rwx as u64;
+        if let Err(e) =
+            ptrace::write_mem(pid, addr + TRAP_AT, &[0x0f, 0x05, 0xcc, 0xcc]).step(pid, || "write the scratch page's trap".into())
+        {
+            let _ = r.call(libc::SYS_munmap, &[addr, 4096]);
+            return Err(e);
+        }
+        return Ok((addr, true));
+    }
+    let addr = r.call(libc::SYS_mmap, &[0, 4096, prot, flags, u64::MAX, 0]).step(pid, || "remote mmap scratch".into())?;
+    Ok((addr, false))
 }

@@ -49,6 +49,7 @@ mod zombie;
 
 use std::path::PathBuf;
 
+pub use cow::{read_shared_pages, SharedPages};
 pub use dirty::{Dirty, DirtyTracker};
 pub use dump::{checkpoint, checkpoint_with, After, CheckpointOptions, CheckpointStats, DumpOptions};
 pub use handoff::{thaw_tree, HandbackError, Handoff};

@@ -685,6 +685,10 @@ struct Run<'a> {
     wire_bytes: u64,
     /// Carried from the policy to the stop.
     smaps_hint: HashMap<i32, Vec<lpm_engine::proc::MapEntry>>,
+    /// The frames of the pages the partition's processes share since a
+    /// fork, read with `smaps_hint`: the stop's dump reads them once more
+    /// instead of twice when they did not change.
+    shared_hint: lpm_engine::SharedPages,
     /// The stop's image directory.
     scratch: Option<PathBuf>,
 }
@@ -718,6 +722,7 @@ impl<'a> Run<'a> {
             setup: None,
             wire_bytes: 0,
             smaps_hint: HashMap::new(),
+            shared_hint: Default::default(),
             scratch: None,
         }
     }
@@ -909,6 +914,7 @@ impl<'a> Run<'a> {
             let c = pre.collect().with_context(|| format!("collect dirty pages after round {}", m.round))?;
             let collected = t_barrier.elapsed();
             self.smaps_hint = self.read_smaps_hint();
+            self.shared_hint = lpm_engine::read_shared_pages(&self.smaps_hint);
             let hinted = t_barrier.elapsed();
             self.round_done(live, m.round)?;
             let barrier = t_barrier.elapsed();
@@ -1228,6 +1234,7 @@ impl<'a> Run<'a> {
             precopied: held,
             external_netns,
             smaps_hint: std::mem::take(&mut self.smaps_hint),
+            shared_hint: Some(std::mem::take(&mut self.shared_hint)),
             ..check
         };
         let dump = || stopped.dump(&dir, &opts);
