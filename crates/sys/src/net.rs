@@ -898,6 +898,106 @@ pub fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<Option<u8>> {
     Ok(found)
 }
 
+/// A TCP socket as sock_diag lists it: addresses as IPv6 or IPv4-mapped
+/// (`::ffff:a.b.c.d`), ports, inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpDiag {
+    /// Local address.
+    pub local: [u8; 16],
+    /// Local port.
+    pub local_port: u16,
+    /// Peer address (zero when none).
+    pub peer: [u8; 16],
+    /// Peer port.
+    pub peer_port: u16,
+    /// Inode (0 for a request socket).
+    pub ino: u32,
+}
+
+/// Dumps the TCP sockets of the calling thread's network namespace in
+/// the states `states` (a mask of 1 << TCP state), IPv4 and IPv6.
+fn tcp_diag(states: u32, what: &'static str, mut each: impl FnMut(u8, TcpDiag)) -> Result<()> {
+    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        // nlmsghdr, then inet_diag_req_v2 (family, protocol, ext, pad,
+        // states, a zero inet_diag_sockid): a dump of those states.
+        let mut req = Vec::with_capacity(72);
+        req.extend_from_slice(&72u32.to_ne_bytes());
+        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+        req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+        req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+        req.extend_from_slice(&states.to_ne_bytes());
+        req.extend_from_slice(&[0u8; 48]);
+        dump_diag(&nl, &req, what, |m| {
+            // inet_diag_msg: family, state, timer, retrans, the sockid
+            // (sport, dport in network order, src[16], dst[16], if,
+            // cookie), expires, rqueue, wqueue, uid, inode.
+            if m.len() < 72 {
+                return;
+            }
+            let addr = |b: &[u8]| {
+                let mut ip = [0u8; 16];
+                if m[0] == libc::AF_INET as u8 {
+                    ip[10] = 0xff;
+                    ip[11] = 0xff;
+                    ip[12..].copy_from_slice(&b[..4]);
+                } else {
+                    ip.copy_from_slice(&b[..16]);
+                }
+                ip
+            };
+            each(
+                m[1],
+                TcpDiag {
+                    local: addr(&m[8..24]),
+                    local_port: u16::from_be_bytes([m[4], m[5]]),
+                    peer: addr(&m[24..40]),
+                    peer_port: u16::from_be_bytes([m[6], m[7]]),
+                    ino: u32_at(m, 68),
+                },
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The TCP sockets of the calling thread's network namespace, closed
+/// connections (TIME_WAIT, which no descriptor holds) left out: what
+/// /proc/net/tcp{,6} lists, without formatting every row (all of a
+/// server's TIME_WAITs) and seeking through the whole established hash
+/// table again for each page read (4 ms a read on a quiet host, 20 to 200
+/// ms on a loaded one).
+pub fn tcp_sockets() -> Result<Vec<TcpDiag>> {
+    // ESTABLISHED (1) to CLOSING (11) and request sockets (12), as
+    // /proc/net/tcp; not bound sockets that never listened nor
+    // connected (13), which it does not show either.
+    const STATES: u32 = 0x1ffe & !(1 << 6);
+    let mut out = Vec::new();
+    tcp_diag(STATES, "sock_diag tcp", |_, d| out.push(d))?;
+    Ok(out)
+}
+
+/// How many TCP connections to local port `port` are in the handshake
+/// (SYN_RECV: request sockets, which no descriptor holds) in the network
+/// namespace of the calling thread, IPv4 and IPv6, with their local
+/// address as an IPv6 or IPv4-mapped address (`::ffff:a.b.c.d`). The
+/// kernel lists only sockets in that state: /proc/net/tcp formats every
+/// socket of the namespace, all its TIME_WAITs included, and seeks
+/// through the whole established hash table again for each page read
+/// (20 to 200 ms a read on a loaded host).
+pub fn tcp_handshakes(port: u16) -> Result<Vec<[u8; 16]>> {
+    const TCP_SYN_RECV: u8 = 3;
+    let mut out = Vec::new();
+    tcp_diag(1 << TCP_SYN_RECV, "sock_diag tcp handshakes", |state, d| {
+        if state == TCP_SYN_RECV && d.local_port == port {
+            out.push(d.local);
+        }
+    })?;
+    Ok(out)
+}
+
 const RTM_NEWLINK: u16 = 16;
 const IFLA_MASTER: u16 = 10;
 
@@ -979,5 +1079,54 @@ mod tests {
         setsockopt_int(b.as_fd(), libc::SOL_SOCKET, SO_PEEK_OFF, -1).expect("peek off");
         let r = recv(b.as_fd(), &mut buf, libc::MSG_DONTWAIT).expect("read");
         assert_eq!(&buf[..r.len], b"one");
+    }
+}
+
+#[cfg(test)]
+mod handshake_tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A connection whose last ACK of the handshake is dropped stays in
+    /// SYN_RECV at the listener: it is counted, with its local address,
+    /// on the listener's port only; the namespace's sockets are listed
+    /// with their inodes.
+    #[test]
+    fn tcp_handshakes_counts_request_sockets() {
+        let ns = new_netns().expect("netns");
+        in_netns(ns.as_fd(), || {
+            let sh = |c: &str| assert!(std::process::Command::new("sh").args(["-c", c]).status().expect("sh").success(), "{c}");
+            sh("ip link set lo up");
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+            let port = l.local_addr().expect("addr").port();
+            assert!(tcp_handshakes(port).expect("diag").is_empty());
+            // The client's pure ACKs to the listener are dropped: its
+            // connect completes, the listener's side does not.
+            sh(&format!(
+                "printf 'table inet t {{\\n chain o {{\\n type filter hook output priority 0; policy accept;\\n tcp dport {port} tcp flags & (syn | ack) == ack drop\\n }}\\n}}\\n' | nft -f -"
+            ));
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let got = tcp_handshakes(port).expect("diag");
+            let mut lo = [0u8; 16];
+            lo[10..].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 1]);
+            assert_eq!(got, vec![lo]);
+            assert!(tcp_handshakes(port.wrapping_add(1)).expect("diag").is_empty());
+            // The listener and the client's side are listed with their
+            // inodes; the listener's request socket with none.
+            let ino = |fd: std::os::fd::BorrowedFd| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("stat").ino() as u32
+            };
+            let all = tcp_sockets().expect("sockets");
+            let cport = c.local_addr().expect("addr").port();
+            let mut none = [0u8; 16];
+            none[10..12].copy_from_slice(&[0xff, 0xff]);
+            assert!(all.contains(&TcpDiag { local: lo, local_port: port, peer: none, peer_port: 0, ino: ino(l.as_fd()) }), "{all:?}");
+            assert!(all.contains(&TcpDiag { local: lo, local_port: cport, peer: lo, peer_port: port, ino: ino(c.as_fd()) }), "{all:?}");
+            assert!(all.contains(&TcpDiag { local: lo, local_port: port, peer: lo, peer_port: cport, ino: 0 }), "{all:?}");
+            sh("nft delete table inet t");
+            drop(c);
+        })
+        .expect("in netns");
     }
 }

@@ -303,35 +303,30 @@ fn parse_proc_addr(s: &str) -> Option<([u8; 16], u32)> {
 pub(crate) type TcpSockets = std::collections::HashMap<(([u8; 16], u32), ([u8; 16], u32)), u64>;
 
 /// The inode of the TCP socket with local address `local` and peer `peer`
-/// in the network namespace of `pid`, if any. /proc/PID/net/tcp{,6} is
-/// read once per namespace and dump (`table.tcp_sockets`): each read walks
-/// the kernel's whole established hash table, 4 ms a read here, and was
-/// read for each connection a server holds (16 clients made 140 ms of a
-/// migration's stop).
+/// in the network namespace of `pid`, if any. The namespace's sockets are
+/// listed once per namespace and dump or drain look
+/// (`table.tcp_sockets`), by sock_diag: /proc/PID/net/tcp{,6} walks the
+/// kernel's whole established hash table for each page read and formats
+/// every closed connection (4 ms a read on a quiet host, tens of
+/// milliseconds on a loaded one, most of a drain's look before a stop).
 fn tcp_inode(table: &FileTable, pid: i32, local: &InetAddr, peer: &InetAddr) -> Result<Option<u64>> {
-    let ns = std::os::unix::fs::MetadataExt::ino(
-        &std::fs::metadata(format!("/proc/{pid}/ns/net")).map_err(crate::io_err(format!("stat /proc/{pid}/ns/net")))?,
-    );
+    let path = format!("/proc/{pid}/ns/net");
+    let ns = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).map_err(crate::io_err(format!("stat {path}")))?);
     let known = table.tcp_sockets.borrow().get(&ns).cloned();
     let sockets = match known {
         Some(s) => s,
         None => {
+            let f = std::fs::File::open(&path).map_err(crate::io_err(format!("open {path}")))?;
+            let listed = net::in_netns(f.as_fd(), net::tcp_sockets)
+                .step(pid, || "enter the network namespace".into())?
+                .step(pid, || "list the namespace's TCP sockets".into())?;
             let mut all = TcpSockets::new();
-            for file in ["net/tcp", "net/tcp6"] {
-                let text = crate::proc::read(pid, file).unwrap_or_default();
-                for line in text.lines().skip(1) {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    if f.len() < 10 {
-                        continue;
-                    }
-                    // A closed connection's row (TIME_WAIT) has no inode:
-                    // a live socket at the same addresses is the one.
-                    if let (Some(l), Some(p), Ok(ino)) = (parse_proc_addr(f[1]), parse_proc_addr(f[2]), f[9].parse::<u64>()) {
-                        let slot = all.entry((l, p)).or_insert(ino);
-                        if *slot == 0 {
-                            *slot = ino;
-                        }
-                    }
+            for d in listed {
+                // A request socket (SYN_RECV) has no inode: a live
+                // socket at the same addresses is the one.
+                let slot = all.entry(((d.local, d.local_port as u32), (d.peer, d.peer_port as u32))).or_insert(d.ino as u64);
+                if *slot == 0 {
+                    *slot = d.ino as u64;
                 }
             }
             let all = std::rc::Rc::new(all);
@@ -362,27 +357,18 @@ fn proc_peer(pid: i32, ino: u64, v6: bool) -> Option<InetAddr> {
 }
 
 /// How many connections to the listener at `local` are in the handshake
-/// (SYN_RECV rows of /proc/PID/net/tcp{,6}: request sockets, which no
-/// descriptor holds).
-fn handshakes(pid: i32, local: &InetAddr) -> usize {
+/// (request sockets in SYN_RECV, which no descriptor holds), as sock_diag
+/// lists them in the listener's namespace: the drain before a
+/// migration's stop asks this of every listener until none is left, and
+/// /proc/PID/net/tcp{,6}, which formats every socket of the namespace,
+/// took most of each of its looks (35 to 400 ms).
+fn handshakes(seen: &Seen, local: &InetAddr) -> Result<usize> {
     let (lip, lport) = key(local);
     let any = local.ip.iter().all(|&b| b == 0);
-    let mut n = 0;
-    for file in ["net/tcp", "net/tcp6"] {
-        let text = crate::proc::read(pid, file).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 4 || f[3] != "03" {
-                continue;
-            }
-            if let Some((ip, port)) = parse_proc_addr(f[1]) {
-                if port == lport && (any || ip == lip) {
-                    n += 1;
-                }
-            }
-        }
-    }
-    n
+    let port = u16::try_from(lport).map_err(|_| seen.unsupported(format!("TCP listener on port {lport}")))?;
+    let found = sockets::in_task_netns(seen, || net::tcp_handshakes(port))?
+        .step(seen.pid, || format!("list the handshakes of the listener at fd {}", seen.fd))?;
+    Ok(found.iter().filter(|ip| any || **ip == lip).count())
 }
 
 /// Whether a TCP socket in state CLOSE had a connection that ended
@@ -615,7 +601,7 @@ fn observe(seen: &Seen, table: &FileTable) -> Result<Observed> {
                 // Connections in the handshake (SYN_RECV) have no socket of
                 // their own: a peer that already counts its connection as
                 // established would be reset by the restored listener.
-                let opening = handshakes(seen.pid, &local);
+                let opening = handshakes(seen, &local)?;
                 if opening > 0 {
                     return Err(seen.transient(what(&format!("has {opening} connections in the handshake (SYN_RECV)"))));
                 }
