@@ -518,6 +518,18 @@ impl Row {
     }
 }
 
+/// A note on the migrations auto-converge throttled: their clients' waits
+/// include the throttle's, before the stop.
+fn throttled(rows: &[Row]) -> String {
+    let t: Vec<String> =
+        rows.iter().filter(|r| r.report.max_throttle > 0.0).map(|r| format!("#{} {:.0} %", r.n, r.report.max_throttle * 100.0)).collect();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!(";\n auto-converge throttled the partition's CPU before the stop (the clients' waits include it): {}", t.join(", "))
+    }
+}
+
 /// The nearest-rank percentile `p` of `v` (NaN when empty).
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
@@ -567,15 +579,16 @@ fn render(a: &ClientsBench, rows: &[Row], sum: &Summary, tail: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>3} {:>8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>7}",
-        "#", "move", "down ms", "freeze", "transfer", "restore", "handover", "wait p50", "wait max", "new conn", "retrans"
+        "{:>3} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>7}",
+        "#", "move", "drain", "down ms", "freeze", "transfer", "restore", "handover", "wait p50", "wait max", "new conn", "retrans"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:>3} {:>8} {:>9.1} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>7}",
+            "{:>3} {:>8} {:>8} {:>9.1} {:>7} {:>8} {:>8} {:>8} {:>10} {:>10} {:>9} {:>7}",
             r.n,
             format!("{}>{}", r.from, r.to),
+            fmt_f(r.stop_field(|b| b.drain_ms), 1),
             r.report.downtime_ms,
             fmt_f(r.stop_field(|b| b.freeze_ms), 1),
             fmt_f(r.stop_field(|b| b.transfer_ms), 1),
@@ -589,7 +602,8 @@ fn render(a: &ClientsBench, rows: &[Row], sum: &Summary, tail: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "\n(wait: each held client's longest wait for an answer in the migration's window, p50 and max over the clients;\n new conn: the longest wait, connecting included, of the client opening a connection per request;\n retrans: TCP retransmissions all clients' sockets counted in the window)"
+        "\n(drain: before the stop, connection requests held while the handshakes under way finish; down ms: from the stop\n until the target's copy runs (the drain not included);\n wait: each held client's longest wait for an answer in the migration's window, p50 and max over the clients;\n new conn: the longest wait, connecting included, of the client opening a connection per request (a request\n held from the drain's start waits drain + downtime);\n retrans: TCP retransmissions all clients' sockets counted in the window{})",
+        throttled(rows)
     );
     let _ = writeln!(s, "\nlongest wait of each held client per migration, ms:");
     for r in rows {

@@ -270,6 +270,16 @@ fn datagrams_requests_and_connections_sent_during_the_stop_are_answered() {
             rel.len() == 1 && rel[0].0 == "Network" && rel[0].1 > 0,
             "{host}, the source toward {other}, let go of what it held once, toward the network: {rel:?}"
         );
+        // As soon as the target said its copy runs: not after the source
+        // recorded the outcome (the held requests waited for that too).
+        let log = lab.lpmd_log_tail(host, 100_000);
+        let at = |what: &str| log.lines().position(|l| l.contains(what));
+        let (released, completed) =
+            (at("held frames released"), log.lines().position(|l| l.contains("migration state") && l.contains("Completed")));
+        assert!(
+            released.is_some() && completed.is_some() && released < completed,
+            "{host} released the held frames (line {released:?}) before it recorded the migration completed (line {completed:?})"
+        );
     }
     assert_eq!(hold_ports(&lab, "h2"), Vec::<String>::new(), "hold ports left on h2");
     assert_eq!(hold_ports(&lab, "h1"), Vec::<String>::new(), "hold ports left on h1");

@@ -203,8 +203,9 @@ impl Hold {
     }
 
     /// Lets every held frame go `toward` where the partition runs, once,
-    /// and stops holding; the port stays until [`remove_port`] (or the
-    /// partition's plumbing goes). For [`Toward::Partition`] the
+    /// and stops holding; the port (and toward the network the rule of
+    /// [`Hold::hold_connection_requests`]) stays until [`remove_port`] (or
+    /// the partition's plumbing goes). For [`Toward::Partition`] the
     /// partition's veth must be back on its bridge.
     pub fn release(mut self, toward: Toward) -> Result<Released, NetError> {
         // The rule (before frames are sent into the veth, or the
@@ -212,8 +213,9 @@ impl Hold {
         // frames arriving from here on go where the bridge sends them
         // (the partition's veth, or out to the network), and the queue
         // only shrinks. Toward the network the rule, which no frame
-        // meets any more (the veth is off the bridge), goes last: it
-        // costs a process.
+        // meets any more (the veth is off the bridge), stays until the
+        // port goes ([`remove_port`], with the copy that left): it costs
+        // a process, which the held requests need not wait for.
         if toward == Toward::Partition {
             drop_rule(&self.veth)?;
         }
@@ -242,9 +244,6 @@ impl Hold {
                 }
                 Err(_) => out.lost += 1,
             }
-        }
-        if toward == Toward::Network {
-            drop_rule(&self.veth)?;
         }
         Ok(out)
     }
