@@ -107,6 +107,9 @@ struct Turn {
     /// The frames sent to the partition since the stop, held until the
     /// outcome says which copy gets them (lpm_host::hold).
     hold: Option<Hold>,
+    /// The held frames on their way to the target's copy, let go as soon
+    /// as its "running" arrived (before the source records it).
+    releasing: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What carrying out one action of the source leads to.
@@ -130,6 +133,7 @@ impl Live {
                 pre: None,
                 ending: None,
                 hold: None,
+                releasing: None,
             }),
             changed: Condvar::new(),
             progress: Mutex::new(Progress::default()),
@@ -423,12 +427,17 @@ fn destroy(agent: &Arc<Agent>, live: &Arc<Live>, turn: &mut Turn) {
     let pre = turn.pre.take();
     turn.handoff = None;
     let hold = turn.hold.take();
+    let releasing = turn.releasing.take();
     let (agent2, live2, spec, pid) = (agent.clone(), live.clone(), turn.record.spec.clone(), turn.detail.pid);
     agent.depart(&spec.name.clone(), move || {
         // The target's copy runs and has announced itself: what was sent
-        // to the partition since the stop goes there first.
+        // to the partition since the stop goes there first (and is gone
+        // from the hold port before the plumbing goes).
         if let Some(h) = hold {
             release(&live2, &spec.name, h, Toward::Network);
+        }
+        if let Some(r) = releasing {
+            let _ = r.join();
         }
         let t = Instant::now();
         match Plumbing::open(&agent2.ctx, &spec) {
@@ -680,6 +689,8 @@ struct Run<'a> {
     stop: report::StopBreakdown,
     downtime: Option<Duration>,
     t_stop: Option<Instant>,
+    /// When the target's "running" arrived, in answer to go.
+    ran_at: Option<Instant>,
     /// From the start to the first round.
     setup: Option<Duration>,
     wire_bytes: u64,
@@ -715,6 +726,7 @@ impl<'a> Run<'a> {
             stop: report::StopBreakdown::default(),
             downtime: None,
             t_stop: None,
+            ran_at: None,
             setup: None,
             wire_bytes: 0,
             smaps_hint: HashMap::new(),
@@ -793,6 +805,22 @@ impl<'a> Run<'a> {
         match why {
             Some(w) => e.context(format!("the target gave up: {w}")),
             None => e,
+        }
+    }
+
+    /// The target's record says its copy runs: the frames held since the
+    /// stop go to it now, on a thread, before this side records the end
+    /// (their senders wait for nothing else); the frozen copy here goes
+    /// after the record, as ever.
+    fn running(&mut self, live: &Arc<Live>) {
+        self.ran_at = Some(Instant::now());
+        let mut turn = lock(&live.turn);
+        if turn.machine.state() != SourceState::HandingOver {
+            return;
+        }
+        if let Some(h) = turn.hold.take() {
+            let (live2, name) = (live.clone(), self.spec.name.clone());
+            turn.releasing = Some(std::thread::spawn(move || release(&live2, &name, h, Toward::Network)));
         }
     }
 
@@ -1008,7 +1036,12 @@ impl<'a> Run<'a> {
             while live.state() == SourceState::HandingOver && Instant::now() < deadline {
                 match self.link()?.recv() {
                     Ok(m) => match m.kind() {
-                        Some(msg) => self.input(live, SourceInput::Message(msg)),
+                        Some(msg) => {
+                            if msg == Msg::Running {
+                                self.running(live);
+                            }
+                            self.input(live, SourceInput::Message(msg))
+                        }
                         None => tracing::warn!(?m, "unexpected answer to go"),
                     },
                     Err(e) => {
@@ -1020,9 +1053,13 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        self.stop.handover_ms = t.elapsed().as_secs_f64() * 1e3 - self.stop.restore_ms;
+        // The stop ends when the target's word that its copy runs arrives
+        // (its frames let go then): recording it here and removing the
+        // frozen copy are no part of it.
+        let end = self.ran_at.unwrap_or_else(Instant::now);
+        self.stop.handover_ms = (end - t).as_secs_f64() * 1e3 - self.stop.restore_ms;
         if let Some(ts) = self.t_stop {
-            self.downtime = Some(ts.elapsed());
+            self.downtime = Some(end - ts);
         }
         if live.state() == SourceState::Completed {
             self.learn_stop_cost();
