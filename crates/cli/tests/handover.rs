@@ -90,6 +90,10 @@ const TARGET_KILLS: &[Case] = &[
     kill("h2:target.restore=kill", "h2", End::Source),
     kill("h2:target.restored=kill", "h2", End::Source),
     kill("h2:target.send.restored=kill", "h2", End::Source),
+    // "Restored" is sent, not yet recorded: the source may decide go, but
+    // the target's restart finds its copy not recorded complete, destroys
+    // it and says so, and the source's copy runs again.
+    kill("h2:target.record.restored=kill", "h2", End::Source),
     kill("h2:target.record.running=kill", "h2", End::Target),
     kill("h2:target.run=kill", "h2", End::Target),
     kill("h2:target.send.running=kill", "h2", End::Target),

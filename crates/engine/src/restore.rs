@@ -335,6 +335,7 @@ impl Ctx<'_> {
             lazy: self.lazy,
             eager,
             cow: self.plan.of(p.pid),
+            inherited: &[],
         }
     }
 }
@@ -932,7 +933,7 @@ fn spawn_tree(ctx: &Ctx, open: &OpenFiles, cgroups: &[PathBuf], vessel: Option<&
     let mut group: HashMap<u32, u32> = HashMap::new();
     group.insert(root.pid, lead(ctx, host, base, root, 0)?);
     files::tty::give_ctty(host, &mut ctx.remote(host, base), root, open)?;
-    grow(ctx, open, root, &mut puppets, &mut group)?;
+    grow(ctx, open, root, &[], &mut puppets, &mut group)?;
     if let Some(p) = tree.processes.iter().find(|p| !puppets.by_pid.contains_key(&p.pid)) {
         return Err(EngineError::Incompatible(format!("process {} has parent {}, which is not in the image", p.pid, p.ppid)));
     }
@@ -945,7 +946,16 @@ fn spawn_tree(ctx: &Ctx, open: &OpenFiles, cgroups: &[PathBuf], vessel: Option<&
 /// that child shares with it or below it (cow.rs), and grows each child
 /// the same way before the next: memory shared copy-on-write since a
 /// fork is shared again only by forking.
-fn grow(ctx: &Ctx, open: &OpenFiles, p: &Process, puppets: &mut Puppets, group: &mut HashMap<u32, u32>) -> Result<()> {
+/// `inherited`: what `p` keeps of the areas it was forked with
+/// ([`mem::inheritable`]).
+fn grow(
+    ctx: &Ctx,
+    open: &OpenFiles,
+    p: &Process,
+    inherited: &[(u64, u64)],
+    puppets: &mut Puppets,
+    group: &mut HashMap<u32, u32>,
+) -> Result<()> {
     let s = ctx.scratch();
     let skip = free_levels(ctx.tree);
     let (host, base) = {
@@ -955,8 +965,11 @@ fn grow(ctx: &Ctx, open: &OpenFiles, p: &Process, puppets: &mut Puppets, group: 
     let steps = ctx.plan.of(p.pid);
     let mm = p.mm.as_ref().filter(|_| p.zombie.is_none());
     if let Some(mm) = mm {
-        mem::layout(&ctx.mem(p, host), &mut ctx.remote(host, base), s, mm)?;
+        mem::layout(&mem::RestoreCtx { inherited, ..ctx.mem(p, host) }, &mut ctx.remote(host, base), s, mm)?;
     }
+    // What it holds pages in: what it keeps of its parent's, and the
+    // shared pages written before each fork.
+    let mut held: Vec<(u64, u64)> = steps.kept.clone();
     for (i, c) in steps.children.iter().enumerate() {
         let child_img = ctx
             .tree
@@ -966,6 +979,7 @@ fn grow(ctx: &Ctx, open: &OpenFiles, p: &Process, puppets: &mut Puppets, group: 
             .ok_or_else(|| EngineError::Incompatible(format!("process {} has a child {c} the image lacks", p.pid)))?;
         if let (Some(mm), Some(writes)) = (mm, steps.before.get(i)) {
             mem::write_shared(host, mm, &ctx.sources, writes)?;
+            held.extend(writes.iter().map(|&(v, _)| (v, v + crate::PAGE)));
         }
         // CLONE_FILES before any table is shaped: the child shares what its
         // parent will install (shape skips the child's own install).
@@ -985,7 +999,11 @@ fn grow(ctx: &Ctx, open: &OpenFiles, p: &Process, puppets: &mut Puppets, group: 
         let led = lead(ctx, child, cbase, child_img, inherited)?;
         group.insert(child_img.pid, led);
         files::tty::give_ctty(child, &mut ctx.remote(child, cbase), child_img, open)?;
-        grow(ctx, open, child_img, puppets, group)?;
+        let inherits = match (mm, child_img.mm.as_ref().filter(|_| child_img.zombie.is_none())) {
+            (Some(pm), Some(cm)) => mem::inheritable(pm, cm, &held, &ctx.plan.of(child_img.pid).kept),
+            _ => Vec::new(),
+        };
+        grow(ctx, open, child_img, &inherits, puppets, group)?;
     }
     if let Some(mm) = mm {
         mem::write_shared(host, mm, &ctx.sources, &steps.last)?;

@@ -525,6 +525,19 @@ impl Plumbing {
         Ok(())
     }
 
+    /// An announcement of eth0's address made ready ahead
+    /// (lpm_sys::arp::Announcer): a migration's target sends it in the
+    /// stop, where [`Plumbing::announce_once`] would open and close a
+    /// socket. None for a partition without an address.
+    pub fn announcer(&self) -> Result<Option<lpm_sys::arp::Announcer>> {
+        let Some(ip) = self.ip else { return Ok(None) };
+        let fd = self.netns.fd().map_err(self.net_err("open the network namespace"))?;
+        lpm_sys::arp::Announcer::open(fd.as_fd(), IFNAME, ip)
+            .map(Some)
+            .map_err(|source| NetError::Arp { ns: self.netns.name().to_string(), ifname: IFNAME.to_string(), ip, source })
+            .map_err(self.net_err("prepare the announcement"))
+    }
+
     /// Removes everything: kills what runs in the cgroup and removes it,
     /// deletes the veth pair and the network namespace. Parts already gone
     /// are fine, so this may be repeated.

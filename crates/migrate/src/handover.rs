@@ -7,7 +7,12 @@
 //! or [`Target::on`], which checks it is legal in the current state,
 //! moves to the next state and returns the [`Action`]s to carry out, in
 //! order. The first action of every state change is [`Action::Record`]:
-//! the agent writes the new state durably before it acts on it. The model
+//! the agent writes the new state durably before it acts on it; one
+//! exception, the target's `Restored`, is sent before it is recorded (see
+//! [`Target::on`]). The target's agent may also start a record and the
+//! action after it together when that action is [`Action::Run`] or
+//! [`Action::Restore`] (both orders are model-checked:
+//! [`crate::model::Sabotage::TargetActsFirst`]). The model
 //! checker ([`crate::model`]) runs these very functions against lost,
 //! duplicated and delayed messages and crashes at every step.
 //!
@@ -21,8 +26,9 @@
 //!    its copy runs, or will never run: the source destroys its frozen
 //!    copy on [`Msg::Running`] (sent by the target after it recorded
 //!    [`TargetState::Running`]); the target destroys its copy on abort, or
-//!    before it has recorded [`TargetState::Restored`], when the source
-//!    cannot have decided go.
+//!    before it has recorded [`TargetState::Restored`]: its copy has not
+//!    run, and the source, even if it decided go, still holds its frozen
+//!    copy, which it runs again on the target's [`Msg::RolledBack`].
 //! 3. No timeout destroys a copy: after the decision a side that loses
 //!    its peer keeps its copy (frozen) and keeps asking ([`Action::Resolve`],
 //!    [`Msg::Status`]) until it learns the outcome.
@@ -128,7 +134,8 @@ pub enum Msg {
     /// Source → target: the partition is stopped; its state is sent;
     /// restore it and hold it.
     Restore,
-    /// Target → source: the copy is complete, frozen and recorded.
+    /// Target → source: the copy is complete and frozen (recorded right
+    /// after it is sent).
     Restored,
     /// Source → target: the decision (recorded by the source before it
     /// was sent).
@@ -504,7 +511,15 @@ impl Target {
             (None, I::Fail(_) | I::Restart) => vec![],
             (Some(S::Prepared), I::Message(Msg::RoundEnd(n))) => vec![Action::Send(Msg::RoundDone(n))],
             (Some(S::Prepared), I::Message(Msg::Restore)) => self.to(S::Restoring, &[Action::Restore]),
-            (Some(S::Restoring), I::RestoreDone) => self.to(S::Restored, &[Action::Send(Msg::Restored)]),
+            // Sent before it is recorded: the source records its decision
+            // meanwhile, and the target takes that decision only once its
+            // record is written. Should the target lose its memory before,
+            // its record says Restoring: it destroys its copy, which never
+            // ran, and tells the source, whose frozen copy runs again.
+            (Some(S::Restoring), I::RestoreDone) => {
+                self.state = Some(S::Restored);
+                vec![Action::Send(Msg::Restored), Action::Record(S::Restored)]
+            }
             (Some(S::Restored), I::Message(Msg::Decision(Decision::Go))) => self.go(),
             // Before its copy is recorded complete the source cannot have
             // decided go: any failure, and any restart, rolls back.
@@ -721,7 +736,7 @@ mod tests {
             (Some(S::Prepared), I::Message(Msg::RoundEnd(4)), Some(S::Prepared), Ok(vec![Send(Msg::RoundDone(4))])),
             (Some(S::Prepared), I::Message(Msg::Restore), Some(S::Restoring), Ok(vec![Record(S::Restoring), Restore])),
             (Some(S::Prepared), I::Fail(Failure::PeerLost), Some(S::RolledBack), back()),
-            (Some(S::Restoring), I::RestoreDone, Some(S::Restored), Ok(vec![Record(S::Restored), Send(Msg::Restored)])),
+            (Some(S::Restoring), I::RestoreDone, Some(S::Restored), Ok(vec![Send(Msg::Restored), Record(S::Restored)])),
             (Some(S::Restoring), I::Restart, Some(S::RolledBack), back()),
             (Some(S::Restored), I::Message(Msg::Decision(Decision::Go)), Some(S::Running), go()),
             (Some(S::Restored), I::Message(Msg::Decision(Decision::Abort)), Some(S::RolledBack), back()),

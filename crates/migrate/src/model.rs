@@ -200,7 +200,8 @@ impl World {
     }
 
     fn target_input(&mut self, input: TargetInput, crash: Option<usize>) -> Result<(), String> {
-        let actions = transition(&mut self.tgt.mem, input).0;
+        let mut actions = transition(&mut self.tgt.mem, input).0;
+        self.sabotage.target(&mut actions);
         for (k, a) in actions.into_iter().enumerate() {
             if crash == Some(k) {
                 break;
@@ -227,7 +228,9 @@ impl World {
 
     fn target_actions(&self, input: TargetInput) -> usize {
         let mut m = self.tgt.mem;
-        transition(&mut m, input).0.len()
+        let mut a = transition(&mut m, input).0;
+        self.sabotage.target(&mut a);
+        a.len()
     }
 
     /// Carries out one action of the source; an error names a broken rule.
@@ -497,12 +500,28 @@ pub enum Sabotage {
     SourceDestroysOnTimeout,
     /// The source sends go before it records it.
     GoBeforeRecord,
+    /// Not a flaw, and the check must pass with it: the target's agent
+    /// starts writing a record and the action after it (its restore, or
+    /// letting its copy run) together, so that action may be done before
+    /// the record is. The machine's own order covers the record done
+    /// first; this one, the action done first.
+    TargetActsFirst,
 }
 
 impl Sabotage {
+    fn target(self, actions: &mut [TargetAction]) {
+        if self == Sabotage::TargetActsFirst {
+            for i in 1..actions.len() {
+                if matches!((actions[i - 1], actions[i]), (Action::Record(_), Action::Run | Action::Restore)) {
+                    actions.swap(i - 1, i);
+                }
+            }
+        }
+    }
+
     fn source(self, state: SourceState, input: SourceInput, actions: &mut Vec<SourceAction>) {
         match self {
-            Sabotage::None => {}
+            Sabotage::None | Sabotage::TargetActsFirst => {}
             Sabotage::SourceDestroysOnTimeout => {
                 if state == SourceState::HandingOver && matches!(input, SourceInput::Fail(_) | SourceInput::Restart) {
                     *actions = vec![Action::Destroy, Action::Finish];

@@ -4,13 +4,17 @@
 //! every reachable state, and every state can still settle with exactly
 //! one copy running.
 
-use lpm_migrate::model::{explore, Bounds};
+use lpm_migrate::model::Bounds;
 
 fn check(bounds: Bounds) {
+    check_with(bounds, lpm_migrate::model::Sabotage::None);
+}
+
+fn check_with(bounds: Bounds, order: lpm_migrate::model::Sabotage) {
     let t = std::time::Instant::now();
-    let o = explore(bounds);
+    let o = lpm_migrate::model::explore_sabotaged(bounds, order);
     println!(
-        "model {bounds:?}: {} states, {} transitions, {} settled, explored in {:.2} s",
+        "model {bounds:?} {order:?}: {} states, {} transitions, {} settled, explored in {:.2} s",
         o.states,
         o.transitions,
         o.settled,
@@ -28,6 +32,14 @@ fn no_faults() {
 #[test]
 fn lost_duplicated_delayed_messages_and_two_crashes() {
     check(Bounds { crashes: 2, duplicates: 1, rounds: 2 });
+}
+
+/// The target's agent writes a record while it restores, or while it
+/// lets its copy run (target.rs): the protocol stays safe with the action
+/// done before the record.
+#[test]
+fn the_target_acting_before_its_record_is_written_is_safe() {
+    check_with(Bounds { crashes: 2, duplicates: 1, rounds: 2 }, lpm_migrate::model::Sabotage::TargetActsFirst);
 }
 
 /// The check can fail: each flaw built into the source's machine is caught.

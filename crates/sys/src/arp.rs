@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::{cvt, net, Error, Result};
@@ -129,19 +129,46 @@ fn send_frames(sock: BorrowedFd, ifindex: i32, frames: &[[u8; FRAME_LEN]]) -> Re
 /// `ns`, so the caller's threads stay where they are. Fails when the
 /// interface is missing, down (ENETDOWN) or not Ethernet-like.
 pub fn announce(ns: BorrowedFd, ifname: &str, ip: Ipv4Addr, rounds: usize, interval: Duration) -> Result<()> {
-    net::in_netns(ns, || -> Result<()> {
-        let sock = net::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ARP.to_be()))?;
-        let ifindex = if_index(sock.as_fd(), ifname)?;
-        let mac = if_hwaddr(sock.as_fd(), ifname)?;
-        let frames = [frame(OP_REQUEST, mac, ip), frame(OP_REPLY, mac, ip)];
-        for i in 0..rounds {
-            if i > 0 {
-                std::thread::sleep(interval);
-            }
-            send_frames(sock.as_fd(), ifindex, &frames)?;
+    let a = Announcer::open(ns, ifname, ip)?;
+    for i in 0..rounds {
+        if i > 0 {
+            std::thread::sleep(interval);
         }
-        Ok(())
-    })?
+        a.send()?;
+    }
+    Ok(())
+}
+
+/// A gratuitous ARP made ready ahead: its packet socket open in the
+/// namespace, its frames built. Opening one takes a thread that enters
+/// the namespace, and closing one waits out an RCU grace period (the
+/// kernel's packet_release): a migration's target opens it before the
+/// stop and drops it after, so that announcing the moved partition in
+/// the stop is two sends.
+#[derive(Debug)]
+pub struct Announcer {
+    sock: OwnedFd,
+    ifindex: i32,
+    frames: [[u8; FRAME_LEN]; 2],
+}
+
+impl Announcer {
+    /// Opens the socket in namespace `ns` for interface `ifname`, to
+    /// announce `ip` at that interface's address.
+    pub fn open(ns: BorrowedFd, ifname: &str, ip: Ipv4Addr) -> Result<Announcer> {
+        net::in_netns(ns, || -> Result<Announcer> {
+            // Protocol 0: it sends, and receives nothing meanwhile.
+            let sock = net::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
+            let ifindex = if_index(sock.as_fd(), ifname)?;
+            let mac = if_hwaddr(sock.as_fd(), ifname)?;
+            Ok(Announcer { sock, ifindex, frames: [frame(OP_REQUEST, mac, ip), frame(OP_REPLY, mac, ip)] })
+        })?
+    }
+
+    /// Sends one announcement (a request and a reply).
+    pub fn send(&self) -> Result<()> {
+        send_frames(self.sock.as_fd(), self.ifindex, &self.frames)
+    }
 }
 
 #[cfg(test)]

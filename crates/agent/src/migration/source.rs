@@ -118,6 +118,9 @@ struct Turn {
     /// The frames sent to the partition since the stop, held until the
     /// outcome says which copy gets them (lpm_host::hold).
     hold: Option<Hold>,
+    /// The held frames on their way to the target's copy, let go as soon
+    /// as its "running" arrived (before the source records it).
+    releasing: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What carrying out one action of the source leads to.
@@ -141,6 +144,7 @@ impl Live {
                 pre: None,
                 ending: None,
                 hold: None,
+                releasing: None,
             }),
             changed: Condvar::new(),
             progress: Mutex::new(Progress::default()),
@@ -434,14 +438,17 @@ fn destroy(agent: &Arc<Agent>, live: &Arc<Live>, turn: &mut Turn) {
     let pre = turn.pre.take();
     turn.handoff = None;
     let hold = turn.hold.take();
+    let releasing = turn.releasing.take();
     let (agent2, live2, spec, pid) = (agent.clone(), live.clone(), turn.record.spec.clone(), turn.detail.pid);
     agent.depart(&spec.name.clone(), move || {
         // The target's copy runs and has announced itself: what was sent
-        // to the partition since the stop goes there first (when the
-        // target's word came through the resolver: on the link, it went
-        // as the word arrived).
+        // to the partition since the stop goes there first (and is gone
+        // from the hold port before the plumbing goes).
         if let Some(h) = hold {
             release(&live2, &spec.name, h, Toward::Network);
+        }
+        if let Some(r) = releasing {
+            let _ = r.join();
         }
         let t = Instant::now();
         match Plumbing::open(&agent2.ctx, &spec) {
@@ -693,6 +700,8 @@ struct Run<'a> {
     stop: report::StopBreakdown,
     downtime: Option<Duration>,
     t_stop: Option<Instant>,
+    /// When the target's "running" arrived, in answer to go.
+    ran_at: Option<Instant>,
     /// From the start to the first round.
     setup: Option<Duration>,
     wire_bytes: u64,
@@ -732,6 +741,7 @@ impl<'a> Run<'a> {
             stop: report::StopBreakdown::default(),
             downtime: None,
             t_stop: None,
+            ran_at: None,
             setup: None,
             wire_bytes: 0,
             smaps_hint: HashMap::new(),
@@ -811,6 +821,22 @@ impl<'a> Run<'a> {
         match why {
             Some(w) => e.context(format!("the target gave up: {w}")),
             None => e,
+        }
+    }
+
+    /// The target's record says its copy runs: the frames held since the
+    /// stop go to it now, on a thread, before this side records the end
+    /// (their senders wait for nothing else); the frozen copy here goes
+    /// after the record, as ever.
+    fn running(&mut self, live: &Arc<Live>) {
+        self.ran_at = Some(Instant::now());
+        let mut turn = lock(&live.turn);
+        if turn.machine.state() != SourceState::HandingOver {
+            return;
+        }
+        if let Some(h) = turn.hold.take() {
+            let (live2, name) = (live.clone(), self.spec.name.clone());
+            turn.releasing = Some(std::thread::spawn(move || release(&live2, &name, h, Toward::Network)));
         }
     }
 
@@ -1021,7 +1047,6 @@ impl<'a> Run<'a> {
         // Go is recorded and sent: wait for the target's word that its
         // copy runs. A slow answer also starts the resolver, which asks on
         // a connection of its own.
-        let mut running_at = None;
         if live.state() == SourceState::HandingOver {
             self.link()?.set_read_timeout(ASK_AFTER);
             let deadline = Instant::now() + mover_timeout();
@@ -1029,17 +1054,8 @@ impl<'a> Run<'a> {
                 match self.link()?.recv() {
                     Ok(m) => match m.kind() {
                         Some(msg) => {
-                            // The target's copy runs and has announced
-                            // itself: what was held since the stop goes
-                            // there now, not after this side recorded the
-                            // outcome and started removing its copy (5 to
-                            // 40 ms more for every held request).
-                            if matches!(msg, Msg::Running) {
-                                running_at = Some(Instant::now());
-                                let hold = lock(&live.turn).hold.take();
-                                if let Some(h) = hold {
-                                    release(live, &self.spec.name, h, Toward::Network);
-                                }
+                            if msg == Msg::Running {
+                                self.running(live);
                             }
                             self.input(live, SourceInput::Message(msg))
                         }
@@ -1054,11 +1070,10 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        // The stop ends when the target's word arrives, not once this side
-        // has recorded the outcome (a journal write, tens to hundreds of
-        // milliseconds on a loaded host, counted as downtime though the
-        // partition ran meanwhile).
-        let end = running_at.unwrap_or_else(Instant::now);
+        // The stop ends when the target's word that its copy runs arrives
+        // (its frames let go then): recording it here and removing the
+        // frozen copy are no part of it.
+        let end = self.ran_at.unwrap_or_else(Instant::now);
         self.stop.handover_ms = (end - t).as_secs_f64() * 1e3 - self.stop.restore_ms;
         if let Some(ts) = self.t_stop {
             self.downtime = Some(end - ts);

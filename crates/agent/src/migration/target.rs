@@ -85,8 +85,11 @@ pub(crate) struct Live {
 struct Res {
     /// The plumbing, while it is being made (and whether the vessel went
     /// into its cgroups).
-    preparing: Option<std::thread::JoinHandle<Result<(Plumbing, bool)>>>,
+    preparing: Option<std::thread::JoinHandle<Result<Prepared>>>,
     plumbing: Option<Plumbing>,
+    /// The partition's announcement, ready to send (its socket is closed
+    /// after the stop: closing waits out an RCU grace period).
+    announcer: Option<lpm_sys::arp::Announcer>,
     /// The restore vessel went into the plumbing's cgroups.
     vessel_placed: bool,
     parked: Option<Parked>,
@@ -104,6 +107,10 @@ struct Turn {
     verify_ms: f64,
     /// Why it rolls back, for the source.
     why: String,
+    /// A record being written beside the action after it (a restore, or
+    /// the copy let run): the state and the write. Every other action,
+    /// and the end of each input, waits for it first.
+    writing: Option<(TargetState, std::thread::JoinHandle<Result<(), lpm_migrate::journal::JournalError>>)>,
 }
 
 /// What carrying out one action of the target leads to.
@@ -123,6 +130,7 @@ impl Live {
                 restore_ms: 0.0,
                 verify_ms: 0.0,
                 why: String::new(),
+                writing: None,
             }),
             store: OnceLock::new(),
             resolving: Arc::new(AtomicBool::new(false)),
@@ -164,6 +172,9 @@ impl Live {
             |turn, a| self.act(agent, turn, a, link.as_deref_mut(), session.as_deref_mut()),
             |e| tracing::warn!(id = %self.id, error = %e, "refused"),
         );
+        // No write outlives the input that started it.
+        let written = self.written(&mut turn) == Next::Done;
+        let whole = whole && written;
         if !whole {
             turn.machine = turn.durable.map_or_else(Target::new, Target::at);
         }
@@ -178,6 +189,12 @@ impl Live {
         session: Option<&mut Session>,
     ) -> Next {
         let pt = point("target", &a, TargetState::name);
+        // Only the restore and letting the copy run go on beside a record
+        // being written (model-checked in both orders: lpm_migrate::model,
+        // Sabotage::TargetActsFirst); everything else follows it.
+        if !matches!(a, Action::Run | Action::Restore) && self.written(turn) == Next::Halt {
+            return Next::Halt;
+        }
         if let Action::Send(m) = a {
             return self.send(turn, m, &pt, link);
         }
@@ -251,7 +268,33 @@ impl Live {
         if s == TargetState::RolledBack && turn.record.ending.is_none() && !turn.why.is_empty() {
             turn.record.ending = Some(lpm_migrate::journal::Ending { step: "target".into(), cause: turn.why.clone() });
         }
-        if let Err(e) = agent.journal.write(&turn.record) {
+        // The stop's two records whose next action is long (the restore)
+        // or on the way to the partition running (letting it run) are
+        // written beside it: each fsync is a few milliseconds, tens when
+        // the disk is busy.
+        if matches!(s, TargetState::Restoring | TargetState::Running) {
+            let (journal, record) = (agent.journal.clone(), turn.record.clone());
+            turn.writing = Some((s, std::thread::spawn(move || journal.write(&record))));
+            return Next::Done;
+        }
+        self.wrote(turn, s, agent.journal.write(&turn.record))
+    }
+
+    /// Waits for the record being written beside an action, if any.
+    fn written(&self, turn: &mut Turn) -> Next {
+        let Some((s, h)) = turn.writing.take() else { return Next::Done };
+        let r = h.join().unwrap_or_else(|_| {
+            Err(lpm_migrate::journal::JournalError::Io {
+                op: "write (the writer panicked)",
+                path: PathBuf::from(&self.id),
+                source: std::io::Error::other("panicked"),
+            })
+        });
+        self.wrote(turn, s, r)
+    }
+
+    fn wrote(&self, turn: &mut Turn, s: TargetState, r: Result<(), lpm_migrate::journal::JournalError>) -> Next {
+        if let Err(e) = r {
             tracing::error!(id = %self.id, state = s.name(), error = format!("{:#}", anyhow::Error::from(e)), "cannot record the migration's state; it stays where its record says");
             return Next::Halt;
         }
@@ -323,14 +366,17 @@ impl Live {
             .ok();
         let vessel_pid = s.vessel.as_ref().map(|v| v.pid());
         let ctx = agent.ctx.clone();
-        turn.res.preparing = Some(std::thread::spawn(move || -> Result<(Plumbing, bool)> {
+        turn.res.preparing = Some(std::thread::spawn(move || -> Result<Prepared> {
             let p = Plumbing::create(&ctx, &spec, false).with_context(|| format!("prepare partition {}", spec.name))?;
+            // Without it the announcement opens a socket in the stop.
+            let announcer =
+                p.announcer().map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "no announcement made ahead")).ok().flatten();
             let placed = vessel_pid.is_some_and(|pid| {
                 lpm_engine::Vessel::place(pid, &p.cgroup().dirs())
                     .map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "no restore vessel"))
                     .is_ok()
             });
-            Ok((p, placed))
+            Ok((p, placed, announcer))
         }));
         Ok(())
     }
@@ -407,6 +453,7 @@ impl Live {
                 return;
             }
         };
+        let t = Instant::now();
         if let Err(e) = plumbing.unlock_network() {
             tracing::warn!(id = %self.id, partition = %spec.name, error = %e, "network unlock");
         }
@@ -415,23 +462,40 @@ impl Live {
             tracing::error!(id = %self.id, partition = %spec.name, "run: no parked tree recorded");
             return;
         };
+        let unlocked = t.elapsed();
         if let Err(e) = parked.run(&turn.detail.dir) {
             tracing::error!(id = %self.id, partition = %spec.name, error = %e, "run: the tree runs, but a connection of it failed");
         }
+        let thawed = t.elapsed();
         // Before "running" reaches the source: the frames it held for the
         // partition follow the network to here (lpm_host::hold).
-        if let Err(e) = plumbing.announce_once() {
-            tracing::warn!(id = %self.id, partition = %spec.name, error = %e, "gratuitous ARP");
+        let announcer = turn.res.announcer.take();
+        let announced = match &announcer {
+            Some(a) => a.send().map_err(anyhow::Error::from),
+            None => plumbing.announce_once().map_err(anyhow::Error::from),
+        };
+        if let Err(e) = announced {
+            tracing::warn!(id = %self.id, partition = %spec.name, error = format!("{e:#}"), "gratuitous ARP");
         }
+        let announced = t.elapsed();
         let filling = turn.res.filling.take().map(|f| f.handle);
         if let Err(e) = agent.adopt(spec.clone(), plumbing, parked.root_pid, filling) {
             tracing::error!(id = %self.id, partition = %spec.name, error = format!("{e:#}"), "record the partition that arrived");
         }
         lock(&agent.incoming).remove(&self.id);
+        tracing::debug!(
+            id = %self.id,
+            unlock_ms = unlocked.as_secs_f64() * 1e3,
+            thaw_ms = (thawed - unlocked).as_secs_f64() * 1e3,
+            announce_ms = (announced - thawed).as_secs_f64() * 1e3,
+            adopt_ms = (t.elapsed() - announced).as_secs_f64() * 1e3,
+            "run steps"
+        );
         tracing::info!(id = %self.id, partition = %spec.name, from = %turn.record.source, pid = parked.root_pid, "partition arrived");
         // Repeats over a few hundred milliseconds; the partition runs.
         let (ctx, spec2) = (agent.ctx.clone(), spec);
         std::thread::spawn(move || {
+            drop(announcer);
             if let Err(e) = Plumbing::open(&ctx, &spec2).map_err(anyhow::Error::from).and_then(|p| Ok(p.announce()?)) {
                 tracing::warn!(partition = %spec2.name, error = format!("{e:#}"), "gratuitous ARP");
             }
@@ -444,7 +508,7 @@ impl Live {
         let name = turn.record.spec.name.clone();
         // What is still being made is removed with the rest.
         match turn.res.preparing.take().map(|h| h.join()) {
-            Some(Ok(Ok((p, _)))) => turn.res.plumbing = Some(p),
+            Some(Ok(Ok((p, _, _)))) => turn.res.plumbing = Some(p),
             Some(Ok(Err(e))) => tracing::warn!(partition = %name, error = format!("{e:#}"), "prepare the incoming partition"),
             _ => {}
         }
@@ -468,13 +532,18 @@ impl Live {
     }
 }
 
+/// What the prepare's thread made: the plumbing, whether the vessel went
+/// into its cgroups, the announcement.
+type Prepared = (Plumbing, bool, Option<lpm_sys::arp::Announcer>);
+
 /// Waits for the plumbing being made and keeps it; whether the vessel went
 /// into its cgroups.
 fn ready(res: &mut Res) -> Result<bool> {
     if let Some(h) = res.preparing.take() {
-        let (p, placed) = h.join().map_err(|_| anyhow!("preparing the partition panicked"))??;
+        let (p, placed, announcer) = h.join().map_err(|_| anyhow!("preparing the partition panicked"))??;
         res.plumbing = Some(p);
         res.vessel_placed = placed;
+        res.announcer = announcer;
     }
     if res.plumbing.is_none() {
         bail!("the partition was not prepared");
