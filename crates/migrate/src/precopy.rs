@@ -92,12 +92,15 @@
 //! - a write through a file opened on it again (/proc/PID/map_files):
 //!   an inotify watch on each object reports it (IN_MODIFY, IN_ATTRIB);
 //! - a process that came or went during pre-copy: one that exited may
-//!   have written since its last collection, one forked is not tracked.
-//!   A tracked process that exited is seen here; a reaped child moves its
-//!   reaper's cminflt (a child always faults); one still there at the
-//!   stop is told by the checkpoint, which saves every object whole when
-//!   a process of the tree was not tracked
-//!   ([`lpm_engine::DumpOptions::precopied_shm`]).
+//!   have written since its last collection, one forked is not tracked
+//!   (its page tables are its own, without write-protection) and may
+//!   write and exit unseen between two looks. A tracked process that
+//!   exited is seen here; every fork on the system is heard through the
+//!   kernel's process events connector ([`lpm_sys::procevents`]), and
+//!   one by a tracked process spoils every object; the checkpoint also
+//!   saves every object whole when a process of the tree was not tracked
+//!   ([`lpm_engine::DumpOptions::precopied_shm`]). Without the connector
+//!   no object is pre-copied.
 //!
 //! Objects made after the start are not pre-copied either.
 
@@ -483,8 +486,6 @@ struct Proc {
     untracked: u64,
     /// Writes to shared objects the last collection found.
     shared: Vec<(ShmRef, u64, u64)>,
-    /// Its cminflt at the start: it moves when the process reaps a child.
-    cminflt: u64,
 }
 
 /// One pre-copied shared memory object.
@@ -547,6 +548,10 @@ pub struct Precopy {
     objs: Vec<Obj>,
     /// Watches the objects for writes through files opened on them.
     inotify: Option<std::os::fd::OwnedFd>,
+    /// Hears the forks of the tracked processes.
+    events: Option<lpm_sys::procevents::ProcEvents>,
+    /// Every process ever tracked.
+    tracked: Vec<i32>,
     /// A tracked process went away (or reaped a child): every object goes
     /// whole into the stop.
     lost: Option<String>,
@@ -556,11 +561,6 @@ pub struct Precopy {
     regions: Vec<Region>,
     rounds: u32,
     last_collect: Instant,
-}
-
-/// The minor faults of the children `pid` reaped (0 once it is gone).
-fn cminflt(pid: i32) -> u64 {
-    proc::Stat::read(pid).map(|s| s.num(11)).unwrap_or(0)
 }
 
 /// Whether `pid` exited, or is exiting: a zombie, or a process whose
@@ -900,6 +900,10 @@ impl Precopy {
     /// Starts tracking the writes of running processes `pids` (each is
     /// stopped for a moment). A process that exited meanwhile is skipped.
     pub fn start(pids: &[i32]) -> Result<Precopy> {
+        // Listening before any tracking starts: a fork after it is heard.
+        let events = lpm_sys::procevents::ProcEvents::listen()
+            .map_err(|e| tracing::debug!(error = %e, "no process events: shared memory goes whole into the stop"))
+            .ok();
         let mut procs = Vec::with_capacity(pids.len());
         let mut dead = Vec::new();
         let ppid = |pid: i32| lpm_engine::proc::Stat::read(pid).map(|s| s.num(4) as i32).unwrap_or(0);
@@ -919,7 +923,6 @@ impl Precopy {
                     ever: RangeSet::new(),
                     untracked: 0,
                     shared: Vec::new(),
-                    cminflt: cminflt(pid),
                 })
             });
             match opened {
@@ -932,6 +935,8 @@ impl Precopy {
             procs,
             objs: Vec::new(),
             inotify: None,
+            events,
+            tracked: pids.to_vec(),
             lost: None,
             gone: dead,
             bufs: vec![vec![0; CHUNK]],
@@ -950,7 +955,7 @@ impl Precopy {
         use rustix::fs::inotify;
         // Off for a comparison: every object then goes whole into the
         // stop, as before pre-copy took them.
-        if std::env::var_os("LPM_SHM_PRECOPY").is_some_and(|v| v == "0") {
+        if std::env::var_os("LPM_SHM_PRECOPY").is_some_and(|v| v == "0") || self.events.is_none() {
             return Ok(());
         }
         let mut seen = std::collections::HashSet::new();
@@ -1019,8 +1024,22 @@ impl Precopy {
                     o.held.remove(s, e);
                 }
             }
-            if self.lost.is_none() && cminflt(p.pid) != p.cminflt {
-                self.lost = Some(format!("pid {} reaped a child during pre-copy", p.pid));
+        }
+        if let Some(ev) = &self.events {
+            let mut forks = Vec::new();
+            match ev.forks(&mut forks) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.lost.get_or_insert_with(|| "process events were lost".into());
+                }
+                Err(e) => {
+                    self.lost.get_or_insert_with(|| format!("process events unreadable: {e}"));
+                }
+            }
+            // A new thread shares its process's page tables: only new
+            // processes count.
+            if let Some(f) = forks.iter().find(|f| f.child_pid == f.child_tgid && self.tracked.contains(&f.parent_tgid)) {
+                self.lost.get_or_insert_with(|| format!("pid {} forked pid {} during pre-copy", f.parent_tgid, f.child_tgid));
             }
         }
         if let Some(fd) = &self.inotify {

@@ -549,15 +549,22 @@ fn untracked_pages_are_counted_and_do_not_hold_the_switchover() {
 /// never touched) and a SysV segment of 4 MiB (its first 2 MiB filled),
 /// shared by the program and its child, which rewrites [1, 2) MiB of the
 /// area and [0, 1) MiB of the segment every 2 ms. Writes the area's and the
-/// segment's addresses and the child's pid to argv[1].
+/// segment's addresses and the child's pid to argv[1]. On SIGUSR1 the
+/// program forks a child that writes a page of the area and exits, reaps
+/// it and creates argv[1].forked.
 const SHARER: &str = r#"
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #define MIB (1UL << 20)
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
 int main(int argc, char **argv) {
+    signal(SIGUSR1, on_usr1);
     unsigned char *a = mmap(0, 8 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     int id = shmget(IPC_PRIVATE, 4 * MIB, IPC_CREAT | 0600);
     unsigned char *s = shmat(id, 0, 0);
@@ -578,7 +585,21 @@ int main(int argc, char **argv) {
     FILE *f = fopen(argv[1], "w");
     fprintf(f, "%lx %lx %d\n", (unsigned long)a, (unsigned long)s, (int)c);
     fclose(f);
-    for (;;) pause();
+    for (;;) {
+        pause();
+        if (go) {
+            go = 0;
+            pid_t k = fork();
+            if (k == 0) {
+                a[5 * MIB] = 9;
+                _exit(0);
+            }
+            waitpid(k, 0, 0);
+            char done[4096];
+            snprintf(done, sizeof done, "%s.forked", argv[1]);
+            fclose(fopen(done, "w"));
+        }
+    }
 }
 "#;
 
@@ -676,6 +697,22 @@ fn shared_objects_go_in_the_rounds_and_what_no_page_table_sees_spoils_them() {
     let fin = pc.finish(&mut store).unwrap();
     drop(pc);
     assert_eq!(fin.shm.keys().copied().collect::<Vec<_>>(), vec![seg_ref], "a write through a file did not spoil the area");
+    lpm_sys::misc::kill(c, libc::SIGCONT);
+    lpm_sys::misc::kill(p, libc::SIGCONT);
+
+    // A process forked during pre-copy writes and is gone before the
+    // next look: only the fork tells, and nothing is held.
+    let mut store = Store::create(&s.path("images4")).unwrap();
+    let mut pc = Precopy::start(&[p, c]).unwrap();
+    pc.round(&mut store).unwrap();
+    lpm_sys::misc::kill(p, libc::SIGUSR1);
+    wait_for(&s.path("a.addr.forked"));
+    pc.round(&mut store).unwrap();
+    stop(p);
+    stop(c);
+    let fin = pc.finish(&mut store).unwrap();
+    drop(pc);
+    assert!(fin.shm.is_empty(), "objects held after a fork during pre-copy: {:?}", fin.shm.keys());
     lpm_sys::misc::kill(c, libc::SIGCONT);
     lpm_sys::misc::kill(p, libc::SIGCONT);
 
