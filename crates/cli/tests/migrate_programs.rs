@@ -871,6 +871,181 @@ fn sixty_four_threads_move_there_and_back() {
     println!("threads64: {} lines, total {}, {} helper threads", lines.len(), lines.last().unwrap().total, lines.last().unwrap().helpers);
 }
 
+// ------------------------------------------------------------ shared memory
+
+/// The shared memory program: four processes writing a MAP_SHARED
+/// anonymous area, a SysV segment, a memfd and an unlinked /dev/shm file.
+const SHM_WRITERS: &str = include_str!("programs/shm_writers.c");
+
+/// One object of `shm_writers.c`: how /proc/PID/maps names it, its size,
+/// and the pages of each writer's slice.
+struct ShmObj {
+    what: &'static str,
+    size: u64,
+    slice: u64,
+}
+
+const SHM_OBJS: [ShmObj; 4] = [
+    ShmObj { what: "/dev/zero (deleted)", size: 16 << 20, slice: 256 },
+    ShmObj { what: "/SYSV", size: 8 << 20, slice: 256 },
+    ShmObj { what: "/memfd:shm_writers", size: 1 << 20, slice: 16 },
+    ShmObj { what: "/dev/shm/lpm-shm-writers-", size: 4 << 20, slice: 16 },
+];
+
+/// Writers in `shm_writers.c`.
+const SHM_WRITERS_N: u64 = 4;
+
+/// The partition's processes: `pid` and its descendants.
+fn tree_of(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", out[i])).unwrap_or_default();
+        out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+        i += 1;
+    }
+    out
+}
+
+/// Checks every object of the program whose parent is `pid`, from
+/// outside, with its processes stopped (SIGSTOP; a writer may stop in the
+/// middle of a page): each writer's slice holds generation h+1 on a
+/// prefix and h on the rest (h its header's word), at most one page torn
+/// between them, every word naming its writer and page; past the slices
+/// the object holds nothing (holes stayed holes). Returns the headers.
+fn check_shm_objects(pid: i32) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let procs = tree_of(pid);
+    assert_eq!(procs.len() as u64, SHM_WRITERS_N, "the writers of pid {pid}: {procs:?}");
+    for &p in &procs {
+        kill(Pid::from_raw(p), Signal::SIGSTOP).unwrap();
+    }
+    // Stopped for real before a page is read.
+    for &p in &procs {
+        let t = Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default().split(") ").nth(1).is_some_and(|s| s.starts_with('T'))
+        {
+            assert!(t.elapsed() < Duration::from_secs(10), "pid {p} does not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut headers = Vec::new();
+    let mut problems = Vec::new();
+    for o in &SHM_OBJS {
+        let line = maps.lines().find(|l| l.contains(o.what) && l.split_whitespace().nth(1).is_some_and(|p| p.ends_with('s')));
+        let Some(line) = line else {
+            problems.push(format!("{} is not mapped shared by pid {pid}:\n{maps}", o.what));
+            continue;
+        };
+        let range = line.split_whitespace().next().unwrap();
+        let file = std::fs::File::open(format!("/proc/{pid}/map_files/{range}")).unwrap();
+        assert_eq!(file.metadata().unwrap().len(), o.size, "{} size", o.what);
+        let mut data = vec![0u8; ((1 + SHM_WRITERS_N * o.slice) * 4096) as usize];
+        file.read_exact_at(&mut data, 0).unwrap();
+        let word = |page: u64, i: usize| {
+            let at = page as usize * 4096 + i * 8;
+            u64::from_le_bytes(data[at..at + 8].try_into().unwrap())
+        };
+        for w in 0..SHM_WRITERS_N {
+            let h = word(0, w as usize);
+            headers.push(h);
+            let mut gens = Vec::new();
+            let mut torn = 0;
+            for page in 0..o.slice {
+                let at = 1 + w * o.slice + page;
+                let words: Vec<u64> = (0..512).map(|i| word(at, i)).collect();
+                if let Some(bad) = words.iter().find(|&&v| v & 0xffff_ffff != (w << 16) | page) {
+                    problems.push(format!("{} writer {w} page {page}: word {bad:#x} names another page", o.what));
+                    break;
+                }
+                let first = words[0] >> 32;
+                let split = words.iter().position(|&v| v >> 32 != first).unwrap_or(512);
+                if split < 512 {
+                    torn += 1;
+                    if words[split..].iter().any(|&v| v >> 32 != first.wrapping_sub(1)) {
+                        problems.push(format!("{} writer {w} page {page}: torn other than g+1 then g", o.what));
+                    }
+                }
+                gens.push(first);
+            }
+            let monotone = gens.windows(2).all(|g| g[0] >= g[1] && g[0] - g[1] <= 1);
+            let in_range = gens.iter().all(|&g| g == h || g == h + 1);
+            if !monotone || !in_range || torn > 1 {
+                problems.push(format!("{} writer {w}: header {h}, generations {gens:?}, {torn} torn pages", o.what));
+            }
+        }
+        let end = (1 + SHM_WRITERS_N * o.slice) * 4096;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: lseek on a descriptor this function holds open.
+        let data_after = unsafe { libc::lseek(fd, end as i64, libc::SEEK_DATA) };
+        if data_after >= 0 {
+            problems.push(format!("{}: data at {data_after:#x}, past every slice (a hole filled)", o.what));
+        }
+    }
+    for &p in &procs {
+        kill(Pid::from_raw(p), Signal::SIGCONT).unwrap();
+    }
+    assert!(problems.is_empty(), "shared memory of pid {pid} is not what its writers wrote:\n{}", problems.join("\n"));
+    headers
+}
+
+/// Four processes write shared memory of every kind (MAP_SHARED
+/// anonymous, SysV, memfd, an unlinked /dev/shm file) all through their
+/// moves h1 → h2 → h1. The MAP_SHARED anonymous area and the SysV segment
+/// go in the pre-copy rounds, so the stop's state image holds neither;
+/// after each move every object reads, from outside, as its writers left
+/// it (generations in order, holes still holes), and the writers go on.
+#[test]
+fn shared_memory_goes_in_the_rounds() {
+    let lab = TestLab::up("shm", 2);
+    let src = lab.vol.join("shm_writers.c");
+    std::fs::write(&src, SHM_WRITERS).unwrap();
+    let bin = lab.vol.join("shm_writers");
+    let st = Command::new("gcc").args(["-O1", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "gcc failed");
+    let log = lab.vol.join("shm_writers.log");
+    lab.create("shmw", "h1", Some("512M"), &[bin.to_string_lossy().into_owned(), log.to_string_lossy().into_owned()]).unwrap();
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("gen ") {
+        assert!(t.elapsed() < Duration::from_secs(30), "shm_writers never got going: {}", lab.logs("shmw"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check_shm_objects(lab.pid_of("shmw"));
+    // What the tracked objects hold (written slices and headers), sent in
+    // the rounds and not in the stop.
+    let tracked: u64 = SHM_OBJS[..2].iter().map(|o| (1 + SHM_WRITERS_N * o.slice) * 4096).sum();
+    for to in ["h2", "h1"] {
+        let r = moved(&lab, "shmw", to);
+        assert_eq!(lab.state_of("shmw"), "running", "after the move to {to}: {}", lab.logs("shmw"));
+        let pid = lab.pid_of("shmw");
+        let before = check_shm_objects(pid);
+        let stop = &r["stop"];
+        let image = stop["state_image_bytes"].as_u64().unwrap();
+        let rounds: u64 = r["rounds"].as_array().unwrap().iter().map(|x| x["bytes"].as_u64().unwrap()).sum();
+        println!(
+            "shm_writers to {to}: state image {image} B, final pages {}, rounds {} ({rounds} B), downtime {} ms",
+            stop["final_pages"],
+            r["rounds"].as_array().unwrap().len(),
+            r["downtime_ms"]
+        );
+        assert!(rounds >= tracked, "the rounds sent {rounds} bytes, less than the {tracked} the shared objects hold: {r}");
+        assert!(image < tracked / 4, "the stop's state image holds {image} bytes: the shared objects ({tracked} bytes) went in it: {r}");
+        // The writers go on: every header moves.
+        let t = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = check_shm_objects(pid);
+            if now.iter().zip(&before).all(|(a, b)| a > b) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "the writers stopped after the move to {to}: {before:?} -> {now:?}");
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!text.contains("died"), "a writer died: {text}");
+    }
+}
+
 // ------------------------------------------------------------ http.server
 
 /// One HTTP/1.0 GET from the client namespace, on a connection of its own:

@@ -14,6 +14,18 @@
 //! skipped and counts as new at the next collection. Dropping the tracker closes the last reference to the
 //! userfaultfd, which unregisters everything: an abort leaves the process
 //! as it was.
+//!
+//! Shared memory objects whose only writers are page tables (a MAP_SHARED
+//! anonymous area's object, a SysV segment: see [`shm_object`]) are
+//! tracked the same way, through every writable mapping of them in the
+//! process: write-protection is per page table, so each mapping is
+//! registered, and what is written through it is reported as offsets in
+//! the object. A page whose entry is gone since it was written (dropped
+//! with MADV_DONTNEED, reclaimed to swap: a shmem page leaves no swap
+//! entry behind) reads as written, since the scan reports every entry
+//! that is neither write-protected nor a marker. What a mapping that went
+//! away or changed since the last look had written goes away with its
+//! page table, so such a mapping's whole range counts as written.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -36,6 +48,64 @@ pub struct Dirty {
     /// Areas no userfaultfd takes (droppable ones): wholly dirty at every
     /// collection, whatever the process does. Also in `new_areas`.
     pub untracked: Vec<(u64, u64)>,
+    /// Writes to tracked shared memory objects, as `[start, end)` offsets
+    /// in the object: written through a mapping, or the whole mapped
+    /// range of a mapping that appeared, changed or went away.
+    pub shared: Vec<(ShmRef, u64, u64)>,
+}
+
+/// A shared memory object that pre-copy tracks, by the inode its
+/// mappings show (a SysV segment's inode number is its id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShmRef {
+    /// A SysV segment (else a MAP_SHARED anonymous area's object).
+    pub sysv: bool,
+    /// Its inode number.
+    pub inode: u64,
+}
+
+/// The object `e` maps, when its pages can be tracked through page
+/// tables alone: a MAP_SHARED anonymous area's object ("/dev/zero
+/// (deleted)") or a SysV segment. Their own files are the kernel's: no
+/// descriptor writes them unless one is opened again (through
+/// /proc/PID/map_files), which pre-copy watches for. A memfd is not: its
+/// own open file (held by descriptors, or in flight in a unix socket)
+/// writes without a page table and without a notification, so memfds
+/// are sent whole in the stop. Nor are huge pages (tracking works in
+/// 4 KiB pages).
+pub fn shm_object(e: &MapEntry) -> Option<ShmRef> {
+    if !e.shared() {
+        return None;
+    }
+    if crate::ipc::is_sysv_shm(e) {
+        Some(ShmRef { sysv: true, inode: e.inode })
+    } else if e.path == "/dev/zero (deleted)" {
+        Some(ShmRef { sysv: false, inode: e.inode })
+    } else {
+        None
+    }
+}
+
+/// A writable mapping of a tracked object, as the last look found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SharedArea {
+    start: u64,
+    end: u64,
+    obj: ShmRef,
+    /// Offset in the object of `start`.
+    off: u64,
+}
+
+impl SharedArea {
+    fn of(e: &MapEntry) -> Option<SharedArea> {
+        let obj = shm_object(e).filter(|_| e.prot() & libc::PROT_WRITE as u32 != 0)?;
+        Some(SharedArea { start: e.start, end: e.end, obj, off: e.offset })
+    }
+
+    /// `[start, end)` of the area as offsets in the object.
+    fn offsets(&self, start: u64, end: u64) -> (ShmRef, u64, u64) {
+        (self.obj, self.off + (start - self.start), self.off + (end - self.start))
+    }
 }
 
 impl Dirty {
@@ -52,6 +122,8 @@ pub struct DirtyTracker {
     pagemap: Pagemap,
     /// Areas a userfaultfd refused to take, as they were.
     untrackable: std::collections::HashSet<(u64, u64)>,
+    /// Writable mappings of tracked shared objects at the last look.
+    shared_areas: Vec<SharedArea>,
 }
 
 /// Areas whose pages a dump saves and a write can dirty: private and
@@ -121,10 +193,21 @@ impl DirtyTracker {
         if got & want != want {
             return Err(EngineError::Incompatible(format!("userfaultfd lacks write-protect async features (got {got:#x})")));
         }
-        let mut t =
-            DirtyTracker { pid, uffd, pagemap: Pagemap::open(pid).step(pid, || "open pagemap".into())?, untrackable: Default::default() };
-        for (s, e) in trackable(&proc::maps(pid)?) {
+        let mut t = DirtyTracker {
+            pid,
+            uffd,
+            pagemap: Pagemap::open(pid).step(pid, || "open pagemap".into())?,
+            untrackable: Default::default(),
+            shared_areas: Vec::new(),
+        };
+        let maps = proc::maps(pid)?;
+        for (s, e) in trackable(&maps) {
             t.track(s, e)?;
+        }
+        // One not registered after all reads as new at the next look.
+        t.shared_areas = maps.iter().filter_map(SharedArea::of).collect();
+        for a in t.shared_areas.clone() {
+            t.track(a.start, a.end)?;
         }
         Ok(t)
     }
@@ -172,7 +255,16 @@ impl DirtyTracker {
 
     /// Whether `[start, end)` is still one trackable area.
     fn still_mapped(&self, start: u64, end: u64) -> Result<bool> {
-        Ok(proc::maps(self.pid)?.iter().any(|m| m.start == start && m.end == end && is_trackable(m)))
+        Ok(proc::maps(self.pid)?.iter().any(|m| m.start == start && m.end == end && (is_trackable(m) || SharedArea::of(m).is_some())))
+    }
+
+    /// The tracked shared objects the process maps writable, as the last
+    /// look found them.
+    pub fn shared_objects(&self) -> Vec<ShmRef> {
+        let mut v: Vec<ShmRef> = self.shared_areas.iter().map(|a| a.obj).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Pages written since the last call (or the start), each re-protected
@@ -228,6 +320,29 @@ impl DirtyTracker {
             }
         }
         out.written.sort_unstable();
+        let mut areas = Vec::new();
+        for a in now.iter().filter_map(SharedArea::of) {
+            regions.clear();
+            match self.pagemap.scan(a.start, a.end, q, &mut regions) {
+                Ok(()) => out.shared.extend(regions.iter().map(|r| a.offsets(r.start, r.end))),
+                Err(err) if err.errno() == Some(libc::EPERM) => {
+                    out.shared.push(a.offsets(a.start, a.end));
+                    if again && !self.untrackable.contains(&(a.start, a.end)) {
+                        self.track(a.start, a.end)?;
+                    }
+                }
+                Err(err) => return Err(err).step(self.pid, || format!("scan written pages of shared {:#x}-{:#x}", a.start, a.end)),
+            }
+            areas.push(a);
+        }
+        // A mapping gone or changed since the last look took with its page
+        // table what was written through it and not reported yet.
+        for a in self.shared_areas.iter().filter(|a| !areas.contains(a)) {
+            out.shared.push(a.offsets(a.start, a.end));
+        }
+        if again {
+            self.shared_areas = areas;
+        }
         Ok(out)
     }
 }

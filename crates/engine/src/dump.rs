@@ -77,6 +77,16 @@ pub enum After {
     Frozen,
 }
 
+/// The pages of a shared memory object a receiver holds
+/// ([`DumpOptions::precopied_shm`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrecopiedShm {
+    /// The receiver's file holding them, in the image directory.
+    pub file: String,
+    /// Offsets `[start, end)` in the object, page aligned.
+    pub ranges: Vec<(u64, u64)>,
+}
+
 /// Every checkpoint option.
 #[derive(Clone, Debug, Default)]
 pub struct DumpOptions {
@@ -104,6 +114,15 @@ pub struct DumpOptions {
     /// take the tracker's last report while the tree is stopped (between
     /// [`stop_tree`] and [`StoppedTree::dump`]) and leave its pages out.
     pub precopied: HashMap<i32, Vec<(u64, u64)>>,
+    /// Shared memory objects (MAP_SHARED anonymous areas' objects, SysV
+    /// segments) whose pages the receiver holds, each in a precopy file
+    /// of its own at offset = offset in the object: held data pages are
+    /// recorded as precopied runs and not read, holes stay holes. Used
+    /// only when every process of the tree has an entry in `precopied`
+    /// (all were tracked from the start of pre-copy: one that came or
+    /// went meanwhile may have written without a tracked page table);
+    /// else every object is saved whole.
+    pub precopied_shm: HashMap<crate::ShmRef, PrecopiedShm>,
     /// The root's network namespace is the caller's (a partition's, with
     /// its NIC, which the host recreates on the target): interfaces other
     /// than lo in it are not refused, and the image requires the restore
@@ -211,6 +230,15 @@ impl StoppedTree {
         files.ext_unix_sk = opts.ext_unix_sk;
         files.lock = opts.lock_connections.then(crate::netlock::NetLock::new);
         let mut shm = ShmemTable::default();
+        if self.order.iter().all(|pid| opts.precopied.contains_key(pid)) {
+            shm.precopied = opts
+                .precopied_shm
+                .iter()
+                .map(|(&k, h)| (k, PrecopiedShm { file: h.file.clone(), ranges: page_ranges(&h.ranges) }))
+                .collect();
+        } else if !opts.precopied_shm.is_empty() {
+            tracing::debug!(root, "a process was not tracked through pre-copy: shared memory is saved whole");
+        }
         // Pages shared copy-on-write can only be shared with a parent or
         // a child, or through them: only such processes are looked at.
         let members = crate::restore::Member::read(&self.order);
@@ -479,7 +507,7 @@ fn dump_process(
     };
     lap("ns");
     if let Some(n) = p.namespaces.as_mut() {
-        ipc::dump_ns(pid, n, dir)?;
+        ipc::dump_ns(pid, n, dir, &shm.precopied)?;
     }
     p.seccomp = seccomp::dump(pid, &threads.iter().map(|t| t.tid).collect::<Vec<_>>())?;
     lap("seccomp");

@@ -308,7 +308,15 @@ pub(crate) fn save_object(pid: i32, v: &Vma, dir: &Path) -> Result<ShmemImage> {
         });
     }
     let memfd_name = v.path.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n).to_string()).unwrap_or_default();
-    Ok(ShmemImage { id: v.shmem_id, size: len, pages: runs, pages_file: name, memfd_name, huge_page_size: size })
+    Ok(ShmemImage {
+        id: v.shmem_id,
+        size: len,
+        pages: runs,
+        pages_file: name,
+        memfd_name,
+        huge_page_size: size,
+        precopy_file: String::new(),
+    })
 }
 
 /// Makes the hugetlbfs object of `s` again, mapped in lpm: the huge

@@ -18,11 +18,12 @@
 //! descriptors are files (`files::mqueue`). Not detectable from outside,
 //! hence not restored: SEM_UNDO adjustments of the processes.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use lpm_image::{
-    IpcNamespace, IpcPerm, IpcSysctl, Namespaces, PagesReader, PagesWriter, Process, SysvMsg, SysvMsgQueue, SysvSem, SysvShm, SysvShmMap,
-    TreeImage,
+    IpcNamespace, IpcPerm, IpcSysctl, Namespaces, PageRun, PagesReader, PagesWriter, Process, SysvMsg, SysvMsgQueue, SysvSem, SysvShm,
+    SysvShmMap, TreeImage,
 };
 use lpm_sys::ipc as sys;
 use lpm_sys::remote::Remote;
@@ -130,8 +131,10 @@ pub fn check_ns(pid: i32, ns: &Namespaces) -> Result<()> {
 }
 
 /// Records the contents of the ipc namespace `pid` owns into `ns` (a no-op
-/// for a process that owns no ipc namespace).
-pub fn dump_ns(pid: i32, ns: &mut Namespaces, dir: &Path) -> Result<()> {
+/// for a process that owns no ipc namespace). Pages of segments that
+/// `precopied` names (by id: a segment's inode number is its id) are
+/// recorded as precopied runs, not read.
+pub fn dump_ns(pid: i32, ns: &mut Namespaces, dir: &Path, precopied: &HashMap<crate::ShmRef, crate::PrecopiedShm>) -> Result<()> {
     if ns.clone_flags & libc::CLONE_NEWIPC as u64 == 0 {
         return Ok(());
     }
@@ -149,22 +152,49 @@ pub fn dump_ns(pid: i32, ns: &mut Namespaces, dir: &Path) -> Result<()> {
             let mut w = PagesWriter::create(dir, &name)?;
             let mut pages = Vec::new();
             let data = seg.as_slice();
+            let held = precopied.get(&crate::ShmRef { sysv: true, inode: perm.id as u64 });
+            // A held page is not touched: the receiver has it (or holds zero
+            // where the segment had nothing).
+            let is_held = |i: usize| {
+                held.is_some_and(|h| {
+                    let k = h.ranges.partition_point(|r| r.1 <= i as u64);
+                    k < h.ranges.len() && h.ranges[k].0 <= i as u64
+                })
+            };
             let mut at = 0usize;
             while at < data.len() {
+                if is_held(at) {
+                    let mut end = at + PAGE as usize;
+                    while end < data.len() && is_held(end) {
+                        end += PAGE as usize;
+                    }
+                    pages.push(PageRun {
+                        vaddr: at as u64,
+                        npages: ((end - at) / PAGE as usize) as u64,
+                        precopied: true,
+                        ..Default::default()
+                    });
+                    at = end;
+                    continue;
+                }
                 let zero = |i: usize| lpm_sys::misc::is_zero(&data[i..i + PAGE as usize]);
                 if zero(at) {
                     at += PAGE as usize;
                     continue;
                 }
                 let mut end = at + PAGE as usize;
-                while end < data.len() && !zero(end) {
+                while end < data.len() && !zero(end) && !is_held(end) {
                     end += PAGE as usize;
                 }
                 pages.push(w.append(at as u64, &data[at..end])?);
                 at = end;
             }
             w.finish()?;
-            ipc.shm.push(SysvShm { perm: Some(perm), size, pages, pages_file: name });
+            let precopy_file = match held {
+                Some(h) if pages.iter().any(|r| r.precopied) => h.file.clone(),
+                _ => String::new(),
+            };
+            ipc.shm.push(SysvShm { perm: Some(perm), size, pages, pages_file: name, precopy_file });
         }
         for row in table("sem")? {
             let perm = perm(&row, 4, "sem")?;
@@ -266,13 +296,17 @@ fn restore_ns(p: &Process, ipc: &IpcNamespace, dir: &Path) -> Result<Vec<u32>> {
         let len = s.size.div_ceil(PAGE) * PAGE;
         let mut seg = sys::shm_attach(id, len as usize, false).map_err(step(format!("attach shared memory segment {id}")))?;
         let r = PagesReader::open(dir, &s.pages_file)?;
-        for run in s.pages.iter().filter(|r| !r.zero) {
+        for run in s.pages.iter().filter(|r| !r.zero && !r.precopied) {
             r.read_run(run, &mut buf)?;
             let at = run.vaddr as usize;
             seg.as_mut_slice()
                 .get_mut(at..at + buf.len())
                 .ok_or_else(|| EngineError::Incompatible(format!("shared memory segment {id}: pages at {at:#x} beyond its size")))?
                 .copy_from_slice(&buf);
+        }
+        let what = format!("shared memory segment {id}");
+        if let Some(f) = crate::mem::open_object_precopy(dir, &s.precopy_file, &s.pages, &what)? {
+            crate::mem::fill_precopied(&f, &s.pages, seg.as_mut_slice(), &what)?;
         }
         drop(seg);
         sys::shm_set(id, perm.uid, perm.gid, perm.mode).map_err(step(format!("set owner of shared memory segment {id}")))?;

@@ -50,8 +50,8 @@ mod zombie;
 use std::path::PathBuf;
 
 pub use cow::{read_shared_pages, SharedPages};
-pub use dirty::{Dirty, DirtyTracker};
-pub use dump::{checkpoint, checkpoint_with, After, CheckpointOptions, CheckpointStats, DumpOptions};
+pub use dirty::{shm_object, Dirty, DirtyTracker, ShmRef};
+pub use dump::{checkpoint, checkpoint_with, After, CheckpointOptions, CheckpointStats, DumpOptions, PrecopiedShm};
 pub use handoff::{thaw_tree, HandbackError, Handoff};
 pub use inspect::{inspect, passing, Inspection, Refusal};
 pub use lazy::{FillPart, FillStats, LazyFill};

@@ -250,6 +250,8 @@ fn push_run(runs: &mut Vec<PageRun>, run: PageRun) {
 pub struct ShmemTable {
     /// Saved objects.
     pub saved: HashMap<u64, ShmemImage>,
+    /// The objects' pages a live migration's receiver holds already.
+    pub precopied: HashMap<crate::ShmRef, crate::PrecopiedShm>,
 }
 
 fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<()> {
@@ -267,21 +269,41 @@ fn save_shmem(pid: i32, v: &Vma, dir: &Path, table: &mut ShmemTable) -> Result<(
     let mut w = PagesWriter::create(dir, &name)?;
     let mut runs = Vec::new();
     let mut buf = vec![0u8; CHUNK];
+    // Pre-copy tracks only these objects (dirty::shm_object).
+    let held = match v.path.as_str() {
+        "/dev/zero (deleted)" => table.precopied.get(&crate::ShmRef { sysv: false, inode: v.shmem_id }),
+        _ => None,
+    };
+    let held_ranges = held.map(|h| h.ranges.as_slice()).unwrap_or(&[]);
     let mut off = 0u64;
     while off < size {
         let Some((data, hole)) = lpm_sys::misc::next_data(f.as_fd(), off) else { break };
-        let mut at = data;
-        while at < hole.min(size) {
-            let len = ((hole.min(size) - at) as usize).min(CHUNK);
-            f.read_exact_at(&mut buf[..len], at).map_err(io_err(format!("read {path}")))?;
-            emit(at, &buf[..len], &mut w, &mut runs)?;
-            at += len as u64;
+        // Only data is looked at: a hole stays one, held or not.
+        for (start, end, pre) in split_at_ranges(held_ranges, data, hole.min(size)) {
+            if pre {
+                push_run(&mut runs, PageRun { vaddr: start, npages: (end - start) / PAGE, precopied: true, ..Default::default() });
+                continue;
+            }
+            let mut at = start;
+            while at < end {
+                let len = ((end - at) as usize).min(CHUNK);
+                f.read_exact_at(&mut buf[..len], at).map_err(io_err(format!("read {path}")))?;
+                emit(at, &buf[..len], &mut w, &mut runs)?;
+                at += len as u64;
+            }
         }
         off = hole;
     }
     w.finish()?;
     let memfd_name = v.path.strip_prefix("/memfd:").map(|n| n.strip_suffix(" (deleted)").unwrap_or(n).to_string()).unwrap_or_default();
-    table.saved.insert(v.shmem_id, ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name, memfd_name, huge_page_size: 0 });
+    let precopy_file = match held {
+        Some(h) if runs.iter().any(|r| r.precopied) => h.file.clone(),
+        _ => String::new(),
+    };
+    table.saved.insert(
+        v.shmem_id,
+        ShmemImage { id: v.shmem_id, size, pages: runs, pages_file: name, memfd_name, huge_page_size: 0, precopy_file },
+    );
     Ok(())
 }
 
@@ -679,6 +701,47 @@ fn ksm_merge_any(pid: i32) -> Result<bool> {
 /// PR_SET_MEMORY_MERGE (Linux 6.4).
 const PR_SET_MEMORY_MERGE: u64 = 67;
 
+/// The precopy file of a shared memory object or SysV segment, when
+/// `pages` has precopied runs.
+pub(crate) fn open_object_precopy(dir: &Path, name: &str, pages: &[PageRun], what: &str) -> Result<Option<std::fs::File>> {
+    if !pages.iter().any(|r| r.precopied) {
+        return Ok(None);
+    }
+    if name.is_empty() {
+        return Err(EngineError::Incompatible(format!("{what}: precopied pages but no precopy file")));
+    }
+    let path = dir.join(name);
+    Ok(Some(std::fs::File::open(&path).map_err(io_err(format!("open precopy file {} of {what}", path.display())))?))
+}
+
+/// Writes the precopied runs of `pages` from `file` (at offset = offset
+/// in the object) into `object`, a mapping of the new object. All-zero
+/// pages are not written: a page the sender never sent because it was
+/// zero reads as zero from the file, and writing it would allocate what
+/// the original did not hold.
+pub(crate) fn fill_precopied(file: &std::fs::File, pages: &[PageRun], object: &mut [u8], what: &str) -> Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    for run in pages.iter().filter(|r| r.precopied) {
+        let (start, end) = (run.vaddr, run.vaddr + run.npages * PAGE);
+        if end as usize > object.len() {
+            return Err(EngineError::Incompatible(format!("{what}: precopied pages at {start:#x} beyond its size")));
+        }
+        let mut at = start;
+        while at < end {
+            let len = ((end - at) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..len], at).map_err(io_err(format!("read the precopied pages of {what} at {at:#x}")))?;
+            for (i, page) in buf[..len].chunks_exact(PAGE as usize).enumerate() {
+                if !is_zero(page) {
+                    let o = at as usize + i * PAGE as usize;
+                    object[o..o + PAGE as usize].copy_from_slice(page);
+                }
+            }
+            at += len as u64;
+        }
+    }
+    Ok(())
+}
+
 /// Shared anonymous objects recreated by the restorer, mapped in lpm so
 /// puppets can open them through /proc/LPM/map_files.
 pub struct ShmemObjects {
@@ -709,7 +772,9 @@ impl ShmemObjects {
                 Mapping::file_shared(fd.as_fd(), s.size as usize).step(0, what)?
             };
             let r = PagesReader::open(dir, &s.pages_file)?;
-            for run in s.pages.iter().filter(|r| !r.zero) {
+            let what = format!("shared memory {}", s.id);
+            let precopy = open_object_precopy(dir, &s.precopy_file, &s.pages, &what)?;
+            for run in s.pages.iter().filter(|r| !r.zero && !r.precopied) {
                 r.read_run(run, &mut buf)?;
                 let at = run.vaddr as usize;
                 let dst = m
@@ -717,6 +782,9 @@ impl ShmemObjects {
                     .get_mut(at..at + buf.len())
                     .ok_or_else(|| EngineError::Incompatible(format!("shared memory {}: page run at {at:#x} beyond its size", s.id)))?;
                 dst.copy_from_slice(&buf);
+            }
+            if let Some(f) = &precopy {
+                fill_precopied(f, &s.pages, m.as_mut_slice(), &what)?;
             }
             objects.insert(s.id, m);
         }

@@ -670,7 +670,9 @@ pub struct PageRun {
     /// The pages were pre-copied during a live migration: their data is
     /// not in the pages file but in the process's precopy file
     /// (`Mm::precopy_file`) at file offset `vaddr`; `offset` and `xxh3`
-    /// are 0. Only process address spaces have such runs.
+    /// are 0. Process address spaces, shared memory objects and SysV
+    /// segments (their own `precopy_file`, at offset = offset in the
+    /// object) have such runs.
     #[prost(bool, tag = "6")]
     pub precopied: bool,
     /// The pages are the same physical pages as process `cow_pid`'s (its
@@ -707,6 +709,12 @@ pub struct ShmemImage {
     /// zero), and only those are allocated again.
     #[prost(uint64, tag = "220")]
     pub huge_page_size: u64,
+    /// The receiver's precopy file holding the object's pre-copied
+    /// pages (a live migration sent them in its rounds): `precopied`
+    /// runs read from it at file offset = offset in the object. Empty
+    /// without such runs.
+    #[prost(string, tag = "250")]
+    pub precopy_file: String,
 }
 
 /// What a file descriptor refers to.
@@ -1217,6 +1225,11 @@ pub struct SysvShm {
     /// Name of the pages file in the image directory.
     #[prost(string, tag = "4")]
     pub pages_file: String,
+    /// The receiver's precopy file holding the segment's pre-copied
+    /// pages: `precopied` runs read from it at file offset = offset in
+    /// the segment. Empty without such runs.
+    #[prost(string, tag = "250")]
+    pub precopy_file: String,
 }
 
 /// A SysV semaphore set.

@@ -74,13 +74,42 @@
 //! Processes forked after the start are not tracked: nothing is held for
 //! them and the final checkpoint sends all their pages. A process that
 //! exited is dropped quietly and has no entry in the result.
+//!
+//! # Shared memory objects
+//!
+//! The objects whose only writers are page tables (MAP_SHARED anonymous
+//! areas' objects and SysV segments, [`lpm_engine::shm_object`]) that a
+//! process maps at the start are pre-copied too, each as an object of its
+//! own: read from the object (through /proc/PID/map_files, so holes read
+//! as zero without being allocated, and round 1 sends its data extents
+//! only) and handed to the sink under a key of its own, a negative
+//! "pid" ([`object_key`]), at offset = offset in the object. Their
+//! writes are what the trackers report for every writable mapping of
+//! them in every process, as offsets ([`lpm_engine::Dirty::shared`]).
+//! What the page tables cannot see makes an object go whole into the
+//! stop (nothing held for it):
+//!
+//! - a write through a file opened on it again (/proc/PID/map_files):
+//!   an inotify watch on each object reports it (IN_MODIFY, IN_ATTRIB);
+//! - a process that came or went during pre-copy: one that exited may
+//!   have written since its last collection, one forked is not tracked
+//!   (its page tables are its own, without write-protection) and may
+//!   write and exit unseen between two looks. A tracked process that
+//!   exited is seen here; every fork on the system is heard through the
+//!   kernel's process events connector ([`lpm_sys::procevents`]), and
+//!   one by a tracked process spoils every object; the checkpoint also
+//!   saves every object whole when a process of the tree was not tracked
+//!   ([`lpm_engine::DumpOptions::precopied_shm`]). Without the connector
+//!   no object is pre-copied.
+//!
+//! Objects made after the start are not pre-copied either.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use lpm_engine::{proc, DirtyTracker, EngineError};
+use lpm_engine::{proc, DirtyTracker, EngineError, PrecopiedShm, ShmRef};
 use lpm_sys::misc::is_zero;
 use lpm_sys::pagemap::{Pagemap, Query, Region, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT};
 
@@ -156,6 +185,18 @@ pub enum PrecopyError {
         /// The cause.
         #[source]
         source: lpm_sys::Error,
+    },
+    /// A shared memory object could not be watched for writes through
+    /// files opened on it.
+    #[error("watch shared memory {path} of pid {pid}")]
+    Watch {
+        /// The process mapping it.
+        pid: i32,
+        /// Its /proc/PID/map_files entry.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The sink did not take pages.
     #[error("send {len} bytes of pid {pid} at {vaddr:#x}")]
@@ -356,6 +397,12 @@ pub struct RoundStats {
 /// holds current.
 pub type Held = HashMap<i32, Vec<(u64, u64)>>;
 
+/// The sink key of the `index`th shared memory object: negative, so
+/// that it never meets a pid.
+pub fn object_key(index: usize) -> i32 {
+    -(index as i32) - 1
+}
+
 /// What [`Precopy::finish`] did and leaves.
 #[derive(Debug)]
 pub struct Finished {
@@ -367,6 +414,10 @@ pub struct Finished {
     /// processes wrote last, their working set, which a restore should
     /// fill before they run rather than on their first touch.
     pub last_sent: Held,
+    /// The shared memory objects whose pages the target holds, with the
+    /// name of the target's file for each (for
+    /// `DumpOptions::precopied_shm`).
+    pub shm: HashMap<ShmRef, PrecopiedShm>,
 }
 
 /// A sink that notes what passes through it.
@@ -433,11 +484,77 @@ struct Proc {
     /// Present pages of areas no userfaultfd tracks, as the last
     /// collection found them: pending again after every round.
     untracked: u64,
+    /// Writes to shared objects the last collection found.
+    shared: Vec<(ShmRef, u64, u64)>,
+}
+
+/// One pre-copied shared memory object.
+struct Obj {
+    r: ShmRef,
+    /// Its sink key ([`object_key`]).
+    key: i32,
+    /// The object, opened through /proc/PID/map_files.
+    file: File,
+    /// Its size: it cannot change (a SysV segment's, a MAP_SHARED
+    /// anonymous area's object's) but through a file opened on it again,
+    /// which spoils it.
+    size: u64,
+    /// Its inotify watch.
+    wd: i32,
+    held: RangeSet,
+    pending: RangeSet,
+    ever: RangeSet,
+    /// Why the target cannot be said to hold it: it goes whole into the
+    /// stop.
+    spoiled: Option<&'static str>,
+}
+
+impl Obj {
+    fn spoil(&mut self, why: &'static str) {
+        if self.spoiled.is_none() {
+            tracing::debug!(object = ?self.r, why, "shared memory object goes whole into the stop");
+            self.spoiled = Some(why);
+            self.held = RangeSet::new();
+            self.pending = RangeSet::new();
+        }
+    }
+
+    /// Sends everything pending to `sink`, read from the object.
+    fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        if self.spoiled.is_some() {
+            return Ok(());
+        }
+        let mut s = Sender { pid: self.key, ever: &self.ever, mem: None, via_mem: false, file: Some(&self.file), out: Sent::default() };
+        let res = s.send(pending.ranges(), buf, sink);
+        let out = s.out;
+        for (a, b) in out.held {
+            self.held.insert(a, b);
+        }
+        for (a, b) in out.sent {
+            self.ever.insert(a, b);
+        }
+        st.pages += out.stats.pages;
+        st.bytes += out.stats.bytes;
+        st.zero_skipped += out.stats.zero_skipped;
+        st.unreadable += out.stats.unreadable;
+        res
+    }
 }
 
 /// Pre-copy of a set of running processes.
 pub struct Precopy {
     procs: Vec<Proc>,
+    objs: Vec<Obj>,
+    /// Watches the objects for writes through files opened on them.
+    inotify: Option<std::os::fd::OwnedFd>,
+    /// Hears the forks of the tracked processes.
+    events: Option<lpm_sys::procevents::ProcEvents>,
+    /// Every process ever tracked.
+    tracked: Vec<i32>,
+    /// A tracked process went away (or reaped a child): every object goes
+    /// whole into the stop.
+    lost: Option<String>,
     gone: Vec<i32>,
     /// Read buffers, one per sending thread.
     bufs: Vec<Vec<u8>>,
@@ -519,6 +636,7 @@ impl Proc {
             self.existing(s, e, regions, &mut untracked)?;
         }
         self.untracked = untracked.pages();
+        self.shared = d.shared;
         self.pending.union(&fresh);
         self.held.subtract(&written);
         self.held.subtract(&RangeSet::from_ranges(d.new_areas.iter().copied()));
@@ -528,7 +646,8 @@ impl Proc {
     /// Sends everything pending to `sink`.
     fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        let mut s = Sender { pid: self.pid, ever: &self.ever, mem: self.mem.take(), via_mem: self.related, out: Sent::default() };
+        let mut s =
+            Sender { pid: self.pid, ever: &self.ever, mem: self.mem.take(), via_mem: self.related, file: None, out: Sent::default() };
         let res = s.send(pending.ranges(), buf, sink);
         let (mem, out) = (s.mem, s.out);
         self.mem = mem;
@@ -550,7 +669,7 @@ impl Proc {
                 .zip(bufs.iter_mut())
                 .map(|((share, sink), buf)| {
                     scope.spawn(move || {
-                        let mut s = Sender { pid, ever, mem: None, via_mem, out: Sent::default() };
+                        let mut s = Sender { pid, ever, mem: None, via_mem, file: None, out: Sent::default() };
                         let res = s.send(share, buf, &mut **sink);
                         (s.out, res)
                     })
@@ -635,6 +754,9 @@ struct Sender<'a> {
     /// page it shares copy-on-write before it lets it be pinned, which
     /// would undo the sharing the restore is to make again.
     via_mem: bool,
+    /// Reads go to this file at offset = address instead (a shared
+    /// memory object's pages): a hole reads as zero and stays a hole.
+    file: Option<&'a File>,
     out: Sent,
 }
 
@@ -642,6 +764,18 @@ impl Sender<'_> {
     /// Reads up to `buf.len()` bytes at `vaddr`; returns how many whole
     /// pages' bytes were read before the first unreadable page.
     fn read(&mut self, vaddr: u64, buf: &mut [u8]) -> usize {
+        if let Some(f) = self.file {
+            let mut got = 0;
+            while got < buf.len() {
+                match f.read_at(&mut buf[got..], vaddr + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            return got - got % PAGE as usize;
+        }
         if !self.via_mem && lpm_sys::ptrace::read_mem(self.pid, vaddr, buf).is_ok() {
             return buf.len();
         }
@@ -715,7 +849,7 @@ impl Sender<'_> {
                 batch.push((s, len));
                 room -= len;
             }
-            if batch.len() > 1 && !self.via_mem {
+            if batch.len() > 1 && !self.via_mem && self.file.is_none() {
                 let got = lpm_sys::ptrace::read_mem_ranges(self.pid, &batch, buf).unwrap_or(0);
                 let mut off = 0;
                 let mut done = 0;
@@ -766,6 +900,10 @@ impl Precopy {
     /// Starts tracking the writes of running processes `pids` (each is
     /// stopped for a moment). A process that exited meanwhile is skipped.
     pub fn start(pids: &[i32]) -> Result<Precopy> {
+        // Listening before any tracking starts: a fork after it is heard.
+        let events = lpm_sys::procevents::ProcEvents::listen()
+            .map_err(|e| tracing::debug!(error = %e, "no process events: shared memory goes whole into the stop"))
+            .ok();
         let mut procs = Vec::with_capacity(pids.len());
         let mut dead = Vec::new();
         let ppid = |pid: i32| lpm_engine::proc::Stat::read(pid).map(|s| s.num(4) as i32).unwrap_or(0);
@@ -784,6 +922,7 @@ impl Precopy {
                     pending: RangeSet::new(),
                     ever: RangeSet::new(),
                     untracked: 0,
+                    shared: Vec::new(),
                 })
             });
             match opened {
@@ -792,7 +931,144 @@ impl Precopy {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Precopy { procs, gone: dead, bufs: vec![vec![0; CHUNK]], regions: Vec::new(), rounds: 0, last_collect: Instant::now() })
+        let mut pc = Precopy {
+            procs,
+            objs: Vec::new(),
+            inotify: None,
+            events,
+            tracked: pids.to_vec(),
+            lost: None,
+            gone: dead,
+            bufs: vec![vec![0; CHUNK]],
+            regions: Vec::new(),
+            rounds: 0,
+            last_collect: Instant::now(),
+        };
+        pc.find_objects()?;
+        Ok(pc)
+    }
+
+    /// Opens and watches the shared objects the tracked processes map,
+    /// once their writes are tracked: what round 1 reads from them is
+    /// then either current or reported written later.
+    fn find_objects(&mut self) -> Result<()> {
+        use rustix::fs::inotify;
+        // Off for a comparison: every object then goes whole into the
+        // stop, as before pre-copy took them.
+        if std::env::var_os("LPM_SHM_PRECOPY").is_some_and(|v| v == "0") || self.events.is_none() {
+            return Ok(());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.procs {
+            let pid = p.pid;
+            let maps = match proc::maps(pid) {
+                Ok(m) => m,
+                Err(_) if gone(pid) => continue,
+                Err(source) => return Err(PrecopyError::Maps { pid, source }),
+            };
+            for e in &maps {
+                let Some(r) = lpm_engine::shm_object(e) else { continue };
+                if !seen.insert(r) {
+                    continue;
+                }
+                let path = format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end);
+                // Unmapped meanwhile, or of huge pages (a SysV segment made
+                // with SHM_HUGETLB, which the checkpoint refuses anyway):
+                // not pre-copied.
+                let Ok(file) = File::open(&path) else { continue };
+                if !rustix::fs::fstatfs(&file).is_ok_and(|s| s.f_type == libc::TMPFS_MAGIC) {
+                    continue;
+                }
+                let Ok(md) = file.metadata() else { continue };
+                if self.inotify.is_none() {
+                    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+                        .map_err(|e| PrecopyError::Watch { pid, path: path.clone(), source: e.into() })?;
+                    self.inotify = Some(fd);
+                }
+                let fd = self.inotify.as_ref().expect("made above");
+                let wd = match inotify::add_watch(fd, &path, inotify::WatchFlags::MODIFY | inotify::WatchFlags::ATTRIB) {
+                    Ok(wd) => wd,
+                    Err(_) if File::open(&path).is_err() => continue,
+                    Err(e) => return Err(PrecopyError::Watch { pid, path, source: e.into() }),
+                };
+                let key = object_key(self.objs.len());
+                self.objs.push(Obj {
+                    r,
+                    key,
+                    file,
+                    size: md.len(),
+                    wd,
+                    held: RangeSet::new(),
+                    pending: RangeSet::new(),
+                    ever: RangeSet::new(),
+                    spoiled: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies what the last collection found about the shared objects:
+    /// writes through mappings (pending again), files opened on them
+    /// that wrote (spoiled), processes that came or went (all spoiled).
+    fn collect_objects(&mut self) {
+        if self.objs.is_empty() {
+            return;
+        }
+        for p in &mut self.procs {
+            for (r, s, e) in std::mem::take(&mut p.shared) {
+                let Some(o) = self.objs.iter_mut().find(|o| o.r == r) else { continue };
+                let (s, e) = (s.min(o.size), e.min(o.size.div_ceil(PAGE) * PAGE));
+                if s < e && o.spoiled.is_none() {
+                    o.pending.insert(s, e);
+                    o.held.remove(s, e);
+                }
+            }
+        }
+        if let Some(ev) = &self.events {
+            let mut forks = Vec::new();
+            match ev.forks(&mut forks) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.lost.get_or_insert_with(|| "process events were lost".into());
+                }
+                Err(e) => {
+                    self.lost.get_or_insert_with(|| format!("process events unreadable: {e}"));
+                }
+            }
+            // A new thread shares its process's page tables: only new
+            // processes count.
+            if let Some(f) = forks.iter().find(|f| f.child_pid == f.child_tgid && self.tracked.contains(&f.parent_tgid)) {
+                self.lost.get_or_insert_with(|| format!("pid {} forked pid {} during pre-copy", f.parent_tgid, f.child_tgid));
+            }
+        }
+        if let Some(fd) = &self.inotify {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+            let mut r = rustix::fs::inotify::Reader::new(fd, &mut buf);
+            while let Ok(ev) = r.next() {
+                let wd = ev.wd();
+                for o in self.objs.iter_mut().filter(|o| o.wd == wd || wd < 0) {
+                    o.spoil("written through a file opened on it");
+                }
+            }
+        }
+        if let Some(why) = &self.lost {
+            if self.objs.iter().any(|o| o.spoiled.is_none()) {
+                tracing::debug!(why = %why, "shared memory goes whole into the stop");
+            }
+            for o in &mut self.objs {
+                o.spoil("a process came or went during pre-copy");
+            }
+        }
+    }
+
+    /// Sends the objects' pending pages to `sink`.
+    fn send_objects(&mut self, sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
+        let buf = &mut self.bufs[0];
+        for o in &mut self.objs {
+            o.send_pending(buf, sink, st)?;
+        }
+        Ok(())
     }
 
     /// Runs `f` on every process; a process that failed because it exited
@@ -805,6 +1081,9 @@ impl Precopy {
                 Err(_) if gone(self.procs[i].pid) => {
                     let p = self.procs.remove(i);
                     tracing::debug!(pid = p.pid, "process exited during pre-copy");
+                    // What it wrote to shared memory since its last
+                    // collection went away with its page tables.
+                    self.lost.get_or_insert_with(|| format!("pid {} exited during pre-copy", p.pid));
                     self.gone.push(p.pid);
                 }
                 Err(e) => return Err(e),
@@ -821,6 +1100,9 @@ impl Precopy {
             found += p.collect(regions, false)?;
             Ok(())
         })?;
+        let before: u64 = self.objs.iter().map(|o| o.pending.pages()).sum();
+        self.collect_objects();
+        found += self.objs.iter().map(|o| o.pending.pages()).sum::<u64>().saturating_sub(before);
         let now = Instant::now();
         let interval = now - std::mem::replace(&mut self.last_collect, now);
         let untracked = self.procs.iter().map(|p| p.untracked).sum();
@@ -833,6 +1115,7 @@ impl Precopy {
         let t = Instant::now();
         let mut st = self.begin_round()?;
         self.each(|p, bufs, _| p.send_pending(&mut bufs[0], sink, &mut st))?;
+        self.send_objects(sink, &mut st)?;
         Ok(self.end_round(st, t))
     }
 
@@ -849,6 +1132,7 @@ impl Precopy {
             self.bufs.push(vec![0; CHUNK]);
         }
         self.each(|p, bufs, _| p.send_pending_parallel(bufs, sinks, &mut st))?;
+        self.send_objects(&mut *sinks[0], &mut st)?;
         Ok(self.end_round(st, t))
     }
 
@@ -861,6 +1145,18 @@ impl Precopy {
                 p.pending.union(&all);
                 Ok(())
             })?;
+            // An object's data extents: its holes are not read.
+            for o in self.objs.iter_mut().filter(|o| o.spoiled.is_none()) {
+                let mut off = 0;
+                while off < o.size {
+                    let Some((data, hole)) = lpm_sys::misc::next_data(std::os::fd::AsFd::as_fd(&o.file), off) else { break };
+                    if data >= o.size {
+                        break;
+                    }
+                    o.pending.insert(data / PAGE * PAGE, hole.min(o.size).div_ceil(PAGE) * PAGE);
+                    off = hole.max(data + PAGE);
+                }
+            }
         }
         self.rounds += 1;
         Ok(RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() })
@@ -889,11 +1185,21 @@ impl Precopy {
         // A read-only look: nothing runs any more, so nothing needs to be
         // write-protected again.
         self.each(|p, _, regions| p.collect(regions, true).map(drop))?;
+        self.collect_objects();
         self.rounds += 1;
         let mut st = RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() };
         let mut rec = Recording { inner: sink, sent: HashMap::new() };
         self.each(|p, bufs, _| p.send_pending(&mut bufs[0], &mut rec, &mut st))?;
         let last_sent = rec.sent;
+        self.send_objects(sink, &mut st)?;
+        let mut shm = HashMap::new();
+        for o in self.objs.iter().filter(|o| o.spoiled.is_none()) {
+            let mut held = o.held.clone();
+            // As for a process: past the end of the target's file a held
+            // zero page would read short.
+            held.remove(o.ever.ranges().last().map_or(0, |r| r.1), u64::MAX);
+            shm.insert(o.r, PrecopiedShm { file: crate::store::pages_file_name(o.key), ranges: held.into_vec() });
+        }
         st.duration = t.elapsed();
         tracing::debug!(pages = st.pages, zero = st.zero_skipped, ms = st.duration.as_secs_f64() * 1e3, "last round, frozen");
         let mut out = HashMap::new();
@@ -912,7 +1218,7 @@ impl Precopy {
         }
         // A zombie has no memory to restore.
         out.retain(|pid, _| !gone(*pid));
-        Ok(Finished { stats: st, held: out, last_sent })
+        Ok(Finished { stats: st, held: out, last_sent, shm })
     }
 
     /// Rounds run so far.
@@ -932,7 +1238,7 @@ impl Precopy {
 
     /// Pages found dirty and not sent yet, over all processes.
     pub fn pending_pages(&self) -> u64 {
-        self.procs.iter().map(|p| p.pending.pages()).sum()
+        self.procs.iter().map(|p| p.pending.pages()).sum::<u64>() + self.objs.iter().map(|o| o.pending.pages()).sum::<u64>()
     }
 
     /// The pages of `pid` whose current content the target holds, as far
@@ -944,6 +1250,12 @@ impl Precopy {
     /// Pages held by the target, over all processes.
     pub fn held_pages(&self) -> u64 {
         self.procs.iter().map(|p| p.held.pages()).sum()
+    }
+
+    /// The shared memory objects pre-copied, with the pages the target
+    /// holds of each, and whether it goes whole into the stop.
+    pub fn objects(&self) -> Vec<(ShmRef, u64, bool)> {
+        self.objs.iter().map(|o| (o.r, o.held.pages(), o.spoiled.is_some())).collect()
     }
 }
 

@@ -544,3 +544,202 @@ fn untracked_pages_are_counted_and_do_not_hold_the_switchover() {
         assert_eq!(decide(&m, &Limits::default()), Decision::Switchover, "round {round}: {m:?}");
     }
 }
+
+/// A MAP_SHARED anonymous area of 8 MiB (its first 4 MiB filled, the rest
+/// never touched) and a SysV segment of 4 MiB (its first 2 MiB filled),
+/// shared by the program and its child, which rewrites [1, 2) MiB of the
+/// area and [0, 1) MiB of the segment every 2 ms. Writes the area's and the
+/// segment's addresses and the child's pid to argv[1]. On SIGUSR1 the
+/// program forks a child that writes a page of the area and exits, reaps
+/// it and creates argv[1].forked.
+const SHARER: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#define MIB (1UL << 20)
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+int main(int argc, char **argv) {
+    signal(SIGUSR1, on_usr1);
+    unsigned char *a = mmap(0, 8 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    int id = shmget(IPC_PRIVATE, 4 * MIB, IPC_CREAT | 0600);
+    unsigned char *s = shmat(id, 0, 0);
+    if (a == MAP_FAILED || s == (void *)-1) return 1;
+    shmctl(id, IPC_RMID, 0);
+    for (size_t i = 0; i < 4 * MIB; i += 8) *(unsigned long *)(a + i) = (i * 0x9e3779b97f4a7c15UL) | 1;
+    for (size_t i = 0; i < 2 * MIB; i += 8) *(unsigned long *)(s + i) = (i * 0x2545f4914f6cdd1dUL) | 1;
+    pid_t c = fork();
+    if (c == 0) {
+        for (unsigned long gen = 1;; gen++) {
+            for (size_t i = 0; i < MIB; i += 4096) {
+                ((unsigned long *)(a + MIB + i))[0] = gen;
+                ((unsigned long *)(s + i))[1] = gen;
+            }
+            usleep(2000);
+        }
+    }
+    FILE *f = fopen(argv[1], "w");
+    fprintf(f, "%lx %lx %d\n", (unsigned long)a, (unsigned long)s, (int)c);
+    fclose(f);
+    for (;;) {
+        pause();
+        if (go) {
+            go = 0;
+            pid_t k = fork();
+            if (k == 0) {
+                a[5 * MIB] = 9;
+                _exit(0);
+            }
+            waitpid(k, 0, 0);
+            char done[4096];
+            snprintf(done, sizeof done, "%s.forked", argv[1]);
+            fclose(fopen(done, "w"));
+        }
+    }
+}
+"#;
+
+/// Starts the sharer; returns its pid, its child's, and the area's and the
+/// segment's addresses.
+fn sharer(s: &mut Scene, bin: &Path, tag: &str) -> (i32, i32, u64, u64) {
+    let addr = s.path(&format!("{tag}.addr"));
+    let child = Command::new(bin).arg(&addr).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id() as i32;
+    s.children.push(child);
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&addr).unwrap_or_default();
+        let w: Vec<&str> = text.split_whitespace().collect();
+        if text.ends_with('\n') && w.len() == 3 {
+            return (pid, w[2].parse().unwrap(), u64::from_str_radix(w[0], 16).unwrap(), u64::from_str_radix(w[1], 16).unwrap());
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "sharer never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The object mapped at `addr` in `pid`, opened through map_files.
+fn object_at(pid: i32, addr: u64) -> (File, lpm_engine::ShmRef) {
+    let maps = lpm_engine::proc::maps(pid).unwrap();
+    let e = maps.iter().find(|e| e.start == addr).unwrap();
+    let r = lpm_engine::shm_object(e).unwrap_or_else(|| panic!("{addr:#x} of pid {pid} is not a tracked object: {e:?}"));
+    (File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end)).unwrap(), r)
+}
+
+/// Compares what the store holds for an object's held ranges with the
+/// object; returns the pages compared.
+fn compare_object(dir: &Path, object: &File, file: &str, held: &[(u64, u64)]) -> u64 {
+    let stored = File::open(dir.join(file)).unwrap();
+    let (mut a, mut b) = (vec![0u8; PAGE as usize], vec![0u8; PAGE as usize]);
+    let mut n = 0;
+    for &(s, e) in held {
+        for at in (s..e).step_by(PAGE as usize) {
+            object.read_exact_at(&mut a, at).unwrap();
+            b.fill(0);
+            let _ = stored.read_at(&mut b, at).unwrap();
+            assert!(a == b, "{file}: page {at:#x} differs between the object and the store");
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Two processes sharing a MAP_SHARED anonymous area and a SysV segment,
+/// one rewriting part of each: pre-copy sends both objects in its rounds
+/// (round 1 their data, not their holes), and at the stop the store holds
+/// every page it says it holds, as the objects hold it. A write through a
+/// file opened on the area's object sends that object whole into the stop
+/// (nothing held for it), and so does every object when a tracked process
+/// exits during pre-copy.
+#[test]
+fn shared_objects_go_in_the_rounds_and_what_no_page_table_sees_spoils_them() {
+    let mut s = Scene::new("shm");
+    let bin = s.cc("sharer", SHARER);
+    let (p, c, area, seg) = sharer(&mut s, &bin, "a");
+    let images = s.path("images");
+    let (area_file, area_ref) = object_at(p, area);
+    let (seg_file, seg_ref) = object_at(p, seg);
+    assert!(seg_ref.sysv && !area_ref.sysv);
+
+    let mut store = Store::create(&images).unwrap();
+    let mut pc = Precopy::start(&[p, c]).unwrap();
+    let r1 = pc.round(&mut store).unwrap();
+    // 4 MiB of the area and 2 MiB of the segment, not their holes.
+    assert!(r1.pages >= 6 * MIB / PAGE && r1.pages < 6 * MIB / PAGE + 64, "round 1 sent {} pages", r1.pages);
+    std::thread::sleep(Duration::from_millis(50));
+    let r2 = pc.round(&mut store).unwrap();
+    assert!(r2.pages >= 256, "round 2 sent {} pages: the child's writes were not seen", r2.pages);
+    stop(p);
+    stop(c);
+    let fin = pc.finish(&mut store).unwrap();
+    drop(pc);
+    assert_eq!(fin.shm.len(), 2, "{:?}", fin.shm.keys());
+    let (a, g) = (&fin.shm[&area_ref], &fin.shm[&seg_ref]);
+    assert!(compare_object(&images, &area_file, &a.file, &a.ranges) >= 4 * MIB / PAGE);
+    assert!(compare_object(&images, &seg_file, &g.file, &g.ranges) >= 2 * MIB / PAGE);
+    lpm_sys::misc::kill(c, libc::SIGCONT);
+    lpm_sys::misc::kill(p, libc::SIGCONT);
+
+    // A write through a file opened on the area's object: the area goes
+    // whole, the segment is still held.
+    let mut store = Store::create(&s.path("images2")).unwrap();
+    let mut pc = Precopy::start(&[p, c]).unwrap();
+    pc.round(&mut store).unwrap();
+    let rw = std::fs::OpenOptions::new().write(true).open(format!("/proc/{p}/map_files/{:x}-{:x}", area, area + 8 * MIB)).unwrap();
+    rw.write_all_at(b"x", 3 * MIB).unwrap();
+    pc.round(&mut store).unwrap();
+    stop(p);
+    stop(c);
+    let fin = pc.finish(&mut store).unwrap();
+    drop(pc);
+    assert_eq!(fin.shm.keys().copied().collect::<Vec<_>>(), vec![seg_ref], "a write through a file did not spoil the area");
+    lpm_sys::misc::kill(c, libc::SIGCONT);
+    lpm_sys::misc::kill(p, libc::SIGCONT);
+
+    // A process forked during pre-copy writes and is gone before the
+    // next look: only the fork tells, and nothing is held.
+    let mut store = Store::create(&s.path("images4")).unwrap();
+    let mut pc = Precopy::start(&[p, c]).unwrap();
+    pc.round(&mut store).unwrap();
+    lpm_sys::misc::kill(p, libc::SIGUSR1);
+    wait_for(&s.path("a.addr.forked"));
+    pc.round(&mut store).unwrap();
+    stop(p);
+    stop(c);
+    let fin = pc.finish(&mut store).unwrap();
+    drop(pc);
+    assert!(fin.shm.is_empty(), "objects held after a fork during pre-copy: {:?}", fin.shm.keys());
+    lpm_sys::misc::kill(c, libc::SIGCONT);
+    lpm_sys::misc::kill(p, libc::SIGCONT);
+
+    // A tracked process exits: its mappings went away with what it wrote
+    // through them since the last look, so their whole ranges are sent
+    // again; what the store holds is still the objects' content.
+    let images3 = s.path("images3");
+    let mut store = Store::create(&images3).unwrap();
+    let mut pc = Precopy::start(&[p, c]).unwrap();
+    pc.round(&mut store).unwrap();
+    lpm_sys::misc::kill(c, libc::SIGKILL);
+    let t = Instant::now();
+    while state(c) != 'Z' {
+        assert!(t.elapsed() < Duration::from_secs(5), "pid {c} did not die");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let r = pc.round(&mut store).unwrap();
+    assert!(r.pages >= 4 * MIB / PAGE, "the round after the exit sent {} pages, not the writer's whole mappings again", r.pages);
+    stop(p);
+    let fin = pc.finish(&mut store).unwrap();
+    drop(pc);
+    if let Some(a) = fin.shm.get(&area_ref) {
+        compare_object(&images3, &area_file, &a.file, &a.ranges);
+    }
+    if let Some(g) = fin.shm.get(&seg_ref) {
+        compare_object(&images3, &seg_file, &g.file, &g.ranges);
+    }
+    assert!(!fin.held.contains_key(&c), "the exited writer is held: the checkpoint would not see it untracked");
+    lpm_sys::misc::kill(p, libc::SIGCONT);
+}

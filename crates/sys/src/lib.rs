@@ -13,6 +13,7 @@ pub mod net;
 pub mod pagemap;
 pub mod pidfd;
 pub mod probe;
+pub mod procevents;
 pub mod ptrace;
 pub mod puppet;
 pub mod remote;

@@ -1277,7 +1277,7 @@ impl<'a> Run<'a> {
         let mut sink = self.stream_sinks(&stop_flag).into_iter().next().expect("the main stream");
         let done =
             pre.finish(&mut sink).map_err(|e| peer_gone(anyhow::Error::from(e).context("send the pages written since the last round")))?;
-        let (last, held) = (done.stats, done.held);
+        let (last, held, precopied_shm) = (done.stats, done.held, done.shm);
         let hot = done.last_sent.into_iter().map(|(pid, r)| (pid as u32, r)).collect();
         let wire = sink.wire_bytes;
         drop(sink);
@@ -1292,6 +1292,7 @@ impl<'a> Run<'a> {
             // The partition's veth is off the bridge: no rules of lpm's.
             lock_connections: false,
             precopied: held,
+            precopied_shm,
             external_netns,
             smaps_hint: std::mem::take(&mut self.smaps_hint),
             shared_hint: Some(std::mem::take(&mut self.shared_hint)),
