@@ -202,9 +202,11 @@ impl Sink<'_> {
     }
 }
 
-/// Whether `pid` has ended (or is a zombie now, whose /proc says little).
+/// Whether `pid` has ended: gone, a zombie now (whose /proc says little),
+/// or inside exit(2) (PF_EXITING: its descriptors and memory go before it
+/// is a zombie, and a look at them meanwhile fails).
 fn gone(pid: i32) -> bool {
-    Stat::read(pid).map_or(true, |s| s.state() == 'Z')
+    Stat::read(pid).map_or(true, |s| s.ended())
 }
 
 /// Every rule of the dump for process `pid`, in the dump's order.

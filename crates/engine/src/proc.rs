@@ -92,6 +92,14 @@ impl Stat {
     pub fn state(&self) -> char {
         self.fields.get(2).and_then(|f| f.chars().next()).unwrap_or('?')
     }
+
+    /// Whether the process has ended: a zombie, or inside exit(2)
+    /// (PF_EXITING: its descriptors and memory go, and it leaves its
+    /// cgroup, before it is a zombie).
+    pub fn ended(&self) -> bool {
+        const PF_EXITING: u64 = 0x4;
+        self.state() == 'Z' || self.num(9) & PF_EXITING != 0
+    }
 }
 
 /// /proc/PID/status as key-value pairs.

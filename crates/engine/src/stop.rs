@@ -213,10 +213,9 @@ pub(crate) fn own_cgroup(root: i32, procs: &[i32]) -> Result<Option<PathBuf>> {
         }
         false
     };
-    // A process inside exit(2) leaves cgroup.procs before it is a zombie
-    // (PF_EXITING): ended, as a zombie is.
-    const PF_EXITING: u64 = 0x4;
-    let alive = |p: i32| Stat::read(p).is_ok_and(|s| s.state() != 'Z' && s.num(9) & PF_EXITING == 0);
+    // A process inside exit(2) leaves cgroup.procs before it is a zombie:
+    // ended, as a zombie is.
+    let alive = |p: i32| Stat::read(p).is_ok_and(|s| !s.ended());
     let alone = members.iter().all(|&m| procs.contains(&m) || descends(m) || !exists(m))
         && procs.iter().all(|&p| members.contains(&p) || !alive(p));
     Ok(alone.then_some(dir))

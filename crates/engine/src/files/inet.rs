@@ -1099,6 +1099,16 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage)
         (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, t.recv_queue.len(), t.rcvbuf),
     ] {
         let have = net::getsockopt_int(fd, libc::SOL_SOCKET, name).map_err(e("read buffer size"))?;
+        let need = (len * 2 + (64 << 10)) as i32;
+        if was > 0 && name == libc::SO_SNDBUF && len > 0 && (was as i32) / 2 < need {
+            // The queue as the original held it may not fit the original
+            // buffer again (the kernel charges each segment its whole
+            // allocation, which the refill's segments need not share with
+            // the original's): room while it is queued, and the buffer as
+            // it was once the queue is in (`finish_tcp`).
+            net::setsockopt_int(fd, libc::SOL_SOCKET, force, need).map_err(e("grow send buffer for the queue"))?;
+            continue;
+        }
         if was > 0 {
             if have != was as i32 {
                 // The kernel doubles what it is given.
@@ -1106,7 +1116,6 @@ fn restore_tcp(f: &FileImage, s: &SocketImage, fd: BorrowedFd, t: &TcpConnImage)
             }
             continue;
         }
-        let need = (len * 2 + (64 << 10)) as i32;
         if len > 0 && have / 2 < need {
             net::setsockopt_int(fd, libc::SOL_SOCKET, force, need).map_err(e("grow buffer for the queue"))?;
         }
@@ -1324,6 +1333,12 @@ fn finish_tcp(pid: i32, fd: &Fd, f: &FileImage, s: &SocketImage, t: &TcpConnImag
     if !send_unsent(f, s, sfd, &t.send_queue[sent..])? {
         tracing::debug!(pid, fd = fd.fd, "the peer reset the connection as it left repair mode: it ends, as it would have");
         return Ok(());
+    }
+    // The whole queue is in: the send buffer as it was (grown for the
+    // refill in `restore_tcp`); a program's write now waits for room as
+    // it would have.
+    if t.sndbuf > 0 && net::getsockopt_int(sfd, libc::SOL_SOCKET, libc::SO_SNDBUF).map_err(e("read buffer size"))? != t.sndbuf as i32 {
+        net::setsockopt_int(sfd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (t.sndbuf / 2) as i32).map_err(e("set buffer size"))?;
     }
     if plan.ours_later {
         shut(f, s, sfd, false)?;
