@@ -274,11 +274,13 @@ fn datagrams_requests_and_connections_sent_during_the_stop_are_answered() {
         // recorded the outcome (the held requests waited for that too).
         let log = lab.lpmd_log_tail(host, 100_000);
         let at = |what: &str| log.lines().position(|l| l.contains(what));
-        let (released, completed) =
-            (at("held frames released"), log.lines().position(|l| l.contains("migration state") && l.contains("Completed")));
+        // (The release runs on a thread of its own, which may log its
+        // end after the record: it is its start that must come first.)
+        let (releasing, completed) =
+            (at("the held frames go to it"), log.lines().position(|l| l.contains("migration state") && l.contains("Completed")));
         assert!(
-            released.is_some() && completed.is_some() && released < completed,
-            "{host} released the held frames (line {released:?}) before it recorded the migration completed (line {completed:?})"
+            releasing.is_some() && completed.is_some() && releasing < completed,
+            "{host} let the held frames go (line {releasing:?}) only after it recorded the migration completed (line {completed:?})"
         );
     }
     assert_eq!(hold_ports(&lab, "h2"), Vec::<String>::new(), "hold ports left on h2");

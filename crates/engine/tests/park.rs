@@ -55,7 +55,18 @@ impl Scene {
 
     /// Starts the counter in the cgroup and checkpoints it (killed).
     fn checkpointed(&mut self) -> PathBuf {
-        let child = Command::new("python3").arg("-c").arg(COUNTER).arg(self.log()).stdin(Stdio::null()).spawn().unwrap();
+        // Its stdout and stderr are its own: the harness's, shared with
+        // the other tests, would move under the dump's re-check of its
+        // file offsets.
+        let child = Command::new("python3")
+            .arg("-c")
+            .arg(COUNTER)
+            .arg(self.log())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         self.pid = child.id() as i32;
         fs::write(self.cg.join("cgroup.procs"), self.pid.to_string()).unwrap();
         wait_for("the counter to count", 10, || self.lines() > 3);

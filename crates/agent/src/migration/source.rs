@@ -835,6 +835,7 @@ impl<'a> Run<'a> {
             return;
         }
         if let Some(h) = turn.hold.take() {
+            tracing::info!(partition = %self.spec.name, "the target's copy runs: the held frames go to it");
             let (live2, name) = (live.clone(), self.spec.name.clone());
             turn.releasing = Some(std::thread::spawn(move || release(&live2, &name, h, Toward::Network)));
         }
