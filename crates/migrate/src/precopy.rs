@@ -527,17 +527,7 @@ impl Obj {
         }
         let mut s = Sender { pid: self.key, ever: &self.ever, mem: None, via_mem: false, file: Some(&self.file), out: Sent::default() };
         let res = s.send(pending.ranges(), buf, sink);
-        let out = s.out;
-        for (a, b) in out.held {
-            self.held.insert(a, b);
-        }
-        for (a, b) in out.sent {
-            self.ever.insert(a, b);
-        }
-        st.pages += out.stats.pages;
-        st.bytes += out.stats.bytes;
-        st.zero_skipped += out.stats.zero_skipped;
-        st.unreadable += out.stats.unreadable;
+        s.out.apply(&mut self.held, &mut self.ever, st);
         res
     }
 }
@@ -690,16 +680,7 @@ impl Proc {
     /// Records what a sender did: its ranges are held now, and those it
     /// handed to the sink were received.
     fn apply(&mut self, out: Sent, st: &mut RoundStats) {
-        for (a, b) in out.held {
-            self.held.insert(a, b);
-        }
-        for (a, b) in out.sent {
-            self.ever.insert(a, b);
-        }
-        st.pages += out.stats.pages;
-        st.bytes += out.stats.bytes;
-        st.zero_skipped += out.stats.zero_skipped;
-        st.unreadable += out.stats.unreadable;
+        out.apply(&mut self.held, &mut self.ever, st);
     }
 }
 
@@ -740,6 +721,23 @@ struct Sent {
     sent: Vec<(u64, u64)>,
     /// Pages, bytes, zero pages skipped, pages unreadable.
     stats: RoundStats,
+}
+
+impl Sent {
+    /// Records it: its ranges are `held` now, those handed to the sink
+    /// were received (`ever`), and its figures count in the round's.
+    fn apply(self, held: &mut RangeSet, ever: &mut RangeSet, st: &mut RoundStats) {
+        for (a, b) in self.held {
+            held.insert(a, b);
+        }
+        for (a, b) in self.sent {
+            ever.insert(a, b);
+        }
+        st.pages += self.stats.pages;
+        st.bytes += self.stats.bytes;
+        st.zero_skipped += self.stats.zero_skipped;
+        st.unreadable += self.stats.unreadable;
+    }
 }
 
 /// Reads page ranges of one process and hands their non-zero runs to a

@@ -860,14 +860,10 @@ pub fn if_name(index: u32) -> Result<String> {
 
 const INET_DIAG_SHUTDOWN: u16 = 8;
 
-/// The shutdown bits (1: receive, 2: send) of the inet socket with inode
-/// `ino`, family `family` and protocol `proto` in the network namespace
-/// of the calling thread, as sock_diag shows them; None when sock_diag
-/// does not list it (a socket never bound, which no table holds).
-pub fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<Option<u8>> {
-    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
-    // nlmsghdr, then inet_diag_req_v2: family, protocol, ext, pad, states,
-    // and a zero inet_diag_sockid (48 bytes): a dump of every socket.
+/// A sock_diag request for every socket of `family` and `proto`, in every
+/// state: nlmsghdr, then inet_diag_req_v2 (family, protocol, ext, pad,
+/// states, and a zero inet_diag_sockid of 48 bytes).
+fn inet_diag_dump(family: i32, proto: i32) -> Vec<u8> {
     let mut req = Vec::with_capacity(72);
     req.extend_from_slice(&72u32.to_ne_bytes());
     req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -877,6 +873,16 @@ pub fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<Option<u8>> {
     req.extend_from_slice(&[family as u8, proto as u8, 0, 0]);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
     req.extend_from_slice(&[0u8; 48]);
+    req
+}
+
+/// The shutdown bits (1: receive, 2: send) of the inet socket with inode
+/// `ino`, family `family` and protocol `proto` in the network namespace
+/// of the calling thread, as sock_diag shows them; None when sock_diag
+/// does not list it (a socket never bound, which no table holds).
+pub fn inet_shutdown(family: i32, proto: i32, ino: u64) -> Result<Option<u8>> {
+    let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
+    let req = inet_diag_dump(family, proto);
     let mut found = None;
     dump_diag(&nl, &req, "sock_diag inet", |m| {
         // inet_diag_msg: 4 bytes, the sockid (48), expires, rqueue,
@@ -924,16 +930,7 @@ pub struct TcpDiag {
 /// once, not once per read(2) of the file).
 pub fn tcp_diag(family: i32) -> Result<Vec<TcpDiag>> {
     let nl = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, NETLINK_SOCK_DIAG)?;
-    // As in inet_shutdown: a dump of every socket, every state.
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
-    req.extend_from_slice(&[0u8; 48]);
+    let req = inet_diag_dump(family, libc::IPPROTO_TCP);
     let alen = if family == libc::AF_INET { 4 } else { 16 };
     let mut out = Vec::new();
     dump_diag(&nl, &req, "sock_diag tcp", |m| {
