@@ -1076,9 +1076,9 @@ impl Precopy {
         while i < self.procs.len() {
             match f(&mut self.procs[i], &mut self.bufs, &mut self.regions) {
                 Ok(()) => i += 1,
-                Err(_) if gone(self.procs[i].pid) => {
+                Err(e) if gone(self.procs[i].pid) => {
                     let p = self.procs.remove(i);
-                    tracing::debug!(pid = p.pid, "process exited during pre-copy");
+                    tracing::debug!(pid = p.pid, error = %e, "process exited during pre-copy");
                     // What it wrote to shared memory since its last
                     // collection went away with its page tables.
                     self.lost.get_or_insert_with(|| format!("pid {} exited during pre-copy", p.pid));
