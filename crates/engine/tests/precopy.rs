@@ -119,39 +119,9 @@ struct Scene {
     pids: Vec<i32>,
 }
 
-fn cgroup2() -> PathBuf {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    lpm_sys::probe::cgroup2_from_mountinfo(&mountinfo).expect("cgroup2 is not mounted: the cgroup v2 freezer is required")
-}
-
-/// Removes what scenes of test processes that died without dropping them
-/// (SIGKILL, a runner's timeout) left: their cgroups, with whatever still
-/// runs in them, and their directories. Found by the pid in the names
-/// (`lpm-precopy-TAG-PID-N`); a pid alive (or reused) keeps them.
-fn sweep_dead_scenes() {
-    let dead = |name: &str| {
-        let Some(rest) = name.strip_prefix("lpm-precopy-") else { return false };
-        let rest = rest.split("-cg").next().unwrap_or(rest);
-        let mut parts = rest.rsplitn(3, '-');
-        let (Some(_n), Some(pid), Some(_tag)) = (parts.next(), parts.next(), parts.next()) else { return false };
-        pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
-    };
-    for e in fs::read_dir(cgroup2()).into_iter().flatten().flatten().filter(|e| dead(&e.file_name().to_string_lossy())) {
-        let _ = fs::write(e.path().join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // Removable once its last task is gone.
-        while fs::remove_dir(e.path()).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    for e in fs::read_dir("/dev/shm").into_iter().flatten().flatten().filter(|e| dead(&e.file_name().to_string_lossy())) {
-        let _ = fs::remove_dir_all(e.path());
-    }
-}
-
 impl Scene {
     fn new(tag: &str) -> Scene {
-        sweep_dead_scenes();
+        common::sweep_dead_scenes("lpm-precopy-");
         let name = format!("lpm-precopy-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         // tmpfs: a precopy file reaches offsets up to 128 TiB (the stack's
         // addresses), beyond what ext4 allows (16 TiB).
@@ -167,7 +137,7 @@ impl Scene {
     /// A new cgroup v2 directory of this test.
     fn cgroup(&mut self) -> PathBuf {
         let name = format!("{}-cg{}", self.dir.file_name().unwrap().to_string_lossy(), self.cgroups.len());
-        let cg = cgroup2().join(name);
+        let cg = common::cgroup2().join(name);
         fs::create_dir(&cg).unwrap_or_else(|e| panic!("create cgroup {}: {e}", cg.display()));
         self.cgroups.push(cg.clone());
         cg
