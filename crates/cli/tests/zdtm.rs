@@ -1223,6 +1223,12 @@ fn cow_kept_while_pages_migrate() {
             while !flag.load(Ordering::SeqCst) {
                 fs::write("/proc/sys/vm/compact_memory", "1").map_err(|e| format!("compact memory (/proc/sys/vm/compact_memory): {e}"))?;
                 passes.fetch_add(1, Ordering::SeqCst);
+                // Passes paced as a busy kernel's are, not back to back:
+                // with no pause a whole pass always runs during some read
+                // of the tree's page tables, on a loaded machine for
+                // longer than the dump waits (2 s), and the dump refuses
+                // (as it must when frames never settle; CI met it once).
+                std::thread::sleep(std::time::Duration::from_millis(250));
             }
             Ok(())
         });
