@@ -81,6 +81,16 @@ pub struct DaemonArgs {
     /// `LPM_MAX_INCOMING`).
     #[arg(long, value_parser = at_least_one)]
     pub max_incoming: Option<usize>,
+    /// The site CA's certificate (PEM); with --tls-cert and --tls-key it
+    /// gives this host its TLS identity.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This host's certificate (PEM, from `lpm host enroll`).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This host's private key (PEM, refused unless mode 0600 or closer).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn at_least_one(s: &str) -> std::result::Result<usize, String> {
@@ -122,6 +132,9 @@ impl DaemonArgs {
             shared: self.shared,
             max_outgoing: self.max_outgoing,
             max_incoming: self.max_incoming,
+            tls_ca: self.tls_ca,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
         }))
     }
 
@@ -152,6 +165,7 @@ impl DaemonArgs {
         };
         let max_outgoing = limit(c.max_outgoing, "LPM_MAX_OUTGOING")?;
         let max_incoming = limit(c.max_incoming, "LPM_MAX_INCOMING")?;
+        let tls = identity(&host, c.tls_ca, c.tls_cert, c.tls_key)?;
         let control = c.control.unwrap_or_else(|| config::DEFAULT_CONTROL.into());
         if let Some(parent) = control.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
@@ -167,7 +181,28 @@ impl DaemonArgs {
             prefix: c.prefix.unwrap_or_else(|| config::DEFAULT_PREFIX.into()),
             max_outgoing,
             max_incoming,
+            tls,
         })
+    }
+}
+
+/// This host's TLS identity: all three files or none (then the host has
+/// no identity and proves itself by the cluster key alone).
+fn identity(host: &str, ca: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<Arc<lpm_trust::Identity>>> {
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => {
+            let id = lpm_trust::Identity::load(&ca, &lpm_trust::Issued { cert, key })
+                .with_context(|| format!("loading host {host}'s TLS identity"))?;
+            Ok(Some(Arc::new(id)))
+        }
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [("tls_ca", ca.is_none()), ("tls_cert", cert.is_none()), ("tls_key", key.is_none())]
+                .into_iter()
+                .filter_map(|(n, m)| m.then_some(n))
+                .collect();
+            Err(anyhow!("a TLS identity needs tls_ca, tls_cert and tls_key together; missing: {}", missing.join(", ")))
+        }
     }
 }
 

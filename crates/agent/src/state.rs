@@ -42,6 +42,9 @@ pub struct Options {
     pub max_outgoing: usize,
     /// Migrations this host may run as the target at once.
     pub max_incoming: usize,
+    /// This host's TLS identity (site CA, certificate, key), when it has
+    /// one.
+    pub tls: Option<std::sync::Arc<lpm_trust::Identity>>,
 }
 
 /// A partition this host holds.

@@ -71,6 +71,15 @@ pub struct AgentConfig {
     /// Migrations this host runs as the target at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_incoming: Option<usize>,
+    /// The site CA's certificate (PEM) this host trusts its peers by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// This host's certificate (PEM), issued by `lpm host enroll`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// This host's private key (PEM, mode 0600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// A configuration file that could not be read or parsed.
@@ -152,6 +161,9 @@ impl AgentConfig {
             shared: over.shared.or(self.shared),
             max_outgoing: over.max_outgoing.or(self.max_outgoing),
             max_incoming: over.max_incoming.or(self.max_incoming),
+            tls_ca: over.tls_ca.or(self.tls_ca),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
         }
     }
 }
@@ -173,6 +185,9 @@ prefix = "lpm"
 shared = "/srv/lpm"
 max_outgoing = 2
 max_incoming = 3
+tls_ca = "/etc/lpm/ca.crt"
+tls_cert = "/etc/lpm/host.crt"
+tls_key = "/etc/lpm/host.key"
 "#;
         let c = AgentConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(c.host.as_deref(), Some("h1"));

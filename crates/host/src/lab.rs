@@ -80,12 +80,25 @@ const CLIENT_HOST_PART: u8 = 250;
 const STATE_VERSION: u32 = 1;
 const LOCK_FILE: &str = "lab.lock";
 const KEY_FILE: &str = "key";
+/// The lab's site PKI (its CA, a certificate per host, the operator's).
+const PKI_DIR: &str = "pki";
+/// The name of the lab's operator identity (the CLI's certificate).
+pub const LAB_OPERATOR: &str = "lab";
 /// Each host's lpmd configuration, in its directory.
 const CONFIG_FILE: &str = "lpmd.toml";
 
 /// Errors of the lab; each names the directory, host or step.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    /// The lab's site PKI could not be made or read.
+    #[error("lab PKI in {dir}")]
+    Pki {
+        /// The PKI directory.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: lpm_trust::TrustError,
+    },
     /// The options are unusable.
     #[error("invalid lab options: {0}")]
     BadOptions(String),
@@ -428,6 +441,12 @@ impl Lab {
     /// The file holding the pre-shared key (64 hex digits, mode 0600).
     pub fn key_path(&self) -> PathBuf {
         self.dir.join(KEY_FILE)
+    }
+
+    /// The lab's site PKI: its CA issued every host's certificate and the
+    /// operator's ([`LAB_OPERATOR`]).
+    pub fn pki(&self) -> Result<lpm_trust::Pki, LabError> {
+        open_pki(&self.dir)
     }
 
     /// The partitions' subnet (network address of a /24).
@@ -894,6 +913,13 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
     let key = dir.join(KEY_FILE);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).map_err(io_err("creating", &key))?;
     f.write_all(format!("{}\n", hex(&random_bytes::<32>()?)).as_bytes()).map_err(io_err("writing", &key))?;
+    let pki_dir = dir.join(PKI_DIR);
+    let pki_err = |source| LabError::Pki { dir: pki_dir.clone(), source };
+    let pki = lpm_trust::Pki::init(&pki_dir).map_err(pki_err)?;
+    for h in &b.state.hosts {
+        pki.enroll(lpm_trust::Role::Host, &h.name).map_err(pki_err)?;
+    }
+    pki.enroll(lpm_trust::Role::Operator, LAB_OPERATOR).map_err(pki_err)?;
 
     b.netns(&fabric)?;
     for br in [MGMT_BRIDGE, PART_BRIDGE] {
@@ -936,6 +962,11 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
     Ok(Lab { dir: dir.to_path_buf(), state: b.state })
 }
 
+fn open_pki(lab: &Path) -> Result<lpm_trust::Pki, LabError> {
+    let dir = lab.join(PKI_DIR);
+    lpm_trust::Pki::open(&dir).map_err(|source| LabError::Pki { dir, source })
+}
+
 /// Starts `h`'s `lpmd` in its namespace: the spawning thread joins the
 /// namespace, so the child starts there (and keeps the machine's mount
 /// namespace, unlike `ip netns exec`); `setsid` gives it a session of its
@@ -952,6 +983,8 @@ fn spawn_lpmd(state: &State, h: &HostInfo, opts: &LabOptions) -> Result<Child, L
     // Started from its configuration file alone, as an installed lpmd is
     // by its unit.
     let config = h.dir.join(CONFIG_FILE);
+    let pki = open_pki(&state.dir)?;
+    let issued = pki.paths(lpm_trust::Role::Host, &h.name);
     let c = AgentConfig {
         host: Some(h.name.clone()),
         dir: Some(h.dir.clone()),
@@ -960,6 +993,9 @@ fn spawn_lpmd(state: &State, h: &HostInfo, opts: &LabOptions) -> Result<Child, L
         control: Some(h.control.clone()),
         bridge: Some(BRIDGE.into()),
         prefix: Some(state.prefix()),
+        tls_ca: Some(pki.ca_cert()),
+        tls_cert: Some(issued.cert),
+        tls_key: Some(issued.key),
         ..AgentConfig::default()
     };
     c.write(&config).map_err(|e| spawn_err(io::Error::other(e.to_string())))?;
