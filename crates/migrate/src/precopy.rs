@@ -559,7 +559,14 @@ pub struct Precopy {
 fn gone(pid: i32) -> bool {
     match proc::Stat::read(pid) {
         Ok(s) => matches!(s.state(), 'Z' | 'X') || s.num(23) == 0,
-        Err(_) => true,
+        // Only a process that is no more has no stat file: any other
+        // failure to read it (a signal, no memory) says nothing of its
+        // exit, and dropping a live process from pre-copy would send its
+        // memory whole in the stop.
+        Err(lpm_engine::EngineError::Proc { source, .. }) => {
+            source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH)
+        }
+        Err(_) => false,
     }
 }
 
