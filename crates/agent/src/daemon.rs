@@ -92,7 +92,7 @@ fn at_least_one(s: &str) -> std::result::Result<usize, String> {
 
 /// The standalone `lpmd` parser.
 #[derive(clap::Parser, Debug)]
-#[command(name = "lpmd", version, about = "The lpm host agent")]
+#[command(name = "lpmd", version = env!("LPM_VERSION"), about = "The lpm host agent")]
 struct Standalone {
     #[command(flatten)]
     args: DaemonArgs,

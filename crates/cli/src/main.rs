@@ -13,10 +13,10 @@ mod bench_migrate;
 mod cluster;
 mod migrations;
 mod pki;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lpm", version, about = "Live Partition Mobility for Linux")]
+#[command(name = "lpm", version = env!("LPM_VERSION"), about = "Live Partition Mobility for Linux")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -159,6 +159,20 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
+    /// Print a shell's completion script for lpm (bash: `lpm completions
+    /// bash > /etc/bash_completion.d/lpm`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print lpm's manual page (roff) on standard output, or write one
+    /// page per command into a directory.
+    Man {
+        /// Write lpm.1 and a page per subcommand (lpm-partition.1, ...)
+        /// here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Measure checkpoint and restore speed on real processes (`bench
     /// migrate`: live migration between the hosts of a lab of its own;
     /// `bench clients`: what a moving partition's clients feel).
@@ -274,10 +288,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a write error
+            // (a closed pipe), which is an error like any other here.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lpm", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).context("write the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => man(dir),
         Cmd::Bench { cmd: Some(BenchCmd::Migrate(a)), .. } => bench_migrate::run(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Bench { cmd: Some(BenchCmd::Clients(a)), .. } => bench_clients::run(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Bench { cmd: None, runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
     }
+}
+
+/// `lpm man`: the page of lpm itself on stdout, or every page into `dir`.
+fn man(dir: Option<PathBuf>) -> Result<ExitCode> {
+    let cmd = Cli::command();
+    match dir {
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("write the manual page")?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir).with_context(|| format!("write the manual pages into {}", dir.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `lpm inspect`: every refusal, then a summary line with the time taken.
