@@ -211,6 +211,7 @@ fn serve_control(agent: &Arc<Agent>, mut s: UnixStream, mut permit: Permit) -> R
             Request::Start(n) => agent.start(&n),
             Request::Delete(n) => agent.delete(&n),
             Request::Logs { name, max_bytes } => agent.logs(&name, max_bytes),
+            Request::LogsFrom { name, offset, tail_lines, max_bytes } => agent.log_chunk(&name, offset, tail_lines, max_bytes),
             Request::Reports => agent.reports(),
             Request::Migrate(m) => migration::source(agent, m, &mut s),
             Request::Migrations { all } => migration::list(agent, all),

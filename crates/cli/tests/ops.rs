@@ -75,3 +75,22 @@ fn manual_pages_cover_the_commands() {
     // Hidden commands (the agent, the fill) are no operator's to read about.
     assert!(!pages.iter().any(|p| p.contains("daemon") || p.contains("fill")), "{pages:?}");
 }
+
+#[test]
+fn check_prints_a_table_and_json() {
+    let out = Command::new(LPM).arg("check").output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let first: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(first, ["RESULT", "FEATURE", "DETAIL"], "{table}");
+    assert!(table.lines().any(|l| l.split_whitespace().take(2).eq(["SUPPORT", "KIND"])), "{table}");
+    let out = Command::new(LPM).args(["check", "--json"]).output().unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lpm check --json is JSON");
+    let features = j["features"].as_array().expect("features");
+    assert!(features.iter().all(|f| f["name"].is_string() && f["ok"].is_boolean() && f["detail"].is_string()), "{j}");
+    let kinds = j["kinds"].as_array().expect("kinds");
+    assert!(kinds.iter().any(|k| k["support"] == "refused") && kinds.iter().any(|k| k["support"] == "supported"), "{j}");
+    // The exit status says what the list of missing features says.
+    let missing = j["missing"].as_array().expect("missing");
+    assert_eq!(out.status.success(), missing.is_empty(), "{j}");
+    assert_eq!(missing.len(), features.iter().filter(|f| f["ok"] == false).count());
+}
