@@ -328,7 +328,7 @@ fn partition_row(p: &PartitionInfo) -> Vec<String> {
         state,
         p.spec.ip.clone().unwrap_or_else(|| "-".into()),
         p.memory_current.map(crate::table::bytes).unwrap_or_else(|| "-".into()),
-        p.spec.command.join(" "),
+        crate::table::one_line(&p.spec.command.join(" ")),
     ]
 }
 
@@ -591,6 +591,58 @@ fn progress_line(p: &Progress) -> String {
     }
 }
 
+/// The progress bar of `lpm migrate` on a terminal (indicatif): bytes
+/// sent against an estimate of what is left to send (the partition's
+/// memory before the first round, the sent bytes and the dirty pages
+/// after each), with the percentage, and the time left at the measured
+/// rate. The source reports once per pre-copy round, so the bar moves by
+/// rounds; the spinner and the elapsed time show it is alive meanwhile.
+struct MigrationBar {
+    bar: indicatif::ProgressBar,
+}
+
+/// The bar for migrating partition `name` from `source`.
+fn migration_bar(c: &Cluster, source: &str, name: &str) -> MigrationBar {
+    // Only an estimate: a host that does not say leaves the bar to grow
+    // with the first round.
+    let memory = match c.client(source).and_then(|mut cl| cl.call(&Request::Show(name.to_string()))) {
+        Ok(Response::Partition(p)) => p.memory_current.unwrap_or(0),
+        _ => 0,
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(memory.max(1)), indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {percent:>3}% {binary_bytes:>10} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    MigrationBar { bar }
+}
+
+impl MigrationBar {
+    fn update(&self, p: &Progress) {
+        if p.phase != "precopy" {
+            self.bar.set_message(format!("{}: {}", p.phase, p.note));
+            return;
+        }
+        let left = p.dirty_pages * 4096;
+        // Once a round is sent, what is left is its dirty pages.
+        self.bar.set_length((p.sent_bytes + left).max(1));
+        self.bar.set_position(p.sent_bytes);
+        let eta = if p.rate > 0.0 { format!("ETA {:.1}s", left as f64 / p.rate) } else { "ETA -".into() };
+        let throttle = if p.throttle > 0.0 { format!(", throttle {:.0}%", p.throttle * 100.0) } else { String::new() };
+        self.bar.set_message(format!(
+            "round {} {}/s, {} dirty pages, {eta}{throttle}",
+            p.round,
+            crate::table::bytes(p.rate as u64),
+            p.dirty_pages
+        ));
+    }
+
+    fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 /// What `lpm migrate` ends with.
 pub(crate) enum Migrated {
     /// The report of a completed migration.
@@ -619,7 +671,9 @@ pub(crate) fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool, current: &
         validate_only: a.validate_only,
     };
     let tty = std::io::stderr().is_terminal();
-    let mut last_len = 0;
+    // A bar on a terminal; on anything else a line per progress message
+    // (a log reads those, a bar's redraws would litter it).
+    let bar = (tty && !quiet).then(|| migration_bar(c, &source, &a.name));
     let res = c.client(&source)?.call_with_progress(&Request::Migrate(req), |p| {
         if !p.id.is_empty() {
             *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((source.clone(), p.id.clone()));
@@ -627,17 +681,13 @@ pub(crate) fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool, current: &
         if quiet {
             return;
         }
-        let line = progress_line(p);
-        if tty {
-            eprint!("\r{line:<last_len$}");
-            last_len = line.len();
-            let _ = std::io::stderr().flush();
-        } else {
-            eprintln!("{line}");
+        match &bar {
+            Some(bar) => bar.update(p),
+            None => eprintln!("{}", progress_line(p)),
         }
     });
-    if tty && !quiet {
-        eprintln!();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     match res? {
         Response::Report(r) => Ok(Migrated::Report(r)),

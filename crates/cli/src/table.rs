@@ -37,6 +37,12 @@ pub fn print(t: Table) {
     println!("{}", render(t));
 }
 
+/// `s` with its line breaks and tabs written as `\n`, `\r`, `\t`, so
+/// that a row stays one line (a command given to `sh -c` often has some).
+pub fn one_line(s: &str) -> String {
+    s.replace('\n', "\\n").replace('\r', "\\r").replace('\t', "\\t")
+}
+
 /// A byte count as `sort -h` reads it: 512.0M, 1.5G.
 pub fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec_short().to_string()
@@ -54,6 +60,7 @@ mod tests {
         right(&mut t, 2);
         let out = render(t);
         let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(one_line("a\nb\tc"), "a\\nb\\tc");
         assert_eq!(lines, ["NAME      HOST  MEMORY", "web       h1    512.0M", "database  h22     1.5G"], "{out}");
     }
 }
