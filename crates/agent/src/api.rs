@@ -39,6 +39,21 @@ pub enum Request {
         /// At most this many bytes from the end.
         max_bytes: u64,
     },
+    /// A piece of a partition's console log, for `lpm partition logs
+    /// --tail N --follow`; the answer is `LogChunk` (older hosts do not
+    /// know this request and say so).
+    LogsFrom {
+        /// The partition.
+        name: String,
+        /// Where the last piece ended; None for the first, which is the
+        /// log's last `tail_lines` lines (all of it when None), within its
+        /// last `max_bytes`.
+        offset: Option<u64>,
+        /// Lines from the end, for the first piece.
+        tail_lines: Option<u64>,
+        /// At most this many bytes in the piece.
+        max_bytes: u64,
+    },
     /// Move a partition to another host; the answer is a stream of
     /// `Progress` messages ended by `Report` or `Error`.
     Migrate(MigrateRequest),
@@ -116,6 +131,71 @@ pub struct PartitionInfo {
     pub pid: Option<i32>,
     /// Memory in use (bytes), from its cgroup.
     pub memory_current: Option<u64>,
+    /// How its init last ended, while it is stopped; absent from older
+    /// hosts.
+    #[serde(default)]
+    pub exit: Option<Exit>,
+}
+
+/// How a partition's init ended, as its lpmd recorded it (kept in the
+/// partition's record, so a restarted lpmd still tells it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// Its exit status, when it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it ("SIGKILL"), when one did.
+    pub signal: Option<String>,
+    /// The signal left a core dump.
+    pub core_dumped: bool,
+    /// `lpm partition stop` ended it (SIGTERM, then SIGKILL to the rest
+    /// after a grace period).
+    pub by_stop: bool,
+    /// When lpmd saw it end, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// Why neither status nor signal is known, when they are not (the
+    /// init was no child of this lpmd, or it ended while no lpmd ran).
+    pub unknown: Option<String>,
+}
+
+impl Exit {
+    /// The end that `waitpid` reported; None while the process lives or
+    /// only stopped.
+    pub fn from_wait(status: &nix::sys::wait::WaitStatus, by_stop: bool) -> Option<Exit> {
+        use nix::sys::wait::WaitStatus;
+        let mut e = Exit { by_stop, at_unix_ms: now_unix_ms(), ..Exit::default() };
+        match *status {
+            WaitStatus::Exited(_, code) => e.code = Some(code),
+            WaitStatus::Signaled(_, sig, core) => {
+                e.signal = Some(sig.as_str().to_string());
+                e.core_dumped = core;
+            }
+            _ => return None,
+        }
+        Some(e)
+    }
+
+    /// An end whose status is not known, and why.
+    pub fn unknown(why: &str, by_stop: bool) -> Exit {
+        Exit { by_stop, at_unix_ms: now_unix_ms(), unknown: Some(why.to_string()), ..Exit::default() }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.by_stop {
+            f.write_str("stopped by lpm: ")?;
+        }
+        match (&self.code, &self.signal, &self.unknown) {
+            (Some(code), _, _) => write!(f, "exited with status {code}"),
+            (None, Some(sig), _) => write!(f, "killed by {sig}{}", if self.core_dumped { " (core dumped)" } else { "" }),
+            (None, None, Some(why)) => write!(f, "ended, status unknown ({why})"),
+            (None, None, None) => f.write_str("ended, status unknown"),
+        }
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One validation check (name, passed, detail or cause).
@@ -154,6 +234,16 @@ pub enum Response {
     Partition(PartitionInfo),
     /// Log text.
     Logs(String),
+    /// A piece of a console log.
+    LogChunk {
+        /// The text (whole UTF-8 characters; a character cut by the end
+        /// of the piece starts the next one).
+        text: String,
+        /// The log's offset after `text`: the next piece's `offset`.
+        end: u64,
+        /// The partition's state ("running", "stopped", "migrating").
+        state: String,
+    },
     /// Validation results (a failed check makes the migration stop).
     Validation(Vec<Check>),
     /// Migration progress (more messages follow).

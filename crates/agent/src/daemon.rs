@@ -102,7 +102,7 @@ fn at_least_one(s: &str) -> std::result::Result<usize, String> {
 
 /// The standalone `lpmd` parser.
 #[derive(clap::Parser, Debug)]
-#[command(name = "lpmd", version, about = "The lpm host agent")]
+#[command(name = "lpmd", version = env!("LPM_VERSION"), about = "The lpm host agent")]
 struct Standalone {
     #[command(flatten)]
     args: DaemonArgs,
@@ -246,6 +246,7 @@ fn serve_control(agent: &Arc<Agent>, mut s: UnixStream, mut permit: Permit) -> R
             Request::Start(n) => agent.start(&n),
             Request::Delete(n) => agent.delete(&n),
             Request::Logs { name, max_bytes } => agent.logs(&name, max_bytes),
+            Request::LogsFrom { name, offset, tail_lines, max_bytes } => agent.log_chunk(&name, offset, tail_lines, max_bytes),
             Request::Reports => agent.reports(),
             Request::Migrate(m) => migration::source(agent, m, &mut s),
             Request::Migrations { all } => migration::list(agent, all),

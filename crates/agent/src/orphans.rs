@@ -457,6 +457,15 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &Held) -> BTreeMap<St
                 match rebuilt {
                     Ok(plumbing) => {
                         s.stopped.push(r.name.clone());
+                        // It ended while no lpmd ran (its end is recorded
+                        // otherwise): nobody saw its status.
+                        let record = state_dir.join("partitions").join(&r.name);
+                        if crate::state::read_exit(&record).is_none() {
+                            let exit = crate::api::Exit::unknown("it ended while lpmd was not running", false);
+                            if let Err(e) = crate::state::write_exit(&record, &exit) {
+                                tracing::warn!(partition = %r.name, error = %e, "record how the partition ended");
+                            }
+                        }
                         entries.insert(
                             r.name.clone(),
                             Entry { spec: spec.clone(), plumbing, pid: None, busy: false, migration: None, filling: None },

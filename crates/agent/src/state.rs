@@ -18,7 +18,7 @@ use lpm_wire::Key;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::api::{PartitionInfo, Response};
+use crate::api::{Exit, PartitionInfo, Response};
 
 /// How lpmd is set up.
 pub struct Options {
@@ -151,6 +151,15 @@ impl Agent {
             state: state.into(),
             pid: e.pid,
             memory_current: e.plumbing.cgroup().memory_current().ok(),
+            exit: if e.pid.is_none() && e.migration.is_none() { read_exit(&self.record_dir(&e.spec.name)) } else { None },
+        }
+    }
+
+    /// Records how partition `name`'s init ended.
+    fn save_exit(&self, name: &str, exit: &Exit) {
+        tracing::info!(partition = name, exit = %exit, "partition ended");
+        if let Err(e) = write_exit(&self.record_dir(name), exit) {
+            tracing::warn!(partition = name, error = %e, "record how the partition ended");
         }
     }
 
@@ -169,6 +178,8 @@ impl Agent {
     /// Records which process is partition `name`'s init (pid and start
     /// time), so that a restarted lpmd finds it again.
     pub(crate) fn save_init(&self, name: &str, pid: i32) {
+        // A new init: how the last one ended no longer applies.
+        let _ = std::fs::remove_file(self.record_dir(name).join(EXIT_FILE));
         let p = self.record_dir(name).join("init");
         let line = format!("{pid} {}\n", start_time(pid).unwrap_or(0));
         if let Err(e) = write_private(&p, line.as_bytes()) {
@@ -314,8 +325,12 @@ impl Agent {
             (Some(_), Err(e)) => Err(anyhow::Error::from(e)),
             (None, _) => Ok(()),
         };
-        if let Some(pid) = pid {
-            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        if let Some(pid) = pid.filter(|_| res.is_ok()) {
+            let exit = match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                Ok(st) => Exit::from_wait(&st, true),
+                Err(_) => None,
+            };
+            self.save_exit(name, &exit.unwrap_or_else(|| Exit::unknown("its init was adopted, not started, by this lpmd", true)));
         }
         let mut parts = self.parts();
         if let Some(e) = parts.get_mut(name) {
@@ -363,6 +378,37 @@ impl Agent {
         Ok(Response::Logs(String::from_utf8_lossy(&bytes[start..]).into_owned()))
     }
 
+    /// A piece of partition `name`'s console log (see
+    /// [`Request::LogsFrom`](crate::api::Request::LogsFrom)).
+    pub(crate) fn log_chunk(&self, name: &str, offset: Option<u64>, tail_lines: Option<u64>, max: u64) -> Result<Response> {
+        use std::io::{Read, Seek, SeekFrom};
+        let state = {
+            let parts = self.parts();
+            let e = parts.get(name).ok_or_else(|| anyhow!("no partition {name:?} on {}", self.opts.host))?;
+            self.info(e).state
+        };
+        let path = self.ctx.console_log(name);
+        let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+        let len = f.metadata().with_context(|| format!("stat {}", path.display()))?.len();
+        // A log shorter than where the last piece ended was truncated:
+        // start again from its beginning.
+        let from = match offset {
+            Some(o) if o <= len => o,
+            Some(_) => 0,
+            None => len.saturating_sub(max),
+        };
+        let mut buf = Vec::new();
+        f.seek(SeekFrom::Start(from)).with_context(|| format!("seek {}", path.display()))?;
+        f.take(max).read_to_end(&mut buf).with_context(|| format!("read {}", path.display()))?;
+        let skip = match (offset, tail_lines) {
+            (None, Some(n)) => tail_start(&buf, n),
+            _ => 0,
+        };
+        let (text, used) = whole_chars(&buf[skip..]);
+        let end = from + (skip + used) as u64;
+        Ok(Response::LogChunk { text, end, state })
+    }
+
     pub(crate) fn reports(&self) -> Result<Response> {
         let mut out = Vec::new();
         if let Ok(rd) = std::fs::read_dir(self.reports_dir()) {
@@ -389,11 +435,18 @@ impl Agent {
                 Ok(st) => {
                     tracing::info!(partition = %name, pid, status = ?st, "partition init exited");
                     e.pid = None;
+                    if let Some(exit) = Exit::from_wait(&st, false) {
+                        self.save_exit(name, &exit);
+                    }
                 }
                 Err(nix::errno::Errno::ECHILD) => {
                     if start_time(pid).is_none() {
                         tracing::info!(partition = %name, pid, "partition init exited");
                         e.pid = None;
+                        self.save_exit(
+                            name,
+                            &Exit::unknown("its init was adopted by this lpmd, not its child: pid 1 took its status", false),
+                        );
                     }
                 }
                 Err(_) => {}
@@ -422,6 +475,52 @@ impl Agent {
     }
 }
 
+/// Where the last `lines` lines of `buf` begin (a last line without its
+/// newline counts as a line).
+fn tail_start(buf: &[u8], lines: u64) -> usize {
+    if lines == 0 {
+        return buf.len();
+    }
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+/// `buf` as text, without a UTF-8 character its end cuts (the next piece
+/// starts with it), and the number of bytes of `buf` it covers; invalid
+/// bytes elsewhere become U+FFFD.
+fn whole_chars(buf: &[u8]) -> (String, usize) {
+    // A cut character is the start of one whose rest is missing: at most
+    // three bytes from the end.
+    let cut = (buf.len().saturating_sub(3)..buf.len())
+        .find(|&i| std::str::from_utf8(&buf[i..]).is_err_and(|e| e.valid_up_to() == 0 && e.error_len().is_none()))
+        .unwrap_or(buf.len());
+    (String::from_utf8_lossy(&buf[..cut]).into_owned(), cut)
+}
+
+/// The file of a partition's record that says how its init last ended.
+const EXIT_FILE: &str = "exit";
+
+/// How the init of the partition recorded in `record_dir` last ended, if
+/// it is recorded.
+pub(crate) fn read_exit(record_dir: &Path) -> Option<Exit> {
+    serde_json::from_slice(&std::fs::read(record_dir.join(EXIT_FILE)).ok()?).ok()
+}
+
+/// Records in `record_dir` how the partition's init ended.
+pub(crate) fn write_exit(record_dir: &Path, exit: &Exit) -> Result<()> {
+    let p = record_dir.join(EXIT_FILE);
+    write_private(&p, &serde_json::to_vec(exit)?).with_context(|| format!("write {}", p.display()))
+}
+
 /// The init recorded for partition `name` in `record_dir`, if that very
 /// process still runs.
 pub(crate) fn recorded_init(record_dir: &Path) -> Option<i32> {
@@ -436,4 +535,35 @@ pub(crate) fn recorded_init(record_dir: &Path) -> Option<i32> {
 fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     lpm_image::private_file().write(true).create(true).truncate(true).open(path)?.write_all(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_counts_lines_from_the_end() {
+        let log = b"one\ntwo\nthree\n";
+        let tail = |n| std::str::from_utf8(&log[tail_start(log, n)..]).unwrap().to_string();
+        assert_eq!(tail(0), "");
+        assert_eq!(tail(1), "three\n");
+        assert_eq!(tail(2), "two\nthree\n");
+        assert_eq!(tail(3), "one\ntwo\nthree\n");
+        assert_eq!(tail(9), "one\ntwo\nthree\n");
+        let open = b"one\ntwo";
+        assert_eq!(&open[tail_start(open, 1)..], b"two");
+        assert_eq!(tail_start(b"", 3), 0);
+    }
+
+    #[test]
+    fn a_cut_character_waits_for_the_next_piece() {
+        let s = "a\u{e9}b".as_bytes();
+        assert_eq!(whole_chars(&s[..2]), ("a".to_string(), 1));
+        assert_eq!(whole_chars(s), ("a\u{e9}b".to_string(), 4));
+        let mut bad = b"x\xffy".to_vec();
+        bad.extend_from_slice(&"\u{e9}".as_bytes()[..1]);
+        assert_eq!(whole_chars(&bad), ("x\u{fffd}y".to_string(), 3));
+        // An invalid byte at the very end is no cut character: it is sent.
+        assert_eq!(whole_chars(b"ok\xff"), ("ok\u{fffd}".to_string(), 3));
+    }
 }

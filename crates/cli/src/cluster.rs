@@ -43,8 +43,12 @@ pub enum LabCmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Show the lab.
-    Status,
+    /// Show the lab's hosts and whether their lpmd answers.
+    Status {
+        /// Print it as JSON: [{"host", "mover", "netns", "up"}].
+        #[arg(long)]
+        json: bool,
+    },
     /// Tear everything down (also after a crash).
     Down,
 }
@@ -55,7 +59,12 @@ pub enum PartitionCmd {
     /// Create a partition on a host and start it.
     Create(CreateArgs),
     /// Partitions of every host.
-    List,
+    List {
+        /// Print them as JSON: {"partitions": [...], "unreachable":
+        /// [{"host", "error"}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// One partition.
     Show {
         /// The partition.
@@ -76,10 +85,18 @@ pub enum PartitionCmd {
         /// The partition.
         name: String,
     },
-    /// The partition's console output.
+    /// The partition's console output (its stdout and stderr, kept on
+    /// shared storage).
     Logs {
         /// The partition.
         name: String,
+        /// Only the last N lines.
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<u64>,
+        /// Keep printing what the partition writes, also after it moved
+        /// to another host, until it stops (or Ctrl-C).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -295,16 +312,34 @@ impl Cluster {
     }
 }
 
-fn print_partition(p: &PartitionInfo) {
-    println!(
-        "{:16} {:4} {:10} {:18} {:>8} {}",
-        p.spec.name,
-        p.host,
-        p.state,
+/// The partition table's header.
+const PARTITION_HEADER: [&str; 6] = ["NAME", "HOST", "STATE", "ADDRESS", "MEMORY", "COMMAND"];
+
+/// A partition as a row of the partition table; a stopped one's state
+/// says how its init ended, when its host recorded it.
+fn partition_row(p: &PartitionInfo) -> Vec<String> {
+    let state = match &p.exit {
+        Some(exit) => format!("{} ({exit})", p.state),
+        None => p.state.clone(),
+    };
+    vec![
+        p.spec.name.clone(),
+        p.host.clone(),
+        state,
         p.spec.ip.clone().unwrap_or_else(|| "-".into()),
-        p.memory_current.map(|m| format!("{}M", m >> 20)).unwrap_or_else(|| "-".into()),
-        p.spec.command.join(" ")
-    );
+        p.memory_current.map(crate::table::bytes).unwrap_or_else(|| "-".into()),
+        crate::table::one_line(&p.spec.command.join(" ")),
+    ]
+}
+
+/// Prints partitions as a table with its header.
+fn print_partitions<'a>(parts: impl IntoIterator<Item = &'a PartitionInfo>) {
+    let mut t = crate::table::new(&PARTITION_HEADER);
+    for p in parts {
+        t.add_row(partition_row(p));
+    }
+    crate::table::right(&mut t, 4);
+    crate::table::print(t);
 }
 
 /// The lab runs this very binary as each host's agent (`lpm daemon`, the
@@ -335,11 +370,19 @@ pub fn lab(cmd: LabCmd) -> Result<ExitCode> {
             let st = lab.exec(&name, &cmd)?;
             Ok(ExitCode::from(st.code().unwrap_or(1) as u8))
         }
-        LabCmd::Status => {
+        LabCmd::Status { json } => {
             let c = Cluster::open()?;
+            let mut t = crate::table::new(&["HOST", "MOVER", "NETNS", "LPMD"]);
+            let mut rows = Vec::new();
             for h in c.lab.hosts() {
-                let ok = c.client(&h.name).and_then(|mut cl| cl.call(&Request::Ping)).is_ok();
-                println!("{}  {}  lpmd {}", h.name, h.listen, if ok { "up" } else { "DOWN" });
+                let up = c.client(&h.name).and_then(|mut cl| cl.call(&Request::Ping)).is_ok();
+                t.add_row(vec![h.name.clone(), h.listen.to_string(), h.netns.clone(), if up { "up" } else { "DOWN" }.to_string()]);
+                rows.push(serde_json::json!({"host": h.name, "mover": h.listen.to_string(), "netns": h.netns, "up": up}));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                crate::table::print(t);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -355,22 +398,37 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
     let c = Cluster::open()?;
     match cmd {
         PartitionCmd::Create(a) => create(&c, a)?,
-        PartitionCmd::List => {
+        PartitionCmd::List { json } => {
             // A host that does not answer is listed as such, the others'
             // partitions all the same; the exit status says the list is
             // not whole.
+            let mut t = crate::table::new(&PARTITION_HEADER);
+            let mut listed = Vec::new();
             let mut unreachable = Vec::new();
-            for (host, listed) in c.each() {
-                match listed {
-                    Ok(parts) => parts.iter().for_each(print_partition),
+            for (host, answer) in c.each() {
+                match answer {
+                    Ok(parts) => {
+                        parts.iter().for_each(|p| {
+                            t.add_row(partition_row(p));
+                        });
+                        listed.extend(parts);
+                    }
                     Err(e) => {
-                        println!("{:16} {host:4} {:10} {e:#}", "-", "unreachable");
-                        unreachable.push(format!("{host} ({e:#})"));
+                        t.add_row(vec!["-".to_string(), host.clone(), "unreachable".into(), "-".into(), "-".into(), format!("{e:#}")]);
+                        unreachable.push((host, format!("{e:#}")));
                     }
                 }
             }
+            if json {
+                let down: Vec<_> = unreachable.iter().map(|(h, e)| serde_json::json!({"host": h, "error": e})).collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"partitions": listed, "unreachable": down}))?);
+            } else {
+                crate::table::right(&mut t, 4);
+                crate::table::print(t);
+            }
             if !unreachable.is_empty() {
-                bail!("hosts that did not answer: {}", unreachable.join(", "));
+                let names: Vec<String> = unreachable.iter().map(|(h, e)| format!("{h} ({e})")).collect();
+                bail!("hosts that did not answer: {}", names.join(", "));
             }
         }
         PartitionCmd::Show { name } => {
@@ -406,15 +464,56 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
                 ),
             }
         }
-        PartitionCmd::Logs { name } => {
+        PartitionCmd::Logs { name, tail: None, follow: false } => {
             let host = c.locate(&name)?;
             match c.client(&host)?.call(&Request::Logs { name, max_bytes: 1 << 20 })? {
                 Response::Logs(t) => print!("{t}"),
                 other => bail!("unexpected answer {other:?}"),
             }
         }
+        PartitionCmd::Logs { name, tail, follow } => logs(&c, &name, tail, follow)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often `lpm partition logs --follow` asks for more when the last
+/// answer had nothing new (what `tail -f` does without inotify; the log is
+/// on shared storage, possibly another machine's).
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
+
+/// `lpm partition logs --tail N --follow`: the last lines, then what
+/// follows as it is written. The partition is located again when its
+/// host no longer has it (it moved); following ends when it is stopped
+/// and everything it wrote is printed.
+fn logs(c: &Cluster, name: &str, tail: Option<u64>, follow: bool) -> Result<()> {
+    let mut host = c.locate(name)?;
+    let mut client = c.client(&host)?;
+    let mut offset = None;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let req = Request::LogsFrom { name: name.to_string(), offset, tail_lines: tail, max_bytes: 1 << 20 };
+        let (text, end, state) = match client.call(&req) {
+            Ok(Response::LogChunk { text, end, state }) => (text, end, state),
+            Ok(other) => bail!("unexpected answer from {host}: {other:?}"),
+            Err(e) if follow && format!("{e:#}").contains(&format!("no partition {name:?} on {host}")) => {
+                // It left this host (a migration): ask where it is now;
+                // its log is the same file on shared storage.
+                host = c.locate(name).with_context(|| format!("partition {name} left {host}"))?;
+                client = c.client(&host)?;
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("read partition {name}'s log on {host}"))),
+        };
+        out.write_all(text.as_bytes()).context("write the log")?;
+        out.flush().context("write the log")?;
+        offset = Some(end);
+        if !follow || (text.is_empty() && state == "stopped") {
+            return Ok(());
+        }
+        if text.is_empty() {
+            std::thread::sleep(FOLLOW_INTERVAL);
+        }
+    }
 }
 
 /// `lpm partition create`: the spec's fields, then every check against
@@ -465,7 +564,7 @@ fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
     }
     let res = c.client(&a.host).and_then(|mut cl| cl.call(&Request::Create(spec.clone())));
     match res {
-        Ok(Response::Partition(p)) => print_partition(&p),
+        Ok(Response::Partition(p)) => print_partitions([&p]),
         other => {
             c.lab.release_owner(&spec.name)?;
             match other {
@@ -489,6 +588,58 @@ fn progress_line(p: &Progress) -> String {
             if p.throttle > 0.0 { format!("  throttle {:.0}%", p.throttle * 100.0) } else { String::new() }
         ),
         _ => format!("[{}] {}", p.phase, p.note),
+    }
+}
+
+/// The progress bar of `lpm migrate` on a terminal (indicatif): bytes
+/// sent against an estimate of what is left to send (the partition's
+/// memory before the first round, the sent bytes and the dirty pages
+/// after each), with the percentage, and the time left at the measured
+/// rate. The source reports once per pre-copy round, so the bar moves by
+/// rounds; the spinner and the elapsed time show it is alive meanwhile.
+struct MigrationBar {
+    bar: indicatif::ProgressBar,
+}
+
+/// The bar for migrating partition `name` from `source`.
+fn migration_bar(c: &Cluster, source: &str, name: &str) -> MigrationBar {
+    // Only an estimate: a host that does not say leaves the bar to grow
+    // with the first round.
+    let memory = match c.client(source).and_then(|mut cl| cl.call(&Request::Show(name.to_string()))) {
+        Ok(Response::Partition(p)) => p.memory_current.unwrap_or(0),
+        _ => 0,
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(memory.max(1)), indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {percent:>3}% {binary_bytes:>10} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    MigrationBar { bar }
+}
+
+impl MigrationBar {
+    fn update(&self, p: &Progress) {
+        if p.phase != "precopy" {
+            self.bar.set_message(format!("{}: {}", p.phase, p.note));
+            return;
+        }
+        let left = p.dirty_pages * 4096;
+        // Once a round is sent, what is left is its dirty pages.
+        self.bar.set_length((p.sent_bytes + left).max(1));
+        self.bar.set_position(p.sent_bytes);
+        let eta = if p.rate > 0.0 { format!("ETA {:.1}s", left as f64 / p.rate) } else { "ETA -".into() };
+        let throttle = if p.throttle > 0.0 { format!(", throttle {:.0}%", p.throttle * 100.0) } else { String::new() };
+        self.bar.set_message(format!(
+            "round {} {}/s, {} dirty pages, {eta}{throttle}",
+            p.round,
+            crate::table::bytes(p.rate as u64),
+            p.dirty_pages
+        ));
+    }
+
+    fn finish(self) {
+        self.bar.finish_and_clear();
     }
 }
 
@@ -520,7 +671,9 @@ pub(crate) fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool, current: &
         validate_only: a.validate_only,
     };
     let tty = std::io::stderr().is_terminal();
-    let mut last_len = 0;
+    // A bar on a terminal; on anything else a line per progress message
+    // (a log reads those, a bar's redraws would litter it).
+    let bar = (tty && !quiet).then(|| migration_bar(c, &source, &a.name));
     let res = c.client(&source)?.call_with_progress(&Request::Migrate(req), |p| {
         if !p.id.is_empty() {
             *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((source.clone(), p.id.clone()));
@@ -528,17 +681,13 @@ pub(crate) fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool, current: &
         if quiet {
             return;
         }
-        let line = progress_line(p);
-        if tty {
-            eprint!("\r{line:<last_len$}");
-            last_len = line.len();
-            let _ = std::io::stderr().flush();
-        } else {
-            eprintln!("{line}");
+        match &bar {
+            Some(bar) => bar.update(p),
+            None => eprintln!("{}", progress_line(p)),
         }
     });
-    if tty && !quiet {
-        eprintln!();
+    if let Some(bar) = bar {
+        bar.finish();
     }
     match res? {
         Response::Report(r) => Ok(Migrated::Report(r)),
@@ -620,9 +769,11 @@ pub fn migrate(a: MigrateArgs) -> Result<ExitCode> {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&checks)?);
             } else {
+                let mut t = crate::table::new(&["RESULT", "CHECK", "DETAIL"]);
                 for ch in &checks {
-                    println!("{:4} {:9} {}", if ch.ok { "ok" } else { "FAIL" }, ch.name, ch.detail);
+                    t.add_row(vec![if ch.ok { "ok" } else { "FAIL" }, ch.name.as_str(), ch.detail.as_str()]);
                 }
+                crate::table::print(t);
             }
             if checks.iter().any(|c| !c.ok) {
                 return Ok(ExitCode::FAILURE);

@@ -13,10 +13,11 @@ mod bench_migrate;
 mod cluster;
 mod migrations;
 mod pki;
-use clap::{Parser, Subcommand};
+mod table;
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lpm", version, about = "Live Partition Mobility for Linux")]
+#[command(name = "lpm", version = env!("LPM_VERSION"), about = "Live Partition Mobility for Linux")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -25,7 +26,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Probe every kernel feature lpm relies on; fail naming what is missing.
-    Check,
+    Check {
+        /// Print the features and the kinds of state as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Checkpoint the process tree rooted at PID into an image directory.
     Checkpoint {
         /// Root of the tree.
@@ -159,6 +164,20 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
+    /// Print a shell's completion script for lpm (bash: `lpm completions
+    /// bash > /etc/bash_completion.d/lpm`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print lpm's manual page (roff) on standard output, or write one
+    /// page per command into a directory.
+    Man {
+        /// Write lpm.1 and a page per subcommand (lpm-partition.1, ...)
+        /// here instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Measure checkpoint and restore speed on real processes (`bench
     /// migrate`: live migration between the hosts of a lab of its own;
     /// `bench clients`: what a moving partition's clients feel).
@@ -216,7 +235,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Check => check(),
+        Cmd::Check { json } => check(json),
         Cmd::Checkpoint { pid, images, leave_running, tcp_established, shell_job, ext_unix_sk } => {
             let opts = lpm_engine::CheckpointOptions { leave_running, tcp_established, shell_job, ext_unix_sk };
             let s = lpm_engine::checkpoint(pid, &images, &opts).with_context(|| format!("checkpoint of pid {pid}"))?;
@@ -274,10 +293,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on a write error
+            // (a closed pipe), which is an error like any other here.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lpm", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script).context("write the completion script")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => man(dir),
         Cmd::Bench { cmd: Some(BenchCmd::Migrate(a)), .. } => bench_migrate::run(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Bench { cmd: Some(BenchCmd::Clients(a)), .. } => bench_clients::run(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Bench { cmd: None, runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
     }
+}
+
+/// `lpm man`: the page of lpm itself on stdout, or every page into `dir`.
+fn man(dir: Option<PathBuf>) -> Result<ExitCode> {
+    let cmd = Cli::command();
+    match dir {
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).context("write the manual page")?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, &dir).with_context(|| format!("write the manual pages into {}", dir.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `lpm inspect`: every refusal, then a summary line with the time taken.
@@ -336,28 +377,48 @@ fn exit_code(status: i32) -> ExitCode {
     }
 }
 
-fn check() -> Result<ExitCode> {
-    let mut missing = Vec::new();
-    for f in lpm_sys::probe::probe_all() {
-        match &f.result {
-            Ok(detail) => println!("ok       {:26} {detail}", f.name),
-            Err(why) => {
-                println!("MISSING  {:26} {why} (needed for {})", f.name, f.needed_for);
-                missing.push(f.name);
-            }
+fn check(json: bool) -> Result<ExitCode> {
+    let probes = lpm_sys::probe::probe_all();
+    let missing: Vec<&str> = probes.iter().filter(|f| f.result.is_err()).map(|f| f.name).collect();
+    let support = |s: &lpm_engine::support::Support| match s {
+        lpm_engine::support::Support::Yes => "supported",
+        lpm_engine::support::Support::Partly => "partly",
+        lpm_engine::support::Support::Refused => "refused",
+    };
+    if json {
+        let features: Vec<_> = probes
+            .iter()
+            .map(|f| match &f.result {
+                Ok(detail) => serde_json::json!({"name": f.name, "ok": true, "detail": detail, "needed_for": f.needed_for}),
+                Err(why) => serde_json::json!({"name": f.name, "ok": false, "detail": why, "needed_for": f.needed_for}),
+            })
+            .collect();
+        let kinds: Vec<_> = lpm_engine::support::KINDS
+            .iter()
+            .map(|(kind, s, note)| serde_json::json!({"kind": kind, "support": support(s), "note": note}))
+            .collect();
+        let v = serde_json::json!({"features": features, "kinds": kinds, "missing": missing});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let mut t = table::new(&["RESULT", "FEATURE", "DETAIL"]);
+        for f in &probes {
+            match &f.result {
+                Ok(detail) => t.add_row(vec!["ok".to_string(), f.name.to_string(), detail.to_string()]),
+                Err(why) => t.add_row(vec!["MISSING".to_string(), f.name.to_string(), format!("{why} (needed for {})", f.needed_for)]),
+            };
         }
-    }
-    println!("\nkinds of state (docs/support.md):");
-    for (kind, support, note) in lpm_engine::support::KINDS {
-        let status = match support {
-            lpm_engine::support::Support::Yes => "supported",
-            lpm_engine::support::Support::Partly => "partly",
-            lpm_engine::support::Support::Refused => "refused",
-        };
-        println!("{status:10} {kind:30} {note}");
+        table::print(t);
+        println!("\nkinds of state (docs/support.md):");
+        let mut t = table::new(&["SUPPORT", "KIND", "NOTE"]);
+        for (kind, s, note) in lpm_engine::support::KINDS {
+            t.add_row(vec![support(s), kind, note]);
+        }
+        table::print(t);
     }
     if missing.is_empty() {
-        println!("\nevery kernel feature lpm needs is present");
+        if !json {
+            println!("\nevery kernel feature lpm needs is present");
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         bail!("missing kernel features: {}", missing.join(", "))

@@ -544,7 +544,7 @@ impl Lab {
         if let Some(h) = self.state.hosts.iter().find(|h| h.mgmt_addr == ip) {
             return Err(bad(format!("the management address of host {}", h.name)));
         }
-        if o[..3] != net.octets()[..3] {
+        if !ipnet::Ipv4Net::new(net, 24).is_ok_and(|n| n.contains(&ip)) {
             return Err(bad(format!("outside the partition network {net}/24")));
         }
         if prefix != 24 {
@@ -668,22 +668,22 @@ fn check_options(opts: &LabOptions) -> Result<(Ipv4Addr, Ipv4Addr), LabError> {
     Ok((subnet, mgmt))
 }
 
-/// Parses `a.b.c.0/24` with `c` not 0.
+/// Parses `a.b.c.0/24` with `c` not 0 (ipnet).
 fn parse_subnet(s: &str) -> Result<Ipv4Addr, &'static str> {
-    let (addr, len) = s.split_once('/').ok_or("expected an IPv4 network like 10.213.1.0/24")?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| "not an IPv4 address before the '/'")?;
-    let len: u8 = len.parse().map_err(|_| "not a prefix length after the '/'")?;
-    if len != 24 {
+    if !s.contains('/') {
+        return Err("expected an IPv4 network like 10.213.1.0/24");
+    }
+    let net: ipnet::Ipv4Net = s.parse().map_err(|_| "not an IPv4 address and prefix length like 10.213.1.0/24")?;
+    if net.prefix_len() != 24 {
         return Err("only /24 subnets are supported");
     }
-    let o = addr.octets();
-    if o[3] != 0 {
+    if net.addr() != net.network() {
         return Err("host bits are set (the last octet must be 0)");
     }
-    if o[2] == 0 {
+    if net.network().octets()[2] == 0 {
         return Err("the third octet must not be 0 (a.b.0.0/24 is the management network)");
     }
-    Ok(addr)
+    Ok(net.network())
 }
 
 fn with_host_part(net: Ipv4Addr, host: u8) -> Ipv4Addr {

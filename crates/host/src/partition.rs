@@ -203,10 +203,16 @@ impl PartitionSpec {
     pub fn ipv4(&self) -> Result<Option<(Ipv4Addr, u8)>> {
         let Some(s) = &self.ip else { return Ok(None) };
         let bad = |why: &str| PartitionError::Spec { field: "ip", value: s.clone(), why: why.to_string() };
-        let (addr, prefix) = s.split_once('/').ok_or_else(|| bad("want ADDRESS/PREFIX, e.g. 10.213.1.10/24"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| bad("prefix length is not a number"))?;
-        if prefix == 0 || prefix > 32 {
+        let (a, _) = s.split_once('/').ok_or_else(|| bad("want ADDRESS/PREFIX, e.g. 10.213.1.10/24"))?;
+        let net: ipnet::Ipv4Net = s.parse().map_err(|_| {
+            if a.parse::<Ipv4Addr>().is_err() {
+                bad("not an IPv4 address")
+            } else {
+                bad("prefix length must be 1 to 32")
+            }
+        })?;
+        let (addr, prefix) = (net.addr(), net.prefix_len());
+        if prefix == 0 {
             return Err(bad("prefix length must be 1 to 32"));
         }
         if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {

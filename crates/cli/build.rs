@@ -1,0 +1,2 @@
+// The same version string as lpmd's: crate version and git commit.
+include!("../agent/build.rs");
