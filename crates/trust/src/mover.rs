@@ -36,6 +36,8 @@ use rustls::{ClientConfig, ConnectionTrafficSecrets, ContentType, ProtocolVersio
 
 use crate::{client_config, host_server_name, server_config, Identity, Result, TrustError};
 
+pub use rustls::{ClientConfig as MoverClientConfig, ServerConfig as MoverServerConfig};
+
 /// The application protocol both ends name in the handshake: a control
 /// API client or server on the same CA cannot be taken for a mover.
 pub const ALPN: &[u8] = b"lpm-mover/1";
@@ -190,8 +192,15 @@ impl Established {
         let (tx_seq, tx) = self.tx;
         let (rx_seq, rx) = self.rx;
         let (k, iv) = key_iv(tx)?;
-        let sealer =
-            Sealer { s: socket.try_clone()?, enc: self.suite.aead_alg.encrypter(k, iv), seq: tx_seq, limit, out: Vec::new(), sent: 0 };
+        let sealer = Sealer {
+            s: socket.try_clone()?,
+            enc: self.suite.aead_alg.encrypter(k, iv),
+            seq: tx_seq,
+            limit,
+            out: Vec::new(),
+            sent: 0,
+            staged: Vec::new(),
+        };
         let (k, iv) = key_iv(rx)?;
         let opener = Opener {
             s: socket.try_clone()?,
@@ -212,8 +221,8 @@ fn invalid(why: String) -> std::io::Error {
 }
 
 /// The sending half: writes go out as TLS 1.3 application data records.
-/// A write seals what it takes before it returns; what the socket did
-/// not take yet goes out on the next write or flush.
+/// It buffers like a `BufWriter` (less than a record, until a flush), and
+/// what the socket did not take yet goes out on the next write or flush.
 pub struct Sealer {
     s: TcpStream,
     enc: Box<dyn MessageEncrypter>,
@@ -222,6 +231,8 @@ pub struct Sealer {
     /// Sealed records not sent yet, and how much of the first was sent.
     out: Vec<Vec<u8>>,
     sent: usize,
+    /// Written, less than a record, not sealed yet.
+    staged: Vec<u8>,
 }
 
 impl Sealer {
@@ -279,11 +290,24 @@ impl Write for Sealer {
         self.write_vectored(&[IoSlice::new(buf)])
     }
 
+    /// Seals whole records of what was staged and `bufs`, at most a
+    /// batch, and stages the rest (less than a record) for the next write
+    /// or flush: a frame's header and its pages share records, and a
+    /// small message waits for its flush rather than taking a record of
+    /// its own for each write.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
         self.drain()?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if self.staged.len() + total < MAX_FRAGMENT {
+            for b in bufs {
+                self.staged.extend_from_slice(b);
+            }
+            return Ok(total);
+        }
+        let old = std::mem::take(&mut self.staged);
         let mut taken = 0;
-        let mut chunk: Vec<&[u8]> = Vec::new();
-        let mut chunk_len = 0;
+        let mut chunk: Vec<&[u8]> = vec![&old];
+        let mut chunk_len = old.len();
         let mut records = 0;
         'bufs: for b in bufs {
             let mut b: &[u8] = b;
@@ -304,12 +328,13 @@ impl Write for Sealer {
                 }
             }
         }
-        if chunk_len > 0 {
-            self.seal(&chunk)?;
+        // Less than a record is left (and not the old stage: that went
+        // into the first record).
+        let mut staged = Vec::with_capacity(MAX_FRAGMENT);
+        for c in chunk {
+            staged.extend_from_slice(c);
         }
-        if taken == 0 {
-            return Ok(0);
-        }
+        self.staged = staged;
         // What was sealed is taken: a socket that does not take it now
         // is the next write's or flush's to report.
         let _ = self.drain();
@@ -317,6 +342,10 @@ impl Write for Sealer {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        if !self.staged.is_empty() {
+            let staged = std::mem::take(&mut self.staged);
+            self.seal(&[&staged])?;
+        }
         self.drain()
     }
 }
