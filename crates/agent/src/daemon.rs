@@ -1,5 +1,6 @@
 //! lpmd: runs the partitions of one host, serves the control API on a unix
-//! socket and the mover on TCP, both behind the lpm-wire handshake.
+//! socket (behind the lpm-wire handshake with the cluster key) and the
+//! mover on TCP (mutual TLS, or that handshake when `insecure`).
 //!
 //! lpmd is the parent of every partition's init it started (and a child
 //! subreaper, so restored trees come back to it). Exits are noticed by

@@ -607,6 +607,20 @@ impl Lab {
         Ok(read_state(&self.dir)?.addresses)
     }
 
+    /// Restarts every host's `lpmd` with its mover in plain mode
+    /// (`insecure`) or with mutual TLS: the benchmark measures both in the
+    /// same lab. Returns the lab as loaded after (new pids).
+    pub fn set_insecure(&self, insecure: bool) -> Result<Lab, LabError> {
+        with_locked_state(&self.dir, |s| {
+            s.insecure = insecure;
+            Ok(())
+        })?;
+        for h in &self.state.hosts {
+            self.restart(&h.name)?;
+        }
+        Lab::load(&self.dir)
+    }
+
     /// Restarts the `lpmd` of host `host` the way [`Lab::up`] started it
     /// (same binary and arguments, in the host's namespace, in a session of
     /// its own, output appended to its log), as an operator would after a
