@@ -12,6 +12,8 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v tmux >/dev/null || need+=(tmux)
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+# The mover TLS test captures the mover link (tests/mover_tls.rs).
+command -v tcpdump >/dev/null || [ -x /usr/sbin/tcpdump ] || need+=(tcpdump)
 # systemd-analyze checks the service unit in dist/.
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # Debian's PostgreSQL server (the postgres test runs it in a partition);

@@ -1,5 +1,6 @@
 //! lpmd: runs the partitions of one host, serves the control API on a unix
-//! socket and the mover on TCP, both behind the lpm-wire handshake.
+//! socket (behind the lpm-wire handshake with the cluster key) and the
+//! mover on TCP (mutual TLS, or that handshake when `insecure`).
 //!
 //! lpmd is the parent of every partition's init it started (and a child
 //! subreaper, so restored trees come back to it). Exits are noticed by
@@ -91,6 +92,10 @@ pub struct DaemonArgs {
     /// This host's private key (PEM, refused unless mode 0600 or closer).
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Run the mover without TLS: plain frames behind the cluster key,
+    /// partitions' memory in clear on the network (for measurement only).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 fn at_least_one(s: &str) -> std::result::Result<usize, String> {
@@ -135,6 +140,7 @@ impl DaemonArgs {
             tls_ca: self.tls_ca,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            insecure: self.insecure.then_some(true),
         }))
     }
 
@@ -182,6 +188,7 @@ impl DaemonArgs {
             max_outgoing,
             max_incoming,
             tls,
+            insecure: c.insecure.unwrap_or(false),
         })
     }
 }
@@ -259,17 +266,18 @@ fn serve_control(agent: &Arc<Agent>, mut s: UnixStream, mut permit: Permit) -> R
     }
 }
 
-fn serve_mover(agent: &Arc<Agent>, mut s: TcpStream, mut permit: Permit) -> Result<()> {
+fn serve_mover(agent: &Arc<Agent>, s: TcpStream, mut permit: Permit) -> Result<()> {
     s.set_nodelay(true).ok();
-    let session = match authenticate(agent, &mut s, &mut permit, "mover handshake", Some(migration::mover_timeout())) {
-        Ok(session) => session,
+    let (r, w, session) = match migration::accept(agent, s, permit.limits().handshake) {
+        Ok(accepted) => accepted,
         Err(e) => {
             permit.handshake_failed(&e);
             return Ok(());
         }
     };
+    permit.authenticated();
     tracing::debug!(peer = %session.peer, "mover connection");
-    migration::serve(agent, s, &session.peer)
+    migration::serve(agent, r, w, &session.peer)
 }
 
 /// Serves an accepted connection on a thread of its own if `gate` admits
@@ -310,6 +318,8 @@ pub fn run(opts: Options) -> Result<()> {
     sigs.add(Signal::SIGTERM);
     sigs.add(Signal::SIGINT);
     sigs.thread_block().context("block SIGTERM")?;
+    // First: a host that cannot prove itself on the mover touches nothing.
+    let trust = migration::Trust::of(&opts)?;
     lpm_sys::misc::set_child_subreaper().context("become child subreaper")?;
     // The state directory holds the migration records and the
     // partitions' definitions: root's alone, also when made by another.
@@ -332,7 +342,7 @@ pub fn run(opts: Options) -> Result<()> {
     // nobody else needs to make lpmd read a frame.
     std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600)).with_context(|| format!("chmod {}", fresh.display()))?;
     let mover = TcpListener::bind(opts.listen).with_context(|| format!("listen on {}", opts.listen))?;
-    let agent = Arc::new(Agent::new(opts, ctx, journal, parts));
+    let agent = Arc::new(Agent::new(opts, trust, ctx, journal, parts));
     // Probe cgroups left by an lpmd killed while it probed.
     for p in lpm_sys::probe::remove_stale_probes() {
         tracing::info!(cgroup = %p.display(), "removed a stale probe cgroup");

@@ -45,6 +45,10 @@ pub struct Options {
     /// This host's TLS identity (site CA, certificate, key), when it has
     /// one.
     pub tls: Option<std::sync::Arc<lpm_trust::Identity>>,
+    /// The mover runs plain frames behind the cluster key, without TLS
+    /// (for measurement only; lpmd refuses to start with neither this
+    /// nor an identity).
+    pub insecure: bool,
 }
 
 /// A partition this host holds.
@@ -65,6 +69,8 @@ pub(crate) struct Entry {
 /// The agent's shared state.
 pub struct Agent {
     pub(crate) opts: Options,
+    /// How the mover proves this host and its peers.
+    pub(crate) trust: crate::migration::Trust,
     pub(crate) ctx: HostCtx,
     parts: Mutex<BTreeMap<String, Entry>>,
     /// The page stores of incoming migrations, by id, for their extra
@@ -119,9 +125,16 @@ fn start_time(pid: i32) -> Option<u64> {
 
 impl Agent {
     /// An agent with the partitions `parts` (found at startup).
-    pub(crate) fn new(opts: Options, ctx: HostCtx, journal: Journal, parts: BTreeMap<String, Entry>) -> Agent {
+    pub(crate) fn new(
+        opts: Options,
+        trust: crate::migration::Trust,
+        ctx: HostCtx,
+        journal: Journal,
+        parts: BTreeMap<String, Entry>,
+    ) -> Agent {
         Agent {
             opts,
+            trust,
             ctx,
             parts: Mutex::new(parts),
             incoming: Mutex::new(HashMap::new()),

@@ -80,6 +80,10 @@ pub struct MigrateBench {
     /// Print the rows and the targets as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run every case a second time with the hosts' movers in plain mode
+    /// (`insecure`) and print what mutual TLS costs, side by side.
+    #[arg(long)]
+    pub compare_plain: bool,
 }
 
 /// One migration of the benchmark.
@@ -723,22 +727,14 @@ pub(crate) fn bench_lab(label: &str) -> Result<(LabGuard, Bench)> {
     Ok((guard, Bench { lab, key, dirtier, teardown }))
 }
 
-/// Runs `lpm bench migrate`: prints the table (or JSON) and fails when a
-/// migration failed or a partition's memory was not intact after it;
-/// missed performance targets are printed, not errors.
-pub fn run(a: &MigrateBench) -> Result<()> {
-    if a.sizes.is_empty() || a.rates.is_empty() || a.runs == 0 {
-        bail!("nothing to measure: give at least one size, one rate and one run");
-    }
-    if a.sizes.contains(&0) {
-        bail!("a partition size of 0 MiB cannot be measured");
-    }
-    let (_guard, bench) = bench_lab("lab")?;
+/// Every size × rate × run on `bench`'s lab as it is (`mode` names it in
+/// the progress lines).
+fn cases(bench: &Bench, a: &MigrateBench, mode: &str) -> Vec<Row> {
     let mut rows = Vec::new();
     for &size in &a.sizes {
         for &rate in &a.rates {
             for run in 1..=a.runs {
-                eprintln!("== {size} MiB partition dirtying {rate} MiB/s, run {run}");
+                eprintln!("== {size} MiB partition dirtying {rate} MiB/s, run {run}, {mode}");
                 let row = bench.case(size, rate, run);
                 eprintln!(
                     "   {}: total {} ms, downtime {} ms, {} rounds, {:.1} MiB sent, raw {:.0} MiB/s, ratio {}, memory {}",
@@ -755,16 +751,78 @@ pub fn run(a: &MigrateBench) -> Result<()> {
             }
         }
     }
+    rows
+}
+
+/// What mutual TLS costs: each case's total time, downtime and source
+/// CPU with TLS beside the same case's in plain mode.
+fn render_cost(tls: &[Row], plain: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "mutual TLS beside plain mode (insecure), the same cases in the same lab:");
+    let _ = writeln!(
+        s,
+        "{:>5} {:>5} {:>3} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+        "MiB", "MiB/s", "run", "TLS total", "plain tot", "cost", "TLS down", "plain dn", "cost", "TLS src cpu", "plain cpu"
+    );
+    let pct = |a: f64, b: f64| if b > 0.0 { format!("{:+.0}%", (a / b - 1.0) * 100.0) } else { "-".into() };
+    for (t, p) in tls.iter().zip(plain) {
+        let _ = writeln!(
+            s,
+            "{:>5} {:>5} {:>3} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+            t.size_mib,
+            t.rate_mib,
+            t.run,
+            fmt_f(t.total_ms(), 1),
+            fmt_f(p.total_ms(), 1),
+            pct(t.total_ms(), p.total_ms()),
+            fmt_f(t.downtime_ms(), 1),
+            fmt_f(p.downtime_ms(), 1),
+            pct(t.downtime_ms(), p.downtime_ms()),
+            fmt_f(t.cpu_src_ms, 0),
+            fmt_f(p.cpu_src_ms, 0)
+        );
+    }
+    let _ = writeln!(s, "(cost: TLS over plain; cpu: the source lpmd's CPU ms during the migration)");
+    s
+}
+
+/// Runs `lpm bench migrate`: prints the table (or JSON) and fails when a
+/// migration failed or a partition's memory was not intact after it;
+/// missed performance targets are printed, not errors.
+pub fn run(a: &MigrateBench) -> Result<()> {
+    if a.sizes.is_empty() || a.rates.is_empty() || a.runs == 0 {
+        bail!("nothing to measure: give at least one size, one rate and one run");
+    }
+    if a.sizes.contains(&0) {
+        bail!("a partition size of 0 MiB cannot be measured");
+    }
+    let (_guard, mut bench) = bench_lab("lab")?;
+    let rows = cases(&bench, a, "mutual TLS");
+    let plain = if a.compare_plain {
+        eprintln!("== the same cases with the movers in plain mode (insecure)");
+        bench.lab = bench.lab.set_insecure(true).context("restart the hosts insecure")?;
+        Some(cases(&bench, a, "plain"))
+    } else {
+        None
+    };
     let v = verdicts(&rows);
     if a.json {
         let targets: Vec<Value> = v.iter().map(|x| json!({"target": x.target, "case": x.case, "value": x.value, "pass": x.pass})).collect();
         let rows_json: Vec<Value> = rows.iter().map(Row::to_json).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"rows": rows_json, "targets": targets}))?);
+        let mut out = json!({"rows": rows_json, "targets": targets});
+        if let Some(p) = &plain {
+            out["plain_rows"] = p.iter().map(Row::to_json).collect();
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", render(&rows, &v));
+        if let Some(p) = &plain {
+            print!("\n{}", render_cost(&rows, p));
+        }
     }
     let broken: Vec<String> = rows
         .iter()
+        .chain(plain.iter().flatten())
         .filter(|r| !r.completed() || !r.verified_ok())
         .map(|r| format!("{} MiB at {} MiB/s run {}: {} / memory {}", r.size_mib, r.rate_mib, r.run, r.outcome, r.verified))
         .collect();

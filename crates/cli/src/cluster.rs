@@ -34,6 +34,10 @@ pub enum LabCmd {
         /// The partition network.
         #[arg(long, default_value = "10.213.1.0/24")]
         subnet: String,
+        /// Start the hosts' movers without TLS (plain frames, memory in
+        /// clear), to measure what encryption costs.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run a command in a host's or the client's network namespace.
     Exec {
@@ -354,10 +358,11 @@ fn agent_options() -> Result<LabOptions> {
 pub fn lab(cmd: LabCmd) -> Result<ExitCode> {
     let dir = lab_dir();
     match cmd {
-        LabCmd::Up { hosts, subnet } => {
+        LabCmd::Up { hosts, subnet, insecure } => {
             let mut opts = agent_options()?;
             opts.hosts = hosts;
             opts.subnet = subnet;
+            opts.insecure = insecure;
             let lab = Lab::up(&dir, &opts).context("lab up")?;
             for h in lab.hosts() {
                 println!("{}  netns {}  mover {}", h.name, h.netns, h.listen);

@@ -206,7 +206,8 @@ fn status_kb_threads(pid: i32) -> u64 {
 }
 
 /// Error frames of 10 MB, before the handshake on the mover port and
-/// after it (with the key) on the mover port and the control socket: the
+/// after it (mutual TLS) on the mover port and (with the key) on the
+/// control socket: the
 /// log takes at most a few KiB of them, the text cut and its length said.
 #[test]
 fn a_peers_long_error_text_stays_out_of_the_log() {
@@ -218,21 +219,24 @@ fn a_peers_long_error_text_stays_out_of_the_log() {
     let before = log_len(&lab, "h2");
     let h1 = l.netns_of("h1").unwrap().fd().unwrap();
     lpm_sys::net::in_netns(h1.as_fd(), || {
-        for authenticated in [false, true] {
-            for _ in 0..5 {
-                let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(10)).expect("reach h2's mover");
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-                if authenticated {
-                    lpm_wire::handshake(&mut s, Role::Opener, &key, "h1").expect("handshake with the key");
-                }
-                // h2 may close before it has it all.
-                let _ = lpm_wire::write_frame(&mut s, FrameType::Error, &text, None);
-                let _ = lpm_wire::read_frame(&mut s);
-            }
+        for _ in 0..5 {
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(10)).expect("reach h2's mover");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+            // h2 may close before it has it all.
+            let _ = lpm_wire::write_frame(&mut s, FrameType::Error, &text, None);
+            let _ = lpm_wire::read_frame(&mut s);
         }
     })
     .unwrap();
+    // After the handshake: mutual TLS as h1.
+    let h1_id = common::mover::host_identity(&l, "h1");
+    for _ in 0..5 {
+        let (mut tx, mut rx) = common::mover::dial(&l, "h1", "h2", &h1_id, "h1").expect("mutual TLS as h1");
+        let _ = lpm_wire::write_frame(&mut tx, FrameType::Error, &text, None);
+        let _ = tx.flush();
+        let _ = lpm_wire::read_frame(&mut rx);
+    }
     let control = l.host("h2").unwrap().control.clone();
     for _ in 0..5 {
         let mut s = std::os::unix::net::UnixStream::connect(&control).expect("reach h2's control socket");

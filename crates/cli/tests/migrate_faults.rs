@@ -218,7 +218,9 @@ fn frame(s: &mut TcpStream) -> Option<lpm_wire::Frame> {
 
 #[test]
 fn wrong_key_is_refused_and_creates_nothing() {
-    let lab = TestLab::up_with("fkey", 2, &[]);
+    // The key's challenge guards the movers of insecure hosts (and the
+    // control socket): with TLS the certificates do (mover_tls.rs).
+    let lab = TestLab::up_insecure("fkey", 2);
     create_service(&lab, "kv", "h1", 8);
     wait_log(&lab, "kv", "listening");
     let l = lab.lab();

@@ -13,7 +13,15 @@
 //! shared = "/srv/lpm"                # shared storage (default: dir's parent)
 //! max_outgoing = 4                   # migrations as the source at once
 //! max_incoming = 4                   # migrations as the target at once
+//! tls_ca = "/etc/lpm/pki/ca.crt"     # the site CA (`lpm pki init`)
+//! tls_cert = "/etc/lpm/pki/hosts/h1.crt"  # this host's certificate
+//! tls_key = "/etc/lpm/pki/hosts/h1.key"   # and key (`lpm host enroll h1`)
+//! # insecure = true                  # mover without TLS: for measurement only
 //! ```
+//!
+//! The mover needs the three TLS files, or `insecure = true` (plain
+//! frames behind the cluster key, partitions' memory in clear): lpmd
+//! refuses to start with neither.
 //!
 //! An unknown key is an error naming it (a misspelt key would otherwise
 //! leave a default in place without a word).
@@ -80,6 +88,9 @@ pub struct AgentConfig {
     /// This host's private key (PEM, mode 0600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// The mover without TLS (for measurement only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
 }
 
 /// A configuration file that could not be read or parsed.
@@ -164,6 +175,7 @@ impl AgentConfig {
             tls_ca: over.tls_ca.or(self.tls_ca),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
+            insecure: over.insecure.or(self.insecure),
         }
     }
 }

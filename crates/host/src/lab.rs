@@ -248,12 +248,15 @@ pub struct LabOptions {
     /// Arguments put before the ones the lab passes to every `lpmd` (a
     /// subcommand, as in `lpm daemon`).
     pub lpmd_args: Vec<String>,
+    /// Start every `lpmd` with `insecure = true`: movers without TLS, for
+    /// measuring what encryption costs.
+    pub insecure: bool,
 }
 
 impl LabOptions {
     /// Two hosts on [`DEFAULT_SUBNET`] running `lpmd`.
     pub fn new(lpmd: impl Into<PathBuf>) -> LabOptions {
-        LabOptions { hosts: 2, subnet: DEFAULT_SUBNET.to_string(), lpmd: lpmd.into(), lpmd_args: Vec::new() }
+        LabOptions { hosts: 2, subnet: DEFAULT_SUBNET.to_string(), lpmd: lpmd.into(), lpmd_args: Vec::new(), insecure: false }
     }
 }
 
@@ -321,6 +324,9 @@ struct State {
     /// The arguments put before the lab's ones (`daemon`).
     #[serde(default)]
     lpmd_args: Vec<String>,
+    /// Its `lpmd`s run their movers without TLS.
+    #[serde(default)]
+    insecure: bool,
 }
 
 impl State {
@@ -601,6 +607,20 @@ impl Lab {
         Ok(read_state(&self.dir)?.addresses)
     }
 
+    /// Restarts every host's `lpmd` with its mover in plain mode
+    /// (`insecure`) or with mutual TLS: the benchmark measures both in the
+    /// same lab. Returns the lab as loaded after (new pids).
+    pub fn set_insecure(&self, insecure: bool) -> Result<Lab, LabError> {
+        with_locked_state(&self.dir, |s| {
+            s.insecure = insecure;
+            Ok(())
+        })?;
+        for h in &self.state.hosts {
+            self.restart(&h.name)?;
+        }
+        Lab::load(&self.dir)
+    }
+
     /// Restarts the `lpmd` of host `host` the way [`Lab::up`] started it
     /// (same binary and arguments, in the host's namespace, in a session of
     /// its own, output appended to its log), as an operator would after a
@@ -621,7 +641,13 @@ impl Lab {
             path: self.dir.join(STATE_FILE),
             reason: "no lpmd binary recorded (a lab made by an older lpm): take it down and up again".into(),
         })?;
-        let opts = LabOptions { hosts: state.hosts.len(), subnet: String::new(), lpmd, lpmd_args: state.lpmd_args.clone() };
+        let opts = LabOptions {
+            hosts: state.hosts.len(),
+            subnet: String::new(),
+            lpmd,
+            lpmd_args: state.lpmd_args.clone(),
+            insecure: state.insecure,
+        };
         let mut failures = Vec::new();
         stop_lpmds(std::slice::from_ref(&h), &mut failures);
         if let Some(f) = failures.into_iter().next() {
@@ -905,6 +931,7 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
         addresses: BTreeMap::new(),
         lpmd: Some(opts.lpmd.clone()),
         lpmd_args: opts.lpmd_args.clone(),
+        insecure: opts.insecure,
     };
     write_state(dir, &state)?;
     let mut b = Builder { dir, state };
@@ -996,6 +1023,7 @@ fn spawn_lpmd(state: &State, h: &HostInfo, opts: &LabOptions) -> Result<Child, L
         tls_ca: Some(pki.ca_cert()),
         tls_cert: Some(issued.cert),
         tls_key: Some(issued.key),
+        insecure: opts.insecure.then_some(true),
         ..AgentConfig::default()
     };
     c.write(&config).map_err(|e| spawn_err(io::Error::other(e.to_string())))?;

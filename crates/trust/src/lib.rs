@@ -32,6 +32,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use time::OffsetDateTime;
 
+pub mod mover;
+
 /// How long a host's or operator's certificate is valid.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long the site CA is valid.
@@ -92,6 +94,10 @@ pub enum TrustError {
     /// A TLS configuration could not be built.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A TLS handshake failed, or a connection after it is not what the
+    /// mover speaks.
+    #[error("{0}")]
+    Handshake(String),
     /// The peer's certificate is not for the identity it claims.
     #[error("the peer's certificate is not {claimed}'s: {why}")]
     NotThePeer {

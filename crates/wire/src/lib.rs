@@ -114,6 +114,10 @@ pub enum WireError {
     /// The peer reported an error and gave up.
     #[error("peer failed: {0}")]
     Peer(String),
+    /// The peer is not who it says it is (inside a mutually
+    /// authenticated channel: its certificate is for another name).
+    #[error("identity refused: {0}")]
+    Identity(String),
 }
 
 /// Result alias for this crate.
@@ -577,10 +581,71 @@ pub fn handshake<S: Read + Write>(s: &mut S, role: Role, key: &Key, name: &str) 
     }
 }
 
+/// The handshake inside a channel that has authenticated both ends
+/// already (the mover's mutual TLS): the protocol version is agreed and
+/// the opener says which host it is, which `check` compares with what the
+/// channel proved (its certificate) before the acceptor answers. No
+/// challenge: the cluster key is not used. A refused opener is told why
+/// in an Error frame and nothing else happens on the connection.
+pub fn hello<S: Read + Write>(s: &mut S, role: Role, name: &str, check: impl FnOnce(&str) -> Result<(), String>) -> Result<Session> {
+    let refuse = |s: &mut S, why: &str| {
+        let _ = write_frame(s, FrameType::Error, why.as_bytes(), None);
+        let _ = s.flush();
+    };
+    match role {
+        Role::Opener => {
+            let hello = Hello { max_version: PROTOCOL_VERSION, min_version: MIN_PROTOCOL_VERSION, nonce: Vec::new(), name: name.into() };
+            write_frame(s, FrameType::Hello, &hello.encode_to_vec(), None)?;
+            s.flush().map_err(|source| WireError::Io { op: "send frame", source })?;
+            let reply: HelloReply = expect(s, FrameType::HelloReply, "HelloReply")?;
+            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&reply.version) {
+                refuse(s, "unsupported protocol version");
+                return Err(WireError::Version { min: reply.version, max: reply.version });
+            }
+            if let Err(why) = check(&reply.name) {
+                refuse(s, &why);
+                return Err(WireError::Identity(why));
+            }
+            Ok(Session { version: reply.version, peer: reply.name })
+        }
+        Role::Acceptor => {
+            let hello: Hello = expect(s, FrameType::Hello, "Hello")?;
+            let version = PROTOCOL_VERSION.min(hello.max_version);
+            if version < MIN_PROTOCOL_VERSION.max(hello.min_version) {
+                refuse(s, "unsupported protocol version");
+                return Err(WireError::Version { min: hello.min_version, max: hello.max_version });
+            }
+            if let Err(why) = check(&hello.name) {
+                refuse(s, &why);
+                return Err(WireError::Identity(why));
+            }
+            let reply = HelloReply { version, nonce: Vec::new(), mac: Vec::new(), name: name.into() };
+            write_frame(s, FrameType::HelloReply, &reply.encode_to_vec(), None)?;
+            s.flush().map_err(|source| WireError::Io { op: "send frame", source })?;
+            Ok(Session { version, peer: hello.name })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn hello_agrees_and_refuses_a_name_the_check_does_not_accept() {
+        let (mut a, mut b) = pair();
+        let t =
+            std::thread::spawn(move || hello(&mut b, Role::Acceptor, "h2", |n| if n == "h1" { Ok(()) } else { Err(format!("not {n}")) }));
+        let s = hello(&mut a, Role::Opener, "h1", |n| if n == "h2" { Ok(()) } else { Err("not h2".into()) }).unwrap();
+        assert_eq!(s, Session { version: PROTOCOL_VERSION, peer: "h2".into() });
+        assert_eq!(t.join().unwrap().unwrap(), Session { version: PROTOCOL_VERSION, peer: "h1".into() });
+        let (mut a, mut b) = pair();
+        let t = std::thread::spawn(move || hello(&mut b, Role::Acceptor, "h2", |n| Err(format!("the certificate is not {n}'s"))));
+        let e = hello(&mut a, Role::Opener, "h2", |_| Ok(())).unwrap_err();
+        assert!(matches!(&e, WireError::Peer(w) if w == "the certificate is not h2's"), "{e:?}");
+        assert!(matches!(t.join().unwrap(), Err(WireError::Identity(_))));
+    }
 
     fn pair() -> (UnixStream, UnixStream) {
         UnixStream::pair().unwrap()

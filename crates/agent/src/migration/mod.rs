@@ -19,11 +19,11 @@
 //!   resolvers, the recovery at startup and the control requests
 //!   (list, show, stop, and the relay of `lpm migration recover`).
 
+mod link;
 mod source;
 mod target;
 
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::{BufReader, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +31,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use lpm_migrate::handover::{Action, PeerState, SourceInput, TargetInput, TargetState};
 use lpm_migrate::journal::{Journal, Record, Side};
-use lpm_wire::{FrameType, Role};
+use lpm_wire::FrameType;
 
 use crate::api::{self, MigrationInfo, Mover, Response};
 use crate::state::{lock, Agent, Underway};
 
+pub use link::Trust;
+pub(crate) use link::{accept, Rx, Tx};
 pub use source::source;
 
 /// How long a mover waits for its peer before it counts it as lost
@@ -54,29 +56,24 @@ pub(crate) const ASK_AFTER: Duration = Duration::from_millis(500);
 
 /// A mover connection, after the handshake.
 pub(crate) struct Link {
-    pub(crate) r: BufReader<TcpStream>,
-    pub(crate) w: BufWriter<TcpStream>,
+    pub(crate) r: BufReader<Rx>,
+    pub(crate) w: Tx,
 }
 
 impl Link {
-    /// Connects to a mover at `addr` and proves the cluster key.
-    pub(crate) fn open(addr: &str, key: &lpm_wire::Key, me: &str) -> Result<Link> {
-        let sa =
-            addr.to_socket_addrs().with_context(|| format!("resolve {addr}"))?.next().ok_or_else(|| anyhow!("no address for {addr}"))?;
-        let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5)).with_context(|| format!("connect to the mover at {addr}"))?;
-        s.set_nodelay(true).ok();
-        s.set_read_timeout(Some(mover_timeout())).context("set timeout")?;
-        s.set_write_timeout(Some(mover_timeout())).context("set timeout")?;
-        lpm_wire::handshake(&mut s, Role::Opener, key, me).with_context(|| format!("authenticate with the mover at {addr}"))?;
-        Ok(Link { r: BufReader::new(s.try_clone().context("clone socket")?), w: BufWriter::with_capacity(1 << 20, s) })
+    /// Connects to host `peer`'s mover at `addr` (mutual TLS, or the
+    /// cluster key's challenge on an insecure host).
+    pub(crate) fn open(agent: &Agent, addr: &str, peer: &str) -> Result<Link> {
+        let (r, w) = link::open(agent, addr, peer, 1 << 20)?;
+        Ok(Link { r: BufReader::new(r), w })
     }
 
     /// A connection accepted on the mover port (handshake done).
-    pub(crate) fn accepted(s: TcpStream) -> Result<Link> {
+    pub(crate) fn accepted(r: Rx, w: Tx) -> Link {
         // Small: a frame's payload larger than what is buffered is read
         // straight into the frame reader's buffer, and what was buffered
         // is copied once more.
-        Ok(Link { r: BufReader::with_capacity(64 << 10, s.try_clone().context("clone socket")?), w: BufWriter::new(s) })
+        Link { r: BufReader::with_capacity(64 << 10, r), w }
     }
 
     /// Sends one message, flushed.
@@ -91,13 +88,13 @@ impl Link {
 
     /// Waits at most `t` for each later message.
     pub(crate) fn set_read_timeout(&self, t: Duration) {
-        let _ = self.r.get_ref().set_read_timeout(Some(t));
+        let _ = self.r.get_ref().socket().set_read_timeout(Some(t));
     }
 
     /// Bounds each later write by `t` (a farewell to a peer that may be
     /// gone must not wait a whole mover timeout).
     pub(crate) fn set_write_timeout(&self, t: Duration) {
-        let _ = self.w.get_ref().set_write_timeout(Some(t));
+        let _ = self.w.socket().set_write_timeout(Some(t));
     }
 }
 
@@ -283,8 +280,8 @@ pub fn recover(agent: &Arc<Agent>) {
 /// Serves one connection on the mover port: an incoming migration (it
 /// begins with `Validate`), an extra page stream (`Attach`), or a peer's
 /// resolver (`Status`, `Decision`) about a migration already under way.
-pub fn serve(agent: &Arc<Agent>, s: TcpStream, peer: &str) -> Result<()> {
-    let mut link = Link::accepted(s)?;
+pub(crate) fn serve(agent: &Arc<Agent>, r: Rx, w: Tx, peer: &str) -> Result<()> {
+    let mut link = Link::accepted(r, w);
     let mut frames = lpm_wire::FrameReader::new();
     let mut session: Option<target::Session> = None;
     let mut current: Option<Live> = None;
@@ -337,6 +334,12 @@ pub fn serve(agent: &Arc<Agent>, s: TcpStream, peer: &str) -> Result<()> {
                 link.send(&Mover::Validated(checks))?;
             }
             Mover::Prepare { id, spec, source_addr, source } => {
+                // The source is the host the connection proved (its
+                // certificate, or the key's handshake): another host may
+                // not start a migration in its name.
+                if source != peer {
+                    bail!("{peer} prepared a migration as if it were {source}");
+                }
                 let s = target::Session::prepare(agent, &id, spec, &source, &source_addr, &mut link)?;
                 current = Some(Live::Target(s.live.clone()));
                 session = Some(s);
@@ -449,7 +452,8 @@ pub(crate) fn resolve(agent: &Arc<Agent>, live: Live) {
 
 /// One question to the peer and whatever follows from the answer.
 fn ask(agent: &Arc<Agent>, live: &Live, r: &Record) -> Result<()> {
-    let mut link = Link::open(&r.peer, &agent.opts.key, &agent.opts.host)?;
+    let peer = if matches!(r.side, Side::Source(_)) { &r.target } else { &r.source };
+    let mut link = Link::open(agent, &r.peer, peer)?;
     link.set_read_timeout(Duration::from_secs(5));
     link.send(&Mover::Status { id: r.id.clone(), state: status_of(r), reply: true })?;
     loop {

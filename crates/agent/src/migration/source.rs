@@ -5,8 +5,6 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::BufWriter;
-use std::net::TcpStream;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -524,7 +522,7 @@ fn finish(agent: &Arc<Agent>, live: &Live, turn: &mut Turn) {
 
 /// Pages to the target, as Pages frames on one stream.
 struct WireSink<'a> {
-    w: &'a mut BufWriter<TcpStream>,
+    w: &'a mut super::Tx,
     compress: Option<i32>,
     wire_bytes: u64,
     /// A failure test may corrupt frames: each is built whole first.
@@ -653,8 +651,8 @@ fn ask_validation(
     pid: i32,
     id: &str,
 ) -> Result<Vec<Check>> {
-    let mut link = Link::open(&req.target_addr, &agent.opts.key, &agent.opts.host)
-        .with_context(|| format!("connect to {} at {}", req.target, req.target_addr))?;
+    let mut link =
+        Link::open(agent, &req.target_addr, &req.target).with_context(|| format!("connect to {} at {}", req.target, req.target_addr))?;
     link.send(&validate_message(id, spec, plumbing, pid))?;
     match link.recv()? {
         Mover::Validated(c) => Ok(c),
@@ -802,7 +800,7 @@ impl<'a> Run<'a> {
             return e;
         }
         let Some(link) = self.link.as_mut() else { return e };
-        if link.r.get_ref().set_nonblocking(true).is_err() {
+        if link.r.get_ref().socket().set_nonblocking(true).is_err() {
             return e;
         }
         let mut why = None;
@@ -817,7 +815,7 @@ impl<'a> Run<'a> {
                 Err(_) => break,
             }
         }
-        let _ = link.r.get_ref().set_nonblocking(false);
+        let _ = link.r.get_ref().socket().set_nonblocking(false);
         match why {
             Some(w) => e.context(format!("the target gave up: {w}")),
             None => e,
@@ -856,7 +854,7 @@ impl<'a> Run<'a> {
             live,
             Progress { phase: "validate".into(), note: format!("migration {} to {}", live.id, self.req.target), ..blank() },
         );
-        let link = Link::open(&self.req.target_addr, &self.agent.opts.key, &self.agent.opts.host)
+        let link = Link::open(self.agent, &self.req.target_addr, &self.req.target)
             .with_context(|| format!("connect to {} at {}", self.req.target, self.req.target_addr))?;
         self.link = Some(link);
         let connected = self.started.elapsed();
@@ -890,8 +888,8 @@ impl<'a> Run<'a> {
             bail!("the migration ended in {}", live.state().name());
         }
         for n in 1..self.req.streams.max(1) {
-            let mut l = Link::open(&self.req.target_addr, &self.agent.opts.key, &self.agent.opts.host)
-                .with_context(|| format!("open page stream {}", n + 1))?;
+            let mut l =
+                Link::open(self.agent, &self.req.target_addr, &self.req.target).with_context(|| format!("open page stream {}", n + 1))?;
             l.send(&Mover::Attach { id: live.id.clone() })?;
             self.extras.push(l);
         }

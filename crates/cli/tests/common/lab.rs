@@ -86,6 +86,15 @@ impl TestLab {
     /// lpmd the test restarts): `LPM_FAULT`, a shorter
     /// `LPM_MOVER_TIMEOUT_MS`, limits.
     pub fn up_with(tag: &str, hosts: usize, env: &[(&str, &str)]) -> TestLab {
+        TestLab::up_as(tag, hosts, env, &[])
+    }
+
+    /// [`TestLab::up`] with `lpm lab up --insecure`: movers without TLS.
+    pub fn up_insecure(tag: &str, hosts: usize) -> TestLab {
+        TestLab::up_as(tag, hosts, &[], &["--insecure"])
+    }
+
+    fn up_as(tag: &str, hosts: usize, env: &[(&str, &str)], extra: &[&str]) -> TestLab {
         sweep_dead_labs();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         let root = std::env::temp_dir().join(format!("lpm-lab-{tag}-{}-{nanos}", std::process::id()));
@@ -94,6 +103,7 @@ impl TestLab {
         let lab = TestLab { dir: root.join("lab"), root, vol, clients: Vec::new() };
         let out = Command::new(LPM)
             .args(["lab", "up", "--hosts", &hosts.to_string()])
+            .args(extra)
             .env("LPM_LAB", &lab.dir)
             .env("LPM_LOG", "info")
             .env("LPM_MOVER_TIMEOUT_MS", MOVER_TIMEOUT_MS.to_string())

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod hugepages;
 pub mod lab;
+pub mod mover;
 pub mod pg;
 pub mod zdtm_progs;
 
