@@ -45,6 +45,8 @@ pub struct Options {
     /// This host's TLS identity (site CA, certificate, key), when it has
     /// one.
     pub tls: Option<std::sync::Arc<lpm_trust::Identity>>,
+    /// Where the remote control API listens, when it does.
+    pub api_listen: Option<std::net::SocketAddr>,
 }
 
 /// A partition this host holds.

@@ -13,6 +13,7 @@
 //! shared = "/srv/lpm"                # shared storage (default: dir's parent)
 //! max_outgoing = 4                   # migrations as the source at once
 //! max_incoming = 4                   # migrations as the target at once
+//! api_listen = "192.0.2.11:7412"     # the remote control API (mutual TLS; needs the tls_* keys)
 //! ```
 //!
 //! An unknown key is an error naming it (a misspelt key would otherwise
@@ -80,6 +81,9 @@ pub struct AgentConfig {
     /// This host's private key (PEM, mode 0600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Where the remote control API listens (HTTP/JSON over mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<SocketAddr>,
 }
 
 /// A configuration file that could not be read or parsed.
@@ -164,6 +168,7 @@ impl AgentConfig {
             tls_ca: over.tls_ca.or(self.tls_ca),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
+            api_listen: over.api_listen.or(self.api_listen),
         }
     }
 }
