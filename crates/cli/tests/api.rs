@@ -29,7 +29,8 @@ fn hosts_json(lab: &TestLab) -> Vec<serde_json::Value> {
 }
 
 /// An operator's certificate reaches h1's API and lists its partitions;
-/// one from another CA, and a host's of the same CA, are refused at the
+/// one from another CA, an expired one, and a host's of the same CA, are
+/// refused at the
 /// API port before any request is handled (lpmd logs the refusal, and
 /// serves nothing to them). The metrics page, scraped after a migration,
 /// is valid Prometheus text with the migration counted. A host whose
@@ -64,6 +65,11 @@ fn operators_reach_the_api_others_are_refused_and_metrics_count_a_migration() {
     let e = format!("{:#}", Client::remote("h1", mixed).call(&Request::List).unwrap_err());
     assert!(!e.contains("Partitions"), "a foreign certificate got an answer: {e}");
     lab.wait_for_log("h1", "api TLS handshake", Duration::from_secs(20));
+    // The site's own operator certificate, expired.
+    let past = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    let old = pki.issue(Role::Operator, "old", past - time::Duration::days(1), past).unwrap();
+    let or = remote(&lab, &pki.ca_cert(), &old.cert, &old.key);
+    assert!(Client::remote("h1", or).call(&Request::List).is_err(), "an expired certificate got an answer");
 
     // A host's certificate of the same CA: the handshake completes, the
     // connection is closed before any request is read.
@@ -71,13 +77,13 @@ fn operators_reach_the_api_others_are_refused_and_metrics_count_a_migration() {
     let hr = remote(&lab, &pki.ca_cert(), &h2.cert, &h2.key);
     assert!(Client::remote("h1", hr).call(&Request::List).is_err(), "a host's certificate got an answer");
     // h1 counts each refusal (its log says them at most once a second):
-    // two at the handshake, one after it, none served.
+    // three at the handshake, one after it.
     let t = Instant::now();
     loop {
         let page = get_text("h1", &r, "/metrics").unwrap().1;
         let m = parse_prometheus(&page).unwrap_or_else(|e| panic!("h1's metrics: {e}\n{page}"));
         let count = |result| m.value("lpm_api_connections_total", &[("result", result)]).unwrap_or_else(|| panic!("{page}"));
-        if (count("refused_tls"), count("refused_role")) == (2.0, 1.0) {
+        if (count("refused_tls"), count("refused_role")) == (3.0, 1.0) {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(20), "h1 did not count the refusals:\n{page}");

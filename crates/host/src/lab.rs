@@ -16,6 +16,10 @@
 //!  lpm-ID-client                                                  eth0 .1.250
 //! ```
 //!
+//! The fabric has an address of its own on the management network (`.0.2`):
+//! the CLI connects from there to each lpmd's remote API (`.0.1N:7412`), as
+//! from an operator's console, through the lab's hosts file (`hosts.toml`).
+//!
 //! Every namespace is named `lpm-ID-...` with a random ID, so labs do not
 //! collide and [`Lab::down`] finds what belongs to a lab by name, also what
 //! an `lpmd` created (it gets `--prefix lpm-ID`). The state file `lab.json`
