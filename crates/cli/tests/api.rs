@@ -389,3 +389,54 @@ fn the_metrics_parser_refuses_bad_pages() {
         assert!(parse_prometheus(bad).is_err(), "accepted: {bad:?}");
     }
 }
+
+/// The API port before the handshake: one address holds at most 8
+/// connections still in their handshake (the ninth is closed at once),
+/// and idle ones are cut at the handshake's deadline (10 s); both are
+/// counted on the metrics page.
+#[test]
+fn idle_connections_are_bounded_and_cut_at_the_handshake_deadline() {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let lab = TestLab::up("apigate", 1);
+    let l = lab.lab();
+    let hosts = lpm_host::hosts::HostsFile::load(&l.hosts_file()).unwrap();
+    let addr = hosts.hosts["h1"].api;
+    let ns = std::fs::File::open(Path::new("/run/netns").join(hosts.netns.as_deref().unwrap())).unwrap();
+    let connect = || lpm_sys::net::in_netns(ns.as_fd(), || std::net::TcpStream::connect(addr)).unwrap().expect("connect to h1's API");
+    let t = Instant::now();
+    let mut idle: Vec<std::net::TcpStream> = (0..8).map(|_| connect()).collect();
+    // The accept queue is served in order: the ninth finds the eight
+    // still in their handshake and is closed without a byte.
+    let closed = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    };
+    let mut ninth = connect();
+    assert!(closed(&mut ninth), "a ninth idle connection from one address was kept");
+    for s in &mut idle {
+        assert!(closed(s), "an idle connection was not cut");
+    }
+    let cut = t.elapsed();
+    assert!(cut >= Duration::from_secs(9) && cut < Duration::from_secs(60), "idle connections cut after {cut:?}, not at the 10 s deadline");
+    let pki = l.pki().unwrap();
+    let op = pki.paths(Role::Operator, lpm_host::lab::LAB_OPERATOR);
+    let r = remote(&lab, &pki.ca_cert(), &op.cert, &op.key);
+    // lpmd counts a connection as it lets it go: wait for the count.
+    let t = Instant::now();
+    loop {
+        let page = get_text("h1", &r, "/metrics").unwrap().1;
+        let m = parse_prometheus(&page).unwrap_or_else(|e| panic!("{e}\n{page}"));
+        let count = |result| m.value("lpm_api_connections_total", &[("result", result)]).unwrap_or_else(|| panic!("{page}"));
+        if (count("refused_limit"), count("refused_tls")) == (1.0, 8.0) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "h1 did not count the refusals:\n{page}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
