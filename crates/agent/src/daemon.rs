@@ -1,5 +1,7 @@
 //! lpmd: runs the partitions of one host, serves the control API on a unix
-//! socket and the mover on TCP, both behind the lpm-wire handshake.
+//! socket and the mover on TCP, both behind the lpm-wire handshake, and
+//! the same control API to operators over mutual TLS on `api_listen`
+//! (remote.rs, docs/api.md).
 //!
 //! lpmd is the parent of every partition's init it started (and a child
 //! subreaper, so restored trees come back to it). Exits are noticed by

@@ -193,12 +193,14 @@ max_incoming = 3
 tls_ca = "/etc/lpm/ca.crt"
 tls_cert = "/etc/lpm/host.crt"
 tls_key = "/etc/lpm/host.key"
+api_listen = "192.0.2.11:7412"
 "#;
         let c = AgentConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(c.host.as_deref(), Some("h1"));
         assert_eq!(c.listen, Some("192.0.2.11:7411".parse().unwrap()));
         assert_eq!(c.bridge.as_deref(), Some("br9"));
         assert_eq!((c.max_outgoing, c.max_incoming), (Some(2), Some(3)));
+        assert_eq!(c.api_listen, Some("192.0.2.11:7412".parse().unwrap()));
         let again = AgentConfig::parse(&toml::to_string(&c).unwrap(), Path::new("t.toml")).unwrap();
         assert_eq!(again, c);
     }
