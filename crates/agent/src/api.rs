@@ -81,6 +81,65 @@ pub enum Request {
     },
 }
 
+/// How a [`Request`] travels on the remote API (docs/api.md): its HTTP
+/// method, its path with the query, and its JSON body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// GET, POST or DELETE.
+    pub method: &'static str,
+    /// The path, percent-encoded, with the query.
+    pub path: String,
+    /// The JSON body, for the requests that carry one.
+    pub body: Option<Vec<u8>>,
+}
+
+/// A path segment percent-encoded: names and ids are plain already, but a
+/// name is never trusted to be.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+impl Request {
+    /// Its route on the remote API.
+    pub fn route(&self) -> Route {
+        let (method, path, body) = match self {
+            Request::Ping => ("GET", "/v1/ping".to_string(), None),
+            Request::Create(spec) => ("POST", "/v1/partitions".into(), body(spec)),
+            Request::List => ("GET", "/v1/partitions".into(), None),
+            Request::Show(n) => ("GET", format!("/v1/partitions/{}", seg(n)), None),
+            Request::Stop(n) => ("POST", format!("/v1/partitions/{}/stop", seg(n)), None),
+            Request::Start(n) => ("POST", format!("/v1/partitions/{}/start", seg(n)), None),
+            Request::Delete(n) => ("DELETE", format!("/v1/partitions/{}", seg(n)), None),
+            Request::Logs { name, max_bytes } => ("GET", format!("/v1/partitions/{}/logs?max_bytes={max_bytes}", seg(name)), None),
+            Request::LogsFrom { name, offset, tail_lines, max_bytes } => {
+                let mut q = format!("max_bytes={max_bytes}");
+                if let Some(o) = offset {
+                    q.push_str(&format!("&offset={o}"));
+                }
+                if let Some(t) = tail_lines {
+                    q.push_str(&format!("&tail_lines={t}"));
+                }
+                ("GET", format!("/v1/partitions/{}/log?{q}", seg(name)), None)
+            }
+            Request::Migrate(m) => ("POST", "/v1/migrations".into(), body(m)),
+            Request::Reports => ("GET", "/v1/reports".into(), None),
+            Request::Migrations { all } => ("GET", format!("/v1/migrations?all={all}"), None),
+            Request::Migration(id) => ("GET", format!("/v1/migrations/{}", seg(id)), None),
+            Request::MigrationStop(id) => ("POST", format!("/v1/migrations/{}/stop", seg(id)), None),
+            Request::Resolve { id, peer } => ("POST", format!("/v1/migrations/{}/resolve", seg(id)), body(peer)),
+        };
+        Route { method, path, body }
+    }
+}
+
+/// A request's JSON body: plain data (strings, numbers, maps with string
+/// keys), which always serializes.
+fn body<T: Serialize>(v: &T) -> Option<Vec<u8>> {
+    Some(serde_json::to_vec(v).expect("a request body serializes"))
+}
+
 /// What `lpm migrate` asks of the source host.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MigrateRequest {
@@ -222,6 +281,11 @@ pub struct Progress {
     /// A line for humans.
     pub note: String,
 }
+
+/// Where a migration's source tells the CLI how it goes, whichever way
+/// the CLI asked (the control socket or the remote API): best effort, a
+/// gone CLI does not stop the migration (`lpm migration show` finds it).
+pub type ProgressSink<'a> = dyn FnMut(Progress) + 'a;
 
 /// An answer from lpmd.
 #[derive(Clone, Debug, Serialize, Deserialize)]

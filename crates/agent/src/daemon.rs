@@ -1,6 +1,8 @@
 //! lpmd: runs the partitions of one host, serves the control API on a unix
 //! socket (behind the lpm-wire handshake with the cluster key) and the
-//! mover on TCP (mutual TLS, or that handshake when `insecure`).
+//! mover on TCP (mutual TLS, or that handshake when `insecure`), and the
+//! same control API to operators over mutual TLS on `api_listen`
+//! (remote.rs, docs/api.md).
 //!
 //! lpmd is the parent of every partition's init it started (and a child
 //! subreaper, so restored trees come back to it). Exits are noticed by
@@ -96,6 +98,11 @@ pub struct DaemonArgs {
     /// partitions' memory in clear on the network (for measurement only).
     #[arg(long)]
     pub insecure: bool,
+    /// Where to serve the remote control API (ip:port; HTTP/JSON over
+    /// mutual TLS, for operators; needs the TLS identity). None by default:
+    /// the local control socket only.
+    #[arg(long)]
+    pub api_listen: Option<SocketAddr>,
 }
 
 fn at_least_one(s: &str) -> std::result::Result<usize, String> {
@@ -141,6 +148,7 @@ impl DaemonArgs {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             insecure: self.insecure.then_some(true),
+            api_listen: self.api_listen,
         }))
     }
 
@@ -172,6 +180,9 @@ impl DaemonArgs {
         let max_outgoing = limit(c.max_outgoing, "LPM_MAX_OUTGOING")?;
         let max_incoming = limit(c.max_incoming, "LPM_MAX_INCOMING")?;
         let tls = identity(&host, c.tls_ca, c.tls_cert, c.tls_key)?;
+        if c.api_listen.is_some() && tls.is_none() {
+            return Err(anyhow!("api_listen needs this host's TLS identity (tls_ca, tls_cert, tls_key): the remote API takes only callers with a certificate of the site CA"));
+        }
         let control = c.control.unwrap_or_else(|| config::DEFAULT_CONTROL.into());
         if let Some(parent) = control.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
@@ -189,6 +200,7 @@ impl DaemonArgs {
             max_incoming,
             tls,
             insecure: c.insecure.unwrap_or(false),
+            api_listen: c.api_listen,
         })
     }
 }
@@ -240,30 +252,41 @@ fn serve_control(agent: &Arc<Agent>, mut s: UnixStream, mut permit: Permit) -> R
             Err(api::ApiError::Wire(lpm_wire::WireError::Io { .. })) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let res = match req {
-            Request::Ping => Ok(Response::Ok),
-            Request::Create(spec) => agent.create(spec),
-            Request::List => Ok(Response::Partitions(agent.parts().values().map(|e| agent.info(e)).collect())),
-            Request::Show(n) => agent
-                .parts()
-                .get(&n)
-                .map(|e| Response::Partition(agent.info(e)))
-                .ok_or_else(|| anyhow!("no partition {n:?} on {}", agent.opts.host)),
-            Request::Stop(n) => agent.stop(&n),
-            Request::Start(n) => agent.start(&n),
-            Request::Delete(n) => agent.delete(&n),
-            Request::Logs { name, max_bytes } => agent.logs(&name, max_bytes),
-            Request::LogsFrom { name, offset, tail_lines, max_bytes } => agent.log_chunk(&name, offset, tail_lines, max_bytes),
-            Request::Reports => agent.reports(),
-            Request::Migrate(m) => migration::source(agent, m, &mut s),
-            Request::Migrations { all } => migration::list(agent, all),
-            Request::Migration(id) => migration::show(agent, &id),
-            Request::MigrationStop(id) => migration::stop(agent, &id),
-            Request::Resolve { id, peer } => migration::relay(agent, &id, peer),
+        let res = {
+            let mut progress = |p| {
+                let _ = api::send(&mut s, &Response::Progress(p));
+            };
+            handle(agent, req, &mut progress)
         };
-        let res = res.unwrap_or_else(|e| Response::Error(format!("{e:#}")));
         api::send(&mut s, &res)?;
     }
+}
+
+/// Runs one control request, from the control socket or the remote API;
+/// a migration tells how it goes through `progress`.
+pub(crate) fn handle(agent: &Arc<Agent>, req: Request, progress: &mut api::ProgressSink) -> Response {
+    let res = match req {
+        Request::Ping => Ok(Response::Ok),
+        Request::Create(spec) => agent.create(spec),
+        Request::List => Ok(Response::Partitions(agent.parts().values().map(|e| agent.info(e)).collect())),
+        Request::Show(n) => agent
+            .parts()
+            .get(&n)
+            .map(|e| Response::Partition(agent.info(e)))
+            .ok_or_else(|| anyhow!("no partition {n:?} on {}", agent.opts.host)),
+        Request::Stop(n) => agent.stop(&n),
+        Request::Start(n) => agent.start(&n),
+        Request::Delete(n) => agent.delete(&n),
+        Request::Logs { name, max_bytes } => agent.logs(&name, max_bytes),
+        Request::LogsFrom { name, offset, tail_lines, max_bytes } => agent.log_chunk(&name, offset, tail_lines, max_bytes),
+        Request::Reports => agent.reports(),
+        Request::Migrate(m) => migration::source(agent, m, progress),
+        Request::Migrations { all } => migration::list(agent, all),
+        Request::Migration(id) => migration::show(agent, &id),
+        Request::MigrationStop(id) => migration::stop(agent, &id),
+        Request::Resolve { id, peer } => migration::relay(agent, &id, peer),
+    };
+    res.unwrap_or_else(|e| Response::Error(format!("{e:#}")))
 }
 
 fn serve_mover(agent: &Arc<Agent>, s: TcpStream, mut permit: Permit) -> Result<()> {
@@ -348,6 +371,9 @@ pub fn run(opts: Options) -> Result<()> {
         tracing::info!(cgroup = %p.display(), "removed a stale probe cgroup");
     }
     migration::recover(&agent);
+    if let (Some(addr), Some(id)) = (agent.opts.api_listen, agent.opts.tls.clone()) {
+        crate::remote::start(agent.clone(), addr, &id)?;
+    }
     std::fs::rename(&fresh, &agent.opts.control).with_context(|| format!("move the control socket to {}", agent.opts.control.display()))?;
     let probing = {
         // Probed now, so that no migration waits for it (and joined before

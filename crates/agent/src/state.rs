@@ -49,6 +49,8 @@ pub struct Options {
     /// (for measurement only; lpmd refuses to start with neither this
     /// nor an identity).
     pub insecure: bool,
+    /// Where the remote control API listens, when it does.
+    pub api_listen: Option<std::net::SocketAddr>,
 }
 
 /// A partition this host holds.

@@ -1,17 +1,19 @@
 //! The cluster commands: the lab of hosts, partitions, migrations and the
-//! migration demo. The CLI finds the lab from its state directory
-//! (`LPM_LAB`, default /run/lpm/lab) and talks to each host's lpmd over
-//! its control socket, authenticated with the lab's key.
+//! migration demo. The CLI finds its hosts in its hosts file (hosts.rs:
+//! `LPM_CONFIG`, a lab's own when a lab is up (`LPM_LAB`, default
+//! /run/lpm/lab), ~/.config/lpm/hosts.toml, /etc/lpm/hosts.toml) and
+//! talks to each host's lpmd through its remote API, over mutual TLS
+//! with the operator's certificate, as on real servers.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use lpm_agent::api::{MigrateRequest, PartitionInfo, Progress, Request, Response};
-use lpm_agent::client::{read_key, Client};
+use lpm_agent::client::{operator_tls, Client, Remote, TlsConfig};
 use lpm_host::cgroup::Layout;
 use lpm_host::checks::Check;
 use lpm_host::lab::{Lab, LabOptions};
@@ -233,18 +235,53 @@ fn check_migrate_args(a: &MigrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The lab as the CLI sees it.
+/// The hosts as the CLI sees them: its hosts file, and the lab when one
+/// is up (which allocates partition addresses and checks a host's room).
 pub(crate) struct Cluster {
-    pub(crate) lab: Lab,
-    key: lpm_wire::Key,
+    lab: Option<Lab>,
+    pub(crate) hosts: lpm_host::hosts::HostsFile,
+    path: PathBuf,
+    /// The operator's TLS configuration, or why there is none.
+    tls: std::result::Result<TlsConfig, String>,
 }
 
 impl Cluster {
     pub(crate) fn open() -> Result<Cluster> {
+        Cluster::with_hosts_file(&crate::hosts::path(None)?)
+    }
+
+    /// The hosts of the file at `path` (and the lab, when one is up).
+    pub(crate) fn with_hosts_file(path: &Path) -> Result<Cluster> {
         let dir = lab_dir();
-        let lab = Lab::load(&dir).with_context(|| format!("no lab at {} (run `lpm lab up`, or set LPM_LAB)", dir.display()))?;
-        let key = read_key(&lab.key_path())?;
-        Ok(Cluster { lab, key })
+        let lab = if dir.join(lpm_host::lab::STATE_FILE).exists() { Some(Lab::load(&dir)?) } else { None };
+        let hosts = lpm_host::hosts::HostsFile::load(path)?;
+        if hosts.hosts.is_empty() {
+            bail!(
+                "no hosts in {} and no lab at {}: add hosts with `lpm host add NAME ADDR`, run `lpm lab up`, or set LPM_CONFIG or LPM_LAB",
+                path.display(),
+                dir.display()
+            );
+        }
+        let tls = match &hosts.operator {
+            Some(op) => operator_tls(&op.ca, &op.cert, &op.key).map_err(|e| format!("{}: operator identity: {e:#}", path.display())),
+            None => Err(format!("{} names no operator identity (`lpm host add NAME ADDR --ca CA --cert CERT --key KEY`)", path.display())),
+        };
+        Ok(Cluster { lab, hosts, path: path.to_path_buf(), tls })
+    }
+
+    /// The lab, for what only a lab has.
+    pub(crate) fn lab(&self) -> Result<&Lab> {
+        self.lab.as_ref().ok_or_else(|| anyhow!("no lab at {} (run `lpm lab up`, or set LPM_LAB)", lab_dir().display()))
+    }
+
+    /// The names of the hosts, in the file's order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.hosts.hosts.keys().cloned().collect()
+    }
+
+    /// Host `name`'s mover address, where migrations to it go.
+    fn mover(&self, name: &str) -> Result<std::net::SocketAddr> {
+        Ok(self.hosts.get(name, &self.path)?.mover())
     }
 
     /// Every partition of every host as (host, spec).
@@ -258,11 +295,9 @@ impl Cluster {
     }
 
     pub(crate) fn client(&self, host: &str) -> Result<Client> {
-        let h = self.lab.host(host).ok_or_else(|| {
-            let names: Vec<&str> = self.lab.hosts().iter().map(|h| h.name.as_str()).collect();
-            anyhow!("no host {host:?} in the lab (hosts: {})", names.join(", "))
-        })?;
-        Client::connect(&h.name, &h.control, &self.key)
+        let h = self.hosts.get(host, &self.path)?;
+        let tls = self.tls.clone().map_err(|e| anyhow!(e))?;
+        Ok(Client::remote(host, Remote { addr: h.api, netns: self.hosts.netns.clone(), tls }))
     }
 
     /// Every partition of every host.
@@ -276,7 +311,7 @@ impl Cluster {
 
     /// Each host's partitions, or why the host did not answer; the hosts
     /// asked at once, so that one that hangs delays the others by nothing.
-    fn each(&self) -> Vec<(String, Result<Vec<PartitionInfo>>)> {
+    pub(crate) fn each(&self) -> Vec<(String, Result<Vec<PartitionInfo>>)> {
         let ask = |host: &str| -> Result<Vec<PartitionInfo>> {
             match self.client(host)?.call(&Request::List)? {
                 Response::Partitions(p) => Ok(p),
@@ -284,7 +319,8 @@ impl Cluster {
             }
         };
         std::thread::scope(|s| {
-            let asked: Vec<_> = self.lab.hosts().iter().map(|h| (h.name.clone(), s.spawn(|| ask(&h.name)))).collect();
+            let names = self.names();
+            let asked: Vec<_> = names.into_iter().map(|h| (h.clone(), s.spawn(move || ask(&h)))).collect();
             asked
                 .into_iter()
                 .map(|(host, t)| {
@@ -379,7 +415,7 @@ pub fn lab(cmd: LabCmd) -> Result<ExitCode> {
             let c = Cluster::open()?;
             let mut t = crate::table::new(&["HOST", "MOVER", "NETNS", "LPMD"]);
             let mut rows = Vec::new();
-            for h in c.lab.hosts() {
+            for h in c.lab()?.hosts() {
                 let up = c.client(&h.name).and_then(|mut cl| cl.call(&Request::Ping)).is_ok();
                 t.add_row(vec![h.name.clone(), h.listen.to_string(), h.netns.clone(), if up { "up" } else { "DOWN" }.to_string()]);
                 rows.push(serde_json::json!({"host": h.name, "mover": h.listen.to_string(), "netns": h.netns, "up": up}));
@@ -457,7 +493,9 @@ pub fn partition(cmd: PartitionCmd) -> Result<ExitCode> {
                 [] => bail!("no partition {name:?} on any host"),
                 [host] => {
                     c.client(host)?.call(&Request::Delete(name.clone()))?;
-                    c.lab.release_owner(&name)?;
+                    if let Some(lab) = &c.lab {
+                        lab.release_owner(&name)?;
+                    }
                 }
                 // Partitions of one name share their files on shared
                 // storage (found by name): deleting one would remove the
@@ -540,38 +578,47 @@ fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
         volumes: a.volumes,
     };
     spec.validate().context("partition spec")?;
-    c.lab.host(&a.host).ok_or_else(|| anyhow!("no host {:?} in the lab", a.host))?;
+    c.hosts.get(&a.host, &c.path)?;
     let others = c.specs()?;
     // Addresses of partitions the lab has no record of (made without the
     // lab) are recorded now, so the allocator passes over them too.
-    for (_, o) in &others {
-        if let Ok(Some((ip, prefix))) = o.ipv4() {
-            let _ = c.lab.reserve_ip(ip, prefix, &o.name);
+    if let Some(lab) = &c.lab {
+        for (_, o) in &others {
+            if let Ok(Some((ip, prefix))) = o.ipv4() {
+                let _ = lab.reserve_ip(ip, prefix, &o.name);
+            }
         }
     }
     let mut checks = lpm_host::checks::uniqueness(&spec, &others);
-    if let Some((ip, prefix)) = spec.ipv4()? {
-        checks.push(match c.lab.check_ip(ip, prefix) {
+    if let (Some((ip, prefix)), Some(lab)) = (spec.ipv4()?, &c.lab) {
+        checks.push(match lab.check_ip(ip, prefix) {
             Ok(()) => Check::pass("subnet", format!("{ip}/{prefix} is in the partition network")),
             Err(e) => Check::fail("subnet", e.to_string()),
         });
     }
     // The lab's hosts share this machine: their cgroups are read here.
-    let room = Layout::current()?.headroom(&format!("{}/{}", c.lab.prefix(), a.host)).context("read the host's cgroups")?;
-    checks.extend(lpm_host::checks::fits(&spec, &a.host, &room));
+    // (Real hosts' room is checked by their lpmd when a partition moves.)
+    if let Some(lab) = &c.lab {
+        let room = Layout::current()?.headroom(&format!("{}/{}", lab.prefix(), a.host)).context("read the host's cgroups")?;
+        checks.extend(lpm_host::checks::fits(&spec, &a.host, &room));
+    }
     let failed: Vec<String> = checks.iter().filter(|ch| !ch.ok).map(|ch| format!("check {}: {}", ch.name, ch.detail)).collect();
     if !failed.is_empty() {
         bail!("partition {} refused:\n  {}", spec.name, failed.join("\n  "));
     }
-    match spec.ipv4()? {
-        Some((ip, prefix)) => c.lab.reserve_ip(ip, prefix, &spec.name)?,
-        None => spec.ip = Some(format!("{}/24", c.lab.allocate_ip(&spec.name)?)),
+    if let Some(lab) = &c.lab {
+        match spec.ipv4()? {
+            Some((ip, prefix)) => lab.reserve_ip(ip, prefix, &spec.name)?,
+            None => spec.ip = Some(format!("{}/24", lab.allocate_ip(&spec.name)?)),
+        }
     }
     let res = c.client(&a.host).and_then(|mut cl| cl.call(&Request::Create(spec.clone())));
     match res {
         Ok(Response::Partition(p)) => print_partitions([&p]),
         other => {
-            c.lab.release_owner(&spec.name)?;
+            if let Some(lab) = &c.lab {
+                lab.release_owner(&spec.name)?;
+            }
             match other {
                 Err(e) => return Err(e),
                 Ok(r) => bail!("unexpected answer {r:?}"),
@@ -663,11 +710,11 @@ type Current = std::sync::Arc<std::sync::Mutex<Option<(String, String)>>>;
 /// Migrates (or only validates).
 pub(crate) fn migrate_with(c: &Cluster, a: &MigrateArgs, quiet: bool, current: &Current) -> Result<Migrated> {
     let source = c.locate(&a.name)?;
-    let target = c.lab.host(&a.to).ok_or_else(|| anyhow!("no host {:?} in the lab", a.to))?;
+    let target_addr = c.mover(&a.to)?;
     let req = MigrateRequest {
         name: a.name.clone(),
         target: a.to.clone(),
-        target_addr: target.listen.to_string(),
+        target_addr: target_addr.to_string(),
         max_downtime_ms: a.max_downtime,
         max_total_s: a.max_time,
         force: a.force,
@@ -817,13 +864,15 @@ pub fn demo() -> Result<ExitCode> {
     println!("== lab: two hosts (h1, h2) and a client, in network namespaces of their own");
     let lab = Lab::up(&dir, &opts).context("lab up")?;
     let _guard = LabGuard(dir.clone());
-    let key = read_key(&lab.key_path())?;
-    let c = Cluster { lab, key };
+    drop(lab);
+    // The demo's lab registered its hosts: the demo reaches them as the
+    // CLI does, through their remote API.
+    let c = Cluster::open()?;
     let script = dir.join("kv_service.py");
     std::fs::write(&script, include_str!("../demo/kv_service.py"))?;
     let client_py = dir.join("kv_client.py");
     std::fs::write(&client_py, include_str!("../demo/kv_client.py"))?;
-    let ip = c.lab.allocate_ip("kv")?;
+    let ip = c.lab()?.allocate_ip("kv")?;
     let spec = PartitionSpec {
         name: "kv".into(),
         command: vec!["python3".into(), script.display().to_string(), "7000".into(), "64".into()],
@@ -838,7 +887,7 @@ pub fn demo() -> Result<ExitCode> {
         Response::Partition(p) => println!("== partition kv on h1: {} (pid {:?}), python3 kv_service.py holding 64 MiB", ip, p.pid),
         other => bail!("unexpected answer {other:?}"),
     }
-    let client_ns = c.lab.client().netns.clone();
+    let client_ns = c.lab()?.client().netns.clone();
     let client = Command::new("ip")
         .args(["netns", "exec", &client_ns, "python3"])
         .arg(&client_py)

@@ -11,6 +11,7 @@ mod bench;
 mod bench_clients;
 mod bench_migrate;
 mod cluster;
+mod hosts;
 mod migrations;
 mod pki;
 mod table;
@@ -130,7 +131,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: pki::PkiCmd,
     },
-    /// Hosts: certificates.
+    /// Hosts: certificates, and the hosts the CLI knows (hosts.toml).
     Host {
         #[command(subcommand)]
         cmd: pki::HostCmd,

@@ -157,11 +157,11 @@ fn rfc3339(ms: u64) -> String {
 pub fn gather(c: &Cluster, only: Option<&str>, all: bool) -> (BTreeMap<String, Both>, Vec<String>) {
     let mut out: BTreeMap<String, Both> = BTreeMap::new();
     let mut down = Vec::new();
-    for h in c.lab.hosts() {
-        if only.is_some_and(|o| o != h.name) {
+    for h in c.names() {
+        if only.is_some_and(|o| o != h) {
             continue;
         }
-        match c.client(&h.name).and_then(|mut cl| cl.call(&Request::Migrations { all })) {
+        match c.client(&h).and_then(|mut cl| cl.call(&Request::Migrations { all })) {
             Ok(Response::Migrations(list)) => {
                 for m in list {
                     let b = out.entry(m.record.id.clone()).or_insert_with(|| Both { id: m.record.id.clone(), ..Default::default() });
@@ -171,7 +171,7 @@ pub fn gather(c: &Cluster, only: Option<&str>, all: bool) -> (BTreeMap<String, B
                     }
                 }
             }
-            Ok(other) => down.push(format!("{}: unexpected answer {other:?}", h.name)),
+            Ok(other) => down.push(format!("{h}: unexpected answer {other:?}")),
             Err(e) => down.push(format!("{e:#}")),
         }
     }
@@ -198,8 +198,8 @@ pub fn gather(c: &Cluster, only: Option<&str>, all: bool) -> (BTreeMap<String, B
 pub fn find(c: &Cluster, id: &str) -> Result<(Both, Vec<String>)> {
     let mut b = Both { id: id.to_string(), ..Default::default() };
     let mut down = Vec::new();
-    for h in c.lab.hosts() {
-        match c.client(&h.name).and_then(|mut cl| cl.call(&Request::Migration(id.to_string()))) {
+    for h in c.names() {
+        match c.client(&h).and_then(|mut cl| cl.call(&Request::Migration(id.to_string()))) {
             Ok(Response::Migration(m)) => match m.record.side {
                 Side::Source(_) => b.source = Some(*m),
                 Side::Target(_) => b.target = Some(*m),
@@ -230,7 +230,9 @@ pub fn run(cmd: MigrationCmd) -> Result<ExitCode> {
     match cmd {
         MigrationCmd::List { host, all, json } => {
             if let Some(h) = &host {
-                c.lab.host(h).ok_or_else(|| anyhow!("no host {h:?} in the lab"))?;
+                if !c.names().contains(h) {
+                    bail!("no host {h:?} (hosts: {})", c.names().join(", "));
+                }
             }
             let (found, down) = gather(&c, host.as_deref(), all);
             warn_down(&down);

@@ -40,6 +40,12 @@ pub enum HostCmd {
         #[arg(long, default_value = lpm_trust::DEFAULT_DIR)]
         dir: PathBuf,
     },
+    /// Register a host (its lpmd's api_listen) in the CLI's hosts file.
+    Add(crate::hosts::AddArgs),
+    /// The registered hosts, each reachable or not, with its partitions.
+    List(crate::hosts::ListArgs),
+    /// Forget a registered host.
+    Remove(crate::hosts::RemoveArgs),
 }
 
 /// Runs `lpm pki ...`.
@@ -58,6 +64,9 @@ pub fn pki(cmd: PkiCmd) -> Result<ExitCode> {
 pub fn host(cmd: HostCmd) -> Result<ExitCode> {
     match cmd {
         HostCmd::Enroll { name, dir } => issue(&dir, Role::Host, &name)?,
+        HostCmd::Add(a) => return crate::hosts::add(a),
+        HostCmd::List(a) => return crate::hosts::list(a),
+        HostCmd::Remove(a) => return crate::hosts::remove(a),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -521,12 +521,13 @@ fn every_validation_check_fails_by_name_before_anything_moves() {
 }
 
 /// The hosts cannot reach each other at the handover: go is recorded but
-/// lost, and the management link is down, so neither resolver gets
-/// through; both keep their copies (the source's frozen, the target's
-/// parked) and `lpm migrate` says the migration is in doubt.
-/// `lpm migration recover`, which reaches both hosts through their control
-/// sockets, relays their records and finishes it: the partition runs on
-/// h2, the frozen copy on h1 goes.
+/// lost, and the management network no longer carries the hosts' traffic
+/// to each other, so neither resolver gets through; both keep their
+/// copies (the source's frozen, the target's parked) and `lpm migrate`
+/// says the migration is in doubt. `lpm migration recover`, which still
+/// reaches both hosts (the operator's console keeps its routes to each),
+/// relays their records and finishes it: the partition runs on h2, the
+/// frozen copy on h1 goes.
 #[test]
 fn recover_finishes_a_migration_whose_hosts_cannot_meet() {
     let mut lab = TestLab::up_with(
@@ -537,10 +538,19 @@ fn recover_finishes_a_migration_whose_hosts_cannot_meet() {
     let (c, ip) = kv(&mut lab);
     let mig = lab.cmd(&["migrate", "kv", "--to", "h2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     lab.wait_for_log("h1", "point=\"source.record.handing-over\"", Duration::from_secs(30));
-    // While the source holds before recording go: the hosts' management
-    // link goes down (the partition network, where the client is, stays).
-    let h2ns = lab.lab().host("h2").unwrap().netns.clone();
-    let link = |state: &str| assert!(Command::new("ip").args(["-n", &h2ns, "link", "set", "mgmt0", state]).status().unwrap().success());
+    // While the source holds before recording go: each host loses its
+    // route to the other on the management network (blackhole routes:
+    // packets dropped without a word, as on a cut link); the operator's
+    // address and the partition network, where the client is, stay.
+    let l = lab.lab();
+    let (h1, h2) = (l.host("h1").unwrap().clone(), l.host("h2").unwrap().clone());
+    let link = |state: &str| {
+        let op = if state == "down" { "add" } else { "del" };
+        for (ns, other) in [(&h1.netns, h2.mgmt_addr), (&h2.netns, h1.mgmt_addr)] {
+            let st = Command::new("ip").args(["-n", ns, "route", op, "blackhole", &format!("{other}/32")]).status().unwrap();
+            assert!(st.success(), "ip route {op} blackhole {other} in {ns}");
+        }
+    };
     link("down");
     let out = mig.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

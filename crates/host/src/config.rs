@@ -17,6 +17,7 @@
 //! tls_cert = "/etc/lpm/pki/hosts/h1.crt"  # this host's certificate
 //! tls_key = "/etc/lpm/pki/hosts/h1.key"   # and key (`lpm host enroll h1`)
 //! # insecure = true                  # mover without TLS: for measurement only
+//! api_listen = "192.0.2.11:7412"     # the remote control API (mutual TLS; needs the tls_* keys)
 //! ```
 //!
 //! The mover needs the three TLS files, or `insecure = true` (plain
@@ -91,6 +92,9 @@ pub struct AgentConfig {
     /// The mover without TLS (for measurement only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
+    /// Where the remote control API listens (HTTP/JSON over mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<SocketAddr>,
 }
 
 /// A configuration file that could not be read or parsed.
@@ -176,6 +180,7 @@ impl AgentConfig {
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
             insecure: over.insecure.or(self.insecure),
+            api_listen: over.api_listen.or(self.api_listen),
         }
     }
 }
@@ -200,12 +205,14 @@ max_incoming = 3
 tls_ca = "/etc/lpm/ca.crt"
 tls_cert = "/etc/lpm/host.crt"
 tls_key = "/etc/lpm/host.key"
+api_listen = "192.0.2.11:7412"
 "#;
         let c = AgentConfig::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(c.host.as_deref(), Some("h1"));
         assert_eq!(c.listen, Some("192.0.2.11:7411".parse().unwrap()));
         assert_eq!(c.bridge.as_deref(), Some("br9"));
         assert_eq!((c.max_outgoing, c.max_incoming), (Some(2), Some(3)));
+        assert_eq!(c.api_listen, Some("192.0.2.11:7412".parse().unwrap()));
         let again = AgentConfig::parse(&toml::to_string(&c).unwrap(), Path::new("t.toml")).unwrap();
         assert_eq!(again, c);
     }

@@ -16,6 +16,10 @@
 //!  lpm-ID-client                                                  eth0 .1.250
 //! ```
 //!
+//! The fabric has an address of its own on the management network (`.0.2`):
+//! the CLI connects from there to each lpmd's remote API (`.0.1N:7412`), as
+//! from an operator's console, through the lab's hosts file (`hosts.toml`).
+//!
 //! Every namespace is named `lpm-ID-...` with a random ID, so labs do not
 //! collide and [`Lab::down`] finds what belongs to a lab by name, also what
 //! an `lpmd` created (it gets `--prefix lpm-ID`). The state file `lab.json`
@@ -86,6 +90,9 @@ const PKI_DIR: &str = "pki";
 pub const LAB_OPERATOR: &str = "lab";
 /// Each host's lpmd configuration, in its directory.
 const CONFIG_FILE: &str = "lpmd.toml";
+/// The host part of the fabric's address on the management network,
+/// where the CLI's connections to the hosts come from.
+const OPERATOR_HOST_PART: u8 = 2;
 
 /// Errors of the lab; each names the directory, host or step.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +278,10 @@ pub struct HostInfo {
     pub mgmt_addr: Ipv4Addr,
     /// Where its `lpmd` listens for other hosts.
     pub listen: SocketAddrV4,
+    /// Where its `lpmd` serves the remote control API (absent in labs of
+    /// an older lpm).
+    #[serde(default)]
+    pub api: Option<SocketAddrV4>,
     /// Its `lpmd`'s control socket.
     pub control: PathBuf,
     /// Its `lpmd`'s directory.
@@ -447,6 +458,13 @@ impl Lab {
     /// The file holding the pre-shared key (64 hex digits, mode 0600).
     pub fn key_path(&self) -> PathBuf {
         self.dir.join(KEY_FILE)
+    }
+
+    /// The lab's hosts file (`hosts.toml`, see [`crate::hosts`]): every
+    /// host's control API, the operator's identity and the namespace the
+    /// CLI connects from.
+    pub fn hosts_file(&self) -> PathBuf {
+        self.dir.join(crate::hosts::LAB_FILE)
     }
 
     /// The lab's site PKI: its CA issued every host's certificate and the
@@ -899,6 +917,7 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
                 netns: format!("{prefix}-{name}"),
                 mgmt_addr,
                 listen: SocketAddrV4::new(mgmt_addr, LPMD_PORT),
+                api: Some(SocketAddrV4::new(mgmt_addr, crate::hosts::API_PORT)),
                 control: hdir.join("lpmd.sock"),
                 log: hdir.join("lpmd.log"),
                 dir: hdir,
@@ -953,6 +972,10 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
         b.ip(&fabric, &["link", "add", br, "type", "bridge"])?;
         b.ip(&fabric, &["link", "set", br, "up"])?;
     }
+    // The operator's seat on the management network: the CLI connects to
+    // the hosts' control API from here, as from a console on that network.
+    b.ip(&fabric, &["addr", "add", &format!("{}/24", with_host_part(mgmt, OPERATOR_HOST_PART)), "dev", MGMT_BRIDGE])?;
+    write_hosts_file(dir, &b.state, &pki)?;
     for h in b.state.hosts.clone() {
         std::fs::create_dir_all(&h.dir).map_err(io_err("creating host directory", &h.dir))?;
         b.netns(&h.netns)?;
@@ -987,6 +1010,24 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
     // The children are not waited for here: `down` reaps them when this
     // process is still their parent.
     Ok(Lab { dir: dir.to_path_buf(), state: b.state })
+}
+
+/// Registers the lab's hosts for the CLI the way an operator registers
+/// real ones (`lpm host add`), with the lab's operator identity.
+fn write_hosts_file(dir: &Path, state: &State, pki: &lpm_trust::Pki) -> Result<(), LabError> {
+    let op = pki.paths(lpm_trust::Role::Operator, LAB_OPERATOR);
+    let mut f = crate::hosts::HostsFile {
+        netns: Some(state.fabric.clone()),
+        operator: Some(crate::hosts::Operator { ca: pki.ca_cert(), cert: op.cert, key: op.key }),
+        ..Default::default()
+    };
+    for h in &state.hosts {
+        let api = h.api.expect("a new lab's hosts have an API address");
+        f.add(&h.name, api.into(), Some(h.listen.into()))
+            .map_err(|e| LabError::State { path: dir.join(crate::hosts::LAB_FILE), reason: e.to_string() })?;
+    }
+    let path = dir.join(crate::hosts::LAB_FILE);
+    f.save(&path).map_err(|e| LabError::State { path, reason: e.to_string() })
 }
 
 fn open_pki(lab: &Path) -> Result<lpm_trust::Pki, LabError> {
@@ -1024,6 +1065,7 @@ fn spawn_lpmd(state: &State, h: &HostInfo, opts: &LabOptions) -> Result<Child, L
         tls_cert: Some(issued.cert),
         tls_key: Some(issued.key),
         insecure: opts.insecure.then_some(true),
+        api_listen: h.api.map(Into::into),
         ..AgentConfig::default()
     };
     c.write(&config).map_err(|e| spawn_err(io::Error::other(e.to_string())))?;

@@ -412,5 +412,22 @@ pub fn check_peer(certs: Option<&[CertificateDer<'_>]>, role: Role, name: &str) 
     cert.verify_is_valid_for_subject_name(&want).map_err(|e| not(format!("{e:?}")))
 }
 
+/// The name of `role` that the certificate a peer presented (already
+/// verified against the site CA by the handshake) is for: a server that
+/// takes any operator learns which one called.
+pub fn peer_name(certs: Option<&[CertificateDer<'_>]>, role: Role) -> Result<String> {
+    let wanted = format!("an identity of role {role:?}");
+    let not = |why: String| TrustError::NotThePeer { claimed: wanted.clone(), why };
+    let leaf = certs.and_then(|c| c.first()).ok_or_else(|| not("it presented no certificate".into()))?;
+    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| not(format!("unreadable: {e}")))?;
+    let suffix = format!(".{}.lpm", role.dir());
+    let names: Vec<&str> = cert.valid_dns_names().collect();
+    names
+        .iter()
+        .find_map(|n| n.strip_suffix(&suffix).filter(|name| check_name(name).is_ok()))
+        .map(str::to_string)
+        .ok_or_else(|| not(format!("its names are {}", if names.is_empty() { "none".into() } else { names.join(", ") })))
+}
+
 #[cfg(test)]
 mod tests;

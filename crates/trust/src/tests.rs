@@ -157,3 +157,18 @@ fn init_refuses_an_existing_site_and_names_are_checked() {
     let missing = Dir::new("none");
     assert!(Pki::open(&missing.0).unwrap_err().to_string().contains("lpm pki init"));
 }
+
+#[test]
+fn peer_name_reads_the_role_and_name_a_certificate_is_for() {
+    let d = Dir::new("peer-name");
+    let pki = Pki::init(&d.0).unwrap();
+    let certs = |role, name| read_certs(&pki.enroll(role, name).unwrap().cert).unwrap();
+    let op = certs(Role::Operator, "ann");
+    assert_eq!(peer_name(Some(&op), Role::Operator).unwrap(), "ann");
+    let e = peer_name(Some(&op), Role::Host).unwrap_err().to_string();
+    assert!(e.contains("ann.operators.lpm"), "{e}");
+    let host = certs(Role::Host, "h1");
+    assert_eq!(peer_name(Some(&host), Role::Host).unwrap(), "h1");
+    assert!(peer_name(Some(&host), Role::Operator).is_err());
+    assert!(peer_name(None, Role::Operator).is_err());
+}

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -563,10 +562,10 @@ impl PageSink for WireSink<'_> {
 
 /// Tells the CLI how it goes (best effort: a gone CLI does not stop the
 /// migration; `lpm migration show` finds it).
-fn progress(ctl: &mut UnixStream, live: &Live, p: Progress) {
+fn progress(ctl: &mut crate::api::ProgressSink, live: &Live, p: Progress) {
     let p = Progress { id: live.id.clone(), ..p };
     live.set_progress(|q| *q = p.clone());
-    let _ = api::send(ctl, &Response::Progress(p));
+    ctl(p);
 }
 
 fn volume_ids(spec: &PartitionSpec) -> Vec<(String, u64, u64)> {
@@ -580,7 +579,7 @@ fn volume_ids(spec: &PartitionSpec) -> Vec<(String, u64, u64)> {
 }
 
 /// The source side, run for `lpm migrate` on the control connection.
-pub fn source(agent: &Arc<Agent>, req: MigrateRequest, ctl: &mut UnixStream) -> Result<Response> {
+pub fn source(agent: &Arc<Agent>, req: MigrateRequest, ctl: &mut crate::api::ProgressSink) -> Result<Response> {
     let name = req.name.clone();
     let (spec, pid) = {
         let parts = agent.parts();
@@ -771,7 +770,7 @@ impl<'a> Run<'a> {
     }
 
     /// Runs the migration to its end, or to doubt.
-    fn go(&mut self, live: &Arc<Live>, ctl: &mut UnixStream) -> Result<()> {
+    fn go(&mut self, live: &Arc<Live>, ctl: &mut crate::api::ProgressSink) -> Result<()> {
         let res = self.phases(live, ctl).map_err(|e| self.why_broken(e));
         if let Err(e) = &res {
             let kind = if live.stopped() {
@@ -846,7 +845,7 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    fn phases(&mut self, live: &Arc<Live>, ctl: &mut UnixStream) -> Result<()> {
+    fn phases(&mut self, live: &Arc<Live>, ctl: &mut crate::api::ProgressSink) -> Result<()> {
         let name = self.spec.name.clone();
         let blank = Progress::default;
         progress(

@@ -187,6 +187,19 @@ impl TestLab {
         }
     }
 
+    /// Makes the lab's hosts file present the operator of another site (a
+    /// CA of its own) to the hosts; returns the file's text, to put back.
+    pub fn foreign_operator(&self) -> String {
+        let path = self.lab().hosts_file();
+        let before = std::fs::read_to_string(&path).expect("the lab's hosts file");
+        let pki = lpm_trust::Pki::init(&self.root.join("foreign-pki")).expect("a foreign CA");
+        let op = pki.enroll(lpm_trust::Role::Operator, lpm_host::lab::LAB_OPERATOR).unwrap();
+        let mut f = lpm_host::hosts::HostsFile::load(&path).unwrap();
+        f.operator = Some(lpm_host::hosts::Operator { ca: pki.ca_cert(), cert: op.cert, key: op.key });
+        f.save(&path).unwrap();
+        before
+    }
+
     /// A host's agent log, colours stripped.
     pub fn log_of(&self, host: &str) -> String {
         self.lpmd_log_tail(host, usize::MAX)
