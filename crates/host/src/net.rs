@@ -5,9 +5,11 @@
 //! Namespaces follow iproute2's convention (a bind mount at
 //! `/run/netns/NAME`) so that an operator can look at everything lpm built
 //! with `ip -n NAME ...` and `ip netns exec NAME ...`. Links are configured
-//! by running `ip` rather than speaking rtnetlink: the commands are few, run
-//! once per partition or lab, and their text is what an operator would type
-//! to reproduce or repair a step.
+//! by running `ip`: the commands are few, run once per partition or lab,
+//! and their text is what an operator would type to reproduce or repair a
+//! step. What runs in a loop or inside a migration's downtime speaks
+//! rtnetlink instead: a link's operational state (netlink-packet-route,
+//! [`oper_up`]) and moving a link on or off its bridge (lpm_sys::net).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -94,6 +96,26 @@ pub enum NetError {
         #[source]
         source: lpm_sys::Error,
     },
+    /// Asking the kernel about a link by rtnetlink failed.
+    #[error("{op} of {ifname} by rtnetlink")]
+    Netlink {
+        /// The interface.
+        ifname: String,
+        /// The step.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Entering a network namespace for a step failed.
+    #[error("enter network namespace {ns}")]
+    EnterNetns {
+        /// The namespace.
+        ns: String,
+        /// The cause.
+        #[source]
+        source: lpm_sys::Error,
+    },
     /// Sending the gratuitous ARP failed.
     #[error("gratuitous arp for {ip} on {ifname} in network namespace {ns}")]
     Arp {
@@ -118,6 +140,64 @@ pub fn set_master(ifname: &str, master: Option<&str>) -> Result<(), NetError> {
         master: master.map(str::to_string),
         source,
     })
+}
+
+/// Whether link `ifname` of the calling thread's network namespace is
+/// operationally up (IFLA_OPERSTATE), asked by rtnetlink
+/// (netlink-packet-route) rather than by running `ip link show`: it is
+/// asked in a loop while the kernel's link watch brings a new link up,
+/// where a process per look cost milliseconds each.
+pub fn oper_up(ifname: &str) -> Result<bool, NetError> {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage, State};
+    use netlink_packet_route::RouteNetlinkMessage;
+    let fail = |op: &'static str| {
+        let ifname = ifname.to_string();
+        move |source: io::Error| NetError::Netlink { ifname, op, source }
+    };
+    let mut sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).map_err(fail("open a socket"))?;
+    sock.bind_auto().map_err(fail("bind the socket"))?;
+    sock.connect(&netlink_sys::SocketAddr::new(0, 0)).map_err(fail("connect the socket"))?;
+    let mut link = LinkMessage::default();
+    link.attributes.push(LinkAttribute::IfName(ifname.to_string()));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::GetLink(link)));
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf);
+    sock.send(&buf, 0).map_err(fail("ask for the link"))?;
+    let (answer, _) = sock.recv_from_full().map_err(fail("read the answer"))?;
+    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer)
+        .map_err(|e| fail("decode the answer")(io::Error::other(e.to_string())))?;
+    match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+            Ok(l.attributes.iter().any(|a| matches!(a, LinkAttribute::OperState(State::Up))))
+        }
+        NetlinkPayload::Error(e) => Err(fail("ask for the link")(e.to_io())),
+        other => Err(fail("decode the answer")(io::Error::other(format!("unexpected answer {other:?}")))),
+    }
+}
+
+/// Waits until link `ifname` of namespace `ns` is operationally up, for
+/// at most `timeout`; false when it is not up by then.
+pub fn wait_oper_up(ns: &Netns, ifname: &str, timeout: Duration) -> Result<bool, NetError> {
+    let fd = ns.fd()?;
+    // One thread in the namespace for the whole wait.
+    let waited = lpm_sys::net::in_netns(fd.as_fd(), || {
+        let t = std::time::Instant::now();
+        loop {
+            if oper_up(ifname)? {
+                return Ok(true);
+            }
+            if t.elapsed() > timeout {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    waited.map_err(|source| NetError::EnterNetns { ns: ns.name().to_string(), source })?
 }
 
 /// A named network namespace, `/run/netns/NAME`. The value is only the
@@ -311,6 +391,11 @@ mod tests {
         ns.fd().unwrap();
         let out = ip(Some(&name), &["-o", "link", "show", "lo"]).unwrap();
         assert!(out.contains("lo:"), "{out}");
+        // lo is down in a new namespace; up (its state UNKNOWN) is not
+        // operationally up either; a missing link is an error naming it.
+        assert!(!wait_oper_up(&ns, "lo", Duration::ZERO).unwrap());
+        let e = wait_oper_up(&ns, "nosuch0", Duration::ZERO).unwrap_err();
+        assert!(format!("{e}").contains("nosuch0"), "{e}");
         let e = ip(Some(&name), &["link", "show", "nosuch0"]).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("nosuch0") && msg.contains(&name), "{msg}");

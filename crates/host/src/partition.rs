@@ -373,13 +373,8 @@ impl Plumbing {
             // here, so that the announcement reaches no netlink socket of
             // the partition's program: one with an unread message cannot
             // be migrated.
-            let t = Instant::now();
-            while !net::ip(Some(&ns_name), &["-o", "link", "show", "dev", IFNAME]).is_ok_and(|l| l.contains("state UP")) {
-                if t.elapsed() > Duration::from_secs(2) {
-                    tracing::warn!(partition = %name, "eth0 is not UP after 2 s");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
+            if !net::wait_oper_up(&p.netns, IFNAME, Duration::from_secs(2)).map_err(net_err("read eth0's state"))? {
+                tracing::warn!(partition = %name, "eth0 is not UP after 2 s");
             }
             if link_up {
                 p.unlock_network()?;
