@@ -347,6 +347,12 @@ fn check() -> Result<ExitCode> {
             }
         }
     }
+    // Not a reason to refuse a host: without it lpm works, more slowly.
+    let f = lpm_sys::probe::probe_proc_events();
+    match &f.result {
+        Ok(detail) => println!("ok       {:26} {detail}", f.name),
+        Err(why) => println!("degraded {:26} {why} (needed for {})", f.name, f.needed_for),
+    }
     println!("\nkinds of state (docs/support.md):");
     for (kind, support, note) in lpm_engine::support::KINDS {
         let status = match support {
