@@ -381,6 +381,8 @@ fn exit_code(status: i32) -> ExitCode {
 fn check(json: bool) -> Result<ExitCode> {
     let probes = lpm_sys::probe::probe_all();
     let missing: Vec<&str> = probes.iter().filter(|f| f.result.is_err()).map(|f| f.name).collect();
+    // Not a reason to refuse a host: without it lpm works, more slowly.
+    let degraded = lpm_sys::probe::probe_proc_events();
     let support = |s: &lpm_engine::support::Support| match s {
         lpm_engine::support::Support::Yes => "supported",
         lpm_engine::support::Support::Partly => "partly",
@@ -394,11 +396,15 @@ fn check(json: bool) -> Result<ExitCode> {
                 Err(why) => serde_json::json!({"name": f.name, "ok": false, "detail": why, "needed_for": f.needed_for}),
             })
             .collect();
+        let optional = match &degraded.result {
+            Ok(detail) => serde_json::json!({"name": degraded.name, "ok": true, "detail": detail, "needed_for": degraded.needed_for}),
+            Err(why) => serde_json::json!({"name": degraded.name, "ok": false, "detail": why, "needed_for": degraded.needed_for}),
+        };
         let kinds: Vec<_> = lpm_engine::support::KINDS
             .iter()
             .map(|(kind, s, note)| serde_json::json!({"kind": kind, "support": support(s), "note": note}))
             .collect();
-        let v = serde_json::json!({"features": features, "kinds": kinds, "missing": missing});
+        let v = serde_json::json!({"features": features, "optional": [optional], "kinds": kinds, "missing": missing});
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let mut t = table::new(&["RESULT", "FEATURE", "DETAIL"]);
@@ -408,6 +414,10 @@ fn check(json: bool) -> Result<ExitCode> {
                 Err(why) => t.add_row(vec!["MISSING".to_string(), f.name.to_string(), format!("{why} (needed for {})", f.needed_for)]),
             };
         }
+        match &degraded.result {
+            Ok(detail) => t.add_row(vec!["ok".to_string(), degraded.name.to_string(), detail.to_string()]),
+            Err(why) => t.add_row(vec!["degraded".to_string(), degraded.name.to_string(), format!("{why} (needed for {})", degraded.needed_for)]),
+        };
         table::print(t);
         println!("\nkinds of state (docs/support.md):");
         let mut t = table::new(&["SUPPORT", "KIND", "NOTE"]);

@@ -1046,6 +1046,185 @@ fn shared_memory_goes_in_the_rounds() {
     }
 }
 
+const SHM_FORKERS: &str = include_str!("programs/shm_forkers.c");
+
+/// Checks the objects of `shm_forkers.c` whose parent is `pid`, from
+/// outside, with its processes stopped (the parent first, so that it forks
+/// no more; a child may stop in the middle of a page): each slice holds
+/// generation h+1 on a prefix and h on the rest (h its header word), at
+/// most one page torn between them, every word naming its slice and page;
+/// past the slices the object holds nothing. Returns the headers, or what
+/// is wrong.
+fn check_forker_objects(pid: i32) -> Result<Vec<u64>, String> {
+    use std::os::unix::fs::FileExt;
+    const SLICE: u64 = 32;
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let stopped = |p: i32| {
+        let t = Instant::now();
+        // A child that exited stays a zombie: its parent is stopped.
+        while !std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map_or(true, |s| s.split(") ").nth(1).is_some_and(|s| s.starts_with('T') || s.starts_with('Z')))
+        {
+            assert!(t.elapsed() < Duration::from_secs(10), "pid {p} does not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    stopped(pid);
+    let procs = tree_of(pid);
+    for &p in &procs[1..] {
+        let _ = kill(Pid::from_raw(p), Signal::SIGSTOP);
+        stopped(p);
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut headers = Vec::new();
+    let mut problems = Vec::new();
+    for what in ["/dev/zero (deleted)", "/SYSV"] {
+        let line = maps.lines().find(|l| l.contains(what) && l.split_whitespace().nth(1).is_some_and(|p| p.ends_with('s')));
+        let Some(line) = line else {
+            problems.push(format!("{what} is not mapped shared by pid {pid}:\n{maps}"));
+            continue;
+        };
+        let range = line.split_whitespace().next().unwrap();
+        let file = std::fs::File::open(format!("/proc/{pid}/map_files/{range}")).unwrap();
+        let mut data = vec![0u8; ((1 + 2 * SLICE) * 4096) as usize];
+        file.read_exact_at(&mut data, 0).unwrap();
+        let word = |page: u64, i: usize| {
+            let at = page as usize * 4096 + i * 8;
+            u64::from_le_bytes(data[at..at + 8].try_into().unwrap())
+        };
+        for s in 0..2u64 {
+            let h = word(0, s as usize);
+            headers.push(h);
+            let mut gens = Vec::new();
+            let mut torn = 0;
+            for page in 0..SLICE {
+                let words: Vec<u64> = (0..512).map(|i| word(1 + s * SLICE + page, i)).collect();
+                if let Some(bad) = words.iter().find(|&&v| v & 0xffff_ffff != (s << 16) | page) {
+                    problems.push(format!("{what} slice {s} page {page}: word {bad:#x} names another page"));
+                    break;
+                }
+                let first = words[0] >> 32;
+                let split = words.iter().position(|&v| v >> 32 != first).unwrap_or(512);
+                if split < 512 {
+                    torn += 1;
+                    if words[split..].iter().any(|&v| v >> 32 != first.wrapping_sub(1)) {
+                        problems.push(format!("{what} slice {s} page {page}: torn other than g+1 then g"));
+                    }
+                }
+                gens.push(first);
+            }
+            let monotone = gens.windows(2).all(|g| g[0] >= g[1] && g[0] - g[1] <= 1);
+            let in_range = gens.iter().all(|&g| g == h || g == h + 1);
+            if !monotone || !in_range || torn > 1 {
+                problems.push(format!("{what} slice {s}: header {h}, generations {gens:?}, {torn} torn pages"));
+            }
+        }
+        let end = (1 + 2 * SLICE) * 4096;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: lseek on a descriptor this function holds open.
+        let data_after = unsafe { libc::lseek(fd, end as i64, libc::SEEK_DATA) };
+        if data_after >= 0 {
+            problems.push(format!("{what}: data at {data_after:#x}, past every slice (a hole filled)"));
+        }
+    }
+    for &p in procs.iter().rev() {
+        let _ = kill(Pid::from_raw(p), Signal::SIGCONT);
+    }
+    if problems.is_empty() {
+        Ok(headers)
+    } else {
+        Err(format!("shared memory of pid {pid} is not what its writers wrote:\n{}", problems.join("\n")))
+    }
+}
+
+/// `shm_forkers` built and started in partition `name` on h1, running.
+fn start_forkers(lab: &TestLab, name: &str, fast: bool) -> PathBuf {
+    let src = lab.vol.join("shm_forkers.c");
+    std::fs::write(&src, SHM_FORKERS).unwrap();
+    let bin = lab.vol.join("shm_forkers");
+    let st = Command::new("gcc").args(["-O1", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
+    assert!(st.success(), "gcc failed");
+    let log = lab.vol.join("shm_forkers.log");
+    let mut argv = vec![bin.to_string_lossy().into_owned(), log.to_string_lossy().into_owned()];
+    if fast {
+        argv.push("fast".into());
+    }
+    lab.create(name, "h1", Some("256M"), &argv).unwrap();
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("gen ") {
+        assert!(t.elapsed() < Duration::from_secs(30), "shm_forkers never got going: {}", lab.logs(name));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check_forker_objects(lab.pid_of(name)).unwrap_or_else(|e| panic!("before any move: {e}"));
+    log
+}
+
+/// A parent that forks a child for every generation, the child writing
+/// shared memory (a MAP_SHARED anonymous area and a SysV segment) and
+/// exiting at once, moves h1 → h2 → h1. The processes forked during
+/// pre-copy are tracked as they are heard of, and what each wrote before
+/// that or before it exited goes again in the next round: the objects
+/// stay out of the stop's state image, and after each move every page
+/// reads, from outside, as the writers left it.
+#[test]
+fn shared_memory_stays_in_the_rounds_across_forks() {
+    let lab = TestLab::up("shmfork", 2);
+    let log = start_forkers(&lab, "shmf", false);
+    let tracked: u64 = 2 * (1 + 2 * 32) * 4096;
+    for to in ["h2", "h1"] {
+        let r = moved(&lab, "shmf", to);
+        assert_eq!(lab.state_of("shmf"), "running", "after the move to {to}: {}", lab.logs("shmf"));
+        let pid = lab.pid_of("shmf");
+        let before = check_forker_objects(pid).unwrap_or_else(|e| panic!("after the move to {to}: {e}"));
+        let stop = &r["stop"];
+        let image = stop["state_image_bytes"].as_u64().unwrap();
+        println!(
+            "shm_forkers to {to}: state image {image} B, final pages {}, rounds {}, downtime {} ms",
+            stop["final_pages"],
+            r["rounds"].as_array().unwrap().len(),
+            r["downtime_ms"]
+        );
+        assert!(image < tracked / 2, "the stop's state image holds {image} bytes: the shared objects ({tracked} bytes) went in it: {r}");
+        // The writers go on: every header moves.
+        let t = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = check_forker_objects(pid).unwrap_or_else(|e| panic!("after the move to {to}, running on: {e}"));
+            if now.iter().zip(&before).all(|(a, b)| a > b) {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "the writers stopped after the move to {to}: {before:?} -> {now:?}");
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!text.contains("died") && !text.contains("BAD"), "a writer found its slice wrong: {}", tail(&text, 5));
+    }
+}
+
+/// The sabotage of the test above: without sending the objects again when
+/// a process comes or goes (`precopy-fork-window`), what the children
+/// wrote before pre-copy tracked them or before they exited is lost, and
+/// the check from outside sees it.
+#[test]
+fn shared_memory_across_forks_sabotaged_is_caught() {
+    let lab = TestLab::up_with("shmforksab", 2, &[(lpm_engine::SABOTAGE_ENV, "precopy-fork-window")]);
+    // No child pauses: none is tracked before it is gone, so every page
+    // of the children's slice is as the last round before the stop read it.
+    let log = start_forkers(&lab, "shms", true);
+    let r = moved(&lab, "shms", "h2");
+    println!("sabotaged move: rounds {}, stop {}", r["rounds"].as_array().unwrap().len(), r["stop"]);
+    // The next child checks the slice before it writes: a stale page ends
+    // the program with "BAD" in its log.
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("BAD") || t.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("BAD"), "the sabotaged move left every page right: the check cannot fail; log:\n{}", tail(&text, 5));
+}
+
 // ------------------------------------------------------------ http.server
 
 /// One HTTP/1.0 GET from the client namespace, on a connection of its own:

@@ -1167,6 +1167,27 @@ fn host_namespace_is_refused() {
     }
 }
 
+/// A checkpoint of a process under memory-deny-write-execute
+/// (PR_SET_MDWE) fails naming the process, the kind and why; the process
+/// runs on, still under it.
+#[test]
+fn mdwe_is_refused() {
+    let mut run = Run::new(&MDWE_REFUSED, "refused", None).unwrap_or_else(|e| panic!("zdtm mdwe_refused: {e}"));
+    let res = (|| -> Res<()> {
+        let (tree, msg) = run.refused_checkpoint()?;
+        if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("memory-deny-write-execute") || !msg.contains("PR_SET_MDWE") {
+            return Err(format!("the refusal does not name the process and PR_SET_MDWE: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
 /// A checkpoint of a tree holding hugetlbfs memory lpm refuses fails
 /// naming the process, the SysV SHM_HUGETLB segment and why; `lpm
 /// inspect` names the private mapping of an MFD_HUGETLB memfd too; the

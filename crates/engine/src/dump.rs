@@ -119,8 +119,8 @@ pub struct DumpOptions {
     /// of its own at offset = offset in the object: held data pages are
     /// recorded as precopied runs and not read, holes stay holes. Used
     /// only when every process of the tree has an entry in `precopied`
-    /// (all were tracked from the start of pre-copy: one that came or
-    /// went meanwhile may have written without a tracked page table);
+    /// (each was tracked, or the objects were sent again after it came:
+    /// one that was not may have written without a tracked page table);
     /// else every object is saved whole.
     pub precopied_shm: HashMap<crate::ShmRef, PrecopiedShm>,
     /// The root's network namespace is the caller's (a partition's, with
@@ -596,6 +596,21 @@ fn scratch(pid: i32, r: &mut Remote) -> Result<(u64, bool)> {
         }
         return Ok((addr, true));
     }
+    // Writable code refused: under PR_SET_MDWE, which the restore does
+    // not set again (a restored process would run without it), refused
+    // here by name. Asked only on this path: a process that may map
+    // writable code has none.
+    let mdwe = r.raw(libc::SYS_prctl, &[PR_GET_MDWE, 0, 0, 0, 0]).step(pid, || "remote PR_GET_MDWE".into())?;
+    if mdwe > 0 {
+        return Err(EngineError::Unsupported {
+            pid,
+            kind: "memory-deny-write-execute",
+            what: format!("PR_SET_MDWE flags {mdwe:#x}: the restore does not set it again"),
+        });
+    }
     let addr = r.call(libc::SYS_mmap, &[0, 4096, prot, flags, u64::MAX, 0]).step(pid, || "remote mmap scratch".into())?;
     Ok((addr, false))
 }
+
+/// prctl's PR_GET_MDWE (absent from libc 0.2's constants).
+const PR_GET_MDWE: u64 = 66;

@@ -71,9 +71,10 @@
 //! Dropping a [`Precopy`] (abort) drops the trackers, which unregisters
 //! everything: the processes are left as they were.
 //!
-//! Processes forked after the start are not tracked: nothing is held for
-//! them and the final checkpoint sends all their pages. A process that
-//! exited is dropped quietly and has no entry in the result.
+//! Processes forked after the start are not tracked while no shared
+//! object is pre-copied: nothing is held for them and the final
+//! checkpoint sends all their pages. A process that exited is dropped
+//! quietly (a zombie has an empty entry in the result, a reaped one none).
 //!
 //! # Shared memory objects
 //!
@@ -87,20 +88,34 @@
 //! writes are what the trackers report for every writable mapping of
 //! them in every process, as offsets ([`lpm_engine::Dirty::shared`]).
 //! What the page tables cannot see makes an object go whole into the
-//! stop (nothing held for it):
+//! stop (nothing held for it): a write through a file opened on it again
+//! (/proc/PID/map_files): an inotify watch on each object reports it
+//! (IN_MODIFY, IN_ATTRIB).
 //!
-//! - a write through a file opened on it again (/proc/PID/map_files):
-//!   an inotify watch on each object reports it (IN_MODIFY, IN_ATTRIB);
-//! - a process that came or went during pre-copy: one that exited may
-//!   have written since its last collection, one forked is not tracked
-//!   (its page tables are its own, without write-protection) and may
-//!   write and exit unseen between two looks. A tracked process that
-//!   exited is seen here; every fork on the system is heard through the
-//!   kernel's process events connector ([`lpm_sys::procevents`]), and
-//!   one by a tracked process spoils every object; the checkpoint also
-//!   saves every object whole when a process of the tree was not tracked
-//!   ([`lpm_engine::DumpOptions::precopied_shm`]). Without the connector
-//!   no object is pre-copied.
+//! # Processes that come and go
+//!
+//! Every fork on the system is heard through the kernel's process events
+//! connector ([`lpm_sys::procevents`]); one by a process of the tree
+//! makes the child a process of the tree. While an object is pre-copied,
+//! the child is tracked as soon as it is heard of (its own tracker, its
+//! present pages pending), and every object's pages that may differ from
+//! the target's (its data extents, and what the target ever received)
+//! go again in the next round (`Obj::reset`): a fork is heard after the
+//! fact, and between the fork and the registration the child writes
+//! through page tables of its own that nothing tracks. The reset comes
+//! after the registration, so the next round's read sees those writes and
+//! the tracker every later one. A tracked process that exits takes with
+//! its page tables what it wrote since its last collection: the same
+//! reset. In the stop a fork heard in the last collection is not tracked
+//! (the tree is frozen): the reset alone makes the last round read what
+//! the child wrote. The reset costs a round of the objects' data; the
+//! source runs one more round after the drain when the tree changed since
+//! the last one ([`Precopy::tree_changed`]), so that a server's worker
+//! that ended with its connection does not put the objects in the stop.
+//! Tracking gives up (every object whole into the stop) only when events
+//! were lost, or a forked process could not be tracked (it ran another
+//! program: its tracker watched the address space it left). Without the
+//! connector no object is pre-copied.
 //!
 //! Objects made after the start are not pre-copied either.
 
@@ -109,7 +124,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use lpm_engine::{proc, DirtyTracker, EngineError, PrecopiedShm, ShmRef};
+use lpm_engine::{proc, DirtyTracker, EngineError, PrecopiedShm, ShmRef, SABOTAGE_ENV};
 use lpm_sys::misc::is_zero;
 use lpm_sys::pagemap::{Pagemap, Query, Region, PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT};
 
@@ -486,6 +501,9 @@ struct Proc {
     untracked: u64,
     /// Writes to shared objects the last collection found.
     shared: Vec<(ShmRef, u64, u64)>,
+    /// Forked during pre-copy and followed since (see "Processes that
+    /// come and go" in the module's documentation).
+    forked: bool,
 }
 
 /// One pre-copied shared memory object.
@@ -519,6 +537,36 @@ impl Obj {
         }
     }
 
+    /// Its data extents (holes are neither read nor sent) and every page
+    /// the sink ever received of it (a hole there now must be sent as
+    /// zero): every page whose content may differ from the target's.
+    fn extents(&self) -> RangeSet {
+        let mut all = self.ever.clone();
+        let mut off = 0;
+        while off < self.size {
+            let Some((data, hole)) = lpm_sys::misc::next_data(std::os::fd::AsFd::as_fd(&self.file), off) else { break };
+            if data >= self.size {
+                break;
+            }
+            all.insert(data / PAGE * PAGE, hole.min(self.size).div_ceil(PAGE) * PAGE);
+            off = hole.max(data + PAGE);
+        }
+        all
+    }
+
+    /// Makes every page that may have changed pending again: a process
+    /// came or went, and what it wrote outside a tracked page table is
+    /// unknown. Called after the processes' trackers are registered, so
+    /// the next read of the object sees every such write.
+    fn reset(&mut self) {
+        if self.spoiled.is_some() {
+            return;
+        }
+        let all = self.extents();
+        self.held.subtract(&all);
+        self.pending.union(&all);
+    }
+
     /// Sends everything pending to `sink`, read from the object.
     fn send_pending(&mut self, buf: &mut [u8], sink: &mut dyn PageSink, st: &mut RoundStats) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
@@ -542,9 +590,15 @@ pub struct Precopy {
     events: Option<lpm_sys::procevents::ProcEvents>,
     /// Every process ever tracked.
     tracked: Vec<i32>,
-    /// A tracked process went away (or reaped a child): every object goes
-    /// whole into the stop.
+    /// Tracking of the tree's writes cannot be trusted any more (process
+    /// events lost, a forked process that could not be followed): every
+    /// object goes whole into the stop.
     lost: Option<String>,
+    /// A process came or went since the last collection: every object's
+    /// pages go again in the next round (see [`Obj::reset`]).
+    reset: Option<String>,
+    /// Forks heard before the collection that handles them.
+    heard: Vec<lpm_sys::procevents::Fork>,
     gone: Vec<i32>,
     /// Read buffers, one per sending thread.
     bufs: Vec<Vec<u8>>,
@@ -928,6 +982,7 @@ impl Precopy {
                     ever: RangeSet::new(),
                     untracked: 0,
                     shared: Vec::new(),
+                    forked: false,
                 })
             });
             match opened {
@@ -943,6 +998,8 @@ impl Precopy {
             events,
             tracked: pids.to_vec(),
             lost: None,
+            reset: None,
+            heard: Vec::new(),
             gone: dead,
             bufs: vec![vec![0; CHUNK]],
             regions: Vec::new(),
@@ -1015,8 +1072,11 @@ impl Precopy {
 
     /// Applies what the last collection found about the shared objects:
     /// writes through mappings (pending again), files opened on them
-    /// that wrote (spoiled), processes that came or went (all spoiled).
-    fn collect_objects(&mut self) {
+    /// (spoiled), processes that came or went (every object pending again,
+    /// once the new ones are tracked). `last`: the tree is stopped for
+    /// good, and a process forked since the previous collection is left
+    /// untracked (the checkpoint then saves every object whole).
+    fn collect_objects(&mut self, last: bool) {
         if self.objs.is_empty() {
             return;
         }
@@ -1030,21 +1090,33 @@ impl Precopy {
                 }
             }
         }
-        if let Some(ev) = &self.events {
-            let mut forks = Vec::new();
-            match ev.forks(&mut forks) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.lost.get_or_insert_with(|| "process events were lost".into());
-                }
-                Err(e) => {
-                    self.lost.get_or_insert_with(|| format!("process events unreadable: {e}"));
-                }
+        self.hear();
+        // A new thread shares its process's page tables: only new
+        // processes count. In the order heard, so that a child's own
+        // children are known as the tree's.
+        for f in std::mem::take(&mut self.heard) {
+            if f.child_pid != f.child_tgid || !self.tracked.contains(&f.parent_tgid) {
+                continue;
             }
-            // A new thread shares its process's page tables: only new
-            // processes count.
-            if let Some(f) = forks.iter().find(|f| f.child_pid == f.child_tgid && self.tracked.contains(&f.parent_tgid)) {
-                self.lost.get_or_insert_with(|| format!("pid {} forked pid {} during pre-copy", f.parent_tgid, f.child_tgid));
+            let child = f.child_tgid;
+            self.tracked.push(child);
+            // What it wrote before its page tables are tracked (a fork is
+            // heard after the fact) is unknown: every page again.
+            self.reset.get_or_insert_with(|| format!("pid {} forked pid {child} during pre-copy", f.parent_tgid));
+            if last {
+                // Frozen, as all the tree: the objects read after the
+                // reset below hold what it wrote.
+                continue;
+            }
+            if self.objs.iter().all(|o| o.spoiled.is_some()) {
+                continue;
+            }
+            if let Err(e) = self.follow(child) {
+                if gone(child) {
+                    tracing::debug!(pid = child, error = %e, "forked process gone before it was tracked");
+                } else {
+                    self.lost.get_or_insert_with(|| format!("pid {child}, forked during pre-copy, cannot be tracked: {e}"));
+                }
             }
         }
         if let Some(fd) = &self.inotify {
@@ -1062,9 +1134,75 @@ impl Precopy {
                 tracing::debug!(why = %why, "shared memory goes whole into the stop");
             }
             for o in &mut self.objs {
-                o.spoil("a process came or went during pre-copy");
+                o.spoil("tracking lost during pre-copy");
             }
         }
+        if let Some(why) = self.reset.take() {
+            if std::env::var(SABOTAGE_ENV).is_ok_and(|v| v.split(',').any(|f| f.trim() == "precopy-fork-window")) {
+                tracing::warn!(why = %why, "sabotaged: what a process that came or went wrote unseen is not sent again");
+                return;
+            }
+            tracing::debug!(why = %why, "shared memory goes again in the next round");
+            for o in &mut self.objs {
+                o.reset();
+            }
+        }
+    }
+
+    /// Reads the forks heard since the last look into `heard`; lost
+    /// events make tracking untrustworthy.
+    fn hear(&mut self) {
+        let Some(ev) = &self.events else { return };
+        match ev.forks(&mut self.heard) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.lost.get_or_insert_with(|| "process events were lost".into());
+            }
+            Err(e) => {
+                self.lost.get_or_insert_with(|| format!("process events unreadable: {e}"));
+            }
+        }
+    }
+
+    /// Starts tracking `pid`, forked by a tracked process during
+    /// pre-copy: its writes from now on, and (the target holds nothing of
+    /// it) every present page of its own for the next round.
+    fn follow(&mut self, pid: i32) -> Result<()> {
+        let tracker = DirtyTracker::start(pid).map_err(|source| PrecopyError::Track { pid, source })?;
+        let pagemap = Pagemap::open(pid).map_err(|source| PrecopyError::Pagemap { pid, source })?;
+        let mut p = Proc {
+            pid,
+            tracker,
+            pagemap,
+            mem: None,
+            // It shares its parent's pages copy-on-write.
+            related: true,
+            held: RangeSet::new(),
+            pending: RangeSet::new(),
+            ever: RangeSet::new(),
+            untracked: 0,
+            shared: Vec::new(),
+            forked: true,
+        };
+        p.pending = p.all_existing(&mut self.regions)?;
+        tracing::debug!(pid, pages = p.pending.pages(), "forked process tracked");
+        self.procs.push(p);
+        Ok(())
+    }
+
+    /// Whether a process of the tree came or went since the last
+    /// collection while shared memory is pre-copied: then the next round
+    /// sends every object again, which the stop would otherwise do. Reads
+    /// what was heard (kept for the next collection) and looks at each
+    /// process.
+    pub fn tree_changed(&mut self) -> bool {
+        if self.objs.iter().all(|o| o.spoiled.is_some()) {
+            return false;
+        }
+        self.hear();
+        self.reset.is_some()
+            || self.heard.iter().any(|f| f.child_pid == f.child_tgid && self.tracked.contains(&f.parent_tgid))
+            || self.procs.iter().any(|p| gone(p.pid))
     }
 
     /// Sends the objects' pending pages to `sink`.
@@ -1088,8 +1226,18 @@ impl Precopy {
                     tracing::debug!(pid = p.pid, error = %e, "process exited during pre-copy");
                     // What it wrote to shared memory since its last
                     // collection went away with its page tables.
-                    self.lost.get_or_insert_with(|| format!("pid {} exited during pre-copy", p.pid));
+                    self.reset.get_or_insert_with(|| format!("pid {} exited during pre-copy", p.pid));
                     self.gone.push(p.pid);
+                }
+                Err(e) if self.procs[i].forked => {
+                    // A process followed since its fork that cannot be
+                    // collected (it ran another program: its tracker
+                    // watched the address space it left) is left to the
+                    // checkpoint, which saves every object whole for an
+                    // untracked process.
+                    let p = self.procs.remove(i);
+                    tracing::debug!(pid = p.pid, error = %e, "a forked process is no longer tracked");
+                    self.lost.get_or_insert_with(|| format!("pid {} no longer tracked: {e}", p.pid));
                 }
                 Err(e) => return Err(e),
             }
@@ -1106,7 +1254,7 @@ impl Precopy {
             Ok(())
         })?;
         let before: u64 = self.objs.iter().map(|o| o.pending.pages()).sum();
-        self.collect_objects();
+        self.collect_objects(false);
         found += self.objs.iter().map(|o| o.pending.pages()).sum::<u64>().saturating_sub(before);
         let now = Instant::now();
         let interval = now - std::mem::replace(&mut self.last_collect, now);
@@ -1152,15 +1300,8 @@ impl Precopy {
             })?;
             // An object's data extents: its holes are not read.
             for o in self.objs.iter_mut().filter(|o| o.spoiled.is_none()) {
-                let mut off = 0;
-                while off < o.size {
-                    let Some((data, hole)) = lpm_sys::misc::next_data(std::os::fd::AsFd::as_fd(&o.file), off) else { break };
-                    if data >= o.size {
-                        break;
-                    }
-                    o.pending.insert(data / PAGE * PAGE, hole.min(o.size).div_ceil(PAGE) * PAGE);
-                    off = hole.max(data + PAGE);
-                }
+                let all = o.extents();
+                o.pending.union(&all);
             }
         }
         self.rounds += 1;
@@ -1190,7 +1331,7 @@ impl Precopy {
         // A read-only look: nothing runs any more, so nothing needs to be
         // write-protected again.
         self.each(|p, _, regions| p.collect(regions, true).map(drop))?;
-        self.collect_objects();
+        self.collect_objects(true);
         self.rounds += 1;
         let mut st = RoundStats { round: self.rounds, dirty_found: self.pending_pages(), ..Default::default() };
         let mut rec = Recording { inner: sink, sent: HashMap::new() };
@@ -1218,11 +1359,23 @@ impl Precopy {
             held.remove(p.ever.ranges().last().map_or(0, |r| r.1), u64::MAX);
             out.insert(p.pid, held.into_vec());
         }
-        for pid in &self.gone {
-            out.remove(pid);
+        // Every process the tree ever had is accounted for: one forked since
+        // the last collection (frozen since, its writes read by this
+        // round's reset of the objects) or one that exited and is still a
+        // zombie of the tree has nothing of its own held (a zombie has no
+        // memory to restore); so the checkpoint takes the objects' held
+        // pages. One that could not be followed spoiled them.
+        for &pid in &self.tracked {
+            // Reaped: no longer of the tree.
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                out.entry(pid).or_default();
+            }
         }
-        // A zombie has no memory to restore.
-        out.retain(|pid, _| !gone(*pid));
+        for (pid, r) in out.iter_mut() {
+            if gone(*pid) {
+                r.clear();
+            }
+        }
         Ok(Finished { stats: st, held: out, last_sent, shm })
     }
 

@@ -284,6 +284,40 @@ fn getregset(pid: pid_t, nt: usize, buf: &mut [u8]) -> Res<usize> {
     Ok(iov.iov_len)
 }
 
+/// Probes the kernel's process events connector (cn_proc): listens,
+/// forks a child and waits to hear of that fork. Pre-copy hears through
+/// it of the processes a partition forks, to keep its shared memory in
+/// the rounds; without it lpm works, and sends shared memory whole in the
+/// stop. Not in [`probe_all`]: a host without it is not refused.
+pub fn probe_proc_events() -> Feature {
+    let result = (|| {
+        let ev = crate::procevents::ProcEvents::listen().map_err(|e| e.to_string())?;
+        let child = spawn_blocked(&mut [], &[], None)?;
+        let pid = child.pid;
+        let deadline = Instant::now() + WAIT;
+        let mut forks = Vec::new();
+        loop {
+            ensure!(ev.forks(&mut forks).map_err(|e| e.to_string())?; "process events were lost");
+            if let Some(f) = forks.iter().find(|f| f.child_tgid == pid) {
+                ensure!(f.parent_tgid == std::process::id() as i32; "the fork of pid {pid} names parent {}", f.parent_tgid);
+                return Ok(format!("heard the fork of pid {pid}"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(!left.is_zero(); "the fork of pid {pid} was not heard within {WAIT:?}");
+            let timeout = Timespec::try_from(left).ctx("timeout")?;
+            match rustix::event::poll(&mut [PollFd::new(&ev.as_fd(), PollFlags::IN)], Some(&timeout)) {
+                Err(rustix::io::Errno::INTR) | Ok(_) => {}
+                Err(e) => return Err(format!("poll process events: {e}")),
+            }
+        }
+    })();
+    Feature {
+        name: "process events (cn_proc)",
+        needed_for: "keeping shared memory in pre-copy across forks (else it goes whole in the stop)",
+        result,
+    }
+}
+
 fn probe_ptrace() -> Probe {
     let mut child = spawn_blocked(&mut [], &[], None)?;
     let pid = child.pid;
@@ -713,7 +747,10 @@ mod tests {
         for f in &features {
             eprintln!("{:<24} {:?}", f.name, f.result);
         }
-        let missing: Vec<String> = features.iter().filter_map(|f| f.result.as_ref().err().map(|e| format!("{}: {e}", f.name))).collect();
+        let events = probe_proc_events();
+        eprintln!("{:<24} {:?}", events.name, events.result);
+        let missing: Vec<String> =
+            features.iter().chain([&events]).filter_map(|f| f.result.as_ref().err().map(|e| format!("{}: {e}", f.name))).collect();
         assert!(missing.is_empty(), "missing kernel features: {missing:#?}");
 
         // Children hang off the thread that forked them, so other tests'

@@ -125,6 +125,11 @@ impl ProcEvents {
         Ok(ProcEvents { fd })
     }
 
+    /// The socket, to wait for events on.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
     /// Appends the forks heard since the last call to `out`. Returns
     /// false when some were lost (the socket's queue overflowed): the
     /// caller must assume any fork happened.

@@ -1213,6 +1213,19 @@ impl<'a> Run<'a> {
             tracing::warn!(partition = %self.spec.name, error = format!("{e:#}"), "new connections cannot be held back: the stop may meet handshakes");
         }
         let left = wait_passed(self.pid, &check, DRAIN_LIMIT);
+        // A process that came or went since the last round (a server's
+        // worker for a connection that ended in the drain) makes every
+        // shared object go again: in a round of its own while the
+        // partition runs, rather than inside the stop.
+        if let Some(pre) = turn.pre.as_mut().and_then(|p| p.tree_changed().then_some(p)) {
+            let t = Instant::now();
+            let stop_flag = AtomicBool::new(false);
+            let mut sink = self.stream_sinks(&stop_flag).into_iter().next().expect("the main stream");
+            let st =
+                pre.round(&mut sink).map_err(|e| peer_gone(anyhow::Error::from(e).context("send shared memory again after the drain")))?;
+            self.wire_bytes += sink.wire_bytes;
+            tracing::debug!(partition = %self.spec.name, pages = st.pages, ms = t.elapsed().as_secs_f64() * 1e3, "a round after the drain");
+        }
         self.stop.drain_ms = t_drain.elapsed().as_secs_f64() * 1e3;
         tracing::debug!(partition = %self.spec.name, ms = self.stop.drain_ms, left = left.len(), "drained");
         let t_stop = Instant::now();

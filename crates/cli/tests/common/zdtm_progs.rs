@@ -211,6 +211,10 @@ pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
 /// refuse it by name (not in PROGS: no restore may carry it).
 pub static NS_HOST: Prog = prog("ns_host", Launch::C, true, 1);
 
+/// Runs under memory-deny-write-execute (PR_SET_MDWE): a checkpoint must
+/// refuse it by name (not in PROGS: the restore does not set it again).
+pub static MDWE_REFUSED: Prog = prog("mdwe_refused", Launch::C, true, 1);
+
 /// Holds the hugetlbfs memory lpm refuses (a SysV SHM_HUGETLB segment, a
 /// private mapping of an MFD_HUGETLB memfd): a checkpoint must refuse it
 /// by name (not in PROGS: no restore makes it again).
