@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod bench_clients;
 mod bench_migrate;
+mod bench_plan;
 mod cluster;
 mod hosts;
 mod migrations;
@@ -205,6 +206,9 @@ enum BenchCmd {
     /// What the clients of a partition feel while it moves back and
     /// forth: downtime, each client's longest wait, retransmissions.
     Clients(bench_clients::ClientsBench),
+    /// The console's planners (evacuate, balance, consolidate) on a
+    /// simulated inventory: time, moves and load before and after.
+    Plan(bench_plan::PlanBench),
 }
 
 #[derive(Subcommand)]
@@ -305,6 +309,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Man { dir } => man(dir),
         Cmd::Bench { cmd: Some(BenchCmd::Migrate(a)), .. } => bench_migrate::run(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Bench { cmd: Some(BenchCmd::Clients(a)), .. } => bench_clients::run(&a).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench { cmd: Some(BenchCmd::Plan(a)), .. } => bench_plan::run(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Bench { cmd: None, runs, mib, threads } => bench::run(runs, mib, threads).map(|_| ExitCode::SUCCESS),
     }
 }
