@@ -122,6 +122,7 @@ impl DaemonArgs {
             shared: self.shared,
             max_outgoing: self.max_outgoing,
             max_incoming: self.max_incoming,
+            hide: None,
         }))
     }
 
@@ -138,7 +139,8 @@ impl DaemonArgs {
         };
         crate::fault::set_host(&host);
         let dir = c.dir.unwrap_or_else(|| config::DEFAULT_DIR.into());
-        let key = crate::client::read_key(&c.key.unwrap_or_else(|| config::DEFAULT_KEY.into()))?;
+        let key_path = c.key.unwrap_or_else(|| config::DEFAULT_KEY.into());
+        let key = crate::client::read_key(&key_path)?;
         let shared = match c.shared {
             Some(s) => s,
             None => dir.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone()),
@@ -156,7 +158,10 @@ impl DaemonArgs {
         if let Some(parent) = control.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
         }
+        let mut hide = lpm_host::isolation::host_secrets(&dir, &control, &key_path);
+        hide.extend(c.hide.unwrap_or_default());
         run(Options {
+            hide,
             shared,
             host,
             dir,

@@ -571,6 +571,7 @@ mod tests {
                 ip: None,
                 mac: None,
                 volumes: vec![],
+                isolation: Default::default(),
             }
         }
 

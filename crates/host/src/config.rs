@@ -13,6 +13,7 @@
 //! shared = "/srv/lpm"                # shared storage (default: dir's parent)
 //! max_outgoing = 4                   # migrations as the source at once
 //! max_incoming = 4                   # migrations as the target at once
+//! hide = ["/srv/other-secrets"]      # more host paths partitions must not see
 //! ```
 //!
 //! An unknown key is an error naming it (a misspelt key would otherwise
@@ -71,6 +72,11 @@ pub struct AgentConfig {
     /// Migrations this host runs as the target at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_incoming: Option<usize>,
+    /// More host paths hidden from partitions, besides lpmd's own state
+    /// directory, control socket, key and /etc/lpm (other agents' state on
+    /// the same machine, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hide: Option<Vec<PathBuf>>,
 }
 
 /// A configuration file that could not be read or parsed.
@@ -152,6 +158,7 @@ impl AgentConfig {
             shared: over.shared.or(self.shared),
             max_outgoing: over.max_outgoing.or(self.max_outgoing),
             max_incoming: over.max_incoming.or(self.max_incoming),
+            hide: over.hide.or(self.hide),
         }
     }
 }

@@ -960,6 +960,9 @@ fn spawn_lpmd(state: &State, h: &HostInfo, opts: &LabOptions) -> Result<Child, L
         control: Some(h.control.clone()),
         bridge: Some(BRIDGE.into()),
         prefix: Some(state.prefix()),
+        // Every host's state and socket is on this one machine: each
+        // host's partitions see none of them.
+        hide: Some(state.hosts.iter().map(|h| h.dir.clone()).collect()),
         ..AgentConfig::default()
     };
     c.write(&config).map_err(|e| spawn_err(io::Error::other(e.to_string())))?;

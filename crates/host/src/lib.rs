@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod checks;
 pub mod config;
 pub mod hold;
+pub mod isolation;
 pub mod lab;
 pub mod net;
 pub mod partition;

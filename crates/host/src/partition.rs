@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, CgroupError, Headroom, Layout, Limits};
 use crate::hold::{self, Hold};
+use crate::isolation::Isolation;
 use crate::net::{self, NetError, Netns};
 
 /// The partition's interface inside its network namespace.
@@ -144,6 +145,9 @@ pub struct PartitionSpec {
     /// Directories on shared storage the partition uses.
     #[serde(default)]
     pub volumes: Vec<PathBuf>,
+    /// How it is kept from its host (capabilities beyond the default set).
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl PartitionSpec {
@@ -185,6 +189,9 @@ impl PartitionSpec {
         }
         self.ipv4()?;
         self.mac_address()?;
+        if let Err(why) = self.isolation.caps() {
+            return Err(bad("cap_add", &self.isolation.cap_add.join(","), &why));
+        }
         for v in &self.volumes {
             let shown = v.display().to_string();
             if !v.is_absolute() {
@@ -570,6 +577,12 @@ fn init_env(spec: &PartitionSpec) -> Vec<String> {
 /// pid in the caller's pid namespace. The caller reaps it (lpmd is a child
 /// subreaper).
 pub fn start(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing) -> Result<i32> {
+    start_hiding(ctx, spec, plumbing, &[])
+}
+
+/// [`start`], with `hide` (host paths: lpm's state, keys, sockets) hidden
+/// in the partition's mount namespace ([`crate::isolation::masks`]).
+pub fn start_hiding(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing, hide: &[PathBuf]) -> Result<i32> {
     spec.validate()?;
     let name = spec.name.as_str();
     let io_err = |op, path: &Path| {
@@ -597,6 +610,12 @@ pub fn start(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing) -> Result
         stdin: null.as_fd(),
         stdout: log.as_fd(),
         stderr: log.as_fd(),
+        masks: crate::isolation::masks_c(hide),
+        caps: Some(spec.isolation.caps().map_err(|why| PartitionError::Spec {
+            field: "cap_add",
+            value: spec.isolation.cap_add.join(","),
+            why,
+        })?),
     };
     let spawn_err = |source| PartitionError::Spawn { partition: name.to_string(), source };
     let child = spawn::spawn_partition(&exec).map_err(spawn_err)?;
@@ -683,6 +702,7 @@ mod tests {
             ip: None,
             mac: None,
             volumes: vec![],
+            isolation: Default::default(),
         };
         let m = s.mac_address().unwrap();
         assert!(m.starts_with("02:"), "{m}");
