@@ -20,3 +20,4 @@ pub mod isolation;
 pub mod lab;
 pub mod net;
 pub mod partition;
+pub mod volume;

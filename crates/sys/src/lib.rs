@@ -6,6 +6,7 @@
 pub mod arp;
 pub mod fanotify;
 pub mod fown;
+pub mod fs;
 pub mod ipc;
 pub mod l2;
 pub mod misc;
