@@ -1026,7 +1026,10 @@ fn shared_memory_goes_in_the_rounds() {
     let st = Command::new("gcc").args(["-O1", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
     assert!(st.success(), "gcc failed");
     let log = lab.vol.join("shm_writers.log");
-    lab.create("shmw", "h1", Some("512M"), &[bin.to_string_lossy().into_owned(), log.to_string_lossy().into_owned()]).unwrap();
+    // Its writers open their mappings through /proc/self/map_files, which
+    // takes CAP_CHECKPOINT_RESTORE (not in a partition's default set).
+    let argv = [bin.to_string_lossy().into_owned(), log.to_string_lossy().into_owned()];
+    lab.create_with("shmw", "h1", Some("512M"), &["--cap-add", "CHECKPOINT_RESTORE"], &argv).unwrap();
     let t = Instant::now();
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("gen ") {
         assert!(t.elapsed() < Duration::from_secs(30), "shm_writers never got going: {}", lab.logs("shmw"));

@@ -358,6 +358,7 @@ impl Plumbing {
         };
         let p = Plumbing { name: name.clone(), netns, veth, ip: ip.map(|(a, _)| a), mac, cgroup, bridge: ctx.bridge.clone() };
         let r = (|| {
+            p.filter_devices()?;
             // The peer is born inside the partition's namespace under its
             // final name: no rename, no clash with other partitions' eth0.
             net::ip(None, &["link", "add", &p.veth, "type", "veth", "peer", "name", IFNAME, "address", &p.mac, "netns", &ns_name])
@@ -421,6 +422,20 @@ impl Plumbing {
             source: Box::new(source),
         })?;
         Ok(Plumbing { name, netns, veth, ip: spec.ipv4()?.map(|(a, _)| a), mac: spec.mac_address()?, cgroup, bridge: ctx.bridge.clone() })
+    }
+
+    /// Lets the partition's processes open only the usual character
+    /// devices (lpm_sys::devices): a device filter on its cgroup2
+    /// directory, made with the cgroup and again at every start (a killed
+    /// partition's cgroup is replaced).
+    pub fn filter_devices(&self) -> Result<()> {
+        let dir = self.cgroup.v2_dir();
+        let io_err = |op| {
+            let (partition, path) = (self.name.clone(), dir.clone());
+            move |source| PartitionError::Io { partition, op, path, source }
+        };
+        let fd = File::open(&dir).map_err(io_err("open cgroup directory"))?;
+        lpm_sys::devices::allow_usual_devices(fd.as_fd()).map_err(io_err("attach the device filter to"))
     }
 
     /// The partition's name.
@@ -617,6 +632,7 @@ pub fn start_hiding(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing, hi
             why,
         })?),
     };
+    plumbing.filter_devices()?;
     let spawn_err = |source| PartitionError::Spawn { partition: name.to_string(), source };
     let child = spawn::spawn_partition(&exec).map_err(spawn_err)?;
     // Born in the cgroup2 directory; the v1 hierarchies (hybrid layout)

@@ -4,6 +4,7 @@
 //! TCP_REPAIR). All of lpm's unsafe code lives here.
 
 pub mod arp;
+pub mod devices;
 pub mod fanotify;
 pub mod fown;
 pub mod fs;
