@@ -339,8 +339,15 @@ pub enum Mover {
         memory_current: u64,
         /// The source CPU's description (image CpuInfo, protobuf bytes).
         cpu: Vec<u8>,
-        /// Identity (device, inode) of each volume on the source.
+        /// Each volume's path, with device and inode numbers of older
+        /// sources (0 from this one: they are one kernel's and are not
+        /// compared).
         volumes: Vec<(String, u64, u64)>,
+        /// Each volume's identity (lpm_host::volume): its filesystem's UUID
+        /// and the marker the source wrote in it; absent from older
+        /// sources, whose volumes the target then refuses.
+        #[serde(default)]
+        volume_ids: Vec<lpm_host::volume::VolumeId>,
         /// Huge pages the partition's hugetlbfs areas reserve: (page
         /// size in bytes, count) per size; absent from older sources.
         #[serde(default)]

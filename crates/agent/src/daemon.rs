@@ -149,6 +149,7 @@ impl DaemonArgs {
             tls_key: self.tls_key,
             insecure: self.insecure.then_some(true),
             api_listen: self.api_listen,
+            hide: None,
         }))
     }
 
@@ -165,7 +166,8 @@ impl DaemonArgs {
         };
         crate::fault::set_host(&host);
         let dir = c.dir.unwrap_or_else(|| config::DEFAULT_DIR.into());
-        let key = crate::client::read_key(&c.key.unwrap_or_else(|| config::DEFAULT_KEY.into()))?;
+        let key_path = c.key.unwrap_or_else(|| config::DEFAULT_KEY.into());
+        let key = crate::client::read_key(&key_path)?;
         let shared = match c.shared {
             Some(s) => s,
             None => dir.parent().map(Path::to_path_buf).unwrap_or_else(|| dir.clone()),
@@ -187,7 +189,10 @@ impl DaemonArgs {
         if let Some(parent) = control.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
         }
+        let mut hide = lpm_host::isolation::host_secrets(&dir, &control, &key_path);
+        hide.extend(c.hide.unwrap_or_default());
         run(Options {
+            hide,
             shared,
             host,
             dir,

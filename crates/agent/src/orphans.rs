@@ -580,6 +580,7 @@ mod tests {
                 ip: None,
                 mac: None,
                 volumes: vec![],
+                isolation: Default::default(),
             }
         }
 

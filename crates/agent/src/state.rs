@@ -51,6 +51,8 @@ pub struct Options {
     pub insecure: bool,
     /// Where the remote control API listens, when it does.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// Host paths hidden from its partitions (lpm_host::isolation::masks).
+    pub hide: Vec<std::path::PathBuf>,
 }
 
 /// A partition this host holds.
@@ -301,7 +303,7 @@ impl Agent {
             bail!("partition {} is arriving here by migration", spec.name);
         }
         let plumbing = Plumbing::create(&self.ctx, &spec, true).with_context(|| format!("partition {}: plumbing", spec.name))?;
-        let pid = match partition::start(&self.ctx, &spec, &plumbing) {
+        let pid = match partition::start_hiding(&self.ctx, &spec, &plumbing, &self.opts.hide) {
             Ok(pid) => pid,
             Err(e) => {
                 let _ = plumbing.destroy();
@@ -364,7 +366,8 @@ impl Agent {
         if e.busy || e.migration.is_some() || e.pid.is_some() {
             bail!("partition {name} is {}", if e.pid.is_some() { "running already" } else { "being migrated, stopped or started" });
         }
-        let pid = partition::start(&self.ctx, &e.spec, &e.plumbing).with_context(|| format!("start partition {name}"))?;
+        let pid =
+            partition::start_hiding(&self.ctx, &e.spec, &e.plumbing, &self.opts.hide).with_context(|| format!("start partition {name}"))?;
         e.pid = Some(pid);
         let info = self.info(e);
         drop(parts);

@@ -6,9 +6,6 @@
 //! its limits). A check that could only fail at the stop is a bug of
 //! this module: the stop comes after minutes of pre-copy.
 
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-
 use lpm_host::checks::{self, Check};
 use lpm_host::partition::PartitionSpec;
 
@@ -104,7 +101,7 @@ pub fn huge_pages(needed: &[(u64, u64)]) -> Check {
 }
 
 /// What the target checks before it takes a partition.
-pub fn target(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(String, u64, u64)], cpu: &[u8]) -> Vec<Check> {
+pub fn target(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[lpm_host::volume::VolumeId], cpu: &[u8]) -> Vec<Check> {
     let mut out = Vec::new();
     if let Err(e) = spec.validate() {
         out.push(Check::fail("spec", e.to_string()));
@@ -144,12 +141,18 @@ pub fn target(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[(Stri
         Ok(_) => Check::fail("cpu", "the source sent no CPU description"),
         Err(e) => Check::fail("cpu", format!("unreadable CPU description from the source: {e}")),
     });
-    for (path, dev, ino) in volumes {
-        let here = fs::metadata(path).map(|m| (m.dev(), m.ino()));
-        out.push(match here {
-            Ok((d, i)) if d == *dev && i == *ino => Check::pass("volume", format!("{path} is the same volume")),
-            Ok(_) => Check::fail("volume", format!("{path} is another filesystem object here (not shared storage)")),
-            Err(e) => Check::fail("volume", format!("{path}: {e}")),
+    // By the filesystem's UUID and the source's marker, never by device
+    // and inode numbers (one kernel's).
+    for v in &spec.volumes {
+        out.push(match volumes.iter().find(|id| id.path == *v) {
+            Some(id) => match lpm_host::volume::check(id) {
+                Ok(what) => Check::pass("volume", what),
+                Err(why) => Check::fail("volume", why),
+            },
+            None => Check::fail(
+                "volume",
+                format!("volume {}: the source sent no identity of it (unreadable there, or an older lpmd)", v.display()),
+            ),
         });
     }
     let bridge = &agent.opts.bridge;

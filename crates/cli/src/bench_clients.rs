@@ -959,6 +959,7 @@ fn bench_in(b: &Bench, a: &ClientsBench, name: &str, ip: Ipv4Addr) -> Result<Ran
         ip: Some(format!("{ip}/24")),
         mac: None,
         volumes: vec![b.lab.dir().to_path_buf()],
+        isolation: Default::default(),
     };
     match b.client("h1")?.call(&Request::Create(spec))? {
         Response::Partition(_) => {}

@@ -546,6 +546,7 @@ impl Bench {
             ip: Some(ip.to_string()),
             mac: None,
             volumes: vec![self.lab.dir().to_path_buf()],
+            isolation: Default::default(),
         };
         match self.client("h1")?.call(&Request::Create(spec))? {
             Response::Partition(_) => {}

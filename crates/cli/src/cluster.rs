@@ -134,6 +134,10 @@ pub struct CreateArgs {
     /// Shared-storage directories the partition uses.
     #[arg(long = "volume")]
     pub volumes: Vec<PathBuf>,
+    /// A capability its processes keep beyond the default set
+    /// (CAP_NET_ADMIN, SYS_PTRACE, ALL); repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -576,6 +580,7 @@ fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
         ip: a.ip,
         mac: a.mac,
         volumes: a.volumes,
+        isolation: lpm_host::isolation::Isolation { cap_add: a.cap_add },
     };
     spec.validate().context("partition spec")?;
     c.hosts.get(&a.host, &c.path)?;
@@ -882,6 +887,7 @@ pub fn demo() -> Result<ExitCode> {
         ip: Some(format!("{ip}/24")),
         mac: None,
         volumes: vec![dir.clone()],
+        isolation: Default::default(),
     };
     match c.client("h1")?.call(&Request::Create(spec))? {
         Response::Partition(p) => println!("== partition kv on h1: {} (pid {:?}), python3 kv_service.py holding 64 MiB", ip, p.pid),

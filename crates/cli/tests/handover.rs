@@ -451,6 +451,7 @@ fn every_validation_check_fails_by_name_before_anything_moves() {
         ip: None,
         mac,
         volumes: vec![],
+        isolation: Default::default(),
     };
     lab.create_past_the_cli("h2", spec("kv", Some("02:00:00:00:00:99".into())));
     refused(&lab, &["migrate", "kv", "--to", "h2"], "name", &mut seen);

@@ -79,6 +79,7 @@ fn validation_names_what_fails_and_keys_are_checked() {
         ip: Some(format!("{ip}/24")),
         mac: None,
         volumes: vec![],
+        isolation: Default::default(),
     };
     lab.create_past_the_cli("h2", other);
     let clash = lab.lpm(&["migrate", "kv", "--to", "h2"]);

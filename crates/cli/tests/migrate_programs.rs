@@ -93,6 +93,23 @@ const CANNOT_START: &[(&str, &str, &str)] = &[];
 /// kernel budgets real-time time per cgroup (cgroup v1's cpu controller).
 const RT_BUDGET: &[(&str, &str)] = &[("sched_rt", "100000")];
 
+/// The zdtm programs that need capabilities beyond a partition's default
+/// set (lpm_host::isolation::DEFAULT_CAPS) to make the state they test:
+/// they run with `--cap-add ALL`, as do those started under `unshare`
+/// (CAP_SYS_ADMIN). The others run with the default set, as any partition.
+const ALL_CAPS: &[&str] = &[
+    "fanotify",          // fanotify_init (CAP_SYS_ADMIN)
+    "mem_cow",           // page frames in /proc/self/pagemap (CAP_SYS_ADMIN)
+    "mem_cow_wide",      // page frames in /proc/self/pagemap (CAP_SYS_ADMIN)
+    "mem_hugetlb",       // /proc/self/map_files (CAP_CHECKPOINT_RESTORE)
+    "mem_hugetlb_memfd", // the same
+    "mem_shmem_private", // the same
+    "sched_policy",      // SCHED_IDLE and nice below 0 (CAP_SYS_NICE)
+    "sched_rt",          // SCHED_FIFO (CAP_SYS_NICE)
+    "sock_filter",       // SO_LOCK_FILTER and friends
+    "mount_masks",       // a mount namespace of its own (CAP_SYS_ADMIN)
+];
+
 /// What a zdtm program is expected to do in a partition.
 #[derive(Clone, Copy)]
 enum Expect {
@@ -297,7 +314,11 @@ impl ZRun {
             format!("ZDTM_OUTER_NS={outer}"),
         ];
         argv.extend(zdtm_progs::argv(self.prog, bin)?);
-        let extra: Vec<&str> = RT_BUDGET.iter().filter(|r| r.0 == self.prog.name).flat_map(|r| ["--rt-runtime-us", r.1]).collect();
+        let mut extra: Vec<&str> = RT_BUDGET.iter().filter(|r| r.0 == self.prog.name).flat_map(|r| ["--rt-runtime-us", r.1]).collect();
+        let unshared = !matches!(self.prog.launch, zdtm_progs::Launch::C | zdtm_progs::Launch::Python | zdtm_progs::Launch::Shell);
+        if unshared || ALL_CAPS.contains(&self.prog.name) {
+            extra.extend(["--cap-add", "ALL"]);
+        }
         lab.create_with(&self.name, "h1", None, &extra, &argv)?;
         self.started = true;
         Ok(())
@@ -1005,7 +1026,10 @@ fn shared_memory_goes_in_the_rounds() {
     let st = Command::new("gcc").args(["-O1", "-Wall", "-o"]).arg(&bin).arg(&src).status().expect("gcc");
     assert!(st.success(), "gcc failed");
     let log = lab.vol.join("shm_writers.log");
-    lab.create("shmw", "h1", Some("512M"), &[bin.to_string_lossy().into_owned(), log.to_string_lossy().into_owned()]).unwrap();
+    // Its writers open their mappings through /proc/self/map_files, which
+    // takes CAP_CHECKPOINT_RESTORE (not in a partition's default set).
+    let argv = [bin.to_string_lossy().into_owned(), log.to_string_lossy().into_owned()];
+    lab.create_with("shmw", "h1", Some("512M"), &["--cap-add", "CHECKPOINT_RESTORE"], &argv).unwrap();
     let t = Instant::now();
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("gen ") {
         assert!(t.elapsed() < Duration::from_secs(30), "shm_writers never got going: {}", lab.logs("shmw"));

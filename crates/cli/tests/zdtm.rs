@@ -1061,6 +1061,7 @@ zdtm_tests!(
     sock_reuseport,
     mem_hugetlb,
     mem_hugetlb_memfd,
+    mount_masks,
 );
 
 /// A checkpoint of a tree holding a message in a unix socket with
@@ -1177,6 +1178,27 @@ fn mdwe_is_refused() {
         let (tree, msg) = run.refused_checkpoint()?;
         if !msg.contains(&format!("pid {}", run.root)) || !msg.contains("memory-deny-write-execute") || !msg.contains("PR_SET_MDWE") {
             return Err(format!("the refusal does not name the process and PR_SET_MDWE: {msg:?}"));
+        }
+        sleep(SETTLE);
+        run.check_running(&tree, "after the refused checkpoint")?;
+        run.check_tree("after the refused checkpoint")?;
+        run.expect_pass()
+    })();
+    if let Err(e) = res {
+        panic!("{}", run.report(&e));
+    }
+}
+
+/// A checkpoint of a process in a user namespace of its own fails naming
+/// the process and the namespace; the program runs on and passes.
+#[test]
+fn user_namespace_is_refused() {
+    let mut run = Run::new(&USERNS, "refused", None).unwrap_or_else(|e| panic!("zdtm userns: {e}"));
+    let res = (|| -> Res<()> {
+        let (tree, msg) = run.refused_checkpoint()?;
+        let want = format!("pid {}: unsupported namespace: user namespace of its own", run.root);
+        if !msg.contains(&want) {
+            return Err(format!("the refusal does not name the process and the user namespace: {msg:?}"));
         }
         sleep(SETTLE);
         run.check_running(&tree, "after the refused checkpoint")?;
@@ -1421,6 +1443,15 @@ fn verify_names_a_hugetlb_area_in_small_pages() {
         "maps a hugetlbfs area in 4 KiB pages",
         &["hugetlbfs (VmFlags ht): recorded true, found false", "KernelPageSize: recorded 2097152, found 4096"],
     );
+}
+
+/// `--verify` tells a mask over a host path restored writable (mount_masks,
+/// with the restore's `mask-rw` sabotage: a writable mount is no mask)
+/// from the original: the restore fails naming the mount namespace's
+/// masks, and the same image then restores and passes.
+#[test]
+fn verify_names_a_writable_mask() {
+    verify_names_sabotage(find_prog("mount_masks"), "verify", "mask-rw", "mounts the masks writable", &["mount namespace masks: recorded"]);
 }
 
 /// A restore that needs more huge pages than the pool has free fails

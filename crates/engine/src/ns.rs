@@ -36,6 +36,17 @@ const KINDS: [(&str, i32); 5] = [
 /// `external_net`, an owned network namespace is the caller's (it brings
 /// an equivalent one to the restore): its interfaces are not refused.
 pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespaces>> {
+    // Ids and capabilities inside a user namespace are relative to its
+    // maps, which no restore makes again yet: a process that owns one
+    // would come back with the host's ids and rights.
+    if proc::link(pid, "ns/user")? != proc::link(parent, "ns/user")? {
+        return Err(EngineError::Unsupported {
+            pid,
+            kind: "namespace",
+            what: "user namespace of its own (its ids and capabilities are relative to the namespace's maps, which are not recreated)"
+                .into(),
+        });
+    }
     let mut flags = 0u64;
     for (name, flag) in KINDS {
         if proc::link(pid, &format!("ns/{name}"))? != proc::link(parent, &format!("ns/{name}"))? {
@@ -70,21 +81,34 @@ pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespac
         // looked at again.
         let mut tries = 0;
         loop {
-            let own = proc::mounts(pid)?;
+            let own = mountinfo(pid)?;
             let host: Vec<_> = proc::mounts(parent)?.into_iter().map(|m| (m.0, m.2)).collect();
-            // Procfs at /proc is handled below, whatever its pid namespace.
-            let extra = own.into_iter().find(|(point, _, fstype)| {
-                let known = host.contains(&(point.clone(), fstype.clone()));
-                let procfs_at_proc = point == "/proc" && fstype == "proc";
-                !known && !procfs_at_proc
-            });
+            // Procfs at /proc is handled below, whatever its pid namespace;
+            // masks are made again as they are.
+            let mut masks = Vec::new();
+            let mut extra = None;
+            for m in own {
+                let known = host.contains(&(m.point.clone(), m.fstype.clone()));
+                let procfs_at_proc = m.point == "/proc" && m.fstype == "proc";
+                if known || procfs_at_proc {
+                    continue;
+                }
+                match mask_of(pid, &m) {
+                    Some(mask) => masks.push(mask),
+                    None => {
+                        extra = Some(m);
+                        break;
+                    }
+                }
+            }
             match extra {
                 None => {
                     ns.no_run_netns = host.iter().any(|(point, _)| point == RUN_NETNS)
                         && !proc::mounts(pid)?.iter().any(|(point, _, _)| point == RUN_NETNS);
+                    ns.masks = masks;
                     break;
                 }
-                Some((point, _, fstype)) if tries == 3 => return Err(unsupported("mount", format!("{fstype} at {point}"))),
+                Some(m) if tries == 3 => return Err(unsupported("mount", format!("{} at {}", m.fstype, m.point))),
                 Some(_) => tries += 1,
             }
         }
@@ -98,6 +122,93 @@ pub fn dump(pid: i32, parent: i32, external_net: bool) -> Result<Option<Namespac
         ns.domainname = d;
     }
     Ok(Some(ns))
+}
+
+/// One line of /proc/PID/mountinfo, the fields the masks need.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MountLine {
+    /// The mount point.
+    pub point: String,
+    /// The path inside the filesystem that is mounted there.
+    pub root: String,
+    /// Per-mount options (`ro,nosuid,...`).
+    pub opts: String,
+    /// The filesystem type.
+    pub fstype: String,
+    /// The superblock's options.
+    pub super_opts: String,
+}
+
+/// The mounts of the mount namespace of `pid`, in mount order.
+pub(crate) fn mountinfo(pid: i32) -> Result<Vec<MountLine>> {
+    Ok(proc::read(pid, "mountinfo")?.lines().filter_map(parse_mountinfo).collect())
+}
+
+fn parse_mountinfo(l: &str) -> Option<MountLine> {
+    let w: Vec<&str> = l.split_whitespace().collect();
+    let sep = w.iter().position(|x| *x == "-")?;
+    Some(MountLine {
+        point: unescape(w.get(4)?),
+        root: unescape(w.get(3)?),
+        opts: w.get(5)?.to_string(),
+        fstype: w.get(sep + 1)?.to_string(),
+        super_opts: w.get(sep + 3).unwrap_or(&"").to_string(),
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The per-mount flags a mask keeps, by their mountinfo names.
+const MOUNT_FLAGS: [(&str, u64); 7] = [
+    ("nosuid", libc::MS_NOSUID),
+    ("nodev", libc::MS_NODEV),
+    ("noexec", libc::MS_NOEXEC),
+    ("noatime", libc::MS_NOATIME),
+    ("nodiratime", libc::MS_NODIRATIME),
+    ("relatime", libc::MS_RELATIME),
+    ("strictatime", libc::MS_STRICTATIME),
+];
+
+/// The mask `m` is, seen in the mount namespace of `pid`: a read-only
+/// mount that holds nothing (an empty tmpfs, or the null device bound over
+/// a file), which a restore makes again exactly. None for any other mount.
+pub(crate) fn mask_of(pid: i32, m: &MountLine) -> Option<lpm_image::MountMask> {
+    if !m.opts.split(',').any(|o| o == "ro") {
+        return None;
+    }
+    let flags = m.opts.split(',').filter_map(|o| MOUNT_FLAGS.iter().find(|(n, _)| *n == o)).fold(0, |a, (_, f)| a | f);
+    let seen = format!("/proc/{pid}/root{}", m.point);
+    match m.fstype.as_str() {
+        "tmpfs" if m.root == "/" => {
+            // A read-only tmpfs is empty for good once it is empty: made
+            // again with its options, it holds what it held.
+            let empty = std::fs::read_dir(&seen).ok()?.next().is_none();
+            let sb_ro = m.super_opts.split(',').any(|o| o == "ro");
+            let options: Vec<&str> = m.super_opts.split(',').filter(|o| *o != "ro" && *o != "rw" && !o.is_empty()).collect();
+            (empty && sb_ro).then(|| lpm_image::MountMask { path: m.point.clone(), null_file: false, flags, options: options.join(",") })
+        }
+        "devtmpfs" | "tmpfs" => {
+            let st = std::fs::metadata(&seen).ok()?;
+            let null = std::os::unix::fs::FileTypeExt::is_char_device(&st.file_type()) && st.rdev() == libc::makedev(1, 3);
+            null.then(|| lpm_image::MountMask { path: m.point.clone(), null_file: true, flags, options: String::new() })
+        }
+        _ => None,
+    }
 }
 
 /// Who recreates /proc of the mount namespace of `pid`, which owns a
@@ -348,11 +459,39 @@ pub fn restore(pid: i32, r: &mut Remote, s: Scratch, ns: &Namespaces) -> Result<
         let a = put(pid, s, 0, ns.domainname.as_bytes())?;
         r.call(libc::SYS_setdomainname, &[a, ns.domainname.len() as u64]).step(pid, || "remote setdomainname".into())?;
     }
+    if ns.clone_flags & libc::CLONE_NEWNS as u64 != 0 {
+        for m in &ns.masks {
+            mount_mask(pid, r, s, m)?;
+        }
+    }
     if ns.mount_proc {
         let src = put_path(pid, s, 0, "proc")?;
         let target = put_path(pid, s, 64, "/proc")?;
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         r.call(libc::SYS_mount, &[src, target, src, flags, 0]).step(pid, || "remote mount proc on /proc".into())?;
+    }
+    Ok(())
+}
+
+/// Mounts mask `m` in the mount namespace of `pid`: read-only, as it was.
+fn mount_mask(pid: i32, r: &mut Remote, s: Scratch, m: &lpm_image::MountMask) -> Result<()> {
+    let what = |step: &str| {
+        let step = format!("remote {step} of the mask over {}", m.path);
+        move || step
+    };
+    let target = put_path(pid, s, 8192, &m.path)?;
+    // The `mask-rw` sabotage leaves the mask writable, for a test to see
+    // `--verify` name it.
+    let ro = if crate::verify::sabotaged("mask-rw") { 0 } else { libc::MS_RDONLY };
+    if m.null_file {
+        let src = put_path(pid, s, 0, "/dev/null")?;
+        r.call(libc::SYS_mount, &[src, target, 0, libc::MS_BIND, 0]).step(pid, what("bind mount"))?;
+        r.call(libc::SYS_mount, &[0, target, 0, libc::MS_REMOUNT | libc::MS_BIND | ro | m.flags, 0])
+            .step(pid, what("read-only remount"))?;
+    } else {
+        let src = put_path(pid, s, 0, "tmpfs")?;
+        let data = put_path(pid, s, 64, &m.options)?;
+        r.call(libc::SYS_mount, &[src, target, src, ro | m.flags, data]).step(pid, what("tmpfs mount"))?;
     }
     Ok(())
 }

@@ -64,7 +64,8 @@ pub(crate) struct Restored<'a> {
 /// one field wrong on purpose (`umask`; `ghost-copy`: the mappings of an
 /// unlinked file map a copy of it; `fsnotify-ns`: inotify watches and
 /// fanotify marks are added through lpm's own mount namespace;
-/// `hugetlb-small`: private hugetlbfs areas mapped in 4 KiB pages), or
+/// `hugetlb-small`: private hugetlbfs areas mapped in 4 KiB pages;
+/// `mask-rw`: the masks of a mount namespace mounted writable), or
 /// the checkpoint record one wrong
 /// (`dump-umask`), to see [`PROBES`] name it; inert when unset, and
 /// nobody but the tests sets it.
@@ -149,6 +150,7 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "inotify watches", check: inotify_watches, zombies: false },
     Probe { name: "fanotify groups", check: fanotify_groups, zombies: false },
     Probe { name: "cgroups", check: cgroups, zombies: false },
+    Probe { name: "mount masks", check: mount_masks, zombies: false },
     Probe { name: "terminal", check: terminal, zombies: true },
     Probe { name: "ptys", check: ptys, zombies: false },
 ];
@@ -996,6 +998,28 @@ fn packet(
     found.sort();
     recorded.sort();
     f.cmp(object, "memberships (ifindex, count, type, address)", recorded, found);
+    Ok(())
+}
+
+/// The masks over the host's paths in a mount namespace the process owns:
+/// the mounts its parent (lpm for the root) does not have that hide a path
+/// and hold nothing, compared with the image's in mount order.
+fn mount_masks(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let Some(ns) = p.image.namespaces.as_ref().filter(|n| n.clone_flags & libc::CLONE_NEWNS as u64 != 0) else { return Ok(()) };
+    let parent = match host_of(p, p.image.ppid) {
+        0 => std::process::id() as i32,
+        h => h,
+    };
+    let theirs: Vec<(String, String)> = proc::mounts(parent)?.into_iter().map(|m| (m.0, m.2)).collect();
+    let found: Vec<lpm_image::MountMask> = crate::ns::mountinfo(p.host)?
+        .iter()
+        .filter(|m| !theirs.contains(&(m.point.clone(), m.fstype.clone())))
+        .filter_map(|m| crate::ns::mask_of(p.host, m))
+        .collect();
+    let show = |v: &[lpm_image::MountMask]| -> Vec<String> {
+        v.iter().map(|m| format!("{} {} {:#x} {}", m.path, if m.null_file { "null" } else { "tmpfs" }, m.flags, m.options)).collect()
+    };
+    f.cmp("mount namespace", "masks", show(&ns.masks), show(&found));
     Ok(())
 }
 

@@ -112,6 +112,7 @@ mod tests {
             ip: ip.map(String::from),
             mac: mac.map(String::from),
             volumes: vec![],
+            isolation: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 //! tls_key = "/etc/lpm/pki/hosts/h1.key"   # and key (`lpm host enroll h1`)
 //! # insecure = true                  # mover without TLS: for measurement only
 //! api_listen = "192.0.2.11:7412"     # the remote control API (mutual TLS; needs the tls_* keys)
+//! hide = ["/srv/other-secrets"]      # more host paths partitions must not see
 //! ```
 //!
 //! The mover needs the three TLS files, or `insecure = true` (plain
@@ -95,6 +96,11 @@ pub struct AgentConfig {
     /// Where the remote control API listens (HTTP/JSON over mutual TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_listen: Option<SocketAddr>,
+    /// More host paths hidden from partitions, besides lpmd's own state
+    /// directory, control socket, key and /etc/lpm (other agents' state on
+    /// the same machine, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hide: Option<Vec<PathBuf>>,
 }
 
 /// A configuration file that could not be read or parsed.
@@ -181,6 +187,7 @@ impl AgentConfig {
             tls_key: over.tls_key.or(self.tls_key),
             insecure: over.insecure.or(self.insecure),
             api_listen: over.api_listen.or(self.api_listen),
+            hide: over.hide.or(self.hide),
         }
     }
 }

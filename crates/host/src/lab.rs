@@ -1066,6 +1066,9 @@ fn spawn_lpmd(state: &State, h: &HostInfo, opts: &LabOptions) -> Result<Child, L
         tls_key: Some(issued.key),
         insecure: opts.insecure.then_some(true),
         api_listen: h.api.map(Into::into),
+        // Every host's state and socket is on this one machine: each
+        // host's partitions see none of them.
+        hide: Some(state.hosts.iter().map(|h| h.dir.clone()).collect()),
         ..AgentConfig::default()
     };
     c.write(&config).map_err(|e| spawn_err(io::Error::other(e.to_string())))?;

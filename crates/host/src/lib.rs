@@ -17,6 +17,8 @@ pub mod checks;
 pub mod config;
 pub mod hold;
 pub mod hosts;
+pub mod isolation;
 pub mod lab;
 pub mod net;
 pub mod partition;
+pub mod volume;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{Cgroup, CgroupError, Headroom, Layout, Limits};
 use crate::hold::{self, Hold};
+use crate::isolation::Isolation;
 use crate::net::{self, NetError, Netns};
 
 /// The partition's interface inside its network namespace.
@@ -144,6 +145,9 @@ pub struct PartitionSpec {
     /// Directories on shared storage the partition uses.
     #[serde(default)]
     pub volumes: Vec<PathBuf>,
+    /// How it is kept from its host (capabilities beyond the default set).
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 impl PartitionSpec {
@@ -185,6 +189,9 @@ impl PartitionSpec {
         }
         self.ipv4()?;
         self.mac_address()?;
+        if let Err(why) = self.isolation.caps() {
+            return Err(bad("cap_add", &self.isolation.cap_add.join(","), &why));
+        }
         for v in &self.volumes {
             let shown = v.display().to_string();
             if !v.is_absolute() {
@@ -357,6 +364,7 @@ impl Plumbing {
         };
         let p = Plumbing { name: name.clone(), netns, veth, ip: ip.map(|(a, _)| a), mac, cgroup, bridge: ctx.bridge.clone() };
         let r = (|| {
+            p.filter_devices()?;
             // The peer is born inside the partition's namespace under its
             // final name: no rename, no clash with other partitions' eth0.
             net::ip(None, &["link", "add", &p.veth, "type", "veth", "peer", "name", IFNAME, "address", &p.mac, "netns", &ns_name])
@@ -415,6 +423,20 @@ impl Plumbing {
             source: Box::new(source),
         })?;
         Ok(Plumbing { name, netns, veth, ip: spec.ipv4()?.map(|(a, _)| a), mac: spec.mac_address()?, cgroup, bridge: ctx.bridge.clone() })
+    }
+
+    /// Lets the partition's processes open only the usual character
+    /// devices (lpm_sys::devices): a device filter on its cgroup2
+    /// directory, made with the cgroup and again at every start (a killed
+    /// partition's cgroup is replaced).
+    pub fn filter_devices(&self) -> Result<()> {
+        let dir = self.cgroup.v2_dir();
+        let io_err = |op| {
+            let (partition, path) = (self.name.clone(), dir.clone());
+            move |source| PartitionError::Io { partition, op, path, source }
+        };
+        let fd = File::open(&dir).map_err(io_err("open cgroup directory"))?;
+        lpm_sys::devices::allow_usual_devices(fd.as_fd()).map_err(io_err("attach the device filter to"))
     }
 
     /// The partition's name.
@@ -571,6 +593,12 @@ fn init_env(spec: &PartitionSpec) -> Vec<String> {
 /// pid in the caller's pid namespace. The caller reaps it (lpmd is a child
 /// subreaper).
 pub fn start(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing) -> Result<i32> {
+    start_hiding(ctx, spec, plumbing, &[])
+}
+
+/// [`start`], with `hide` (host paths: lpm's state, keys, sockets) hidden
+/// in the partition's mount namespace ([`crate::isolation::masks`]).
+pub fn start_hiding(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing, hide: &[PathBuf]) -> Result<i32> {
     spec.validate()?;
     let name = spec.name.as_str();
     let io_err = |op, path: &Path| {
@@ -598,7 +626,14 @@ pub fn start(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing) -> Result
         stdin: null.as_fd(),
         stdout: log.as_fd(),
         stderr: log.as_fd(),
+        masks: crate::isolation::masks_c(hide),
+        caps: Some(spec.isolation.caps().map_err(|why| PartitionError::Spec {
+            field: "cap_add",
+            value: spec.isolation.cap_add.join(","),
+            why,
+        })?),
     };
+    plumbing.filter_devices()?;
     let spawn_err = |source| PartitionError::Spawn { partition: name.to_string(), source };
     let child = spawn::spawn_partition(&exec).map_err(spawn_err)?;
     // Born in the cgroup2 directory; the v1 hierarchies (hybrid layout)
@@ -684,6 +719,7 @@ mod tests {
             ip: None,
             mac: None,
             volumes: vec![],
+            isolation: Default::default(),
         };
         let m = s.mac_address().unwrap();
         assert!(m.starts_with("02:"), "{m}");

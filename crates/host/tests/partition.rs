@@ -82,6 +82,7 @@ impl TestHost {
             ip: Some("10.213.1.10/24".into()),
             mac: None,
             volumes: vec![],
+            isolation: Default::default(),
         }
     }
 }
@@ -591,6 +592,8 @@ fn child_step_failure_is_reported() {
         stdin: null.as_fd(),
         stdout: null.as_fd(),
         stderr: null.as_fd(),
+        masks: vec![],
+        caps: None,
     };
     let child = spawn_partition(&exec).unwrap();
     let pid = child.pid();

@@ -170,6 +170,32 @@ pub struct Namespaces {
     /// the default "1 0": written again into the restored namespace.
     #[prost(uint32, repeated, tag = "160")]
     pub ping_group_range: Vec<u32>,
+    /// Set on the owner of a mount namespace: the masks mounted in it over
+    /// the host's paths (what a partition must not see of its host: lpm's
+    /// state, keys and sockets), in mount order. Each hides what is under
+    /// it and holds nothing, so it is made again exactly.
+    #[prost(message, repeated, tag = "320")]
+    pub masks: Vec<MountMask>,
+}
+
+/// A mount that hides a path and holds nothing: an empty read-only tmpfs
+/// over a directory, or a read-only bind of the null device over a file.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MountMask {
+    /// The mount point, as the mount namespace's owner sees it.
+    #[prost(string, tag = "1")]
+    pub path: String,
+    /// A bind of the null device (over a file); otherwise an empty tmpfs.
+    #[prost(bool, tag = "2")]
+    pub null_file: bool,
+    /// Per-mount MS_* flags besides MS_RDONLY (nosuid, nodev, noexec, the
+    /// atime ones).
+    #[prost(uint64, tag = "3")]
+    pub flags: u64,
+    /// The tmpfs's own options as mountinfo shows them, without ro/rw
+    /// (`size=4k,mode=555,inode64`), given again to the new tmpfs.
+    #[prost(string, tag = "4")]
+    pub options: String,
 }
 
 /// One process (thread group). Pids, parent, group and session are as the

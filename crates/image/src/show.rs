@@ -299,6 +299,10 @@ pub fn render(t: &TreeImage) -> String {
             if ns.no_run_netns {
                 let _ = writeln!(o, "  the host's /run/netns detached");
             }
+            for m in &ns.masks {
+                let what = if m.null_file { "the null device" } else { "an empty tmpfs" };
+                let _ = writeln!(o, "  {:?} hidden under {what} (read-only, flags {:#x}, options {:?})", m.path, m.flags, m.options);
+            }
             if ns.proc_from != 0 {
                 let _ = writeln!(o, "  /proc shows the pid namespace of process {} (made there, attached here)", ns.proc_from);
             }

@@ -304,6 +304,7 @@ mod tests {
             ip: None,
             mac: None,
             volumes: vec![],
+            isolation: Default::default(),
         }
     }
 

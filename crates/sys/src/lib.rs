@@ -4,8 +4,10 @@
 //! TCP_REPAIR). All of lpm's unsafe code lives here.
 
 pub mod arp;
+pub mod devices;
 pub mod fanotify;
 pub mod fown;
+pub mod fs;
 pub mod ipc;
 pub mod l2;
 pub mod misc;

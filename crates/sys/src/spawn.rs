@@ -46,6 +46,17 @@ pub struct PartitionExec<'a> {
     pub stdout: BorrowedFd<'a>,
     /// Becomes fd 2.
     pub stderr: BorrowedFd<'a>,
+    /// Host paths the partition must not reach, each hidden in its mount
+    /// namespace under a read-only mount that holds nothing: an empty tmpfs
+    /// over a directory (`true`), the null device over a file. Missing
+    /// paths are skipped.
+    pub masks: Vec<(CString, bool)>,
+    /// The capabilities the init keeps (bit N for capability N): every
+    /// other one leaves its bounding, inheritable, permitted and effective
+    /// sets before execve, so that no process of the partition can gain
+    /// it again (a setuid root program is held to the bounding set). None
+    /// keeps them all.
+    pub caps: Option<u64>,
 }
 
 /// Errors of spawning a partition's init; each names the step.
@@ -88,7 +99,7 @@ pub enum SpawnError {
 pub type Result<T, E = SpawnError> = std::result::Result<T, E>;
 
 /// The child's steps, in order; a failure reports the index.
-const STEPS: [&str; 11] = [
+const STEPS: [&str; 14] = [
     "setns into the partition's network namespace",
     "make mounts private",
     "mount /proc",
@@ -100,6 +111,9 @@ const STEPS: [&str; 11] = [
     "setsid",
     "execve",
     "reset signals",
+    "mask a host path",
+    "drop a capability from the bounding set",
+    "capset",
 ];
 const STEP_SETNS: u32 = 0;
 const STEP_PRIVATE: u32 = 1;
@@ -112,6 +126,9 @@ const STEP_CHDIR: u32 = 7;
 const STEP_SETSID: u32 = 8;
 const STEP_EXEC: u32 = 9;
 const STEP_SIGNALS: u32 = 10;
+const STEP_MASK: u32 = 11;
+const STEP_BOUNDING: u32 = 12;
+const STEP_CAPSET: u32 = 13;
 
 /// A partition init created and held before exec.
 #[derive(Debug)]
@@ -279,6 +296,12 @@ struct ChildArgs {
     default_action: libc::sigaction,
     /// An empty mask (the mask survives execve).
     empty_mask: libc::sigset_t,
+    /// (path, directory) of each mask.
+    masks: *const (*const libc::c_char, bool),
+    masks_len: usize,
+    /// Capabilities kept, and the highest capability this kernel knows.
+    caps: Option<u64>,
+    last_cap: u32,
 }
 
 /// Creates a partition's init: clone3 with new pid, mount, uts and ipc
@@ -291,6 +314,22 @@ pub fn spawn_partition(p: &PartitionExec<'_>) -> Result<Spawned> {
     let program = resolve_program(argv0, &p.envp)?;
     let argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let masks: Vec<(*const libc::c_char, bool)> = p.masks.iter().map(|(path, dir)| (path.as_ptr(), *dir)).collect();
+    // capset cannot grant what the caller lacks (root here may lack
+    // CAP_SYS_RESOURCE, say): the init keeps what it asks for of that.
+    let caps = match p.caps {
+        None => None,
+        Some(keep) => {
+            Some(keep & permitted_caps().map_err(|source| SpawnError::Parent { op: "read CapPrm of /proc/thread-self/status", source })?)
+        }
+    };
+    let last_cap = match p.caps {
+        None => 0,
+        Some(_) => std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(SpawnError::Parent { op: "read /proc/sys/kernel/cap_last_cap", source: io::Error::from(io::ErrorKind::InvalidData) })?,
+    };
     let (go_rd, go_wr) = go_channel()?;
     let (rep_rd, rep_wr) = pipe()?;
     // The child keeps these two across its stdio dup2s.
@@ -320,6 +359,10 @@ pub fn spawn_partition(p: &PartitionExec<'_>) -> Result<Spawned> {
         report: rep_wr.as_raw_fd(),
         default_action,
         empty_mask,
+        masks: masks.as_ptr(),
+        masks_len: masks.len(),
+        caps,
+        last_cap,
     };
 
     let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
@@ -398,6 +441,10 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
             fail(r, STEP_PROC);
         }
+        for i in 0..a.masks_len {
+            let (path, dir) = *a.masks.add(i);
+            mask(r, path, dir);
+        }
         if libc::sethostname(a.hostname, a.hostname_len) != 0 {
             fail(r, STEP_HOSTNAME);
         }
@@ -450,6 +497,9 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         if libc::sigprocmask(libc::SIG_SETMASK, &a.empty_mask, std::ptr::null_mut()) != 0 {
             fail(r, STEP_SIGNALS);
         }
+        if let Some(keep) = a.caps {
+            drop_caps(r, keep, a.last_cap);
+        }
         if libc::chdir(a.cwd) != 0 {
             fail(r, STEP_CHDIR);
         }
@@ -458,5 +508,89 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         }
         libc::execve(a.program, a.argv, a.envp);
         fail(r, STEP_EXEC)
+    }
+}
+
+/// The calling thread's permitted capabilities.
+fn permitted_caps() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapPrm line"))
+}
+
+/// Hides `path` under a read-only mount that holds nothing: an empty tmpfs
+/// over a directory, the null device over a file. A path that is not there
+/// has nothing to hide.
+///
+/// # Safety
+/// Only in the child of spawn_partition, with `path` a NUL-terminated
+/// string prepared before clone3.
+unsafe fn mask(r: RawFd, path: *const libc::c_char, dir: bool) {
+    // SAFETY: raw mount and stat syscalls on strings prepared before
+    // clone3; nothing allocates.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::lstat(path, &mut st) != 0 {
+            return;
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if dir {
+            // Read-only and empty: nothing can be put there, and a
+            // checkpoint makes it again as it is.
+            let opts = c"size=4k,nr_inodes=16,mode=755";
+            if libc::mount(c"tmpfs".as_ptr(), path, c"tmpfs".as_ptr(), flags | libc::MS_RDONLY, opts.as_ptr().cast()) != 0 {
+                fail(r, STEP_MASK);
+            }
+        } else {
+            if libc::mount(c"/dev/null".as_ptr(), path, std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                fail(r, STEP_MASK);
+            }
+            // Not nodev: the null device itself must open.
+            let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC;
+            if libc::mount(std::ptr::null(), path, std::ptr::null(), ro, std::ptr::null()) != 0 {
+                fail(r, STEP_MASK);
+            }
+        }
+    }
+}
+
+/// Keeps only the capabilities of `keep`: the others leave the bounding
+/// set (so that execve of a setuid root program cannot give them back)
+/// and the inheritable set is emptied (execve as root adds it to the
+/// permitted set whatever the bounding set holds), then the permitted and
+/// effective sets become `keep`.
+///
+/// # Safety
+/// Only in the child of spawn_partition.
+unsafe fn drop_caps(r: RawFd, keep: u64, last_cap: u32) {
+    // SAFETY: raw prctl and capset syscalls with local structures.
+    unsafe {
+        for cap in 0..=last_cap.min(63) {
+            if keep & (1 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                fail(r, STEP_BOUNDING);
+            }
+        }
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let hdr = Header { version: 0x2008_0522, pid: 0 };
+        let lo = Data { effective: keep as u32, permitted: keep as u32, inheritable: 0 };
+        let hi = Data { effective: (keep >> 32) as u32, permitted: (keep >> 32) as u32, inheritable: 0 };
+        let data = [lo, hi];
+        if libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) != 0 {
+            fail(r, STEP_CAPSET);
+        }
     }
 }

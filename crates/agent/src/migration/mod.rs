@@ -325,10 +325,10 @@ pub(crate) fn serve(agent: &Arc<Agent>, r: Rx, w: Tx, peer: &str) -> Result<()> 
         }
         let m: Mover = api::decode(payload, "mover message")?;
         match m {
-            Mover::Validate { id, spec, memory_current, cpu, volumes, huge_pages } => {
+            Mover::Validate { id, spec, memory_current, cpu, volumes: _, volume_ids, huge_pages } => {
                 // A copy that left here a moment ago may still be going.
                 agent.await_departure(&spec.name);
-                let mut checks = crate::validate::target(agent, &spec, memory_current, &volumes, &cpu);
+                let mut checks = crate::validate::target(agent, &spec, memory_current, &volume_ids, &cpu);
                 checks.push(crate::validate::huge_pages(&huge_pages));
                 tracing::info!(%id, partition = %spec.name, from = peer, failed = checks.iter().filter(|c| !c.ok).count(), "validated");
                 link.send(&Mover::Validated(checks))?;

@@ -568,12 +568,16 @@ fn progress(ctl: &mut crate::api::ProgressSink, live: &Live, p: Progress) {
     ctl(p);
 }
 
-fn volume_ids(spec: &PartitionSpec) -> Vec<(String, u64, u64)> {
+/// Each volume's identity, its marker written (lpm_host::volume); a
+/// volume that cannot be identified is left out, which the target refuses
+/// by name.
+fn volume_ids(spec: &PartitionSpec) -> Vec<lpm_host::volume::VolumeId> {
     spec.volumes
         .iter()
-        .map(|v| {
-            let (dev, ino) = fs::metadata(v).map(|m| (m.dev(), m.ino())).unwrap_or((0, 0));
-            (v.display().to_string(), dev, ino)
+        .filter_map(|v| {
+            lpm_host::volume::identify(v, &spec.name)
+                .map_err(|e| tracing::warn!(partition = %spec.name, error = %e, "volume not identified"))
+                .ok()
         })
         .collect()
 }
@@ -672,7 +676,8 @@ fn validate_message(id: &str, spec: &PartitionSpec, plumbing: &Plumbing, pid: i3
         memory_current: plumbing.cgroup().memory_current().unwrap_or(0),
         // The partition may use anything this CPU offers.
         cpu: prost::Message::encode_to_vec(&lpm_engine::cpu::this_host()),
-        volumes: volume_ids(spec),
+        volumes: spec.volumes.iter().map(|v| (v.display().to_string(), 0, 0)).collect(),
+        volume_ids: volume_ids(spec),
         huge_pages,
     }
 }

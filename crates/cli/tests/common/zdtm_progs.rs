@@ -190,6 +190,7 @@ pub static PROGS: &[Prog] = &[
     // copy made for mappings besides the memfd itself), twice 7 while a
     // copy moves back; alone 4, and 3 more for sabotage 3's new memfd.
     Prog { needs: &[Need::HugePages { alone: 7, moved: 14 }], ..prog("mem_hugetlb_memfd", Launch::C, true, 3) },
+    Prog { needs: &[Need::Root], ..prog("mount_masks", Launch::C, true, 3) },
 ];
 
 /// Holds a unix socket connected to a listener of the harness: outside the
@@ -206,6 +207,10 @@ pub static SOCK_PASSCRED: Prog = prog("sock_passcred", Launch::C, true, 1);
 /// must refuse the traced child by name (not in PROGS: no restore can
 /// attach the tracer again).
 pub static TRACED: Prog = prog("traced", Launch::C, true, 1);
+
+/// Lives in a user namespace of its own: a checkpoint must refuse it by
+/// name (not in PROGS: user namespaces are not recreated yet).
+pub static USERNS: Prog = Prog { needs: &[Need::Root], ..prog("userns", Launch::C, true, 1) };
 
 /// Holds a descriptor of the host's network namespace: a checkpoint must
 /// refuse it by name (not in PROGS: no restore may carry it).
