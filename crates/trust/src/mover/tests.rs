@@ -195,3 +195,54 @@ fn foreign_expired_and_misnamed_peers_fail_the_handshake() {
     assert!(ce.contains("not valid for name \"h3.hosts.lpm\""), "{ce}");
     assert!(sr.is_err());
 }
+
+/// What the halves cost against plain TCP on loopback: 1 GiB each way
+/// in the mover's 1 MiB writes, one thread writing and one reading (a
+/// measurement, run by hand in a release build: `cargo test --release
+/// -p lpm-trust -- --ignored --nocapture throughput`).
+#[test]
+#[ignore = "a measurement: run by hand in a release build"]
+fn throughput_of_the_halves_against_plain_tcp() {
+    const TOTAL: usize = 1 << 30;
+    let chunk = data(1 << 20);
+    let d = Dir::new("throughput");
+    let pki = Pki::init(&d.0).unwrap();
+    let (h1, h2) = (identity(&pki, "h1"), identity(&pki, "h2"));
+    let run = |mut w: Box<dyn Write + Send>, mut r: Box<dyn Read + Send>| {
+        let cpu0 = cpu_ms();
+        let t = std::time::Instant::now();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut n = 0;
+            while n < TOTAL {
+                let k = r.read(&mut buf).unwrap();
+                assert!(k > 0);
+                n += k;
+            }
+        });
+        for _ in 0..TOTAL / chunk.len() {
+            w.write_all(&chunk).unwrap();
+        }
+        w.flush().unwrap();
+        reader.join().unwrap();
+        let s = t.elapsed().as_secs_f64();
+        (TOTAL as f64 / s / (1 << 20) as f64, (cpu_ms() - cpu0) / (TOTAL >> 30) as f64)
+    };
+    let (c, s) = pair();
+    let plain = run(Box::new(c.try_clone().unwrap()), Box::new(s.try_clone().unwrap()));
+    let (c, cr, s, sr) = handshake(&h2, &h1, "h2");
+    let suite = cr.as_ref().unwrap().suite();
+    let (ctx, _crx) = cr.unwrap().split(&c).unwrap();
+    let (_stx, srx) = sr.unwrap().split(&s).unwrap();
+    let tls = run(Box::new(ctx), Box::new(srx));
+    eprintln!("plain TCP: {:.0} MiB/s, {:.0} CPU ms per GiB (both ends)", plain.0, plain.1);
+    eprintln!("TLS halves ({suite}): {:.0} MiB/s, {:.0} CPU ms per GiB (both ends)", tls.0, tls.1);
+}
+
+/// CPU time this process has used, ms.
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).map(|x| x.parse().unwrap()).collect();
+    (f[0] + f[1]) as f64 * 10.0
+}
