@@ -1113,9 +1113,11 @@ pub(crate) fn write_shared(pid: i32, mm: &Mm, sources: &Sources, writes: &[(u64,
 pub(crate) struct Sources<'a> {
     dir: &'a Path,
     mms: HashMap<u32, &'a Mm>,
-    readers: std::cell::RefCell<HashMap<u32, (PagesReader, Option<std::fs::File>)>>,
+    // Mutexes, not cells: the restore's context, which holds this, is
+    // shared by the threads that shape processes side by side.
+    readers: std::sync::Mutex<HashMap<u32, (PagesReader, Option<std::fs::File>)>>,
     /// Per process, the run read and checked last (its address, its data).
-    last_run: std::cell::RefCell<HashMap<u32, (u64, Vec<u8>)>>,
+    last_run: std::sync::Mutex<HashMap<u32, (u64, Vec<u8>)>>,
 }
 
 impl<'a> Sources<'a> {
@@ -1145,7 +1147,7 @@ impl<'a> Sources<'a> {
             return Ok(vec![0u8; (npages * PAGE) as usize]);
         }
         let mm = self.mms[&pid];
-        let mut readers = self.readers.borrow_mut();
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if let std::collections::hash_map::Entry::Vacant(slot) = readers.entry(pid) {
             let reader = PagesReader::open(self.dir, &mm.pages_file)?;
             let precopy = if mm.precopy_file.is_empty() {
@@ -1168,7 +1170,7 @@ impl<'a> Sources<'a> {
         // pages here and there: the run last checked is kept (reading and
         // hashing a whole run for every stretch of a few pages took
         // seconds for a parent and children sharing 32 MiB).
-        let mut last = self.last_run.borrow_mut();
+        let mut last = self.last_run.lock().unwrap_or_else(|e| e.into_inner());
         let whole = match last.get_mut(&pid) {
             Some((at, data)) if *at == run.vaddr => data,
             _ => {

@@ -580,9 +580,7 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     terminals(&ctx, &puppets, &open)?;
     let sysv = ipc::restore(&tree, dir, |pid| puppets.by_pid[&pid].host)?;
     let mut deferred = Vec::new();
-    for p in &tree.processes {
-        shape(&ctx, &mut puppets, p, &open, defer_tcp.then_some(&mut deferred))?;
-    }
+    shape_all(&ctx, &mut puppets, &open, defer_tcp.then_some(&mut deferred))?;
     sysv.finish()?;
     // Every thread exists now: files can name their owners.
     files::restore_owners(&tree, |kind, id| match kind {
@@ -1237,22 +1235,226 @@ fn proc_cwd(ctx: &Ctx, host: i32, base: ptrace::Regs, p: &Process) -> Result<()>
     Ok(())
 }
 
-/// Stage 5: memory, descriptors, process state and threads of one process.
-fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferred: Option<&mut Vec<files::Deferred>>) -> Result<()> {
-    let s = ctx.scratch();
-    let (host, base) = {
-        let pp = &puppets.by_pid[&p.pid];
-        (pp.host, pp.base)
-    };
-    let mut r = ctx.remote(host, base);
-    if p.zombie.is_some() {
-        return zombie::shape(host, &mut r, s, p, open.core.as_ref().map(|c| c.fd()));
+/// What shaping one process made: its threads' host tids (leader
+/// first), its address space for the lazy fill, and the connections it
+/// holds first that stay in repair mode.
+#[derive(Default)]
+struct Shaped {
+    tids: Vec<i32>,
+    space: Option<crate::lazy::Space>,
+    deferred: Vec<files::Deferred>,
+}
+
+/// Stage 5 for every process, on up to [`shape_threads`] tracer threads.
+///
+/// Each process's shaping touches only its own puppet (its address space,
+/// its descriptor table, its threads), so independent processes are
+/// shaped side by side. What orders them: a process that shares its
+/// parent's descriptor table is shaped after the parent, on the same
+/// thread, as the sequential restore does (the parent installs the
+/// table); a connection stays deferred from the first puppet holding it
+/// in image order (the lists are merged in that order). ptrace requests
+/// must come from the tracer thread, so each puppet handed to another
+/// thread is let go in a pause(2) and seized there
+/// ([`lpm_sys::remote::hand_off`]), and handed back the same way before
+/// the stages that follow; the calling thread shapes its own share
+/// meanwhile, without a handover. Zombies (which exit through their
+/// parents) and single-process trees take the sequential path.
+fn shape_all(ctx: &Ctx, puppets: &mut Puppets, open: &OpenFiles, deferred: Option<&mut Vec<files::Deferred>>) -> Result<()> {
+    let defer = deferred.is_some();
+    let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, q)| (pid, q.host)).collect();
+    let shares = shape_shares(ctx.tree, shape_threads(ctx.tree));
+    let mut done: HashMap<u32, Shaped> = HashMap::new();
+    if shares.len() <= 1 {
+        for p in &ctx.tree.processes {
+            let pp = &puppets.by_pid[&p.pid];
+            done.insert(p.pid, shape(ctx, &hosts, pp.host, pp.base, p, open, defer)?);
+        }
+    } else {
+        let t0 = Instant::now();
+        let opts = ptrace::OPTIONS;
+        // Handed over before any share starts, so no thread seizes a
+        // puppet still traced here.
+        for &pid in shares.iter().skip(1).flatten() {
+            let pp = &puppets.by_pid[&pid];
+            lpm_sys::remote::hand_off(pp.host, ctx.trampoline, &pp.base).step(pp.host, || "hand the puppet to a shaping thread".into())?;
+        }
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let work = |share: &[u32], handed: bool| -> Vec<(u32, Result<Shaped>)> {
+            let mut out = Vec::new();
+            for &pid in share {
+                if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let p = ctx.tree.processes.iter().find(|q| q.pid == pid).expect("in the image");
+                let pp = &puppets.by_pid[&pid];
+                let t = Instant::now();
+                let mut r = Ok(());
+                if handed {
+                    r = lpm_sys::remote::take_over(pp.host, opts).step(pp.host, || "take the puppet over for shaping".into());
+                }
+                let mut r = r.and_then(|()| shape(ctx, &hosts, pp.host, pp.base, p, open, defer));
+                if handed {
+                    // Back to the restoring thread, every thread of it,
+                    // with the registers their calls start from.
+                    if let Ok(sh) = &r {
+                        for &tid in &sh.tids {
+                            if let Err(e) = lpm_sys::remote::hand_off(tid, ctx.trampoline, &pp.base) {
+                                r = Err(e).step(tid, || "hand the shaped thread back".into());
+                                break;
+                            }
+                        }
+                    }
+                }
+                tracing::debug!(pid, host = pp.host, handed, ms = t.elapsed().as_secs_f64() * 1e3, ok = r.is_ok(), "process shaped");
+                if r.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                out.push((pid, r));
+            }
+            out
+        };
+        // A thread that ends while it traces a puppet kills it
+        // (PTRACE_O_EXITKILL): a failed share leaves nothing half made
+        // running; the rest is killed with the puppets.
+        let results: Vec<(u32, Result<Shaped>)> = std::thread::scope(|sc| {
+            let others: Vec<_> = shares[1..].iter().map(|share| sc.spawn(|| work(share, true))).collect();
+            let mut all = work(&shares[0], false);
+            for h in others {
+                match h.join() {
+                    Ok(v) => all.extend(v),
+                    Err(_) => all.push((0, Err(EngineError::Incompatible("a shaping thread panicked".into())))),
+                }
+            }
+            all
+        });
+        let mut first_err = None;
+        for (pid, r) in results {
+            match r {
+                Ok(sh) => {
+                    done.insert(pid, sh);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        for &pid in shares.iter().skip(1).flatten() {
+            for &tid in &done[&pid].tids {
+                lpm_sys::remote::take_over(tid, opts).step(tid, || "take the shaped thread back".into())?;
+            }
+        }
+        tracing::debug!(threads = shares.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "processes shaped in parallel");
     }
-    if let Some(mm) = &p.mm {
-        if let Some(space) = mem::finish(&ctx.mem(p, host), &mut r, s, mm)? {
+    // In image order, as the sequential restore would have made them.
+    let mut deferred = deferred;
+    for p in &ctx.tree.processes {
+        let sh = done.remove(&p.pid).expect("every process shaped");
+        if let Some(space) = sh.space {
             puppets.spaces.push(space);
         }
+        if let Some(list) = deferred.as_deref_mut() {
+            for d in sh.deferred {
+                if !list.iter().any(|x| x.file.id == d.file.id) {
+                    list.push(d);
+                }
+            }
+        }
+        if p.zombie.is_none() {
+            puppets.by_pid.get_mut(&p.pid).expect("spawned").tids = sh.tids;
+        }
     }
+    Ok(())
+}
+
+/// How many threads shape processes side by side: one per CPU
+/// (`LPM_RESTORE_THREADS` in the environment overrides it, 1 for the
+/// sequential restore, for comparisons), never more than 8. A tree with
+/// a zombie is shaped in turn (a zombie exits through its parent).
+fn shape_threads(tree: &TreeImage) -> usize {
+    if tree.processes.iter().any(|p| p.zombie.is_some()) {
+        return 1;
+    }
+    let n = std::env::var("LPM_RESTORE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    n.clamp(1, 8)
+}
+
+/// Splits the tree's processes into at most `n` shares of about equal
+/// work (areas, descriptors and threads: the remote calls each costs),
+/// each in image order. A process sharing its parent's descriptor table
+/// goes with its parent (see [`shape_all`]).
+fn shape_shares(tree: &TreeImage, n: usize) -> Vec<Vec<u32>> {
+    // Chains of processes that must be shaped in turn, by their first.
+    let mut chain_of: HashMap<u32, usize> = HashMap::new();
+    let mut chains: Vec<Vec<u32>> = Vec::new();
+    for p in &tree.processes {
+        match chain_of.get(&p.ppid).copied().filter(|_| p.shares_parent_files) {
+            Some(c) => {
+                chains[c].push(p.pid);
+                chain_of.insert(p.pid, c);
+            }
+            None => {
+                chain_of.insert(p.pid, chains.len());
+                chains.push(vec![p.pid]);
+            }
+        }
+    }
+    let cost = |pid: u32| {
+        let p = tree.processes.iter().find(|q| q.pid == pid).expect("in the image");
+        1 + p.mm.as_ref().map_or(0, |m| m.vmas.len()) + p.fds.len() + 4 * p.threads.len()
+    };
+    let n = n.min(chains.len()).max(1);
+    let mut order: Vec<(usize, usize)> = chains.iter().enumerate().map(|(i, c)| (c.iter().map(|&p| cost(p)).sum(), i)).collect();
+    // Longest first, each to the least loaded share.
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut load = vec![0usize; n];
+    let mut picked: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (c, i) in order {
+        let k = (0..n).min_by_key(|&k| (load[k], k)).expect("one share at least");
+        load[k] += c;
+        picked[k].push(i);
+    }
+    picked
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            let mut pids: Vec<u32> = v.into_iter().flat_map(|i| chains[i].clone()).collect();
+            // Parents come before their children in the image.
+            pids.sort_by_key(|&pid| tree.processes.iter().position(|p| p.pid == pid));
+            pids
+        })
+        .collect()
+}
+
+/// Stage 5: memory, descriptors, process state and threads of one process
+/// (puppet `host`, whose calls start from `base`).
+fn shape(
+    ctx: &Ctx,
+    hosts: &HashMap<u32, i32>,
+    host: i32,
+    base: ptrace::Regs,
+    p: &Process,
+    open: &OpenFiles,
+    defer: bool,
+) -> Result<Shaped> {
+    let s = ctx.scratch();
+    let mut r = ctx.remote(host, base);
+    let mut shaped = Shaped::default();
+    if p.zombie.is_some() {
+        zombie::shape(host, &mut r, s, p, open.core.as_ref().map(|c| c.fd()))?;
+        return Ok(shaped);
+    }
+    let t0 = Instant::now();
+    if let Some(mm) = &p.mm {
+        shaped.space = mem::finish(&ctx.mem(p, host), &mut r, s, mm)?;
+    }
+    let mem_ms = t0.elapsed().as_secs_f64() * 1e3;
     ipc::attach(host, &mut r, p)?;
     // A dead process's /proc directory is entered once the tree's /proc
     // is in place ([`proc_cwd`]).
@@ -1264,8 +1466,8 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
     if !p.shares_parent_files {
         files::restore(host, &mut r, &p.fds, open)?;
     }
-    let hosts: HashMap<u32, i32> = puppets.by_pid.iter().map(|(&pid, q)| (pid, q.host)).collect();
     let host_of = |pid: u32| hosts.get(&pid).copied();
+    let deferred = defer.then_some(&mut shaped.deferred);
     files::install(host, &mut r, s, p, ctx.tree, deferred, &files::Restorer { host_of: &host_of, core: open.core.as_ref() })?;
     locks::restore(host, &mut r, s, p)?;
     task::restore_process(host, &mut r, s, p)?;
@@ -1294,8 +1496,17 @@ fn shape(ctx: &Ctx, puppets: &mut Puppets, p: &Process, open: &OpenFiles, deferr
         }
     }
     timers::restore(host, &mut r, s, p)?;
-    puppets.by_pid.get_mut(&p.pid).expect("spawned").tids = tids;
-    Ok(())
+    tracing::debug!(
+        pid = p.pid,
+        mem_ms,
+        rest_ms = t0.elapsed().as_secs_f64() * 1e3 - mem_ms,
+        areas = p.mm.as_ref().map_or(0, |m| m.vmas.len()),
+        fds = p.fds.len(),
+        threads = tids.len(),
+        "process shape steps"
+    );
+    shaped.tids = tids;
+    Ok(shaped)
 }
 
 /// Stage 6, end: zombies exit with their recorded status, once every other
@@ -1385,5 +1596,42 @@ mod tests {
         // The leader of 13's group lives outside the tree.
         let e = check_groups(&ok, 10, |pid| pid == 20).unwrap_err().to_string();
         assert!(e.contains("pid 13") && e.contains("outside the tree"), "{e}");
+    }
+
+    fn proc_of(pid: u32, ppid: u32, fds: usize, shares: bool) -> Process {
+        let fds = (0..fds).map(|i| lpm_image::Fd { fd: i as u32, ..Default::default() }).collect();
+        let threads = vec![lpm_image::Thread::default()];
+        Process { pid, ppid, fds, threads, shares_parent_files: shares, ..Default::default() }
+    }
+
+    /// The shares of the parallel shaping: balanced, every process once,
+    /// image order within a share, a table's sharers with its owner.
+    #[test]
+    fn shares_are_balanced_and_keep_table_sharers_together() {
+        // A master (10) with a big table, workers 11..=16; 17 shares 11's
+        // table, 18 shares 17's.
+        let mut procs = vec![proc_of(10, 0, 40, false)];
+        procs.extend((11..=16).map(|pid| proc_of(pid, 10, 5, false)));
+        procs.push(proc_of(17, 11, 5, true));
+        procs.push(proc_of(18, 17, 5, true));
+        let tree = TreeImage { processes: procs, ..Default::default() };
+        let shares = shape_shares(&tree, 2);
+        assert_eq!(shares.len(), 2);
+        let mut all: Vec<u32> = shares.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (10..=18).collect::<Vec<u32>>());
+        for share in &shares {
+            let pos = |pid: u32| tree.processes.iter().position(|p| p.pid == pid).unwrap();
+            assert!(share.windows(2).all(|w| pos(w[0]) < pos(w[1])), "{share:?} out of image order");
+        }
+        let with = |pid: u32| shares.iter().position(|s| s.contains(&pid)).unwrap();
+        assert_eq!(with(11), with(17));
+        assert_eq!(with(17), with(18));
+        // The master alone weighs about as much as the workers together.
+        assert_ne!(with(10), with(12));
+        // One thread, or one process: one share.
+        assert_eq!(shape_shares(&tree, 1).len(), 1);
+        let one = TreeImage { processes: vec![proc_of(10, 0, 3, false)], ..Default::default() };
+        assert_eq!(shape_shares(&one, 4), vec![vec![10]]);
     }
 }

@@ -163,3 +163,33 @@ pub fn park(tid: i32) -> Result<i32> {
         }
     }
 }
+
+/// Hands a thread stopped under our ptrace to another tracer thread of
+/// ours (ptrace requests must come from the thread that attached): it is
+/// pointed at `syscall_ip` (a `syscall` instruction) with pause(2) loaded
+/// and detached, so it sleeps in the kernel, with every signal it could
+/// take blocked, until [`take_over`] interrupts it there. `base` is the
+/// register set its remote calls start from. Nothing of its own runs in
+/// between: only pause, whose interruption the taker's first remote call
+/// discards (orig_rax is -1, so the kernel never restarts it).
+pub fn hand_off(tid: i32, syscall_ip: u64, base: &Regs) -> Result<()> {
+    let mut r = *base;
+    r.rip = syscall_ip;
+    r.rax = libc::SYS_pause as u64;
+    r.orig_rax = u64::MAX;
+    ptrace::set_regs(tid, &r)?;
+    ptrace::detach(tid, 0)
+}
+
+/// Takes a thread that [`hand_off`] let go of: seized with `options` by
+/// the calling thread, which becomes its tracer, and interrupted in its
+/// pause (or wherever it is on its way there). Returns once it is in
+/// that stop, ready for remote calls.
+pub fn take_over(tid: i32, options: i32) -> Result<()> {
+    ptrace::seize(tid, options)?;
+    ptrace::interrupt(tid)?;
+    match ptrace::wait(tid)?.1 {
+        Stop::Event(ptrace::EVENT_STOP, _) => Ok(()),
+        other => Err(Error::UnexpectedStop { tid, during: libc::SYS_pause, stop: format!("{other:?}") }),
+    }
+}
