@@ -295,7 +295,7 @@ pub enum Response {
     /// Partitions.
     Partitions(Vec<PartitionInfo>),
     /// One partition.
-    Partition(PartitionInfo),
+    Partition(Box<PartitionInfo>),
     /// Log text.
     Logs(String),
     /// A piece of a console log.

@@ -277,7 +277,7 @@ pub(crate) fn handle(agent: &Arc<Agent>, req: Request, progress: &mut api::Progr
         Request::Show(n) => agent
             .parts()
             .get(&n)
-            .map(|e| Response::Partition(agent.info(e)))
+            .map(|e| Response::Partition(Box::new(agent.info(e))))
             .ok_or_else(|| anyhow!("no partition {n:?} on {}", agent.opts.host)),
         Request::Stop(n) => agent.stop(&n),
         Request::Start(n) => agent.start(&n),

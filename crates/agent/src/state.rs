@@ -316,7 +316,7 @@ impl Agent {
         let info = self.info(&e);
         self.parts().insert(spec.name.clone(), e);
         tracing::info!(partition = %spec.name, pid, "partition started");
-        Ok(Response::Partition(info))
+        Ok(Response::Partition(Box::new(info)))
     }
 
     /// Unsettled migrations of partition `name` this host takes part in.
@@ -372,7 +372,7 @@ impl Agent {
         let info = self.info(e);
         drop(parts);
         self.save_init(name, pid);
-        Ok(Response::Partition(info))
+        Ok(Response::Partition(Box::new(info)))
     }
 
     pub(crate) fn delete(&self, name: &str) -> Result<Response> {

@@ -474,7 +474,7 @@ impl Bench {
 
     pub(crate) fn show(&self, host: &str, name: &str) -> Result<PartitionInfo> {
         match self.client(host)?.call(&Request::Show(name.to_string()))? {
-            Response::Partition(p) => Ok(p),
+            Response::Partition(p) => Ok(*p),
             other => bail!("{host}: unexpected answer to show {name}: {other:?}"),
         }
     }

@@ -619,7 +619,7 @@ fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
     }
     let res = c.client(&a.host).and_then(|mut cl| cl.call(&Request::Create(spec.clone())));
     match res {
-        Ok(Response::Partition(p)) => print_partitions([&p]),
+        Ok(Response::Partition(p)) => print_partitions([&*p]),
         other => {
             if let Some(lab) = &c.lab {
                 lab.release_owner(&spec.name)?;

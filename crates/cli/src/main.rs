@@ -421,7 +421,9 @@ fn check(json: bool) -> Result<ExitCode> {
         }
         match &degraded.result {
             Ok(detail) => t.add_row(vec!["ok".to_string(), degraded.name.to_string(), detail.to_string()]),
-            Err(why) => t.add_row(vec!["degraded".to_string(), degraded.name.to_string(), format!("{why} (needed for {})", degraded.needed_for)]),
+            Err(why) => {
+                t.add_row(vec!["degraded".to_string(), degraded.name.to_string(), format!("{why} (needed for {})", degraded.needed_for)])
+            }
         };
         table::print(t);
         println!("\nkinds of state (docs/support.md):");
