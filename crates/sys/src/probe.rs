@@ -474,6 +474,24 @@ fn probe_mm_map() -> Probe {
     Ok(format!("struct prctl_mm_map is {size} bytes"))
 }
 
+/// A mountinfo field with its escapes undone: mountinfo writes space,
+/// tab, newline and backslash as `\ooo`.
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Where cgroup2 is mounted, from mountinfo text: `/sys/fs/cgroup` on pure
 /// v2 hosts, often `/sys/fs/cgroup/unified` on hybrid ones.
 pub fn cgroup2_from_mountinfo(text: &str) -> Option<PathBuf> {
@@ -482,17 +500,7 @@ pub fn cgroup2_from_mountinfo(text: &str) -> Option<PathBuf> {
         if right.split(' ').next()? != "cgroup2" {
             return None;
         }
-        // mountinfo escapes space, tab, newline and backslash as \ooo.
-        let (mut out, b) = (Vec::new(), left.split(' ').nth(4)?.as_bytes());
-        let mut i = 0;
-        while i < b.len() {
-            let octal = b.get(i + 1..i + 4).and_then(|o| std::str::from_utf8(o).ok());
-            match (b[i], octal.and_then(|o| u8::from_str_radix(o, 8).ok())) {
-                (b'\\', Some(c)) => (out.push(c), i += 4),
-                (c, _) => (out.push(c), i += 1),
-            };
-        }
-        String::from_utf8(out).ok().map(PathBuf::from)
+        Some(PathBuf::from(unescape_mountinfo(left.split(' ').nth(4)?)))
     })
 }
 

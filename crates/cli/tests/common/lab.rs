@@ -144,7 +144,13 @@ impl TestLab {
             if t.elapsed() > LPM_CALL_TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("lpm {} did not finish within {LPM_CALL_TIMEOUT:?}", args.join(" "));
+                // What the hosts were doing is the only clue to a hang.
+                let logs: Vec<String> = ["h1", "h2", "h3"]
+                    .iter()
+                    .filter(|h| self.dir.join(h).exists())
+                    .map(|h| format!("--- {h}'s lpmd.log, last 40 lines:\n{}", self.lpmd_log_tail(h, 40)))
+                    .collect();
+                panic!("lpm {} did not finish within {LPM_CALL_TIMEOUT:?}\n{}", args.join(" "), logs.join("\n"));
             }
             std::thread::sleep(Duration::from_millis(10));
         };
