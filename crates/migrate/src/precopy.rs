@@ -134,6 +134,16 @@ pub const PAGE: u64 = 4096;
 /// Most bytes read from a process per process_vm_readv call.
 pub const CHUNK: usize = 1 << 20;
 
+/// Rounds in which the shared objects may go again whole because a
+/// process came or went; after them objects larger together than
+/// [`RESET_MAX_BYTES`] are left whole to the stop, so that a tree forking
+/// in every round (a server forking a worker per connection) still
+/// converges. Smaller ones cost a round little and go again every time.
+const MAX_RESETS: u32 = 3;
+
+/// See [`MAX_RESETS`].
+const RESET_MAX_BYTES: u64 = 16 << 20;
+
 /// What a [`PageSink`] returns on failure: the mover's network errors and
 /// the store's file errors alike.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -597,6 +607,8 @@ pub struct Precopy {
     /// A process came or went since the last collection: every object's
     /// pages go again in the next round (see [`Obj::reset`]).
     reset: Option<String>,
+    /// How many times the objects went again whole in a round.
+    resets: u32,
     /// Forks heard before the collection that handles them.
     heard: Vec<lpm_sys::procevents::Fork>,
     gone: Vec<i32>,
@@ -999,6 +1011,7 @@ impl Precopy {
             tracked: pids.to_vec(),
             lost: None,
             reset: None,
+            resets: 0,
             heard: Vec::new(),
             gone: dead,
             bufs: vec![vec![0; CHUNK]],
@@ -1140,6 +1153,19 @@ impl Precopy {
         if let Some(why) = self.reset.take() {
             if std::env::var(SABOTAGE_ENV).is_ok_and(|v| v.split(',').any(|f| f.trim() == "precopy-fork-window")) {
                 tracing::warn!(why = %why, "sabotaged: what a process that came or went wrote unseen is not sent again");
+                return;
+            }
+            self.resets += 1;
+            let size: u64 = self.objs.iter().filter(|o| o.spoiled.is_none()).map(|o| o.size).sum();
+            if self.resets > MAX_RESETS && size > RESET_MAX_BYTES {
+                // A tree that forks in every round (a server forking a
+                // worker per connection) would send its objects whole in
+                // every round and never converge: after a few, they go
+                // whole into the stop instead, as without tracking.
+                tracing::debug!(why = %why, resets = self.resets, bytes = size, "processes keep coming and going: shared memory goes whole into the stop");
+                for o in &mut self.objs {
+                    o.spoil("processes kept coming and going during pre-copy");
+                }
                 return;
             }
             tracing::debug!(why = %why, "shared memory goes again in the next round");
