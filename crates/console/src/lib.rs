@@ -34,6 +34,7 @@ mod evacuate;
 mod inventory;
 mod model;
 mod plan;
+pub mod run;
 pub mod sim;
 
 pub use balance::balance;
