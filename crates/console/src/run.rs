@@ -229,8 +229,9 @@ pub trait Carrier: Send + Sync + 'static {
     /// else why not (with the id when a migration was started).
     fn migrate(&self, mv: &Move) -> impl Future<Output = Result<String, (Option<String>, String)>> + Send;
 
-    /// The run changed (a step): record it and tell who listens.
-    fn update(&self, run: &Run, step: &Step);
+    /// The run changed (a step): record it and tell who listens. Awaited
+    /// before the run goes on, so the record follows the steps in order.
+    fn update(&self, run: &Run, step: &Step) -> impl Future<Output = ()> + Send;
 }
 
 /// Carry out `run` (made with [`Run::new`]): wave after wave, the moves
@@ -242,7 +243,7 @@ pub trait Carrier: Send + Sync + 'static {
 pub async fn carry_out<C: Carrier>(carrier: Arc<C>, mut run: Run, rules: Rules, before: Inventory, now_ms: fn() -> u64) -> Run {
     let waves = run.plan.waves.len();
     for w in 1..=waves {
-        carrier.update(&run, &Step::Wave { wave: w, of: waves });
+        carrier.update(&run, &Step::Wave { wave: w, of: waves }).await;
         let idx: Vec<usize> = (0..run.moves.len()).filter(|&i| run.moves[i].wave == w).collect();
         let planned: Vec<Move> = idx.iter().map(|&i| run.moves[i].planned.clone()).collect();
         let verdicts = match carrier.inventory().await {
@@ -258,11 +259,13 @@ pub async fn carry_out<C: Carrier>(carrier: Arc<C>, mut run: Run, rules: Rules, 
                 Err(reason) => {
                     run.moves[i].outcome = Outcome::Skipped { reason };
                     let step = Step::Ended { partition: mv.partition.clone(), outcome: run.moves[i].outcome.clone() };
-                    carrier.update(&run, &step);
+                    carrier.update(&run, &step).await;
                 }
                 Ok(()) => {
                     run.moves[i].outcome = Outcome::Running;
-                    carrier.update(&run, &Step::Started { partition: mv.partition.clone(), from: mv.from.clone(), to: mv.to.clone() });
+                    carrier
+                        .update(&run, &Step::Started { partition: mv.partition.clone(), from: mv.from.clone(), to: mv.to.clone() })
+                        .await;
                     let c = carrier.clone();
                     set.spawn(async move { (i, c.migrate(&mv).await) });
                 }
@@ -283,7 +286,7 @@ pub async fn carry_out<C: Carrier>(carrier: Arc<C>, mut run: Run, rules: Rules, 
                 Err((migration, reason)) => Outcome::Failed { migration, reason },
             };
             let step = Step::Ended { partition: run.moves[i].planned.partition.clone(), outcome: run.moves[i].outcome.clone() };
-            carrier.update(&run, &step);
+            carrier.update(&run, &step).await;
         }
         // Moves whose task vanished are failed, never left "running".
         for m in run.moves.iter_mut().filter(|m| m.wave == w && m.outcome == Outcome::Running) {
@@ -295,7 +298,7 @@ pub async fn carry_out<C: Carrier>(carrier: Arc<C>, mut run: Run, rules: Rules, 
     run.state = RunState::Finished;
     run.ended_unix_ms = Some(now_ms());
     run.summary = Some(summary.clone());
-    carrier.update(&run, &Step::Finished { summary });
+    carrier.update(&run, &Step::Finished { summary }).await;
     run
 }
 
@@ -452,7 +455,7 @@ mod tests {
             Ok(format!("m-{}", mv.partition))
         }
 
-        fn update(&self, _run: &Run, step: &Step) {
+        async fn update(&self, _run: &Run, step: &Step) {
             self.steps.lock().unwrap().push(step.clone());
         }
     }
