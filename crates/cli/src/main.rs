@@ -16,6 +16,7 @@ mod console;
 mod hosts;
 mod migrations;
 mod pki;
+mod policy;
 mod table;
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -128,6 +129,14 @@ enum Cmd {
     },
     /// Move a running partition to another host.
     Migrate(cluster::MigrateArgs),
+    /// Even out memory and CPU use across the hosts with few moves,
+    /// through the console: the plan, then its moves with progress and a
+    /// summary.
+    Balance(policy::PolicyArgs),
+    /// Pack partitions onto the fewest hosts that hold them with headroom,
+    /// through the console, and list the hosts that can then be powered
+    /// off.
+    Consolidate(policy::PolicyArgs),
     /// The site's certificate authority and operators' certificates.
     Pki {
         #[command(subcommand)]
@@ -287,6 +296,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Lab { cmd } => cluster::lab(cmd),
         Cmd::Partition { cmd } => cluster::partition(cmd),
         Cmd::Migrate(a) => cluster::migrate(a),
+        Cmd::Balance(a) => policy::balance(a),
+        Cmd::Consolidate(a) => policy::consolidate(a),
         Cmd::Migration { cmd } => migrations::run(cmd),
         Cmd::Console { cmd } => console::run(cmd),
         Cmd::Pki { cmd } => pki::pki(cmd),

@@ -56,6 +56,20 @@ pub enum HostCmd {
     List(crate::hosts::ListArgs),
     /// Forget a registered host.
     Remove(crate::hosts::RemoveArgs),
+    /// Move every partition off a host through the console; the host is
+    /// in maintenance from the start (it receives nothing) until `lpm
+    /// host release`.
+    Evacuate {
+        /// The host.
+        name: String,
+        #[command(flatten)]
+        args: crate::policy::PolicyArgs,
+    },
+    /// Take a host out of maintenance: it receives partitions again.
+    Release {
+        /// The host.
+        name: String,
+    },
 }
 
 /// Runs `lpm pki ...`.
@@ -78,6 +92,8 @@ pub fn host(cmd: HostCmd) -> Result<ExitCode> {
         HostCmd::Add(a) => return crate::hosts::add(a),
         HostCmd::List(a) => return crate::hosts::list(a),
         HostCmd::Remove(a) => return crate::hosts::remove(a),
+        HostCmd::Evacuate { name, args } => return crate::policy::evacuate(&name, args),
+        HostCmd::Release { name } => return crate::policy::release(&name),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -89,6 +89,12 @@ impl TestLab {
         TestLab::up_as(tag, hosts, env, &[])
     }
 
+    /// [`TestLab::up_with`] and `lpm lab up --console`: a console beside
+    /// the hosts, which the lab's CLI goes through.
+    pub fn up_console_with(tag: &str, hosts: usize, env: &[(&str, &str)]) -> TestLab {
+        TestLab::up_as(tag, hosts, env, &["--console"])
+    }
+
     /// [`TestLab::up`] with `lpm lab up --insecure`: movers without TLS.
     pub fn up_insecure(tag: &str, hosts: usize) -> TestLab {
         TestLab::up_as(tag, hosts, &[], &["--insecure"])

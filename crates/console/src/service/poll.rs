@@ -127,9 +127,20 @@ impl Drop for Polling<'_> {
 
 async fn poll_host(state: &Arc<AppState>, before: HostRow) {
     let name = before.name.clone();
-    if !state.hosts.polling.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
-        record(state, &before, Err("its last poll is still unanswered".into())).await;
-        return;
+    // A poll in flight records its own answer, or the host unreachable at
+    // its deadline: a second one (the poller's tick beside a poll after a
+    // migration, a plan's poll before its wave) waits for it to end and
+    // polls again, so that its caller reads an answer given after it
+    // asked. Marking the host unreachable meanwhile made a host that
+    // answers look down.
+    let waited = tokio::time::Instant::now();
+    let bound = Duration::from_millis(state.config.poll_timeout_ms.max(100) * 2);
+    while !state.hosts.polling.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
+        if waited.elapsed() > bound {
+            record(state, &before, Err("its last poll is still unanswered".into())).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _polling = Polling { clients: &state.hosts, host: name.clone() };
     let deadline = Duration::from_millis(state.config.poll_timeout_ms.max(100));

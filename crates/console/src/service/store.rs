@@ -67,6 +67,9 @@ pub enum Dialect {
 /// The schema, one step a version: (version, SQL statements). `{serial}`
 /// is an auto-numbered primary key and `{float}` a double, per dialect.
 /// Never change a step that shipped: add one.
+// Kept in this layout (rustfmt would indent every step's SQL again
+// when a step is added).
+#[rustfmt::skip]
 pub const MIGRATIONS: &[(i64, &[&str])] = &[(
     1,
     &[
@@ -125,6 +128,20 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             hash TEXT NOT NULL UNIQUE,
             created_ms BIGINT NOT NULL
         )",
+    ],
+), (
+    2,
+    // The runs of the policies' plans (policy.rs): each written whole as
+    // JSON at every step of its run.
+    &[
+        "CREATE TABLE plans (
+            id TEXT PRIMARY KEY,
+            who TEXT NOT NULL,
+            state TEXT NOT NULL,
+            started_ms BIGINT NOT NULL,
+            body TEXT NOT NULL
+        )",
+        "CREATE INDEX plans_started ON plans (started_ms)",
     ],
 )];
 
@@ -663,6 +680,60 @@ impl Store {
     pub async fn tokens(&self) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT name FROM tokens ORDER BY name").fetch_all(&self.pool).await.map_err(db("list tokens"))?;
         rows.iter().map(|r| get(r, "name")).collect()
+    }
+
+    // --- plans (policy.rs)
+
+    /// Records a plan's run as it stands (written again at each step).
+    pub async fn put_plan(&self, run: &crate::run::Run) -> Result<()> {
+        let state = match run.state {
+            crate::run::RunState::Running => "running",
+            crate::run::RunState::Finished => "finished",
+            crate::run::RunState::Interrupted => "interrupted",
+        };
+        sqlx::query(
+            "INSERT INTO plans (id, who, state, started_ms, body) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, body = excluded.body",
+        )
+        .bind(&run.id)
+        .bind(&run.who)
+        .bind(state)
+        .bind(run.started_unix_ms as i64)
+        .bind(json_of(run))
+        .execute(&self.pool)
+        .await
+        .map_err(db(format!("record plan {}", run.id)))?;
+        Ok(())
+    }
+
+    /// The latest `limit` runs of plans, newest first.
+    pub async fn plans(&self, limit: i64) -> Result<Vec<crate::run::Run>> {
+        let rows = sqlx::query("SELECT id, body FROM plans ORDER BY started_ms DESC, id DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list plans"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = get(row, "id")?;
+            if let Some(run) = parse_json(Some(get::<String>(row, "body")?), || format!("plans.body of {id}"))? {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One run of a plan.
+    pub async fn plan(&self, id: &str) -> Result<Option<crate::run::Run>> {
+        let row = sqlx::query("SELECT body FROM plans WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db(format!("read plan {id}")))?;
+        match row {
+            Some(row) => parse_json(Some(get::<String>(&row, "body")?), || format!("plans.body of {id}")),
+            None => Ok(None),
+        }
     }
 
     /// Closes the connections.
