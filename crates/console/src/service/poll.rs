@@ -153,9 +153,12 @@ async fn poll_host(state: &Arc<AppState>, before: HostRow) {
     let _polling = Polling { clients: &state.hosts, host: name.clone(), since: now };
     let started = tokio::time::Instant::now();
     let answer = async {
-        let cap = match state.hosts.call(&before, Request::Host, Some(deadline)).await? {
-            Response::Host(h) => *h,
-            other => return Err(ApiError::bad_gateway(format!("{name}: GET /v1/host answered {other:?}"))),
+        let cap = match state.hosts.call(&before, Request::Host, Some(deadline)).await {
+            Ok(Response::Host(h)) => Some(*h),
+            Ok(other) => return Err(ApiError::bad_gateway(format!("{name}: GET /v1/host answered {other:?}"))),
+            // An lpmd older than the request: up, its capacity unknown.
+            Err(e) if e.message.contains("answered HTTP 404") => None,
+            Err(e) => return Err(e),
         };
         let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
         let parts = match state.hosts.call(&before, Request::List, Some(left)).await? {
@@ -187,14 +190,18 @@ async fn poll_host(state: &Arc<AppState>, before: HostRow) {
 }
 
 /// Stores a poll's result and sends the events of what changed.
-async fn record(state: &Arc<AppState>, before: &HostRow, result: std::result::Result<(super::Capacity, Vec<PartitionRow>), String>) {
+async fn record(
+    state: &Arc<AppState>,
+    before: &HostRow,
+    result: std::result::Result<(Option<super::Capacity>, Vec<PartitionRow>), String>,
+) {
     let name = &before.name;
     let parts_before: HashMap<String, String> = match state.store.partitions().await {
         Ok(p) => p.into_iter().filter(|p| &p.host == name).map(|p| (p.name, p.state)).collect(),
         Err(_) => HashMap::new(),
     };
     let stored = match &result {
-        Ok((cap, rows)) => state.store.host_up(name, cap, rows).await,
+        Ok((cap, rows)) => state.store.host_up(name, cap.as_ref(), rows).await,
         Err(why) => state.store.host_unreachable(name, why).await,
     };
     if let Err(e) = stored {
