@@ -119,9 +119,11 @@ fn evacuate_goes_on_past_a_failed_move_and_maintenance_holds_until_release() {
     let dry = json_of(&lab, &["host", "evacuate", "h1", "--dry-run", "--json"]);
     let want = planned(&dry);
     assert_eq!(dry["plan"]["waves"].as_array().unwrap().iter().map(|w| w["moves"].as_array().unwrap().len()).sum::<usize>(), 1, "{dry}");
-    let run = json_of(&lab, &["host", "evacuate", "h1", "--json"]);
-    assert_eq!(moved_partitions(&run), vec![lost.clone()], "{run}");
-    assert_eq!(run["summary"]["hosts_freed"], serde_json::json!(["h1"]), "{run}");
+    // As an operator reads it: the plan, each move, the summary.
+    let text = lab.ok(&["host", "evacuate", "h1"]);
+    assert!(text.contains(&format!("{lost} moved to {}", want[&lost])), "{text}");
+    assert!(text.contains("1 moved, 0 failed, 0 skipped, 0 not movable"), "{text}");
+    assert!(text.contains("hosts freed: h1") && text.contains("in maintenance: h1"), "{text}");
     assert!(lab.partitions_on("h1").is_empty());
     assert_eq!(placement(&lab), want);
     verified(&lab, &["a1", "a2", "a3", "b1"]);
@@ -148,6 +150,11 @@ fn balance_then_consolidate_follow_their_plans_and_a_refused_partition_is_named(
         lab.wait_log(n, "listening", Duration::from_secs(30));
     }
     let names = ["c1", "c2", "c3", "c4"];
+
+    // Without a console there is no plan, and the CLI says why.
+    let out = lab.cmd(&["balance", "--dry-run"]).env("LPM_CONSOLE", "none").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no console is configured"), "{err}");
 
     // Named, with the hosts' reason, by a plan that would move it.
     let dry = json_of(&lab, &["host", "evacuate", "h2", "--dry-run", "--json"]);
