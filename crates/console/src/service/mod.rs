@@ -360,6 +360,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     poll::poll_all(&state).await;
     migrate::resume(&state).await;
+    policy::interrupted(&state).await;
     let poller = tokio::spawn(poll::run(state.clone()));
     let served = auth::listen(state.clone()).await;
     poller.abort();

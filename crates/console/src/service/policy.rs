@@ -118,6 +118,27 @@ async fn show_plan(State(s): Shared, Path(id): Path<String>) -> Answer {
     }
 }
 
+/// Runs recorded as running when the console starts were cut short by
+/// its stop: recorded as interrupted, so that no run shows as going on
+/// forever. Their migrations under way are followed again by the
+/// console's own resume; the moves not started are not started.
+pub async fn interrupted(s: &AppState) {
+    let runs = match s.store.plans(10_000).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "the plans' records are unreadable");
+            return;
+        }
+    };
+    for mut run in runs.into_iter().filter(|r| r.state == RunState::Running) {
+        run.state = RunState::Interrupted;
+        run.ended_unix_ms = Some(now_ms() as u64);
+        if let Err(e) = s.store.put_plan(&run).await {
+            tracing::warn!(plan = %run.id, error = %e, "plan not recorded as interrupted");
+        }
+    }
+}
+
 /// The rules the console plans with: the default headroom and per-host
 /// limits (lpmd's), the console's own limit on migrations at once.
 fn rules(s: &AppState) -> Rules {

@@ -769,6 +769,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn a_plan_s_run_is_kept_whole_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("lpm-console-plans-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("c.db").display());
+        let s = Store::open(&url).await.unwrap();
+        let mut inv = crate::Inventory::default();
+        inv.hosts.push(crate::Host::new("h1", crate::Resources::new(1000, 1000)));
+        inv.hosts.push(crate::Host::new("h2", crate::Resources::new(1000, 1000)));
+        inv.partitions.push(crate::Partition::new("p", "h1", crate::Resources::new(100, 100)));
+        let plan = crate::evacuate(&inv, &crate::Rules::default(), "h1").unwrap();
+        let mut run = crate::run::Run::new("plan-1".into(), "token:ann".into(), plan, 5);
+        s.put_plan(&run).await.unwrap();
+        run.state = crate::run::RunState::Finished;
+        s.put_plan(&run).await.unwrap();
+        assert_eq!(s.plan("plan-1").await.unwrap(), Some(run.clone()));
+        assert_eq!(s.plans(10).await.unwrap(), vec![run]);
+        assert_eq!(s.plan("plan-2").await.unwrap(), None);
+        s.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn schema_applies_once_and_keeps_what_it_holds() {
         let dir = std::env::temp_dir().join(format!("lpm-console-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
