@@ -1,0 +1,248 @@
+//! Headless Chromium driven through Debian's ChromeDriver, by the W3C
+//! WebDriver protocol spoken here over plain HTTP/1.1 on loopback.
+//!
+//! Why this and not a client crate or Playwright: ChromeDriver comes from
+//! the same Debian release as Chromium (packages chromium and
+//! chromium-driver, installed by scripts/setup.sh), so the two always
+//! match and nothing is downloaded at test time; the protocol is a handful
+//! of JSON calls, which a hundred lines over `TcpStream` speak with the
+//! crates the tests already have (no async HTTP client such as fantoccini
+//! brings, no Node.js and npm for playwright-core). Everything runs as root
+//! in CI: Chromium gets `--no-sandbox`.
+//!
+//! The driver and the browser may run in a network namespace (the lab's
+//! client side, where the console's address is reachable): the driver is
+//! started under `ip netns exec` and the test's connections to it are
+//! opened by a connector that the caller gives, from that namespace.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Opens a TCP connection to the driver, from the driver's namespace.
+pub type Connector = Box<dyn Fn(SocketAddr) -> std::io::Result<TcpStream>>;
+
+/// The W3C name of an element reference in JSON.
+const ELEMENT: &str = "element-6066-11e4-a52f-4a5d4c9fe3a4";
+
+/// A Chromium session; the browser and its driver end when it drops.
+pub struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+    connect: Connector,
+    /// The browser's profile and the driver's log.
+    pub dir: PathBuf,
+}
+
+impl Browser {
+    /// Starts ChromeDriver (in `netns` if given) and a headless Chromium
+    /// session with a fresh profile under `dir`.
+    pub fn start(dir: &Path, netns: Option<&str>, connect: Connector) -> Result<Browser, String> {
+        let profile = dir.join("chromium-profile");
+        std::fs::create_dir_all(&profile).map_err(|e| format!("create {}: {e}", profile.display()))?;
+        let log = dir.join("chromedriver.log");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "chromedriver"]);
+                c
+            }
+            None => Command::new("chromedriver"),
+        };
+        cmd.arg("--port=0").arg(format!("--log-path={}", log.display()));
+        let mut driver = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| format!("start chromedriver: {e} (scripts/setup.sh installs chromium-driver)"))?;
+        // ChromeDriver picks a free port for --port=0 and says which on its
+        // first lines; it reads no more from us, so its output is drained
+        // by a thread to keep it from blocking on a full pipe.
+        let out = driver.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(port) = line.split("started successfully on port ").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(port.trim_end_matches('.').trim().parse::<u16>().ok());
+                    }
+                }
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(p)) => p,
+            other => {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                return Err(format!("chromedriver did not say its port ({other:?}); log {}", log.display()));
+            }
+        };
+        let mut b = Browser { driver, addr: SocketAddr::from(([127, 0, 0, 1], port)), session: String::new(), connect, dir: dir.to_path_buf() };
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                // What the machine notes found needed on this closed
+                // network: no background connections, no sandbox as root.
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let v = b.call("POST", "/session", Some(caps))?;
+        b.session = v["sessionId"].as_str().ok_or_else(|| format!("no session id in {v}"))?.to_string();
+        Ok(b)
+    }
+
+    /// One WebDriver command; its `value`, or the driver's error.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = (self.connect)(self.addr).map_err(|e| format!("connect to chromedriver {}: {e}", self.addr))?;
+        // Page loads and async scripts are bounded by the driver's own
+        // timeouts; this one only catches a driver that stopped answering.
+        s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", self.addr, body.len());
+        s.write_all(req.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(|e| format!("{method} {path}: read: {e}"))?;
+        let (status, body) = parse_response(&raw).map_err(|e| format!("{method} {path}: {e}"))?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| format!("{method} {path}: {e}: {}", String::from_utf8_lossy(&body)))?;
+        if status != 200 {
+            return Err(format!("{method} {path}: {status}: {}", v["value"]));
+        }
+        Ok(v["value"].clone())
+    }
+
+    fn cmd(&self, method: &str, what: &str, body: Option<Value>) -> Result<Value, String> {
+        self.call(method, &format!("/session/{}/{what}", self.session), body)
+    }
+
+    /// Opens a URL and waits for its load.
+    pub fn goto(&self, url: &str) -> Result<(), String> {
+        self.cmd("POST", "url", Some(json!({"url": url}))).map(|_| ())
+    }
+
+    /// The element the CSS selector finds first.
+    pub fn find(&self, css: &str) -> Result<String, String> {
+        let v = self.cmd("POST", "element", Some(json!({"using": "css selector", "value": css})))?;
+        v[ELEMENT].as_str().map(str::to_string).ok_or_else(|| format!("no element for {css}: {v}"))
+    }
+
+    /// Clicks the element the selector finds, as a user would.
+    pub fn click(&self, css: &str) -> Result<(), String> {
+        let id = self.find(css)?;
+        self.cmd("POST", &format!("element/{id}/click"), Some(json!({}))).map(|_| ())
+    }
+
+    /// Types text into the element the selector finds.
+    pub fn type_into(&self, css: &str, text: &str) -> Result<(), String> {
+        let id = self.find(css)?;
+        self.cmd("POST", &format!("element/{id}/value"), Some(json!({"text": text}))).map(|_| ())
+    }
+
+    /// Runs a script in the page and returns what it returns.
+    pub fn exec(&self, script: &str, args: Value) -> Result<Value, String> {
+        self.cmd("POST", "execute/sync", Some(json!({"script": script, "args": args})))
+    }
+
+    /// Waits until `expr` (a JavaScript expression) is truthy in the page
+    /// and returns its value. The page is watched, not polled blindly: each
+    /// check runs after a DOM change (a MutationObserver), and a check at
+    /// least every 500 ms catches changes the observer cannot see (a
+    /// progress element's `value` property).
+    pub fn wait_for(&self, what: &str, expr: &str, deadline: Duration) -> Result<Value, String> {
+        let end = Instant::now() + deadline;
+        self.cmd("POST", "timeouts", Some(json!({"script": 30_000})))?;
+        let script = format!(
+            "const done = arguments[arguments.length - 1];
+             const check = () => {{ try {{ return ({expr}); }} catch (e) {{ return null; }} }};
+             let v = check();
+             if (v) return done(v);
+             const stop = (r) => {{ obs.disconnect(); clearInterval(tick); clearTimeout(quit); done(r); }};
+             const obs = new MutationObserver(() => {{ const v = check(); if (v) stop(v); }});
+             obs.observe(document, {{subtree: true, childList: true, attributes: true, characterData: true}});
+             const tick = setInterval(() => {{ const v = check(); if (v) stop(v); }}, 500);
+             const quit = setTimeout(() => stop(null), 20000);"
+        );
+        loop {
+            let v = self.cmd("POST", "execute/async", Some(json!({"script": script, "args": []})))?;
+            if !(v.is_null() || v == json!(false)) {
+                return Ok(v);
+            }
+            if Instant::now() >= end {
+                return Err(format!("timed out after {deadline:?} waiting for {what} ({expr})"));
+            }
+        }
+    }
+
+    /// Saves a PNG screenshot of the page.
+    pub fn screenshot(&self, path: &Path) -> Result<(), String> {
+        let v = self.cmd("GET", "screenshot", None)?;
+        let png = base64_decode(v.as_str().ok_or("screenshot is not a string")?)?;
+        std::fs::write(path, png).map_err(|e| format!("write {}: {e}", path.display()))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            // Ends Chromium; the driver is killed either way.
+            let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The status and body of an HTTP/1.1 answer read to its end (identity or
+/// chunked).
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of the answer's head")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")) {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).split(';').next().unwrap_or("").trim(), 16).map_err(|e| format!("bad chunk size: {e}"))?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size).ok_or("short chunk")?);
+            rest = rest.get(size + 2..).ok_or("short chunk")?;
+        }
+        body = out;
+    }
+    Ok((status, body))
+}
+
+/// Standard base64 (the screenshot's encoding).
+fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' | b'\n' | b'\r' => continue,
+            _ => return Err(format!("bad base64 byte {c}")),
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Ok(out)
+}
