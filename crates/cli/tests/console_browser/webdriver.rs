@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 pub type Connector = Box<dyn Fn(SocketAddr) -> std::io::Result<TcpStream>>;
 
 /// The W3C name of an element reference in JSON.
-const ELEMENT: &str = "element-6066-11e4-a52f-4a5d4c9fe3a4";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A Chromium session; the browser and its driver end when it drops.
 pub struct Browser {
