@@ -79,6 +79,9 @@ pub enum Request {
         /// The other host's recorded state.
         peer: PeerState,
     },
+    /// This host's capacity and use (a console polls it); the answer is
+    /// `Host` (older hosts do not know this request and say so).
+    Host,
 }
 
 /// How a [`Request`] travels on the remote API (docs/api.md): its HTTP
@@ -129,6 +132,7 @@ impl Request {
             Request::Migration(id) => ("GET", format!("/v1/migrations/{}", seg(id)), None),
             Request::MigrationStop(id) => ("POST", format!("/v1/migrations/{}/stop", seg(id)), None),
             Request::Resolve { id, peer } => ("POST", format!("/v1/migrations/{}/resolve", seg(id)), body(peer)),
+            Request::Host => ("GET", "/v1/host".into(), None),
         };
         Route { method, path, body }
     }
@@ -257,6 +261,38 @@ fn now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A host's capacity for partitions and what they use of it (`GET
+/// /v1/host`): what a console shows and plans with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// The host's name.
+    pub host: String,
+    /// Memory partitions may hold here, bytes: what they use now plus
+    /// what they may still take.
+    pub memory_bytes: u64,
+    /// Memory partitions may still take, bytes (cgroup limits,
+    /// MemAvailable).
+    pub memory_available_bytes: u64,
+    /// Memory the partitions use now, bytes (their cgroups).
+    pub memory_partitions_bytes: u64,
+    /// What bounds `memory_available_bytes` (a cgroup limit, MemAvailable).
+    pub memory_bound: String,
+    /// CPUs partitions may use here (cgroup limits, online CPUs).
+    pub cpus: f64,
+    /// CPU limits of the partitions here, summed.
+    pub cpus_reserved: f64,
+    /// What bounds `cpus`.
+    pub cpus_bound: String,
+    /// The machine's load average over a minute.
+    pub load1: f64,
+    /// Partitions here.
+    pub partitions: u32,
+    /// Of which running.
+    pub running: u32,
+    /// Migrations under way here (either side).
+    pub migrations: u32,
+}
+
 /// One validation check (name, passed, detail or cause).
 pub use lpm_host::checks::Check;
 
@@ -320,6 +356,8 @@ pub enum Response {
     Migrations(Vec<MigrationInfo>),
     /// One migration this host records.
     Migration(Box<MigrationInfo>),
+    /// This host's capacity and use.
+    Host(Box<HostInfo>),
     /// The request failed.
     Error(String),
 }

@@ -290,6 +290,7 @@ pub(crate) fn handle(agent: &Arc<Agent>, req: Request, progress: &mut api::Progr
         Request::Migration(id) => migration::show(agent, &id),
         Request::MigrationStop(id) => migration::stop(agent, &id),
         Request::Resolve { id, peer } => migration::relay(agent, &id, peer),
+        Request::Host => crate::metrics::host_info(agent).map(|h| Response::Host(Box::new(h))),
     };
     res.unwrap_or_else(|e| Response::Error(format!("{e:#}")))
 }

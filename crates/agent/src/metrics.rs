@@ -144,6 +144,32 @@ pub(crate) fn render(agent: &Agent) -> String {
     out
 }
 
+/// `agent`'s host capacity and use (`GET /v1/host`): the figures of the
+/// metrics page's "capacity and use", as one document.
+pub(crate) fn host_info(agent: &Agent) -> anyhow::Result<crate::api::HostInfo> {
+    let mut h = crate::api::HostInfo { host: agent.opts.host.clone(), ..Default::default() };
+    for e in agent.parts().values() {
+        let info = agent.info(e);
+        h.partitions += 1;
+        if info.state == "running" {
+            h.running += 1;
+        }
+        h.memory_partitions_bytes += info.memory_current.unwrap_or(0);
+        h.cpus_reserved += e.spec.cpus.unwrap_or(0.0);
+    }
+    h.migrations = lock(&agent.migrations).len() as u32;
+    let room = agent.ctx.headroom().map_err(|e| anyhow::anyhow!("{}: this host's limits unreadable: {e}", agent.opts.host))?;
+    h.memory_available_bytes = room.memory;
+    h.memory_bytes = room.memory + h.memory_partitions_bytes;
+    h.memory_bound = room.memory_bound;
+    h.cpus = room.cpus;
+    h.cpus_bound = room.cpus_bound;
+    // A load average that cannot be read says nothing: 0 then, the
+    // figures above are what the console plans with.
+    h.load1 = std::fs::read_to_string("/proc/loadavg").ok().and_then(|t| t.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
+    Ok(h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

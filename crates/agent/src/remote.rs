@@ -159,7 +159,12 @@ async fn accept(agent: Arc<Agent>, listener: tokio::net::TcpListener, tls: TlsAc
                     return permit.handshake_failed(&anyhow!("api TLS handshake not done within {deadline:?}"));
                 }
             };
-            let operator = match lpm_trust::peer_name(stream.get_ref().1.peer_certificates(), lpm_trust::Role::Operator) {
+            let certs = stream.get_ref().1.peer_certificates();
+            // A console acts for its operators: it is let in as one, and
+            // named as the console it is.
+            let caller = lpm_trust::peer_name(certs, lpm_trust::Role::Operator)
+                .or_else(|e| lpm_trust::peer_name(certs, lpm_trust::Role::Console).map(|c| format!("console:{c}")).map_err(|_| e));
+            let operator = match caller {
                 Ok(name) => name,
                 Err(e) => {
                     Counts::count(&counts.refused_role);
@@ -222,6 +227,7 @@ fn router(agent: Arc<Agent>) -> Router {
             post(|State(a): Shared, Path(id): Path<String>, Json(peer): Json<PeerState>| answer(a, Request::Resolve { id, peer })),
         )
         .route("/v1/reports", get(|State(a): Shared| answer(a, Request::Reports)))
+        .route("/v1/host", get(|State(a): Shared| answer(a, Request::Host)))
         .route("/metrics", get(metrics))
         .with_state(agent)
 }

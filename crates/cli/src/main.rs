@@ -12,6 +12,7 @@ mod bench_clients;
 mod bench_migrate;
 mod bench_plan;
 mod cluster;
+mod console;
 mod hosts;
 mod migrations;
 mod pki;
@@ -141,6 +142,12 @@ enum Cmd {
     Migration {
         #[command(subcommand)]
         cmd: migrations::MigrationCmd,
+    },
+    /// The console: one service for every host's partitions and
+    /// migrations, with its HTTP API and history (docs/console.md).
+    Console {
+        #[command(subcommand)]
+        cmd: console::ConsoleCmd,
     },
     /// Run the host agent (what `lpmd` runs; the lab starts it).
     #[command(hide = true)]
@@ -281,6 +288,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Partition { cmd } => cluster::partition(cmd),
         Cmd::Migrate(a) => cluster::migrate(a),
         Cmd::Migration { cmd } => migrations::run(cmd),
+        Cmd::Console { cmd } => console::run(cmd),
         Cmd::Pki { cmd } => pki::pki(cmd),
         Cmd::Host { cmd } => pki::host(cmd),
         Cmd::Daemon(a) => a.run().map(|_| ExitCode::SUCCESS),

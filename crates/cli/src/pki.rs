@@ -26,6 +26,16 @@ pub enum PkiCmd {
         #[arg(long, default_value = lpm_trust::DEFAULT_DIR)]
         dir: PathBuf,
     },
+    /// Issue a console's certificate: it serves operators with it and
+    /// presents it to hosts, which take it as an operator.
+    Console {
+        /// The console's name (letters, digits and '-'), as in its
+        /// console.toml.
+        name: String,
+        /// The PKI directory.
+        #[arg(long, default_value = lpm_trust::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
 }
 
 /// `lpm host ...`
@@ -56,6 +66,7 @@ pub fn pki(cmd: PkiCmd) -> Result<ExitCode> {
             println!("site CA {}", pki.ca_cert().display());
         }
         PkiCmd::Operator { name, dir } => issue(&dir, Role::Operator, &name)?,
+        PkiCmd::Console { name, dir } => issue(&dir, Role::Console, &name)?,
     }
     Ok(ExitCode::SUCCESS)
 }

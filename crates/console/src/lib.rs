@@ -28,6 +28,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod service;
+
 mod balance;
 mod consolidate;
 mod evacuate;

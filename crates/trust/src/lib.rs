@@ -118,6 +118,9 @@ pub enum Role {
     Host,
     /// An operator's CLI: connects to hosts.
     Operator,
+    /// A console: serves operators and connects to hosts' APIs, which
+    /// take it as an operator and name it as the console it is.
+    Console,
 }
 
 impl Role {
@@ -125,6 +128,7 @@ impl Role {
         match self {
             Role::Host => "hosts",
             Role::Operator => "operators",
+            Role::Console => "consoles",
         }
     }
 
@@ -245,6 +249,7 @@ impl Pki {
         params.extended_key_usages = match role {
             Role::Host => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
             Role::Operator => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Console => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         };
         let key = KeyPair::generate().map_err(|source| TrustError::Make { what: format!("{subject}'s key"), source })?;
         let cert =
@@ -380,6 +385,32 @@ pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>> {
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .map_err(|e| TrustError::Tls(format!("our certificate: {e}")))?;
     Ok(Arc::new(c))
+}
+
+/// A server's TLS configuration that also takes clients without a
+/// certificate (TLS 1.3): the console, whose operators present a
+/// certificate of the same CA or a bearer token inside the connection.
+/// A certificate presented must still be valid and of the site CA.
+pub fn server_config_optional_client(id: &Identity) -> Result<Arc<ServerConfig>> {
+    let p = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(id.roots()?, p.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TrustError::Tls(format!("client verifier: {e}")))?;
+    let c = ServerConfig::builder_with_provider(p)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TrustError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| TrustError::Tls(format!("our certificate: {e}")))?;
+    Ok(Arc::new(c))
+}
+
+/// The name a client expects in console `name`'s certificate.
+pub fn console_server_name(name: &str) -> Result<ServerName<'static>> {
+    check_name(name)?;
+    ServerName::try_from(Role::Console.subject(name))
+        .map_err(|_| TrustError::BadName { name: name.to_string(), why: "not a valid console name" })
 }
 
 /// A client's TLS configuration: it presents `id` and accepts only a
