@@ -124,8 +124,22 @@ function hostNames() {
   return state.hosts.map((h) => pick(h, "name")).filter((n) => n);
 }
 
+// The rows are rebuilt only when what they hold changed (a partition
+// came, went, moved or changed state, or the hosts changed): a refresh
+// does not replace a button under the operator's pointer.
+let partitionsShown = "";
+
 function renderPartitions() {
   const body = $("#partitions tbody");
+  const key = JSON.stringify([hostNames(), state.partitions.map((p) => [pick(p, "name", "spec.name"), pick(p, "host"), pick(p, "state")])]);
+  if (key === partitionsShown) {
+    for (const p of state.partitions) {
+      const cell = body.querySelector(`tr[data-partition="${CSS.escape(pick(p, "name", "spec.name"))}"] .memory`);
+      if (cell) cell.textContent = mib(pick(p, "memory_current", "memory", "spec.memory"));
+    }
+    return;
+  }
+  partitionsShown = key;
   body.replaceChildren();
   for (const p of state.partitions) {
     const name = pick(p, "name", "spec.name");
@@ -138,14 +152,13 @@ function renderPartitions() {
       el("td", {}, name),
       el("td", {}, badge(st)),
       el("td", { class: "placement" }, host || "?"),
-      el("td", {}, mib(pick(p, "memory_current", "memory", "spec.memory"))),
+      el("td", { class: "memory" }, mib(pick(p, "memory_current", "memory", "spec.memory"))),
       el("td", {}, target),
       el("td", {},
         el("button", { class: "validate", onclick: () => validate(name, target.value) }, "Validate"), " ",
         el("button", { class: "migrate", disabled: running ? null : "", onclick: () => migrate(name, target.value) }, "Migrate"), " ",
-        running
-          ? el("button", { class: "stop", onclick: () => stopPartition(name) }, "Stop")
-          : el("button", { class: "start", onclick: () => startPartition(name) }, "Start"))));
+        running ? el("button", { class: "stop", onclick: () => stopPartition(name) }, "Stop") : null,
+        st === "stopped" ? el("button", { class: "start", onclick: () => startPartition(name) }, "Start") : null)));
   }
 }
 
@@ -178,16 +191,15 @@ function renderHistory() {
   }
 }
 
+// One line of a migration's report (lpm_migrate's Report).
 function summarize(r) {
+  if (Array.isArray(r)) return `${r.length} checks`;
   const parts = [];
-  const down = pick(r, "downtime_ms", "downtime.ms");
-  if (down !== undefined) parts.push(`downtime ${down} ms`);
-  const total = pick(r, "total_ms", "total.ms");
-  if (total !== undefined) parts.push(`total ${total} ms`);
-  const rounds = pick(r, "rounds", "precopy_rounds");
-  if (rounds !== undefined) parts.push(`${Array.isArray(rounds) ? rounds.length : rounds} rounds`);
-  const sent = pick(r, "sent_bytes", "bytes_sent");
-  if (sent !== undefined) parts.push(mib(sent) + " sent");
+  const ms = (v) => (v >= 1000 ? (v / 1000).toFixed(1) + " s" : Math.round(v) + " ms");
+  if (typeof r.downtime_ms === "number") parts.push(`downtime ${ms(r.downtime_ms)}`);
+  if (typeof r.total_ms === "number") parts.push(`total ${ms(r.total_ms)}`);
+  if (Array.isArray(r.rounds)) parts.push(`${r.rounds.length} rounds`);
+  if (typeof r.bytes_total === "number") parts.push(mib(r.bytes_total) + " sent");
   return parts.length ? parts.join(", ") : "report";
 }
 
