@@ -40,6 +40,11 @@ pub enum LabCmd {
         /// clear), to measure what encryption costs.
         #[arg(long)]
         insecure: bool,
+        /// Start a console beside the hosts (`lpm console serve` in the
+        /// fabric namespace, the hosts registered) and make the lab's CLI
+        /// go through it.
+        #[arg(long)]
+        console: bool,
     },
     /// Run a command in a host's or the client's network namespace.
     Exec {
@@ -247,6 +252,8 @@ pub(crate) struct Cluster {
     path: PathBuf,
     /// The operator's TLS configuration, or why there is none.
     tls: std::result::Result<TlsConfig, String>,
+    /// The console the commands go through, when one is configured.
+    pub(crate) console: Option<lpm_console::client::ConsoleClient>,
 }
 
 impl Cluster {
@@ -258,7 +265,17 @@ impl Cluster {
     pub(crate) fn with_hosts_file(path: &Path) -> Result<Cluster> {
         let dir = lab_dir();
         let lab = if dir.join(lpm_host::lab::STATE_FILE).exists() { Some(Lab::load(&dir)?) } else { None };
-        let hosts = lpm_host::hosts::HostsFile::load(path)?;
+        let mut hosts = lpm_host::hosts::HostsFile::load(path)?;
+        let console = crate::console::configured(&hosts, path)?;
+        if let Some(con) = &console {
+            // The console's hosts are the cluster's: names and movers.
+            let listed: Vec<serde_json::Value> = con.call("GET", "/v1/hosts", None).context("list the console's hosts")?;
+            for h in listed {
+                let (Some(name), Some(api)) = (h["name"].as_str(), h["api"].as_str().and_then(|a| a.parse().ok())) else { continue };
+                let mover = h["mover"].as_str().and_then(|m| m.parse().ok());
+                hosts.hosts.insert(name.to_string(), lpm_host::hosts::HostEntry { api, mover });
+            }
+        }
         if hosts.hosts.is_empty() {
             bail!(
                 "no hosts in {} and no lab at {}: add hosts with `lpm host add NAME ADDR`, run `lpm lab up`, or set LPM_CONFIG or LPM_LAB",
@@ -270,7 +287,7 @@ impl Cluster {
             Some(op) => operator_tls(&op.ca, &op.cert, &op.key).map_err(|e| format!("{}: operator identity: {e:#}", path.display())),
             None => Err(format!("{} names no operator identity (`lpm host add NAME ADDR --ca CA --cert CERT --key KEY`)", path.display())),
         };
-        Ok(Cluster { lab, hosts, path: path.to_path_buf(), tls })
+        Ok(Cluster { lab, hosts, path: path.to_path_buf(), tls, console })
     }
 
     /// The lab, for what only a lab has.
@@ -298,7 +315,19 @@ impl Cluster {
             .collect())
     }
 
-    pub(crate) fn client(&self, host: &str) -> Result<Client> {
+    /// Host `host`'s API: through the console when one is configured.
+    pub(crate) fn client(&self, host: &str) -> Result<crate::console::HostCall> {
+        match &self.console {
+            Some(con) => {
+                self.hosts.get(host, &self.path)?;
+                Ok(crate::console::HostCall::Console { con: con.clone(), host: host.to_string(), direct: self.direct(host).ok() })
+            }
+            None => Ok(crate::console::HostCall::Direct(self.direct(host)?)),
+        }
+    }
+
+    /// Host `host`'s API, straight.
+    fn direct(&self, host: &str) -> Result<Client> {
         let h = self.hosts.get(host, &self.path)?;
         let tls = self.tls.clone().map_err(|e| anyhow!(e))?;
         Ok(Client::remote(host, Remote { addr: h.api, netns: self.hosts.netns.clone(), tls }))
@@ -398,14 +427,18 @@ fn agent_options() -> Result<LabOptions> {
 pub fn lab(cmd: LabCmd) -> Result<ExitCode> {
     let dir = lab_dir();
     match cmd {
-        LabCmd::Up { hosts, subnet, insecure } => {
+        LabCmd::Up { hosts, subnet, insecure, console } => {
             let mut opts = agent_options()?;
             opts.hosts = hosts;
             opts.subnet = subnet;
             opts.insecure = insecure;
+            opts.console_args = console.then(|| vec!["console".into(), "serve".into()]);
             let lab = Lab::up(&dir, &opts).context("lab up")?;
             for h in lab.hosts() {
                 println!("{}  netns {}  mover {}", h.name, h.netns, h.listen);
+            }
+            if let Some(c) = lab.console() {
+                println!("console  {}  log {}", c.addr, c.log.display());
             }
             println!("client  netns {}  {}", lab.client().netns, lab.client().addr);
             Ok(ExitCode::SUCCESS)

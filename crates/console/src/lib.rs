@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod service;
 
 mod balance;

@@ -69,6 +69,27 @@ impl HostEntry {
     }
 }
 
+/// The console the CLI goes through, when one is configured (`lpm console
+/// use ADDR`, or a lab with a console): the cluster commands then ask it
+/// rather than each host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleEntry {
+    /// Where the console listens.
+    pub addr: SocketAddr,
+    /// Its name: its certificate is for NAME.consoles.lpm.
+    #[serde(default = "console_name")]
+    pub name: String,
+    /// A bearer token (`lpm console token add`); without one the CLI
+    /// presents the operator's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+fn console_name() -> String {
+    "console".into()
+}
+
 /// `hosts.toml`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +100,9 @@ pub struct HostsFile {
     /// The operator identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator: Option<Operator>,
+    /// The console to go through, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleEntry>,
     /// The hosts by name.
     #[serde(default)]
     pub hosts: BTreeMap<String, HostEntry>,

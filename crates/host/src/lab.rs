@@ -90,6 +90,12 @@ const PKI_DIR: &str = "pki";
 pub const LAB_OPERATOR: &str = "lab";
 /// Each host's lpmd configuration, in its directory.
 const CONFIG_FILE: &str = "lpmd.toml";
+/// The console's name in a lab.
+pub const CONSOLE_NAME: &str = "console";
+/// The port of a lab's console.
+pub const CONSOLE_PORT: u16 = 7420;
+/// The console's directory in the lab's.
+const CONSOLE_DIR: &str = "console";
 /// The host part of the fabric's address on the management network,
 /// where the CLI's connections to the hosts come from.
 const OPERATOR_HOST_PART: u8 = 2;
@@ -258,12 +264,22 @@ pub struct LabOptions {
     /// Start every `lpmd` with `insecure = true`: movers without TLS, for
     /// measuring what encryption costs.
     pub insecure: bool,
+    /// Start a console beside the hosts: the arguments that make the
+    /// `lpmd` binary (`lpm`) one (`console serve`); None for no console.
+    pub console_args: Option<Vec<String>>,
 }
 
 impl LabOptions {
     /// Two hosts on [`DEFAULT_SUBNET`] running `lpmd`.
     pub fn new(lpmd: impl Into<PathBuf>) -> LabOptions {
-        LabOptions { hosts: 2, subnet: DEFAULT_SUBNET.to_string(), lpmd: lpmd.into(), lpmd_args: Vec::new(), insecure: false }
+        LabOptions {
+            hosts: 2,
+            subnet: DEFAULT_SUBNET.to_string(),
+            lpmd: lpmd.into(),
+            lpmd_args: Vec::new(),
+            insecure: false,
+            console_args: None,
+        }
     }
 }
 
@@ -306,6 +322,28 @@ pub struct ClientInfo {
     pub addr: Ipv4Addr,
 }
 
+/// The lab's console, when `up` started one: its own process in the
+/// fabric namespace, on the management network beside the CLI's seat.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsoleInfo {
+    /// Its name (its certificate's).
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddrV4,
+    /// Its directory (configuration, database, log).
+    pub dir: PathBuf,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+    /// The arguments that make the lab's binary a console.
+    pub args: Vec<String>,
+    /// Its pid, once started.
+    pub pid: Option<i32>,
+    /// The start time of that pid.
+    pub pid_start: Option<u64>,
+}
+
 /// `lab.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct State {
@@ -338,6 +376,9 @@ struct State {
     /// Its `lpmd`s run their movers without TLS.
     #[serde(default)]
     insecure: bool,
+    /// Its console, when it has one.
+    #[serde(default)]
+    console: Option<ConsoleInfo>,
 }
 
 impl State {
@@ -400,6 +441,9 @@ impl Lab {
         let prefix = state.prefix();
         let mut failures = Vec::new();
 
+        if let Some(c) = &state.console {
+            stop_pids(&[c], &mut failures);
+        }
         stop_lpmds(&state.hosts, &mut failures);
 
         let mut names: BTreeSet<String> = state.planned.iter().chain(&state.created).cloned().collect();
@@ -665,6 +709,7 @@ impl Lab {
             lpmd,
             lpmd_args: state.lpmd_args.clone(),
             insecure: state.insecure,
+            console_args: None,
         };
         let mut failures = Vec::new();
         stop_lpmds(std::slice::from_ref(&h), &mut failures);
@@ -689,6 +734,38 @@ impl Lab {
         })?;
         wait_ready(&h, &mut child)?;
         tracing::info!(target: "lpm::lab", host, pid, "lpmd restarted");
+        Ok(())
+    }
+
+    /// The lab's console, when it has one.
+    pub fn console(&self) -> Option<&ConsoleInfo> {
+        self.state.console.as_ref()
+    }
+
+    /// Starts the lab's console again as [`Lab::up`] did (stopping a
+    /// running one first: SIGTERM, then SIGKILL), and returns once it
+    /// accepts connections: what an operator does after the console
+    /// died. Its database is kept.
+    pub fn restart_console(&self) -> Result<(), LabError> {
+        let state = read_state(&self.dir)?;
+        let c = state.console.clone().ok_or_else(|| LabError::BadOptions(format!("lab {} has no console", state.id)))?;
+        let mut failures = Vec::new();
+        stop_pids(&[&c], &mut failures);
+        if let Some(f) = failures.into_iter().next() {
+            return Err(LabError::Down { id: state.id.clone(), dir: self.dir.clone(), failures: vec![f] });
+        }
+        let mut child = spawn_console(&state, &c)?;
+        let pid = child.id() as i32;
+        let start = proc_start(pid);
+        with_locked_state(&self.dir, |s| {
+            if let Some(sc) = s.console.as_mut() {
+                sc.pid = Some(pid);
+                sc.pid_start = start;
+            }
+            Ok(())
+        })?;
+        wait_console(&state, &c, &mut child)?;
+        tracing::info!(target: "lpm::lab", pid, "console restarted");
         Ok(())
     }
 
@@ -951,6 +1028,7 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
         lpmd: Some(opts.lpmd.clone()),
         lpmd_args: opts.lpmd_args.clone(),
         insecure: opts.insecure,
+        console: None,
     };
     write_state(dir, &state)?;
     let mut b = Builder { dir, state };
@@ -1005,6 +1083,33 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
     for (h, child) in b.state.hosts.iter().zip(&mut children) {
         wait_ready(h, child)?;
     }
+    if let Some(args) = &opts.console_args {
+        let c = ConsoleInfo {
+            name: CONSOLE_NAME.into(),
+            addr: SocketAddrV4::new(with_host_part(mgmt, OPERATOR_HOST_PART), CONSOLE_PORT),
+            dir: dir.join(CONSOLE_DIR),
+            config: dir.join(CONSOLE_DIR).join("console.toml"),
+            log: dir.join(CONSOLE_DIR).join("console.log"),
+            args: args.clone(),
+            pid: None,
+            pid_start: None,
+        };
+        pki.enroll(lpm_trust::Role::Console, &c.name).map_err(pki_err)?;
+        std::fs::create_dir_all(&c.dir).map_err(io_err("creating console directory", &c.dir))?;
+        write_console_config(&b.state, &c, &pki)?;
+        b.state.console = Some(c.clone());
+        let child = spawn_console(&b.state, &c)?;
+        let pid = child.id() as i32;
+        if let Some(bc) = b.state.console.as_mut() {
+            bc.pid = Some(pid);
+            bc.pid_start = proc_start(pid);
+        }
+        write_state(dir, &b.state)?;
+        children.push(child);
+        let child = children.last_mut().expect("just pushed");
+        wait_console(&b.state, &c, child)?;
+        write_hosts_file(dir, &b.state, &pki)?;
+    }
     b.state.ready = true;
     write_state(dir, &b.state)?;
     // The children are not waited for here: `down` reaps them when this
@@ -1019,6 +1124,8 @@ fn write_hosts_file(dir: &Path, state: &State, pki: &lpm_trust::Pki) -> Result<(
     let mut f = crate::hosts::HostsFile {
         netns: Some(state.fabric.clone()),
         operator: Some(crate::hosts::Operator { ca: pki.ca_cert(), cert: op.cert, key: op.key }),
+        // The CLI goes through the lab's console when it has one.
+        console: state.console.as_ref().map(|c| crate::hosts::ConsoleEntry { addr: c.addr.into(), name: c.name.clone(), token: None }),
         ..Default::default()
     };
     for h in &state.hosts {
@@ -1028,6 +1135,81 @@ fn write_hosts_file(dir: &Path, state: &State, pki: &lpm_trust::Pki) -> Result<(
     }
     let path = dir.join(crate::hosts::LAB_FILE);
     f.save(&path).map_err(|e| LabError::State { path, reason: e.to_string() })
+}
+
+/// The console's configuration (docs/console.md): the lab's PKI, its
+/// directory, the lab's hosts registered at its first start, a poll every
+/// second.
+fn write_console_config(state: &State, c: &ConsoleInfo, pki: &lpm_trust::Pki) -> Result<(), LabError> {
+    let issued = pki.paths(lpm_trust::Role::Console, &c.name);
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let mut text = format!(
+        "name = {:?}\nlisten = \"{}\"\nstate_dir = {}\npoll_interval_ms = 1000\npoll_timeout_ms = 5000\nmax_migrations = 8\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
+        c.name,
+        c.addr,
+        q(&c.dir),
+        q(&pki.ca_cert()),
+        q(&issued.cert),
+        q(&issued.key)
+    );
+    for h in &state.hosts {
+        let api = h.api.expect("a new lab's hosts have an API address");
+        text.push_str(&format!("\n[hosts.{}]\napi = \"{api}\"\nmover = \"{}\"\n", h.name, h.listen));
+    }
+    std::fs::write(&c.config, text).map_err(io_err("writing", &c.config))
+}
+
+/// Starts the console in the fabric namespace, in a session of its own.
+fn spawn_console(state: &State, c: &ConsoleInfo) -> Result<Child, LabError> {
+    let ns = Netns::open(&state.fabric).and_then(|ns| ns.fd()).map_err(|source| LabError::Net {
+        id: state.id.clone(),
+        step: "opening the fabric namespace for the console".into(),
+        source: Box::new(source),
+    })?;
+    let lpm = state.lpmd.clone().ok_or_else(|| LabError::BadOptions("no lpm binary recorded for the console".into()))?;
+    let spawn_err = |source| LabError::Spawn { host: c.name.clone(), lpmd: lpm.clone(), source };
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&c.log).map_err(io_err("creating", &c.log))?;
+    let log2 = log.try_clone().map_err(io_err("duplicating", &c.log))?;
+    let mut cmd = Command::new("setsid");
+    cmd.arg(&lpm).args(&c.args).arg("--config").arg(&c.config).stdin(Stdio::null()).stdout(log).stderr(log2);
+    if std::env::var_os("LPM_LOG").is_none() {
+        cmd.env("LPM_LOG", "info");
+    }
+    let child = lpm_sys::net::in_netns(ns.as_fd(), move || cmd.spawn())
+        .map_err(|e| spawn_err(io::Error::other(e.to_string())))?
+        .map_err(spawn_err)?;
+    tracing::debug!(target: "lpm::lab", pid = child.id(), "console started");
+    Ok(child)
+}
+
+/// Waits until the console accepts connections.
+fn wait_console(state: &State, c: &ConsoleInfo, child: &mut Child) -> Result<(), LabError> {
+    let ns = Netns::open(&state.fabric).and_then(|ns| ns.fd()).map_err(|source| LabError::Net {
+        id: state.id.clone(),
+        step: "opening the fabric namespace for the console".into(),
+        source: Box::new(source),
+    })?;
+    let deadline = Instant::now() + LPMD_START_TIMEOUT * 2;
+    let addr = std::net::SocketAddr::from(c.addr);
+    loop {
+        let up = lpm_sys::net::in_netns(ns.as_fd(), || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
+            .unwrap_or(false);
+        if up {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().map_err(io_err("waiting for the console", &c.log))? {
+            return Err(LabError::LpmdExited { host: c.name.clone(), status, log_tail: log_tail(&c.log) });
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::LpmdTimeout {
+                host: c.name.clone(),
+                control: c.config.clone(),
+                timeout: LPMD_START_TIMEOUT * 2,
+                log_tail: log_tail(&c.log),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn open_pki(lab: &Path) -> Result<lpm_trust::Pki, LabError> {
@@ -1174,6 +1356,25 @@ fn wait_gone(pids: &[(i32, Option<u64>)], timeout: Duration, reap_them: bool) ->
 /// SIGTERM to every `lpmd` (each leaves its partitions running: the
 /// lab's teardown kills what runs in its namespaces), SIGKILL to those
 /// still running after [`LPMD_STOP_TIMEOUT`].
+/// Stops the console (SIGTERM, SIGKILL after [`LPMD_STOP_TIMEOUT`]).
+fn stop_pids(consoles: &[&ConsoleInfo], failures: &mut Vec<String>) {
+    let pids: Vec<(i32, Option<u64>)> =
+        consoles.iter().filter_map(|c| Some((c.pid?, c.pid_start))).filter(|&(pid, start)| still_running(pid, start)).collect();
+    for &(pid, _) in &pids {
+        signal(pid, rustix::process::Signal::TERM);
+    }
+    let left = wait_gone(&pids, LPMD_STOP_TIMEOUT, true);
+    for &(pid, _) in &left {
+        signal(pid, rustix::process::Signal::KILL);
+    }
+    for (pid, _) in wait_gone(&left, Duration::from_secs(2), true) {
+        failures.push(format!("console {pid} survived SIGKILL"));
+    }
+    for &(pid, _) in &pids {
+        reap(pid);
+    }
+}
+
 fn stop_lpmds(hosts: &[HostInfo], failures: &mut Vec<String>) {
     let pids: Vec<(i32, Option<u64>)> =
         hosts.iter().filter_map(|h| Some((h.pid?, h.pid_start))).filter(|&(pid, start)| still_running(pid, start)).collect();

@@ -426,6 +426,24 @@ pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>> {
     Ok(Arc::new(c))
 }
 
+/// A client's TLS configuration without a certificate of its own (TLS
+/// 1.3): it accepts only a server of the CA of `ca_cert`. An operator with
+/// a console token calls the console so, and authenticates inside.
+pub fn anonymous_client_config(ca_cert: &Path) -> Result<Arc<ClientConfig>> {
+    let ca = read_certs(ca_cert)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| TrustError::Bad { path: ca_cert.to_path_buf(), why: "no certificate".into() })?;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca).map_err(|e| TrustError::Tls(format!("the site CA: {e}")))?;
+    let c = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TrustError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(c))
+}
+
 /// The name a client expects in host `name`'s certificate.
 pub fn host_server_name(name: &str) -> Result<ServerName<'static>> {
     check_name(name)?;

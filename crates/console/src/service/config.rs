@@ -10,12 +10,17 @@
 //! poll_timeout_ms = 4000                # one host's poll; the others go on
 //! max_migrations = 4                    # under way at once, console-wide
 //!
+//! [hosts.h1]                            # registered at start unless already
+//! api = "192.0.2.11:7412"
+//! mover = "192.0.2.11:7411"
+//!
 //! [tls]                                 # served to operators, presented to hosts
 //! ca = "/etc/lpm/pki/ca.crt"
 //! cert = "/etc/lpm/pki/consoles/console.crt"
 //! key = "/etc/lpm/pki/consoles/console.key"
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -69,6 +74,21 @@ pub struct Config {
     /// Migrations under way at once through this console.
     #[serde(default = "default_max_migrations")]
     pub max_migrations: usize,
+    /// Hosts registered when the console starts, unless registered
+    /// already (a lab's console knows the lab's hosts from the start).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, SeedHost>,
+}
+
+/// A host registered at start (`[hosts.NAME]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedHost {
+    /// Its lpmd's api_listen.
+    pub api: SocketAddr,
+    /// Its lpmd's listen (default: the API's address, port 7411).
+    #[serde(default)]
+    pub mover: Option<SocketAddr>,
 }
 
 fn default_name() -> String {
@@ -102,6 +122,7 @@ impl Config {
             poll_interval_ms: default_poll_interval(),
             poll_timeout_ms: default_poll_timeout(),
             max_migrations: default_max_migrations(),
+            hosts: BTreeMap::new(),
         }
     }
 

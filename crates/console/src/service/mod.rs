@@ -352,6 +352,13 @@ pub fn all_routes() -> Vec<(&'static str, &'static str)> {
 /// the poller, the listener.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::open(config).await?;
+    for (name, h) in &state.config.hosts {
+        let mover = h.mover.unwrap_or_else(|| std::net::SocketAddr::new(h.api.ip(), lpm_host::hosts::MOVER_PORT));
+        if state.store.add_host(name, &h.api.to_string(), &mover.to_string()).await? {
+            state.audit("config", "host.add", &format!("{name} api {} mover {mover}", h.api)).await?;
+        }
+    }
+    poll::poll_all(&state).await;
     migrate::resume(&state).await;
     let poller = tokio::spawn(poll::run(state.clone()));
     let served = auth::listen(state.clone()).await;
