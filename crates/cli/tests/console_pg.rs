@@ -144,6 +144,20 @@ fn inventory_and_history_survive_a_restart(tag: &str, database: Option<String>) 
 
     let (status, _) = c.api_as(None, "GET", "/v1/hosts", None);
     assert_eq!(status, 401, "an unauthenticated call is refused");
+    // The event stream takes its token as a query parameter too, and
+    // refuses a stream with none or a wrong one; the page and the API's
+    // description are public.
+    assert_eq!(c.api_as(None, "GET", "/v1/events", None).0, 401);
+    assert_eq!(c.api_as(None, "GET", "/v1/events?token=lpm_wrong", None).0, 401);
+    assert_eq!(c.api_as(None, "GET", "/v1/hosts?token=lpm_wrong", None).0, 401);
+    assert_eq!(
+        c.api_as(None, "GET", &format!("/v1/hosts?token={}", c.token), None).0,
+        401,
+        "the token goes in a query on the event stream only"
+    );
+    for public in ["/", "/ui/app.js", "/ui/style.css", "/openapi.json"] {
+        assert_eq!(c.api_as(None, "GET", public, None).0, 200, "GET {public} without a token");
+    }
 
     for h in l.hosts() {
         let body = json!({"name": h.name, "api": h.api.expect("the lab's hosts serve the API").to_string(), "mover": h.listen.to_string()});
