@@ -23,6 +23,8 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 # Debian's Chromium through its ChromeDriver over plain WebDriver HTTP.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# certutil: the browser test trusts the lab's site CA in a fresh NSS db.
+command -v certutil >/dev/null || need+=(libnss3-tools)
 # The console tests call its API with curl.
 command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then

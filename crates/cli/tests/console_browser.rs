@@ -77,8 +77,14 @@ fn page_migrates_a_partition_with_its_button_and_shows_progress_and_report() {
     let lab = TestLab::up("webui", 2);
     let console = Console::start(&lab, None);
     let l = lab.lab();
-    let browser = Browser::start(&lab.root, Some(l.fabric()), connector(l.fabric()), &[&format!("MAP {CONSOLE}.consoles.lpm 127.0.0.1")])
-        .expect("start Chromium");
+    let browser = Browser::start(
+        &lab.root,
+        Some(l.fabric()),
+        connector(l.fabric()),
+        &[&format!("MAP {CONSOLE}.consoles.lpm 127.0.0.1")],
+        &l.pki().unwrap().ca_cert(),
+    )
+    .expect("start Chromium");
     browser.goto(&base()).expect("open the page");
     browser.wait_for("the login form", "!document.querySelector('#login').hidden", Duration::from_secs(30)).unwrap();
 

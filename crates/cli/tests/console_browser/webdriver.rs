@@ -41,10 +41,30 @@ impl Browser {
     /// Starts ChromeDriver (in `netns` if given) and a headless Chromium
     /// session with a fresh profile under `dir`.
     /// `resolve` are Chromium host resolver rules (`MAP NAME ADDRESS`), so
-    /// a server is reached by the name its certificate carries.
-    pub fn start(dir: &Path, netns: Option<&str>, connect: Connector, resolve: &[&str]) -> Result<Browser, String> {
+    /// a server is reached by the name its certificate carries; `ca` is a
+    /// CA certificate (PEM) the browser trusts, alone.
+    pub fn start(dir: &Path, netns: Option<&str>, connect: Connector, resolve: &[&str], ca: &Path) -> Result<Browser, String> {
         let profile = dir.join("chromium-profile");
         std::fs::create_dir_all(&profile).map_err(|e| format!("create {}: {e}", profile.display()))?;
+        // Chromium on Linux trusts the NSS database in $HOME/.pki/nssdb:
+        // a fresh HOME with only the site CA in it, so the console's
+        // certificate is checked as a browser would check it.
+        let home = dir.join("browser-home");
+        let nssdb = home.join(".pki/nssdb");
+        std::fs::create_dir_all(&nssdb).map_err(|e| format!("create {}: {e}", nssdb.display()))?;
+        let db = format!("sql:{}", nssdb.display());
+        for args in [
+            vec!["-N", "-d", &db, "--empty-password"],
+            vec!["-A", "-d", &db, "-n", "lpm-site-ca", "-t", "C,,", "-i", ca.to_str().ok_or("CA path")?],
+        ] {
+            let out = Command::new("certutil")
+                .args(&args)
+                .output()
+                .map_err(|e| format!("run certutil (scripts/setup.sh installs libnss3-tools): {e}"))?;
+            if !out.status.success() {
+                return Err(format!("certutil {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+        }
         let log = dir.join("chromedriver.log");
         let mut cmd = match netns {
             Some(ns) => {
@@ -54,7 +74,7 @@ impl Browser {
             }
             None => Command::new("chromedriver"),
         };
-        cmd.arg("--port=0").arg(format!("--log-path={}", log.display()));
+        cmd.arg("--port=0").arg(format!("--log-path={}", log.display())).env("HOME", &home);
         let mut driver = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -106,10 +126,7 @@ impl Browser {
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            // The site CA is not in the browser's trust store: the
-            // certificate's name is checked by the resolver rule above,
-            // its issuer is not.
-            "acceptInsecureCerts": true,
+            "acceptInsecureCerts": false,
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 // What the machine notes found needed on this closed
