@@ -86,7 +86,7 @@ fn page_migrates_a_partition_with_its_button_and_shows_progress_and_report() {
     )
     .expect("start Chromium");
     browser.goto(&base()).expect("open the page");
-    browser.wait_for("the login form", "!document.querySelector('#login').hidden", Duration::from_secs(30)).unwrap();
+    browser.wait_for("the login form", "!document.querySelector('#login').hidden", Duration::from_secs(120)).unwrap();
 
     // The hosts, registered through the API as an operator would.
     for h in l.hosts() {
@@ -103,19 +103,19 @@ fn page_migrates_a_partition_with_its_button_and_shows_progress_and_report() {
     browser.type_into("#token", "lpm_not-a-token").unwrap();
     browser.click("#login-button").unwrap();
     browser
-        .wait_for("the refusal", "document.querySelector('#login-error').textContent.includes('refused')", Duration::from_secs(30))
+        .wait_for("the refusal", "document.querySelector('#login-error').textContent.includes('refused')", Duration::from_secs(120))
         .unwrap();
     browser.exec("document.querySelector('#token').value = ''; return 1;", json!([])).unwrap();
     browser.type_into("#token", &console.token).unwrap();
     browser.click("#login-button").unwrap();
-    browser.wait_for("the live stream", "document.querySelector('#live').textContent === 'live'", Duration::from_secs(30)).unwrap();
+    browser.wait_for("the live stream", "document.querySelector('#live').textContent === 'live'", Duration::from_secs(120)).unwrap();
     // The partition appears once the console has polled h1.
     let row = "#partitions tr[data-partition=\"web\"]";
     browser
         .wait_for(
             "the partition on h1 with h2 as a target",
             &format!("document.querySelector('{row} .placement')?.textContent === 'h1' && document.querySelector('{row} select.target')?.value === 'h2' && !document.querySelector('{row} button.migrate').disabled"),
-            Duration::from_secs(60),
+            Duration::from_secs(120),
         )
         .unwrap();
 
@@ -137,7 +137,7 @@ fn page_migrates_a_partition_with_its_button_and_shows_progress_and_report() {
         .unwrap();
     browser.click(&format!("{row} button.migrate")).unwrap();
     let card = browser
-        .wait_for("a migration card", "document.querySelector('#live-migrations .migration')?.dataset.migration", Duration::from_secs(60))
+        .wait_for("a migration card", "document.querySelector('#live-migrations .migration')?.dataset.migration", Duration::from_secs(120))
         .unwrap();
     let id = card.as_str().unwrap().to_string();
     let outcome = browser
@@ -153,7 +153,7 @@ fn page_migrates_a_partition_with_its_button_and_shows_progress_and_report() {
         .wait_for(
             "the partition running on h2 in the page",
             &format!("document.querySelector('{row} .placement')?.textContent === 'h2' && document.querySelector('{row} .badge')?.textContent === 'running'"),
-            Duration::from_secs(60),
+            Duration::from_secs(120),
         )
         .unwrap();
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console_browser.png");

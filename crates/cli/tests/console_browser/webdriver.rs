@@ -233,7 +233,11 @@ impl Browser {
                 return Ok(v);
             }
             if Instant::now() >= end {
-                return Err(format!("timed out after {deadline:?} waiting for {what} ({expr})"));
+                // What the page showed instead: its address, title and text.
+                let page = self
+                    .exec("return [location.href, document.title, document.body ? document.body.innerText.slice(0, 400) : ''];", json!([]))
+                    .unwrap_or_else(|e| json!(e));
+                return Err(format!("timed out after {deadline:?} waiting for {what} ({expr}); the page: {page}"));
             }
         }
     }
