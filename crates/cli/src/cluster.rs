@@ -899,7 +899,8 @@ pub fn demo() -> Result<ExitCode> {
     std::env::set_var("LPM_LAB", &dir);
     let mut opts = agent_options()?;
     opts.hosts = 2;
-    println!("== lab: two hosts (h1, h2) and a client, in network namespaces of their own");
+    opts.console_args = Some(vec!["console".into(), "serve".into()]);
+    println!("== lab: two hosts (h1, h2) and a client, in network namespaces of their own, and a console the demo goes through");
     let lab = Lab::up(&dir, &opts).context("lab up")?;
     let _guard = LabGuard(dir.clone());
     drop(lab);

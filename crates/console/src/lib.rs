@@ -25,6 +25,10 @@
 //! The objectives are in [`evacuate()`], [`balance()`] and
 //! [`consolidate()`]; docs/console.md has them with the benchmark's
 //! figures.
+//!
+//! [`service`] is the console as a service (`lpm console serve`): the
+//! HTTP API, the store, the hosts polled, migrations through the hosts;
+//! [`client`] is the CLI's client of it.
 
 #![forbid(unsafe_code)]
 

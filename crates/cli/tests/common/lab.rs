@@ -94,6 +94,12 @@ impl TestLab {
         TestLab::up_as(tag, hosts, &[], &["--insecure"])
     }
 
+    /// [`TestLab::up`] with `lpm lab up --console`: a console beside the
+    /// hosts, which the lab's CLI goes through.
+    pub fn up_console(tag: &str, hosts: usize) -> TestLab {
+        TestLab::up_as(tag, hosts, &[], &["--console"])
+    }
+
     fn up_as(tag: &str, hosts: usize, env: &[(&str, &str)], extra: &[&str]) -> TestLab {
         sweep_dead_labs();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();

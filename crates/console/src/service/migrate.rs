@@ -63,16 +63,28 @@ impl Default for MigrateOptions {
 /// on one host, the target is another, registered, up and not in
 /// maintenance.
 async fn locate(state: &Arc<AppState>, partition: &str, target: &str) -> Result<(HostRow, HostRow), ApiError> {
+    // On the hosts' word of now, not of the last poll: a partition just
+    // made, stopped or moved is where it is.
+    super::poll::poll_all(state).await;
     let seen = state.store.partition(partition).await?;
     let source = match seen.as_slice() {
         [] => return Err(ApiError::not_found(format!("no partition {partition:?} on any host the console knows"))),
         [one] => one.host.clone(),
         many => {
-            let hosts: Vec<&str> = many.iter().map(|p| p.host.as_str()).collect();
-            return Err(ApiError::conflict(format!(
-                "partition {partition} is on {} at once (a migration under way?)",
-                hosts.join(" and ")
-            )));
+            // One name on two hosts: the one running it is the source
+            // (the other holds a stopped copy, which the target's checks
+            // name); two running it is a migration under way.
+            let running: Vec<&str> = many.iter().filter(|p| p.state == "running").map(|p| p.host.as_str()).collect();
+            match running.as_slice() {
+                [one] => one.to_string(),
+                _ => {
+                    let hosts: Vec<&str> = many.iter().map(|p| p.host.as_str()).collect();
+                    return Err(ApiError::conflict(format!(
+                        "partition {partition} is on {} at once (a migration under way?)",
+                        hosts.join(" and ")
+                    )));
+                }
+            }
         }
     };
     if source == target {
@@ -434,7 +446,11 @@ pub(super) async fn track(state: Arc<AppState>, mut row: MigrationRow) {
         let st = if s.in_doubt() { "in_doubt" } else { "running" };
         if st != row.state || note != last_note {
             row.state = st.into();
-            row.error = (!note.is_empty()).then(|| note.clone());
+            // What the source answered when its stream ended stays the
+            // error until a newer trouble replaces it.
+            if !note.is_empty() {
+                row.error = Some(note.clone());
+            }
             last_note = note;
             state.live.lock().unwrap_or_else(|e| e.into_inner()).insert(row.id.clone(), row.clone());
             let _ = state.store.put_migration(&row).await;

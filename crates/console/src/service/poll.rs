@@ -5,7 +5,7 @@
 //! deadline: a host that does not answer in `poll_timeout_ms` is marked
 //! unreachable and the others go on. What changed goes out as events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,10 +20,11 @@ use super::{ApiError, AppState, Config, Event};
 /// How the console reaches the hosts' APIs.
 pub struct HostClients {
     tls: TlsConfig,
-    /// Hosts whose last poll has not come back yet: a blocking call that
-    /// hangs past its deadline still holds its thread, so a host is not
-    /// asked again until it answered or gave up.
-    polling: Mutex<HashSet<String>>,
+    /// Hosts with a poll under way, since when: a blocking call that
+    /// hangs past its deadline still holds its thread, so a host whose
+    /// poll is overdue is not asked again until it answered or gave up
+    /// (polls within their deadline may overlap).
+    polling: Mutex<HashMap<String, tokio::time::Instant>>,
 }
 
 impl HostClients {
@@ -31,7 +32,7 @@ impl HostClients {
     pub fn new(config: &Config) -> Result<HostClients> {
         let t = &config.tls;
         let tls = lpm_agent::client::operator_tls(&t.ca, &t.cert, &t.key).context("the console's identity towards the hosts")?;
-        Ok(HostClients { tls, polling: Mutex::new(HashSet::new()) })
+        Ok(HostClients { tls, polling: Mutex::new(HashMap::new()) })
     }
 
     /// A client of `host`'s API.
@@ -114,30 +115,50 @@ pub async fn poll_one(state: &Arc<AppState>, name: &str) {
     }
 }
 
+/// A poll registered as under way; it ends with this.
 struct Polling<'a> {
     clients: &'a HostClients,
     host: String,
+    since: tokio::time::Instant,
 }
 
 impl Drop for Polling<'_> {
     fn drop(&mut self) {
-        self.clients.polling.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.host);
+        let mut p = self.clients.polling.lock().unwrap_or_else(|e| e.into_inner());
+        if p.get(&self.host) == Some(&self.since) {
+            p.remove(&self.host);
+        }
     }
 }
 
 async fn poll_host(state: &Arc<AppState>, before: HostRow) {
     let name = before.name.clone();
-    if !state.hosts.polling.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone()) {
-        record(state, &before, Err("its last poll is still unanswered".into())).await;
+    let deadline = Duration::from_millis(state.config.poll_timeout_ms.max(100));
+    let now = tokio::time::Instant::now();
+    let overdue = {
+        let mut p = state.hosts.polling.lock().unwrap_or_else(|e| e.into_inner());
+        match p.get(&name) {
+            Some(since) if now.duration_since(*since) > deadline => Some(now.duration_since(*since)),
+            Some(_) => None,
+            None => {
+                p.insert(name.clone(), now);
+                None
+            }
+        }
+    };
+    if let Some(late) = overdue {
+        record(state, &before, Err(format!("a poll has gone unanswered for {late:.0?}"))).await;
         return;
     }
-    let _polling = Polling { clients: &state.hosts, host: name.clone() };
-    let deadline = Duration::from_millis(state.config.poll_timeout_ms.max(100));
+    let _polling = Polling { clients: &state.hosts, host: name.clone(), since: now };
     let started = tokio::time::Instant::now();
     let answer = async {
-        let cap = match state.hosts.call(&before, Request::Host, Some(deadline)).await? {
-            Response::Host(h) => *h,
-            other => return Err(ApiError::bad_gateway(format!("{name}: GET /v1/host answered {other:?}"))),
+        let cap = match state.hosts.call(&before, Request::Host, Some(deadline)).await {
+            Ok(Response::Host(h)) => Some(*h),
+            Ok(other) => return Err(ApiError::bad_gateway(format!("{name}: GET /v1/host answered {other:?}"))),
+            // An lpmd older than the request: up, its capacity unknown.
+            Err(e) if e.message.contains("answered HTTP 404") => None,
+            Err(e) => return Err(e),
         };
         let left = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
         let parts = match state.hosts.call(&before, Request::List, Some(left)).await? {
@@ -169,14 +190,18 @@ async fn poll_host(state: &Arc<AppState>, before: HostRow) {
 }
 
 /// Stores a poll's result and sends the events of what changed.
-async fn record(state: &Arc<AppState>, before: &HostRow, result: std::result::Result<(super::Capacity, Vec<PartitionRow>), String>) {
+async fn record(
+    state: &Arc<AppState>,
+    before: &HostRow,
+    result: std::result::Result<(Option<super::Capacity>, Vec<PartitionRow>), String>,
+) {
     let name = &before.name;
     let parts_before: HashMap<String, String> = match state.store.partitions().await {
         Ok(p) => p.into_iter().filter(|p| &p.host == name).map(|p| (p.name, p.state)).collect(),
         Err(_) => HashMap::new(),
     };
     let stored = match &result {
-        Ok((cap, rows)) => state.store.host_up(name, cap, rows).await,
+        Ok((cap, rows)) => state.store.host_up(name, cap.as_ref(), rows).await,
         Err(why) => state.store.host_unreachable(name, why).await,
     };
     if let Err(e) = stored {

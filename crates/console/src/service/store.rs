@@ -423,9 +423,10 @@ impl Store {
         row.as_ref().map(Self::host_row).transpose()
     }
 
-    /// Records a poll that `name` answered: its capacity and its
-    /// partitions (which replace those it had).
-    pub async fn host_up(&self, name: &str, capacity: &Capacity, parts: &[PartitionRow]) -> Result<()> {
+    /// Records a poll that `name` answered: its capacity (None from an
+    /// lpmd too old to tell it) and its partitions (which replace those it
+    /// had).
+    pub async fn host_up(&self, name: &str, capacity: Option<&Capacity>, parts: &[PartitionRow]) -> Result<()> {
         let now = super::now_ms();
         let mut tx = self.pool.begin().await.map_err(db(format!("record host {name}'s poll")))?;
         sqlx::query(
@@ -433,12 +434,12 @@ impl Store {
              memory_free_bytes = $3, cpus = $4, cpus_free = $5, load1 = $6, capacity = $7, partitions = $8 WHERE name = $9",
         )
         .bind(now)
-        .bind(capacity.memory_bytes as i64)
-        .bind(capacity.memory_available_bytes as i64)
-        .bind(capacity.cpus)
-        .bind((capacity.cpus - capacity.cpus_reserved).max(0.0))
-        .bind(capacity.load1)
-        .bind(json_of(capacity))
+        .bind(capacity.map(|c| c.memory_bytes as i64))
+        .bind(capacity.map(|c| c.memory_available_bytes as i64))
+        .bind(capacity.map(|c| c.cpus))
+        .bind(capacity.map(|c| (c.cpus - c.cpus_reserved).max(0.0)))
+        .bind(capacity.map(|c| c.load1))
+        .bind(capacity.map(json_of))
         .bind(parts.len() as i64)
         .bind(name)
         .execute(&mut *tx)
