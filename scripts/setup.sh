@@ -19,6 +19,14 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # Debian's PostgreSQL server (the postgres test runs it in a partition);
 # the package's own cluster is not used.
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
+# The console's browser test (crates/cli/tests/console_browser.rs) drives
+# Debian's Chromium through its ChromeDriver over plain WebDriver HTTP.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+# certutil: the browser test trusts the lab's site CA in a fresh NSS db.
+command -v certutil >/dev/null || need+=(libnss3-tools)
+# The console tests call its API with curl.
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
