@@ -550,3 +550,61 @@ impl BatchDone {
         &self.outs[at..at + BATCH_OUT as usize]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch longer than one run ([`BATCH_RUN`]) gives every call its
+    /// own result and out buffer, in order, through the batch code and one
+    /// by one alike.
+    #[test]
+    fn a_batch_of_several_runs_keeps_each_call_apart() {
+        let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let pid = child.id() as i32;
+        ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD).unwrap();
+        ptrace::interrupt(pid).unwrap();
+        assert!(matches!(ptrace::wait(pid).unwrap().1, ptrace::Stop::Event(ptrace::EVENT_STOP, _)));
+        let regs = ptrace::get_regs(pid).unwrap();
+        let ip = crate::stop::syscall_ip(pid, &proc::maps(pid).unwrap()).unwrap();
+        let mut r = Remote::new(pid, ip, regs);
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let page = r.call(libc::SYS_mmap, &[0, 4096, 7, flags, u64::MAX, 0]).unwrap();
+        ptrace::write_mem(pid, page + 4096 - 64, &lpm_sys::remote::BATCH_CODE).unwrap();
+        let s = Scratch { addr: page, len: 4096 - 64 };
+        // 70 calls: sigaltstack (its out buffer written), getpid, and a
+        // close of a descriptor that does not exist, in turn.
+        let run = |r: &mut Remote| {
+            let mut b = Batch::new(s);
+            let calls: Vec<usize> = (0..70)
+                .map(|i| match i % 3 {
+                    0 => b.add(libc::SYS_sigaltstack, |out| [0, out, 0, 0, 0, 0]),
+                    1 => b.add(libc::SYS_getpid, |_| [0; 6]),
+                    _ => b.add(libc::SYS_close, |_| [1000 + i as u64, 0, 0, 0, 0, 0]),
+                })
+                .collect();
+            let done = b.run(pid, pid, r).unwrap();
+            for (i, &c) in calls.iter().enumerate() {
+                match i % 3 {
+                    0 => {
+                        assert_eq!(done.ok(c, "sigaltstack").unwrap(), 0);
+                        // ss_flags: SS_DISABLE, no alternate stack.
+                        assert_eq!(u64_at(done.out(c), 1) & 0xffff_ffff, libc::SS_DISABLE as u64, "call {i}");
+                    }
+                    1 => assert_eq!(done.ok(c, "getpid").unwrap(), pid as u64, "call {i}"),
+                    _ => {
+                        assert_eq!(done.raw(c), -(libc::EBADF as i64), "call {i}");
+                        assert!(done.ok(c, "close").unwrap_err().to_string().contains("close"));
+                    }
+                }
+            }
+        };
+        run(&mut r.sibling(pid, regs).with_batch(page + 4096 - 64));
+        run(&mut r);
+        r.call(libc::SYS_munmap, &[page, 4096]).unwrap();
+        r.set_final_regs(&regs).unwrap();
+        ptrace::detach(pid, 0).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
