@@ -137,6 +137,10 @@ int main(void)
 	close(pp[1]);
 	if (read(pp[0], &ok, 1) != 1)
 		zdtm_die("the child failed its setup");
+	/* End of file once the child closed its end too: ready no earlier,
+	 * or the state seen before the checkpoint may still hold it. */
+	if (read(pp[0], &ok, 1) != 0)
+		zdtm_die("the child kept its end of the pipe");
 	close(pp[0]);
 	c = open_at("c.dat", O_RDWR);
 	d = open_at("d.dat", O_RDWR);

@@ -35,7 +35,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use lpm_image::{Mm, PageRun, Process, TreeImage, Vma, VmaKind};
-use lpm_sys::pagemap::{Pagemap, Query, PAGE_IS_PRESENT, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT};
+use lpm_sys::pagemap::{Pagemap, Query, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PM_MMAP_EXCLUSIVE, PM_PFN_MASK, PM_PRESENT};
 
 use crate::{EngineError, Result, StepExt, PAGE};
 
@@ -72,8 +72,11 @@ impl CowTable {
     }
 
     /// Reads the frames of the present pages that `procs` (pid, areas)
-    /// share with any other process, the whole tree again and again until
-    /// two reads in a row agree, and keeps them for [`CowTable::split`].
+    /// share with any other process, again and again until two reads in a
+    /// row agree, and keeps them for [`CowTable::split`]. A read after one
+    /// of the stopped tree reads only the pages that one found shared or
+    /// in a swap entry ([`read_again`]): a PostgreSQL backend's pages of
+    /// its own are not read again while compaction moves shared ones.
     ///
     /// The kernel migrates pages (compaction) even in a frozen tree,
     /// changing the frame of a page in every process that maps it at once.
@@ -100,13 +103,19 @@ impl CowTable {
         let missed: Vec<(i32, &[crate::proc::MapEntry])> =
             procs.iter().filter(|(pid, _)| ahead.is_none_or(|a| !a.contains_key(pid))).copied().collect();
         let used = missed.len() < procs.len();
-        let mut last = read_shared(&missed)?;
+        let (mut last, mut moving) = read_full(&missed)?;
         if let Some(a) = ahead {
             last.extend(procs.iter().filter_map(|(pid, _)| Some((*pid, a.get(pid)?.clone()))));
         }
+        // The read ahead was taken while the tree ran: the read after it
+        // is whole. After a read of the stopped tree, only what it found
+        // shared or on its way (a swap or migration entry) is read again
+        // ([`read_again`]).
+        let mut whole = used;
         let mut reads = 1;
         while t.elapsed() < SETTLE_FOR {
-            let now = read_shared(procs)?;
+            let (now, m) = if whole { read_full(procs)? } else { read_again(procs, &last, &moving)? };
+            whole = false;
             reads += 1;
             if now == last {
                 if reads > 2 {
@@ -116,7 +125,7 @@ impl CowTable {
                 self.settled = now;
                 return Ok(());
             }
-            last = now;
+            (last, moving) = (now, m);
         }
         Err(EngineError::Transient {
             pid: procs.first().map_or(0, |p| p.0),
@@ -203,7 +212,28 @@ pub fn read_shared_pages(maps: &HashMap<i32, Vec<crate::proc::MapEntry>>) -> Sha
 /// The frames of the present pages of `procs` that are not the mapping
 /// process's alone (pagemap entries as they are, by pid and address).
 fn read_shared(procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<HashMap<i32, HashMap<u64, u64>>> {
+    Ok(read_full(procs)?.0)
+}
+
+/// One read of the shared pages: pagemap entries by pid and address.
+type Frames = HashMap<i32, HashMap<u64, u64>>;
+/// By pid, the ranges of a read's pages that were in a swap entry (a
+/// page being migrated is in one meanwhile, in every process mapping
+/// it), or may have been (a read of every page does not tell them from
+/// userfaultfd's write-protect markers).
+type Moving = HashMap<i32, Vec<(u64, u64)>>;
+
+/// Pagemap entry: a swap entry (a page swapped out or being migrated, or
+/// a marker).
+const PM_SWAP: u64 = 1 << 62;
+/// The swap type of userfaultfd's write-protect markers (the last one,
+/// which no swap file gets; see [`Pagemap::without_markers`]).
+const MARKER_TYPE: u64 = 31;
+
+/// [`read_shared`] with the ranges of pages in a swap entry ([`Moving`]).
+fn read_full(procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<(Frames, Moving)> {
     let mut out = HashMap::new();
+    let mut moving: Moving = HashMap::new();
     let mut regions = Vec::new();
     let mut entries = Vec::new();
     for &(pid, areas) in procs {
@@ -217,9 +247,14 @@ fn read_shared(procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<HashMap<i32,
         let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
         for a in private {
             regions.clear();
-            let q = Query { flags: 0, category_mask: 0, anyof_mask: PAGE_IS_PRESENT as u64, return_mask: PAGE_IS_PRESENT as u64 };
+            let both = (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) as u64;
+            let q = Query { flags: 0, category_mask: 0, anyof_mask: both, return_mask: both };
             pm.scan(a.start, a.end, q, &mut regions).step(pid, || format!("scan pages of {:#x}-{:#x}", a.start, a.end))?;
             for r in &regions {
+                if r.categories & PAGE_IS_PRESENT as u64 == 0 {
+                    moving.entry(pid).or_default().push((r.start, r.end));
+                    continue;
+                }
                 entries.clear();
                 pm.entries(r.start, r.end, &mut entries).step(pid, || format!("read pagemap of {:#x}-{:#x}", r.start, r.end))?;
                 for (i, &e) in entries.iter().enumerate() {
@@ -231,7 +266,64 @@ fn read_shared(procs: &[(i32, &[crate::proc::MapEntry])]) -> Result<HashMap<i32,
         }
         out.insert(pid, shared);
     }
-    Ok(out)
+    Ok((out, moving))
+}
+
+/// A read of the stopped tree after `last` (a read of it too), of the
+/// pages `last` found shared or `moving` only: in a stopped tree no page
+/// becomes shared that was not (only a fork, or KSM, whose pages stay
+/// each process's own, maps a page in one more process; migration
+/// changes where a page is, not who maps it), except one that was on its
+/// way in a migration entry. What was shared and is no more (a page
+/// that khugepaged copied into a huge page, or a mapping process outside
+/// the tree that ended) shows as a difference, as a moved frame does.
+fn read_again(procs: &[(i32, &[crate::proc::MapEntry])], last: &Frames, moving: &Moving) -> Result<(Frames, Moving)> {
+    let mut out = HashMap::new();
+    let mut next: Moving = HashMap::new();
+    let mut entries = Vec::new();
+    for &(pid, _) in procs {
+        let mut shared = HashMap::new();
+        let mut pages: Vec<u64> = last.get(&pid).map(|m| m.keys().copied().collect()).unwrap_or_default();
+        pages.sort_unstable();
+        let mut want = ranges(pages);
+        want.extend(moving.get(&pid).into_iter().flatten().copied());
+        want.sort_unstable();
+        if want.is_empty() {
+            out.insert(pid, shared);
+            continue;
+        }
+        let mut pm = Pagemap::open(pid).step(pid, || "open pagemap".into())?;
+        for (start, end) in merged(want) {
+            entries.clear();
+            pm.entries(start, end, &mut entries).step(pid, || format!("read pagemap of {start:#x}-{end:#x}"))?;
+            for (i, &e) in entries.iter().enumerate() {
+                let v = start + i as u64 * PAGE;
+                if e & PM_PRESENT != 0 && e & PM_MMAP_EXCLUSIVE == 0 && e & PM_PFN_MASK != 0 {
+                    shared.insert(v, e);
+                } else if e & PM_PRESENT == 0 && e & PM_SWAP != 0 && e & 0x1f != MARKER_TYPE {
+                    let m = next.entry(pid).or_default();
+                    match m.last_mut() {
+                        Some(l) if l.1 == v => l.1 = v + PAGE,
+                        _ => m.push((v, v + PAGE)),
+                    }
+                }
+            }
+        }
+        out.insert(pid, shared);
+    }
+    Ok((out, next))
+}
+
+/// Sorted ranges, overlapping or adjacent ones merged.
+fn merged(sorted: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (s, e) in sorted {
+        match out.last_mut() {
+            Some(l) if s <= l.1 => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// What one process does about shared pages during the restore.
@@ -562,6 +654,78 @@ mod tests {
 
     fn page(n: u64) -> u64 {
         A + n * PAGE
+    }
+
+    /// Kills the processes of a test on every way out.
+    struct Reap(Vec<i32>, std::process::Child);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for &pid in &self.0 {
+                lpm_sys::misc::kill(pid, libc::SIGKILL);
+            }
+            let _ = self.1.kill();
+            let _ = self.1.wait();
+        }
+    }
+
+    /// A stopped parent and child sharing 6 MiB copy-on-write; one of its
+    /// 2 MiB blocks is copied into a huge page in the child between two
+    /// reads (MADV_COLLAPSE from outside, as khugepaged would): the read
+    /// again of only the pages found shared sees the change, and the
+    /// settled picture shares the rest and not that block.
+    #[test]
+    fn a_change_between_reads_of_a_stopped_tree_is_seen() {
+        let script = "import mmap, os, signal, ctypes\n\
+            m = mmap.mmap(-1, 6 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n\
+            for i in range(0, 6 << 20, 4096): m[i] = 1\n\
+            a = ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
+            pid = os.fork()\n\
+            if pid == 0:\n    signal.pause()\n    os._exit(0)\n\
+            print(pid, a, flush=True)\n\
+            signal.pause()\n";
+        let mut child =
+            std::process::Command::new("python3").args(["-c", script]).stdout(std::process::Stdio::piped()).spawn().expect("python3");
+        let parent = child.id() as i32;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let mut it = line.split_whitespace().map(|w| w.parse::<u64>().unwrap());
+        let (kid, addr) = (it.next().unwrap() as i32, it.next().unwrap());
+        let _reap = Reap(vec![kid, parent], child);
+        for pid in [parent, kid] {
+            lpm_sys::misc::signal_process(pid, libc::SIGSTOP).unwrap();
+        }
+        for pid in [parent, kid] {
+            // Stopped: its state in /proc is T once the signal is taken.
+            while crate::proc::Stat::read(pid).unwrap().state() != 'T' {
+                std::thread::yield_now();
+            }
+        }
+        let maps: Vec<(i32, Vec<crate::proc::MapEntry>)> = [parent, kid].iter().map(|&p| (p, crate::proc::smaps(p).unwrap())).collect();
+        let procs: Vec<(i32, &[crate::proc::MapEntry])> = maps.iter().map(|(p, m)| (*p, m.as_slice())).collect();
+        let end = addr + (6 << 20);
+        let in_area = |f: &Frames, pid: i32, lo: u64, hi: u64| f[&pid].keys().filter(|&&v| lo <= v && v < hi).count() as u64;
+        let (first, moving) = read_full(&procs).unwrap();
+        assert_eq!(in_area(&first, parent, addr, end), 1536);
+        assert_eq!(in_area(&first, kid, addr, end), 1536);
+        let block = (addr + (2 << 20) - 1) & !((2 << 20) - 1);
+        lpm_sys::misc::process_madvise(kid, block, 2 << 20, 25 /* MADV_COLLAPSE */)
+            .expect("MADV_COLLAPSE of the child's block (transparent huge pages needed)");
+        let (again, _) = read_again(&procs, &first, &moving).unwrap();
+        assert_ne!(again, first);
+        for pid in [parent, kid] {
+            assert_eq!(in_area(&again, pid, block, block + (2 << 20)), 0, "pid {pid}: the block is no longer shared");
+            assert_eq!(in_area(&again, pid, addr, end), 1024, "pid {pid}: the rest still is");
+        }
+        let mut cow = CowTable::new().unwrap();
+        cow.settle(&procs, None).unwrap();
+        let mut pm = Pagemap::open(parent).unwrap();
+        assert!(cow.split(parent, &mut pm, addr, end).unwrap().iter().all(|r| r.2.is_none()));
+        let mut pm = Pagemap::open(kid).unwrap();
+        let runs = cow.split(kid, &mut pm, addr, end).unwrap();
+        let shared: u64 = runs.iter().filter(|r| r.2 == Some(parent as u32)).map(|r| (r.1 - r.0) / PAGE).sum();
+        assert_eq!(shared, 1024);
+        assert!(runs.iter().filter(|r| r.2.is_some()).all(|r| r.1 <= block || r.0 >= block + (2 << 20)));
     }
 
     /// The history of zdtm mem_cow on one area: P forks C1, C1 forks G;

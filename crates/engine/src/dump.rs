@@ -533,13 +533,20 @@ fn dump_process(
     }
     let mut lr = Remote::new(pid, ip, leader.regs);
     let (addr, trap) = scratch(pid, &mut lr)?;
-    let s = Scratch { addr, len: TRAP_AT };
+    let s = Scratch { addr, len: if trap { BATCH_AT } else { TRAP_AT } };
     // A `syscall; int3` of our own in the scratch page halves the cost of
     // each remote call (one resume and one stop, not two: see
     // `Remote::with_trap`), which a tree of many processes with many
     // signal handlers pays a few dozen times each in the stop. The page
     // is unmapped through the vDSO's instruction, never from itself.
-    let remote = |tid: i32, regs: Regs| if trap { Remote::with_trap(tid, addr + TRAP_AT, regs) } else { Remote::new(tid, ip, regs) };
+    // Its batch code runs the reads of a process (or thread) in one resume.
+    let remote = |tid: i32, regs: Regs| {
+        if trap {
+            Remote::with_trap(tid, addr + TRAP_AT, regs).with_batch(addr + BATCH_AT)
+        } else {
+            Remote::new(tid, ip, regs)
+        }
+    };
     let mut fast = remote(pid, leader.regs);
     let res = (|| -> Result<()> {
         lap("mmap");
@@ -572,12 +579,17 @@ fn dump_process(
 }
 
 /// Where in the dump's scratch page its `syscall; int3` sits: the bytes
-/// before it are the remote calls' arguments and results.
+/// before [`BATCH_AT`] are the remote calls' arguments and results.
 const TRAP_AT: u64 = 4096 - 8;
+
+/// Where in the dump's scratch page its [`lpm_sys::remote::BATCH_CODE`]
+/// sits, when the page is executable.
+const BATCH_AT: u64 = TRAP_AT - 64;
 
 /// Maps the dump's scratch page in stopped process `pid` (through `r`,
 /// which runs the vDSO's `syscall`): readable, writable and executable,
-/// with `syscall; int3` at [`TRAP_AT`], when the process may map such a
+/// with the batch code at [`BATCH_AT`] and `syscall; int3` at
+/// [`TRAP_AT`], when the process may map such a
 /// page; else readable and writable only (a process under
 /// PR_SET_MDWE refuses writable code). Returns its address and whether
 /// it holds the trap.
@@ -588,9 +600,10 @@ fn scratch(pid: i32, r: &mut Remote) -> Result<(u64, bool)> {
         r.raw(libc::SYS_mmap, &[0, 4096, prot | libc::PROT_EXEC as u64, flags, u64::MAX, 0]).step(pid, || "remote mmap scratch".into())?;
     if !(-4095..0).contains(&rwx) {
         let addr = rwx as u64;
-        if let Err(e) =
-            ptrace::write_mem(pid, addr + TRAP_AT, &[0x0f, 0x05, 0xcc, 0xcc]).step(pid, || "write the scratch page's trap".into())
-        {
+        let mut code = lpm_sys::remote::BATCH_CODE.to_vec();
+        code.resize((TRAP_AT - BATCH_AT) as usize, 0xcc);
+        code.extend_from_slice(&[0x0f, 0x05, 0xcc, 0xcc]);
+        if let Err(e) = ptrace::write_mem(pid, addr + BATCH_AT, &code).step(pid, || "write the scratch page's code".into()) {
             let _ = r.call(libc::SYS_munmap, &[addr, 4096]);
             return Err(e);
         }

@@ -24,13 +24,6 @@ pub struct Scratch {
     pub len: u64,
 }
 
-/// Reads `len` bytes a remote syscall wrote at scratch+off.
-fn scratch_read(pid: i32, s: Scratch, off: u64, len: usize) -> Result<Vec<u8>> {
-    let mut b = vec![0u8; len];
-    ptrace::read_mem(pid, s.addr + off, &mut b).step(pid, || "read scratch".into())?;
-    Ok(b)
-}
-
 fn u64_at(b: &[u8], i: usize) -> u64 {
     u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
 }
@@ -43,13 +36,18 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
     let pending = ptrace::peek_siginfo(tid, false).step(tid, || "read pending signals".into())?;
     let rseq = ptrace::get_rseq(tid).step(tid, || "read rseq".into())?;
     let (robust_list, robust_list_len) = lpm_sys::misc::get_robust_list(tid).step(tid, || "get_robust_list".into())?;
-    r.call(libc::SYS_sigaltstack, &[0, s.addr]).step(tid, || "remote sigaltstack".into())?;
-    let ss = scratch_read(pid, s, 0, 24)?;
-    r.call(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, s.addr]).step(tid, || "remote PR_GET_TID_ADDRESS".into())?;
-    let tid_addr = scratch_read(pid, s, 0, 8)?;
+    let mut b = Batch::new(s);
+    let ss = b.add(libc::SYS_sigaltstack, |out| [0, out, 0, 0, 0, 0]);
+    let tid_addr = b.add(libc::SYS_prctl, |out| [libc::PR_GET_TID_ADDRESS as u64, out, 0, 0, 0, 0]);
+    let slack = b.add(libc::SYS_prctl, |_| [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0]);
+    let done = b.run(pid, tid, r)?;
+    done.ok(ss, "remote sigaltstack")?;
+    let ss = done.out(ss);
+    done.ok(tid_addr, "remote PR_GET_TID_ADDRESS")?;
+    let tid_addr = done.out(tid_addr);
+    let timer_slack_ns = done.ok(slack, "remote PR_GET_TIMERSLACK")?;
     let comm = proc::read(pid, &format!("task/{tid}/comm"))?.trim_end_matches('\n').to_string();
     let nice = proc::Stat::parse(&proc::read(pid, &format!("task/{tid}/stat"))?).map(|st| st.num(19) as i64 as i32).unwrap_or(0);
-    let timer_slack_ns = r.call(libc::SYS_prctl, &[libc::PR_GET_TIMERSLACK as u64]).step(tid, || "remote PR_GET_TIMERSLACK".into())?;
     let sched = check_sched(pid, tid)?;
     Ok(Thread {
         tid: ns_tid,
@@ -57,10 +55,10 @@ pub fn dump_thread(pid: i32, tid: i32, ns_tid: u32, regs: &ptrace::Regs, r: &mut
         xstate,
         sigmask,
         pending,
-        clear_child_tid: u64_at(&tid_addr, 0),
+        clear_child_tid: u64_at(tid_addr, 0),
         robust_list,
         robust_list_len,
-        sigaltstack: Some(SigAltStack { sp: u64_at(&ss, 0), flags: (u64_at(&ss, 1) & 0xffff_ffff) as u32, size: u64_at(&ss, 2) }),
+        sigaltstack: Some(SigAltStack { sp: u64_at(ss, 0), flags: (u64_at(ss, 1) & 0xffff_ffff) as u32, size: u64_at(ss, 2) }),
         rseq: (rseq.rseq_abi_pointer != 0).then_some(Rseq { addr: rseq.rseq_abi_pointer, len: rseq.rseq_abi_size, sig: rseq.signature }),
         comm,
         host_tid: tid as u32,
@@ -128,19 +126,48 @@ pub fn restore_sched(tid: i32, t: &Thread) -> Result<()> {
 pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Result<()> {
     let st = Status::read(pid)?;
     let caps = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"].iter().map(|k| st.hex(k)).collect();
-    let securebits = r.call(libc::SYS_prctl, &[libc::PR_GET_SECUREBITS as u64]).step(pid, || "remote PR_GET_SECUREBITS".into())? as u32;
-    p.creds = Some(Creds { uids: st.nums("Uid"), gids: st.nums("Gid"), groups: st.nums("Groups"), caps, securebits });
-    let get = |r: &mut Remote, op: i32| r.call(libc::SYS_prctl, &[op as u64, 0, 0, 0, 0]).step(pid, || format!("remote prctl({op})"));
+    // Everything asked from inside goes in one batch: one resume and one
+    // stop for the process, where a call each cost a resume and a stop
+    // apiece (PostgreSQL's two dozen processes asked some 25 each).
+    let mut b = Batch::new(s);
+    let securebits = b.add(libc::SYS_prctl, |_| [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0]);
+    let get = |b: &mut Batch, op: i32| b.add(libc::SYS_prctl, |_| [op as u64, 0, 0, 0, 0, 0]);
+    let no_new_privs = get(&mut b, libc::PR_GET_NO_NEW_PRIVS);
+    let thp_disable = get(&mut b, libc::PR_GET_THP_DISABLE);
+    let dumpable = get(&mut b, libc::PR_GET_DUMPABLE);
+    let subreaper = b.add(libc::SYS_prctl, |out| [libc::PR_GET_CHILD_SUBREAPER as u64, out, 0, 0, 0, 0]);
+    let pdeathsig = b.add(libc::SYS_prctl, |out| [libc::PR_GET_PDEATHSIG as u64, out, 0, 0, 0, 0]);
+    let membarrier = b.add(libc::SYS_membarrier, |_| [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0]);
+    // Only signals with a handler or ignored, and SIGCHLD (whose
+    // SA_NOCLDWAIT matters at its default action too), are asked. A
+    // signal at its default action is restored with no flags and an empty
+    // mask, which only sigaction() could tell.
+    let asked = st.hex("SigCgt") | st.hex("SigIgn") | 1 << (libc::SIGCHLD - 1);
+    let sigs: Vec<(u32, usize)> = (1..=64u32)
+        .filter(|&sig| settable(sig) && asked & 1 << (sig - 1) != 0)
+        .map(|sig| (sig, b.add(libc::SYS_rt_sigaction, |out| [sig as u64, 0, out, 8, 0, 0])))
+        .collect();
+    let itimers: Vec<(u32, usize)> =
+        (0..3u32).map(|which| (which, b.add(libc::SYS_getitimer, |out| [which as u64, out, 0, 0, 0, 0]))).collect();
+    let done = b.run(pid, pid, r)?;
+    let ok = |i: usize, what: &str| done.ok(i, what);
+    p.creds = Some(Creds {
+        uids: st.nums("Uid"),
+        gids: st.nums("Gid"),
+        groups: st.nums("Groups"),
+        caps,
+        securebits: ok(securebits, "remote PR_GET_SECUREBITS")? as u32,
+    });
     let mut pr = ProcessPrctl {
-        no_new_privs: get(r, libc::PR_GET_NO_NEW_PRIVS)? != 0,
-        thp_disable: get(r, libc::PR_GET_THP_DISABLE)? != 0,
-        dumpable: get(r, libc::PR_GET_DUMPABLE)? as u32,
+        no_new_privs: ok(no_new_privs, "remote PR_GET_NO_NEW_PRIVS")? != 0,
+        thp_disable: ok(thp_disable, "remote PR_GET_THP_DISABLE")? != 0,
+        dumpable: ok(dumpable, "remote PR_GET_DUMPABLE")? as u32,
         ..Default::default()
     };
-    r.call(libc::SYS_prctl, &[libc::PR_GET_CHILD_SUBREAPER as u64, s.addr]).step(pid, || "remote PR_GET_CHILD_SUBREAPER".into())?;
-    pr.child_subreaper = scratch_read(pid, s, 0, 4)? != [0; 4];
-    r.call(libc::SYS_prctl, &[libc::PR_GET_PDEATHSIG as u64, s.addr]).step(pid, || "remote PR_GET_PDEATHSIG".into())?;
-    pr.pdeathsig = u32::from_le_bytes(scratch_read(pid, s, 0, 4)?.try_into().unwrap_or_default());
+    ok(subreaper, "remote PR_GET_CHILD_SUBREAPER")?;
+    pr.child_subreaper = done.out(subreaper)[..4] != [0; 4];
+    ok(pdeathsig, "remote PR_GET_PDEATHSIG")?;
+    pr.pdeathsig = u32::from_le_bytes(done.out(pdeathsig)[..4].try_into().expect("4 bytes"));
     p.prctl = Some(pr);
     p.umask = st.oct("Umask");
     // A test of the checkpoint's read-back makes it record a wrong value.
@@ -148,34 +175,25 @@ pub fn dump_process(pid: i32, r: &mut Remote, s: Scratch, p: &mut Process) -> Re
         p.umask ^= 0o020;
     }
     p.oom_score_adj = read_oom_score_adj(pid)?;
-    p.membarrier = membarrier_registrations(pid, r)?;
+    p.membarrier = membarrier_registrations(pid, done.raw(membarrier))?;
     p.rlimits =
         proc::parse_limits(&proc::read(pid, "limits")?).into_iter().map(|(resource, soft, hard)| Rlimit { resource, soft, hard }).collect();
     p.cwd = proc::link(pid, "cwd")?;
     p.root = proc::link(pid, "root")?;
     p.personality = u32::from_str_radix(proc::read(pid, "personality")?.trim(), 16).unwrap_or(0);
     p.shared_pending = ptrace::peek_siginfo(pid, true).step(pid, || "read shared pending signals".into())?;
-    // Only signals with a handler or ignored, and SIGCHLD (whose
-    // SA_NOCLDWAIT matters at its default action too), are asked: a
-    // remote call each stops the process twice, 64 of them cost 5 ms of a
-    // migration's downtime. A signal at its default action is restored
-    // with no flags and an empty mask, which only sigaction() could tell.
-    let asked = st.hex("SigCgt") | st.hex("SigIgn") | 1 << (libc::SIGCHLD - 1);
-    for sig in 1..=64u32 {
-        if !settable(sig) || asked & 1 << (sig - 1) == 0 {
-            continue;
-        }
-        r.call(libc::SYS_rt_sigaction, &[sig as u64, 0, s.addr, 8]).step(pid, || format!("remote rt_sigaction({sig})"))?;
-        let a = scratch_read(pid, s, 0, 32)?;
-        let act = SigAction { signo: sig, handler: u64_at(&a, 0), flags: u64_at(&a, 1), restorer: u64_at(&a, 2), mask: u64_at(&a, 3) };
+    for (sig, i) in sigs {
+        ok(i, &format!("remote rt_sigaction({sig})"))?;
+        let a = done.out(i);
+        let act = SigAction { signo: sig, handler: u64_at(a, 0), flags: u64_at(a, 1), restorer: u64_at(a, 2), mask: u64_at(a, 3) };
         if act.handler != 0 || act.flags != 0 || act.mask != 0 {
             p.sigactions.push(act);
         }
     }
-    for which in 0..3u32 {
-        r.call(libc::SYS_getitimer, &[which as u64, s.addr]).step(pid, || format!("remote getitimer({which})"))?;
-        let t = scratch_read(pid, s, 0, 32)?;
-        let us = |i: usize| u64_at(&t, i) * 1_000_000 + u64_at(&t, i + 1);
+    for (which, i) in itimers {
+        ok(i, &format!("remote getitimer({which})"))?;
+        let t = done.out(i);
+        let us = |i: usize| u64_at(t, i) * 1_000_000 + u64_at(t, i + 1);
         if us(0) != 0 || us(2) != 0 {
             p.itimers.push(Itimer { which, interval_us: us(0), value_us: us(2) });
         }
@@ -204,10 +222,11 @@ const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 /// expedited, private expedited sync-core, private expedited rseq.
 const MEMBARRIER_REGISTER: u32 = 1 << 2 | 1 << 4 | 1 << 6 | 1 << 8;
 
-/// The membarrier registrations of `pid`'s address space, asked inside it
-/// (nothing shows them from outside).
-fn membarrier_registrations(pid: i32, r: &mut Remote) -> Result<u32> {
-    match r.raw(libc::SYS_membarrier, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]).step(pid, || "remote membarrier".into())? {
+/// The membarrier registrations of `pid`'s address space from what
+/// MEMBARRIER_CMD_GET_REGISTRATIONS returned inside it (nothing shows
+/// them from outside).
+fn membarrier_registrations(pid: i32, got: i64) -> Result<u32> {
+    match got {
         // Without membarrier nothing can be registered.
         n if n == -(libc::ENOSYS as i64) => Ok(0),
         n if n < 0 => Err(EngineError::Unsupported {
@@ -451,4 +470,141 @@ pub fn restore_thread(pid: i32, ns_pid: u32, tid: i32, r: &mut Remote, s: Scratc
             .step(tid, || format!("remote rt_tgsigqueueinfo (signal {i}: {signo})"))?;
     }
     Ok(())
+}
+
+/// Where a [`Batch`]'s out buffers start in the scratch, after the
+/// table of its largest run.
+const BATCH_OUTS_AT: u64 = ((BATCH_RUN + 1) * lpm_sys::remote::BATCH_ENTRY) as u64;
+/// Calls run together at most (the scratch holds their table and out
+/// buffers).
+const BATCH_RUN: usize = 32;
+/// Bytes of each call's out buffer: the largest struct the batched calls
+/// write (struct sigaction, struct itimerval).
+const BATCH_OUT: u64 = 32;
+
+/// Reads from inside a stopped process run together in one resume
+/// ([`Remote::batch`]), by runs of [`BATCH_RUN`]: each call gets an out
+/// buffer of [`BATCH_OUT`] bytes in the scratch.
+struct Batch {
+    s: Scratch,
+    calls: Vec<lpm_sys::remote::Call>,
+}
+
+/// What a [`Batch`]'s calls returned and wrote.
+struct BatchDone {
+    tid: i32,
+    calls: Vec<lpm_sys::remote::Call>,
+    res: Vec<i64>,
+    outs: Vec<u8>,
+}
+
+impl Batch {
+    fn new(s: Scratch) -> Batch {
+        Batch { s, calls: Vec::new() }
+    }
+
+    /// Adds call `nr` whose arguments `args` makes from its out buffer's
+    /// address; returns its index.
+    fn add(&mut self, nr: i64, args: impl FnOnce(u64) -> [u64; 6]) -> usize {
+        let i = self.calls.len();
+        let out = self.s.addr + BATCH_OUTS_AT + (i % BATCH_RUN) as u64 * BATCH_OUT;
+        self.calls.push(lpm_sys::remote::Call { nr, args: args(out) });
+        i
+    }
+
+    /// Runs the calls in thread `tid` of `pid`, in order.
+    fn run(self, pid: i32, tid: i32, r: &mut Remote) -> Result<BatchDone> {
+        if BATCH_OUTS_AT + BATCH_RUN as u64 * BATCH_OUT > self.s.len {
+            return Err(EngineError::Incompatible(format!("a batch of remote calls does not fit the scratch's {} bytes", self.s.len)));
+        }
+        let (mut res, mut outs) = (Vec::with_capacity(self.calls.len()), Vec::with_capacity(self.calls.len() * BATCH_OUT as usize));
+        for run in self.calls.chunks(BATCH_RUN) {
+            res.extend(r.batch(self.s.addr, run).step(tid, || format!("remote batch of {} calls", run.len()))?);
+            let at = outs.len();
+            outs.resize(at + run.len() * BATCH_OUT as usize, 0);
+            ptrace::read_mem(pid, self.s.addr + BATCH_OUTS_AT, &mut outs[at..]).step(tid, || "read scratch".into())?;
+        }
+        Ok(BatchDone { tid, calls: self.calls, res, outs })
+    }
+}
+
+impl BatchDone {
+    /// Call `i`'s result, or its error as [`Remote::call`] gives it.
+    fn ok(&self, i: usize, what: &str) -> Result<u64> {
+        let r = self.res[i];
+        if (-4095..0).contains(&r) {
+            let e = lpm_sys::Error::Remote { tid: self.tid, nr: self.calls[i].nr, errno: -r as i32 };
+            return Err(e).step(self.tid, || what.to_string());
+        }
+        Ok(r as u64)
+    }
+
+    /// Call `i`'s raw result (negative errno on failure).
+    fn raw(&self, i: usize) -> i64 {
+        self.res[i]
+    }
+
+    /// What call `i` wrote in its out buffer.
+    fn out(&self, i: usize) -> &[u8] {
+        let at = i * BATCH_OUT as usize;
+        &self.outs[at..at + BATCH_OUT as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch longer than one run ([`BATCH_RUN`]) gives every call its
+    /// own result and out buffer, in order, through the batch code and one
+    /// by one alike.
+    #[test]
+    fn a_batch_of_several_runs_keeps_each_call_apart() {
+        let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let pid = child.id() as i32;
+        ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD).unwrap();
+        ptrace::interrupt(pid).unwrap();
+        assert!(matches!(ptrace::wait(pid).unwrap().1, ptrace::Stop::Event(ptrace::EVENT_STOP, _)));
+        let regs = ptrace::get_regs(pid).unwrap();
+        let ip = crate::stop::syscall_ip(pid, &proc::maps(pid).unwrap()).unwrap();
+        let mut r = Remote::new(pid, ip, regs);
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+        let page = r.call(libc::SYS_mmap, &[0, 4096, 7, flags, u64::MAX, 0]).unwrap();
+        ptrace::write_mem(pid, page + 4096 - 64, &lpm_sys::remote::BATCH_CODE).unwrap();
+        let s = Scratch { addr: page, len: 4096 - 64 };
+        // 70 calls: sigaltstack (its out buffer written), getpid, and a
+        // close of a descriptor that does not exist, in turn.
+        let run = |r: &mut Remote| {
+            let mut b = Batch::new(s);
+            let calls: Vec<usize> = (0..70)
+                .map(|i| match i % 3 {
+                    0 => b.add(libc::SYS_sigaltstack, |out| [0, out, 0, 0, 0, 0]),
+                    1 => b.add(libc::SYS_getpid, |_| [0; 6]),
+                    _ => b.add(libc::SYS_close, |_| [1000 + i as u64, 0, 0, 0, 0, 0]),
+                })
+                .collect();
+            let done = b.run(pid, pid, r).unwrap();
+            for (i, &c) in calls.iter().enumerate() {
+                match i % 3 {
+                    0 => {
+                        assert_eq!(done.ok(c, "sigaltstack").unwrap(), 0);
+                        // ss_flags: SS_DISABLE, no alternate stack.
+                        assert_eq!(u64_at(done.out(c), 1) & 0xffff_ffff, libc::SS_DISABLE as u64, "call {i}");
+                    }
+                    1 => assert_eq!(done.ok(c, "getpid").unwrap(), pid as u64, "call {i}"),
+                    _ => {
+                        assert_eq!(done.raw(c), -(libc::EBADF as i64), "call {i}");
+                        assert!(done.ok(c, "close").unwrap_err().to_string().contains("close"));
+                    }
+                }
+            }
+        };
+        run(&mut r.sibling(pid, regs).with_batch(page + 4096 - 64));
+        run(&mut r);
+        r.call(libc::SYS_munmap, &[page, 4096]).unwrap();
+        r.set_final_regs(&regs).unwrap();
+        ptrace::detach(pid, 0).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

@@ -812,3 +812,18 @@ pub fn file_handle(fd: std::os::fd::BorrowedFd<'_>) -> Result<FileHandle> {
     let kind = i32::from_ne_bytes(buf[4..8].try_into().expect("4 bytes"));
     Ok(FileHandle { kind, bytes: buf[8..8 + len].to_vec(), mount_id })
 }
+
+/// process_madvise(2): gives `advice` (MADV_COLLAPSE, MADV_COLD, ...) for
+/// `[addr, addr + len)` of process `pid`'s address space; returns the
+/// bytes advised.
+pub fn process_madvise(pid: i32, addr: u64, len: usize, advice: i32) -> Result<usize> {
+    let p =
+        rustix::process::Pid::from_raw(pid).ok_or_else(|| Error::sys("pidfd_open", pid, std::io::Error::from_raw_os_error(libc::ESRCH)))?;
+    let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).map_err(|e| Error::sys("pidfd_open", pid, e.into()))?;
+    let iov = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
+    // SAFETY: one iovec naming a range of the other process's memory, which
+    // the kernel only reads the bounds of; no memory of ours is written.
+    let n = cvt(unsafe { libc::syscall(libc::SYS_process_madvise, std::os::fd::AsRawFd::as_raw_fd(&fd), &iov, 1, advice, 0) })
+        .map_err(|e| Error::sys("process_madvise", pid, e))?;
+    Ok(n as usize)
+}
