@@ -246,3 +246,24 @@ fn an_aborted_move_leaves_nothing_spawned_ahead() {
     lab.wait_clean("h2", Duration::from_secs(30));
     runs_on(&log, "at the source after the failed move");
 }
+
+/// The target's lpmd dies (SIGKILL) at the first image file of the stop,
+/// with the tree spawned ahead in its ptrace stops: the puppets die with
+/// their tracer, the source runs on, and the restarted lpmd's startup
+/// sweep leaves nothing of the partition on the target.
+#[test]
+fn a_target_dying_with_a_tree_spawned_ahead_leaves_nothing() {
+    let lab = TestLab::up_with("aheadkill", 2, &[("LPM_FAULT", "h2:target.image=kill")]);
+    let log = start(&lab, "ak");
+    match lab.migrate("ak", "h2") {
+        Moved::Failed(e) => println!("the move failed as the fault makes it: {e}"),
+        Moved::Completed(r) => panic!("the fault did not fire: {r}"),
+    }
+    let text = lab.log_of("h2");
+    assert!(text.contains("tree spawned ahead"), "h2 spawned nothing ahead:\n{text}");
+    assert!(text.contains("fault injected"), "the fault did not fire:\n{text}");
+    assert_eq!(lab.host_of("ak"), "h1");
+    runs_on(&log, "at the source after the target died");
+    lab.lab().restart("h2").expect("restart h2's lpmd");
+    lab.wait_clean("h2", Duration::from_secs(30));
+}
