@@ -112,6 +112,9 @@ fn areas(pid: i32, hint: Option<&Vec<MapEntry>>) -> Result<Vec<MapEntry>> {
 /// Why the spawn of `tree` cannot be made ahead (it needs what only the
 /// stop brings), or None when it can.
 pub fn refusal(tree: &TreeImage) -> Option<String> {
+    if !tree.processes.iter().any(|p| p.pid == tree.root_pid) {
+        return Some("no root process".into());
+    }
     let root_net = tree.processes.iter().find(|p| p.pid == tree.root_pid).and_then(|p| p.namespaces.as_ref()).map(|n| n.net_ns);
     for p in &tree.processes {
         let why = if p.zombie.is_some() {

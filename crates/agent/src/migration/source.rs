@@ -1174,11 +1174,14 @@ impl<'a> Run<'a> {
     /// Sends the target a provisional description of the tree, read from
     /// /proc while it runs (lpm_engine::ahead), when it changed since the
     /// last one sent, at most [`PROVISIONALS`] times: the target spawns
-    /// the tree from it ahead of the stop. A description that cannot be
-    /// read (a process ended meanwhile) waits for the next round.
-    /// `LPM_NO_AHEAD=1` in lpmd's environment sends none.
+    /// the tree from it ahead of the stop. A tree still changing after
+    /// that gets one description without processes, which withdraws the
+    /// last (the target drops its tree now, not in the stop). A
+    /// description that cannot be read (a process ended meanwhile) waits
+    /// for the next round. `LPM_NO_AHEAD=1` in lpmd's environment sends
+    /// none.
     fn send_provisional(&mut self) -> Result<()> {
-        if self.provisionals >= PROVISIONALS || std::env::var_os("LPM_NO_AHEAD").is_some() {
+        if self.provisionals > PROVISIONALS || std::env::var_os("LPM_NO_AHEAD").is_some() {
             return Ok(());
         }
         let t = Instant::now();
@@ -1194,6 +1197,13 @@ impl<'a> Run<'a> {
         if sum == self.provisional_sum {
             return Ok(());
         }
+        let (desc, bytes) = if self.provisionals == PROVISIONALS {
+            let none = lpm_image::TreeImage { root_pid: desc.root_pid, ..Default::default() };
+            let bytes = lpm_image::encode_tree(&none);
+            (none, bytes)
+        } else {
+            (desc, bytes)
+        };
         let head = blob_head(super::PROVISIONAL_BLOB, 0);
         let compress = self.req.compress;
         let link = self.link()?;
@@ -1628,9 +1638,10 @@ fn test_gate() {
     }
 }
 
-/// Provisional descriptions a migration sends at most: a tree that keeps
-/// changing (a server forking a worker per connection) is spawned ahead
-/// a few times, not in every round.
+/// Provisional descriptions a migration sends at most (then one that
+/// withdraws the last, should the tree change again): a tree that keeps
+/// changing (a server forking a worker per connection) is spawned ahead a
+/// few times, not in every round.
 const PROVISIONALS: u32 = 4;
 
 /// A Blob payload: u16 name length, the name, u64 offset, the bytes.

@@ -666,8 +666,10 @@ impl Session {
     /// should the tree made ahead not fit then). Nothing here fails the
     /// migration: without a tree made ahead the stop spawns it.
     pub(crate) fn provisional(&mut self, agent: &Agent, desc: lpm_image::TreeImage) {
-        self.ahead = None;
-        if self.live.state() != Some(TargetState::Prepared) || std::env::var_os("LPM_NO_AHEAD").is_some() {
+        if self.ahead.take().is_some() && desc.processes.is_empty() {
+            tracing::info!(id = %self.live.id, "tree spawned ahead withdrawn");
+        }
+        if self.live.state() != Some(TargetState::Prepared) || std::env::var_os("LPM_NO_AHEAD").is_some() || desc.processes.is_empty() {
             return;
         }
         if let Some(why) = lpm_engine::ahead::refusal(&desc) {
