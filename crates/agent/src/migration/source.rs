@@ -1192,6 +1192,18 @@ impl<'a> Run<'a> {
                 return Ok(());
             }
         };
+        if let Some(why) = lpm_engine::ahead::refusal(&desc) {
+            // Not to be spawned ahead (PostgreSQL's shared memory: half a
+            // megabyte and 40 to 140 ms a round to describe, for nothing):
+            // no more descriptions, and the last one sent, if any, is
+            // withdrawn.
+            tracing::debug!(partition = %self.spec.name, why, "tree not to be spawned ahead");
+            if self.provisionals == 0 {
+                self.provisionals = PROVISIONALS + 1;
+                return Ok(());
+            }
+            self.provisionals = PROVISIONALS;
+        }
         let bytes = lpm_image::encode_tree(&desc);
         let sum = lpm_image::checksum(&bytes);
         if sum == self.provisional_sum {
