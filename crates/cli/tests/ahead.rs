@@ -142,7 +142,7 @@ fn count(lab: &TestLab, host: &str, what: &str) -> usize {
 /// the stop), and the program, checked from outside, runs on intact.
 #[test]
 fn an_unchanged_tree_is_reused_from_ahead() {
-    let lab = TestLab::up("ahead", 2);
+    let lab = TestLab::up_with("ahead", 2, &[("LPM_AHEAD", "1")]);
     let log = start(&lab, "ah");
     for to in ["h2", "h1"] {
         let before = count(&lab, to, "restore reused the tree spawned ahead");
@@ -192,7 +192,7 @@ fn move_changed(lab: &TestLab, gate: &Path, log: &Path, signal: nix::sys::signal
 fn a_tree_changed_after_the_description_is_restored_exactly() {
     let gate = std::env::temp_dir().join(format!("lpm-ahead-gate-{}", std::process::id()));
     let _ = std::fs::remove_file(&gate);
-    let lab = TestLab::up_with("aheadchg", 2, &[("LPM_TEST_GATE", gate.to_str().unwrap()), ("LPM_LOG", "info,lpm_agent=debug")]);
+    let lab = TestLab::up_with("aheadchg", 2, &[("LPM_AHEAD", "1"), ("LPM_TEST_GATE", gate.to_str().unwrap())]);
     let log = start(&lab, "ag");
     let outcome = move_changed(&lab, &gate, &log, nix::sys::signal::Signal::SIGUSR1);
     let _ = std::fs::remove_file(&gate);
@@ -217,7 +217,11 @@ fn a_tree_changed_after_the_description_is_restored_exactly() {
 fn a_stale_tree_reused_is_caught_by_the_read_back() {
     let gate = std::env::temp_dir().join(format!("lpm-ahead-sab-{}", std::process::id()));
     let _ = std::fs::remove_file(&gate);
-    let lab = TestLab::up_with("aheadsab", 2, &[("LPM_TEST_GATE", gate.to_str().unwrap()), (lpm_engine::SABOTAGE_ENV, "ahead-stale")]);
+    let lab = TestLab::up_with(
+        "aheadsab",
+        2,
+        &[("LPM_AHEAD", "1"), ("LPM_TEST_GATE", gate.to_str().unwrap()), (lpm_engine::SABOTAGE_ENV, "ahead-stale")],
+    );
     let log = start(&lab, "ag");
     let outcome = move_changed(&lab, &gate, &log, nix::sys::signal::Signal::SIGUSR2);
     let _ = std::fs::remove_file(&gate);
@@ -235,7 +239,7 @@ fn a_stale_tree_reused_is_caught_by_the_read_back() {
 /// program runs on at the source.
 #[test]
 fn an_aborted_move_leaves_nothing_spawned_ahead() {
-    let lab = TestLab::up_with("aheadabt", 2, &[("LPM_FAULT", "h1:source.freeze=fail")]);
+    let lab = TestLab::up_with("aheadabt", 2, &[("LPM_AHEAD", "1"), ("LPM_FAULT", "h1:source.freeze=fail")]);
     let log = start(&lab, "ab");
     match lab.migrate("ab", "h2") {
         Moved::Failed(e) => println!("the move failed as the fault makes it: {e}"),
@@ -256,7 +260,7 @@ fn an_aborted_move_leaves_nothing_spawned_ahead() {
 /// sweep leaves nothing of the partition on the target.
 #[test]
 fn a_target_dying_with_a_tree_spawned_ahead_leaves_nothing() {
-    let lab = TestLab::up_with("aheadkill", 2, &[("LPM_FAULT", "h2:target.image=kill")]);
+    let lab = TestLab::up_with("aheadkill", 2, &[("LPM_AHEAD", "1"), ("LPM_FAULT", "h2:target.image=kill")]);
     let log = start(&lab, "ak");
     match lab.migrate("ak", "h2") {
         Moved::Failed(e) => println!("the move failed as the fault makes it: {e}"),

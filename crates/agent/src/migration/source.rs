@@ -1178,10 +1178,12 @@ impl<'a> Run<'a> {
     /// that gets one description without processes, which withdraws the
     /// last (the target drops its tree now, not in the stop). A
     /// description that cannot be read (a process ended meanwhile) waits
-    /// for the next round. `LPM_NO_AHEAD=1` in lpmd's environment sends
-    /// none.
+    /// for the next round. Only with `LPM_AHEAD=1` in lpmd's environment:
+    /// off by default until a migration whose pre-copy runs long with the
+    /// tree spawned ahead converges as it does without (the handover
+    /// test `cli_killed_mid_migration` does not, with it).
     fn send_provisional(&mut self) -> Result<()> {
-        if self.provisionals > PROVISIONALS || std::env::var_os("LPM_NO_AHEAD").is_some() {
+        if self.provisionals > PROVISIONALS || std::env::var_os("LPM_AHEAD").is_none_or(|v| v != "1") {
             return Ok(());
         }
         let t = Instant::now();

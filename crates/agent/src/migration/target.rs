@@ -669,7 +669,7 @@ impl Session {
         if self.ahead.take().is_some() && desc.processes.is_empty() {
             tracing::info!(id = %self.live.id, "tree spawned ahead withdrawn");
         }
-        if self.live.state() != Some(TargetState::Prepared) || std::env::var_os("LPM_NO_AHEAD").is_some() || desc.processes.is_empty() {
+        if self.live.state() != Some(TargetState::Prepared) || desc.processes.is_empty() {
             return;
         }
         if let Some(why) = lpm_engine::ahead::refusal(&desc) {
