@@ -356,6 +356,14 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// The steps of process `pid` (image pid).
+    /// No process shares a page with another: forking needs no page
+    /// written first, and no area is kept from a parent for its pages.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.steps
+            .values()
+            .all(|s| s.before.iter().all(Vec::is_empty) && s.last.is_empty() && s.kept.is_empty() && s.stale.is_empty() && s.own.is_empty())
+    }
+
     pub(crate) fn of(&self, pid: u32) -> &Steps {
         static NONE: std::sync::OnceLock<Steps> = std::sync::OnceLock::new();
         self.steps.get(&pid).unwrap_or_else(|| NONE.get_or_init(Steps::default))

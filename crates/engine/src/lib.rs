@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ahead;
 mod cow;
 pub mod cpu;
 mod dirty;
@@ -49,13 +50,14 @@ mod zombie;
 
 use std::path::PathBuf;
 
+pub use ahead::{Ahead, AheadOutcome};
 pub use cow::{read_shared_pages, SharedPages};
 pub use dirty::{shm_object, Dirty, DirtyTracker, ShmRef};
 pub use dump::{checkpoint, checkpoint_with, After, CheckpointOptions, CheckpointStats, DumpOptions, PrecopiedShm};
 pub use handoff::{thaw_tree, HandbackError, Handoff};
 pub use inspect::{inspect, passing, Inspection, Refusal};
 pub use lazy::{FillPart, FillStats, LazyFill};
-pub use restore::{restore, restore_held, Held, Parked, ParkedConnection, RestoreOptions, Restored, Vessel};
+pub use restore::{restore, restore_held, restore_held_with, Held, Parked, ParkedConnection, RestoreOptions, Restored, Vessel};
 pub use stop::{kill_frozen_tree, stop_tree, StoppedTree};
 pub use verify::{Mismatch, SABOTAGE_ENV};
 

@@ -44,6 +44,7 @@ use lpm_sys::ptrace::{self, Stop};
 use lpm_sys::puppet::{self, CloneArgs, SCRATCH_OFFSET, TRAMPOLINE_LEN};
 use lpm_sys::remote::{park, Remote};
 
+use crate::ahead::{Ahead, AheadOutcome};
 use crate::files::{self, OpenFiles};
 use crate::mem::{self, ShmemObjects};
 use crate::task::{self, put, Scratch};
@@ -244,7 +245,7 @@ struct Puppet {
 }
 
 /// Every puppet created so far; on drop (error paths) all are killed.
-struct Puppets {
+pub(crate) struct Puppets {
     by_pid: HashMap<u32, Puppet>,
     order: Vec<u32>,
     armed: bool,
@@ -287,6 +288,10 @@ struct Ctx<'a> {
     plan: crate::cow::Plan,
     /// Where the data of shared pages is read from.
     sources: mem::Sources<'a>,
+    /// Spawning ahead of a migration's stop (ahead.rs): every puppet
+    /// shares the restorer's descriptor table, and takes its own copy
+    /// once the stop has opened the tree's files.
+    ahead: bool,
 }
 
 impl Ctx<'_> {
@@ -368,6 +373,9 @@ pub struct Held {
     started: Instant,
     /// Time the read-back check took, when it ran.
     pub verified: Option<Duration>,
+    /// What became of the tree spawned ahead, when one was given
+    /// ([`restore_held_with`]).
+    pub ahead: Option<AheadOutcome>,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -539,6 +547,14 @@ impl Held {
 /// and every thread holds at its final registers, stopped, until
 /// [`Held::release`].
 pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
+    restore_held_with(dir, opts, None)
+}
+
+/// [`restore_held`] with a tree spawned ahead of the stop (ahead.rs,
+/// built on this thread): reused in place of the spawn stage when every
+/// input of that stage is the same in the image, else discarded (its
+/// puppets killed) before the ordinary spawn; [`Held::ahead`] says which.
+pub fn restore_held_with(dir: &Path, opts: &RestoreOptions, ahead: Option<Ahead>) -> Result<Held> {
     let t0 = Instant::now();
     let tree = lpm_image::read_tree(dir)?;
     check(&tree)?;
@@ -551,12 +567,27 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
     let open = open_files(&tree, dir, opts.netns.as_ref().map(|f| f.as_fd()), opts.shell_job)?;
     stage("prepare (files)");
     let shmem = ShmemObjects::create(dir, &tree.shmems)?;
-    let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
-    let trampoline = match vessel {
-        Some(v) => v.trampoline,
-        None => choose_trampoline(&tree)?,
-    };
     let plan = crate::cow::plan(&tree)?;
+    let mut outcome = None;
+    let ahead = ahead.and_then(|a| {
+        let free = range_free(&image_areas(&tree), a.trampoline);
+        match a.misfit(&tree, plan.is_empty(), opts.netns.is_some(), free) {
+            None => Some(a),
+            Some(why) => {
+                // Dropped here: its puppets die and free their pids
+                // before the ordinary spawn asks for them.
+                tracing::info!(processes = a.processes(), why, "tree spawned ahead discarded");
+                outcome = Some(AheadOutcome::Discarded { why });
+                None
+            }
+        }
+    });
+    let vessel = opts.vessel.as_ref().filter(|v| range_free(&image_areas(&tree), v.trampoline));
+    let trampoline = match (&ahead, vessel) {
+        (Some(a), _) => a.trampoline,
+        (None, Some(v)) => v.trampoline,
+        (None, None) => choose_trampoline(&tree)?,
+    };
     let ctx = Ctx {
         tree: &tree,
         dir,
@@ -568,8 +599,18 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         ghosts: open.ghosts(),
         plan,
         sources: mem::Sources::new(dir, &tree),
+        ahead: false,
     };
-    let mut puppets = spawn_tree(&ctx, &open, &opts.cgroups, vessel)?;
+    let mut puppets = match ahead {
+        Some(a) => {
+            let n = a.processes();
+            let p = adopt(&ctx, a)?;
+            tracing::info!(processes = n, "tree spawned ahead reused");
+            outcome = Some(AheadOutcome::Reused { processes: n });
+            p
+        }
+        None => spawn_tree(&ctx, &open, &opts.cgroups, vessel)?,
+    };
     if let Some(c) = &tree.cpu {
         // The root puppet's XSAVE area shows what this CPU and kernel hold.
         let host = puppets.by_pid[&tree.root_pid].host;
@@ -647,8 +688,67 @@ pub fn restore_held(dir: &Path, opts: &RestoreOptions) -> Result<Held> {
         _shmem: shmem,
         started: t0,
         verified,
+        ahead: outcome,
         _not_send: std::marker::PhantomData,
     })
+}
+
+/// Stage 3 ahead of a migration's stop (ahead.rs): the tree `desc`
+/// describes, spawned from `vessel` as [`spawn_tree`] spawns it, every
+/// puppet sharing our descriptor table. Returns the puppets, the
+/// trampoline and the network namespaces it was given.
+pub(crate) fn spawn_ahead(
+    desc: &TreeImage,
+    net: HashMap<u64, OwnedFd>,
+    cgroups: &[PathBuf],
+    vessel: Vessel,
+) -> Result<(Puppets, u64, HashMap<u64, OwnedFd>)> {
+    if !range_free(&image_areas(desc), vessel.trampoline) {
+        return Err(EngineError::Incompatible("not built ahead: the vessel's trampoline overlaps an area of the tree".into()));
+    }
+    let open = OpenFiles::only_net(net);
+    let shmem = ShmemObjects::create(Path::new("/"), &[])?;
+    let ctx = Ctx {
+        tree: desc,
+        // Read only for pages, which the ahead spawn never writes (no
+        // tree sharing pages copy-on-write is built ahead).
+        dir: Path::new("/"),
+        trampoline: vessel.trampoline,
+        lazy: false,
+        hot: &HashMap::new(),
+        shmem: &shmem,
+        memfds: HashMap::new(),
+        ghosts: HashMap::new(),
+        plan: crate::cow::plan(desc)?,
+        sources: mem::Sources::new(Path::new("/"), desc),
+        ahead: true,
+    };
+    if !ctx.plan.is_empty() {
+        return Err(EngineError::Incompatible("not built ahead: its description names pages shared copy-on-write".into()));
+    }
+    let mut puppets = spawn_tree(&ctx, &open, cgroups, Some(&vessel))?;
+    puppets.order = desc.processes.iter().map(|p| p.pid).collect();
+    let trampoline = ctx.trampoline;
+    drop(ctx);
+    Ok((puppets, trampoline, open.into_net()))
+}
+
+/// The tree spawned ahead stands for stage 3: each puppet leaves the
+/// descriptor table it shared with us for a copy of it as it is now,
+/// holding every file the stop opened, as a puppet forked now would.
+fn adopt(ctx: &Ctx, a: Ahead) -> Result<Puppets> {
+    let mut puppets = a.into_puppets();
+    if let Some(p) = ctx.tree.processes.iter().find(|p| !puppets.by_pid.contains_key(&p.pid)) {
+        return Err(EngineError::Incompatible(format!("pid {} is not in the tree spawned ahead", p.pid)));
+    }
+    for pid in &puppets.order {
+        let p = &puppets.by_pid[pid];
+        ctx.remote(p.host, p.base)
+            .call(libc::SYS_unshare, &[libc::CLONE_FILES as u64])
+            .step(p.host, || format!("remote unshare(CLONE_FILES) of pid {pid}, spawned ahead"))?;
+    }
+    puppets.order = ctx.tree.processes.iter().map(|p| p.pid).collect();
+    Ok(puppets)
 }
 
 /// Stage 8 (with [`RestoreOptions::verify`]): the finished tree read
@@ -884,7 +984,8 @@ fn spawn_tree(ctx: &Ctx, open: &OpenFiles, cgroups: &[PathBuf], vessel: Option<&
             // ([`Vessel::own_mounts`]): a copy would be one more namespace
             // to tear down, an RCU grace period, when the vessel ends.
             let mounts = if v.own_mounts.load(std::sync::atomic::Ordering::SeqCst) { libc::CLONE_NEWNS as u64 } else { 0 };
-            let flags = (ns_flags(root) & !NEWNET & !mounts) | libc::CLONE_PARENT as u64;
+            let shared = if ctx.ahead { libc::CLONE_FILES as u64 } else { 0 };
+            let flags = (ns_flags(root) & !NEWNET & !mounts) | libc::CLONE_PARENT as u64 | shared;
             // clone3 takes the exit signal of a CLONE_PARENT child from the
             // caller (the vessel's: SIGCHLD) and refuses one given.
             let args = CloneArgs { flags, exit_signal: 0, ..Default::default() };
@@ -981,7 +1082,7 @@ fn grow(
         }
         // CLONE_FILES before any table is shaped: the child shares what its
         // parent will install (shape skips the child's own install).
-        let files = if child_img.shares_parent_files { libc::CLONE_FILES as u64 } else { 0 };
+        let files = if child_img.shares_parent_files || ctx.ahead { libc::CLONE_FILES as u64 } else { 0 };
         let args = CloneArgs { flags: (ns_flags(child_img) & !NEWNET) | files, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
         let ids = set_tid(&child_img.nspid, child_img.pid, skip);
         let child = remote_clone3(&mut ctx.remote(host, base), s, args, &ids, libc::PTRACE_EVENT_FORK)?;

@@ -13,7 +13,8 @@
 //! One table, [`PROBES`], knows for each kind of state how to read it back
 //! and how to compare it: ids and tree links, credentials, signal
 //! dispositions and masks, limits, personality and umask, paths, memory
-//! areas, descriptors, the processes pidfds name, the namespaces
+//! areas, descriptors and whom the descriptor table is shared with, the
+//! processes pidfds name, the namespaces
 //! namespace descriptors name, inotify watches, fanotify marks. A probe compares only what the image records; what
 //! a host gives anew (host pids at the outer level, inode numbers) it maps
 //! or leaves out.
@@ -142,6 +143,7 @@ pub(crate) const PROBES: &[Probe] = &[
     Probe { name: "memory areas", check: areas, zombies: false },
     Probe { name: "huge pages", check: huge_pages, zombies: false },
     Probe { name: "descriptors", check: descriptors, zombies: false },
+    Probe { name: "descriptor table", check: fd_table, zombies: false },
     Probe { name: "unlinked inodes", check: ghosts, zombies: false },
     Probe { name: "pipes", check: pipes, zombies: false },
     Probe { name: "sockets", check: sockets, zombies: false },
@@ -567,6 +569,22 @@ fn descriptors(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
         if kind == Some(FileKind::Unlinked) || file.ghost_id != 0 {
             f.cmp(&object, "path", format!("{} (deleted)", file.path), proc::link(p.host, &format!("fd/{}", d.fd))?);
         }
+    }
+    Ok(())
+}
+
+/// Whom the process shares its descriptor table with: its parent when
+/// the image says so, never the restorer (whose table the puppets spawned
+/// ahead of a migration's stop share until each takes its own copy,
+/// ahead.rs: one left sharing would hold lpmd's descriptors).
+fn fd_table(p: &Restored<'_>, f: &mut Found<'_, '_>) -> Result<()> {
+    let ours = std::process::id() as i32;
+    let with_us = lpm_sys::misc::same_fd_table(p.host, ours).step(p.host, || format!("kcmp KCMP_FILES with {ours}"))?;
+    f.cmp("descriptor table", "shared with the restorer", false, with_us);
+    if p.image.ppid != 0 {
+        let parent = host_of(p, p.image.ppid);
+        let shared = lpm_sys::misc::same_fd_table(p.host, parent).step(p.host, || format!("kcmp KCMP_FILES with {parent}"))?;
+        f.cmp("descriptor table", "shared with the parent", p.image.shares_parent_files, shared);
     }
     Ok(())
 }

@@ -254,6 +254,17 @@ pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<()> {
     Ok(())
 }
 
+/// `tree` as the bytes of a tree file (header, checksum, body), for
+/// [`decode_tree`] at the other end of a connection.
+pub fn encode_tree(tree: &TreeImage) -> Vec<u8> {
+    let body = tree.encode_to_vec();
+    let header =
+        Header { version: tree_version(tree), kind: BodyKind::Tree as u32, body_len: body.len() as u64, checksum: checksum(&body) };
+    let mut out = header.encode().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
 /// The oldest format version that can hold `tree` (see [`FORMAT_VERSION`]).
 pub fn tree_version(tree: &TreeImage) -> u32 {
     let file_v2 = |f: &FileImage| {

@@ -52,6 +52,12 @@ pub fn mover_timeout() -> Duration {
 /// waits for the next word on the migration's connection before it also
 /// asks its peer through a resolver: a lost "go" or "running" then costs
 /// this, not a whole mover timeout, of the partition's time frozen.
+/// The name of the Blob frame carrying a provisional description of the
+/// tree (lpm_engine::ahead), from which the target spawns it ahead of the
+/// stop; a target that does not know it stores it as an image file, which
+/// no restore reads.
+pub(crate) const PROVISIONAL_BLOB: &str = "ahead.tree";
+
 pub(crate) const ASK_AFTER: Duration = Duration::from_millis(500);
 
 /// A mover connection, after the handshake.
@@ -314,6 +320,10 @@ pub(crate) fn serve(agent: &Arc<Agent>, r: Rx, w: Tx, peer: &str) -> Result<()> 
             }
             FrameType::Blob => {
                 let s = session.as_mut().ok_or_else(|| anyhow!("image file before prepare"))?;
+                if let Some(desc) = target::provisional(payload) {
+                    s.provisional(agent, desc);
+                    continue;
+                }
                 if let Err(e) = s.blob(payload) {
                     s.failed(agent, &mut link, &format!("{e:#}"));
                     return Err(e);

@@ -715,6 +715,10 @@ struct Run<'a> {
     shared_hint: lpm_engine::SharedPages,
     /// The stop's image directory.
     scratch: Option<PathBuf>,
+    /// Provisional descriptions of the tree sent (restore ahead), and the
+    /// checksum of the last one.
+    provisionals: u32,
+    provisional_sum: u64,
 }
 
 impl<'a> Run<'a> {
@@ -749,6 +753,8 @@ impl<'a> Run<'a> {
             smaps_hint: HashMap::new(),
             shared_hint: Default::default(),
             scratch: None,
+            provisionals: 0,
+            provisional_sum: 0,
         }
     }
 
@@ -960,6 +966,7 @@ impl<'a> Run<'a> {
             let hinted = t_barrier.elapsed();
             self.round_done(live, m.round)?;
             let barrier = t_barrier.elapsed();
+            self.send_provisional()?;
             fault::point("source.round")?;
             self.wire_bytes += wire;
             let secs = st.duration.as_secs_f64().max(1e-6);
@@ -1164,6 +1171,84 @@ impl<'a> Run<'a> {
         hint
     }
 
+    /// Sends the target a provisional description of the tree, read from
+    /// /proc while it runs (lpm_engine::ahead), when it changed since the
+    /// last one sent, at most [`PROVISIONALS`] times: the target spawns
+    /// the tree from it ahead of the stop. A tree still changing after
+    /// that gets one description without processes, which withdraws the
+    /// last (the target drops its tree now, not in the stop). A
+    /// description that cannot be read (a process ended meanwhile) waits
+    /// for the next round. Only with `LPM_AHEAD=1` in lpmd's environment:
+    /// off by default until a migration whose pre-copy runs long with the
+    /// tree spawned ahead converges as it does without (the handover
+    /// test `cli_killed_mid_migration` does not, with it).
+    fn send_provisional(&mut self) -> Result<()> {
+        if self.provisionals > PROVISIONALS || std::env::var_os("LPM_AHEAD").is_none_or(|v| v != "1") {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let desc = match lpm_engine::ahead::describe(self.pid, self.external_netns(), &self.smaps_hint) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(partition = %self.spec.name, error = %e, "no provisional description this round");
+                return Ok(());
+            }
+        };
+        if let Some(why) = lpm_engine::ahead::refusal(&desc) {
+            // Not to be spawned ahead (PostgreSQL's shared memory: half a
+            // megabyte and 40 to 140 ms a round to describe, for nothing):
+            // no more descriptions, and the last one sent, if any, is
+            // withdrawn.
+            tracing::debug!(partition = %self.spec.name, why, "tree not to be spawned ahead");
+            if self.provisionals == 0 {
+                self.provisionals = PROVISIONALS + 1;
+                return Ok(());
+            }
+            self.provisionals = PROVISIONALS;
+        }
+        let bytes = lpm_image::encode_tree(&desc);
+        let sum = lpm_image::checksum(&bytes);
+        if sum == self.provisional_sum {
+            return Ok(());
+        }
+        let (desc, bytes) = if self.provisionals == PROVISIONALS {
+            let none = lpm_image::TreeImage { root_pid: desc.root_pid, ..Default::default() };
+            let bytes = lpm_image::encode_tree(&none);
+            (none, bytes)
+        } else {
+            (desc, bytes)
+        };
+        let head = blob_head(super::PROVISIONAL_BLOB, 0);
+        let compress = self.req.compress;
+        let link = self.link()?;
+        let w = lpm_wire::write_frame_parts(&mut link.w, FrameType::Blob, &[&head, &bytes], compress)
+            .context("send the provisional description")
+            .map_err(peer_gone)?;
+        // On its way now: the target spawns the tree while the next round
+        // runs, not when the next message pushes it out.
+        std::io::Write::flush(&mut link.w).context("send the provisional description").map_err(peer_gone)?;
+        self.wire_bytes += w;
+        self.provisionals += 1;
+        self.provisional_sum = sum;
+        tracing::debug!(
+            partition = %self.spec.name,
+            processes = desc.processes.len(),
+            bytes = bytes.len(),
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            refused = lpm_engine::ahead::refusal(&desc).unwrap_or_default(),
+            "provisional description sent"
+        );
+        Ok(())
+    }
+
+    /// Whether the init still lives in the partition's namespace (the
+    /// one with its NIC, which the target brings) or made one of its own.
+    fn external_netns(&self) -> bool {
+        let ino = |p: &Path| fs::metadata(p).map(|m| m.ino()).ok();
+        ino(Path::new(&format!("/proc/{}/ns/net", self.pid))).is_some()
+            && ino(Path::new(&format!("/proc/{}/ns/net", self.pid))) == ino(&self.plumbing.netns().path())
+    }
+
     /// The stop (the machine's Freeze): lock the network, stop the tree,
     /// send the last round, dump the rest, send it and ask for the
     /// restore. On error the machine rolls back.
@@ -1171,6 +1256,7 @@ impl<'a> Run<'a> {
         let dir = scratch_dir(self.agent, "out", &live.id);
         let _ = fs::remove_dir_all(&dir);
         self.scratch = Some(dir.clone());
+        test_gate();
         tracing::debug!(partition = %self.spec.name, since_start_ms = self.started.elapsed().as_secs_f64() * 1e3, "stopping");
         // Whether the init still lives in the partition's namespace (the
         // one with its NIC, which the target brings) or made one of its own.
@@ -1551,6 +1637,26 @@ fn peer_gone(e: anyhow::Error) -> anyhow::Error {
 fn is_peer_gone(e: &anyhow::Error) -> bool {
     e.downcast_ref::<PeerGone>().is_some()
 }
+
+/// For the tests of restore ahead: with `LPM_TEST_GATE` naming a file,
+/// the stop begins only once that file exists (a test changes the
+/// partition between the last provisional description and the stop,
+/// then opens the gate). Waits two minutes at most.
+fn test_gate() {
+    let Some(gate) = std::env::var_os("LPM_TEST_GATE") else { return };
+    let gate = PathBuf::from(gate);
+    tracing::info!(gate = %gate.display(), "the stop waits for the test's gate");
+    let t = Instant::now();
+    while !gate.exists() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Provisional descriptions a migration sends at most (then one that
+/// withdraws the last, should the tree change again): a tree that keeps
+/// changing (a server forking a worker per connection) is spawned ahead a
+/// few times, not in every round.
+const PROVISIONALS: u32 = 4;
 
 /// A Blob payload: u16 name length, the name, u64 offset, the bytes.
 fn blob_head(name: &str, off: u64) -> Vec<u8> {

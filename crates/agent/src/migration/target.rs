@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -238,6 +238,11 @@ impl Live {
                 Next::Done
             }
             Action::Destroy => {
+                // The tree spawned ahead goes first: its puppets hold pids
+                // in the partition's namespaces.
+                if let Some(s) = session {
+                    s.ahead = None;
+                }
                 self.destroy(agent, turn);
                 Next::Done
             }
@@ -407,8 +412,17 @@ impl Live {
             verify: true,
             shell_job: false,
         };
-        let mut held =
-            lpm_engine::restore_held(&turn.detail.dir, &opts).with_context(|| format!("restore partition {}", turn.record.spec.name))?;
+        let mut held = lpm_engine::restore_held_with(&turn.detail.dir, &opts, s.ahead.take())
+            .with_context(|| format!("restore partition {}", turn.record.spec.name))?;
+        match &held.ahead {
+            Some(lpm_engine::AheadOutcome::Reused { processes }) => {
+                tracing::info!(id = %self.id, processes, "restore reused the tree spawned ahead")
+            }
+            Some(lpm_engine::AheadOutcome::Discarded { why }) => {
+                tracing::info!(id = %self.id, why, "restore discarded the tree spawned ahead")
+            }
+            None => {}
+        }
         let restored = t.elapsed();
         turn.verify_ms = held.verified.map_or(0.0, |d| d.as_secs_f64() * 1e3);
         fault::point("target.restored")?;
@@ -551,6 +565,23 @@ fn ready(res: &mut Res) -> Result<bool> {
     Ok(res.vessel_placed)
 }
 
+/// A restore vessel with its own mount namespace, placed in `cgroups`.
+fn placed_vessel(cgroups: &[PathBuf]) -> Result<lpm_engine::Vessel> {
+    let v = lpm_engine::Vessel::spawn().and_then(|v| v.own_mounts().map(|()| v)).context("spawn a restore vessel")?;
+    lpm_engine::Vessel::place(v.pid(), cgroups).context("place the restore vessel")?;
+    Ok(v)
+}
+
+/// The provisional description a Blob frame carries, when it is one
+/// ([`super::PROVISIONAL_BLOB`]); a malformed one is no description.
+pub(crate) fn provisional(payload: &[u8]) -> Option<lpm_image::TreeImage> {
+    let (name, off, data) = unblob(payload).ok()?;
+    if name != super::PROVISIONAL_BLOB || off != 0 {
+        return None;
+    }
+    lpm_image::decode_tree(data, Path::new(name)).map_err(|e| tracing::warn!(error = %e, "malformed provisional description")).ok()
+}
+
 /// Per process (pid in the image), the page ranges to fill before the
 /// tree runs.
 type HotPages = HashMap<u32, Vec<(u64, u64)>>;
@@ -566,6 +597,9 @@ pub(crate) struct Session {
     spare: Option<crate::fill::Spare>,
     /// The Restore message's parameters, for the restore.
     restore: Option<(bool, HotPages)>,
+    /// The tree spawned ahead from the source's provisional description
+    /// (lpm_engine::ahead), traced by this thread.
+    ahead: Option<lpm_engine::Ahead>,
 }
 
 impl Session {
@@ -595,7 +629,7 @@ impl Session {
         let dir = scratch_dir(agent, "in", id);
         let record = Record::new(id, &spec, source, &agent.opts.host, source_addr, Side::Target(TargetState::Prepared));
         let live = Live::new(agent, record, Detail { dir, ..Default::default() }, None);
-        let mut s = Session { live: live.clone(), vessel: None, spare: None, restore: None };
+        let mut s = Session { live: live.clone(), vessel: None, spare: None, restore: None, ahead: None };
         live.apply(agent, TargetInput::Message(Msg::Prepare), Some(link), Some(&mut s));
         Ok(s)
     }
@@ -624,6 +658,54 @@ impl Session {
             .open(&path)
             .with_context(|| format!("create {}", path.display()))?;
         file.write_all_at(data, off).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// A provisional description of the tree arrived: the tree spawned
+    /// from the last one goes, and the tree is spawned from this one, from
+    /// the vessel (a new one is made and placed for the stop's own use
+    /// should the tree made ahead not fit then). Nothing here fails the
+    /// migration: without a tree made ahead the stop spawns it.
+    pub(crate) fn provisional(&mut self, agent: &Agent, desc: lpm_image::TreeImage) {
+        if self.ahead.take().is_some() && desc.processes.is_empty() {
+            tracing::info!(id = %self.live.id, "tree spawned ahead withdrawn");
+        }
+        if self.live.state() != Some(TargetState::Prepared) || desc.processes.is_empty() {
+            return;
+        }
+        if let Some(why) = lpm_engine::ahead::refusal(&desc) {
+            tracing::info!(id = %self.live.id, why, "tree not spawned ahead");
+            return;
+        }
+        let t = Instant::now();
+        let made = (|| -> Result<lpm_engine::Ahead> {
+            let (netns, cgroups, placed) = {
+                let mut turn = lock(&self.live.turn);
+                let placed = ready(&mut turn.res)?;
+                let p = turn.res.plumbing.as_ref().ok_or_else(|| anyhow!("the partition's plumbing is missing"))?;
+                let external = desc.processes.iter().any(|p| p.namespaces.as_ref().is_some_and(|n| n.net_external));
+                let netns = if external { Some(p.netns().fd().context("open the partition's network namespace")?) } else { None };
+                (netns, p.cgroup().dirs(), placed)
+            };
+            let vessel = match self.vessel.take().filter(|_| placed) {
+                Some(v) => v,
+                None => placed_vessel(&cgroups)?,
+            };
+            let ahead = lpm_engine::ahead::build(desc, netns, &cgroups, vessel).context("spawn the tree ahead")?;
+            // The stop's own spawn, should the tree made ahead not fit
+            // then, still starts from a vessel.
+            self.vessel = placed_vessel(&cgroups)
+                .map_err(|e| tracing::warn!(partition = %self.live.partition, error = format!("{e:#}"), "no restore vessel"))
+                .ok();
+            Ok(ahead)
+        })();
+        match made {
+            Ok(a) => {
+                tracing::info!(id = %self.live.id, processes = a.processes(), ms = t.elapsed().as_secs_f64() * 1e3, "tree spawned ahead");
+                self.ahead = Some(a);
+            }
+            Err(e) => tracing::warn!(id = %self.live.id, error = format!("{e:#}"), "tree not spawned ahead"),
+        }
+        let _ = agent;
     }
 
     /// The parameters of the restore the next `Restore` asks for.

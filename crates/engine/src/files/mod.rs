@@ -578,6 +578,29 @@ pub struct OpenFiles {
 }
 
 impl OpenFiles {
+    /// Nothing open but the network namespaces the puppets join: what
+    /// the spawn of a tree made ahead of the stop has (ahead.rs).
+    pub(crate) fn only_net(net: HashMap<u64, OwnedFd>) -> OpenFiles {
+        OpenFiles {
+            by_id: HashMap::new(),
+            _holders: Vec::new(),
+            _pipes: HashMap::new(),
+            net,
+            base: 0,
+            ctty: HashMap::new(),
+            ptys: HashMap::new(),
+            terminal: None,
+            core: None,
+            ghosts: HashMap::new(),
+        }
+    }
+
+    /// Gives back the network namespaces of [`OpenFiles::only_net`].
+    pub(crate) fn into_net(self) -> HashMap<u64, OwnedFd> {
+        let OpenFiles { net, .. } = self;
+        net
+    }
+
     /// The restorer's descriptor of each memfd of `tree`, by its inode at
     /// dump (puppets inherit them until their own descriptors are set).
     pub fn memfds(&self, tree: &TreeImage) -> HashMap<u64, i32> {
