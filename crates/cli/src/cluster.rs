@@ -138,6 +138,11 @@ pub struct CreateArgs {
     /// (CAP_NET_ADMIN, SYS_PTRACE, ALL); repeatable.
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,
+    /// Runs its processes in a user namespace of their own whose root is
+    /// an unprivileged id range of the host (picked by the host and kept
+    /// in the spec). Such a partition is not migrated yet.
+    #[arg(long)]
+    pub userns: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -580,7 +585,7 @@ fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
         ip: a.ip,
         mac: a.mac,
         volumes: a.volumes,
-        isolation: lpm_host::isolation::Isolation { cap_add: a.cap_add },
+        isolation: lpm_host::isolation::Isolation { cap_add: a.cap_add, userns: a.userns.then(lpm_host::isolation::UserNs::default) },
     };
     spec.validate().context("partition spec")?;
     c.hosts.get(&a.host, &c.path)?;

@@ -192,6 +192,12 @@ impl PartitionSpec {
         if let Err(why) = self.isolation.caps() {
             return Err(bad("cap_add", &self.isolation.cap_add.join(","), &why));
         }
+        // first 0: the host that creates the partition picks its range.
+        if let Some(ns) = self.isolation.userns.filter(|ns| ns.first != 0) {
+            if let Err(why) = ns.validate() {
+                return Err(bad("userns", &ns.first.to_string(), &why));
+            }
+        }
         for v in &self.volumes {
             let shown = v.display().to_string();
             if !v.is_absolute() {
@@ -632,6 +638,13 @@ pub fn start_hiding(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing, hi
             value: spec.isolation.cap_add.join(","),
             why,
         })?),
+        userns: match spec.isolation.userns {
+            None => None,
+            Some(ns) => {
+                ns.validate().map_err(|why| PartitionError::Spec { field: "userns", value: ns.first.to_string(), why })?;
+                Some(ns.id_map())
+            }
+        },
     };
     plumbing.filter_devices()?;
     let spawn_err = |source| PartitionError::Spawn { partition: name.to_string(), source };
