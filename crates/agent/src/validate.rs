@@ -173,11 +173,15 @@ pub fn target(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[lpm_h
     let bridge = &agent.opts.bridge;
     // Asked of the kernel in lpmd's network namespace (/sys shows the
     // namespace of whoever mounted it).
-    out.push(if lpm_host::net::ip(None, &["-d", "link", "show", "dev", bridge]).is_ok_and(|o| o.contains("bridge")) {
-        Check::pass("network", format!("the partition network's bridge {bridge} is here"))
-    } else {
-        Check::fail("network", format!("no bridge {bridge} here: the partition network does not reach this host"))
-    });
+    out.push(
+        if lpm_host::net::rtnl(None, bridge, "look up", |r| r.link(bridge))
+            .is_ok_and(|l| l.is_some_and(|l| l.kind.as_deref() == Some("bridge")))
+        {
+            Check::pass("network", format!("the partition network's bridge {bridge} is here"))
+        } else {
+            Check::fail("network", format!("no bridge {bridge} here: the partition network does not reach this host"))
+        },
+    );
     let n = agent.under_way(false);
     out.push(if n < agent.opts.max_incoming {
         Check::pass("incoming", format!("{n} of {} incoming migrations under way", agent.opts.max_incoming))

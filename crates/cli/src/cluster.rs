@@ -899,6 +899,7 @@ pub fn demo() -> Result<ExitCode> {
         other => bail!("unexpected answer {other:?}"),
     }
     let client_ns = c.lab()?.client().netns.clone();
+    // `ip netns exec`, as an operator would run the client (see Lab::exec).
     let client = Command::new("ip")
         .args(["netns", "exec", &client_ns, "python3"])
         .arg(&client_py)
