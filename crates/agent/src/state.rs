@@ -94,6 +94,10 @@ pub struct Agent {
     /// copies here are removed (after the report, off the migration's
     /// time): their names, NICs and cgroups are still taken.
     leaving: Mutex<HashMap<String, std::thread::JoinHandle<()>>>,
+    /// Held by a create of a `--userns` partition from the choice of its
+    /// id range until the partition is listed, so that two creates at
+    /// once cannot pick the same range.
+    userns_alloc: Mutex<()>,
     /// The durable records of this host's migrations.
     pub(crate) journal: Journal,
     /// The migrations this host takes part in that are not settled, by id.
@@ -148,6 +152,7 @@ impl Agent {
             stop_cost: Mutex::new(StopCosts::default()),
             kernel_missing: std::sync::OnceLock::new(),
             leaving: Mutex::new(HashMap::new()),
+            userns_alloc: Mutex::new(()),
             journal,
             migrations: Mutex::new(HashMap::new()),
         }
@@ -305,6 +310,7 @@ impl Agent {
         if self.migrations_of(&spec.name) > 0 {
             bail!("partition {} is arriving here by migration", spec.name);
         }
+        let _alloc = spec.isolation.userns.is_some().then(|| lock(&self.userns_alloc));
         self.user_namespace(&mut spec)?;
         let plumbing = Plumbing::create(&self.ctx, &spec, true).with_context(|| format!("partition {}: plumbing", spec.name))?;
         let pid = match partition::start_hiding(&self.ctx, &spec, &plumbing, &self.opts.hide) {
