@@ -150,6 +150,7 @@ impl DaemonArgs {
             insecure: self.insecure.then_some(true),
             api_listen: self.api_listen,
             hide: None,
+            userns_base: None,
         }))
     }
 
@@ -206,6 +207,7 @@ impl DaemonArgs {
             tls,
             insecure: c.insecure.unwrap_or(false),
             api_listen: c.api_listen,
+            userns_base: c.userns_base.unwrap_or(lpm_host::isolation::DEFAULT_USERNS_BASE),
         })
     }
 }

@@ -173,7 +173,9 @@ fn is_partition_veth(name: &str) -> bool {
     name.len() == 10 && name.starts_with("lp") && name[2..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Interface names in `ip -o link show` output ("5: lp1234abcd@if4: ...").
+/// Interface names in `ip -o link show` output ("5: lp1234abcd@if4: ..."),
+/// for the tests, which look as an operator would.
+#[cfg(test)]
 fn link_names(out: &str) -> impl Iterator<Item = &str> {
     out.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n))
 }
@@ -220,8 +222,10 @@ pub fn scan(ctx: &HostCtx) -> Result<Found> {
         }
     }
     // A missing bridge has no ports: nothing to sweep there.
-    if let Ok(links) = net::ip(None, &["-o", "link", "show", "master", &ctx.bridge]) {
-        f.veths = link_names(&links).filter(|n| is_partition_veth(n)).map(str::to_string).collect();
+    if let Ok(links) = net::rtnl(None, &ctx.bridge, "list links", |r| r.links()) {
+        if let Some(br) = links.iter().find(|l| l.name == ctx.bridge) {
+            f.veths = links.iter().filter(|l| l.master == Some(br.index) && is_partition_veth(&l.name)).map(|l| l.name.clone()).collect();
+        }
     }
     let shm = Path::new("/dev/shm");
     let start = format!("{}-{}-", ctx.prefix, ctx.host);
@@ -338,9 +342,7 @@ pub fn remove_partition(ctx: &HostCtx, name: &str) -> Result<()> {
     let net_err = |op| move |source| OrphanError::Net { partition: name.to_string(), op, source: Box::new(source) };
     let veth = ctx.veth_name(name);
     lpm_host::hold::remove_port(&veth).map_err(net_err("delete the hold port"))?;
-    if net::ip(None, &["link", "show", "dev", &veth]).is_ok() {
-        net::ip(None, &["link", "del", &veth]).map_err(net_err("delete host-side veth"))?;
-    }
+    net::rtnl(None, &veth, "delete", |r| r.delete(&veth)).map_err(net_err("delete host-side veth"))?;
     Netns::delete(&ctx.netns_name(name)).map_err(net_err("delete network namespace"))?;
     Ok(())
 }
@@ -480,10 +482,10 @@ pub(crate) fn sweep(ctx: &HostCtx, state_dir: &Path, held: &Held) -> BTreeMap<St
     // partition removed above: no recorded partition owns them.
     let owned: BTreeSet<String> = known.iter().map(|n| ctx.veth_name(n)).collect();
     for v in found.veths.iter().filter(|v| !owned.contains(*v)) {
-        match net::ip(None, &["link", "del", v]) {
-            Ok(_) => s.veths.push(v.clone()),
+        match net::rtnl(None, v, "delete", |r| r.delete(v)) {
+            Ok(true) => s.veths.push(v.clone()),
             // Already gone with its namespace.
-            Err(_) if net::ip(None, &["link", "show", "dev", v]).is_err() => {}
+            Ok(false) => {}
             Err(e) => s.failures.push(format!("delete veth {v}: {e}")),
         }
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use lpm_host::isolation::UserNs;
 use lpm_host::partition::{self, HostCtx, PartitionSpec, Plumbing};
 use lpm_migrate::journal::Journal;
 use lpm_migrate::policy::StopCosts;
@@ -53,6 +54,8 @@ pub struct Options {
     pub api_listen: Option<std::net::SocketAddr>,
     /// Host paths hidden from its partitions (lpm_host::isolation::masks).
     pub hide: Vec<std::path::PathBuf>,
+    /// The first host id of the ranges `--userns` partitions map.
+    pub userns_base: u32,
 }
 
 /// A partition this host holds.
@@ -91,6 +94,10 @@ pub struct Agent {
     /// copies here are removed (after the report, off the migration's
     /// time): their names, NICs and cgroups are still taken.
     leaving: Mutex<HashMap<String, std::thread::JoinHandle<()>>>,
+    /// Held by a create of a `--userns` partition from the choice of its
+    /// id range until the partition is listed, so that two creates at
+    /// once cannot pick the same range.
+    userns_alloc: Mutex<()>,
     /// The durable records of this host's migrations.
     pub(crate) journal: Journal,
     /// The migrations this host takes part in that are not settled, by id.
@@ -145,6 +152,7 @@ impl Agent {
             stop_cost: Mutex::new(StopCosts::default()),
             kernel_missing: std::sync::OnceLock::new(),
             leaving: Mutex::new(HashMap::new()),
+            userns_alloc: Mutex::new(()),
             journal,
             migrations: Mutex::new(HashMap::new()),
         }
@@ -293,7 +301,7 @@ impl Agent {
         serde_json::from_slice(&b).ok()
     }
 
-    pub(crate) fn create(&self, spec: PartitionSpec) -> Result<Response> {
+    pub(crate) fn create(&self, mut spec: PartitionSpec) -> Result<Response> {
         spec.validate().context("invalid partition spec")?;
         self.await_departure(&spec.name);
         if self.parts().contains_key(&spec.name) {
@@ -302,6 +310,8 @@ impl Agent {
         if self.migrations_of(&spec.name) > 0 {
             bail!("partition {} is arriving here by migration", spec.name);
         }
+        let _alloc = spec.isolation.userns.is_some().then(|| lock(&self.userns_alloc));
+        self.user_namespace(&mut spec)?;
         let plumbing = Plumbing::create(&self.ctx, &spec, true).with_context(|| format!("partition {}: plumbing", spec.name))?;
         let pid = match partition::start_hiding(&self.ctx, &spec, &plumbing, &self.opts.hide) {
             Ok(pid) => pid,
@@ -317,6 +327,30 @@ impl Agent {
         self.parts().insert(spec.name.clone(), e);
         tracing::info!(partition = %spec.name, pid, "partition started");
         Ok(Response::Partition(Box::new(info)))
+    }
+
+    /// Gives a `--userns` partition being created its id range: the first
+    /// free one from the configured base, or the one its spec names if no
+    /// other partition here maps any of it; then its volumes' files
+    /// become the range's (root's files its root's), so that they are
+    /// the partition's to write. The range is recorded in the spec, which
+    /// a restart of the partition or of lpmd reads back.
+    fn user_namespace(&self, spec: &mut PartitionSpec) -> Result<()> {
+        let Some(mut ns) = spec.isolation.userns else { return Ok(()) };
+        let used: Vec<UserNs> = self.parts().values().filter_map(|e| e.spec.isolation.userns).collect();
+        if ns.first == 0 {
+            ns = lpm_host::isolation::allocate(self.opts.userns_base, &used, &lpm_host::isolation::host_subid_ranges())
+                .ok_or_else(|| anyhow!("partition {}: no free user namespace id range from {}", spec.name, self.opts.userns_base))?;
+        } else if let Some(other) = used.iter().find(|u| u.range().start < ns.range().end && ns.range().start < u.range().end) {
+            bail!("partition {}: user namespace ids from {} overlap another partition's, from {}", spec.name, ns.first, other.first);
+        }
+        spec.isolation.userns = Some(ns);
+        for v in &spec.volumes {
+            let n = lpm_host::isolation::shift_ownership(v, ns)
+                .with_context(|| format!("partition {}: give volume {} to user namespace ids from {}", spec.name, v.display(), ns.first))?;
+            tracing::info!(partition = %spec.name, volume = %v.display(), first = ns.first, changed = n, "volume owned by the user namespace");
+        }
+        Ok(())
     }
 
     /// Unsettled migrations of partition `name` this host takes part in.

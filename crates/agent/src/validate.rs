@@ -47,6 +47,21 @@ pub fn arguments(req: &MigrateRequest, here: &str) -> Vec<Check> {
 /// stopped) and its outgoing migrations.
 pub fn source(agent: &Agent, req: &MigrateRequest, pid: i32) -> Vec<Check> {
     let mut out = arguments(req, &agent.opts.host);
+    let userns = agent.parts().get(&req.name).and_then(|e| e.spec.isolation.userns);
+    if let Some(ns) = userns {
+        // Ids and capabilities inside are relative to the namespace's
+        // maps, which the restore does not make again: the checkpoint
+        // would refuse the tree at the stop; this says why, up front.
+        out.push(Check::fail(
+            "user namespace",
+            format!(
+                "partition {} runs in a user namespace of its own (--userns, host ids {} to {}): a partition in a user namespace is not migrated yet (its restore would not recreate the namespace and its maps)",
+                req.name,
+                ns.first,
+                ns.range().end - 1
+            ),
+        ));
+    }
     let opts =
         lpm_engine::DumpOptions { after: lpm_engine::After::Frozen, tcp_established: true, external_netns: true, ..Default::default() };
     match lpm_engine::inspect(pid, &opts) {
@@ -158,11 +173,15 @@ pub fn target(agent: &Agent, spec: &PartitionSpec, memory: u64, volumes: &[lpm_h
     let bridge = &agent.opts.bridge;
     // Asked of the kernel in lpmd's network namespace (/sys shows the
     // namespace of whoever mounted it).
-    out.push(if lpm_host::net::ip(None, &["-d", "link", "show", "dev", bridge]).is_ok_and(|o| o.contains("bridge")) {
-        Check::pass("network", format!("the partition network's bridge {bridge} is here"))
-    } else {
-        Check::fail("network", format!("no bridge {bridge} here: the partition network does not reach this host"))
-    });
+    out.push(
+        if lpm_host::net::rtnl(None, bridge, "look up", |r| r.link(bridge))
+            .is_ok_and(|l| l.is_some_and(|l| l.kind.as_deref() == Some("bridge")))
+        {
+            Check::pass("network", format!("the partition network's bridge {bridge} is here"))
+        } else {
+            Check::fail("network", format!("no bridge {bridge} here: the partition network does not reach this host"))
+        },
+    );
     let n = agent.under_way(false);
     out.push(if n < agent.opts.max_incoming {
         Check::pass("incoming", format!("{n} of {} incoming migrations under way", agent.opts.max_incoming))

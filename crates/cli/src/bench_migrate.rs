@@ -762,14 +762,29 @@ fn render_cost(tls: &[Row], plain: &[Row]) -> String {
     let _ = writeln!(s, "mutual TLS beside plain mode (insecure), the same cases in the same lab:");
     let _ = writeln!(
         s,
-        "{:>5} {:>5} {:>3} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
-        "MiB", "MiB/s", "run", "TLS total", "plain tot", "cost", "TLS down", "plain dn", "cost", "TLS src cpu", "plain cpu"
+        "{:>5} {:>5} {:>3} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>10} {:>10}",
+        "MiB",
+        "MiB/s",
+        "run",
+        "TLS total",
+        "plain tot",
+        "cost",
+        "TLS down",
+        "plain dn",
+        "cost",
+        "TLS MiB/s",
+        "plain",
+        "TLS src cpu",
+        "plain cpu"
     );
     let pct = |a: f64, b: f64| if b > 0.0 { format!("{:+.0}%", (a / b - 1.0) * 100.0) } else { "-".into() };
+    // The mover's throughput over the whole migration (bytes sent over
+    // total time), as the report gives it.
+    let mibs = |r: &Row| r.report.as_ref().map_or("-".to_string(), |r| format!("{:.0}", r.throughput_bytes_per_s / (1u64 << 20) as f64));
     for (t, p) in tls.iter().zip(plain) {
         let _ = writeln!(
             s,
-            "{:>5} {:>5} {:>3} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>10} {:>10}",
+            "{:>5} {:>5} {:>3} {:>10} {:>10} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>10} {:>10}",
             t.size_mib,
             t.rate_mib,
             t.run,
@@ -779,11 +794,16 @@ fn render_cost(tls: &[Row], plain: &[Row]) -> String {
             fmt_f(t.downtime_ms(), 1),
             fmt_f(p.downtime_ms(), 1),
             pct(t.downtime_ms(), p.downtime_ms()),
+            mibs(t),
+            mibs(p),
             fmt_f(t.cpu_src_ms, 0),
             fmt_f(p.cpu_src_ms, 0)
         );
     }
-    let _ = writeln!(s, "(cost: TLS over plain; cpu: the source lpmd's CPU ms during the migration)");
+    let _ = writeln!(
+        s,
+        "(cost: TLS over plain; MiB/s: the mover's throughput over the migration; cpu: the source lpmd's CPU ms during the migration)"
+    );
     s
 }
 

@@ -143,6 +143,11 @@ pub struct CreateArgs {
     /// (CAP_NET_ADMIN, SYS_PTRACE, ALL); repeatable.
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,
+    /// Runs its processes in a user namespace of their own whose root is
+    /// an unprivileged id range of the host (picked by the host and kept
+    /// in the spec). Such a partition is not migrated yet.
+    #[arg(long)]
+    pub userns: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
@@ -613,7 +618,7 @@ fn create(c: &Cluster, a: CreateArgs) -> Result<()> {
         ip: a.ip,
         mac: a.mac,
         volumes: a.volumes,
-        isolation: lpm_host::isolation::Isolation { cap_add: a.cap_add },
+        isolation: lpm_host::isolation::Isolation { cap_add: a.cap_add, userns: a.userns.then(lpm_host::isolation::UserNs::default) },
     };
     spec.validate().context("partition spec")?;
     c.hosts.get(&a.host, &c.path)?;
@@ -928,6 +933,7 @@ pub fn demo() -> Result<ExitCode> {
         other => bail!("unexpected answer {other:?}"),
     }
     let client_ns = c.lab()?.client().netns.clone();
+    // `ip netns exec`, as an operator would run the client (see Lab::exec).
     let client = Command::new("ip")
         .args(["netns", "exec", &client_ns, "python3"])
         .arg(&client_py)

@@ -186,3 +186,112 @@ fn an_unknown_capability_is_refused_by_name() {
     let e = lab.create_with("bad", "h1", None, &["--cap-add", "CAP_NOPE"], &["true".to_string()]).unwrap_err();
     assert!(e.contains("CAP_NOPE"), "{e}");
 }
+
+/// Reports, each time `go-N` appears in its directory (its volume), its
+/// ids and maps, whether it reads a host file only root may read,
+/// whether it loads a module, binds a low port and writes its volume.
+const USERNS_PROBE: &str = r#"
+import ctypes, errno, os, socket, sys, time
+out, secret = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def err(e):
+    return errno.errorcode.get(e, str(e))
+def probe(n):
+    r = ['ids %d %d %d %d' % (os.getuid(), os.geteuid(), os.getgid(), os.getegid())]
+    r.append('uid_map ' + ' '.join(open('/proc/self/uid_map').read().split()))
+    r.append('gid_map ' + ' '.join(open('/proc/self/gid_map').read().split()))
+    try:
+        open(secret, 'rb').read()
+        r.append('secret READ')
+    except OSError as e:
+        r.append('secret ' + err(e.errno))
+    ctypes.set_errno(0)
+    ret = libc.syscall(313, ctypes.c_int(-1), ctypes.c_char_p(b''), ctypes.c_int(0))
+    r.append('finit_module %d %s' % (ret, err(ctypes.get_errno())))
+    s = socket.socket()
+    try:
+        s.bind(('0.0.0.0', 80))
+        r.append('bind 80 ok')
+    except OSError as e:
+        r.append('bind 80 ' + err(e.errno))
+    s.close()
+    with open(os.path.join(out, 'mine-%d' % n), 'w') as f:
+        f.write('x')
+    st = os.stat(os.path.join(out, 'mine-%d' % n))
+    r.append('volume file %d %d' % (st.st_uid, st.st_gid))
+    status = open('/proc/self/status').read().splitlines()
+    r.append('CapEff ' + [l.split()[1] for l in status if l.startswith('CapEff:')][0])
+    return '\n'.join(r) + '\n'
+n = 0
+print('probe ready', flush=True)
+while True:
+    if os.path.exists(os.path.join(out, 'go-%d' % n)):
+        tmp = os.path.join(out, 'tmp')
+        with open(tmp, 'w') as f:
+            f.write(probe(n))
+        os.rename(tmp, os.path.join(out, 'result-%d' % n))
+        n += 1
+    time.sleep(0.02)
+"#;
+
+/// A `--userns` partition's root is root in a user namespace of its own
+/// only: its ids 0 are an unprivileged host range (one per partition,
+/// none shared), it cannot read a host file only root may read nor load
+/// a module, it owns its volume's files (given to the range at create)
+/// and binds low ports. Its migration is refused by name before any
+/// harm, and it runs on.
+#[test]
+fn a_userns_partition_is_root_only_inside() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let lab = TestLab::up("userns", 2);
+    let secret = lab.root.join("root-only");
+    std::fs::write(&secret, "secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = secret.to_string_lossy().into_owned();
+    let mut firsts = Vec::new();
+    for name in ["ua", "ub"] {
+        let out = lab.vol.join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        // Root's file before the create: the partition's root's after it.
+        std::fs::write(out.join("before"), "x").unwrap();
+        let o = out.to_string_lossy().into_owned();
+        let args = ["partition", "create", name, "--host", "h1", "--volume", &o, "--memory", "256M", "--userns", "--"];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["python3", "-c", USERNS_PROBE, &o, &secret]);
+        lab.ok(&args);
+        lab.wait_log(name, "probe ready", Duration::from_secs(60));
+        let first = std::fs::metadata(&out).unwrap().uid();
+        assert!(first >= lpm_host::isolation::DEFAULT_USERNS_BASE, "{name}'s volume is owned by {first}");
+        assert_eq!(std::fs::metadata(out.join("before")).unwrap().gid(), first, "{name}'s volume file");
+        let pid = lab.partitions_on("h1").into_iter().find(|p| p.spec.name == name).and_then(|p| p.pid).expect("running");
+        let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+        assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", &first.to_string(), "65536"], "{name}'s uid map seen from the host");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().skip(1).collect::<Vec<_>>();
+        assert_eq!(uids, vec![first.to_string().as_str(); 4], "{name}'s host uids");
+        firsts.push((name, out, first));
+    }
+    assert_ne!(firsts[0].2, firsts[1].2, "two partitions share an id range");
+    let module = if Path::new("/proc/modules").exists() { "EPERM" } else { "ENOSYS" };
+    let default = lpm_host::isolation::Isolation::default().caps().unwrap();
+    let expected = |first: u32| {
+        format!(
+            "ids 0 0 0 0\nuid_map 0 {first} 65536\ngid_map 0 {first} 65536\nsecret EACCES\nfinit_module -1 {module}\nbind 80 ok\nvolume file 0 0\nCapEff {default:016x}\n"
+        )
+    };
+    for (name, out, first) in &firsts {
+        assert_eq!(probe(out, 0), expected(*first), "partition {name}");
+        assert_eq!(std::fs::metadata(out.join("mine-0")).unwrap().uid(), *first, "{name}'s new file seen from the host");
+    }
+    // Refused by name, before anything is stopped or sent; it runs on.
+    let (name, out, first) = &firsts[0];
+    match lab.migrate(name, "h2") {
+        Moved::Completed(_) => panic!("a --userns partition migrated"),
+        Moved::Failed(why) => {
+            assert!(why.contains("user namespace") && why.contains(&format!("host ids {first} to")), "{why}");
+        }
+    }
+    assert_eq!(probe(out, 1), expected(*first), "partition {name} after the refusal");
+    assert!(lab.partitions_on("h2").is_empty());
+}

@@ -489,3 +489,61 @@ fn target_crash_after_go_leaves_the_fill_running() {
     assert!(m.is_empty(), "h2 has unsettled migrations after its restart: {m:?}");
     eprintln!("{verdict}; {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// Only the two hosts of a migration speak about it: a host that holds
+/// the cluster's key (on insecure hosts any key holder may call itself
+/// anything; with TLS its certificate names it) but is not the
+/// migration's peer gets no answer about it, live or settled, and its
+/// Decision moves nothing: the connection is closed with the refusal
+/// logged by name. The peer itself is answered. h2 waits 20 s after its
+/// restore (a fault point), so the migration is live there when asked;
+/// the movers' timeout is longer than that, so the source waits for it.
+#[test]
+fn a_host_outside_a_migration_cannot_steer_it() {
+    use lpm_migrate::handover::{Decision, PeerState};
+    let env = [("LPM_FAULT", "h2:target.restored=sleep=20000"), ("LPM_MOVER_TIMEOUT_MS", "120000")];
+    let lab = TestLab::up_insecure_with("fpeer", 2, &env);
+    create_service(&lab, "kv", "h1", 8);
+    wait_log(&lab, "kv", "listening");
+    let l = lab.lab();
+    let target: SocketAddr = l.host("h2").unwrap().listen.into();
+    let key = lpm_agent::client::read_key(&l.key_path()).unwrap();
+    let h1 = l.netns_of("h1").unwrap().fd().unwrap();
+    // One connection to h2's mover as `name`, one message, the answer
+    // (None: closed without one).
+    let ask = |name: &str, m: &Mover| -> Option<Mover> {
+        lpm_sys::net::in_netns(h1.as_fd(), || {
+            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("reach h2's mover");
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            lpm_wire::handshake(&mut s, Role::Opener, &key, name).expect("the key's handshake");
+            lpm_agent::api::send(&mut s, m).unwrap();
+            match frame(&mut s) {
+                Some(f) if f.kind == FrameType::Control => Some(lpm_agent::api::decode::<Mover>(&f.payload, "answer").unwrap()),
+                _ => None,
+            }
+        })
+        .unwrap()
+    };
+    let status = |id: &str| Mover::Status { id: id.to_string(), state: PeerState::Unknown, reply: true };
+    std::thread::scope(|sc| {
+        let moving = sc.spawn(|| lab.migrate("kv", "h2"));
+        lab.wait_for_log("h2", "fault injected", Duration::from_secs(120));
+        let Response::Migrations(m) = lab.call("h2", &Request::Migrations { all: false }).unwrap() else { panic!("no migrations") };
+        assert_eq!(m.len(), 1, "{m:?}");
+        let id = m[0].record.id.clone();
+        let go = Mover::Decision { id: id.clone(), decision: Decision::Go, why: String::new() };
+        assert!(ask("intruder", &go).is_none(), "h2 answered a Decision of a host outside migration {id}");
+        assert!(ask("intruder", &status(&id)).is_none(), "h2 told a host outside migration {id} its state");
+        lab.wait_for_log("h2", "not the migration's peer", Duration::from_secs(5));
+        match moving.join().unwrap() {
+            common::lab::Moved::Completed(_) => {}
+            common::lab::Moved::Failed(why) => panic!("the migration failed: {why}"),
+        }
+        // Settled: still nothing for the intruder, the peer's answer for h1.
+        assert!(ask("intruder", &status(&id)).is_none(), "h2 told a host outside settled migration {id} its state");
+        match ask("h1", &status(&id)) {
+            Some(Mover::Status { id: got, state: PeerState::Target { .. }, .. }) => assert_eq!(got, id),
+            other => panic!("h2 did not answer its peer about {id}: {other:?}"),
+        }
+    });
+}

@@ -19,6 +19,7 @@
 //! # insecure = true                  # mover without TLS: for measurement only
 //! api_listen = "192.0.2.11:7412"     # the remote control API (mutual TLS; needs the tls_* keys)
 //! hide = ["/srv/other-secrets"]      # more host paths partitions must not see
+//! userns_base = 1000000000           # first host id of `--userns` partitions' ranges
 //! ```
 //!
 //! The mover needs the three TLS files, or `insecure = true` (plain
@@ -101,6 +102,11 @@ pub struct AgentConfig {
     /// the same machine, say).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hide: Option<Vec<PathBuf>>,
+    /// The first host id of the ranges `--userns` partitions' user
+    /// namespaces map (65536 ids each, lpm_host::isolation::allocate);
+    /// keep it clear of /etc/subuid's ranges, which are skipped anyway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userns_base: Option<u32>,
 }
 
 /// A configuration file that could not be read or parsed.
@@ -188,6 +194,7 @@ impl AgentConfig {
             insecure: over.insecure.or(self.insecure),
             api_listen: over.api_listen.or(self.api_listen),
             hide: over.hide.or(self.hide),
+            userns_base: over.userns_base.or(self.userns_base),
         }
     }
 }

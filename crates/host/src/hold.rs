@@ -79,7 +79,7 @@ pub fn remove_port(veth: &str) -> Result<(), NetError> {
     let (port, _) = port_names(veth);
     if lpm_sys::net::if_index(&port).is_ok() {
         drop_rule(veth)?;
-        net::ip(None, &["link", "del", &port])?;
+        net::rtnl(None, &port, "delete", |r| r.delete(&port))?;
     }
     Ok(())
 }
@@ -130,7 +130,7 @@ impl Hold {
         remove_port(veth)?;
         let (port, peer) = port_names(veth);
         let r = (|| {
-            net::ip(None, &["link", "add", &port, "type", "veth", "peer", "name", &peer])?;
+            net::rtnl(None, &port, "create veth pair", |r| r.add_veth(&port, &peer, None, None))?;
             // No IPv6 of their own (router solicitations, DAD): the port
             // sends nothing but what it is given.
             for ifname in [&port, &peer] {
@@ -139,31 +139,13 @@ impl Hold {
                     let _ = std::fs::write(&path, "1");
                 }
             }
-            net::ip(None, &["link", "set", &port, "master", bridge])?;
+            net::rtnl(None, &port, "put on the bridge", |r| r.set_master(&port, Some(bridge)))?;
             // Nothing reaches the port by itself: it learns no address and
             // gets no flooded frame; only the entry of [`Hold::engage`]
             // sends it frames.
-            net::ip(
-                None,
-                &[
-                    "link",
-                    "set",
-                    "dev",
-                    &port,
-                    "type",
-                    "bridge_slave",
-                    "learning",
-                    "off",
-                    "flood",
-                    "off",
-                    "mcast_flood",
-                    "off",
-                    "bcast_flood",
-                    "off",
-                ],
-            )?;
-            net::ip(None, &["link", "set", &peer, "up"])?;
-            net::ip(None, &["link", "set", &port, "up"])?;
+            net::rtnl(None, &port, "quiet the bridge port", |r| r.quiet_bridge_port(&port))?;
+            net::rtnl(None, &peer, "bring up", |r| r.set_up(&peer))?;
+            net::rtnl(None, &port, "bring up", |r| r.set_up(&port))?;
             FrameTrap::open(&peer, mac).map_err(sys_err(&peer, "open the packet socket that keeps the frames"))
         })();
         match r {

@@ -575,6 +575,9 @@ impl Lab {
         let Some(prog) = argv.first() else {
             return Err(LabError::Exec { member: name.to_string(), cmd: String::new(), source: io::Error::other("empty command") });
         };
+        // `ip netns exec` rather than setns in a child: it also binds the
+        // namespace's /etc/netns files and a /sys of its own, as an
+        // operator's command run there gets them; no crate does that.
         Command::new("ip").args(["netns", "exec", ns.name()]).args(argv).status().map_err(|source| LabError::Exec {
             member: name.to_string(),
             cmd: prog.as_ref().to_string_lossy().into_owned(),
@@ -948,19 +951,19 @@ fn new_id() -> Result<String, LabError> {
     Err(LabError::BadOptions("no free lab id after 16 tries".into()))
 }
 
-/// The lab being built: the state and the `ip` runner with step names.
+/// The lab being built: the state and the rtnetlink runner with step
+/// names.
 struct Builder<'a> {
     dir: &'a Path,
     state: State,
 }
 
 impl Builder<'_> {
-    fn ip(&self, ns: &str, args: &[&str]) -> Result<(), LabError> {
-        net::ip(Some(ns), args).map(drop).map_err(|source| LabError::Net {
-            id: self.state.id.clone(),
-            step: format!("ip {}", args.join(" ")),
-            source: Box::new(source),
-        })
+    /// Runs rtnetlink `step` in namespace `ns`.
+    fn rtnl(&self, ns: &str, step: &str, f: impl FnOnce(&mut crate::rtnl::Rtnl) -> io::Result<()> + Send) -> Result<(), LabError> {
+        let err = |source| LabError::Net { id: self.state.id.clone(), step: format!("{step} in {ns}"), source: Box::new(source) };
+        let netns = Netns::open(ns).map_err(err)?;
+        net::rtnl(Some(&netns), ns, "configure", f).map_err(err)
     }
 
     fn netns(&mut self, name: &str) -> Result<(), LabError> {
@@ -971,14 +974,21 @@ impl Builder<'_> {
         })?;
         self.state.created.push(name.to_string());
         write_state(self.dir, &self.state)?;
-        self.ip(name, &["link", "set", "lo", "up"])
+        self.rtnl(name, "bring lo up", |r| r.set_up("lo"))
     }
 
     /// A veth pair: `outer` on `bridge` in the fabric, `inner` in `ns`.
     fn veth(&self, outer: &str, bridge: &str, ns: &str, inner: &str) -> Result<(), LabError> {
         let fabric = self.state.fabric.as_str();
-        self.ip(fabric, &["link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns])?;
-        self.ip(fabric, &["link", "set", outer, "master", bridge, "up"])
+        let step = format!("veth {outer} on {bridge}, its peer {inner} in {ns}");
+        let err = |source| LabError::Net { id: self.state.id.clone(), step: step.clone(), source: Box::new(source) };
+        let peer_ns = Netns::open(ns).and_then(|n| n.fd()).map_err(err)?;
+        let peer_fd = peer_ns.as_fd();
+        self.rtnl(fabric, &step, |r| {
+            r.add_veth(outer, inner, None, Some(peer_fd))?;
+            r.set_master(outer, Some(bridge))?;
+            r.set_up(outer)
+        })
     }
 }
 
@@ -1047,29 +1057,39 @@ fn build(dir: &Path, opts: &LabOptions, subnet: Ipv4Addr, mgmt: Ipv4Addr) -> Res
 
     b.netns(&fabric)?;
     for br in [MGMT_BRIDGE, PART_BRIDGE] {
-        b.ip(&fabric, &["link", "add", br, "type", "bridge"])?;
-        b.ip(&fabric, &["link", "set", br, "up"])?;
+        b.rtnl(&fabric, &format!("bridge {br}"), |r| {
+            r.add_bridge(br)?;
+            r.set_up(br)
+        })?;
     }
     // The operator's seat on the management network: the CLI connects to
     // the hosts' control API from here, as from a console on that network.
-    b.ip(&fabric, &["addr", "add", &format!("{}/24", with_host_part(mgmt, OPERATOR_HOST_PART)), "dev", MGMT_BRIDGE])?;
+    let seat = with_host_part(mgmt, OPERATOR_HOST_PART);
+    b.rtnl(&fabric, &format!("address {seat}/24 on {MGMT_BRIDGE}"), |r| r.add_address(MGMT_BRIDGE, seat, 24))?;
     write_hosts_file(dir, &b.state, &pki)?;
     for h in b.state.hosts.clone() {
         std::fs::create_dir_all(&h.dir).map_err(io_err("creating host directory", &h.dir))?;
         b.netns(&h.netns)?;
         b.veth(&format!("mg-{}", h.name), MGMT_BRIDGE, &h.netns, MGMT_IF)?;
-        b.ip(&h.netns, &["addr", "add", &format!("{}/24", h.mgmt_addr), "dev", MGMT_IF])?;
-        b.ip(&h.netns, &["link", "set", MGMT_IF, "up"])?;
-        b.ip(&h.netns, &["link", "add", BRIDGE, "type", "bridge"])?;
-        b.ip(&h.netns, &["link", "set", BRIDGE, "up"])?;
+        b.rtnl(&h.netns, &format!("address {}/24 on {MGMT_IF}, bridge {BRIDGE}", h.mgmt_addr), |r| {
+            r.add_address(MGMT_IF, h.mgmt_addr, 24)?;
+            r.set_up(MGMT_IF)?;
+            r.add_bridge(BRIDGE)?;
+            r.set_up(BRIDGE)
+        })?;
         b.veth(&format!("pt-{}", h.name), PART_BRIDGE, &h.netns, UPLINK_IF)?;
-        b.ip(&h.netns, &["link", "set", UPLINK_IF, "master", BRIDGE, "up"])?;
+        b.rtnl(&h.netns, &format!("{UPLINK_IF} on {BRIDGE}"), |r| {
+            r.set_master(UPLINK_IF, Some(BRIDGE))?;
+            r.set_up(UPLINK_IF)
+        })?;
     }
     let c = b.state.client.clone();
     b.netns(&c.netns)?;
     b.veth("pt-client", PART_BRIDGE, &c.netns, &c.ifname)?;
-    b.ip(&c.netns, &["addr", "add", &format!("{}/24", c.addr), "dev", &c.ifname])?;
-    b.ip(&c.netns, &["link", "set", &c.ifname, "up"])?;
+    b.rtnl(&c.netns, &format!("address {}/24 on {}", c.addr, c.ifname), |r| {
+        r.add_address(&c.ifname, c.addr, 24)?;
+        r.set_up(&c.ifname)
+    })?;
 
     let mut children = Vec::new();
     for i in 0..b.state.hosts.len() {

@@ -21,4 +21,5 @@ pub mod isolation;
 pub mod lab;
 pub mod net;
 pub mod partition;
+pub mod rtnl;
 pub mod volume;

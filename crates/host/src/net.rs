@@ -1,15 +1,16 @@
-//! Network plumbing: named network namespaces, the `ip` (iproute2) runner
-//! that sets up links, bridges and addresses, and the gratuitous ARP that
-//! announces a partition's address after it moved.
+//! Network plumbing: named network namespaces, links, bridges and
+//! addresses by rtnetlink ([`rtnl`], crate::rtnl), and the gratuitous ARP
+//! that announces a partition's address after it moved.
 //!
 //! Namespaces follow iproute2's convention (a bind mount at
 //! `/run/netns/NAME`) so that an operator can look at everything lpm built
-//! with `ip -n NAME ...` and `ip netns exec NAME ...`. Links are configured
-//! by running `ip`: the commands are few, run once per partition or lab,
-//! and their text is what an operator would type to reproduce or repair a
-//! step. What runs in a loop or inside a migration's downtime speaks
-//! rtnetlink instead: a link's operational state (netlink-packet-route,
-//! [`oper_up`]) and moving a link on or off its bridge (lpm_sys::net).
+//! with `ip -n NAME ...` and `ip netns exec NAME ...`; they are still made
+//! and deleted by `ip netns` ([`Netns::create`], [`Netns::delete`]):
+//! no crate makes that convention's shared mount of /run/netns, and
+//! iproute2's own is what every operator's tool reads. Links and
+//! addresses are requests on a netlink socket, not `ip` processes (a
+//! partition's plumbing took 7 of them); [`ip`] stays for the tests and
+//! for what an operator would type.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -142,6 +143,19 @@ pub fn set_master(ifname: &str, master: Option<&str>) -> Result<(), NetError> {
     })
 }
 
+/// Runs rtnetlink step `op` on link `ifname`, in namespace `ns` (the
+/// calling thread's when None), with a socket opened there
+/// ([`crate::rtnl::in_netns`]).
+pub fn rtnl<T: Send>(
+    ns: Option<&Netns>,
+    ifname: &str,
+    op: &'static str,
+    f: impl FnOnce(&mut crate::rtnl::Rtnl) -> io::Result<T> + Send,
+) -> Result<T, NetError> {
+    let fd = ns.map(Netns::fd).transpose()?;
+    crate::rtnl::in_netns(fd.as_ref().map(|f| f.as_fd()), f).map_err(|source| NetError::Netlink { ifname: ifname.to_string(), op, source })
+}
+
 /// Whether link `ifname` of the calling thread's network namespace is
 /// operationally up (IFLA_OPERSTATE), asked by rtnetlink
 /// (netlink-packet-route) rather than by running `ip link show`: it is
@@ -209,6 +223,9 @@ pub struct Netns {
 
 impl Netns {
     /// Creates namespace `name` (`ip netns add`); fails when it exists.
+    /// iproute2 rather than rtnetlink: a named namespace is a bind mount
+    /// under /run/netns, made shared the way iproute2 does so that every
+    /// tool finds it; no netlink request or crate makes one.
     pub fn create(name: &str) -> Result<Netns, NetError> {
         check_name(name)?;
         ip(None, &["netns", "add", name])?;
@@ -314,7 +331,8 @@ pub fn ip(ns: Option<&str>, args: &[&str]) -> Result<String, NetError> {
 }
 
 /// Runs an nftables script (`nft -f -`) inside namespace `ns` (through
-/// `ip netns exec`). The error names the command and carries nft's stderr.
+/// `ip netns exec`: not rtnetlink, nftables speaks a netlink family of its
+/// own, and its script is what an operator reads and types). The error names the command and carries nft's stderr.
 pub fn nft(ns: &str, script: &str) -> Result<(), NetError> {
     check_name(ns)?;
     run_nft(&["ip", "netns", "exec", ns, "nft", "-f", "-"], script)

@@ -192,6 +192,12 @@ impl PartitionSpec {
         if let Err(why) = self.isolation.caps() {
             return Err(bad("cap_add", &self.isolation.cap_add.join(","), &why));
         }
+        // first 0: the host that creates the partition picks its range.
+        if let Some(ns) = self.isolation.userns.filter(|ns| ns.first != 0) {
+            if let Err(why) = ns.validate() {
+                return Err(bad("userns", &ns.first.to_string(), &why));
+            }
+        }
         for v in &self.volumes {
             let shown = v.display().to_string();
             if !v.is_absolute() {
@@ -367,15 +373,21 @@ impl Plumbing {
             p.filter_devices()?;
             // The peer is born inside the partition's namespace under its
             // final name: no rename, no clash with other partitions' eth0.
-            net::ip(None, &["link", "add", &p.veth, "type", "veth", "peer", "name", IFNAME, "address", &p.mac, "netns", &ns_name])
+            let mac = hold::parse_mac(&p.mac).ok_or_else(|| PartitionError::Spec {
+                field: "mac",
+                value: p.mac.clone(),
+                why: "not six hex octets".into(),
+            })?;
+            let fd = p.netns.fd().map_err(net_err("open the network namespace"))?;
+            net::rtnl(None, &p.veth, "create veth pair", |r| r.add_veth(&p.veth, IFNAME, Some(mac), Some(fd.as_fd())))
                 .map_err(net_err("create veth pair"))?;
-            net::ip(None, &["link", "set", &p.veth, "up"]).map_err(net_err("bring the host end up"))?;
-            net::ip(Some(&ns_name), &["link", "set", "lo", "up"]).map_err(net_err("bring lo up"))?;
+            net::rtnl(None, &p.veth, "bring up", |r| r.set_up(&p.veth)).map_err(net_err("bring the host end up"))?;
+            net::rtnl(Some(&p.netns), "lo", "bring up", |r| r.set_up("lo")).map_err(net_err("bring lo up"))?;
             if let Some((addr, prefix)) = ip {
-                net::ip(Some(&ns_name), &["addr", "add", &format!("{addr}/{prefix}"), "dev", IFNAME])
+                net::rtnl(Some(&p.netns), IFNAME, "add an address", |r| r.add_address(IFNAME, addr, prefix))
                     .map_err(net_err("add the address to eth0"))?;
             }
-            net::ip(Some(&ns_name), &["link", "set", IFNAME, "up"]).map_err(net_err("bring eth0 up"))?;
+            net::rtnl(Some(&p.netns), IFNAME, "bring up", |r| r.set_up(IFNAME)).map_err(net_err("bring eth0 up"))?;
             // The kernel's link watch sets eth0's operational state UP, and
             // announces it (RTM_NEWLINK), up to a second later. Waited for
             // here, so that the announcement reaches no netlink socket of
@@ -417,11 +429,10 @@ impl Plumbing {
             source,
         })?;
         let veth = ctx.veth_name(&name);
-        net::ip(None, &["link", "show", "dev", &veth]).map_err(|source| PartitionError::Net {
-            partition: name.clone(),
-            op: "find host-side veth",
-            source: Box::new(source),
-        })?;
+        let found = net::rtnl(None, &veth, "look up", |r| r.link(&veth)).and_then(|l| {
+            l.ok_or_else(|| NetError::Netlink { ifname: veth.clone(), op: "look up", source: io::Error::from_raw_os_error(libc::ENODEV) })
+        });
+        found.map_err(|source| PartitionError::Net { partition: name.clone(), op: "find host-side veth", source: Box::new(source) })?;
         Ok(Plumbing { name, netns, veth, ip: spec.ipv4()?.map(|(a, _)| a), mac: spec.mac_address()?, cgroup, bridge: ctx.bridge.clone() })
     }
 
@@ -567,19 +578,12 @@ impl Plumbing {
     pub fn destroy(&self) -> Result<()> {
         self.cgroup.remove().map_err(|source| PartitionError::Cgroup { partition: self.name.clone(), op: "remove cgroup", source })?;
         self.remove_hold()?;
-        let links = net::ip(None, &["-o", "link", "show"]).map_err(self.net_err("list links"))?;
-        if link_names(&links).any(|n| n == self.veth) {
-            net::ip(None, &["link", "del", &self.veth]).map_err(self.net_err("delete veth"))?;
-        }
+        // Gone already (with its namespace, say): nothing to delete.
+        net::rtnl(None, &self.veth, "delete", |r| r.delete(&self.veth)).map_err(self.net_err("delete veth"))?;
         Netns::delete(self.netns.name()).map_err(self.net_err("delete network namespace"))?;
         tracing::info!(partition = %self.name, "plumbing destroyed");
         Ok(())
     }
-}
-
-/// Interface names in `ip -o link show` output ("2: name@peer: <...").
-fn link_names(out: &str) -> impl Iterator<Item = &str> {
-    out.lines().filter_map(|l| l.split(": ").nth(1)).map(|n| n.split('@').next().unwrap_or(n))
 }
 
 /// The environment of a partition's init.
@@ -632,6 +636,13 @@ pub fn start_hiding(ctx: &HostCtx, spec: &PartitionSpec, plumbing: &Plumbing, hi
             value: spec.isolation.cap_add.join(","),
             why,
         })?),
+        userns: match spec.isolation.userns {
+            None => None,
+            Some(ns) => {
+                ns.validate().map_err(|why| PartitionError::Spec { field: "userns", value: ns.first.to_string(), why })?;
+                Some(ns.id_map())
+            }
+        },
     };
     plumbing.filter_devices()?;
     let spawn_err = |source| PartitionError::Spawn { partition: name.to_string(), source };
@@ -728,11 +739,5 @@ mod tests {
         assert_ne!(m, other.mac_address().unwrap());
         let given = PartitionSpec { mac: Some("02:AA:bb:cc:dd:0e".into()), ..s };
         assert_eq!(given.mac_address().unwrap(), "02:aa:bb:cc:dd:0e");
-    }
-
-    #[test]
-    fn link_names_parse() {
-        let out = "1: lo: <LOOPBACK,UP> mtu 65536\n5: lp1234abcd@if4: <BROADCAST> mtu 1500 master br\n";
-        assert_eq!(link_names(out).collect::<Vec<_>>(), vec!["lo", "lp1234abcd"]);
     }
 }

@@ -594,6 +594,7 @@ fn child_step_failure_is_reported() {
         stderr: null.as_fd(),
         masks: vec![],
         caps: None,
+        userns: None,
     };
     let child = spawn_partition(&exec).unwrap();
     let pid = child.pid();

@@ -57,6 +57,21 @@ pub struct PartitionExec<'a> {
     /// it again (a setuid root program is held to the bounding set). None
     /// keeps them all.
     pub caps: Option<u64>,
+    /// Run in a user namespace of its own whose ids 0 to `count - 1` are
+    /// the host's `first` to `first + count - 1` (uids and gids alike):
+    /// root inside is an unprivileged id outside. None runs as the
+    /// caller's ids.
+    pub userns: Option<IdMap>,
+}
+
+/// A user namespace's id map: ids `0..count` inside are `first..first +
+/// count` on the host, for uids and gids alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdMap {
+    /// The host id that is 0 inside.
+    pub first: u32,
+    /// How many ids are mapped.
+    pub count: u32,
 }
 
 /// Errors of spawning a partition's init; each names the step.
@@ -99,7 +114,7 @@ pub enum SpawnError {
 pub type Result<T, E = SpawnError> = std::result::Result<T, E>;
 
 /// The child's steps, in order; a failure reports the index.
-const STEPS: [&str; 14] = [
+const STEPS: [&str; 18] = [
     "setns into the partition's network namespace",
     "make mounts private",
     "mount /proc",
@@ -114,6 +129,10 @@ const STEPS: [&str; 14] = [
     "mask a host path",
     "drop a capability from the bounding set",
     "capset",
+    "unshare the user namespace",
+    "wait for the id maps",
+    "become root of the user namespace",
+    "open low ports and ICMP sockets to the user namespace",
 ];
 const STEP_SETNS: u32 = 0;
 const STEP_PRIVATE: u32 = 1;
@@ -129,6 +148,10 @@ const STEP_SIGNALS: u32 = 10;
 const STEP_MASK: u32 = 11;
 const STEP_BOUNDING: u32 = 12;
 const STEP_CAPSET: u32 = 13;
+const STEP_USERNS: u32 = 14;
+const STEP_MAPS: u32 = 15;
+const STEP_SETID: u32 = 16;
+const STEP_SYSCTL: u32 = 17;
 
 /// A partition init created and held before exec.
 #[derive(Debug)]
@@ -136,6 +159,7 @@ pub struct Spawned {
     pid: i32,
     go: Option<OwnedFd>,
     report: Option<OwnedFd>,
+    userns: Option<IdMap>,
 }
 
 impl Spawned {
@@ -154,6 +178,22 @@ impl Spawned {
         let b = [b'G'];
         // SAFETY: sending one byte from a local buffer on a socket we own.
         let _ = unsafe { libc::send(go.as_raw_fd(), b.as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+        if let Some(map) = self.userns {
+            // Only a process of the parent user namespace with CAP_SETUID
+            // may write a map of more than its own id: this one, once the
+            // child has its namespace. End of file instead: the child
+            // failed, and the report below says where.
+            if recv_byte(&go) == Some(b'U') {
+                if let Err(source) = write_id_maps(self.pid, map) {
+                    drop(go);
+                    reap(self.pid);
+                    return Err(SpawnError::Parent { op: "write the partition init's id maps", source });
+                }
+                let m = [b'M'];
+                // SAFETY: as above.
+                let _ = unsafe { libc::send(go.as_raw_fd(), m.as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+            }
+        }
         drop(go);
         let mut buf = [0u8; 8];
         let mut got = 0;
@@ -203,6 +243,32 @@ impl Drop for Spawned {
             reap(self.pid);
         }
     }
+}
+
+/// One byte from `fd`, None at end of file or on an error.
+fn recv_byte(fd: &OwnedFd) -> Option<u8> {
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: reading one byte into a local buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        if n == 1 {
+            return Some(b[0]);
+        }
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// Writes `map` as the uid and gid maps of `pid`'s user namespace (each
+/// in one write, as the kernel wants it).
+fn write_id_maps(pid: i32, map: IdMap) -> io::Result<()> {
+    let line = format!("0 {} {}\n", map.first, map.count);
+    for file in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{file}"), &line).map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}/{file}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Reaps our child `pid` (it has exited or is about to).
@@ -302,6 +368,8 @@ struct ChildArgs {
     /// Capabilities kept, and the highest capability this kernel knows.
     caps: Option<u64>,
     last_cap: u32,
+    /// Unshare a user namespace before dropping capabilities.
+    userns: bool,
 }
 
 /// Creates a partition's init: clone3 with new pid, mount, uts and ipc
@@ -363,6 +431,7 @@ pub fn spawn_partition(p: &PartitionExec<'_>) -> Result<Spawned> {
         masks_len: masks.len(),
         caps,
         last_cap,
+        userns: p.userns.is_some(),
     };
 
     let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
@@ -388,7 +457,7 @@ pub fn spawn_partition(p: &PartitionExec<'_>) -> Result<Spawned> {
     }
     drop(go_rd);
     drop(rep_wr);
-    Ok(Spawned { pid: pid as i32, go: Some(go_wr), report: Some(rep_rd) })
+    Ok(Spawned { pid: pid as i32, go: Some(go_wr), report: Some(rep_rd), userns: p.userns })
 }
 
 /// Reports (step, errno) to the parent and exits.
@@ -487,6 +556,9 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
                 fail(r, STEP_GO);
             }
         }
+        if a.userns {
+            become_userns_root(r, a.go);
+        }
         libc::close(a.go);
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
@@ -508,6 +580,65 @@ unsafe fn child_main(a: &ChildArgs) -> ! {
         }
         libc::execve(a.program, a.argv, a.envp);
         fail(r, STEP_EXEC)
+    }
+}
+
+/// Moves the init into a user namespace of its own, last of its
+/// namespaces: the others (and the network namespace it joined, which
+/// only a process of the host's user namespace may join) stay the
+/// host's, so its root, with capabilities in the new namespace only,
+/// can change none of them. The parent writes the id maps when asked
+/// (`U` on the go socket, `M` back); then the init takes id 0 of the
+/// namespace and no supplementary groups (the host's are not mapped).
+///
+/// # Safety
+/// Only in the child of spawn_partition.
+unsafe fn become_userns_root(r: RawFd, go: RawFd) {
+    // SAFETY: raw open, unshare, read, write and set*id syscalls with
+    // local buffers and static strings; nothing allocates.
+    unsafe {
+        // Binding a port below 1024 and opening an ICMP socket need
+        // capabilities in the network namespace's owner, the host's user
+        // namespace, which root of the partition's lacks: both become
+        // open to every id of this network namespace (Docker's default
+        // since 20.10), written while the init still may.
+        for (path, value) in [
+            (c"/proc/sys/net/ipv4/ip_unprivileged_port_start", &b"0\n"[..]),
+            (c"/proc/sys/net/ipv4/ping_group_range", &b"0 2147483647\n"[..]),
+        ] {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) != value.len() as isize {
+                fail(r, STEP_SYSCTL);
+            }
+            libc::close(fd);
+        }
+        if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+            fail(r, STEP_USERNS);
+        }
+        let u = [b'U'];
+        if libc::write(go, u.as_ptr().cast(), 1) != 1 {
+            fail(r, STEP_MAPS);
+        }
+        let mut b = [0u8; 1];
+        loop {
+            let n = libc::read(go, b.as_mut_ptr().cast(), 1);
+            if n == 1 && b[0] == b'M' {
+                break;
+            }
+            if n == 0 {
+                libc::_exit(127);
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            fail(r, STEP_MAPS);
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            fail(r, STEP_SETID);
+        }
+        if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+            fail(r, STEP_SETID);
+        }
     }
 }
 

@@ -535,6 +535,19 @@ fn equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The protocol version to speak with a peer that speaks `min..=max`:
+/// the newest this build speaks that the peer does too. The acceptor
+/// picks with it from the opener's Hello; the opener checks the
+/// acceptor's choice with it, as a range of one. Both handshakes
+/// ([`handshake`], [`hello`]) agree through this one function.
+pub fn agree_version(min: u32, max: u32) -> Result<u32> {
+    let version = PROTOCOL_VERSION.min(max);
+    if version < MIN_PROTOCOL_VERSION.max(min) {
+        return Err(WireError::Version { min, max });
+    }
+    Ok(version)
+}
+
 /// Runs the handshake on a fresh connection: protocol version agreed and
 /// both sides proven to hold `key`. On failure the peer is told why in a
 /// word and nothing else happens on the connection.
@@ -548,25 +561,19 @@ pub fn handshake<S: Read + Write>(s: &mut S, role: Role, key: &Key, name: &str) 
             let hello = Hello { max_version: PROTOCOL_VERSION, min_version: MIN_PROTOCOL_VERSION, nonce: mine.clone(), name: name.into() };
             write_frame(s, FrameType::Hello, &hello.encode_to_vec(), None)?;
             let reply: HelloReply = expect(s, FrameType::HelloReply, "HelloReply")?;
-            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&reply.version) {
-                refuse(s, "unsupported protocol version");
-                return Err(WireError::Version { min: reply.version, max: reply.version });
-            }
+            // The acceptor's choice, checked as a range of one.
+            let version = agree_version(reply.version, reply.version).inspect_err(|_| refuse(s, "unsupported protocol version"))?;
             if !equal(&reply.mac, &key.mac(b"acceptor", &mine, &reply.nonce)) {
                 refuse(s, "authentication failed");
                 return Err(WireError::Auth("the peer does not hold the cluster key"));
             }
             let auth = Auth { mac: key.mac(b"opener", &reply.nonce, &mine).to_vec() };
             write_frame(s, FrameType::Auth, &auth.encode_to_vec(), None)?;
-            Ok(Session { version: reply.version, peer: reply.name })
+            Ok(Session { version, peer: reply.name })
         }
         Role::Acceptor => {
             let hello: Hello = expect(s, FrameType::Hello, "Hello")?;
-            let version = PROTOCOL_VERSION.min(hello.max_version);
-            if version < MIN_PROTOCOL_VERSION.max(hello.min_version) {
-                refuse(s, "unsupported protocol version");
-                return Err(WireError::Version { min: hello.min_version, max: hello.max_version });
-            }
+            let version = agree_version(hello.min_version, hello.max_version).inspect_err(|_| refuse(s, "unsupported protocol version"))?;
             let mine = nonce()?;
             let reply =
                 HelloReply { version, nonce: mine.clone(), mac: key.mac(b"acceptor", &hello.nonce, &mine).to_vec(), name: name.into() };
@@ -598,23 +605,17 @@ pub fn hello<S: Read + Write>(s: &mut S, role: Role, name: &str, check: impl FnO
             write_frame(s, FrameType::Hello, &hello.encode_to_vec(), None)?;
             s.flush().map_err(|source| WireError::Io { op: "send frame", source })?;
             let reply: HelloReply = expect(s, FrameType::HelloReply, "HelloReply")?;
-            if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&reply.version) {
-                refuse(s, "unsupported protocol version");
-                return Err(WireError::Version { min: reply.version, max: reply.version });
-            }
+            // The acceptor's choice, checked as a range of one.
+            let version = agree_version(reply.version, reply.version).inspect_err(|_| refuse(s, "unsupported protocol version"))?;
             if let Err(why) = check(&reply.name) {
                 refuse(s, &why);
                 return Err(WireError::Identity(why));
             }
-            Ok(Session { version: reply.version, peer: reply.name })
+            Ok(Session { version, peer: reply.name })
         }
         Role::Acceptor => {
             let hello: Hello = expect(s, FrameType::Hello, "Hello")?;
-            let version = PROTOCOL_VERSION.min(hello.max_version);
-            if version < MIN_PROTOCOL_VERSION.max(hello.min_version) {
-                refuse(s, "unsupported protocol version");
-                return Err(WireError::Version { min: hello.min_version, max: hello.max_version });
-            }
+            let version = agree_version(hello.min_version, hello.max_version).inspect_err(|_| refuse(s, "unsupported protocol version"))?;
             if let Err(why) = check(&hello.name) {
                 refuse(s, &why);
                 return Err(WireError::Identity(why));
@@ -630,6 +631,29 @@ pub fn hello<S: Read + Write>(s: &mut S, role: Role, name: &str, check: impl FnO
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agree_version_picks_the_newest_common_or_refuses() {
+        let (lo, hi) = (MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+        // (peer's min, peer's max) -> the version, or None.
+        let cases = [
+            ((lo, hi), Some(hi)),
+            ((lo, hi + 5), Some(hi)),
+            ((0, lo), Some(lo)),
+            ((hi, hi), Some(hi)),
+            ((lo, lo), Some(lo)),
+            ((hi + 1, hi + 3), None),
+            ((0, lo.saturating_sub(1)), if lo == 0 { Some(0) } else { None }),
+            ((hi, lo.saturating_sub(1)), None),
+        ];
+        for ((min, max), want) in cases {
+            match (agree_version(min, max), want) {
+                (Ok(v), Some(w)) => assert_eq!(v, w, "{min}..={max}"),
+                (Err(WireError::Version { min: a, max: b }), None) => assert_eq!((a, b), (min, max)),
+                (got, want) => panic!("{min}..={max}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
     use std::os::unix::net::UnixStream;
 
     #[test]

@@ -354,7 +354,12 @@ pub(crate) fn serve(agent: &Arc<Agent>, r: Rx, w: Tx, peer: &str) -> Result<()> 
                 current = Some(Live::Target(s.live.clone()));
                 session = Some(s);
             }
-            Mover::Attach { id } if session.is_none() && current.is_none() => return target::page_stream(agent, &id, &mut link),
+            Mover::Attach { id } if session.is_none() && current.is_none() => {
+                if let Some(l) = agent.live(&id) {
+                    peer_of(&l.record(), peer, "a page stream")?;
+                }
+                return target::page_stream(agent, &id, &mut link);
+            }
             Mover::Report(r) => {
                 agent.keep_report(&r);
                 return Ok(());
@@ -366,10 +371,13 @@ pub(crate) fn serve(agent: &Arc<Agent>, r: Rx, w: Tx, peer: &str) -> Result<()> 
                     if current.as_ref().is_none_or(|l| l.record().id != id) {
                         current = agent.live(id);
                         if current.is_none() {
-                            settled_answer(agent, id, &m, &mut link)?;
+                            settled_answer(agent, id, &m, &mut link, peer)?;
                             continue;
                         }
                     }
+                }
+                if let Some(l) = &current {
+                    peer_of(&l.record(), peer, &format!("{:?}", m.kind()))?;
                 }
                 let msg = m.kind().ok_or_else(|| anyhow!("unexpected {m:?}"))?;
                 match &current {
@@ -394,9 +402,9 @@ pub(crate) fn serve(agent: &Arc<Agent>, r: Rx, w: Tx, peer: &str) -> Result<()> 
 
 /// Answers a peer (or relay) about a migration this host no longer runs:
 /// its settled record says how it ended; without one, it is unknown here.
-fn settled_answer(agent: &Agent, id: &str, m: &Mover, link: &mut Link) -> Result<()> {
+fn settled_answer(agent: &Agent, id: &str, m: &Mover, link: &mut Link, peer: &str) -> Result<()> {
     let state = match agent.journal.read(id) {
-        Ok(Some(r)) => match r.side {
+        Ok(Some(r)) => match peer_of(&r, peer, &format!("{:?}", m.kind()))?.side {
             Side::Source(state) => PeerState::Source { state },
             Side::Target(state) => PeerState::Target { state },
         },
@@ -409,6 +417,23 @@ fn settled_answer(agent: &Agent, id: &str, m: &Mover, link: &mut Link) -> Result
         _ => Mover::Status { id: id.to_string(), state, reply: false },
     };
     link.send(&answer)
+}
+
+/// `r`, if `peer` (the host the connection proved) is the other side of
+/// migration `r`; else an error naming both. A host that is not part of
+/// a migration may neither steer it (a Decision, a Status that moves
+/// the state machine, a page stream) nor learn its state: only the two
+/// hosts of a migration speak about it.
+fn peer_of<'a>(r: &'a Record, peer: &str, what: &str) -> Result<&'a Record> {
+    let expected = match r.side {
+        Side::Source(_) => &r.target,
+        Side::Target(_) => &r.source,
+    };
+    if expected != peer {
+        tracing::warn!(id = %r.id, partition = %r.partition, from = peer, peer = %expected, what, "refused: not the migration's peer");
+        bail!("{peer} sent {what} about migration {} of partition {}, whose peer is {expected}: refused", r.id, r.partition);
+    }
+    Ok(r)
 }
 
 /// The recorded state of `r` as a status for its peer.

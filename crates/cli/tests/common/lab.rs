@@ -106,6 +106,11 @@ impl TestLab {
         TestLab::up_as(tag, hosts, &[], &["--console"])
     }
 
+    /// [`TestLab::up_insecure`] with `env` in every lpmd's environment.
+    pub fn up_insecure_with(tag: &str, hosts: usize, env: &[(&str, &str)]) -> TestLab {
+        TestLab::up_as(tag, hosts, env, &["--insecure"])
+    }
+
     fn up_as(tag: &str, hosts: usize, env: &[(&str, &str)], extra: &[&str]) -> TestLab {
         sweep_dead_labs();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
