@@ -263,10 +263,20 @@ impl Drop for Puppets {
         }
         // Dead puppets come back to us (their tracer, and as subreaper
         // their reaper) one by one: collect them until none is left, so a
-        // failed restore leaves no zombie holding a pid.
+        // failed restore leaves no zombie holding a pid. Each by its own
+        // pid: a wait for any child would also take the ptrace stops of
+        // trees that other threads of lpmd are stopping or dumping, and
+        // leave those threads waiting for a stop already taken.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && self.by_pid.values().any(|p| Path::new(&format!("/proc/{}", p.host)).exists()) {
-            if lpm_sys::misc::reap_any().is_none() {
+        let mut left: Vec<i32> = self.by_pid.values().map(|p| p.host).collect();
+        while Instant::now() < deadline && !left.is_empty() {
+            // A puppet whose parent was a puppet too is reported twice:
+            // to us as its tracer, then as its reaper once reparented.
+            left.retain(|&pid| {
+                lpm_sys::ptrace::try_reap(pid);
+                Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if !left.is_empty() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
