@@ -270,12 +270,12 @@ impl AppState {
 
     /// The registered hosts, as last polled.
     pub async fn hosts(&self) -> Result<Vec<HostView>, ApiError> {
-        Ok(self.store.hosts().await?.into_iter().map(HostRow::into_view).collect())
+        Ok(self.store.hosts().await?)
     }
 
     /// One host, as last polled.
     pub async fn host(&self, name: &str) -> Result<HostView, ApiError> {
-        self.store.host(name).await?.map(HostRow::into_view).ok_or_else(|| ApiError::not_found(format!("no host {name:?}")))
+        self.store.host(name).await?.ok_or_else(|| ApiError::not_found(format!("no host {name:?}")))
     }
 
     /// Every partition of every host, as last seen (a host that did not

@@ -225,7 +225,7 @@ async fn record(
         }
     }
     if changed {
-        state.emit(Event::HostChanged { host: after.into_view(), removed: false });
+        state.emit(Event::HostChanged { host: after, removed: false });
     }
     if parts_changed {
         state.emit(Event::PartitionsChanged { host: name.clone() });

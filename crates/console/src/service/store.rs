@@ -150,48 +150,9 @@ pub fn schema_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
-/// A registered host and what its last poll found.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct HostRow {
-    /// Its name.
-    pub name: String,
-    /// Its API address.
-    pub api: String,
-    /// Its mover address.
-    pub mover: String,
-    /// In maintenance.
-    pub maintenance: bool,
-    /// "up", "unreachable", "unknown".
-    pub status: String,
-    /// Why it is unreachable.
-    pub error: Option<String>,
-    /// Last poll, ms since the epoch.
-    pub last_poll_ms: Option<i64>,
-    /// Last answer, ms since the epoch.
-    pub last_seen_ms: Option<i64>,
-    /// Capacity and use, as last answered.
-    pub capacity: Option<Capacity>,
-    /// Partitions, as last answered.
-    pub partitions: i64,
-}
-
-impl HostRow {
-    /// As the API shows it.
-    pub fn into_view(self) -> HostView {
-        HostView {
-            name: self.name,
-            api: self.api,
-            mover: self.mover,
-            maintenance: self.maintenance,
-            status: self.status,
-            error: self.error,
-            last_poll_ms: self.last_poll_ms,
-            last_seen_ms: self.last_seen_ms,
-            capacity: self.capacity,
-            partitions: self.partitions.max(0) as u32,
-        }
-    }
-}
+/// A registered host and what its last poll found: what the API shows
+/// ([`HostView`]), read straight from its row.
+pub type HostRow = HostView;
 
 /// A partition as last seen on a host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -419,7 +380,8 @@ impl Store {
             last_poll_ms: get(row, "last_poll_ms")?,
             last_seen_ms: get(row, "last_seen_ms")?,
             capacity: parse_json(get(row, "capacity")?, || format!("hosts.capacity of {name}"))?,
-            partitions: get(row, "partitions")?,
+            // Counted by the poll, never negative.
+            partitions: get::<i64>(row, "partitions")?.max(0) as u32,
             name,
         })
     }
